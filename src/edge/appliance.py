@@ -1,0 +1,235 @@
+"""The appliance: wires source -> ring -> pipeline -> store/ledger -> forwarder, and reports on all of it.
+
+This is the one object the CLI, the web API and (later) the appliance IOC hold. It owns the threads'
+lifecycle; every view it offers reads counters, never infers them.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import psutil
+import zmq
+
+from edge.config import Settings
+from edge.ledger import Ledger
+from edge.pipeline import Pipeline
+from edge.ring import FrameRing, Slot
+from edge.store import ClosedFile, file_checksums
+from edge.upstream.forwarder import Forwarder
+from firmware_bridge.source import FrameHeader
+from firmware_bridge.zmq_reader import ZmqStreamSource
+from kernels import Geometry, get_backend, read_poni
+
+log = logging.getLogger(__name__)
+
+CONTROL_BYTES = 64 << 10
+
+
+class RingSink:
+    """The ring as seen by a frame source: frames go in, runs and losses go to the ledger."""
+
+    def __init__(self, appliance: Appliance) -> None:
+        self.appliance = appliance
+        self.run_uid: str | None = None
+        self.losses = 0
+
+    def claim(self, nbytes: int) -> Slot | None:
+        return self.appliance.ring.claim(nbytes)
+
+    def publish(self, slot: Slot, header: FrameHeader) -> None:
+        self.appliance.ring.publish(slot, header)
+
+    def abandon(self, slot: Slot) -> None:
+        self.appliance.ring.abandon(slot)
+
+    def series_start(self, series: int, config: dict[str, Any]) -> None:
+        run_uid = str(config.get("run_uid") or uuid.uuid4())
+        try:
+            self.appliance.ledger.run_started(
+                run_uid, series, config.get("frames_expected"), json.dumps(config)
+            )
+        except Exception as error:  # a repeated run uid: keep the data under a fresh one
+            log.warning("run uid %s rejected by the ledger (%s); using a new uid", run_uid, error)
+            run_uid = str(uuid.uuid4())
+            self.appliance.ledger.run_started(
+                run_uid, series, config.get("frames_expected"), json.dumps(config)
+            )
+        self.run_uid = run_uid
+        width, height = config["shape"]
+        self._control(
+            {
+                "event": "series_start",
+                "run_uid": run_uid,
+                "height": height,
+                "width": width,
+                "dtype": config["type"],
+            }
+        )
+
+    def series_end(self, series: int) -> None:
+        self._control({"event": "series_end", "exit_status": "success"})
+        self.run_uid = None
+
+    def lost(self, first: int, last: int, reason: str, detail: str = "") -> None:
+        self.losses += last - first + 1
+        log.warning("frames %d..%d lost: %s %s", first, last, reason, detail)
+        self.appliance.ledger.record_loss(self.run_uid, first, last, reason, detail)
+
+    def _control(self, record: dict[str, Any]) -> None:
+        slot = self.appliance.ring.claim(CONTROL_BYTES)
+        while slot is None and not self.appliance.stopping:  # control records are never dropped
+            time.sleep(0.01)
+            slot = self.appliance.ring.claim(CONTROL_BYTES)
+        if slot is not None:
+            self.appliance.ring.publish_control(slot, json.dumps(record).encode())
+
+
+class Appliance:
+    """Builds and runs every data-plane component from one Settings object."""
+
+    def __init__(self, settings: Settings, context: zmq.Context | None = None) -> None:
+        self.settings = settings
+        self.started_at = time.time()
+        self.stopping = False
+        self.context = context or zmq.Context.instance()
+        store = settings.store
+        store.path.mkdir(parents=True, exist_ok=True)
+        self.ledger = Ledger(settings.ledger_path, settings.upstream.required_consumers)
+        self._recover_partial_files()
+        det = settings.detector
+        frame_bytes = det.height * det.width * np.dtype(det.dtype).itemsize
+        self.ring = FrameRing(
+            settings.ring.slots, max(frame_bytes, CONTROL_BYTES), settings.ring.policy, settings.ring.name
+        )
+        self.backend = get_backend(settings.reduction.backend)
+        if settings.reduction.poni_file is not None:
+            geometry = read_poni(settings.reduction.poni_file)
+        else:
+            geometry = Geometry(**settings.geometry.model_dump())
+        self.geometry = geometry
+        self.sink = RingSink(self)
+        self.source = ZmqStreamSource(
+            settings.stream.endpoint, self.sink, self.context, settings.stream.rcvhwm
+        )
+        self.pipeline = Pipeline(
+            self.ring,
+            self.backend,
+            geometry,
+            store.path,
+            settings.reduction.bins,
+            settings.reduction.unit,
+            store.frames_per_file,
+            store.file_seconds,
+            self._file_closed,
+            self._run_closed,
+            self._frame_lost,
+        )
+        self.forwarder = Forwarder(
+            settings.upstream.endpoint, self.ledger, self.context, settings.upstream.resend_seconds
+        )
+        self._stats_lock = threading.Lock()
+        self.files_closed = 0
+
+    # -- lifecycle --------------------------------------------------------------------------------------
+    def start(self) -> None:
+        self.forwarder.start()
+        self.pipeline.start()
+        self.source.start()
+        log.info(
+            "appliance started: stream %s, upstream %s, backend %s",
+            self.settings.stream.endpoint,
+            self.forwarder.bound_endpoint,
+            self.backend.name,
+        )
+
+    def stop(self) -> None:
+        """Stop taking frames, persist what is in the ring, close files, stop serving."""
+        self.source.stop()
+        self.stopping = True
+        self.pipeline.stop()
+        self.ring.stop()
+        self.forwarder.stop()
+        self.ledger.close()
+        self.ring.close()
+
+    # -- callbacks from the pipeline thread --------------------------------------------------------------
+    def _file_closed(self, closed: ClosedFile) -> None:
+        size, digest, chunks = file_checksums(closed.path, self.settings.store.chunk_bytes)
+        self.ledger.file_stored(
+            closed.run_uid,
+            closed.name,
+            closed.path,
+            size,
+            digest,
+            (closed.first_frame, closed.last_frame, closed.n_frames),
+            chunks,
+        )
+        with self._stats_lock:
+            self.files_closed += 1
+
+    def _run_closed(self, run_uid: str, frames: int, exit_status: str) -> None:
+        self.ledger.run_ended(run_uid, exit_status, frames)
+
+    def _frame_lost(self, run_uid: str | None, frame: int, reason: str, detail: str) -> None:
+        self.ledger.record_loss(run_uid, frame, frame, reason, detail)
+
+    def _recover_partial_files(self) -> None:
+        """A ``.part`` file left by a crash is not in the ledger; say so (issue 6 will salvage them)."""
+        for part in self.settings.store.path.glob("*/*.h5.part"):
+            log.warning("found %s from an earlier crash; left in place for recovery", part)
+
+    # -- views ------------------------------------------------------------------------------------------
+    def status(self) -> dict[str, Any]:
+        ledger = self.ledger.summary()
+        receiver = self.source.counters()
+        disk = psutil.disk_usage(str(self.settings.store.path))
+        return {
+            "appliance": {
+                "uptime_seconds": round(time.time() - self.started_at, 3),
+                "stopping": self.stopping,
+                "run_uid": self.sink.run_uid,
+            },
+            "frames": {
+                "received": receiver.get("frames_received", 0),
+                "stored": ledger["frames_stored"],
+                "delivered": ledger["frames_verified"],
+                "lost": ledger["frames_lost"],
+                "loss_records": ledger["loss_records"],
+            },
+            "receiver": receiver,
+            "ring": self.ring.counters(),
+            "pipeline": self.pipeline.counters(),
+            "store": {"path": str(self.settings.store.path), "files_closed": self.files_closed},
+            "ledger": ledger,
+            "upstream": self.forwarder.counters(),
+            "disk": {"total": disk.total, "used": disk.used, "free": disk.free, "percent": disk.percent},
+        }
+
+    def runs(self) -> list[dict[str, Any]]:
+        return self.ledger.runs()
+
+    def run(self, run_uid: str) -> dict[str, Any]:
+        run = self.ledger.run(run_uid)
+        return {**run, "files": self.ledger.files(run_uid), "losses": self.ledger.losses(run_uid)}
+
+    def latest_profile(self) -> dict[str, Any] | None:
+        latest = self.pipeline.latest_profile
+        if latest is None:
+            return None
+        radial, profile = latest
+        return {
+            "unit": self.settings.reduction.unit,
+            "radial": radial.tolist(),
+            "intensity": profile.tolist(),
+        }
+
+    def store_path(self) -> Path:
+        return self.settings.store.path

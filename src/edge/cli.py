@@ -1,0 +1,182 @@
+"""The ``edge`` command: ``run`` (the daemon), ``sim`` (the simulator), ``pull`` (the HPC client), ``demo``.
+
+Every subcommand reads the same settings: ``--config FILE`` (TOML), then ``EDGE_*`` environment
+variables, then ``--set KEY=VALUE`` flags and the subcommand's own flags, later ones winning.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+from pathlib import Path
+
+from edge.config import Settings, load_settings
+from edge.errors import ConfigError
+
+log = logging.getLogger("edge")
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", type=Path, help="TOML settings file")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override one setting, e.g. --set ring.slots=128 (repeatable)",
+    )
+    parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="edge", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="run the appliance daemon")
+    _common(run)
+    sim = sub.add_parser("sim", help="run the detector simulator")
+    _common(sim)
+    sim.add_argument("--frames", type=int, help="frames to send (0 = until stopped)")
+    sim.add_argument("--rate", type=float, help="frames per second")
+    sim.add_argument("--encoding", choices=["<", "bs16-lz4<"], help="raw or bitshuffle-LZ4 images")
+    sim.add_argument("--run-uid", help="run uid to announce (default: a new UUID)")
+    sim.add_argument("--json", action="store_true", help="print the summary as one JSON object")
+    pull = sub.add_parser("pull", help="pull reduced data from an appliance (HPC side)")
+    _common(pull)
+    pull.add_argument("--endpoint", help="appliance upstream endpoint, e.g. tcp://127.0.0.1:5570")
+    pull.add_argument("--consumer", help="this consumer's name")
+    pull.add_argument("--output", type=Path, help="where pulled files go")
+    demo = sub.add_parser("demo", help="simulator, daemon, pull client and dashboard on 127.0.0.1")
+    _common(demo)
+    demo.add_argument("--frames", type=int, default=0, help="frames to send (0 = until Ctrl-C)")
+    demo.add_argument("--rate", type=float, help="frames per second")
+    demo.add_argument("--workdir", type=Path, default=Path("demo-data"), help="where the demo keeps its data")
+    demo.add_argument("--json", action="store_true", help="print one JSON summary at the end")
+    demo.add_argument("--timeout", type=float, default=600.0, help="seconds to wait for delivery")
+    return parser
+
+
+def _settings(args: argparse.Namespace, extra: list[str]) -> Settings:
+    return load_settings(args.config, [*args.overrides, *extra])
+
+
+def _run_daemon(settings: Settings) -> int:
+    import uvicorn
+
+    from edge.appliance import Appliance
+    from webui import create_app
+
+    appliance = Appliance(settings)
+    appliance.start()
+    app = create_app(settings, appliance)
+    config = uvicorn.Config(
+        app, host=settings.api.host, port=settings.api.port, log_level="warning", lifespan="off"
+    )
+    server = uvicorn.Server(config)
+    print(
+        f"edge: ready, dashboard http://{settings.api.host}:{settings.api.port}/ "
+        f"upstream {appliance.forwarder.bound_endpoint}",
+        flush=True,
+    )
+
+    def _terminate(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    # uvicorn re-raises the signal it caught after shutting down; make SIGTERM end like Ctrl-C
+    signal.signal(signal.SIGTERM, _terminate)
+    try:
+        asyncio.run(server.serve())
+    except KeyboardInterrupt:
+        pass
+    finally:
+        appliance.stop()
+        print("edge: stopped", flush=True)
+    return 0
+
+
+def _run_pull(settings: Settings) -> int:
+    import zmq
+
+    from edge.upstream.pull import PullClient, main_loop
+
+    pull = settings.pull
+    context = zmq.Context()
+    client = PullClient(pull.endpoint, pull.consumer, pull.output, pull.credit, context)
+
+    def _stop(signum: int, frame: object) -> None:
+        client.stop_event.set()
+
+    signal.signal(signal.SIGINT, _stop)
+    signal.signal(signal.SIGTERM, _stop)
+    print(
+        f"pull: consumer {pull.consumer} from {pull.endpoint} into {pull.output}", file=sys.stderr, flush=True
+    )
+    main_loop(client)
+    context.term()
+    return 0
+
+
+def _run_sim(settings: Settings, args: argparse.Namespace) -> int:
+    from hw_sim.cli import run_sim
+
+    sim = settings.sim
+    run_sim(
+        endpoint=sim.endpoint,
+        shape=settings.detector.shape,
+        dtype=settings.detector.dtype,
+        geometry=settings.geometry.model_dump(),
+        frames=sim.frames,
+        rate_hz=sim.rate_hz,
+        seed=sim.seed,
+        pool=sim.pool,
+        encoding=sim.encoding,
+        series=sim.series,
+        as_json=args.json,
+        run_uid=args.run_uid,
+    )
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
+    )
+    extra: list[str] = []
+    if args.command == "sim":
+        if args.frames is not None:
+            extra.append(f"sim.frames={args.frames}")
+        if args.rate is not None:
+            extra.append(f"sim.rate_hz={args.rate}")
+        if args.encoding is not None:
+            extra.append(f'sim.encoding="{args.encoding}"')
+    elif args.command == "pull":
+        if args.endpoint:
+            extra.append(f'pull.endpoint="{args.endpoint}"')
+        if args.consumer:
+            extra.append(f'pull.consumer="{args.consumer}"')
+        if args.output:
+            extra.append(f'pull.output="{args.output}"')
+    elif args.command == "demo" and args.rate is not None:
+        extra.append(f"sim.rate_hz={args.rate}")
+    try:
+        settings = _settings(args, extra)
+    except ConfigError as error:
+        print(f"edge: {error}", file=sys.stderr)
+        return 2
+    if args.command == "run":
+        return _run_daemon(settings)
+    if args.command == "sim":
+        return _run_sim(settings, args)
+    if args.command == "pull":
+        return _run_pull(settings)
+    from edge.demo import run_demo
+
+    return run_demo(args, settings)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())

@@ -1,0 +1,220 @@
+"""Typed settings, parsed once at start from TOML, then ``EDGE_*`` environment, then CLI flags.
+
+Later sources win. Nested keys use ``__`` in the environment (``EDGE_RING__SLOTS=128``) and dots on the
+command line (``--set ring.slots=128``). A bad value stops the program at start with the key, the value
+and what is allowed.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from edge.errors import ConfigError
+
+LOCALHOST = "127.0.0.1"
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DetectorSettings(_Section):
+    """What the detector sends: frame shape and pixel type."""
+
+    height: int = Field(1024, ge=1, le=16384)
+    width: int = Field(1024, ge=1, le=16384)
+    dtype: Literal["uint16", "uint32"] = "uint16"
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return (self.height, self.width)
+
+
+class GeometrySettings(_Section):
+    """Experiment geometry in pyFAI's PONI convention (metres, radians)."""
+
+    dist: float = Field(0.1, gt=0)
+    poni1: float = 0.0384
+    poni2: float = 0.0384
+    rot1: float = 0.0
+    rot2: float = 0.0
+    rot3: float = 0.0
+    wavelength: float = Field(1.0e-10, gt=0)
+    pixel1: float = Field(75e-6, gt=0)
+    pixel2: float = Field(75e-6, gt=0)
+
+
+class SimSettings(_Section):
+    """The hardware simulator (``edge sim``)."""
+
+    endpoint: str = f"tcp://{LOCALHOST}:5560"
+    rate_hz: float = Field(20.0, gt=0, le=1_000_000)
+    frames: int = Field(0, ge=0, description="0 = run until stopped")
+    seed: int = Field(1234, ge=0)
+    pool: int = Field(32, ge=1, le=4096, description="distinct noise realisations, reused cyclically")
+    encoding: Literal["<", "bs16-lz4<"] = "<"
+    series: int = Field(1, ge=0)
+
+
+class StreamSettings(_Section):
+    """The ZeroMQ frame stream the daemon pulls from."""
+
+    endpoint: str = f"tcp://{LOCALHOST}:5560"
+    rcvhwm: int = Field(16, ge=1)
+
+
+class RingSettings(_Section):
+    """Shared-memory frame ring between the receiver and the pipeline."""
+
+    slots: int = Field(64, ge=2, le=65536)
+    policy: Literal["block", "count-and-drop"] = "block"
+    name: str | None = None
+
+
+class ReductionSettings(_Section):
+    """Kernels and their parameters."""
+
+    backend: Literal["auto", "gpu", "numba", "numpy"] = "auto"
+    bins: int = Field(1000, ge=2, le=100_000)
+    unit: Literal["2th_deg", "q_nm^-1"] = "2th_deg"
+    poni_file: Path | None = None
+
+
+class StoreSettings(_Section):
+    """Local HDF5 store and its ledger (``ledger.sqlite`` inside ``path``)."""
+
+    path: Path = Path("edge-data/store")
+    frames_per_file: int = Field(100, ge=1, le=1_000_000)
+    file_seconds: float = Field(2.0, gt=0)
+    chunk_bytes: int = Field(4 << 20, ge=4096, le=256 << 20)
+
+
+class UpstreamSettings(_Section):
+    """The appliance's side of the upstream pull protocol."""
+
+    endpoint: str = f"tcp://{LOCALHOST}:5570"
+    required_consumers: list[str] = Field(default_factory=lambda: ["hpc"], min_length=1)
+    resend_seconds: float = Field(10.0, gt=0)
+
+
+class PullSettings(_Section):
+    """The HPC-side client (``edge pull``)."""
+
+    endpoint: str = f"tcp://{LOCALHOST}:5570"
+    consumer: str = Field("hpc", min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")
+    output: Path = Path("edge-data/upstream")
+    credit: int = Field(8, ge=1, le=1024)
+
+
+class ApiSettings(_Section):
+    """REST/WebSocket API and dashboard."""
+
+    host: str = LOCALHOST
+    port: int = Field(8080, ge=0, le=65535)
+    token: str | None = None
+
+
+_toml_path: contextvars.ContextVar[Path | None] = contextvars.ContextVar("edge_toml_path", default=None)
+
+
+class _TomlSource(PydanticBaseSettingsSource):
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:  # pragma: no cover
+        return None, field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        path = _toml_path.get()
+        if path is None:
+            return {}
+        try:
+            with open(path, "rb") as handle:
+                return tomllib.load(handle)
+        except FileNotFoundError as error:
+            raise ConfigError(f"config file {path} does not exist") from error
+        except tomllib.TOMLDecodeError as error:
+            raise ConfigError(f"config file {path} is not valid TOML: {error}") from error
+
+
+class Settings(BaseSettings):
+    """Everything the appliance, simulator and pull client need, in one typed object."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="EDGE_", env_nested_delimiter="__", extra="forbid", frozen=True
+    )
+
+    detector: DetectorSettings = DetectorSettings()
+    geometry: GeometrySettings = GeometrySettings()
+    sim: SimSettings = SimSettings()
+    stream: StreamSettings = StreamSettings()
+    ring: RingSettings = RingSettings()
+    reduction: ReductionSettings = ReductionSettings()
+    store: StoreSettings = StoreSettings()
+    upstream: UpstreamSettings = UpstreamSettings()
+    pull: PullSettings = PullSettings()
+    api: ApiSettings = ApiSettings()
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings, env_settings, _TomlSource(settings_cls))
+
+    @property
+    def ledger_path(self) -> Path:
+        return self.store.path / "ledger.sqlite"
+
+
+def _parse_override(item: str) -> tuple[list[str], Any]:
+    key, sep, raw = item.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"override {item!r} is not KEY=VALUE (e.g. ring.slots=128)")
+    try:
+        value: Any = tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw  # a bare string
+    return key.strip().split("."), value
+
+
+def _nest(overrides: list[str]) -> dict[str, Any]:
+    tree: dict[str, Any] = {}
+    for item in overrides:
+        path, value = _parse_override(item)
+        node = tree
+        for part in path[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {item!r} sets inside a value")
+        node[path[-1]] = value
+    return tree
+
+
+def _describe(error: ValidationError) -> str:
+    lines = []
+    for item in error.errors():
+        key = ".".join(str(part) for part in item["loc"])
+        shown = repr(item.get("input"))
+        if len(shown) > 60:
+            shown = shown[:57] + "..."
+        lines.append(f"{key} = {shown}: {item['msg']}")
+    return "invalid configuration:\n  " + "\n  ".join(lines)
+
+
+def load_settings(config: Path | None = None, overrides: list[str] | None = None) -> Settings:
+    """Parse settings from a TOML file, the environment and ``KEY=VALUE`` overrides (in that precedence)."""
+    token = _toml_path.set(config)
+    try:
+        return Settings(**_nest(overrides or []))
+    except ValidationError as error:
+        raise ConfigError(_describe(error)) from None
+    finally:
+        _toml_path.reset(token)

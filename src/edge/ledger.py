@@ -1,0 +1,309 @@
+"""The durable record of every run, file, transfer chunk, acknowledgement and loss (SQLite, WAL).
+
+A file moves ``stored -> forwarded -> verified`` (and later ``purgeable -> purged``): ``verified`` means
+every consumer the policy names has returned the file's checksum and size. A chunk is a byte range of
+a file, the unit the upstream protocol sends and acknowledges. Every commit is durable
+(``synchronous=FULL``) so a crash loses no bookkeeping. One connection, guarded by a lock, serves the
+daemon's threads.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+from edge.errors import NotFound
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS runs (
+    run_uid TEXT PRIMARY KEY,
+    series INTEGER,
+    started_at REAL NOT NULL,
+    ended_at REAL,
+    exit_status TEXT,
+    frames_expected INTEGER,
+    frames_stored INTEGER NOT NULL DEFAULT 0,
+    config TEXT
+);
+CREATE TABLE IF NOT EXISTS files (
+    id INTEGER PRIMARY KEY,
+    run_uid TEXT NOT NULL REFERENCES runs(run_uid),
+    name TEXT NOT NULL,
+    path TEXT NOT NULL,
+    size INTEGER NOT NULL,
+    checksum TEXT NOT NULL,
+    first_frame INTEGER NOT NULL,
+    last_frame INTEGER NOT NULL,
+    n_frames INTEGER NOT NULL,
+    state TEXT NOT NULL,
+    stored_at REAL NOT NULL,
+    verified_at REAL,
+    UNIQUE (run_uid, name)
+);
+CREATE TABLE IF NOT EXISTS chunks (
+    id INTEGER PRIMARY KEY,
+    file_id INTEGER NOT NULL REFERENCES files(id),
+    idx INTEGER NOT NULL,
+    offset INTEGER NOT NULL,
+    length INTEGER NOT NULL,
+    checksum TEXT NOT NULL,
+    state TEXT NOT NULL,
+    UNIQUE (file_id, idx)
+);
+CREATE TABLE IF NOT EXISTS chunk_acks (
+    consumer TEXT NOT NULL,
+    chunk_id INTEGER NOT NULL REFERENCES chunks(id),
+    acked_at REAL NOT NULL,
+    PRIMARY KEY (consumer, chunk_id)
+);
+CREATE TABLE IF NOT EXISTS file_acks (
+    consumer TEXT NOT NULL,
+    file_id INTEGER NOT NULL REFERENCES files(id),
+    verified_at REAL NOT NULL,
+    PRIMARY KEY (consumer, file_id)
+);
+CREATE TABLE IF NOT EXISTS losses (
+    id INTEGER PRIMARY KEY,
+    run_uid TEXT,
+    first_frame INTEGER NOT NULL,
+    last_frame INTEGER NOT NULL,
+    reason TEXT NOT NULL,
+    detail TEXT NOT NULL DEFAULT '',
+    at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS chunks_by_state ON chunks(state, id);
+"""
+
+
+class Ledger:
+    """Durable bookkeeping; every method is one transaction."""
+
+    def __init__(self, path: Path, required_consumers: Sequence[str] = ("hpc",)) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self.required_consumers = tuple(required_consumers)
+        self._lock = threading.Lock()
+        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=30)
+        self._db.row_factory = sqlite3.Row
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.execute("PRAGMA foreign_keys=ON")
+        self._db.executescript(SCHEMA)
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    def _write(self, sql: str, params: Iterable[Any] = ()) -> sqlite3.Cursor:
+        with self._lock:
+            return self._db.execute(sql, tuple(params))
+
+    def _rows(self, sql: str, params: Iterable[Any] = ()) -> list[dict[str, Any]]:
+        with self._lock:
+            return [dict(row) for row in self._db.execute(sql, tuple(params)).fetchall()]
+
+    # -- runs ------------------------------------------------------------------------------------------
+    def run_started(self, run_uid: str, series: int, frames_expected: int | None, config: str) -> None:
+        self._write(
+            "INSERT INTO runs (run_uid, series, started_at, frames_expected, config) VALUES (?,?,?,?,?)",
+            (run_uid, series, time.time(), frames_expected, config),
+        )
+
+    def run_ended(self, run_uid: str, exit_status: str, frames_stored: int) -> None:
+        self._write(
+            "UPDATE runs SET ended_at=?, exit_status=?, frames_stored=? WHERE run_uid=?",
+            (time.time(), exit_status, frames_stored, run_uid),
+        )
+
+    def runs(self) -> list[dict[str, Any]]:
+        return self._rows("SELECT * FROM runs ORDER BY started_at")
+
+    def run(self, run_uid: str) -> dict[str, Any]:
+        rows = self._rows("SELECT * FROM runs WHERE run_uid=?", (run_uid,))
+        if not rows:
+            raise NotFound(f"no run {run_uid!r} in the ledger")
+        return rows[0]
+
+    # -- files and chunks --------------------------------------------------------------------------------
+    def file_stored(
+        self,
+        run_uid: str,
+        name: str,
+        path: Path,
+        size: int,
+        checksum: str,
+        frames: tuple[int, int, int],
+        chunks: Sequence[tuple[int, int, str]],
+    ) -> int:
+        """Record a closed file and its transfer chunks ``(offset, length, checksum)`` atomically."""
+        first, last, count = frames
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                cursor = self._db.execute(
+                    "INSERT INTO files (run_uid, name, path, size, checksum, first_frame, last_frame,"
+                    " n_frames, state, stored_at) VALUES (?,?,?,?,?,?,?,?, 'stored', ?)",
+                    (run_uid, name, str(path), size, checksum, first, last, count, time.time()),
+                )
+                file_id = int(cursor.lastrowid or 0)
+                self._db.executemany(
+                    "INSERT INTO chunks (file_id, idx, offset, length, checksum, state)"
+                    " VALUES (?,?,?,?,?, 'stored')",
+                    [(file_id, i, off, length, digest) for i, (off, length, digest) in enumerate(chunks)],
+                )
+                self._db.execute(
+                    "UPDATE runs SET frames_stored = frames_stored + ? WHERE run_uid=?", (count, run_uid)
+                )
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+        return file_id
+
+    def pending_chunks(self, consumer: str, exclude: Iterable[int], limit: int) -> list[dict[str, Any]]:
+        """Chunks this consumer has not acknowledged, oldest first, skipping those in flight."""
+        excluded = tuple(exclude)
+        skip = f" AND c.id NOT IN ({','.join('?' * len(excluded))})" if excluded else ""
+        return self._rows(
+            "SELECT c.id, c.idx, c.offset, c.length, c.checksum, f.id AS file_id, f.run_uid, f.name, f.path,"
+            " f.size AS file_size, f.checksum AS file_checksum,"
+            " (SELECT COUNT(*) FROM chunks c2 WHERE c2.file_id = f.id) AS file_chunks"
+            " FROM chunks c JOIN files f ON f.id = c.file_id"
+            " WHERE f.state IN ('stored','forwarded')"
+            + skip
+            + " AND NOT EXISTS (SELECT 1 FROM chunk_acks a WHERE a.consumer=? AND a.chunk_id=c.id)"
+            " AND NOT EXISTS (SELECT 1 FROM file_acks fa WHERE fa.consumer=? AND fa.file_id=f.id)"
+            " ORDER BY c.id LIMIT ?",
+            (*excluded, consumer, consumer, limit),
+        )
+
+    def chunks_sent(self, chunk_ids: Sequence[int]) -> None:
+        if not chunk_ids:
+            return
+        marks = ",".join("?" * len(chunk_ids))
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            self._db.execute(
+                f"UPDATE chunks SET state='forwarded' WHERE state='stored' AND id IN ({marks})", chunk_ids
+            )
+            self._db.execute(
+                "UPDATE files SET state='forwarded' WHERE state='stored' AND id IN"
+                f" (SELECT file_id FROM chunks WHERE id IN ({marks}))",
+                chunk_ids,
+            )
+            self._db.execute("COMMIT")
+
+    def chunk_acked(self, consumer: str, chunk_id: int, checksum: str) -> bool:
+        """Record an acknowledgement; False (and nothing recorded) if the checksum is not ours."""
+        rows = self._rows("SELECT checksum FROM chunks WHERE id=?", (chunk_id,))
+        if not rows or rows[0]["checksum"] != checksum:
+            return False
+        self._write(
+            "INSERT OR IGNORE INTO chunk_acks (consumer, chunk_id, acked_at) VALUES (?,?,?)",
+            (consumer, chunk_id, time.time()),
+        )
+        return True
+
+    def files_ready_to_verify(self, consumer: str) -> list[dict[str, Any]]:
+        """Files whose every chunk this consumer acknowledged but whose whole checksum it has not returned."""
+        return self._rows(
+            "SELECT f.id, f.run_uid, f.name, f.size, f.checksum FROM files f"
+            " WHERE f.state IN ('stored','forwarded')"
+            " AND NOT EXISTS (SELECT 1 FROM file_acks fa WHERE fa.consumer=? AND fa.file_id=f.id)"
+            " AND NOT EXISTS (SELECT 1 FROM chunks c WHERE c.file_id=f.id AND NOT EXISTS"
+            "   (SELECT 1 FROM chunk_acks a WHERE a.consumer=? AND a.chunk_id=c.id))"
+            " ORDER BY f.id",
+            (consumer, consumer),
+        )
+
+    def file_verified(self, consumer: str, file_id: int, size: int, checksum: str) -> bool:
+        """The consumer holds the whole file; True if size and checksum match ours.
+
+        On a mismatch the consumer's chunk acknowledgements for the file are dropped, so every chunk
+        is sent again.
+        """
+        rows = self._rows("SELECT size, checksum FROM files WHERE id=?", (file_id,))
+        if not rows:
+            raise NotFound(f"no file {file_id} in the ledger")
+        now = time.time()
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            if rows[0]["size"] != size or rows[0]["checksum"] != checksum:
+                self._db.execute(
+                    "DELETE FROM chunk_acks WHERE consumer=?"
+                    " AND chunk_id IN (SELECT id FROM chunks WHERE file_id=?)",
+                    (consumer, file_id),
+                )
+                self._db.execute("COMMIT")
+                return False
+            self._db.execute(
+                "INSERT OR IGNORE INTO file_acks (consumer, file_id, verified_at) VALUES (?,?,?)",
+                (consumer, file_id, now),
+            )
+            marks = ",".join("?" * len(self.required_consumers))
+            done = self._db.execute(
+                f"SELECT COUNT(DISTINCT consumer) FROM file_acks WHERE file_id=? AND consumer IN ({marks})",
+                (file_id, *self.required_consumers),
+            ).fetchone()[0]
+            if done == len(self.required_consumers):
+                self._db.execute(
+                    "UPDATE files SET state='verified', verified_at=? WHERE id=?", (now, file_id)
+                )
+                self._db.execute("UPDATE chunks SET state='verified' WHERE file_id=?", (file_id,))
+            self._db.execute("COMMIT")
+        return True
+
+    # -- losses ------------------------------------------------------------------------------------------
+    def record_loss(self, run_uid: str | None, first: int, last: int, reason: str, detail: str = "") -> None:
+        self._write(
+            "INSERT INTO losses (run_uid, first_frame, last_frame, reason, detail, at) VALUES (?,?,?,?,?,?)",
+            (run_uid, first, last, reason, detail, time.time()),
+        )
+
+    def losses(self, run_uid: str | None = None) -> list[dict[str, Any]]:
+        if run_uid is None:
+            return self._rows("SELECT * FROM losses ORDER BY id")
+        return self._rows("SELECT * FROM losses WHERE run_uid=? ORDER BY id", (run_uid,))
+
+    # -- views -------------------------------------------------------------------------------------------
+    def files(self, run_uid: str | None = None) -> list[dict[str, Any]]:
+        if run_uid is None:
+            return self._rows("SELECT * FROM files ORDER BY id")
+        return self._rows("SELECT * FROM files WHERE run_uid=? ORDER BY id", (run_uid,))
+
+    def summary(self) -> dict[str, Any]:
+        """Counts a status view needs, straight from the ledger."""
+        with self._lock:
+            db = self._db
+            files = dict(db.execute("SELECT state, COUNT(*) FROM files GROUP BY state").fetchall())
+            chunks = dict(db.execute("SELECT state, COUNT(*) FROM chunks GROUP BY state").fetchall())
+            frames = dict(
+                db.execute("SELECT state, COALESCE(SUM(n_frames),0) FROM files GROUP BY state").fetchall()
+            )
+            pending = db.execute(
+                "SELECT COALESCE(SUM(size),0) FROM files WHERE state IN ('stored','forwarded')"
+            ).fetchone()[0]
+            lost = db.execute(
+                "SELECT COALESCE(SUM(last_frame - first_frame + 1),0), COUNT(*) FROM losses"
+            ).fetchone()
+            consumers = [
+                {"consumer": row[0], "chunks_acked": row[1], "last_chunk_acked": row[2]}
+                for row in db.execute(
+                    "SELECT consumer, COUNT(*), MAX(chunk_id) FROM chunk_acks GROUP BY consumer"
+                )
+            ]
+        return {
+            "files": files,
+            "chunks": chunks,
+            "frames_by_state": frames,
+            "frames_stored": int(sum(frames.values())),
+            "frames_verified": int(frames.get("verified", 0)),
+            "bytes_pending": int(pending),
+            "frames_lost": int(lost[0]),
+            "loss_records": int(lost[1]),
+            "consumers": consumers,
+        }

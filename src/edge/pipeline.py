@@ -1,0 +1,186 @@
+"""The pipeline thread: takes frames from the ring in order, reduces them, stores them, frees the slot.
+
+Per frame: dark/flat correction and 1D azimuthal integration (the kernel registry's backend), and
+bitshuffle-LZ4 compression of the raw frame into an HDF5 chunk. The slot is released only after the
+frame is written to the run's file, so the ring never overwrites unpersisted data. In-band control
+records in the ring open and close runs in order with their frames.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edge.ring import KIND_CONTROL, KIND_FRAME, FrameRing, Slot
+from edge.store import ClosedFile, RunStore
+from kernels import Backend, Geometry, compress_chunk
+
+log = logging.getLogger(__name__)
+
+
+class Reduction:
+    """Per-run kernel state: correction arrays and the integrator for one frame shape."""
+
+    def __init__(
+        self, backend: Backend, geometry: Geometry, shape: tuple[int, int], bins: int, unit: str
+    ) -> None:
+        self.backend = backend
+        self.shape = shape
+        self.dark = np.zeros(shape, dtype=np.float32)
+        self.gain = np.ones(shape, dtype=np.float32)  # 1/flat, 0 at masked pixels
+        self.integrator = backend.integrator(geometry, shape, bins, unit=unit)
+        self._scratch = np.empty(shape, dtype=np.float32)
+
+    def reduce(self, raw: np.ndarray) -> np.ndarray:
+        corrected = self.backend.correct(raw, self.dark, self.gain, self._scratch)
+        return self.integrator.integrate(corrected)
+
+
+class Pipeline:
+    """Consumes the ring on its own thread; see the module docstring."""
+
+    def __init__(
+        self,
+        ring: FrameRing,
+        backend: Backend,
+        geometry: Geometry,
+        store_root: Path,
+        bins: int,
+        unit: str,
+        frames_per_file: int,
+        file_seconds: float,
+        on_file_closed: Callable[[ClosedFile], None],
+        on_run_closed: Callable[[str, int, str], None],
+        on_frame_lost: Callable[[str | None, int, str, str], None],
+    ) -> None:
+        self.ring = ring
+        self.backend = backend
+        self.geometry = geometry
+        self.store_root = store_root
+        self.bins = bins
+        self.unit = unit
+        self.frames_per_file = frames_per_file
+        self.file_seconds = file_seconds
+        self.on_file_closed = on_file_closed
+        self.on_run_closed = on_run_closed
+        self.on_frame_lost = on_frame_lost
+        self.stats: Counter[str] = Counter()
+        self.latest_profile: tuple[np.ndarray, np.ndarray] | None = None
+        self.latest_frame: np.ndarray | None = None
+        self._reduction: Reduction | None = None
+        self._store: RunStore | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._busy_seconds = 0.0
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="pipeline", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Finish what is in the ring, close the open run, and stop."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=60)
+
+    def counters(self) -> dict[str, Any]:
+        return {
+            "backend": self.backend.name,
+            "backend_degraded_from": list(self.backend.degraded_from),
+            "busy_seconds": round(self._busy_seconds, 3),
+            "run": self._store.run_uid if self._store else None,
+            **{k: int(v) for k, v in self.stats.items()},
+        }
+
+    def _run(self) -> None:
+        while True:
+            slot = self.ring.next_ready(timeout=0.1)
+            if slot is None:
+                if self._store is not None:
+                    self._store.tick()
+                if self._stop.is_set() and self.ring.drained():
+                    break
+                continue
+            try:
+                self._process(slot)
+            except Exception as error:  # a bug or a full disk: log it, count it, record the loss
+                log.exception("pipeline failed on slot %d", slot.seq)
+                self.stats["frames_failed"] += 1
+                if int(slot.header["kind"]) == KIND_FRAME:
+                    run_uid = self._store.run_uid if self._store else None
+                    self.on_frame_lost(
+                        run_uid, int(slot.header["frame"]), "pipeline_error", repr(error)[:200]
+                    )
+            finally:
+                self.ring.release(slot)
+        if self._store is not None:
+            self._close_run("abort")
+
+    def _process(self, slot: Slot) -> None:
+        kind = int(slot.header["kind"])
+        if kind == KIND_FRAME:
+            self._frame(slot)
+        elif kind == KIND_CONTROL:
+            record = json.loads(slot.payload)
+            if record["event"] == "series_start":
+                self._open_run(record)
+            elif record["event"] == "series_end":
+                self._close_run(record.get("exit_status", "success"))
+
+    def _open_run(self, record: dict[str, Any]) -> None:
+        if self._store is not None:
+            self._close_run("abort")
+        shape = (int(record["height"]), int(record["width"]))
+        self._reduction = Reduction(self.backend, self.geometry, shape, self.bins, self.unit)
+        self._store = RunStore(
+            self.store_root,
+            record["run_uid"],
+            shape,
+            record["dtype"],
+            self.frames_per_file,
+            self.file_seconds,
+            self._reduction.integrator.radial,
+            self.unit,
+            self.on_file_closed,
+        )
+        self.stats["runs_opened"] += 1
+
+    def _close_run(self, exit_status: str) -> None:
+        store, self._store = self._store, None
+        if store is None:
+            return
+        store.close()
+        self.stats["runs_closed"] += 1
+        self.on_run_closed(store.run_uid, store.frames_written, exit_status)
+
+    def _frame(self, slot: Slot) -> None:
+        if self._store is None or self._reduction is None:
+            self.stats["frames_outside_run"] += 1
+            self.on_frame_lost(
+                None, int(slot.header["frame"]), "outside_run", "frame arrived with no open run"
+            )
+            return
+        started = time.perf_counter()
+        raw = slot.array()
+        if raw.shape != self._reduction.shape:
+            self.stats["frames_wrong_shape"] += 1
+            frame = int(slot.header["frame"])
+            self.on_frame_lost(self._store.run_uid, frame, "wrong_shape", f"{raw.shape}")
+            return
+        profile = self._reduction.reduce(raw)
+        chunk = compress_chunk(raw)
+        self._store.write(int(slot.header["frame"]), chunk, profile)
+        self.latest_profile = (self._reduction.integrator.radial, profile)
+        self.latest_frame = raw[::8, ::8].copy()
+        self.stats["frames_processed"] += 1
+        self.stats["bytes_raw"] += raw.nbytes
+        self.stats["bytes_compressed"] += len(chunk)
+        self._busy_seconds += time.perf_counter() - started

@@ -1,0 +1,226 @@
+"""A ring of pre-allocated frame slots in named shared memory, between the receiver and the pipeline.
+
+The segment holds a control block (sequence counters, readable by other processes such as a live
+viewer), one header per slot and the slot data. One writer thread claims and publishes slots in order;
+one reader thread takes them in order and releases them only once they are persisted, so a slot is
+never reused before its frame is safe. When the ring is full the ``block`` policy makes the writer
+wait (which backpressures a ZeroMQ stream); ``count-and-drop`` refuses the claim and the caller records
+the loss.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from multiprocessing import shared_memory
+from typing import Any
+
+import numpy as np
+
+from firmware_bridge.source import FrameHeader
+
+KIND_EMPTY, KIND_FRAME, KIND_CONTROL = 0, 1, 2
+
+HEADER_DTYPE = np.dtype(
+    [
+        ("seq", "<u8"),
+        ("kind", "<u4"),
+        ("flags", "<u4"),
+        ("frame", "<u8"),
+        ("timestamp_ns", "<u8"),
+        ("nbytes", "<u8"),
+        ("height", "<u4"),
+        ("width", "<u4"),
+        ("dtype", "S8"),
+        ("packets_expected", "<u4"),
+        ("packets_received", "<u4"),
+    ]
+)
+_CONTROL_FIELDS = ("claimed", "published", "read", "released", "slots", "slot_bytes", "dropped", "waits")
+_ALIGN = 4096
+
+
+@dataclass
+class Slot:
+    """One claimed slot: its sequence number, its data buffer and (once published) its header."""
+
+    seq: int
+    index: int
+    buffer: memoryview
+    header: np.void
+
+    def array(self) -> np.ndarray:
+        """The slot's frame as an array of the published shape and dtype (a view, no copy)."""
+        h = self.header
+        count = int(h["height"]) * int(h["width"])
+        dtype = np.dtype(h["dtype"].decode())
+        return np.frombuffer(self.buffer, dtype=dtype, count=count).reshape(int(h["height"]), int(h["width"]))
+
+    @property
+    def payload(self) -> bytes:
+        return bytes(self.buffer[: int(self.header["nbytes"])])
+
+
+class FrameRing:
+    """Single-producer, single-consumer ring over shared memory; see the module docstring."""
+
+    def __init__(self, slots: int, slot_bytes: int, policy: str = "block", name: str | None = None) -> None:
+        if policy not in ("block", "count-and-drop"):
+            raise ValueError(f"ring policy {policy!r}: use 'block' or 'count-and-drop'")
+        self.policy = policy
+        self.slots = slots
+        self.slot_bytes = -(-slot_bytes // _ALIGN) * _ALIGN
+        control_bytes = _ALIGN
+        header_bytes = -(-slots * HEADER_DTYPE.itemsize // _ALIGN) * _ALIGN
+        total = control_bytes + header_bytes + slots * self.slot_bytes
+        self.name = name or f"edge-ring-{uuid.uuid4().hex[:12]}"
+        self._shm = shared_memory.SharedMemory(name=self.name, create=True, size=total)
+        buf = self._shm.buf
+        self._control = np.ndarray((len(_CONTROL_FIELDS),), dtype="<i8", buffer=buf[:control_bytes])
+        self._control[:] = 0
+        self._control[4] = slots
+        self._control[5] = self.slot_bytes
+        self._headers = np.ndarray(
+            (slots,), dtype=HEADER_DTYPE, buffer=buf[control_bytes : control_bytes + header_bytes]
+        )
+        data_start = control_bytes + header_bytes
+        self._data = [
+            buf[data_start + i * self.slot_bytes : data_start + (i + 1) * self.slot_bytes]
+            for i in range(slots)
+        ]
+        self._cond = threading.Condition()
+        self._stopping = False
+        self._claimed = self._published = self._read = self._released = 0
+        self.max_fill = 0
+
+    # -- producer -------------------------------------------------------------------------------------
+    def claim(self, nbytes: int, timeout: float | None = None) -> Slot | None:
+        """Next free slot, in order. Blocks while full under ``block``; None when dropping or stopping."""
+        if nbytes > self.slot_bytes:
+            raise ValueError(f"frame of {nbytes} bytes does not fit a {self.slot_bytes}-byte slot")
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._cond:
+            waited = False
+            while self._claimed - self._released >= self.slots:
+                if self.policy == "count-and-drop" or self._stopping:
+                    self._control[6] += 1
+                    return None
+                if not waited:
+                    self._control[7] += 1
+                    waited = True
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    return None
+                self._cond.wait(0.1 if remaining is None else min(remaining, 0.1))
+            if self._stopping:
+                return None
+            seq = self._claimed
+            self._claimed += 1
+            self._control[0] = self._claimed
+            self.max_fill = max(self.max_fill, self._claimed - self._released)
+        index = seq % self.slots
+        return Slot(seq, index, self._data[index], self._headers[index])
+
+    def publish(self, slot: Slot, header: FrameHeader, nbytes: int | None = None) -> None:
+        """Make a filled frame slot visible to the reader."""
+        h = self._headers[slot.index]
+        h["seq"] = slot.seq
+        h["kind"] = KIND_FRAME
+        h["flags"] = header.flags
+        h["frame"] = header.frame
+        h["timestamp_ns"] = header.timestamp_ns
+        h["height"] = header.height
+        h["width"] = header.width
+        h["dtype"] = header.dtype.encode()
+        h["nbytes"] = (
+            header.height * header.width * np.dtype(header.dtype).itemsize if nbytes is None else nbytes
+        )
+        h["packets_expected"] = header.packets_expected
+        h["packets_received"] = header.packets_received
+        self._commit(slot)
+
+    def publish_control(self, slot: Slot, payload: bytes) -> None:
+        """Publish an in-band control record (series start/end) so it stays ordered with the frames."""
+        slot.buffer[: len(payload)] = payload
+        h = self._headers[slot.index]
+        h["seq"] = slot.seq
+        h["kind"] = KIND_CONTROL
+        h["nbytes"] = len(payload)
+        self._commit(slot)
+
+    def abandon(self, slot: Slot) -> None:
+        """Publish the slot as empty: the reader skips it and releases it in order."""
+        h = self._headers[slot.index]
+        h["seq"] = slot.seq
+        h["kind"] = KIND_EMPTY
+        h["nbytes"] = 0
+        self._commit(slot)
+
+    def _commit(self, slot: Slot) -> None:
+        with self._cond:
+            if slot.seq != self._published:
+                raise RuntimeError(f"slot {slot.seq} published out of order (expected {self._published})")
+            self._published += 1
+            self._control[1] = self._published
+            self._cond.notify_all()
+
+    # -- consumer -------------------------------------------------------------------------------------
+    def next_ready(self, timeout: float = 0.1) -> Slot | None:
+        """The oldest published slot not yet taken, or None after ``timeout`` seconds."""
+        with self._cond:
+            if self._read >= self._published and not self._cond.wait_for(
+                lambda: self._read < self._published, timeout
+            ):
+                return None
+            seq = self._read
+            self._read += 1
+            self._control[2] = self._read
+        index = seq % self.slots
+        return Slot(seq, index, self._data[index], self._headers[index])
+
+    def release(self, slot: Slot) -> None:
+        """The slot's contents are persisted: the writer may reuse it."""
+        with self._cond:
+            if slot.seq != self._released:
+                raise RuntimeError(f"slot {slot.seq} released out of order (expected {self._released})")
+            self._released += 1
+            self._control[3] = self._released
+            self._cond.notify_all()
+
+    # -- lifecycle and views --------------------------------------------------------------------------
+    def stop(self) -> None:
+        """Wake every waiter; later claims return None."""
+        with self._cond:
+            self._stopping = True
+            self._cond.notify_all()
+
+    def drained(self) -> bool:
+        with self._cond:
+            return self._released == self._claimed
+
+    def counters(self) -> dict[str, Any]:
+        with self._cond:
+            fill = self._claimed - self._released
+            return {
+                "name": self.name,
+                "slots": self.slots,
+                "slot_bytes": self.slot_bytes,
+                "policy": self.policy,
+                "fill": fill,
+                "free": self.slots - fill,
+                "max_fill": self.max_fill,
+                "claimed": self._claimed,
+                "published": self._published,
+                "released": self._released,
+                "dropped": int(self._control[6]),
+                "full_waits": int(self._control[7]),
+            }
+
+    def close(self) -> None:
+        """Drop every view and unlink the segment."""
+        self.stop()
+        del self._data, self._headers, self._control
+        self._shm.close()
+        self._shm.unlink()

@@ -1,0 +1,65 @@
+"""The contract between a frame source (a socket reader) and where its frames go (the appliance's ring).
+
+A source never allocates frame memory: it asks the sink for a slot, receives straight into it, and
+publishes it with a header. Everything a source cannot deliver it reports with ``lost`` and a reason.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+FLAG_COMPLETE = 0
+FLAG_INCOMPLETE = 1
+FLAG_CORRUPT = 2
+
+
+@dataclass
+class FrameHeader:
+    """What a source knows about a frame it publishes."""
+
+    frame: int
+    height: int
+    width: int
+    dtype: str
+    timestamp_ns: int = 0
+    flags: int = FLAG_COMPLETE
+    packets_expected: int = 0
+    packets_received: int = 0
+
+
+class SlotLike(Protocol):
+    @property
+    def buffer(self) -> memoryview: ...
+
+
+class FrameSink(Protocol):
+    """Where a source puts frames; implemented by the appliance's shared-memory ring."""
+
+    def claim(self, nbytes: int) -> SlotLike | None:
+        """A writable slot of at least ``nbytes``; None when the frame must be dropped (full, stopping)."""
+
+    def publish(self, slot: SlotLike, header: FrameHeader) -> None:
+        """Hand a filled slot on."""
+
+    def abandon(self, slot: SlotLike) -> None:
+        """Give back a claimed slot whose contents turned out to be unusable."""
+
+    def series_start(self, series: int, config: dict[str, Any]) -> None:
+        """A new series (run) begins; ``config`` is the detector's description of it."""
+
+    def series_end(self, series: int) -> None:
+        """The series ended normally."""
+
+    def lost(self, first: int, last: int, reason: str, detail: str = "") -> None:
+        """Frames ``first..last`` (inclusive) will never be published; says why."""
+
+
+class FrameSource(Protocol):
+    """Every detector source (ZMQ stream reader, UDP reader) implements this."""
+
+    def start(self) -> None: ...
+
+    def stop(self) -> None: ...
+
+    def counters(self) -> dict[str, Any]: ...

@@ -1,0 +1,319 @@
+"""The ZeroMQ frame stream (DECTRIS stream v1 message sequence) as a sans-I/O codec.
+
+Bytes in, events out; no sockets. A reader hands the codec one message part at a time with the
+ZeroMQ "more" flag. When the next part is an image's pixel data, :meth:`StreamCodec.expecting_data`
+returns its size so the reader can ``recv_into`` a ring slot and report only the byte count with
+:meth:`StreamCodec.feed_received`. Malformed input becomes a :class:`StreamError` event and a counter;
+nothing raises out of ``feed``. See docs/wire-formats.md for the byte layout.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+ENCODINGS = {"<": "raw", "bs16-lz4<": "bitshuffle-lz4", "bs32-lz4<": "bitshuffle-lz4"}
+DTYPES = {"uint8", "uint16", "uint32", "int32", "float32"}
+MAX_PIXELS = 16384 * 16384
+
+
+@dataclass(frozen=True)
+class SeriesStart:
+    """A new acquisition series; ``config`` carries the detector's JSON (shape, run uid, expected frames)."""
+
+    series: int
+    shape: tuple[int, int]
+    dtype: str
+    config: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def run_uid(self) -> str | None:
+        value = self.config.get("run_uid")
+        return str(value) if value is not None else None
+
+    @property
+    def frames_expected(self) -> int | None:
+        value = self.config.get("frames_expected")
+        return int(value) if isinstance(value, int) else None
+
+
+@dataclass(frozen=True)
+class ImageMessage:
+    """One image. ``data`` is None when the reader received the pixel part into its own buffer."""
+
+    series: int
+    frame: int
+    shape: tuple[int, int]
+    dtype: str
+    encoding: str
+    size: int
+    start_time: int = 0
+    stop_time: int = 0
+    data: bytes | memoryview | None = None
+
+
+@dataclass(frozen=True)
+class SeriesEnd:
+    series: int
+
+
+@dataclass(frozen=True)
+class StreamError:
+    """A message the codec could not accept, and why. ``frame`` is set when an image was lost."""
+
+    reason: str
+    detail: str = ""
+    frame: int | None = None
+
+
+Event = SeriesStart | ImageMessage | SeriesEnd | StreamError
+
+_IDLE, _HEADER_CONFIG, _IMAGE_D, _IMAGE_DATA, _IMAGE_CONFIG, _DISCARD = range(6)
+
+
+class _Reject(Exception):
+    def __init__(self, reason: str, detail: str = "") -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.detail = detail
+
+
+def _json(part: bytes | memoryview) -> dict[str, Any]:
+    try:
+        value = json.loads(bytes(part))
+    except (ValueError, UnicodeDecodeError) as error:
+        raise _Reject("malformed_json", str(error)[:120]) from None
+    if not isinstance(value, dict):
+        raise _Reject("malformed_json", "part is not a JSON object")
+    return value
+
+
+def _int(message: dict[str, Any], key: str) -> int:
+    value = message.get(key)
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise _Reject("bad_field", f"{key}={value!r}")
+    return value
+
+
+def _shape(message: dict[str, Any]) -> tuple[int, int]:
+    shape = message.get("shape")
+    if (
+        not isinstance(shape, list)
+        or len(shape) != 2
+        or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in shape)
+        or shape[0] * shape[1] > MAX_PIXELS
+    ):
+        raise _Reject("bad_field", f"shape={shape!r}")
+    width, height = shape  # DECTRIS order: [x, y]
+    return (height, width)
+
+
+def _dtype(message: dict[str, Any]) -> str:
+    dtype = message.get("type")
+    if dtype not in DTYPES:
+        raise _Reject("bad_field", f"type={dtype!r}")
+    return str(dtype)
+
+
+class StreamCodec:
+    """State machine over message parts; see the module docstring."""
+
+    def __init__(self) -> None:
+        self._state = _IDLE
+        self._image: dict[str, Any] = {}
+        self.series: int | None = None
+        self.counters: Counter[str] = Counter()
+        self.errors: Counter[str] = Counter()
+
+    # -- what the reader needs to know --------------------------------------------------------------
+    def expecting_data(self) -> int | None:
+        """Byte size of the next part if it is an image's pixel data, else None."""
+        return int(self._image["size"]) if self._state == _IMAGE_DATA else None
+
+    @property
+    def pending_frame(self) -> int | None:
+        """Frame number of the image message being assembled, if any."""
+        return self._image.get("frame") if self._state in (_IMAGE_D, _IMAGE_DATA, _IMAGE_CONFIG) else None
+
+    @property
+    def pending_encoding(self) -> str | None:
+        """Encoding of the image whose data part comes next, if any."""
+        return self._image.get("encoding") if self._state == _IMAGE_DATA else None
+
+    # -- input --------------------------------------------------------------------------------------
+    def feed(self, part: bytes | memoryview, more: bool) -> list[Event]:
+        """Take one message part; return the events it completes."""
+        self.counters["parts"] += 1
+        self.counters["bytes"] += len(part)
+        try:
+            return self._feed(part, len(part), more)
+        except _Reject as reject:
+            return self._reject(reject, more)
+
+    def feed_received(self, nbytes: int, more: bool) -> list[Event]:
+        """The data part was received into the reader's buffer; ``nbytes`` is its true size."""
+        self.counters["parts"] += 1
+        self.counters["bytes"] += nbytes
+        try:
+            return self._feed(None, nbytes, more)
+        except _Reject as reject:
+            return self._reject(reject, more)
+
+    def _reject(self, reject: _Reject, more: bool) -> list[Event]:
+        frame = self.pending_frame
+        self.errors[reject.reason] += 1
+        self.counters["errors"] += 1
+        self._image = {}
+        self._state = _DISCARD if more else _IDLE
+        return [StreamError(reject.reason, reject.detail, frame)]
+
+    def _feed(self, part: bytes | memoryview | None, nbytes: int, more: bool) -> list[Event]:
+        state = self._state
+        if state == _DISCARD:
+            if not more:
+                self._state = _IDLE
+            return []
+        if state != _IMAGE_DATA and part is None:
+            raise _Reject("unexpected_data", "a data part arrived where a JSON part belongs")
+        if state == _IDLE:
+            return self._first(part, more)  # type: ignore[arg-type]
+        if state == _HEADER_CONFIG:
+            return self._header_config(part, more)  # type: ignore[arg-type]
+        if not more and state != _IMAGE_CONFIG:
+            raise _Reject("truncated_message", f"image message ended after part {state}")
+        if state == _IMAGE_D:
+            message = _json(part)  # type: ignore[arg-type]
+            if message.get("htype") != "dimage_d-1.0":
+                raise _Reject("unexpected_htype", f"{message.get('htype')!r} where dimage_d-1.0 belongs")
+            encoding = message.get("encoding")
+            if encoding not in ENCODINGS:
+                raise _Reject("bad_encoding", f"encoding={encoding!r}")
+            shape, dtype, size = _shape(message), _dtype(message), _int(message, "size")
+            if encoding == "<" and size != shape[0] * shape[1] * np.dtype(dtype).itemsize:
+                raise _Reject("bad_size", f"size={size} for {shape} {dtype}")
+            self._image.update(shape=shape, dtype=dtype, encoding=encoding, size=size)
+            self._state = _IMAGE_DATA
+            return []
+        if state == _IMAGE_DATA:
+            if nbytes != self._image["size"]:
+                raise _Reject(
+                    "bad_size", f"data part holds {nbytes} bytes, header said {self._image['size']}"
+                )
+            self._image["data"] = part
+            self._state = _IMAGE_CONFIG
+            return []
+        # _IMAGE_CONFIG
+        if more:
+            raise _Reject("extra_parts", "image message has more than 4 parts")
+        message = _json(part)  # type: ignore[arg-type]
+        if message.get("htype") != "dconfig-1.0":
+            raise _Reject("unexpected_htype", f"{message.get('htype')!r} where dconfig-1.0 belongs")
+        image = self._image
+        self._image = {}
+        self._state = _IDLE
+        self.counters["images"] += 1
+        return [
+            ImageMessage(
+                series=image["series"],
+                frame=image["frame"],
+                shape=image["shape"],
+                dtype=image["dtype"],
+                encoding=image["encoding"],
+                size=image["size"],
+                start_time=int(message.get("start_time") or 0),
+                stop_time=int(message.get("stop_time") or 0),
+                data=image.get("data"),
+            )
+        ]
+
+    def _first(self, part: bytes | memoryview, more: bool) -> list[Event]:
+        message = _json(part)
+        htype = message.get("htype")
+        series = _int(message, "series")
+        if htype == "dimage-1.0":
+            if self.series is not None and series != self.series:
+                raise _Reject("wrong_series", f"image of series {series} during series {self.series}")
+            self._image = {"series": series, "frame": _int(message, "frame")}
+            if not more:
+                raise _Reject("truncated_message", "image message has only its first part")
+            self._state = _IMAGE_D
+            return []
+        if htype == "dheader-1.0":
+            if not more:
+                raise _Reject("truncated_message", "series header without its config part")
+            self._image = {"series": series}
+            self._state = _HEADER_CONFIG
+            return []
+        if htype == "dseries_end-1.0":
+            if more:
+                raise _Reject("extra_parts", "series end has more than one part")
+            self.series = None
+            self.counters["series_ends"] += 1
+            return [SeriesEnd(series)]
+        raise _Reject("unknown_htype", f"htype={htype!r}")
+
+    def _header_config(self, part: bytes | memoryview, more: bool) -> list[Event]:
+        if more:
+            raise _Reject("extra_parts", "series header has more than 2 parts")
+        config = _json(part)
+        series = self._image["series"]
+        self._image = {}
+        self._state = _IDLE
+        start = SeriesStart(series, _shape(config), _dtype(config), config)
+        self.series = series
+        self.counters["series_starts"] += 1
+        return [start]
+
+
+# -- encoder (used by the simulator and by tests) ------------------------------------------------------
+def _dump(message: dict[str, Any]) -> bytes:
+    return json.dumps(message, separators=(",", ":")).encode()
+
+
+def encode_series_start(series: int, shape: tuple[int, int], dtype: str, **config: Any) -> list[bytes]:
+    """Parts of a series header; ``shape`` is (height, width)."""
+    head = {"htype": "dheader-1.0", "series": series, "header_detail": "basic"}
+    body = {"htype": "dconfig-edge-1.0", "shape": [shape[1], shape[0]], "type": dtype, **config}
+    return [_dump(head), _dump(body)]
+
+
+def encode_image(
+    series: int,
+    frame: int,
+    shape: tuple[int, int],
+    dtype: str,
+    data: bytes | memoryview,
+    encoding: str = "<",
+    start_time: int = 0,
+    stop_time: int = 0,
+) -> list[bytes | memoryview]:
+    """Parts of one image message; ``data`` is already encoded as ``encoding`` says."""
+    return [
+        _dump({"htype": "dimage-1.0", "series": series, "frame": frame, "hash": ""}),
+        _dump(
+            {
+                "htype": "dimage_d-1.0",
+                "shape": [shape[1], shape[0]],
+                "type": dtype,
+                "encoding": encoding,
+                "size": len(data) if not isinstance(data, memoryview) else data.nbytes,
+            }
+        ),
+        data,
+        _dump(
+            {
+                "htype": "dconfig-1.0",
+                "start_time": start_time,
+                "stop_time": stop_time,
+                "real_time": stop_time - start_time,
+            }
+        ),
+    ]
+
+
+def encode_series_end(series: int) -> list[bytes]:
+    return [_dump({"htype": "dseries_end-1.0", "series": series})]

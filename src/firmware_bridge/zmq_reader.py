@@ -1,0 +1,193 @@
+"""ZeroMQ frame-stream reader: pulls DECTRIS-style messages and receives pixels straight into ring slots.
+
+The socket is a PULL connected to the detector's PUSH. Raw images are received with ``recv_into`` into
+a slot the sink hands out, so the pixels are copied once, by the kernel. When the sink blocks (ring
+full, ``block`` policy) the reader stops reading, ZeroMQ's queues fill and the detector's PUSH blocks:
+that is the backpressure. Every frame that cannot be delivered is reported to the sink with a reason.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import Counter
+from typing import Any
+
+import numpy as np
+import zmq
+
+from firmware_bridge.source import FLAG_COMPLETE, FrameHeader, FrameSink, SlotLike
+from firmware_bridge.stream_codec import ImageMessage, SeriesEnd, SeriesStart, StreamCodec, StreamError
+from kernels import decompress_chunk
+
+log = logging.getLogger(__name__)
+
+
+class ZmqStreamSource:
+    """A :class:`~firmware_bridge.source.FrameSource` for the ZeroMQ frame stream."""
+
+    def __init__(self, endpoint: str, sink: FrameSink, context: zmq.Context, rcvhwm: int = 16) -> None:
+        self.endpoint = endpoint
+        self.sink = sink
+        self.context = context
+        self.rcvhwm = rcvhwm
+        self.codec = StreamCodec()
+        self.stats: Counter[str] = Counter()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._series: int | None = None
+        self._next_frame = 0
+        self._frames_expected: int | None = None
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="zmq-stream-reader", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+
+    def counters(self) -> dict[str, Any]:
+        return {
+            "endpoint": self.endpoint,
+            **{k: int(v) for k, v in self.stats.items()},
+            "codec": {k: int(v) for k, v in self.codec.counters.items()},
+            "errors": {k: int(v) for k, v in self.codec.errors.items()},
+            "series": self._series,
+        }
+
+    # -- the loop ---------------------------------------------------------------------------------------
+    def _run(self) -> None:
+        sock = self.context.socket(zmq.PULL)
+        sock.rcvhwm = self.rcvhwm
+        sock.linger = 0
+        sock.connect(self.endpoint)
+        try:
+            while not self._stop.is_set():
+                if sock.poll(100):
+                    self._receive_message(sock)
+        except Exception:  # pragma: no cover - a bug, not bad input: say so loudly and keep the count
+            log.exception("stream reader stopped by an unexpected error")
+            self.stats["reader_crashes"] += 1
+        finally:
+            sock.close(0)
+
+    def _receive_message(self, sock: zmq.Socket) -> None:
+        part = sock.recv()
+        more = bool(sock.rcvmore)
+        self.stats["messages"] += 1
+        events = self.codec.feed(part, more)
+        slot: SlotLike | None = None
+        while more:
+            size = self.codec.expecting_data()
+            if size is not None and self.codec.pending_encoding == "<":
+                frame = self.codec.pending_frame
+                slot = self.sink.claim(size)
+                if slot is None:
+                    self._drop_rest(sock, more)
+                    reason = "shutdown" if self._stop.is_set() else "ring_full"
+                    self.stats[f"frames_dropped_{reason}"] += 1
+                    if frame is not None and self._note_frame(frame):
+                        self.sink.lost(frame, frame, reason, f"ring policy {reason}")
+                    return
+                nbytes = sock.recv_into(slot.buffer[:size])
+                more = bool(sock.rcvmore)
+                events += self.codec.feed_received(nbytes, more)
+            else:
+                part = sock.recv()
+                more = bool(sock.rcvmore)
+                events += self.codec.feed(part, more)
+        for event in events:
+            slot = self._handle(event, slot)
+        if slot is not None:  # claimed but the message was rejected after the data part
+            self.sink.abandon(slot)
+
+    def _drop_rest(self, sock: zmq.Socket, more: bool) -> None:
+        while more:
+            part = sock.recv()
+            more = bool(sock.rcvmore)
+            self.codec.feed(part, more)
+
+    def _handle(self, event: object, slot: SlotLike | None) -> SlotLike | None:
+        if isinstance(event, ImageMessage):
+            if not self._note_frame(event.frame):
+                return slot  # abandoned by the caller
+            if event.data is not None:
+                slot = self._decode_into_slot(event)
+                if slot is None:
+                    return None
+            assert slot is not None
+            header = FrameHeader(
+                frame=event.frame,
+                height=event.shape[0],
+                width=event.shape[1],
+                dtype=event.dtype,
+                timestamp_ns=event.stop_time,
+                flags=FLAG_COMPLETE,
+            )
+            self.sink.publish(slot, header)
+            self.stats["frames_received"] += 1
+            self.stats["bytes_received"] += event.size
+            return None
+        if isinstance(event, StreamError):
+            self.stats["messages_rejected"] += 1
+            log.warning("rejected stream message: %s %s", event.reason, event.detail)
+            if event.frame is not None and self._series is not None:
+                self._note_frame(event.frame)
+                self.sink.lost(event.frame, event.frame, f"stream_{event.reason}", event.detail)
+            return slot
+        if isinstance(event, SeriesStart):
+            if self._series is not None:
+                self._end_series("series_restarted")
+            self._series = event.series
+            self._next_frame = 0
+            self._frames_expected = event.frames_expected
+            self.stats["series_started"] += 1
+            self.sink.series_start(event.series, event.config)
+            return slot
+        if isinstance(event, SeriesEnd):
+            self._end_series("missing_at_series_end")
+            return slot
+        return slot  # pragma: no cover
+
+    def _note_frame(self, frame: int) -> bool:
+        """Account for gaps before ``frame``; False for a stale or duplicate frame number."""
+        if self._series is None:
+            self.stats["frames_outside_series"] += 1
+            return False
+        if frame < self._next_frame:
+            self.stats["frames_duplicate"] += 1
+            return False
+        if frame > self._next_frame:
+            self.stats["frames_gap"] += frame - self._next_frame
+            self.sink.lost(self._next_frame, frame - 1, "frame_number_gap", "frames never arrived")
+        self._next_frame = frame + 1
+        return True
+
+    def _end_series(self, reason: str) -> None:
+        expected = self._frames_expected
+        if expected is not None and self._next_frame < expected:
+            self.stats["frames_gap"] += expected - self._next_frame
+            self.sink.lost(self._next_frame, expected - 1, reason, f"series ended after {self._next_frame}")
+        series = self._series
+        self._series = None
+        self.stats["series_ended"] += 1
+        if series is not None:
+            self.sink.series_end(series)
+
+    def _decode_into_slot(self, event: ImageMessage) -> SlotLike | None:
+        nbytes = event.shape[0] * event.shape[1] * np.dtype(event.dtype).itemsize
+        try:
+            pixels = decompress_chunk(event.data, event.shape, event.dtype)  # type: ignore[arg-type]
+        except (ValueError, RuntimeError) as error:
+            self.stats["frames_undecodable"] += 1
+            self.sink.lost(event.frame, event.frame, "stream_undecodable", str(error)[:120])
+            return None
+        slot = self.sink.claim(nbytes)
+        if slot is None:
+            self.stats["frames_dropped_ring_full"] += 1
+            self.sink.lost(event.frame, event.frame, "ring_full", "count-and-drop policy")
+            return None
+        np.frombuffer(slot.buffer, dtype=np.uint8, count=nbytes)[:] = pixels.view(np.uint8).ravel()
+        return slot
