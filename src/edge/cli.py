@@ -79,6 +79,7 @@ def _run_daemon(settings: Settings) -> int:
     print(
         f"edge: ready, dashboard http://{settings.api.host}:{settings.api.port}/ "
         f"upstream {appliance.forwarder.bound_endpoint}",
+        file=sys.stderr,
         flush=True,
     )
 
@@ -93,7 +94,7 @@ def _run_daemon(settings: Settings) -> int:
         pass
     finally:
         appliance.stop()
-        print("edge: stopped", flush=True)
+        print("edge: stopped", file=sys.stderr, flush=True)
     return 0
 
 

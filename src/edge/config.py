@@ -120,6 +120,15 @@ class ApiSettings(_Section):
     token: str | None = None
 
 
+class EpicsSettings(_Section):
+    """The appliance's own PVs (softioc) and the detector it drives (pyepics)."""
+
+    enabled: bool = False
+    prefix: str = Field("EDGE:", min_length=1, max_length=40, pattern=r"^[A-Za-z0-9_:.-]+$")
+    detector_prefix: str = Field("SIM:cam1:", min_length=1, max_length=40, pattern=r"^[A-Za-z0-9_:.-]+$")
+    acf_file: Path | None = None
+
+
 _toml_path: contextvars.ContextVar[Path | None] = contextvars.ContextVar("edge_toml_path", default=None)
 
 
@@ -157,6 +166,7 @@ class Settings(BaseSettings):
     upstream: UpstreamSettings = UpstreamSettings()
     pull: PullSettings = PullSettings()
     api: ApiSettings = ApiSettings()
+    epics: EpicsSettings = EpicsSettings()
 
     @classmethod
     def settings_customise_sources(

@@ -58,7 +58,7 @@ class Components:
     def start(self, name: str, argv: list[str], capture: bool = False) -> subprocess.Popen[str]:
         proc = subprocess.Popen(
             [sys.executable, "-m", "edge", *argv],
-            stdout=subprocess.PIPE if capture else None,
+            stdout=subprocess.PIPE if capture else sys.stderr,  # our stdout carries only the summary
             text=True,
             start_new_session=True,  # Ctrl-C reaches the demo, which stops children in order
         )

@@ -1,0 +1,112 @@
+"""Starting and stopping the real ``edge`` processes on 127.0.0.1 for system tests."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.1) -> Any:
+    """Poll ``predicate`` until it returns something truthy; fail with ``what`` after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    last_error: Exception | None = None
+    while time.monotonic() < deadline:
+        try:
+            value = predicate()
+        except (OSError, urllib.error.URLError, ValueError, KeyError) as error:
+            last_error = error
+            value = None
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what} (last error: {last_error})")
+
+
+def get_json(url: str) -> Any:
+    with urllib.request.urlopen(url, timeout=5) as response:
+        return json.loads(response.read())
+
+
+@dataclass
+class EdgeStack:
+    """Ports, paths and processes of one appliance + simulator + pull client, all on loopback."""
+
+    root: Path
+    overrides: list[str] = field(default_factory=list)
+    procs: list[subprocess.Popen[str]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.stream_port = free_port()
+        self.upstream_port = free_port()
+        self.api_port = free_port()
+        self.store = self.root / "store"
+        self.upstream = self.root / "upstream"
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.api_port}"
+
+    def settings_args(self) -> list[str]:
+        items = [
+            f'sim.endpoint="tcp://127.0.0.1:{self.stream_port}"',
+            f'stream.endpoint="tcp://127.0.0.1:{self.stream_port}"',
+            f'upstream.endpoint="tcp://127.0.0.1:{self.upstream_port}"',
+            f'pull.endpoint="tcp://127.0.0.1:{self.upstream_port}"',
+            f"api.port={self.api_port}",
+            f'store.path="{self.store}"',
+            f'pull.output="{self.upstream}"',
+            *self.overrides,
+        ]
+        args = ["--log-level", "WARNING"]
+        for item in items:
+            args += ["--set", item]
+        return args
+
+    def start(self, command: str, *extra: str, stdout: int | None = None) -> subprocess.Popen[str]:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "edge", command, *self.settings_args(), *extra],
+            stdout=stdout,
+            text=True,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+        self.procs.append(proc)
+        return proc
+
+    def start_daemon(self) -> subprocess.Popen[str]:
+        proc = self.start("run")
+        wait_for(lambda: get_json(self.url + "/api/status"), 120, "the daemon's API")
+        return proc
+
+    def status(self) -> dict[str, Any]:
+        return get_json(self.url + "/api/status")
+
+    def run(self, run_uid: str) -> dict[str, Any]:
+        return get_json(f"{self.url}/api/runs/{run_uid}")
+
+    def stop_all(self) -> None:
+        for proc in reversed(self.procs):
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGINT)
+        for proc in self.procs:
+            try:
+                proc.wait(20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()

@@ -1,0 +1,159 @@
+"""The whole data path with real processes: simulator -> daemon -> HDF5 -> upstream pull."""
+
+from __future__ import annotations
+
+import json
+import signal
+import sqlite3
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import h5py
+import hdf5plugin  # noqa: F401  (the bitshuffle filter for reading back)
+import numpy as np
+import pytest
+from edgeprocs import EdgeStack, free_port, wait_for
+
+from edge.config import load_settings
+from hw_sim.frames import PowderFrames
+from kernels import Geometry, get_backend
+
+
+def upstream_frames(directory: Path) -> dict[int, tuple[Path, int]]:
+    """Every frame number found in the upstream files, mapped to (file, index); fails on duplicates."""
+    seen: dict[int, tuple[Path, int]] = {}
+    for path in sorted(directory.glob("*.h5")):
+        with h5py.File(path, "r") as handle:
+            for index, number in enumerate(handle["/entry/data/frame_number"][:]):
+                assert int(number) not in seen, (
+                    f"frame {number} delivered twice ({seen.get(int(number))}, {path})"
+                )
+                seen[int(number)] = (path, index)
+    return seen
+
+
+@pytest.mark.slow
+def test_demo_delivers_every_frame_verified(tmp_path: Path) -> None:
+    frames = 500
+    ports = [free_port() for _ in range(3)]
+    overrides = [
+        f'sim.endpoint="tcp://127.0.0.1:{ports[0]}"',
+        f'upstream.endpoint="tcp://127.0.0.1:{ports[1]}"',
+        f"api.port={ports[2]}",
+        "sim.rate_hz=250",
+        "store.frames_per_file=100",
+        "reduction.bins=500",
+    ]
+    argv = [
+        sys.executable,
+        "-m",
+        "edge",
+        "demo",
+        "--frames",
+        str(frames),
+        "--json",
+        "--workdir",
+        str(tmp_path),
+    ]
+    for item in overrides:
+        argv += ["--set", item]
+    result = subprocess.run(argv, capture_output=True, text=True, timeout=400)
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads(result.stdout.strip().splitlines()[-1])
+    assert summary["frames_sent"] == frames
+    assert summary["frames_received"] == frames
+    assert summary["frames_stored"] == frames
+    assert summary["frames_delivered"] == frames
+    assert summary["frames_lost"] == 0 and summary["loss_records"] == 0
+    assert set(summary) >= {
+        "frames_sent",
+        "frames_received",
+        "frames_stored",
+        "frames_delivered",
+        "frames_lost",
+        "loss_records",
+        "seconds",
+    }
+
+    # every upstream frame equals the simulator's seeded frame, and each arrived exactly once
+    settings = load_settings(overrides=overrides)
+    run_dir = tmp_path / "upstream" / summary["run_uid"]
+    found = upstream_frames(run_dir)
+    assert sorted(found) == list(range(frames))
+    geometry = Geometry(**settings.geometry.model_dump())
+    shape = settings.detector.shape
+    sim = PowderFrames(shape, geometry, seed=settings.sim.seed, pool=settings.sim.pool)
+    reference = get_backend("numpy")
+    integrator = reference.integrator(geometry, shape, settings.reduction.bins)
+    dark = np.zeros(shape, np.float32)
+    gain = np.ones(shape, np.float32)
+    scratch = np.empty(shape, np.float32)
+    for path in sorted(run_dir.glob("*.h5")):
+        with h5py.File(path, "r") as handle:
+            data = handle["/entry/data/data"]
+            numbers = handle["/entry/data/frame_number"][:]
+            profiles = handle["/entry/reduced/profile"][:]
+            np.testing.assert_allclose(handle["/entry/reduced/radial"][:], integrator.radial, rtol=1e-12)
+            for index, number in enumerate(numbers):
+                pixels = data[index]
+                expected = sim.frame(int(number))
+                assert np.array_equal(pixels, expected), f"frame {number} pixels differ"
+                if index % 10 == 0:  # the NumPy reduction is slow; a sample of every file suffices
+                    profile = integrator.integrate(reference.correct(expected, dark, gain, scratch))
+                    np.testing.assert_allclose(profiles[index], profile, rtol=1e-9, atol=1e-9)
+        # the upstream file is byte-identical to the appliance's
+        local = tmp_path / "store" / summary["run_uid"] / path.name
+        assert local.read_bytes() == path.read_bytes()
+
+    # the ledger says every file and chunk is verified and nothing is lost
+    with sqlite3.connect(tmp_path / "store" / "ledger.sqlite") as db:
+        states = dict(db.execute("SELECT state, COUNT(*) FROM chunks GROUP BY state").fetchall())
+        files = dict(db.execute("SELECT state, COUNT(*) FROM files GROUP BY state").fetchall())
+        run = db.execute("SELECT exit_status, frames_stored FROM runs WHERE run_uid=?", (summary["run_uid"],))
+        assert run.fetchone() == ("success", frames)
+    assert set(states) == {"verified"} and states["verified"] >= 5
+    assert files == {"verified": frames // 100}
+    assert not list((tmp_path / "upstream").rglob("*.part"))
+
+
+@pytest.mark.slow
+def test_pull_killed_mid_run_resumes_and_delivers_each_frame_once(tmp_path: Path) -> None:
+    frames = 240
+    stack = EdgeStack(
+        tmp_path,
+        ["sim.rate_hz=60", "store.frames_per_file=20", "store.chunk_bytes=65536", "reduction.bins=200"],
+    )
+    run_uid = str(uuid.uuid4())
+    try:
+        stack.start_daemon()
+        pull = stack.start("pull")
+        sim = stack.start(
+            "sim", "--frames", str(frames), "--run-uid", run_uid, "--json", stdout=subprocess.PIPE
+        )
+        wait_for(
+            lambda: stack.status()["upstream"].get("chunks_acked", 0) >= 30, 120, "30 chunks acknowledged"
+        )
+        pull.send_signal(signal.SIGKILL)
+        pull.wait(10)
+        acked_before = stack.status()["upstream"]["chunks_acked"]
+        stack.start("pull")
+        out, _ = sim.communicate(timeout=180)
+        assert json.loads(out.strip().splitlines()[-1])["frames_sent"] == frames
+
+        def delivered() -> bool:
+            run = stack.run(run_uid)
+            done = run["ended_at"] is not None and all(f["state"] == "verified" for f in run["files"])
+            return done and sum(f["n_frames"] for f in run["files"]) == frames
+
+        wait_for(delivered, 180, "every file of the run verified")
+        status = stack.status()
+        assert status["upstream"]["consumer_reconnects"] >= 1
+        assert status["upstream"]["chunks_acked"] > acked_before
+        assert status["frames"]["lost"] == 0
+    finally:
+        stack.stop_all()
+    found = upstream_frames(tmp_path / "upstream" / run_uid)
+    assert sorted(found) == list(range(frames))
+    assert not list((tmp_path / "upstream").rglob("*.part"))

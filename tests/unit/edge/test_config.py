@@ -1,0 +1,78 @@
+"""Settings: TOML < environment < CLI precedence, and bad values that name their key."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from edge.config import load_settings
+from edge.errors import ConfigError
+
+
+def test_defaults_bind_loopback_only() -> None:
+    settings = load_settings()
+    assert settings.api.host == "127.0.0.1"
+    assert "127.0.0.1" in settings.sim.endpoint and "127.0.0.1" in settings.upstream.endpoint
+
+
+def test_precedence_toml_then_env_then_cli(tmp_path, monkeypatch) -> None:
+    config = tmp_path / "edge.toml"
+    config.write_text('[ring]\nslots = 10\npolicy = "count-and-drop"\n[store]\nframes_per_file = 7\n')
+    assert load_settings(config).ring.slots == 10
+    monkeypatch.setenv("EDGE_RING__SLOTS", "20")
+    settings = load_settings(config)
+    assert settings.ring.slots == 20
+    assert settings.ring.policy == "count-and-drop"  # untouched keys keep the file's value
+    settings = load_settings(config, ["ring.slots=30"])
+    assert (settings.ring.slots, settings.ring.policy, settings.store.frames_per_file) == (
+        30,
+        "count-and-drop",
+        7,
+    )
+
+
+@pytest.mark.parametrize(
+    ("override", "key"),
+    [
+        ("ring.slots=1", "ring.slots"),
+        ("store.frames_per_file=abc", "store.frames_per_file"),
+        ('ring.policy="sometimes"', "ring.policy"),
+        ("api.port=70000", "api.port"),
+        ("ring.bogus=1", "ring.bogus"),
+    ],
+)
+def test_bad_value_names_key_and_value(override: str, key: str) -> None:
+    with pytest.raises(ConfigError) as error:
+        load_settings(overrides=[override])
+    message = str(error.value)
+    assert key in message
+    assert override.split("=", 1)[1].strip('"') in message
+
+
+def test_bad_env_value_names_key(monkeypatch) -> None:
+    monkeypatch.setenv("EDGE_RING__SLOTS", "-5")
+    with pytest.raises(ConfigError, match=r"ring\.slots = '-5'.*greater than or equal to 2"):
+        load_settings()
+
+
+def test_bad_toml_file_is_a_config_error(tmp_path) -> None:
+    config = tmp_path / "broken.toml"
+    config.write_text("[ring\nslots = ")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_settings(config)
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_settings(tmp_path / "missing.toml")
+
+
+def test_daemon_refuses_to_start_on_bad_value(tmp_path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "edge", "run", "--set", "ring.slots=0", "--set", f'store.path="{tmp_path}"'],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2
+    assert "ring.slots = 0" in result.stderr
+    assert "greater than or equal to 2" in result.stderr

@@ -1,0 +1,128 @@
+"""The ZeroMQ frame-stream codec, fed bytes directly (no sockets)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from firmware_bridge.stream_codec import (
+    ImageMessage,
+    SeriesEnd,
+    SeriesStart,
+    StreamCodec,
+    StreamError,
+    encode_image,
+    encode_series_end,
+    encode_series_start,
+)
+from kernels import compress_chunk
+
+
+def feed_message(codec: StreamCodec, parts: list) -> list:
+    events = []
+    for i, part in enumerate(parts):
+        events += codec.feed(bytes(part), more=i < len(parts) - 1)
+    return events
+
+
+def test_series_round_trip() -> None:
+    codec = StreamCodec()
+    frame = np.arange(12, dtype=np.uint16).reshape(3, 4)
+    (start,) = feed_message(codec, encode_series_start(7, (3, 4), "uint16", run_uid="abc", frames_expected=2))
+    assert isinstance(start, SeriesStart)
+    assert (start.series, start.shape, start.dtype, start.run_uid, start.frames_expected) == (
+        7,
+        (3, 4),
+        "uint16",
+        "abc",
+        2,
+    )
+    for n in range(2):
+        (image,) = feed_message(codec, encode_image(7, n, (3, 4), "uint16", frame.tobytes(), "<", 5, 9))
+        assert isinstance(image, ImageMessage)
+        assert (image.frame, image.shape, image.size, image.start_time, image.stop_time) == (
+            n,
+            (3, 4),
+            24,
+            5,
+            9,
+        )
+        assert np.array_equal(np.frombuffer(image.data, np.uint16).reshape(3, 4), frame)
+    assert feed_message(codec, encode_series_end(7)) == [SeriesEnd(7)]
+    assert codec.counters["images"] == 2 and not codec.errors
+
+
+def test_data_part_received_into_callers_buffer() -> None:
+    codec = StreamCodec()
+    feed_message(codec, encode_series_start(1, (2, 2), "uint16"))
+    parts = encode_image(1, 0, (2, 2), "uint16", b"\x00" * 8)
+    assert codec.feed(parts[0], True) == [] and codec.feed(parts[1], True) == []
+    assert codec.expecting_data() == 8 and codec.pending_encoding == "<" and codec.pending_frame == 0
+    assert codec.feed_received(8, True) == []
+    (image,) = codec.feed(parts[3], False)
+    assert image.data is None and image.frame == 0
+
+
+def test_compressed_image_keeps_its_encoding() -> None:
+    codec = StreamCodec()
+    frame = np.random.default_rng(1).integers(0, 50, (16, 16), dtype=np.uint16)
+    feed_message(codec, encode_series_start(1, (16, 16), "uint16"))
+    chunk = compress_chunk(frame)
+    (image,) = feed_message(codec, encode_image(1, 0, (16, 16), "uint16", chunk, "bs16-lz4<"))
+    assert image.encoding == "bs16-lz4<" and image.size == len(chunk)
+
+
+def test_wrong_size_is_rejected_and_names_the_frame() -> None:
+    codec = StreamCodec()
+    feed_message(codec, encode_series_start(1, (2, 2), "uint16"))
+    parts = encode_image(1, 3, (2, 2), "uint16", b"\x00" * 8)
+    parts[2] = b"\x00" * 6
+    events = feed_message(codec, parts)
+    assert events == [StreamError("bad_size", "data part holds 6 bytes, header said 8", 3)]
+    assert codec.errors["bad_size"] == 1
+    # the codec is back in step: the next image decodes
+    (image,) = feed_message(codec, encode_image(1, 4, (2, 2), "uint16", b"\x00" * 8))
+    assert image.frame == 4
+
+
+def test_malformed_messages_are_counted_not_raised() -> None:
+    codec = StreamCodec()
+    cases = [
+        [b"not json"],
+        [b"[1,2]"],
+        [json.dumps({"htype": "nope", "series": 1}).encode()],
+        [json.dumps({"htype": "dimage-1.0", "series": 1, "frame": -1}).encode(), b"{}"],
+        [json.dumps({"htype": "dimage-1.0", "series": 1, "frame": 0}).encode()],
+        [json.dumps({"htype": "dseries_end-1.0", "series": 1}).encode(), b"extra"],
+        [json.dumps({"htype": "dheader-1.0", "series": 1}).encode(), b'{"shape":[0,1],"type":"uint16"}'],
+    ]
+    for parts in cases:
+        events = feed_message(codec, parts)
+        assert len(events) == 1 and isinstance(events[0], StreamError), parts
+    assert codec.counters["errors"] == len(cases)
+    assert set(codec.errors) >= {
+        "malformed_json",
+        "unknown_htype",
+        "bad_field",
+        "truncated_message",
+        "extra_parts",
+    }
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(st.binary(max_size=64), st.booleans()), max_size=12))
+def test_no_input_makes_the_codec_raise(parts: list[tuple[bytes, bool]]) -> None:
+    codec = StreamCodec()
+    for part, more in parts:
+        codec.feed(part, more)
+        size = codec.expecting_data()
+        if size is not None:
+            codec.feed_received(size, more)
+    # and it still decodes a well-formed series afterwards, once the last message is closed
+    codec.feed(b"{}", False)
+    feed_message(codec, encode_series_end(0))
+    events = feed_message(codec, encode_series_start(2, (1, 1), "uint16"))
+    assert isinstance(events[-1], SeriesStart)
