@@ -44,6 +44,11 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--encoding", choices=["<", "bs16-lz4<"], help="raw or bitshuffle-LZ4 images")
     sim.add_argument("--run-uid", help="run uid to announce (default: a new UUID)")
     sim.add_argument("--json", action="store_true", help="print the summary as one JSON object")
+    sim.add_argument(
+        "--ioc",
+        action="store_true",
+        help="serve the camera IOC (epics.detector_prefix); Acquire drives frames",
+    )
     pull = sub.add_parser("pull", help="pull reduced data from an appliance (HPC side)")
     _common(pull)
     pull.add_argument("--endpoint", help="appliance upstream endpoint, e.g. tcp://127.0.0.1:5570")
@@ -56,6 +61,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--workdir", type=Path, default=Path("demo-data"), help="where the demo keeps its data")
     demo.add_argument("--json", action="store_true", help="print one JSON summary at the end")
     demo.add_argument("--timeout", type=float, default=600.0, help="seconds to wait for delivery")
+    pvdocs = sub.add_parser("pvdocs", help="print the appliance's PV reference (docs/pvs.md)")
+    _common(pvdocs)
     return parser
 
 
@@ -88,8 +95,22 @@ def _run_daemon(settings: Settings) -> int:
 
     # uvicorn re-raises the signal it caught after shutting down; make SIGTERM end like Ctrl-C
     signal.signal(signal.SIGTERM, _terminate)
+
+    async def serve() -> None:
+        ioc = None
+        if settings.epics.enabled:
+            from edge.ioc import ApplianceIOC
+
+            ioc = ApplianceIOC(appliance, settings.epics, loop=asyncio.get_running_loop())
+            ioc.start()
+        try:
+            await server.serve()
+        finally:
+            if ioc is not None:
+                ioc.stop()
+
     try:
-        asyncio.run(server.serve())
+        asyncio.run(serve())
     except KeyboardInterrupt:
         pass
     finally:
@@ -124,6 +145,21 @@ def _run_sim(settings: Settings, args: argparse.Namespace) -> int:
     from hw_sim.cli import run_sim
 
     sim = settings.sim
+    if args.ioc:
+        from hw_sim.cli import run_sim_ioc
+
+        run_sim_ioc(
+            prefix=settings.epics.detector_prefix,
+            endpoint=sim.endpoint,
+            shape=settings.detector.shape,
+            dtype=settings.detector.dtype,
+            geometry=settings.geometry.model_dump(),
+            seed=sim.seed,
+            pool=sim.pool,
+            encoding=sim.encoding,
+            series=sim.series,
+        )
+        return 0
     run_sim(
         endpoint=sim.endpoint,
         shape=settings.detector.shape,
@@ -174,6 +210,11 @@ def main(argv: list[str] | None = None) -> int:
         return _run_sim(settings, args)
     if args.command == "pull":
         return _run_pull(settings)
+    if args.command == "pvdocs":
+        from edge.pvdocs import render
+
+        sys.stdout.write(render(settings.epics.prefix))
+        return 0
     from edge.demo import run_demo
 
     return run_demo(args, settings)

@@ -222,5 +222,8 @@ class FrameRing:
         """Drop every view and unlink the segment."""
         self.stop()
         del self._data, self._headers, self._control
-        self._shm.close()
+        try:
+            self._shm.close()
+        except BufferError:  # a slot view is still held somewhere; the mapping goes with the process
+            pass
         self._shm.unlink()

@@ -69,3 +69,44 @@ def run_sim(
             flush=True,
         )
     return result
+
+
+def run_sim_ioc(
+    prefix: str,
+    endpoint: str,
+    shape: tuple[int, int],
+    dtype: str,
+    geometry: dict[str, float],
+    seed: int,
+    pool: int,
+    encoding: str,
+    series: int,
+) -> dict[str, int]:
+    """``edge sim --ioc``: the camera IOC at ``prefix`` drives the frame stream (see `hw_sim.detector`).
+
+    The CA port and interface come from the environment (``EPICS_CA_SERVER_PORT``, default 5064;
+    the first of ``EPICS_CAS_INTF_ADDR_LIST``, default 127.0.0.1), as for any caproto server.
+    """
+    import logging
+    import os
+
+    from hw_sim.detector import run_detector
+    from hw_sim.ioc import _FirstBeaconErrorOnly
+
+    logging.getLogger("caproto.ctx").addFilter(_FirstBeaconErrorOnly())
+    port = int(os.environ.get("EPICS_CA_SERVER_PORT", "5064"))
+    interface = (os.environ.get("EPICS_CAS_INTF_ADDR_LIST", "").split() or ["127.0.0.1"])[0]
+    source = PowderFrames(shape, Geometry(**geometry), seed=seed, pool=pool, dtype=dtype)
+    config = {"seed": seed, "pool": pool, "geometry": geometry, "detector": "edge-sim powder"}
+    stats = run_detector(
+        prefix=prefix,
+        endpoint=endpoint,
+        frame=source.frame,
+        port=port,
+        interface=interface,
+        first_series=series,
+        encoding=encoding,
+        config=config,
+    )
+    sys.stderr.write(f"sim: detector stopped: {json.dumps(stats)}\n")
+    return stats

@@ -1,0 +1,104 @@
+"""The shared-memory frame ring: ordering, backpressure, drop policy, and no reuse before release."""
+
+from __future__ import annotations
+
+import threading
+from multiprocessing import shared_memory
+
+import numpy as np
+import pytest
+
+from edge.ring import KIND_CONTROL, KIND_EMPTY, KIND_FRAME, FrameRing
+from firmware_bridge.source import FrameHeader
+
+
+@pytest.fixture
+def ring():
+    ring = FrameRing(slots=4, slot_bytes=64, policy="block")
+    yield ring
+    ring.close()
+
+
+def put(ring: FrameRing, number: int) -> None:
+    slot = ring.claim(8)
+    assert slot is not None
+    np.frombuffer(slot.buffer, np.uint16, count=4)[:] = number
+    ring.publish(slot, FrameHeader(frame=number, height=2, width=2, dtype="uint16"))
+
+
+def test_frames_come_out_in_order_with_headers(ring: FrameRing) -> None:
+    for n in range(3):
+        put(ring, n)
+    for n in range(3):
+        slot = ring.next_ready(0.1)
+        assert slot is not None and int(slot.header["kind"]) == KIND_FRAME
+        assert int(slot.header["frame"]) == n
+        assert np.array_equal(slot.array(), np.full((2, 2), n, np.uint16))
+        ring.release(slot)
+    assert ring.next_ready(0.01) is None
+    assert ring.drained()
+
+
+def test_full_ring_blocks_the_writer_until_a_slot_is_released(ring: FrameRing) -> None:
+    for n in range(4):
+        put(ring, n)
+    assert ring.claim(8, timeout=0.05) is None  # full: nothing is overwritten
+    first = ring.next_ready(0.1)
+    assert first is not None
+    assert ring.claim(8, timeout=0.05) is None  # taken but not yet persisted: still not reusable
+    writer_done = threading.Event()
+
+    def writer() -> None:
+        put(ring, 4)
+        writer_done.set()
+
+    thread = threading.Thread(target=writer)
+    thread.start()
+    assert not writer_done.wait(0.1)
+    assert np.array_equal(first.array(), np.zeros((2, 2), np.uint16))  # slot 0 intact while blocked
+    ring.release(first)
+    assert writer_done.wait(5)
+    thread.join()
+    counters = ring.counters()
+    assert counters["full_waits"] >= 1 and counters["dropped"] == 0 and counters["max_fill"] == 4
+
+
+def test_count_and_drop_refuses_and_counts() -> None:
+    ring = FrameRing(slots=2, slot_bytes=64, policy="count-and-drop")
+    try:
+        put(ring, 0)
+        put(ring, 1)
+        assert ring.claim(8) is None
+        assert ring.counters()["dropped"] == 1
+    finally:
+        ring.close()
+
+
+def test_control_and_abandoned_slots_keep_order(ring: FrameRing) -> None:
+    slot = ring.claim(16)
+    ring.publish_control(slot, b'{"event":"x"}')
+    slot = ring.claim(8)
+    ring.abandon(slot)
+    put(ring, 7)
+    kinds = []
+    for _ in range(3):
+        slot = ring.next_ready(0.1)
+        kinds.append(int(slot.header["kind"]))
+        ring.release(slot)
+    assert kinds == [KIND_CONTROL, KIND_EMPTY, KIND_FRAME]
+
+
+def test_segment_is_visible_to_other_processes_by_name(ring: FrameRing) -> None:
+    put(ring, 5)
+    view = shared_memory.SharedMemory(name=ring.name)
+    try:
+        control = np.ndarray((8,), dtype="<i8", buffer=view.buf[:64])
+        assert control[0] == 1 and control[4] == 4  # claimed, slots
+        del control
+    finally:
+        view.close()
+
+
+def test_oversized_frame_is_refused(ring: FrameRing) -> None:
+    with pytest.raises(ValueError, match="does not fit"):
+        ring.claim(ring.slot_bytes + 1)

@@ -1,0 +1,61 @@
+"""The upstream protocol's typed messages: round trip, and a clear error for anything malformed."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from edge.errors import RemoteProtocolError
+from edge.upstream import protocol as p
+
+
+def test_round_trip_every_message_type() -> None:
+    samples = [
+        p.Hello("hpc", 8),
+        p.Welcome("edge", "xxh3-128"),
+        p.Credit(4),
+        p.Chunk(1, 2, "run", "run_00000.h5", 100, 0, 1, 0, 100, "abc"),
+        p.Ack(1, "abc"),
+        p.Nack(1, "checksum"),
+        p.FileComplete(2, "run", "run_00000.h5", 100, "def"),
+        p.FileVerified(2, 100, "def"),
+        p.Heartbeat(),
+        p.Error("bad"),
+    ]
+    assert {type(m) for m in samples} == set(p.MESSAGES.values())
+    for message in samples:
+        frames = p.encode(message, b"payload" if isinstance(message, p.Chunk) else None)
+        decoded, payload = p.decode([bytes(f) for f in frames])
+        assert decoded == message
+        assert json.loads(frames[0])["v"] == p.VERSION
+
+
+@pytest.mark.parametrize(
+    ("frames", "match"),
+    [
+        ([], "0 frames"),
+        ([b"{", b"", b""], "3 frames"),
+        ([b"nope"], "not JSON"),
+        ([b"[]"], "not a JSON object"),
+        ([b'{"v": 99, "type": "ack"}'], "protocol version 99"),
+        ([b'{"v": 1, "type": "launch"}'], "unknown message type"),
+        ([b'{"v": 1, "type": "ack", "chunk_id": 1}'], "lacks field 'checksum'"),
+        ([b'{"v": 1, "type": "ack", "chunk_id": "1", "checksum": "x"}'], "is not int"),
+        ([b'{"v": 1, "type": "credit", "n": true}'], "is not int"),
+    ],
+)
+def test_malformed_messages_raise_remote_protocol_error(frames: list[bytes], match: str) -> None:
+    with pytest.raises(RemoteProtocolError, match=match):
+        p.decode(frames)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.binary(max_size=80), min_size=0, max_size=3))
+def test_fuzz_decode_only_raises_remote_protocol_error(frames: list[bytes]) -> None:
+    try:
+        p.decode(frames)
+    except RemoteProtocolError:
+        pass
