@@ -10,6 +10,7 @@ the loss.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 import uuid
@@ -222,8 +223,7 @@ class FrameRing:
         """Drop every view and unlink the segment."""
         self.stop()
         del self._data, self._headers, self._control
-        try:
+        # a slot view may still be held somewhere; then the mapping goes with the process
+        with contextlib.suppress(BufferError):
             self._shm.close()
-        except BufferError:  # a slot view is still held somewhere; the mapping goes with the process
-            pass
         self._shm.unlink()

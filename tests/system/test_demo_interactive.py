@@ -39,7 +39,7 @@ def test_demo_prints_dashboard_url_and_ctrl_c_stops_everything(tmp_path: Path) -
             assert any(role in command for command in commands), commands
         demo.send_signal(signal.SIGINT)
         assert demo.wait(60) == 0
-        gone, alive = psutil.wait_procs(children, timeout=30)
+        _gone, alive = psutil.wait_procs(children, timeout=30)
         assert not alive, f"left running: {alive}"
     finally:
         if demo.poll() is None:
