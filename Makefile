@@ -25,6 +25,7 @@ test: lint
 
 fuzz: $(STAMP)
 	$(BIN)/python tests/fuzz/fuzz_udp_codec.py --runs 100000
+	$(BIN)/python tests/fuzz/fuzz_stream_codec.py --runs 100000
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/kernels.py

@@ -11,6 +11,7 @@ import logging
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -24,13 +25,28 @@ from edge.pipeline import Pipeline
 from edge.ring import FrameRing, Slot
 from edge.store import ClosedFile, file_checksums
 from edge.upstream.forwarder import Forwarder
-from firmware_bridge.source import FrameHeader
+from firmware_bridge.source import FrameHeader, FrameSource
+from firmware_bridge.udp_codec import DetectorGeometry
+from firmware_bridge.udp_reader import UdpSource
 from firmware_bridge.zmq_reader import ZmqStreamSource
 from kernels import Geometry, get_backend, read_poni
 
 log = logging.getLogger(__name__)
 
 CONTROL_BYTES = 64 << 10
+
+
+def udp_geometry(settings: Settings) -> DetectorGeometry:
+    """The UDP detector layout the settings describe."""
+    udp = settings.udp
+    return DetectorGeometry(
+        module_rows=udp.module_rows,
+        module_cols=udp.module_cols,
+        grid_rows=udp.grid_rows,
+        grid_cols=udp.grid_cols,
+        gap_pixels=udp.gap_pixels,
+        payload_bytes=udp.payload_bytes,
+    )
 
 
 class RingSink:
@@ -106,6 +122,8 @@ class Appliance:
         self._recover_partial_files()
         det = settings.detector
         frame_bytes = det.height * det.width * np.dtype(det.dtype).itemsize
+        if settings.stream.transport == "udp":
+            frame_bytes = int(np.prod(udp_geometry(settings).frame_shape)) * 2
         self.ring = FrameRing(
             settings.ring.slots, max(frame_bytes, CONTROL_BYTES), settings.ring.policy, settings.ring.name
         )
@@ -116,9 +134,7 @@ class Appliance:
             geometry = Geometry(**settings.geometry.model_dump())
         self.geometry = geometry
         self.sink = RingSink(self)
-        self.source = ZmqStreamSource(
-            settings.stream.endpoint, self.sink, self.context, settings.stream.rcvhwm
-        )
+        self.source: FrameSource = self._source(settings)
         self.pipeline = Pipeline(
             self.ring,
             self.backend,
@@ -137,6 +153,21 @@ class Appliance:
         )
         self._stats_lock = threading.Lock()
         self.files_closed = 0
+
+    def _source(self, settings: Settings) -> FrameSource:
+        if settings.stream.transport == "udp":
+            udp = settings.udp
+            return UdpSource(
+                udp.host,
+                udp.port,
+                udp_geometry(settings),
+                self.sink,
+                udp.frames_per_run,
+                udp.idle_seconds,
+                udp.frame_timeout_frames,
+                udp.rcvbuf_bytes,
+            )
+        return ZmqStreamSource(settings.stream.endpoint, self.sink, self.context, settings.stream.rcvhwm)
 
     # -- lifecycle --------------------------------------------------------------------------------------
     def start(self) -> None:
@@ -202,6 +233,7 @@ class Appliance:
                 "stored": ledger["frames_stored"],
                 "delivered": ledger["frames_verified"],
                 "lost": ledger["frames_lost"],
+                "incomplete": ledger["frames_incomplete"],
                 "loss_records": ledger["loss_records"],
             },
             "receiver": receiver,
@@ -211,6 +243,7 @@ class Appliance:
             "ledger": ledger,
             "upstream": self.forwarder.counters(),
             "disk": {"total": disk.total, "used": disk.used, "free": disk.free, "percent": disk.percent},
+            "detector": self.detector_status(),
         }
 
     def runs(self) -> list[dict[str, Any]]:
@@ -233,3 +266,27 @@ class Appliance:
 
     def store_path(self) -> Path:
         return self.settings.store.path
+
+    # -- detector control (the appliance IOC, edge.ioc, sets detector_view) -----------------------------
+    #: Returns the detector's status for `status`; None while no IOC drives a detector.
+    detector_view: Callable[[], dict[str, Any]] | None = None
+
+    def detector_status(self) -> dict[str, Any]:
+        view = self.detector_view
+        if view is None:
+            return {"enabled": False}
+        return {"enabled": True, **view()}
+
+    def source_open_series(self) -> bool:
+        """True while the stream source is inside a series (header seen, end not yet)."""
+        return getattr(self.source, "_series", None) is not None
+
+    def end_open_series(self, reason: str) -> None:
+        """End the series a vanished detector left open: record the frames that never came, close the run.
+
+        Called from the loop once the stream has been quiet for a while (no frame can be in flight).
+        TODO(firmware_bridge): a public ``ZmqStreamSource.end_series(reason)`` run on the reader thread.
+        """
+        end_series = getattr(self.source, "_end_series", None)
+        if end_series is not None and self.source_open_series():
+            end_series(reason)

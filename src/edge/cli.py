@@ -32,6 +32,33 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
 
 
+FAULT_FLAGS = {
+    "transport": ("stream.transport", str, "zmq (frame stream) or udp (packets)"),
+    "modules": ("udp.grid_cols", int, "UDP detector modules side by side"),
+    "loss": ("sim.loss", float, "probability a packet (udp) or frame (zmq) is dropped"),
+    "reorder": ("sim.reorder", float, "probability a udp packet arrives late (reordered)"),
+    "duplicate": ("sim.duplicate", float, "probability a packet/frame is sent twice"),
+    "corrupt": ("sim.corrupt", float, "probability a packet/message is corrupted"),
+    "stall": ("sim.stall_seconds", float, "pause this many seconds half-way through"),
+    "burst": ("sim.burst", int, "send frames in bursts of this many"),
+}
+
+
+def _fault_flags(parser: argparse.ArgumentParser) -> None:
+    for name, (_key, kind, text) in FAULT_FLAGS.items():
+        choices = ["zmq", "udp"] if name == "transport" else None
+        parser.add_argument(f"--{name}", type=kind, choices=choices, help=text)
+
+
+def _fault_overrides(args: argparse.Namespace) -> list[str]:
+    out = []
+    for name, (key, kind, _text) in FAULT_FLAGS.items():
+        value = getattr(args, name, None)
+        if value is not None:
+            out.append(f'{key}="{value}"' if kind is str else f"{key}={value}")
+    return out
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="edge", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -44,6 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--encoding", choices=["<", "bs16-lz4<"], help="raw or bitshuffle-LZ4 images")
     sim.add_argument("--run-uid", help="run uid to announce (default: a new UUID)")
     sim.add_argument("--json", action="store_true", help="print the summary as one JSON object")
+    _fault_flags(sim)
     sim.add_argument(
         "--ioc",
         action="store_true",
@@ -60,6 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--rate", type=float, help="frames per second")
     demo.add_argument("--workdir", type=Path, default=Path("demo-data"), help="where the demo keeps its data")
     demo.add_argument("--json", action="store_true", help="print one JSON summary at the end")
+    _fault_flags(demo)
     demo.add_argument("--timeout", type=float, default=600.0, help="seconds to wait for delivery")
     pvdocs = sub.add_parser("pvdocs", help="print the appliance's PV reference (docs/pvs.md)")
     _common(pvdocs)
@@ -160,6 +189,39 @@ def _run_sim(settings: Settings, args: argparse.Namespace) -> int:
             series=sim.series,
         )
         return 0
+    if settings.stream.transport == "udp":
+        from hw_sim.cli import run_sim_udp
+
+        udp = settings.udp
+        run_sim_udp(
+            port=udp.port,
+            detector={
+                "module_rows": udp.module_rows,
+                "module_cols": udp.module_cols,
+                "grid_rows": udp.grid_rows,
+                "grid_cols": udp.grid_cols,
+                "gap_pixels": udp.gap_pixels,
+                "payload_bytes": udp.payload_bytes,
+            },
+            geometry=settings.geometry.model_dump(),
+            frames=sim.frames,
+            rate_hz=sim.rate_hz,
+            seed=sim.seed,
+            pool=sim.pool,
+            faults={
+                "loss": sim.loss,
+                "reorder": sim.reorder,
+                "duplicate": sim.duplicate,
+                "corrupt": sim.corrupt,
+            },
+            fault_seed=sim.fault_seed,
+            stall_seconds=sim.stall_seconds,
+            burst=sim.burst,
+            as_json=args.json,
+        )
+        return 0
+    from hw_sim.cli import StreamFaults
+
     run_sim(
         endpoint=sim.endpoint,
         shape=settings.detector.shape,
@@ -173,6 +235,9 @@ def _run_sim(settings: Settings, args: argparse.Namespace) -> int:
         series=sim.series,
         as_json=args.json,
         run_uid=args.run_uid,
+        faults=StreamFaults(
+            sim.loss, sim.duplicate, sim.corrupt, sim.stall_seconds, sim.burst, sim.fault_seed
+        ),
     )
     return 0
 
@@ -182,7 +247,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(
         level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
     )
-    extra: list[str] = []
+    extra: list[str] = _fault_overrides(args) if args.command in ("sim", "demo") else []
     if args.command == "sim":
         if args.frames is not None:
             extra.append(f"sim.frames={args.frames}")

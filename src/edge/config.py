@@ -51,7 +51,7 @@ class GeometrySettings(_Section):
 
 
 class SimSettings(_Section):
-    """The hardware simulator (``edge sim``)."""
+    """The hardware simulator (``edge sim``), including the faults it injects."""
 
     endpoint: str = f"tcp://{LOCALHOST}:5560"
     rate_hz: float = Field(20.0, gt=0, le=1_000_000)
@@ -60,13 +60,38 @@ class SimSettings(_Section):
     pool: int = Field(32, ge=1, le=4096, description="distinct noise realisations, reused cyclically")
     encoding: Literal["<", "bs16-lz4<"] = "<"
     series: int = Field(1, ge=0)
+    loss: float = Field(0.0, ge=0, le=1, description="probability a packet (udp) or frame (zmq) is dropped")
+    reorder: float = Field(0.0, ge=0, le=1, description="probability a udp packet is delayed (reordered)")
+    duplicate: float = Field(0.0, ge=0, le=1, description="probability a packet/frame is sent twice")
+    corrupt: float = Field(0.0, ge=0, le=1, description="probability a packet/message is corrupted")
+    stall_seconds: float = Field(0.0, ge=0, description="one pause of this length half-way through")
+    burst: int = Field(0, ge=0, description="send frames in bursts of this many at once (0 = evenly)")
+    fault_seed: int = Field(99, ge=0)
 
 
 class StreamSettings(_Section):
-    """The ZeroMQ frame stream the daemon pulls from."""
+    """Where frames come from: the ZeroMQ frame stream (``zmq``) or UDP packets (``udp``)."""
 
+    transport: Literal["zmq", "udp"] = "zmq"
     endpoint: str = f"tcp://{LOCALHOST}:5560"
     rcvhwm: int = Field(16, ge=1)
+
+
+class UdpSettings(_Section):
+    """The UDP packet format's detector layout and the receiver's policy (docs/wire-formats.md)."""
+
+    host: str = LOCALHOST
+    port: int = Field(5580, ge=1, le=65535)
+    module_rows: int = Field(256, ge=1, le=4096)
+    module_cols: int = Field(256, ge=1, le=4096)
+    grid_rows: int = Field(1, ge=1, le=32)
+    grid_cols: int = Field(2, ge=1, le=32)
+    gap_pixels: int = Field(2, ge=0, le=64)
+    payload_bytes: int = Field(8192, ge=64, le=65000)
+    frames_per_run: int = Field(0, ge=0, description="frames the detector was armed for; 0 = unknown")
+    idle_seconds: float = Field(1.0, gt=0, description="silence that ends a run")
+    frame_timeout_frames: int = Field(4, ge=2, le=1024)
+    rcvbuf_bytes: int = Field(16 << 20, ge=65536)
 
 
 class RingSettings(_Section):
@@ -160,6 +185,7 @@ class Settings(BaseSettings):
     geometry: GeometrySettings = GeometrySettings()
     sim: SimSettings = SimSettings()
     stream: StreamSettings = StreamSettings()
+    udp: UdpSettings = UdpSettings()
     ring: RingSettings = RingSettings()
     reduction: ReductionSettings = ReductionSettings()
     store: StoreSettings = StoreSettings()

@@ -101,12 +101,15 @@ def run_demo(args: argparse.Namespace, settings: Settings) -> int:
     stream_port = _port_or_free(_endpoint_port(settings.sim.endpoint))
     upstream_port = _port_or_free(_endpoint_port(settings.upstream.endpoint))
     api_port = _port_or_free(settings.api.port)
+    udp_port = _port_or_free(settings.udp.port)
+    udp = settings.stream.transport == "udp"
     base = [
         f'sim.endpoint="tcp://127.0.0.1:{stream_port}"',
         f'stream.endpoint="tcp://127.0.0.1:{stream_port}"',
         f'upstream.endpoint="tcp://127.0.0.1:{upstream_port}"',
         f'pull.endpoint="tcp://127.0.0.1:{upstream_port}"',
         f"api.port={api_port}",
+        f"udp.port={udp_port}",
         f'store.path="{workdir / "store"}"',
         f'pull.output="{workdir / "upstream"}"',
     ]
@@ -117,6 +120,8 @@ def run_demo(args: argparse.Namespace, settings: Settings) -> int:
         common += ["--set", item]
     if args.rate is not None:
         common += ["--set", f"sim.rate_hz={args.rate}"]
+    if udp and args.frames:  # the control system arms the detector for N frames
+        common += ["--set", f"udp.frames_per_run={args.frames}"]
     url = f"http://127.0.0.1:{api_port}"
     run_uid = str(uuid.uuid4())
     procs = Components()
@@ -143,16 +148,29 @@ def run_demo(args: argparse.Namespace, settings: Settings) -> int:
         sent = json.loads(out.strip().splitlines()[-1])
         frames_sent = int(sent["frames_sent"])
 
+        if udp:  # UDP carries no run uid: the daemon names the run it opened
+            runs = _wait(lambda: get_json(url + "/api/runs"), 60, "the UDP run to open", procs)
+            run_uid = runs[-1]["run_uid"]
+
         def settled() -> dict[str, Any] | None:
             run = get_json(f"{url}/api/runs/{run_uid}")
             if run.get("ended_at") is None:
                 return None
             stored = sum(f["n_frames"] for f in run["files"])
             delivered = sum(f["n_frames"] for f in run["files"] if f["state"] == "verified")
-            lost = sum(r["last_frame"] - r["first_frame"] + 1 for r in run["losses"])
+            whole = [r for r in run["losses"] if not r["partial"]]
+            lost = sum(r["last_frame"] - r["first_frame"] + 1 for r in whole)
             if delivered + lost < frames_sent or delivered < stored:
                 return None
-            return {"stored": stored, "delivered": delivered, "lost": lost, "records": len(run["losses"])}
+            incomplete = len(run["losses"]) - len(whole)
+            records = len(run["losses"])
+            return {
+                "stored": stored,
+                "delivered": delivered,
+                "lost": lost,
+                "incomplete": incomplete,
+                "records": records,
+            }
 
         result = _wait(settled, args.timeout, "every frame to be delivered upstream", procs)
         status = get_json(url + "/api/status")
@@ -162,9 +180,12 @@ def run_demo(args: argparse.Namespace, settings: Settings) -> int:
             "frames_stored": result["stored"],
             "frames_delivered": result["delivered"],
             "frames_lost": result["lost"],
+            "frames_incomplete": result["incomplete"],
             "loss_records": result["records"],
             "seconds": round(time.monotonic() - started, 3),
             "run_uid": run_uid,
+            "transport": settings.stream.transport,
+            "sim": sent,
             "dashboard": url + "/",
             "store": str(workdir / "store"),
             "upstream": str(workdir / "upstream"),

@@ -79,6 +79,9 @@ CREATE INDEX IF NOT EXISTS chunks_by_state ON chunks(state, id);
 """
 
 
+PARTIAL_LOSS_REASONS = ("incomplete_frame",)  # the frame is kept, flagged, with pixels missing
+
+
 class Ledger:
     """Durable bookkeeping; every method is one transaction."""
 
@@ -265,9 +268,15 @@ class Ledger:
         )
 
     def losses(self, run_uid: str | None = None) -> list[dict[str, Any]]:
-        if run_uid is None:
-            return self._rows("SELECT * FROM losses ORDER BY id")
-        return self._rows("SELECT * FROM losses WHERE run_uid=? ORDER BY id", (run_uid,))
+        """Loss records; ``partial`` is true where the frame was kept with pixels missing."""
+        rows = (
+            self._rows("SELECT * FROM losses ORDER BY id")
+            if run_uid is None
+            else self._rows("SELECT * FROM losses WHERE run_uid=? ORDER BY id", (run_uid,))
+        )
+        for row in rows:
+            row["partial"] = row["reason"] in PARTIAL_LOSS_REASONS
+        return rows
 
     # -- views -------------------------------------------------------------------------------------------
     def files(self, run_uid: str | None = None) -> list[dict[str, Any]]:
@@ -287,8 +296,11 @@ class Ledger:
             pending = db.execute(
                 "SELECT COALESCE(SUM(size),0) FROM files WHERE state IN ('stored','forwarded')"
             ).fetchone()[0]
+            partial = ",".join(f"'{r}'" for r in PARTIAL_LOSS_REASONS)
             lost = db.execute(
-                "SELECT COALESCE(SUM(last_frame - first_frame + 1),0), COUNT(*) FROM losses"
+                f"SELECT COALESCE(SUM(CASE WHEN reason IN ({partial}) THEN 0"
+                " ELSE last_frame - first_frame + 1 END), 0),"
+                f" COUNT(*), COALESCE(SUM(reason IN ({partial})), 0) FROM losses"
             ).fetchone()
             consumers = [
                 {"consumer": row[0], "chunks_acked": row[1], "last_chunk_acked": row[2]}
@@ -304,6 +316,7 @@ class Ledger:
             "frames_verified": int(frames.get("verified", 0)),
             "bytes_pending": int(pending),
             "frames_lost": int(lost[0]),
+            "frames_incomplete": int(lost[2]),
             "loss_records": int(lost[1]),
             "consumers": consumers,
         }

@@ -177,7 +177,7 @@ class Pipeline:
             return
         profile = self._reduction.reduce(raw)
         chunk = compress_chunk(raw)
-        self._store.write(int(slot.header["frame"]), chunk, profile)
+        self._store.write(int(slot.header["frame"]), chunk, profile, int(slot.header["flags"]))
         self.latest_profile = (self._reduction.integrator.radial, profile)
         self.latest_frame = raw[::8, ::8].copy()
         self.stats["frames_processed"] += 1

@@ -86,6 +86,7 @@ class RunFileWriter:
         self.capacity = capacity
         self.opened_at = time.monotonic()
         self.frames: list[int] = []
+        self.flags: list[int] = []
         self._profiles: list[np.ndarray] = []
         self._h5 = h5py.File(self.part_path, "w", libver="latest", rdcc_nbytes=0)
         entry = self._h5.create_group("entry")
@@ -115,9 +116,10 @@ class RunFileWriter:
     def __len__(self) -> int:
         return len(self.frames)
 
-    def write(self, frame: int, chunk: bytes, profile: np.ndarray) -> None:
+    def write(self, frame: int, chunk: bytes, profile: np.ndarray, flags: int = 0) -> None:
         self._data.id.write_direct_chunk((len(self.frames), 0, 0), chunk)
         self.frames.append(frame)
+        self.flags.append(flags)
         self._profiles.append(profile)
 
     def close(self) -> ClosedFile:
@@ -126,6 +128,8 @@ class RunFileWriter:
         self._data.resize(n, axis=0)
         entry = self._h5["entry"]
         entry["data"].create_dataset("frame_number", data=np.asarray(self.frames, dtype=np.int64))
+        flags = entry["data"].create_dataset("frame_flags", data=np.asarray(self.flags, dtype=np.uint32))
+        flags.attrs["meaning"] = "0 complete, 1 incomplete (packets missing; their pixels are 0), 2 corrupt"
         profiles = np.asarray(self._profiles, dtype=np.float64).reshape(n, -1)
         self._reduced.create_dataset("profile", data=profiles)
         self._h5.flush()
@@ -175,7 +179,7 @@ class RunStore:
         self.frames_written = 0
         self._current: RunFileWriter | None = None
 
-    def write(self, frame: int, chunk: bytes, profile: np.ndarray) -> None:
+    def write(self, frame: int, chunk: bytes, profile: np.ndarray, flags: int = 0) -> None:
         if self._current is None:
             self._current = RunFileWriter(
                 self.directory,
@@ -187,7 +191,7 @@ class RunStore:
                 self.radial,
                 self.radial_unit,
             )
-        self._current.write(frame, chunk, profile)
+        self._current.write(frame, chunk, profile, flags)
         self.frames_written += 1
         if len(self._current) >= self.frames_per_file:
             self.roll()

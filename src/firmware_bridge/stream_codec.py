@@ -99,6 +99,15 @@ def _int(message: dict[str, Any], key: str) -> int:
     return value
 
 
+def _opt_int(message: dict[str, Any], key: str) -> int:
+    value = message.get(key, 0)
+    if value is None:
+        return 0
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise _Reject("bad_field", f"{key}={value!r}")
+    return value
+
+
 def _shape(message: dict[str, Any]) -> tuple[int, int]:
     shape = message.get("shape")
     if (
@@ -114,7 +123,7 @@ def _shape(message: dict[str, Any]) -> tuple[int, int]:
 
 def _dtype(message: dict[str, Any]) -> str:
     dtype = message.get("type")
-    if dtype not in DTYPES:
+    if not isinstance(dtype, str) or dtype not in DTYPES:
         raise _Reject("bad_field", f"type={dtype!r}")
     return str(dtype)
 
@@ -190,7 +199,7 @@ class StreamCodec:
             if message.get("htype") != "dimage_d-1.0":
                 raise _Reject("unexpected_htype", f"{message.get('htype')!r} where dimage_d-1.0 belongs")
             encoding = message.get("encoding")
-            if encoding not in ENCODINGS:
+            if not isinstance(encoding, str) or encoding not in ENCODINGS:
                 raise _Reject("bad_encoding", f"encoding={encoding!r}")
             shape, dtype, size = _shape(message), _dtype(message), _int(message, "size")
             if encoding == "<" and size != shape[0] * shape[1] * np.dtype(dtype).itemsize:
@@ -224,8 +233,8 @@ class StreamCodec:
                 dtype=image["dtype"],
                 encoding=image["encoding"],
                 size=image["size"],
-                start_time=int(message.get("start_time") or 0),
-                stop_time=int(message.get("stop_time") or 0),
+                start_time=_opt_int(message, "start_time"),
+                stop_time=_opt_int(message, "stop_time"),
                 data=image.get("data"),
             )
         ]

@@ -6,13 +6,18 @@ import json
 import signal
 import sys
 import threading
+import time
 import uuid
 from typing import Any
 
 import zmq
 
+from firmware_bridge.udp_codec import DetectorGeometry
 from hw_sim.frames import PowderFrames
-from hw_sim.zmq_sender import SendSummary, ZmqFrameSender
+from hw_sim.udp_packets import FaultPlan, UdpFrameSender, apply_faults
+from hw_sim.zmq_sender import SendSummary, StreamFaults, ZmqFrameSender
+
+__all__ = ["StreamFaults", "run_sim", "run_sim_udp"]
 from kernels import Geometry
 
 
@@ -38,6 +43,7 @@ def run_sim(
     series: int,
     as_json: bool,
     run_uid: str | None = None,
+    faults: StreamFaults | None = None,
 ) -> dict[str, Any]:
     """Send one series of powder frames and return (and print) the summary."""
     stop = threading.Event()
@@ -55,7 +61,16 @@ def run_sim(
     )
     config = {"seed": seed, "pool": pool, "geometry": geometry, "detector": "edge-sim powder"}
     summary = sender.send_series(
-        source.frame, frames, rate_hz, series, run_uid or str(uuid.uuid4()), config, stop, encoding, _progress
+        source.frame,
+        frames,
+        rate_hz,
+        series,
+        run_uid or str(uuid.uuid4()),
+        config,
+        stop,
+        encoding,
+        _progress,
+        faults,
     )
     sender.close()
     context.term()
@@ -110,3 +125,98 @@ def run_sim_ioc(
     )
     sys.stderr.write(f"sim: detector stopped: {json.dumps(stats)}\n")
     return stats
+
+
+def run_sim_udp(
+    port: int,
+    detector: dict[str, Any],
+    geometry: dict[str, float],
+    frames: int,
+    rate_hz: float,
+    seed: int,
+    pool: int,
+    faults: dict[str, float],
+    fault_seed: int,
+    stall_seconds: float,
+    burst: int,
+    as_json: bool,
+    batch: int = 32,
+) -> dict[str, Any]:
+    """Send powder frames as UDP packets to 127.0.0.1:``port`` with injected faults; return the truth.
+
+    Frames are packetized and faulted in batches, so an unbounded run (``frames`` 0) uses bounded memory.
+    The summary lists, frame by frame, which frames the receiver must see as lost or incomplete.
+    """
+    stop = threading.Event()
+
+    def _stop(signum: int, frame: object) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGINT, _stop)
+    signal.signal(signal.SIGTERM, _stop)
+    layout = DetectorGeometry(**detector)
+    source = PowderFrames(layout.raw_shape, Geometry(**geometry), seed=seed, pool=pool)
+    sender = UdpFrameSender(layout, port, rate_hz=rate_hz)
+    sys.stderr.write(
+        f"sim: UDP to 127.0.0.1:{port}, {layout.n_modules} modules, "
+        f"{layout.packets_per_frame} packets/frame, "
+        f"{frames or 'unbounded'} frames at {rate_hz} Hz, faults {faults}\n"
+    )
+    truth: dict[str, Any] = {
+        "frames_lost": [],
+        "frames_incomplete": [],
+        "packets_dropped": 0,
+        "packets_corrupted": 0,
+        "packets_duplicated": 0,
+        "packets_reordered": 0,
+    }
+    started = time.perf_counter()
+    sent = 0
+    stalled = False
+    number = 0
+    per_period = layout.packets_per_frame * burst if burst else None
+    while (frames == 0 or number < frames) and not stop.is_set():
+        count = batch if frames == 0 else min(batch, frames - number)
+        numbers = range(number, number + count)
+        plan = FaultPlan(seed=fault_seed + number, **faults)
+        stream = apply_faults(layout, [(n, source.frame(n)) for n in numbers], plan)
+        packets = stream.packets
+        if stall_seconds and not stalled and frames and number + count >= frames // 2:
+            half = len(packets) // 2
+            sender.send_packets(packets[:half], per_period)
+            time.sleep(stall_seconds)  # the injected stall itself
+            packets = packets[half:]
+            stalled = True
+        sender.send_packets(packets, per_period)
+        t = stream.truth
+        truth["frames_lost"] += t.frames_lost
+        truth["frames_incomplete"] += t.frames_incomplete
+        truth["packets_dropped"] += sum(len(v) for v in t.dropped.values())
+        truth["packets_corrupted"] += sum(len(v) for v in t.corrupted.values())
+        truth["packets_duplicated"] += sum(len(v) for v in t.duplicated.values())
+        truth["packets_reordered"] += t.reordered
+        sent += count
+        number += count
+        _progress(SendSummary(0, "", frames_sent=sent, seconds=time.perf_counter() - started))
+    sender.close()
+    seconds = time.perf_counter() - started
+    result = {
+        "transport": "udp",
+        "frames_sent": sent,
+        "packets_sent": sender.packets_sent,
+        "seconds": seconds,
+        "rate_hz_achieved": round(sent / seconds, 2) if seconds else 0.0,
+        "stopped_early": stop.is_set(),
+        "faults": {**faults, "stall_seconds": stall_seconds, "burst": burst},
+        "truth": truth,
+    }
+    if as_json:
+        print(json.dumps(result), flush=True)
+    else:
+        print(
+            f"sim: sent {sent} frames ({sender.packets_sent} packets) in {seconds:.1f} s; "
+            f"{len(truth['frames_lost'])} frames lost and {len(truth['frames_incomplete'])} incomplete "
+            "by injected faults",
+            flush=True,
+        )
+    return result

@@ -6,6 +6,7 @@ queue fills and the simulator waits (and counts the time it was held back).
 
 from __future__ import annotations
 
+import random
 import threading
 import time
 from collections.abc import Callable
@@ -19,6 +20,18 @@ from firmware_bridge.stream_codec import encode_image, encode_series_end, encode
 from kernels import compress_chunk
 
 
+@dataclass(frozen=True)
+class StreamFaults:
+    """Faults to inject into the frame stream (probabilities per frame)."""
+
+    loss: float = 0.0
+    duplicate: float = 0.0
+    corrupt: float = 0.0
+    stall_seconds: float = 0.0
+    burst: int = 0
+    seed: int = 0
+
+
 @dataclass
 class SendSummary:
     series: int
@@ -29,7 +42,7 @@ class SendSummary:
     seconds_held_back: float = 0.0
     encoding: str = "<"
     stopped_early: bool = False
-    faults: dict[str, int] = field(default_factory=dict)
+    faults: dict[str, Any] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
         rate = self.frames_sent / self.seconds if self.seconds > 0 else 0.0
@@ -65,8 +78,18 @@ class ZmqFrameSender:
         stop: threading.Event,
         encoding: str = "<",
         progress: Callable[[SendSummary], None] | None = None,
+        faults: StreamFaults | None = None,
     ) -> SendSummary:
-        """Send one series; ``frames`` 0 means until ``stop`` is set."""
+        """Send one series; ``frames`` 0 means until ``stop`` is set.
+
+        ``faults`` drops, corrupts (wrong data size) or duplicates whole image messages, stalls once
+        half-way, or sends in bursts; the summary lists the frame numbers each fault hit.
+        """
+        faults = faults or StreamFaults()
+        rng = random.Random(faults.seed)
+        dropped: list[int] = []
+        corrupted: list[int] = []
+        duplicated: list[int] = []
         summary = SendSummary(series, run_uid, encoding=encoding)
         first = frame(0)
         shape = (int(first.shape[0]), int(first.shape[1]))
@@ -86,10 +109,18 @@ class ZmqFrameSender:
             if stop.is_set():
                 summary.stopped_early = True
                 break
-            delay = next_due - time.perf_counter()
-            if delay > 0:
-                time.sleep(delay)  # pacing to the chosen rate, not synchronisation
-            next_due += period
+            if faults.burst <= 1 or number % faults.burst == 0:
+                delay = next_due - time.perf_counter()
+                if delay > 0:
+                    time.sleep(delay)  # pacing to the chosen rate, not synchronisation
+                next_due += period * max(1, faults.burst)
+            if faults.stall_seconds and frames and number == frames // 2:
+                time.sleep(faults.stall_seconds)  # the injected stall
+                next_due = time.perf_counter()
+            if rng.random() < faults.loss:
+                dropped.append(number)
+                number += 1
+                continue
             pixels = frame(number)
             data = (
                 memoryview(np.ascontiguousarray(pixels)).cast("B")
@@ -98,9 +129,15 @@ class ZmqFrameSender:
             )
             now = time.time_ns()
             parts = encode_image(series, number, shape, dtype, data, encoding, now, now)
+            if rng.random() < faults.corrupt:
+                parts[2] = bytes(data)[:-1]  # a data part one byte short of its header's size
+                corrupted.append(number)
             if not self._send(parts, stop, summary):
                 summary.stopped_early = True
                 break
+            if rng.random() < faults.duplicate:
+                duplicated.append(number)
+                self._send(parts, stop, summary)
             summary.frames_sent += 1
             summary.bytes_sent += pixels.nbytes
             number += 1
@@ -110,6 +147,15 @@ class ZmqFrameSender:
                 progress(summary)
         self._send(encode_series_end(series), threading.Event(), summary)
         summary.seconds = time.perf_counter() - start
+        summary.faults = {
+            **faults.__dict__,
+            "truth": {
+                "frames_lost": sorted(dropped + corrupted),
+                "frames_dropped": dropped,
+                "frames_corrupted": corrupted,
+                "frames_duplicated": duplicated,
+            },
+        }
         return summary
 
     def close(self, linger_ms: int = 60_000) -> None:

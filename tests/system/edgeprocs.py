@@ -91,7 +91,13 @@ class EdgeStack:
 
     def start_daemon(self) -> subprocess.Popen[str]:
         proc = self.start("run")
-        wait_for(lambda: get_json(self.url + "/api/status"), 120, "the daemon's API")
+
+        def ready() -> Any:
+            if proc.poll() is not None:
+                raise AssertionError(f"the daemon exited with {proc.returncode} before its API came up")
+            return get_json(self.url + "/api/status")
+
+        wait_for(ready, 120, "the daemon's API")
         return proc
 
     def status(self) -> dict[str, Any]:
