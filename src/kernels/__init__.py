@@ -1,21 +1,37 @@
 """Pure compute on detector frames: corrections, compression, azimuthal integration.
 
-Each kernel has a NumPy reference (the oracle) and a numba CPU backend; a registry picks one with a
-logged fallback chain. Nothing here does I/O or touches a GPU at import time.
+Each kernel has a NumPy reference (the oracle), a numba CPU backend and a GPU backend (numba.cuda
+kernels, CuPy when installed); a registry picks one with a logged fallback chain GPU -> numba -> NumPy.
+Nothing here does I/O or touches a GPU at import time, and bitshuffle is imported only to (de)compress.
 """
 
-from kernels._compress import compress_chunk, decompress_chunk, hdf5_filter_options
-from kernels._geometry import Geometry, read_poni
+from kernels._compress import (
+    compress_chunk,
+    compress_chunks,
+    decompress_chunk,
+    decompress_chunks,
+    hdf5_filter_options,
+)
+from kernels._corrections import make_gain
+from kernels._geometry import RADIAL_UNITS, Geometry, read_poni
+from kernels._integrate import IntegrationResult, Integrator1D, Integrator2D
 from kernels._registry import Backend, BackendUnavailable, available_backends, get_backend
 
 __all__ = [
+    "RADIAL_UNITS",
     "Backend",
     "BackendUnavailable",
     "Geometry",
+    "IntegrationResult",
+    "Integrator1D",
+    "Integrator2D",
     "available_backends",
     "compress_chunk",
+    "compress_chunks",
     "decompress_chunk",
+    "decompress_chunks",
     "get_backend",
     "hdf5_filter_options",
+    "make_gain",
     "read_poni",
 ]

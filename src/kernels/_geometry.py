@@ -28,8 +28,10 @@ class Geometry:
     pixel1: float = 75e-6
     pixel2: float = 75e-6
 
-    def tth(self, shape: tuple[int, int]) -> np.ndarray:
-        """Scattering angle 2theta (radians) at each pixel centre, as pyFAI computes it."""
+    def _lab(
+        self, shape: tuple[int, int]
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Pixel-centre offsets from the PONI (d1, d2) and lab coordinates (t1, t2, t3), as pyFAI."""
         p1 = (np.arange(shape[0], dtype=np.float64) + 0.5) * self.pixel1 - self.poni1
         p2 = (np.arange(shape[1], dtype=np.float64) + 0.5) * self.pixel2 - self.poni2
         d1, d2 = np.meshgrid(p1, p2, indexing="ij")
@@ -39,11 +41,52 @@ class Geometry:
         t1 = d1 * c2 * c3 + d2 * (c3 * s1 * s2 - c1 * s3) - l3 * (c1 * c3 * s2 + s1 * s3)
         t2 = d1 * c2 * s3 + d2 * (c1 * c3 + s1 * s2 * s3) - l3 * (-c3 * s1 + c1 * s2 * s3)
         t3 = d1 * s2 - d2 * c2 * s1 + l3 * c1 * c2
+        return d1, d2, t1, t2, t3
+
+    def tth(self, shape: tuple[int, int]) -> np.ndarray:
+        """Scattering angle 2theta (radians) at each pixel centre, as pyFAI computes it."""
+        _, _, t1, t2, t3 = self._lab(shape)
         return np.arctan2(np.sqrt(t1 * t1 + t2 * t2), t3)
 
     def q_nm(self, shape: tuple[int, int]) -> np.ndarray:
         """Momentum transfer q in nm^-1 at each pixel centre."""
         return 4.0e-9 * math.pi / self.wavelength * np.sin(self.tth(shape) / 2.0)
+
+    def chi(self, shape: tuple[int, int]) -> np.ndarray:
+        """Azimuthal angle chi (radians, in ]-pi, pi], discontinuity at pi) at each pixel centre."""
+        _, _, t1, t2, _ = self._lab(shape)
+        return np.arctan2(t1, t2)
+
+    def solid_angle(self, shape: tuple[int, int]) -> np.ndarray:
+        """Solid angle of each pixel relative to a pixel at the PONI: cos(incidence)^3, as pyFAI."""
+        d1, d2, _, _, _ = self._lab(shape)
+        cos_incidence = self.dist / np.sqrt(self.dist * self.dist + (d1 * d1 + d2 * d2))
+        return cos_incidence**3
+
+    def polarization(self, shape: tuple[int, int], factor: float, axis_offset: float = 0.0) -> np.ndarray:
+        """pyFAI's polarisation correction (float32, as pyFAI stores it); factor in [-1, 1], 0 = random."""
+        cos2_tth = np.cos(self.tth(shape)) ** 2
+        chi = self.chi(shape)
+        pol = 0.5 * (1.0 + cos2_tth - factor * np.cos(2.0 * (chi + axis_offset)) * (1.0 - cos2_tth))
+        return pol.astype(np.float32)
+
+    def radial(self, shape: tuple[int, int], unit: str) -> tuple[np.ndarray, float]:
+        """Radial position of each pixel in the unit's internal scale, and the factor to the unit.
+
+        pyFAI bins 2theta in radians and q in nm^-1 and only scales the bin centres, so we do too.
+        """
+        if unit == "2th_deg":
+            return self.tth(shape), 180.0 / math.pi
+        if unit == "2th_rad":
+            return self.tth(shape), 1.0
+        if unit == "q_nm^-1":
+            return self.q_nm(shape), 1.0
+        if unit == "q_A^-1":
+            return self.q_nm(shape), 0.1
+        raise ValueError(f"unit {unit!r} not supported; use one of {', '.join(RADIAL_UNITS)}")
+
+
+RADIAL_UNITS = ("2th_deg", "2th_rad", "q_nm^-1", "q_A^-1")
 
 
 def read_poni(path: str | Path) -> Geometry:

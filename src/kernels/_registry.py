@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import importlib
 import logging
+import os
 from dataclasses import dataclass, field
 from types import ModuleType
+from typing import Any
 
 import numpy as np
 
 from kernels._geometry import Geometry
+from kernels._integrate import Integrator1D, Integrator2D
 
 log = logging.getLogger(__name__)
 
@@ -39,10 +42,21 @@ class Backend:
     def histogram(self, values: np.ndarray, bins: np.ndarray, npt: int) -> np.ndarray:
         return self.module.histogram(values, bins, npt)
 
-    def integrator(
-        self, geometry: Geometry, shape: tuple[int, int], npt: int, **kwargs: object
-    ) -> Integrator1D:
-        return Integrator1D(self, geometry, shape, npt, **kwargs)  # type: ignore[arg-type]
+    def jungfrau_convert(
+        self, raw: np.ndarray, pedestal: np.ndarray, gain: np.ndarray, out: np.ndarray
+    ) -> np.ndarray:
+        """JUNGFRAU three-gain pedestal/gain conversion; see ``kernels._numpy_backend.jungfrau_convert``."""
+        return self.module.jungfrau_convert(raw, pedestal, gain, out)
+
+    def integrator(self, geometry: Geometry, shape: tuple[int, int], npt: int, **kwargs: Any) -> Integrator1D:
+        """A 1D integrator (see :class:`kernels.Integrator1D` for the keywords)."""
+        return Integrator1D(self, geometry, shape, npt, **kwargs)
+
+    def integrator2d(
+        self, geometry: Geometry, shape: tuple[int, int], npt_rad: int, npt_azim: int = 360, **kwargs: Any
+    ) -> Integrator2D:
+        """A 2D (radial x azimuthal) integrator (see :class:`kernels.Integrator2D`)."""
+        return Integrator2D(self, geometry, shape, npt_rad, npt_azim, **kwargs)
 
 
 def _load(name: str) -> Backend:
@@ -56,7 +70,10 @@ def _load(name: str) -> Backend:
         ) from error
     probe = getattr(module, "probe", None)
     if probe is not None:
-        probe()
+        try:
+            probe()
+        except ImportError as error:
+            raise BackendUnavailable(f"kernel backend {name!r} is not available: {error}") from error
     return Backend(name, module)
 
 
@@ -75,8 +92,11 @@ def available_backends() -> list[str]:
 def get_backend(name: str = "auto") -> Backend:
     """The named backend, or with ``auto`` the first that loads in the chain GPU -> numba -> NumPy.
 
-    Every step down the chain is logged with its reason, so a slow run says why it is slow.
+    Every step down the chain is logged with its reason, so a slow run says why it is slow. With
+    ``auto``, the ``EDGE_BACKEND`` environment variable (if set) names the backend instead.
     """
+    if name == "auto":
+        name = os.environ.get("EDGE_BACKEND", "auto").strip().lower() or "auto"
     if name != "auto":
         return _load(name)
     failed: list[str] = []
@@ -90,45 +110,3 @@ def get_backend(name: str = "auto") -> Backend:
         backend.degraded_from = failed
         return backend
     raise BackendUnavailable("no kernel backend could be loaded")  # pragma: no cover - numpy always loads
-
-
-class Integrator1D:
-    """Azimuthal integration to a 1D profile with a precomputed bin index per pixel (no pixel splitting).
-
-    ``unit`` is ``2th_deg`` or ``q_nm^-1``. Bin edges span the unmasked pixels' radial range evenly, as
-    pyFAI's histogram engine does. The profile is the mean corrected intensity per bin (0 where empty).
-    """
-
-    def __init__(
-        self,
-        backend: Backend,
-        geometry: Geometry,
-        shape: tuple[int, int],
-        npt: int,
-        unit: str = "2th_deg",
-        mask: np.ndarray | None = None,
-    ) -> None:
-        if unit == "2th_deg":
-            radial = np.degrees(geometry.tth(shape))
-        elif unit == "q_nm^-1":
-            radial = geometry.q_nm(shape)
-        else:
-            raise ValueError(f"unit {unit!r} not supported; use '2th_deg' or 'q_nm^-1'")
-        valid = np.ones(shape, dtype=bool) if mask is None else ~mask.astype(bool)
-        lo = float(radial[valid].min())
-        hi = float(np.nextafter(radial[valid].max(), np.inf))
-        self.backend = backend
-        self.npt = npt
-        self.unit = unit
-        self.edges = np.linspace(lo, hi, npt + 1)
-        self.radial = 0.5 * (self.edges[1:] + self.edges[:-1])
-        index = np.floor((radial - lo) * (npt / (hi - lo))).astype(np.int64)
-        index = np.clip(index, 0, npt - 1)
-        index[~valid] = npt
-        self.bins = np.ascontiguousarray(index.astype(np.int32))
-        self.count = np.bincount(self.bins.ravel(), minlength=npt + 1)[:npt].astype(np.float64)
-
-    def integrate(self, corrected: np.ndarray) -> np.ndarray:
-        """Mean intensity per radial bin, float64."""
-        sums = self.backend.histogram(corrected, self.bins, self.npt)
-        return np.divide(sums, self.count, out=np.zeros(self.npt), where=self.count > 0)

@@ -1,7 +1,7 @@
 """System tests: the simulator's camera IOC (a subprocess on 127.0.0.1) seen through pyepics and ophyd.
 
 pyepics reads its address list once, when libca starts, so the CA client side of this process uses
-one loopback port for the whole session (`ca_port`); each test starts its own IOC process on that
+one loopback port for the whole session (`ca_port`, from ``conftest.py``); each test starts its own IOC process on that
 port with a fresh PV prefix and kills it afterwards. The recipe is in ``docs/epics.md``.
 """
 
@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-import re
 import selectors
-import socket
 import subprocess
 import sys
 import threading
@@ -29,48 +27,7 @@ IOC_START_TIMEOUT = 20.0
 pytestmark = pytest.mark.timeout(120)
 
 
-# --- loopback Channel Access plumbing -------------------------------------------------------------
-def _port_is_free(port: int) -> bool:
-    """True if nothing holds ``port`` on 127.0.0.1 for UDP (CA searches) nor for TCP (CA circuits)."""
-    for kind in (socket.SOCK_DGRAM, socket.SOCK_STREAM):
-        with socket.socket(socket.AF_INET, kind) as sock:
-            try:
-                sock.bind(("127.0.0.1", port))
-            except OSError:
-                return False
-    return True
-
-
-def _free_port() -> int:
-    """A port free for both UDP and TCP on loopback (asked of the kernel, then checked for UDP)."""
-    for _ in range(50):
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-            sock.bind(("127.0.0.1", 0))
-            port = int(sock.getsockname()[1])
-        if _port_is_free(port):
-            return port
-    raise RuntimeError("no free loopback port found")
-
-
-@pytest.fixture(scope="session")
-def ca_port() -> int:
-    """The loopback CA port this process's pyepics searches; set in the environment before libca starts.
-
-    If the environment already names a single loopback address list (e.g. set by a conftest), it is used
-    as it is.
-    """
-    existing = re.fullmatch(r"127\.0\.0\.1:(\d+)", os.environ.get("EPICS_CA_ADDR_LIST", "").strip())
-    if existing and os.environ.get("EPICS_CA_AUTO_ADDR_LIST", "").upper() == "NO":
-        return int(existing.group(1))
-    epics_ca = sys.modules.get("epics.ca")
-    if epics_ca is not None and getattr(epics_ca, "libca", None) is not None:
-        pytest.fail("libca was started before the loopback CA environment was set; set it in a conftest")
-    port = _free_port()
-    os.environ["EPICS_CA_ADDR_LIST"] = f"127.0.0.1:{port}"
-    os.environ["EPICS_CA_AUTO_ADDR_LIST"] = "NO"
-    return port
-
-
+# --- processes ------------------------------------------------------------------------------------
 class IocProcess:
     """``python -m hw_sim.ioc`` as a child process, restartable on the same port and prefix."""
 

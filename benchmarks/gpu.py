@@ -1,0 +1,200 @@
+"""GPU kernel figures on a lent machine: ``PYTHONPATH=src python3 benchmarks/gpu.py [--json]``.
+
+Self-contained (numpy, numba-cuda, cupy; no pyFAI/bitshuffle) and short (well under 3 minutes). It
+reports, with the device named: integration 2048^2 -> 1000 bins (and a 500 x 360 cake) in frames/s
+with the frame already on the device, the host-to-device copy of a frame timed apart from the kernel,
+the kernel's achieved fraction of the device-to-device copy bandwidth measured in the same run, the
+correction kernel likewise, and the same work on the numba CPU backend; each row carries its
+correctness check against the NumPy reference computed in the same run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+
+import numpy as np
+
+import kernels
+
+SHAPE = (2048, 2048)
+NPT = 1000
+GEOMETRY = kernels.Geometry(
+    dist=0.15, poni1=0.0765, poni2=0.0790, rot1=0.004, rot2=-0.003, wavelength=0.7e-10
+)
+
+
+def timed(fn: Callable[[int], Any], repeats: int, sync: Callable[[], None]) -> list[float]:
+    fn(0)
+    sync()
+    out = []
+    for k in range(repeats):
+        start = time.perf_counter()
+        fn(k)
+        sync()
+        out.append(time.perf_counter() - start)
+    return out
+
+
+def rel(a: np.ndarray, b: np.ndarray) -> float:
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    return float(np.max(np.abs(a - b) / np.maximum(np.abs(b), 1e-30)))
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--json", action="store_true")
+    parser.add_argument("--repeats", type=int, default=30)
+    args = parser.parse_args()
+    from numba import cuda
+
+    gpu = kernels.get_backend("gpu")
+    cpu = kernels.get_backend("numba")
+    ref = kernels.get_backend("numpy")
+    from kernels import _gpu_backend as g
+
+    if g.simulated():
+        name, copy_elems = "numba CUDA simulator (smoke test only)", 2**16
+    else:
+        raw_name = cuda.get_current_device().name
+        name, copy_elems = (raw_name.decode() if isinstance(raw_name, bytes) else str(raw_name)), 2**26
+    sync = cuda.synchronize
+    rng = np.random.default_rng(0)
+    frames = [rng.poisson(50, SHAPE).astype(np.uint16) for _ in range(4)]
+    mask = np.zeros(SHAPE, bool)
+    mask[:, 1020:1030] = True
+    rows: list[dict[str, Any]] = []
+
+    # device-to-device copy bandwidth, the yardstick (read + write counted)
+    big = cuda.device_array(copy_elems, dtype=np.float32)
+    big2 = cuda.device_array_like(big)
+    t = timed(lambda k: big2.copy_to_device(big), 10, sync)
+    d2d = 2 * big.nbytes / statistics.median(t) / 1e9
+    rows.append(
+        {
+            "workload": f"device-to-device copy {big.nbytes >> 20} MiB",
+            "value": d2d,
+            "unit": "GB/s",
+            "check": "-",
+        }
+    )
+
+    # host-to-device copy of one frame, apart from the kernels
+    pinned = cuda.pinned_array(SHAPE, dtype=np.uint16)
+    pinned[...] = frames[0]
+    dev_frames = [cuda.to_device(f) for f in frames]
+    landing = cuda.device_array(SHAPE, dtype=np.uint16)
+    t = timed(lambda k: landing.copy_to_device(pinned), args.repeats, sync)
+    h2d = statistics.median(t)
+    rows.append(
+        {
+            "workload": "H2D copy of one 2048^2 uint16 frame (pinned)",
+            "value": h2d * 1e3,
+            "unit": "ms",
+            "check": f"{frames[0].nbytes / h2d / 1e9:.1f} GB/s",
+        }
+    )
+    t = timed(lambda k: cuda.to_device(frames[k % 4]), 10, sync)
+    rows.append(
+        {
+            "workload": "H2D copy of one frame (pageable, to_device)",
+            "value": statistics.median(t) * 1e3,
+            "unit": "ms",
+            "check": "-",
+        }
+    )
+
+    for label, make in (
+        (
+            "integrate 2048^2 -> 1000 bins",
+            lambda b: b.integrator(
+                GEOMETRY, SHAPE, NPT, mask=mask, correct_solid_angle=True, polarization_factor=0.99
+            ),
+        ),
+        (
+            "integrate2d 2048^2 -> 500 x 360",
+            lambda b: b.integrator2d(GEOMETRY, SHAPE, 500, 360, mask=mask, correct_solid_angle=True),
+        ),
+    ):
+        integ_gpu, integ_cpu, integ_ref = make(gpu), make(cpu), make(ref)
+        expected = integ_ref.integrate(frames[1])
+        worst = rel(integ_gpu.integrate(dev_frames[1]), expected)
+        summer = integ_gpu._summer
+        t = timed(lambda k, s=summer: s.sums_on_device(dev_frames[k % 4], False), args.repeats, sync)
+        # bins and frame are each read once per launch
+        kernel = statistics.median(t)
+        moved = frames[0].nbytes + integ_gpu.bins.nbytes
+        rows.append(
+            {
+                "workload": f"{label}, GPU kernel (frame on device)",
+                "value": 1 / kernel,
+                "unit": "frames/s",
+                "check": f"max rel diff vs NumPy {worst:.1e}",
+                "bandwidth_fraction": moved / kernel / 1e9 / d2d,
+                "note": f"{moved / kernel / 1e9:.0f} GB/s read, shared-memory bins: {summer.shared}",
+            }
+        )
+        t = timed(lambda k, i=integ_gpu: i.integrate(frames[k % 4]), 10, sync)
+        rows.append(
+            {
+                "workload": f"{label}, GPU end to end from host (H2D + kernel + D2H)",
+                "value": 1 / statistics.median(t),
+                "unit": "frames/s",
+                "check": "-",
+            }
+        )
+        t = timed(lambda k, i=integ_cpu: i.integrate(frames[k % 4]), 10, lambda: None)
+        worst_cpu = rel(integ_cpu.integrate(frames[1]), expected)
+        rows.append(
+            {
+                "workload": f"{label}, numba CPU backend",
+                "value": 1 / statistics.median(t),
+                "unit": "frames/s",
+                "check": f"max rel diff vs NumPy {worst_cpu:.1e}",
+            }
+        )
+
+    dark = rng.uniform(0, 10, SHAPE).astype(np.float32)
+    gain = kernels.make_gain(SHAPE, flat=rng.uniform(0.9, 1.1, SHAPE), mask=mask)
+    d_dark, d_gain = cuda.to_device(dark), cuda.to_device(gain)
+    d_out = cuda.device_array(SHAPE, dtype=np.float32)
+    t = timed(lambda k: g.correct(dev_frames[k % 4], d_dark, d_gain, d_out), args.repeats, sync)
+    same = np.array_equal(
+        d_out.copy_to_host(),
+        ref.correct(frames[(args.repeats - 1) % 4], dark, gain, np.empty(SHAPE, np.float32)),
+    )
+    moved = frames[0].nbytes + dark.nbytes + gain.nbytes + dark.nbytes
+    kernel = statistics.median(t)
+    rows.append(
+        {
+            "workload": "dark/flat/mask correction 2048^2, GPU kernel",
+            "value": moved / kernel / 1e9,
+            "unit": "GB/s",
+            "check": f"equal to NumPy: {same}",
+            "bandwidth_fraction": moved / kernel / 1e9 / d2d,
+        }
+    )
+
+    if args.json:
+        print(json.dumps({"device": name, "rows": rows}, indent=1))
+    else:
+        print(f"device: {name}; bandwidth yardstick: device-to-device copy measured in this run")
+        for r in rows:
+            frac = f"  {r['bandwidth_fraction'] * 100:5.1f}% of copy BW" if "bandwidth_fraction" in r else ""
+            print(
+                f"{r['workload']:<66} {r['value']:12.2f} {r['unit']:<9}{frac}  {r['check']}  "
+                f"{r.get('note', '')}"
+            )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

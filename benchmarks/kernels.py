@@ -1,0 +1,319 @@
+"""Kernel benchmarks: ours against the field's reference on the same data, in the same run.
+
+Run ``python benchmarks/kernels.py [--json] [--quick] [--backend numba]``. Every row is a ratio taken
+in this process with the two timings interleaved (BENCHMARKS.md): warm-up first, then the median of
+``--repeats`` runs each, cycling over several frame buffers so caches do not flatter either side.
+Every row carries the correctness check that went with it; a fast wrong answer does not count.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import statistics
+import sys
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+
+import numpy as np
+
+import kernels
+
+SHAPE = (2048, 2048)
+NPT = 1000
+BUFFERS = 4
+GEOMETRY = kernels.Geometry(
+    dist=0.15, poni1=0.0765, poni2=0.0790, rot1=0.004, rot2=-0.003, rot3=0.0, wavelength=0.7e-10
+)
+
+
+@dataclass
+class Row:
+    workload: str
+    ours: float
+    reference: float
+    unit: str
+    ratio: float
+    target: str
+    target_met: bool
+    check: str
+    check_passed: bool
+    spread: str
+
+
+def interleaved(
+    ours: Callable[[int], object], reference: Callable[[int], object], repeats: int
+) -> tuple[list[float], list[float]]:
+    """Seconds per call for each side, alternating calls, after one warm-up call each."""
+    ours(0)
+    reference(0)
+    t_ours: list[float] = []
+    t_ref: list[float] = []
+    for k in range(repeats):
+        for fn, times in ((ours, t_ours), (reference, t_ref)):
+            start = time.perf_counter()
+            fn(k)
+            times.append(time.perf_counter() - start)
+    return t_ours, t_ref
+
+
+def spread(times: Sequence[float]) -> str:
+    med = statistics.median(times)
+    return f"{(min(times) / med - 1) * 100:+.0f}%/{(max(times) / med - 1) * 100:+.0f}%"
+
+
+def ring_frames(count: int, seed: int = 0) -> list[np.ndarray]:
+    """Powder rings on a Poisson background, uint16, like hw_sim's frames."""
+    rng = np.random.default_rng(seed)
+    tth = np.degrees(GEOMETRY.tth(SHAPE))
+    rings = sum(np.exp(-((tth - c) ** 2) / 0.02) for c in (8.0, 11.3, 13.9, 16.0, 19.7))
+    mean = 20.0 + 400.0 * rings
+    return [rng.poisson(mean).astype(np.uint16) for _ in range(count)]
+
+
+def detector_mask() -> np.ndarray:
+    mask = np.zeros(SHAPE, dtype=bool)
+    mask[:, 1020:1030] = True  # module gap
+    mask[510:518, :] = True
+    mask[1530:1538, :] = True
+    mask[1000:1100, 900:1000] = True  # beamstop shadow
+    return mask
+
+
+def rel_diff(ours: np.ndarray, ref: np.ndarray) -> float:
+    ours, ref = np.asarray(ours, np.float64), np.asarray(ref, np.float64)
+    return float(np.max(np.abs(ours - ref) / np.maximum(np.abs(ref), 1e-30)))
+
+
+def bench_integration(backend: kernels.Backend, frames: list[np.ndarray], repeats: int) -> list[Row]:
+    from pyFAI.detectors import Detector
+    from pyFAI.integrator.azimuthal import AzimuthalIntegrator
+
+    g = GEOMETRY
+    mask = detector_mask()
+    ai = AzimuthalIntegrator(
+        dist=g.dist,
+        poni1=g.poni1,
+        poni2=g.poni2,
+        rot1=g.rot1,
+        rot2=g.rot2,
+        rot3=g.rot3,
+        wavelength=g.wavelength,
+        detector=Detector(pixel1=g.pixel1, pixel2=g.pixel2, max_shape=SHAPE),
+    )
+    opts: dict[str, Any] = {"unit": "2th_deg", "mask": mask, "polarization_factor": 0.99}
+    integrator = backend.integrator(
+        g, SHAPE, NPT, unit="2th_deg", mask=mask, correct_solid_angle=True, polarization_factor=0.99
+    )
+    n = len(frames)
+    rows = []
+
+    def ours(k: int) -> np.ndarray:
+        return integrator.integrate(frames[k % n])
+
+    def histogram(k: int) -> object:
+        return ai.integrate1d(frames[k % n], NPT, method=("no", "histogram", "cython"), **opts)
+
+    ref = histogram(0)
+    worst = rel_diff(ours(0), ref.intensity)
+    same_bins = bool(np.array_equal(integrator.count, ref.count))
+    t_ours, t_ref = interleaved(ours, histogram, repeats)
+    fps, ref_fps = 1 / statistics.median(t_ours), 1 / statistics.median(t_ref)
+    check = f"max rel diff {worst:.1e} <= 1e-6, counts equal"
+    ok = worst <= 1e-6 and same_bins
+    rows.append(
+        Row(
+            "integrate 2048^2 -> 1000 bins vs pyFAI integrate1d (no, histogram, cython)",
+            fps,
+            ref_fps,
+            "frames/s",
+            fps / ref_fps,
+            ">= 25x",
+            fps / ref_fps >= 25,
+            check,
+            ok,
+            spread(t_ours),
+        )
+    )
+
+    def legacy_csr(k: int) -> object:
+        return ai.integrate1d_legacy(
+            frames[k % n], NPT, method=("no", "csr", "cython"), correctSolidAngle=True, **opts
+        )
+
+    legacy = legacy_csr(0)
+    worst_csr = rel_diff(ours(0), legacy.intensity)
+    t_ours, t_ref = interleaved(ours, legacy_csr, repeats)
+    fps, ref_fps = 1 / statistics.median(t_ours), 1 / statistics.median(t_ref)
+    rows.append(
+        Row(
+            "integrate 2048^2 -> 1000 bins vs pyFAI integrate1d_legacy (no, csr, cython)",
+            fps,
+            ref_fps,
+            "frames/s",
+            fps / ref_fps,
+            ">= 6x",
+            fps / ref_fps >= 6,
+            f"vs histogram engine {worst:.1e} (vs legacy CSR {worst_csr:.1e})",
+            ok,
+            spread(t_ours),
+        )
+    )
+    return rows
+
+
+def bench_correction(backend: kernels.Backend, frames: list[np.ndarray], repeats: int) -> Row:
+    rng = np.random.default_rng(1)
+    dark = rng.uniform(0, 10, SHAPE).astype(np.float32)
+    gain = kernels.make_gain(SHAPE, flat=rng.uniform(0.9, 1.1, SHAPE), mask=detector_mask())
+    outs = [np.empty(SHAPE, np.float32) for _ in frames]
+    n = len(frames)
+    expected = kernels.get_backend("numpy").correct(frames[0], dark, gain, np.empty(SHAPE, np.float32))
+    got = backend.correct(frames[0], dark, gain, outs[0])
+    ok = bool(np.array_equal(got, expected))
+    copy_src = [np.ones(64 * 2**20, np.float32) for _ in range(2)]  # 256 MiB each
+    copy_dst = np.empty_like(copy_src[0])
+    t_ours, t_ref = interleaved(
+        lambda k: backend.correct(frames[k % n], dark, gain, outs[k % n]),
+        lambda k: np.copyto(copy_dst, copy_src[k % 2]),
+        repeats,
+    )
+    moved = frames[0].nbytes + dark.nbytes + gain.nbytes + outs[0].nbytes
+    ours = moved / statistics.median(t_ours) / 1e9
+    ref = 2 * copy_dst.nbytes / statistics.median(t_ref) / 1e9
+    return Row(
+        "dark/flat/mask correction 2048^2 uint16 -> float32 vs np.copyto 256 MiB",
+        ours,
+        ref,
+        "GB/s",
+        ours / ref,
+        ">= 0.5x",
+        ours / ref >= 0.5,
+        "equal to the NumPy reference",
+        ok,
+        spread(t_ours),
+    )
+
+
+def _filter_chunks(frames: list[np.ndarray]) -> list[bytes]:
+    import h5py
+    import hdf5plugin
+
+    with h5py.File(io.BytesIO(), "w") as f:
+        ds = f.create_dataset(
+            "x", data=np.stack(frames), chunks=(1, *frames[0].shape), **hdf5plugin.Bitshuffle(cname="lz4")
+        )
+        return [ds.id.read_direct_chunk((i, 0, 0))[1] for i in range(len(frames))]
+
+
+def bench_compression(frames: list[np.ndarray], repeats: int) -> list[Row]:
+    import bitshuffle
+
+    n = len(frames)
+    chunks = [kernels.compress_chunk(f) for f in frames]
+    identical = chunks == _filter_chunks(frames)
+    restored = all(
+        np.array_equal(kernels.decompress_chunk(c, SHAPE, np.uint16), f)
+        for c, f in zip(chunks, frames, strict=True)
+    )
+    ok = identical and restored
+    check = "chunks identical to h5py+hdf5plugin filter 32008, decompress round-trips"
+    t_ours, t_ref = interleaved(
+        lambda k: kernels.compress_chunk(frames[k % n]),
+        lambda k: bitshuffle.compress_lz4(frames[k % n], 0),
+        repeats,
+    )
+    nbytes = frames[0].nbytes
+    ours, ref = nbytes / statistics.median(t_ours) / 1e9, nbytes / statistics.median(t_ref) / 1e9
+    ratio_c = nbytes * n / sum(len(c) for c in chunks)
+    rows = [
+        Row(
+            f"bitshuffle-LZ4 chunk 2048^2 uint16 (ratio {ratio_c:.2f}) vs bitshuffle.compress_lz4",
+            ours,
+            ref,
+            "GB/s",
+            ours / ref,
+            ">= 0.9x",
+            ours / ref >= 0.9,
+            check,
+            ok,
+            spread(t_ours),
+        )
+    ]
+    with ThreadPoolExecutor(2) as pool:
+        t_ours, t_ref = interleaved(
+            lambda k: kernels.compress_chunks(frames, pool),
+            lambda k: [bitshuffle.compress_lz4(f, 0) for f in frames],
+            max(3, repeats // 2),
+        )
+        threaded_same = kernels.compress_chunks(frames, pool) == chunks
+    ours, ref = nbytes * n / statistics.median(t_ours) / 1e9, nbytes * n / statistics.median(t_ref) / 1e9
+    rows.append(
+        Row(
+            f"{n} chunks on 2 threads (compress_chunks) vs serial bitshuffle.compress_lz4",
+            ours,
+            ref,
+            "GB/s",
+            ours / ref,
+            "(info)",
+            True,
+            "same bytes as one at a time",
+            threaded_same,
+            spread(t_ours),
+        )
+    )
+    return rows
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
+    parser.add_argument("--quick", action="store_true", help="fewer repeats (5)")
+    parser.add_argument("--repeats", type=int, default=None)
+    parser.add_argument("--backend", default="numba", choices=["numba", "numpy", "gpu", "auto"])
+    args = parser.parse_args(argv)
+    repeats = args.repeats or (5 if args.quick else 9)
+
+    import numba
+
+    threads = os.cpu_count() or 1
+    numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
+    backend = kernels.get_backend(args.backend)
+    info = {
+        "backend": backend.name,
+        "numba_threads": numba.get_num_threads(),
+        "omp_threads (pyFAI, bitshuffle)": os.environ.get("OMP_NUM_THREADS", f"unset ({threads} cores)"),
+        "repeats": repeats,
+        "buffers": BUFFERS,
+    }
+    frames = ring_frames(BUFFERS)
+    rows = bench_integration(backend, frames, repeats)
+    rows.append(bench_correction(backend, frames, repeats))
+    rows.extend(bench_compression(frames, repeats))
+    if args.json:
+        print(json.dumps({"info": info, "rows": [asdict(r) for r in rows]}, indent=1))
+    else:
+        print("  ".join(f"{k}={v}" for k, v in info.items()))
+        print(
+            f"{'workload':<84} {'ours':>9} {'ref':>9} {'unit':<8} {'ratio':>7} {'target':>8} {'met':>4}"
+            "  check"
+        )
+        for r in rows:
+            print(
+                f"{r.workload:<84} {r.ours:9.2f} {r.reference:9.2f} {r.unit:<8} {r.ratio:7.2f} {r.target:>8} "
+                f"{'yes' if r.target_met else 'NO':>4}  {'PASS' if r.check_passed else 'FAIL'} {r.check} "
+                f"[spread {r.spread}]"
+            )
+    return 0 if all(r.check_passed for r in rows) else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,718 @@
+"""The appliance's own EPICS IOC (pythonSoftIOC): run control, counters, writer, upstream and disk PVs.
+
+The control system drives the appliance the areaDetector way: ``$(P)$(R)Name`` records, setpoint ``X``
+with readback ``X_RBV``, and ``Acquire`` as a busy record whose put-completion (``caput -c``, pyepics
+``caput(..., wait=True)``) returns only when the run is over: the detector (driven through
+`firmware_bridge.detector_control.DetectorControl`) has taken ``NumImages`` frames and the appliance has
+stored every one of them, or accounted for the missing ones with a loss record. The IOC runs on the
+daemon's asyncio loop (``AsyncioDispatcher(loop=...)``), which is passed in; `iocInit` happens once per
+process. Counters are copied from `Appliance.status` every `REFRESH_SECONDS`; views read counters,
+they never infer them. The PV table `PVS` is the single source of the records and of ``docs/pvs.md``
+(`edge.pvdocs`). softioc and pyepics are imported only when the IOC starts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import getpass
+import logging
+import math
+import os
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from edge.config import EpicsSettings
+
+if TYPE_CHECKING:
+    from edge.appliance import Appliance
+
+__all__ = ["DEFAULT_ACF", "MODES", "PVS", "ApplianceIOC", "PvSpec"]
+
+log = logging.getLogger(__name__)
+
+#: Seconds between copies of the appliance's counters into the readback records.
+REFRESH_SECONDS = 0.5
+#: How long the stream must be quiet, after the detector went away mid-run, before the run is ended.
+STREAM_QUIET_SECONDS = 1.0
+#: Seconds the appliance waits past a run's nominal length for its frames to be accounted for.
+RUN_GRACE_SECONDS = 30.0
+#: The ACF shipped with the package: everyone reads, only ``$(USER)`` (the daemon's user) writes.
+DEFAULT_ACF = Path(__file__).with_name("data") / "edge.acf"
+
+MODES: tuple[str, ...] = ("raw", "xrd", "saxs", "mx", "tomo")
+DETECTOR_STATES: tuple[str, ...] = (
+    "Idle",
+    "Acquire",
+    "Readout",
+    "Correct",
+    "Saving",
+    "Aborting",
+    "Error",
+    "Waiting",
+    "Initializing",
+    "Disconnected",
+    "Aborted",
+    "Unknown",
+)
+_STATE_SEVERITY = {"Error": "MAJOR", "Disconnected": "MAJOR", "Aborted": "MINOR", "Unknown": "MINOR"}
+UPSTREAM_STATES: tuple[str, ...] = ("No consumer", "Connected", "Backlog")
+LONG_STRING = 256
+
+
+@dataclass(frozen=True)
+class PvSpec:
+    """One record: its name after the prefix, softioc builder kind, CA type as documented, and meaning.
+
+    ``length`` is the element count of waveforms and long strings; ``"bins"`` and ``"preview"`` are
+    filled in from the settings when the record is built.
+    """
+
+    name: str
+    kind: str
+    ca_type: str
+    doc: str
+    choices: tuple[str, ...] = ()
+    units: str = ""
+    length: int | str = 0
+    fields: dict[str, Any] = field(default_factory=dict, compare=False)
+
+    @property
+    def writable(self) -> bool:
+        return self.kind.endswith("Out")
+
+
+def _rbv(name: str, kind: str, ca_type: str, doc: str, **kw: Any) -> PvSpec:
+    return PvSpec(name, kind, ca_type, doc, **kw)
+
+
+#: Every record the appliance serves, in documentation order.
+PVS: tuple[PvSpec, ...] = (
+    # --- run control ---------------------------------------------------------------------------
+    PvSpec(
+        "Acquire",
+        "boolOut",
+        "enum",
+        "Busy record. 1 arms and starts the detector for `NumImages` frames; a put with completion "
+        "returns when every frame is stored or accounted for by a loss record. 0 aborts the run.",
+        choices=("Done", "Acquire"),
+    ),
+    _rbv(
+        "Acquire_RBV",
+        "boolIn",
+        "enum",
+        "Acquiring while a run is in progress.",
+        choices=("Done", "Acquiring"),
+    ),
+    PvSpec("NumImages", "longOut", "long", "Frames per run.", fields={"DRVL": 1, "DRVH": 10_000_000}),
+    _rbv("NumImages_RBV", "longIn", "long", "Frames per run, as accepted."),
+    PvSpec("AcquirePeriod", "aOut", "double", "Seconds between frames (given to the detector).", units="s"),
+    _rbv("AcquirePeriod_RBV", "aIn", "double", "Seconds between frames, as accepted.", units="s"),
+    PvSpec(
+        "Mode",
+        "mbbOut",
+        "enum",
+        "Reduction mode of the next run (recorded in the run's PV state; raw frames are always kept).",
+        choices=MODES,
+    ),
+    _rbv("Mode_RBV", "mbbIn", "enum", "Reduction mode, as accepted.", choices=MODES),
+    _rbv(
+        "DetectorState_RBV",
+        "mbbIn",
+        "enum",
+        "The detector's `DetectorState_RBV`, or `Disconnected` (MAJOR) while its IOC is unreachable.",
+        choices=DETECTOR_STATES,
+    ),
+    _rbv(
+        "DetectorConnected_RBV",
+        "boolIn",
+        "enum",
+        "Whether the detector IOC is connected.",
+        choices=("Disconnected", "Connected"),
+    ),
+    _rbv(
+        "StatusMessage_RBV",
+        "longStringIn",
+        "char[256]",
+        "What the appliance is doing, in words.",
+        length=LONG_STRING,
+    ),
+    _rbv(
+        "RunUid_RBV", "longStringIn", "char[256]", "Run uid of the current (or last) run.", length=LONG_STRING
+    ),
+    # --- counters ------------------------------------------------------------------------------
+    PvSpec("ArrayCounter", "longOut", "long", "Write to set the frame counter (e.g. 0 to reset it)."),
+    _rbv("ArrayCounter_RBV", "longIn", "long", "Frames received since start (or the last reset)."),
+    _rbv("ArrayRate_RBV", "aIn", "double", "Frames received per second.", units="Hz"),
+    _rbv("DroppedArrays_RBV", "longIn", "long", "Frames the receiver dropped (ring full, shutdown)."),
+    _rbv("LostFrames_RBV", "longIn", "long", "Frames in loss records (the ledger's count)."),
+    _rbv("LossRecords_RBV", "longIn", "long", "Loss records in the ledger."),
+    _rbv("QueueSize_RBV", "longIn", "long", "Slots in the frame ring."),
+    _rbv("QueueFree_RBV", "longIn", "long", "Free slots in the frame ring (LOW alarm below 10 %)."),
+    _rbv("QueueFill_RBV", "aIn", "double", "Ring fill (HIGH/HIHI alarms at 80/95 %).", units="%"),
+    # --- writer --------------------------------------------------------------------------------
+    PvSpec(
+        "HDF1:FilePath",
+        "longStringOut",
+        "char[256]",
+        "Directory of the store (fixed by `store.path`; other values are refused).",
+        length=LONG_STRING,
+    ),
+    _rbv("HDF1:FilePath_RBV", "longStringIn", "char[256]", "Directory of the store.", length=LONG_STRING),
+    PvSpec(
+        "HDF1:FileName",
+        "longStringOut",
+        "char[256]",
+        "Name label for the next run (files are named by run uid; kept for areaDetector clients).",
+        length=LONG_STRING,
+    ),
+    _rbv("HDF1:FileName_RBV", "longStringIn", "char[256]", "Name label, as accepted.", length=LONG_STRING),
+    _rbv(
+        "HDF1:FullFileName_RBV",
+        "longStringIn",
+        "char[256]",
+        "Path of the last file written.",
+        length=LONG_STRING,
+    ),
+    PvSpec(
+        "HDF1:Capture",
+        "boolOut",
+        "enum",
+        "Capture is always on (every frame is stored); kept for areaDetector clients.",
+        choices=("Done", "Capture"),
+    ),
+    _rbv(
+        "HDF1:Capture_RBV",
+        "boolIn",
+        "enum",
+        "Capturing while a run's file is open.",
+        choices=("Done", "Capturing"),
+    ),
+    PvSpec("HDF1:NumCapture", "longOut", "long", "Frames to capture (follows `NumImages` at each run)."),
+    _rbv("HDF1:NumCapture_RBV", "longIn", "long", "Frames to capture, as accepted."),
+    _rbv("HDF1:NumCaptured_RBV", "longIn", "long", "Frames of the current (or last) run in closed files."),
+    _rbv(
+        "HDF1:WriteStatus",
+        "boolIn",
+        "enum",
+        "Write error (MAJOR) when the pipeline failed to store frames.",
+        choices=("Write OK", "Write error"),
+    ),
+    _rbv("HDF1:WriteMessage", "longStringIn", "char[256]", "Last write error, or empty.", length=LONG_STRING),
+    _rbv("HDF1:FilesClosed_RBV", "longIn", "long", "Files closed since start."),
+    # --- compression ---------------------------------------------------------------------------
+    _rbv("Codec1:CompFactor_RBV", "aIn", "double", "Raw bytes / bitshuffle-LZ4 bytes since start."),
+    # --- reduction -----------------------------------------------------------------------------
+    _rbv("Reduction:Backend_RBV", "stringIn", "string", "Kernel backend in use (gpu, numba, numpy)."),
+    _rbv(
+        "Reduction:BeamCenterX_RBV",
+        "aIn",
+        "double",
+        "Beam centre, fast axis (PONI poni2 / pixel2).",
+        units="px",
+    ),
+    _rbv(
+        "Reduction:BeamCenterY_RBV",
+        "aIn",
+        "double",
+        "Beam centre, slow axis (PONI poni1 / pixel1).",
+        units="px",
+    ),
+    _rbv("Reduction:Distance_RBV", "aIn", "double", "Sample-detector distance.", units="m"),
+    _rbv("Reduction:Wavelength_RBV", "aIn", "double", "X-ray wavelength.", units="m"),
+    _rbv("Reduction:Bins_RBV", "longIn", "long", "Bins of the azimuthal integration."),
+    _rbv("Reduction:Unit_RBV", "stringIn", "string", "Radial unit (2th_deg or q_nm^-1)."),
+    _rbv(
+        "Reduction:PoniFile_RBV",
+        "longStringIn",
+        "char[256]",
+        "PONI file of the geometry (empty: from the `geometry` settings).",
+        length=LONG_STRING,
+    ),
+    # --- latest profile and preview ------------------------------------------------------------
+    _rbv("Profile1:Intensity_RBV", "WaveformIn", "double[bins]", "Latest integrated profile.", length="bins"),
+    _rbv("Profile1:Radial_RBV", "WaveformIn", "double[bins]", "Radial axis of the profile.", length="bins"),
+    _rbv("Profile1:UniqueId_RBV", "longIn", "long", "Frames processed when the profile was taken."),
+    _rbv(
+        "Image1:ArrayData",
+        "WaveformIn",
+        "short[preview]",
+        "Latest frame binned 8x8 (every 8th pixel), "
+        "row-major, clipped to 0..32767 (CA has no unsigned 16-bit type).",
+        length="preview",
+    ),
+    _rbv("Image1:ArraySize0_RBV", "longIn", "long", "Preview width."),
+    _rbv("Image1:ArraySize1_RBV", "longIn", "long", "Preview height."),
+    # --- upstream ------------------------------------------------------------------------------
+    _rbv(
+        "Upstream:State_RBV",
+        "mbbIn",
+        "enum",
+        "No consumer (MINOR), Connected, or Backlog (MINOR: data waits for a consumer).",
+        choices=UPSTREAM_STATES,
+    ),
+    _rbv(
+        "Upstream:PendingBytes_RBV", "aIn", "double", "Bytes stored but not yet verified upstream.", units="B"
+    ),
+    _rbv(
+        "Upstream:LastAckedSeq_RBV", "longIn", "long", "Highest chunk sequence acknowledged by any consumer."
+    ),
+    _rbv("Upstream:Consumers_RBV", "longIn", "long", "Consumers connected now."),
+    _rbv(
+        "Upstream:ConsumerNames_RBV",
+        "longStringIn",
+        "char[256]",
+        "Names of the known consumers.",
+        length=LONG_STRING,
+    ),
+    # --- disk ----------------------------------------------------------------------------------
+    _rbv("Disk:FreeBytes_RBV", "aIn", "double", "Free bytes on the store's disk.", units="B"),
+    _rbv("Disk:UsedPercent_RBV", "aIn", "double", "Disk use (HIGH/HIHI alarms at 85/95 %).", units="%"),
+    _rbv(
+        "Disk:RetentionState_RBV",
+        "mbbIn",
+        "enum",
+        "ok, pressure (MINOR) or full (MAJOR) by disk use.",
+        choices=("ok", "pressure", "full"),
+    ),
+)
+
+_ALARM_FIELDS: dict[str, dict[str, Any]] = {
+    "QueueFill_RBV": {"HIGH": 80, "HSV": "MINOR", "HIHI": 95, "HHSV": "MAJOR"},
+    "Disk:UsedPercent_RBV": {"HIGH": 85, "HSV": "MINOR", "HIHI": 95, "HHSV": "MAJOR"},
+}
+_ENUM_SEVERITIES: dict[str, dict[str, str]] = {
+    "DetectorState_RBV": _STATE_SEVERITY,
+    "Upstream:State_RBV": {"No consumer": "MINOR", "Backlog": "MINOR"},
+    "Disk:RetentionState_RBV": {"pressure": "MINOR", "full": "MAJOR"},
+    "DetectorConnected_RBV": {"Disconnected": "MAJOR"},
+    "HDF1:WriteStatus": {"Write error": "MAJOR"},
+}
+
+_SETPOINTS = frozenset(spec.name for spec in PVS if spec.writable)
+_ioc_started = False
+
+
+def _preview_shape(height: int, width: int) -> tuple[int, int]:
+    return (math.ceil(height / 8), math.ceil(width / 8))
+
+
+class ApplianceIOC:
+    """The appliance's PVs on the daemon's loop, and the detector they drive.
+
+    Parameters
+    ----------
+    appliance:
+        The running appliance (its status, ledger and store are read; nothing is written but the
+        end of a series the detector left open).
+    settings:
+        ``epics`` settings: prefix, detector prefix and the ACF file.
+    loop:
+        The running asyncio loop (uvicorn's in the daemon); records' callbacks and the detector
+        client run on it.
+    """
+
+    def __init__(
+        self, appliance: Appliance, settings: EpicsSettings, *, loop: asyncio.AbstractEventLoop
+    ) -> None:
+        self.appliance = appliance
+        self.settings = settings
+        self.prefix = settings.prefix
+        self.loop = loop
+        self.records: dict[str, Any] = {}
+        self.control: Any = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._acquiring = False
+        self._counter_offset = 0
+        self._frames_received = 0
+        self._last_rate_sample: tuple[float, int] | None = None
+        self._run_uid: str | None = None
+        self._message = ""
+        self._remove_listener: Callable[[], None] | None = None
+
+    # --- lifecycle -----------------------------------------------------------------------------
+    def start(self) -> None:
+        """Build the records, load the ACF, `iocInit` on the loop, and open the detector channels."""
+        global _ioc_started
+        if _ioc_started:
+            raise RuntimeError("the appliance IOC can be started once per process (iocInit)")
+        _ioc_started = True
+        import epicscorelibs.path
+
+        # pyepics must use the libca the IOC runs on (one CA library per process)
+        os.environ.setdefault("PYEPICS_LIBCA", os.path.join(epicscorelibs.path.lib_path, "libca.so"))
+        from softioc import asyncio_dispatcher, builder, imports, softioc
+
+        from firmware_bridge.detector_control import DetectorControl
+
+        builder.SetSimpleRecordNames(self.prefix, "")
+        for spec in PVS:
+            self.records[spec.name] = self._build(builder, spec)
+        builder.LoadDatabase()
+        if self.settings.acf_file is not None:
+            self._load_acf(imports, self.settings.acf_file)
+        dispatcher = asyncio_dispatcher.AsyncioDispatcher(loop=self.loop)
+        softioc.iocInit(dispatcher, enable_pva=False)
+        self.control = DetectorControl(self.settings.detector_prefix, loop=self.loop)
+        self.control.open()
+        self._remove_listener = self.control.add_listener(lambda status: self._show_detector())
+        self._set_message("Idle")
+        self._show_static()
+        self._show_detector()
+        self._tasks.append(self.loop.create_task(self._refresh_forever(), name="edge-ioc-refresh"))
+        self.appliance.detector_view = self.detector_status
+        log.info("appliance IOC serving %s (detector %s)", self.prefix, self.settings.detector_prefix)
+
+    def stop(self) -> None:
+        """Stop refreshing and drop the detector channels (the IOC itself lives until the process ends)."""
+        for task in self._tasks:
+            task.cancel()
+        self._tasks.clear()
+        if self._remove_listener is not None:
+            self._remove_listener()
+        if self.control is not None:
+            self.control.close()
+
+    @staticmethod
+    def _load_acf(imports: Any, path: Path) -> None:
+        if not path.is_file():
+            raise FileNotFoundError(f"epics.acf_file {path} does not exist")
+        substitutions = f"USER={getpass.getuser()},HOST={socket.gethostname()}"
+        imports.dbCore.asSetSubstitutions.argtypes = (imports.auto_encode,)
+        imports.dbCore.asSetFilename.argtypes = (imports.auto_encode,)
+        imports.dbCore.asSetSubstitutions(substitutions)
+        imports.dbCore.asSetFilename(str(path))
+        log.info("access security from %s (%s)", path, substitutions)
+
+    def _build(self, builder: Any, spec: PvSpec) -> Any:
+        kw: dict[str, Any] = {"DESC": spec.doc[:40].split(".")[0][:40]}
+        kw.update(spec.fields)
+        kw.update(_ALARM_FIELDS.get(spec.name, {}))
+        if spec.units:
+            kw["EGU"] = spec.units
+        make = getattr(builder, spec.kind)
+        if spec.kind in ("boolIn", "boolOut"):
+            severities = _ENUM_SEVERITIES.get(spec.name, {})
+            kw["ZNAM"], kw["ONAM"] = spec.choices
+            if spec.choices[0] in severities:
+                kw["ZSV"] = severities[spec.choices[0]]
+            if spec.choices[1] in severities:
+                kw["OSV"] = severities[spec.choices[1]]
+        if spec.kind in ("mbbIn", "mbbOut"):
+            severities = _ENUM_SEVERITIES.get(spec.name, {})
+            options = [(c, severities[c]) if c in severities else c for c in spec.choices]
+            return make(spec.name, *options, **kw, **self._out_kw(spec))
+        if spec.kind in ("longStringIn", "longStringOut"):
+            kw["length"] = int(spec.length)
+        if spec.kind == "WaveformIn":
+            kw["length"] = self._length(spec)
+            kw["datatype"] = np.int16 if spec.ca_type.startswith("short") else np.float64
+        if spec.kind in ("aIn", "aOut"):
+            kw.setdefault("PREC", 3)
+        return make(spec.name, **kw, **self._out_kw(spec))
+
+    def _length(self, spec: PvSpec) -> int:
+        if spec.length == "bins":
+            return int(self.appliance.settings.reduction.bins)
+        if spec.length == "preview":
+            height, width = _preview_shape(*self.appliance.settings.detector.shape)
+            return height * width
+        return int(spec.length)
+
+    def _out_kw(self, spec: PvSpec) -> dict[str, Any]:
+        """Initial values and callbacks of the setpoints."""
+        if spec.name == "Acquire":
+            return {
+                "initial_value": 0,
+                "always_update": True,
+                "blocking": True,
+                "on_update": self._on_acquire,
+            }
+        initial: dict[str, Any] = {
+            "NumImages": 1,
+            "AcquirePeriod": 0.05,
+            "Mode": 0,
+            "ArrayCounter": 0,
+            "HDF1:FilePath": str(self.appliance.store_path()),
+            "HDF1:FileName": "",
+            "HDF1:Capture": 0,
+            "HDF1:NumCapture": 1,
+        }
+        if not spec.writable:
+            return {}
+        kw: dict[str, Any] = {"initial_value": initial[spec.name], "always_update": True}
+        if spec.name == "HDF1:FilePath":
+            kw["validate"] = lambda record, value: str(value).rstrip("/") == str(self.appliance.store_path())
+        kw["on_update"] = lambda value, name=spec.name: self._on_setpoint(name, value)
+        return kw
+
+    # --- setpoints -----------------------------------------------------------------------------
+    def _on_setpoint(self, name: str, value: Any) -> None:
+        if name == "NumImages":
+            self._set("NumImages_RBV", int(value))
+            self._set("HDF1:NumCapture", int(value))
+            self._set("HDF1:NumCapture_RBV", int(value))
+        elif name == "AcquirePeriod":
+            self._set("AcquirePeriod_RBV", max(0.0, float(value)))
+        elif name == "Mode":
+            self._set("Mode_RBV", int(value))
+        elif name == "ArrayCounter":
+            self._counter_offset = self._frames_received - int(value)
+            self._set("ArrayCounter_RBV", int(value))
+        elif name == "HDF1:FilePath":
+            self._set("HDF1:FilePath_RBV", str(value))
+        elif name == "HDF1:FileName":
+            self._set("HDF1:FileName_RBV", str(value))
+        elif name == "HDF1:NumCapture":
+            self._set("HDF1:NumCapture_RBV", int(value))
+
+    def _set(self, name: str, value: Any, *, severity: int = 0, alarm: int = 0) -> None:
+        """Show ``value`` in a record (a setpoint is updated without processing it)."""
+        record = self.records[name]
+        if name in _SETPOINTS:
+            record.set(value, process=False)
+        else:
+            record.set(value, severity=severity, alarm=alarm if severity else 0)
+
+    def _set_message(self, message: str) -> None:
+        self._message = message
+        self._set("StatusMessage_RBV", message[: LONG_STRING - 1])
+
+    # --- Acquire: the busy record --------------------------------------------------------------
+    async def _on_acquire(self, value: Any) -> None:
+        """Run one acquisition; return (completing the put) only when it is over."""
+        if not int(value) or self._acquiring:
+            return  # 0 while idle: nothing to abort (an abort during a run is seen by the run itself)
+        self._acquiring = True
+        self._set("Acquire_RBV", 1)
+        try:
+            await self._acquisition()
+        except Exception as error:  # the put must complete whatever happened
+            log.exception("acquisition failed")
+            self._set_message(f"Acquisition failed: {error}")
+        finally:
+            self._acquiring = False
+            self._set("Acquire_RBV", 0)
+            self.records["Acquire"].set(0, process=False)
+
+    def _abort_requested(self) -> bool:
+        """True once a client has written ``Acquire`` = 0 (the record is busy, so only VAL changes)."""
+        try:
+            return self.records["Acquire"].get_field("VAL") in ("0", "Done")
+        except Exception:
+            return False
+
+    async def _acquisition(self) -> None:
+        from firmware_bridge.detector_control import DetectorControlError, DetectorDisconnectedError
+
+        control = self.control
+        num_images = max(1, int(self.records["NumImages_RBV"].get()))
+        period = max(0.0, float(self.records["AcquirePeriod_RBV"].get()))
+        if not control.connected:
+            self._set_message("Not started: detector disconnected")
+            return
+        self._set("HDF1:NumCaptured_RBV", 0)
+        started = time.time()
+        self._set_message("Arming detector")
+        await control.arm(num_images, period)
+        done = await control.start()
+        done.add_done_callback(lambda f: f.cancelled() or f.exception())  # retrieved, whatever happens
+        self._set_message("Acquiring")
+        deadline = time.monotonic() + num_images * period + RUN_GRACE_SECONDS
+        run_uid: str | None = None
+        aborted = detector_lost = False
+        quiet_since: tuple[float, int] | None = None
+        while time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+            if run_uid is None:
+                run_uid = await asyncio.to_thread(self._new_run_since, started)
+                if run_uid is not None:
+                    self._run_uid = run_uid
+                    self._set("RunUid_RBV", run_uid)
+            if not aborted and not detector_lost and self._abort_requested():
+                aborted = True
+                self._set_message("Aborting")
+                with contextlib.suppress(DetectorControlError):
+                    await control.stop()
+            if done.done() and not detector_lost:
+                error = done.exception()
+                if isinstance(error, DetectorDisconnectedError):
+                    detector_lost = True
+                    self._set_message("Detector disconnected during the run")
+                    log.warning("detector went away during run %s", run_uid)
+            if detector_lost and self.appliance.source_open_series():
+                # frames still in flight may arrive: end the series only once the stream is quiet
+                received = int(self.appliance.source.counters().get("frames_received", 0))
+                now = time.monotonic()
+                if quiet_since is None or quiet_since[1] != received:
+                    quiet_since = (now, received)
+                elif now - quiet_since[0] >= STREAM_QUIET_SECONDS:
+                    self.appliance.end_open_series("detector_disconnected")
+            if run_uid is not None and done.done():
+                accounted = await asyncio.to_thread(self._accounted, run_uid)
+                if accounted is not None:
+                    stored, lost = accounted
+                    self._set("HDF1:NumCaptured_RBV", stored)
+                    if lost:
+                        self._set_message(f"Run ended: {stored} frames stored, {lost} lost")
+                    else:
+                        self._set_message(f"Acquisition completed: {stored} frames stored")
+                    return
+            if run_uid is None and done.done() and detector_lost:
+                self._set_message("Detector disconnected before the run began")
+                return
+        with contextlib.suppress(DetectorControlError):
+            if control.connected and not done.done():
+                await control.stop()
+        self._set_message(f"Run not accounted for after {RUN_GRACE_SECONDS:.0f} s grace")
+
+    def _new_run_since(self, started: float) -> str | None:
+        """The uid of the first run the ledger started at or after ``started``."""
+        for run in self.appliance.runs():
+            if run["started_at"] >= started - 0.001:
+                return str(run["run_uid"])
+        return None
+
+    def _accounted(self, run_uid: str) -> tuple[int, int] | None:
+        """(frames stored, frames lost) once the run has ended in the ledger, else None."""
+        run = self.appliance.run(run_uid)
+        if run.get("ended_at") is None:
+            return None
+        stored = sum(int(f["n_frames"]) for f in run["files"])
+        lost = sum(int(r["last_frame"]) - int(r["first_frame"]) + 1 for r in run["losses"])
+        return stored, lost
+
+    # --- readbacks -----------------------------------------------------------------------------
+    def detector_status(self) -> dict[str, Any]:
+        """The detector as the appliance sees it (for ``GET /api/status``)."""
+        control = self.control
+        if control is None:
+            return {"prefix": self.settings.detector_prefix, "connected": False, "state": "Disconnected"}
+        status = control.status()
+        return {
+            "prefix": self.settings.detector_prefix,
+            "connected": status.connected,
+            "state": status.state,
+            "array_counter": status.array_counter,
+            "disconnects": status.disconnects,
+            "reconnects": status.reconnects,
+            "acquiring": self._acquiring,
+            "message": self._message,
+        }
+
+    def _show_detector(self) -> None:
+        state = self.control.state if self.control is not None else "Disconnected"
+        index = DETECTOR_STATES.index(state) if state in DETECTOR_STATES else DETECTOR_STATES.index("Unknown")
+        self._set("DetectorState_RBV", index)
+        self._set("DetectorConnected_RBV", int(bool(self.control is not None and self.control.connected)))
+
+    def _show_static(self) -> None:
+        settings = self.appliance.settings
+        geometry = self.appliance.geometry
+        self._set("HDF1:FilePath_RBV", str(self.appliance.store_path()))
+        self._set("NumImages_RBV", 1)
+        self._set("HDF1:NumCapture_RBV", 1)
+        self._set("AcquirePeriod_RBV", 0.05)
+        self._set("QueueSize_RBV", int(settings.ring.slots))
+        self._set("Reduction:Backend_RBV", str(self.appliance.backend.name)[:39])
+        self._set("Reduction:BeamCenterX_RBV", float(geometry.poni2 / geometry.pixel2))
+        self._set("Reduction:BeamCenterY_RBV", float(geometry.poni1 / geometry.pixel1))
+        self._set("Reduction:Distance_RBV", float(geometry.dist))
+        self._set("Reduction:Wavelength_RBV", float(geometry.wavelength))
+        self._set("Reduction:Bins_RBV", int(settings.reduction.bins))
+        self._set("Reduction:Unit_RBV", settings.reduction.unit)
+        poni = settings.reduction.poni_file
+        self._set("Reduction:PoniFile_RBV", "" if poni is None else str(poni))
+        height, width = _preview_shape(*settings.detector.shape)
+        self._set("Image1:ArraySize0_RBV", width)
+        self._set("Image1:ArraySize1_RBV", height)
+
+    async def _refresh_forever(self) -> None:
+        while True:
+            try:
+                status, run_files = await asyncio.to_thread(self._sample)
+                self._show_status(status, run_files)
+                self._show_profile()
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # a view must not die of one bad sample
+                log.exception("IOC refresh failed")
+            await asyncio.sleep(REFRESH_SECONDS)
+
+    def _sample(self) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+        """The appliance's status and the files of the current run (blocking: run in a thread)."""
+        run_uid = self._run_uid
+        files = self.appliance.ledger.files(run_uid) if run_uid is not None else []
+        return self.appliance.status(), files
+
+    def _show_status(self, status: dict[str, Any], run_files: list[dict[str, Any]]) -> None:
+        from softioc import alarm
+
+        receiver = status["receiver"]
+        received = int(receiver.get("frames_received", 0))
+        self._frames_received = received
+        self._set("ArrayCounter_RBV", received - self._counter_offset)
+        now = time.monotonic()
+        if self._last_rate_sample is not None and now > self._last_rate_sample[0]:
+            rate = (received - self._last_rate_sample[1]) / (now - self._last_rate_sample[0])
+            self._set("ArrayRate_RBV", max(0.0, rate))
+        self._last_rate_sample = (now, received)
+        dropped = sum(int(v) for k, v in receiver.items() if k.startswith("frames_dropped"))
+        self._set("DroppedArrays_RBV", dropped)
+        frames = status["frames"]
+        self._set("LostFrames_RBV", int(frames["lost"]))
+        self._set("LossRecords_RBV", int(frames["loss_records"]))
+        ring = status["ring"]
+        free = int(ring["free"])
+        slots = int(ring["slots"])
+        low = free < max(1, slots // 10)
+        self._set("QueueFree_RBV", free, severity=alarm.MINOR_ALARM if low else 0, alarm=alarm.LOW_ALARM)
+        self._set("QueueFill_RBV", 100.0 * int(ring["fill"]) / max(1, slots))
+        pipeline = status["pipeline"]
+        raw, packed = int(pipeline.get("bytes_raw", 0)), int(pipeline.get("bytes_compressed", 0))
+        self._set("Codec1:CompFactor_RBV", raw / packed if packed else 0.0)
+        failed = int(pipeline.get("frames_failed", 0))
+        self._set("HDF1:WriteStatus", int(failed > 0))
+        self._set("HDF1:WriteMessage", f"{failed} frame(s) failed to store" if failed else "")
+        self._set("HDF1:Capture_RBV", int(pipeline.get("run") is not None))
+        self._set("HDF1:FilesClosed_RBV", int(status["store"]["files_closed"]))
+        if run_files:
+            if self._acquiring:
+                self._set("HDF1:NumCaptured_RBV", sum(int(f["n_frames"]) for f in run_files))
+            self._set("HDF1:FullFileName_RBV", str(run_files[-1]["path"])[: LONG_STRING - 1])
+        ledger = status["ledger"]
+        upstream = status["upstream"]
+        connected = [c for c in upstream.get("consumers", []) if c.get("connected")]
+        pending = int(ledger.get("bytes_pending", 0))
+        state = 0 if not connected else (2 if pending else 1)
+        self._set("Upstream:State_RBV", state)
+        self._set("Upstream:PendingBytes_RBV", float(pending))
+        acked = [int(c["last_chunk_acked"] or 0) for c in ledger.get("consumers", [])]
+        self._set("Upstream:LastAckedSeq_RBV", max(acked, default=0))
+        self._set("Upstream:Consumers_RBV", len(connected))
+        names = ",".join(str(c["consumer"]) for c in upstream.get("consumers", []))
+        self._set("Upstream:ConsumerNames_RBV", names[: LONG_STRING - 1])
+        disk = status["disk"]
+        percent = float(disk["percent"])
+        self._set("Disk:FreeBytes_RBV", float(disk["free"]))
+        self._set("Disk:UsedPercent_RBV", percent)
+        self._set("Disk:RetentionState_RBV", 2 if percent >= 95 else (1 if percent >= 85 else 0))
+
+    def _show_profile(self) -> None:
+        pipeline = self.appliance.pipeline
+        latest = pipeline.latest_profile
+        if latest is not None:
+            radial, profile = latest
+            self._set("Profile1:Radial_RBV", np.asarray(radial, dtype=np.float64))
+            self._set("Profile1:Intensity_RBV", np.asarray(profile, dtype=np.float64))
+            self._set("Profile1:UniqueId_RBV", int(pipeline.stats.get("frames_processed", 0)))
+        frame = pipeline.latest_frame
+        if frame is not None:
+            preview = np.clip(frame, 0, 32767).astype(np.int16).ravel()
+            self._set("Image1:ArrayData", preview)

@@ -1,0 +1,210 @@
+"""GPU kernels: numba.cuda kernels on device arrays (CuPy arrays are taken as they are).
+
+Imported only when the GPU backend is asked for; ``probe()`` then says whether it can run here. Under
+numba's CUDA simulator (``NUMBA_ENABLE_CUDASIM=1``, set before numba.cuda is first imported) the same
+kernels run on the CPU, which is how CI tests them without a GPU, with small launch grids.
+
+Host arrays are copied to the device per call and results copied back; callers that keep frames on
+the device (CuPy, or ``to_device``) skip those copies. The bin index, like the integrators' other
+setup, lives on the device for the integrator's lifetime. Sums are float64 atomics, in shared memory
+per block when the bins fit (1D profiles), else straight to global memory (2D cakes).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from typing import Any
+
+import numpy as np
+from numba import cuda
+
+from kernels._numpy_backend import JUNGFRAU_ADC_MASK, JUNGFRAU_GAIN_BITS
+
+INSTALL_HINT = "pip install 'edge[gpu]'"
+SHARED_BINS = 2048  # float64 bins one block keeps in shared memory (2 x 16 KiB with variance)
+THREADS = 256
+
+
+def simulated() -> bool:
+    """True when numba's CUDA simulator stands in for a GPU."""
+    return os.environ.get("NUMBA_ENABLE_CUDASIM", "0") == "1"
+
+
+def probe() -> None:
+    """Raise ImportError (saying how to install) when neither a GPU with CuPy nor the simulator is here."""
+    if simulated():
+        return
+    try:
+        import cupy  # noqa: F401
+    except ImportError as error:
+        raise ImportError(f"CuPy is not installed ({error}); {INSTALL_HINT}") from error
+    try:
+        available = cuda.is_available()
+    except Exception as error:  # pragma: no cover - driver-specific failures
+        raise ImportError(f"no usable CUDA device ({error}); {INSTALL_HINT}") from error
+    if not available:
+        raise ImportError(f"no CUDA device found; {INSTALL_HINT}")
+
+
+def _grid(n: int, max_blocks: int = 8192) -> tuple[int, int]:
+    if simulated():  # every simulated thread is a Python thread: keep the grid tiny
+        return max(1, min(2, math.ceil(n / 32))), 32
+    return max(1, min(max_blocks, math.ceil(n / THREADS))), THREADS
+
+
+def _resident_blocks() -> int:
+    """Blocks enough to fill the device once (each flushes its shared histogram once)."""
+    if simulated():
+        return 2
+    return 4 * int(cuda.get_current_device().MULTIPROCESSOR_COUNT)
+
+
+def on_device(array: Any) -> bool:
+    """True for device arrays: CuPy, numba's, or the simulator's stand-ins."""
+    if hasattr(array, "__cuda_array_interface__"):
+        return True
+    return type(array).__name__ == "FakeCUDAArray"
+
+
+def to_device(array: Any) -> Any:
+    """A device view of ``array`` (no copy when it already lives on the device)."""
+    if type(array).__name__ in ("DeviceNDArray", "FakeCUDAArray"):
+        return array
+    if on_device(array):  # CuPy and other __cuda_array_interface__ exporters
+        return cuda.as_cuda_array(array)
+    return cuda.to_device(np.ascontiguousarray(array))
+
+
+def _flat(array: Any) -> Any:
+    device = to_device(array)
+    return device.reshape(device.size)
+
+
+@cuda.jit
+def _correct_kernel(raw, dark, gain, out):  # pragma: no cover - compiled for the device
+    start = cuda.grid(1)
+    stride = cuda.gridsize(1)
+    for i in range(start, raw.size, stride):
+        out[i] = (np.float32(raw[i]) - dark[i]) * gain[i]
+
+
+@cuda.jit
+def _jungfrau_kernel(raw, pedestal, gain, out):  # pragma: no cover - compiled for the device
+    start = cuda.grid(1)
+    stride = cuda.gridsize(1)
+    n = raw.size
+    for i in range(start, n, stride):
+        sample = np.int64(raw[i])
+        code = sample >> JUNGFRAU_GAIN_BITS
+        adc = np.float32(sample & JUNGFRAU_ADC_MASK)
+        if code == 2:
+            out[i] = np.float32(0.0)
+        else:
+            stage = np.int64(2) if code == 3 else code
+            out[i] = (adc - pedestal[stage * n + i]) / gain[stage * n + i]
+
+
+@cuda.jit
+def _fill_zero(array):  # pragma: no cover - compiled for the device
+    for i in range(cuda.grid(1), array.size, cuda.gridsize(1)):
+        array[i] = 0.0
+
+
+@cuda.jit
+def _bin_sums_shared(values, bins, nbins, with_variance, sums, variance):  # pragma: no cover
+    local = cuda.shared.array(SHARED_BINS, np.float64)
+    local_var = cuda.shared.array(SHARED_BINS, np.float64)
+    tid = cuda.threadIdx.x
+    for b in range(tid, nbins, cuda.blockDim.x):
+        local[b] = 0.0
+        local_var[b] = 0.0
+    cuda.syncthreads()
+    start = cuda.grid(1)
+    stride = cuda.gridsize(1)
+    for i in range(start, values.size, stride):
+        b = bins[i]
+        if b < nbins:
+            v = np.float64(values[i])
+            cuda.atomic.add(local, b, v)
+            if with_variance:
+                cuda.atomic.add(local_var, b, max(1.0, v))
+    cuda.syncthreads()
+    for b in range(tid, nbins, cuda.blockDim.x):
+        cuda.atomic.add(sums, b, local[b])
+        if with_variance:
+            cuda.atomic.add(variance, b, local_var[b])
+
+
+@cuda.jit
+def _bin_sums_global(values, bins, nbins, with_variance, sums, variance):  # pragma: no cover
+    start = cuda.grid(1)
+    stride = cuda.gridsize(1)
+    for i in range(start, values.size, stride):
+        b = bins[i]
+        if b < nbins:
+            v = np.float64(values[i])
+            cuda.atomic.add(sums, b, v)
+            if with_variance:
+                cuda.atomic.add(variance, b, max(1.0, v))
+
+
+def correct(raw: Any, dark: Any, gain: Any, out: Any) -> Any:
+    """``out = (raw - dark) * gain`` on the device; a host ``out`` gets the result copied back."""
+    d_raw, d_dark, d_gain = _flat(raw), _flat(dark), _flat(gain)
+    d_out = _flat(out) if on_device(out) else cuda.device_array(d_raw.size, dtype=np.float32)
+    blocks, threads = _grid(d_raw.size)
+    _correct_kernel[blocks, threads](d_raw, d_dark, d_gain, d_out)
+    if not on_device(out):
+        d_out.copy_to_host(out.reshape(-1))
+    return out
+
+
+def jungfrau_convert(raw: Any, pedestal: Any, gain: Any, out: Any) -> Any:
+    """JUNGFRAU three-gain conversion on the device (see the NumPy reference)."""
+    d_raw = _flat(raw if on_device(raw) else np.asarray(raw, dtype=np.uint16))
+    d_ped = _flat(pedestal if on_device(pedestal) else np.asarray(pedestal, dtype=np.float32))
+    d_gain = _flat(gain if on_device(gain) else np.asarray(gain, dtype=np.float32))
+    d_out = _flat(out) if on_device(out) else cuda.device_array(d_raw.size, dtype=np.float32)
+    blocks, threads = _grid(d_raw.size)
+    _jungfrau_kernel[blocks, threads](d_raw, d_ped, d_gain, d_out)
+    if not on_device(out):
+        d_out.copy_to_host(out.reshape(-1))
+    return out
+
+
+class BinSummer:
+    """Per-bin sums on the device; the bin index is copied to the device once, here."""
+
+    def __init__(self, bins: np.ndarray, nbins: int) -> None:
+        self.nbins = nbins
+        self.bins = _flat(np.ascontiguousarray(bins))
+        self.shared = nbins <= SHARED_BINS
+        self._kernel = _bin_sums_shared if self.shared else _bin_sums_global
+        self._blocks = _resident_blocks() if self.shared else 8192
+        self._sums = cuda.device_array(nbins, dtype=np.float64)
+        self._variance = cuda.device_array(nbins, dtype=np.float64)
+
+    def sums_on_device(self, frame: Any, with_variance: bool) -> tuple[Any, Any]:
+        """Launch on a frame (host or device); returns the device arrays (sums, variance), reused per call."""
+        values = _flat(frame)
+        zero_blocks, zero_threads = _grid(self.nbins, 64)
+        _fill_zero[zero_blocks, zero_threads](self._sums)
+        if with_variance:
+            _fill_zero[zero_blocks, zero_threads](self._variance)
+        blocks, threads = _grid(values.size, self._blocks)
+        self._kernel[blocks, threads](
+            values, self.bins, self.nbins, with_variance, self._sums, self._variance
+        )
+        return self._sums, self._variance
+
+    def __call__(self, frame: Any, with_variance: bool) -> tuple[np.ndarray, np.ndarray | None]:
+        sums, variance = self.sums_on_device(frame, with_variance)
+        return sums.copy_to_host(), (variance.copy_to_host() if with_variance else None)
+
+
+def histogram(values: Any, bins: Any, npt: int) -> np.ndarray:
+    """Sum of ``values`` per bin; bins ``npt`` or more are dropped."""
+    host_bins = bins.get() if hasattr(bins, "get") else np.asarray(bins)
+    clipped = np.minimum(host_bins.ravel(), npt).astype(np.int32)
+    return BinSummer(clipped, npt)(values, False)[0]

@@ -1,0 +1,64 @@
+"""Loopback Channel Access for the system tests: one client address list for the whole session.
+
+pyepics reads ``EPICS_CA_ADDR_LIST`` once, when libca starts, so this conftest picks two loopback ports
+before any test touches libca: `ca_port` for simulator camera IOCs (caproto) and `edge_ca_port` for the
+appliance's own IOC (softioc). Both are in the address list, so this process's pyepics finds PVs on
+either; each test uses fresh PV prefixes and kills the servers it started. See ``docs/epics.md``.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+
+import pytest
+
+
+def _port_is_free(port: int) -> bool:
+    """True if nothing holds ``port`` on 127.0.0.1 for UDP (CA searches) nor for TCP (CA circuits)."""
+    for kind in (socket.SOCK_DGRAM, socket.SOCK_STREAM):
+        with socket.socket(socket.AF_INET, kind) as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                return False
+    return True
+
+
+def free_port(exclude: tuple[int, ...] = ()) -> int:
+    """A port free for both UDP and TCP on loopback (asked of the kernel, then checked for UDP).
+
+    Bound without SO_REUSEADDR/SO_REUSEPORT on purpose: caproto binds its UDP search socket with
+    SO_REUSEPORT, and two servers sharing a UDP port would each see only some of the searches.
+    """
+    for _ in range(50):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = int(sock.getsockname()[1])
+        if port not in exclude and _port_is_free(port):
+            return port
+    raise RuntimeError("no free loopback port found")
+
+
+def _session_ca_ports() -> tuple[int, int]:
+    sim = free_port()
+    edge = free_port((sim,))
+    os.environ["EPICS_CA_ADDR_LIST"] = f"127.0.0.1:{sim} 127.0.0.1:{edge}"
+    os.environ["EPICS_CA_AUTO_ADDR_LIST"] = "NO"
+    return sim, edge
+
+
+# before any test can start libca (collection imports this module first)
+_SIM_CA_PORT, _EDGE_CA_PORT = _session_ca_ports()
+
+
+@pytest.fixture(scope="session")
+def ca_port() -> int:
+    """The loopback CA port for simulator camera IOCs; in this process's ``EPICS_CA_ADDR_LIST``."""
+    return _SIM_CA_PORT
+
+
+@pytest.fixture(scope="session")
+def edge_ca_port() -> int:
+    """The loopback CA port for the appliance's IOC; in this process's ``EPICS_CA_ADDR_LIST``."""
+    return _EDGE_CA_PORT

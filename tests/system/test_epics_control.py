@@ -1,0 +1,348 @@
+"""System tests: the control system drives the appliance through its PVs (issue 4).
+
+Separate processes on 127.0.0.1, as at a beamline: ``edge sim --ioc`` (the simulated detector: caproto
+camera IOC + ZeroMQ frame stream), ``edge run`` with ``epics.enabled`` (the daemon and its softioc IOC,
+which drives the camera through pyepics), and ``edge pull``. This process is a pure pyepics client
+(plus one caproto client with another user name, for access security). Fresh PV prefixes, ports and
+store per test; every process is killed at teardown. Loopback recipe: ``docs/epics.md``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import selectors
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import free_port
+
+ROOT = Path(__file__).resolve().parents[2]
+SRC = ROOT / "src"
+ACF = SRC / "edge" / "data" / "edge.acf"
+START_TIMEOUT = 60.0
+
+pytestmark = pytest.mark.timeout(180)
+
+
+def _epics() -> Any:
+    import epics
+
+    return epics
+
+
+def wait_until(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.05) -> Any:
+    """Poll ``predicate`` until truthy and return its value; fail with ``what`` after ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(interval)
+
+
+def _read_line(proc: subprocess.Popen[bytes], deadline: float, startswith: str) -> str:
+    """Read stdout lines of ``proc`` until one starts with ``startswith``."""
+    assert proc.stdout is not None
+    buf = b""
+    with selectors.DefaultSelector() as sel:
+        sel.register(proc.stdout, selectors.EVENT_READ)
+        while True:
+            while b"\n" in buf:
+                line, buf = buf.split(b"\n", 1)
+                if line.decode(errors="replace").startswith(startswith):
+                    return line.decode()
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise TimeoutError(f"no line {startswith!r} in time (got {buf!r})")
+            if sel.select(timeout=min(remaining, 0.5)):
+                chunk = os.read(proc.stdout.fileno(), 4096)
+                if not chunk:
+                    raise RuntimeError(f"process exited with {proc.wait()} before {startswith!r}")
+                buf += chunk
+
+
+def _get_json(url: str) -> Any:
+    with urllib.request.urlopen(url, timeout=5) as response:
+        return json.loads(response.read())
+
+
+class Stack:
+    """``edge sim --ioc``, ``edge run`` (IOC enabled) and ``edge pull`` as child processes."""
+
+    def __init__(self, tmp_path: Path, sim_port: int, edge_port: int, acf: Path | None) -> None:
+        tag = uuid.uuid4().hex[:8].upper()
+        self.cam_prefix = f"T{tag}:cam1:"
+        self.prefix = f"E{tag}:"
+        self.tmp_path = tmp_path
+        self.sim_port = sim_port
+        self.edge_port = edge_port
+        stream, upstream, api = free_port(), free_port(), free_port()
+        self.api = f"http://127.0.0.1:{api}"
+        self.settings = [
+            f'sim.endpoint="tcp://127.0.0.1:{stream}"',
+            f'stream.endpoint="tcp://127.0.0.1:{stream}"',
+            f'upstream.endpoint="tcp://127.0.0.1:{upstream}"',
+            f'pull.endpoint="tcp://127.0.0.1:{upstream}"',
+            f"api.port={api}",
+            f'store.path="{tmp_path / "store"}"',
+            f'pull.output="{tmp_path / "upstream"}"',
+            "detector.height=256",
+            "detector.width=256",
+            "geometry.poni1=0.0096",
+            "geometry.poni2=0.0096",
+            'reduction.backend="numpy"',
+            "reduction.bins=200",
+            "store.file_seconds=0.5",
+            "epics.enabled=true",
+            f'epics.prefix="{self.prefix}"',
+            f'epics.detector_prefix="{self.cam_prefix}"',
+        ]
+        if acf is not None:
+            self.settings.append(f'epics.acf_file="{acf}"')
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+
+    def _env(self, **extra: str) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("EPICS_")}
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(SRC), env.get("PYTHONPATH", "")) if p)
+        env.update(
+            EPICS_CA_AUTO_ADDR_LIST="NO",
+            EPICS_CAS_INTF_ADDR_LIST="127.0.0.1",
+            EPICS_CAS_AUTO_BEACON_ADDR_LIST="NO",
+            EPICS_CAS_BEACON_ADDR_LIST="127.0.0.1",
+        )
+        env.update(extra)
+        return env
+
+    def _start(
+        self, name: str, argv: list[str], env: dict[str, str], capture: bool = False
+    ) -> subprocess.Popen[bytes]:
+        cmd = [sys.executable, "-m", "edge", *argv, "--log-level", "WARNING"]
+        for item in self.settings:
+            cmd += ["--set", item]
+        with open(self.tmp_path / f"{name}.log", "ab") as log:
+            proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE if capture else log, stderr=log)
+        self.procs[name] = proc
+        return proc
+
+    def start_sim(self) -> None:
+        env = self._env(EPICS_CA_SERVER_PORT=str(self.sim_port))
+        proc = self._start("sim", ["sim", "--ioc"], env, capture=True)
+        try:
+            _read_line(proc, time.monotonic() + START_TIMEOUT, f"READY {self.cam_prefix}")
+        except (TimeoutError, RuntimeError) as error:
+            pytest.fail(f"simulator did not start: {error}\n{self.log('sim')}")
+
+    def start_daemon(self) -> None:
+        env = self._env(
+            EPICS_CA_ADDR_LIST=f"127.0.0.1:{self.sim_port}", EPICS_CAS_SERVER_PORT=str(self.edge_port)
+        )
+        proc = self._start("daemon", ["run"], env)
+
+        def api_up() -> bool:
+            if proc.poll() is not None:
+                pytest.fail(f"daemon exited with {proc.returncode}\n{self.log('daemon')}")
+            try:
+                return bool(self.status())
+            except OSError:
+                return False
+
+        wait_until(api_up, START_TIMEOUT, "the daemon's API", interval=0.2)
+        epics = _epics()
+        wait_until(
+            lambda: epics.caget(self.prefix + "DetectorState_RBV", as_string=True, timeout=1) == "Idle",
+            START_TIMEOUT,
+            f"the appliance IOC to see the detector Idle\n{self.log('daemon')}",
+        )
+
+    def start_pull(self) -> None:
+        self._start("pull", ["pull"], self._env())
+
+    def kill(self, name: str, sig: int = signal.SIGTERM) -> None:
+        proc = self.procs.pop(name, None)
+        if proc is None:
+            return
+        if proc.poll() is None:
+            proc.send_signal(sig)
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout=5)
+        if proc.stdout is not None:
+            proc.stdout.close()
+
+    def stop(self) -> None:
+        for name in ("sim", "pull", "daemon"):
+            self.kill(name)
+
+    def log(self, name: str) -> str:
+        path = self.tmp_path / f"{name}.log"
+        return path.read_text(errors="replace")[-4000:] if path.exists() else ""
+
+    def status(self) -> dict[str, Any]:
+        return dict(_get_json(self.api + "/api/status"))
+
+    def run(self, run_uid: str) -> dict[str, Any]:
+        return dict(_get_json(f"{self.api}/api/runs/{run_uid}"))
+
+
+@pytest.fixture
+def stack(tmp_path: Path, ca_port: int, edge_ca_port: int) -> Iterator[Stack]:
+    """Simulator, daemon (ACF loaded) and pull client, running; all stopped at teardown."""
+    s = Stack(tmp_path, ca_port, edge_ca_port, ACF)
+    try:
+        s.start_sim()
+        s.start_daemon()
+        s.start_pull()
+        yield s
+    finally:
+        s.stop()
+
+
+def _put(stack: Stack, name: str, value: Any, timeout: float = 10.0) -> None:
+    assert _epics().caput(stack.prefix + name, value, wait=True, timeout=timeout) == 1, f"put {name}"
+
+
+def _frames_in_files(paths: list[str]) -> int:
+    import h5py
+    import hdf5plugin  # noqa: F401  (registers the bitshuffle-LZ4 filter)
+
+    frames = 0
+    for path in paths:
+        with h5py.File(path, "r") as h5:
+            data = h5["entry/data/data"]
+            frames += int(data.shape[0])
+            assert int(data[data.shape[0] - 1].sum()) > 0  # the chunks decompress
+    return frames
+
+
+# --- acceptance 1: caput Acquire with completion runs NumImages frames into HDF5 ---------------------
+def test_acquire_with_completion_stores_num_images(stack: Stack) -> None:
+    epics = _epics()
+    p = stack.prefix
+    _put(stack, "NumImages", 20)
+    _put(stack, "AcquirePeriod", 0.02)
+    assert epics.caget(p + "NumImages_RBV") == 20
+    started = time.monotonic()
+    assert epics.caput(p + "Acquire", 1, wait=True, timeout=90) == 1
+    assert time.monotonic() - started >= 20 * 0.02
+    assert epics.caget(p + "HDF1:NumCaptured_RBV") == 20
+    assert epics.caget(p + "Acquire_RBV") == 0
+    assert epics.caget(p + "Acquire") == 0
+    message = epics.caget(p + "StatusMessage_RBV", as_string=True)
+    assert message == "Acquisition completed: 20 frames stored", message
+    run_uid = epics.caget(p + "RunUid_RBV", as_string=True)
+    run = stack.run(run_uid)
+    assert run["ended_at"] is not None and run["losses"] == []
+    paths = [f["path"] for f in run["files"]]
+    assert _frames_in_files(paths) == 20
+    # counters are refreshed periodically: wait for them, then they agree with the file
+    wait_until(lambda: epics.caget(p + "ArrayCounter_RBV") == 20, 5, "ArrayCounter_RBV == 20")
+    full = epics.caget(p + "HDF1:FullFileName_RBV", as_string=True)
+    assert full == paths[-1]
+    assert epics.caget(p + "HDF1:FilePath_RBV", as_string=True) == str(stack.tmp_path / "store")
+    assert epics.caget(p + "Codec1:CompFactor_RBV") > 1.0
+    assert epics.caget(p + "LostFrames_RBV") == 0
+    profile = epics.caget(p + "Profile1:Intensity_RBV")
+    assert len(profile) == 200 and float(profile.max()) > 0
+    assert stack.status()["detector"]["state"] == "Idle"
+    # the pull client is a consumer; data flows upstream
+    wait_until(lambda: epics.caget(p + "Upstream:Consumers_RBV") >= 1, 20, "a connected consumer")
+
+
+# --- acceptance 3: the detector IOC killed mid-run ---------------------------------------------------
+def test_detector_killed_mid_run_disconnects_records_loss_and_recovers(stack: Stack) -> None:
+    epics = _epics()
+    p = stack.prefix
+    _put(stack, "NumImages", 100_000)
+    _put(stack, "AcquirePeriod", 0.02)
+    completed = threading.Event()
+    acquire = epics.PV(p + "Acquire")
+    try:
+        assert acquire.wait_for_connection(timeout=10)
+        acquire.put(1, callback=lambda **_: completed.set())
+        wait_until(lambda: (epics.caget(p + "ArrayCounter_RBV") or 0) >= 5, 20, "frames arriving")
+        run_uid = wait_until(lambda: epics.caget(p + "RunUid_RBV", as_string=True), 5, "the run uid")
+        assert not completed.is_set()
+        stack.kill("sim", signal.SIGKILL)
+        killed = time.monotonic()
+        wait_until(
+            lambda: epics.caget(p + "DetectorState_RBV", as_string=True) == "Disconnected",
+            5,
+            "Disconnected PV",
+        )
+        wait_until(lambda: stack.status()["detector"]["state"] == "Disconnected", 5, "Disconnected in REST")
+        assert time.monotonic() - killed < 5
+        severity = epics.PV(p + "DetectorState_RBV", form="ctrl").get_with_metadata(timeout=5)["severity"]
+        assert severity == 2  # MAJOR
+        assert completed.wait(timeout=30), "the put of Acquire did not complete after the detector died"
+        run = stack.run(run_uid)
+        assert run["ended_at"] is not None
+        reasons = {loss["reason"] for loss in run["losses"]}
+        assert "detector_disconnected" in reasons, run["losses"]
+        stored = sum(f["n_frames"] for f in run["files"])
+        lost = sum(r["last_frame"] - r["first_frame"] + 1 for r in run["losses"])
+        assert stored + lost == 100_000
+        assert epics.caget(p + "LostFrames_RBV", timeout=5) is not None
+        assert "lost" in epics.caget(p + "StatusMessage_RBV", as_string=True)
+    finally:
+        acquire.disconnect()
+
+    # the detector returns: the appliance reconnects (libca's search back-off: ~5-10 s) and runs again
+    stack.start_sim()
+    wait_until(
+        lambda: epics.caget(p + "DetectorState_RBV", as_string=True, timeout=1) == "Idle", 60, "reconnection"
+    )
+    assert stack.status()["detector"]["reconnects"] == 1
+    _put(stack, "NumImages", 3)
+    assert epics.caput(p + "Acquire", 1, wait=True, timeout=60) == 1
+    assert epics.caget(p + "HDF1:NumCaptured_RBV") == 3
+
+
+# --- acceptance 4 and 5: access security, and every documented PV answers ----------------------------
+def test_acf_refuses_a_write_from_a_user_it_does_not_list(stack: Stack) -> None:
+    from caproto.threading.client import Context
+
+    epics = _epics()
+    p = stack.prefix
+    _put(stack, "NumImages", 7)  # this process runs as the daemon's user: listed in the ACF
+    ctx = Context(client_name="intruder")
+    try:
+        (pv,) = ctx.get_pvs(p + "NumImages")
+        pv.wait_for_connection(timeout=10)
+        assert pv.read(timeout=5).data[0] == 7  # reading is allowed
+        assert "WRITE" not in str(pv.channel.access_rights)
+        try:
+            response = pv.write([99], wait=True, timeout=5)
+        except Exception as error:  # caproto may raise on the server's refusal
+            refusal = str(error)
+        else:
+            refusal = str(response)
+        assert "NOWTACCESS" in refusal or "access" in refusal.lower(), refusal
+    finally:
+        ctx.disconnect()
+    assert epics.caget(p + "NumImages_RBV") == 7
+    assert epics.caget(p + "NumImages") == 7
+
+
+def test_every_pv_in_docs_answers_caget(stack: Stack) -> None:
+    epics = _epics()
+    text = (ROOT / "docs" / "pvs.md").read_text()
+    names = [stack.prefix + name for name in re.findall(r"^\| `EDGE:([^`]+)`", text, flags=re.MULTILINE)]
+    assert len(names) > 50
+    values = epics.caget_many(names, connection_timeout=10.0, timeout=10.0)
+    missing = [name for name, value in zip(names, values, strict=True) if value is None]
+    assert not missing, f"no answer from {missing}"

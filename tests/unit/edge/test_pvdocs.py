@@ -1,0 +1,25 @@
+"""``docs/pvs.md`` is generated from `edge.ioc.PVS`; this fails when the committed file is stale."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from edge.ioc import PVS
+from edge.pvdocs import render
+
+DOC = Path(__file__).resolve().parents[3] / "docs" / "pvs.md"
+
+
+def test_docs_pvs_md_is_up_to_date() -> None:
+    assert DOC.read_text() == render("EDGE:"), "docs/pvs.md is stale: run `edge pvdocs > docs/pvs.md`"
+
+
+def test_every_pv_is_documented_once_and_named_the_areadetector_way() -> None:
+    names = [spec.name for spec in PVS]
+    assert len(names) == len(set(names))
+    text = render("EDGE:")
+    for spec in PVS:
+        assert f"`EDGE:{spec.name}`" in text
+        if spec.writable and f"{spec.name}_RBV" not in names:
+            assert spec.name in ("Acquire", "ArrayCounter") or spec.name.startswith("HDF1:")
+        assert len("EDGE:" + spec.name) <= 60
