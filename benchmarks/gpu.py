@@ -23,6 +23,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 import numpy as np
 
+# numba-cuda releases older than NumPy 2.4 still register np.row_stack (removed in 2.4); alias it
+# back before numba.cuda loads, as the lent machine pairs those two.
+if "row_stack" not in np.__dict__:
+    np.row_stack = np.vstack  # type: ignore[attr-defined]
+
 import kernels
 
 SHAPE = (2048, 2048)

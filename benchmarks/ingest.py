@@ -95,7 +95,7 @@ class RingSink:
     def series_start(self, series: int, config: dict[str, Any]) -> None:
         pass
 
-    def series_end(self, series: int) -> None:
+    def series_end(self, series: int, exit_status: str = "success") -> None:
         self.ended.set()
 
     def lost(self, first: int, last: int, reason: str, detail: str = "") -> None:

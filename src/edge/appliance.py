@@ -22,6 +22,7 @@ import zmq
 from edge.config import Settings
 from edge.ledger import Ledger
 from edge.pipeline import Pipeline
+from edge.retention import Retention
 from edge.ring import FrameRing, Slot
 from edge.store import ClosedFile, file_checksums
 from edge.upstream.forwarder import Forwarder
@@ -55,6 +56,7 @@ class RingSink:
     def __init__(self, appliance: Appliance) -> None:
         self.appliance = appliance
         self.run_uid: str | None = None
+        self.refused = False
         self.losses = 0
 
     def claim(self, nbytes: int) -> Slot | None:
@@ -66,7 +68,7 @@ class RingSink:
     def abandon(self, slot: Slot) -> None:
         self.appliance.ring.abandon(slot)
 
-    def series_start(self, series: int, config: dict[str, Any]) -> None:
+    def series_start(self, series: int, config: dict[str, Any]) -> str | None:
         run_uid = str(config.get("run_uid") or uuid.uuid4())
         try:
             self.appliance.ledger.run_started(
@@ -79,6 +81,12 @@ class RingSink:
                 run_uid, series, config.get("frames_expected"), json.dumps(config)
             )
         self.run_uid = run_uid
+        refusal = self.appliance.retention.refusal()
+        if refusal is not None:  # the run is recorded, refused and closed; its frames become losses
+            self.refused = True
+            self.appliance.ledger.run_ended(run_uid, "abort", 0)
+            return refusal
+        self.refused = False
         width, height = config["shape"]
         self._control(
             {
@@ -89,9 +97,11 @@ class RingSink:
                 "dtype": config["type"],
             }
         )
+        return None
 
-    def series_end(self, series: int) -> None:
-        self._control({"event": "series_end", "exit_status": "success"})
+    def series_end(self, series: int, exit_status: str = "success") -> None:
+        if not self.refused:
+            self._control({"event": "series_end", "exit_status": exit_status})
         self.run_uid = None
 
     def lost(self, first: int, last: int, reason: str, detail: str = "") -> None:
@@ -147,10 +157,16 @@ class Appliance:
             self._file_closed,
             self._run_closed,
             self._frame_lost,
+            may_write=lambda: not self.retention.under_pressure(),
         )
         self.forwarder = Forwarder(
-            settings.upstream.endpoint, self.ledger, self.context, settings.upstream.resend_seconds
+            settings.upstream.endpoint,
+            self.ledger,
+            self.context,
+            settings.upstream.resend_seconds,
+            corrupt=settings.upstream.corrupt,
         )
+        self.retention = Retention(self.ledger, settings.store.path, settings.retention)
         self._stats_lock = threading.Lock()
         self.files_closed = 0
 
@@ -172,6 +188,7 @@ class Appliance:
     # -- lifecycle --------------------------------------------------------------------------------------
     def start(self) -> None:
         self.forwarder.start()
+        self.retention.start()
         self.pipeline.start()
         self.source.start()
         log.info(
@@ -188,6 +205,7 @@ class Appliance:
         self.pipeline.stop()
         self.ring.stop()
         self.forwarder.stop()
+        self.retention.stop()
         self.ledger.close()
         self.ring.close()
 
@@ -242,6 +260,7 @@ class Appliance:
             "store": {"path": str(self.settings.store.path), "files_closed": self.files_closed},
             "ledger": ledger,
             "upstream": self.forwarder.counters(),
+            "retention": self.retention.status(),
             "disk": {"total": disk.total, "used": disk.used, "free": disk.free, "percent": disk.percent},
             "detector": self.detector_status(),
         }
@@ -278,15 +297,11 @@ class Appliance:
         return {"enabled": True, **view()}
 
     def source_open_series(self) -> bool:
-        """True while the stream source is inside a series (header seen, end not yet)."""
-        return getattr(self.source, "_series", None) is not None
+        """True while the source is inside a series (header seen, end not yet)."""
+        return self.source.series_open
 
     def end_open_series(self, reason: str) -> None:
-        """End the series a vanished detector left open: record the frames that never came, close the run.
-
-        Called from the loop once the stream has been quiet for a while (no frame can be in flight).
-        TODO(firmware_bridge): a public ``ZmqStreamSource.end_series(reason)`` run on the reader thread.
-        """
-        end_series = getattr(self.source, "_end_series", None)
-        if end_series is not None and self.source_open_series():
-            end_series(reason)
+        """End the series a vanished detector left open: the frames that never came become losses and
+        the run's exit status is ``fail``. The source does it on its own thread."""
+        if self.source.series_open:
+            self.source.end_series(reason)

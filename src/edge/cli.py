@@ -90,6 +90,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--json", action="store_true", help="print one JSON summary at the end")
     _fault_flags(demo)
     demo.add_argument("--timeout", type=float, default=600.0, help="seconds to wait for delivery")
+    bench = sub.add_parser("bench", help="run the benchmarks (benchmarks/kernels.py) and print the table")
+    bench.add_argument("bench_args", nargs=argparse.REMAINDER, help="passed on, e.g. --json --quick")
     pvdocs = sub.add_parser("pvdocs", help="print the appliance's PV reference (docs/pvs.md)")
     _common(pvdocs)
     return parser
@@ -242,8 +244,26 @@ def _run_sim(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_bench(bench_args: list[str]) -> int:
+    """Run ``benchmarks/kernels.py`` from the source checkout this package is installed from."""
+    import runpy
+
+    script = Path(__file__).resolve().parents[2] / "benchmarks" / "kernels.py"
+    if not script.exists():
+        print(f"edge: {script} not found; `edge bench` runs from a source checkout", file=sys.stderr)
+        return 2
+    sys.argv = [str(script), *bench_args]
+    try:
+        runpy.run_path(str(script), run_name="__main__")
+    except SystemExit as done:
+        return int(done.code or 0)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command == "bench":
+        return _run_bench(args.bench_args)
     logging.basicConfig(
         level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
     )

@@ -120,12 +120,29 @@ class StoreSettings(_Section):
     chunk_bytes: int = Field(4 << 20, ge=4096, le=256 << 20)
 
 
+class RetentionSettings(_Section):
+    """What may be deleted locally, and when: only ever files every required consumer verified."""
+
+    quota_bytes: int = Field(0, ge=0, description="bytes the store may hold; 0 = the disk's size")
+    high_water: float = Field(0.90, gt=0, le=1, description="purge verified files above this fill")
+    low_water: float = Field(0.75, gt=0, le=1, description="...until the fill is back below this")
+    max_age_seconds: float = Field(0.0, ge=0, description="purge verified files older than this; 0 = never")
+    headroom_bytes: int = Field(64 << 20, ge=0, description="kept free so open files can always close")
+    interval_seconds: float = Field(1.0, gt=0)
+
+
 class UpstreamSettings(_Section):
     """The appliance's side of the upstream pull protocol."""
 
     endpoint: str = f"tcp://{LOCALHOST}:5570"
     required_consumers: list[str] = Field(default_factory=lambda: ["hpc"], min_length=1)
     resend_seconds: float = Field(10.0, gt=0)
+    corrupt: float = Field(
+        0.0,
+        ge=0,
+        le=1,
+        description="fault injection: probability a sent chunk has one byte flipped in transit",
+    )
 
 
 class PullSettings(_Section):
@@ -190,6 +207,7 @@ class Settings(BaseSettings):
     reduction: ReductionSettings = ReductionSettings()
     store: StoreSettings = StoreSettings()
     upstream: UpstreamSettings = UpstreamSettings()
+    retention: RetentionSettings = RetentionSettings()
     pull: PullSettings = PullSettings()
     api: ApiSettings = ApiSettings()
     epics: EpicsSettings = EpicsSettings()

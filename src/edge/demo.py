@@ -126,6 +126,11 @@ def run_demo(args: argparse.Namespace, settings: Settings) -> int:
     run_uid = str(uuid.uuid4())
     procs = Components()
     started = time.monotonic()
+
+    def _terminate(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, _terminate)  # `kill` stops the components as Ctrl-C does
     try:
         procs.start("daemon", ["run", *common])
         _wait(lambda: get_json(url + "/api/status"), 120, "the daemon's API", procs)

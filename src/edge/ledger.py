@@ -42,6 +42,7 @@ CREATE TABLE IF NOT EXISTS files (
     state TEXT NOT NULL,
     stored_at REAL NOT NULL,
     verified_at REAL,
+    purged_at REAL,
     UNIQUE (run_uid, name)
 );
 CREATE TABLE IF NOT EXISTS chunks (
@@ -259,6 +260,40 @@ class Ledger:
                 self._db.execute("UPDATE chunks SET state='verified' WHERE file_id=?", (file_id,))
             self._db.execute("COMMIT")
         return True
+
+    # -- retention -----------------------------------------------------------------------------------
+    def store_usage(self) -> dict[str, int]:
+        """Bytes of files still on local disk, by whether they may be purged, and all ever written."""
+        rows = self._rows(
+            "SELECT COALESCE(SUM(CASE WHEN state != 'purged' THEN size END), 0) AS total,"
+            " COALESCE(SUM(CASE WHEN state = 'verified' THEN size END), 0) AS verified,"
+            " COALESCE(SUM(size), 0) AS written FROM files"
+        )[0]
+        return {
+            "total": int(rows["total"]),
+            "verified": int(rows["verified"]),
+            "unverified": int(rows["total"]) - int(rows["verified"]),
+            "written": int(rows["written"]),
+        }
+
+    def purgeable_files(self) -> list[dict[str, Any]]:
+        """Verified files still on disk, oldest verification first. Nothing else is ever purgeable."""
+        return self._rows(
+            "SELECT id, path, size, verified_at FROM files WHERE state='verified' ORDER BY verified_at, id"
+        )
+
+    def file_purged(self, file_id: int) -> None:
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            cursor = self._db.execute(
+                "UPDATE files SET state='purged', purged_at=? WHERE id=? AND state='verified'",
+                (time.time(), file_id),
+            )
+            if cursor.rowcount != 1:
+                self._db.execute("ROLLBACK")
+                raise RuntimeError(f"file {file_id} is not verified; refusing to mark it purged")
+            self._db.execute("UPDATE chunks SET state='purged' WHERE file_id=?", (file_id,))
+            self._db.execute("COMMIT")
 
     # -- losses ------------------------------------------------------------------------------------------
     def record_loss(self, run_uid: str | None, first: int, last: int, reason: str, detail: str = "") -> None:

@@ -60,6 +60,7 @@ class Pipeline:
         on_file_closed: Callable[[ClosedFile], None],
         on_run_closed: Callable[[str, int, str], None],
         on_frame_lost: Callable[[str | None, int, str, str], None],
+        may_write: Callable[[], bool] = lambda: True,
     ) -> None:
         self.ring = ring
         self.backend = backend
@@ -72,6 +73,7 @@ class Pipeline:
         self.on_file_closed = on_file_closed
         self.on_run_closed = on_run_closed
         self.on_frame_lost = on_frame_lost
+        self.may_write = may_write
         self.stats: Counter[str] = Counter()
         self.latest_profile: tuple[np.ndarray, np.ndarray] | None = None
         self.latest_frame: np.ndarray | None = None
@@ -162,6 +164,10 @@ class Pipeline:
         self.on_run_closed(store.run_uid, store.frames_written, exit_status)
 
     def _frame(self, slot: Slot) -> None:
+        if not self.may_write():  # the store is full of unverified data: hold the ring (backpressure)
+            self.stats["backpressure_waits"] += 1
+            while not self.may_write() and not self._stop.is_set():
+                time.sleep(0.1)
         if self._store is None or self._reduction is None:
             self.stats["frames_outside_run"] += 1
             self.on_frame_lost(

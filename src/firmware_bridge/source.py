@@ -45,11 +45,14 @@ class FrameSink(Protocol):
     def abandon(self, slot: SlotLike) -> None:
         """Give back a claimed slot whose contents turned out to be unusable."""
 
-    def series_start(self, series: int, config: dict[str, Any]) -> None:
-        """A new series (run) begins; ``config`` is the detector's description of it."""
+    def series_start(self, series: int, config: dict[str, Any]) -> str | None:
+        """A new series (run) begins; ``config`` describes it. Returns why it is refused, or None.
 
-    def series_end(self, series: int) -> None:
-        """The series ended normally."""
+        The frames of a refused series are dropped by the source and recorded as lost with the reason.
+        """
+
+    def series_end(self, series: int, exit_status: str = "success") -> None:
+        """The series ended: ``success``, or ``fail`` when the detector vanished mid-series."""
 
     def lost(self, first: int, last: int, reason: str, detail: str = "") -> None:
         """Frames ``first..last`` (inclusive) will never be published; says why."""
@@ -63,3 +66,9 @@ class FrameSource(Protocol):
     def stop(self) -> None: ...
 
     def counters(self) -> dict[str, Any]: ...
+
+    @property
+    def series_open(self) -> bool: ...
+
+    def end_series(self, reason: str) -> None:
+        """End the open series from outside (the detector vanished); missing frames become losses."""

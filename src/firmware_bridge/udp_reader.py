@@ -72,6 +72,16 @@ class UdpSource:
         self._series = 0
         self._last_packet = 0.0
         self._finished_counters: Counter[str] = Counter()
+        self._end_request: str | None = None
+        self._refused: str | None = None
+
+    @property
+    def series_open(self) -> bool:
+        return self._assembler is not None
+
+    def end_series(self, reason: str) -> None:
+        """Ask the reader thread to end the open run now rather than after the idle timeout."""
+        self._end_request = reason
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="udp-reader", daemon=True)
@@ -105,10 +115,11 @@ class UdpSource:
                 try:
                     n = self._sock.recv_into(buffer)
                 except TimeoutError:
-                    if (
-                        self._assembler is not None
-                        and time.monotonic() - self._last_packet > self.idle_seconds
-                    ):
+                    silent = time.monotonic() - self._last_packet > self.idle_seconds
+                    if self._end_request is not None:
+                        self._end_request = None
+                        self._end_run("fail")
+                    elif self._assembler is not None and silent:
                         self._end_run()
                     continue
                 self._last_packet = time.monotonic()
@@ -136,16 +147,18 @@ class UdpSource:
             "transport": "udp",
             "modules": self.geometry.n_modules,
         }
-        self.sink.series_start(self._series, config)
+        self._refused = self.sink.series_start(self._series, config)
+        if self._refused is not None:
+            self.stats["series_refused"] += 1
 
-    def _end_run(self) -> None:
+    def _end_run(self, exit_status: str = "success") -> None:
         assembler, self._assembler = self._assembler, None
         if assembler is None:
             return
         last = self.frames_per_run - 1 if self.frames_per_run else None
         self._handle(assembler.close(expected_last_frame=last))
         self._finished_counters.update(assembler.counters)
-        self.sink.series_end(self._series)
+        self.sink.series_end(self._series, exit_status)
 
     def _handle(self, events: list[Any]) -> None:
         for event in events:
@@ -156,6 +169,10 @@ class UdpSource:
                 self.sink.lost(event.first, event.last, event.reason, "no packet of these frames arrived")
 
     def _deliver(self, event: FrameAssembled) -> None:
+        if self._refused is not None:
+            self.stats["frames_refused"] += 1
+            self.sink.lost(event.frame_number, event.frame_number, "run_refused", self._refused)
+            return
         data = np.ascontiguousarray(event.data, dtype=np.uint16)
         slot = self.sink.claim(data.nbytes)
         if slot is None:

@@ -38,6 +38,20 @@ class ZmqStreamSource:
         self._series: int | None = None
         self._next_frame = 0
         self._frames_expected: int | None = None
+        self._end_request: str | None = None
+        self._refused: str | None = None
+
+    @property
+    def series_open(self) -> bool:
+        """True between a series header and its end."""
+        return self._series is not None
+
+    def end_series(self, reason: str) -> None:
+        """Ask the reader thread to end the open series (the detector vanished); the run fails.
+
+        Frames still missing are recorded as lost with ``reason``. Safe to call from any thread.
+        """
+        self._end_request = reason
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="zmq-stream-reader", daemon=True)
@@ -67,6 +81,10 @@ class ZmqStreamSource:
             while not self._stop.is_set():
                 if sock.poll(100):
                     self._receive_message(sock)
+                elif self._end_request is not None:
+                    reason, self._end_request = self._end_request, None
+                    if self._series is not None:
+                        self._end_series(reason, exit_status="fail")
         except Exception:  # pragma: no cover - a bug, not bad input: say so loudly and keep the count
             log.exception("stream reader stopped by an unexpected error")
             self.stats["reader_crashes"] += 1
@@ -81,6 +99,13 @@ class ZmqStreamSource:
         slot: SlotLike | None = None
         while more:
             size = self.codec.expecting_data()
+            if size is not None and self._refused is not None:
+                frame = self.codec.pending_frame
+                self._drop_rest(sock, more)
+                self.stats["frames_refused"] += 1
+                if frame is not None and self._frames_expected is None and self._note_frame(frame):
+                    self.sink.lost(frame, frame, "run_refused", self._refused)
+                return
             if size is not None and self.codec.pending_encoding == "<":
                 frame = self.codec.pending_frame
                 slot = self.sink.claim(size)
@@ -144,7 +169,13 @@ class ZmqStreamSource:
             self._next_frame = 0
             self._frames_expected = event.frames_expected
             self.stats["series_started"] += 1
-            self.sink.series_start(event.series, event.config)
+            self._refused = self.sink.series_start(event.series, event.config)
+            if self._refused is not None:
+                self.stats["series_refused"] += 1
+                log.error("series %d refused: %s", event.series, self._refused)
+                if self._frames_expected:
+                    self.sink.lost(0, self._frames_expected - 1, "run_refused", self._refused)
+                    self._next_frame = self._frames_expected
             return slot
         if isinstance(event, SeriesEnd):
             self._end_series("missing_at_series_end")
@@ -165,16 +196,17 @@ class ZmqStreamSource:
         self._next_frame = frame + 1
         return True
 
-    def _end_series(self, reason: str) -> None:
+    def _end_series(self, reason: str, exit_status: str = "success") -> None:
         expected = self._frames_expected
         if expected is not None and self._next_frame < expected:
             self.stats["frames_gap"] += expected - self._next_frame
             self.sink.lost(self._next_frame, expected - 1, reason, f"series ended after {self._next_frame}")
         series = self._series
         self._series = None
+        self._refused = None
         self.stats["series_ended"] += 1
         if series is not None:
-            self.sink.series_end(series)
+            self.sink.series_end(series, exit_status)
 
     def _decode_into_slot(self, event: ImageMessage) -> SlotLike | None:
         nbytes = event.shape[0] * event.shape[1] * np.dtype(event.dtype).itemsize

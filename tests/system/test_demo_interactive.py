@@ -23,6 +23,7 @@ def test_demo_prints_dashboard_url_and_ctrl_c_stops_everything(tmp_path: Path) -
     ):
         argv += ["--set", item]
     demo = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    children: list[psutil.Process] = []
     try:
         line = ""
         while "dashboard" not in line:
@@ -45,4 +46,7 @@ def test_demo_prints_dashboard_url_and_ctrl_c_stops_everything(tmp_path: Path) -
         if demo.poll() is None:
             demo.kill()
             demo.wait()
+        for child in children:  # never leave components behind, even when the test failed
+            if child.is_running():
+                child.kill()
         demo.stdout.close()

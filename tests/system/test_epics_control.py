@@ -291,6 +291,7 @@ def test_detector_killed_mid_run_disconnects_records_loss_and_recovers(stack: St
         assert completed.wait(timeout=30), "the put of Acquire did not complete after the detector died"
         run = stack.run(run_uid)
         assert run["ended_at"] is not None
+        assert run["exit_status"] == "fail"
         reasons = {loss["reason"] for loss in run["losses"]}
         assert "detector_disconnected" in reasons, run["losses"]
         stored = sum(f["n_frames"] for f in run["files"])

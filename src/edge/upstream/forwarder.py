@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import random
 import threading
 import time
 from collections import Counter
@@ -48,12 +49,16 @@ class Forwarder:
         context: zmq.Context,
         resend_seconds: float = 10.0,
         appliance_id: str = "edge",
+        corrupt: float = 0.0,
+        seed: int = 0,
     ) -> None:
         self.endpoint = endpoint
         self.ledger = ledger
         self.context = context
         self.resend_seconds = resend_seconds
         self.appliance_id = appliance_id
+        self.corrupt = corrupt  # fault injection: flip one byte of a chunk after its checksum is taken
+        self._rng = random.Random(seed)
         self.stats: Counter[str] = Counter()
         self.consumers: dict[str, ConsumerState] = {}
         self._by_identity: dict[bytes, str] = {}
@@ -239,6 +244,11 @@ class Forwarder:
                 length=row["length"],
                 checksum=row["checksum"],
             )
+            if self.corrupt and self._rng.random() < self.corrupt:
+                damaged = bytearray(payload)
+                damaged[self._rng.randrange(len(damaged))] ^= 0xFF
+                payload = bytes(damaged)
+                self.stats["chunks_corrupted_injected"] += 1
             if not self._send(sock, consumer, message, payload):
                 break
             consumer.in_flight[row["id"]] = time.monotonic()

@@ -1,0 +1,165 @@
+"""Retention: keep the store inside its quota by purging verified files, and never anything else.
+
+Only files whose every required consumer returned the checksum (ledger state ``verified``) are ever
+deleted: oldest first, when the store is above its high water mark (until it is below the low one) or
+when older than ``max_age_seconds``. When the store is full of data not yet verified the appliance
+raises an alarm, applies backpressure (the pipeline waits, the ring fills, the detector stream is
+held back) and refuses new runs with the reason, keeping ``headroom_bytes`` free so that open files
+can always be closed. A forecast says when the local disk would be full at the current write rate.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections import Counter, deque
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from edge.config import RetentionSettings
+from edge.ledger import Ledger
+
+log = logging.getLogger(__name__)
+
+
+class Retention:
+    """Runs the purge policy on its own thread and answers "may a run start / may we write?"."""
+
+    def __init__(self, ledger: Ledger, root: Path, settings: RetentionSettings) -> None:
+        self.ledger = ledger
+        self.root = root
+        self.settings = settings
+        self.stats: Counter[str] = Counter()
+        self.alarm: str | None = None
+        self._samples: deque[tuple[float, int]] = deque(maxlen=120)
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+
+    # -- policy ---------------------------------------------------------------------------------------
+    def capacity(self) -> int:
+        """Bytes the store may use: the quota, or the disk's size."""
+        if self.settings.quota_bytes:
+            return self.settings.quota_bytes
+        return int(psutil.disk_usage(str(self.root)).total)
+
+    def usage(self) -> dict[str, int]:
+        return self.ledger.store_usage()
+
+    def _limit(self) -> int:
+        """Bytes the store may fill before it is under pressure (capacity minus the headroom)."""
+        return max(0, self.capacity() - self.settings.headroom_bytes)
+
+    def refusal(self) -> str | None:
+        """Why a new run must be refused now, or None."""
+        used = self.usage()
+        limit = self._limit()
+        if used["unverified"] >= limit * self.settings.high_water:
+            return (
+                f"local store full of data not yet verified upstream ({used['unverified']} of {limit} bytes);"
+                " waiting for the HPC consumer to confirm it"
+            )
+        return None
+
+    def under_pressure(self) -> bool:
+        """True while writing more would eat into the headroom with nothing left to purge."""
+        used = self.usage()
+        return used["total"] >= self._limit() and used["verified"] == 0
+
+    def purge_once(self, now: float | None = None) -> int:
+        """Purge what the policy allows; returns the number of files purged."""
+        now = time.time() if now is None else now
+        used = self.usage()
+        limit = self._limit()
+        high = limit * self.settings.high_water
+        low = limit * self.settings.low_water
+        target = used["total"] - low if used["total"] > high else 0
+        purged = 0
+        for row in self.ledger.purgeable_files():
+            old = self.settings.max_age_seconds and now - row["verified_at"] > self.settings.max_age_seconds
+            if target <= 0 and not old:
+                continue
+            path = Path(row["path"])
+            try:
+                path.unlink(missing_ok=True)
+            except OSError as error:
+                self.stats["purge_errors"] += 1
+                log.error("cannot purge %s: %s", path, error)
+                continue
+            self.ledger.file_purged(row["id"])
+            target -= row["size"]
+            purged += 1
+            self.stats["files_purged"] += 1
+            self.stats["bytes_purged"] += row["size"]
+            log.info("purged %s (verified upstream, %d bytes)", path.name, row["size"])
+        self._update_alarm()
+        return purged
+
+    def _update_alarm(self) -> None:
+        reason = self.refusal()
+        if reason and not self.alarm:
+            log.error("ALARM: %s", reason)
+            self.stats["alarms"] += 1
+        elif self.alarm and not reason:
+            log.warning("alarm cleared: store below its high water mark")
+        self.alarm = reason
+
+    # -- thread ---------------------------------------------------------------------------------------
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="retention", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.settings.interval_seconds):
+            try:
+                self.purge_once()
+                self._samples.append((time.monotonic(), self.usage()["written"]))
+            except Exception:  # pragma: no cover - keep the policy running, loudly
+                log.exception("retention pass failed")
+                self.stats["retention_errors"] += 1
+
+    # -- views ----------------------------------------------------------------------------------------
+    def forecast_seconds(self) -> float | None:
+        """Seconds until the local disk is full at the write rate of the last two minutes, if writing."""
+        if len(self._samples) < 2:
+            return None
+        (t0, b0), (t1, b1) = self._samples[0], self._samples[-1]
+        rate = (b1 - b0) / (t1 - t0) if t1 > t0 else 0.0
+        if rate <= 0:
+            return None
+        free = min(psutil.disk_usage(str(self.root)).free, max(0, self._limit() - self.usage()["total"]))
+        return free / rate
+
+    def status(self) -> dict[str, Any]:
+        used = self.usage()
+        forecast = self.forecast_seconds()
+        disk = psutil.disk_usage(str(self.root))
+        return {
+            "capacity_bytes": self.capacity(),
+            "headroom_bytes": self.settings.headroom_bytes,
+            "store_bytes": used["total"],
+            "unverified_bytes": used["unverified"],
+            "verified_bytes": used["verified"],
+            "disk_free_bytes": disk.free,
+            "disk_percent": disk.percent,
+            "full_in_seconds": None if forecast is None else round(forecast, 1),
+            "alarm": self.alarm,
+            "accepting_runs": self.refusal() is None,
+            **{k: int(v) for k, v in self.stats.items()},
+        }
+
+
+def directory_bytes(path: Path) -> int:
+    """Bytes actually on disk under ``path`` (for checks; the policy uses the ledger)."""
+    return sum(
+        entry.stat().st_size for entry in path.rglob("*") if entry.is_file() and not os.path.islink(entry)
+    )
