@@ -1,0 +1,224 @@
+"""Tomography: flat-field normalisation, sinograms, filtered back-projection and streaming slices.
+
+Conventions follow ``skimage.transform.iradon`` (scikit-image 0.26) so that it can be the oracle, with
+one difference in layout: our sinograms are ``(n_angles, n_detector)``, one projection row per angle
+(tomopy's layout, what stacking projections gives), where skimage's are the transpose.
+
+* The rotation axis sits at detector pixel ``center`` (default ``n_detector // 2``, skimage's choice).
+* ``circle=True``: the sinogram is zero-padded to ``ceil(sqrt(2) * n)`` (skimage's
+  ``_sinogram_circle_to_square``), the output is ``n x n`` and zero outside the inscribed circle;
+  ``circle=False``: output ``floor(n / sqrt(2))``.
+* Filtering: each projection is zero-padded to ``max(64, 2**ceil(log2(2 * n)))`` and multiplied in
+  Fourier space by skimage's filter (the ramp built from the FFT of its real-space kernel, Kak & Slaney
+  eq. 61, times the Shepp-Logan sinc, or the Hann window). That is done once per projection set with
+  NumPy's FFT; the filter is real and even, so ``irfft(rfft(p) * H)`` equals skimage's
+  ``real(ifft(fft(p) * H))``.
+* Back-projection: output pixel (row ``i``, column ``j``) with ``x = i - R``, ``y = j - R``,
+  ``R = size // 2``, reads the filtered projection at ``t = y cos(theta) - x sin(theta)`` from the axis,
+  by linear interpolation, zero outside the detector; the sum over angles is scaled by
+  ``pi / (2 n_angles)``.
+
+The per-backend part is only ``backproject`` (it adds into a float32 image); everything here is shared.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from kernels._registry import Backend
+
+FILTERS = ("ramp", "shepp-logan", "hann", None)
+
+
+def fourier_filter(size: int, filter_name: str | None = "ramp") -> np.ndarray:
+    """skimage's Fourier-space filter of even length ``size`` (float64, length ``size``)."""
+    if filter_name not in FILTERS:
+        raise ValueError(f"unknown filter {filter_name!r}; choose one of {FILTERS}")
+    if size % 2:
+        raise ValueError(f"filter size must be even, got {size}")
+    n = np.concatenate((np.arange(1, size / 2 + 1, 2, dtype=int), np.arange(size / 2 - 1, 0, -2, dtype=int)))
+    f = np.zeros(size)
+    f[0] = 0.25
+    f[1::2] = -1 / (np.pi * n) ** 2
+    filt = 2 * np.real(np.fft.fft(f))
+    if filter_name == "shepp-logan":
+        omega = np.pi * np.fft.fftfreq(size)[1:]
+        filt[1:] *= np.sin(omega) / omega
+    elif filter_name == "hann":
+        filt *= np.fft.fftshift(np.hanning(size))
+    elif filter_name is None:
+        filt[:] = 1.0
+    return filt
+
+
+def padded_size(n_detector: int) -> int:
+    """Length each projection is zero-padded to before filtering (skimage's rule)."""
+    return max(64, int(2 ** np.ceil(np.log2(2 * n_detector))))
+
+
+def circle_pad(n_detector: int) -> tuple[int, int]:
+    """(padded width, pad before) of skimage's circle=True zero padding of a sinogram row."""
+    diagonal = int(np.ceil(np.sqrt(2) * n_detector))
+    return diagonal, diagonal // 2 - n_detector // 2
+
+
+def default_output_size(n_detector: int, circle: bool) -> int:
+    return n_detector if circle else int(np.floor(np.sqrt(n_detector**2 / 2.0)))
+
+
+def filter_projections(sinogram: np.ndarray, filter_name: str | None = "ramp", circle: bool = True) -> np.ndarray:
+    """Filtered projections, float32 ``(n_angles, width)`` (width padded as for ``circle``).
+
+    One batched real FFT over every projection; the zero padding skimage applies for ``circle=True``
+    is applied first, so the result is what skimage back-projects.
+    """
+    sino = np.asarray(sinogram, dtype=np.float64)
+    if sino.ndim != 2:
+        raise ValueError(f"a sinogram is 2-D (n_angles, n_detector), got shape {sino.shape}")
+    n_det = sino.shape[1]
+    if circle:
+        width, before = circle_pad(n_det)
+        sino = np.pad(sino, ((0, 0), (before, width - n_det - before)))
+    width = sino.shape[1]
+    size = padded_size(width)
+    spectrum = np.fft.rfft(sino, n=size, axis=1)
+    spectrum *= fourier_filter(size, filter_name)[: size // 2 + 1]
+    return np.ascontiguousarray(np.fft.irfft(spectrum, n=size, axis=1)[:, :width], dtype=np.float32)
+
+
+def _geometry(
+    n_det: int, theta: Any, output_size: int | None, circle: bool, center: float | None, n_angles: int
+) -> tuple[np.ndarray, int, float]:
+    theta_deg = np.linspace(0, 180, n_angles, endpoint=False) if theta is None else np.asarray(theta, float)
+    if theta_deg.shape != (n_angles,):
+        raise ValueError(f"theta has {theta_deg.size} angles for {n_angles} projections")
+    size = default_output_size(n_det, circle) if output_size is None else int(output_size)
+    axis = float(n_det // 2 if center is None else center)
+    if circle:
+        axis += circle_pad(n_det)[1]
+    return np.deg2rad(theta_deg), size, axis
+
+
+def fbp(
+    backend: Backend,
+    sinogram: np.ndarray,
+    theta: Any = None,
+    filter_name: str | None = "ramp",
+    output_size: int | None = None,
+    circle: bool = True,
+    center: float | None = None,
+) -> np.ndarray:
+    """Filtered back-projection of one slice, float32 ``(size, size)``; see the module docstring."""
+    sino = np.asarray(sinogram)
+    if sino.ndim != 2:
+        raise ValueError(f"a sinogram is 2-D (n_angles, n_detector), got shape {sino.shape}")
+    n_angles, n_det = sino.shape
+    angles, size, axis = _geometry(n_det, theta, output_size, circle, center, n_angles)
+    filtered = filter_projections(sino, filter_name, circle)
+    out = np.zeros((size, size), dtype=np.float32)
+    backend.module.backproject(filtered, angles, axis, circle, out)
+    out *= np.float32(np.pi / (2 * n_angles))
+    return out
+
+
+def assemble_sinograms(projections: np.ndarray, rows: Any) -> np.ndarray:
+    """Sinograms of detector ``rows`` from projections ``(n_angles, n_rows, n_cols)``: ``(len(rows), n_angles, n_cols)``."""
+    stack = np.asarray(projections)
+    if stack.ndim != 3:
+        raise ValueError(f"projections are 3-D (n_angles, n_rows, n_cols), got shape {stack.shape}")
+    return np.ascontiguousarray(stack[:, np.atleast_1d(np.asarray(rows, dtype=np.intp)), :].transpose(1, 0, 2))
+
+
+def estimate_center(projection_0: np.ndarray, projection_180: np.ndarray) -> float:
+    """Rotation-axis position (detector pixels) from projections 180 degrees apart.
+
+    The 180-degree projection is the 0-degree one mirrored about the axis ``c``: mirrored back, it is
+    the 0-degree one shifted by ``s = 2c - (n - 1)``. ``s`` is the peak of their FFT cross-correlation,
+    refined to a fraction of a pixel by a parabola through the peak and its neighbours. 1-D rows or 2-D
+    projections (rows are averaged) are accepted.
+    """
+    p0 = np.asarray(projection_0, dtype=np.float64)
+    p1 = np.asarray(projection_180, dtype=np.float64)
+    if p0.shape != p1.shape:
+        raise ValueError(f"projections differ in shape: {p0.shape} vs {p1.shape}")
+    if p0.ndim == 2:
+        p0, p1 = p0.mean(axis=0), p1.mean(axis=0)
+    n = p0.size
+    a = p0 - p0.mean()
+    b = p1[::-1] - p1.mean()
+    size = 2 * n
+    corr = np.fft.irfft(np.fft.rfft(b, size) * np.conj(np.fft.rfft(a, size)), size)
+    k = int(np.argmax(corr))
+    left, mid, right = corr[k - 1], corr[k], corr[(k + 1) % size]
+    denom = left - 2 * mid + right
+    frac = 0.5 * (left - right) / denom if denom != 0 else 0.0
+    shift = (k if k < n else k - size) + frac
+    return (shift + n - 1) / 2.0
+
+
+def estimate_center_from_sinogram(sinogram: np.ndarray, theta: Any = None) -> float:
+    """``estimate_center`` on the projections nearest 0 and 180 degrees of a sinogram ``(n_angles, n_det)``."""
+    sino = np.asarray(sinogram)
+    n_angles = sino.shape[0]
+    angles = np.linspace(0, 180, n_angles, endpoint=False) if theta is None else np.asarray(theta, float)
+    i0 = int(np.argmin(np.abs((angles + 90) % 360 - 90)))
+    i180 = int(np.argmin(np.abs(angles % 360 - 180)))
+    return estimate_center(sino[i0], sino[i180])
+
+
+class StreamingReconstructor:
+    """Reconstructs chosen detector rows while projections arrive, one back-projection per projection.
+
+    Each projection (``(n_rows, n_cols)``, raw with ``dark``/``flat`` given, else already normalised
+    to line integrals) contributes its chosen rows, filtered, to one float32 accumulator per slice.
+    ``slices()`` is the reconstruction from the projections seen so far, scaled by
+    ``pi / (2 n_seen)``; after every angle of a scan it equals ``fbp`` of the full sinograms.
+    """
+
+    def __init__(
+        self,
+        backend: Backend,
+        n_cols: int,
+        rows: Any,
+        filter_name: str | None = "ramp",
+        output_size: int | None = None,
+        circle: bool = True,
+        center: float | None = None,
+        dark: np.ndarray | None = None,
+        flat: np.ndarray | None = None,
+    ) -> None:
+        if filter_name not in FILTERS:
+            raise ValueError(f"unknown filter {filter_name!r}; choose one of {FILTERS}")
+        self.backend = backend
+        self.rows = np.atleast_1d(np.asarray(rows, dtype=np.intp))
+        self.filter_name = filter_name
+        self.circle = circle
+        self.n_cols = int(n_cols)
+        _, self.size, self.axis = _geometry(self.n_cols, [0.0], output_size, circle, center, 1)
+        self.dark = None if dark is None else np.asarray(dark, np.float32)[self.rows]
+        self.flat = None if flat is None else np.asarray(flat, np.float32)[self.rows]
+        self._accumulators = np.zeros((self.rows.size, self.size, self.size), dtype=np.float32)
+        self.n_seen = 0
+
+    def add(self, projection: np.ndarray, angle_deg: float) -> None:
+        """Back-project the chosen rows of one projection taken at ``angle_deg``."""
+        proj = np.asarray(projection)
+        if proj.ndim != 2 or proj.shape[1] != self.n_cols:
+            raise ValueError(f"projection shape {proj.shape} does not have {self.n_cols} columns")
+        lines = proj[self.rows].astype(np.float32)
+        if self.dark is not None and self.flat is not None:
+            lines = self.backend.flat_field(lines, self.dark, self.flat, np.empty_like(lines))
+        filtered = filter_projections(lines, self.filter_name, self.circle)
+        angle = np.array([np.deg2rad(angle_deg)])
+        for k in range(self.rows.size):
+            self.backend.module.backproject(filtered[k : k + 1], angle, self.axis, self.circle, self._accumulators[k])
+        self.n_seen += 1
+
+    def slices(self) -> np.ndarray:
+        """Current reconstructions ``(len(rows), size, size)``, float32."""
+        if self.n_seen == 0:
+            return np.zeros_like(self._accumulators)
+        return self._accumulators * np.float32(np.pi / (2 * self.n_seen))

@@ -1,0 +1,167 @@
+"""Nothing lost: store-and-forward across consumer outages, corruption in transit, two consumers, quotas."""
+
+from __future__ import annotations
+
+import json
+import signal
+import sqlite3
+import subprocess
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+from edgeprocs import EdgeStack, get_json, wait_for
+from test_walking_skeleton import upstream_frames
+
+pytestmark = pytest.mark.slow
+
+
+def sim_run(stack: EdgeStack, frames: int, run_uid: str) -> dict[str, Any]:
+    sim = stack.start("sim", "--frames", str(frames), "--run-uid", run_uid, "--json", stdout=subprocess.PIPE)
+    out, _ = sim.communicate(timeout=120)
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def run_verified(stack: EdgeStack, run_uid: str, frames: int) -> bool:
+    run = stack.run(run_uid)
+    return (
+        run["ended_at"] is not None
+        and bool(run["files"])
+        and all(f["state"] in ("verified", "purged") for f in run["files"])
+        and sum(f["n_frames"] for f in run["files"]) == frames
+    )
+
+
+def ledger_rows(stack: EdgeStack, sql: str) -> list[tuple]:
+    with sqlite3.connect(stack.store / "ledger.sqlite") as db:
+        return db.execute(sql).fetchall()
+
+
+def test_corrupted_chunks_are_detected_resent_and_end_byte_identical(tmp_path: Path) -> None:
+    stack = EdgeStack(
+        tmp_path,
+        ["upstream.corrupt=0.3", "store.chunk_bytes=65536", "store.frames_per_file=20", "sim.rate_hz=80",
+         "reduction.bins=100"],
+    )
+    run_uid = str(uuid.uuid4())
+    try:
+        stack.start_daemon()
+        stack.start("pull")
+        assert sim_run(stack, 40, run_uid)["frames_sent"] == 40
+        wait_for(lambda: run_verified(stack, run_uid, 40), 120, "the run verified upstream")
+        upstream = stack.status()["upstream"]
+    finally:
+        stack.stop_all()
+    assert upstream["chunks_corrupted_injected"] >= 3
+    assert upstream["chunks_nacked"] == upstream["chunks_corrupted_injected"]  # every one detected
+    local = sorted((stack.store / run_uid).glob("*.h5"))
+    assert len(local) == 2
+    for path in local:
+        assert (stack.upstream / run_uid / path.name).read_bytes() == path.read_bytes()
+
+
+def test_consumer_down_for_part_of_a_run_loses_nothing_and_nothing_is_purged_unverified(tmp_path: Path) -> None:
+    frames = 120
+    stack = EdgeStack(
+        tmp_path,
+        ["sim.rate_hz=40", "store.frames_per_file=20", "reduction.bins=100", "retention.max_age_seconds=0.3",
+         "retention.interval_seconds=0.2"],
+    )
+    run_uid = str(uuid.uuid4())
+    try:
+        stack.start_daemon()
+        pull = stack.start("pull")
+        sim = stack.start("sim", "--frames", str(frames), "--run-uid", run_uid, "--json", stdout=subprocess.PIPE)
+        wait_for(lambda: stack.status()["ledger"]["files"].get("verified", 0) >= 1, 60, "a first file verified")
+        pull.send_signal(signal.SIGTERM)  # the HPC side goes away in the middle of the run
+        pull.wait(20)
+        wait_for(lambda: stack.status()["ledger"]["files"].get("stored", 0) >= 2, 60, "files piling up unverified")
+        # while the consumer is away: unverified files stay on disk, only verified ones may go
+        unverified = ledger_rows(stack, "SELECT path FROM files WHERE state IN ('stored','forwarded')")
+        assert unverified and all(Path(p).exists() for (p,) in unverified)
+        stack.start("pull")
+        sim.communicate(timeout=120)
+        wait_for(lambda: run_verified(stack, run_uid, frames), 120, "everything verified after the consumer returned")
+        wait_for(lambda: stack.status()["retention"].get("files_purged", 0) == frames // 20, 30, "verified files purged")
+        status = stack.status()
+        assert status["frames"]["lost"] == 0
+    finally:
+        stack.stop_all()
+    purged = ledger_rows(stack, "SELECT verified_at, purged_at, path FROM files")
+    assert len(purged) == frames // 20
+    for verified_at, purged_at, path in purged:
+        assert verified_at is not None and purged_at is not None and verified_at <= purged_at
+        assert not Path(path).exists()
+    assert sorted(upstream_frames(stack.upstream / run_uid)) == list(range(frames))
+
+
+def test_two_consumers_keep_their_own_cursors_and_purge_waits_for_both(tmp_path: Path) -> None:
+    frames = 60
+    archive_dir = tmp_path / "archive"
+    stack = EdgeStack(
+        tmp_path,
+        ['upstream.required_consumers=["hpc", "archive"]', "sim.rate_hz=60", "store.frames_per_file=20",
+         "reduction.bins=100", "retention.max_age_seconds=0.1", "retention.interval_seconds=0.2"],
+    )
+    run_uid = str(uuid.uuid4())
+    try:
+        stack.start_daemon()
+        stack.start("pull")  # consumer "hpc"
+        assert sim_run(stack, frames, run_uid)["frames_sent"] == frames
+
+        def hpc_has_all() -> bool:
+            acks = ledger_rows(stack, "SELECT COUNT(*) FROM file_acks WHERE consumer='hpc'")[0][0]
+            return acks == frames // 20
+
+        wait_for(hpc_has_all, 60, "the hpc consumer to verify every file")
+        status = stack.status()
+        assert status["ledger"]["files"] == {"forwarded": 3}  # not verified: the archive has nothing yet
+        assert status["retention"].get("files_purged", 0) == 0
+        assert all(p.exists() for p in (stack.store / run_uid).glob("*.h5"))
+        archive = stack.start("pull", "--consumer", "archive", "--output", str(archive_dir))
+        wait_for(lambda: run_verified(stack, run_uid, frames), 60, "both consumers verified")
+        wait_for(lambda: stack.status()["retention"].get("files_purged", 0) == 3, 30, "purge after both verified")
+        consumers = {c["consumer"]: c["chunks_acked"] for c in stack.status()["ledger"]["consumers"]}
+        assert set(consumers) == {"hpc", "archive"} and consumers["hpc"] == consumers["archive"]
+        archive.send_signal(signal.SIGTERM)
+    finally:
+        stack.stop_all()
+    assert sorted(upstream_frames(stack.upstream / run_uid)) == list(range(frames))
+    assert sorted(upstream_frames(archive_dir / run_uid)) == list(range(frames))
+
+
+def test_full_quota_refuses_a_run_deletes_nothing_unverified_and_recovers(tmp_path: Path) -> None:
+    stack = EdgeStack(
+        tmp_path,
+        ["detector.height=512", "detector.width=512", "sim.rate_hz=100", "store.frames_per_file=10",
+         "reduction.bins=100", "retention.quota_bytes=8000000", "retention.headroom_bytes=0",
+         "retention.high_water=0.5", "retention.low_water=0.25", "retention.interval_seconds=0.2"],
+    )
+    first, second, third = (str(uuid.uuid4()) for _ in range(3))
+    try:
+        stack.start_daemon()
+        sim_run(stack, 30, first)  # no consumer yet: all of it stays unverified
+        wait_for(lambda: stack.run(first)["ended_at"] and stack.status()["retention"]["alarm"], 60, "the alarm")
+        retention = stack.status()["retention"]
+        assert not retention["accepting_runs"] and "not yet verified" in retention["alarm"]
+        assert retention["unverified_bytes"] > 4_000_000
+        sim_run(stack, 10, second)
+        refused = wait_for(lambda: (r := stack.run(second))["ended_at"] and r, 30, "the refused run recorded")
+        assert refused["exit_status"] == "abort" and not refused["files"]
+        assert [(r["first_frame"], r["last_frame"], r["reason"]) for r in refused["losses"]] == [(0, 9, "run_refused")]
+        assert "not yet verified" in refused["losses"][0]["detail"]
+        assert all(Path(f["path"]).exists() for f in stack.run(first)["files"])  # nothing unverified deleted
+        stack.start("pull")
+        wait_for(lambda: run_verified(stack, first, 30), 60, "the first run verified")
+        wait_for(lambda: stack.status()["retention"]["accepting_runs"], 30, "purging to free space")
+        assert stack.status()["retention"]["files_purged"] >= 1
+        sim_run(stack, 10, third)
+        wait_for(lambda: run_verified(stack, third, 10), 60, "acquisition resumed and delivered")
+        runs = {r["run_uid"]: r["exit_status"] for r in get_json(stack.url + "/api/runs")}
+        assert runs == {first: "success", second: "abort", third: "success"}
+    finally:
+        stack.stop_all()
+    assert sorted(upstream_frames(stack.upstream / first)) == list(range(30))
+    for verified_at, purged_at in ledger_rows(stack, "SELECT verified_at, purged_at FROM files WHERE purged_at"):
+        assert verified_at is not None and verified_at <= purged_at
