@@ -20,8 +20,10 @@ import psutil
 import zmq
 
 from edge.config import Settings
+from edge.documents import run_documents, write_documents
 from edge.ledger import Ledger
 from edge.pipeline import Pipeline
+from edge.recovery import recover
 from edge.retention import Retention
 from edge.ring import FrameRing, Slot
 from edge.store import ClosedFile, file_checksums
@@ -85,6 +87,7 @@ class RingSink:
         if refusal is not None:  # the run is recorded, refused and closed; its frames become losses
             self.refused = True
             self.appliance.ledger.run_ended(run_uid, "abort", 0)
+            self.appliance._write_run_documents(run_uid, "abort")
             return refusal
         self.refused = False
         width, height = config["shape"]
@@ -129,7 +132,7 @@ class Appliance:
         store = settings.store
         store.path.mkdir(parents=True, exist_ok=True)
         self.ledger = Ledger(settings.ledger_path, settings.upstream.required_consumers)
-        self._recover_partial_files()
+        self.recovery = recover(self.ledger, store.path, store.chunk_bytes, self._write_run_documents)
         det = settings.detector
         frame_bytes = det.height * det.width * np.dtype(det.dtype).itemsize
         if settings.stream.transport == "udp":
@@ -226,14 +229,26 @@ class Appliance:
 
     def _run_closed(self, run_uid: str, frames: int, exit_status: str) -> None:
         self.ledger.run_ended(run_uid, exit_status, frames)
+        self._write_run_documents(run_uid, exit_status)
+
+    def _write_run_documents(self, run_uid: str, exit_status: str) -> None:
+        """RunStart..RunStop for the run, as a file that is stored and forwarded like the data."""
+        run = self.ledger.run(run_uid)
+        config = json.loads(run.get("config") or "{}")
+        shape = config.get("shape")
+        docs = run_documents(
+            run,
+            self.ledger.files(run_uid),
+            self.ledger.losses(run_uid),
+            (int(shape[1]), int(shape[0])) if shape else None,
+            exit_status,
+        )
+        path = write_documents(self.settings.store.path / run_uid, run_uid, docs)
+        size, digest, chunks = file_checksums(path, self.settings.store.chunk_bytes)
+        self.ledger.file_stored(run_uid, path.name, path, size, digest, (-1, -1, 0), chunks)
 
     def _frame_lost(self, run_uid: str | None, frame: int, reason: str, detail: str) -> None:
         self.ledger.record_loss(run_uid, frame, frame, reason, detail)
-
-    def _recover_partial_files(self) -> None:
-        """A ``.part`` file left by a crash is not in the ledger; say so (issue 6 will salvage them)."""
-        for part in self.settings.store.path.glob("*/*.h5.part"):
-            log.warning("found %s from an earlier crash; left in place for recovery", part)
 
     # -- views ------------------------------------------------------------------------------------------
     def status(self) -> dict[str, Any]:
@@ -245,6 +260,7 @@ class Appliance:
                 "uptime_seconds": round(time.time() - self.started_at, 3),
                 "stopping": self.stopping,
                 "run_uid": self.sink.run_uid,
+                "recovery": self.recovery,
             },
             "frames": {
                 "received": receiver.get("frames_received", 0),

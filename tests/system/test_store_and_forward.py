@@ -41,8 +41,13 @@ def ledger_rows(stack: EdgeStack, sql: str) -> list[tuple]:
 def test_corrupted_chunks_are_detected_resent_and_end_byte_identical(tmp_path: Path) -> None:
     stack = EdgeStack(
         tmp_path,
-        ["upstream.corrupt=0.3", "store.chunk_bytes=65536", "store.frames_per_file=20", "sim.rate_hz=80",
-         "reduction.bins=100"],
+        [
+            "upstream.corrupt=0.3",
+            "store.chunk_bytes=65536",
+            "store.frames_per_file=20",
+            "sim.rate_hz=80",
+            "reduction.bins=100",
+        ],
     )
     run_uid = str(uuid.uuid4())
     try:
@@ -61,35 +66,56 @@ def test_corrupted_chunks_are_detected_resent_and_end_byte_identical(tmp_path: P
         assert (stack.upstream / run_uid / path.name).read_bytes() == path.read_bytes()
 
 
-def test_consumer_down_for_part_of_a_run_loses_nothing_and_nothing_is_purged_unverified(tmp_path: Path) -> None:
+def test_consumer_down_for_part_of_a_run_loses_nothing_and_nothing_is_purged_unverified(
+    tmp_path: Path,
+) -> None:
     frames = 120
     stack = EdgeStack(
         tmp_path,
-        ["sim.rate_hz=40", "store.frames_per_file=20", "reduction.bins=100", "retention.max_age_seconds=0.3",
-         "retention.interval_seconds=0.2"],
+        [
+            "sim.rate_hz=40",
+            "store.frames_per_file=20",
+            "reduction.bins=100",
+            "retention.max_age_seconds=0.3",
+            "retention.interval_seconds=0.2",
+        ],
     )
     run_uid = str(uuid.uuid4())
     try:
         stack.start_daemon()
         pull = stack.start("pull")
-        sim = stack.start("sim", "--frames", str(frames), "--run-uid", run_uid, "--json", stdout=subprocess.PIPE)
-        wait_for(lambda: stack.status()["ledger"]["files"].get("verified", 0) >= 1, 60, "a first file verified")
+        sim = stack.start(
+            "sim", "--frames", str(frames), "--run-uid", run_uid, "--json", stdout=subprocess.PIPE
+        )
+        wait_for(
+            lambda: stack.status()["ledger"]["files"].get("verified", 0) >= 1, 60, "a first file verified"
+        )
         pull.send_signal(signal.SIGTERM)  # the HPC side goes away in the middle of the run
         pull.wait(20)
-        wait_for(lambda: stack.status()["ledger"]["files"].get("stored", 0) >= 2, 60, "files piling up unverified")
+        wait_for(
+            lambda: stack.status()["ledger"]["files"].get("stored", 0) >= 2, 60, "files piling up unverified"
+        )
         # while the consumer is away: unverified files stay on disk, only verified ones may go
         unverified = ledger_rows(stack, "SELECT path FROM files WHERE state IN ('stored','forwarded')")
         assert unverified and all(Path(p).exists() for (p,) in unverified)
         stack.start("pull")
         sim.communicate(timeout=120)
-        wait_for(lambda: run_verified(stack, run_uid, frames), 120, "everything verified after the consumer returned")
-        wait_for(lambda: stack.status()["retention"].get("files_purged", 0) == frames // 20, 30, "verified files purged")
+        wait_for(
+            lambda: run_verified(stack, run_uid, frames),
+            120,
+            "everything verified after the consumer returned",
+        )
+        wait_for(
+            lambda: stack.status()["retention"].get("files_purged", 0) == frames // 20 + 1,
+            30,
+            "verified files purged",
+        )
         status = stack.status()
         assert status["frames"]["lost"] == 0
     finally:
         stack.stop_all()
     purged = ledger_rows(stack, "SELECT verified_at, purged_at, path FROM files")
-    assert len(purged) == frames // 20
+    assert len(purged) == frames // 20 + 1  # and the run's documents
     for verified_at, purged_at, path in purged:
         assert verified_at is not None and purged_at is not None and verified_at <= purged_at
         assert not Path(path).exists()
@@ -101,8 +127,14 @@ def test_two_consumers_keep_their_own_cursors_and_purge_waits_for_both(tmp_path:
     archive_dir = tmp_path / "archive"
     stack = EdgeStack(
         tmp_path,
-        ['upstream.required_consumers=["hpc", "archive"]', "sim.rate_hz=60", "store.frames_per_file=20",
-         "reduction.bins=100", "retention.max_age_seconds=0.1", "retention.interval_seconds=0.2"],
+        [
+            'upstream.required_consumers=["hpc", "archive"]',
+            "sim.rate_hz=60",
+            "store.frames_per_file=20",
+            "reduction.bins=100",
+            "retention.max_age_seconds=0.1",
+            "retention.interval_seconds=0.2",
+        ],
     )
     run_uid = str(uuid.uuid4())
     try:
@@ -112,16 +144,18 @@ def test_two_consumers_keep_their_own_cursors_and_purge_waits_for_both(tmp_path:
 
         def hpc_has_all() -> bool:
             acks = ledger_rows(stack, "SELECT COUNT(*) FROM file_acks WHERE consumer='hpc'")[0][0]
-            return acks == frames // 20
+            return acks == frames // 20 + 1
 
         wait_for(hpc_has_all, 60, "the hpc consumer to verify every file")
         status = stack.status()
-        assert status["ledger"]["files"] == {"forwarded": 3}  # not verified: the archive has nothing yet
+        assert status["ledger"]["files"] == {"forwarded": 4}  # 3 + documents; the archive has nothing yet
         assert status["retention"].get("files_purged", 0) == 0
         assert all(p.exists() for p in (stack.store / run_uid).glob("*.h5"))
         archive = stack.start("pull", "--consumer", "archive", "--output", str(archive_dir))
         wait_for(lambda: run_verified(stack, run_uid, frames), 60, "both consumers verified")
-        wait_for(lambda: stack.status()["retention"].get("files_purged", 0) == 3, 30, "purge after both verified")
+        wait_for(
+            lambda: stack.status()["retention"].get("files_purged", 0) == 4, 30, "purge after both verified"
+        )
         consumers = {c["consumer"]: c["chunks_acked"] for c in stack.status()["ledger"]["consumers"]}
         assert set(consumers) == {"hpc", "archive"} and consumers["hpc"] == consumers["archive"]
         archive.send_signal(signal.SIGTERM)
@@ -134,28 +168,43 @@ def test_two_consumers_keep_their_own_cursors_and_purge_waits_for_both(tmp_path:
 def test_full_quota_refuses_a_run_deletes_nothing_unverified_and_recovers(tmp_path: Path) -> None:
     stack = EdgeStack(
         tmp_path,
-        ["detector.height=512", "detector.width=512", "sim.rate_hz=100", "store.frames_per_file=10",
-         "reduction.bins=100", "retention.quota_bytes=8000000", "retention.headroom_bytes=0",
-         "retention.high_water=0.5", "retention.low_water=0.25", "retention.interval_seconds=0.2"],
+        [
+            "detector.height=512",
+            "detector.width=512",
+            "sim.rate_hz=100",
+            "store.frames_per_file=10",
+            "reduction.bins=100",
+            "retention.quota_bytes=8000000",
+            "retention.headroom_bytes=0",
+            "retention.high_water=0.5",
+            "retention.low_water=0.25",
+            "retention.interval_seconds=0.2",
+        ],
     )
     first, second, third = (str(uuid.uuid4()) for _ in range(3))
     try:
         stack.start_daemon()
         sim_run(stack, 30, first)  # no consumer yet: all of it stays unverified
-        wait_for(lambda: stack.run(first)["ended_at"] and stack.status()["retention"]["alarm"], 60, "the alarm")
+        wait_for(
+            lambda: stack.run(first)["ended_at"] and stack.status()["retention"]["alarm"], 60, "the alarm"
+        )
         retention = stack.status()["retention"]
         assert not retention["accepting_runs"] and "not yet verified" in retention["alarm"]
         assert retention["unverified_bytes"] > 4_000_000
         sim_run(stack, 10, second)
         refused = wait_for(lambda: (r := stack.run(second))["ended_at"] and r, 30, "the refused run recorded")
-        assert refused["exit_status"] == "abort" and not refused["files"]
-        assert [(r["first_frame"], r["last_frame"], r["reason"]) for r in refused["losses"]] == [(0, 9, "run_refused")]
+        assert refused["exit_status"] == "abort"
+        assert [f["name"] for f in refused["files"]] == [f"{second}.documents.jsonl"]  # no data, its RunStop
+        assert [(r["first_frame"], r["last_frame"], r["reason"]) for r in refused["losses"]] == [
+            (0, 9, "run_refused")
+        ]
         assert "not yet verified" in refused["losses"][0]["detail"]
         assert all(Path(f["path"]).exists() for f in stack.run(first)["files"])  # nothing unverified deleted
         stack.start("pull")
         wait_for(lambda: run_verified(stack, first, 30), 60, "the first run verified")
         wait_for(lambda: stack.status()["retention"]["accepting_runs"], 30, "purging to free space")
-        assert stack.status()["retention"]["files_purged"] >= 1
+        wait_for(lambda: stack.status()["retention"].get("files_purged", 0) >= 1, 30, "verified files purged")
+        assert stack.status()["retention"]["store_bytes"] < 4_000_000
         sim_run(stack, 10, third)
         wait_for(lambda: run_verified(stack, third, 10), 60, "acquisition resumed and delivered")
         runs = {r["run_uid"]: r["exit_status"] for r in get_json(stack.url + "/api/runs")}
@@ -163,5 +212,62 @@ def test_full_quota_refuses_a_run_deletes_nothing_unverified_and_recovers(tmp_pa
     finally:
         stack.stop_all()
     assert sorted(upstream_frames(stack.upstream / first)) == list(range(30))
-    for verified_at, purged_at in ledger_rows(stack, "SELECT verified_at, purged_at FROM files WHERE purged_at"):
+    for verified_at, purged_at in ledger_rows(
+        stack, "SELECT verified_at, purged_at FROM files WHERE purged_at"
+    ):
         assert verified_at is not None and verified_at <= purged_at
+
+
+def test_daemon_killed_mid_run_restarts_consistent(tmp_path: Path) -> None:
+    import h5py
+    import hdf5plugin  # noqa: F401
+
+    frames = 200
+    stack = EdgeStack(tmp_path, ["sim.rate_hz=50", "store.frames_per_file=20", "reduction.bins=100"])
+    run_uid = str(uuid.uuid4())
+    try:
+        daemon = stack.start_daemon()
+        stack.start("pull")
+        sim = stack.start(
+            "sim", "--frames", str(frames), "--run-uid", run_uid, "--json", stdout=subprocess.PIPE
+        )
+        wait_for(
+            lambda: stack.status()["ledger"]["files"].get("verified", 0) >= 2, 60, "some files delivered"
+        )
+        daemon.send_signal(signal.SIGKILL)
+        daemon.wait(10)
+        stack.procs.remove(daemon)
+        stack.start_daemon()  # same store, same ledger
+        recovery = stack.status()["appliance"]["recovery"]
+        assert recovery["runs_failed"] == [run_uid]
+        sim.communicate(timeout=120)
+
+        def accounted() -> dict[str, Any] | None:
+            run = stack.run(run_uid)
+            data = [f for f in run["files"] if f["name"].endswith(".h5")]
+            if not all(f["state"] == "verified" for f in run["files"]):
+                return None
+            return run if data else None
+
+        run = wait_for(accounted, 90, "every stored file of the crashed run delivered")
+    finally:
+        stack.stop_all()
+    assert run["exit_status"] == "fail"
+    delivered = upstream_frames(stack.upstream / run_uid)
+    lost: set[int] = set()
+    for record in run["losses"]:
+        lost.update(range(record["first_frame"], record["last_frame"] + 1))
+    assert {r["reason"] for r in run["losses"]} == {"daemon_crash"}
+    assert not (set(delivered) & lost)
+    assert set(delivered) | lost == set(range(frames))  # every frame delivered or covered by a loss record
+    for path in stack.store.rglob("*.h5"):  # every file left in the store opens
+        with h5py.File(path, "r") as handle:
+            assert handle["/entry/data/data"].shape[0] == len(handle["/entry/data/frame_number"])
+    docs = [
+        json.loads(line)
+        for line in (stack.upstream / run_uid / f"{run_uid}.documents.jsonl").read_text().splitlines()
+    ]
+    assert docs[-1][0] == "stop" and docs[-1][1]["exit_status"] == "fail"
+    # the ledger agrees with the disk: every file it lists as on disk exists with its checksum
+    for name, path, size in ledger_rows(stack, "SELECT name, path, size FROM files WHERE state != 'purged'"):
+        assert Path(path).stat().st_size == size, name

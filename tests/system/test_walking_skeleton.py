@@ -114,7 +114,15 @@ def test_demo_delivers_every_frame_verified(tmp_path: Path) -> None:
         run = db.execute("SELECT exit_status, frames_stored FROM runs WHERE run_uid=?", (summary["run_uid"],))
         assert run.fetchone() == ("success", frames)
     assert set(states) == {"verified"} and states["verified"] >= 5
-    assert files == {"verified": frames // 100}
+    assert files == {"verified": frames // 100 + 1}  # the HDF5 files and the run's Bluesky documents
+    docs = [
+        json.loads(line)
+        for line in (run_dir / f"{summary['run_uid']}.documents.jsonl").read_text().splitlines()
+    ]
+    assert [name for name, _ in docs] == ["start", "descriptor"] + ["stream_resource", "stream_datum"] * 5 + [
+        "stop"
+    ]
+    assert docs[-1][1]["exit_status"] == "success" and docs[-1][1]["num_events"] == {"primary": frames}
     assert not list((tmp_path / "upstream").rglob("*.part"))
 
 

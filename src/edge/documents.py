@@ -1,0 +1,131 @@
+"""Bluesky event-model documents for a run, so Bluesky/Tiled users can ingest what edge wrote.
+
+Each run gets ``RUN_UID.documents.jsonl`` next to its HDF5 files: one ``[name, document]`` pair per
+line (RunStart, Descriptor, StreamResource and StreamDatum per file, RunStop with ``exit_status``),
+written when the run ends (or, after a crash, when the daemon restarts) and forwarded upstream like
+any other file. Document uids are derived from the run uid, so rewriting them gives the same uids.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from pathlib import Path
+from typing import Any
+
+_NAMESPACE = uuid.UUID("6f1f4a52-6d2c-4a53-9c1e-2f8e0c8b7a10")
+
+
+def _uid(run_uid: str, *parts: object) -> str:
+    return str(uuid.uuid5(_NAMESPACE, "/".join([run_uid, *map(str, parts)])))
+
+
+def run_documents(
+    run: dict[str, Any],
+    files: list[dict[str, Any]],
+    losses: list[dict[str, Any]],
+    shape: tuple[int, int] | None,
+    exit_status: str,
+) -> list[tuple[str, dict[str, Any]]]:
+    """The run's documents, from its ledger rows."""
+    run_uid = run["run_uid"]
+    config = json.loads(run.get("config") or "{}")
+    start_uid = _uid(run_uid, "start")
+    descriptor_uid = _uid(run_uid, "descriptor")
+    height, width = shape or (0, 0)
+    docs: list[tuple[str, dict[str, Any]]] = [
+        (
+            "start",
+            {
+                "uid": start_uid,
+                "time": run["started_at"],
+                "edge_run_uid": run_uid,
+                "scan_id": run.get("series") or 0,
+                "detectors": ["edge"],
+                "frames_expected": run.get("frames_expected"),
+                "detector_config": config,
+            },
+        ),
+        (
+            "descriptor",
+            {
+                "uid": descriptor_uid,
+                "run_start": start_uid,
+                "time": run["started_at"],
+                "name": "primary",
+                "data_keys": {
+                    "image": {
+                        "source": "edge",
+                        "dtype": "array",
+                        "dtype_numpy": "<u2",
+                        "shape": [height, width],
+                        "external": "STREAM:",
+                    }
+                },
+                "object_keys": {"edge": ["image"]},
+            },
+        ),
+    ]
+    seq = 1
+    for row in files:
+        if not row["name"].endswith(".h5"):
+            continue
+        resource_uid = _uid(run_uid, "resource", row["name"])
+        docs.append(
+            (
+                "stream_resource",
+                {
+                    "uid": resource_uid,
+                    "run_start": start_uid,
+                    "data_key": "image",
+                    "mimetype": "application/x-hdf5",
+                    "uri": f"file://localhost{row['path']}",
+                    "parameters": {"dataset": "/entry/data/data", "chunk_shape": [1, height, width]},
+                },
+            )
+        )
+        count = int(row["n_frames"])
+        docs.append(
+            (
+                "stream_datum",
+                {
+                    "uid": _uid(run_uid, "datum", row["name"]),
+                    "stream_resource": resource_uid,
+                    "descriptor": descriptor_uid,
+                    "indices": {"start": 0, "stop": count},
+                    "seq_nums": {"start": seq, "stop": seq + count},
+                },
+            )
+        )
+        seq += count
+    lost = [r for r in losses if not r.get("partial")]
+    reason = "; ".join(sorted({r["reason"] for r in lost}))
+    docs.append(
+        (
+            "stop",
+            {
+                "uid": _uid(run_uid, "stop"),
+                "run_start": start_uid,
+                "time": run.get("ended_at") or run["started_at"],
+                "exit_status": exit_status,
+                "reason": reason,
+                "num_events": {"primary": seq - 1},
+            },
+        )
+    )
+    return docs
+
+
+def write_documents(directory: Path, run_uid: str, docs: list[tuple[str, dict[str, Any]]]) -> Path:
+    """Write the documents file atomically (``.part``, fsync, rename) and return its path."""
+    directory.mkdir(parents=True, exist_ok=True)
+    final = directory / f"{run_uid}.documents.jsonl"
+    part = final.with_name(final.name + ".part")
+    with open(part, "w") as handle:
+        for name, doc in docs:
+            handle.write(json.dumps([name, doc], sort_keys=True) + "\n")
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(part, final)
+    return final

@@ -1,0 +1,106 @@
+"""Bring the store and the ledger back into agreement after the daemon died (``kill -9``, power loss).
+
+Runs once at start, before any thread. What it does, in order:
+
+1. A ``NAME.h5.part`` (a file open at the crash) is moved to ``STORE/quarantine/``: never deleted,
+   never forwarded, and never left where a reader would take it for data.
+2. A closed ``NAME.h5`` that the ledger does not know (renamed just before the crash) is salvaged:
+   its frame numbers are read back and it is recorded and forwarded like any other file.
+3. Every run without an end is ended with exit status ``fail``; the frames it expected that are in
+   no file and no loss record get one loss record, reason ``daemon_crash`` (they were in memory, or
+   had not arrived). Its Bluesky documents are written with a RunStop saying ``fail``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import h5py
+import hdf5plugin  # noqa: F401  (filter 32008, to open salvaged files)
+
+from edge.ledger import Ledger
+from edge.store import file_checksums
+
+log = logging.getLogger(__name__)
+
+
+def _missing_ranges(expected: int, covered: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """Sub-ranges of ``0..expected-1`` not inside any of ``covered`` (inclusive ranges)."""
+    gaps: list[tuple[int, int]] = []
+    cursor = 0
+    for first, last in sorted(covered):
+        if first > cursor:
+            gaps.append((cursor, min(first, expected) - 1))
+        cursor = max(cursor, last + 1)
+        if cursor >= expected:
+            break
+    if cursor < expected:
+        gaps.append((cursor, expected - 1))
+    return [(a, b) for a, b in gaps if a <= b]
+
+
+def recover(
+    ledger: Ledger,
+    root: Path,
+    chunk_bytes: int,
+    write_documents: Callable[[str, str], None],
+) -> dict[str, Any]:
+    """Run the recovery steps above; return what was done (also logged)."""
+    report: dict[str, Any] = {"quarantined": [], "salvaged": [], "runs_failed": [], "frames_lost": 0}
+    for part in sorted(root.glob("*/*.part")):
+        target = root / "quarantine" / part.parent.name / part.name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.move(str(part), target)
+        report["quarantined"].append(str(target))
+        log.warning("moved %s, open at the crash, to %s", part.name, target)
+    known = {row["path"] for row in ledger.files()}
+    runs = {row["run_uid"] for row in ledger.runs()}
+    for path in sorted(root.glob("*/*.h5")):
+        if str(path) in known or path.parent.name not in runs:
+            continue
+        try:
+            with h5py.File(path, "r") as handle:
+                numbers = [int(n) for n in handle["/entry/data/frame_number"][:]]
+        except (OSError, KeyError) as error:
+            log.error("cannot salvage %s: %s", path, error)
+            continue
+        size, digest, chunks = file_checksums(path, chunk_bytes)
+        frames = (min(numbers), max(numbers), len(numbers)) if numbers else (-1, -1, 0)
+        ledger.file_stored(path.parent.name, path.name, path, size, digest, frames, chunks)
+        report["salvaged"].append(str(path))
+        log.warning("salvaged %s (%d frames), closed just before the crash", path.name, len(numbers))
+    for run in ledger.runs():
+        if run["ended_at"] is not None:
+            continue
+        run_uid = run["run_uid"]
+        files = [f for f in ledger.files(run_uid) if f["n_frames"] > 0]
+        covered = [(f["first_frame"], f["last_frame"]) for f in files]
+        covered += [(r["first_frame"], r["last_frame"]) for r in ledger.losses(run_uid)]
+        expected = run["frames_expected"]
+        if expected is None:  # the detector did not say; account up to the last frame we know of
+            expected = max((last for _, last in covered), default=-1) + 1
+            log.warning(
+                "run %s did not announce its length; frames after %d cannot be accounted", run_uid, expected
+            )
+        for first, last in _missing_ranges(int(expected), covered):
+            ledger.record_loss(
+                run_uid,
+                first,
+                last,
+                "daemon_crash",
+                "held in memory or not yet received when the daemon died",
+            )
+            report["frames_lost"] += last - first + 1
+        stored = sum(f["n_frames"] for f in files)
+        ledger.run_ended(run_uid, "fail", stored)
+        write_documents(run_uid, "fail")
+        report["runs_failed"].append(run_uid)
+        log.error("run %s ended by a crash: %d frames stored, marked failed", run_uid, stored)
+    if any(report[k] for k in ("quarantined", "salvaged", "runs_failed")):
+        log.warning("recovery: %s", json.dumps(report))
+    return report
