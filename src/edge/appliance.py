@@ -28,6 +28,7 @@ from edge.retention import Retention
 from edge.ring import FrameRing, Slot
 from edge.store import ClosedFile, file_checksums
 from edge.upstream.forwarder import Forwarder
+from edge.where import resolve_run, where_report
 from firmware_bridge.source import FrameHeader, FrameSource
 from firmware_bridge.udp_codec import DetectorGeometry
 from firmware_bridge.udp_reader import UdpSource
@@ -285,8 +286,15 @@ class Appliance:
         return self.ledger.runs()
 
     def run(self, run_uid: str) -> dict[str, Any]:
+        """The ledger's run row, its files and losses, and the where-is-my-data report."""
+        run_uid = resolve_run(self.ledger, run_uid)
         run = self.ledger.run(run_uid)
-        return {**run, "files": self.ledger.files(run_uid), "losses": self.ledger.losses(run_uid)}
+        return {
+            **run,
+            "files": self.ledger.files(run_uid),
+            "losses": self.ledger.losses(run_uid),
+            "where": where_report(self.ledger, run_uid),
+        }
 
     def latest_profile(self) -> dict[str, Any] | None:
         latest = self.pipeline.latest_profile

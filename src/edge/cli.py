@@ -90,6 +90,10 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--json", action="store_true", help="print one JSON summary at the end")
     _fault_flags(demo)
     demo.add_argument("--timeout", type=float, default=600.0, help="seconds to wait for delivery")
+    where = sub.add_parser("where", help="where is my data: one run's files, states, confirmations, losses")
+    _common(where)
+    where.add_argument("run", help="run uid, or a unique prefix of one")
+    where.add_argument("--json", action="store_true", help="print the report as JSON")
     bench = sub.add_parser("bench", help="run the benchmarks (benchmarks/kernels.py) and print the table")
     bench.add_argument("bench_args", nargs=argparse.REMAINDER, help="passed on, e.g. --json --quick")
     pvdocs = sub.add_parser("pvdocs", help="print the appliance's PV reference (docs/pvs.md)")
@@ -244,6 +248,28 @@ def _run_sim(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_where(settings: Settings, run: str, as_json: bool) -> int:
+    import json
+
+    from edge.errors import NotFound
+    from edge.ledger import Ledger
+    from edge.where import render, resolve_run, where_report
+
+    if not settings.ledger_path.exists():
+        print(f"edge: no ledger at {settings.ledger_path} (set store.path)", file=sys.stderr)
+        return 2
+    ledger = Ledger(settings.ledger_path, settings.upstream.required_consumers)
+    try:
+        report = where_report(ledger, resolve_run(ledger, run))
+    except NotFound as error:
+        print(f"edge: {error}", file=sys.stderr)
+        return 1
+    finally:
+        ledger.close()
+    print(json.dumps(report, indent=2) if as_json else render(report))
+    return 0
+
+
 def _run_bench(bench_args: list[str]) -> int:
     """Run ``benchmarks/kernels.py`` from the source checkout this package is installed from."""
     import runpy
@@ -291,6 +317,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args.command == "run":
         return _run_daemon(settings)
+    if args.command == "where":
+        return _run_where(settings, args.run, args.json)
     if args.command == "sim":
         return _run_sim(settings, args)
     if args.command == "pull":

@@ -261,6 +261,36 @@ class Ledger:
             self._db.execute("COMMIT")
         return True
 
+    def file_acks(self, run_uid: str) -> dict[tuple[int, str], float]:
+        """``(file id, consumer) -> verified_at`` for the run's files."""
+        rows = self._rows(
+            "SELECT fa.file_id, fa.consumer, fa.verified_at FROM file_acks fa"
+            " JOIN files f ON f.id = fa.file_id"
+            " WHERE f.run_uid=?",
+            (run_uid,),
+        )
+        return {(r["file_id"], r["consumer"]): r["verified_at"] for r in rows}
+
+    def chunk_ack_counts(self, run_uid: str) -> dict[int, dict[str, int]]:
+        """``file id -> consumer -> chunks acknowledged``."""
+        rows = self._rows(
+            "SELECT c.file_id, a.consumer, COUNT(*) AS n FROM chunk_acks a JOIN chunks c ON c.id = a.chunk_id"
+            " JOIN files f ON f.id = c.file_id WHERE f.run_uid=? GROUP BY c.file_id, a.consumer",
+            (run_uid,),
+        )
+        out: dict[int, dict[str, int]] = {}
+        for r in rows:
+            out.setdefault(r["file_id"], {})[r["consumer"]] = r["n"]
+        return out
+
+    def verified_rate(self, window: float, now: float) -> float:
+        """Bytes per second that became verified over the last ``window`` seconds."""
+        rows = self._rows(
+            "SELECT COALESCE(SUM(size), 0) AS b FROM files WHERE verified_at IS NOT NULL AND verified_at > ?",
+            (now - window,),
+        )
+        return float(rows[0]["b"]) / window
+
     # -- retention -----------------------------------------------------------------------------------
     def store_usage(self) -> dict[str, int]:
         """Bytes of files still on local disk, by whether they may be purged, and all ever written."""

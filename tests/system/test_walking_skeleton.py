@@ -125,6 +125,35 @@ def test_demo_delivers_every_frame_verified(tmp_path: Path) -> None:
     assert docs[-1][1]["exit_status"] == "success" and docs[-1][1]["num_events"] == {"primary": frames}
     assert not list((tmp_path / "upstream").rglob("*.part"))
 
+    # where is my data? answered from the ledger, by a prefix of the run uid, daemon or not
+    store_flag = ["--set", f'store.path="{tmp_path / "store"}"']
+    where = subprocess.run(
+        [sys.executable, "-m", "edge", "where", summary["run_uid"][:8], "--json", *store_flag],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert where.returncode == 0, where.stderr
+    report = json.loads(where.stdout)
+    assert report["run_uid"] == summary["run_uid"] and report["exit_status"] == "success"
+    assert (report["frames_stored"], report["frames_delivered"], report["frames_lost"]) == (frames, frames, 0)
+    assert report["bytes_pending"] == 0 and report["eta_seconds"] == 0.0
+    assert all(f["verified_by"].keys() == {"hpc"} and f["on_local_disk"] for f in report["files"])
+    text = subprocess.run(
+        [sys.executable, "-m", "edge", "where", summary["run_uid"], *store_flag],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    ).stdout
+    assert "confirmed by hpc" in text and str(tmp_path / "store" / summary["run_uid"]) in text
+    missing = subprocess.run(
+        [sys.executable, "-m", "edge", "where", "no-such-run", *store_flag],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert missing.returncode == 1 and "no run 'no-such-run'" in missing.stderr
+
 
 @pytest.mark.slow
 def test_pull_killed_mid_run_resumes_and_delivers_each_frame_once(tmp_path: Path) -> None:
@@ -157,6 +186,8 @@ def test_pull_killed_mid_run_resumes_and_delivers_each_frame_once(tmp_path: Path
 
         wait_for(delivered, 180, "every file of the run verified")
         status = stack.status()
+        where = stack.run(run_uid)["where"]
+        assert where["bytes_pending"] == 0 and where["frames_delivered"] == frames
         assert status["upstream"]["consumer_reconnects"] >= 1
         assert status["upstream"]["chunks_acked"] > acked_before
         assert status["frames"]["lost"] == 0
