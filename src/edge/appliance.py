@@ -99,6 +99,8 @@ class RingSink:
                 "height": height,
                 "width": width,
                 "dtype": config["type"],
+                "frames_expected": config.get("frames_expected"),
+                "detector": config.get("detector"),
             }
         )
         return None

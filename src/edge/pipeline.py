@@ -14,13 +14,14 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from edge.ring import KIND_CONTROL, KIND_FRAME, FrameRing, Slot
-from edge.store import ClosedFile, RunStore
+from edge.store import ClosedFile, RunMetadata, RunStore
 from kernels import Backend, Geometry, compress_chunk
 
 log = logging.getLogger(__name__)
@@ -152,6 +153,12 @@ class Pipeline:
             self._reduction.integrator.radial,
             self.unit,
             self.on_file_closed,
+            RunMetadata(
+                self.geometry,
+                str(record.get("detector") or "edge detector"),
+                record.get("frames_expected"),
+                datetime.now(UTC).isoformat(),
+            ),
         )
         self.stats["runs_opened"] += 1
 

@@ -15,6 +15,7 @@ import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
 import h5py
@@ -22,7 +23,7 @@ import hdf5plugin  # noqa: F401  (registers filter 32008 with HDF5)
 import numpy as np
 import xxhash
 
-from kernels import hdf5_filter_options
+from kernels import Geometry, hdf5_filter_options
 
 CHECKSUM = "xxh3-128"
 
@@ -56,6 +57,49 @@ def fsync_dir(path: Path) -> None:
 
 
 @dataclass(frozen=True)
+class RunMetadata:
+    """What every file of a run records about how it was taken (the NXmx part of the layout)."""
+
+    geometry: Geometry
+    detector: str = "edge detector"
+    frames_expected: int | None = None
+    start_time: str = ""
+
+
+def _write_nxmx(entry: h5py.Group, meta: RunMetadata, shape: tuple[int, int]) -> None:
+    """NXmx essentials: definition, times, instrument/detector/beam geometry, sample."""
+    g = meta.geometry
+    entry.create_dataset("definition", data="NXmx")
+    entry.create_dataset("start_time", data=meta.start_time)
+    if meta.frames_expected is not None:
+        entry.attrs["frames_expected"] = meta.frames_expected
+    instrument = entry.create_group("instrument")
+    instrument.attrs["NX_class"] = "NXinstrument"
+    detector = instrument.create_group("detector")
+    detector.attrs["NX_class"] = "NXdetector"
+    detector.create_dataset("description", data=meta.detector)
+    for name, value, units in (
+        ("distance", g.dist, "m"),
+        ("x_pixel_size", g.pixel2, "m"),
+        ("y_pixel_size", g.pixel1, "m"),
+        ("beam_center_x", g.poni2 / g.pixel2, "pixel"),
+        ("beam_center_y", g.poni1 / g.pixel1, "pixel"),
+    ):
+        detector.create_dataset(name, data=value).attrs["units"] = units
+    poni = detector.create_group("pyfai_poni")
+    poni.attrs["NX_class"] = "NXcollection"
+    for name in ("dist", "poni1", "poni2", "rot1", "rot2", "rot3", "wavelength", "pixel1", "pixel2"):
+        poni.create_dataset(name, data=getattr(g, name))
+    detector["data"] = h5py.SoftLink("/entry/data/data")
+    detector.attrs["shape"] = shape
+    beam = instrument.create_group("beam")
+    beam.attrs["NX_class"] = "NXbeam"
+    beam.create_dataset("incident_wavelength", data=g.wavelength * 1e10).attrs["units"] = "angstrom"
+    sample = entry.create_group("sample")
+    sample.attrs["NX_class"] = "NXsample"
+
+
+@dataclass(frozen=True)
 class ClosedFile:
     run_uid: str
     name: str
@@ -78,6 +122,7 @@ class RunFileWriter:
         capacity: int,
         radial: np.ndarray,
         radial_unit: str,
+        meta: RunMetadata | None = None,
     ) -> None:
         self.run_uid = run_uid
         self.name = f"{run_uid}_{index:05d}.h5"
@@ -94,6 +139,8 @@ class RunFileWriter:
         entry.attrs["default"] = "data"
         entry.attrs["run_uid"] = run_uid
         entry.attrs["file_index"] = index
+        if meta is not None:
+            _write_nxmx(entry, meta, shape)
         data = entry.create_group("data")
         data.attrs["NX_class"] = "NXdata"
         data.attrs["signal"] = "data"
@@ -127,6 +174,8 @@ class RunFileWriter:
         n = len(self.frames)
         self._data.resize(n, axis=0)
         entry = self._h5["entry"]
+        entry.create_dataset("end_time", data=datetime.now(UTC).isoformat())
+        entry.attrs["frames_written"] = n
         entry["data"].create_dataset("frame_number", data=np.asarray(self.frames, dtype=np.int64))
         flags = entry["data"].create_dataset("frame_flags", data=np.asarray(self.flags, dtype=np.uint32))
         flags.attrs["meaning"] = "0 complete, 1 incomplete (packets missing; their pixels are 0), 2 corrupt"
@@ -164,6 +213,7 @@ class RunStore:
         radial: np.ndarray,
         radial_unit: str,
         on_closed: Callable[[ClosedFile], None],
+        meta: RunMetadata | None = None,
     ) -> None:
         self.directory = root / run_uid
         self.directory.mkdir(parents=True, exist_ok=True)
@@ -174,6 +224,7 @@ class RunStore:
         self.file_seconds = file_seconds
         self.radial = radial
         self.radial_unit = radial_unit
+        self.meta = meta
         self.on_closed = on_closed
         self.files_closed = 0
         self.frames_written = 0
@@ -190,6 +241,7 @@ class RunStore:
                 self.frames_per_file,
                 self.radial,
                 self.radial_unit,
+                self.meta,
             )
         self._current.write(frame, chunk, profile, flags)
         self.frames_written += 1

@@ -103,6 +103,14 @@ def test_demo_delivers_every_frame_verified(tmp_path: Path) -> None:
                 if index % 10 == 0:  # the NumPy reduction is slow; a sample of every file suffices
                     profile = integrator.integrate(reference.correct(expected, dark, gain, scratch))
                     np.testing.assert_allclose(profiles[index], profile, rtol=1e-9, atol=1e-9)
+            # NXmx essentials, with the geometry the profiles were computed with
+            assert handle["/entry/definition"][()] == b"NXmx"
+            det = handle["/entry/instrument/detector"]
+            assert det["distance"][()] == geometry.dist and det["data"].shape == data.shape
+            assert det["beam_center_x"][()] == geometry.poni2 / geometry.pixel2
+            assert abs(handle["/entry/instrument/beam/incident_wavelength"][()] - geometry.wavelength * 1e10) < 1e-12
+            assert handle["/entry"].attrs["frames_expected"] == frames
+            assert handle["/entry"].attrs["frames_written"] == len(numbers)
         # the upstream file is byte-identical to the appliance's
         local = tmp_path / "store" / summary["run_uid"] / path.name
         assert local.read_bytes() == path.read_bytes()
