@@ -21,6 +21,7 @@ import zmq
 
 from edge.config import Settings
 from edge.documents import run_documents, write_documents
+from edge.errors import ConfigError
 from edge.ledger import Ledger
 from edge.pipeline import Pipeline
 from edge.recovery import recover
@@ -38,6 +39,15 @@ from kernels import Geometry, get_backend, read_poni
 log = logging.getLogger(__name__)
 
 CONTROL_BYTES = 64 << 10
+
+
+def curve_paths(first: Path | None, second: Path | None) -> tuple[Path, Path] | None:
+    """Both CurveZMQ paths, or neither; one without the other is a configuration error."""
+    if first is None and second is None:
+        return None
+    if first is None or second is None:
+        raise ConfigError("CurveZMQ needs both a key pair file and the peer's key(s); one of them is unset")
+    return (first, second)
 
 
 def udp_geometry(settings: Settings) -> DetectorGeometry:
@@ -171,6 +181,7 @@ class Appliance:
             self.context,
             settings.upstream.resend_seconds,
             corrupt=settings.upstream.corrupt,
+            curve=curve_paths(settings.upstream.curve_secret_file, settings.upstream.curve_clients_dir),
         )
         self.retention = Retention(self.ledger, settings.store.path, settings.retention)
         self._stats_lock = threading.Lock()

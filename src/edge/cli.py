@@ -90,6 +90,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--json", action="store_true", help="print one JSON summary at the end")
     _fault_flags(demo)
     demo.add_argument("--timeout", type=float, default=600.0, help="seconds to wait for delivery")
+    keys = sub.add_parser("keys", help="write a CurveZMQ key pair (NAME.key, NAME.key_secret) into DIR")
+    keys.add_argument("directory", type=Path)
+    keys.add_argument("name")
     where = sub.add_parser("where", help="where is my data: one run's files, states, confirmations, losses")
     _common(where)
     where.add_argument("run", help="run uid, or a unique prefix of one")
@@ -111,8 +114,12 @@ def _run_daemon(settings: Settings) -> int:
     from edge.appliance import Appliance
     from webui import create_app
 
-    appliance = Appliance(settings)
-    appliance.start()
+    try:
+        appliance = Appliance(settings)
+        appliance.start()
+    except (ConfigError, OSError) as error:  # bad keys, a busy port, an unwritable store: say so, exit
+        print(f"edge: cannot start: {error}", file=sys.stderr)
+        return 2
     app = create_app(settings, appliance)
     config = uvicorn.Config(
         app, host=settings.api.host, port=settings.api.port, log_level="warning", lifespan="off"
@@ -161,7 +168,14 @@ def _run_pull(settings: Settings) -> int:
 
     pull = settings.pull
     context = zmq.Context()
-    client = PullClient(pull.endpoint, pull.consumer, pull.output, pull.credit, context)
+    from edge.appliance import curve_paths
+
+    try:
+        curve = curve_paths(pull.curve_secret_file, pull.curve_server_file)
+    except ConfigError as error:
+        print(f"edge: {error}", file=sys.stderr)
+        return 2
+    client = PullClient(pull.endpoint, pull.consumer, pull.output, pull.credit, context, curve)
 
     def _stop(signum: int, frame: object) -> None:
         client.stop_event.set()
@@ -290,6 +304,12 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "bench":
         return _run_bench(args.bench_args)
+    if args.command == "keys":
+        from edge.upstream.curve import create_keys
+
+        public, secret = create_keys(args.directory, args.name)
+        print(f"public key {public} (give this to the peer); secret key {secret} (keep it here)")
+        return 0
     logging.basicConfig(
         level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
     )

@@ -143,6 +143,8 @@ class UpstreamSettings(_Section):
         le=1,
         description="fault injection: probability a sent chunk has one byte flipped in transit",
     )
+    curve_secret_file: Path | None = Field(None, description="appliance's CurveZMQ key pair (edge keys)")
+    curve_clients_dir: Path | None = Field(None, description="public keys of the consumers allowed in")
 
 
 class PullSettings(_Section):
@@ -152,6 +154,8 @@ class PullSettings(_Section):
     consumer: str = Field("hpc", min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")
     output: Path = Path("edge-data/upstream")
     credit: int = Field(8, ge=1, le=1024)
+    curve_secret_file: Path | None = Field(None, description="this consumer's CurveZMQ key pair")
+    curve_server_file: Path | None = Field(None, description="the appliance's public key")
 
 
 class ApiSettings(_Section):

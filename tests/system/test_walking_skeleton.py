@@ -108,7 +108,10 @@ def test_demo_delivers_every_frame_verified(tmp_path: Path) -> None:
             det = handle["/entry/instrument/detector"]
             assert det["distance"][()] == geometry.dist and det["data"].shape == data.shape
             assert det["beam_center_x"][()] == geometry.poni2 / geometry.pixel2
-            assert abs(handle["/entry/instrument/beam/incident_wavelength"][()] - geometry.wavelength * 1e10) < 1e-12
+            assert (
+                abs(handle["/entry/instrument/beam/incident_wavelength"][()] - geometry.wavelength * 1e10)
+                < 1e-12
+            )
             assert handle["/entry"].attrs["frames_expected"] == frames
             assert handle["/entry"].attrs["frames_written"] == len(numbers)
         # the upstream file is byte-identical to the appliance's

@@ -14,6 +14,7 @@ import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import zmq
@@ -22,6 +23,7 @@ from edge.errors import RemoteProtocolError
 from edge.ledger import Ledger
 from edge.store import CHECKSUM, checksum_bytes
 from edge.upstream import protocol as p
+from edge.upstream.curve import serve_securely
 
 log = logging.getLogger(__name__)
 
@@ -51,12 +53,15 @@ class Forwarder:
         appliance_id: str = "edge",
         corrupt: float = 0.0,
         seed: int = 0,
+        curve: tuple[Path, Path] | None = None,
     ) -> None:
         self.endpoint = endpoint
         self.ledger = ledger
         self.context = context
         self.resend_seconds = resend_seconds
         self.appliance_id = appliance_id
+        self.curve = curve  # (secret key file, allowed clients dir) to require CurveZMQ
+        self._auth: Any = None
         self.corrupt = corrupt  # fault injection: flip one byte of a chunk after its checksum is taken
         self._rng = random.Random(seed)
         self.stats: Counter[str] = Counter()
@@ -72,6 +77,8 @@ class Forwarder:
         sock = self.context.socket(zmq.ROUTER)
         sock.linger = 0
         sock.router_mandatory = True
+        if self.curve is not None:
+            self._auth = serve_securely(self.context, sock, *self.curve)
         try:
             sock.bind(self.endpoint)
         except zmq.ZMQError as error:
@@ -87,6 +94,8 @@ class Forwarder:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=10)
+        if self._auth is not None:
+            self._auth.stop()
 
     def counters(self) -> dict[str, Any]:
         now = time.monotonic()

@@ -23,6 +23,7 @@ import zmq
 from edge.errors import RemoteProtocolError
 from edge.store import checksum_bytes, fsync_dir
 from edge.upstream import protocol as p
+from edge.upstream.curve import connect_securely
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +39,16 @@ def _safe_part(name: str) -> str:
 class PullClient:
     """Pulls from one appliance as one named consumer until stopped."""
 
-    def __init__(self, endpoint: str, consumer: str, output: Path, credit: int, context: zmq.Context) -> None:
+    def __init__(
+        self,
+        endpoint: str,
+        consumer: str,
+        output: Path,
+        credit: int,
+        context: zmq.Context,
+        curve: tuple[Path, Path] | None = None,
+    ) -> None:
+        self.curve = curve  # (this consumer's key pair file, the appliance's public key file)
         self.endpoint = endpoint
         self.consumer = consumer
         self.output = output
@@ -58,6 +68,8 @@ class PullClient:
     def _session(self, progress: TextIO | None) -> None:
         sock = self.context.socket(zmq.DEALER)
         sock.linger = 0
+        if self.curve is not None:
+            connect_securely(sock, *self.curve)
         sock.connect(self.endpoint)
         sock.send_multipart(p.encode(p.Hello(self.consumer, self.credit)))
         self.stats["sessions"] += 1

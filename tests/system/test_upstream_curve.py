@@ -1,0 +1,61 @@
+"""CurveZMQ on the upstream link: a consumer with a known key pulls; one without keys gets nothing."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import pytest
+from edgeprocs import EdgeStack, wait_for
+
+pytestmark = pytest.mark.slow
+
+
+def test_curve_admits_known_consumers_only(tmp_path: Path) -> None:
+    keys = tmp_path / "keys"
+    for name in ("appliance", "hpc"):
+        done = subprocess.run(
+            [sys.executable, "-m", "edge", "keys", str(keys / name), name],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert done.returncode == 0, done.stderr
+    (keys / "clients").mkdir()
+    (keys / "clients" / "hpc.key").write_bytes((keys / "hpc" / "hpc.key").read_bytes())
+    stack = EdgeStack(
+        tmp_path,
+        [
+            f'upstream.curve_secret_file="{keys / "appliance" / "appliance.key_secret"}"',
+            f'upstream.curve_clients_dir="{keys / "clients"}"',
+            "sim.rate_hz=100",
+            "store.frames_per_file=10",
+            "reduction.bins=50",
+        ],
+    )
+    run_uid = str(uuid.uuid4())
+    try:
+        stack.start_daemon()
+        intruder = stack.start("pull", "--consumer", "intruder", "--output", str(tmp_path / "intruder"))
+        sim = stack.start("sim", "--frames", "20", "--run-uid", run_uid, "--json", stdout=subprocess.PIPE)
+        sim.communicate(timeout=60)
+        wait_for(lambda: stack.status()["ledger"]["files"].get("stored", 0) >= 2, 30, "files stored")
+        assert stack.status()["upstream"]["consumers"] == []  # the keyless client never got in
+        stack.start(
+            "pull",
+            "--set",
+            f'pull.curve_secret_file="{keys / "hpc" / "hpc.key_secret"}"',
+            "--set",
+            f'pull.curve_server_file="{keys / "appliance" / "appliance.key"}"',
+        )
+        wait_for(
+            lambda: all(f["state"] == "verified" for f in stack.run(run_uid)["files"]),
+            60,
+            "delivery over CURVE",
+        )
+        assert intruder.poll() is None and not list((tmp_path / "intruder").rglob("*.h5"))
+    finally:
+        stack.stop_all()
+    assert len(list((tmp_path / "upstream" / run_uid).glob("*.h5"))) == 2
