@@ -23,7 +23,7 @@ from edge.config import Settings
 from edge.documents import run_documents, write_documents
 from edge.errors import ConfigError
 from edge.ledger import Ledger
-from edge.pipeline import Pipeline
+from edge.pipeline import Calibration, Pipeline
 from edge.recovery import recover
 from edge.retention import Retention
 from edge.ring import FrameRing, Slot
@@ -48,6 +48,33 @@ def curve_paths(first: Path | None, second: Path | None) -> tuple[Path, Path] | 
     if first is None or second is None:
         raise ConfigError("CurveZMQ needs both a key pair file and the peer's key(s); one of them is unset")
     return (first, second)
+
+
+def load_calibration(settings: Settings) -> Calibration:
+    """Dark, flat and mask images named in the settings, checked against the detector's frame shape."""
+    red = settings.reduction
+    if settings.stream.transport == "udp":
+        shape = tuple(udp_geometry(settings).frame_shape)
+    else:
+        shape = settings.detector.shape
+    images: dict[str, np.ndarray | None] = {}
+    for key in ("dark", "flat", "mask"):
+        path = getattr(red, f"{key}_file")
+        if path is None:
+            images[key] = None
+            continue
+        try:
+            image = np.load(path, allow_pickle=False)
+        except (OSError, ValueError) as error:
+            raise ConfigError(
+                f"reduction.{key}_file = {str(path)!r}: cannot read a .npy image ({error})"
+            ) from None
+        if image.shape != shape:
+            raise ConfigError(
+                f"reduction.{key}_file = {str(path)!r}: image is {image.shape}, frames are {shape}"
+            )
+        images[key] = image.astype(bool) if key == "mask" else image
+    return Calibration(images["dark"], images["flat"], images["mask"], red.solid_angle, red.polarization)
 
 
 def udp_geometry(settings: Settings) -> DetectorGeometry:
@@ -138,6 +165,7 @@ class Appliance:
     """Builds and runs every data-plane component from one Settings object."""
 
     def __init__(self, settings: Settings, context: zmq.Context | None = None) -> None:
+        calibration = load_calibration(settings)  # first: a bad image fails the start before anything runs
         self.settings = settings
         self.started_at = time.time()
         self.stopping = False
@@ -174,6 +202,7 @@ class Appliance:
             self._run_closed,
             self._frame_lost,
             may_write=lambda: not self.retention.under_pressure(),
+            calibration=calibration,
         )
         self.forwarder = Forwarder(
             settings.upstream.endpoint,

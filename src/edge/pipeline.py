@@ -14,6 +14,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -22,27 +23,69 @@ import numpy as np
 
 from edge.ring import KIND_CONTROL, KIND_FRAME, FrameRing, Slot
 from edge.store import ClosedFile, RunMetadata, RunStore
-from kernels import Backend, Geometry, compress_chunk
+from kernels import Backend, Geometry, compress_chunk, make_gain
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """Dark, flat and mask images and the pyFAI-style corrections for one detector."""
+
+    dark: np.ndarray | None = None
+    flat: np.ndarray | None = None
+    mask: np.ndarray | None = None
+    solid_angle: bool = False
+    polarization: float | None = None
+
+    def check(self, shape: tuple[int, int]) -> None:
+        for name in ("dark", "flat", "mask"):
+            image = getattr(self, name)
+            if image is not None and image.shape != shape:
+                raise ValueError(f"{name} image is {image.shape}, frames are {shape}")
 
 
 class Reduction:
     """Per-run kernel state: correction arrays and the integrator for one frame shape."""
 
     def __init__(
-        self, backend: Backend, geometry: Geometry, shape: tuple[int, int], bins: int, unit: str
+        self,
+        backend: Backend,
+        geometry: Geometry,
+        shape: tuple[int, int],
+        bins: int,
+        unit: str,
+        calibration: Calibration | None = None,
     ) -> None:
+        cal = calibration or Calibration()
         self.backend = backend
         self.shape = shape
-        self.dark = np.zeros(shape, dtype=np.float32)
-        self.gain = np.ones(shape, dtype=np.float32)  # 1/flat, 0 at masked pixels
-        self.integrator = backend.integrator(geometry, shape, bins, unit=unit)
+        cal.check(shape)
+        self.dark = np.zeros(shape, np.float32) if cal.dark is None else cal.dark.astype(np.float32)
+        self.gain = make_gain(shape, cal.flat, cal.mask)  # 1/flat, 0 at masked and unusable pixels
+        excluded = self.gain == 0
+        # dark, flat, mask and the geometric corrections are folded into the integrator, which then
+        # reads the raw frame once; its profile is pyFAI's (sum of signal over sum of normalisation)
+        self.integrator = backend.integrator(
+            geometry,
+            shape,
+            bins,
+            unit=unit,
+            mask=excluded if excluded.any() else None,
+            dark=cal.dark,
+            flat=cal.flat,
+            correct_solid_angle=cal.solid_angle,
+            polarization_factor=cal.polarization,
+        )
         self._scratch = np.empty(shape, dtype=np.float32)
 
     def reduce(self, raw: np.ndarray) -> np.ndarray:
-        corrected = self.backend.correct(raw, self.dark, self.gain, self._scratch)
-        return self.integrator.integrate(corrected)
+        """The 1D profile of one raw frame."""
+        return self.integrator.integrate(raw)
+
+    def corrected(self, raw: np.ndarray) -> np.ndarray:
+        """``(raw - dark) / flat`` with masked pixels 0 (for previews and spot finding)."""
+        return self.backend.correct(raw, self.dark, self.gain, self._scratch)
 
 
 class Pipeline:
@@ -62,6 +105,7 @@ class Pipeline:
         on_run_closed: Callable[[str, int, str], None],
         on_frame_lost: Callable[[str | None, int, str, str], None],
         may_write: Callable[[], bool] = lambda: True,
+        calibration: Calibration | None = None,
     ) -> None:
         self.ring = ring
         self.backend = backend
@@ -75,6 +119,7 @@ class Pipeline:
         self.on_run_closed = on_run_closed
         self.on_frame_lost = on_frame_lost
         self.may_write = may_write
+        self.calibration = calibration
         self.stats: Counter[str] = Counter()
         self.latest_profile: tuple[np.ndarray, np.ndarray] | None = None
         self.latest_frame: np.ndarray | None = None
@@ -142,7 +187,9 @@ class Pipeline:
         if self._store is not None:
             self._close_run("abort")
         shape = (int(record["height"]), int(record["width"]))
-        self._reduction = Reduction(self.backend, self.geometry, shape, self.bins, self.unit)
+        self._reduction = Reduction(
+            self.backend, self.geometry, shape, self.bins, self.unit, self.calibration
+        )
         self._store = RunStore(
             self.store_root,
             record["run_uid"],

@@ -1,0 +1,78 @@
+"""The pipeline's reduction with dark, flat, mask, solid angle and polarisation equals pyFAI."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from edge.config import load_settings
+from edge.errors import ConfigError
+from edge.pipeline import Calibration, Reduction
+from kernels import Geometry, get_backend
+
+SHAPE = (96, 128)
+GEOMETRY = Geometry(dist=0.05, poni1=0.0036, poni2=0.0050, rot1=0.01, rot2=-0.02, wavelength=1e-10)
+
+
+@pytest.mark.parametrize("backend", ["numpy", "numba"])
+def test_reduction_matches_pyfai_with_every_correction(backend: str) -> None:
+    pyfai = pytest.importorskip("pyFAI")
+    from pyFAI.detectors import Detector
+
+    rng = np.random.default_rng(4)
+    raw = rng.poisson(80, SHAPE).astype(np.uint16)
+    dark = rng.uniform(0, 5, SHAPE).astype(np.float32)
+    flat = rng.uniform(0.8, 1.2, SHAPE).astype(np.float32)
+    mask = np.zeros(SHAPE, bool)
+    mask[10:20, 30:60] = True
+    cal = Calibration(dark, flat, mask, solid_angle=True, polarization=0.9)
+    reduction = Reduction(get_backend(backend), GEOMETRY, SHAPE, 50, "2th_deg", cal)
+    g = GEOMETRY
+    ai = pyfai.load(
+        {
+            "dist": g.dist,
+            "poni1": g.poni1,
+            "poni2": g.poni2,
+            "rot1": g.rot1,
+            "rot2": g.rot2,
+            "rot3": g.rot3,
+            "wavelength": g.wavelength,
+            "detector": Detector(pixel1=g.pixel1, pixel2=g.pixel2, max_shape=SHAPE),
+        }
+    )
+    ref = ai.integrate1d(
+        raw,
+        50,
+        unit="2th_deg",
+        method=("no", "histogram", "cython"),
+        mask=mask,
+        dark=dark,
+        flat=flat,
+        correctSolidAngle=True,
+        polarization_factor=0.9,
+    )
+    ours = reduction.reduce(raw)
+    np.testing.assert_allclose(reduction.integrator.radial, ref.radial, rtol=1e-9)
+    np.testing.assert_allclose(ours, ref.intensity, rtol=1e-6)
+    corrected = reduction.corrected(raw)
+    assert np.all(corrected[mask] == 0)
+    np.testing.assert_allclose(corrected[~mask], ((raw - dark) / flat)[~mask], rtol=1e-6)
+
+
+def test_calibration_files_are_checked_at_start(tmp_path) -> None:
+    from edge.appliance import load_calibration
+
+    good = tmp_path / "mask.npy"
+    np.save(good, np.zeros((1024, 1024), bool))
+    assert load_calibration(load_settings(overrides=[f'reduction.mask_file="{good}"'])).mask.shape == (
+        1024,
+        1024,
+    )
+    wrong = tmp_path / "small.npy"
+    np.save(wrong, np.zeros((10, 10)))
+    with pytest.raises(
+        ConfigError, match=r"reduction.dark_file = .*image is \(10, 10\), frames are \(1024, 1024\)"
+    ):
+        load_calibration(load_settings(overrides=[f'reduction.dark_file="{wrong}"']))
+    with pytest.raises(ConfigError, match="cannot read a .npy image"):
+        load_calibration(load_settings(overrides=[f'reduction.flat_file="{tmp_path / "missing.npy"}"']))
