@@ -74,5 +74,5 @@ def test_calibration_files_are_checked_at_start(tmp_path) -> None:
         ConfigError, match=r"reduction.dark_file = .*image is \(10, 10\), frames are \(1024, 1024\)"
     ):
         load_calibration(load_settings(overrides=[f'reduction.dark_file="{wrong}"']))
-    with pytest.raises(ConfigError, match="cannot read a .npy image"):
+    with pytest.raises(ConfigError, match=r"cannot read a \.npy image"):
         load_calibration(load_settings(overrides=[f'reduction.flat_file="{tmp_path / "missing.npy"}"']))
