@@ -34,6 +34,7 @@ def _common(parser: argparse.ArgumentParser) -> None:
 
 FAULT_FLAGS = {
     "transport": ("stream.transport", str, "zmq (frame stream) or udp (packets)"),
+    "mode": ("sim.mode", str, "rings (powder), spots (serial crystallography) or tomo (projections)"),
     "modules": ("udp.grid_cols", int, "UDP detector modules side by side"),
     "loss": ("sim.loss", float, "probability a packet (udp) or frame (zmq) is dropped"),
     "reorder": ("sim.reorder", float, "probability a udp packet arrives late (reordered)"),
@@ -46,7 +47,7 @@ FAULT_FLAGS = {
 
 def _fault_flags(parser: argparse.ArgumentParser) -> None:
     for name, (_key, kind, text) in FAULT_FLAGS.items():
-        choices = ["zmq", "udp"] if name == "transport" else None
+        choices = {"transport": ["zmq", "udp"], "mode": ["rings", "spots", "tomo"]}.get(name)
         parser.add_argument(f"--{name}", type=kind, choices=choices, help=text)
 
 
@@ -203,6 +204,7 @@ def _run_sim(settings: Settings, args: argparse.Namespace) -> int:
             shape=settings.detector.shape,
             dtype=settings.detector.dtype,
             geometry=settings.geometry.model_dump(),
+            mode=sim.mode,
             seed=sim.seed,
             pool=sim.pool,
             encoding=sim.encoding,
@@ -224,6 +226,7 @@ def _run_sim(settings: Settings, args: argparse.Namespace) -> int:
                 "payload_bytes": udp.payload_bytes,
             },
             geometry=settings.geometry.model_dump(),
+            mode=sim.mode,
             frames=sim.frames,
             rate_hz=sim.rate_hz,
             seed=sim.seed,
@@ -247,6 +250,7 @@ def _run_sim(settings: Settings, args: argparse.Namespace) -> int:
         shape=settings.detector.shape,
         dtype=settings.detector.dtype,
         geometry=settings.geometry.model_dump(),
+        mode=sim.mode,
         frames=sim.frames,
         rate_hz=sim.rate_hz,
         seed=sim.seed,
@@ -350,7 +354,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     from edge.demo import run_demo
 
-    return run_demo(args, settings)
+    return run_demo(args, settings, extra)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -60,6 +60,7 @@ class SimSettings(_Section):
     pool: int = Field(32, ge=1, le=4096, description="distinct noise realisations, reused cyclically")
     encoding: Literal["<", "bs16-lz4<"] = "<"
     series: int = Field(1, ge=0)
+    mode: Literal["rings", "spots", "tomo"] = Field("rings", description="what the frames show")
     loss: float = Field(0.0, ge=0, le=1, description="probability a packet (udp) or frame (zmq) is dropped")
     reorder: float = Field(0.0, ge=0, le=1, description="probability a udp packet is delayed (reordered)")
     duplicate: float = Field(0.0, ge=0, le=1, description="probability a packet/frame is sent twice")

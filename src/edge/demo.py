@@ -95,7 +95,8 @@ def _wait(predicate: Any, timeout: float, what: str, procs: Components) -> Any:
     raise TimeoutError(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
-def run_demo(args: argparse.Namespace, settings: Settings) -> int:
+def run_demo(args: argparse.Namespace, settings: Settings, flags: list[str] | None = None) -> int:
+    """Run the demo; ``flags`` are the settings its own flags set (transport, faults), for every child."""
     workdir: Path = args.workdir.resolve()
     workdir.mkdir(parents=True, exist_ok=True)
     stream_port = _port_or_free(_endpoint_port(settings.sim.endpoint))
@@ -116,10 +117,8 @@ def run_demo(args: argparse.Namespace, settings: Settings) -> int:
     common: list[str] = ["--log-level", "WARNING"]
     if args.config is not None:
         common += ["--config", str(args.config)]
-    for item in [*base, *args.overrides]:
+    for item in [*base, *args.overrides, *(flags or [])]:
         common += ["--set", item]
-    if args.rate is not None:
-        common += ["--set", f"sim.rate_hz={args.rate}"]
     if udp and args.frames:  # the control system arms the detector for N frames
         common += ["--set", f"udp.frames_per_run={args.frames}"]
     url = f"http://127.0.0.1:{api_port}"

@@ -13,7 +13,7 @@ from typing import Any
 import zmq
 
 from firmware_bridge.udp_codec import DetectorGeometry
-from hw_sim.frames import PowderFrames
+from hw_sim.physics import make_source
 from hw_sim.udp_packets import FaultPlan, UdpFrameSender, apply_faults
 from hw_sim.zmq_sender import SendSummary, StreamFaults, ZmqFrameSender
 
@@ -35,6 +35,7 @@ def run_sim(
     shape: tuple[int, int],
     dtype: str,
     geometry: dict[str, float],
+    mode: str,
     frames: int,
     rate_hz: float,
     seed: int,
@@ -53,13 +54,13 @@ def run_sim(
 
     signal.signal(signal.SIGINT, _stop)
     signal.signal(signal.SIGTERM, _stop)
-    source = PowderFrames(shape, Geometry(**geometry), seed=seed, pool=pool, dtype=dtype)
+    source = make_source(mode, shape, Geometry(**geometry), seed=seed, pool=pool, dtype=dtype)
     context = zmq.Context()
     sender = ZmqFrameSender(endpoint, context)
     sys.stderr.write(
         f"sim: streaming on {sender.endpoint} ({frames or 'unbounded'} frames at {rate_hz} Hz)\n"
     )
-    config = {"seed": seed, "pool": pool, "geometry": geometry, "detector": "edge-sim powder"}
+    config = {"seed": seed, "pool": pool, "geometry": geometry, "detector": f"edge-sim {mode}", "mode": mode}
     summary = sender.send_series(
         source.frame,
         frames,
@@ -92,6 +93,7 @@ def run_sim_ioc(
     shape: tuple[int, int],
     dtype: str,
     geometry: dict[str, float],
+    mode: str,
     seed: int,
     pool: int,
     encoding: str,
@@ -111,8 +113,8 @@ def run_sim_ioc(
     logging.getLogger("caproto.ctx").addFilter(_FirstBeaconErrorOnly())
     port = int(os.environ.get("EPICS_CA_SERVER_PORT", "5064"))
     interface = (os.environ.get("EPICS_CAS_INTF_ADDR_LIST", "").split() or ["127.0.0.1"])[0]
-    source = PowderFrames(shape, Geometry(**geometry), seed=seed, pool=pool, dtype=dtype)
-    config = {"seed": seed, "pool": pool, "geometry": geometry, "detector": "edge-sim powder"}
+    source = make_source(mode, shape, Geometry(**geometry), seed=seed, pool=pool, dtype=dtype)
+    config = {"seed": seed, "pool": pool, "geometry": geometry, "detector": f"edge-sim {mode}", "mode": mode}
     stats = run_detector(
         prefix=prefix,
         endpoint=endpoint,
@@ -131,6 +133,7 @@ def run_sim_udp(
     port: int,
     detector: dict[str, Any],
     geometry: dict[str, float],
+    mode: str,
     frames: int,
     rate_hz: float,
     seed: int,
@@ -155,7 +158,7 @@ def run_sim_udp(
     signal.signal(signal.SIGINT, _stop)
     signal.signal(signal.SIGTERM, _stop)
     layout = DetectorGeometry(**detector)
-    source = PowderFrames(layout.raw_shape, Geometry(**geometry), seed=seed, pool=pool)
+    source = make_source(mode, layout.raw_shape, Geometry(**geometry), seed=seed, pool=pool)
     sender = UdpFrameSender(layout, port, rate_hz=rate_hz)
     sys.stderr.write(
         f"sim: UDP to 127.0.0.1:{port}, {layout.n_modules} modules, "

@@ -34,6 +34,9 @@ class StreamFaults:
 
 @dataclass
 class SendSummary:
+    """What a series sent. ``frames_sent`` counts every frame of the series, including those an
+    injected fault destroyed on the way (listed in ``faults["truth"]``)."""
+
     series: int
     run_uid: str
     frames_sent: int = 0
@@ -118,7 +121,8 @@ class ZmqFrameSender:
                 time.sleep(faults.stall_seconds)  # the injected stall
                 next_due = time.perf_counter()
             if rng.random() < faults.loss:
-                dropped.append(number)
+                dropped.append(number)  # the detector made it; the injected fault lost it on the way
+                summary.frames_sent += 1
                 number += 1
                 continue
             pixels = frame(number)

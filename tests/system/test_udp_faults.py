@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import sys
 from pathlib import Path
 
 import h5py
@@ -88,3 +89,60 @@ def test_udp_loss_and_reorder_are_accounted_frame_by_frame(tmp_path: Path) -> No
                 flags[int(number)] = int(flag)
     assert {n for n, f in flags.items() if f == 1} == set(truth["frames_incomplete"])
     assert set(flags) == set(range(frames)) - set(truth["frames_lost"])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("transport", "mode", "faults"),
+    [
+        ("udp", "spots", ["--loss", "0.01", "--reorder", "0.05", "--duplicate", "0.01"]),
+        (
+            "zmq",
+            "tomo",
+            ["--loss", "0.05", "--duplicate", "0.05", "--corrupt", "0.05", "--stall", "0.5", "--burst", "4"],
+        ),
+    ],
+)
+def test_demo_with_faults_accounts_for_every_frame(
+    tmp_path: Path, transport: str, mode: str, faults: list[str]
+) -> None:
+    frames = 80
+    ports = [free_port() for _ in range(4)]
+    argv = [
+        sys.executable,
+        "-m",
+        "edge",
+        "demo",
+        "--frames",
+        str(frames),
+        "--json",
+        "--workdir",
+        str(tmp_path),
+        "--transport",
+        transport,
+        "--mode",
+        mode,
+        "--rate",
+        "60",
+        *faults,
+    ]
+    for item in (
+        f'sim.endpoint="tcp://127.0.0.1:{ports[0]}"',
+        f'upstream.endpoint="tcp://127.0.0.1:{ports[1]}"',
+        f"api.port={ports[2]}",
+        f"udp.port={ports[3]}",
+        "reduction.bins=100",
+        "sim.fault_seed=7",
+    ):
+        argv += ["--set", item]
+    result = subprocess.run(argv, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads(result.stdout.strip().splitlines()[-1])
+    truth = summary["sim"].get("truth") or summary["sim"]["faults"]["truth"]
+    assert summary["transport"] == transport
+    assert summary["frames_sent"] == frames
+    assert summary["frames_delivered"] + summary["frames_lost"] == frames
+    assert summary["frames_lost"] == len(truth["frames_lost"]) > 0 or transport == "udp"
+    assert summary["frames_lost"] == len(truth["frames_lost"])
+    if transport == "udp":
+        assert summary["frames_incomplete"] == len(truth["frames_incomplete"]) > 0
