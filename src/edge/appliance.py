@@ -338,6 +338,17 @@ class Appliance:
             "where": where_report(self.ledger, run_uid),
         }
 
+    def latest_preview(self) -> dict[str, Any] | None:
+        """The newest frame, subsampled 8x and log-scaled to 8 bits, with its frame number."""
+        frame = self.pipeline.latest_frame
+        if frame is None:
+            return None
+        info = dict(self.pipeline.latest_frame_info)
+        logged = np.log1p(frame.astype(np.float32))
+        top = float(np.percentile(logged, 99.5)) or 1.0
+        image = np.clip(logged * (255.0 / top), 0, 255).astype(np.uint8)
+        return {**info, "height": image.shape[0], "width": image.shape[1], "pixels": image.ravel().tolist()}
+
     def latest_profile(self) -> dict[str, Any] | None:
         latest = self.pipeline.latest_profile
         if latest is None:

@@ -22,6 +22,8 @@ class ApplianceView(Protocol):
 
     def latest_profile(self) -> dict[str, Any] | None: ...
 
+    def latest_preview(self) -> dict[str, Any] | None: ...
+
 
 def _metrics(status: dict[str, Any]) -> str:
     lines: list[str] = []
@@ -73,6 +75,13 @@ def create_app(settings: Any, appliance: ApplianceView) -> FastAPI:
     @app.get("/api/profile")
     def profile() -> dict[str, Any]:
         latest = appliance.latest_profile()
+        if latest is None:
+            raise NotFound("no frame has been reduced yet")
+        return latest
+
+    @app.get("/api/preview")
+    def preview() -> dict[str, Any]:
+        latest = appliance.latest_preview()
         if latest is None:
             raise NotFound("no frame has been reduced yet")
         return latest

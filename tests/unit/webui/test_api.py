@@ -26,6 +26,9 @@ class View:
     def latest_profile(self) -> dict[str, Any] | None:
         return None
 
+    def latest_preview(self) -> dict[str, Any] | None:
+        return None
+
 
 def client() -> TestClient:
     return TestClient(create_app(load_settings(), View()))
