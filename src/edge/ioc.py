@@ -35,6 +35,8 @@ if TYPE_CHECKING:
 
 __all__ = ["DEFAULT_ACF", "MODES", "PVS", "ApplianceIOC", "PvSpec"]
 
+from firmware_bridge.areadetector import DETECTOR_STATES as AD_DETECTOR_STATES
+
 log = logging.getLogger(__name__)
 
 #: Seconds between copies of the appliance's counters into the readback records.
@@ -47,20 +49,7 @@ RUN_GRACE_SECONDS = 30.0
 DEFAULT_ACF = Path(__file__).with_name("data") / "edge.acf"
 
 MODES: tuple[str, ...] = ("raw", "xrd", "saxs", "mx", "tomo")
-DETECTOR_STATES: tuple[str, ...] = (
-    "Idle",
-    "Acquire",
-    "Readout",
-    "Correct",
-    "Saving",
-    "Aborting",
-    "Error",
-    "Waiting",
-    "Initializing",
-    "Disconnected",
-    "Aborted",
-    "Unknown",
-)
+DETECTOR_STATES: tuple[str, ...] = (*AD_DETECTOR_STATES, "Unknown")
 _STATE_SEVERITY = {"Error": "MAJOR", "Disconnected": "MAJOR", "Aborted": "MINOR", "Unknown": "MINOR"}
 UPSTREAM_STATES: tuple[str, ...] = ("No consumer", "Connected", "Backlog")
 LONG_STRING = 256

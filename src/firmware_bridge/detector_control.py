@@ -38,24 +38,10 @@ __all__ = [
     "DetectorTimeoutError",
 ]
 
+from firmware_bridge.areadetector import DETECTOR_STATES, IMAGE_MODES, TRIGGER_MODES
+
 log = logging.getLogger(__name__)
 
-#: ``DetectorState_RBV`` values, in areaDetector's order (ADDriver.h ``ADStatus_t``).
-DETECTOR_STATES: tuple[str, ...] = (
-    "Idle",
-    "Acquire",
-    "Readout",
-    "Correct",
-    "Saving",
-    "Aborting",
-    "Error",
-    "Waiting",
-    "Initializing",
-    "Disconnected",
-    "Aborted",
-)
-IMAGE_MODES: tuple[str, ...] = ("Single", "Multiple", "Continuous")
-TRIGGER_MODES: tuple[str, ...] = ("Internal", "External")
 
 #: State reported while the IOC is unreachable (also areaDetector's name for it).
 DISCONNECTED = "Disconnected"

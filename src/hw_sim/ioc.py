@@ -43,22 +43,10 @@ __all__ = [
     "serve",
 ]
 
+from firmware_bridge.areadetector import DETECTOR_STATES
+
 log = logging.getLogger(__name__)
 
-#: ``DetectorState_RBV`` states, in areaDetector's order (ADDriver.h ``ADStatus_t``).
-DETECTOR_STATES: tuple[str, ...] = (
-    "Idle",
-    "Acquire",
-    "Readout",
-    "Correct",
-    "Saving",
-    "Aborting",
-    "Error",
-    "Waiting",
-    "Initializing",
-    "Disconnected",
-    "Aborted",
-)
 #: ``DataType`` choices, in areaDetector's order (NDArray ``NDDataType_t``), with bytes per element.
 DATA_TYPES: dict[str, int] = {
     "Int8": 1,

@@ -1,4 +1,4 @@
-"""Pure compute on detector frames: corrections, compression, azimuthal integration.
+"""Pure compute on detector frames: corrections, compression, integration, tomography, peaks, ROIs.
 
 Each kernel has a NumPy reference (the oracle), a numba CPU backend and a GPU backend (numba.cuda
 kernels, CuPy when installed); a registry picks one with a logged fallback chain GPU -> numba -> NumPy.
@@ -15,7 +15,17 @@ from kernels._compress import (
 from kernels._corrections import make_gain
 from kernels._geometry import RADIAL_UNITS, Geometry, read_poni
 from kernels._integrate import IntegrationResult, Integrator1D, Integrator2D
+from kernels._peaks import PeakFinder, Peaks, classify_hit
 from kernels._registry import Backend, BackendUnavailable, available_backends, get_backend
+from kernels._roi import RoiSet, RoiStats
+from kernels._tomo import (
+    StreamingReconstructor,
+    assemble_sinograms,
+    estimate_center,
+    estimate_center_from_sinogram,
+    filter_projections,
+    fourier_filter,
+)
 
 __all__ = [
     "RADIAL_UNITS",
@@ -25,11 +35,22 @@ __all__ = [
     "IntegrationResult",
     "Integrator1D",
     "Integrator2D",
+    "PeakFinder",
+    "Peaks",
+    "RoiSet",
+    "RoiStats",
+    "StreamingReconstructor",
+    "assemble_sinograms",
     "available_backends",
+    "classify_hit",
     "compress_chunk",
     "compress_chunks",
     "decompress_chunk",
     "decompress_chunks",
+    "estimate_center",
+    "estimate_center_from_sinogram",
+    "filter_projections",
+    "fourier_filter",
     "get_backend",
     "hdf5_filter_options",
     "make_gain",

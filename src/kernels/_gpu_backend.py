@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 from numba import cuda
 
-from kernels._numpy_backend import JUNGFRAU_ADC_MASK, JUNGFRAU_GAIN_BITS
+from kernels._numpy_backend import FLAT_FIELD_FLOOR, JUNGFRAU_ADC_MASK, JUNGFRAU_GAIN_BITS
 
 INSTALL_HINT = "pip install 'edge[gpu]'"
 SHARED_BINS = 2048  # float64 bins one block keeps in shared memory (2 x 16 KiB with variance)
@@ -208,3 +208,131 @@ def histogram(values: Any, bins: Any, npt: int) -> np.ndarray:
     host_bins = bins.get() if hasattr(bins, "get") else np.asarray(bins)
     clipped = np.minimum(host_bins.ravel(), npt).astype(np.int32)
     return BinSummer(clipped, npt)(values, False)[0]
+
+
+# ---- tomography ---------------------------------------------------------------------------------------
+
+
+@cuda.jit
+def _backproject_kernel(filtered, cos_a, sin_a, axis, circle, size, out):  # pragma: no cover - device
+    n_angles = filtered.shape[0]
+    width = filtered.shape[1]
+    radius = size // 2
+    top = np.float32(width - 1)
+    for p in range(cuda.grid(1), size * size, cuda.gridsize(1)):
+        i = p // size
+        j = p - i * size
+        x = i - radius
+        y = j - radius
+        if circle and x * x + y * y > radius * radius:
+            continue
+        acc = np.float32(0.0)
+        for a in range(n_angles):
+            t = np.float32(axis + y * cos_a[a] - x * sin_a[a])
+            if t >= 0 and t <= top:
+                k = min(int(t), width - 2)
+                f = t - np.float32(k)
+                acc += filtered[a, k] + f * (filtered[a, k + 1] - filtered[a, k])
+        out[p] += acc
+
+
+@cuda.jit
+def _flat_field_kernel(raw, dark, flat, out, minus_log, floor):  # pragma: no cover - device
+    frame = dark.size
+    for i in range(cuda.grid(1), raw.size, cuda.gridsize(1)):
+        p = i % frame
+        value = (np.float32(raw[i]) - dark[p]) / (flat[p] - dark[p])
+        if minus_log:
+            value = -np.float32(math.log(max(value, floor)))
+        out[i] = value
+
+
+def backproject(filtered: Any, angles: np.ndarray, axis: float, circle: bool, out: Any) -> Any:
+    """Add the back-projection into ``out`` on the device: one thread per output pixel, all angles."""
+    angles = np.asarray(angles, dtype=np.float64)
+    size = out.shape[0]
+    d_out = _flat(out)
+    blocks, threads = _grid(size * size)
+    _backproject_kernel[blocks, threads](
+        to_device(np.ascontiguousarray(filtered, dtype=np.float32)),
+        to_device(np.cos(angles)),
+        to_device(np.sin(angles)),
+        float(axis),
+        circle,
+        size,
+        d_out,
+    )
+    if not on_device(out):
+        d_out.copy_to_host(out.reshape(-1))
+    return out
+
+
+def flat_field(raw: Any, dark: Any, flat: Any, out: Any, minus_log: bool = True) -> Any:
+    """Flat-field normalisation (and -log) on the device; see the NumPy reference."""
+    d_out = _flat(out) if on_device(out) else cuda.device_array(int(np.prod(out.shape)), dtype=np.float32)
+    d_raw = _flat(raw)
+    blocks, threads = _grid(d_raw.size)
+    _flat_field_kernel[blocks, threads](
+        d_raw,
+        _flat(np.asarray(dark, np.float32)),
+        _flat(np.asarray(flat, np.float32)),
+        d_out,
+        minus_log,
+        np.float32(FLAT_FIELD_FLOOR),
+    )
+    if not on_device(out):
+        d_out.copy_to_host(out.reshape(-1))
+    return out
+
+
+# ---- host kernels -------------------------------------------------------------------------------------
+# Peak finding (sparse, branchy connected components), ROI statistics and the preview are host work:
+# the GPU backend runs the numba CPU kernels on a host copy of the frame.
+
+
+def _host(array: Any) -> np.ndarray:
+    if hasattr(array, "get"):  # CuPy
+        return np.asarray(array.get())
+    if hasattr(array, "copy_to_host"):
+        return np.asarray(array.copy_to_host())
+    return np.asarray(array)
+
+
+def ring_sums(frame: Any, rings: np.ndarray, upper: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    from kernels import _numba_backend
+
+    return _numba_backend.ring_sums(_host(frame), rings, upper)
+
+
+def find_candidates(frame: Any, rings: np.ndarray, threshold: np.ndarray) -> np.ndarray:
+    from kernels import _numba_backend
+
+    return _numba_backend.find_candidates(_host(frame), rings, threshold)
+
+
+def label_peaks(
+    frame: Any, rings: np.ndarray, candidates: np.ndarray, mean: np.ndarray, width: int
+) -> tuple[np.ndarray, ...]:
+    from kernels import _numba_backend
+
+    return _numba_backend.label_peaks(_host(frame), rings, candidates, mean, width)
+
+
+def roi_stats(
+    frame: Any, boxes: np.ndarray, offsets: np.ndarray, masks: np.ndarray
+) -> tuple[np.ndarray, ...]:
+    from kernels import _numba_backend
+
+    return _numba_backend.roi_stats(_host(frame), boxes, offsets, masks)
+
+
+def bin_frame(frame: Any, factor: int) -> np.ndarray:
+    from kernels import _numba_backend
+
+    return _numba_backend.bin_frame(_host(frame), factor)
+
+
+def to_uint8(image: np.ndarray, lo: float, hi: float, log: bool) -> np.ndarray:
+    from kernels import _numba_backend
+
+    return _numba_backend.to_uint8(_host(image), lo, hi, log)

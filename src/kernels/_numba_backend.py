@@ -8,12 +8,13 @@ Masked pixels carry the sentinel bin ``nbins`` and land in a slot that is thrown
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numba
 import numpy as np
 
-from kernels._numpy_backend import JUNGFRAU_ADC_MASK, JUNGFRAU_GAIN_BITS
+from kernels._numpy_backend import FLAT_FIELD_FLOOR, JUNGFRAU_ADC_MASK, JUNGFRAU_GAIN_BITS
 
 
 @numba.njit(parallel=True, nogil=True, cache=True)
@@ -123,3 +124,383 @@ class BinSummer:
         values = np.ascontiguousarray(frame).ravel()
         sums, variance = _bin_sums(values, self.bins, self.nbins, _chunks(), with_variance)
         return sums, (variance if with_variance else None)
+
+
+# ---- tomography ---------------------------------------------------------------------------------------
+
+BACKPROJECT_ROWS = 8  # output rows per task: their accumulators (8 x size float32) stay in L1/L2
+
+
+@numba.njit(nogil=True, cache=True)
+def _circle_spans(size, circle):  # pragma: no cover - compiled
+    """Per output row, the columns [lo, hi) to reconstruct (inside the inscribed circle)."""
+    radius = size // 2
+    lo = np.zeros(size, np.int64)
+    hi = np.full(size, size, np.int64)
+    if circle:
+        for r in range(size):
+            dy = r - radius
+            h = radius * radius - dy * dy
+            if h < 0:
+                hi[r] = 0
+                continue
+            m = int(math.sqrt(h))
+            while (m + 1) * (m + 1) <= h:
+                m += 1
+            while m * m > h:
+                m -= 1
+            lo[r] = max(0, radius - m)
+            hi[r] = min(size, radius + m + 1)
+    return lo, hi
+
+
+@numba.njit(inline="always", nogil=True)
+def _detector_span(base, step, top, jlo, jhi):  # pragma: no cover - compiled
+    """Columns j in [jlo, jhi) whose position ``base + step * j`` (float32) lies in [0, top]."""
+    if step == 0:
+        return (jlo, jhi) if 0 <= base <= top else (jlo, jlo)
+    u = (np.float64(0.0) - base) / step
+    w = (np.float64(top) - base) / step
+    a = math.floor(min(max(min(u, w), -1e9), 1e9)) - 1
+    b = math.ceil(min(max(max(u, w), -1e9), 1e9)) + 2
+    a = max(a, jlo)
+    b = min(b, jhi)
+    while a < b:
+        x = base + step * np.float32(a)
+        if 0 <= x <= top:
+            break
+        a += 1
+    while b > a:
+        x = base + step * np.float32(b - 1)
+        if 0 <= x <= top:
+            break
+        b -= 1
+    return a, b
+
+
+@numba.njit(parallel=True, nogil=True, cache=True)
+def _backproject(filtered, cos_a, sin_a, axis, circle, out):  # pragma: no cover - compiled
+    n_angles, width = filtered.shape
+    size = out.shape[0]
+    radius = size // 2
+    lo, hi = _circle_spans(size, circle)
+    top = np.float32(width - 1)
+    last = np.uint32(width - 2)  # the left sample of the last interval
+    one = np.uint32(1)
+    n_blocks = (size + BACKPROJECT_ROWS - 1) // BACKPROJECT_ROWS
+    grouped = n_angles - n_angles % 4
+    for block in numba.prange(n_blocks):
+        r0 = block * BACKPROJECT_ROWS
+        r1 = min(size, r0 + BACKPROJECT_ROWS)
+        acc = np.zeros((BACKPROJECT_ROWS, size), np.float32)
+        bases = np.empty(4, np.float32)
+        steps = np.empty(4, np.float32)
+        # four angles per sweep: one read-modify-write of the accumulator per four interpolations
+        for a in range(0, grouped, 4):
+            p0, p1, p2, p3 = filtered[a], filtered[a + 1], filtered[a + 2], filtered[a + 3]
+            for r in range(r0, r1):
+                j0, j1 = lo[r], hi[r]
+                for q in range(4):
+                    steps[q] = np.float32(cos_a[a + q])
+                    bases[q] = np.float32(axis - radius * cos_a[a + q] - (r - radius) * sin_a[a + q])
+                    j0, j1 = _detector_span(bases[q], steps[q], top, j0, j1)
+                b0, b1, b2, b3 = bases[0], bases[1], bases[2], bases[3]
+                c0, c1, c2, c3 = steps[0], steps[1], steps[2], steps[3]
+                row = acc[r - r0]
+                # columns where some angle falls off the detector take the single-angle path below
+                for j in range(j0, j1):
+                    fj = np.float32(j)
+                    x0 = b0 + c0 * fj
+                    x1 = b1 + c1 * fj
+                    x2 = b2 + c2 * fj
+                    x3 = b3 + c3 * fj
+                    k0 = min(np.uint32(x0), last)
+                    k1 = min(np.uint32(x1), last)
+                    k2 = min(np.uint32(x2), last)
+                    k3 = min(np.uint32(x3), last)
+                    v0 = p0[k0] + (x0 - np.float32(k0)) * (p0[k0 + one] - p0[k0])
+                    v1 = p1[k1] + (x1 - np.float32(k1)) * (p1[k1 + one] - p1[k1])
+                    v2 = p2[k2] + (x2 - np.float32(k2)) * (p2[k2 + one] - p2[k2])
+                    v3 = p3[k3] + (x3 - np.float32(k3)) * (p3[k3 + one] - p3[k3])
+                    row[j] += (v0 + v1) + (v2 + v3)
+                for q in range(4):
+                    _one_angle(filtered[a + q], bases[q], steps[q], top, last, row, lo[r], j0)
+                    _one_angle(filtered[a + q], bases[q], steps[q], top, last, row, j1, hi[r])
+        for a in range(grouped, n_angles):
+            for r in range(r0, r1):
+                base = np.float32(axis - radius * cos_a[a] - (r - radius) * sin_a[a])
+                _one_angle(filtered[a], base, np.float32(cos_a[a]), top, last, acc[r - r0], lo[r], hi[r])
+        for r in range(r0, r1):
+            for j in range(size):
+                out[r, j] += acc[r - r0, j]
+
+
+@numba.njit(inline="always", nogil=True)
+def _one_angle(proj, base, step, top, last, row, jlo, jhi):  # pragma: no cover - compiled
+    j0, j1 = _detector_span(base, step, top, jlo, jhi)
+    one = np.uint32(1)
+    for j in range(j0, j1):
+        x = base + step * np.float32(j)
+        k = min(np.uint32(x), last)
+        row[j] += proj[k] + (x - np.float32(k)) * (proj[k + one] - proj[k])
+
+
+def backproject(
+    filtered: np.ndarray, angles: np.ndarray, axis: float, circle: bool, out: np.ndarray
+) -> np.ndarray:
+    """Add the back-projection of ``filtered`` (float32 ``(n_angles, width)``) into float32 ``out``."""
+    if filtered.shape[1] < 2:
+        raise ValueError("a projection needs at least 2 detector pixels")
+    angles = np.asarray(angles, dtype=np.float64)
+    _backproject(
+        np.ascontiguousarray(filtered, dtype=np.float32),
+        np.cos(angles),
+        np.sin(angles),
+        float(axis),
+        circle,
+        out,
+    )
+    return out
+
+
+@numba.njit(parallel=True, nogil=True, cache=True, error_model="numpy")
+def _flat_field(raw, dark, flat, out, minus_log, floor):  # pragma: no cover - compiled
+    frame = dark.size
+    flat_raw = raw.ravel()
+    flat_out = out.ravel()
+    d = dark.ravel()
+    f = flat.ravel()
+    for i in numba.prange(flat_raw.size):
+        p = i % frame
+        value = (np.float32(flat_raw[i]) - d[p]) / (f[p] - d[p])
+        if minus_log:
+            value = -np.float32(math.log(max(value, floor)))
+        flat_out[i] = value
+
+
+def flat_field(raw: Any, dark: Any, flat: Any, out: np.ndarray, minus_log: bool = True) -> np.ndarray:
+    _flat_field(
+        np.ascontiguousarray(raw),
+        np.ascontiguousarray(dark, dtype=np.float32),
+        np.ascontiguousarray(flat, dtype=np.float32),
+        out,
+        minus_log,
+        np.float32(FLAT_FIELD_FLOOR),
+    )
+    return out
+
+
+# ---- peak finding -------------------------------------------------------------------------------------
+
+
+@numba.njit(parallel=True, nogil=True, cache=True)
+def _ring_sums(values, rings, upper, nchunks):  # pragma: no cover - compiled
+    n = values.size
+    width = upper.size
+    counts = np.zeros((nchunks, width), np.int64)
+    sums = np.zeros((nchunks, 2 * width), np.float64)
+    step = (n + nchunks - 1) // nchunks
+    for c in numba.prange(nchunks):
+        count = counts[c]
+        acc = sums[c]
+        for i in range(c * step, min(n, (c + 1) * step)):
+            ring = rings[i]
+            v = np.float64(values[i])
+            if v < upper[ring]:
+                count[ring] += 1
+                acc[2 * ring] += v
+                acc[2 * ring + 1] += v * v
+    total = np.zeros(width, np.int64)
+    s1 = np.zeros(width)
+    s2 = np.zeros(width)
+    for c in range(nchunks):
+        for b in range(width):
+            total[b] += counts[c, b]
+            s1[b] += sums[c, 2 * b]
+            s2[b] += sums[c, 2 * b + 1]
+    return total, s1, s2
+
+
+def ring_sums(frame: Any, rings: np.ndarray, upper: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    return _ring_sums(np.ascontiguousarray(frame).ravel(), rings.ravel(), upper, 4 * _chunks())
+
+
+@numba.njit(parallel=True, nogil=True, cache=True)
+def _find_candidates(values, rings, threshold, nchunks, capacity):  # pragma: no cover - compiled
+    n = values.size
+    step = (n + nchunks - 1) // nchunks
+    found = np.empty((nchunks, capacity), np.int64)
+    counts = np.zeros(nchunks, np.int64)
+    for c in numba.prange(nchunks):
+        k = 0
+        for i in range(c * step, min(n, (c + 1) * step)):
+            if values[i] > threshold[rings[i]]:
+                if k < capacity:
+                    found[c, k] = i
+                k += 1
+        counts[c] = k
+    total = 0
+    for c in range(nchunks):
+        total += counts[c]
+    if counts.max() > capacity:
+        return np.empty(0, np.int64), total
+    out = np.empty(total, np.int64)
+    k = 0
+    for c in range(nchunks):
+        out[k : k + counts[c]] = found[c, : counts[c]]
+        k += counts[c]
+    return out, total
+
+
+def find_candidates(frame: Any, rings: np.ndarray, threshold: np.ndarray) -> np.ndarray:
+    values = np.ascontiguousarray(frame).ravel()
+    flat_rings = rings.ravel()
+    nchunks = 4 * _chunks()
+    capacity = 4096
+    while True:
+        out, total = _find_candidates(values, flat_rings, threshold, nchunks, capacity)
+        if out.size == total:
+            return out
+        capacity = int(total)  # a frame full of candidates: retry with room for all of them
+
+
+@numba.njit(nogil=True, cache=True)
+def _root(parent, k):  # pragma: no cover - compiled
+    while parent[k] != k:
+        parent[k] = parent[parent[k]]
+        k = parent[k]
+    return k
+
+
+@numba.njit(nogil=True, cache=True)
+def _label_peaks(values, rings, candidates, mean, width):  # pragma: no cover - compiled
+    m = candidates.size
+    parent = np.arange(m)
+    for k in range(m):
+        p = candidates[k]
+        c = p % width
+        # earlier neighbours: left, and the three above; union towards the smaller (earlier) root
+        for q in (p - 1, p - width - 1, p - width, p - width + 1):
+            dc = q % width - c if q >= 0 else 0
+            if q < 0 or dc > 1 or dc < -1:
+                continue
+            j = np.searchsorted(candidates, q)
+            if j < m and candidates[j] == q:
+                a = _root(parent, j)
+                b = _root(parent, k)
+                if a < b:
+                    parent[b] = a
+                elif b < a:
+                    parent[a] = b
+    label = np.empty(m, np.int64)
+    n_peaks = 0
+    for k in range(m):
+        r = _root(parent, k)
+        if r == k:
+            label[k] = n_peaks
+            n_peaks += 1
+        else:
+            label[k] = label[r]
+    first = np.zeros(n_peaks, np.int64)
+    n_pixels = np.zeros(n_peaks, np.int64)
+    total = np.zeros(n_peaks)
+    row_sum = np.zeros(n_peaks)
+    col_sum = np.zeros(n_peaks)
+    peak = np.full(n_peaks, -np.inf)
+    ring_of_first = np.zeros(n_peaks, np.intp)
+    for k in range(m):
+        p = candidates[k]
+        b = label[k]
+        v = np.float64(values[p])
+        w = v - mean[rings[p]]
+        if n_pixels[b] == 0:
+            first[b] = p
+            ring_of_first[b] = rings[p]
+        n_pixels[b] += 1
+        total[b] += w
+        row_sum[b] += w * (p // width)
+        col_sum[b] += w * (p % width)
+        peak[b] = max(peak[b], v)
+    return first, n_pixels, total, row_sum, col_sum, peak, ring_of_first
+
+
+def label_peaks(
+    frame: Any, rings: np.ndarray, candidates: np.ndarray, mean: np.ndarray, width: int
+) -> tuple[np.ndarray, ...]:
+    return _label_peaks(np.ascontiguousarray(frame).ravel(), rings.ravel(), candidates, mean, width)
+
+
+# ---- ROI statistics and preview -----------------------------------------------------------------------
+
+
+@numba.njit(parallel=True, nogil=True, cache=True)
+def _roi_stats(frame, boxes, offsets, masks):  # pragma: no cover - compiled
+    n = boxes.shape[0]
+    sums = np.zeros(n)
+    counts = np.zeros(n, np.int64)
+    peaks = np.full(n, -np.inf)
+    for k in numba.prange(n):
+        r0, r1, c0, c1 = boxes[k, 0], boxes[k, 1], boxes[k, 2], boxes[k, 3]
+        off = offsets[k]
+        w = c1 - c0
+        total = 0.0
+        count = 0
+        peak = -np.inf
+        for r in range(r0, r1):
+            for c in range(c0, c1):
+                if off >= 0 and not masks[off + (r - r0) * w + (c - c0)]:
+                    continue
+                v = np.float64(frame[r, c])
+                total += v
+                count += 1
+                peak = max(peak, v)
+        sums[k] = total
+        counts[k] = count
+        peaks[k] = peak
+    return sums, counts, peaks
+
+
+def roi_stats(
+    frame: Any, boxes: np.ndarray, offsets: np.ndarray, masks: np.ndarray
+) -> tuple[np.ndarray, ...]:
+    return _roi_stats(np.asarray(frame), boxes, offsets, masks)
+
+
+@numba.njit(parallel=True, nogil=True, cache=True)
+def _bin_frame(frame, factor):  # pragma: no cover - compiled
+    rows = frame.shape[0] // factor
+    cols = frame.shape[1] // factor
+    out = np.empty((rows, cols), np.float32)
+    scale = 1.0 / (factor * factor)
+    for i in numba.prange(rows):
+        acc = np.zeros(cols)
+        for r in range(i * factor, (i + 1) * factor):
+            for c in range(cols * factor):
+                acc[c // factor] += np.float64(frame[r, c])
+        for j in range(cols):
+            out[i, j] = np.float32(acc[j] * scale)
+    return out
+
+
+def bin_frame(frame: Any, factor: int) -> np.ndarray:
+    return _bin_frame(np.asarray(frame), int(factor))
+
+
+@numba.njit(parallel=True, nogil=True, cache=True)
+def _to_uint8(image, lo, hi, log):  # pragma: no cover - compiled
+    out = np.empty(image.shape, np.uint8)
+    flat = image.ravel()
+    flat_out = out.ravel()
+    span = math.log1p(hi - lo) if log else hi - lo
+    for i in numba.prange(flat.size):
+        v = max(np.float64(flat[i]) - lo, 0.0)
+        if log:
+            v = math.log1p(v)
+        x = v / span if span > 0 else 0.0
+        x = min(max(x, 0.0), 1.0) if x == x else 0.0
+        flat_out[i] = np.uint8(math.floor(x * 255.0 + 0.5))
+    return out
+
+
+def to_uint8(image: np.ndarray, lo: float, hi: float, log: bool) -> np.ndarray:
+    return _to_uint8(np.ascontiguousarray(image), float(lo), float(hi), log)

@@ -13,6 +13,9 @@ import numpy as np
 
 from kernels._geometry import Geometry
 from kernels._integrate import Integrator1D, Integrator2D
+from kernels._peaks import PeakFinder
+from kernels._roi import RoiSet, RoiStats, preview, roi_stats
+from kernels._tomo import StreamingReconstructor, fbp
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +60,46 @@ class Backend:
     ) -> Integrator2D:
         """A 2D (radial x azimuthal) integrator (see :class:`kernels.Integrator2D`)."""
         return Integrator2D(self, geometry, shape, npt_rad, npt_azim, **kwargs)
+
+    # ---- tomography (see kernels._tomo) ----
+
+    def flat_field(
+        self, raw: np.ndarray, dark: np.ndarray, flat: np.ndarray, out: np.ndarray, minus_log: bool = True
+    ) -> np.ndarray:
+        """Float32 ``(raw - dark) / (flat - dark)``, with ``minus_log`` ``-log(max(T, 1e-6))``."""
+        return self.module.flat_field(raw, dark, flat, out, minus_log)
+
+    def backproject(
+        self, filtered: np.ndarray, angles_rad: np.ndarray, axis: float, circle: bool, out: np.ndarray
+    ) -> np.ndarray:
+        """Add the (unscaled) back-projection of filtered projections into float32 ``out``."""
+        return self.module.backproject(filtered, angles_rad, axis, circle, out)
+
+    def fbp(self, sinogram: np.ndarray, theta: Any = None, **kwargs: Any) -> np.ndarray:
+        """Filtered back-projection of a ``(n_angles, n_detector)`` sinogram; see :func:`kernels.fbp`."""
+        return fbp(self, sinogram, theta, **kwargs)
+
+    def streaming_reconstructor(self, n_cols: int, rows: Any, **kwargs: Any) -> StreamingReconstructor:
+        """Reconstruct detector ``rows`` as projections arrive (:class:`kernels.StreamingReconstructor`)."""
+        return StreamingReconstructor(self, n_cols, rows, **kwargs)
+
+    # ---- peak finding, ROI statistics, preview ----
+
+    def peak_finder(self, shape: tuple[int, int], **kwargs: Any) -> PeakFinder:
+        """A peakfinder8-style finder and hit classifier; see :class:`kernels.PeakFinder`."""
+        return PeakFinder(self, shape, **kwargs)
+
+    def roi_stats(self, frame: np.ndarray, rois: RoiSet) -> RoiStats:
+        """Sum, mean, max and count of ``frame`` over each ROI of ``rois``."""
+        return roi_stats(self, frame, rois)
+
+    def preview(self, frame: np.ndarray, factor: int = 4, **kwargs: Any) -> np.ndarray:
+        """8-bit preview: mean-binned by ``factor``, log (default) or linear scale; see ``kernels._roi``."""
+        return preview(self, frame, factor, **kwargs)
+
+    def bin_frame(self, frame: np.ndarray, factor: int) -> np.ndarray:
+        """Float32 mean over ``factor x factor`` blocks."""
+        return self.module.bin_frame(frame, int(factor))
 
 
 def _load(name: str) -> Backend:

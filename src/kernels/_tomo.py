@@ -11,8 +11,8 @@ one difference in layout: our sinograms are ``(n_angles, n_detector)``, one proj
 * Filtering: each projection is zero-padded to ``max(64, 2**ceil(log2(2 * n)))`` and multiplied in
   Fourier space by skimage's filter (the ramp built from the FFT of its real-space kernel, Kak & Slaney
   eq. 61, times the Shepp-Logan sinc, or the Hann window). That is done once per projection set with
-  NumPy's FFT; the filter is real and even, so ``irfft(rfft(p) * H)`` equals skimage's
-  ``real(ifft(fft(p) * H))``.
+  NumPy's FFT as ``irfft(rfft(p) * H_even)``, which equals skimage's ``real(ifft(fft(p) * H))`` (see
+  ``even_part``).
 * Back-projection: output pixel (row ``i``, column ``j``) with ``x = i - R``, ``y = j - R``,
   ``R = size // 2``, reads the filtered projection at ``t = y cos(theta) - x sin(theta)`` from the axis,
   by linear interpolation, zero outside the detector; the sum over angles is scaled by
@@ -54,6 +54,15 @@ def fourier_filter(size: int, filter_name: str | None = "ramp") -> np.ndarray:
     return filt
 
 
+def even_part(filt: np.ndarray) -> np.ndarray:
+    """``(H[k] + H[-k]) / 2``: what a real filter does to a real signal once the imaginary part is dropped.
+
+    skimage keeps ``real(ifft(fft(p) * H))``; for a real ``p`` that equals filtering with the even part of
+    ``H``. Ramp and Shepp-Logan are even already; the shifted Hann window of even length is not.
+    """
+    return 0.5 * (filt + np.roll(filt[::-1], 1))
+
+
 def padded_size(n_detector: int) -> int:
     """Length each projection is zero-padded to before filtering (skimage's rule)."""
     return max(64, int(2 ** np.ceil(np.log2(2 * n_detector))))
@@ -69,7 +78,9 @@ def default_output_size(n_detector: int, circle: bool) -> int:
     return n_detector if circle else int(np.floor(np.sqrt(n_detector**2 / 2.0)))
 
 
-def filter_projections(sinogram: np.ndarray, filter_name: str | None = "ramp", circle: bool = True) -> np.ndarray:
+def filter_projections(
+    sinogram: np.ndarray, filter_name: str | None = "ramp", circle: bool = True
+) -> np.ndarray:
     """Filtered projections, float32 ``(n_angles, width)`` (width padded as for ``circle``).
 
     One batched real FFT over every projection; the zero padding skimage applies for ``circle=True``
@@ -85,7 +96,7 @@ def filter_projections(sinogram: np.ndarray, filter_name: str | None = "ramp", c
     width = sino.shape[1]
     size = padded_size(width)
     spectrum = np.fft.rfft(sino, n=size, axis=1)
-    spectrum *= fourier_filter(size, filter_name)[: size // 2 + 1]
+    spectrum *= even_part(fourier_filter(size, filter_name))[: size // 2 + 1]
     return np.ascontiguousarray(np.fft.irfft(spectrum, n=size, axis=1)[:, :width], dtype=np.float32)
 
 
@@ -125,20 +136,22 @@ def fbp(
 
 
 def assemble_sinograms(projections: np.ndarray, rows: Any) -> np.ndarray:
-    """Sinograms of detector ``rows`` from projections ``(n_angles, n_rows, n_cols)``: ``(len(rows), n_angles, n_cols)``."""
+    """Sinograms ``(len(rows), n_angles, n_cols)`` of detector ``rows`` of ``(n_angles, n_rows, n_cols)``."""
     stack = np.asarray(projections)
     if stack.ndim != 3:
         raise ValueError(f"projections are 3-D (n_angles, n_rows, n_cols), got shape {stack.shape}")
-    return np.ascontiguousarray(stack[:, np.atleast_1d(np.asarray(rows, dtype=np.intp)), :].transpose(1, 0, 2))
+    return np.ascontiguousarray(
+        stack[:, np.atleast_1d(np.asarray(rows, dtype=np.intp)), :].transpose(1, 0, 2)
+    )
 
 
 def estimate_center(projection_0: np.ndarray, projection_180: np.ndarray) -> float:
     """Rotation-axis position (detector pixels) from projections 180 degrees apart.
 
     The 180-degree projection is the 0-degree one mirrored about the axis ``c``: mirrored back, it is
-    the 0-degree one shifted by ``s = 2c - (n - 1)``. ``s`` is the peak of their FFT cross-correlation,
-    refined to a fraction of a pixel by a parabola through the peak and its neighbours. 1-D rows or 2-D
-    projections (rows are averaged) are accepted.
+    the 0-degree one delayed by ``s = (n - 1) - 2c``, so ``c = (n - 1 - s) / 2``. ``s`` is the peak of
+    their FFT cross-correlation, refined to a fraction of a pixel by a parabola through the peak and its
+    neighbours. 1-D rows or 2-D projections (rows are averaged) are accepted.
     """
     p0 = np.asarray(projection_0, dtype=np.float64)
     p1 = np.asarray(projection_180, dtype=np.float64)
@@ -156,11 +169,11 @@ def estimate_center(projection_0: np.ndarray, projection_180: np.ndarray) -> flo
     denom = left - 2 * mid + right
     frac = 0.5 * (left - right) / denom if denom != 0 else 0.0
     shift = (k if k < n else k - size) + frac
-    return (shift + n - 1) / 2.0
+    return (n - 1 - shift) / 2.0
 
 
 def estimate_center_from_sinogram(sinogram: np.ndarray, theta: Any = None) -> float:
-    """``estimate_center`` on the projections nearest 0 and 180 degrees of a sinogram ``(n_angles, n_det)``."""
+    """``estimate_center`` on the projections nearest 0 and 180 degrees of an (n_angles, n_det) sinogram."""
     sino = np.asarray(sinogram)
     n_angles = sino.shape[0]
     angles = np.linspace(0, 180, n_angles, endpoint=False) if theta is None else np.asarray(theta, float)
@@ -214,7 +227,9 @@ class StreamingReconstructor:
         filtered = filter_projections(lines, self.filter_name, self.circle)
         angle = np.array([np.deg2rad(angle_deg)])
         for k in range(self.rows.size):
-            self.backend.module.backproject(filtered[k : k + 1], angle, self.axis, self.circle, self._accumulators[k])
+            self.backend.module.backproject(
+                filtered[k : k + 1], angle, self.axis, self.circle, self._accumulators[k]
+            )
         self.n_seen += 1
 
     def slices(self) -> np.ndarray:

@@ -27,6 +27,7 @@ def test_gpu_backend_under_cuda_simulator() -> None:
             "-m",
             "pytest",
             str(HERE / "test_kernels.py"),
+            str(HERE / "test_reduction_kernels.py"),
             "-q",
             "-k",
             "gpu and not missing_gpu",

@@ -1,0 +1,274 @@
+"""Tomography, peak finding, ROI statistics and preview: one test body per kernel, every backend.
+
+Oracles: ``skimage.transform.iradon`` for filtered back-projection (max |ours - skimage| <= 1e-4 of the
+image's peak), simulated Bragg spots with known positions for peak finding, ``scipy.ndimage.label`` for
+connected components, and the NumPy backend for everything else.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+
+import kernels
+from kernels import get_backend
+
+BACKENDS = ["numpy", "numba", "gpu"]
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request: pytest.FixtureRequest) -> kernels.Backend:
+    if request.param == "gpu" and os.environ.get("EDGE_TEST_GPU") != "1":
+        pytest.skip("the GPU backend runs in test_gpu_simulator.py (CUDA simulator) or with EDGE_TEST_GPU=1")
+    try:
+        return get_backend(request.param)
+    except kernels.BackendUnavailable as error:
+        pytest.skip(str(error))
+
+
+def _small(backend: kernels.Backend) -> bool:
+    return backend.name == "gpu" and os.environ.get("NUMBA_ENABLE_CUDASIM") == "1"
+
+
+# ---- tomography --------------------------------------------------------------------------------------
+
+
+def _phantom_sinogram(
+    n: int, n_angles: int, circle: bool, radius: int | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    pytest.importorskip("skimage")
+    from skimage.data import shepp_logan_phantom
+    from skimage.transform import radon, resize
+
+    image = resize(shepp_logan_phantom(), (n, n), anti_aliasing=True)
+    if circle:
+        yy, xx = np.mgrid[:n, :n] - n // 2
+        image = image * (xx**2 + yy**2 <= (n // 2 - 1 if radius is None else radius) ** 2)
+    theta = np.linspace(0.0, 180.0, n_angles, endpoint=False)
+    return radon(image, theta, circle=circle).T, theta  # ours is (n_angles, n_detector)
+
+
+@pytest.mark.parametrize("circle", [True, False])
+@pytest.mark.parametrize("filter_name", ["ramp", "shepp-logan", "hann"])
+def test_fbp_matches_skimage_iradon(backend: kernels.Backend, filter_name: str, circle: bool) -> None:
+    from skimage.transform import iradon
+
+    n, n_angles = (16, 10) if _small(backend) else (48, 40)
+    sino, theta = _phantom_sinogram(n, n_angles, circle)
+    ref = iradon(sino.T, theta, filter_name=filter_name, interpolation="linear", circle=circle)
+    ours = backend.fbp(sino, theta, filter_name=filter_name, circle=circle)
+    assert ours.shape == ref.shape and ours.dtype == np.float32
+    worst = float(np.max(np.abs(ours - ref)) / np.max(np.abs(ref)))
+    assert worst <= 1e-4, f"max |ours - skimage| / max |skimage| = {worst:.2e}"
+
+
+def test_fbp_output_size_and_center(backend: kernels.Backend) -> None:
+    from skimage.transform import iradon
+
+    n, n_angles = (16, 8) if _small(backend) else (40, 30)
+    sino, theta = _phantom_sinogram(n, n_angles, True)
+    ref = iradon(sino.T, theta, output_size=n - 6, circle=True)
+    ours = backend.fbp(sino, theta, output_size=n - 6)
+    assert float(np.max(np.abs(ours - ref)) / np.max(np.abs(ref))) <= 1e-4
+    # a rotation axis 3 pixels right of the middle: shift the data, say where the axis is
+    sino, theta = _phantom_sinogram(n, n_angles, True, radius=n // 4)
+    shifted = np.zeros_like(sino)
+    shifted[:, 3:] = sino[:, :-3]
+    moved = backend.fbp(shifted, theta, center=n // 2 + 3)
+    plain = backend.fbp(sino, theta)
+    assert float(np.max(np.abs(moved - plain)) / np.max(np.abs(plain))) <= 1e-4
+
+
+def test_flat_field_and_minus_log(backend: kernels.Backend) -> None:
+    rng = np.random.default_rng(2)
+    dark = rng.uniform(90, 110, (6, 7)).astype(np.float32)
+    flat = dark + rng.uniform(900, 1100, (6, 7)).astype(np.float32)
+    transmission = rng.uniform(0.05, 1.0, (3, 6, 7))
+    raw = (dark + transmission * (flat - dark)).astype(np.uint16)
+    raw[0, 0, 0] = 0  # below dark: clamped before the log
+    out = np.empty(raw.shape, np.float32)
+    backend.flat_field(raw, dark, flat, out)
+    expected = -np.log(np.maximum((raw - dark.astype(np.float64)) / (flat - dark), 1e-6))
+    np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-5)
+    linear = backend.flat_field(raw, dark, flat, np.empty_like(out), minus_log=False)
+    np.testing.assert_allclose(linear, (raw - dark.astype(np.float64)) / (flat - dark), rtol=1e-5, atol=1e-6)
+
+
+def test_streaming_reconstruction_equals_batch(backend: kernels.Backend) -> None:
+    n, n_angles = (12, 6) if _small(backend) else (32, 24)
+    sino, theta = _phantom_sinogram(n, n_angles, True)
+    rng = np.random.default_rng(0)
+    # projections (n_angles, rows, cols) whose rows 1 and 3 hold the sinogram, raw with dark and flat
+    dark = np.full((5, n), 100.0, np.float32)
+    flat = np.full((5, n), 4100.0, np.float32)
+    line_integrals = np.repeat(sino[:, None, :] / sino.max(), 5, axis=1)
+    line_integrals[:, 3] *= 0.5
+    projections = dark + np.exp(-line_integrals) * (flat - dark)
+    stream = backend.streaming_reconstructor(n, [1, 3], dark=dark, flat=flat)
+    order = rng.permutation(n_angles)  # projections may arrive in any order
+    for k in order:
+        stream.add(projections[k], theta[k])
+    assert stream.n_seen == n_angles
+    normalised = backend.flat_field(projections, dark, flat, np.empty(projections.shape, np.float32))
+    sinograms = kernels.assemble_sinograms(normalised, [1, 3])
+    assert sinograms.shape == (2, n_angles, n)
+    for k in range(2):
+        batch = backend.fbp(sinograms[k], theta)
+        np.testing.assert_allclose(stream.slices()[k], batch, rtol=0, atol=1e-5 * np.abs(batch).max())
+
+
+def test_center_estimated_from_0_and_180_degrees() -> None:
+    sino, theta = _phantom_sinogram(64, 2, False)  # angles 0 and 90
+    from skimage.data import shepp_logan_phantom
+    from skimage.transform import radon, resize
+
+    image = resize(shepp_logan_phantom(), (64, 64), anti_aliasing=True)
+    pair = radon(image, np.array([0.0, 180.0]), circle=False).T
+    n = pair.shape[1]
+    assert abs(kernels.estimate_center(pair[0], pair[1]) - n // 2) <= 0.3
+    for shift in (-5, 4):
+        moved = np.roll(pair, shift, axis=1)
+        assert abs(kernels.estimate_center(moved[0], moved[1]) - (n // 2 + shift)) <= 0.3
+    assert (
+        abs(kernels.estimate_center_from_sinogram(np.roll(pair, 4, axis=1), [0, 180]) - (n // 2 + 4)) <= 0.3
+    )
+    assert sino.shape[0] == 2 and theta.size == 2
+
+
+def test_fbp_rejects_bad_input() -> None:
+    backend = get_backend("numpy")
+    with pytest.raises(ValueError, match="filter"):
+        backend.fbp(np.zeros((4, 8)), filter_name="cosine-ish")
+    with pytest.raises(ValueError, match="angles"):
+        backend.fbp(np.zeros((4, 8)), theta=[0, 1])
+    with pytest.raises(ValueError, match="2-D"):
+        backend.fbp(np.zeros(8))
+
+
+# ---- peak finding ----------------------------------------------------------------------------------
+
+
+def simulate_spots(
+    shape: tuple[int, int], n_spots: int, seed: int, sigma: float = 10.0, background: float = 100.0
+) -> tuple[np.ndarray, np.ndarray]:
+    """Gaussian noise (``sigma``) on a flat background plus Gaussian spots (width 1 px) whose brightest
+    pixel is 6 to 40 sigma above the background, at least 12 px apart. Returns (frame, true positions)."""
+    rng = np.random.default_rng(seed)
+    frame = rng.normal(background, sigma, shape)
+    spots: list[tuple[float, float]] = []
+    while len(spots) < n_spots:
+        r, c = rng.uniform(4, shape[0] - 4), rng.uniform(4, shape[1] - 4)
+        if all((r - a) ** 2 + (c - b) ** 2 > 144 for a, b in spots):
+            spots.append((r, c))
+    for r, c in spots:
+        r0, c0 = int(r) - 3, int(c) - 3
+        yy, xx = np.mgrid[r0 : r0 + 7, c0 : c0 + 7]
+        blob = np.exp(-((yy - r) ** 2 + (xx - c) ** 2) / 2.0)
+        frame[r0 : r0 + 7, c0 : c0 + 7] += rng.uniform(6, 40) * sigma * blob / blob.max()
+    return frame.astype(np.float32), np.array(spots)
+
+
+def recall_precision(found: kernels.Peaks, truth: np.ndarray, tolerance: float = 1.5) -> tuple[float, float]:
+    if len(found) == 0:
+        return 0.0, 1.0
+    positions = np.stack([found.row, found.col], axis=1)
+    d = np.hypot(*(positions[:, None, :] - truth[None, :, :]).transpose(2, 0, 1))
+    recall = float(np.mean(d.min(axis=0) <= tolerance))
+    precision = float(np.mean(d.min(axis=1) <= tolerance))
+    return recall, precision
+
+
+def test_peak_finder_finds_simulated_spots(backend: kernels.Backend) -> None:
+    shape, n_spots = ((48, 64), 6) if _small(backend) else ((256, 320), 60)
+    recalls, precisions = [], []
+    for seed in range(3):
+        frame, truth = simulate_spots(shape, n_spots, seed)
+        finder = backend.peak_finder(shape, min_snr=4.0, min_pixels=2, max_pixels=60, min_peaks=n_spots // 2)
+        peaks = finder.find(frame)
+        recall, precision = recall_precision(peaks, truth)
+        recalls.append(recall)
+        precisions.append(precision)
+        assert finder.is_hit(frame)
+        assert np.all(peaks.snr > 4.0) and np.all(peaks.n_pixels >= 2)
+    assert np.mean(recalls) >= 0.99 and np.mean(precisions) >= 0.99, (recalls, precisions)
+
+
+def test_peak_finder_equals_reference_and_scipy_labels(backend: kernels.Backend) -> None:
+    ndimage = pytest.importorskip("scipy.ndimage")
+    shape = (40, 52) if _small(backend) else (120, 140)
+    frame, _ = simulate_spots(shape, 8, seed=7)
+    frame[10, 10:14] = 1e4  # a bar: one component of 4 pixels
+    mask = np.zeros(shape, dtype=bool)
+    mask[30:34, :] = True
+    kwargs = {"min_snr": 4.0, "min_pixels": 1, "max_pixels": 100, "mask": mask}
+    ours = backend.peak_finder(shape, **kwargs).find(frame)
+    reference = get_backend("numpy").peak_finder(shape, **kwargs)
+    ref = reference.find(frame)
+    assert len(ours) == len(ref)
+    np.testing.assert_array_equal(ours.n_pixels, ref.n_pixels)
+    np.testing.assert_allclose(ours.row, ref.row, rtol=1e-9)
+    np.testing.assert_allclose(ours.col, ref.col, rtol=1e-9)
+    np.testing.assert_allclose(ours.intensity, ref.intensity, rtol=1e-9)
+    # components of the thresholded image, as scipy labels them with 8-connectivity
+    mean, sigma = reference.background(frame)
+    threshold = np.append(mean + 4.0 * sigma, np.inf)[reference.rings]
+    labels, count = ndimage.label(frame > threshold, structure=np.ones((3, 3)))
+    assert count == len(ref)
+    sizes = np.bincount(labels.ravel())[1:]
+    np.testing.assert_array_equal(np.sort(sizes), np.sort(ref.n_pixels))
+    assert not np.any((ref.row >= 29.5) & (ref.row <= 33.5) & (ref.n_pixels == 1) & (ref.max_value < 1e3))
+
+
+def test_blank_frame_is_not_a_hit(backend: kernels.Backend) -> None:
+    shape = (32, 40) if _small(backend) else (128, 128)
+    frame = np.random.default_rng(3).normal(100.0, 10.0, shape).astype(np.float32)
+    finder = backend.peak_finder(shape, min_snr=5.0, min_pixels=2, min_peaks=3)
+    assert len(finder.find(frame)) <= 1
+    assert not finder.is_hit(frame)
+    assert kernels.classify_hit(finder.find(frame), 0)
+
+
+def test_peak_finder_rejects_bad_settings() -> None:
+    with pytest.raises(ValueError, match="min_pixels"):
+        get_backend("numpy").peak_finder((8, 8), min_pixels=5, max_pixels=2)
+    finder = get_backend("numpy").peak_finder((8, 8))
+    with pytest.raises(ValueError, match="shape"):
+        finder.find(np.zeros((4, 4)))
+
+
+# ---- ROI statistics and preview ------------------------------------------------------------------------
+
+
+def test_roi_stats(backend: kernels.Backend) -> None:
+    rng = np.random.default_rng(4)
+    frame = rng.integers(0, 1000, (30, 40)).astype(np.uint16)
+    circle = np.hypot(*np.ogrid[-15:15, -20:20]) < 6
+    rois = kernels.RoiSet(
+        frame.shape, rectangles=[(2, 10, 3, 20), (25, 50, 35, 60), (5, 5, 1, 9)], masks=[circle]
+    )
+    stats = backend.roi_stats(frame, rois)
+    values = [frame[2:10, 3:20], frame[25:30, 35:40], frame[5:5, 1:9], frame[circle]]
+    np.testing.assert_array_equal(stats.count, [v.size for v in values])
+    np.testing.assert_array_equal(stats.sum, [v.astype(np.float64).sum() for v in values])
+    np.testing.assert_array_equal(stats.max[[0, 1, 3]], [v.max() for i, v in enumerate(values) if i != 2])
+    assert stats.max[2] == -np.inf and np.isnan(stats.mean[2])
+    np.testing.assert_allclose(stats.mean[[0, 1, 3]], [values[i].mean() for i in (0, 1, 3)])
+
+
+@pytest.mark.parametrize("log", [True, False])
+def test_preview_bins_and_scales_to_8_bit(backend: kernels.Backend, log: bool) -> None:
+    rng = np.random.default_rng(5)
+    frame = rng.poisson(30, (35, 42)).astype(np.uint16)
+    frame[3, 5] = 60000
+    binned = backend.bin_frame(frame, 4)
+    expected = frame[:32, :40].reshape(8, 4, 10, 4).astype(np.float64).mean(axis=(1, 3))
+    np.testing.assert_array_equal(binned, expected.astype(np.float32))
+    image = backend.preview(frame, 4, log=log)
+    reference = get_backend("numpy").preview(frame, 4, log=log)
+    assert image.dtype == np.uint8 and image.shape == (8, 10)
+    assert int(np.max(np.abs(image.astype(int) - reference.astype(int)))) <= 1
+    assert image.max() == 255 and image.min() == 0
+    fixed = backend.preview(frame, 2, log=False, lo=0.0, hi=60.0)
+    assert fixed.shape == (17, 21) and fixed[1, 2] == 255
