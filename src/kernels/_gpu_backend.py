@@ -17,6 +17,10 @@ import os
 from typing import Any
 
 import numpy as np
+
+if "row_stack" not in np.__dict__:  # numba-cuda releases predating NumPy 2.4 still register np.row_stack
+    np.row_stack = np.vstack  # type: ignore[attr-defined]
+
 from numba import cuda
 
 from kernels._numpy_backend import FLAT_FIELD_FLOOR, JUNGFRAU_ADC_MASK, JUNGFRAU_GAIN_BITS
