@@ -61,10 +61,12 @@ class ZmqFrameSender:
         self.sock.bind(endpoint)
         self.endpoint = self.sock.getsockopt_string(zmq.LAST_ENDPOINT)
 
-    def _send(self, parts: list[Any], stop: threading.Event, summary: SendSummary) -> bool:
+    def _send(
+        self, parts: list[Any], stop: threading.Event, summary: SendSummary, timeout: float | None = None
+    ) -> bool:
         started = time.perf_counter()
         while not self.sock.poll(100, zmq.POLLOUT):
-            if stop.is_set():
+            if stop.is_set() or (timeout is not None and time.perf_counter() - started > timeout):
                 return False
         summary.seconds_held_back += time.perf_counter() - started
         self.sock.send_multipart(parts, copy=False)
@@ -149,7 +151,9 @@ class ZmqFrameSender:
                 last_progress = time.perf_counter()
                 summary.seconds = last_progress - start
                 progress(summary)
-        self._send(encode_series_end(series), threading.Event(), summary)
+        # the end of the series is sent even after a stop, but a consumer that is gone cannot hold it up
+        if not self._send(encode_series_end(series), threading.Event(), summary, timeout=5.0):
+            summary.stopped_early = True
         summary.seconds = time.perf_counter() - start
         summary.faults = {
             **faults.__dict__,
@@ -162,6 +166,6 @@ class ZmqFrameSender:
         }
         return summary
 
-    def close(self, linger_ms: int = 60_000) -> None:
+    def close(self, linger_ms: int = 10_000) -> None:
         """Close after queued messages are delivered (or ``linger_ms`` passes)."""
         self.sock.close(linger=linger_ms)

@@ -22,13 +22,17 @@ def test_demo_prints_dashboard_url_and_ctrl_c_stops_everything(tmp_path: Path) -
         f"api.port={ports[2]}",
     ):
         argv += ["--set", item]
-    demo = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    log = open(tmp_path / "demo.log", "w")  # noqa: SIM115 - closed in finally
+    demo = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=log, text=True)
     children: list[psutil.Process] = []
     try:
         line = ""
         while "dashboard" not in line:
             line = demo.stdout.readline()
-            assert line, "demo ended without printing the dashboard URL"
+            assert line, (
+                "demo ended without printing the dashboard URL:\n"
+                + (tmp_path / "demo.log").read_text()[-3000:]
+            )
         url = re.search(r"http://127\.0\.0\.1:\d+/", line).group(0)
         assert url == f"http://127.0.0.1:{ports[2]}/"
         page = urllib.request.urlopen(url, timeout=5).read().decode()
@@ -50,3 +54,4 @@ def test_demo_prints_dashboard_url_and_ctrl_c_stops_everything(tmp_path: Path) -
             if child.is_running():
                 child.kill()
         demo.stdout.close()
+        log.close()
