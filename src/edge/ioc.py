@@ -674,7 +674,9 @@ class ApplianceIOC:
         if run_files:
             if self._acquiring:
                 self._set("HDF1:NumCaptured_RBV", sum(int(f["n_frames"]) for f in run_files))
-            self._set("HDF1:FullFileName_RBV", str(run_files[-1]["path"])[: LONG_STRING - 1])
+            data_files = [f for f in run_files if str(f["path"]).endswith(".h5")]  # not the run's documents
+            if data_files:
+                self._set("HDF1:FullFileName_RBV", str(data_files[-1]["path"])[: LONG_STRING - 1])
         ledger = status["ledger"]
         upstream = status["upstream"]
         connected = [c for c in upstream.get("consumers", []) if c.get("connected")]
