@@ -14,6 +14,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -122,6 +123,7 @@ class Pipeline:
         self.calibration = calibration
         self.stats: Counter[str] = Counter()
         self.latest_profile: tuple[np.ndarray, np.ndarray] | None = None
+        self._compressor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="compress")
         self.latest_frame: np.ndarray | None = None
         self.latest_frame_info: dict[str, Any] = {}
         self._reduction: Reduction | None = None
@@ -139,6 +141,7 @@ class Pipeline:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=60)
+        self._compressor.shutdown(wait=True)
 
     def counters(self) -> dict[str, Any]:
         return {
@@ -236,8 +239,9 @@ class Pipeline:
             frame = int(slot.header["frame"])
             self.on_frame_lost(self._store.run_uid, frame, "wrong_shape", f"{raw.shape}")
             return
+        compressed = self._compressor.submit(compress_chunk, raw)  # bitshuffle releases the GIL: overlap
         profile = self._reduction.reduce(raw)
-        chunk = compress_chunk(raw)
+        chunk = compressed.result()
         self._store.write(int(slot.header["frame"]), chunk, profile, int(slot.header["flags"]))
         self.latest_profile = (self._reduction.integrator.radial, profile)
         self.latest_frame = raw[::8, ::8].copy()
