@@ -246,10 +246,10 @@ class Appliance:
 
     def stop(self) -> None:
         """Stop taking frames, persist what is in the ring, close files, stop serving."""
-        self.source.stop()
         self.stopping = True
-        self.pipeline.stop()
-        self.ring.stop()
+        self.ring.stop()  # a reader waiting for a free slot gives up (and records the frame as lost)
+        self.source.stop()
+        self.pipeline.stop()  # persists everything already in the ring, closes the open run
         self.forwarder.stop()
         self.retention.stop()
         self.ledger.close()

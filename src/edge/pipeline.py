@@ -157,8 +157,14 @@ class Pipeline:
             slot = self.ring.next_ready(timeout=0.1)
             if slot is None:
                 if self._store is not None:
-                    self._store.tick()
-                if self._stop.is_set() and self.ring.drained():
+                    try:
+                        self._store.tick()
+                    except Exception:  # a file that cannot be closed must not stop the pipeline
+                        log.exception("closing a rollover file failed")
+                        self.stats["file_close_errors"] += 1
+                # everything published has been persisted; a slot a stopped reader claimed but never
+                # filled holds no frame (the reader recorded it as lost)
+                if self._stop.is_set() and self.ring.caught_up():
                     break
                 continue
             try:
@@ -174,7 +180,11 @@ class Pipeline:
             finally:
                 self.ring.release(slot)
         if self._store is not None:
-            self._close_run("abort")
+            try:
+                self._close_run("abort")
+            except Exception:
+                log.exception("closing the run at shutdown failed")
+                self.stats["file_close_errors"] += 1
 
     def _process(self, slot: Slot) -> None:
         kind = int(slot.header["kind"])

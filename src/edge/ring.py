@@ -197,6 +197,11 @@ class FrameRing:
             self._stopping = True
             self._cond.notify_all()
 
+    def caught_up(self) -> bool:
+        """True when the reader has taken every published slot."""
+        with self._cond:
+            return self._read >= self._published
+
     def drained(self) -> bool:
         with self._cond:
             return self._released == self._claimed

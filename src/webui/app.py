@@ -1,14 +1,26 @@
-"""FastAPI app factory. Domain errors become HTTP errors here and nowhere else."""
+"""FastAPI app factory. Domain errors become HTTP errors here and nowhere else.
+
+Serves the REST views the dashboard polls (status, runs, one run's where-is-my-data report, the
+latest profile and preview), a per-run summary for the dashboard's runs table, Prometheus text, and
+the dashboard itself: plain HTML, CSS and JavaScript from ``webui/static`` (no build step, no CDN).
+"""
 
 from __future__ import annotations
 
+from collections import Counter
 from importlib import resources
 from typing import Any, Protocol
 
-from fastapi import FastAPI, Request
-from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse
+from fastapi import FastAPI, Query, Request
+from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
 
 from edge.errors import ConfigError, NotFound, Refused
+
+#: Files of the dashboard besides the page itself, with their media types.
+STATIC_ASSETS = {
+    "dashboard.js": "text/javascript; charset=utf-8",
+    "dashboard.css": "text/css; charset=utf-8",
+}
 
 
 class ApplianceView(Protocol):
@@ -44,6 +56,43 @@ def _metrics(status: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def run_summary(detail: dict[str, Any]) -> dict[str, Any]:
+    """One row of the dashboard's runs table from a run's detail (``ApplianceView.run``).
+
+    Counts come from the where-is-my-data report when the detail has one, else from the ledger's file
+    rows; nothing is estimated here.
+    """
+    where = detail.get("where") or {}
+    files = where.get("files", detail.get("files", []))
+    losses = where.get("losses", detail.get("losses", []))
+    states = Counter(str(f.get("state")) for f in files)
+    stored = where.get("frames_stored", detail.get("frames_stored"))
+    delivered = where.get(
+        "frames_delivered",
+        sum(f.get("n_frames", 0) for f in files if f.get("state") in ("verified", "purged")),
+    )
+    lost = where.get(
+        "frames_lost",
+        sum(r["last_frame"] - r["first_frame"] + 1 for r in losses if not r.get("partial")),
+    )
+    return {
+        "run_uid": detail["run_uid"],
+        "started_at": detail.get("started_at"),
+        "ended_at": detail.get("ended_at"),
+        "exit_status": detail.get("exit_status"),
+        "frames_expected": detail.get("frames_expected"),
+        "frames_stored": stored,
+        "frames_delivered": delivered,
+        "frames_lost": lost,
+        "loss_records": len(losses),
+        "files": len(files),
+        "files_on_local_disk": sum(1 for f in files if f.get("on_local_disk", f.get("state") != "purged")),
+        "states": dict(sorted(states.items())),
+        "bytes_pending": where.get("bytes_pending"),
+        "eta_seconds": where.get("eta_seconds"),
+    }
+
+
 def create_app(settings: Any, appliance: ApplianceView) -> FastAPI:
     """The web application for one appliance."""
     app = FastAPI(title="edge", version="0.1.0")
@@ -68,6 +117,20 @@ def create_app(settings: Any, appliance: ApplianceView) -> FastAPI:
     def runs() -> list[dict[str, Any]]:
         return appliance.runs()
 
+    @app.get("/api/run-summaries")
+    def run_summaries(limit: int = Query(20, ge=1, le=500)) -> list[dict[str, Any]]:
+        """The newest ``limit`` runs, newest first, each with file counts by state, losses and what is
+        pending upstream (one where-report per run, so the dashboard asks for a few)."""
+        rows = appliance.runs()
+        newest = sorted(rows, key=lambda row: row.get("started_at") or 0.0, reverse=True)[:limit]
+        summaries = []
+        for row in newest:
+            try:
+                summaries.append(run_summary(appliance.run(row["run_uid"])))
+            except NotFound:  # gone between the two reads; the next poll will not list it
+                continue
+        return summaries
+
     @app.get("/api/runs/{run_uid}")
     def run(run_uid: str) -> dict[str, Any]:
         return appliance.run(run_uid)
@@ -90,10 +153,19 @@ def create_app(settings: Any, appliance: ApplianceView) -> FastAPI:
     def metrics() -> str:
         return _metrics(appliance.status())
 
-    page = resources.files("webui").joinpath("static/index.html").read_text()
+    static = resources.files("webui").joinpath("static")
+    page = static.joinpath("index.html").read_text()
+    assets = {name: static.joinpath(name).read_text() for name in STATIC_ASSETS}
+    no_cache = {"Cache-Control": "no-cache"}
 
     @app.get("/", response_class=HTMLResponse)
-    def index() -> str:
-        return page
+    def index() -> HTMLResponse:
+        return HTMLResponse(page, headers=no_cache)
+
+    @app.get("/static/{name}")
+    def asset(name: str) -> Response:
+        if name not in assets:
+            raise NotFound(f"no dashboard file {name!r}")
+        return Response(assets[name], media_type=STATIC_ASSETS[name], headers=no_cache)
 
     return app
