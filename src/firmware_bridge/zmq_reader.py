@@ -90,6 +90,8 @@ class ZmqStreamSource:
             self.stats["reader_crashes"] += 1
         finally:
             sock.close(0)
+            if self._series is not None:  # stopped mid-series: what never came is lost, and says why
+                self._end_series("receiver_stopped", exit_status="abort")
 
     def _receive_message(self, sock: zmq.Socket) -> None:
         part = sock.recv()

@@ -271,3 +271,35 @@ def test_daemon_killed_mid_run_restarts_consistent(tmp_path: Path) -> None:
     # the ledger agrees with the disk: every file it lists as on disk exists with its checksum
     for name, path, size in ledger_rows(stack, "SELECT name, path, size FROM files WHERE state != 'purged'"):
         assert Path(path).stat().st_size == size, name
+
+
+def test_daemon_stopped_mid_run_accounts_for_every_frame(tmp_path: Path) -> None:
+    frames = 200
+    stack = EdgeStack(tmp_path, ["sim.rate_hz=40", "store.frames_per_file=20", "reduction.bins=50"])
+    run_uid = str(uuid.uuid4())
+    try:
+        daemon = stack.start_daemon()
+        stack.start("sim", "--frames", str(frames), "--run-uid", run_uid, "--json", stdout=subprocess.PIPE)
+        wait_for(lambda: stack.status()["ledger"]["files"].get("stored", 0) >= 1, 60, "a file stored")
+        daemon.send_signal(signal.SIGINT)
+        assert daemon.wait(60) == 0
+    finally:
+        stack.stop_all()
+    exit_status = ledger_rows(stack, f"SELECT exit_status FROM runs WHERE run_uid='{run_uid}'")[0][0]
+    assert exit_status == "abort"
+    covered: set[int] = set()
+    for first, last in ledger_rows(
+        stack, f"SELECT first_frame, last_frame FROM losses WHERE run_uid='{run_uid}'"
+    ):
+        covered.update(range(first, last + 1))
+    stored = set()
+    for path in (stack.store / run_uid).glob("*.h5"):
+        import h5py
+        import hdf5plugin  # noqa: F401
+
+        with h5py.File(path) as handle:
+            stored.update(int(n) for n in handle["/entry/data/frame_number"][:])
+    assert stored and not (stored & covered)
+    assert stored | covered == set(range(frames))
+    reasons = {r for (r,) in ledger_rows(stack, f"SELECT reason FROM losses WHERE run_uid='{run_uid}'")}
+    assert "receiver_stopped" in reasons
