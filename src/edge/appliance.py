@@ -39,6 +39,8 @@ from kernels import Geometry, get_backend, read_poni
 log = logging.getLogger(__name__)
 
 CONTROL_BYTES = 64 << 10
+PREVIEW_SECONDS = 0.05  # the receiver keeps a subsampled copy of the newest frame at most this often
+PREVIEW_STEP = 8
 
 
 def curve_paths(first: Path | None, second: Path | None) -> tuple[Path, Path] | None:
@@ -97,6 +99,8 @@ class RingSink:
         self.appliance = appliance
         self.run_uid: str | None = None
         self.refused = False
+        self.preview: tuple[np.ndarray, dict[str, Any]] | None = None
+        self._preview_at = 0.0
         self.losses = 0
 
     def claim(self, nbytes: int) -> Slot | None:
@@ -104,6 +108,19 @@ class RingSink:
 
     def publish(self, slot: Slot, header: FrameHeader) -> None:
         self.appliance.ring.publish(slot, header)
+        now = time.monotonic()
+        if now - self._preview_at >= PREVIEW_SECONDS:  # the live view skips the queue, as areaDetector's does
+            self._preview_at = now
+            self.preview = (
+                slot.array()[::PREVIEW_STEP, ::PREVIEW_STEP].copy(),
+                {
+                    "frame": header.frame,
+                    "run_uid": self.run_uid,
+                    "flags": header.flags,
+                    "detector_timestamp_ns": header.timestamp_ns,
+                    "received_at": time.time(),
+                },
+            )
 
     def abandon(self, slot: Slot) -> None:
         self.appliance.ring.abandon(slot)
@@ -339,11 +356,11 @@ class Appliance:
         }
 
     def latest_preview(self) -> dict[str, Any] | None:
-        """The newest frame, subsampled 8x and log-scaled to 8 bits, with its frame number."""
-        frame = self.pipeline.latest_frame
-        if frame is None:
+        """The newest frame received (not waiting for the pipeline), subsampled and log-scaled to 8 bits."""
+        latest = self.sink.preview
+        if latest is None:
             return None
-        info = dict(self.pipeline.latest_frame_info)
+        frame, info = latest
         logged = np.log1p(frame.astype(np.float32))
         top = float(np.percentile(logged, 99.5)) or 1.0
         image = np.clip(logged * (255.0 / top), 0, 255).astype(np.uint8)

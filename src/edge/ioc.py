@@ -703,7 +703,7 @@ class ApplianceIOC:
             self._set("Profile1:Radial_RBV", np.asarray(radial, dtype=np.float64))
             self._set("Profile1:Intensity_RBV", np.asarray(profile, dtype=np.float64))
             self._set("Profile1:UniqueId_RBV", int(pipeline.stats.get("frames_processed", 0)))
-        frame = pipeline.latest_frame
-        if frame is not None:
-            preview = np.clip(frame, 0, 32767).astype(np.int16).ravel()
+        latest_preview = self.appliance.sink.preview
+        if latest_preview is not None:
+            preview = np.clip(latest_preview[0], 0, 32767).astype(np.int16).ravel()
             self._set("Image1:ArrayData", preview)

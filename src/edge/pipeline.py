@@ -124,8 +124,6 @@ class Pipeline:
         self.stats: Counter[str] = Counter()
         self.latest_profile: tuple[np.ndarray, np.ndarray] | None = None
         self._compressor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="compress")
-        self.latest_frame: np.ndarray | None = None
-        self.latest_frame_info: dict[str, Any] = {}
         self._reduction: Reduction | None = None
         self._store: RunStore | None = None
         self._stop = threading.Event()
@@ -254,13 +252,6 @@ class Pipeline:
         chunk = compressed.result()
         self._store.write(int(slot.header["frame"]), chunk, profile, int(slot.header["flags"]))
         self.latest_profile = (self._reduction.integrator.radial, profile)
-        self.latest_frame = raw[::8, ::8].copy()
-        self.latest_frame_info = {
-            "frame": int(slot.header["frame"]),
-            "run_uid": self._store.run_uid,
-            "flags": int(slot.header["flags"]),
-            "processed_at": time.time(),
-        }
         self.stats["frames_processed"] += 1
         self.stats["bytes_raw"] += raw.nbytes
         self.stats["bytes_compressed"] += len(chunk)
