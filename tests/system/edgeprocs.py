@@ -116,3 +116,5 @@ class EdgeStack:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+            if proc.stdout is not None:  # a pipe nobody read must still be closed
+                proc.stdout.close()

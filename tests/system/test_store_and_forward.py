@@ -45,6 +45,7 @@ def test_corrupted_chunks_are_detected_resent_and_end_byte_identical(tmp_path: P
             "upstream.corrupt=0.3",
             "store.chunk_bytes=65536",
             "store.frames_per_file=20",
+            "store.file_seconds=600",
             "sim.rate_hz=80",
             "reduction.bins=100",
         ],
@@ -75,6 +76,7 @@ def test_consumer_down_for_part_of_a_run_loses_nothing_and_nothing_is_purged_unv
         [
             "sim.rate_hz=40",
             "store.frames_per_file=20",
+            "store.file_seconds=600",
             "reduction.bins=100",
             "retention.max_age_seconds=0.3",
             "retention.interval_seconds=0.2",
@@ -131,6 +133,7 @@ def test_two_consumers_keep_their_own_cursors_and_purge_waits_for_both(tmp_path:
             'upstream.required_consumers=["hpc", "archive"]',
             "sim.rate_hz=60",
             "store.frames_per_file=20",
+            "store.file_seconds=600",
             "reduction.bins=100",
             "retention.max_age_seconds=0.1",
             "retention.interval_seconds=0.2",
@@ -173,6 +176,7 @@ def test_full_quota_refuses_a_run_deletes_nothing_unverified_and_recovers(tmp_pa
             "detector.width=512",
             "sim.rate_hz=100",
             "store.frames_per_file=10",
+            "store.file_seconds=600",
             "reduction.bins=100",
             "retention.quota_bytes=8000000",
             "retention.headroom_bytes=0",
@@ -223,7 +227,16 @@ def test_daemon_killed_mid_run_restarts_consistent(tmp_path: Path) -> None:
     import hdf5plugin  # noqa: F401
 
     frames = 200
-    stack = EdgeStack(tmp_path, ["sim.rate_hz=50", "store.frames_per_file=20", "reduction.bins=100"])
+    stack = EdgeStack(
+        tmp_path,
+        [
+            "sim.rate_hz=50",
+            "store.frames_per_file=20",
+            "store.file_seconds=600",
+            "store.file_seconds=600",
+            "reduction.bins=100",
+        ],
+    )
     run_uid = str(uuid.uuid4())
     try:
         daemon = stack.start_daemon()
@@ -275,7 +288,16 @@ def test_daemon_killed_mid_run_restarts_consistent(tmp_path: Path) -> None:
 
 def test_daemon_stopped_mid_run_accounts_for_every_frame(tmp_path: Path) -> None:
     frames = 200
-    stack = EdgeStack(tmp_path, ["sim.rate_hz=40", "store.frames_per_file=20", "reduction.bins=50"])
+    stack = EdgeStack(
+        tmp_path,
+        [
+            "sim.rate_hz=40",
+            "store.frames_per_file=20",
+            "store.file_seconds=600",
+            "store.file_seconds=600",
+            "reduction.bins=50",
+        ],
+    )
     run_uid = str(uuid.uuid4())
     try:
         daemon = stack.start_daemon()

@@ -32,6 +32,7 @@ def test_curve_admits_known_consumers_only(tmp_path: Path) -> None:
             f'upstream.curve_clients_dir="{keys / "clients"}"',
             "sim.rate_hz=100",
             "store.frames_per_file=10",
+            "store.file_seconds=600",
             "reduction.bins=50",
         ],
     )
