@@ -16,6 +16,8 @@ import numpy as np
 
 from kernels._numpy_backend import FLAT_FIELD_FLOOR, JUNGFRAU_ADC_MASK, JUNGFRAU_GAIN_BITS
 
+U64 = np.uint64  # unsigned loop indices: no negative-index wraparound check per access
+
 
 @numba.njit(parallel=True, nogil=True, cache=True)
 def _correct(raw, dark, gain, out):  # pragma: no cover - compiled
@@ -28,46 +30,71 @@ def _correct(raw, dark, gain, out):  # pragma: no cover - compiled
 
 
 @numba.njit(parallel=True, nogil=True, cache=True)
-def _bin_sums(values, bins, nbins, nchunks, with_variance):  # pragma: no cover - compiled
+def _bin_sums(values, bins, nbins, partial, with_variance):  # pragma: no cover - compiled
+    # ``partial`` (nchunks, copies * (nbins + 1)) zeros, int64 for integer frames (exact, and an integer
+    # add is cheaper than a float one), float64 otherwise. Indices are unsigned: numba's wraparound
+    # handling of signed indices (i < 0 -> i + n) costs a compare and select on every access.
     n = values.size
-    width = nbins + 1
-    copies = 4 if with_variance else 2
-    partial = np.zeros((nchunks, copies * width), dtype=np.float64)
+    nchunks = partial.shape[0]
+    width = U64(nbins + 1)
+    one = U64(1)
+    two = U64(2)
     step = ((n + nchunks - 1) // nchunks + 1) // 2 * 2
     for c in numba.prange(nchunks):
         row = partial[c]
-        start = c * step
-        stop = min(n, start + step)
+        start = U64(min(n, c * step))
+        stop = U64(min(n, c * step + step))
         i = start
         if with_variance:
-            while i + 2 <= stop:
-                a = np.float64(values[i])
-                b = np.float64(values[i + 1])
-                row[bins[i]] += a
-                row[width + bins[i + 1]] += b
-                row[2 * width + bins[i]] += max(1.0, a)
-                row[3 * width + bins[i + 1]] += max(1.0, b)
-                i += 2
+            while i + two <= stop:
+                a = values[i]
+                b = values[i + one]
+                ka = U64(bins[i])
+                kb = width + U64(bins[i + one])
+                row[ka] += a
+                row[kb] += b
+                row[two * width + ka] += max(a, 1)
+                row[two * width + kb] += max(b, 1)
+                i += two
             if i < stop:
-                a = np.float64(values[i])
-                row[bins[i]] += a
-                row[2 * width + bins[i]] += max(1.0, a)
+                a = values[i]
+                ka = U64(bins[i])
+                row[ka] += a
+                row[two * width + ka] += max(a, 1)
         else:
-            while i + 2 <= stop:
-                row[bins[i]] += np.float64(values[i])
-                row[width + bins[i + 1]] += np.float64(values[i + 1])
-                i += 2
+            while i + two <= stop:
+                row[U64(bins[i])] += values[i]
+                row[width + U64(bins[i + one])] += values[i + one]
+                i += two
             if i < stop:
-                row[bins[i]] += np.float64(values[i])
+                row[U64(bins[i])] += values[i]
     sums = np.zeros(nbins, dtype=np.float64)
     variance = np.zeros(nbins if with_variance else 0, dtype=np.float64)
+    stride = nbins + 1
     for c in range(nchunks):
         for b in range(nbins):
-            sums[b] += partial[c, b] + partial[c, width + b]
+            sums[b] += np.float64(partial[c, b] + partial[c, stride + b])
         if with_variance:
             for b in range(nbins):
-                variance[b] += partial[c, 2 * width + b] + partial[c, 3 * width + b]
+                variance[b] += np.float64(partial[c, 2 * stride + b] + partial[c, 3 * stride + b])
     return sums, variance
+
+
+def _accumulator_dtype(values: np.ndarray) -> np.dtype[Any]:
+    # Integer frames of up to 32 bits sum exactly in int64 (2**31 * 2**32 pixels before overflow).
+    if values.dtype.kind in "ui" and values.dtype.itemsize <= 4:
+        return np.dtype(np.int64)
+    return np.dtype(np.float64)
+
+
+def _summed(
+    values: np.ndarray, bins: np.ndarray, nbins: int, with_variance: bool
+) -> tuple[np.ndarray, np.ndarray]:
+    if values.dtype == np.bool_:
+        values = values.view(np.uint8)
+    copies = 4 if with_variance else 2
+    partial = np.zeros((_chunks(), copies * (nbins + 1)), dtype=_accumulator_dtype(values))
+    return _bin_sums(values, bins, nbins, partial, with_variance)
 
 
 @numba.njit(parallel=True, nogil=True, cache=True)
@@ -99,8 +126,10 @@ def correct(raw: np.ndarray, dark: np.ndarray, gain: np.ndarray, out: np.ndarray
 
 def histogram(values: np.ndarray, bins: np.ndarray, npt: int) -> np.ndarray:
     flat_values = np.ascontiguousarray(values).ravel()
-    flat_bins = np.minimum(np.ascontiguousarray(bins).ravel(), npt)
-    return _bin_sums(flat_values, flat_bins, npt, _chunks(), False)[0]
+    flat_bins = np.ascontiguousarray(bins).ravel()
+    # out-of-range bins (above npt, or negative) land in the dropped sentinel slot
+    flat_bins = np.where((flat_bins < 0) | (flat_bins > npt), npt, flat_bins)
+    return _summed(flat_values, flat_bins, npt, False)[0]
 
 
 def jungfrau_convert(raw: np.ndarray, pedestal: np.ndarray, gain: np.ndarray, out: np.ndarray) -> np.ndarray:
@@ -122,7 +151,7 @@ class BinSummer:
 
     def __call__(self, frame: Any, with_variance: bool) -> tuple[np.ndarray, np.ndarray | None]:
         values = np.ascontiguousarray(frame).ravel()
-        sums, variance = _bin_sums(values, self.bins, self.nbins, _chunks(), with_variance)
+        sums, variance = _summed(values, self.bins, self.nbins, with_variance)
         return sums, (variance if with_variance else None)
 
 
@@ -185,8 +214,16 @@ def _backproject(filtered, cos_a, sin_a, axis, circle, out):  # pragma: no cover
     radius = size // 2
     lo, hi = _circle_spans(size, circle)
     top = np.float32(width - 1)
-    last = np.uint32(width - 2)  # the left sample of the last interval
-    one = np.uint32(1)
+    # (p[k], p[k+1] - p[k]) side by side: one cache line serves both samples of an interpolation, the
+    # difference is computed once per sample instead of once per pixel, and the trailing pair
+    # (p[width-1], 0) lets x == width - 1 read k = width - 1 with no clamp in the inner loop
+    pairs = np.zeros((n_angles, 2 * width + 2), np.float32)
+    for a in numba.prange(n_angles):
+        for k in range(width - 1):
+            pairs[a, 2 * k] = filtered[a, k]
+            pairs[a, 2 * k + 1] = filtered[a, k + 1] - filtered[a, k]
+        pairs[a, 2 * width - 2] = filtered[a, width - 1]
+    one = U64(1)
     n_blocks = (size + BACKPROJECT_ROWS - 1) // BACKPROJECT_ROWS
     grouped = n_angles - n_angles % 4
     for block in numba.prange(n_blocks):
@@ -197,7 +234,7 @@ def _backproject(filtered, cos_a, sin_a, axis, circle, out):  # pragma: no cover
         steps = np.empty(4, np.float32)
         # four angles per sweep: one read-modify-write of the accumulator per four interpolations
         for a in range(0, grouped, 4):
-            p0, p1, p2, p3 = filtered[a], filtered[a + 1], filtered[a + 2], filtered[a + 3]
+            p0, p1, p2, p3 = pairs[a], pairs[a + 1], pairs[a + 2], pairs[a + 3]
             for r in range(r0, r1):
                 j0, j1 = lo[r], hi[r]
                 for q in range(4):
@@ -207,42 +244,47 @@ def _backproject(filtered, cos_a, sin_a, axis, circle, out):  # pragma: no cover
                 b0, b1, b2, b3 = bases[0], bases[1], bases[2], bases[3]
                 c0, c1, c2, c3 = steps[0], steps[1], steps[2], steps[3]
                 row = acc[r - r0]
-                # columns where some angle falls off the detector take the single-angle path below
+                # columns where some angle falls off the detector take the single-angle path below;
+                # inside, 0 <= x <= width - 1, so int32 truncation is the floor; unsigned indices
                 for j in range(j0, j1):
                     fj = np.float32(j)
                     x0 = b0 + c0 * fj
                     x1 = b1 + c1 * fj
                     x2 = b2 + c2 * fj
                     x3 = b3 + c3 * fj
-                    k0 = min(np.uint32(x0), last)
-                    k1 = min(np.uint32(x1), last)
-                    k2 = min(np.uint32(x2), last)
-                    k3 = min(np.uint32(x3), last)
-                    v0 = p0[k0] + (x0 - np.float32(k0)) * (p0[k0 + one] - p0[k0])
-                    v1 = p1[k1] + (x1 - np.float32(k1)) * (p1[k1 + one] - p1[k1])
-                    v2 = p2[k2] + (x2 - np.float32(k2)) * (p2[k2 + one] - p2[k2])
-                    v3 = p3[k3] + (x3 - np.float32(k3)) * (p3[k3 + one] - p3[k3])
-                    row[j] += (v0 + v1) + (v2 + v3)
+                    k0 = np.int32(x0)
+                    k1 = np.int32(x1)
+                    k2 = np.int32(x2)
+                    k3 = np.int32(x3)
+                    i0 = U64(k0 + k0)
+                    i1 = U64(k1 + k1)
+                    i2 = U64(k2 + k2)
+                    i3 = U64(k3 + k3)
+                    v0 = p0[i0] + (x0 - np.float32(k0)) * p0[i0 + one]
+                    v1 = p1[i1] + (x1 - np.float32(k1)) * p1[i1 + one]
+                    v2 = p2[i2] + (x2 - np.float32(k2)) * p2[i2 + one]
+                    v3 = p3[i3] + (x3 - np.float32(k3)) * p3[i3 + one]
+                    row[U64(j)] += (v0 + v1) + (v2 + v3)
                 for q in range(4):
-                    _one_angle(filtered[a + q], bases[q], steps[q], top, last, row, lo[r], j0)
-                    _one_angle(filtered[a + q], bases[q], steps[q], top, last, row, j1, hi[r])
+                    _one_angle(pairs[a + q], bases[q], steps[q], top, row, lo[r], j0)
+                    _one_angle(pairs[a + q], bases[q], steps[q], top, row, j1, hi[r])
         for a in range(grouped, n_angles):
             for r in range(r0, r1):
                 base = np.float32(axis - radius * cos_a[a] - (r - radius) * sin_a[a])
-                _one_angle(filtered[a], base, np.float32(cos_a[a]), top, last, acc[r - r0], lo[r], hi[r])
+                _one_angle(pairs[a], base, np.float32(cos_a[a]), top, acc[r - r0], lo[r], hi[r])
         for r in range(r0, r1):
             for j in range(size):
                 out[r, j] += acc[r - r0, j]
 
 
 @numba.njit(inline="always", nogil=True)
-def _one_angle(proj, base, step, top, last, row, jlo, jhi):  # pragma: no cover - compiled
+def _one_angle(pairs, base, step, top, row, jlo, jhi):  # pragma: no cover - compiled
     j0, j1 = _detector_span(base, step, top, jlo, jhi)
-    one = np.uint32(1)
     for j in range(j0, j1):
         x = base + step * np.float32(j)
-        k = min(np.uint32(x), last)
-        row[j] += proj[k] + (x - np.float32(k)) * (proj[k + one] - proj[k])
+        k = np.int32(x)
+        i = U64(k + k)
+        row[U64(j)] += pairs[i] + (x - np.float32(k)) * pairs[i + U64(1)]
 
 
 def backproject(
@@ -293,50 +335,120 @@ def flat_field(raw: Any, dark: Any, flat: Any, out: np.ndarray, minus_log: bool 
 # ---- peak finding -------------------------------------------------------------------------------------
 
 
+@numba.njit(inline="always", nogil=True)
+def _ring_add(acc, k, v, bound):  # pragma: no cover - compiled
+    keep = v < bound  # no branch: a pixel at or above the bound (or NaN) adds zeros
+    v = v if keep else 0.0
+    acc[k] += 1.0 if keep else 0.0
+    acc[k + U64(1)] += v
+    acc[k + U64(2)] += v * v
+
+
+@numba.njit(inline="always", nogil=True)
+def _ring_list(found, k, capacity, v, guess, i):  # pragma: no cover - compiled
+    if v >= guess:
+        if k < capacity:
+            found[k] = np.int64(i)
+        k += 1
+    return k
+
+
 @numba.njit(parallel=True, nogil=True, cache=True)
-def _ring_sums(values, rings, upper, nchunks):  # pragma: no cover - compiled
+def _ring_sums(values, rings, upper, nchunks, guess, capacity):  # pragma: no cover - compiled
+    # Per ring (count, sum, sum of squares) side by side. Each task walks four far-apart streams of its
+    # pixels in step, so consecutive updates hit different rings and do not wait on each other's
+    # read-modify-write; unsigned indices (no wraparound check).
     n = values.size
     width = upper.size
-    counts = np.zeros((nchunks, width), np.int64)
-    sums = np.zeros((nchunks, 2 * width), np.float64)
+    three = U64(3)
+    partial = np.zeros((nchunks, 3 * width), np.float64)
+    # with a ``guess`` bound per ring (size > 0), also list the pixels with value >= guess[ring], per
+    # stream in order; lists longer than ``capacity`` are dropped (the caller scans instead)
+    listing = guess.size > 0
+    found = np.empty((nchunks, 4, capacity if listing else 0), np.int64)
+    counts = np.zeros((nchunks, 4), np.int64)
     step = (n + nchunks - 1) // nchunks
     for c in numba.prange(nchunks):
-        count = counts[c]
-        acc = sums[c]
-        for i in range(c * step, min(n, (c + 1) * step)):
-            ring = rings[i]
-            v = np.float64(values[i])
-            if v < upper[ring]:
-                count[ring] += 1
-                acc[2 * ring] += v
-                acc[2 * ring + 1] += v * v
+        acc = partial[c]
+        start = min(n, c * step)
+        stop = min(n, c * step + step)
+        m = (stop - start) // 4
+        k0 = k1 = k2 = k3 = 0
+        f0, f1, f2, f3 = found[c, 0], found[c, 1], found[c, 2], found[c, 3]
+        s0, s1, s2, s3 = U64(start), U64(start + m), U64(start + 2 * m), U64(start + 3 * m)
+        for i in range(U64(m)):
+            r0, r1 = U64(rings[s0 + i]), U64(rings[s1 + i])
+            r2, r3 = U64(rings[s2 + i]), U64(rings[s3 + i])
+            _ring_add(acc, three * r0, np.float64(values[s0 + i]), upper[r0])
+            _ring_add(acc, three * r1, np.float64(values[s1 + i]), upper[r1])
+            _ring_add(acc, three * r2, np.float64(values[s2 + i]), upper[r2])
+            _ring_add(acc, three * r3, np.float64(values[s3 + i]), upper[r3])
+            if listing:
+                k0 = _ring_list(f0, k0, capacity, values[s0 + i], guess[r0], s0 + i)
+                k1 = _ring_list(f1, k1, capacity, values[s1 + i], guess[r1], s1 + i)
+                k2 = _ring_list(f2, k2, capacity, values[s2 + i], guess[r2], s2 + i)
+                k3 = _ring_list(f3, k3, capacity, values[s3 + i], guess[r3], s3 + i)
+        for i in range(U64(start + 4 * m), U64(stop)):
+            r0 = U64(rings[i])
+            _ring_add(acc, three * r0, np.float64(values[i]), upper[r0])
+            if listing:
+                k3 = _ring_list(f3, k3, capacity, values[i], guess[r0], i)
+        counts[c, 0], counts[c, 1], counts[c, 2], counts[c, 3] = k0, k1, k2, k3
     total = np.zeros(width, np.int64)
     s1 = np.zeros(width)
     s2 = np.zeros(width)
     for c in range(nchunks):
         for b in range(width):
-            total[b] += counts[c, b]
-            s1[b] += sums[c, 2 * b]
-            s2[b] += sums[c, 2 * b + 1]
-    return total, s1, s2
+            total[b] += np.int64(partial[c, 3 * b])
+            s1[b] += partial[c, 3 * b + 1]
+            s2[b] += partial[c, 3 * b + 2]
+    if not listing or counts.max() > capacity:
+        return total, s1, s2, np.empty(0, np.int64), False
+    listed = np.empty(counts.sum(), np.int64)
+    k = 0
+    for c in range(nchunks):  # streams in pixel order: the list comes out sorted
+        for q in range(4):
+            listed[k : k + counts[c, q]] = found[c, q, : counts[c, q]]
+            k += counts[c, q]
+    return total, s1, s2, listed, True
+
+
+_NO_GUESS = np.empty(0, np.float64)
 
 
 def ring_sums(frame: Any, rings: np.ndarray, upper: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    return _ring_sums(np.ascontiguousarray(frame).ravel(), rings.ravel(), upper, 4 * _chunks())
+    count, s1, s2, _listed, _ok = _ring_sums(
+        np.ascontiguousarray(frame).ravel(), rings.ravel(), upper, _chunks(), _NO_GUESS, 0
+    )
+    return count, s1, s2
+
+
+def ring_sums_listing(
+    frame: Any, rings: np.ndarray, upper: np.ndarray, guess: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
+    """``ring_sums`` plus, in the same pass, the sorted indices of the pixels with value >= guess[ring]
+    (None when there are too many to be worth listing)."""
+    values = np.ascontiguousarray(frame).ravel()
+    capacity = max(4096, values.size // 64)
+    count, s1, s2, listed, ok = _ring_sums(values, rings.ravel(), upper, _chunks(), guess, capacity)
+    return count, s1, s2, (listed if ok else None)
 
 
 @numba.njit(parallel=True, nogil=True, cache=True)
-def _find_candidates(values, rings, threshold, nchunks, capacity):  # pragma: no cover - compiled
+def _find_candidates(values, rings, threshold, nchunks, capacity, inclusive):  # pragma: no cover - compiled
     n = values.size
     step = (n + nchunks - 1) // nchunks
     found = np.empty((nchunks, capacity), np.int64)
     counts = np.zeros(nchunks, np.int64)
     for c in numba.prange(nchunks):
         k = 0
-        for i in range(c * step, min(n, (c + 1) * step)):
-            if values[i] > threshold[rings[i]]:
+        row = found[c]
+        for i in range(U64(min(n, c * step)), U64(min(n, c * step + step))):
+            v = values[i]
+            bound = threshold[U64(rings[i])]
+            if v > bound or (inclusive and v == bound):
                 if k < capacity:
-                    found[c, k] = i
+                    row[U64(k)] = np.int64(i)
                 k += 1
         counts[c] = k
     total = 0
@@ -352,16 +464,25 @@ def _find_candidates(values, rings, threshold, nchunks, capacity):  # pragma: no
     return out, total
 
 
-def find_candidates(frame: Any, rings: np.ndarray, threshold: np.ndarray) -> np.ndarray:
+def _scan(frame: Any, rings: np.ndarray, bound: np.ndarray, inclusive: bool) -> np.ndarray:
     values = np.ascontiguousarray(frame).ravel()
     flat_rings = rings.ravel()
     nchunks = 4 * _chunks()
     capacity = 4096
     while True:
-        out, total = _find_candidates(values, flat_rings, threshold, nchunks, capacity)
+        out, total = _find_candidates(values, flat_rings, bound, nchunks, capacity, inclusive)
         if out.size == total:
             return out
         capacity = int(total)  # a frame full of candidates: retry with room for all of them
+
+
+def find_candidates(frame: Any, rings: np.ndarray, threshold: np.ndarray) -> np.ndarray:
+    return _scan(frame, rings, threshold, False)
+
+
+def pixels_at_or_above(frame: Any, rings: np.ndarray, bound: np.ndarray) -> np.ndarray:
+    """Row-major linear indices (int64, sorted) of pixels with ``value >= bound[ring]``."""
+    return _scan(frame, rings, bound, True)
 
 
 @numba.njit(nogil=True, cache=True)

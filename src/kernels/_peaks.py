@@ -82,31 +82,124 @@ class PeakFinder:
         self.min_pixels, self.max_pixels = int(min_pixels), int(max_pixels)
         self.iterations = int(iterations)
         self.min_peaks = int(min_peaks)
+        self._guess: np.ndarray | None = None  # per-ring listing bound learnt from the last frame
+        self._ring_start: np.ndarray | None = None  # pixels sorted by ring (built on first use)
+        self._ring_pixels = np.empty(0, np.int64)
 
     def background(self, frame: Any) -> tuple[np.ndarray, np.ndarray]:
         """Sigma-clipped mean and sigma per ring (float64, ``n_rings`` each; empty rings give 0)."""
-        upper = np.full(self.n_rings + 1, np.inf)
-        upper[-1] = -np.inf  # the masked sentinel never counts
-        mean = sigma = np.zeros(self.n_rings)
-        for _ in range(self.iterations):
-            count, total, total2 = self.backend.module.ring_sums(frame, self.rings, upper)
-            count, total, total2 = count[: self.n_rings], total[: self.n_rings], total2[: self.n_rings]
-            safe = np.maximum(count, 1)
-            mean = total / safe
-            sigma = np.sqrt(np.maximum(total2 / safe - mean * mean, 0.0))
-            upper[: self.n_rings] = np.where(count > 0, mean + self.clip_snr * sigma, np.inf)
+        mean, sigma, _listed, _bound = self._background(frame)
         return mean, sigma
+
+    def _stats(
+        self, count: np.ndarray, total: np.ndarray, total2: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        count, total, total2 = count[: self.n_rings], total[: self.n_rings], total2[: self.n_rings]
+        safe = np.maximum(count, 1)
+        mean = total / safe
+        sigma = np.sqrt(np.maximum(total2 / safe - mean * mean, 0.0))
+        upper = np.empty(self.n_rings + 1)
+        upper[: self.n_rings] = np.where(count > 0, mean + self.clip_snr * sigma, np.inf)
+        upper[-1] = -np.inf  # the masked sentinel never counts
+        return mean, sigma, upper
+
+    def _background(self, frame: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray | None]:
+        """(mean, sigma, listed, bound): ``listed`` (or None) holds every pixel with value >= ``bound``.
+
+        With a backend that can list the pixels at or above a per-ring bound (``pixels_at_or_above``),
+        only the first pass sums the whole frame: a clipped pass is the first one minus the few pixels
+        it drops (all finite pixels at or above its bound), and those are listed by a compare-only scan,
+        or picked from the last list when its bound is no higher. The list is kept for ``find``.
+        """
+        module = self.backend.module
+        upper = np.full(self.n_rings + 1, np.inf)
+        upper[-1] = -np.inf
+        scan = getattr(module, "pixels_at_or_above", None)
+        fused = getattr(module, "ring_sums_listing", None)
+        listed: np.ndarray | None = None
+        listed_bound: np.ndarray | None = None
+        guess = self._guess
+        if scan is not None and fused is not None and guess is not None:
+            count, total, total2, listed = fused(frame, self.rings, upper, guess)
+            listed_bound = None if listed is None else guess
+        else:
+            count, total, total2 = module.ring_sums(frame, self.rings, upper)
+        mean, sigma, upper = self._stats(count, total, total2)
+        if scan is None:
+            for _ in range(1, self.iterations):
+                mean, sigma, upper = self._stats(*module.ring_sums(frame, self.rings, upper))
+            return mean, sigma, None, None
+        values = np.asarray(frame).ravel()
+        flat_rings = self.rings.ravel()
+        width = self.n_rings + 1
+        lowest = np.full(self.n_rings, np.inf)  # the lowest bound any pass of this frame used
+        for _ in range(1, self.iterations):
+            bound = upper.copy()
+            bound[-1] = np.inf  # masked pixels were never summed
+            lowest = np.minimum(lowest, bound[: self.n_rings])
+            if listed is not None and listed_bound is not None:
+                listed, listed_bound = self._extend(values, listed, listed_bound, bound)
+            if listed is not None and listed_bound is not None:
+                dropped = listed[values[listed] >= bound[flat_rings[listed]]]
+            else:
+                listed = dropped = scan(frame, self.rings, bound)
+                listed_bound = bound
+            v = values[dropped].astype(np.float64)
+            finite = v < np.inf  # the first pass summed every value below +inf
+            v, ring = v[finite], flat_rings[dropped][finite].astype(np.intp)
+            mean, sigma, upper = self._stats(
+                count - np.bincount(ring, minlength=width),
+                total - np.bincount(ring, v, width),
+                total2 - np.bincount(ring, v * v, width),
+            )
+        # next frame: list in the summing pass what this frame's clipping and thresholds would pick,
+        # with half a sigma to spare (a guess only: a bound below it makes the next frame scan again)
+        lowest = np.minimum(lowest, np.maximum(self.adc_threshold, mean + self.min_snr * sigma))
+        guess = np.full(self.n_rings + 1, np.inf)
+        guess[: self.n_rings] = np.where(np.isfinite(lowest), lowest - 0.5 * sigma, np.inf)
+        self._guess = guess
+        return mean, sigma, listed, listed_bound
+
+    def _extend(
+        self, values: np.ndarray, listed: np.ndarray, listed_bound: np.ndarray, bound: np.ndarray
+    ) -> tuple[np.ndarray | None, np.ndarray | None]:
+        """The list of pixels >= ``listed_bound`` extended to ``min(listed_bound, bound)`` per ring, by
+        looking at the pixels of the rings whose bound is lower only; (None, None) when that is most of
+        the frame (a full scan is cheaper then)."""
+        low = np.flatnonzero(bound < listed_bound)
+        if low.size == 0:
+            return listed, listed_bound
+        if self._ring_start is None:
+            order = np.argsort(self.rings.ravel(), kind="stable")
+            self._ring_pixels = order.astype(np.int64)
+            self._ring_start = np.concatenate(([0], np.cumsum(np.bincount(self.rings.ravel()))))
+        start = self._ring_start
+        if np.sum(start[low + 1] - start[low]) > values.size // 8:
+            return None, None
+        parts = [listed]
+        for r in low:
+            pixels = self._ring_pixels[start[r] : start[r + 1]]
+            v = values[pixels]
+            parts.append(pixels[(v >= bound[r]) & (v < listed_bound[r])])
+        return np.sort(np.concatenate(parts)), np.minimum(listed_bound, bound)
 
     def find(self, frame: Any) -> Peaks:
         """The peaks of one frame."""
         if tuple(frame.shape) != self.shape:
             raise ValueError(f"frame shape {tuple(frame.shape)} differs from finder shape {self.shape}")
-        mean, sigma = self.background(frame)
+        mean, sigma, listed, listed_bound = self._background(frame)
         threshold = np.empty(self.n_rings + 1)
         threshold[: self.n_rings] = np.maximum(self.adc_threshold, mean + self.min_snr * sigma)
         threshold[-1] = np.inf
         module = self.backend.module
-        candidates = module.find_candidates(frame, self.rings, threshold)
+        if listed is not None and listed_bound is not None:
+            listed, listed_bound = self._extend(np.asarray(frame).ravel(), listed, listed_bound, threshold)
+        if listed is not None and listed_bound is not None:
+            # every candidate (value > threshold >= bound) is in the list
+            flat_rings = self.rings.ravel()
+            candidates = listed[np.asarray(frame).ravel()[listed] > threshold[flat_rings[listed]]]
+        else:
+            candidates = module.find_candidates(frame, self.rings, threshold)
         stats = module.label_peaks(frame, self.rings, candidates, mean, self.shape[1])
         _first, n_pixels, total, row_sum, col_sum, max_value, ring_of_first = stats
         keep = (n_pixels >= self.min_pixels) & (n_pixels <= self.max_pixels)
