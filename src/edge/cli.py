@@ -192,45 +192,36 @@ def _run_pull(settings: Settings) -> int:
 
 
 def _run_sim(settings: Settings, args: argparse.Namespace) -> int:
-    from hw_sim.cli import run_sim
+    from dataclasses import asdict
+
+    from hw_sim.cli import StreamFaults, run_sim, run_sim_ioc, run_sim_udp
 
     sim = settings.sim
+    frames_from = {  # what the simulated frames look like, whatever carries them
+        "geometry": settings.geometry.model_dump(),
+        "mode": sim.mode,
+        "seed": sim.seed,
+        "pool": sim.pool,
+    }
     if args.ioc:
-        from hw_sim.cli import run_sim_ioc
-
         run_sim_ioc(
             prefix=settings.epics.detector_prefix,
             endpoint=sim.endpoint,
             shape=settings.detector.shape,
             dtype=settings.detector.dtype,
-            geometry=settings.geometry.model_dump(),
-            mode=sim.mode,
-            seed=sim.seed,
-            pool=sim.pool,
             encoding=sim.encoding,
             series=sim.series,
+            **frames_from,
         )
         return 0
     if settings.stream.transport == "udp":
-        from hw_sim.cli import run_sim_udp
+        from edge.appliance import udp_geometry
 
-        udp = settings.udp
         run_sim_udp(
-            port=udp.port,
-            detector={
-                "module_rows": udp.module_rows,
-                "module_cols": udp.module_cols,
-                "grid_rows": udp.grid_rows,
-                "grid_cols": udp.grid_cols,
-                "gap_pixels": udp.gap_pixels,
-                "payload_bytes": udp.payload_bytes,
-            },
-            geometry=settings.geometry.model_dump(),
-            mode=sim.mode,
+            port=settings.udp.port,
+            detector=asdict(udp_geometry(settings)),
             frames=sim.frames,
             rate_hz=sim.rate_hz,
-            seed=sim.seed,
-            pool=sim.pool,
             faults={
                 "loss": sim.loss,
                 "reorder": sim.reorder,
@@ -241,20 +232,15 @@ def _run_sim(settings: Settings, args: argparse.Namespace) -> int:
             stall_seconds=sim.stall_seconds,
             burst=sim.burst,
             as_json=args.json,
+            **frames_from,
         )
         return 0
-    from hw_sim.cli import StreamFaults
-
     run_sim(
         endpoint=sim.endpoint,
         shape=settings.detector.shape,
         dtype=settings.detector.dtype,
-        geometry=settings.geometry.model_dump(),
-        mode=sim.mode,
         frames=sim.frames,
         rate_hz=sim.rate_hz,
-        seed=sim.seed,
-        pool=sim.pool,
         encoding=sim.encoding,
         series=sim.series,
         as_json=args.json,
@@ -262,6 +248,7 @@ def _run_sim(settings: Settings, args: argparse.Namespace) -> int:
         faults=StreamFaults(
             sim.loss, sim.duplicate, sim.corrupt, sim.stall_seconds, sim.burst, sim.fault_seed
         ),
+        **frames_from,
     )
     return 0
 

@@ -17,7 +17,7 @@ from hw_sim.physics import make_source
 from hw_sim.udp_packets import FaultPlan, UdpFrameSender, apply_faults
 from hw_sim.zmq_sender import SendSummary, StreamFaults, ZmqFrameSender
 
-__all__ = ["StreamFaults", "run_sim", "run_sim_udp"]
+__all__ = ["StreamFaults", "run_sim", "run_sim_ioc", "run_sim_udp"]
 from kernels import Geometry
 
 
