@@ -489,6 +489,8 @@ class ApplianceIOC:
             self._acquiring = False
             self._set("Acquire_RBV", 0)
             self.records["Acquire"].set(0, process=False)
+            # softioc may still write the client's 1 back when the busy processing ends: reset once more after
+            asyncio.get_running_loop().call_soon(lambda: self.records["Acquire"].set(0, process=False))
 
     def _abort_requested(self) -> bool:
         """True once a client has written ``Acquire`` = 0 (the record is busy, so only VAL changes)."""

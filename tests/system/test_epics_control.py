@@ -241,7 +241,7 @@ def test_acquire_with_completion_stores_num_images(stack: Stack) -> None:
     assert time.monotonic() - started >= 20 * 0.02
     assert epics.caget(p + "HDF1:NumCaptured_RBV") == 20
     assert epics.caget(p + "Acquire_RBV") == 0
-    assert epics.caget(p + "Acquire") == 0
+    wait_until(lambda: epics.caget(p + "Acquire") == 0, 5, "Acquire back to 0 after completion")
     message = epics.caget(p + "StatusMessage_RBV", as_string=True)
     assert message == "Acquisition completed: 20 frames stored", message
     run_uid = epics.caget(p + "RunUid_RBV", as_string=True)
