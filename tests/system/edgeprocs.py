@@ -44,6 +44,40 @@ def get_json(url: str) -> Any:
         return json.loads(response.read())
 
 
+def loopback_overrides() -> list[str]:
+    """Settings that put a demo's sockets on fresh loopback ports."""
+    stream, upstream, api, udp = (free_port() for _ in range(4))
+    return [
+        f'sim.endpoint="tcp://127.0.0.1:{stream}"',
+        f'upstream.endpoint="tcp://127.0.0.1:{upstream}"',
+        f"api.port={api}",
+        f"udp.port={udp}",
+    ]
+
+
+def run_bounded_demo(
+    workdir: Path, frames: int, flags: list[str], overrides: list[str], timeout: float = 400
+) -> dict[str, Any]:
+    """Run ``edge demo --frames N --json`` to the end; return its summary (fail with its log otherwise)."""
+    argv = [
+        sys.executable,
+        "-m",
+        "edge",
+        "demo",
+        "--frames",
+        str(frames),
+        "--json",
+        "--workdir",
+        str(workdir),
+    ]
+    argv += flags
+    for item in overrides:
+        argv += ["--set", item]
+    result = subprocess.run(argv, capture_output=True, text=True, timeout=timeout)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
 @dataclass
 class EdgeStack:
     """Ports, paths and processes of one appliance + simulator + pull client, all on loopback."""

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 import h5py
 import hdf5plugin  # noqa: F401
 import pytest
-from edgeprocs import EdgeStack, free_port, get_json, wait_for
+from edgeprocs import EdgeStack, free_port, get_json, loopback_overrides, run_bounded_demo, wait_for
 
 
 @pytest.mark.slow
@@ -107,37 +106,9 @@ def test_demo_with_faults_accounts_for_every_frame(
     tmp_path: Path, transport: str, mode: str, faults: list[str]
 ) -> None:
     frames = 80
-    ports = [free_port() for _ in range(4)]
-    argv = [
-        sys.executable,
-        "-m",
-        "edge",
-        "demo",
-        "--frames",
-        str(frames),
-        "--json",
-        "--workdir",
-        str(tmp_path),
-        "--transport",
-        transport,
-        "--mode",
-        mode,
-        "--rate",
-        "60",
-        *faults,
-    ]
-    for item in (
-        f'sim.endpoint="tcp://127.0.0.1:{ports[0]}"',
-        f'upstream.endpoint="tcp://127.0.0.1:{ports[1]}"',
-        f"api.port={ports[2]}",
-        f"udp.port={ports[3]}",
-        "reduction.bins=100",
-        "sim.fault_seed=7",
-    ):
-        argv += ["--set", item]
-    result = subprocess.run(argv, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr[-3000:]
-    summary = json.loads(result.stdout.strip().splitlines()[-1])
+    flags = ["--transport", transport, "--mode", mode, "--rate", "60", *faults]
+    overrides = [*loopback_overrides(), "reduction.bins=100", "sim.fault_seed=7"]
+    summary = run_bounded_demo(tmp_path, frames, flags, overrides, timeout=300)
     truth = summary["sim"].get("truth") or summary["sim"]["faults"]["truth"]
     assert summary["transport"] == transport
     assert summary["frames_sent"] == frames

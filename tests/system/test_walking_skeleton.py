@@ -14,7 +14,7 @@ import h5py
 import hdf5plugin  # noqa: F401  (the bitshuffle filter for reading back)
 import numpy as np
 import pytest
-from edgeprocs import EdgeStack, free_port, wait_for
+from edgeprocs import EdgeStack, loopback_overrides, run_bounded_demo, wait_for
 
 from edge.config import load_settings
 from hw_sim.frames import PowderFrames
@@ -37,32 +37,14 @@ def upstream_frames(directory: Path) -> dict[int, tuple[Path, int]]:
 @pytest.mark.slow
 def test_demo_delivers_every_frame_verified(tmp_path: Path) -> None:
     frames = 500
-    ports = [free_port() for _ in range(3)]
     overrides = [
-        f'sim.endpoint="tcp://127.0.0.1:{ports[0]}"',
-        f'upstream.endpoint="tcp://127.0.0.1:{ports[1]}"',
-        f"api.port={ports[2]}",
+        *loopback_overrides(),
         "sim.rate_hz=250",
         "store.frames_per_file=100",
         "store.file_seconds=600",  # files roll over by count only, so their number is known
         "reduction.bins=500",
     ]
-    argv = [
-        sys.executable,
-        "-m",
-        "edge",
-        "demo",
-        "--frames",
-        str(frames),
-        "--json",
-        "--workdir",
-        str(tmp_path),
-    ]
-    for item in overrides:
-        argv += ["--set", item]
-    result = subprocess.run(argv, capture_output=True, text=True, timeout=400)
-    assert result.returncode == 0, result.stderr[-3000:]
-    summary = json.loads(result.stdout.strip().splitlines()[-1])
+    summary = run_bounded_demo(tmp_path, frames, [], overrides)
     assert summary["frames_sent"] == frames
     assert summary["frames_received"] == frames
     assert summary["frames_stored"] == frames
