@@ -344,37 +344,20 @@ def _ring_add(acc, k, v, bound):  # pragma: no cover - compiled
     acc[k + U64(2)] += v * v
 
 
-@numba.njit(inline="always", nogil=True)
-def _ring_list(found, k, capacity, v, guess, i):  # pragma: no cover - compiled
-    if v >= guess:
-        if k < capacity:
-            found[k] = np.int64(i)
-        k += 1
-    return k
-
-
 @numba.njit(parallel=True, nogil=True, cache=True)
-def _ring_sums(values, rings, upper, nchunks, guess, capacity):  # pragma: no cover - compiled
-    # Per ring (count, sum, sum of squares) side by side. Each task walks four far-apart streams of its
-    # pixels in step, so consecutive updates hit different rings and do not wait on each other's
-    # read-modify-write; unsigned indices (no wraparound check).
+def _ring_sums(values, rings, upper, nchunks):  # pragma: no cover - compiled
+    # Per ring (count, sum, sum of squares) side by side, over the pixels below upper[ring]; four
+    # far-apart streams per task, as in ``_ring_moments``.
     n = values.size
     width = upper.size
     three = U64(3)
     partial = np.zeros((nchunks, 3 * width), np.float64)
-    # with a ``guess`` bound per ring (size > 0), also list the pixels with value >= guess[ring], per
-    # stream in order; lists longer than ``capacity`` are dropped (the caller scans instead)
-    listing = guess.size > 0
-    found = np.empty((nchunks, 4, capacity if listing else 0), np.int64)
-    counts = np.zeros((nchunks, 4), np.int64)
     step = (n + nchunks - 1) // nchunks
     for c in numba.prange(nchunks):
         acc = partial[c]
         start = min(n, c * step)
         stop = min(n, c * step + step)
         m = (stop - start) // 4
-        k0 = k1 = k2 = k3 = 0
-        f0, f1, f2, f3 = found[c, 0], found[c, 1], found[c, 2], found[c, 3]
         s0, s1, s2, s3 = U64(start), U64(start + m), U64(start + 2 * m), U64(start + 3 * m)
         for i in range(U64(m)):
             r0, r1 = U64(rings[s0 + i]), U64(rings[s1 + i])
@@ -383,17 +366,9 @@ def _ring_sums(values, rings, upper, nchunks, guess, capacity):  # pragma: no co
             _ring_add(acc, three * r1, np.float64(values[s1 + i]), upper[r1])
             _ring_add(acc, three * r2, np.float64(values[s2 + i]), upper[r2])
             _ring_add(acc, three * r3, np.float64(values[s3 + i]), upper[r3])
-            if listing:
-                k0 = _ring_list(f0, k0, capacity, values[s0 + i], guess[r0], s0 + i)
-                k1 = _ring_list(f1, k1, capacity, values[s1 + i], guess[r1], s1 + i)
-                k2 = _ring_list(f2, k2, capacity, values[s2 + i], guess[r2], s2 + i)
-                k3 = _ring_list(f3, k3, capacity, values[s3 + i], guess[r3], s3 + i)
         for i in range(U64(start + 4 * m), U64(stop)):
             r0 = U64(rings[i])
             _ring_add(acc, three * r0, np.float64(values[i]), upper[r0])
-            if listing:
-                k3 = _ring_list(f3, k3, capacity, values[i], guess[r0], i)
-        counts[c, 0], counts[c, 1], counts[c, 2], counts[c, 3] = k0, k1, k2, k3
     total = np.zeros(width, np.int64)
     s1 = np.zeros(width)
     s2 = np.zeros(width)
@@ -402,36 +377,200 @@ def _ring_sums(values, rings, upper, nchunks, guess, capacity):  # pragma: no co
             total[b] += np.int64(partial[c, 3 * b])
             s1[b] += partial[c, 3 * b + 1]
             s2[b] += partial[c, 3 * b + 2]
-    if not listing or counts.max() > capacity:
-        return total, s1, s2, np.empty(0, np.int64), False
-    listed = np.empty(counts.sum(), np.int64)
+    return total, s1, s2
+
+
+def ring_sums(frame: Any, rings: np.ndarray, upper: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    return _ring_sums(np.ascontiguousarray(frame).ravel(), rings.ravel(), upper, _chunks())
+
+
+@numba.njit(inline="always", nogil=True)
+def _moment_add(acc, r, v, found, k, capacity, p):  # pragma: no cover - compiled
+    j = U64(3) * r
+    acc[j] += v
+    acc[j + U64(1)] += v * v
+    if v >= acc[j + U64(2)]:
+        if k < capacity:
+            found[k] = np.int64(p)
+        k += 1
+    return k
+
+
+@numba.njit(parallel=True, nogil=True, cache=True)
+def _ring_moments(values, rings, guess, nchunks, capacity):  # pragma: no cover - compiled
+    # The first pass of the ring background: per ring, the sum and sum of squares of all its pixels
+    # (a NaN or inf makes its ring's sums non-finite: the caller redoes those rings), and a list of the
+    # pixels with value >= guess[ring] (index, value, ring). Per ring (sum, sum of squares, guess) sit side by side in the
+    # task's own row, so one pixel touches one cache line. Each task walks four far-apart streams of its
+    # pixels in step, so consecutive updates hit different rings and do not wait on each other's
+    # read-modify-write; unsigned indices (no wraparound check). Lists are kept per stream, in order;
+    # longer than ``capacity`` they are dropped (the caller scans instead).
+    n = values.size
+    width = guess.size
+    partial = np.zeros((nchunks, 3 * width), np.float64)
+    found = np.empty((nchunks, 4, capacity), np.int64)
+    found_v = np.empty((nchunks, 4, capacity), np.float64)
+    found_r = np.empty((nchunks, 4, capacity), np.int64)
+    counts = np.zeros((nchunks, 4), np.int64)
+    step = (n + nchunks - 1) // nchunks
+    for c in numba.prange(nchunks):
+        acc = partial[c]
+        for b in range(width):
+            acc[3 * b + 2] = guess[b]
+        start = min(n, c * step)
+        stop = min(n, c * step + step)
+        m = (stop - start) // 4
+        k0 = k1 = k2 = k3 = 0
+        f0, f1, f2, f3 = found[c, 0], found[c, 1], found[c, 2], found[c, 3]
+        s0, s1, s2, s3 = U64(start), U64(start + m), U64(start + 2 * m), U64(start + 3 * m)
+        for i in range(U64(m)):
+            k0 = _moment_add(acc, U64(rings[s0 + i]), np.float64(values[s0 + i]), f0, k0, capacity, s0 + i)
+            k1 = _moment_add(acc, U64(rings[s1 + i]), np.float64(values[s1 + i]), f1, k1, capacity, s1 + i)
+            k2 = _moment_add(acc, U64(rings[s2 + i]), np.float64(values[s2 + i]), f2, k2, capacity, s2 + i)
+            k3 = _moment_add(acc, U64(rings[s3 + i]), np.float64(values[s3 + i]), f3, k3, capacity, s3 + i)
+        for p in range(U64(start + 4 * m), U64(stop)):
+            k3 = _moment_add(acc, U64(rings[p]), np.float64(values[p]), f3, k3, capacity, p)
+        counts[c, 0], counts[c, 1], counts[c, 2], counts[c, 3] = k0, k1, k2, k3
+        for q in range(4):  # the listed pixels' values and rings, gathered by the task that found them
+            for k in range(min(counts[c, q], capacity)):
+                p = found[c, q, k]
+                found_v[c, q, k] = values[p]
+                found_r[c, q, k] = rings[p]
+    total = np.zeros(width)
+    total2 = np.zeros(width)
+    for c in range(nchunks):
+        for b in range(width):
+            total[b] += partial[c, 3 * b]
+            total2[b] += partial[c, 3 * b + 1]
+    if counts.max() > capacity:
+        return total, total2, (np.empty(0, np.int64), np.empty(0), np.empty(0, np.int64)), False
+    size = counts.sum()
+    listed, listed_v, listed_r = np.empty(size, np.int64), np.empty(size), np.empty(size, np.int64)
     k = 0
     for c in range(nchunks):  # streams in pixel order: the list comes out sorted
         for q in range(4):
             listed[k : k + counts[c, q]] = found[c, q, : counts[c, q]]
+            listed_v[k : k + counts[c, q]] = found_v[c, q, : counts[c, q]]
+            listed_r[k : k + counts[c, q]] = found_r[c, q, : counts[c, q]]
             k += counts[c, q]
-    return total, s1, s2, listed, True
+    return total, total2, (listed, listed_v, listed_r), True
 
 
-_NO_GUESS = np.empty(0, np.float64)
+Listing = tuple[np.ndarray, np.ndarray, np.ndarray]  # sorted pixel indices, their values (f8), rings (i8)
 
 
-def ring_sums(frame: Any, rings: np.ndarray, upper: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    count, s1, s2, _listed, _ok = _ring_sums(
-        np.ascontiguousarray(frame).ravel(), rings.ravel(), upper, _chunks(), _NO_GUESS, 0
-    )
-    return count, s1, s2
-
-
-def ring_sums_listing(
-    frame: Any, rings: np.ndarray, upper: np.ndarray, guess: np.ndarray
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
-    """``ring_sums`` plus, in the same pass, the sorted indices of the pixels with value >= guess[ring]
-    (None when there are too many to be worth listing)."""
-    values = np.ascontiguousarray(frame).ravel()
+def ring_moments_listing(
+    values: np.ndarray, rings: np.ndarray, guess: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, Listing | None]:
+    """The peak finder's first pass over flat ``values``: per ring the sum and sum of squares of every
+    pixel (non-finite in a ring holding a NaN or inf), and the listing of the pixels with
+    value >= guess[ring] (None when there are too many to be worth listing)."""
     capacity = max(4096, values.size // 64)
-    count, s1, s2, listed, ok = _ring_sums(values, rings.ravel(), upper, _chunks(), guess, capacity)
-    return count, s1, s2, (listed if ok else None)
+    total, total2, listing, ok = _ring_moments(values, rings, guess, _chunks(), capacity)
+    return total, total2, (listing if ok else None)
+
+
+def listing_of(values: np.ndarray, rings: np.ndarray, bound: np.ndarray) -> Listing:
+    """The listing of every pixel with value >= bound[ring], by a full scan."""
+    index = _scan(values, rings, bound, True)
+    return index, values[index].astype(np.float64), rings[index].astype(np.int64)
+
+
+@numba.njit(nogil=True, cache=True)
+def ring_moments_exact(values, ring_pixels, ring_start, which):  # pragma: no cover - compiled
+    """Count, sum and sum of squares of the pixels below +inf of each ring in ``which`` (rings whose
+    fast sums are not finite); ``ring_pixels[ring_start[r]:ring_start[r + 1]]`` are ring r's pixels."""
+    count = np.zeros(which.size, np.int64)
+    total = np.zeros(which.size)
+    total2 = np.zeros(which.size)
+    for k in range(which.size):
+        r = which[k]
+        for j in range(ring_start[r], ring_start[r + 1]):
+            v = np.float64(values[ring_pixels[j]])
+            if v < np.inf:
+                count[k] += 1
+                total[k] += v
+                total2[k] += v * v
+    return count, total, total2
+
+
+@numba.njit(nogil=True, cache=True)
+def _listed_moments(listed_v, listed_r, bound):  # pragma: no cover - compiled
+    width = bound.size
+    count = np.zeros(width, np.int64)
+    total = np.zeros(width)
+    total2 = np.zeros(width)
+    for k in range(listed_v.size):
+        r = listed_r[k]
+        v = listed_v[k]
+        if v >= bound[r] and v < np.inf:
+            count[r] += 1
+            total[r] += v
+            total2[r] += v * v
+    return count, total, total2
+
+
+def listed_moments(listing: Listing, bound: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per ring: count, sum and sum of squares of the listed pixels with bound[ring] <= value < inf."""
+    return _listed_moments(listing[1], listing[2], bound)
+
+
+@numba.njit(nogil=True, cache=True)
+def _extend_listing(
+    values, listed, listed_v, listed_r, listed_bound, bound, ring_pixels, ring_start, limit
+):  # pragma: no cover - compiled
+    width = bound.size
+    todo = 0
+    for r in range(width):
+        if bound[r] < listed_bound[r]:
+            todo += ring_start[r + 1] - ring_start[r]
+    if todo > limit:
+        return listed, listed_v, listed_r, False
+    extra = np.empty(todo, np.int64)
+    extra_r = np.empty(todo, np.int64)
+    k = 0
+    for r in range(width):
+        lo, hi = bound[r], listed_bound[r]
+        if lo < hi:
+            for j in range(ring_start[r], ring_start[r + 1]):
+                p = ring_pixels[j]
+                v = values[p]
+                if v >= lo and v < hi:
+                    extra[k] = p
+                    extra_r[k] = r
+                    k += 1
+    if k == 0:
+        return listed, listed_v, listed_r, True
+    order = np.argsort(extra[:k])
+    size = listed.size + k
+    merged, merged_v, merged_r = np.empty(size, np.int64), np.empty(size), np.empty(size, np.int64)
+    i = j = 0
+    for o in range(size):
+        if j == k or (i < listed.size and listed[i] < extra[order[j]]):
+            merged[o], merged_v[o], merged_r[o] = listed[i], listed_v[i], listed_r[i]
+            i += 1
+        else:
+            p = extra[order[j]]
+            merged[o], merged_v[o], merged_r[o] = p, np.float64(values[p]), extra_r[order[j]]
+            j += 1
+    return merged, merged_v, merged_r, True
+
+
+def extend_listing(
+    values: np.ndarray,
+    listing: Listing,
+    listed_bound: np.ndarray,
+    bound: np.ndarray,
+    ring_pixels: np.ndarray,
+    ring_start: np.ndarray,
+) -> Listing | None:
+    """``listing`` (every pixel with value >= listed_bound[ring]) extended to every pixel with
+    value >= min(listed_bound, bound)[ring], by looking only at the rings whose bound is lower; None
+    when those rings hold more than an eighth of the frame (a full scan is cheaper then)."""
+    *merged, ok = _extend_listing(
+        values, *listing, listed_bound, bound, ring_pixels, ring_start, values.size // 8
+    )
+    return (merged[0], merged[1], merged[2]) if ok else None
 
 
 @numba.njit(parallel=True, nogil=True, cache=True)
@@ -478,11 +617,6 @@ def _scan(frame: Any, rings: np.ndarray, bound: np.ndarray, inclusive: bool) -> 
 
 def find_candidates(frame: Any, rings: np.ndarray, threshold: np.ndarray) -> np.ndarray:
     return _scan(frame, rings, threshold, False)
-
-
-def pixels_at_or_above(frame: Any, rings: np.ndarray, bound: np.ndarray) -> np.ndarray:
-    """Row-major linear indices (int64, sorted) of pixels with ``value >= bound[ring]``."""
-    return _scan(frame, rings, bound, True)
 
 
 @numba.njit(nogil=True, cache=True)

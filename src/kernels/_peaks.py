@@ -83,8 +83,7 @@ class PeakFinder:
         self.iterations = int(iterations)
         self.min_peaks = int(min_peaks)
         self._guess: np.ndarray | None = None  # per-ring listing bound learnt from the last frame
-        self._ring_start: np.ndarray | None = None  # pixels sorted by ring (built on first use)
-        self._ring_pixels = np.empty(0, np.int64)
+        self._index: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None  # built on first use
 
     def background(self, frame: Any) -> tuple[np.ndarray, np.ndarray]:
         """Sigma-clipped mean and sigma per ring (float64, ``n_rings`` each; empty rings give 0)."""
@@ -103,85 +102,78 @@ class PeakFinder:
         upper[-1] = -np.inf  # the masked sentinel never counts
         return mean, sigma, upper
 
-    def _background(self, frame: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray | None]:
-        """(mean, sigma, listed, bound): ``listed`` (or None) holds every pixel with value >= ``bound``.
+    def _ring_index(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(pixels sorted by ring, where each ring starts in that order, pixels per ring)."""
+        if self._index is None:
+            flat = self.rings.ravel()
+            count = np.bincount(flat, minlength=self.n_rings + 1).astype(np.int64)
+            start = np.concatenate(([0], np.cumsum(count))).astype(np.int64)
+            self._index = (np.argsort(flat, kind="stable").astype(np.int64), start, count)
+        return self._index
 
-        With a backend that can list the pixels at or above a per-ring bound (``pixels_at_or_above``),
-        only the first pass sums the whole frame: a clipped pass is the first one minus the few pixels
-        it drops (all finite pixels at or above its bound), and those are listed by a compare-only scan,
-        or picked from the last list when its bound is no higher. The list is kept for ``find``.
+    def _background(self, frame: Any) -> tuple[np.ndarray, np.ndarray, Any, np.ndarray | None]:
+        """(mean, sigma, listed, bound): ``listed`` (or None) lists every pixel with value >= ``bound``
+        (sorted indices, values, rings).
+
+        A backend without ``ring_moments_listing`` sums the whole frame once per pass. One with it sums
+        the frame once: a clipped pass is the first one minus the few pixels it drops (the finite pixels
+        at or above its bound). Those are listed in the first pass already, at a per-ring guess learnt
+        from the last frame; rings whose bound comes out below the guess are searched again, pixel by
+        pixel of those rings only. The list is kept for ``find``.
         """
         module = self.backend.module
-        upper = np.full(self.n_rings + 1, np.inf)
-        upper[-1] = -np.inf
-        scan = getattr(module, "pixels_at_or_above", None)
-        fused = getattr(module, "ring_sums_listing", None)
-        listed: np.ndarray | None = None
-        listed_bound: np.ndarray | None = None
-        guess = self._guess
-        if scan is not None and fused is not None and guess is not None:
-            count, total, total2, listed = fused(frame, self.rings, upper, guess)
-            listed_bound = None if listed is None else guess
-        else:
-            count, total, total2 = module.ring_sums(frame, self.rings, upper)
-        mean, sigma, upper = self._stats(count, total, total2)
-        if scan is None:
-            for _ in range(1, self.iterations):
+        if not hasattr(module, "ring_moments_listing"):
+            upper = np.full(self.n_rings + 1, np.inf)
+            upper[-1] = -np.inf
+            for _ in range(self.iterations):
                 mean, sigma, upper = self._stats(*module.ring_sums(frame, self.rings, upper))
             return mean, sigma, None, None
-        values = np.asarray(frame).ravel()
+        values = np.ascontiguousarray(frame).ravel()
         flat_rings = self.rings.ravel()
-        width = self.n_rings + 1
+        ring_pixels, ring_start, ring_count = self._ring_index()
+        guess = self._guess
+        if guess is None:
+            guess = np.full(self.n_rings + 1, np.inf)
+        total, total2, listed = module.ring_moments_listing(values, flat_rings, guess)
+        count = ring_count.copy()
+        listed_bound = None if listed is None else guess
+        bad = np.flatnonzero(~np.isfinite(total[: self.n_rings] + total2[: self.n_rings]))
+        if bad.size:  # a NaN or inf in these rings: redo them, counting only the pixels below +inf
+            count[bad], total[bad], total2[bad] = module.ring_moments_exact(
+                values, ring_pixels, ring_start, bad
+            )
+        mean, sigma, upper = self._stats(count, total, total2)
         lowest = np.full(self.n_rings, np.inf)  # the lowest bound any pass of this frame used
         for _ in range(1, self.iterations):
             bound = upper.copy()
             bound[-1] = np.inf  # masked pixels were never summed
             lowest = np.minimum(lowest, bound[: self.n_rings])
-            if listed is not None and listed_bound is not None:
-                listed, listed_bound = self._extend(values, listed, listed_bound, bound)
-            if listed is not None and listed_bound is not None:
-                dropped = listed[values[listed] >= bound[flat_rings[listed]]]
-            else:
-                listed = dropped = scan(frame, self.rings, bound)
-                listed_bound = bound
-            v = values[dropped].astype(np.float64)
-            finite = v < np.inf  # the first pass summed every value below +inf
-            v, ring = v[finite], flat_rings[dropped][finite].astype(np.intp)
-            mean, sigma, upper = self._stats(
-                count - np.bincount(ring, minlength=width),
-                total - np.bincount(ring, v, width),
-                total2 - np.bincount(ring, v * v, width),
-            )
+            listed, listed_bound = self._cover(values, listed, listed_bound, bound)
+            dropped = module.listed_moments(listed, bound)
+            mean, sigma, upper = self._stats(count - dropped[0], total - dropped[1], total2 - dropped[2])
         # next frame: list in the summing pass what this frame's clipping and thresholds would pick,
-        # with half a sigma to spare (a guess only: a bound below it makes the next frame scan again)
+        # with half a sigma to spare (a guess only: a bound below it makes the next frame search again).
+        # A ring's first clipping bound comes from unclipped sums, high where a spot sat in this frame
+        # only: the clipped statistics' bound stands in for a ring without spots.
+        lowest = np.minimum(lowest, mean + self.clip_snr * sigma)
         lowest = np.minimum(lowest, np.maximum(self.adc_threshold, mean + self.min_snr * sigma))
         guess = np.full(self.n_rings + 1, np.inf)
         guess[: self.n_rings] = np.where(np.isfinite(lowest), lowest - 0.5 * sigma, np.inf)
         self._guess = guess
         return mean, sigma, listed, listed_bound
 
-    def _extend(
-        self, values: np.ndarray, listed: np.ndarray, listed_bound: np.ndarray, bound: np.ndarray
-    ) -> tuple[np.ndarray | None, np.ndarray | None]:
-        """The list of pixels >= ``listed_bound`` extended to ``min(listed_bound, bound)`` per ring, by
-        looking at the pixels of the rings whose bound is lower only; (None, None) when that is most of
-        the frame (a full scan is cheaper then)."""
-        low = np.flatnonzero(bound < listed_bound)
-        if low.size == 0:
-            return listed, listed_bound
-        if self._ring_start is None:
-            order = np.argsort(self.rings.ravel(), kind="stable")
-            self._ring_pixels = order.astype(np.int64)
-            self._ring_start = np.concatenate(([0], np.cumsum(np.bincount(self.rings.ravel()))))
-        start = self._ring_start
-        if np.sum(start[low + 1] - start[low]) > values.size // 8:
-            return None, None
-        parts = [listed]
-        for r in low:
-            pixels = self._ring_pixels[start[r] : start[r + 1]]
-            v = values[pixels]
-            parts.append(pixels[(v >= bound[r]) & (v < listed_bound[r])])
-        return np.sort(np.concatenate(parts)), np.minimum(listed_bound, bound)
+    def _cover(
+        self, values: np.ndarray, listed: Any, listed_bound: np.ndarray | None, bound: np.ndarray
+    ) -> tuple[Any, np.ndarray]:
+        """A list of every pixel with value >= ``min(listed_bound, bound)`` per ring, and that bound:
+        ``listed`` extended over the rings whose bound is lower, or a full scan at ``bound``."""
+        module = self.backend.module
+        if listed is not None and listed_bound is not None:
+            ring_pixels, ring_start, _count = self._ring_index()
+            extended = module.extend_listing(values, listed, listed_bound, bound, ring_pixels, ring_start)
+            if extended is not None:
+                return extended, np.minimum(listed_bound, bound)
+        return module.listing_of(values, self.rings.ravel(), bound), bound.copy()
 
     def find(self, frame: Any) -> Peaks:
         """The peaks of one frame."""
@@ -192,12 +184,11 @@ class PeakFinder:
         threshold[: self.n_rings] = np.maximum(self.adc_threshold, mean + self.min_snr * sigma)
         threshold[-1] = np.inf
         module = self.backend.module
-        if listed is not None and listed_bound is not None:
-            listed, listed_bound = self._extend(np.asarray(frame).ravel(), listed, listed_bound, threshold)
-        if listed is not None and listed_bound is not None:
+        if listed is not None:
+            values = np.ascontiguousarray(frame).ravel()
+            (index, value, ring), _bound = self._cover(values, listed, listed_bound, threshold)
             # every candidate (value > threshold >= bound) is in the list
-            flat_rings = self.rings.ravel()
-            candidates = listed[np.asarray(frame).ravel()[listed] > threshold[flat_rings[listed]]]
+            candidates = index[value > threshold[ring]]
         else:
             candidates = module.find_candidates(frame, self.rings, threshold)
         stats = module.label_peaks(frame, self.rings, candidates, mean, self.shape[1])

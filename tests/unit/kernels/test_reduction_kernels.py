@@ -221,6 +221,32 @@ def test_peak_finder_equals_reference_and_scipy_labels(backend: kernels.Backend)
     assert not np.any((ref.row >= 29.5) & (ref.row <= 33.5) & (ref.n_pixels == 1) & (ref.max_value < 1e3))
 
 
+def test_peak_finder_over_a_series_equals_reference(backend: kernels.Backend) -> None:
+    """One finder over a series (the numba backend learns from each frame where to look in the next),
+    with NaN and inf pixels and a frame much brighter than the last: every frame as the reference."""
+    shape = (40, 52) if _small(backend) else (160, 200)
+    kwargs = {"min_snr": 4.0, "min_pixels": 1, "max_pixels": 100, "min_peaks": 1}
+    finder = backend.peak_finder(shape, **kwargs)
+    for seed in range(5):
+        frame, _ = simulate_spots(shape, 6, seed=seed)
+        if seed == 2:
+            frame[5, 7], frame[20, 30], frame[33, 3] = np.nan, np.inf, np.nan
+        if seed == 3:
+            frame *= 0.5  # every ring's bound falls below what the last frame suggested
+        if seed == 4:
+            frame += np.random.default_rng(9).normal(0, 40, shape).astype(np.float32)
+        ours = finder.find(frame)
+        ref = get_backend("numpy").peak_finder(shape, **kwargs).find(frame)
+        mean, sigma = finder.background(frame)
+        ref_mean, ref_sigma = get_backend("numpy").peak_finder(shape, **kwargs).background(frame)
+        np.testing.assert_allclose(mean, ref_mean, rtol=1e-9)
+        np.testing.assert_allclose(sigma, ref_sigma, rtol=1e-7)
+        assert len(ours) == len(ref) > 0, seed
+        np.testing.assert_array_equal(ours.n_pixels, ref.n_pixels)
+        np.testing.assert_allclose(ours.row, ref.row, rtol=1e-9)
+        np.testing.assert_allclose(ours.intensity, ref.intensity, rtol=1e-9)
+
+
 def test_blank_frame_is_not_a_hit(backend: kernels.Backend) -> None:
     shape = (32, 40) if _small(backend) else (128, 128)
     frame = np.random.default_rng(3).normal(100.0, 10.0, shape).astype(np.float32)
