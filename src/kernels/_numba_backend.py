@@ -399,12 +399,12 @@ def _moment_add(acc, r, v, found, k, capacity, p):  # pragma: no cover - compile
 @numba.njit(parallel=True, nogil=True, cache=True)
 def _ring_moments(values, rings, guess, nchunks, capacity):  # pragma: no cover - compiled
     # The first pass of the ring background: per ring, the sum and sum of squares of all its pixels
-    # (a NaN or inf makes its ring's sums non-finite: the caller redoes those rings), and a list of the
-    # pixels with value >= guess[ring] (index, value, ring). Per ring (sum, sum of squares, guess) sit side by side in the
-    # task's own row, so one pixel touches one cache line. Each task walks four far-apart streams of its
-    # pixels in step, so consecutive updates hit different rings and do not wait on each other's
-    # read-modify-write; unsigned indices (no wraparound check). Lists are kept per stream, in order;
-    # longer than ``capacity`` they are dropped (the caller scans instead).
+    # (a NaN or inf makes its ring's sums non-finite: the caller redoes those rings), and a listing of
+    # the pixels with value >= guess[ring] (index, value, ring). Per ring (sum, sum of squares, guess)
+    # sit side by side in the task's own row, so one pixel touches one cache line. Each task walks four
+    # far-apart streams of its pixels in step, so consecutive updates hit different rings and do not
+    # wait on each other's read-modify-write; unsigned indices (no wraparound check). Lists are kept
+    # per stream, in order; longer than ``capacity`` they are dropped (the caller scans instead).
     n = values.size
     width = guess.size
     partial = np.zeros((nchunks, 3 * width), np.float64)
