@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import signal
 import sys
 from pathlib import Path
@@ -301,6 +302,11 @@ def main(argv: list[str] | None = None) -> int:
         public, secret = create_keys(args.directory, args.name)
         print(f"public key {public} (give this to the peer); secret key {secret} (keep it here)")
         return 0
+    # The OpenMP runtimes under numba's thread pool and bitshuffle spin for a while after every
+    # parallel region by default. In these long-running processes many threads share few cores, and a
+    # spinning idle worker starves the thread that has work: idle workers sleep instead (children
+    # inherit this). Set before numba or bitshuffle load; an explicit setting wins.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     logging.basicConfig(
         level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
     )

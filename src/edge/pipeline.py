@@ -1,20 +1,25 @@
-"""The pipeline thread: takes frames from the ring in order, reduces them, stores them, frees the slot.
+"""The pipeline: takes frames from the ring in order, reduces them, stores them, frees the slot.
 
 Per frame: dark/flat correction and 1D azimuthal integration (the kernel registry's backend), and
-bitshuffle-LZ4 compression of the raw frame into an HDF5 chunk. The slot is released only after the
-frame is written to the run's file, so the ring never overwrites unpersisted data. In-band control
-records in the ring open and close runs in order with their frames.
+bitshuffle-LZ4 compression of the raw frame into an HDF5 chunk. Three stages overlap, each on its own
+thread and each in ring order: the reducing thread integrates frame n while the compressing thread
+compresses it, and the writing thread writes frame n - 1's chunk and profile; a full rollover file is
+finished (fsync, rename, checksum, ledger) on a fourth thread while the next one fills. The slot is
+released only after the frame is written to the run's file, so the ring never overwrites unpersisted
+data. In-band control records in the ring open and close runs in order with their frames; a run is
+closed only when all its files are finished and registered.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import queue
 import threading
 import time
 from collections import Counter
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -89,8 +94,21 @@ class Reduction:
         return self.backend.correct(raw, self.dark, self.gain, self._scratch)
 
 
+@dataclass
+class _Work:
+    """One ring slot on its way from the reducing thread to the writing thread, in ring order."""
+
+    slot: Slot
+    action: str  # "frame", "open", "close" or "release" (nothing to write: a counted loss or no-op)
+    chunk: Future[bytes] | None = None
+    profile: np.ndarray | None = None
+    record: dict[str, Any] | None = None
+    radial: np.ndarray | None = None
+    started: float = 0.0
+
+
 class Pipeline:
-    """Consumes the ring on its own thread; see the module docstring."""
+    """Consumes the ring on two threads; see the module docstring."""
 
     def __init__(
         self,
@@ -107,6 +125,7 @@ class Pipeline:
         on_frame_lost: Callable[[str | None, int, str, str], None],
         may_write: Callable[[], bool] = lambda: True,
         calibration: Calibration | None = None,
+        queue_depth: int = 8,
     ) -> None:
         self.ring = ring
         self.backend = backend
@@ -124,13 +143,19 @@ class Pipeline:
         self.stats: Counter[str] = Counter()
         self.latest_profile: tuple[np.ndarray, np.ndarray] | None = None
         self._compressor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="compress")
-        self._reduction: Reduction | None = None
-        self._store: RunStore | None = None
+        self._closer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="file-closer")
+        self._work: queue.Queue[_Work | None] = queue.Queue(maxsize=queue_depth)
+        self._reduction: Reduction | None = None  # the reducing thread's
+        self._run_uid: str | None = None  # the reducing thread's view: the run frames now belong to
+        self._store: RunStore | None = None  # the writing thread's
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._writer: threading.Thread | None = None
         self._busy_seconds = 0.0
 
     def start(self) -> None:
+        self._writer = threading.Thread(target=self._write_loop, name="pipeline-writer", daemon=True)
+        self._writer.start()
         self._thread = threading.Thread(target=self._run, name="pipeline", daemon=True)
         self._thread.start()
 
@@ -139,44 +164,102 @@ class Pipeline:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=60)
+        if self._writer is not None:
+            self._writer.join(timeout=60)
         self._compressor.shutdown(wait=True)
+        self._closer.shutdown(wait=True)
 
     def counters(self) -> dict[str, Any]:
+        store = self._store
         return {
             "backend": self.backend.name,
             "backend_degraded_from": list(self.backend.degraded_from),
             "busy_seconds": round(self._busy_seconds, 3),
-            "run": self._store.run_uid if self._store else None,
+            "run": store.run_uid if store else None,
+            "queued": self._work.qsize(),
             **{k: int(v) for k, v in self.stats.items()},
         }
 
+    # -- the reducing thread: takes slots in ring order, integrates, starts compression -------------------
     def _run(self) -> None:
+        try:
+            while True:
+                slot = self.ring.next_ready(timeout=0.1)
+                if slot is None:
+                    # everything published has been handed on; a slot a stopped reader claimed but never
+                    # filled holds no frame (the reader recorded it as lost)
+                    if self._stop.is_set() and self.ring.caught_up():
+                        break
+                    continue
+                try:
+                    work = self._reduce(slot)
+                except Exception as error:  # a bug: log it, count it, record the loss
+                    log.exception("pipeline failed on slot %d", slot.seq)
+                    self._failed(slot, self._run_uid, error)
+                    work = _Work(slot, "release")
+                self._work.put(work)
+        finally:
+            self._work.put(None)
+
+    def _reduce(self, slot: Slot) -> _Work:
+        kind = int(slot.header["kind"])
+        if kind == KIND_CONTROL:
+            record = json.loads(slot.payload)
+            if record["event"] == "series_start":
+                shape = (int(record["height"]), int(record["width"]))
+                self._reduction = Reduction(
+                    self.backend, self.geometry, shape, self.bins, self.unit, self.calibration
+                )
+                self._run_uid = str(record["run_uid"])
+                return _Work(slot, "open", record=record, radial=self._reduction.integrator.radial)
+            if record["event"] == "series_end":
+                self._run_uid = None
+                return _Work(slot, "close", record=record)
+            return _Work(slot, "release")
+        if kind != KIND_FRAME:
+            return _Work(slot, "release")
+        if not self.may_write():  # the store is full of unverified data: hold the ring (backpressure)
+            self.stats["backpressure_waits"] += 1
+            while not self.may_write() and not self._stop.is_set():
+                time.sleep(0.1)
+        frame = int(slot.header["frame"])
+        if self._run_uid is None or self._reduction is None:
+            self.stats["frames_outside_run"] += 1
+            self.on_frame_lost(None, frame, "outside_run", "frame arrived with no open run")
+            return _Work(slot, "release")
+        started = time.perf_counter()
+        raw = slot.array()
+        if raw.shape != self._reduction.shape:
+            self.stats["frames_wrong_shape"] += 1
+            self.on_frame_lost(self._run_uid, frame, "wrong_shape", f"{raw.shape}")
+            return _Work(slot, "release")
+        chunk = self._compressor.submit(compress_chunk, raw)  # bitshuffle releases the GIL: overlap
+        profile = self._reduction.reduce(raw)
+        self._busy_seconds += time.perf_counter() - started
+        return _Work(slot, "frame", chunk=chunk, profile=profile, started=started)
+
+    def _failed(self, slot: Slot, run_uid: str | None, error: BaseException) -> None:
+        self.stats["frames_failed"] += int(int(slot.header["kind"]) == KIND_FRAME)
+        if int(slot.header["kind"]) == KIND_FRAME:
+            self.on_frame_lost(run_uid, int(slot.header["frame"]), "pipeline_error", repr(error)[:200])
+
+    # -- the writing thread: in ring order, writes chunks and releases slots ----------------------------
+    def _write_loop(self) -> None:
         while True:
-            slot = self.ring.next_ready(timeout=0.1)
-            if slot is None:
-                if self._store is not None:
-                    try:
-                        self._store.tick()
-                    except Exception:  # a file that cannot be closed must not stop the pipeline
-                        log.exception("closing a rollover file failed")
-                        self.stats["file_close_errors"] += 1
-                # everything published has been persisted; a slot a stopped reader claimed but never
-                # filled holds no frame (the reader recorded it as lost)
-                if self._stop.is_set() and self.ring.caught_up():
-                    break
-                continue
             try:
-                self._process(slot)
-            except Exception as error:  # a bug or a full disk: log it, count it, record the loss
-                log.exception("pipeline failed on slot %d", slot.seq)
-                self.stats["frames_failed"] += 1
-                if int(slot.header["kind"]) == KIND_FRAME:
-                    run_uid = self._store.run_uid if self._store else None
-                    self.on_frame_lost(
-                        run_uid, int(slot.header["frame"]), "pipeline_error", repr(error)[:200]
-                    )
+                work = self._work.get(timeout=0.1)
+            except queue.Empty:
+                self._tick()
+                continue
+            if work is None:
+                break
+            try:
+                self._write(work)
+            except Exception as error:  # a full disk or a bug: log it, count it, record the loss
+                log.exception("pipeline failed writing slot %d", work.slot.seq)
+                self._failed(work.slot, self._store.run_uid if self._store else None, error)
             finally:
-                self.ring.release(slot)
+                self.ring.release(work.slot)
         if self._store is not None:
             try:
                 self._close_run("abort")
@@ -184,24 +267,37 @@ class Pipeline:
                 log.exception("closing the run at shutdown failed")
                 self.stats["file_close_errors"] += 1
 
-    def _process(self, slot: Slot) -> None:
-        kind = int(slot.header["kind"])
-        if kind == KIND_FRAME:
-            self._frame(slot)
-        elif kind == KIND_CONTROL:
-            record = json.loads(slot.payload)
-            if record["event"] == "series_start":
-                self._open_run(record)
-            elif record["event"] == "series_end":
-                self._close_run(record.get("exit_status", "success"))
+    def _tick(self) -> None:
+        if self._store is not None:
+            try:
+                self._store.tick()
+            except Exception:  # a file that cannot be closed must not stop the pipeline
+                log.exception("closing a rollover file failed")
+                self.stats["file_close_errors"] += 1
 
-    def _open_run(self, record: dict[str, Any]) -> None:
+    def _write(self, work: _Work) -> None:
+        if work.action == "open":
+            record = work.record or {}
+            self._open_run(record, work.radial if work.radial is not None else np.empty(0))
+        elif work.action == "close":
+            self._close_run((work.record or {}).get("exit_status", "success"))
+        elif work.action == "frame":
+            assert work.chunk is not None and work.profile is not None
+            store = self._store
+            if store is None:  # cannot happen: frames are only handed on inside a run
+                raise RuntimeError("frame reached the writer with no open run")
+            chunk = work.chunk.result()
+            slot = work.slot
+            store.write(int(slot.header["frame"]), chunk, work.profile, int(slot.header["flags"]))
+            self.latest_profile = (store.radial, work.profile)
+            self.stats["frames_processed"] += 1
+            self.stats["bytes_raw"] += slot.array().nbytes
+            self.stats["bytes_compressed"] += len(chunk)
+
+    def _open_run(self, record: dict[str, Any], radial: np.ndarray) -> None:
         if self._store is not None:
             self._close_run("abort")
         shape = (int(record["height"]), int(record["width"]))
-        self._reduction = Reduction(
-            self.backend, self.geometry, shape, self.bins, self.unit, self.calibration
-        )
         self._store = RunStore(
             self.store_root,
             record["run_uid"],
@@ -209,7 +305,7 @@ class Pipeline:
             record["dtype"],
             self.frames_per_file,
             self.file_seconds,
-            self._reduction.integrator.radial,
+            radial,
             self.unit,
             self.on_file_closed,
             RunMetadata(
@@ -218,41 +314,21 @@ class Pipeline:
                 record.get("frames_expected"),
                 datetime.now(UTC).isoformat(),
             ),
+            closer=self._closer,
+            on_close_failed=self._file_close_failed,
         )
         self.stats["runs_opened"] += 1
+
+    def _file_close_failed(self, run_uid: str, frames: list[int], error: BaseException) -> None:
+        """A rollover file could not be finished: its frames are lost, each with a record."""
+        self.stats["file_close_errors"] += 1
+        for frame in frames:
+            self.on_frame_lost(run_uid, frame, "file_close_failed", repr(error)[:200])
 
     def _close_run(self, exit_status: str) -> None:
         store, self._store = self._store, None
         if store is None:
             return
-        store.close()
+        store.close()  # waits for its files to be finished and registered
         self.stats["runs_closed"] += 1
         self.on_run_closed(store.run_uid, store.frames_written, exit_status)
-
-    def _frame(self, slot: Slot) -> None:
-        if not self.may_write():  # the store is full of unverified data: hold the ring (backpressure)
-            self.stats["backpressure_waits"] += 1
-            while not self.may_write() and not self._stop.is_set():
-                time.sleep(0.1)
-        if self._store is None or self._reduction is None:
-            self.stats["frames_outside_run"] += 1
-            self.on_frame_lost(
-                None, int(slot.header["frame"]), "outside_run", "frame arrived with no open run"
-            )
-            return
-        started = time.perf_counter()
-        raw = slot.array()
-        if raw.shape != self._reduction.shape:
-            self.stats["frames_wrong_shape"] += 1
-            frame = int(slot.header["frame"])
-            self.on_frame_lost(self._store.run_uid, frame, "wrong_shape", f"{raw.shape}")
-            return
-        compressed = self._compressor.submit(compress_chunk, raw)  # bitshuffle releases the GIL: overlap
-        profile = self._reduction.reduce(raw)
-        chunk = compressed.result()
-        self._store.write(int(slot.header["frame"]), chunk, profile, int(slot.header["flags"]))
-        self.latest_profile = (self._reduction.integrator.radial, profile)
-        self.stats["frames_processed"] += 1
-        self.stats["bytes_raw"] += raw.nbytes
-        self.stats["bytes_compressed"] += len(chunk)
-        self._busy_seconds += time.perf_counter() - started

@@ -25,6 +25,8 @@ from edge.ledger import Ledger
 
 log = logging.getLogger(__name__)
 
+PRESSURE_RECHECK_S = 0.2
+
 
 class Retention:
     """Runs the purge policy on its own thread and answers "may a run start / may we write?"."""
@@ -39,6 +41,7 @@ class Retention:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
+        self._pressure: tuple[float, bool] | None = None  # (when, answer) of the last under_pressure
 
     # -- policy ---------------------------------------------------------------------------------------
     def capacity(self) -> int:
@@ -66,9 +69,19 @@ class Retention:
         return None
 
     def under_pressure(self) -> bool:
-        """True while writing more would eat into the headroom with nothing left to purge."""
+        """True while writing more would eat into the headroom with nothing left to purge.
+
+        Asked before every frame: the answer (two ledger queries and a disk query) is kept for
+        ``PRESSURE_RECHECK_S``. Usage counts closed files only, which change a few times a second.
+        """
+        now = time.monotonic()
+        cached = self._pressure
+        if cached is not None and now - cached[0] < PRESSURE_RECHECK_S:
+            return cached[1]
         used = self.usage()
-        return used["total"] >= self._limit() and used["verified"] == 0
+        pressed = used["total"] >= self._limit() and used["verified"] == 0
+        self._pressure = (now, pressed)
+        return pressed
 
     def purge_once(self, now: float | None = None) -> int:
         """Purge what the policy allows; returns the number of files purged."""

@@ -11,9 +11,11 @@ not a security boundary) and recorded in the ledger with their transfer chunks.
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from collections.abc import Callable
+from concurrent.futures import Executor, Future
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -24,6 +26,8 @@ import numpy as np
 import xxhash
 
 from kernels import Geometry, hdf5_filter_options
+
+log = logging.getLogger(__name__)
 
 CHECKSUM = "xxh3-128"
 
@@ -214,6 +218,8 @@ class RunStore:
         radial_unit: str,
         on_closed: Callable[[ClosedFile], None],
         meta: RunMetadata | None = None,
+        closer: Executor | None = None,
+        on_close_failed: Callable[[str, list[int], BaseException], None] | None = None,
     ) -> None:
         self.directory = root / run_uid
         self.directory.mkdir(parents=True, exist_ok=True)
@@ -229,6 +235,11 @@ class RunStore:
         self.files_closed = 0
         self.frames_written = 0
         self._current: RunFileWriter | None = None
+        # with a ``closer``, full files are finished there, in order, while the next one fills; a file
+        # that cannot be finished goes to ``on_close_failed`` with its frames (without one, it raises)
+        self._closer = closer
+        self._on_close_failed = on_close_failed
+        self._closing: list[Future[None]] = []
 
     def write(self, frame: int, chunk: bytes, profile: np.ndarray, flags: int = 0) -> None:
         if self._current is None:
@@ -260,9 +271,26 @@ class RunStore:
         if len(current) == 0:
             current.discard()
             return
-        closed = current.close()
         self.files_closed += 1
-        self.on_closed(closed)
+        if self._closer is None:
+            self.on_closed(current.close())
+            return
+        self._closing = [f for f in self._closing if not f.done()]
+        self._closing.append(self._closer.submit(self._finish, current))
+
+    def _finish(self, current: RunFileWriter) -> None:
+        try:
+            closed = current.close()
+            self.on_closed(closed)
+        except Exception as error:
+            log.exception("finishing %s failed", current.name)
+            if self._on_close_failed is None:
+                raise
+            self._on_close_failed(self.run_uid, list(current.frames), error)
 
     def close(self) -> None:
+        """Finish the open file and wait until every file of the run is finished and registered."""
         self.roll()
+        for pending in self._closing:
+            pending.result()
+        self._closing = []

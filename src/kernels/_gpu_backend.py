@@ -6,8 +6,12 @@ kernels run on the CPU, which is how CI tests them without a GPU, with small lau
 
 Host arrays are copied to the device per call and results copied back; callers that keep frames on
 the device (CuPy, or ``to_device``) skip those copies. The bin index, like the integrators' other
-setup, lives on the device for the integrator's lifetime. Sums are float64 atomics, in shared memory
-per block when the bins fit (1D profiles), else straight to global memory (2D cakes).
+setup, lives on the device for the integrator's lifetime. Per-bin sums are float64 throughout: each
+thread adds runs of consecutive pixels in registers and issues one atomic add per run of equal bins,
+into a shared-memory histogram per block when the bins fit (1D profiles; each block covers one
+contiguous band of the frame and adds the bins it touched to the global sums with one atomic each),
+else straight into global memory (2D cakes). The order of the float64 additions varies from run to
+run, so float inputs may differ in the last bits between runs; integer counts sum exactly.
 """
 
 from __future__ import annotations
@@ -28,6 +32,9 @@ from kernels._numpy_backend import FLAT_FIELD_FLOOR, JUNGFRAU_ADC_MASK, JUNGFRAU
 INSTALL_HINT = "pip install 'edge[gpu]'"
 SHARED_BINS = 2048  # float64 bins one block keeps in shared memory (2 x 16 KiB with variance)
 THREADS = 256
+RUN = 8  # consecutive pixels one thread sums in registers before an atomic (bin-sum kernels)
+SUM_THREADS = 512  # threads per block of the bin-sum kernels
+SUM_BLOCKS_PER_SM = 2
 
 
 def simulated() -> bool:
@@ -57,11 +64,13 @@ def _grid(n: int, max_blocks: int = 8192) -> tuple[int, int]:
     return max(1, min(max_blocks, math.ceil(n / THREADS))), THREADS
 
 
-def _resident_blocks() -> int:
-    """Blocks enough to fill the device once (each flushes its shared histogram once)."""
+def _sum_grid(n: int) -> tuple[int, int]:
+    """Launch shape of the bin-sum kernels: enough blocks to fill the device once, no more, as each
+    block zeroes and flushes a whole shared histogram; fewer for small frames."""
     if simulated():
-        return 2
-    return 4 * int(cuda.get_current_device().MULTIPROCESSOR_COUNT)
+        return max(1, min(2, math.ceil(n / (RUN * 32)))), 32
+    resident = SUM_BLOCKS_PER_SM * int(cuda.get_current_device().MULTIPROCESSOR_COUNT)
+    return max(1, min(resident, math.ceil(n / (RUN * SUM_THREADS)))), SUM_THREADS
 
 
 def on_device(array: Any) -> bool:
@@ -109,48 +118,97 @@ def _jungfrau_kernel(raw, pedestal, gain, out):  # pragma: no cover - compiled f
             out[i] = (adc - pedestal[stage * n + i]) / gain[stage * n + i]
 
 
-@cuda.jit
-def _fill_zero(array):  # pragma: no cover - compiled for the device
-    for i in range(cuda.grid(1), array.size, cuda.gridsize(1)):
-        array[i] = 0.0
+@cuda.jit(device=True)
+def _add_runs(values, bins, nbins, with_variance, hist, hist_var):  # pragma: no cover - device
+    """Add this thread's pixels into ``hist`` (and ``hist_var``), shared or global, with atomics.
+
+    Each block takes one contiguous stretch of the frame; each thread in it sums ``RUN`` consecutive
+    pixels at a time in float64 registers and issues one atomic per run of equal bins (neighbouring
+    pixels of a row mostly share a bin), not one per pixel. The ``RUN`` loads are issued together,
+    before any atomic, so that enough reads are in flight to keep memory busy.
+    """
+    n = values.size
+    step = RUN * cuda.blockDim.x
+    per_block = (n + cuda.gridDim.x - 1) // cuda.gridDim.x
+    per_block = (per_block + step - 1) // step * step
+    lo = cuda.blockIdx.x * per_block
+    hi = min(lo + per_block, n)
+    run_bins = cuda.local.array(RUN, np.int32)
+    run_values = cuda.local.array(RUN, np.float64)
+    for start in range(lo + cuda.threadIdx.x * RUN, hi, step):
+        if start + RUN <= hi:
+            for j in range(RUN):
+                run_bins[j] = np.int32(bins[start + j])
+                run_values[j] = np.float64(values[start + j])
+            current = run_bins[0]
+            acc = run_values[0]
+            acc_var = max(1.0, acc)
+            for j in range(1, RUN):
+                b = run_bins[j]
+                v = run_values[j]
+                if b != current:
+                    if current < nbins:
+                        cuda.atomic.add(hist, current, acc)
+                        if with_variance:
+                            cuda.atomic.add(hist_var, current, acc_var)
+                    current = b
+                    acc = 0.0
+                    acc_var = 0.0
+                acc += v
+                acc_var += max(1.0, v)
+            if current < nbins:
+                cuda.atomic.add(hist, current, acc)
+                if with_variance:
+                    cuda.atomic.add(hist_var, current, acc_var)
+        else:  # the block's last, partial run: pixel by pixel
+            for i in range(start, hi):
+                b = np.int32(bins[i])
+                if b < nbins:
+                    v = np.float64(values[i])
+                    cuda.atomic.add(hist, b, v)
+                    if with_variance:
+                        cuda.atomic.add(hist_var, b, max(1.0, v))
+
+
+@cuda.jit(device=True)
+def _zero_spares(nbins, spare_sums, spare_variance):  # pragma: no cover - device
+    """Zero the other (sums, variance) pair, the one the next launch adds into."""
+    for b in range(cuda.grid(1), nbins, cuda.gridsize(1)):
+        spare_sums[b] = 0.0
+        spare_variance[b] = 0.0
 
 
 @cuda.jit
-def _bin_sums_shared(values, bins, nbins, with_variance, sums, variance):  # pragma: no cover
+def _bin_sums_shared(
+    values, bins, nbins, with_variance, sums, variance, spare_sums, spare_variance
+):  # pragma: no cover - compiled for the device
     local = cuda.shared.array(SHARED_BINS, np.float64)
     local_var = cuda.shared.array(SHARED_BINS, np.float64)
     tid = cuda.threadIdx.x
     for b in range(tid, nbins, cuda.blockDim.x):
         local[b] = 0.0
         local_var[b] = 0.0
+    _zero_spares(nbins, spare_sums, spare_variance)
     cuda.syncthreads()
-    start = cuda.grid(1)
-    stride = cuda.gridsize(1)
-    for i in range(start, values.size, stride):
-        b = bins[i]
-        if b < nbins:
-            v = np.float64(values[i])
-            cuda.atomic.add(local, b, v)
-            if with_variance:
-                cuda.atomic.add(local_var, b, max(1.0, v))
+    _add_runs(values, bins, nbins, with_variance, local, local_var)
     cuda.syncthreads()
+    # one global atomic per bin this block touched (a block covers a band of rows, not every bin)
     for b in range(tid, nbins, cuda.blockDim.x):
-        cuda.atomic.add(sums, b, local[b])
+        s = local[b]
+        if s != 0.0:
+            cuda.atomic.add(sums, b, s)
         if with_variance:
-            cuda.atomic.add(variance, b, local_var[b])
+            s = local_var[b]
+            if s != 0.0:
+                cuda.atomic.add(variance, b, s)
 
 
 @cuda.jit
-def _bin_sums_global(values, bins, nbins, with_variance, sums, variance):  # pragma: no cover
-    start = cuda.grid(1)
-    stride = cuda.gridsize(1)
-    for i in range(start, values.size, stride):
-        b = bins[i]
-        if b < nbins:
-            v = np.float64(values[i])
-            cuda.atomic.add(sums, b, v)
-            if with_variance:
-                cuda.atomic.add(variance, b, max(1.0, v))
+def _bin_sums_global(
+    values, bins, nbins, with_variance, sums, variance, spare_sums, spare_variance
+):  # pragma: no cover - compiled for the device
+    _zero_spares(nbins, spare_sums, spare_variance)
+    _add_runs(values, bins, nbins, with_variance, sums, variance)
 
 
 def correct(raw: Any, dark: Any, gain: Any, out: Any) -> Any:
@@ -178,29 +236,34 @@ def jungfrau_convert(raw: Any, pedestal: Any, gain: Any, out: Any) -> Any:
 
 
 class BinSummer:
-    """Per-bin sums on the device; the bin index is copied to the device once, here."""
+    """Per-bin sums on the device; the bin index is copied to the device once, here.
+
+    One launch per frame: the kernel adds into one of two (sums, variance) pairs, which is all zeros
+    on entry, and zeroes the other, which the next call adds into. So no separate zeroing launches.
+    """
 
     def __init__(self, bins: np.ndarray, nbins: int) -> None:
         self.nbins = nbins
         self.bins = _flat(np.ascontiguousarray(bins))
         self.shared = nbins <= SHARED_BINS
-        self._kernel = _bin_sums_shared if self.shared else _bin_sums_global
-        self._blocks = _resident_blocks() if self.shared else 8192
-        self._sums = cuda.device_array(nbins, dtype=np.float64)
-        self._variance = cuda.device_array(nbins, dtype=np.float64)
+        kernel = _bin_sums_shared if self.shared else _bin_sums_global
+        blocks, threads = _sum_grid(self.bins.size)
+        self._launch = kernel[blocks, threads]
+        zeros = np.zeros(max(nbins, 1), dtype=np.float64)
+        self._pairs = [(cuda.to_device(zeros), cuda.to_device(zeros)) for _ in range(2)]
+        self._turn = 0
 
     def sums_on_device(self, frame: Any, with_variance: bool) -> tuple[Any, Any]:
-        """Launch on a frame (host or device); returns the device arrays (sums, variance), reused per call."""
+        """Launch on a frame (host or device); returns device arrays (sums, variance), valid until the
+        next call (two pairs of arrays take turns)."""
         values = _flat(frame)
-        zero_blocks, zero_threads = _grid(self.nbins, 64)
-        _fill_zero[zero_blocks, zero_threads](self._sums)
-        if with_variance:
-            _fill_zero[zero_blocks, zero_threads](self._variance)
-        blocks, threads = _grid(values.size, self._blocks)
-        self._kernel[blocks, threads](
-            values, self.bins, self.nbins, with_variance, self._sums, self._variance
-        )
-        return self._sums, self._variance
+        if values.size != self.bins.size:
+            raise ValueError(f"frame has {values.size} pixels, the bin index {self.bins.size}")
+        sums, variance = self._pairs[self._turn]
+        self._turn ^= 1
+        spare_sums, spare_variance = self._pairs[self._turn]
+        self._launch(values, self.bins, self.nbins, with_variance, sums, variance, spare_sums, spare_variance)
+        return sums, variance
 
     def __call__(self, frame: Any, with_variance: bool) -> tuple[np.ndarray, np.ndarray | None]:
         sums, variance = self.sums_on_device(frame, with_variance)

@@ -44,3 +44,52 @@ def test_gpu_backend_under_cuda_simulator() -> None:
     )
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
     assert " passed" in done.stdout and "skipped" not in done.stdout.split("\n")[-2], done.stdout[-2000:]
+
+
+BIN_SUMMER_CHECK = """
+import numpy as np
+from kernels import _gpu_backend as g, _numpy_backend as ref
+
+assert g.simulated()
+rng = np.random.default_rng(5)
+for nbins, size, dtype, runs in [
+    (12, 1961, np.float32, False),  # random bins: a flush at almost every pixel
+    (40, 1961, np.uint16, True),  # runs of equal bins, as along a detector row
+    (g.SHARED_BINS + 952, 1961, np.float32, True),  # too many bins for shared memory: global sums
+    (5, 3, np.float32, False),  # fewer pixels than one run
+]:
+    if runs:
+        bins = np.repeat(rng.integers(0, nbins + 1, size), rng.integers(1, 12, size))[:size]
+    else:
+        bins = rng.integers(0, nbins + 1, size)  # nbins is the masked sentinel
+    bins = bins.astype(np.int32 if nbins > 1000 else np.uint16)
+    values = rng.uniform(0, 3, size).astype(dtype) if dtype == np.float32 else rng.poisson(2, size).astype(dtype)
+    summer, oracle = g.BinSummer(bins, nbins), ref.BinSummer(bins, nbins)
+    assert summer.shared == (nbins <= g.SHARED_BINS)
+    for with_variance in (True, False, True, True):  # the two buffer pairs take turns
+        sums, variance = summer(values, with_variance)
+        want, want_var = oracle(values, with_variance)
+        np.testing.assert_allclose(sums, want, rtol=1e-12, atol=1e-12)
+        if with_variance:
+            np.testing.assert_allclose(variance, want_var, rtol=1e-12)
+        else:
+            assert variance is None
+print("bin sums ok")
+"""
+
+
+@pytest.mark.gpu
+def test_bin_sums_under_cuda_simulator() -> None:
+    """Shared and global bin-sum kernels, partial runs, masked pixels and repeated calls vs NumPy."""
+    pytest.importorskip("numba.cuda")
+    env = {**os.environ, "NUMBA_ENABLE_CUDASIM": "1"}
+    done = subprocess.run(
+        [sys.executable, "-c", BIN_SUMMER_CHECK],
+        capture_output=True,
+        text=True,
+        timeout=170,
+        env=env,
+        cwd=HERE.parents[2],
+    )
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
+    assert "bin sums ok" in done.stdout

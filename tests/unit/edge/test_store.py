@@ -1,0 +1,90 @@
+"""Rollover files finished on a closer thread: in order, all registered before the run closes, and a
+file that cannot be finished becomes one loss record per frame, never a silent gap."""
+
+from __future__ import annotations
+
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import h5py
+import hdf5plugin  # noqa: F401
+import numpy as np
+import pytest
+
+from edge.store import ClosedFile, RunStore
+from kernels import compress_chunk, decompress_chunk
+
+SHAPE = (16, 24)
+
+
+def _store(root: Path, closer: ThreadPoolExecutor, on_closed, on_failed) -> RunStore:  # type: ignore[no-untyped-def]
+    return RunStore(
+        root,
+        "run-1",
+        SHAPE,
+        "uint16",
+        frames_per_file=3,
+        file_seconds=3600,
+        radial=np.arange(4.0),
+        radial_unit="2th_deg",
+        on_closed=on_closed,
+        closer=closer,
+        on_close_failed=on_failed,
+    )
+
+
+def test_files_are_finished_in_order_before_the_run_closes(tmp_path: Path) -> None:
+    frames = [np.full(SHAPE, n, np.uint16) for n in range(8)]
+    closed: list[ClosedFile] = []
+    threads: set[str] = set()
+
+    def on_closed(item: ClosedFile) -> None:
+        threads.add(threading.current_thread().name)
+        closed.append(item)
+
+    with ThreadPoolExecutor(1, thread_name_prefix="closer") as closer:
+        store = _store(tmp_path, closer, on_closed, None)
+        for n, frame in enumerate(frames):
+            store.write(n, compress_chunk(frame), np.zeros(4))
+        store.close()
+        assert [c.n_frames for c in closed] == [3, 3, 2]  # all three registered when close() returns
+    assert threads and all(name.startswith("closer") for name in threads)
+    assert [(c.first_frame, c.last_frame) for c in closed] == [(0, 2), (3, 5), (6, 7)]
+    for item in closed:
+        with h5py.File(item.path) as f:
+            data = f["entry/data/data"]
+            for k, n in enumerate(f["entry/data/frame_number"][()]):
+                np.testing.assert_array_equal(data[k], frames[n])
+                chunk = data.id.read_direct_chunk((k, 0, 0))[1]
+                np.testing.assert_array_equal(decompress_chunk(chunk, SHAPE, "uint16"), frames[n])
+    assert not list(tmp_path.rglob("*.part"))
+
+
+def test_a_file_that_cannot_be_finished_is_a_loss_per_frame(tmp_path: Path) -> None:
+    lost: list[tuple[str, list[int], str]] = []
+    calls = {"n": 0}
+
+    def on_closed(item: ClosedFile) -> None:
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise OSError("ledger disk full")
+
+    with ThreadPoolExecutor(1) as closer:
+        store = _store(
+            tmp_path, closer, on_closed, lambda run, frames, error: lost.append((run, frames, str(error)))
+        )
+        for n in range(7):
+            store.write(10 + n, compress_chunk(np.zeros(SHAPE, np.uint16)), np.zeros(4))
+        store.close()
+    assert lost == [("run-1", [13, 14, 15], "ledger disk full")]
+
+
+def test_without_a_closer_failures_raise(tmp_path: Path) -> None:
+    def on_closed(item: ClosedFile) -> None:
+        raise OSError("no")
+
+    store = RunStore(tmp_path, "run-2", SHAPE, "uint16", 2, 3600, np.arange(4.0), "q_nm^-1", on_closed)
+    store.write(0, compress_chunk(np.zeros(SHAPE, np.uint16)), np.zeros(4))
+    with pytest.raises(OSError):
+        store.write(1, compress_chunk(np.zeros(SHAPE, np.uint16)), np.zeros(4))
