@@ -3,8 +3,10 @@
 Self-contained (numpy, numba-cuda, cupy; no pyFAI/bitshuffle) and short (well under 3 minutes). It
 reports, with the device named: integration 2048^2 -> 1000 bins (and a 500 x 360 cake) in frames/s
 with the frame already on the device, the host-to-device copy of a frame timed apart from the kernel,
-the kernel's achieved fraction of the device-to-device copy bandwidth measured in the same run, the
-correction kernel likewise, and the same work on the numba CPU backend; each row carries its
+the kernel's achieved fraction of the device-to-device copy bandwidth measured in the same run (once
+with a launch and a synchronisation per frame, numba's host-side launch cost included, and once with
+the launch queue kept full, the device's own time per frame by CUDA events), the correction kernel
+likewise, and the same work on the numba CPU backend; each row carries its
 correctness check against the NumPy reference computed in the same run.
 """
 
@@ -37,6 +39,20 @@ GEOMETRY = kernels.Geometry(
 )
 
 
+SPIN_US = 40_000  # how long the spin kernel keeps the GPU busy while launches are queued
+
+
+def _make_spin() -> Any:
+    from numba import cuda
+
+    @cuda.jit
+    def spin(microseconds):  # pragma: no cover - device
+        for _ in range(microseconds):
+            cuda.nanosleep(1000)
+
+    return spin
+
+
 def timed(fn: Callable[[int], Any], repeats: int, sync: Callable[[], None]) -> list[float]:
     fn(0)
     sync()
@@ -49,6 +65,27 @@ def timed(fn: Callable[[int], Any], repeats: int, sync: Callable[[], None]) -> l
     return out
 
 
+def queued(launch: Callable[[int], Any], n: int, spin: Any) -> tuple[float, float]:
+    """(device seconds, host seconds) per launch with the launch queue kept full: a spin kernel keeps
+    the GPU busy while the host enqueues ``n`` launches, so CUDA events around them time the kernels
+    back to back, without the host's launch cost or the synchronisation latency in between."""
+    from numba import cuda
+
+    start, end = cuda.event(), cuda.event()
+    spin[1, 1](SPIN_US)
+    start.record()
+    t0 = time.perf_counter()
+    for k in range(n):
+        launch(k)
+    host = (time.perf_counter() - t0) / n
+    ran_dry = start.query()  # the GPU finished spinning before the last launch was queued
+    end.record()
+    end.synchronize()
+    if ran_dry:
+        raise RuntimeError(f"queueing {n} launches ({host * n * 1e3:.1f} ms) outlasted the spin kernel")
+    return start.elapsed_time(end) / 1e3 / n, host
+
+
 def rel(a: np.ndarray, b: np.ndarray) -> float:
     a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
     return float(np.max(np.abs(a - b) / np.maximum(np.abs(b), 1e-30)))
@@ -57,6 +94,7 @@ def rel(a: np.ndarray, b: np.ndarray) -> float:
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--json", action="store_true")
+    parser.add_argument("--json-file", type=Path, default=None, help="also write the JSON object here")
     parser.add_argument("--repeats", type=int, default=30)
     args = parser.parse_args()
     from numba import cuda
@@ -72,6 +110,7 @@ def main() -> int:
         raw_name = cuda.get_current_device().name
         name, copy_elems = (raw_name.decode() if isinstance(raw_name, bytes) else str(raw_name)), 2**26
     sync = cuda.synchronize
+    spin = None if g.simulated() else _make_spin()
     rng = np.random.default_rng(0)
     frames = [rng.poisson(50, SHAPE).astype(np.uint16) for _ in range(4)]
     mask = np.zeros(SHAPE, bool)
@@ -144,9 +183,27 @@ def main() -> int:
                 "unit": "frames/s",
                 "check": f"max rel diff vs NumPy {worst:.1e}",
                 "bandwidth_fraction": moved / kernel / 1e9 / d2d,
-                "note": f"{moved / kernel / 1e9:.0f} GB/s read, shared-memory bins: {summer.shared}",
+                "note": f"{moved / kernel / 1e9:.0f} GB/s read, shared-memory bins: {summer.shared}; "
+                "one launch + synchronize per frame",
             }
         )
+        if spin is not None:  # the simulator's events time nothing
+            for with_variance in (False, True):
+                device, host = queued(
+                    lambda k, s=summer, v=with_variance: s.sums_on_device(dev_frames[k % 4], v), 100, spin
+                )
+                rows.append(
+                    {
+                        "workload": f"{label}, GPU kernel back to back"
+                        + (" (+ Poisson variance)" if with_variance else ""),
+                        "value": 1 / device,
+                        "unit": "frames/s",
+                        "check": "-",
+                        "bandwidth_fraction": moved / device / 1e9 / d2d,
+                        "note": f"{device * 1e6:.1f} us on the device per frame (CUDA events, launch "
+                        f"queue kept full); the host's launch takes {host * 1e6:.1f} us",
+                    }
+                )
         t = timed(lambda k, i=integ_gpu: i.integrate(frames[k % 4]), 10, sync)
         rows.append(
             {
@@ -188,6 +245,8 @@ def main() -> int:
         }
     )
 
+    if args.json_file is not None:
+        args.json_file.write_text(json.dumps({"device": name, "rows": rows}, indent=1) + "\n")
     if args.json:
         print(json.dumps({"device": name, "rows": rows}, indent=1))
     else:

@@ -10,8 +10,10 @@ setup, lives on the device for the integrator's lifetime. Per-bin sums are float
 thread adds runs of consecutive pixels in registers and issues one atomic add per run of equal bins,
 into a shared-memory histogram per block when the bins fit (1D profiles; each block covers one
 contiguous band of the frame and adds the bins it touched to the global sums with one atomic each),
-else straight into global memory (2D cakes). The order of the float64 additions varies from run to
-run, so float inputs may differ in the last bits between runs; integer counts sum exactly.
+else straight into global memory (2D cakes). One launch per frame: the kernel also zeroes the
+other of two result buffers, the one the next frame adds into (see ``BinSummer``). The order of the
+float64 additions varies from run to run, so float inputs may differ in the last bits between runs;
+integer counts sum exactly.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from kernels._numpy_backend import FLAT_FIELD_FLOOR, JUNGFRAU_ADC_MASK, JUNGFRAU
 INSTALL_HINT = "pip install 'edge[gpu]'"
 SHARED_BINS = 2048  # float64 bins one block keeps in shared memory (2 x 16 KiB with variance)
 THREADS = 256
-RUN = 8  # consecutive pixels one thread sums in registers before an atomic (bin-sum kernels)
+RUN = 4  # consecutive pixels one thread sums in registers before an atomic (bin-sum kernels)
 SUM_THREADS = 512  # threads per block of the bin-sum kernels
 SUM_BLOCKS_PER_SM = 2
 
@@ -171,44 +173,43 @@ def _add_runs(values, bins, nbins, with_variance, hist, hist_var):  # pragma: no
 
 
 @cuda.jit(device=True)
-def _zero_spares(nbins, spare_sums, spare_variance):  # pragma: no cover - device
-    """Zero the other (sums, variance) pair, the one the next launch adds into."""
-    for b in range(cuda.grid(1), nbins, cuda.gridsize(1)):
-        spare_sums[b] = 0.0
-        spare_variance[b] = 0.0
+def _zero_spare_pair(acc, turn):  # pragma: no cover - device
+    """Zero the other (sums, variance) pair of rows of ``acc``, the one the next launch adds into."""
+    spare = 2 - 2 * turn
+    for b in range(cuda.grid(1), acc.shape[1], cuda.gridsize(1)):
+        acc[spare, b] = 0.0
+        acc[spare + 1, b] = 0.0
 
 
 @cuda.jit
-def _bin_sums_shared(
-    values, bins, nbins, with_variance, sums, variance, spare_sums, spare_variance
-):  # pragma: no cover - compiled for the device
+def _bin_sums_shared(values, bins, with_variance, acc, turn):  # pragma: no cover - compiled for the device
     local = cuda.shared.array(SHARED_BINS, np.float64)
     local_var = cuda.shared.array(SHARED_BINS, np.float64)
+    nbins = acc.shape[1]
     tid = cuda.threadIdx.x
     for b in range(tid, nbins, cuda.blockDim.x):
         local[b] = 0.0
         local_var[b] = 0.0
-    _zero_spares(nbins, spare_sums, spare_variance)
+    _zero_spare_pair(acc, turn)
     cuda.syncthreads()
     _add_runs(values, bins, nbins, with_variance, local, local_var)
     cuda.syncthreads()
     # one global atomic per bin this block touched (a block covers a band of rows, not every bin)
+    row = 2 * turn
     for b in range(tid, nbins, cuda.blockDim.x):
         s = local[b]
         if s != 0.0:
-            cuda.atomic.add(sums, b, s)
+            cuda.atomic.add(acc, (row, b), s)
         if with_variance:
             s = local_var[b]
             if s != 0.0:
-                cuda.atomic.add(variance, b, s)
+                cuda.atomic.add(acc, (row + 1, b), s)
 
 
 @cuda.jit
-def _bin_sums_global(
-    values, bins, nbins, with_variance, sums, variance, spare_sums, spare_variance
-):  # pragma: no cover - compiled for the device
-    _zero_spares(nbins, spare_sums, spare_variance)
-    _add_runs(values, bins, nbins, with_variance, sums, variance)
+def _bin_sums_global(values, bins, with_variance, acc, turn):  # pragma: no cover - compiled for the device
+    _zero_spare_pair(acc, turn)
+    _add_runs(values, bins, acc.shape[1], with_variance, acc[2 * turn], acc[2 * turn + 1])
 
 
 def correct(raw: Any, dark: Any, gain: Any, out: Any) -> Any:
@@ -238,8 +239,9 @@ def jungfrau_convert(raw: Any, pedestal: Any, gain: Any, out: Any) -> Any:
 class BinSummer:
     """Per-bin sums on the device; the bin index is copied to the device once, here.
 
-    One launch per frame: the kernel adds into one of two (sums, variance) pairs, which is all zeros
-    on entry, and zeroes the other, which the next call adds into. So no separate zeroing launches.
+    One launch per frame, with few array arguments (numba's launch cost grows with each): the kernel
+    adds into one of two (sums, variance) pairs of rows of one array, all zeros on entry, and zeroes
+    the other pair, which the next call adds into. So no separate zeroing launches.
     """
 
     def __init__(self, bins: np.ndarray, nbins: int) -> None:
@@ -249,8 +251,8 @@ class BinSummer:
         kernel = _bin_sums_shared if self.shared else _bin_sums_global
         blocks, threads = _sum_grid(self.bins.size)
         self._launch = kernel[blocks, threads]
-        zeros = np.zeros(max(nbins, 1), dtype=np.float64)
-        self._pairs = [(cuda.to_device(zeros), cuda.to_device(zeros)) for _ in range(2)]
+        self._acc = cuda.to_device(np.zeros((4, nbins), dtype=np.float64))
+        self._pairs = [(self._acc[2 * turn], self._acc[2 * turn + 1]) for turn in range(2)]
         self._turn = 0
 
     def sums_on_device(self, frame: Any, with_variance: bool) -> tuple[Any, Any]:
@@ -259,11 +261,10 @@ class BinSummer:
         values = _flat(frame)
         if values.size != self.bins.size:
             raise ValueError(f"frame has {values.size} pixels, the bin index {self.bins.size}")
-        sums, variance = self._pairs[self._turn]
-        self._turn ^= 1
-        spare_sums, spare_variance = self._pairs[self._turn]
-        self._launch(values, self.bins, self.nbins, with_variance, sums, variance, spare_sums, spare_variance)
-        return sums, variance
+        turn = self._turn
+        self._turn = 1 - turn
+        self._launch(values, self.bins, with_variance, self._acc, turn)
+        return self._pairs[turn]
 
     def __call__(self, frame: Any, with_variance: bool) -> tuple[np.ndarray, np.ndarray | None]:
         sums, variance = self.sums_on_device(frame, with_variance)
