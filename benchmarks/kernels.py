@@ -4,6 +4,8 @@ Run ``python benchmarks/kernels.py [--json] [--quick] [--backend numba]``. Every
 in this process with the two timings interleaved (BENCHMARKS.md): warm-up first, then the median of
 ``--repeats`` runs each, cycling over several frame buffers so caches do not flatter either side.
 Every row carries the correctness check that went with it; a fast wrong answer does not count.
+The ``e2e`` and ``preview`` groups run the whole appliance (``benchmarks/e2e.py``, about 2.5 minutes,
+and ``benchmarks/preview_latency.py``) and add their rows to the same table.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import io
 import json
 import os
 import statistics
+import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -27,7 +30,7 @@ import numpy as np
 
 import kernels
 
-GROUPS = ("integrate", "correct", "compress", "fbp", "peaks")
+GROUPS = ("integrate", "correct", "compress", "fbp", "peaks", "e2e", "preview")
 SHAPE = (2048, 2048)
 NPT = 1000
 BUFFERS = 4
@@ -412,6 +415,56 @@ def bench_peaks(backend: kernels.Backend, repeats: int) -> Row:
     )
 
 
+# ---- whole-system rows: the appliance's processes, from their own scripts ---------------------------------
+
+
+def _script(name: str, *args: str) -> dict[str, Any]:
+    here = Path(__file__).resolve().parent
+    done = subprocess.run(
+        [sys.executable, str(here / name), "--json", *args], capture_output=True, text=True, timeout=3600
+    )
+    lines = done.stdout.strip().splitlines()
+    if not lines:
+        raise RuntimeError(f"{name} printed nothing ({done.returncode}): {done.stderr[-2000:]}")
+    return dict(json.loads(lines[-1]))
+
+
+def bench_end_to_end(quick: bool) -> Row:
+    row = _script("e2e.py", "--seconds", "20" if quick else "60")["rows"][0]
+    cpu = ", ".join(f"{k} {v} ms" for k, v in row["cpu_ms_per_frame"].items())
+    return Row(
+        row["workload"],
+        row["ours"],
+        row["reference"],
+        "GB/s",
+        row["ratio"],
+        ">= 1 GB/s",
+        row["target_met"],
+        f"{row['check']}; {row['seconds']} s at {row['frames_per_second']} frames/s; CPU per frame: {cpu} "
+        f"({row['cores']} cores); disk writes {row['disk_write_GBps']} GB/s with fsync, 1 GB/s of frames "
+        f"needs {row['disk_needed_GBps_at_1GBps']} GB/s",
+        row["check_passed"],
+        f"{row['seconds']} s",
+    )
+
+
+def bench_preview() -> Row:
+    row = _script("preview_latency.py", "--seconds", "20")
+    return Row(
+        f"frame to dashboard preview at full rate ({row['frames_per_second']} frames/s), 95th percentile",
+        row["p95_ms"],
+        200.0,
+        "ms",
+        row["p95_ms"] / 200.0,
+        "< 200 ms",
+        row["target_met"],
+        f"median {row['median_ms']} ms (to the receiver {row['median_arrival_ms']} ms, request "
+        f"{row['median_request_ms']} ms), max {row['max_ms']} ms, {row['samples']} frames seen",
+        row["samples"] > 0,
+        f"max {row['max_ms']} ms",
+    )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
@@ -451,6 +504,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         rows.append(bench_fbp(backend, 3 if args.quick else 5))
     if "peaks" in only:
         rows.append(bench_peaks(backend, repeats))
+    if "e2e" in only:
+        rows.append(bench_end_to_end(args.quick))
+    if "preview" in only:
+        rows.append(bench_preview())
     if args.json:
         print(json.dumps({"info": info, "rows": [asdict(r) for r in rows]}, indent=1))
     else:

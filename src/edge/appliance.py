@@ -6,6 +6,7 @@ lifecycle; every view it offers reads counters, never infers them.
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
 import threading
@@ -220,6 +221,8 @@ class Appliance:
             self._frame_lost,
             may_write=lambda: not self.retention.under_pressure(),
             calibration=calibration,
+            compress_threads=store.compress_threads,
+            frame_threads=settings.reduction.frame_threads,
         )
         self.forwarder = Forwarder(
             settings.upstream.endpoint,
@@ -232,6 +235,7 @@ class Appliance:
         self.retention = Retention(self.ledger, settings.store.path, settings.retention)
         self._stats_lock = threading.Lock()
         self.files_closed = 0
+        self._preview_doc: tuple[object, dict[str, Any]] | None = None  # the last preview, as sent
 
     def _source(self, settings: Settings) -> FrameSource:
         if settings.stream.transport == "udp":
@@ -246,7 +250,8 @@ class Appliance:
                 udp.frame_timeout_frames,
                 udp.rcvbuf_bytes,
             )
-        return ZmqStreamSource(settings.stream.endpoint, self.sink, self.context, settings.stream.rcvhwm)
+        stream = settings.stream
+        return ZmqStreamSource(stream.endpoint, self.sink, self.context, stream.rcvhwm, stream.rcvbuf_bytes)
 
     # -- lifecycle --------------------------------------------------------------------------------------
     def start(self) -> None:
@@ -356,15 +361,26 @@ class Appliance:
         }
 
     def latest_preview(self) -> dict[str, Any] | None:
-        """The newest frame received (not waiting for the pipeline), subsampled and log-scaled to 8 bits."""
+        """The newest frame received (not waiting for the pipeline), subsampled and log-scaled to 8 bits;
+        ``pixels_b64`` holds them row-major, one byte each, base64-encoded (compact to send and parse)."""
         latest = self.sink.preview
         if latest is None:
             return None
+        cached = self._preview_doc
+        if cached is not None and cached[0] is latest:
+            return cached[1]
         frame, info = latest
         logged = np.log1p(frame.astype(np.float32))
         top = float(np.percentile(logged, 99.5)) or 1.0
         image = np.clip(logged * (255.0 / top), 0, 255).astype(np.uint8)
-        return {**info, "height": image.shape[0], "width": image.shape[1], "pixels": image.ravel().tolist()}
+        doc = {
+            **info,
+            "height": image.shape[0],
+            "width": image.shape[1],
+            "pixels_b64": base64.b64encode(image.tobytes()).decode("ascii"),
+        }
+        self._preview_doc = (latest, doc)
+        return doc
 
     def latest_profile(self) -> dict[str, Any] | None:
         latest = self.pipeline.latest_profile

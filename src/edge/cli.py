@@ -307,6 +307,10 @@ def main(argv: list[str] | None = None) -> int:
     # spinning idle worker starves the thread that has work: idle workers sleep instead (children
     # inherit this). Set before numba or bitshuffle load; an explicit setting wins.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    if args.command == "run":
+        # bitshuffle compresses each frame on one thread; the pipeline compresses store.compress_threads
+        # frames at once instead (numba sizes its own pool and ignores this)
+        os.environ.setdefault("OMP_NUM_THREADS", "1")
     logging.basicConfig(
         level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
     )

@@ -75,7 +75,14 @@ class StreamSettings(_Section):
 
     transport: Literal["zmq", "udp"] = "zmq"
     endpoint: str = f"tcp://{LOCALHOST}:5560"
-    rcvhwm: int = Field(16, ge=1)
+    rcvhwm: int = Field(2, ge=1, description="message parts ZeroMQ queues before the reader takes them")
+    rcvbuf_bytes: int = Field(
+        4 << 20,
+        ge=0,
+        le=1 << 30,
+        description="kernel receive buffer of the stream connection (0 = the OS's autotuning). Small"
+        " buffers keep a backlog at the detector instead of in flight, so the live image stays fresh",
+    )
 
 
 class UdpSettings(_Section):
@@ -115,6 +122,13 @@ class ReductionSettings(_Section):
     mask_file: Path | None = Field(None, description=".npy mask, nonzero = pixel excluded")
     solid_angle: bool = Field(False, description="normalise by each pixel's solid angle (as pyFAI)")
     polarization: float | None = Field(None, ge=-1, le=1, description="polarisation factor, as pyFAI")
+    frame_threads: int = Field(
+        1,
+        ge=0,
+        le=1024,
+        description="numba threads on one frame in the pipeline (0 = every core); frames already overlap"
+        " with compression and writing on their own threads, so 1 gives the most frames per second",
+    )
 
 
 class StoreSettings(_Section):
@@ -124,6 +138,9 @@ class StoreSettings(_Section):
     frames_per_file: int = Field(100, ge=1, le=1_000_000)
     file_seconds: float = Field(2.0, gt=0)
     chunk_bytes: int = Field(4 << 20, ge=4096, le=256 << 20)
+    compress_threads: int = Field(
+        2, ge=1, le=64, description="frames compressed at once (bitshuffle-LZ4, one OpenMP thread each)"
+    )
 
 
 class RetentionSettings(_Section):

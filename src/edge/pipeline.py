@@ -126,6 +126,8 @@ class Pipeline:
         may_write: Callable[[], bool] = lambda: True,
         calibration: Calibration | None = None,
         queue_depth: int = 8,
+        compress_threads: int = 1,
+        frame_threads: int = 0,
     ) -> None:
         self.ring = ring
         self.backend = backend
@@ -142,7 +144,8 @@ class Pipeline:
         self.calibration = calibration
         self.stats: Counter[str] = Counter()
         self.latest_profile: tuple[np.ndarray, np.ndarray] | None = None
-        self._compressor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="compress")
+        self._compressor = ThreadPoolExecutor(max_workers=compress_threads, thread_name_prefix="compress")
+        self.frame_threads = frame_threads
         self._closer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="file-closer")
         self._work: queue.Queue[_Work | None] = queue.Queue(maxsize=queue_depth)
         self._reduction: Reduction | None = None  # the reducing thread's
@@ -182,6 +185,8 @@ class Pipeline:
 
     # -- the reducing thread: takes slots in ring order, integrates, starts compression -------------------
     def _run(self) -> None:
+        if self.frame_threads:
+            self.backend.limit_threads(self.frame_threads)  # this thread's kernels only
         try:
             while True:
                 slot = self.ring.next_ready(timeout=0.1)

@@ -42,6 +42,7 @@ class Retention:
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
         self._pressure: tuple[float, bool] | None = None  # (when, answer) of the last under_pressure
+        self._refreshing = threading.Event()
 
     # -- policy ---------------------------------------------------------------------------------------
     def capacity(self) -> int:
@@ -71,17 +72,27 @@ class Retention:
     def under_pressure(self) -> bool:
         """True while writing more would eat into the headroom with nothing left to purge.
 
-        Asked before every frame: the answer (two ledger queries and a disk query) is kept for
-        ``PRESSURE_RECHECK_S``. Usage counts closed files only, which change a few times a second.
+        Asked before every frame, so it never waits on the ledger: the answer is recomputed (two
+        ledger queries and a disk query) on a helper thread when older than ``PRESSURE_RECHECK_S``, and
+        the last answer stands meanwhile. Usage counts closed files only, which change a few times a
+        second. The first call computes it in place.
         """
-        now = time.monotonic()
         cached = self._pressure
-        if cached is not None and now - cached[0] < PRESSURE_RECHECK_S:
-            return cached[1]
-        used = self.usage()
-        pressed = used["total"] >= self._limit() and used["verified"] == 0
-        self._pressure = (now, pressed)
-        return pressed
+        if cached is None:
+            return self._refresh_pressure()
+        if time.monotonic() - cached[0] >= PRESSURE_RECHECK_S and not self._refreshing.is_set():
+            self._refreshing.set()
+            threading.Thread(target=self._refresh_pressure, name="pressure-check", daemon=True).start()
+        return cached[1]
+
+    def _refresh_pressure(self) -> bool:
+        try:
+            used = self.usage()
+            pressed = used["total"] >= self._limit() and used["verified"] == 0
+            self._pressure = (time.monotonic(), pressed)
+            return pressed
+        finally:
+            self._refreshing.clear()
 
     def purge_once(self, now: float | None = None) -> int:
         """Purge what the policy allows; returns the number of files purged."""

@@ -26,11 +26,14 @@ log = logging.getLogger(__name__)
 class ZmqStreamSource:
     """A :class:`~firmware_bridge.source.FrameSource` for the ZeroMQ frame stream."""
 
-    def __init__(self, endpoint: str, sink: FrameSink, context: zmq.Context, rcvhwm: int = 16) -> None:
+    def __init__(
+        self, endpoint: str, sink: FrameSink, context: zmq.Context, rcvhwm: int = 2, rcvbuf: int = 4 << 20
+    ) -> None:
         self.endpoint = endpoint
         self.sink = sink
         self.context = context
         self.rcvhwm = rcvhwm
+        self.rcvbuf = rcvbuf  # bytes of kernel receive buffer; 0 leaves it to the OS (autotuning)
         self.codec = StreamCodec()
         self.stats: Counter[str] = Counter()
         self._stop = threading.Event()
@@ -75,6 +78,8 @@ class ZmqStreamSource:
     def _run(self) -> None:
         sock = self.context.socket(zmq.PULL)
         sock.rcvhwm = self.rcvhwm
+        if self.rcvbuf:
+            sock.rcvbuf = self.rcvbuf
         sock.linger = 0
         sock.connect(self.endpoint)
         try:

@@ -30,6 +30,13 @@ def _progress(summary: SendSummary) -> None:
     sys.stderr.flush()
 
 
+def _prepare(source: Any, frames: int, pool: int) -> None:
+    """Draw the noise realisations before the series starts (a detector is ready when armed), so the
+    first frames leave at the chosen rate instead of waiting on Poisson draws."""
+    for number in range(min(pool, frames) if frames else pool):
+        source.frame(number)
+
+
 def run_sim(
     endpoint: str,
     shape: tuple[int, int],
@@ -55,6 +62,7 @@ def run_sim(
     signal.signal(signal.SIGINT, _stop)
     signal.signal(signal.SIGTERM, _stop)
     source = make_source(mode, shape, Geometry(**geometry), seed=seed, pool=pool, dtype=dtype)
+    _prepare(source, frames, pool)
     context = zmq.Context()
     sender = ZmqFrameSender(endpoint, context)
     sys.stderr.write(
@@ -159,6 +167,7 @@ def run_sim_udp(
     signal.signal(signal.SIGTERM, _stop)
     layout = DetectorGeometry(**detector)
     source = make_source(mode, layout.raw_shape, Geometry(**geometry), seed=seed, pool=pool)
+    _prepare(source, frames, pool)
     sender = UdpFrameSender(layout, port, rate_hz=rate_hz)
     sys.stderr.write(
         f"sim: UDP to 127.0.0.1:{port}, {layout.n_modules} modules, "

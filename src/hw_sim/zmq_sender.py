@@ -55,7 +55,7 @@ class SendSummary:
 class ZmqFrameSender:
     """Binds a PUSH socket and sends series of frames."""
 
-    def __init__(self, endpoint: str, context: zmq.Context, sndhwm: int = 16) -> None:
+    def __init__(self, endpoint: str, context: zmq.Context, sndhwm: int = 2) -> None:
         self.sock = context.socket(zmq.PUSH)
         self.sock.sndhwm = sndhwm
         self.sock.bind(endpoint)

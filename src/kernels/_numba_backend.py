@@ -119,6 +119,12 @@ def _chunks() -> int:
     return max(1, numba.get_num_threads())
 
 
+def limit_threads(threads: int) -> None:
+    """At most ``threads`` numba threads for kernels called from this thread (numba's own per-thread
+    setting; capped at the pool's size)."""
+    numba.set_num_threads(max(1, min(int(threads), numba.config.NUMBA_NUM_THREADS)))
+
+
 def correct(raw: np.ndarray, dark: np.ndarray, gain: np.ndarray, out: np.ndarray) -> np.ndarray:
     _correct(raw, dark, gain, out)
     return out

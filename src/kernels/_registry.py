@@ -39,6 +39,13 @@ class Backend:
     module: ModuleType
     degraded_from: list[str] = field(default_factory=list)
 
+    def limit_threads(self, threads: int) -> None:
+        """Run this backend's parallel kernels on at most ``threads`` CPU threads when called from the
+        calling thread (numba's setting is per thread; other backends have nothing to limit)."""
+        limit = getattr(self.module, "limit_threads", None)
+        if limit is not None:
+            limit(threads)
+
     def correct(self, raw: np.ndarray, dark: np.ndarray, gain: np.ndarray, out: np.ndarray) -> np.ndarray:
         return self.module.correct(raw, dark, gain, out)
 

@@ -9,6 +9,7 @@ the real ones; only the appliance behind them is scripted.
 
 from __future__ import annotations
 
+import base64
 import copy
 import threading
 from collections.abc import Iterator
@@ -262,7 +263,9 @@ def test_alarms_placeholders_and_a_failed_run(
         "processed_at": 1_790_000_000.0,
         "height": 16,
         "width": 32,
-        "pixels": [(x * 8 + y * 4) % 256 for y in range(16) for x in range(32)],
+        "pixels_b64": base64.b64encode(
+            bytes((x * 8 + y * 4) % 256 for y in range(16) for x in range(32))
+        ).decode(),
     }
     view.profile = {
         "unit": "q_nm^-1",

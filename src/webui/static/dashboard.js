@@ -8,6 +8,7 @@
 
 (() => {
   const POLL_MS = 1000;
+  const PREVIEW_MS = 100; // the live image: asked for ten times a second, drawn when a new frame is there
   const RETRY_MS = 2000;
   const RUNS_MS = 4000;
   const FETCH_TIMEOUT_MS = 4000;
@@ -117,6 +118,8 @@
     lastContact: null,
     lastUptime: null,
     imageKey: null,
+    previewKey: null,
+    previewShown: null, // the last frame drawn: its detector timestamp and when it was drawn (for latency checks)
     runsFetchedAt: 0,
     runsKey: null,
     selectedRun: null,
@@ -154,12 +157,13 @@
   function drawPreview(preview) {
     const canvas = $("preview");
     const empty = $("preview-empty");
-    if (!preview || !preview.width || !preview.height || !preview.pixels) {
+    if (!preview || !preview.width || !preview.height || !preview.pixels_b64) {
       empty.hidden = false;
       setText("preview-caption", "");
       return;
     }
-    const { width, height, pixels } = preview;
+    const { width, height } = preview;
+    const pixels = Uint8Array.from(atob(preview.pixels_b64), (c) => c.charCodeAt(0));
     if (canvas.width !== width || canvas.height !== height) {
       canvas.width = width;
       canvas.height = height;
@@ -575,12 +579,30 @@
   }
 
   async function refreshImages(status) {
-    const key = `${status.pipeline?.frames_processed}|${status.frames?.received}`;
+    const key = `${status.pipeline?.frames_processed}`;
     if (key === state.imageKey) return;
-    const [preview, profile] = await Promise.all([getJSON("/api/preview"), getJSON("/api/profile")]);
-    drawPreview(preview);
+    const profile = await getJSON("/api/profile");
     drawProfile(profile);
-    state.imageKey = preview && profile ? key : null; // keep asking until both exist
+    state.imageKey = profile ? key : null; // keep asking until there is one
+  }
+
+  // The live image has its own, faster loop: a frame should be on screen well within 200 ms of the
+  // detector taking it. It pauses while the page is hidden or the appliance does not answer.
+  async function previewTick() {
+    try {
+      if (document.visibilityState !== "hidden" && state.reachable !== false) {
+        const preview = await getJSON("/api/preview");
+        const key = preview ? `${preview.run_uid}|${preview.frame}|${preview.received_at}` : null;
+        if (key !== state.previewKey) {
+          drawPreview(preview);
+          state.previewKey = key;
+          if (preview) state.previewShown = { frame: preview.frame, detectorNs: preview.detector_timestamp_ns, shownMs: Date.now() };
+        }
+      }
+    } catch (error) {
+      if (!(error instanceof Unreachable)) console.error("dashboard preview:", error);
+    }
+    setTimeout(previewTick, PREVIEW_MS);
   }
 
   // ---- connection state and the loop ----------------------------------------------------------------------
@@ -633,4 +655,5 @@
   const fromHash = /^#run=(.+)$/.exec(location.hash);
   if (fromHash) selectRun(decodeURIComponent(fromHash[1]));
   tick();
+  previewTick();
 })();
