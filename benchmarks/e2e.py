@@ -192,9 +192,8 @@ def main(argv: list[str] | None = None) -> int:
         disk = disk_write_rate(work)
         n_frames = args.frames
         if not n_frames:
-            _summary, probe_seconds, probe_delivered = run_demo(
-                args.probe_frames, work / "probe", upstream, quota
-            )
+            probe = run_demo(args.probe_frames, work / "probe", upstream, quota)
+            probe_seconds, probe_delivered = probe[1], probe[2]
             n_frames = max(args.probe_frames, int(probe_delivered / probe_seconds * args.seconds * 1.05))
         summary, seconds, delivered, cpu = run_demo(n_frames, work / "run", upstream, quota)
         ceiling_after, _ = compress_ceiling(frames)

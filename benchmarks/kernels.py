@@ -504,10 +504,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         rows.append(bench_fbp(backend, 3 if args.quick else 5))
     if "peaks" in only:
         rows.append(bench_peaks(backend, repeats))
-    if "e2e" in only:
-        rows.append(bench_end_to_end(args.quick))
-    if "preview" in only:
-        rows.append(bench_preview())
+    for group, bench in (("e2e", lambda: bench_end_to_end(args.quick)), ("preview", bench_preview)):
+        if group in only:
+            try:
+                rows.append(bench())
+            except Exception as error:  # a whole-system run that failed is a failed row, not a lost table
+                rows.append(
+                    Row(f"{group}: the run failed", 0, 0, "-", 0, "-", False, repr(error)[:300], False, "-")
+                )
     if args.json:
         print(json.dumps({"info": info, "rows": [asdict(r) for r in rows]}, indent=1))
     else:

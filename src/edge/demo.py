@@ -161,7 +161,8 @@ def run_demo(args: argparse.Namespace, settings: Settings, flags: list[str] | No
             if run.get("ended_at") is None:
                 return None
             stored = sum(f["n_frames"] for f in run["files"])
-            delivered = sum(f["n_frames"] for f in run["files"] if f["state"] == "verified")
+            # a file is purged only once verified upstream: its frames count as delivered
+            delivered = sum(f["n_frames"] for f in run["files"] if f["state"] in ("verified", "purged"))
             whole = [r for r in run["losses"] if not r["partial"]]
             lost = sum(r["last_frame"] - r["first_frame"] + 1 for r in whole)
             if delivered + lost < frames_sent or delivered < stored:

@@ -378,7 +378,8 @@ class Ledger:
             "chunks": chunks,
             "frames_by_state": frames,
             "frames_stored": int(sum(frames.values())),
-            "frames_verified": int(frames.get("verified", 0)),
+            # a purged file was verified first: its frames stay delivered
+            "frames_verified": int(frames.get("verified", 0)) + int(frames.get("purged", 0)),
             "bytes_pending": int(pending),
             "frames_lost": int(lost[0]),
             "frames_incomplete": int(lost[2]),

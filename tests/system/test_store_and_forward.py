@@ -114,6 +114,7 @@ def test_consumer_down_for_part_of_a_run_loses_nothing_and_nothing_is_purged_unv
         )
         status = stack.status()
         assert status["frames"]["lost"] == 0
+        assert status["frames"]["delivered"] == frames  # purged files were verified: still delivered
     finally:
         stack.stop_all()
     purged = ledger_rows(stack, "SELECT verified_at, purged_at, path FROM files")

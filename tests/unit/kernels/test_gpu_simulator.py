@@ -16,31 +16,31 @@ import pytest
 HERE = Path(__file__).parent
 
 
+def _under_simulator(*args: str) -> subprocess.CompletedProcess[str]:
+    """``python *args`` in a fresh process with numba's CUDA simulator on (it must be set before
+    numba.cuda is first imported) and the GPU backend's tests enabled."""
+    env = {**os.environ, "NUMBA_ENABLE_CUDASIM": "1", "EDGE_TEST_GPU": "1"}
+    env.pop("EDGE_BACKEND", None)
+    return subprocess.run(
+        [sys.executable, *args], capture_output=True, text=True, timeout=170, env=env, cwd=HERE.parents[2]
+    )
+
+
 @pytest.mark.gpu
 def test_gpu_backend_under_cuda_simulator() -> None:
     pytest.importorskip("numba.cuda")
-    env = {**os.environ, "NUMBA_ENABLE_CUDASIM": "1", "EDGE_TEST_GPU": "1"}
-    env.pop("EDGE_BACKEND", None)
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pytest",
-            str(HERE / "test_kernels.py"),
-            str(HERE / "test_reduction_kernels.py"),
-            "-q",
-            "-k",
-            "gpu and not missing_gpu",
-            "-p",
-            "no:cacheprovider",
-            "-W",
-            "ignore::numba.core.errors.NumbaPerformanceWarning",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=170,
-        env=env,
-        cwd=HERE.parents[2],
+    done = _under_simulator(
+        "-m",
+        "pytest",
+        str(HERE / "test_kernels.py"),
+        str(HERE / "test_reduction_kernels.py"),
+        "-q",
+        "-k",
+        "gpu and not missing_gpu",
+        "-p",
+        "no:cacheprovider",
+        "-W",
+        "ignore::numba.core.errors.NumbaPerformanceWarning",
     )
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
     assert " passed" in done.stdout and "skipped" not in done.stdout.split("\n")[-2], done.stdout[-2000:]
@@ -82,14 +82,6 @@ print("bin sums ok")
 def test_bin_sums_under_cuda_simulator() -> None:
     """Shared and global bin-sum kernels, partial runs, masked pixels and repeated calls vs NumPy."""
     pytest.importorskip("numba.cuda")
-    env = {**os.environ, "NUMBA_ENABLE_CUDASIM": "1"}
-    done = subprocess.run(
-        [sys.executable, "-c", BIN_SUMMER_CHECK],
-        capture_output=True,
-        text=True,
-        timeout=170,
-        env=env,
-        cwd=HERE.parents[2],
-    )
+    done = _under_simulator("-c", BIN_SUMMER_CHECK)
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
     assert "bin sums ok" in done.stdout
