@@ -77,10 +77,71 @@ CREATE TABLE IF NOT EXISTS losses (
     at REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS chunks_by_state ON chunks(state, id);
+CREATE INDEX IF NOT EXISTS files_by_state ON files(state, id);
+CREATE INDEX IF NOT EXISTS files_by_verified ON files(verified_at);
+"""
+
+# Running totals, kept by triggers in the same transaction as the rows they count, so that the views
+# asked for several times a second (status, store usage, the pressure check) cost the same after a
+# million files as after one, instead of a scan of the whole history.
+TOTALS = """
+CREATE TABLE IF NOT EXISTS file_totals (
+    state TEXT PRIMARY KEY, files INTEGER NOT NULL, bytes INTEGER NOT NULL, frames INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS chunk_totals (state TEXT PRIMARY KEY, chunks INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS ack_totals (
+    consumer TEXT PRIMARY KEY, chunks_acked INTEGER NOT NULL, last_chunk_acked INTEGER
+);
+CREATE TRIGGER IF NOT EXISTS file_totals_insert AFTER INSERT ON files BEGIN
+    INSERT INTO file_totals VALUES (NEW.state, 1, NEW.size, NEW.n_frames) ON CONFLICT(state) DO UPDATE
+        SET files = files + 1, bytes = bytes + NEW.size, frames = frames + NEW.n_frames;
+END;
+CREATE TRIGGER IF NOT EXISTS file_totals_update AFTER UPDATE OF state, size, n_frames ON files BEGIN
+    UPDATE file_totals SET files = files - 1, bytes = bytes - OLD.size, frames = frames - OLD.n_frames
+        WHERE state = OLD.state;
+    INSERT INTO file_totals VALUES (NEW.state, 1, NEW.size, NEW.n_frames) ON CONFLICT(state) DO UPDATE
+        SET files = files + 1, bytes = bytes + NEW.size, frames = frames + NEW.n_frames;
+END;
+CREATE TRIGGER IF NOT EXISTS file_totals_delete AFTER DELETE ON files BEGIN
+    UPDATE file_totals SET files = files - 1, bytes = bytes - OLD.size, frames = frames - OLD.n_frames
+        WHERE state = OLD.state;
+END;
+CREATE TRIGGER IF NOT EXISTS chunk_totals_insert AFTER INSERT ON chunks BEGIN
+    INSERT INTO chunk_totals VALUES (NEW.state, 1) ON CONFLICT(state) DO UPDATE SET chunks = chunks + 1;
+END;
+CREATE TRIGGER IF NOT EXISTS chunk_totals_update AFTER UPDATE OF state ON chunks BEGIN
+    UPDATE chunk_totals SET chunks = chunks - 1 WHERE state = OLD.state;
+    INSERT INTO chunk_totals VALUES (NEW.state, 1) ON CONFLICT(state) DO UPDATE SET chunks = chunks + 1;
+END;
+CREATE TRIGGER IF NOT EXISTS chunk_totals_delete AFTER DELETE ON chunks BEGIN
+    UPDATE chunk_totals SET chunks = chunks - 1 WHERE state = OLD.state;
+END;
+CREATE TRIGGER IF NOT EXISTS ack_totals_insert AFTER INSERT ON chunk_acks BEGIN
+    INSERT INTO ack_totals VALUES (NEW.consumer, 1, NEW.chunk_id) ON CONFLICT(consumer) DO UPDATE
+        SET chunks_acked = chunks_acked + 1, last_chunk_acked = MAX(last_chunk_acked, NEW.chunk_id);
+END;
+"""
+
+# Totals for a ledger written before the totals existed (or never filled): computed once, on open.
+FILL_TOTALS = """
+INSERT INTO file_totals SELECT state, COUNT(*), SUM(size), SUM(n_frames) FROM files GROUP BY state;
+INSERT INTO chunk_totals SELECT state, COUNT(*) FROM chunks GROUP BY state;
+INSERT INTO ack_totals SELECT consumer, COUNT(*), MAX(chunk_id) FROM chunk_acks GROUP BY consumer;
 """
 
 
 PARTIAL_LOSS_REASONS = ("incomplete_frame",)  # the frame is kept, flagged, with pixels missing
+
+
+def _statements(script: str) -> list[str]:
+    """The statements of a script, split where sqlite3 sees a whole statement (triggers included)."""
+    out, current = [], ""
+    for line in script.strip().splitlines(keepends=True):
+        current += line
+        if sqlite3.complete_statement(current):
+            out.append(current.strip())
+            current = ""
+    return out
 
 
 class Ledger:
@@ -97,6 +158,23 @@ class Ledger:
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.execute("PRAGMA foreign_keys=ON")
         self._db.executescript(SCHEMA)
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            fresh = (
+                self._db.execute(
+                    "SELECT COUNT(*) FROM sqlite_master WHERE type='table' AND name='file_totals'"
+                ).fetchone()[0]
+                == 0
+            )
+            for statement in _statements(TOTALS):
+                self._db.execute(statement)
+            if fresh:
+                for statement in _statements(FILL_TOTALS):
+                    self._db.execute(statement)
+            self._db.execute("COMMIT")
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
 
     def close(self) -> None:
         with self._lock:
@@ -172,16 +250,19 @@ class Ledger:
         """Chunks this consumer has not acknowledged, oldest first, skipping those in flight."""
         excluded = tuple(exclude)
         skip = f" AND c.id NOT IN ({','.join('?' * len(excluded))})" if excluded else ""
+        # Driven from the files not yet verified (index files_by_state), never from the whole history of
+        # chunks: CROSS JOIN fixes that join order in SQLite. A file's chunks are registered with it, in
+        # order, so (file id, chunk index) is chunk-id order.
         return self._rows(
             "SELECT c.id, c.idx, c.offset, c.length, c.checksum, f.id AS file_id, f.run_uid, f.name, f.path,"
             " f.size AS file_size, f.checksum AS file_checksum,"
             " (SELECT COUNT(*) FROM chunks c2 WHERE c2.file_id = f.id) AS file_chunks"
-            " FROM chunks c JOIN files f ON f.id = c.file_id"
+            " FROM files f CROSS JOIN chunks c ON c.file_id = f.id"
             " WHERE f.state IN ('stored','forwarded')"
             + skip
             + " AND NOT EXISTS (SELECT 1 FROM chunk_acks a WHERE a.consumer=? AND a.chunk_id=c.id)"
             " AND NOT EXISTS (SELECT 1 FROM file_acks fa WHERE fa.consumer=? AND fa.file_id=f.id)"
-            " ORDER BY c.id LIMIT ?",
+            " ORDER BY f.id, c.idx LIMIT ?",
             (*excluded, consumer, consumer, limit),
         )
 
@@ -295,9 +376,9 @@ class Ledger:
     def store_usage(self) -> dict[str, int]:
         """Bytes of files still on local disk, by whether they may be purged, and all ever written."""
         rows = self._rows(
-            "SELECT COALESCE(SUM(CASE WHEN state != 'purged' THEN size END), 0) AS total,"
-            " COALESCE(SUM(CASE WHEN state = 'verified' THEN size END), 0) AS verified,"
-            " COALESCE(SUM(size), 0) AS written FROM files"
+            "SELECT COALESCE(SUM(CASE WHEN state != 'purged' THEN bytes END), 0) AS total,"
+            " COALESCE(SUM(CASE WHEN state = 'verified' THEN bytes END), 0) AS verified,"
+            " COALESCE(SUM(bytes), 0) AS written FROM file_totals"
         )[0]
         return {
             "total": int(rows["total"]),
@@ -306,10 +387,16 @@ class Ledger:
             "written": int(rows["written"]),
         }
 
-    def purgeable_files(self) -> list[dict[str, Any]]:
-        """Verified files still on disk, oldest verification first. Nothing else is ever purgeable."""
+    def purgeable_files(self, verified_before: float | None = None, limit: int = -1) -> list[dict[str, Any]]:
+        """Verified files still on disk, oldest verification first (at most ``limit``; only those verified
+        before ``verified_before`` when given). Nothing else is ever purgeable."""
+        before = " AND verified_at < ?" if verified_before is not None else ""
+        params: tuple[Any, ...] = (verified_before,) if verified_before is not None else ()
         return self._rows(
-            "SELECT id, path, size, verified_at FROM files WHERE state='verified' ORDER BY verified_at, id"
+            "SELECT id, path, size, verified_at FROM files WHERE state='verified'"
+            + before
+            + " ORDER BY verified_at, id LIMIT ?",
+            (*params, limit),
         )
 
     def file_purged(self, file_id: int) -> None:
@@ -350,17 +437,16 @@ class Ledger:
         return self._rows("SELECT * FROM files WHERE run_uid=? ORDER BY id", (run_uid,))
 
     def summary(self) -> dict[str, Any]:
-        """Counts a status view needs, straight from the ledger."""
+        """Counts a status view needs, from the running totals (no scan of the history)."""
         with self._lock:
             db = self._db
-            files = dict(db.execute("SELECT state, COUNT(*) FROM files GROUP BY state").fetchall())
-            chunks = dict(db.execute("SELECT state, COUNT(*) FROM chunks GROUP BY state").fetchall())
-            frames = dict(
-                db.execute("SELECT state, COALESCE(SUM(n_frames),0) FROM files GROUP BY state").fetchall()
-            )
-            pending = db.execute(
-                "SELECT COALESCE(SUM(size),0) FROM files WHERE state IN ('stored','forwarded')"
-            ).fetchone()[0]
+            totals = db.execute(
+                "SELECT state, files, bytes, frames FROM file_totals WHERE files > 0"
+            ).fetchall()
+            files = {row[0]: int(row[1]) for row in totals}
+            frames = {row[0]: int(row[3]) for row in totals}
+            pending = sum(int(row[2]) for row in totals if row[0] in ("stored", "forwarded"))
+            chunks = dict(db.execute("SELECT state, chunks FROM chunk_totals WHERE chunks > 0").fetchall())
             partial = ",".join(f"'{r}'" for r in PARTIAL_LOSS_REASONS)
             lost = db.execute(
                 f"SELECT COALESCE(SUM(CASE WHEN reason IN ({partial}) THEN 0"
@@ -370,7 +456,7 @@ class Ledger:
             consumers = [
                 {"consumer": row[0], "chunks_acked": row[1], "last_chunk_acked": row[2]}
                 for row in db.execute(
-                    "SELECT consumer, COUNT(*), MAX(chunk_id) FROM chunk_acks GROUP BY consumer"
+                    "SELECT consumer, chunks_acked, last_chunk_acked FROM ack_totals ORDER BY consumer"
                 )
             ]
         return {

@@ -26,6 +26,7 @@ from edge.ledger import Ledger
 log = logging.getLogger(__name__)
 
 PRESSURE_RECHECK_S = 0.2
+PURGE_BATCH = 256  # verified files asked of the ledger at a time while purging down to the low water mark
 
 
 class Retention:
@@ -95,7 +96,11 @@ class Retention:
             self._refreshing.clear()
 
     def purge_once(self, now: float | None = None) -> int:
-        """Purge what the policy allows; returns the number of files purged."""
+        """Purge what the policy allows; returns the number of files purged.
+
+        Asks the ledger only for the files it may purge now (older than the maximum age, and the oldest
+        verified ones, a batch at a time, while above the high water mark), never the whole history.
+        """
         now = time.time() if now is None else now
         used = self.usage()
         limit = self._limit()
@@ -103,25 +108,40 @@ class Retention:
         low = limit * self.settings.low_water
         target = used["total"] - low if used["total"] > high else 0
         purged = 0
-        for row in self.ledger.purgeable_files():
-            old = self.settings.max_age_seconds and now - row["verified_at"] > self.settings.max_age_seconds
-            if target <= 0 and not old:
-                continue
-            path = Path(row["path"])
-            try:
-                path.unlink(missing_ok=True)
-            except OSError as error:
-                self.stats["purge_errors"] += 1
-                log.error("cannot purge %s: %s", path, error)
-                continue
-            self.ledger.file_purged(row["id"])
-            target -= row["size"]
-            purged += 1
-            self.stats["files_purged"] += 1
-            self.stats["bytes_purged"] += row["size"]
-            log.info("purged %s (verified upstream, %d bytes)", path.name, row["size"])
+        if self.settings.max_age_seconds:
+            for row in self.ledger.purgeable_files(verified_before=now - self.settings.max_age_seconds):
+                if self._purge(row):
+                    target -= row["size"]
+                    purged += 1
+        while target > 0:
+            batch = self.ledger.purgeable_files(limit=PURGE_BATCH)
+            done = 0
+            for row in batch:
+                if target <= 0:
+                    break
+                if self._purge(row):
+                    target -= row["size"]
+                    done += 1
+            purged += done
+            if done == 0:  # nothing verified left, or nothing could be deleted: try again next pass
+                break
         self._update_alarm()
         return purged
+
+    def _purge(self, row: dict[str, Any]) -> bool:
+        """Delete one verified file and mark it purged; False (counted, logged) if it cannot be deleted."""
+        path = Path(row["path"])
+        try:
+            path.unlink(missing_ok=True)
+        except OSError as error:
+            self.stats["purge_errors"] += 1
+            log.error("cannot purge %s: %s", path, error)
+            return False
+        self.ledger.file_purged(row["id"])
+        self.stats["files_purged"] += 1
+        self.stats["bytes_purged"] += row["size"]
+        log.info("purged %s (verified upstream, %d bytes)", path.name, row["size"])
+        return True
 
     def _update_alarm(self) -> None:
         reason = self.refusal()

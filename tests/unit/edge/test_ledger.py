@@ -1,0 +1,110 @@
+"""The ledger's running totals equal a scan of its tables after any sequence of operations, a ledger
+from before the totals existed gets them on open, and the forwarder's and retention's queries ask only
+for what is pending, not for the whole history."""
+
+from __future__ import annotations
+
+import random
+import sqlite3
+from pathlib import Path
+
+from edge.config import RetentionSettings
+from edge.ledger import Ledger
+from edge.retention import Retention
+
+
+def scanned(path: Path) -> dict[str, object]:
+    """What the totals must say, by scanning the tables."""
+    with sqlite3.connect(path) as db:
+        files = dict(db.execute("SELECT state, COUNT(*) FROM files GROUP BY state").fetchall())
+        frames = dict(db.execute("SELECT state, SUM(n_frames) FROM files GROUP BY state").fetchall())
+        chunks = dict(db.execute("SELECT state, COUNT(*) FROM chunks GROUP BY state").fetchall())
+        sizes = dict(db.execute("SELECT state, SUM(size) FROM files GROUP BY state").fetchall())
+        acks = db.execute(
+            "SELECT consumer, COUNT(*), MAX(chunk_id) FROM chunk_acks GROUP BY consumer"
+        ).fetchall()
+    return {
+        "files": files,
+        "frames": frames,
+        "chunks": chunks,
+        "total": sum(v for k, v in sizes.items() if k != "purged"),
+        "verified": sizes.get("verified", 0),
+        "acks": [tuple(a) for a in acks],
+    }
+
+
+def from_totals(ledger: Ledger) -> dict[str, object]:
+    summary = ledger.summary()
+    usage = ledger.store_usage()
+    return {
+        "files": summary["files"],
+        "frames": summary["frames_by_state"],
+        "chunks": summary["chunks"],
+        "total": usage["total"],
+        "verified": usage["verified"],
+        "acks": [(c["consumer"], c["chunks_acked"], c["last_chunk_acked"]) for c in summary["consumers"]],
+    }
+
+
+def test_totals_follow_every_operation(tmp_path: Path) -> None:
+    path = tmp_path / "ledger.sqlite"
+    ledger = Ledger(path, required_consumers=("hpc", "tape"))
+    ledger.run_started("run", 1, None, "{}")
+    rng = random.Random(3)
+    for n in range(40):
+        chunks = [(k * 10, 10, f"c{n}-{k}") for k in range(rng.randint(1, 4))]
+        ledger.file_stored(
+            "run", f"f{n}.h5", tmp_path / f"f{n}.h5", 10 * len(chunks), f"x{n}", (n, n, 5), chunks
+        )
+        for consumer in ("hpc", "tape"):
+            pending = ledger.pending_chunks(consumer, [], 3)
+            ledger.chunks_sent([row["id"] for row in pending])
+            for row in pending[: rng.randint(0, len(pending))]:
+                ledger.chunk_acked(consumer, row["id"], row["checksum"])
+            for row in ledger.files_ready_to_verify(consumer):
+                ledger.file_verified(consumer, row["id"], row["size"], row["checksum"])
+        for row in ledger.purgeable_files(limit=rng.randint(0, 2)):
+            ledger.file_purged(row["id"])
+        assert from_totals(ledger) == scanned(path), n
+    states = from_totals(ledger)["files"]
+    assert isinstance(states, dict) and {"verified", "purged"} <= set(states)
+    ledger.close()
+
+
+def test_a_ledger_from_before_the_totals_gets_them_on_open(tmp_path: Path) -> None:
+    path = tmp_path / "ledger.sqlite"
+    ledger = Ledger(path)
+    ledger.run_started("run", 1, None, "{}")
+    for n in range(5):
+        ledger.file_stored("run", f"f{n}.h5", tmp_path / f"f{n}.h5", 100, "x", (n, n, 7), [(0, 100, "c")])
+    ledger.close()
+    with sqlite3.connect(path) as db:  # as an older release left it: no totals, no triggers
+        for name in ("file_totals", "chunk_totals", "ack_totals"):
+            db.execute(f"DROP TABLE {name}")
+        for (trigger,) in db.execute("SELECT name FROM sqlite_master WHERE type='trigger'").fetchall():
+            db.execute(f"DROP TRIGGER {trigger}")
+    reopened = Ledger(path)
+    assert from_totals(reopened) == scanned(path)
+    assert reopened.summary()["frames_stored"] == 35
+    reopened.close()
+
+
+def test_retention_purges_down_to_the_low_water_mark_in_batches(tmp_path: Path) -> None:
+    ledger = Ledger(tmp_path / "ledger.sqlite")
+    ledger.run_started("run", 1, None, "{}")
+    for n in range(600):
+        f = tmp_path / f"f{n}.h5"
+        f.write_bytes(b"x" * 1000)
+        file_id = ledger.file_stored("run", f.name, f, 1000, "x", (n, n, 1), [(0, 1000, "c")])
+        chunk = ledger.pending_chunks("hpc", [], 1)[0]
+        ledger.chunk_acked("hpc", chunk["id"], chunk["checksum"])
+        if n < 550:  # the newest 50 are not verified yet
+            ledger.file_verified("hpc", file_id, 1000, "x")
+    settings = RetentionSettings(quota_bytes=600_000 + 64, headroom_bytes=64, high_water=0.9, low_water=0.5)
+    retention = Retention(ledger, tmp_path, settings)
+    purged = retention.purge_once()
+    assert purged == 300  # 600 kB in the store, down to 300 kB: the 300 oldest verified files
+    assert ledger.store_usage()["total"] == 300_000
+    assert sorted(int(p.stem[1:]) for p in tmp_path.glob("f*.h5")) == list(range(300, 600))
+    assert retention.purge_once() == 0
+    ledger.close()
