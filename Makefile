@@ -27,7 +27,13 @@ fuzz: $(STAMP)
 	$(BIN)/python tests/fuzz/fuzz_udp_codec.py --runs 100000
 	$(BIN)/python tests/fuzz/fuzz_stream_codec.py --runs 100000
 
-bench: $(STAMP)
+BENCH_STAMP := $(VENV)/.bench-stamp
+
+$(BENCH_STAMP): $(STAMP)
+	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
+	touch $(BENCH_STAMP)
+
+bench: $(BENCH_STAMP)
 	$(BIN)/python benchmarks/kernels.py
 
 clean:
