@@ -83,8 +83,15 @@ class Retention:
             return self._refresh_pressure()
         if time.monotonic() - cached[0] >= PRESSURE_RECHECK_S and not self._refreshing.is_set():
             self._refreshing.set()
-            threading.Thread(target=self._refresh_pressure, name="pressure-check", daemon=True).start()
+            threading.Thread(target=self._refresh_in_background, name="pressure-check", daemon=True).start()
         return cached[1]
+
+    def _refresh_in_background(self) -> None:
+        try:
+            self._refresh_pressure()
+        except Exception as error:  # the ledger closing at shutdown, say: keep the last answer, count it
+            self.stats["pressure_check_errors"] += 1
+            log.warning("store pressure check failed (%s); keeping the last answer", error)
 
     def _refresh_pressure(self) -> bool:
         try:

@@ -6,11 +6,12 @@ from __future__ import annotations
 
 import random
 import sqlite3
+import time
 from pathlib import Path
 
 from edge.config import RetentionSettings
 from edge.ledger import Ledger
-from edge.retention import Retention
+from edge.retention import PRESSURE_RECHECK_S, Retention
 
 
 def scanned(path: Path) -> dict[str, object]:
@@ -108,3 +109,23 @@ def test_retention_purges_down_to_the_low_water_mark_in_batches(tmp_path: Path) 
     assert sorted(int(p.stem[1:]) for p in tmp_path.glob("f*.h5")) == list(range(300, 600))
     assert retention.purge_once() == 0
     ledger.close()
+
+
+def test_pressure_check_answers_at_once_and_follows_the_store(tmp_path: Path) -> None:
+    ledger = Ledger(tmp_path / "ledger.sqlite")
+    ledger.run_started("run", 1, None, "{}")
+    settings = RetentionSettings(quota_bytes=10_000 + 64, headroom_bytes=64)
+    retention = Retention(ledger, tmp_path, settings)
+    assert retention.under_pressure() is False  # computed in place the first time
+    ledger.file_stored("run", "big.h5", tmp_path / "big.h5", 20_000, "x", (0, 9, 10), [(0, 20_000, "c")])
+    deadline = time.monotonic() + 10
+    while not retention.under_pressure():  # refreshed off-thread, never waiting on the ledger
+        assert time.monotonic() < deadline, "the pressure check never saw the full store"
+        time.sleep(0.05)
+    ledger.close()
+    time.sleep(PRESSURE_RECHECK_S + 0.05)
+    assert retention.under_pressure() is True  # a failing refresh keeps the last answer...
+    deadline = time.monotonic() + 10
+    while not retention.stats.get("pressure_check_errors"):  # ...and is counted, not raised
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
