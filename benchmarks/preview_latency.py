@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import signal
 import socket
 import statistics
@@ -97,6 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         demo.send_signal(signal.SIGINT)
         demo.wait(120)
+        shutil.rmtree(work, ignore_errors=True)  # a full-rate run stores gigabytes
     latencies.sort()
     rate = (received[1][1] - received[0][1]) / (received[1][0] - received[0][0])
     rate_name = f"{args.rate:g} frames/s" if args.rate else "full rate"
