@@ -79,20 +79,16 @@ def disk_write_rate(directory: Path, nbytes: int = 512 << 20) -> float:
 
 
 class Archive(threading.Thread):
-    """The HPC centre's archive: removes upstream copies of files the ledger says were verified. It also
-    samples the CPU time of the demo's processes (the last sample of each is kept)."""
+    """The HPC centre's archive: removes upstream copies of files the ledger says were verified."""
 
-    def __init__(self, ledger: Path, upstream: Path, demo_pid: int) -> None:
+    def __init__(self, ledger: Path, upstream: Path) -> None:
         super().__init__(daemon=True)
         self.ledger, self.upstream = ledger, upstream
-        self.demo = psutil.Process(demo_pid)
         self.stop = threading.Event()
         self.removed = 0
-        self.cpu: dict[str, float] = {}  # component -> CPU seconds (user + system)
 
     def run(self) -> None:
-        while not self.stop.wait(0.5):
-            self._sample_cpu()
+        while not self.stop.wait(1.0):
             if not self.ledger.exists():
                 continue
             try:
@@ -108,20 +104,32 @@ class Archive(threading.Thread):
                     path.unlink()
                     self.removed += 1
 
-    def _sample_cpu(self) -> None:
-        try:
-            children = self.demo.children(recursive=True)
-        except psutil.Error:
-            return
-        for child in children:
+
+class CpuSampler(threading.Thread):
+    """CPU seconds (user + system) of the demo's daemon, simulator and pull client; the last sample of
+    each is kept, since they exit before the demo does."""
+
+    def __init__(self, demo_pid: int) -> None:
+        super().__init__(daemon=True)
+        self.demo = psutil.Process(demo_pid)
+        self.stop = threading.Event()
+        self.cpu: dict[str, float] = {}
+
+    def run(self) -> None:
+        while not self.stop.wait(0.5):
             try:
-                argv = child.cmdline()
-                times = child.cpu_times()
+                children = self.demo.children(recursive=True)
             except psutil.Error:
                 continue
-            name = next((a for a in ("run", "sim", "pull") if a in argv[3:5]), None)
-            if name is not None:
-                self.cpu[name] = max(self.cpu.get(name, 0.0), times.user + times.system)
+            for child in children:
+                try:
+                    argv = child.cmdline()
+                    times = child.cpu_times()
+                except psutil.Error:
+                    continue
+                name = next((a for a in ("run", "sim", "pull") if a in argv[3:5]), None)
+                if name is not None:
+                    self.cpu[name] = max(self.cpu.get(name, 0.0), times.user + times.system)
 
 
 def run_demo(
@@ -144,13 +152,16 @@ def run_demo(
     for item in settings:
         argv += ["--set", item]
     demo = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    archive = Archive(work / "store" / "ledger.sqlite", upstream, demo.pid)
-    archive.start()
+    archive = Archive(work / "store" / "ledger.sqlite", upstream)
+    sampler = CpuSampler(demo.pid)
+    for thread in (archive, sampler):
+        thread.start()
     try:
         out, err = demo.communicate(timeout=7200)
     finally:
-        archive.stop.set()
-        archive.join()
+        for thread in (archive, sampler):
+            thread.stop.set()
+            thread.join()
     if demo.returncode not in (0, 1) or not out.strip():
         raise RuntimeError(f"edge demo failed ({demo.returncode}): {err[-2000:]}")
     summary = json.loads(out.strip().splitlines()[-1])
@@ -161,7 +172,7 @@ def run_demo(
         last_verified = db.execute(
             "SELECT MAX(verified_at) FROM files WHERE run_uid=? AND name LIKE '%.h5'", (summary["run_uid"],)
         ).fetchone()[0]
-    return summary, last_verified - started, int(summary["frames_delivered"]), archive.cpu
+    return summary, last_verified - started, int(summary["frames_delivered"]), sampler.cpu
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -244,8 +244,9 @@ class Pipeline:
         return _Work(slot, "frame", chunk=chunk, profile=profile, started=started)
 
     def _failed(self, slot: Slot, run_uid: str | None, error: BaseException) -> None:
-        self.stats["frames_failed"] += int(int(slot.header["kind"]) == KIND_FRAME)
+        """A frame the pipeline could not handle: counted, and a loss record (control slots: logged only)."""
         if int(slot.header["kind"]) == KIND_FRAME:
+            self.stats["frames_failed"] += 1
             self.on_frame_lost(run_uid, int(slot.header["frame"]), "pipeline_error", repr(error)[:200])
 
     # -- the writing thread: in ring order, writes chunks and releases slots ----------------------------
