@@ -4,20 +4,30 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: demo test lint fuzz bench clean
+.PHONY: demo test lint fuzz bench clean lock
 
-$(STAMP): pyproject.toml
+LOCK := requirements.lock
+# every install takes the versions pinned in $(LOCK) (`make lock` refreshes it), so a fresh clone gets
+# the tested versions on any day
+PIP_INSTALL := $(BIN)/python -m pip install --quiet -c $(LOCK)
+
+$(STAMP): pyproject.toml $(LOCK)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(PIP_INSTALL) -e '.[dev]'
 	touch $(STAMP)
+
+# regenerate the lock from pyproject.toml (all extras but gpu, whose wheels depend on the CUDA version)
+lock: $(STAMP)
+	$(BIN)/uv pip compile pyproject.toml --extra dev --extra bench --python-version 3.11 \
+		--python-platform x86_64-manylinux_2_28 --upgrade -o $(LOCK)
 
 demo: $(STAMP)
 	$(BIN)/edge demo
 
 lint: $(STAMP)
-	$(BIN)/ruff check src tests benchmarks
-	$(BIN)/ruff format --check src tests benchmarks
+	$(BIN)/ruff check edge firmware_bridge kernels webui hw_sim tests benchmarks
+	$(BIN)/ruff format --check edge firmware_bridge kernels webui hw_sim tests benchmarks
 	$(BIN)/lint-imports
 
 test: lint
@@ -30,7 +40,7 @@ fuzz: $(STAMP)
 BENCH_STAMP := $(VENV)/.bench-stamp
 
 $(BENCH_STAMP): $(STAMP)
-	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
+	$(PIP_INSTALL) -e '.[dev,bench]'
 	touch $(BENCH_STAMP)
 
 bench: $(BENCH_STAMP)

@@ -28,7 +28,7 @@ import pytest
 from conftest import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
-SRC = ROOT / "src"
+SRC = ROOT
 ACF = SRC / "edge" / "data" / "edge.acf"
 START_TIMEOUT = 60.0
 

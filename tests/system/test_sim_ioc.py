@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 
-SRC = Path(__file__).resolve().parents[2] / "src"
+SRC = Path(__file__).resolve().parents[2]
 IOC_START_TIMEOUT = 20.0
 
 pytestmark = pytest.mark.timeout(120)
