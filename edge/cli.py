@@ -280,7 +280,7 @@ def _run_bench(bench_args: list[str]) -> int:
     """Run ``benchmarks/kernels.py`` from the source checkout this package is installed from."""
     import runpy
 
-    script = Path(__file__).resolve().parents[2] / "benchmarks" / "kernels.py"
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "kernels.py"
     if not script.exists():
         print(f"edge: {script} not found; `edge bench` runs from a source checkout", file=sys.stderr)
         return 2
