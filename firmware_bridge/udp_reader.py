@@ -143,7 +143,7 @@ class UdpSource:
         height, width = self.geometry.frame_shape
         config = {
             "shape": [width, height],
-            "type": "uint16",
+            "type": self.geometry.wire_dtype.name,
             "run_uid": str(uuid.uuid4()),
             "frames_expected": self.frames_per_run or None,
             "transport": "udp",
@@ -175,7 +175,7 @@ class UdpSource:
             self.stats["frames_refused"] += 1
             self.sink.lost(event.frame_number, event.frame_number, "run_refused", self._refused)
             return
-        data = np.ascontiguousarray(event.data, dtype=np.uint16)
+        data = np.ascontiguousarray(event.data, dtype=self.geometry.wire_dtype)
         slot = self.sink.claim(data.nbytes)
         if slot is None:
             self.stats["frames_dropped_ring_full"] += 1
@@ -188,7 +188,7 @@ class UdpSource:
             frame=event.frame_number,
             height=height,
             width=width,
-            dtype="uint16",
+            dtype=data.dtype.name,
             timestamp_ns=event.timestamp_ns,
             flags=flags,
             packets_expected=event.packets_expected,
