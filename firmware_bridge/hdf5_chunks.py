@@ -1,0 +1,175 @@
+"""Checked decoding of HDF5-framed compressed chunks that arrive from the wire (bslz4, lz4).
+
+A detector that sends bitshuffle-LZ4 (HDF5 filter 32008) or LZ4 (HDF5 filter 32004) chunks hands us
+bytes we must not trust. ``bitshuffle.decompress_lz4`` trusts its input: a corrupt block makes it read
+and write out of bounds and the process dies (found while building the Stream V2 ingest). So the block
+structure is walked here in Python, every LZ4 block is decompressed with ``lz4.block.decompress``
+(LZ4's bounds-checked decoder) into a buffer of the size the header promised, and only then is the
+bit transpose undone with ``bitshuffle.bitunshuffle``, which touches nothing but the array it is given.
+A chunk that does not decode raises :class:`ChunkError` (a ``ValueError``); nothing else escapes.
+
+Both framings start with a 12-byte big-endian header: the uncompressed size (u64) and the block size
+in bytes (u32). Each block is ``<u32 BE compressed size><bytes>``. bitshuffle blocks hold
+``block_size`` elements; the last partial block is cut down to a multiple of 8 elements, and the
+``size % 8`` elements left over follow the blocks uncompressed. An LZ4 block whose compressed size
+equals its plain size is stored plain (HDF5 LZ4 filter rule).
+"""
+
+from __future__ import annotations
+
+import importlib
+import struct
+from typing import Any
+
+import numpy as np
+
+HEADER = struct.Struct(">QI")
+_BLOCK_SIZE = struct.Struct(">I")
+MAX_CHUNK_BYTES = 1 << 31  # 2 GiB of pixels per chunk: far beyond any detector frame
+
+
+class ChunkError(ValueError):
+    """A compressed chunk that cannot be decoded; ``reason`` is a short counter name."""
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason = reason
+        self.detail = detail
+
+
+def _module(name: str) -> Any:
+    try:
+        return importlib.import_module(name)
+    except ImportError as error:  # pragma: no cover - both are core dependencies
+        raise ImportError(f"{name} is needed to decode compressed chunks: pip install {name}") from error
+
+
+def read_header(chunk: bytes | memoryview) -> tuple[int, int]:
+    """(uncompressed bytes, block bytes) of an HDF5-framed chunk; raises ChunkError if short/absurd."""
+    if len(chunk) < HEADER.size:
+        raise ChunkError("short_chunk", f"{len(chunk)} bytes, the header alone is {HEADER.size}")
+    nbytes, block_bytes = HEADER.unpack_from(chunk, 0)
+    if nbytes > MAX_CHUNK_BYTES:
+        raise ChunkError("bad_chunk_header", f"uncompressed size {nbytes}")
+    return int(nbytes), int(block_bytes)
+
+
+def bslz4_blocks(chunk: bytes | memoryview, elem_size: int) -> tuple[int, int, list[tuple[int, int, int]]]:
+    """Walk a bslz4 chunk's structure without decompressing it.
+
+    Returns ``(nbytes, block_elems, blocks)`` where each block is ``(offset, length, plain_bytes)`` of
+    its LZ4 data. Raises ChunkError unless the blocks tile the chunk exactly.
+    """
+    if elem_size not in (1, 2, 4, 8):
+        raise ChunkError("bad_elem_size", f"element size {elem_size}")
+    nbytes, block_bytes = read_header(chunk)
+    if nbytes % elem_size:
+        raise ChunkError(
+            "bad_chunk_header", f"{nbytes} bytes is not a whole number of {elem_size}-byte items"
+        )
+    block_elems = block_bytes // elem_size
+    if block_bytes <= 0 or block_bytes % elem_size or block_elems % 8:
+        raise ChunkError("bad_chunk_header", f"block size {block_bytes} bytes for {elem_size}-byte items")
+    elems = nbytes // elem_size
+    if (elems // block_elems + 1) * 4 > len(chunk) + 4:  # each block needs its 4-byte size at least
+        raise ChunkError("truncated_chunk", f"{len(chunk)} bytes cannot hold {elems // block_elems} blocks")
+    sizes = [block_elems] * (elems // block_elems)
+    last = elems % block_elems - elems % block_elems % 8
+    if last:
+        sizes.append(last)
+    leftover = elems % 8 * elem_size
+    blocks: list[tuple[int, int, int]] = []
+    pos = HEADER.size
+    end = len(chunk) - leftover
+    for size in sizes:
+        if pos + 4 > end:
+            raise ChunkError("truncated_chunk", f"block {len(blocks)} of {len(sizes)} missing")
+        (length,) = _BLOCK_SIZE.unpack_from(chunk, pos)
+        pos += 4
+        if length > end - pos:
+            raise ChunkError("truncated_chunk", f"block {len(blocks)} claims {length} bytes")
+        blocks.append((pos, length, size * elem_size))
+        pos += length
+    if pos != end:
+        raise ChunkError("bad_chunk_length", f"{len(chunk) - pos - leftover} stray bytes after the blocks")
+    return nbytes, block_elems, blocks
+
+
+def _lz4_block(data: memoryview, plain_bytes: int) -> bytes:
+    try:
+        out: bytes = _module("lz4.block").decompress(data, uncompressed_size=plain_bytes)
+    except Exception as error:  # lz4.block.LZ4BlockError and friends: the block is corrupt
+        raise ChunkError("bad_lz4_block", str(error)[:80]) from None
+    if len(out) != plain_bytes:
+        raise ChunkError("bad_lz4_block", f"block decoded to {len(out)} bytes, expected {plain_bytes}")
+    return out
+
+
+def decode_bslz4(
+    chunk: bytes | memoryview, shape: tuple[int, ...], dtype: np.dtype[Any] | str
+) -> np.ndarray[Any, np.dtype[Any]]:
+    """The pixels of a bslz4 chunk, checked block by block; raises ChunkError."""
+    dtype = np.dtype(dtype)
+    view = memoryview(chunk).cast("B")
+    nbytes, block_elems, blocks = bslz4_blocks(view, dtype.itemsize)
+    expected = int(np.prod(shape)) * dtype.itemsize
+    if nbytes != expected:
+        raise ChunkError("bad_chunk_size", f"chunk holds {nbytes} bytes, {shape} {dtype} needs {expected}")
+    out = np.empty(nbytes, dtype=np.uint8)
+    pos = 0
+    for offset, length, plain in blocks:
+        out[pos : pos + plain] = np.frombuffer(_lz4_block(view[offset : offset + length], plain), np.uint8)
+        pos += plain
+    out[pos:] = np.frombuffer(view[len(view) - (nbytes - pos) :], np.uint8)
+    pixels = out.view(dtype)
+    result: np.ndarray[Any, np.dtype[Any]] = _module("bitshuffle").bitunshuffle(pixels, block_elems)
+    return result.reshape(shape)
+
+
+def check_bslz4(chunk: bytes | memoryview, elem_size: int, sample: int | None = None) -> int:
+    """Check that a bslz4 chunk decodes, at bounded cost; returns the number of blocks decompressed.
+
+    The whole block structure is always walked (cheap: one 4-byte read per block). With ``sample`` set,
+    only the first, the last and up to ``sample - 2`` evenly spaced blocks are decompressed; with None,
+    every block is. Raises ChunkError.
+    """
+    view = memoryview(chunk).cast("B")
+    _, _, blocks = bslz4_blocks(view, elem_size)
+    chosen: list[int]
+    if sample is None or sample >= len(blocks):
+        chosen = list(range(len(blocks)))
+    else:
+        step = max(1, len(blocks) // max(1, sample - 1))
+        chosen = sorted({0, len(blocks) - 1, *range(step, len(blocks) - 1, step)[: max(0, sample - 2)]})
+    for index in chosen:
+        offset, length, plain = blocks[index]
+        _lz4_block(view[offset : offset + length], plain)
+    return len(chosen)
+
+
+def decode_lz4(chunk: bytes | memoryview, expected: int) -> bytes:
+    """The plain bytes (``expected`` of them) of an HDF5-framed LZ4 chunk; raises ChunkError."""
+    view = memoryview(chunk).cast("B")
+    nbytes, block_bytes = read_header(view)
+    if nbytes != expected:
+        raise ChunkError("bad_chunk_size", f"chunk holds {nbytes} bytes, {expected} expected")
+    if nbytes and (block_bytes <= 0 or -(-nbytes // block_bytes) * 4 > len(view)):
+        raise ChunkError("bad_chunk_header", f"block size {block_bytes} for {nbytes} bytes in {len(view)}")
+    parts = []
+    pos = HEADER.size
+    remaining = nbytes
+    while remaining:
+        plain = min(block_bytes, remaining)
+        if pos + 4 > len(view):
+            raise ChunkError("truncated_chunk", f"{remaining} bytes of blocks missing")
+        (length,) = _BLOCK_SIZE.unpack_from(view, pos)
+        pos += 4
+        if length > len(view) - pos:
+            raise ChunkError("truncated_chunk", f"block claims {length} bytes")
+        block = view[pos : pos + length]
+        parts.append(bytes(block) if length == plain else _lz4_block(block, plain))
+        pos += length
+        remaining -= plain
+    if pos != len(view):
+        raise ChunkError("bad_chunk_length", f"{len(view) - pos} stray bytes after the blocks")
+    return b"".join(parts)
