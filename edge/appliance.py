@@ -249,9 +249,17 @@ class Appliance:
                 udp.idle_seconds,
                 udp.frame_timeout_frames,
                 udp.rcvbuf_bytes,
+                max_frame_jump=udp.max_frame_jump,
             )
         stream = settings.stream
-        return ZmqStreamSource(stream.endpoint, self.sink, self.context, stream.rcvhwm, stream.rcvbuf_bytes)
+        return ZmqStreamSource(
+            stream.endpoint,
+            self.sink,
+            self.context,
+            stream.rcvhwm,
+            stream.rcvbuf_bytes,
+            max_frame_jump=stream.max_frame_jump,
+        )
 
     # -- lifecycle --------------------------------------------------------------------------------------
     def start(self) -> None:

@@ -131,6 +131,7 @@ INSERT INTO ack_totals SELECT consumer, COUNT(*), MAX(chunk_id) FROM chunk_acks 
 
 
 PARTIAL_LOSS_REASONS = ("incomplete_frame",)  # the frame is kept, flagged, with pixels missing
+_MAX_FRAME = (1 << 63) - 1  # SQLite's INTEGER is a signed 64-bit integer
 
 
 def _statements(script: str) -> list[str]:
@@ -414,6 +415,15 @@ class Ledger:
 
     # -- losses ------------------------------------------------------------------------------------------
     def record_loss(self, run_uid: str | None, first: int, last: int, reason: str, detail: str = "") -> None:
+        """Record frames ``first..last`` as lost.
+
+        A frame number outside 0..2**63-1 (SQLite's INTEGER) is clamped into it and the detail says so:
+        a nonsense number from outside is still recorded, never an OverflowError in its reporter's thread.
+        """
+        if not (0 <= first <= _MAX_FRAME and 0 <= last <= _MAX_FRAME):
+            note = f"frame numbers out of range (first={first}, last={last}), clamped to 0..{_MAX_FRAME}"
+            first, last = (min(max(int(v), 0), _MAX_FRAME) for v in (first, last))
+            detail = f"{note}; {detail}" if detail else note
         self._write(
             "INSERT INTO losses (run_uid, first_frame, last_frame, reason, detail, at) VALUES (?,?,?,?,?,?)",
             (run_uid, first, last, reason, detail, time.time()),
@@ -449,7 +459,8 @@ class Ledger:
             chunks = dict(db.execute("SELECT state, chunks FROM chunk_totals WHERE chunks > 0").fetchall())
             partial = ",".join(f"'{r}'" for r in PARTIAL_LOSS_REASONS)
             lost = db.execute(
-                f"SELECT COALESCE(SUM(CASE WHEN reason IN ({partial}) THEN 0"
+                # TOTAL, not SUM: a float that cannot overflow where SUM would raise past int64
+                f"SELECT COALESCE(TOTAL(CASE WHEN reason IN ({partial}) THEN 0"
                 " ELSE last_frame - first_frame + 1 END), 0),"
                 f" COUNT(*), COALESCE(SUM(reason IN ({partial})), 0) FROM losses"
             ).fetchone()

@@ -19,6 +19,8 @@ import numpy as np
 ENCODINGS = {"<": "raw", "bs16-lz4<": "bitshuffle-lz4", "bs32-lz4<": "bitshuffle-lz4"}
 DTYPES = {"uint8", "uint16", "uint32", "int32", "float32"}
 MAX_PIXELS = 16384 * 16384
+#: the largest series number or announced frame count accepted (SQLite's INTEGER is a signed 64-bit int)
+MAX_COUNT = (1 << 63) - 1
 
 
 @dataclass(frozen=True)
@@ -38,7 +40,9 @@ class SeriesStart:
     @property
     def frames_expected(self) -> int | None:
         value = self.config.get("frames_expected")
-        return int(value) if isinstance(value, int) else None
+        if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= MAX_COUNT:
+            return None  # absent or nonsense: the length of the series is unknown
+        return value
 
 
 @dataclass(frozen=True)
@@ -243,6 +247,8 @@ class StreamCodec:
         message = _json(part)
         htype = message.get("htype")
         series = _int(message, "series")
+        if series > MAX_COUNT:
+            raise _Reject("bad_field", f"series={series} is beyond {MAX_COUNT}")
         if htype == "dimage-1.0":
             if self.series is not None and series != self.series:
                 raise _Reject("wrong_series", f"image of series {series} during series {self.series}")

@@ -52,8 +52,12 @@ class UdpSource:
         idle_seconds: float = 1.0,
         frame_timeout_frames: int = 4,
         rcvbuf_bytes: int = 16 << 20,
+        max_frame_jump: int | None = None,
     ) -> None:
         self.geometry = geometry
+        # a packet more than this beyond the newest accepted frame (0 at the run's first packet) is
+        # rejected as ``frame_number_out_of_range`` and never becomes a gap (None: unbounded)
+        self.max_frame_jump = max_frame_jump
         self.sink = sink
         self.frames_per_run = frames_per_run
         self.idle_seconds = idle_seconds
@@ -138,7 +142,10 @@ class UdpSource:
     def _start_run(self) -> None:
         self._series += 1
         self._assembler = UdpFrameAssembler(
-            self.geometry, frame_timeout_frames=self.frame_timeout_frames, expected_first_frame=0
+            self.geometry,
+            frame_timeout_frames=self.frame_timeout_frames,
+            expected_first_frame=0,
+            max_frame_jump=self.max_frame_jump,
         )
         height, width = self.geometry.frame_shape
         config = {

@@ -27,9 +27,20 @@ class ZmqStreamSource:
     """A :class:`~firmware_bridge.source.FrameSource` for the ZeroMQ frame stream."""
 
     def __init__(
-        self, endpoint: str, sink: FrameSink, context: zmq.Context, rcvhwm: int = 2, rcvbuf: int = 4 << 20
+        self,
+        endpoint: str,
+        sink: FrameSink,
+        context: zmq.Context,
+        rcvhwm: int = 2,
+        rcvbuf: int = 4 << 20,
+        max_frame_jump: int | None = None,
     ) -> None:
+        if max_frame_jump is not None and max_frame_jump < 1:
+            raise ValueError(f"max_frame_jump must be >= 1, got {max_frame_jump}")
         self.endpoint = endpoint
+        # an image more than this beyond the newest accepted frame of its series (0 before the first)
+        # is rejected as ``frame_number_out_of_range`` and never becomes a gap (None: unbounded)
+        self.max_frame_jump = max_frame_jump
         self.sink = sink
         self.context = context
         self.rcvhwm = rcvhwm
@@ -40,6 +51,7 @@ class ZmqStreamSource:
         self._thread: threading.Thread | None = None
         self._series: int | None = None
         self._next_frame = 0
+        self._newest: int | None = None  # newest frame accepted in the open series
         self._frames_expected: int | None = None
         self._end_request: str | None = None
         self._refused: str | None = None
@@ -165,8 +177,7 @@ class ZmqStreamSource:
         if isinstance(event, StreamError):
             self.stats["messages_rejected"] += 1
             log.warning("rejected stream message: %s %s", event.reason, event.detail)
-            if event.frame is not None and self._series is not None:
-                self._note_frame(event.frame)
+            if event.frame is not None and self._series is not None and self._note_frame(event.frame):
                 self.sink.lost(event.frame, event.frame, f"stream_{event.reason}", event.detail)
             return slot
         if isinstance(event, SeriesStart):
@@ -174,9 +185,12 @@ class ZmqStreamSource:
                 self._end_series("series_restarted")
             self._series = event.series
             self._next_frame = 0
+            self._newest = None
             self._frames_expected = event.frames_expected
             self.stats["series_started"] += 1
-            self._refused = self.sink.series_start(event.series, event.config)
+            # the announced length as the codec bounded it (None when absent or beyond int64)
+            config = {**event.config, "frames_expected": event.frames_expected}
+            self._refused = self.sink.series_start(event.series, config)
             if self._refused is not None:
                 self.stats["series_refused"] += 1
                 log.error("series %d refused: %s", event.series, self._refused)
@@ -190,10 +204,18 @@ class ZmqStreamSource:
         return slot  # pragma: no cover
 
     def _note_frame(self, frame: int) -> bool:
-        """Account for gaps before ``frame``; False for a stale or duplicate frame number."""
+        """Account for gaps before ``frame``; False for a stale, duplicate or out-of-range frame number."""
         if self._series is None:
             self.stats["frames_outside_series"] += 1
             return False
+        if self.max_frame_jump is not None:
+            reference = self._newest if self._newest is not None else 0
+            if frame > reference + self.max_frame_jump:
+                self.stats["frame_number_out_of_range"] += 1
+                log.warning(
+                    "frame %d rejected: more than %d beyond frame %d", frame, self.max_frame_jump, reference
+                )
+                return False
         if frame < self._next_frame:
             self.stats["frames_duplicate"] += 1
             return False
@@ -201,6 +223,7 @@ class ZmqStreamSource:
             self.stats["frames_gap"] += frame - self._next_frame
             self.sink.lost(self._next_frame, frame - 1, "frame_number_gap", "frames never arrived")
         self._next_frame = frame + 1
+        self._newest = frame
         return True
 
     def _end_series(self, reason: str, exit_status: str = "success") -> None:
