@@ -129,9 +129,9 @@ def decode_bslz4(
 def check_bslz4(chunk: bytes | memoryview, elem_size: int, sample: int | None = None) -> int:
     """Check that a bslz4 chunk decodes, at bounded cost; returns the number of blocks decompressed.
 
-    The whole block structure is always walked (cheap: one 4-byte read per block). With ``sample`` set,
-    only the first, the last and up to ``sample - 2`` evenly spaced blocks are decompressed; with None,
-    every block is. Raises ChunkError.
+    The whole block structure is always walked (cheap: one 4-byte read per block). With ``sample``
+    set, only ``sample`` evenly spaced blocks (the first; the last too when ``sample`` > 1) are
+    decompressed; with None, every block is. Raises ChunkError.
     """
     view = memoryview(chunk).cast("B")
     _, _, blocks = bslz4_blocks(view, elem_size)
@@ -139,8 +139,10 @@ def check_bslz4(chunk: bytes | memoryview, elem_size: int, sample: int | None = 
     if sample is None or sample >= len(blocks):
         chosen = list(range(len(blocks)))
     else:
-        step = max(1, len(blocks) // max(1, sample - 1))
-        chosen = sorted({0, len(blocks) - 1, *range(step, len(blocks) - 1, step)[: max(0, sample - 2)]})
+        last = len(blocks) - 1
+        chosen = sorted(
+            {0, *(round(i * last / (sample - 1)) for i in range(1, sample))} if sample > 1 else {0}
+        )
     for index in chosen:
         offset, length, plain = blocks[index]
         _lz4_block(view[offset : offset + length], plain)

@@ -1,0 +1,372 @@
+"""The Stream V2 codec against captures built field by field from the public spec (not by our encoder)."""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+from pathlib import Path
+
+import cbor2
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from firmware_bridge.hdf5_chunks import ChunkError, bslz4_blocks, check_bslz4, decode_bslz4
+from firmware_bridge.stream2_codec import (
+    Stream2Codec,
+    Stream2End,
+    Stream2Error,
+    Stream2Image,
+    Stream2Start,
+)
+
+DATA = Path(__file__).parents[2] / "data"
+_spec = importlib.util.spec_from_file_location("make_stream2_capture", DATA / "make_stream2_capture.py")
+capture = importlib.util.module_from_spec(_spec)  # type: ignore[arg-type]
+_spec.loader.exec_module(capture)  # type: ignore[union-attr]
+
+
+def replay(name: str) -> tuple[Stream2Codec, list[object]]:
+    codec = Stream2Codec()
+    events: list[object] = []
+    for message in capture.iter_capture((DATA / name).read_bytes()):
+        events += codec.feed(message)
+    return codec, events
+
+
+def test_captures_on_disk_are_what_the_generator_writes() -> None:
+    for name, messages in capture.captures().items():
+        assert (DATA / name).read_bytes() == capture.encode_capture(messages), name
+
+
+def test_bslz4_two_channel_capture_with_mask_flatfield_and_metadata() -> None:
+    codec, events = replay("stream2_bslz4_u16_2ch.bin")
+    assert [type(e) for e in events] == [Stream2Start] + [Stream2Image] * 4 + [Stream2End]
+    start = events[0]
+    assert isinstance(start, Stream2Start)
+    assert (start.series, start.series_unique_id) == (7, "capture-series-7")
+    assert start.shape == (23, 41)  # (image_size_y, image_size_x): non-square, so a swap would show
+    assert start.dtype == "uint16"
+    assert start.channels == ("threshold_1", "threshold_2")
+    assert start.number_of_images == 4
+    for c, name in enumerate(start.channels):
+        np.testing.assert_array_equal(start.pixel_mask[name].pixels(), capture.pixel_mask(c, (23, 41)))
+        assert start.pixel_mask[name].dtype == "uint32"
+    np.testing.assert_array_equal(
+        start.flatfield["threshold_1"].pixels(), np.full((23, 41), 1.25, np.float32)
+    )
+    assert list(start.flatfield) == ["threshold_1"]
+    assert start.countrate_correction is not None
+    np.testing.assert_array_equal(start.countrate_correction, np.arange(4096, dtype=np.uint32) * 3 // 2)
+    assert start.geometry["beam_center_x"] == 20.5
+    assert start.geometry["goniometer"] == {"omega": {"start": 0.0, "increment": 0.1}}
+    assert start.user_data == {"sample": "LaB6", "proposal": 1234}
+    # unknown fields are kept, JSON-able
+    assert start.metadata["x_vendor_field"]["note"] == "unknown fields are kept"
+    assert start.metadata["x_vendor_field"]["blob"] == {"bytes": 2, "base64": "AAE="}
+    assert start.metadata["arm_date"].startswith("2026-11-30T12:00:00")
+    assert start.metadata["threshold_energy"] == {"threshold_1": 6200.0, "threshold_2": 9000.0}
+    for number, image in enumerate(events[1:5]):
+        assert isinstance(image, Stream2Image)
+        assert (image.series, image.frame) == (7, number)
+        assert list(image.channels) == ["threshold_1", "threshold_2"]
+        for c, array in enumerate(image.channels.values()):
+            expected = capture.frame(7, c, number, (23, 41), "uint16")
+            assert (array.compression, array.elem_size, array.dtype) == ("bslz4", 2, "uint16")
+            np.testing.assert_array_equal(array.pixels(), expected)
+            # the payload is kept exactly as sent: an HDF5 filter-32008 chunk, header included
+            assert array.data == capture.bslz4(expected, 256)
+            array.check(sample=2)
+            array.check()
+        assert image.start_time_ns == number * 1_100_000
+        assert image.stop_time_ns == number * 1_100_000 + 1_000_000
+        assert image.metadata["user_data"] == {"shot": number}
+    assert codec.errors == {}
+    assert codec.counters["images"] == 4
+    assert codec.series is None  # the end closed it
+
+
+def test_lz4_uint32_capture_takes_the_dtype_from_bit_depth() -> None:
+    codec, events = replay("stream2_lz4_u32.bin")
+    start = events[0]
+    assert isinstance(start, Stream2Start)
+    assert (start.shape, start.dtype, start.channels) == ((16, 20), "uint32", ("threshold_1",))
+    images = [e for e in events if isinstance(e, Stream2Image)]
+    assert len(images) == 3
+    for image in images:
+        array = image.channels["threshold_1"]
+        assert array.compression == "lz4"
+        np.testing.assert_array_equal(array.pixels(), capture.frame(8, 0, image.frame, (16, 20), "uint32"))
+        array.check()
+    assert isinstance(events[-1], Stream2End)
+    assert codec.errors == {}
+
+
+def test_uncompressed_capture_uint16_uint8_float32_without_self_described_tag() -> None:
+    codec, events = replay("stream2_raw.bin")
+    starts = [e for e in events if isinstance(e, Stream2Start)]
+    assert [(s.series, s.dtype) for s in starts] == [(9, "uint16"), (10, "uint8"), (11, "float32")]
+    images = [e for e in events if isinstance(e, Stream2Image)]
+    assert [(i.series, i.frame) for i in images] == [(9, 0), (9, 1), (10, 0), (11, 0)]
+    for image, start in zip(images, [starts[0], starts[0], starts[1], starts[2]], strict=True):
+        array = image.channels["threshold_1"]
+        assert array.compression == "none"
+        expected = capture.frame(image.series, 0, image.frame, (12, 10), start.dtype)
+        np.testing.assert_array_equal(array.pixels(), expected)
+        assert array.pixels().dtype == np.dtype(start.dtype)
+    assert sum(isinstance(e, Stream2End) for e in events) == 3
+    assert codec.errors == {}
+
+
+# -- malformed input: an error event with a counted reason, never an exception ------------------------
+def _messages() -> list[bytes]:
+    return list(capture.iter_capture((DATA / "stream2_bslz4_u16_2ch.bin").read_bytes()))
+
+
+def _image_fields() -> dict[str, object]:
+    decoded = cbor2.loads(_messages()[1])
+    return {k: v for k, v in decoded.items()}
+
+
+def _started() -> Stream2Codec:
+    codec = Stream2Codec()
+    (start,) = codec.feed(_messages()[0])
+    assert isinstance(start, Stream2Start)
+    return codec
+
+
+def _error(codec: Stream2Codec, message: bytes) -> Stream2Error:
+    (event,) = codec.feed(message)
+    assert isinstance(event, Stream2Error), event
+    assert codec.errors[event.reason] >= 1
+    return event
+
+
+def test_every_truncation_of_an_image_is_a_counted_malformed_cbor_error() -> None:
+    image = _messages()[1]
+    codec = _started()
+    for cut in range(0, len(image), 7):
+        event = _error(codec, image[:cut])
+        assert event.reason in ("malformed_cbor", "not_a_map"), (cut, event)
+    assert codec.counters["errors"] == len(range(0, len(image), 7))
+    assert isinstance(codec.feed(_messages()[2])[0], Stream2Image)  # still in step
+
+
+def test_wrong_typed_array_tag_names_the_frame() -> None:
+    fields = _image_fields()
+    array = fields["data"]["threshold_1"]
+    dims, typed = array.value
+    fields["data"] = {
+        **fields["data"],
+        "threshold_1": cbor2.CBORTag(40, [dims, cbor2.CBORTag(65, typed.value)]),
+    }
+    event = _error(_started(), cbor2.dumps(cbor2.CBORTag(55799, fields)))
+    assert (event.reason, event.frame) == ("unsupported_tag", 0)
+    assert "65" in event.detail
+
+
+@pytest.mark.parametrize(
+    ("change", "reason"),
+    [
+        (lambda f: f.update(type="imagex"), "unknown_type"),
+        (lambda f: f.update(series_id=99), "wrong_series"),
+        (lambda f: f.update(image_id=-1), "bad_field"),
+        (lambda f: f.update(start_time=[1, 0]), "bad_field"),
+        (lambda f: f.update(data={"threshold_9": f["data"]["threshold_1"]}), "unknown_channel"),
+        (lambda f: f.update(data={}), "bad_field"),
+        (lambda f: f.update(data={"threshold_1": cbor2.CBORTag(41, [])}), "unsupported_tag"),
+        (lambda f: f.update(data={"threshold_1": cbor2.CBORTag(40, [[23, 41], b"xx"])}), "bad_tag"),
+        (
+            lambda f: f.update(
+                data={"threshold_1": cbor2.CBORTag(40, [[41, 23], f["data"]["threshold_1"].value[1]])}
+            ),
+            "bad_size",
+        ),
+        (
+            lambda f: f.update(
+                data={
+                    "threshold_1": cbor2.CBORTag(
+                        40, [[23, 41], cbor2.CBORTag(69, cbor2.CBORTag(56500, ["zstd", 2, b"x" * 20]))]
+                    )
+                }
+            ),
+            "bad_compression",
+        ),
+        (
+            lambda f: f.update(
+                data={
+                    "threshold_1": cbor2.CBORTag(
+                        40,
+                        [
+                            [23, 41],
+                            cbor2.CBORTag(
+                                69,
+                                cbor2.CBORTag(
+                                    56500, ["bslz4", 4, f["data"]["threshold_1"].value[1].value.value[2]]
+                                ),
+                            ),
+                        ],
+                    )
+                }
+            ),
+            "bad_compression",
+        ),
+        (
+            lambda f: f.update(
+                data={
+                    "threshold_1": cbor2.CBORTag(
+                        40, [[23, 41], cbor2.CBORTag(69, cbor2.CBORTag(56500, ["bslz4", 2, b"short"]))]
+                    )
+                }
+            ),
+            "bad_compression",
+        ),
+        (
+            lambda f: f.update(
+                data={"threshold_1": cbor2.CBORTag(40, [[23, 41], cbor2.CBORTag(69, b"\x00" * 10)])}
+            ),
+            "bad_size",
+        ),
+        (
+            lambda f: f.update(
+                data={
+                    "threshold_1": cbor2.CBORTag(40, [[23, 41], cbor2.CBORTag(70, b"\x00" * (23 * 41 * 4))])
+                }
+            ),
+            "bad_dtype",
+        ),
+    ],
+)
+def test_malformed_image_fields(change: object, reason: str) -> None:
+    fields = _image_fields()
+    change(fields)  # type: ignore[operator]
+    event = _error(_started(), cbor2.dumps(fields))
+    assert event.reason == reason, event
+
+
+@pytest.mark.parametrize(
+    ("message", "reason"),
+    [
+        (b"", "malformed_cbor"),
+        (b"\xff\xfe", "malformed_cbor"),
+        (cbor2.dumps([1, 2]), "not_a_map"),
+        (cbor2.dumps({"type": "start"}), "bad_field"),
+        (cbor2.dumps({"type": "start", "series_id": 1, "image_size_x": 4, "image_size_y": 4}), "bad_field"),
+        (
+            cbor2.dumps(
+                {"type": "start", "series_id": 1, "image_size_x": 0, "image_size_y": 4, "channels": ["a"]}
+            ),
+            "bad_field",
+        ),
+        (
+            cbor2.dumps(
+                {
+                    "type": "start",
+                    "series_id": 1,
+                    "image_size_x": 4,
+                    "image_size_y": 4,
+                    "channels": ["a"],
+                    "image_dtype": "int64",
+                }
+            ),
+            "bad_field",
+        ),
+        (
+            cbor2.dumps(
+                {
+                    "type": "start",
+                    "series_id": 1,
+                    "image_size_x": 4,
+                    "image_size_y": 4,
+                    "channels": ["a"],
+                    "pixel_mask": {"a": cbor2.CBORTag(40, [[2, 2], cbor2.CBORTag(70, bytes(16))])},
+                }
+            ),
+            "bad_size",
+        ),
+        (cbor2.dumps({"type": "end"}), "bad_field"),
+        (cbor2.dumps(cbor2.CBORTag(55799, "start")), "not_a_map"),
+        (b"\x81" * 200 + b"\x00", "malformed_cbor"),  # nesting beyond the decoder's depth limit
+    ],
+)
+def test_malformed_messages(message: bytes, reason: str) -> None:
+    codec = Stream2Codec()
+    assert _error(codec, message).reason == reason
+
+
+def test_a_corrupt_compressed_block_decodes_to_a_chunk_error() -> None:
+    fields = _image_fields()
+    dims, typed = fields["data"]["threshold_1"].value
+    algorithm, elem, chunk = typed.value.value
+    bad = bytearray(chunk)
+    _, _, blocks = bslz4_blocks(chunk, 2)
+    offset, length, _ = blocks[2]
+    assert len(blocks) == 4
+    bad[offset : offset + length] = b"\xff" * length  # an LZ4 block that cannot decode
+    fields["data"] = {
+        **fields["data"],
+        "threshold_1": cbor2.CBORTag(
+            40, [dims, cbor2.CBORTag(69, cbor2.CBORTag(56500, [algorithm, elem, bytes(bad)]))]
+        ),
+    }
+    (image,) = _started().feed(cbor2.dumps(fields))
+    assert isinstance(image, Stream2Image)  # the message is well formed; the chunk is not
+    array = image.channels["threshold_1"]
+    with pytest.raises(ChunkError) as error:
+        array.pixels()
+    assert error.value.reason == "bad_lz4_block"
+    with pytest.raises(ChunkError):
+        array.check()
+    array.check(sample=1)  # a sample of one looks at the first block only (and the structure)
+    with pytest.raises(ChunkError):
+        array.check(sample=3)  # blocks 0, 2 and 3 of 4
+
+
+# -- properties -----------------------------------------------------------------------------------------
+@settings(max_examples=60, deadline=None)
+@given(
+    height=st.integers(1, 40),
+    width=st.integers(1, 40),
+    dtype=st.sampled_from(["uint8", "uint16", "uint32", "float32"]),
+    compression=st.sampled_from(["none", "bslz4", "lz4"]),
+    block=st.sampled_from([8, 64, 256]),
+    seed=st.integers(0, 2**16),
+)
+def test_any_array_built_from_the_spec_decodes_to_its_pixels(
+    height: int, width: int, dtype: str, compression: str, block: int, seed: int
+) -> None:
+    pixels = np.random.default_rng(seed).integers(0, 200, (height, width)).astype(dtype)
+    start = {
+        "type": "start",
+        "series_id": 1,
+        "image_size_x": width,
+        "image_size_y": height,
+        "channels": ["c"],
+    }
+    image = {
+        "type": "image",
+        "series_id": 1,
+        "image_id": 5,
+        "data": {"c": capture.typed(pixels, compression, block)},
+    }
+    codec = Stream2Codec()
+    codec.feed(cbor2.dumps(start))
+    (event,) = codec.feed(cbor2.dumps(cbor2.CBORTag(55799, image)))
+    assert isinstance(event, Stream2Image), event
+    np.testing.assert_array_equal(event.channels["c"].pixels(), pixels)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=200))
+def test_arbitrary_bytes_never_raise(blob: bytes) -> None:
+    events = Stream2Codec().feed(blob)
+    assert len(events) == 1
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.binary(min_size=0, max_size=400), st.sampled_from([1, 2, 4]))
+def test_arbitrary_chunks_raise_only_chunk_errors(blob: bytes, elem: int) -> None:
+    for call in (lambda: decode_bslz4(blob, (4, 4), f"uint{8 * elem}"), lambda: check_bslz4(blob, elem, 2)):
+        with contextlib.suppress(ChunkError):
+            call()
