@@ -25,6 +25,7 @@ from edge.documents import run_documents, write_documents
 from edge.errors import ConfigError
 from edge.ledger import Ledger
 from edge.pipeline import Calibration, Pipeline
+from edge.poni import combined_mask, load_poni
 from edge.recovery import recover
 from edge.retention import Retention
 from edge.ring import FrameRing, Slot
@@ -35,7 +36,7 @@ from firmware_bridge.source import FrameHeader, FrameSource
 from firmware_bridge.udp_codec import DetectorGeometry
 from firmware_bridge.udp_reader import UdpSource
 from firmware_bridge.zmq_reader import ZmqStreamSource
-from kernels import Geometry, get_backend, read_poni
+from kernels import Geometry, get_backend
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +78,9 @@ def load_calibration(settings: Settings) -> Calibration:
                 f"reduction.{key}_file = {str(path)!r}: image is {image.shape}, frames are {shape}"
             )
         images[key] = image.astype(bool) if key == "mask" else image
-    return Calibration(images["dark"], images["flat"], images["mask"], red.solid_angle, red.polarization)
+    poni = None if red.poni_file is None else load_poni(red.poni_file, shape)  # its detector's own mask
+    mask = combined_mask(poni, images["mask"])
+    return Calibration(images["dark"], images["flat"], mask, red.solid_angle, red.polarization)
 
 
 def udp_geometry(settings: Settings) -> DetectorGeometry:
@@ -201,7 +204,7 @@ class Appliance:
         )
         self.backend = get_backend(settings.reduction.backend)
         if settings.reduction.poni_file is not None:
-            geometry = read_poni(settings.reduction.poni_file)
+            geometry = load_poni(settings.reduction.poni_file).geometry  # shape checked above
         else:
             geometry = Geometry(**settings.geometry.model_dump())
         self.geometry = geometry

@@ -12,10 +12,15 @@ import logging
 import os
 import signal
 import sys
+import threading
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from edge.config import Settings, load_settings
 from edge.errors import ConfigError
+from edge.logs import LogSetup
+from edge.logs import configure as configure_logging
 
 log = logging.getLogger("edge")
 
@@ -30,7 +35,12 @@ def _common(parser: argparse.ArgumentParser) -> None:
         metavar="KEY=VALUE",
         help="override one setting, e.g. --set ring.slots=128 (repeatable)",
     )
-    parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    parser.add_argument(
+        "--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="sets log.level (default INFO)"
+    )
+    parser.add_argument(
+        "--log-format", choices=["text", "json"], help="sets log.format: text, or JSON lines for journald/ELK"
+    )
 
 
 FAULT_FLAGS = {
@@ -106,16 +116,41 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _log_overrides(args: argparse.Namespace) -> list[str]:
+    out = []
+    if getattr(args, "log_level", None):
+        out.append(f'log.level="{args.log_level}"')
+    if getattr(args, "log_format", None):
+        out.append(f'log.format="{args.log_format}"')
+    return out
+
+
 def _settings(args: argparse.Namespace, extra: list[str]) -> Settings:
     return load_settings(args.config, [*args.overrides, *extra])
 
 
-def _run_daemon(settings: Settings) -> int:
+def _run_daemon(
+    settings: Settings, reload: Callable[[], Settings] | None = None, log_setup: LogSetup | None = None
+) -> int:
+    """The appliance and its API until SIGTERM/SIGINT (then it stops acquiring, persists what is in the
+    ring, records what never arrived, closes files and the ledger and exits 0); SIGHUP reloads."""
     import uvicorn
 
     from edge.appliance import Appliance
+    from edge.service import Notifier, ServiceReporter, watchdog_interval
     from webui import create_app
 
+    stop_requested = threading.Event()
+    server: uvicorn.Server | None = None
+
+    def _request_stop(signum: int, frame: object) -> None:
+        stop_requested.set()
+        if server is not None:
+            server.should_exit = True
+
+    # from the first moment: a SIGTERM while starting still ends in an orderly stop with status 0
+    signal.signal(signal.SIGTERM, _request_stop)
+    signal.signal(signal.SIGINT, _request_stop)
     try:
         appliance = Appliance(settings)
         appliance.start()
@@ -133,12 +168,18 @@ def _run_daemon(settings: Settings) -> int:
         file=sys.stderr,
         flush=True,
     )
-
-    def _terminate(signum: int, frame: object) -> None:
-        raise KeyboardInterrupt
-
-    # uvicorn re-raises the signal it caught after shutting down; make SIGTERM end like Ctrl-C
-    signal.signal(signal.SIGTERM, _terminate)
+    view = getattr(appliance, "view", appliance)  # the read-only view, where the appliance offers one
+    live = getattr(appliance, "liveness", None) or (lambda: _liveness_from_status(view.status()))
+    reporter = ServiceReporter(
+        Notifier.from_environment(),
+        liveness=live,
+        status=view.status,
+        ready=lambda: bool(server is not None and server.started),
+        interval=watchdog_interval(),
+    )
+    reporter.start()
+    if reload is not None and log_setup is not None:
+        _on_sighup(appliance, reload, log_setup, reporter)
 
     async def serve() -> None:
         ioc = None
@@ -148,7 +189,8 @@ def _run_daemon(settings: Settings) -> int:
             ioc = ApplianceIOC(appliance, settings.epics, loop=asyncio.get_running_loop())
             ioc.start()
         try:
-            await server.serve()
+            if not stop_requested.is_set():
+                await server.serve()
         finally:
             if ioc is not None:
                 ioc.stop()
@@ -158,9 +200,42 @@ def _run_daemon(settings: Settings) -> int:
     except KeyboardInterrupt:
         pass
     finally:
+        reporter.stopping()
         appliance.stop()
         print("edge: stopped", file=sys.stderr, flush=True)
     return 0
+
+
+def _on_sighup(appliance: Any, reload: Callable[[], Settings], log_setup: LogSetup, reporter: Any) -> None:
+    """SIGHUP re-reads the settings and applies what can change while running (see edge.service.reload)."""
+    from edge.service import apply_reload
+
+    def _reload() -> None:
+        reporter.reloading()
+        try:
+            new = reload()
+        except ConfigError as error:
+            log.error("reload refused, settings unchanged: %s", error)
+            reporter.reloaded("refused (bad settings)")
+            return
+        applied = apply_reload(appliance, new, log_setup)
+        reporter.reloaded(", ".join(applied) or "nothing changed")
+
+    def _handler(signum: int, frame: object) -> None:  # not in the handler: it may interrupt a log call
+        threading.Thread(target=_reload, name="reload", daemon=True).start()
+
+    signal.signal(signal.SIGHUP, _handler)
+
+
+def _liveness_from_status(status: dict[str, Any]) -> dict[str, Any]:
+    """Liveness as the watchdog reads it, for an appliance that does not offer ``liveness()``."""
+    chunks = status.get("ledger", {}).get("chunks", {})
+    acked = sum(int(c.get("chunks_acked") or 0) for c in status.get("ledger", {}).get("consumers", []))
+    return {
+        "pending": int(status["ring"].get("fill", 0)) + int(chunks.get("stored", 0)),
+        "progress": int(status["ring"].get("released", 0)) + acked,
+        "threads": status.get("appliance", {}).get("threads", {}),
+    }
 
 
 def _run_pull(settings: Settings) -> int:
@@ -312,10 +387,8 @@ def main(argv: list[str] | None = None) -> int:
         # bitshuffle compresses each frame on one thread; the pipeline compresses store.compress_threads
         # frames at once instead (numba sizes its own pool and ignores this)
         os.environ.setdefault("OMP_NUM_THREADS", "1")
-    logging.basicConfig(
-        level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
-    )
     extra: list[str] = _fault_overrides(args) if args.command in ("sim", "demo") else []
+    extra += _log_overrides(args)
     if args.command == "sim":
         if args.frames is not None:
             extra.append(f"sim.frames={args.frames}")
@@ -337,8 +410,9 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as error:
         print(f"edge: {error}", file=sys.stderr)
         return 2
+    log_setup = configure_logging(settings.log.level, settings.log.format)
     if args.command == "run":
-        return _run_daemon(settings)
+        return _run_daemon(settings, lambda: _settings(args, extra), log_setup)
     if args.command == "where":
         return _run_where(settings, args.run, args.json)
     if args.command == "sim":

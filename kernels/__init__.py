@@ -13,7 +13,8 @@ from kernels._compress import (
     hdf5_filter_options,
 )
 from kernels._corrections import make_gain
-from kernels._geometry import RADIAL_UNITS, Geometry, read_poni
+from kernels._detectors import DetectorModel
+from kernels._geometry import RADIAL_UNITS, Geometry, Poni, PoniError, direct_beam, read_poni, read_poni_file
 from kernels._integrate import IntegrationResult, Integrator1D, Integrator2D
 from kernels._peaks import PeakFinder, Peaks, classify_hit
 from kernels._registry import Backend, BackendUnavailable, available_backends, get_backend
@@ -31,12 +32,15 @@ __all__ = [
     "RADIAL_UNITS",
     "Backend",
     "BackendUnavailable",
+    "DetectorModel",
     "Geometry",
     "IntegrationResult",
     "Integrator1D",
     "Integrator2D",
     "PeakFinder",
     "Peaks",
+    "Poni",
+    "PoniError",
     "RoiSet",
     "RoiStats",
     "StreamingReconstructor",
@@ -47,6 +51,7 @@ __all__ = [
     "compress_chunks",
     "decompress_chunk",
     "decompress_chunks",
+    "direct_beam",
     "estimate_center",
     "estimate_center_from_sinogram",
     "filter_projections",
@@ -55,4 +60,5 @@ __all__ = [
     "hdf5_filter_options",
     "make_gain",
     "read_poni",
+    "read_poni_file",
 ]

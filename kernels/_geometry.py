@@ -1,17 +1,29 @@
-"""Detector geometry in pyFAI's PONI convention, and the per-pixel radial coordinates it implies.
+"""Detector geometry in pyFAI's PONI convention, the per-pixel radial coordinates it implies, and PONI files.
 
 Distances are metres, angles radians. ``poni1``/``poni2`` are the point of normal incidence measured
 from the detector origin along the slow (row) and fast (column) axes. Rotations follow pyFAI: the
-detector is rotated by rot1 about axis 1, rot2 about axis 2, rot3 about the beam.
+detector is rotated by rot1 about axis 1, rot2 about axis 2, rot3 about the beam. ``orientation`` is
+pyFAI 2.1's detector orientation (1-4, EXIF-like): where pixel (0, 0) of the *image* sits on the
+sensor. pyFAI handles it in the detector alone, by mirroring the pixel index before it becomes a
+position (``Detector._calc_pixel_index_from_orientation``); the PONI, the rotations and the direct-beam
+centre stay in the sensor's own frame (orientation 3, pyFAI's native one). We do exactly the same.
 """
 
 from __future__ import annotations
 
+import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+
+from kernels._detectors import DETECTORS, DetectorModel
+
+ORIENTATIONS = (1, 2, 3, 4)
+FLIPPED_AXES = {1: (True, True), 2: (True, False), 3: (False, False), 4: (False, True)}
+"""Which image axes (slow, fast) run against the sensor's own axes, per orientation (pyFAI's table)."""
 
 
 @dataclass(frozen=True)
@@ -27,13 +39,23 @@ class Geometry:
     wavelength: float = 1.0e-10
     pixel1: float = 75e-6
     pixel2: float = 75e-6
+    orientation: int = 3
+
+    def __post_init__(self) -> None:
+        if self.orientation not in ORIENTATIONS:
+            raise ValueError(f"orientation {self.orientation!r} not supported; pyFAI's 1 to 4 are")
+
+    def _index(self, n: int, flipped: bool) -> np.ndarray:
+        index = np.arange(n, dtype=np.float64)
+        return index[::-1].copy() if flipped else index
 
     def _lab(
         self, shape: tuple[int, int]
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """Pixel-centre offsets from the PONI (d1, d2) and lab coordinates (t1, t2, t3), as pyFAI."""
-        p1 = (np.arange(shape[0], dtype=np.float64) + 0.5) * self.pixel1 - self.poni1
-        p2 = (np.arange(shape[1], dtype=np.float64) + 0.5) * self.pixel2 - self.poni2
+        flip1, flip2 = FLIPPED_AXES[self.orientation]
+        p1 = (self._index(shape[0], flip1) + 0.5) * self.pixel1 - self.poni1
+        p2 = (self._index(shape[1], flip2) + 0.5) * self.pixel2 - self.poni2
         d1, d2 = np.meshgrid(p1, p2, indexing="ij")
         c1, c2, c3 = math.cos(self.rot1), math.cos(self.rot2), math.cos(self.rot3)
         s1, s2, s3 = math.sin(self.rot1), math.sin(self.rot2), math.sin(self.rot3)
@@ -89,32 +111,299 @@ class Geometry:
 RADIAL_UNITS = ("2th_deg", "2th_rad", "q_nm^-1", "q_A^-1")
 
 
-def read_poni(path: str | Path) -> Geometry:
-    """Read a pyFAI ``.poni`` file (versions 1 and 2) into a Geometry."""
-    values: dict[str, str] = {}
-    for line in Path(path).read_text().splitlines():
-        line = line.strip()
-        if not line or line.startswith("#") or ":" not in line:
+RADIAL_UNITS = ("2th_deg", "2th_rad", "q_nm^-1", "q_A^-1")
+
+
+def direct_beam(geometry: Geometry) -> tuple[float, float]:
+    """Where the direct beam meets the detector plane, (x, y) in pixels, as pyFAI's ``getFit2D()``.
+
+    x runs along the fast axis (pyFAI's axis 2), y along the slow axis (axis 1), both in the sensor's
+    own frame (orientation 3), from the outer corner of pixel (0, 0): the centre of pixel (i, j) is at
+    (j + 0.5, i + 0.5). Tilts are included (``pyFAI.geometry.fit2d.convert_to_Fit2d``): with no tilt the
+    direct beam hits the PONI; a tilt moves it by dist * tan(tilt) along the tilt plane.
+    """
+    g = geometry
+    cos_tilt = math.cos(g.rot1) * math.cos(g.rot2)
+    sin_tilt = math.sqrt(max(0.0, 1.0 - cos_tilt * cos_tilt))
+    if sin_tilt == 0.0:
+        return g.poni2 / g.pixel2, g.poni1 / g.pixel1
+    tan_tilt = sin_tilt / cos_tilt
+    cos_tpr = max(-1.0, min(1.0, -math.cos(g.rot2) * math.sin(g.rot1) / sin_tilt))
+    sin_tpr = math.sin(g.rot2) / sin_tilt
+    x = (g.poni2 + g.dist * tan_tilt * cos_tpr) / g.pixel2
+    if math.degrees(math.acos(cos_tilt)) < 1e-5:  # pyFAI's own cut-off for "no tilt"
+        return x, g.poni1 / g.pixel1
+    return x, (g.poni1 + g.dist * tan_tilt * sin_tpr) / g.pixel1
+
+
+# ---- PONI files -------------------------------------------------------------------------------------
+
+PONI_VERSIONS = (1.0, 2.0, 2.1, 3.0)
+
+
+class PoniError(ValueError):
+    """A ``.poni`` file is malformed or asks for something we do not support; ``key`` names the entry."""
+
+    def __init__(self, key: str, message: str) -> None:
+        super().__init__(f"{key}: {message}")
+        self.key = key
+
+
+@dataclass(frozen=True)
+class Poni:
+    """What a ``.poni`` file says: the geometry, the detector it names, and the file's version.
+
+    ``detector.max_shape`` is None when the file leaves the shape open (pyFAI's generic ``Detector``
+    without ``max_shape``); then any frame shape is accepted.
+    """
+
+    geometry: Geometry
+    detector: DetectorModel
+    version: float
+    sensor_material: str | None = None
+    sensor_thickness: float | None = None
+    extra: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def shape(self) -> tuple[int, int] | None:
+        return self.detector.max_shape
+
+    def mask(self) -> np.ndarray | None:
+        """The named detector's own mask (module gaps; True = excluded), or None if it has none."""
+        return self.detector.mask()
+
+    def check_shape(self, shape: tuple[int, int]) -> None:
+        """Refuse frames of another shape than the detector the file names."""
+        if self.shape is not None and tuple(self.shape) != tuple(shape):
+            raise PoniError(
+                "Detector",
+                f"{self.detector.name} is {tuple(self.shape)} pixels (slow, fast), frames are {tuple(shape)}",
+            )
+
+
+def _float(values: dict[str, tuple[str, str]], key: str, *, positive: bool = False) -> float:
+    if key not in values:
+        raise PoniError(_SPELLING.get(key, key), "missing")
+    spelled, text = values[key]
+    try:
+        value = float(text)
+    except ValueError:
+        raise PoniError(spelled, f"{text!r} is not a number") from None
+    if not math.isfinite(value):
+        raise PoniError(spelled, f"{text!r} is not finite")
+    if positive and value <= 0:
+        raise PoniError(spelled, f"{text!r} must be > 0")
+    return value
+
+
+_SPELLING = {  # how pyFAI writes the keys, for messages about a missing one
+    "distance": "Distance",
+    "poni1": "Poni1",
+    "poni2": "Poni2",
+    "rot1": "Rot1",
+    "rot2": "Rot2",
+    "rot3": "Rot3",
+    "wavelength": "Wavelength",
+    "detector": "Detector",
+    "detector_config": "Detector_config",
+    "pixelsize1": "PixelSize1",
+    "pixelsize2": "PixelSize2",
+}
+
+
+def _pixel(config: dict[str, Any], key: str, spelled: str) -> float | None:
+    if config.get(key) is None:
+        return None
+    value = config[key]
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise PoniError(spelled, f"{key} = {value!r} is not a number")
+    try:
+        number = float(value)
+    except ValueError:
+        raise PoniError(spelled, f"{key} = {value!r} is not a number") from None
+    if not math.isfinite(number) or number <= 0:
+        raise PoniError(spelled, f"{key} = {value!r} must be a positive size in metres")
+    return number
+
+
+def _detector(
+    name: str | None, config: dict[str, Any], spelled: str, name_key: str
+) -> tuple[DetectorModel, float, float]:
+    """The detector a file names, with the pixel size pyFAI would use for it."""
+    p1 = _pixel(config, "pixel1", spelled)
+    p2 = _pixel(config, "pixel2", spelled)
+    shape: tuple[int, int] | None = None
+    if config.get("max_shape") is not None:
+        raw = config["max_shape"]
+        if (
+            not isinstance(raw, (list, tuple))
+            or len(raw) != 2
+            or not all(isinstance(n, int) and not isinstance(n, bool) and n > 0 for n in raw)
+        ):
+            raise PoniError(spelled, f"max_shape = {raw!r} must be two positive integers (slow, fast)")
+        shape = (int(raw[0]), int(raw[1]))
+    for key in ("splineFile", "splinefile"):
+        if config.get(key):
+            raise PoniError(spelled, f"{key} = {config[key]!r}: spline distortion is not supported")
+    if name is None or name in ("None", "Detector"):
+        if p1 is None or p2 is None:
+            raise PoniError(spelled, "a generic Detector needs pixel1 and pixel2 (metres)")
+        return DetectorModel("Detector", p1, p2, shape, force_pixel=False), p1, p2
+    model = DETECTORS.get(name)
+    if model is None:
+        raise PoniError(
+            name_key,
+            f"{name!r} is not a detector we model (flat, uniform pixels, known mask); write the file with"
+            " pyFAI's generic Detector (pixel1, pixel2, max_shape) and give its mask as reduction.mask_file",
+        )
+    if config.get("module_size") is not None and tuple(config["module_size"]) != model.module_size:
+        raise PoniError(spelled, f"module_size = {config['module_size']!r} differs from {name}'s own")
+    pixel1 = model.pixel1 if p1 is None else p1
+    pixel2 = model.pixel2 if p2 is None else p2
+    if model.force_pixel and (
+        not math.isclose(pixel1, model.pixel1, rel_tol=1e-9)
+        or not math.isclose(pixel2, model.pixel2, rel_tol=1e-9)
+    ):
+        raise PoniError(
+            spelled,
+            f"pixel {pixel1!r} x {pixel2!r} m differs from {name}'s {model.pixel1!r} x {model.pixel2!r} m:"
+            " binned detectors are not supported",
+        )
+    if shape is not None and shape != model.max_shape:
+        model = DetectorModel(
+            model.name,
+            model.pixel1,
+            model.pixel2,
+            shape,
+            model.module_size,
+            model.module_gap,
+            model.middle_gap,
+            model.force_pixel,
+        )
+    return model, pixel1, pixel2
+
+
+def _orientation(config: dict[str, Any], spelled: str) -> int:
+    value = config.get("orientation", 0)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise PoniError(spelled, f"orientation = {value!r} must be an integer, 1 to 4")
+    if value == 0:  # pyFAI: "Unspecified", read as the detector's default, 3 for every one we model
+        return 3
+    if value in (5, 6, 7, 8):
+        raise PoniError(
+            spelled,
+            f"orientation = {value}: transposed orientations (5-8) are not supported, by pyFAI either",
+        )
+    if value not in ORIENTATIONS:
+        raise PoniError(spelled, f"orientation = {value!r} not supported; 1 to 4 are")
+    return value
+
+
+def _sensor(config: dict[str, Any], spelled: str) -> tuple[str | None, float | None]:
+    sensor = config.get("sensor")
+    if not sensor:
+        return None, None
+    if not isinstance(sensor, dict):
+        raise PoniError(spelled, f"sensor = {sensor!r} must be an object with material and thickness")
+    material = sensor.get("material")
+    thickness = sensor.get("thickness")
+    if thickness is not None:
+        thickness = _pixel(sensor, "thickness", spelled)
+    return (None if material is None else str(material)), thickness
+
+
+def parse_poni(text: str) -> Poni:
+    """Parse the text of a pyFAI ``.poni`` file, versions 1, 2, 2.1 and 3 (without parallax).
+
+    Read as pyFAI's ``PoniFile.read_from_file`` reads it: ``key: value`` lines, keys case-insensitive,
+    the last one wins, ``#`` starts a comment (``# Calibrant: ...`` and ``# Image: ...`` are kept in
+    ``extra``). Anything malformed or unsupported raises PoniError naming the key.
+    """
+    values: dict[str, tuple[str, str]] = {}
+    extra: dict[str, str] = {}
+    for line in text.splitlines():
+        if ":" not in line:
+            continue
+        if line.startswith("#"):
+            key, _, value = line[1:].partition(":")
+            if key.strip().capitalize() in ("Calibrant", "Image"):
+                extra[key.strip().capitalize()] = value.strip()
             continue
         key, _, value = line.partition(":")
-        values[key.strip().lower()] = value.strip()
-    pixel1 = pixel2 = 75e-6
-    if "detector_config" in values:
-        import json
+        values[key.strip().lower()] = (key.strip(), value.strip())
 
-        config = json.loads(values["detector_config"])
-        pixel1 = float(config.get("pixel1", pixel1))
-        pixel2 = float(config.get("pixel2", pixel2))
-    pixel1 = float(values.get("pixelsize1", pixel1))
-    pixel2 = float(values.get("pixelsize2", pixel2))
-    return Geometry(
-        dist=float(values["distance"]),
-        poni1=float(values["poni1"]),
-        poni2=float(values["poni2"]),
-        rot1=float(values.get("rot1", 0.0)),
-        rot2=float(values.get("rot2", 0.0)),
-        rot3=float(values.get("rot3", 0.0)),
-        wavelength=float(values.get("wavelength", 1e-10)),
+    version = 1.0
+    if "poni_version" in values:
+        version = _float(values, "poni_version")
+    config: dict[str, Any] = {}
+    config_key = "Detector_config"
+    if "detector_config" in values:
+        config_key, text_config = values["detector_config"]
+        try:
+            config = json.loads(text_config)
+        except ValueError as error:
+            raise PoniError(config_key, f"not valid JSON ({error})") from None
+        if config is None:
+            config = {}
+        if not isinstance(config, dict):
+            raise PoniError(config_key, f"{text_config!r} is not a JSON object")
+        version = max(version, 2.1 if "orientation" in config else 2.0)
+    if "parallax" in values:
+        version = max(version, 3.0)
+    if version not in PONI_VERSIONS:
+        spelled = values.get("poni_version", ("poni_version", ""))[0]
+        raise PoniError(
+            spelled,
+            f"version {version:g} not supported; we read {', '.join(f'{v:g}' for v in PONI_VERSIONS)}",
+        )
+    if "parallax" in values:
+        spelled, flag = values["parallax"]
+        if flag.strip().lower() == "true":
+            raise PoniError(
+                spelled, "True: pyFAI's parallax correction is not supported; calibrate without it"
+            )
+        if flag.strip().lower() != "false":
+            raise PoniError(spelled, f"{flag!r} must be True or False")
+
+    name_key, name = values.get("detector", ("Detector", None))  # type: ignore[arg-type]
+    if version >= 2.0 and name is None:
+        raise PoniError("Detector", f"missing; a version {version:g} file names its detector")
+    if version == 1.0:
+        for key in ("pixelsize1", "pixelsize2"):
+            if key in values:
+                config[key.replace("size", "")] = _float(values, key, positive=True)
+        if "splinefile" in values and values["splinefile"][1].lower() not in ("", "none"):
+            raise PoniError(values["splinefile"][0], "spline distortion is not supported")
+        config_key = "PixelSize1" if name in (None, "None", "Detector") else name_key
+    detector, pixel1, pixel2 = _detector(name, config, config_key, name_key)
+    material, thickness = _sensor(config, config_key)
+
+    if "distance" not in values and "dist" in values:
+        values["distance"] = values["dist"]
+    geometry = Geometry(
+        dist=_float(values, "distance", positive=True),
+        poni1=_float(values, "poni1"),
+        poni2=_float(values, "poni2"),
+        rot1=_float(values, "rot1"),
+        rot2=_float(values, "rot2"),
+        rot3=_float(values, "rot3"),
+        wavelength=_float(values, "wavelength", positive=True),
         pixel1=pixel1,
         pixel2=pixel2,
+        orientation=_orientation(config, config_key),
     )
+    return Poni(geometry, detector, version, material, thickness, extra)
+
+
+def read_poni_file(path: str | Path) -> Poni:
+    """Read a pyFAI ``.poni`` file; see parse_poni. An unreadable file raises PoniError too."""
+    try:
+        text = Path(path).read_text()
+    except (OSError, UnicodeDecodeError) as error:
+        raise PoniError("file", f"cannot read {str(path)!r} ({error})") from None
+    return parse_poni(text)
+
+
+def read_poni(path: str | Path) -> Geometry:
+    """The geometry in a pyFAI ``.poni`` file (versions 1, 2, 2.1 and 3); see read_poni_file."""
+    return read_poni_file(path).geometry

@@ -1,0 +1,289 @@
+"""PONI files as pyFAI writes them: versions 1, 2, 2.1 and 3, orientations 1-4, named detectors.
+
+The oracle is the installed pyFAI: it writes every file read here, and its ``integrate1d`` with method
+("no", "histogram", "cython") on the same file is what our profile must equal, bin for bin, within 1e-6
+relative. Why not bit-equality: pyFAI sums in its own order (and float32 in places), and its results
+already differ by an ulp or so across CPUs and versions; 1e-6 is far below a count's Poisson noise and
+far above summation-order noise. Radial bin centres are compared within 1e-9 relative (one float64
+division and product apart).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import kernels
+from kernels import Geometry, PoniError, direct_beam, read_poni_file
+from kernels._detectors import DETECTORS
+
+pyFAI = pytest.importorskip("pyFAI")
+from pyFAI.detectors import Detector, detector_factory  # noqa: E402
+from pyFAI.integrator.azimuthal import AzimuthalIntegrator  # noqa: E402
+from pyFAI.io.ponifile import PoniFile  # noqa: E402
+
+METHOD = ("no", "histogram", "cython")
+SHAPE = (40, 56)
+TILTED = {"dist": 0.05, "poni1": 0.0017, "poni2": 0.0022, "rot1": 0.012, "rot2": -0.021, "rot3": 0.03}
+NAMED = "Pilatus200k"  # small enough to integrate in a unit test, and has pyFAI's module-gap mask
+
+
+@pytest.fixture(params=["numpy", "numba"])
+def backend(request: pytest.FixtureRequest) -> kernels.Backend:
+    try:
+        return kernels.get_backend(request.param)
+    except kernels.BackendUnavailable as error:
+        pytest.skip(str(error))
+
+
+@pytest.fixture(autouse=True)
+def _quiet_pyfai() -> None:
+    logging.getLogger("pyFAI").setLevel(logging.ERROR)
+
+
+def _write(ai: AzimuthalIntegrator, path: Path, version: float | None = None) -> Path:
+    """The file pyFAI writes for ``ai`` (``ai.write``), or in an older format through its PoniFile."""
+    if version is None:
+        ai.write(str(path))
+    else:
+        poni = PoniFile(ai)
+        poni.API_VERSION = version
+        with open(path, "w") as fd:
+            poni.write(fd)
+    return path
+
+
+def _integrator(detector: Detector, **geometry: float) -> AzimuthalIntegrator:
+    return AzimuthalIntegrator(**{**TILTED, **geometry}, wavelength=1.0e-10, detector=detector)
+
+
+def _assert_rel(ours: np.ndarray, ref: np.ndarray, rtol: float) -> None:
+    ours, ref = np.asarray(ours, dtype=np.float64), np.asarray(ref, dtype=np.float64)
+    assert ours.shape == ref.shape
+    worst = float(np.max(np.abs(ours - ref) / np.maximum(np.abs(ref), 1e-30), initial=0.0))
+    assert worst <= rtol, f"worst relative difference {worst:.3g}"
+
+
+def _profile_matches_pyfai(
+    backend: kernels.Backend, path: Path, image: np.ndarray, user_mask: np.ndarray | None, unit: str
+) -> None:
+    """Integrate ``image`` with the file as we read it and as pyFAI reads it; compare every bin."""
+    poni = read_poni_file(path)
+    poni.check_shape(image.shape)
+    mask = poni.mask()
+    if user_mask is not None:
+        mask = user_mask if mask is None else mask | user_mask  # reduction.mask_file adds to the detector's
+    ai = AzimuthalIntegrator()
+    ai.load(str(path))
+    # pyFAI uses the detector's own mask only when no mask is passed, so give it the same union
+    ref = ai.integrate1d(image, 53, unit=unit, method=METHOD, mask=mask, polarization_factor=0.9)
+    if user_mask is None:
+        default = ai.integrate1d(image, 53, unit=unit, method=METHOD, polarization_factor=0.9)
+        np.testing.assert_array_equal(default.count, ref.count)  # ... which is the detector's own mask
+    ours = backend.integrator(
+        poni.geometry,
+        image.shape,
+        53,
+        unit=unit,
+        mask=mask,
+        correct_solid_angle=True,
+        polarization_factor=0.9,
+    ).integrate_full(image)
+    np.testing.assert_array_equal(ours.count, ref.count)
+    _assert_rel(ours.radial, ref.radial, 1e-9)
+    _assert_rel(ours.intensity, ref.intensity, 1e-6)
+
+
+def _image(shape: tuple[int, int], seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    # a ramp along each axis makes a wrongly mirrored axis change the profile, not just its noise
+    ramp = np.add.outer(np.linspace(0, 300, shape[0]), np.linspace(0, 500, shape[1]))
+    return rng.poisson(50 + ramp).astype(np.uint32)
+
+
+# ---- orientation -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("orientation", [1, 2, 3, 4])
+def test_orientation_positions_equal_pyfai(orientation: int) -> None:
+    ai = _integrator(Detector(pixel1=75e-6, pixel2=80e-6, max_shape=SHAPE, orientation=orientation))
+    g = Geometry(**TILTED, wavelength=1.0e-10, pixel1=75e-6, pixel2=80e-6, orientation=orientation)
+    # pyFAI mirrors the pixel index before it becomes a position, so the values are the same floats
+    np.testing.assert_allclose(g.tth(SHAPE), ai.center_array(SHAPE, unit="2th_deg", scale=False), rtol=1e-12)
+    np.testing.assert_allclose(g.chi(SHAPE), ai.center_array(SHAPE, unit="chi_rad", scale=False), rtol=1e-12)
+    np.testing.assert_allclose(g.solid_angle(SHAPE), ai.solidAngleArray(SHAPE), rtol=1e-7)
+
+
+@pytest.mark.parametrize("unit", ["2th_deg", "q_nm^-1"])
+@pytest.mark.parametrize("orientation", [1, 2, 3, 4])
+def test_generic_detector_profile_equals_pyfai(
+    backend: kernels.Backend, tmp_path: Path, orientation: int, unit: str
+) -> None:
+    detector = Detector(pixel1=75e-6, pixel2=80e-6, max_shape=SHAPE, orientation=orientation)
+    path = _write(_integrator(detector), tmp_path / f"o{orientation}.poni")
+    poni = read_poni_file(path)
+    assert poni.version == 2.1
+    assert poni.geometry.orientation == orientation
+    assert poni.shape == SHAPE
+    user_mask = np.zeros(SHAPE, dtype=bool)
+    user_mask[5:9, 30:40] = True
+    _profile_matches_pyfai(backend, path, _image(SHAPE, orientation), user_mask, unit)
+
+
+def test_orientation_changes_the_profile(tmp_path: Path) -> None:
+    """The issue's report: orientation 2 read as 3 gave a profile far off. Mirrored, it must differ."""
+    image = _image(SHAPE, 0)
+    profiles = []
+    for orientation in (2, 3):
+        detector = Detector(pixel1=75e-6, pixel2=80e-6, max_shape=SHAPE, orientation=orientation)
+        geometry = read_poni_file(_write(_integrator(detector), tmp_path / f"{orientation}.poni")).geometry
+        profiles.append(kernels.get_backend("numpy").integrator(geometry, SHAPE, 53).integrate(image))
+    assert not np.allclose(profiles[0], profiles[1], rtol=1e-3)
+
+
+# ---- named detectors -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("orientation", [1, 2, 3, 4])
+def test_named_detector_supplies_pixels_shape_and_mask(
+    backend: kernels.Backend, tmp_path: Path, orientation: int
+) -> None:
+    detector = detector_factory(NAMED, {"orientation": orientation})
+    ai = _integrator(detector, poni1=0.035, poni2=0.042, dist=0.12)
+    path = _write(ai, tmp_path / "named.poni")
+    assert "max_shape" not in path.read_text()  # pyFAI leaves the shape to the class: we must know it
+    poni = read_poni_file(path)
+    assert poni.detector.name == NAMED
+    assert poni.shape == detector.max_shape
+    assert (poni.geometry.pixel1, poni.geometry.pixel2) == (detector.pixel1, detector.pixel2)
+    np.testing.assert_array_equal(poni.mask(), detector.mask.astype(bool))
+    image = _image(poni.shape, 10 + orientation)
+    _profile_matches_pyfai(backend, path, image, None, "q_nm^-1")
+    user_mask = np.zeros(poni.shape, dtype=bool)
+    user_mask[100:140, 200:260] = True
+    _profile_matches_pyfai(backend, path, image, user_mask, "2th_deg")
+
+
+def test_every_modelled_detector_equals_pyfai() -> None:
+    for name, model in DETECTORS.items():
+        detector = detector_factory(name)
+        assert (model.pixel1, model.pixel2) == (detector.pixel1, detector.pixel2), name
+        assert model.max_shape == tuple(detector.max_shape), name
+        ref = detector.mask
+        ours = model.mask()
+        if ref is None or not np.any(ref):
+            assert ours is None, name
+        else:
+            np.testing.assert_array_equal(ours, ref.astype(bool), err_msg=name)
+
+
+# ---- versions --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("version", [1, 2, 2.1, 3])
+def test_every_version_pyfai_writes_is_read(tmp_path: Path, version: float) -> None:
+    detector = Detector(pixel1=75e-6, pixel2=80e-6, max_shape=SHAPE)
+    ai = _integrator(detector)
+    path = _write(ai, tmp_path / "v.poni", version)
+    poni = read_poni_file(path)
+    assert poni.version == version
+    assert poni.geometry == Geometry(**TILTED, wavelength=1.0e-10, pixel1=75e-6, pixel2=80e-6, orientation=3)
+    back = AzimuthalIntegrator()
+    back.load(str(path))  # and pyFAI reads the same numbers from it
+    assert (back.dist, back.rot1, back.detector.pixel2) == (poni.geometry.dist, poni.geometry.rot1, 80e-6)
+
+
+def test_version_1_named_detector(tmp_path: Path) -> None:
+    ai = _integrator(detector_factory("Eiger500k"))
+    poni = read_poni_file(_write(ai, tmp_path / "v1.poni", 1))
+    assert poni.detector.name == "Eiger500k" and poni.shape == (514, 1030) and poni.version == 1
+
+
+# ---- malformed files refuse, naming the key --------------------------------------------------------
+
+
+def _good(tmp_path: Path) -> str:
+    ai = _integrator(Detector(pixel1=75e-6, pixel2=80e-6, max_shape=SHAPE, orientation=2))
+    return _write(ai, tmp_path / "good.poni").read_text()
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "key", "words"),
+    [
+        ("Distance: 0.05", "Distance: five cm", "Distance", "not a number"),
+        ("Distance: 0.05", "Distance: -0.05", "Distance", "> 0"),
+        ("Poni1: 0.0017\n", "", "Poni1", "missing"),
+        ("Rot2: -0.021", "Rot2: nan", "Rot2", "not finite"),
+        ("Wavelength: 1e-10\n", "", "Wavelength", "missing"),
+        ('"orientation": 2', '"orientation": 6', "Detector_config", "transposed"),
+        ('"orientation": 2', '"orientation": 9', "Detector_config", "1 to 4"),
+        ('"orientation": 2', '"orientation": "top"', "Detector_config", "integer"),
+        ('"pixel1": 7.5e-05', '"pixel1": 7.5e-05,,', "Detector_config", "JSON"),
+        ('"pixel1": 7.5e-05', '"pixel1": -1', "Detector_config", "positive"),
+        ('"max_shape": [40, 56]', '"max_shape": [40]', "Detector_config", "max_shape"),
+        ('"pixel1": 7.5e-05', '"pixel1": 7.5e-05, "splineFile": "d.spline"', "Detector_config", "spline"),
+        ("poni_version: 2.1", "poni_version: 4", "poni_version", "version 4"),
+        ("Detector: Detector", "Detector: Xpad_flat", "Detector", "Xpad_flat"),
+        ("Detector: Detector\n", "", "Detector", "missing"),
+        ("Wavelength: 1e-10", "Wavelength: 1e-10\nParallax: True", "Parallax", "parallax"),
+        ("Wavelength: 1e-10", "Wavelength: 1e-10\nParallax: maybe", "Parallax", "True or False"),
+    ],
+)
+def test_malformed_file_names_the_key(tmp_path: Path, old: str, new: str, key: str, words: str) -> None:
+    text = _good(tmp_path)
+    assert old in text
+    path = tmp_path / "bad.poni"
+    path.write_text(text.replace(old, new))
+    with pytest.raises(PoniError, match=words) as caught:
+        read_poni_file(path)
+    assert caught.value.key == key
+    assert str(caught.value).startswith(f"{key}: ")
+    assert isinstance(caught.value, ValueError)
+
+
+def test_binned_named_detector_and_wrong_shape_refused(tmp_path: Path) -> None:
+    path = _write(_integrator(detector_factory(NAMED)), tmp_path / "p.poni")
+    text = path.read_text()
+    path.write_text(text.replace('"pixel1": 0.000172', '"pixel1": 0.000344'))
+    with pytest.raises(PoniError, match="binned") as caught:
+        read_poni_file(path)
+    assert caught.value.key == "Detector_config"
+    path.write_text(text)
+    with pytest.raises(PoniError, match=r"\(407, 487\).*\(40, 56\)") as caught:
+        read_poni_file(path).check_shape(SHAPE)
+    assert caught.value.key == "Detector"
+
+
+def test_missing_file_is_a_poni_error(tmp_path: Path) -> None:
+    with pytest.raises(PoniError, match="cannot read"):
+        read_poni_file(tmp_path / os.sep.join(["no", "such.poni"]))
+
+
+# ---- direct beam ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "rots",
+    [
+        (0.0, 0.0, 0.0),
+        (0.012, -0.021, 0.03),
+        (-0.2, 0.15, 1.0),
+        (0.0, 0.3, 0.0),
+        (1e-9, 0.0, 0.0),
+        (0.4, 0.0, 0.0),
+    ],
+)
+def test_direct_beam_equals_pyfai_fit2d(rots: tuple[float, float, float]) -> None:
+    rot1, rot2, rot3 = rots
+    detector = Detector(pixel1=75e-6, pixel2=80e-6, max_shape=SHAPE)
+    ai = _integrator(detector, rot1=rot1, rot2=rot2, rot3=rot3)
+    f2d = ai.getFit2D()
+    g = Geometry(**{**TILTED, "rot1": rot1, "rot2": rot2, "rot3": rot3}, pixel1=75e-6, pixel2=80e-6)
+    x, y = direct_beam(g)
+    # same formulas in the same order; 1e-9 px allows for libm differences in cos/acos
+    assert x == pytest.approx(f2d["centerX"], abs=1e-9)
+    assert y == pytest.approx(f2d["centerY"], abs=1e-9)
