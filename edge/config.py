@@ -83,6 +83,14 @@ class StreamSettings(_Section):
         description="kernel receive buffer of the stream connection (0 = the OS's autotuning). Small"
         " buffers keep a backlog at the detector instead of in flight, so the live image stays fresh",
     )
+    max_frame_jump: int = Field(
+        1_000_000,
+        ge=1,
+        le=1 << 62,
+        description="an image whose frame number is more than this beyond the newest accepted frame of"
+        " its series (0 before the first) is rejected and counted (frame_number_out_of_range), never"
+        " turned into a gap: one damaged or stray frame number cannot declare a million frames lost",
+    )
 
 
 class UdpSettings(_Section):
@@ -100,6 +108,15 @@ class UdpSettings(_Section):
     idle_seconds: float = Field(1.0, gt=0, description="silence that ends a run")
     frame_timeout_frames: int = Field(4, ge=2, le=1024)
     rcvbuf_bytes: int = Field(16 << 20, ge=65536)
+    max_frame_jump: int = Field(
+        1_000_000,
+        ge=1,
+        le=1 << 62,
+        description="a packet whose frame number is more than this beyond the newest accepted frame of"
+        " the run (0 before the first) is rejected and counted (frame_number_out_of_range), never"
+        " turned into a gap. A real gap this large is a million frame periods without a packet, which"
+        " at any rate below 1 MHz is longer than idle_seconds and has already ended the run",
+    )
 
 
 class RingSettings(_Section):
