@@ -36,6 +36,7 @@ test: lint
 fuzz: $(STAMP)
 	$(BIN)/python tests/fuzz/fuzz_udp_codec.py --runs 100000
 	$(BIN)/python tests/fuzz/fuzz_stream_codec.py --runs 100000
+	$(BIN)/python tests/fuzz/fuzz_stream2_codec.py --runs 100000
 
 BENCH_STAMP := $(VENV)/.bench-stamp
 
