@@ -45,6 +45,7 @@ def _common(parser: argparse.ArgumentParser) -> None:
 
 FAULT_FLAGS = {
     "transport": ("stream.transport", str, "zmq (frame stream) or udp (packets)"),
+    "format": ("stream.format", str, "json (DECTRIS stream v1 style) or stream2 (DECTRIS Stream V2, CBOR)"),
     "mode": ("sim.mode", str, "rings (powder), spots (serial crystallography) or tomo (projections)"),
     "modules": ("udp.grid_cols", int, "UDP detector modules side by side"),
     "loss": ("sim.loss", float, "probability a packet (udp) or frame (zmq) is dropped"),
@@ -58,7 +59,11 @@ FAULT_FLAGS = {
 
 def _fault_flags(parser: argparse.ArgumentParser) -> None:
     for name, (_key, kind, text) in FAULT_FLAGS.items():
-        choices = {"transport": ["zmq", "udp"], "mode": ["rings", "spots", "tomo"]}.get(name)
+        choices = {
+            "transport": ["zmq", "udp"],
+            "format": ["json", "stream2"],
+            "mode": ["rings", "spots", "tomo"],
+        }.get(name)
         parser.add_argument(f"--{name}", type=kind, choices=choices, help=text)
 
 
@@ -270,7 +275,7 @@ def _run_pull(settings: Settings) -> int:
 def _run_sim(settings: Settings, args: argparse.Namespace) -> int:
     from dataclasses import asdict
 
-    from hw_sim.cli import StreamFaults, run_sim, run_sim_ioc, run_sim_udp
+    from hw_sim.cli import Stream2Faults, StreamFaults, run_sim, run_sim_ioc, run_sim_udp
 
     sim = settings.sim
     frames_from = {  # what the simulated frames look like, whatever carries them
@@ -323,6 +328,17 @@ def _run_sim(settings: Settings, args: argparse.Namespace) -> int:
         run_uid=args.run_uid,
         faults=StreamFaults(
             sim.loss, sim.duplicate, sim.corrupt, sim.stall_seconds, sim.burst, sim.fault_seed
+        ),
+        stream_format=settings.stream.format,
+        stream2_faults=Stream2Faults(  # in stream2, "corrupt" is a compressed block that cannot decode
+            loss=sim.loss,
+            duplicate=sim.duplicate,
+            bad_block=sim.corrupt,
+            truncate=sim.truncate,
+            wrong_tag=sim.wrong_tag,
+            missing_end=sim.missing_end,
+            stall_seconds=sim.stall_seconds,
+            seed=sim.fault_seed,
         ),
         **frames_from,
     )

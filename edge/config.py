@@ -68,12 +68,26 @@ class SimSettings(_Section):
     stall_seconds: float = Field(0.0, ge=0, description="one pause of this length half-way through")
     burst: int = Field(0, ge=0, description="send frames in bursts of this many at once (0 = evenly)")
     fault_seed: int = Field(99, ge=0)
+    truncate: float = Field(0.0, ge=0, le=1, description="stream2: probability an image message is cut short")
+    wrong_tag: float = Field(0.0, ge=0, le=1, description="stream2: probability of a wrong array tag")
+    missing_end: bool = Field(False, description="stream2: never send the series' end message")
 
 
 class StreamSettings(_Section):
     """Where frames come from: the ZeroMQ frame stream (``zmq``) or UDP packets (``udp``)."""
 
     transport: Literal["zmq", "udp"] = "zmq"
+    format: Literal["json", "stream2"] = Field(
+        "json",
+        description="message format of the zmq transport: json (DECTRIS stream v1 style) or stream2"
+        " (DECTRIS Stream V2, CBOR; see docs/wire-formats.md)",
+    )
+    channel: str = Field("", description="stream2: the channel (threshold) stored and reduced; '' = first")
+    stream2_check: Literal["sampled", "full"] = Field(
+        "sampled",
+        description="stream2: how much of each compressed image is decompressed to check it before it is"
+        " stored as received: sampled (a few blocks, bounded cost) or full (every block)",
+    )
     endpoint: str = f"tcp://{LOCALHOST}:5560"
     rcvhwm: int = Field(2, ge=1, description="message parts ZeroMQ queues before the reader takes them")
     rcvbuf_bytes: int = Field(

@@ -14,10 +14,11 @@ import zmq
 
 from firmware_bridge.udp_codec import DetectorGeometry
 from hw_sim.physics import make_source
+from hw_sim.stream2_sender import Stream2Faults, send_series_stream2
 from hw_sim.udp_packets import FaultPlan, UdpFrameSender, apply_faults
 from hw_sim.zmq_sender import SendSummary, StreamFaults, ZmqFrameSender
 
-__all__ = ["StreamFaults", "run_sim", "run_sim_ioc", "run_sim_udp"]
+__all__ = ["Stream2Faults", "StreamFaults", "run_sim", "run_sim_ioc", "run_sim_udp"]
 from kernels import Geometry
 
 
@@ -52,8 +53,15 @@ def run_sim(
     as_json: bool,
     run_uid: str | None = None,
     faults: StreamFaults | None = None,
+    stream_format: str = "json",
+    stream2_faults: Stream2Faults | None = None,
 ) -> dict[str, Any]:
-    """Send one series of powder frames and return (and print) the summary."""
+    """Send one series of powder frames and return (and print) the summary.
+
+    ``stream_format`` ``json`` is the DECTRIS stream v1 style message sequence; ``stream2`` is DECTRIS
+    Stream V2 (CBOR, bitshuffle-LZ4 images) with ``stream2_faults`` (``encoding`` and ``faults`` apply
+    to ``json`` only).
+    """
     stop = threading.Event()
 
     def _stop(signum: int, frame: object) -> None:
@@ -69,18 +77,24 @@ def run_sim(
         f"sim: streaming on {sender.endpoint} ({frames or 'unbounded'} frames at {rate_hz} Hz)\n"
     )
     config = {"seed": seed, "pool": pool, "geometry": geometry, "detector": f"edge-sim {mode}", "mode": mode}
-    summary = sender.send_series(
-        source.frame,
-        frames,
-        rate_hz,
-        series,
-        run_uid or str(uuid.uuid4()),
-        config,
-        stop,
-        encoding,
-        _progress,
-        faults,
-    )
+    if stream_format == "stream2":
+        uid = run_uid or str(uuid.uuid4())
+        summary = send_series_stream2(
+            sender, source.frame, frames, rate_hz, series, uid, config, stop, _progress, stream2_faults
+        )
+    else:
+        summary = sender.send_series(
+            source.frame,
+            frames,
+            rate_hz,
+            series,
+            run_uid or str(uuid.uuid4()),
+            config,
+            stop,
+            encoding,
+            _progress,
+            faults,
+        )
     sender.close()
     context.term()
     result = summary.as_dict()
