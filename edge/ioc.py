@@ -6,7 +6,7 @@ with readback ``X_RBV``, and ``Acquire`` as a busy record whose put-completion (
 `firmware_bridge.detector_control.DetectorControl`) has taken ``NumImages`` frames and the appliance has
 stored every one of them, or accounted for the missing ones with a loss record. The IOC runs on the
 daemon's asyncio loop (``AsyncioDispatcher(loop=...)``), which is passed in; `iocInit` happens once per
-process. Counters are copied from `Appliance.status` every `REFRESH_SECONDS`; views read counters,
+process. Counters are copied from `ApplianceView.status` every `REFRESH_SECONDS`; views read counters,
 they never infer them. The PV table `PVS` is the single source of the records and of ``docs/pvs.md``
 (`edge.pvdocs`). softioc and pyepics are imported only when the IOC starts.
 """
@@ -31,7 +31,7 @@ import numpy as np
 from edge.config import EpicsSettings
 
 if TYPE_CHECKING:
-    from edge.appliance import Appliance
+    from edge.view import ApplianceView
 
 __all__ = ["DEFAULT_ACF", "MODES", "PVS", "ApplianceIOC", "PvSpec"]
 
@@ -308,9 +308,15 @@ class ApplianceIOC:
     """
 
     def __init__(
-        self, appliance: Appliance, settings: EpicsSettings, *, loop: asyncio.AbstractEventLoop
+        self,
+        view: ApplianceView,
+        settings: EpicsSettings,
+        *,
+        loop: asyncio.AbstractEventLoop,
+        end_open_series: Callable[[str], None],
     ) -> None:
-        self.appliance = appliance
+        self.view = view
+        self.end_open_series = end_open_series
         self.settings = settings
         self.prefix = settings.prefix
         self.loop = loop
@@ -355,7 +361,7 @@ class ApplianceIOC:
         self._show_static()
         self._show_detector()
         self._tasks.append(self.loop.create_task(self._refresh_forever(), name="edge-ioc-refresh"))
-        self.appliance.detector_view = self.detector_status
+        self.view.attach_detector(self.detector_status)
         log.info("appliance IOC serving %s (detector %s)", self.prefix, self.settings.detector_prefix)
 
     def stop(self) -> None:
@@ -408,9 +414,9 @@ class ApplianceIOC:
 
     def _length(self, spec: PvSpec) -> int:
         if spec.length == "bins":
-            return int(self.appliance.settings.reduction.bins)
+            return int(self.view.settings.reduction.bins)
         if spec.length == "preview":
-            height, width = _preview_shape(*self.appliance.settings.detector.shape)
+            height, width = _preview_shape(*self.view.frame_format.shape)
             return height * width
         return int(spec.length)
 
@@ -428,7 +434,7 @@ class ApplianceIOC:
             "AcquirePeriod": 0.05,
             "Mode": 0,
             "ArrayCounter": 0,
-            "HDF1:FilePath": str(self.appliance.store_path()),
+            "HDF1:FilePath": str(self.view.store_path()),
             "HDF1:FileName": "",
             "HDF1:Capture": 0,
             "HDF1:NumCapture": 1,
@@ -437,7 +443,7 @@ class ApplianceIOC:
             return {}
         kw: dict[str, Any] = {"initial_value": initial[spec.name], "always_update": True}
         if spec.name == "HDF1:FilePath":
-            kw["validate"] = lambda record, value: str(value).rstrip("/") == str(self.appliance.store_path())
+            kw["validate"] = lambda record, value: str(value).rstrip("/") == str(self.view.store_path())
         kw["on_update"] = lambda value, name=spec.name: self._on_setpoint(name, value)
         return kw
 
@@ -537,14 +543,14 @@ class ApplianceIOC:
                     detector_lost = True
                     self._set_message("Detector disconnected during the run")
                     log.warning("detector went away during run %s", run_uid)
-            if detector_lost and self.appliance.source_open_series():
+            if detector_lost and self.view.series_open():
                 # frames still in flight may arrive: end the series only once the stream is quiet
-                received = int(self.appliance.source.counters().get("frames_received", 0))
+                received = self.view.frames_received()
                 now = time.monotonic()
                 if quiet_since is None or quiet_since[1] != received:
                     quiet_since = (now, received)
                 elif now - quiet_since[0] >= STREAM_QUIET_SECONDS:
-                    self.appliance.end_open_series("detector_disconnected")
+                    self.end_open_series("detector_disconnected")
             if run_uid is not None and done.done():
                 accounted = await asyncio.to_thread(self._accounted, run_uid)
                 if accounted is not None:
@@ -565,19 +571,17 @@ class ApplianceIOC:
 
     def _new_run_since(self, started: float) -> str | None:
         """The uid of the first run the ledger started at or after ``started``."""
-        for run in self.appliance.runs():
+        for run in self.view.runs():
             if run["started_at"] >= started - 0.001:
                 return str(run["run_uid"])
         return None
 
     def _accounted(self, run_uid: str) -> tuple[int, int] | None:
         """(frames stored, frames lost) once the run has ended in the ledger, else None."""
-        run = self.appliance.run(run_uid)
-        if run.get("ended_at") is None:
+        totals = self.view.run_totals(run_uid)
+        if totals is None:
             return None
-        stored = sum(int(f["n_frames"]) for f in run["files"])
-        lost = sum(int(r["last_frame"]) - int(r["first_frame"]) + 1 for r in run["losses"])
-        return stored, lost
+        return int(totals["frames_stored"]), int(totals["frames_lost"])
 
     # --- readbacks -----------------------------------------------------------------------------
     def detector_status(self) -> dict[str, Any]:
@@ -604,14 +608,14 @@ class ApplianceIOC:
         self._set("DetectorConnected_RBV", int(bool(self.control is not None and self.control.connected)))
 
     def _show_static(self) -> None:
-        settings = self.appliance.settings
-        geometry = self.appliance.geometry
-        self._set("HDF1:FilePath_RBV", str(self.appliance.store_path()))
+        settings = self.view.settings
+        geometry = self.view.geometry
+        self._set("HDF1:FilePath_RBV", str(self.view.store_path()))
         self._set("NumImages_RBV", 1)
         self._set("HDF1:NumCapture_RBV", 1)
         self._set("AcquirePeriod_RBV", 0.05)
         self._set("QueueSize_RBV", int(settings.ring.slots))
-        self._set("Reduction:Backend_RBV", str(self.appliance.backend.name)[:39])
+        self._set("Reduction:Backend_RBV", str(self.view.backend_name)[:39])
         self._set("Reduction:BeamCenterX_RBV", float(geometry.poni2 / geometry.pixel2))
         self._set("Reduction:BeamCenterY_RBV", float(geometry.poni1 / geometry.pixel1))
         self._set("Reduction:Distance_RBV", float(geometry.dist))
@@ -620,7 +624,7 @@ class ApplianceIOC:
         self._set("Reduction:Unit_RBV", settings.reduction.unit)
         poni = settings.reduction.poni_file
         self._set("Reduction:PoniFile_RBV", "" if poni is None else str(poni))
-        height, width = _preview_shape(*settings.detector.shape)
+        height, width = _preview_shape(*self.view.frame_format.shape)
         self._set("Image1:ArraySize0_RBV", width)
         self._set("Image1:ArraySize1_RBV", height)
 
@@ -639,8 +643,8 @@ class ApplianceIOC:
     def _sample(self) -> tuple[dict[str, Any], list[dict[str, Any]]]:
         """The appliance's status and the files of the current run (blocking: run in a thread)."""
         run_uid = self._run_uid
-        files = self.appliance.ledger.files(run_uid) if run_uid is not None else []
-        return self.appliance.status(), files
+        files = self.view.run_files(run_uid) if run_uid is not None else []
+        return self.view.status(), files
 
     def _show_status(self, status: dict[str, Any], run_files: list[dict[str, Any]]) -> None:
         from softioc import alarm
@@ -698,14 +702,13 @@ class ApplianceIOC:
         self._set("Disk:RetentionState_RBV", 2 if percent >= 95 else (1 if percent >= 85 else 0))
 
     def _show_profile(self) -> None:
-        pipeline = self.appliance.pipeline
-        latest = pipeline.latest_profile
+        latest = self.view.latest_profile_arrays()
         if latest is not None:
-            radial, profile = latest
+            radial, profile, frames = latest
             self._set("Profile1:Radial_RBV", np.asarray(radial, dtype=np.float64))
             self._set("Profile1:Intensity_RBV", np.asarray(profile, dtype=np.float64))
-            self._set("Profile1:UniqueId_RBV", int(pipeline.stats.get("frames_processed", 0)))
-        latest_preview = self.appliance.sink.preview
+            self._set("Profile1:UniqueId_RBV", frames)
+        latest_preview = self.view.latest_preview_pixels()
         if latest_preview is not None:
-            preview = np.clip(latest_preview[0], 0, 32767).astype(np.int16).ravel()
+            preview = np.clip(latest_preview, 0, 32767).astype(np.int16).ravel()
             self._set("Image1:ArrayData", preview)

@@ -27,8 +27,9 @@ from typing import Any
 
 import numpy as np
 
+from edge.recorder import RunRecorder
 from edge.ring import KIND_CONTROL, KIND_FRAME, FrameRing, Slot
-from edge.store import ClosedFile, RunMetadata, RunStore
+from edge.store import RunMetadata, RunStore
 from kernels import Backend, Geometry, compress_chunk, make_gain
 
 log = logging.getLogger(__name__)
@@ -120,9 +121,7 @@ class Pipeline:
         unit: str,
         frames_per_file: int,
         file_seconds: float,
-        on_file_closed: Callable[[ClosedFile], None],
-        on_run_closed: Callable[[str, int, str], None],
-        on_frame_lost: Callable[[str | None, int, str, str], None],
+        recorder: RunRecorder,
         may_write: Callable[[], bool] = lambda: True,
         calibration: Calibration | None = None,
         queue_depth: int = 8,
@@ -137,9 +136,7 @@ class Pipeline:
         self.unit = unit
         self.frames_per_file = frames_per_file
         self.file_seconds = file_seconds
-        self.on_file_closed = on_file_closed
-        self.on_run_closed = on_run_closed
-        self.on_frame_lost = on_frame_lost
+        self.recorder = recorder
         self.may_write = may_write
         self.calibration = calibration
         self.stats: Counter[str] = Counter()
@@ -230,13 +227,13 @@ class Pipeline:
         frame = int(slot.header["frame"])
         if self._run_uid is None or self._reduction is None:
             self.stats["frames_outside_run"] += 1
-            self.on_frame_lost(None, frame, "outside_run", "frame arrived with no open run")
+            self.recorder.loss(None, frame, frame, "outside_run", "frame arrived with no open run")
             return _Work(slot, "release")
         started = time.perf_counter()
         raw = slot.array()
         if raw.shape != self._reduction.shape:
             self.stats["frames_wrong_shape"] += 1
-            self.on_frame_lost(self._run_uid, frame, "wrong_shape", f"{raw.shape}")
+            self.recorder.loss(self._run_uid, frame, frame, "wrong_shape", f"{raw.shape}")
             return _Work(slot, "release")
         chunk = self._compressor.submit(compress_chunk, raw)  # bitshuffle releases the GIL: overlap
         profile = self._reduction.reduce(raw)
@@ -247,7 +244,8 @@ class Pipeline:
         """A frame the pipeline could not handle: counted, and a loss record (control slots: logged only)."""
         if int(slot.header["kind"]) == KIND_FRAME:
             self.stats["frames_failed"] += 1
-            self.on_frame_lost(run_uid, int(slot.header["frame"]), "pipeline_error", repr(error)[:200])
+            frame = int(slot.header["frame"])
+            self.recorder.loss(run_uid, frame, frame, "pipeline_error", repr(error)[:200])
 
     # -- the writing thread: in ring order, writes chunks and releases slots ----------------------------
     def _write_loop(self) -> None:
@@ -313,7 +311,7 @@ class Pipeline:
             self.file_seconds,
             radial,
             self.unit,
-            self.on_file_closed,
+            self.recorder.file_closed,
             RunMetadata(
                 self.geometry,
                 str(record.get("detector") or "edge detector"),
@@ -329,7 +327,7 @@ class Pipeline:
         """A rollover file could not be finished: its frames are lost, each with a record."""
         self.stats["file_close_errors"] += 1
         for frame in frames:
-            self.on_frame_lost(run_uid, frame, "file_close_failed", repr(error)[:200])
+            self.recorder.loss(run_uid, frame, frame, "file_close_failed", repr(error)[:200])
 
     def _close_run(self, exit_status: str) -> None:
         store, self._store = self._store, None
@@ -337,4 +335,4 @@ class Pipeline:
             return
         store.close()  # waits for its files to be finished and registered
         self.stats["runs_closed"] += 1
-        self.on_run_closed(store.run_uid, store.frames_written, exit_status)
+        self.recorder.close_run(store.run_uid, store.frames_written, exit_status)

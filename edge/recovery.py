@@ -16,15 +16,13 @@ from __future__ import annotations
 import json
 import logging
 import shutil
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import h5py
 import hdf5plugin  # noqa: F401  (filter 32008, to open salvaged files)
 
-from edge.ledger import Ledger
-from edge.store import file_checksums
+from edge.recorder import RunRecorder
 
 log = logging.getLogger(__name__)
 
@@ -44,13 +42,9 @@ def _missing_ranges(expected: int, covered: list[tuple[int, int]]) -> list[tuple
     return [(a, b) for a, b in gaps if a <= b]
 
 
-def recover(
-    ledger: Ledger,
-    root: Path,
-    chunk_bytes: int,
-    write_documents: Callable[[str, str], None],
-) -> dict[str, Any]:
-    """Run the recovery steps above; return what was done (also logged)."""
+def recover(recorder: RunRecorder, root: Path) -> dict[str, Any]:
+    """Run the recovery steps above through the run recorder; return what was done (also logged)."""
+    ledger = recorder.ledger
     report: dict[str, Any] = {"quarantined": [], "salvaged": [], "runs_failed": [], "frames_lost": 0}
     for part in sorted(root.glob("*/*.part")):
         target = root / "quarantine" / part.parent.name / part.name
@@ -69,9 +63,8 @@ def recover(
         except (OSError, KeyError) as error:
             log.error("cannot salvage %s: %s", path, error)
             continue
-        size, digest, chunks = file_checksums(path, chunk_bytes)
         frames = (min(numbers), max(numbers), len(numbers)) if numbers else (-1, -1, 0)
-        ledger.file_stored(path.parent.name, path.name, path, size, digest, frames, chunks)
+        recorder.register_file(path.parent.name, path, frames)
         report["salvaged"].append(str(path))
         log.warning("salvaged %s (%d frames), closed just before the crash", path.name, len(numbers))
     for run in ledger.runs():
@@ -88,7 +81,7 @@ def recover(
                 "run %s did not announce its length; frames after %d cannot be accounted", run_uid, expected
             )
         for first, last in _missing_ranges(int(expected), covered):
-            ledger.record_loss(
+            recorder.loss(
                 run_uid,
                 first,
                 last,
@@ -97,8 +90,7 @@ def recover(
             )
             report["frames_lost"] += last - first + 1
         stored = sum(f["n_frames"] for f in files)
-        ledger.run_ended(run_uid, "fail", stored)
-        write_documents(run_uid, "fail")
+        recorder.close_run(run_uid, stored, "fail")
         report["runs_failed"].append(run_uid)
         log.error("run %s ended by a crash: %d frames stored, marked failed", run_uid, stored)
     if any(report[k] for k in ("quarantined", "salvaged", "runs_failed")):

@@ -197,6 +197,11 @@ class FrameRing:
             self._stopping = True
             self._cond.notify_all()
 
+    @property
+    def stopping(self) -> bool:
+        """True once `stop` was called: claims return None from then on."""
+        return self._stopping
+
     def caught_up(self) -> bool:
         """True when the reader has taken every published slot."""
         with self._cond:

@@ -12,9 +12,10 @@ from importlib import resources
 from typing import Any, Protocol
 
 from fastapi import FastAPI, Query, Request
-from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
+from fastapi.responses import HTMLResponse, JSONResponse, Response
 
 from edge.errors import ConfigError, NotFound, Refused
+from webui.metrics import add_metrics_route
 
 #: Files of the dashboard besides the page itself, with their media types.
 STATIC_ASSETS = {
@@ -37,44 +38,19 @@ class ApplianceView(Protocol):
     def latest_preview(self) -> dict[str, Any] | None: ...
 
 
-def _metrics(status: dict[str, Any]) -> str:
-    lines: list[str] = []
-
-    def walk(prefix: str, value: Any) -> None:
-        if isinstance(value, bool):
-            value = int(value)
-        if isinstance(value, int | float):
-            name = "edge_" + prefix
-            lines.append(f"# TYPE {name} gauge")
-            lines.append(f"{name} {value}")
-        elif isinstance(value, dict):
-            for key, item in value.items():
-                safe = "".join(ch if ch.isalnum() else "_" for ch in str(key))
-                walk(f"{prefix}_{safe}" if prefix else safe, item)
-
-    walk("", status)
-    return "\n".join(lines) + "\n"
-
-
 def run_summary(detail: dict[str, Any]) -> dict[str, Any]:
     """One row of the dashboard's runs table from a run's detail (``ApplianceView.run``).
 
-    Counts come from the where-is-my-data report when the detail has one, else from the ledger's file
-    rows; nothing is estimated here.
+    Counts are the ledger's run totals, as the detail carries them; nothing is counted or estimated here.
     """
     where = detail.get("where") or {}
     files = where.get("files", detail.get("files", []))
     losses = where.get("losses", detail.get("losses", []))
     states = Counter(str(f.get("state")) for f in files)
-    stored = where.get("frames_stored", detail.get("frames_stored"))
-    delivered = where.get(
-        "frames_delivered",
-        sum(f.get("n_frames", 0) for f in files if f.get("state") in ("verified", "purged")),
-    )
-    lost = where.get(
-        "frames_lost",
-        sum(r["last_frame"] - r["first_frame"] + 1 for r in losses if not r.get("partial")),
-    )
+    totals = detail.get("totals") or where  # the ledger's run totals (Ledger.run_totals)
+    stored = totals.get("frames_stored")
+    delivered = totals.get("frames_delivered")
+    lost = totals.get("frames_lost")
     return {
         "run_uid": detail["run_uid"],
         "started_at": detail.get("started_at"),
@@ -149,9 +125,7 @@ def create_app(settings: Any, appliance: ApplianceView) -> FastAPI:
             raise NotFound("no frame has been reduced yet")
         return latest
 
-    @app.get("/metrics", response_class=PlainTextResponse)
-    def metrics() -> str:
-        return _metrics(appliance.status())
+    add_metrics_route(app, appliance.status)  # Prometheus text, webui/metrics.py
 
     static = resources.files("webui").joinpath("static")
     page = static.joinpath("index.html").read_text()

@@ -251,8 +251,13 @@ def test_acquire_with_completion_stores_num_images(stack: Stack) -> None:
     assert _frames_in_files(paths) == 20
     # counters are refreshed periodically: wait for them, then they agree with the file
     wait_until(lambda: epics.caget(p + "ArrayCounter_RBV") == 20, 5, "ArrayCounter_RBV == 20")
-    full = epics.caget(p + "HDF1:FullFileName_RBV", as_string=True)
-    assert full == paths[-1]
+    # the file name follows at the next refresh after the file is registered (ArrayCounter may be
+    # 20 from an earlier refresh, before the last file closed)
+    wait_until(
+        lambda: epics.caget(p + "HDF1:FullFileName_RBV", as_string=True) == paths[-1],
+        5,
+        "HDF1:FullFileName_RBV names the last data file",
+    )
     assert epics.caget(p + "HDF1:FilePath_RBV", as_string=True) == str(stack.tmp_path / "store")
     assert epics.caget(p + "Codec1:CompFactor_RBV") > 1.0
     assert epics.caget(p + "LostFrames_RBV") == 0

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import re
 from importlib import resources
+from pathlib import Path
 from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
 
 from edge.config import load_settings
+from edge.ledger import Ledger
 from edge.errors import NotFound
 from webui import create_app
 from webui.app import STATIC_ASSETS, run_summary
@@ -34,7 +36,7 @@ WHERE = {
 
 
 class View:
-    """Two runs in the ledger: an old one without a where report, a new one with one."""
+    """Two runs in the ledger: an old one with only the ledger's totals, a new one with a where report."""
 
     def status(self) -> dict[str, Any]:
         return {}
@@ -51,6 +53,7 @@ class View:
                 "exit_status": "success",
                 "files": files,
                 "losses": [],
+                "totals": {"frames_stored": 10, "frames_delivered": 10, "frames_lost": 0},
             }
         if run_uid == "new":
             return {"run_uid": "new", "started_at": 200.0, "exit_status": None, "where": WHERE}
@@ -75,7 +78,7 @@ def test_run_summaries_newest_first_with_counts_by_state() -> None:
     assert (new["files"], new["files_on_local_disk"]) == (3, 2)
     assert (new["frames_stored"], new["frames_delivered"], new["frames_lost"]) == (30, 20, 4)
     assert (new["loss_records"], new["bytes_pending"], new["eta_seconds"]) == (2, 1000, 2.5)
-    # without a where report the ledger's file rows are counted; nothing is made up
+    # without a where report the ledger's run totals are shown; nothing is recounted here
     assert old["states"] == {"purged": 1, "verified": 1}
     assert (old["files"], old["files_on_local_disk"], old["frames_delivered"]) == (2, 1, 10)
     assert old["exit_status"] == "success" and old["bytes_pending"] is None
@@ -87,17 +90,18 @@ def test_run_summaries_limit() -> None:
     assert c.get("/api/run-summaries?limit=0").status_code == 422
 
 
-def test_run_summary_counts_losses_without_a_where_report() -> None:
-    detail = {
-        "run_uid": "r",
-        "files": [],
-        "losses": [
-            {"first_frame": 3, "last_frame": 7, "partial": False},
-            {"first_frame": 9, "last_frame": 9, "partial": True},
-        ],
-    }
+def test_run_summary_shows_the_ledgers_totals(tmp_path: Path) -> None:
+    """Losses are counted once, by the ledger: a partial loss (frame kept) is not a lost frame."""
+    ledger = Ledger(tmp_path / "ledger.sqlite")
+    ledger.run_started("r", 1, 10, "{}")
+    ledger.record_loss("r", 3, 7, "frame_number_gap")
+    ledger.record_loss("r", 9, 9, "incomplete_frame")
+    detail = {"run_uid": "r", "files": [], "losses": ledger.losses("r"), "totals": ledger.run_totals("r")}
     summary = run_summary(detail)
     assert summary["frames_lost"] == 5 and summary["loss_records"] == 2 and summary["states"] == {}
+    assert detail["totals"]["frames_incomplete"] == 1
+    assert detail["totals"]["frames_lost_by_reason"] == {"frame_number_gap": 5, "incomplete_frame": 1}
+    ledger.close()
 
 
 @pytest.mark.parametrize("name", sorted(STATIC_ASSETS))

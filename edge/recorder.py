@@ -1,0 +1,99 @@
+"""Run bookkeeping in one place: runs opened and closed, files registered, losses, run documents.
+
+The receiver (through the ring sink), the pipeline and crash recovery are each handed this recorder
+instead of a back-reference to the appliance; it is the only writer of run bookkeeping to the ledger.
+Every loss goes through `loss`, so every drop is both a ledger record and a counted event.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import uuid
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from edge.documents import run_documents, write_documents
+from edge.ledger import Ledger
+from edge.logs import lost
+from edge.store import ClosedFile, file_checksums
+
+log = logging.getLogger(__name__)
+
+
+class RunRecorder:
+    """Writes a run's bookkeeping to the ledger; reads nothing but what it needs to write."""
+
+    def __init__(self, ledger: Ledger, store_root: Path, chunk_bytes: int) -> None:
+        self.ledger = ledger
+        self.store_root = store_root
+        self.chunk_bytes = chunk_bytes
+        self._lock = threading.Lock()
+        self.counts: Counter[str] = Counter()  # files_closed, runs_opened, runs_closed, losses by reason
+
+    # -- runs ------------------------------------------------------------------------------------------
+    def open_run(
+        self, run_uid: str | None, series: int, frames_expected: int | None, config: dict[str, Any]
+    ) -> str:
+        """Record a new run; returns its uid (a fresh one when ``run_uid`` is missing or already used)."""
+        uid = str(run_uid or uuid.uuid4())
+        text = json.dumps(config)
+        try:
+            self.ledger.run_started(uid, series, frames_expected, text)
+        except Exception as error:  # a repeated run uid: keep the data under a fresh one
+            log.warning("run uid %s rejected by the ledger (%s); using a new uid", uid, error)
+            uid = str(uuid.uuid4())
+            self.ledger.run_started(uid, series, frames_expected, text)
+        self._count("runs_opened")
+        return uid
+
+    def close_run(self, run_uid: str, frames_stored: int, exit_status: str) -> None:
+        """The run ended (``success``, ``abort`` or ``fail``): record it and store its documents."""
+        self.ledger.run_ended(run_uid, exit_status, frames_stored)
+        self.write_documents(run_uid, exit_status)
+        self._count("runs_closed")
+
+    def write_documents(self, run_uid: str, exit_status: str) -> None:
+        """RunStart..RunStop for the run, as a file that is stored and forwarded like the data."""
+        run = self.ledger.run(run_uid)
+        config = json.loads(run.get("config") or "{}")
+        shape = config.get("shape")
+        docs = run_documents(
+            run,
+            self.ledger.files(run_uid),
+            self.ledger.losses(run_uid),
+            (int(shape[1]), int(shape[0])) if shape else None,
+            exit_status,
+        )
+        path = write_documents(self.store_root / run_uid, run_uid, docs)
+        self.register_file(run_uid, path, (-1, -1, 0))
+
+    # -- files -----------------------------------------------------------------------------------------
+    def file_closed(self, closed: ClosedFile) -> None:
+        """A data file was finished (fsynced and renamed): checksum it and register it with its chunks."""
+        self.register_file(
+            closed.run_uid, closed.path, (closed.first_frame, closed.last_frame, closed.n_frames)
+        )
+        self._count("files_closed")
+
+    def register_file(self, run_uid: str, path: Path, frames: tuple[int, int, int]) -> None:
+        """Checksum a closed file and record it, with its transfer chunks, in one transaction."""
+        size, digest, chunks = file_checksums(path, self.chunk_bytes)
+        self.ledger.file_stored(run_uid, path.name, path, size, digest, frames, chunks)
+
+    # -- losses ----------------------------------------------------------------------------------------
+    def loss(self, run_uid: str | None, first: int, last: int, reason: str, detail: str = "") -> None:
+        """Frames ``first..last`` of the run will never be stored: a loss record with the reason."""
+        self.ledger.record_loss(run_uid, first, last, reason, detail)
+        log.warning("frames %d..%d lost: %s %s", first, last, reason, detail, extra=lost(first, last, reason))
+        self._count(f"frames_lost_{reason}", last - first + 1)
+
+    def _count(self, key: str, n: int = 1) -> None:
+        with self._lock:
+            self.counts[key] += n
+
+    def counters(self) -> dict[str, int]:
+        with self._lock:
+            return dict(self.counts)

@@ -1,0 +1,248 @@
+"""The read-only view of a running appliance: what the web API, the IOC, metrics and the watchdog read.
+
+None of them holds the appliance or reaches into a stage: they are handed this view, which asks each
+stage for its counters and the ledger for its totals (each fact computed once, in the part that owns
+it). Nothing here changes state.
+"""
+
+from __future__ import annotations
+
+import base64
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import psutil
+
+from edge.config import Settings
+from edge.frame_format import FrameFormat
+from edge.ledger import Ledger
+from edge.where import resolve_run, where_report
+from kernels import Geometry
+
+
+class _Counted(Protocol):
+    def counters(self) -> dict[str, Any]: ...
+
+
+class _Preview(Protocol):
+    preview: tuple[np.ndarray, dict[str, Any]] | None
+    run_uid: str | None
+
+
+class _Profiled(Protocol):
+    latest_profile: tuple[np.ndarray, np.ndarray] | None
+
+    def counters(self) -> dict[str, Any]: ...
+
+
+def thread_state(thread: threading.Thread | None, stopping: bool) -> str:
+    """``running``, ``stopped`` (never started, or ended while stopping) or ``dead`` (ended on its own)."""
+    if thread is None:
+        return "stopped"
+    if thread.is_alive():
+        return "running"
+    return "stopped" if stopping else "dead"
+
+
+@dataclass
+class ApplianceParts:
+    """What the view reads from; built by the appliance, never handed to the view's readers."""
+
+    settings: Settings
+    frame_format: FrameFormat
+    geometry: Geometry
+    backend_name: str
+    ledger: Ledger
+    source: Any
+    ring: _Counted
+    pipeline: _Profiled
+    forwarder: _Counted
+    retention: Any
+    recorder: Any
+    sink: _Preview
+    recovery: dict[str, Any]
+    threads: Callable[[], dict[str, dict[str, Any]]]
+    stopping: Callable[[], bool]
+
+
+class ApplianceView:
+    """Read-only answers about one appliance (status, runs, previews, liveness)."""
+
+    def __init__(self, parts: ApplianceParts) -> None:
+        self._p = parts
+        self.started_at = time.time()
+        self._preview_doc: tuple[object, dict[str, Any]] | None = None  # the last preview, as sent
+        self._detector: Callable[[], dict[str, Any]] | None = None
+
+    # -- facts fixed at start -------------------------------------------------------------------------
+    @property
+    def settings(self) -> Settings:
+        return self._p.settings
+
+    @property
+    def frame_format(self) -> FrameFormat:
+        return self._p.frame_format
+
+    @property
+    def geometry(self) -> Geometry:
+        return self._p.geometry
+
+    @property
+    def backend_name(self) -> str:
+        return self._p.backend_name
+
+    def store_path(self) -> Path:
+        return self._p.settings.store.path
+
+    def attach_detector(self, view: Callable[[], dict[str, Any]]) -> None:
+        """The appliance IOC reports the detector it drives through this (for ``status``)."""
+        self._detector = view
+
+    # -- live state -----------------------------------------------------------------------------------
+    def status(self) -> dict[str, Any]:
+        p = self._p
+        ledger = p.ledger.summary()
+        receiver = p.source.counters()
+        disk = psutil.disk_usage(str(p.settings.store.path))
+        return {
+            "appliance": {
+                "uptime_seconds": round(time.time() - self.started_at, 3),
+                "stopping": p.stopping(),
+                "run_uid": p.sink.run_uid,
+                "recovery": p.recovery,
+                "threads": p.threads(),
+            },
+            "frames": {
+                "received": receiver.get("frames_received", 0),
+                "stored": ledger["frames_stored"],
+                "delivered": ledger["frames_verified"],
+                "lost": ledger["frames_lost"],
+                "incomplete": ledger["frames_incomplete"],
+                "loss_records": ledger["loss_records"],
+            },
+            "receiver": receiver,
+            "ring": p.ring.counters(),
+            "pipeline": p.pipeline.counters(),
+            "store": {
+                "path": str(p.settings.store.path),
+                "files_closed": int(p.recorder.counters().get("files_closed", 0)),
+            },
+            "ledger": ledger,
+            "upstream": p.forwarder.counters(),
+            "retention": p.retention.status(),
+            "disk": {"total": disk.total, "used": disk.used, "free": disk.free, "percent": disk.percent},
+            "detector": self.detector_status(),
+        }
+
+    def detector_status(self) -> dict[str, Any]:
+        view = self._detector
+        if view is None:
+            return {"enabled": False}
+        return {"enabled": True, **view()}
+
+    def liveness(self) -> dict[str, Any]:
+        """For the service watchdog: work waiting, a counter that grows with progress, thread states.
+
+        Upstream chunks count as pending only while a consumer is connected: an HPC outage is not a
+        stall of the appliance.
+        """
+        p = self._p
+        ring = p.ring.counters()
+        pipeline = p.pipeline.counters()
+        ledger = p.ledger.summary()
+        upstream = p.forwarder.counters()
+        connected = any(c.get("connected") for c in upstream.get("consumers", []))
+        chunks = ledger.get("chunks", {})
+        upstream_pending = int(chunks.get("stored", 0)) + int(chunks.get("forwarded", 0)) if connected else 0
+        acked = sum(int(c.get("chunks_acked") or 0) for c in ledger.get("consumers", []))
+        return {
+            "pending": int(ring.get("fill", 0)) + int(pipeline.get("queued", 0)) + upstream_pending,
+            "progress": int(ring.get("released", 0)) + acked,
+            "threads": p.threads(),
+        }
+
+    def series_open(self) -> bool:
+        """True while the source is inside a series (header seen, end not yet)."""
+        return bool(self._p.source.series_open)
+
+    def frames_received(self) -> int:
+        return int(self._p.source.counters().get("frames_received", 0))
+
+    # -- runs -----------------------------------------------------------------------------------------
+    def runs(self) -> list[dict[str, Any]]:
+        return self._p.ledger.runs()
+
+    def run(self, run_uid: str) -> dict[str, Any]:
+        """The ledger's run row, its files, losses and totals, and the where-is-my-data report."""
+        ledger = self._p.ledger
+        run_uid = resolve_run(ledger, run_uid)
+        return {
+            **ledger.run(run_uid),
+            "files": ledger.files(run_uid),
+            "losses": ledger.losses(run_uid),
+            "totals": ledger.run_totals(run_uid),
+            "where": where_report(ledger, run_uid),
+        }
+
+    def run_files(self, run_uid: str) -> list[dict[str, Any]]:
+        return self._p.ledger.files(run_uid)
+
+    def run_totals(self, run_uid: str) -> dict[str, Any] | None:
+        """The run's totals once it has ended in the ledger, else None."""
+        ledger = self._p.ledger
+        if ledger.run(run_uid).get("ended_at") is None:
+            return None
+        return ledger.run_totals(run_uid)
+
+    # -- products -------------------------------------------------------------------------------------
+    def latest_preview(self) -> dict[str, Any] | None:
+        """The newest frame received (not waiting for the pipeline), subsampled and log-scaled to 8 bits;
+        ``pixels_b64`` holds them row-major, one byte each, base64-encoded (compact to send and parse)."""
+        latest = self._p.sink.preview
+        if latest is None:
+            return None
+        cached = self._preview_doc
+        if cached is not None and cached[0] is latest:
+            return cached[1]
+        frame, info = latest
+        logged = np.log1p(frame.astype(np.float32))
+        top = float(np.percentile(logged, 99.5)) or 1.0
+        image = np.clip(logged * (255.0 / top), 0, 255).astype(np.uint8)
+        doc = {
+            **info,
+            "height": image.shape[0],
+            "width": image.shape[1],
+            "pixels_b64": base64.b64encode(image.tobytes()).decode("ascii"),
+        }
+        self._preview_doc = (latest, doc)
+        return doc
+
+    def latest_preview_pixels(self) -> np.ndarray | None:
+        """The newest subsampled frame itself (for the IOC's image PV)."""
+        latest = self._p.sink.preview
+        return None if latest is None else latest[0]
+
+    def latest_profile_arrays(self) -> tuple[np.ndarray, np.ndarray, int] | None:
+        """The newest 1D profile: radial axis, intensity and the count of frames processed."""
+        latest = self._p.pipeline.latest_profile
+        if latest is None:
+            return None
+        frames = int(self._p.pipeline.counters().get("frames_processed", 0))
+        return latest[0], latest[1], frames
+
+    def latest_profile(self) -> dict[str, Any] | None:
+        latest = self._p.pipeline.latest_profile
+        if latest is None:
+            return None
+        radial, profile = latest
+        return {
+            "unit": self._p.settings.reduction.unit,
+            "radial": radial.tolist(),
+            "intensity": profile.tolist(),
+            "frames_processed": int(self._p.pipeline.counters().get("frames_processed", 0)),
+        }
