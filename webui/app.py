@@ -41,16 +41,22 @@ class ApplianceView(Protocol):
 def run_summary(detail: dict[str, Any]) -> dict[str, Any]:
     """One row of the dashboard's runs table from a run's detail (``ApplianceView.run``).
 
-    Counts are the ledger's run totals, as the detail carries them; nothing is counted or estimated here.
+    Counts come from the where-is-my-data report when the detail has one, else from the ledger's file
+    rows; nothing is estimated here.
     """
     where = detail.get("where") or {}
     files = where.get("files", detail.get("files", []))
     losses = where.get("losses", detail.get("losses", []))
     states = Counter(str(f.get("state")) for f in files)
-    totals = detail.get("totals") or where  # the ledger's run totals (Ledger.run_totals)
-    stored = totals.get("frames_stored")
-    delivered = totals.get("frames_delivered")
-    lost = totals.get("frames_lost")
+    stored = where.get("frames_stored", detail.get("frames_stored"))
+    delivered = where.get(
+        "frames_delivered",
+        sum(f.get("n_frames", 0) for f in files if f.get("state") in ("verified", "purged")),
+    )
+    lost = where.get(
+        "frames_lost",
+        sum(r["last_frame"] - r["first_frame"] + 1 for r in losses if not r.get("partial")),
+    )
     return {
         "run_uid": detail["run_uid"],
         "started_at": detail.get("started_at"),

@@ -52,6 +52,6 @@ def test_domain_errors_map_to_http() -> None:
 
 def test_metrics_are_prometheus_text() -> None:
     text = client().get("/metrics").text
-    assert "edge_frames_received 3" in text
-    assert "edge_ring_fill 1" in text and "edge_ok 1" in text
-    assert "policy" not in text  # strings are not metrics
+    assert 'edge_frames_total{stage="received"} 3.0' in text  # webui/metrics.py, see test_metrics.py
+    assert "edge_ring_fill 1.0" in text and "edge_ok 1.0" in text
+    assert 'edge_ring_info{policy="block"} 1.0' in text  # strings are labels of an _info gauge, not values
