@@ -441,6 +441,38 @@ class Ledger:
         return rows
 
     # -- views -------------------------------------------------------------------------------------------
+    def run_totals(self, run_uid: str) -> dict[str, Any]:
+        """A run's frame accounting, computed here and nowhere else (where, REST, IOC, demo, documents).
+
+        ``frames_lost`` counts whole frames never stored; a partial loss (a frame kept with pixels
+        missing) is counted in ``frames_incomplete`` instead. Sums are Python integers, so no total can
+        overflow SQLite's 64-bit INTEGER.
+        """
+        files = self._rows("SELECT state, n_frames, size FROM files WHERE run_uid=?", (run_uid,))
+        losses = self._rows("SELECT reason, first_frame, last_frame FROM losses WHERE run_uid=?", (run_uid,))
+        by_reason: dict[str, int] = {}
+        lost = incomplete = 0
+        for loss in losses:
+            count = int(loss["last_frame"]) - int(loss["first_frame"]) + 1
+            by_reason[loss["reason"]] = by_reason.get(loss["reason"], 0) + count
+            if loss["reason"] in PARTIAL_LOSS_REASONS:
+                incomplete += count
+            else:
+                lost += count
+        return {
+            "frames_stored": sum(int(f["n_frames"]) for f in files),
+            # a purged file was verified first: its frames stay delivered
+            "frames_delivered": sum(
+                int(f["n_frames"]) for f in files if f["state"] in ("verified", "purged")
+            ),
+            "frames_lost": lost,
+            "frames_incomplete": incomplete,
+            "loss_records": len(losses),
+            "frames_lost_by_reason": dict(sorted(by_reason.items())),
+            "file_count": len(files),
+            "bytes_stored": sum(int(f["size"]) for f in files),
+        }
+
     def files(self, run_uid: str | None = None) -> list[dict[str, Any]]:
         if run_uid is None:
             return self._rows("SELECT * FROM files ORDER BY id")
