@@ -160,15 +160,13 @@ def run_demo(args: argparse.Namespace, settings: Settings, flags: list[str] | No
             run = get_json(f"{url}/api/runs/{run_uid}")
             if run.get("ended_at") is None:
                 return None
-            stored = sum(f["n_frames"] for f in run["files"])
-            # a file is purged only once verified upstream: its frames count as delivered
-            delivered = sum(f["n_frames"] for f in run["files"] if f["state"] in ("verified", "purged"))
-            whole = [r for r in run["losses"] if not r["partial"]]
-            lost = sum(r["last_frame"] - r["first_frame"] + 1 for r in whole)
+            totals = run["totals"]  # the ledger's accounting (Ledger.run_totals), read, not recounted
+            stored, delivered = totals["frames_stored"], totals["frames_delivered"]
+            lost = totals["frames_lost"]
             if delivered + lost < frames_sent or delivered < stored:
                 return None
-            incomplete = len(run["losses"]) - len(whole)
-            records = len(run["losses"])
+            incomplete = totals["frames_incomplete"]
+            records = totals["loss_records"]
             return {
                 "stored": stored,
                 "delivered": delivered,
