@@ -113,18 +113,28 @@ class EdgeStack:
             args += ["--set", item]
         return args
 
-    def start(self, command: str, *extra: str, stdout: int | None = None) -> subprocess.Popen[str]:
+    def start(
+        self,
+        command: str,
+        *extra: str,
+        stdout: int | None = None,
+        stderr: Any = None,
+        env: dict[str, str] | None = None,
+    ) -> subprocess.Popen[str]:
         proc = subprocess.Popen(
             [sys.executable, "-m", "edge", command, *self.settings_args(), *extra],
             stdout=stdout,
+            stderr=stderr,
             text=True,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
         )
         self.procs.append(proc)
         return proc
 
-    def start_daemon(self) -> subprocess.Popen[str]:
-        proc = self.start("run")
+    def start_daemon(
+        self, *extra: str, stderr: Any = None, env: dict[str, str] | None = None
+    ) -> subprocess.Popen[str]:
+        proc = self.start("run", *extra, stderr=stderr, env=env)
 
         def ready() -> Any:
             if proc.poll() is not None:

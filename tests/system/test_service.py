@@ -1,0 +1,196 @@
+"""``edge run`` as systemd runs it: sd_notify on a socket the test binds, the watchdog withheld while the
+data plane is stalled, SIGHUP reloads, SIGTERM mid-run ends with every frame stored or recorded as lost."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import signal
+import socket
+import sqlite3
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import h5py
+import hdf5plugin  # noqa: F401  (the bitshuffle filter for reading back)
+import pytest
+from edgeprocs import EdgeStack, wait_for
+
+WATCHDOG_SECONDS = 2.0
+SMALL_FRAMES = ["detector.height=256", "detector.width=256", "reduction.bins=100"]
+
+
+class NotifyListener:
+    """The service manager's side of ``NOTIFY_SOCKET``: an abstract unix datagram socket, every message
+    kept with the time it arrived."""
+
+    def __init__(self) -> None:
+        self.name = f"@edge-test-{uuid.uuid4()}"
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(b"\0" + self.name[1:].encode())
+        self.sock.settimeout(0.2)
+        self.messages: list[tuple[float, str]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                data = self.sock.recv(4096)
+            except TimeoutError:
+                continue
+            now = time.monotonic()
+            self.messages.extend((now, line) for line in data.decode().splitlines())
+
+    def env(self) -> dict[str, str]:
+        return {"NOTIFY_SOCKET": self.name, "WATCHDOG_USEC": str(int(WATCHDOG_SECONDS * 1e6))}
+
+    def times(self, prefix: str, after: float = 0.0) -> list[float]:
+        return [t for t, line in list(self.messages) if line.startswith(prefix) and t > after]
+
+    def lines(self, prefix: str, after: float = 0.0) -> list[str]:
+        return [line for t, line in list(self.messages) if line.startswith(prefix) and t > after]
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.sock.close()
+
+
+@pytest.fixture
+def listener() -> NotifyListener:
+    notify = NotifyListener()
+    yield notify
+    notify.close()
+
+
+def test_ready_status_and_watchdog_which_stops_while_the_data_plane_is_stalled(
+    tmp_path: Path, listener: NotifyListener
+) -> None:
+    # A real stall: the store's quota is full of data no consumer has verified, so the pipeline holds
+    # its frames (backpressure) and the ring fills; nothing is persisted or acknowledged. A pull client
+    # arriving verifies the files and the data moves again.
+    stack = EdgeStack(
+        tmp_path,
+        overrides=[
+            *SMALL_FRAMES,
+            "ring.slots=4",
+            "store.frames_per_file=4",
+            "store.file_seconds=600",
+            "retention.quota_bytes=60000",
+            "retention.headroom_bytes=0",
+        ],
+    )
+    log = open(tmp_path / "daemon.log", "w")  # noqa: SIM115 - closed in finally
+    try:
+        daemon = stack.start_daemon(stderr=log, env=listener.env())
+        wait_for(lambda: listener.times("READY=1"), 30, "READY=1")
+        ready = listener.times("READY=1")[0]
+        wait_for(lambda: len(listener.times("WATCHDOG=1", ready)) >= 3, 30, "periodic WATCHDOG=1 while idle")
+        pings = listener.times("WATCHDOG=1", ready)
+        assert max(b - a for a, b in itertools.pairwise(pings)) <= WATCHDOG_SECONDS / 2 + 0.5
+        assert any("frames/s" in line and "backlog 0" in line for line in listener.lines("STATUS=", ready))
+
+        stack.start("sim", "--frames", "200", "--rate", "100")
+        wait_for(lambda: listener.times("STATUS=stalled"), 60, "the watchdog to see the stall")
+        stalled = listener.times("STATUS=stalled")[0]
+        last_ping = max(listener.times("WATCHDOG=1"))
+        assert stalled - last_ping <= WATCHDOG_SECONDS, "WATCHDOG went on after the stall was seen"
+        # withheld for longer than systemd waits, while the process itself is alive and reporting
+        wait_for(
+            lambda: (
+                len(listener.times("STATUS=", stalled)) >= 3
+                and time.monotonic() - last_ping > WATCHDOG_SECONDS * 1.5
+            ),
+            30,
+            "STATUS lines during the stall",
+        )
+        assert not listener.times("WATCHDOG=1", last_ping), "WATCHDOG=1 sent while stalled"
+        assert daemon.poll() is None
+        assert "pending, no progress" in listener.lines("STATUS=stalled")[0]
+
+        resumed_after = time.monotonic()
+        stack.start("pull")  # the consumer comes back: files verified, the pressure lifts
+        wait_for(lambda: listener.times("WATCHDOG=1", resumed_after), 60, "WATCHDOG=1 once data moves again")
+
+        daemon.send_signal(signal.SIGTERM)
+        assert daemon.wait(60) == 0
+        assert listener.lines("STOPPING=1")
+    finally:
+        stack.stop_all()
+        log.close()
+
+
+def test_sighup_reloads_logging_and_retention_and_names_what_needs_a_restart(
+    tmp_path: Path, listener: NotifyListener
+) -> None:
+    config = tmp_path / "edge.toml"
+    config.write_text('[log]\nformat = "text"\n')
+    stack = EdgeStack(tmp_path, overrides=SMALL_FRAMES)
+    log_path = tmp_path / "daemon.log"
+    log = open(log_path, "w")  # noqa: SIM115 - closed in finally
+    try:
+        daemon = stack.start_daemon("--config", str(config), stderr=log, env=listener.env())
+        wait_for(lambda: listener.times("READY=1"), 30, "READY=1")
+        # log.level stays WARNING: the command line (--log-level WARNING) wins over the file, as at start
+        config.write_text(
+            '[log]\nlevel = "DEBUG"\nformat = "json"\n[retention]\nmax_age_seconds = 3600\n[ring]\nslots = 8\n'
+        )
+        before = time.monotonic()
+        daemon.send_signal(signal.SIGHUP)
+        wait_for(lambda: listener.lines("STATUS=reloaded", before), 30, "the reload to be reported")
+        assert listener.lines("RELOADING=1", before)
+        assert listener.lines("STATUS=reloaded: log.format, retention.max_age_seconds")
+        text = wait_for(lambda: _has(log_path, "not reloaded"), 10, "the warning about ring.slots")
+        line = next(line for line in text.splitlines() if "not reloaded" in line)
+        warning = json.loads(line)  # the new format applies at once
+        assert warning["level"] == "WARNING"
+        assert warning["message"] == "not reloaded (restart to apply): ring.slots"
+        daemon.send_signal(signal.SIGTERM)
+        assert daemon.wait(60) == 0
+    finally:
+        stack.stop_all()
+        log.close()
+
+
+def _has(path: Path, needle: str) -> str | None:
+    text = path.read_text()
+    return text if needle in text else None
+
+
+def test_sigterm_mid_run_exits_0_with_every_frame_stored_or_recorded_lost(tmp_path: Path) -> None:
+    frames = 4000
+    stack = EdgeStack(tmp_path, overrides=[*SMALL_FRAMES, "store.frames_per_file=50"])
+    run_uid = str(uuid.uuid4())
+    try:
+        daemon = stack.start_daemon()
+        sim = stack.start("sim", "--frames", str(frames), "--rate", "200", "--run-uid", run_uid)
+        wait_for(lambda: stack.status()["frames"]["received"] >= 150, 60, "frames flowing")
+        daemon.send_signal(signal.SIGTERM)
+        assert daemon.wait(60) == 0
+        assert sim.poll() is None, "the run was not cut short"
+    finally:
+        stack.stop_all()
+
+    stored: set[int] = set()
+    for path in sorted((tmp_path / "store" / run_uid).glob("*.h5")):
+        with h5py.File(path, "r") as handle:
+            numbers = [int(n) for n in handle["/entry/data/frame_number"][:]]
+        assert not stored & set(numbers), f"{path.name} repeats frames"
+        stored |= set(numbers)
+    with sqlite3.connect(tmp_path / "store" / "ledger.sqlite") as db:
+        losses = db.execute(
+            "SELECT first_frame, last_frame, reason FROM losses WHERE run_uid=?", (run_uid,)
+        ).fetchall()
+        (exit_status,) = db.execute("SELECT exit_status FROM runs WHERE run_uid=?", (run_uid,)).fetchone()
+    lost: set[int] = set()
+    for first, last, _reason in losses:
+        lost |= set(range(first, last + 1))
+    assert stored and lost, (len(stored), losses)
+    assert not stored & lost
+    assert stored | lost == set(range(frames)), "a frame neither stored nor recorded as lost"
+    assert {reason for *_, reason in losses} <= {"receiver_stopped", "shutdown"}
+    assert exit_status == "abort"
