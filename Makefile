@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: demo test lint fuzz bench clean lock
+.PHONY: demo test lint fuzz bench clean lock install install-units soak
 
 LOCK := requirements.lock
 # every install takes the versions pinned in $(LOCK) (`make lock` refreshes it), so a fresh clone gets
@@ -46,6 +46,35 @@ $(BENCH_STAMP): $(STAMP)
 
 bench: $(BENCH_STAMP)
 	$(BIN)/python benchmarks/kernels.py
+
+# -- running as a service (README "Running as a service") -----------------------------------------------
+# `sudo make install`: a venv under $(PREFIX) from the lock, the systemd units, /etc/edge/edge.toml (kept
+# if present), the `edge` user. `make install-units DESTDIR=/tmp/stage` stages units and config only.
+PREFIX ?= /opt/edge
+UNIT_DIR ?= /etc/systemd/system
+CONF_DIR ?= /etc/edge
+SYSUSERS_DIR ?= /usr/lib/sysusers.d
+UNITS := edge.service edge-pull.service edge-sim.service
+
+install-units:
+	install -d $(DESTDIR)$(UNIT_DIR) $(DESTDIR)$(CONF_DIR) $(DESTDIR)$(SYSUSERS_DIR)
+	for unit in $(UNITS); do \
+		sed 's|/opt/edge/venv/bin/edge|$(PREFIX)/venv/bin/edge|' systemd/$$unit > $(DESTDIR)$(UNIT_DIR)/$$unit; \
+		chmod 0644 $(DESTDIR)$(UNIT_DIR)/$$unit; \
+	done
+	install -m 0644 systemd/edge.sysusers.conf $(DESTDIR)$(SYSUSERS_DIR)/edge.conf
+	test -e $(DESTDIR)$(CONF_DIR)/edge.toml || install -m 0644 systemd/edge.toml $(DESTDIR)$(CONF_DIR)/edge.toml
+	if [ -z "$(DESTDIR)" ]; then systemd-sysusers $(SYSUSERS_DIR)/edge.conf && systemctl daemon-reload; fi
+
+install: install-units
+	test -x $(DESTDIR)$(PREFIX)/venv/bin/python || $(PYTHON) -m venv $(DESTDIR)$(PREFIX)/venv
+	$(DESTDIR)$(PREFIX)/venv/bin/python -m pip install --quiet -c $(LOCK) .
+	@echo "installed; now: systemctl enable --now edge   (HPC side: edge-pull; technicians: edge-sim)"
+
+# a long run at a steady rate with retention purging; figures per minute to benchmarks/results/
+SOAK_MINUTES ?= 10
+soak: $(STAMP)
+	$(BIN)/python benchmarks/soak.py --minutes $(SOAK_MINUTES)
 
 clean:
 	rm -rf $(VENV) demo-data .pytest_cache .hypothesis
