@@ -30,6 +30,7 @@ from edge.ring import FrameRing, Slot
 from edge.upstream.forwarder import Forwarder
 from edge.view import ApplianceParts, ApplianceView, thread_state
 from firmware_bridge.source import FrameHeader, FrameSource
+from firmware_bridge.stream2_reader import Stream2Source
 from firmware_bridge.udp_reader import UdpSource
 from firmware_bridge.zmq_reader import ZmqStreamSource
 from kernels import Geometry, get_backend
@@ -241,6 +242,16 @@ class Appliance:
                 max_frame_jump=udp.max_frame_jump,
             )
         stream = settings.stream
+        if stream.format == "stream2":  # DECTRIS Stream V2 (CBOR): same socket handling, its own codec
+            return Stream2Source(
+                stream.endpoint,
+                self.sink,
+                self.context,
+                stream.rcvhwm,
+                stream.rcvbuf_bytes,
+                max_frame_jump=stream.max_frame_jump,
+                channel=stream.channel,
+            )
         return ZmqStreamSource(
             stream.endpoint,
             self.sink,

@@ -196,15 +196,18 @@ def send_series_stream2(
             number += 1
             continue
         chunk = compress_chunk(pixels)
-        if rng.random() < faults.bad_block:
+        # at most one damaging fault per frame, so each lost frame has exactly one true reason
+        draws = [rng.random() for _ in range(3)]
+        tag = None
+        damaged = draws[0] < faults.bad_block or draws[1] < faults.wrong_tag
+        if draws[0] < faults.bad_block:
             chunk = corrupt_block(chunk)
             hit["bad_block"].append(number)
-        tag = None
-        if rng.random() < faults.wrong_tag:
+        elif draws[1] < faults.wrong_tag:
             tag = WRONG_TAG
             hit["wrong_tag"].append(number)
         message = encode_image(series, run_uid, number, shape, dtype, chunk, time.time_ns(), tag)
-        if rng.random() < faults.truncate:
+        if draws[2] < faults.truncate and not damaged:
             message = message[: len(message) // 2]
             hit["truncated"].append(number)
         if not sender._send([message], stop, summary):

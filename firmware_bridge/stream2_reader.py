@@ -1,0 +1,224 @@
+"""ZeroMQ reader for DECTRIS Stream V2 (CBOR): one message per image, decoded into ring slots.
+
+The same PULL socket, backpressure and loss accounting as :class:`ZmqStreamSource` (series bookkeeping,
+frame-number gaps, ``max_frame_jump``, refusal, ``end_series``); only the message handling differs. Each
+message is handed to :class:`~firmware_bridge.stream2_codec.Stream2Codec`. Of an image, the channel
+``channel`` (default: the first the start message announces) is decoded, checked block by block, into
+a ring slot and published; the start message's geometry, pixel mask, flatfield and unknown fields go
+into the series config as JSON-able metadata (summaries and checksums, not the arrays). A frame that
+does not decode is a loss record ``stream2_bad_chunk``; a message the codec rejects is
+``stream2_<reason>``; a gap that follows messages too damaged to name their frame is
+``stream2_unreadable_message``.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import numpy as np
+import zmq
+
+from firmware_bridge.hdf5_chunks import ChunkError
+from firmware_bridge.source import FLAG_COMPLETE, FrameHeader, FrameSink
+from firmware_bridge.stream2_codec import (
+    Stream2Array,
+    Stream2Codec,
+    Stream2End,
+    Stream2Error,
+    Stream2Image,
+    Stream2Start,
+)
+from firmware_bridge.zmq_reader import ZmqStreamSource
+
+log = logging.getLogger(__name__)
+
+INT64_MAX = (1 << 63) - 1
+UNREADABLE = "stream2_unreadable_message"
+ASSUMED_DTYPE = "uint16"  # only for a series that announced no dtype and ended before any image
+
+
+def _array_summary(array: Stream2Array, count_masked: bool) -> dict[str, Any]:
+    summary = array.summary()
+    try:
+        pixels = array.pixels()
+        if count_masked:
+            summary["masked_pixels"] = int(np.count_nonzero(pixels))
+    except ChunkError as error:
+        summary["undecodable"] = str(error)[:120]
+    return summary
+
+
+def series_config(start: Stream2Start, dtype: str, channel: str, assumed: bool = False) -> dict[str, Any]:
+    """The JSON-able description of a Stream V2 series handed to ``FrameSink.series_start``."""
+    table = start.countrate_correction
+    stream2: dict[str, Any] = {
+        "series_id": start.series,
+        "series_unique_id": start.series_unique_id,
+        "channels": list(start.channels),
+        "channel": channel,
+        "geometry": start.geometry,
+        "user_data": start.user_data,
+        "metadata": start.metadata,
+        "pixel_mask": {k: _array_summary(v, True) for k, v in start.pixel_mask.items()},
+        "flatfield": {k: _array_summary(v, False) for k, v in start.flatfield.items()},
+        "countrate_correction": None
+        if table is None
+        else {"entries": int(table.size), "dtype": str(table.dtype), "max": int(table.max(initial=0))},
+    }
+    if assumed:
+        stream2["dtype_assumed"] = True
+    frames = start.number_of_images
+    return {
+        "shape": [start.shape[1], start.shape[0]],  # [w, h], as the JSON stream's header
+        "type": dtype,
+        "run_uid": start.series_unique_id or None,
+        "frames_expected": frames if frames is not None and frames <= INT64_MAX else None,
+        "detector": start.metadata.get("detector_description") or "DECTRIS Stream V2",
+        "format": "stream2",
+        "stream2": stream2,
+    }
+
+
+class Stream2Source(ZmqStreamSource):
+    """A :class:`~firmware_bridge.source.FrameSource` for DECTRIS Stream V2 over ZeroMQ."""
+
+    def __init__(
+        self,
+        endpoint: str,
+        sink: FrameSink,
+        context: zmq.Context[Any],
+        rcvhwm: int = 2,
+        rcvbuf: int = 4 << 20,
+        max_frame_jump: int | None = None,
+        channel: str = "",
+    ) -> None:
+        super().__init__(endpoint, sink, context, rcvhwm, rcvbuf, max_frame_jump=max_frame_jump)
+        self.stream2 = Stream2Codec()  # the inherited ``codec`` (stream v1) stays unused
+        self.channel = channel  # '' = the first channel the start message announces
+        self._channel: str | None = None
+        self._pending: Stream2Start | None = None  # a start whose dtype the first image will tell
+        self._unreadable = 0  # messages in the open series too damaged to name their frame
+
+    def counters(self) -> dict[str, Any]:
+        counters = super().counters()
+        counters["codec"] = {k: int(v) for k, v in self.stream2.counters.items()}
+        counters["errors"] = {k: int(v) for k, v in self.stream2.errors.items()}
+        return {**counters, "format": "stream2", "channel": self._channel}
+
+    # -- the loop (socket handling inherited) ----------------------------------------------------------
+    def _receive_message(self, sock: zmq.Socket[Any]) -> None:
+        message = sock.recv(copy=False)
+        self.stats["messages"] += 1
+        if message.more:  # Stream V2 never sends multipart messages: drop it whole, counted
+            while sock.rcvmore:
+                sock.recv(copy=False)
+            self.stats["messages_multipart_rejected"] += 1
+            return
+        for event in self.stream2.feed(message.buffer):
+            self._handle2(event)
+
+    def _handle2(self, event: Stream2Start | Stream2Image | Stream2End | Stream2Error) -> None:
+        if isinstance(event, Stream2Image):
+            self._image(event)
+        elif isinstance(event, Stream2Error):
+            self.stats["messages_rejected"] += 1
+            log.warning("rejected Stream V2 message: %s %s", event.reason, event.detail)
+            if event.frame is None:
+                if self._series is not None:
+                    self._unreadable += 1
+            elif self._series is not None and self._note_frame2(event.frame):
+                self.sink.lost(event.frame, event.frame, f"stream2_{event.reason}", event.detail)
+        elif isinstance(event, Stream2Start):
+            self._start(event)
+        else:
+            self._end_series(UNREADABLE if self._unreadable else "missing_at_series_end")
+
+    def _start(self, start: Stream2Start) -> None:
+        if self._series is not None:
+            self._end_series(UNREADABLE if self._unreadable else "series_restarted")
+        self._series = start.series
+        self._next_frame = 0
+        self._newest = None
+        self._unreadable = 0
+        config = series_config(start, start.dtype or ASSUMED_DTYPE, "")
+        self._frames_expected = config["frames_expected"]
+        self.stats["series_started"] += 1
+        if start.dtype is None:
+            self._pending = start
+            return
+        self._open(start, start.dtype)
+
+    def _open(self, start: Stream2Start, dtype: str, assumed: bool = False) -> None:
+        self._pending = None
+        wanted = self.channel or start.channels[0]
+        self._channel = wanted
+        self._refused = self.sink.series_start(start.series, series_config(start, dtype, wanted, assumed))
+        if self._refused is None and wanted not in start.channels:
+            self._refused = f"stream.channel {wanted!r} is not among {list(start.channels)}"
+        if self._refused is not None:
+            self.stats["series_refused"] += 1
+            log.error("series %d refused: %s", start.series, self._refused)
+            if self._frames_expected:
+                self.sink.lost(0, self._frames_expected - 1, "run_refused", self._refused)
+                self._next_frame = self._frames_expected
+
+    def _end_series(self, reason: str, exit_status: str = "success") -> None:
+        if self._pending is not None:  # announced no dtype and no image told it: the run is still recorded
+            self._open(self._pending, ASSUMED_DTYPE, assumed=True)
+        self._unreadable = 0
+        super()._end_series(reason, exit_status)
+
+    def _note_frame2(self, frame: int) -> bool:
+        """``_note_frame``, but a gap after unreadable messages is recorded with that reason."""
+        if self._unreadable and self._series is not None and frame > self._next_frame:
+            reference = self._newest if self._newest is not None else 0
+            if self.max_frame_jump is None or frame <= reference + self.max_frame_jump:
+                self.stats["frames_gap"] += frame - self._next_frame
+                detail = f"{self._unreadable} unreadable message(s) in the series"
+                self.sink.lost(self._next_frame, frame - 1, UNREADABLE, detail)
+                self._next_frame = frame
+                self._unreadable = 0
+        return self._note_frame(frame)
+
+    def _image(self, image: Stream2Image) -> None:
+        if self._pending is not None:
+            first = image.channels.get(self.channel or self._pending.channels[0])
+            dtype = first.dtype if first is not None else next(iter(image.channels.values())).dtype
+            self._open(self._pending, dtype)
+        if self._refused is not None:
+            self.stats["frames_refused"] += 1
+            if self._frames_expected is None and self._note_frame2(image.frame):
+                self.sink.lost(image.frame, image.frame, "run_refused", self._refused)
+            return
+        if not self._note_frame2(image.frame):
+            return
+        array = image.channels.get(self._channel or "")
+        if array is None:
+            self.stats["frames_channel_missing"] += 1
+            self.sink.lost(image.frame, image.frame, "stream2_channel_missing", f"no {self._channel!r}")
+            return
+        try:
+            pixels = array.pixels()
+        except ChunkError as error:
+            self.stats["frames_bad_chunk"] += 1
+            self.sink.lost(image.frame, image.frame, "stream2_bad_chunk", str(error)[:160])
+            return
+        slot = self.sink.claim(pixels.nbytes)
+        if slot is None:
+            reason = "shutdown" if self._stop.is_set() else "ring_full"
+            self.stats[f"frames_dropped_{reason}"] += 1
+            self.sink.lost(image.frame, image.frame, reason, f"ring policy {reason}")
+            return
+        np.frombuffer(slot.buffer, dtype=np.uint8, count=pixels.nbytes)[:] = pixels.view(np.uint8).ravel()
+        header = FrameHeader(
+            frame=image.frame,
+            height=array.shape[0],
+            width=array.shape[1],
+            dtype=array.dtype,
+            timestamp_ns=image.stop_time_ns,
+            flags=FLAG_COMPLETE,
+        )
+        self.sink.publish(slot, header)
+        self.stats["frames_received"] += 1
+        self.stats["bytes_received"] += len(array.data)

@@ -1,0 +1,164 @@
+"""DECTRIS Stream V2 end to end: ``edge run`` fed by ``edge sim --format stream2``, both real processes.
+
+Every frame the simulator sends intact is stored, and reads back through h5py + hdf5plugin equal to the
+simulator's frame; every frame an injected fault destroyed (a corrupt compressed block, a wrong
+typed-array tag, a truncated CBOR message) is a loss record with that fault's reason; the start
+message's geometry and mask are recorded with the run. A series whose end message never comes is
+closed by the next series, with every frame stored.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import h5py
+import hdf5plugin  # noqa: F401  (the bitshuffle filter for reading back)
+import numpy as np
+import pytest
+from edgeprocs import EdgeStack, get_json, wait_for
+
+from edge.config import load_settings
+from hw_sim.physics import make_source
+from kernels import Geometry
+
+HEIGHT, WIDTH = 48, 64
+
+
+def _stack(tmp_path: Path, *extra: str) -> EdgeStack:
+    return EdgeStack(
+        tmp_path,
+        [
+            'stream.format="stream2"',
+            f"detector.height={HEIGHT}",
+            f"detector.width={WIDTH}",
+            "store.frames_per_file=10",
+            "reduction.bins=20",
+            *extra,
+        ],
+    )
+
+
+def _sim(stack: EdgeStack, frames: int, *flags: str) -> dict[str, Any]:
+    proc = stack.start(
+        "sim", "--format", "stream2", "--frames", str(frames), "--rate", "100", "--json", *flags,
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 0
+    return dict(json.loads(out.strip().splitlines()[-1]))
+
+
+def _ended_runs(stack: EdgeStack, count: int) -> list[dict[str, Any]]:
+    def ended() -> Any:
+        runs = get_json(stack.url + "/api/runs")
+        done = [r for r in runs if r["ended_at"] is not None]
+        return len(done) >= count and done
+
+    wait_for(ended, 60, f"{count} run(s) to end")
+    return [stack.run(r["run_uid"]) for r in get_json(stack.url + "/api/runs")]  # newest first
+
+
+def _stored(stack: EdgeStack, run: dict[str, Any]) -> dict[int, np.ndarray]:
+    frames: dict[int, np.ndarray] = {}
+    for row in run["files"]:
+        path = Path(row["path"])
+        if path.suffix != ".h5":
+            continue
+        with h5py.File(path if path.is_absolute() else stack.store / path, "r") as handle:
+            data = handle["/entry/data/data"]
+            for index, number in enumerate(handle["/entry/data/frame_number"][:]):
+                assert int(number) not in frames, f"frame {number} stored twice"
+                frames[int(number)] = data[index]
+    return frames
+
+
+def _wait_files(stack: EdgeStack, run_uid: str, frames: int) -> dict[str, Any]:
+    def complete() -> Any:
+        run = stack.run(run_uid)
+        return sum(f["n_frames"] for f in run["files"]) >= frames and run
+
+    return dict(wait_for(complete, 60, f"{frames} frames of run {run_uid} in the ledger"))
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(240)
+def test_stream2_frames_stored_equal_and_every_fault_is_a_loss_record(tmp_path: Path) -> None:
+    frames = 40
+    stack = _stack(tmp_path, "sim.corrupt=0.1", "sim.truncate=0.1", "sim.wrong_tag=0.1", "sim.fault_seed=5")
+    try:
+        stack.start_daemon()
+        summary = _sim(stack, frames)
+        truth = summary["faults"]["truth"]
+        assert truth["frames_bad_block"] and truth["frames_wrong_tag"] and truth["frames_truncated"], truth
+        lost = set(truth["frames_lost"])
+        _ended_runs(stack, 1)
+        run = _wait_files(stack, summary["run_uid"], frames - len(lost))
+        assert run["exit_status"] == "success"
+
+        # every fault is a loss record with its reason
+        by_reason: dict[str, set[int]] = {}
+        for loss in run["losses"]:
+            by_reason.setdefault(loss["reason"], set()).update(
+                range(loss["first_frame"], loss["last_frame"] + 1)
+            )
+        assert by_reason.get("stream2_bad_chunk") == set(truth["frames_bad_block"]), run["losses"]
+        assert by_reason.get("stream2_unsupported_tag") == set(truth["frames_wrong_tag"]), run["losses"]
+        assert by_reason.get("stream2_unreadable_message") == set(truth["frames_truncated"]), run["losses"]
+        assert set(by_reason) == {
+            "stream2_bad_chunk",
+            "stream2_unsupported_tag",
+            "stream2_unreadable_message",
+        }
+
+        # every other frame is stored once and equals the simulator's frame
+        settings = load_settings(overrides=[f"detector.height={HEIGHT}", f"detector.width={WIDTH}"])
+        source = make_source(
+            settings.sim.mode,
+            (HEIGHT, WIDTH),
+            Geometry(**settings.geometry.model_dump()),
+            seed=settings.sim.seed,
+            pool=settings.sim.pool,
+            dtype=settings.detector.dtype,
+        )
+        stored = _stored(stack, run)
+        assert sorted(stored) == sorted(set(range(frames)) - lost)
+        for number, pixels in stored.items():
+            assert np.array_equal(pixels, source.frame(number)), f"frame {number} differs"
+    finally:
+        stack.stop_all()
+
+    # the start message's metadata is recorded with the run
+    with sqlite3.connect(stack.store / "ledger.sqlite") as db:
+        (config_text,) = db.execute(
+            "SELECT config FROM runs WHERE run_uid=?", (summary["run_uid"],)
+        ).fetchone()
+    config = json.loads(config_text)
+    assert config["format"] == "stream2" and config["shape"] == [WIDTH, HEIGHT]
+    stream2 = config["stream2"]
+    assert stream2["channel"] == "threshold_1" and stream2["channels"] == ["threshold_1"]
+    assert stream2["geometry"]["detector_distance"] == settings.geometry.dist
+    assert stream2["pixel_mask"]["threshold_1"]["masked_pixels"] == 0
+    assert stream2["user_data"]["edge_sim"]["seed"] == settings.sim.seed
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(240)
+def test_stream2_series_without_its_end_is_closed_by_the_next(tmp_path: Path) -> None:
+    stack = _stack(tmp_path)
+    try:
+        stack.start_daemon()
+        first = _sim(stack, 10, "--set", "sim.missing_end=true", "--set", "sim.series=1")
+        assert first["faults"]["truth"]["end_sent"] is False
+        second = _sim(stack, 5, "--set", "sim.series=2")
+        runs = _ended_runs(stack, 2)
+        assert {r["run_uid"] for r in runs} == {first["run_uid"], second["run_uid"]}
+        for summary, frames in ((first, 10), (second, 5)):
+            run = _wait_files(stack, summary["run_uid"], frames)
+            assert run["losses"] == []
+            assert sorted(_stored(stack, run)) == list(range(frames))
+    finally:
+        stack.stop_all()
