@@ -29,6 +29,7 @@ lint: $(STAMP)
 	$(BIN)/ruff check edge firmware_bridge kernels webui hw_sim tests benchmarks
 	$(BIN)/ruff format --check edge firmware_bridge kernels webui hw_sim tests benchmarks
 	$(BIN)/lint-imports
+	$(BIN)/mypy --strict --follow-imports=silent edge/upstream/protocol.py edge/upstream/session.py
 
 test: lint
 	$(BIN)/python -m pytest
@@ -37,6 +38,7 @@ fuzz: $(STAMP)
 	$(BIN)/python tests/fuzz/fuzz_udp_codec.py --runs 100000
 	$(BIN)/python tests/fuzz/fuzz_stream_codec.py --runs 100000
 	$(BIN)/python tests/fuzz/fuzz_stream2_codec.py --runs 100000
+	EDGE_API_FUZZ_EXAMPLES=2000 $(BIN)/python -m pytest tests/unit/webui/test_api_fuzz.py -q -p no:cacheprovider
 
 BENCH_STAMP := $(VENV)/.bench-stamp
 

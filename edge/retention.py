@@ -6,6 +6,11 @@ when older than ``max_age_seconds``. When the store is full of data not yet veri
 raises an alarm, applies backpressure (the pipeline waits, the ring fills, the detector stream is
 held back) and refuses new runs with the reason, keeping ``headroom_bytes`` free so that open files
 can always be closed. A forecast says when the local disk would be full at the current write rate.
+
+Time and concurrency are passed in: a ``clock`` (monotonic seconds) for the pressure check's age and
+the forecast, a ``wall_clock`` for file ages, and an ``executor`` that runs the off-thread pressure
+check (by default one worker thread that :meth:`Retention.stop` shuts down), so tests drive it with a
+fake clock and a synchronous executor instead of sleeping.
 """
 
 from __future__ import annotations
@@ -15,6 +20,8 @@ import os
 import threading
 import time
 from collections import Counter, deque
+from collections.abc import Callable
+from concurrent.futures import Executor, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -32,8 +39,21 @@ PURGE_BATCH = 256  # verified files asked of the ledger at a time while purging 
 class Retention:
     """Runs the purge policy on its own thread and answers "may a run start / may we write?"."""
 
-    def __init__(self, ledger: Ledger, root: Path, settings: RetentionSettings) -> None:
+    def __init__(
+        self,
+        ledger: Ledger,
+        root: Path,
+        settings: RetentionSettings,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
+        executor: Executor | None = None,
+    ) -> None:
         self.ledger = ledger
+        self.clock = clock
+        self.wall_clock = wall_clock
+        self._own_executor = executor is None
+        self._executor: Executor = executor or ThreadPoolExecutor(1, thread_name_prefix="pressure-check")
         self.root = root
         self.settings = settings
         self.stats: Counter[str] = Counter()
@@ -74,17 +94,20 @@ class Retention:
         """True while writing more would eat into the headroom with nothing left to purge.
 
         Asked before every frame, so it never waits on the ledger: the answer is recomputed (two
-        ledger queries and a disk query) on a helper thread when older than ``PRESSURE_RECHECK_S``, and
+        ledger queries and a disk query) on the executor when older than ``PRESSURE_RECHECK_S``, and
         the last answer stands meanwhile. Usage counts closed files only, which change a few times a
         second. The first call computes it in place.
         """
         cached = self._pressure
         if cached is None:
             return self._refresh_pressure()
-        if time.monotonic() - cached[0] >= PRESSURE_RECHECK_S and not self._refreshing.is_set():
+        if self.clock() - cached[0] >= PRESSURE_RECHECK_S and not self._refreshing.is_set():
             self._refreshing.set()
-            threading.Thread(target=self._refresh_in_background, name="pressure-check", daemon=True).start()
-        return cached[1]
+            try:
+                self._executor.submit(self._refresh_in_background)
+            except RuntimeError:  # the executor is shut down (stopping): the last answer stands
+                self._refreshing.clear()
+        return self._pressure[1] if self._pressure is not None else cached[1]
 
     def _refresh_in_background(self) -> None:
         try:
@@ -97,7 +120,7 @@ class Retention:
         try:
             used = self.usage()
             pressed = used["total"] >= self._limit() and used["verified"] == 0
-            self._pressure = (time.monotonic(), pressed)
+            self._pressure = (self.clock(), pressed)
             return pressed
         finally:
             self._refreshing.clear()
@@ -108,7 +131,7 @@ class Retention:
         Asks the ledger only for the files it may purge now (older than the maximum age, and the oldest
         verified ones, a batch at a time, while above the high water mark), never the whole history.
         """
-        now = time.time() if now is None else now
+        now = self.wall_clock() if now is None else now
         used = self.usage()
         limit = self._limit()
         high = limit * self.settings.high_water
@@ -168,15 +191,21 @@ class Retention:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=10)
+        if self._own_executor:
+            self._executor.shutdown(wait=False, cancel_futures=True)
 
     def _run(self) -> None:
         while not self._stop.wait(self.settings.interval_seconds):
-            try:
-                self.purge_once()
-                self._samples.append((time.monotonic(), self.usage()["written"]))
-            except Exception:  # pragma: no cover - keep the policy running, loudly
-                log.exception("retention pass failed")
-                self.stats["retention_errors"] += 1
+            self.run_pass()
+
+    def run_pass(self) -> None:
+        """One pass of the policy (what the thread does every ``interval_seconds``): purge, sample."""
+        try:
+            self.purge_once()
+            self._samples.append((self.clock(), self.usage()["written"]))
+        except Exception:  # keep the policy running, loudly
+            log.exception("retention pass failed")
+            self.stats["retention_errors"] += 1
 
     # -- views ----------------------------------------------------------------------------------------
     def forecast_seconds(self) -> float | None:

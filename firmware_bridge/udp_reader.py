@@ -208,7 +208,8 @@ class UdpSource:
                 event.frame_number,
                 event.frame_number,
                 "incomplete_frame",
-                f"{missing} of {event.packets_expected} packets missing; frame kept with a pixel mask",
+                f"{missing} of {event.packets_expected} packets missing; frame kept, flagged incomplete,"
+                " their pixels 0",
             )
         self.sink.publish(slot, header)
         self.stats["frames_received"] += 1

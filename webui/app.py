@@ -12,7 +12,9 @@ from importlib import resources
 from typing import Any, Protocol
 
 from fastapi import FastAPI, Query, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
+from pydantic import BaseModel
 
 from edge.errors import ConfigError, NotFound, Refused
 from webui.metrics import add_metrics_route
@@ -22,6 +24,36 @@ STATIC_ASSETS = {
     "dashboard.js": "text/javascript; charset=utf-8",
     "dashboard.css": "text/css; charset=utf-8",
 }
+
+
+#: Error bodies are at most this many bytes: a long path or query is never echoed back in full.
+MAX_ERROR_BODY = 1024
+_MAX_DETAIL = 400  # characters of an error's detail; the rest is cut
+
+
+class ErrorBody(BaseModel):
+    """Every error the API answers: a short machine-readable kind and a capped human-readable detail."""
+
+    error: str
+    detail: str
+
+
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorBody, "description": text}
+    for code, text in (
+        (400, "bad request"),
+        (404, "not found"),
+        (409, "refused"),
+        (422, "invalid parameters"),
+        (500, "internal error"),
+    )
+}
+
+
+def _error(kind: str, detail: str, status: int) -> JSONResponse:
+    if len(detail) > _MAX_DETAIL:
+        detail = detail[: _MAX_DETAIL - 3] + "..."
+    return JSONResponse({"error": kind, "detail": detail}, status_code=status)
 
 
 class ApplianceView(Protocol):
@@ -77,19 +109,32 @@ def run_summary(detail: dict[str, Any]) -> dict[str, Any]:
 
 def create_app(settings: Any, appliance: ApplianceView) -> FastAPI:
     """The web application for one appliance."""
-    app = FastAPI(title="edge", version="0.1.0")
+    app = FastAPI(title="edge", version="0.1.0", responses=_ERRORS)
 
     @app.exception_handler(NotFound)
     async def _not_found(request: Request, error: NotFound) -> JSONResponse:
-        return JSONResponse({"error": "not_found", "detail": str(error)}, status_code=404)
+        return _error("not_found", str(error), 404)
 
     @app.exception_handler(ConfigError)
     async def _bad_config(request: Request, error: ConfigError) -> JSONResponse:
-        return JSONResponse({"error": "bad_request", "detail": str(error)}, status_code=400)
+        return _error("bad_request", str(error), 400)
 
     @app.exception_handler(Refused)
     async def _refused(request: Request, error: Refused) -> JSONResponse:
-        return JSONResponse({"error": "refused", "detail": str(error)}, status_code=409)
+        return _error("refused", str(error), 409)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, error: RequestValidationError) -> JSONResponse:
+        where = "; ".join(
+            f"{'.'.join(str(part) for part in item.get('loc', ()))}: {item.get('msg', '')}"
+            for item in error.errors()
+        )
+        return _error("bad_request", where, 422)
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, error: Exception) -> JSONResponse:
+        # a bug: the log has the traceback (uvicorn logs it); the client gets the exception's type only
+        return _error("internal_error", type(error).__name__, 500)
 
     @app.get("/api/status")
     def status() -> dict[str, Any]:
@@ -142,7 +187,10 @@ def create_app(settings: Any, appliance: ApplianceView) -> FastAPI:
     def index() -> HTMLResponse:
         return HTMLResponse(page, headers=no_cache)
 
-    @app.get("/static/{name}")
+    @app.get(
+        "/static/{name}",
+        responses={200: {"content": {media.split(";")[0]: {} for media in STATIC_ASSETS.values()}}},
+    )
     def asset(name: str) -> Response:
         if name not in assets:
             raise NotFound(f"no dashboard file {name!r}")

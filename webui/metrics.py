@@ -312,6 +312,6 @@ def add_metrics_route(app: FastAPI, status: Status) -> None:
     """Serve ``/metrics`` on ``app`` in Prometheus text format, read from ``status()`` at each scrape."""
     registry = status_registry(status)
 
-    @app.get("/metrics")
+    @app.get("/metrics", responses={200: {"content": {"text/plain": {}}}})  # documented as served
     def metrics() -> Response:
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)

@@ -1,0 +1,285 @@
+"""The appliance's side of the upstream protocol as a state machine: messages in, messages out, no socket.
+
+:class:`ForwarderSession` holds every named consumer's credit, the chunks it has in flight and the file
+completions it was sent, and decides what to send next. It is driven by three calls, each given the
+time: :meth:`~ForwarderSession.receive` (a peer's frames arrived), :meth:`~ForwarderSession.tick` (the
+socket was idle or drained: expire, resend, pace by credit, heartbeat) and
+:meth:`~ForwarderSession.undeliverable` (the socket could not take a message: give its credit back).
+Each returns the :class:`Outgoing` messages for the socket binding (``forwarder.py``) to send, in order.
+The cursors themselves live in the ledger, so a consumer that reconnects resumes after its last
+acknowledgement; outages, credit and resends are tested by passing messages and times
+(``tests/unit/edge/test_forwarder_session.py``).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+from collections import Counter
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from edge.errors import NotFound, RemoteProtocolError
+from edge.store import CHECKSUM, checksum_bytes
+from edge.upstream import protocol as p
+
+log = logging.getLogger(__name__)
+
+HEARTBEAT_SECONDS = 2.0
+_MAX_ID = (1 << 63) - 1  # chunk and file ids are SQLite INTEGERs
+
+
+class ChunkLedger(Protocol):
+    """What the session asks of the ledger (``edge.ledger.Ledger`` implements it)."""
+
+    def pending_chunks(self, consumer: str, exclude: Iterable[int], limit: int) -> list[dict[str, Any]]: ...
+
+    def chunks_sent(self, chunk_ids: Sequence[int]) -> None: ...
+
+    def chunk_acked(self, consumer: str, chunk_id: int, checksum: str) -> bool: ...
+
+    def files_ready_to_verify(self, consumer: str) -> list[dict[str, Any]]: ...
+
+    def file_verified(self, consumer: str, file_id: int, size: int, checksum: str) -> bool: ...
+
+
+def read_range(path: str, offset: int, length: int) -> bytes:
+    """``length`` bytes of the file at ``path`` from ``offset`` (how a chunk's bytes are read)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        return os.pread(fd, length, offset)
+    finally:
+        os.close(fd)
+
+
+@dataclass(frozen=True)
+class Outgoing:
+    """One message for the socket binding to send to the peer ``identity``."""
+
+    identity: bytes
+    message: p.Message
+    payload: bytes | None = None
+
+
+@dataclass
+class ConsumerState:
+    """One named consumer as the session sees it: its peer identity, credit and what is outstanding."""
+
+    name: str
+    identity: bytes
+    credit: int
+    last_seen: float
+    in_flight: dict[int, float] = field(default_factory=dict)  # chunk id -> when sent
+    completes_sent: dict[int, float] = field(default_factory=dict)  # file id -> when sent
+    connects: int = 1
+
+
+class ForwarderSession:
+    """Upstream protocol state of the appliance (the ROUTER end), for any number of named consumers.
+
+    A chunk costs one credit when it is handed out and returns it when acknowledged, rejected (Nack),
+    undeliverable, or not acknowledged within ``resend_seconds`` (then it is sent again). A
+    ``FileComplete`` is repeated every ``resend_seconds`` until the consumer answers. ``corrupt`` is
+    fault injection: the probability that a chunk's bytes are damaged after their checksum is taken.
+    """
+
+    def __init__(
+        self,
+        ledger: ChunkLedger,
+        *,
+        resend_seconds: float = 10.0,
+        heartbeat_seconds: float = HEARTBEAT_SECONDS,
+        appliance_id: str = "edge",
+        corrupt: float = 0.0,
+        seed: int = 0,
+        read_chunk: Callable[[str, int, int], bytes] = read_range,
+    ) -> None:
+        if resend_seconds <= 0 or heartbeat_seconds <= 0:
+            raise ValueError("resend_seconds and heartbeat_seconds must be > 0")
+        self.ledger = ledger
+        self.resend_seconds = resend_seconds
+        self.heartbeat_seconds = heartbeat_seconds
+        self.appliance_id = appliance_id
+        self.corrupt = corrupt
+        self._rng = random.Random(seed)
+        self._read_chunk = read_chunk
+        self.stats: Counter[str] = Counter()
+        self.consumers: dict[str, ConsumerState] = {}
+        self._by_identity: dict[bytes, str] = {}
+        self._last_heartbeat: float | None = None
+
+    # -- input ------------------------------------------------------------------------------------------
+    def receive(self, identity: bytes, frames: list[bytes], now: float) -> list[Outgoing]:
+        """A peer sent ``frames``; returns the replies (a Welcome, or an Error for a malformed message)."""
+        self.stats["messages_received"] += 1
+        try:
+            message, _payload = p.decode(frames)
+        except RemoteProtocolError as error:
+            self.stats["protocol_errors"] += 1
+            log.warning("bad upstream message: %s", error)
+            return [Outgoing(identity, p.Error(str(error)))]
+        if isinstance(message, p.Hello):
+            return [self._hello(identity, message, now)]
+        name = self._by_identity.get(identity)
+        consumer = self.consumers.get(name) if name else None
+        if consumer is None:
+            self.stats["messages_from_unknown_peer"] += 1
+            return []
+        consumer.last_seen = now
+        ident = getattr(message, "chunk_id", getattr(message, "file_id", 0))
+        if not 0 <= ident <= _MAX_ID:  # no such chunk or file; beyond SQLite's INTEGER besides
+            self.stats["unknown_ids"] += 1
+            return []
+        if isinstance(message, p.Ack):
+            if consumer.in_flight.pop(message.chunk_id, None) is not None:
+                consumer.credit += 1
+            if self.ledger.chunk_acked(consumer.name, message.chunk_id, message.checksum):
+                self.stats["chunks_acked"] += 1
+            else:
+                self.stats["acks_rejected"] += 1
+        elif isinstance(message, p.Nack):
+            if consumer.in_flight.pop(message.chunk_id, None) is not None:
+                consumer.credit += 1
+            self.stats["chunks_nacked"] += 1
+            log.warning("consumer %s rejected chunk %d: %s", consumer.name, message.chunk_id, message.reason)
+        elif isinstance(message, p.Credit):
+            consumer.credit += max(0, message.n)
+        elif isinstance(message, p.FileVerified):
+            consumer.completes_sent.pop(message.file_id, None)
+            try:
+                matches = self.ledger.file_verified(
+                    consumer.name, message.file_id, message.size, message.checksum
+                )
+            except NotFound:
+                self.stats["unknown_ids"] += 1
+                return []
+            if matches:
+                self.stats["files_verified"] += 1
+            else:
+                self.stats["files_mismatched"] += 1
+                log.warning(
+                    "consumer %s holds a different file %d: resending it", consumer.name, message.file_id
+                )
+        elif not isinstance(message, p.Heartbeat):
+            self.stats["unexpected_messages"] += 1
+        return []
+
+    def tick(self, now: float) -> list[Outgoing]:
+        """Expire unanswered chunks, hand out chunks and file completions as credit allows, heartbeat."""
+        out: list[Outgoing] = []
+        for consumer in list(self.consumers.values()):
+            self._expire(consumer, now)
+            out += self._chunks(consumer, now)
+            out += self._completes(consumer, now)
+        if self._last_heartbeat is None or now - self._last_heartbeat >= self.heartbeat_seconds:
+            self._last_heartbeat = now
+            out += [Outgoing(c.identity, p.Heartbeat()) for c in self.consumers.values()]
+        return out
+
+    def undeliverable(self, outgoing: Outgoing) -> None:
+        """The socket could not take ``outgoing`` (peer gone, its queue full): undo what sending it cost."""
+        self.stats["send_failures"] += 1
+        name = self._by_identity.get(outgoing.identity)
+        consumer = self.consumers.get(name) if name else None
+        if consumer is None:
+            return
+        message = outgoing.message
+        if isinstance(message, p.Chunk):
+            if consumer.in_flight.pop(message.chunk_id, None) is not None:
+                consumer.credit += 1
+                self.stats["chunks_sent"] -= 1
+                self.stats["bytes_sent"] -= message.length
+        elif (
+            isinstance(message, p.FileComplete)
+            and consumer.completes_sent.pop(message.file_id, None) is not None
+        ):
+            self.stats["file_completes_sent"] -= 1
+
+    # -- views ------------------------------------------------------------------------------------------
+    def consumer_states(self, now: float) -> list[dict[str, Any]]:
+        """Each consumer's credit, chunks in flight and whether it was heard from recently."""
+        return [
+            {
+                "consumer": c.name,
+                "credit": c.credit,
+                "in_flight": len(c.in_flight),
+                "connects": c.connects,
+                "seconds_since_seen": round(now - c.last_seen, 3),
+                "connected": now - c.last_seen < 3 * self.heartbeat_seconds,
+            }
+            for c in self.consumers.values()
+        ]
+
+    # -- steps ------------------------------------------------------------------------------------------
+    def _hello(self, identity: bytes, hello: p.Hello, now: float) -> Outgoing:
+        old = self.consumers.get(hello.consumer)
+        if old is not None:  # a reconnect: what was in flight to the old peer is sent again
+            self._by_identity.pop(old.identity, None)
+            self.stats["consumer_reconnects"] += 1
+        state = ConsumerState(hello.consumer, identity, max(1, hello.credit), last_seen=now)
+        state.connects = (old.connects + 1) if old else 1
+        self.consumers[hello.consumer] = state
+        self._by_identity[identity] = hello.consumer
+        log.info("consumer %s connected (credit %d)", hello.consumer, hello.credit)
+        return Outgoing(identity, p.Welcome(self.appliance_id, CHECKSUM))
+
+    def _expire(self, consumer: ConsumerState, now: float) -> None:
+        for chunk_id, sent in list(consumer.in_flight.items()):
+            if now - sent > self.resend_seconds:
+                del consumer.in_flight[chunk_id]
+                consumer.credit += 1
+                self.stats["chunks_timed_out"] += 1
+
+    def _chunks(self, consumer: ConsumerState, now: float) -> list[Outgoing]:
+        if consumer.credit <= 0:
+            return []
+        out: list[Outgoing] = []
+        for row in self.ledger.pending_chunks(consumer.name, consumer.in_flight, consumer.credit):
+            try:
+                payload = self._read_chunk(row["path"], row["offset"], row["length"])
+            except OSError as error:
+                self.stats["chunk_read_errors"] += 1
+                log.error("cannot read chunk %d of %s: %s", row["id"], row["path"], error)
+                continue
+            if checksum_bytes(payload) != row["checksum"]:
+                self.stats["local_checksum_mismatches"] += 1
+                log.error("local file %s changed on disk (chunk %d)", row["path"], row["id"])
+                continue
+            message = p.Chunk(
+                chunk_id=row["id"],
+                file_id=row["file_id"],
+                run_uid=row["run_uid"],
+                file_name=row["name"],
+                file_size=row["file_size"],
+                index=row["idx"],
+                file_chunks=row["file_chunks"],
+                offset=row["offset"],
+                length=row["length"],
+                checksum=row["checksum"],
+            )
+            if self.corrupt and self._rng.random() < self.corrupt:
+                damaged = bytearray(payload)
+                damaged[self._rng.randrange(len(damaged))] ^= 0xFF
+                payload = bytes(damaged)
+                self.stats["chunks_corrupted_injected"] += 1
+            consumer.in_flight[message.chunk_id] = now
+            consumer.credit -= 1
+            self.stats["chunks_sent"] += 1
+            self.stats["bytes_sent"] += message.length
+            out.append(Outgoing(consumer.identity, message, payload))
+        self.ledger.chunks_sent([o.message.chunk_id for o in out if isinstance(o.message, p.Chunk)])
+        return out
+
+    def _completes(self, consumer: ConsumerState, now: float) -> list[Outgoing]:
+        out: list[Outgoing] = []
+        for row in self.ledger.files_ready_to_verify(consumer.name):
+            sent = consumer.completes_sent.get(row["id"])
+            if sent is not None and now - sent < self.resend_seconds:
+                continue
+            message = p.FileComplete(row["id"], row["run_uid"], row["name"], row["size"], row["checksum"])
+            consumer.completes_sent[message.file_id] = now
+            self.stats["file_completes_sent"] += 1
+            out.append(Outgoing(consumer.identity, message))
+        return out

@@ -1,0 +1,214 @@
+"""The upstream session without a socket: messages in, messages out, the time passed in.
+
+Outages, credit, resends, reconnects and bad peers are driven by calling the session with frames and
+times; no sleeps, no threads. The ledger is the real one, on a temporary directory, holding one real file
+cut into chunks, so what the session reads, sends and records is what the appliance would.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from edge.ledger import Ledger
+from edge.store import checksum_bytes, file_checksums
+from edge.upstream import protocol as p
+from edge.upstream.session import ForwarderSession, Outgoing
+
+RESEND = 10.0
+PEER = b"peer-1"
+
+
+@pytest.fixture
+def ledger(tmp_path: Path) -> Ledger:
+    """A ledger holding one 3-chunk file of run ``run``."""
+    ledger = Ledger(tmp_path / "ledger.sqlite", required_consumers=("hpc",))
+    ledger.run_started("run", 1, 3, "{}")
+    path = tmp_path / "run_00000.h5"
+    path.write_bytes(bytes(range(256)) * 12)  # 3072 bytes -> chunks of 1024
+    size, digest, chunks = file_checksums(path, 1024)
+    ledger.file_stored("run", path.name, path, size, digest, (0, 2, 3), chunks)
+    yield ledger
+    ledger.close()
+
+
+def frames(message: p.Message) -> list[bytes]:
+    return [bytes(f) for f in p.encode(message)]
+
+
+def chunks(out: list[Outgoing]) -> list[p.Chunk]:
+    return [o.message for o in out if isinstance(o.message, p.Chunk)]
+
+
+def connect(session: ForwarderSession, credit: int, now: float = 0.0, peer: bytes = PEER) -> None:
+    (welcome,) = session.receive(peer, frames(p.Hello("hpc", credit)), now)
+    assert welcome.identity == peer and isinstance(welcome.message, p.Welcome)
+
+
+def ack(session: ForwarderSession, chunk: p.Chunk, now: float, peer: bytes = PEER) -> None:
+    assert session.receive(peer, frames(p.Ack(chunk.chunk_id, chunk.checksum)), now) == []
+
+
+def test_chunks_are_paced_by_credit_and_acks_return_it(ledger: Ledger) -> None:
+    session = ForwarderSession(ledger, resend_seconds=RESEND)
+    connect(session, credit=2)
+    first = session.tick(0.0)
+    sent = chunks(first)
+    assert [c.index for c in sent] == [0, 1]  # two credits, two chunks, oldest first
+    assert all(o.identity == PEER for o in first)
+    for out in first:
+        if isinstance(out.message, p.Chunk):
+            assert out.payload is not None and checksum_bytes(out.payload) == out.message.checksum
+    assert chunks(session.tick(0.1)) == []  # no credit left: nothing more, and nothing twice
+    ack(session, sent[0], 0.2)
+    (third,) = chunks(session.tick(0.3))
+    assert third.index == 2
+    assert session.consumer_states(0.3)[0]["in_flight"] == 2
+    assert session.stats["chunks_acked"] == 1
+
+
+def test_a_credit_message_widens_the_window(ledger: Ledger) -> None:
+    session = ForwarderSession(ledger)
+    connect(session, credit=1)
+    assert len(chunks(session.tick(0.0))) == 1
+    session.receive(PEER, frames(p.Credit(5)), 0.1)
+    assert len(chunks(session.tick(0.2))) == 2  # only two chunks are left to send
+
+
+def test_an_unanswered_chunk_is_sent_again_after_resend_seconds_only(ledger: Ledger) -> None:
+    session = ForwarderSession(ledger, resend_seconds=RESEND)
+    connect(session, credit=1)
+    (chunk,) = chunks(session.tick(0.0))
+    assert chunks(session.tick(RESEND - 0.01)) == []  # the consumer is away, but not for long yet
+    (again,) = chunks(session.tick(RESEND + 0.01))
+    assert again == chunk
+    assert session.stats["chunks_timed_out"] == 1
+
+
+def test_an_outage_and_a_reconnect_resume_after_the_last_acknowledgement(ledger: Ledger) -> None:
+    session = ForwarderSession(ledger, resend_seconds=RESEND)
+    connect(session, credit=3)
+    sent = chunks(session.tick(0.0))
+    ack(session, sent[0], 0.1)  # then the consumer dies with two chunks in flight
+    assert session.consumer_states(5.0)[0]["connected"] is True
+    assert session.consumer_states(60.0)[0]["connected"] is False
+    connect(session, credit=3, now=60.0, peer=b"peer-2")  # the same consumer, a new connection
+    resent = session.tick(60.0)
+    assert [c.index for c in chunks(resent)] == [1, 2]  # not chunk 0: it was acknowledged
+    assert {o.identity for o in resent} == {b"peer-2"}
+    assert session.stats["consumer_reconnects"] == 1
+    assert session.consumer_states(60.0)[0]["connects"] == 2
+    # the dead connection's late acknowledgement is not the new consumer's
+    assert session.receive(PEER, frames(p.Ack(sent[1].chunk_id, sent[1].checksum)), 60.1) == []
+    assert session.stats["messages_from_unknown_peer"] == 1
+
+
+def test_a_nack_returns_the_credit_and_the_chunk_is_sent_again(ledger: Ledger) -> None:
+    session = ForwarderSession(ledger)
+    connect(session, credit=1)
+    (chunk,) = chunks(session.tick(0.0))
+    session.receive(PEER, frames(p.Nack(chunk.chunk_id, "checksum mismatch")), 0.1)
+    (again,) = chunks(session.tick(0.2))
+    assert again.chunk_id == chunk.chunk_id
+    assert session.stats["chunks_nacked"] == 1
+
+
+def test_an_undeliverable_chunk_gives_its_credit_back(ledger: Ledger) -> None:
+    session = ForwarderSession(ledger)
+    connect(session, credit=1)
+    (out,) = [o for o in session.tick(0.0) if isinstance(o.message, p.Chunk)]
+    session.undeliverable(out)  # the socket refused it (peer gone, queue full)
+    assert session.consumer_states(0.0)[0] | {"seconds_since_seen": 0} == {
+        "consumer": "hpc",
+        "credit": 1,
+        "in_flight": 0,
+        "connects": 1,
+        "seconds_since_seen": 0,
+        "connected": True,
+    }
+    assert session.stats["chunks_sent"] == 0 and session.stats["send_failures"] == 1
+    assert [c.chunk_id for c in chunks(session.tick(0.1))] == [out.message.chunk_id]
+
+
+def test_a_file_is_completed_repeatedly_until_verified(ledger: Ledger) -> None:
+    session = ForwarderSession(ledger, resend_seconds=RESEND)
+    connect(session, credit=8)
+    for chunk in chunks(session.tick(0.0)):
+        ack(session, chunk, 0.1)
+    completes = [o.message for o in session.tick(0.2) if isinstance(o.message, p.FileComplete)]
+    assert len(completes) == 1
+    complete = completes[0]
+    assert not [o for o in session.tick(1.0) if isinstance(o.message, p.FileComplete)]
+    assert [o for o in session.tick(0.2 + RESEND) if isinstance(o.message, p.FileComplete)]
+    session.receive(PEER, frames(p.FileVerified(complete.file_id, complete.size, complete.checksum)), 11.0)
+    assert session.stats["files_verified"] == 1
+    assert ledger.files()[0]["state"] == "verified"
+    assert session.tick(30.0) == [Outgoing(PEER, p.Heartbeat())]  # nothing left but the heartbeat
+
+
+def test_a_mismatched_file_is_sent_again_from_its_first_chunk(ledger: Ledger) -> None:
+    session = ForwarderSession(ledger)
+    connect(session, credit=8)
+    for chunk in chunks(session.tick(0.0)):
+        ack(session, chunk, 0.1)
+    (complete,) = [o.message for o in session.tick(0.2) if isinstance(o.message, p.FileComplete)]
+    assert isinstance(complete, p.FileComplete)
+    session.receive(PEER, frames(p.FileVerified(complete.file_id, complete.size, "not-it")), 0.3)
+    assert session.stats["files_mismatched"] == 1
+    assert [c.index for c in chunks(session.tick(0.4))] == [0, 1, 2]
+
+
+def test_heartbeats_go_to_every_consumer_every_interval(ledger: Ledger) -> None:
+    session = ForwarderSession(ledger, heartbeat_seconds=2.0)
+    connect(session, credit=0)  # a Hello's credit is at least 1
+    beats = [t for t in (0.0, 0.5, 1.9, 2.0, 3.0, 4.1) if Outgoing(PEER, p.Heartbeat()) in session.tick(t)]
+    assert beats == [0.0, 2.0, 4.1]
+
+
+def test_bad_and_hostile_messages_are_answered_or_counted_never_raised(ledger: Ledger) -> None:
+    session = ForwarderSession(ledger)
+    (error,) = session.receive(PEER, [b"not json"], 0.0)
+    assert isinstance(error.message, p.Error) and error.identity == PEER
+    assert session.receive(PEER, frames(p.Credit(3)), 0.0) == []  # before Hello: unknown peer
+    connect(session, credit=1)
+    for hostile in (
+        p.FileVerified(10**6, 1, "x"),  # a file the ledger never had
+        p.FileVerified(2**64 - 1, 1, "x"),  # beyond SQLite's INTEGER
+        p.Ack(2**63, "x"),
+        p.Nack(-1, "x"),
+        p.Welcome("me", "xxh3"),  # a message only the appliance sends
+    ):
+        assert session.receive(PEER, frames(hostile), 0.1) == []
+    assert session.stats["protocol_errors"] == 1
+    assert session.stats["messages_from_unknown_peer"] == 1
+    assert session.stats["unknown_ids"] == 4
+    assert session.stats["unexpected_messages"] == 1
+    assert len(chunks(session.tick(0.2))) == 1  # and the session still serves
+
+
+def test_corruption_in_transit_is_injected_after_the_checksum(ledger: Ledger) -> None:
+    session = ForwarderSession(ledger, corrupt=1.0, seed=3)
+    connect(session, credit=3)
+    out = [o for o in session.tick(0.0) if isinstance(o.message, p.Chunk)]
+    assert len(out) == 3 and session.stats["chunks_corrupted_injected"] == 3
+    for item in out:
+        assert item.payload is not None and isinstance(item.message, p.Chunk)
+        assert checksum_bytes(item.payload) != item.message.checksum  # what the pull client detects
+
+
+def test_a_chunk_changed_on_disk_is_not_sent(ledger: Ledger, tmp_path: Path) -> None:
+    (tmp_path / "run_00000.h5").write_bytes(bytes(3072))  # same size, other bytes
+    session = ForwarderSession(ledger)
+    connect(session, credit=3)
+    assert chunks(session.tick(0.0)) == []
+    assert session.stats["local_checksum_mismatches"] == 3
+
+
+def test_wire_frames_round_trip_through_the_session(ledger: Ledger) -> None:
+    session = ForwarderSession(ledger, appliance_id="edge-7")
+    (welcome,) = session.receive(
+        PEER, [json.dumps({"v": 1, "type": "hello", "consumer": "hpc", "credit": 1}).encode()], 0.0
+    )
+    assert welcome.message == p.Welcome("edge-7", "xxh3-128")

@@ -1,0 +1,159 @@
+"""Retention with its time and concurrency passed in: a fake clock and an executor the test runs by hand.
+
+The pressure check answers at once from its last result, asks the executor for a fresh one only when
+that result is ``PRESSURE_RECHECK_S`` old (by the clock it was given), never has two checks queued, and
+keeps the last answer, counted, when a check fails. File ages follow the wall clock it was given, and
+the fill forecast the monotonic one. No sleeps, no threads.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from concurrent.futures import Executor, Future
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from edge.config import RetentionSettings
+from edge.ledger import Ledger
+from edge.retention import PRESSURE_RECHECK_S, Retention
+
+
+class FakeClock:
+    def __init__(self, now: float = 1000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class ManualExecutor(Executor):
+    """Queues submitted work; the test runs it when it chooses."""
+
+    def __init__(self) -> None:
+        self.queue: list[tuple[Callable[..., Any], tuple[Any, ...]]] = []
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
+        self.queue.append((fn, args))
+        return Future()
+
+    def run_all(self) -> int:
+        ran = 0
+        while self.queue:
+            fn, args = self.queue.pop(0)
+            fn(*args)
+            ran += 1
+        return ran
+
+
+@pytest.fixture
+def ledger(tmp_path: Path) -> Iterator[Ledger]:
+    ledger = Ledger(tmp_path / "ledger.sqlite")
+    ledger.run_started("run", 1, None, "{}")
+    yield ledger
+    ledger.close()
+
+
+def store_file(ledger: Ledger, tmp_path: Path, name: str, size: int, verified: bool = False) -> Path:
+    path = tmp_path / name
+    path.write_bytes(b"x" * size)
+    file_id = ledger.file_stored("run", name, path, size, "sum", (0, 0, 1), [(0, size, "c")])
+    if verified:
+        chunk = ledger.pending_chunks("hpc", [], 1)[0]
+        ledger.chunk_acked("hpc", chunk["id"], chunk["checksum"])
+        assert ledger.file_verified("hpc", file_id, size, "sum")
+    return path
+
+
+def test_the_pressure_check_follows_the_store_by_the_clock_it_is_given(
+    ledger: Ledger, tmp_path: Path
+) -> None:
+    clock, executor = FakeClock(), ManualExecutor()
+    settings = RetentionSettings(quota_bytes=10_000 + 64, headroom_bytes=64)
+    retention = Retention(ledger, tmp_path, settings, clock=clock, executor=executor)
+    assert retention.under_pressure() is False  # computed in place the first time
+    store_file(ledger, tmp_path, "big.h5", 20_000)
+    clock.now += PRESSURE_RECHECK_S / 2
+    assert retention.under_pressure() is False and executor.queue == []  # too recent to ask again
+    clock.now += PRESSURE_RECHECK_S / 2
+    for _ in range(5):  # the last answer stands while one check is queued, and only one is queued
+        assert retention.under_pressure() is False
+    assert executor.run_all() == 1
+    assert retention.under_pressure() is True
+    assert executor.queue == []  # the fresh answer is not old yet
+
+
+def test_a_failing_check_keeps_the_last_answer_and_is_counted(ledger: Ledger, tmp_path: Path) -> None:
+    clock, executor = FakeClock(), ManualExecutor()
+    retention = Retention(
+        ledger,
+        tmp_path,
+        RetentionSettings(quota_bytes=10_000 + 64, headroom_bytes=64),
+        clock=clock,
+        executor=executor,
+    )
+    store_file(ledger, tmp_path, "big.h5", 20_000)
+    assert retention.under_pressure() is True
+    ledger.close()  # the ledger closing at shutdown, say
+    clock.now += PRESSURE_RECHECK_S
+    assert retention.under_pressure() is True
+    executor.run_all()  # raises nothing
+    assert retention.stats["pressure_check_errors"] == 1
+    assert retention.under_pressure() is True
+    clock.now += PRESSURE_RECHECK_S
+    retention.under_pressure()
+    assert len(executor.queue) == 1  # a failed check does not stop the next one
+
+
+def test_files_age_by_the_wall_clock_it_is_given(ledger: Ledger, tmp_path: Path) -> None:
+    wall = FakeClock(now=0.0)
+    settings = RetentionSettings(max_age_seconds=3600)
+    retention = Retention(ledger, tmp_path, settings, wall_clock=wall, executor=ManualExecutor())
+    old = store_file(ledger, tmp_path, "old.h5", 100, verified=True)
+    unverified = store_file(ledger, tmp_path, "new.h5", 100)
+    verified_at = ledger.files()[0]["verified_at"]
+    wall.now = verified_at + 3599
+    assert retention.purge_once() == 0 and old.exists()
+    wall.now = verified_at + 3601
+    assert retention.purge_once() == 1
+    assert not old.exists() and unverified.exists()  # never anything not verified
+    assert [f["state"] for f in ledger.files()] == ["purged", "stored"]
+
+
+def test_the_fill_forecast_uses_the_monotonic_clock(ledger: Ledger, tmp_path: Path) -> None:
+    clock = FakeClock()
+    settings = RetentionSettings(quota_bytes=100_064, headroom_bytes=64)
+    retention = Retention(ledger, tmp_path, settings, clock=clock, executor=ManualExecutor())
+    retention.run_pass()
+    assert retention.forecast_seconds() is None  # one sample: no rate yet
+    store_file(ledger, tmp_path, "a.h5", 10_000)
+    clock.now += 10.0
+    retention.run_pass()
+    # 10 kB in 10 s = 1 kB/s; 90 kB left under the quota (the disk has more free) -> 90 s
+    assert retention.forecast_seconds() == pytest.approx(90.0)
+    assert retention.status()["full_in_seconds"] == pytest.approx(90.0)
+
+
+def test_stop_shuts_its_own_executor_and_later_checks_keep_the_last_answer(
+    ledger: Ledger, tmp_path: Path
+) -> None:
+    clock = FakeClock()
+    retention = Retention(ledger, tmp_path, RetentionSettings(), clock=clock)
+    assert retention.under_pressure() is False
+    retention.stop()
+    clock.now += PRESSURE_RECHECK_S
+    assert retention.under_pressure() is False  # the executor refuses work; nothing raised
+
+
+def test_a_given_executor_is_left_running_by_stop(ledger: Ledger, tmp_path: Path) -> None:
+    class Tracking(ManualExecutor):
+        shut = False
+
+        def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+            self.shut = True
+
+    executor = Tracking()
+    retention = Retention(ledger, tmp_path, RetentionSettings(), executor=executor)
+    retention.stop()
+    assert executor.shut is False  # whoever passed it in owns it
