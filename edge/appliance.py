@@ -27,6 +27,7 @@ from edge.recorder import RunRecorder
 from edge.recovery import recover
 from edge.retention import Retention
 from edge.ring import FrameRing, Slot
+from edge.store import NXMX_SERIES_KEYS
 from edge.upstream.forwarder import Forwarder
 from edge.view import ApplianceParts, ApplianceView, thread_state
 from firmware_bridge.source import FrameHeader, FrameSource
@@ -133,6 +134,7 @@ class RingSink:
                 "dtype": config["type"],
                 "frames_expected": config.get("frames_expected"),
                 "detector": config.get("detector"),
+                "nxmx": {k: config[k] for k in NXMX_SERIES_KEYS if config.get(k) is not None},
             }
         )
         return None

@@ -317,6 +317,8 @@ class Pipeline:
                 str(record.get("detector") or "edge detector"),
                 record.get("frames_expected"),
                 datetime.now(UTC).isoformat(),
+                record.get("nxmx") or {},
+                None if self.calibration is None else self.calibration.mask,
             ),
             closer=self._closer,
             on_close_failed=self._file_close_failed,

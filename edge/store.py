@@ -16,15 +16,17 @@ import os
 import time
 from collections.abc import Callable
 from concurrent.futures import Executor, Future
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import h5py
 import hdf5plugin  # noqa: F401  (registers filter 32008 with HDF5)
 import numpy as np
 import xxhash
 
+from edge.nxmx import write_detector_geometry
 from kernels import Geometry, hdf5_filter_options
 
 log = logging.getLogger(__name__)
@@ -60,39 +62,116 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+#: Series-header keys (DECTRIS ``dconfig`` names) the NXmx metadata takes from the detector, if sent.
+NXMX_SERIES_KEYS = (
+    "count_time",
+    "frame_time",
+    "sensor_material",
+    "sensor_thickness",
+    "saturation_value",
+    "countrate_correction_count_cutoff",
+    "instrument_name",
+    "source_name",
+    "sample_name",
+)
+
+
 @dataclass(frozen=True)
 class RunMetadata:
-    """What every file of a run records about how it was taken (the NXmx part of the layout)."""
+    """What every file of a run records about how it was taken (the NXmx part of the layout).
+
+    ``series`` holds what the detector's series header said (NXMX_SERIES_KEYS); ``mask`` is the
+    calibration mask the reduction used (the PONI detector's own mask with ``reduction.mask_file``).
+    """
 
     geometry: Geometry
     detector: str = "edge detector"
     frames_expected: int | None = None
     start_time: str = ""
+    series: dict[str, Any] = field(default_factory=dict)
+    mask: np.ndarray | None = None
 
 
-def _write_nxmx(entry: h5py.Group, meta: RunMetadata, shape: tuple[int, int]) -> None:
-    """NXmx essentials: definition, times, instrument/detector/beam geometry, sample."""
+def _write_nxmx(entry: h5py.Group, meta: RunMetadata, shape: tuple[int, int], dtype: str) -> None:
+    """NXmx as DIALS-grade readers expect it (edge/nxmx.py has the geometry and its conventions).
+
+    The detector's depends_on chain and NXtransformations carry the PONI's distance and tilts, the
+    NXdetector_module its pixel axes; beam_center_x/y are the direct-beam position in image pixels; the
+    pyFAI PONI group stays for pyFAI users. Values the detector did not report (count_time, frame_time,
+    sensor) are written only when known, except the two NXmx requires: sensor_material "unknown" and
+    sensor_thickness NaN then, each with a note.
+    """
     g = meta.geometry
+    series = meta.series
+    entry.file.attrs["default"] = "entry"
     entry.create_dataset("definition", data="NXmx")
     entry.create_dataset("start_time", data=meta.start_time)
     if meta.frames_expected is not None:
         entry.attrs["frames_expected"] = meta.frames_expected
     instrument = entry.create_group("instrument")
     instrument.attrs["NX_class"] = "NXinstrument"
+    instrument.create_dataset("name", data=str(series.get("instrument_name") or "edge appliance"))
+    source = entry.create_group("source")
+    source.attrs["NX_class"] = "NXsource"
+    source.create_dataset("name", data=str(series.get("source_name") or "unknown"))
     detector = instrument.create_group("detector")
     detector.attrs["NX_class"] = "NXdetector"
     detector.create_dataset("description", data=meta.detector)
+    module = detector.create_group("module")
+    module.attrs["NX_class"] = "NXdetector_module"
+    nx = write_detector_geometry(detector, module, g, shape)
     for name, value, units in (
         ("distance", g.dist, "m"),
         ("x_pixel_size", g.pixel2, "m"),
         ("y_pixel_size", g.pixel1, "m"),
-        ("beam_center_x", g.poni2 / g.pixel2, "pixel"),
-        ("beam_center_y", g.poni1 / g.pixel1, "pixel"),
+        ("beam_center_x", nx.beam_center_x, "pixel"),
+        ("beam_center_y", nx.beam_center_y, "pixel"),
     ):
         detector.create_dataset(name, data=value).attrs["units"] = units
+    detector["beam_center_x"].attrs["convention"] = (
+        "direct beam (tilts included), pixel coordinates of the stored image: pixel (i, j) spans"
+        " [j, j+1) x [i, i+1), x along the fast axis; pyFAI getFit2D() centerX/centerY for orientation 3"
+    )
+    detector.create_dataset("distance_derived", data=False)
+    detector.create_dataset("beam_center_derived", data=True)
+    for key in ("count_time", "frame_time"):
+        if series.get(key) is not None:
+            detector.create_dataset(key, data=float(series[key])).attrs["units"] = "s"
+    saturation = series.get("saturation_value", series.get("countrate_correction_count_cutoff"))
+    if saturation is None:
+        saturation = np.iinfo(np.dtype(dtype)).max
+    detector.create_dataset("saturation_value", data=int(saturation))
+    detector.create_dataset("bit_depth_readout", data=np.dtype(dtype).itemsize * 8)
+    material = series.get("sensor_material")
+    ds = detector.create_dataset("sensor_material", data=str(material or "unknown"))
+    if material is None:
+        ds.attrs["note"] = "not reported by the detector's series header"
+    thickness = series.get("sensor_thickness")
+    ds = detector.create_dataset(
+        "sensor_thickness", data=float("nan") if thickness is None else float(thickness)
+    )
+    ds.attrs["units"] = "m"
+    if thickness is None:
+        ds.attrs["note"] = "not reported by the detector's series header"
+    pixel_mask = np.zeros(shape, dtype=np.uint32)
+    if meta.mask is not None and meta.mask.shape == tuple(shape):
+        pixel_mask[meta.mask.astype(bool)] = 1 << 8  # NXmx bit 8: user-defined (calibration) mask
+    detector.create_dataset("pixel_mask", data=pixel_mask, compression="gzip", shuffle=True)
+    detector.create_dataset("pixel_mask_applied", data=False)
     poni = detector.create_group("pyfai_poni")
     poni.attrs["NX_class"] = "NXcollection"
-    for name in ("dist", "poni1", "poni2", "rot1", "rot2", "rot3", "wavelength", "pixel1", "pixel2"):
+    for name in (
+        "dist",
+        "poni1",
+        "poni2",
+        "rot1",
+        "rot2",
+        "rot3",
+        "wavelength",
+        "pixel1",
+        "pixel2",
+        "orientation",
+    ):
         poni.create_dataset(name, data=getattr(g, name))
     detector["data"] = h5py.SoftLink("/entry/data/data")
     detector.attrs["shape"] = shape
@@ -101,6 +180,16 @@ def _write_nxmx(entry: h5py.Group, meta: RunMetadata, shape: tuple[int, int]) ->
     beam.create_dataset("incident_wavelength", data=g.wavelength * 1e10).attrs["units"] = "angstrom"
     sample = entry.create_group("sample")
     sample.attrs["NX_class"] = "NXsample"
+    sample.create_dataset("name", data=str(series.get("sample_name") or "unknown"))
+    goniometer = sample.create_group("transformations")
+    goniometer.attrs["NX_class"] = "NXtransformations"
+    omega = goniometer.create_dataset("omega", data=0.0)  # a fixed goniometer: no rotation during the run
+    omega.attrs["transformation_type"] = "rotation"
+    omega.attrs["vector"] = np.array([1.0, 0.0, 0.0])
+    omega.attrs["offset"] = np.zeros(3)
+    omega.attrs["units"] = "deg"
+    omega.attrs["depends_on"] = "."
+    sample.create_dataset("depends_on", data=omega.name)
 
 
 @dataclass(frozen=True)
@@ -144,7 +233,7 @@ class RunFileWriter:
         entry.attrs["run_uid"] = run_uid
         entry.attrs["file_index"] = index
         if meta is not None:
-            _write_nxmx(entry, meta, shape)
+            _write_nxmx(entry, meta, shape, dtype)
         data = entry.create_group("data")
         data.attrs["NX_class"] = "NXdata"
         data.attrs["signal"] = "data"
@@ -178,7 +267,10 @@ class RunFileWriter:
         n = len(self.frames)
         self._data.resize(n, axis=0)
         entry = self._h5["entry"]
-        entry.create_dataset("end_time", data=datetime.now(UTC).isoformat())
+        end_time = datetime.now(UTC).isoformat()
+        entry.create_dataset("end_time", data=end_time)
+        if "definition" in entry:  # NXmx requires it; once the file is closed the estimate is the end
+            entry.create_dataset("end_time_estimated", data=end_time)
         entry.attrs["frames_written"] = n
         entry["data"].create_dataset("frame_number", data=np.asarray(self.frames, dtype=np.int64))
         flags = entry["data"].create_dataset("frame_flags", data=np.asarray(self.flags, dtype=np.uint32))
