@@ -1,7 +1,7 @@
 """UDP detector reader: one socket, ``recv_into`` a reused buffer, the sans-I/O assembler, the ring.
 
 UDP cannot be paused, so a full ring drops (and records) frames rather than blocking. A run starts at
-the first packet and ends when the detector has been silent for ``idle_seconds``; the number of frames
+the first packet the assembler accepts (datagrams it rejects are only counted) and ends when the detector has been silent for ``idle_seconds``; the number of frames
 the control system armed (``frames_per_run``, 0 if unknown) lets the end of a run account for frames
 that never arrived at all. Incomplete frames are delivered, flagged, and also recorded as partial
 losses with their count of missing packets.
@@ -75,6 +75,7 @@ class UdpSource:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._assembler: UdpFrameAssembler | None = None
+        self._run_open = False  # a run opens at its first accepted packet, not at any datagram
         self._series = 0
         self._last_packet = 0.0
         self._finished_counters: Counter[str] = Counter()
@@ -83,7 +84,7 @@ class UdpSource:
 
     @property
     def series_open(self) -> bool:
-        return self._assembler is not None
+        return self._run_open
 
     def end_series(self, reason: str) -> None:
         """Ask the reader thread to end the open run now rather than after the idle timeout."""
@@ -108,7 +109,7 @@ class UdpSource:
             "transport": "udp",
             "address": f"{self.address[0]}:{self.address[1]}",
             "rcvbuf_bytes": self.rcvbuf_bytes,
-            "series": self._series if self._assembler is not None else None,
+            "series": self._series if self._run_open else None,
             **{k: int(v) for k, v in self.stats.items()},
             "assembler": assembler,
         }
@@ -130,23 +131,29 @@ class UdpSource:
                     continue
                 self._last_packet = time.monotonic()
                 if self._assembler is None:
-                    self._start_run()
-                assert self._assembler is not None
-                self._handle(self._assembler.feed(view[:n], self._last_packet))
+                    self._assembler = self._new_assembler()
+                events = self._assembler.feed(view[:n], self._last_packet)
+                if not self._run_open and self._assembler.counters["packets_accepted"]:
+                    self._start_run()  # stray or malformed datagrams alone are counted, never a run
+                if self._run_open:
+                    self._handle(events)
             if self._assembler is not None:
                 self._end_run()
         except Exception:  # pragma: no cover - a bug: say so, keep the count
             log.exception("udp reader stopped by an unexpected error")
             self.stats["reader_crashes"] += 1
 
-    def _start_run(self) -> None:
-        self._series += 1
-        self._assembler = UdpFrameAssembler(
+    def _new_assembler(self) -> UdpFrameAssembler:
+        return UdpFrameAssembler(
             self.geometry,
             frame_timeout_frames=self.frame_timeout_frames,
             expected_first_frame=0,
             max_frame_jump=self.max_frame_jump,
         )
+
+    def _start_run(self) -> None:
+        self._series += 1
+        self._run_open = True
         height, width = self.geometry.frame_shape
         config = {
             "shape": [width, height],
@@ -164,10 +171,14 @@ class UdpSource:
         assembler, self._assembler = self._assembler, None
         if assembler is None:
             return
+        if not self._run_open:  # only rejected datagrams since the last run: counted, no run
+            self._finished_counters.update(assembler.counters)
+            return
         last = self.frames_per_run - 1 if self.frames_per_run else None
         self._handle(assembler.close(expected_last_frame=last))
         self._finished_counters.update(assembler.counters)
         self.sink.series_end(self._series, exit_status)
+        self._run_open = False
 
     def _handle(self, events: list[Any]) -> None:
         for event in events:

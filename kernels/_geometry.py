@@ -68,29 +68,34 @@ class Geometry:
     def tth(self, shape: tuple[int, int]) -> np.ndarray:
         """Scattering angle 2theta (radians) at each pixel centre, as pyFAI computes it."""
         _, _, t1, t2, t3 = self._lab(shape)
-        return np.arctan2(np.sqrt(t1 * t1 + t2 * t2), t3)
+        out: np.ndarray = np.arctan2(np.sqrt(t1 * t1 + t2 * t2), t3)
+        return out
 
     def q_nm(self, shape: tuple[int, int]) -> np.ndarray:
         """Momentum transfer q in nm^-1 at each pixel centre."""
-        return 4.0e-9 * math.pi / self.wavelength * np.sin(self.tth(shape) / 2.0)
+        out: np.ndarray = 4.0e-9 * math.pi / self.wavelength * np.sin(self.tth(shape) / 2.0)
+        return out
 
     def chi(self, shape: tuple[int, int]) -> np.ndarray:
         """Azimuthal angle chi (radians, in ]-pi, pi], discontinuity at pi) at each pixel centre."""
         _, _, t1, t2, _ = self._lab(shape)
-        return np.arctan2(t1, t2)
+        out: np.ndarray = np.arctan2(t1, t2)
+        return out
 
     def solid_angle(self, shape: tuple[int, int]) -> np.ndarray:
         """Solid angle of each pixel relative to a pixel at the PONI: cos(incidence)^3, as pyFAI."""
         d1, d2, _, _, _ = self._lab(shape)
         cos_incidence = self.dist / np.sqrt(self.dist * self.dist + (d1 * d1 + d2 * d2))
-        return cos_incidence**3
+        out: np.ndarray = cos_incidence**3
+        return out
 
     def polarization(self, shape: tuple[int, int], factor: float, axis_offset: float = 0.0) -> np.ndarray:
         """pyFAI's polarisation correction (float32, as pyFAI stores it); factor in [-1, 1], 0 = random."""
         cos2_tth = np.cos(self.tth(shape)) ** 2
         chi = self.chi(shape)
         pol = 0.5 * (1.0 + cos2_tth - factor * np.cos(2.0 * (chi + axis_offset)) * (1.0 - cos2_tth))
-        return pol.astype(np.float32)
+        out: np.ndarray = pol.astype(np.float32)
+        return out
 
     def radial(self, shape: tuple[int, int], unit: str) -> tuple[np.ndarray, float]:
         """Radial position of each pixel in the unit's internal scale, and the factor to the unit.
@@ -365,7 +370,7 @@ def parse_poni(text: str) -> Poni:
         if flag.strip().lower() != "false":
             raise PoniError(spelled, f"{flag!r} must be True or False")
 
-    name_key, name = values.get("detector", ("Detector", None))  # type: ignore[arg-type]
+    name_key, name = values.get("detector", ("Detector", None))
     if version >= 2.0 and name is None:
         raise PoniError("Detector", f"missing; a version {version:g} file names its detector")
     if version == 1.0:

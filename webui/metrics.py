@@ -18,7 +18,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Callable, Iterable, Iterator
-from typing import Any
+from typing import Any, TypeVar
 
 from fastapi import FastAPI
 from fastapi.responses import Response
@@ -27,6 +27,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoM
 from prometheus_client.registry import Collector
 
 Status = Callable[[], dict[str, Any]]
+F = TypeVar("F", CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily)
 
 PREFIX = "edge_"
 
@@ -120,17 +121,18 @@ class _Families:
         self._families: dict[str, Metric] = {}
         self._labels: dict[str, tuple[str, ...]] = {}
 
-    def _family(self, kind: type[Metric], name: str, labels: Iterable[str], help_text: str | None) -> Metric:
+    def _family(self, kind: type[F], name: str, labels: Iterable[str], help_text: str | None) -> F:
         family = self._families.get(name)
         if family is None:
             key = name[len(PREFIX) :]
             documentation = (
                 help_text or HELP.get(key) or f"{key.replace('_', ' ')}, as the appliance status reports it."
             )
-            family = kind(name, documentation, labels=list(labels))
-            self._families[name] = family
+            created = kind(name, documentation, labels=list(labels))
+            self._families[name] = created
             self._labels[name] = tuple(labels)
-        elif not isinstance(family, kind) or self._labels[name] != tuple(labels):
+            return created
+        if not isinstance(family, kind) or self._labels[name] != tuple(labels):
             raise ValueError(f"metric {name} reported twice, as {type(family).__name__} and {kind.__name__}")
         return family
 

@@ -135,6 +135,22 @@ def test_udp_stray_frame_numbers_are_rejected_and_counted(tmp_path: Path) -> Non
         assert assembler["frames_lost"] == 0 and assembler["packets_late"] == 0
         assert_run_intact(stack, run)
         assert stack.status()["receiver"].get("reader_crashes", 0) == 0
+
+        # strays while no run is open are counted and open no run (which, with frames_per_run set,
+        # would otherwise be a run of 30 frames lost)
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sender:
+            sender.sendto(udp_frame(2**64 - 1)[0], ("127.0.0.1", udp_port))
+            sender.sendto(b"NOPE" + udp_frame(1)[0][4:], ("127.0.0.1", udp_port))
+        wait_for(
+            lambda: stack.status()["receiver"]["assembler"]["packets_rejected"] == len(STRAYS) + 2,
+            10,
+            "the two strays counted",
+        )
+        receiver = stack.status()["receiver"]
+        assert receiver["assembler"]["packets_rejected_bad_magic"] == 1
+        assert receiver["series"] is None
+        assert len(get_json(stack.url + "/api/runs")) == 1
+        assert stack.status()["frames"]["lost"] == 0
     finally:
         stack.stop_all()
 
