@@ -1,0 +1,201 @@
+"""The Stream V2 reader over a real ZeroMQ PUSH -> PULL on loopback, replaying the independent captures."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import threading
+from pathlib import Path
+from typing import Any
+
+import cbor2
+import numpy as np
+import zmq
+
+from firmware_bridge.source import FrameHeader
+from firmware_bridge.stream2_reader import Stream2Source
+
+DATA = Path(__file__).parents[2] / "data"
+_spec = importlib.util.spec_from_file_location("make_stream2_capture", DATA / "make_stream2_capture.py")
+capture = importlib.util.module_from_spec(_spec)  # type: ignore[arg-type]
+_spec.loader.exec_module(capture)  # type: ignore[union-attr]
+
+
+class Sink:
+    """A FrameSink that keeps what it is given (pixels by frame, configs, losses, ends)."""
+
+    def __init__(self, refuse: str | None = None) -> None:
+        self.frames: dict[tuple[int, int], np.ndarray] = {}
+        self.configs: list[dict[str, Any]] = []
+        self.losses: list[tuple[int, int, str]] = []
+        self.ends: list[tuple[int, str]] = []
+        self.ended = threading.Event()
+        self.refuse = refuse
+
+    def claim(self, nbytes: int) -> Any:
+        class Slot:
+            buffer = memoryview(bytearray(nbytes))
+
+        return Slot()
+
+    def publish(self, slot: Any, header: FrameHeader) -> None:
+        pixels = np.frombuffer(slot.buffer, header.dtype).reshape(header.height, header.width)
+        self.frames[(len(self.configs), header.frame)] = pixels.copy()
+
+    def abandon(self, slot: Any) -> None:
+        pass
+
+    def series_start(self, series: int, config: dict[str, Any]) -> str | None:
+        json.dumps(config)  # the run record must be JSON-able
+        self.configs.append(config)
+        return self.refuse
+
+    def series_end(self, series: int, exit_status: str = "success") -> None:
+        self.ends.append((series, exit_status))
+        self.ended.set()
+
+    def lost(self, first: int, last: int, reason: str, detail: str = "") -> None:
+        self.losses.append((first, last, reason))
+
+
+def replay(messages: list[bytes], sink: Sink, ends: int = 1, **options: Any) -> Stream2Source:
+    context = zmq.Context()
+    push = context.socket(zmq.PUSH)
+    port = push.bind_to_random_port("tcp://127.0.0.1")
+    reader = Stream2Source(f"tcp://127.0.0.1:{port}", sink, context, **options)
+    reader.start()
+    try:
+        for message in messages:
+            push.send(message)
+        deadline = threading.Event()
+        for _ in range(100):
+            if len(sink.ends) >= ends:
+                break
+            deadline.wait(0.1)
+        assert len(sink.ends) >= ends, sink.ends
+    finally:
+        reader.stop()
+        push.close(0)
+        context.term()
+    return reader
+
+
+def _messages(name: str) -> list[bytes]:
+    return list(capture.iter_capture((DATA / name).read_bytes()))
+
+
+def test_second_channel_is_stored_and_the_start_is_recorded() -> None:
+    sink = Sink()
+    reader = replay(_messages("stream2_bslz4_u16_2ch.bin"), sink, channel="threshold_2")
+    assert sorted(n for _, n in sink.frames) == [0, 1, 2, 3]
+    for (_, number), pixels in sink.frames.items():
+        np.testing.assert_array_equal(pixels, capture.frame(7, 1, number, (23, 41), "uint16"))
+    assert sink.losses == [] and sink.ends == [(7, "success")]
+    (config,) = sink.configs
+    assert config["shape"] == [41, 23] and config["type"] == "uint16"
+    assert config["run_uid"] == "capture-series-7" and config["frames_expected"] == 4
+    stream2 = config["stream2"]
+    assert stream2["channel"] == "threshold_2"
+    assert stream2["channels"] == ["threshold_1", "threshold_2"]
+    assert stream2["geometry"]["beam_center_y"] == 11.25
+    for c, name in enumerate(stream2["channels"]):
+        mask = stream2["pixel_mask"][name]
+        assert mask["masked_pixels"] == int(np.count_nonzero(capture.pixel_mask(c, (23, 41))))
+        assert mask["shape"] == [23, 41] and mask["dtype"] == "uint32"
+    assert stream2["flatfield"]["threshold_1"]["dtype"] == "float32"
+    assert stream2["countrate_correction"]["entries"] == 4096
+    assert stream2["metadata"]["x_vendor_field"]["note"] == "unknown fields are kept"
+    assert stream2["user_data"] == {"sample": "LaB6", "proposal": 1234}
+    assert reader.counters()["frames_received"] == 4 and reader.counters()["channel"] == "threshold_2"
+
+
+def test_lz4_uint32_without_image_dtype_and_raw_series() -> None:
+    sink = Sink()
+    replay(_messages("stream2_lz4_u32.bin") + _messages("stream2_raw.bin"), sink, ends=4)
+    assert [c["type"] for c in sink.configs] == ["uint32", "uint16", "uint8", "float32"]
+    expected = {(1, n): capture.frame(8, 0, n, (16, 20), "uint32") for n in range(3)}
+    expected |= {(2, n): capture.frame(9, 0, n, (12, 10), "uint16") for n in range(2)}
+    expected[(3, 0)] = capture.frame(10, 0, 0, (12, 10), "uint8")
+    expected[(4, 0)] = capture.frame(11, 0, 0, (12, 10), "float32")
+    assert sorted(sink.frames) == sorted(expected)
+    for key, pixels in sink.frames.items():
+        np.testing.assert_array_equal(pixels, expected[key])
+    assert sink.losses == []
+
+
+def test_a_start_without_dtype_takes_it_from_the_first_image() -> None:
+    start, *rest = _messages("stream2_bslz4_u16_2ch.bin")
+    fields = dict(cbor2.loads(start))
+    del fields["image_dtype"]
+    sink = Sink()
+    replay([cbor2.dumps(fields), *rest], sink)
+    assert sink.configs[0]["type"] == "uint16" and len(sink.frames) == 4
+
+
+def test_faults_become_loss_records_with_their_reason() -> None:
+    start, image0, image1, image2, image3, end = _messages("stream2_bslz4_u16_2ch.bin")
+    fields = dict(cbor2.loads(image2))
+    dims, typed = fields["data"]["threshold_1"].value
+    algorithm, elem, chunk = typed.value.value
+    bad = bytearray(chunk)
+    (length,) = np.frombuffer(chunk[12:16], ">u4")
+    bad[16 : 16 + int(length)] = b"\xff" * int(length)
+    fields["data"] = {
+        **fields["data"],
+        "threshold_1": cbor2.CBORTag(
+            40, [dims, cbor2.CBORTag(69, cbor2.CBORTag(56500, [algorithm, elem, bytes(bad)]))]
+        ),
+    }
+    wrong = dict(cbor2.loads(image3))
+    wrong["data"] = {
+        **wrong["data"],
+        "threshold_1": cbor2.CBORTag(40, [dims, cbor2.CBORTag(65, typed.value)]),
+    }
+    sink = Sink()
+    reader = replay(
+        [start, image0[: len(image0) // 2], image1, cbor2.dumps(fields), cbor2.dumps(wrong), end], sink
+    )
+    assert sorted(n for _, n in sink.frames) == [1]
+    assert sorted(sink.losses) == [
+        (0, 0, "stream2_unreadable_message"),
+        (2, 2, "stream2_bad_chunk"),
+        (3, 3, "stream2_unsupported_tag"),
+    ]
+    assert reader.counters()["frames_bad_chunk"] == 1
+    assert reader.counters()["errors"] == {"malformed_cbor": 1, "unsupported_tag": 1}
+
+
+def test_a_truncated_last_image_is_lost_as_unreadable_at_the_end() -> None:
+    start, image0, image1, image2, image3, end = _messages("stream2_bslz4_u16_2ch.bin")
+    sink = Sink()
+    replay([start, image0, image1, image2, image3[:100], end], sink)
+    assert sink.losses == [(3, 3, "stream2_unreadable_message")]
+
+
+def test_an_unknown_channel_refuses_the_run_and_every_frame_is_lost() -> None:
+    sink = Sink()
+    reader = replay(_messages("stream2_bslz4_u16_2ch.bin"), sink, channel="threshold_9")
+    assert sink.frames == {}
+    assert sink.losses == [(0, 3, "run_refused")]
+    assert reader.counters()["series_refused"] == 1
+
+
+def test_multipart_messages_are_dropped_and_counted() -> None:
+    context = zmq.Context()
+    push = context.socket(zmq.PUSH)
+    port = push.bind_to_random_port("tcp://127.0.0.1")
+    sink = Sink()
+    reader = Stream2Source(f"tcp://127.0.0.1:{port}", sink, context)
+    reader.start()
+    start, image0, *_, end = _messages("stream2_bslz4_u16_2ch.bin")
+    try:
+        push.send(start)
+        push.send_multipart([image0, b"extra"])
+        push.send(end)
+        assert sink.ended.wait(10)
+    finally:
+        reader.stop()
+        push.close(0)
+        context.term()
+    assert reader.counters()["messages_multipart_rejected"] == 1
+    assert sink.frames == {} and sink.losses == [(0, 3, "missing_at_series_end")]
