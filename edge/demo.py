@@ -1,8 +1,12 @@
 """``edge demo``: the simulator, the daemon, an upstream pull client and the dashboard, on 127.0.0.1.
 
 Each component runs as its own process, exactly as it would on a beamline, configured from the same
-settings. With ``--frames N`` the demo sends one bounded series, waits until every frame is delivered
-upstream (or accounted for as lost) and prints a summary; otherwise it streams until Ctrl-C.
+settings, and logs to its own file under ``<workdir>/logs/``. The terminal shows one status line for the
+whole demo (rates, stored, delivered, lost, backlog). With ``--frames N`` the demo sends one bounded
+series, waits until every frame is delivered upstream (or accounted for as lost) and prints a summary;
+otherwise it streams until Ctrl-C, which stops the simulator first, lets the daemon drain and the pull
+client deliver, and then prints the same summary. When a component dies the demo names it, with its
+exit status and the last lines of its log, stops the others and exits non-zero.
 """
 
 from __future__ import annotations
@@ -18,10 +22,16 @@ import time
 import urllib.error
 import urllib.request
 import uuid
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from edge.config import Settings
+
+STOP_ORDER = ("sim", "pull", "daemon")  # the source first, then the consumer, the daemon last
+TAIL_LINES = 15
+LINE_SECONDS = 0.5  # status line refresh on a terminal
+PLAIN_LINE_SECONDS = 5.0  # ...and how often a line is written when stderr is a file or a pipe
 
 
 def free_port() -> int:
@@ -49,56 +59,187 @@ def get_json(url: str, timeout: float = 2.0) -> Any:
         return json.loads(response.read())
 
 
+def exit_text(code: int) -> str:
+    """``status 3``, or ``killed by SIGKILL`` for a negative status."""
+    if code < 0:
+        with contextlib.suppress(ValueError):
+            return f"killed by {signal.Signals(-code).name}"
+    return f"status {code}"
+
+
+class ComponentDied(Exception):
+    """A component ended while the demo still needed it."""
+
+    def __init__(self, name: str, code: int, log: Path, tail: list[str]) -> None:
+        super().__init__(f"{name} exited ({exit_text(code)})")
+        self.name, self.code, self.log, self.tail = name, code, log, tail
+
+    def report(self) -> str:
+        lines = [
+            f"edge demo: {self.name} exited unexpectedly ({exit_text(self.code)}); last lines of {self.log}:"
+        ]
+        lines += [f"  | {line}" for line in self.tail] or ["  | (empty)"]
+        lines.append("edge demo: stopping the other components")
+        return "\n".join(lines)
+
+
 class Components:
-    """The demo's child processes; stops them all, in order, whatever happens."""
+    """The demo's child processes, each logging to ``<logs>/<name>.log``; stops them all, in order."""
 
-    def __init__(self) -> None:
+    def __init__(self, logs: Path) -> None:
+        self.logs = logs
         self.procs: dict[str, subprocess.Popen[str]] = {}
+        self._files: list[IO[str]] = []
+        self.expected_exit = {"sim"}  # components that may end with status 0 (the sim, after its series)
 
-    def start(self, name: str, argv: list[str], capture: bool = False) -> subprocess.Popen[str]:
+    def log_path(self, name: str) -> Path:
+        return self.logs / f"{name}.log"
+
+    def start(self, name: str, argv: list[str], stdout_file: Path | None = None) -> subprocess.Popen[str]:
+        log = open(self.log_path(name), "w")  # noqa: SIM115 - closed in close()
+        self._files.append(log)
+        out: IO[str] = log
+        if stdout_file is not None:  # the simulator's summary (--json), apart from its log
+            out = open(stdout_file, "w")  # noqa: SIM115 - closed in close()
+            self._files.append(out)
         proc = subprocess.Popen(
             [sys.executable, "-m", "edge", *argv],
-            stdout=subprocess.PIPE if capture else sys.stderr,  # our stdout carries only the summary
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=log,
             text=True,
-            start_new_session=True,  # Ctrl-C reaches the demo, which stops children in order
+            start_new_session=True,  # Ctrl-C reaches the demo only, which stops children in order
         )
         self.procs[name] = proc
         return proc
 
-    def stop(self, name: str, timeout: float = 30.0) -> None:
-        proc = self.procs.pop(name, None)
-        if proc is None or proc.poll() is not None:
-            return
-        proc.send_signal(signal.SIGINT)
+    def tail(self, name: str, lines: int = TAIL_LINES) -> list[str]:
         try:
-            proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+            text = self.log_path(name).read_text(errors="replace")
+        except OSError:
+            return []
+        return [line.rstrip("\r") for line in text.replace("\r", "\n").splitlines() if line.strip()][-lines:]
+
+    def check(self) -> None:
+        """Raise ComponentDied for the first component that ended when it should not have."""
+        for name, proc in self.procs.items():
+            code = proc.poll()
+            if code is not None and not (name in self.expected_exit and code == 0):
+                raise ComponentDied(name, code, self.log_path(name), self.tail(name))
+
+    def stop(self, name: str, timeout: float = 30.0) -> int | None:
+        proc = self.procs.get(name)
+        if proc is None:
+            return None
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGINT)
+            try:
+                proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        return proc.returncode
 
     def stop_all(self) -> None:
-        for name in ("sim", "pull", "daemon"):
+        for name in STOP_ORDER:
             self.stop(name)
+        self.procs.clear()
+        for handle in self._files:
+            handle.close()
+        self._files.clear()
 
 
-def _wait(predicate: Any, timeout: float, what: str, procs: Components) -> Any:
+class StatusLine:
+    """One line for the whole demo: rates, stored, delivered, lost, backlog (from the daemon's API)."""
+
+    def __init__(self, stream: IO[str]) -> None:
+        self.stream = stream
+        self.tty = stream.isatty()
+        self._last: tuple[float, int, int] | None = None
+        self._printed_at = 0.0
+        self._width = 0
+
+    @staticmethod
+    def text(status: dict[str, Any], rates: tuple[float, float] | None) -> str:
+        frames = status["frames"]
+        stored, delivered = int(frames["stored"]), int(frames["delivered"])
+        backlog = int(status["ring"].get("fill", 0)) + max(0, stored - delivered)
+        received_rate, delivered_rate = rates or (0.0, 0.0)
+        return (
+            f"edge demo: received {frames['received']} ({received_rate:.1f}/s)  stored {stored}  "
+            f"delivered {delivered} ({delivered_rate:.1f}/s)  lost {frames['lost']}  backlog {backlog}"
+        )
+
+    def update(self, status: dict[str, Any], now: float, note: str = "") -> None:
+        frames = status["frames"]
+        received, delivered = int(frames["received"]), int(frames["delivered"])
+        rates = None
+        if self._last is not None and now > self._last[0]:
+            dt = now - self._last[0]
+            rates = ((received - self._last[1]) / dt, (delivered - self._last[2]) / dt)
+        self._last = (now, received, delivered)
+        line = self.text(status, rates) + (f"  [{note}]" if note else "")
+        if self.tty:
+            self.stream.write("\r" + line.ljust(self._width))
+            self._width = len(line)
+        elif now - self._printed_at >= PLAIN_LINE_SECONDS:
+            self.stream.write(line + "\n")
+            self._printed_at = now
+        self.stream.flush()
+
+    def end(self) -> None:
+        if self.tty and self._width:
+            self.stream.write("\n")
+            self.stream.flush()
+            self._width = 0
+
+
+class Interrupted:
+    """Ctrl-C (or SIGTERM) as a flag the demo's loops look at: the first asks for an orderly stop, a
+    second one gives up waiting for the drain."""
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    def __call__(self, signum: int, frame: object) -> None:
+        self.count += 1
+
+
+def _watch(
+    procs: Components,
+    line: StatusLine,
+    url: str,
+    until: Callable[[], Any],
+    timeout: float,
+    what: str,
+    note: str,
+    interrupted: Interrupted,
+    give_up_after: int,
+) -> Any:
+    """Poll ``until`` while refreshing the status line and watching every component.
+
+    Returns its first truthy value, or None once ``interrupted`` reaches ``give_up_after``.
+    """
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        for name, proc in procs.procs.items():
-            if name != "sim" and proc.poll() is not None:
-                raise RuntimeError(f"{name} exited with {proc.returncode} while waiting for {what}")
-        with contextlib.suppress(OSError, urllib.error.URLError, ValueError):
-            value = predicate()
+        procs.check()
+        if interrupted.count >= give_up_after:
+            return None
+        with contextlib.suppress(OSError, urllib.error.URLError, ValueError, KeyError):
+            value = until()
             if value:
                 return value
-        time.sleep(0.2)
+        with contextlib.suppress(OSError, urllib.error.URLError, ValueError, KeyError):
+            line.update(get_json(url + "/api/status"), time.monotonic(), note)
+        time.sleep(LINE_SECONDS)
     raise TimeoutError(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
 def run_demo(args: argparse.Namespace, settings: Settings, flags: list[str] | None = None) -> int:
     """Run the demo; ``flags`` are the settings its own flags set (transport, faults), for every child."""
     workdir: Path = args.workdir.resolve()
-    workdir.mkdir(parents=True, exist_ok=True)
+    logs = workdir / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
     stream_port = _port_or_free(_endpoint_port(settings.sim.endpoint))
     upstream_port = _port_or_free(_endpoint_port(settings.upstream.endpoint))
     api_port = _port_or_free(settings.api.port)
@@ -114,7 +255,7 @@ def run_demo(args: argparse.Namespace, settings: Settings, flags: list[str] | No
         f'store.path="{workdir / "store"}"',
         f'pull.output="{workdir / "upstream"}"',
     ]
-    common: list[str] = ["--log-level", "WARNING"]
+    common: list[str] = []
     if args.config is not None:
         common += ["--config", str(args.config)]
     for item in [*base, *args.overrides, *(flags or [])]:
@@ -123,37 +264,45 @@ def run_demo(args: argparse.Namespace, settings: Settings, flags: list[str] | No
         common += ["--set", f"udp.frames_per_run={args.frames}"]
     url = f"http://127.0.0.1:{api_port}"
     run_uid = str(uuid.uuid4())
-    procs = Components()
+    procs = Components(logs)
+    line = StatusLine(sys.stderr)
     started = time.monotonic()
+    interrupted = Interrupted()
+    signal.signal(signal.SIGINT, interrupted)
+    signal.signal(signal.SIGTERM, interrupted)  # `kill` stops the demo as Ctrl-C does
 
-    def _terminate(signum: int, frame: object) -> None:
-        raise KeyboardInterrupt
+    def watch(until: Callable[[], Any], timeout: float, what: str, note: str, give_up_after: int) -> Any:
+        return _watch(procs, line, url, until, timeout, what, note, interrupted, give_up_after)
 
-    signal.signal(signal.SIGTERM, _terminate)  # `kill` stops the components as Ctrl-C does
     try:
         procs.start("daemon", ["run", *common])
-        _wait(lambda: get_json(url + "/api/status"), 120, "the daemon's API", procs)
+        if watch(lambda: get_json(url + "/api/status"), 120, "the daemon's API", "starting", 1) is None:
+            return 130
         procs.start("pull", ["pull", *common])
+        sim_out = logs / "sim.json"
         sim_argv = ["sim", *common, "--frames", str(args.frames), "--run-uid", run_uid, "--json"]
-        sim = procs.start("sim", sim_argv, capture=True)
+        sim = procs.start("sim", sim_argv, stdout_file=sim_out)
         print(
-            f"edge demo: dashboard {url}/  (data in {workdir})",
+            f"edge demo: dashboard {url}/  (data in {workdir}, logs in {logs})",
             file=sys.stderr if args.json else sys.stdout,
             flush=True,
         )
-        if args.frames == 0:
-            try:
-                while all(p.poll() is None for p in procs.procs.values()):
-                    time.sleep(0.5)
-            except KeyboardInterrupt:
-                print("edge demo: stopping", flush=True)
-            return 0
-        out, _ = sim.communicate(timeout=args.timeout)
-        sent = json.loads(out.strip().splitlines()[-1])
+        note = "Ctrl-C stops" if args.frames == 0 else f"sending {args.frames} frames"
+        watch(lambda: sim.poll() is not None, args.timeout if args.frames else 1e9, "the simulator", note, 1)
+        if sim.poll() is None:  # Ctrl-C: the source stops first; the daemon and the client keep going
+            line.end()
+            print(
+                "edge demo: stopping the simulator; delivering what was stored", file=sys.stderr, flush=True
+            )
+            procs.stop("sim")
+        procs.check()
+        sent = json.loads(sim_out.read_text().strip().splitlines()[-1])
         frames_sent = int(sent["frames_sent"])
 
         if udp:  # UDP carries no run uid: the daemon names the run it opened
-            runs = _wait(lambda: get_json(url + "/api/runs"), 60, "the UDP run to open", procs)
+            runs = watch(lambda: get_json(url + "/api/runs"), 60, "the UDP run to open", "draining", 2)
+            if runs is None:
+                return 130
             run_uid = runs[-1]["run_uid"]
 
         def settled() -> dict[str, Any] | None:
@@ -165,17 +314,19 @@ def run_demo(args: argparse.Namespace, settings: Settings, flags: list[str] | No
             lost = totals["frames_lost"]
             if delivered + lost < frames_sent or delivered < stored:
                 return None
-            incomplete = totals["frames_incomplete"]
-            records = totals["loss_records"]
             return {
                 "stored": stored,
                 "delivered": delivered,
                 "lost": lost,
-                "incomplete": incomplete,
-                "records": records,
+                "incomplete": totals["frames_incomplete"],
+                "records": totals["loss_records"],
             }
 
-        result = _wait(settled, args.timeout, "every frame to be delivered upstream", procs)
+        result = watch(settled, args.timeout, "every frame to be delivered upstream", "delivering", 2)
+        line.end()
+        if result is None:
+            print("edge demo: stopped before every stored frame was delivered", file=sys.stderr)
+            return 130
         status = get_json(url + "/api/status")
         summary = {
             "frames_sent": frames_sent,
@@ -192,6 +343,7 @@ def run_demo(args: argparse.Namespace, settings: Settings, flags: list[str] | No
             "dashboard": url + "/",
             "store": str(workdir / "store"),
             "upstream": str(workdir / "upstream"),
+            "logs": str(logs),
         }
         if args.json:
             print(json.dumps(summary), flush=True)
@@ -199,7 +351,13 @@ def run_demo(args: argparse.Namespace, settings: Settings, flags: list[str] | No
             for key, value in summary.items():
                 print(f"{key:>18}: {value}")
         return 0 if summary["frames_delivered"] + summary["frames_lost"] == frames_sent else 1
-    except KeyboardInterrupt:
-        return 130
+    except ComponentDied as died:
+        line.end()
+        print(died.report(), file=sys.stderr, flush=True)
+        return 1
+    except TimeoutError as error:
+        line.end()
+        print(f"edge demo: {error}; logs in {logs}", file=sys.stderr, flush=True)
+        return 1
     finally:
         procs.stop_all()

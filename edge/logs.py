@@ -28,6 +28,7 @@ from datetime import UTC, datetime
 from typing import Any, TextIO
 
 from edge.errors import ConfigError, Refused
+from edge.ledger import PARTIAL_LOSS_REASONS
 
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 EXPECTED_REFUSALS: tuple[type[BaseException], ...] = (Refused, ConfigError)
@@ -119,21 +120,39 @@ class RepeatSummary(logging.Filter):
             self._seen, self._held = Counter(), {}
         out: list[logging.LogRecord] = []
         if losses:
-            total = sum(losses.values())
-            reasons = ", ".join(f"{reason}: {n}" for reason, n in losses.most_common())
-            seconds = _seconds(now - (now if since is None else since))
-            message = f"lost {total} frames in {seconds} s ({reasons})"
-            out.append(
-                _summary(
-                    "edge.losses", logging.WARNING, message, lost_frames_total=total, reasons=dict(losses)
-                )
-            )
+            out.append(_loss_summary(losses, _seconds(now - (now if since is None else since))))
         for (name, _template), item in held.items():
             message = (
                 f"{item.last.getMessage()} (and {item.count} more like it in {_seconds(now - item.since)} s)"
             )
             out.append(_summary(name, item.last.levelno, message, repeated=item.count))
         return out
+
+
+def _loss_summary(losses: Counter[str], seconds: str) -> logging.LogRecord:
+    """ "lost 37 frames in 1 s (frame_number_gap: 30, ring_full: 7), 5 incomplete (incomplete_frame: 5)"."""
+    whole = Counter({r: n for r, n in losses.items() if r not in PARTIAL_LOSS_REASONS})
+    partial = Counter({r: n for r, n in losses.items() if r in PARTIAL_LOSS_REASONS})
+    parts = []
+    if whole:
+        total = sum(whole.values())
+        parts.append(f"lost {total} frame{'s' if total != 1 else ''} in {seconds} s ({_reasons(whole)})")
+    if partial:
+        total = sum(partial.values())
+        text = f"{total} incomplete (pixels missing, frames kept) ({_reasons(partial)})"
+        parts.append(text if whole else f"{text} in {seconds} s")
+    return _summary(
+        "edge.losses",
+        logging.WARNING,
+        ", ".join(parts),
+        lost_frames_total=sum(whole.values()),
+        incomplete_frames_total=sum(partial.values()),
+        reasons=dict(losses),
+    )
+
+
+def _reasons(counts: Counter[str]) -> str:
+    return ", ".join(f"{reason}: {n}" for reason, n in counts.most_common())
 
 
 class _Held:

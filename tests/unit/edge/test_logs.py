@@ -134,3 +134,20 @@ def test_summary_filter_alone_on_a_clock() -> None:
     clock.now = 3.0
     (out,) = summary.flush()
     assert out.getMessage() == "x b (and 1 more like it in 3 s)"
+
+
+def test_incomplete_frames_are_summed_apart_from_lost_ones(logged) -> None:
+    logger, stream, setup, clock = logged
+    logger.warning("lost", extra=lost(0, 0, "frame_number_gap"))
+    logger.warning("incomplete", extra=lost(5, 5, "incomplete_frame"))
+    logger.warning("incomplete", extra=lost(6, 6, "incomplete_frame"))
+    clock.now = 1.0
+    setup.emit_summaries()
+    assert (
+        stream.getvalue()
+        .strip()
+        .endswith(
+            "lost 1 frame in 1 s (frame_number_gap: 1), 2 incomplete (pixels missing, frames kept)"
+            " (incomplete_frame: 2)"
+        )
+    )

@@ -1,0 +1,113 @@
+"""``edge demo``'s terminal: component logs go to files, a dead component is named and ends the demo
+non-zero, and Ctrl-C stops the simulator first and delivers every stored file before the summary."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import h5py
+import hdf5plugin  # noqa: F401  (the bitshuffle filter for reading back)
+import psutil
+from edgeprocs import get_json, loopback_overrides, wait_for
+
+SMALL = ["detector.height=256", "detector.width=256", "reduction.bins=100"]
+
+
+def _start_demo(workdir: Path, *flags: str, overrides: list[str]) -> tuple[subprocess.Popen[str], str]:
+    argv = [sys.executable, "-m", "edge", "demo", "--workdir", str(workdir), *flags]
+    for item in [*overrides, *SMALL]:
+        argv += ["--set", item]
+    api_port = next(item.split("=")[1] for item in overrides if item.startswith("api.port="))
+    with open(workdir.parent / f"{workdir.name}-demo.err", "w") as err:  # the child keeps its own copy
+        demo = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=err, text=True)
+    return demo, f"http://127.0.0.1:{api_port}"
+
+
+def _children(demo: subprocess.Popen[str]) -> dict[str, psutil.Process]:
+    found = {}
+    for child in psutil.Process(demo.pid).children(recursive=True):
+        command = " ".join(child.cmdline())
+        for role in ("run", "pull", "sim"):
+            if f"-m edge {role} " in command:
+                found[role] = child
+    return found
+
+
+def _cleanup(demo: subprocess.Popen[str], children: list[psutil.Process]) -> None:
+    if demo.poll() is None:
+        demo.kill()
+        demo.wait()
+    for child in children:  # never leave components behind, even when the test failed
+        if child.is_running():
+            child.kill()
+    demo.stdout.close()
+
+
+def test_a_component_killed_inside_the_demo_ends_it_non_zero_naming_it(tmp_path: Path) -> None:
+    workdir = tmp_path / "demo"
+    demo, url = _start_demo(workdir, "--rate", "20", overrides=loopback_overrides())
+    children: list[psutil.Process] = []
+    try:
+        wait_for(lambda: get_json(url + "/api/status")["frames"]["received"] >= 5, 90, "frames flowing")
+        roles = wait_for(lambda: _children(demo) if len(_children(demo)) == 3 else None, 30, "3 components")
+        children = list(roles.values())
+        roles["run"].kill()  # the daemon dies under the demo
+        assert demo.wait(60) != 0
+        _gone, alive = psutil.wait_procs(children, timeout=30)
+        assert not alive, f"left running: {alive}"
+    finally:
+        _cleanup(demo, children)
+    err = (tmp_path / "demo-demo.err").read_text()
+    assert "edge demo: daemon exited unexpectedly (killed by SIGKILL)" in err, err[-3000:]
+    assert f"last lines of {workdir / 'logs' / 'daemon.log'}" in err
+    assert "appliance started" in err  # the tail of the daemon's own log, shown where the user looks
+    for name in ("daemon", "pull", "sim"):
+        assert (workdir / "logs" / f"{name}.log").stat().st_size > 0, name
+
+
+def _frames_in(directory: Path) -> dict[int, str]:
+    seen: dict[int, str] = {}
+    for path in sorted(directory.glob("*.h5")):
+        with h5py.File(path, "r") as handle:
+            for number in handle["/entry/data/frame_number"][:]:
+                assert int(number) not in seen, f"frame {number} twice"
+                seen[int(number)] = path.name
+    return seen
+
+
+def test_ctrl_c_stops_the_simulator_first_and_delivers_every_stored_file(tmp_path: Path) -> None:
+    workdir = tmp_path / "demo"
+    overrides = [*loopback_overrides(), "store.frames_per_file=25", "store.file_seconds=600"]
+    demo, url = _start_demo(workdir, "--rate", "50", "--json", overrides=overrides)
+    children: list[psutil.Process] = []
+    try:
+        wait_for(lambda: get_json(url + "/api/status")["frames"]["stored"] >= 50, 90, "two files stored")
+        children = list(_children(demo).values())
+        demo.send_signal(signal.SIGINT)
+        out, _ = demo.communicate(timeout=90)
+        assert demo.returncode == 0, (tmp_path / "demo-demo.err").read_text()[-3000:]
+        _gone, alive = psutil.wait_procs(children, timeout=30)
+        assert not alive, f"left running: {alive}"
+    finally:
+        _cleanup(demo, children)
+    summary = json.loads(out.strip().splitlines()[-1])  # the same summary as a bounded --json run
+    assert summary["sim"]["stopped_early"] is True
+    sent = summary["frames_sent"]
+    assert sent >= 50
+    assert summary["frames_stored"] == summary["frames_delivered"] == sent
+    assert summary["frames_lost"] == 0
+    run = summary["run_uid"]
+    stored = _frames_in(workdir / "store" / run)
+    delivered = _frames_in(workdir / "upstream" / run)
+    assert sorted(stored) == sorted(delivered) == list(range(sent))
+    assert sorted(p.name for p in (workdir / "upstream" / run).glob("*.h5")) == sorted(
+        p.name for p in (workdir / "store" / run).glob("*.h5")
+    )
+    err = (tmp_path / "demo-demo.err").read_text()
+    assert "stopping the simulator" in err
+    assert "sim: streaming" not in err  # the components' logs are in their files, not on the terminal
+    assert "sim: streaming" in (workdir / "logs" / "sim.log").read_text()
