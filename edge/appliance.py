@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -28,6 +29,7 @@ from edge.recovery import recover
 from edge.retention import Retention
 from edge.ring import FrameRing, Slot
 from edge.store import NXMX_SERIES_KEYS
+from edge.supervision import Supervisor, parse_injection
 from edge.upstream.forwarder import Forwarder
 from edge.view import ApplianceParts, ApplianceView, thread_state
 from firmware_bridge.source import FrameHeader, FrameSource
@@ -165,6 +167,16 @@ class Appliance:
         calibration = load_calibration(settings, self.frame_format)  # a bad image fails the start first
         self.settings = settings
         self.stopping = False
+        #: set when a data-plane thread used up its restarts: the daemon exits non-zero (see edge run)
+        self.fatal: str | None = None
+        self.fatal_event = threading.Event()
+        sup = settings.supervision
+        self.supervisor = Supervisor(
+            max_restarts=sup.max_restarts,
+            backoff_seconds=sup.restart_backoff_seconds,
+            on_exhausted=self._thread_exhausted,
+            inject=parse_injection(sup.inject_error),
+        )
         self.context = context or zmq.Context.instance()
         store = settings.store
         store.path.mkdir(parents=True, exist_ok=True)
@@ -265,10 +277,10 @@ class Appliance:
 
     # -- lifecycle --------------------------------------------------------------------------------------
     def start(self) -> None:
-        self.forwarder.start()
+        self.forwarder.start(self.supervisor.spawn)
         self.retention.start()
-        self.pipeline.start()
-        self.source.start()
+        self.pipeline.start(self.supervisor.spawn)
+        self.source.start(self.supervisor.spawn)
         log.info(
             "appliance started: stream %s, upstream %s, backend %s",
             self.settings.stream.endpoint,
@@ -279,6 +291,7 @@ class Appliance:
     def stop(self) -> None:
         """Stop taking frames, persist what is in the ring, close files, stop serving."""
         self.stopping = True
+        self.supervisor.stopping()
         self.ring.stop()  # a reader waiting for a free slot gives up (and records the frame as lost)
         self.source.stop()
         self.pipeline.stop()  # persists everything already in the ring, closes the open run
@@ -288,16 +301,21 @@ class Appliance:
         self.ring.close()
 
     def threads(self) -> dict[str, dict[str, Any]]:
-        """Each data-plane thread's state (``running``, ``stopped`` or ``dead``)."""
+        """Each data-plane thread's state: ``running``, ``restarting``, ``stopped`` or ``dead``, with its
+        restarts and last error (supervised threads), or just alive or not (the others)."""
+        states = self.supervisor.states()
         stopping = self.stopping
-        named = {
-            "reader": getattr(self.source, "_thread", None),
-            "pipeline": getattr(self.pipeline, "_thread", None),
-            "pipeline-writer": getattr(self.pipeline, "_writer", None),
-            "forwarder": getattr(self.forwarder, "_thread", None),
-            "retention": getattr(self.retention, "_thread", None),
-        }
-        return {name: {"state": thread_state(t, stopping), "restarts": 0} for name, t in named.items()}
+        for name, thread in (
+            ("forwarder", getattr(self.forwarder, "_thread", None)),
+            ("retention", getattr(self.retention, "_thread", None)),
+        ):
+            if name not in states:
+                states[name] = {"state": thread_state(thread, stopping), "restarts": 0, "errors": 0}
+        return states
+
+    def _thread_exhausted(self, name: str, error: BaseException) -> None:
+        self.fatal = f"thread {name} failed {self.settings.supervision.max_restarts + 1} times: {error!r}"
+        self.fatal_event.set()
 
     def liveness(self) -> dict[str, Any]:
         """For the service watchdog (see `ApplianceView.liveness`)."""

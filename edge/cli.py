@@ -162,7 +162,7 @@ def _run_daemon(
     except (ConfigError, OSError) as error:  # bad keys, a busy port, an unwritable store: say so, exit
         print(f"edge: cannot start: {error}", file=sys.stderr)
         return 2
-    app = create_app(settings, appliance)
+    app = create_app(settings, appliance.view)
     config = uvicorn.Config(
         app, host=settings.api.host, port=settings.api.port, log_level="warning", lifespan="off"
     )
@@ -183,6 +183,13 @@ def _run_daemon(
         interval=watchdog_interval(),
     )
     reporter.start()
+
+    def _watch_fatal() -> None:  # a data-plane thread out of restarts: stop, and exit non-zero below
+        appliance.fatal_event.wait()
+        log.critical("stopping: %s", appliance.fatal)
+        _request_stop(signal.SIGTERM, None)
+
+    threading.Thread(target=_watch_fatal, name="fatal-watch", daemon=True).start()
     if reload is not None and log_setup is not None:
         _on_sighup(appliance, reload, log_setup, reporter)
 
@@ -191,7 +198,12 @@ def _run_daemon(
         if settings.epics.enabled:
             from edge.ioc import ApplianceIOC
 
-            ioc = ApplianceIOC(appliance, settings.epics, loop=asyncio.get_running_loop())
+            ioc = ApplianceIOC(
+                appliance.view,
+                settings.epics,
+                loop=asyncio.get_running_loop(),
+                end_open_series=appliance.end_open_series,
+            )
             ioc.start()
         try:
             if not stop_requested.is_set():
@@ -208,6 +220,9 @@ def _run_daemon(
         reporter.stopping()
         appliance.stop()
         print("edge: stopped", file=sys.stderr, flush=True)
+    if appliance.fatal is not None:
+        print(f"edge: exiting with status 3: {appliance.fatal}", file=sys.stderr, flush=True)
+        return 3
     return 0
 
 
@@ -296,7 +311,7 @@ def _run_sim(settings: Settings, args: argparse.Namespace) -> int:
         )
         return 0
     if settings.stream.transport == "udp":
-        from edge.appliance import udp_geometry
+        from edge.frame_format import udp_geometry
 
         run_sim_udp(
             port=settings.udp.port,

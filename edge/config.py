@@ -259,6 +259,16 @@ class _TomlSource(PydanticBaseSettingsSource):
             raise ConfigError(f"config file {path} is not valid TOML: {error}") from error
 
 
+class SupervisionSettings(_Section):
+    """How the data-plane threads are supervised (edge.supervision)."""
+
+    max_restarts: int = Field(3, ge=0, le=1000)  # then the daemon exits non-zero for its service manager
+    restart_backoff_seconds: float = Field(0.5, ge=0.0, le=60.0)
+    # testing only: "NAME:N" raises an error in thread NAME (reader, pipeline, pipeline-writer, forwarder,
+    # retention) at its Nth loop; empty: never
+    inject_error: str = Field("", pattern=r"^([a-z-]+(:[0-9]{1,9})?)?$")
+
+
 class Settings(BaseSettings):
     """Everything the appliance, simulator and pull client need, in one typed object."""
 
@@ -279,6 +289,7 @@ class Settings(BaseSettings):
     pull: PullSettings = PullSettings()
     api: ApiSettings = ApiSettings()
     epics: EpicsSettings = EpicsSettings()
+    supervision: SupervisionSettings = SupervisionSettings()
     log: LogSettings = LogSettings()
 
     @classmethod

@@ -30,6 +30,7 @@ import numpy as np
 from edge.recorder import RunRecorder
 from edge.ring import KIND_CONTROL, KIND_FRAME, FrameRing, Slot
 from edge.store import RunMetadata, RunStore
+from firmware_bridge.source import Checkpoint, Spawner, plain_spawn
 from kernels import Backend, Geometry, compress_chunk, make_gain
 
 log = logging.getLogger(__name__)
@@ -153,11 +154,10 @@ class Pipeline:
         self._writer: threading.Thread | None = None
         self._busy_seconds = 0.0
 
-    def start(self) -> None:
-        self._writer = threading.Thread(target=self._write_loop, name="pipeline-writer", daemon=True)
-        self._writer.start()
-        self._thread = threading.Thread(target=self._run, name="pipeline", daemon=True)
-        self._thread.start()
+    def start(self, spawn: Spawner = plain_spawn) -> None:
+        """Start the writing and reducing threads through ``spawn`` (the appliance supervises them)."""
+        self._writer = spawn("pipeline-writer", self._write_loop)
+        self._thread = spawn("pipeline", self._run)
 
     def stop(self) -> None:
         """Finish what is in the ring, close the open run, and stop."""
@@ -181,27 +181,26 @@ class Pipeline:
         }
 
     # -- the reducing thread: takes slots in ring order, integrates, starts compression -------------------
-    def _run(self) -> None:
+    def _run(self, checkpoint: Checkpoint) -> None:
         if self.frame_threads:
             self.backend.limit_threads(self.frame_threads)  # this thread's kernels only
-        try:
-            while True:
-                slot = self.ring.next_ready(timeout=0.1)
-                if slot is None:
-                    # everything published has been handed on; a slot a stopped reader claimed but never
-                    # filled holds no frame (the reader recorded it as lost)
-                    if self._stop.is_set() and self.ring.caught_up():
-                        break
-                    continue
-                try:
-                    work = self._reduce(slot)
-                except Exception as error:  # a bug: log it, count it, record the loss
-                    log.exception("pipeline failed on slot %d", slot.seq)
-                    self._failed(slot, self._run_uid, error)
-                    work = _Work(slot, "release")
-                self._work.put(work)
-        finally:
-            self._work.put(None)
+        while True:
+            checkpoint()  # between slots: an error raised here leaves no slot half-handled
+            slot = self.ring.next_ready(timeout=0.1)
+            if slot is None:
+                # everything published has been handed on; a slot a stopped reader claimed but never
+                # filled holds no frame (the reader recorded it as lost)
+                if self._stop.is_set() and self.ring.caught_up():
+                    break
+                continue
+            try:
+                work = self._reduce(slot)
+            except Exception as error:  # a bug: log it, count it, record the loss
+                log.exception("pipeline failed on slot %d", slot.seq)
+                self._failed(slot, self._run_uid, error)
+                work = _Work(slot, "release")
+            self._work.put(work)
+        self._work.put(None)  # normal end (stopping and caught up): the writer finishes after it
 
     def _reduce(self, slot: Slot) -> _Work:
         kind = int(slot.header["kind"])
@@ -248,12 +247,16 @@ class Pipeline:
             self.recorder.loss(run_uid, frame, frame, "pipeline_error", repr(error)[:200])
 
     # -- the writing thread: in ring order, writes chunks and releases slots ----------------------------
-    def _write_loop(self) -> None:
+    def _write_loop(self, checkpoint: Checkpoint) -> None:
         while True:
+            checkpoint()
             try:
                 work = self._work.get(timeout=0.1)
             except queue.Empty:
                 self._tick()
+                reducer = self._thread
+                if self._stop.is_set() and reducer is not None and not reducer.is_alive():
+                    break  # the reducing thread died for good: nothing more will come
                 continue
             if work is None:
                 break

@@ -137,7 +137,33 @@ class ApplianceView:
             "retention": p.retention.status(),
             "disk": {"total": disk.total, "used": disk.used, "free": disk.free, "percent": disk.percent},
             "detector": self.detector_status(),
+            "alarms": self.alarms(),
         }
+
+    def alarms(self) -> list[dict[str, Any]]:
+        """Conditions an operator must see now (each clears when its condition clears)."""
+        out: list[dict[str, Any]] = []
+        for name, thread in self._p.threads().items():
+            state = thread.get("state")
+            if state in ("dead", "restarting"):
+                out.append(
+                    {
+                        "source": f"thread:{name}",
+                        "severity": "major",
+                        "message": f"thread {name} {state} after {thread.get('errors', 0)} error(s):"
+                        f" {thread.get('last_error', '')}",
+                    }
+                )
+            elif thread.get("errors"):
+                out.append(
+                    {
+                        "source": f"thread:{name}",
+                        "severity": "minor",
+                        "message": f"thread {name} restarted {thread.get('restarts', 0)} time(s); last error:"
+                        f" {thread.get('last_error', '')}",
+                    }
+                )
+        return out
 
     def detector_status(self) -> dict[str, Any]:
         view = self._detector

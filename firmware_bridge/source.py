@@ -6,6 +6,8 @@ publishes it with a header. Everything a source cannot deliver it reports with `
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -58,10 +60,35 @@ class FrameSink(Protocol):
         """Frames ``first..last`` (inclusive) will never be published; says why."""
 
 
+Checkpoint = Callable[[], None]
+
+
+class Spawner(Protocol):
+    """Starts a thread running ``work(checkpoint)``; ``checkpoint()`` is called once per loop.
+
+    The appliance passes a supervising spawner (restarts after an unexpected error, reports thread
+    states); `plain_spawn` is the default for a source used on its own.
+    """
+
+    def __call__(self, name: str, work: Callable[[Checkpoint], None]) -> threading.Thread: ...
+
+
+def _no_checkpoint() -> None:
+    return None
+
+
+def plain_spawn(name: str, work: Callable[[Checkpoint], None]) -> threading.Thread:
+    """A daemon thread running ``work`` once, with a checkpoint that does nothing."""
+    thread = threading.Thread(target=work, args=(_no_checkpoint,), name=name, daemon=True)
+    thread.start()
+    return thread
+
+
 class FrameSource(Protocol):
     """Every detector source (ZMQ stream reader, UDP reader) implements this."""
 
-    def start(self) -> None: ...
+    def start(self, spawn: Spawner = plain_spawn) -> None:
+        """Start the reader thread through ``spawn`` (concurrency is passed in)."""
 
     def stop(self) -> None: ...
 

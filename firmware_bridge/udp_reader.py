@@ -25,7 +25,15 @@ from typing import Any
 
 import numpy as np
 
-from firmware_bridge.source import FLAG_COMPLETE, FLAG_INCOMPLETE, FrameHeader, FrameSink
+from firmware_bridge.source import (
+    FLAG_COMPLETE,
+    FLAG_INCOMPLETE,
+    Checkpoint,
+    FrameHeader,
+    FrameSink,
+    Spawner,
+    plain_spawn,
+)
 from firmware_bridge.udp_codec import (
     DetectorGeometry,
     FrameAssembled,
@@ -90,9 +98,8 @@ class UdpSource:
         """Ask the reader thread to end the open run now rather than after the idle timeout."""
         self._end_request = reason
 
-    def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="udp-reader", daemon=True)
-        self._thread.start()
+    def start(self, spawn: Spawner = plain_spawn) -> None:
+        self._thread = spawn("reader", self._run)
 
     def stop(self) -> None:
         self._stop.set()
@@ -114,11 +121,12 @@ class UdpSource:
             "assembler": assembler,
         }
 
-    def _run(self) -> None:
+    def _run(self, checkpoint: Checkpoint) -> None:
         buffer = bytearray(MAX_DATAGRAM)
         view = memoryview(buffer)
         try:
             while not self._stop.is_set():
+                checkpoint()
                 try:
                     n = self._sock.recv_into(buffer)
                 except TimeoutError:
@@ -139,9 +147,9 @@ class UdpSource:
                     self._handle(events)
             if self._assembler is not None:
                 self._end_run()
-        except Exception:  # pragma: no cover - a bug: say so, keep the count
-            log.exception("udp reader stopped by an unexpected error")
+        except Exception:  # a bug: counted, and raised to the spawner (which restarts the reader)
             self.stats["reader_crashes"] += 1
+            raise
 
     def _new_assembler(self) -> UdpFrameAssembler:
         return UdpFrameAssembler(

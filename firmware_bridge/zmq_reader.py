@@ -16,7 +16,15 @@ from typing import Any
 import numpy as np
 import zmq
 
-from firmware_bridge.source import FLAG_COMPLETE, FrameHeader, FrameSink, SlotLike
+from firmware_bridge.source import (
+    FLAG_COMPLETE,
+    Checkpoint,
+    FrameHeader,
+    FrameSink,
+    SlotLike,
+    Spawner,
+    plain_spawn,
+)
 from firmware_bridge.stream_codec import ImageMessage, SeriesEnd, SeriesStart, StreamCodec, StreamError
 from kernels import decompress_chunk
 
@@ -68,14 +76,16 @@ class ZmqStreamSource:
         """
         self._end_request = reason
 
-    def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="zmq-stream-reader", daemon=True)
-        self._thread.start()
+    def start(self, spawn: Spawner = plain_spawn) -> None:
+        self._thread = spawn("reader", self._run)
 
     def stop(self) -> None:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=10)
+            if not self._thread.is_alive() and self._series is not None:
+                # the reader died (restarts exhausted) inside a series: what never came is lost
+                self._end_series("receiver_stopped", exit_status="abort")
 
     def counters(self) -> dict[str, Any]:
         return {
@@ -87,7 +97,7 @@ class ZmqStreamSource:
         }
 
     # -- the loop ---------------------------------------------------------------------------------------
-    def _run(self) -> None:
+    def _run(self, checkpoint: Checkpoint) -> None:
         sock = self.context.socket(zmq.PULL)
         sock.rcvhwm = self.rcvhwm
         if self.rcvbuf:
@@ -96,18 +106,21 @@ class ZmqStreamSource:
         sock.connect(self.endpoint)
         try:
             while not self._stop.is_set():
+                checkpoint()
                 if sock.poll(100):
                     self._receive_message(sock)
                 elif self._end_request is not None:
                     reason, self._end_request = self._end_request, None
                     if self._series is not None:
                         self._end_series(reason, exit_status="fail")
-        except Exception:  # pragma: no cover - a bug, not bad input: say so loudly and keep the count
-            log.exception("stream reader stopped by an unexpected error")
+        except Exception:  # a bug, not bad input: counted, and raised to the spawner (which restarts us)
             self.stats["reader_crashes"] += 1
+            raise
         finally:
             sock.close(0)
-            if self._series is not None:  # stopped mid-series: what never came is lost, and says why
+            if self._series is not None and self._stop.is_set():
+                # stopped mid-series: what never came is lost, and says why (after a crash the series
+                # stays open for the restarted reader)
                 self._end_series("receiver_stopped", exit_status="abort")
 
     def _receive_message(self, sock: zmq.Socket) -> None:

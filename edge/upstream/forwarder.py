@@ -24,6 +24,7 @@ from edge.ledger import Ledger
 from edge.upstream import protocol as p
 from edge.upstream.curve import serve_securely
 from edge.upstream.session import HEARTBEAT_SECONDS, ConsumerState, ForwarderSession, Outgoing
+from firmware_bridge.source import Checkpoint, Spawner, plain_spawn
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +61,7 @@ class Forwarder:
         self._auth: Any = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._sock: zmq.Socket | None = None
         self._lock = threading.Lock()  # the session is driven by the thread and read by counters()
         self.bound_endpoint: str | None = None
 
@@ -71,8 +73,8 @@ class Forwarder:
     def consumers(self) -> dict[str, ConsumerState]:
         return self.session.consumers
 
-    def start(self) -> None:
-        """Bind now (so a busy port fails the start, loudly) and serve on a thread."""
+    def start(self, spawn: Spawner = plain_spawn) -> None:
+        """Bind now (so a busy port fails the start, loudly) and serve on a thread started by ``spawn``."""
         sock = self.context.socket(zmq.ROUTER)
         sock.linger = 0
         sock.router_mandatory = True
@@ -84,15 +86,16 @@ class Forwarder:
             sock.close(0)
             raise OSError(f"cannot serve upstream on {self.endpoint}: {error}") from error
         self.bound_endpoint = sock.getsockopt_string(zmq.LAST_ENDPOINT)
-        self._thread = threading.Thread(
-            target=self._run, args=(sock,), name="upstream-forwarder", daemon=True
-        )
-        self._thread.start()
+        self._sock = sock
+        self._thread = spawn("forwarder", lambda checkpoint: self._run(sock, checkpoint))
 
     def stop(self) -> None:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=10)
+        if self._sock is not None:  # closed here, not by the thread, which may be restarted on it
+            self._sock.close(0)
+            self._sock = None
         if self._auth is not None:
             self._auth.stop()
 
@@ -103,9 +106,10 @@ class Forwarder:
         return {"endpoint": self.bound_endpoint, **stats, "consumers": consumers}
 
     # -- the loop ---------------------------------------------------------------------------------------
-    def _run(self, sock: zmq.Socket) -> None:
+    def _run(self, sock: zmq.Socket, checkpoint: Checkpoint) -> None:
         try:
             while not self._stop.is_set():
+                checkpoint()
                 if sock.poll(50):
                     while True:
                         try:
@@ -118,11 +122,9 @@ class Forwarder:
                 with self._lock:
                     outgoing = self.session.tick(self._clock())
                 self._send(sock, outgoing)
-        except Exception:  # pragma: no cover - a bug: log it, count it, stop serving
-            log.exception("upstream forwarder stopped by an unexpected error")
+        except Exception:  # a bug: counted, and raised to the spawner (which restarts the loop)
             self.session.stats["forwarder_crashes"] += 1
-        finally:
-            sock.close(0)
+            raise
 
     def _send(self, sock: zmq.Socket, outgoing: list[Outgoing]) -> None:
         """Send in order; after one peer's send fails, give back the rest of its messages unsent."""
