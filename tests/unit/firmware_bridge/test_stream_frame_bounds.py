@@ -1,0 +1,125 @@
+"""Numbers from the stream that no real detector sends: stray frame numbers, a series number and an
+announced length beyond int64. The reader drops and counts a stray image (``frame_number_out_of_range``)
+instead of declaring a gap, also when the codec rejects the stray message; the codec bounds the rest.
+Messages are built here from docs/wire-formats.md, not with the codec's encoder."""
+
+from __future__ import annotations
+
+import json
+import threading
+from typing import Any
+
+import numpy as np
+import zmq
+
+from firmware_bridge.source import FrameHeader
+from firmware_bridge.stream_codec import SeriesStart, StreamCodec, StreamError
+from firmware_bridge.zmq_reader import ZmqStreamSource
+
+SHAPE = (4, 6)  # height, width
+
+
+def part(message: dict[str, Any]) -> bytes:
+    return json.dumps(message, separators=(",", ":")).encode()
+
+
+def header(series: int, frames_expected: Any) -> list[bytes]:
+    config = {"htype": "dconfig-edge-1.0", "shape": [SHAPE[1], SHAPE[0]], "type": "uint16"}
+    config |= {"run_uid": "bounds", "frames_expected": frames_expected}
+    return [part({"htype": "dheader-1.0", "series": series, "header_detail": "basic"}), part(config)]
+
+
+def image(series: int, frame: int, size: int | None = None) -> list[bytes]:
+    pixels = np.full(SHAPE, frame % 60000, "<u2").tobytes()
+    return [
+        part({"htype": "dimage-1.0", "series": series, "frame": frame, "hash": ""}),
+        part(
+            {
+                "htype": "dimage_d-1.0",
+                "shape": [SHAPE[1], SHAPE[0]],
+                "type": "uint16",
+                "encoding": "<",
+                "size": len(pixels) if size is None else size,
+            }
+        ),
+        pixels,
+        part({"htype": "dconfig-1.0", "start_time": 0, "stop_time": 1, "real_time": 1}),
+    ]
+
+
+class Sink:
+    def __init__(self) -> None:
+        self.frames: list[int] = []
+        self.losses: list[tuple[int, int, str]] = []
+        self.configs: list[dict[str, Any]] = []
+        self.ended = threading.Event()
+
+    def claim(self, nbytes: int) -> Any:
+        class Slot:
+            buffer = memoryview(bytearray(nbytes))
+
+        return Slot()
+
+    def publish(self, slot: Any, header: FrameHeader) -> None:
+        self.frames.append(header.frame)
+
+    def abandon(self, slot: Any) -> None:
+        pass
+
+    def series_start(self, series: int, config: dict[str, Any]) -> None:
+        self.configs.append(config)
+
+    def series_end(self, series: int, exit_status: str = "success") -> None:
+        self.ended.set()
+
+    def lost(self, first: int, last: int, reason: str, detail: str = "") -> None:
+        self.losses.append((first, last, reason))
+
+
+def feed(messages: list[list[bytes]]) -> list[Any]:
+    codec = StreamCodec()
+    events: list[Any] = []
+    for parts in messages:
+        for i, p in enumerate(parts):
+            events += codec.feed(p, i < len(parts) - 1)
+    return events
+
+
+def test_codec_bounds_the_series_number_and_the_announced_length() -> None:
+    (start,) = feed([header(3, 2**64)])
+    assert isinstance(start, SeriesStart) and start.frames_expected is None  # unknown, not 2**64
+    assert feed([header(3, True)])[0].frames_expected is None
+    assert feed([header(3, 30)])[0].frames_expected == 30
+    (error,) = feed([header(2**63, 30)])
+    assert isinstance(error, StreamError) and error.reason == "bad_field"
+
+
+def test_stray_frame_numbers_are_dropped_and_counted_never_a_gap() -> None:
+    context = zmq.Context()
+    push = context.socket(zmq.PUSH)
+    port = push.bind_to_random_port("tcp://127.0.0.1")
+    sink = Sink()
+    reader = ZmqStreamSource(f"tcp://127.0.0.1:{port}", sink, context, max_frame_jump=100)
+    reader.start()
+    try:
+        push.send_multipart(header(1, 2**64 - 1))
+        push.send_multipart(image(1, 10**9))  # before any frame: bounded from frame 0
+        for frame in range(5):
+            push.send_multipart(image(1, frame))
+        push.send_multipart(image(1, 2**63))
+        push.send_multipart(image(1, 2**64 - 1, size=3))  # a stray the codec rejects as well
+        push.send_multipart(image(1, 104))  # within the bound of frame 4: a real gap
+        push.send_multipart(image(1, 205))  # 101 beyond 104: a stray
+        push.send_multipart([part({"htype": "dseries_end-1.0", "series": 1})])
+        assert sink.ended.wait(10)
+    finally:
+        reader.stop()
+        push.close(0)
+        context.term()
+    assert sink.frames == [0, 1, 2, 3, 4, 104]
+    assert sink.losses == [(5, 103, "frame_number_gap")]
+    assert sink.configs[0]["frames_expected"] is None  # 2**64 - 1 frames announced: unknown
+    counters = reader.counters()
+    assert counters["frame_number_out_of_range"] == 4
+    assert counters["errors"] == {"bad_size": 1}
+    assert counters.get("reader_crashes", 0) == 0
