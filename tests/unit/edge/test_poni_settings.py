@@ -48,3 +48,54 @@ def test_detector_mask_and_mask_file_combine(tmp_path: Path) -> None:
     assert combined_mask(None, user) is user
     generic = load_poni(_poni(tmp_path, "Perkin"))
     assert combined_mask(generic, None) is None
+
+
+def _settings(tmp_path: Path, poni: Path, mask: Path | None = None):  # type: ignore[no-untyped-def]
+    from edge.config import load_settings
+
+    overrides = [
+        f'store.path="{tmp_path / "store"}"',
+        "detector.height=407",
+        "detector.width=487",
+        "ring.slots=2",
+        'reduction.backend="numpy"',
+        f'reduction.poni_file="{poni}"',
+        'upstream.endpoint="tcp://127.0.0.1:0"',
+    ]
+    if mask is not None:
+        overrides.append(f'reduction.mask_file="{mask}"')
+    return load_settings(overrides=overrides)
+
+
+def test_the_daemon_refuses_a_malformed_poni_before_anything_runs(tmp_path: Path) -> None:
+    from edge.appliance import Appliance
+
+    path = _poni(tmp_path)
+    path.write_text(path.read_text().replace('"orientation": 3', '"orientation": 7'))
+    with pytest.raises(ConfigError, match=r"reduction\.poni_file = .*: Detector_config: orientation = 7"):
+        Appliance(_settings(tmp_path, path))
+    assert not (tmp_path / "store").exists()  # refused before the store, ledger or ring were made
+
+
+def test_the_daemon_uses_the_poni_detector_and_its_mask(tmp_path: Path) -> None:
+    from edge.appliance import Appliance
+
+    user = np.zeros((407, 487), dtype=bool)
+    user[:3, :3] = True
+    np.save(tmp_path / "mask.npy", user)
+    ai = AzimuthalIntegrator(
+        dist=0.1,
+        poni1=0.03,
+        poni2=0.04,
+        rot1=0.02,
+        wavelength=1e-10,
+        detector=detector_factory("Pilatus200k", {"orientation": 2}),
+    )
+    ai.write(str(tmp_path / "calib.poni"))
+    appliance = Appliance(_settings(tmp_path, tmp_path / "calib.poni", tmp_path / "mask.npy"))
+    try:
+        assert appliance.geometry.orientation == 2 and appliance.geometry.pixel1 == 172e-6
+        own = detector_factory("Pilatus200k").mask.astype(bool)
+        np.testing.assert_array_equal(appliance.pipeline.calibration.mask, own | user)
+    finally:
+        appliance.stop()
