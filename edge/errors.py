@@ -28,3 +28,11 @@ class NotFound(EdgeError, KeyError):
 
 class Refused(EdgeError, RuntimeError):
     """The appliance refuses an operation now (e.g. a run while the disk holds unverified data)."""
+
+
+class Unauthorized(EdgeError, PermissionError):
+    """A write to the API without the right bearer token (HTTP 401)."""
+
+
+class WritesDisabled(EdgeError, PermissionError):
+    """The API takes no writes because no token is configured (HTTP 403); the message says how to set one."""

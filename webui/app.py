@@ -16,7 +16,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from pydantic import BaseModel
 
-from edge.errors import ConfigError, NotFound, Refused
+from edge.errors import ConfigError, NotFound, Refused, Unauthorized, WritesDisabled
 from webui.metrics import add_metrics_route
 
 #: Files of the dashboard besides the page itself, with their media types.
@@ -42,6 +42,8 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorBody, "description": text}
     for code, text in (
         (400, "bad request"),
+        (401, "write without the right bearer token"),
+        (403, "writes disabled: no api.token configured"),
         (404, "not found"),
         (409, "refused"),
         (422, "invalid parameters"),
@@ -73,22 +75,16 @@ class ApplianceView(Protocol):
 def run_summary(detail: dict[str, Any]) -> dict[str, Any]:
     """One row of the dashboard's runs table from a run's detail (``ApplianceView.run``).
 
-    Counts come from the where-is-my-data report when the detail has one, else from the ledger's file
-    rows; nothing is estimated here.
+    Counts are the ledger's run totals, as the detail carries them; nothing is counted or estimated here.
     """
     where = detail.get("where") or {}
     files = where.get("files", detail.get("files", []))
     losses = where.get("losses", detail.get("losses", []))
     states = Counter(str(f.get("state")) for f in files)
-    stored = where.get("frames_stored", detail.get("frames_stored"))
-    delivered = where.get(
-        "frames_delivered",
-        sum(f.get("n_frames", 0) for f in files if f.get("state") in ("verified", "purged")),
-    )
-    lost = where.get(
-        "frames_lost",
-        sum(r["last_frame"] - r["first_frame"] + 1 for r in losses if not r.get("partial")),
-    )
+    totals = detail.get("totals") or where  # the ledger's run totals (Ledger.run_totals)
+    stored = totals.get("frames_stored")
+    delivered = totals.get("frames_delivered")
+    lost = totals.get("frames_lost")
     return {
         "run_uid": detail["run_uid"],
         "started_at": detail.get("started_at"),
@@ -122,6 +118,16 @@ def create_app(settings: Any, appliance: ApplianceView) -> FastAPI:
     @app.exception_handler(Refused)
     async def _refused(request: Request, error: Refused) -> JSONResponse:
         return _error("refused", str(error), 409)
+
+    @app.exception_handler(Unauthorized)
+    async def _unauthorized(request: Request, error: Unauthorized) -> JSONResponse:
+        response = _error("unauthorized", str(error), 401)
+        response.headers["WWW-Authenticate"] = "Bearer"
+        return response
+
+    @app.exception_handler(WritesDisabled)
+    async def _writes_disabled(request: Request, error: WritesDisabled) -> JSONResponse:
+        return _error("forbidden", str(error), 403)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, error: RequestValidationError) -> JSONResponse:
