@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import zmq
 
+from firmware_bridge.hdf5_chunks import decode_bslz4
 from firmware_bridge.source import (
     FLAG_COMPLETE,
     Checkpoint,
@@ -26,7 +27,6 @@ from firmware_bridge.source import (
     plain_spawn,
 )
 from firmware_bridge.stream_codec import ImageMessage, SeriesEnd, SeriesStart, StreamCodec, StreamError
-from kernels import decompress_chunk
 
 log = logging.getLogger(__name__)
 
@@ -254,7 +254,8 @@ class ZmqStreamSource:
     def _decode_into_slot(self, event: ImageMessage) -> SlotLike | None:
         nbytes = event.shape[0] * event.shape[1] * np.dtype(event.dtype).itemsize
         try:
-            pixels = decompress_chunk(event.data, event.shape, event.dtype)  # type: ignore[arg-type]
+            # bounds-checked: bitshuffle's own decoder crashes the process on a corrupt chunk
+            pixels = decode_bslz4(event.data, event.shape, event.dtype)  # type: ignore[arg-type]
         except (ValueError, RuntimeError) as error:
             self.stats["frames_undecodable"] += 1
             self.sink.lost(event.frame, event.frame, "stream_undecodable", str(error)[:120])
