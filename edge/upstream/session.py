@@ -29,6 +29,7 @@ log = logging.getLogger(__name__)
 
 HEARTBEAT_SECONDS = 2.0
 _MAX_ID = (1 << 63) - 1  # chunk and file ids are SQLite INTEGERs
+MAX_CREDIT = 1 << 16  # chunks one consumer may have outstanding, whatever credit it grants
 
 
 class ChunkLedger(Protocol):
@@ -118,8 +119,9 @@ class ForwarderSession:
             message, _payload = p.decode(frames)
         except RemoteProtocolError as error:
             self.stats["protocol_errors"] += 1
-            log.warning("bad upstream message: %s", error)
-            return [Outgoing(identity, p.Error(str(error)))]
+            reason = str(error)[:200]  # the error may quote the peer's input
+            log.warning("bad upstream message: %s", reason)
+            return [Outgoing(identity, p.Error(reason))]
         if isinstance(message, p.Hello):
             return [self._hello(identity, message, now)]
         name = self._by_identity.get(identity)
@@ -145,7 +147,7 @@ class ForwarderSession:
             self.stats["chunks_nacked"] += 1
             log.warning("consumer %s rejected chunk %d: %s", consumer.name, message.chunk_id, message.reason)
         elif isinstance(message, p.Credit):
-            consumer.credit += max(0, message.n)
+            consumer.credit = min(consumer.credit + max(0, message.n), MAX_CREDIT)
         elif isinstance(message, p.FileVerified):
             consumer.completes_sent.pop(message.file_id, None)
             try:
@@ -218,7 +220,8 @@ class ForwarderSession:
         if old is not None:  # a reconnect: what was in flight to the old peer is sent again
             self._by_identity.pop(old.identity, None)
             self.stats["consumer_reconnects"] += 1
-        state = ConsumerState(hello.consumer, identity, max(1, hello.credit), last_seen=now)
+        credit = min(max(1, hello.credit), MAX_CREDIT)
+        state = ConsumerState(hello.consumer, identity, credit, last_seen=now)
         state.connects = (old.connects + 1) if old else 1
         self.consumers[hello.consumer] = state
         self._by_identity[identity] = hello.consumer

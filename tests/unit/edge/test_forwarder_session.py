@@ -15,7 +15,7 @@ import pytest
 from edge.ledger import Ledger
 from edge.store import checksum_bytes, file_checksums
 from edge.upstream import protocol as p
-from edge.upstream.session import ForwarderSession, Outgoing
+from edge.upstream.session import MAX_CREDIT, ForwarderSession, Outgoing
 
 RESEND = 10.0
 PEER = b"peer-1"
@@ -212,3 +212,12 @@ def test_wire_frames_round_trip_through_the_session(ledger: Ledger) -> None:
         PEER, [json.dumps({"v": 1, "type": "hello", "consumer": "hpc", "credit": 1}).encode()], 0.0
     )
     assert welcome.message == p.Welcome("edge-7", "xxh3-128")
+
+
+def test_credit_from_the_peer_is_capped(ledger: Ledger) -> None:
+    session = ForwarderSession(ledger)
+    connect(session, credit=2**70)  # beyond SQLite's LIMIT, were it passed on
+    assert session.consumer_states(0.0)[0]["credit"] == MAX_CREDIT
+    session.receive(PEER, frames(p.Credit(2**70)), 0.0)
+    assert session.consumer_states(0.0)[0]["credit"] == MAX_CREDIT
+    assert len(chunks(session.tick(0.1))) == 3
