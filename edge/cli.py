@@ -287,6 +287,16 @@ def _run_pull(settings: Settings) -> int:
     return 0
 
 
+def _sim_mode_options(settings: Settings) -> dict[str, Any]:
+    """The simulated frames' own options for the chosen sim mode (hit fraction, tomography scan)."""
+    sim = settings.sim
+    if sim.mode == "spots":
+        return {"hit_fraction": sim.hit_fraction}
+    if sim.mode == "tomo":
+        return {"n_angles": sim.tomo_angles, "n_darks": sim.tomo_darks, "n_flats": sim.tomo_flats}
+    return {}
+
+
 def _run_sim(settings: Settings, args: argparse.Namespace) -> int:
     from dataclasses import asdict
 
@@ -345,6 +355,7 @@ def _run_sim(settings: Settings, args: argparse.Namespace) -> int:
             sim.loss, sim.duplicate, sim.corrupt, sim.stall_seconds, sim.burst, sim.fault_seed
         ),
         stream_format=settings.stream.format,
+        options=_sim_mode_options(settings),
         stream2_faults=Stream2Faults(  # in stream2, "corrupt" is a compressed block that cannot decode
             loss=sim.loss,
             duplicate=sim.duplicate,

@@ -61,6 +61,10 @@ class SimSettings(_Section):
     encoding: Literal["<", "bs16-lz4<"] = "<"
     series: int = Field(1, ge=0)
     mode: Literal["rings", "spots", "tomo"] = Field("rings", description="what the frames show")
+    hit_fraction: float = Field(0.3, ge=0, le=1, description="spots: fraction of frames that are hits")
+    tomo_angles: int = Field(180, ge=1, le=100_000, description="tomo: projections per scan, over 180 deg")
+    tomo_darks: int = Field(10, ge=0, le=10_000, description="tomo: darks at the start of each scan")
+    tomo_flats: int = Field(10, ge=0, le=10_000, description="tomo: flats after the darks")
     loss: float = Field(0.0, ge=0, le=1, description="probability a packet (udp) or frame (zmq) is dropped")
     reorder: float = Field(0.0, ge=0, le=1, description="probability a udp packet is delayed (reordered)")
     duplicate: float = Field(0.0, ge=0, le=1, description="probability a packet/frame is sent twice")

@@ -37,6 +37,8 @@ HEADER_DTYPE = np.dtype(
         ("dtype", "S8"),
         ("packets_expected", "<u4"),
         ("packets_received", "<u4"),
+        ("image_key", "<i4"),
+        ("angle", "<f8"),
     ]
 )
 _CONTROL_FIELDS = ("claimed", "published", "read", "released", "slots", "slot_bytes", "dropped", "waits")
@@ -140,6 +142,8 @@ class FrameRing:
         )
         h["packets_expected"] = header.packets_expected
         h["packets_received"] = header.packets_received
+        h["image_key"] = header.image_key
+        h["angle"] = header.angle_deg
         self._commit(slot)
 
     def publish_control(self, slot: Slot, payload: bytes) -> None:

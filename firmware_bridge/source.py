@@ -6,6 +6,7 @@ publishes it with a header. Everything a source cannot deliver it reports with `
 
 from __future__ import annotations
 
+import math
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -28,6 +29,8 @@ class FrameHeader:
     flags: int = FLAG_COMPLETE
     packets_expected: int = 0
     packets_received: int = 0
+    image_key: int = 0  # NXtomo: 0 projection (every frame outside tomography), 1 flat, 2 dark
+    angle_deg: float = math.nan  # rotation angle of a tomography frame; NaN when unknown
 
 
 class SlotLike(Protocol):

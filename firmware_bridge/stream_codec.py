@@ -10,6 +10,7 @@ nothing raises out of ``feed``. See docs/wire-formats.md for the byte layout.
 from __future__ import annotations
 
 import json
+import math
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
@@ -21,6 +22,9 @@ DTYPES = {"uint8", "uint16", "uint32", "int32", "float32"}
 MAX_PIXELS = 16384 * 16384
 #: the largest series number or announced frame count accepted (SQLite's INTEGER is a signed 64-bit int)
 MAX_COUNT = (1 << 63) - 1
+
+
+IMAGE_KEY_PROJECTION, IMAGE_KEY_FLAT, IMAGE_KEY_DARK = 0, 1, 2  # NXtomo image_key values
 
 
 @dataclass(frozen=True)
@@ -58,6 +62,8 @@ class ImageMessage:
     start_time: int = 0
     stop_time: int = 0
     data: bytes | memoryview | None = None
+    image_key: int = IMAGE_KEY_PROJECTION  # NXtomo: 0 projection (any diffraction frame), 1 flat, 2 dark
+    rotation_angle: float = math.nan  # degrees; NaN when the detector did not say
 
 
 @dataclass(frozen=True)
@@ -101,6 +107,29 @@ def _int(message: dict[str, Any], key: str) -> int:
     if not isinstance(value, int) or isinstance(value, bool) or value < 0:
         raise _Reject("bad_field", f"{key}={value!r}")
     return value
+
+
+MAX_ANGLE_DEG = 1e6  # a rotation angle beyond this many degrees is not a real one
+
+
+def _image_key(message: dict[str, Any]) -> int:
+    """The optional ``image_key`` (NXtomo: 0 projection, 1 flat, 2 dark); 0 when absent."""
+    value = message.get("image_key", IMAGE_KEY_PROJECTION)
+    if value not in (IMAGE_KEY_PROJECTION, IMAGE_KEY_FLAT, IMAGE_KEY_DARK) or isinstance(value, bool):
+        raise _Reject("bad_field", f"image_key={value!r} (0 projection, 1 flat, 2 dark)")
+    return int(value)
+
+
+def _angle(message: dict[str, Any]) -> float:
+    """The optional ``rotation_angle`` in degrees; NaN when absent."""
+    value = message.get("rotation_angle")
+    if value is None:
+        return math.nan
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise _Reject("bad_field", f"rotation_angle={value!r}")
+    if abs(value) > MAX_ANGLE_DEG:
+        raise _Reject("bad_field", f"rotation_angle={value!r} is beyond {MAX_ANGLE_DEG:g} degrees")
+    return float(value)
 
 
 def _opt_int(message: dict[str, Any], key: str) -> int:
@@ -240,6 +269,8 @@ class StreamCodec:
                 start_time=_opt_int(message, "start_time"),
                 stop_time=_opt_int(message, "stop_time"),
                 data=image.get("data"),
+                image_key=image["image_key"],
+                rotation_angle=image["rotation_angle"],
             )
         ]
 
@@ -252,7 +283,12 @@ class StreamCodec:
         if htype == "dimage-1.0":
             if self.series is not None and series != self.series:
                 raise _Reject("wrong_series", f"image of series {series} during series {self.series}")
-            self._image = {"series": series, "frame": _int(message, "frame")}
+            self._image = {
+                "series": series,
+                "frame": _int(message, "frame"),
+                "image_key": _image_key(message),
+                "rotation_angle": _angle(message),
+            }
             if not more:
                 raise _Reject("truncated_message", "image message has only its first part")
             self._state = _IMAGE_D
@@ -305,10 +341,18 @@ def encode_image(
     encoding: str = "<",
     start_time: int = 0,
     stop_time: int = 0,
+    image_key: int | None = None,
+    rotation_angle: float | None = None,
 ) -> list[bytes | memoryview]:
-    """Parts of one image message; ``data`` is already encoded as ``encoding`` says."""
+    """Parts of one image message; ``data`` is already encoded as ``encoding`` says. ``image_key`` and
+    ``rotation_angle`` (tomography) go into the first part when given."""
+    first: dict[str, Any] = {"htype": "dimage-1.0", "series": series, "frame": frame, "hash": ""}
+    if image_key is not None:
+        first["image_key"] = image_key
+    if rotation_angle is not None:
+        first["rotation_angle"] = rotation_angle
     return [
-        _dump({"htype": "dimage-1.0", "series": series, "frame": frame, "hash": ""}),
+        _dump(first),
         _dump(
             {
                 "htype": "dimage_d-1.0",

@@ -182,6 +182,8 @@ class ZmqStreamSource:
                 dtype=event.dtype,
                 timestamp_ns=event.stop_time,
                 flags=FLAG_COMPLETE,
+                image_key=event.image_key,
+                angle_deg=event.rotation_angle,
             )
             self.sink.publish(slot, header)
             self.stats["frames_received"] += 1

@@ -8,6 +8,7 @@ import sys
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 import zmq
@@ -29,6 +30,24 @@ def _progress(summary: SendSummary) -> None:
         f"sim: series {summary.series}: {summary.frames_sent} frames sent, {rate:.1f} frames/s{end}"
     )
     sys.stderr.flush()
+
+
+IMAGE_KEYS = {"projection": 0, "flat": 1, "dark": 2}  # NXtomo's image_key
+
+
+def frame_meta(source: Any) -> Callable[[int], dict[str, Any]] | None:
+    """Per-frame fields of the image message: tomography frames carry their image key and angle."""
+    if getattr(source, "mode", None) != "tomo":
+        return None
+
+    def meta(number: int) -> dict[str, Any]:
+        truth = source.frame_truth(number)
+        fields: dict[str, Any] = {"image_key": IMAGE_KEYS[truth.kind]}
+        if truth.angle_deg is not None:
+            fields["rotation_angle"] = truth.angle_deg
+        return fields
+
+    return meta
 
 
 def _prepare(source: Any, frames: int, pool: int) -> None:
@@ -55,6 +74,7 @@ def run_sim(
     faults: StreamFaults | None = None,
     stream_format: str = "json",
     stream2_faults: Stream2Faults | None = None,
+    options: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Send one series of powder frames and return (and print) the summary.
 
@@ -69,7 +89,11 @@ def run_sim(
 
     signal.signal(signal.SIGINT, _stop)
     signal.signal(signal.SIGTERM, _stop)
-    source = make_source(mode, shape, Geometry(**geometry), seed=seed, pool=pool, dtype=dtype)
+    if mode == "spots" and frames:
+        pool = max(pool, frames)  # every frame a distinct pattern: ground truth covers distinct frames
+    source = make_source(
+        mode, shape, Geometry(**geometry), seed=seed, pool=pool, dtype=dtype, **(options or {})
+    )
     _prepare(source, frames, pool)
     context = zmq.Context()
     sender = ZmqFrameSender(endpoint, context)
@@ -94,6 +118,7 @@ def run_sim(
             encoding,
             _progress,
             faults,
+            meta=frame_meta(source),
         )
     sender.close()
     context.term()

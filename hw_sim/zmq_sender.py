@@ -84,6 +84,7 @@ class ZmqFrameSender:
         encoding: str = "<",
         progress: Callable[[SendSummary], None] | None = None,
         faults: StreamFaults | None = None,
+        meta: Callable[[int], dict[str, Any]] | None = None,
     ) -> SendSummary:
         """Send one series; ``frames`` 0 means until ``stop`` is set.
 
@@ -134,7 +135,8 @@ class ZmqFrameSender:
                 else compress_chunk(pixels)
             )
             now = time.time_ns()
-            parts = encode_image(series, number, shape, dtype, data, encoding, now, now)
+            extra = meta(number) if meta is not None else {}  # e.g. a tomography frame's image key
+            parts = encode_image(series, number, shape, dtype, data, encoding, now, now, **extra)
             if rng.random() < faults.corrupt:
                 parts[2] = bytes(data)[:-1]  # a data part one byte short of its header's size
                 corrupted.append(number)
