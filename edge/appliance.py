@@ -56,10 +56,10 @@ def curve_paths(first: Path | None, second: Path | None) -> tuple[Path, Path] | 
     return (first, second)
 
 
-def load_calibration(settings: Settings, fmt: FrameFormat) -> Calibration:
+def load_calibration(settings: Settings, fmt: FrameFormat | None = None) -> Calibration:
     """Dark, flat and mask images named in the settings, checked against the detector's frame shape."""
     red = settings.reduction
-    shape = fmt.shape
+    shape = (fmt or frame_format(settings)).shape
     images: dict[str, np.ndarray | None] = {}
     for key in ("dark", "flat", "mask"):
         path = getattr(red, f"{key}_file")

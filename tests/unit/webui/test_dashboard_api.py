@@ -11,8 +11,8 @@ import pytest
 from fastapi.testclient import TestClient
 
 from edge.config import load_settings
-from edge.ledger import Ledger
 from edge.errors import NotFound
+from edge.ledger import Ledger
 from webui import create_app
 from webui.app import STATIC_ASSETS, run_summary
 
