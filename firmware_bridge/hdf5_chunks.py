@@ -3,9 +3,10 @@
 A detector that sends bitshuffle-LZ4 (HDF5 filter 32008) or LZ4 (HDF5 filter 32004) chunks hands us
 bytes we must not trust. ``bitshuffle.decompress_lz4`` trusts its input: a corrupt block makes it read
 and write out of bounds and the process dies (found while building the Stream V2 ingest). So the block
-structure is walked here in Python, every LZ4 block is decompressed with ``lz4.block.decompress``
-(LZ4's bounds-checked decoder) into a buffer of the size the header promised, and only then is the
-bit transpose undone with ``bitshuffle.bitunshuffle``, which touches nothing but the array it is given.
+structure is walked here in Python first: every block's size must lie within the bytes really there
+and the blocks must tile the chunk exactly. Only then does bitshuffle decode it (its LZ4 call is the
+bounds-checked ``LZ4_decompress_safe``, safe once the sizes it is given are true). A sampled check
+decompresses chosen blocks alone with ``lz4.block.decompress`` into block-sized buffers.
 A chunk that does not decode raises :class:`ChunkError` (a ``ValueError``); nothing else escapes.
 
 Both framings start with a 12-byte big-endian header: the uncompressed size (u64) and the block size
@@ -86,7 +87,7 @@ def bslz4_blocks(chunk: bytes | memoryview, elem_size: int) -> tuple[int, int, l
             raise ChunkError("truncated_chunk", f"block {len(blocks)} of {len(sizes)} missing")
         (length,) = _BLOCK_SIZE.unpack_from(chunk, pos)
         pos += 4
-        if length > end - pos:
+        if length > end - pos or length >= 1 << 31:
             raise ChunkError("truncated_chunk", f"block {len(blocks)} claims {length} bytes")
         blocks.append((pos, length, size * elem_size))
         pos += length
@@ -111,19 +112,20 @@ def decode_bslz4(
     """The pixels of a bslz4 chunk, checked block by block; raises ChunkError."""
     dtype = np.dtype(dtype)
     view = memoryview(chunk).cast("B")
-    nbytes, block_elems, blocks = bslz4_blocks(view, dtype.itemsize)
+    nbytes, block_elems, _ = bslz4_blocks(view, dtype.itemsize)
     expected = int(np.prod(shape)) * dtype.itemsize
     if nbytes != expected:
         raise ChunkError("bad_chunk_size", f"chunk holds {nbytes} bytes, {shape} {dtype} needs {expected}")
-    out = np.empty(nbytes, dtype=np.uint8)
-    pos = 0
-    for offset, length, plain in blocks:
-        out[pos : pos + plain] = np.frombuffer(_lz4_block(view[offset : offset + length], plain), np.uint8)
-        pos += plain
-    out[pos:] = np.frombuffer(view[len(view) - (nbytes - pos) :], np.uint8)
-    pixels = out.view(dtype)
-    result: np.ndarray[Any, np.dtype[Any]] = _module("bitshuffle").bitunshuffle(pixels, block_elems)
-    return result.reshape(shape)
+    # every block size was checked against the bytes really there, so bitshuffle's decoder (which
+    # trusts them) now only runs LZ4_decompress_safe on in-bounds blocks into block-sized buffers
+    body = np.frombuffer(view[HEADER.size :], dtype=np.uint8)
+    try:
+        result: np.ndarray[Any, np.dtype[Any]] = _module("bitshuffle").decompress_lz4(
+            body, tuple(shape), dtype, block_elems
+        )
+    except (RuntimeError, ValueError) as error:  # an LZ4 block that does not decode
+        raise ChunkError("bad_lz4_block", str(error)[:80]) from None
+    return result
 
 
 def check_bslz4(chunk: bytes | memoryview, elem_size: int, sample: int | None = None) -> int:
@@ -136,8 +138,10 @@ def check_bslz4(chunk: bytes | memoryview, elem_size: int, sample: int | None = 
     view = memoryview(chunk).cast("B")
     _, _, blocks = bslz4_blocks(view, elem_size)
     chosen: list[int]
-    if sample is None or sample >= len(blocks):
-        chosen = list(range(len(blocks)))
+    if sample is None or sample >= len(blocks):  # all of it: the fast decoder, result discarded
+        nbytes, _ = read_header(view)
+        decode_bslz4(view, (nbytes // elem_size,), np.dtype(f"u{elem_size}"))
+        return len(blocks)
     else:
         last = len(blocks) - 1
         chosen = sorted(

@@ -19,7 +19,7 @@ import h5py
 import hdf5plugin  # noqa: F401  (the bitshuffle filter for reading back)
 import numpy as np
 import pytest
-from edgeprocs import EdgeStack, get_json, wait_for
+from edgeprocs import EdgeStack, get_json, loopback_overrides, run_bounded_demo, wait_for
 
 from edge.config import load_settings
 from hw_sim.physics import make_source
@@ -162,3 +162,19 @@ def test_stream2_series_without_its_end_is_closed_by_the_next(tmp_path: Path) ->
             assert sorted(_stored(stack, run)) == list(range(frames))
     finally:
         stack.stop_all()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_demo_with_stream2_delivers_every_frame(tmp_path: Path) -> None:
+    frames = 30
+    overrides = [
+        *loopback_overrides(),
+        "sim.rate_hz=100",
+        f"detector.height={HEIGHT}",
+        f"detector.width={WIDTH}",
+    ]
+    summary = run_bounded_demo(tmp_path, frames, ["--format", "stream2"], overrides)
+    assert summary["sim"]["encoding"] == "stream2-bslz4"
+    assert summary["frames_sent"] == summary["frames_stored"] == summary["frames_delivered"] == frames
+    assert summary["frames_lost"] == 0 and summary["loss_records"] == 0
