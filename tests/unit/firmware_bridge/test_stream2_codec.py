@@ -370,3 +370,24 @@ def test_arbitrary_chunks_raise_only_chunk_errors(blob: bytes, elem: int) -> Non
     for call in (lambda: decode_bslz4(blob, (4, 4), f"uint{8 * elem}"), lambda: check_bslz4(blob, elem, 2)):
         with contextlib.suppress(ChunkError):
             call()
+
+
+_VALID_CHUNK = capture.bslz4(capture.frame(7, 0, 0, (23, 41), "uint16"), 64)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(st.tuples(st.integers(0, len(_VALID_CHUNK) - 1), st.integers(0, 255)), min_size=1, max_size=6)
+)
+def test_damaged_valid_chunks_raise_only_chunk_errors(changes: list[tuple[int, int]]) -> None:
+    """Byte changes anywhere in a real chunk (block sizes included): a ChunkError or pixels, never a crash."""
+    chunk = bytearray(_VALID_CHUNK)
+    for index, value in changes:
+        chunk[index] = value
+    for call in (
+        lambda: decode_bslz4(bytes(chunk), (23, 41), "uint16"),
+        lambda: check_bslz4(bytes(chunk), 2),
+        lambda: check_bslz4(bytes(chunk), 2, 3),
+    ):
+        with contextlib.suppress(ChunkError):
+            call()
