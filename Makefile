@@ -29,6 +29,8 @@ lint: $(STAMP)
 	$(BIN)/ruff check edge firmware_bridge kernels webui hw_sim tests benchmarks
 	$(BIN)/ruff format --check edge firmware_bridge kernels webui hw_sim tests benchmarks
 	$(BIN)/lint-imports
+	$(BIN)/mypy --strict --follow-imports=silent firmware_bridge/stream2_codec.py firmware_bridge/hdf5_chunks.py \
+		firmware_bridge/stream2_reader.py
 	$(BIN)/mypy --strict --follow-imports=silent edge/upstream/protocol.py edge/upstream/session.py
 
 test: lint
