@@ -81,6 +81,7 @@ REJECT_REASONS: Final[tuple[str, ...]] = (
 )
 
 _U16_MAX: Final = 0xFFFF
+_I64_MAX: Final = (1 << 63) - 1
 _U32_MAX: Final = 0xFFFF_FFFF
 
 
@@ -463,7 +464,8 @@ class UdpFrameAssembler:
     Complete frames leave at once, so they may overtake an older incomplete frame; a run of lost
     frames may be reported as several adjacent :class:`FramesLost` ranges (each is certain when sent).
     ``max_frame_jump`` (off by default) rejects a packet whose frame number is that far beyond the
-    highest frame accepted, so one packet with a damaged frame number cannot end the series early.
+    highest frame accepted (or beyond 2**63 - 1), so one packet with a damaged frame number cannot end
+    the series early.
     A new acquisition whose frame numbers restart needs a new assembler.
     """
 
@@ -598,7 +600,8 @@ class UdpFrameAssembler:
             return REJECT_BAD_PAYLOAD_SIZE, frame
         if self.max_frame_jump is not None:
             reference = self._highest if self._highest is not None else self._cursor
-            if reference is not None and frame > reference + self.max_frame_jump:
+            # and never beyond int64 (what a store or a database holds), however far the run has got
+            if reference is not None and frame > min(reference + self.max_frame_jump, _I64_MAX):
                 return REJECT_FRAME_NUMBER_OUT_OF_RANGE, frame
         return None, frame
 

@@ -1,10 +1,11 @@
 """UDP detector reader: one socket, ``recv_into`` a reused buffer, the sans-I/O assembler, the ring.
 
 UDP cannot be paused, so a full ring drops (and records) frames rather than blocking. A run starts at
-the first packet the assembler accepts (datagrams it rejects are only counted) and ends when the detector has been silent for ``idle_seconds``; the number of frames
-the control system armed (``frames_per_run``, 0 if unknown) lets the end of a run account for frames
-that never arrived at all. Incomplete frames are delivered, flagged, and also recorded as partial
-losses with their count of missing packets.
+the first packet the assembler accepts (datagrams it rejects are only counted) and ends when the
+detector has been silent for ``idle_seconds``; the number of frames the control system armed
+(``frames_per_run``, 0 if unknown) lets the end of a run account for frames that never arrived at all.
+Incomplete frames are delivered, flagged, and also recorded as partial losses with their count of
+missing packets.
 
 Measured here (``benchmarks/ingest.py``, loopback, 2 shared cores, 8 KiB packets, sender in another
 process pacing 0.5 ms per 32-packet frame): this reader with its assembler sustains ~24 k packets/s

@@ -26,7 +26,14 @@ from firmware_bridge.source import (
     Spawner,
     plain_spawn,
 )
-from firmware_bridge.stream_codec import ImageMessage, SeriesEnd, SeriesStart, StreamCodec, StreamError
+from firmware_bridge.stream_codec import (
+    MAX_COUNT,
+    ImageMessage,
+    SeriesEnd,
+    SeriesStart,
+    StreamCodec,
+    StreamError,
+)
 
 log = logging.getLogger(__name__)
 
@@ -225,7 +232,7 @@ class ZmqStreamSource:
             return False
         if self.max_frame_jump is not None:
             reference = self._newest if self._newest is not None else 0
-            if frame > reference + self.max_frame_jump:
+            if frame > min(reference + self.max_frame_jump, MAX_COUNT):  # never beyond int64
                 self.stats["frame_number_out_of_range"] += 1
                 log.warning(
                     "frame %d rejected: more than %d beyond frame %d", frame, self.max_frame_jump, reference

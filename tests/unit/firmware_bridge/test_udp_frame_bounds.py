@@ -1,0 +1,52 @@
+"""The UDP assembler's frame-number bound, as the appliance runs it (``expected_first_frame=0`` and a
+``max_frame_jump``): strays are rejected and counted without a gap, and no accepted frame number is ever
+beyond 2**63 - 1, however large the configured jump (issue 12, hole 1)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from firmware_bridge.udp_codec import (
+    DetectorGeometry,
+    FrameAssembled,
+    FramesLost,
+    PacketRejected,
+    UdpFrameAssembler,
+    packetize_frame,
+)
+
+GEOMETRY = DetectorGeometry(module_rows=4, module_cols=6, grid_rows=1, grid_cols=2, payload_bytes=16)
+
+
+def packets(frame: int) -> list[bytes]:
+    return packetize_frame(GEOMETRY, frame, np.full(GEOMETRY.raw_shape, frame % 1000))
+
+
+def test_strays_in_a_run_are_rejected_counted_and_leave_the_run_intact() -> None:
+    asm = UdpFrameAssembler(GEOMETRY, expected_first_frame=0, max_frame_jump=1000)
+    events = []
+    for frame in range(30):
+        events += [e for p in packets(frame) for e in asm.feed(p)]
+        if frame in (10, 15, 20):
+            events += asm.feed(packets({10: 10**9, 15: 2**63, 20: 2**64 - 1}[frame])[0])
+    events += asm.close(expected_last_frame=29)
+    assert [e.frame_number for e in events if isinstance(e, FrameAssembled)] == list(range(30))
+    assert [e.frame_number for e in events if isinstance(e, PacketRejected)] == [10**9, 2**63, 2**64 - 1]
+    assert not [e for e in events if isinstance(e, FramesLost)]
+    counters = asm.counters
+    assert counters["packets_rejected_frame_number_out_of_range"] == 3
+    assert counters["frames_lost"] == counters["packets_late"] == 0
+
+
+def test_a_stray_as_the_first_packet_is_measured_from_frame_0() -> None:
+    asm = UdpFrameAssembler(GEOMETRY, expected_first_frame=0, max_frame_jump=1000)
+    assert asm.feed(packets(1001)[0]) == [PacketRejected("frame_number_out_of_range", 1001)]
+    # within the bound: accepted, and the frames it skips are a real gap (W = 4 frames still open)
+    assert asm.feed(packets(1000)[0]) == [FramesLost(0, 996, "frame_number_jump")]
+
+
+def test_no_frame_number_beyond_int64_is_accepted_whatever_the_jump() -> None:
+    asm = UdpFrameAssembler(GEOMETRY, expected_first_frame=0, max_frame_jump=2**62)
+    assert asm.feed(packets(2**62)[0]) == [FramesLost(0, 2**62 - 4, "frame_number_jump")]
+    assert asm.feed(packets(2**63)[0]) == [PacketRejected("frame_number_out_of_range", 2**63)]
+    assert asm.feed(packets(2**63 - 1)[0]) != [PacketRejected("frame_number_out_of_range", 2**63 - 1)]
