@@ -160,18 +160,18 @@ def _run_daemon(
         appliance = Appliance(settings)
         appliance.start()
     except (ConfigError, OSError) as error:  # bad keys, a busy port, an unwritable store: say so, exit
-        print(f"edge: cannot start: {error}", file=sys.stderr)
+        log.error("cannot start: %s", error)  # a line in the log's format (journald/ELK read JSON)
         return 2
     app = create_app(settings, appliance.view)
     config = uvicorn.Config(
         app, host=settings.api.host, port=settings.api.port, log_level="warning", lifespan="off"
     )
     server = uvicorn.Server(config)
-    print(
-        f"edge: ready, dashboard http://{settings.api.host}:{settings.api.port}/ "
-        f"upstream {appliance.forwarder.bound_endpoint}",
-        file=sys.stderr,
-        flush=True,
+    log.info(
+        "ready: dashboard http://%s:%s/ upstream %s",
+        settings.api.host,
+        settings.api.port,
+        appliance.forwarder.bound_endpoint,
     )
     view = getattr(appliance, "view", appliance)  # the read-only view, where the appliance offers one
     live = getattr(appliance, "liveness", None) or (lambda: _liveness_from_status(view.status()))
@@ -219,7 +219,7 @@ def _run_daemon(
     finally:
         reporter.stopping()
         appliance.stop()
-        print("edge: stopped", file=sys.stderr, flush=True)
+        log.info("stopped")
     if appliance.fatal is not None:
         print(f"edge: exiting with status 3: {appliance.fatal}", file=sys.stderr, flush=True)
         return 3

@@ -206,7 +206,7 @@ class ServiceReporter:
             text = f"{verdict.reason}; {text}"
         if verdict != self.last_verdict:
             if verdict.healthy:
-                log.warning("data plane healthy again; watchdog resumed")
+                log.info("data plane healthy again; watchdog resumed")
             else:
                 log.error("%s; watchdog withheld (systemd restarts the service if it lasts)", verdict.reason)
         self.last_verdict = verdict
