@@ -163,8 +163,13 @@ def _run_daemon(
         log.error("cannot start: %s", error)  # a line in the log's format (journald/ELK read JSON)
         return 2
     app = create_app(settings, appliance.view)
-    config = uvicorn.Config(
-        app, host=settings.api.host, port=settings.api.port, log_level="warning", lifespan="off"
+    config = uvicorn.Config(  # log_config=None: uvicorn's lines go through our handler (text or JSON)
+        app,
+        host=settings.api.host,
+        port=settings.api.port,
+        log_level="warning",
+        lifespan="off",
+        log_config=None,
     )
     server = uvicorn.Server(config)
     log.info(

@@ -165,8 +165,9 @@ def test_sigterm_mid_run_exits_0_with_every_frame_stored_or_recorded_lost(tmp_pa
     frames = 4000
     stack = EdgeStack(tmp_path, overrides=[*SMALL_FRAMES, "store.frames_per_file=50"])
     run_uid = str(uuid.uuid4())
+    log = open(tmp_path / "daemon.log", "w")  # noqa: SIM115 - closed in finally
     try:
-        daemon = stack.start_daemon()
+        daemon = stack.start_daemon("--log-format", "json", "--log-level", "INFO", stderr=log)
         sim = stack.start("sim", "--frames", str(frames), "--rate", "200", "--run-uid", run_uid)
         wait_for(lambda: stack.status()["frames"]["received"] >= 150, 60, "frames flowing")
         daemon.send_signal(signal.SIGTERM)
@@ -174,6 +175,13 @@ def test_sigterm_mid_run_exits_0_with_every_frame_stored_or_recorded_lost(tmp_pa
         assert sim.poll() is None, "the run was not cut short"
     finally:
         stack.stop_all()
+        log.close()
+    # --log-format json: every line the daemon wrote is one JSON object (journald/ELK), losses summed
+    records = [json.loads(line) for line in (tmp_path / "daemon.log").read_text().splitlines()]
+    messages = [r["message"] for r in records]
+    assert "stopped" in messages and any(m.startswith("ready: dashboard") for m in messages)
+    assert not [m for m in messages if m.startswith("frames ") and " lost: " in m], "a loss logged one by one"
+    assert any(m.startswith("lost ") and "receiver_stopped" in m for m in messages), messages
 
     stored: set[int] = set()
     for path in sorted((tmp_path / "store" / run_uid).glob("*.h5")):
