@@ -170,6 +170,7 @@ def _run_daemon(
         log_level="warning",
         lifespan="off",
         log_config=None,
+        timeout_graceful_shutdown=2,  # the dashboard's live streams (/api/events) never end on their own
     )
     server = uvicorn.Server(config)
     log.info(
@@ -208,6 +209,8 @@ def _run_daemon(
                 settings.epics,
                 loop=asyncio.get_running_loop(),
                 end_open_series=appliance.end_open_series,
+                reduction=appliance.reduction,
+                refusal=appliance.retention.refusal,
             )
             ioc.start()
         try:

@@ -159,6 +159,9 @@ class Ledger:
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.execute("PRAGMA foreign_keys=ON")
         self._db.executescript(SCHEMA)
+        columns = {row[1] for row in self._db.execute("PRAGMA table_info(file_acks)")}
+        if "stored_path" not in columns:  # protocol v2: where each consumer keeps the file
+            self._db.execute("ALTER TABLE file_acks ADD COLUMN stored_path TEXT")
         self._db.execute("BEGIN IMMEDIATE")
         try:
             fresh = (
@@ -306,7 +309,9 @@ class Ledger:
             (consumer, consumer),
         )
 
-    def file_verified(self, consumer: str, file_id: int, size: int, checksum: str) -> bool:
+    def file_verified(
+        self, consumer: str, file_id: int, size: int, checksum: str, stored_path: str = ""
+    ) -> bool:
         """The consumer holds the whole file; True if size and checksum match ours.
 
         On a mismatch the consumer's chunk acknowledgements for the file are dropped, so every chunk
@@ -327,8 +332,9 @@ class Ledger:
                 self._db.execute("COMMIT")
                 return False
             self._db.execute(
-                "INSERT OR IGNORE INTO file_acks (consumer, file_id, verified_at) VALUES (?,?,?)",
-                (consumer, file_id, now),
+                "INSERT OR IGNORE INTO file_acks (consumer, file_id, verified_at, stored_path)"
+                " VALUES (?,?,?,?)",
+                (consumer, file_id, now, stored_path or None),
             )
             marks = ",".join("?" * len(self.required_consumers))
             done = self._db.execute(
@@ -352,6 +358,20 @@ class Ledger:
             (run_uid,),
         )
         return {(r["file_id"], r["consumer"]): r["verified_at"] for r in rows}
+
+    def file_copies(self, run_uid: str) -> dict[tuple[int, str], str]:
+        """``(file id, consumer) -> the path the consumer stored the file at`` (as its FileVerified said)."""
+        rows = self._rows(
+            "SELECT fa.file_id, fa.consumer, fa.stored_path FROM file_acks fa"
+            " JOIN files f ON f.id = fa.file_id WHERE f.run_uid=? AND fa.stored_path IS NOT NULL",
+            (run_uid,),
+        )
+        return {(r["file_id"], r["consumer"]): r["stored_path"] for r in rows}
+
+    def oldest_unverified_at(self) -> float | None:
+        """When the oldest file not yet verified upstream was stored; None when every file is verified."""
+        rows = self._rows("SELECT MIN(stored_at) AS t FROM files WHERE state IN ('stored','forwarded')")
+        return None if rows[0]["t"] is None else float(rows[0]["t"])
 
     def chunk_ack_counts(self, run_uid: str) -> dict[int, dict[str, int]]:
         """``file id -> consumer -> chunks acknowledged``."""

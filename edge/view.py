@@ -18,9 +18,13 @@ from typing import Any, Protocol
 import numpy as np
 import psutil
 
+from edge.alarms import AlarmBook, current_alarms
 from edge.config import Settings
+from edge.counter_scopes import CounterScopes
+from edge.errors import NotFound
 from edge.frame_format import FrameFormat
 from edge.ledger import Ledger
+from edge.upstream.outlook import upstream_outlook
 from edge.where import resolve_run, where_report
 from kernels import Geometry
 
@@ -78,6 +82,9 @@ class ApplianceView:
         self.started_at = time.time()
         self._preview_doc: tuple[object, dict[str, Any]] | None = None  # the last preview, as sent
         self._detector: Callable[[], dict[str, Any]] | None = None
+        self.alarm_book = AlarmBook()  # acknowledgements (POST /api/alarms/{id}/ack); the view only reads it
+        self._scopes = CounterScopes(parts.ledger.summary(), self.started_at)
+        self._last_run: str | None = None  # "this run" once it has ended, until the next one starts
 
     # -- facts fixed at start -------------------------------------------------------------------------
     @property
@@ -109,7 +116,9 @@ class ApplianceView:
         ledger = p.ledger.summary()
         receiver = p.source.counters()
         disk = psutil.disk_usage(str(p.settings.store.path))
-        return {
+        upstream = p.forwarder.counters()
+        doc: dict[str, Any] = {
+            "server_time": time.time(),
             "appliance": {
                 "uptime_seconds": round(time.time() - self.started_at, 3),
                 "stopping": p.stopping(),
@@ -133,37 +142,36 @@ class ApplianceView:
                 "files_closed": int(p.recorder.counters().get("files_closed", 0)),
             },
             "ledger": ledger,
-            "upstream": p.forwarder.counters(),
+            "upstream": upstream,
+            "upstream_outlook": upstream_outlook(p.ledger, ledger["bytes_pending"], upstream, time.time()),
             "retention": p.retention.status(),
             "disk": {"total": disk.total, "used": disk.used, "free": disk.free, "percent": disk.percent},
             "detector": self.detector_status(),
-            "alarms": self.alarms(),
+            "counts": self._counts(ledger, receiver),
         }
+        doc["alarms"] = self.alarm_book.annotate(current_alarms(doc))
+        return doc
+
+    def _counts(self, ledger: dict[str, Any], receiver: dict[str, Any]) -> dict[str, Any]:
+        """Frame counters scoped to this run (the current one, else the last), the daemon, all time."""
+        run_uid = self._p.sink.run_uid or self._last_run
+        if run_uid is None:
+            newest = max(self._p.ledger.runs(), key=lambda r: r.get("started_at") or 0.0, default=None)
+            run_uid = None if newest is None else newest["run_uid"]
+        self._last_run = run_uid
+        totals = active = None
+        if run_uid is not None:
+            try:
+                active = self._p.ledger.run(run_uid).get("ended_at") is None
+                totals = self._p.ledger.run_totals(run_uid)
+            except NotFound:  # not in the ledger yet
+                pass
+        received = int(receiver.get("frames_received", 0) or 0)
+        return self._scopes.scopes(ledger, received, run_uid, bool(active), totals)
 
     def alarms(self) -> list[dict[str, Any]]:
-        """Conditions an operator must see now (each clears when its condition clears)."""
-        out: list[dict[str, Any]] = []
-        for name, thread in self._p.threads().items():
-            state = thread.get("state")
-            if state in ("dead", "restarting"):
-                out.append(
-                    {
-                        "source": f"thread:{name}",
-                        "severity": "major",
-                        "message": f"thread {name} {state} after {thread.get('errors', 0)} error(s):"
-                        f" {thread.get('last_error', '')}",
-                    }
-                )
-            elif thread.get("errors"):
-                out.append(
-                    {
-                        "source": f"thread:{name}",
-                        "severity": "minor",
-                        "message": f"thread {name} restarted {thread.get('restarts', 0)} time(s); last error:"
-                        f" {thread.get('last_error', '')}",
-                    }
-                )
-        return out
+        """Conditions an operator must see now (each clears when its condition clears; edge/alarms.py)."""
+        return list(self.status()["alarms"])
 
     def detector_status(self) -> dict[str, Any]:
         view = self._detector
@@ -241,6 +249,11 @@ class ApplianceView:
         image = np.clip(logged * (255.0 / top), 0, 255).astype(np.uint8)
         doc = {
             **info,
+            "scale": "log1p",  # 0 is 0 counts, 255 is counts_top (the 99.5th percentile) and above
+            "counts_top": round(float(np.expm1(top)), 1),
+            "incomplete": bool(int(info.get("flags") or 0) & 1),  # FLAG_INCOMPLETE: packets were missing
+            "detector_height": self._p.frame_format.height,  # the preview is subsampled from this
+            "detector_width": self._p.frame_format.width,
             "height": image.shape[0],
             "width": image.shape[1],
             "pixels_b64": base64.b64encode(image.tobytes()).decode("ascii"),

@@ -12,8 +12,7 @@ from typing import Any
 
 from edge.errors import NotFound
 from edge.ledger import Ledger
-
-RATE_WINDOW_SECONDS = 120.0
+from edge.upstream.outlook import RATE_WINDOW_SECONDS, eta_seconds
 
 
 def resolve_run(ledger: Ledger, text: str) -> str:
@@ -36,6 +35,7 @@ def where_report(ledger: Ledger, run_uid: str, now: float | None = None) -> dict
     files = ledger.files(run_uid)
     acks = ledger.file_acks(run_uid)
     chunk_acks = ledger.chunk_ack_counts(run_uid)
+    copies = ledger.file_copies(run_uid)
     consumers = list(ledger.required_consumers)
     pending = 0
     rows = []
@@ -55,13 +55,14 @@ def where_report(ledger: Ledger, run_uid: str, now: float | None = None) -> dict
                 "n_frames": f["n_frames"],
                 "state": f["state"],
                 "verified_by": {c: t for c, t in confirmed.items() if t is not None},
+                "upstream_copies": {c: path for (fid, c), path in copies.items() if fid == f["id"]},
                 "chunks_acked": chunk_acks.get(f["id"], {}),
                 "purged_at": f.get("purged_at"),
             }
         )
     rate = ledger.verified_rate(RATE_WINDOW_SECONDS, now)
     losses = ledger.losses(run_uid)
-    return {
+    report: dict[str, Any] = {
         "run_uid": run_uid,
         "exit_status": run["exit_status"],
         "started_at": run["started_at"],
@@ -71,17 +72,35 @@ def where_report(ledger: Ledger, run_uid: str, now: float | None = None) -> dict
         "required_consumers": consumers,
         "bytes_pending": pending,
         "upstream_rate_bytes_per_s": round(rate, 1),
-        "eta_seconds": (round(pending / rate, 1) if rate > 0 else None) if pending else 0.0,
+        "eta_seconds": eta_seconds(pending, rate),
         "files": rows,
         "losses": losses,
         "config": run["config"],
     }
+    report["summary"] = summary_line(report)
+    return report
+
+
+def summary_line(report: dict[str, Any]) -> str:
+    """One line before the file list: how many files are where, locally and upstream."""
+    files = report["files"]
+    local = sum(1 for f in files if f["on_local_disk"])
+    upstream = sum(1 for f in files if f["verified_by"])
+    dirs = sorted({str(Path(p).parent) for f in files for p in f.get("upstream_copies", {}).values()})
+    where_up = f" ({', '.join(dirs[:2])}{', ...' if len(dirs) > 2 else ''})" if dirs else ""
+    pending = sum(1 for f in files if f["state"] in ("stored", "forwarded"))
+    lost = report.get("frames_lost", 0)
+    return (
+        f"{len(files)} file(s): {local} on the appliance, {upstream} verified upstream{where_up}, "
+        f"{pending} pending; {lost} frame(s) lost"
+    )
 
 
 def render(report: dict[str, Any]) -> str:
     """The report as text for a terminal."""
     lines = [
         f"run {report['run_uid']}  exit status: {report['exit_status'] or 'running'}",
+        f"  {report.get('summary') or summary_line(report)}",
         f"  frames: {report['frames_stored']} stored, {report['frames_delivered']} delivered upstream, "
         f"{report['frames_lost']} lost (expected {report['frames_expected'] or 'unknown'})",
         f"  upstream: needs {', '.join(report['required_consumers'])}; "
@@ -95,6 +114,8 @@ def render(report: dict[str, Any]) -> str:
         lines.append(
             f"            {f['size']} bytes, {f['checksum']}, frames {f['frames']}, confirmed by {confirmed}"
         )
+        for consumer, copy in sorted(f.get("upstream_copies", {}).items()):
+            lines.append(f"            upstream copy ({consumer}): {copy}")
     for loss in report["losses"]:
         kind = "incomplete" if loss["partial"] else "LOST"
         lines.append(

@@ -17,7 +17,8 @@ from typing import Any, ClassVar
 
 from edge.errors import RemoteProtocolError
 
-VERSION = 1
+#: 2: FileVerified carries ``stored_path``, where the consumer keeps the file (shown by ``edge where``).
+VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -90,6 +91,7 @@ class FileVerified(Message):
     file_id: int
     size: int
     checksum: str
+    stored_path: str = ""  # the consumer's own path for the file ("" when it holds none)
 
 
 @dataclass(frozen=True)

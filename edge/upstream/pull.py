@@ -169,7 +169,7 @@ class PullClient:
         else:
             self.stats["files_mismatched"] += 1
             path.unlink(missing_ok=True)  # start the file over; the appliance resends every chunk
-        return p.FileVerified(message.file_id, size, digest)
+        return p.FileVerified(message.file_id, size, digest, str(final) if final.exists() else "")
 
 
 def _whole_checksum(path: Path) -> tuple[int, str]:

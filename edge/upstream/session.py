@@ -43,7 +43,9 @@ class ChunkLedger(Protocol):
 
     def files_ready_to_verify(self, consumer: str) -> list[dict[str, Any]]: ...
 
-    def file_verified(self, consumer: str, file_id: int, size: int, checksum: str) -> bool: ...
+    def file_verified(
+        self, consumer: str, file_id: int, size: int, checksum: str, stored_path: str = ""
+    ) -> bool: ...
 
 
 def read_range(path: str, offset: int, length: int) -> bytes:
@@ -110,6 +112,9 @@ class ForwarderSession:
         self.consumers: dict[str, ConsumerState] = {}
         self._by_identity: dict[bytes, str] = {}
         self._last_heartbeat: float | None = None
+        # consumer -> chunk id -> times sent, until acknowledged: a second send is a resend, counted apart
+        # (chunks_resent, bytes_resent) so a rate from bytes_sent never counts data going round again
+        self._sends: dict[str, dict[int, int]] = {}
 
     # -- input ------------------------------------------------------------------------------------------
     def receive(self, identity: bytes, frames: list[bytes], now: float) -> list[Outgoing]:
@@ -135,6 +140,7 @@ class ForwarderSession:
             self.stats["unknown_ids"] += 1
             return []
         if isinstance(message, p.Ack):
+            self._sends.get(consumer.name, {}).pop(message.chunk_id, None)
             if consumer.in_flight.pop(message.chunk_id, None) is not None:
                 consumer.credit += 1
             if self.ledger.chunk_acked(consumer.name, message.chunk_id, message.checksum):
@@ -152,7 +158,7 @@ class ForwarderSession:
             consumer.completes_sent.pop(message.file_id, None)
             try:
                 matches = self.ledger.file_verified(
-                    consumer.name, message.file_id, message.size, message.checksum
+                    consumer.name, message.file_id, message.size, message.checksum, message.stored_path
                 )
             except NotFound:
                 self.stats["unknown_ids"] += 1
@@ -191,8 +197,13 @@ class ForwarderSession:
         if isinstance(message, p.Chunk):
             if consumer.in_flight.pop(message.chunk_id, None) is not None:
                 consumer.credit += 1
-                self.stats["chunks_sent"] -= 1
-                self.stats["bytes_sent"] -= message.length
+                sends = self._sends.setdefault(consumer.name, {})
+                times = sends.pop(message.chunk_id, 1) - 1
+                if times:
+                    sends[message.chunk_id] = times
+                kind = "resent" if times else "sent"
+                self.stats[f"chunks_{kind}"] -= 1
+                self.stats[f"bytes_{kind}"] -= message.length
         elif (
             isinstance(message, p.FileComplete)
             and consumer.completes_sent.pop(message.file_id, None) is not None
@@ -269,8 +280,11 @@ class ForwarderSession:
                 self.stats["chunks_corrupted_injected"] += 1
             consumer.in_flight[message.chunk_id] = now
             consumer.credit -= 1
-            self.stats["chunks_sent"] += 1
-            self.stats["bytes_sent"] += message.length
+            sends = self._sends.setdefault(consumer.name, {})
+            sends[message.chunk_id] = sends.get(message.chunk_id, 0) + 1
+            kind = "sent" if sends[message.chunk_id] == 1 else "resent"
+            self.stats[f"chunks_{kind}"] += 1
+            self.stats[f"bytes_{kind}"] += message.length
             out.append(Outgoing(consumer.identity, message, payload))
         self.ledger.chunks_sent([o.message.chunk_id for o in out if isinstance(o.message, p.Chunk)])
         return out

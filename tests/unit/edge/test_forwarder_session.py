@@ -209,7 +209,7 @@ def test_a_chunk_changed_on_disk_is_not_sent(ledger: Ledger, tmp_path: Path) -> 
 def test_wire_frames_round_trip_through_the_session(ledger: Ledger) -> None:
     session = ForwarderSession(ledger, appliance_id="edge-7")
     (welcome,) = session.receive(
-        PEER, [json.dumps({"v": 1, "type": "hello", "consumer": "hpc", "credit": 1}).encode()], 0.0
+        PEER, [json.dumps({"v": p.VERSION, "type": "hello", "consumer": "hpc", "credit": 1}).encode()], 0.0
     )
     assert welcome.message == p.Welcome("edge-7", "xxh3-128")
 

@@ -22,7 +22,7 @@ def test_round_trip_every_message_type() -> None:
         p.Ack(1, "abc"),
         p.Nack(1, "checksum"),
         p.FileComplete(2, "run", "run_00000.h5", 100, "def"),
-        p.FileVerified(2, 100, "def"),
+        p.FileVerified(2, 100, "def", "/hpc/out/run/run_00000.h5"),
         p.Heartbeat(),
         p.Error("bad"),
     ]
@@ -42,10 +42,13 @@ def test_round_trip_every_message_type() -> None:
         ([b"nope"], "not JSON"),
         ([b"[]"], "not a JSON object"),
         ([b'{"v": 99, "type": "ack"}'], "protocol version 99"),
-        ([b'{"v": 1, "type": "launch"}'], "unknown message type"),
-        ([b'{"v": 1, "type": "ack", "chunk_id": 1}'], "lacks field 'checksum'"),
-        ([b'{"v": 1, "type": "ack", "chunk_id": "1", "checksum": "x"}'], "is not int"),
-        ([b'{"v": 1, "type": "credit", "n": true}'], "is not int"),
+        # a version 1 peer (FileVerified without stored_path) is told which version this end speaks
+        ([b'{"v": 1, "type": "file_verified", "file_id": 1, "size": 1, "checksum": "x"}'], "speaks 2"),
+        ([b'{"v": 2, "type": "file_verified", "file_id": 1, "size": 1, "checksum": "x"}'], "stored_path"),
+        ([b'{"v": 2, "type": "launch"}'], "unknown message type"),
+        ([b'{"v": 2, "type": "ack", "chunk_id": 1}'], "lacks field 'checksum'"),
+        ([b'{"v": 2, "type": "ack", "chunk_id": "1", "checksum": "x"}'], "is not int"),
+        ([b'{"v": 2, "type": "credit", "n": true}'], "is not int"),
     ],
 )
 def test_malformed_messages_raise_remote_protocol_error(frames: list[bytes], match: str) -> None:

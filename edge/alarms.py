@@ -1,0 +1,171 @@
+"""Alarms: what an operator must see now, each tied to a run or to a condition, and who acknowledged it.
+
+:func:`current_alarms` derives the alarms from one status document (the view's ``status()``), so an
+alarm exists exactly while its condition holds: a storage alarm while retention reports one, a loss
+alarm while the run it belongs to is the run on screen (a clean new run after a faulty one shows none;
+the faulty run keeps its losses in its own row of the runs table). Every alarm has a stable ``id``
+(``run:<uid>:lost``, ``condition:storage``, ``thread:<name>``...), a ``scope`` (``run``, ``condition``
+or ``daemon``: since this daemon started) and a ``severity`` (``major`` or ``minor``).
+
+:class:`AlarmBook` is the only state: when each active alarm was first seen and whether someone
+acknowledged it (through the token-protected ``POST /api/alarms/{id}/ack``). An acknowledgement lasts
+while the alarm does; once the condition clears the alarm and its acknowledgement are forgotten, so the
+same condition coming back is a new alarm that needs a new acknowledgement.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from edge.errors import NotFound
+
+
+def _short(uid: str | None) -> str:
+    return (uid or "?")[:8]
+
+
+def _alarm(alarm_id: str, scope: str, severity: str, message: str, **extra: Any) -> dict[str, Any]:
+    return {
+        "id": alarm_id,
+        "source": alarm_id,
+        "scope": scope,
+        "severity": severity,
+        "message": message,
+        **extra,
+    }
+
+
+def thread_alarms(threads: Mapping[str, Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """A thread that is dead or restarting (major), or that recovered from errors (minor)."""
+    out = []
+    for name, thread in threads.items():
+        state = thread.get("state")
+        if state in ("dead", "restarting"):
+            errors = thread.get("errors", 0)
+            message = f"thread {name} {state} after {errors} error(s): {thread.get('last_error', '')}"
+            out.append(_alarm(f"thread:{name}", "condition", "major", message))
+        elif thread.get("errors"):
+            message = (
+                f"thread {name} restarted {thread.get('restarts', 0)} time(s); last error:"
+                f" {thread.get('last_error', '')}"
+            )
+            out.append(_alarm(f"thread:{name}", "condition", "minor", message))
+    return out
+
+
+def current_alarms(status: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """Every alarm the status document implies, worst first (without acknowledgement state)."""
+    out: list[dict[str, Any]] = []
+    appliance = status.get("appliance") or {}
+    out += thread_alarms(appliance.get("threads") or {})
+
+    retention = status.get("retention") or {}
+    if retention.get("alarm"):
+        out.append(_alarm("condition:storage", "condition", "major", f"Storage alarm: {retention['alarm']}"))
+    elif retention.get("accepting_runs") is False:
+        out.append(_alarm("condition:storage", "condition", "major", "The store refuses new runs"))
+
+    detector = status.get("detector") or {}
+    if detector.get("enabled") and (
+        detector.get("connected") is False or detector.get("state") == "Disconnected"
+    ):
+        prefix = f" ({detector['prefix']})" if detector.get("prefix") else ""
+        out.append(
+            _alarm(
+                "condition:detector",
+                "condition",
+                "major",
+                f"Detector disconnected{prefix}: no frames can arrive",
+            )
+        )
+
+    run = (status.get("counts") or {}).get("run") or {}
+    uid = run.get("run_uid")
+    if uid and int(run.get("frames_lost") or 0) > 0:
+        message = (
+            f"Run {_short(uid)}: {run['frames_lost']:,} frames lost"
+            f" ({run.get('loss_records', 0):,} loss records); open the run below for the ranges and reasons"
+        )
+        out.append(_alarm(f"run:{uid}:lost", "run", "major", message, run_uid=uid))
+    if uid and int(run.get("frames_incomplete") or 0) > 0:
+        count = run["frames_incomplete"]
+        message = f"Run {_short(uid)}: {count:,} frames incomplete (kept, missing pixels flagged)"
+        out.append(_alarm(f"run:{uid}:incomplete", "run", "minor", message, run_uid=uid))
+
+    recovery = appliance.get("recovery") or {}
+    parts = []
+    if recovery.get("runs_failed"):
+        failed = ", ".join(_short(u) for u in recovery["runs_failed"])
+        parts.append(f"{len(recovery['runs_failed'])} run(s) marked failed ({failed})")
+    if recovery.get("salvaged"):
+        parts.append(f"{len(recovery['salvaged'])} closed file(s) salvaged")
+    if recovery.get("quarantined"):
+        parts.append(f"{len(recovery['quarantined'])} half-written file(s) quarantined")
+    if int(recovery.get("frames_lost") or 0) > 0:
+        parts.append(f"{recovery['frames_lost']:,} frames unaccounted for")
+    if parts:
+        out.append(
+            _alarm("daemon:recovery", "daemon", "minor", f"Recovered after a crash: {'; '.join(parts)}")
+        )
+
+    outlook = status.get("upstream_outlook") or {}
+    if outlook.get("state") == "stalled":
+        out.append(
+            _alarm(
+                "condition:upstream", "condition", "minor", f"Upstream stalled: {outlook.get('reason', '')}"
+            )
+        )
+
+    errors = (status.get("receiver") or {}).get("errors") or {}
+    if errors:
+        text = ", ".join(f"{k} {v}" for k, v in errors.items())
+        out.append(_alarm("condition:receiver", "condition", "minor", f"Receiver errors: {text}"))
+    if appliance.get("stopping"):
+        out.append(_alarm("condition:stopping", "condition", "minor", "The appliance is stopping"))
+    out.sort(key=lambda a: a["severity"] != "major")  # stable: major first, each kind in the order above
+    return out
+
+
+class AlarmBook:
+    """When each active alarm was first seen, and its acknowledgement; thread-safe."""
+
+    def __init__(self, clock: Callable[[], float] = time.time) -> None:
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._first_seen: dict[str, float] = {}
+        self._acks: dict[str, dict[str, Any]] = {}
+        self._active: set[str] = set()
+
+    def annotate(self, alarms: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """``alarms`` with ``since`` and ``acknowledged`` (plus who and when); forgets cleared alarms."""
+        now = self._clock()
+        ids = {a["id"] for a in alarms}
+        with self._lock:
+            for gone in set(self._first_seen) - ids:
+                self._first_seen.pop(gone, None)
+                self._acks.pop(gone, None)
+            self._active = ids
+            out = []
+            for alarm in alarms:
+                since = self._first_seen.setdefault(alarm["id"], now)
+                ack = self._acks.get(alarm["id"])
+                out.append(
+                    {
+                        **alarm,
+                        "since": since,
+                        "acknowledged": ack is not None,
+                        **({"ack": ack} if ack else {}),
+                    }
+                )
+        return out
+
+    def acknowledge(self, alarm_id: str, by: str = "api") -> dict[str, Any]:
+        """Mark the active alarm ``alarm_id`` acknowledged; NotFound when no such alarm is active."""
+        with self._lock:
+            if alarm_id not in self._active:
+                raise NotFound(f"no active alarm {alarm_id!r} (it may have cleared)")
+            ack = self._acks.setdefault(alarm_id, {"at": self._clock(), "by": by})
+        return {"id": alarm_id, "acknowledged": True, "ack": ack}

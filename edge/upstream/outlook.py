@@ -1,0 +1,81 @@
+"""The upstream outlook: one place says how delivery to the HPC side is going, and when it will be done.
+
+Everything that shows an ETA reads it from here (the dashboard's upstream card and header, the runs
+table, ``edge where``), so an outage never shows three different answers. The facts:
+
+- ``state``: ``up to date`` (nothing pending), ``stalled`` (data pending and no consumer the policy
+  requires is connected: nothing can move until one comes back), ``delivering`` (files became verified
+  over the rate window) or ``waiting`` (a consumer is connected, nothing verified in the window yet).
+- ``eta_seconds``: pending bytes over the verified rate; ``None`` whenever it cannot be known (stalled,
+  or no file verified in the window). Verified bytes, not sent bytes: a chunk sent twice, or sent to a
+  consumer that then vanished, moves no data upstream.
+- ``lag_seconds``: the age of the oldest data not yet verified upstream (0 when there is none).
+- ``bytes_sent`` / ``bytes_resent``: first sends and resends, counted apart by the forwarder session.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any, Protocol
+
+RATE_WINDOW_SECONDS = 120.0
+
+
+class _UpstreamLedger(Protocol):
+    required_consumers: Sequence[str]
+
+    def verified_rate(self, window: float, now: float) -> float: ...
+
+    def oldest_unverified_at(self) -> float | None: ...
+
+
+def eta_seconds(pending_bytes: int, rate_bytes_per_s: float, connected: bool = True) -> float | None:
+    """Seconds until ``pending_bytes`` are verified at ``rate_bytes_per_s``: 0 when nothing is pending,
+    None when it cannot be known (no required consumer connected, or no rate yet)."""
+    if pending_bytes <= 0:
+        return 0.0
+    if not connected or rate_bytes_per_s <= 0:
+        return None
+    return round(pending_bytes / rate_bytes_per_s, 1)
+
+
+def upstream_outlook(
+    ledger: _UpstreamLedger,
+    bytes_pending: int,
+    forwarder: Mapping[str, Any],
+    now: float,
+) -> dict[str, Any]:
+    """The one answer to "how is upstream delivery going?" (see the module docstring for the fields).
+
+    ``bytes_pending`` is the ledger's summary figure; ``forwarder`` the forwarder's counters (its
+    ``consumers`` list says who is connected); ``now`` is wall-clock time, as the ledger's times are.
+    """
+    consumers = forwarder.get("consumers") or []
+    connected = sorted(str(c.get("consumer")) for c in consumers if c.get("connected"))
+    required = list(ledger.required_consumers)
+    missing = [name for name in required if name not in connected]
+    rate = float(ledger.verified_rate(RATE_WINDOW_SECONDS, now))
+    oldest = ledger.oldest_unverified_at()
+    pending = int(bytes_pending)
+    if pending <= 0:
+        state, reason = "up to date", "every stored file is verified upstream"
+    elif missing:
+        state = "stalled"
+        reason = f"no consumer connected: {', '.join(missing)} must pull (data stays on the local disk)"
+    elif rate > 0:
+        state, reason = "delivering", f"files verified over the last {RATE_WINDOW_SECONDS:.0f} s"
+    else:
+        state, reason = "waiting", "consumer connected; no file verified yet in the rate window"
+    return {
+        "state": state,
+        "reason": reason,
+        "bytes_pending": pending,
+        "verified_bytes_per_s": round(rate, 1),
+        "rate_window_seconds": RATE_WINDOW_SECONDS,
+        "eta_seconds": eta_seconds(pending, rate, connected=not missing),
+        "lag_seconds": 0.0 if oldest is None else round(max(0.0, now - oldest), 1),
+        "consumers_connected": connected,
+        "consumers_required": required,
+        "bytes_sent": int(forwarder.get("bytes_sent", 0) or 0),
+        "bytes_resent": int(forwarder.get("bytes_resent", 0) or 0),
+    }
