@@ -7,23 +7,59 @@ the dashboard itself: plain HTML, CSS and JavaScript from ``webui/static`` (no b
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from importlib import resources
 from typing import Any, Protocol
 
-from fastapi import FastAPI, Query, Request
+from fastapi import Depends, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import HTMLResponse, JSONResponse, Response
+from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
+from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel
 
 from edge.errors import ConfigError, NotFound, Refused, Unauthorized, WritesDisabled
+from webui.auth import writer
+from webui.live import LiveFeed
 from webui.metrics import add_metrics_route
 
 #: Files of the dashboard besides the page itself, with their media types.
 STATIC_ASSETS = {
     "dashboard.js": "text/javascript; charset=utf-8",
+    "charts.js": "text/javascript; charset=utf-8",
     "dashboard.css": "text/css; charset=utf-8",
+    "favicon.svg": "image/svg+xml",
 }
+#: Swagger UI and ReDoc for /docs and /redoc, from the fastapi-offline package (no CDN).
+DOCS_ASSETS = {
+    "swagger-ui-bundle.js": "text/javascript; charset=utf-8",
+    "swagger-ui.css": "text/css; charset=utf-8",
+    "redoc.standalone.js": "text/javascript; charset=utf-8",
+}
+
+
+class HeadAsGet:
+    """ASGI middleware: a HEAD request is answered as its GET would be, headers only."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http" or scope["method"] != "HEAD":
+            await self.app(scope, receive, send)
+            return
+        done = False
+
+        async def headers_only(message: dict[str, Any]) -> None:
+            nonlocal done
+            if message["type"] == "http.response.body":
+                if not done:
+                    done = True
+                    await send({"type": "http.response.body", "body": b"", "more_body": False})
+                return
+            await send(message)
+
+        await self.app({**scope, "method": "GET", "edge.head": True}, receive, headers_only)
 
 
 #: Error bodies are at most this many bytes: a long path or query is never echoed back in full.
@@ -100,12 +136,32 @@ def run_summary(detail: dict[str, Any]) -> dict[str, Any]:
         "states": dict(sorted(states.items())),
         "bytes_pending": where.get("bytes_pending"),
         "eta_seconds": where.get("eta_seconds"),
+        "mode": _run_mode(where.get("config", detail.get("config"))),
     }
+
+
+def _run_mode(config: Any) -> str | None:
+    """The run's reduction mode from its recorded config (a dict or its JSON), when it names one."""
+    if isinstance(config, str):
+        try:
+            config = json.loads(config)
+        except ValueError:
+            return None
+    if not isinstance(config, dict):
+        return None
+    for holder in (config, config.get("reduction"), config.get("settings")):
+        if isinstance(holder, dict) and isinstance(holder.get("mode"), str):
+            return str(holder["mode"])
+    return None
 
 
 def create_app(settings: Any, appliance: ApplianceView) -> FastAPI:
     """The web application for one appliance."""
-    app = FastAPI(title="edge", version="0.1.0", responses=_ERRORS)
+    app = FastAPI(title="edge", version="0.1.0", responses=_ERRORS, docs_url=None, redoc_url=None)
+    app.add_middleware(HeadAsGet)
+    can_write = writer(settings.api.token)
+    feed = LiveFeed(appliance.status, lambda: appliance.latest_preview())  # read when someone watches
+    app.state.live_feed = feed
 
     @app.exception_handler(NotFound)
     async def _not_found(request: Request, error: NotFound) -> JSONResponse:
@@ -182,12 +238,75 @@ def create_app(settings: Any, appliance: ApplianceView) -> FastAPI:
             raise NotFound("no frame has been reduced yet")
         return latest
 
+    @app.get("/api/alarms")
+    def alarms() -> list[dict[str, Any]]:
+        """Active alarms (edge/alarms.py): id, scope (run/condition/daemon), severity, message, since,
+        acknowledged."""
+        return list(appliance.status().get("alarms", []))
+
+    @app.post("/api/alarms/{alarm_id}/ack", dependencies=[Depends(can_write)])
+    def acknowledge(alarm_id: str) -> dict[str, Any]:
+        """Acknowledge an active alarm (needs the bearer token); it stays listed while its condition holds."""
+        appliance.status()  # the alarm book learns what is active now
+        book = getattr(appliance, "alarm_book", None)
+        if book is None:
+            raise NotFound("this appliance keeps no alarm acknowledgements")
+        return dict(book.acknowledge(alarm_id))
+
+    @app.get("/api/trends")
+    def trends() -> list[dict[str, Any]]:
+        """Trend samples (frame rate, ring fill, backlog, disk use), taken while a dashboard watched."""
+        return list(feed.history)
+
+    @app.get("/api/events", include_in_schema=False)
+    def events(request: Request) -> Response:
+        """Server-Sent Events for the dashboard (webui/live.py): status once a second, the live image."""
+        headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+        if request.scope.get("edge.head"):
+            return Response(media_type="text/event-stream", headers=headers)
+        return StreamingResponse(feed.stream(), media_type="text/event-stream", headers=headers)
+
     add_metrics_route(app, appliance.status)  # Prometheus text, webui/metrics.py
 
     static = resources.files("webui").joinpath("static")
     page = static.joinpath("index.html").read_text()
-    assets = {name: static.joinpath(name).read_text() for name in STATIC_ASSETS}
+    assets = {name: static.joinpath(name).read_bytes() for name in STATIC_ASSETS}
     no_cache = {"Cache-Control": "no-cache"}
+    docs_static = resources.files("fastapi_offline").joinpath("static")
+    docs_assets: dict[str, bytes] = {}
+    favicon = "/static/favicon.svg"
+
+    @app.get("/docs", include_in_schema=False)
+    def docs() -> HTMLResponse:
+        return get_swagger_ui_html(
+            openapi_url=app.openapi_url or "/openapi.json",
+            title="edge API",
+            swagger_js_url="/docs-assets/swagger-ui-bundle.js",
+            swagger_css_url="/docs-assets/swagger-ui.css",
+            swagger_favicon_url=favicon,
+        )
+
+    @app.get("/redoc", include_in_schema=False)
+    def redoc() -> HTMLResponse:
+        return get_redoc_html(
+            openapi_url=app.openapi_url or "/openapi.json",
+            title="edge API",
+            redoc_js_url="/docs-assets/redoc.standalone.js",
+            redoc_favicon_url=favicon,
+            with_google_fonts=False,
+        )
+
+    @app.get("/docs-assets/{name}", include_in_schema=False)
+    def docs_asset(name: str) -> Response:
+        if name not in DOCS_ASSETS:
+            raise NotFound(f"no documentation file {name!r}")
+        if name not in docs_assets:
+            docs_assets[name] = docs_static.joinpath(name).read_bytes()
+        return Response(docs_assets[name], media_type=DOCS_ASSETS[name])
+
+    @app.get("/favicon.ico", include_in_schema=False)
+    def favicon_ico() -> Response:
+        return Response(assets["favicon.svg"], media_type=STATIC_ASSETS["favicon.svg"])
 
     @app.get("/", response_class=HTMLResponse)
     def index() -> HTMLResponse:

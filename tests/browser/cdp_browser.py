@@ -214,8 +214,11 @@ class Browser:
         params: dict[str, Any] = {"format": "png"}
         if full_page:
             params["captureBeyondViewport"] = True
+            # the whole window's width: capturing beyond the viewport drops the scrollbar, and a clip
+            # at scrollWidth would then cut the page's right edge off
             size = self.evaluate(
-                "[document.documentElement.scrollWidth, document.documentElement.scrollHeight]"
+                "[Math.max(document.documentElement.scrollWidth, innerWidth),"
+                " document.documentElement.scrollHeight]"
             )
             params["clip"] = {"x": 0, "y": 0, "width": size[0], "height": size[1], "scale": 1}
         path.write_bytes(base64.b64decode(self.page("Page.captureScreenshot", params)["data"]))

@@ -1,19 +1,22 @@
-// edge dashboard: polls the appliance's REST views and draws them. No libraries, no build step.
+// edge dashboard: live updates pushed by the appliance (Server-Sent Events, /api/events), drawn here.
+// No libraries, no build step (charts.js draws the trends).
 //
-// Every second: GET /api/status, and when a new frame has been reduced, /api/preview and /api/profile
-// (404 before the first frame: the panels say so). Every few seconds: /api/run-summaries and the
-// selected run's /api/runs/{uid} (its where-is-my-data report). When the appliance does not answer,
-// a banner says so, the last values stay on screen greyed out, and polling retries every 2 s.
+// The appliance pushes its status once a second and the live image when a new frame is there (at most
+// four times a second); the page reconnects by itself. When pushes stop the header says "stale" within
+// 3 s and "offline" when the appliance does not answer at all; the last values stay on screen, greyed.
+// Pulled on demand: the runs table and a run's where-is-my-data report (when the ledger changed), the
+// reduced profile and the mode's product (when a new frame was reduced; 404 = nothing yet).
+// Writes (acknowledging an alarm) send the token kept in this browser's localStorage.
 "use strict";
 
 (() => {
-  const POLL_MS = 1000;
-  const PREVIEW_MS = 100; // the live image: asked for ten times a second, drawn when a new frame is there
-  const RETRY_MS = 2000;
-  const RUNS_MS = 4000;
+  const STALE_MS = 3000; // no status push for this long: "stale"
+  const OFFLINE_MS = 4500; // ... for this long, or the stream broke and a probe failed: "offline"
+  const RUNS_MS = 10000;
   const FETCH_TIMEOUT_MS = 4000;
-  const RATE_WINDOW_S = 5;
-  const UPSTREAM_WINDOW_S = 20;
+  const PRODUCT_MS = 1000;
+  const TREND_WINDOW_S = 600;
+  const TOKEN_KEY = "edge.apiToken";
 
   const $ = (id) => document.getElementById(id);
 
@@ -34,7 +37,7 @@
       n /= 1024;
       i += 1;
     }
-    return (i === 0 ? String(n) : n.toFixed(n < 10 ? 2 : n < 100 ? 1 : 0)) + " " + units[i];
+    return (i === 0 ? String(Math.round(n)) : n.toFixed(n < 10 ? 2 : n < 100 ? 1 : 0)) + " " + units[i];
   }
   function fmtDuration(value) {
     const s = num(value);
@@ -47,23 +50,46 @@
     if (s < 86400) return (s / 3600).toFixed(1) + " h";
     return (s / 86400).toFixed(1) + " days";
   }
-  const pad = (n) => String(n).padStart(2, "0");
-  function fmtTime(epochSeconds, withDate = true) {
+  const pad = (n, w = 2) => String(n).padStart(w, "0");
+  function fmtTime(epochSeconds, withDate = true, millis = false) {
     const n = num(epochSeconds);
     if (!Number.isFinite(n)) return "–";
     const d = new Date(n * 1000);
-    const time = `${pad(d.getHours())}:${pad(d.getMinutes())}:${pad(d.getSeconds())}`;
+    let time = `${pad(d.getHours())}:${pad(d.getMinutes())}:${pad(d.getSeconds())}`;
+    if (millis) time += `.${pad(d.getMilliseconds(), 3)}`;
     return withDate ? `${d.getFullYear()}-${pad(d.getMonth() + 1)}-${pad(d.getDate())} ${time}` : time;
+  }
+  function localDate(epochSeconds) {
+    const d = new Date(num(epochSeconds) * 1000);
+    return `${d.getFullYear()}-${pad(d.getMonth() + 1)}-${pad(d.getDate())}`;
+  }
+  function fmtCounts(value) {
+    const n = num(value);
+    if (!Number.isFinite(n)) return "–";
+    if (n >= 1e5) return n.toExponential(1);
+    return n >= 100 ? Math.round(n).toLocaleString("en-US") : n.toFixed(n < 10 ? 1 : 0);
   }
   const shortChecksum = (text) => (text && text.length > 22 ? `${text.slice(0, 21)}…` : text || "–");
   const shortUid = (uid) => (uid ? String(uid).slice(0, 8) : "–");
+  /** A long path as ".../last/two" parts; the full path goes in the title and the copy button. */
+  function shortPath(path) {
+    const parts = String(path || "").split("/");
+    let name = parts[parts.length - 1];
+    if (name.length > 28) name = `${name.slice(0, 8)}…${name.slice(-16)}`; // run uids make names long
+    return parts.length > 1 ? `…/${name}` : name;
+  }
+  function pathCell(path) {
+    if (!path) return '<span class="muted">–</span>';
+    return `<span class="path" title="${esc(path)}" data-full="${esc(path)}">${esc(shortPath(path))}</span>` +
+      `<button type="button" class="copy" data-copy="${esc(path)}" title="copy the full path">copy</button>`;
+  }
   const UNIT_LABELS = { "2th_deg": "2θ (degrees)", "q_nm^-1": "q (nm⁻¹)", "q_A^-1": "q (Å⁻¹)", r_mm: "r (mm)" };
 
   function setText(id, text, cls) {
     const el = $(id);
     if (!el) return;
-    el.textContent = text;
-    if (cls !== undefined) el.className = cls;
+    if (el.textContent !== text) el.textContent = text;
+    if (cls !== undefined && el.className !== cls) el.className = cls;
   }
 
   // ---- talking to the appliance ------------------------------------------------------------------------
@@ -88,46 +114,49 @@
     }
   }
 
-  /** A rate from a counter's samples over the last `windowS` seconds of appliance uptime. */
-  class RateMeter {
-    constructor(windowS) {
-      this.windowS = windowS;
-      this.samples = [];
+  const token = {
+    get: () => localStorage.getItem(TOKEN_KEY) || "",
+    set: (value) => (value ? localStorage.setItem(TOKEN_KEY, value) : localStorage.removeItem(TOKEN_KEY)),
+  };
+
+  /** POST with the stored token; resolves to {ok, status, body}. */
+  async function write(path) {
+    const headers = {};
+    if (token.get()) headers.Authorization = `Bearer ${token.get()}`;
+    const response = await fetch(path, { method: "POST", headers, cache: "no-store" });
+    let body = null;
+    try {
+      body = await response.json();
+    } catch (error) {
+      body = null;
     }
-    add(t, value) {
-      const last = this.samples[this.samples.length - 1];
-      if (!Number.isFinite(t) || !Number.isFinite(value)) return;
-      if (last && (t < last.t || value < last.v)) this.samples = []; // the appliance restarted
-      if (last && t === last.t) return;
-      this.samples.push({ t, v: value });
-      while (this.samples.length > 2 && t - this.samples[0].t > this.windowS) this.samples.shift();
-    }
-    rate() {
-      if (this.samples.length < 2) return null;
-      const a = this.samples[0];
-      const b = this.samples[this.samples.length - 1];
-      return b.t > a.t ? (b.v - a.v) / (b.t - a.t) : null;
-    }
-    reset() {
-      this.samples = [];
-    }
+    return { ok: response.ok, status: response.status, body };
   }
 
   const state = {
-    reachable: null,
-    lastContact: null,
-    lastUptime: null,
-    imageKey: null,
+    link: "connecting", // connecting | live | stale | offline
+    lastStatusMs: null, // when the last status push arrived (this browser's clock)
+    lastStatus: null,
+    streamBroken: false,
+    source: null,
+    reconnectTimer: null,
+    probeFailed: false,
+    trends: [],
     previewKey: null,
-    previewShown: null, // the last frame drawn: its detector timestamp and when it was drawn (for latency checks)
+    preview: null, // the frame on screen and when its push arrived
+    previewShown: null,
+    zoom: 1,
+    imageKey: null,
+    productAt: 0,
+    product: null,
+    runs: [],
     runsFetchedAt: 0,
     runsKey: null,
     selectedRun: null,
     currentRun: null,
     alarmsKey: "",
+    ackMessages: {},
     profile: null,
-    frameRate: new RateMeter(RATE_WINDOW_S),
-    upstreamRate: new RateMeter(UPSTREAM_WINDOW_S),
   };
 
   // ---- colormap (viridis, interpolated from nine anchors) --------------------------------------------------
@@ -147,29 +176,16 @@
     const canvas = $("colorbar");
     const ctx = canvas.getContext("2d");
     const img = ctx.createImageData(256, 1);
-    for (let i = 0; i < 256; i += 1) {
-      img.data.set([LUT[i * 3], LUT[i * 3 + 1], LUT[i * 3 + 2], 255], i * 4);
-    }
+    for (let i = 0; i < 256; i += 1) img.data.set([LUT[i * 3], LUT[i * 3 + 1], LUT[i * 3 + 2], 255], i * 4);
     ctx.putImageData(img, 0, 0);
   }
 
-  // ---- live image ---------------------------------------------------------------------------------------
-  function drawPreview(preview) {
-    const canvas = $("preview");
-    const empty = $("preview-empty");
-    if (!preview || !preview.width || !preview.height || !preview.pixels_b64) {
-      empty.hidden = false;
-      setText("preview-caption", "");
-      return;
-    }
-    const { width, height } = preview;
-    const pixels = Uint8Array.from(atob(preview.pixels_b64), (c) => c.charCodeAt(0));
+  /** 8-bit pixels (base64) drawn through the colormap onto `canvas`, sized to the image. */
+  function paint(canvas, width, height, b64) {
+    const pixels = Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));
     if (canvas.width !== width || canvas.height !== height) {
       canvas.width = width;
       canvas.height = height;
-      const scale = 256 / Math.max(width, height);
-      canvas.style.width = `${Math.round(width * scale)}px`;
-      canvas.style.height = `${Math.round(height * scale)}px`;
     }
     const ctx = canvas.getContext("2d");
     const img = ctx.createImageData(width, height);
@@ -183,10 +199,79 @@
       out[i * 4 + 3] = 255;
     }
     ctx.putImageData(img, 0, 0);
+  }
+
+  // ---- live image ---------------------------------------------------------------------------------------
+  function drawPreview(preview) {
+    const empty = $("preview-empty");
+    if (!preview || !preview.width || !preview.height || !preview.pixels_b64) {
+      empty.hidden = false;
+      setText("preview-caption", "");
+      return;
+    }
+    const { width, height } = preview;
+    const canvas = $("preview");
+    paint(canvas, width, height, preview.pixels_b64);
+    $("preview-wrap").style.aspectRatio = `${width} / ${height}`; // the detector's shape, whatever the card's
     empty.hidden = true;
-    const when = preview.processed_at ? ` at ${fmtTime(preview.processed_at, false)}` : "";
-    setText("preview-caption", `frame ${fmtInt(preview.frame)} of run ${shortUid(preview.run_uid)}${when}`);
+    const caption = `frame ${fmtInt(preview.frame)} of run ${shortUid(preview.run_uid)}`;
+    setText("preview-caption", caption);
     $("preview-caption").title = preview.run_uid || "";
+    $("preview-flags").innerHTML = preview.incomplete
+      ? '<span class="flag" id="preview-incomplete" title="packets of this frame were missing; their pixels are 0">incomplete frame</span>'
+      : "";
+    const ts = num(preview.detector_timestamp_ns);
+    setText("preview-detector-time", Number.isFinite(ts) ? `detector t = ${(ts / 1e9).toFixed(3)} s ·` : "");
+    $("preview-detector-time").title = "the frame's own timestamp from the detector (relative to its series)";
+    setText("preview-received", `taken ${fmtTime(preview.received_at, false, true)}`);
+    $("preview-received").dataset.receivedAt = String(preview.received_at ?? "");
+    // colour-bar values: the image is log1p(counts) scaled so that 255 is counts_top
+    const top = num(preview.counts_top);
+    setText("cb-lo", "0");
+    setText("cb-mid", Number.isFinite(top) ? fmtCounts(Math.expm1(Math.log1p(top) / 2)) : "");
+    setText("cb-hi", Number.isFinite(top) ? `≥ ${fmtCounts(top)} counts` : "high");
+    drawOverlay();
+    tickAge();
+  }
+
+  /** How old the frame on screen is: its age when pushed plus the time since the push. */
+  function tickAge() {
+    const shown = state.preview;
+    if (!shown) return;
+    const age = num(shown.doc.age_seconds) + (Date.now() - shown.arrivedMs) / 1000;
+    if (!Number.isFinite(age)) return;
+    const running = !!state.currentRun;
+    const frozen = age > 5;
+    setText("preview-age", `· ${fmtDuration(age)} ago${frozen ? (running ? " — no new frame" : " — no frames coming") : ""}`, frozen ? "frozen" : "");
+  }
+
+  function setZoom(zoom) {
+    state.zoom = zoom;
+    $("preview-wrap").style.width = `${zoom * 100}%`;
+    for (const b of document.querySelectorAll(".zoom button")) b.classList.toggle("on", Number(b.dataset.zoom) === zoom);
+  }
+
+  /** Peaks of the latest serial hit over the live image (detector pixels -> preview pixels). */
+  function drawOverlay() {
+    const canvas = $("overlay");
+    const preview = state.preview?.doc;
+    const hit = state.product?.serial?.latest_hit;
+    const ctx = canvas.getContext("2d");
+    if (!preview) return;
+    canvas.width = preview.width * 4;
+    canvas.height = preview.height * 4;
+    ctx.clearRect(0, 0, canvas.width, canvas.height);
+    if (!hit || !Array.isArray(hit.peaks)) return;
+    const sx = canvas.width / (num(preview.detector_width) || preview.width);
+    const sy = canvas.height / (num(preview.detector_height) || preview.height);
+    ctx.strokeStyle = "#ff3b30";
+    ctx.lineWidth = 2;
+    for (const peak of hit.peaks.slice(0, 500)) {
+      const [x, y] = peak;
+      ctx.beginPath();
+      ctx.arc(num(x) * sx, num(y) * sy, 6, 0, 2 * Math.PI);
+      ctx.stroke();
+    }
   }
 
   // ---- profile plot ---------------------------------------------------------------------------------------
@@ -279,6 +364,58 @@
     setText("profile-caption", `${n} bins`);
   }
 
+  // ---- the mode's product (GET /api/product; 404 until the modes land or a frame is reduced) ------------
+  function renderProduct(product) {
+    state.product = product;
+    const body = $("product-body");
+    if (!product) {
+      setText("product-mode", "–", "chip");
+      body.innerHTML = '<p class="muted" id="product-empty">no reduction product yet</p>';
+      drawOverlay();
+      return;
+    }
+    const mode = String(product.mode || "raw");
+    setText("product-mode", mode, `chip ${mode}`);
+    const run = product.run_uid ? `<div class="small muted">run <span class="mono" title="${esc(product.run_uid)}">${esc(shortUid(product.run_uid))}</span></div>` : "";
+    let html = "";
+    if (mode === "serial" && product.serial) {
+      const s = product.serial;
+      const hit = s.latest_hit;
+      html = `<div class="big" id="hit-rate">${esc(Number.isFinite(num(s.hit_rate)) ? (num(s.hit_rate) * 100).toFixed(1) : "–")}<span class="unit"> % hits</span></div>` +
+        `<table class="kv"><tr><th>frames</th><td>${esc(fmtInt(s.frames))}</td></tr><tr><th>hits</th><td>${esc(fmtInt(s.hits))}</td></tr>` +
+        `<tr><th>latest hit</th><td>${hit ? `frame ${esc(fmtInt(hit.frame))}, ${esc(fmtInt((hit.peaks || []).length))} peaks (circled on the image)` : "none yet"}</td></tr></table>` +
+        '<canvas id="trend-hits" height="70" style="height:70px"></canvas>';
+    } else if (mode === "tomo" && product.tomo) {
+      const t = product.tomo;
+      html = `<table class="kv"><tr><th>projections</th><td>${esc(fmtInt(t.projections))}</td></tr>` +
+        `<tr><th>darks / flats</th><td>${esc(fmtInt(t.darks))} / ${esc(fmtInt(t.flats))}</td></tr>` +
+        `<tr><th>slices done</th><td id="slices-done">${esc(fmtInt(t.slices_done))}</td></tr></table>` +
+        (t.slice ? `<div class="small">slice row ${esc(fmtInt(t.slice.row))} (${esc(fmtCounts(t.slice.min))} – ${esc(fmtCounts(t.slice.max))})</div><canvas id="tomo-slice"></canvas>` : '<p class="muted small">no slice reconstructed yet</p>');
+    } else if (mode === "powder" && product.powder) {
+      const p = product.powder;
+      html = `<div class="small">profile: ${esc(fmtInt((p.radial || []).length))} bins in ${esc(UNIT_LABELS[p.unit] || p.unit || "–")} (plotted alongside)</div>` +
+        (p.cake ? `<div class="small">cake ${esc(p.cake.width)} × ${esc(p.cake.height)} (radial × azimuthal)</div><canvas id="powder-cake"></canvas>` : "");
+    } else {
+      html = '<p class="muted small">raw mode: frames are stored as they come, nothing reduced</p>';
+    }
+    body.innerHTML = run + html;
+    if (mode === "serial" && product.serial) {
+      const samples = (product.serial.recent || []).map((r) => ({ t: num(r.t), v: num(r.hit_rate) * 100 }));
+      const last = samples.length ? samples[samples.length - 1].t : 0;
+      window.EdgeCharts.trend($("trend-hits"), samples, (s) => s.v, { windowS: Math.max(60, last - (samples[0]?.t ?? last)), format: (v) => `${v.toFixed(1)} %`, floor: 0 });
+    }
+    if (mode === "tomo" && product.tomo?.slice?.pixels_b64) {
+      const sl = product.tomo.slice;
+      paint($("tomo-slice"), sl.width, sl.height, sl.pixels_b64);
+    }
+    if (mode === "powder" && product.powder?.cake?.pixels_b64) {
+      const cake = product.powder.cake;
+      paint($("powder-cake"), cake.width, cake.height, cake.pixels_b64);
+    }
+    if (mode === "powder" && product.powder?.radial && !state.profile) drawProfile(product.powder);
+    drawOverlay();
+  }
+
   // ---- status tiles ---------------------------------------------------------------------------------------
   function setBar(id, fraction, markFraction) {
     const bar = $(id);
@@ -293,21 +430,27 @@
     }
   }
 
-  function renderStatus(s) {
-    const app = s.appliance || {};
-    const uptime = num(app.uptime_seconds);
-    if (state.lastUptime !== null && uptime < state.lastUptime) {
-      // a restarted appliance: counters began again
-      state.frameRate.reset();
-      state.upstreamRate.reset();
-      state.imageKey = null;
-      state.runsKey = null;
-    }
-    state.lastUptime = uptime;
-    state.currentRun = app.run_uid || null;
+  /** The one ETA (the appliance's upstream outlook), in words; every .eta element shows this text. */
+  function etaText(outlook) {
+    if (!outlook || !outlook.state) return "–";
+    if (outlook.state === "up to date") return "nothing pending";
+    if (outlook.state === "stalled") return "stalled: no consumer connected";
+    if (outlook.eta_seconds === null || outlook.eta_seconds === undefined) return "waiting for the first verified file";
+    return fmtDuration(outlook.eta_seconds);
+  }
 
+  function renderHeader() {
+    const s = state.lastStatus || {};
+    const app = s.appliance || {};
     const pill = $("run-state");
-    if (app.stopping) {
+    const trusted = state.link === "live";
+    if (!state.lastStatus) {
+      pill.textContent = "–";
+      pill.className = "pill unknown";
+    } else if (!trusted) {
+      pill.textContent = app.run_uid ? `last seen acquiring run ${shortUid(app.run_uid)}` : "last seen idle";
+      pill.className = "pill unknown";
+    } else if (app.stopping) {
       pill.textContent = "stopping";
       pill.className = "pill";
     } else if (app.run_uid) {
@@ -319,22 +462,49 @@
       pill.title = "";
       pill.className = "pill";
     }
+    const last = state.trends[state.trends.length - 1];
+    const rate = trusted && last ? num(last.frame_rate) : NaN;
+    setText("frame-rate", Number.isFinite(rate) ? rate.toFixed(rate < 10 ? 1 : 0) : "–");
+    const outlook = s.upstream_outlook;
+    const upPill = $("head-upstream");
+    upPill.className = "pill " + (!trusted ? "unknown" : outlook?.state === "stalled" ? "stalled" : outlook?.state === "delivering" || outlook?.state === "up to date" ? "live" : "");
+  }
+
+  function renderStatus(s) {
+    const app = s.appliance || {};
+    state.currentRun = app.run_uid || null;
     const pipe = s.pipeline || {};
     const degraded = (pipe.backend_degraded_from || []).length ? ` (fell back from ${pipe.backend_degraded_from.join(", ")})` : "";
     setText("backend", pipe.backend ? `kernels: ${pipe.backend}${degraded}` : "");
+    const uptime = num(app.uptime_seconds);
     setText("uptime", Number.isFinite(uptime) ? `up ${fmtDuration(uptime)}` : "");
 
-    // frames
+    // frames, each counter with its scope
+    const counts = s.counts || {};
+    const run = counts.run || {};
+    const daemon = counts.daemon || {};
+    const all = counts.all_time || {};
     const f = s.frames || {};
-    state.frameRate.add(uptime, num(f.received));
-    const rate = state.frameRate.rate();
-    setText("frame-rate", rate === null ? "–" : rate.toFixed(rate < 10 ? 1 : 0));
-    setText("frames-received", fmtInt(f.received));
-    setText("frames-stored", fmtInt(f.stored));
-    setText("frames-delivered", fmtInt(f.delivered));
-    setText("frames-lost", fmtInt(f.lost), num(f.lost) > 0 ? "bad" : "");
-    setText("frames-incomplete", fmtInt(f.incomplete), num(f.incomplete) > 0 ? "warn" : "");
-    setText("frames-loss-records", fmtInt(f.loss_records), num(f.loss_records) > 0 ? "bad" : "");
+    const cells = {
+      received: [null, daemon.frames_received ?? f.received, null],
+      stored: [run.frames_stored, daemon.frames_stored, all.frames_stored ?? f.stored],
+      delivered: [run.frames_delivered, daemon.frames_delivered, all.frames_delivered ?? f.delivered],
+      lost: [run.frames_lost, daemon.frames_lost, all.frames_lost ?? f.lost],
+      incomplete: [run.frames_incomplete, daemon.frames_incomplete, all.frames_incomplete ?? f.incomplete],
+    };
+    for (const [name, values] of Object.entries(cells)) {
+      ["run", "daemon", "all"].forEach((scope, i) => {
+        const v = values[i];
+        const cls = name === "lost" && num(v) > 0 ? "bad" : name === "incomplete" && num(v) > 0 ? "warn" : "";
+        setText(`c-${scope}-${name}`, v === null || v === undefined ? (scope === "run" && name === "received" ? "n/a" : "–") : fmtInt(v), cls);
+      });
+    }
+    $("c-run-received").title = "the ledger keeps no received count per run: stored + lost + vetoed is what arrived";
+    $("scope-run").innerHTML = run.run_uid
+      ? `${run.active ? "this run" : "last run"}<br><span class="mono small">${esc(shortUid(run.run_uid))}</span>`
+      : "this run";
+    $("scope-run").title = run.run_uid || "no run yet";
+    setText("scope-note", daemon.since ? `since start = since ${fmtTime(daemon.since)}` : "");
 
     // ring
     const ring = s.ring || {};
@@ -365,20 +535,29 @@
     setText("store-accepting", ret.accepting_runs === false ? "REFUSED" : ret.accepting_runs ? "accepted" : "–",
       ret.accepting_runs === false ? "bad" : "good");
 
-    // upstream
+    // upstream: everything from the appliance's one outlook; "sending" only counts first sends
     const up = s.upstream || {};
     const ledger = s.ledger || {};
-    const pending = num(ledger.bytes_pending);
-    state.upstreamRate.add(uptime, num(up.bytes_sent));
-    const sendRate = state.upstreamRate.rate();
-    setText("upstream-pending", fmtBytes(pending));
-    setText("upstream-rate", sendRate === null ? "–" : `${fmtBytes(sendRate)}/s`);
-    let eta = "–";
-    if (pending === 0) eta = "nothing pending";
-    else if (sendRate > 0) eta = fmtDuration(pending / sendRate);
-    else if (sendRate === 0) eta = `stalled: nothing sent in ${UPSTREAM_WINDOW_S} s`;
-    else if (Number.isFinite(pending)) eta = "measuring…";
-    setText("upstream-eta", eta, pending > 0 && sendRate === 0 ? "warn" : "");
+    const outlook = s.upstream_outlook || {};
+    const stalled = outlook.state === "stalled";
+    setText("upstream-state", outlook.state || "–", `chip ${String(outlook.state || "").replace(/ /g, "-")}`);
+    $("upstream-state").title = outlook.reason || "";
+    setText("upstream-pending", fmtBytes(outlook.bytes_pending ?? ledger.bytes_pending));
+    setText("upstream-rate", stalled ? "0 B/s (stalled)" : Number.isFinite(num(outlook.verified_bytes_per_s)) ? `${fmtBytes(outlook.verified_bytes_per_s)}/s` : "–");
+    const prev = state.sendSample;
+    const now = { t: num(s.server_time), sent: num(outlook.bytes_sent ?? up.bytes_sent) };
+    let sending = "–";
+    if (stalled) sending = "nothing (no consumer connected)";
+    else if (prev && now.t > prev.t && now.sent >= prev.sent) sending = `${fmtBytes((now.sent - prev.sent) / (now.t - prev.t))}/s`;
+    state.sendSample = now;
+    setText("upstream-sending", sending, stalled ? "muted" : "");
+    setText("upstream-resent", fmtBytes(outlook.bytes_resent ?? up.bytes_resent ?? 0));
+    setText("upstream-lag", Number.isFinite(num(outlook.lag_seconds)) ? fmtDuration(outlook.lag_seconds) : "–", num(outlook.lag_seconds) > 3600 ? "warn" : "");
+    const eta = etaText(outlook);
+    for (const el of document.querySelectorAll(".eta")) {
+      if (el.textContent !== eta) el.textContent = eta;
+      el.classList.toggle("bad", stalled);
+    }
     setText("upstream-files", fmtInt(up.files_verified));
     renderConsumers(up.consumers || [], ledger.consumers || []);
 
@@ -397,7 +576,7 @@
     const errs = Object.entries(rx.errors || {});
     setText("receiver-errors", errs.length ? errs.map(([k, v]) => `${k}: ${v}`).join(", ") : "none", errs.length ? "bad" : "");
 
-    renderAlarms(s);
+    renderAlarms(s.alarms || []);
   }
 
   function renderConsumers(live, acked) {
@@ -411,45 +590,51 @@
       return `<tr><td>${esc(c.consumer)}</td><td>${link}</td><td class="num">${esc(fmtInt(c.credit))}</td>` +
         `<td class="num">${esc(fmtInt(c.in_flight))}</td><td class="num">${esc(fmtInt(c.chunks_acked))}</td></tr>`;
     });
-    $("consumers").tBodies[0].innerHTML = rows.length ? rows.join("") : '<tr><td colspan="5" class="muted">no consumer has connected</td></tr>';
+    const html = rows.length ? rows.join("") : '<tr><td colspan="5" class="muted">no consumer has connected</td></tr>';
+    if ($("consumers").tBodies[0].innerHTML !== html) $("consumers").tBodies[0].innerHTML = html;
   }
 
-  /** What needs a person's attention, worst first: [severity, text] pairs. */
-  function alarmsFrom(s) {
-    const out = [];
-    const ret = s.retention || {};
-    if (ret.alarm) out.push(["error", `Storage alarm: ${ret.alarm}`]);
-    else if (ret.accepting_runs === false) out.push(["error", "The store refuses new runs"]);
-    const det = s.detector || {};
-    if (det.enabled && (det.connected === false || det.state === "Disconnected")) {
-      out.push(["error", `Detector disconnected${det.prefix ? ` (${det.prefix})` : ""}: no frames can arrive`]);
-    }
-    const f = s.frames || {};
-    if (num(f.lost) > 0) {
-      out.push(["error", `${fmtInt(f.lost)} frames lost (${fmtInt(f.loss_records)} loss records): open a run below for the frame ranges and reasons`]);
-    }
-    if (num(f.incomplete) > 0) out.push(["warn", `${fmtInt(f.incomplete)} frames incomplete: kept, with the missing pixels flagged`]);
-    const rec = (s.appliance || {}).recovery || {};
-    const parts = [];
-    if ((rec.runs_failed || []).length) parts.push(`${rec.runs_failed.length} run(s) marked failed (${rec.runs_failed.map(shortUid).join(", ")})`);
-    if ((rec.salvaged || []).length) parts.push(`${rec.salvaged.length} closed file(s) salvaged`);
-    if ((rec.quarantined || []).length) parts.push(`${rec.quarantined.length} half-written file(s) quarantined`);
-    if (num(rec.frames_lost) > 0) parts.push(`${fmtInt(rec.frames_lost)} frames unaccounted for`);
-    if (parts.length) out.push(["warn", `Recovered after a crash: ${parts.join("; ")}`]);
-    const consumers = (s.upstream || {}).consumers || [];
-    if (!consumers.some((c) => c.connected)) out.push(["warn", "No upstream consumer connected: data stays on the local disk until one pulls it"]);
-    const errs = Object.entries((s.receiver || {}).errors || {});
-    if (errs.length) out.push(["warn", `Receiver errors: ${errs.map(([k, v]) => `${k} ${v}`).join(", ")}`]);
-    if ((s.appliance || {}).stopping) out.push(["warn", "The appliance is stopping"]);
-    return out;
+  // ---- alarms (computed by the appliance, edge/alarms.py; acknowledged with the token) -------------------
+  function scopeLabel(alarm) {
+    if (alarm.scope === "run") return `run ${shortUid(alarm.run_uid)}`;
+    if (alarm.scope === "daemon") return "since daemon start";
+    return "condition";
   }
 
-  function renderAlarms(s) {
-    const alarms = alarmsFrom(s);
-    const key = JSON.stringify(alarms);
+  function renderAlarms(alarms) {
+    const key = JSON.stringify([alarms, state.ackMessages]);
     if (key === state.alarmsKey) return;
     state.alarmsKey = key;
-    $("alarms").innerHTML = alarms.map(([sev, text]) => `<li class="${sev}">${esc(text)}</li>`).join("");
+    $("alarms").innerHTML = alarms.map((a) => {
+      const sev = a.acknowledged ? "acknowledged" : a.severity === "major" ? "error" : "warn";
+      const ack = a.acknowledged
+        ? `<span class="ack-state">acknowledged ${esc(fmtTime(a.ack?.at, false))}</span>`
+        : `<button type="button" class="ack" data-alarm="${esc(a.id)}">acknowledge</button>`;
+      const msg = state.ackMessages[a.id] ? ` <span class="ack-msg small">${esc(state.ackMessages[a.id])}</span>` : "";
+      return `<li class="${sev}" data-alarm="${esc(a.id)}"><span class="scope">${esc(scopeLabel(a))}</span>` +
+        `<span class="text">${esc(a.message)}</span><span class="since muted">since ${esc(fmtTime(a.since, false))}</span>${ack}${msg}</li>`;
+    }).join("");
+  }
+
+  async function acknowledge(alarmId) {
+    let text;
+    try {
+      const result = await write(`/api/alarms/${encodeURIComponent(alarmId)}/ack`);
+      if (result.ok) text = "";
+      else if (result.status === 401) text = "refused: the token is missing or wrong (set it with the token button above)";
+      else if (result.status === 403) text = "refused: writes are disabled on this appliance (no api.token configured)";
+      else if (result.status === 404) text = "this alarm has cleared";
+      else text = `refused: HTTP ${result.status} ${result.body?.detail || ""}`;
+    } catch (error) {
+      text = `could not reach the appliance: ${error.message}`;
+    }
+    state.ackMessages[alarmId] = text;
+    if (text === "" && state.lastStatus) {
+      // show it at once; the next push confirms it
+      for (const a of state.lastStatus.alarms || []) if (a.id === alarmId) { a.acknowledged = true; a.ack = { at: Date.now() / 1000 }; }
+    }
+    state.alarmsKey = "";
+    renderAlarms(state.lastStatus?.alarms || []);
   }
 
   // ---- runs and where-is-my-data ---------------------------------------------------------------------------
@@ -458,34 +643,60 @@
     const entries = Object.entries(states || {}).sort((a, b) => order.indexOf(a[0]) - order.indexOf(b[0]));
     return entries.map(([name, count]) => `<span class="chip ${esc(name)}">${esc(count)} ${esc(name)}</span>`).join(" ") || '<span class="muted">no files yet</span>';
   }
+  function runStatus(run) {
+    return run.exit_status || (run.ended_at ? "ended" : run.run_uid === state.currentRun ? "running" : "unfinished");
+  }
   function exitChip(run) {
-    const status = run.exit_status || (run.ended_at ? "ended" : run.run_uid === state.currentRun ? "running" : "unfinished");
+    const status = runStatus(run);
     return `<span class="chip ${esc(status)}">${esc(status)}</span>`;
   }
-  function pendingEta(pending, eta) {
-    if (num(pending) === 0) return ["none", "done"];
-    if (!Number.isFinite(num(pending))) return ["–", "–"];
-    return [fmtBytes(pending), eta == null ? "waiting" : fmtDuration(eta)];
+  function pendingText(pending) {
+    if (num(pending) === 0) return "none";
+    return Number.isFinite(num(pending)) ? fmtBytes(pending) : "–";
   }
 
-  function renderRuns(runs) {
+  function filters() {
+    return {
+      name: $("filter-name").value.trim().toLowerCase(),
+      date: $("filter-date").value,
+      mode: $("filter-mode").value,
+      state: $("filter-state").value,
+    };
+  }
+  function matches(run, f) {
+    if (f.name && !String(run.run_uid).toLowerCase().includes(f.name) && !String(run.name || "").toLowerCase().includes(f.name)) return false;
+    if (f.date && !(Number.isFinite(num(run.started_at)) && localDate(run.started_at) === f.date)) return false;
+    if (f.mode && (run.mode || "raw") !== f.mode) return false;
+    if (f.state === "pending") return num(run.bytes_pending) > 0;
+    if (f.state === "lost") return num(run.frames_lost) > 0;
+    if (f.state && runStatus(run) !== f.state) return false;
+    return true;
+  }
+
+  function renderRuns() {
+    const all = state.runs;
+    const f = filters();
+    const runs = all.filter((r) => matches(r, f));
     const body = $("runs").tBodies[0];
+    const filtered = f.name || f.date || f.mode || f.state;
+    setText("runs-count", filtered ? `${runs.length} of ${all.length} runs` : `${all.length} runs`);
     if (!runs.length) {
-      body.innerHTML = '<tr><td colspan="10" class="muted">no runs yet</td></tr>';
+      body.innerHTML = `<tr><td colspan="10" class="muted">${all.length ? "no run matches the filter" : "no runs yet"}</td></tr>`;
       return;
     }
+    const td = (label, html, cls = "") => `<td data-label="${label}"${cls ? ` class="${cls}"` : ""}><span class="v">${html}</span></td>`;
     body.innerHTML = runs.map((r) => {
-      const [pending, eta] = pendingEta(r.bytes_pending, r.eta_seconds);
       const lost = num(r.frames_lost);
       const lostCell = lost > 0 || num(r.loss_records) > 0
         ? `<span class="bad">${esc(fmtInt(lost))}</span> <span class="muted small">(${esc(fmtInt(r.loss_records))} rec.)</span>`
         : esc(fmtInt(lost));
       const selected = r.run_uid === state.selectedRun ? " selected" : "";
       return `<tr data-run="${esc(r.run_uid)}" class="${selected}" title="${esc(r.run_uid)}">` +
-        `<td class="mono">${esc(shortUid(r.run_uid))}</td><td>${esc(fmtTime(r.started_at))}</td><td>${exitChip(r)}</td>` +
-        `<td class="num">${esc(fmtInt(r.frames_stored))}</td><td class="num">${esc(fmtInt(r.frames_delivered))}</td>` +
-        `<td class="num">${lostCell}</td><td class="num">${esc(fmtInt(r.files))}</td><td>${stateChips(r.states)}</td>` +
-        `<td class="num">${esc(pending)}</td><td>${esc(eta)}</td></tr>`;
+        td("run", esc(shortUid(r.run_uid)), "mono") + td("started", esc(fmtTime(r.started_at))) +
+        td("mode", esc(r.mode || "–")) + td("status", exitChip(r)) +
+        td("stored", esc(fmtInt(r.frames_stored)), "num") + td("delivered", esc(fmtInt(r.frames_delivered)), "num") +
+        td("lost", lostCell, "num") + td("files", esc(fmtInt(r.files)), "num") + td("state", stateChips(r.states)) +
+        td("pending", esc(pendingText(r.bytes_pending)), "num") + "</tr>";
     }).join("");
   }
 
@@ -500,7 +711,7 @@
     const files = w.files || detail.files || [];
     const losses = w.losses || detail.losses || [];
     setText("where-run", w.run_uid || detail.run_uid);
-    const [pending, eta] = pendingEta(w.bytes_pending, w.eta_seconds);
+    const outlook = state.lastStatus?.upstream_outlook;
     const summary = [
       ["status", exitChip({ ...detail, ...w })],
       ["started", esc(fmtTime(w.started_at ?? detail.started_at))],
@@ -509,8 +720,8 @@
         `<span class="${num(w.frames_lost) > 0 ? "bad" : ""}">${esc(fmtInt(w.frames_lost))} lost</span>` +
         ` (expected ${esc(w.frames_expected == null ? "unknown" : fmtInt(w.frames_expected))})`],
       ["upstream needs", esc((w.required_consumers || []).join(", ") || "–")],
-      ["pending", esc(pending)],
-      ["ETA", esc(eta)],
+      ["pending", esc(pendingText(w.bytes_pending))],
+      ["upstream ETA (all data)", `<span class="eta">${esc(etaText(outlook))}</span>`],
     ].map(([k, v]) => `<span><span class="muted">${k}:</span> ${v}</span>`).join("");
     const fileRows = files.map((f) => {
       const local = f.on_local_disk === false ? '<span class="muted">(purged locally)</span> ' : "";
@@ -518,9 +729,13 @@
       const by = confirmed.length
         ? confirmed.map(([c, t]) => `${esc(c)} <span class="muted small">${esc(fmtTime(t, false))}</span>`).join(", ")
         : '<span class="muted">nobody yet</span>';
+      const copies = Object.entries(f.upstream_copies || {});
+      const upstream = copies.length
+        ? copies.map(([c, p]) => `<span class="muted small">${esc(c)}:</span> ${pathCell(p)}`).join("<br>")
+        : '<span class="muted">none yet</span>';
       const frames = f.frames ? `${f.frames[0]}–${f.frames[1]}` : f.n_frames ? fmtInt(f.n_frames) : "metadata";
       return `<tr><td><span class="chip ${esc(f.state)}">${esc(f.state)}</span></td>` +
-        `<td>${local}<span class="path">${esc(f.path)}</span></td><td class="num">${esc(fmtBytes(f.size))}</td>` +
+        `<td class="paths">${local}${pathCell(f.path)}</td><td class="paths upstream-copy">${upstream}</td><td class="num">${esc(fmtBytes(f.size))}</td>` +
         `<td class="num">${esc(frames)}</td><td class="mono small nowrap" title="${esc(f.checksum)}">${esc(shortChecksum(f.checksum))}</td><td>${by}</td></tr>`;
     }).join("");
     const lossRows = losses.map((r) => {
@@ -530,14 +745,15 @@
         `<td class="num">${esc(fmtInt(count))}</td><td>${esc(r.reason)}</td><td>${esc(r.detail)}</td><td>${esc(fmtTime(r.at))}</td></tr>`;
     }).join("");
     $("where").innerHTML =
+      (w.summary ? `<p class="summary-line" id="where-summary">${esc(w.summary)}</p>` : "") +
       `<div class="summary">${summary}</div>` +
       `<h3>Files (${files.length})</h3>` +
       (files.length
-        ? `<table class="grid" id="where-files"><thead><tr><th>state</th><th>path</th><th>size</th><th>frames</th><th>checksum</th><th>confirmed by</th></tr></thead><tbody>${fileRows}</tbody></table>`
+        ? `<div class="scroll-x"><table class="grid" id="where-files"><thead><tr><th>state</th><th>on the appliance</th><th>upstream copy</th><th>size</th><th>frames</th><th>checksum</th><th>confirmed by</th></tr></thead><tbody>${fileRows}</tbody></table></div>`
         : '<p class="muted">No file closed yet.</p>') +
       `<h3>Loss records (${losses.length})</h3>` +
       (losses.length
-        ? `<table class="grid" id="where-losses"><thead><tr><th>kind</th><th>frames</th><th>count</th><th>reason</th><th>detail</th><th>at</th></tr></thead><tbody>${lossRows}</tbody></table>`
+        ? `<div class="scroll-x"><table class="grid" id="where-losses"><thead><tr><th>kind</th><th>frames</th><th>count</th><th>reason</th><th>detail</th><th>at</th></tr></thead><tbody>${lossRows}</tbody></table></div>`
         : '<p class="good" id="where-no-losses">No frames lost.</p>');
   }
 
@@ -573,87 +789,190 @@
     if (!force && !due && key === state.runsKey) return;
     state.runsKey = key;
     state.runsFetchedAt = Date.now();
-    const runs = await getJSON("/api/run-summaries?limit=20");
-    renderRuns(runs || []);
+    state.runs = (await getJSON("/api/run-summaries?limit=200")) || [];
+    renderRuns();
     await refreshWhere();
   }
 
-  async function refreshImages(status) {
+  async function refreshProducts(status) {
     const key = `${status.pipeline?.frames_processed}`;
-    if (key === state.imageKey) return;
-    const profile = await getJSON("/api/profile");
+    if (key === state.imageKey || Date.now() - state.productAt < PRODUCT_MS) return;
+    state.productAt = Date.now();
+    const [profile, product] = await Promise.all([getJSON("/api/profile"), getJSON("/api/product")]);
     drawProfile(profile);
-    state.imageKey = profile ? key : null; // keep asking until there is one
+    renderProduct(product);
+    state.imageKey = profile || product ? key : null; // keep asking until there is something
   }
 
-  // The live image has its own, faster loop: a frame should be on screen well within 200 ms of the
-  // detector taking it. It pauses while the page is hidden or the appliance does not answer.
-  async function previewTick() {
-    try {
-      if (document.visibilityState !== "hidden" && state.reachable !== false) {
-        const preview = await getJSON("/api/preview");
-        const key = preview ? `${preview.run_uid}|${preview.frame}|${preview.received_at}` : null;
-        if (key !== state.previewKey) {
-          drawPreview(preview);
-          state.previewKey = key;
-          if (preview) state.previewShown = { frame: preview.frame, detectorNs: preview.detector_timestamp_ns, shownMs: Date.now() };
-        }
+  function renderTrends() {
+    const samples = state.trends;
+    const C = window.EdgeCharts;
+    const now = samples.length ? samples[samples.length - 1].t : undefined;
+    const opts = { windowS: TREND_WINDOW_S, now };
+    C.trend($("trend-rate"), samples, (s) => s.frame_rate, { ...opts, floor: 0, format: (v) => v.toFixed(v < 10 ? 1 : 0) });
+    C.trend($("trend-ring"), samples, (s) => (s.ring_fill == null ? null : s.ring_fill * 100), { ...opts, floor: 0, max: 100, format: (v) => `${v.toFixed(0)} %`, colour: "#b45309" });
+    C.trend($("trend-backlog"), samples, (s) => s.backlog_bytes, { ...opts, floor: 0, format: fmtBytes, colour: "#7c3aed" });
+    C.trend($("trend-disk"), samples, (s) => s.disk_percent, { ...opts, format: (v) => `${v.toFixed(1)} %`, colour: "#16803c" });
+  }
+
+  // ---- the live stream, and whether the appliance is answering ------------------------------------------
+  function onStatus(message) {
+    const { status, trend } = message;
+    state.lastStatusMs = Date.now();
+    state.lastStatus = status;
+    state.streamBroken = false;
+    state.probeFailed = false;
+    if (trend) {
+      state.trends.push(trend);
+      const cutoff = trend.t - TREND_WINDOW_S;
+      while (state.trends.length && state.trends[0].t < cutoff) state.trends.shift();
+    }
+    updateLink();
+    renderStatus(status);
+    renderHeader();
+    renderTrends();
+    const failed = (error) => {
+      if (!(error instanceof Unreachable)) console.error("dashboard:", error);
+    };
+    refreshProducts(status).catch(failed);
+    refreshRuns(status, false).catch(failed);
+  }
+
+  function onPreview(doc) {
+    state.preview = { doc, arrivedMs: Date.now() };
+    drawPreview(doc);
+    state.previewShown = { frame: doc.frame, detectorNs: doc.detector_timestamp_ns, shownMs: Date.now() };
+  }
+
+  function connect() {
+    if (state.source) state.source.close();
+    const source = new EventSource("/api/events");
+    state.source = source;
+    source.addEventListener("status", (e) => onStatus(JSON.parse(e.data)));
+    source.addEventListener("preview", (e) => onPreview(JSON.parse(e.data)));
+    source.addEventListener("trends", (e) => {
+      const history = JSON.parse(e.data);
+      if (Array.isArray(history) && history.length) {
+        const known = new Set(state.trends.map((s) => s.t));
+        state.trends = [...state.trends, ...history.filter((s) => !known.has(s.t))].sort((a, b) => a.t - b.t);
+        renderTrends();
       }
-    } catch (error) {
-      if (!(error instanceof Unreachable)) console.error("dashboard preview:", error);
-    }
-    setTimeout(previewTick, PREVIEW_MS);
-  }
-
-  // ---- connection state and the loop ----------------------------------------------------------------------
-  function setReachable(ok, error) {
-    const banner = $("unreachable");
-    if (ok) {
-      state.lastContact = Date.now();
-      banner.hidden = true;
-      $("main").classList.remove("stale");
-      $("link-dot").className = "dot up";
-      setText("updated", `updated ${fmtTime(Date.now() / 1000, false)}`);
-    } else {
-      const since = state.lastContact === null ? "it has not answered since this page opened" : `last answer ${fmtDuration((Date.now() - state.lastContact) / 1000)} ago`;
-      setText("unreachable-detail", `(${error ? error.message + "; " : ""}${since}.)`);
-      banner.hidden = false;
-      $("main").classList.add("stale");
-      $("link-dot").className = "dot down";
-    }
-    state.reachable = ok;
-  }
-
-  async function tick() {
-    let ok = true;
-    try {
-      const status = await getJSON("/api/status");
-      if (!status) throw new Unreachable("/api/status is missing");
-      setReachable(true);
-      renderStatus(status);
-      const results = await Promise.allSettled([refreshImages(status), refreshRuns(status, false)]);
-      for (const r of results) if (r.status === "rejected") throw r.reason;
-    } catch (error) {
-      if (error instanceof Unreachable) {
-        ok = false;
-        setReachable(false, error);
-      } else {
-        console.error("dashboard:", error); // a bug here must not look like an outage
+    });
+    source.onerror = () => {
+      state.streamBroken = true;
+      probe();
+      if (source.readyState === EventSource.CLOSED && !state.reconnectTimer) {
+        state.reconnectTimer = setTimeout(() => {
+          state.reconnectTimer = null;
+          connect();
+        }, 2000);
       }
-    }
-    setTimeout(tick, ok ? POLL_MS : RETRY_MS);
+      updateLink();
+    };
   }
 
+  /** After the stream broke: does the appliance answer at all? */
+  async function probe() {
+    try {
+      await getJSON("/api/status");
+      state.probeFailed = false;
+    } catch (error) {
+      state.probeFailed = true;
+      state.probeError = error.message;
+    }
+    updateLink();
+  }
+
+  function updateLink() {
+    const age = state.lastStatusMs === null ? Infinity : Date.now() - state.lastStatusMs;
+    let link;
+    if (state.lastStatusMs === null) link = state.probeFailed ? "offline" : "connecting";
+    else if (age > OFFLINE_MS || (state.streamBroken && state.probeFailed)) link = "offline";
+    else if (age > STALE_MS || state.streamBroken) link = "stale";
+    else link = "live";
+    if (state.source && state.lastStatusMs !== null && age > 2 * OFFLINE_MS && state.source.readyState !== EventSource.CONNECTING) {
+      connect(); // open but silent for too long: start again
+    }
+    const changed = link !== state.link;
+    state.link = link;
+    const text = { live: "live", stale: "stale", offline: "offline", connecting: "connecting…" }[link];
+    const since = state.lastStatusMs === null ? "" : ` — last update ${fmtTime(state.lastStatusMs / 1000, false)}`;
+    setText("link-state", link === "live" || link === "connecting" ? text : text + since, `pill ${link}`);
+    $("link-dot").className = "dot " + (link === "live" ? "up" : link === "stale" ? "stale" : link === "offline" ? "down" : "");
+    if (link === "live") setText("updated", `updated ${fmtTime(state.lastStatusMs / 1000, false)}`);
+    const down = link === "offline";
+    $("unreachable").hidden = !down;
+    if (down) {
+      const ago = state.lastStatusMs === null ? "it has not answered since this page opened" : `last answer ${fmtDuration(age / 1000)} ago`;
+      setText("unreachable-detail", `(${state.probeError ? state.probeError + "; " : ""}${ago}.)`);
+    }
+    $("main").classList.toggle("stale", link === "stale" || link === "offline");
+    if (changed) renderHeader();
+  }
+
+  // ---- the token ------------------------------------------------------------------------------------------
+  function showTokenState() {
+    const set = !!token.get();
+    setText("token-toggle", set ? "token ✓" : "token");
+    $("token-toggle").title = set ? "a write token is stored in this browser" : "enter the write token (api.token)";
+    setText("token-msg", set ? "a token is stored in this browser" : "no token stored: writes will be refused", set ? "good small" : "muted small");
+  }
+  const handed = /(?:^#|&)token=([^&]+)/.exec(location.hash); // `edge demo` opens the page with #token=...
+  if (handed) {
+    token.set(decodeURIComponent(handed[1]));
+    history.replaceState(null, "", location.pathname + location.hash.replace(/(^#|&)token=[^&]+/, "$1").replace(/^#&?$/, ""));
+  }
+  $("token-toggle").addEventListener("click", () => {
+    const form = $("token-form");
+    form.hidden = !form.hidden;
+    $("token-toggle").setAttribute("aria-expanded", String(!form.hidden));
+    if (!form.hidden) $("token-input").focus();
+  });
+  $("token-form").addEventListener("submit", (event) => {
+    event.preventDefault();
+    token.set($("token-input").value.trim());
+    $("token-input").value = "";
+    showTokenState();
+  });
+  $("token-forget").addEventListener("click", () => {
+    token.set("");
+    showTokenState();
+  });
+
+  // ---- wiring ---------------------------------------------------------------------------------------------
   $("runs").tBodies[0].addEventListener("click", (event) => {
     const row = event.target.closest("tr[data-run]");
     if (row) selectRun(row.dataset.run);
   });
+  for (const id of ["filter-name", "filter-date", "filter-mode", "filter-state"]) $(id).addEventListener("input", renderRuns);
+  $("alarms").addEventListener("click", (event) => {
+    const button = event.target.closest("button.ack");
+    if (button) acknowledge(button.dataset.alarm);
+  });
+  $("where").addEventListener("click", (event) => {
+    const button = event.target.closest("button.copy");
+    if (!button) return;
+    const text = button.dataset.copy;
+    const done = () => { button.textContent = "copied"; setTimeout(() => { button.textContent = "copy"; }, 1500); };
+    if (navigator.clipboard?.writeText) navigator.clipboard.writeText(text).then(done, () => window.prompt("copy the path", text));
+    else window.prompt("copy the path", text);
+  });
+  for (const b of document.querySelectorAll(".zoom button")) b.addEventListener("click", () => setZoom(Number(b.dataset.zoom)));
   $("where-close").addEventListener("click", () => selectRun(null));
   $("profile-log").addEventListener("change", () => drawProfile(state.profile));
-  window.addEventListener("resize", () => drawProfile(state.profile));
+  window.addEventListener("resize", () => {
+    drawProfile(state.profile);
+    renderTrends();
+  });
   drawColorbar();
+  showTokenState();
+  renderTrends();
   const fromHash = /^#run=(.+)$/.exec(location.hash);
   if (fromHash) selectRun(decodeURIComponent(fromHash[1]));
-  tick();
-  previewTick();
+  connect();
+  setInterval(() => {
+    updateLink();
+    tickAge();
+  }, 250);
+  window.edgeDashboard = state; // for the browser tests and a curious person's console
 })();

@@ -1,0 +1,155 @@
+"""The dashboard's layout from a phone to a control-room wall: 390, 1024 and 1920 px wide.
+
+A busy scripted appliance (a faulty run, a running one, the where-is-my-data report of the faulty run
+open with its long paths, a live image, a profile, a serial-mode product with peaks, trend samples):
+at each width nothing overflows the page sideways, no two cards overlap, the runs table stays readable
+(no cell squeezed to a sliver or wrapped into a tall column), long paths are shortened with the full
+path in the title and a copy button, and the live image keeps the detector's aspect ratio. Full-page
+screenshots are kept in the session's screenshot folder (printed) for a person to look at.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from cdp_browser import Browser
+from scripted import FAULTY, HPC, STORE, ScriptedRun, ScriptedView, run_files, serve
+
+pytestmark = pytest.mark.browser
+
+WIDTHS = (390, 1024, 1920)
+
+#: JavaScript: the layout facts the test judges (page overflow, card boxes, runs-table cells, elements
+#: sticking out of the page's width).
+LAYOUT = """(() => {
+  const doc = document.documentElement;
+  const box = (el) => { const r = el.getBoundingClientRect(); return {id: el.id, x: r.left + scrollX, y: r.top + scrollY, w: r.width, h: r.height}; };
+  const cards = [...document.querySelectorAll("main .card")].filter((c) => c.getClientRects().length).map(box);
+  const cells = [...document.querySelectorAll("#runs tbody tr[data-run] td")].map((td) => {
+    const r = td.getBoundingClientRect();
+    return {label: td.dataset.label, w: r.width, h: r.height, text: td.innerText};
+  });
+  const sticking = [...document.querySelectorAll("body *")].filter((el) => {
+    if (el.closest(".scroll-x, .preview-scroll")) return false;  // these scroll inside their card
+    const r = el.getBoundingClientRect();
+    return r.width > 0 && r.right > doc.clientWidth + 1;
+  }).map((el) => el.tagName + "#" + el.id + "." + el.className).slice(0, 10);
+  return {scrollWidth: doc.scrollWidth, clientWidth: doc.clientWidth, cards, cells, sticking};
+})()"""
+
+
+def overlapping(cards: list[dict[str, float]]) -> list[tuple[str, str]]:
+    """Pairs of cards whose boxes share more than a pixel of area."""
+    pairs = []
+    for i, a in enumerate(cards):
+        for b in cards[i + 1 :]:
+            dx = min(a["x"] + a["w"], b["x"] + b["w"]) - max(a["x"], b["x"])
+            dy = min(a["y"] + a["h"], b["y"] + b["h"]) - max(a["y"], b["y"])
+            if dx > 1 and dy > 1:
+                pairs.append((a["id"], b["id"]))
+    return pairs
+
+
+@pytest.fixture(scope="module")
+def busy() -> Iterator[str]:
+    view = ScriptedView()
+    now = time.time()
+    losses = [
+        {
+            "first_frame": 120,
+            "last_frame": 199,
+            "reason": "frame_number_gap",
+            "detail": "80 frames never arrived",
+            "at": now - 3500,
+            "partial": False,
+        }
+    ]
+    view.add_run(ScriptedRun(FAULTY, now - 3600, now - 3000, "fail", run_files(FAULTY, 3, 2), losses))
+    running = "5f0c2d3e-aaaa-4bbb-8ccc-0123456789ab"
+    view.add_run(
+        ScriptedRun(running, now - 60, None, None, run_files(running, 2, 1), [], mode="serial"), current=True
+    )
+    view.base["ledger"]["bytes_pending"] = 300 * 2**20
+    view.ledger.rate = 2 * 2**20
+    view.ledger.oldest = now - 95
+    view.new_frame(5)
+    view.profile = {
+        "unit": "q_nm^-1",
+        "radial": [0.1 * i for i in range(1, 201)],
+        "intensity": [100.0 / (1 + ((i % 40) - 20) ** 2) + 2 for i in range(200)],
+    }
+    view.product = {
+        "mode": "serial",
+        "run_uid": running,
+        "powder": None,
+        "tomo": None,
+        "serial": {
+            "frames": 400,
+            "hits": 37,
+            "hit_rate": 0.0925,
+            "recent": [{"t": now - 60 + i, "hit_rate": 0.05 + 0.001 * i} for i in range(60)],
+            "latest_hit": {"frame": 398, "peaks": [[100, 60, 900.0], [300, 200, 400.0], [450, 30, 120.0]]},
+        },
+    }
+    with serve(view) as (url, _server):
+        yield url
+
+
+@pytest.mark.parametrize("width", WIDTHS)
+def test_layout_at_each_width(
+    busy: str, chromium: str, tmp_path: Path, screenshot_dir: Path, width: int
+) -> None:
+    browser = Browser(chromium, tmp_path / "chromium-profile", width=width, height=900)
+    try:
+        browser.goto(busy + f"#run={FAULTY}")
+        browser.wait_for("window.edgeDashboard?.link === 'live'", 10, "the first status push")
+        browser.wait_for("document.querySelectorAll('#runs tr[data-run]').length === 2", 10, "the runs table")
+        browser.wait_for("!!document.getElementById('where-files')", 10, "the where report")
+        browser.wait_for("document.getElementById('preview-empty').hidden", 10, "the live image")
+        browser.wait_for("!!document.getElementById('hit-rate')", 10, "the serial product")
+        browser.wait_for("window.edgeDashboard.trends.length >= 2", 10, "two trend samples")
+
+        layout = browser.evaluate(LAYOUT)
+        assert layout["scrollWidth"] <= layout["clientWidth"], f"page overflows sideways at {width} px"
+        assert layout["sticking"] == [], f"elements stick out of the page at {width} px"
+        assert overlapping(layout["cards"]) == [], f"cards overlap at {width} px"
+        assert all(c["x"] >= 0 and c["x"] + c["w"] <= layout["clientWidth"] + 1 for c in layout["cards"])
+
+        # the runs table is readable: each cell at least a short word wide and at most two lines tall
+        cells = layout["cells"]
+        assert len(cells) == 20
+        for cell in cells:
+            assert cell["w"] >= 40, f"{cell} is squeezed at {width} px"
+            assert cell["h"] <= 48, f"{cell} wraps into a column at {width} px"
+        row = browser.evaluate(f"document.querySelector('#runs tr[data-run=\"{FAULTY}\"]').innerText")
+        assert "0b5e7c2a" in row and "80" in row and "fail" in row
+
+        # long paths: shortened on screen, whole in the title and in the copy button
+        local = browser.evaluate(
+            "[...document.querySelectorAll('#where-files tbody tr:first-child .path')].map(e => [e.textContent, e.title])"
+        )
+        full_local = f"{STORE}/{FAULTY}/{FAULTY}_00000.h5"
+        full_hpc = f"{HPC}/{FAULTY}/{FAULTY}_00000.h5"
+        assert [title for _, title in local] == [full_local, full_hpc]
+        assert all(len(shown) < 30 and shown.endswith("_00000.h5") for shown, _ in local)
+        copies = browser.evaluate(
+            "[...document.querySelectorAll('#where-files button.copy')].map(b => b.dataset.copy)"
+        )
+        assert full_local in copies and full_hpc in copies
+        summary = browser.evaluate("document.getElementById('where-summary').textContent")
+        assert summary.startswith("3 file(s): 3 on the appliance, 2 verified upstream")
+
+        # the image keeps the detector's aspect ratio (a 64 x 32 preview: twice as wide as tall)
+        w, h = browser.evaluate(
+            "(() => { const r = document.getElementById('preview').getBoundingClientRect(); return [r.width, r.height]; })()"
+        )
+        assert abs(w / h - 2.0) < 0.02, (w, h)
+
+        browser.evaluate("window.scrollTo(0, 0)")
+        shot = browser.screenshot(screenshot_dir / f"dashboard-{width}px.png", full_page=True)
+        print(f"screenshot at {width} px: {shot}")
+    finally:
+        browser.close()

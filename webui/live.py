@@ -1,0 +1,167 @@
+"""Live updates for the dashboard: Server-Sent Events from one producer, at a bounded rate.
+
+However many pages watch, the view is read once per tick: :class:`LiveFeed` runs a single task while at
+least one subscriber is connected, reads ``status()`` once a second (in a worker thread: it touches
+SQLite and the disk) and the live image at most four times a second (only when a new frame is there),
+encodes each event once and hands the same bytes to every subscriber's small queue. A subscriber that
+falls behind loses its oldest events, never the appliance's time. With nobody watching, nothing runs:
+the dashboard costs the daemon nothing (``benchmarks/dashboard_subscribers.py`` measures it).
+
+Each status event carries one trend sample (frame rate, ring fill, upstream backlog, disk use); the
+last ten minutes of samples taken while someone watched are kept and sent to a page when it connects.
+Events: ``trends`` (on connect: the history), ``status`` (``{"status": ..., "trend": ...}``),
+``preview`` (the live image with its age). The browser's ``EventSource`` reconnects by itself
+(``retry:`` below); a comment line every 10 s keeps idle proxies from closing the stream.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+from starlette.concurrency import run_in_threadpool
+
+log = logging.getLogger(__name__)
+
+STATUS_SECONDS = 1.0
+PREVIEW_SECONDS = 0.25
+HISTORY_SECONDS = 600.0
+QUEUE_EVENTS = 8  # per subscriber; a slow page loses its oldest events
+KEEPALIVE_SECONDS = 10.0
+RETRY_MS = 1000
+
+
+def sse(event: str, data: Any) -> bytes:
+    """One Server-Sent Event (compact JSON data on one line)."""
+    return f"event: {event}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n".encode()
+
+
+class LiveFeed:
+    """One producer, many subscribers (see the module docstring)."""
+
+    def __init__(
+        self,
+        status: Callable[[], dict[str, Any]],
+        preview: Callable[[], dict[str, Any] | None],
+        status_seconds: float = STATUS_SECONDS,
+        preview_seconds: float = PREVIEW_SECONDS,
+        clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._status = status
+        self._preview = preview
+        self.status_seconds = status_seconds
+        self.preview_seconds = preview_seconds
+        self._clock = clock
+        self._wall = wall_clock
+        self._subscribers: set[asyncio.Queue[bytes]] = set()
+        self._task: asyncio.Task[None] | None = None
+        self.history: deque[dict[str, Any]] = deque(maxlen=int(HISTORY_SECONDS / status_seconds) + 1)
+        self._last_status: bytes | None = None
+        self._last_preview: bytes | None = None
+        self._preview_key: object = None
+        self._prev_received: tuple[float, float] | None = None  # (monotonic time, frames received)
+        self.reads = {"status": 0, "preview": 0}  # how often the view was read (tests, the benchmark)
+
+    @property
+    def subscribers(self) -> int:
+        return len(self._subscribers)
+
+    # -- subscribers --------------------------------------------------------------------------------------
+    async def stream(self, is_disconnected: Callable[[], Any] | None = None) -> AsyncIterator[bytes]:
+        """The byte stream of one subscriber, from its ``retry`` line until it goes away."""
+        queue: asyncio.Queue[bytes] = asyncio.Queue(maxsize=QUEUE_EVENTS)
+        self._subscribers.add(queue)
+        if self._task is None or self._task.done():
+            self._task = asyncio.get_running_loop().create_task(self._produce(), name="edge-live-feed")
+        try:
+            yield f"retry: {RETRY_MS}\n\n".encode()
+            yield sse("trends", list(self.history))
+            for last in (self._last_status, self._last_preview):
+                if last is not None:
+                    yield last
+            while True:
+                try:
+                    item = await asyncio.wait_for(queue.get(), KEEPALIVE_SECONDS)
+                except TimeoutError:
+                    item = b": keepalive\n\n"
+                yield item
+        finally:
+            self._subscribers.discard(queue)
+
+    def _publish(self, item: bytes) -> None:
+        for queue in list(self._subscribers):
+            if queue.full():
+                with contextlib.suppress(asyncio.QueueEmpty):
+                    queue.get_nowait()
+            queue.put_nowait(item)
+
+    # -- the producer --------------------------------------------------------------------------------------
+    async def _produce(self) -> None:
+        next_status = self._clock()
+        while self._subscribers:
+            now = self._clock()
+            if now >= next_status:
+                next_status = now + self.status_seconds
+                await self._status_event()
+            await self._preview_event()
+            await asyncio.sleep(max(0.0, min(self.preview_seconds, next_status - self._clock())))
+        self._task = None
+
+    async def _status_event(self) -> None:
+        try:
+            status = await run_in_threadpool(self._status)
+        except Exception:  # the page shows "stale" when status events stop; the log says why
+            log.exception("live feed: status() failed")
+            return
+        self.reads["status"] += 1
+        trend = self._trend(status)
+        self.history.append(trend)
+        self._last_status = sse("status", {"status": status, "trend": trend})
+        self._publish(self._last_status)
+
+    async def _preview_event(self) -> None:
+        try:
+            preview = await run_in_threadpool(self._preview)
+        except Exception:
+            log.exception("live feed: latest_preview() failed")
+            return
+        self.reads["preview"] += 1
+        if preview is None:
+            return
+        key = (preview.get("run_uid"), preview.get("frame"), preview.get("received_at"))
+        if key == self._preview_key:
+            return
+        self._preview_key = key
+        now = self._wall()
+        received = preview.get("received_at")
+        age = None if received is None else round(max(0.0, now - float(received)), 3)
+        self._last_preview = sse("preview", {**preview, "server_time": now, "age_seconds": age})
+        self._publish(self._last_preview)
+
+    def _trend(self, status: dict[str, Any]) -> dict[str, Any]:
+        """One trend sample: frame rate (from the receiver's counter), ring fill, backlog, disk use."""
+        now = self._clock()
+        received = float((status.get("frames") or {}).get("received") or 0)
+        rate = None
+        if self._prev_received is not None:
+            t0, r0 = self._prev_received
+            # a restarted daemon's counter starts again, and a gap (nobody watched) is no rate either
+            if now > t0 and received >= r0 and now - t0 < 5 * self.status_seconds:
+                rate = round((received - r0) / (now - t0), 2)
+        self._prev_received = (now, received)
+        ring = status.get("ring") or {}
+        slots = float(ring.get("slots") or 0)
+        return {
+            "t": status.get("server_time", self._wall()),
+            "frame_rate": rate,
+            "ring_fill": round(float(ring.get("fill") or 0) / slots, 4) if slots else None,
+            "backlog_bytes": (status.get("ledger") or {}).get("bytes_pending"),
+            "disk_percent": (status.get("disk") or {}).get("percent"),
+        }

@@ -1,0 +1,87 @@
+// edge dashboard: small line charts on <canvas>, drawn by hand (no library, no build step).
+//
+// EdgeCharts.trend(canvas, samples, value, options) draws value(sample) against sample.t (seconds,
+// appliance wall clock) over the last `windowS` seconds: the latest value and the range in the corner,
+// gaps where a sample has no value (nobody watched, or no rate yet), and a "-N min ... now" time axis.
+"use strict";
+
+window.EdgeCharts = (() => {
+  function fit(canvas) {
+    // draw at the canvas's on-screen size, sharp on high-DPI screens
+    const ratio = window.devicePixelRatio || 1;
+    const w = Math.max(1, Math.round(canvas.clientWidth * ratio));
+    const h = Math.max(1, Math.round(canvas.clientHeight * ratio));
+    if (canvas.width !== w || canvas.height !== h) {
+      canvas.width = w;
+      canvas.height = h;
+    }
+    const ctx = canvas.getContext("2d");
+    ctx.setTransform(ratio, 0, 0, ratio, 0, 0);
+    return { ctx, W: w / ratio, H: h / ratio };
+  }
+
+  function trend(canvas, samples, value, options = {}) {
+    const { ctx, W, H } = fit(canvas);
+    const windowS = options.windowS || 600;
+    const format = options.format || ((v) => v.toFixed(1));
+    const colour = options.colour || "#2563eb";
+    ctx.clearRect(0, 0, W, H);
+    const now = options.now ?? (samples.length ? samples[samples.length - 1].t : Date.now() / 1000);
+    const pts = [];
+    for (const s of samples) {
+      if (!(now - s.t <= windowS)) continue;
+      const v = value(s);
+      pts.push([s.t, v === null || v === undefined || !Number.isFinite(Number(v)) ? null : Number(v)]);
+    }
+    const m = { l: 4, r: 4, t: 16, b: 14 };
+    ctx.font = "11px system-ui, sans-serif";
+    ctx.fillStyle = "#6a7383";
+    ctx.strokeStyle = "#e5e7eb";
+    ctx.lineWidth = 1;
+    ctx.beginPath();
+    ctx.moveTo(m.l, H - m.b + 0.5);
+    ctx.lineTo(W - m.r, H - m.b + 0.5);
+    ctx.stroke();
+    ctx.textBaseline = "bottom";
+    ctx.textAlign = "left";
+    ctx.fillText(`-${Math.round(windowS / 60)} min`, m.l, H);
+    ctx.textAlign = "right";
+    ctx.fillText("now", W - m.r, H);
+    const values = pts.filter((p) => p[1] !== null).map((p) => p[1]);
+    ctx.textBaseline = "top";
+    if (!values.length) {
+      ctx.textAlign = "center";
+      ctx.fillText("no samples yet", W / 2, H / 2 - 6);
+      return;
+    }
+    let lo = Math.min(...values, options.min ?? Infinity);
+    let hi = Math.max(...values, options.max ?? -Infinity);
+    if (options.floor !== undefined) lo = Math.min(lo, options.floor);
+    if (hi <= lo) hi = lo + 1;
+    const sx = (t) => m.l + (1 - (now - t) / windowS) * (W - m.l - m.r);
+    const sy = (v) => H - m.b - ((v - lo) / (hi - lo)) * (H - m.t - m.b);
+    ctx.strokeStyle = colour;
+    ctx.lineWidth = 1.5;
+    ctx.beginPath();
+    let pen = false;
+    for (const [t, v] of pts) {
+      if (v === null) {
+        pen = false;
+        continue;
+      }
+      if (pen) ctx.lineTo(sx(t), sy(v));
+      else ctx.moveTo(sx(t), sy(v));
+      pen = true;
+    }
+    ctx.stroke();
+    const last = values[values.length - 1];
+    ctx.fillStyle = "#1d2430";
+    ctx.textAlign = "left";
+    ctx.fillText(`now ${format(last)}`, m.l, 1);
+    ctx.fillStyle = "#6a7383";
+    ctx.textAlign = "right";
+    ctx.fillText(`${format(lo)} – ${format(hi)}`, W - m.r, 1);
+  }
+
+  return { trend, fit };
+})();
