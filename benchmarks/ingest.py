@@ -30,6 +30,7 @@ import zmq
 
 from edge.ring import FrameRing
 from firmware_bridge.source import FrameHeader
+from firmware_bridge.stream2_reader import Stream2Source
 from firmware_bridge.stream_codec import encode_image, encode_series_end, encode_series_start
 from firmware_bridge.udp_codec import DetectorGeometry, packetize_frame
 from firmware_bridge.udp_reader import UdpSource
@@ -252,6 +253,78 @@ def _zmq_sender_bind(port: int, frames: int) -> None:
     context.term()
 
 
+def _stream2_sender_bind(port: int, frames: int) -> None:
+    """A Stream V2 detector: start, ``frames`` bslz4 images (4 distinct payloads, compressed once), end."""
+    from hw_sim.stream2_sender import encode_end, encode_image, encode_start
+    from kernels import compress_chunk
+
+    chunks = [compress_chunk(frame) for frame in _frames(STREAM_SHAPE, 4)]
+    context = zmq.Context()
+    push = context.socket(zmq.PUSH)
+    push.sndhwm = 64
+    push.bind(f"tcp://127.0.0.1:{port}")
+    push.send(encode_start(1, "bench", STREAM_SHAPE, "uint16", frames, {}))
+    for n in range(frames):
+        push.send(encode_image(1, "bench", n, STREAM_SHAPE, "uint16", chunks[n % 4], 0), copy=False)
+    push.send(encode_end(1, "bench"))
+    push.close(linger=-1)
+    context.term()
+
+
+def stream2_bare(frames: int) -> dict[str, float]:
+    context = zmq.Context()
+    port = _free_port(socket.SOCK_STREAM)
+    proc = mp.Process(target=_stream2_sender_bind, args=(port, frames))
+    proc.start()
+    pull = context.socket(zmq.PULL)
+    pull.connect(f"tcp://127.0.0.1:{port}")
+    images = nbytes = 0
+    started = None
+    while True:
+        message = pull.recv(copy=False)
+        started = started or time.perf_counter()
+        size = len(message.buffer)
+        if size > 4096:
+            images += 1
+            nbytes += size
+        elif b"end" in message.bytes and b"start" not in message.bytes:
+            break
+    seconds = time.perf_counter() - started
+    proc.join()
+    pull.close(0)
+    context.term()
+    return {"frames": images, "seconds": seconds, "bytes": nbytes}
+
+
+def stream2_ours(frames: int) -> dict[str, float]:
+    context = zmq.Context()
+    port = _free_port(socket.SOCK_STREAM)
+    sink = RingSink(STREAM_SHAPE[0] * STREAM_SHAPE[1] * 2)
+    sink.reference = _frames(STREAM_SHAPE, 4)
+    proc = mp.Process(target=_stream2_sender_bind, args=(port, frames))
+    proc.start()
+    source = Stream2Source(f"tcp://127.0.0.1:{port}", sink, context)
+    source.start()
+    started = None
+    while not sink.ended.wait(0.001):
+        if started is None and sink.frames:
+            started = time.perf_counter()
+    seconds = time.perf_counter() - (started or time.perf_counter())
+    proc.join()
+    counters = source.counters()
+    source.stop()
+    sink.close()
+    context.term()
+    return {
+        "frames": counters.get("frames_received", 0),
+        "seconds": seconds,
+        "bytes": counters.get("bytes_received", 0),
+        "lost": sink.lost_frames,
+        "checked": sink.checked,
+        "bad": sink.bad,
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--frames", type=int, default=300, help="frames per measurement")
@@ -264,12 +337,16 @@ def main(argv: list[str] | None = None) -> int:
         "udp_ours": [],
         "zmq_bare": [],
         "zmq_ours": [],
+        "stream2_bare": [],
+        "stream2_ours": [],
     }
     for _ in range(args.repeats):  # interleaved so drift hits both sides alike
         results["udp_bare"].append(udp_bare(args.frames))
         results["udp_ours"].append(udp_ours(args.frames))
         results["zmq_bare"].append(zmq_bare(args.frames))
         results["zmq_ours"].append(zmq_ours(args.frames))
+        results["stream2_bare"].append(stream2_bare(args.frames))
+        results["stream2_ours"].append(stream2_ours(args.frames))
 
     def rate(rows: list[dict[str, float]], key: str) -> tuple[float, float]:
         values = [r[key] / r["seconds"] for r in rows if r["seconds"] > 0]
@@ -279,12 +356,18 @@ def main(argv: list[str] | None = None) -> int:
     udp_ours_pps, udp_ours_spread = rate(results["udp_ours"], "packets")
     zmq_bare_bps, zmq_bare_spread = rate(results["zmq_bare"], "bytes")
     zmq_ours_bps, zmq_ours_spread = rate(results["zmq_ours"], "bytes")
+    s2_bare_fps, s2_bare_spread = rate(results["stream2_bare"], "frames")
+    s2_ours_fps, s2_ours_spread = rate(results["stream2_ours"], "frames")
     for row in results["udp_ours"]:
         print(
             f"udp run: {row['frames']} frames delivered, {row['lost']} lost of {args.frames}", file=sys.stderr
         )
     udp_accounted = all(r["frames"] + r["lost"] == args.frames for r in results["udp_ours"])
     zmq_accounted = all(r["frames"] + r["lost"] == args.frames and r["bad"] == 0 for r in results["zmq_ours"])
+    s2_accounted = all(
+        r["frames"] + r["lost"] == args.frames and r["bad"] == 0 and r["checked"] > 0
+        for r in results["stream2_ours"]
+    )
     rows = [
         {
             "workload": f"UDP ingest, {UDP_GEOMETRY.packets_per_frame} x 8 KiB packets/frame (packets/s)",
@@ -307,6 +390,16 @@ def main(argv: list[str] | None = None) -> int:
             "check": "every frame accounted for; sampled ring frames bit-exact",
             "check_passed": zmq_accounted,
         },
+        {
+            "workload": "Stream V2 (CBOR, bslz4) ingest, 1024x1024 uint16, decoded into the ring (frames/s)",
+            "ours": round(s2_ours_fps, 1),
+            "reference": round(s2_bare_fps, 1),
+            "reference_name": "bare recv(copy=False) loop",
+            "ratio": round(s2_ours_fps / s2_bare_fps, 3),
+            "spread": [round(s2_ours_spread, 1), round(s2_bare_spread, 1)],
+            "check": "every frame accounted for; sampled ring frames bit-exact",
+            "check_passed": s2_accounted,
+        },
     ]
     if args.json:
         print(json.dumps({"rows": rows, "frames": args.frames, "repeats": args.repeats}))
@@ -317,7 +410,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"{row['workload']:<62} {row['ours']:>10} {row['reference']:>10} {row['ratio']:>6}  "
                 f"{'ok' if row['check_passed'] else 'FAILED'}: {row['check']}"
             )
-    return 0 if udp_accounted and zmq_accounted else 1
+    return 0 if udp_accounted and zmq_accounted and s2_accounted else 1
 
 
 if __name__ == "__main__":
