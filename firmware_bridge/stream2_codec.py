@@ -365,7 +365,7 @@ class Stream2Codec:
             value = cbor2.loads(message, max_depth=64)
         except cbor2.CBORDecodeError as error:
             raise Stream2ProtocolError("malformed_cbor", str(error)[:120]) from None
-        except (ValueError, TypeError, OverflowError, RecursionError, MemoryError) as error:
+        except Exception as error:  # cbor2's tag decoders can raise other types on hostile input
             raise Stream2ProtocolError("malformed_cbor", f"{type(error).__name__}: {error}"[:120]) from None
         return _untag_self_described(value)
 
