@@ -1,15 +1,17 @@
 """The dashboard against the real stack: simulator -> daemon -> pull, in headless Chromium.
 
-What a beamline scientist sees: the frame counter moving, a drawn live image, the profile plot with
-its axis unit, the run in the runs table, and after clicking it where each file is and who confirmed
-it, plus the loss the simulator injected; and a banner when the appliance stops answering. The tests
-share one stack; the last one stops the daemon.
+What a beamline scientist sees: the frame counter moving, a drawn live image whose timestamp advances,
+the profile plot with its axis unit, the run in the runs table, and after clicking it where each file
+is on the appliance and on the HPC side (the pull client's own path) and who confirmed it, plus the loss
+the simulator injected; and "offline" within 5 s of the daemon stopping. The tests share one stack;
+the last one stops the daemon.
 """
 
 from __future__ import annotations
 
 import signal
 import subprocess
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -74,10 +76,11 @@ def test_live_frames_image_profile_and_where_the_run_is(
     assert browser.evaluate("document.title") == "edge appliance"
 
     # counters and rate from /api/status
-    browser.wait_for(COUNTER.format(id="frames-received") + " > 0", 20, "the frame counter above 0")
+    browser.wait_for(COUNTER.format(id="c-daemon-received") + " > 0", 20, "the frame counter above 0")
     browser.wait_for(
         "parseFloat(document.getElementById('frame-rate').textContent) > 0", 20, "a frame rate above 0"
     )
+    assert browser.evaluate("document.getElementById('link-state').textContent") == "live"
     assert "slots in use" in browser.evaluate("document.getElementById('ring-fill').textContent")
     assert "% of" in browser.evaluate("document.getElementById('disk-used').textContent")
     assert browser.evaluate("document.getElementById('unreachable').hidden") is True
@@ -87,6 +90,10 @@ def test_live_frames_image_profile_and_where_the_run_is(
     assert colours, "the canvas shows a single colour"
     caption = browser.evaluate("document.getElementById('preview-caption').textContent")
     assert caption.startswith("frame ") and run_uid[:8] in caption
+    # the frame's time advances while the run goes on (the simulator sends 10 frames/s)
+    received = "Number(document.getElementById('preview-received').dataset.receivedAt)"
+    first = browser.wait_for(received, 10, "the frame's time")
+    browser.wait_for(f"{received} > {first}", 10, "a newer frame's time")
 
     # the profile is a line with axes and its unit
     points = browser.wait_for(
@@ -99,7 +106,7 @@ def test_live_frames_image_profile_and_where_the_run_is(
     assert "intensity" in browser.evaluate("document.getElementById('profile-ylabel').textContent")
 
     # the injected loss shows as an alarm (the simulator's loss is seeded; the first gap comes early)
-    browser.wait_for(COUNTER.format(id="frames-lost") + " > 0", 30, "lost frames counted")
+    browser.wait_for(COUNTER.format(id="c-run-lost") + " > 0", 30, "this run's lost frames counted")
     alarms = browser.wait_for(
         "[...document.querySelectorAll('#alarms li.error')].map(li => li.textContent).join('\\n')",
         10,
@@ -120,12 +127,22 @@ def test_live_frames_image_profile_and_where_the_run_is(
     browser.click(row)
     first_file = stack.store / run_uid / f"{run_uid}_00000.h5"
     paths = browser.wait_for(
-        "[...document.querySelectorAll('#where-files .path')].map(e => e.textContent)",
+        "[...document.querySelectorAll('#where-files td.paths:not(.upstream-copy) .path')].map(e => e.title)",
         10,
         "the run's file paths",
     )
     assert str(first_file) in paths
     assert all(path.startswith(str(stack.store / run_uid)) for path in paths)
+    # the HPC-side copy: the path the pull client stored the first file at, as it acknowledged it
+    copies = browser.wait_for(
+        "[...document.querySelectorAll('#where-files td.upstream-copy .path')].map(e => e.title)",
+        10,
+        "the upstream copies",
+    )
+    assert any(c.endswith(f"/{run_uid}/{first_file.name}") for c in copies), copies
+    assert browser.evaluate("document.getElementById('where-summary').textContent").startswith(
+        f"{len(paths)} file(s):"
+    )
     where_text = browser.evaluate("document.getElementById('where').textContent")
     assert "hpc" in where_text  # confirmed by the pull client
     assert "xxh3-128:" in where_text
@@ -143,14 +160,20 @@ def test_live_frames_image_profile_and_where_the_run_is(
 
 def test_banner_when_the_appliance_stops_answering(live: LiveStack, browser: Browser) -> None:
     browser.goto(live.stack.url + "/")
-    browser.wait_for(COUNTER.format(id="frames-received") + " > 0", 20, "the frame counter above 0")
-    received = browser.evaluate(COUNTER.format(id="frames-received"))
+    browser.wait_for(COUNTER.format(id="c-daemon-received") + " > 0", 20, "the frame counter above 0")
+    browser.wait_for("window.edgeDashboard?.link === 'live'", 10, "the live stream")
+    received = browser.evaluate(COUNTER.format(id="c-daemon-received"))
 
-    # Ctrl-C: the daemon closes its web API first, then drains and closes its files (the fixture's
-    # teardown waits for that); the page must say it cannot reach the appliance meanwhile
+    # Ctrl-C: the daemon closes its web API first (its live streams within 2 s), then drains and
+    # closes its files (the fixture's teardown waits for that); the page must say "offline" in 5 s
     live.daemon.send_signal(signal.SIGINT)
-    browser.wait_for("!document.getElementById('unreachable').hidden", 15, "the unreachable banner")
+    stopped = time.monotonic()
+    browser.wait_for(
+        "document.getElementById('link-state').textContent.startsWith('offline')", 5, "offline within 5 s"
+    )
+    assert time.monotonic() - stopped < 5
     banner = browser.evaluate("document.getElementById('unreachable').textContent")
     assert "Cannot reach the appliance" in banner and "Retrying" in banner
     assert browser.evaluate("document.getElementById('main').classList.contains('stale')")
-    assert browser.evaluate(COUNTER.format(id="frames-received")) >= received  # last values stay
+    assert browser.evaluate("document.getElementById('run-state').className") == "pill unknown"
+    assert browser.evaluate(COUNTER.format(id="c-daemon-received")) >= received  # last values stay

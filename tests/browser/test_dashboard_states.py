@@ -1,203 +1,34 @@
-"""The dashboard in states a live demo rarely reaches, against the real web app and a scripted view.
+"""The dashboard in states a live demo rarely reaches, against the real web app and a scripted appliance.
 
-A storage alarm, a disconnected detector, lost and incomplete frames, a recovery after a crash, a
-vanished consumer, a purged file, and no frame yet (``/api/preview`` and ``/api/profile`` answer 404):
-each must be on screen in words, and must go away when the appliance is healthy again. The web app is
-``webui.create_app`` served by uvicorn on loopback, so the page, its routes and the 404 handling are
-the real ones; only the appliance behind them is scripted.
+Each test sets facts on a :class:`scripted.ScriptedView` (alarms and the upstream outlook are derived by
+the real ``edge.alarms`` and ``edge.upstream.outlook``) and checks what a scientist sees: a clean run
+after a faulty one shows no stale alarm; acknowledging works with the token and is refused without it;
+an upstream outage says "stalled" with one ETA everywhere; the image's timestamp advances while frames
+come and stops (and says so) when they stop; the header says "offline" within 5 s of the appliance
+going away; a troubled appliance's alarms, in words, clear when it is healthy again.
 """
 
 from __future__ import annotations
 
-import base64
-import copy
-import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
-import uvicorn
 from cdp_browser import Browser
-from edgeprocs import free_port, wait_for
-
-from edge.config import load_settings
-from edge.errors import NotFound
-from webui import create_app
+from scripted import CLEAN, FAULTY, ScriptedRun, ScriptedView, run_files, serve
 
 pytestmark = pytest.mark.browser
 
-RUN = "0b5e7c2a-6f1d-4c1e-9a57-3d2f8e1c4b90"
-STORE = "/data/edge/store"
-
-TROUBLED_STATUS: dict[str, Any] = {
-    "appliance": {
-        "uptime_seconds": 120.0,
-        "stopping": False,
-        "run_uid": None,
-        "recovery": {
-            "quarantined": [f"{STORE}/{RUN}/{RUN}_00002.h5.part"],
-            "salvaged": [],
-            "runs_failed": [RUN],
-            "frames_lost": 5,
-        },
-    },
-    "frames": {
-        "received": 1234,
-        "stored": 1200,
-        "delivered": 1100,
-        "lost": 7,
-        "incomplete": 2,
-        "loss_records": 3,
-    },
-    "receiver": {"endpoint": "tcp://127.0.0.1:5560", "messages": 1240, "series_started": 1, "errors": {}},
-    "ring": {"slots": 64, "fill": 60, "max_fill": 64, "policy": "block", "dropped": 0, "full_waits": 12},
-    "pipeline": {"backend": "numba", "backend_degraded_from": ["gpu"], "frames_processed": 1200},
-    "store": {"path": STORE, "files_closed": 12},
-    "ledger": {"bytes_pending": 5_000_000_000, "consumers": [{"consumer": "hpc", "chunks_acked": 10}]},
-    "upstream": {
-        "bytes_sent": 1_000_000,
-        "files_verified": 11,
-        "consumers": [
-            {"consumer": "hpc", "credit": 0, "in_flight": 3, "seconds_since_seen": 42.0, "connected": False}
-        ],
-    },
-    "retention": {
-        "capacity_bytes": 10_000_000_000,
-        "store_bytes": 9_950_000_000,
-        "unverified_bytes": 9_900_000_000,
-        "verified_bytes": 50_000_000,
-        "full_in_seconds": 600.0,
-        "alarm": "store holds 9.9 GB not yet verified upstream, above its high water mark",
-        "accepting_runs": False,
-    },
-    "disk": {"total": 20_000_000_000, "used": 19_000_000_000, "free": 1_000_000_000, "percent": 95.0},
-    "detector": {"enabled": True, "prefix": "SIM:cam1:", "connected": False, "state": "Disconnected"},
+TOKEN = "s3cret-token"
+LOSS = {
+    "first_frame": 120,
+    "last_frame": 199,
+    "reason": "frame_number_gap",
+    "detail": "80 frames never arrived",
+    "at": 1_790_000_010.0,
+    "partial": False,
 }
-
-HEALTHY_STATUS: dict[str, Any] = copy.deepcopy(TROUBLED_STATUS)
-HEALTHY_STATUS["appliance"]["recovery"] = {
-    "quarantined": [],
-    "salvaged": [],
-    "runs_failed": [],
-    "frames_lost": 0,
-}
-HEALTHY_STATUS["frames"].update(lost=0, incomplete=0, loss_records=0)
-HEALTHY_STATUS["upstream"]["consumers"][0].update(connected=True, credit=8, seconds_since_seen=0.1)
-HEALTHY_STATUS["retention"].update(alarm=None, accepting_runs=True, unverified_bytes=0, full_in_seconds=None)
-HEALTHY_STATUS["detector"].update(connected=True, state="Idle")
-
-FILES = [
-    {
-        "name": f"{RUN}_00000.h5",
-        "path": f"{STORE}/{RUN}/{RUN}_00000.h5",
-        "on_local_disk": False,
-        "size": 104_857_600,
-        "checksum": "xxh3-128:0123456789abcdef0123456789abcdef",
-        "frames": [0, 99],
-        "n_frames": 100,
-        "state": "purged",
-        "verified_by": {"hpc": 1_790_000_000.0},
-        "chunks_acked": {"hpc": 25},
-        "purged_at": 1_790_000_500.0,
-    },
-    {
-        "name": f"{RUN}_00001.h5",
-        "path": f"{STORE}/{RUN}/{RUN}_00001.h5",
-        "on_local_disk": True,
-        "size": 52_428_800,
-        "checksum": "xxh3-128:fedcba9876543210fedcba9876543210",
-        "frames": [100, 149],
-        "n_frames": 50,
-        "state": "stored",
-        "verified_by": {},
-        "chunks_acked": {},
-        "purged_at": None,
-    },
-]
-LOSSES = [
-    {
-        "first_frame": 120,
-        "last_frame": 120,
-        "reason": "incomplete_frame",
-        "detail": "3 of 16 packets missing",
-        "at": 1_790_000_010.0,
-        "partial": True,
-    },
-    {
-        "first_frame": 150,
-        "last_frame": 154,
-        "reason": "daemon_crash",
-        "detail": "frames in the ring at the crash",
-        "at": 1_790_000_020.0,
-        "partial": False,
-    },
-]
-
-
-class ScriptedView:
-    """An appliance view whose answers the test sets; the same interface as ``edge.appliance``."""
-
-    def __init__(self) -> None:
-        self.status_doc = TROUBLED_STATUS
-        self.preview: dict[str, Any] | None = None
-        self.profile: dict[str, Any] | None = None
-
-    def status(self) -> dict[str, Any]:
-        return self.status_doc
-
-    def runs(self) -> list[dict[str, Any]]:
-        return [{"run_uid": RUN, "started_at": 1_789_999_000.0}]
-
-    def run(self, run_uid: str) -> dict[str, Any]:
-        if run_uid != RUN:
-            raise NotFound(f"no run {run_uid!r} in the ledger")
-        where = {
-            "run_uid": RUN,
-            "exit_status": "fail",
-            "started_at": 1_789_999_000.0,
-            "ended_at": 1_790_000_030.0,
-            "frames_expected": 200,
-            "frames_stored": 150,
-            "frames_delivered": 100,
-            "frames_lost": 5,
-            "required_consumers": ["hpc"],
-            "bytes_pending": 52_428_800,
-            "upstream_rate_bytes_per_s": 0.0,
-            "eta_seconds": None,
-            "files": FILES,
-            "losses": LOSSES,
-        }
-        return {"run_uid": RUN, "exit_status": "fail", "started_at": 1_789_999_000.0, "where": where}
-
-    def latest_profile(self) -> dict[str, Any] | None:
-        return self.profile
-
-    def latest_preview(self) -> dict[str, Any] | None:
-        return self.preview
-
-
-@pytest.fixture
-def view() -> ScriptedView:
-    return ScriptedView()
-
-
-@pytest.fixture
-def url(view: ScriptedView, chromium: str) -> Iterator[str]:
-    """The real web app on a loopback port, served by uvicorn on a thread of this process."""
-    port = free_port()
-    config = uvicorn.Config(
-        create_app(load_settings(), view), host="127.0.0.1", port=port, log_level="warning", lifespan="off"
-    )
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, name="uvicorn", daemon=True)
-    thread.start()
-    try:
-        wait_for(lambda: server.started, 15, "the web app to listen")
-        yield f"http://127.0.0.1:{port}/"
-    finally:
-        server.should_exit = True
-        thread.join(15)
 
 
 def texts(browser: Browser, selector: str) -> list[str]:
@@ -206,78 +37,235 @@ def texts(browser: Browser, selector: str) -> list[str]:
     )
 
 
-def test_alarms_placeholders_and_a_failed_run(
+def faulty_run(current: bool = True) -> ScriptedRun:
+    now = time.time()
+    return ScriptedRun(FAULTY, now - 600, None if current else now - 300, None if current else "fail",
+                       run_files(FAULTY, 2, 1), [dict(LOSS)])  # fmt: skip
+
+
+def clean_run() -> ScriptedRun:
+    return ScriptedRun(CLEAN, time.time() - 10, None, None, run_files(CLEAN, 1, 0), [])
+
+
+@pytest.fixture
+def view() -> ScriptedView:
+    return ScriptedView()
+
+
+@pytest.fixture
+def url(view: ScriptedView) -> Iterator[str]:
+    with serve(view, token=TOKEN) as (address, _server):
+        yield address
+
+
+def live(browser: Browser, url: str) -> None:
+    browser.goto(url)
+    browser.wait_for("window.edgeDashboard?.link === 'live'", 10, "the first status push")
+
+
+def test_a_clean_run_after_a_faulty_one_shows_no_stale_alarm(
     url: str, view: ScriptedView, browser: Browser, screenshot_dir: Path
 ) -> None:
-    browser.goto(url)
-    browser.wait_for("document.querySelectorAll('#alarms li').length >= 6", 10, "the alarms")
+    view.add_run(faulty_run(current=True), current=True)
+    live(browser, url)
+    alarm = browser.wait_for(
+        "document.querySelector('#alarms li.error')?.innerText || ''", 10, "the faulty run's loss alarm"
+    )
+    assert "Run 0b5e7c2a: 80 frames lost (1 loss records)" in alarm and "run 0b5e7c2a" in alarm
+    assert texts(browser, "#c-run-lost") == ["80"]
+
+    # the faulty run ends; a clean one starts: its page has no alarm, the old losses stay in history
+    view.add_run(faulty_run(current=False))
+    view.add_run(clean_run(), current=True)
+    browser.wait_for("document.querySelectorAll('#alarms li').length === 0", 10, "the stale alarm to go")
+    browser.wait_for("document.getElementById('c-run-lost').textContent === '0'", 10, "this run's count")
+    assert texts(browser, "#c-all-lost") == ["80"]  # all time still says it, with its scope
+    assert "7d41c9e0" in texts(browser, "#scope-run")[0]
+    browser.wait_for(f"!!document.querySelector('#runs tr[data-run=\"{FAULTY}\"]')", 10, "the runs table")
+    row = texts(browser, f'#runs tr[data-run="{FAULTY}"]')[0]
+    assert "fail" in row and "80" in row
+    browser.screenshot(screenshot_dir / "dashboard-clean-after-faulty.png", full_page=True)
+
+
+def test_acknowledging_needs_the_token(url: str, view: ScriptedView, browser: Browser) -> None:
+    view.add_run(faulty_run(current=True), current=True)
+    live(browser, url)
+    alarm_id = f"run:{FAULTY}:lost"
+    button = f'#alarms li[data-alarm="{alarm_id}"] button.ack'
+    browser.wait_for(f"!!document.querySelector({button!r})", 10, "the acknowledge button")
+
+    # no token in this browser: refused, and the alarm is not acknowledged on the appliance
+    browser.click(button)
+    message = browser.wait_for(
+        "document.querySelector('#alarms li .ack-msg')?.textContent || ''", 10, "the refusal"
+    )
+    assert "refused" in message and "token" in message
+    assert [a["acknowledged"] for a in view.alarms() if a["id"] == alarm_id] == [False]
+
+    # a wrong token: refused too
+    browser.click("#token-toggle")
+    browser.evaluate("document.getElementById('token-input').value = 'wrong'")
+    browser.click("#token-save")
+    browser.click(button)
+    browser.wait_for(
+        "(document.querySelector('#alarms li .ack-msg')?.textContent || '').includes('wrong')",
+        10,
+        "a refusal",
+    )
+    assert [a["acknowledged"] for a in view.alarms() if a["id"] == alarm_id] == [False]
+
+    # the right token, entered in the page and kept in this browser's storage: acknowledged
+    browser.evaluate(f"document.getElementById('token-input').value = {TOKEN!r}")
+    browser.click("#token-save")
+    assert browser.evaluate("localStorage.getItem('edge.apiToken')") == TOKEN
+    browser.click(button)
+    browser.wait_for(
+        f"document.querySelector('#alarms li[data-alarm=\"{alarm_id}\"]')?.classList.contains('acknowledged')",
+        10,
+        "the alarm acknowledged",
+    )
+    assert [a["acknowledged"] for a in view.alarms() if a["id"] == alarm_id] == [True]
+    # the next push still lists it (its condition holds), acknowledged, with no button
+    browser.wait_for(
+        f"!document.querySelector({button!r}) && document.querySelector('#alarms li.acknowledged')"
+        ".textContent.includes('acknowledged')",
+        10,
+        "the acknowledged alarm after a push",
+    )
+
+
+def test_an_upstream_outage_shows_stalled_and_one_eta(
+    url: str, view: ScriptedView, browser: Browser, screenshot_dir: Path
+) -> None:
+    view.add_run(faulty_run(current=False))
+    view.base["ledger"]["bytes_pending"] = 5 * 2**30
+    view.base["upstream"]["consumers"][0].update(connected=False, credit=0, seconds_since_seen=42.0)
+    view.base["upstream"]["bytes_sent"] = 10 * 2**30
+    view.ledger.rate = 1e6  # files were verified in the window, before the consumer went
+    view.ledger.oldest = time.time() - 7200
+    live(browser, url)
+    browser.wait_for("document.getElementById('upstream-state').textContent === 'stalled'", 10, "stalled")
+    browser.wait_for(f"!!document.querySelector('#runs tr[data-run=\"{FAULTY}\"]')", 10, "the runs table")
+    browser.click(f'#runs tr[data-run="{FAULTY}"]')
+    browser.wait_for("!!document.getElementById('where-files')", 10, "the where report")
+    etas = texts(browser, ".eta")
+    assert len(etas) == 3  # header, upstream card, where report: the same one ETA
+    assert set(etas) == {"stalled: no consumer connected"}
+    assert texts(browser, "#upstream-sending") == ["nothing (no consumer connected)"]
+    assert texts(browser, "#upstream-lag") == ["2.0 h"]
+    assert "Upstream stalled: no consumer connected: hpc must pull" in " ".join(texts(browser, "#alarms li"))
+    browser.screenshot(screenshot_dir / "dashboard-upstream-outage.png", full_page=True)
+
+    # the consumer comes back: one ETA again, computed by the appliance, shown everywhere the same
+    view.base["upstream"]["consumers"][0].update(connected=True, credit=8, seconds_since_seen=0.2)
+    browser.wait_for(
+        "document.getElementById('upstream-state').textContent === 'delivering'", 10, "delivering"
+    )
+    browser.wait_for(
+        "!document.querySelector('#alarms li[data-alarm=\"condition:upstream\"]')",
+        10,
+        "the outage alarm to clear",
+    )
+    etas = texts(browser, ".eta")
+    assert len(set(etas)) == 1 and etas[0] == "1.5 h", etas  # 5 GiB at 1 MB/s
+
+
+def test_the_image_timestamp_advances_with_frames_and_stops_when_they_stop(
+    url: str, view: ScriptedView, browser: Browser
+) -> None:
+    view.add_run(clean_run(), current=True)
+    view.new_frame(1)
+    live(browser, url)
+    received = "document.getElementById('preview-received').dataset.receivedAt"
+    first = float(browser.wait_for(received, 10, "the first frame's time"))
+    assert "frame 1 of run 7d41c9e0" in texts(browser, "#preview-caption")[0]
+    assert texts(browser, "#preview-detector-time")[0].startswith("detector t = 0.010 s")
+    seen = [first]
+    for frame in (2, 3):
+        view.new_frame(frame)
+        seen.append(
+            float(browser.wait_for(f"Number({received}) > {seen[-1]} && {received}", 10, f"frame {frame}"))
+        )
+    assert seen == sorted(seen) and len(set(seen)) == 3
+    assert texts(browser, "#preview-caption") == ["frame 3 of run 7d41c9e0"]
+    age = browser.evaluate("document.getElementById('preview-age').textContent")
+    assert "ago" in age and "no new frame" not in age
+
+    # frames stop: the timestamp stays, the age grows and the caption says no new frame came
+    browser.wait_for(
+        "document.getElementById('preview-age').textContent.includes('no new frame')",
+        10,
+        "the frozen-image mark",
+    )
+    assert float(browser.evaluate(received)) == seen[-1]
+    assert browser.evaluate("document.getElementById('preview-age').className") == "frozen"
+
+    # an incomplete frame is marked as such
+    view.new_frame(4, incomplete=True)
+    browser.wait_for("!!document.getElementById('preview-incomplete')", 10, "the incomplete-frame mark")
+
+
+def test_offline_within_5_s_when_the_appliance_stops(view: ScriptedView, browser: Browser) -> None:
+    view.add_run(clean_run(), current=True)
+    view.new_frame(1)
+    with serve(view) as (url, server):
+        live(browser, url)
+        browser.wait_for(
+            "document.getElementById('run-state').className === 'pill acquiring'", 10, "acquiring"
+        )
+        server.should_exit = True
+        stopped = time.monotonic()
+        browser.wait_for(
+            "document.getElementById('link-state').textContent.startsWith('offline')", 5, "offline within 5 s"
+        )
+        took = time.monotonic() - stopped
+    assert took < 5
+    # nothing on the page still claims to be live: the run badge is greyed, the rate is gone
+    assert texts(browser, "#run-state") == ["last seen acquiring run 7d41c9e0"]
+    assert browser.evaluate("document.getElementById('run-state').className") == "pill unknown"
+    assert texts(browser, "#frame-rate") == ["\u2013"]  # an en dash: no figure
+    banner = texts(browser, "#unreachable")[0]
+    assert "Cannot reach the appliance" in banner and "Retrying" in banner
+    assert browser.evaluate("document.getElementById('main').classList.contains('stale')")
+
+
+def test_a_troubled_appliance_in_words_and_healthy_again(
+    url: str, view: ScriptedView, browser: Browser
+) -> None:
+    view.base["retention"].update(
+        alarm="store holds 9.9 GB not yet verified upstream, above its high water mark",
+        accepting_runs=False,
+        store_bytes=9_950_000_000,
+        unverified_bytes=9_900_000_000,
+        full_in_seconds=600.0,
+    )
+    view.base["detector"].update(connected=False, state="Disconnected")
+    view.base["appliance"]["recovery"] = {
+        "quarantined": ["/data/edge/store/x.h5.part"],
+        "salvaged": [],
+        "runs_failed": [FAULTY],
+        "frames_lost": 5,
+    }
+    live(browser, url)
+    browser.wait_for("document.querySelectorAll('#alarms li').length >= 3", 10, "the alarms")
     errors = " | ".join(texts(browser, "#alarms li.error"))
     assert "Storage alarm: store holds 9.9 GB not yet verified" in errors
     assert "Detector disconnected (SIM:cam1:)" in errors
-    assert "7 frames lost (3 loss records)" in errors
     warnings = " | ".join(texts(browser, "#alarms li.warn"))
+    assert "since daemon start" in warnings
     assert "Recovered after a crash: 1 run(s) marked failed (0b5e7c2a)" in warnings
     assert "1 half-written file(s) quarantined" in warnings and "5 frames unaccounted for" in warnings
-    assert "2 frames incomplete" in warnings
-    assert "No upstream consumer connected" in warnings
-
     # no frame yet: the panels say so, and a 404 is not an outage
     assert browser.evaluate("document.getElementById('preview-empty').hidden") is False
     assert browser.evaluate("document.getElementById('profile-empty').hidden") is False
-    assert "waiting for the first frame" in browser.evaluate(
-        "document.getElementById('preview-empty').textContent"
-    )
+    assert texts(browser, "#product-empty") == ["no reduction product yet"]
     assert browser.evaluate("document.getElementById('unreachable').hidden") is True
-
-    # the tiles in words
     assert texts(browser, "#store-accepting") == ["REFUSED"]
-    assert texts(browser, "#detector-state") == ["Disconnected (SIM:cam1:)"]
     assert texts(browser, "#store-full-in") == ["10 min"]
-    assert texts(browser, "#ring-fill") == ["60 of 64 slots in use"]
-    assert "gone 42 s" in texts(browser, "#consumers tbody tr")[0]
-    assert texts(browser, "#upstream-pending") == ["4.66 GiB"]
 
-    # the failed run, and where its data is: one file only upstream, one still local, and the losses
-    browser.wait_for(f"!!document.querySelector('#runs tr[data-run=\"{RUN}\"]')", 10, "the run's row")
-    row = texts(browser, f'#runs tr[data-run="{RUN}"]')[0]
-    assert row.startswith("0b5e7c2a") and "fail" in row and "1 purged" in row and "1 stored" in row
-    browser.click(f'#runs tr[data-run="{RUN}"]')
-    browser.wait_for("!!document.getElementById('where-files')", 10, "the where report")
-    files = texts(browser, "#where-files tbody tr")
-    assert (
-        "(purged locally)" in files[0] and f"{STORE}/{RUN}/{RUN}_00000.h5" in files[0] and "hpc" in files[0]
-    )
-    assert "(purged locally)" not in files[1] and "nobody yet" in files[1]
-    losses = texts(browser, "#where-losses tbody tr")
-    assert losses[0].startswith("incomplete 120\u2013120") and "incomplete_frame" in losses[0]
-    assert losses[1].startswith("LOST 150\u2013154 5 daemon_crash")
-    summary = browser.evaluate("document.querySelector('#where .summary').textContent")
-    assert "5 lost" in summary and "expected 200" in summary and "50.0 MiB" in summary
-    browser.screenshot(screenshot_dir / "dashboard-alarms.png", full_page=True)
-
-    # healthy again, with a first frame: the alarms go, the image and the profile appear
-    view.status_doc = HEALTHY_STATUS
-    view.preview = {
-        "frame": 7,
-        "run_uid": RUN,
-        "processed_at": 1_790_000_000.0,
-        "height": 16,
-        "width": 32,
-        "pixels_b64": base64.b64encode(
-            bytes((x * 8 + y * 4) % 256 for y in range(16) for x in range(32))
-        ).decode(),
-    }
-    view.profile = {
-        "unit": "q_nm^-1",
-        "radial": [0.1 * i for i in range(1, 51)],
-        "intensity": [float(i % 7) for i in range(50)],
-    }
+    # healthy again: the alarms go
+    view.base["retention"].update(alarm=None, accepting_runs=True)
+    view.base["detector"].update(connected=True, state="Idle")
+    view.base["appliance"]["recovery"] = {}
     browser.wait_for("document.querySelectorAll('#alarms li').length === 0", 10, "the alarms to clear")
-    browser.wait_for("document.getElementById('preview-empty').hidden", 10, "the live image")
-    assert browser.evaluate(
-        "[document.getElementById('preview').width, document.getElementById('preview').height]"
-    ) == [32, 16]
-    browser.wait_for("!!document.getElementById('profile-xlabel')", 10, "the profile plot")
-    assert texts(browser, "#profile-xlabel") == ["q (nm⁻¹)"]
     assert texts(browser, "#detector-state") == ["Idle (SIM:cam1:)"]
-    assert texts(browser, "#store-accepting") == ["accepted"]
