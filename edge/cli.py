@@ -325,6 +325,7 @@ def _run_sim(settings: Settings, args: argparse.Namespace) -> int:
             dtype=settings.detector.dtype,
             encoding=sim.encoding,
             series=sim.series,
+            stream_format=settings.stream.format,
             **frames_from,
         )
         return 0

@@ -145,6 +145,7 @@ def run_sim_ioc(
     pool: int,
     encoding: str,
     series: int,
+    stream_format: str = "json",
 ) -> dict[str, int]:
     """``edge sim --ioc``: the camera IOC at ``prefix`` drives the frame stream (see `hw_sim.detector`).
 
@@ -171,6 +172,7 @@ def run_sim_ioc(
         first_series=series,
         encoding=encoding,
         config=config,
+        stream_format=stream_format,
     )
     sys.stderr.write(f"sim: detector stopped: {json.dumps(stats)}\n")
     return stats

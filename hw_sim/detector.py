@@ -27,6 +27,7 @@ import numpy as np
 import zmq
 
 from firmware_bridge.stream_codec import encode_image, encode_series_end, encode_series_start
+from hw_sim import stream2_sender as stream2
 from hw_sim.ioc import CamHooks, SimCamIOC, serve
 from kernels import compress_chunk
 
@@ -52,7 +53,9 @@ class StreamingDetector:
     first_series:
         Series number of the first acquisition; each acquisition takes the next.
     encoding:
-        ``"<"`` (raw little-endian) or ``"bs16-lz4<"`` (bitshuffle-LZ4).
+        ``"<"`` (raw little-endian) or ``"bs16-lz4<"`` (bitshuffle-LZ4); the JSON stream only.
+    stream_format:
+        ``"json"`` (DECTRIS stream v1 style) or ``"stream2"`` (DECTRIS Stream V2, CBOR, bslz4 images).
     config:
         Extra keys for every series header (geometry, seed, ...).
     """
@@ -67,9 +70,11 @@ class StreamingDetector:
         encoding: str = "<",
         config: dict[str, Any] | None = None,
         sndhwm: int = 16,
+        stream_format: str = "json",
     ) -> None:
         self.frame = frame
         self.encoding = encoding
+        self.stream_format = stream_format
         self.config = dict(config or {})
         self.sock = context.socket(zmq.PUSH)
         self.sock.sndhwm = sndhwm
@@ -82,6 +87,7 @@ class StreamingDetector:
         self.stats: Counter[str] = Counter()
         self.series = first_series - 1
         self.run_uid: str | None = None
+        self._stream2_uid = ""
         self._queue: queue.Queue[tuple[Any, ...]] = queue.Queue(QUEUE_DEPTH)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="sim-detector-sender", daemon=True)
@@ -124,7 +130,9 @@ class StreamingDetector:
             except queue.Empty:
                 continue
             kind, series = command[0], command[1]
-            if kind == "start":
+            if self.stream_format == "stream2":
+                self._run_stream2(command)
+            elif kind == "start":
                 run_uid, planned = command[2], command[3]
                 parts = encode_series_start(
                     series,
@@ -149,6 +157,26 @@ class StreamingDetector:
                 if self._send(encode_series_end(series)):
                     self.stats["series_ended"] += 1
 
+    def _run_stream2(self, command: tuple[Any, ...]) -> None:
+        """The same commands as DECTRIS Stream V2 messages (one ZeroMQ message each)."""
+        kind, series = command[0], command[1]
+        if kind == "start":
+            self._stream2_uid = str(command[2])
+            message = stream2.encode_start(
+                series, self._stream2_uid, self.shape, self.dtype, command[3] or None, self.config
+            )
+            if self._send([message]):
+                self.stats["series_started"] += 1
+        elif kind == "frame":
+            chunk = compress_chunk(np.ascontiguousarray(self.frame(command[2])))
+            message = stream2.encode_image(
+                series, self._stream2_uid, command[2], self.shape, self.dtype, chunk, time.time_ns()
+            )
+            if self._send([message]):
+                self.stats["frames_sent"] += 1
+        elif self._send([stream2.encode_end(series, self._stream2_uid)]):
+            self.stats["series_ended"] += 1
+
     def _send(self, parts: list[Any]) -> bool:
         """Send when the consumer has room; give up only when closing."""
         while not self.sock.poll(100, zmq.POLLOUT):
@@ -168,6 +196,7 @@ def run_detector(
     first_series: int = 1,
     encoding: str = "<",
     config: dict[str, Any] | None = None,
+    stream_format: str = "json",
 ) -> dict[str, int]:
     """Serve the camera IOC and its frame stream until SIGINT/SIGTERM; return the sender's counters.
 
@@ -175,7 +204,13 @@ def run_detector(
     """
     context = zmq.Context()
     detector = StreamingDetector(
-        endpoint, frame, context, first_series=first_series, encoding=encoding, config=config
+        endpoint,
+        frame,
+        context,
+        first_series=first_series,
+        encoding=encoding,
+        config=config,
+        stream_format=stream_format,
     )
     first = frame(0)
     max_size = (int(first.shape[1]), int(first.shape[0]))
