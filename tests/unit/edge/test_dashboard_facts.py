@@ -1,0 +1,161 @@
+"""Facts the dashboard shows, each computed in one place: alarms and their acknowledgements, the upstream
+outlook (one ETA, stalled, lag), resends counted apart from sends, scoped counters, and the HPC-side copy
+of a file in the where-is-my-data report."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from edge.alarms import AlarmBook, current_alarms
+from edge.counter_scopes import CounterScopes
+from edge.errors import NotFound
+from edge.ledger import Ledger
+from edge.store import file_checksums
+from edge.upstream import protocol as p
+from edge.upstream.outlook import eta_seconds, upstream_outlook
+from edge.upstream.session import ForwarderSession
+from edge.where import render, where_report
+
+
+def status_with_run(run_uid: str, lost: int, **extra: Any) -> dict[str, Any]:
+    return {
+        "counts": {"run": {"run_uid": run_uid, "frames_lost": lost, "loss_records": 1 if lost else 0}},
+        **extra,
+    }
+
+
+def test_a_loss_alarm_belongs_to_its_run_and_goes_with_it() -> None:
+    faulty = current_alarms(status_with_run("aaaaaaaa-1", 80))
+    assert [(a["id"], a["scope"], a["severity"]) for a in faulty] == [("run:aaaaaaaa-1:lost", "run", "major")]
+    assert faulty[0]["message"].startswith("Run aaaaaaaa: 80 frames lost (1 loss records)")
+    assert current_alarms(status_with_run("bbbbbbbb-2", 0)) == []  # the next, clean run: nothing stale
+
+
+def test_condition_alarms_clear_with_their_condition() -> None:
+    stalled = {"upstream_outlook": {"state": "stalled", "reason": "no consumer connected: hpc must pull"}}
+    storage = {"retention": {"alarm": "store full of unverified data", "accepting_runs": False}}
+    assert [a["id"] for a in current_alarms({**stalled, **storage})] == [
+        "condition:storage",
+        "condition:upstream",
+    ]
+    assert (
+        current_alarms({"upstream_outlook": {"state": "delivering"}, "retention": {"accepting_runs": True}})
+        == []
+    )
+    threads = {"appliance": {"threads": {"forwarder": {"state": "dead", "errors": 3, "last_error": "boom"}}}}
+    (alarm,) = current_alarms(threads)
+    assert alarm["source"] == "thread:forwarder" and alarm["severity"] == "major"
+
+
+def test_acknowledgement_lasts_while_the_alarm_does() -> None:
+    clock = iter(range(100, 200)).__next__
+    book = AlarmBook(clock=lambda: float(clock()))
+    alarms = current_alarms(status_with_run("aaaaaaaa-1", 80))
+    (first,) = book.annotate(alarms)
+    assert first["acknowledged"] is False and first["since"] == 100.0
+    with pytest.raises(NotFound):
+        book.acknowledge("run:someone-else:lost")
+    assert book.acknowledge(first["id"], by="tester")["ack"]["by"] == "tester"
+    (again,) = book.annotate(alarms)
+    assert again["acknowledged"] is True and again["since"] == 100.0
+    assert book.annotate([]) == []  # the condition cleared: forgotten
+    (back,) = book.annotate(alarms)  # the same condition again is a new alarm, not acknowledged
+    assert back["acknowledged"] is False and back["since"] > 100.0
+
+
+class OutlookLedger:
+    required_consumers = ("hpc",)
+
+    def __init__(self, rate: float, oldest: float | None) -> None:
+        self.rate, self.oldest = rate, oldest
+
+    def verified_rate(self, window: float, now: float) -> float:
+        return self.rate
+
+    def oldest_unverified_at(self) -> float | None:
+        return self.oldest
+
+
+def consumers(connected: bool) -> dict[str, Any]:
+    return {"consumers": [{"consumer": "hpc", "connected": connected}], "bytes_sent": 10, "bytes_resent": 4}
+
+
+def test_one_eta_stalled_without_a_consumer_and_lag_as_age() -> None:
+    assert eta_seconds(0, 0.0) == 0.0 and eta_seconds(100, 0.0) is None and eta_seconds(100, 10.0) == 10.0
+    assert eta_seconds(100, 10.0, connected=False) is None
+    out = upstream_outlook(OutlookLedger(1e6, 1000.0), 5_000_000, consumers(False), now=1600.0)
+    assert out["state"] == "stalled" and out["eta_seconds"] is None
+    assert out["lag_seconds"] == 600.0 and out["bytes_resent"] == 4
+    out = upstream_outlook(OutlookLedger(1e6, 1000.0), 5_000_000, consumers(True), now=1600.0)
+    assert (out["state"], out["eta_seconds"]) == ("delivering", 5.0)
+    out = upstream_outlook(OutlookLedger(0.0, None), 0, consumers(False), now=1600.0)
+    assert (out["state"], out["eta_seconds"], out["lag_seconds"]) == ("up to date", 0.0, 0.0)
+
+
+@pytest.fixture
+def ledger(tmp_path: Path) -> Any:
+    ledger = Ledger(tmp_path / "ledger.sqlite", required_consumers=("hpc",))
+    ledger.run_started("run-1", 1, 3, "{}")
+    path = tmp_path / "run-1_00000.h5"
+    path.write_bytes(bytes(range(256)) * 12)
+    size, digest, chunks = file_checksums(path, 1024)
+    ledger.file_stored("run-1", path.name, path, size, digest, (0, 2, 3), chunks)
+    yield ledger
+    ledger.close()
+
+
+def frames(message: p.Message) -> list[bytes]:
+    return [bytes(f) for f in p.encode(message)]
+
+
+def test_resends_are_not_counted_as_sending(ledger: Ledger) -> None:
+    session = ForwarderSession(ledger, resend_seconds=10.0)
+    session.receive(b"peer", frames(p.Hello("hpc", 3)), 0.0)
+    sent = [o.message for o in session.tick(0.0) if isinstance(o.message, p.Chunk)]
+    assert len(sent) == 3 and session.stats["bytes_sent"] == 3072
+    resent = [o.message for o in session.tick(10.5) if isinstance(o.message, p.Chunk)]  # unanswered
+    assert len(resent) == 3
+    assert session.stats["bytes_sent"] == 3072 and session.stats["bytes_resent"] == 3072
+    assert session.stats["chunks_sent"] == 3 and session.stats["chunks_resent"] == 3
+
+
+def test_where_shows_the_hpc_side_copy_and_a_summary_first(ledger: Ledger) -> None:
+    (row,) = ledger.files("run-1")
+    assert ledger.file_verified(
+        "hpc", row["id"], row["size"], row["checksum"], "/hpc/out/run-1/run-1_00000.h5"
+    )
+    assert ledger.oldest_unverified_at() is None
+    report = where_report(ledger, "run-1")
+    (entry,) = report["files"]
+    assert entry["upstream_copies"] == {"hpc": "/hpc/out/run-1/run-1_00000.h5"}
+    assert report["summary"].startswith("1 file(s): 1 on the appliance, 1 verified upstream (/hpc/out/run-1)")
+    text = render(report).splitlines()
+    assert text[1].strip() == report["summary"]
+    assert any(line.strip() == "upstream copy (hpc): /hpc/out/run-1/run-1_00000.h5" for line in text)
+
+
+def test_counter_scopes_subtract_what_the_ledger_held_at_start() -> None:
+    scopes = CounterScopes({"frames_stored": 100, "frames_lost": 7, "frames_verified": 90}, started_at=5.0)
+    now = {
+        "frames_stored": 130,
+        "frames_lost": 7,
+        "frames_verified": 95,
+        "frames_incomplete": 0,
+        "loss_records": 1,
+    }
+    out = scopes.scopes(now, 31, "run-2", True, {"frames_stored": 30, "frames_lost": 0})
+    assert out["daemon"]["frames_stored"] == 30 and out["daemon"]["frames_lost"] == 0
+    assert out["daemon"]["frames_received"] == 31 and out["daemon"]["since"] == 5.0
+    assert out["all_time"]["frames_lost"] == 7 and out["all_time"]["frames_delivered"] == 95
+    assert out["run"] == {
+        "run_uid": "run-2",
+        "active": True,
+        "frames_stored": 30,
+        "frames_delivered": 0,
+        "frames_lost": 0,
+        "frames_incomplete": 0,
+        "loss_records": 0,
+    }

@@ -1,0 +1,168 @@
+"""The dashboard's live feed and the app's extras: one producer whatever the number of subscribers,
+bounded queues, Server-Sent Events on the wire; alarm acknowledgement behind the token; /docs and /redoc
+with no CDN; a favicon; HEAD answered where GET is."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+from typing import Any
+
+from fastapi.testclient import TestClient
+
+from edge.alarms import AlarmBook, current_alarms
+from edge.config import load_settings
+from webui import create_app
+from webui.live import LiveFeed
+
+
+class View:
+    def __init__(self) -> None:
+        self.reads = 0
+        self.received = 0
+        self.alarm_book = AlarmBook()
+        self.lost = 80
+
+    def status(self) -> dict[str, Any]:
+        self.reads += 1
+        self.received += 10
+        doc: dict[str, Any] = {
+            "server_time": 1000.0 + self.reads,
+            "frames": {"received": self.received},
+            "ring": {"slots": 8, "fill": 2},
+            "ledger": {"bytes_pending": 5},
+            "disk": {"percent": 12.5},
+            "counts": {"run": {"run_uid": "run-1", "frames_lost": self.lost, "loss_records": 1}},
+        }
+        doc["alarms"] = self.alarm_book.annotate(current_alarms(doc))
+        return doc
+
+    def runs(self) -> list[dict[str, Any]]:
+        return []
+
+    def run(self, run_uid: str) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def latest_profile(self) -> None:
+        return None
+
+    def latest_preview(self) -> dict[str, Any]:
+        return {"frame": 1, "run_uid": "run-1", "received_at": 999.0, "pixels_b64": ""}
+
+
+def events(chunks: list[bytes]) -> list[tuple[str, Any]]:
+    out = []
+    for block in b"".join(chunks).decode().split("\n\n"):
+        fields = dict(
+            line.split(": ", 1) for line in block.splitlines() if ": " in line and not line.startswith(":")
+        )
+        if "event" in fields:
+            out.append((fields["event"], json.loads(fields["data"])))
+    return out
+
+
+def test_one_producer_serves_every_subscriber() -> None:
+    view = View()
+    feed = LiveFeed(
+        view.status, view.latest_preview, status_seconds=0.05, preview_seconds=0.01, wall_clock=lambda: 1000.5
+    )
+
+    async def watch(n: int) -> list[list[bytes]]:
+        streams = [feed.stream() for _ in range(n)]
+        got: list[list[bytes]] = [[] for _ in range(n)]
+        for _ in range(6):  # retry, trends, then status and preview events as they come
+            for i, stream in enumerate(streams):
+                got[i].append(await asyncio.wait_for(anext(stream), 5))
+        assert feed.subscribers == n
+        for stream in streams:
+            await stream.aclose()
+        return got
+
+    got = asyncio.run(watch(5))
+    assert got[0][0] == b"retry: 1000\n\n"
+    for chunks in got:
+        kinds = [kind for kind, _ in events(chunks)]
+        assert kinds[0] == "trends" and "status" in kinds and "preview" in kinds
+    # five subscribers, and the view was read once per tick, not once per subscriber
+    assert view.reads == feed.reads["status"] <= 6
+    status = next(data for kind, data in events(got[0]) if kind == "status")
+    assert status["status"]["frames"]["received"] > 0 and set(status["trend"]) >= {"frame_rate", "ring_fill"}
+    preview = next(data for kind, data in events(got[0]) if kind == "preview")
+    assert preview["age_seconds"] == 1.5
+    assert feed.subscribers == 0
+
+
+def test_trend_samples_rate_from_the_received_counter() -> None:
+    times = iter([0.0, 1.0, 9.0])
+    feed = LiveFeed(lambda: {}, lambda: None, clock=lambda: next(times), wall_clock=lambda: 5.0)
+    assert feed._trend({"frames": {"received": 100}})["frame_rate"] is None  # one sample: no rate yet
+    assert feed._trend(
+        {"frames": {"received": 150}, "ring": {"slots": 4, "fill": 1}, "server_time": 7.0}
+    ) == {
+        "t": 7.0,
+        "frame_rate": 50.0,
+        "ring_fill": 0.25,
+        "backlog_bytes": None,
+        "disk_percent": None,
+    }
+    # nobody watched for a while: a rate over the gap would be a made-up average
+    assert feed._trend({"frames": {"received": 400}})["frame_rate"] is None
+
+
+def client(token: str | None = "s3cret") -> tuple[TestClient, View]:
+    view = View()
+    overrides = [] if token is None else [f'api.token="{token}"']
+    return TestClient(create_app(load_settings(overrides=overrides), view)), view
+
+
+def test_acknowledging_an_alarm_needs_the_token() -> None:
+    http, view = client()
+    alarm = "run:run-1:lost"
+    assert [a["id"] for a in http.get("/api/alarms").json()] == [alarm]
+    assert http.post(f"/api/alarms/{alarm}/ack").status_code == 401
+    assert http.post(f"/api/alarms/{alarm}/ack", headers={"Authorization": "Bearer nope"}).status_code == 401
+    ok = http.post(f"/api/alarms/{alarm}/ack", headers={"Authorization": "Bearer s3cret"})
+    assert ok.status_code == 200 and ok.json()["acknowledged"] is True
+    assert http.get("/api/alarms").json()[0]["acknowledged"] is True
+    missing = http.post("/api/alarms/run:other:lost/ack", headers={"Authorization": "Bearer s3cret"})
+    assert missing.status_code == 404
+    view.lost = 0  # the condition clears: the alarm and its acknowledgement go
+    assert http.get("/api/alarms").json() == []
+    disabled, _ = client(token=None)
+    assert disabled.post(f"/api/alarms/{alarm}/ack").status_code == 403
+
+
+def test_docs_and_redoc_load_nothing_from_outside() -> None:
+    http, _ = client()
+    for page in ("/docs", "/redoc"):
+        html = http.get(page).text
+        urls = re.findall(r'(?:src|href)="([^"]+)"|url: ?\'([^\']+)\'', html)
+        flat = [u for pair in urls for u in pair if u]
+        assert flat and all(u.startswith("/") for u in flat), (page, flat)
+        assert "cdn" not in html.lower() and "fonts.googleapis" not in html
+        for asset in re.findall(r'"(/docs-assets/[^"]+)"', html):
+            response = http.get(asset)
+            assert response.status_code == 200 and len(response.content) > 10_000, asset
+
+
+def test_favicon_and_head_answered_where_get_is() -> None:
+    http, _ = client()
+    icon = http.get("/favicon.ico")
+    assert icon.status_code == 200 and icon.headers["content-type"].startswith("image/svg+xml")
+    for path in (
+        "/",
+        "/api/status",
+        "/static/dashboard.js",
+        "/favicon.ico",
+        "/docs",
+        "/api/events",
+        "/metrics",
+    ):
+        head = http.head(path)
+        assert head.status_code == 200, path
+        assert head.content == b"", path
+    get = http.get("/static/dashboard.js")
+    assert http.head("/static/dashboard.js").headers["content-length"] == get.headers["content-length"]
+    assert http.head("/api/events").headers["content-type"].startswith("text/event-stream")
+    assert http.head("/nope").status_code == 404
