@@ -11,6 +11,8 @@ from typing import Any
 import cbor2
 import numpy as np
 import zmq
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from firmware_bridge.source import FrameHeader
 from firmware_bridge.stream2_reader import Stream2Source
@@ -26,6 +28,7 @@ class Sink:
 
     def __init__(self, refuse: str | None = None) -> None:
         self.frames: dict[tuple[int, int], np.ndarray] = {}
+        self.published: list[int] = []
         self.configs: list[dict[str, Any]] = []
         self.losses: list[tuple[int, int, str]] = []
         self.ends: list[tuple[int, str]] = []
@@ -41,6 +44,7 @@ class Sink:
     def publish(self, slot: Any, header: FrameHeader) -> None:
         pixels = np.frombuffer(slot.buffer, header.dtype).reshape(header.height, header.width)
         self.frames[(len(self.configs), header.frame)] = pixels.copy()
+        self.published.append(header.frame)
 
     def abandon(self, slot: Any) -> None:
         pass
@@ -199,3 +203,69 @@ def test_multipart_messages_are_dropped_and_counted() -> None:
         context.term()
     assert reader.counters()["messages_multipart_rejected"] == 1
     assert sink.frames == {} and sink.losses == [(0, 3, "missing_at_series_end")]
+
+
+# -- every frame has exactly one disposition, whatever the faults -------------------------------------
+FAULTS = ("ok", "ok", "dropped", "truncated", "wrong_tag", "bad_block", "duplicated")
+
+
+def _faulty_series(kinds: list[str]) -> list[bytes]:
+    start, *_ = _messages("stream2_bslz4_u16_2ch.bin")
+    fields = dict(cbor2.loads(start))
+    fields["number_of_images"] = len(kinds)
+    messages = [cbor2.dumps(fields)]
+    template = dict(cbor2.loads(_messages("stream2_bslz4_u16_2ch.bin")[1]))
+    dims, typed = template["data"]["threshold_1"].value
+    algorithm, elem, chunk = typed.value.value
+    for number, kind in enumerate(kinds):
+        if kind == "dropped":
+            continue
+        body = bytearray(chunk)
+        if kind == "bad_block":
+            (length,) = np.frombuffer(chunk[12:16], ">u4")
+            body[16 : 16 + int(length)] = b"\xff" * int(length)
+        tag = 65 if kind == "wrong_tag" else 69
+        image = {
+            **template,
+            "image_id": number,
+            "data": {
+                "threshold_1": cbor2.CBORTag(
+                    40, [dims, cbor2.CBORTag(tag, cbor2.CBORTag(56500, [algorithm, elem, bytes(body)]))]
+                )
+            },
+        }
+        message = cbor2.dumps(image)
+        if kind == "truncated":
+            message = message[: len(message) // 3]
+        messages.append(message)
+        if kind == "duplicated":
+            messages.append(message)
+    messages.append(_messages("stream2_bslz4_u16_2ch.bin")[-1])
+    return messages
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.lists(st.sampled_from(FAULTS), min_size=1, max_size=12))
+def test_every_frame_is_stored_or_lost_exactly_once(kinds: list[str]) -> None:
+    sink = Sink()
+    replay(_faulty_series(kinds), sink)
+    stored = sink.published
+    assert len(stored) == len(set(stored)), f"a frame published twice: {stored}"
+    lost: dict[int, str] = {}
+    for first, last, reason in sink.losses:
+        for number in range(first, last + 1):
+            assert number not in lost, f"frame {number} lost twice"
+            lost[number] = reason
+    assert sorted(stored + list(lost)) == list(range(len(kinds))), (kinds, stored, sink.losses)
+    expected = {
+        "ok": {"stored"},
+        "duplicated": {"stored"},
+        "truncated": {"stream2_unreadable_message"},
+        "wrong_tag": {"stream2_unsupported_tag"},
+        "bad_block": {"stream2_bad_chunk"},
+        # a frame that never came cannot be told from an unreadable one next to it
+        "dropped": {"frame_number_gap", "missing_at_series_end", "stream2_unreadable_message"},
+    }
+    for number, kind in enumerate(kinds):
+        got = "stored" if number in stored else lost[number]
+        assert got in expected[kind], (number, kind, got, kinds)
