@@ -28,9 +28,12 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from edge.config import EpicsSettings
+from edge import pv_input
+from edge.config import MODES, EpicsSettings, ReductionSettings, SerialSettings, TomoSettings
+from edge.errors import ConfigError, Refused
 
 if TYPE_CHECKING:
+    from edge.reduction_control import ReductionControl
     from edge.view import ApplianceView
 
 __all__ = ["DEFAULT_ACF", "MODES", "PVS", "ApplianceIOC", "PvSpec"]
@@ -45,14 +48,19 @@ REFRESH_SECONDS = 0.5
 STREAM_QUIET_SECONDS = 1.0
 #: Seconds the appliance waits past a run's nominal length for its frames to be accounted for.
 RUN_GRACE_SECONDS = 30.0
-#: The ACF shipped with the package: everyone reads, only ``$(USER)`` (the daemon's user) writes.
+#: The ACF shipped with the package, loaded unless ``epics.acf_file`` names another: everyone reads,
+#: only ``$(USER)`` (the daemon's user) writes; group READONLY (every ``*In`` record) takes no writes.
 DEFAULT_ACF = Path(__file__).with_name("data") / "edge.acf"
+#: Access-security groups: read-only records, and ``Acquire`` while the store refuses new runs.
+ASG_READONLY = "READONLY"
+ASG_DEFAULT = "DEFAULT"
 
-MODES: tuple[str, ...] = ("raw", "xrd", "saxs", "mx", "tomo")
 DETECTOR_STATES: tuple[str, ...] = (*AD_DETECTOR_STATES, "Unknown")
 _STATE_SEVERITY = {"Error": "MAJOR", "Disconnected": "MAJOR", "Aborted": "MINOR", "Unknown": "MINOR"}
 UPSTREAM_STATES: tuple[str, ...] = ("No consumer", "Connected", "Backlog")
 LONG_STRING = 256
+MAX_IMAGES = 10_000_000
+MAX_PERIOD_S = 3600.0
 
 
 @dataclass(frozen=True)
@@ -60,7 +68,10 @@ class PvSpec:
     """One record: its name after the prefix, softioc builder kind, CA type as documented, and meaning.
 
     ``length`` is the element count of waveforms and long strings; ``"bins"`` and ``"preview"`` are
-    filled in from the settings when the record is built.
+    filled in from the settings when the record is built. ``limits`` is the inclusive range a writable
+    number must be in (`edge.pv_input` refuses anything else, as ``docs/pvs.md`` says per PV);
+    ``nan_means`` says what a NaN put means where one is allowed. ``param`` names the reduction
+    parameter a ``Reduction:`` setpoint changes for the next run (dotted, as in the settings).
     """
 
     name: str
@@ -71,6 +82,9 @@ class PvSpec:
     units: str = ""
     length: int | str = 0
     fields: dict[str, Any] = field(default_factory=dict, compare=False)
+    limits: tuple[float, float] | None = None
+    nan_means: str = ""
+    param: str = ""
 
     @property
     def writable(self) -> bool:
@@ -81,6 +95,18 @@ def _rbv(name: str, kind: str, ca_type: str, doc: str, **kw: Any) -> PvSpec:
     return PvSpec(name, kind, ca_type, doc, **kw)
 
 
+def _param(name: str, kind: str, ca_type: str, doc: str, param: str, **kw: Any) -> tuple[PvSpec, PvSpec]:
+    """A per-run reduction parameter: setpoint (for the next run) and readback (as accepted)."""
+    rbv_kind = kind.replace("Out", "In")
+    if kw.get("nan_means"):  # NaN is a value here, not "undefined" (no INVALID UDF alarm)
+        kw["fields"] = {"UDFS": "NO_ALARM"}
+    rbv_kw = {k: v for k, v in kw.items() if k in ("units", "length", "fields")}
+    return (
+        PvSpec(name, kind, ca_type, f"{doc} For the next run (`reduction.{param}`).", param=param, **kw),
+        PvSpec(f"{name}_RBV", rbv_kind, ca_type, f"`{name}`, as accepted.", **rbv_kw),
+    )
+
+
 #: Every record the appliance serves, in documentation order.
 PVS: tuple[PvSpec, ...] = (
     # --- run control ---------------------------------------------------------------------------
@@ -89,7 +115,9 @@ PVS: tuple[PvSpec, ...] = (
         "boolOut",
         "enum",
         "Busy record. 1 arms and starts the detector for `NumImages` frames; a put with completion "
-        "returns when every frame is stored or accounted for by a loss record. 0 aborts the run.",
+        "returns when every frame is stored or accounted for by a loss record. 0 aborts the run. While "
+        "the store refuses new runs it takes no writes (Write access denied) and `StatusMessage_RBV` "
+        "says why.",
         choices=("Done", "Acquire"),
     ),
     _rbv(
@@ -99,15 +127,23 @@ PVS: tuple[PvSpec, ...] = (
         "Acquiring while a run is in progress.",
         choices=("Done", "Acquiring"),
     ),
-    PvSpec("NumImages", "longOut", "long", "Frames per run.", fields={"DRVL": 1, "DRVH": 10_000_000}),
+    PvSpec("NumImages", "longOut", "long", "Frames per run.", limits=(1, MAX_IMAGES)),
     _rbv("NumImages_RBV", "longIn", "long", "Frames per run, as accepted."),
-    PvSpec("AcquirePeriod", "aOut", "double", "Seconds between frames (given to the detector).", units="s"),
+    PvSpec(
+        "AcquirePeriod",
+        "aOut",
+        "double",
+        "Seconds between frames (given to the detector; 0 = as fast as it can).",
+        units="s",
+        limits=(0.0, MAX_PERIOD_S),
+    ),
     _rbv("AcquirePeriod_RBV", "aIn", "double", "Seconds between frames, as accepted.", units="s"),
     PvSpec(
         "Mode",
         "mbbOut",
         "enum",
-        "Reduction mode of the next run (recorded in the run's PV state; raw frames are always kept).",
+        "Reduction mode of the next run (as `reduction.mode`; raw frames are always kept). Refused while "
+        "a run is open (MINOR SOFT, the reason in `StatusMessage_RBV`).",
         choices=MODES,
     ),
     _rbv("Mode_RBV", "mbbIn", "enum", "Reduction mode, as accepted.", choices=MODES),
@@ -136,7 +172,13 @@ PVS: tuple[PvSpec, ...] = (
         "RunUid_RBV", "longStringIn", "char[256]", "Run uid of the current (or last) run.", length=LONG_STRING
     ),
     # --- counters ------------------------------------------------------------------------------
-    PvSpec("ArrayCounter", "longOut", "long", "Write to set the frame counter (e.g. 0 to reset it)."),
+    PvSpec(
+        "ArrayCounter",
+        "longOut",
+        "long",
+        "Write to set the frame counter (e.g. 0 to reset it).",
+        limits=(0, 2**31 - 1),
+    ),
     _rbv("ArrayCounter_RBV", "longIn", "long", "Frames received since start (or the last reset)."),
     _rbv("ArrayRate_RBV", "aIn", "double", "Frames received per second.", units="Hz"),
     _rbv("DroppedArrays_RBV", "longIn", "long", "Frames the receiver dropped (ring full, shutdown)."),
@@ -183,7 +225,13 @@ PVS: tuple[PvSpec, ...] = (
         "Capturing while a run's file is open.",
         choices=("Done", "Capturing"),
     ),
-    PvSpec("HDF1:NumCapture", "longOut", "long", "Frames to capture (follows `NumImages` at each run)."),
+    PvSpec(
+        "HDF1:NumCapture",
+        "longOut",
+        "long",
+        "Frames to capture (follows `NumImages` at each run).",
+        limits=(1, MAX_IMAGES),
+    ),
     _rbv("HDF1:NumCapture_RBV", "longIn", "long", "Frames to capture, as accepted."),
     _rbv("HDF1:NumCaptured_RBV", "longIn", "long", "Frames of the current (or last) run in closed files."),
     _rbv(
@@ -222,6 +270,59 @@ PVS: tuple[PvSpec, ...] = (
         "longStringIn",
         "char[256]",
         "PONI file of the geometry (empty: from the `geometry` settings).",
+        length=LONG_STRING,
+    ),
+    # per-run parameters: each put goes through `ReductionControl.update` (refused while a run is open)
+    *_param(
+        "Reduction:CakeBins",
+        "longOut",
+        "long",
+        "powder: azimuthal bins of a 2D cake (0 = no cake).",
+        "cake_bins",
+        limits=pv_input.field_limits(ReductionSettings, "cake_bins", (0, 3600)),
+    ),
+    *_param(
+        "Reduction:MinPeaks",
+        "longOut",
+        "long",
+        "serial: a frame with at least this many peaks is a hit.",
+        "serial.min_peaks",
+        limits=pv_input.field_limits(SerialSettings, "min_peaks", (0, 100_000)),
+    ),
+    *_param(
+        "Reduction:MinSnr",
+        "aOut",
+        "double",
+        "serial: a pixel is a peak candidate above ring mean + this x sigma (> 0).",
+        "serial.min_snr",
+        limits=pv_input.field_limits(SerialSettings, "min_snr", (0, 1000)),
+    ),
+    *_param(
+        "Reduction:TomoCenter",
+        "aOut",
+        "double",
+        "tomo: rotation axis column; NaN = estimated from the projections.",
+        "tomo.center",
+        units="px",
+        limits=pv_input.field_limits(TomoSettings, "center", (-100_000, 100_000)),
+        nan_means="estimated",
+    ),
+    *_param(
+        "Reduction:TomoSlices",
+        "longStringOut",
+        "char[256]",
+        "tomo: detector rows reconstructed while projections arrive, comma-separated "
+        "(e.g. `100,256`; empty = the centre row).",
+        "tomo.slices",
+        length=LONG_STRING,
+    ),
+    *_param(
+        "Reduction:Roi",
+        "longStringOut",
+        "char[256]",
+        "ROI boxes, half-open rows and columns `r0:r1:c0:c1`, `;`-separated (e.g. `0:64:0:64;100:120:30:90`; "
+        "empty = none); statistics in every mode but raw.",
+        "roi",
         length=LONG_STRING,
     ),
     # --- latest profile and preview ------------------------------------------------------------
@@ -267,7 +368,8 @@ PVS: tuple[PvSpec, ...] = (
         "Disk:RetentionState_RBV",
         "mbbIn",
         "enum",
-        "ok, pressure (MINOR) or full (MAJOR) by disk use.",
+        "ok; pressure (MINOR): the store refuses new runs, its data not yet verified upstream is above the "
+        "high-water mark; full (MAJOR): the store has no room left but its headroom.",
         choices=("ok", "pressure", "full"),
     ),
 )
@@ -288,6 +390,24 @@ _SETPOINTS = frozenset(spec.name for spec in PVS if spec.writable)
 _ioc_started = False
 
 
+def _retention_state(retention: dict[str, Any]) -> int:
+    """0 ok, 1 pressure (the store refuses new runs: unverified data above the high-water mark), 2 full
+    (the store has no room left for more than its headroom: writing waits or fails)."""
+    headroom = int(retention.get("headroom_bytes", 0))
+    capacity = int(retention.get("capacity_bytes", 0))
+    full = (capacity and int(retention.get("store_bytes", 0)) >= capacity - headroom) or (
+        "disk_free_bytes" in retention and int(retention["disk_free_bytes"]) <= headroom
+    )
+    if full:
+        return 2
+    return 1 if retention.get("accepting_runs") is False else 0
+
+
+def _fit(text: str, size: int = LONG_STRING - 1) -> str:
+    """``text`` cut to at most ``size`` bytes of UTF-8 (a long string record's room)."""
+    return text.encode("utf-8", errors="replace")[:size].decode("utf-8", errors="ignore")
+
+
 def _preview_shape(height: int, width: int) -> tuple[int, int]:
     return (math.ceil(height / 8), math.ceil(width / 8))
 
@@ -301,10 +421,16 @@ class ApplianceIOC:
         The running appliance (its status, ledger and store are read; nothing is written but the
         end of a series the detector left open).
     settings:
-        ``epics`` settings: prefix, detector prefix and the ACF file.
+        ``epics`` settings: prefix, detector prefix and the ACF file (`DEFAULT_ACF` when unset).
     loop:
         The running asyncio loop (uvicorn's in the daemon); records' callbacks and the detector
         client run on it.
+    reduction:
+        The reduction parameters of the next run (`ReductionControl`): ``Mode`` and the
+        ``Reduction:`` setpoints go through it; None serves them without effect (tests of the IOC).
+    refusal:
+        Why a new run would be refused now (the store's retention), or None: an ``Acquire`` put is
+        refused with that reason instead of arming the detector.
     """
 
     def __init__(
@@ -314,8 +440,14 @@ class ApplianceIOC:
         *,
         loop: asyncio.AbstractEventLoop,
         end_open_series: Callable[[str], None],
+        reduction: ReductionControl | None = None,
+        refusal: Callable[[], str | None] | None = None,
     ) -> None:
         self.view = view
+        self.reduction = reduction
+        self.refusal = refusal or (lambda: None)
+        self._runs_refused: str | None = None  # the store's reason while Acquire is write-protected
+        self.refused_puts = 0
         self.end_open_series = end_open_series
         self.settings = settings
         self.prefix = settings.prefix
@@ -350,8 +482,7 @@ class ApplianceIOC:
         for spec in PVS:
             self.records[spec.name] = self._build(builder, spec)
         builder.LoadDatabase()
-        if self.settings.acf_file is not None:
-            self._load_acf(imports, self.settings.acf_file)
+        self._load_acf(imports, self.settings.acf_file or DEFAULT_ACF)
         dispatcher = asyncio_dispatcher.AsyncioDispatcher(loop=self.loop)
         softioc.iocInit(dispatcher, enable_pva=False)
         self.control = DetectorControl(self.settings.detector_prefix, loop=self.loop)
@@ -391,6 +522,8 @@ class ApplianceIOC:
         kw.update(_ALARM_FIELDS.get(spec.name, {}))
         if spec.units:
             kw["EGU"] = spec.units
+        if not spec.writable:  # no CA writes: no write access (the ACF's READONLY), and DISP if another ACF
+            kw.update(ASG=ASG_READONLY, DISP=1)
         make = getattr(builder, spec.kind)
         if spec.kind in ("boolIn", "boolOut"):
             severities = _ENUM_SEVERITIES.get(spec.name, {})
@@ -421,42 +554,149 @@ class ApplianceIOC:
         return int(spec.length)
 
     def _out_kw(self, spec: PvSpec) -> dict[str, Any]:
-        """Initial values and callbacks of the setpoints."""
+        """Initial values, validation and callbacks of the setpoints."""
+        if not spec.writable:
+            return {}
+        validate = lambda device, value, spec=spec: self._validate(spec, device, value)  # noqa: E731
         if spec.name == "Acquire":
             return {
                 "initial_value": 0,
                 "always_update": True,
                 "blocking": True,
+                "validate": validate,
                 "on_update": self._on_acquire,
             }
         initial: dict[str, Any] = {
             "NumImages": 1,
             "AcquirePeriod": 0.05,
-            "Mode": 0,
+            "Mode": MODES.index(self._parameters()["mode"]),
             "ArrayCounter": 0,
             "HDF1:FilePath": str(self.view.store_path()),
             "HDF1:FileName": "",
             "HDF1:Capture": 0,
             "HDF1:NumCapture": 1,
         }
-        if not spec.writable:
-            return {}
-        kw: dict[str, Any] = {"initial_value": initial[spec.name], "always_update": True}
-        if spec.name == "HDF1:FilePath":
-            kw["validate"] = lambda record, value: str(value).rstrip("/") == str(self.view.store_path())
-        kw["on_update"] = lambda value, name=spec.name: self._on_setpoint(name, value)
-        return kw
+        value = self._param_value(spec) if spec.param else initial[spec.name]
+        return {
+            "initial_value": value,
+            "always_update": True,
+            "validate": validate,
+            "on_update": lambda value, name=spec.name: self._on_setpoint(name, value),
+        }
 
     # --- setpoints -----------------------------------------------------------------------------
+    def _validate(self, spec: PvSpec, device: Any, value: Any) -> bool:
+        """softioc's ``validate``: refuse a bad put before it is taken (on the CA server's thread).
+
+        A refused put leaves the setpoint at its last good value with a MINOR alarm (the status says
+        what kind of refusal: STATE, WRITE, HWLIMIT, SOFT) until the next good put, and the reason in
+        ``StatusMessage_RBV``. The put itself completes: CA has no way to fail a put callback once the
+        value is written, so clients read the alarm and the message (see ``docs/epics.md``).
+        """
+        try:
+            refused = pv_input.refusal(spec, value) or self._state_refusal(spec, value)
+        except Exception as error:  # a check that fails refuses the put; the IOC carries on
+            log.exception("checking a put to %s failed", spec.name)
+            refused = (f"cannot check the value ({type(error).__name__})", pv_input.ALARM_SOFT)
+        if refused is None:
+            return True
+        reason, status = refused
+        self.refused_puts += 1
+        with contextlib.suppress(AttributeError):  # (a stand-in record in unit tests has no alarm)
+            device.process_severity(device._record, 1, status)  # MINOR, shown when the record finishes
+        shown = repr(value[:40] + "...") if isinstance(value, str) and len(value) > 40 else repr(value)
+        self._set_message(f"Refused {spec.name} = {shown}: {reason}")
+        log.info("refused a put of %s to %s: %s", shown, spec.name, reason)
+        return False
+
+    def _state_refusal(self, spec: PvSpec, value: Any) -> tuple[str, int] | None:
+        """Why a well-formed put cannot be taken now (the appliance's state), or None. Applies a
+        reduction parameter (for the next run) when it is accepted."""
+        soft = pv_input.ALARM_SOFT
+        if spec.name == "Acquire":
+            if int(value) and not self._acquiring:
+                reason = self.refusal()
+                if reason is not None:
+                    return f"run refused: {reason}", soft
+            return None
+        if spec.name == "HDF1:FilePath":
+            if str(value).rstrip("/") != str(self.view.store_path()):
+                return f"the store's directory is fixed by store.path ({self.view.store_path()})", soft
+            return None
+        if spec.name == "Mode":
+            return self._update_reduction({"mode": MODES[int(value)]})
+        if spec.param:
+            try:
+                change = self._param_change(spec.param, value)
+            except ValueError as error:
+                return str(error), soft
+            return self._update_reduction(change)
+        return None
+
+    def _update_reduction(self, change: dict[str, Any]) -> tuple[str, int] | None:
+        if self.reduction is None:
+            return None
+        if "mode" in change:
+            reason = self.reduction.check_mode(change["mode"])
+            if reason is not None:
+                return reason, pv_input.ALARM_SOFT
+        try:
+            self.reduction.update(change)
+        except (Refused, ConfigError) as error:
+            text = " ".join(str(error).replace("invalid configuration:", "").split())
+            return text, pv_input.ALARM_SOFT
+        return None
+
+    def _param_change(self, param: str, value: Any) -> dict[str, Any]:
+        """``{"serial": {"min_peaks": 12}}`` from a put to the PV of ``serial.min_peaks``."""
+        if param == "roi":
+            boxes = pv_input.parse_roi(str(value))
+            height, width = self.view.frame_format.shape
+            for r0, r1, c0, c1 in boxes:
+                if not (0 <= r0 < r1 <= height and 0 <= c0 < c1 <= width):
+                    raise ValueError(f"ROI {r0}:{r1}:{c0}:{c1} is not inside the {height}x{width} frame")
+            parsed: Any = boxes
+        elif param == "tomo.slices":
+            rows = pv_input.parse_rows(str(value))
+            height = self.view.frame_format.shape[0]
+            bad = [r for r in rows if not 0 <= r < height]
+            if bad:
+                raise ValueError(f"row {bad[0]} is not in 0..{height - 1}")
+            parsed = rows
+        elif param == "tomo.center":
+            parsed = None if math.isnan(float(value)) else float(value)
+        elif param in ("cake_bins", "serial.min_peaks"):
+            parsed = int(value)
+        else:
+            parsed = float(value)
+        section, _, key = param.rpartition(".")
+        return {section: {key: parsed}} if section else {key: parsed}
+
+    def _parameters(self) -> dict[str, Any]:
+        if self.reduction is not None:
+            return self.reduction.parameters()
+        return ReductionSettings().model_dump(mode="json")
+
+    def _param_value(self, spec: PvSpec, parameters: dict[str, Any] | None = None) -> Any:
+        """The value of ``spec``'s reduction parameter, as its PV shows it."""
+        value: Any = parameters if parameters is not None else self._parameters()
+        for key in spec.param.split("."):
+            value = value[key]
+        if spec.param == "roi":
+            return pv_input.format_roi(value)
+        if spec.param == "tomo.slices":
+            return pv_input.format_rows(value)
+        if spec.param == "tomo.center":
+            return math.nan if value is None else float(value)
+        return value
+
     def _on_setpoint(self, name: str, value: Any) -> None:
         if name == "NumImages":
             self._set("NumImages_RBV", int(value))
             self._set("HDF1:NumCapture", int(value))
             self._set("HDF1:NumCapture_RBV", int(value))
         elif name == "AcquirePeriod":
-            self._set("AcquirePeriod_RBV", max(0.0, float(value)))
-        elif name == "Mode":
-            self._set("Mode_RBV", int(value))
+            self._set("AcquirePeriod_RBV", float(value))
         elif name == "ArrayCounter":
             self._counter_offset = self._frames_received - int(value)
             self._set("ArrayCounter_RBV", int(value))
@@ -466,6 +706,15 @@ class ApplianceIOC:
             self._set("HDF1:FileName_RBV", str(value))
         elif name == "HDF1:NumCapture":
             self._set("HDF1:NumCapture_RBV", int(value))
+        elif name == "Mode" or name.startswith("Reduction:"):
+            self._show_reduction(self._parameters())
+
+    def _show_reduction(self, parameters: dict[str, Any]) -> None:
+        """The accepted reduction parameters in ``Mode_RBV`` and the ``Reduction:*_RBV`` records."""
+        self._set("Mode_RBV", MODES.index(parameters["mode"]))
+        for spec in PVS:
+            if spec.param:
+                self._set(f"{spec.name}_RBV", self._param_value(spec, parameters))
 
     def _set(self, name: str, value: Any, *, severity: int = 0, alarm: int = 0) -> None:
         """Show ``value`` in a record (a setpoint is updated without processing it)."""
@@ -477,7 +726,7 @@ class ApplianceIOC:
 
     def _set_message(self, message: str) -> None:
         self._message = message
-        self._set("StatusMessage_RBV", message[: LONG_STRING - 1])
+        self._set("StatusMessage_RBV", _fit(message))
 
     # --- Acquire: the busy record --------------------------------------------------------------
     async def _on_acquire(self, value: Any) -> None:
@@ -623,7 +872,7 @@ class ApplianceIOC:
         self._set("Reduction:Bins_RBV", int(settings.reduction.bins))
         self._set("Reduction:Unit_RBV", settings.reduction.unit)
         poni = settings.reduction.poni_file
-        self._set("Reduction:PoniFile_RBV", "" if poni is None else str(poni))
+        self._set("Reduction:PoniFile_RBV", "" if poni is None else _fit(str(poni)))
         height, width = _preview_shape(*self.view.frame_format.shape)
         self._set("Image1:ArraySize0_RBV", width)
         self._set("Image1:ArraySize1_RBV", height)
@@ -631,8 +880,10 @@ class ApplianceIOC:
     async def _refresh_forever(self) -> None:
         while True:
             try:
-                status, run_files = await asyncio.to_thread(self._sample)
+                status, run_files, refusal, parameters = await asyncio.to_thread(self._sample)
                 self._show_status(status, run_files)
+                self._show_refusal(refusal)
+                self._show_reduction(parameters)
                 self._show_profile()
             except asyncio.CancelledError:
                 raise
@@ -640,11 +891,30 @@ class ApplianceIOC:
                 log.exception("IOC refresh failed")
             await asyncio.sleep(REFRESH_SECONDS)
 
-    def _sample(self) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-        """The appliance's status and the files of the current run (blocking: run in a thread)."""
+    def _sample(self) -> tuple[dict[str, Any], list[dict[str, Any]], str | None, dict[str, Any]]:
+        """The appliance's status, the files of the current run, why a run would be refused now and
+        the next run's reduction parameters (blocking: run in a thread)."""
         run_uid = self._run_uid
         files = self.view.run_files(run_uid) if run_uid is not None else []
-        return self.view.status(), files
+        return self.view.status(), files, self.refusal(), self._parameters()
+
+    def _show_refusal(self, reason: str | None) -> None:
+        """While the store refuses new runs, ``Acquire`` takes no writes (so a put fails at the client:
+        pyepics raises ``Write access denied``) and ``StatusMessage_RBV`` says why. A run already going
+        can still be aborted: the record is only closed while idle. `_validate` refuses the put too, for
+        the moment between a refusal starting and this refresh seeing it (and under another ACF)."""
+        closed = reason is not None and not self._acquiring
+        if closed == (self._runs_refused is not None) and (not closed or reason == self._runs_refused):
+            return
+        self.records["Acquire"].set_field("ASG", ASG_READONLY if closed else ASG_DEFAULT)
+        if closed:
+            log.warning("new runs refused: %s", reason)
+            self._set_message(f"Runs refused: {reason}")
+        elif self._runs_refused is not None:
+            log.info("new runs accepted again")
+            if not self._acquiring:
+                self._set_message("Idle")
+        self._runs_refused = reason if closed else None
 
     def _show_status(self, status: dict[str, Any], run_files: list[dict[str, Any]]) -> None:
         from softioc import alarm
@@ -682,7 +952,7 @@ class ApplianceIOC:
                 self._set("HDF1:NumCaptured_RBV", sum(int(f["n_frames"]) for f in run_files))
             data_files = [f for f in run_files if str(f["path"]).endswith(".h5")]  # not the run's documents
             if data_files:
-                self._set("HDF1:FullFileName_RBV", str(data_files[-1]["path"])[: LONG_STRING - 1])
+                self._set("HDF1:FullFileName_RBV", _fit(str(data_files[-1]["path"])))
         ledger = status["ledger"]
         upstream = status["upstream"]
         connected = [c for c in upstream.get("consumers", []) if c.get("connected")]
@@ -694,12 +964,12 @@ class ApplianceIOC:
         self._set("Upstream:LastAckedSeq_RBV", max(acked, default=0))
         self._set("Upstream:Consumers_RBV", len(connected))
         names = ",".join(str(c["consumer"]) for c in upstream.get("consumers", []))
-        self._set("Upstream:ConsumerNames_RBV", names[: LONG_STRING - 1])
+        self._set("Upstream:ConsumerNames_RBV", _fit(names))
         disk = status["disk"]
         percent = float(disk["percent"])
         self._set("Disk:FreeBytes_RBV", float(disk["free"]))
         self._set("Disk:UsedPercent_RBV", percent)
-        self._set("Disk:RetentionState_RBV", 2 if percent >= 95 else (1 if percent >= 85 else 0))
+        self._set("Disk:RetentionState_RBV", _retention_state(status.get("retention") or {}))
 
     def _show_profile(self) -> None:
         latest = self.view.latest_profile_arrays()

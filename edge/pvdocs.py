@@ -9,6 +9,7 @@ from __future__ import annotations
 import sys
 
 from edge.ioc import PVS, PvSpec
+from edge.pv_input import describe
 
 __all__ = ["main", "render"]
 
@@ -35,7 +36,7 @@ def _row(prefix: str, spec: PvSpec) -> str:
     if spec.choices:
         kind += ": " + " / ".join(spec.choices)
     units = f" ({spec.units})" if spec.units else ""
-    return f"| `{prefix}{spec.name}` | {kind}{units} | {access} | {spec.doc} |"
+    return f"| `{prefix}{spec.name}` | {kind}{units} | {access} | {spec.doc} | {describe(spec)} |"
 
 
 def render(prefix: str = "EDGE:") -> str:
@@ -49,12 +50,23 @@ def render(prefix: str = "EDGE:") -> str:
         "Setpoint `X` with readback `X_RBV`; `char[256]` PVs are long strings (`caget -S`, pyepics",
         "`as_string=True`). `bins` is `reduction.bins`; `preview` is the detector size / 8 on each axis.",
         "See `docs/epics.md` for the loopback recipe and access security.",
+        "",
+        "**Bad puts** (last column) are refused: the setpoint keeps its last good value and shows a MINOR",
+        "alarm (status STATE, WRITE, HWLIMIT or SOFT) until the next good put, and `StatusMessage_RBV`",
+        "says what was refused and why. Read-only PVs give no write access (pyepics `caput` raises",
+        "`Write access denied`). See `docs/epics.md`, *Bad puts*, for what each client sees.",
     ]
     for key, title in _SECTIONS:
         specs = [spec for spec in PVS if _section(spec) == key]
         if not specs:
             continue
-        lines += ["", f"## {title}", "", "| PV | type | access | meaning |", "| --- | --- | --- | --- |"]
+        lines += [
+            "",
+            f"## {title}",
+            "",
+            "| PV | type | access | meaning | bad put |",
+            "| --- | --- | --- | --- | --- |",
+        ]
         lines += [_row(prefix, spec) for spec in specs]
     return "\n".join(lines) + "\n"
 

@@ -84,8 +84,15 @@ class Retention:
         used = self.usage()
         limit = self._limit()
         if used["unverified"] >= limit * self.settings.high_water:
+            # "full" only when it is: at the high-water mark there is still room, but it is kept for runs
+            # already going until the consumer has verified what is waiting
+            state = (
+                "full of"
+                if used["total"] >= limit
+                else f"above its high-water mark ({self.settings.high_water:.0%}) with"
+            )
             return (
-                f"local store full of data not yet verified upstream ({used['unverified']} of {limit} bytes);"
+                f"local store {state} data not yet verified upstream ({used['unverified']} of {limit} bytes);"
                 " waiting for the HPC consumer to confirm it"
             )
         return None

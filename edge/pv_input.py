@@ -1,0 +1,166 @@
+"""What a put to each of the appliance's PVs may carry, and why a bad one is refused.
+
+Every rule here is read from the PV table (`edge.ioc.PVS`), so a PV added there inherits it: an enum
+takes only the indices of its choices, a long string at most ``length - 1`` bytes (UTF-8; CA clients
+truncate a longer one to the record's size without saying so, so the record's last byte must stay
+free), a number must be finite and inside the PV's ``limits``. Read-only records (``*In``) take no
+writes at all (the IOC gives them an access-security group without WRITE and ``DISP=1``). A refusal is
+``(reason, alarm status)``: the IOC keeps the setpoint's last good value, raises a MINOR alarm with that
+status on the setpoint and puts the reason into ``StatusMessage_RBV``. The same rules render the
+"bad put" column of ``docs/pvs.md``. Also here: the text forms of the list-valued reduction parameters
+(``Reduction:Roi``, ``Reduction:TomoSlices``).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING, Any
+
+import annotated_types
+from pydantic import BaseModel
+
+if TYPE_CHECKING:
+    from edge.ioc import PvSpec
+
+__all__ = [
+    "ALARM_HW_LIMIT",
+    "ALARM_SOFT",
+    "ALARM_STATE",
+    "ALARM_WRITE",
+    "describe",
+    "field_limits",
+    "format_roi",
+    "format_rows",
+    "parse_roi",
+    "parse_rows",
+    "refusal",
+]
+
+# EPICS alarm status codes (alarm.h), as softioc.alarm names them; kept here so nothing imports softioc
+ALARM_WRITE = 2  # WRITE: a string that does not fit
+ALARM_STATE = 7  # STATE: an enum index the record does not have
+ALARM_HW_LIMIT = 11  # HWLIMIT: a number outside the PV's limits (or not finite)
+ALARM_SOFT = 15  # SOFT: refused by the appliance's state (a run open, the store refusing runs, ...)
+
+_NUMBER_KINDS = ("aOut", "longOut")
+_ENUM_KINDS = ("boolOut", "mbbOut")
+_STRING_KINDS = ("longStringOut", "stringOut")
+
+
+def _max_bytes(spec: PvSpec) -> int:
+    if spec.kind == "stringOut":
+        return 39  # DBR_STRING: 40 bytes with the NUL
+    return int(spec.length) - 1
+
+
+def refusal(spec: PvSpec, value: Any) -> tuple[str, int] | None:
+    """Why ``value`` cannot be put to ``spec`` by its type and limits alone, or None."""
+    if not spec.writable:
+        return "read-only", ALARM_WRITE
+    if spec.kind in _ENUM_KINDS:
+        try:
+            index = int(value)
+        except (TypeError, ValueError):
+            return f"not an index of {'/'.join(spec.choices)}", ALARM_STATE
+        if not 0 <= index < len(spec.choices):
+            return (
+                f"index {index} is not one of 0..{len(spec.choices) - 1} ({'/'.join(spec.choices)})",
+                ALARM_STATE,
+            )
+        return None
+    if spec.kind in _STRING_KINDS:
+        size = len(str(value).encode("utf-8", errors="replace"))
+        if size > _max_bytes(spec):
+            return f"{size} bytes or more; at most {_max_bytes(spec)} fit", ALARM_WRITE
+        return None
+    if spec.kind in _NUMBER_KINDS:
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            return "not a number", ALARM_HW_LIMIT
+        if math.isnan(number) and spec.nan_means:
+            return None
+        if not math.isfinite(number):
+            return f"{number} is not a finite number", ALARM_HW_LIMIT
+        if spec.limits is not None:
+            low, high = spec.limits
+            if not low <= number <= high:
+                return f"{_num(number)} is outside {_num(low)}..{_num(high)}", ALARM_HW_LIMIT
+        return None
+    return None
+
+
+def describe(spec: PvSpec) -> str:
+    """What a bad put to ``spec`` does, in words (the "bad put" column of ``docs/pvs.md``)."""
+    if not spec.writable:
+        return "refused: no write access"
+    text = ""
+    if spec.kind in _ENUM_KINDS:
+        text = f"index outside 0..{len(spec.choices) - 1}: refused, MINOR STATE"
+    elif spec.kind in _STRING_KINDS:
+        text = f"over {_max_bytes(spec)} bytes: refused, MINOR WRITE"
+    elif spec.kind in _NUMBER_KINDS:
+        bounds = f"outside {_num(spec.limits[0])}..{_num(spec.limits[1])}" if spec.limits else ""
+        if spec.kind == "aOut":
+            bounds += (", " if bounds else "") + ("±inf" if spec.nan_means else "NaN, ±inf")
+        text = f"{bounds}: refused, MINOR HWLIMIT"
+    if spec.param:
+        text += f"; a value `reduction.{spec.param}` does not take, or a run open: refused, MINOR SOFT"
+    return text
+
+
+def _num(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() and abs(value) < 1e15 else f"{value:g}"
+
+
+def field_limits(model: type[BaseModel], name: str, default: tuple[float, float]) -> tuple[float, float]:
+    """The inclusive range of a settings field from its ``ge``/``gt``/``le``/``lt`` constraints.
+
+    A strict bound (``gt``/``lt``) is not representable as an inclusive range; it is widened to the
+    closed bound and the settings model refuses the bound itself when the value is applied.
+    """
+    low, high = default
+    for item in model.model_fields[name].metadata:
+        if isinstance(item, annotated_types.Ge | annotated_types.Gt):
+            low = float(item.ge if isinstance(item, annotated_types.Ge) else item.gt)
+        elif isinstance(item, annotated_types.Le | annotated_types.Lt):
+            high = float(item.le if isinstance(item, annotated_types.Le) else item.lt)
+    return low, high
+
+
+def parse_roi(text: str) -> list[tuple[int, int, int, int]]:
+    """``"r0:r1:c0:c1;r0:r1:c0:c1"`` -> ROI boxes (half-open rows and columns); ``""`` -> none."""
+    boxes = []
+    for part in (p.strip() for p in text.split(";")):
+        if not part:
+            continue
+        fields = part.split(":")
+        if len(fields) != 4:
+            raise ValueError(f"ROI {part!r} is not r0:r1:c0:c1")
+        try:
+            r0, r1, c0, c1 = (int(f) for f in fields)
+        except ValueError:
+            raise ValueError(f"ROI {part!r} is not four integers r0:r1:c0:c1") from None
+        boxes.append((r0, r1, c0, c1))
+    return boxes
+
+
+def format_roi(boxes: list[Any]) -> str:
+    return ";".join(":".join(str(int(v)) for v in box) for box in boxes)
+
+
+def parse_rows(text: str) -> list[int]:
+    """``"100,256"`` -> detector rows; ``""`` -> none (the centre row)."""
+    rows = []
+    for part in (p.strip() for p in text.replace(";", ",").split(",")):
+        if not part:
+            continue
+        try:
+            rows.append(int(part))
+        except ValueError:
+            raise ValueError(f"row {part!r} is not an integer") from None
+    return rows
+
+
+def format_rows(rows: list[Any]) -> str:
+    return ",".join(str(int(r)) for r in rows)

@@ -1,0 +1,243 @@
+"""System tests: bad puts to the appliance's PVs are refused as ``docs/pvs.md`` says (issue 12, hole 4/5).
+
+Real processes, as in ``test_epics_control.py`` (whose `Stack` this reuses): ``edge sim --ioc``, ``edge
+run`` with its IOC and the default access-security file (no ``epics.acf_file``: the packaged one is
+loaded), and this process as a stock pyepics client (plus caproto, to read the CA status a put gets).
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from edgeprocs import wait_for
+from test_epics_control import Stack
+
+from edge.ioc import PVS
+
+pytestmark = pytest.mark.timeout(180)
+
+MINOR = 1
+STATE, WRITE, HW_LIMIT, SOFT = 7, 2, 11, 15
+
+
+def _epics() -> Any:
+    import epics
+
+    return epics
+
+
+def _meta(stack: Stack, name: str) -> dict[str, Any]:
+    """value (as a string for enums and long strings), severity and status of a PV."""
+    epics = _epics()
+    pv = epics.get_pv(stack.prefix + name, form="ctrl")
+    assert pv.wait_for_connection(timeout=10), name
+    meta = pv.get_with_metadata(timeout=5, as_string=True, use_monitor=False)
+    assert meta is not None, name
+    return {**meta, "char_value": str(meta["value"])}
+
+
+def _put(stack: Stack, name: str, value: Any) -> int:
+    return int(_epics().caput(stack.prefix + name, value, wait=True, timeout=10))
+
+
+def _message(stack: Stack) -> str:
+    return str(_epics().caget(stack.prefix + "StatusMessage_RBV", as_string=True, use_monitor=False))
+
+
+def _wait_message(stack: Stack, text: str) -> str:
+    return wait_for(lambda: text in (m := _message(stack)) and m, 5, f"StatusMessage_RBV saying {text!r}")
+
+
+def _run_mode(run: dict[str, Any]) -> str | None:
+    if run.get("mode"):
+        return str(run["mode"])
+    config = run.get("config")
+    config = json.loads(config) if isinstance(config, str) else (config or {})
+    return (config.get("reduction") or {}).get("mode")
+
+
+@pytest.fixture
+def idle_stack(tmp_path: Path, ca_port: int, edge_ca_port: int) -> Iterator[Stack]:
+    """Simulator and daemon (the packaged ACF, loaded by default); no pull client."""
+    s = Stack(tmp_path, ca_port, edge_ca_port, acf=None)
+    try:
+        s.start_sim()
+        s.start_daemon()
+        yield s
+    finally:
+        s.stop()
+
+
+def _assert_refused(stack: Stack, name: str, value: Any, kept: str, status: int, reason: str) -> None:
+    assert (
+        _put(stack, name, value) == 1
+    )  # stock pyepics: the put completes (CA cannot fail it after the write)
+    meta = _meta(stack, name)
+    assert meta["char_value"] == kept, (name, meta)
+    assert (meta["severity"], meta["status"]) == (MINOR, status), (name, meta)
+    message = _wait_message(stack, f"Refused {name} = ")
+    assert reason in message, message
+
+
+def test_bad_puts_are_refused_with_an_alarm_a_reason_and_no_traceback(idle_stack: Stack) -> None:
+    stack = idle_stack
+    # enums: an index the record does not have (7: an unused mbbo state; 99: beyond any state)
+    assert _meta(stack, "Mode")["char_value"] == "powder"
+    _assert_refused(stack, "Mode", 7, "powder", STATE, "index 7 is not one of 0..3")
+    assert _put(stack, "Mode", 99) == 1
+    meta = _meta(stack, "Mode")
+    assert meta["char_value"] == "powder" and meta["severity"] >= MINOR  # (the mbbo itself says INVALID)
+    assert _meta(stack, "Mode_RBV")["char_value"] == "powder"
+    _assert_refused(stack, "HDF1:Capture", 5, "Done", STATE, "index 5")
+    _assert_refused(stack, "Acquire", 5, "Done", STATE, "index 5")
+    # a good put clears the alarm
+    assert _put(stack, "Mode", 0) == 1
+    meta = _meta(stack, "Mode")
+    assert (meta["char_value"], meta["severity"]) == ("raw", 0)
+    wait_for(lambda: _meta(stack, "Mode_RBV")["char_value"] == "raw", 5, "Mode_RBV raw")
+
+    # numbers out of range: refused, the last good value kept (a negative period never becomes 0)
+    assert _put(stack, "AcquirePeriod", 0.02) == 1
+    _assert_refused(stack, "AcquirePeriod", -1.0, "0.020", HW_LIMIT, "outside 0..3600")
+    assert _put(stack, "AcquirePeriod", float("nan")) == 1
+    meta = _meta(stack, "AcquirePeriod")  # (the ao record itself adds INVALID UDF for a NaN)
+    assert meta["char_value"] == "0.020" and meta["severity"] >= MINOR, meta
+    _wait_message(stack, "not a finite number")
+    assert _epics().caget(stack.prefix + "AcquirePeriod_RBV") == pytest.approx(0.02)
+    _assert_refused(stack, "NumImages", 0, "1", HW_LIMIT, "outside 1..10000000")
+    _assert_refused(stack, "NumImages", -5, "1", HW_LIMIT, "outside 1..10000000")
+    assert _epics().caget(stack.prefix + "NumImages_RBV") == 1
+
+    # strings longer than the record: refused, not truncated (and no traceback in the daemon)
+    assert _put(stack, "HDF1:FileName", "scan_0001") == 1
+    _assert_refused(stack, "HDF1:FileName", "x" * 300, "scan_0001", WRITE, "at most 255 fit")
+    wait_for(
+        lambda: _epics().caget(stack.prefix + "HDF1:FileName_RBV", as_string=True) == "scan_0001",
+        5,
+        "FileName_RBV kept",
+    )
+    _assert_refused(stack, "HDF1:FilePath", "/elsewhere", str(stack.tmp_path / "store"), SOFT, "store.path")
+
+    # what a caproto client (or `caput -c`) is told: a refused value completes normally, a read-only PV
+    # is refused at the protocol level
+    from caproto import AccessRights
+    from caproto.threading.client import Context
+
+    ctx = Context()
+    try:
+        rbv, mode = ctx.get_pvs(stack.prefix + "NumImages_RBV", stack.prefix + "Mode")
+        rbv.wait_for_connection(timeout=10)
+        mode.wait_for_connection(timeout=10)
+        assert not rbv.channel.access_rights & AccessRights.WRITE
+        assert mode.channel.access_rights & AccessRights.WRITE
+        assert rbv.write([5], wait=True, timeout=5).status.name == "ECA_NOWTACCESS"
+        assert mode.write([9], wait=True, timeout=5).status.name == "ECA_NORMAL"  # refused by the IOC
+        assert mode.read(timeout=5).data[0] == 0
+    finally:
+        ctx.disconnect()
+
+    # every read-only PV refuses writes: pyepics sees no write access and its caput raises
+    epics = _epics()
+    readonly = [spec.name for spec in PVS if not spec.writable]
+    assert len(readonly) >= 48
+    pvs = [epics.get_pv(stack.prefix + name) for name in readonly]
+    for pv in pvs:
+        assert pv.wait_for_connection(timeout=10), pv.pvname
+    writable = [pv.pvname for pv in pvs if pv.write_access]
+    assert not writable, f"read-only PVs with write access: {writable}"
+    with pytest.raises(epics.ca.CASeverityException, match="Write access denied"):
+        epics.caput(stack.prefix + "NumImages_RBV", 5, wait=True, timeout=5)
+    assert epics.caget(stack.prefix + "NumImages_RBV") == 1
+
+    assert stack.procs["daemon"].poll() is None
+    log = (stack.tmp_path / "daemon.log").read_text(errors="replace")
+    assert "Traceback" not in log, log[-3000:]
+
+
+def test_mode_between_runs_switches_the_next_run_and_during_a_run_is_refused(idle_stack: Stack) -> None:
+    stack = idle_stack
+    epics = _epics()
+    p = stack.prefix
+    assert _put(stack, "Mode", 0) == 1  # raw
+    assert _put(stack, "Reduction:MinPeaks", 3) == 1
+    assert _put(stack, "Reduction:Roi", "0:16:0:16;20:40:8:24") == 1
+    wait_for(lambda: epics.caget(p + "Reduction:MinPeaks_RBV", use_monitor=False) == 3, 5, "MinPeaks_RBV")
+    wait_for(
+        lambda: (
+            epics.caget(p + "Reduction:Roi_RBV", as_string=True, use_monitor=False) == "0:16:0:16;20:40:8:24"
+        ),
+        5,
+        "Roi_RBV",
+    )
+    _assert_refused(stack, "Reduction:Roi", "0:16:0", "0:16:0:16;20:40:8:24", SOFT, "is not r0:r1:c0:c1")
+    _assert_refused(stack, "Reduction:Roi", "0:999:0:16", "0:16:0:16;20:40:8:24", SOFT, "256x256 frame")
+    _assert_refused(stack, "Reduction:MinSnr", 0.0, "5.000", SOFT, "greater than 0")
+    assert _put(stack, "Reduction:TomoCenter", float("nan")) == 1  # NaN: estimated
+
+    assert _put(stack, "NumImages", 5) == 1
+    assert _put(stack, "AcquirePeriod", 0.01) == 1
+    assert epics.caput(p + "Acquire", 1, wait=True, timeout=90) == 1
+    first = stack.run(epics.caget(p + "RunUid_RBV", as_string=True))
+    assert _run_mode(first) == "raw", first
+
+    # during a run: refused with the reason, the next run's mode unchanged
+    assert _put(stack, "NumImages", 100_000) == 1
+    done = threading.Event()
+    acquire = epics.PV(p + "Acquire")
+    try:
+        assert acquire.wait_for_connection(timeout=10)
+        acquire.put(1, callback=lambda **_: done.set())
+        wait_for(lambda: stack.status()["pipeline"].get("run") is not None, 30, "the run open")
+        _assert_refused(stack, "Mode", 3, "raw", SOFT, "is open: the reduction mode changes between runs")
+        _assert_refused(stack, "Reduction:MinPeaks", 7, "3", SOFT, "is open")
+        assert _meta(stack, "Mode_RBV")["char_value"] == "raw"
+        epics.caput(p + "Acquire", 0)  # abort (a put of 0 with completion waits for the run's end)
+        assert done.wait(60), "the aborted run's put did not complete"
+    finally:
+        acquire.disconnect()
+    # between runs again: accepted, and the next run takes it
+    wait_for(lambda: stack.status()["pipeline"].get("run") is None, 30, "the run closed")
+    assert _put(stack, "Mode", 3) == 1  # tomo
+    meta = _meta(stack, "Mode")
+    assert (meta["char_value"], meta["severity"]) == ("tomo", 0)
+    wait_for(lambda: _meta(stack, "Mode_RBV")["char_value"] == "tomo", 5, "Mode_RBV tomo")
+    assert stack.procs["daemon"].poll() is None
+
+
+def test_a_refused_run_fails_its_acquire_put_and_says_why(
+    tmp_path: Path, ca_port: int, edge_ca_port: int
+) -> None:
+    """The store above its high-water mark with unverified data (no consumer): the next Acquire put
+    fails at the client with the reason in StatusMessage_RBV; the state says pressure, not full."""
+    stack = Stack(tmp_path, ca_port, edge_ca_port, acf=None)
+    stack.settings += [
+        "retention.quota_bytes=1000000000",
+        "retention.headroom_bytes=0",
+        "retention.high_water=0.00001",  # 10 kB of unverified data is enough
+        "retention.low_water=0.000005",
+        "retention.interval_seconds=0.2",
+    ]
+    epics = _epics()
+    p = stack.prefix
+    try:
+        stack.start_sim()
+        stack.start_daemon()
+        assert _put(stack, "NumImages", 5) == 1
+        assert _put(stack, "AcquirePeriod", 0.01) == 1
+        assert epics.caput(p + "Acquire", 1, wait=True, timeout=90) == 1  # accepted: the store was empty
+        message = _wait_message(stack, "Runs refused: local store above its high-water mark")
+        assert "full" not in message, message
+        assert _meta(stack, "Disk:RetentionState_RBV")["char_value"] == "pressure"
+        assert "full" not in stack.status()["retention"]["alarm"]
+        with pytest.raises(epics.ca.CASeverityException, match="Write access denied"):
+            epics.caput(p + "Acquire", 1, wait=True, timeout=10)
+        assert epics.caget(p + "Acquire_RBV") == 0
+        assert stack.status()["detector"]["state"] == "Idle"  # never armed
+        assert stack.procs["daemon"].poll() is None
+    finally:
+        stack.stop()
