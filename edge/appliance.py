@@ -26,6 +26,7 @@ from edge.pipeline import Calibration, Pipeline
 from edge.poni import combined_mask, load_poni
 from edge.recorder import RunRecorder
 from edge.recovery import recover
+from edge.reduction_control import ReductionControl
 from edge.retention import Retention
 from edge.ring import FrameRing, Slot
 from edge.store import NXMX_SERIES_KEYS
@@ -85,10 +86,17 @@ def load_calibration(settings: Settings, fmt: FrameFormat | None = None) -> Cali
 class RingSink:
     """The ring as seen by a frame source: frames go into the ring, runs and losses to the recorder."""
 
-    def __init__(self, ring: FrameRing, recorder: RunRecorder, refusal: Callable[[], str | None]) -> None:
+    def __init__(
+        self,
+        ring: FrameRing,
+        recorder: RunRecorder,
+        refusal: Callable[[], str | None],
+        reduction: Callable[[], dict[str, Any]] = dict,
+    ) -> None:
         self.ring = ring
         self.recorder = recorder
         self.refusal = refusal
+        self.reduction = reduction  # the reduction parameters a run starting now takes (JSON)
         self.run_uid: str | None = None
         self.refused = False
         self.preview: tuple[np.ndarray, dict[str, Any]] | None = None
@@ -118,7 +126,11 @@ class RingSink:
         self.ring.abandon(slot)
 
     def series_start(self, series: int, config: dict[str, Any]) -> str | None:
-        run_uid = self.recorder.open_run(config.get("run_uid"), series, config.get("frames_expected"), config)
+        reduction = self.reduction()
+        config = {**config, "reduction": reduction}  # recorded with the run (RunStart, where, files)
+        run_uid = self.recorder.open_run(
+            config.get("run_uid"), series, config.get("frames_expected"), config, reduction.get("mode")
+        )
         self.run_uid = run_uid
         refusal = self.refusal()
         if refusal is not None:  # the run is recorded, refused and closed; its frames become losses
@@ -137,6 +149,7 @@ class RingSink:
                 "frames_expected": config.get("frames_expected"),
                 "detector": config.get("detector"),
                 "nxmx": {k: config[k] for k in NXMX_SERIES_KEYS if config.get(k) is not None},
+                "reduction": reduction,
             }
         )
         return None
@@ -181,7 +194,7 @@ class Appliance:
         store = settings.store
         store.path.mkdir(parents=True, exist_ok=True)
         self.ledger = Ledger(settings.ledger_path, settings.upstream.required_consumers)
-        self.recorder = RunRecorder(self.ledger, store.path, store.chunk_bytes)
+        self.recorder = RunRecorder(self.ledger, store.path, store.chunk_bytes, settings.upstream.forward)
         self.recovery = recover(self.recorder, store.path)
         self.ring = FrameRing(
             settings.ring.slots,
@@ -196,7 +209,13 @@ class Appliance:
             geometry = Geometry(**settings.geometry.model_dump())
         self.geometry = geometry
         self.retention = Retention(self.ledger, settings.store.path, settings.retention)
-        self.sink = RingSink(self.ring, self.recorder, self.retention.refusal)
+        self.reduction = ReductionControl(settings.reduction, open_run=lambda: self.sink.run_uid)
+        self.sink = RingSink(
+            self.ring,
+            self.recorder,
+            self.retention.refusal,
+            lambda: self.reduction.current().model_dump(mode="json"),
+        )
         self.source: FrameSource = self._source(settings)
         self.pipeline = Pipeline(
             self.ring,
@@ -210,6 +229,7 @@ class Appliance:
             self.recorder,
             may_write=lambda: not self.retention.under_pressure(),
             calibration=calibration,
+            store_blanks=store.blanks,
             compress_threads=store.compress_threads,
             frame_threads=settings.reduction.frame_threads,
         )

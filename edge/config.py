@@ -145,10 +145,49 @@ class RingSettings(_Section):
     name: str | None = None
 
 
-class ReductionSettings(_Section):
-    """Kernels and their parameters."""
+MODES = ("raw", "powder", "serial", "tomo")  # the reduction modes, one list everywhere (docs, PV, REST)
 
+
+class SerialSettings(_Section):
+    """Serial crystallography: the peak finder (peakfinder8-style) and the hit classifier."""
+
+    min_snr: float = Field(
+        5.0, gt=0, le=1000, description="a pixel is a candidate above ring mean + this x sigma"
+    )
+    adc_threshold: float = Field(0.0, ge=0, description="...and above this raw value")
+    min_pixels: int = Field(2, ge=1, le=10_000, description="smallest peak, in pixels")
+    max_pixels: int = Field(200, ge=1, le=100_000, description="largest peak, in pixels")
+    min_peaks: int = Field(10, ge=0, le=100_000, description="a frame with at least this many peaks is a hit")
+    max_peaks: int = Field(512, ge=1, le=100_000, description="peaks kept per frame in the peak table")
+
+
+class TomoSettings(_Section):
+    """Tomography: which rows are reconstructed while projections arrive, and how."""
+
+    slices: list[int] = Field(
+        default_factory=list, description="detector rows to reconstruct; [] = centre row"
+    )
+    center: float | None = Field(
+        None, ge=-100_000, le=100_000, description="rotation axis column; None = estimated"
+    )
+    filter: Literal["ramp", "shepp-logan", "cosine", "hamming", "hann"] = "ramp"
+
+
+class ReductionSettings(_Section):
+    """Kernels, the reduction mode and its parameters."""
+
+    mode: Literal["raw", "powder", "serial", "tomo"] = Field(
+        "powder", description="raw (store only), powder (azimuthal integration), serial (peaks, hits), tomo"
+    )
     backend: Literal["auto", "gpu", "numba", "numpy"] = "auto"
+    cake_bins: int = Field(0, ge=0, le=3600, description="powder: azimuthal bins of a 2D cake; 0 = no cake")
+    roi: list[tuple[int, int, int, int]] = Field(
+        default_factory=list,
+        max_length=64,
+        description="ROI boxes (row0, row1, col0, col1), half-open; statistics in every mode but raw",
+    )
+    serial: SerialSettings = SerialSettings()
+    tomo: TomoSettings = TomoSettings()
     bins: int = Field(1000, ge=2, le=100_000)
     unit: Literal["2th_deg", "q_nm^-1"] = "2th_deg"
     poni_file: Path | None = None
@@ -176,10 +215,18 @@ class StoreSettings(_Section):
     compress_threads: int = Field(
         2, ge=1, le=64, description="frames compressed at once (bitshuffle-LZ4, one OpenMP thread each)"
     )
+    blanks: Literal["keep", "drop"] = Field(
+        "keep", description="serial: blank frames go to their own local files (keep) or are vetoed (drop)"
+    )
 
 
 class RetentionSettings(_Section):
     """What may be deleted locally, and when: only ever files every required consumer verified."""
+
+    unforwarded: Literal["keep", "purge_after_days"] = Field(
+        "keep", description="files never forwarded (upstream.forward): kept, or purged after unforwarded_days"
+    )
+    unforwarded_days: float = Field(30.0, gt=0, le=36500)
 
     quota_bytes: int = Field(0, ge=0, description="bytes the store may hold; 0 = the disk's size")
     high_water: float = Field(0.90, gt=0, le=1, description="purge verified files above this fill")
@@ -193,6 +240,11 @@ class UpstreamSettings(_Section):
     """The appliance's side of the upstream pull protocol."""
 
     endpoint: str = f"tcp://{LOCALHOST}:5570"
+    forward: Literal["all", "reduced", "hits"] = Field(
+        "all",
+        description="what goes upstream: all (raw frames and products), reduced (products and the frame"
+        " table only), hits (serial: raw frames of hits and the products)",
+    )
     required_consumers: list[str] = Field(default_factory=lambda: ["hpc"], min_length=1)
     resend_seconds: float = Field(10.0, gt=0)
     corrupt: float = Field(
@@ -230,7 +282,9 @@ class EpicsSettings(_Section):
     enabled: bool = False
     prefix: str = Field("EDGE:", min_length=1, max_length=40, pattern=r"^[A-Za-z0-9_:.-]+$")
     detector_prefix: str = Field("SIM:cam1:", min_length=1, max_length=40, pattern=r"^[A-Za-z0-9_:.-]+$")
-    acf_file: Path | None = None
+    acf_file: Path | None = Field(
+        None, description="access security file (ACF); None = the packaged edge/data/edge.acf"
+    )
 
 
 class LogSettings(_Section):
@@ -336,10 +390,11 @@ def _nest(overrides: list[str]) -> dict[str, Any]:
     return tree
 
 
-def _describe(error: ValidationError) -> str:
+def describe_validation_error(error: ValidationError, prefix: str = "") -> str:
+    """Every bad value of a validation error as ``key = value: why``, keys under ``prefix``."""
     lines = []
     for item in error.errors():
-        key = ".".join(str(part) for part in item["loc"])
+        key = ".".join([prefix] * bool(prefix) + [str(part) for part in item["loc"]])
         shown = repr(item.get("input"))
         if len(shown) > 60:
             shown = shown[:57] + "..."
@@ -353,6 +408,6 @@ def load_settings(config: Path | None = None, overrides: list[str] | None = None
     try:
         return Settings(**_nest(overrides or []))
     except ValidationError as error:
-        raise ConfigError(_describe(error)) from None
+        raise ConfigError(describe_validation_error(error)) from None
     finally:
         _toml_path.reset(token)

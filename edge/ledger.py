@@ -81,6 +81,18 @@ CREATE INDEX IF NOT EXISTS files_by_state ON files(state, id);
 CREATE INDEX IF NOT EXISTS files_by_verified ON files(verified_at);
 """
 
+#: The ledger's schema version (SQLite ``user_version``). 0/1: the first layout; 2 adds what each file is
+#: (``files.kind``), the run's mode and vetoed frames, and where each consumer stored each file.
+SCHEMA_VERSION = 2
+
+#: Columns added since version 1, with their defaults; a fresh ledger gets them too (table, column, SQL).
+MIGRATION_COLUMNS = (
+    ("files", "kind", "TEXT NOT NULL DEFAULT 'data'"),
+    ("runs", "mode", "TEXT"),
+    ("runs", "frames_vetoed", "INTEGER NOT NULL DEFAULT 0"),
+    ("file_acks", "stored_path", "TEXT"),
+)
+
 # Running totals, kept by triggers in the same transaction as the rows they count, so that the views
 # asked for several times a second (status, store usage, the pressure check) cost the same after a
 # million files as after one, instead of a scan of the whole history.
@@ -159,9 +171,7 @@ class Ledger:
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.execute("PRAGMA foreign_keys=ON")
         self._db.executescript(SCHEMA)
-        columns = {row[1] for row in self._db.execute("PRAGMA table_info(file_acks)")}
-        if "stored_path" not in columns:  # protocol v2: where each consumer keeps the file
-            self._db.execute("ALTER TABLE file_acks ADD COLUMN stored_path TEXT")
+        self.migrated_from = self._migrate()
         self._db.execute("BEGIN IMMEDIATE")
         try:
             fresh = (
@@ -180,6 +190,31 @@ class Ledger:
             self._db.execute("ROLLBACK")
             raise
 
+    def _migrate(self) -> int | None:
+        """Bring an older ledger up to SCHEMA_VERSION in place; returns the version it had (None: current).
+
+        Each step only adds (columns with defaults), so a ledger keeps every record it held.
+        """
+        version = int(self._db.execute("PRAGMA user_version").fetchone()[0])
+        if version == SCHEMA_VERSION:
+            return None
+        if version > SCHEMA_VERSION:
+            raise RuntimeError(
+                f"ledger {self.path} has schema version {version}, newer than this edge ({SCHEMA_VERSION})"
+            )
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            for table, column, declaration in MIGRATION_COLUMNS:
+                columns = {row[1] for row in self._db.execute(f"PRAGMA table_info({table})")}
+                if column not in columns:
+                    self._db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {declaration}")
+            self._db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            self._db.execute("COMMIT")
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        return version
+
     def close(self) -> None:
         with self._lock:
             self._db.close()
@@ -193,16 +228,19 @@ class Ledger:
             return [dict(row) for row in self._db.execute(sql, tuple(params)).fetchall()]
 
     # -- runs ------------------------------------------------------------------------------------------
-    def run_started(self, run_uid: str, series: int, frames_expected: int | None, config: str) -> None:
+    def run_started(
+        self, run_uid: str, series: int, frames_expected: int | None, config: str, mode: str | None = None
+    ) -> None:
         self._write(
-            "INSERT INTO runs (run_uid, series, started_at, frames_expected, config) VALUES (?,?,?,?,?)",
-            (run_uid, series, time.time(), frames_expected, config),
+            "INSERT INTO runs (run_uid, series, started_at, frames_expected, config, mode)"
+            " VALUES (?,?,?,?,?,?)",
+            (run_uid, series, time.time(), frames_expected, config, mode),
         )
 
-    def run_ended(self, run_uid: str, exit_status: str, frames_stored: int) -> None:
+    def run_ended(self, run_uid: str, exit_status: str, frames_stored: int, frames_vetoed: int = 0) -> None:
         self._write(
-            "UPDATE runs SET ended_at=?, exit_status=?, frames_stored=? WHERE run_uid=?",
-            (time.time(), exit_status, frames_stored, run_uid),
+            "UPDATE runs SET ended_at=?, exit_status=?, frames_stored=?, frames_vetoed=? WHERE run_uid=?",
+            (time.time(), exit_status, frames_stored, frames_vetoed, run_uid),
         )
 
     def runs(self) -> list[dict[str, Any]]:
@@ -224,22 +262,32 @@ class Ledger:
         checksum: str,
         frames: tuple[int, int, int],
         chunks: Sequence[tuple[int, int, str]],
+        kind: str = "data",
+        local: bool = False,
     ) -> int:
-        """Record a closed file and its transfer chunks ``(offset, length, checksum)`` atomically."""
+        """Record a closed file and its transfer chunks ``(offset, length, checksum)`` atomically.
+
+        ``kind`` says what the file holds (data, blank, reduced, documents); a ``local`` file is never
+        forwarded (``upstream.forward``): it stays in state ``local`` until an explicit retention policy
+        retires it.
+        """
         first, last, count = frames
+        state = "local" if local else "stored"
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
             try:
                 cursor = self._db.execute(
                     "INSERT INTO files (run_uid, name, path, size, checksum, first_frame, last_frame,"
-                    " n_frames, state, stored_at) VALUES (?,?,?,?,?,?,?,?, 'stored', ?)",
-                    (run_uid, name, str(path), size, checksum, first, last, count, time.time()),
+                    " n_frames, state, stored_at, kind) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                    (run_uid, name, str(path), size, checksum, first, last, count, state, time.time(), kind),
                 )
                 file_id = int(cursor.lastrowid or 0)
                 self._db.executemany(
-                    "INSERT INTO chunks (file_id, idx, offset, length, checksum, state)"
-                    " VALUES (?,?,?,?,?, 'stored')",
-                    [(file_id, i, off, length, digest) for i, (off, length, digest) in enumerate(chunks)],
+                    "INSERT INTO chunks (file_id, idx, offset, length, checksum, state) VALUES (?,?,?,?,?,?)",
+                    [
+                        (file_id, i, off, length, digest, state)
+                        for i, (off, length, digest) in enumerate(chunks)
+                    ],
                 )
                 self._db.execute(
                     "UPDATE runs SET frames_stored = frames_stored + ? WHERE run_uid=?", (count, run_uid)
@@ -469,6 +517,7 @@ class Ledger:
         overflow SQLite's 64-bit INTEGER.
         """
         files = self._rows("SELECT state, n_frames, size FROM files WHERE run_uid=?", (run_uid,))
+        vetoed = self._rows("SELECT frames_vetoed FROM runs WHERE run_uid=?", (run_uid,))
         losses = self._rows("SELECT reason, first_frame, last_frame FROM losses WHERE run_uid=?", (run_uid,))
         by_reason: dict[str, int] = {}
         lost = incomplete = 0
@@ -485,8 +534,10 @@ class Ledger:
             "frames_delivered": sum(
                 int(f["n_frames"]) for f in files if f["state"] in ("verified", "purged")
             ),
+            "frames_vetoed": int(vetoed[0]["frames_vetoed"] or 0) if vetoed else 0,
             "frames_lost": lost,
             "frames_incomplete": incomplete,
+            "files_local_only": sum(1 for f in files if f["state"] == "local"),
             "loss_records": len(losses),
             "frames_lost_by_reason": dict(sorted(by_reason.items())),
             "file_count": len(files),

@@ -27,73 +27,19 @@ from typing import Any
 
 import numpy as np
 
+from edge.config import ReductionSettings
+from edge.modes import Corrections, FrameResult, ModeStage, PowderStage, RunContext, make_stage
 from edge.recorder import RunRecorder
 from edge.ring import KIND_CONTROL, KIND_FRAME, FrameRing, Slot
-from edge.store import RunMetadata, RunStore
+from edge.store import ReducedWriter, RunMetadata, RunStore
 from firmware_bridge.source import Checkpoint, Spawner, plain_spawn
-from kernels import Backend, Geometry, compress_chunk, make_gain
+from kernels import Backend, Geometry, compress_chunk
 
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class Calibration:
-    """Dark, flat and mask images and the pyFAI-style corrections for one detector."""
-
-    dark: np.ndarray | None = None
-    flat: np.ndarray | None = None
-    mask: np.ndarray | None = None
-    solid_angle: bool = False
-    polarization: float | None = None
-
-    def check(self, shape: tuple[int, int]) -> None:
-        for name in ("dark", "flat", "mask"):
-            image = getattr(self, name)
-            if image is not None and image.shape != shape:
-                raise ValueError(f"{name} image is {image.shape}, frames are {shape}")
-
-
-class Reduction:
-    """Per-run kernel state: correction arrays and the integrator for one frame shape."""
-
-    def __init__(
-        self,
-        backend: Backend,
-        geometry: Geometry,
-        shape: tuple[int, int],
-        bins: int,
-        unit: str,
-        calibration: Calibration | None = None,
-    ) -> None:
-        cal = calibration or Calibration()
-        self.backend = backend
-        self.shape = shape
-        cal.check(shape)
-        self.dark = np.zeros(shape, np.float32) if cal.dark is None else cal.dark.astype(np.float32)
-        self.gain = make_gain(shape, cal.flat, cal.mask)  # 1/flat, 0 at masked and unusable pixels
-        excluded = self.gain == 0
-        # dark, flat, mask and the geometric corrections are folded into the integrator, which then
-        # reads the raw frame once; its profile is pyFAI's (sum of signal over sum of normalisation)
-        self.integrator = backend.integrator(
-            geometry,
-            shape,
-            bins,
-            unit=unit,
-            mask=excluded if excluded.any() else None,
-            dark=cal.dark,
-            flat=cal.flat,
-            correct_solid_angle=cal.solid_angle,
-            polarization_factor=cal.polarization,
-        )
-        self._scratch = np.empty(shape, dtype=np.float32)
-
-    def reduce(self, raw: np.ndarray) -> np.ndarray:
-        """The 1D profile of one raw frame."""
-        return self.integrator.integrate(raw)
-
-    def corrected(self, raw: np.ndarray) -> np.ndarray:
-        """``(raw - dark) / flat`` with masked pixels 0 (for previews and spot finding)."""
-        return self.backend.correct(raw, self.dark, self.gain, self._scratch)
+#: dark, flat, mask and the pyFAI-style corrections (the name the appliance uses)
+Calibration = Corrections
 
 
 @dataclass
@@ -103,9 +49,9 @@ class _Work:
     slot: Slot
     action: str  # "frame", "open", "close" or "release" (nothing to write: a counted loss or no-op)
     chunk: Future[bytes] | None = None
-    profile: np.ndarray | None = None
+    result: FrameResult | None = None
     record: dict[str, Any] | None = None
-    radial: np.ndarray | None = None
+    stage: ModeStage | None = None
     started: float = 0.0
 
 
@@ -125,6 +71,7 @@ class Pipeline:
         recorder: RunRecorder,
         may_write: Callable[[], bool] = lambda: True,
         calibration: Calibration | None = None,
+        store_blanks: str = "keep",
         queue_depth: int = 8,
         compress_threads: int = 1,
         frame_threads: int = 0,
@@ -140,13 +87,16 @@ class Pipeline:
         self.recorder = recorder
         self.may_write = may_write
         self.calibration = calibration
+        self.store_blanks = store_blanks
         self.stats: Counter[str] = Counter()
         self.latest_profile: tuple[np.ndarray, np.ndarray] | None = None
         self._compressor = ThreadPoolExecutor(max_workers=compress_threads, thread_name_prefix="compress")
         self.frame_threads = frame_threads
         self._closer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="file-closer")
         self._work: queue.Queue[_Work | None] = queue.Queue(maxsize=queue_depth)
-        self._reduction: Reduction | None = None  # the reducing thread's
+        self._stage: ModeStage | None = None  # the reducing thread's: the open run's mode
+        self.latest_stage: ModeStage | None = None  # the newest run's stage, for the live product view
+        self._reduced: ReducedWriter | None = None  # the writing thread's
         self._run_uid: str | None = None  # the reducing thread's view: the run frames now belong to
         self._store: RunStore | None = None  # the writing thread's
         self._stop = threading.Event()
@@ -207,12 +157,10 @@ class Pipeline:
         if kind == KIND_CONTROL:
             record = json.loads(slot.payload)
             if record["event"] == "series_start":
-                shape = (int(record["height"]), int(record["width"]))
-                self._reduction = Reduction(
-                    self.backend, self.geometry, shape, self.bins, self.unit, self.calibration
-                )
+                self._stage = self._make_stage(record)
+                self.latest_stage = self._stage
                 self._run_uid = str(record["run_uid"])
-                return _Work(slot, "open", record=record, radial=self._reduction.integrator.radial)
+                return _Work(slot, "open", record=record, stage=self._stage)
             if record["event"] == "series_end":
                 self._run_uid = None
                 return _Work(slot, "close", record=record)
@@ -224,20 +172,71 @@ class Pipeline:
             while not self.may_write() and not self._stop.is_set():
                 time.sleep(0.1)
         frame = int(slot.header["frame"])
-        if self._run_uid is None or self._reduction is None:
+        stage = self._stage
+        if self._run_uid is None or stage is None:
             self.stats["frames_outside_run"] += 1
             self.recorder.loss(None, frame, frame, "outside_run", "frame arrived with no open run")
             return _Work(slot, "release")
         started = time.perf_counter()
         raw = slot.array()
-        if raw.shape != self._reduction.shape:
+        if raw.shape != stage.ctx.shape:
             self.stats["frames_wrong_shape"] += 1
             self.recorder.loss(self._run_uid, frame, frame, "wrong_shape", f"{raw.shape}")
             return _Work(slot, "release")
         chunk = self._compressor.submit(compress_chunk, raw)  # bitshuffle releases the GIL: overlap
-        profile = self._reduction.reduce(raw)
+        header = slot.header
+        result = stage.process(
+            raw if stage.decompress else None, frame, int(header["image_key"]), float(header["angle"])
+        )
+        if not result.keep:
+            chunk.cancel()  # a vetoed frame is never stored; its compression is not needed
+        intensity = result.products.get("I")
+        if intensity is not None and isinstance(stage, PowderStage):
+            self.latest_profile = (stage.radial, intensity)
         self._busy_seconds += time.perf_counter() - started
-        return _Work(slot, "frame", chunk=chunk, profile=profile, started=started)
+        return _Work(slot, "frame", chunk=chunk, result=result, started=started)
+
+    def _make_stage(self, record: dict[str, Any]) -> ModeStage:
+        """The run's mode stage, from the parameters the run started with; raw if they cannot work."""
+        shape = (int(record["height"]), int(record["width"]))
+        params = ReductionSettings.model_validate(record.get("reduction") or {"mode": "powder"})
+        ctx = RunContext(
+            self.backend,
+            self.geometry,
+            shape,
+            self.bins,
+            self.unit,
+            params,
+            self.calibration or Corrections(),
+            self.store_blanks,
+        )
+        try:
+            return make_stage(ctx)
+        except Exception as error:  # e.g. tomo slices outside the frame: store the frames, say why
+            self.stats["mode_setup_errors"] += 1
+            log.error(
+                "run %s: mode %s cannot start (%s); storing raw frames only",
+                record.get("run_uid"),
+                params.mode,
+                error,
+            )
+            return ModeStage(
+                RunContext(
+                    self.backend,
+                    self.geometry,
+                    shape,
+                    self.bins,
+                    self.unit,
+                    params.model_copy(update={"mode": "raw"}),
+                )
+            )
+
+    def product(self) -> dict[str, Any] | None:
+        """The newest run's live product (``GET /api/product``): mode, run and the mode's own view."""
+        stage = self.latest_stage
+        if stage is None:
+            return None
+        return {"mode": stage.name, "run_uid": self._run_uid, stage.name: stage.live()}
 
     def _failed(self, slot: Slot, run_uid: str | None, error: BaseException) -> None:
         """A frame the pipeline could not handle: counted, and a loss record (control slots: logged only)."""
@@ -284,24 +283,39 @@ class Pipeline:
 
     def _write(self, work: _Work) -> None:
         if work.action == "open":
-            record = work.record or {}
-            self._open_run(record, work.radial if work.radial is not None else np.empty(0))
+            assert work.stage is not None
+            self._open_run(work.record or {}, work.stage)
         elif work.action == "close":
             self._close_run((work.record or {}).get("exit_status", "success"))
         elif work.action == "frame":
-            assert work.chunk is not None and work.profile is not None
-            store = self._store
-            if store is None:  # cannot happen: frames are only handed on inside a run
+            assert work.chunk is not None and work.result is not None
+            store, reduced = self._store, self._reduced
+            if store is None or reduced is None:  # cannot happen: frames are only handed on inside a run
                 raise RuntimeError("frame reached the writer with no open run")
-            chunk = work.chunk.result()
-            slot = work.slot
-            store.write(int(slot.header["frame"]), chunk, work.profile, int(slot.header["flags"]))
-            self.latest_profile = (store.radial, work.profile)
+            slot, result = work.slot, work.result
+            frame = int(slot.header["frame"])
+            if result.keep:
+                chunk = work.chunk.result()
+                store.write(frame, chunk, result.products, int(slot.header["flags"]), result.stream)
+                self.stats["bytes_compressed"] += len(chunk)
+                reduced.add(frame, "stored", result.stream, result.row, result.products)
+            else:
+                self.stats["frames_vetoed"] += 1
+                reduced.add(frame, "vetoed", result.stream, result.row, result.products)
+            if reduced.full():
+                self._finish_reduced()
             self.stats["frames_processed"] += 1
             self.stats["bytes_raw"] += slot.array().nbytes
-            self.stats["bytes_compressed"] += len(chunk)
 
-    def _open_run(self, record: dict[str, Any], radial: np.ndarray) -> None:
+    def _finish_reduced(self, run_products: dict[str, Any] | None = None) -> None:
+        reduced = self._reduced
+        if reduced is None:
+            return
+        closed = reduced.finish(run_products)
+        if closed is not None:
+            self.recorder.file_closed(closed)
+
+    def _open_run(self, record: dict[str, Any], stage: ModeStage) -> None:
         if self._store is not None:
             self._close_run("abort")
         shape = (int(record["height"]), int(record["width"]))
@@ -312,8 +326,7 @@ class Pipeline:
             record["dtype"],
             self.frames_per_file,
             self.file_seconds,
-            radial,
-            self.unit,
+            stage,
             self.recorder.file_closed,
             RunMetadata(
                 self.geometry,
@@ -325,6 +338,9 @@ class Pipeline:
             ),
             closer=self._closer,
             on_close_failed=self._file_close_failed,
+        )
+        self._reduced = ReducedWriter(
+            self._store.directory, record["run_uid"], stage, max(self.frames_per_file, 1000)
         )
         self.stats["runs_opened"] += 1
 
@@ -338,6 +354,16 @@ class Pipeline:
         store, self._store = self._store, None
         if store is None:
             return
-        store.close()  # waits for its files to be finished and registered
-        self.stats["runs_closed"] += 1
-        self.recorder.close_run(store.run_uid, store.frames_written, exit_status)
+        vetoed = 0
+        try:
+            store.close()  # waits for its files to be finished and registered
+        finally:
+            reduced = self._reduced
+            if reduced is not None:
+                vetoed = reduced.counts["vetoed"]
+                try:
+                    self._finish_reduced(reduced.layout.finish())  # type: ignore[attr-defined]
+                finally:
+                    self._reduced = None
+            self.stats["runs_closed"] += 1
+            self.recorder.close_run(store.run_uid, store.frames_written, exit_status, vetoed)

@@ -26,32 +26,40 @@ log = logging.getLogger(__name__)
 class RunRecorder:
     """Writes a run's bookkeeping to the ledger; reads nothing but what it needs to write."""
 
-    def __init__(self, ledger: Ledger, store_root: Path, chunk_bytes: int) -> None:
+    def __init__(self, ledger: Ledger, store_root: Path, chunk_bytes: int, forward: str = "all") -> None:
         self.ledger = ledger
         self.store_root = store_root
         self.chunk_bytes = chunk_bytes
+        self.forward = forward  # upstream.forward: all, reduced or hits
+        self._modes: dict[str, str | None] = {}
         self._lock = threading.Lock()
         self.counts: Counter[str] = Counter()  # files_closed, runs_opened, runs_closed, losses by reason
 
     # -- runs ------------------------------------------------------------------------------------------
     def open_run(
-        self, run_uid: str | None, series: int, frames_expected: int | None, config: dict[str, Any]
+        self,
+        run_uid: str | None,
+        series: int,
+        frames_expected: int | None,
+        config: dict[str, Any],
+        mode: str | None = None,
     ) -> str:
         """Record a new run; returns its uid (a fresh one when ``run_uid`` is missing or already used)."""
         uid = str(run_uid or uuid.uuid4())
         text = json.dumps(config)
         try:
-            self.ledger.run_started(uid, series, frames_expected, text)
+            self.ledger.run_started(uid, series, frames_expected, text, mode)
         except Exception as error:  # a repeated run uid: keep the data under a fresh one
             log.warning("run uid %s rejected by the ledger (%s); using a new uid", uid, error)
             uid = str(uuid.uuid4())
-            self.ledger.run_started(uid, series, frames_expected, text)
+            self.ledger.run_started(uid, series, frames_expected, text, mode)
+        self._modes[uid] = mode
         self._count("runs_opened")
         return uid
 
-    def close_run(self, run_uid: str, frames_stored: int, exit_status: str) -> None:
+    def close_run(self, run_uid: str, frames_stored: int, exit_status: str, frames_vetoed: int = 0) -> None:
         """The run ended (``success``, ``abort`` or ``fail``): record it and store its documents."""
-        self.ledger.run_ended(run_uid, exit_status, frames_stored)
+        self.ledger.run_ended(run_uid, exit_status, frames_stored, frames_vetoed)
         self.write_documents(run_uid, exit_status)
         self._count("runs_closed")
 
@@ -68,20 +76,36 @@ class RunRecorder:
             exit_status,
         )
         path = write_documents(self.store_root / run_uid, run_uid, docs)
-        self.register_file(run_uid, path, (-1, -1, 0))
+        self.register_file(run_uid, path, (-1, -1, 0), "documents")
 
     # -- files -----------------------------------------------------------------------------------------
     def file_closed(self, closed: ClosedFile) -> None:
         """A data file was finished (fsynced and renamed): checksum it and register it with its chunks."""
-        self.register_file(
-            closed.run_uid, closed.path, (closed.first_frame, closed.last_frame, closed.n_frames)
-        )
+        frames = (closed.first_frame, closed.last_frame, closed.n_frames)
+        self.register_file(closed.run_uid, closed.path, frames, closed.kind)
         self._count("files_closed")
 
-    def register_file(self, run_uid: str, path: Path, frames: tuple[int, int, int]) -> None:
+    def stays_local(self, run_uid: str, kind: str) -> bool:
+        """Whether a file of this kind is never forwarded under ``upstream.forward``.
+
+        The run's reduced files and documents always go upstream (they prove every frame's fate);
+        ``reduced`` keeps raw frames local, ``hits`` forwards only the frames of serial hits.
+        """
+        if kind in ("reduced", "documents") or self.forward == "all":
+            return False
+        if self.forward == "hits":
+            if run_uid not in self._modes:
+                self._modes[run_uid] = self.ledger.run(run_uid).get("mode")
+            return not (kind == "data" and self._modes[run_uid] == "serial")
+        return True
+
+    def register_file(
+        self, run_uid: str, path: Path, frames: tuple[int, int, int], kind: str = "data"
+    ) -> None:
         """Checksum a closed file and record it, with its transfer chunks, in one transaction."""
         size, digest, chunks = file_checksums(path, self.chunk_bytes)
-        self.ledger.file_stored(run_uid, path.name, path, size, digest, frames, chunks)
+        local = self.stays_local(run_uid, kind)
+        self.ledger.file_stored(run_uid, path.name, path, size, digest, frames, chunks, kind, local)
 
     # -- losses ----------------------------------------------------------------------------------------
     def loss(self, run_uid: str | None, first: int, last: int, reason: str, detail: str = "") -> None:

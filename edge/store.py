@@ -11,6 +11,7 @@ not a security boundary) and recorded in the ledger with their transfer chunks.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import time
@@ -19,7 +20,7 @@ from concurrent.futures import Executor, Future
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import h5py
 import hdf5plugin  # noqa: F401  (registers filter 32008 with HDF5)
@@ -200,40 +201,72 @@ class ClosedFile:
     first_frame: int
     last_frame: int
     n_frames: int
+    kind: str = "data"  # data (kept frames), blank (serial blanks kept locally), reduced (products)
+
+
+class ProductLayout(Protocol):
+    """How a reduction mode lays out its products in a file (edge.modes stages implement it)."""
+
+    definition: str  # the NeXus application definition of the data files: NXmx or NXtomo
+
+    def settings_record(self) -> dict[str, Any]: ...
+
+    def write_products(self, entry: h5py.Group, products: list[dict[str, Any]]) -> None: ...
+
+    def write_reduced(self, entry: h5py.Group, products: list[dict[str, Any]]) -> None: ...
+
+
+def _write_reduction_record(entry: h5py.Group, layout: ProductLayout) -> None:
+    """Every setting that shaped the products, readable from the file alone."""
+    group = entry.create_group("reduction")
+    group.attrs["NX_class"] = "NXprocess"
+    record = layout.settings_record()
+    group.create_dataset("program", data="edge")
+    group.create_dataset("mode", data=str(record.get("mode", "")))
+    group.create_dataset("settings_json", data=json.dumps(record, sort_keys=True, default=str))
 
 
 class RunFileWriter:
-    """One open rollover file of a run."""
+    """One open rollover file of a run: frames as direct chunks, their products beside them."""
 
     def __init__(
         self,
         directory: Path,
         run_uid: str,
+        name: str,
         index: int,
         shape: tuple[int, int],
         dtype: str,
         capacity: int,
-        radial: np.ndarray,
-        radial_unit: str,
+        layout: ProductLayout,
         meta: RunMetadata | None = None,
+        kind: str = "data",
     ) -> None:
         self.run_uid = run_uid
-        self.name = f"{run_uid}_{index:05d}.h5"
+        self.name = name
+        self.kind = kind
         self.final_path = directory / self.name
         self.part_path = directory / (self.name + ".part")
         self.capacity = capacity
+        self.layout = layout
         self.opened_at = time.monotonic()
         self.frames: list[int] = []
         self.flags: list[int] = []
-        self._profiles: list[np.ndarray] = []
+        self._products: list[dict[str, Any]] = []
         self._h5 = h5py.File(self.part_path, "w", libver="latest", rdcc_nbytes=0)
         entry = self._h5.create_group("entry")
         entry.attrs["NX_class"] = "NXentry"
         entry.attrs["default"] = "data"
         entry.attrs["run_uid"] = run_uid
         entry.attrs["file_index"] = index
-        if meta is not None:
+        entry.attrs["file_kind"] = kind
+        if meta is not None and layout.definition == "NXmx":
             _write_nxmx(entry, meta, shape, dtype)
+        elif meta is not None:
+            self._h5.attrs["default"] = "entry"
+            entry.create_dataset("definition", data=layout.definition)
+            entry.create_dataset("start_time", data=meta.start_time)
+        _write_reduction_record(entry, layout)
         data = entry.create_group("data")
         data.attrs["NX_class"] = "NXdata"
         data.attrs["signal"] = "data"
@@ -245,22 +278,15 @@ class RunFileWriter:
             dtype=dtype,
             **hdf5_filter_options(),  # type: ignore[arg-type]
         )
-        reduced = entry.create_group("reduced")
-        reduced.attrs["NX_class"] = "NXdata"
-        reduced.attrs["signal"] = "profile"
-        reduced.attrs["axes"] = [".", "radial"]
-        radial_ds = reduced.create_dataset("radial", data=radial)
-        radial_ds.attrs["units"] = radial_unit
-        self._reduced = reduced
 
     def __len__(self) -> int:
         return len(self.frames)
 
-    def write(self, frame: int, chunk: bytes, profile: np.ndarray, flags: int = 0) -> None:
+    def write(self, frame: int, chunk: bytes, products: dict[str, Any], flags: int = 0) -> None:
         self._data.id.write_direct_chunk((len(self.frames), 0, 0), chunk)
         self.frames.append(frame)
         self.flags.append(flags)
-        self._profiles.append(profile)
+        self._products.append(products)
 
     def close(self) -> ClosedFile:
         """Finish the file, fsync it, and rename it to its final name."""
@@ -275,28 +301,142 @@ class RunFileWriter:
         entry["data"].create_dataset("frame_number", data=np.asarray(self.frames, dtype=np.int64))
         flags = entry["data"].create_dataset("frame_flags", data=np.asarray(self.flags, dtype=np.uint32))
         flags.attrs["meaning"] = "0 complete, 1 incomplete (packets missing; their pixels are 0), 2 corrupt"
-        profiles = np.asarray(self._profiles, dtype=np.float64).reshape(n, -1)
-        self._reduced.create_dataset("profile", data=profiles)
-        self._h5.flush()
-        self._h5.close()
-        fd = os.open(self.part_path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(self.part_path, self.final_path)
-        fsync_dir(self.final_path.parent)
+        self.layout.write_products(entry, self._products)
+        _finish_file(self._h5, self.part_path, self.final_path)
         first = self.frames[0] if self.frames else -1
         last = self.frames[-1] if self.frames else -1
-        return ClosedFile(self.run_uid, self.name, self.final_path, first, last, n)
+        return ClosedFile(self.run_uid, self.name, self.final_path, first, last, n, self.kind)
 
     def discard(self) -> None:
         self._h5.close()
         self.part_path.unlink(missing_ok=True)
 
 
+def _finish_file(h5: h5py.File, part_path: Path, final_path: Path) -> None:
+    """Flush and close, fsync, rename to the final name, fsync the directory."""
+    h5.flush()
+    h5.close()
+    fd = os.open(part_path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(part_path, final_path)
+    fsync_dir(final_path.parent)
+
+
+#: the frame table's disposition codes (``/entry/frames/disposition`` in a run's reduced files)
+DISPOSITION_CODES = {"stored": 0, "vetoed": 1}
+
+
+class ReducedWriter:
+    """A run's reduced files: the frame table and every frame's products, stored or vetoed.
+
+    These travel upstream under every ``upstream.forward`` policy, so ``sent = stored + vetoed + lost``
+    can be proven from the upstream copy alone (lost frames are in the run's documents). A file is
+    finished every ``frames_per_file`` frames (memory stays bounded) and at the run's end, when the
+    mode's run products (e.g. tomography slices) go into the last one.
+    """
+
+    def __init__(self, directory: Path, run_uid: str, layout: ProductLayout, frames_per_file: int) -> None:
+        self.directory = directory
+        self.run_uid = run_uid
+        self.layout = layout
+        self.frames_per_file = max(1, frames_per_file)
+        self.files = 0
+        self.rows: list[dict[str, Any]] = []
+        self.products: list[dict[str, Any]] = []
+        self.counts = {"stored": 0, "vetoed": 0}
+
+    def add(
+        self, frame: int, disposition: str, stream: str, row: dict[str, Any], products: dict[str, Any]
+    ) -> None:
+        self.counts[disposition] += 1
+        self.rows.append({"frame_number": frame, "disposition": disposition, "stream": stream, **row})
+        self.products.append(products)
+
+    def full(self) -> bool:
+        return len(self.rows) >= self.frames_per_file
+
+    def finish(self, run_products: dict[str, Any] | None = None) -> ClosedFile | None:
+        """Write the frames gathered so far (and ``run_products``) to the next reduced file."""
+        if not self.rows and not run_products:
+            return None
+        name = f"{self.run_uid}_reduced_{self.files:05d}.nxs"
+        final, part = self.directory / name, self.directory / (name + ".part")
+        h5 = h5py.File(part, "w", libver="latest")
+        try:
+            entry = h5.create_group("entry")
+            entry.attrs["NX_class"] = "NXentry"
+            entry.attrs["run_uid"] = self.run_uid
+            entry.attrs["file_kind"] = "reduced"
+            h5.attrs["default"] = "entry"
+            _write_reduction_record(entry, self.layout)
+            self._write_frames(entry)
+            if self.rows:
+                self.layout.write_reduced(entry, self.products)
+            if run_products:
+                _write_run_products(entry, run_products)
+        except BaseException:
+            h5.close()
+            part.unlink(missing_ok=True)
+            raise
+        _finish_file(h5, part, final)
+        numbers = [int(r["frame_number"]) for r in self.rows]
+        closed = ClosedFile(
+            self.run_uid,
+            name,
+            final,
+            min(numbers, default=-1),
+            max(numbers, default=-1),
+            0,  # a reduced file holds no raw frames: its frames are counted in the data files
+            "reduced",
+        )
+        self.files += 1
+        self.rows, self.products = [], []
+        return closed
+
+    def _write_frames(self, entry: h5py.Group) -> None:
+        table = entry.create_group("frames")
+        table.attrs["NX_class"] = "NXcollection"
+        table.attrs["meaning"] = (
+            "one row per frame that reached the pipeline: disposition 0 stored, 1 vetoed (by the mode's"
+            " policy); lost frames are the run's loss records (documents file)"
+        )
+        rows = self.rows
+        table.create_dataset("frame_number", data=np.asarray([r["frame_number"] for r in rows], np.int64))
+        table.create_dataset(
+            "disposition", data=np.asarray([DISPOSITION_CODES[r["disposition"]] for r in rows], np.int8)
+        )
+        table.create_dataset("stream", data=[str(r["stream"]) for r in rows], dtype=h5py.string_dtype())
+        for name, dtype in (("image_key", np.int8), ("is_hit", bool), ("n_peaks", np.int32)):
+            if any(name in r for r in rows):
+                table.create_dataset(name, data=np.asarray([r.get(name, 0) for r in rows], dtype))
+        if any("rotation_angle" in r for r in rows):
+            angles = [r.get("rotation_angle", np.nan) for r in rows]
+            table.create_dataset("rotation_angle", data=np.asarray(angles, np.float64)).attrs["units"] = "deg"
+        if any("roi_sum" in r for r in rows):
+            table.create_dataset("roi_sum", data=np.asarray([r["roi_sum"] for r in rows], np.float64))
+
+
+def _write_run_products(entry: h5py.Group, products: dict[str, Any]) -> None:
+    """Products of the whole run (tomography: slices, sinograms, mean dark and flat)."""
+    group = entry.create_group("reconstruction")
+    group.attrs["NX_class"] = "NXdata"
+    group.attrs["signal"] = "slices"
+    for key, value in products.items():
+        array = np.asarray(value)
+        if array.ndim >= 2:
+            group.create_dataset(key, data=array, compression="gzip", shuffle=True)
+        else:
+            group.create_dataset(key, data=array)
+    if "rotation_angle" in group:
+        group["rotation_angle"].attrs["units"] = "deg"
+
+
 class RunStore:
-    """Writes one run's frames into rollover files under ``root/run_uid/``."""
+    """Writes one run's frames into rollover files under ``root/run_uid/``, one series of files per
+    stream (``data``; ``blank`` for serial blanks kept locally)."""
 
     def __init__(
         self,
@@ -306,8 +446,7 @@ class RunStore:
         dtype: str,
         frames_per_file: int,
         file_seconds: float,
-        radial: np.ndarray,
-        radial_unit: str,
+        layout: ProductLayout,
         on_closed: Callable[[ClosedFile], None],
         meta: RunMetadata | None = None,
         closer: Executor | None = None,
@@ -320,55 +459,72 @@ class RunStore:
         self.dtype = dtype
         self.frames_per_file = frames_per_file
         self.file_seconds = file_seconds
-        self.radial = radial
-        self.radial_unit = radial_unit
+        self.layout = layout
         self.meta = meta
         self.on_closed = on_closed
         self.files_closed = 0
         self.frames_written = 0
-        self._current: RunFileWriter | None = None
+        self._current: dict[str, RunFileWriter] = {}
+        self._indices: dict[str, int] = {}
         # with a ``closer``, full files are finished there, in order, while the next one fills; a file
         # that cannot be finished goes to ``on_close_failed`` with its frames (without one, it raises)
         self._closer = closer
         self._on_close_failed = on_close_failed
         self._closing: list[Future[None]] = []
 
-    def write(self, frame: int, chunk: bytes, profile: np.ndarray, flags: int = 0) -> None:
-        if self._current is None:
-            self._current = RunFileWriter(
+    def _name(self, stream: str, index: int) -> str:
+        if stream == "data":
+            return f"{self.run_uid}_{index:05d}.h5"
+        return f"{self.run_uid}_{stream}_{index:05d}.h5"
+
+    def write(
+        self, frame: int, chunk: bytes, products: dict[str, Any], flags: int = 0, stream: str = "data"
+    ) -> None:
+        current = self._current.get(stream)
+        if current is None:
+            index = self._indices.get(stream, 0)
+            self._indices[stream] = index + 1
+            current = RunFileWriter(
                 self.directory,
                 self.run_uid,
-                self.files_closed,
+                self._name(stream, index),
+                index,
                 self.shape,
                 self.dtype,
                 self.frames_per_file,
-                self.radial,
-                self.radial_unit,
+                self.layout,
                 self.meta,
+                stream,
             )
-        self._current.write(frame, chunk, profile, flags)
+            self._current[stream] = current
+        current.write(frame, chunk, products, flags)
         self.frames_written += 1
-        if len(self._current) >= self.frames_per_file:
-            self.roll()
+        if len(current) >= self.frames_per_file:
+            self.roll(stream)
 
     def tick(self) -> None:
-        """Close the open file if it has been open longer than ``file_seconds``."""
-        if self._current is not None and time.monotonic() - self._current.opened_at >= self.file_seconds:
-            self.roll()
+        """Close each open file that has been open longer than ``file_seconds``."""
+        now = time.monotonic()
+        for stream, current in list(self._current.items()):
+            if now - current.opened_at >= self.file_seconds:
+                self.roll(stream)
 
-    def roll(self) -> None:
-        current, self._current = self._current, None
-        if current is None:
-            return
-        if len(current) == 0:
-            current.discard()
-            return
-        self.files_closed += 1
-        if self._closer is None:
-            self.on_closed(current.close())
-            return
-        self._closing = [f for f in self._closing if not f.done()]
-        self._closing.append(self._closer.submit(self._finish, current))
+    def roll(self, stream: str | None = None) -> None:
+        """Finish the open file of ``stream`` (of every stream when None)."""
+        streams = list(self._current) if stream is None else [stream]
+        for name in streams:
+            current = self._current.pop(name, None)
+            if current is None:
+                continue
+            if len(current) == 0:
+                current.discard()
+                continue
+            self.files_closed += 1
+            if self._closer is None:
+                self.on_closed(current.close())
+                continue
+            self._closing = [f for f in self._closing if not f.done()]
+            self._closing.append(self._closer.submit(self._finish, current))
 
     def _finish(self, current: RunFileWriter) -> None:
         try:
@@ -381,7 +537,7 @@ class RunStore:
             self._on_close_failed(self.run_uid, list(current.frames), error)
 
     def close(self) -> None:
-        """Finish the open file and wait until every file of the run is finished and registered."""
+        """Finish the open files and wait until every file of the run is finished and registered."""
         self.roll()
         for pending in self._closing:
             pending.result()

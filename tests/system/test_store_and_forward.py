@@ -108,7 +108,8 @@ def test_consumer_down_for_part_of_a_run_loses_nothing_and_nothing_is_purged_unv
             "everything verified after the consumer returned",
         )
         wait_for(
-            lambda: stack.status()["retention"].get("files_purged", 0) == frames // 20 + 1,
+            # the data files, the run's reduced file and its documents
+            lambda: stack.status()["retention"].get("files_purged", 0) == frames // 20 + 2,
             30,
             "verified files purged",
         )
@@ -118,7 +119,7 @@ def test_consumer_down_for_part_of_a_run_loses_nothing_and_nothing_is_purged_unv
     finally:
         stack.stop_all()
     purged = ledger_rows(stack, "SELECT verified_at, purged_at, path FROM files")
-    assert len(purged) == frames // 20 + 1  # and the run's documents
+    assert len(purged) == frames // 20 + 2  # and the run's reduced file and documents
     for verified_at, purged_at, path in purged:
         assert verified_at is not None and purged_at is not None and verified_at <= purged_at
         assert not Path(path).exists()
@@ -148,17 +149,17 @@ def test_two_consumers_keep_their_own_cursors_and_purge_waits_for_both(tmp_path:
 
         def hpc_has_all() -> bool:
             acks = ledger_rows(stack, "SELECT COUNT(*) FROM file_acks WHERE consumer='hpc'")[0][0]
-            return acks == frames // 20 + 1
+            return acks == frames // 20 + 2  # data files, reduced file, documents
 
         wait_for(hpc_has_all, 60, "the hpc consumer to verify every file")
         status = stack.status()
-        assert status["ledger"]["files"] == {"forwarded": 4}  # 3 + documents; the archive has nothing yet
+        assert status["ledger"]["files"] == {"forwarded": 5}  # 3 + reduced + documents; archive has none yet
         assert status["retention"].get("files_purged", 0) == 0
         assert all(p.exists() for p in (stack.store / run_uid).glob("*.h5"))
         archive = stack.start("pull", "--consumer", "archive", "--output", str(archive_dir))
         wait_for(lambda: run_verified(stack, run_uid, frames), 60, "both consumers verified")
         wait_for(
-            lambda: stack.status()["retention"].get("files_purged", 0) == 4, 30, "purge after both verified"
+            lambda: stack.status()["retention"].get("files_purged", 0) == 5, 30, "purge after both verified"
         )
         consumers = {c["consumer"]: c["chunks_acked"] for c in stack.status()["ledger"]["consumers"]}
         assert set(consumers) == {"hpc", "archive"} and consumers["hpc"] == consumers["archive"]

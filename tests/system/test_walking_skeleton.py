@@ -108,7 +108,8 @@ def test_demo_delivers_every_frame_verified(tmp_path: Path) -> None:
         run = db.execute("SELECT exit_status, frames_stored FROM runs WHERE run_uid=?", (summary["run_uid"],))
         assert run.fetchone() == ("success", frames)
     assert set(states) == {"verified"} and states["verified"] >= 5
-    assert files == {"verified": frames // 100 + 1}  # the HDF5 files and the run's Bluesky documents
+    # the HDF5 data files, the run's reduced file (frame table, products) and its Bluesky documents
+    assert files == {"verified": frames // 100 + 2}
     docs = [
         json.loads(line)
         for line in (run_dir / f"{summary['run_uid']}.documents.jsonl").read_text().splitlines()

@@ -21,9 +21,11 @@ import h5py
 import numpy as np
 import pytest
 
+from edge.config import ReductionSettings
+from edge.modes import ModeStage, RunContext
 from edge.nxmx import LAB_FROM_PYFAI, chain_matrix, pyfai_from_nxmx
 from edge.store import RunFileWriter, RunMetadata
-from kernels import Geometry, compress_chunk
+from kernels import Geometry, compress_chunk, get_backend
 
 pytest.importorskip("pyFAI")
 from pyFAI.detectors import Detector
@@ -46,9 +48,12 @@ def _write(
     meta = RunMetadata(
         geometry, "sim", 3, "2026-12-01T00:00:00+00:00", dict(SERIES if series is None else series), mask
     )
-    writer = RunFileWriter(tmp_path, "run1", 0, SHAPE, "uint16", 4, np.linspace(0, 1, 5), "2th_deg", meta)
+    raw = ModeStage(
+        RunContext(get_backend("numpy"), geometry, SHAPE, 5, "2th_deg", ReductionSettings(mode="raw"))
+    )
+    writer = RunFileWriter(tmp_path, "run1", "run1_00000.h5", 0, SHAPE, "uint16", 4, raw, meta)
     for frame in range(3):
-        writer.write(frame, compress_chunk(np.full(SHAPE, frame, np.uint16)), np.zeros(5))
+        writer.write(frame, compress_chunk(np.full(SHAPE, frame, np.uint16)), {})
     return writer.close().path
 
 

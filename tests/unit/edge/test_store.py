@@ -12,10 +12,16 @@ import hdf5plugin  # noqa: F401
 import numpy as np
 import pytest
 
+from edge.config import ReductionSettings
+from edge.modes import ModeStage, RunContext
 from edge.store import ClosedFile, RunStore
-from kernels import compress_chunk, decompress_chunk
+from kernels import Geometry, compress_chunk, decompress_chunk, get_backend
 
 SHAPE = (16, 24)
+#: the raw mode's layout: frames only, no products
+RAW = ModeStage(
+    RunContext(get_backend("numpy"), Geometry(), SHAPE, 4, "2th_deg", ReductionSettings(mode="raw"))
+)
 
 
 def _store(root: Path, closer: ThreadPoolExecutor, on_closed, on_failed) -> RunStore:  # type: ignore[no-untyped-def]
@@ -26,8 +32,7 @@ def _store(root: Path, closer: ThreadPoolExecutor, on_closed, on_failed) -> RunS
         "uint16",
         frames_per_file=3,
         file_seconds=3600,
-        radial=np.arange(4.0),
-        radial_unit="2th_deg",
+        layout=RAW,
         on_closed=on_closed,
         closer=closer,
         on_close_failed=on_failed,
@@ -46,7 +51,7 @@ def test_files_are_finished_in_order_before_the_run_closes(tmp_path: Path) -> No
     with ThreadPoolExecutor(1, thread_name_prefix="closer") as closer:
         store = _store(tmp_path, closer, on_closed, None)
         for n, frame in enumerate(frames):
-            store.write(n, compress_chunk(frame), np.zeros(4))
+            store.write(n, compress_chunk(frame), {})
         store.close()
         assert [c.n_frames for c in closed] == [3, 3, 2]  # all three registered when close() returns
     assert threads and all(name.startswith("closer") for name in threads)
@@ -75,7 +80,7 @@ def test_a_file_that_cannot_be_finished_is_a_loss_per_frame(tmp_path: Path) -> N
             tmp_path, closer, on_closed, lambda run, frames, error: lost.append((run, frames, str(error)))
         )
         for n in range(7):
-            store.write(10 + n, compress_chunk(np.zeros(SHAPE, np.uint16)), np.zeros(4))
+            store.write(10 + n, compress_chunk(np.zeros(SHAPE, np.uint16)), {})
         store.close()
     assert lost == [("run-1", [13, 14, 15], "ledger disk full")]
 
@@ -84,7 +89,7 @@ def test_without_a_closer_failures_raise(tmp_path: Path) -> None:
     def on_closed(item: ClosedFile) -> None:
         raise OSError("no")
 
-    store = RunStore(tmp_path, "run-2", SHAPE, "uint16", 2, 3600, np.arange(4.0), "q_nm^-1", on_closed)
-    store.write(0, compress_chunk(np.zeros(SHAPE, np.uint16)), np.zeros(4))
+    store = RunStore(tmp_path, "run-2", SHAPE, "uint16", 2, 3600, RAW, on_closed)
+    store.write(0, compress_chunk(np.zeros(SHAPE, np.uint16)), {})
     with pytest.raises(OSError):
-        store.write(1, compress_chunk(np.zeros(SHAPE, np.uint16)), np.zeros(4))
+        store.write(1, compress_chunk(np.zeros(SHAPE, np.uint16)), {})

@@ -1,0 +1,617 @@
+"""Reduction modes: one small stage class per mode behind one interface, chosen per run.
+
+A stage gets every raw frame of its run in order and says, per frame, whether it is kept (and in which
+file stream) or vetoed by the mode's stated policy, which products go beside it, and which fields go
+into the run's frame table. It also knows how its products are laid out in the files (NeXus / CXI names
+the field's readers use) and what it shows live. The pipeline knows none of this: it only calls
+`ModeStage.process` and hands the results to the store.
+
+- ``raw``: nothing computed; frames are never decompressed for it.
+- ``powder``: 1D azimuthal integration with Poisson errors (NXazint1d names), optionally a 2D cake.
+- ``serial``: peakfinder8-style peaks and a hit classifier; a CXI peak table aligned with the frames;
+  blanks go to their own files (``store.blanks = keep``) or are vetoed (``drop``).
+- ``tomo``: NXtomo image keys; darks and flats averaged, projections normalised (-log) and chosen rows
+  reconstructed while they arrive (streaming FBP); the slices are a run product.
+
+ROI statistics (sum, mean, max, centroid per box) are computed in every mode but ``raw``.
+"""
+
+from __future__ import annotations
+
+import base64
+import itertools
+import math
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+import h5py
+import numpy as np
+
+from edge.config import ReductionSettings
+from kernels import Backend, Geometry, RoiSet, make_gain
+
+IMAGE_KEY_NAMES = {0: "projection", 1: "flat", 2: "dark"}
+STREAM_DATA, STREAM_BLANK = "data", "blank"
+
+
+@dataclass(frozen=True)
+class Corrections:
+    """Dark, flat and mask images and the pyFAI-style corrections for one detector."""
+
+    dark: np.ndarray | None = None
+    flat: np.ndarray | None = None
+    mask: np.ndarray | None = None
+    solid_angle: bool = False
+    polarization: float | None = None
+
+    def check(self, shape: tuple[int, int]) -> None:
+        for name in ("dark", "flat", "mask"):
+            image = getattr(self, name)
+            if image is not None and image.shape != shape:
+                raise ValueError(f"{name} image is {image.shape}, frames are {shape}")
+
+
+@dataclass
+class FrameResult:
+    """What a stage decided about one frame."""
+
+    keep: bool = True  # False: vetoed by the mode's policy (never a loss)
+    stream: str = STREAM_DATA  # which of the run's file streams stores it
+    products: dict[str, Any] = field(default_factory=dict)  # per-frame products, stored beside the frame
+    row: dict[str, Any] = field(default_factory=dict)  # the frame table's fields for this frame
+
+
+@dataclass
+class RunContext:
+    """What a stage is built from at a run's start."""
+
+    backend: Backend
+    geometry: Geometry
+    shape: tuple[int, int]
+    bins: int
+    unit: str
+    params: ReductionSettings
+    corrections: Corrections = field(default_factory=Corrections)
+    store_blanks: str = "keep"
+
+
+class RoiStage:
+    """ROI statistics per configured box, as areaDetector's Stats plugin gives them."""
+
+    def __init__(self, ctx: RunContext) -> None:
+        self.boxes = [tuple(int(v) for v in box) for box in ctx.params.roi]
+        self.backend = ctx.backend
+        self.rois = RoiSet(ctx.shape, self.boxes) if self.boxes else None
+
+    def __bool__(self) -> bool:
+        return self.rois is not None
+
+    def stats(self, frame: np.ndarray) -> dict[str, np.ndarray]:
+        assert self.rois is not None
+        stats = self.backend.roi_stats(frame, self.rois)
+        cx = np.full(len(self.boxes), np.nan)
+        cy = np.full(len(self.boxes), np.nan)
+        for k, (r0, r1, c0, c1) in enumerate(self.rois.boxes.tolist()):
+            box = frame[r0:r1, c0:c1].astype(np.float64)
+            total = box.sum()
+            if total > 0:
+                cy[k] = (box.sum(axis=1) @ np.arange(r0, r1)) / total
+                cx[k] = (box.sum(axis=0) @ np.arange(c0, c1)) / total
+        return {
+            "sum": np.asarray(stats.sum, np.float64),
+            "mean": np.asarray(stats.mean, np.float64),
+            "max": np.asarray(stats.max, np.float64),
+            "centroid_x": cx,
+            "centroid_y": cy,
+        }
+
+    def write(self, entry: h5py.Group, products: list[dict[str, Any]]) -> None:
+        if self.rois is None:
+            return
+        group = entry.create_group("roi")
+        group.attrs["NX_class"] = "NXcollection"
+        group.create_dataset("boxes", data=np.asarray(self.boxes, dtype=np.int64)).attrs["meaning"] = (
+            "row0, row1, col0, col1 (half-open), one row per ROI"
+        )
+        for name in ("sum", "mean", "max", "centroid_x", "centroid_y"):
+            values = [p["roi"][name] for p in products]
+            data = np.asarray(values, np.float64).reshape(len(products), len(self.boxes))
+            group.create_dataset(name, data=data)
+
+    def row(self, stats: dict[str, np.ndarray]) -> dict[str, Any]:
+        return {"roi_sum": stats["sum"]}
+
+
+class ModeStage:
+    """The interface every mode implements (and the ``raw`` mode itself)."""
+
+    name = "raw"
+    decompress = False  # does `process` need the pixels?
+    definition = "NXmx"  # the NeXus application definition of the run's data files
+
+    def __init__(self, ctx: RunContext) -> None:
+        self.ctx = ctx
+        self.frames = 0
+
+    # per frame -----------------------------------------------------------------------------------
+    def process(self, raw: np.ndarray | None, frame: int, image_key: int, angle: float) -> FrameResult:
+        self.frames += 1
+        return FrameResult(row={"image_key": image_key})
+
+    # the files ------------------------------------------------------------------------------------
+    def settings_record(self) -> dict[str, Any]:
+        """Every setting that shapes this mode's products (RunStart, files, `edge where`)."""
+        return {"mode": self.name}
+
+    def write_products(self, entry: h5py.Group, products: list[dict[str, Any]]) -> None:
+        """Per-frame products of one file's frames, in frame order, under ``entry``."""
+
+    def write_reduced(self, entry: h5py.Group, products: list[dict[str, Any]]) -> None:
+        """The same products in a run's reduced file (no raw frames there)."""
+        self.write_products(entry, products)
+
+    def finish(self) -> dict[str, Any]:
+        """Run products computed at the end (tomography slices); empty for most modes."""
+        return {}
+
+    # live view ------------------------------------------------------------------------------------
+    def live(self) -> dict[str, Any] | None:
+        return None
+
+
+class _CorrectedStage(ModeStage):
+    """A stage that reads pixels and computes ROI statistics."""
+
+    decompress = True
+
+    def __init__(self, ctx: RunContext) -> None:
+        super().__init__(ctx)
+        self.roi = RoiStage(ctx)
+
+    def _roi(self, raw: np.ndarray, result: FrameResult) -> FrameResult:
+        if self.roi:
+            stats = self.roi.stats(raw)
+            result.products["roi"] = stats
+            result.row.update(self.roi.row(stats))
+        return result
+
+    def settings_record(self) -> dict[str, Any]:
+        return {**super().settings_record(), "roi": [list(b) for b in self.roi.boxes]}
+
+    def write_products(self, entry: h5py.Group, products: list[dict[str, Any]]) -> None:
+        self.roi.write(entry, products)
+
+
+class PowderStage(_CorrectedStage):
+    """Azimuthal integration (pyFAI's histogram engine, no pixel splitting), NXazint1d names."""
+
+    name = "powder"
+
+    def __init__(self, ctx: RunContext) -> None:
+        super().__init__(ctx)
+        cal = ctx.corrections
+        cal.check(ctx.shape)
+        gain = make_gain(ctx.shape, cal.flat, cal.mask)  # 1/flat, 0 at masked and unusable pixels
+        excluded = gain == 0
+        common: dict[str, Any] = {
+            "unit": ctx.unit,
+            "mask": excluded if excluded.any() else None,
+            "dark": cal.dark,
+            "flat": cal.flat,
+            "correct_solid_angle": cal.solid_angle,
+            "polarization_factor": cal.polarization,
+        }
+        self.integrator = ctx.backend.integrator(
+            ctx.geometry, ctx.shape, ctx.bins, error_model="poisson", **common
+        )
+        self.cake = None
+        if ctx.params.cake_bins:
+            self.cake = ctx.backend.integrator2d(
+                ctx.geometry, ctx.shape, ctx.bins, ctx.params.cake_bins, **common
+            )
+        self.latest: tuple[np.ndarray, np.ndarray | None] | None = None
+
+    @property
+    def radial(self) -> np.ndarray:
+        return np.asarray(self.integrator.radial)
+
+    def process(self, raw: np.ndarray | None, frame: int, image_key: int, angle: float) -> FrameResult:
+        assert raw is not None
+        self.frames += 1
+        full = self.integrator.integrate_full(raw)
+        products: dict[str, Any] = {"I": full.intensity, "I_errors": full.sigma}
+        cake = None
+        if self.cake is not None:
+            cake = self.cake.integrate(raw)
+            products["cake"] = cake
+        self.latest = (full.intensity, cake)
+        return self._roi(raw, FrameResult(products=products, row={"image_key": image_key}))
+
+    def settings_record(self) -> dict[str, Any]:
+        cal = self.ctx.corrections
+        return {
+            **super().settings_record(),
+            "bins": self.ctx.bins,
+            "unit": self.ctx.unit,
+            "cake_bins": self.ctx.params.cake_bins,
+            "dark_applied": cal.dark is not None,
+            "flat_applied": cal.flat is not None,
+            "mask_applied": cal.mask is not None,
+            "solid_angle_applied": bool(cal.solid_angle),
+            "polarization_applied": cal.polarization is not None,
+            "polarization_factor": cal.polarization,
+            "error_model": "poisson",
+        }
+
+    def write_products(self, entry: h5py.Group, products: list[dict[str, Any]]) -> None:
+        super().write_products(entry, products)
+        n = len(products)
+        record = self.settings_record()
+        reduced = entry.create_group("reduced")
+        reduced.attrs["NX_class"] = "NXdata"
+        reduced.attrs["signal"] = "I"
+        reduced.attrs["axes"] = [".", "radial_axis"]
+        reduced.attrs["definition"] = "NXazint1d"
+        intensity = np.asarray([p["I"] for p in products], np.float64).reshape(n, -1)
+        reduced.create_dataset("I", data=intensity)
+        errors = np.asarray([p["I_errors"] for p in products], np.float64).reshape(n, -1)
+        reduced.create_dataset("I_errors", data=errors)
+        radial = reduced.create_dataset("radial_axis", data=self.radial)
+        radial.attrs["units"] = self.ctx.unit
+        edges = reduced.create_dataset("radial_axis_edges", data=np.asarray(self.integrator.edges))
+        edges.attrs["units"] = self.ctx.unit
+        reduced["profile"] = h5py.SoftLink(reduced.name + "/I")  # the name earlier files used
+        reduced["radial"] = h5py.SoftLink(reduced.name + "/radial_axis")
+        corrections = reduced.create_group("corrections")
+        corrections.attrs["NX_class"] = "NXcollection"
+        for key in (
+            "dark_applied",
+            "flat_applied",
+            "mask_applied",
+            "solid_angle_applied",
+            "polarization_applied",
+        ):
+            corrections.create_dataset(key, data=bool(record[key]))
+        if record["polarization_factor"] is not None:
+            corrections.create_dataset("polarization_factor", data=float(record["polarization_factor"]))
+        corrections.create_dataset("error_model", data="poisson")
+        corrections.create_dataset("integration_method", data="histogram, no pixel splitting (pyFAI 'no')")
+        if self.cake is not None:
+            cake = entry.create_group("reduced_2d")
+            cake.attrs["NX_class"] = "NXdata"
+            cake.attrs["definition"] = "NXazint2d"
+            cake.attrs["signal"] = "I"
+            cake.attrs["axes"] = [".", "azimuthal_axis", "radial_axis"]
+            stack = np.asarray([p["cake"] for p in products], np.float32)
+            cake.create_dataset("I", data=stack, compression="gzip", shuffle=True)
+            cake.create_dataset("radial_axis", data=np.asarray(self.cake.radial)).attrs["units"] = (
+                self.ctx.unit
+            )
+            cake.create_dataset("azimuthal_axis", data=np.asarray(self.cake.azimuthal)).attrs["units"] = "deg"
+
+    def live(self) -> dict[str, Any] | None:
+        if self.latest is None:
+            return None
+        intensity, cake = self.latest
+        out: dict[str, Any] = {
+            "unit": self.ctx.unit,
+            "radial": self.radial.tolist(),
+            "intensity": np.nan_to_num(intensity).tolist(),
+            "cake": None,
+        }
+        if cake is not None and self.cake is not None:
+            finite = np.nan_to_num(cake.astype(np.float64))
+            top = float(np.percentile(finite, 99.5)) or 1.0
+            pixels = np.clip(finite * (255.0 / top), 0, 255).astype(np.uint8)
+            out["cake"] = {
+                "radial": np.asarray(self.cake.radial).tolist(),
+                "azimuthal": np.asarray(self.cake.azimuthal).tolist(),
+                "height": int(pixels.shape[0]),
+                "width": int(pixels.shape[1]),
+                "pixels_b64": base64.b64encode(pixels.tobytes()).decode("ascii"),
+            }
+        return out
+
+
+class SerialStage(_CorrectedStage):
+    """Peaks (peakfinder8-style) and hits; a CXI peak table CrystFEL reads with ``peak_list_type = cxi``."""
+
+    name = "serial"
+    RECENT_SECONDS = 300.0
+
+    def __init__(self, ctx: RunContext) -> None:
+        super().__init__(ctx)
+        p = ctx.params.serial
+        self.finder = ctx.backend.peak_finder(
+            ctx.shape,
+            mask=ctx.corrections.mask,
+            min_snr=p.min_snr,
+            adc_threshold=p.adc_threshold,
+            min_pixels=p.min_pixels,
+            max_pixels=p.max_pixels,
+            min_peaks=p.min_peaks,
+        )
+        self.min_peaks = p.min_peaks
+        self.max_peaks = p.max_peaks
+        self.hits = 0
+        self.vetoed = 0
+        self.latest_hit: dict[str, Any] | None = None
+        self._recent: deque[tuple[float, int, int]] = deque()  # (time, frames, hits) once a second
+
+    def process(self, raw: np.ndarray | None, frame: int, image_key: int, angle: float) -> FrameResult:
+        assert raw is not None
+        self.frames += 1
+        peaks = self.finder.find(raw)
+        n = len(peaks)
+        hit = n >= self.min_peaks
+        keep_n = min(n, self.max_peaks)
+        table = {
+            "nPeaks": n,
+            "peakXPosRaw": np.asarray(peaks.col[:keep_n], np.float32),
+            "peakYPosRaw": np.asarray(peaks.row[:keep_n], np.float32),
+            "peakTotalIntensity": np.asarray(peaks.intensity[:keep_n], np.float32),
+            "peakNPixels": np.asarray(peaks.n_pixels[:keep_n], np.float32),
+            "peakSNR": np.asarray(peaks.snr[:keep_n], np.float32),
+            "is_hit": hit,
+        }
+        row = {"image_key": image_key, "is_hit": hit, "n_peaks": n}
+        if hit:
+            self.hits += 1
+            self.latest_hit = {
+                "frame": frame,
+                "peaks": [
+                    [float(x), float(y), float(i)]
+                    for x, y, i in zip(
+                        peaks.col[:keep_n], peaks.row[:keep_n], peaks.intensity[:keep_n], strict=True
+                    )
+                ],
+            }
+            result = FrameResult(products={"peaks": table}, row=row)
+        elif self.ctx.store_blanks == "drop":
+            self.vetoed += 1
+            result = FrameResult(keep=False, products={"peaks": table}, row=row)
+        else:
+            result = FrameResult(stream=STREAM_BLANK, products={"peaks": table}, row=row)
+        self._sample()
+        return self._roi(raw, result)
+
+    def _sample(self) -> None:
+        now = time.time()
+        if not self._recent or now - self._recent[-1][0] >= 1.0:
+            self._recent.append((now, self.frames, self.hits))
+            while self._recent and now - self._recent[0][0] > self.RECENT_SECONDS:
+                self._recent.popleft()
+
+    def settings_record(self) -> dict[str, Any]:
+        return {
+            **super().settings_record(),
+            **self.ctx.params.serial.model_dump(),
+            "blanks": self.ctx.store_blanks,
+        }
+
+    def write_products(self, entry: h5py.Group, products: list[dict[str, Any]]) -> None:
+        super().write_products(entry, products)
+        n, width = len(products), self.max_peaks
+        result = entry.create_group("result_1")
+        result.attrs["NX_class"] = "NXcollection"
+        result.attrs["meaning"] = (
+            "CXI peak list, one row per frame of /entry/data/data (CrystFEL peak_list_type = cxi)"
+        )
+        counts = np.asarray([p["peaks"]["nPeaks"] for p in products], np.int32)
+        result.create_dataset("nPeaks", data=counts)
+        result.create_dataset("is_hit", data=np.asarray([p["peaks"]["is_hit"] for p in products], bool))
+        for name in ("peakXPosRaw", "peakYPosRaw", "peakTotalIntensity", "peakNPixels", "peakSNR"):
+            table = np.zeros((n, width), np.float32)
+            for i, p in enumerate(products):
+                values = p["peaks"][name]
+                table[i, : values.size] = values
+            result.create_dataset(name, data=table)
+        result["peakXPosRaw"].attrs["meaning"] = "fast-scan (column) position, pixels"
+        result["peakYPosRaw"].attrs["meaning"] = "slow-scan (row) position, pixels"
+
+    def live(self) -> dict[str, Any] | None:
+        recent = list(self._recent)
+        series = []
+        for (_, f0, h0), (t1, f1, h1) in itertools.pairwise(recent):
+            frames = f1 - f0
+            series.append({"t": t1, "hit_rate": (h1 - h0) / frames if frames else 0.0})
+        return {
+            "frames": self.frames,
+            "hits": self.hits,
+            "vetoed": self.vetoed,
+            "hit_rate": self.hits / self.frames if self.frames else 0.0,
+            "recent": series,
+            "latest_hit": self.latest_hit,
+        }
+
+
+class TomoStage(_CorrectedStage):
+    """NXtomo frames; darks/flats averaged; chosen rows reconstructed while projections arrive."""
+
+    name = "tomo"
+    definition = "NXtomo"
+
+    def __init__(self, ctx: RunContext) -> None:
+        super().__init__(ctx)
+        p = ctx.params.tomo
+        rows = list(p.slices) or [ctx.shape[0] // 2]
+        bad = [r for r in rows if not 0 <= r < ctx.shape[0]]
+        if bad:
+            raise ValueError(f"reduction.tomo.slices {bad} are outside the detector's {ctx.shape[0]} rows")
+        self.rows = rows
+        self.center = p.center
+        self.filter = p.filter
+        self._dark_sum = np.zeros(ctx.shape, np.float64)
+        self._flat_sum = np.zeros(ctx.shape, np.float64)
+        self.darks = self.flats = self.projections = 0
+        self.reconstructor: Any = None
+        self.angles: list[float] = []
+        self.sinograms: list[np.ndarray] = []  # normalised rows of each projection, for the run product
+        self._latest: np.ndarray | None = None
+        self.slices_done = 0
+
+    def process(self, raw: np.ndarray | None, frame: int, image_key: int, angle: float) -> FrameResult:
+        assert raw is not None
+        self.frames += 1
+        if image_key == 2:
+            self.darks += 1
+            self._dark_sum += raw
+        elif image_key == 1:
+            self.flats += 1
+            self._flat_sum += raw
+        else:
+            self._project(raw, angle)
+        result = FrameResult(
+            products={"image_key": image_key, "rotation_angle": angle},
+            row={"image_key": image_key, "rotation_angle": angle},
+        )
+        return self._roi(raw, result)
+
+    def write_reduced(self, entry: h5py.Group, products: list[dict[str, Any]]) -> None:
+        _CorrectedStage.write_products(self, entry, products)  # ROI statistics; the rest is run products
+
+    def write_products(self, entry: h5py.Group, products: list[dict[str, Any]]) -> None:
+        """NXtomo (image_key, sample/rotation_angle, an NXdata of links) and the Data Exchange names
+        (/exchange/data, data_white, data_dark, theta) as virtual datasets over the stored frames."""
+        super().write_products(entry, products)
+        keys = np.asarray([p["image_key"] for p in products], np.int8)
+        angles = np.asarray([p["rotation_angle"] for p in products], np.float64)
+        angles = np.where(np.isnan(angles), 0.0, angles)  # darks and flats: no angle (0 by convention)
+        data = entry["data"]["data"]
+        instrument = entry.require_group("instrument")
+        instrument.attrs["NX_class"] = "NXinstrument"
+        detector = instrument.require_group("detector")
+        detector.attrs["NX_class"] = "NXdetector"
+        detector["data"] = data  # a hard link: the same dataset under NXtomo's name
+        detector.create_dataset("image_key", data=keys).attrs["meaning"] = "0 projection, 1 flat, 2 dark"
+        sample = entry.require_group("sample")
+        sample.attrs["NX_class"] = "NXsample"
+        if "name" not in sample:
+            sample.create_dataset("name", data="unknown")
+        sample.create_dataset("rotation_angle", data=angles).attrs["units"] = "deg"
+        nxdata = entry["data"]
+        nxdata["image_key"] = detector["image_key"]
+        nxdata["rotation_angle"] = sample["rotation_angle"]
+        exchange = entry.file.require_group("exchange")
+        for name, key in (("data", 0), ("data_white", 1), ("data_dark", 2)):
+            _virtual_subset(exchange, name, data, np.flatnonzero(keys == key))
+        exchange["theta"] = np.asarray(angles[keys == 0], np.float64)
+        exchange["theta"].attrs["units"] = "deg"
+
+    def _means(self) -> tuple[np.ndarray, np.ndarray]:
+        dark = self._dark_sum / self.darks if self.darks else np.zeros(self.ctx.shape)
+        flat = (
+            self._flat_sum / self.flats if self.flats else np.full(self.ctx.shape, float(np.max(dark)) + 1.0)
+        )
+        return dark.astype(np.float32), flat.astype(np.float32)
+
+    def _project(self, raw: np.ndarray, angle: float) -> None:
+        if math.isnan(angle):
+            angle = float(self.projections) * 180.0 / max(1, self.projections + 1)
+        if self.reconstructor is None:  # darks and flats come first in a scan: their means are final
+            dark, flat = self._means()
+            self.reconstructor = self.ctx.backend.streaming_reconstructor(
+                self.ctx.shape[1],
+                self.rows,
+                filter_name=self.filter,
+                center=self.center,
+                dark=dark,
+                flat=flat,
+            )
+            self._dark, self._flat = dark[self.rows], flat[self.rows]
+        self.projections += 1
+        self.angles.append(angle)
+        lines = raw[self.rows].astype(np.float32)
+        normalised = self.ctx.backend.flat_field(lines, self._dark, self._flat, np.empty_like(lines))
+        self.sinograms.append(np.asarray(normalised, np.float32))
+        self.reconstructor.add(raw, angle)
+
+    def settings_record(self) -> dict[str, Any]:
+        return {
+            **super().settings_record(),
+            "slices": self.rows,
+            "center": self.center,
+            "center_source": "given" if self.center is not None else "detector centre column (n_cols // 2)",
+            "filter": self.filter,
+            "normalisation": "-log((projection - mean dark) / (mean flat - mean dark))",
+        }
+
+    def finish(self) -> dict[str, Any]:
+        if self.reconstructor is None:
+            return {}
+        slices = np.asarray(self.reconstructor.slices(), np.float32)
+        self.slices_done = len(self.rows)
+        self._latest = slices
+        dark, flat = self._means()
+        return {
+            "slices": slices,
+            "rows": np.asarray(self.rows, np.int64),
+            "sinograms": np.stack(self.sinograms, axis=1) if self.sinograms else np.zeros((0,)),
+            "rotation_angle": np.asarray(self.angles, np.float64),
+            "dark_mean": dark,
+            "flat_mean": flat,
+            "center": float(self.ctx.shape[1] // 2 if self.center is None else self.center),
+            "projections": self.projections,
+            "darks": self.darks,
+            "flats": self.flats,
+        }
+
+    def live(self) -> dict[str, Any] | None:
+        slice_doc = None
+        current = self._latest
+        if current is None and self.reconstructor is not None and self.projections:
+            current = np.asarray(self.reconstructor.slices(), np.float32)
+        if current is not None and len(current):
+            image = current[0]
+            lo, hi = float(np.min(image)), float(np.max(image))
+            scaled = (
+                np.zeros(image.shape, np.uint8)
+                if hi <= lo
+                else ((image - lo) * (255.0 / (hi - lo))).astype(np.uint8)
+            )
+            slice_doc = {
+                "row": self.rows[0],
+                "height": int(image.shape[0]),
+                "width": int(image.shape[1]),
+                "pixels_b64": base64.b64encode(scaled.tobytes()).decode("ascii"),
+                "min": lo,
+                "max": hi,
+            }
+        return {
+            "projections": self.projections,
+            "darks": self.darks,
+            "flats": self.flats,
+            "slices_done": self.slices_done,
+            "slice": slice_doc,
+        }
+
+
+def _virtual_subset(group: h5py.Group, name: str, source: h5py.Dataset, indices: np.ndarray) -> None:
+    """``group[name]``: a virtual dataset of the frames ``indices`` of ``source`` (no copy)."""
+    frame_shape = source.shape[1:]
+    layout = h5py.VirtualLayout(shape=(len(indices), *frame_shape), dtype=source.dtype)
+    vsource = h5py.VirtualSource(".", source.name, shape=source.shape)
+    if len(indices):
+        # contiguous runs of frames map as one block each (a scan has darks, flats, projections in runs)
+        breaks = np.flatnonzero(np.diff(indices) != 1) + 1
+        start = 0
+        for block in np.split(indices, breaks):
+            first, count = int(block[0]), len(block)
+            layout[start : start + count] = vsource[first : first + count]
+            start += count
+    group.create_virtual_dataset(name, layout)
+
+
+STAGES: dict[str, type[ModeStage]] = {
+    "raw": ModeStage,
+    "powder": PowderStage,
+    "serial": SerialStage,
+    "tomo": TomoStage,
+}
+
+
+def make_stage(ctx: RunContext) -> ModeStage:
+    """The stage for the run's mode (``ctx.params.mode``)."""
+    return STAGES[ctx.params.mode](ctx)

@@ -1,0 +1,76 @@
+"""The reduction mode and its per-run parameters, changeable between runs (config, `Mode` PV, REST).
+
+The settings give the starting values; `ReductionControl.update` changes them for the next run. A change
+while a run is open is refused with the reason (the run keeps the parameters it started with); a bad
+value is refused naming the key and the allowed range. Each run records the parameters it ran with.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from pydantic import ValidationError
+
+from edge.config import MODES, ReductionSettings, describe_validation_error
+from edge.errors import ConfigError, Refused
+
+#: what may change between runs; the rest of ``reduction.*`` (backend, bins, geometry files) needs a restart
+RUN_PARAMETERS = ("mode", "cake_bins", "roi", "serial", "tomo")
+
+
+class ReductionControl:
+    """Holds the reduction parameters the next run will use."""
+
+    def __init__(self, settings: ReductionSettings, open_run: Callable[[], str | None]) -> None:
+        self._current = settings
+        self._open_run = open_run
+        self._lock = threading.Lock()
+        self.changes = 0
+
+    def current(self) -> ReductionSettings:
+        with self._lock:
+            return self._current
+
+    def parameters(self) -> dict[str, Any]:
+        """The per-run parameters as JSON (what ``GET /api/reduction`` returns)."""
+        current = self.current().model_dump(mode="json")
+        return {key: current[key] for key in RUN_PARAMETERS}
+
+    def check_mode(self, mode: str) -> str | None:
+        """Why ``mode`` cannot be set now, or None."""
+        if mode not in MODES:
+            return f"reduction mode {mode!r} is not one of {', '.join(MODES)}"
+        run = self._open_run()
+        if run is not None:
+            return f"run {run} is open: the reduction mode changes between runs"
+        return None
+
+    def update(self, changes: dict[str, Any]) -> dict[str, Any]:
+        """Apply ``changes`` (a subset of RUN_PARAMETERS; ``serial``/``tomo`` may be partial) for the
+        next run; returns the new parameters. Raises Refused during a run, ConfigError on a bad value."""
+        if not isinstance(changes, dict):
+            raise ConfigError("reduction changes must be an object of parameter: value")
+        unknown = sorted(set(changes) - set(RUN_PARAMETERS))
+        if unknown:
+            raise ConfigError(
+                f"reduction.{unknown[0]} cannot change while the daemon runs;"
+                f" these can: {', '.join(RUN_PARAMETERS)}"
+            )
+        with self._lock:
+            run = self._open_run()
+            if run is not None:
+                raise Refused(f"run {run} is open: reduction parameters change between runs")
+            merged = self._current.model_dump()
+            for key, value in changes.items():
+                if key in ("serial", "tomo") and isinstance(value, dict):
+                    merged[key] = {**merged[key], **value}
+                else:
+                    merged[key] = value
+            try:
+                self._current = ReductionSettings.model_validate(merged)
+            except ValidationError as error:
+                raise ConfigError(describe_validation_error(error, prefix="reduction")) from None
+            self.changes += 1
+        return self.parameters()
