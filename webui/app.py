@@ -12,7 +12,7 @@ from collections import Counter
 from importlib import resources
 from typing import Any, Protocol
 
-from fastapi import Depends, FastAPI, Query, Request
+from fastapi import Body, Depends, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
 from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
@@ -107,6 +107,8 @@ class ApplianceView(Protocol):
 
     def latest_preview(self) -> dict[str, Any] | None: ...
 
+    def product(self) -> dict[str, Any] | None: ...
+
 
 def run_summary(detail: dict[str, Any]) -> dict[str, Any]:
     """One row of the dashboard's runs table from a run's detail (``ApplianceView.run``).
@@ -155,7 +157,15 @@ def _run_mode(config: Any) -> str | None:
     return None
 
 
-def create_app(settings: Any, appliance: ApplianceView) -> FastAPI:
+class ReductionWriter(Protocol):
+    """Changes the next run's reduction parameters (edge.reduction_control.ReductionControl)."""
+
+    def parameters(self) -> dict[str, Any]: ...
+
+    def update(self, changes: dict[str, Any]) -> dict[str, Any]: ...
+
+
+def create_app(settings: Any, appliance: ApplianceView, reduction: ReductionWriter | None = None) -> FastAPI:
     """The web application for one appliance."""
     app = FastAPI(title="edge", version="0.1.0", responses=_ERRORS, docs_url=None, redoc_url=None)
     app.add_middleware(HeadAsGet)
@@ -236,6 +246,31 @@ def create_app(settings: Any, appliance: ApplianceView) -> FastAPI:
         latest = appliance.latest_preview()
         if latest is None:
             raise NotFound("no frame has been reduced yet")
+        return latest
+
+    @app.get("/api/reduction")
+    def reduction_parameters() -> dict[str, Any]:
+        """The reduction mode and per-run parameters the next run will use."""
+        if reduction is None:
+            raise NotFound("this appliance has no reduction control")
+        return reduction.parameters()
+
+    @app.put("/api/reduction", dependencies=[Depends(can_write)])
+    def set_reduction(changes: dict[str, Any] = Body(...)) -> dict[str, Any]:
+        """Change the next run's reduction (``mode``, ``cake_bins``, ``roi``, ``serial``, ``tomo``; the
+        last two may be partial). Needs the bearer token; refused (409) while a run is open; a bad value
+        is 400 naming the key."""
+        if reduction is None:
+            raise NotFound("this appliance has no reduction control")
+        return reduction.update(changes)
+
+    @app.get("/api/product")
+    def product() -> dict[str, Any]:
+        """The current mode's live product: profile/cake (powder), hit rate and newest hit with its
+        peaks (serial), reconstructed slice (tomo)."""
+        latest = appliance.product()
+        if latest is None:
+            raise NotFound("no run has started since the daemon did")
         return latest
 
     @app.get("/api/alarms")
