@@ -25,7 +25,7 @@ from edge.ledger import Ledger
 from edge.pipeline import Calibration, Pipeline
 from edge.poni import combined_mask, load_poni
 from edge.recorder import RunRecorder
-from edge.recovery import recover
+from edge.recovery import recover, resume_interrupted
 from edge.reduction_control import ReductionControl
 from edge.retention import Retention
 from edge.ring import FrameRing, Slot
@@ -99,6 +99,8 @@ class RingSink:
         self.reduction = reduction  # the reduction parameters a run starting now takes (JSON)
         self.run_uid: str | None = None
         self.refused = False
+        #: links a run resumed after a restart to the interrupted one (edge.recovery.resume_interrupted)
+        self.resume: Callable[[int, int], dict[str, Any]] | None = None
         self.preview: tuple[np.ndarray, dict[str, Any]] | None = None
         self._preview_at = 0.0
         self.losses = 0
@@ -127,7 +129,10 @@ class RingSink:
 
     def series_start(self, series: int, config: dict[str, Any]) -> str | None:
         reduction = self.reduction()
-        config = {**config, "reduction": reduction}  # recorded with the run (RunStart, where, files)
+        # recorded with the run (RunStart, where, files): how it is reduced and what goes upstream
+        config = {**config, "reduction": reduction, "upstream_forward": self.recorder.forward}
+        if config.get("resumed_after_restart") and self.resume is not None:
+            config.update(self.resume(series, int(config["first_frame"])))
         run_uid = self.recorder.open_run(
             config.get("run_uid"), series, config.get("frames_expected"), config, reduction.get("mode")
         )
@@ -215,6 +220,9 @@ class Appliance:
             self.recorder,
             self.retention.refusal,
             lambda: self.reduction.current().model_dump(mode="json"),
+        )
+        self.sink.resume = lambda series, first: resume_interrupted(
+            self.recorder, self.recovery, series, first
         )
         self.source: FrameSource = self._source(settings)
         self.pipeline = Pipeline(

@@ -156,6 +156,11 @@ def _run_daemon(
     # from the first moment: a SIGTERM while starting still ends in an orderly stop with status 0
     signal.signal(signal.SIGTERM, _request_stop)
     signal.signal(signal.SIGINT, _request_stop)
+    from edge.daemon_lock import DaemonLock
+
+    lock = DaemonLock(settings.ledger_path)  # held until the process ends: `edge where` sees it running
+    if not lock.acquire():
+        log.warning("another process holds %s: two daemons on one ledger", lock.path)
     try:
         appliance = Appliance(settings)
         appliance.start()
@@ -383,6 +388,7 @@ def _run_sim(settings: Settings, args: argparse.Namespace) -> int:
 def _run_where(settings: Settings, run: str, as_json: bool) -> int:
     import json
 
+    from edge.daemon_lock import daemon_running
     from edge.errors import NotFound
     from edge.ledger import Ledger
     from edge.where import render, resolve_run, where_report
@@ -392,7 +398,9 @@ def _run_where(settings: Settings, run: str, as_json: bool) -> int:
         return 2
     ledger = Ledger(settings.ledger_path, settings.upstream.required_consumers)
     try:
-        report = where_report(ledger, resolve_run(ledger, run))
+        report = where_report(
+            ledger, resolve_run(ledger, run), daemon_running=daemon_running(settings.ledger_path)
+        )
     except NotFound as error:
         print(f"edge: {error}", file=sys.stderr)
         return 1

@@ -497,6 +497,23 @@ class Ledger:
             (run_uid, first, last, reason, detail, time.time()),
         )
 
+    def hand_over_losses(self, run_uid: str, reason: str, from_frame: int) -> int:
+        """Take frames ``from_frame`` and later out of ``run_uid``'s loss records of ``reason``: another
+        run accounts for them now (a series resumed after a restart). Returns how many frames."""
+        rows = self._rows(
+            "SELECT id, first_frame, last_frame FROM losses WHERE run_uid=? AND reason=? AND last_frame>=?",
+            (run_uid, reason, from_frame),
+        )
+        frames = 0
+        for row in rows:
+            if row["first_frame"] >= from_frame:
+                self._write("DELETE FROM losses WHERE id=?", (row["id"],))
+                frames += row["last_frame"] - row["first_frame"] + 1
+            else:
+                self._write("UPDATE losses SET last_frame=? WHERE id=?", (from_frame - 1, row["id"]))
+                frames += row["last_frame"] - from_frame + 1
+        return frames
+
     def losses(self, run_uid: str | None = None) -> list[dict[str, Any]]:
         """Loss records; ``partial`` is true where the frame was kept with pixels missing."""
         rows = (

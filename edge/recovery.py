@@ -9,6 +9,12 @@ Runs once at start, before any thread. What it does, in order:
 3. Every run without an end is ended with exit status ``fail``; the frames it expected that are in
    no file and no loss record get one loss record, reason ``daemon_crash`` (they were in memory, or
    had not arrived). Its Bluesky documents are written with a RunStop saying ``fail``.
+
+Later, when frames of a series arrive whose start this daemon never saw (the detector went on through
+the restart), the frame source opens a run "resumed after restart" for the rest of the series, and
+`resume_interrupted` links it to the run the restart interrupted: the frames between the last one that
+run accounts for and the first one the new run got become loss records of the interrupted run, reason
+``daemon_restart``, so a series of unknown length is still ``sent = stored + lost``.
 """
 
 from __future__ import annotations
@@ -96,3 +102,55 @@ def recover(recorder: RunRecorder, root: Path) -> dict[str, Any]:
     if any(report[k] for k in ("quarantined", "salvaged", "runs_failed")):
         log.warning("recovery: %s", json.dumps(report))
     return report
+
+
+def resume_interrupted(
+    recorder: RunRecorder, report: dict[str, Any], series: int, first_frame: int
+) -> dict[str, Any]:
+    """Link a run resumed after a restart (series ``series`` from ``first_frame``) to the interrupted run.
+
+    The interrupted run is the newest run of the same series that recovery (``report``) ended after a
+    crash, or that ended with ``abort``/``fail`` (a daemon stopped by SIGTERM ends its open run with
+    ``abort``); a run that ended with ``success`` saw its series end. Each frame keeps exactly one
+    disposition: frames before ``first_frame`` that the interrupted run does not account for (in a file
+    or a loss record) were sent while the daemon was down or died with it, and become one loss record of
+    that run, reason ``daemon_restart``; frames from ``first_frame`` on belong to the new run, so the
+    ``daemon_crash`` / ``receiver_stopped`` records written for them (a series of known length) are
+    handed over. Returns what the new run records in its config: the link (None when no interrupted
+    run of the series is known).
+    """
+    ledger = recorder.ledger
+    failed = set(report.get("runs_failed") or [])
+    candidates = [
+        r
+        for r in ledger.runs()
+        if int(r["series"]) == series
+        and r["ended_at"] is not None
+        and (r["run_uid"] in failed or r["exit_status"] in ("abort", "fail"))
+    ]
+    if not candidates:
+        log.warning("series %d resumed at frame %d: no interrupted run of it is known", series, first_frame)
+        return {"resumes_run": None}
+    run_uid = max(candidates, key=lambda r: r["started_at"])["run_uid"]
+    handed = sum(
+        ledger.hand_over_losses(run_uid, r, first_frame) for r in ("daemon_crash", "receiver_stopped")
+    )
+    covered = [(f["first_frame"], f["last_frame"]) for f in ledger.files(run_uid) if f["n_frames"] > 0]
+    covered += [(r["first_frame"], r["last_frame"]) for r in ledger.losses(run_uid)]
+    for first, last in _missing_ranges(first_frame, covered):
+        recorder.loss(
+            run_uid,
+            first,
+            last,
+            "daemon_restart",
+            f"sent while the daemon was down, or held in memory when it died; series {series} resumed at"
+            f" frame {first_frame} in a new run",
+        )
+    log.warning(
+        "series %d resumed after a restart at frame %d: a new run continues run %s (%d frames handed over)",
+        series,
+        first_frame,
+        run_uid,
+        handed,
+    )
+    return {"resumes_run": run_uid}

@@ -6,6 +6,7 @@ when the daemon is down; ``GET /api/runs/{run_uid}`` returns the same report.
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 from typing import Any
@@ -28,8 +29,15 @@ def resolve_run(ledger: Ledger, text: str) -> str:
     raise NotFound(f"{text!r} matches {len(matches)} runs; give more of the uid")
 
 
-def where_report(ledger: Ledger, run_uid: str, now: float | None = None) -> dict[str, Any]:
-    """Everything a scientist needs to find one run's data, and how far it has got."""
+def where_report(
+    ledger: Ledger, run_uid: str, now: float | None = None, daemon_running: bool = True
+) -> dict[str, Any]:
+    """Everything a scientist needs to find one run's data, and how far it has got.
+
+    ``daemon_running`` (`edge.daemon_lock.daemon_running`) says whether a daemon serves the ledger now:
+    a run without an end is ``running`` while one does, ``interrupted`` (its daemon died; recovery ends
+    it at the next start) when none does.
+    """
     now = time.time() if now is None else now
     run = ledger.run(run_uid)
     files = ledger.files(run_uid)
@@ -37,6 +45,8 @@ def where_report(ledger: Ledger, run_uid: str, now: float | None = None) -> dict
     chunk_acks = ledger.chunk_ack_counts(run_uid)
     copies = ledger.file_copies(run_uid)
     consumers = list(ledger.required_consumers)
+    config = _config(run.get("config"))
+    forward = config.get("upstream_forward", "all")
     pending = 0
     rows = []
     for f in files:
@@ -54,6 +64,13 @@ def where_report(ledger: Ledger, run_uid: str, now: float | None = None) -> dict
                 "frames": [f["first_frame"], f["last_frame"]] if f["n_frames"] else None,
                 "n_frames": f["n_frames"],
                 "state": f["state"],
+                "kind": f.get("kind") or "data",
+                "local_only": f["state"] == "local",
+                "why_local": (
+                    f"upstream.forward = {forward}: {f.get('kind') or 'data'} files stay on the appliance"
+                    if f["state"] == "local"
+                    else None
+                ),
                 "verified_by": {c: t for c, t in confirmed.items() if t is not None},
                 "upstream_copies": {c: path for (fid, c), path in copies.items() if fid == f["id"]},
                 "chunks_acked": chunk_acks.get(f["id"], {}),
@@ -65,9 +82,13 @@ def where_report(ledger: Ledger, run_uid: str, now: float | None = None) -> dict
     report: dict[str, Any] = {
         "run_uid": run_uid,
         "exit_status": run["exit_status"],
+        "state": run["exit_status"] or ("running" if daemon_running else "interrupted"),
         "started_at": run["started_at"],
         "ended_at": run["ended_at"],
         "frames_expected": run["frames_expected"],
+        "mode": run.get("mode"),
+        "reduction": config.get("reduction"),
+        "upstream_forward": forward,
         **ledger.run_totals(run_uid),
         "required_consumers": consumers,
         "bytes_pending": pending,
@@ -79,6 +100,15 @@ def where_report(ledger: Ledger, run_uid: str, now: float | None = None) -> dict
     }
     report["summary"] = summary_line(report)
     return report
+
+
+def _config(text: Any) -> dict[str, Any]:
+    """The run's recorded configuration (JSON in the ledger); {} when unreadable."""
+    try:
+        value = json.loads(text or "{}")
+    except (TypeError, ValueError):
+        return {}
+    return value if isinstance(value, dict) else {}
 
 
 def summary_line(report: dict[str, Any]) -> str:
@@ -99,18 +129,23 @@ def summary_line(report: dict[str, Any]) -> str:
 def render(report: dict[str, Any]) -> str:
     """The report as text for a terminal."""
     lines = [
-        f"run {report['run_uid']}  exit status: {report['exit_status'] or 'running'}",
+        f"run {report['run_uid']}  exit status: {report.get('state') or report['exit_status'] or 'running'}",
         f"  {report.get('summary') or summary_line(report)}",
-        f"  frames: {report['frames_stored']} stored, {report['frames_delivered']} delivered upstream, "
+        f"  mode: {report.get('mode') or 'unknown'}; upstream.forward = {report.get('upstream_forward')}",
+        f"  frames: {report['frames_stored']} stored, {report.get('frames_vetoed', 0)} vetoed by the mode's"
+        f" policy, {report['frames_delivered']} delivered upstream, "
         f"{report['frames_lost']} lost (expected {report['frames_expected'] or 'unknown'})",
         f"  upstream: needs {', '.join(report['required_consumers'])}; "
         f"{report['bytes_pending']} bytes pending"
         + (f", ETA {report['eta_seconds']:.0f} s" if report["eta_seconds"] else ""),
     ]
+    resumed = _resumed_line(report.get("config"))
+    if resumed:
+        lines.insert(1, resumed)
     for f in report["files"]:
         where = f["path"] if f["on_local_disk"] else f"(purged locally) {f['path']}"
         confirmed = ", ".join(sorted(f["verified_by"])) or "nobody yet"
-        lines.append(f"  {f['state']:<9} {where}")
+        lines.append(f"  {f['state']:<9} {where}" + (f"  [{f['why_local']}]" if f.get("why_local") else ""))
         lines.append(
             f"            {f['size']} bytes, {f['checksum']}, frames {f['frames']}, confirmed by {confirmed}"
         )
@@ -123,3 +158,16 @@ def render(report: dict[str, Any]) -> str:
             f"{loss['reason']} {loss['detail']}".rstrip()
         )
     return "\n".join(lines)
+
+
+def _resumed_line(config: Any) -> str:
+    """The line saying a run was resumed after a restart, and which run it continues (else "")."""
+    if isinstance(config, str):
+        try:
+            config = json.loads(config)
+        except ValueError:
+            return ""
+    if not isinstance(config, dict) or not config.get("resumed_after_restart"):
+        return ""
+    previous = config.get("resumes_run") or "unknown (no interrupted run of its series)"
+    return f"  resumed after restart at frame {config.get('first_frame')}: continues run {previous}"

@@ -182,6 +182,14 @@ class StreamCodec:
         return self._image.get("frame") if self._state in (_IMAGE_D, _IMAGE_DATA, _IMAGE_CONFIG) else None
 
     @property
+    def pending_image(self) -> tuple[int, int, tuple[int, int], str] | None:
+        """(series, frame, shape, dtype) of the image whose data part comes next, if any."""
+        if self._state != _IMAGE_DATA:
+            return None
+        image = self._image
+        return int(image["series"]), int(image["frame"]), image["shape"], str(image["dtype"])
+
+    @property
     def pending_encoding(self) -> str | None:
         """Encoding of the image whose data part comes next, if any."""
         return self._image.get("encoding") if self._state == _IMAGE_DATA else None

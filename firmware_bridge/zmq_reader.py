@@ -70,6 +70,7 @@ class ZmqStreamSource:
         self._frames_expected: int | None = None
         self._end_request: str | None = None
         self._refused: str | None = None
+        self._ended_series: int | None = None  # the last series that ended here (its stragglers are lost)
 
     @property
     def series_open(self) -> bool:
@@ -138,6 +139,9 @@ class ZmqStreamSource:
         slot: SlotLike | None = None
         while more:
             size = self.codec.expecting_data()
+            pending = self.codec.pending_image
+            if pending is not None and self._series is None:
+                self._adopt(*pending)  # before the slot is claimed: the run's start goes first in the ring
             if size is not None and self._refused is not None:
                 frame = self.codec.pending_frame
                 self._drop_rest(sock, more)
@@ -175,6 +179,8 @@ class ZmqStreamSource:
 
     def _handle(self, event: object, slot: SlotLike | None) -> SlotLike | None:
         if isinstance(event, ImageMessage):
+            if self._series is None:
+                self._adopt(event.series, event.frame, event.shape, event.dtype)
             if not self._note_frame(event.frame):
                 return slot  # abandoned by the caller
             if event.data is not None:
@@ -225,10 +231,45 @@ class ZmqStreamSource:
             return slot
         return slot  # pragma: no cover
 
+    def _adopt(self, series: int, frame: int, shape: tuple[int, int], dtype: str) -> None:
+        """An image of a series this reader never saw start: the daemon restarted in the middle of it.
+
+        The rest of the series becomes a run of its own, "resumed after restart" from ``frame`` on
+        (the sink links it to the run the restart interrupted, whose missing frames become losses). An
+        image of the series that just ended here is a straggler, not a new run: `_note_frame` records
+        it as lost.
+        """
+        if series == self._ended_series:
+            return
+        self._series = series
+        self._next_frame = frame
+        self._newest = frame
+        self._frames_expected = None
+        self.stats["series_adopted"] += 1
+        log.warning(
+            "frames of series %d without its start (a restart mid-series): a resumed run from frame %d",
+            series,
+            frame,
+        )
+        config = {
+            "shape": [shape[1], shape[0]],
+            "type": dtype,
+            "frames_expected": None,
+            "resumed_after_restart": True,
+            "first_frame": frame,
+        }
+        self._refused = self.sink.series_start(series, config)
+        if self._refused is not None:
+            self.stats["series_refused"] += 1
+            log.error("resumed series %d refused: %s", series, self._refused)
+
     def _note_frame(self, frame: int) -> bool:
         """Account for gaps before ``frame``; False for a stale, duplicate or out-of-range frame number."""
-        if self._series is None:
+        if self._series is None:  # a straggler after its series ended: never only a counter
             self.stats["frames_outside_series"] += 1
+            self.sink.lost(
+                frame, frame, "frame_outside_series", f"arrived after series {self._ended_series} ended"
+            )
             return False
         if self.max_frame_jump is not None:
             reference = self._newest if self._newest is not None else 0
@@ -255,6 +296,7 @@ class ZmqStreamSource:
             self.sink.lost(self._next_frame, expected - 1, reason, f"series ended after {self._next_frame}")
         series = self._series
         self._series = None
+        self._ended_series = series
         self._refused = None
         self.stats["series_ended"] += 1
         if series is not None:

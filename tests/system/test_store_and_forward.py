@@ -265,16 +265,32 @@ def test_daemon_killed_mid_run_restarts_consistent(tmp_path: Path) -> None:
             return run if data else None
 
         run = wait_for(accounted, 90, "every stored file of the crashed run delivered")
+        # the rest of the series, sent after the restart, is a run of its own "resumed after restart"
+        resumed = wait_for(
+            lambda: [
+                r
+                for (uid,) in ledger_rows(stack, "SELECT run_uid FROM runs WHERE ended_at IS NOT NULL")
+                if uid != run_uid
+                and (r := stack.run(uid))["files"]
+                and all(f["state"] == "verified" for f in r["files"])
+            ],
+            90,
+            "the resumed run ended and delivered",
+        )[0]
+        run = stack.run(run_uid)
     finally:
         stack.stop_all()
     assert run["exit_status"] == "fail"
+    assert json.loads(resumed["config"])["resumes_run"] == run_uid
     delivered = upstream_frames(stack.upstream / run_uid)
+    delivered_after = upstream_frames(stack.upstream / resumed["run_uid"])
     lost: set[int] = set()
-    for record in run["losses"]:
+    for record in run["losses"] + resumed["losses"]:
         lost.update(range(record["first_frame"], record["last_frame"] + 1))
-    assert {r["reason"] for r in run["losses"]} == {"daemon_crash"}
-    assert not (set(delivered) & lost)
-    assert set(delivered) | lost == set(range(frames))  # every frame delivered or covered by a loss record
+    assert {r["reason"] for r in run["losses"]} <= {"daemon_crash", "daemon_restart"}
+    assert not (set(delivered) & lost) and not (set(delivered_after) & (lost | set(delivered)))
+    # every frame delivered (by the crashed run or the resumed one) or covered by a loss record, once
+    assert set(delivered) | set(delivered_after) | lost == set(range(frames))
     for path in stack.store.rglob("*.h5"):  # every file left in the store opens
         with h5py.File(path, "r") as handle:
             assert handle["/entry/data/data"].shape[0] == len(handle["/entry/data/frame_number"])

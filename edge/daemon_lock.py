@@ -1,0 +1,65 @@
+"""Whether a daemon is serving a ledger now: an advisory lock the running daemon holds.
+
+``edge run`` takes an exclusive ``flock`` on ``<ledger>.daemon`` for as long as it runs; the kernel drops
+it when the process ends, however it ends (``kill -9`` included). So ``edge where``, reading the ledger
+on its own, can tell a run that is going on (a daemon holds the lock) from a run whose daemon died
+before it could end it ("interrupted": recovery ends it at the next start).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+from pathlib import Path
+
+__all__ = ["DaemonLock", "daemon_running"]
+
+
+def _lock_path(ledger_path: Path) -> Path:
+    return ledger_path.with_name(ledger_path.name + ".daemon")
+
+
+class DaemonLock:
+    """The running daemon's hold on its ledger (its pid inside, for people)."""
+
+    def __init__(self, ledger_path: Path) -> None:
+        self.path = _lock_path(ledger_path)
+        self._fd: int | None = None
+
+    def acquire(self) -> bool:
+        """Take the lock; False when another live process holds it."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            return False
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self._fd = fd
+        return True
+
+    def release(self) -> None:
+        if self._fd is not None:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            os.close(self._fd)
+            self._fd = None
+
+
+def daemon_running(ledger_path: Path) -> bool:
+    """True while some process (another than the caller) holds the daemon lock of this ledger."""
+    path = _lock_path(ledger_path)
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except OSError:
+        return True
+    else:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return False
+    finally:
+        os.close(fd)

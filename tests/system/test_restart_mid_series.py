@@ -1,0 +1,123 @@
+"""System test: the daemon killed in the middle of a series of unknown length (issue 12, hole 2).
+
+Real processes: ``edge run`` and ``edge sim --frames 0`` (no announced length) on loopback. The daemon
+is killed with SIGKILL mid-series and started again on the same store while the simulator goes on. The
+rest of the series must become a run of its own, "resumed after restart" and linked to the interrupted
+run, whose missing frames are loss records: sent = stored + lost over the two runs, every frame once.
+While the daemon is down, ``edge where`` calls the open run "interrupted", not "running".
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import sqlite3
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+from edgeprocs import EdgeStack, wait_for
+
+pytestmark = pytest.mark.timeout(150)
+
+
+def _runs(stack: EdgeStack) -> list[dict[str, Any]]:
+    with sqlite3.connect(stack.store / "ledger.sqlite") as db:
+        db.row_factory = sqlite3.Row
+        return [dict(r) for r in db.execute("SELECT * FROM runs ORDER BY started_at").fetchall()]
+
+
+def _where(stack: EdgeStack, run_uid: str) -> str:
+    proc = stack.start("where", run_uid, stdout=subprocess.PIPE)
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 0, out
+    return out
+
+
+def _frames(run: dict[str, Any]) -> tuple[set[int], set[int]]:
+    """(frames in the run's data files, frames in its loss records); each frame counted once."""
+    stored: set[int] = set()
+    lost: set[int] = set()
+    for f in run["files"]:
+        if f["name"].endswith(".h5") and f["n_frames"]:
+            first, last = f["frames"] if f.get("frames") else (f["first_frame"], f["last_frame"])
+            assert last - first + 1 == f["n_frames"], f  # frames arrive in order here: files are contiguous
+            assert not stored & set(range(first, last + 1))
+            stored.update(range(first, last + 1))
+    for loss in run["losses"]:
+        frames = set(range(loss["first_frame"], loss["last_frame"] + 1))
+        assert not lost & frames, run["losses"]
+        lost |= frames
+    return stored, lost
+
+
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM], ids=["kill-9", "sigterm"])
+def test_daemon_killed_mid_series_of_unknown_length_resumes_in_a_linked_run(tmp_path: Path, sig: int) -> None:
+    stack = EdgeStack(
+        tmp_path,
+        [
+            "detector.height=128",
+            "detector.width=128",
+            "sim.rate_hz=40",
+            "store.frames_per_file=10",
+            "store.file_seconds=0.5",
+            'reduction.mode="raw"',
+            'reduction.backend="numpy"',
+            "reduction.bins=50",
+        ],
+    )
+    try:
+        daemon = stack.start_daemon()
+        sim = stack.start("sim", "--frames", "0", "--json", stdout=subprocess.PIPE)
+        wait_for(lambda: stack.status()["receiver"].get("frames_received", 0) >= 30, 60, "frames arriving")
+        daemon.send_signal(sig)
+        daemon.wait(20)
+        stack.procs.remove(daemon)
+        (interrupted,) = _runs(stack)
+        first_uid = interrupted["run_uid"]
+        assert interrupted["frames_expected"] is None
+        if sig == signal.SIGKILL:  # the daemon died: the open run is interrupted, not running
+            assert interrupted["ended_at"] is None
+            text = _where(stack, first_uid)
+            assert "exit status: interrupted" in text, text
+
+        stack.start_daemon()  # same store and ledger; the simulator kept going (held back meanwhile)
+        if sig == signal.SIGKILL:
+            assert stack.status()["appliance"]["recovery"]["runs_failed"] == [first_uid]
+        resumed = wait_for(lambda: len(runs := _runs(stack)) == 2 and runs[1], 60, "the resumed run")
+        second_uid = resumed["run_uid"]
+        wait_for(
+            lambda: stack.status()["receiver"].get("frames_received", 0) >= 30, 60, "frames after restart"
+        )
+        sim.send_signal(signal.SIGINT)  # the detector ends the series
+        out, _ = sim.communicate(timeout=60)
+        sent = json.loads(out.strip().splitlines()[-1])["frames_sent"]
+        wait_for(lambda: stack.run(second_uid)["ended_at"] is not None, 60, "the resumed run ended")
+        status = stack.status()
+        first, second = stack.run(first_uid), stack.run(second_uid)
+        text = _where(stack, second_uid)
+    finally:
+        stack.stop_all()
+
+    receiver = status["receiver"]
+    assert receiver.get("series_adopted") == 1
+    assert receiver.get("frames_outside_series", 0) == 0
+    config = second["config"]
+    config = json.loads(config) if isinstance(config, str) else config
+    assert config["resumed_after_restart"] is True and config["resumes_run"] == first_uid
+    assert "resumed after restart" in text and first_uid in text
+    assert first["exit_status"] == ("fail" if sig == signal.SIGKILL else "abort")
+    assert second["exit_status"] == "success"
+
+    stored_a, lost_a = _frames(first)
+    stored_b, lost_b = _frames(second)
+    reasons = {"daemon_crash", "daemon_restart", "receiver_stopped", "shutdown"}
+    assert {r["reason"] for r in first["losses"]} <= reasons, first["losses"]
+    assert all(r["reason"] for r in second["losses"])
+    everything = [stored_a, lost_a, stored_b, lost_b]
+    for i, a in enumerate(everything):  # every frame has exactly one disposition
+        for b in everything[i + 1 :]:
+            assert not a & b
+    assert set().union(*everything) == set(range(sent)), (sent, first["losses"], second["losses"])
+    assert len(stored_a) > 0 and len(stored_b) > 0
