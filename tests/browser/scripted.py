@@ -24,7 +24,7 @@ from edgeprocs import free_port, wait_for
 
 from edge.alarms import AlarmBook, current_alarms
 from edge.config import load_settings
-from edge.errors import NotFound
+from edge.errors import ConfigError, NotFound, Refused
 from edge.upstream.outlook import upstream_outlook
 from webui import create_app
 
@@ -139,7 +139,8 @@ class ScriptedView:
         self.alarm_book = AlarmBook()
         self.preview: dict[str, Any] | None = None
         self.profile: dict[str, Any] | None = None
-        self.product: dict[str, Any] | None = None
+        self.product_doc: dict[str, Any] | None = None  # GET /api/product (the modes' schema)
+        self.reduction: dict[str, Any] = {"mode": "powder"}
         self._lock = threading.Lock()
 
     # -- what the test does -----------------------------------------------------------------------------
@@ -252,22 +253,36 @@ class ScriptedView:
     def latest_preview(self) -> dict[str, Any] | None:
         return self.preview
 
+    def product(self) -> dict[str, Any] | None:
+        return self.product_doc
+
+
+class ScriptedReduction:
+    """The next run's reduction as ``edge.reduction_control`` answers it: refused while a run is open."""
+
+    def __init__(self, view: ScriptedView) -> None:
+        self.view = view
+
+    def parameters(self) -> dict[str, Any]:
+        return dict(self.view.reduction)
+
+    def update(self, changes: dict[str, Any]) -> dict[str, Any]:
+        if changes.get("mode") not in ("raw", "powder", "serial", "tomo"):
+            raise ConfigError(
+                f"reduction mode {changes.get('mode')!r} is not one of raw, powder, serial, tomo"
+            )
+        if self.view.current is not None:
+            raise Refused(f"run {self.view.current} is open: the reduction mode changes between runs")
+        self.view.reduction.update(changes)
+        return dict(self.view.reduction)
+
 
 @contextmanager
 def serve(view: Any, token: str | None = None) -> Iterator[tuple[str, uvicorn.Server]]:
     """The real web app around ``view`` on a loopback port; yields its URL and the server."""
     overrides = [] if token is None else [f'api.token="{token}"']
     port = free_port()
-    app = create_app(load_settings(overrides=overrides), view)
-    if not any(getattr(route, "path", None) == "/api/product" for route in app.routes):
-        # the modes issue owns GET /api/product; until it lands, the scripted view serves its schema here
-
-        @app.get("/api/product")
-        def product() -> dict[str, Any]:
-            if view.product is None:
-                raise NotFound("no product yet")
-            return dict(view.product)
-
+    app = create_app(load_settings(overrides=overrides), view, reduction=ScriptedReduction(view))
     config = uvicorn.Config(
         app,
         host="127.0.0.1",

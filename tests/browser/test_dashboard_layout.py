@@ -81,7 +81,7 @@ def busy() -> Iterator[str]:
         "radial": [0.1 * i for i in range(1, 201)],
         "intensity": [100.0 / (1 + ((i % 40) - 20) ** 2) + 2 for i in range(200)],
     }
-    view.product = {
+    view.product_doc = {
         "mode": "serial",
         "run_uid": running,
         "powder": None,

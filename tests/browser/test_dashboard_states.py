@@ -2,7 +2,8 @@
 
 Each test sets facts on a :class:`scripted.ScriptedView` (alarms and the upstream outlook are derived by
 the real ``edge.alarms`` and ``edge.upstream.outlook``) and checks what a scientist sees: a clean run
-after a faulty one shows no stale alarm; acknowledging works with the token and is refused without it;
+after a faulty one shows no stale alarm; acknowledging works with the token and is refused without it
+(switching the next run's mode too, and not while a run is open);
 an upstream outage says "stalled" with one ETA everywhere; the image's timestamp advances while frames
 come and stops (and says so) when they stop; the header says "offline" within 5 s of the appliance
 going away; a troubled appliance's alarms, in words, clear when it is healthy again.
@@ -132,6 +133,37 @@ def test_acknowledging_needs_the_token(url: str, view: ScriptedView, browser: Br
         10,
         "the acknowledged alarm after a push",
     )
+
+
+def test_switching_the_mode_needs_the_token_and_waits_for_the_run_to_end(
+    url: str, view: ScriptedView, browser: Browser
+) -> None:
+    view.add_run(clean_run(), current=True)
+    live(browser, url)
+    browser.wait_for("!document.getElementById('mode-form').hidden", 10, "the mode switch")
+    assert browser.evaluate("document.getElementById('mode-select').value") == "powder"
+    browser.evaluate("document.getElementById('mode-select').value = 'serial'")
+    browser.click("#mode-set")
+    browser.wait_for(
+        "document.getElementById('mode-msg').textContent.includes('token')", 10, "no token: refused"
+    )
+    assert view.reduction["mode"] == "powder"
+    browser.evaluate(f"localStorage.setItem('edge.apiToken', {TOKEN!r})")
+    browser.evaluate("document.getElementById('mode-select').value = 'serial'")
+    browser.click("#mode-set")
+    browser.wait_for(
+        "document.getElementById('mode-msg').textContent.includes('is open')", 10, "a run is open"
+    )
+    assert view.reduction["mode"] == "powder"
+    view.add_run(clean_run())  # the run ends
+    browser.evaluate("document.getElementById('mode-select').value = 'serial'")
+    browser.click("#mode-set")
+    browser.wait_for(
+        "document.getElementById('mode-msg').textContent === 'the next run reduces in serial mode'",
+        10,
+        "the switch",
+    )
+    assert view.reduction["mode"] == "serial"
 
 
 def test_an_upstream_outage_shows_stalled_and_one_eta(

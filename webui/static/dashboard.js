@@ -119,18 +119,27 @@
     set: (value) => (value ? localStorage.setItem(TOKEN_KEY, value) : localStorage.removeItem(TOKEN_KEY)),
   };
 
-  /** POST with the stored token; resolves to {ok, status, body}. */
-  async function write(path) {
+  /** A write (POST, or PUT with a JSON body) with the stored token; resolves to {ok, status, body}. */
+  async function write(path, method = "POST", json = undefined) {
     const headers = {};
     if (token.get()) headers.Authorization = `Bearer ${token.get()}`;
-    const response = await fetch(path, { method: "POST", headers, cache: "no-store" });
-    let body = null;
+    if (json !== undefined) headers["Content-Type"] = "application/json";
+    const body = json === undefined ? undefined : JSON.stringify(json);
+    const response = await fetch(path, { method, headers, body, cache: "no-store" });
+    let answer = null;
     try {
-      body = await response.json();
+      answer = await response.json();
     } catch (error) {
-      body = null;
+      answer = null;
     }
-    return { ok: response.ok, status: response.status, body };
+    return { ok: response.ok, status: response.status, body: answer };
+  }
+
+  /** Why a write was refused, in words. */
+  function refusal(result) {
+    if (result.status === 401) return "refused: the token is missing or wrong (set it with the token button above)";
+    if (result.status === 403) return "refused: writes are disabled on this appliance (no api.token configured)";
+    return `refused: ${result.body?.detail || `HTTP ${result.status}`}`;
   }
 
   const state = {
@@ -621,10 +630,8 @@
     try {
       const result = await write(`/api/alarms/${encodeURIComponent(alarmId)}/ack`);
       if (result.ok) text = "";
-      else if (result.status === 401) text = "refused: the token is missing or wrong (set it with the token button above)";
-      else if (result.status === 403) text = "refused: writes are disabled on this appliance (no api.token configured)";
       else if (result.status === 404) text = "this alarm has cleared";
-      else text = `refused: HTTP ${result.status} ${result.body?.detail || ""}`;
+      else text = refusal(result);
     } catch (error) {
       text = `could not reach the appliance: ${error.message}`;
     }
@@ -635,6 +642,36 @@
     }
     state.alarmsKey = "";
     renderAlarms(state.lastStatus?.alarms || []);
+  }
+
+  // ---- the next run's reduction mode (GET/PUT /api/reduction; the PUT needs the token) ---------------
+  async function refreshMode() {
+    let params = null;
+    try {
+      params = await getJSON("/api/reduction");
+    } catch (error) {
+      params = null;
+    }
+    $("mode-form").hidden = !params;
+    if (params && document.activeElement !== $("mode-select")) $("mode-select").value = params.mode;
+    state.modeFetchedAt = Date.now();
+  }
+
+  async function setMode() {
+    const mode = $("mode-select").value;
+    let text;
+    let cls = "bad small";
+    try {
+      const result = await write("/api/reduction", "PUT", { mode });
+      if (result.ok) {
+        text = `the next run reduces in ${result.body?.mode || mode} mode`;
+        cls = "good small";
+      } else text = refusal(result);
+    } catch (error) {
+      text = `could not reach the appliance: ${error.message}`;
+    }
+    setText("mode-msg", text, cls);
+    await refreshMode();
   }
 
   // ---- runs and where-is-my-data ---------------------------------------------------------------------------
@@ -835,6 +872,10 @@
       if (!(error instanceof Unreachable)) console.error("dashboard:", error);
     };
     refreshProducts(status).catch(failed);
+    if (!state.modeFetchedAt || Date.now() - state.modeFetchedAt > RUNS_MS || status.appliance?.run_uid !== state.modeRun) {
+      state.modeRun = status.appliance?.run_uid;
+      refreshMode();
+    }
     refreshRuns(status, false).catch(failed);
   }
 
@@ -959,6 +1000,10 @@
   });
   for (const b of document.querySelectorAll(".zoom button")) b.addEventListener("click", () => setZoom(Number(b.dataset.zoom)));
   $("where-close").addEventListener("click", () => selectRun(null));
+  $("mode-form").addEventListener("submit", (event) => {
+    event.preventDefault();
+    setMode();
+  });
   $("profile-log").addEventListener("change", () => drawProfile(state.profile));
   window.addEventListener("resize", () => {
     drawProfile(state.profile);
