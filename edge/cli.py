@@ -167,7 +167,7 @@ def _run_daemon(
     except (ConfigError, OSError) as error:  # bad keys, a busy port, an unwritable store: say so, exit
         log.error("cannot start: %s", error)  # a line in the log's format (journald/ELK read JSON)
         return 2
-    app = create_app(settings, appliance.view)
+    app = create_app(settings, appliance.view, reduction=appliance.reduction)
     config = uvicorn.Config(  # log_config=None: uvicorn's lines go through our handler (text or JSON)
         app,
         host=settings.api.host,
@@ -184,12 +184,10 @@ def _run_daemon(
         settings.api.port,
         appliance.forwarder.bound_endpoint,
     )
-    view = getattr(appliance, "view", appliance)  # the read-only view, where the appliance offers one
-    live = getattr(appliance, "liveness", None) or (lambda: _liveness_from_status(view.status()))
     reporter = ServiceReporter(
         Notifier.from_environment(),
-        liveness=live,
-        status=view.status,
+        liveness=appliance.liveness,
+        status=appliance.view.status,
         ready=lambda: bool(server is not None and server.started),
         interval=watchdog_interval(),
     )
@@ -258,17 +256,6 @@ def _on_sighup(appliance: Any, reload: Callable[[], Settings], log_setup: LogSet
         threading.Thread(target=_reload, name="reload", daemon=True).start()
 
     signal.signal(signal.SIGHUP, _handler)
-
-
-def _liveness_from_status(status: dict[str, Any]) -> dict[str, Any]:
-    """Liveness as the watchdog reads it, for an appliance that does not offer ``liveness()``."""
-    chunks = status.get("ledger", {}).get("chunks", {})
-    acked = sum(int(c.get("chunks_acked") or 0) for c in status.get("ledger", {}).get("consumers", []))
-    return {
-        "pending": int(status["ring"].get("fill", 0)) + int(chunks.get("stored", 0)),
-        "progress": int(status["ring"].get("released", 0)) + acked,
-        "threads": status.get("appliance", {}).get("threads", {}),
-    }
 
 
 def _run_pull(settings: Settings) -> int:

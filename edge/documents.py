@@ -111,6 +111,16 @@ def run_documents(
                 "exit_status": exit_status,
                 "reason": reason,
                 "num_events": {"primary": seq - 1},
+                # every frame's fate, so sent = stored + vetoed + lost holds from the upstream copy alone
+                "edge_accounting": {
+                    "mode": run.get("mode"),
+                    "frames_stored": seq - 1,
+                    "frames_vetoed": int(run.get("frames_vetoed") or 0),
+                    "frames_lost": sum(int(r["last_frame"]) - int(r["first_frame"]) + 1 for r in lost),
+                    "losses": [
+                        [r["first_frame"], r["last_frame"], r["reason"], r.get("detail", "")] for r in losses
+                    ],
+                },
             },
         )
     )

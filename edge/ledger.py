@@ -171,7 +171,11 @@ class Ledger:
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.execute("PRAGMA foreign_keys=ON")
         self._db.executescript(SCHEMA)
-        self.migrated_from = self._migrate()
+        try:
+            self.migrated_from = self._migrate()
+        except BaseException:
+            self._db.close()
+            raise
         self._db.execute("BEGIN IMMEDIATE")
         try:
             fresh = (
@@ -559,6 +563,7 @@ class Ledger:
             "frames_lost_by_reason": dict(sorted(by_reason.items())),
             "file_count": len(files),
             "bytes_stored": sum(int(f["size"]) for f in files),
+            "bytes_upstream": sum(int(f["size"]) for f in files if f["state"] != "local"),
         }
 
     def files(self, run_uid: str | None = None) -> list[dict[str, Any]]:

@@ -30,7 +30,7 @@ import h5py
 import numpy as np
 
 from edge.config import ReductionSettings
-from kernels import Backend, Geometry, RoiSet, make_gain
+from kernels import Backend, Geometry, RoiSet, direct_beam, make_gain
 
 IMAGE_KEY_NAMES = {0: "projection", 1: "flat", 2: "dark"}
 STREAM_DATA, STREAM_BLANK = "data", "blank"
@@ -324,8 +324,10 @@ class SerialStage(_CorrectedStage):
     def __init__(self, ctx: RunContext) -> None:
         super().__init__(ctx)
         p = ctx.params.serial
+        x, y = direct_beam(ctx.geometry)  # rings of equal background are centred on the direct beam
         self.finder = ctx.backend.peak_finder(
             ctx.shape,
+            center=(y - 0.5, x - 0.5),  # pixel index units: pixel (i, j) is centred at (i + 0.5, j + 0.5)
             mask=ctx.corrections.mask,
             min_snr=p.min_snr,
             adc_threshold=p.adc_threshold,
@@ -407,7 +409,7 @@ class SerialStage(_CorrectedStage):
             for i, p in enumerate(products):
                 values = p["peaks"][name]
                 table[i, : values.size] = values
-            result.create_dataset(name, data=table)
+            result.create_dataset(name, data=table, compression="gzip", shuffle=True)  # mostly padding
         result["peakXPosRaw"].attrs["meaning"] = "fast-scan (column) position, pixels"
         result["peakYPosRaw"].attrs["meaning"] = "slow-scan (row) position, pixels"
 
@@ -494,6 +496,10 @@ class TomoStage(_CorrectedStage):
         nxdata = entry["data"]
         nxdata["image_key"] = detector["image_key"]
         nxdata["rotation_angle"] = sample["rotation_angle"]
+        # NeXus links: one object under both names, its @target naming the NXtomo home
+        data.attrs["target"] = detector.name + "/data"
+        detector["image_key"].attrs["target"] = detector.name + "/image_key"
+        sample["rotation_angle"].attrs["target"] = sample.name + "/rotation_angle"
         exchange = entry.file.require_group("exchange")
         for name, key in (("data", 0), ("data_white", 1), ("data_dark", 2)):
             _virtual_subset(exchange, name, data, np.flatnonzero(keys == key))

@@ -266,6 +266,10 @@ class ApplianceView:
         latest = self._p.sink.preview
         return None if latest is None else latest[0]
 
+    def product(self) -> dict[str, Any] | None:
+        """The newest run's live mode product (None before the first run)."""
+        return self._p.pipeline.product()  # type: ignore[attr-defined]
+
     def latest_profile_arrays(self) -> tuple[np.ndarray, np.ndarray, int] | None:
         """The newest 1D profile: radial axis, intensity and the count of frames processed."""
         latest = self._p.pipeline.latest_profile

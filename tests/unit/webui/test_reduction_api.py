@@ -1,0 +1,58 @@
+"""The API's writes: no token configured is 403 saying how to set one; the reduction control's rules."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+
+from edge.config import load_settings
+from edge.errors import ConfigError, Refused
+from edge.reduction_control import ReductionControl
+from webui import create_app
+
+
+class View:
+    def status(self) -> dict[str, Any]:
+        return {}
+
+    def runs(self) -> list[dict[str, Any]]:
+        return []
+
+    def run(self, run_uid: str) -> dict[str, Any]:
+        return {}
+
+    def latest_profile(self) -> None:
+        return None
+
+    def latest_preview(self) -> None:
+        return None
+
+    def product(self) -> None:
+        return None
+
+
+def test_without_a_token_writes_are_403_and_say_how_to_enable_them() -> None:
+    settings = load_settings()
+    control = ReductionControl(settings.reduction, open_run=lambda: None)
+    client = TestClient(create_app(settings, View(), reduction=control))
+    answer = client.put("/api/reduction", json={"mode": "raw"})
+    assert answer.status_code == 403 and "api.token" in answer.json()["detail"]
+    assert control.parameters()["mode"] == "powder"  # unchanged
+    assert client.get("/api/reduction").json()["mode"] == "powder"
+    assert client.get("/api/product").status_code == 404
+
+
+def test_reduction_control_refuses_during_a_run_and_names_bad_keys() -> None:
+    open_run: list[str | None] = [None]
+    control = ReductionControl(load_settings().reduction, open_run=lambda: open_run[0])
+    assert control.update({"mode": "tomo", "tomo": {"slices": [3]}})["tomo"]["slices"] == [3]
+    assert control.check_mode("raw") is None and "not one of" in str(control.check_mode("mx"))
+    with pytest.raises(ConfigError, match=r"reduction\.serial\.min_peaks"):
+        control.update({"serial": {"min_peaks": -1}})
+    open_run[0] = "run-7"
+    with pytest.raises(Refused, match="run run-7 is open"):
+        control.update({"mode": "raw"})
+    assert "run run-7 is open" in str(control.check_mode("raw"))
+    assert control.current().mode == "tomo"
