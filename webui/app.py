@@ -138,12 +138,13 @@ def run_summary(detail: dict[str, Any]) -> dict[str, Any]:
         "states": dict(sorted(states.items())),
         "bytes_pending": where.get("bytes_pending"),
         "eta_seconds": where.get("eta_seconds"),
-        "mode": _run_mode(where.get("config", detail.get("config"))),
+        "mode": detail.get("mode") or _run_mode(where.get("config", detail.get("config"))),
     }
 
 
 def _run_mode(config: Any) -> str | None:
-    """The run's reduction mode from its recorded config (a dict or its JSON), when it names one."""
+    """The run's reduction mode from its recorded config (a dict or its JSON), when it names one
+    (``reduction.mode``; a top-level ``mode`` may be the detector's or simulator's, so it is not read)."""
     if isinstance(config, str):
         try:
             config = json.loads(config)
@@ -151,9 +152,9 @@ def _run_mode(config: Any) -> str | None:
             return None
     if not isinstance(config, dict):
         return None
-    for holder in (config, config.get("reduction"), config.get("settings")):
-        if isinstance(holder, dict) and isinstance(holder.get("mode"), str):
-            return str(holder["mode"])
+    reduction = config.get("reduction")
+    if isinstance(reduction, dict) and isinstance(reduction.get("mode"), str):
+        return str(reduction["mode"])
     return None
 
 

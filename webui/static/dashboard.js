@@ -230,7 +230,9 @@
       ? '<span class="flag" id="preview-incomplete" title="packets of this frame were missing; their pixels are 0">incomplete frame</span>'
       : "";
     const ts = num(preview.detector_timestamp_ns);
-    setText("preview-detector-time", Number.isFinite(ts) ? `detector t = ${(ts / 1e9).toFixed(3)} s ·` : "");
+    // a detector clock in epoch nanoseconds reads as a time of day; a series-relative one as seconds
+    const detectorTime = ts / 1e9 > 1e9 ? `detector time ${fmtTime(ts / 1e9, false, true)}` : `detector t = ${(ts / 1e9).toFixed(3)} s`;
+    setText("preview-detector-time", Number.isFinite(ts) ? `${detectorTime} ·` : "");
     $("preview-detector-time").title = "the frame's own timestamp from the detector (relative to its series)";
     setText("preview-received", `taken ${fmtTime(preview.received_at, false, true)}`);
     $("preview-received").dataset.receivedAt = String(preview.received_at ?? "");
