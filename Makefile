@@ -41,6 +41,7 @@ fuzz: $(STAMP)
 	$(BIN)/python tests/fuzz/fuzz_stream_codec.py --runs 100000
 	$(BIN)/python tests/fuzz/fuzz_stream2_codec.py --runs 100000
 	EDGE_API_FUZZ_EXAMPLES=2000 $(BIN)/python -m pytest tests/unit/webui/test_api_fuzz.py -q -p no:cacheprovider
+	EDGE_PV_FUZZ_PUTS=50000 $(BIN)/python -m pytest tests/system/test_pv_fuzz.py -q -p no:cacheprovider
 
 BENCH_STAMP := $(VENV)/.bench-stamp
 
