@@ -31,7 +31,8 @@ lint: $(STAMP)
 	$(BIN)/lint-imports
 	$(BIN)/mypy --strict --follow-imports=silent firmware_bridge/stream2_codec.py firmware_bridge/hdf5_chunks.py \
 		firmware_bridge/stream2_reader.py
-	$(BIN)/mypy --strict --follow-imports=silent edge/upstream/protocol.py edge/upstream/session.py
+	$(BIN)/mypy --strict --follow-imports=silent edge/upstream/protocol.py edge/upstream/session.py \
+		edge/upstream/outlook.py edge/alarms.py edge/counter_scopes.py webui/live.py
 
 test: lint
 	$(BIN)/python -m pytest
