@@ -89,6 +89,9 @@ class FailingView:
     def latest_preview(self) -> dict[str, Any] | None:
         return None
 
+    def product(self) -> dict[str, Any] | None:
+        raise Refused("p" * 50_000)
+
 
 @pytest.fixture(scope="module")
 def failing_app() -> Any:
