@@ -6,12 +6,13 @@ maximum age so that retention purges verified files all the time. The pull clien
 a while after they were verified (this script plays the centre's archive, so the disk does not fill).
 
 Every ``--sample-seconds`` (60) it records, per process: resident memory (RSS), open file descriptors
-and threads (the fewest seen in ten looks a tenth of a second apart: a file mid-rollover or a short-lived
-helper thread is not a leak, a leak raises the floor); and the ledger's size on disk (database + WAL), the daemon's frame counts and the files
-retention purged. At the end it checks the issue's acceptance: each process's RSS at the last sample
-<= 1.05x its RSS at minute 2 (after warm-up: numba compiled, pools filled, caches sized), descriptors
-and threads unchanged from minute 2, and no frame lost. Results go to ``benchmarks/results/`` as JSON
-and a text table.
+other than the HDF5 files being written (they come and go as files roll over; counted apart) and threads,
+each the fewest seen in ten looks a tenth of a second apart (a short-lived helper thread at the sampling
+instant is not a leak, a leak raises the floor); the ledger's database and WAL sizes, the daemon's
+frame counts and the files retention purged. At the end it checks the issue's acceptance: each
+process's RSS at the last sample <= 1.05x its RSS at minute 2 (after warm-up: numba compiled, pools
+filled, caches sized), descriptors and threads unchanged from minute 2, and no frame lost. Results go
+to ``benchmarks/results/`` as JSON and a text table.
 
     python benchmarks/soak.py [--minutes 10] [--rate 20] [--sample-seconds 60]
     make soak                       # the same, 10 minutes
@@ -67,16 +68,28 @@ def _wait(predicate: Any, timeout: float, what: str) -> Any:
     raise SystemExit(f"soak: timed out after {timeout:.0f} s waiting for {what}")
 
 
+DATA_SUFFIXES = (".h5", ".part")  # files being written come and go as files roll over
+
+
 def _process_figures(proc: psutil.Process, looks: int = 10, gap: float = 0.1) -> dict[str, int]:
-    """RSS, and the fewest descriptors and threads seen in ``looks`` quick looks: a file being rolled
-    over or a short-lived helper thread at the sampling instant is not a leak; a leak raises the floor."""
-    fds, threads = [], []
+    """RSS; descriptors other than the data files being written (``fds``, and ``data_files`` apart), and
+    threads: the fewest seen in ``looks`` quick looks, so a short-lived helper thread or a socket being
+    reconnected at the sampling instant is not a leak, while a leak raises the floor."""
+    fds, data, threads = [], [], []
     for _ in range(looks):
         with proc.oneshot():
-            fds.append(proc.num_fds())
+            open_data = sum(1 for f in proc.open_files() if f.path.endswith(DATA_SUFFIXES))
+            fds.append(proc.num_fds() - open_data)
+            data.append(open_data)
             threads.append(proc.num_threads())
         time.sleep(gap)
-    return {"rss": proc.memory_info().rss, "fds": min(fds), "threads": min(threads), "fds_max": max(fds)}
+    return {
+        "rss": proc.memory_info().rss,
+        "fds": min(fds),
+        "fds_max": max(fds),
+        "data_files_max": max(data),
+        "threads": min(threads),
+    }
 
 
 def _ledger_bytes(store: Path) -> dict[str, int]:
@@ -103,6 +116,17 @@ def _archive(upstream: Path, now: float) -> int:
     return removed
 
 
+def _slope(samples: list[dict[str, Any]], role: str) -> float:
+    """Least-squares RSS growth in MB per minute: a leak keeps a slope, a warm-up step does not."""
+    if len(samples) < 2:
+        return 0.0
+    xs = [s["minute"] for s in samples]
+    ys = [s["processes"][role]["rss"] / 2**20 for s in samples]
+    mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
+    den = sum((x - mx) ** 2 for x in xs)
+    return round(sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / den, 3) if den else 0.0
+
+
 def _verdict(samples: list[dict[str, Any]], warm_minute: float) -> dict[str, Any]:
     """The acceptance checks: RSS growth, descriptors, threads (from the warm-up sample to the last)."""
     warm = next((s for s in samples if s["minute"] >= warm_minute), samples[0])
@@ -115,6 +139,7 @@ def _verdict(samples: list[dict[str, Any]], warm_minute: float) -> dict[str, Any
         row = {
             "rss_ratio": round(growth, 4),
             "rss_ok": growth <= 1.05,
+            "rss_slope_mb_per_min_last_half": _slope(samples[len(samples) // 2 :], role),
             "fds": [a["fds"], b["fds"]],
             "fds_ok": a["fds"] == b["fds"],
             "threads": [a["threads"], b["threads"]],
@@ -151,7 +176,8 @@ def _table(report: dict[str, Any]) -> str:
     lines += ["", f"from minute {v['from_minute']} to minute {v['to_minute']}:"]
     for role, row in v["processes"].items():
         lines.append(
-            f"  {role:>6}: RSS x{row['rss_ratio']} ({'ok' if row['rss_ok'] else 'OVER 1.05'}), "
+            f"  {role:>6}: RSS x{row['rss_ratio']} ({'ok' if row['rss_ok'] else 'OVER 1.05'}; "
+            f"{row['rss_slope_mb_per_min_last_half']:+.2f} MB/min over the last half), "
             f"fds {row['fds'][0]} -> {row['fds'][1]} ({'ok' if row['fds_ok'] else 'CHANGED'}), "
             f"threads {row['threads'][0]} -> {row['threads'][1]} ({'ok' if row['threads_ok'] else 'CHANGED'})"
         )
