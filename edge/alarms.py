@@ -62,6 +62,10 @@ def current_alarms(status: Mapping[str, Any]) -> list[dict[str, Any]]:
     appliance = status.get("appliance") or {}
     out += thread_alarms(appliance.get("threads") or {})
 
+    disk_full = (status.get("store") or {}).get("disk_full") or {}
+    if disk_full.get("full"):
+        message = f"Disk full: {disk_full.get('reason', '')}; frames are recorded as lost, new runs refused"
+        out.append(_alarm("condition:disk_full", "condition", "major", message))
     retention = status.get("retention") or {}
     if retention.get("alarm"):
         out.append(_alarm("condition:storage", "condition", "major", f"Storage alarm: {retention['alarm']}"))

@@ -19,6 +19,7 @@ import numpy as np
 import zmq
 
 from edge.config import Settings
+from edge.diskguard import DiskGuard
 from edge.errors import ConfigError
 from edge.frame_format import FrameFormat, frame_format, udp_geometry
 from edge.ledger import Ledger
@@ -198,8 +199,16 @@ class Appliance:
         self.context = context or zmq.Context.instance()
         store = settings.store
         store.path.mkdir(parents=True, exist_ok=True)
+        self.disk = DiskGuard(
+            store.path,
+            settings.ledger_path.with_name("ledger.reserve"),
+            settings.ledger.reserve_bytes,
+            settings.ledger.resume_free_bytes,
+        )
         self.ledger = Ledger(settings.ledger_path, settings.upstream.required_consumers)
-        self.recorder = RunRecorder(self.ledger, store.path, store.chunk_bytes, settings.upstream.forward)
+        self.recorder = RunRecorder(
+            self.ledger, store.path, store.chunk_bytes, settings.upstream.forward, disk=self.disk
+        )
         self.recovery = recover(self.recorder, store.path)
         self.ring = FrameRing(
             settings.ring.slots,
@@ -218,7 +227,7 @@ class Appliance:
         self.sink = RingSink(
             self.ring,
             self.recorder,
-            self.retention.refusal,
+            lambda: self.disk.refusal() or self.retention.refusal(),
             lambda: self.reduction.current().model_dump(mode="json"),
         )
         self.sink.resume = lambda series, first: resume_interrupted(
@@ -238,6 +247,7 @@ class Appliance:
             may_write=lambda: not self.retention.under_pressure(),
             calibration=calibration,
             store_blanks=store.blanks,
+            disk=self.disk,
             compress_threads=store.compress_threads,
             frame_threads=settings.reduction.frame_threads,
         )

@@ -205,6 +205,22 @@ class ReductionSettings(_Section):
     )
 
 
+class LedgerSettings(_Section):
+    """The ledger (SQLite, WAL): where it lives and the space kept so losses can always be recorded."""
+
+    path: Path | None = Field(None, description="the ledger file; default STORE/ledger.sqlite")
+    reserve_bytes: int = Field(
+        8 << 20,
+        ge=0,
+        le=1 << 34,
+        description="preallocated beside the ledger (ledger.reserve) and given up when the disk is full, so"
+        " the ledger can still record what the full disk lost",
+    )
+    resume_free_bytes: int = Field(
+        64 << 20, ge=0, description="after a full disk, writing resumes once this much is free again"
+    )
+
+
 class StoreSettings(_Section):
     """Local HDF5 store and its ledger (``ledger.sqlite`` inside ``path``)."""
 
@@ -348,6 +364,7 @@ class Settings(BaseSettings):
     api: ApiSettings = ApiSettings()
     epics: EpicsSettings = EpicsSettings()
     supervision: SupervisionSettings = SupervisionSettings()
+    ledger: LedgerSettings = LedgerSettings()
     log: LogSettings = LogSettings()
 
     @classmethod
@@ -363,7 +380,7 @@ class Settings(BaseSettings):
 
     @property
     def ledger_path(self) -> Path:
-        return self.store.path / "ledger.sqlite"
+        return self.ledger.path or self.store.path / "ledger.sqlite"
 
 
 def _parse_override(item: str) -> tuple[list[str], Any]:

@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from edge.config import ReductionSettings
+from edge.diskguard import DiskGuard
 from edge.modes import Corrections, FrameResult, ModeStage, PowderStage, RunContext, make_stage
 from edge.recorder import RunRecorder
 from edge.ring import KIND_CONTROL, KIND_FRAME, FrameRing, Slot
@@ -72,6 +73,7 @@ class Pipeline:
         may_write: Callable[[], bool] = lambda: True,
         calibration: Calibration | None = None,
         store_blanks: str = "keep",
+        disk: DiskGuard | None = None,
         queue_depth: int = 8,
         compress_threads: int = 1,
         frame_threads: int = 0,
@@ -88,6 +90,7 @@ class Pipeline:
         self.may_write = may_write
         self.calibration = calibration
         self.store_blanks = store_blanks
+        self.disk = disk
         self.stats: Counter[str] = Counter()
         self.latest_profile: tuple[np.ndarray, np.ndarray] | None = None
         self._compressor = ThreadPoolExecutor(max_workers=compress_threads, thread_name_prefix="compress")
@@ -274,6 +277,8 @@ class Pipeline:
                 self.stats["file_close_errors"] += 1
 
     def _tick(self) -> None:
+        if self.disk is not None and not self.disk.check():
+            self.recorder.retry_pending()
         if self._store is not None:
             try:
                 self._store.tick()
@@ -294,9 +299,18 @@ class Pipeline:
                 raise RuntimeError("frame reached the writer with no open run")
             slot, result = work.slot, work.result
             frame = int(slot.header["frame"])
-            if result.keep:
+            if result.keep and self.disk is not None and self.disk.check():
+                work.chunk.cancel()
+                self._disk_full_loss(store.run_uid, [frame], "the disk is full: not written")
+            elif result.keep:
                 chunk = work.chunk.result()
-                store.write(frame, chunk, result.products, int(slot.header["flags"]), result.stream)
+                try:
+                    store.write(frame, chunk, result.products, int(slot.header["flags"]), result.stream)
+                except Exception as error:
+                    if self.disk is None or not self.disk.note_error(error):
+                        raise
+                    self._disk_full(store, frame, error)
+                    return
                 self.stats["bytes_compressed"] += len(chunk)
                 reduced.add(frame, "stored", result.stream, result.row, result.products)
             else:
@@ -307,11 +321,31 @@ class Pipeline:
             self.stats["frames_processed"] += 1
             self.stats["bytes_raw"] += slot.array().nbytes
 
+    def _disk_full(self, store: RunStore, frame: int, error: BaseException) -> None:
+        """A write failed for lack of space: the frame and the open files' frames become losses."""
+        self.stats["disk_full_events"] += 1
+        self._disk_full_loss(store.run_uid, [frame], f"write failed: {str(error)[:120]}")
+        for frames in store.quarantine_open():
+            self._disk_full_loss(store.run_uid, frames, "in a file quarantined when the disk filled")
+
+    def _disk_full_loss(self, run_uid: str, frames: list[int], detail: str) -> None:
+        self.stats["frames_lost_disk_full"] += len(frames)
+        for first, last in _ranges(frames):
+            self.recorder.loss(run_uid, first, last, "disk_full", detail)
+
     def _finish_reduced(self, run_products: dict[str, Any] | None = None) -> None:
         reduced = self._reduced
         if reduced is None:
             return
-        closed = reduced.finish(run_products)
+        try:
+            closed = reduced.finish(run_products)
+        except Exception as error:  # products only (the frames are in their files or loss records)
+            if self.disk is None or not self.disk.note_error(error):
+                raise
+            self.stats["reduced_files_lost_disk_full"] += 1
+            log.error("run %s: a reduced file could not be written (disk full)", reduced.run_uid)
+            reduced.rows, reduced.products = [], []
+            return
         if closed is not None:
             self.recorder.file_closed(closed)
 
@@ -345,10 +379,11 @@ class Pipeline:
         self.stats["runs_opened"] += 1
 
     def _file_close_failed(self, run_uid: str, frames: list[int], error: BaseException) -> None:
-        """A rollover file could not be finished: its frames are lost, each with a record."""
+        """A rollover file could not be finished: its frames are lost, with records (per range)."""
         self.stats["file_close_errors"] += 1
-        for frame in frames:
-            self.recorder.loss(run_uid, frame, frame, "file_close_failed", repr(error)[:200])
+        reason = "disk_full" if self.disk is not None and self.disk.note_error(error) else "file_close_failed"
+        for first, last in _ranges(frames):
+            self.recorder.loss(run_uid, first, last, reason, repr(error)[:200])
 
     def _close_run(self, exit_status: str) -> None:
         store, self._store = self._store, None
@@ -367,3 +402,14 @@ class Pipeline:
                     self._reduced = None
             self.stats["runs_closed"] += 1
             self.recorder.close_run(store.run_uid, store.frames_written, exit_status, vetoed)
+
+
+def _ranges(frames: list[int]) -> list[tuple[int, int]]:
+    """Sorted frame numbers as inclusive ``(first, last)`` runs of consecutive numbers."""
+    out: list[tuple[int, int]] = []
+    for frame in sorted(frames):
+        if out and frame == out[-1][1] + 1:
+            out[-1] = (out[-1][0], frame)
+        else:
+            out.append((frame, frame))
+    return out

@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import json
 import logging
+import sqlite3
 import threading
 import uuid
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from edge.diskguard import DiskGuard
 from edge.documents import run_documents, write_documents
 from edge.ledger import Ledger
 from edge.logs import lost
@@ -26,8 +29,17 @@ log = logging.getLogger(__name__)
 class RunRecorder:
     """Writes a run's bookkeeping to the ledger; reads nothing but what it needs to write."""
 
-    def __init__(self, ledger: Ledger, store_root: Path, chunk_bytes: int, forward: str = "all") -> None:
+    def __init__(
+        self,
+        ledger: Ledger,
+        store_root: Path,
+        chunk_bytes: int,
+        forward: str = "all",
+        disk: DiskGuard | None = None,
+    ) -> None:
         self.ledger = ledger
+        self.disk = disk
+        self._pending_documents: dict[str, str] = {}  # run -> exit status, not written (disk full)
         self.store_root = store_root
         self.chunk_bytes = chunk_bytes
         self.forward = forward  # upstream.forward: all, reduced or hits
@@ -59,9 +71,35 @@ class RunRecorder:
 
     def close_run(self, run_uid: str, frames_stored: int, exit_status: str, frames_vetoed: int = 0) -> None:
         """The run ended (``success``, ``abort`` or ``fail``): record it and store its documents."""
-        self.ledger.run_ended(run_uid, exit_status, frames_stored, frames_vetoed)
-        self.write_documents(run_uid, exit_status)
+        self._ledger_write(self.ledger.run_ended, run_uid, exit_status, frames_stored, frames_vetoed)
+        try:
+            self.write_documents(run_uid, exit_status)
+        except Exception as error:
+            if self.disk is None or not self.disk.note_error(error):
+                raise
+            self._pending_documents[run_uid] = exit_status  # written when space returns
+            log.error("run %s: documents not written (disk full); they will be when space returns", run_uid)
         self._count("runs_closed")
+
+    def retry_pending(self) -> None:
+        """Write what a full disk held back (run documents), once there is room again."""
+        for run_uid, exit_status in list(self._pending_documents.items()):
+            try:
+                self.write_documents(run_uid, exit_status)
+            except Exception as error:
+                if self.disk is not None and self.disk.note_error(error):
+                    return
+                raise
+            del self._pending_documents[run_uid]
+
+    def _ledger_write(self, write: Callable[..., Any], *args: Any) -> Any:
+        """A ledger write that survives a full disk: the reserve is given up and the write retried."""
+        try:
+            return write(*args)
+        except sqlite3.OperationalError as error:
+            if self.disk is None or not self.disk.note_error(error) or not self.disk.release_reserve():
+                raise
+            return write(*args)
 
     def write_documents(self, run_uid: str, exit_status: str) -> None:
         """RunStart..RunStop for the run, as a file that is stored and forwarded like the data."""
@@ -105,12 +143,14 @@ class RunRecorder:
         """Checksum a closed file and record it, with its transfer chunks, in one transaction."""
         size, digest, chunks = file_checksums(path, self.chunk_bytes)
         local = self.stays_local(run_uid, kind)
-        self.ledger.file_stored(run_uid, path.name, path, size, digest, frames, chunks, kind, local)
+        self._ledger_write(
+            self.ledger.file_stored, run_uid, path.name, path, size, digest, frames, chunks, kind, local
+        )
 
     # -- losses ----------------------------------------------------------------------------------------
     def loss(self, run_uid: str | None, first: int, last: int, reason: str, detail: str = "") -> None:
         """Frames ``first..last`` of the run will never be stored: a loss record with the reason."""
-        self.ledger.record_loss(run_uid, first, last, reason, detail)
+        self._ledger_write(self.ledger.record_loss, run_uid, first, last, reason, detail)
         log.warning("frames %d..%d lost: %s %s", first, last, reason, detail, extra=lost(first, last, reason))
         self._count(f"frames_lost_{reason}", last - first + 1)
 

@@ -536,6 +536,26 @@ class RunStore:
                 raise
             self._on_close_failed(self.run_uid, list(current.frames), error)
 
+    def quarantine_open(self) -> list[list[int]]:
+        """Give up the open files (the disk is full): each ``.part`` moves to ``STORE/quarantine/RUN/``
+        (a rename, which needs no space), never under a final name; returns each file's frame numbers."""
+        abandoned: list[list[int]] = []
+        for stream in list(self._current):
+            current = self._current.pop(stream)
+            abandoned.append(list(current.frames))
+            try:
+                current._h5.close()
+            except Exception as error:  # closing wants space too; the .part is set aside all the same
+                log.warning("closing %s on a full disk failed: %s", current.name, error)
+            target = self.directory.parent / "quarantine" / self.run_uid / current.part_path.name
+            try:
+                target.parent.mkdir(parents=True, exist_ok=True)
+                os.replace(current.part_path, target)
+            except OSError as error:
+                log.error("cannot quarantine %s (%s); removing it", current.part_path, error)
+                current.part_path.unlink(missing_ok=True)
+        return abandoned
+
     def close(self) -> None:
         """Finish the open files and wait until every file of the run is finished and registered."""
         self.roll()

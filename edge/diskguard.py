@@ -1,0 +1,149 @@
+"""Disk full as a state of the appliance, not a crash.
+
+When a write fails for lack of space (ENOSPC, EDQUOT, or SQLite's "database or disk is full") the
+guard turns ``full``: the pipeline stops trying to write, every frame that arrives becomes a loss
+record (``disk_full``), the open file is quarantined with its frames recorded as lost, new runs are
+refused, and an alarm is shown. Once the free space is back above ``resume_bytes`` (checked at most
+once a second), writing resumes by itself, without a restart.
+
+So that losses can always be recorded, a reserve file of ``reserve_bytes`` is kept beside the ledger
+(``ledger.reserve``, preallocated): when the ledger itself cannot write, the reserve is given up and
+the write retried; it is put back when space returns.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import sqlite3
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+log = logging.getLogger(__name__)
+
+NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
+NO_SPACE_TEXT = ("no space left", "disk is full", "errno = 28", "quota exceeded")
+
+
+def is_no_space(error: BaseException) -> bool:
+    """Whether ``error`` says the filesystem is out of space (OS, HDF5 via h5py, or SQLite)."""
+    if isinstance(error, OSError) and error.errno in NO_SPACE:
+        return True
+    if isinstance(error, sqlite3.OperationalError | OSError):
+        text = str(error).lower()
+        return any(marker in text for marker in NO_SPACE_TEXT)
+    cause = error.__cause__ or error.__context__
+    return cause is not None and cause is not error and is_no_space(cause)
+
+
+class DiskGuard:
+    """Knows whether the store's filesystem is full, and keeps the ledger's reserve."""
+
+    def __init__(
+        self,
+        store: Path,
+        reserve_path: Path,
+        reserve_bytes: int,
+        resume_bytes: int,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.store = store
+        self.reserve_path = reserve_path
+        self.reserve_bytes = reserve_bytes
+        self.resume_bytes = max(resume_bytes, 2 * reserve_bytes)
+        self.clock = clock
+        self._lock = threading.Lock()
+        self.full = False
+        self.since: float | None = None
+        self.episodes = 0
+        self.reason = ""
+        self._checked_at = 0.0
+        self.make_reserve()
+
+    # -- the ledger's reserve -----------------------------------------------------------------------------
+    def make_reserve(self) -> bool:
+        """Create (or re-create) the reserve file; False if there is no room for it now."""
+        if self.reserve_bytes <= 0 or self.reserve_path.exists():
+            return True
+        try:
+            fd = os.open(self.reserve_path, os.O_CREAT | os.O_WRONLY, 0o600)
+            try:
+                os.posix_fallocate(fd, 0, self.reserve_bytes)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            return True
+        except OSError as error:
+            self.reserve_path.unlink(missing_ok=True)
+            log.warning(
+                "cannot reserve %d bytes for the ledger at %s: %s",
+                self.reserve_bytes,
+                self.reserve_path,
+                error,
+            )
+            return False
+
+    def release_reserve(self) -> bool:
+        """Give up the reserve so the ledger can write; True if there was one to give."""
+        try:
+            self.reserve_path.unlink()
+        except FileNotFoundError:
+            return False
+        log.warning(
+            "released the ledger's %d-byte reserve to record what the full disk lost", self.reserve_bytes
+        )
+        return True
+
+    # -- full / not full --------------------------------------------------------------------------------
+    def note_error(self, error: BaseException) -> bool:
+        """Called with a failed write's error; True (and the guard is full) if it was lack of space."""
+        if not is_no_space(error):
+            return False
+        with self._lock:
+            if not self.full:
+                self.full = True
+                self.since = time.time()
+                self.episodes += 1
+                self.reason = f"the store's disk is full ({str(error)[:120]})"
+                log.error("disk full: %s; frames become loss records until space returns", self.reason)
+            self._checked_at = self.clock()
+        return True
+
+    def check(self) -> bool:
+        """Whether the disk is (still) full; re-measured at most once a second while it is."""
+        if not self.full:
+            return False
+        now = self.clock()
+        with self._lock:
+            if now - self._checked_at < 1.0:
+                return True
+            self._checked_at = now
+            free = psutil.disk_usage(str(self.store)).free
+            if free < self.resume_bytes:
+                return True
+            self.full = False
+            self.reason = ""
+        self.make_reserve()
+        log.warning("disk space is back (%d bytes free): writing resumes", free)
+        return False
+
+    def refusal(self) -> str | None:
+        """Why a new run cannot start now, or None."""
+        if self.check():
+            return f"{self.reason}; new runs are refused until space returns"
+        return None
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "full": self.full,
+            "since": self.since,
+            "episodes": self.episodes,
+            "reason": self.reason,
+            "reserve_bytes": self.reserve_bytes if self.reserve_path.exists() else 0,
+        }
