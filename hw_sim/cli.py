@@ -27,7 +27,8 @@ def _progress(summary: SendSummary) -> None:
     rate = summary.frames_sent / summary.seconds if summary.seconds else 0.0
     end = "\r" if sys.stderr.isatty() else "\n"
     sys.stderr.write(
-        f"sim: series {summary.series}: {summary.frames_sent} frames sent, {rate:.1f} frames/s{end}"
+        f"sim: series {summary.series}: {summary.frames_sent} frames sent, {rate:.1f} frames/s,"
+        f" held back {summary.seconds_held_back:.1f} s{end}"
     )
     sys.stderr.flush()
 

@@ -1,7 +1,8 @@
 """The simulated detector's ZeroMQ frame stream: a PUSH socket that sends a series at a chosen rate.
 
 Like a DECTRIS detector it binds and waits for a consumer; when the consumer stops reading, the send
-queue fills and the simulator waits (and counts the time it was held back).
+queue fills and the simulator waits (and counts the time it was held back as it passes, so a send that
+is still blocked, or given up at a stop, is in the count too).
 """
 
 from __future__ import annotations
@@ -62,13 +63,32 @@ class ZmqFrameSender:
         self.endpoint = self.sock.getsockopt_string(zmq.LAST_ENDPOINT)
 
     def _send(
-        self, parts: list[Any], stop: threading.Event, summary: SendSummary, timeout: float | None = None
+        self,
+        parts: list[Any],
+        stop: threading.Event,
+        summary: SendSummary,
+        timeout: float | None = None,
+        waiting: Callable[[SendSummary], None] | None = None,
     ) -> bool:
-        started = time.perf_counter()
-        while not self.sock.poll(100, zmq.POLLOUT):
-            if stop.is_set() or (timeout is not None and time.perf_counter() - started > timeout):
-                return False
-        summary.seconds_held_back += time.perf_counter() - started
+        """Send one message once the consumer has room; False when ``stop`` or ``timeout`` came first.
+
+        The wait is held-back time, added to ``summary.seconds_held_back`` as it passes (a send still
+        blocked shows in the summary, and one given up is counted too); ``waiting(summary)`` is told
+        about once a second while blocked.
+        """
+        started = last = told = time.perf_counter()
+        try:
+            while not self.sock.poll(100, zmq.POLLOUT):
+                now = time.perf_counter()
+                summary.seconds_held_back += now - last
+                last = now
+                if waiting is not None and now - told >= 1.0:
+                    told = now
+                    waiting(summary)
+                if stop.is_set() or (timeout is not None and now - started > timeout):
+                    return False
+        finally:
+            summary.seconds_held_back += time.perf_counter() - last
         self.sock.send_multipart(parts, copy=False)
         return True
 
@@ -104,7 +124,13 @@ class ZmqFrameSender:
             series, shape, dtype, run_uid=run_uid, frames_expected=frames or None, **config
         )
         start = time.perf_counter()
-        if not self._send(header, stop, summary):
+
+        def waiting(summary: SendSummary) -> None:  # progress goes on while the consumer holds us back
+            if progress is not None:
+                summary.seconds = time.perf_counter() - start
+                progress(summary)
+
+        if not self._send(header, stop, summary, waiting=waiting):
             summary.stopped_early = True
             return summary
         period = 1.0 / rate_hz
@@ -140,7 +166,7 @@ class ZmqFrameSender:
             if rng.random() < faults.corrupt:
                 parts[2] = bytes(data)[:-1]  # a data part one byte short of its header's size
                 corrupted.append(number)
-            if not self._send(parts, stop, summary):
+            if not self._send(parts, stop, summary, waiting=waiting):
                 summary.stopped_early = True
                 break
             if rng.random() < faults.duplicate:
