@@ -278,10 +278,13 @@ class ScriptedReduction:
 
 
 @contextmanager
-def serve(view: Any, token: str | None = None) -> Iterator[tuple[str, uvicorn.Server]]:
-    """The real web app around ``view`` on a loopback port; yields its URL and the server."""
+def serve(
+    view: Any, token: str | None = None, port: int | None = None
+) -> Iterator[tuple[str, uvicorn.Server]]:
+    """The real web app around ``view`` on a loopback port (``port``, else a free one); yields its URL
+    and the server."""
     overrides = [] if token is None else [f'api.token="{token}"']
-    port = free_port()
+    port = port or free_port()
     app = create_app(load_settings(overrides=overrides), view, reduction=ScriptedReduction(view))
     config = uvicorn.Config(
         app,

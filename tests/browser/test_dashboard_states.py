@@ -11,6 +11,7 @@ going away; a troubled appliance's alarms, in words, clear when it is healthy ag
 
 from __future__ import annotations
 
+import base64
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -259,6 +260,77 @@ def test_offline_within_5_s_when_the_appliance_stops(view: ScriptedView, browser
     banner = texts(browser, "#unreachable")[0]
     assert "Cannot reach the appliance" in banner and "Retrying" in banner
     assert browser.evaluate("document.getElementById('main').classList.contains('stale')")
+
+    # the appliance comes back on the same address: the page reconnects by itself and is live again
+    port = int(url.rstrip("/").rsplit(":", 1)[1])
+    with serve(view, port=port):
+        browser.wait_for("window.edgeDashboard.link === 'live'", 15, "the page to reconnect")
+        assert browser.evaluate("document.getElementById('unreachable').hidden") is True
+        assert texts(browser, "#run-state") == ["acquiring run 7d41c9e0"]
+
+
+def test_runs_filter_by_name_date_mode_and_state(url: str, view: ScriptedView, browser: Browser) -> None:
+    now = time.time()
+    view.add_run(ScriptedRun(FAULTY, now - 86400 * 3, now - 86400 * 3 + 60, "fail", run_files(FAULTY, 1, 1),
+                             [dict(LOSS)], mode="serial"))  # fmt: skip
+    view.add_run(
+        ScriptedRun(CLEAN, now - 30, None, None, run_files(CLEAN, 1, 0), [], mode="powder"), current=True
+    )
+    live(browser, url)
+    rows = "[...document.querySelectorAll('#runs tbody tr[data-run]')].map(r => r.dataset.run)"
+    browser.wait_for(f"{rows}.length === 2", 10, "both runs")
+
+    def choose(field: str, value: str) -> list[str]:
+        browser.evaluate(
+            f"(() => {{ const el = document.getElementById({field!r}); el.value = {value!r};"
+            " el.dispatchEvent(new Event('input')); })()"
+        )
+        return list(browser.evaluate(rows))
+
+    assert choose("filter-name", "7d41") == [CLEAN]
+    assert choose("filter-name", "") == [CLEAN, FAULTY]  # newest first
+    assert choose("filter-mode", "serial") == [FAULTY]
+    assert choose("filter-mode", "") == [CLEAN, FAULTY]
+    assert choose("filter-state", "running") == [CLEAN]
+    assert choose("filter-state", "lost") == [FAULTY]
+    assert choose("filter-state", "") == [CLEAN, FAULTY]
+    today = browser.evaluate(  # the browser's local date, as the date picker gives it
+        "(() => { const d = new Date(); const p = (n) => String(n).padStart(2, '0');"
+        " return `${d.getFullYear()}-${p(d.getMonth() + 1)}-${p(d.getDate())}`; })()"
+    )
+    assert choose("filter-date", today) == [CLEAN]
+    assert texts(browser, "#runs-count") == ["1 of 2 runs"]
+    assert choose("filter-name", "nothing-like-this") == []
+    assert texts(browser, "#runs tbody td") == ["no run matches the filter"]
+
+
+def test_a_tomography_product_shows_slices_and_the_slice(
+    url: str, view: ScriptedView, browser: Browser
+) -> None:
+    pixels = base64.b64encode(bytes(range(256)) * 16).decode()  # 64 x 64
+    view.product_doc = {
+        "mode": "tomo",
+        "run_uid": CLEAN,
+        "powder": None,
+        "serial": None,
+        "tomo": {
+            "projections": 180,
+            "darks": 10,
+            "flats": 10,
+            "slices_done": 3,
+            "slice": {"row": 32, "height": 64, "width": 64, "pixels_b64": pixels, "min": -0.1, "max": 2.5},
+        },
+    }
+    view.add_run(clean_run(), current=True)
+    view.new_frame(1)  # frames are reduced: the page asks for the product
+    view.base["pipeline"]["frames_processed"] = 1
+    live(browser, url)
+    browser.wait_for("!!document.getElementById('tomo-slice')", 10, "the reconstructed slice")
+    assert texts(browser, "#product-mode") == ["tomo"]
+    assert texts(browser, "#slices-done") == ["3"]
+    assert browser.evaluate(
+        "[document.getElementById('tomo-slice').width, document.getElementById('tomo-slice').height]"
+    ) == [64, 64]
 
 
 def test_a_troubled_appliance_in_words_and_healthy_again(
