@@ -182,6 +182,12 @@ class Stream2Source(ZmqStreamSource):
         return self._note_frame(frame)
 
     def _image(self, image: Stream2Image) -> None:
+        if self._series is None:  # no start seen (the daemon restarted mid-series): as the JSON reader
+            name = self.channel or next(iter(image.channels))
+            first = image.channels.get(name) or next(iter(image.channels.values()))
+            self._channel = name
+            self._unreadable = 0
+            self._adopt(image.series, image.frame, first.shape, first.dtype)
         if self._pending is not None:
             first = image.channels.get(self.channel or self._pending.channels[0])
             dtype = first.dtype if first is not None else next(iter(image.channels.values())).dtype

@@ -62,7 +62,10 @@ class Sink:
         self.losses.append((first, last, reason))
 
 
-def replay(messages: list[bytes], sink: Sink, ends: int = 1, **options: Any) -> Stream2Source:
+def replay(
+    messages: list[bytes], sink: Sink, ends: int = 1, until: Any = None, **options: Any
+) -> Stream2Source:
+    """Send ``messages`` to a reader; stop it once ``ends`` series ended (and ``until(sink)`` holds)."""
     context = zmq.Context()
     push = context.socket(zmq.PUSH)
     port = push.bind_to_random_port("tcp://127.0.0.1")
@@ -73,7 +76,7 @@ def replay(messages: list[bytes], sink: Sink, ends: int = 1, **options: Any) -> 
             push.send(message)
         deadline = threading.Event()
         for _ in range(100):
-            if len(sink.ends) >= ends:
+            if len(sink.ends) >= ends and (until is None or until(sink)):
                 break
             deadline.wait(0.1)
         assert len(sink.ends) >= ends, sink.ends
@@ -269,3 +272,21 @@ def test_every_frame_is_stored_or_lost_exactly_once(kinds: list[str]) -> None:
     for number, kind in enumerate(kinds):
         got = "stored" if number in stored else lost[number]
         assert got in expected[kind], (number, kind, got, kinds)
+
+
+def test_images_without_their_start_are_adopted_and_stragglers_lost() -> None:
+    """After a daemon restart mid-series the rest of the series is a resumed run, as for the JSON stream."""
+    *_, image2, image3, end = _messages("stream2_bslz4_u16_2ch.bin")
+    sink = Sink()
+    reader = replay(
+        [image2, image3, end, image3], sink, until=lambda s: bool(s.losses), channel="threshold_2"
+    )
+    reader_counters = reader.counters()
+    (config,) = sink.configs
+    assert config["resumed_after_restart"] is True and config["first_frame"] == 2
+    assert config["shape"] == [41, 23] and config["type"] == "uint16"
+    assert sink.published == [2, 3]
+    np.testing.assert_array_equal(sink.frames[(1, 3)], capture.frame(7, 1, 3, (23, 41), "uint16"))
+    assert reader_counters["series_adopted"] == 1
+    # the copy of image 3 after the end is a straggler: lost, never only a counter
+    assert sink.losses == [(3, 3, "frame_outside_series")]
