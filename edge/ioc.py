@@ -7,8 +7,11 @@ with readback ``X_RBV``, and ``Acquire`` as a busy record whose put-completion (
 stored every one of them, or accounted for the missing ones with a loss record. The IOC runs on the
 daemon's asyncio loop (``AsyncioDispatcher(loop=...)``), which is passed in; `iocInit` happens once per
 process. Counters are copied from `ApplianceView.status` every `REFRESH_SECONDS`; views read counters,
-they never infer them. The PV table `PVS` is the single source of the records and of ``docs/pvs.md``
-(`edge.pvdocs`). softioc and pyepics are imported only when the IOC starts.
+they never infer them. The PV table (`edge.pv_table.PVS`, re-exported here) is the single source of the
+records, of the checks every put meets (`edge.pv_input`: a bad put is refused with a MINOR alarm and
+the reason in ``StatusMessage_RBV``; read-only records take no writes) and of ``docs/pvs.md``
+(`edge.pvdocs`). The packaged access-security file is loaded unless ``epics.acf_file`` names another.
+softioc and pyepics are imported only when the IOC starts.
 """
 
 from __future__ import annotations
@@ -22,23 +25,29 @@ import os
 import socket
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from edge import pv_input
-from edge.config import MODES, EpicsSettings, ReductionSettings, SerialSettings, TomoSettings
+from edge.config import EpicsSettings, ReductionSettings
 from edge.errors import ConfigError, Refused
+from edge.pv_table import (
+    ALARM_FIELDS,
+    DETECTOR_STATES,
+    ENUM_SEVERITIES,
+    LONG_STRING,
+    MODES,
+    PVS,
+    PvSpec,
+)
 
 if TYPE_CHECKING:
     from edge.reduction_control import ReductionControl
     from edge.view import ApplianceView
 
 __all__ = ["DEFAULT_ACF", "MODES", "PVS", "ApplianceIOC", "PvSpec"]
-
-from firmware_bridge.areadetector import DETECTOR_STATES as AD_DETECTOR_STATES
 
 log = logging.getLogger(__name__)
 
@@ -54,337 +63,6 @@ DEFAULT_ACF = Path(__file__).with_name("data") / "edge.acf"
 #: Access-security groups: read-only records, and ``Acquire`` while the store refuses new runs.
 ASG_READONLY = "READONLY"
 ASG_DEFAULT = "DEFAULT"
-
-DETECTOR_STATES: tuple[str, ...] = (*AD_DETECTOR_STATES, "Unknown")
-_STATE_SEVERITY = {"Error": "MAJOR", "Disconnected": "MAJOR", "Aborted": "MINOR", "Unknown": "MINOR"}
-UPSTREAM_STATES: tuple[str, ...] = ("No consumer", "Connected", "Backlog")
-LONG_STRING = 256
-MAX_IMAGES = 10_000_000
-MAX_PERIOD_S = 3600.0
-
-
-@dataclass(frozen=True)
-class PvSpec:
-    """One record: its name after the prefix, softioc builder kind, CA type as documented, and meaning.
-
-    ``length`` is the element count of waveforms and long strings; ``"bins"`` and ``"preview"`` are
-    filled in from the settings when the record is built. ``limits`` is the inclusive range a writable
-    number must be in (`edge.pv_input` refuses anything else, as ``docs/pvs.md`` says per PV);
-    ``nan_means`` says what a NaN put means where one is allowed. ``param`` names the reduction
-    parameter a ``Reduction:`` setpoint changes for the next run (dotted, as in the settings).
-    """
-
-    name: str
-    kind: str
-    ca_type: str
-    doc: str
-    choices: tuple[str, ...] = ()
-    units: str = ""
-    length: int | str = 0
-    fields: dict[str, Any] = field(default_factory=dict, compare=False)
-    limits: tuple[float, float] | None = None
-    nan_means: str = ""
-    param: str = ""
-
-    @property
-    def writable(self) -> bool:
-        return self.kind.endswith("Out")
-
-
-def _rbv(name: str, kind: str, ca_type: str, doc: str, **kw: Any) -> PvSpec:
-    return PvSpec(name, kind, ca_type, doc, **kw)
-
-
-def _param(name: str, kind: str, ca_type: str, doc: str, param: str, **kw: Any) -> tuple[PvSpec, PvSpec]:
-    """A per-run reduction parameter: setpoint (for the next run) and readback (as accepted)."""
-    rbv_kind = kind.replace("Out", "In")
-    if kw.get("nan_means"):  # NaN is a value here, not "undefined" (no INVALID UDF alarm)
-        kw["fields"] = {"UDFS": "NO_ALARM"}
-    rbv_kw = {k: v for k, v in kw.items() if k in ("units", "length", "fields")}
-    return (
-        PvSpec(name, kind, ca_type, f"{doc} For the next run (`reduction.{param}`).", param=param, **kw),
-        PvSpec(f"{name}_RBV", rbv_kind, ca_type, f"`{name}`, as accepted.", **rbv_kw),
-    )
-
-
-#: Every record the appliance serves, in documentation order.
-PVS: tuple[PvSpec, ...] = (
-    # --- run control ---------------------------------------------------------------------------
-    PvSpec(
-        "Acquire",
-        "boolOut",
-        "enum",
-        "Busy record. 1 arms and starts the detector for `NumImages` frames; a put with completion "
-        "returns when every frame is stored or accounted for by a loss record. 0 aborts the run. While "
-        "the store refuses new runs it takes no writes (Write access denied) and `StatusMessage_RBV` "
-        "says why.",
-        choices=("Done", "Acquire"),
-    ),
-    _rbv(
-        "Acquire_RBV",
-        "boolIn",
-        "enum",
-        "Acquiring while a run is in progress.",
-        choices=("Done", "Acquiring"),
-    ),
-    PvSpec("NumImages", "longOut", "long", "Frames per run.", limits=(1, MAX_IMAGES)),
-    _rbv("NumImages_RBV", "longIn", "long", "Frames per run, as accepted."),
-    PvSpec(
-        "AcquirePeriod",
-        "aOut",
-        "double",
-        "Seconds between frames (given to the detector; 0 = as fast as it can).",
-        units="s",
-        limits=(0.0, MAX_PERIOD_S),
-    ),
-    _rbv("AcquirePeriod_RBV", "aIn", "double", "Seconds between frames, as accepted.", units="s"),
-    PvSpec(
-        "Mode",
-        "mbbOut",
-        "enum",
-        "Reduction mode of the next run (as `reduction.mode`; raw frames are always kept). Refused while "
-        "a run is open (MINOR SOFT, the reason in `StatusMessage_RBV`).",
-        choices=MODES,
-    ),
-    _rbv("Mode_RBV", "mbbIn", "enum", "Reduction mode, as accepted.", choices=MODES),
-    _rbv(
-        "DetectorState_RBV",
-        "mbbIn",
-        "enum",
-        "The detector's `DetectorState_RBV`, or `Disconnected` (MAJOR) while its IOC is unreachable.",
-        choices=DETECTOR_STATES,
-    ),
-    _rbv(
-        "DetectorConnected_RBV",
-        "boolIn",
-        "enum",
-        "Whether the detector IOC is connected.",
-        choices=("Disconnected", "Connected"),
-    ),
-    _rbv(
-        "StatusMessage_RBV",
-        "longStringIn",
-        "char[256]",
-        "What the appliance is doing, in words.",
-        length=LONG_STRING,
-    ),
-    _rbv(
-        "RunUid_RBV", "longStringIn", "char[256]", "Run uid of the current (or last) run.", length=LONG_STRING
-    ),
-    # --- counters ------------------------------------------------------------------------------
-    PvSpec(
-        "ArrayCounter",
-        "longOut",
-        "long",
-        "Write to set the frame counter (e.g. 0 to reset it).",
-        limits=(0, 2**31 - 1),
-    ),
-    _rbv("ArrayCounter_RBV", "longIn", "long", "Frames received since start (or the last reset)."),
-    _rbv("ArrayRate_RBV", "aIn", "double", "Frames received per second.", units="Hz"),
-    _rbv("DroppedArrays_RBV", "longIn", "long", "Frames the receiver dropped (ring full, shutdown)."),
-    _rbv("LostFrames_RBV", "longIn", "long", "Frames in loss records (the ledger's count)."),
-    _rbv("LossRecords_RBV", "longIn", "long", "Loss records in the ledger."),
-    _rbv("QueueSize_RBV", "longIn", "long", "Slots in the frame ring."),
-    _rbv("QueueFree_RBV", "longIn", "long", "Free slots in the frame ring (LOW alarm below 10 %)."),
-    _rbv("QueueFill_RBV", "aIn", "double", "Ring fill (HIGH/HIHI alarms at 80/95 %).", units="%"),
-    # --- writer --------------------------------------------------------------------------------
-    PvSpec(
-        "HDF1:FilePath",
-        "longStringOut",
-        "char[256]",
-        "Directory of the store (fixed by `store.path`; other values are refused).",
-        length=LONG_STRING,
-    ),
-    _rbv("HDF1:FilePath_RBV", "longStringIn", "char[256]", "Directory of the store.", length=LONG_STRING),
-    PvSpec(
-        "HDF1:FileName",
-        "longStringOut",
-        "char[256]",
-        "Name label for the next run (files are named by run uid; kept for areaDetector clients).",
-        length=LONG_STRING,
-    ),
-    _rbv("HDF1:FileName_RBV", "longStringIn", "char[256]", "Name label, as accepted.", length=LONG_STRING),
-    _rbv(
-        "HDF1:FullFileName_RBV",
-        "longStringIn",
-        "char[256]",
-        "Path of the last file written.",
-        length=LONG_STRING,
-    ),
-    PvSpec(
-        "HDF1:Capture",
-        "boolOut",
-        "enum",
-        "Capture is always on (every frame is stored); kept for areaDetector clients.",
-        choices=("Done", "Capture"),
-    ),
-    _rbv(
-        "HDF1:Capture_RBV",
-        "boolIn",
-        "enum",
-        "Capturing while a run's file is open.",
-        choices=("Done", "Capturing"),
-    ),
-    PvSpec(
-        "HDF1:NumCapture",
-        "longOut",
-        "long",
-        "Frames to capture (follows `NumImages` at each run).",
-        limits=(1, MAX_IMAGES),
-    ),
-    _rbv("HDF1:NumCapture_RBV", "longIn", "long", "Frames to capture, as accepted."),
-    _rbv("HDF1:NumCaptured_RBV", "longIn", "long", "Frames of the current (or last) run in closed files."),
-    _rbv(
-        "HDF1:WriteStatus",
-        "boolIn",
-        "enum",
-        "Write error (MAJOR) when the pipeline failed to store frames.",
-        choices=("Write OK", "Write error"),
-    ),
-    _rbv("HDF1:WriteMessage", "longStringIn", "char[256]", "Last write error, or empty.", length=LONG_STRING),
-    _rbv("HDF1:FilesClosed_RBV", "longIn", "long", "Files closed since start."),
-    # --- compression ---------------------------------------------------------------------------
-    _rbv("Codec1:CompFactor_RBV", "aIn", "double", "Raw bytes / bitshuffle-LZ4 bytes since start."),
-    # --- reduction -----------------------------------------------------------------------------
-    _rbv("Reduction:Backend_RBV", "stringIn", "string", "Kernel backend in use (gpu, numba, numpy)."),
-    _rbv(
-        "Reduction:BeamCenterX_RBV",
-        "aIn",
-        "double",
-        "Beam centre, fast axis (PONI poni2 / pixel2).",
-        units="px",
-    ),
-    _rbv(
-        "Reduction:BeamCenterY_RBV",
-        "aIn",
-        "double",
-        "Beam centre, slow axis (PONI poni1 / pixel1).",
-        units="px",
-    ),
-    _rbv("Reduction:Distance_RBV", "aIn", "double", "Sample-detector distance.", units="m"),
-    _rbv("Reduction:Wavelength_RBV", "aIn", "double", "X-ray wavelength.", units="m"),
-    _rbv("Reduction:Bins_RBV", "longIn", "long", "Bins of the azimuthal integration."),
-    _rbv("Reduction:Unit_RBV", "stringIn", "string", "Radial unit (2th_deg or q_nm^-1)."),
-    _rbv(
-        "Reduction:PoniFile_RBV",
-        "longStringIn",
-        "char[256]",
-        "PONI file of the geometry (empty: from the `geometry` settings).",
-        length=LONG_STRING,
-    ),
-    # per-run parameters: each put goes through `ReductionControl.update` (refused while a run is open)
-    *_param(
-        "Reduction:CakeBins",
-        "longOut",
-        "long",
-        "powder: azimuthal bins of a 2D cake (0 = no cake).",
-        "cake_bins",
-        limits=pv_input.field_limits(ReductionSettings, "cake_bins", (0, 3600)),
-    ),
-    *_param(
-        "Reduction:MinPeaks",
-        "longOut",
-        "long",
-        "serial: a frame with at least this many peaks is a hit.",
-        "serial.min_peaks",
-        limits=pv_input.field_limits(SerialSettings, "min_peaks", (0, 100_000)),
-    ),
-    *_param(
-        "Reduction:MinSnr",
-        "aOut",
-        "double",
-        "serial: a pixel is a peak candidate above ring mean + this x sigma (> 0).",
-        "serial.min_snr",
-        limits=pv_input.field_limits(SerialSettings, "min_snr", (0, 1000)),
-    ),
-    *_param(
-        "Reduction:TomoCenter",
-        "aOut",
-        "double",
-        "tomo: rotation axis column; NaN = estimated from the projections.",
-        "tomo.center",
-        units="px",
-        limits=pv_input.field_limits(TomoSettings, "center", (-100_000, 100_000)),
-        nan_means="estimated",
-    ),
-    *_param(
-        "Reduction:TomoSlices",
-        "longStringOut",
-        "char[256]",
-        "tomo: detector rows reconstructed while projections arrive, comma-separated "
-        "(e.g. `100,256`; empty = the centre row).",
-        "tomo.slices",
-        length=LONG_STRING,
-    ),
-    *_param(
-        "Reduction:Roi",
-        "longStringOut",
-        "char[256]",
-        "ROI boxes, half-open rows and columns `r0:r1:c0:c1`, `;`-separated (e.g. `0:64:0:64;100:120:30:90`; "
-        "empty = none); statistics in every mode but raw.",
-        "roi",
-        length=LONG_STRING,
-    ),
-    # --- latest profile and preview ------------------------------------------------------------
-    _rbv("Profile1:Intensity_RBV", "WaveformIn", "double[bins]", "Latest integrated profile.", length="bins"),
-    _rbv("Profile1:Radial_RBV", "WaveformIn", "double[bins]", "Radial axis of the profile.", length="bins"),
-    _rbv("Profile1:UniqueId_RBV", "longIn", "long", "Frames processed when the profile was taken."),
-    _rbv(
-        "Image1:ArrayData",
-        "WaveformIn",
-        "short[preview]",
-        "Latest frame binned 8x8 (every 8th pixel), "
-        "row-major, clipped to 0..32767 (CA has no unsigned 16-bit type).",
-        length="preview",
-    ),
-    _rbv("Image1:ArraySize0_RBV", "longIn", "long", "Preview width."),
-    _rbv("Image1:ArraySize1_RBV", "longIn", "long", "Preview height."),
-    # --- upstream ------------------------------------------------------------------------------
-    _rbv(
-        "Upstream:State_RBV",
-        "mbbIn",
-        "enum",
-        "No consumer (MINOR), Connected, or Backlog (MINOR: data waits for a consumer).",
-        choices=UPSTREAM_STATES,
-    ),
-    _rbv(
-        "Upstream:PendingBytes_RBV", "aIn", "double", "Bytes stored but not yet verified upstream.", units="B"
-    ),
-    _rbv(
-        "Upstream:LastAckedSeq_RBV", "longIn", "long", "Highest chunk sequence acknowledged by any consumer."
-    ),
-    _rbv("Upstream:Consumers_RBV", "longIn", "long", "Consumers connected now."),
-    _rbv(
-        "Upstream:ConsumerNames_RBV",
-        "longStringIn",
-        "char[256]",
-        "Names of the known consumers.",
-        length=LONG_STRING,
-    ),
-    # --- disk ----------------------------------------------------------------------------------
-    _rbv("Disk:FreeBytes_RBV", "aIn", "double", "Free bytes on the store's disk.", units="B"),
-    _rbv("Disk:UsedPercent_RBV", "aIn", "double", "Disk use (HIGH/HIHI alarms at 85/95 %).", units="%"),
-    _rbv(
-        "Disk:RetentionState_RBV",
-        "mbbIn",
-        "enum",
-        "ok; pressure (MINOR): the store refuses new runs, its data not yet verified upstream is above the "
-        "high-water mark; full (MAJOR): the store has no room left but its headroom.",
-        choices=("ok", "pressure", "full"),
-    ),
-)
-
-_ALARM_FIELDS: dict[str, dict[str, Any]] = {
-    "QueueFill_RBV": {"HIGH": 80, "HSV": "MINOR", "HIHI": 95, "HHSV": "MAJOR"},
-    "Disk:UsedPercent_RBV": {"HIGH": 85, "HSV": "MINOR", "HIHI": 95, "HHSV": "MAJOR"},
-}
-_ENUM_SEVERITIES: dict[str, dict[str, str]] = {
-    "DetectorState_RBV": _STATE_SEVERITY,
-    "Upstream:State_RBV": {"No consumer": "MINOR", "Backlog": "MINOR"},
-    "Disk:RetentionState_RBV": {"pressure": "MINOR", "full": "MAJOR"},
-    "DetectorConnected_RBV": {"Disconnected": "MAJOR"},
-    "HDF1:WriteStatus": {"Write error": "MAJOR"},
-}
 
 _SETPOINTS = frozenset(spec.name for spec in PVS if spec.writable)
 _ioc_started = False
@@ -519,21 +197,21 @@ class ApplianceIOC:
     def _build(self, builder: Any, spec: PvSpec) -> Any:
         kw: dict[str, Any] = {"DESC": spec.doc[:40].split(".")[0][:40]}
         kw.update(spec.fields)
-        kw.update(_ALARM_FIELDS.get(spec.name, {}))
+        kw.update(ALARM_FIELDS.get(spec.name, {}))
         if spec.units:
             kw["EGU"] = spec.units
         if not spec.writable:  # no CA writes: no write access (the ACF's READONLY), and DISP if another ACF
             kw.update(ASG=ASG_READONLY, DISP=1)
         make = getattr(builder, spec.kind)
         if spec.kind in ("boolIn", "boolOut"):
-            severities = _ENUM_SEVERITIES.get(spec.name, {})
+            severities = ENUM_SEVERITIES.get(spec.name, {})
             kw["ZNAM"], kw["ONAM"] = spec.choices
             if spec.choices[0] in severities:
                 kw["ZSV"] = severities[spec.choices[0]]
             if spec.choices[1] in severities:
                 kw["OSV"] = severities[spec.choices[1]]
         if spec.kind in ("mbbIn", "mbbOut"):
-            severities = _ENUM_SEVERITIES.get(spec.name, {})
+            severities = ENUM_SEVERITIES.get(spec.name, {})
             options = [(c, severities[c]) if c in severities else c for c in spec.choices]
             return make(spec.name, *options, **kw, **self._out_kw(spec))
         if spec.kind in ("longStringIn", "longStringOut"):
@@ -883,6 +561,7 @@ class ApplianceIOC:
                 status, run_files, refusal, parameters = await asyncio.to_thread(self._sample)
                 self._show_status(status, run_files)
                 self._show_refusal(refusal)
+                self._settle_acquire()
                 self._show_reduction(parameters)
                 self._show_profile()
             except asyncio.CancelledError:
@@ -897,6 +576,15 @@ class ApplianceIOC:
         run_uid = self._run_uid
         files = self.view.run_files(run_uid) if run_uid is not None else []
         return self.view.status(), files, self.refusal(), self._parameters()
+
+    def _settle_acquire(self) -> None:
+        """``Acquire`` back to 0 if softioc wrote a client's 1 back after the run's put completed (the reset
+        in `_on_acquire` can lose that race under load); never while the record is busy with a put."""
+        record = self.records["Acquire"]
+        if self._acquiring or str(record.get_field("PACT")) != "0":
+            return
+        if record.get_field("VAL") not in ("0", "Done"):
+            record.set(0, process=False)
 
     def _show_refusal(self, reason: str | None) -> None:
         """While the store refuses new runs, ``Acquire`` takes no writes (so a put fails at the client:

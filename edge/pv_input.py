@@ -1,6 +1,6 @@
 """What a put to each of the appliance's PVs may carry, and why a bad one is refused.
 
-Every rule here is read from the PV table (`edge.ioc.PVS`), so a PV added there inherits it: an enum
+Every rule here is read from the PV table (`edge.pv_table.PVS`), so a PV added there inherits it: an enum
 takes only the indices of its choices, a long string at most ``length - 1`` bytes (UTF-8; CA clients
 truncate a longer one to the record's size without saying so, so the record's last byte must stay
 free), a number must be finite and inside the PV's ``limits``. Read-only records (``*In``) take no
@@ -20,7 +20,7 @@ import annotated_types
 from pydantic import BaseModel
 
 if TYPE_CHECKING:
-    from edge.ioc import PvSpec
+    from edge.pv_table import PvSpec
 
 __all__ = [
     "ALARM_HW_LIMIT",
