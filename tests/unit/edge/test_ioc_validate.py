@@ -1,0 +1,117 @@
+"""The appliance IOC's put checks that depend on its state, without softioc (stand-in records)."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+from edge.config import EpicsSettings, ReductionSettings
+from edge.ioc import ApplianceIOC
+from edge.pv_input import ALARM_SOFT
+from edge.pv_table import PVS
+from edge.reduction_control import ReductionControl
+
+BY_NAME = {spec.name: spec for spec in PVS}
+
+
+class _Record:
+    def __init__(self) -> None:
+        self.value: Any = None
+
+    def set(self, value: Any, **_: Any) -> None:
+        self.value = value
+
+
+class _Device:
+    """What softioc hands ``validate``: the record's device support, whose alarm the IOC raises."""
+
+    def __init__(self) -> None:
+        self._record = SimpleNamespace(NSEV=0, NSTA=0)
+
+    def process_severity(self, record: Any, severity: int, alarm: int) -> None:
+        if severity > record.NSEV:
+            record.NSEV, record.NSTA = severity, alarm
+
+
+class _Setup:
+    def __init__(self) -> None:
+        self.open_run: str | None = None
+        self.refusal: str | None = None
+        self.reduction = ReductionControl(ReductionSettings(), open_run=lambda: self.open_run)
+        view = SimpleNamespace(
+            frame_format=SimpleNamespace(shape=(256, 512)), store_path=lambda: Path("/data/store")
+        )
+        self.ioc = ApplianceIOC(
+            view,  # type: ignore[arg-type]
+            EpicsSettings(),
+            loop=None,  # type: ignore[arg-type]
+            end_open_series=lambda reason: None,
+            reduction=self.reduction,
+            refusal=lambda: self.refusal,
+        )
+        self.ioc.records = {spec.name: _Record() for spec in PVS}
+
+    def put(self, name: str, value: Any) -> tuple[bool, _Device]:
+        device = _Device()
+        return self.ioc._validate(BY_NAME[name], device, value), device
+
+    @property
+    def message(self) -> str:
+        return str(self.ioc.records["StatusMessage_RBV"].value)
+
+
+@pytest.fixture
+def setup() -> _Setup:
+    return _Setup()
+
+
+def test_acquire_is_refused_while_the_store_refuses_runs(setup: _Setup) -> None:
+    assert setup.put("Acquire", 1)[0]
+    setup.refusal = "local store above its high-water mark (90%) with data not yet verified upstream"
+    taken, device = setup.put("Acquire", 1)
+    assert not taken and (device._record.NSEV, device._record.NSTA) == (1, ALARM_SOFT)
+    assert setup.message.startswith("Refused Acquire = 1: run refused: local store above its high-water mark")
+    assert setup.put("Acquire", 0)[0]  # an abort is never refused
+
+
+def test_mode_between_runs_is_applied_and_during_a_run_refused(setup: _Setup) -> None:
+    assert setup.put("Mode", 3)[0]
+    assert setup.reduction.current().mode == "tomo"
+    setup.open_run = "run-1"
+    taken, device = setup.put("Mode", 0)
+    assert not taken and device._record.NSEV == 1
+    assert "run run-1 is open" in setup.message
+    assert setup.reduction.current().mode == "tomo"
+    assert not setup.put("Mode", 7)[0] and "index 7" in setup.message
+
+
+def test_reduction_parameters_go_through_the_control(setup: _Setup) -> None:
+    assert setup.put("Reduction:Roi", "0:16:0:16;100:120:30:90")[0]
+    assert setup.reduction.parameters()["roi"] == [[0, 16, 0, 16], [100, 120, 30, 90]]
+    assert not setup.put("Reduction:Roi", "0:999:0:16")[0] and "256x512 frame" in setup.message
+    assert not setup.put("Reduction:Roi", "nonsense")[0]
+    assert setup.put("Reduction:TomoSlices", "10,200")[0]
+    assert setup.reduction.parameters()["tomo"]["slices"] == [10, 200]
+    assert not setup.put("Reduction:TomoSlices", "300")[0]  # beyond the 256 rows
+    assert setup.put("Reduction:TomoCenter", math.nan)[0]
+    assert setup.reduction.parameters()["tomo"]["center"] is None
+    assert setup.put("Reduction:TomoCenter", 255.5)[0]
+    assert setup.reduction.parameters()["tomo"]["center"] == 255.5
+    assert setup.put("Reduction:MinPeaks", 3)[0] and setup.reduction.parameters()["serial"]["min_peaks"] == 3
+    assert not setup.put("Reduction:MinSnr", 0.0)[0]  # gt=0: the settings model refuses the bound
+    setup.open_run = "run-2"
+    assert not setup.put("Reduction:MinPeaks", 4)[0] and "is open" in setup.message
+
+
+def test_store_path_is_fixed(setup: _Setup) -> None:
+    assert setup.put("HDF1:FilePath", "/data/store/")[0]
+    assert not setup.put("HDF1:FilePath", "/elsewhere")[0] and "store.path" in setup.message
+
+
+def test_a_long_message_fits_the_record(setup: _Setup) -> None:
+    setup.put("HDF1:FileName", "é" * 200)  # refused; the message quoting it stays within 255 bytes
+    assert len(setup.message.encode()) <= 255
