@@ -216,7 +216,7 @@ class Appliance:
             settings.ring.policy,
             settings.ring.name,
         )
-        self.backend = get_backend(settings.reduction.backend)
+        self.backend = get_backend(settings.reduction.backend, fallback=True)  # logged when it falls back
         if settings.reduction.poni_file is not None:
             geometry = load_poni(settings.reduction.poni_file).geometry  # shape checked above
         else:

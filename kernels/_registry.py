@@ -139,18 +139,21 @@ def available_backends() -> list[str]:
     return names
 
 
-def get_backend(name: str = "auto") -> Backend:
+def get_backend(name: str = "auto", fallback: bool = False) -> Backend:
     """The named backend, or with ``auto`` the first that loads in the chain GPU -> numba -> NumPy.
 
     Every step down the chain is logged with its reason, so a slow run says why it is slow. With
-    ``auto``, the ``EDGE_BACKEND`` environment variable (if set) names the backend instead.
+    ``auto``, the ``EDGE_BACKEND`` environment variable (if set) names the backend instead. A named
+    backend that cannot load raises `BackendUnavailable`, unless ``fallback`` is true: then the chain
+    continues after it (a daemon configured for the GPU still runs, on numba, and says so).
     """
     if name == "auto":
         name = os.environ.get("EDGE_BACKEND", "auto").strip().lower() or "auto"
-    if name != "auto":
+    if name != "auto" and not (fallback and name in _FALLBACK):
         return _load(name)
+    chain = _FALLBACK if name == "auto" else _FALLBACK[_FALLBACK.index(name) :]
     failed: list[str] = []
-    for candidate in _FALLBACK:
+    for candidate in chain:
         try:
             backend = _load(candidate)
         except BackendUnavailable as error:

@@ -1,0 +1,121 @@
+"""Each reduction mode's stage on every kernel backend equals the NumPy backend (the oracle), on small
+frames (<= 64x64, so the GPU backend also runs under numba's CUDA simulator in CI); asking for the GPU
+where there is none falls back with a logged reason and says so in the backend's ``degraded_from``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import kernels
+from edge.config import ReductionSettings
+from edge.modes import RunContext, make_stage
+from hw_sim.physics import make_source
+from kernels import Geometry, get_backend
+
+SIDE = 32  # the CUDA simulator runs every GPU thread in Python: keep the frames small
+GEOMETRY = Geometry(dist=0.05, poni1=SIDE / 2 * 75e-6, poni2=SIDE / 2 * 75e-6, wavelength=1e-10)
+
+
+@pytest.fixture(params=["numba", "gpu"])
+def backend(request: pytest.FixtureRequest) -> kernels.Backend:
+    if request.param == "gpu" and os.environ.get("EDGE_TEST_GPU") != "1":
+        pytest.skip("runs in test_modes_on_the_gpu_backend_under_the_cuda_simulator (or EDGE_TEST_GPU=1)")
+    try:
+        return get_backend(request.param)
+    except kernels.BackendUnavailable as error:
+        pytest.skip(str(error))
+
+
+def _run(backend: kernels.Backend, mode: str, frames: list[np.ndarray], keys: list[int], **params: object):
+    settings = ReductionSettings(mode=mode, roi=[(4, 16, 4, 16)], **params)  # type: ignore[arg-type]
+    stage = make_stage(RunContext(backend, GEOMETRY, (SIDE, SIDE), 24, "2th_deg", settings))
+    angles = np.linspace(0, 180, sum(1 for k in keys if k == 0), endpoint=False)
+    results, a = [], iter(angles)
+    for n, (frame, key) in enumerate(zip(frames, keys, strict=True)):
+        angle = float(next(a)) if key == 0 else float("nan")
+        results.append(stage.process(frame, n, key, angle))
+    return stage, results
+
+
+def test_powder_and_serial_equal_the_numpy_backend(backend: kernels.Backend) -> None:
+    rings = make_source("rings", (SIDE, SIDE), GEOMETRY, seed=3, pool=3)
+    frames = [rings.frame(n) for n in range(2)]
+    numpy = get_backend("numpy")
+    _, ours = _run(backend, "powder", frames, [0] * 2, cake_bins=6)
+    _, ref = _run(numpy, "powder", frames, [0] * 2, cake_bins=6)
+    for a, b in zip(ours, ref, strict=True):
+        np.testing.assert_allclose(a.products["I"], b.products["I"], rtol=1e-9, equal_nan=True)
+        np.testing.assert_allclose(a.products["I_errors"], b.products["I_errors"], rtol=1e-9, equal_nan=True)
+        np.testing.assert_allclose(a.products["cake"], b.products["cake"], rtol=1e-9, equal_nan=True)
+        np.testing.assert_allclose(a.products["roi"]["sum"], b.products["roi"]["sum"], rtol=1e-12)
+    spots = make_source("spots", (SIDE, SIDE), GEOMETRY, seed=5, pool=2, hit_fraction=0.5, spots_per_hit=4.0)
+    frames = [spots.frame(n) for n in range(2)]
+    params = {"serial": {"min_snr": 4.0, "min_peaks": 2}}
+    _, ours = _run(backend, "serial", frames, [0] * 2, **params)
+    _, ref = _run(numpy, "serial", frames, [0] * 2, **params)
+    for a, b in zip(ours, ref, strict=True):
+        assert a.row["is_hit"] == b.row["is_hit"] and a.row["n_peaks"] == b.row["n_peaks"]
+        for name in ("peakXPosRaw", "peakYPosRaw", "peakTotalIntensity"):
+            np.testing.assert_allclose(a.products["peaks"][name], b.products["peaks"][name], rtol=1e-5)
+
+
+def test_tomo_slices_equal_the_numpy_backend(backend: kernels.Backend) -> None:
+    tomo = make_source("tomo", (SIDE, SIDE), seed=2, n_angles=6, n_darks=1, n_flats=1)
+    n = tomo.scan_length
+    frames = [tomo.frame(i) for i in range(n)]
+    keys = [{"projection": 0, "flat": 1, "dark": 2}[tomo.frame_truth(i).kind] for i in range(n)]
+    params = {"tomo": {"slices": [12]}}
+    ours, _ = _run(backend, "tomo", frames, keys, **params)
+    ref, _ = _run(get_backend("numpy"), "tomo", frames, keys, **params)
+    a, b = ours.finish()["slices"], ref.finish()["slices"]
+    assert np.max(np.abs(a - b)) <= 1e-4 * np.max(np.abs(b))
+
+
+def test_asking_for_a_missing_gpu_falls_back_with_a_logged_reason(caplog: pytest.LogCaptureFixture) -> None:
+    if os.environ.get("NUMBA_ENABLE_CUDASIM") == "1" or os.environ.get("EDGE_TEST_GPU") == "1":
+        pytest.skip("a GPU (or its simulator) is present here")
+    with caplog.at_level(logging.WARNING, logger="kernels"):
+        backend = get_backend("gpu", fallback=True)  # as the daemon asks for reduction.backend = "gpu"
+    assert backend.name in ("numba", "numpy") and "gpu" in backend.degraded_from
+    assert any("falling back" in record.getMessage() for record in caplog.records)
+    # every mode runs on what the registry chose
+    stage = make_stage(
+        RunContext(backend, GEOMETRY, (SIDE, SIDE), 24, "2th_deg", ReductionSettings(mode="serial"))
+    )
+    assert stage.process(np.zeros((SIDE, SIDE), np.uint16), 0, 0, float("nan")).row["n_peaks"] == 0
+
+
+@pytest.mark.gpu
+def test_modes_on_the_gpu_backend_under_the_cuda_simulator() -> None:
+    pytest.importorskip("numba.cuda")
+    env = {**os.environ, "NUMBA_ENABLE_CUDASIM": "1", "EDGE_TEST_GPU": "1"}
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            __file__,
+            "-q",
+            "-k",
+            "gpu and not missing and not simulator",
+            "-p",
+            "no:cacheprovider",
+            "-W",
+            "ignore::numba.core.errors.NumbaPerformanceWarning",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=170,
+        env=env,
+        cwd=Path(__file__).parents[3],
+    )
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
+    assert "2 passed" in done.stdout, done.stdout[-2000:]
