@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 from edgeprocs import wait_for
-from test_epics_control import Stack
+from test_epics_control import Stack, _get_json
 
 from edge.ioc import PVS
 
@@ -238,6 +238,7 @@ def test_a_refused_run_fails_its_acquire_put_and_says_why(
             epics.caput(p + "Acquire", 1, wait=True, timeout=10)
         assert epics.caget(p + "Acquire_RBV") == 0
         assert stack.status()["detector"]["state"] == "Idle"  # never armed
+        assert len(_get_json(stack.api + "/api/runs")) == 1  # no second run was started
         assert stack.procs["daemon"].poll() is None
     finally:
         stack.stop()
