@@ -4,8 +4,9 @@ Run ``python benchmarks/kernels.py [--json] [--quick] [--backend numba]``. Every
 in this process with the two timings interleaved (BENCHMARKS.md): warm-up first, then the median of
 ``--repeats`` runs each, cycling over several frame buffers so caches do not flatter either side.
 Every row carries the correctness check that went with it; a fast wrong answer does not count.
-The ``e2e`` and ``preview`` groups run the whole appliance (``benchmarks/e2e.py``, about 2.5 minutes,
-and ``benchmarks/preview_latency.py``) and add their rows to the same table.
+The ``e2e``, ``preview`` and ``modes`` groups run the whole appliance (``benchmarks/e2e.py``, about 2.5
+minutes, ``benchmarks/preview_latency.py`` and ``benchmarks/modes.py``: each reduction mode beside raw
+mode) and add their rows to the same table.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ import numpy as np
 
 import kernels
 
-GROUPS = ("integrate", "correct", "compress", "fbp", "peaks", "e2e", "preview")
+GROUPS = ("integrate", "correct", "compress", "fbp", "peaks", "e2e", "preview", "modes")
 SHAPE = (2048, 2048)
 NPT = 1000
 BUFFERS = 4
@@ -536,11 +537,31 @@ def bench_preview() -> Row:
         row["p95_ms"] / 200.0,
         "< 200 ms",
         row["target_met"],
-        f"median {row['median_ms']} ms (to the receiver {row['median_arrival_ms']} ms, request "
-        f"{row['median_request_ms']} ms), max {row['max_ms']} ms, {row['samples']} frames seen",
+        f"median {row['median_ms']} ms (to the receiver {row['median_arrival_ms']} ms, receiver to push "
+        f"{row['median_push_ms']} ms), max {row['max_ms']} ms, {row['samples']} frames seen",
         row["samples"] > 0,
         f"max {row['max_ms']} ms",
     )
+
+
+def bench_modes(quick: bool) -> list[Row]:
+    """Each reduction mode in the daemon beside raw mode of the same run (benchmarks/modes.py)."""
+    rows = _script("modes.py", "--frames", "200" if quick else "400")["rows"]
+    return [
+        Row(
+            row["workload"],
+            row["ours"],
+            row["reference"],
+            "frames/s",
+            row["ratio"],
+            row["target"],
+            row["target_met"],
+            f"{row['check']}; reference: {row['reference_name']}",
+            row["check_passed"],
+            "-",
+        )
+        for row in rows
+    ]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -582,10 +603,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         rows.extend(bench_fbp(backend, 3 if args.quick else 5))
     if "peaks" in only:
         rows.append(bench_peaks(backend, repeats))
-    for group, bench in (("e2e", lambda: bench_end_to_end(args.quick)), ("preview", bench_preview)):
+    whole: tuple[tuple[str, Callable[[], list[Row]]], ...] = (
+        ("e2e", lambda: [bench_end_to_end(args.quick)]),
+        ("preview", lambda: [bench_preview()]),
+        ("modes", lambda: bench_modes(args.quick)),
+    )
+    for group, bench in whole:
         if group in only:
             try:
-                rows.append(bench())
+                rows.extend(bench())
             except Exception as error:  # a whole-system run that failed is a failed row, not a lost table
                 rows.append(
                     Row(f"{group}: the run failed", 0, 0, "-", 0, "-", False, repr(error)[:300], False, "-")
