@@ -1,8 +1,11 @@
 """``edge pull``: the HPC-side client that pulls reduced data from an appliance and confirms it.
 
 It grants credit, writes every chunk at its offset into ``OUTPUT/run_uid/NAME.part``, fsyncs, and only
-then acknowledges. When the appliance says a file is complete, the client checks the whole file's size
-and checksum, renames it to its final name and confirms. Writes are idempotent, so a chunk sent twice
+then acknowledges: the chunks of everything received at once are written, each file touched is fsynced
+once, and then their acknowledgements go out (never an ack for bytes not yet durable). The whole file's
+checksum is computed as the chunks arrive in order; only a file whose chunks came out of order (after a
+reconnect) is read back. When the appliance says a file is complete, the client checks the whole file's
+size and checksum, renames it to its final name and confirms. Writes are idempotent, so a chunk sent twice
 (after a crash or a reconnect) changes nothing: every frame lands exactly once.
 """
 
@@ -27,6 +30,8 @@ from edge.upstream.curve import connect_securely
 
 log = logging.getLogger(__name__)
 
+MAX_BATCH = 64  # messages taken at once before their chunks are fsynced and acknowledged
+MAX_OPEN_PARTS = 16
 SILENCE_SECONDS = 6.0  # reconnect when the appliance has said nothing (not even a heartbeat) this long
 
 
@@ -56,6 +61,8 @@ class PullClient:
         self.context = context
         self.stats: Counter[str] = Counter()
         self.stop_event = threading.Event()
+        self._parts: dict[Path, _PartFile] = {}  # open .part files: descriptor and running checksum
+        self._dirty: set[Path] = set()  # written since their last fsync
 
     def counters(self) -> dict[str, Any]:
         return {k: int(v) for k, v in self.stats.items()}
@@ -78,9 +85,16 @@ class PullClient:
         try:
             while not self.stop_event.is_set():
                 if sock.poll(200):
-                    frames = sock.recv_multipart()
+                    replies: list[p.Message] = []
+                    for _ in range(MAX_BATCH):  # everything already here, then one fsync per file
+                        try:
+                            frames = sock.recv_multipart(zmq.NOBLOCK)
+                        except zmq.Again:
+                            break
+                        replies += self._handle(frames)
                     last_heard = time.monotonic()
-                    for reply in self._handle(frames):
+                    self._sync()  # acknowledgements only for what is durable
+                    for reply in replies:
                         sock.send_multipart(p.encode(reply))
                 elif time.monotonic() - last_heard > SILENCE_SECONDS:
                     self.stats["reconnects"] += 1
@@ -91,6 +105,37 @@ class PullClient:
                     self._print_progress(progress)
         finally:
             sock.close(0)
+            self._sync()
+            self._close_parts()
+
+    def _sync(self) -> None:
+        for path in self._dirty:
+            part = self._parts.get(path)
+            if part is not None:
+                os.fsync(part.fd)
+                self.stats["fsyncs"] += 1
+        self._dirty.clear()
+
+    def _close_parts(self) -> None:
+        for part in self._parts.values():
+            os.close(part.fd)
+        self._parts.clear()
+
+    def _part(self, path: Path, size: int) -> _PartFile:
+        part = self._parts.get(path)
+        if part is None:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+            fresh = os.fstat(fd).st_size == 0
+            if os.fstat(fd).st_size < size:
+                os.ftruncate(fd, size)
+            part = _PartFile(fd, in_order=fresh)  # a .part left by an earlier session is read back
+            self._parts[path] = part
+            if len(self._parts) > MAX_OPEN_PARTS:  # bounded: the oldest is synced and closed
+                oldest = next(iter(self._parts))
+                os.fsync(self._parts[oldest].fd)
+                os.close(self._parts.pop(oldest).fd)
+                self._dirty.discard(oldest)
+        return part
 
     def _print_progress(self, stream: TextIO) -> None:
         s = self.stats
@@ -137,14 +182,10 @@ class PullClient:
             self.stats["chunks_duplicate"] += 1  # already complete here; just confirm again
             return p.Ack(chunk.chunk_id, chunk.checksum)
         part.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(part, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            if os.fstat(fd).st_size < chunk.file_size:
-                os.ftruncate(fd, chunk.file_size)
-            os.pwrite(fd, payload, chunk.offset)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        state = self._part(part, chunk.file_size)
+        os.pwrite(state.fd, payload, chunk.offset)
+        state.add(chunk.offset, payload)
+        self._dirty.add(part)
         self.stats["chunks_written"] += 1
         self.stats["bytes_written"] += len(payload)
         return p.Ack(chunk.chunk_id, chunk.checksum)
@@ -159,7 +200,17 @@ class PullClient:
         if not path.exists():
             self.stats["completes_for_missing_files"] += 1
             return p.FileVerified(message.file_id, 0, "")
-        size, digest = _whole_checksum(path)
+        state = self._parts.pop(part, None)
+        if state is not None:
+            os.fsync(state.fd)
+            os.close(state.fd)
+            self._dirty.discard(part)
+        if state is not None and path == part and state.in_order and state.next_offset == message.size:
+            size, digest = state.next_offset, state.hasher.hexdigest()  # hashed as the chunks came
+            self.stats["checksums_incremental"] += 1
+        else:
+            size, digest = _whole_checksum(path)
+            self.stats["checksums_reread"] += 1
         if size == message.size and digest == message.checksum:
             if path == part:
                 os.replace(part, final)
@@ -170,6 +221,25 @@ class PullClient:
             self.stats["files_mismatched"] += 1
             path.unlink(missing_ok=True)  # start the file over; the appliance resends every chunk
         return p.FileVerified(message.file_id, size, digest, str(final) if final.exists() else "")
+
+
+class _PartFile:
+    """An open ``.part`` file and the checksum of its bytes so far, while chunks come in order."""
+
+    def __init__(self, fd: int, in_order: bool) -> None:
+        self.fd = fd
+        self.in_order = in_order
+        self.next_offset = 0
+        self.hasher = xxhash.xxh3_128()
+
+    def add(self, offset: int, payload: bytes) -> None:
+        if not self.in_order or offset < self.next_offset:
+            return  # out of order, or a resend of bytes already hashed (writes are idempotent)
+        if offset > self.next_offset:
+            self.in_order = False  # a gap: the file is read back at the end
+            return
+        self.hasher.update(payload)
+        self.next_offset += len(payload)
 
 
 def _whole_checksum(path: Path) -> tuple[int, str]:
