@@ -2,7 +2,8 @@
 
 However many pages watch, the view is read once per tick: :class:`LiveFeed` runs a single task while at
 least one subscriber is connected, reads ``status()`` once a second (in a worker thread: it touches
-SQLite and the disk) and the live image at most twice a second (sent only when a new frame is there),
+SQLite and the disk) and the live image when a new frame is there, at most ten times a second to one
+page and ten images a second to all pages together (five pages: two a second each),
 encodes each event once and hands the same bytes to every subscriber's small queue. A subscriber that
 falls behind loses its oldest events, never the appliance's time. With nobody watching, nothing runs:
 the dashboard costs the daemon nothing (``benchmarks/dashboard_subscribers.py`` measures it).
@@ -30,7 +31,8 @@ from starlette.concurrency import run_in_threadpool
 log = logging.getLogger(__name__)
 
 STATUS_SECONDS = 1.0
-PREVIEW_SECONDS = 0.5
+PREVIEW_SECONDS = 0.1  # the live image to one page: at most ten frames a second
+PREVIEW_SENDS_PER_SECOND = 10.0  # ... and to all pages together: five pages get two frames a second each
 HISTORY_SECONDS = 600.0
 QUEUE_EVENTS = 8  # per subscriber; a slow page loses its oldest events
 KEEPALIVE_SECONDS = 10.0
@@ -88,7 +90,8 @@ class LiveFeed:
                     yield last
             while True:
                 try:
-                    item = await asyncio.wait_for(queue.get(), KEEPALIVE_SECONDS)
+                    async with asyncio.timeout(KEEPALIVE_SECONDS):  # no task per event, as wait_for makes
+                        item = await queue.get()
                 except TimeoutError:
                     item = b": keepalive\n\n"
                 yield item
@@ -103,15 +106,23 @@ class LiveFeed:
             queue.put_nowait(item)
 
     # -- the producer --------------------------------------------------------------------------------------
+    def preview_interval(self) -> float:
+        """Seconds between live images: ``preview_seconds`` for one page, longer for many, so that the
+        images sent to all pages together stay within ``PREVIEW_SENDS_PER_SECOND`` (each send costs
+        the daemon's event loop the same, whatever the page)."""
+        return max(self.preview_seconds, len(self._subscribers) / PREVIEW_SENDS_PER_SECOND)
+
     async def _produce(self) -> None:
-        next_status = self._clock()
+        next_status = next_preview = self._clock()
         while self._subscribers:
             now = self._clock()
             if now >= next_status:
                 next_status = now + self.status_seconds
                 await self._status_event()
-            await self._preview_event()
-            await asyncio.sleep(max(0.0, min(self.preview_seconds, next_status - self._clock())))
+            if now >= next_preview and await self._preview_event():
+                next_preview = now + self.preview_interval()
+            wake = min(next_status, max(next_preview, now + self.preview_seconds))
+            await asyncio.sleep(max(0.0, wake - self._clock()))
         self._task = None
 
     async def _status_event(self) -> None:
@@ -126,26 +137,28 @@ class LiveFeed:
         self._last_status = sse("status", {"status": status, "trend": trend})
         self._publish(self._last_status)
 
-    async def _preview_event(self) -> None:
+    async def _preview_event(self) -> bool:
+        """Push the live image if a new frame is there; True when one was pushed."""
         try:
             # on the loop, not in a worker thread: a cached answer is an identity check, a new frame's
             # encoding well under a millisecond, and a thread hop costs more than either
             preview = self._preview()
         except Exception:
             log.exception("live feed: latest_preview() failed")
-            return
+            return False
         self.reads["preview"] += 1
         if preview is None:
-            return
+            return False
         key = (preview.get("run_uid"), preview.get("frame"), preview.get("received_at"))
         if key == self._preview_key:
-            return
+            return False
         self._preview_key = key
         now = self._wall()
         received = preview.get("received_at")
         age = None if received is None else round(max(0.0, now - float(received)), 3)
         self._last_preview = sse("preview", {**preview, "server_time": now, "age_seconds": age})
         self._publish(self._last_preview)
+        return True
 
     def _trend(self, status: dict[str, Any]) -> dict[str, Any]:
         """One trend sample: frame rate (from the receiver's counter), ring fill, backlog, disk use."""

@@ -2,7 +2,7 @@
 // No libraries, no build step (charts.js draws the trends).
 //
 // The appliance pushes its status once a second and the live image when a new frame is there (at most
-// twice a second); the page reconnects by itself. When pushes stop the header says "stale" within
+// ten a second, shared among the open pages); the page reconnects by itself. When pushes stop the header says "stale" within
 // 3 s and "offline" when the appliance does not answer at all; the last values stay on screen, greyed.
 // Pulled on demand: the runs table and a run's where-is-my-data report (when the ledger changed), the
 // reduced profile and the mode's product (when a new frame was reduced; 404 = nothing yet).

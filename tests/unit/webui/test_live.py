@@ -93,6 +93,13 @@ def test_one_producer_serves_every_subscriber() -> None:
     assert feed.subscribers == 0
 
 
+def test_the_live_image_rate_is_shared_by_all_pages() -> None:
+    feed = LiveFeed(lambda: {}, lambda: None)
+    assert feed.preview_interval() == 0.1  # nobody yet, or one page: ten images a second
+    feed._subscribers.update(asyncio.Queue() for _ in range(5))
+    assert feed.preview_interval() == 0.5  # five pages: two a second each, ten in all
+
+
 def test_trend_samples_rate_from_the_received_counter() -> None:
     times = iter([0.0, 1.0, 9.0])
     feed = LiveFeed(lambda: {}, lambda: None, clock=lambda: next(times), wall_clock=lambda: 5.0)
