@@ -258,6 +258,8 @@ class ApplianceIOC:
         return {
             "initial_value": value,
             "always_update": True,
+            # a put with completion returns once the value is applied and its readback shows it
+            "blocking": True,
             "validate": validate,
             "on_update": lambda value, name=spec.name: self._on_setpoint(name, value),
         }
