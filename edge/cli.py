@@ -57,8 +57,22 @@ FAULT_FLAGS = {
 }
 
 
-def _fault_flags(parser: argparse.ArgumentParser) -> None:
+#: ``edge demo --mode`` takes the reduction mode and picks the simulated frames that suit it
+DEMO_SIM_MODES = {"raw": "rings", "powder": "rings", "serial": "spots", "tomo": "tomo"}
+
+
+def _fault_flags(parser: argparse.ArgumentParser, demo: bool = False) -> None:
+    if demo:
+        parser.add_argument(
+            "--mode",
+            choices=list(DEMO_SIM_MODES),
+            help="reduction mode (raw, powder, serial, tomo); the simulated frames follow (serial: spots,"
+            " tomo: projections, otherwise rings) unless --sim-mode says otherwise",
+        )
+        parser.add_argument("--sim-mode", choices=["rings", "spots", "tomo"], help="the simulated frames")
     for name, (_key, kind, text) in FAULT_FLAGS.items():
+        if demo and name == "mode":
+            continue
         choices = {
             "transport": ["zmq", "udp"],
             "format": ["json", "stream2"],
@@ -69,7 +83,15 @@ def _fault_flags(parser: argparse.ArgumentParser) -> None:
 
 def _fault_overrides(args: argparse.Namespace) -> list[str]:
     out = []
+    if args.command == "demo":
+        mode, sim_mode = getattr(args, "mode", None), getattr(args, "sim_mode", None)
+        if mode is not None:
+            out.append(f'reduction.mode="{mode}"')
+        if sim_mode or mode:
+            out.append(f'sim.mode="{sim_mode or DEMO_SIM_MODES[mode]}"')
     for name, (key, kind, _text) in FAULT_FLAGS.items():
+        if args.command == "demo" and name == "mode":
+            continue
         value = getattr(args, name, None)
         if value is not None:
             out.append(f'{key}="{value}"' if kind is str else f"{key}={value}")
@@ -105,7 +127,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--rate", type=float, help="frames per second")
     demo.add_argument("--workdir", type=Path, default=Path("demo-data"), help="where the demo keeps its data")
     demo.add_argument("--json", action="store_true", help="print one JSON summary at the end")
-    _fault_flags(demo)
+    _fault_flags(demo, demo=True)
     demo.add_argument("--timeout", type=float, default=600.0, help="seconds to wait for delivery")
     keys = sub.add_parser("keys", help="write a CurveZMQ key pair (NAME.key, NAME.key_secret) into DIR")
     keys.add_argument("directory", type=Path)

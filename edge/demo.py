@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import secrets
 import signal
 import socket
 import subprocess
@@ -235,6 +236,17 @@ def _watch(
     raise TimeoutError(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
+def _product_figures(url: str) -> dict[str, Any]:
+    """The mode's own figures for the summary: hit rate (serial), slices reconstructed (tomo)."""
+    try:
+        product = get_json(url + "/api/product")
+    except (OSError, ValueError):
+        return {"hit_rate": None, "slices_reconstructed": 0}
+    serial = product.get("serial") or {}
+    tomo = product.get("tomo") or {}
+    return {"hit_rate": serial.get("hit_rate"), "slices_reconstructed": int(tomo.get("slices_done") or 0)}
+
+
 def run_demo(args: argparse.Namespace, settings: Settings, flags: list[str] | None = None) -> int:
     """Run the demo; ``flags`` are the settings its own flags set (transport, faults), for every child."""
     workdir: Path = args.workdir.resolve()
@@ -255,6 +267,8 @@ def run_demo(args: argparse.Namespace, settings: Settings, flags: list[str] | No
         f'store.path="{workdir / "store"}"',
         f'pull.output="{workdir / "upstream"}"',
     ]
+    token = settings.api.token or secrets.token_urlsafe(18)  # the demo's writes (mode switch, acks) work
+    base.append(f'api.token="{token}"')
     common: list[str] = []
     if args.config is not None:
         common += ["--config", str(args.config)]
@@ -283,7 +297,7 @@ def run_demo(args: argparse.Namespace, settings: Settings, flags: list[str] | No
         sim_argv = ["sim", *common, "--frames", str(args.frames), "--run-uid", run_uid, "--json"]
         sim = procs.start("sim", sim_argv, stdout_file=sim_out)
         print(
-            f"edge demo: dashboard {url}/  (data in {workdir}, logs in {logs})",
+            f"edge demo: dashboard {url}/#token={token}  (data in {workdir}, logs in {logs})",
             file=sys.stderr if args.json else sys.stdout,
             flush=True,
         )
@@ -311,15 +325,19 @@ def run_demo(args: argparse.Namespace, settings: Settings, flags: list[str] | No
                 return None
             totals = run["totals"]  # the ledger's accounting (Ledger.run_totals), read, not recounted
             stored, delivered = totals["frames_stored"], totals["frames_delivered"]
-            lost = totals["frames_lost"]
-            if delivered + lost < frames_sent or delivered < stored:
+            lost, vetoed = totals["frames_lost"], totals["frames_vetoed"]
+            # settled: every frame has its disposition and every file that goes upstream is verified
+            if stored + vetoed + lost < frames_sent or run["where"]["bytes_pending"]:
                 return None
             return {
                 "stored": stored,
                 "delivered": delivered,
                 "lost": lost,
+                "vetoed": vetoed,
                 "incomplete": totals["frames_incomplete"],
                 "records": totals["loss_records"],
+                "bytes_upstream": totals["bytes_upstream"],
+                "mode": run.get("mode"),
             }
 
         result = watch(settled, args.timeout, "every frame to be delivered upstream", "delivering", 2)
@@ -334,13 +352,17 @@ def run_demo(args: argparse.Namespace, settings: Settings, flags: list[str] | No
             "frames_stored": result["stored"],
             "frames_delivered": result["delivered"],
             "frames_lost": result["lost"],
+            "frames_vetoed": result["vetoed"],
             "frames_incomplete": result["incomplete"],
+            "mode": result["mode"],
+            "bytes_upstream": result["bytes_upstream"],
+            **_product_figures(url),
             "loss_records": result["records"],
             "seconds": round(time.monotonic() - started, 3),
             "run_uid": run_uid,
             "transport": settings.stream.transport,
             "sim": sent,
-            "dashboard": url + "/",
+            "dashboard": f"{url}/#token={token}",
             "store": str(workdir / "store"),
             "upstream": str(workdir / "upstream"),
             "logs": str(logs),
@@ -350,7 +372,8 @@ def run_demo(args: argparse.Namespace, settings: Settings, flags: list[str] | No
         else:
             for key, value in summary.items():
                 print(f"{key:>18}: {value}")
-        return 0 if summary["frames_delivered"] + summary["frames_lost"] == frames_sent else 1
+        accounted = summary["frames_stored"] + summary["frames_vetoed"] + summary["frames_lost"]
+        return 0 if accounted == frames_sent else 1
     except ComponentDied as died:
         line.end()
         print(died.report(), file=sys.stderr, flush=True)

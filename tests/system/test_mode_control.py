@@ -11,7 +11,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from edgeprocs import EdgeStack, wait_for
+from edgeprocs import EdgeStack, loopback_overrides, run_bounded_demo, wait_for
 
 pytestmark = pytest.mark.timeout(150)
 
@@ -92,3 +92,27 @@ def test_mode_switches_between_runs_and_is_refused_during_one(tmp_path: Path) ->
         timeout=60,
     ).stdout
     assert "mode: serial" in text and "stay on the appliance" in text
+
+
+def test_demo_runs_a_mode_and_its_summary_says_what_became_of_every_frame(tmp_path: Path) -> None:
+    summary = run_bounded_demo(
+        tmp_path,
+        90,
+        ["--mode", "serial", "--rate", "60"],
+        [
+            *loopback_overrides(),
+            "detector.height=128",
+            "detector.width=128",
+            "geometry.poni1=0.0048",
+            "geometry.poni2=0.0048",
+            'store.blanks="drop"',
+            'upstream.forward="hits"',
+            "reduction.serial.min_peaks=5",
+        ],
+    )
+    assert summary["mode"] == "serial"
+    assert summary["frames_stored"] + summary["frames_vetoed"] + summary["frames_lost"] == 90
+    assert summary["frames_vetoed"] > 0 and 0.0 < summary["hit_rate"] < 1.0
+    assert summary["frames_stored"] == round(summary["hit_rate"] * 90)
+    assert summary["bytes_upstream"] > 0 and summary["slices_reconstructed"] == 0
+    assert "#token=" in summary["dashboard"]
