@@ -89,9 +89,10 @@ def current_alarms(status: Mapping[str, Any]) -> list[dict[str, Any]]:
     run = (status.get("counts") or {}).get("run") or {}
     uid = run.get("run_uid")
     if uid and int(run.get("frames_lost") or 0) > 0:
+        records = int(run.get("loss_records") or 0)
         message = (
-            f"Run {_short(uid)}: {run['frames_lost']:,} frames lost"
-            f" ({run.get('loss_records', 0):,} loss records); open the run below for the ranges and reasons"
+            f"Run {_short(uid)}: {run['frames_lost']:,} frames lost ({records:,} loss"
+            f" record{'' if records == 1 else 's'}); open the run below for the ranges and reasons"
         )
         out.append(_alarm(f"run:{uid}:lost", "run", "major", message, run_uid=uid))
     if uid and int(run.get("frames_incomplete") or 0) > 0:

@@ -73,7 +73,7 @@ def test_a_clean_run_after_a_faulty_one_shows_no_stale_alarm(
     alarm = browser.wait_for(
         "document.querySelector('#alarms li.error')?.innerText || ''", 10, "the faulty run's loss alarm"
     )
-    assert "Run 0b5e7c2a: 80 frames lost (1 loss records)" in alarm and "run 0b5e7c2a" in alarm
+    assert "Run 0b5e7c2a: 80 frames lost (1 loss record)" in alarm and "run 0b5e7c2a" in alarm
     assert texts(browser, "#c-run-lost") == ["80"]
 
     # the faulty run ends; a clean one starts: its page has no alarm, the old losses stay in history

@@ -30,7 +30,7 @@ def status_with_run(run_uid: str, lost: int, **extra: Any) -> dict[str, Any]:
 def test_a_loss_alarm_belongs_to_its_run_and_goes_with_it() -> None:
     faulty = current_alarms(status_with_run("aaaaaaaa-1", 80))
     assert [(a["id"], a["scope"], a["severity"]) for a in faulty] == [("run:aaaaaaaa-1:lost", "run", "major")]
-    assert faulty[0]["message"].startswith("Run aaaaaaaa: 80 frames lost (1 loss records)")
+    assert faulty[0]["message"].startswith("Run aaaaaaaa: 80 frames lost (1 loss record);")
     assert current_alarms(status_with_run("bbbbbbbb-2", 0)) == []  # the next, clean run: nothing stale
 
 
