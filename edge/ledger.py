@@ -485,6 +485,29 @@ class Ledger:
             self._db.execute("UPDATE chunks SET state='purged' WHERE file_id=?", (file_id,))
             self._db.execute("COMMIT")
 
+    def local_files(self, stored_before: float, limit: int = 256) -> list[dict[str, Any]]:
+        """Files never forwarded (state ``local``) stored before ``stored_before``, oldest first."""
+        return self._rows(
+            "SELECT id, path, size, stored_at FROM files WHERE state='local' AND stored_at < ?"
+            " ORDER BY stored_at, id LIMIT ?",
+            (stored_before, limit),
+        )
+
+    def file_retired(self, file_id: int) -> None:
+        """A never-forwarded file retired by ``retention.unforwarded = purge_after_days`` (an explicit,
+        recorded policy; only ``local`` files qualify): state ``purged``, ``verified_at`` stays empty."""
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            cursor = self._db.execute(
+                "UPDATE files SET state='purged', purged_at=? WHERE id=? AND state='local'",
+                (time.time(), file_id),
+            )
+            if cursor.rowcount != 1:
+                self._db.execute("ROLLBACK")
+                raise RuntimeError(f"file {file_id} is not a local-only file; refusing to retire it")
+            self._db.execute("UPDATE chunks SET state='purged' WHERE file_id=?", (file_id,))
+            self._db.execute("COMMIT")
+
     # -- losses ------------------------------------------------------------------------------------------
     def record_loss(self, run_uid: str | None, first: int, last: int, reason: str, detail: str = "") -> None:
         """Record frames ``first..last`` as lost.

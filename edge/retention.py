@@ -150,6 +150,8 @@ class Retention:
                 if self._purge(row):
                     target -= row["size"]
                     purged += 1
+        if self.settings.unforwarded == "purge_after_days":
+            purged += self._retire_unforwarded(now)
         while target > 0:
             batch = self.ledger.purgeable_files(limit=PURGE_BATCH)
             done = 0
@@ -179,6 +181,29 @@ class Retention:
         self.stats["bytes_purged"] += row["size"]
         log.info("purged %s (verified upstream, %d bytes)", path.name, row["size"])
         return True
+
+    def _retire_unforwarded(self, now: float) -> int:
+        """Files never forwarded (``upstream.forward``), older than ``unforwarded_days``: deleted, and each
+        one logged and marked purged in the ledger (never silently)."""
+        retired = 0
+        for row in self.ledger.local_files(now - self.settings.unforwarded_days * 86400.0, PURGE_BATCH):
+            path = Path(row["path"])
+            try:
+                path.unlink(missing_ok=True)
+            except OSError as error:
+                self.stats["purge_errors"] += 1
+                log.error("cannot retire %s: %s", path, error)
+                continue
+            self.ledger.file_retired(row["id"])
+            self.stats["files_retired_unforwarded"] += 1
+            self.stats["bytes_purged"] += row["size"]
+            log.warning(
+                "retired %s (never forwarded, older than retention.unforwarded_days = %g)",
+                path.name,
+                self.settings.unforwarded_days,
+            )
+            retired += 1
+        return retired
 
     def _update_alarm(self) -> None:
         reason = self.refusal()

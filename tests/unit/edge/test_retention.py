@@ -157,3 +157,25 @@ def test_a_given_executor_is_left_running_by_stop(ledger: Ledger, tmp_path: Path
     retention = Retention(ledger, tmp_path, RetentionSettings(), executor=executor)
     retention.stop()
     assert executor.shut is False  # whoever passed it in owns it
+
+
+def test_files_never_forwarded_are_kept_or_retired_only_by_the_stated_policy(
+    ledger: Ledger, tmp_path: Path
+) -> None:
+    wall = FakeClock(now=0.0)
+    local = tmp_path / "local.h5"
+    local.write_bytes(b"x" * 100)
+    ledger.file_stored("run", "local.h5", local, 100, "sum", (0, 0, 1), [(0, 100, "c")], "data", True)
+    unverified = store_file(ledger, tmp_path, "pending.h5", 100)
+    stored_at = ledger.files()[0]["stored_at"]
+    keep = Retention(ledger, tmp_path, RetentionSettings(), wall_clock=wall, executor=ManualExecutor())
+    wall.now = stored_at + 10 * 365 * 86400
+    assert keep.purge_once() == 0 and local.exists()  # "keep": never, however old
+    policy = RetentionSettings(unforwarded="purge_after_days", unforwarded_days=2)
+    retire = Retention(ledger, tmp_path, policy, wall_clock=wall, executor=ManualExecutor())
+    wall.now = stored_at + 1.9 * 86400
+    assert retire.purge_once() == 0 and local.exists()
+    wall.now = stored_at + 2.1 * 86400
+    assert retire.purge_once() == 1 and not local.exists() and unverified.exists()
+    assert [f["state"] for f in ledger.files()] == ["purged", "stored"]
+    assert retire.stats["files_retired_unforwarded"] == 1
