@@ -106,7 +106,7 @@ def test_demo_with_faults_accounts_for_every_frame(
     tmp_path: Path, transport: str, mode: str, faults: list[str]
 ) -> None:
     frames = 80
-    flags = ["--transport", transport, "--mode", mode, "--rate", "60", *faults]
+    flags = ["--transport", transport, "--sim-mode", mode, "--rate", "60", *faults]
     overrides = [*loopback_overrides(), "reduction.bins=100", "sim.fault_seed=7"]
     summary = run_bounded_demo(tmp_path, frames, flags, overrides, timeout=300)
     truth = summary["sim"].get("truth") or summary["sim"]["faults"]["truth"]
