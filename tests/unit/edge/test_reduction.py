@@ -5,9 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from edge.config import load_settings
+from edge.config import ReductionSettings, load_settings
 from edge.errors import ConfigError
-from edge.config import ReductionSettings
 from edge.modes import Corrections as Calibration
 from edge.modes import PowderStage, RunContext
 from kernels import Geometry, get_backend
