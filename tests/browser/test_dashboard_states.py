@@ -83,9 +83,9 @@ def test_a_clean_run_after_a_faulty_one_shows_no_stale_alarm(
     browser.wait_for("document.getElementById('c-run-lost').textContent === '0'", 10, "this run's count")
     assert texts(browser, "#c-all-lost") == ["80"]  # all time still says it, with its scope
     assert "7d41c9e0" in texts(browser, "#scope-run")[0]
-    browser.wait_for(f"!!document.querySelector('#runs tr[data-run=\"{FAULTY}\"]')", 10, "the runs table")
-    row = texts(browser, f'#runs tr[data-run="{FAULTY}"]')[0]
-    assert "fail" in row and "80" in row
+    row = f"document.querySelector('#runs tr[data-run=\"{FAULTY}\"]')?.innerText || ''"
+    browser.wait_for(f"({row}).includes('fail')", 10, "the faulty run's row, ended")  # refreshed within 3 s
+    assert "80" in browser.evaluate(row)
     browser.screenshot(screenshot_dir / "dashboard-clean-after-faulty.png", full_page=True)
 
 

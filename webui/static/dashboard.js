@@ -12,7 +12,9 @@
 (() => {
   const STALE_MS = 3000; // no status push for this long: "stale"
   const OFFLINE_MS = 4500; // ... for this long, or the stream broke and a probe failed: "offline"
-  const RUNS_MS = 10000;
+  const RUNS_MS = 10000; // the runs table is asked for again this often, or sooner when the ledger changed,
+  const RUNS_MIN_MS = 3000; // but not more often than this: each row is a where-report the daemon computes
+  const RUNS_LIMIT = 50;
   const FETCH_TIMEOUT_MS = 4000;
   const PRODUCT_MS = 1000;
   const TREND_WINDOW_S = 600;
@@ -718,7 +720,8 @@
     const runs = all.filter((r) => matches(r, f));
     const body = $("runs").tBodies[0];
     const filtered = f.name || f.date || f.mode || f.state;
-    setText("runs-count", filtered ? `${runs.length} of ${all.length} runs` : `${all.length} runs`);
+    const newest = all.length >= RUNS_LIMIT ? ` (the newest ${RUNS_LIMIT}; \`edge where\` finds any run)` : "";
+    setText("runs-count", (filtered ? `${runs.length} of ${all.length} runs` : `${all.length} runs`) + newest);
     if (!runs.length) {
       body.innerHTML = `<tr><td colspan="10" class="muted">${all.length ? "no run matches the filter" : "no runs yet"}</td></tr>`;
       return;
@@ -824,11 +827,11 @@
   async function refreshRuns(status, force) {
     const ledger = status.ledger || {};
     const key = JSON.stringify([ledger.files, ledger.frames_stored, ledger.loss_records, status.appliance?.run_uid]);
-    const due = Date.now() - state.runsFetchedAt >= RUNS_MS;
-    if (!force && !due && key === state.runsKey) return;
+    const since = Date.now() - state.runsFetchedAt;
+    if (!force && (since < RUNS_MIN_MS || (since < RUNS_MS && key === state.runsKey))) return;
     state.runsKey = key;
     state.runsFetchedAt = Date.now();
-    state.runs = (await getJSON("/api/run-summaries?limit=200")) || [];
+    state.runs = (await getJSON(`/api/run-summaries?limit=${RUNS_LIMIT}`)) || [];
     renderRuns();
     await refreshWhere();
   }
