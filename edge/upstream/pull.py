@@ -220,7 +220,8 @@ class PullClient:
         else:
             self.stats["files_mismatched"] += 1
             path.unlink(missing_ok=True)  # start the file over; the appliance resends every chunk
-        return p.FileVerified(message.file_id, size, digest, str(final) if final.exists() else "")
+        # where the file is on this side, absolute (the appliance shows it in `edge where` and its run view)
+        return p.FileVerified(message.file_id, size, digest, str(final.absolute()) if final.exists() else "")
 
 
 class _PartFile:
