@@ -30,7 +30,7 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check edge firmware_bridge kernels webui hw_sim tests benchmarks
 	$(BIN)/lint-imports
 	$(BIN)/mypy --strict --follow-imports=silent firmware_bridge/stream2_codec.py firmware_bridge/hdf5_chunks.py \
-		firmware_bridge/stream2_reader.py
+		firmware_bridge/stream2_reader.py firmware_bridge/stream_codec.py firmware_bridge/udp_codec.py
 	$(BIN)/mypy --strict --follow-imports=silent edge/upstream/protocol.py edge/upstream/session.py \
 		edge/upstream/outlook.py edge/alarms.py edge/counter_scopes.py webui/live.py
 
