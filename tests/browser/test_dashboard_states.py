@@ -136,6 +136,14 @@ def test_acknowledging_needs_the_token(url: str, view: ScriptedView, browser: Br
     )
 
 
+def test_a_token_handed_over_in_the_address_is_kept_and_hidden(url: str, browser: Browser) -> None:
+    """`edge demo` opens the dashboard as URL/#token=...: the page keeps it and drops it from the address."""
+    live(browser, url + f"#token={TOKEN}")
+    assert browser.evaluate("localStorage.getItem('edge.apiToken')") == TOKEN
+    assert TOKEN not in browser.evaluate("location.href")
+    assert texts(browser, "#token-toggle") == ["token \u2713"]
+
+
 def test_switching_the_mode_needs_the_token_and_waits_for_the_run_to_end(
     url: str, view: ScriptedView, browser: Browser
 ) -> None:
