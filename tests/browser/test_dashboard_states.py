@@ -6,7 +6,8 @@ after a faulty one shows no stale alarm; acknowledging works with the token and 
 (switching the next run's mode too, and not while a run is open);
 an upstream outage says "stalled" with one ETA everywhere; the image's timestamp advances while frames
 come and stops (and says so) when they stop; the header says "offline" within 5 s of the appliance
-going away; a troubled appliance's alarms, in words, clear when it is healthy again.
+going away and is live again when it comes back; a troubled appliance's alarms, in words, clear when it
+is healthy again; the runs filter; a tomography product; /docs and /redoc without a network.
 """
 
 from __future__ import annotations
@@ -381,3 +382,13 @@ def test_a_troubled_appliance_in_words_and_healthy_again(
     view.base["appliance"]["recovery"] = {}
     browser.wait_for("document.querySelectorAll('#alarms li').length === 0", 10, "the alarms to clear")
     assert texts(browser, "#detector-state") == ["Idle (SIM:cam1:)"]
+
+
+def test_api_docs_render_from_the_appliance_alone(url: str, browser: Browser) -> None:
+    """/docs (Swagger UI) and /redoc draw the API from assets the appliance serves itself (no CDN)."""
+    browser.goto(url + "docs")
+    assert browser.wait_for("document.querySelectorAll('.opblock').length", 20, "Swagger UI's operations") > 5
+    browser.goto(url + "redoc")
+    assert browser.wait_for("document.querySelectorAll('li[data-item-id]').length", 20, "ReDoc's menu") > 5
+    icon = browser.evaluate("document.querySelector('link[rel*=icon]')?.href || ''")
+    assert icon.startswith(url)
