@@ -7,6 +7,7 @@ recorder (all run bookkeeping), the web API, the IOC and metrics get the read-on
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import threading
@@ -33,7 +34,7 @@ from edge.ring import FrameRing, Slot
 from edge.store import NXMX_SERIES_KEYS
 from edge.supervision import Supervisor, parse_injection
 from edge.upstream.forwarder import Forwarder
-from edge.view import ApplianceParts, ApplianceView, thread_state
+from edge.view import ApplianceParts, ApplianceView
 from firmware_bridge.source import FrameHeader, FrameSource
 from firmware_bridge.stream2_reader import Stream2Source
 from firmware_bridge.udp_reader import UdpSource
@@ -105,11 +106,24 @@ class RingSink:
         self.preview: tuple[np.ndarray, dict[str, Any]] | None = None
         self._preview_at = 0.0
         self.losses = 0
+        # an areaDetector capture (HDF1:Capture=1 .. 0): one run, one file, across the detector's series
+        self._capture_lock = threading.Lock()
+        self._capture_path: Path | None = None
+        self._capture_run: str | None = None  # the capture's run, once its first series started
+        self._capture_next = 0  # the capture's next frame number (series after the first continue it)
+        self._capture_offset: int | None = None  # added to this series' frame numbers
+        self._series_open = False
 
     def claim(self, nbytes: int) -> Slot | None:
         return self.ring.claim(nbytes)
 
     def publish(self, slot: Slot, header: FrameHeader) -> None:
+        if self._capture_run is not None and self.run_uid == self._capture_run:
+            if self._capture_offset is None:
+                self._capture_offset = self._capture_next - header.frame
+            if self._capture_offset:
+                header = dataclasses.replace(header, frame=header.frame + self._capture_offset)
+            self._capture_next = max(self._capture_next, header.frame + 1)
         self.ring.publish(slot, header)
         now = time.monotonic()
         if now - self._preview_at >= PREVIEW_SECONDS:  # the live view skips the queue, as areaDetector's does
@@ -128,7 +142,36 @@ class RingSink:
     def abandon(self, slot: Slot) -> None:
         self.ring.abandon(slot)
 
+    # -- captures (edge.ioc's HDF1:Capture) -----------------------------------------------------------
+    def open_capture(self, path: Path) -> None:
+        """From now until `close_capture`, the detector's series make one run written to ``path``."""
+        with self._capture_lock:
+            self._capture_path = path
+            self._capture_run = None
+            self._capture_next = 0
+
+    def close_capture(self) -> str | None:
+        """End the capture: its run ends now (or with the series still open); returns the run's uid."""
+        with self._capture_lock:
+            run_uid, self._capture_run, self._capture_path = self._capture_run, None, None
+            if run_uid is not None and not self._series_open and not self.refused:
+                self._control({"event": "series_end", "exit_status": "success"})
+        return run_uid
+
+    def capture(self) -> dict[str, Any]:
+        """The capture's file and run (None before its first series), for the IOC."""
+        return {"path": self._capture_path, "run_uid": self._capture_run}
+
     def series_start(self, series: int, config: dict[str, Any]) -> str | None:
+        with self._capture_lock:
+            self._series_open = True
+            if self._capture_run is not None:  # a further acquisition of the open capture: same run
+                self.run_uid = self._capture_run
+                self._capture_offset = None
+                return None
+            capture_path = self._capture_path
+        if capture_path is not None:  # a capture's length is its client's to decide (Capture=0)
+            config = {**config, "frames_expected": None, "capture_file": str(capture_path)}
         reduction = self.reduction()
         # recorded with the run (RunStart, where, files): how it is reduced and what goes upstream
         config = {**config, "reduction": reduction, "upstream_forward": self.recorder.forward}
@@ -156,16 +199,32 @@ class RingSink:
                 "detector": config.get("detector"),
                 "nxmx": {k: config[k] for k in NXMX_SERIES_KEYS if config.get(k) is not None},
                 "reduction": reduction,
+                "file_path": str(capture_path) if capture_path is not None else None,
             }
         )
+        if capture_path is not None:
+            with self._capture_lock:
+                if self._capture_path == capture_path:
+                    self._capture_run, self._capture_offset = run_uid, None
+                else:  # the capture closed while this series started: end the run with the series
+                    capture_path = None
         return None
 
     def series_end(self, series: int, exit_status: str = "success") -> None:
+        with self._capture_lock:
+            self._series_open = False
+            if self._capture_run is not None and self.run_uid == self._capture_run:
+                if exit_status == "success":
+                    self.run_uid = None
+                    return  # the capture goes on: the run ends at Capture=0
+                self._capture_run = None  # an aborted series ends its capture's run
         if not self.refused:
             self._control({"event": "series_end", "exit_status": exit_status})
         self.run_uid = None
 
     def lost(self, first: int, last: int, reason: str, detail: str = "") -> None:
+        if self._capture_offset and self._capture_run is not None and self.run_uid == self._capture_run:
+            first, last = first + self._capture_offset, last + self._capture_offset
         self.losses += last - first + 1
         self.recorder.loss(self.run_uid, first, last, reason, detail)
 
@@ -316,7 +375,7 @@ class Appliance:
     # -- lifecycle --------------------------------------------------------------------------------------
     def start(self) -> None:
         self.forwarder.start(self.supervisor.spawn)
-        self.retention.start()
+        self.retention.start(self.supervisor.spawn)
         self.pipeline.start(self.supervisor.spawn)
         self.source.start(self.supervisor.spawn)
         log.info(
@@ -341,15 +400,7 @@ class Appliance:
     def threads(self) -> dict[str, dict[str, Any]]:
         """Each data-plane thread's state: ``running``, ``restarting``, ``stopped`` or ``dead``, with its
         restarts and last error (supervised threads), or just alive or not (the others)."""
-        states = self.supervisor.states()
-        stopping = self.stopping
-        for name, thread in (
-            ("forwarder", getattr(self.forwarder, "_thread", None)),
-            ("retention", getattr(self.retention, "_thread", None)),
-        ):
-            if name not in states:
-                states[name] = {"state": thread_state(thread, stopping), "restarts": 0, "errors": 0}
-        return states
+        return self.supervisor.states()
 
     def _thread_exhausted(self, name: str, error: BaseException) -> None:
         self.fatal = f"thread {name} failed {self.settings.supervision.max_restarts + 1} times: {error!r}"

@@ -29,6 +29,7 @@ import psutil
 
 from edge.config import RetentionSettings
 from edge.ledger import Ledger
+from firmware_bridge.source import Checkpoint, Spawner, plain_spawn
 
 log = logging.getLogger(__name__)
 
@@ -215,9 +216,9 @@ class Retention:
         self.alarm = reason
 
     # -- thread ---------------------------------------------------------------------------------------
-    def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="retention", daemon=True)
-        self._thread.start()
+    def start(self, spawn: Spawner = plain_spawn) -> None:
+        """Run the policy every ``interval_seconds`` on a thread started by ``spawn`` (supervised)."""
+        self._thread = spawn("retention", self._run)
 
     def stop(self) -> None:
         self._stop.set()
@@ -226,8 +227,9 @@ class Retention:
         if self._own_executor:
             self._executor.shutdown(wait=False, cancel_futures=True)
 
-    def _run(self) -> None:
+    def _run(self, checkpoint: Checkpoint) -> None:
         while not self._stop.wait(self.settings.interval_seconds):
+            checkpoint()
             self.run_pass()
 
     def run_pass(self) -> None:

@@ -29,7 +29,7 @@ def _run_series(stack: EdgeStack) -> tuple[str, int]:
 
 @pytest.mark.parametrize(
     ("thread", "at"),
-    [("reader", 30), ("pipeline", 15), ("pipeline-writer", 15), ("forwarder", 10)],
+    [("reader", 30), ("pipeline", 15), ("pipeline-writer", 15), ("forwarder", 10), ("retention", 2)],
 )
 def test_a_failing_thread_is_recorded_alarmed_and_restarted(tmp_path: Path, thread: str, at: int) -> None:
     stack = EdgeStack(
