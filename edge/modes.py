@@ -447,7 +447,7 @@ class TomoStage(_CorrectedStage):
         self.filter = p.filter
         self._dark_sum = np.zeros(ctx.shape, np.float64)
         self._flat_sum = np.zeros(ctx.shape, np.float64)
-        self.darks = self.flats = self.projections = 0
+        self.darks = self.flats = self.projections = self.without_angle = 0
         self.reconstructor: Any = None
         self.angles: list[float] = []
         self.sinograms: list[np.ndarray] = []  # normalised rows of each projection, for the run product
@@ -514,8 +514,10 @@ class TomoStage(_CorrectedStage):
         return dark.astype(np.float32), flat.astype(np.float32)
 
     def _project(self, raw: np.ndarray, angle: float) -> None:
-        if math.isnan(angle):
-            angle = float(self.projections) * 180.0 / max(1, self.projections + 1)
+        self.projections += 1
+        if math.isnan(angle):  # stored, but a projection at an unknown angle cannot be back-projected
+            self.without_angle += 1
+            return
         if self.reconstructor is None:  # darks and flats come first in a scan: their means are final
             dark, flat = self._means()
             self.reconstructor = self.ctx.backend.streaming_reconstructor(
@@ -527,7 +529,6 @@ class TomoStage(_CorrectedStage):
                 flat=flat,
             )
             self._dark, self._flat = dark[self.rows], flat[self.rows]
-        self.projections += 1
         self.angles.append(angle)
         lines = raw[self.rows].astype(np.float32)
         normalised = self.ctx.backend.flat_field(lines, self._dark, self._flat, np.empty_like(lines))
@@ -560,6 +561,7 @@ class TomoStage(_CorrectedStage):
             "flat_mean": flat,
             "center": float(self.ctx.shape[1] // 2 if self.center is None else self.center),
             "projections": self.projections,
+            "projections_without_angle": self.without_angle,
             "darks": self.darks,
             "flats": self.flats,
         }

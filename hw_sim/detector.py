@@ -39,6 +39,10 @@ log = logging.getLogger(__name__)
 QUEUE_DEPTH = 1024
 
 
+#: areaDetector's FrameType -> NXtomo's image_key (0 projection, 1 flat, 2 dark), as docs/pvs.md states
+IMAGE_KEYS = {"Normal": 0, "FlatField": 1, "Background": 2}
+
+
 class StreamingDetector:
     """Camera hooks that turn the IOC's acquisitions into DECTRIS-style series on a PUSH socket.
 
@@ -89,6 +93,8 @@ class StreamingDetector:
         self.run_uid: str | None = None
         self._stream2_uid = ""
         self._queue: queue.Queue[tuple[Any, ...]] = queue.Queue(QUEUE_DEPTH)
+        #: the camera's FrameType now (the IOC sets it); Normal frames are projections / diffraction
+        self.frame_type: Callable[[], str] = lambda: "Normal"
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="sim-detector-sender", daemon=True)
         self._thread.start()
@@ -115,7 +121,8 @@ class StreamingDetector:
 
     def _on_frame(self, index: int) -> None:
         try:
-            self._queue.put_nowait(("frame", self.series, index))
+            # the camera's FrameType at the moment of the frame becomes its image key (NXtomo)
+            self._queue.put_nowait(("frame", self.series, index, IMAGE_KEYS.get(self.frame_type(), 0)))
         except queue.Full:  # the consumer is not reading: the frame is lost, and counted
             self.stats["frames_dropped_sender_behind"] += 1
 
@@ -146,11 +153,21 @@ class StreamingDetector:
                     self.stats["series_started"] += 1
                     log.info("series %d (run %s): %s frames", series, run_uid, planned or "unbounded")
             elif kind == "frame":
-                index = command[2]
+                index, key = command[2], command[3]
                 pixels = np.ascontiguousarray(self.frame(index))
                 data = memoryview(pixels).cast("B") if self.encoding == "<" else compress_chunk(pixels)
                 now = time.time_ns()
-                parts = encode_image(series, index, self.shape, self.dtype, data, self.encoding, now, now)
+                parts = encode_image(
+                    series,
+                    index,
+                    self.shape,
+                    self.dtype,
+                    data,
+                    self.encoding,
+                    now,
+                    now,
+                    image_key=key or None,
+                )
                 if self._send(parts):
                     self.stats["frames_sent"] += 1
             else:
@@ -228,6 +245,7 @@ def run_detector(
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, task.cancel)
         ioc = SimCamIOC(prefix, detector.hooks(), max_size=max_size, data_type=data_type)
+        detector.frame_type = lambda: str(ioc.frame_type.value)
         with contextlib.suppress(asyncio.CancelledError):
             await serve(ioc, interfaces=(interface,), port=port, on_ready=announce)
 
