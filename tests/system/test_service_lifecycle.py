@@ -202,3 +202,45 @@ def test_sigterm_mid_run_exits_0_with_every_frame_stored_or_recorded_lost(tmp_pa
     assert stored | lost == set(range(frames)), "a frame neither stored nor recorded as lost"
     assert {reason for *_, reason in losses} <= {"receiver_stopped", "shutdown"}
     assert exit_status == "abort"
+
+
+def test_a_thread_that_restarts_keeps_the_watchdog_one_out_of_restarts_ends_the_service_non_zero(
+    tmp_path: Path, listener: NotifyListener
+) -> None:
+    # supervision.inject_error makes the retention thread's real loop raise at its 3rd pass (one a second)
+    recovering = EdgeStack(
+        tmp_path / "a",
+        [*SMALL_FRAMES, 'supervision.inject_error="retention:3"', "supervision.restart_backoff_seconds=0.1"],
+    )
+    try:
+        daemon = recovering.start_daemon(env=listener.env())
+        wait_for(lambda: listener.times("READY=1"), 30, "READY=1")
+        wait_for(
+            lambda: recovering.status()["appliance"]["threads"]["retention"]["restarts"] >= 1,
+            30,
+            "the retention thread to fail and restart",
+        )
+        restarted = time.monotonic()
+        wait_for(
+            lambda: len(listener.times("WATCHDOG=1", restarted)) >= 2, 10, "WATCHDOG=1 after the restart"
+        )
+        assert not listener.lines("STATUS=data-plane thread dead")
+        daemon.send_signal(signal.SIGTERM)
+        assert daemon.wait(60) == 0
+    finally:
+        recovering.stop_all()
+
+    listener.messages.clear()
+    # out of restarts: the daemon stops and exits 3, which Restart=on-failure in edge.service restarts
+    dying = EdgeStack(
+        tmp_path / "b",
+        [*SMALL_FRAMES, 'supervision.inject_error="retention:4"', "supervision.max_restarts=0"],
+    )
+    try:
+        daemon = dying.start("run", env=listener.env())
+        assert daemon.wait(60) == 3
+        assert listener.lines("READY=1"), "the thread died only after the service was up"
+        stopping = listener.times("STOPPING=1")[0]
+        assert not listener.times("WATCHDOG=1", stopping)
+    finally:
+        dying.stop_all()
