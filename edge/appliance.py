@@ -113,6 +113,7 @@ class RingSink:
         self._capture_next = 0  # the capture's next frame number (series after the first continue it)
         self._capture_offset: int | None = None  # added to this series' frame numbers
         self._series_open = False
+        self._abort_requested = False  # the control system aborted the run: its series ends `abort`
 
     def claim(self, nbytes: int) -> Slot | None:
         return self.ring.claim(nbytes)
@@ -158,6 +159,11 @@ class RingSink:
                 self._control({"event": "series_end", "exit_status": "success"})
         return run_uid
 
+    def mark_abort(self) -> None:
+        """The control system aborted the run (``Acquire`` 0): the open series, when the detector ends it,
+        ends its run ``abort`` (the detector's own end message says only that the series ended)."""
+        self._abort_requested = True
+
     def capture(self) -> dict[str, Any]:
         """The capture's file and run (None before its first series), for the IOC."""
         return {"path": self._capture_path, "run_uid": self._capture_run}
@@ -165,6 +171,7 @@ class RingSink:
     def series_start(self, series: int, config: dict[str, Any]) -> str | None:
         with self._capture_lock:
             self._series_open = True
+            self._abort_requested = False
             if self._capture_run is not None:  # a further acquisition of the open capture: same run
                 self.run_uid = self._capture_run
                 self._capture_offset = None
@@ -211,6 +218,9 @@ class RingSink:
         return None
 
     def series_end(self, series: int, exit_status: str = "success") -> None:
+        if self._abort_requested and exit_status == "success":
+            exit_status = "abort"
+        self._abort_requested = False
         with self._capture_lock:
             self._series_open = False
             if self._capture_run is not None and self.run_uid == self._capture_run:

@@ -236,6 +236,7 @@ def _run_daemon(
                 end_open_series=appliance.end_open_series,
                 reduction=appliance.reduction,
                 refusal=appliance.retention.refusal,
+                capture=appliance.sink,
             )
             ioc.start()
         try:

@@ -234,6 +234,15 @@ class StoreSettings(_Section):
     blanks: Literal["keep", "drop"] = Field(
         "keep", description="serial: blank frames go to their own local files (keep) or are vetoed (drop)"
     )
+    roots: list[Path] = Field(
+        default_factory=list,
+        description="directories an areaDetector client may name in HDF1:FilePath (and below them); "
+        "empty = the store path only",
+    )
+
+    def allowed_roots(self) -> list[Path]:
+        """The directories ``HDF1:FilePath`` may name (``roots``, or the store path when it is empty)."""
+        return [Path(p) for p in self.roots] or [self.path]
 
 
 class RetentionSettings(_Section):

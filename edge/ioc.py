@@ -22,11 +22,12 @@ import getpass
 import logging
 import math
 import os
+import re
 import socket
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
@@ -34,6 +35,7 @@ from edge import pv_input
 from edge.config import EpicsSettings, ReductionSettings
 from edge.errors import ConfigError, Refused
 from edge.pv_table import (
+    AD_DATA_TYPES,
     ALARM_FIELDS,
     DETECTOR_STATES,
     ENUM_SEVERITIES,
@@ -47,7 +49,7 @@ if TYPE_CHECKING:
     from edge.reduction_control import ReductionControl
     from edge.view import ApplianceView
 
-__all__ = ["DEFAULT_ACF", "MODES", "PVS", "ApplianceIOC", "PvSpec"]
+__all__ = ["DEFAULT_ACF", "MODES", "PVS", "ApplianceIOC", "CaptureControl", "PvSpec", "capture_file"]
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +68,48 @@ ASG_DEFAULT = "DEFAULT"
 
 _SETPOINTS = frozenset(spec.name for spec in PVS if spec.writable)
 _ioc_started = False
+
+
+class CaptureControl(Protocol):
+    """Where the IOC opens and closes an areaDetector capture (`edge.appliance.RingSink` in the daemon)."""
+
+    def open_capture(self, path: Path) -> None: ...
+
+    def close_capture(self) -> str | None: ...
+
+    def capture(self) -> dict[str, Any]: ...
+
+    def mark_abort(self) -> None: ...
+
+
+#: Seconds a closed capture may take to finish its file before ``Capture_RBV`` is cleared all the same.
+CAPTURE_CLOSE_SECONDS = 60.0
+_TEMPLATE_FIELD = re.compile(r"%(?!%)[-#0 +]*\d*(?:\.\d+)?[diouxXsfeEgG]")
+
+
+def capture_file(template: str, directory: str, name: str, number: int) -> Path:
+    """The file an areaDetector ``FileTemplate`` names (``%s%s.h5``: path then name; a third field, the
+    file number). Raises ValueError for a template that takes other fields."""
+    fields = _TEMPLATE_FIELD.findall(template)
+    if len(fields) not in (2, 3) or not fields[0].endswith("s") or not fields[1].endswith("s"):
+        raise ValueError(f"FileTemplate {template!r} must take %s (path), %s (name) and optionally %d")
+    values: tuple[Any, ...] = (directory, name) if len(fields) == 2 else (directory, name, number)
+    try:
+        return Path(template % values)
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"FileTemplate {template!r}: {error}") from None
+
+
+def path_refusal(path: Path, roots: list[Path]) -> str | None:
+    """Why ``path`` (a directory or a file in one) is outside every allowed root, or None."""
+    try:
+        resolved = path.resolve()
+    except (OSError, ValueError, RuntimeError) as error:
+        return f"not a usable path ({error})"
+    for root in roots:
+        if resolved == root.resolve() or resolved.is_relative_to(root.resolve()):
+            return None
+    return f"{path} is outside store.roots (default store.path): {', '.join(str(r) for r in roots)}"
 
 
 def _retention_state(retention: dict[str, Any]) -> int:
@@ -120,8 +164,13 @@ class ApplianceIOC:
         end_open_series: Callable[[str], None],
         reduction: ReductionControl | None = None,
         refusal: Callable[[], str | None] | None = None,
+        capture: CaptureControl | None = None,
     ) -> None:
         self.view = view
+        self.capture = capture
+        self._capturing = False
+        self._capture_close = asyncio.Event()
+        self._write_message = ""
         self.reduction = reduction
         self.refusal = refusal or (lambda: None)
         self._runs_refused: str | None = None  # the store's reason while Acquire is write-protected
@@ -203,6 +252,9 @@ class ApplianceIOC:
         if not spec.writable:  # no CA writes: no write access (the ACF's READONLY), and DISP if another ACF
             kw.update(ASG=ASG_READONLY, DISP=1)
         make = getattr(builder, spec.kind)
+        if spec.name == "AcquireBusy":  # an output record, so that it can hold a put-completion (blocking)
+            make = builder.boolOut
+            kw.update(initial_value=0, always_update=True, blocking=True, on_update=self._on_acquire_busy)
         if spec.kind in ("boolIn", "boolOut"):
             severities = ENUM_SEVERITIES.get(spec.name, {})
             kw["ZNAM"], kw["ONAM"] = spec.choices
@@ -221,6 +273,8 @@ class ApplianceIOC:
             kw["datatype"] = np.int16 if spec.ca_type.startswith("short") else np.float64
         if spec.kind in ("aIn", "aOut"):
             kw.setdefault("PREC", 3)
+        if spec.initial is not None and not spec.writable:
+            kw["initial_value"] = spec.initial
         return make(spec.name, **kw, **self._out_kw(spec))
 
     def _length(self, spec: PvSpec) -> int:
@@ -237,12 +291,15 @@ class ApplianceIOC:
             return {}
         validate = lambda device, value, spec=spec: self._validate(spec, device, value)  # noqa: E731
         if spec.name == "Acquire":
+            # not blocking itself: its forward link processes AcquireBusy, which holds the put-completion of
+            # a 1 until the run is over, while Acquire stays free to take a 0 (with completion or without:
+            # a put-callback to a record that is busy would wait for it). As areaDetector's busy record.
             return {
                 "initial_value": 0,
                 "always_update": True,
-                "blocking": True,
                 "validate": validate,
-                "on_update": self._on_acquire,
+                "on_update": self._on_acquire_put,
+                "FLNK": self.prefix + "AcquireBusy",
             }
         initial: dict[str, Any] = {
             "NumImages": 1,
@@ -254,7 +311,7 @@ class ApplianceIOC:
             "HDF1:Capture": 0,
             "HDF1:NumCapture": 1,
         }
-        value = self._param_value(spec) if spec.param else initial[spec.name]
+        value = self._param_value(spec) if spec.param else initial.get(spec.name, spec.initial)
         return {
             "initial_value": value,
             "always_update": True,
@@ -286,6 +343,10 @@ class ApplianceIOC:
             device.process_severity(device._record, 1, status)  # MINOR, shown when the record finishes
         shown = repr(value[:40] + "...") if isinstance(value, str) and len(value) > 40 else repr(value)
         self._set_message(f"Refused {spec.name} = {shown}: {reason}")
+        if spec.name.startswith("HDF1:"):  # areaDetector clients read the writer's own message
+            self._set_write_message(f"Refused {spec.name}: {reason}")
+            if spec.name == "HDF1:FilePath":
+                self._set("HDF1:FilePathExists_RBV", 0)
         log.info("refused a put of %s to %s: %s", shown, spec.name, reason)
         return False
 
@@ -300,9 +361,12 @@ class ApplianceIOC:
                     return f"run refused: {reason}", soft
             return None
         if spec.name == "HDF1:FilePath":
-            if str(value).rstrip("/") != str(self.view.store_path()):
-                return f"the store's directory is fixed by store.path ({self.view.store_path()})", soft
-            return None
+            reason = path_refusal(Path(str(value) or "."), self._roots())
+            return None if reason is None else (reason, soft)
+        if spec.name == "HDF1:Capture":
+            return self._capture_refusal() if int(value) and not self._capturing else None
+        if spec.name == "HDF1:Compression" and int(value) != 5:
+            return "frames are always stored bitshuffle-LZ4 (BSLZ4)", soft
         if spec.name == "Mode":
             return self._update_reduction({"mode": MODES[int(value)]})
         if spec.param:
@@ -312,6 +376,107 @@ class ApplianceIOC:
                 return str(error), soft
             return self._update_reduction(change)
         return None
+
+    def _capture_path(self) -> Path:
+        """The next capture's file: ``FileTemplate`` of ``FilePath`` (with a trailing ``/``, as areaDetector
+        adds one), ``FileName`` and ``FileNumber``."""
+        directory = str(self.records["HDF1:FilePath_RBV"].get())
+        return capture_file(
+            str(self.records["HDF1:FileTemplate_RBV"].get()),
+            directory if directory.endswith("/") else directory + "/",
+            str(self.records["HDF1:FileName_RBV"].get()),
+            int(self.records["HDF1:FileNumber_RBV"].get()),
+        )
+
+    def _roots(self) -> list[Path]:
+        """Where ``HDF1:FilePath`` may point: ``store.roots`` (default the store path)."""
+        settings = getattr(self.view, "settings", None)  # (a stand-in view in unit tests has none)
+        return settings.store.allowed_roots() if settings is not None else [self.view.store_path()]
+
+    def _capture_refusal(self) -> tuple[str, int] | None:
+        """Why ``Capture`` 1 cannot open a capture now, or None."""
+        soft = pv_input.ALARM_SOFT
+        if self.capture is None:
+            return "captures need the running appliance", soft
+        try:
+            path = self._capture_path()
+        except ValueError as error:
+            return str(error), soft
+        if not str(self.records["HDF1:FileName_RBV"].get()):
+            return "FileName is empty", soft
+        reason = path_refusal(path, self._roots())
+        if reason is not None:
+            return reason, soft
+        try:
+            if path.exists():
+                return f"{path} exists (a capture never overwrites a file)", soft
+            if not path.parent.is_dir() and not int(self.records["HDF1:CreateDirectory"].get()):
+                return f"{path.parent} does not exist (CreateDirectory 0)", soft
+        except (OSError, ValueError) as error:
+            return f"not a usable path ({error})", soft
+        return None
+
+    def _start_capture(self) -> None:
+        path = self._capture_path()
+        if not path.parent.is_dir():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._set("HDF1:FilePathExists_RBV", 1)
+        assert self.capture is not None
+        self.capture.open_capture(path)
+        self._capturing = True
+        self._capture_close.clear()
+        self._set("HDF1:Capture_RBV", 1)
+        self._set("HDF1:NumCaptured_RBV", 0)
+        self._set("HDF1:FullFileName_RBV", _fit(str(path)))
+        self._set_write_message("")
+        self._tasks.append(self.loop.create_task(self._watch_capture(path), name="edge-ioc-capture"))
+        log.info("capture opened: %s", path)
+
+    async def _watch_capture(self, path: Path) -> None:
+        """Follow the open capture: frames written, its ``NumCapture`` limit, its close (``Capture`` 0, or
+        the detector aborting its run), and clear ``Capture_RBV`` once its file is finished."""
+        assert self.capture is not None
+        run_uid: str | None = None
+        try:
+            while not self._capture_close.is_set():
+                state = self.capture.capture()
+                if state["path"] is None:  # the run ended with an aborted series: so did the capture
+                    break
+                if state["run_uid"] is not None and state["run_uid"] != run_uid:
+                    run_uid = self._run_uid = state["run_uid"]
+                    self._set("RunUid_RBV", run_uid)
+                writing, frames = self.view.writer_run()
+                if run_uid is not None and writing == run_uid:
+                    self._set("HDF1:NumCaptured_RBV", frames)
+                    limit = int(self.records["HDF1:NumCapture_RBV"].get())
+                    if limit and frames >= limit:
+                        break
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._capture_close.wait(), 0.05)
+            run_uid = await asyncio.to_thread(self.capture.close_capture) or run_uid
+            deadline = time.monotonic() + CAPTURE_CLOSE_SECONDS
+            while run_uid is not None and time.monotonic() < deadline:
+                totals = await asyncio.to_thread(self.view.run_totals, run_uid)
+                if totals is not None:
+                    self._set("HDF1:NumCaptured_RBV", int(totals["frames_stored"]))
+                    break
+                await asyncio.sleep(0.05)
+            else:
+                if run_uid is not None:
+                    self._set_write_message(f"{path} not finished after {CAPTURE_CLOSE_SECONDS:.0f} s")
+        finally:
+            self._capturing = False
+            self.records["HDF1:Capture"].set(0, process=False)
+            self._set("HDF1:Capture_RBV", 0)
+            if int(self.records["HDF1:AutoIncrement_RBV"].get()):
+                number = int(self.records["HDF1:FileNumber_RBV"].get()) + 1
+                self._set("HDF1:FileNumber", number)
+                self._set("HDF1:FileNumber_RBV", number)
+            log.info("capture closed: %s (run %s)", path, run_uid)
+
+    def _set_write_message(self, message: str) -> None:
+        self._write_message = _fit(message)
+        self._set("HDF1:WriteMessage", self._write_message)
 
     def _update_reduction(self, change: dict[str, Any]) -> tuple[str, int] | None:
         if self.reduction is None:
@@ -382,12 +547,28 @@ class ApplianceIOC:
             self._set("ArrayCounter_RBV", int(value))
         elif name == "HDF1:FilePath":
             self._set("HDF1:FilePath_RBV", str(value))
+            self._set(
+                "HDF1:FilePathExists_RBV", int(os.path.isdir(str(value)) and os.access(str(value), os.W_OK))
+            )
+            self._set_write_message("")
+        elif name == "HDF1:Capture":
+            if int(value) and not self._capturing:
+                try:
+                    self._start_capture()
+                except Exception as error:  # (a directory that cannot be made): the put is answered
+                    log.warning("opening a capture failed: %s", error)
+                    self._set_write_message(f"Capture not opened: {error}")
+                    self.records["HDF1:Capture"].set(0, process=False)
+            elif not int(value) and self._capturing:
+                self._capture_close.set()
         elif name == "HDF1:FileName":
             self._set("HDF1:FileName_RBV", str(value))
         elif name == "HDF1:NumCapture":
             self._set("HDF1:NumCapture_RBV", int(value))
         elif name == "Mode" or name.startswith("Reduction:"):
             self._show_reduction(self._parameters())
+        elif f"{name}_RBV" in self.records:  # an areaDetector writer setting, kept and shown back
+            self._set(f"{name}_RBV", value)
 
     def _show_reduction(self, parameters: dict[str, Any]) -> None:
         """The accepted reduction parameters in ``Mode_RBV`` and the ``Reduction:*_RBV`` records."""
@@ -409,6 +590,16 @@ class ApplianceIOC:
         self._set("StatusMessage_RBV", _fit(message))
 
     # --- Acquire: the busy record --------------------------------------------------------------
+    def _on_acquire_put(self, value: Any) -> None:
+        """``Acquire`` was written: a 0 during a run is an abort (the run sees it); a 1 starts the run when
+        the forward link processes ``AcquireBusy``."""
+        if not int(value) and self._acquiring:
+            log.info("Acquire 0: aborting the run")
+
+    async def _on_acquire_busy(self, value: Any) -> None:
+        """``AcquireBusy`` processed by ``Acquire``'s forward link: run when ``Acquire`` is 1."""
+        await self._on_acquire(self.records["Acquire"].get())
+
     async def _on_acquire(self, value: Any) -> None:
         """Run one acquisition; return (completing the put) only when it is over."""
         if not int(value) or self._acquiring:
@@ -423,7 +614,9 @@ class ApplianceIOC:
         finally:
             self._acquiring = False
             self._set("Acquire_RBV", 0)
-            self.records["Acquire"].set(0, process=False)
+            # processed, so that monitors see it (Acquire is no longer the busy record: nothing else posts
+            # it); its forward link finds AcquireBusy still busy with this run, and is ignored
+            self.records["Acquire"].set(0)
             # softioc may still write the client's 1 back when the busy processing ends: reset once more after
             asyncio.get_running_loop().call_soon(lambda: self.records["Acquire"].set(0, process=False))
 
@@ -464,6 +657,8 @@ class ApplianceIOC:
             if not aborted and not detector_lost and self._abort_requested():
                 aborted = True
                 self._set_message("Aborting")
+                if self.capture is not None:  # the run ends `abort`, whatever the detector's end says
+                    self.capture.mark_abort()
                 with contextlib.suppress(DetectorControlError):
                     await control.stop()
             if done.done() and not detector_lost:
@@ -553,6 +748,32 @@ class ApplianceIOC:
         self._set("Reduction:Unit_RBV", settings.reduction.unit)
         poni = settings.reduction.poni_file
         self._set("Reduction:PoniFile_RBV", "" if poni is None else _fit(str(poni)))
+        fmt = self.view.frame_format
+        for name, size in (
+            ("X_RBV", fmt.width),
+            ("Y_RBV", fmt.height),
+            ("0_RBV", fmt.width),
+            ("1_RBV", fmt.height),
+            ("0", fmt.width),
+            ("1", fmt.height),
+        ):
+            self._set(f"HDF1:ArraySize{name}", size)
+        data_type = {
+            "int8": "Int8",
+            "uint8": "UInt8",
+            "int16": "Int16",
+            "uint16": "UInt16",
+            "int32": "Int32",
+            "uint32": "UInt32",
+            "float32": "Float32",
+            "float64": "Float64",
+        }.get(fmt.dtype, "UInt16")
+        self._set("HDF1:DataType_RBV", AD_DATA_TYPES.index(data_type))
+        store = self.view.store_path()
+        self._set("HDF1:FilePathExists_RBV", int(store.is_dir() and os.access(store, os.W_OK)))
+        for spec in PVS:  # the writer settings the appliance keeps: their readbacks start as they do
+            if spec.writable and spec.initial is not None and f"{spec.name}_RBV" in self.records:
+                self._set(f"{spec.name}_RBV", spec.initial)
         height, width = _preview_shape(*self.view.frame_format.shape)
         self._set("Image1:ArraySize0_RBV", width)
         self._set("Image1:ArraySize1_RBV", height)
@@ -583,10 +804,11 @@ class ApplianceIOC:
         """``Acquire`` back to 0 if softioc wrote a client's 1 back after the run's put completed (the reset
         in `_on_acquire` can lose that race under load); never while the record is busy with a put."""
         record = self.records["Acquire"]
-        if self._acquiring or str(record.get_field("PACT")) != "0":
+        busy = self.records["AcquireBusy"]
+        if self._acquiring or str(record.get_field("PACT")) != "0" or str(busy.get_field("PACT")) != "0":
             return
         if record.get_field("VAL") not in ("0", "Done"):
-            record.set(0, process=False)
+            record.set(0)  # processed, so that monitors see it
 
     def _show_refusal(self, reason: str | None) -> None:
         """While the store refuses new runs, ``Acquire`` takes no writes (so a put fails at the client:
@@ -634,10 +856,15 @@ class ApplianceIOC:
         self._set("Codec1:CompFactor_RBV", raw / packed if packed else 0.0)
         failed = int(pipeline.get("frames_failed", 0))
         self._set("HDF1:WriteStatus", int(failed > 0))
-        self._set("HDF1:WriteMessage", f"{failed} frame(s) failed to store" if failed else "")
-        self._set("HDF1:Capture_RBV", int(pipeline.get("run") is not None))
+        self._set(
+            "HDF1:WriteMessage", f"{failed} frame(s) failed to store" if failed else self._write_message
+        )
+        self._set("HDF1:UniqueId_RBV", max(0, received - 1))
+        self._set("HDF1:ArrayCounter_RBV", received)
+        if not self._capturing:  # a capture's own task shows it (Capture_RBV, NumCaptured_RBV, its file)
+            self._set("HDF1:Capture_RBV", int(pipeline.get("run") is not None))
         self._set("HDF1:FilesClosed_RBV", int(status["store"]["files_closed"]))
-        if run_files:
+        if run_files and not self._capturing:
             if self._acquiring:
                 self._set("HDF1:NumCaptured_RBV", sum(int(f["n_frames"]) for f in run_files))
             data_files = [f for f in run_files if str(f["path"]).endswith(".h5")]  # not the run's documents

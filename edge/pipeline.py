@@ -129,6 +129,7 @@ class Pipeline:
             "backend_degraded_from": list(self.backend.degraded_from),
             "busy_seconds": round(self._busy_seconds, 3),
             "run": store.run_uid if store else None,
+            "run_frames": store.frames_written if store else 0,
             "queued": self._work.qsize(),
             **{k: int(v) for k, v in self.stats.items()},
         }
@@ -372,6 +373,7 @@ class Pipeline:
             ),
             closer=self._closer,
             on_close_failed=self._file_close_failed,
+            data_path=Path(record["file_path"]) if record.get("file_path") else None,
         )
         self._reduced = ReducedWriter(
             self._store.directory, record["run_uid"], stage, max(self.frames_per_file, 1000)

@@ -55,6 +55,8 @@ class PvSpec:
     limits: tuple[float, float] | None = None
     nan_means: str = ""
     param: str = ""
+    #: value the record starts with (areaDetector writer PVs without another source of truth)
+    initial: Any = None
 
     @property
     def writable(self) -> bool:
@@ -77,6 +79,190 @@ def _param(name: str, kind: str, ca_type: str, doc: str, param: str, **kw: Any) 
     )
 
 
+def _stored(name: str, kind: str, ca_type: str, doc: str, initial: Any, **kw: Any) -> tuple[PvSpec, PvSpec]:
+    """An areaDetector writer setting the appliance keeps and shows back (``X`` and ``X_RBV``)."""
+    rbv_kw = {k: v for k, v in kw.items() if k in ("units", "length", "fields", "choices")}
+    return (
+        PvSpec(name, kind, ca_type, doc, initial=initial, **kw),
+        PvSpec(f"{name}_RBV", kind.replace("Out", "In"), ca_type, f"`{name}`, as accepted.", **rbv_kw),
+    )
+
+
+_NO_YES = ("No", "Yes")
+_OFF_ON = ("Off", "On")
+AD_DATA_TYPES = (
+    "Int8",
+    "UInt8",
+    "Int16",
+    "UInt16",
+    "Int32",
+    "UInt32",
+    "Int64",
+    "UInt64",
+    "Float32",
+    "Float64",
+)
+AD_COLOR_MODES = ("Mono", "Bayer", "RGB1", "RGB2", "RGB3", "YUV444", "YUV422", "YUV421")
+AD_COMPRESSIONS = ("None", "N-bit", "szip", "zlib", "Blosc", "BSLZ4", "LZ4", "JPEG")
+FILE_WRITE_MODES = ("Single", "Capture", "Stream")
+_NOOP = " Accepted and shown back; no effect on the appliance (see docs/bluesky.md)."
+
+#: NDPluginBase / NDArrayBase / NDFileHDF5 records of ``HDF1:`` beyond the ones with their own meaning
+#: above: what stock ophyd-async (``adcore.NDFileHDF5IO``) and ophyd (``HDF5Plugin.stage``) connect.
+HDF_PLUGIN_PVS: tuple[PvSpec, ...] = (
+    _rbv("HDF1:PortName_RBV", "stringIn", "string", "asyn port name of the writer.", initial="EDGE_HDF1"),
+    _rbv("HDF1:PluginType_RBV", "stringIn", "string", "Plugin type (as ADCore's).", initial="NDFileHDF5"),
+    _rbv(
+        "HDF1:ADCoreVersion_RBV",
+        "stringIn",
+        "string",
+        "ADCore version whose PVs this follows.",
+        initial="3.12.1",
+    ),
+    _rbv("HDF1:DriverVersion_RBV", "stringIn", "string", "The appliance's version.", initial="edge"),
+    _rbv("HDF1:UniqueId_RBV", "longIn", "long", "Frame number of the newest frame received."),
+    _rbv("HDF1:ArraySizeX_RBV", "longIn", "long", "Frame width (pixels)."),
+    _rbv("HDF1:ArraySizeY_RBV", "longIn", "long", "Frame height (pixels)."),
+    _rbv("HDF1:ArraySizeZ_RBV", "longIn", "long", "0 (monochrome frames)."),
+    _rbv("HDF1:ArraySize0_RBV", "longIn", "long", "Frame width (pixels)."),
+    _rbv("HDF1:ArraySize1_RBV", "longIn", "long", "Frame height (pixels)."),
+    _rbv("HDF1:ArraySize2_RBV", "longIn", "long", "0 (monochrome frames)."),
+    _rbv("HDF1:ArraySize0", "longIn", "long", "Frame width, as NDFile names it."),
+    _rbv("HDF1:ArraySize1", "longIn", "long", "Frame height, as NDFile names it."),
+    _rbv("HDF1:DataType_RBV", "mbbIn", "enum", "Pixel type of the stored frames.", choices=AD_DATA_TYPES),
+    _rbv("HDF1:ColorMode_RBV", "mbbIn", "enum", "Mono.", choices=AD_COLOR_MODES),
+    *_stored(
+        "HDF1:ArrayCounter",
+        "longOut",
+        "long",
+        "Frames the writer took since start (or reset)." + _NOOP,
+        0,
+        limits=(0, 2**31 - 1),
+    ),
+    PvSpec(
+        "HDF1:NDAttributesFile",
+        "longStringOut",
+        "char[256]",
+        "NDAttributes XML." + _NOOP,
+        length=LONG_STRING,
+        initial="",
+    ),
+    *_stored("HDF1:NDArrayPort", "stringOut", "string", "Upstream asyn port." + _NOOP, "EDGE"),
+    *_stored("HDF1:NDArrayAddress", "longOut", "long", "Upstream asyn address." + _NOOP, 0, limits=(0, 1024)),
+    *_stored(
+        "HDF1:EnableCallbacks",
+        "boolOut",
+        "enum",
+        "Plugin callbacks." + _NOOP + " The appliance stores every frame it receives.",
+        1,
+        choices=("Disable", "Enable"),
+    ),
+    *_stored("HDF1:BlockingCallbacks", "boolOut", "enum", "Blocking callbacks." + _NOOP, 0, choices=_NO_YES),
+    *_stored(
+        "HDF1:QueueSize",
+        "longOut",
+        "long",
+        "Plugin queue size." + _NOOP + " The frame ring's size is `QueueSize_RBV`.",
+        100,
+        limits=(1, 1_000_000),
+    ),
+    *_stored(
+        "HDF1:FileTemplate",
+        "longStringOut",
+        "char[256]",
+        "C format of the capture's file name from "
+        "`FilePath`, `FileName` and `FileNumber` (e.g. `%s%s.h5`, `%s%s_%3.3d.h5`).",
+        "%s%s.h5",
+        length=LONG_STRING,
+    ),
+    *_stored(
+        "HDF1:FileNumber",
+        "longOut",
+        "long",
+        "Number for `FileTemplate`'s `%d`; +1 after each capture while `AutoIncrement` is Yes.",
+        0,
+        limits=(0, 2**31 - 1),
+    ),
+    *_stored(
+        "HDF1:AutoIncrement",
+        "boolOut",
+        "enum",
+        "Increment `FileNumber` after each capture.",
+        0,
+        choices=_NO_YES,
+    ),
+    *_stored(
+        "HDF1:FileWriteMode",
+        "mbbOut",
+        "enum",
+        "Stream: `Capture` 1 opens one file that takes "
+        "every frame until `Capture` 0 (or `NumCapture` frames). Single and Capture are taken as "
+        "Stream (frames are written as they come either way).",
+        2,
+        choices=FILE_WRITE_MODES,
+    ),
+    PvSpec(
+        "HDF1:CreateDirectory",
+        "longOut",
+        "long",
+        "Non-zero: `Capture` 1 creates a missing `FilePath` (inside `store.roots`).",
+        limits=(-100, 100),
+        initial=0,
+    ),
+    _rbv(
+        "HDF1:FilePathExists_RBV",
+        "boolIn",
+        "enum",
+        "Whether the `FilePath` last given is a writable "
+        "directory inside `store.roots` (No for a refused path).",
+        choices=_NO_YES,
+    ),
+    *_stored(
+        "HDF1:Compression",
+        "mbbOut",
+        "enum",
+        "Frames are always stored bitshuffle-LZ4 (BSLZ4); other values are refused.",
+        5,
+        choices=AD_COMPRESSIONS,
+    ),
+    *_stored("HDF1:PositionMode", "boolOut", "enum", "Position mode." + _NOOP, 0, choices=_OFF_ON),
+    *_stored("HDF1:NumExtraDims", "longOut", "long", "Extra dimensions." + _NOOP, 0, limits=(0, 9)),
+    *_stored(
+        "HDF1:SWMRMode",
+        "boolOut",
+        "enum",
+        "SWMR." + _NOOP + " The file appears under its name, complete, when the capture ends.",
+        0,
+        choices=_OFF_ON,
+    ),
+    PvSpec("HDF1:FlushNow", "boolOut", "enum", "Flush." + _NOOP, choices=("Done", "Flush"), initial=0),
+    *_stored(
+        "HDF1:XMLFileName",
+        "longStringOut",
+        "char[256]",
+        "Layout XML." + _NOOP + " Frames are at `/entry/data/data` (NXmx).",
+        "",
+        length=LONG_STRING,
+    ),
+    *_stored(
+        "HDF1:NumFramesChunks",
+        "longOut",
+        "long",
+        "Frames per chunk: 1 (one chunk per frame)." + _NOOP,
+        1,
+        limits=(0, 1_000_000),
+    ),
+    *_stored("HDF1:ChunkSizeAuto", "boolOut", "enum", "Automatic chunking." + _NOOP, 1, choices=_NO_YES),
+    *_stored(
+        "HDF1:LazyOpen",
+        "boolOut",
+        "enum",
+        "Lazy open: the file opens with the capture's first frame (always so here).",
+        1,
+        choices=_NO_YES,
+    ),
+)
+
 #: Every record the appliance serves, in documentation order.
 PVS: tuple[PvSpec, ...] = (
     # --- run control ---------------------------------------------------------------------------
@@ -85,10 +271,19 @@ PVS: tuple[PvSpec, ...] = (
         "boolOut",
         "enum",
         "Busy record. 1 arms and starts the detector for `NumImages` frames; a put with completion "
-        "returns when every frame is stored or accounted for by a loss record. 0 aborts the run. While "
+        "returns when every frame is stored or accounted for by a loss record. 0 aborts the run, with or "
+        "without completion (`caput -c Acquire 0` returns at once; the run ends `abort`). While "
         "the store refuses new runs it takes no writes (Write access denied) and `StatusMessage_RBV` "
         "says why.",
         choices=("Done", "Acquire"),
+    ),
+    _rbv(
+        "AcquireBusy",
+        "boolIn",
+        "enum",
+        "Internal: the record that holds `Acquire`'s put-completion while a run goes (processed by "
+        "`Acquire`'s forward link), so that `Acquire` itself stays free to take a 0. No writes.",
+        choices=("Done", "Busy"),
     ),
     _rbv(
         "Acquire_RBV",
@@ -162,15 +357,17 @@ PVS: tuple[PvSpec, ...] = (
         "HDF1:FilePath",
         "longStringOut",
         "char[256]",
-        "Directory of the store (fixed by `store.path`; other values are refused).",
+        "Directory of the next capture's file; must be inside `store.roots` (default the store path), "
+        "else refused (`WriteMessage` says why, `FilePathExists_RBV` No). Runs outside a capture are "
+        "stored under the store path, named by run uid.",
         length=LONG_STRING,
     ),
-    _rbv("HDF1:FilePath_RBV", "longStringIn", "char[256]", "Directory of the store.", length=LONG_STRING),
+    _rbv("HDF1:FilePath_RBV", "longStringIn", "char[256]", "`FilePath`, as accepted.", length=LONG_STRING),
     PvSpec(
         "HDF1:FileName",
         "longStringOut",
         "char[256]",
-        "Name label for the next run (files are named by run uid; kept for areaDetector clients).",
+        "Name of the next capture's file (through `FileTemplate`).",
         length=LONG_STRING,
     ),
     _rbv("HDF1:FileName_RBV", "longStringIn", "char[256]", "Name label, as accepted.", length=LONG_STRING),
@@ -178,32 +375,41 @@ PVS: tuple[PvSpec, ...] = (
         "HDF1:FullFileName_RBV",
         "longStringIn",
         "char[256]",
-        "Path of the last file written.",
+        "Path of the capture's file (or the last file written).",
         length=LONG_STRING,
     ),
     PvSpec(
         "HDF1:Capture",
         "boolOut",
         "enum",
-        "Capture is always on (every frame is stored); kept for areaDetector clients.",
+        "1 opens a capture (areaDetector Stream mode): the detector's acquisitions from now on make one "
+        "run, written to the one file `FileTemplate` names, with no rollover; 0 closes it (its run ends "
+        "`success`). Frames outside a capture are stored all the same, in the store's rollover files.",
         choices=("Done", "Capture"),
     ),
     _rbv(
         "HDF1:Capture_RBV",
         "boolIn",
         "enum",
-        "Capturing while a run's file is open.",
+        "Capturing while a capture (or a run) is open, until its file is closed.",
         choices=("Done", "Capturing"),
     ),
     PvSpec(
         "HDF1:NumCapture",
         "longOut",
         "long",
-        "Frames to capture (follows `NumImages` at each run).",
-        limits=(1, MAX_IMAGES),
+        "Frames to capture: the capture closes itself after this many (0 = until `Capture` 0). Follows "
+        "`NumImages` when that is put.",
+        limits=(0, MAX_IMAGES),
     ),
     _rbv("HDF1:NumCapture_RBV", "longIn", "long", "Frames to capture, as accepted."),
-    _rbv("HDF1:NumCaptured_RBV", "longIn", "long", "Frames of the current (or last) run in closed files."),
+    _rbv(
+        "HDF1:NumCaptured_RBV",
+        "longIn",
+        "long",
+        "Frames written in the open capture (across its acquisitions), else of the current (or last) run "
+        "in closed files.",
+    ),
     _rbv(
         "HDF1:WriteStatus",
         "boolIn",
@@ -213,6 +419,7 @@ PVS: tuple[PvSpec, ...] = (
     ),
     _rbv("HDF1:WriteMessage", "longStringIn", "char[256]", "Last write error, or empty.", length=LONG_STRING),
     _rbv("HDF1:FilesClosed_RBV", "longIn", "long", "Files closed since start."),
+    *HDF_PLUGIN_PVS,
     # --- compression ---------------------------------------------------------------------------
     _rbv("Codec1:CompFactor_RBV", "aIn", "double", "Raw bytes / bitshuffle-LZ4 bytes since start."),
     # --- reduction -----------------------------------------------------------------------------
@@ -231,8 +438,22 @@ PVS: tuple[PvSpec, ...] = (
         "Beam centre, slow axis (PONI poni1 / pixel1).",
         units="px",
     ),
-    _rbv("Reduction:Distance_RBV", "aIn", "double", "Sample-detector distance.", units="m"),
-    _rbv("Reduction:Wavelength_RBV", "aIn", "double", "X-ray wavelength.", units="m"),
+    _rbv(
+        "Reduction:Distance_RBV",
+        "aIn",
+        "double",
+        "Sample-detector distance.",
+        units="m",
+        fields={"PREC": 5},  # 10 um
+    ),
+    _rbv(
+        "Reduction:Wavelength_RBV",
+        "aIn",
+        "double",
+        "X-ray wavelength (1e-10 m = 1 angstrom reads 0.0000000001000 at PREC 13).",
+        units="m",
+        fields={"PREC": 13},  # 1e-14 m: 4 significant digits of a hard X-ray wavelength
+    ),
     _rbv("Reduction:Bins_RBV", "longIn", "long", "Bins of the azimuthal integration."),
     _rbv("Reduction:Unit_RBV", "stringIn", "string", "Radial unit (2th_deg or q_nm^-1)."),
     _rbv(

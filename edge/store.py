@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import time
 from collections.abc import Callable
@@ -33,6 +34,8 @@ from kernels import Geometry, hdf5_filter_options
 log = logging.getLogger(__name__)
 
 CHECKSUM = "xxh3-128"
+#: Frames one capture file can take (its dataset grows into this extent; chunks are allocated as written).
+CAPTURE_CAPACITY = 10_000_000
 
 
 def checksum_bytes(data: bytes | memoryview) -> str:
@@ -451,10 +454,16 @@ class RunStore:
         meta: RunMetadata | None = None,
         closer: Executor | None = None,
         on_close_failed: Callable[[str, list[int], BaseException], None] | None = None,
+        data_path: Path | None = None,
     ) -> None:
         self.directory = root / run_uid
         self.directory.mkdir(parents=True, exist_ok=True)
         self.run_uid = run_uid
+        #: an areaDetector capture's file (HDF1:FileTemplate): every data frame of the run goes into this one
+        #: file (no rollover); reduced products and documents stay under the run's directory
+        self.data_path = data_path
+        if data_path is not None:
+            frames_per_file, file_seconds = CAPTURE_CAPACITY, math.inf
         self.shape = shape
         self.dtype = dtype
         self.frames_per_file = frames_per_file
@@ -473,6 +482,8 @@ class RunStore:
         self._closing: list[Future[None]] = []
 
     def _name(self, stream: str, index: int) -> str:
+        if stream == "data" and self.data_path is not None:
+            return self.data_path.name
         if stream == "data":
             return f"{self.run_uid}_{index:05d}.h5"
         return f"{self.run_uid}_{stream}_{index:05d}.h5"
@@ -484,8 +495,9 @@ class RunStore:
         if current is None:
             index = self._indices.get(stream, 0)
             self._indices[stream] = index + 1
+            data_path = self.data_path if stream == "data" else None
             current = RunFileWriter(
-                self.directory,
+                self.directory if data_path is None else data_path.parent,
                 self.run_uid,
                 self._name(stream, index),
                 index,

@@ -271,6 +271,11 @@ class ApplianceView:
         """The newest run's live mode product (None before the first run)."""
         return self._p.pipeline.product()  # type: ignore[attr-defined]
 
+    def writer_run(self) -> tuple[str | None, int]:
+        """The run the pipeline is writing now (None between runs) and its frames written so far."""
+        counters = self._p.pipeline.counters()
+        return counters.get("run"), int(counters.get("run_frames", 0))
+
     def latest_profile_arrays(self) -> tuple[np.ndarray, np.ndarray, int] | None:
         """The newest 1D profile: radial axis, intensity and the count of frames processed."""
         latest = self._p.pipeline.latest_profile

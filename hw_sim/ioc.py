@@ -212,6 +212,11 @@ class SimCamIOC(PVGroup):
     array_size_y = _readback("ArraySizeY_RBV", 1024)
     array_size_z = _readback("ArraySizeZ_RBV", 0)
     array_size = _readback("ArraySize_RBV", 1024 * 1024 * 2, units="bytes")
+    # NDArrayBase's plugin-side sizes (ophyd-async's NDArrayBaseIO connects them on a driver too)
+    array_size0 = _readback("ArraySize0_RBV", 1024)
+    array_size1 = _readback("ArraySize1_RBV", 1024)
+    array_size2 = _readback("ArraySize2_RBV", 0)
+    unique_id = _readback("UniqueId_RBV", 0)
     data_type = pvproperty(name="DataType", put=_mirror_setting, **_enum("UInt16", DATA_TYPES))
     # an mbbi record, so that ophyd's ``DataType_RBV.DISA`` field exists
     data_type_rbv = _readback("DataType_RBV", record="mbbi", **_enum("UInt16", DATA_TYPES))
@@ -222,6 +227,13 @@ class SimCamIOC(PVGroup):
     manufacturer = _readback("Manufacturer_RBV", "edge hw_sim", dtype=ChannelType.STRING)
     model = _readback("Model_RBV", "SimCam", dtype=ChannelType.STRING)
     port_name = _readback("PortName_RBV", "SIM1", dtype=ChannelType.STRING)
+    serial_number = _readback("SerialNumber_RBV", "SIM-0001", dtype=ChannelType.STRING)
+    sdk_version = _readback("SDKVersion_RBV", "hw_sim", dtype=ChannelType.STRING)
+    firmware_version = _readback("FirmwareVersion_RBV", "hw_sim", dtype=ChannelType.STRING)
+    ad_core_version = _readback("ADCoreVersion_RBV", "3.12.1", dtype=ChannelType.STRING)
+    driver_version = _readback("DriverVersion_RBV", "hw_sim", dtype=ChannelType.STRING)
+    # ADBase's WaitForPlugins: the simulator has no plugins to wait for; stored, no behaviour
+    wait_for_plugins = pvproperty(name="WaitForPlugins", doc="WaitForPlugins", **_enum("No", _NO_YES))
     asyn_io = pvproperty(name="AsynIO", value="", dtype=ChannelType.STRING, doc="asyn record stand-in")
     nd_attributes_file = _long_string("NDAttributesFile")
     string_from_server = _long_string("StringFromServer_RBV", read_only=True)
@@ -381,6 +393,7 @@ class SimCamIOC(PVGroup):
                     break
                 now = loop.time()
                 await self.array_counter_rbv.write(int(self.array_counter_rbv.value) + 1)
+                await self.unique_id.write(int(self.unique_id.value) + 1)
                 await self.num_images_counter.write(index + 1)
                 if last_frame_time is not None and now > last_frame_time:
                     await self.array_rate.write(1.0 / (now - last_frame_time))
@@ -430,12 +443,17 @@ class SimCamIOC(PVGroup):
         await self.array_size_y.write(y)
         await self.array_size_z.write(z)
         await self.array_size.write(nbytes)
+        await self.array_size0.write(x)
+        await self.array_size1.write(y)
+        await self.array_size2.write(z)
 
     def _set_array_size_values(self) -> None:
         x, y, z, nbytes = self._array_size({})
         for pv, value in ((self.array_size_x, x), (self.array_size_y, y), (self.array_size_z, z)):
             pv._data["value"] = value
         self.array_size._data["value"] = nbytes
+        for pv, value in ((self.array_size0, x), (self.array_size1, y), (self.array_size2, z)):
+            pv._data["value"] = value
 
     def _array_size(self, changed: dict[str, Any]) -> tuple[int, int, int, int]:
         """ArraySizeX/Y/Z and bytes per array from the (possibly just changed) geometry."""

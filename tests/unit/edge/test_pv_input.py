@@ -36,6 +36,8 @@ def test_enums_take_their_indices_only(spec: PvSpec) -> None:
     for index in range(len(spec.choices)):
         assert refusal(spec, index) is None
     for bad in (len(spec.choices), 5, 7, 99, 65535, -1):
+        if 0 <= bad < len(spec.choices):  # (HDF1:Compression has areaDetector's 8 choices)
+            continue
         reason = refusal(spec, bad)
         assert reason is not None and reason[1] == ALARM_STATE, (spec.name, bad)
 

@@ -1,0 +1,205 @@
+"""System tests: the field's own tools drive the appliance without glue (issue 13, acceptance 1).
+
+Real processes on 127.0.0.1, as in ``test_epics_control``: ``edge sim --ioc`` (the simulated camera,
+``cam1:``) and ``edge run`` (the daemon and its IOC, ``HDF1:``). This process is the beamline: a Bluesky
+RunEngine with stock ophyd-async (``adcore.ADBaseIO`` on the simulator's camera, ``ADWriterFactory.hdf``
+on the appliance's ``HDF1:``), the shipped `edge.bluesky.EdgeDetector`, classic ophyd's ``HDF5Plugin``,
+and pyepics for ``caput -c``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import ophyd  # noqa: F401  (before pyepics starts libca: one CA library for ophyd, aioca and pyepics)
+import pytest
+from test_epics_control import ACF, Stack, _epics, wait_until
+
+pytestmark = pytest.mark.timeout(180)
+
+POINTS = 3
+_ENGINES: list[Any] = []
+
+
+@pytest.fixture
+def stack(tmp_path: Path, ca_port: int, edge_ca_port: int) -> Iterator[Stack]:
+    """Simulator and daemon (ACF loaded), running; both stopped at teardown."""
+    s = Stack(tmp_path, ca_port, edge_ca_port, ACF)
+    try:
+        s.start_sim()
+        s.start_daemon()
+        yield s
+    finally:
+        s.stop()
+
+
+def _frames(path: Path) -> tuple[int, ...]:
+    import h5py
+    import hdf5plugin  # noqa: F401  (registers the bitshuffle-LZ4 filter)
+
+    with h5py.File(path, "r") as h5:
+        data = h5["/entry/data/data"]
+        assert int(data[data.shape[0] - 1].sum()) > 0  # the chunks decompress to a real frame
+        return tuple(data.shape)
+
+
+def _count(detector: Any) -> list[tuple[str, dict[str, Any]]]:
+    """``bp.count([detector], num=POINTS)`` in a fresh RunEngine; its documents."""
+    import bluesky.plans as bp
+    from bluesky import RunEngine
+    from ophyd_async.plan_stubs import ensure_connected
+
+    if not _ENGINES:  # one RunEngine (and event loop) for the session: CA channels live on its loop
+        _ENGINES.append(RunEngine({}, call_returns_result=True))
+    engine = _ENGINES[0]
+    docs: list[tuple[str, dict[str, Any]]] = []
+    token = engine.subscribe(lambda name, doc: docs.append((name, doc)))
+    try:
+        engine(ensure_connected(detector, timeout=10))  # every signal of the stock classes, or it raises
+        engine(bp.count([detector], num=POINTS))
+    finally:
+        engine.unsubscribe(token)
+    return docs
+
+
+def _check_resources(stack: Stack, docs: list[tuple[str, dict[str, Any]]], capture_dir: Path) -> str:
+    """The plan's stream resources point at the file the appliance wrote, with as many frames as the
+    stream data say; that file is the capture's whole run (no rollover). Returns the run's uid."""
+    epics = _epics()
+    p = stack.prefix
+    resources = [doc for name, doc in docs if name == "stream_resource"]
+    data = [
+        doc for name, doc in docs if name == "stream_datum" and doc["stream_resource"] == resources[0]["uid"]
+    ]
+    events = [doc for name, doc in docs if name == "event"]
+    assert len(resources) == 1 and len(events) == POINTS
+    resource = resources[0]
+    assert (
+        resource["mimetype"] == "application/x-hdf5"
+        and resource["parameters"]["dataset"] == "/entry/data/data"
+    )
+    path = Path(resource["uri"].removeprefix("file://localhost").removeprefix("file://"))
+    assert path.parent == capture_dir
+    wait_until(lambda: epics.caget(p + "HDF1:Capture_RBV") == 0, 10, "Capture_RBV back to 0")
+    wait_until(path.exists, 10, f"{path} written")
+    declared = sum(d["indices"]["stop"] - d["indices"]["start"] for d in data)
+    shape = _frames(path)
+    assert declared == POINTS == shape[0], (declared, shape)
+    assert epics.caget(p + "HDF1:NumCaptured_RBV") == POINTS
+    assert epics.caget(p + "HDF1:FullFileName_RBV", as_string=True) == str(path)
+    run_uid = epics.caget(p + "RunUid_RBV", as_string=True)
+    run = stack.run(run_uid)
+    files = [f["path"] for f in run["files"] if f["path"].endswith(".h5")]
+    assert files == [str(path)], files  # the capture is the run: one file across the acquisitions
+    assert run["exit_status"] == "success" and run["losses"] == []
+    return run_uid
+
+
+def test_bluesky_count_with_stock_ophyd_async(stack: Stack) -> None:
+    """Acceptance 1: ``bp.count`` on stock adcore (driver on ``cam1:``, ``ADHDFWriter`` on ``HDF1:``),
+    then on the shipped `EdgeDetector`; then classic ophyd's ``HDF5Plugin`` stages and unstages."""
+    from ophyd_async.core import StaticPathProvider, UUIDFilenameProvider
+    from ophyd_async.epics import adcore
+    from ophyd_async.epics.adsimdetector import SimDetectorTriggerLogic
+
+    from edge.bluesky import EdgeDetector
+
+    capture_dir = stack.tmp_path / "store" / "bluesky"
+    capture_dir.mkdir()
+    provider = StaticPathProvider(UUIDFilenameProvider(), capture_dir)
+    driver = adcore.ADBaseIO(stack.cam_prefix)
+    stock = adcore.AreaDetector(
+        driver,
+        stack.prefix,
+        adcore.ADWriterFactory.hdf(provider),
+        acquire_logic=adcore.ADAcquireLogic(driver),
+        trigger_logic=SimDetectorTriggerLogic(driver),
+        name="stock",
+    )
+    first = _check_resources(stack, _count(stock), capture_dir)
+
+    shipped = EdgeDetector(stack.cam_prefix.removesuffix("cam1:"), stack.prefix, provider, name="edge")
+    docs = _count(shipped)
+    second = _check_resources(stack, docs, capture_dir)
+    assert second != first
+    config = next(doc for name, doc in docs if name == "descriptor")["configuration"]["edge"]["data"]
+    assert config["edge-appliance-run_uid"] == second  # the descriptor names the appliance's run
+
+    # classic ophyd: the whole HDF5Plugin stage signature (enable, blocking callbacks, plugin type)
+    from ophyd.areadetector.plugins import HDF5Plugin
+
+    plugin = HDF5Plugin(stack.prefix + "HDF1:", name="hdf1")
+    plugin.stage()
+    assert plugin.enable.get() == "Enable" and plugin.blocking_callbacks.get(as_string=True) == "Yes"
+    plugin.unstage()
+    assert plugin.blocking_callbacks.get(as_string=True) == "No"
+
+
+def test_capture_outside_store_roots_is_refused(stack: Stack) -> None:
+    """A FilePath outside ``store.roots`` is refused with a clear WriteMessage and nothing is written."""
+    epics = _epics()
+    p = stack.prefix
+    outside = stack.tmp_path / "outside"
+    outside.mkdir()
+    epics.caput(p + "HDF1:FilePath", str(outside) + "/", wait=True, timeout=5)
+    message = epics.caget(p + "HDF1:WriteMessage", as_string=True)
+    assert "outside store.roots" in message, message
+    assert epics.caget(p + "HDF1:FilePathExists_RBV") == 0
+    assert epics.caget(p + "HDF1:FilePath_RBV", as_string=True) == str(stack.tmp_path / "store")
+    good = stack.tmp_path / "store" / "ok"
+    good.mkdir()
+    epics.caput(p + "HDF1:FilePath", str(good) + "/", wait=True, timeout=5)
+    assert epics.caget(p + "HDF1:FilePathExists_RBV") == 1
+    epics.caput(p + "HDF1:FilePath", str(good / "missing") + "/", wait=True, timeout=5)
+    assert epics.caget(p + "HDF1:FilePathExists_RBV") == 0
+    assert list(outside.iterdir()) == []
+
+
+def test_acquire_zero_with_completion_aborts(stack: Stack) -> None:
+    """``caput -c Acquire 0`` (what ophyd does) aborts a run; the run ends ``abort``."""
+    epics = _epics()
+    p = stack.prefix
+    assert epics.caput(p + "NumImages", 1000, wait=True, timeout=5) == 1
+    assert epics.caput(p + "AcquirePeriod", 0.02, wait=True, timeout=5) == 1
+    done: list[float] = []
+    acquire = epics.PV(p + "Acquire")
+    assert acquire.wait_for_connection(5)
+    acquire.put(1, wait=False, use_complete=True, callback=lambda **_: done.append(time.monotonic()))
+    wait_until(lambda: epics.caget(p + "DetectorState_RBV", as_string=True) == "Acquire", 20, "the run going")
+    wait_until(lambda: epics.caget(p + "ArrayCounter_RBV") > 5, 20, "frames arriving")
+    # `caput -c Acquire 0` from another client (a put-callback on the run's own channel would wait for the
+    # run's put-callback first: the CA server serialises put-callbacks per channel)
+    from caproto.threading.client import Context
+
+    context = Context()
+    try:
+        (other,) = context.get_pvs(p + "Acquire")
+        other.wait_for_connection(timeout=10)
+        started = time.monotonic()
+        other.write([0], wait=True, timeout=10)  # raises if the put-callback does not complete in 10 s
+        assert time.monotonic() - started < 5
+    finally:
+        context.disconnect()
+    wait_until(lambda: done, 20, "the run's own put to complete")
+    assert done[0] - started < 15
+    run_uid = epics.caget(p + "RunUid_RBV", as_string=True)
+    run = wait_until(lambda: (r := stack.run(run_uid))["ended_at"] and r, 20, "the run to end")
+    assert run["exit_status"] == "abort", run
+    assert run["frames_stored"] < 1000
+    assert epics.caget(p + "Acquire_RBV") == 0
+
+
+def test_display_fields_fit_the_values(stack: Stack) -> None:
+    """PREC and EGU: a wavelength of 1e-10 m reads with significant digits (not 0.000)."""
+    import epics as pyepics
+
+    pv = pyepics.PV(stack.prefix + "Reduction:Wavelength_RBV", form="ctrl")
+    assert pv.wait_for_connection(5)
+    ctrl = pv.get_ctrlvars()
+    value = pv.get()
+    assert ctrl["units"] == "m"
+    shown = f"{value:.{ctrl['precision']}f}"
+    assert float(shown) != 0.0 and abs(float(shown) - value) / value < 1e-3, shown
