@@ -226,6 +226,7 @@ def _run_daemon(
 
     async def serve() -> None:
         ioc = None
+        pva: Any = None
         if settings.epics.enabled:
             from edge.ioc import ApplianceIOC
 
@@ -239,10 +240,26 @@ def _run_daemon(
                 capture=appliance.sink,
             )
             ioc.start()
+            if settings.epics.pva_image:
+                from edge.pva import PvaImageServer
+
+                pva = PvaImageServer(
+                    appliance.view,
+                    settings.epics.prefix + "Pva1:Image",
+                    settings.epics.pva_rate_hz,
+                    loop=asyncio.get_running_loop(),
+                )
+                try:
+                    pva.start()
+                except Exception as error:  # the live image is a view: the daemon runs without it
+                    log.warning("pvAccess live image not served: %s", error)
+                    pva = None
         try:
             if not stop_requested.is_set():
                 await server.serve()
         finally:
+            if pva is not None:
+                pva.stop()
             if ioc is not None:
                 ioc.stop()
 

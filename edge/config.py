@@ -310,6 +310,10 @@ class EpicsSettings(_Section):
     acf_file: Path | None = Field(
         None, description="access security file (ACF); None = the packaged edge/data/edge.acf"
     )
+    pva_image: bool = Field(
+        True, description="serve the newest frame as an NTNDArray over pvAccess (PREFIX + Pva1:Image, p4p)"
+    )
+    pva_rate_hz: float = Field(5.0, gt=0, le=50, description="most updates per second of Pva1:Image")
 
 
 class LogSettings(_Section):

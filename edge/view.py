@@ -262,6 +262,11 @@ class ApplianceView:
         self._preview_doc = (latest, doc)
         return doc
 
+    def latest_preview_frame(self) -> tuple[np.ndarray, dict[str, Any]] | None:
+        """The newest subsampled frame and what the receiver knew of it (frame, run uid, times, flags);
+        the same tuple until a newer frame replaces it."""
+        return self._p.sink.preview
+
     def latest_preview_pixels(self) -> np.ndarray | None:
         """The newest subsampled frame itself (for the IOC's image PV)."""
         latest = self._p.sink.preview

@@ -1,0 +1,112 @@
+"""The live image over pvAccess: the newest frame as an NTNDArray, like areaDetector's PVA plugin.
+
+``PREFIX + "Pva1:Image"`` (``EDGE:Pva1:Image``) is served with p4p, so Phoebus' image widget, ImageJ's
+EPICS plugin and tomostream-style consumers see the newest frame without the web UI. It is the receiver's
+preview (every ``PREVIEW_STEP``-th pixel of the newest frame, not waiting for the pipeline), posted at most
+``epics.pva_rate_hz`` times a second and only when a newer frame arrived. ``uniqueId`` counts the images
+posted since start (as an areaDetector driver's array counter); the frame number, run uid and full
+detector size travel as NDAttributes, the receive time as ``timeStamp``. The server takes its addresses
+and ports from the usual ``EPICS_PVAS_*`` variables. It reads the appliance's read-only view and nothing
+else; p4p is imported only when it starts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from edge.view import ApplianceView
+
+__all__ = ["PvaImageServer"]
+
+log = logging.getLogger(__name__)
+
+
+class PvaImageServer:
+    """Serves the view's newest preview frame as ``name`` (NTNDArray) at most ``rate_hz`` times a second.
+
+    Parameters
+    ----------
+    view:
+        The appliance's read-only view (``latest_preview_frame``).
+    name:
+        The PV's name, e.g. ``"EDGE:Pva1:Image"``.
+    rate_hz:
+        Most updates per second.
+    loop:
+        The asyncio loop the poster runs on (the daemon's).
+    """
+
+    def __init__(
+        self, view: ApplianceView, name: str, rate_hz: float, *, loop: asyncio.AbstractEventLoop
+    ) -> None:
+        self.view = view
+        self.name = name
+        self.period = 1.0 / rate_hz
+        self.loop = loop
+        self.posted = 0  # images posted (their uniqueId)
+        self._pv: Any = None
+        self._server: Any = None
+        self._nt: Any = None
+        self._task: asyncio.Task[None] | None = None
+        self._last: object | None = None
+
+    def start(self) -> None:
+        from p4p.nt import NTNDArray
+        from p4p.server import Server
+        from p4p.server.thread import SharedPV
+
+        self._nt = NTNDArray()
+        # no nt: it takes the Values built here (with their uniqueId); opened with the first frame
+        self._pv = SharedPV()
+        self._server = Server(providers=[{self.name: self._pv}], useenv=True)
+        self._task = self.loop.create_task(self._post_forever(), name="edge-pva-image")
+        log.info("pvAccess live image %s (at most %.3g Hz)", self.name, 1.0 / self.period)
+
+    def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            self._task = None
+        if self._server is not None:
+            with contextlib.suppress(Exception):
+                self._server.stop()
+            self._server = None
+
+    def post_newest(self) -> bool:
+        """Post the newest preview if it is newer than the last one posted; True if it posted."""
+        latest = self.view.latest_preview_frame()
+        if latest is None or latest is self._last:
+            return False
+        self._last = latest
+        pixels, info = latest
+        self.posted += 1
+        attributes = {
+            "FrameNumber": int(info.get("frame") or 0),
+            "RunUid": str(info.get("run_uid") or ""),
+            "DetectorHeight": int(self.view.frame_format.height),
+            "DetectorWidth": int(self.view.frame_format.width),
+        }
+        value = self._nt.wrap(
+            np.ascontiguousarray(pixels), attrib=attributes, timestamp=info.get("received_at")
+        )
+        value["uniqueId"] = self.posted
+        if self._pv.isOpen():
+            self._pv.post(value)
+        else:
+            self._pv.open(value)
+        return True
+
+    async def _post_forever(self) -> None:
+        while True:
+            try:
+                self.post_newest()
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # a view must not die of one bad frame
+                log.exception("posting %s failed", self.name)
+            await asyncio.sleep(self.period)
