@@ -636,7 +636,11 @@ class ApplianceIOC:
         if not control.connected:
             self._set_message("Not started: detector disconnected")
             return
-        self._set("HDF1:NumCaptured_RBV", 0)
+        # inside an open capture (HDF1:Capture 1) this acquisition adds to the capture's run, which goes on
+        capturing = self._capturing and self.capture is not None
+        capture_base = self.view.writer_run()[1] if capturing else 0
+        if not capturing:
+            self._set("HDF1:NumCaptured_RBV", 0)
         started = time.time()
         self._set_message("Arming detector")
         await control.arm(num_images, period)
@@ -647,10 +651,14 @@ class ApplianceIOC:
         run_uid: str | None = None
         aborted = detector_lost = False
         quiet_since: tuple[float, int] | None = None
+        capture_quiet: tuple[float, int] | None = None
         while time.monotonic() < deadline:
             await asyncio.sleep(0.05)
             if run_uid is None:
-                run_uid = await asyncio.to_thread(self._new_run_since, started)
+                if capturing and self.capture is not None:
+                    run_uid = self.capture.capture()["run_uid"]
+                if run_uid is None:
+                    run_uid = await asyncio.to_thread(self._new_run_since, started)
                 if run_uid is not None:
                     self._run_uid = run_uid
                     self._set("RunUid_RBV", run_uid)
@@ -675,6 +683,16 @@ class ApplianceIOC:
                     quiet_since = (now, received)
                 elif now - quiet_since[0] >= STREAM_QUIET_SECONDS:
                     self.end_open_series("detector_disconnected")
+            if capturing and run_uid is not None and done.done():
+                writing, frames = self.view.writer_run()
+                taken = frames - capture_base if writing == run_uid else 0
+                now = time.monotonic()
+                if capture_quiet is None or capture_quiet[1] != frames:
+                    capture_quiet = (now, frames)
+                if taken >= num_images or aborted or now - capture_quiet[0] >= STREAM_QUIET_SECONDS:
+                    self._set_message(f"Acquisition completed: {taken} frames added to the capture")
+                    return
+                continue
             if run_uid is not None and done.done():
                 accounted = await asyncio.to_thread(self._accounted, run_uid)
                 if accounted is not None:

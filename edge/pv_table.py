@@ -398,8 +398,9 @@ PVS: tuple[PvSpec, ...] = (
         "HDF1:NumCapture",
         "longOut",
         "long",
-        "Frames to capture: the capture closes itself after this many (0 = until `Capture` 0). Follows "
-        "`NumImages` when that is put.",
+        "Frames to capture: the capture closes itself once this many are written (0 = until `Capture` 0; "
+        "frames of an acquisition still arriving then go into the same file). Follows `NumImages` when "
+        "that is put.",
         limits=(0, MAX_IMAGES),
     ),
     _rbv("HDF1:NumCapture_RBV", "longIn", "long", "Frames to capture, as accepted."),

@@ -138,6 +138,56 @@ def test_bluesky_count_with_stock_ophyd_async(stack: Stack) -> None:
     assert plugin.blocking_callbacks.get(as_string=True) == "No"
 
 
+def test_capture_spans_acquisitions_in_one_file(stack: Stack) -> None:
+    """Capture 1, two runs of the appliance's own Acquire (3 frames each), Capture 0: one file, named by
+    FileTemplate with FileNumber (then incremented), holding the 6 frames numbered on across both."""
+    import h5py
+    import hdf5plugin  # noqa: F401
+
+    epics = _epics()
+    p = stack.prefix
+
+    def put(name: str, value: Any) -> None:
+        assert epics.caput(p + name, value, wait=True, timeout=30) == 1, name
+
+    directory = stack.tmp_path / "store" / "caps"  # does not exist yet: CreateDirectory makes it
+    put("HDF1:FilePath", str(directory))
+    assert epics.caget(p + "HDF1:FilePathExists_RBV") == 0
+    put("HDF1:CreateDirectory", 1)
+    put("HDF1:FileName", "scan")
+    put("HDF1:FileTemplate", "%s%s_%3.3d.h5")
+    put("HDF1:FileNumber", 7)
+    put("HDF1:AutoIncrement", 1)
+    put("HDF1:NumCapture", 0)
+    put("HDF1:Capture", 1)
+    assert epics.caget(p + "HDF1:Capture_RBV") == 1
+    expected = directory / "scan_007.h5"
+    assert epics.caget(p + "HDF1:FullFileName_RBV", as_string=True) == str(expected)
+    put("NumImages", 3)
+    put("AcquirePeriod", 0.02)
+    put("HDF1:NumCapture", 0)  # (NumImages sets NumCapture, as before)
+    for taken in (3, 6):
+        put("Acquire", 1)
+        wait_until(
+            lambda taken=taken: epics.caget(p + "HDF1:NumCaptured_RBV") == taken, 10, f"{taken} captured"
+        )
+        assert epics.caget(p + "HDF1:Capture_RBV") == 1
+    put("HDF1:Capture", 0)
+    wait_until(lambda: epics.caget(p + "HDF1:Capture_RBV") == 0, 10, "Capture_RBV 0 once the file is closed")
+    assert expected.exists() and not list(directory.glob("*.part"))
+    with h5py.File(expected, "r") as h5:
+        assert h5["/entry/data/data"].shape == (6, 256, 256)
+        assert list(h5["/entry/data/frame_number"][()]) == [0, 1, 2, 3, 4, 5]
+    assert epics.caget(p + "HDF1:FileNumber_RBV") == 8
+    run = stack.run(epics.caget(p + "RunUid_RBV", as_string=True))
+    assert run["exit_status"] == "success" and run["frames_stored"] == 6 and run["losses"] == []
+    # the next Capture 1 would overwrite nothing: FileNumber moved on; an existing file is refused
+    put("HDF1:FileNumber", 7)
+    epics.caput(p + "HDF1:Capture", 1, wait=True, timeout=5)
+    assert epics.caget(p + "HDF1:Capture_RBV") == 0
+    assert "exists" in epics.caget(p + "HDF1:WriteMessage", as_string=True)
+
+
 def test_capture_outside_store_roots_is_refused(stack: Stack) -> None:
     """A FilePath outside ``store.roots`` is refused with a clear WriteMessage and nothing is written."""
     epics = _epics()
