@@ -227,7 +227,8 @@ class RingSink:
                 if exit_status == "success":
                     self.run_uid = None
                     return  # the capture goes on: the run ends at Capture=0
-                self._capture_run = None  # an aborted series ends its capture's run
+                # an aborted series ends its capture's run, and the capture (never a second run in its file)
+                self._capture_run = self._capture_path = None
         if not self.refused:
             self._control({"event": "series_end", "exit_status": exit_status})
         self.run_uid = None
