@@ -189,7 +189,7 @@ def _run_daemon(
     except (ConfigError, OSError) as error:  # bad keys, a busy port, an unwritable store: say so, exit
         log.error("cannot start: %s", error)  # a line in the log's format (journald/ELK read JSON)
         return 2
-    app = create_app(settings, appliance.view, reduction=appliance.reduction)
+    app = create_app(settings, appliance.view, reduction=appliance.reduction, trends_until=stop_requested)
     config = uvicorn.Config(  # log_config=None: uvicorn's lines go through our handler (text or JSON)
         app,
         host=settings.api.host,

@@ -8,6 +8,7 @@ the dashboard itself: plain HTML, CSS and JavaScript from ``webui/static`` (no b
 from __future__ import annotations
 
 import json
+import threading
 from collections import Counter
 from importlib import resources
 from typing import Any, Protocol
@@ -166,13 +167,20 @@ class ReductionWriter(Protocol):
     def update(self, changes: dict[str, Any]) -> dict[str, Any]: ...
 
 
-def create_app(settings: Any, appliance: ApplianceView, reduction: ReductionWriter | None = None) -> FastAPI:
+def create_app(
+    settings: Any,
+    appliance: ApplianceView,
+    reduction: ReductionWriter | None = None,
+    trends_until: threading.Event | None = None,
+) -> FastAPI:
     """The web application for one appliance."""
     app = FastAPI(title="edge", version="0.1.0", responses=_ERRORS, docs_url=None, redoc_url=None)
     app.add_middleware(HeadAsGet)
     can_write = writer(settings.api.token)
     feed = LiveFeed(appliance.status, lambda: appliance.latest_preview())  # read when someone watches
     app.state.live_feed = feed
+    if trends_until is not None:  # the daemon: trends are sampled even while no page is open
+        feed.sample_in_background(trends_until)
 
     @app.exception_handler(NotFound)
     async def _not_found(request: Request, error: NotFound) -> JSONResponse:

@@ -21,6 +21,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import threading
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable
@@ -31,6 +32,7 @@ from starlette.concurrency import run_in_threadpool
 log = logging.getLogger(__name__)
 
 STATUS_SECONDS = 1.0
+UNWATCHED_SECONDS = 5.0  # trend samples while no page is open
 PREVIEW_SECONDS = 0.1  # the live image to one page: at most ten frames a second
 PREVIEW_SENDS_PER_SECOND = 10.0  # ... and to all pages together: five pages get two frames a second each
 HISTORY_SECONDS = 600.0
@@ -74,6 +76,21 @@ class LiveFeed:
     @property
     def subscribers(self) -> int:
         return len(self._subscribers)
+
+    def sample_in_background(self, stop: threading.Event, seconds: float = UNWATCHED_SECONDS) -> None:
+        """Keep the trends going while no page watches (a daemon thread, every ``seconds``), so a page
+        opened later shows the last minutes; while pages watch, the producer samples instead."""
+
+        def sample() -> None:
+            while not stop.wait(seconds):
+                if self._subscribers:
+                    continue
+                try:
+                    self.history.append(self._trend(self._status()))
+                except Exception as error:  # the appliance stopping under it, say: the next one will do
+                    log.debug("background trend sample failed: %s", error)
+
+        threading.Thread(target=sample, name="edge-trends", daemon=True).start()
 
     # -- subscribers --------------------------------------------------------------------------------------
     async def stream(self, is_disconnected: Callable[[], Any] | None = None) -> AsyncIterator[bytes]:

@@ -173,3 +173,32 @@ def test_favicon_and_head_answered_where_get_is() -> None:
     assert http.head("/static/dashboard.js").headers["content-length"] == get.headers["content-length"]
     assert http.head("/api/events").headers["content-type"].startswith("text/event-stream")
     assert http.head("/nope").status_code == 404
+
+
+def test_trends_are_sampled_while_no_page_watches() -> None:
+    import threading
+    import time
+
+    view = View()
+    feed = LiveFeed(view.status, view.latest_preview)
+    stop = threading.Event()
+    feed.sample_in_background(stop, seconds=0.02)
+    deadline = time.monotonic() + 10
+    while len(feed.history) < 3 and time.monotonic() < deadline:
+        stop.wait(0.02)  # waiting on a condition with a deadline, not a fixed sleep
+    stop.set()
+    assert len(feed.history) >= 3 and view.reads >= 3
+    # the page that opens later gets them as its first event
+    chunks: list[bytes] = []
+
+    async def first_events() -> None:
+        stream = feed.stream()
+        async for chunk in stream:
+            chunks.append(chunk)
+            if len(chunks) == 2:
+                break
+        await stream.aclose()
+
+    asyncio.run(first_events())
+    (name, history), *_ = events(chunks)
+    assert name == "trends" and len(history) >= 3
