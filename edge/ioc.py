@@ -792,6 +792,13 @@ class ApplianceIOC:
         for spec in PVS:  # the writer settings the appliance keeps: their readbacks start as they do
             if spec.writable and spec.initial is not None and f"{spec.name}_RBV" in self.records:
                 self._set(f"{spec.name}_RBV", spec.initial)
+        self._set("HDF1:NumRowChunks_RBV", fmt.height)  # one chunk is one whole frame
+        self._set("HDF1:NumColChunks_RBV", fmt.width)
+        self._set("HDF1:Dimensions_RBV", np.array([fmt.width, fmt.height] + [0] * 8, dtype=np.int16))
+        slots = int(settings.ring.slots)
+        self._set("HDF1:QueueFreeLow", max(1, slots // 10))
+        self._set("HDF1:QueueUseHIGH", int(slots * 0.8))
+        self._set("HDF1:QueueUseHIHI", int(slots * 0.95))
         height, width = _preview_shape(*self.view.frame_format.shape)
         self._set("Image1:ArraySize0_RBV", width)
         self._set("Image1:ArraySize1_RBV", height)
@@ -857,9 +864,11 @@ class ApplianceIOC:
         if self._last_rate_sample is not None and now > self._last_rate_sample[0]:
             rate = (received - self._last_rate_sample[1]) / (now - self._last_rate_sample[0])
             self._set("ArrayRate_RBV", max(0.0, rate))
+            self._set("HDF1:ArrayRate_RBV", max(0.0, rate))
         self._last_rate_sample = (now, received)
         dropped = sum(int(v) for k, v in receiver.items() if k.startswith("frames_dropped"))
         self._set("DroppedArrays_RBV", dropped)
+        self._set("HDF1:DroppedArrays_RBV", dropped)
         frames = status["frames"]
         self._set("LostFrames_RBV", int(frames["lost"]))
         self._set("LossRecords_RBV", int(frames["loss_records"]))
@@ -868,6 +877,8 @@ class ApplianceIOC:
         slots = int(ring["slots"])
         low = free < max(1, slots // 10)
         self._set("QueueFree_RBV", free, severity=alarm.MINOR_ALARM if low else 0, alarm=alarm.LOW_ALARM)
+        self._set("HDF1:QueueFree", free)
+        self._set("HDF1:QueueUse", slots - free)
         self._set("QueueFill_RBV", 100.0 * int(ring["fill"]) / max(1, slots))
         pipeline = status["pipeline"]
         raw, packed = int(pipeline.get("bytes_raw", 0)), int(pipeline.get("bytes_compressed", 0))
@@ -913,6 +924,9 @@ class ApplianceIOC:
             self._set("Profile1:Radial_RBV", np.asarray(radial, dtype=np.float64))
             self._set("Profile1:Intensity_RBV", np.asarray(profile, dtype=np.float64))
             self._set("Profile1:UniqueId_RBV", frames)
+        newest = self.view.latest_preview_frame()
+        if newest is not None and newest[1].get("received_at"):
+            self._set("HDF1:TimeStamp_RBV", float(newest[1]["received_at"]))
         latest_preview = self.view.latest_preview_pixels()
         if latest_preview is not None:
             preview = np.clip(latest_preview, 0, 32767).astype(np.int16).ravel()

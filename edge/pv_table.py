@@ -263,6 +263,111 @@ HDF_PLUGIN_PVS: tuple[PvSpec, ...] = (
     ),
 )
 
+_CLASSIC = " (classic ophyd's `HDF5Plugin` declares it)."
+_SIZE_LIMITS = (0, 1 << 30)
+
+#: The rest of what classic ophyd's ``HDF5Plugin`` declares (so that ``wait_for_connection(all_signals=True)``
+#: succeeds): NDFileHDF5 options the appliance does not have, kept and shown back without effect, and
+#: NDPluginBase statistics it does not keep (0).
+HDF_CLASSIC_PVS: tuple[PvSpec, ...] = (
+    *_stored("HDF1:AutoSave", "boolOut", "enum", "Auto save." + _NOOP, 0, choices=_NO_YES),
+    *_stored("HDF1:DeleteDriverFile", "boolOut", "enum", "Delete driver file." + _NOOP, 0, choices=_NO_YES),
+    *_stored("HDF1:ReadFile", "boolOut", "enum", "Read a file back." + _NOOP, 0, choices=("Done", "Read")),
+    *_stored("HDF1:WriteFile", "boolOut", "enum", "Write a file now." + _NOOP, 0, choices=("Done", "Write")),
+    *_stored("HDF1:FileFormat", "mbbOut", "enum", "File format: HDF5.", 0, choices=("HDF5",)),
+    *_stored("HDF1:StoreAttr", "boolOut", "enum", "Store NDAttributes." + _NOOP, 0, choices=_NO_YES),
+    *_stored("HDF1:StorePerform", "boolOut", "enum", "Store performance data." + _NOOP, 0, choices=_NO_YES),
+    *_stored("HDF1:BoundaryAlign", "longOut", "long", "Boundary alignment." + _NOOP, 0, limits=_SIZE_LIMITS),
+    *_stored(
+        "HDF1:BoundaryThreshold", "longOut", "long", "Boundary threshold." + _NOOP, 65536, limits=_SIZE_LIMITS
+    ),
+    *_stored("HDF1:DataBitsOffset", "longOut", "long", "N-bit offset." + _NOOP, 0, limits=(0, 64)),
+    *_stored("HDF1:NumDataBits", "longOut", "long", "N-bit precision." + _NOOP, 0, limits=(0, 64)),
+    *_stored("HDF1:SZipNumPixels", "longOut", "long", "szip pixels." + _NOOP, 16, limits=(0, 1024)),
+    *_stored("HDF1:ZLevel", "longOut", "long", "zlib level." + _NOOP, 6, limits=(0, 9)),
+    *_stored(
+        "HDF1:NumRowChunks",
+        "longOut",
+        "long",
+        "Rows per chunk (a chunk is one whole frame)." + _NOOP,
+        0,
+        limits=_SIZE_LIMITS,
+    ),
+    *_stored(
+        "HDF1:NumColChunks",
+        "longOut",
+        "long",
+        "Columns per chunk (a chunk is one whole frame)." + _NOOP,
+        0,
+        limits=_SIZE_LIMITS,
+    ),
+    *_stored(
+        "HDF1:NumFramesFlush", "longOut", "long", "Frames between flushes." + _NOOP, 0, limits=_SIZE_LIMITS
+    ),
+    *_stored("HDF1:ExtraDimSizeN", "longOut", "long", "Extra dimension N." + _NOOP, 1, limits=_SIZE_LIMITS),
+    *_stored("HDF1:ExtraDimSizeX", "longOut", "long", "Extra dimension X." + _NOOP, 1, limits=_SIZE_LIMITS),
+    *_stored("HDF1:ExtraDimSizeY", "longOut", "long", "Extra dimension Y." + _NOOP, 1, limits=_SIZE_LIMITS),
+    *_stored(
+        "HDF1:MinCallbackTime",
+        "aOut",
+        "double",
+        "Minimum time between callbacks." + _NOOP,
+        0.0,
+        units="s",
+        limits=(0.0, 3600.0),
+    ),
+    *_stored(
+        "HDF1:DroppedArrays",
+        "longOut",
+        "long",
+        "Frames the receiver dropped (readback); a put is shown back until the next refresh.",
+        0,
+        limits=(0, 2**31 - 1),
+    ),
+    _rbv("HDF1:ArrayRate_RBV", "aIn", "double", "Frames received per second.", units="Hz"),
+    _rbv(
+        "HDF1:TimeStamp_RBV",
+        "aIn",
+        "double",
+        "Receive time of the newest frame (Unix seconds).",
+        units="s",
+        fields={"PREC": 3},
+    ),
+    _rbv("HDF1:NDimensions_RBV", "longIn", "long", "2 (frames are 2D).", initial=2),
+    _rbv("HDF1:Dimensions_RBV", "WaveformIn", "short[10]", "Frame dimensions: width, height.", length=10),
+    _rbv(
+        "HDF1:BayerPattern_RBV",
+        "mbbIn",
+        "enum",
+        "RGGB (no colour).",
+        choices=("RGGB", "GBRG", "GRBG", "BGGR"),
+    ),
+    _rbv("HDF1:ExtraDimNameN_RBV", "stringIn", "string", "Extra dimension name" + _CLASSIC, initial="n"),
+    _rbv("HDF1:ExtraDimNameX_RBV", "stringIn", "string", "Extra dimension name" + _CLASSIC, initial="X"),
+    _rbv("HDF1:ExtraDimNameY_RBV", "stringIn", "string", "Extra dimension name" + _CLASSIC, initial="Y"),
+    _rbv("HDF1:FileNumber_Sync", "longIn", "long", "Internal to ADCore" + _CLASSIC),
+    _rbv("HDF1:FileNumber_write", "longIn", "long", "Internal to ADCore" + _CLASSIC),
+    _rbv("HDF1:AsynIO", "stringIn", "string", "asyn record stand-in" + _CLASSIC),
+    _rbv("HDF1:Dim0SA", "WaveformIn", "short[10]", "Dimension array 0" + _CLASSIC, length=10),
+    _rbv("HDF1:Dim1SA", "WaveformIn", "short[10]", "Dimension array 1" + _CLASSIC, length=10),
+    _rbv("HDF1:Dim2SA", "WaveformIn", "short[10]", "Dimension array 2" + _CLASSIC, length=10),
+    _rbv("HDF1:IOSpeed", "aIn", "double", "File write speed: 0 (not measured).", units="MB/s"),
+    _rbv("HDF1:RunTime", "aIn", "double", "File write time: 0 (not measured).", units="s"),
+    _rbv("HDF1:QueueFree", "longIn", "long", "Free slots in the frame ring."),
+    _rbv("HDF1:QueueFreeLow", "longIn", "long", "10 % of the ring: `QueueFree` below it is low."),
+    _rbv("HDF1:QueueUse", "longIn", "long", "Used slots in the frame ring."),
+    _rbv("HDF1:QueueUseHIGH", "longIn", "long", "80 % of the ring (as `QueueFill_RBV`'s HIGH)."),
+    _rbv("HDF1:QueueUseHIHI", "longIn", "long", "95 % of the ring (as `QueueFill_RBV`'s HIHI)."),
+    _rbv("HDF1:PoolAllocBuffers", "longIn", "long", "NDArray pool: 0 (the appliance has a frame ring)."),
+    _rbv("HDF1:PoolFreeBuffers", "longIn", "long", "NDArray pool: 0 (the appliance has a frame ring)."),
+    _rbv("HDF1:PoolMaxBuffers", "longIn", "long", "NDArray pool: 0 (the appliance has a frame ring)."),
+    _rbv("HDF1:PoolMaxMem", "aIn", "double", "NDArray pool: 0 (the appliance has a frame ring).", units="MB"),
+    _rbv("HDF1:PoolUsedBuffers", "aIn", "double", "NDArray pool: 0 (the appliance has a frame ring)."),
+    _rbv(
+        "HDF1:PoolUsedMem", "aIn", "double", "NDArray pool: 0 (the appliance has a frame ring).", units="MB"
+    ),
+)
+
 #: Every record the appliance serves, in documentation order.
 PVS: tuple[PvSpec, ...] = (
     # --- run control ---------------------------------------------------------------------------
@@ -421,6 +526,7 @@ PVS: tuple[PvSpec, ...] = (
     _rbv("HDF1:WriteMessage", "longStringIn", "char[256]", "Last write error, or empty.", length=LONG_STRING),
     _rbv("HDF1:FilesClosed_RBV", "longIn", "long", "Files closed since start."),
     *HDF_PLUGIN_PVS,
+    *HDF_CLASSIC_PVS,
     # --- compression ---------------------------------------------------------------------------
     _rbv("Codec1:CompFactor_RBV", "aIn", "double", "Raw bytes / bitshuffle-LZ4 bytes since start."),
     # --- reduction -----------------------------------------------------------------------------

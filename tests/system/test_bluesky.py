@@ -132,6 +132,8 @@ def test_bluesky_count_with_stock_ophyd_async(stack: Stack) -> None:
     from ophyd.areadetector.plugins import HDF5Plugin
 
     plugin = HDF5Plugin(stack.prefix + "HDF1:", name="hdf1")
+    plugin.wait_for_connection(all_signals=True, timeout=20)  # every PV the class declares
+    assert plugin.plugin_type.get() == "NDFileHDF5"
     plugin.stage()
     assert plugin.enable.get() == "Enable" and plugin.blocking_callbacks.get(as_string=True) == "Yes"
     plugin.unstage()
