@@ -91,7 +91,8 @@ def capture_file(template: str, directory: str, name: str, number: int) -> Path:
     """The file an areaDetector ``FileTemplate`` names (``%s%s.h5``: path then name; a third field, the
     file number). Raises ValueError for a template that takes other fields."""
     fields = _TEMPLATE_FIELD.findall(template)
-    if len(fields) not in (2, 3) or not fields[0].endswith("s") or not fields[1].endswith("s"):
+    path_and_name = len(fields) in (2, 3) and fields[0].endswith("s") and fields[1].endswith("s")
+    if not path_and_name or (len(fields) == 3 and fields[2][-1] not in "diouxX"):
         raise ValueError(f"FileTemplate {template!r} must take %s (path), %s (name) and optionally %d")
     values: tuple[Any, ...] = (directory, name) if len(fields) == 2 else (directory, name, number)
     try:

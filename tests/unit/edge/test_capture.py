@@ -1,0 +1,155 @@
+"""An areaDetector capture (HDF1:Capture 1 .. 0): the file FileTemplate names, where it may go, and how the
+receiver's sink makes one run of several detector series (no sockets: a recording ring and recorder)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from edge.appliance import RingSink
+from edge.ioc import capture_file, path_refusal
+from firmware_bridge.source import FrameHeader
+
+
+@pytest.mark.parametrize(
+    ("template", "expected"),
+    [
+        ("%s%s.h5", "/data/scans/abc.h5"),
+        ("%s%s_%3.3d.h5", "/data/scans/abc_007.h5"),
+        ("%s%s_%d.nxs", "/data/scans/abc_7.nxs"),
+        ("%s/%s.h5", "/data/scans//abc.h5"),
+    ],
+)
+def test_file_template_names_the_file(template: str, expected: str) -> None:
+    assert capture_file(template, "/data/scans/", "abc", 7) == Path(expected)
+
+
+@pytest.mark.parametrize("template", ["%s.h5", "%d%s.h5", "%s%s%s.h5", "abc.h5", "%s%s_%d_%d.h5"])
+def test_a_template_that_does_not_take_path_and_name_is_refused(template: str) -> None:
+    with pytest.raises(ValueError, match="FileTemplate"):
+        capture_file(template, "/data/", "abc", 1)
+
+
+def test_paths_outside_the_roots_are_refused(tmp_path: Path) -> None:
+    root = tmp_path / "store"
+    roots = [root, tmp_path / "beamtime"]
+    assert path_refusal(root, roots) is None
+    assert path_refusal(root / "scans" / "a.h5", roots) is None
+    assert path_refusal(tmp_path / "beamtime" / "x", roots) is None
+    for outside in (tmp_path, tmp_path / "elsewhere", root / ".." / "elsewhere", Path("/etc")):
+        reason = path_refusal(outside, roots)
+        assert reason is not None and "outside store.roots" in reason and "store.path" in reason
+    assert "not a usable path" in str(path_refusal(Path("/data/a\0b"), roots))
+
+
+class _Slot:
+    def __init__(self) -> None:
+        self.pixels = np.ones((16, 16), dtype=np.uint16)
+
+    def array(self) -> np.ndarray:
+        return self.pixels
+
+
+class _Ring:
+    """Records what the sink publishes, in order."""
+
+    stopping = False
+
+    def __init__(self) -> None:
+        self.events: list[Any] = []
+
+    def claim(self, nbytes: int) -> _Slot:
+        return _Slot()
+
+    def publish(self, slot: _Slot, header: FrameHeader) -> None:
+        self.events.append(("frame", header.frame))
+
+    def publish_control(self, slot: _Slot, data: bytes) -> None:
+        self.events.append(json.loads(data))
+
+
+class _Recorder:
+    forward = "all"
+
+    def __init__(self) -> None:
+        self.opened: list[str] = []
+        self.expected: list[int | None] = []
+        self.losses: list[tuple[str | None, int, int, str]] = []
+
+    def open_run(self, run_uid: str | None, series: int, expected: int | None, config: Any, mode: Any) -> str:
+        uid = f"run{len(self.opened) + 1}"
+        self.opened.append(uid)
+        self.expected.append(expected)
+        return uid
+
+    def close_run(self, *args: Any) -> None:  # refused runs only
+        raise AssertionError("no run is refused here")
+
+    def loss(self, run_uid: str | None, first: int, last: int, reason: str, detail: str = "") -> None:
+        self.losses.append((run_uid, first, last, reason))
+
+
+def _series(sink: RingSink, series: int, frames: int) -> None:
+    config = {"shape": [16, 16], "type": "uint16", "frames_expected": frames}
+    assert sink.series_start(series, config) is None
+    for frame in range(frames):
+        sink.publish(_Slot(), FrameHeader(frame=frame, height=16, width=16, dtype="uint16"))  # type: ignore[arg-type]
+
+
+def _sink() -> tuple[RingSink, _Ring, _Recorder]:
+    ring, recorder = _Ring(), _Recorder()
+    return RingSink(ring, recorder, lambda: None), ring, recorder  # type: ignore[arg-type]
+
+
+def test_a_capture_is_one_run_across_series_with_frames_numbered_on(tmp_path: Path) -> None:
+    sink, ring, recorder = _sink()
+    sink.open_capture(tmp_path / "scan.h5")
+    _series(sink, 1, 2)
+    sink.series_end(1)
+    _series(sink, 2, 3)
+    sink.lost(1, 1, "frame_number_gap")  # the second series' frame 1 is the capture's frame 3
+    sink.series_end(2)
+    assert recorder.opened == ["run1"] and sink.capture()["run_uid"] == "run1"
+    assert recorder.expected == [None]  # a capture's length is its client's (Capture 0)
+    start, *frames = ring.events
+    assert start["event"] == "series_start" and start["file_path"] == str(tmp_path / "scan.h5")
+    assert frames == [("frame", n) for n in range(5)]  # no series_end: the capture goes on
+    assert recorder.losses == [("run1", 3, 3, "frame_number_gap")]
+    assert sink.close_capture() == "run1"
+    assert ring.events[-1] == {"event": "series_end", "exit_status": "success"}
+    # after the capture, a series is a run of its own again, in the store's rollover files
+    _series(sink, 3, 1)
+    assert recorder.opened == ["run1", "run2"] and recorder.expected == [None, 1]
+    assert ring.events[-2]["file_path"] is None
+
+
+def test_closing_a_capture_while_a_series_goes_ends_the_run_with_the_series(tmp_path: Path) -> None:
+    sink, ring, _ = _sink()
+    sink.open_capture(tmp_path / "scan.h5")
+    _series(sink, 1, 2)
+    assert sink.close_capture() == "run1"
+    assert ring.events[-1] == ("frame", 1)  # not ended under the series' feet
+    sink.series_end(1)
+    assert ring.events[-1] == {"event": "series_end", "exit_status": "success"}
+
+
+def test_an_aborted_run_ends_abort_and_ends_its_capture(tmp_path: Path) -> None:
+    sink, ring, _ = _sink()
+    sink.open_capture(tmp_path / "scan.h5")
+    _series(sink, 1, 2)
+    sink.mark_abort()  # Acquire 0
+    sink.series_end(1)  # the detector's end message says only that the series ended
+    assert ring.events[-1] == {"event": "series_end", "exit_status": "abort"}
+    assert sink.capture() == {"path": None, "run_uid": None}  # no second run into the same file
+    # outside a capture too, and only for the series that was aborted
+    _series(sink, 2, 1)
+    sink.mark_abort()
+    sink.series_end(2)
+    assert ring.events[-1] == {"event": "series_end", "exit_status": "abort"}
+    _series(sink, 3, 1)
+    sink.series_end(3)
+    assert ring.events[-1] == {"event": "series_end", "exit_status": "success"}
