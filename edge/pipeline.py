@@ -122,6 +122,11 @@ class Pipeline:
         self._compressor.shutdown(wait=True)
         self._closer.shutdown(wait=True)
 
+    def writing(self) -> tuple[str | None, int]:
+        """The run being written now (None between runs) and its frames written so far."""
+        store = self._store
+        return (store.run_uid, store.frames_written) if store is not None else (None, 0)
+
     def counters(self) -> dict[str, Any]:
         store = self._store
         return {
@@ -129,7 +134,6 @@ class Pipeline:
             "backend_degraded_from": list(self.backend.degraded_from),
             "busy_seconds": round(self._busy_seconds, 3),
             "run": store.run_uid if store else None,
-            "run_frames": store.frames_written if store else 0,
             "queued": self._work.qsize(),
             **{k: int(v) for k, v in self.stats.items()},
         }

@@ -278,8 +278,7 @@ class ApplianceView:
 
     def writer_run(self) -> tuple[str | None, int]:
         """The run the pipeline is writing now (None between runs) and its frames written so far."""
-        counters = self._p.pipeline.counters()
-        return counters.get("run"), int(counters.get("run_frames", 0))
+        return self._p.pipeline.writing()  # type: ignore[attr-defined,no-any-return]
 
     def latest_profile_arrays(self) -> tuple[np.ndarray, np.ndarray, int] | None:
         """The newest 1D profile: radial axis, intensity and the count of frames processed."""
