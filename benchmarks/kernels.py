@@ -546,7 +546,7 @@ def bench_preview() -> Row:
 
 def bench_modes(quick: bool) -> list[Row]:
     """Each reduction mode in the daemon beside raw mode of the same run (benchmarks/modes.py)."""
-    rows = _script("modes.py", "--frames", "200" if quick else "400")["rows"]
+    rows = _script("modes.py", "--frames", "400" if quick else "1000")["rows"]
     return [
         Row(
             row["workload"],
