@@ -30,7 +30,7 @@ import h5py
 import numpy as np
 
 from edge.config import ReductionSettings
-from kernels import Backend, Geometry, RoiSet, direct_beam, make_gain
+from kernels import Backend, Geometry, RoiSet, direct_beam, estimate_center_from_sinogram, make_gain
 
 IMAGE_KEY_NAMES = {0: "projection", 1: "flat", 2: "dark"}
 STREAM_DATA, STREAM_BLANK = "data", "blank"
@@ -549,17 +549,37 @@ class TomoStage(_CorrectedStage):
         if self.reconstructor is None:
             return {}
         slices = np.asarray(self.reconstructor.slices(), np.float32)
+        sinograms = np.stack(self.sinograms, axis=0)  # (angles, rows, columns)
+        angles = np.asarray(self.angles, np.float64)
+        center, source = self.center, "given"
+        if center is None:
+            # streamed about the detector's centre column; with a scan that reaches 180 degrees the axis is
+            # estimated from the projections nearest 0 and 180 and, if it differs, the slices are redone
+            center, source = float(self.ctx.shape[1] // 2), "detector centre column (n_cols // 2)"
+            if angles.size and np.ptp(angles) >= 170.0:
+                estimated = float(estimate_center_from_sinogram(sinograms[:, 0, :], angles))
+                if np.isfinite(estimated) and abs(estimated - center) > 0.5:
+                    center, source = estimated, "estimated from the projections nearest 0 and 180 degrees"
+                    slices = np.stack(
+                        [
+                            self.ctx.backend.fbp(
+                                sinograms[:, k, :], angles, filter_name=self.filter, center=center
+                            )
+                            for k in range(len(self.rows))
+                        ]
+                    ).astype(np.float32)
         self.slices_done = len(self.rows)
         self._latest = slices
         dark, flat = self._means()
         return {
             "slices": slices,
             "rows": np.asarray(self.rows, np.int64),
-            "sinograms": np.stack(self.sinograms, axis=1) if self.sinograms else np.zeros((0,)),
-            "rotation_angle": np.asarray(self.angles, np.float64),
+            "sinograms": np.transpose(sinograms, (1, 0, 2)),  # (rows, angles, columns)
+            "rotation_angle": angles,
             "dark_mean": dark,
             "flat_mean": flat,
-            "center": float(self.ctx.shape[1] // 2 if self.center is None else self.center),
+            "center": float(center),
+            "center_source": source,
             "projections": self.projections,
             "projections_without_angle": self.without_angle,
             "darks": self.darks,

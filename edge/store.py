@@ -428,6 +428,9 @@ def _write_run_products(entry: h5py.Group, products: dict[str, Any]) -> None:
     group.attrs["NX_class"] = "NXdata"
     group.attrs["signal"] = "slices"
     for key, value in products.items():
+        if isinstance(value, str):
+            group.create_dataset(key, data=value)
+            continue
         array = np.asarray(value)
         if array.ndim >= 2:
             group.create_dataset(key, data=array, compression="gzip", shuffle=True)

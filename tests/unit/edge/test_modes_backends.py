@@ -119,3 +119,20 @@ def test_modes_on_the_gpu_backend_under_the_cuda_simulator() -> None:
     )
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
     assert "2 passed" in done.stdout, done.stdout[-2000:]
+
+
+def test_tomo_estimates_an_off_centre_rotation_axis() -> None:
+    side = 32
+    tomo = make_source("tomo", (side, side), seed=4, n_angles=90, n_darks=2, n_flats=2, axis_offset_px=3.0)
+    frames = [tomo.frame(i) for i in range(tomo.scan_length)]
+    keys = [
+        {"projection": 0, "flat": 1, "dark": 2}[tomo.frame_truth(i).kind] for i in range(tomo.scan_length)
+    ]
+    settings = ReductionSettings(mode="tomo", tomo={"slices": [16]})  # type: ignore[arg-type]
+    stage = make_stage(RunContext(get_backend("numpy"), GEOMETRY, (side, side), 24, "2th_deg", settings))
+    for n, (frame, key) in enumerate(zip(frames, keys, strict=True)):
+        truth = tomo.frame_truth(n)
+        stage.process(frame, n, key, float("nan") if truth.angle_deg is None else truth.angle_deg)
+    products = stage.finish()
+    assert products["center_source"].startswith("estimated")
+    assert abs(products["center"] - (side // 2 + 3.0)) <= 1.0, products["center"]
