@@ -21,9 +21,11 @@ from __future__ import annotations
 import base64
 import itertools
 import math
+import os
 import time
 from collections import deque
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import h5py
@@ -151,6 +153,10 @@ class ModeStage:
     def write_reduced(self, entry: h5py.Group, products: list[dict[str, Any]]) -> None:
         """The same products in a run's reduced file (no raw frames there)."""
         self.write_products(entry, products)
+
+    def run_files(self, directory: Path, run_uid: str) -> list[Path]:
+        """Files the mode writes once at the run's start (serial: CrystFEL's geometry); they go upstream."""
+        return []
 
     def finish(self) -> dict[str, Any]:
         """Run products computed at the end (tomography slices); empty for most modes."""
@@ -412,6 +418,45 @@ class SerialStage(_CorrectedStage):
             result.create_dataset(name, data=table, compression="gzip", shuffle=True)  # mostly padding
         result["peakXPosRaw"].attrs["meaning"] = "fast-scan (column) position, pixels"
         result["peakYPosRaw"].attrs["meaning"] = "slow-scan (row) position, pixels"
+
+    def run_files(self, directory: Path, run_uid: str) -> list[Path]:
+        """``RUN.geom``: the detector as CrystFEL's geometry file describes it, reading the data files'
+        frames and their CXI peak tables (``peak_list_type = cxi``)."""
+        g = self.ctx.geometry
+        height, width = self.ctx.shape
+        x, y = direct_beam(g)
+        energy_ev = 12398.419843 / (g.wavelength * 1e10)
+        text = f"""; CrystFEL geometry written by edge for run {run_uid}
+; the direct beam is at ({x:.3f}, {y:.3f}) pixels from the outer corner of pixel (0, 0); tilts are
+; not described here (a single flat panel at the detector distance)
+adu_per_photon = 1
+photon_energy = {energy_ev:.3f}
+clen = {g.dist:.6f}
+res = {1.0 / g.pixel2:.3f}
+data = /entry/data/data
+peak_list = /entry/result_1
+peak_list_type = cxi
+dim0 = %
+dim1 = ss
+dim2 = fs
+
+panel0/min_fs = 0
+panel0/max_fs = {width - 1}
+panel0/min_ss = 0
+panel0/max_ss = {height - 1}
+panel0/corner_x = {-x:.3f}
+panel0/corner_y = {-y:.3f}
+panel0/fs = +1.000000x
+panel0/ss = +1.000000y
+"""
+        path = directory / f"{run_uid}.geom"
+        part = path.with_name(path.name + ".part")
+        with open(part, "w") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(part, path)
+        return [path]
 
     def live(self) -> dict[str, Any] | None:
         recent = list(self._recent)

@@ -382,6 +382,8 @@ class Pipeline:
         self._reduced = ReducedWriter(
             self._store.directory, record["run_uid"], stage, max(self.frames_per_file, 1000)
         )
+        for path in stage.run_files(self._store.directory, record["run_uid"]):
+            self.recorder.register_file(record["run_uid"], path, (-1, -1, 0), "reduced")
         self.stats["runs_opened"] += 1
 
     def _file_close_failed(self, run_uid: str, frames: list[int], error: BaseException) -> None:

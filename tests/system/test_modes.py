@@ -193,6 +193,10 @@ def test_serial_hits_and_peaks_agree_with_the_truth_and_only_hits_go_upstream(tm
     # peakfinder8 thresholds each pixel; the truth's SNR is that of an ideal profile-fitted integration,
     # so the weakest 5-sigma spots spread below a per-pixel threshold: recall measured 0.98 here
     assert precision >= 0.99 and recall >= 0.98, (precision, recall)
+    # CrystFEL's geometry for the run travels with it, pointing at the peak tables
+    geom = (upstream / f"{run_uid}.geom").read_text()
+    assert "peak_list = /entry/result_1" in geom and "peak_list_type = cxi" in geom
+    assert f"panel0/max_fs = {SIDE - 1}" in geom and "data = /entry/data/data" in geom
     # every frame's fate from the upstream copy alone
     accounting = _upstream_accounting(upstream)
     assert accounting["stored"] + accounting["vetoed"] + accounting["lost"] == sent
