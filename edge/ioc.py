@@ -539,8 +539,9 @@ class ApplianceIOC:
     def _on_setpoint(self, name: str, value: Any) -> None:
         if name == "NumImages":
             self._set("NumImages_RBV", int(value))
-            self._set("HDF1:NumCapture", int(value))
-            self._set("HDF1:NumCapture_RBV", int(value))
+            if not self._capturing:  # (an open capture spans several acquisitions: its count stays)
+                self._set("HDF1:NumCapture", int(value))
+                self._set("HDF1:NumCapture_RBV", int(value))
         elif name == "AcquirePeriod":
             self._set("AcquirePeriod_RBV", float(value))
         elif name == "ArrayCounter":
@@ -746,7 +747,9 @@ class ApplianceIOC:
 
     def _show_detector(self) -> None:
         state = self.control.state if self.control is not None else "Disconnected"
-        index = DETECTOR_STATES.index(state) if state in DETECTOR_STATES else DETECTOR_STATES.index("Unknown")
+        if state not in DETECTOR_STATES:  # not known yet, or outside areaDetector's list
+            state = "Error" if str(state).startswith("Unknown(") else "Initializing"
+        index = DETECTOR_STATES.index(state)
         self._set("DetectorState_RBV", index)
         self._set("DetectorConnected_RBV", int(bool(self.control is not None and self.control.connected)))
 
@@ -768,6 +771,15 @@ class ApplianceIOC:
         poni = settings.reduction.poni_file
         self._set("Reduction:PoniFile_RBV", "" if poni is None else _fit(str(poni)))
         fmt = self.view.frame_format
+        for prefix in ("HDF1:", ""):  # the writer's and the driver's sizes and pixel type
+            for name, size in (
+                ("X_RBV", fmt.width),
+                ("Y_RBV", fmt.height),
+                ("0_RBV", fmt.width),
+                ("1_RBV", fmt.height),
+            ):
+                self._set(f"{prefix}ArraySize{name}", size)
+        self._set("SerialNumber_RBV", socket.gethostname()[:39])
         for name, size in (
             ("X_RBV", fmt.width),
             ("Y_RBV", fmt.height),
@@ -788,6 +800,7 @@ class ApplianceIOC:
             "float64": "Float64",
         }.get(fmt.dtype, "UInt16")
         self._set("HDF1:DataType_RBV", AD_DATA_TYPES.index(data_type))
+        self._set("DataType_RBV", AD_DATA_TYPES.index(data_type))
         store = self.view.store_path()
         self._set("HDF1:FilePathExists_RBV", int(store.is_dir() and os.access(store, os.W_OK)))
         for spec in PVS:  # the writer settings the appliance keeps: their readbacks start as they do
@@ -890,6 +903,7 @@ class ApplianceIOC:
             "HDF1:WriteMessage", f"{failed} frame(s) failed to store" if failed else self._write_message
         )
         self._set("HDF1:UniqueId_RBV", max(0, received - 1))
+        self._set("UniqueId_RBV", max(0, received - 1))
         self._set("HDF1:ArrayCounter_RBV", received)
         if not self._capturing:  # a capture's own task shows it (Capture_RBV, NumCaptured_RBV, its file)
             self._set("HDF1:Capture_RBV", int(pipeline.get("run") is not None))

@@ -25,8 +25,10 @@ __all__ = [
     "PvSpec",
 ]
 
-DETECTOR_STATES: tuple[str, ...] = (*AD_DETECTOR_STATES, "Unknown")
-_STATE_SEVERITY = {"Error": "MAJOR", "Disconnected": "MAJOR", "Aborted": "MINOR", "Unknown": "MINOR"}
+#: areaDetector's own list, exactly (ophyd-async's ADState is a strict enum): a state not known yet reads
+#: Initializing, one outside the list Error
+DETECTOR_STATES: tuple[str, ...] = tuple(AD_DETECTOR_STATES)
+_STATE_SEVERITY = {"Error": "MAJOR", "Disconnected": "MAJOR", "Aborted": "MINOR"}
 UPSTREAM_STATES: tuple[str, ...] = ("No consumer", "Connected", "Backlog")
 LONG_STRING = 256
 MAX_IMAGES = 10_000_000
@@ -263,6 +265,66 @@ HDF_PLUGIN_PVS: tuple[PvSpec, ...] = (
     ),
 )
 
+_DRIVER_NOOP = " Accepted and shown back; the appliance runs `NumImages` frames at `AcquirePeriod`."
+
+#: What ophyd-async's ``adcore.ADBaseIO`` connects on a driver, beyond the run-control records above, so
+#: that the appliance's own prefix works as an areaDetector driver (``ADBaseIO("EDGE:")``).
+DRIVER_PVS: tuple[PvSpec, ...] = (
+    *_stored(
+        "AcquireTime",
+        "aOut",
+        "double",
+        "Exposure per frame." + _DRIVER_NOOP,
+        0.0,
+        units="s",
+        limits=(0.0, MAX_PERIOD_S),
+        fields={"PREC": 6},
+    ),
+    *_stored(
+        "ImageMode",
+        "mbbOut",
+        "enum",
+        "Single, Multiple or Continuous." + _DRIVER_NOOP,
+        1,
+        choices=("Single", "Multiple", "Continuous"),
+    ),
+    PvSpec(
+        "WaitForPlugins",
+        "boolOut",
+        "enum",
+        "Wait for plugins: the appliance's own `Acquire` completes only when every frame is stored, always.",
+        choices=_NO_YES,
+        initial=0,
+    ),
+    PvSpec(
+        "NDAttributesFile",
+        "longStringOut",
+        "char[256]",
+        "NDAttributes XML." + _NOOP,
+        length=LONG_STRING,
+        initial="",
+    ),
+    _rbv("PortName_RBV", "stringIn", "string", "asyn port name.", initial="EDGE"),
+    _rbv("Manufacturer_RBV", "stringIn", "string", "Manufacturer.", initial="edge"),
+    _rbv("Model_RBV", "stringIn", "string", "Model.", initial="edge appliance"),
+    _rbv("SerialNumber_RBV", "stringIn", "string", "The appliance's host name."),
+    _rbv("SDKVersion_RBV", "stringIn", "string", "The appliance's version.", initial="edge"),
+    _rbv("FirmwareVersion_RBV", "stringIn", "string", "The appliance's version.", initial="edge"),
+    _rbv(
+        "ADCoreVersion_RBV", "stringIn", "string", "ADCore version whose PVs these follow.", initial="3.12.1"
+    ),
+    _rbv("DriverVersion_RBV", "stringIn", "string", "The appliance's version.", initial="edge"),
+    _rbv("UniqueId_RBV", "longIn", "long", "Frame number of the newest frame received."),
+    _rbv("ArraySizeX_RBV", "longIn", "long", "Frame width (pixels)."),
+    _rbv("ArraySizeY_RBV", "longIn", "long", "Frame height (pixels)."),
+    _rbv("ArraySizeZ_RBV", "longIn", "long", "0 (monochrome frames)."),
+    _rbv("ArraySize0_RBV", "longIn", "long", "Frame width (pixels)."),
+    _rbv("ArraySize1_RBV", "longIn", "long", "Frame height (pixels)."),
+    _rbv("ArraySize2_RBV", "longIn", "long", "0 (monochrome frames)."),
+    _rbv("DataType_RBV", "mbbIn", "enum", "Pixel type of the frames.", choices=AD_DATA_TYPES),
+    _rbv("ColorMode_RBV", "mbbIn", "enum", "Mono.", choices=AD_COLOR_MODES),
+)
+
 _CLASSIC = " (classic ophyd's `HDF5Plugin` declares it)."
 _SIZE_LIMITS = (0, 1 << 30)
 
@@ -421,7 +483,8 @@ PVS: tuple[PvSpec, ...] = (
         "DetectorState_RBV",
         "mbbIn",
         "enum",
-        "The detector's `DetectorState_RBV`, or `Disconnected` (MAJOR) while its IOC is unreachable.",
+        "The detector's `DetectorState_RBV`, or `Disconnected` (MAJOR) while its IOC is unreachable "
+        "(`Initializing` until its state is known, `Error` for a state outside areaDetector's list).",
         choices=DETECTOR_STATES,
     ),
     _rbv(
@@ -441,6 +504,7 @@ PVS: tuple[PvSpec, ...] = (
     _rbv(
         "RunUid_RBV", "longStringIn", "char[256]", "Run uid of the current (or last) run.", length=LONG_STRING
     ),
+    *DRIVER_PVS,
     # --- counters ------------------------------------------------------------------------------
     PvSpec(
         "ArrayCounter",

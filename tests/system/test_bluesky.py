@@ -128,6 +128,19 @@ def test_bluesky_count_with_stock_ophyd_async(stack: Stack) -> None:
     config = next(doc for name, doc in docs if name == "descriptor")["configuration"]["edge"]["data"]
     assert config["edge-appliance-run_uid"] == second  # the descriptor names the appliance's run
 
+    # the appliance's own prefix as the areaDetector driver: its Acquire drives the detector
+    own_driver = adcore.ADBaseIO(stack.prefix)
+    own = adcore.AreaDetector(
+        own_driver,
+        stack.prefix,
+        adcore.ADWriterFactory.hdf(provider),
+        acquire_logic=adcore.ADAcquireLogic(own_driver),
+        trigger_logic=SimDetectorTriggerLogic(own_driver),
+        name="own",
+    )
+    third = _check_resources(stack, _count(own), capture_dir)
+    assert third not in (first, second)
+
     # classic ophyd: the whole HDF5Plugin stage signature (enable, blocking callbacks, plugin type)
     from ophyd.areadetector.plugins import HDF5Plugin
 
