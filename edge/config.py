@@ -352,8 +352,8 @@ class SupervisionSettings(_Section):
     max_restarts: int = Field(3, ge=0, le=1000)  # then the daemon exits non-zero for its service manager
     restart_backoff_seconds: float = Field(0.5, ge=0.0, le=60.0)
     # testing only: "NAME:N" raises an error in thread NAME (reader, pipeline, pipeline-writer, forwarder,
-    # retention) at its Nth loop; empty: never
-    inject_error: str = Field("", pattern=r"^([a-z-]+(:[0-9]{1,9})?)?$")
+    # retention) at its Nth loop, "NAME:N:hang" wedges it there until the daemon stops; empty: never
+    inject_error: str = Field("", pattern=r"^([a-z-]+(:[0-9]{1,9}(:hang)?)?)?$")
 
 
 class Settings(BaseSettings):

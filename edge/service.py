@@ -143,6 +143,8 @@ class StatusLine:
             self._last = (now, int(stored))
             parts.append(f"{rate:.1f} frames/s")
         parts.append(f"backlog {int(liveness.get('pending', 0))}")
+        if liveness.get("held_back"):
+            parts.append(f"held back: {liveness['held_back']}")
         for key in ("stored", "delivered", "lost"):
             if key in frames:
                 parts.append(f"{key} {int(frames[key])}")

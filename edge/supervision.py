@@ -9,7 +9,8 @@ non-zero so the service manager restarts it. Every thread's state is in `states`
 the watchdog).
 
 For tests, ``inject`` (``supervision.inject_error = "NAME:N"``) raises `InjectedFault` at thread NAME's
-Nth checkpoint, once: a real exception inside the real loop.
+Nth checkpoint, once: a real exception inside the real loop; ``"NAME:N:hang"`` blocks the thread there
+instead (alive, no error, no progress) until the daemon stops: a wedged data plane for the watchdog.
 """
 
 from __future__ import annotations
@@ -31,12 +32,13 @@ class InjectedFault(RuntimeError):
     """Raised on purpose by a checkpoint (``supervision.inject_error``), to test supervision."""
 
 
-def parse_injection(text: str) -> tuple[str, int] | None:
-    """``"NAME:N"`` -> (NAME, N); empty -> None."""
+def parse_injection(text: str) -> tuple[str, int, str] | None:
+    """``"NAME:N"`` -> (NAME, N, "error"); ``"NAME:N:hang"`` -> (NAME, N, "hang"); empty -> None."""
     if not text:
         return None
-    name, _, count = text.partition(":")
-    return name.strip(), max(1, int(count or 1))
+    name, _, rest = text.partition(":")
+    count, _, kind = rest.partition(":")
+    return name.strip(), max(1, int(count or 1)), (kind or "error")
 
 
 @dataclass
@@ -72,7 +74,7 @@ class Supervisor:
         backoff_seconds: float = 0.5,
         on_error: Callable[[str, BaseException], None] | None = None,
         on_exhausted: Callable[[str, BaseException], None] | None = None,
-        inject: tuple[str, int] | None = None,
+        inject: tuple[str, int, str] | None = None,
     ) -> None:
         self.max_restarts = max_restarts
         self.backoff_seconds = backoff_seconds
@@ -113,6 +115,10 @@ class Supervisor:
             inject = self._inject
             if inject is not None and inject[0] == record.name and record.checkpoints >= inject[1]:
                 self._inject = None
+                if inject[2] == "hang":  # a wedged thread: alive, no error, no progress, until stopping
+                    log.warning("thread %s hangs on purpose (supervision.inject_error)", record.name)
+                    self._stopping.wait()
+                    return
                 raise InjectedFault(f"injected error in thread {record.name} (supervision.inject_error)")
 
         return checkpoint

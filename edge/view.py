@@ -183,8 +183,10 @@ class ApplianceView:
     def liveness(self) -> dict[str, Any]:
         """For the service watchdog: work waiting, a counter that grows with progress, thread states.
 
-        Upstream chunks count as pending only while a consumer is connected: an HPC outage is not a
-        stall of the appliance.
+        Waiting that a restart cannot cure is not a stall: upstream chunks count as pending only while a
+        consumer is connected (an HPC outage), and frames the pipeline holds back on purpose (the store
+        full of unverified data, or a full disk: alarms say so) are reported as ``held_back``, not
+        pending. What remains pending with no progress is a wedged data plane, which a restart fixes.
         """
         p = self._p
         ring = p.ring.counters()
@@ -195,11 +197,27 @@ class ApplianceView:
         chunks = ledger.get("chunks", {})
         upstream_pending = int(chunks.get("stored", 0)) + int(chunks.get("forwarded", 0)) if connected else 0
         acked = sum(int(c.get("chunks_acked") or 0) for c in ledger.get("consumers", []))
+        held_back = self.held_back()
+        frames_pending = int(ring.get("fill", 0)) + int(pipeline.get("queued", 0))
         return {
-            "pending": int(ring.get("fill", 0)) + int(pipeline.get("queued", 0)) + upstream_pending,
+            "pending": (0 if held_back else frames_pending) + upstream_pending,
             "progress": int(ring.get("released", 0)) + acked,
             "threads": p.threads(),
+            "held_back": held_back,
         }
+
+    def held_back(self) -> str | None:
+        """Why the pipeline holds frames back on purpose now (store pressure, full disk), or None."""
+        p = self._p
+        disk = p.recorder.disk
+        if disk is not None and disk.full:
+            return "the disk is full"
+        try:
+            if p.retention.under_pressure():
+                return "the store is full of data not yet verified upstream"
+        except Exception:  # the ledger closing at shutdown: not held back by policy
+            return None
+        return None
 
     def series_open(self) -> bool:
         """True while the source is inside a series (header seen, end not yet)."""

@@ -70,19 +70,11 @@ def listener() -> NotifyListener:
 def test_ready_status_and_watchdog_which_stops_while_the_data_plane_is_stalled(
     tmp_path: Path, listener: NotifyListener
 ) -> None:
-    # A real stall: the store's quota is full of data no consumer has verified, so the pipeline holds
-    # its frames (backpressure) and the ring fills; nothing is persisted or acknowledged. A pull client
-    # arriving verifies the files and the data moves again.
+    # A real stall: the pipeline's thread is wedged (alive, no error, no progress: the daemon's own
+    # supervision.inject_error = "pipeline:1:hang"), frames arrive and fill the ring, nothing moves.
     stack = EdgeStack(
         tmp_path,
-        overrides=[
-            *SMALL_FRAMES,
-            "ring.slots=4",
-            "store.frames_per_file=4",
-            "store.file_seconds=600",
-            "retention.quota_bytes=60000",
-            "retention.headroom_bytes=0",
-        ],
+        overrides=[*SMALL_FRAMES, "ring.slots=4", 'supervision.inject_error="pipeline:1:hang"'],
     )
     log = open(tmp_path / "daemon.log", "w")  # noqa: SIM115 - closed in finally
     try:
@@ -111,14 +103,54 @@ def test_ready_status_and_watchdog_which_stops_while_the_data_plane_is_stalled(
         assert not listener.times("WATCHDOG=1", last_ping), "WATCHDOG=1 sent while stalled"
         assert daemon.poll() is None
         assert "pending, no progress" in listener.lines("STATUS=stalled")[0]
-
-        resumed_after = time.monotonic()
-        stack.start("pull")  # the consumer comes back: files verified, the pressure lifts
-        wait_for(lambda: listener.times("WATCHDOG=1", resumed_after), 60, "WATCHDOG=1 once data moves again")
-
-        daemon.send_signal(signal.SIGTERM)
+        daemon.send_signal(signal.SIGTERM)  # the wedged thread is let go at the stop: an orderly exit
         assert daemon.wait(60) == 0
         assert listener.lines("STOPPING=1")
+    finally:
+        stack.stop_all()
+        log.close()
+
+
+def test_a_store_full_of_unverified_data_is_held_back_not_stalled(
+    tmp_path: Path, listener: NotifyListener
+) -> None:
+    # The pipeline holds frames back on purpose (the quota is full of data no consumer has verified):
+    # an alarm says so, and a restart would cure nothing, so the watchdog goes on; a pull client
+    # arriving verifies the files and the data moves again.
+    stack = EdgeStack(
+        tmp_path,
+        overrides=[
+            *SMALL_FRAMES,
+            "ring.slots=4",
+            "store.frames_per_file=4",
+            "store.file_seconds=600",
+            "retention.quota_bytes=60000",
+            "retention.headroom_bytes=0",
+        ],
+    )
+    log = open(tmp_path / "daemon.log", "w")  # noqa: SIM115 - closed in finally
+    try:
+        daemon = stack.start_daemon(stderr=log, env=listener.env())
+        wait_for(lambda: listener.times("READY=1"), 30, "READY=1")
+        stack.start("sim", "--frames", "200", "--rate", "100")
+        wait_for(
+            lambda: (
+                listener.lines("STATUS=", 0.0)
+                and any("held back" in line for line in listener.lines("STATUS="))
+            ),
+            60,
+            "STATUS saying frames are held back",
+        )
+        held = min(t for t, line in list(listener.messages) if "held back" in line)
+        wait_for(
+            lambda: len(listener.times("WATCHDOG=1", held)) >= 4, 30, "WATCHDOG=1 going on while held back"
+        )
+        assert not listener.times("STATUS=stalled")
+        assert "not yet verified" in stack.status()["retention"]["alarm"]
+        stack.start("pull")  # the consumer comes back: files verified, the pressure lifts
+        wait_for(lambda: stack.status()["frames"]["stored"] >= 100, 60, "data moving again")
+        daemon.send_signal(signal.SIGTERM)
+        assert daemon.wait(60) == 0
     finally:
         stack.stop_all()
         log.close()
