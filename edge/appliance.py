@@ -35,7 +35,8 @@ from edge.store import NXMX_SERIES_KEYS
 from edge.supervision import Supervisor, parse_injection
 from edge.upstream.forwarder import Forwarder
 from edge.view import ApplianceParts, ApplianceView
-from firmware_bridge.source import FrameHeader, FrameSource
+from firmware_bridge.hdf5_chunks import ChunkError, decode_bslz4
+from firmware_bridge.source import FLAG_CHUNK, FLAG_STATE_MASK, FrameHeader, FrameSource
 from firmware_bridge.stream2_reader import Stream2Source
 from firmware_bridge.udp_reader import UdpSource
 from firmware_bridge.zmq_reader import ZmqStreamSource
@@ -125,16 +126,22 @@ class RingSink:
             if self._capture_offset:
                 header = dataclasses.replace(header, frame=header.frame + self._capture_offset)
             self._capture_next = max(self._capture_next, header.frame + 1)
-        self.ring.publish(slot, header)
+        self.ring.publish(slot, header, header.nbytes or None)
         now = time.monotonic()
         if now - self._preview_at >= PREVIEW_SECONDS:  # the live view skips the queue, as areaDetector's does
             self._preview_at = now
+            pixels = slot.array()
+            if header.flags & FLAG_CHUNK:  # a detector chunk stored as received: decoded for the view only
+                try:
+                    pixels = decode_bslz4(slot.buffer[: header.nbytes], pixels.shape, pixels.dtype)
+                except ChunkError:
+                    return
             self.preview = (
-                slot.array()[::PREVIEW_STEP, ::PREVIEW_STEP].copy(),
+                pixels[::PREVIEW_STEP, ::PREVIEW_STEP].copy(),
                 {
                     "frame": header.frame,
                     "run_uid": self.run_uid,
-                    "flags": header.flags,
+                    "flags": header.flags & FLAG_STATE_MASK,
                     "detector_timestamp_ns": header.timestamp_ns,
                     "received_at": time.time(),
                 },
@@ -373,6 +380,8 @@ class Appliance:
                 stream.rcvbuf_bytes,
                 max_frame_jump=stream.max_frame_jump,
                 channel=stream.channel,
+                pass_through=True,  # bslz4 images go to the store as received; the pipeline decodes if needed
+                check=stream.stream2_check,
             )
         return ZmqStreamSource(
             stream.endpoint,

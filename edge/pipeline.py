@@ -33,7 +33,8 @@ from edge.modes import Corrections, FrameResult, ModeStage, PowderStage, RunCont
 from edge.recorder import RunRecorder
 from edge.ring import KIND_CONTROL, KIND_FRAME, FrameRing, Slot
 from edge.store import ReducedWriter, RunMetadata, RunStore
-from firmware_bridge.source import Checkpoint, Spawner, plain_spawn
+from firmware_bridge.hdf5_chunks import ChunkError, decode_bslz4
+from firmware_bridge.source import FLAG_CHUNK, FLAG_STATE_MASK, Checkpoint, Spawner, plain_spawn
 from kernels import Backend, Geometry, compress_chunk
 
 log = logging.getLogger(__name__)
@@ -191,7 +192,20 @@ class Pipeline:
             self.stats["frames_wrong_shape"] += 1
             self.recorder.loss(self._run_uid, frame, frame, "wrong_shape", f"{raw.shape}")
             return _Work(slot, "release")
-        chunk = self._compressor.submit(compress_chunk, raw)  # bitshuffle releases the GIL: overlap
+        chunk: Future[bytes]
+        if int(slot.header["flags"]) & FLAG_CHUNK:  # the detector's checked bslz4 chunk: stored as received
+            chunk = Future()
+            chunk.set_result(slot.payload)
+            self.stats["frames_passed_through"] += 1
+            if stage.decompress:  # the mode needs the pixels: decoded for it, never recompressed
+                try:
+                    raw = decode_bslz4(chunk.result(), raw.shape, raw.dtype)
+                except ChunkError as error:
+                    self.stats["frames_bad_chunk"] += 1
+                    self.recorder.loss(self._run_uid, frame, frame, "stream2_bad_chunk", str(error)[:160])
+                    return _Work(slot, "release")
+        else:
+            chunk = self._compressor.submit(compress_chunk, raw)  # bitshuffle releases the GIL: overlap
         header = slot.header
         result = stage.process(
             raw if stage.decompress else None, frame, int(header["image_key"]), float(header["angle"])
@@ -310,7 +324,8 @@ class Pipeline:
             elif result.keep:
                 chunk = work.chunk.result()
                 try:
-                    store.write(frame, chunk, result.products, int(slot.header["flags"]), result.stream)
+                    flags = int(slot.header["flags"]) & FLAG_STATE_MASK
+                    store.write(frame, chunk, result.products, flags, result.stream)
                 except Exception as error:
                     if self.disk is None or not self.disk.note_error(error):
                         raise

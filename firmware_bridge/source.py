@@ -15,6 +15,10 @@ from typing import Any, Protocol
 FLAG_COMPLETE = 0
 FLAG_INCOMPLETE = 1
 FLAG_CORRUPT = 2
+# the slot holds the frame as the detector sent it, a bitshuffle-LZ4 chunk (HDF5 filter 32008, header
+# included) already checked by the source, not pixels; stored as it is (Stream V2 pass-through)
+FLAG_CHUNK = 1 << 16
+FLAG_STATE_MASK = 0xFFFF  # the frame-state part of ``flags`` (complete/incomplete/corrupt)
 
 
 @dataclass
@@ -31,6 +35,7 @@ class FrameHeader:
     packets_received: int = 0
     image_key: int = 0  # NXtomo: 0 projection (every frame outside tomography), 1 flat, 2 dark
     angle_deg: float = math.nan  # rotation angle of a tomography frame; NaN when unknown
+    nbytes: int = 0  # bytes in the slot when it holds a chunk (FLAG_CHUNK); 0: the pixels' size
 
 
 class SlotLike(Protocol):

@@ -20,7 +20,7 @@ import numpy as np
 import zmq
 
 from firmware_bridge.hdf5_chunks import ChunkError
-from firmware_bridge.source import FLAG_COMPLETE, FrameHeader, FrameSink
+from firmware_bridge.source import FLAG_CHUNK, FLAG_COMPLETE, FrameHeader, FrameSink
 from firmware_bridge.stream2_codec import (
     Stream2Array,
     Stream2Codec,
@@ -36,6 +36,7 @@ log = logging.getLogger(__name__)
 INT64_MAX = (1 << 63) - 1
 UNREADABLE = "stream2_unreadable_message"
 ASSUMED_DTYPE = "uint16"  # only for a series that announced no dtype and ended before any image
+SAMPLE_BLOCKS = 4  # stream2_check "sampled": blocks decompressed per image (structure always walked)
 
 
 def _array_summary(array: Stream2Array, count_masked: bool) -> dict[str, Any]:
@@ -92,8 +93,16 @@ class Stream2Source(ZmqStreamSource):
         rcvbuf: int = 4 << 20,
         max_frame_jump: int | None = None,
         channel: str = "",
+        pass_through: bool = False,
+        check: str = "sampled",
     ) -> None:
         super().__init__(endpoint, sink, context, rcvhwm, rcvbuf, max_frame_jump=max_frame_jump)
+        if check not in ("sampled", "full"):
+            raise ValueError(f"check must be 'sampled' or 'full', got {check!r}")
+        # a bslz4 image of the run's shape and dtype is published as received (FLAG_CHUNK) after a
+        # bounded-cost check that it decodes; otherwise (and for lz4 or plain images) as pixels
+        self.pass_through = pass_through
+        self.check = check
         self.stream2 = Stream2Codec()  # the inherited ``codec`` (stream v1) stays unused
         self.channel = channel  # '' = the first channel the start message announces
         self._channel: str | None = None
@@ -184,10 +193,10 @@ class Stream2Source(ZmqStreamSource):
     def _image(self, image: Stream2Image) -> None:
         if self._series is None:  # no start seen (the daemon restarted mid-series): as the JSON reader
             name = self.channel or next(iter(image.channels))
-            first = image.channels.get(name) or next(iter(image.channels.values()))
+            chosen = image.channels.get(name) or next(iter(image.channels.values()))
             self._channel = name
             self._unreadable = 0
-            self._adopt(image.series, image.frame, first.shape, first.dtype)
+            self._adopt(image.series, image.frame, chosen.shape, chosen.dtype)
         if self._pending is not None:
             first = image.channels.get(self.channel or self._pending.channels[0])
             dtype = first.dtype if first is not None else next(iter(image.channels.values())).dtype
@@ -203,6 +212,9 @@ class Stream2Source(ZmqStreamSource):
         if array is None:
             self.stats["frames_channel_missing"] += 1
             self.sink.lost(image.frame, image.frame, "stream2_channel_missing", f"no {self._channel!r}")
+            return
+        if self.pass_through and array.compression == "bslz4" and len(array.data) <= array.nbytes:
+            self._publish_chunk(image, array)
             return
         try:
             pixels = array.pixels()
@@ -228,3 +240,33 @@ class Stream2Source(ZmqStreamSource):
         self.sink.publish(slot, header)
         self.stats["frames_received"] += 1
         self.stats["bytes_received"] += len(array.data)
+
+    def _publish_chunk(self, image: Stream2Image, array: Stream2Array) -> None:
+        """Check the chunk at bounded cost, then hand it on exactly as received (no decompression)."""
+        try:
+            array.check(None if self.check == "full" else SAMPLE_BLOCKS)
+        except ChunkError as error:
+            self.stats["frames_bad_chunk"] += 1
+            self.sink.lost(image.frame, image.frame, "stream2_bad_chunk", str(error)[:160])
+            return
+        nbytes = len(array.data)
+        slot = self.sink.claim(nbytes)
+        if slot is None:
+            reason = "shutdown" if self._stop.is_set() else "ring_full"
+            self.stats[f"frames_dropped_{reason}"] += 1
+            self.sink.lost(image.frame, image.frame, reason, f"ring policy {reason}")
+            return
+        slot.buffer[:nbytes] = array.data
+        header = FrameHeader(
+            frame=image.frame,
+            height=array.shape[0],
+            width=array.shape[1],
+            dtype=array.dtype,
+            timestamp_ns=image.stop_time_ns,
+            flags=FLAG_COMPLETE | FLAG_CHUNK,
+            nbytes=nbytes,
+        )
+        self.sink.publish(slot, header)
+        self.stats["frames_received"] += 1
+        self.stats["frames_passed_through"] += 1
+        self.stats["bytes_received"] += nbytes

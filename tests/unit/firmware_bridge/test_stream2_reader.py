@@ -14,7 +14,8 @@ import zmq
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from firmware_bridge.source import FrameHeader
+from firmware_bridge.hdf5_chunks import ChunkError, bslz4_blocks, decode_bslz4
+from firmware_bridge.source import FLAG_CHUNK, FrameHeader
 from firmware_bridge.stream2_reader import Stream2Source
 
 DATA = Path(__file__).parents[2] / "data"
@@ -29,6 +30,7 @@ class Sink:
     def __init__(self, refuse: str | None = None) -> None:
         self.frames: dict[tuple[int, int], np.ndarray] = {}
         self.published: list[int] = []
+        self.chunks: dict[int, bytes] = {}
         self.configs: list[dict[str, Any]] = []
         self.losses: list[tuple[int, int, str]] = []
         self.ends: list[tuple[int, str]] = []
@@ -42,7 +44,15 @@ class Sink:
         return Slot()
 
     def publish(self, slot: Any, header: FrameHeader) -> None:
-        pixels = np.frombuffer(slot.buffer, header.dtype).reshape(header.height, header.width)
+        if header.flags & FLAG_CHUNK:  # passed through: the chunk as received
+            chunk = bytes(slot.buffer[: header.nbytes])
+            self.chunks[header.frame] = chunk
+            try:
+                pixels = decode_bslz4(chunk, (header.height, header.width), header.dtype)
+            except ChunkError:  # a damaged block the sampled check did not look at
+                pixels = np.zeros((header.height, header.width), header.dtype)
+        else:
+            pixels = np.frombuffer(slot.buffer, header.dtype).reshape(header.height, header.width)
         self.frames[(len(self.configs), header.frame)] = pixels.copy()
         self.published.append(header.frame)
 
@@ -290,3 +300,40 @@ def test_images_without_their_start_are_adopted_and_stragglers_lost() -> None:
     assert reader_counters["series_adopted"] == 1
     # the copy of image 3 after the end is a straggler: lost, never only a counter
     assert sink.losses == [(3, 3, "frame_outside_series")]
+
+
+def test_pass_through_publishes_each_checked_chunk_exactly_as_received() -> None:
+    sink = Sink()
+    reader = replay(_messages("stream2_bslz4_u16_2ch.bin"), sink, channel="threshold_2", pass_through=True)
+    assert sorted(sink.chunks) == [0, 1, 2, 3]
+    for number, chunk in sink.chunks.items():
+        expected = capture.frame(7, 1, number, (23, 41), "uint16")
+        assert chunk == capture.bslz4(expected, 256)  # byte for byte what the capture carried
+        np.testing.assert_array_equal(sink.frames[(1, number)], expected)
+    assert reader.counters()["frames_passed_through"] == 4 and sink.losses == []
+
+
+def test_pass_through_check_sampled_or_full() -> None:
+    """A damaged block the sample does not look at passes "sampled" (bounded cost: 4 of 15 blocks);
+    "full" decompresses every block and turns the image into a loss record before it is stored."""
+    start, image0, *_, end = _messages("stream2_bslz4_u16_2ch.bin")
+    pixels = capture.frame(7, 0, 0, (23, 41), "uint16")
+    chunk = capture.bslz4(pixels, 64)  # 943 elements in 64-element blocks: 15 blocks
+    _, _, blocks = bslz4_blocks(chunk, 2)
+    assert len(blocks) == 15
+    offset, length, _ = blocks[2]  # sampled blocks are 0, 5, 9 and 14
+    bad = bytearray(chunk)
+    bad[offset : offset + length] = b"\xff" * length
+    fields = dict(cbor2.loads(image0))
+    fields["data"] = {
+        "threshold_1": cbor2.CBORTag(
+            40, [[23, 41], cbor2.CBORTag(69, cbor2.CBORTag(56500, ["bslz4", 2, bytes(bad)]))]
+        )
+    }
+    sampled = Sink()
+    replay([start, cbor2.dumps(fields), end], sampled, pass_through=True, check="sampled")
+    assert sampled.published == [0] and sampled.chunks[0] == bytes(bad)
+    assert sampled.losses == [(1, 3, "missing_at_series_end")]  # the series announced 4 images
+    full = Sink()
+    replay([start, cbor2.dumps(fields), end], full, pass_through=True, check="full")
+    assert full.published == [] and full.losses[0][:3] == (0, 0, "stream2_bad_chunk")
