@@ -20,7 +20,7 @@ import numpy as np
 import zmq
 
 from firmware_bridge.hdf5_chunks import ChunkError
-from firmware_bridge.source import FLAG_CHUNK, FLAG_COMPLETE, FrameHeader, FrameSink
+from firmware_bridge.source import FLAG_CHUNK, FLAG_COMPLETE, FrameHeader, FrameSink, SlotLike
 from firmware_bridge.stream2_codec import (
     Stream2Array,
     Stream2Codec,
@@ -222,11 +222,8 @@ class Stream2Source(ZmqStreamSource):
             self.stats["frames_bad_chunk"] += 1
             self.sink.lost(image.frame, image.frame, "stream2_bad_chunk", str(error)[:160])
             return
-        slot = self.sink.claim(pixels.nbytes)
+        slot = self._claim(image.frame, pixels.nbytes)
         if slot is None:
-            reason = "shutdown" if self._stop.is_set() else "ring_full"
-            self.stats[f"frames_dropped_{reason}"] += 1
-            self.sink.lost(image.frame, image.frame, reason, f"ring policy {reason}")
             return
         np.frombuffer(slot.buffer, dtype=np.uint8, count=pixels.nbytes)[:] = pixels.view(np.uint8).ravel()
         header = FrameHeader(
@@ -241,6 +238,20 @@ class Stream2Source(ZmqStreamSource):
         self.stats["frames_received"] += 1
         self.stats["bytes_received"] += len(array.data)
 
+    def _claim(self, frame: int, nbytes: int) -> SlotLike | None:
+        """A ring slot for ``frame``, or None with the loss recorded (ring full, stopping, too large)."""
+        try:
+            slot = self.sink.claim(nbytes)
+        except ValueError as error:  # larger than a ring slot: the detector sends more than configured
+            self.stats["frames_too_large"] += 1
+            self.sink.lost(frame, frame, "frame_too_large", str(error)[:160])
+            return None
+        if slot is None:
+            reason = "shutdown" if self._stop.is_set() else "ring_full"
+            self.stats[f"frames_dropped_{reason}"] += 1
+            self.sink.lost(frame, frame, reason, f"ring policy {reason}")
+        return slot
+
     def _publish_chunk(self, image: Stream2Image, array: Stream2Array) -> None:
         """Check the chunk at bounded cost, then hand it on exactly as received (no decompression)."""
         try:
@@ -250,11 +261,8 @@ class Stream2Source(ZmqStreamSource):
             self.sink.lost(image.frame, image.frame, "stream2_bad_chunk", str(error)[:160])
             return
         nbytes = len(array.data)
-        slot = self.sink.claim(nbytes)
+        slot = self._claim(image.frame, nbytes)
         if slot is None:
-            reason = "shutdown" if self._stop.is_set() else "ring_full"
-            self.stats[f"frames_dropped_{reason}"] += 1
-            self.sink.lost(image.frame, image.frame, reason, f"ring policy {reason}")
             return
         slot.buffer[:nbytes] = array.data
         header = FrameHeader(

@@ -337,3 +337,16 @@ def test_pass_through_check_sampled_or_full() -> None:
     full = Sink()
     replay([start, cbor2.dumps(fields), end], full, pass_through=True, check="full")
     assert full.published == [] and full.losses[0][:3] == (0, 0, "stream2_bad_chunk")
+
+
+def test_an_image_larger_than_a_ring_slot_is_a_loss_record() -> None:
+    class SmallRing(Sink):
+        def claim(self, nbytes: int) -> Any:
+            if nbytes > 100:
+                raise ValueError(f"frame of {nbytes} bytes does not fit a 100-byte slot")
+            return super().claim(nbytes)
+
+    sink = SmallRing()
+    reader = replay(_messages("stream2_bslz4_u16_2ch.bin"), sink)
+    assert sink.published == [] and sink.losses == [(n, n, "frame_too_large") for n in range(4)]
+    assert reader.counters()["frames_too_large"] == 4
