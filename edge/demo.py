@@ -361,6 +361,7 @@ def run_demo(args: argparse.Namespace, settings: Settings, flags: list[str] | No
             "seconds": round(time.monotonic() - started, 3),
             "run_uid": run_uid,
             "transport": settings.stream.transport,
+            "format": settings.stream.format,
             "sim": sent,
             "dashboard": f"{url}/#token={token}",
             "store": str(workdir / "store"),

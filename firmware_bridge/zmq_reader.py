@@ -151,7 +151,14 @@ class ZmqStreamSource:
                 return
             if size is not None and self.codec.pending_encoding == "<":
                 frame = self.codec.pending_frame
-                slot = self.sink.claim(size)
+                try:
+                    slot = self.sink.claim(size)
+                except ValueError as error:  # larger than a ring slot: more than the detector was set for
+                    self._drop_rest(sock, more)
+                    self.stats["frames_too_large"] += 1
+                    if frame is not None and self._note_frame(frame):
+                        self.sink.lost(frame, frame, "frame_too_large", str(error)[:160])
+                    return
                 if slot is None:
                     self._drop_rest(sock, more)
                     reason = "shutdown" if self._stop.is_set() else "ring_full"

@@ -123,3 +123,40 @@ def test_stray_frame_numbers_are_dropped_and_counted_never_a_gap() -> None:
     assert counters["frame_number_out_of_range"] == 4
     assert counters["errors"] == {"bad_size": 1}
     assert counters.get("reader_crashes", 0) == 0
+
+
+class SmallSlots(Sink):
+    """A ring whose slots hold one 4x6 uint16 image: a bigger one does not fit (ValueError, as FrameRing)."""
+
+    def claim(self, nbytes: int) -> Any:
+        if nbytes > 48:
+            raise ValueError(f"frame of {nbytes} bytes does not fit a 48-byte slot")
+        return super().claim(nbytes)
+
+
+def test_an_image_larger_than_a_ring_slot_is_a_loss_record_not_a_dead_reader() -> None:
+    context = zmq.Context()
+    push = context.socket(zmq.PUSH)
+    port = push.bind_to_random_port("tcp://127.0.0.1")
+    sink = SmallSlots()
+    reader = ZmqStreamSource(f"tcp://127.0.0.1:{port}", sink, context)
+    reader.start()
+    try:
+        push.send_multipart(header(1, 3))
+        push.send_multipart(image(1, 0))
+        big = image(1, 1)
+        big[1] = part(
+            {"htype": "dimage_d-1.0", "shape": [12, 4], "type": "uint16", "encoding": "<", "size": 96}
+        )
+        big[2] = bytes(96)
+        push.send_multipart(big)
+        push.send_multipart(image(1, 2))
+        push.send_multipart([part({"htype": "dseries_end-1.0", "series": 1})])
+        assert sink.ended.wait(10)
+    finally:
+        reader.stop()
+        push.close(0)
+        context.term()
+    assert sink.frames == [0, 2]
+    assert sink.losses == [(1, 1, "frame_too_large")]
+    assert reader.counters()["frames_too_large"] == 1 and reader.counters().get("reader_crashes", 0) == 0
