@@ -389,6 +389,13 @@
     }
     const mode = String(product.mode || "raw");
     setText("product-mode", mode, `chip ${mode}`);
+    // the 1D profile belongs to powder runs; in the other modes its card says so instead of waiting
+    const profileEmpty = $("profile-empty");
+    if (profileEmpty && mode !== "powder") {
+      profileEmpty.textContent = `no azimuthal profile in ${mode} mode (the mode's product is beside it)`;
+    } else if (profileEmpty) {
+      profileEmpty.textContent = "waiting for the first frame…";
+    }
     const run = product.run_uid ? `<div class="small muted">run <span class="mono" title="${esc(product.run_uid)}">${esc(shortUid(product.run_uid))}</span></div>` : "";
     let html = "";
     if (mode === "serial" && product.serial) {
