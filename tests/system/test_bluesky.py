@@ -188,8 +188,11 @@ def test_capture_spans_acquisitions_in_one_file(stack: Stack) -> None:
         )
         assert epics.caget(p + "HDF1:Capture_RBV") == 1
     put("HDF1:Capture", 0)
-    # Capture_RBV follows within a second (the file is finished, checksummed and registered by then)
-    wait_until(lambda: epics.caget(p + "HDF1:Capture_RBV") == 0, 1.0, "Capture_RBV 0 once the file is closed")
+    # Capture_RBV follows once the file is finished, checksummed and registered (about a second on a quiet
+    # machine; the deadline is generous because this is a correctness test, not a timing one)
+    wait_until(
+        lambda: epics.caget(p + "HDF1:Capture_RBV") == 0, 15.0, "Capture_RBV 0 once the file is closed"
+    )
     assert expected.exists() and not list(directory.glob("*.part"))
     with h5py.File(expected, "r") as h5:
         assert h5["/entry/data/data"].shape == (6, 256, 256)

@@ -233,7 +233,8 @@ def test_a_refused_run_fails_its_acquire_put_and_says_why(
         message = _wait_message(stack, "Runs refused: local store above its high-water mark")
         assert "full" not in message, message
         assert _meta(stack, "Disk:RetentionState_RBV")["char_value"] == "pressure"
-        assert "full" not in stack.status()["retention"]["alarm"]
+        # the alarm (recomputed on retention's own thread; None between passes) never says "full" here
+        assert "full" not in (stack.status()["retention"]["alarm"] or "")
         with pytest.raises(epics.ca.CASeverityException, match="Write access denied"):
             epics.caput(p + "Acquire", 1, wait=True, timeout=10)
         assert epics.caget(p + "Acquire_RBV") == 0

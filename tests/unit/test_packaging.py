@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
+import sysconfig
 import zipfile
 from importlib import metadata
 from pathlib import Path
@@ -36,7 +37,10 @@ def _locked() -> dict[str, str]:
 def test_installed_versions_are_the_locked_ones() -> None:
     pins = _locked()
     assert len(pins) > 50, "requirements.lock looks empty"
-    installed = {_canonical(d.metadata["Name"]): d.version for d in metadata.distributions()}
+    # only the environment's own site-packages: setuptools puts its vendored copies (packaging,
+    # platformdirs, ...) on sys.path once something imports it, and those are not installs
+    site_dirs = sorted({sysconfig.get_path("purelib"), sysconfig.get_path("platlib")})
+    installed = {_canonical(d.metadata["Name"]): d.version for d in metadata.distributions(path=site_dirs)}
     # every runtime and dev dependency of edge is pinned and installed at its pinned version
     required = [
         _canonical(re.split(r"[<>=!~\[; ]", req, maxsplit=1)[0])

@@ -65,7 +65,7 @@ class _Ring:
     def claim(self, nbytes: int) -> _Slot:
         return _Slot()
 
-    def publish(self, slot: _Slot, header: FrameHeader) -> None:
+    def publish(self, slot: _Slot, header: FrameHeader, nbytes: int | None = None) -> None:
         self.events.append(("frame", header.frame))
 
     def publish_control(self, slot: _Slot, data: bytes) -> None:
