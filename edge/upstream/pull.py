@@ -30,6 +30,7 @@ from edge.upstream.curve import connect_securely
 
 log = logging.getLogger(__name__)
 
+MAX_FILE_BYTES = 1 << 40  # a file the appliance offers is never larger than this (1 TiB)
 MAX_BATCH = 64  # messages taken at once before their chunks are fsynced and acknowledged
 MAX_OPEN_PARTS = 16
 SILENCE_SECONDS = 6.0  # reconnect when the appliance has said nothing (not even a heartbeat) this long
@@ -173,6 +174,9 @@ class PullClient:
         if payload is None or len(payload) != chunk.length or checksum_bytes(payload) != chunk.checksum:
             self.stats["chunks_rejected"] += 1
             return p.Nack(chunk.chunk_id, "checksum or length mismatch")
+        if not 0 <= chunk.offset <= chunk.offset + chunk.length <= chunk.file_size <= MAX_FILE_BYTES:
+            self.stats["chunks_rejected"] += 1  # numbers from the peer are bounded before they touch a disk
+            return p.Nack(chunk.chunk_id, f"offset {chunk.offset} / size {chunk.file_size} out of range")
         try:
             final, part = self._paths(chunk.run_uid, chunk.file_name)
         except RemoteProtocolError as error:

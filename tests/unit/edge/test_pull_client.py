@@ -64,3 +64,15 @@ def test_out_of_order_chunks_are_read_back(tmp_path: Path) -> None:
     whole = xxhash.xxh3_128_hexdigest(DATA)
     (verified,) = client._handle(p.encode(p.FileComplete(7, "run-1", "run-1_00000.h5", len(DATA), whole)))
     assert verified.checksum == whole and client.stats["checksums_reread"] == 1
+
+
+def test_hostile_offsets_and_sizes_are_refused_before_they_touch_the_disk(tmp_path: Path) -> None:
+    client = PullClient("tcp://127.0.0.1:1", "hpc", tmp_path, 4, zmq.Context.instance())
+    piece = DATA[:4096]
+    for offset, size in ((-1, len(DATA)), (2**62, len(DATA)), (0, 2**62), (8000, 9000)):
+        chunk = p.Chunk(
+            9, 7, "run-1", "run-1_00000.h5", size, 0, 3, offset, len(piece), checksum_bytes(piece)
+        )
+        (reply,) = client._handle(p.encode(chunk, piece))
+        assert isinstance(reply, p.Nack), (offset, size)
+    assert client.stats["chunks_rejected"] == 4 and not list(tmp_path.rglob("*.part"))
