@@ -24,7 +24,8 @@ from edge.diskguard import DiskGuard
 from edge.errors import ConfigError
 from edge.frame_format import FrameFormat, frame_format, udp_geometry
 from edge.ledger import Ledger
-from edge.pipeline import Calibration, Pipeline
+from edge.modes import Corrections
+from edge.pipeline import Pipeline
 from edge.poni import combined_mask, load_poni
 from edge.recorder import RunRecorder
 from edge.recovery import recover, resume_interrupted
@@ -60,7 +61,7 @@ def curve_paths(first: Path | None, second: Path | None) -> tuple[Path, Path] | 
     return (first, second)
 
 
-def load_calibration(settings: Settings, fmt: FrameFormat | None = None) -> Calibration:
+def load_calibration(settings: Settings, fmt: FrameFormat | None = None) -> Corrections:
     """Dark, flat and mask images named in the settings, checked against the detector's frame shape."""
     red = settings.reduction
     shape = (fmt or frame_format(settings)).shape
@@ -83,7 +84,7 @@ def load_calibration(settings: Settings, fmt: FrameFormat | None = None) -> Cali
         images[key] = image.astype(bool) if key == "mask" else image
     poni = None if red.poni_file is None else load_poni(red.poni_file, shape)  # its detector's own mask
     mask = combined_mask(poni, images["mask"])
-    return Calibration(images["dark"], images["flat"], mask, red.solid_angle, red.polarization)
+    return Corrections(images["dark"], images["flat"], mask, red.solid_angle, red.polarization)
 
 
 class RingSink:

@@ -40,10 +40,6 @@ from kernels import Backend, Geometry, compress_chunk
 log = logging.getLogger(__name__)
 
 
-#: dark, flat, mask and the pyFAI-style corrections (the name the appliance uses)
-Calibration = Corrections
-
-
 @dataclass
 class _Work:
     """One ring slot on its way from the reducing thread to the writing thread, in ring order."""
@@ -72,7 +68,7 @@ class Pipeline:
         file_seconds: float,
         recorder: RunRecorder,
         may_write: Callable[[], bool] = lambda: True,
-        calibration: Calibration | None = None,
+        calibration: Corrections | None = None,
         store_blanks: str = "keep",
         disk: DiskGuard | None = None,
         queue_depth: int = 8,

@@ -8,7 +8,6 @@ it). Nothing here changes state.
 from __future__ import annotations
 
 import base64
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -42,15 +41,6 @@ class _Profiled(Protocol):
     latest_profile: tuple[np.ndarray, np.ndarray] | None
 
     def counters(self) -> dict[str, Any]: ...
-
-
-def thread_state(thread: threading.Thread | None, stopping: bool) -> str:
-    """``running``, ``stopped`` (never started, or ended while stopping) or ``dead`` (ended on its own)."""
-    if thread is None:
-        return "stopped"
-    if thread.is_alive():
-        return "running"
-    return "stopped" if stopping else "dead"
 
 
 @dataclass
