@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import http.client
 import json
 import secrets
 import signal
@@ -56,8 +57,12 @@ def _endpoint_port(endpoint: str) -> int:
 
 
 def get_json(url: str, timeout: float = 2.0) -> Any:
-    with urllib.request.urlopen(url, timeout=timeout) as response:
-        return json.loads(response.read())
+    """GET ``url`` as JSON; a reply cut short (the daemon died mid-answer) is an OSError like a refusal."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            return json.loads(response.read())
+    except http.client.HTTPException as exc:
+        raise OSError(f"{url}: {exc!r}") from exc
 
 
 def exit_text(code: int) -> str:
