@@ -2,15 +2,24 @@
 
 The ``bitshuffle`` library does the codec; our part is framing each chunk the way the HDF5 filter
 does (an 8-byte big-endian uncompressed size and a 4-byte big-endian block size in bytes, then the
-LZ4 blocks), so the chunk can be written with ``write_direct_chunk`` and compressed only once. The
-compressed body is copied exactly once (into the returned ``bytes``). bitshuffle releases the GIL, so
+LZ4 blocks), so the chunk can be written with ``write_direct_chunk`` and compressed only once.
+
+The library's C entry point ``bshuf_compress_lz4`` (exported by ``bitshuffle.ext``) is called through
+ctypes (which releases the GIL) straight into a per-thread scratch buffer at offset 12, after the
+header; the buffer is allocated once per thread and size, so its pages are already mapped (the Python
+wrapper ``bitshuffle.compress_lz4`` maps a fresh ``bound``-sized array on every call). The header and
+blocks are then copied once, together, into the returned ``bytes``. A bitshuffle build without that
+symbol falls back to the Python wrapper (header joined to its output: one more copy).
+Both use bitshuffle's OpenMP threads (``OMP_NUM_THREADS``, read when bitshuffle is first imported).
 ``compress_chunks`` spreads frames over an executor the caller passes in (we start no threads).
 bitshuffle is imported on first use, so machines without it (a GPU box) can still import ``kernels``.
 """
 
 from __future__ import annotations
 
+import ctypes
 import struct
+import threading
 from collections.abc import Iterable, Sequence
 from concurrent.futures import Executor
 from typing import Any
@@ -41,12 +50,59 @@ def hdf5_filter_options() -> dict[str, object]:
     return {"compression": BITSHUFFLE_FILTER_ID, "compression_opts": (0, BITSHUFFLE_LZ4)}
 
 
+class _CompressLZ4:
+    """ctypes binding of ``bshuf_compress_lz4`` and ``bshuf_compress_lz4_bound`` in ``bitshuffle.ext``."""
+
+    def __init__(self, library_path: str) -> None:
+        library = ctypes.CDLL(library_path)  # already loaded by the import: same handle, no second copy
+        self.compress = library.bshuf_compress_lz4
+        self.compress.restype = ctypes.c_int64
+        self.compress.argtypes = [ctypes.c_void_p, ctypes.c_void_p] + [ctypes.c_size_t] * 3
+        self.bound = library.bshuf_compress_lz4_bound
+        self.bound.restype = ctypes.c_size_t
+        self.bound.argtypes = [ctypes.c_size_t] * 3
+
+
+_binding: list[_CompressLZ4 | None] = []  # [] until first use, then [binding or None]
+_scratch = threading.local()
+
+
+def _compress_lz4() -> _CompressLZ4 | None:
+    if not _binding:
+        ext = _bitshuffle().ext
+        try:
+            _binding.append(_CompressLZ4(ext.__file__))
+        except (AttributeError, OSError):  # pragma: no cover - a build that hides its C symbols
+            _binding.append(None)
+    return _binding[0]
+
+
+def _scratch_buffer(nbytes: int) -> np.ndarray:
+    buffer: np.ndarray | None = getattr(_scratch, "buffer", None)
+    if buffer is None or buffer.size < nbytes:
+        buffer = np.empty(nbytes, dtype=np.uint8)
+        buffer.fill(0)  # map the pages now, not inside the first timed call
+        _scratch.buffer = buffer
+    return buffer
+
+
 def compress_chunk(frame: np.ndarray) -> bytes:
     """Compress one contiguous array into a filter-32008 chunk (header included)."""
     frame = np.ascontiguousarray(frame)
-    body = _bitshuffle().compress_lz4(frame, 0)
-    header = _HEADER.pack(frame.nbytes, default_block_elems(frame.itemsize) * frame.itemsize)
-    return b"".join((header, memoryview(body)))
+    block_bytes = default_block_elems(frame.itemsize) * frame.itemsize
+    binding = _compress_lz4()
+    if binding is None:  # pragma: no cover - see _compress_lz4
+        body = _bitshuffle().compress_lz4(frame, 0)
+        return b"".join((_HEADER.pack(frame.nbytes, block_bytes), memoryview(body)))
+    bound = _HEADER.size + binding.bound(frame.size, frame.itemsize, 0)
+    buffer = _scratch_buffer(bound)
+    written = binding.compress(
+        frame.ctypes.data, buffer.ctypes.data + _HEADER.size, frame.size, frame.itemsize, 0
+    )
+    if written < 0:  # pragma: no cover - bitshuffle's own error codes (out of memory, bad size)
+        raise RuntimeError(f"bshuf_compress_lz4 failed with error {written}")
+    _HEADER.pack_into(buffer.data, 0, frame.nbytes, block_bytes)
+    return buffer[: _HEADER.size + written].tobytes()
 
 
 def compress_chunks(frames: Iterable[np.ndarray], executor: Executor | None = None) -> list[bytes]:
