@@ -397,6 +397,8 @@ class Appliance:
     def start(self) -> None:
         self.forwarder.start(self.supervisor.spawn)
         self.retention.start(self.supervisor.spawn)
+        # the configured mode's kernels load now, not on the first run's first frame
+        self.pipeline.warm_up(self.frame_format.shape, self.frame_format.dtype, self.reduction.current())
         self.pipeline.start(self.supervisor.spawn)
         self.source.start(self.supervisor.spawn)
         log.info(

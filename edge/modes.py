@@ -688,3 +688,27 @@ STAGES: dict[str, type[ModeStage]] = {
 def make_stage(ctx: RunContext) -> ModeStage:
     """The stage for the run's mode (``ctx.params.mode``)."""
     return STAGES[ctx.params.mode](ctx)
+
+
+def warm_up(ctx: RunContext, dtype: str) -> None:
+    """Run the mode's kernels once on synthetic frames of the run's shape and ``dtype``, and throw it away.
+
+    numba loads (or compiles) a kernel on its first call; in a fresh process that first load costs about
+    a second and a half, which would otherwise fall on a run's first frame. The frames are a flat
+    background with a few bright 3x3 blocks, so every path a real frame takes (peaks found and labelled,
+    a tomography scan's darks, flats and projections) is taken.
+    """
+    stage = make_stage(ctx)
+    if not stage.decompress:
+        return
+    height, width = ctx.shape
+    frame = np.full(ctx.shape, 10, dtype=np.dtype(dtype))
+    for k in range(12):  # enough bright blocks for a serial "hit"
+        r, c = (k + 1) * height // 14, (3 * k + 2) * width // 40
+        frame[max(0, r - 1) : r + 2, max(0, c - 1) : c + 2] = 200
+    stage.process(frame, 0, 2, float("nan"))  # tomography: a dark, a flat, then projections
+    stage.process(frame + 1, 1, 1, float("nan"))
+    for n, angle in enumerate((0.0, 90.0, 180.0)):
+        stage.process(frame, 2 + n, 0, angle)
+    stage.finish()
+    stage.live()

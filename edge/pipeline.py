@@ -29,7 +29,7 @@ import numpy as np
 
 from edge.config import ReductionSettings
 from edge.diskguard import DiskGuard
-from edge.modes import Corrections, FrameResult, ModeStage, PowderStage, RunContext, make_stage
+from edge.modes import Corrections, FrameResult, ModeStage, PowderStage, RunContext, make_stage, warm_up
 from edge.recorder import RunRecorder
 from edge.ring import KIND_CONTROL, KIND_FRAME, FrameRing, Slot
 from edge.store import ReducedWriter, RunMetadata, RunStore
@@ -46,7 +46,7 @@ class _Work:
 
     slot: Slot
     action: str  # "frame", "open", "close" or "release" (nothing to write: a counted loss or no-op)
-    chunk: Future[bytes] | None = None
+    chunk: Future[bytes | memoryview] | None = None
     result: FrameResult | None = None
     record: dict[str, Any] | None = None
     stage: ModeStage | None = None
@@ -188,10 +188,10 @@ class Pipeline:
             self.stats["frames_wrong_shape"] += 1
             self.recorder.loss(self._run_uid, frame, frame, "wrong_shape", f"{raw.shape}")
             return _Work(slot, "release")
-        chunk: Future[bytes]
+        chunk: Future[bytes | memoryview]
         if int(slot.header["flags"]) & FLAG_CHUNK:  # the detector's checked bslz4 chunk: stored as received
-            chunk = Future()
-            chunk.set_result(slot.payload)
+            chunk = Future()  # the slot's own bytes (it is released after the write), never copied
+            chunk.set_result(slot.buffer[: int(slot.header["nbytes"])])
             self.stats["frames_passed_through"] += 1
             if stage.decompress:  # the mode needs the pixels: decoded for it, never recompressed
                 try:
@@ -214,11 +214,8 @@ class Pipeline:
         self._busy_seconds += time.perf_counter() - started
         return _Work(slot, "frame", chunk=chunk, result=result, started=started)
 
-    def _make_stage(self, record: dict[str, Any]) -> ModeStage:
-        """The run's mode stage, from the parameters the run started with; raw if they cannot work."""
-        shape = (int(record["height"]), int(record["width"]))
-        params = ReductionSettings.model_validate(record.get("reduction") or {"mode": "powder"})
-        ctx = RunContext(
+    def _context(self, shape: tuple[int, int], params: ReductionSettings) -> RunContext:
+        return RunContext(
             self.backend,
             self.geometry,
             shape,
@@ -228,8 +225,13 @@ class Pipeline:
             self.calibration or Corrections(),
             self.store_blanks,
         )
+
+    def _make_stage(self, record: dict[str, Any]) -> ModeStage:
+        """The run's mode stage, from the parameters the run started with; raw if they cannot work."""
+        shape = (int(record["height"]), int(record["width"]))
+        params = ReductionSettings.model_validate(record.get("reduction") or {"mode": "powder"})
         try:
-            return make_stage(ctx)
+            return make_stage(self._context(shape, params))
         except Exception as error:  # e.g. tomo slices outside the frame: store the frames, say why
             self.stats["mode_setup_errors"] += 1
             log.error(
@@ -248,6 +250,20 @@ class Pipeline:
                     params.model_copy(update={"mode": "raw"}),
                 )
             )
+
+    def warm_up(self, shape: tuple[int, int], dtype: str, params: ReductionSettings) -> float:
+        """Load the configured mode's kernels before the first run needs them; returns the seconds it took.
+
+        A mode that cannot start with these settings is skipped here: the run that uses them says why.
+        """
+        started = time.perf_counter()
+        try:
+            warm_up(self._context(shape, params), dtype)
+        except Exception as error:
+            log.warning("warming up mode %s skipped: %s", params.mode, error)
+        took = time.perf_counter() - started
+        log.info("mode %s: kernels ready in %.2f s", params.mode, took)
+        return took
 
     def product(self) -> dict[str, Any] | None:
         """The newest run's live product (``GET /api/product``): mode, run and the mode's own view."""
