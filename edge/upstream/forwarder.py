@@ -133,7 +133,8 @@ class Forwarder:
             if item.identity not in failed:
                 frames = p.encode(item.message, item.payload)
                 try:
-                    sock.send_multipart([item.identity, *frames], zmq.NOBLOCK)
+                    # copy=False: the chunk goes out from its mapping (parts under 64 kB are copied)
+                    sock.send_multipart([item.identity, *frames], zmq.NOBLOCK, copy=False)
                     continue
                 except zmq.ZMQError as error:  # peer gone (router_mandatory) or its queue full
                     log.debug("send to %r failed: %s", item.identity, error)

@@ -119,12 +119,12 @@ def encode(message: Message, payload: bytes | memoryview | None = None) -> list[
     return [header] if payload is None else [header, payload]
 
 
-def decode(frames: list[bytes]) -> tuple[Message, bytes | None]:
+def decode(frames: list[bytes] | list[bytes | memoryview]) -> tuple[Message, bytes | memoryview | None]:
     """Parse frames into a message and its payload; raises RemoteProtocolError on anything malformed."""
     if not frames or len(frames) > 2:
         raise RemoteProtocolError(f"message has {len(frames)} frames; expected 1 or 2")
     try:
-        header = json.loads(frames[0])
+        header = json.loads(bytes(frames[0]))
     except (ValueError, UnicodeDecodeError) as error:
         raise RemoteProtocolError(f"header is not JSON: {error}") from None
     if not isinstance(header, dict):

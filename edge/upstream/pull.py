@@ -89,10 +89,11 @@ class PullClient:
                     replies: list[p.Message] = []
                     for _ in range(MAX_BATCH):  # everything already here, then one fsync per file
                         try:
-                            frames = sock.recv_multipart(zmq.NOBLOCK)
+                            parts = sock.recv_multipart(zmq.NOBLOCK, copy=False)
                         except zmq.Again:
                             break
-                        replies += self._handle(frames)
+                        # the payload is used where ZeroMQ received it (hashed and written, not copied)
+                        replies += self._handle([parts[0].bytes, *(part.buffer for part in parts[1:])])
                     last_heard = time.monotonic()
                     self._sync()  # acknowledgements only for what is durable
                     for reply in replies:
@@ -148,7 +149,7 @@ class PullClient:
         stream.write(line + end)
         stream.flush()
 
-    def _handle(self, frames: list[bytes]) -> list[p.Message]:
+    def _handle(self, frames: list[bytes | memoryview]) -> list[p.Message]:
         try:
             message, payload = p.decode(frames)
         except RemoteProtocolError as error:
@@ -170,7 +171,7 @@ class PullClient:
         final = directory / _safe_part(name)
         return final, final.with_name(final.name + ".part")
 
-    def _chunk(self, chunk: p.Chunk, payload: bytes | None) -> p.Message:
+    def _chunk(self, chunk: p.Chunk, payload: bytes | memoryview | None) -> p.Message:
         if payload is None or len(payload) != chunk.length or checksum_bytes(payload) != chunk.checksum:
             self.stats["chunks_rejected"] += 1
             return p.Nack(chunk.chunk_id, "checksum or length mismatch")
@@ -237,7 +238,7 @@ class _PartFile:
         self.next_offset = 0
         self.hasher = xxhash.xxh3_128()
 
-    def add(self, offset: int, payload: bytes) -> None:
+    def add(self, offset: int, payload: bytes | memoryview) -> None:
         if not self.in_order or offset < self.next_offset:
             return  # out of order, or a resend of bytes already hashed (writes are idempotent)
         if offset > self.next_offset:
