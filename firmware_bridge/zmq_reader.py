@@ -133,7 +133,7 @@ class ZmqStreamSource:
 
     def _receive_message(self, sock: zmq.Socket) -> None:
         part = sock.recv()
-        more = bool(sock.rcvmore)
+        more = bool(sock.get(zmq.RCVMORE))  # get(): a third of .rcvmore's cost
         self.stats["messages"] += 1
         events = self.codec.feed(part, more)
         slot: SlotLike | None = None
@@ -167,11 +167,11 @@ class ZmqStreamSource:
                         self.sink.lost(frame, frame, reason, f"ring policy {reason}")
                     return
                 nbytes = sock.recv_into(slot.buffer[:size])
-                more = bool(sock.rcvmore)
+                more = bool(sock.get(zmq.RCVMORE))
                 events += self.codec.feed_received(nbytes, more)
             else:
                 part = sock.recv()
-                more = bool(sock.rcvmore)
+                more = bool(sock.get(zmq.RCVMORE))
                 events += self.codec.feed(part, more)
         for event in events:
             slot = self._handle(event, slot)
@@ -181,7 +181,7 @@ class ZmqStreamSource:
     def _drop_rest(self, sock: zmq.Socket, more: bool) -> None:
         while more:
             part = sock.recv()
-            more = bool(sock.rcvmore)
+            more = bool(sock.get(zmq.RCVMORE))
             self.codec.feed(part, more)
 
     def _handle(self, event: object, slot: SlotLike | None) -> SlotLike | None:

@@ -76,6 +76,11 @@ class ZmqFrameSender:
         blocked shows in the summary, and one given up is counted too); ``waiting(summary)`` is told
         about once a second while blocked.
         """
+        try:  # the usual case, the consumer has room: sent without a poll
+            self.sock.send_multipart(parts, zmq.NOBLOCK, copy=False)
+            return True
+        except zmq.Again:
+            pass
         started = last = told = time.perf_counter()
         try:
             while not self.sock.poll(100, zmq.POLLOUT):
