@@ -126,6 +126,23 @@ def test_histogram_sums_per_bin(backend: kernels.Backend) -> None:
     np.testing.assert_allclose(backend.histogram(values, bins, 12), expected, rtol=1e-12)
 
 
+@pytest.mark.parametrize("pixels", [65537, 65538])
+def test_bin_sums_of_saturated_uint16_frames_are_exact(backend: kernels.Backend, pixels: int) -> None:
+    # 65537 pixels at 65535 is the most a 32-bit accumulator holds; one more needs a wider one
+    values = np.full((2, pixels), 65535, dtype=np.uint16)
+    values[1, :7] = [0, 1, 2, 3, 4, 5, 6]
+    bins = np.zeros((2, pixels), dtype=np.uint16)
+    bins[1] = 1
+    bins[1, :3] = 2  # the dropped sentinel
+    summer = backend.module.BinSummer(bins, 2)
+    sums, variance = summer(values, True)
+    plain, _ = summer(values, False)
+    expected = [65535.0 * pixels, 65535.0 * (pixels - 7) + 3 + 4 + 5 + 6]
+    np.testing.assert_array_equal(plain, expected)
+    np.testing.assert_array_equal(sums, expected)
+    np.testing.assert_array_equal(variance, expected)
+
+
 # ---- azimuthal integration ---------------------------------------------------------------------------
 
 
