@@ -61,6 +61,21 @@ def bslz4_blocks(chunk: bytes | memoryview, elem_size: int) -> tuple[int, int, l
     Returns ``(nbytes, block_elems, blocks)`` where each block is ``(offset, length, plain_bytes)`` of
     its LZ4 data. Raises ChunkError unless the blocks tile the chunk exactly.
     """
+    nbytes, block_elems, plain, starts, end = _walk_bslz4(chunk, elem_size)
+    ends = [*(start - 4 for start in starts[1:]), end] if starts else []
+    blocks = [(start, stop - start, size) for start, stop, size in zip(starts, ends, plain, strict=True)]
+    return nbytes, block_elems, blocks
+
+
+def _walk_bslz4(chunk: bytes | memoryview, elem_size: int) -> tuple[int, int, list[int], list[int], int]:
+    """``(nbytes, block_elems, plain bytes per block, offset of each block's LZ4 data, end of the
+    blocks)``; raises ChunkError unless the blocks tile the chunk exactly.
+
+    The walk reads one 4-byte size per block and checks only that the last block ends exactly where
+    the blocks must end: the offsets only grow, so a block that claims more bytes than are there
+    leaves the walk past that end (or reading past the chunk). Only then is the walk repeated
+    block by block, to say which block is wrong.
+    """
     if elem_size not in (1, 2, 4, 8):
         raise ChunkError("bad_elem_size", f"element size {elem_size}")
     nbytes, block_bytes = read_header(chunk)
@@ -74,26 +89,40 @@ def bslz4_blocks(chunk: bytes | memoryview, elem_size: int) -> tuple[int, int, l
     elems = nbytes // elem_size
     if (elems // block_elems + 1) * 4 > len(chunk) + 4:  # each block needs its 4-byte size at least
         raise ChunkError("truncated_chunk", f"{len(chunk)} bytes cannot hold {elems // block_elems} blocks")
-    sizes = [block_elems] * (elems // block_elems)
+    plain = [block_elems * elem_size] * (elems // block_elems)
     last = elems % block_elems - elems % block_elems % 8
     if last:
-        sizes.append(last)
+        plain.append(last * elem_size)
     leftover = elems % 8 * elem_size
-    blocks: list[tuple[int, int, int]] = []
-    pos = HEADER.size
     end = len(chunk) - leftover
-    for size in sizes:
+    unpack = _BLOCK_SIZE.unpack_from
+    starts: list[int] = []
+    append = starts.append
+    pos = HEADER.size
+    try:
+        for _ in plain:
+            pos += 4
+            append(pos)
+            pos += unpack(chunk, pos - 4)[0]
+    except struct.error:
+        pos = -1  # read past the chunk: say where below
+    if pos != end:
+        _explain_walk(chunk, len(plain), end)
+    return nbytes, block_elems, plain, starts, end
+
+
+def _explain_walk(chunk: bytes | memoryview, count: int, end: int) -> None:
+    """Raise the ChunkError that says which of ``count`` blocks does not fit before ``end``."""
+    pos = HEADER.size
+    for index in range(count):
         if pos + 4 > end:
-            raise ChunkError("truncated_chunk", f"block {len(blocks)} of {len(sizes)} missing")
+            raise ChunkError("truncated_chunk", f"block {index} of {count} missing")
         (length,) = _BLOCK_SIZE.unpack_from(chunk, pos)
         pos += 4
         if length > end - pos or length >= 1 << 31:
-            raise ChunkError("truncated_chunk", f"block {len(blocks)} claims {length} bytes")
-        blocks.append((pos, length, size * elem_size))
+            raise ChunkError("truncated_chunk", f"block {index} claims {length} bytes")
         pos += length
-    if pos != end:
-        raise ChunkError("bad_chunk_length", f"{len(chunk) - pos - leftover} stray bytes after the blocks")
-    return nbytes, block_elems, blocks
+    raise ChunkError("bad_chunk_length", f"{end - pos} stray bytes after the blocks")
 
 
 def _lz4_block(data: memoryview, plain_bytes: int) -> bytes:
@@ -136,20 +165,16 @@ def check_bslz4(chunk: bytes | memoryview, elem_size: int, sample: int | None = 
     decompressed; with None, every block is. Raises ChunkError.
     """
     view = memoryview(chunk).cast("B")
-    _, _, blocks = bslz4_blocks(view, elem_size)
-    chosen: list[int]
-    if sample is None or sample >= len(blocks):  # all of it: the fast decoder, result discarded
-        nbytes, _ = read_header(view)
+    nbytes, _, plain, starts, end = _walk_bslz4(view, elem_size)
+    if sample is None or sample >= len(starts):  # all of it: the fast decoder, result discarded
         decode_bslz4(view, (nbytes // elem_size,), np.dtype(f"u{elem_size}"))
-        return len(blocks)
-    else:
-        last = len(blocks) - 1
-        chosen = sorted(
-            {0, *(round(i * last / (sample - 1)) for i in range(1, sample))} if sample > 1 else {0}
-        )
+        return len(starts)
+    last = len(starts) - 1
+    chosen = sorted({0, *(round(i * last / (sample - 1)) for i in range(1, sample))} if sample > 1 else {0})
     for index in chosen:
-        offset, length, plain = blocks[index]
-        _lz4_block(view[offset : offset + length], plain)
+        offset = starts[index]
+        stop = starts[index + 1] - 4 if index < last else end
+        _lz4_block(view[offset:stop], plain[index])
     return len(chosen)
 
 
