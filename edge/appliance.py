@@ -32,6 +32,7 @@ from edge.recovery import recover, resume_interrupted
 from edge.reduction_control import ReductionControl
 from edge.retention import Retention
 from edge.ring import FrameRing, Slot
+from edge.run_masks import RunMasks
 from edge.store import NXMX_SERIES_KEYS
 from edge.supervision import Supervisor, parse_injection
 from edge.upstream.forwarder import Forwarder
@@ -87,6 +88,16 @@ def load_calibration(settings: Settings, fmt: FrameFormat | None = None) -> Corr
     return Corrections(images["dark"], images["flat"], mask, red.solid_angle, red.polarization)
 
 
+@dataclasses.dataclass(frozen=True)
+class _ChunkPreview:
+    """A pass-through frame kept for the live view as its compressed chunk (a copy), not yet decoded."""
+
+    chunk: bytes
+    shape: tuple[int, ...]
+    dtype: np.dtype[Any]
+    info: dict[str, Any]
+
+
 class RingSink:
     """The ring as seen by a frame source: frames go into the ring, runs and losses to the recorder."""
 
@@ -96,8 +107,10 @@ class RingSink:
         recorder: RunRecorder,
         refusal: Callable[[], str | None],
         reduction: Callable[[], dict[str, Any]] = dict,
+        masks: RunMasks | None = None,
     ) -> None:
         self.ring = ring
+        self.masks = masks  # combines a series' detector pixel mask with the settings' mask
         self.recorder = recorder
         self.refusal = refusal
         self.reduction = reduction  # the reduction parameters a run starting now takes (JSON)
@@ -105,7 +118,9 @@ class RingSink:
         self.refused = False
         #: links a run resumed after a restart to the interrupted one (edge.recovery.resume_interrupted)
         self.resume: Callable[[int, int], dict[str, Any]] | None = None
-        self.preview: tuple[np.ndarray, dict[str, Any]] | None = None
+        # the newest frame for the live view, or a detector chunk (Stream V2 pass-through) with what
+        # its view needs, decoded only when the view is read (see ``preview``)
+        self._preview: tuple[np.ndarray, dict[str, Any]] | _ChunkPreview | None = None
         self._preview_at = 0.0
         self.losses = 0
         # an areaDetector capture (HDF1:Capture=1 .. 0): one run, one file, across the detector's series
@@ -132,21 +147,40 @@ class RingSink:
         if now - self._preview_at >= PREVIEW_SECONDS:  # the live view skips the queue, as areaDetector's does
             self._preview_at = now
             pixels = slot.array()
-            if header.flags & FLAG_CHUNK:  # a detector chunk stored as received: decoded for the view only
-                try:
-                    pixels = decode_bslz4(slot.buffer[: header.nbytes], pixels.shape, pixels.dtype)
-                except ChunkError:
-                    return
-            self.preview = (
-                pixels[::PREVIEW_STEP, ::PREVIEW_STEP].copy(),
-                {
-                    "frame": header.frame,
-                    "run_uid": self.run_uid,
-                    "flags": header.flags & FLAG_STATE_MASK,
-                    "detector_timestamp_ns": header.timestamp_ns,
-                    "received_at": time.time(),
-                },
-            )
+            info = {
+                "frame": header.frame,
+                "run_uid": self.run_uid,
+                "flags": header.flags & FLAG_STATE_MASK,
+                "detector_timestamp_ns": header.timestamp_ns,
+                "received_at": time.time(),
+            }
+            if header.flags & FLAG_CHUNK:  # a detector chunk stored as received: decoded when viewed
+                self._preview = _ChunkPreview(
+                    bytes(slot.buffer[: header.nbytes]), pixels.shape, pixels.dtype, info
+                )
+            else:
+                self._preview = (pixels[::PREVIEW_STEP, ::PREVIEW_STEP].copy(), info)
+
+    @property
+    def preview(self) -> tuple[np.ndarray, dict[str, Any]] | None:
+        """The newest frame received (subsampled) and what the receiver knew of it; the same tuple until
+        a newer frame replaces it. A pass-through chunk is decoded here, when the view is read, not
+        for every frame the receiver keeps (decoding a 1024x1024 chunk costs milliseconds)."""
+        latest = self._preview
+        if not isinstance(latest, _ChunkPreview):
+            return latest
+        try:
+            pixels = decode_bslz4(latest.chunk, latest.shape, latest.dtype)
+        except ChunkError:  # checked by the source at bounded cost only: no view of this frame
+            return None
+        decoded = (pixels[::PREVIEW_STEP, ::PREVIEW_STEP].copy(), latest.info)
+        if self._preview is latest:  # keep the decoded frame unless a newer one arrived meanwhile
+            self._preview = decoded
+        return decoded
+
+    @preview.setter
+    def preview(self, value: tuple[np.ndarray, dict[str, Any]] | None) -> None:
+        self._preview = value
 
     def abandon(self, slot: Slot) -> None:
         self.ring.abandon(slot)
@@ -176,7 +210,9 @@ class RingSink:
         """The capture's file and run (None before its first series), for the IOC."""
         return {"path": self._capture_path, "run_uid": self._capture_run}
 
-    def series_start(self, series: int, config: dict[str, Any]) -> str | None:
+    def series_start(
+        self, series: int, config: dict[str, Any], pixel_mask: np.ndarray | None = None
+    ) -> str | None:
         with self._capture_lock:
             self._series_open = True
             self._abort_requested = False
@@ -192,6 +228,7 @@ class RingSink:
         config = {**config, "reduction": reduction, "upstream_forward": self.recorder.forward}
         if config.get("resumed_after_restart") and self.resume is not None:
             config.update(self.resume(series, int(config["first_frame"])))
+        run_mask = self._run_mask(config, pixel_mask)
         run_uid = self.recorder.open_run(
             config.get("run_uid"), series, config.get("frames_expected"), config, reduction.get("mode")
         )
@@ -201,6 +238,8 @@ class RingSink:
             self.refused = True
             self.recorder.close_run(run_uid, 0, "abort")
             return refusal
+        if run_mask is not None and self.masks is not None:
+            self.masks.put(run_uid, run_mask)  # before the series_start record the pipeline reads
         self.refused = False
         width, height = config["shape"]
         self._control(
@@ -224,6 +263,27 @@ class RingSink:
                 else:  # the capture closed while this series started: end the run with the series
                     capture_path = None
         return None
+
+    def _run_mask(self, config: dict[str, Any], pixel_mask: np.ndarray | None) -> np.ndarray | None:
+        """For a series that carries a detector pixel mask (or any Stream V2 series): the mask its
+        reduction uses, detector OR settings; what went in is recorded in ``config["reduction_mask"]``.
+        None: the settings' mask alone applies."""
+        if self.masks is None or (pixel_mask is None and config.get("format") != "stream2"):
+            return None
+        stream2 = config.get("stream2") or {}
+        channel = stream2.get("channel")
+        detector = None
+        if pixel_mask is not None:
+            wire = (stream2.get("pixel_mask") or {}).get(channel) or {}
+            detector = {"message": "start", "field": "pixel_mask", "channel": channel}
+            detector["wire_sha256"] = wire.get("sha256")
+        try:
+            mask, record = self.masks.combine(pixel_mask, detector)
+        except ValueError as error:  # a mask of another shape: the frames will not fit either
+            config["reduction_mask"] = {"error": str(error)}
+            return None
+        config["reduction_mask"] = record
+        return mask if pixel_mask is not None else None
 
     def series_end(self, series: int, exit_status: str = "success") -> None:
         if self._abort_requested and exit_status == "success":
@@ -302,11 +362,14 @@ class Appliance:
         self.geometry = geometry
         self.retention = Retention(self.ledger, settings.store.path, settings.retention)
         self.reduction = ReductionControl(settings.reduction, open_run=lambda: self.sink.run_uid)
+        red = settings.reduction
+        self.masks = RunMasks(calibration.mask, red.mask_file, red.poni_file)  # + a detector's, per run
         self.sink = RingSink(
             self.ring,
             self.recorder,
             lambda: self.disk.refusal() or self.retention.refusal(),
             lambda: self.reduction.current().model_dump(mode="json"),
+            masks=self.masks,
         )
         self.sink.resume = lambda series, first: resume_interrupted(
             self.recorder, self.recovery, series, first
@@ -328,6 +391,7 @@ class Appliance:
             disk=self.disk,
             compress_threads=store.compress_threads,
             frame_threads=settings.reduction.frame_threads,
+            run_masks=self.masks,
         )
         self.forwarder = Forwarder(
             settings.upstream.endpoint,

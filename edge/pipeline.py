@@ -12,6 +12,7 @@ closed only when all its files are finished and registered.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import queue
@@ -32,6 +33,7 @@ from edge.diskguard import DiskGuard
 from edge.modes import Corrections, FrameResult, ModeStage, PowderStage, RunContext, make_stage, warm_up
 from edge.recorder import RunRecorder
 from edge.ring import KIND_CONTROL, KIND_FRAME, FrameRing, Slot
+from edge.run_masks import RunMasks
 from edge.store import ReducedWriter, RunMetadata, RunStore
 from firmware_bridge.hdf5_chunks import ChunkError, decode_bslz4
 from firmware_bridge.source import FLAG_CHUNK, FLAG_STATE_MASK, Checkpoint, Spawner, plain_spawn
@@ -74,6 +76,7 @@ class Pipeline:
         queue_depth: int = 8,
         compress_threads: int = 1,
         frame_threads: int = 0,
+        run_masks: RunMasks | None = None,
     ) -> None:
         self.ring = ring
         self.backend = backend
@@ -86,6 +89,7 @@ class Pipeline:
         self.recorder = recorder
         self.may_write = may_write
         self.calibration = calibration
+        self.run_masks = run_masks  # a run's detector mask combined with the settings' (Stream V2)
         self.store_blanks = store_blanks
         self.disk = disk
         self.stats: Counter[str] = Counter()
@@ -214,7 +218,9 @@ class Pipeline:
         self._busy_seconds += time.perf_counter() - started
         return _Work(slot, "frame", chunk=chunk, result=result, started=started)
 
-    def _context(self, shape: tuple[int, int], params: ReductionSettings) -> RunContext:
+    def _context(
+        self, shape: tuple[int, int], params: ReductionSettings, mask: np.ndarray | None = None
+    ) -> RunContext:
         return RunContext(
             self.backend,
             self.geometry,
@@ -222,7 +228,9 @@ class Pipeline:
             self.bins,
             self.unit,
             params,
-            self.calibration or Corrections(),
+            dataclasses.replace(self.calibration or Corrections(), mask=mask)
+            if mask is not None
+            else self.calibration or Corrections(),
             self.store_blanks,
         )
 
@@ -231,7 +239,8 @@ class Pipeline:
         shape = (int(record["height"]), int(record["width"]))
         params = ReductionSettings.model_validate(record.get("reduction") or {"mode": "powder"})
         try:
-            return make_stage(self._context(shape, params))
+            mask = None if self.run_masks is None else self.run_masks.take(str(record["run_uid"]))
+            return make_stage(self._context(shape, params, mask))
         except Exception as error:  # e.g. tomo slices outside the frame: store the frames, say why
             self.stats["mode_setup_errors"] += 1
             log.error(
@@ -400,7 +409,9 @@ class Pipeline:
                 record.get("frames_expected"),
                 datetime.now(UTC).isoformat(),
                 record.get("nxmx") or {},
-                None if self.calibration is None else self.calibration.mask,
+                stage.ctx.corrections.mask  # what the reduction used (a detector's mask combined)
+                if stage.ctx.corrections.mask is not None or self.calibration is None
+                else self.calibration.mask,
             ),
             closer=self._closer,
             on_close_failed=self._file_close_failed,

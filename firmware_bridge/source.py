@@ -55,10 +55,12 @@ class FrameSink(Protocol):
     def abandon(self, slot: SlotLike) -> None:
         """Give back a claimed slot whose contents turned out to be unusable."""
 
-    def series_start(self, series: int, config: dict[str, Any]) -> str | None:
+    def series_start(self, series: int, config: dict[str, Any], **arrays: Any) -> str | None:
         """A new series (run) begins; ``config`` describes it. Returns why it is refused, or None.
 
         The frames of a refused series are dropped by the source and recorded as lost with the reason.
+        ``config`` is JSON-able; arrays the series carries come as keywords, only when it has them:
+        ``pixel_mask``, the detector's mask of the stored channel (nonzero = bad; Stream V2).
         """
 
     def series_end(self, series: int, exit_status: str = "success") -> None:

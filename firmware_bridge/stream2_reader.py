@@ -162,7 +162,18 @@ class Stream2Source(ZmqStreamSource):
         self._pending = None
         wanted = self.channel or start.channels[0]
         self._channel = wanted
-        self._refused = self.sink.series_start(start.series, series_config(start, dtype, wanted, assumed))
+        config = series_config(start, dtype, wanted, assumed)
+        mask = start.pixel_mask.get(wanted)
+        pixel_mask = None
+        if mask is not None:
+            try:
+                pixel_mask = mask.pixels()  # nonzero = bad (DECTRIS); the reduction combines it
+            except ChunkError as error:
+                log.error("series %d: the pixel mask of %r does not decode (%s)", start.series, wanted, error)
+        if pixel_mask is None:
+            self._refused = self.sink.series_start(start.series, config)
+        else:
+            self._refused = self.sink.series_start(start.series, config, pixel_mask=pixel_mask)
         if self._refused is None and wanted not in start.channels:
             self._refused = f"stream.channel {wanted!r} is not among {list(start.channels)}"
         if self._refused is not None:

@@ -9,6 +9,7 @@ closed by the next series, with every frame stored.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import sqlite3
 import subprocess
@@ -230,3 +231,75 @@ def test_stream2_chunks_are_stored_exactly_as_received(tmp_path: Path, mode: str
                 assert np.array_equal(data[index], source.frame(int(number)))  # and hdf5plugin reads it
                 seen.add(int(number))
     assert seen == set(range(frames)) - bad
+
+
+@pytest.mark.timeout(180)
+def test_stream2_detector_mask_and_mask_file_both_exclude_pixels_from_the_powder_profile(
+    tmp_path: Path,
+) -> None:
+    """The start message's pixel mask (nonzero = bad, DECTRIS) OR ``reduction.mask_file``: a hot pixel
+    masked by either is left out of every azimuthal profile; the run records both masks with checksums,
+    and the data files' NXmx pixel_mask holds their union."""
+    import zmq
+
+    from hw_sim.stream2_sender import encode_end, encode_image, encode_start
+
+    detector_pixel, file_pixel = (20, 30), (30, 40)
+    detector_mask = np.zeros((HEIGHT, WIDTH), np.uint32)
+    detector_mask[detector_pixel] = 1 << 1  # NXmx "dead" bit, as a DECTRIS detector sends it
+    file_mask = np.zeros((HEIGHT, WIDTH), bool)
+    file_mask[file_pixel] = True
+    mask_path = tmp_path / "mask.npy"
+    np.save(mask_path, file_mask)
+    frame = np.full((HEIGHT, WIDTH), 10, np.uint16)
+    frame[detector_pixel] = frame[file_pixel] = 60000  # either one left in lifts its bin far above 10
+    frames = 3
+    stack = _stack(tmp_path, 'reduction.mode="powder"', f'reduction.mask_file="{mask_path}"')
+    context = zmq.Context()
+    push = context.socket(zmq.PUSH)
+    try:
+        push.bind(f"tcp://127.0.0.1:{stack.stream_port}")  # the detector binds, the daemon connects
+        stack.start_daemon()
+        uid = "masked-series-1"
+        push.send(encode_start(1, uid, (HEIGHT, WIDTH), "uint16", frames, {}, detector_mask))
+        chunk = compress_chunk(frame)
+        for number in range(frames):
+            push.send(encode_image(1, uid, number, (HEIGHT, WIDTH), "uint16", chunk, 0))
+        push.send(encode_end(1, uid))
+        _ended_runs(stack, 1)
+        run = _wait_files(stack, uid, frames)
+    finally:
+        push.close(linger=1000)
+        context.term()
+        stack.stop_all()
+
+    profiles, nxmx_masks = [], []
+    for row in run["files"]:
+        path = Path(row["path"])
+        if path.suffix != ".h5":
+            continue
+        with h5py.File(path if path.is_absolute() else stack.store / path, "r") as handle:
+            if "/entry/reduced/I" in handle and "/entry/data/data" in handle:
+                profiles.extend(handle["/entry/reduced/I"][:])
+                nxmx_masks.append(handle["/entry/instrument/detector/pixel_mask"][:])
+    assert len(profiles) == frames
+    for intensity in profiles:
+        finite = intensity[np.isfinite(intensity) & (intensity != 0)]
+        assert finite.size > 10
+        # every pixel left holds 10 counts; 1e-6 relative: float32 sums in our own integration kernel
+        np.testing.assert_allclose(finite, 10.0, rtol=1e-6)
+    for pixel_mask in nxmx_masks:
+        assert sorted(zip(*np.nonzero(pixel_mask), strict=True)) == [detector_pixel, file_pixel]
+
+    with sqlite3.connect(stack.store / "ledger.sqlite") as db:
+        (config_text,) = db.execute("SELECT config FROM runs WHERE run_uid=?", (uid,)).fetchone()
+    record = json.loads(config_text)["reduction_mask"]
+    settings_source, detector_source = record["sources"]
+    assert settings_source["source"] == "settings" and settings_source["mask_file"] == str(mask_path)
+    assert settings_source["mask_file_sha256"] == hashlib.sha256(mask_path.read_bytes()).hexdigest()
+    assert settings_source["masked_pixels"] == 1
+    assert detector_source["source"] == "detector" and detector_source["channel"] == "threshold_1"
+    assert detector_source["masked_pixels"] == 1
+    assert detector_source["wire_sha256"] == hashlib.sha256(detector_mask.astype("<u4").tobytes()).hexdigest()
+    assert record["masked_pixels"] == 2
+    assert record["geometry_source"] == "geometry settings"

@@ -32,6 +32,7 @@ class Sink:
         self.published: list[int] = []
         self.chunks: dict[int, bytes] = {}
         self.configs: list[dict[str, Any]] = []
+        self.pixel_masks: list[np.ndarray | None] = []  # the stored channel's, as the sink was given it
         self.losses: list[tuple[int, int, str]] = []
         self.ends: list[tuple[int, str]] = []
         self.ended = threading.Event()
@@ -59,9 +60,12 @@ class Sink:
     def abandon(self, slot: Any) -> None:
         pass
 
-    def series_start(self, series: int, config: dict[str, Any]) -> str | None:
+    def series_start(
+        self, series: int, config: dict[str, Any], pixel_mask: np.ndarray | None = None
+    ) -> str | None:
         json.dumps(config)  # the run record must be JSON-able
         self.configs.append(config)
+        self.pixel_masks.append(pixel_mask)
         return self.refuse
 
     def series_end(self, series: int, exit_status: str = "success") -> None:
@@ -119,6 +123,10 @@ def test_second_channel_is_stored_and_the_start_is_recorded() -> None:
         mask = stream2["pixel_mask"][name]
         assert mask["masked_pixels"] == int(np.count_nonzero(capture.pixel_mask(c, (23, 41))))
         assert mask["shape"] == [23, 41] and mask["dtype"] == "uint32"
+    # the stored channel's mask itself goes to the sink, decoded, for the reduction to combine
+    (pixel_mask,) = sink.pixel_masks
+    assert pixel_mask is not None
+    np.testing.assert_array_equal(pixel_mask, capture.pixel_mask(1, (23, 41)))
     assert stream2["flatfield"]["threshold_1"]["dtype"] == "float32"
     assert stream2["countrate_correction"]["entries"] == 4096
     assert stream2["metadata"]["x_vendor_field"]["note"] == "unknown fields are kept"
