@@ -1,4 +1,4 @@
-"""Ingest rates: our UDP and ZeroMQ readers into the shared-memory ring, beside a bare receive loop.
+"""Ingest rates: our readers beside bare receive loops, and the whole daemon, JSON stream vs Stream V2.
 
 The sender runs in another process (as the detector would). For each transport the same traffic is
 received twice, interleaved: once by a bare socket loop that only counts (the ceiling Python can
@@ -6,17 +6,34 @@ reach here), once by our reader feeding the real ring (with a consumer thread re
 Prints a table; ``--json`` writes one object. Correctness in the same run: every frame accounted
 for (received + recorded loss = sent) and the ring's frames bit-exact with what was sent.
 
-    python benchmarks/ingest.py [--json] [--frames N] [--repeats R]
+The whole-daemon rows (issue 14, acceptance 3) run ``edge demo --mode raw`` (daemon, simulator, pull
+client; unpaced) with the JSON stream and with Stream V2 pass-through, interleaved, ``--daemon-repeats``
+times each: the daemon's CPU (user + system, /proc) from the simulator's start to the last file
+verified upstream, per frame and per thread (threads named through benchmarks/e2e.py's shim); the
+end-to-end rate (frames verified upstream over the run's start to the last verification) beside the
+ceilings measured in the same run (fsynced disk rate x compression ratio; compress-only; the bare
+Stream V2 receive loop); every frame delivered, none lost, and every stored Stream V2 chunk
+(``read_direct_chunk`` of the upstream copy) byte-identical to the simulator's block.
+
+    python benchmarks/ingest.py [--json] [--frames N] [--repeats R] [--daemon-frames N]
+        [--daemon-repeats R] [--skip-readers]
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
+import math
 import multiprocessing as mp
+import os
+import shutil
 import socket
+import sqlite3
 import statistics
+import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -25,7 +42,9 @@ from typing import Any
 # benchmarks/kernels.py would shadow the kernels package: drop this folder from the import path
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 
+import h5py
 import numpy as np
+import psutil
 import zmq
 
 from edge.ring import FrameRing
@@ -101,7 +120,7 @@ class RingSink:
     def abandon(self, slot) -> None:
         self.ring.abandon(slot)
 
-    def series_start(self, series: int, config: dict[str, Any]) -> None:
+    def series_start(self, series: int, config: dict[str, Any], pixel_mask: Any = None) -> None:
         pass
 
     def series_end(self, series: int, exit_status: str = "success") -> None:
@@ -328,13 +347,402 @@ def stream2_ours(frames: int, pass_through: bool = False) -> dict[str, float]:
     }
 
 
+# -- the whole daemon: JSON stream vs Stream V2 pass-through, raw mode, same run -----------------------
+FRAME_BYTES = STREAM_SHAPE[0] * STREAM_SHAPE[1] * 2
+SIM_POOL = 8
+
+
+def _port() -> int:
+    return _free_port(socket.SOCK_STREAM)
+
+
+def _ledger_state(ledger: Path) -> tuple[float | None, float | None, int, int]:
+    """(run started_at, last .h5 verified_at, .h5 files, .h5 files unverified) of the ledger's one run."""
+    try:
+        with sqlite3.connect(f"file:{ledger}?mode=ro", uri=True, timeout=1) as db:
+            run = db.execute("SELECT started_at, ended_at FROM runs").fetchone()
+            files = db.execute(
+                "SELECT COUNT(*), SUM(verified_at IS NULL), MAX(verified_at) FROM files"
+                " WHERE name LIKE '%.h5'"
+            ).fetchone()
+    except sqlite3.Error:
+        return None, None, 0, 0
+    if run is None or run[1] is None:  # not started, or not ended yet
+        return (None if run is None else run[0]), None, 0, 0
+    return run[0], files[2], int(files[0] or 0), int(files[1] or 0)
+
+
+class DaemonCpu(threading.Thread):
+    """The demo's daemon (``edge run``): CPU seconds (user + system, from /proc via psutil) from the
+    moment the simulator starts sending to the moment the run has ended and every file is verified
+    upstream, so start-up and shutdown are not charged to the frames."""
+
+    def __init__(self, demo_pid: int, ledger: Path) -> None:
+        super().__init__(daemon=True)
+        self.demo = psutil.Process(demo_pid)
+        self.ledger = ledger
+        self.stop = threading.Event()
+        self.daemon_pid: int | None = None
+        self.cpu_start: float | None = None
+        self.cpu_end: float | None = None
+        self.threads_start: dict[int, tuple[str, float]] = {}
+        self.threads_end: dict[int, tuple[str, float]] = {}
+        self.cpu_sim = 0.0
+        self.cpu_pull = 0.0
+
+    def run(self) -> None:
+        daemon: psutil.Process | None = None
+        while not self.stop.wait(0.05) and self.cpu_end is None:
+            try:
+                children = self.demo.children(recursive=True)
+            except psutil.Error:
+                continue
+            sim_seen = False
+            for child in children:
+                try:
+                    argv = child.cmdline()
+                    times = child.cpu_times()
+                except psutil.Error:
+                    continue
+                role = next((a for a in ("run", "sim", "pull") if a in argv[3:5]), None)
+                if role == "run":
+                    daemon = child
+                    self.daemon_pid = child.pid
+                elif role == "sim":
+                    sim_seen = True
+                    self.cpu_sim = max(self.cpu_sim, times.user + times.system)
+                elif role == "pull":
+                    self.cpu_pull = max(self.cpu_pull, times.user + times.system)
+            if daemon is None:
+                continue
+            try:
+                times = daemon.cpu_times()
+            except psutil.Error:
+                continue
+            if self.cpu_start is None and sim_seen:
+                self.cpu_start = times.user + times.system
+                self.threads_start = _thread_cpu(daemon.pid)
+            elif self.cpu_start is not None:
+                _, last, files, unverified = _ledger_state(self.ledger)
+                if last is not None and files and not unverified:
+                    self.cpu_end = times.user + times.system
+                    self.threads_end = _thread_cpu(daemon.pid)
+
+    def threads(self) -> dict[str, float]:
+        """CPU seconds per thread name over the window (threads of one name summed)."""
+        out: dict[str, float] = {}
+        for tid, (name, end) in self.threads_end.items():
+            used = end - self.threads_start.get(tid, (name, 0.0))[1]
+            if used > 0:
+                out[name] = out.get(name, 0.0) + used
+        return out
+
+
+def _thread_cpu(pid: int) -> dict[int, tuple[str, float]]:
+    """(OS thread name, CPU seconds user + system) of each thread of ``pid``, from /proc."""
+    out: dict[int, tuple[str, float]] = {}
+    tick = os.sysconf("SC_CLK_TCK")
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return out
+    for tid in tids:
+        try:
+            stat = Path(f"/proc/{pid}/task/{tid}/stat").read_text()
+            name = Path(f"/proc/{pid}/task/{tid}/comm").read_text().strip()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2 :].split()
+        out[int(tid)] = (name, (int(fields[11]) + int(fields[12])) / tick)
+    return out
+
+
+def _median_threads(rows: list[dict[str, Any]]) -> dict[str, float]:
+    """Median ms per frame of each daemon thread over ``rows``, largest first."""
+    names = {name for row in rows for name in row["threads_ms_per_frame"]}
+    medians = {
+        name: statistics.median(row["threads_ms_per_frame"].get(name, 0.0) for row in rows) for name in names
+    }
+    return {name: round(v, 2) for name, v in sorted(medians.items(), key=lambda kv: -kv[1]) if v >= 0.01}
+
+
+def _thread_naming_env(work: Path) -> dict[str, str]:
+    """The children's environment with benchmarks/e2e.py's ``sitecustomize`` shim on PYTHONPATH, which
+    names every Python thread at the OS level so /proc tells the daemon's threads apart."""
+    spec = importlib.util.spec_from_file_location("_edge_e2e", Path(__file__).with_name("e2e.py"))
+    assert spec is not None and spec.loader is not None
+    e2e = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(e2e)
+    shim = work / "shim"
+    shim.mkdir(exist_ok=True)
+    (shim / "sitecustomize.py").write_text(e2e.SITECUSTOMIZE)
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(shim), env.get("PYTHONPATH", "")) if p)
+    return env
+
+
+def sim_chunks(pool: int = SIM_POOL) -> list[bytes]:
+    """The simulator's bitshuffle-LZ4 chunk of each of its ``pool`` frames (``edge sim`` defaults)."""
+    from hw_sim.physics import make_source
+    from kernels import Geometry, compress_chunk
+
+    source = make_source("rings", STREAM_SHAPE, Geometry(), seed=1234, pool=pool)
+    return [compress_chunk(source.frame(n)) for n in range(pool)]
+
+
+def _chunks_identical(upstream: Path, expected: list[bytes]) -> tuple[int, int]:
+    """(chunks byte-identical to the simulator's, chunks compared) over every data file delivered
+    upstream: ``read_direct_chunk`` of each frame against the detector's block for that frame."""
+    identical = compared = 0
+    for path in sorted(upstream.rglob("*.h5")):
+        with h5py.File(path, "r") as handle:
+            if "/entry/data/data" not in handle:
+                continue
+            data = handle["/entry/data/data"]
+            for index, number in enumerate(handle["/entry/data/frame_number"][:]):
+                _, stored = data.id.read_direct_chunk((index, 0, 0))
+                compared += 1
+                identical += int(bytes(stored) == expected[int(number) % len(expected)])
+    return identical, compared
+
+
+def daemon_run(
+    fmt: str,
+    frames: int,
+    work: Path,
+    upstream: Path,
+    expected_chunks: list[bytes],
+    env: dict[str, str] | None = None,
+) -> dict[str, Any]:
+    """One ``edge demo --format FMT --mode raw``, unpaced; the daemon's CPU per frame and the end-to-end
+    rate (frames verified upstream over the run's start to the last file's verification)."""
+    work.mkdir(parents=True)
+    out_dir = upstream / f"{fmt}-{work.name}"
+    settings = [
+        f'sim.endpoint="tcp://127.0.0.1:{_port()}"',
+        f'upstream.endpoint="tcp://127.0.0.1:{_port()}"',
+        f"api.port={_port()}",
+        "sim.rate_hz=1000000",
+        f"sim.pool={SIM_POOL}",
+        "store.frames_per_file=100",
+        f'pull.output="{out_dir}"',
+    ]
+    argv = [sys.executable, "-m", "edge", "demo", "--frames", str(frames), "--json", "--workdir", str(work)]
+    argv += ["--format", fmt, "--mode", "raw", "--timeout", "600", "--log-level", "WARNING"]
+    for item in settings:
+        argv += ["--set", item]
+    ledger = work / "store" / "ledger.sqlite"
+    demo = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    sampler = DaemonCpu(demo.pid, ledger)
+    sampler.start()
+    try:
+        out, err = demo.communicate(timeout=900)
+        identical, compared = _chunks_identical(out_dir, expected_chunks)
+    finally:
+        sampler.stop.set()
+        sampler.join()
+        shutil.rmtree(out_dir, ignore_errors=True)
+    if demo.returncode not in (0, 1) or not out.strip():
+        raise RuntimeError(f"edge demo --format {fmt} failed ({demo.returncode}): {err[-2000:]}")
+    summary = json.loads(out.strip().splitlines()[-1])
+    started, last_verified, _, _ = _ledger_state(ledger)
+    delivered = int(summary["frames_delivered"])
+    seconds = (last_verified or 0.0) - (started or 0.0)
+    cpu = None
+    if sampler.cpu_start is not None and sampler.cpu_end is not None:
+        cpu = sampler.cpu_end - sampler.cpu_start
+    shutil.rmtree(work, ignore_errors=True)
+    return {
+        "format": fmt,
+        "frames": frames,
+        "delivered": delivered,
+        "lost": int(summary["frames_lost"]),
+        "sent": int(summary["frames_sent"]),
+        "seconds": seconds,
+        "daemon_cpu_s": cpu,
+        "daemon_cpu_ms_per_frame": None if cpu is None else 1e3 * cpu / max(delivered, 1),
+        "sim_cpu_ms_per_frame": 1e3 * sampler.cpu_sim / max(delivered, 1),
+        "pull_cpu_ms_per_frame": 1e3 * sampler.cpu_pull / max(delivered, 1),
+        "threads_ms_per_frame": {k: 1e3 * v / max(delivered, 1) for k, v in sampler.threads().items()},
+        "chunks_compared": compared,
+        "chunks_identical": identical,
+    }
+
+
+def disk_write_rate(directory: Path, nbytes: int = 256 << 20) -> float:
+    """Bytes per second of one sequential write with fsync, in ``directory``."""
+    block = os.urandom(8 << 20)
+    path = directory / "disk-probe.bin"
+    started = time.perf_counter()
+    with open(path, "wb") as handle:
+        for _ in range(nbytes // len(block)):
+            handle.write(block)
+        handle.flush()
+        os.fsync(handle.fileno())
+    seconds = time.perf_counter() - started
+    path.unlink()
+    return nbytes / seconds
+
+
+def compress_rate(frames: list[np.ndarray]) -> float:
+    """Frames per second of ``compress_chunk`` alone over ``frames``, median of 5."""
+    from kernels import compress_chunk
+
+    times = []
+    for _ in range(5):
+        started = time.perf_counter()
+        for frame in frames:
+            compress_chunk(frame)
+        times.append(time.perf_counter() - started)
+    return len(frames) / statistics.median(times)
+
+
+def bench_daemon(frames: int, repeats: int) -> tuple[list[dict[str, Any]], bool]:
+    """The whole daemon (``edge demo``: daemon, simulator and pull client, raw mode, unpaced), JSON
+    stream and Stream V2 pass-through interleaved: daemon CPU per frame, end-to-end rate beside the
+    ceilings measured in the same run, losses, and the stored chunks against the detector's blocks."""
+    from hw_sim.physics import make_source
+    from kernels import Geometry
+
+    source = make_source("rings", STREAM_SHAPE, Geometry(), seed=1234, pool=SIM_POOL)
+    pool = [source.frame(n) for n in range(SIM_POOL)]
+    expected = sim_chunks()
+    ratio = FRAME_BYTES * len(expected) / sum(len(c) for c in expected)
+    work = Path(tempfile.mkdtemp(prefix="edge-ingest-"))
+    shm = Path("/dev/shm")
+    up_root = shm if shm.is_dir() and shutil.disk_usage(shm).free > 2 << 30 else work
+    upstream = Path(tempfile.mkdtemp(prefix="edge-ingest-up-", dir=up_root))
+    runs: dict[str, list[dict[str, Any]]] = {"json": [], "stream2": []}
+    env = _thread_naming_env(work)
+    ceilings: dict[str, list[float]] = {"compress": [], "disk": [], "recv": []}
+    try:
+        for r in range(repeats):  # interleaved: drift on the shared machine hits both formats alike
+            ceilings["compress"].append(compress_rate(pool))
+            ceilings["disk"].append(disk_write_rate(work) / FRAME_BYTES * ratio)
+            bare = stream2_bare(frames)
+            ceilings["recv"].append(bare["frames"] / max(bare["seconds"], 1e-9))
+            for fmt in ("json", "stream2") if r % 2 == 0 else ("stream2", "json"):
+                runs[fmt].append(daemon_run(fmt, frames, work / f"{fmt}-{r}", upstream, expected, env))
+                print(f"daemon run: {json.dumps(runs[fmt][-1])}", file=sys.stderr, flush=True)
+    finally:
+        shutil.rmtree(upstream, ignore_errors=True)
+        shutil.rmtree(work, ignore_errors=True)
+
+    def median(fmt: str, key: str) -> float:
+        values = [row[key] for row in runs[fmt] if row[key] is not None]
+        return statistics.median(values) if values else math.nan
+
+    def spread(fmt: str, key: str) -> list[float]:
+        values = [row[key] for row in runs[fmt] if row[key] is not None]
+        return [round(min(values), 2), round(max(values), 2)] if values else []
+
+    for fmt in runs:
+        for row in runs[fmt]:
+            row["frames_per_second"] = row["delivered"] / row["seconds"] if row["seconds"] > 0 else 0.0
+    cpu_json, cpu_s2 = median("json", "daemon_cpu_ms_per_frame"), median("stream2", "daemon_cpu_ms_per_frame")
+    pairs = [
+        s["daemon_cpu_ms_per_frame"] / j["daemon_cpu_ms_per_frame"]
+        for j, s in zip(runs["json"], runs["stream2"], strict=True)
+        if j["daemon_cpu_ms_per_frame"] and s["daemon_cpu_ms_per_frame"]
+    ]
+    fps_json, fps_s2 = median("json", "frames_per_second"), median("stream2", "frames_per_second")
+    compress, disk, recv = (
+        statistics.median(v) for v in (ceilings["compress"], ceilings["disk"], ceilings["recv"])
+    )
+    ceiling_json = min(compress * (os.cpu_count() or 1), disk)  # compression may use every core
+    ceiling_s2 = min(disk, recv)  # nothing to compress: the disk and the receive loop
+    lost = sum(row["lost"] for fmt in runs for row in runs[fmt])
+    delivered_all = all(row["delivered"] == frames == row["sent"] for fmt in runs for row in runs[fmt])
+    identical = all(
+        row["chunks_identical"] == row["chunks_compared"] == row["delivered"] for row in runs["stream2"]
+    )
+    ok = lost == 0 and delivered_all and identical
+    cpu_ratio = cpu_s2 / cpu_json
+    per_thread = {fmt: _median_threads(runs[fmt]) for fmt in runs}
+    base = (
+        f"1024x1024 uint16 x {frames}, raw mode, edge demo (daemon + sim + pull client), {repeats} runs each"
+    )
+    check = (
+        f"{sum(r['delivered'] for f in runs for r in runs[f])} frames delivered upstream, {lost} lost; "
+        f"Stream V2 chunks byte-identical to the detector's blocks: "
+        f"{sum(r['chunks_identical'] for r in runs['stream2'])}"
+        f"/{sum(r['chunks_compared'] for r in runs['stream2'])}"
+    )
+    rows = [
+        {
+            "workload": f"daemon CPU per frame, Stream V2 pass-through vs JSON stream (ms/frame), {base}",
+            "unit": "ms/frame",
+            "ours": round(cpu_s2, 2),
+            "reference": round(cpu_json, 2),
+            "reference_name": "the JSON stream (compressed in the daemon), same runs",
+            "ratio": round(cpu_ratio, 3),
+            "ratio_per_pair": sorted(round(p, 3) for p in pairs),
+            "spread": [
+                spread("stream2", "daemon_cpu_ms_per_frame"),
+                spread("json", "daemon_cpu_ms_per_frame"),
+            ],
+            "threads_ms_per_frame": per_thread,
+            "target": "<= 0.5x (issue 14)",
+            "target_met": bool(cpu_ratio <= 0.5 and ok),
+            "check": check,
+            "check_passed": ok,
+        },
+        {
+            "workload": f"end to end, Stream V2 pass-through (frames/s verified upstream), {base}",
+            "unit": "frames/s",
+            "ours": round(fps_s2, 1),
+            "reference": round(ceiling_s2, 1),
+            "reference_name": "ceiling: min(fsynced disk x compression ratio, bare Stream V2 receive loop)",
+            "ratio": round(fps_s2 / ceiling_s2, 3),
+            "spread": spread("stream2", "frames_per_second"),
+            "json_stream_frames_per_second": round(fps_json, 1),
+            "vs_json_stream": round(fps_s2 / fps_json, 3),
+            "target": ">= 2x the JSON stream's end-to-end rate of the same run (BENCHMARKS.md)",
+            "target_met": bool(fps_s2 >= 2 * fps_json and ok),
+            "check": check,
+            "check_passed": ok,
+        },
+        {
+            "workload": f"end to end, JSON stream (frames/s verified upstream), {base}",
+            "unit": "frames/s",
+            "ours": round(fps_json, 1),
+            "reference": round(ceiling_json, 1),
+            "reference_name": "ceiling: min(fsynced disk rate x compression ratio, compress-only x cores)",
+            "ratio": round(fps_json / ceiling_json, 3),
+            "spread": spread("json", "frames_per_second"),
+            "check": check,
+            "check_passed": ok,
+        },
+    ]
+    ceiling_detail = {
+        "compress_only_frames_per_s_one_thread": round(compress, 1),
+        "disk_fsync_frames_per_s_at_ratio": round(disk, 1),
+        "stream2_bare_recv_frames_per_s": round(recv, 1),
+        "compression_ratio": round(ratio, 3),
+        "cores": os.cpu_count(),
+    }
+    for row in rows:
+        row["ceilings"] = ceiling_detail
+    return rows, ok
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--frames", type=int, default=300, help="frames per measurement")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--json", action="store_true")
+    parser.add_argument(
+        "--daemon-frames", type=int, default=400, help="frames per whole-daemon run (0: skip those rows)"
+    )
+    parser.add_argument("--daemon-repeats", type=int, default=5, help="whole-daemon runs per format")
+    parser.add_argument("--skip-readers", action="store_true", help="only the whole-daemon rows")
     args = parser.parse_args(argv)
     mp.set_start_method("spawn", force=True)
+    daemon_rows, daemon_ok = ([], True)
+    if args.daemon_frames:
+        daemon_rows, daemon_ok = bench_daemon(args.daemon_frames, args.daemon_repeats)
+    if args.skip_readers:
+        return _print(daemon_rows, args, daemon_ok)
     results: dict[str, list[dict[str, float]]] = {
         "udp_bare": [],
         "udp_ours": [],
@@ -384,6 +792,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = [
         {
             "workload": f"UDP ingest, {UDP_GEOMETRY.packets_per_frame} x 8 KiB packets/frame (packets/s)",
+            "unit": "packets/s",
             "ours": round(udp_ours_pps),
             "reference": round(udp_bare_pps),
             "reference_name": "bare recv_into loop",
@@ -395,6 +804,7 @@ def main(argv: list[str] | None = None) -> int:
         },
         {
             "workload": "ZeroMQ stream ingest, 1024x1024 uint16 (GB/s)",
+            "unit": "GB/s",
             "ours": round(zmq_ours_bps / 1e9, 3),
             "reference": round(zmq_bare_bps / 1e9, 3),
             "reference_name": "bare recv_multipart(copy=False) loop",
@@ -405,6 +815,7 @@ def main(argv: list[str] | None = None) -> int:
         },
         {
             "workload": "Stream V2 (CBOR, bslz4) ingest, 1024x1024 uint16, decoded into the ring (frames/s)",
+            "unit": "frames/s",
             "ours": round(s2_ours_fps, 1),
             "reference": round(s2_bare_fps, 1),
             "reference_name": "bare recv(copy=False) loop",
@@ -415,6 +826,7 @@ def main(argv: list[str] | None = None) -> int:
         },
         {
             "workload": "Stream V2 pass-through: same images, 4 blocks checked, kept compressed (frames/s)",
+            "unit": "frames/s",
             "ours": round(s2_pass_fps, 1),
             "reference": round(s2_bare_fps, 1),
             "reference_name": "bare recv(copy=False) loop",
@@ -424,16 +836,23 @@ def main(argv: list[str] | None = None) -> int:
             "check_passed": s2_accounted,
         },
     ]
+    return _print(rows + daemon_rows, args, udp_accounted and zmq_accounted and s2_accounted and daemon_ok)
+
+
+def _print(rows: list[dict[str, Any]], args: argparse.Namespace, ok: bool) -> int:
     if args.json:
         print(json.dumps({"rows": rows, "frames": args.frames, "repeats": args.repeats}))
     else:
-        print(f"{'workload':<62} {'ours':>10} {'bare':>10} {'ratio':>6}  check")
+        print(f"{'workload':<92} {'ours':>10} {'reference':>10} {'ratio':>6}  check")
         for row in rows:
             print(
-                f"{row['workload']:<62} {row['ours']:>10} {row['reference']:>10} {row['ratio']:>6}  "
+                f"{row['workload']:<92} {row['ours']:>10} {row['reference']:>10} {row['ratio']:>6}  "
                 f"{'ok' if row['check_passed'] else 'FAILED'}: {row['check']}"
             )
-    return 0 if udp_accounted and zmq_accounted and s2_accounted else 1
+            for key in ("target", "target_met", "detail"):
+                if key in row:
+                    print(f"{'':<8}{key}: {row[key]}")
+    return 0 if ok else 1
 
 
 if __name__ == "__main__":

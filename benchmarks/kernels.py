@@ -31,7 +31,7 @@ import numpy as np
 
 import kernels
 
-GROUPS = ("integrate", "correct", "compress", "fbp", "peaks", "e2e", "preview", "modes")
+GROUPS = ("integrate", "correct", "compress", "fbp", "peaks", "e2e", "preview", "modes", "ingest")
 SHAPE = (2048, 2048)
 NPT = 1000
 BUFFERS = 4
@@ -564,6 +564,28 @@ def bench_modes(quick: bool) -> list[Row]:
     ]
 
 
+def bench_ingest(quick: bool) -> list[Row]:
+    """Ingest (benchmarks/ingest.py): the readers beside bare receive loops, and the whole daemon with the
+    JSON stream beside Stream V2 pass-through in the same run (CPU per frame, end-to-end rate, ceiling)."""
+    args = ["--daemon-frames", "300" if quick else "400", "--daemon-repeats", "5"]
+    rows = _script("ingest.py", *args, *(["--skip-readers"] if quick else ["--repeats", "5"]))["rows"]
+    return [
+        Row(
+            row["workload"],
+            row["ours"],
+            row["reference"],
+            row.get("unit", "-"),
+            row["ratio"],
+            row.get("target", "-"),
+            bool(row.get("target_met", True)),
+            f"{row['check']}; reference: {row['reference_name']}",
+            row["check_passed"],
+            str(row.get("spread", "-")),
+        )
+        for row in rows
+    ]
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
@@ -607,6 +629,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         ("e2e", lambda: [bench_end_to_end(args.quick)]),
         ("preview", lambda: [bench_preview()]),
         ("modes", lambda: bench_modes(args.quick)),
+        ("ingest", lambda: bench_ingest(args.quick)),
     )
     for group, bench in whole:
         if group in only:
