@@ -152,9 +152,13 @@ class SerialSettings(_Section):
     """Serial crystallography: the peak finder (peakfinder8-style) and the hit classifier."""
 
     min_snr: float = Field(
-        5.0, gt=0, le=1000, description="a pixel is a candidate above ring mean + this x sigma"
+        5.0,
+        gt=0,
+        le=1000,
+        description="a pixel is a candidate when its 3x3 box sum is this x its noise (ring sigma x 3) above"
+        " the ring mean's",
     )
-    adc_threshold: float = Field(0.0, ge=0, description="...and above this raw value")
+    adc_threshold: float = Field(0.0, ge=0, description="...and its box's mean above this raw value")
     min_pixels: int = Field(2, ge=1, le=10_000, description="smallest peak, in pixels")
     max_pixels: int = Field(200, ge=1, le=100_000, description="largest peak, in pixels")
     min_peaks: int = Field(10, ge=0, le=100_000, description="a frame with at least this many peaks is a hit")

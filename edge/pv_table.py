@@ -655,7 +655,8 @@ PVS: tuple[PvSpec, ...] = (
         "Reduction:MinSnr",
         "aOut",
         "double",
-        "serial: a pixel is a peak candidate above ring mean + this x sigma (> 0).",
+        "serial: a pixel is a peak candidate when its 3x3 box sum is this x its noise above the ring"
+        " mean's (> 0).",
         "serial.min_snr",
         limits=pv_input.field_limits(SerialSettings, "min_snr", (0, 1000)),
     ),

@@ -372,10 +372,17 @@ def ring_sums(frame: Any, rings: np.ndarray, upper: np.ndarray) -> tuple[np.ndar
     return _numba_backend.ring_sums(_host(frame), rings, upper)
 
 
-def find_candidates(frame: Any, rings: np.ndarray, threshold: np.ndarray) -> np.ndarray:
+def find_candidates(
+    frame: Any,
+    rings: np.ndarray,
+    mean: np.ndarray,
+    sigma: np.ndarray,
+    min_snr: float,
+    adc_threshold: float,
+) -> np.ndarray:
     from kernels import _numba_backend
 
-    return _numba_backend.find_candidates(_host(frame), rings, threshold)
+    return _numba_backend.find_candidates(_host(frame), rings, mean, sigma, min_snr, adc_threshold)
 
 
 def label_peaks(

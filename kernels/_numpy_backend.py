@@ -117,10 +117,45 @@ def ring_sums(frame: Any, rings: np.ndarray, upper: np.ndarray) -> tuple[np.ndar
     return count, np.bincount(index, values, n), np.bincount(index, values * values, n)
 
 
-def find_candidates(frame: Any, rings: np.ndarray, threshold: np.ndarray) -> np.ndarray:
-    """Row-major linear indices (int64, sorted) of pixels above their ring's threshold."""
-    values = np.asarray(frame).ravel()
-    return np.flatnonzero(values > threshold[rings.ravel()]).astype(np.int64)
+def box_sums(values: np.ndarray, live: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Sum of ``values`` and count of ``live`` pixels over each pixel's 3x3 box (float64; outside the frame
+    counts as 0). ``values`` must be 0 where not live. Summed as the numba kernel does: the three rows of
+    each column first (row above + row + row below), then the three columns (left + centre + right)."""
+    padded = np.pad(values.astype(np.float64), 1)
+    count = np.pad(live.astype(np.float64), 1)
+    column = padded[:-2] + padded[1:-1] + padded[2:]
+    column_n = count[:-2] + count[1:-1] + count[2:]
+    return (
+        column[:, :-2] + column[:, 1:-1] + column[:, 2:],
+        column_n[:, :-2] + column_n[:, 1:-1] + column_n[:, 2:],
+    )
+
+
+def find_candidates(
+    frame: Any,
+    rings: np.ndarray,
+    mean: np.ndarray,
+    sigma: np.ndarray,
+    min_snr: float,
+    adc_threshold: float,
+) -> np.ndarray:
+    """Row-major linear indices (int64, sorted) of the peak candidates: live pixels (not masked, finite)
+    whose 3x3 box of live pixels, ``n`` of them summing to ``S``, stands out of the pixel's ring:
+    ``S - n * mean > min_snr * sigma * sqrt(n)`` (sigma > 0) and ``S > n * adc_threshold``."""
+    values = np.asarray(frame, dtype=np.float64)
+    n_rings = mean.size
+    live = (rings < n_rings) & np.isfinite(values)
+    total, count = box_sums(np.where(live, values, 0.0), live)
+    ring = np.minimum(rings, n_rings - 1)
+    mu, sd = mean[ring], sigma[ring]
+    full = count == 9
+    with np.errstate(invalid="ignore"):
+        excess = np.where(
+            full,
+            total > np.maximum(9.0 * mu + 3.0 * min_snr * sd, 9.0 * adc_threshold),
+            (total - count * mu > min_snr * sd * np.sqrt(count)) & (total > count * adc_threshold),
+        )
+    return np.flatnonzero(live & (sd > 0) & excess).astype(np.int64)
 
 
 def label_peaks(
