@@ -31,6 +31,9 @@ log = logging.getLogger(__name__)
 HEARTBEAT_SECONDS = 2.0
 _MAX_ID = (1 << 63) - 1  # chunk and file ids are SQLite INTEGERs
 MAX_CREDIT = 1 << 16  # chunks one consumer may have outstanding, whatever credit it grants
+#: while nothing happens (no message, nothing expired) the ledger is asked for new chunks and completed
+#: files at most this often: an idle forwarder ran two queries every 50 ms tick
+LEDGER_POLL_SECONDS = 0.25
 
 
 class ChunkLedger(Protocol):
@@ -98,8 +101,10 @@ class ForwarderSession:
 
     A chunk costs one credit when it is handed out and returns it when acknowledged, rejected (Nack),
     undeliverable, or not acknowledged within ``resend_seconds`` (then it is sent again). A
-    ``FileComplete`` is repeated every ``resend_seconds`` until the consumer answers. ``corrupt`` is
-    fault injection: the probability that a chunk's bytes are damaged after their checksum is taken.
+    ``FileComplete`` is repeated every ``resend_seconds`` until the consumer answers. The ledger is asked
+    for work on every tick after a message or an expiry, otherwise at most every ``poll_seconds`` (new
+    files are registered by another thread). ``corrupt`` is fault injection: the probability that a
+    chunk's bytes are damaged after their checksum is taken.
     """
 
     def __init__(
@@ -112,6 +117,7 @@ class ForwarderSession:
         corrupt: float = 0.0,
         seed: int = 0,
         read_chunk: Callable[[str, int, int], bytes | memoryview] = read_range,
+        poll_seconds: float = LEDGER_POLL_SECONDS,
     ) -> None:
         if resend_seconds <= 0 or heartbeat_seconds <= 0:
             raise ValueError("resend_seconds and heartbeat_seconds must be > 0")
@@ -122,6 +128,9 @@ class ForwarderSession:
         self.corrupt = corrupt
         self._rng = random.Random(seed)
         self._read_chunk = read_chunk
+        self.poll_seconds = poll_seconds
+        self._changed = True  # something happened since the ledger was last asked for work
+        self._asked_at: float | None = None
         self.stats: Counter[str] = Counter()
         self.consumers: dict[str, ConsumerState] = {}
         self._by_identity: dict[bytes, str] = {}
@@ -142,6 +151,7 @@ class ForwarderSession:
             log.warning("bad upstream message: %s", reason)
             return [Outgoing(identity, p.Error(reason))]
         if isinstance(message, p.Hello):
+            self._changed = True
             return [self._hello(identity, message, now)]
         name = self._by_identity.get(identity)
         consumer = self.consumers.get(name) if name else None
@@ -149,6 +159,7 @@ class ForwarderSession:
             self.stats["messages_from_unknown_peer"] += 1
             return []
         consumer.last_seen = now
+        self._changed = True
         ident = getattr(message, "chunk_id", getattr(message, "file_id", 0))
         if not 0 <= ident <= _MAX_ID:  # no such chunk or file; beyond SQLite's INTEGER besides
             self.stats["unknown_ids"] += 1
@@ -192,9 +203,14 @@ class ForwarderSession:
         """Expire unanswered chunks, hand out chunks and file completions as credit allows, heartbeat."""
         out: list[Outgoing] = []
         for consumer in list(self.consumers.values()):
-            self._expire(consumer, now)
-            out += self._chunks(consumer, now)
-            out += self._completes(consumer, now)
+            if self._expire(consumer, now):
+                self._changed = True
+        asked = self._asked_at
+        if self._changed or asked is None or not 0 <= now - asked < self.poll_seconds:
+            self._changed, self._asked_at = False, now
+            for consumer in list(self.consumers.values()):
+                out += self._chunks(consumer, now)
+                out += self._completes(consumer, now)
         if self._last_heartbeat is None or now - self._last_heartbeat >= self.heartbeat_seconds:
             self._last_heartbeat = now
             out += [Outgoing(c.identity, p.Heartbeat()) for c in self.consumers.values()]
@@ -203,6 +219,7 @@ class ForwarderSession:
     def undeliverable(self, outgoing: Outgoing) -> None:
         """The socket could not take ``outgoing`` (peer gone, its queue full): undo what sending it cost."""
         self.stats["send_failures"] += 1
+        self._changed = True
         name = self._by_identity.get(outgoing.identity)
         consumer = self.consumers.get(name) if name else None
         if consumer is None:
@@ -253,12 +270,16 @@ class ForwarderSession:
         log.info("consumer %s connected (credit %d)", hello.consumer, hello.credit)
         return Outgoing(identity, p.Welcome(self.appliance_id, CHECKSUM))
 
-    def _expire(self, consumer: ConsumerState, now: float) -> None:
+    def _expire(self, consumer: ConsumerState, now: float) -> bool:
+        """Give back the credit of chunks unanswered for ``resend_seconds``; True if there were any."""
+        expired = False
         for chunk_id, sent in list(consumer.in_flight.items()):
             if now - sent > self.resend_seconds:
                 del consumer.in_flight[chunk_id]
                 consumer.credit += 1
                 self.stats["chunks_timed_out"] += 1
+                expired = True
+        return expired
 
     def _chunks(self, consumer: ConsumerState, now: float) -> list[Outgoing]:
         if consumer.credit <= 0:
