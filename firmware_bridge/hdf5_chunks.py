@@ -67,15 +67,8 @@ def bslz4_blocks(chunk: bytes | memoryview, elem_size: int) -> tuple[int, int, l
     return nbytes, block_elems, blocks
 
 
-def _walk_bslz4(chunk: bytes | memoryview, elem_size: int) -> tuple[int, int, list[int], list[int], int]:
-    """``(nbytes, block_elems, plain bytes per block, offset of each block's LZ4 data, end of the
-    blocks)``; raises ChunkError unless the blocks tile the chunk exactly.
-
-    The walk reads one 4-byte size per block and checks only that the last block ends exactly where
-    the blocks must end: the offsets only grow, so a block that claims more bytes than are there
-    leaves the walk past that end (or reading past the chunk). Only then is the walk repeated
-    block by block, to say which block is wrong.
-    """
+def _bslz4_plan(chunk: bytes | memoryview, elem_size: int) -> tuple[int, int, list[int], int]:
+    """``(nbytes, block_elems, plain bytes per block, where the blocks must end)`` from the header."""
     if elem_size not in (1, 2, 4, 8):
         raise ChunkError("bad_elem_size", f"element size {elem_size}")
     nbytes, block_bytes = read_header(chunk)
@@ -94,7 +87,19 @@ def _walk_bslz4(chunk: bytes | memoryview, elem_size: int) -> tuple[int, int, li
     if last:
         plain.append(last * elem_size)
     leftover = elems % 8 * elem_size
-    end = len(chunk) - leftover
+    return nbytes, block_elems, plain, len(chunk) - leftover
+
+
+def _walk_bslz4(chunk: bytes | memoryview, elem_size: int) -> tuple[int, int, list[int], list[int], int]:
+    """``(nbytes, block_elems, plain bytes per block, offset of each block's LZ4 data, end of the
+    blocks)``; raises ChunkError unless the blocks tile the chunk exactly.
+
+    The walk reads one 4-byte size per block and checks only that the last block ends exactly where
+    the blocks must end: the offsets only grow, so a block that claims more bytes than are there
+    leaves the walk past that end (or reading past the chunk). Only then is the walk repeated
+    block by block, to say which block is wrong.
+    """
+    nbytes, block_elems, plain, end = _bslz4_plan(chunk, elem_size)
     unpack = _BLOCK_SIZE.unpack_from
     starts: list[int] = []
     append = starts.append
@@ -165,16 +170,30 @@ def check_bslz4(chunk: bytes | memoryview, elem_size: int, sample: int | None = 
     decompressed; with None, every block is. Raises ChunkError.
     """
     view = memoryview(chunk).cast("B")
-    nbytes, _, plain, starts, end = _walk_bslz4(view, elem_size)
-    if sample is None or sample >= len(starts):  # all of it: the fast decoder, result discarded
+    nbytes, _, plain, end = _bslz4_plan(view, elem_size)
+    count = len(plain)
+    if sample is None or sample >= count:  # all of it: the fast decoder, result discarded
         decode_bslz4(view, (nbytes // elem_size,), np.dtype(f"u{elem_size}"))
-        return len(starts)
-    last = len(starts) - 1
+        return count
+    last = count - 1
     chosen = sorted({0, *(round(i * last / (sample - 1)) for i in range(1, sample))} if sample > 1 else {0})
-    for index in chosen:
-        offset = starts[index]
-        stop = starts[index + 1] - 4 if index < last else end
-        _lz4_block(view[offset:stop], plain[index])
+    # the whole structure is walked (as _walk_bslz4 does), noting only the chosen blocks on the way
+    unpack = _BLOCK_SIZE.unpack_from
+    picked: list[tuple[int, int]] = []
+    pos, index = HEADER.size, 0
+    try:
+        for stop in [*chosen, count]:
+            for _ in range(stop - index):
+                pos += 4 + unpack(view, pos)[0]
+            index = stop
+            if stop < count:
+                picked.append((pos + 4, unpack(view, pos)[0]))
+    except struct.error:
+        pos = -1
+    if pos != end:
+        _explain_walk(view, count, end)
+    for (offset, length), block in zip(picked, chosen, strict=True):
+        _lz4_block(view[offset : offset + length], plain[block])
     return len(chosen)
 
 

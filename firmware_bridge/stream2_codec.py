@@ -21,6 +21,7 @@ import base64
 import datetime
 import hashlib
 import math
+import os
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -41,6 +42,8 @@ MAX_PIXELS = 16384 * 16384
 MAX_CHANNELS = 16
 MESSAGE_TYPES = ("start", "image", "end")
 IMAGE_DTYPES = {"uint8", "uint16", "uint32", "float32"}
+LARGE_BYTES = 64 << 10  # byte strings from this size on are referenced in the message, not copied out
+MAX_DEPTH = 64
 
 # start-message fields the codec reads into typed attributes; everything else goes to ``metadata``
 _START_FIELDS = {
@@ -88,14 +91,15 @@ class Stream2Array:
     """One 2-D typed array from the wire: an image channel, a pixel mask or a flatfield.
 
     ``data`` is the byte string as received: plain little-endian pixels for ``compression`` ``none``,
-    otherwise the HDF5-framed compressed chunk (12-byte header included).
+    otherwise the HDF5-framed compressed chunk (12-byte header included). A large one is a read-only
+    view of the message it arrived in (not a copy), valid as long as the array is kept.
     """
 
     shape: tuple[int, int]
     dtype: str
     compression: str
     elem_size: int
-    data: bytes
+    data: bytes | memoryview
 
     @property
     def nbytes(self) -> int:
@@ -217,7 +221,7 @@ def _rational_ns(message: Mapping[str, Any], key: str) -> int:
     return int(value[0]) * 1_000_000_000 // int(value[1])
 
 
-def _compressed(value: cbor2.CBORTag) -> tuple[str, int, bytes]:
+def _compressed(value: cbor2.CBORTag) -> tuple[str, int, bytes | memoryview]:
     content = value.value
     if not isinstance(content, (list, tuple)) or len(content) != 3:
         raise Stream2ProtocolError(
@@ -228,12 +232,12 @@ def _compressed(value: cbor2.CBORTag) -> tuple[str, int, bytes]:
         raise Stream2ProtocolError("bad_compression", f"algorithm {_short(algorithm)}")
     if not isinstance(elem_size, int) or isinstance(elem_size, bool) or elem_size < 0:
         raise Stream2ProtocolError("bad_compression", f"elem_size {_short(elem_size)}")
-    if not isinstance(data, bytes):
+    if not isinstance(data, (bytes, memoryview)):
         raise Stream2ProtocolError("bad_compression", "compressed data is not a byte string")
     return algorithm, elem_size, data
 
 
-def _typed_array(value: Any, what: str) -> tuple[str, str, int, bytes]:
+def _typed_array(value: Any, what: str) -> tuple[str, str, int, bytes | memoryview]:
     """(dtype, compression, elem_size, data) of an RFC 8746 typed array, maybe DECTRIS-compressed."""
     if not isinstance(value, cbor2.CBORTag):
         raise Stream2ProtocolError("bad_tag", f"{what}: not a typed array ({type(value).__name__})")
@@ -241,7 +245,7 @@ def _typed_array(value: Any, what: str) -> tuple[str, str, int, bytes]:
     if dtype is None:
         raise Stream2ProtocolError("unsupported_tag", f"{what}: typed-array tag {value.tag}")
     content = value.value
-    if isinstance(content, bytes):
+    if isinstance(content, (bytes, memoryview)):
         return dtype, "none", np.dtype(dtype).itemsize, content
     if isinstance(content, cbor2.CBORTag) and content.tag == TAG_COMPRESSED:
         algorithm, elem_size, data = _compressed(content)
@@ -335,6 +339,7 @@ class Stream2Codec:
     """Decodes Stream V2 messages; see the module docstring. Counters in ``counters`` and ``errors``."""
 
     def __init__(self) -> None:
+        self._token = os.urandom(16)  # stands in for a large byte string while cbor2 decodes the rest
         self.series: int | None = None
         self.start: Stream2Start | None = None
         self.counters: Counter[str] = Counter()
@@ -357,17 +362,17 @@ class Stream2Codec:
             self.counters["errors"] += 1
             return [Stream2Error(error.reason, error.detail[:200], frame)]
 
-    @staticmethod
-    def _load(message: bytes | memoryview) -> Any:
-        try:
-            # cbor2.loads stops after the first top-level item: bytes after it are not looked at (a
-            # CBORDecoder that reports its position costs six times as much per image)
-            value = cbor2.loads(message, max_depth=64)
-        except cbor2.CBORDecodeError as error:
-            raise Stream2ProtocolError("malformed_cbor", str(error)[:120]) from None
-        except Exception as error:  # cbor2's tag decoders can raise other types on hostile input
-            raise Stream2ProtocolError("malformed_cbor", f"{type(error).__name__}: {error}"[:120]) from None
-        return _untag_self_described(value)
+    def _load(self, message: bytes | memoryview) -> Any:
+        view = memoryview(message).cast("B")
+        spans = _large_byte_strings(view) if len(view) >= 2 * LARGE_BYTES else None
+        if spans:  # decoded without copying the images out: see _large_byte_strings
+            value = _loads(b"".join(_with_tokens(view, spans, self._token)))
+            found: list[int] = []
+            value = _restore(value, self._token, view, spans, found)
+            if sorted(found) == list(range(len(spans))):
+                return _untag_self_described(value)
+            self.counters["zero_copy_fallbacks"] += 1  # a token where no byte string was: decode as is
+        return _untag_self_described(_loads(message))
 
     def _message(self, message: Any) -> Stream2Event:
         if not isinstance(message, Mapping):
@@ -490,10 +495,108 @@ class Stream2Codec:
         )
 
 
-def _plain(compression: str, data: bytes, dtype: np.dtype[Any]) -> bytes:
+def _plain(compression: str, data: bytes | memoryview, dtype: np.dtype[Any]) -> bytes:
     if compression == "lz4":
         nbytes, _ = read_header(data)
         return decode_lz4(data, nbytes)
     nbytes, _ = read_header(data)
     items = nbytes // dtype.itemsize
     return decode_bslz4(data, (items,), dtype).tobytes()
+
+
+def _loads(message: bytes | memoryview) -> Any:
+    try:
+        # cbor2.loads stops after the first top-level item: bytes after it are not looked at (a
+        # CBORDecoder that reports its position costs six times as much per image)
+        return cbor2.loads(message, max_depth=MAX_DEPTH)
+    except cbor2.CBORDecodeError as error:
+        raise Stream2ProtocolError("malformed_cbor", str(error)[:120]) from None
+    except Exception as error:  # cbor2's tag decoders can raise other types on hostile input
+        raise Stream2ProtocolError("malformed_cbor", f"{type(error).__name__}: {error}"[:120]) from None
+
+
+def _large_byte_strings(buf: memoryview) -> list[tuple[int, int, int]] | None:
+    """``(header, start, end)`` of each definite-length byte string of at least LARGE_BYTES in the CBOR
+    item at the start of ``buf``, found by walking the item's headers (contents are skipped by their
+    lengths, so bytes inside a string are never read as structure).
+
+    None when the walk meets what it does not follow (an indefinite length, a reserved value, more
+    than MAX_DEPTH levels) or the item does not fit in ``buf``: the message is then decoded as it
+    stands, and cbor2 says what is wrong with it.
+    """
+    size = len(buf)
+    spans: list[tuple[int, int, int]] = []
+    stack: list[int] = []
+    pending = 1  # items still to read at this level
+    pos = 0
+    while True:
+        while pending == 0:
+            if not stack:
+                return spans
+            pending = stack.pop()
+        if pos >= size:
+            return None
+        head = pos
+        initial = buf[pos]
+        major, info = initial >> 5, initial & 31
+        pos += 1
+        if info < 24:
+            arg = info
+        elif info < 28:
+            width = 1 << (info - 24)
+            if pos + width > size:
+                return None
+            arg = int.from_bytes(buf[pos : pos + width], "big")
+            pos += width
+        else:  # indefinite length (31) or reserved
+            return None
+        pending -= 1
+        if major == 2 or major == 3:
+            if arg > size - pos:
+                return None
+            if major == 2 and arg >= LARGE_BYTES:
+                spans.append((head, pos, pos + arg))
+            pos += arg
+        elif major == 4 or major == 5:
+            if len(stack) >= MAX_DEPTH:
+                return None
+            stack.append(pending)
+            pending = arg if major == 4 else 2 * arg
+        elif major == 6:
+            pending += 1  # a tag: its one item follows
+        # 0, 1: integers; 7: simple values and floats, whose bytes were the argument
+
+
+def _with_tokens(
+    buf: memoryview, spans: list[tuple[int, int, int]], token: bytes
+) -> list[bytes | memoryview]:
+    """The message's pieces with each large byte string replaced by a 20-byte one: token + its index."""
+    pieces: list[bytes | memoryview] = []
+    pos = 0
+    for index, (head, _, end) in enumerate(spans):
+        pieces += [buf[pos:head], b"\x54" + token + index.to_bytes(4, "big")]  # 0x54: bytes, length 20
+        pos = end
+    pieces.append(buf[pos:])
+    return pieces
+
+
+def _restore(
+    value: Any, token: bytes, buf: memoryview, spans: list[tuple[int, int, int]], found: list[int]
+) -> Any:
+    """``value`` with each token byte string replaced by a read-only view of the bytes it stands for."""
+    if isinstance(value, bytes):
+        if len(value) == 20 and value[:16] == token:
+            index = int.from_bytes(value[16:], "big")
+            if index < len(spans):
+                found.append(index)
+                _, start, end = spans[index]
+                return buf[start:end].toreadonly()
+        return value
+    if isinstance(value, (list, tuple)):  # cbor2 gives tuples and frozendicts inside immutable items
+        return type(value)(_restore(v, token, buf, spans, found) for v in value)
+    if isinstance(value, Mapping):
+        return {k: _restore(v, token, buf, spans, found) for k, v in value.items()}
+    if isinstance(value, cbor2.CBORTag):
+        inner = _restore(value.value, token, buf, spans, found)
+        return value if inner is value.value else cbor2.CBORTag(value.tag, inner)
+    return value

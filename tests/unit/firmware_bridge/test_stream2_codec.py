@@ -20,6 +20,7 @@ from firmware_bridge.stream2_codec import (
     Stream2Image,
     Stream2Start,
 )
+from kernels import compress_chunk
 
 DATA = Path(__file__).parents[2] / "data"
 _spec = importlib.util.spec_from_file_location("make_stream2_capture", DATA / "make_stream2_capture.py")
@@ -391,3 +392,73 @@ def test_damaged_valid_chunks_raise_only_chunk_errors(changes: list[tuple[int, i
     ):
         with contextlib.suppress(ChunkError):
             call()
+
+
+def _large_image(extra: dict[str, object] | None = None) -> tuple[bytes, bytes]:
+    """An image message built from the spec with cbor2, one 512x512 uint16 channel of ~160 KiB bslz4
+    (above the size from which the codec references byte strings in the message instead of copying)."""
+    rng = np.random.default_rng(3)
+    pixels = rng.integers(0, 60000, (512, 512)).astype(np.uint16)  # noise: compresses badly, stays large
+    chunk = bytes(compress_chunk(pixels))
+    fields: dict[str, object] = {
+        "type": "image",
+        "series_id": 7,
+        "series_unique_id": "capture-series-7",
+        "image_id": 0,
+        "data": {
+            "threshold_1": cbor2.CBORTag(
+                40, [[512, 512], cbor2.CBORTag(69, cbor2.CBORTag(56500, ["bslz4", 2, chunk]))]
+            )
+        },
+        **(extra or {}),
+    }
+    return cbor2.dumps(cbor2.CBORTag(55799, fields)), chunk
+
+
+def _large_start() -> bytes:
+    return cbor2.dumps(
+        {
+            "type": "start",
+            "series_id": 7,
+            "series_unique_id": "capture-series-7",
+            "image_size_x": 512,
+            "image_size_y": 512,
+            "image_dtype": "uint16",
+            "channels": ["threshold_1"],
+        }
+    )
+
+
+def test_a_large_image_is_referenced_in_the_message_and_equals_a_full_decode() -> None:
+    message, chunk = _large_image({"x_vendor_blob": b"\x01" * 200_000})
+    assert len(chunk) > 128 << 10
+    codec = Stream2Codec()
+    codec.feed(_large_start())
+    (event,) = codec.feed(message)
+    assert isinstance(event, Stream2Image) and codec.counters["zero_copy_fallbacks"] == 0
+    data = event.channels["threshold_1"].data
+    assert isinstance(data, memoryview) and data.readonly and data == chunk  # a view, not a copy
+    assert event.metadata["x_vendor_blob"] == {"bytes": 200_000}  # a large unknown field is kept too
+    full = cbor2.loads(message)["data"]["threshold_1"].value[1].value.value[2]  # 55799 dropped by cbor2
+    assert bytes(data) == full
+
+
+def test_a_large_byte_string_cbor2_reads_as_something_else_is_decoded_as_it_stands() -> None:
+    big = (1 << 8 * 200_000) - 1  # a bignum (tag 2) of 200 kB: cbor2 turns the byte string into an int
+    message, chunk = _large_image({"x_vendor_number": big})
+    codec = Stream2Codec()
+    codec.feed(_large_start())
+    (event,) = codec.feed(message)
+    assert isinstance(event, Stream2Image)
+    assert codec.counters["zero_copy_fallbacks"] == 1
+    assert event.channels["threshold_1"].data == chunk
+
+
+def test_every_truncation_of_a_large_image_is_still_a_malformed_cbor_error() -> None:
+    message, _ = _large_image()
+    codec = Stream2Codec()
+    codec.feed(_large_start())
+    for cut in (1, 100, 160, len(message) // 2, len(message) - 1):
+        event = _error(codec, message[:cut])
+        assert event.reason in ("malformed_cbor", "not_a_map"), (cut, event)
+    assert isinstance(codec.feed(message)[0], Stream2Image)
