@@ -188,7 +188,13 @@ class PullClient:
             return p.Ack(chunk.chunk_id, chunk.checksum)
         part.parent.mkdir(parents=True, exist_ok=True)
         state = self._part(part, chunk.file_size)
-        os.pwrite(state.fd, payload, chunk.offset)
+        view = memoryview(payload)
+        written = 0
+        while written < len(view):  # a short write goes on; an error raises before any ack
+            n = os.pwrite(state.fd, view[written:], chunk.offset + written)
+            if n <= 0:
+                raise OSError(f"nothing written to {part} at {chunk.offset + written}")
+            written += n
         state.add(chunk.offset, payload)
         self._dirty.add(part)
         self.stats["chunks_written"] += 1
