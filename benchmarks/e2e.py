@@ -16,7 +16,8 @@ CPU is reported per frame over the measured window (the run's start to its last 
 imports and JIT compilation are outside it, and reported apart as whole-process figures), per process and
 per daemon thread. Threads are told apart by their OS names, which a ``sitecustomize`` this script puts
 on the children's ``PYTHONPATH`` sets from the Python thread names (``prctl``); with ``--profile DIR``
-the same shim also writes one cProfile file per thread of every process (slower: not a measured run).
+the same shim also writes one cProfile file (CPU time, ``time.thread_time``) per thread of every
+process (slower: not a measured run).
 
 The HPC side runs on this machine too. So that its disk does not compete with the appliance's (a real
 centre stores on its own), the pull client writes to ``--upstream-dir`` (``/dev/shm`` when it has
@@ -60,7 +61,7 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 #: put on the children's PYTHONPATH: names each Python thread at the OS level (so /proc tells threads
 #: apart) and, with EDGE_E2E_PROFILE set, profiles every thread into that directory
 SITECUSTOMIZE = r"""
-import ctypes, os, threading
+import ctypes, os, threading, time
 
 _run = threading.Thread.run
 _dir = os.environ.get("EDGE_E2E_PROFILE")
@@ -93,7 +94,7 @@ def run(self):
         return _run(self)
     import cProfile
 
-    profile = cProfile.Profile()
+    profile = cProfile.Profile(time.thread_time)  # CPU time of this thread
     profile.enable()
     try:
         return _run(self)
@@ -106,7 +107,7 @@ threading.Thread.run = run
 if _dir and _role() != "python":
     import atexit, cProfile
 
-    _main = cProfile.Profile()
+    _main = cProfile.Profile(time.thread_time)
     _main.enable()
 
     def _finish():
@@ -198,6 +199,14 @@ def _thread_times(pid: int) -> dict[int, tuple[str, float]]:
     return out
 
 
+def _machine_times() -> tuple[float, float]:
+    """(busy, steal) CPU seconds of the whole machine since boot, from /proc/stat (all cores)."""
+    with open("/proc/stat") as handle:
+        fields = [int(x) for x in handle.readline().split()[1:]]
+    user, nice, system, _idle, _iowait, irq, softirq, steal = fields[:8]
+    return (user + nice + system + irq + softirq) / CLK_TCK, steal / CLK_TCK
+
+
 class CpuSampler(threading.Thread):
     """CPU seconds of the demo's daemon (``run``), simulator and pull client, per process and per thread,
     sampled with the wall-clock time so a window can be cut out afterwards (they exit before the demo)."""
@@ -209,9 +218,11 @@ class CpuSampler(threading.Thread):
         self.stop = threading.Event()
         # role -> [(time, process CPU seconds, {tid: (name, seconds)})]
         self.samples: dict[str, list[tuple[float, float, dict[int, tuple[str, float]]]]] = {}
+        self.machine: list[tuple[float, float, float]] = []  # (time, busy CPU seconds, steal seconds)
 
     def run(self) -> None:
         while not self.stop.wait(self.period):
+            self.machine.append((time.time(), *_machine_times()))
             try:
                 children = self.demo.children(recursive=True)
             except psutil.Error:
@@ -227,6 +238,12 @@ class CpuSampler(threading.Thread):
                 if role is not None:
                     threads = _thread_times(child.pid)
                     self.samples.setdefault(role, []).append((now, times.user + times.system, threads))
+
+    def machine_window(self, start: float, end: float) -> tuple[float, float]:
+        """Busy and stolen CPU seconds of the whole machine (every process) between ``start`` and ``end``."""
+        first = min(self.machine, key=lambda s: abs(s[0] - start))
+        last = min(self.machine, key=lambda s: abs(s[0] - end))
+        return last[1] - first[1], last[2] - first[2]
 
     def whole(self) -> dict[str, float]:
         """Each process's CPU seconds from its start to its last sample."""
@@ -384,6 +401,7 @@ def main(argv: list[str] | None = None) -> int:
     cores = os.cpu_count() or 1
     ratio = delivered * FRAME_BYTES / run["stored_bytes"] if run["stored_bytes"] else ratio_probe
     cpu_per_frame_s = sum(cpu.values()) / max(delivered, 1)
+    busy, steal = sampler.machine_window(run["started"], run["ended"])
     ceilings = {
         "disk": disk * ratio,
         "compress": max(compress_before, compress_after),
@@ -424,6 +442,11 @@ def main(argv: list[str] | None = None) -> int:
         "cpu_seconds_whole_process": {k: round(v, 2) for k, v in sorted(whole.items())},
         "cpu_window": "from the run's start to its last file's verification (ledger times)",
         "cores": cores,
+        # how much of the machine the run had: the appliance's CPU over the window, and everything else
+        # running meanwhile (other users' jobs, this script, the demo)
+        "cores_busy_appliance": round(sum(cpu.values()) / seconds, 2),
+        "cores_busy_others": round(max(busy - sum(cpu.values()), 0.0) / seconds, 2),
+        "cores_stolen_by_hypervisor": round(steal / seconds, 2),
         "disk_write_GBps": round(disk / 1e9, 3),
         "disk_needed_GBps_at_1GBps": round(1 / ratio, 3),
         "compress_alone_GBps": [round(compress_before / 1e9, 3), round(compress_after / 1e9, 3)],
