@@ -583,8 +583,10 @@ def _with_tokens(
 def _restore(
     value: Any, token: bytes, buf: memoryview, spans: list[tuple[int, int, int]], found: list[int]
 ) -> Any:
-    """``value`` with each token byte string replaced by a read-only view of the bytes it stands for."""
-    if isinstance(value, bytes):
+    """``value`` with each token byte string replaced by a read-only view of the bytes it stands for
+    (containers without a token are returned as they are)."""
+    kind = type(value)
+    if kind is bytes:
         if len(value) == 20 and value[:16] == token:
             index = int.from_bytes(value[16:], "big")
             if index < len(spans):
@@ -592,11 +594,21 @@ def _restore(
                 _, start, end = spans[index]
                 return buf[start:end].toreadonly()
         return value
-    if isinstance(value, (list, tuple)):  # cbor2 gives tuples and frozendicts inside immutable items
-        return type(value)(_restore(v, token, buf, spans, found) for v in value)
-    if isinstance(value, Mapping):
-        return {k: _restore(v, token, buf, spans, found) for k, v in value.items()}
-    if isinstance(value, cbor2.CBORTag):
+    if kind in _LEAVES:
+        return value
+    if kind is list or kind is tuple:  # cbor2 gives tuples and frozendicts inside immutable items
+        items = [_restore(v, token, buf, spans, found) for v in value]
+        changed = any(new is not old for new, old in zip(items, value, strict=True))
+        return kind(items) if changed else value
+    if kind is dict or kind is _FROZENDICT:
+        restored = {k: _restore(v, token, buf, spans, found) for k, v in value.items()}
+        changed = any(restored[k] is not v for k, v in value.items())
+        return restored if changed else value
+    if kind is cbor2.CBORTag:
         inner = _restore(value.value, token, buf, spans, found)
         return value if inner is value.value else cbor2.CBORTag(value.tag, inner)
     return value
+
+
+_LEAVES = {str, int, float, bool, type(None)}
+_FROZENDICT = type(cbor2.loads(cbor2.dumps(cbor2.CBORTag(1000, {}))).value)  # cbor2.frozendict
