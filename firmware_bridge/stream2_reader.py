@@ -36,6 +36,7 @@ log = logging.getLogger(__name__)
 INT64_MAX = (1 << 63) - 1
 UNREADABLE = "stream2_unreadable_message"
 ASSUMED_DTYPE = "uint16"  # only for a series that announced no dtype and ended before any image
+DRAIN_MESSAGES = 8  # messages handled per poll of the socket when they are already queued
 SAMPLE_BLOCKS = 4  # stream2_check "sampled": blocks decompressed per image (structure always walked)
 
 
@@ -117,15 +118,23 @@ class Stream2Source(ZmqStreamSource):
 
     # -- the loop (socket handling inherited) ----------------------------------------------------------
     def _receive_message(self, sock: zmq.Socket[Any]) -> None:
-        message = sock.recv(copy=False)
-        self.stats["messages"] += 1
-        if message.more:  # Stream V2 never sends multipart messages: drop it whole, counted
-            while sock.rcvmore:
-                sock.recv(copy=False)
-            self.stats["messages_multipart_rejected"] += 1
-            return
-        for event in self.stream2.feed(message.buffer):
-            self._handle2(event)
+        """Handle the message the loop polled for, then those already queued behind it (at most
+        DRAIN_MESSAGES, without polling again: a poll per message costs a system call and a GIL hand-off)."""
+        for count in range(DRAIN_MESSAGES):
+            try:
+                message = sock.recv(zmq.NOBLOCK if count else 0, copy=False)
+            except zmq.Again:
+                return
+            self.stats["messages"] += 1
+            if message.more:  # Stream V2 never sends multipart messages: drop it whole, counted
+                while sock.rcvmore:
+                    sock.recv(copy=False)
+                self.stats["messages_multipart_rejected"] += 1
+                continue
+            for event in self.stream2.feed(message.buffer):
+                self._handle2(event)
+            if self._stop.is_set():
+                return
 
     def _handle2(self, event: Stream2Start | Stream2Image | Stream2End | Stream2Error) -> None:
         if isinstance(event, Stream2Image):
