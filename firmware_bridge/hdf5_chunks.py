@@ -178,6 +178,31 @@ def check_bslz4(chunk: bytes | memoryview, elem_size: int, sample: int | None = 
     last = count - 1
     chosen = sorted({0, *(round(i * last / (sample - 1)) for i in range(1, sample))} if sample > 1 else {0})
     # the whole structure is walked (as _walk_bslz4 does), noting only the chosen blocks on the way
+    picked = _walk_chosen(view, count, end, chosen)
+    if picked is None:
+        _explain_walk(view, count, end)
+        raise AssertionError("unreachable: _explain_walk raises")  # pragma: no cover
+    for (offset, length), block in zip(picked, chosen, strict=True):
+        _lz4_block(view[offset : offset + length], plain[block])
+    return len(chosen)
+
+
+def _walk_chosen(view: memoryview, count: int, end: int, chosen: list[int]) -> list[tuple[int, int]] | None:
+    """(offset, length) of each chosen block once the ``count`` blocks are found to end exactly at
+    ``end``; None when they do not. Compiled (numba) where it can be, else in Python."""
+    walk = _compiled_walk()
+    if walk is not None:
+        buf = np.frombuffer(view.toreadonly(), dtype=np.uint8)
+        picked_array = np.zeros((len(chosen), 2), dtype=np.int64)
+        pos = walk(buf, HEADER.size, count, end, np.asarray(chosen, dtype=np.int64), picked_array)
+        return [(int(o), int(n)) for o, n in picked_array] if pos == end else None
+    return _walk_chosen_python(view, count, end, chosen)
+
+
+def _walk_chosen_python(
+    view: memoryview, count: int, end: int, chosen: list[int]
+) -> list[tuple[int, int]] | None:
+    """The reference walk (and the fallback without numba)."""
     unpack = _BLOCK_SIZE.unpack_from
     picked: list[tuple[int, int]] = []
     pos, index = HEADER.size, 0
@@ -189,12 +214,31 @@ def check_bslz4(chunk: bytes | memoryview, elem_size: int, sample: int | None = 
             if stop < count:
                 picked.append((pos + 4, unpack(view, pos)[0]))
     except struct.error:
-        pos = -1
-    if pos != end:
-        _explain_walk(view, count, end)
-    for (offset, length), block in zip(picked, chosen, strict=True):
-        _lz4_block(view[offset : offset + length], plain[block])
-    return len(chosen)
+        return None
+    return picked if pos == end else None
+
+
+_WALK: Any = None  # the compiled walk once loaded; False when numba is not there
+
+
+def _compiled_walk() -> Any:
+    global _WALK
+    if _WALK is None:
+        try:
+            from firmware_bridge._block_walk import walk_blocks
+        except ImportError:  # numba missing: the Python walk (slower, same answers)
+            _WALK = False
+        else:
+            _WALK = walk_blocks
+    return _WALK or None
+
+
+def warm_up_check() -> None:
+    """Load the compiled walk before the first image needs it (compiling it takes ~1 s uncached)."""
+    if _compiled_walk() is not None:
+        from firmware_bridge._block_walk import warm_up
+
+        warm_up()
 
 
 def decode_lz4(chunk: bytes | memoryview, expected: int) -> bytes:

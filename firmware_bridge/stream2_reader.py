@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import zmq
 
-from firmware_bridge.hdf5_chunks import ChunkError
+from firmware_bridge.hdf5_chunks import ChunkError, warm_up_check
 from firmware_bridge.source import FLAG_CHUNK, FLAG_COMPLETE, FrameHeader, FrameSink, SlotLike
 from firmware_bridge.stream2_codec import (
     Stream2Array,
@@ -104,6 +104,8 @@ class Stream2Source(ZmqStreamSource):
         # bounded-cost check that it decodes; otherwise (and for lz4 or plain images) as pixels
         self.pass_through = pass_through
         self.check = check
+        if pass_through:
+            warm_up_check()  # the compiled block walk is loaded now, not on the first image
         self.stream2 = Stream2Codec()  # the inherited ``codec`` (stream v1) stays unused
         self.channel = channel  # '' = the first channel the start message announces
         self._channel: str | None = None

@@ -462,3 +462,23 @@ def test_every_truncation_of_a_large_image_is_still_a_malformed_cbor_error() -> 
         event = _error(codec, message[:cut])
         assert event.reason in ("malformed_cbor", "not_a_map"), (cut, event)
     assert isinstance(codec.feed(message)[0], Stream2Image)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    blob=st.binary(min_size=0, max_size=400),
+    count=st.integers(0, 40),
+    cut=st.integers(0, 400),
+    sample=st.integers(1, 6),
+)
+def test_the_compiled_block_walk_agrees_with_the_python_walk(
+    blob: bytes, count: int, cut: int, sample: int
+) -> None:
+    """The numba walk of the sampled check against the Python reference, on arbitrary bytes."""
+    from firmware_bridge import hdf5_chunks
+
+    view = memoryview(blob)
+    end = min(cut, len(blob))
+    chosen = sorted({round(i * (count - 1) / max(sample - 1, 1)) for i in range(sample)}) if count else []
+    compiled = hdf5_chunks._walk_chosen(view, count, end, chosen)
+    assert compiled == hdf5_chunks._walk_chosen_python(view, count, end, chosen)
