@@ -345,7 +345,7 @@ class SerialStage(_CorrectedStage):
         self.max_peaks = p.max_peaks
         self.hits = 0
         self.vetoed = 0
-        self.latest_hit: dict[str, Any] | None = None
+        self._latest_hit: tuple[int, dict[str, Any]] | None = None
         self._recent: deque[tuple[float, int, int]] = deque()  # (time, frames, hits) once a second
 
     def process(self, raw: np.ndarray | None, frame: int, image_key: int, angle: float) -> FrameResult:
@@ -367,15 +367,7 @@ class SerialStage(_CorrectedStage):
         row = {"image_key": image_key, "is_hit": hit, "n_peaks": n}
         if hit:
             self.hits += 1
-            self.latest_hit = {
-                "frame": frame,
-                "peaks": [
-                    [float(x), float(y), float(i)]
-                    for x, y, i in zip(
-                        peaks.col[:keep_n], peaks.row[:keep_n], peaks.intensity[:keep_n], strict=True
-                    )
-                ],
-            }
+            self._latest_hit = (frame, table)  # made into the live view's list only when asked for
             result = FrameResult(products={"peaks": table}, row=row)
         elif self.ctx.store_blanks == "drop":
             self.vetoed += 1
@@ -473,6 +465,15 @@ panel0/ss = +1.000000y
             "latest_hit": self.latest_hit,
         }
 
+    @property
+    def latest_hit(self) -> dict[str, Any] | None:
+        """The newest hit: its frame number and its peaks as ``[x, y, intensity]`` (x the fast-scan axis)."""
+        if self._latest_hit is None:
+            return None
+        frame, table = self._latest_hit
+        columns = (table["peakXPosRaw"], table["peakYPosRaw"], table["peakTotalIntensity"])
+        return {"frame": frame, "peaks": np.stack(columns, axis=-1).astype(float).tolist()}
+
 
 class TomoStage(_CorrectedStage):
     """NXtomo frames; darks/flats averaged; chosen rows reconstructed while projections arrive."""
@@ -565,20 +566,21 @@ class TomoStage(_CorrectedStage):
             return
         if self.reconstructor is None:  # darks and flats come first in a scan: their means are final
             dark, flat = self._means()
+            # fed the chosen rows already normalised (once per projection, kept for the sinograms)
             self.reconstructor = self.ctx.backend.streaming_reconstructor(
                 self.ctx.shape[1],
-                self.rows,
+                np.arange(len(self.rows)),
                 filter_name=self.filter,
                 center=self.center,
-                dark=dark,
-                flat=flat,
             )
             self._dark, self._flat = dark[self.rows], flat[self.rows]
         self.angles.append(angle)
         lines = raw[self.rows].astype(np.float32)
-        normalised = self.ctx.backend.flat_field(lines, self._dark, self._flat, np.empty_like(lines))
-        self.sinograms.append(np.asarray(normalised, np.float32))
-        self.reconstructor.add(raw, angle)
+        normalised = np.asarray(
+            self.ctx.backend.flat_field(lines, self._dark, self._flat, np.empty_like(lines)), np.float32
+        )
+        self.sinograms.append(normalised)
+        self.reconstructor.add(normalised, angle)
 
     def settings_record(self) -> dict[str, Any]:
         return {
