@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import shutil
 import socket
 import sqlite3
@@ -35,6 +36,7 @@ sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__)
 import h5py
 import hdf5plugin  # noqa: F401  (reads the frames back)
 import numpy as np
+import psutil
 
 from edge.config import ReductionSettings
 from edge.modes import RunContext, make_stage
@@ -103,6 +105,9 @@ def run_mode(mode: str, frames: int, side: int, work: Path, upstream: Path) -> d
     try:
         _wait(lambda: _json(f"http://127.0.0.1:{api}/api/status"), 120, "the daemon")
         procs.append(subprocess.Popen([*edge, "pull", *args], stderr=subprocess.DEVNULL))
+        time.sleep(2.0)  # the pull client's start-up (imports) is not per-frame work
+        cpu_before = [sum(psutil.Process(proc.pid).cpu_times()[:2]) for proc in procs]
+        children_before = resource.getrusage(resource.RUSAGE_CHILDREN)
         sim = subprocess.run(
             [*edge, "sim", *args, "--frames", str(frames), "--json"],
             capture_output=True,
@@ -110,6 +115,10 @@ def run_mode(mode: str, frames: int, side: int, work: Path, upstream: Path) -> d
             timeout=1800,
         )
         sent_at = time.time()
+        children_after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        sim_cpu = (children_after.ru_utime + children_after.ru_stime) - (
+            children_before.ru_utime + children_before.ru_stime
+        )
         sent = json.loads(sim.stdout.strip().splitlines()[-1])
         run_uid = sent["run_uid"]
 
@@ -120,6 +129,9 @@ def run_mode(mode: str, frames: int, side: int, work: Path, upstream: Path) -> d
             return run
 
         run = _wait(settled, 1800, "every file verified upstream")
+        cpu = {"sim": sim_cpu}
+        for name, proc, before in zip(("daemon", "pull"), procs, cpu_before, strict=True):
+            cpu[name] = sum(psutil.Process(proc.pid).cpu_times()[:2]) - before
     finally:
         for proc in reversed(procs):
             proc.terminate()
@@ -145,6 +157,7 @@ def run_mode(mode: str, frames: int, side: int, work: Path, upstream: Path) -> d
         "stored": totals["frames_stored"],
         "vetoed": totals["frames_vetoed"],
         "lost": totals["frames_lost"],
+        "cpu_ms_per_frame": {k: round(1e3 * v / max(1, int(sent["frames_sent"])), 3) for k, v in cpu.items()},
         **check,
     }
 
