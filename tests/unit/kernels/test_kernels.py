@@ -143,6 +143,26 @@ def test_bin_sums_of_saturated_uint16_frames_are_exact(backend: kernels.Backend,
     np.testing.assert_array_equal(variance, expected)
 
 
+@pytest.mark.parametrize(("size", "circle", "axis"), [(33, False, 23.0), (34, True, 24.5), (31, True, 21.0)])
+def test_backprojection_of_mirrored_and_lone_angles_equals_reference(
+    size: int, circle: bool, axis: float
+) -> None:
+    # theta and 180 - theta share one detector position per pixel (the mirrored column): pairs of
+    # them, pairs left over from a group of four, lone angles and an angle past 180 must all add up
+    rng = np.random.default_rng(3)
+    degrees = np.concatenate(
+        ([0.0, 90.0, 200.0, 33.3], [10, 170, 20, 160, 30, 150, 40, 140, 50, 130, 61, 119])
+    )
+    filtered = rng.normal(size=(degrees.size, 48)).astype(np.float32)
+    expected = get_backend("numpy").module.backproject(
+        filtered, np.deg2rad(degrees), axis, circle, np.zeros((size, size), np.float32)
+    )
+    got = get_backend("numba").module.backproject(
+        filtered, np.deg2rad(degrees), axis, circle, np.zeros((size, size), np.float32)
+    )
+    np.testing.assert_allclose(got, expected, rtol=0, atol=1e-5 * np.abs(expected).max())
+
+
 # ---- azimuthal integration ---------------------------------------------------------------------------
 
 
