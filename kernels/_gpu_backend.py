@@ -372,6 +372,12 @@ def ring_sums(frame: Any, rings: np.ndarray, upper: np.ndarray) -> tuple[np.ndar
     return _numba_backend.ring_sums(_host(frame), rings, upper)
 
 
+def box_plan(rings: np.ndarray, n_rings: int) -> tuple[np.ndarray, ...]:
+    from kernels import _numba_backend
+
+    return _numba_backend.box_plan(rings, n_rings)
+
+
 def find_candidates(
     frame: Any,
     rings: np.ndarray,
@@ -379,10 +385,11 @@ def find_candidates(
     sigma: np.ndarray,
     min_snr: float,
     adc_threshold: float,
+    plan: tuple[np.ndarray, ...] | None = None,
 ) -> np.ndarray:
     from kernels import _numba_backend
 
-    return _numba_backend.find_candidates(_host(frame), rings, mean, sigma, min_snr, adc_threshold)
+    return _numba_backend.find_candidates(_host(frame), rings, mean, sigma, min_snr, adc_threshold, plan)
 
 
 def label_peaks(

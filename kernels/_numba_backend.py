@@ -535,11 +535,14 @@ def _ring_moments(values, rings, guess, nchunks, capacity):  # pragma: no cover 
     # the pixels with value >= guess[ring] (index, value, ring). Per ring (sum, sum of squares, guess)
     # sit side by side in the task's own row, so one pixel touches one cache line. Each task walks four
     # far-apart streams of its pixels in step, so consecutive updates hit different rings and do not
-    # wait on each other's read-modify-write; unsigned indices (no wraparound check). Lists are kept
+    # wait on each other's read-modify-write, and each stream adds its even and odd pixels into two
+    # copies of the row (neighbours share a ring most of the time: eight chains instead of four, which
+    # measured ~1.6-2x faster on 2 threads); unsigned indices (no wraparound check). Lists are kept
     # per stream, in order; longer than ``capacity`` they are dropped (the caller scans instead).
     n = values.size
     width = guess.size
-    partial = np.zeros((nchunks, 3 * width), np.float64)
+    odd = U64(3 * width)
+    partial = np.zeros((nchunks, 6 * width), np.float64)
     found = np.empty((nchunks, 4, capacity), np.int64)
     found_v = np.empty((nchunks, 4, capacity), np.float64)
     found_r = np.empty((nchunks, 4, capacity), np.int64)
@@ -549,17 +552,25 @@ def _ring_moments(values, rings, guess, nchunks, capacity):  # pragma: no cover 
         acc = partial[c]
         for b in range(width):
             acc[3 * b + 2] = guess[b]
+        upper = acc[odd:]  # the odd pixels' copy
+        for b in range(width):
+            upper[3 * b + 2] = guess[b]
         start = min(n, c * step)
         stop = min(n, c * step + step)
-        m = (stop - start) // 4
+        m = (stop - start) // 8 * 2
         k0 = k1 = k2 = k3 = 0
         f0, f1, f2, f3 = found[c, 0], found[c, 1], found[c, 2], found[c, 3]
         s0, s1, s2, s3 = U64(start), U64(start + m), U64(start + 2 * m), U64(start + 3 * m)
-        for i in range(U64(m)):
+        for i in range(U64(0), U64(m), U64(2)):
             k0 = _moment_add(acc, U64(rings[s0 + i]), np.float64(values[s0 + i]), f0, k0, capacity, s0 + i)
             k1 = _moment_add(acc, U64(rings[s1 + i]), np.float64(values[s1 + i]), f1, k1, capacity, s1 + i)
             k2 = _moment_add(acc, U64(rings[s2 + i]), np.float64(values[s2 + i]), f2, k2, capacity, s2 + i)
             k3 = _moment_add(acc, U64(rings[s3 + i]), np.float64(values[s3 + i]), f3, k3, capacity, s3 + i)
+            j = i + U64(1)
+            k0 = _moment_add(upper, U64(rings[s0 + j]), np.float64(values[s0 + j]), f0, k0, capacity, s0 + j)
+            k1 = _moment_add(upper, U64(rings[s1 + j]), np.float64(values[s1 + j]), f1, k1, capacity, s1 + j)
+            k2 = _moment_add(upper, U64(rings[s2 + j]), np.float64(values[s2 + j]), f2, k2, capacity, s2 + j)
+            k3 = _moment_add(upper, U64(rings[s3 + j]), np.float64(values[s3 + j]), f3, k3, capacity, s3 + j)
         for p in range(U64(start + 4 * m), U64(stop)):
             k3 = _moment_add(acc, U64(rings[p]), np.float64(values[p]), f3, k3, capacity, p)
         counts[c, 0], counts[c, 1], counts[c, 2], counts[c, 3] = k0, k1, k2, k3
@@ -572,8 +583,8 @@ def _ring_moments(values, rings, guess, nchunks, capacity):  # pragma: no cover 
     total2 = np.zeros(width)
     for c in range(nchunks):
         for b in range(width):
-            total[b] += partial[c, 3 * b]
-            total2[b] += partial[c, 3 * b + 1]
+            total[b] += partial[c, 3 * b] + partial[c, 3 * width + 3 * b]
+            total2[b] += partial[c, 3 * b + 1] + partial[c, 3 * width + 3 * b + 1]
     if counts.max() > capacity:
         return total, total2, (np.empty(0, np.int64), np.empty(0), np.empty(0, np.int64)), False
     size = counts.sum()
@@ -748,24 +759,70 @@ def _scan(frame: Any, rings: np.ndarray, bound: np.ndarray, inclusive: bool) -> 
 
 
 @numba.njit(inline="always", nogil=True)
-def _clean_row(values, rings, sentinel, row, width, out, live):  # pragma: no cover - compiled
-    # one frame row with masked and non-finite pixels as 0 (``live`` 0 there, 1 elsewhere)
-    base = U64(row) * U64(width)
-    for j in range(U64(width)):
-        v = np.float64(values[base + j])
-        ok = U64(rings[base + j]) != sentinel and v - v == 0.0
-        out[j] = v if ok else 0.0
-        live[j] = 1.0 if ok else 0.0
+def _live_value(values, rings, sentinel, height, width, i, j):  # pragma: no cover - compiled
+    # (value, 1) for a live pixel (inside the frame, not masked, finite), (0, 0) otherwise
+    if i < 0 or i >= height or j < 0 or j >= width:
+        return 0.0, 0.0
+    p = U64(i) * U64(width) + U64(j)
+    v = np.float64(values[p])
+    if U64(rings[p]) == sentinel or v - v != 0.0:
+        return 0.0, 0.0
+    return v, 1.0
+
+
+@numba.njit(nogil=True)
+def _box_test(
+    values, rings, sentinel, height, width, p, full, mean, sigma, min_snr, adc_threshold
+):  # pragma: no cover - compiled
+    # The candidate test of one pixel with its box summed from live pixels only, in the reference's order.
+    i = np.int64(p // U64(width))
+    j = np.int64(p % U64(width))
+    _centre, live = _live_value(values, rings, sentinel, height, width, i, j)
+    if live == 0.0:
+        return False
+    total = 0.0
+    count = 0.0
+    for dj in range(-1, 2):
+        a, na = _live_value(values, rings, sentinel, height, width, i - 1, j + dj)
+        b, nb = _live_value(values, rings, sentinel, height, width, i, j + dj)
+        c, nc = _live_value(values, rings, sentinel, height, width, i + 1, j + dj)
+        total = (a + b + c) if dj == -1 else total + (a + b + c)
+        count = (na + nb + nc) if dj == -1 else count + (na + nb + nc)
+    r = U64(rings[p])
+    if count == 9.0:
+        return total > full[r]
+    sd = sigma[r]
+    return (
+        sd > 0 and total - count * mean[r] > min_snr * sd * np.sqrt(count) and total > count * adc_threshold
+    )
 
 
 @numba.njit(parallel=True, nogil=True, cache=True)
 def _box_candidates(
-    values, rings, height, width, mean, sigma, min_snr, adc_threshold, nchunks, capacity
+    values,
+    rings,
+    box_rings,
+    edge,
+    row_lo,
+    row_hi,
+    height,
+    width,
+    mean,
+    sigma,
+    min_snr,
+    adc_threshold,
+    nchunks,
+    capacity,
 ):  # pragma: no cover - compiled
-    # Each task takes a band of rows and keeps three cleaned rows (above, this, below) in turn; the
-    # column sums of the three, then the sum of three neighbouring columns, give each pixel's box, summed
-    # in the order the NumPy reference sums it. A full box (9 live pixels) is compared with its ring's
-    # precomputed bound; the rest (frame edges, next to masked pixels) with the bound for their count.
+    # Each task takes a band of rows. Inside the frame, a pixel whose box is 9 unmasked pixels
+    # (``box_rings`` = its ring; the sentinel otherwise) is compared with its ring's bound for a full box:
+    # per row, the column sums of three raw rows, then the sum of three neighbouring columns, in the
+    # order the NumPy reference sums them, with no per-pixel masking or lookup but the ring's bound. A
+    # sum that is not finite (a NaN or inf nearby) is redone from live pixels only; so are the pixels of
+    # ``edge`` (sorted: unmasked pixels on the frame's border or next to a masked pixel). Each task
+    # merges its two sorted lists. A row is first summed and compared with the lowest bound of the rings
+    # it crosses (``row_lo..row_hi``, a range minimum from a sparse table) in loops without branches;
+    # only a row with a sum above that, or a NaN or -inf, is compared pixel by pixel with its rings.
     n_rings = mean.size
     sentinel = U64(n_rings)
     full = np.empty(n_rings + 1)
@@ -774,70 +831,116 @@ def _box_candidates(
         if not sigma[r] > 0:
             full[r] = np.inf
     full[n_rings] = np.inf
+    levels = 1
+    while (1 << levels) <= n_rings:
+        levels += 1
+    table = np.empty((levels, n_rings + 1))  # table[l, r]: min of full[r : r + 2**l]
+    table[0] = full
+    for lv in range(1, levels):
+        half = 1 << (lv - 1)
+        for r in range(n_rings + 1):
+            table[lv, r] = (
+                min(table[lv - 1, r], table[lv - 1, r + half]) if r + half <= n_rings else table[lv - 1, r]
+            )
     step = (height + nchunks - 1) // nchunks
     found = np.empty((nchunks, capacity), np.int64)
+    found_edge = np.empty((nchunks, capacity), np.int64)
     counts = np.zeros(nchunks, np.int64)
+    counts_edge = np.zeros(nchunks, np.int64)
+    w = U64(width)
     for c in numba.prange(nchunks):
         lo = min(height, c * step)
         hi = min(height, c * step + step)
-        clean = np.zeros((3, width))
-        live = np.zeros((3, width))
-        column = np.empty(width + 2)
-        column_n = np.empty(width + 2)
-        column[0] = column[width + 1] = column_n[0] = column_n[width + 1] = 0.0
-        k = 0
+        column = np.empty(width)
+        box = np.empty(width)
         out = found[c]
-        if lo < hi:
-            if lo > 0:
-                _clean_row(values, rings, sentinel, lo - 1, width, clean[(lo - 1) % 3], live[(lo - 1) % 3])
-            _clean_row(values, rings, sentinel, lo, width, clean[lo % 3], live[lo % 3])
-        for i in range(lo, hi):
-            above, here, below = clean[(i + 2) % 3], clean[i % 3], clean[(i + 1) % 3]
-            above_n, here_n, below_n = live[(i + 2) % 3], live[i % 3], live[(i + 1) % 3]
-            if i + 1 < height:
-                _clean_row(values, rings, sentinel, i + 1, width, below, below_n)
-            else:
-                below[:] = 0.0
-                below_n[:] = 0.0
-            if i == 0:
-                above[:] = 0.0
-                above_n[:] = 0.0
-            for j in range(U64(width)):
-                column[j + U64(1)] = above[j] + here[j] + below[j]
-                column_n[j + U64(1)] = above_n[j] + here_n[j] + below_n[j]
-            base = U64(i) * U64(width)
-            for j in range(U64(width)):
-                if here_n[j] == 0.0:
+        k = 0
+        for i in range(max(lo, 1), min(hi, height - 1)):
+            lo_ring, hi_ring = row_lo[i], row_hi[i]
+            if lo_ring > hi_ring:
+                continue  # no pixel of this row has a full box
+            lv = 0
+            while (2 << lv) <= hi_ring - lo_ring + 1:
+                lv += 1
+            floor = min(table[lv, lo_ring], table[lv, hi_ring - (1 << lv) + 1])
+            base = U64(i) * w
+            up = base - w
+            down = base + w
+            for j in range(w):
+                column[j] = (
+                    np.float64(values[up + j]) + np.float64(values[base + j]) + np.float64(values[down + j])
+                )
+            above = 0
+            for j in range(U64(1), w - U64(1)):
+                total = column[j - U64(1)] + column[j] + column[j + U64(1)]
+                box[j] = total
+                above += not (total <= floor and total > -np.inf)
+            if above == 0:
+                continue
+            for j in range(U64(1), w - U64(1)):
+                total = box[j]
+                if total <= floor and total > -np.inf:
                     continue
-                total = column[j] + column[j + U64(1)] + column[j + U64(2)]
-                count = column_n[j] + column_n[j + U64(1)] + column_n[j + U64(2)]
-                r = U64(rings[base + j])
-                if count == 9.0:
-                    if not total > full[r]:
-                        continue
-                else:
-                    sd = sigma[r]
-                    if not sd > 0:
-                        continue
-                    if not total - count * mean[r] > min_snr * sd * np.sqrt(count):
-                        continue
-                    if not total > count * adc_threshold:
-                        continue
-                if k < capacity:
-                    out[k] = np.int64(base + j)
-                k += 1
+                r = U64(box_rings[base + j])
+                if (total <= full[r] and total > -np.inf) or r == sentinel:  # NaN and -inf go on
+                    continue
+                p = base + j
+                if total - total == 0.0 or _box_test(
+                    values, rings, sentinel, height, width, p, full, mean, sigma, min_snr, adc_threshold
+                ):
+                    if k < capacity:
+                        out[k] = np.int64(p)
+                    k += 1
         counts[c] = k
-    total_found = 0
-    for c in range(nchunks):
-        total_found += counts[c]
-    if counts.max() > capacity:
+        k = 0
+        out = found_edge[c]
+        e = np.searchsorted(edge, np.int64(lo) * np.int64(width))
+        stop = np.searchsorted(edge, np.int64(hi) * np.int64(width))
+        for q in range(e, stop):
+            p = U64(edge[q])
+            if _box_test(
+                values, rings, sentinel, height, width, p, full, mean, sigma, min_snr, adc_threshold
+            ):
+                if k < capacity:
+                    out[k] = np.int64(p)
+                k += 1
+        counts_edge[c] = k
+    total_found = counts.sum() + counts_edge.sum()
+    if max(counts.max(), counts_edge.max()) > capacity:
         return np.empty(0, np.int64), total_found
     result = np.empty(total_found, np.int64)
     k = 0
-    for c in range(nchunks):
-        result[k : k + counts[c]] = found[c, : counts[c]]
-        k += counts[c]
+    for c in range(nchunks):  # bands in order, each band's two sorted lists merged
+        a, b = found[c], found_edge[c]
+        na, nb = counts[c], counts_edge[c]
+        x = y = 0
+        while x < na or y < nb:
+            if y == nb or (x < na and a[x] < b[y]):
+                result[k] = a[x]
+                x += 1
+            else:
+                result[k] = b[y]
+                y += 1
+            k += 1
     return result, total_found
+
+
+def box_plan(rings: np.ndarray, n_rings: int) -> tuple[np.ndarray, ...]:
+    """For ``find_candidates``, once per finder: each pixel's ring where its 3x3 box is 9 unmasked pixels
+    (``n_rings`` elsewhere), the sorted indices of the unmasked pixels whose box is not, and per row the
+    lowest and highest ring of those full boxes."""
+    unmasked = rings < n_rings
+    padded = np.pad(unmasked, 1)
+    whole = np.ones(rings.shape, dtype=bool)
+    for di in range(3):
+        for dj in range(3):
+            whole &= padded[di : di + rings.shape[0], dj : dj + rings.shape[1]]
+    box_rings = np.where(whole, rings, n_rings).astype(rings.dtype)
+    edge = np.flatnonzero(unmasked & ~whole).astype(np.int64)
+    # per row, the lowest and highest ring of its full boxes (lo > hi: none)
+    row_lo = np.where(whole, rings, n_rings).min(axis=1).astype(np.int64)
+    row_hi = np.where(whole, rings.astype(np.int64), -1).max(axis=1).astype(np.int64)
+    return np.ascontiguousarray(box_rings), edge, row_lo, row_hi
 
 
 def find_candidates(
@@ -847,10 +950,13 @@ def find_candidates(
     sigma: np.ndarray,
     min_snr: float,
     adc_threshold: float,
+    plan: tuple[np.ndarray, ...] | None = None,
 ) -> np.ndarray:
-    """Peak candidates by their 3x3 box sums, as the NumPy reference's ``find_candidates``."""
+    """Peak candidates by their 3x3 box sums, as the NumPy reference's ``find_candidates``; ``plan`` is
+    ``box_plan(rings, mean.size)`` (made here when not given)."""
     frame = np.ascontiguousarray(frame)
     height, width = frame.shape
+    box_rings, edge, row_lo, row_hi = box_plan(rings, mean.size) if plan is None else plan
     mean = np.ascontiguousarray(mean, dtype=np.float64)
     sigma = np.ascontiguousarray(sigma, dtype=np.float64)
     nchunks = 4 * _chunks()
@@ -859,6 +965,10 @@ def find_candidates(
         out, total = _box_candidates(
             frame.ravel(),
             rings.ravel(),
+            box_rings.ravel(),
+            edge,
+            row_lo,
+            row_hi,
             height,
             width,
             mean,

@@ -92,6 +92,7 @@ class PeakFinder:
         self.min_peaks = int(min_peaks)
         self._guess: np.ndarray | None = None  # per-ring listing bound learnt from the last frame
         self._index: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None  # built on first use
+        self._plan: Any = None  # the backend's box plan (``box_plan``), built on first use
 
     def background(self, frame: Any) -> tuple[np.ndarray, np.ndarray]:
         """Sigma-clipped mean and sigma per ring (float64, ``n_rings`` each; empty rings give 0)."""
@@ -188,7 +189,13 @@ class PeakFinder:
             raise ValueError(f"frame shape {tuple(frame.shape)} differs from finder shape {self.shape}")
         mean, sigma, _listed, _bound = self._background(frame)
         module = self.backend.module
-        candidates = module.find_candidates(frame, self.rings, mean, sigma, self.min_snr, self.adc_threshold)
+        args = (frame, self.rings, mean, sigma, self.min_snr, self.adc_threshold)
+        if hasattr(module, "box_plan"):  # a backend that plans the boxes once per finder
+            if self._plan is None:
+                self._plan = module.box_plan(self.rings, self.n_rings)
+            candidates = module.find_candidates(*args, plan=self._plan)
+        else:
+            candidates = module.find_candidates(*args)
         stats = module.label_peaks(frame, self.rings, candidates, mean, self.shape[1])
         _first, n_pixels, total, row_sum, col_sum, max_value, ring_of_first = stats
         keep = (n_pixels >= self.min_pixels) & (n_pixels <= self.max_pixels)
