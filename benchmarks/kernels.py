@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import logging
 import os
 import statistics
 import subprocess
@@ -26,6 +27,8 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+# bitshuffle's and pyFAI's OpenMP read this when first loaded: pin it (to the cores, unless set) first
+os.environ.setdefault("OMP_NUM_THREADS", str(len(os.sched_getaffinity(0))))
 
 import numpy as np
 
@@ -98,6 +101,32 @@ def rel_diff(ours: np.ndarray, ref: np.ndarray) -> float:
     return float(np.max(np.abs(ours - ref) / np.maximum(np.abs(ref), 1e-30)))
 
 
+def copy_rate() -> tuple[Callable[[int], object], Callable[[list[float]], float]]:
+    """np.copyto of 256 MiB float32 (two sources, one destination) and its rate from the times, in
+    bytes moved (read + written) per second: the machine's memory bandwidth as a copy sees it."""
+    src = [np.ones(64 * 2**20, np.float32) for _ in range(2)]
+    dst = np.empty_like(src[0])
+
+    def copy(k: int) -> None:
+        np.copyto(dst, src[k % 2])
+
+    return copy, lambda times: 2 * dst.nbytes / statistics.median(times)
+
+
+def pyfai_cpu_engines(ai: Any, opts: dict[str, Any]) -> dict[str, Callable[[np.ndarray], object]]:
+    """pyFAI's no-split 1D CPU engines: integrate1d's cython ones and integrate1d_legacy's CSR and LUT."""
+    engines: dict[str, Callable[[np.ndarray], object]] = {}
+    for algo in ("histogram", "csr", "csc", "lut"):
+        method = ("no", algo, "cython")
+        engines[f"integrate1d {method}"] = lambda f, m=method: ai.integrate1d(f, NPT, method=m, **opts)
+    for algo in ("csr", "lut"):
+        method = ("no", algo, "cython")
+        engines[f"integrate1d_legacy {method}"] = lambda f, m=method: ai.integrate1d_legacy(
+            f, NPT, method=m, correctSolidAngle=True, **opts
+        )
+    return engines
+
+
 def bench_integration(backend: kernels.Backend, frames: list[np.ndarray], repeats: int) -> list[Row]:
     from pyFAI.detectors import Detector
     from pyFAI.integrator.azimuthal import AzimuthalIntegrator
@@ -132,42 +161,78 @@ def bench_integration(backend: kernels.Backend, frames: list[np.ndarray], repeat
     same_bins = bool(np.array_equal(integrator.count, ref.count))
     t_ours, t_ref = interleaved(ours, histogram, repeats)
     fps, ref_fps = 1 / statistics.median(t_ours), 1 / statistics.median(t_ref)
-    check = f"max rel diff {worst:.1e} <= 1e-6, counts equal"
+    check = f"max rel diff {worst:.1e} <= 1e-6, counts equal (pyFAI histogram engine, same geometry and mask)"
     ok = worst <= 1e-6 and same_bins
     rows.append(
         Row(
-            "integrate 2048^2 -> 1000 bins vs pyFAI integrate1d (no, histogram, cython)",
+            "integrate 2048^2 uint16 -> 1000 bins vs pyFAI integrate1d (no, histogram, cython)",
             fps,
             ref_fps,
             "frames/s",
             fps / ref_fps,
-            ">= 25x",
-            fps / ref_fps >= 25,
+            ">= 50x",
+            fps / ref_fps >= 50,
             check,
             ok,
             spread(t_ours),
         )
     )
 
-    def legacy_csr(k: int) -> object:
-        return ai.integrate1d_legacy(
-            frames[k % n], NPT, method=("no", "csr", "cython"), correctSolidAngle=True, **opts
-        )
-
-    legacy = legacy_csr(0)
-    worst_csr = rel_diff(ours(0), legacy.intensity)
-    t_ours, t_ref = interleaved(ours, legacy_csr, repeats)
+    # pyFAI's fastest CPU engine on this machine: each timed (median of 3 after a warm-up), the fastest
+    # then interleaved with ours
+    engines = pyfai_cpu_engines(ai, opts)
+    logging.getLogger("pyFAI").setLevel(logging.ERROR)  # integrate1d_legacy logs a deprecation per call
+    quick: dict[str, float] = {}
+    for name, engine in engines.items():
+        engine(frames[0])  # warm-up: builds the sparse matrix or look-up table
+        times = []
+        for k in range(3):
+            start = time.perf_counter()
+            engine(frames[k % n])
+            times.append(time.perf_counter() - start)
+        quick[name] = statistics.median(times)
+    fastest = min(quick, key=lambda name: quick[name])
+    t_ours, t_ref = interleaved(ours, lambda k: engines[fastest](frames[k % n]), repeats)
     fps, ref_fps = 1 / statistics.median(t_ours), 1 / statistics.median(t_ref)
+    others = ", ".join(
+        f"{name.split(' ', 1)[1]}{'' if 'legacy' not in name else ' legacy'} {1 / t:.0f}"
+        for name, t in quick.items()
+    )
     rows.append(
         Row(
-            "integrate 2048^2 -> 1000 bins vs pyFAI integrate1d_legacy (no, csr, cython)",
+            f"integrate 2048^2 -> 1000 bins vs pyFAI's fastest CPU engine here: {fastest}",
             fps,
             ref_fps,
             "frames/s",
             fps / ref_fps,
-            ">= 6x",
-            fps / ref_fps >= 6,
-            f"vs histogram engine {worst:.1e} (vs legacy CSR {worst_csr:.1e})",
+            ">= 8x",
+            fps / ref_fps >= 8,
+            f"{check}; pyFAI CPU engines, frames/s: {others}",
+            ok,
+            spread(t_ours),
+        )
+    )
+
+    # the memory-bandwidth bound: the bytes the kernel must read per frame (the frame and the bin index)
+    # at the copy rate of np.copyto measured now, interleaved with ours
+    copy, rate_of = copy_rate()
+    t_ours, t_copy = interleaved(ours, copy, repeats)
+    rate = rate_of(t_copy)
+    must_read = frames[0].nbytes + integrator.bins.nbytes
+    bound_fps = rate / must_read
+    fps = 1 / statistics.median(t_ours)
+    rows.append(
+        Row(
+            "integrate 2048^2 -> 1000 bins vs the memory-bandwidth bound (frames/s if only reading)",
+            fps,
+            bound_fps,
+            "frames/s",
+            fps / bound_fps,
+            ">= 0.7x",
+            fps / bound_fps >= 0.7,
+            f"bound = {must_read / 1e6:.1f} MB read per frame ({frames[0].dtype} frame + "
+            f"{integrator.bins.dtype} bin index) / {rate / 1e9:.1f} GB/s np.copyto 256 MiB (read + write)"
+            f" = {1e3 / bound_fps:.2f} ms; {check}",
             ok,
             spread(t_ours),
         )
@@ -200,8 +265,8 @@ def bench_correction(backend: kernels.Backend, frames: list[np.ndarray], repeats
         ref,
         "GB/s",
         ours / ref,
-        ">= 0.5x",
-        ours / ref >= 0.5,
+        ">= 0.8x",
+        ours / ref >= 0.8,
         "equal to the NumPy reference",
         ok,
         spread(t_ours),
@@ -219,6 +284,26 @@ def _filter_chunks(frames: list[np.ndarray]) -> list[bytes]:
         return [ds.id.read_direct_chunk((i, 0, 0))[1] for i in range(len(frames))]
 
 
+def _read_back_through_hdf5(chunks: list[bytes], shape: tuple[int, ...]) -> np.ndarray:
+    """Write ``chunks`` with write_direct_chunk into a filter-32008 dataset, read it through h5py."""
+    import h5py
+    import hdf5plugin  # noqa: F401 - registers the bitshuffle filter with HDF5
+
+    buffer = io.BytesIO()
+    with h5py.File(buffer, "w") as f:
+        ds = f.create_dataset(
+            "x",
+            shape=(len(chunks), *shape),
+            dtype=np.uint16,
+            chunks=(1, *shape),
+            **kernels.hdf5_filter_options(),
+        )
+        for i, chunk in enumerate(chunks):
+            ds.id.write_direct_chunk((i, 0, 0), chunk)
+    with h5py.File(buffer, "r") as f:
+        return np.asarray(f["x"][()])
+
+
 def bench_compression(frames: list[np.ndarray], repeats: int) -> list[Row]:
     import bitshuffle
 
@@ -229,8 +314,13 @@ def bench_compression(frames: list[np.ndarray], repeats: int) -> list[Row]:
         np.array_equal(kernels.decompress_chunk(c, SHAPE, np.uint16), f)
         for c, f in zip(chunks, frames, strict=True)
     )
-    ok = identical and restored
-    check = "chunks identical to h5py+hdf5plugin filter 32008, decompress round-trips"
+    read_back = bool(np.array_equal(_read_back_through_hdf5(chunks, SHAPE), np.stack(frames)))
+    ok = identical and restored and read_back
+    check = (
+        f"chunks identical to h5py+hdf5plugin filter 32008: {identical}; file written with write_direct_chunk"
+        f" reads back through h5py + hdf5plugin: {read_back}; decompress round-trips: {restored}; "
+        f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')} for both"
+    )
     t_ours, t_ref = interleaved(
         lambda k: kernels.compress_chunk(frames[k % n]),
         lambda k: bitshuffle.compress_lz4(frames[k % n], 0),
@@ -246,8 +336,8 @@ def bench_compression(frames: list[np.ndarray], repeats: int) -> list[Row]:
             ref,
             "GB/s",
             ours / ref,
-            ">= 0.9x",
-            ours / ref >= 0.9,
+            ">= 0.97x",
+            ours / ref >= 0.97,
             check,
             ok,
             spread(t_ours),
@@ -339,8 +429,8 @@ def bench_fbp(backend: kernels.Backend, repeats: int, size: int = 1024, n_angles
             med_ref,
             "s/slice",
             med_ref / med_ours,
-            ">= 8x",
-            med_ref / med_ours >= 8,
+            ">= 20x",
+            med_ref / med_ours >= 20,
             f"max|ours-skimage|/max|skimage| {worst:.1e} <= 1e-4 (Shepp-Logan)",
             worst <= 1e-4,
             spread(t_ours),
@@ -351,14 +441,14 @@ def bench_fbp(backend: kernels.Backend, repeats: int, size: int = 1024, n_angles
     except ImportError:
         rows.append(
             Row(
-                f"FBP {size}^2 vs astra-toolbox CPU FBP: not installed (pip install 'edge[bench]')",
+                f"FBP {size}^2 vs astra-toolbox CPU FBP: astra not importable here (the bench extra)",
                 med_ours,
                 0.0,
                 "s/slice",
                 0.0,
-                ">= 5x",
+                ">= 15x",
                 False,
-                "astra-toolbox not installed",
+                "not measured: astra-toolbox is not installed in this environment",
                 True,
                 "-",
             )
@@ -421,8 +511,8 @@ def bench_fbp_astra(
         med_ref,
         "s/slice",
         med_ref / med_ours,
-        ">= 5x",
-        med_ref / med_ours >= 5,
+        ">= 15x",
+        med_ref / med_ours >= 15,
         f"same image: correlation {corr:.4f} >= 0.99, rms difference {rms:.1e} of the peak (the two ramp"
         " filters are discretised differently)",
         corr >= 0.99,
@@ -610,6 +700,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "backend": backend.name,
         "numba_threads": numba.get_num_threads(),
         "omp_threads (pyFAI, bitshuffle)": os.environ.get("OMP_NUM_THREADS", f"unset ({threads} cores)"),
+        "fft_workers (scipy.fft, FBP filter)": threads,
         "repeats": repeats,
         "buffers": BUFFERS,
     }
