@@ -679,6 +679,7 @@ def bench_ingest(quick: bool) -> list[Row]:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
+    parser.add_argument("--json-out", type=Path, default=None, help="also write the JSON object to this file")
     parser.add_argument("--quick", action="store_true", help="fewer repeats (5)")
     parser.add_argument("--repeats", type=int, default=None)
     parser.add_argument("--backend", default="numba", choices=["numba", "numpy", "gpu", "auto"])
@@ -730,8 +731,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                 rows.append(
                     Row(f"{group}: the run failed", 0, 0, "-", 0, "-", False, repr(error)[:300], False, "-")
                 )
+    report = json.dumps({"info": info, "rows": [asdict(r) for r in rows]}, indent=1)
+    if args.json_out is not None:
+        args.json_out.write_text(report + "\n")
     if args.json:
-        print(json.dumps({"info": info, "rows": [asdict(r) for r in rows]}, indent=1))
+        print(report)
     else:
         print("  ".join(f"{k}={v}" for k, v in info.items()))
         print(
