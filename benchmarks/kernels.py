@@ -27,8 +27,11 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-# bitshuffle's and pyFAI's OpenMP read this when first loaded: pin it (to the cores, unless set) first
+# bitshuffle's, pyFAI's and numba's OpenMP read these when first loaded: pin them (unless set) first.
+# Threads that wait passively: with the default (spin), on 2 cores shared with other work, a spinning
+# pool thread keeps its sibling off a core and numba's 2 ms kernels took 5-10x longer (2026-12-01).
 os.environ.setdefault("OMP_NUM_THREADS", str(len(os.sched_getaffinity(0))))
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import numpy as np
 
@@ -701,6 +704,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "backend": backend.name,
         "numba_threads": numba.get_num_threads(),
         "omp_threads (pyFAI, bitshuffle)": os.environ.get("OMP_NUM_THREADS", f"unset ({threads} cores)"),
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "unset"),
+        "numba_threading_layer": numba.config.THREADING_LAYER,
         "fft_workers (scipy.fft, FBP filter)": threads,
         "repeats": repeats,
         "buffers": BUFFERS,
