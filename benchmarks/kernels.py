@@ -705,7 +705,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         "numba_threads": numba.get_num_threads(),
         "omp_threads (pyFAI, bitshuffle)": os.environ.get("OMP_NUM_THREADS", f"unset ({threads} cores)"),
         "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "unset"),
-        "numba_threading_layer": numba.config.THREADING_LAYER,
         "fft_workers (scipy.fft, FBP filter)": threads,
         "repeats": repeats,
         "buffers": BUFFERS,
@@ -736,6 +735,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                 rows.append(
                     Row(f"{group}: the run failed", 0, 0, "-", 0, "-", False, repr(error)[:300], False, "-")
                 )
+    try:
+        info["numba_threading_layer"] = numba.threading_layer()  # known once a parallel kernel ran
+    except ValueError:
+        info["numba_threading_layer"] = numba.config.THREADING_LAYER
     report = json.dumps({"info": info, "rows": [asdict(r) for r in rows]}, indent=1)
     if args.json_out is not None:
         args.json_out.write_text(report + "\n")
