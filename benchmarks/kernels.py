@@ -554,7 +554,8 @@ def bragg_frames(
 
 def bench_peaks(backend: kernels.Backend, repeats: int) -> Row:
     frames, truths = bragg_frames(BUFFERS)
-    settings: dict[str, Any] = {"min_snr": 4.0, "min_pixels": 2, "max_pixels": 60, "min_peaks": 20}
+    # min_snr: the 3x3 box sum's excess over its ring's background, in sigma of that sum (kernels/_peaks.py)
+    settings: dict[str, Any] = {"min_snr": 5.0, "min_pixels": 2, "max_pixels": 60, "min_peaks": 20}
     finder = backend.peak_finder(SHAPE, **settings)
     reference = kernels.get_backend("numpy").peak_finder(SHAPE, **settings)
     hits, found_true, n_true, true_found, n_found = 0, 0, 0, 0, 0
@@ -574,13 +575,13 @@ def bench_peaks(backend: kernels.Backend, repeats: int) -> Row:
     )
     fps, ref_fps = 1 / statistics.median(t_ours), 1 / statistics.median(t_ref)
     return Row(
-        "peak finding 2048^2 float32 (ring background, SNR 4, 2-60 px) vs our NumPy reference",
+        "peak finding 2048^2 float32 (ring background, box SNR 5, 2-60 px) vs our NumPy reference",
         fps,
         ref_fps,
         "frames/s",
         fps / ref_fps,
-        ">= 100 fr/s",
-        fps >= 100,
+        ">= 200 fr/s",
+        fps >= 200,
         f"recall {recall:.3f}, precision {precision:.3f} >= .99 ({n_true} spots 6-40 sigma), hits {hits}/{n}",
         recall >= 0.99 and precision >= 0.99 and hits == n,
         spread(t_ours),
@@ -610,7 +611,7 @@ def bench_end_to_end(quick: bool) -> Row:
         row["reference"],
         "GB/s",
         row["ratio"],
-        ">= 1 GB/s",
+        row["target"],
         row["target_met"],
         f"{row['check']}; {row['seconds']} s at {row['frames_per_second']} frames/s; CPU per frame: {cpu} "
         f"({row['cores']} cores); disk writes {row['disk_write_GBps']} GB/s with fsync, 1 GB/s of frames "
@@ -639,7 +640,7 @@ def bench_preview() -> Row:
 
 def bench_modes(quick: bool) -> list[Row]:
     """Each reduction mode in the daemon beside raw mode of the same run (benchmarks/modes.py)."""
-    rows = _script("modes.py", "--frames", "400" if quick else "1000")["rows"]
+    rows = _script("modes.py", *(["--frames", "1000"] if quick else []))["rows"]
     return [
         Row(
             row["workload"],
@@ -751,9 +752,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             "  check"
         )
         for r in rows:
+            met = "-" if r.target == "-" else ("yes" if r.target_met else "NO")  # a row with no target
             print(
                 f"{r.workload:<84} {r.ours:9.2f} {r.reference:9.2f} {r.unit:<8} {r.ratio:7.2f} {r.target:>8} "
-                f"{'yes' if r.target_met else 'NO':>4}  {'PASS' if r.check_passed else 'FAIL'} {r.check} "
+                f"{met:>4}  {'PASS' if r.check_passed else 'FAIL'} {r.check} "
                 f"[spread {r.spread}]"
             )
     return 0 if all(r.check_passed for r in rows) else 1
