@@ -4,13 +4,12 @@ The ``bitshuffle`` library does the codec; our part is framing each chunk the wa
 does (an 8-byte big-endian uncompressed size and a 4-byte big-endian block size in bytes, then the
 LZ4 blocks), so the chunk can be written with ``write_direct_chunk`` and compressed only once.
 
-No copy: the library's C entry point ``bshuf_compress_lz4`` (exported by ``bitshuffle.ext``) is called
-through ctypes (which releases the GIL) straight into the ``bytes`` object that is returned, after the
-header. That object is made uninitialised at the library's bound size (``PyBytes_FromStringAndSize(NULL,
-n)``) and shrunk in place to what was written (``_PyBytes_Resize``, documented for building a brand-new
-bytes object whose only reference is ours), so the caller gets plain ``bytes``. Where that C API is not
-reachable (another Python), the chunk is compressed into a per-thread scratch buffer and copied once; a
-bitshuffle build without the symbol falls back to its Python wrapper (output joined to the header).
+The library's C entry point ``bshuf_compress_lz4`` (exported by ``bitshuffle.ext``) is called through
+ctypes (which releases the GIL) into a per-thread scratch buffer right after the header, and header and
+blocks are copied once into the returned ``bytes``. (Building the ``bytes`` object in place through
+CPython's ``_PyBytes_Resize`` saved that copy, but was taken out after an unexplained segfault in a CI
+run: plain memory we own is the safer trade for ~7%.) A bitshuffle build without the symbol falls back
+to its Python wrapper (output joined to the header).
 All use bitshuffle's OpenMP threads (``OMP_NUM_THREADS``, read when bitshuffle is first loaded).
 ``compress_chunks`` spreads frames over an executor the caller passes in (we start no threads).
 bitshuffle is imported on first use, so machines without it (a GPU box) can still import ``kernels``.
@@ -20,7 +19,6 @@ from __future__ import annotations
 
 import ctypes
 import struct
-import sys
 import threading
 from collections.abc import Iterable, Sequence
 from concurrent.futures import Executor
@@ -65,39 +63,7 @@ class _CompressLZ4:
         self.bound.argtypes = [ctypes.c_size_t] * 3
 
 
-class _NewBytes:
-    """A ``bytes`` object built in place through CPython's C API, held by a raw pointer until done."""
-
-    def __init__(self) -> None:
-        api = ctypes.pythonapi  # PyDLL: holds the GIL, raises the Python error a call sets
-        self.make = api.PyBytes_FromStringAndSize
-        self.make.restype = ctypes.c_void_p  # a new reference we own until ``finish`` or ``drop``
-        self.make.argtypes = [ctypes.c_void_p, ctypes.c_ssize_t]
-        self.resize = api._PyBytes_Resize
-        self.resize.restype = ctypes.c_int
-        self.resize.argtypes = [ctypes.POINTER(ctypes.c_void_p), ctypes.c_ssize_t]
-        self.drop = api.Py_DecRef
-        self.drop.restype = None
-        self.drop.argtypes = [ctypes.c_void_p]
-        self.offset = sys.getsizeof(b"") - 1  # where the bytes start in the object (ob_sval)
-        probe = self.make(b"probe", 5)  # check the offset on this interpreter before trusting it
-        try:
-            if ctypes.string_at(probe + self.offset, 5) != b"probe":
-                raise OSError("unexpected bytes object layout")
-        finally:
-            self.drop(probe)
-
-    def finish(self, pointer: int, size: int) -> bytes:
-        """Shrink the object to ``size`` (in place) and hand it to Python; the raw reference is spent."""
-        cell = ctypes.c_void_p(pointer)
-        self.resize(ctypes.byref(cell), size)  # on failure it frees the object and raises MemoryError
-        result: bytes = ctypes.cast(cell.value, ctypes.py_object).value  # a second reference...
-        self.drop(cell.value)  # ...and the raw one let go
-        return result
-
-
 _binding: list[_CompressLZ4 | None] = []  # [] until first use, then [binding or None]
-_new_bytes: list[_NewBytes | None] = []
 _scratch = threading.local()
 
 
@@ -108,10 +74,6 @@ def _compress_lz4() -> _CompressLZ4 | None:
             _binding.append(_CompressLZ4(ext.__file__))
         except (AttributeError, OSError):  # pragma: no cover - a build that hides its C symbols
             _binding.append(None)
-        try:
-            _new_bytes.append(_NewBytes())
-        except (AttributeError, OSError):  # pragma: no cover - not CPython
-            _new_bytes.append(None)
     return _binding[0]
 
 
@@ -132,24 +94,14 @@ def compress_chunk(frame: np.ndarray) -> bytes:
     if binding is None:  # pragma: no cover - see _compress_lz4
         return b"".join((header, memoryview(_bitshuffle().compress_lz4(frame, 0))))
     bound = _HEADER.size + binding.bound(frame.size, frame.itemsize, 0)
-    new_bytes = _new_bytes[0]
-    if new_bytes is None:  # pragma: no cover - not CPython: compress into scratch, copy once
-        buffer = _scratch_buffer(bound)
-        written = binding.compress(
-            frame.ctypes.data, buffer.ctypes.data + _HEADER.size, frame.size, frame.itemsize, 0
-        )
-        if written < 0:
-            raise RuntimeError(f"bshuf_compress_lz4 failed with error {written}")
-        buffer[: _HEADER.size] = np.frombuffer(header, dtype=np.uint8)
-        return buffer[: _HEADER.size + written].tobytes()
-    pointer = new_bytes.make(None, bound)
-    start = pointer + new_bytes.offset
-    ctypes.memmove(start, header, _HEADER.size)
-    written = binding.compress(frame.ctypes.data, start + _HEADER.size, frame.size, frame.itemsize, 0)
+    buffer = _scratch_buffer(bound)
+    written = binding.compress(
+        frame.ctypes.data, buffer.ctypes.data + _HEADER.size, frame.size, frame.itemsize, 0
+    )
     if written < 0:  # pragma: no cover - bitshuffle's own error codes (out of memory, bad size)
-        new_bytes.drop(pointer)
         raise RuntimeError(f"bshuf_compress_lz4 failed with error {written}")
-    return new_bytes.finish(pointer, _HEADER.size + written)
+    buffer[: _HEADER.size] = np.frombuffer(header, dtype=np.uint8)
+    return buffer[: _HEADER.size + written].tobytes()
 
 
 def compress_chunks(frames: Iterable[np.ndarray], executor: Executor | None = None) -> list[bytes]:
