@@ -421,12 +421,12 @@ class DaemonCpu(threading.Thread):
                 continue
             if self.cpu_start is None and sim_seen:
                 self.cpu_start = times.user + times.system
-                self.threads_start = _thread_cpu(daemon.pid)
+                self.threads_start = _e2e()._thread_times(daemon.pid)
             elif self.cpu_start is not None:
                 _, last, files, unverified = _ledger_state(self.ledger)
                 if last is not None and files and not unverified:
                     self.cpu_end = times.user + times.system
-                    self.threads_end = _thread_cpu(daemon.pid)
+                    self.threads_end = _e2e()._thread_times(daemon.pid)
 
     def threads(self) -> dict[str, float]:
         """CPU seconds per thread name over the window (threads of one name summed)."""
@@ -438,23 +438,17 @@ class DaemonCpu(threading.Thread):
         return out
 
 
-def _thread_cpu(pid: int) -> dict[int, tuple[str, float]]:
-    """(OS thread name, CPU seconds user + system) of each thread of ``pid``, from /proc."""
-    out: dict[int, tuple[str, float]] = {}
-    tick = os.sysconf("SC_CLK_TCK")
-    try:
-        tids = os.listdir(f"/proc/{pid}/task")
-    except OSError:
-        return out
-    for tid in tids:
-        try:
-            stat = Path(f"/proc/{pid}/task/{tid}/stat").read_text()
-            name = Path(f"/proc/{pid}/task/{tid}/comm").read_text().strip()
-        except OSError:
-            continue
-        fields = stat[stat.rindex(")") + 2 :].split()
-        out[int(tid)] = (name, (int(fields[11]) + int(fields[12])) / tick)
-    return out
+def _e2e() -> Any:
+    """benchmarks/e2e.py as a module (loaded once): its thread-naming shim, disk probe and /proc reader.
+    Loaded by path: this folder is off sys.path (benchmarks/kernels.py would shadow the kernels package)."""
+    module = sys.modules.get("_edge_e2e")
+    if module is None:
+        spec = importlib.util.spec_from_file_location("_edge_e2e", Path(__file__).with_name("e2e.py"))
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        sys.modules["_edge_e2e"] = module
+        spec.loader.exec_module(module)
+    return module
 
 
 def _median_threads(rows: list[dict[str, Any]]) -> dict[str, float]:
@@ -469,10 +463,7 @@ def _median_threads(rows: list[dict[str, Any]]) -> dict[str, float]:
 def _thread_naming_env(work: Path) -> dict[str, str]:
     """The children's environment with benchmarks/e2e.py's ``sitecustomize`` shim on PYTHONPATH, which
     names every Python thread at the OS level so /proc tells the daemon's threads apart."""
-    spec = importlib.util.spec_from_file_location("_edge_e2e", Path(__file__).with_name("e2e.py"))
-    assert spec is not None and spec.loader is not None
-    e2e = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(e2e)
+    e2e = _e2e()
     shim = work / "shim"
     shim.mkdir(exist_ok=True)
     (shim / "sitecustomize.py").write_text(e2e.SITECUSTOMIZE)
@@ -569,21 +560,6 @@ def daemon_run(
     }
 
 
-def disk_write_rate(directory: Path, nbytes: int = 256 << 20) -> float:
-    """Bytes per second of one sequential write with fsync, in ``directory``."""
-    block = os.urandom(8 << 20)
-    path = directory / "disk-probe.bin"
-    started = time.perf_counter()
-    with open(path, "wb") as handle:
-        for _ in range(nbytes // len(block)):
-            handle.write(block)
-        handle.flush()
-        os.fsync(handle.fileno())
-    seconds = time.perf_counter() - started
-    path.unlink()
-    return nbytes / seconds
-
-
 def compress_rate(frames: list[np.ndarray]) -> float:
     """Frames per second of ``compress_chunk`` alone over ``frames``, median of 5."""
     from kernels import compress_chunk
@@ -618,7 +594,7 @@ def bench_daemon(frames: int, repeats: int) -> tuple[list[dict[str, Any]], bool]
     try:
         for r in range(repeats):  # interleaved: drift on the shared machine hits both formats alike
             ceilings["compress"].append(compress_rate(pool))
-            ceilings["disk"].append(disk_write_rate(work) / FRAME_BYTES * ratio)
+            ceilings["disk"].append(_e2e().disk_write_rate(work, 256 << 20) / FRAME_BYTES * ratio)
             bare = stream2_bare(frames)
             ceilings["recv"].append(bare["frames"] / max(bare["seconds"], 1e-9))
             for fmt in ("json", "stream2") if r % 2 == 0 else ("stream2", "json"):
