@@ -14,7 +14,7 @@ Correctness in the same run: every frame is stored (or, in serial mode with blan
 none lost; the powder profile of the first stored frame equals the kernel's on that frame; the serial
 peak counts of the first data file equal the kernel's.
 
-    python benchmarks/modes.py [--frames 4000] [--side 512] [--json]
+    python benchmarks/modes.py [--frames 4000] [--side 512] [--modes powder,serial,tomo] [--json]
 """
 
 from __future__ import annotations
@@ -199,8 +199,26 @@ def main(argv: list[str] | None = None) -> int:
     # last file's transfer) weigh little; 512^2: the tomography scan fits the simulator's frame cache
     parser.add_argument("--frames", type=int, default=4000)
     parser.add_argument("--side", type=int, default=512)
+    parser.add_argument(
+        "--modes",
+        default="powder,serial,tomo",
+        help="comma-separated modes to run, each beside raw mode on its frames (default: all three)",
+    )
     parser.add_argument("--json", action="store_true")
+    parser.add_argument(
+        "--modes",
+        default="powder,serial,tomo",
+        help="comma-separated modes to run, each beside raw mode (default: powder,serial,tomo)",
+    )
     args = parser.parse_args(argv)
+    modes = [m.strip() for m in args.modes.split(",") if m.strip()]
+    unknown = [m for m in modes if m not in SIM_MODE or m == "raw"]
+    if unknown or not modes:
+        parser.error(f"--modes: unknown {unknown}; choose from powder, serial, tomo")
+    modes = [m.strip() for m in args.modes.split(",") if m.strip()]
+    unknown = sorted(set(modes) - {"powder", "serial", "tomo"})
+    if unknown or not modes:
+        parser.error(f"--modes takes powder, serial and tomo; got {args.modes!r}")
     root = Path(tempfile.mkdtemp(prefix="edge-modes-"))
     shm = Path("/dev/shm")
     up_root = shm if shm.is_dir() and shutil.disk_usage(shm).free > 4 << 30 else root
@@ -209,7 +227,7 @@ def main(argv: list[str] | None = None) -> int:
         # each mode right after raw mode on the same simulated frames: the mode's own cost, not the
         # frames' (tomography projections compress to 1.3, rings to 2.7, and cost more to store and send)
         order: list[tuple[str, str | None]] = []
-        for mode in ("powder", "serial", "tomo"):
+        for mode in modes:
             order += [("raw", SIM_MODE[mode]), (mode, None)]
         for n, (mode, sim) in enumerate(order):
             upstream = Path(tempfile.mkdtemp(prefix="edge-modes-up-", dir=up_root))
