@@ -205,16 +205,7 @@ def main(argv: list[str] | None = None) -> int:
         help="comma-separated modes to run, each beside raw mode on its frames (default: all three)",
     )
     parser.add_argument("--json", action="store_true")
-    parser.add_argument(
-        "--modes",
-        default="powder,serial,tomo",
-        help="comma-separated modes to run, each beside raw mode (default: powder,serial,tomo)",
-    )
     args = parser.parse_args(argv)
-    modes = [m.strip() for m in args.modes.split(",") if m.strip()]
-    unknown = [m for m in modes if m not in SIM_MODE or m == "raw"]
-    if unknown or not modes:
-        parser.error(f"--modes: unknown {unknown}; choose from powder, serial, tomo")
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
     unknown = sorted(set(modes) - {"powder", "serial", "tomo"})
     if unknown or not modes:
