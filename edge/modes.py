@@ -637,7 +637,8 @@ class TomoStage(_CorrectedStage):
         slice_doc = None
         current = self._latest
         if current is None and self.reconstructor is not None and self.projections:
-            current = np.asarray(self.reconstructor.slices(), np.float32)
+            # what is back-projected so far: this runs on the API's thread while the pipeline's adds
+            current = np.asarray(self.reconstructor.partial_slices(), np.float32)
         if current is not None and len(current):
             image = current[0]
             lo, hi = float(np.min(image)), float(np.max(image))

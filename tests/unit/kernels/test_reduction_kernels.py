@@ -119,6 +119,23 @@ def test_streaming_reconstruction_equals_batch(backend: kernels.Backend) -> None
         np.testing.assert_allclose(stream.slices()[k], batch, rtol=0, atol=1e-5 * np.abs(batch).max())
 
 
+@pytest.mark.parametrize("batch", [1, 5])
+def test_streaming_batches_hold_projections_until_slices(backend: kernels.Backend, batch: int) -> None:
+    n, n_angles = (12, 7) if _small(backend) else (32, 13)
+    sino, theta = _phantom_sinogram(n, n_angles, True)
+    stream = backend.streaming_reconstructor(n, [0], batch=batch)
+    for k in range(n_angles):
+        stream.add(sino[k][None, :], theta[k])
+    # the live view shows the full batches back-projected so far; slices() adds the held ones
+    done = n_angles - n_angles % batch
+    assert stream.n_seen == n_angles and stream.n_projected == done
+    partial = backend.fbp(sino[:done], theta[:done])
+    np.testing.assert_allclose(stream.partial_slices()[0], partial, rtol=0, atol=1e-5 * np.abs(partial).max())
+    full = backend.fbp(sino, theta)
+    np.testing.assert_allclose(stream.slices()[0], full, rtol=0, atol=1e-5 * np.abs(full).max())
+    assert stream.n_projected == n_angles
+
+
 def test_center_estimated_from_0_and_180_degrees() -> None:
     sino, theta = _phantom_sinogram(64, 2, False)  # angles 0 and 90
     from skimage.data import shepp_logan_phantom
