@@ -344,6 +344,38 @@ def test_peak_finder_over_a_series_equals_reference(backend: kernels.Backend) ->
         np.testing.assert_allclose(ours.intensity, ref.intensity, rtol=1e-9)
 
 
+@pytest.mark.parametrize("dtype", [np.uint16, np.uint8, np.int16])
+def test_peak_finder_on_integer_frames_equals_reference(backend: kernels.Backend, dtype: type) -> None:
+    """Integer frames (numba sums narrow integers in integers): over a series with a mask, a saturated
+    block and a frame much darker than the last, the background, the candidates and the peaks equal the
+    reference's."""
+    shape = (48, 64) if _small(backend) else (150, 190)
+    mask = np.zeros(shape, dtype=bool)
+    mask[20:23, 30:90] = True
+    mask[:, 5] = True
+    kwargs = {"min_snr": 4.0, "min_pixels": 1, "max_pixels": 100, "min_peaks": 1, "mask": mask}
+    finder = backend.peak_finder(shape, **kwargs)
+    reference = get_backend("numpy").peak_finder(shape, **kwargs)
+    top = np.iinfo(dtype).max
+    for seed in range(4):
+        frame, _ = weak_spots(shape, 12, seed, snr=(6.0, 30.0), background=[10.0, 10.0, 2.0, 40.0][seed])
+        frame = np.minimum(frame, top).astype(dtype)
+        if seed == 1:
+            frame[40:43, 50:53] = top
+        ours, ref = finder.find(frame), reference.find(frame)
+        mean, sigma = finder.background(frame)
+        ref_mean, ref_sigma = reference.background(frame)
+        np.testing.assert_allclose(mean, ref_mean, rtol=1e-12)
+        np.testing.assert_allclose(sigma, ref_sigma, rtol=1e-9, atol=1e-12)
+        got = backend.module.find_candidates(frame, finder.rings, ref_mean, ref_sigma, 4.0, 0.0)
+        want = get_backend("numpy").module.find_candidates(frame, finder.rings, ref_mean, ref_sigma, 4.0, 0.0)
+        np.testing.assert_array_equal(got, want)
+        assert len(ours) == len(ref) > 0, seed
+        np.testing.assert_array_equal(ours.n_pixels, ref.n_pixels)
+        np.testing.assert_allclose(ours.row, ref.row, rtol=1e-9)
+        np.testing.assert_allclose(ours.intensity, ref.intensity, rtol=1e-9)
+
+
 def test_blank_frame_is_not_a_hit(backend: kernels.Backend) -> None:
     shape = (32, 40) if _small(backend) else (128, 128)
     frame = np.random.default_rng(3).normal(100.0, 10.0, shape).astype(np.float32)
