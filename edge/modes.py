@@ -326,6 +326,7 @@ class SerialStage(_CorrectedStage):
 
     name = "serial"
     RECENT_SECONDS = 300.0
+    PEAK_CHUNK = 64  # peak table columns per HDF5 chunk (see write_products)
 
     def __init__(self, ctx: RunContext) -> None:
         super().__init__(ctx)
@@ -399,15 +400,26 @@ class SerialStage(_CorrectedStage):
         result.attrs["meaning"] = (
             "CXI peak list, one row per frame of /entry/data/data (CrystFEL peak_list_type = cxi)"
         )
-        counts = np.asarray([p["peaks"]["nPeaks"] for p in products], np.int32)
+        peaks = [p["peaks"] for p in products]
+        counts = np.asarray([p["nPeaks"] for p in peaks], np.int32)
         result.create_dataset("nPeaks", data=counts)
-        result.create_dataset("is_hit", data=np.asarray([p["peaks"]["is_hit"] for p in products], bool))
+        result.create_dataset("is_hit", data=np.asarray([p["is_hit"] for p in peaks], bool))
+        # The tables are (frames, max_peaks), zero-padded. Stored in chunks of PEAK_CHUNK columns, only
+        # the columns some frame fills are written: HDF5 allocates no chunk never written and reads it
+        # back as the fill value 0, so a reader sees the whole padded table, and the padding is neither
+        # built nor compressed (hits hold tens of peaks; the table is hundreds wide).
+        used = min(width, int(max((p["peakXPosRaw"].size for p in peaks), default=0)))
+        chunks = (max(1, n), min(width, self.PEAK_CHUNK))
         for name in ("peakXPosRaw", "peakYPosRaw", "peakTotalIntensity", "peakNPixels", "peakSNR"):
-            table = np.zeros((n, width), np.float32)
-            for i, p in enumerate(products):
-                values = p["peaks"][name]
-                table[i, : values.size] = values
-            result.create_dataset(name, data=table, compression="gzip", shuffle=True)  # mostly padding
+            data = result.create_dataset(
+                name, (n, width), np.float32, chunks=chunks, compression="gzip", shuffle=True, fillvalue=0
+            )
+            if used:
+                table = np.zeros((n, used), np.float32)
+                for i, p in enumerate(peaks):
+                    values = p[name]
+                    table[i, : values.size] = values
+                data[:, :used] = table
         result["peakXPosRaw"].attrs["meaning"] = "fast-scan (column) position, pixels"
         result["peakYPosRaw"].attrs["meaning"] = "slow-scan (row) position, pixels"
 
