@@ -1095,22 +1095,33 @@ def _root(parent, k):  # pragma: no cover - compiled
 def _label_peaks(values, rings, candidates, mean, width):  # pragma: no cover - compiled
     m = candidates.size
     parent = np.arange(m)
+    above = 0  # the first candidate at or after the pixel up and left of the current one
     for k in range(m):
         p = candidates[k]
         c = p % width
-        # earlier neighbours: left, and the three above; union towards the smaller (earlier) root
-        for q in (p - 1, p - width - 1, p - width, p - width + 1):
-            dc = q % width - c if q >= 0 else 0
-            if q < 0 or dc > 1 or dc < -1:
-                continue
-            j = np.searchsorted(candidates, q)
-            if j < m and candidates[j] == q:
+        # earlier neighbours: left, and the three above (found by walking ``above`` forward, as the
+        # candidates are sorted); union towards the smaller (earlier) root, so a component's root is its
+        # first pixel whatever the order of the unions
+        while above < k and candidates[above] < p - width - 1:
+            above += 1
+        j = above
+        while j < k and candidates[j] <= p - width + 1:
+            dc = candidates[j] % width - c
+            if -1 <= dc <= 1:
                 a = _root(parent, j)
                 b = _root(parent, k)
                 if a < b:
                     parent[b] = a
                 elif b < a:
                     parent[a] = b
+            j += 1
+        if k > 0 and candidates[k - 1] == p - 1 and c > 0:
+            a = _root(parent, k - 1)
+            b = _root(parent, k)
+            if a < b:
+                parent[b] = a
+            elif b < a:
+                parent[a] = b
     label = np.empty(m, np.int64)
     n_peaks = 0
     for k in range(m):
