@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import zmq
 
-from edge.config import Settings
+from edge.config import ReductionSettings, Settings
 from edge.diskguard import DiskGuard
 from edge.errors import ConfigError
 from edge.frame_format import FrameFormat, frame_format, udp_geometry
@@ -361,7 +361,9 @@ class Appliance:
             geometry = Geometry(**settings.geometry.model_dump())
         self.geometry = geometry
         self.retention = Retention(self.ledger, settings.store.path, settings.retention)
-        self.reduction = ReductionControl(settings.reduction, open_run=lambda: self.sink.run_uid)
+        self.reduction = ReductionControl(
+            settings.reduction, open_run=lambda: self.sink.run_uid, on_change=self._warm_up_in_background
+        )
         red = settings.reduction
         self.masks = RunMasks(calibration.mask, red.mask_file, red.poni_file)  # + a detector's, per run
         self.sink = RingSink(
@@ -471,6 +473,19 @@ class Appliance:
             self.forwarder.bound_endpoint,
             self.backend.name,
         )
+
+    def _warm_up_in_background(self, params: ReductionSettings) -> None:
+        """A mode or its parameters changed between runs (PV, REST): load the kernels the next run needs
+        now, on a thread of its own, as `start` does for the configured mode. Cached kernels take a
+        second; an install's first use of a mode compiles them (tens of seconds), which would otherwise
+        stall the next run's first frames. A run that starts meanwhile waits for numba's compile lock,
+        never compiles twice. A failure is logged by `Pipeline.warm_up`; the run then says why."""
+        threading.Thread(
+            target=self.pipeline.warm_up,
+            args=(self.frame_format.shape, self.frame_format.dtype, params),
+            name="mode-warm-up",
+            daemon=True,
+        ).start()
 
     def stop(self) -> None:
         """Stop taking frames, persist what is in the ring, close files, stop serving."""

@@ -23,9 +23,15 @@ RUN_PARAMETERS = ("mode", "cake_bins", "roi", "serial", "tomo")
 class ReductionControl:
     """Holds the reduction parameters the next run will use."""
 
-    def __init__(self, settings: ReductionSettings, open_run: Callable[[], str | None]) -> None:
+    def __init__(
+        self,
+        settings: ReductionSettings,
+        open_run: Callable[[], str | None],
+        on_change: Callable[[ReductionSettings], None] | None = None,
+    ) -> None:
         self._current = settings
         self._open_run = open_run
+        self._on_change = on_change  # told each accepted change (the daemon loads the new kernels then)
         self._lock = threading.Lock()
         self.changes = 0
 
@@ -73,4 +79,7 @@ class ReductionControl:
             except ValidationError as error:
                 raise ConfigError(describe_validation_error(error, prefix="reduction")) from None
             self.changes += 1
+            changed = self._current
+        if self._on_change is not None:
+            self._on_change(changed)
         return self.parameters()

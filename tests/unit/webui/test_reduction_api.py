@@ -56,3 +56,20 @@ def test_reduction_control_refuses_during_a_run_and_names_bad_keys() -> None:
         control.update({"mode": "raw"})
     assert "run run-7 is open" in str(control.check_mode("raw"))
     assert control.current().mode == "tomo"
+
+
+def test_each_accepted_change_is_told_to_the_daemon_and_a_refused_one_is_not() -> None:
+    """The daemon loads the next run's kernels when the mode changes (edge.appliance), so it is told
+    every accepted change with the new parameters, and nothing when a change is refused."""
+    told: list[str] = []
+    open_run: list[str | None] = [None]
+    control = ReductionControl(
+        load_settings().reduction, open_run=lambda: open_run[0], on_change=lambda p: told.append(p.mode)
+    )
+    control.update({"mode": "serial"})
+    with pytest.raises(ConfigError):
+        control.update({"mode": "saxs"})
+    open_run[0] = "run-1"
+    with pytest.raises(Refused):
+        control.update({"mode": "tomo"})
+    assert told == ["serial"]
