@@ -823,6 +823,142 @@ def extend_listing(
     return (merged[0], merged[1], merged[2]) if ok else None
 
 
+@numba.njit(nogil=True, cache=True)
+def _ring_stats(count, total, total2, n_rings, clip_snr, mean, sigma, upper):  # pragma: no cover - compiled
+    # PeakFinder._stats, ring by ring, with the same float operations (so the same bits)
+    for r in range(n_rings):
+        safe = max(count[r], 1)
+        m = total[r] / safe
+        var = total2[r] / safe - m * m
+        if var < 0.0:
+            var = 0.0
+        mean[r] = m
+        sigma[r] = np.sqrt(var)
+        upper[r] = m + clip_snr * sigma[r] if count[r] > 0 else np.inf
+    upper[n_rings] = -np.inf  # the masked sentinel never counts
+
+
+@numba.njit(nogil=True, cache=True)
+def _clipped_background(
+    values,
+    rings,
+    total,
+    total2,
+    listed,
+    listed_v,
+    listed_r,
+    has_listing,
+    guess,
+    ring_pixels,
+    ring_start,
+    ring_count,
+    n_rings,
+    clip_snr,
+    iterations,
+):  # pragma: no cover - compiled
+    count = ring_count.copy()
+    for r in range(n_rings):  # a NaN or inf in a ring: redo it, counting only the pixels below +inf
+        if not np.isfinite(total[r] + total2[r]):
+            one = np.array([r], np.int64)
+            c, t, t2 = ring_moments_exact(values, ring_pixels, ring_start, one)
+            count[r], total[r], total2[r] = c[0], t[0], t2[0]
+    mean = np.empty(n_rings)
+    sigma = np.empty(n_rings)
+    upper = np.empty(n_rings + 1)
+    _ring_stats(count, total, total2, n_rings, clip_snr, mean, sigma, upper)
+    listed_bound = guess.copy()
+    lowest = np.full(n_rings, np.inf)  # the lowest bound any pass of this frame used
+    bound = np.empty(n_rings + 1)
+    for _ in range(1, iterations):
+        bound[:] = upper
+        bound[n_rings] = np.inf  # masked pixels were never summed
+        for r in range(n_rings):
+            lowest[r] = min(lowest[r], bound[r])
+        extended = False
+        if has_listing:
+            listed, listed_v, listed_r, extended = _extend_listing(
+                values,
+                listed,
+                listed_v,
+                listed_r,
+                listed_bound,
+                bound,
+                ring_pixels,
+                ring_start,
+                values.size // 8,
+            )
+        if extended:
+            for r in range(n_rings + 1):
+                listed_bound[r] = min(listed_bound[r], bound[r])
+        else:  # no listing, or too much to extend: every pixel at or above the bound, by a full scan
+            k = 0
+            for p in range(values.size):
+                k += values[p] >= bound[rings[p]]
+            listed = np.empty(k, np.int64)
+            listed_v = np.empty(k)
+            listed_r = np.empty(k, np.int64)
+            k = 0
+            for p in range(values.size):
+                if values[p] >= bound[rings[p]]:
+                    listed[k], listed_v[k], listed_r[k] = p, values[p], rings[p]
+                    k += 1
+            listed_bound[:] = bound
+            has_listing = True
+        dropped, dropped1, dropped2 = _listed_moments(listed_v, listed_r, bound)
+        _ring_stats(
+            count - dropped, total - dropped1, total2 - dropped2, n_rings, clip_snr, mean, sigma, upper
+        )
+    # next frame: list in the summing pass what this frame's clipping and thresholds would pick, with half
+    # a sigma to spare (a guess only: a bound below it makes the next frame search again). A ring's first
+    # clipping bound comes from unclipped sums, high where a spot sat in this frame only: the clipped
+    # statistics' bound stands in for a ring without spots.
+    next_guess = np.full(n_rings + 1, np.inf)
+    for r in range(n_rings):
+        low = min(lowest[r], mean[r] + clip_snr * sigma[r])
+        if np.isfinite(low):
+            next_guess[r] = low - 0.5 * sigma[r]
+    return mean, sigma, next_guess, listed, listed_v, listed_r, listed_bound, has_listing
+
+
+def clipped_background(
+    values: np.ndarray,
+    rings: np.ndarray,
+    total: np.ndarray,
+    total2: np.ndarray,
+    listing: Listing | None,
+    guess: np.ndarray,
+    index: tuple[np.ndarray, np.ndarray, np.ndarray],
+    n_rings: int,
+    clip_snr: float,
+    iterations: int,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, Listing | None, np.ndarray | None]:
+    """``PeakFinder._background`` after ``ring_moments_listing``, in one compiled call: the rings with a
+    NaN or inf summed again exactly, the clipped passes (the listing extended or rescanned where a bound
+    falls below it), and the next frame's guess. Returns (mean, sigma, next guess, listing, its bound)."""
+    ring_pixels, ring_start, ring_count = index
+    has_listing = listing is not None
+    if listing is None:
+        listing = (np.empty(0, np.int64), np.empty(0), np.empty(0, np.int64))
+    mean, sigma, next_guess, listed, listed_v, listed_r, bound, has_listing = _clipped_background(
+        values,
+        rings,
+        total,
+        total2,
+        *listing,
+        has_listing,
+        guess,
+        ring_pixels,
+        ring_start,
+        ring_count,
+        int(n_rings),
+        float(clip_snr),
+        int(iterations),
+    )
+    if not has_listing:
+        return mean, sigma, next_guess, None, None
+    return mean, sigma, next_guess, (listed, listed_v, listed_r), bound
+
+
 @numba.njit(parallel=True, nogil=True, cache=True)
 def _find_candidates(values, rings, threshold, nchunks, capacity, inclusive):  # pragma: no cover - compiled
     n = values.size

@@ -144,6 +144,20 @@ class PeakFinder:
         if guess is None:
             guess = np.full(self.n_rings + 1, np.inf)
         total, total2, listed = module.ring_moments_listing(values, flat_rings, guess)
+        if hasattr(module, "clipped_background"):  # the rest below, in one compiled call
+            mean, sigma, self._guess, listed, listed_bound = module.clipped_background(
+                values,
+                flat_rings,
+                total,
+                total2,
+                listed,
+                guess,
+                (ring_pixels, ring_start, ring_count),
+                self.n_rings,
+                self.clip_snr,
+                self.iterations,
+            )
+            return mean, sigma, listed, listed_bound
         count = ring_count.copy()
         listed_bound = None if listed is None else guess
         bad = np.flatnonzero(~np.isfinite(total[: self.n_rings] + total2[: self.n_rings]))
