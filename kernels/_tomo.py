@@ -26,6 +26,7 @@ The per-backend part is only ``backproject`` (it adds into a float32 image); eve
 from __future__ import annotations
 
 import functools
+import math
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -212,17 +213,26 @@ def estimate_center_from_sinogram(sinogram: np.ndarray, theta: Any = None) -> fl
     return estimate_center(sino[i0], sino[i180])
 
 
+def _angle_key(cos_a: float, sin_a: float) -> tuple[float, float]:
+    """An angle's (cos, sin) rounded as ``mirrored_angles`` rounds them (``+ 0.0``: no negative zero)."""
+    return round(cos_a, 9) + 0.0, round(sin_a, 9) + 0.0
+
+
 class StreamingReconstructor:
     """Reconstructs chosen detector rows while projections arrive, back-projecting them in small batches.
 
     Each projection (``(n_rows, n_cols)``, raw with ``dark``/``flat`` given, else already normalised
     to line integrals) contributes its chosen rows, filtered, to one float32 accumulator per slice.
-    Projections are held until ``batch`` of them have arrived and are then filtered with one batched FFT
-    and back-projected together (the kernel sweeps four angles per pass over the slice, so one at a time
-    would read and write every output pixel once per projection instead of once per four). ``slices()``
-    back-projects what is held and returns the reconstruction from every projection added, scaled by
-    ``pi / (2 n_seen)``; after every angle of a scan it equals ``fbp`` of the full sinograms.
-    ``partial_slices()`` is the same without the held ones, for a live view read from another thread.
+    Projections are back-projected ``batch`` at a time, filtered with one batched FFT (the kernel sweeps
+    four angles per pass over the slice: one at a time would read and write every output pixel once per
+    projection instead of once per four). A projection at ``theta`` first waits for its mirror
+    ``180 - theta`` (at most ``pair_window`` projections wait; beyond that the oldest goes on alone): the
+    kernel back-projects such a pair from one detector position per pixel, about a third cheaper. In a
+    scan from 0 to 180 degrees the first half waits for the second.
+    ``slices()`` back-projects what is held and returns the reconstruction from every projection added,
+    scaled by ``pi / (2 n_seen)``; after every angle of a scan it equals ``fbp`` of the full sinograms.
+    ``partial_slices()`` is the same from the projections back-projected so far, for a live view read
+    from another thread.
     """
 
     def __init__(
@@ -237,11 +247,12 @@ class StreamingReconstructor:
         dark: np.ndarray | None = None,
         flat: np.ndarray | None = None,
         batch: int = 16,
+        pair_window: int = 256,
     ) -> None:
         if filter_name not in FILTERS:
             raise ValueError(f"unknown filter {filter_name!r}; choose one of {FILTERS}")
-        if batch < 1:
-            raise ValueError(f"batch must be >= 1, got {batch}")
+        if batch < 1 or pair_window < 0:
+            raise ValueError(f"batch must be >= 1 and pair_window >= 0, got {batch}, {pair_window}")
         self.backend = backend
         self.rows = np.atleast_1d(np.asarray(rows, dtype=np.intp))
         self.filter_name = filter_name
@@ -252,41 +263,65 @@ class StreamingReconstructor:
         self.flat = None if flat is None else np.asarray(flat, np.float32)[self.rows]
         self._accumulators = np.zeros((self.rows.size, self.size, self.size), dtype=np.float32)
         self.batch = int(batch)
-        self._held = np.empty((self.batch, self.rows.size, self.n_cols), dtype=np.float32)  # normalised rows
-        self._held_angles = np.empty(self.batch, dtype=np.float64)
-        self._n_held = 0
+        self.pair_window = int(pair_window)
+        self._ready: list[tuple[float, np.ndarray]] = []  # (angle in radians, normalised rows)
+        self._waiting: dict[int, tuple[tuple[float, float], float, np.ndarray]] = {}  # oldest first
+        self._by_key: dict[tuple[float, float], list[int]] = {}  # angle key -> waiting ids
+        self._next_id = 0
         self.n_seen = 0  # projections added
         self.n_projected = 0  # projections back-projected into the accumulators
 
     def add(self, projection: np.ndarray, angle_deg: float) -> None:
-        """Add the chosen rows of one projection taken at ``angle_deg`` (back-projected by the batch)."""
+        """Add the chosen rows of one projection taken at ``angle_deg`` (back-projected later, in a batch)."""
         proj = np.asarray(projection)
         if proj.ndim != 2 or proj.shape[1] != self.n_cols:
             raise ValueError(f"projection shape {proj.shape} does not have {self.n_cols} columns")
-        slot = self._held[self._n_held]
+        lines = np.array(proj[self.rows], dtype=np.float32)  # a copy: the caller may reuse its buffer
         if self.dark is not None and self.flat is not None:
-            self.backend.flat_field(proj[self.rows].astype(np.float32), self.dark, self.flat, slot)
-        else:
-            slot[...] = proj[self.rows]
-        self._held_angles[self._n_held] = np.deg2rad(angle_deg)
-        self._n_held += 1
+            self.backend.flat_field(lines, self.dark, self.flat, lines)
+        theta = math.radians(angle_deg)
+        cos_a, sin_a = math.cos(theta), math.sin(theta)
         self.n_seen += 1
-        if self._n_held == self.batch:
-            self.flush()
+        partners = self._by_key.get(_angle_key(-cos_a, sin_a)) if self.pair_window else None
+        if partners:
+            first = partners.pop()
+            if not partners:
+                del self._by_key[_angle_key(-cos_a, sin_a)]
+            _, partner_angle, partner_lines = self._waiting.pop(first)
+            self._ready += [(partner_angle, partner_lines), (theta, lines)]
+        elif self.pair_window:
+            key = _angle_key(cos_a, sin_a)
+            self._by_key.setdefault(key, []).append(self._next_id)
+            self._waiting[self._next_id] = (key, theta, lines)
+            self._next_id += 1
+            if len(self._waiting) > self.pair_window:  # the oldest goes on without its mirror
+                oldest = next(iter(self._waiting))
+                key, old_angle, old_lines = self._waiting.pop(oldest)
+                self._by_key[key].remove(oldest)
+                if not self._by_key[key]:
+                    del self._by_key[key]
+                self._ready.append((old_angle, old_lines))
+        else:
+            self._ready.append((theta, lines))
+        if len(self._ready) >= self.batch:
+            self._project(self._ready)
+            self._ready = []
 
     def flush(self) -> None:
-        """Filter and back-project the held projections now."""
-        m = self._n_held
-        if m == 0:
-            return
-        n_rows = self.rows.size
-        held = self._held[:m].reshape(m * n_rows, self.n_cols)
-        filtered = filter_projections(held, self.filter_name, self.circle).reshape(m, n_rows, -1)
-        angles = self._held_angles[:m].copy()
+        """Back-project every held projection now, mirrored or not."""
+        held = self._ready + [(angle, lines) for _, angle, lines in self._waiting.values()]
+        self._ready, self._waiting, self._by_key = [], {}, {}
+        if held:
+            self._project(held)
+
+    def _project(self, held: list[tuple[float, np.ndarray]]) -> None:
+        m, n_rows = len(held), self.rows.size
+        stack = np.stack([lines for _, lines in held]).reshape(m * n_rows, self.n_cols)
+        filtered = filter_projections(stack, self.filter_name, self.circle).reshape(m, n_rows, -1)
+        angles = np.array([angle for angle, _ in held], dtype=np.float64)
         for k in range(n_rows):
             sinogram = np.ascontiguousarray(filtered[:, k, :])  # slice k's rows of the held projections
             self.backend.module.backproject(sinogram, angles, self.axis, self.circle, self._accumulators[k])
-        self._n_held = 0
         self.n_projected += m
 
     def slices(self) -> np.ndarray:
@@ -295,8 +330,8 @@ class StreamingReconstructor:
         return self.partial_slices()
 
     def partial_slices(self) -> np.ndarray:
-        """Reconstructions from the projections back-projected so far (up to ``batch - 1`` fewer than
-        added); touches nothing, so a live view may call it while another thread adds."""
+        """Reconstructions from the projections back-projected so far (those held are left out); touches
+        nothing, so a live view may call it while another thread adds."""
         n = self.n_projected
         if n == 0:
             return np.zeros_like(self._accumulators)

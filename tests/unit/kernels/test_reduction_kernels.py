@@ -123,7 +123,7 @@ def test_streaming_reconstruction_equals_batch(backend: kernels.Backend) -> None
 def test_streaming_batches_hold_projections_until_slices(backend: kernels.Backend, batch: int) -> None:
     n, n_angles = (12, 7) if _small(backend) else (32, 13)
     sino, theta = _phantom_sinogram(n, n_angles, True)
-    stream = backend.streaming_reconstructor(n, [0], batch=batch)
+    stream = backend.streaming_reconstructor(n, [0], batch=batch, pair_window=0)  # no waiting for mirrors
     for k in range(n_angles):
         stream.add(sino[k][None, :], theta[k])
     # the live view shows the full batches back-projected so far; slices() adds the held ones
@@ -131,6 +131,24 @@ def test_streaming_batches_hold_projections_until_slices(backend: kernels.Backen
     assert stream.n_seen == n_angles and stream.n_projected == done
     partial = backend.fbp(sino[:done], theta[:done])
     np.testing.assert_allclose(stream.partial_slices()[0], partial, rtol=0, atol=1e-5 * np.abs(partial).max())
+    full = backend.fbp(sino, theta)
+    np.testing.assert_allclose(stream.slices()[0], full, rtol=0, atol=1e-5 * np.abs(full).max())
+    assert stream.n_projected == n_angles
+
+
+@pytest.mark.parametrize("window", [256, 3])
+def test_streaming_waits_for_mirrored_projections(backend: kernels.Backend, window: int) -> None:
+    n, n_angles = (12, 8) if _small(backend) else (32, 24)
+    sino, theta = _phantom_sinogram(n, n_angles, True)  # k * 180 / n_angles: k and n_angles - k mirror
+    stream = backend.streaming_reconstructor(n, [0], batch=4, pair_window=window)
+    half = n_angles // 2
+    for k in range(half):  # 0 up to 90 degrees: nothing to pair with yet
+        stream.add(sino[k][None, :], theta[k])
+    # every projection waits for its mirror, unless more than the window wait (the oldest go on alone)
+    assert stream.n_projected == max(0, half - window) // 4 * 4  # whole batches of the ones gone on
+    for k in range(half, n_angles):
+        stream.add(sino[k][None, :], theta[k])
+    assert stream.n_seen == n_angles
     full = backend.fbp(sino, theta)
     np.testing.assert_allclose(stream.slices()[0], full, rtol=0, atol=1e-5 * np.abs(full).max())
     assert stream.n_projected == n_angles
