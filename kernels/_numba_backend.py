@@ -1290,6 +1290,55 @@ def _label_peaks(values, rings, candidates, mean, width):  # pragma: no cover - 
     return first, n_pixels, total, row_sum, col_sum, peak, ring_of_first
 
 
+@numba.njit(nogil=True, cache=True)
+def _measure_peaks(values, rings, candidates, mean, sigma, width, min_pixels, max_pixels):  # pragma: no cover
+    _first, n_pixels, total, row_sum, col_sum, peak, ring_of_first = _label_peaks(
+        values, rings, candidates, mean, width
+    )
+    m = 0
+    for b in range(n_pixels.size):
+        m += min_pixels <= n_pixels[b] <= max_pixels
+    row, col, intensity, snr = np.empty(m), np.empty(m), np.empty(m), np.empty(m)
+    count, max_value = np.empty(m, np.int64), np.empty(m)
+    k = 0
+    for b in range(n_pixels.size):  # PeakFinder.find's NumPy expressions, element by element
+        n = n_pixels[b]
+        if not min_pixels <= n <= max_pixels:
+            continue
+        t = total[b]
+        row[k] = row_sum[b] / t if t != 0 else 0.0
+        col[k] = col_sum[b] / t if t != 0 else 0.0
+        noise = sigma[ring_of_first[b]] * np.sqrt(np.float64(n))
+        snr[k] = t / noise if noise > 0 else np.inf
+        count[k], intensity[k], max_value[k] = n, t, peak[b]
+        k += 1
+    return row, col, intensity, count, max_value, snr
+
+
+def measure_peaks(
+    frame: Any,
+    rings: np.ndarray,
+    candidates: np.ndarray,
+    mean: np.ndarray,
+    sigma: np.ndarray,
+    width: int,
+    min_pixels: int,
+    max_pixels: int,
+) -> tuple[np.ndarray, ...]:
+    """``label_peaks`` and ``PeakFinder.find``'s measurement of the components of ``min_pixels..max_pixels``
+    in one compiled call: (row, col, intensity, n_pixels, max_value, snr), one entry per peak."""
+    return _measure_peaks(
+        np.ascontiguousarray(frame).ravel(),
+        rings.ravel(),
+        candidates,
+        mean,
+        np.ascontiguousarray(sigma, dtype=np.float64),
+        int(width),
+        int(min_pixels),
+        int(max_pixels),
+    )
+
+
 def label_peaks(
     frame: Any, rings: np.ndarray, candidates: np.ndarray, mean: np.ndarray, width: int
 ) -> tuple[np.ndarray, ...]:

@@ -128,7 +128,8 @@ class PeakFinder:
         the frame once: a clipped pass is the first one minus the few pixels it drops (the finite pixels
         at or above its bound). Those are listed in the first pass already, at a per-ring guess learnt
         from the last frame; rings whose bound comes out below the guess are searched again, pixel by
-        pixel of those rings only. The list is kept for ``find``.
+        pixel of those rings only. The list is kept for ``find``. A backend with ``clipped_background``
+        does everything after the summing pass in that one compiled call.
         """
         module = self.backend.module
         if not hasattr(module, "ring_moments_listing"):
@@ -210,6 +211,11 @@ class PeakFinder:
             candidates = module.find_candidates(*args, plan=self._plan)
         else:
             candidates = module.find_candidates(*args)
+        if hasattr(module, "measure_peaks"):  # labelled and measured as below, in one compiled call
+            row, col, total, n_pixels, max_value, snr = module.measure_peaks(
+                frame, self.rings, candidates, mean, sigma, self.shape[1], self.min_pixels, self.max_pixels
+            )
+            return Peaks(row, col, total, n_pixels, max_value, snr)
         stats = module.label_peaks(frame, self.rings, candidates, mean, self.shape[1])
         _first, n_pixels, total, row_sum, col_sum, max_value, ring_of_first = stats
         keep = (n_pixels >= self.min_pixels) & (n_pixels <= self.max_pixels)
