@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import functools
 import math
+import threading
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -231,8 +232,8 @@ class StreamingReconstructor:
     scan from 0 to 180 degrees the first half waits for the second.
     ``slices()`` back-projects what is held and returns the reconstruction from every projection added,
     scaled by ``pi / (2 n_seen)``; after every angle of a scan it equals ``fbp`` of the full sinograms.
-    ``partial_slices()`` is the same from the projections back-projected so far, for a live view read
-    from another thread.
+    ``partial_slices()`` is the same without taking what is held out of waiting (it back-projects a copy),
+    for a live view read from another thread.
     """
 
     def __init__(
@@ -270,6 +271,7 @@ class StreamingReconstructor:
         self._next_id = 0
         self.n_seen = 0  # projections added
         self.n_projected = 0  # projections back-projected into the accumulators
+        self._lock = threading.Lock()  # batches going into the accumulators vs a live view copying them
 
     def add(self, projection: np.ndarray, angle_deg: float) -> None:
         """Add the chosen rows of one projection taken at ``angle_deg`` (back-projected later, in a batch)."""
@@ -304,25 +306,33 @@ class StreamingReconstructor:
         else:
             self._ready.append((theta, lines))
         if len(self._ready) >= self.batch:
-            self._project(self._ready)
-            self._ready = []
+            with self._lock:
+                self._project(self._ready, self._accumulators)
+                self.n_projected += len(self._ready)
+                self._ready = []
 
     def flush(self) -> None:
         """Back-project every held projection now, mirrored or not."""
-        held = self._ready + [(angle, lines) for _, angle, lines in self._waiting.values()]
-        self._ready, self._waiting, self._by_key = [], {}, {}
-        if held:
-            self._project(held)
+        with self._lock:
+            held = self._held()
+            self._ready, self._waiting, self._by_key = [], {}, {}
+            if held:
+                self._project(held, self._accumulators)
+                self.n_projected += len(held)
 
-    def _project(self, held: list[tuple[float, np.ndarray]]) -> None:
+    def _held(self) -> list[tuple[float, np.ndarray]]:
+        """The projections not yet back-projected: a full batch's worth or fewer, and those waiting for
+        their mirror (``list`` of the values: one step under the GIL, safe while another thread adds)."""
+        return [*self._ready, *((angle, lines) for _, angle, lines in list(self._waiting.values()))]
+
+    def _project(self, held: list[tuple[float, np.ndarray]], accumulators: np.ndarray) -> None:
         m, n_rows = len(held), self.rows.size
         stack = np.stack([lines for _, lines in held]).reshape(m * n_rows, self.n_cols)
         filtered = filter_projections(stack, self.filter_name, self.circle).reshape(m, n_rows, -1)
         angles = np.array([angle for angle, _ in held], dtype=np.float64)
         for k in range(n_rows):
             sinogram = np.ascontiguousarray(filtered[:, k, :])  # slice k's rows of the held projections
-            self.backend.module.backproject(sinogram, angles, self.axis, self.circle, self._accumulators[k])
-        self.n_projected += m
+            self.backend.module.backproject(sinogram, angles, self.axis, self.circle, accumulators[k])
 
     def slices(self) -> np.ndarray:
         """Reconstructions ``(len(rows), size, size)`` from every projection added, float32."""
@@ -330,9 +340,20 @@ class StreamingReconstructor:
         return self.partial_slices()
 
     def partial_slices(self) -> np.ndarray:
-        """Reconstructions from the projections back-projected so far (those held are left out); touches
-        nothing, so a live view may call it while another thread adds."""
-        n = self.n_projected
+        """Reconstructions from every projection added so far, for a live view read from another thread
+        while projections are added: those held (waiting for a batch or for their mirror) are
+        back-projected into a copy of the accumulators, which themselves are left as they are. The
+        scan's first half waits for its mirrors, so this is what keeps a live slice from staying blank
+        for half a scan; it costs the held projections' back-projection (~0.3 ms each at 512 wide) per
+        call, on the caller's thread."""
+        with self._lock:  # a batch is not half added to what is copied, nor counted twice
+            accumulators = self._accumulators.copy()
+            held = self._held()
+            n = self.n_projected
+        if held:
+            self._project(held, accumulators)
+        n += len(held)
         if n == 0:
-            return np.zeros_like(self._accumulators)
-        return self._accumulators * np.float32(np.pi / (2 * n))
+            return np.zeros_like(accumulators)
+        accumulators *= np.float32(np.pi / (2 * n))
+        return accumulators
