@@ -586,6 +586,8 @@ def _restore(
     """``value`` with each token byte string replaced by a read-only view of the bytes it stands for
     (containers without a token are returned as they are)."""
     kind = type(value)
+    if kind in _LEAVES:
+        return value
     if kind is bytes:
         if len(value) == 20 and value[:16] == token:
             index = int.from_bytes(value[16:], "big")
@@ -594,16 +596,28 @@ def _restore(
                 _, start, end = spans[index]
                 return buf[start:end].toreadonly()
         return value
-    if kind in _LEAVES:
-        return value
+    # containers: rebuilt only when something inside them was a token (a plain loop: this runs for
+    # every container of every image, and comprehensions plus any() over zip cost twice as much)
     if kind is list or kind is tuple:  # cbor2 gives tuples and frozendicts inside immutable items
-        items = [_restore(v, token, buf, spans, found) for v in value]
-        changed = any(new is not old for new, old in zip(items, value, strict=True))
+        items = list(value)
+        changed = False
+        for i, old in enumerate(items):
+            if type(old) not in _LEAVES:
+                new = _restore(old, token, buf, spans, found)
+                if new is not old:
+                    items[i] = new
+                    changed = True
         return kind(items) if changed else value
     if kind is dict or kind is _FROZENDICT:
-        restored = {k: _restore(v, token, buf, spans, found) for k, v in value.items()}
-        changed = any(restored[k] is not v for k, v in value.items())
-        return restored if changed else value
+        restored: dict[Any, Any] | None = None
+        for key, old in value.items():
+            if type(old) not in _LEAVES:
+                new = _restore(old, token, buf, spans, found)
+                if new is not old:
+                    if restored is None:
+                        restored = dict(value)
+                    restored[key] = new
+        return value if restored is None else restored
     if kind is cbor2.CBORTag:
         inner = _restore(value.value, token, buf, spans, found)
         return value if inner is value.value else cbor2.CBORTag(value.tag, inner)
