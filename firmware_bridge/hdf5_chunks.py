@@ -39,10 +39,17 @@ class ChunkError(ValueError):
 
 
 def _module(name: str) -> Any:
-    try:
-        return importlib.import_module(name)
-    except ImportError as error:  # pragma: no cover - both are core dependencies
-        raise ImportError(f"{name} is needed to decode compressed chunks: pip install {name}") from error
+    """``name`` imported on first use (importlib's lookup costs ~5 us a call: this runs per block)."""
+    module = _MODULES.get(name)
+    if module is None:
+        try:
+            module = _MODULES[name] = importlib.import_module(name)
+        except ImportError as error:  # pragma: no cover - both are core dependencies
+            raise ImportError(f"{name} is needed to decode compressed chunks: pip install {name}") from error
+    return module
+
+
+_MODULES: dict[str, Any] = {}
 
 
 def read_header(chunk: bytes | memoryview) -> tuple[int, int]:
@@ -195,7 +202,7 @@ def _walk_chosen(view: memoryview, count: int, end: int, chosen: list[int]) -> l
         buf = np.frombuffer(view.toreadonly(), dtype=np.uint8)
         picked_array = np.zeros((len(chosen), 2), dtype=np.int64)
         pos = walk(buf, HEADER.size, count, end, np.asarray(chosen, dtype=np.int64), picked_array)
-        return [(int(o), int(n)) for o, n in picked_array] if pos == end else None
+        return [(o, n) for o, n in picked_array.tolist()] if pos == end else None
     return _walk_chosen_python(view, count, end, chosen)
 
 
