@@ -710,7 +710,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--daemon-frames", type=int, default=400, help="frames per whole-daemon run (0: skip those rows)"
     )
-    parser.add_argument("--daemon-repeats", type=int, default=5, help="whole-daemon runs per format")
+    parser.add_argument(
+        "--daemon-repeats", type=int, default=9, help="whole-daemon runs per format (the median of 9 pairs)"
+    )
     parser.add_argument("--skip-readers", action="store_true", help="only the whole-daemon rows")
     args = parser.parse_args(argv)
     mp.set_start_method("spawn", force=True)

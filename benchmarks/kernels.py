@@ -661,7 +661,7 @@ def bench_modes(quick: bool) -> list[Row]:
 def bench_ingest(quick: bool) -> list[Row]:
     """Ingest (benchmarks/ingest.py): the readers beside bare receive loops, and the whole daemon with the
     JSON stream beside Stream V2 pass-through in the same run (CPU per frame, end-to-end rate, ceiling)."""
-    args = ["--daemon-frames", "300" if quick else "400", "--daemon-repeats", "5"]
+    args = ["--daemon-frames", "300" if quick else "400", "--daemon-repeats", "5" if quick else "9"]
     rows = _script("ingest.py", *args, *(["--skip-readers"] if quick else ["--repeats", "5"]))["rows"]
     return [
         Row(
