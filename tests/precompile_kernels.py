@@ -1,6 +1,6 @@
 """Compile (or load from numba's cache) every reduction mode's kernels, at low priority.
 
-``tests/conftest.py`` starts this in the background when a whole suite runs. In a fresh clone numba's
+``make test`` starts this in the background beside pytest. In a fresh clone numba's
 cache is empty and compiling the modes' kernels takes about two minutes of one core on the 2-core CI
 machine (the serial peak finder most of it); without this, that time falls on whichever tests first
 reduce a frame, one after the other. Started at the session's beginning with ``nice``, the compiling
