@@ -34,11 +34,8 @@ lint: $(STAMP)
 	$(BIN)/mypy --strict --follow-imports=silent edge/upstream/protocol.py edge/upstream/session.py \
 		edge/upstream/outlook.py edge/alarms.py edge/counter_scopes.py webui/live.py
 
-# the modes' numba kernels compile in the background (low priority) while the first tests run: in a fresh
-# clone that is ~2 minutes of one core that would otherwise fall on the tests, one after another
 test: lint
-	$(BIN)/python tests/precompile_kernels.py & pc=$$!; $(BIN)/python -m pytest; rc=$$?; \
-		kill $$pc 2>/dev/null; exit $$rc
+	$(BIN)/python -m pytest
 
 fuzz: $(STAMP)
 	$(BIN)/python tests/fuzz/fuzz_udp_codec.py --runs 100000
