@@ -14,13 +14,12 @@ does not decode is a loss record ``stream2_bad_chunk``; a message the codec reje
 from __future__ import annotations
 
 import logging
-from dataclasses import replace
 from typing import Any
 
 import numpy as np
 import zmq
 
-from firmware_bridge.hdf5_chunks import ChunkError, warm_up_check
+from firmware_bridge.hdf5_chunks import ChunkError, check_bslz4, warm_up_check
 from firmware_bridge.source import FLAG_CHUNK, FLAG_COMPLETE, FrameHeader, FrameSink, SlotLike
 from firmware_bridge.stream2_codec import (
     Stream2Array,
@@ -280,8 +279,9 @@ class Stream2Source(ZmqStreamSource):
         copy in the ring slot says it decodes; a chunk that does not is abandoned and a loss record.
 
         The check reads the slot, not the message: the copy has just brought the chunk into the cache,
-        so walking its block sizes (one dependent 4-byte read per block) costs a tenth of the walk over
-        the message, and what is checked is exactly what the writer stores."""
+        so walking its block sizes (one dependent 4-byte read per block) costs about half the walk over
+        the cold message (~0.04 against ~0.08 ms per 1024^2 frame), and what is checked is exactly what
+        the writer stores."""
         nbytes = len(array.data)
         slot = self._claim(image.frame, nbytes)
         if slot is None:
@@ -289,7 +289,7 @@ class Stream2Source(ZmqStreamSource):
         stored = slot.buffer[:nbytes]
         stored[:] = array.data
         try:
-            replace(array, data=stored).check(None if self.check == "full" else SAMPLE_BLOCKS)
+            check_bslz4(stored, array.elem_size, None if self.check == "full" else SAMPLE_BLOCKS)
         except ChunkError as error:
             self.sink.abandon(slot)
             self.stats["frames_bad_chunk"] += 1
