@@ -16,6 +16,7 @@ import numba.extending
 import numpy as np
 
 from kernels._numpy_backend import FLAT_FIELD_FLOOR, JUNGFRAU_ADC_MASK, JUNGFRAU_GAIN_BITS
+from kernels._peaks import frozen
 
 U64 = np.uint64  # unsigned loop indices: no negative-index wraparound check per access
 
@@ -177,7 +178,7 @@ class BinSummer:
         self.max_count = int(counts.max()) if counts.size else 0
 
     def __call__(self, frame: Any, with_variance: bool) -> tuple[np.ndarray, np.ndarray | None]:
-        values = np.ascontiguousarray(frame).ravel()
+        values = frozen(frame).ravel()  # read-only: one compiled copy for ring slots and arrays alike
         sums, variance = _summed(values, self.bins, self.nbins, with_variance, self.max_count)
         return sums, (variance if with_variance else None)
 
@@ -630,7 +631,7 @@ def _ring_sums(values, rings, upper, nchunks):  # pragma: no cover - compiled
 
 
 def ring_sums(frame: Any, rings: np.ndarray, upper: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    return _ring_sums(np.ascontiguousarray(frame).ravel(), rings.ravel(), upper, _chunks())
+    return _ring_sums(frozen(frame).ravel(), rings.ravel(), upper, _chunks())
 
 
 @numba.njit(inline="always", nogil=True)
@@ -716,7 +717,7 @@ def ring_moments_listing(
     pixel (non-finite in a ring holding a NaN or inf), and the listing of the pixels with
     value >= guess[ring] (None when there are too many to be worth listing)."""
     capacity = max(4096, values.size // 64)
-    total, total2, listing, ok = _ring_moments(values, rings, guess, _chunks(), capacity)
+    total, total2, listing, ok = _ring_moments(frozen(values), rings, guess, _chunks(), capacity)
     return total, total2, (listing if ok else None)
 
 
@@ -818,7 +819,7 @@ def extend_listing(
     value >= min(listed_bound, bound)[ring], by looking only at the rings whose bound is lower; None
     when those rings hold more than an eighth of the frame (a full scan is cheaper then)."""
     *merged, ok = _extend_listing(
-        values, *listing, listed_bound, bound, ring_pixels, ring_start, values.size // 8
+        frozen(values), *listing, listed_bound, bound, ring_pixels, ring_start, values.size // 8
     )
     return (merged[0], merged[1], merged[2]) if ok else None
 
@@ -940,7 +941,7 @@ def clipped_background(
     if listing is None:
         listing = (np.empty(0, np.int64), np.empty(0), np.empty(0, np.int64))
     mean, sigma, next_guess, listed, listed_v, listed_r, bound, has_listing = _clipped_background(
-        values,
+        frozen(values),
         rings,
         total,
         total2,
@@ -990,7 +991,7 @@ def _find_candidates(values, rings, threshold, nchunks, capacity, inclusive):  #
 
 
 def _scan(frame: Any, rings: np.ndarray, bound: np.ndarray, inclusive: bool) -> np.ndarray:
-    values = np.ascontiguousarray(frame).ravel()
+    values = frozen(frame).ravel()
     flat_rings = rings.ravel()
     nchunks = 4 * _chunks()
     capacity = 4096
@@ -1190,7 +1191,7 @@ def find_candidates(
 ) -> np.ndarray:
     """Peak candidates by their 3x3 box sums, as the NumPy reference's ``find_candidates``; ``plan`` is
     ``box_plan(rings, mean.size)`` (made here when not given)."""
-    frame = np.ascontiguousarray(frame)
+    frame = frozen(frame)
     height, width = frame.shape
     box_rings, edge, row_lo, row_hi = box_plan(rings, mean.size) if plan is None else plan
     mean = np.ascontiguousarray(mean, dtype=np.float64)
@@ -1328,7 +1329,7 @@ def measure_peaks(
     """``label_peaks`` and ``PeakFinder.find``'s measurement of the components of ``min_pixels..max_pixels``
     in one compiled call: (row, col, intensity, n_pixels, max_value, snr), one entry per peak."""
     return _measure_peaks(
-        np.ascontiguousarray(frame).ravel(),
+        frozen(frame).ravel(),
         rings.ravel(),
         candidates,
         mean,
@@ -1342,7 +1343,7 @@ def measure_peaks(
 def label_peaks(
     frame: Any, rings: np.ndarray, candidates: np.ndarray, mean: np.ndarray, width: int
 ) -> tuple[np.ndarray, ...]:
-    return _label_peaks(np.ascontiguousarray(frame).ravel(), rings.ravel(), candidates, mean, width)
+    return _label_peaks(frozen(frame).ravel(), rings.ravel(), candidates, mean, width)
 
 
 # ---- ROI statistics and preview -----------------------------------------------------------------------
@@ -1378,7 +1379,7 @@ def _roi_stats(frame, boxes, offsets, masks):  # pragma: no cover - compiled
 def roi_stats(
     frame: Any, boxes: np.ndarray, offsets: np.ndarray, masks: np.ndarray
 ) -> tuple[np.ndarray, ...]:
-    return _roi_stats(np.asarray(frame), boxes, offsets, masks)
+    return _roi_stats(frozen(frame), boxes, offsets, masks)
 
 
 @numba.njit(parallel=True, nogil=True, cache=True)
@@ -1398,7 +1399,7 @@ def _bin_frame(frame, factor):  # pragma: no cover - compiled
 
 
 def bin_frame(frame: Any, factor: int) -> np.ndarray:
-    return _bin_frame(np.asarray(frame), int(factor))
+    return _bin_frame(frozen(frame), int(factor))
 
 
 @numba.njit(parallel=True, nogil=True, cache=True)
@@ -1418,4 +1419,4 @@ def _to_uint8(image, lo, hi, log):  # pragma: no cover - compiled
 
 
 def to_uint8(image: np.ndarray, lo: float, hi: float, log: bool) -> np.ndarray:
-    return _to_uint8(np.ascontiguousarray(image), float(lo), float(hi), log)
+    return _to_uint8(frozen(image), float(lo), float(hi), log)

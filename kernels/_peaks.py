@@ -34,6 +34,31 @@ if TYPE_CHECKING:
     from kernels._registry import Backend
 
 
+# frame dtypes the finder widens, exactly, before the kernels see them: 8-bit detector modes and signed
+# 16-bit frames are rare, and each dtype would be one more compiled copy of every peak kernel
+# (~10-15 s each in a fresh install)
+_WIDENED = {np.dtype(np.uint8): np.uint16, np.dtype(np.int8): np.float32, np.dtype(np.int16): np.float32}
+
+
+def kernel_frame(frame: Any) -> Any:
+    """``frame`` as the peak kernels take it: C-contiguous, read-only (a writable and a read-only frame
+    of one dtype would otherwise compile every numba kernel twice) and uint8/int8/int16 widened exactly
+    to uint16/float32. Not a NumPy array (a device array): returned as it is."""
+    if not isinstance(frame, np.ndarray):
+        return frame
+    wide = _WIDENED.get(frame.dtype)
+    return frozen(frame if wide is None else frame.astype(wide))
+
+
+def frozen(array: np.ndarray) -> np.ndarray:
+    """A C-contiguous read-only view of ``array`` (a copy only when it is not contiguous)."""
+    array = np.ascontiguousarray(array)
+    if array.flags.writeable:
+        array = array.view()
+        array.flags.writeable = False
+    return array
+
+
 @dataclass
 class Peaks:
     """Peaks of one frame; every array has one entry per peak."""
@@ -96,7 +121,7 @@ class PeakFinder:
 
     def background(self, frame: Any) -> tuple[np.ndarray, np.ndarray]:
         """Sigma-clipped mean and sigma per ring (float64, ``n_rings`` each; empty rings give 0)."""
-        mean, sigma, _listed, _bound = self._background(frame)
+        mean, sigma, _listed, _bound = self._background(kernel_frame(frame))
         return mean, sigma
 
     def _stats(
@@ -202,6 +227,7 @@ class PeakFinder:
         """The peaks of one frame."""
         if tuple(frame.shape) != self.shape:
             raise ValueError(f"frame shape {tuple(frame.shape)} differs from finder shape {self.shape}")
+        frame = kernel_frame(frame)
         mean, sigma, _listed, _bound = self._background(frame)
         module = self.backend.module
         args = (frame, self.rings, mean, sigma, self.min_snr, self.adc_threshold)

@@ -14,6 +14,7 @@ import pytest
 
 import kernels
 from kernels import get_backend
+from kernels._peaks import kernel_frame
 
 BACKENDS = ["numpy", "numba", "gpu"]
 
@@ -388,7 +389,8 @@ def test_peak_finder_on_integer_frames_equals_reference(backend: kernels.Backend
         ref_mean, ref_sigma = reference.background(frame)
         np.testing.assert_allclose(mean, ref_mean, rtol=1e-12)
         np.testing.assert_allclose(sigma, ref_sigma, rtol=1e-9, atol=1e-12)
-        got = backend.module.find_candidates(frame, finder.rings, ref_mean, ref_sigma, 4.0, 0.0)
+        wide = kernel_frame(frame)  # uint8 and int16 reach the kernels widened (exactly): as the finder does
+        got = backend.module.find_candidates(wide, finder.rings, ref_mean, ref_sigma, 4.0, 0.0)
         want = get_backend("numpy").module.find_candidates(frame, finder.rings, ref_mean, ref_sigma, 4.0, 0.0)
         np.testing.assert_array_equal(got, want)
         assert len(ours) == len(ref) > 0, seed
@@ -448,3 +450,27 @@ def test_preview_bins_and_scales_to_8_bit(backend: kernels.Backend, log: bool) -
     assert image.max() == 255 and image.min() == 0
     fixed = backend.preview(frame, 2, log=False, lo=0.0, hi=60.0)
     assert fixed.shape == (17, 21) and fixed[1, 2] == 255
+
+
+@pytest.mark.parametrize(
+    ("dtype", "want"),
+    [
+        (np.uint8, np.uint16),
+        (np.int8, np.float32),
+        (np.int16, np.float32),
+        (np.uint16, np.uint16),
+        (np.float32, np.float32),
+    ],
+)
+def test_kernel_frame_is_read_only_contiguous_and_widens_rare_dtypes_exactly(dtype: type, want: type) -> None:
+    """The peak kernels see one array type per dtype (a writable and a read-only frame would compile every
+    kernel twice); the caller's frame is left as it was."""
+    lo, hi = (np.iinfo(dtype).min, np.iinfo(dtype).max) if np.dtype(dtype).kind in "ui" else (-1e3, 1e3)
+    frame = np.linspace(lo, hi, 64 * 48).reshape(64, 48).astype(dtype)[:, ::2]  # not contiguous
+    seen = kernel_frame(frame)
+    assert seen.dtype == want and seen.flags.c_contiguous and not seen.flags.writeable
+    np.testing.assert_array_equal(seen.astype(np.float64), frame.astype(np.float64))
+    assert frame.flags.writeable
+    contiguous = np.ascontiguousarray(frame)
+    if dtype in (np.uint16, np.float32):  # no copy when nothing needs changing
+        assert np.shares_memory(kernel_frame(contiguous), contiguous)
