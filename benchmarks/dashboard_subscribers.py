@@ -21,7 +21,6 @@ import http.client
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -33,13 +32,13 @@ from typing import Any
 
 import psutil
 
+from edge.demo import free_port
+
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def _port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    return free_port()  # below the ephemeral range: no outgoing connection takes it meanwhile
 
 
 def _status(url: str) -> dict[str, Any]:

@@ -34,7 +34,6 @@ import argparse
 import json
 import os
 import shutil
-import socket
 import sqlite3
 import statistics
 import subprocess
@@ -51,6 +50,7 @@ import psutil
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 os.environ.setdefault("OMP_NUM_THREADS", "1")  # one thread per frame, as the daemon compresses
 
+from edge.demo import free_port
 from hw_sim.frames import PowderFrames
 from kernels import Geometry, compress_chunk
 
@@ -119,9 +119,7 @@ if _dir and _role() != "python":
 
 
 def _port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    return free_port()  # below the ephemeral range: no outgoing connection takes it meanwhile
 
 
 def compress_ceiling(frames: list[Any]) -> tuple[float, float]:

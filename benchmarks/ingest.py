@@ -47,6 +47,7 @@ import numpy as np
 import psutil
 import zmq
 
+from edge.demo import free_port
 from edge.ring import FrameRing
 from firmware_bridge.hdf5_chunks import decode_bslz4
 from firmware_bridge.source import FLAG_CHUNK, FrameHeader
@@ -136,15 +137,9 @@ class RingSink:
         self.ring.close()
 
 
-def _free_port(kind: int) -> int:
-    with socket.socket(socket.AF_INET, kind) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 # -- measurements -----------------------------------------------------------------------------------
 def udp_bare(frames: int) -> dict[str, float]:
-    port = _free_port(socket.SOCK_DGRAM)
+    port = free_port()
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16 << 20)
     sock.bind(("127.0.0.1", port))
@@ -173,7 +168,7 @@ def udp_bare(frames: int) -> dict[str, float]:
 
 
 def udp_ours(frames: int) -> dict[str, float]:
-    port = _free_port(socket.SOCK_DGRAM)
+    port = free_port()
     height, width = UDP_GEOMETRY.frame_shape
     sink = RingSink(height * width * 2)
     source = UdpSource("127.0.0.1", port, UDP_GEOMETRY, sink, frames_per_run=frames, idle_seconds=0.5)
@@ -207,7 +202,7 @@ def udp_ours(frames: int) -> dict[str, float]:
 
 def zmq_bare(frames: int) -> dict[str, float]:
     context = zmq.Context()
-    port = _free_port(socket.SOCK_STREAM)
+    port = free_port()
     proc = mp.Process(target=_zmq_sender_bind, args=(port, frames))
     proc.start()
     pull = context.socket(zmq.PULL)
@@ -231,7 +226,7 @@ def zmq_bare(frames: int) -> dict[str, float]:
 
 def zmq_ours(frames: int) -> dict[str, float]:
     context = zmq.Context()
-    port = _free_port(socket.SOCK_STREAM)
+    port = free_port()
     sink = RingSink(STREAM_SHAPE[0] * STREAM_SHAPE[1] * 2)
     sink.reference = _frames(STREAM_SHAPE, 4)
     # like a DECTRIS detector, the sender binds and our reader connects
@@ -295,7 +290,7 @@ def _stream2_sender_bind(port: int, frames: int) -> None:
 
 def stream2_bare(frames: int) -> dict[str, float]:
     context = zmq.Context()
-    port = _free_port(socket.SOCK_STREAM)
+    port = free_port()
     proc = mp.Process(target=_stream2_sender_bind, args=(port, frames))
     proc.start()
     pull = context.socket(zmq.PULL)
@@ -320,7 +315,7 @@ def stream2_bare(frames: int) -> dict[str, float]:
 
 def stream2_ours(frames: int, pass_through: bool = False) -> dict[str, float]:
     context = zmq.Context()
-    port = _free_port(socket.SOCK_STREAM)
+    port = free_port()
     sink = RingSink(STREAM_SHAPE[0] * STREAM_SHAPE[1] * 2)
     sink.reference = _frames(STREAM_SHAPE, 4)
     proc = mp.Process(target=_stream2_sender_bind, args=(port, frames))
@@ -353,7 +348,7 @@ SIM_POOL = 8
 
 
 def _port() -> int:
-    return _free_port(socket.SOCK_STREAM)
+    return free_port()
 
 
 def _ledger_state(ledger: Path) -> tuple[float | None, float | None, int, int]:

@@ -24,7 +24,6 @@ import json
 import os
 import resource
 import shutil
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -42,6 +41,7 @@ import numpy as np
 import psutil
 
 from edge.config import ReductionSettings
+from edge.demo import free_port
 from edge.modes import RunContext, make_stage
 from kernels import Geometry, get_backend
 
@@ -50,9 +50,7 @@ POOL = 400  # distinct frames the simulator draws before a series (a tomography 
 
 
 def _port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    return free_port()  # below the ephemeral range: no outgoing connection takes it meanwhile
 
 
 def _json(url: str) -> Any:

@@ -19,7 +19,6 @@ import http.client
 import json
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -28,11 +27,11 @@ import time
 import urllib.request
 from pathlib import Path
 
+from edge.demo import free_port
+
 
 def _port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    return free_port()  # below the ephemeral range: no outgoing connection takes it meanwhile
 
 
 def frames_received(status_url: str) -> int:

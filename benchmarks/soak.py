@@ -30,7 +30,6 @@ import os
 import platform
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -42,6 +41,8 @@ from typing import Any
 
 import psutil
 
+from edge.demo import free_port
+
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 ROLES = ("daemon", "pull", "sim")
@@ -49,9 +50,7 @@ ARCHIVE_AFTER_SECONDS = 120.0  # upstream copies older than this are "archived" 
 
 
 def _port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    return free_port()  # below the ephemeral range: no outgoing connection takes it meanwhile
 
 
 def _get(url: str) -> Any:

@@ -36,10 +36,51 @@ LINE_SECONDS = 0.5  # status line refresh on a terminal
 PLAIN_LINE_SECONDS = 5.0  # ...and how often a line is written when stderr is a file or a pipe
 
 
+_PORTS_GIVEN: set[int] = set()  # never the same port twice from one process
+_LOWEST_PORT = 10000
+
+
+def _ephemeral_range() -> tuple[int, int]:
+    """The kernel's range of ports for outgoing connections and ``bind(port 0)``."""
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32768, 60999  # Linux's default
+
+
+def _port_is_free(port: int) -> bool:
+    """Nothing holds ``port`` on 127.0.0.1, for TCP nor for UDP (bound without SO_REUSEADDR)."""
+    for kind in (socket.SOCK_STREAM, socket.SOCK_DGRAM):
+        with socket.socket(socket.AF_INET, kind) as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                return False
+    return True
+
+
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    """A loopback port free now for TCP and UDP, chosen below the kernel's ephemeral range.
+
+    A port the kernel hands out for ``bind(port 0)`` lies in the range it also takes the source ports of
+    outgoing connections from, so between choosing it and a process binding it, any connection (the pull
+    client's, a browser's) can take it: "Address already in use". Ports below that range are never taken
+    that way. Where the range starts too low to leave room, the kernel's choice is used.
+    """
+    low, _high = _ephemeral_range()
+    pick = secrets.SystemRandom()
+    for _ in range(200):
+        if low - _LOWEST_PORT >= 1000:
+            port = pick.randrange(_LOWEST_PORT, low)
+        else:
+            with socket.socket() as sock:
+                sock.bind(("127.0.0.1", 0))
+                port = int(sock.getsockname()[1])
+        if port not in _PORTS_GIVEN and _port_is_free(port):
+            _PORTS_GIVEN.add(port)
+            return port
+    raise RuntimeError("no free loopback port found")
 
 
 def _port_or_free(port: int) -> int:

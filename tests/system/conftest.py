@@ -9,33 +9,21 @@ either; each test uses fresh PV prefixes and kills the servers it started. See `
 from __future__ import annotations
 
 import os
-import socket
 
 import pytest
 
-
-def _port_is_free(port: int) -> bool:
-    """True if nothing holds ``port`` on 127.0.0.1 for UDP (CA searches) nor for TCP (CA circuits)."""
-    for kind in (socket.SOCK_DGRAM, socket.SOCK_STREAM):
-        with socket.socket(socket.AF_INET, kind) as sock:
-            try:
-                sock.bind(("127.0.0.1", port))
-            except OSError:
-                return False
-    return True
+from edge.demo import free_port as demo_free_port
 
 
 def free_port(exclude: tuple[int, ...] = ()) -> int:
-    """A port free for both UDP and TCP on loopback (asked of the kernel, then checked for UDP).
+    """A port free for both UDP and TCP on loopback, below the kernel's ephemeral range (``edge.demo``).
 
-    Bound without SO_REUSEADDR/SO_REUSEPORT on purpose: caproto binds its UDP search socket with
-    SO_REUSEPORT, and two servers sharing a UDP port would each see only some of the searches.
+    Checked by binding without SO_REUSEADDR/SO_REUSEPORT on purpose: caproto binds its UDP search socket
+    with SO_REUSEPORT, and two servers sharing a UDP port would each see only some of the searches.
     """
     for _ in range(50):
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-            sock.bind(("127.0.0.1", 0))
-            port = int(sock.getsockname()[1])
-        if port not in exclude and _port_is_free(port):
+        port = demo_free_port()
+        if port not in exclude:
             return port
     raise RuntimeError("no free loopback port found")
 
