@@ -105,13 +105,14 @@ def encode_image(
     frame: int,
     shape: tuple[int, int],
     dtype: str,
-    chunk: bytes,
+    chunk: bytes | memoryview,
     now_ns: int,
     typed_array_tag: int | None = None,
 ) -> bytes:
     """An image whose one channel is the bslz4 chunk ``chunk`` (HDF5 framing)."""
     itemsize = np.dtype(dtype).itemsize
-    content = cbor2.CBORTag(56500, ["bslz4", itemsize, chunk])
+    # bytes: cbor2 writes a memoryview (what compress_chunk returns) as an array of integers
+    content = cbor2.CBORTag(56500, ["bslz4", itemsize, bytes(chunk)])
     data = {CHANNEL: _array(shape, dtype, content, typed_array_tag)}
     return _message(
         {
@@ -131,7 +132,7 @@ def encode_end(series: int, unique_id: str) -> bytes:
     return _message({"type": "end", "series_id": series, "series_unique_id": unique_id})
 
 
-def corrupt_block(chunk: bytes) -> bytes:
+def corrupt_block(chunk: bytes | memoryview) -> bytes:
     """The chunk with its first LZ4 block overwritten by bytes LZ4 cannot decode (size fields intact)."""
     (length,) = np.frombuffer(chunk[12:16], dtype=">u4")
     bad = bytearray(chunk)
@@ -203,7 +204,7 @@ def send_series_stream2(
             continue
         cached = chunks.get(id(pixels))
         if cached is None or cached[0] is not pixels:
-            cached = (pixels, compress_chunk(pixels))
+            cached = (pixels, bytes(compress_chunk(pixels)))  # bytes: the chunk's size, not its buffer's
             if len(chunks) < CHUNK_CACHE:
                 chunks[id(pixels)] = cached
         chunk = cached[1]

@@ -5,11 +5,11 @@ does (an 8-byte big-endian uncompressed size and a 4-byte big-endian block size 
 LZ4 blocks), so the chunk can be written with ``write_direct_chunk`` and compressed only once.
 
 The library's C entry point ``bshuf_compress_lz4`` (exported by ``bitshuffle.ext``) is called through
-ctypes (which releases the GIL) into a per-thread scratch buffer right after the header, and header and
-blocks are copied once into the returned ``bytes``. (Building the ``bytes`` object in place through
-CPython's ``_PyBytes_Resize`` saved that copy, but was taken out after an unexplained segfault in a CI
-run: plain memory we own is the safer trade for ~7%.) A bitshuffle build without the symbol falls back
-to its Python wrapper (output joined to the header).
+ctypes (which releases the GIL) into a NumPy buffer of the library's bound, right after the header,
+and a read-only view of the bytes used is returned: compressed once, never copied. (A per-thread scratch
+buffer copied into a ``bytes`` cost ~7%; building the ``bytes`` in place through CPython's
+``_PyBytes_Resize`` was taken out after an unexplained segfault in a CI run.) A bitshuffle build without
+the symbol falls back to its Python wrapper (output joined to the header).
 All use bitshuffle's OpenMP threads (``OMP_NUM_THREADS``, read when bitshuffle is first loaded).
 ``compress_chunks`` spreads frames over an executor the caller passes in (we start no threads).
 bitshuffle is imported on first use, so machines without it (a GPU box) can still import ``kernels``.
@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import ctypes
 import struct
-import threading
 from collections.abc import Iterable, Sequence
 from concurrent.futures import Executor
 from typing import Any
@@ -64,7 +63,6 @@ class _CompressLZ4:
 
 
 _binding: list[_CompressLZ4 | None] = []  # [] until first use, then [binding or None]
-_scratch = threading.local()
 
 
 def _compress_lz4() -> _CompressLZ4 | None:
@@ -77,34 +75,33 @@ def _compress_lz4() -> _CompressLZ4 | None:
     return _binding[0]
 
 
-def _scratch_buffer(nbytes: int) -> np.ndarray:
-    buffer: np.ndarray | None = getattr(_scratch, "buffer", None)
-    if buffer is None or buffer.size < nbytes:
-        buffer = np.empty(nbytes, dtype=np.uint8)
-        buffer.fill(0)  # map the pages now, not inside the first timed call
-        _scratch.buffer = buffer
-    return buffer
+def compress_chunk(frame: np.ndarray) -> bytes | memoryview:
+    """Compress one contiguous array into a filter-32008 chunk (header included).
 
-
-def compress_chunk(frame: np.ndarray) -> bytes:
-    """Compress one contiguous array into a filter-32008 chunk (header included)."""
+    The header and the blocks are written into one buffer allocated for this chunk (as
+    ``bitshuffle.compress_lz4`` allocates its output), and a read-only ``memoryview`` of the bytes used
+    is returned: no copy after compression. It compares equal to the same ``bytes`` and goes wherever
+    ``bytes`` go (``write_direct_chunk``, sockets, hashes); ``bytes(chunk)`` when a real ``bytes`` is
+    wanted.
+    """
     frame = np.ascontiguousarray(frame)
     header = _HEADER.pack(frame.nbytes, default_block_elems(frame.itemsize) * frame.itemsize)
     binding = _compress_lz4()
     if binding is None:  # pragma: no cover - see _compress_lz4
         return b"".join((header, memoryview(_bitshuffle().compress_lz4(frame, 0))))
-    bound = _HEADER.size + binding.bound(frame.size, frame.itemsize, 0)
-    buffer = _scratch_buffer(bound)
+    buffer = np.empty(_HEADER.size + binding.bound(frame.size, frame.itemsize, 0), dtype=np.uint8)
     written = binding.compress(
         frame.ctypes.data, buffer.ctypes.data + _HEADER.size, frame.size, frame.itemsize, 0
     )
     if written < 0:  # pragma: no cover - bitshuffle's own error codes (out of memory, bad size)
         raise RuntimeError(f"bshuf_compress_lz4 failed with error {written}")
     buffer[: _HEADER.size] = np.frombuffer(header, dtype=np.uint8)
-    return buffer[: _HEADER.size + written].tobytes()
+    return memoryview(buffer[: _HEADER.size + written]).toreadonly()
 
 
-def compress_chunks(frames: Iterable[np.ndarray], executor: Executor | None = None) -> list[bytes]:
+def compress_chunks(
+    frames: Iterable[np.ndarray], executor: Executor | None = None
+) -> list[bytes | memoryview]:
     """:func:`compress_chunk` over several frames, in parallel on ``executor`` when one is given."""
     if executor is None:
         return [compress_chunk(frame) for frame in frames]
