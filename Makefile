@@ -34,8 +34,11 @@ lint: $(STAMP)
 	$(BIN)/mypy --strict --follow-imports=silent edge/upstream/protocol.py edge/upstream/session.py \
 		edge/upstream/outlook.py edge/alarms.py edge/counter_scopes.py webui/live.py
 
+# the unit tests first, on 2 workers (whole files per worker): most of their time is numba compiling
+# kernels, one core each, and what they compile is cached for the system tests' daemons that follow
 test: lint
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n 2 --dist loadfile tests/unit
+	$(BIN)/python -m pytest tests/browser tests/system
 
 fuzz: $(STAMP)
 	$(BIN)/python tests/fuzz/fuzz_udp_codec.py --runs 100000
