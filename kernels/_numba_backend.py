@@ -32,14 +32,17 @@ def _correct(raw, dark, gain, out):  # pragma: no cover - compiled
 
 
 @numba.njit(parallel=True, nogil=True, cache=True)
-def _bin_sums(values, bins, nbins, partial, with_variance):  # pragma: no cover - compiled
+def _bin_sums(values, bins, nbins, partial, with_variance, few_low):  # pragma: no cover - compiled
     # ``partial`` (nchunks, 4 * (nbins + 1)) zeros: uint32 for small unsigned frames when no bin can
     # overflow (exact, and half the cache footprint of int64), int64 for other integer frames (exact),
     # float64 otherwise. Without variance, pixel i adds into copy i % 4: neighbours, which share a bin
     # more than half of the time, do not wait on each other's read-modify-write (two pixels four apart
-    # share one about a tenth of the time). With variance, copies 0-1 hold the signal and 2-3 max(1, v).
+    # share one about a tenth of the time). With variance, copies 0-1 hold the signal and 2-3 max(1, v);
+    # with ``few_low`` (integer frames whose last frame had few pixels below 1) copies 2-3 hold only
+    # max(1, v) - v = 1 - v of the pixels below 1, behind a branch that is rarely taken: one
+    # read-modify-write per pixel instead of two, and the variance is the signal plus those.
     # Indices are unsigned: numba's wraparound handling of signed indices (i < 0 -> i + n) costs a
-    # compare and select on every access.
+    # compare and select on every access. Returns the sums, the variance and how many pixels were below 1.
     n = values.size
     nchunks = partial.shape[0]
     width = U64(nbins + 1)
@@ -48,12 +51,37 @@ def _bin_sums(values, bins, nbins, partial, with_variance):  # pragma: no cover 
     three = U64(3)
     four = U64(4)
     step = ((n + nchunks - 1) // nchunks + 3) // 4 * 4
+    lows = np.zeros(nchunks, np.int64)
     for c in numba.prange(nchunks):
         row = partial[c]
         start = U64(min(n, c * step))
         stop = U64(min(n, c * step + step))
         i = start
-        if with_variance:
+        low = 0
+        if with_variance and few_low:
+            while i + two <= stop:
+                a = values[i]
+                b = values[i + one]
+                ka = U64(bins[i])
+                kb = width + U64(bins[i + one])
+                row[ka] += a
+                row[kb] += b
+                if a < 1:
+                    row[two * width + ka] += 1 - a
+                    low += 1
+                if b < 1:
+                    row[two * width + kb] += 1 - b
+                    low += 1
+                i += two
+            if i < stop:
+                a = values[i]
+                ka = U64(bins[i])
+                row[ka] += a
+                if a < 1:
+                    row[two * width + ka] += 1 - a
+                    low += 1
+            lows[c] = low
+        elif with_variance:
             while i + two <= stop:
                 a = values[i]
                 b = values[i + one]
@@ -63,12 +91,16 @@ def _bin_sums(values, bins, nbins, partial, with_variance):  # pragma: no cover 
                 row[kb] += b
                 row[two * width + ka] += max(a, 1)
                 row[two * width + kb] += max(b, 1)
+                low += a < 1
+                low += b < 1
                 i += two
             if i < stop:
                 a = values[i]
                 ka = U64(bins[i])
                 row[ka] += a
                 row[two * width + ka] += max(a, 1)
+                low += a < 1
+            lows[c] = low
         else:
             while i + four <= stop:
                 row[U64(bins[i])] += values[i]
@@ -91,7 +123,10 @@ def _bin_sums(values, bins, nbins, partial, with_variance):  # pragma: no cover 
             for q in range(4):
                 for b in range(nbins):
                     sums[b] += np.float64(partial[c, q * stride + b])
-    return sums, variance
+    if with_variance and few_low:
+        for b in range(nbins):
+            variance[b] += sums[b]
+    return sums, variance, lows.sum()
 
 
 def _accumulator_dtype(values: np.ndarray, max_count: int) -> np.dtype[Any]:
@@ -107,13 +142,25 @@ def _accumulator_dtype(values: np.ndarray, max_count: int) -> np.dtype[Any]:
 
 
 def _summed(
-    values: np.ndarray, bins: np.ndarray, nbins: int, with_variance: bool, max_count: int | None = None
-) -> tuple[np.ndarray, np.ndarray]:
+    values: np.ndarray,
+    bins: np.ndarray,
+    nbins: int,
+    with_variance: bool,
+    max_count: int | None = None,
+    few_low: bool = False,
+) -> tuple[np.ndarray, np.ndarray, int]:
+    """(sums, variance, pixels below 1); ``few_low`` picks the variance path for frames with few
+    pixels below 1 (integer frames only: it is exact for them)."""
     if values.dtype == np.bool_:
         values = values.view(np.uint8)
     count = values.size if max_count is None else max_count
     partial = np.zeros((_chunks(), 4 * (nbins + 1)), dtype=_accumulator_dtype(values, count))
-    return _bin_sums(values, bins, nbins, partial, with_variance)
+    few_low = bool(few_low and with_variance and values.dtype.kind in "ui")
+    sums, variance, low = _bin_sums(values, bins, nbins, partial, with_variance, few_low)
+    return sums, variance, int(low)
+
+
+FEW_LOW = 0.05  # below this fraction of pixels under 1 in the last frame, the branchy variance path
 
 
 @numba.njit(parallel=True, nogil=True, cache=True)
@@ -176,10 +223,17 @@ class BinSummer:
         # the most pixels any kept bin holds: decides whether uint32 accumulators are exact
         counts = np.bincount(self.bins, minlength=nbins + 1)[:nbins]
         self.max_count = int(counts.max()) if counts.size else 0
+        # the variance path for the next frame: few pixels below 1 in the last one (a guess from one
+        # frame to the next; either path gives the same sums)
+        self.few_low = True
 
     def __call__(self, frame: Any, with_variance: bool) -> tuple[np.ndarray, np.ndarray | None]:
         values = frozen(frame).ravel()  # read-only: one compiled copy for ring slots and arrays alike
-        sums, variance = _summed(values, self.bins, self.nbins, with_variance, self.max_count)
+        sums, variance, low = _summed(
+            values, self.bins, self.nbins, with_variance, self.max_count, self.few_low
+        )
+        if with_variance:
+            self.few_low = low <= FEW_LOW * values.size
         return sums, (variance if with_variance else None)
 
 

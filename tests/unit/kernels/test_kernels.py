@@ -143,6 +143,29 @@ def test_bin_sums_of_saturated_uint16_frames_are_exact(backend: kernels.Backend,
     np.testing.assert_array_equal(variance, expected)
 
 
+@pytest.mark.parametrize("dtype", [np.uint16, np.uint32, np.int32])
+def test_bin_sums_variance_is_exact_on_either_path_as_pixels_below_1_come_and_go(dtype: type) -> None:
+    """numba sums the Poisson variance max(1, v) of an integer frame with few pixels below 1 as the signal
+    plus 1 - v of those pixels; a frame with many of them switches the next frame back to summing max(1, v)
+    itself. Either way the sums equal NumPy's, exactly (negative values included)."""
+    rng = np.random.default_rng(11)
+    shape = (96, 130)
+    bins = rng.integers(0, 41, shape).astype(np.uint16)  # 40 bins and the dropped sentinel
+    ours = get_backend("numba").module.BinSummer(bins, 40)
+    reference = get_backend("numpy").module.BinSummer(bins, 40)
+    paths = []
+    for mean in (30.0, 0.4, 0.4, 30.0, 6.0, 30.0):  # few, many, many, few, few pixels below 1
+        frame = rng.poisson(mean, shape).astype(dtype)
+        if dtype == np.int32:
+            frame[rng.random(shape) < 0.01] = -7  # below 1 too: max(1, v) = 1
+        paths.append(ours.few_low)
+        sums, variance = ours(frame, True)
+        want, want_variance = reference(frame, True)
+        np.testing.assert_array_equal(sums, want)
+        np.testing.assert_array_equal(variance, want_variance)
+    assert paths == [True, True, False, False, True, True]
+
+
 @pytest.mark.parametrize(("size", "circle", "axis"), [(33, False, 23.0), (34, True, 24.5), (31, True, 21.0)])
 def test_backprojection_of_mirrored_and_lone_angles_equals_reference(
     size: int, circle: bool, axis: float
