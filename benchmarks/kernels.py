@@ -642,7 +642,7 @@ def bench_preview() -> Row:
 
 def bench_modes(quick: bool) -> list[Row]:
     """Each reduction mode in the daemon beside raw mode of the same run (benchmarks/modes.py)."""
-    rows = _script("modes.py", *(["--frames", "1000"] if quick else []))["rows"]
+    rows = _script("modes.py", *(["--frames", "1000", "--pairs", "3"] if quick else []))["rows"]
     return [
         Row(
             row["workload"],

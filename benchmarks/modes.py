@@ -6,6 +6,9 @@ frames and measures the rate from the run's start to the verification upstream o
 The simulator draws its frames before the series (400 distinct ones cycled through, a tomography scan
 of 10 darks, 10 flats and 380 projections repeated; spots draw one pattern per frame, as the simulator
 always does for ground truth), so the run measures the appliance, not the simulator.
+Each raw/mode pair runs ``--pairs`` times (5), interleaved across the modes, and a mode's row is its
+pair with the median ratio, every pair's ratio listed beside it: on 2 cores shared by the simulator, the
+daemon and the pull client one pair's ratio moves by +-0.15 from run to run.
 The goal in BENCHMARKS.md: every mode >= 0.8x the raw mode's rate of the same run. Tomography also
 reports the slice latency: from the simulator's last frame sent to the run's reduced file (the slices)
 being registered.
@@ -14,7 +17,7 @@ Correctness in the same run: every frame is stored (or, in serial mode with blan
 none lost; the powder profile of the first stored frame equals the kernel's on that frame; the serial
 peak counts of the first data file equal the kernel's.
 
-    python benchmarks/modes.py [--frames 4000] [--side 512] [--modes powder,serial,tomo] [--json]
+    python benchmarks/modes.py [--frames 4000] [--side 512] [--modes powder,serial,tomo] [--pairs 5] [--json]
 """
 
 from __future__ import annotations
@@ -200,8 +203,16 @@ def main(argv: list[str] | None = None) -> int:
         default="powder,serial,tomo",
         help="comma-separated modes to run, each beside raw mode on its frames (default: all three)",
     )
+    parser.add_argument(
+        "--pairs",
+        type=int,
+        default=5,
+        help="raw/mode pairs per mode, interleaved; the ratio reported is the median pair's (default 5)",
+    )
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
+    if args.pairs < 1:
+        parser.error("--pairs must be >= 1")
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
     unknown = sorted(set(modes) - {"powder", "serial", "tomo"})
     if unknown or not modes:
@@ -213,9 +224,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         # each mode right after raw mode on the same simulated frames: the mode's own cost, not the
         # frames' (tomography projections compress to 1.3, rings to 2.7, and cost more to store and send)
+        # --pairs times over, interleaved: on 2 shared cores one pair's ratio moves by +-0.15 from run to run
         order: list[tuple[str, str | None]] = []
-        for mode in modes:
-            order += [("raw", SIM_MODE[mode]), (mode, None)]
+        for _ in range(args.pairs):
+            for mode in modes:
+                order += [("raw", SIM_MODE[mode]), (mode, None)]
         for n, (mode, sim) in enumerate(order):
             upstream = Path(tempfile.mkdtemp(prefix="edge-modes-up-", dir=up_root))
             try:
@@ -225,11 +238,15 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         shutil.rmtree(root, ignore_errors=True)
     rows = []
-    for raw, r in zip(results[::2], results[1::2], strict=True):
+    for mode in modes:
+        pairs = [(raw, r) for raw, r in zip(results[::2], results[1::2], strict=True) if r["mode"] == mode]
+        ratios = [r["frames_per_second"] / raw["frames_per_second"] for raw, r in pairs]
+        raw, r = pairs[sorted(range(len(pairs)), key=lambda k: ratios[k])[(len(pairs) - 1) // 2]]  # median
         ratio = r["frames_per_second"] / raw["frames_per_second"]
         extra = f"; slices {r['slice_latency_s']} s after the last frame" if r["mode"] == "tomo" else ""
         cpu = ", ".join(f"{k} {v}" for k, v in r["cpu_ms_per_frame"].items())
         raw_cpu = ", ".join(f"{k} {v}" for k, v in raw["cpu_ms_per_frame"].items())
+        passed = all(a["check_passed"] and b["check_passed"] for a, b in pairs)
         rows.append(
             {
                 "workload": f"daemon end to end, {r['mode']} mode, {args.side}^2 x {r['frames']} (frames/s)",
@@ -237,10 +254,12 @@ def main(argv: list[str] | None = None) -> int:
                 "reference": raw["frames_per_second"],
                 "reference_name": f"raw mode on the same simulated {raw['sim_mode']} frames, just before",
                 "ratio": round(ratio, 3),
-                "target": ">= 0.8x raw",
-                "target_met": bool(ratio >= 0.8 and r["check_passed"] and raw["check_passed"]),
-                "check": f"{r['check']}{extra}; CPU ms per frame {cpu} (raw: {raw_cpu})",
-                "check_passed": r["check_passed"] and raw["check_passed"],
+                "pair_ratios": [round(x, 3) for x in ratios],
+                "target": ">= 0.8x raw (median of the pairs)",
+                "target_met": bool(ratio >= 0.8 and passed),
+                "check": f"{r['check']}{extra}; CPU ms per frame {cpu} (raw: {raw_cpu}); median of "
+                f"{len(pairs)} pairs, every pair checked: {passed}",
+                "check_passed": passed,
                 "slice_latency_s": r["slice_latency_s"],
                 "cores": os.cpu_count(),
             }
