@@ -233,8 +233,9 @@ def main(argv: list[str] | None = None) -> int:
             upstream = Path(tempfile.mkdtemp(prefix="edge-modes-up-", dir=up_root))
             try:
                 results.append(run_mode(mode, args.frames, args.side, root / f"{n}-{mode}", upstream, sim))
-            finally:
+            finally:  # each run's store and upstream copy go once checked (~0.8 GB a run)
                 shutil.rmtree(upstream, ignore_errors=True)
+                shutil.rmtree(root / f"{n}-{mode}", ignore_errors=True)
     finally:
         shutil.rmtree(root, ignore_errors=True)
     rows = []
