@@ -1095,12 +1095,49 @@ def _box_test(
     )
 
 
+@numba.njit(inline="always", nogil=True)
+def _listed_value(values, p):  # pragma: no cover - compiled
+    # (value, 1) for a listed box pixel that is finite, (0, 0) for -1 (outside the frame or masked) or
+    # a NaN or inf: ``_live_value`` for a pixel whose place and mask were looked up once per finder
+    if p < 0:
+        return 0.0, 0.0
+    v = np.float64(values[U64(p)])
+    if v - v != 0.0:
+        return 0.0, 0.0
+    return v, 1.0
+
+
+@numba.njit(inline="always", nogil=True)
+def _edge_test(values, box, full, mean, sigma, min_snr, adc_threshold, ring):  # pragma: no cover - compiled
+    # ``_box_test`` of an edge pixel from its listed box (centre, then the three columns' pixels top to
+    # bottom): the same sums in the same order, so the same decision
+    _centre, live = _listed_value(values, box[0])
+    if live == 0.0:
+        return False
+    total = 0.0
+    count = 0.0
+    for dj in range(3):
+        a, na = _listed_value(values, box[1 + 3 * dj])
+        b, nb = _listed_value(values, box[2 + 3 * dj])
+        c, nc = _listed_value(values, box[3 + 3 * dj])
+        total = (a + b + c) if dj == 0 else total + (a + b + c)
+        count = (na + nb + nc) if dj == 0 else count + (na + nb + nc)
+    r = U64(ring)
+    if count == 9.0:
+        return total > full[r]
+    sd = sigma[r]
+    return (
+        sd > 0 and total - count * mean[r] > min_snr * sd * np.sqrt(count) and total > count * adc_threshold
+    )
+
+
 @numba.njit(parallel=True, nogil=True, cache=True)
 def _box_candidates(
     values,
     rings,
     box_rings,
     edge,
+    edge_boxes,
     row_lo,
     row_hi,
     height,
@@ -1117,7 +1154,9 @@ def _box_candidates(
     # per row, the column sums of three raw rows, then the sum of three neighbouring columns, in the
     # order the NumPy reference sums them, with no per-pixel masking or lookup but the ring's bound. A
     # sum that is not finite (a NaN or inf nearby) is redone from live pixels only; so are the pixels of
-    # ``edge`` (sorted: unmasked pixels on the frame's border or next to a masked pixel). Each task
+    # ``edge`` (sorted: unmasked pixels on the frame's border or next to a masked pixel), each with its
+    # box's unmasked pixels listed once per finder (``edge_boxes``, -1 for a pixel outside the frame or
+    # masked; as ``_box_test`` takes them, without its per-pixel bounds and mask tests). Each task
     # merges its two sorted lists. A row is first summed and compared with the lowest bound of the rings
     # it crosses (``row_lo..row_hi``, a range minimum from a sparse table) in loops without branches;
     # only a row with a sum above that, or a NaN or -inf, is compared pixel by pixel with its rings.
@@ -1188,12 +1227,9 @@ def _box_candidates(
         e = np.searchsorted(edge, np.int64(lo) * np.int64(width))
         stop = np.searchsorted(edge, np.int64(hi) * np.int64(width))
         for q in range(e, stop):
-            p = U64(edge[q])
-            if _box_test(
-                values, rings, sentinel, height, width, p, full, mean, sigma, min_snr, adc_threshold
-            ):
+            if _edge_test(values, edge_boxes[q], full, mean, sigma, min_snr, adc_threshold, rings[edge[q]]):
                 if k < capacity:
-                    out[k] = np.int64(p)
+                    out[k] = edge[q]
                 k += 1
         counts_edge[c] = k
     total_found = counts.sum() + counts_edge.sum()
@@ -1218,8 +1254,9 @@ def _box_candidates(
 
 def box_plan(rings: np.ndarray, n_rings: int) -> tuple[np.ndarray, ...]:
     """For ``find_candidates``, once per finder: each pixel's ring where its 3x3 box is 9 unmasked pixels
-    (``n_rings`` elsewhere), the sorted indices of the unmasked pixels whose box is not, and per row the
-    lowest and highest ring of those full boxes."""
+    (``n_rings`` elsewhere), the sorted indices of the unmasked pixels whose box is not with each one's
+    box listed (10 flat indices: the pixel, then its 3x3 box column by column; -1 outside the frame or
+    masked), and per row the lowest and highest ring of those full boxes."""
     unmasked = rings < n_rings
     padded = np.pad(unmasked, 1)
     whole = np.ones(rings.shape, dtype=bool)
@@ -1228,10 +1265,22 @@ def box_plan(rings: np.ndarray, n_rings: int) -> tuple[np.ndarray, ...]:
             whole &= padded[di : di + rings.shape[0], dj : dj + rings.shape[1]]
     box_rings = np.where(whole, rings, n_rings).astype(rings.dtype)
     edge = np.flatnonzero(unmasked & ~whole).astype(np.int64)
+    # each edge pixel's box: itself, then columns j-1, j, j+1 top to bottom (``_box_test``'s order), as
+    # flat indices; -1 where that pixel is outside the frame or masked
+    height, width = rings.shape
+    i, j = np.divmod(edge, width)
+    edge_boxes = np.full((edge.size, 10), -1, np.int64)
+    edge_boxes[:, 0] = edge
+    for dj in range(3):
+        for di in range(3):
+            ii, jj = i + di - 1, j + dj - 1
+            live = (ii >= 0) & (ii < height) & (jj >= 0) & (jj < width)
+            live[live] = unmasked[ii[live], jj[live]]
+            edge_boxes[live, 1 + 3 * dj + di] = ii[live] * width + jj[live]
     # per row, the lowest and highest ring of its full boxes (lo > hi: none)
     row_lo = np.where(whole, rings, n_rings).min(axis=1).astype(np.int64)
     row_hi = np.where(whole, rings.astype(np.int64), -1).max(axis=1).astype(np.int64)
-    return np.ascontiguousarray(box_rings), edge, row_lo, row_hi
+    return np.ascontiguousarray(box_rings), edge, edge_boxes, row_lo, row_hi
 
 
 def find_candidates(
@@ -1247,7 +1296,7 @@ def find_candidates(
     ``box_plan(rings, mean.size)`` (made here when not given)."""
     frame = frozen(frame)
     height, width = frame.shape
-    box_rings, edge, row_lo, row_hi = box_plan(rings, mean.size) if plan is None else plan
+    box_rings, edge, edge_boxes, row_lo, row_hi = box_plan(rings, mean.size) if plan is None else plan
     mean = np.ascontiguousarray(mean, dtype=np.float64)
     sigma = np.ascontiguousarray(sigma, dtype=np.float64)
     nchunks = 4 * _chunks()
@@ -1258,6 +1307,7 @@ def find_candidates(
             rings.ravel(),
             box_rings.ravel(),
             edge,
+            edge_boxes,
             row_lo,
             row_hi,
             height,
