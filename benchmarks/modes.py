@@ -17,7 +17,8 @@ Correctness in the same run: every frame is stored (or, in serial mode with blan
 none lost; the powder profile of the first stored frame equals the kernel's on that frame; the serial
 peak counts of the first data file equal the kernel's.
 
-    python benchmarks/modes.py [--frames 4000] [--side 512] [--modes powder,serial,tomo] [--pairs 5] [--json]
+    python benchmarks/modes.py [--frames 4000] [--side 512] [--modes powder,serial,tomo] [--pairs 5]
+                               [--set KEY=VALUE ...] [--json]
 """
 
 from __future__ import annotations
@@ -75,7 +76,13 @@ def _wait(predicate: Any, timeout: float, what: str) -> Any:
 
 
 def run_mode(
-    mode: str, frames: int, side: int, work: Path, upstream: Path, sim_mode: str | None = None
+    mode: str,
+    frames: int,
+    side: int,
+    work: Path,
+    upstream: Path,
+    sim_mode: str | None = None,
+    extra: tuple[str, ...] = (),
 ) -> dict[str, Any]:
     sim_mode = sim_mode or SIM_MODE[mode]
     pixel = 75e-6
@@ -104,6 +111,7 @@ def run_mode(
         f"sim.tomo_angles={max(1, min(frames, POOL) - 20)}",
         "sim.tomo_darks=10",
         "sim.tomo_flats=10",  # serial: the finder's defaults (what the system test checks against the truth)
+        *extra,  # --set: after the defaults above, so they win
     ]
     args: list[str] = ["--log-level", "WARNING"]
     for item in settings:
@@ -209,6 +217,14 @@ def main(argv: list[str] | None = None) -> int:
         default=5,
         help="raw/mode pairs per mode, interleaved; the ratio reported is the median pair's (default 5)",
     )
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a daemon setting for every run, raw and mode alike (as `edge run --set`), e.g."
+        " reduction.frame_threads=2; repeatable",
+    )
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
     if args.pairs < 1:
@@ -232,7 +248,11 @@ def main(argv: list[str] | None = None) -> int:
         for n, (mode, sim) in enumerate(order):
             upstream = Path(tempfile.mkdtemp(prefix="edge-modes-up-", dir=up_root))
             try:
-                results.append(run_mode(mode, args.frames, args.side, root / f"{n}-{mode}", upstream, sim))
+                results.append(
+                    run_mode(
+                        mode, args.frames, args.side, root / f"{n}-{mode}", upstream, sim, tuple(args.set)
+                    )
+                )
             finally:  # each run's store and upstream copy go once checked (~0.8 GB a run)
                 shutil.rmtree(upstream, ignore_errors=True)
                 shutil.rmtree(root / f"{n}-{mode}", ignore_errors=True)
