@@ -1431,125 +1431,27 @@ def _measure_peaks(values, rings, candidates, mean, sigma, width, min_pixels, ma
     return row, col, intensity, count, max_value, snr
 
 
-@numba.njit(nogil=True, cache=True)
-def _find_peaks(
-    values,
-    rings,
-    guess,
-    ring_pixels,
-    ring_start,
-    ring_count,
-    box_rings,
-    edge,
-    edge_boxes,
-    row_lo,
-    row_hi,
-    height,
-    width,
-    n_rings,
-    clip_snr,
-    iterations,
-    min_snr,
-    adc_threshold,
-    min_pixels,
-    max_pixels,
-    nchunks,
-):  # pragma: no cover - compiled
-    # PeakFinder.find's steps, each the compiled function its own wrapper calls, in one call
-    total, total2, listing, has_listing = _ring_moments(
-        values, rings, guess, nchunks, max(4096, values.size // 64)
-    )
-    mean, sigma, next_guess, _listed, _listed_v, _listed_r, _bound, _has = _clipped_background(
-        values,
-        rings,
-        total,
-        total2,
-        listing[0],
-        listing[1],
-        listing[2],
-        has_listing,
-        guess,
-        ring_pixels,
-        ring_start,
-        ring_count,
-        n_rings,
-        clip_snr,
-        iterations,
-    )
-    capacity = 4096
-    while True:
-        candidates, found = _box_candidates(
-            values,
-            rings,
-            box_rings,
-            edge,
-            edge_boxes,
-            row_lo,
-            row_hi,
-            height,
-            width,
-            mean,
-            sigma,
-            min_snr,
-            adc_threshold,
-            4 * nchunks,
-            capacity,
-        )
-        if candidates.size == found:
-            break
-        capacity = found  # a frame full of candidates: again with room for all of them
-    row, col, intensity, count, max_value, snr = _measure_peaks(
-        values, rings, candidates, mean, sigma, width, min_pixels, max_pixels
-    )
-    return row, col, intensity, count, max_value, snr, next_guess
-
-
-def find_peaks(
+def measure_peaks(
     frame: Any,
     rings: np.ndarray,
-    guess: np.ndarray,
-    index: tuple[np.ndarray, np.ndarray, np.ndarray],
-    plan: tuple[np.ndarray, ...],
-    n_rings: int,
-    clip_snr: float,
-    iterations: int,
-    min_snr: float,
-    adc_threshold: float,
+    candidates: np.ndarray,
+    mean: np.ndarray,
+    sigma: np.ndarray,
+    width: int,
     min_pixels: int,
     max_pixels: int,
 ) -> tuple[np.ndarray, ...]:
-    """``PeakFinder.find`` in one compiled call (``ring_moments_listing``, ``clipped_background``,
-    ``find_candidates`` and the peaks' measurement in turn): one release of the GIL per frame, not one per
-    step, so a frame thread does not queue for it behind the daemon's other threads four times a frame.
-    ``guess`` is the listing bound learnt from the last frame, ``index`` the finder's ring index and
-    ``plan`` its ``box_plan`` (``n_rings`` rings). Returns (row, col, intensity, n_pixels, max_value,
-    snr, next guess)."""
-    frame = frozen(frame)
-    height, width = frame.shape
-    ring_pixels, ring_start, ring_count = index
-    box_rings, edge, edge_boxes, row_lo, row_hi = plan
-    return _find_peaks(
-        frame.ravel(),
+    """``label_peaks`` and ``PeakFinder.find``'s measurement of the components of ``min_pixels..max_pixels``
+    in one compiled call: (row, col, intensity, n_pixels, max_value, snr), one entry per peak."""
+    return _measure_peaks(
+        frozen(frame).ravel(),
         rings.ravel(),
-        guess,
-        ring_pixels,
-        ring_start,
-        ring_count,
-        box_rings.ravel(),
-        edge,
-        edge_boxes,
-        row_lo,
-        row_hi,
-        height,
-        width,
-        int(n_rings),
-        float(clip_snr),
-        int(iterations),
-        float(min_snr),
-        float(adc_threshold),
+        candidates,
+        mean,
+        np.ascontiguousarray(sigma, dtype=np.float64),
+        int(width),
         int(min_pixels),
         int(max_pixels),
-        _chunks(),
     )
 
 

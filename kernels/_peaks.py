@@ -20,8 +20,7 @@ masked pixels get the sentinel ``n_rings``. Per frame:
    the spot's bright core; a hot pixel makes a 3x3 component (mask hot pixels, as for peakfinder8).
 
 Peaks come ordered by their first pixel in row-major order. The backend supplies ``ring_sums`` (step 1),
-``find_candidates`` (step 2) and ``label_peaks`` (step 3); this module holds the shared driver. A backend
-with ``find_peaks`` (numba) does the three steps in one compiled call per frame.
+``find_candidates`` (step 2) and ``label_peaks`` (step 3); this module holds the shared driver.
 """
 
 from __future__ import annotations
@@ -229,29 +228,8 @@ class PeakFinder:
         if tuple(frame.shape) != self.shape:
             raise ValueError(f"frame shape {tuple(frame.shape)} differs from finder shape {self.shape}")
         frame = kernel_frame(frame)
-        module = self.backend.module
-        if hasattr(module, "find_peaks"):  # every step below in one compiled call
-            if self._plan is None:
-                self._plan = module.box_plan(self.rings, self.n_rings)
-            guess = self._guess
-            if guess is None:
-                guess = np.full(self.n_rings + 1, np.inf)
-            *measured, self._guess = module.find_peaks(
-                frame,
-                self.rings,
-                guess,
-                self._ring_index(),
-                self._plan,
-                self.n_rings,
-                self.clip_snr,
-                self.iterations,
-                self.min_snr,
-                self.adc_threshold,
-                self.min_pixels,
-                self.max_pixels,
-            )
-            return Peaks(*measured)
         mean, sigma, _listed, _bound = self._background(frame)
+        module = self.backend.module
         args = (frame, self.rings, mean, sigma, self.min_snr, self.adc_threshold)
         if hasattr(module, "box_plan"):  # a backend that plans the boxes once per finder
             if self._plan is None:
@@ -259,6 +237,11 @@ class PeakFinder:
             candidates = module.find_candidates(*args, plan=self._plan)
         else:
             candidates = module.find_candidates(*args)
+        if hasattr(module, "measure_peaks"):  # labelled and measured as below, in one compiled call
+            row, col, total, n_pixels, max_value, snr = module.measure_peaks(
+                frame, self.rings, candidates, mean, sigma, self.shape[1], self.min_pixels, self.max_pixels
+            )
+            return Peaks(row, col, total, n_pixels, max_value, snr)
         stats = module.label_peaks(frame, self.rings, candidates, mean, self.shape[1])
         _first, n_pixels, total, row_sum, col_sum, max_value, ring_of_first = stats
         keep = (n_pixels >= self.min_pixels) & (n_pixels <= self.max_pixels)
