@@ -1079,6 +1079,18 @@ def _live_value(values, rings, sentinel, height, width, i, j):  # pragma: no cov
     return v, 1.0
 
 
+@numba.njit(inline="always", nogil=True)
+def _box_decision(total, count, r, full, mean, sigma, min_snr, adc_threshold):  # pragma: no cover - compiled
+    # a box of ``count`` live pixels summing to ``total`` in ring ``r``: a candidate? (a full box against
+    # its ring's precomputed bound, a partial one against the same test with its own pixel count)
+    if count == 9.0:
+        return total > full[r]
+    sd = sigma[r]
+    return (
+        sd > 0 and total - count * mean[r] > min_snr * sd * np.sqrt(count) and total > count * adc_threshold
+    )
+
+
 @numba.njit(nogil=True)
 def _box_test(
     values, rings, sentinel, height, width, p, full, mean, sigma, min_snr, adc_threshold
@@ -1097,13 +1109,7 @@ def _box_test(
         c, nc = _live_value(values, rings, sentinel, height, width, i + 1, j + dj)
         total = (a + b + c) if dj == -1 else total + (a + b + c)
         count = (na + nb + nc) if dj == -1 else count + (na + nb + nc)
-    r = U64(rings[p])
-    if count == 9.0:
-        return total > full[r]
-    sd = sigma[r]
-    return (
-        sd > 0 and total - count * mean[r] > min_snr * sd * np.sqrt(count) and total > count * adc_threshold
-    )
+    return _box_decision(total, count, U64(rings[p]), full, mean, sigma, min_snr, adc_threshold)
 
 
 @numba.njit(inline="always", nogil=True)
@@ -1133,13 +1139,7 @@ def _edge_test(values, box, full, mean, sigma, min_snr, adc_threshold, ring):  #
         c, nc = _listed_value(values, box[3 + 3 * dj])
         total = (a + b + c) if dj == 0 else total + (a + b + c)
         count = (na + nb + nc) if dj == 0 else count + (na + nb + nc)
-    r = U64(ring)
-    if count == 9.0:
-        return total > full[r]
-    sd = sigma[r]
-    return (
-        sd > 0 and total - count * mean[r] > min_snr * sd * np.sqrt(count) and total > count * adc_threshold
-    )
+    return _box_decision(total, count, U64(ring), full, mean, sigma, min_snr, adc_threshold)
 
 
 @numba.njit(parallel=True, nogil=True, cache=True)
