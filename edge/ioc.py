@@ -44,6 +44,7 @@ from edge.pv_table import (
     PVS,
     PvSpec,
 )
+from firmware_bridge.areadetector import FRAME_TYPES, TRIGGER_MODES
 
 if TYPE_CHECKING:
     from edge.reduction_control import ReductionControl
@@ -186,6 +187,7 @@ class ApplianceIOC:
         self._acquiring = False
         self._counter_offset = 0
         self._frames_received = 0
+        self._acquisition_base: int | None = None  # frames received before the current acquisition
         self._last_rate_sample: tuple[float, int] | None = None
         self._run_uid: str | None = None
         self._message = ""
@@ -313,6 +315,8 @@ class ApplianceIOC:
             "HDF1:NumCapture": 1,
         }
         value = self._param_value(spec) if spec.param else initial.get(spec.name, spec.initial)
+        if isinstance(spec.only, str):
+            value = self._frame_only(spec)
         return {
             "initial_value": value,
             "always_update": True,
@@ -332,7 +336,9 @@ class ApplianceIOC:
         value is written, so clients read the alarm and the message (see ``docs/epics.md``).
         """
         try:
-            refused = pv_input.refusal(spec, value) or self._state_refusal(spec, value)
+            refused = pv_input.refusal(spec, value, self._frame_only(spec)) or self._state_refusal(
+                spec, value
+            )
         except Exception as error:  # a check that fails refuses the put; the IOC carries on
             log.exception("checking a put to %s failed", spec.name)
             refused = (f"cannot check the value ({type(error).__name__})", pv_input.ALARM_SOFT)
@@ -351,6 +357,13 @@ class ApplianceIOC:
         log.info("refused a put of %s to %s: %s", shown, spec.name, reason)
         return False
 
+    def _frame_only(self, spec: PvSpec) -> int | None:
+        """The one value of a PV that takes only the frame's own width, height or pixel type."""
+        if not isinstance(spec.only, str):
+            return None
+        fmt = self.view.frame_format
+        return {"width": fmt.width, "height": fmt.height, "data_type": _ad_data_type(fmt.dtype)}[spec.only]
+
     def _state_refusal(self, spec: PvSpec, value: Any) -> tuple[str, int] | None:
         """Why a well-formed put cannot be taken now (the appliance's state), or None. Applies a
         reduction parameter (for the next run) when it is accepted."""
@@ -366,8 +379,6 @@ class ApplianceIOC:
             return None if reason is None else (reason, soft)
         if spec.name == "HDF1:Capture":
             return self._capture_refusal() if int(value) and not self._capturing else None
-        if spec.name == "HDF1:Compression" and int(value) != 5:
-            return "frames are always stored bitshuffle-LZ4 (BSLZ4)", soft
         if spec.name == "Mode":
             return self._update_reduction({"mode": MODES[int(value)]})
         if spec.param:
@@ -607,6 +618,7 @@ class ApplianceIOC:
         if not int(value) or self._acquiring:
             return  # 0 while idle: nothing to abort (an abort during a run is seen by the run itself)
         self._acquiring = True
+        self._acquisition_base = self.view.frames_received()  # (the last run's frames are all in by now)
         self._set("Acquire_RBV", 1)
         try:
             await self._acquisition()
@@ -615,6 +627,7 @@ class ApplianceIOC:
             self._set_message(f"Acquisition failed: {error}")
         finally:
             self._acquiring = False
+            self._show_acquisition(self.view.frames_received())  # final before Acquire_RBV goes to 0
             self._set("Acquire_RBV", 0)
             # processed, so that monitors see it (Acquire is no longer the busy record: nothing else posts
             # it); its forward link finds AcquireBusy still busy with this run, and is ignored
@@ -645,7 +658,12 @@ class ApplianceIOC:
             self._set("HDF1:NumCaptured_RBV", 0)
         started = time.time()
         self._set_message("Arming detector")
-        await control.arm(num_images, period)
+        await control.arm(
+            num_images,
+            period,
+            trigger_mode=TRIGGER_MODES[int(self.records["TriggerMode_RBV"].get())],
+            frame_type=FRAME_TYPES[int(self.records["FrameType_RBV"].get())],
+        )
         done = await control.start()
         done.add_done_callback(lambda f: f.cancelled() or f.exception())  # retrieved, whatever happens
         self._set_message("Acquiring")
@@ -789,18 +807,15 @@ class ApplianceIOC:
             ("1", fmt.height),
         ):
             self._set(f"HDF1:ArraySize{name}", size)
-        data_type = {
-            "int8": "Int8",
-            "uint8": "UInt8",
-            "int16": "Int16",
-            "uint16": "UInt16",
-            "int32": "Int32",
-            "uint32": "UInt32",
-            "float32": "Float32",
-            "float64": "Float64",
-        }.get(fmt.dtype, "UInt16")
-        self._set("HDF1:DataType_RBV", AD_DATA_TYPES.index(data_type))
-        self._set("DataType_RBV", AD_DATA_TYPES.index(data_type))
+        self._set("HDF1:DataType_RBV", _ad_data_type(fmt.dtype))
+        self._set("DataType_RBV", _ad_data_type(fmt.dtype))
+        for spec in PVS:  # SizeX, SizeY, DataType: the frame's own
+            if isinstance(spec.only, str) and f"{spec.name}_RBV" in self.records:
+                self._set(f"{spec.name}_RBV", self._frame_only(spec))
+        self._set("MaxSizeX_RBV", fmt.width)
+        self._set("MaxSizeY_RBV", fmt.height)
+        self._set("ArraySize_RBV", fmt.nbytes)
+        self._set("TemperatureActual", math.nan)  # not measured
         store = self.view.store_path()
         self._set("HDF1:FilePathExists_RBV", int(store.is_dir() and os.access(store, os.W_OK)))
         for spec in PVS:  # the writer settings the appliance keeps: their readbacks start as they do
@@ -880,6 +895,7 @@ class ApplianceIOC:
             self._set("ArrayRate_RBV", max(0.0, rate))
             self._set("HDF1:ArrayRate_RBV", max(0.0, rate))
         self._last_rate_sample = (now, received)
+        self._show_acquisition(received)
         dropped = sum(int(v) for k, v in receiver.items() if k.startswith("frames_dropped"))
         self._set("DroppedArrays_RBV", dropped)
         self._set("HDF1:DroppedArrays_RBV", dropped)
@@ -932,6 +948,17 @@ class ApplianceIOC:
         self._set("Disk:UsedPercent_RBV", percent)
         self._set("Disk:RetentionState_RBV", _retention_state(status.get("retention") or {}))
 
+    def _show_acquisition(self, received: int) -> None:
+        """``NumImagesCounter_RBV``, ``NumExposuresCounter_RBV`` and ``TimeRemaining_RBV`` of the current
+        (or last) acquisition, from the frames received in all."""
+        if self._acquisition_base is None:
+            return
+        taken = max(0, received - self._acquisition_base)
+        self._set("NumImagesCounter_RBV", taken)
+        self._set("NumExposuresCounter_RBV", min(1, taken))
+        left = max(0, int(self.records["NumImages_RBV"].get()) - taken) if self._acquiring else 0
+        self._set("TimeRemaining_RBV", left * float(self.records["AcquirePeriod_RBV"].get()))
+
     def _show_profile(self) -> None:
         latest = self.view.latest_profile_arrays()
         if latest is not None:
@@ -946,3 +973,10 @@ class ApplianceIOC:
         if latest_preview is not None:
             preview = np.clip(latest_preview, 0, 32767).astype(np.int16).ravel()
             self._set("Image1:ArrayData", preview)
+
+
+def _ad_data_type(dtype: str) -> int:
+    """areaDetector's ``DataType`` index of a NumPy dtype name (UInt16 for one it has no name for)."""
+    names = {"int8": "Int8", "uint8": "UInt8", "int16": "Int16", "uint16": "UInt16", "int32": "Int32"}
+    names.update({"uint32": "UInt32", "float32": "Float32", "float64": "Float64"})
+    return AD_DATA_TYPES.index(names.get(dtype, "UInt16"))

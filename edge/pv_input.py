@@ -53,8 +53,20 @@ def _max_bytes(spec: PvSpec) -> int:
     return int(spec.length) - 1
 
 
-def refusal(spec: PvSpec, value: Any) -> tuple[str, int] | None:
-    """Why ``value`` cannot be put to ``spec`` by its type and limits alone, or None."""
+def refusal(spec: PvSpec, value: Any, only: Any = None) -> tuple[str, int] | None:
+    """Why ``value`` cannot be put to ``spec`` by its type and limits alone, or None. ``only`` is the
+    one value a PV whose ``spec.only`` names a frame property has (the caller knows the frame)."""
+    wrong = _type_refusal(spec, value)
+    if wrong is not None:
+        return wrong
+    only = spec.only if only is None and not isinstance(spec.only, str) else only
+    if only is not None and float(value) != float(only):
+        shown = spec.choices[int(only)] if spec.choices else _num(float(only))
+        return f"{shown} only: {spec.only_why}", ALARM_SOFT
+    return None
+
+
+def _type_refusal(spec: PvSpec, value: Any) -> tuple[str, int] | None:
     if not spec.writable:
         return "read-only", ALARM_WRITE
     if spec.kind in _ENUM_KINDS:
@@ -103,10 +115,16 @@ def describe(spec: PvSpec) -> str:
         bounds = f"outside {_num(spec.limits[0])}..{_num(spec.limits[1])}" if spec.limits else ""
         if spec.kind == "aOut":
             bounds += (", " if bounds else "") + ("±inf" if spec.nan_means else "NaN, ±inf")
-        text = f"{bounds}: refused, MINOR HWLIMIT"
+        text = f"{bounds}: refused, MINOR HWLIMIT" if bounds else ""
+    parts = [text] if text else []
     if spec.param:
-        text += f"; a value `reduction.{spec.param}` does not take, or a run open: refused, MINOR SOFT"
-    return text
+        parts.append(f"a value `reduction.{spec.param}` does not take, or a run open: refused, MINOR SOFT")
+    if isinstance(spec.only, str):
+        parts.append(f"any value but the frame's {spec.only.replace('_', ' ')}: refused, MINOR SOFT")
+    elif spec.only is not None:
+        shown = spec.choices[int(spec.only)] if spec.choices else _num(float(spec.only))
+        parts.append(f"any value but {shown}: refused, MINOR SOFT")
+    return "; ".join(parts) or "taken"
 
 
 def _num(value: float) -> str:

@@ -12,6 +12,14 @@ from typing import Any
 
 from edge import pv_input
 from edge.config import MODES, ReductionSettings, SerialSettings, TomoSettings
+from firmware_bridge.areadetector import (
+    CLOSE_OPEN,
+    CLOSED_OPEN,
+    DISABLE_ENABLE,
+    FRAME_TYPES,
+    SHUTTER_MODES,
+    TRIGGER_MODES,
+)
 from firmware_bridge.areadetector import DETECTOR_STATES as AD_DETECTOR_STATES
 
 __all__ = [
@@ -59,6 +67,10 @@ class PvSpec:
     param: str = ""
     #: value the record starts with (areaDetector writer PVs without another source of truth)
     initial: Any = None
+    #: the one value the appliance has (an enum index or a number): any other put is refused (MINOR SOFT)
+    #: with ``only_why``; ``"width"``, ``"height"`` or ``"data_type"``: the frame's own, known at start
+    only: Any = None
+    only_why: str = ""
 
     @property
     def writable(self) -> bool:
@@ -87,6 +99,20 @@ def _stored(name: str, kind: str, ca_type: str, doc: str, initial: Any, **kw: An
     return (
         PvSpec(name, kind, ca_type, doc, initial=initial, **kw),
         PvSpec(f"{name}_RBV", kind.replace("Out", "In"), ca_type, f"`{name}`, as accepted.", **rbv_kw),
+    )
+
+
+def _pool_pvs(prefix: str) -> tuple[PvSpec, ...]:
+    """asyn's NDArray pool records (ophyd declares them on drivers and plugins): the appliance keeps
+    frames in its ring instead, whose use ``QueueFree``/``QueueFill_RBV`` show."""
+    doc = "NDArray pool: 0 (the appliance has a frame ring)."
+    return (
+        _rbv(f"{prefix}PoolAllocBuffers", "longIn", "long", doc),
+        _rbv(f"{prefix}PoolFreeBuffers", "longIn", "long", doc),
+        _rbv(f"{prefix}PoolMaxBuffers", "longIn", "long", doc),
+        _rbv(f"{prefix}PoolMaxMem", "aIn", "double", doc, units="MB"),
+        _rbv(f"{prefix}PoolUsedBuffers", "aIn", "double", doc),
+        _rbv(f"{prefix}PoolUsedMem", "aIn", "double", doc, units="MB"),
     )
 
 
@@ -226,6 +252,8 @@ HDF_PLUGIN_PVS: tuple[PvSpec, ...] = (
         "Frames are always stored bitshuffle-LZ4 (BSLZ4); other values are refused.",
         5,
         choices=AD_COMPRESSIONS,
+        only=5,
+        only_why="frames are always stored bitshuffle-LZ4 (BSLZ4)",
     ),
     *_stored("HDF1:PositionMode", "boolOut", "enum", "Position mode." + _NOOP, 0, choices=_OFF_ON),
     *_stored("HDF1:NumExtraDims", "longOut", "long", "Extra dimensions." + _NOOP, 0, limits=(0, 9)),
@@ -420,14 +448,184 @@ HDF_CLASSIC_PVS: tuple[PvSpec, ...] = (
     _rbv("HDF1:QueueUse", "longIn", "long", "Used slots in the frame ring."),
     _rbv("HDF1:QueueUseHIGH", "longIn", "long", "80 % of the ring (as `QueueFill_RBV`'s HIGH)."),
     _rbv("HDF1:QueueUseHIHI", "longIn", "long", "95 % of the ring (as `QueueFill_RBV`'s HIHI)."),
-    _rbv("HDF1:PoolAllocBuffers", "longIn", "long", "NDArray pool: 0 (the appliance has a frame ring)."),
-    _rbv("HDF1:PoolFreeBuffers", "longIn", "long", "NDArray pool: 0 (the appliance has a frame ring)."),
-    _rbv("HDF1:PoolMaxBuffers", "longIn", "long", "NDArray pool: 0 (the appliance has a frame ring)."),
-    _rbv("HDF1:PoolMaxMem", "aIn", "double", "NDArray pool: 0 (the appliance has a frame ring).", units="MB"),
-    _rbv("HDF1:PoolUsedBuffers", "aIn", "double", "NDArray pool: 0 (the appliance has a frame ring)."),
-    _rbv(
-        "HDF1:PoolUsedMem", "aIn", "double", "NDArray pool: 0 (the appliance has a frame ring).", units="MB"
+    *_pool_pvs("HDF1:"),
+)
+
+_NO_SUCH = (
+    " The appliance has no shutter: kept and shown back, no effect (as areaDetector with `ShutterMode` None)."
+)
+_WHOLE = "frames are stored whole, as the detector sends them"
+
+#: The rest of what classic ophyd's ``AreaDetectorCam`` declares on a driver (so that a stock
+#: ``SingleTrigger``/``DetectorBase`` device on the appliance's prefix connects every signal and
+#: reads its configuration): what the appliance has, with its meaning; what it cannot do, taking only
+#: the value it has (any other put refused, MINOR SOFT, the reason in ``StatusMessage_RBV``).
+CAM_CLASSIC_PVS: tuple[PvSpec, ...] = (
+    *_stored(
+        "ArrayCallbacks",
+        "boolOut",
+        "enum",
+        "Enable only: the appliance never stops passing frames to its writer and reductions.",
+        1,
+        choices=DISABLE_ENABLE,
+        only=1,
+        only_why="the appliance never stops passing frames to its writer and reductions",
     ),
+    _rbv("ArraySize_RBV", "longIn", "long", "Bytes per frame (width x height x pixel size).", units="bytes"),
+    _rbv("MaxSizeX_RBV", "longIn", "long", "Detector width (pixels)."),
+    _rbv("MaxSizeY_RBV", "longIn", "long", "Detector height (pixels)."),
+    *_stored(
+        "SizeX", "longOut", "long", "Frame width: the detector's only.", None, only="width", only_why=_WHOLE
+    ),
+    *_stored(
+        "SizeY", "longOut", "long", "Frame height: the detector's only.", None, only="height", only_why=_WHOLE
+    ),
+    *_stored("MinX", "longOut", "long", "Region start: 0 only.", 0, only=0, only_why=_WHOLE),
+    *_stored("MinY", "longOut", "long", "Region start: 0 only.", 0, only=0, only_why=_WHOLE),
+    *_stored("BinX", "longOut", "long", "Binning: 1 only.", 1, only=1, only_why=_WHOLE),
+    *_stored("BinY", "longOut", "long", "Binning: 1 only.", 1, only=1, only_why=_WHOLE),
+    *_stored(
+        "ReverseX", "boolOut", "enum", "Mirroring: No only.", 0, choices=_NO_YES, only=0, only_why=_WHOLE
+    ),
+    *_stored(
+        "ReverseY", "boolOut", "enum", "Mirroring: No only.", 0, choices=_NO_YES, only=0, only_why=_WHOLE
+    ),
+    PvSpec(
+        "DataType",
+        "mbbOut",
+        "enum",
+        "Pixel type: the detector's only (`DataType_RBV`).",
+        choices=AD_DATA_TYPES,
+        only="data_type",
+        only_why="frames are stored in the detector's pixel type",
+    ),
+    PvSpec(
+        "ColorMode",
+        "mbbOut",
+        "enum",
+        "Mono only (`ColorMode_RBV`).",
+        choices=AD_COLOR_MODES,
+        initial=0,
+        only=0,
+        only_why="X-ray frames are monochrome",
+    ),
+    *_stored("Gain", "aOut", "double", "Gain: 1 only.", 1.0, only=1.0, only_why="the appliance sets no gain"),
+    *_stored(
+        "NumExposures",
+        "longOut",
+        "long",
+        "Exposures per frame: 1 only.",
+        1,
+        only=1,
+        only_why="the detector sums no exposures into a frame",
+    ),
+    _rbv(
+        "NumExposuresCounter_RBV",
+        "longIn",
+        "long",
+        "Exposures of the newest frame: 1 once the acquisition's first frame has arrived, else 0.",
+    ),
+    _rbv("NumImagesCounter_RBV", "longIn", "long", "Frames received in the current (or last) acquisition."),
+    _rbv(
+        "TimeRemaining_RBV",
+        "aIn",
+        "double",
+        "Seconds left of the current acquisition: frames still to come x `AcquirePeriod` (0 when idle).",
+        units="s",
+    ),
+    *_stored(
+        "TriggerMode",
+        "mbbOut",
+        "enum",
+        "Given to the detector (its own `TriggerMode`) at the next `Acquire`: Internal, or External (the "
+        "detector then waits for its hardware triggers).",
+        0,
+        choices=TRIGGER_MODES,
+    ),
+    *_stored(
+        "FrameType",
+        "mbbOut",
+        "enum",
+        "Given to the detector (its own `FrameType`) at the next `Acquire`: the image key of the frames it "
+        "takes (Normal 0 projection, FlatField 1 flat, Background 2 dark, as NXtomo's `image_key`). A "
+        "detector without `FrameType` takes Normal only (another value fails the acquisition, saying why).",
+        0,
+        choices=FRAME_TYPES,
+    ),
+    PvSpec(
+        "ReadStatus",
+        "boolOut",
+        "enum",
+        "Read the status now: accepted; the readbacks refresh on their own twice a second.",
+        choices=("Done", "Read"),
+        initial=0,
+    ),
+    *_stored(
+        "Temperature",
+        "aOut",
+        "double",
+        "Temperature setpoint: the appliance does not cool the detector; kept and shown back, no effect.",
+        25.0,
+        units="C",
+        limits=(-273.15, 1000.0),
+    ),
+    _rbv("TemperatureActual", "aIn", "double", "Detector temperature: not measured (NaN).", units="C"),
+    *_stored(
+        "ShutterMode",
+        "mbbOut",
+        "enum",
+        "None only: the appliance drives no shutter.",
+        0,
+        choices=SHUTTER_MODES,
+        only=0,
+        only_why="the appliance drives no shutter",
+    ),
+    *_stored("ShutterControl", "boolOut", "enum", "Shutter." + _NO_SUCH, 0, choices=CLOSE_OPEN),
+    *_stored(
+        "ShutterOpenDelay",
+        "aOut",
+        "double",
+        "Shutter." + _NO_SUCH,
+        0.0,
+        units="s",
+        limits=(0.0, MAX_PERIOD_S),
+    ),
+    *_stored(
+        "ShutterCloseDelay",
+        "aOut",
+        "double",
+        "Shutter." + _NO_SUCH,
+        0.0,
+        units="s",
+        limits=(0.0, MAX_PERIOD_S),
+    ),
+    _rbv("ShutterStatus_RBV", "boolIn", "enum", "Closed (no shutter).", choices=CLOSED_OPEN),
+    _rbv("ShutterStatusEPICS_RBV", "boolIn", "enum", "Closed (no shutter).", choices=CLOSED_OPEN),
+    PvSpec("ShutterControlEPICS", "boolOut", "enum", "Shutter." + _NO_SUCH, choices=CLOSE_OPEN, initial=0),
+    _rbv("ShutterOpenEPICS", "aIn", "double", "EPICS shutter link stand-in: 0 (no shutter)."),
+    _rbv("ShutterCloseEPICS", "aIn", "double", "EPICS shutter link stand-in: 0 (no shutter)."),
+    _rbv("ShutterFanout", "longIn", "long", "EPICS shutter fanout stand-in: 0 (no shutter)."),
+    _rbv(
+        "StringFromServer_RBV",
+        "stringIn",
+        "string",
+        "asyn serial string: empty (no serial protocol).",
+        initial="",
+    ),
+    _rbv(
+        "StringToServer_RBV",
+        "stringIn",
+        "string",
+        "asyn serial string: empty (no serial protocol).",
+        initial="",
+    ),
+    _rbv(
+        "AsynIO",
+        "stringIn",
+        "string",
+        "asyn record stand-in (classic ophyd's `AreaDetectorCam` declares it).",
+    ),
+    *_pool_pvs(""),
 )
 
 #: Every record the appliance serves, in documentation order.
@@ -505,6 +703,7 @@ PVS: tuple[PvSpec, ...] = (
         "RunUid_RBV", "longStringIn", "char[256]", "Run uid of the current (or last) run.", length=LONG_STRING
     ),
     *DRIVER_PVS,
+    *CAM_CLASSIC_PVS,
     # --- counters ------------------------------------------------------------------------------
     PvSpec(
         "ArrayCounter",

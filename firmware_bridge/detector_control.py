@@ -38,7 +38,7 @@ __all__ = [
     "DetectorTimeoutError",
 ]
 
-from firmware_bridge.areadetector import DETECTOR_STATES, IMAGE_MODES, TRIGGER_MODES
+from firmware_bridge.areadetector import DETECTOR_STATES, FRAME_TYPES, IMAGE_MODES, TRIGGER_MODES
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +57,8 @@ _SETPOINTS = {
     "acquire_period": "AcquirePeriod",
     "acquire_time": "AcquireTime",
 }
+#: settings some cameras lack (an Eiger driver has no FrameType): opened, never waited for
+_OPTIONAL = {"frame_type": "FrameType"}
 _MONITORED = {
     "detector_state": "DetectorState_RBV",
     "array_counter": "ArrayCounter_RBV",
@@ -167,6 +169,7 @@ class DetectorControl:
         self._executor = executor
         self._put_timeout = put_timeout
         self._pvs: dict[str, epics.PV] = {}
+        self._optional: dict[str, epics.PV] = {}
         self._connected_pvs: set[str] = set()
         self._connected = False
         self._ever_connected = False
@@ -237,6 +240,8 @@ class DetectorControl:
                 auto_monitor=False,
                 connection_callback=self._on_connection_ca,
             )
+        for suffix in _OPTIONAL.values():
+            self._optional[suffix] = epics.PV(self.prefix + suffix, form="native", auto_monitor=False)
         for suffix in _MONITORED.values():
             self._pvs[suffix] = epics.PV(
                 self.prefix + suffix,
@@ -266,9 +271,10 @@ class DetectorControl:
         if self._closed:
             return
         self._closed = True
-        for pv in self._pvs.values():
+        for pv in [*self._pvs.values(), *self._optional.values()]:
             pv.disconnect()
         self._pvs.clear()
+        self._optional.clear()
         self._connected_pvs.clear()
         self._connected = False
         self._connected_event.clear()
@@ -289,10 +295,13 @@ class DetectorControl:
         acquire_time: float | None = None,
         *,
         trigger_mode: str = "Internal",
+        frame_type: str | None = None,
     ) -> None:
         """Configure a run of ``num_images`` frames in Multiple mode, one per ``acquire_period`` s.
 
-        ``acquire_time`` defaults to ``acquire_period``. Each put waits for completion.
+        ``acquire_time`` defaults to ``acquire_period``. Each put waits for completion. ``frame_type``
+        (one of `FRAME_TYPES`) is put to the camera's ``FrameType`` when it has one; a camera without
+        it takes ``Normal`` (nothing is put) and refuses another (`DetectorPutError`).
         """
         if num_images < 1:
             raise ValueError(f"num_images must be >= 1, not {num_images}")
@@ -300,6 +309,8 @@ class DetectorControl:
             raise ValueError(f"acquire_period must be >= 0, not {acquire_period}")
         if trigger_mode not in TRIGGER_MODES:
             raise ValueError(f"trigger_mode must be one of {TRIGGER_MODES}, not {trigger_mode!r}")
+        if frame_type is not None and frame_type not in FRAME_TYPES:
+            raise ValueError(f"frame_type must be one of {FRAME_TYPES}, not {frame_type!r}")
         exposure = acquire_period if acquire_time is None else acquire_time
         if exposure < 0:
             raise ValueError(f"acquire_time must be >= 0, not {exposure}")
@@ -313,6 +324,14 @@ class DetectorControl:
             ("AcquirePeriod", float(acquire_period)),
         ):
             await self._put_wait(suffix, value)
+        if frame_type is not None:
+            frame_pv = self._optional.get("FrameType")
+            if frame_pv is not None and frame_pv.connected:
+                await self._put_wait("FrameType", FRAME_TYPES.index(frame_type))
+            elif frame_type != "Normal":
+                raise DetectorPutError(
+                    f"{self.prefix}FrameType: the camera has none; cannot take {frame_type}"
+                )
 
     async def start(self) -> asyncio.Future[None]:
         """Put ``Acquire`` = 1 with put-completion; return a future that resolves when the IOC completes it.
@@ -377,7 +396,7 @@ class DetectorControl:
             raise DetectorDisconnectedError(f"{self.prefix}: detector IOC not connected")
 
     async def _put_wait(self, suffix: str, value: float) -> None:
-        pv = self._pvs[suffix]
+        pv = self._pvs.get(suffix) or self._optional[suffix]
         timeout = self._put_timeout
         ret = await self._loop.run_in_executor(
             self._executor, lambda: pv.put(value, wait=True, timeout=timeout)

@@ -43,7 +43,14 @@ __all__ = [
     "serve",
 ]
 
-from firmware_bridge.areadetector import DETECTOR_STATES
+from firmware_bridge.areadetector import (
+    CLOSE_OPEN,
+    CLOSED_OPEN,
+    DETECTOR_STATES,
+    DISABLE_ENABLE,
+    FRAME_TYPES,
+    SHUTTER_MODES,
+)
 
 log = logging.getLogger(__name__)
 
@@ -67,11 +74,6 @@ COLOR_MODES: tuple[str, ...] = ("Mono", "Bayer", "RGB1", "RGB2", "RGB3", "YUV444
 _ACQUIRE = ("Done", "Acquire")
 _ACQUIRE_RBV = ("Done", "Acquiring")
 _NO_YES = ("No", "Yes")
-_DISABLE_ENABLE = ("Disable", "Enable")
-_CLOSE_OPEN = ("Close", "Open")
-_CLOSED_OPEN = ("Closed", "Open")
-_SHUTTER_MODES = ("None", "EPICS PV", "Detector output")
-_FRAME_TYPES = ("Normal", "Background", "FlatField")
 _SIM_MODES = ("LinearRamp", "Peaks", "Sine", "Offset&Noise")
 
 #: Shortest frame period the simulator keeps to (s): ``AcquirePeriod`` 0 means "as fast as this".
@@ -186,7 +188,7 @@ class SimCamIOC(PVGroup):
     num_exposures_counter = _readback("NumExposuresCounter_RBV", 0)
     image_mode, image_mode_rbv = _pair("ImageMode", **_enum("Multiple", IMAGE_MODES))
     trigger_mode, trigger_mode_rbv = _pair("TriggerMode", **_enum("Internal", TRIGGER_MODES))
-    frame_type, frame_type_rbv = _pair("FrameType", **_enum("Normal", _FRAME_TYPES))
+    frame_type, frame_type_rbv = _pair("FrameType", **_enum("Normal", FRAME_TYPES))
     detector_state = _readback("DetectorState_RBV", **_enum("Idle", DETECTOR_STATES))
     status_message = _long_string("StatusMessage_RBV", "Idle", read_only=True)
     time_remaining = _readback("TimeRemaining_RBV", 0.0, precision=3, units="s")
@@ -195,7 +197,7 @@ class SimCamIOC(PVGroup):
     # --- counters ------------------------------------------------------------------------------
     array_counter, array_counter_rbv = _pair("ArrayCounter", 0)
     array_rate = _readback("ArrayRate_RBV", 0.0, precision=2, units="Hz")
-    array_callbacks, array_callbacks_rbv = _pair("ArrayCallbacks", **_enum("Enable", _DISABLE_ENABLE))
+    array_callbacks, array_callbacks_rbv = _pair("ArrayCallbacks", **_enum("Enable", DISABLE_ENABLE))
 
     # --- geometry and data type ----------------------------------------------------------------
     size_x, size_x_rbv = _pair("SizeX", 1024)
@@ -246,16 +248,16 @@ class SimCamIOC(PVGroup):
     pool_used_mem = _readback("PoolUsedMem", 0.0, units="MB")
 
     # --- shutter and temperature (stored, no behaviour) ----------------------------------------
-    shutter_mode, shutter_mode_rbv = _pair("ShutterMode", **_enum("None", _SHUTTER_MODES))
-    shutter_control, shutter_control_rbv = _pair("ShutterControl", **_enum("Close", _CLOSE_OPEN))
+    shutter_mode, shutter_mode_rbv = _pair("ShutterMode", **_enum("None", SHUTTER_MODES))
+    shutter_control, shutter_control_rbv = _pair("ShutterControl", **_enum("Close", CLOSE_OPEN))
     shutter_open_delay, shutter_open_delay_rbv = _pair("ShutterOpenDelay", 0.0)
     shutter_close_delay, shutter_close_delay_rbv = _pair("ShutterCloseDelay", 0.0)
-    shutter_control_epics = pvproperty(name="ShutterControlEPICS", **_enum("Close", _CLOSE_OPEN))
+    shutter_control_epics = pvproperty(name="ShutterControlEPICS", **_enum("Close", CLOSE_OPEN))
     shutter_open_epics = pvproperty(name="ShutterOpenEPICS", value=1.0, doc="ShutterOpenEPICS")
     shutter_close_epics = pvproperty(name="ShutterCloseEPICS", value=0.0, doc="ShutterCloseEPICS")
     shutter_fanout = pvproperty(name="ShutterFanout", value=0, doc="ShutterFanout")
-    shutter_status = _readback("ShutterStatus_RBV", **_enum("Closed", _CLOSED_OPEN))
-    shutter_status_epics = _readback("ShutterStatusEPICS_RBV", **_enum("Closed", _CLOSED_OPEN))
+    shutter_status = _readback("ShutterStatus_RBV", **_enum("Closed", CLOSED_OPEN))
+    shutter_status_epics = _readback("ShutterStatusEPICS_RBV", **_enum("Closed", CLOSED_OPEN))
     temperature, temperature_rbv = _pair("Temperature", 25.0, units="C")
     temperature_actual = pvproperty(name="TemperatureActual", value=25.0, doc="TemperatureActual")
 

@@ -272,3 +272,67 @@ def test_display_fields_fit_the_values(stack: Stack) -> None:
     assert ctrl["units"] == "m"
     shown = f"{value:.{ctrl['precision']}f}"
     assert float(shown) != 0.0 and abs(float(shown) - value) / value < 1e-3, shown
+
+
+def test_bluesky_count_with_stock_classic_ophyd(stack: Stack) -> None:
+    """Classic ophyd's ``SingleTrigger`` + ``DetectorBase`` with a stock ``AreaDetectorCam`` on the
+    appliance's own prefix: every PV the class declares connects, ``bp.count`` takes its frames and
+    the descriptor carries the cam's configuration; a setting the appliance does not have is refused."""
+    import bluesky.plans as bp
+    from ophyd import Component
+    from ophyd.areadetector import DetectorBase, SingleTrigger
+    from ophyd.areadetector.cam import AreaDetectorCam
+
+    class Classic(SingleTrigger, DetectorBase):
+        cam = Component(AreaDetectorCam, "")
+
+    epics = _epics()
+    p = stack.prefix
+    detector = Classic(p, name="classic")
+    try:
+        detector.wait_for_connection(all_signals=True, timeout=30)  # every PV the stock classes declare
+        cam = detector.cam
+        assert cam.max_size.max_size_x.get() == 256 and cam.max_size.max_size_y.get() == 256
+        assert cam.array_size_bytes.get() == 256 * 256 * 2
+        assert cam.data_type.get(as_string=True) == "UInt16"
+        cam.num_images.set(2).wait(timeout=10)
+        cam.acquire_period.set(0.02).wait(timeout=10)
+        if not _ENGINES:
+            from bluesky import RunEngine
+
+            _ENGINES.append(RunEngine({}, call_returns_result=True))
+        engine = _ENGINES[0]
+        docs: list[tuple[str, dict[str, Any]]] = []
+        token = engine.subscribe(lambda name, doc: docs.append((name, doc)))
+        try:
+            engine(bp.count([detector], num=2))
+        finally:
+            engine.unsubscribe(token)
+        events = [doc for name, doc in docs if name == "event"]
+        assert len(events) == 2
+        config = next(doc for name, doc in docs if name == "descriptor")["configuration"]["classic"]["data"]
+        assert config["classic_cam_num_images"] == 2
+        assert config["classic_cam_num_exposures"] == 1
+        assert config["classic_cam_trigger_mode"] == 0
+        assert cam.num_images_counter.get() == 2
+        assert cam.time_remaining.get() == 0.0
+        # what the appliance does not have is refused with a reason, never silently taken
+        assert epics.caput(p + "BinX", 2, wait=True, timeout=10) == 1
+        assert epics.caget(p + "BinX_RBV") == 1
+        assert "BinX" in epics.caget(p + "StatusMessage_RBV", as_string=True)
+        assert epics.caput(p + "SizeX", 100, wait=True, timeout=10) == 1
+        assert epics.caget(p + "SizeX_RBV") == 256
+        assert epics.caput(p + "ArrayCallbacks", 0, wait=True, timeout=10) == 1
+        assert epics.caget(p + "ArrayCallbacks_RBV") == 1
+        assert "never stops" in epics.caget(p + "StatusMessage_RBV", as_string=True)
+        assert epics.caput(p + "SizeX", 256, wait=True, timeout=10) == 1  # the one size it has is taken
+        assert epics.caget(p + "SizeX.SEVR") == 0
+        # FrameType and TriggerMode are the camera's at the next Acquire (a flat field here)
+        assert epics.caput(p + "FrameType", "FlatField", wait=True, timeout=10) == 1
+        assert epics.caput(p + "NumImages", 1, wait=True, timeout=10) == 1
+        assert epics.caput(p + "Acquire", 1, wait=True, timeout=30) == 1
+        assert epics.caget(stack.cam_prefix + "FrameType_RBV", as_string=True) == "FlatField"
+        assert epics.caget(stack.cam_prefix + "TriggerMode_RBV", as_string=True) == "Internal"
+        assert cam.num_images_counter.get() == 1
+    finally:
+        detector.destroy()

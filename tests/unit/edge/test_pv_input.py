@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 from edge.config import MODES, ReductionSettings, SerialSettings
 from edge.pv_input import (
     ALARM_HW_LIMIT,
+    ALARM_SOFT,
     ALARM_STATE,
     ALARM_WRITE,
     describe,
@@ -34,7 +35,10 @@ def test_mode_is_the_reduction_mode_list() -> None:
 @pytest.mark.parametrize("spec", [s for s in PVS if s.kind in ("mbbOut", "boolOut")], ids=lambda s: s.name)
 def test_enums_take_their_indices_only(spec: PvSpec) -> None:
     for index in range(len(spec.choices)):
-        assert refusal(spec, index) is None
+        if spec.only is None or isinstance(spec.only, str) or index == spec.only:
+            assert refusal(spec, index) is None
+        else:  # a choice areaDetector has and the appliance does not (HDF1:Compression other than BSLZ4)
+            assert refusal(spec, index) == (f"{spec.choices[spec.only]} only: {spec.only_why}", ALARM_SOFT)
     for bad in (len(spec.choices), 5, 7, 99, 65535, -1):
         if 0 <= bad < len(spec.choices):  # (HDF1:Compression has areaDetector's 8 choices)
             continue
@@ -77,7 +81,29 @@ def test_every_writable_pv_says_what_a_bad_put_does_and_numbers_have_limits() ->
         if spec.writable:
             assert "refused" in describe(spec), spec.name
         if spec.writable and spec.kind in ("aOut", "longOut"):
-            assert spec.limits is not None, spec.name
+            assert spec.limits is not None or spec.only is not None, spec.name
+
+
+def test_settings_the_appliance_does_not_have_take_only_the_value_it_has() -> None:
+    """Binning, regions, gain and the like: the one value the appliance has, or a refusal saying why;
+    the frame's own width, height and pixel type are given by the caller (the IOC knows the frame)."""
+    assert refusal(BY_NAME["BinX"], 1) is None
+    assert refusal(BY_NAME["BinX"], 2) == (
+        "1 only: frames are stored whole, as the detector sends them",
+        ALARM_SOFT,
+    )
+    assert refusal(BY_NAME["Gain"], 1.0) is None and refusal(BY_NAME["Gain"], 2.5)[1] == ALARM_SOFT
+    assert refusal(BY_NAME["Gain"], math.nan)[1] == ALARM_HW_LIMIT  # the type check comes first
+    assert refusal(BY_NAME["ArrayCallbacks"], 0)[0].startswith("Enable only")
+    assert refusal(BY_NAME["SizeX"], 512, only=512) is None
+    assert refusal(BY_NAME["SizeX"], 100, only=512) == (
+        "512 only: frames are stored whole, as the detector sends them",
+        ALARM_SOFT,
+    )
+    assert refusal(BY_NAME["DataType"], 3, only=3) is None
+    assert refusal(BY_NAME["DataType"], 9, only=3)[0].startswith("UInt16 only")
+    assert "any value but the frame's width" in describe(BY_NAME["SizeX"])
+    assert "any value but 1: refused" in describe(BY_NAME["NumExposures"])
 
 
 def test_reduction_pvs_name_settings_that_exist_and_have_readbacks() -> None:

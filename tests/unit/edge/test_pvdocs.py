@@ -21,7 +21,9 @@ def test_every_pv_is_documented_once_and_named_the_areadetector_way() -> None:
     for spec in PVS:
         assert f"`EDGE:{spec.name}`" in text
         if spec.writable and f"{spec.name}_RBV" not in names:
-            # (ADBase's WaitForPlugins and NDAttributesFile have no readback in areaDetector either)
-            no_rbv = ("Acquire", "ArrayCounter", "WaitForPlugins", "NDAttributesFile")
+            # (ADBase's WaitForPlugins, NDAttributesFile, ReadStatus and ShutterControlEPICS have no
+            # readback in areaDetector either)
+            no_rbv = ("Acquire", "ArrayCounter", "WaitForPlugins", "NDAttributesFile", "ReadStatus")
+            no_rbv += ("ShutterControlEPICS",)
             assert spec.name in no_rbv or spec.name.startswith("HDF1:")
         assert len("EDGE:" + spec.name) <= 60
