@@ -79,6 +79,26 @@ class RunContext:
     store_blanks: str = "keep"
 
 
+#: h c in keV x angstrom (CODATA 2018): E[keV] = 12.398 / wavelength[angstrom]
+_HC_KEV_ANGSTROM = 12.398419843320026
+
+
+def _radial_axis(unit: str) -> tuple[str, str]:
+    """(quantity, NeXus units) of a pyFAI radial unit name: ``2th_deg`` -> ("2theta", "deg")."""
+    quantity, _, units = unit.partition("_")
+    names = {"2th": "2theta", "q": "q", "r": "r"}
+    shown = {"nm^-1": "1/nm", "A^-1": "1/angstrom"}.get(units, units)
+    return names.get(quantity, quantity), shown
+
+
+def _described(ds: h5py.Dataset, long_name: str, units: str, pyfai_unit: str = "") -> None:
+    """A product's ``long_name`` and ``units`` as NXazint1d names them (and pyFAI's unit name)."""
+    ds.attrs["long_name"] = long_name
+    ds.attrs["units"] = units
+    if pyfai_unit:
+        ds.attrs["pyfai_unit"] = pyfai_unit
+
+
 class RoiStage:
     """ROI statistics per configured box, as areaDetector's Stats plugin gives them."""
 
@@ -132,6 +152,7 @@ class ModeStage:
     name = "raw"
     decompress = False  # does `process` need the pixels?
     definition = "NXmx"  # the NeXus application definition of the run's data files
+    reference = "none: raw frames, bitshuffle-LZ4 compressed and stored unchanged"
 
     def __init__(self, ctx: RunContext) -> None:
         self.ctx = ctx
@@ -194,6 +215,10 @@ class PowderStage(_CorrectedStage):
     """Azimuthal integration (pyFAI's histogram engine, no pixel splitting), NXazint1d names."""
 
     name = "powder"
+    reference = (
+        "azimuthal integration by histogram without pixel splitting, as pyFAI's integrate1d/integrate2d "
+        "method ('no', 'histogram', ...) (Ashiotis et al., J. Appl. Cryst. 48 (2015) 510); Poisson errors"
+    )
 
     def __init__(self, ctx: RunContext) -> None:
         super().__init__(ctx)
@@ -259,15 +284,17 @@ class PowderStage(_CorrectedStage):
         reduced.attrs["NX_class"] = "NXdata"
         reduced.attrs["signal"] = "I"
         reduced.attrs["axes"] = [".", "radial_axis"]
+        reduced.attrs["interpretation"] = "spectrum"
         reduced.attrs["definition"] = "NXazint1d"
         intensity = np.asarray([p["I"] for p in products], np.float64).reshape(n, -1)
-        reduced.create_dataset("I", data=intensity)
+        _described(reduced.create_dataset("I", data=intensity), "intensity", "arbitrary units")
         errors = np.asarray([p["I_errors"] for p in products], np.float64).reshape(n, -1)
-        reduced.create_dataset("I_errors", data=errors)
-        radial = reduced.create_dataset("radial_axis", data=self.radial)
-        radial.attrs["units"] = self.ctx.unit
-        edges = reduced.create_dataset("radial_axis_edges", data=np.asarray(self.integrator.edges))
-        edges.attrs["units"] = self.ctx.unit
+        ds = reduced.create_dataset("I_errors", data=errors)
+        _described(ds, "estimated intensity error", "arbitrary units")
+        quantity, units = _radial_axis(self.ctx.unit)
+        _described(reduced.create_dataset("radial_axis", data=self.radial), quantity, units, self.ctx.unit)
+        ds = reduced.create_dataset("radial_axis_edges", data=np.asarray(self.integrator.edges))
+        _described(ds, f"{quantity} bin edges", units, self.ctx.unit)
         reduced["profile"] = h5py.SoftLink(reduced.name + "/I")  # the name earlier files used
         reduced["radial"] = h5py.SoftLink(reduced.name + "/radial_axis")
         corrections = reduced.create_group("corrections")
@@ -292,10 +319,36 @@ class PowderStage(_CorrectedStage):
             cake.attrs["axes"] = [".", "azimuthal_axis", "radial_axis"]
             stack = np.asarray([p["cake"] for p in products], np.float32)
             cake.create_dataset("I", data=stack, compression="gzip", shuffle=True)
-            cake.create_dataset("radial_axis", data=np.asarray(self.cake.radial)).attrs["units"] = (
-                self.ctx.unit
-            )
+            ds = cake.create_dataset("radial_axis", data=np.asarray(self.cake.radial))
+            _described(ds, quantity, units, self.ctx.unit)
             cake.create_dataset("azimuthal_axis", data=np.asarray(self.cake.azimuthal)).attrs["units"] = "deg"
+
+    def write_reduced(self, entry: h5py.Group, products: list[dict[str, Any]]) -> None:
+        """The reduced file's entry is an NXazint1d application (what ``nxvalidate -a NXazint1d``
+        checks): the correction flags at its top, the instrument's wavelength, the profiles in
+        ``reduced``; the cake, when configured, beside them in ``reduced_2d`` (NXazint2d names)."""
+        self.write_products(entry, products)
+        record = self.settings_record()
+        entry.create_dataset("definition", data="NXazint1d")
+        entry.attrs["default"] = "reduced"
+        entry.create_dataset("solid_angle_applied", data=bool(record["solid_angle_applied"]))
+        entry.create_dataset("polarization_applied", data=bool(record["polarization_applied"]))
+        # each bin is the mean of its pixels (divided by their count, or their solid angle's sum)
+        entry.create_dataset("normalization_applied", data=True)
+        instrument = entry.create_group("instrument")
+        instrument.attrs["NX_class"] = "NXinstrument"
+        instrument.create_dataset("name", data="edge appliance")
+        mono = instrument.create_group("monochromator")
+        mono.attrs["NX_class"] = "NXmonochromator"
+        wavelength_a = float(self.ctx.geometry.wavelength) * 1e10
+        mono.create_dataset("wavelength", data=wavelength_a).attrs["units"] = "angstrom"
+        energy = _HC_KEV_ANGSTROM / wavelength_a if wavelength_a > 0 else float("nan")
+        mono.create_dataset("energy", data=energy).attrs["units"] = "keV"
+        source = instrument.create_group("source")
+        source.attrs["NX_class"] = "NXsource"
+        source.create_dataset("name", data="unknown")  # the detector's stream does not say
+        source.create_dataset("type", data="Synchrotron X-ray Source")
+        source.create_dataset("probe", data="x-ray")
 
     def live(self) -> dict[str, Any] | None:
         if self.latest is None:
@@ -325,6 +378,10 @@ class SerialStage(_CorrectedStage):
     """Peaks (peakfinder8-style) and hits; a CXI peak table CrystFEL reads with ``peak_list_type = cxi``."""
 
     name = "serial"
+    reference = (
+        "peakfinder8-style spot finding: per-ring background by iterative sigma clipping, 3x3 box "
+        "candidates above min_snr, connected components (Barty et al., J. Appl. Cryst. 47 (2014) 1118)"
+    )
     RECENT_SECONDS = 300.0
     PEAK_CHUNK = 64  # peak table columns per HDF5 chunk (see write_products)
 
@@ -492,6 +549,10 @@ class TomoStage(_CorrectedStage):
 
     name = "tomo"
     definition = "NXtomo"
+    reference = (
+        "dark/flat normalisation, -log, filtered back-projection with a ramp filter, streamed as "
+        "projections arrive (Kak & Slaney, Principles of Computerized Tomographic Imaging, 1988)"
+    )
 
     def __init__(self, ctx: RunContext) -> None:
         super().__init__(ctx)

@@ -253,6 +253,7 @@ class ProductLayout(Protocol):
     """How a reduction mode lays out its products in a file (edge.modes stages implement it)."""
 
     definition: str  # the NeXus application definition of the data files: NXmx or NXtomo
+    reference: str  # what the reduction's algorithm is, for /entry/reduction/reference
 
     def settings_record(self) -> dict[str, Any]: ...
 
@@ -263,12 +264,24 @@ class ProductLayout(Protocol):
 
 def _write_reduction_record(entry: h5py.Group, layout: ProductLayout) -> None:
     """Every setting that shaped the products, readable from the file alone."""
+    from edge import __version__
+
     group = entry.create_group("reduction")
     group.attrs["NX_class"] = "NXprocess"
     record = layout.settings_record()
     group.create_dataset("program", data="edge")
+    group.create_dataset("version", data=__version__)
+    group.create_dataset("date", data=datetime.now(UTC).isoformat(timespec="seconds"))
+    group.create_dataset("reference", data=layout.reference)
     group.create_dataset("mode", data=str(record.get("mode", "")))
     group.create_dataset("settings_json", data=json.dumps(record, sort_keys=True, default=str))
+    inputs = group.create_group("input")  # one field per setting (NXparameters); lists and None as JSON
+    inputs.attrs["NX_class"] = "NXparameters"
+    for key, value in sorted(record.items()):
+        plain = isinstance(value, bool | int | float | str) and not (
+            isinstance(value, float) and math.isnan(value)
+        )
+        inputs.create_dataset(key, data=value if plain else json.dumps(value, default=str))
 
 
 class RunFileWriter:

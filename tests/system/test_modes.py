@@ -119,7 +119,8 @@ def test_powder_products_equal_the_kernel_on_the_stored_frames(tmp_path: Path) -
     )
     with h5py.File(data_files[0], "r") as handle:
         reduced = handle["/entry/reduced"]
-        assert reduced.attrs["signal"] == "I" and reduced["radial_axis"].attrs["units"] == "2th_deg"
+        assert reduced.attrs["signal"] == "I" and reduced["radial_axis"].attrs["units"] == "deg"
+        assert reduced["radial_axis"].attrs["pyfai_unit"] == "2th_deg"
         assert reduced["radial_axis_edges"].shape == (201,)
         corrections = reduced["corrections"]
         assert not corrections["dark_applied"][()] and not corrections["solid_angle_applied"][()]
@@ -137,6 +138,18 @@ def test_powder_products_equal_the_kernel_on_the_stored_frames(tmp_path: Path) -
     accounting = _upstream_accounting(upstream)
     assert accounting["stored"] + accounting["vetoed"] + accounting["lost"] == sent
     assert accounting["stop"]["edge_accounting"]["mode"] == "powder"
+    # the reduced files upstream are NXazint1d applications, as nxvalidate checks them
+    from nexusformat.nexus.validate import logger, validate_application
+
+    logger.setLevel(logging.WARNING)
+    reduced_files = sorted(upstream.glob(f"{run_uid}_reduced_*.nxs"))
+    assert reduced_files
+    for path in reduced_files:
+        _warnings, errors = validate_application(str(path), application="NXazint1d")
+        assert errors == 0, path
+        with h5py.File(path, "r") as handle:
+            assert handle["/entry/definition"][()] == b"NXazint1d"
+            assert handle["/entry/reduction/input/bins"][()] == 200
 
 
 def test_serial_hits_and_peaks_agree_with_the_truth_and_only_hits_go_upstream(tmp_path: Path) -> None:
