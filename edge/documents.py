@@ -4,6 +4,11 @@ Each run gets ``RUN_UID.documents.jsonl`` next to its HDF5 files: one ``[name, d
 line (RunStart, Descriptor, StreamResource and StreamDatum per file, RunStop with ``exit_status``),
 written when the run ends (or, after a crash, when the daemon restarts) and forwarded upstream like
 any other file. Document uids are derived from the run uid, so rewriting them gives the same uids.
+
+A run whose account changes after its documents were written (a series resumed after a restart adds
+the interrupted run's ``daemon_restart`` losses) gets a new revision, ``RUN_UID.documents.rN.jsonl``
+(N = 2, 3, ...), forwarded like the first (a file that went upstream is never rewritten). The highest
+revision is the run's account: its RunStop's ``edge_accounting`` says ``revision``.
 """
 
 from __future__ import annotations
@@ -27,8 +32,9 @@ def run_documents(
     losses: list[dict[str, Any]],
     shape: tuple[int, int] | None,
     exit_status: str,
+    revision: int = 1,
 ) -> list[tuple[str, dict[str, Any]]]:
-    """The run's documents, from its ledger rows."""
+    """The run's documents, from its ledger rows (``revision``: see the module docstring)."""
     run_uid = run["run_uid"]
     config = json.loads(run.get("config") or "{}")
     start_uid = _uid(run_uid, "start")
@@ -113,6 +119,7 @@ def run_documents(
                 "num_events": {"primary": seq - 1},
                 # every frame's fate, so sent = stored + vetoed + lost holds from the upstream copy alone
                 "edge_accounting": {
+                    "revision": revision,
                     "mode": run.get("mode"),
                     "frames_stored": seq - 1,
                     "frames_vetoed": int(run.get("frames_vetoed") or 0),
@@ -127,10 +134,17 @@ def run_documents(
     return docs
 
 
-def write_documents(directory: Path, run_uid: str, docs: list[tuple[str, dict[str, Any]]]) -> Path:
+def documents_name(run_uid: str, revision: int = 1) -> str:
+    """The file name of a run's documents, revision 1 or a later one."""
+    return f"{run_uid}.documents.jsonl" if revision <= 1 else f"{run_uid}.documents.r{revision}.jsonl"
+
+
+def write_documents(
+    directory: Path, run_uid: str, docs: list[tuple[str, dict[str, Any]]], revision: int = 1
+) -> Path:
     """Write the documents file atomically (``.part``, fsync, rename) and return its path."""
     directory.mkdir(parents=True, exist_ok=True)
-    final = directory / f"{run_uid}.documents.jsonl"
+    final = directory / documents_name(run_uid, revision)
     part = final.with_name(final.name + ".part")
     with open(part, "w") as handle:
         for name, doc in docs:

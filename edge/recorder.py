@@ -106,14 +106,17 @@ class RunRecorder:
         run = self.ledger.run(run_uid)
         config = json.loads(run.get("config") or "{}")
         shape = config.get("shape")
+        files = self.ledger.files(run_uid)
+        revision = 1 + sum(1 for f in files if f.get("kind") == "documents")  # earlier ones stay as sent
         docs = run_documents(
             run,
-            self.ledger.files(run_uid),
+            [f for f in files if f.get("kind") != "documents"],
             self.ledger.losses(run_uid),
             (int(shape[1]), int(shape[0])) if shape else None,
             exit_status,
+            revision,
         )
-        path = write_documents(self.store_root / run_uid, run_uid, docs)
+        path = write_documents(self.store_root / run_uid, run_uid, docs, revision)
         self.register_file(run_uid, path, (-1, -1, 0), "documents")
 
     # -- files -----------------------------------------------------------------------------------------

@@ -137,7 +137,9 @@ def resume_interrupted(
     )
     covered = [(f["first_frame"], f["last_frame"]) for f in ledger.files(run_uid) if f["n_frames"] > 0]
     covered += [(r["first_frame"], r["last_frame"]) for r in ledger.losses(run_uid)]
+    added = 0
     for first, last in _missing_ranges(first_frame, covered):
+        added += 1
         recorder.loss(
             run_uid,
             first,
@@ -146,6 +148,8 @@ def resume_interrupted(
             f"sent while the daemon was down, or held in memory when it died; series {series} resumed at"
             f" frame {first_frame} in a new run",
         )
+    if handed or added:  # its documents (written when it ended) no longer tell its account: a new revision
+        recorder.write_documents(run_uid, str(ledger.run(run_uid)["exit_status"]))
     log.warning(
         "series %d resumed after a restart at frame %d: a new run continues run %s (%d frames handed over)",
         series,

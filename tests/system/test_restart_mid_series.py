@@ -121,3 +121,15 @@ def test_daemon_killed_mid_series_of_unknown_length_resumes_in_a_linked_run(tmp_
             assert not a & b
     assert set().union(*everything) == set(range(sent)), (sent, first["losses"], second["losses"])
     assert len(stored_a) > 0 and len(stored_b) > 0
+    # the interrupted run's documents (forwarded upstream) tell the same account: when the resumed series
+    # added daemon_restart losses after they were written, a second revision says so
+    revisions = sorted((stack.store / first_uid).glob(f"{first_uid}.documents*.jsonl"))
+    restarted = any(r["reason"] == "daemon_restart" for r in first["losses"])
+    names = [f"{first_uid}.documents.jsonl"] + ([f"{first_uid}.documents.r2.jsonl"] if restarted else [])
+    assert [p.name for p in revisions] == names
+    stop = next(
+        doc for name, doc in map(json.loads, revisions[-1].read_text().splitlines()) if name == "stop"
+    )
+    account = stop["edge_accounting"]
+    assert account["revision"] == len(names)
+    assert (account["frames_stored"], account["frames_lost"]) == (len(stored_a), len(lost_a))
