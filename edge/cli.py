@@ -181,8 +181,14 @@ def _run_daemon(
     from edge.daemon_lock import DaemonLock
 
     lock = DaemonLock(settings.ledger_path)  # held until the process ends: `edge where` sees it running
-    if not lock.acquire():
-        log.warning("another process holds %s: two daemons on one ledger", lock.path)
+    if not lock.acquire():  # its recovery would end the other's open runs and move its open files
+        log.error(
+            "cannot start: another daemon (pid %s) serves the ledger %s; stop it first (%s holds the lock)",
+            lock.holder(),
+            settings.ledger_path,
+            lock.path,
+        )
+        return 2
     try:
         appliance = Appliance(settings)
         appliance.start()

@@ -40,6 +40,13 @@ class DaemonLock:
         self._fd = fd
         return True
 
+    def holder(self) -> str:
+        """The pid the lock file names (the daemon holding it), or "?" when it cannot be read."""
+        try:
+            return self.path.read_text().strip() or "?"
+        except OSError:
+            return "?"
+
     def release(self) -> None:
         if self._fd is not None:
             fcntl.flock(self._fd, fcntl.LOCK_UN)

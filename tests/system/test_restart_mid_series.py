@@ -133,3 +133,31 @@ def test_daemon_killed_mid_series_of_unknown_length_resumes_in_a_linked_run(tmp_
     account = stop["edge_accounting"]
     assert account["revision"] == len(names)
     assert (account["frames_stored"], account["frames_lost"]) == (len(stored_a), len(lost_a))
+
+
+def test_a_second_daemon_on_the_same_ledger_refuses_to_start(tmp_path: Path) -> None:
+    """``edge run`` twice on one store: the second exits 2 naming the first's pid, before touching the
+    store (its crash recovery would end the first's open run and move its open files away)."""
+    stack = EdgeStack(
+        tmp_path,
+        ["detector.height=64", "detector.width=64", "sim.rate_hz=40", 'reduction.mode="raw"'],
+    )
+    try:
+        first = stack.start_daemon()
+        sim = stack.start("sim", "--frames", "0", stdout=subprocess.DEVNULL)
+        wait_for(lambda: stack.status()["receiver"].get("frames_received", 0) >= 10, 60, "frames arriving")
+        second = stack.start("run", stderr=subprocess.PIPE)
+        _, err = second.communicate(timeout=60)
+        assert second.returncode == 2, err
+        assert f"another daemon (pid {first.pid})" in err, err
+        (run,) = _runs(stack)
+        assert run["ended_at"] is None  # the first daemon's run goes on, untouched
+        received = stack.status()["receiver"]["frames_received"]
+        wait_for(
+            lambda: stack.status()["receiver"]["frames_received"] > received, 30, "frames still arriving"
+        )
+        assert not (stack.store / "quarantine").exists()
+        sim.send_signal(signal.SIGINT)
+        sim.wait(60)
+    finally:
+        stack.stop_all()
