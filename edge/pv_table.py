@@ -581,23 +581,12 @@ CAM_CLASSIC_PVS: tuple[PvSpec, ...] = (
         only_why="the appliance drives no shutter",
     ),
     *_stored("ShutterControl", "boolOut", "enum", "Shutter." + _NO_SUCH, 0, choices=CLOSE_OPEN),
-    *_stored(
-        "ShutterOpenDelay",
-        "aOut",
-        "double",
-        "Shutter." + _NO_SUCH,
-        0.0,
-        units="s",
-        limits=(0.0, MAX_PERIOD_S),
-    ),
-    *_stored(
-        "ShutterCloseDelay",
-        "aOut",
-        "double",
-        "Shutter." + _NO_SUCH,
-        0.0,
-        units="s",
-        limits=(0.0, MAX_PERIOD_S),
+    *(
+        spec
+        for name in ("ShutterOpenDelay", "ShutterCloseDelay")
+        for spec in _stored(
+            name, "aOut", "double", "Shutter." + _NO_SUCH, 0.0, units="s", limits=(0.0, MAX_PERIOD_S)
+        )
     ),
     _rbv("ShutterStatus_RBV", "boolIn", "enum", "Closed (no shutter).", choices=CLOSED_OPEN),
     _rbv("ShutterStatusEPICS_RBV", "boolIn", "enum", "Closed (no shutter).", choices=CLOSED_OPEN),
