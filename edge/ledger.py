@@ -79,6 +79,7 @@ CREATE TABLE IF NOT EXISTS losses (
 CREATE INDEX IF NOT EXISTS chunks_by_state ON chunks(state, id);
 CREATE INDEX IF NOT EXISTS files_by_state ON files(state, id);
 CREATE INDEX IF NOT EXISTS files_by_verified ON files(verified_at);
+CREATE INDEX IF NOT EXISTS runs_by_start ON runs(started_at);
 """
 
 #: The ledger's schema version (SQLite ``user_version``). 0/1: the first layout; 2 adds what each file is
@@ -249,6 +250,11 @@ class Ledger:
 
     def runs(self) -> list[dict[str, Any]]:
         return self._rows("SELECT * FROM runs ORDER BY started_at")
+
+    def newest_run(self) -> str | None:
+        """The uid of the run that started last (None before the first)."""
+        rows = self._rows("SELECT run_uid FROM runs ORDER BY started_at DESC LIMIT 1")
+        return str(rows[0]["run_uid"]) if rows else None
 
     def run(self, run_uid: str) -> dict[str, Any]:
         rows = self._rows("SELECT * FROM runs WHERE run_uid=?", (run_uid,))

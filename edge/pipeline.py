@@ -102,6 +102,7 @@ class Pipeline:
         self.latest_stage: ModeStage | None = None  # the newest run's stage, for the live product view
         self._reduced: ReducedWriter | None = None  # the writing thread's
         self._run_uid: str | None = None  # the reducing thread's view: the run frames now belong to
+        self._run_dtype = np.dtype("uint16")  # the reducing thread's: the open run's pixel type
         self._store: RunStore | None = None  # the writing thread's
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -169,6 +170,7 @@ class Pipeline:
                 self._stage = self._make_stage(record)
                 self.latest_stage = self._stage
                 self._run_uid = str(record["run_uid"])
+                self._run_dtype = np.dtype(str(record["dtype"]))
                 return _Work(slot, "open", record=record, stage=self._stage)
             if record["event"] == "series_end":
                 self._run_uid = None
@@ -191,6 +193,12 @@ class Pipeline:
         if raw.shape != stage.ctx.shape:
             self.stats["frames_wrong_shape"] += 1
             self.recorder.loss(self._run_uid, frame, frame, "wrong_shape", f"{raw.shape}")
+            return _Work(slot, "release")
+        if raw.dtype != self._run_dtype:  # its pixels would be stored under the run's type: never
+            self.stats["frames_wrong_dtype"] += 1
+            self.recorder.loss(
+                self._run_uid, frame, frame, "wrong_dtype", f"{raw.dtype} in a {self._run_dtype} run"
+            )
             return _Work(slot, "release")
         chunk: Future[bytes | memoryview]
         if int(slot.header["flags"]) & FLAG_CHUNK:  # the detector's checked bslz4 chunk: stored as received

@@ -74,7 +74,6 @@ class ApplianceView:
         self._detector: Callable[[], dict[str, Any]] | None = None
         self.alarm_book = AlarmBook()  # acknowledgements (POST /api/alarms/{id}/ack); the view only reads it
         self._scopes = CounterScopes(parts.ledger.summary(), self.started_at)
-        self._last_run: str | None = None  # "this run" once it has ended, until the next one starts
 
     # -- facts fixed at start -------------------------------------------------------------------------
     @property
@@ -145,11 +144,7 @@ class ApplianceView:
 
     def _counts(self, ledger: dict[str, Any], receiver: dict[str, Any]) -> dict[str, Any]:
         """Frame counters scoped to this run (the current one, else the last), the daemon, all time."""
-        run_uid = self._p.sink.run_uid or self._last_run
-        if run_uid is None:
-            newest = max(self._p.ledger.runs(), key=lambda r: r.get("started_at") or 0.0, default=None)
-            run_uid = None if newest is None else newest["run_uid"]
-        self._last_run = run_uid
+        run_uid = self._p.sink.run_uid or self._p.ledger.newest_run()  # the open run, else the last one
         totals = active = None
         if run_uid is not None:
             try:

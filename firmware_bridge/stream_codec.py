@@ -168,6 +168,7 @@ class StreamCodec:
         self._state = _IDLE
         self._image: dict[str, Any] = {}
         self.series: int | None = None
+        self._series_dtype: str | None = None  # the pixel type the open series' start announced
         self.counters: Counter[str] = Counter()
         self.errors: Counter[str] = Counter()
 
@@ -243,6 +244,8 @@ class StreamCodec:
             if not isinstance(encoding, str) or encoding not in ENCODINGS:
                 raise _Reject("bad_encoding", f"encoding={encoding!r}")
             shape, dtype, size = _shape(message), _dtype(message), _int(message, "size")
+            if self._series_dtype is not None and dtype != self._series_dtype:
+                raise _Reject("bad_dtype", f"type={dtype} in a series of {self._series_dtype}")
             if encoding == "<" and size != shape[0] * shape[1] * np.dtype(dtype).itemsize:
                 raise _Reject("bad_size", f"size={size} for {shape} {dtype}")
             self._image.update(shape=shape, dtype=dtype, encoding=encoding, size=size)
@@ -310,7 +313,10 @@ class StreamCodec:
         if htype == "dseries_end-1.0":
             if more:
                 raise _Reject("extra_parts", "series end has more than one part")
+            if self.series is not None and series != self.series:
+                raise _Reject("wrong_series", f"end of series {series} during series {self.series}")
             self.series = None
+            self._series_dtype = None
             self.counters["series_ends"] += 1
             return [SeriesEnd(series)]
         raise _Reject("unknown_htype", f"htype={htype!r}")
@@ -324,6 +330,7 @@ class StreamCodec:
         self._state = _IDLE
         start = SeriesStart(series, _shape(config), _dtype(config), config)
         self.series = series
+        self._series_dtype = start.dtype
         self.counters["series_starts"] += 1
         return [start]
 

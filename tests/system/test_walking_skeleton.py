@@ -14,7 +14,7 @@ import h5py
 import hdf5plugin  # noqa: F401  (the bitshuffle filter for reading back)
 import numpy as np
 import pytest
-from edgeprocs import EdgeStack, loopback_overrides, run_bounded_demo, wait_for
+from edgeprocs import EdgeStack, get_json, loopback_overrides, run_bounded_demo, wait_for
 
 from edge.config import load_settings
 from hw_sim.frames import PowderFrames
@@ -191,3 +191,31 @@ def test_pull_killed_mid_run_resumes_and_delivers_each_frame_once(tmp_path: Path
     found = upstream_frames(tmp_path / "upstream" / run_uid)
     assert sorted(found) == list(range(frames))
     assert not list((tmp_path / "upstream").rglob("*.part"))
+
+
+def test_status_counts_the_newest_run_after_runs_nobody_watched(tmp_path: Path) -> None:
+    """``counts.run`` in ``/api/status`` is the open run, else the one that started last, even when no
+    status was asked while the later runs went by."""
+    stack = EdgeStack(tmp_path, ["detector.height=64", "detector.width=64", 'reduction.mode="raw"'])
+    try:
+        stack.start_daemon()
+        first = stack.status()["counts"]["run"]["run_uid"]
+        assert first is None  # no run yet
+        uids = []
+        for frames in (3, 5):
+            sim = stack.start("sim", "--frames", str(frames), stdout=subprocess.DEVNULL)
+            assert sim.wait(60) == 0
+            runs = wait_for(
+                lambda: [
+                    r for r in get_json(stack.url + "/api/runs") if r["run_uid"] not in uids and r["ended_at"]
+                ],
+                60,
+                "the run to end",
+            )
+            uids.append(runs[0]["run_uid"])
+            assert stack.status()["counts"]["run"]["run_uid"] == uids[-1]  # watched after it ended
+        run = stack.status()["counts"]["run"]
+        assert run["run_uid"] == uids[1] and run["active"] is False
+        assert run["frames_stored"] == 5
+    finally:
+        stack.stop_all()

@@ -126,3 +126,45 @@ def test_no_input_makes_the_codec_raise(parts: list[tuple[bytes, bool]]) -> None
     feed_message(codec, encode_series_end(0))
     events = feed_message(codec, encode_series_start(2, (1, 1), "uint16"))
     assert isinstance(events[-1], SeriesStart)
+
+
+def _hand_image(series: int, frame: int, dtype: str, data: bytes) -> list[bytes]:
+    """An image message written from docs/wire-formats.md by hand (not by our encoder)."""
+    return [
+        json.dumps({"htype": "dimage-1.0", "series": series, "frame": frame, "hash": ""}).encode(),
+        json.dumps(
+            {"htype": "dimage_d-1.0", "shape": [2, 2], "type": dtype, "encoding": "<", "size": len(data)}
+        ).encode(),
+        data,
+        json.dumps({"htype": "dconfig-1.0", "start_time": 0, "stop_time": 0, "real_time": 0}).encode(),
+    ]
+
+
+def test_an_image_of_another_pixel_type_than_its_series_is_refused() -> None:
+    """A uint32 image (its size right for uint32) in a uint16 series would be stored as wrong pixels."""
+    codec = StreamCodec()
+    header = [
+        json.dumps({"htype": "dheader-1.0", "series": 4, "header_detail": "basic"}).encode(),
+        json.dumps({"htype": "dconfig-edge-1.0", "shape": [2, 2], "type": "uint16"}).encode(),
+    ]
+    (start,) = feed_message(codec, header)
+    assert start.dtype == "uint16"
+    events = feed_message(codec, _hand_image(4, 0, "uint32", b"\x01\x00\x00\x00" * 4))
+    assert events == [StreamError("bad_dtype", "type=uint32 in a series of uint16", 0)]
+    (image,) = feed_message(codec, _hand_image(4, 1, "uint16", b"\x01\x00" * 4))
+    assert image.frame == 1 and image.dtype == "uint16"
+
+
+def test_the_end_of_another_series_does_not_end_the_open_one() -> None:
+    codec = StreamCodec()
+    feed_message(codec, encode_series_start(40, (2, 2), "uint16"))
+    end = [json.dumps({"htype": "dseries_end-1.0", "series": 999}).encode()]
+    assert feed_message(codec, end) == [
+        StreamError("wrong_series", "end of series 999 during series 40", None)
+    ]
+    assert codec.series == 40
+    (image,) = feed_message(codec, _hand_image(40, 0, "uint16", b"\x00" * 8))
+    assert image.series == 40
+    assert feed_message(codec, [json.dumps({"htype": "dseries_end-1.0", "series": 40}).encode()]) == [
+        SeriesEnd(40)
+    ]
