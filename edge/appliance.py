@@ -467,9 +467,16 @@ class Appliance:
         self.pipeline.warm_up(self.frame_format.shape, self.frame_format.dtype, self.reduction.current())
         self.pipeline.start(self.supervisor.spawn)
         self.source.start(self.supervisor.spawn)
+        stream = self.settings.stream
+        udp = self.settings.udp
+        source = (
+            f"udp {udp.host}:{udp.port}"
+            if stream.transport == "udp"
+            else f"{stream.format} stream from {stream.endpoint}"
+        )
         log.info(
-            "appliance started: stream %s, upstream %s, backend %s",
-            self.settings.stream.endpoint,
+            "appliance started: %s, upstream %s, backend %s",
+            source,
             self.forwarder.bound_endpoint,
             self.backend.name,
         )

@@ -294,12 +294,9 @@ class StreamCodec:
         if htype == "dimage-1.0":
             if self.series is not None and series != self.series:
                 raise _Reject("wrong_series", f"image of series {series} during series {self.series}")
-            self._image = {
-                "series": series,
-                "frame": _int(message, "frame"),
-                "image_key": _image_key(message),
-                "rotation_angle": _angle(message),
-            }
+            self._image = {"series": series, "frame": _int(message, "frame")}
+            self._state = _IMAGE_D  # (so that a bad key or angle below names the frame, as lost)
+            self._image.update(image_key=_image_key(message), rotation_angle=_angle(message))
             if not more:
                 raise _Reject("truncated_message", "image message has only its first part")
             self._state = _IMAGE_D

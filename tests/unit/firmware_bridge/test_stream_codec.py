@@ -168,3 +168,14 @@ def test_the_end_of_another_series_does_not_end_the_open_one() -> None:
     assert feed_message(codec, [json.dumps({"htype": "dseries_end-1.0", "series": 40}).encode()]) == [
         SeriesEnd(40)
     ]
+
+
+def test_a_bad_image_key_names_its_frame_so_it_becomes_a_loss_record() -> None:
+    codec = StreamCodec()
+    feed_message(codec, encode_series_start(2, (2, 2), "uint16"))
+    parts = _hand_image(2, 5, "uint16", b"\x00" * 8)
+    parts[0] = json.dumps({"htype": "dimage-1.0", "series": 2, "frame": 5, "image_key": 7}).encode()
+    (error,) = feed_message(codec, parts)
+    assert isinstance(error, StreamError) and error.reason == "bad_field" and error.frame == 5
+    (image,) = feed_message(codec, _hand_image(2, 6, "uint16", b"\x00" * 8))
+    assert image.frame == 6
