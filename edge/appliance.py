@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -400,6 +401,7 @@ class Appliance:
             self.ledger,
             self.context,
             settings.upstream.resend_seconds,
+            appliance_id=socket.gethostname(),
             corrupt=settings.upstream.corrupt,
             curve=curve_paths(settings.upstream.curve_secret_file, settings.upstream.curve_clients_dir),
         )

@@ -330,6 +330,9 @@ def _run_pull(settings: Settings) -> int:
     )
     main_loop(client)
     context.term()
+    if client.fatal is not None:
+        print(f"edge pull: {client.fatal}", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -12,10 +12,11 @@ import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from edge.errors import ConfigError
+from edge.upstream.protocol import CONSUMER_NAME
 
 LOCALHOST = "127.0.0.1"
 
@@ -284,6 +285,16 @@ class UpstreamSettings(_Section):
     )
     curve_secret_file: Path | None = Field(None, description="appliance's CurveZMQ key pair (edge keys)")
     curve_clients_dir: Path | None = Field(None, description="public keys of the consumers allowed in")
+
+    @field_validator("required_consumers")
+    @classmethod
+    def _consumer_names(cls, names: list[str]) -> list[str]:
+        for name in names:
+            if not CONSUMER_NAME.fullmatch(name):
+                raise ValueError(f"consumer name {name!r}: 1 to 64 of A-Z a-z 0-9 _ . -")
+        if len(set(names)) != len(names):
+            raise ValueError(f"a consumer is named twice in {names}: every file would wait for it forever")
+        return names
 
 
 class PullSettings(_Section):

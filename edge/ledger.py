@@ -164,7 +164,7 @@ class Ledger:
     def __init__(self, path: Path, required_consumers: Sequence[str] = ("hpc",)) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
-        self.required_consumers = tuple(required_consumers)
+        self.required_consumers = tuple(dict.fromkeys(required_consumers))  # each once, in order
         self._lock = threading.Lock()
         self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=30)
         self._db.row_factory = sqlite3.Row
@@ -375,9 +375,11 @@ class Ledger:
         On a mismatch the consumer's chunk acknowledgements for the file are dropped, so every chunk
         is sent again.
         """
-        rows = self._rows("SELECT size, checksum FROM files WHERE id=?", (file_id,))
+        rows = self._rows("SELECT size, checksum, state FROM files WHERE id=?", (file_id,))
         if not rows:
             raise NotFound(f"no file {file_id} in the ledger")
+        if rows[0]["state"] == "local":  # never forwarded: no consumer can confirm it, nor make it purgeable
+            raise NotFound(f"file {file_id} is local only, never forwarded")
         now = time.time()
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
@@ -400,10 +402,16 @@ class Ledger:
                 (file_id, *self.required_consumers),
             ).fetchone()[0]
             if done == len(self.required_consumers):
+                # (a late repeat for a file already verified, or purged since, changes nothing)
                 self._db.execute(
-                    "UPDATE files SET state='verified', verified_at=? WHERE id=?", (now, file_id)
+                    "UPDATE files SET state='verified', verified_at=?"
+                    " WHERE id=? AND state IN ('stored','forwarded')",
+                    (now, file_id),
                 )
-                self._db.execute("UPDATE chunks SET state='verified' WHERE file_id=?", (file_id,))
+                self._db.execute(
+                    "UPDATE chunks SET state='verified' WHERE file_id=? AND state IN ('stored','forwarded')",
+                    (file_id,),
+                )
             self._db.execute("COMMIT")
         return True
 

@@ -8,6 +8,7 @@ appliance's public key. Without keys the link is plain TCP (it only ever binds 1
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import zmq
@@ -19,6 +20,7 @@ def create_keys(directory: Path, name: str) -> tuple[Path, Path]:
     """Write a key pair; returns (public file, secret file)."""
     directory.mkdir(parents=True, exist_ok=True)
     public, secret = zmq.auth.create_certificates(str(directory), name)
+    os.chmod(secret, 0o600)  # the secret key: its owner only (pyzmq writes it with the umask's mode)
     return Path(public), Path(secret)
 
 

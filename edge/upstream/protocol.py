@@ -7,11 +7,13 @@ fsyncs and answers with :class:`Ack` (which returns the credit) or :class:`Nack`
 send again). When a file's chunks are all acknowledged the appliance sends :class:`FileComplete`; the
 client checks the whole file and answers :class:`FileVerified`. Cursors live in the appliance's ledger,
 so a client that reconnects resumes after its last acknowledgement. Both ends send :class:`Heartbeat`.
+The whole protocol, for a client written in another language: ``docs/upstream.md``.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import asdict, dataclass, fields
 from typing import Any, ClassVar
 
@@ -19,6 +21,10 @@ from edge.errors import RemoteProtocolError
 
 #: 2: FileVerified carries ``stored_path``, where the consumer keeps the file (shown by ``edge where``).
 VERSION = 2
+#: what a consumer may be called (it names the consumer's cursor in the ledger and its directory)
+CONSUMER_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+#: an upstream message's JSON header is small; a client's messages are headers only
+MAX_HEADER_BYTES = 64 << 10
 
 
 @dataclass(frozen=True)
@@ -123,14 +129,17 @@ def decode(frames: list[bytes] | list[bytes | memoryview]) -> tuple[Message, byt
     """Parse frames into a message and its payload; raises RemoteProtocolError on anything malformed."""
     if not frames or len(frames) > 2:
         raise RemoteProtocolError(f"message has {len(frames)} frames; expected 1 or 2")
+    if len(frames[0]) > MAX_HEADER_BYTES:
+        raise RemoteProtocolError(f"header of {len(frames[0])} bytes; at most {MAX_HEADER_BYTES}")
     try:
         header = json.loads(bytes(frames[0]))
     except (ValueError, UnicodeDecodeError) as error:
         raise RemoteProtocolError(f"header is not JSON: {error}") from None
     if not isinstance(header, dict):
         raise RemoteProtocolError("header is not a JSON object")
-    if header.get("v") != VERSION:
-        raise RemoteProtocolError(f"protocol version {header.get('v')!r}; this end speaks {VERSION}")
+    version = header.get("v")
+    if not isinstance(version, int) or isinstance(version, bool) or version != VERSION:
+        raise RemoteProtocolError(f"protocol version {version!r}; this end speaks {VERSION}")
     cls = MESSAGES.get(header.get("type", ""))
     if cls is None:
         raise RemoteProtocolError(f"unknown message type {header.get('type')!r}")

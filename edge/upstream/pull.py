@@ -24,7 +24,7 @@ import xxhash
 import zmq
 
 from edge.errors import RemoteProtocolError
-from edge.store import checksum_bytes, fsync_dir
+from edge.store import CHECKSUM, checksum_bytes, fsync_dir
 from edge.upstream import protocol as p
 from edge.upstream.curve import connect_securely
 
@@ -34,6 +34,7 @@ MAX_FILE_BYTES = 1 << 40  # a file the appliance offers is never larger than thi
 MAX_BATCH = 64  # messages taken at once before their chunks are fsynced and acknowledged
 MAX_OPEN_PARTS = 16
 SILENCE_SECONDS = 6.0  # reconnect when the appliance has said nothing (not even a heartbeat) this long
+HEARTBEAT_SECONDS = 2.0  # said to the appliance at least this often, so an idle client reads "connected"
 
 
 def _safe_part(name: str) -> str:
@@ -64,6 +65,8 @@ class PullClient:
         self.stop_event = threading.Event()
         self._parts: dict[Path, _PartFile] = {}  # open .part files: descriptor and running checksum
         self._dirty: set[Path] = set()  # written since their last fsync
+        self._new_dirs: set[Path] = set()  # directories with a new .part entry, fsynced before any ack
+        self.fatal: str | None = None  # why the client stopped on its own (the appliance it cannot serve)
 
     def counters(self) -> dict[str, Any]:
         return {k: int(v) for k, v in self.stats.items()}
@@ -81,7 +84,7 @@ class PullClient:
         sock.connect(self.endpoint)
         sock.send_multipart(p.encode(p.Hello(self.consumer, self.credit)))
         self.stats["sessions"] += 1
-        last_heard = time.monotonic()
+        last_heard = last_said = time.monotonic()
         last_progress = 0.0
         try:
             while not self.stop_event.is_set():
@@ -98,10 +101,14 @@ class PullClient:
                     self._sync()  # acknowledgements only for what is durable
                     for reply in replies:
                         sock.send_multipart(p.encode(reply))
+                        last_said = time.monotonic()
                 elif time.monotonic() - last_heard > SILENCE_SECONDS:
                     self.stats["reconnects"] += 1
                     log.warning("appliance silent for %.0f s; reconnecting", SILENCE_SECONDS)
                     return
+                if time.monotonic() - last_said >= HEARTBEAT_SECONDS:
+                    sock.send_multipart(p.encode(p.Heartbeat()))
+                    last_said = time.monotonic()
                 if progress is not None and time.monotonic() - last_progress > 1.0:
                     last_progress = time.monotonic()
                     self._print_progress(progress)
@@ -111,6 +118,9 @@ class PullClient:
             self._close_parts()
 
     def _sync(self) -> None:
+        for directory in self._new_dirs:  # the new .part names first: an acked chunk's file must survive
+            fsync_dir(directory)
+        self._new_dirs.clear()
         for path in self._dirty:
             part = self._parts.get(path)
             if part is not None:
@@ -128,6 +138,8 @@ class PullClient:
         if part is None:
             fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
             fresh = os.fstat(fd).st_size == 0
+            if fresh:
+                self._new_dirs.add(path.parent)
             if os.fstat(fd).st_size < size:
                 os.ftruncate(fd, size)
             part = _PartFile(fd, in_order=fresh)  # a .part left by an earlier session is read back
@@ -161,9 +173,14 @@ class PullClient:
         if isinstance(message, p.FileComplete):
             reply = self._complete(message)
             return [reply] if reply else []
+        if isinstance(message, p.Welcome) and message.checksum != CHECKSUM:
+            # its checksums could never be matched here: say so and stop, rather than reject forever
+            self.fatal = f"the appliance checksums with {message.checksum!r}; this client knows {CHECKSUM!r}"
+            log.error("%s", self.fatal)
+            self.stop_event.set()
         if isinstance(message, p.Error):
             self.stats["errors_from_appliance"] += 1
-            log.error("appliance says: %s", message.reason)
+            log.error("appliance says: %s", message.reason[:200])
         return []
 
     def _paths(self, run_uid: str, name: str) -> tuple[Path, Path]:
@@ -186,7 +203,9 @@ class PullClient:
         if final.exists() and not part.exists():
             self.stats["chunks_duplicate"] += 1  # already complete here; just confirm again
             return p.Ack(chunk.chunk_id, chunk.checksum)
-        part.parent.mkdir(parents=True, exist_ok=True)
+        if not part.parent.is_dir():  # the run's directory is new: its own entry is made durable too
+            part.parent.mkdir(parents=True, exist_ok=True)
+            self._new_dirs.add(part.parent.parent)
         state = self._part(part, chunk.file_size)
         view = memoryview(payload)
         written = 0
@@ -208,6 +227,11 @@ class PullClient:
             self.stats["protocol_errors"] += 1
             return None
         path = part if part.exists() else final
+        if not path.exists() and message.size == 0:  # an empty file has no chunks: it is made here
+            final.parent.mkdir(parents=True, exist_ok=True)
+            os.close(os.open(final, os.O_WRONLY | os.O_CREAT, 0o644))
+            fsync_dir(final.parent)
+            path = final
         if not path.exists():
             self.stats["completes_for_missing_files"] += 1
             return p.FileVerified(message.file_id, 0, "")

@@ -30,7 +30,9 @@ log = logging.getLogger(__name__)
 
 HEARTBEAT_SECONDS = 2.0
 _MAX_ID = (1 << 63) - 1  # chunk and file ids are SQLite INTEGERs
-MAX_CREDIT = 1 << 16  # chunks one consumer may have outstanding, whatever credit it grants
+#: chunks one consumer may have outstanding (credit + in flight), whatever credit it grants: 4096 x
+#: ``store.chunk_bytes`` is plenty, and the in-flight list stays well inside SQLite's query limits
+MAX_CREDIT = 1 << 12
 #: while nothing happens (no message, nothing expired) the ledger is asked for new chunks and completed
 #: files at most this often: an idle forwarder ran two queries every 50 ms tick
 LEDGER_POLL_SECONDS = 0.25
@@ -94,6 +96,11 @@ class ConsumerState:
     in_flight: dict[int, float] = field(default_factory=dict)  # chunk id -> when sent
     completes_sent: dict[int, float] = field(default_factory=dict)  # file id -> when sent
     connects: int = 1
+    #: a send to it failed (peer gone, or its queue full): nothing more is read and sent to it until it is
+    #: heard from again (an HPC outage would otherwise re-read chunks from disk every tick)
+    unreachable: bool = False
+    held: dict[int, float] = field(default_factory=dict)  # chunk id -> not resent before (nacked again)
+    nacks: Counter[int] = field(default_factory=Counter)  # chunk id -> times rejected
 
 
 class ForwarderSession:
@@ -152,13 +159,14 @@ class ForwarderSession:
             return [Outgoing(identity, p.Error(reason))]
         if isinstance(message, p.Hello):
             self._changed = True
-            return [self._hello(identity, message, now)]
+            return self._hello(identity, message, now)
         name = self._by_identity.get(identity)
         consumer = self.consumers.get(name) if name else None
         if consumer is None:
             self.stats["messages_from_unknown_peer"] += 1
             return []
         consumer.last_seen = now
+        consumer.unreachable = False
         self._changed = True
         ident = getattr(message, "chunk_id", getattr(message, "file_id", 0))
         if not 0 <= ident <= _MAX_ID:  # no such chunk or file; beyond SQLite's INTEGER besides
@@ -166,6 +174,8 @@ class ForwarderSession:
             return []
         if isinstance(message, p.Ack):
             self._sends.get(consumer.name, {}).pop(message.chunk_id, None)
+            consumer.held.pop(message.chunk_id, None)
+            consumer.nacks.pop(message.chunk_id, None)
             if consumer.in_flight.pop(message.chunk_id, None) is not None:
                 consumer.credit += 1
             if self.ledger.chunk_acked(consumer.name, message.chunk_id, message.checksum):
@@ -175,10 +185,18 @@ class ForwarderSession:
         elif isinstance(message, p.Nack):
             if consumer.in_flight.pop(message.chunk_id, None) is not None:
                 consumer.credit += 1
+                # the first rejection is resent at once (a bit flipped on the way); a chunk rejected
+                # again waits resend_seconds each time (a consumer that cannot take it is not flooded)
+                consumer.nacks[message.chunk_id] += 1
+                if consumer.nacks[message.chunk_id] > 1:
+                    consumer.held[message.chunk_id] = now + self.resend_seconds
             self.stats["chunks_nacked"] += 1
-            log.warning("consumer %s rejected chunk %d: %s", consumer.name, message.chunk_id, message.reason)
+            log.warning(
+                "consumer %s rejected chunk %d: %s", consumer.name, message.chunk_id, message.reason[:200]
+            )
         elif isinstance(message, p.Credit):
-            consumer.credit = min(consumer.credit + max(0, message.n), MAX_CREDIT)
+            room = MAX_CREDIT - len(consumer.in_flight)  # credit and chunks in flight together
+            consumer.credit = max(consumer.credit, min(consumer.credit + max(0, message.n), room))
         elif isinstance(message, p.FileVerified):
             consumer.completes_sent.pop(message.file_id, None)
             try:
@@ -224,6 +242,7 @@ class ForwarderSession:
         consumer = self.consumers.get(name) if name else None
         if consumer is None:
             return
+        consumer.unreachable = True
         message = outgoing.message
         if isinstance(message, p.Chunk):
             if consumer.in_flight.pop(message.chunk_id, None) is not None:
@@ -252,23 +271,37 @@ class ForwarderSession:
                 "connects": c.connects,
                 "seconds_since_seen": round(now - c.last_seen, 3),
                 "connected": now - c.last_seen < 3 * self.heartbeat_seconds,
+                "unreachable": c.unreachable,
             }
             for c in self.consumers.values()
         ]
 
     # -- steps ------------------------------------------------------------------------------------------
-    def _hello(self, identity: bytes, hello: p.Hello, now: float) -> Outgoing:
+    def _hello(self, identity: bytes, hello: p.Hello, now: float) -> list[Outgoing]:
+        if not p.CONSUMER_NAME.fullmatch(hello.consumer):
+            self.stats["bad_consumer_names"] += 1
+            return [Outgoing(identity, p.Error("consumer name: 1 to 64 of A-Z a-z 0-9 _ . -"))]
+        out: list[Outgoing] = []
         old = self.consumers.get(hello.consumer)
         if old is not None:  # a reconnect: what was in flight to the old peer is sent again
             self._by_identity.pop(old.identity, None)
             self.stats["consumer_reconnects"] += 1
+            if old.identity != identity and now - old.last_seen < 3 * self.heartbeat_seconds:
+                # another connection, and the old one was alive: two clients use one name; tell it
+                self.stats["consumer_taken_over"] += 1
+                log.warning("consumer %s: a second connection took the name over", hello.consumer)
+                out.append(
+                    Outgoing(
+                        old.identity, p.Error(f"consumer {hello.consumer} taken over by another connection")
+                    )
+                )
         credit = min(max(1, hello.credit), MAX_CREDIT)
         state = ConsumerState(hello.consumer, identity, credit, last_seen=now)
         state.connects = (old.connects + 1) if old else 1
         self.consumers[hello.consumer] = state
         self._by_identity[identity] = hello.consumer
         log.info("consumer %s connected (credit %d)", hello.consumer, hello.credit)
-        return Outgoing(identity, p.Welcome(self.appliance_id, CHECKSUM))
+        return [Outgoing(identity, p.Welcome(self.appliance_id, CHECKSUM)), *out]
 
     def _expire(self, consumer: ConsumerState, now: float) -> bool:
         """Give back the credit of chunks unanswered for ``resend_seconds``; True if there were any."""
@@ -282,10 +315,14 @@ class ForwarderSession:
         return expired
 
     def _chunks(self, consumer: ConsumerState, now: float) -> list[Outgoing]:
-        if consumer.credit <= 0:
+        if consumer.credit <= 0 or consumer.unreachable:
             return []
+        for chunk_id, until in list(consumer.held.items()):
+            if now >= until:
+                del consumer.held[chunk_id]
         out: list[Outgoing] = []
-        for row in self.ledger.pending_chunks(consumer.name, consumer.in_flight, consumer.credit):
+        skip = [*consumer.in_flight, *consumer.held]
+        for row in self.ledger.pending_chunks(consumer.name, skip, consumer.credit):
             try:
                 payload = self._read_chunk(row["path"], row["offset"], row["length"])
             except OSError as error:
@@ -325,6 +362,8 @@ class ForwarderSession:
         return out
 
     def _completes(self, consumer: ConsumerState, now: float) -> list[Outgoing]:
+        if consumer.unreachable:
+            return []
         out: list[Outgoing] = []
         for row in self.ledger.files_ready_to_verify(consumer.name):
             sent = consumer.completes_sent.get(row["id"])

@@ -23,6 +23,7 @@ def test_curve_admits_known_consumers_only(tmp_path: Path) -> None:
             timeout=60,
         )
         assert done.returncode == 0, done.stderr
+        assert (keys / name / f"{name}.key_secret").stat().st_mode & 0o777 == 0o600  # its owner's only
     (keys / "clients").mkdir()
     (keys / "clients" / "hpc.key").write_bytes((keys / "hpc" / "hpc.key").read_bytes())
     stack = EdgeStack(

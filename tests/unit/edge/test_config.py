@@ -76,3 +76,15 @@ def test_daemon_refuses_to_start_on_bad_value(tmp_path) -> None:
     assert result.returncode == 2
     assert "ring.slots = 0" in result.stderr
     assert "greater than or equal to 2" in result.stderr
+
+
+def test_required_consumers_are_named_by_the_rules_and_each_once() -> None:
+    assert load_settings(
+        overrides=["upstream.required_consumers=['hpc', 'tape']"]
+    ).upstream.required_consumers == [
+        "hpc",
+        "tape",
+    ]
+    for bad in ("['hpc', 'hpc']", "['a/b']", "['']"):
+        with pytest.raises(ConfigError):
+            load_settings(overrides=[f"upstream.required_consumers={bad}"])

@@ -115,8 +115,16 @@ def test_a_nack_returns_the_credit_and_the_chunk_is_sent_again(ledger: Ledger) -
     assert session.stats["chunks_nacked"] == 1
 
 
-def test_an_undeliverable_chunk_gives_its_credit_back(ledger: Ledger) -> None:
-    session = ForwarderSession(ledger)
+def test_an_undeliverable_chunk_gives_its_credit_back_and_waits_for_the_consumer(ledger: Ledger) -> None:
+    reads: list[int] = []
+
+    def read(path: str, offset: int, length: int) -> bytes:
+        reads.append(offset)
+        with open(path, "rb") as handle:
+            handle.seek(offset)
+            return handle.read(length)
+
+    session = ForwarderSession(ledger, read_chunk=read)
     connect(session, credit=1)
     (out,) = [o for o in session.tick(0.0) if isinstance(o.message, p.Chunk)]
     session.undeliverable(out)  # the socket refused it (peer gone, queue full)
@@ -127,9 +135,16 @@ def test_an_undeliverable_chunk_gives_its_credit_back(ledger: Ledger) -> None:
         "connects": 1,
         "seconds_since_seen": 0,
         "connected": True,
+        "unreachable": True,
     }
     assert session.stats["chunks_sent"] == 0 and session.stats["send_failures"] == 1
-    assert [c.chunk_id for c in chunks(session.tick(0.1))] == [out.message.chunk_id]
+    # an outage: nothing is read from disk or sent again, tick after tick, until the consumer speaks
+    for k in range(1, 100):
+        assert not chunks(session.tick(0.05 * k))
+    assert len(reads) == 1
+    assert session.receive(PEER, frames(p.Heartbeat()), 5.0) == []
+    assert [c.chunk_id for c in chunks(session.tick(5.0))] == [out.message.chunk_id]
+    assert len(reads) == 2
 
 
 def test_a_file_is_completed_repeatedly_until_verified(ledger: Ledger) -> None:
@@ -221,3 +236,51 @@ def test_credit_from_the_peer_is_capped(ledger: Ledger) -> None:
     session.receive(PEER, frames(p.Credit(2**70)), 0.0)
     assert session.consumer_states(0.0)[0]["credit"] == MAX_CREDIT
     assert len(chunks(session.tick(0.1))) == 3
+
+
+def test_credit_and_chunks_in_flight_together_stay_under_the_cap(ledger: Ledger) -> None:
+    session = ForwarderSession(ledger)
+    connect(session, credit=MAX_CREDIT)
+    assert len(chunks(session.tick(0.0))) == 3  # three in flight, unacknowledged
+    session.receive(PEER, frames(p.Credit(MAX_CREDIT)), 0.1)
+    state = session.consumer_states(0.1)[0]
+    assert state["credit"] + state["in_flight"] == MAX_CREDIT
+
+
+def test_a_chunk_rejected_again_waits_before_it_is_resent(ledger: Ledger) -> None:
+    session = ForwarderSession(ledger, resend_seconds=RESEND)
+    connect(session, credit=1)
+    (chunk,) = chunks(session.tick(0.0))
+    session.receive(PEER, frames(p.Nack(chunk.chunk_id, "checksum mismatch")), 0.1)
+    (again,) = chunks(session.tick(0.2))  # the first rejection: sent again at once
+    assert again.chunk_id == chunk.chunk_id
+    session.receive(PEER, frames(p.Nack(chunk.chunk_id, "x" * 10_000)), 0.3)  # a long reason: logged cut
+    # rejected twice: the next chunk goes instead, this one waits resend_seconds
+    (other,) = chunks(session.tick(0.4))
+    assert other.chunk_id != chunk.chunk_id
+    ack(session, other, 0.5)
+    (third,) = chunks(session.tick(0.6))
+    assert third.chunk_id not in (chunk.chunk_id, other.chunk_id)
+    ack(session, third, 0.7)
+    assert not chunks(session.tick(0.8))  # only the held chunk is left: it waits
+    assert [c.chunk_id for c in chunks(session.tick(0.4 + RESEND))] == [chunk.chunk_id]
+
+
+def test_a_consumer_name_outside_the_rules_is_refused(ledger: Ledger) -> None:
+    session = ForwarderSession(ledger)
+    for name in ("", "a/b", "x" * 65, "hpc\n"):
+        (reply,) = session.receive(PEER, frames(p.Hello(name, 4)), 0.0)
+        assert isinstance(reply.message, p.Error) and "consumer name" in reply.message.reason
+    assert session.consumers == {} and session.stats["bad_consumer_names"] == 4
+    assert not chunks(session.tick(0.1))
+
+
+def test_a_second_connection_with_a_live_consumers_name_is_reported_to_the_first(ledger: Ledger) -> None:
+    session = ForwarderSession(ledger)
+    connect(session, credit=1, now=0.0, peer=b"first")
+    out = session.receive(b"second", frames(p.Hello("hpc", 1)), 1.0)
+    assert [(o.identity, type(o.message)) for o in out] == [(b"second", p.Welcome), (b"first", p.Error)]
+    assert "taken over" in out[1].message.reason and session.stats["consumer_taken_over"] == 1
+    # a reconnect after the old connection went quiet is an ordinary reconnect, told to nobody
+    out = session.receive(b"third", frames(p.Hello("hpc", 1)), 100.0)
+    assert [(o.identity, type(o.message)) for o in out] == [(b"third", p.Welcome)]

@@ -129,3 +129,28 @@ def test_pressure_check_answers_at_once_and_follows_the_store(tmp_path: Path) ->
     while not retention.stats.get("pressure_check_errors"):  # ...and is counted, not raised
         assert time.monotonic() < deadline
         time.sleep(0.05)
+
+
+def test_a_confirmation_never_makes_a_local_file_purgeable_or_revives_a_purged_one(tmp_path: Path) -> None:
+    """A consumer's file_verified for a file that was never forwarded is refused; a repeat that arrives
+    after the file was purged changes nothing; a consumer listed twice is waited for once."""
+    from edge.errors import NotFound
+
+    ledger = Ledger(tmp_path / "ledger.sqlite", required_consumers=("hpc", "hpc"))
+    assert ledger.required_consumers == ("hpc",)
+    ledger.run_started("run", 1, None, "{}")
+    local = ledger.file_stored(
+        "run", "local.h5", tmp_path / "l.h5", 10, "sum", (0, 0, 1), [(0, 10, "c")], "data", True
+    )
+    try:
+        ledger.file_verified("hpc", local, 10, "sum")
+        raise AssertionError("a local file was confirmed")
+    except NotFound:
+        pass
+    assert [f["state"] for f in ledger.files("run")] == ["local"]
+    sent = ledger.file_stored("run", "sent.h5", tmp_path / "s.h5", 10, "s2", (1, 1, 1), [(0, 10, "c2")])
+    assert ledger.file_verified("hpc", sent, 10, "s2")
+    ledger.file_purged(sent)
+    assert ledger.file_verified("hpc", sent, 10, "s2")  # a late repeat: still a match, nothing changes
+    assert {f["name"]: f["state"] for f in ledger.files("run")} == {"local.h5": "local", "sent.h5": "purged"}
+    ledger.close()

@@ -76,3 +76,48 @@ def test_hostile_offsets_and_sizes_are_refused_before_they_touch_the_disk(tmp_pa
         (reply,) = client._handle(p.encode(chunk, piece))
         assert isinstance(reply, p.Nack), (offset, size)
     assert client.stats["chunks_rejected"] == 4 and not list(tmp_path.rglob("*.part"))
+
+
+def test_an_empty_file_is_made_here_and_verified(tmp_path: Path) -> None:
+    """A 0-byte file has no chunks: its completion alone makes it (it was asked for again forever)."""
+    client = PullClient("tcp://127.0.0.1:1", "hpc", tmp_path, 4, zmq.Context.instance())
+    empty = xxhash.xxh3_128_hexdigest(b"")
+    (verified,) = client._handle(p.encode(p.FileComplete(9, "run-1", "empty.jsonl", 0, empty)))
+    assert verified == p.FileVerified(9, 0, empty, str((tmp_path / "run-1" / "empty.jsonl").absolute()))
+    assert (tmp_path / "run-1" / "empty.jsonl").read_bytes() == b""
+
+
+def test_an_appliance_with_another_checksum_stops_the_client_saying_why(tmp_path: Path) -> None:
+    client = PullClient("tcp://127.0.0.1:1", "hpc", tmp_path, 4, zmq.Context.instance())
+    assert client._handle(p.encode(p.Welcome("edge", "xxh3-128"))) == [] and client.fatal is None
+    client._handle(p.encode(p.Welcome("edge", "md5")))
+    assert client.stop_event.is_set() and "md5" in str(client.fatal)
+
+
+def test_an_idle_client_says_it_is_there(tmp_path: Path) -> None:
+    """Heartbeats from the client while nothing comes, so the appliance sees it connected."""
+    import threading
+    import time
+
+    context = zmq.Context.instance()
+    router = context.socket(zmq.ROUTER)
+    router.linger = 0
+    port = router.bind_to_random_port("tcp://127.0.0.1")
+    client = PullClient(f"tcp://127.0.0.1:{port}", "hpc", tmp_path, 4, context)
+    thread = threading.Thread(target=client.run)
+    thread.start()
+    try:
+        kinds = []
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline and kinds.count("heartbeat") < 2:
+            if router.poll(500):
+                identity, *frames = router.recv_multipart()
+                message, _ = p.decode(frames)
+                kinds.append(message.type)
+                if message.type == "hello":
+                    router.send_multipart([identity, *p.encode(p.Welcome("edge", "xxh3-128"))])
+        assert kinds[0] == "hello" and kinds.count("heartbeat") >= 2, kinds
+    finally:
+        client.stop_event.set()
+        thread.join(10)
+        router.close(0)

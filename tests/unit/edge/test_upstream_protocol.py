@@ -49,6 +49,9 @@ def test_round_trip_every_message_type() -> None:
         ([b'{"v": 2, "type": "ack", "chunk_id": 1}'], "lacks field 'checksum'"),
         ([b'{"v": 2, "type": "ack", "chunk_id": "1", "checksum": "x"}'], "is not int"),
         ([b'{"v": 2, "type": "credit", "n": true}'], "is not int"),
+        ([b'{"v": 2.0, "type": "heartbeat"}'], "protocol version 2.0"),
+        ([b'{"v": true, "type": "heartbeat"}'], "protocol version True"),
+        ([b'{"v": 2, "type": "heartbeat", "pad": "' + b"x" * (64 << 10) + b'"}'], "at most 65536"),
     ],
 )
 def test_malformed_messages_raise_remote_protocol_error(frames: list[bytes], match: str) -> None:
