@@ -8,7 +8,10 @@ Runs once at start, before any thread. What it does, in order:
    its frame numbers are read back and it is recorded and forwarded like any other file.
 3. Every run without an end is ended with exit status ``fail``; the frames it expected that are in
    no file and no loss record get one loss record, reason ``daemon_crash`` (they were in memory, or
-   had not arrived). Its Bluesky documents are written with a RunStop saying ``fail``.
+   had not arrived). The frames its data files hold that no reduced file's frame table lists (their
+   rows were in memory) get a reduced file of their own, ``recovered_after_crash``: a frame table of
+   those frames, disposition ``stored`` (their products stay in the data files), so the upstream copy
+   still accounts for each of them. Its Bluesky documents are written with a RunStop saying ``fail``.
 
 Later, when frames of a series arrive whose start this daemon never saw (the detector went on through
 the restart), the frame source opens a run "resumed after restart" for the rest of the series, and
@@ -27,8 +30,10 @@ from typing import Any
 
 import h5py
 import hdf5plugin  # noqa: F401  (filter 32008, to open salvaged files)
+import numpy as np
 
 from edge.recorder import RunRecorder
+from edge.store import ReducedWriter
 
 log = logging.getLogger(__name__)
 
@@ -95,6 +100,9 @@ def recover(recorder: RunRecorder, root: Path) -> dict[str, Any]:
                 "held in memory or not yet received when the daemon died",
             )
             report["frames_lost"] += last - first + 1
+        recovered = _recover_frame_table(recorder, root, run_uid, str(run.get("mode") or ""))
+        if recovered:
+            report.setdefault("frame_rows_recovered", {})[run_uid] = recovered
         stored = sum(f["n_frames"] for f in files)
         recorder.close_run(run_uid, stored, "fail")
         report["runs_failed"].append(run_uid)
@@ -102,6 +110,64 @@ def recover(recorder: RunRecorder, root: Path) -> dict[str, Any]:
     if any(report[k] for k in ("quarantined", "salvaged", "runs_failed")):
         log.warning("recovery: %s", json.dumps(report))
     return report
+
+
+class _RecoveredRows:
+    """The layout of a reduced file written by recovery: a frame table and nothing else."""
+
+    definition = "NXmx"
+    reference = "none: frame rows recovered after a crash; the frames' products are in the data files"
+
+    def __init__(self, mode: str) -> None:
+        self.mode = mode
+
+    def settings_record(self) -> dict[str, Any]:
+        return {"mode": self.mode, "recovered_after_crash": True}
+
+    def write_products(self, entry: h5py.Group, products: list[dict[str, Any]]) -> None:
+        entry.attrs["recovered_after_crash"] = True
+
+    def write_reduced(self, entry: h5py.Group, products: list[dict[str, Any]]) -> None:
+        self.write_products(entry, products)
+
+
+def _frame_numbers(path: Path, dataset: str) -> list[int]:
+    try:
+        with h5py.File(path, "r") as handle:
+            return [int(n) for n in np.asarray(handle[dataset][:]).ravel()]
+    except (OSError, KeyError) as error:
+        log.error("cannot read %s of %s: %s", dataset, path, error)
+        return []
+
+
+def _recover_frame_table(recorder: RunRecorder, root: Path, run_uid: str, mode: str) -> int:
+    """A reduced file listing the frames of the run's data files that no reduced file lists; returns
+    how many rows it holds (0: nothing was missing, or no data file could be read)."""
+    files = recorder.ledger.files(run_uid)
+    listed: set[int] = set()
+    reduced_names = []
+    for f in files:
+        if f.get("kind") == "reduced":
+            reduced_names.append(str(f["name"]))
+            listed.update(_frame_numbers(Path(f["path"]), "/entry/frames/frame_number"))
+    rows: list[tuple[int, str]] = []
+    for f in files:
+        if f.get("kind") in ("data", "blank") and int(f["n_frames"]) > 0:
+            numbers = _frame_numbers(Path(f["path"]), "/entry/data/frame_number")
+            rows += [(n, str(f["kind"])) for n in numbers if n not in listed]
+    if not rows:
+        return 0
+    writer = ReducedWriter(root / run_uid, run_uid, _RecoveredRows(mode), frames_per_file=len(rows))
+    taken = {int(name.rsplit("_", 1)[-1].split(".")[0]) for name in reduced_names if name.endswith(".nxs")}
+    while (root / run_uid / f"{run_uid}_reduced_{writer.files:05d}.nxs").exists() or writer.files in taken:
+        writer.files += 1
+    for frame, stream in sorted(rows):
+        writer.add(frame, "stored", stream, {}, {})
+    closed = writer.finish()
+    if closed is not None:
+        recorder.file_closed(closed)
+        log.warning("run %s: %d frames' rows recovered into %s", run_uid, len(rows), closed.name)
+    return len(rows)
 
 
 def resume_interrupted(

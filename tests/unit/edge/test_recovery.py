@@ -64,3 +64,58 @@ def test_a_series_resumed_where_it_stopped_changes_no_account(tmp_path: Path) ->
     assert sorted(p.name for p in (tmp_path / run_uid).glob("*.documents*.jsonl")) == [
         documents_name(run_uid)
     ]
+
+
+def test_frames_stored_before_a_crash_without_rows_get_a_recovered_frame_table(tmp_path: Path) -> None:
+    """kill -9 mid-run: the reduced rows of the frames since the last reduced file were in memory. The
+    frames are in data files; recovery lists them in a reduced file of their own, disposition stored."""
+    import h5py
+    import numpy as np
+
+    from edge.recovery import recover
+    from edge.store import ReducedWriter
+
+    ledger = Ledger(tmp_path / "ledger.sqlite")
+    recorder = RunRecorder(ledger, tmp_path, chunk_bytes=1 << 20)
+    run_uid = recorder.open_run("run-c", series=5, frames_expected=12, config={}, mode="powder")
+    directory = tmp_path / run_uid
+    directory.mkdir()
+    for index, frames in enumerate((range(0, 5), range(5, 10))):
+        path = directory / f"{run_uid}_{index:05d}.h5"
+        with h5py.File(path, "w") as handle:
+            handle["/entry/data/frame_number"] = np.asarray(list(frames), np.int64)
+        recorder.register_file(run_uid, path, (frames[0], frames[-1], len(frames)))
+
+    class Layout:
+        definition = "NXmx"
+        reference = "test"
+
+        def settings_record(self) -> dict:
+            return {"mode": "powder"}
+
+        def write_products(self, entry: object, products: list) -> None:
+            pass
+
+        def write_reduced(self, entry: object, products: list) -> None:
+            pass
+
+    writer = ReducedWriter(directory, run_uid, Layout(), frames_per_file=100)
+    for frame in range(5):  # the rows written before the crash: frames 0..4
+        writer.add(frame, "stored", "data", {}, {})
+    recorder.file_closed(writer.finish())
+
+    report = recover(recorder, tmp_path)  # frames 10, 11 never came: daemon_crash
+
+    assert report["frame_rows_recovered"] == {run_uid: 5}
+    recovered = directory / f"{run_uid}_reduced_00001.nxs"
+    with h5py.File(recovered, "r") as handle:
+        assert list(handle["/entry/frames/frame_number"][:]) == [5, 6, 7, 8, 9]
+        assert list(handle["/entry/frames/disposition"][:]) == [0] * 5
+        assert handle["/entry"].attrs["recovered_after_crash"]
+    kinds = {f["name"]: f["kind"] for f in ledger.files(run_uid)}
+    assert kinds[recovered.name] == "reduced"  # registered: it goes upstream with the rest
+    assert [(r["first_frame"], r["last_frame"], r["reason"]) for r in ledger.losses(run_uid)] == [
+        (10, 11, "daemon_crash")
+    ]
+    stop = _stop(directory / documents_name(run_uid))["edge_accounting"]
+    assert (stop["frames_stored"], stop["frames_lost"]) == (10, 2)
