@@ -140,6 +140,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("bench_args", nargs=argparse.REMAINDER, help="passed on, e.g. --json --quick")
     pvdocs = sub.add_parser("pvdocs", help="print the appliance's PV reference (docs/pvs.md)")
     _common(pvdocs)
+    settingsdocs = sub.add_parser("settingsdocs", help="print the settings reference (docs/settings.md)")
+    _common(settingsdocs)
     return parser
 
 
@@ -518,6 +520,11 @@ def main(argv: list[str] | None = None) -> int:
         from edge.pvdocs import render
 
         sys.stdout.write(render(settings.epics.prefix))
+        return 0
+    if args.command == "settingsdocs":
+        from edge.settingsdocs import render as render_settings
+
+        sys.stdout.write(render_settings())
         return 0
     from edge.demo import run_demo
 

@@ -173,14 +173,14 @@ class ForwarderSession:
             self.stats["unknown_ids"] += 1
             return []
         if isinstance(message, p.Ack):
-            self._sends.get(consumer.name, {}).pop(message.chunk_id, None)
-            consumer.held.pop(message.chunk_id, None)
-            consumer.nacks.pop(message.chunk_id, None)
             if consumer.in_flight.pop(message.chunk_id, None) is not None:
                 consumer.credit += 1
             if self.ledger.chunk_acked(consumer.name, message.chunk_id, message.checksum):
                 self.stats["chunks_acked"] += 1
-            else:
+                self._sends.get(consumer.name, {}).pop(message.chunk_id, None)  # its next send is a first
+                consumer.held.pop(message.chunk_id, None)
+                consumer.nacks.pop(message.chunk_id, None)
+            else:  # not recorded: the chunk goes again, counted as a resend
                 self.stats["acks_rejected"] += 1
         elif isinstance(message, p.Nack):
             if consumer.in_flight.pop(message.chunk_id, None) is not None:
@@ -231,7 +231,9 @@ class ForwarderSession:
                 out += self._completes(consumer, now)
         if self._last_heartbeat is None or now - self._last_heartbeat >= self.heartbeat_seconds:
             self._last_heartbeat = now
-            out += [Outgoing(c.identity, p.Heartbeat()) for c in self.consumers.values()]
+            # not to a consumer whose last send failed: it speaks first when it is back (no failed send
+            # every 2 s for every consumer that went away)
+            out += [Outgoing(c.identity, p.Heartbeat()) for c in self.consumers.values() if not c.unreachable]
         return out
 
     def undeliverable(self, outgoing: Outgoing) -> None:
