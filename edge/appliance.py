@@ -123,6 +123,7 @@ class RingSink:
         # its view needs, decoded only when the view is read (see ``preview``)
         self._preview: tuple[np.ndarray, dict[str, Any]] | _ChunkPreview | None = None
         self._preview_at = 0.0
+        self.newest_frame: int | None = None  # the detector's number of the newest frame published
         self.losses = 0
         # an areaDetector capture (HDF1:Capture=1 .. 0): one run, one file, across the detector's series
         self._capture_lock = threading.Lock()
@@ -144,6 +145,7 @@ class RingSink:
                 header = dataclasses.replace(header, frame=header.frame + self._capture_offset)
             self._capture_next = max(self._capture_next, header.frame + 1)
         self.ring.publish(slot, header, header.nbytes or None)
+        self.newest_frame = header.frame  # (the IOC's UniqueId_RBV)
         now = time.monotonic()
         if now - self._preview_at >= PREVIEW_SECONDS:  # the live view skips the queue, as areaDetector's does
             self._preview_at = now

@@ -186,6 +186,7 @@ class ApplianceIOC:
         self._tasks: list[asyncio.Task[None]] = []
         self._acquiring = False
         self._counter_offset = 0
+        self._hdf_counter_offset = 0  # HDF1:ArrayCounter's, set apart from the driver's ArrayCounter
         self._frames_received = 0
         self._acquisition_base: int | None = None  # frames received before the current acquisition
         self._last_rate_sample: tuple[float, int] | None = None
@@ -313,6 +314,9 @@ class ApplianceIOC:
             "HDF1:FileName": "",
             "HDF1:Capture": 0,
             "HDF1:NumCapture": 1,
+            # one chunk is one whole frame, as the readbacks say
+            "HDF1:NumRowChunks": self.view.frame_format.height,
+            "HDF1:NumColChunks": self.view.frame_format.width,
         }
         value = self._param_value(spec) if spec.param else initial.get(spec.name, spec.initial)
         if isinstance(spec.only, str):
@@ -558,6 +562,9 @@ class ApplianceIOC:
         elif name == "ArrayCounter":
             self._counter_offset = self._frames_received - int(value)
             self._set("ArrayCounter_RBV", int(value))
+        elif name == "HDF1:ArrayCounter":
+            self._hdf_counter_offset = self._frames_received - int(value)
+            self._set("HDF1:ArrayCounter_RBV", int(value))
         elif name == "HDF1:FilePath":
             self._set("HDF1:FilePath_RBV", str(value))
             self._set(
@@ -618,6 +625,7 @@ class ApplianceIOC:
         if not int(value) or self._acquiring:
             return  # 0 while idle: nothing to abort (an abort during a run is seen by the run itself)
         self._acquiring = True
+        self._run_uid = None  # the refresh shows no file counts of the last run while this one starts
         self._acquisition_base = self.view.frames_received()  # (the last run's frames are all in by now)
         self._set("Acquire_RBV", 1)
         try:
@@ -627,7 +635,11 @@ class ApplianceIOC:
             self._set_message(f"Acquisition failed: {error}")
         finally:
             self._acquiring = False
-            self._show_acquisition(self.view.frames_received())  # final before Acquire_RBV goes to 0
+            # the readbacks as the run left them, before the put completes (not up to 0.5 s later)
+            with contextlib.suppress(Exception):
+                status, run_files, _refusal, _parameters = await asyncio.to_thread(self._sample)
+                self._show_status(status, run_files)
+            self._show_acquisition(self.view.frames_received())
             self._set("Acquire_RBV", 0)
             # processed, so that monitors see it (Acquire is no longer the busy record: nothing else posts
             # it); its forward link finds AcquireBusy still busy with this run, and is ignored
@@ -918,9 +930,10 @@ class ApplianceIOC:
         self._set(
             "HDF1:WriteMessage", f"{failed} frame(s) failed to store" if failed else self._write_message
         )
-        self._set("HDF1:UniqueId_RBV", max(0, received - 1))
-        self._set("UniqueId_RBV", max(0, received - 1))
-        self._set("HDF1:ArrayCounter_RBV", received)
+        newest = self.view.newest_frame()
+        self._set("HDF1:UniqueId_RBV", 0 if newest is None else int(newest))
+        self._set("UniqueId_RBV", 0 if newest is None else int(newest))
+        self._set("HDF1:ArrayCounter_RBV", received - self._hdf_counter_offset)
         if not self._capturing:  # a capture's own task shows it (Capture_RBV, NumCaptured_RBV, its file)
             self._set("HDF1:Capture_RBV", int(pipeline.get("run") is not None))
         self._set("HDF1:FilesClosed_RBV", int(status["store"]["files_closed"]))

@@ -109,16 +109,22 @@ def describe(spec: PvSpec) -> str:
     text = ""
     if spec.kind in _ENUM_KINDS:
         text = f"index outside 0..{len(spec.choices) - 1}: refused, MINOR STATE"
+        if spec.kind == "mbbOut":
+            text += " (above 15, the record's own INVALID SOFT)"
     elif spec.kind in _STRING_KINDS:
         text = f"over {_max_bytes(spec)} bytes: refused, MINOR WRITE"
     elif spec.kind in _NUMBER_KINDS:
         bounds = f"outside {_num(spec.limits[0])}..{_num(spec.limits[1])}" if spec.limits else ""
         if spec.kind == "aOut":
             bounds += (", " if bounds else "") + ("±inf" if spec.nan_means else "NaN, ±inf")
+            if not spec.nan_means:
+                bounds += " (NaN: the record's own INVALID UDF too)"
         text = f"{bounds}: refused, MINOR HWLIMIT" if bounds else ""
     parts = [text] if text else []
     if spec.param:
         parts.append(f"a value `reduction.{spec.param}` does not take, or a run open: refused, MINOR SOFT")
+    if spec.also_refused:
+        parts.append(spec.also_refused)
     if isinstance(spec.only, str):
         parts.append(f"any value but the frame's {spec.only.replace('_', ' ')}: refused, MINOR SOFT")
     elif spec.only is not None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from edge import pv_input
+from edge import __version__, pv_input
 from edge.config import MODES, ReductionSettings, SerialSettings, TomoSettings
 from firmware_bridge.areadetector import (
     CLOSE_OPEN,
@@ -71,6 +71,8 @@ class PvSpec:
     #: with ``only_why``; ``"width"``, ``"height"`` or ``"data_type"``: the frame's own, known at start
     only: Any = None
     only_why: str = ""
+    #: what else the appliance's state refuses, for the "bad put" column
+    also_refused: str = ""
 
     @property
     def writable(self) -> bool:
@@ -117,6 +119,7 @@ def _pool_pvs(prefix: str) -> tuple[PvSpec, ...]:
 
 
 _NO_YES = ("No", "Yes")
+_VERSION = f"edge {__version__}"
 _OFF_ON = ("Off", "On")
 AD_DATA_TYPES = (
     "Int8",
@@ -147,7 +150,7 @@ HDF_PLUGIN_PVS: tuple[PvSpec, ...] = (
         "ADCore version whose PVs this follows.",
         initial="3.12.1",
     ),
-    _rbv("HDF1:DriverVersion_RBV", "stringIn", "string", "The appliance's version.", initial="edge"),
+    _rbv("HDF1:DriverVersion_RBV", "stringIn", "string", "The appliance's version.", initial=_VERSION),
     _rbv("HDF1:UniqueId_RBV", "longIn", "long", "Frame number of the newest frame received."),
     _rbv("HDF1:ArraySizeX_RBV", "longIn", "long", "Frame width (pixels)."),
     _rbv("HDF1:ArraySizeY_RBV", "longIn", "long", "Frame height (pixels)."),
@@ -336,12 +339,12 @@ DRIVER_PVS: tuple[PvSpec, ...] = (
     _rbv("Manufacturer_RBV", "stringIn", "string", "Manufacturer.", initial="edge"),
     _rbv("Model_RBV", "stringIn", "string", "Model.", initial="edge appliance"),
     _rbv("SerialNumber_RBV", "stringIn", "string", "The appliance's host name."),
-    _rbv("SDKVersion_RBV", "stringIn", "string", "The appliance's version.", initial="edge"),
-    _rbv("FirmwareVersion_RBV", "stringIn", "string", "The appliance's version.", initial="edge"),
+    _rbv("SDKVersion_RBV", "stringIn", "string", "The appliance's version.", initial=_VERSION),
+    _rbv("FirmwareVersion_RBV", "stringIn", "string", "The appliance's version.", initial=_VERSION),
     _rbv(
         "ADCoreVersion_RBV", "stringIn", "string", "ADCore version whose PVs these follow.", initial="3.12.1"
     ),
-    _rbv("DriverVersion_RBV", "stringIn", "string", "The appliance's version.", initial="edge"),
+    _rbv("DriverVersion_RBV", "stringIn", "string", "The appliance's version.", initial=_VERSION),
     _rbv("UniqueId_RBV", "longIn", "long", "Frame number of the newest frame received."),
     _rbv("ArraySizeX_RBV", "longIn", "long", "Frame width (pixels)."),
     _rbv("ArraySizeY_RBV", "longIn", "long", "Frame height (pixels)."),
@@ -569,7 +572,13 @@ CAM_CLASSIC_PVS: tuple[PvSpec, ...] = (
         units="C",
         limits=(-273.15, 1000.0),
     ),
-    _rbv("TemperatureActual", "aIn", "double", "Detector temperature: not measured (NaN).", units="C"),
+    _rbv(
+        "TemperatureActual",
+        "aIn",
+        "double",
+        "Detector temperature: not measured (NaN, with the record's INVALID UDF alarm).",
+        units="C",
+    ),
     *_stored(
         "ShutterMode",
         "mbbOut",
@@ -671,7 +680,8 @@ PVS: tuple[PvSpec, ...] = (
         "mbbIn",
         "enum",
         "The detector's `DetectorState_RBV`, or `Disconnected` (MAJOR) while its IOC is unreachable "
-        "(`Initializing` until its state is known, `Error` for a state outside areaDetector's list).",
+        "(`Initializing` until its state is known, `Error` (MAJOR) for a state outside areaDetector's list; "
+        "`Aborted` is MINOR).",
         choices=DETECTOR_STATES,
     ),
     _rbv(
@@ -685,7 +695,8 @@ PVS: tuple[PvSpec, ...] = (
         "StatusMessage_RBV",
         "longStringIn",
         "char[256]",
-        "What the appliance is doing, in words.",
+        "What the appliance is doing, in words; a refused put's reason (`Refused NAME = value: why`, NAME "
+        "without the prefix) stays until the next state change, not only until the next good put.",
         length=LONG_STRING,
     ),
     _rbv(
@@ -718,6 +729,7 @@ PVS: tuple[PvSpec, ...] = (
         "else refused (`WriteMessage` says why, `FilePathExists_RBV` No). Runs outside a capture are "
         "stored under the store path, named by run uid.",
         length=LONG_STRING,
+        also_refused="a directory outside `store.roots`: refused, MINOR SOFT (and `WriteMessage`)",
     ),
     _rbv("HDF1:FilePath_RBV", "longStringIn", "char[256]", "`FilePath`, as accepted.", length=LONG_STRING),
     PvSpec(
@@ -885,7 +897,7 @@ PVS: tuple[PvSpec, ...] = (
         "WaveformIn",
         "short[preview]",
         "Latest frame binned 8x8 (every 8th pixel), "
-        "row-major, clipped to 0..32767 (CA has no unsigned 16-bit type).",
+        "row-major, clipped to 0..32767 (CA has no unsigned 16-bit type); 0 elements until the first frame.",
         length="preview",
     ),
     _rbv("Image1:ArraySize0_RBV", "longIn", "long", "Preview width."),

@@ -211,6 +211,10 @@ class ApplianceView:
     def frames_received(self) -> int:
         return int(self._p.source.counters().get("frames_received", 0))
 
+    def newest_frame(self) -> int | None:
+        """The detector's number of the newest frame received (None before the first)."""
+        return self._p.sink.newest_frame  # type: ignore[no-any-return]
+
     # -- runs -----------------------------------------------------------------------------------------
     def runs(self) -> list[dict[str, Any]]:
         return self._p.ledger.runs()

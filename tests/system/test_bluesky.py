@@ -334,5 +334,13 @@ def test_bluesky_count_with_stock_classic_ophyd(stack: Stack) -> None:
         assert epics.caget(stack.cam_prefix + "FrameType_RBV", as_string=True) == "FlatField"
         assert epics.caget(stack.cam_prefix + "TriggerMode_RBV", as_string=True) == "Internal"
         assert cam.num_images_counter.get() == 1
+        # read right after the put completed: the readbacks are the run's, not half a second behind
+        assert epics.caget(p + "UniqueId_RBV") == 0  # the newest frame's own number (one frame, 0)
+        assert epics.caget(p + "HDF1:Capture_RBV") == 0
+        assert epics.caget(p + "SDKVersion_RBV", as_string=True).startswith("edge ")
+        assert epics.caget(p + "HDF1:NumRowChunks") == epics.caget(p + "HDF1:NumRowChunks_RBV") == 256
+        assert epics.caput(p + "HDF1:ArrayCounter", 0, wait=True, timeout=10) == 1
+        time.sleep(1.2)  # two refreshes of the readbacks: the reset holds
+        assert epics.caget(p + "HDF1:ArrayCounter_RBV") == 0
     finally:
         detector.destroy()
