@@ -301,7 +301,7 @@ class PullSettings(_Section):
     """The HPC-side client (``edge pull``)."""
 
     endpoint: str = f"tcp://{LOCALHOST}:5570"
-    consumer: str = Field("hpc", min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")
+    consumer: str = Field("hpc", pattern=f"^{CONSUMER_NAME.pattern}$")  # the appliance's rule, once
     output: Path = Path("edge-data/upstream")
     credit: int = Field(8, ge=1, le=1024)
     curve_secret_file: Path | None = Field(None, description="this consumer's CurveZMQ key pair")
