@@ -24,8 +24,9 @@ import math
 import os
 import re
 import socket
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -193,6 +194,7 @@ class ApplianceIOC:
         self._run_uid: str | None = None
         self._message = ""
         self._remove_listener: Callable[[], None] | None = None
+        self._shown = threading.local()  # the records set inside `_shown_now`, per thread
 
     # --- lifecycle -----------------------------------------------------------------------------
     def start(self) -> None:
@@ -327,7 +329,7 @@ class ApplianceIOC:
             # a put with completion returns once the value is applied and its readback shows it
             "blocking": True,
             "validate": validate,
-            "on_update": lambda value, name=spec.name: self._on_setpoint(name, value),
+            "on_update": lambda value, name=spec.name: self._apply_setpoint(name, value),
         }
 
     # --- setpoints -----------------------------------------------------------------------------
@@ -337,8 +339,14 @@ class ApplianceIOC:
         A refused put leaves the setpoint at its last good value with a MINOR alarm (the status says
         what kind of refusal: STATE, WRITE, HWLIMIT, SOFT) until the next good put, and the reason in
         ``StatusMessage_RBV``. The put itself completes: CA has no way to fail a put callback once the
-        value is written, so clients read the alarm and the message (see ``docs/epics.md``).
+        value is written, so clients read the alarm and the message (see ``docs/epics.md``). The
+        message and the readbacks a refusal sets hold their values before the put returns.
         """
+        with self._shown_now():
+            return self._take_put(spec, device, value)
+
+    def _take_put(self, spec: PvSpec, device: Any, value: Any) -> bool:
+        """True when ``value`` may be taken; else the refusal is shown (alarm, messages) and False."""
         try:
             refused = pv_input.refusal(spec, value, self._frame_only(spec)) or self._state_refusal(
                 spec, value
@@ -551,6 +559,11 @@ class ApplianceIOC:
             return math.nan if value is None else float(value)
         return value
 
+    def _apply_setpoint(self, name: str, value: Any) -> None:
+        """softioc's ``on_update`` of a setpoint: its readbacks hold the value before the put completes."""
+        with self._shown_now():
+            self._on_setpoint(name, value)
+
     def _on_setpoint(self, name: str, value: Any) -> None:
         if name == "NumImages":
             self._set("NumImages_RBV", int(value))
@@ -604,6 +617,36 @@ class ApplianceIOC:
             record.set(value, process=False)
         else:
             record.set(value, severity=severity, alarm=alarm if severity else 0)
+            shown = getattr(self._shown, "names", None)
+            if shown is not None:
+                shown.add(name)
+
+    @contextlib.contextmanager
+    def _shown_now(self) -> Iterator[None]:
+        """The readbacks set inside hold their new values when this exits.
+
+        softioc's ``set`` on an input record only queues the record for a scan thread (two or more of
+        them, in any order), so a client reading it right after a put completed could get the old value.
+        Processing each one here (a put to its ``PROC`` field, done in this thread) makes the put's
+        completion mean what docs/epics.md says: the readback shows the value.
+        """
+        outer = getattr(self._shown, "names", None)
+        names: set[str] = set()
+        self._shown.names = names
+        try:
+            yield
+        finally:
+            self._shown.names = outer
+            if outer is not None:
+                outer |= names
+            else:
+                for name in names:
+                    try:
+                        self.records[name].set_field("PROC", 1)
+                    except AttributeError:  # a stand-in record of a unit test
+                        pass
+                    except Exception:  # the value still arrives, from the scan thread
+                        log.exception("processing %s failed", name)
 
     def _set_message(self, message: str) -> None:
         self._message = message
@@ -636,11 +679,15 @@ class ApplianceIOC:
         finally:
             self._acquiring = False
             # the readbacks as the run left them, before the put completes (not up to 0.5 s later)
+            sample = None
             with contextlib.suppress(Exception):
-                status, run_files, _refusal, _parameters = await asyncio.to_thread(self._sample)
-                self._show_status(status, run_files)
-            self._show_acquisition(self.view.frames_received())
-            self._set("Acquire_RBV", 0)
+                sample = await asyncio.to_thread(self._sample)
+            with self._shown_now():
+                if sample is not None:
+                    with contextlib.suppress(Exception):
+                        self._show_status(sample[0], sample[1])
+                self._show_acquisition(self.view.frames_received())
+                self._set("Acquire_RBV", 0)
             # processed, so that monitors see it (Acquire is no longer the busy record: nothing else posts
             # it); its forward link finds AcquireBusy still busy with this run, and is ignored
             self.records["Acquire"].set(0)

@@ -224,6 +224,21 @@ def test_capture_outside_store_roots_is_refused(stack: Stack) -> None:
     assert epics.caget(p + "HDF1:FilePathExists_RBV") == 1
     epics.caput(p + "HDF1:FilePath", str(good / "missing") + "/", wait=True, timeout=5)
     assert epics.caget(p + "HDF1:FilePathExists_RBV") == 0
+    # a completed put means its readbacks show it, every time (softioc alone only queues them for a scan
+    # thread: a third of these reads were stale before)
+    stale = []
+    for i in range(100):
+        epics.caput(p + "HDF1:FilePath", str(outside) + "/", wait=True, timeout=5)
+        refused = (
+            epics.caget(p + "HDF1:FilePathExists_RBV"),
+            epics.caget(p + "HDF1:WriteMessage", as_string=True),
+        )
+        epics.caput(p + "HDF1:FilePath", str(good) + "/", wait=True, timeout=5)
+        epics.caput(p + "NumImages", 10 + i, wait=True, timeout=5)
+        taken = epics.caget(p + "HDF1:FilePathExists_RBV"), epics.caget(p + "NumImages_RBV")
+        if refused[0] != 0 or "outside store.roots" not in refused[1] or taken != (1, 10 + i):
+            stale.append((i, refused, taken))
+    assert stale == []
     assert list(outside.iterdir()) == []
 
 

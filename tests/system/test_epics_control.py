@@ -35,10 +35,28 @@ START_TIMEOUT = 60.0
 pytestmark = pytest.mark.timeout(180)
 
 
-def _epics() -> Any:
-    import epics
+class _FreshGets:
+    """pyepics, with ``caget`` asking the IOC now (``use_monitor=False``), as the ``caget`` tool does.
 
-    return epics
+    pyepics' own default answers from its monitor cache, and a monitor update may arrive just after the
+    put's completion that caused it (CA orders them on no common queue): a read right after a put would
+    sometimes see the value before it.
+    """
+
+    def __getattr__(self, name: str) -> Any:
+        import epics
+
+        return getattr(epics, name)
+
+    def caget(self, pvname: str, **kw: Any) -> Any:
+        import epics
+
+        kw.setdefault("use_monitor", False)
+        return epics.caget(pvname, **kw)
+
+
+def _epics() -> Any:
+    return _FreshGets()
 
 
 def wait_until(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.05) -> Any:

@@ -17,9 +17,9 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
+from test_epics_control import _epics
 
 SRC = Path(__file__).resolve().parents[2]
 IOC_START_TIMEOUT = 20.0
@@ -120,12 +120,6 @@ async def wait_until_async(predicate: Callable[[], bool], timeout: float, what: 
             pytest.fail(f"timed out after {timeout} s waiting for {what}")
         await asyncio.sleep(0.02)
     return time.monotonic() - start
-
-
-def _epics() -> Any:
-    import epics
-
-    return epics
 
 
 # --- the IOC through pyepics ----------------------------------------------------------------------
