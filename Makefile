@@ -36,11 +36,11 @@ lint: $(STAMP)
 
 # the unit tests first, on 2 workers (whole files per worker): most of their time is numba compiling
 # kernels, one core each, and what they compile is cached for the system tests' daemons that follow.
-# The browser and system tests stay on one worker: on two (7 min instead of 12) two tests' components
-# picked the same "free" port (found, closed, then bound later) and one failed (2026-12-02)
+# The browser and system tests on 2 workers as well (7 min instead of 12: most of it is waiting on
+# paced daemons); each worker picks loopback ports from its own slice (tests/conftest.py)
 test: lint
 	$(BIN)/python -m pytest -n 2 --dist loadfile tests/unit
-	$(BIN)/python -m pytest tests/browser tests/system
+	$(BIN)/python -m pytest -n 2 --dist loadfile tests/browser tests/system
 
 fuzz: $(STAMP)
 	$(BIN)/python tests/fuzz/fuzz_udp_codec.py --runs 100000

@@ -15,6 +15,7 @@ import argparse
 import contextlib
 import http.client
 import json
+import os
 import secrets
 import signal
 import socket
@@ -29,6 +30,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from edge.config import Settings
+from edge.errors import ConfigError
 
 STOP_ORDER = ("sim", "pull", "daemon")  # the source first, then the consumer, the daemon last
 TAIL_LINES = 15
@@ -60,6 +62,24 @@ def _port_is_free(port: int) -> bool:
     return True
 
 
+def _port_range() -> tuple[int, int]:
+    """Where `free_port` picks from: ``EDGE_PORT_RANGE``, else from 10000 up to the ephemeral range."""
+    low, _high = _ephemeral_range()
+    given = os.environ.get("EDGE_PORT_RANGE", "").strip()
+    if not given:
+        return _LOWEST_PORT, low - 1
+    try:
+        first, last = (int(part) for part in given.split("-"))
+    except ValueError:
+        raise ConfigError(f"EDGE_PORT_RANGE={given!r}: expected LOW-HIGH, e.g. 10000-20999") from None
+    if not 1024 <= first <= last - 999 or last >= low:
+        raise ConfigError(
+            f"EDGE_PORT_RANGE={given!r}: needs 1000 or more ports from 1024 up, below the kernel's "
+            f"ephemeral range (from {low})"
+        )
+    return first, last
+
+
 def free_port() -> int:
     """A loopback port free now for TCP and UDP, chosen below the kernel's ephemeral range.
 
@@ -67,12 +87,15 @@ def free_port() -> int:
     outgoing connections from, so between choosing it and a process binding it, any connection (the pull
     client's, a browser's) can take it: "Address already in use". Ports below that range are never taken
     that way. Where the range starts too low to leave room, the kernel's choice is used.
+
+    ``EDGE_PORT_RANGE=LOW-HIGH`` (inclusive) narrows the choice, so that several demos or test workers
+    started at once, each with its own range, never pick the same port between choosing and binding it.
     """
-    low, _high = _ephemeral_range()
+    first, last = _port_range()
     pick = secrets.SystemRandom()
     for _ in range(200):
-        if low - _LOWEST_PORT >= 1000:
-            port = pick.randrange(_LOWEST_PORT, low)
+        if last - first >= 999:
+            port = pick.randint(first, last)
         else:
             with socket.socket() as sock:
                 sock.bind(("127.0.0.1", 0))

@@ -3,6 +3,7 @@ kernel takes outgoing connections' source ports from (so none can take a port be
 
 from __future__ import annotations
 
+import os
 import socket
 
 from edge.demo import _ephemeral_range, _port_is_free, free_port
@@ -28,3 +29,37 @@ def test_a_port_in_use_for_tcp_or_udp_is_not_free() -> None:
         with socket.socket(socket.AF_INET, kind) as held:
             held.bind(("127.0.0.1", port))
             assert not _port_is_free(port)
+
+
+def test_edge_port_range_narrows_the_choice(monkeypatch) -> None:
+    import pytest
+
+    from edge.errors import ConfigError
+
+    monkeypatch.setenv("EDGE_PORT_RANGE", "12000-12999")
+    ports = [free_port() for _ in range(30)]
+    assert all(12000 <= port <= 12999 for port in ports), ports
+    for bad in ("12000", "x-y", "12000-12100", "100-5000", "12000-65000"):
+        monkeypatch.setenv("EDGE_PORT_RANGE", bad)
+        with pytest.raises(ConfigError, match="EDGE_PORT_RANGE"):
+            free_port()
+
+
+def test_test_workers_pick_from_disjoint_slices(monkeypatch) -> None:
+    """tests/conftest.py gives each xdist worker its own slice (two workers once took one port)."""
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location("root_conftest", Path(__file__).parents[2] / "conftest.py")
+    assert spec is not None and spec.loader is not None
+    slices = []
+    for worker in ("gw0", "gw1"):
+        monkeypatch.delenv("EDGE_PORT_RANGE", raising=False)
+        monkeypatch.setenv("PYTEST_XDIST_WORKER", worker)
+        monkeypatch.setenv("PYTEST_XDIST_WORKER_COUNT", "2")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        first, last = (int(part) for part in os.environ["EDGE_PORT_RANGE"].split("-"))
+        slices.append(range(first, last + 1))
+        assert all(first <= free_port() <= last for _ in range(10))
+    assert not set(slices[0]) & set(slices[1])

@@ -1,0 +1,29 @@
+"""Settings for every test process, before any test runs.
+
+Under pytest-xdist each worker (and every daemon, simulator or demo it starts, by inheritance) picks its
+loopback ports from its own slice of `edge.demo.free_port`'s range (``EDGE_PORT_RANGE``): a port is
+chosen free and bound a moment later, and two workers choosing from one range would now and then both
+take the same port in between.
+"""
+
+from __future__ import annotations
+
+import os
+
+from edge.demo import _LOWEST_PORT, _ephemeral_range
+
+
+def _port_slice() -> None:
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+    count = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1") or 1)
+    if not worker.startswith("gw") or count < 2 or "EDGE_PORT_RANGE" in os.environ:
+        return
+    index = int(worker[2:])
+    size = (_ephemeral_range()[0] - _LOWEST_PORT) // count
+    if size < 1000:  # no room for slices: the whole range, as without workers
+        return
+    first = _LOWEST_PORT + index * size
+    os.environ["EDGE_PORT_RANGE"] = f"{first}-{first + size - 1}"
+
+
+_port_slice()
