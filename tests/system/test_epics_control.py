@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import free_port
+from edgeprocs import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 SRC = ROOT

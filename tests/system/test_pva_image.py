@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import free_port
+from edgeprocs import free_port
 from test_epics_control import ACF, Stack, _epics, wait_until
 
 pytestmark = pytest.mark.timeout(120)
@@ -30,7 +30,7 @@ class PvaStack(Stack):
     def __init__(self, *args: Any) -> None:
         super().__init__(*args)
         self.pva_tcp = free_port()
-        self.pva_udp = free_port((self.pva_tcp,))
+        self.pva_udp = free_port()  # (never the same port twice in one process)
         self.settings.append(f"epics.pva_rate_hz={RATE_HZ}")
 
     def _env(self, **extra: str) -> dict[str, str]:
