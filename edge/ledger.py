@@ -5,10 +5,16 @@ every consumer the policy names has returned the file's checksum and size. A chu
 a file, the unit the upstream protocol sends and acknowledges. Every commit is durable
 (``synchronous=FULL``) so a crash loses no bookkeeping. One connection, guarded by a lock, serves the
 daemon's threads.
+
+The ledger stays bounded on an appliance that runs for months: when a file is purged, its chunk rows
+and their acknowledgements (a row per 4 MiB per consumer, millions a day) are replaced by their counts
+in the file's own row (``files.chunk_record``), in the same transaction; the file, run and loss rows are
+kept for good.
 """
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import threading
 import time
@@ -83,8 +89,9 @@ CREATE INDEX IF NOT EXISTS runs_by_start ON runs(started_at);
 """
 
 #: The ledger's schema version (SQLite ``user_version``). 0/1: the first layout; 2 adds what each file is
-#: (``files.kind``), the run's mode and vetoed frames, and where each consumer stored each file.
-SCHEMA_VERSION = 2
+#: (``files.kind``), the run's mode and vetoed frames, and where each consumer stored each file; 3 keeps a
+#: purged file's chunk counts in its row (``files.chunk_record``) instead of its chunk rows.
+SCHEMA_VERSION = 3
 
 #: Columns added since version 1, with their defaults; a fresh ledger gets them too (table, column, SQL).
 MIGRATION_COLUMNS = (
@@ -92,6 +99,7 @@ MIGRATION_COLUMNS = (
     ("runs", "mode", "TEXT"),
     ("runs", "frames_vetoed", "INTEGER NOT NULL DEFAULT 0"),
     ("file_acks", "stored_path", "TEXT"),
+    ("files", "chunk_record", "TEXT"),
 )
 
 # Running totals, kept by triggers in the same transaction as the rows they count, so that the views
@@ -449,6 +457,13 @@ class Ledger:
         out: dict[int, dict[str, int]] = {}
         for r in rows:
             out.setdefault(r["file_id"], {})[r["consumer"]] = r["n"]
+        # purged files: the counts their chunk rows were replaced by
+        for r in self._rows(
+            "SELECT id, chunk_record FROM files WHERE run_uid=? AND chunk_record IS NOT NULL", (run_uid,)
+        ):
+            acked = json.loads(r["chunk_record"]).get("acked", {})
+            if acked:
+                out[r["id"]] = {consumer: int(pair[0]) for consumer, pair in acked.items()}
         return out
 
     def verified_rate(self, window: float, now: float) -> float:
@@ -496,8 +511,59 @@ class Ledger:
             if cursor.rowcount != 1:
                 self._db.execute("ROLLBACK")
                 raise RuntimeError(f"file {file_id} is not verified; refusing to mark it purged")
-            self._db.execute("UPDATE chunks SET state='purged' WHERE file_id=?", (file_id,))
+            try:
+                self._drop_chunk_rows(file_id)
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
             self._db.execute("COMMIT")
+
+    def _drop_chunk_rows(self, file_id: int) -> None:
+        """(In the caller's transaction.) Replace a purged file's chunk rows and their acknowledgements by
+        their counts in the file's row: ``{"chunks": n, "acked": {consumer: [chunks, last chunk id]}}``."""
+        db = self._db
+        n = int(db.execute("SELECT COUNT(*) FROM chunks WHERE file_id=?", (file_id,)).fetchone()[0])
+        if n == 0:
+            return
+        acked: dict[str, list[int]] = {}
+        # per consumer, so that each query runs on chunk_acks' key (consumer, chunk_id)
+        for (consumer,) in db.execute("SELECT consumer FROM ack_totals").fetchall():
+            count, last = db.execute(
+                "SELECT COUNT(*), MAX(chunk_id) FROM chunk_acks WHERE consumer=?"
+                " AND chunk_id IN (SELECT id FROM chunks WHERE file_id=?)",
+                (consumer, file_id),
+            ).fetchone()
+            if count:
+                acked[consumer] = [int(count), int(last)]
+                db.execute(
+                    "DELETE FROM chunk_acks WHERE consumer=?"
+                    " AND chunk_id IN (SELECT id FROM chunks WHERE file_id=?)",
+                    (consumer, file_id),
+                )
+        db.execute("DELETE FROM chunks WHERE file_id=?", (file_id,))
+        db.execute(
+            "UPDATE files SET chunk_record=? WHERE id=?",
+            (json.dumps({"chunks": n, "acked": acked}, sort_keys=True), file_id),
+        )
+
+    def compact_purged(self, limit: int = 64) -> int:
+        """Drop the chunk rows of up to ``limit`` files purged by an older edge, which kept them (schema
+        version 2 and before); returns how many files it compacted (0 once none is left)."""
+        rows = self._rows(
+            "SELECT DISTINCT c.file_id FROM chunks c JOIN files f ON f.id = c.file_id"
+            " WHERE c.state = 'purged' AND f.state = 'purged' LIMIT ?",
+            (limit,),
+        )
+        for row in rows:
+            with self._lock:
+                self._db.execute("BEGIN IMMEDIATE")
+                try:
+                    self._drop_chunk_rows(int(row["file_id"]))
+                    self._db.execute("COMMIT")
+                except BaseException:
+                    self._db.execute("ROLLBACK")
+                    raise
+        return len(rows)
 
     def local_files(self, stored_before: float, limit: int = 256) -> list[dict[str, Any]]:
         """Files never forwarded (state ``local``) stored before ``stored_before``, oldest first."""
@@ -519,7 +585,11 @@ class Ledger:
             if cursor.rowcount != 1:
                 self._db.execute("ROLLBACK")
                 raise RuntimeError(f"file {file_id} is not a local-only file; refusing to retire it")
-            self._db.execute("UPDATE chunks SET state='purged' WHERE file_id=?", (file_id,))
+            try:
+                self._drop_chunk_rows(file_id)
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
             self._db.execute("COMMIT")
 
     # -- losses ------------------------------------------------------------------------------------------

@@ -35,6 +35,7 @@ log = logging.getLogger(__name__)
 
 PRESSURE_RECHECK_S = 0.2
 PURGE_BATCH = 256  # verified files asked of the ledger at a time while purging down to the low water mark
+COMPACT_BATCH = 64  # purged files of an older ledger whose chunk rows are dropped per retention pass
 
 
 class Retention:
@@ -58,6 +59,7 @@ class Retention:
         self.root = root
         self.settings = settings
         self.stats: Counter[str] = Counter()
+        self._compacted = False  # True once no purged file keeps chunk rows (`Ledger.compact_purged`)
         self.alarm: str | None = None
         self._samples: deque[tuple[float, int]] = deque(maxlen=120)
         self._stop = threading.Event()
@@ -236,6 +238,10 @@ class Retention:
         """One pass of the policy (what the thread does every ``interval_seconds``): purge, sample."""
         try:
             self.purge_once()
+            if not self._compacted:  # a ledger from an older edge: its purged files' chunk rows, in batches
+                done = self.ledger.compact_purged(COMPACT_BATCH)
+                self.stats["files_compacted"] += done
+                self._compacted = done < COMPACT_BATCH
             self._samples.append((self.clock(), self.usage()["written"]))
         except Exception:  # keep the policy running, loudly
             log.exception("retention pass failed")

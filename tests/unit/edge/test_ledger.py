@@ -4,6 +4,7 @@ for what is pending, not for the whole history."""
 
 from __future__ import annotations
 
+import json
 import random
 import sqlite3
 import time
@@ -21,16 +22,25 @@ def scanned(path: Path) -> dict[str, object]:
         frames = dict(db.execute("SELECT state, SUM(n_frames) FROM files GROUP BY state").fetchall())
         chunks = dict(db.execute("SELECT state, COUNT(*) FROM chunks GROUP BY state").fetchall())
         sizes = dict(db.execute("SELECT state, SUM(size) FROM files GROUP BY state").fetchall())
-        acks = db.execute(
-            "SELECT consumer, COUNT(*), MAX(chunk_id) FROM chunk_acks GROUP BY consumer"
-        ).fetchall()
+        acks = {
+            consumer: [count, last]
+            for consumer, count, last in db.execute(
+                "SELECT consumer, COUNT(*), MAX(chunk_id) FROM chunk_acks GROUP BY consumer"
+            )
+        }
+        # a purged file's chunk rows were replaced by their counts (``files.chunk_record``)
+        for (record,) in db.execute("SELECT chunk_record FROM files WHERE chunk_record IS NOT NULL"):
+            for consumer, (count, last) in json.loads(record)["acked"].items():
+                total = acks.setdefault(consumer, [0, last])
+                total[0] += count
+                total[1] = max(total[1], last)
     return {
         "files": files,
         "frames": frames,
         "chunks": chunks,
         "total": sum(v for k, v in sizes.items() if k != "purged"),
         "verified": sizes.get("verified", 0),
-        "acks": [tuple(a) for a in acks],
+        "acks": [(consumer, *acks[consumer]) for consumer in sorted(acks)],
     }
 
 
