@@ -284,7 +284,13 @@ class UpstreamSettings(_Section):
         description="fault injection: probability a sent chunk has one byte flipped in transit",
     )
     curve_secret_file: Path | None = Field(None, description="appliance's CurveZMQ key pair (edge keys)")
-    curve_clients_dir: Path | None = Field(None, description="public keys of the consumers allowed in")
+    curve_clients_dir: Path | None = Field(
+        None,
+        description=(
+            "public keys of the consumers allowed in, each as CONSUMER.key (it admits that name only);"
+            " reread when it changes"
+        ),
+    )
 
     @field_validator("required_consumers")
     @classmethod

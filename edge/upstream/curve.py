@@ -3,17 +3,27 @@
 Keys are ZeroMQ certificate files (``edge keys DIR NAME`` writes ``NAME.key`` and
 ``NAME.key_secret``). The appliance serves with its secret key and admits only consumers whose public
 keys sit in ``upstream.curve_clients_dir``; a consumer connects with its own key pair and the
-appliance's public key. Without keys the link is plain TCP (it only ever binds 127.0.0.1 by default).
+appliance's public key. Each admitted key speaks for one consumer name, its file's: ``hpc.key`` admits
+a client that says ``hello`` as ``hpc`` and as nothing else (`KeyRing`). The directory is read again
+when it changes, so keys are added and removed without a restart. Without keys the link is plain TCP
+(it only ever binds 127.0.0.1 by default).
 """
 
 from __future__ import annotations
 
+import logging
 import os
+import threading
 from pathlib import Path
 
 import zmq
 import zmq.auth
 from zmq.auth.thread import ThreadAuthenticator
+from zmq.utils import z85
+
+from edge.upstream.protocol import CONSUMER_NAME
+
+log = logging.getLogger(__name__)
 
 
 def create_keys(directory: Path, name: str) -> tuple[Path, Path]:
@@ -24,13 +34,92 @@ def create_keys(directory: Path, name: str) -> tuple[Path, Path]:
     return Path(public), Path(secret)
 
 
+class KeyRing:
+    """The admitted public keys and the consumer name each speaks for (its file's name, ``NAME.key``).
+
+    Read again whenever a ``.key`` file in the directory is added, removed or rewritten (checked at each
+    CURVE handshake: a few ``stat`` calls). A file that is not a certificate, a name the protocol does
+    not allow, or one key in two files (which name would it be?) is logged and admits no one. A
+    directory that cannot be read admits no one.
+    """
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self._lock = threading.Lock()
+        self._seen: tuple[tuple[str, int, int], ...] | None = None
+        self._names: dict[bytes, str] = {}  # z85 public key -> consumer name
+
+    def _listing(self) -> tuple[tuple[str, int, int], ...]:
+        entries = []
+        for path in sorted(self.directory.glob("*.key")):
+            info = path.stat()
+            entries.append((path.name, info.st_mtime_ns, info.st_size))
+        return tuple(entries)
+
+    def _refresh(self) -> None:
+        try:
+            listing = self._listing()
+        except OSError as error:
+            if self._seen != ():
+                log.error(
+                    "cannot read upstream.curve_clients_dir %s: %s (no consumer admitted)",
+                    self.directory,
+                    error,
+                )
+            self._seen, self._names = (), {}
+            return
+        if listing == self._seen:
+            return
+        names: dict[bytes, str] = {}
+        twice: set[bytes] = set()
+        for file_name, _mtime, _size in listing:
+            name = file_name[: -len(".key")]
+            try:
+                public, _secret = zmq.auth.load_certificate(str(self.directory / file_name))
+            except (OSError, ValueError) as error:
+                log.error("CURVE client key %s is not a certificate (%s): ignored", file_name, error)
+                continue
+            if not CONSUMER_NAME.fullmatch(name):
+                log.error("CURVE client key %s: %r is not a consumer name: ignored", file_name, name)
+                continue
+            if public in names:
+                twice.add(public)
+            names[public] = name
+        for public in twice:
+            log.error("one CURVE key is in two files of %s: it admits no one", self.directory)
+            del names[public]
+        self._seen, self._names = listing, names
+        log.info("CURVE clients: %s", ", ".join(sorted(names.values())) or "none")
+
+    def name_of(self, z85_key: bytes) -> str | None:
+        """The consumer name ``z85_key`` speaks for, or None when it is not admitted."""
+        with self._lock:
+            self._refresh()
+            return self._names.get(z85_key)
+
+    def callback(self, domain: str, key: bytes) -> bool:
+        """pyzmq's credentials provider: admit the keys on the ring."""
+        return self.name_of(key) is not None
+
+
+class _NamedAuthenticator(ThreadAuthenticator):
+    """The ZAP handler: a client's User-Id (on every message it sends) is its key's consumer name."""
+
+    keyring: KeyRing
+
+    def curve_user_id(self, client_public_key: bytes) -> str:
+        return self.keyring.name_of(z85.encode(client_public_key)) or ""
+
+
 def serve_securely(
     context: zmq.Context, sock: zmq.Socket, secret_file: Path, clients_dir: Path
 ) -> ThreadAuthenticator:
-    """Make ``sock`` a CURVE server admitting only the public keys in ``clients_dir``."""
-    auth = ThreadAuthenticator(context)
+    """Make ``sock`` a CURVE server admitting only the public keys in ``clients_dir``; each message it
+    receives carries the consumer name its sender's key speaks for, as the frame's ``User-Id``."""
+    auth = _NamedAuthenticator(context)
+    auth.keyring = KeyRing(clients_dir)
     auth.start()
-    auth.configure_curve(domain="*", location=str(clients_dir))
+    auth.configure_curve_callback(domain="*", credentials_provider=auth.keyring)
     public, secret = zmq.auth.load_certificate(str(secret_file))
     sock.curve_secretkey = secret
     sock.curve_publickey = public

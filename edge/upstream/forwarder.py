@@ -113,11 +113,16 @@ class Forwarder:
                 if sock.poll(50):
                     while True:
                         try:
-                            frames = sock.recv_multipart(zmq.NOBLOCK)
+                            parts = sock.recv_multipart(zmq.NOBLOCK, copy=False)
                         except zmq.Again:
                             break
+                        # over CURVE, the consumer name the sender's key speaks for (`curve.KeyRing`)
+                        user = parts[-1].get("User-Id") if self.curve is not None else None
+                        frames = [part.bytes for part in parts]
                         with self._lock:
-                            replies = self.session.receive(frames[0], frames[1:], self._clock())
+                            replies = self.session.receive(
+                                frames[0], frames[1:], self._clock(), key_name=user
+                            )
                         self._send(sock, replies)
                 with self._lock:
                     outgoing = self.session.tick(self._clock())

@@ -147,8 +147,12 @@ class ForwarderSession:
         self._sends: dict[str, dict[int, int]] = {}
 
     # -- input ------------------------------------------------------------------------------------------
-    def receive(self, identity: bytes, frames: list[bytes], now: float) -> list[Outgoing]:
-        """A peer sent ``frames``; returns the replies (a Welcome, or an Error for a malformed message)."""
+    def receive(
+        self, identity: bytes, frames: list[bytes], now: float, key_name: str | None = None
+    ) -> list[Outgoing]:
+        """A peer sent ``frames``; returns the replies (a Welcome, or an Error for a malformed message).
+
+        ``key_name``: over CURVE, the one consumer name the peer's key speaks for (None: no CURVE)."""
         self.stats["messages_received"] += 1
         try:
             message, _payload = p.decode(frames)
@@ -159,7 +163,7 @@ class ForwarderSession:
             return [Outgoing(identity, p.Error(reason))]
         if isinstance(message, p.Hello):
             self._changed = True
-            return self._hello(identity, message, now)
+            return self._hello(identity, message, now, key_name)
         name = self._by_identity.get(identity)
         consumer = self.consumers.get(name) if name else None
         if consumer is None:
@@ -279,10 +283,23 @@ class ForwarderSession:
         ]
 
     # -- steps ------------------------------------------------------------------------------------------
-    def _hello(self, identity: bytes, hello: p.Hello, now: float) -> list[Outgoing]:
+    def _hello(
+        self, identity: bytes, hello: p.Hello, now: float, key_name: str | None = None
+    ) -> list[Outgoing]:
         if not p.CONSUMER_NAME.fullmatch(hello.consumer):
             self.stats["bad_consumer_names"] += 1
             return [Outgoing(identity, p.Error("consumer name: 1 to 64 of A-Z a-z 0-9 _ . -"))]
+        if key_name is not None and hello.consumer != key_name:
+            # (whatever name this connection already speaks for, it keeps)
+            self.stats["names_refused_by_key"] += 1
+            log.warning(
+                "a client with the CURVE key of %r said hello as %r: refused", key_name, hello.consumer
+            )
+            return [
+                Outgoing(
+                    identity, p.Error(f"consumer {hello.consumer}: this key speaks for {key_name!r} only")
+                )
+            ]
         out: list[Outgoing] = []
         old = self.consumers.get(hello.consumer)
         if old is not None:  # a reconnect: what was in flight to the old peer is sent again

@@ -1,4 +1,4 @@
-"""CurveZMQ on the upstream link: a consumer with a known key pulls; one without keys gets nothing."""
+"""CurveZMQ on the upstream link: a consumer with a known key pulls; one without keys gets nothing, and\na known key under another consumer name than its own is refused."""
 
 from __future__ import annotations
 
@@ -45,19 +45,28 @@ def test_curve_admits_known_consumers_only(tmp_path: Path) -> None:
         sim.communicate(timeout=60)
         wait_for(lambda: stack.status()["ledger"]["files"].get("stored", 0) >= 2, 30, "files stored")
         assert stack.status()["upstream"]["consumers"] == []  # the keyless client never got in
-        stack.start(
-            "pull",
+        hpc_keys = (
             "--set",
             f'pull.curve_secret_file="{keys / "hpc" / "hpc.key_secret"}"',
             "--set",
             f'pull.curve_server_file="{keys / "appliance" / "appliance.key"}"',
         )
+        # hpc's key speaks for hpc only: under another name it is refused
+        impostor = stack.start(
+            "pull", "--consumer", "mirror", "--output", str(tmp_path / "mirror"), *hpc_keys
+        )
+        wait_for(lambda: stack.status()["upstream"].get("names_refused_by_key", 0) >= 1, 30, "the refusal")
+        impostor.terminate()
+        impostor.wait(timeout=30)
+        stack.start("pull", *hpc_keys)
         wait_for(
             lambda: all(f["state"] == "verified" for f in stack.run(run_uid)["files"]),
             60,
             "delivery over CURVE",
         )
         assert intruder.poll() is None and not list((tmp_path / "intruder").rglob("*.h5"))
+        assert [c["consumer"] for c in stack.status()["upstream"]["consumers"]] == ["hpc"]
+        assert not list((tmp_path / "mirror").rglob("*.h5"))
     finally:
         stack.stop_all()
     assert len(list((tmp_path / "upstream" / run_uid).glob("*.h5"))) == 2

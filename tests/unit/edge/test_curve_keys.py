@@ -1,0 +1,105 @@
+"""CurveZMQ keys bound to consumer names, on real ZeroMQ sockets over 127.0.0.1.
+
+A key in ``upstream.curve_clients_dir`` admits one consumer name, its file's (``hpc.key``: ``hpc``):
+each message its client sends carries that name (the frame's ``User-Id``), and the session refuses a
+``hello`` under any other name, so a mirror's key cannot confirm files as the required consumer (whose
+confirmation lets the appliance delete them). Keys added to or removed from the directory count from
+the next handshake, without a restart.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import zmq
+
+from edge.ledger import Ledger
+from edge.upstream import protocol as p
+from edge.upstream.curve import connect_securely, create_keys, serve_securely
+from edge.upstream.session import ForwarderSession
+
+
+@pytest.fixture
+def keys(tmp_path: Path) -> Path:
+    for name in ("appliance", "hpc", "mirror"):
+        create_keys(tmp_path / name, name)
+    (tmp_path / "clients").mkdir()
+    shutil.copy(tmp_path / "hpc" / "hpc.key", tmp_path / "clients" / "hpc.key")
+    return tmp_path
+
+
+@pytest.fixture
+def server(keys: Path) -> Iterator[tuple[zmq.Socket, str]]:
+    context = zmq.Context()
+    sock = context.socket(zmq.ROUTER)
+    sock.linger = 0
+    auth = serve_securely(context, sock, keys / "appliance" / "appliance.key_secret", keys / "clients")
+    sock.bind("tcp://127.0.0.1:*")
+    try:
+        yield sock, sock.getsockopt_string(zmq.LAST_ENDPOINT)
+    finally:
+        sock.close(0)
+        auth.stop()
+        context.term()
+
+
+def _name_seen(server: tuple[zmq.Socket, str], keys: Path, client: str, timeout_ms: int = 3000) -> str | None:
+    """The User-Id the server sees on a message from ``client``'s key pair (None: never admitted)."""
+    sock, endpoint = server
+    dealer = sock.context.socket(zmq.DEALER)
+    dealer.linger = 0
+    connect_securely(dealer, keys / client / f"{client}.key_secret", keys / "appliance" / "appliance.key")
+    dealer.connect(endpoint)
+    try:
+        dealer.send(b"hello")
+        if not sock.poll(timeout_ms):
+            return None
+        parts = sock.recv_multipart(copy=False)
+        return str(parts[-1].get("User-Id"))
+    finally:
+        dealer.close(0)
+
+
+def test_each_admitted_key_speaks_for_its_files_name_only(server: tuple[zmq.Socket, str], keys: Path) -> None:
+    assert _name_seen(server, keys, "hpc") == "hpc"
+    assert _name_seen(server, keys, "mirror", timeout_ms=1000) is None  # not in the directory
+
+
+def test_keys_added_and_removed_count_without_a_restart(server: tuple[zmq.Socket, str], keys: Path) -> None:
+    assert _name_seen(server, keys, "mirror", timeout_ms=1000) is None
+    shutil.copy(keys / "mirror" / "mirror.key", keys / "clients" / "mirror.key")
+    assert _name_seen(server, keys, "mirror") == "mirror"
+    (keys / "clients" / "mirror.key").unlink()
+    assert _name_seen(server, keys, "mirror", timeout_ms=1000) is None
+    assert _name_seen(server, keys, "hpc") == "hpc"
+
+
+def test_a_key_in_two_files_or_under_a_bad_name_admits_no_one(
+    server: tuple[zmq.Socket, str], keys: Path
+) -> None:
+    shutil.copy(keys / "hpc" / "hpc.key", keys / "clients" / "tape.key")  # which name would it be?
+    assert _name_seen(server, keys, "hpc", timeout_ms=1000) is None
+    (keys / "clients" / "tape.key").unlink()
+    shutil.copy(keys / "mirror" / "mirror.key", keys / "clients" / "no way.key")  # not a consumer name
+    (keys / "clients" / "junk.key").write_text("not a certificate\n")
+    assert _name_seen(server, keys, "mirror", timeout_ms=1000) is None
+    assert _name_seen(server, keys, "hpc") == "hpc"  # the others still work
+
+
+def test_a_hello_under_another_name_than_the_keys_is_refused(tmp_path: Path) -> None:
+    ledger = Ledger(tmp_path / "ledger.sqlite", required_consumers=("hpc",))
+    session = ForwarderSession(ledger, resend_seconds=10.0)
+    hello = [bytes(f) for f in p.encode(p.Hello("hpc", 4))]
+    (refusal,) = session.receive(b"peer", hello, 0.0, key_name="mirror")
+    assert isinstance(refusal.message, p.Error) and "speaks for 'mirror' only" in refusal.message.reason
+    assert session.stats["names_refused_by_key"] == 1 and "hpc" not in session.consumers
+    (welcome,) = session.receive(b"peer", hello, 1.0, key_name="hpc")
+    assert isinstance(welcome.message, p.Welcome) and session.consumers["hpc"].identity == b"peer"
+    # the connection keeps the name it has when it then tries another
+    other = [bytes(f) for f in p.encode(p.Hello("tape", 4))]
+    (refusal,) = session.receive(b"peer", other, 2.0, key_name="hpc")
+    assert isinstance(refusal.message, p.Error) and session.consumers["hpc"].identity == b"peer"
+    ledger.close()
