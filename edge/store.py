@@ -438,6 +438,8 @@ class ReducedWriter:
                 self.layout.write_reduced(entry, self.products)
             if run_products:
                 _write_run_products(entry, run_products)
+            if "default" not in entry.attrs and "n_peaks" in entry["frames"]:
+                _peaks_plot(entry)
         except BaseException:
             h5.close()
             part.unlink(missing_ok=True)
@@ -480,11 +482,29 @@ class ReducedWriter:
             table.create_dataset("roi_sum", data=np.asarray([r["roi_sum"] for r in rows], np.float64))
 
 
+def _peaks_plot(entry: h5py.Group) -> None:
+    """Serial: peaks per frame against the frame number, the entry's default plot (what a NeXus reader
+    such as silx view shows on opening the file); links to the frame table's columns, not copies."""
+    group = entry.create_group("peaks_per_frame")
+    group.attrs["NX_class"] = "NXdata"
+    group.attrs["signal"] = "n_peaks"
+    group.attrs["axes"] = ["frame_number"]
+    group.attrs["interpretation"] = "spectrum"
+    group["n_peaks"] = entry["frames/n_peaks"]
+    group["frame_number"] = entry["frames/frame_number"]
+    entry.attrs["default"] = "peaks_per_frame"
+
+
 def _write_run_products(entry: h5py.Group, products: dict[str, Any]) -> None:
-    """Products of the whole run (tomography: slices, sinograms, mean dark and flat)."""
+    """Products of the whole run (tomography: slices, sinograms, mean dark and flat).
+
+    The slices are the entry's default plot: NeXus readers (silx view, nexpy) follow the file's
+    ``@default`` to the entry and the entry's to this NXdata.
+    """
     group = entry.create_group("reconstruction")
     group.attrs["NX_class"] = "NXdata"
     group.attrs["signal"] = "slices"
+    entry.attrs["default"] = "reconstruction"
     for key, value in products.items():
         if isinstance(value, str):
             group.create_dataset(key, data=value)
