@@ -59,6 +59,7 @@ _SETPOINTS = {
 }
 #: settings some cameras lack (an Eiger driver has no FrameType): opened, never waited for
 _OPTIONAL = {"frame_type": "FrameType"}
+OPTIONAL_WAIT_SECONDS = 1.0  # how long a put needing an optional PV waits for it to connect
 _MONITORED = {
     "detector_state": "DetectorState_RBV",
     "array_counter": "ArrayCounter_RBV",
@@ -326,6 +327,12 @@ class DetectorControl:
             await self._put_wait(suffix, value)
         if frame_type is not None:
             frame_pv = self._optional.get("FrameType")
+            if frame_pv is not None and not frame_pv.connected and frame_type != "Normal":
+                # its search may still be answering (the other channels waited, this one does not): a
+                # moment for it before saying the camera has none
+                await self._loop.run_in_executor(
+                    self._executor, lambda: frame_pv.wait_for_connection(timeout=OPTIONAL_WAIT_SECONDS)
+                )
             if frame_pv is not None and frame_pv.connected:
                 await self._put_wait("FrameType", FRAME_TYPES.index(frame_type))
             elif frame_type != "Normal":

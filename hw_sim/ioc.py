@@ -523,10 +523,13 @@ def run_ioc(
     *,
     hooks: CamHooks | None = None,
     max_size: tuple[int, int] = (1024, 1024),
+    without: Sequence[str] = (),
 ) -> None:
     """Run the camera IOC in its own event loop until SIGINT/SIGTERM.
 
     Prints ``READY <prefix> <host>:<tcp port>`` on stdout once it serves (tests wait for it).
+    ``without``: setpoints not served, with their readbacks (a camera whose driver lacks them, as an
+    Eiger's has no ``FrameType``).
     """
 
     def announce(tcp_port: int) -> None:
@@ -539,6 +542,10 @@ def run_ioc(
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, task.cancel)
         ioc = SimCamIOC(prefix, hooks, max_size=max_size)
+        for suffix in without:
+            for name in (prefix + suffix, prefix + suffix + "_RBV"):
+                if ioc.pvdb.pop(name, None) is None and not name.endswith("_RBV"):
+                    raise SystemExit(f"--without {suffix}: the simulated camera has no {name}")
         with contextlib.suppress(asyncio.CancelledError):
             await serve(ioc, interfaces=(host_interface,), port=port, on_ready=announce)
 
@@ -573,11 +580,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--interface", default="127.0.0.1", help="address to serve on (default loopback)")
     parser.add_argument("--port", type=int, default=5064, help="CA server (UDP search) port")
     parser.add_argument("--size", type=int, nargs=2, default=(1024, 1024), metavar=("X", "Y"))
+    parser.add_argument(
+        "--without",
+        action="append",
+        default=[],
+        metavar="PV",
+        help="a setpoint (and its _RBV) not to serve, as a driver lacking it (e.g. FrameType); repeatable",
+    )
     parser.add_argument("-v", "--verbose", action="store_true")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, stream=sys.stderr)
     logging.getLogger("caproto.ctx").addFilter(_FirstBeaconErrorOnly())
-    run_ioc(args.prefix, args.interface, args.port, max_size=(args.size[0], args.size[1]))
+    run_ioc(
+        args.prefix, args.interface, args.port, max_size=(args.size[0], args.size[1]), without=args.without
+    )
     return 0
 
 

@@ -31,17 +31,21 @@ pytestmark = pytest.mark.timeout(120)
 class IocProcess:
     """``python -m hw_sim.ioc`` as a child process, restartable on the same port and prefix."""
 
-    def __init__(self, prefix: str, port: int, log_path: Path) -> None:
+    def __init__(self, prefix: str, port: int, log_path: Path, extra: tuple[str, ...] = ()) -> None:
         self.prefix = prefix
         self.port = port
         self.log_path = log_path
+        self.extra = extra
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
         """Start the IOC and return once it prints its READY line."""
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(p for p in (str(SRC), env.get("PYTHONPATH", "")) if p)
-        cmd = [sys.executable, "-m", "hw_sim.ioc", "--prefix", self.prefix, "--port", str(self.port), "-v"]
+        cmd = [
+            *(sys.executable, "-m", "hw_sim.ioc", "--prefix", self.prefix, "--port", str(self.port), "-v"),
+            *self.extra,
+        ]
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=log)
         assert self.proc.stdout is not None
@@ -289,3 +293,43 @@ def test_detector_control_runs_follows_and_survives_an_ioc_restart(sim_ioc: IocP
             control.close()
 
     asyncio.run(scenario())
+
+
+def test_detector_control_frame_type_on_a_camera_without_it(
+    ca_port: int, cam_prefix: str, tmp_path: Path
+) -> None:
+    """A camera whose driver has no ``FrameType`` (an Eiger's) takes Normal frames (nothing is put) and
+    refuses a dark or flat with the reason; one that has it gets the type put."""
+    from firmware_bridge.detector_control import DetectorControl, DetectorPutError
+
+    async def scenario(prefix: str, has_frame_type: bool) -> None:
+        control = DetectorControl(prefix, loop=asyncio.get_running_loop())
+        try:
+            await control.connect(timeout=10)
+            await control.arm(num_images=2, acquire_period=0.05, frame_type="Normal")
+            if has_frame_type:
+                await control.arm(num_images=2, acquire_period=0.05, frame_type="Background")
+                assert _epics().caget(prefix + "FrameType_RBV", as_string=True) == "Background"
+            else:
+                with pytest.raises(
+                    DetectorPutError, match="FrameType: the camera has none; cannot take FlatField"
+                ):
+                    await control.arm(num_images=2, acquire_period=0.05, frame_type="FlatField")
+            await control.acquire(num_images=2, acquire_period=0.05, timeout=20)  # the camera still runs
+        finally:
+            control.close()
+
+    without = IocProcess(cam_prefix, ca_port, tmp_path / "without.log", extra=("--without", "FrameType"))
+    without.start()
+    try:
+        assert _epics().caget(cam_prefix + "FrameType", connection_timeout=1.0) is None  # not served
+        asyncio.run(scenario(cam_prefix, has_frame_type=False))
+    finally:
+        without.stop()
+    other = cam_prefix.replace("cam1", "cam2")
+    with_it = IocProcess(other, ca_port, tmp_path / "with.log")
+    with_it.start()
+    try:
+        asyncio.run(scenario(other, has_frame_type=True))
+    finally:
+        with_it.stop()
