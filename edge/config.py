@@ -160,7 +160,12 @@ class SerialSettings(_Section):
         " the ring mean's",
     )
     adc_threshold: float = Field(0.0, ge=0, description="...and its box's mean above this raw value")
-    min_pixels: int = Field(2, ge=1, le=10_000, description="smallest peak, in pixels")
+    min_pixels: int = Field(
+        2,
+        ge=1,
+        le=10_000,
+        description="smallest peak, in pixels; 2 or more also drops one pixel above background (hot pixel)",
+    )
     max_pixels: int = Field(200, ge=1, le=100_000, description="largest peak, in pixels")
     min_peaks: int = Field(10, ge=0, le=100_000, description="a frame with at least this many peaks is a hit")
     max_peaks: int = Field(512, ge=1, le=100_000, description="peaks kept per frame in the peak table")

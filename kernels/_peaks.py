@@ -50,6 +50,17 @@ def kernel_frame(frame: Any) -> Any:
     return frozen(frame if wide is None else frame.astype(wide))
 
 
+def _on_host(frame: Any) -> np.ndarray:
+    """``frame`` as a NumPy array: itself, or a host copy of a device array (CuPy, numba CUDA)."""
+    if isinstance(frame, np.ndarray):
+        return frame
+    if hasattr(frame, "get"):
+        return np.asarray(frame.get())
+    if hasattr(frame, "copy_to_host"):
+        return np.asarray(frame.copy_to_host())
+    return np.asarray(frame)
+
+
 def frozen(array: np.ndarray) -> np.ndarray:
     """A C-contiguous read-only view of ``array`` (a copy only when it is not contiguous)."""
     array = np.ascontiguousarray(array)
@@ -72,6 +83,11 @@ class Peaks:
 
     def __len__(self) -> int:
         return int(self.row.size)
+
+
+#: the least share of a peak's intensity its brightest pixel holds for the peak to count as that pixel
+#: alone (with no neighbour above background): dropped when ``min_pixels`` >= 2
+LONE_SHARE = 0.8
 
 
 class PeakFinder:
@@ -241,7 +257,9 @@ class PeakFinder:
             row, col, total, n_pixels, max_value, snr = module.measure_peaks(
                 frame, self.rings, candidates, mean, sigma, self.shape[1], self.min_pixels, self.max_pixels
             )
-            return Peaks(row, col, total, n_pixels, max_value, snr)
+            return self._without_lone_pixels(
+                frame, mean, sigma, Peaks(row, col, total, n_pixels, max_value, snr)
+            )
         stats = module.label_peaks(frame, self.rings, candidates, mean, self.shape[1])
         _first, n_pixels, total, row_sum, col_sum, max_value, ring_of_first = stats
         keep = (n_pixels >= self.min_pixels) & (n_pixels <= self.max_pixels)
@@ -251,7 +269,57 @@ class PeakFinder:
             col = np.where(total != 0, col_sum[keep] / total, 0.0)
             noise = sigma[ring_of_first[keep]] * np.sqrt(n_pixels)
             snr = np.where(noise > 0, total / noise, np.inf)
-        return Peaks(row, col, total, n_pixels, max_value[keep], snr)
+        return self._without_lone_pixels(
+            frame, mean, sigma, Peaks(row, col, total, n_pixels, max_value[keep], snr)
+        )
+
+    def _without_lone_pixels(self, frame: Any, mean: np.ndarray, sigma: np.ndarray, peaks: Peaks) -> Peaks:
+        """``peaks`` less those that are one pixel above background, when ``min_pixels`` >= 2.
+
+        A lone hot pixel (or a zinger) makes a 3x3 component of box candidates, so ``n_pixels`` alone
+        cannot reject it as peakfinder8's pixel count does. A peak is one pixel's when the brightest
+        pixel of the 3x3 pixels at its centroid is above ``mean + clip_snr * sigma`` of its ring, none of
+        that pixel's 8 neighbours is, and it holds at least `LONE_SHARE` of the excess over the ring's
+        mean of its own 3x3 box. A spot spread over several pixels keeps others above background, or its
+        brightest pixel holds a smaller share.
+        """
+        if self.min_pixels < 2 or len(peaks) == 0:
+            return peaks
+        values = _on_host(frame)
+        height, width = self.shape
+        steps = [(dr, dc) for dr in (-1, 0, 1) for dc in (-1, 0, 1)]
+
+        def around(r: np.ndarray, c: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+            """Per peak, its 9 pixels around (r, c): rows, columns, values (NaN outside or masked)."""
+            rr = r[:, None] + np.array([s[0] for s in steps])[None, :]
+            cc = c[:, None] + np.array([s[1] for s in steps])[None, :]
+            inside = (rr >= 0) & (rr < height) & (cc >= 0) & (cc < width)
+            rr, cc = np.clip(rr, 0, height - 1), np.clip(cc, 0, width - 1)
+            live = inside & (self.rings[rr, cc] < self.n_rings)
+            return rr, cc, np.where(live, values[rr, cc].astype(np.float64), np.nan), live
+
+        r = np.clip(np.rint(peaks.row).astype(np.int64), 0, height - 1)
+        c = np.clip(np.rint(peaks.col).astype(np.int64), 0, width - 1)
+        rr, cc, window, live = around(r, c)
+        if not live.any():
+            return peaks
+        best = np.argmax(np.where(live, np.nan_to_num(window, nan=-np.inf), -np.inf), axis=1)
+        pick = np.arange(len(peaks))
+        rb, cb = rr[pick, best], cc[pick, best]
+        ring = np.minimum(self.rings[rb, cb].astype(np.int64), self.n_rings - 1)
+        mu, bound = mean[ring], mean[ring] + self.clip_snr * sigma[ring]
+        _, _, box, _ = around(rb, cb)
+        centre = box[:, 4]
+        others = np.delete(box, 4, axis=1)
+        excess = np.nansum(box - mu[:, None], axis=1)
+        with np.errstate(invalid="ignore"):
+            lone = (centre > bound) & ~np.any(others > bound[:, None], axis=1)
+            lone &= centre - mu >= LONE_SHARE * excess
+        if not lone.any():
+            return peaks
+        keep = ~lone
+        fields = ("row", "col", "intensity", "n_pixels", "max_value", "snr")
+        return Peaks(*(getattr(peaks, name)[keep] for name in fields))
 
     def is_hit(self, frame: Any) -> bool:
         """Hit classifier: at least ``min_peaks`` peaks."""

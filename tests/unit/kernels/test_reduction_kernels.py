@@ -309,6 +309,33 @@ def test_peak_candidates_are_the_box_sums_above_the_ring_noise(backend: kernels.
         np.testing.assert_array_equal(got, want)
 
 
+def test_a_lone_hot_pixel_is_no_peak_unless_single_pixel_peaks_are_asked_for(
+    backend: kernels.Backend,
+) -> None:
+    """A hot pixel (or zinger) makes a 3x3 component of box candidates; with ``min_pixels`` >= 2 it is
+    dropped as peakfinder8's pixel count drops it, while a spot of two bright pixels, and a sharp spot
+    with one neighbour above background, stay; ``min_pixels`` = 1 keeps the hot pixel."""
+    shape = (48, 64) if _small(backend) else (128, 160)
+    rng = np.random.default_rng(5)
+    frame = rng.poisson(10.0, shape).astype(np.float32)
+    frame[20, 30] = 60_000.0  # hot pixel
+    frame[20, 50] = 55.0  # a barely hot one: 14 sigma up, its box only just a candidate
+    frame[35, 20:22] = 400.0  # a two-pixel spot
+    frame[10, 12], frame[11, 12] = 900.0, 60.0  # a sharp spot, one neighbour 15 sigma up
+
+    def near(peaks: kernels.Peaks, row: float, col: float) -> int:
+        return int(np.sum(np.hypot(peaks.row - row, peaks.col - col) < 1.5))
+
+    peaks = backend.peak_finder(shape, min_snr=5.0).find(frame)
+    assert near(peaks, 20, 30) == 0 and near(peaks, 20, 50) == 0
+    assert near(peaks, 35, 20.5) == 1 and near(peaks, 10.1, 12) == 1
+    every = backend.peak_finder(shape, min_snr=5.0, min_pixels=1).find(frame)
+    assert near(every, 20, 30) == 1 and near(every, 20, 50) == 1  # both hot pixels are components
+    assert every.n_pixels[np.hypot(every.row - 20, every.col - 30) < 0.5][0] == 9  # its 3x3 box centres
+    reference = get_backend("numpy").peak_finder(shape, min_snr=5.0).find(frame)
+    np.testing.assert_allclose(np.sort(peaks.row), np.sort(reference.row), rtol=1e-9)
+
+
 def test_peak_finder_equals_reference_and_scipy_labels(backend: kernels.Backend) -> None:
     ndimage = pytest.importorskip("scipy.ndimage")
     shape = (40, 52) if _small(backend) else (120, 140)
