@@ -18,6 +18,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
 from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel
+from starlette.exceptions import HTTPException
 
 from edge.errors import ConfigError, NotFound, Refused, Unauthorized, WritesDisabled
 from webui.auth import writer
@@ -204,6 +205,15 @@ def create_app(
     async def _writes_disabled(request: Request, error: WritesDisabled) -> JSONResponse:
         return _error("forbidden", str(error), 403)
 
+    @app.exception_handler(HTTPException)
+    async def _http(request: Request, error: HTTPException) -> JSONResponse:
+        # the router's own answers (no such path, a method the path does not take): the same body as ours
+        kinds = {404: "not_found", 405: "method_not_allowed"}
+        kind = kinds.get(error.status_code, "bad_request" if error.status_code < 500 else "internal_error")
+        response = _error(kind, str(error.detail), error.status_code)
+        response.headers.update(error.headers or {})  # 405 says which methods the path takes (Allow)
+        return response
+
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, error: RequestValidationError) -> JSONResponse:
         where = "; ".join(
@@ -254,7 +264,7 @@ def create_app(
     def preview() -> dict[str, Any]:
         latest = appliance.latest_preview()
         if latest is None:
-            raise NotFound("no frame has been reduced yet")
+            raise NotFound("no frame has been received yet")
         return latest
 
     @app.get("/api/reduction")

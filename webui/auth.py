@@ -25,8 +25,10 @@ def writer(token: str | None) -> Callable[[Request], None]:
     def check(request: Request) -> None:
         if not token:
             raise WritesDisabled(HOW_TO_ENABLE)
-        scheme, _, given = request.headers.get("authorization", "").partition(" ")
+        header = request.headers.get("authorization")
+        scheme, _, given = (header or "").partition(" ")
         if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), token.encode()):
-            raise Unauthorized("a write needs 'Authorization: Bearer <api.token>'; the token given is wrong")
+            why = "no Authorization header was sent" if header is None else "the token given is wrong"
+            raise Unauthorized(f"a write needs 'Authorization: Bearer <api.token>'; {why}")
 
     return check

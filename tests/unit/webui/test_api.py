@@ -55,3 +55,16 @@ def test_metrics_are_prometheus_text() -> None:
     assert 'edge_frames_total{stage="received"} 3.0' in text  # webui/metrics.py, see test_metrics.py
     assert "edge_ring_fill 1.0" in text and "edge_ok 1.0" in text
     assert 'edge_ring_info{policy="block"} 1.0' in text  # strings are labels of an _info gauge, not values
+
+
+def test_every_error_has_the_same_body_even_from_the_router() -> None:
+    c = client()
+    unknown = c.get("/api/nothing")
+    assert unknown.status_code == 404
+    assert unknown.json() == {"error": "not_found", "detail": "Not Found"}
+    wrong_method = c.delete("/api/status")
+    assert wrong_method.status_code == 405 and wrong_method.headers["allow"] == "GET"
+    assert wrong_method.json() == {"error": "method_not_allowed", "detail": "Method Not Allowed"}
+    assert c.options("/api/runs").json()["error"] == "method_not_allowed"  # no CORS preflight either
+    # the live image is of the newest frame received (raw mode too), not of a reduced one
+    assert c.get("/api/preview").json() == {"error": "not_found", "detail": "no frame has been received yet"}
