@@ -99,7 +99,9 @@ class Pipeline:
         self._closer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="file-closer")
         self._work: queue.Queue[_Work | None] = queue.Queue(maxsize=queue_depth)
         self._stage: ModeStage | None = None  # the reducing thread's: the open run's mode
-        self.latest_stage: ModeStage | None = None  # the newest run's stage, for the live product view
+        #: the newest run's uid and stage, for the live product view (kept after the run ends); one
+        #: reference, so a reader never pairs one run's stage with another's uid
+        self.latest_run: tuple[str, ModeStage] | None = None
         self._reduced: ReducedWriter | None = None  # the writing thread's
         self._run_uid: str | None = None  # the reducing thread's view: the run frames now belong to
         self._run_dtype = np.dtype("uint16")  # the reducing thread's: the open run's pixel type
@@ -168,8 +170,8 @@ class Pipeline:
             record = json.loads(slot.payload)
             if record["event"] == "series_start":
                 self._stage = self._make_stage(record)
-                self.latest_stage = self._stage
                 self._run_uid = str(record["run_uid"])
+                self.latest_run = (self._run_uid, self._stage)
                 self._run_dtype = np.dtype(str(record["dtype"]))
                 return _Work(slot, "open", record=record, stage=self._stage)
             if record["event"] == "series_end":
@@ -283,11 +285,13 @@ class Pipeline:
         return took
 
     def product(self) -> dict[str, Any] | None:
-        """The newest run's live product (``GET /api/product``): mode, run and the mode's own view."""
-        stage = self.latest_stage
-        if stage is None:
+        """The newest run's live product (``GET /api/product``): mode, run and the mode's own view; after
+        the run ends, its final product, still naming the run."""
+        latest = self.latest_run
+        if latest is None:
             return None
-        return {"mode": stage.name, "run_uid": self._run_uid, stage.name: stage.live()}
+        run_uid, stage = latest
+        return {"mode": stage.name, "run_uid": run_uid, stage.name: stage.live()}
 
     def _failed(self, slot: Slot, run_uid: str | None, error: BaseException) -> None:
         """A frame the pipeline could not handle: counted, and a loss record (control slots: logged only)."""

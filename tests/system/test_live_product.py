@@ -1,0 +1,63 @@
+"""The REST API of an appliance in this process: ``GET /api/product`` names the run its product belongs to,
+during the run and after it ended (a tomography run's reconstruction, say, is fetched once the run is
+over: it must still say which run it is); ``PUT /api/reduction`` checks rows and boxes against the
+detector's frame, as the PVs do."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import zmq
+from edgeprocs import free_port, wait_for
+from fastapi.testclient import TestClient
+
+from edge.config import load_settings
+from firmware_bridge.stream_codec import encode_image, encode_series_end, encode_series_start
+from webui import create_app
+
+SHAPE = (32, 32)
+
+
+def test_the_product_names_its_run_after_the_run_ended(tmp_path: Path) -> None:
+    from edge.appliance import Appliance
+
+    endpoint = f"tcp://127.0.0.1:{free_port()}"
+    settings = load_settings(
+        overrides=[
+            f'store.path="{tmp_path / "store"}"',
+            'upstream.endpoint="tcp://127.0.0.1:0"',
+            f'stream.endpoint="{endpoint}"',
+            f"detector.height={SHAPE[0]}",
+            f"detector.width={SHAPE[1]}",
+            "ring.slots=4",
+            'reduction.backend="numpy"',
+            "reduction.bins=16",
+            'api.token="s3cret"',
+        ]
+    )
+    context = zmq.Context()
+    push = context.socket(zmq.PUSH)
+    push.linger = 1000
+    push.bind(endpoint)
+    appliance = Appliance(settings, context)
+    appliance.start()
+    http = TestClient(create_app(settings, appliance.view, reduction=appliance.reduction))
+    try:
+        assert http.get("/api/product").status_code == 404  # no run since the daemon started
+        auth = {"Authorization": "Bearer s3cret"}
+        outside = http.put("/api/reduction", json={"tomo": {"slices": [SHAPE[0]]}}, headers=auth)
+        assert outside.status_code == 400 and "reduction.tomo.slices row 32" in outside.json()["detail"]
+        push.send_multipart(encode_series_start(1, SHAPE, "uint16", run_uid="product-run", frames_expected=3))
+        for frame in range(3):
+            data = np.full(SHAPE, frame + 1, np.uint16).tobytes()
+            push.send_multipart(encode_image(1, frame, SHAPE, "uint16", data))
+        push.send_multipart(encode_series_end(1))
+        wait_for(lambda: appliance.ledger.run("product-run")["ended_at"], 30, "the run's end")
+        product = http.get("/api/product").json()
+        assert product["mode"] == "powder" and product["powder"]["intensity"]
+        assert product["run_uid"] == "product-run"
+    finally:
+        appliance.stop()
+        push.close()
+        context.term()
