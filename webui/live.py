@@ -71,6 +71,7 @@ class LiveFeed:
         self._last_preview: bytes | None = None
         self._preview_key: object = None
         self._prev_received: tuple[float, float] | None = None  # (monotonic time, frames received)
+        self._background_seconds = 0.0  # the unwatched sampling interval (sample_in_background)
         self.reads = {"status": 0, "preview": 0}  # how often the view was read (tests, the benchmark)
 
     @property
@@ -80,6 +81,7 @@ class LiveFeed:
     def sample_in_background(self, stop: threading.Event, seconds: float = UNWATCHED_SECONDS) -> None:
         """Keep the trends going while no page watches (a daemon thread, every ``seconds``), so a page
         opened later shows the last minutes; while pages watch, the producer samples instead."""
+        self._background_seconds = seconds
 
         def sample() -> None:
             while not stop.wait(seconds):
@@ -184,8 +186,13 @@ class LiveFeed:
         rate = None
         if self._prev_received is not None:
             t0, r0 = self._prev_received
-            # a restarted daemon's counter starts again, and a gap (nobody watched) is no rate either
-            if now > t0 and received >= r0 and now - t0 < 5 * self.status_seconds:
+            # a restarted daemon's counter starts again, and a gap (no sample taken) is no rate either;
+            # samples come every status_seconds while a page watches, every background interval otherwise
+            if (
+                now > t0
+                and received >= r0
+                and now - t0 < 5 * max(self.status_seconds, self._background_seconds)
+            ):
                 rate = round((received - r0) / (now - t0), 2)
         self._prev_received = (now, received)
         ring = status.get("ring") or {}

@@ -202,3 +202,23 @@ def test_trends_are_sampled_while_no_page_watches() -> None:
     asyncio.run(first_events())
     (name, history), *_ = events(chunks)
     assert name == "trends" and len(history) >= 3
+
+
+def test_trends_sampled_while_no_page_watches_carry_the_frame_rate() -> None:
+    import threading
+    import time
+
+    # samples every 0.2 s while nobody watches, far apart compared with the watched interval (0.02 s):
+    # each is still a rate over the interval since the previous one, not a gap
+    view = View()
+    feed = LiveFeed(view.status, view.latest_preview, status_seconds=0.02)
+    stop = threading.Event()
+    feed.sample_in_background(stop, seconds=0.2)
+    deadline = time.monotonic() + 10
+    while len(feed.history) < 3 and time.monotonic() < deadline:
+        stop.wait(0.02)
+    stop.set()
+    samples = list(feed.history)
+    assert len(samples) >= 3
+    assert samples[0]["frame_rate"] is None  # the first sample has nothing to compare with
+    assert all(s["frame_rate"] is not None and s["frame_rate"] > 0 for s in samples[1:]), samples
