@@ -365,7 +365,10 @@ class Appliance:
         self.geometry = geometry
         self.retention = Retention(self.ledger, settings.store.path, settings.retention)
         self.reduction = ReductionControl(
-            settings.reduction, open_run=lambda: self.sink.run_uid, on_change=self._warm_up_in_background
+            settings.reduction,
+            open_run=lambda: self.sink.run_uid,
+            on_change=self._warm_up_in_background,
+            frame_shape=self.frame_format.shape,
         )
         red = settings.reduction
         self.masks = RunMasks(calibration.mask, red.mask_file, red.poni_file)  # + a detector's, per run

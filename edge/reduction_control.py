@@ -28,10 +28,12 @@ class ReductionControl:
         settings: ReductionSettings,
         open_run: Callable[[], str | None],
         on_change: Callable[[ReductionSettings], None] | None = None,
+        frame_shape: tuple[int, int] | None = None,
     ) -> None:
         self._current = settings
         self._open_run = open_run
         self._on_change = on_change  # told each accepted change (the daemon loads the new kernels then)
+        self._frame_shape = frame_shape  # (rows, columns): ROI boxes and tomo rows must lie inside it
         self._lock = threading.Lock()
         self.changes = 0
 
@@ -75,11 +77,31 @@ class ReductionControl:
                 else:
                     merged[key] = value
             try:
-                self._current = ReductionSettings.model_validate(merged)
+                candidate = ReductionSettings.model_validate(merged)
             except ValidationError as error:
                 raise ConfigError(describe_validation_error(error, prefix="reduction")) from None
+            self._check_frame(candidate, changes)
+            self._current = candidate
             self.changes += 1
             changed = self._current
         if self._on_change is not None:
             self._on_change(changed)
         return self.parameters()
+
+    def _check_frame(self, candidate: ReductionSettings, changes: dict[str, Any]) -> None:
+        """Refuse ROI boxes and tomography rows being set outside the frame, as the PVs do (a row outside
+        it would make the run fall back to raw frames, a box outside it would be cut silently)."""
+        if self._frame_shape is None:
+            return
+        height, width = self._frame_shape
+        if "roi" in changes:
+            for r0, r1, c0, c1 in candidate.roi:
+                if not (0 <= r0 < r1 <= height and 0 <= c0 < c1 <= width):
+                    raise ConfigError(
+                        f"reduction.roi box [{r0}, {r1}, {c0}, {c1}] is not inside the {height}x{width} frame"
+                        f" (0 <= row0 < row1 <= {height}, 0 <= col0 < col1 <= {width})"
+                    )
+        if "tomo" in changes:
+            bad = [row for row in candidate.tomo.slices if not 0 <= row < height]
+            if bad:
+                raise ConfigError(f"reduction.tomo.slices row {bad[0]} is not in 0..{height - 1}")

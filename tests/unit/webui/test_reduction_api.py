@@ -73,3 +73,34 @@ def test_each_accepted_change_is_told_to_the_daemon_and_a_refused_one_is_not() -
     with pytest.raises(Refused):
         control.update({"mode": "tomo"})
     assert told == ["serial"]
+
+
+def test_a_write_without_the_header_is_told_so_and_a_wrong_token_is_told_that() -> None:
+    settings = load_settings(overrides=['api.token="s3cret"'])
+    control = ReductionControl(settings.reduction, open_run=lambda: None)
+    client = TestClient(create_app(settings, View(), reduction=control))
+    missing = client.put("/api/reduction", json={"mode": "raw"})
+    assert missing.status_code == 401 and missing.headers["www-authenticate"] == "Bearer"
+    assert missing.json()["detail"].endswith("no Authorization header was sent")
+    wrong = client.put("/api/reduction", json={"mode": "raw"}, headers={"Authorization": "Bearer nope"})
+    assert wrong.status_code == 401 and wrong.json()["detail"].endswith("the token given is wrong")
+    ok = client.put("/api/reduction", json={"mode": "raw"}, headers={"Authorization": "bearer s3cret"})
+    assert ok.status_code == 200 and ok.json()["mode"] == "raw"  # the scheme's case does not matter
+
+
+def test_roi_boxes_and_tomo_rows_outside_the_frame_are_refused_as_the_pvs_refuse_them() -> None:
+    settings = load_settings(overrides=['api.token="s3cret"'])
+    control = ReductionControl(settings.reduction, open_run=lambda: None, frame_shape=(64, 48))
+    client = TestClient(create_app(settings, View(), reduction=control))
+    auth = {"Authorization": "Bearer s3cret"}
+    for change, key in (
+        ({"tomo": {"slices": [10, 64]}}, "reduction.tomo.slices row 64 is not in 0..63"),
+        ({"tomo": {"slices": [-1]}}, "reduction.tomo.slices row -1"),
+        ({"roi": [[0, 10, 0, 49]]}, "reduction.roi box [0, 10, 0, 49] is not inside the 64x48 frame"),
+        ({"roi": [[10, 5, 0, 8]]}, "reduction.roi box [10, 5, 0, 8]"),  # an empty box
+    ):
+        answer = client.put("/api/reduction", json=change, headers=auth)
+        assert answer.status_code == 400 and key in answer.json()["detail"], (change, answer.json())
+    assert control.changes == 0 and control.parameters()["tomo"]["slices"] == []  # nothing applied
+    inside = {"roi": [[0, 64, 0, 48]], "tomo": {"slices": [0, 63]}}
+    assert client.put("/api/reduction", json=inside, headers=auth).status_code == 200
