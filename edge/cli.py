@@ -208,6 +208,12 @@ def _run_daemon(
         timeout_graceful_shutdown=2,  # the dashboard's live streams (/api/events) never end on their own
     )
     server = uvicorn.Server(config)
+    try:  # bound now, before "ready": a taken port is a failed start (2), not uvicorn's exit status 3
+        api_socket = config.bind_socket()
+    except SystemExit:  # uvicorn logged why (the address is in use, say)
+        log.error("cannot start: the API cannot listen on %s:%s", settings.api.host, settings.api.port)
+        appliance.stop()
+        return 2
     log.info(
         "ready: dashboard http://%s:%s/ upstream %s",
         settings.api.host,
@@ -264,7 +270,7 @@ def _run_daemon(
                     pva = None
         try:
             if not stop_requested.is_set():
-                await server.serve()
+                await server.serve(sockets=[api_socket])
         finally:
             if pva is not None:
                 pva.stop()

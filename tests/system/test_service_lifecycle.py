@@ -1,5 +1,6 @@
 """``edge run`` as systemd runs it: sd_notify on a socket the test binds, the watchdog withheld while the
-data plane is stalled, SIGHUP reloads, SIGTERM mid-run ends with every frame stored or recorded as lost."""
+data plane is stalled, SIGHUP reloads, SIGTERM mid-run ends with every frame stored or recorded as lost, a
+taken API port is a failed start (never "ready")."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import json
 import signal
 import socket
 import sqlite3
+import subprocess
 import threading
 import time
 import uuid
@@ -276,3 +278,20 @@ def test_a_thread_that_restarts_keeps_the_watchdog_one_out_of_restarts_ends_the_
         assert not listener.times("WATCHDOG=1", stopping)
     finally:
         dying.stop_all()
+
+
+def test_a_taken_api_port_is_a_failed_start_not_ready(tmp_path: Path, listener: NotifyListener) -> None:
+    stack = EdgeStack(tmp_path, SMALL_FRAMES)
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", stack.api_port))
+    taken.listen()
+    try:
+        daemon = stack.start("run", "--log-level", "INFO", stderr=subprocess.PIPE, env=listener.env())
+        _, log = daemon.communicate(timeout=120)
+        # exit 2 and "cannot start" as for any bad start (3 is a data-plane thread out of restarts)
+        assert daemon.returncode == 2, log[-2000:]
+        assert f"cannot start: the API cannot listen on 127.0.0.1:{stack.api_port}" in log
+        assert "ready: dashboard" not in log and not listener.lines("READY=1")
+    finally:
+        taken.close()
+        stack.stop_all()
