@@ -34,6 +34,8 @@ class ReductionControl:
         self._open_run = open_run
         self._on_change = on_change  # told each accepted change (the daemon loads the new kernels then)
         self._frame_shape = frame_shape  # (rows, columns): ROI boxes and tomo rows must lie inside it
+        # the settings file's own boxes and rows too: a bad one is a failed start, not a run of raw frames
+        self._check_frame(settings, {"roi": settings.roi, "tomo": settings.tomo})
         self._lock = threading.Lock()
         self.changes = 0
 

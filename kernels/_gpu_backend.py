@@ -309,7 +309,12 @@ def _flat_field_kernel(raw, dark, flat, out, minus_log, floor):  # pragma: no co
     frame = dark.size
     for i in range(cuda.grid(1), raw.size, cuda.gridsize(1)):
         p = i % frame
-        value = (np.float32(raw[i]) - dark[p]) / (flat[p] - dark[p])
+        denominator = flat[p] - dark[p]
+        value = np.float32(1.0)  # no measure of the sample (a dead pixel, a NaN): the NumPy reference
+        if denominator > 0:
+            ratio = (np.float32(raw[i]) - dark[p]) / denominator
+            if math.isfinite(ratio):
+                value = ratio
         if minus_log:
             value = -np.float32(math.log(max(value, floor)))
         out[i] = value

@@ -513,7 +513,12 @@ def _flat_field(raw, dark, flat, out, minus_log, floor):  # pragma: no cover - c
     f = flat.ravel()
     for i in numba.prange(flat_raw.size):
         p = i % frame
-        value = (np.float32(flat_raw[i]) - d[p]) / (f[p] - d[p])
+        denominator = f[p] - d[p]
+        value = np.float32(1.0)  # no measure of the sample (a dead pixel, a NaN): the NumPy reference
+        if denominator > 0:
+            ratio = (np.float32(flat_raw[i]) - d[p]) / denominator
+            if math.isfinite(ratio):
+                value = ratio
         if minus_log:
             value = -np.float32(math.log(max(value, floor)))
         flat_out[i] = value

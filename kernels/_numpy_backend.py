@@ -70,11 +70,16 @@ class BinSummer:
 
 def flat_field(raw: Any, dark: Any, flat: Any, out: np.ndarray, minus_log: bool = True) -> np.ndarray:
     """Transmission ``(raw - dark) / (flat - dark)`` in float32; with ``minus_log`` the line integral
-    ``-log(max(T, 1e-6))``. ``raw`` is one projection or a stack ``(n, *dark.shape)``."""
+    ``-log(max(T, 1e-6))``. ``raw`` is one projection or a stack ``(n, *dark.shape)``.
+
+    A pixel whose flat is not above its dark (a dead pixel: 0 in both), or whose transmission is not
+    finite (a NaN or inf in the frame), has no measure of the sample: transmission 1 (line integral 0),
+    so one such pixel leaves the rest of a reconstructed slice intact instead of turning it NaN.
+    """
     with np.errstate(divide="ignore", invalid="ignore"):
-        transmission = (np.asarray(raw, np.float32) - np.asarray(dark, np.float32)) / (
-            np.asarray(flat, np.float32) - np.asarray(dark, np.float32)
-        )
+        denominator = np.asarray(flat, np.float32) - np.asarray(dark, np.float32)
+        transmission = (np.asarray(raw, np.float32) - np.asarray(dark, np.float32)) / denominator
+        transmission = np.where((denominator > 0) & np.isfinite(transmission), transmission, np.float32(1))
         if minus_log:
             transmission = -np.log(np.maximum(transmission, np.float32(FLAT_FIELD_FLOOR)).astype(np.float64))
     out[...] = transmission

@@ -97,6 +97,36 @@ def test_flat_field_and_minus_log(backend: kernels.Backend) -> None:
     np.testing.assert_allclose(linear, (raw - dark.astype(np.float64)) / (flat - dark), rtol=1e-5, atol=1e-6)
 
 
+def test_flat_field_of_a_dead_pixel_is_no_attenuation(backend: kernels.Backend) -> None:
+    """A pixel whose flat equals its dark (dead: 0 in both), or a NaN in the frame, has no measure of
+    the sample: transmission 1, line integral 0, so a reconstructed slice through it stays finite."""
+    dark = np.full((4, 5), 100.0, np.float32)
+    flat = np.full((4, 5), 1100.0, np.float32)
+    dark[1, 2] = flat[1, 2] = 0.0  # dead
+    dark[2, 3], flat[2, 3] = 500.0, 400.0  # flat below dark: no use either
+    raw = np.full((2, 4, 5), 600.0, np.float32)
+    raw[1, 0, 0] = np.nan
+    out = backend.flat_field(raw, dark, flat, np.empty(raw.shape, np.float32))
+    assert np.all(np.isfinite(out))
+    assert out[0, 1, 2] == 0 and out[0, 2, 3] == 0 and out[1, 0, 0] == 0
+    np.testing.assert_allclose(out[0, 0, 0], -np.log(0.5), rtol=1e-6)
+    linear = backend.flat_field(raw, dark, flat, np.empty(raw.shape, np.float32), minus_log=False)
+    assert linear[0, 1, 2] == 1 and linear[1, 0, 0] == 1
+    if _small(backend):
+        return
+    # a reconstruction through the dead pixel's column is finite (it was NaN everywhere)
+    n = 32
+    sino, theta = _phantom_sinogram(n, 16, True)
+    projections = 100.0 + np.exp(-sino[:, None, :] / sino.max()) * 1000.0
+    projections = np.repeat(projections, 2, axis=1).astype(np.float32)
+    dark, flat = np.full((2, n), 100.0, np.float32), np.full((2, n), 1100.0, np.float32)
+    dark[0, n // 2] = flat[0, n // 2] = 0.0
+    stream = backend.streaming_reconstructor(n, [0], dark=dark, flat=flat)
+    for k in range(len(theta)):
+        stream.add(projections[k], theta[k])
+    assert np.all(np.isfinite(stream.slices()[0]))
+
+
 def test_streaming_reconstruction_equals_batch(backend: kernels.Backend) -> None:
     n, n_angles = (12, 6) if _small(backend) else (32, 24)
     sino, theta = _phantom_sinogram(n, n_angles, True)

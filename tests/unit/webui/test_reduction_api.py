@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import pytest
@@ -104,3 +105,20 @@ def test_roi_boxes_and_tomo_rows_outside_the_frame_are_refused_as_the_pvs_refuse
     assert control.changes == 0 and control.parameters()["tomo"]["slices"] == []  # nothing applied
     inside = {"roi": [[0, 64, 0, 48]], "tomo": {"slices": [0, 63]}}
     assert client.put("/api/reduction", json=inside, headers=auth).status_code == 200
+
+
+def test_a_settings_file_box_or_row_outside_the_frame_is_a_failed_start() -> None:
+    """The same rule for the settings file's own parameters: a clear error when the daemon starts (it
+    was a run of raw frames, counted only in pipeline.mode_setup_errors)."""
+    for override, words in (
+        ("reduction.tomo.slices=[70]", "reduction.tomo.slices row 70 is not in 0..63"),
+        (
+            "reduction.roi=[[0, 10, 40, 50]]",
+            "reduction.roi box [0, 10, 40, 50] is not inside the 64x48 frame",
+        ),
+    ):
+        settings = load_settings(overrides=[override])
+        with pytest.raises(ConfigError, match=re.escape(words)):
+            ReductionControl(settings.reduction, open_run=lambda: None, frame_shape=(64, 48))
+    fine = load_settings(overrides=["reduction.tomo.slices=[63]", "reduction.roi=[[0, 64, 0, 48]]"])
+    ReductionControl(fine.reduction, open_run=lambda: None, frame_shape=(64, 48))
