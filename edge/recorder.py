@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import sqlite3
 import threading
 import uuid
@@ -22,6 +23,10 @@ from edge.documents import run_documents, write_documents
 from edge.ledger import Ledger
 from edge.logs import lost
 from edge.store import ClosedFile, file_checksums
+
+#: the run uids taken as they come: one file-name component (they name the run's files and directories,
+#: here and upstream), 1 to 128 of ``A-Z a-z 0-9 . _ -``, not starting with a dot; any other is replaced
+RUN_UID = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,127}")
 
 log = logging.getLogger(__name__)
 
@@ -56,8 +61,15 @@ class RunRecorder:
         config: dict[str, Any],
         mode: str | None = None,
     ) -> str:
-        """Record a new run; returns its uid (a fresh one when ``run_uid`` is missing or already used)."""
+        """Record a new run; returns its uid (a fresh one when ``run_uid`` is missing, already used, or not
+        a `RUN_UID` name: it names files and directories, here and upstream, so ``../x`` or ``a/b`` from a
+        detector must never reach a path; the detector's id is kept as ``detector_run_uid``)."""
         uid = str(run_uid or uuid.uuid4())
+        if not RUN_UID.fullmatch(uid):
+            given, uid = uid, str(uuid.uuid4())
+            log.warning("run uid %r from the detector is not a file name: the run is %s", given[:200], uid)
+            config = {**config, "detector_run_uid": given[:1024]}
+            self._count("run_uids_replaced")
         text = json.dumps(config)
         try:
             self.ledger.run_started(uid, series, frames_expected, text, mode)

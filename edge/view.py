@@ -129,6 +129,7 @@ class ApplianceView:
             "store": {
                 "path": str(p.settings.store.path),
                 "files_closed": int(p.recorder.counters().get("files_closed", 0)),
+                "run_uids_replaced": int(p.recorder.counters().get("run_uids_replaced", 0)),
                 "disk_full": p.recorder.disk.status() if p.recorder.disk is not None else {"full": False},
             },
             "ledger": ledger,
