@@ -22,7 +22,7 @@ LOCALHOST = "127.0.0.1"
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)  # no inf, no NaN
 
 
 class DetectorSettings(_Section):

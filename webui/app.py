@@ -8,12 +8,14 @@ the dashboard itself: plain HTML, CSS and JavaScript from ``webui/static`` (no b
 from __future__ import annotations
 
 import json
+import math
 import threading
 from collections import Counter
 from importlib import resources
 from typing import Any, Protocol
 
-from fastapi import Body, Depends, FastAPI, Query, Request
+from fastapi import Depends, FastAPI, Query, Request
+from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
 from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
@@ -88,6 +90,48 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
         (500, "internal error"),
     )
 }
+
+
+MAX_BODY_BYTES = 64 * 1024  # a write's body: the reduction parameters are a few hundred bytes
+
+
+class BadBody(Exception):
+    """A write's body that is not one JSON object (422), or too long (413)."""
+
+    def __init__(self, detail: str, status: int = 422) -> None:
+        super().__init__(detail)
+        self.status = status
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"{text[:40]} is beyond a double")
+    return value
+
+
+async def _json_object(request: Request) -> dict[str, Any]:
+    """The request's body as a JSON object, read after the token check: at most `MAX_BODY_BYTES`,
+    ``application/json`` (or ``application/*+json``), UTF-8, finite numbers only."""
+    kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if not (kind == "application/json" or (kind.startswith("application/") and kind.endswith("+json"))):
+        raise BadBody(f"body: send JSON with Content-Type: application/json (got {kind or 'none'!r})")
+    body = bytearray()
+    async for part in request.stream():
+        body += part
+        if len(body) > MAX_BODY_BYTES:
+            raise BadBody(f"body: over {MAX_BODY_BYTES} bytes", 413)
+    try:
+        value = json.loads(bytes(body).decode("utf-8"), parse_constant=_no_constant, parse_float=_finite)
+    except (UnicodeDecodeError, ValueError, RecursionError) as error:
+        raise BadBody(f"body: not JSON ({type(error).__name__}: {str(error)[:120]})") from None
+    if not isinstance(value, dict):
+        raise BadBody(f"body: a JSON object is needed, not {type(value).__name__}")
+    return value
 
 
 def _error(kind: str, detail: str, status: int) -> JSONResponse:
@@ -214,6 +258,10 @@ def create_app(
         response.headers.update(error.headers or {})  # 405 says which methods the path takes (Allow)
         return response
 
+    @app.exception_handler(BadBody)
+    async def _bad_body(request: Request, error: BadBody) -> JSONResponse:
+        return _error("too_large" if error.status == 413 else "bad_request", str(error), error.status)
+
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, error: RequestValidationError) -> JSONResponse:
         where = "; ".join(
@@ -274,14 +322,25 @@ def create_app(
             raise NotFound("this appliance has no reduction control")
         return reduction.parameters()
 
-    @app.put("/api/reduction", dependencies=[Depends(can_write)])
-    def set_reduction(changes: dict[str, Any] = Body(...)) -> dict[str, Any]:
+    @app.put(
+        "/api/reduction",
+        dependencies=[Depends(can_write)],
+        openapi_extra={
+            "requestBody": {
+                "required": True,
+                "content": {"application/json": {"schema": {"type": "object", "additionalProperties": True}}},
+            }
+        },
+        responses={413: {"model": ErrorBody, "description": f"body over {MAX_BODY_BYTES} bytes"}},
+    )
+    async def set_reduction(request: Request) -> dict[str, Any]:
         """Change the next run's reduction (``mode``, ``cake_bins``, ``roi``, ``serial``, ``tomo``; the
         last two may be partial). Needs the bearer token; refused (409) while a run is open; a bad value
         is 400 naming the key."""
+        changes = await _json_object(request)  # read only once the token was checked (the dependency)
         if reduction is None:
             raise NotFound("this appliance has no reduction control")
-        return reduction.update(changes)
+        return await run_in_threadpool(reduction.update, changes)
 
     @app.get("/api/product")
     def product() -> dict[str, Any]:

@@ -122,3 +122,41 @@ def test_a_settings_file_box_or_row_outside_the_frame_is_a_failed_start() -> Non
             ReductionControl(settings.reduction, open_run=lambda: None, frame_shape=(64, 48))
     fine = load_settings(overrides=["reduction.tomo.slices=[63]", "reduction.roi=[[0, 64, 0, 48]]"])
     ReductionControl(fine.reduction, open_run=lambda: None, frame_shape=(64, 48))
+
+
+def test_the_token_is_checked_before_the_body_is_read_and_the_body_is_bounded() -> None:
+    """Found by a client written from docs/api.md alone: a malformed body without a token was answered
+    422 (parsed first), any size was parsed, and 1e999 or Infinity became an accepted threshold."""
+    settings = load_settings(overrides=['api.token="s3cret"'])
+    control = ReductionControl(settings.reduction, open_run=lambda: None)
+    client = TestClient(create_app(settings, View(), reduction=control))
+    json_type = {"Content-Type": "application/json"}
+    auth = {"Authorization": "Bearer s3cret", **json_type}
+    for headers in (json_type, {**json_type, "Authorization": "Bearer nope"}):
+        for body in (b"{not json", b"\xff\xfe", b"[" * 100_000):
+            assert client.put("/api/reduction", content=body, headers=headers).status_code == 401
+    closed = TestClient(create_app(load_settings(), View(), reduction=control))
+    assert closed.put("/api/reduction", content=b"{not json", headers=json_type).status_code == 403
+    for body, words in (
+        (b"{not json", "body: not JSON"),
+        (b'{"mode": "\xff"}', "body: not JSON (UnicodeDecodeError"),
+        (b"[" * 60_000, "body: not JSON (RecursionError"),
+        (b"[]", "body: a JSON object is needed, not list"),
+        (b'{"serial": {"adc_threshold": Infinity}}', "Infinity is not a JSON number"),
+        (b'{"serial": {"adc_threshold": 1e999}}', "1e999 is beyond a double"),
+    ):
+        answer = client.put("/api/reduction", content=body, headers=auth)
+        assert answer.status_code == 422 and words in answer.json()["detail"], (body[:30], answer.json())
+        assert answer.json()["error"] == "bad_request"
+    plain = client.put(
+        "/api/reduction", content=b'{"mode": "raw"}', headers={**auth, "Content-Type": "text/plain"}
+    )
+    assert plain.status_code == 422 and "Content-Type: application/json" in plain.json()["detail"]
+    huge = client.put("/api/reduction", content=b'{"x": "' + b"a" * 70_000 + b'"}', headers=auth)
+    assert huge.status_code == 413 and huge.json()["error"] == "too_large"
+    assert control.changes == 0
+    assert (
+        client.put("/api/reduction", json={"serial": {"adc_threshold": 12.5}}, headers=auth).status_code
+        == 200
+    )
+    assert client.get("/api/reduction").json()["serial"]["adc_threshold"] == 12.5
