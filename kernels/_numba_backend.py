@@ -1418,13 +1418,13 @@ def _measure_peaks(values, rings, candidates, mean, sigma, width, min_pixels, ma
     )
     m = 0
     for b in range(n_pixels.size):
-        m += min_pixels <= n_pixels[b] <= max_pixels
+        m += min_pixels <= n_pixels[b] <= max_pixels and total[b] > 0
     row, col, intensity, snr = np.empty(m), np.empty(m), np.empty(m), np.empty(m)
     count, max_value = np.empty(m, np.int64), np.empty(m)
     k = 0
     for b in range(n_pixels.size):  # PeakFinder.find's NumPy expressions, element by element
         n = n_pixels[b]
-        if not min_pixels <= n <= max_pixels:
+        if not (min_pixels <= n <= max_pixels and total[b] > 0):
             continue
         t = total[b]
         row[k] = row_sum[b] / t if t != 0 else 0.0

@@ -245,6 +245,10 @@ class PeakFinder:
             raise ValueError(f"frame shape {tuple(frame.shape)} differs from finder shape {self.shape}")
         frame = kernel_frame(frame)
         mean, sigma, _listed, _bound = self._background(frame)
+        # a ring whose background is one value throughout (a ring of a few pixels at the beam centre, a
+        # flat region) has sigma 0 and could hold no candidate, while its neighbours' boxes reaching a
+        # spot in it made candidates of background pixels: its noise is taken as Poisson's, sqrt(mean)
+        sigma = np.where(sigma > 0, sigma, np.sqrt(np.maximum(mean, 0.0)))
         module = self.backend.module
         args = (frame, self.rings, mean, sigma, self.min_snr, self.adc_threshold)
         if hasattr(module, "box_plan"):  # a backend that plans the boxes once per finder
@@ -262,7 +266,9 @@ class PeakFinder:
             )
         stats = module.label_peaks(frame, self.rings, candidates, mean, self.shape[1])
         _first, n_pixels, total, row_sum, col_sum, max_value, ring_of_first = stats
-        keep = (n_pixels >= self.min_pixels) & (n_pixels <= self.max_pixels)
+        # a component whose pixels sum to no excess over the ring is no peak (its candidates' boxes
+        # reached a bright pixel that is not one: in a ring of sigma 0, say)
+        keep = (n_pixels >= self.min_pixels) & (n_pixels <= self.max_pixels) & (total > 0)
         n_pixels, total = n_pixels[keep], total[keep]
         with np.errstate(divide="ignore", invalid="ignore"):
             row = np.where(total != 0, row_sum[keep] / total, 0.0)

@@ -366,6 +366,30 @@ def test_a_lone_hot_pixel_is_no_peak_unless_single_pixel_peaks_are_asked_for(
     np.testing.assert_allclose(np.sort(peaks.row), np.sort(reference.row), rtol=1e-9)
 
 
+def test_a_spot_in_a_ring_of_constant_background_is_found_not_its_neighbours(
+    backend: kernels.Backend,
+) -> None:
+    """A ring whose background is one value throughout has sigma 0: found by the clean-room API client as
+    peaks of negative intensity beside the spot (its neighbours' boxes reached it; the spot's own ring
+    could hold no candidate) and the spot missing. Its noise is now Poisson's, and no peak has an
+    intensity <= 0."""
+    shape = (48, 48) if _small(backend) else (96, 96)
+    rng = np.random.default_rng(3)
+    centre = (shape[0] - 1) / 2
+    yy, xx = np.ogrid[: shape[0], : shape[1]]
+    ring = np.floor(np.hypot(yy - centre, xx - centre)).astype(int)
+    frame = rng.poisson(10, shape).astype(np.float32)
+    radius = shape[0] // 3
+    frame[ring == radius] = 10.0
+    ys, xs = np.nonzero(ring == radius)
+    y, x = int(ys[5]), int(xs[5])
+    frame[y, x], frame[y, x + 1] = 1000.0, 600.0  # a spot of two pixels (one alone is a hot pixel)
+    peaks = backend.peak_finder(shape).find(frame)
+    assert len(peaks) == 1 and np.all(peaks.intensity > 0), (peaks.row, peaks.col, peaks.intensity)
+    assert abs(peaks.row[0] - y) < 1 and abs(peaks.col[0] - (x + 0.4)) < 1
+    assert 1400 < peaks.intensity[0] < 1700
+
+
 def test_peak_finder_equals_reference_and_scipy_labels(backend: kernels.Backend) -> None:
     ndimage = pytest.importorskip("scipy.ndimage")
     shape = (40, 52) if _small(backend) else (120, 140)
