@@ -207,7 +207,14 @@ def _run_daemon(
         log_config=None,
         timeout_graceful_shutdown=2,  # the dashboard's live streams (/api/events) never end on their own
     )
-    server = uvicorn.Server(config)
+    class _Server(uvicorn.Server):
+        def handle_exit(self, sig: int, frame: Any) -> None:
+            # SIGTERM/SIGINT: the status says "stopping" at once, so the live streams still open while
+            # uvicorn winds down (up to 2 s) carry it, before the data plane is stopped
+            appliance.stopping = True
+            super().handle_exit(sig, frame)
+
+    server = _Server(config)
     try:  # bound now, before "ready": a taken port is a failed start (2), not uvicorn's exit status 3
         api_socket = config.bind_socket()
     except SystemExit:  # uvicorn logged why (the address is in use, say)

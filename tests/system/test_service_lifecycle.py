@@ -4,6 +4,7 @@ taken API port is a failed start (never "ready")."""
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import signal
@@ -204,8 +205,31 @@ def test_sigterm_mid_run_exits_0_with_every_frame_stored_or_recorded_lost(tmp_pa
         daemon = stack.start_daemon("--log-format", "json", "--log-level", "INFO", stderr=log)
         sim = stack.start("sim", "--frames", str(frames), "--rate", "200", "--run-uid", run_uid)
         wait_for(lambda: stack.status()["frames"]["received"] >= 150, 60, "frames flowing")
+        # a dashboard's live stream, open across the stop: its last status events say "stopping"
+        stopping_seen: list[bool] = []
+
+        def watch() -> None:
+            import urllib.request
+
+            event = ""
+            with (
+                contextlib.suppress(OSError),
+                urllib.request.urlopen(stack.url + "/api/events", timeout=30) as stream,
+            ):
+                for raw in stream:
+                    line = raw.decode().rstrip("\n")
+                    if line.startswith("event: "):
+                        event = line[7:]
+                    elif line.startswith("data: ") and event == "status":
+                        stopping_seen.append(bool(json.loads(line[6:])["status"]["appliance"]["stopping"]))
+
+        watcher = threading.Thread(target=watch, daemon=True)
+        watcher.start()
+        wait_for(lambda: len(stopping_seen) >= 1, 20, "a status event")
         daemon.send_signal(signal.SIGTERM)
         assert daemon.wait(60) == 0
+        watcher.join(10)
+        assert stopping_seen[0] is False and True in stopping_seen, stopping_seen
         assert sim.poll() is None, "the run was not cut short"
     finally:
         stack.stop_all()
