@@ -46,6 +46,9 @@ def sse(event: str, data: Any) -> bytes:
     return f"event: {event}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n".encode()
 
 
+_END = b""  # published after the status that says the daemon is stopping: each stream ends after it
+
+
 class LiveFeed:
     """One producer, many subscribers (see the module docstring)."""
 
@@ -113,6 +116,8 @@ class LiveFeed:
                         item = await queue.get()
                 except TimeoutError:
                     item = b": keepalive\n\n"
+                if item is _END:  # the daemon is stopping: its status said so, the stream ends cleanly
+                    return
                 yield item
         finally:
             self._subscribers.discard(queue)
@@ -155,6 +160,8 @@ class LiveFeed:
         self.history.append(trend)
         self._last_status = sse("status", {"status": status, "trend": trend})
         self._publish(self._last_status)
+        if (status.get("appliance") or {}).get("stopping"):  # that event was the streams' last
+            self._publish(_END)
 
     async def _preview_event(self) -> bool:
         """Push the live image if a new frame is there; True when one was pushed."""

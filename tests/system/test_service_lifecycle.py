@@ -238,6 +238,7 @@ def test_sigterm_mid_run_exits_0_with_every_frame_stored_or_recorded_lost(tmp_pa
     records = [json.loads(line) for line in (tmp_path / "daemon.log").read_text().splitlines()]
     messages = [r["message"] for r in records]
     assert "stopped" in messages and any(m.startswith("ready: dashboard") for m in messages)
+    assert not [m for m in messages if "graceful shutdown exceeded" in m], "a live stream was cut, not ended"
     assert not [m for m in messages if m.startswith("frames ") and " lost: " in m], "a loss logged one by one"
     assert any(m.startswith("lost ") and "receiver_stopped" in m for m in messages), messages
 

@@ -222,3 +222,27 @@ def test_trends_sampled_while_no_page_watches_carry_the_frame_rate() -> None:
     assert len(samples) >= 3
     assert samples[0]["frame_rate"] is None  # the first sample has nothing to compare with
     assert all(s["frame_rate"] is not None and s["frame_rate"] > 0 for s in samples[1:]), samples
+
+
+def test_a_stream_ends_after_the_status_that_says_the_daemon_is_stopping() -> None:
+    """The daemon's stop: the stream's last event says ``stopping`` and the stream ends by itself (it
+    was cut by uvicorn's 2 s shutdown timeout, with an error in the log)."""
+    stopping = {"now": False}
+
+    def status() -> dict[str, Any]:
+        return {"appliance": {"stopping": stopping["now"]}, "frames": {"received": 1}}
+
+    feed = LiveFeed(status, lambda: None, status_seconds=0.02)
+
+    async def watch() -> list[bytes]:
+        got: list[bytes] = []
+        async for chunk in feed.stream():
+            got.append(chunk)
+            if len(got) == 4:
+                stopping["now"] = True
+            assert len(got) < 50, "the stream did not end"
+        return got
+
+    got = asyncio.run(asyncio.wait_for(watch(), 10))
+    statuses = [data["status"]["appliance"]["stopping"] for kind, data in events(got) if kind == "status"]
+    assert statuses[0] is False and statuses[-1] is True and statuses.count(True) == 1
