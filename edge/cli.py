@@ -207,6 +207,7 @@ def _run_daemon(
         log_config=None,
         timeout_graceful_shutdown=2,  # the dashboard's live streams (/api/events) never end on their own
     )
+
     class _Server(uvicorn.Server):
         def handle_exit(self, sig: int, frame: Any) -> None:
             # SIGTERM/SIGINT: the status says "stopping" at once, so the live streams still open while
