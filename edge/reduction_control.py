@@ -7,6 +7,7 @@ value is refused naming the key and the allowed range. Each run records the para
 
 from __future__ import annotations
 
+import json
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -64,9 +65,14 @@ class ReductionControl:
             raise ConfigError("reduction changes must be an object of parameter: value")
         unknown = sorted(set(changes) - set(RUN_PARAMETERS))
         if unknown:
+            key = unknown[0]
+            if key not in ReductionSettings.model_fields:  # not a reduction setting at all
+                raise ConfigError(
+                    f"{json.dumps(key[:80])} is no reduction parameter;"
+                    f" these can change: {', '.join(RUN_PARAMETERS)}"
+                )
             raise ConfigError(
-                f"reduction.{unknown[0]} cannot change while the daemon runs;"
-                f" these can: {', '.join(RUN_PARAMETERS)}"
+                f"reduction.{key} cannot change while the daemon runs; these can: {', '.join(RUN_PARAMETERS)}"
             )
         with self._lock:
             run = self._open_run()

@@ -28,7 +28,12 @@ def writer(token: str | None) -> Callable[[Request], None]:
         header = request.headers.get("authorization")
         scheme, _, given = (header or "").partition(" ")
         if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), token.encode()):
-            why = "no Authorization header was sent" if header is None else "the token given is wrong"
+            if header is None:
+                why = "no Authorization header was sent"
+            elif scheme.lower() != "bearer":
+                why = f"the header's scheme is {scheme[:20]!r}, not Bearer"
+            else:
+                why = "the token given is wrong"
             raise Unauthorized(f"a write needs 'Authorization: Bearer <api.token>'; {why}")
 
     return check

@@ -85,6 +85,11 @@ def test_a_write_without_the_header_is_told_so_and_a_wrong_token_is_told_that() 
     assert missing.json()["detail"].endswith("no Authorization header was sent")
     wrong = client.put("/api/reduction", json={"mode": "raw"}, headers={"Authorization": "Bearer nope"})
     assert wrong.status_code == 401 and wrong.json()["detail"].endswith("the token given is wrong")
+    basic = client.put("/api/reduction", json={"mode": "raw"}, headers={"Authorization": "Basic czNjcmV0"})
+    assert basic.status_code == 401 and basic.json()["detail"].endswith("scheme is 'Basic', not Bearer")
+    auth = {"Authorization": "Bearer s3cret"}
+    empty = client.put("/api/reduction", json={"": 1}, headers=auth)
+    assert empty.status_code == 400 and empty.json()["detail"].startswith('"" is no reduction parameter')
     ok = client.put("/api/reduction", json={"mode": "raw"}, headers={"Authorization": "bearer s3cret"})
     assert ok.status_code == 200 and ok.json()["mode"] == "raw"  # the scheme's case does not matter
 
