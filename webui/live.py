@@ -69,6 +69,7 @@ class LiveFeed:
         self._wall = wall_clock
         self._subscribers: set[asyncio.Queue[bytes]] = set()
         self._task: asyncio.Task[None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None  # the server's, once a page subscribed
         self.history: deque[dict[str, Any]] = deque(maxlen=int(HISTORY_SECONDS / status_seconds) + 1)
         self._last_status: bytes | None = None
         self._last_preview: bytes | None = None
@@ -102,8 +103,9 @@ class LiveFeed:
         """The byte stream of one subscriber, from its ``retry`` line until it goes away."""
         queue: asyncio.Queue[bytes] = asyncio.Queue(maxsize=QUEUE_EVENTS)
         self._subscribers.add(queue)
+        self._loop = asyncio.get_running_loop()
         if self._task is None or self._task.done():
-            self._task = asyncio.get_running_loop().create_task(self._produce(), name="edge-live-feed")
+            self._task = self._loop.create_task(self._produce(), name="edge-live-feed")
         try:
             yield f"retry: {RETRY_MS}\n\n".encode()
             yield sse("trends", list(self.history))
@@ -121,6 +123,14 @@ class LiveFeed:
                 yield item
         finally:
             self._subscribers.discard(queue)
+
+    def close(self) -> None:
+        """End every open stream now (from any thread), as a server about to stop should: a stream left
+        open is cut by the server's shutdown timeout, its connection never closed cleanly."""
+        loop = self._loop
+        if loop is not None and not loop.is_closed():
+            with contextlib.suppress(RuntimeError):  # (the loop stopped meanwhile: nothing is open)
+                loop.call_soon_threadsafe(self._publish, _END)
 
     def _publish(self, item: bytes) -> None:
         for queue in list(self._subscribers):

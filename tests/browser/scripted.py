@@ -301,5 +301,7 @@ def serve(
         wait_for(lambda: server.started, 15, "the web app to listen")
         yield f"http://127.0.0.1:{port}/", server
     finally:
+        app.state.live_feed.close()  # the page's event stream ends, so its connection closes cleanly
+        time.sleep(0.2)
         server.should_exit = True
         thread.join(15)

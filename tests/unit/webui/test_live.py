@@ -246,3 +246,28 @@ def test_a_stream_ends_after_the_status_that_says_the_daemon_is_stopping() -> No
     got = asyncio.run(asyncio.wait_for(watch(), 10))
     statuses = [data["status"]["appliance"]["stopping"] for kind, data in events(got) if kind == "status"]
     assert statuses[0] is False and statuses[-1] is True and statuses.count(True) == 1
+
+
+def test_close_ends_every_open_stream_from_another_thread() -> None:
+    """A server about to stop ends its streams itself (a stream left open is cut by the shutdown
+    timeout and its connection is never closed cleanly)."""
+    import threading
+
+    feed = LiveFeed(lambda: {"frames": {"received": 1}}, lambda: None, status_seconds=0.05)
+
+    async def watch() -> int:
+        streams = [feed.stream() for _ in range(3)]
+        for stream in streams:
+            await anext(stream)  # subscribed
+        threading.Timer(0.2, feed.close).start()
+        counts = []
+        for stream in streams:
+            n = 0
+            async for _chunk in stream:
+                n += 1
+                assert n < 100, "the stream did not end"
+            counts.append(n)
+        return len(counts)
+
+    assert asyncio.run(asyncio.wait_for(watch(), 10)) == 3
+    assert feed.subscribers == 0
