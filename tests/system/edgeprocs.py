@@ -15,9 +15,31 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from edge.config import Settings, load_settings
 from edge.demo import free_port  # below the ephemeral range: no outgoing connection takes it meanwhile
 
-__all__ = ["free_port"]
+__all__ = ["free_port", "in_process_settings"]
+
+
+def in_process_settings(tmp_path: Path, shape: tuple[int, int], *extra: str) -> tuple[str, Settings]:
+    """(stream endpoint, settings) for an `Appliance` run in the test's own process: its store under
+    ``tmp_path``, frames of ``shape`` pushed by the test to the endpoint, the NumPy backend, 16 bins,
+    a small ring; ``extra`` overrides after those."""
+    endpoint = f"tcp://127.0.0.1:{free_port()}"
+    settings = load_settings(
+        overrides=[
+            f'store.path="{tmp_path / "store"}"',
+            'upstream.endpoint="tcp://127.0.0.1:0"',
+            f'stream.endpoint="{endpoint}"',
+            f"detector.height={shape[0]}",
+            f"detector.width={shape[1]}",
+            "ring.slots=4",
+            'reduction.backend="numpy"',
+            "reduction.bins=16",
+            *extra,
+        ]
+    )
+    return endpoint, settings
 
 
 def wait_for(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.1) -> Any:

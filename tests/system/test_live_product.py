@@ -9,10 +9,9 @@ from pathlib import Path
 
 import numpy as np
 import zmq
-from edgeprocs import free_port, wait_for
+from edgeprocs import in_process_settings, wait_for
 from fastapi.testclient import TestClient
 
-from edge.config import load_settings
 from firmware_bridge.stream_codec import encode_image, encode_series_end, encode_series_start
 from webui import create_app
 
@@ -22,20 +21,7 @@ SHAPE = (32, 32)
 def test_the_product_names_its_run_after_the_run_ended(tmp_path: Path) -> None:
     from edge.appliance import Appliance
 
-    endpoint = f"tcp://127.0.0.1:{free_port()}"
-    settings = load_settings(
-        overrides=[
-            f'store.path="{tmp_path / "store"}"',
-            'upstream.endpoint="tcp://127.0.0.1:0"',
-            f'stream.endpoint="{endpoint}"',
-            f"detector.height={SHAPE[0]}",
-            f"detector.width={SHAPE[1]}",
-            "ring.slots=4",
-            'reduction.backend="numpy"',
-            "reduction.bins=16",
-            'api.token="s3cret"',
-        ]
-    )
+    endpoint, settings = in_process_settings(tmp_path, SHAPE, 'api.token="s3cret"')
     context = zmq.Context()
     push = context.socket(zmq.PUSH)
     push.linger = 1000

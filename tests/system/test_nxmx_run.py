@@ -10,9 +10,8 @@ import h5py
 import numpy as np
 import pytest
 import zmq
-from edgeprocs import free_port, wait_for
+from edgeprocs import in_process_settings, wait_for
 
-from edge.config import load_settings
 from edge.nxmx import pyfai_from_nxmx
 from firmware_bridge.stream_codec import encode_image, encode_series_end, encode_series_start
 
@@ -43,20 +42,11 @@ def test_daemon_run_writes_valid_nxmx(tmp_path: Path) -> None:
     mask = np.zeros(SHAPE, dtype=bool)
     mask[5, :] = True
     np.save(tmp_path / "mask.npy", mask)
-    endpoint = f"tcp://127.0.0.1:{free_port()}"
-    settings = load_settings(
-        overrides=[
-            f'store.path="{tmp_path / "store"}"',
-            'upstream.endpoint="tcp://127.0.0.1:0"',
-            f'stream.endpoint="{endpoint}"',
-            f"detector.height={SHAPE[0]}",
-            f"detector.width={SHAPE[1]}",
-            "ring.slots=4",
-            'reduction.backend="numpy"',
-            "reduction.bins=16",
-            f'reduction.poni_file="{tmp_path / "calib.poni"}"',
-            f'reduction.mask_file="{tmp_path / "mask.npy"}"',
-        ]
+    endpoint, settings = in_process_settings(
+        tmp_path,
+        SHAPE,
+        f'reduction.poni_file="{tmp_path / "calib.poni"}"',
+        f'reduction.mask_file="{tmp_path / "mask.npy"}"',
     )
     context = zmq.Context()
     push = context.socket(zmq.PUSH)
