@@ -41,7 +41,9 @@ class _Setup:
     def __init__(self) -> None:
         self.open_run: str | None = None
         self.refusal: str | None = None
-        self.reduction = ReductionControl(ReductionSettings(), open_run=lambda: self.open_run)
+        self.reduction = ReductionControl(
+            ReductionSettings(), open_run=lambda: self.open_run, frame_shape=(256, 512)
+        )
         view = SimpleNamespace(
             frame_format=SimpleNamespace(shape=(256, 512)), store_path=lambda: Path("/data/store")
         )
