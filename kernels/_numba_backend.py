@@ -592,25 +592,49 @@ def _acc_bound_impl(acc, bound):
     return lambda acc, bound: np.float64(bound)
 
 
-def _row_boxes(
-    values, up, base, down, w, icolumn, ibox, column, box, floor
-):  # pragma: no cover - compiled only
+def _row_boxes(values, up, base, down, w, icolumn, ibox, column, box):  # pragma: no cover - compiled only
     """The 3x3 box sums of one row (columns 1..w-2) from the rows starting at ``up``, ``base`` and ``down``:
     column sums of the three rows first, then three neighbouring columns (the reference's order), into
-    ``ibox`` (narrow integers, exact) or ``box`` (float64); returns how many are not ``<= floor`` (above
-    it, or NaN or -inf)."""
+    ``ibox`` (narrow integers, exact) or ``box`` (float64)."""
     raise NotImplementedError
 
 
 @numba.extending.overload(_row_boxes)
-def _row_boxes_impl(values, up, base, down, w, icolumn, ibox, column, box, floor):
+def _row_boxes_impl(values, up, base, down, w, icolumn, ibox, column, box):
     if _narrow_int(values.dtype):
 
-        def impl(values, up, base, down, w, icolumn, ibox, column, box, floor):
+        def impl(values, up, base, down, w, icolumn, ibox, column, box):
             for j in range(w):
                 icolumn[j] = (
                     np.int32(values[up + j]) + np.int32(values[base + j]) + np.int32(values[down + j])
                 )
+            for j in range(U64(1), w - U64(1)):
+                ibox[j] = icolumn[j - U64(1)] + icolumn[j] + icolumn[j + U64(1)]
+
+        return impl
+
+    def impl(values, up, base, down, w, icolumn, ibox, column, box):
+        for j in range(w):
+            column[j] = (
+                np.float64(values[up + j]) + np.float64(values[base + j]) + np.float64(values[down + j])
+            )
+        for j in range(U64(1), w - U64(1)):
+            box[j] = column[j - U64(1)] + column[j] + column[j + U64(1)]
+
+    return impl
+
+
+def _boxes_above(values, ibox, box, lo, hi, floor):  # pragma: no cover - compiled only
+    """How many of the box sums ``lo..hi-1`` of the row ``_row_boxes`` summed are not ``<= floor``
+    (above it, or NaN or -inf), in a loop without branches."""
+    raise NotImplementedError
+
+
+@numba.extending.overload(_boxes_above)
+def _boxes_above_impl(values, ibox, box, lo, hi, floor):
+    if _narrow_int(values.dtype):
+
+        def impl(values, ibox, box, lo, hi, floor):
             # total <= floor  <=>  total <= floor(floor) for an integer total; the box sums of 16-bit
             # values lie well inside int32, so the bound is clamped to it (NaN: every box is above)
             if floor >= 2147483647.0:
@@ -620,23 +644,16 @@ def _row_boxes_impl(values, up, base, down, w, icolumn, ibox, column, box, floor
             else:
                 limit = np.int32(-2147483648)
             above = np.int32(0)
-            for j in range(U64(1), w - U64(1)):
-                total = icolumn[j - U64(1)] + icolumn[j] + icolumn[j + U64(1)]
-                ibox[j] = total
-                above += np.int32(total > limit)
+            for j in range(lo, hi):
+                above += np.int32(ibox[j] > limit)
             return above
 
         return impl
 
-    def impl(values, up, base, down, w, icolumn, ibox, column, box, floor):
-        for j in range(w):
-            column[j] = (
-                np.float64(values[up + j]) + np.float64(values[base + j]) + np.float64(values[down + j])
-            )
+    def impl(values, ibox, box, lo, hi, floor):
         above = 0
-        for j in range(U64(1), w - U64(1)):
-            total = column[j - U64(1)] + column[j] + column[j + U64(1)]
-            box[j] = total
+        for j in range(lo, hi):
+            total = box[j]
             above += not (total <= floor and total > -np.inf)
         return above
 
@@ -1147,6 +1164,35 @@ def _edge_test(values, box, full, mean, sigma, min_snr, adc_threshold, ring):  #
     return _box_decision(total, count, U64(ring), full, mean, sigma, min_snr, adc_threshold)
 
 
+@numba.njit(nogil=True)
+def _range_min_table(values):  # pragma: no cover - compiled
+    # table[l, r]: min of values[r : r + 2**l] (a sparse table: any range's minimum from two entries)
+    n = values.size
+    levels = 1
+    while (1 << levels) <= n:
+        levels += 1
+    table = np.empty((levels, n))
+    table[0] = values
+    for lv in range(1, levels):
+        half = 1 << (lv - 1)
+        for r in range(n):
+            table[lv, r] = (
+                min(table[lv - 1, r], table[lv - 1, r + half]) if r + half < n else table[lv - 1, r]
+            )
+    return table
+
+
+@numba.njit(inline="always", nogil=True)
+def _range_min(table, lo, hi):  # pragma: no cover - compiled
+    lv = 0
+    while (2 << lv) <= hi - lo + 1:
+        lv += 1
+    return min(table[lv, lo], table[lv, hi - (1 << lv) + 1])
+
+
+BOX_BLOCK = 64  # columns per block of a row whose boxes ``_box_candidates`` first test together
+
+
 @numba.njit(parallel=True, nogil=True, cache=True)
 def _box_candidates(
     values,
@@ -1154,8 +1200,8 @@ def _box_candidates(
     box_rings,
     edge,
     edge_boxes,
-    row_lo,
-    row_hi,
+    block_lo,
+    block_hi,
     height,
     width,
     mean,
@@ -1173,9 +1219,11 @@ def _box_candidates(
     # ``edge`` (sorted: unmasked pixels on the frame's border or next to a masked pixel), each with its
     # box's unmasked pixels listed once per finder (``edge_boxes``, -1 for a pixel outside the frame or
     # masked; as ``_box_test`` takes them, without its per-pixel bounds and mask tests). Each task
-    # merges its two sorted lists. A row is first summed and compared with the lowest bound of the rings
-    # it crosses (``row_lo..row_hi``, a range minimum from a sparse table) in loops without branches;
-    # only a row with a sum above that, or a NaN or -inf, is compared pixel by pixel with its rings.
+    # merges its two sorted lists. A row is first summed; then each block of `BOX_BLOCK` of its columns
+    # is compared with the lowest bound of the rings its full boxes cross (``block_lo..block_hi``, a
+    # range minimum from a sparse table) in a loop without branches; only a block with a sum above that,
+    # or a NaN or -inf, is compared pixel by pixel with its rings. (A whole row crosses rings of very
+    # different backgrounds: its lowest bound let most rows through to the pixel-by-pixel loop.)
     n_rings = mean.size
     sentinel = U64(n_rings)
     full = np.empty(n_rings + 1)
@@ -1184,23 +1232,14 @@ def _box_candidates(
         if not sigma[r] > 0:
             full[r] = np.inf
     full[n_rings] = np.inf
-    levels = 1
-    while (1 << levels) <= n_rings:
-        levels += 1
-    table = np.empty((levels, n_rings + 1))  # table[l, r]: min of full[r : r + 2**l]
-    table[0] = full
-    for lv in range(1, levels):
-        half = 1 << (lv - 1)
-        for r in range(n_rings + 1):
-            table[lv, r] = (
-                min(table[lv - 1, r], table[lv - 1, r + half]) if r + half <= n_rings else table[lv - 1, r]
-            )
+    table = _range_min_table(full)
     step = (height + nchunks - 1) // nchunks
     found = np.empty((nchunks, capacity), np.int64)
     found_edge = np.empty((nchunks, capacity), np.int64)
     counts = np.zeros(nchunks, np.int64)
     counts_edge = np.zeros(nchunks, np.int64)
     w = U64(width)
+    blocks = block_lo.shape[1]
     for c in numba.prange(nchunks):
         lo = min(height, c * step)
         hi = min(height, c * step + step)
@@ -1211,32 +1250,34 @@ def _box_candidates(
         out = found[c]
         k = 0
         for i in range(max(lo, 1), min(hi, height - 1)):
-            lo_ring, hi_ring = row_lo[i], row_hi[i]
-            if lo_ring > hi_ring:
-                continue  # no pixel of this row has a full box
-            lv = 0
-            while (2 << lv) <= hi_ring - lo_ring + 1:
-                lv += 1
-            floor = min(table[lv, lo_ring], table[lv, hi_ring - (1 << lv) + 1])
+            summed = False
             base = U64(i) * w
-            up = base - w
-            down = base + w
-            if _row_boxes(values, up, base, down, w, icolumn, ibox, column, box, floor) == 0:
-                continue
-            for j in range(U64(1), w - U64(1)):
-                total = _box_at(values, ibox, box, j)
-                if total <= floor and total > -np.inf:
+            for b in range(blocks):
+                lo_ring, hi_ring = block_lo[i, b], block_hi[i, b]
+                if lo_ring > hi_ring:
+                    continue  # no pixel of this block has a full box
+                if not summed:
+                    _row_boxes(values, base - w, base, base + w, w, icolumn, ibox, column, box)
+                    summed = True
+                floor = _range_min(table, lo_ring, hi_ring)
+                j0 = U64(max(1, b * BOX_BLOCK))
+                j1 = U64(min(width - 1, b * BOX_BLOCK + BOX_BLOCK))
+                if _boxes_above(values, ibox, box, j0, j1, floor) == 0:
                     continue
-                r = U64(box_rings[base + j])
-                if (total <= full[r] and total > -np.inf) or r == sentinel:  # NaN and -inf go on
-                    continue
-                p = base + j
-                if total - total == 0.0 or _box_test(
-                    values, rings, sentinel, height, width, p, full, mean, sigma, min_snr, adc_threshold
-                ):
-                    if k < capacity:
-                        out[k] = np.int64(p)
-                    k += 1
+                for j in range(j0, j1):
+                    total = _box_at(values, ibox, box, j)
+                    if total <= floor and total > -np.inf:
+                        continue
+                    r = U64(box_rings[base + j])
+                    if (total <= full[r] and total > -np.inf) or r == sentinel:  # NaN and -inf go on
+                        continue
+                    p = base + j
+                    if total - total == 0.0 or _box_test(
+                        values, rings, sentinel, height, width, p, full, mean, sigma, min_snr, adc_threshold
+                    ):
+                        if k < capacity:
+                            out[k] = np.int64(p)
+                        k += 1
         counts[c] = k
         k = 0
         out = found_edge[c]
@@ -1272,7 +1313,8 @@ def box_plan(rings: np.ndarray, n_rings: int) -> tuple[np.ndarray, ...]:
     """For ``find_candidates``, once per finder: each pixel's ring where its 3x3 box is 9 unmasked pixels
     (``n_rings`` elsewhere), the sorted indices of the unmasked pixels whose box is not with each one's
     box listed (10 flat indices: the pixel, then its 3x3 box column by column; -1 outside the frame or
-    masked), and per row the lowest and highest ring of those full boxes."""
+    masked), and per block of `BOX_BLOCK` columns of each row the lowest and highest ring of those full
+    boxes (lowest > highest: none)."""
     unmasked = rings < n_rings
     padded = np.pad(unmasked, 1)
     whole = np.ones(rings.shape, dtype=bool)
@@ -1293,10 +1335,14 @@ def box_plan(rings: np.ndarray, n_rings: int) -> tuple[np.ndarray, ...]:
             live = (ii >= 0) & (ii < height) & (jj >= 0) & (jj < width)
             live[live] = unmasked[ii[live], jj[live]]
             edge_boxes[live, 1 + 3 * dj + di] = ii[live] * width + jj[live]
-    # per row, the lowest and highest ring of its full boxes (lo > hi: none)
-    row_lo = np.where(whole, rings, n_rings).min(axis=1).astype(np.int64)
-    row_hi = np.where(whole, rings.astype(np.int64), -1).max(axis=1).astype(np.int64)
-    return np.ascontiguousarray(box_rings), edge, edge_boxes, row_lo, row_hi
+    # per block of each row, the lowest and highest ring of its full boxes (lo > hi: none)
+    blocks = -(-width // BOX_BLOCK)
+    spare = ((0, 0), (0, blocks * BOX_BLOCK - width))
+    lowest = np.pad(np.where(whole, rings.astype(np.int64), n_rings), spare, constant_values=n_rings)
+    highest = np.pad(np.where(whole, rings.astype(np.int64), -1), spare, constant_values=-1)
+    block_lo = lowest.reshape(height, blocks, BOX_BLOCK).min(axis=2)
+    block_hi = highest.reshape(height, blocks, BOX_BLOCK).max(axis=2)
+    return np.ascontiguousarray(box_rings), edge, edge_boxes, block_lo, block_hi
 
 
 def find_candidates(
@@ -1312,7 +1358,7 @@ def find_candidates(
     ``box_plan(rings, mean.size)`` (made here when not given)."""
     frame = frozen(frame)
     height, width = frame.shape
-    box_rings, edge, edge_boxes, row_lo, row_hi = box_plan(rings, mean.size) if plan is None else plan
+    box_rings, edge, edge_boxes, block_lo, block_hi = box_plan(rings, mean.size) if plan is None else plan
     mean = np.ascontiguousarray(mean, dtype=np.float64)
     sigma = np.ascontiguousarray(sigma, dtype=np.float64)
     nchunks = 4 * _chunks()
@@ -1324,8 +1370,8 @@ def find_candidates(
             box_rings.ravel(),
             edge,
             edge_boxes,
-            row_lo,
-            row_hi,
+            block_lo,
+            block_hi,
             height,
             width,
             mean,
@@ -1457,6 +1503,92 @@ def measure_peaks(
         int(width),
         int(min_pixels),
         int(max_pixels),
+    )
+
+
+@numba.njit(inline="always", nogil=True)
+def _window_value(values, rings, n_rings, height, width, i, j):  # pragma: no cover - compiled
+    # the pixel at (i, j) as ``PeakFinder._without_lone_pixels`` reads it: NaN outside or masked
+    if i < 0 or i >= height or j < 0 or j >= width:
+        return np.nan
+    p = i * width + j
+    if rings[p] >= n_rings:
+        return np.nan
+    return np.float64(values[p])
+
+
+@numba.njit(nogil=True, cache=True)
+def _lone_peaks(
+    values, rings, n_rings, height, width, mean, sigma, clip_snr, share, row, col
+):  # pragma: no cover
+    lone = np.zeros(row.size, np.bool_)
+    for k in range(row.size):
+        r = min(max(np.int64(np.rint(row[k])), 0), height - 1)
+        c = min(max(np.int64(np.rint(col[k])), 0), width - 1)
+        # the brightest live pixel of the 3x3 around (r, c), the first of equals (NaN lowest, inf highest)
+        best = -np.inf
+        rb, cb = min(max(r - 1, 0), height - 1), min(max(c - 1, 0), width - 1)
+        for di in range(-1, 2):
+            for dj in range(-1, 2):
+                i, j = r + di, c + dj
+                if i < 0 or i >= height or j < 0 or j >= width:
+                    continue
+                if rings[i * width + j] >= n_rings:
+                    continue
+                v = np.float64(values[i * width + j])
+                if v != v:
+                    v = -np.inf
+                elif v == np.inf:
+                    v = 1.7976931348623157e308
+                elif v == -np.inf:
+                    v = -1.7976931348623157e308
+                if v > best:
+                    best, rb, cb = v, i, j
+        ring = min(np.int64(rings[rb * width + cb]), n_rings - 1)
+        mu = mean[ring]
+        bound = mu + clip_snr * sigma[ring]
+        centre = _window_value(values, rings, n_rings, height, width, rb, cb)
+        if not centre > bound:
+            continue
+        excess = 0.0
+        alone = True
+        for di in range(-1, 2):
+            for dj in range(-1, 2):
+                v = _window_value(values, rings, n_rings, height, width, rb + di, cb + dj)
+                if v == v:
+                    excess += v - mu
+                if (di != 0 or dj != 0) and v > bound:
+                    alone = False
+        lone[k] = alone and centre - mu >= share * excess
+    return lone
+
+
+def lone_peaks(
+    frame: Any,
+    rings: np.ndarray,
+    n_rings: int,
+    mean: np.ndarray,
+    sigma: np.ndarray,
+    clip_snr: float,
+    share: float,
+    row: np.ndarray,
+    col: np.ndarray,
+) -> np.ndarray:
+    """Per peak, whether it is one pixel above background: ``PeakFinder._without_lone_pixels``'s rule,
+    in one compiled call (True: drop it)."""
+    height, width = frame.shape
+    return _lone_peaks(
+        frozen(frame).ravel(),
+        rings.ravel(),
+        int(n_rings),
+        int(height),
+        int(width),
+        np.ascontiguousarray(mean, dtype=np.float64),
+        np.ascontiguousarray(sigma, dtype=np.float64),
+        float(clip_snr),
+        float(share),
+        np.ascontiguousarray(row, dtype=np.float64),
+        np.ascontiguousarray(col, dtype=np.float64),
     )
 
 

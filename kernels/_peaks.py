@@ -291,6 +291,12 @@ class PeakFinder:
         """
         if self.min_pixels < 2 or len(peaks) == 0:
             return peaks
+        module = self.backend.module
+        if hasattr(module, "lone_peaks"):  # the rule below, in one compiled call
+            lone = module.lone_peaks(
+                frame, self.rings, self.n_rings, mean, sigma, self.clip_snr, LONE_SHARE, peaks.row, peaks.col
+            )
+            return self._kept(peaks, ~lone) if lone.any() else peaks
         values = _on_host(frame)
         height, width = self.shape
         steps = [(dr, dc) for dr in (-1, 0, 1) for dc in (-1, 0, 1)]
@@ -321,9 +327,10 @@ class PeakFinder:
         with np.errstate(invalid="ignore"):
             lone = (centre > bound) & ~np.any(others > bound[:, None], axis=1)
             lone &= centre - mu >= LONE_SHARE * excess
-        if not lone.any():
-            return peaks
-        keep = ~lone
+        return self._kept(peaks, ~lone) if lone.any() else peaks
+
+    @staticmethod
+    def _kept(peaks: Peaks, keep: np.ndarray) -> Peaks:
         fields = ("row", "col", "intensity", "n_pixels", "max_value", "snr")
         return Peaks(*(getattr(peaks, name)[keep] for name in fields))
 

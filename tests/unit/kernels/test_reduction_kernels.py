@@ -304,17 +304,31 @@ def test_peak_finder_finds_faint_spots_a_pixel_threshold_misses(backend: kernels
     assert np.mean(recalls) >= 0.97 and np.mean(precisions) >= 0.99, (recalls, precisions)
 
 
-def test_peak_candidates_are_the_box_sums_above_the_ring_noise(backend: kernels.Backend) -> None:
+@pytest.mark.parametrize(
+    ("shape", "dtype"),
+    [((17, 23), np.float32), ((13, 150), np.float32), ((13, 150), np.uint16)],
+    ids=["narrow", "wide", "wide-uint16"],
+)
+def test_peak_candidates_are_the_box_sums_above_the_ring_noise(
+    backend: kernels.Backend, shape: tuple[int, int], dtype: type
+) -> None:
     """``find_candidates`` against its definition, pixel by pixel: frame edges, masked, NaN and inf
-    pixels (left out of the boxes), a ring without noise (never a candidate), the ADC threshold."""
+    pixels (left out of the boxes), a ring without noise (never a candidate), the ADC threshold. The
+    wide frames span several of the numba kernel's column blocks, with the mask, the non-finite pixels
+    and the rings crossing block borders."""
     rng = np.random.default_rng(21)
-    shape = (17, 23)
     frame = rng.normal(50.0, 5.0, shape)
     frame[rng.random(shape) < 0.08] += 60.0
-    frame[4, 5], frame[9, 0], frame[12, 20] = np.nan, np.inf, -np.inf
-    frame = frame.astype(np.float32)
-    rings = (np.arange(shape[1])[None, :] // 6 + np.zeros((shape[0], 1), int)).astype(np.uint16)  # 4 rings
+    width = shape[1]
+    if dtype == np.float32:
+        frame[4, 5], frame[9, 0], frame[12, width - 3] = np.nan, np.inf, -np.inf
+        if width > 64:
+            frame[2, 63], frame[3, 64] = np.nan, np.inf  # either side of a block border
+    frame = frame.astype(dtype)
+    ring_width = -(-width // 4)
+    rings = (np.arange(width)[None, :] // ring_width + np.zeros((shape[0], 1), int)).astype(np.uint16)  # 4
     rings[6:8, 3:9] = 4  # masked: the sentinel (n_rings)
+    rings[9:11, 60:70] = 4
     mean = np.array([50.0, 48.0, 52.0, 50.0])
     sigma = np.array([5.0, 6.0, 0.0, 4.0])
     module = backend.module
@@ -364,6 +378,40 @@ def test_a_lone_hot_pixel_is_no_peak_unless_single_pixel_peaks_are_asked_for(
     assert every.n_pixels[np.hypot(every.row - 20, every.col - 30) < 0.5][0] == 9  # its 3x3 box centres
     reference = get_backend("numpy").peak_finder(shape, min_snr=5.0).find(frame)
     np.testing.assert_allclose(np.sort(peaks.row), np.sort(reference.row), rtol=1e-9)
+
+
+def test_the_compiled_lone_pixel_rule_equals_the_numpy_rule() -> None:
+    """The numba backend's ``lone_peaks`` against ``PeakFinder``'s NumPy rule on the same peaks: hot,
+    barely hot and spread pixels, peaks on the frame's edges and corners and on masked pixels,
+    neighbours that are NaN or inf, and positions that round half-way."""
+    shape = (40, 56)
+    rng = np.random.default_rng(8)
+    frame = rng.poisson(10.0, shape).astype(np.float32)
+    mask = np.zeros(shape, dtype=bool)
+    mask[15:18, 30:34] = True
+    rows = rng.uniform(-0.5, shape[0] - 0.5, 300)
+    cols = rng.uniform(-0.5, shape[1] - 0.5, 300)
+    rows[:6], cols[:6] = [0, 0, 39, 39, 16, 20.5], [0, 55, 0, 55, 31, 7.5]  # corners, masked, half-way
+    for r, c in zip(rows[::10], cols[::10], strict=True):
+        frame[int(np.rint(r)), int(np.rint(c))] = rng.choice([60.0, 200.0, 5000.0])
+    frame[22, 40], frame[22, 41], frame[23, 40] = 5000.0, np.nan, np.inf
+    frame[5, 5], frame[5, 6] = -np.inf, 3000.0
+    rows[6:9], cols[6:9] = [22, 22.2, 5], [40, 40.4, 5.6]
+    for (r, c), side in (((30, 10), 17.0), ((30, 20), 16.0)):  # the centre's share of the box ~0.76, ~0.85
+        frame[r - 1 : r + 2, c - 1 : c + 2] = 10.0
+        frame[r, c] = 100.0
+        frame[r - 1, c] = frame[r + 1, c] = frame[r, c - 1] = frame[r, c + 1] = side
+    rows[9:11], cols[9:11] = [30, 30], [10, 20]
+    numba_finder = get_backend("numba").peak_finder(shape, mask=mask)
+    numpy_finder = get_backend("numpy").peak_finder(shape, mask=mask)
+    mean, sigma = numpy_finder.background(np.where(np.isfinite(frame), frame, 10.0))
+    zeros = np.zeros(rows.size)
+    peaks = kernels.Peaks(rows, cols, zeros + 1.0, zeros.astype(np.int64) + 2, zeros, zeros)
+    got = numba_finder._without_lone_pixels(frame, mean, sigma, peaks)
+    want = numpy_finder._without_lone_pixels(frame, mean, sigma, peaks)
+    assert 0 < len(want) < len(peaks)  # some dropped, some kept
+    np.testing.assert_array_equal(got.row, want.row)
+    np.testing.assert_array_equal(got.col, want.col)
 
 
 def test_a_spot_in_a_ring_of_constant_background_is_found_not_its_neighbours(
