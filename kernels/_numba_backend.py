@@ -32,6 +32,81 @@ def _correct(raw, dark, gain, out):  # pragma: no cover - compiled
         flat_out[i] = (np.float32(flat_raw[i]) - flat_dark[i]) * flat_gain[i]
 
 
+# The loops of ``_bin_sums``, one task's pixels ``start..stop`` into its row of copies (see there). Each is a
+# function of its own, called from the parallel loop: written inline in the prange body the same loop ran
+# ~20% slower (2048^2 uint16, one thread, interleaved minimum of 25: 4.53 against 3.61 ms).
+
+
+@numba.njit(nogil=True)
+def _sums_plain(values, bins, row, width, start, stop):  # pragma: no cover - compiled
+    one, two, three, four = U64(1), U64(2), U64(3), U64(4)
+    i = start
+    while i + four <= stop:
+        row[U64(bins[i])] += values[i]
+        row[width + U64(bins[i + one])] += values[i + one]
+        row[two * width + U64(bins[i + two])] += values[i + two]
+        row[three * width + U64(bins[i + three])] += values[i + three]
+        i += four
+    while i < stop:
+        row[U64(bins[i])] += values[i]
+        i += one
+
+
+@numba.njit(nogil=True)
+def _sums_variance(values, bins, row, width, start, stop):  # pragma: no cover - compiled
+    one, two = U64(1), U64(2)
+    i = start
+    low = 0
+    while i + two <= stop:
+        a = values[i]
+        b = values[i + one]
+        ka = U64(bins[i])
+        kb = width + U64(bins[i + one])
+        row[ka] += a
+        row[kb] += b
+        row[two * width + ka] += max(a, 1)
+        row[two * width + kb] += max(b, 1)
+        low += a < 1
+        low += b < 1
+        i += two
+    if i < stop:
+        a = values[i]
+        ka = U64(bins[i])
+        row[ka] += a
+        row[two * width + ka] += max(a, 1)
+        low += a < 1
+    return low
+
+
+@numba.njit(nogil=True)
+def _sums_few_low(values, bins, row, width, start, stop):  # pragma: no cover - compiled
+    one, two = U64(1), U64(2)
+    i = start
+    low = 0
+    while i + two <= stop:
+        a = values[i]
+        b = values[i + one]
+        ka = U64(bins[i])
+        kb = width + U64(bins[i + one])
+        row[ka] += a
+        row[kb] += b
+        if a < 1:
+            row[two * width + ka] += 1 - a
+            low += 1
+        if b < 1:
+            row[two * width + kb] += 1 - b
+            low += 1
+        i += two
+    if i < stop:
+        a = values[i]
+        ka = U64(bins[i])
+        row[ka] += a
+        if a < 1:
+            row[two * width + ka] += 1 - a
+            low += 1
+    return low
+
+
 @numba.njit(parallel=True, nogil=True, cache=True)
 def _bin_sums(values, bins, nbins, partial, with_variance, few_low):  # pragma: no cover - compiled
     # ``partial`` (nchunks, 4 * (nbins + 1)) zeros: uint32 for small unsigned frames when no bin can
@@ -47,71 +122,17 @@ def _bin_sums(values, bins, nbins, partial, with_variance, few_low):  # pragma: 
     n = values.size
     nchunks = partial.shape[0]
     width = U64(nbins + 1)
-    one = U64(1)
-    two = U64(2)
-    three = U64(3)
-    four = U64(4)
     step = ((n + nchunks - 1) // nchunks + 3) // 4 * 4
     lows = np.zeros(nchunks, np.int64)
     for c in numba.prange(nchunks):
-        row = partial[c]
         start = U64(min(n, c * step))
         stop = U64(min(n, c * step + step))
-        i = start
-        low = 0
         if with_variance and few_low:
-            while i + two <= stop:
-                a = values[i]
-                b = values[i + one]
-                ka = U64(bins[i])
-                kb = width + U64(bins[i + one])
-                row[ka] += a
-                row[kb] += b
-                if a < 1:
-                    row[two * width + ka] += 1 - a
-                    low += 1
-                if b < 1:
-                    row[two * width + kb] += 1 - b
-                    low += 1
-                i += two
-            if i < stop:
-                a = values[i]
-                ka = U64(bins[i])
-                row[ka] += a
-                if a < 1:
-                    row[two * width + ka] += 1 - a
-                    low += 1
-            lows[c] = low
+            lows[c] = _sums_few_low(values, bins, partial[c], width, start, stop)
         elif with_variance:
-            while i + two <= stop:
-                a = values[i]
-                b = values[i + one]
-                ka = U64(bins[i])
-                kb = width + U64(bins[i + one])
-                row[ka] += a
-                row[kb] += b
-                row[two * width + ka] += max(a, 1)
-                row[two * width + kb] += max(b, 1)
-                low += a < 1
-                low += b < 1
-                i += two
-            if i < stop:
-                a = values[i]
-                ka = U64(bins[i])
-                row[ka] += a
-                row[two * width + ka] += max(a, 1)
-                low += a < 1
-            lows[c] = low
+            lows[c] = _sums_variance(values, bins, partial[c], width, start, stop)
         else:
-            while i + four <= stop:
-                row[U64(bins[i])] += values[i]
-                row[width + U64(bins[i + one])] += values[i + one]
-                row[two * width + U64(bins[i + two])] += values[i + two]
-                row[three * width + U64(bins[i + three])] += values[i + three]
-                i += four
-            while i < stop:
-                row[U64(bins[i])] += values[i]
-                i += one
+            _sums_plain(values, bins, partial[c], width, start, stop)
     sums = np.zeros(nbins, dtype=np.float64)
     variance = np.zeros(nbins if with_variance else 0, dtype=np.float64)
     stride = nbins + 1
