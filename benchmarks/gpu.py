@@ -6,8 +6,9 @@ with the frame already on the device, the host-to-device copy of a frame timed a
 the kernel's achieved fraction of the device-to-device copy bandwidth measured in the same run (once
 with a launch and a synchronisation per frame, numba's host-side launch cost included, and once with
 the launch queue kept full, the device's own time per frame by CUDA events), the correction kernel
-likewise, and the same work on the numba CPU backend; each row carries its
-correctness check against the NumPy reference computed in the same run.
+likewise, peak finding 2048^2 (frame on the device, and from host memory) and filtered back-projection
+1024^2 x 900 angles, and the same work on the numba CPU backend; each row carries its correctness check
+against the NumPy reference (FBP: against the numba backend) computed in the same run.
 """
 
 from __future__ import annotations
@@ -89,6 +90,87 @@ def queued(launch: Callable[[int], Any], n: int, spin: Any) -> tuple[float, floa
 def rel(a: np.ndarray, b: np.ndarray) -> float:
     a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
     return float(np.max(np.abs(a - b) / np.maximum(np.abs(b), 1e-30)))
+
+
+def spot_frames(count: int, n_spots: int = 150) -> list[np.ndarray]:
+    """2048^2 float32: Gaussian noise (100 +- 10) and ``n_spots`` Gaussian spots 6-40 sigma up."""
+    rng = np.random.default_rng(11)
+    yy, xx = np.mgrid[-3:4, -3:4]
+    frames = []
+    for _ in range(count):
+        frame = rng.normal(100.0, 10.0, SHAPE).astype(np.float32)
+        for r, c in rng.integers(8, SHAPE[0] - 8, (n_spots, 2)):
+            frame[r - 3 : r + 4, c - 3 : c + 4] += rng.uniform(60, 400) * np.exp(-(yy**2 + xx**2) / 2.0)
+        frames.append(frame)
+    return frames
+
+
+def peak_rows(gpu: Any, cpu: Any, ref: Any, repeats: int, sync: Callable[[], None]) -> list[dict[str, Any]]:
+    """Peak finding 2048^2 on the device (frame already there, and from host memory) beside the numba
+    CPU backend; the check: the same peaks as the NumPy reference on one frame."""
+    from numba import cuda
+
+    settings: dict[str, Any] = {"min_snr": 5.0, "min_pixels": 2, "max_pixels": 60, "min_peaks": 20}
+    frames = spot_frames(4)
+    dev_frames = [cuda.to_device(f) for f in frames]
+    on_gpu, on_cpu = gpu.peak_finder(SHAPE, **settings), cpu.peak_finder(SHAPE, **settings)
+    want = ref.peak_finder(SHAPE, **settings).find(frames[0])
+    checks = []
+    for label, got in (("GPU", on_gpu.find(dev_frames[0])), ("numba", on_cpu.find(frames[0]))):
+        same = len(got) == len(want) and bool(
+            np.allclose(got.row, want.row, rtol=1e-9)
+            and np.allclose(got.intensity, want.intensity, rtol=1e-9)
+        )
+        checks.append(f"{label} {len(got)} peaks, equal to NumPy's {len(want)}: {same}")
+    check = "; ".join(checks)
+    rows = []
+    for workload, fn, wait in (
+        (
+            f"peak finding {SHAPE[0]}^2 float32, GPU (frame on device)",
+            lambda k: on_gpu.find(dev_frames[k % 4]),
+            sync,
+        ),
+        (
+            f"peak finding {SHAPE[0]}^2 float32, GPU from host (H2D + kernels)",
+            lambda k: on_gpu.find(frames[k % 4]),
+            sync,
+        ),
+        (
+            f"peak finding {SHAPE[0]}^2 float32, numba CPU backend",
+            lambda k: on_cpu.find(frames[k % 4]),
+            lambda: None,
+        ),
+    ):
+        t = timed(fn, max(5, repeats // 3), wait)
+        rows.append(
+            {"workload": workload, "value": 1 / statistics.median(t), "unit": "frames/s", "check": check}
+        )
+    return rows
+
+
+def fbp_rows(
+    gpu: Any, cpu: Any, sync: Callable[[], None], size: int = 1024, n_angles: int = 900
+) -> list[dict[str, Any]]:
+    """Filtered back-projection of one 1024^2 slice from 900 angles on the device beside the numba CPU
+    backend (which CI checks against skimage); the check: the two within 1e-4 of the slice's maximum."""
+    theta = np.linspace(0, 180, n_angles, endpoint=False)
+    # the sinogram of a centred disk of radius R: chord lengths 2 sqrt(R^2 - t^2), the same at every angle
+    t = np.arange(size) - size / 2 + 0.5
+    radius = size / 3
+    sino = np.tile(2 * np.sqrt(np.clip(radius**2 - t**2, 0, None)), (n_angles, 1)).astype(np.float32)
+    ours, theirs = gpu.fbp(sino, theta), cpu.fbp(sino, theta)
+    worst = float(np.max(np.abs(ours - theirs)) / np.max(np.abs(theirs)))
+    check = f"max|GPU - numba| / max {worst:.1e} <= 1e-4: {worst <= 1e-4}"
+    rows = []
+    for workload, backend, wait in (
+        (f"FBP {size}^2, {n_angles} angles, GPU (from host)", gpu, sync),
+        (f"FBP {size}^2, {n_angles} angles, numba CPU backend", cpu, lambda: None),
+    ):
+        times = timed(lambda k, b=backend: b.fbp(sino, theta), 3, wait)
+        rows.append(
+            {"workload": workload, "value": statistics.median(times), "unit": "s/slice", "check": check}
+        )
+    return rows
 
 
 def main() -> int:
@@ -244,6 +326,9 @@ def main() -> int:
             "bandwidth_fraction": moved / kernel / 1e9 / d2d,
         }
     )
+
+    rows.extend(peak_rows(gpu, cpu, ref, args.repeats, sync))
+    rows.extend(fbp_rows(gpu, cpu, sync))
 
     if args.json_file is not None:
         args.json_file.write_text(json.dumps({"device": name, "rows": rows}, indent=1) + "\n")

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 import os
+import weakref
 from typing import Any
 
 import numpy as np
@@ -358,29 +359,131 @@ def flat_field(raw: Any, dark: Any, flat: Any, out: Any, minus_log: bool = True)
     return out
 
 
-# ---- host kernels -------------------------------------------------------------------------------------
-# Peak finding (sparse, branchy connected components), ROI statistics and the preview are host work:
-# the GPU backend runs the numba CPU kernels on a host copy of the frame.
+# ---- peak finding ---------------------------------------------------------------------------------------
+# The passes over every pixel run on the device: the ring sums of each clipping pass and the box
+# candidates. Only their small results come back (per-ring sums; the candidates' indices; their values
+# and 5x5 windows around the peaks), never the frame. Labelling the candidates into peaks (sparse,
+# branchy union-find) and the lone-pixel rule then run on the host, in the numba backend's compiled
+# code, on those few values.
+
+PEAK_SHARED_RINGS = 2000  # rings whose (count, sum, sum of squares) one block keeps in shared memory
+WINDOW = 5  # the lone-pixel rule reads the 5x5 pixels around a peak's rounded centroid
+
+_resident: dict[int, tuple[weakref.ref[np.ndarray], Any]] = {}
 
 
-def _host(array: Any) -> np.ndarray:
-    if hasattr(array, "get"):  # CuPy
-        return np.asarray(array.get())
-    if hasattr(array, "copy_to_host"):
-        return np.asarray(array.copy_to_host())
-    return np.asarray(array)
+def _resident_copy(array: np.ndarray) -> Any:
+    """A flat device copy of a host array, made once and kept while the array lives (a finder's ring map:
+    8 MiB at 2048^2, not to be sent with every frame)."""
+    key = id(array)
+    held = _resident.get(key)
+    if held is not None and held[0]() is array:
+        return held[1]
+    device = _flat(np.ascontiguousarray(array))
+    _resident[key] = (weakref.ref(array, lambda _gone, key=key: _resident.pop(key, None)), device)
+    return device
+
+
+def _ring_index(rings: Any) -> Any:
+    return _flat(rings) if on_device(rings) else _resident_copy(rings)
+
+
+@cuda.jit(device=True)
+def _add_moments(values, rings, upper, hist):  # pragma: no cover - device
+    for i in range(cuda.grid(1), values.size, cuda.gridsize(1)):
+        r = rings[i]
+        v = np.float64(values[i])
+        if v < upper[r]:  # never NaN; the masked sentinel's bound is -inf
+            cuda.atomic.add(hist, (0, r), 1.0)
+            cuda.atomic.add(hist, (1, r), v)
+            cuda.atomic.add(hist, (2, r), v * v)
+
+
+@cuda.jit
+def _ring_sums_shared(values, rings, upper, acc):  # pragma: no cover - compiled for the device
+    local = cuda.shared.array((3, PEAK_SHARED_RINGS), np.float64)
+    n = acc.shape[1]
+    for b in range(cuda.threadIdx.x, n, cuda.blockDim.x):
+        local[0, b] = 0.0
+        local[1, b] = 0.0
+        local[2, b] = 0.0
+    cuda.syncthreads()
+    _add_moments(values, rings, upper, local)
+    cuda.syncthreads()
+    for b in range(cuda.threadIdx.x, n, cuda.blockDim.x):
+        if local[0, b] != 0.0:
+            cuda.atomic.add(acc, (0, b), local[0, b])
+            cuda.atomic.add(acc, (1, b), local[1, b])
+            cuda.atomic.add(acc, (2, b), local[2, b])
+
+
+@cuda.jit
+def _ring_sums_global(values, rings, upper, acc):  # pragma: no cover - compiled for the device
+    _add_moments(values, rings, upper, acc)
 
 
 def ring_sums(frame: Any, rings: np.ndarray, upper: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    from kernels import _numba_backend
+    """Per ring: count, sum and sum of squares of the pixels below ``upper[ring]``, summed on the device
+    (float64; the order of the additions varies, so float frames may differ in the last bits)."""
+    values = _flat(frame)
+    n = int(np.asarray(upper).size)
+    acc = cuda.to_device(np.zeros((3, n), np.float64))
+    kernel = _ring_sums_shared if n <= PEAK_SHARED_RINGS else _ring_sums_global
+    blocks, threads = _sum_grid(values.size)  # as many blocks as fit at once: each flushes every ring
+    kernel[blocks, threads](values, _ring_index(rings), to_device(np.asarray(upper, np.float64)), acc)
+    count, total, total2 = acc.copy_to_host()
+    return count.astype(np.int64), total, total2
 
-    return _numba_backend.ring_sums(_host(frame), rings, upper)
+
+@cuda.jit(device=True)
+def _live_value(values, rings, n_rings, height, width, i, j):  # pragma: no cover - device
+    """(value, 1) of a live pixel (inside the frame, not masked, finite), else (0, 0)."""
+    if i < 0 or i >= height or j < 0 or j >= width:
+        return 0.0, 0.0
+    p = i * width + j
+    v = np.float64(values[p])
+    if rings[p] >= n_rings or not math.isfinite(v):
+        return 0.0, 0.0
+    return v, 1.0
 
 
-def box_plan(rings: np.ndarray, n_rings: int) -> tuple[np.ndarray, ...]:
-    from kernels import _numba_backend
+@cuda.jit(device=True)
+def _column(values, rings, n_rings, height, width, i, j):  # pragma: no cover - device
+    """Sum and count of the live pixels (i - 1, j), (i, j), (i + 1, j), added in the reference's order."""
+    up, n_up = _live_value(values, rings, n_rings, height, width, i - 1, j)
+    mid, n_mid = _live_value(values, rings, n_rings, height, width, i, j)
+    down, n_down = _live_value(values, rings, n_rings, height, width, i + 1, j)
+    return up + mid + down, n_up + n_mid + n_down
 
-    return _numba_backend.box_plan(rings, n_rings)
+
+@cuda.jit
+def _candidates_kernel(
+    values, rings, mean, sigma, min_snr, adc, height, width, found, count
+):  # pragma: no cover - compiled for the device
+    n_rings = mean.size
+    for p in range(cuda.grid(1), height * width, cuda.gridsize(1)):
+        r = rings[p]
+        if r >= n_rings or not math.isfinite(np.float64(values[p])):
+            continue
+        sd = sigma[r]
+        if not sd > 0:
+            continue
+        i = p // width
+        j = p - i * width
+        left, n_left = _column(values, rings, n_rings, height, width, i, j - 1)
+        centre, n_centre = _column(values, rings, n_rings, height, width, i, j)
+        right, n_right = _column(values, rings, n_rings, height, width, i, j + 1)
+        total = left + centre + right
+        n = n_left + n_centre + n_right
+        mu = mean[r]
+        if n == 9.0:  # the reference's expressions, operation for operation
+            excess = total > max(9.0 * mu + (3.0 * min_snr) * sd, 9.0 * adc)
+        else:
+            excess = total - n * mu > (min_snr * sd) * math.sqrt(n) and total > n * adc
+        if excess:
+            k = cuda.atomic.add(count, 0, 1)
+            if k < found.size:
+                found[k] = p
 
 
 def find_candidates(
@@ -390,11 +493,67 @@ def find_candidates(
     sigma: np.ndarray,
     min_snr: float,
     adc_threshold: float,
-    plan: tuple[np.ndarray, ...] | None = None,
 ) -> np.ndarray:
+    """Row-major indices (int64, sorted) of the pixels whose 3x3 box stands out of their ring (see the
+    NumPy reference), found on the device; only the indices come back."""
+    height, width = (int(x) for x in frame.shape)
+    values = _flat(frame)
+    index = _ring_index(rings)
+    d_mean = to_device(np.ascontiguousarray(mean, np.float64))
+    d_sigma = to_device(np.ascontiguousarray(sigma, np.float64))
+    capacity = max(4096, height * width // 64)
+    blocks, threads = _grid(height * width)
+    while True:
+        found = cuda.device_array(capacity, np.int64)
+        count = cuda.to_device(np.zeros(1, np.int64))
+        _candidates_kernel[blocks, threads](
+            values, index, d_mean, d_sigma, float(min_snr), float(adc_threshold), height, width, found, count
+        )
+        total = int(count.copy_to_host()[0])
+        if total <= capacity:
+            return np.sort(found[:total].copy_to_host()) if total else np.empty(0, np.int64)
+        capacity = total  # a frame full of candidates: again, with room for all of them
+
+
+@cuda.jit
+def _gather_kernel(values, index, out):  # pragma: no cover - compiled for the device
+    for k in range(cuda.grid(1), index.size, cuda.gridsize(1)):
+        out[k] = np.float64(values[index[k]])
+
+
+def _gather(frame: Any, index: np.ndarray) -> np.ndarray:
+    """``frame.ravel()[index]`` as float64, read on the device."""
+    out = cuda.device_array(max(1, index.size), np.float64)
+    if index.size:
+        blocks, threads = _grid(index.size)
+        _gather_kernel[blocks, threads](_flat(frame), to_device(np.ascontiguousarray(index, np.int64)), out)
+    return out.copy_to_host()[: index.size]
+
+
+def measure_peaks(
+    frame: Any,
+    rings: np.ndarray,
+    candidates: np.ndarray,
+    mean: np.ndarray,
+    sigma: np.ndarray,
+    width: int,
+    min_pixels: int,
+    max_pixels: int,
+) -> tuple[np.ndarray, ...]:
+    """The candidates' components measured on the host from their values, read on the device."""
     from kernels import _numba_backend
 
-    return _numba_backend.find_candidates(_host(frame), rings, mean, sigma, min_snr, adc_threshold, plan)
+    host_rings = _host(rings).ravel()
+    return _numba_backend.measure_listed(
+        _gather(frame, candidates),
+        host_rings[candidates],
+        candidates,
+        mean,
+        sigma,
+        width,
+        min_pixels,
+        max_pixels,
+    )
 
 
 def label_peaks(
@@ -402,7 +561,93 @@ def label_peaks(
 ) -> tuple[np.ndarray, ...]:
     from kernels import _numba_backend
 
-    return _numba_backend.label_peaks(_host(frame), rings, candidates, mean, width)
+    values = _gather(frame, candidates)
+    return _numba_backend._label_listed(
+        values, _host(rings).ravel()[candidates], candidates, mean, int(width)
+    )
+
+
+@cuda.jit
+def _windows_kernel(values, rings, n_rings, height, width, rows, cols, out, out_rings):  # pragma: no cover
+    # out[WINDOW * k + a, b]: pixel (rows[k] + a - 2, cols[k] + b - 2); outside the frame: NaN, masked
+    half = WINDOW // 2
+    for t in range(cuda.grid(1), rows.size * WINDOW * WINDOW, cuda.gridsize(1)):
+        k = t // (WINDOW * WINDOW)
+        q = t - k * WINDOW * WINDOW
+        a = q // WINDOW
+        b = q - a * WINDOW
+        i = rows[k] + a - half
+        j = cols[k] + b - half
+        if 0 <= i < height and 0 <= j < width:
+            out[WINDOW * k + a, b] = np.float64(values[i * width + j])
+            out_rings[WINDOW * k + a, b] = rings[i * width + j]
+        else:
+            out[WINDOW * k + a, b] = math.nan
+            out_rings[WINDOW * k + a, b] = n_rings
+
+
+def lone_peaks(
+    frame: Any,
+    rings: np.ndarray,
+    n_rings: int,
+    mean: np.ndarray,
+    sigma: np.ndarray,
+    clip_snr: float,
+    share: float,
+    row: np.ndarray,
+    col: np.ndarray,
+) -> np.ndarray:
+    """The lone-pixel rule (see the numba backend's ``lone_peaks``) on the 5x5 pixels around each peak,
+    read on the device and stacked into one small image: the rule reads no further than two pixels
+    from a peak's rounded centroid, and pixels outside the frame count as masked, as there."""
+    from kernels import _numba_backend
+
+    height, width = (int(x) for x in frame.shape)
+    m = int(np.asarray(row).size)
+    if m == 0:
+        return np.zeros(0, bool)
+    r = np.clip(np.rint(row), 0, height - 1).astype(np.int64)
+    c = np.clip(np.rint(col), 0, width - 1).astype(np.int64)
+    out = cuda.device_array((WINDOW * m, WINDOW), np.float64)
+    out_rings = cuda.device_array((WINDOW * m, WINDOW), np.int32)
+    blocks, threads = _grid(m * WINDOW * WINDOW)
+    _windows_kernel[blocks, threads](
+        _flat(frame),
+        _ring_index(rings),
+        int(n_rings),
+        height,
+        width,
+        to_device(r),
+        to_device(c),
+        out,
+        out_rings,
+    )
+    half = WINDOW // 2
+    centres = (WINDOW * np.arange(m) + half).astype(np.float64)
+    return _numba_backend.lone_peaks(
+        out.copy_to_host(),
+        out_rings.copy_to_host(),
+        n_rings,
+        mean,
+        sigma,
+        clip_snr,
+        share,
+        centres,
+        np.full(m, float(half)),
+    )
+
+
+# ---- host kernels -------------------------------------------------------------------------------------
+# ROI statistics and the preview are host work: the GPU backend runs the numba CPU kernels on a host
+# copy of the frame.
+
+
+def _host(array: Any) -> np.ndarray:
+    if hasattr(array, "get"):  # CuPy
+        return np.asarray(array.get())
+    if hasattr(array, "copy_to_host"):
+        return np.asarray(array.copy_to_host())
+    return np.asarray(array)
 
 
 def roi_stats(

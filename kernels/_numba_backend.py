@@ -1416,7 +1416,9 @@ def _root(parent, k):  # pragma: no cover - compiled
 
 
 @numba.njit(nogil=True, cache=True)
-def _label_peaks(values, rings, candidates, mean, width):  # pragma: no cover - compiled
+def _label_listed(values, rings, candidates, mean, width):  # pragma: no cover - compiled
+    # ``values[k]`` and ``rings[k]`` are candidate k's (pixel ``candidates[k]``): the frame itself is not
+    # needed, so a backend that finds the candidates elsewhere (the GPU) sends back only these
     m = candidates.size
     parent = np.arange(m)
     above = 0  # the first candidate at or after the pixel up and left of the current one
@@ -1465,11 +1467,11 @@ def _label_peaks(values, rings, candidates, mean, width):  # pragma: no cover - 
     for k in range(m):
         p = candidates[k]
         b = label[k]
-        v = np.float64(values[p])
-        w = v - mean[rings[p]]
+        v = np.float64(values[k])
+        w = v - mean[rings[k]]
         if n_pixels[b] == 0:
             first[b] = p
-            ring_of_first[b] = rings[p]
+            ring_of_first[b] = rings[k]
         n_pixels[b] += 1
         total[b] += w
         row_sum[b] += w * (p // width)
@@ -1479,8 +1481,10 @@ def _label_peaks(values, rings, candidates, mean, width):  # pragma: no cover - 
 
 
 @numba.njit(nogil=True, cache=True)
-def _measure_peaks(values, rings, candidates, mean, sigma, width, min_pixels, max_pixels):  # pragma: no cover
-    _first, n_pixels, total, row_sum, col_sum, peak, ring_of_first = _label_peaks(
+def _measure_listed(
+    values, rings, candidates, mean, sigma, width, min_pixels, max_pixels
+):  # pragma: no cover
+    _first, n_pixels, total, row_sum, col_sum, peak, ring_of_first = _label_listed(
         values, rings, candidates, mean, width
     )
     m = 0
@@ -1515,9 +1519,32 @@ def measure_peaks(
 ) -> tuple[np.ndarray, ...]:
     """``label_peaks`` and ``PeakFinder.find``'s measurement of the components of ``min_pixels..max_pixels``
     in one compiled call: (row, col, intensity, n_pixels, max_value, snr), one entry per peak."""
-    return _measure_peaks(
-        frozen(frame).ravel(),
-        rings.ravel(),
+    return measure_listed(
+        frozen(frame).ravel()[candidates],
+        rings.ravel()[candidates],
+        candidates,
+        mean,
+        sigma,
+        width,
+        min_pixels,
+        max_pixels,
+    )
+
+
+def measure_listed(
+    values: np.ndarray,
+    rings: np.ndarray,
+    candidates: np.ndarray,
+    mean: np.ndarray,
+    sigma: np.ndarray,
+    width: int,
+    min_pixels: int,
+    max_pixels: int,
+) -> tuple[np.ndarray, ...]:
+    """``measure_peaks`` from the candidates' values and rings alone (``values[k]`` at ``candidates[k]``)."""
+    return _measure_listed(
+        np.ascontiguousarray(values),
+        np.ascontiguousarray(rings),
         candidates,
         mean,
         np.ascontiguousarray(sigma, dtype=np.float64),
@@ -1616,7 +1643,9 @@ def lone_peaks(
 def label_peaks(
     frame: Any, rings: np.ndarray, candidates: np.ndarray, mean: np.ndarray, width: int
 ) -> tuple[np.ndarray, ...]:
-    return _label_peaks(frozen(frame).ravel(), rings.ravel(), candidates, mean, width)
+    return _label_listed(
+        frozen(frame).ravel()[candidates], rings.ravel()[candidates], candidates, mean, width
+    )
 
 
 # ---- ROI statistics and preview -----------------------------------------------------------------------

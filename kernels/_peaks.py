@@ -137,8 +137,15 @@ class PeakFinder:
 
     def background(self, frame: Any) -> tuple[np.ndarray, np.ndarray]:
         """Sigma-clipped mean and sigma per ring (float64, ``n_rings`` each; empty rings give 0)."""
-        mean, sigma, _listed, _bound = self._background(kernel_frame(frame))
+        mean, sigma, _listed, _bound = self._background(self._kernel_input(frame))
         return mean, sigma
+
+    def _kernel_input(self, frame: Any) -> Any:
+        """``frame`` as this backend's kernels take it (``kernel_frame``); on a backend with its own
+        memory (the GPU), copied there once for all the passes of one frame."""
+        frame = kernel_frame(frame)
+        to_device = getattr(self.backend.module, "to_device", None)
+        return frame if to_device is None else to_device(frame)
 
     def _stats(
         self, count: np.ndarray, total: np.ndarray, total2: np.ndarray
@@ -243,7 +250,7 @@ class PeakFinder:
         """The peaks of one frame."""
         if tuple(frame.shape) != self.shape:
             raise ValueError(f"frame shape {tuple(frame.shape)} differs from finder shape {self.shape}")
-        frame = kernel_frame(frame)
+        frame = self._kernel_input(frame)
         mean, sigma, _listed, _bound = self._background(frame)
         # a ring whose background is one value throughout (a ring of a few pixels at the beam centre, a
         # flat region) has sigma 0 and could hold no candidate, while its neighbours' boxes reaching a

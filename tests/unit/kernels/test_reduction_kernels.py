@@ -8,6 +8,7 @@ connected components, and the NumPy backend for everything else.
 from __future__ import annotations
 
 import os
+from typing import Any
 
 import numpy as np
 import pytest
@@ -380,10 +381,13 @@ def test_a_lone_hot_pixel_is_no_peak_unless_single_pixel_peaks_are_asked_for(
     np.testing.assert_allclose(np.sort(peaks.row), np.sort(reference.row), rtol=1e-9)
 
 
-def test_the_compiled_lone_pixel_rule_equals_the_numpy_rule() -> None:
-    """The numba backend's ``lone_peaks`` against ``PeakFinder``'s NumPy rule on the same peaks: hot,
-    barely hot and spread pixels, peaks on the frame's edges and corners and on masked pixels,
-    neighbours that are NaN or inf, and positions that round half-way."""
+def test_the_compiled_lone_pixel_rule_equals_the_numpy_rule(backend: kernels.Backend) -> None:
+    """The numba and GPU backends' ``lone_peaks`` against ``PeakFinder``'s NumPy rule on the same peaks:
+    hot, barely hot and spread pixels, peaks on the frame's edges and corners and on masked pixels,
+    neighbours that are NaN or inf, and positions that round half-way (the GPU backend reads only the
+    5x5 pixels around each peak: the edges and corners check its windows)."""
+    if backend.name == "numpy":
+        pytest.skip("the NumPy rule is the reference")
     shape = (40, 56)
     rng = np.random.default_rng(8)
     frame = rng.poisson(10.0, shape).astype(np.float32)
@@ -402,16 +406,55 @@ def test_the_compiled_lone_pixel_rule_equals_the_numpy_rule() -> None:
         frame[r, c] = 100.0
         frame[r - 1, c] = frame[r + 1, c] = frame[r, c - 1] = frame[r, c + 1] = side
     rows[9:11], cols[9:11] = [30, 30], [10, 20]
-    numba_finder = get_backend("numba").peak_finder(shape, mask=mask)
+    finder = backend.peak_finder(shape, mask=mask)
     numpy_finder = get_backend("numpy").peak_finder(shape, mask=mask)
     mean, sigma = numpy_finder.background(np.where(np.isfinite(frame), frame, 10.0))
     zeros = np.zeros(rows.size)
     peaks = kernels.Peaks(rows, cols, zeros + 1.0, zeros.astype(np.int64) + 2, zeros, zeros)
-    got = numba_finder._without_lone_pixels(frame, mean, sigma, peaks)
+    got = finder._without_lone_pixels(finder._kernel_input(frame), mean, sigma, peaks)
     want = numpy_finder._without_lone_pixels(frame, mean, sigma, peaks)
     assert 0 < len(want) < len(peaks)  # some dropped, some kept
     np.testing.assert_array_equal(got.row, want.row)
     np.testing.assert_array_equal(got.col, want.col)
+
+
+def test_peak_finding_on_the_device_never_copies_the_frame_back(
+    backend: kernels.Backend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The GPU backend finds peaks on a frame in device memory without copying it back: what returns
+    to the host (per-ring sums, the candidates and their values, 5x5 windows around the peaks) is a
+    small fraction of the frame, and the peaks equal the reference's."""
+    if backend.name != "gpu":
+        pytest.skip("the GPU backend's own test")
+    from numba import cuda
+
+    import kernels._peaks
+
+    shape = (48, 64)
+    frame, _truth = simulate_spots(shape, 6, seed=3)
+    frame[20, 30] = 60_000.0  # a hot pixel: the lone-pixel rule runs and drops it
+    kwargs = {"min_snr": 5.0, "min_pixels": 2, "max_pixels": 60}
+    want = get_backend("numpy").peak_finder(shape, **kwargs).find(frame)
+    finder = backend.peak_finder(shape, **kwargs)
+    device_frame = cuda.to_device(frame)
+    device_type = type(device_frame)
+    copy_to_host = device_type.copy_to_host
+    copied: list[int] = []
+
+    def counted(self: Any, *args: Any, **kwargs: Any) -> Any:
+        copied.append(int(self.nbytes))
+        return copy_to_host(self, *args, **kwargs)
+
+    def never(array: Any) -> np.ndarray:
+        raise AssertionError("the frame was copied to the host")
+
+    monkeypatch.setattr(device_type, "copy_to_host", counted)
+    monkeypatch.setattr(kernels._peaks, "_on_host", never)
+    got = finder.find(device_frame)
+    assert len(got) == len(want) > 0
+    np.testing.assert_allclose(got.row, want.row, rtol=1e-9)
+    np.testing.assert_allclose(got.intensity, want.intensity, rtol=1e-9)
+    assert copied and max(copied) <= frame.nbytes // 4, (copied, frame.nbytes)
 
 
 def test_a_spot_in_a_ring_of_constant_background_is_found_not_its_neighbours(
