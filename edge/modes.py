@@ -24,6 +24,7 @@ import math
 import os
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -63,6 +64,16 @@ class FrameResult:
     stream: str = STREAM_DATA  # which of the run's file streams stores it
     products: dict[str, Any] = field(default_factory=dict)  # per-frame products, stored beside the frame
     row: dict[str, Any] = field(default_factory=dict)  # the frame table's fields for this frame
+    #: set by ``ModeStage.start`` while the products are still being computed (the GPU's feed): fills
+    #: ``products`` when called; ``finish`` calls it once
+    pending: Callable[[], None] | None = None
+
+    def finish(self) -> FrameResult:
+        """Wait for the products still being computed (nothing to do for most stages); returns self."""
+        pending, self.pending = self.pending, None
+        if pending is not None:
+            pending()
+        return self
 
 
 @dataclass
@@ -163,6 +174,13 @@ class ModeStage:
         self.frames += 1
         return FrameResult(row={"image_key": image_key})
 
+    def start(self, raw: np.ndarray | None, frame: int, image_key: int, angle: float) -> FrameResult:
+        """``process``, except that the products may still be computing when it returns: the caller
+        calls the result's ``finish`` before reading them, and keeps ``raw`` alive until then. Frames are
+        started and finished in order. The pipeline uses this, so that on the GPU one frame's copy and
+        kernels overlap the next frame's hand-over; every other stage just processes the frame now."""
+        return self.process(raw, frame, image_key, angle)
+
     # the files ------------------------------------------------------------------------------------
     def settings_record(self) -> dict[str, Any]:
         """Every setting that shapes this mode's products (RunStart, files, `edge where`)."""
@@ -249,16 +267,27 @@ class PowderStage(_CorrectedStage):
         return np.asarray(self.integrator.radial)
 
     def process(self, raw: np.ndarray | None, frame: int, image_key: int, angle: float) -> FrameResult:
+        return self.start(raw, frame, image_key, angle).finish()
+
+    def start(self, raw: np.ndarray | None, frame: int, image_key: int, angle: float) -> FrameResult:
+        """The profile started (on the GPU: queued behind the previous frame's, see ``submit_full``); the
+        cake and ROI statistics computed now; the result's ``finish`` collects the profile."""
         assert raw is not None
         self.frames += 1
-        full = self.integrator.integrate_full(raw)
-        products: dict[str, Any] = {"I": full.intensity, "I_errors": full.sigma}
-        cake = None
-        if self.cake is not None:
-            cake = self.cake.integrate(raw)
-            products["cake"] = cake
-        self.latest = (full.intensity, cake)
-        return self._roi(raw, FrameResult(products=products, row={"image_key": image_key}))
+        profile = self.integrator.submit_full(raw)
+        cake = None if self.cake is None else self.cake.integrate(raw)
+        result = self._roi(raw, FrameResult(row={"image_key": image_key}))
+
+        def collect() -> None:
+            full = profile()
+            products: dict[str, Any] = {"I": full.intensity, "I_errors": full.sigma}
+            if cake is not None:
+                products["cake"] = cake
+            result.products = {**products, **result.products}  # the ROI's after the profile's
+            self.latest = (full.intensity, cake)
+
+        result.pending = collect
+        return result
 
     def settings_record(self) -> dict[str, Any]:
         cal = self.ctx.corrections

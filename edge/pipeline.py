@@ -12,6 +12,7 @@ closed only when all its files are finished and registered.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -110,9 +111,11 @@ class Pipeline:
         self._thread: threading.Thread | None = None
         self._writer: threading.Thread | None = None
         self._busy_seconds = 0.0
+        self._pins = contextlib.ExitStack()  # the ring's page-locking for the GPU, undone at stop
 
     def start(self, spawn: Spawner = plain_spawn) -> None:
         """Start the writing and reducing threads through ``spawn`` (the appliance supervises them)."""
+        self._pin_ring()
         self._writer = spawn("pipeline-writer", self._write_loop)
         self._thread = spawn("pipeline", self._run)
 
@@ -125,6 +128,30 @@ class Pipeline:
             self._writer.join(timeout=60)
         self._compressor.shutdown(wait=True)
         self._closer.shutdown(wait=True)
+        self._pins.close()  # no frame is on its way to the device any more
+
+    def _pin_ring(self) -> None:
+        """On a backend with memory of its own (the GPU: ``pin_host``), page-lock the ring's frame slots
+        for the pipeline's lifetime, so that frames go to the device asynchronously and at the bus's
+        speed. A refusal (the memlock limit, a driver error) is logged and counted, and frames are then
+        copied from pageable memory: slower, the same results."""
+        pin = getattr(self.backend.module, "pin_host", None)
+        if pin is None:
+            return
+        slots = self.ring.slot_memory()
+        try:
+            self._pins.enter_context(pin(slots))
+        except Exception as error:
+            self.stats["ring_pin_failures"] += 1
+            log.warning(
+                "the frame ring (%d MiB) could not be page-locked for the GPU (%s): frames go to the device"
+                " from pageable memory; raise the memlock limit (LimitMEMLOCK=infinity in edge.service)",
+                slots.nbytes >> 20,
+                error,
+            )
+            return
+        self.stats["ring_pinned_bytes"] = slots.nbytes
+        log.info("frame ring page-locked for the GPU: %d MiB", slots.nbytes >> 20)
 
     def writing(self) -> tuple[str | None, int]:
         """The run being written now (None between runs) and its frames written so far."""
@@ -217,16 +244,15 @@ class Pipeline:
         else:
             chunk = self._compressor.submit(compress_chunk, raw)  # bitshuffle releases the GIL: overlap
         header = slot.header
-        result = stage.process(
+        # started, not waited for: on the GPU the writing thread collects the products (``finish``)
+        # while this thread hands on the next frame, whose copy to the device overlaps this one's kernel
+        result = stage.start(
             raw if stage.decompress else None, frame, int(header["image_key"]), float(header["angle"])
         )
         if not result.keep:
             chunk.cancel()  # a vetoed frame is never stored; its compression is not needed
-        intensity = result.products.get("I")
-        if intensity is not None and isinstance(stage, PowderStage):
-            self.latest_profile = (stage.radial, intensity)
         self._busy_seconds += time.perf_counter() - started
-        return _Work(slot, "frame", chunk=chunk, result=result, started=started)
+        return _Work(slot, "frame", chunk=chunk, result=result, started=started, stage=stage)
 
     def _context(
         self, shape: tuple[int, int], params: ReductionSettings, mask: np.ndarray | None = None
@@ -351,6 +377,10 @@ class Pipeline:
                 raise RuntimeError("frame reached the writer with no open run")
             slot, result = work.slot, work.result
             frame = int(slot.header["frame"])
+            result.finish()  # the products the reducing thread started (the slot is still held)
+            intensity = result.products.get("I")
+            if intensity is not None and isinstance(work.stage, PowderStage):
+                self.latest_profile = (work.stage.radial, intensity)
             if result.keep and self.disk is not None and self.disk.check():
                 work.chunk.cancel()
                 self._disk_full_loss(store.run_uid, [frame], "the disk is full: not written")

@@ -88,6 +88,7 @@ class FrameRing:
             (slots,), dtype=HEADER_DTYPE, buffer=buf[control_bytes : control_bytes + header_bytes]
         )
         data_start = control_bytes + header_bytes
+        self._data_start = data_start
         self._data = [
             buf[data_start + i * self.slot_bytes : data_start + (i + 1) * self.slot_bytes]
             for i in range(slots)
@@ -96,6 +97,12 @@ class FrameRing:
         self._stopping = False
         self._claimed = self._published = self._read = self._released = 0
         self.max_fill = 0
+
+    def slot_memory(self) -> np.ndarray:
+        """Every slot's data, one contiguous uint8 view (page-aligned): what the GPU path page-locks."""
+        return np.ndarray(
+            (self.slots * self.slot_bytes,), dtype=np.uint8, buffer=self._shm.buf, offset=self._data_start
+        )
 
     # -- producer -------------------------------------------------------------------------------------
     def claim(self, nbytes: int, timeout: float | None = None) -> Slot | None:

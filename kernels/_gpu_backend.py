@@ -5,7 +5,11 @@ numba's CUDA simulator (``NUMBA_ENABLE_CUDASIM=1``, set before numba.cuda is fir
 kernels run on the CPU, which is how CI tests them without a GPU, with small launch grids.
 
 Host arrays are copied to the device per call and results copied back; callers that keep frames on
-the device (CuPy, or ``to_device``) skip those copies. The bin index, like the integrators' other
+the device (CuPy, or ``to_device``) skip those copies. ``BinSummer.submit`` (the integrators'
+``submit_full``, the daemon's powder path) does not wait: the copy of a frame runs on a copy stream
+while the previous frame's kernel runs on a compute stream, and the sums come back asynchronously into
+pinned memory; the daemon page-locks its frame ring (``pin_host``) so those copies run at the bus's
+speed. The bin index, like the integrators' other
 setup, lives on the device for the integrator's lifetime. Per-bin sums are float64 throughout: each
 thread adds runs of consecutive pixels in registers and issues one atomic add per run of equal bins,
 into a shared-memory histogram per block when the bins fit (1D profiles; each block covers one
@@ -18,10 +22,13 @@ integer counts sum exactly.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
+import threading
 import weakref
-from typing import Any
+from collections.abc import Callable
+from typing import Any, cast
 
 import numpy as np
 
@@ -38,6 +45,7 @@ THREADS = 256
 RUN = 4  # consecutive pixels one thread sums in registers before an atomic (bin-sum kernels)
 SUM_THREADS = 512  # threads per block of the bin-sum kernels
 SUM_BLOCKS_PER_SM = 2
+FEED_DEPTH = 2  # frames in flight per summer (``submit``): one copying while the other is summed
 
 
 def simulated() -> bool:
@@ -249,12 +257,13 @@ class BinSummer:
         self.nbins = nbins
         self.bins = _flat(np.ascontiguousarray(bins))
         self.shared = nbins <= SHARED_BINS
-        kernel = _bin_sums_shared if self.shared else _bin_sums_global
+        self.kernel = _bin_sums_shared if self.shared else _bin_sums_global
         blocks, threads = _sum_grid(self.bins.size)
-        self._launch = kernel[blocks, threads]
+        self._launch = self.kernel[blocks, threads]
         self._acc = cuda.to_device(np.zeros((4, nbins), dtype=np.float64))
         self._pairs = [(self._acc[2 * turn], self._acc[2 * turn + 1]) for turn in range(2)]
         self._turn = 0
+        self._feed: _Feed | None = None  # made on the first ``submit``
 
     def sums_on_device(self, frame: Any, with_variance: bool) -> tuple[Any, Any]:
         """Launch on a frame (host or device); returns device arrays (sums, variance), valid until the
@@ -270,6 +279,93 @@ class BinSummer:
     def __call__(self, frame: Any, with_variance: bool) -> tuple[np.ndarray, np.ndarray | None]:
         sums, variance = self.sums_on_device(frame, with_variance)
         return sums.copy_to_host(), (variance.copy_to_host() if with_variance else None)
+
+    def submit(self, frame: Any, with_variance: bool) -> Callable[[], tuple[np.ndarray, np.ndarray | None]]:
+        """Start one frame's sums and return a call that waits for them (see ``_Feed``)."""
+        if self._feed is None:
+            self._feed = _Feed(self)
+        return self._feed.submit(frame, with_variance)
+
+
+class _Pending:
+    """One frame's sums on their way back: ``call()`` waits for them (from any thread, once)."""
+
+    def __init__(self, returned: Any, host: np.ndarray, with_variance: bool) -> None:
+        self._returned = returned
+        self._host = host
+        self._with_variance = with_variance
+        self._lock = threading.Lock()
+        self._value: tuple[np.ndarray, np.ndarray | None] | None = None
+
+    def __call__(self) -> tuple[np.ndarray, np.ndarray | None]:
+        with self._lock:
+            if self._value is None:
+                self._returned.synchronize()
+                # copied out of the pinned buffer, which the frame FEED_DEPTH later reuses
+                variance = np.array(self._host[1]) if self._with_variance else None
+                self._value = (np.array(self._host[0]), variance)
+            return self._value
+
+
+class _Feed:
+    """Frames to a ``BinSummer`` without waiting for each: a host frame is copied on a copy stream into
+    one of ``FEED_DEPTH`` device buffers while the previous frame's kernel runs on the compute stream
+    (which waits for the copy by an event); the sums come back on the compute stream into pinned host
+    memory. A copy from pinned memory (the appliance pins its ring, ``pin_host``) runs asynchronously at
+    the bus's speed; from pageable memory it is staged and slower, but the same. At most ``FEED_DEPTH``
+    frames are in flight: a further submit first waits for the oldest one's sums. The kernel, its launch
+    shape and the two accumulator pairs taking turns are the summer's: on one compute stream the sums of
+    frame n are copied back before frame n + 1's kernel zeroes their pair."""
+
+    def __init__(self, summer: BinSummer) -> None:
+        self.summer = summer
+        self.copy_stream = cuda.stream()
+        self.compute_stream = cuda.stream()
+        blocks, threads = _sum_grid(summer.bins.size)
+        self._launch = summer.kernel[blocks, threads, self.compute_stream]
+        self._copied = [cuda.event() for _ in range(FEED_DEPTH)]
+        self._landing: list[Any] = [None] * FEED_DEPTH
+        self._host = [cuda.pinned_array((2, summer.nbins), np.float64) for _ in range(FEED_DEPTH)]
+        self._in_flight: list[_Pending | None] = [None] * FEED_DEPTH
+        self._next = 0
+
+    def submit(self, frame: Any, with_variance: bool) -> _Pending:
+        summer = self.summer
+        k = self._next
+        self._next = (k + 1) % FEED_DEPTH
+        oldest = self._in_flight[k]
+        if oldest is not None:
+            oldest()  # its buffers are about to be reused: its sums are read out first
+        if on_device(frame):
+            values = _flat(frame)
+        else:
+            host = np.ascontiguousarray(frame).reshape(-1)
+            if host.size != summer.bins.size:
+                raise ValueError(f"frame has {host.size} pixels, the bin index {summer.bins.size}")
+            landing = self._landing[k]
+            if landing is None or landing.dtype != host.dtype:
+                landing = self._landing[k] = cuda.device_array(host.size, host.dtype)
+            landing.copy_to_device(host, stream=self.copy_stream)
+            self._copied[k].record(self.copy_stream)
+            self._copied[k].wait(self.compute_stream)
+            values = landing
+        if values.size != summer.bins.size:
+            raise ValueError(f"frame has {values.size} pixels, the bin index {summer.bins.size}")
+        turn = summer._turn
+        summer._turn = 1 - turn
+        self._launch(values, summer.bins, with_variance, summer._acc, turn)
+        summer._acc[2 * turn : 2 * turn + 2].copy_to_host(self._host[k], stream=self.compute_stream)
+        returned = cuda.event()
+        returned.record(self.compute_stream)
+        pending = self._in_flight[k] = _Pending(returned, self._host[k], with_variance)
+        return pending
+
+
+def pin_host(array: np.ndarray) -> contextlib.AbstractContextManager[Any]:
+    """Page-lock ``array``'s memory for the GPU while the context is open (cuMemHostRegister): copies
+    from it then run asynchronously, at the bus's speed. The appliance pins its frame ring this way;
+    the pages count against the memlock limit (``LimitMEMLOCK=infinity`` in ``systemd/edge.service``)."""
+    return cast(contextlib.AbstractContextManager[Any], cuda.pinned(array))
 
 
 def histogram(values: Any, bins: Any, npt: int) -> np.ndarray:

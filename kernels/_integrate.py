@@ -22,6 +22,7 @@ pyFAI's conventions, checked against ``integrate1d``/``integrate2d`` with method
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -62,6 +63,10 @@ def _bin_index(x: np.ndarray, lo: float, hi: float, npt: int) -> np.ndarray:
 def _smallest_index_dtype(nbins: int) -> np.dtype[Any]:
     # The sentinel ``nbins`` must fit too; uint16 halves the index traffic for 1D profiles.
     return np.dtype(np.uint16) if nbins < np.iinfo(np.uint16).max else np.dtype(np.int32)
+
+
+# per frame: intensity, sum of signal, and with Poisson errors sum of variance, sigma, std (else None)
+_Parts = tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray | None, np.ndarray | None]
 
 
 class _Integrator:
@@ -121,11 +126,29 @@ class _Integrator:
         self._empty = self.count == 0
         self._summer = self.backend.module.BinSummer(self.bins, nbins)
 
-    def _integrate(self, frame: Any) -> tuple[np.ndarray, ...]:
+    def _integrate(self, frame: Any) -> _Parts:
+        self._check(frame)
+        return self._normalised(*self._summer(frame, self.error_model == "poisson"))
+
+    def _submit(self, frame: Any) -> Callable[[], _Parts]:
+        """Start integrating ``frame``; the returned call waits and gives what ``_integrate`` gives. On
+        a backend whose sums run while the caller goes on (the GPU's ``BinSummer.submit``: this frame's
+        copy and kernel overlap the caller's next frame) the call waits for them; elsewhere the frame is
+        integrated now and the call only hands the result over."""
+        self._check(frame)
+        with_variance = self.error_model == "poisson"
+        submit = getattr(self._summer, "submit", None)
+        if submit is None:
+            done = self._normalised(*self._summer(frame, with_variance))
+            return lambda: done
+        pending = submit(frame, with_variance)
+        return lambda: self._normalised(*pending())
+
+    def _check(self, frame: Any) -> None:
         if tuple(frame.shape) != self.shape:
             raise ValueError(f"frame shape {tuple(frame.shape)} differs from integrator shape {self.shape}")
-        with_variance = self.error_model == "poisson"
-        sum_signal, sum_variance = self._summer(frame, with_variance)
+
+    def _normalised(self, sum_signal: np.ndarray, sum_variance: np.ndarray | None) -> _Parts:
         if self.sum_dark is not None:
             sum_signal = sum_signal - self.sum_dark
         keep = ~self._empty
@@ -195,7 +218,16 @@ class Integrator1D(_Integrator):
 
     def integrate_full(self, frame: Any) -> IntegrationResult:
         """Intensity, errors (with ``error_model="poisson"``), the per-bin sums and counts."""
-        intensity, sum_signal, sum_variance, sigma, std = self._integrate(frame)
+        return self._full(self._integrate(frame))
+
+    def submit_full(self, frame: Any) -> Callable[[], IntegrationResult]:
+        """``integrate_full`` started now and collected by the returned call (see ``_submit``): on the GPU
+        the caller can hand on the next frame while this one's copy and kernel run."""
+        pending = self._submit(frame)
+        return lambda: self._full(pending())
+
+    def _full(self, parts: _Parts) -> IntegrationResult:
+        intensity, sum_signal, sum_variance, sigma, std = parts
         return IntegrationResult(
             self.radial,
             intensity,

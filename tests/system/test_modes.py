@@ -282,3 +282,48 @@ def test_tomo_slices_equal_numpy_fbp_of_the_stored_frames_and_the_file_is_nxtomo
     logger.setLevel(logging.WARNING)
     _warnings, errors = validate_application(str(data_file), application="NXtomo")
     assert errors == 0
+
+
+def test_powder_through_the_gpu_path_under_the_cuda_simulator(tmp_path: Path) -> None:
+    """The daemon on the GPU backend (numba's CUDA simulator standing in for the device; frames of 32^2
+    as every simulated GPU thread runs in Python): the ring is page-locked for the device, frames are
+    started on the device ahead of their collection by the writer, and every stored frame's profile
+    equals the NumPy kernel's on that frame."""
+    pytest.importorskip("numba.cuda")
+    side = 32
+    geometry = {"dist": 0.05, "poni1": side / 2 * PIXEL, "poni2": side / 2 * PIXEL, "wavelength": 1e-10}
+    stack = EdgeStack(
+        tmp_path,
+        [
+            f"detector.height={side}",
+            f"detector.width={side}",
+            *(f"geometry.{k}={v}" for k, v in geometry.items()),
+            "store.frames_per_file=100",
+            "store.file_seconds=600",
+            "reduction.backend=gpu",
+            'reduction.mode="powder"',
+            "reduction.bins=24",
+            "sim.rate_hz=50",
+        ],
+    )
+    try:
+        stack.start_daemon(env={"NUMBA_ENABLE_CUDASIM": "1"})
+        pipeline = stack.status()["pipeline"]
+        assert pipeline["backend"] == "gpu" and pipeline["ring_pinned_bytes"] > 0, pipeline
+        stack.start("pull")
+        run_uid, sent = _run(stack, 30)
+    finally:
+        stack.stop_all()
+    upstream = tmp_path / "upstream" / run_uid
+    data_files = sorted(upstream.glob(f"{run_uid}_0*.h5"))
+    numbers, frames = _frames_of(data_files)
+    assert sorted(numbers) == list(range(sent))
+    params = ReductionSettings(mode="powder", bins=24)
+    stage = PowderStage(
+        RunContext(get_backend("numpy"), Geometry(**geometry), (side, side), 24, "2th_deg", params)
+    )
+    with h5py.File(data_files[0], "r") as handle:
+        profiles = handle["/entry/reduced/I"][:]
+    for index, frame in enumerate(frames):
+        want = stage.process(frame, 0, 0, float("nan")).products["I"]
+        np.testing.assert_allclose(profiles[index], want, rtol=1e-9, atol=1e-12)

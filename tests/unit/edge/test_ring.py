@@ -102,3 +102,19 @@ def test_segment_is_visible_to_other_processes_by_name(ring: FrameRing) -> None:
 def test_oversized_frame_is_refused(ring: FrameRing) -> None:
     with pytest.raises(ValueError, match="does not fit"):
         ring.claim(ring.slot_bytes + 1)
+
+
+def test_slot_memory_is_every_slot_in_one_page_aligned_view(ring: FrameRing) -> None:
+    """What the GPU path page-locks: one view over every slot's data, in slot order, so a frame in a
+    slot is inside the locked pages."""
+    memory = ring.slot_memory()
+    assert memory.nbytes == ring.slots * ring.slot_bytes and memory.ctypes.data % 4096 == 0
+    for n in range(ring.slots):
+        put(ring, 100 + n)
+    for n in range(ring.slots):
+        slot = ring.next_ready(0.1)
+        assert slot is not None
+        start = slot.index * ring.slot_bytes
+        assert np.array_equal(memory[start : start + 8].view(np.uint16), np.full(4, 100 + n, np.uint16))
+        ring.release(slot)
+    del memory

@@ -85,3 +85,52 @@ def test_bin_sums_under_cuda_simulator() -> None:
     done = _under_simulator("-c", BIN_SUMMER_CHECK)
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
     assert "bin sums ok" in done.stdout
+
+
+FEED_CHECK = """
+import numpy as np
+from numba import cuda
+from kernels import _gpu_backend as g, _numpy_backend as ref
+
+assert g.simulated()
+rng = np.random.default_rng(6)
+size, nbins = 1961, 40
+bins = np.repeat(rng.integers(0, nbins + 1, size), rng.integers(1, 12, size))[:size].astype(np.uint16)
+summer, oracle = g.BinSummer(bins, nbins), ref.BinSummer(bins, nbins)
+ring = np.zeros((6, size), np.uint16)  # a ring of frame slots, page-locked while the feed reads it
+frames = [rng.poisson(3, size).astype(np.uint16) for _ in range(6)]
+with g.pin_host(ring):
+    pending = []
+    for k, frame in enumerate(frames):  # more frames than the feed holds, none collected yet
+        with_variance = k % 3 != 1
+        if k == 4:
+            source = cuda.to_device(frame)  # a frame already on the device skips the copy
+        else:
+            ring[k] = frame
+            source = ring[k]
+        pending.append((k, with_variance, summer.submit(source, with_variance)))
+        if k == 2:
+            sums, _ = summer(frames[0], False)  # a synchronous call between submits takes its turn too
+            np.testing.assert_allclose(sums, oracle(frames[0], False)[0], rtol=1e-12)
+    for k, with_variance, wait in pending[::-1]:  # collected in any order, from the buffer or not
+        sums, variance = wait()
+        want, want_var = oracle(frames[k], with_variance)
+        np.testing.assert_allclose(sums, want, rtol=1e-12)
+        if with_variance:
+            np.testing.assert_allclose(variance, want_var, rtol=1e-12)
+        else:
+            assert variance is None
+        assert wait()[0] is sums  # collected once
+print("feed ok")
+"""
+
+
+@pytest.mark.gpu
+def test_frames_fed_without_waiting_equal_the_numpy_sums_under_cuda_simulator() -> None:
+    """``BinSummer.submit``: frames from a page-locked ring and from the device, more than the feed
+    holds in flight, with and without variance and a synchronous call between them, each collected
+    in any order: every frame's sums equal NumPy's."""
+    pytest.importorskip("numba.cuda")
+    done = _under_simulator("-c", FEED_CHECK)
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
+    assert "feed ok" in done.stdout
