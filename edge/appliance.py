@@ -399,6 +399,7 @@ class Appliance:
             disk=self.disk,
             compress_threads=store.compress_threads,
             frame_threads=settings.reduction.frame_threads,
+            analysis_threads=settings.reduction.analysis_threads,
             run_masks=self.masks,
         )
         self.forwarder = Forwarder(

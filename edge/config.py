@@ -213,6 +213,15 @@ class ReductionSettings(_Section):
         description="numba threads on one frame in the pipeline (0 = every core); frames already overlap"
         " with compression and writing on their own threads, so 1 gives the most frames per second",
     )
+    analysis_threads: int = Field(
+        1,
+        ge=1,
+        le=256,
+        description="frames analysed at once in serial and powder mode (peak finding, integration), each"
+        " on its own thread with frame_threads numba threads; products are still stored in frame order. 1:"
+        " on the pipeline's one reducing thread. Raise it on a many-core server when the reducing thread"
+        " is the bottleneck (CPU backends; the GPU is fed by one thread)",
+    )
 
 
 class LedgerSettings(_Section):

@@ -25,6 +25,7 @@ import os
 import time
 from collections import deque
 from collections.abc import Callable
+from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -88,6 +89,9 @@ class RunContext:
     params: ReductionSettings
     corrections: Corrections = field(default_factory=Corrections)
     store_blanks: str = "keep"
+    #: frames analysed at once (``reduction.analysis_threads`` > 1): stages that can (serial, powder on
+    #: the CPU) analyse each frame there and fold the results in frame order
+    analysis: Executor | None = None
 
 
 #: h c in keV x angstrom (CODATA 2018): E[keV] = 12.398 / wavelength[angstrom]
@@ -175,11 +179,39 @@ class ModeStage:
         return FrameResult(row={"image_key": image_key})
 
     def start(self, raw: np.ndarray | None, frame: int, image_key: int, angle: float) -> FrameResult:
-        """``process``, except that the products may still be computing when it returns: the caller
-        calls the result's ``finish`` before reading them, and keeps ``raw`` alive until then. Frames are
-        started and finished in order. The pipeline uses this, so that on the GPU one frame's copy and
-        kernels overlap the next frame's hand-over; every other stage just processes the frame now."""
-        return self.process(raw, frame, image_key, angle)
+        """``process``, except that the result may still be computing when it returns: the caller calls
+        its ``finish`` before reading it (``keep``, ``stream``, products, row), and keeps ``raw`` alive
+        until then. Frames are started and finished in order. The pipeline uses this: a stage that
+        analyses frames independently (``analyse``, then ``fold`` in order) has the frame analysed on the
+        run's analysis threads, several frames at once; the GPU's powder stage overlaps one frame's copy
+        and kernels with the next frame's hand-over; every other stage processes the frame now."""
+        executor = self.ctx.analysis
+        if executor is None or not self.independent:
+            return self.process(raw, frame, image_key, angle)
+        analysis = executor.submit(self.analyse, raw)
+        result = FrameResult()
+
+        def collect() -> None:
+            done = self.fold(analysis.result(), frame, image_key, angle)
+            result.keep, result.stream, result.products, result.row = (
+                done.keep,
+                done.stream,
+                done.products,
+                done.row,
+            )
+
+        result.pending = collect
+        return result
+
+    independent = False  # True: ``analyse`` may run on several frames at once, ``fold`` keeps the order
+
+    def analyse(self, raw: np.ndarray | None) -> Any:
+        """The per-frame work that reads only the frame (thread-safe): peaks, profiles, ROI statistics."""
+        raise NotImplementedError
+
+    def fold(self, analysis: Any, frame: int, image_key: int, angle: float) -> FrameResult:
+        """``analyse``'s result made into the frame's result, in frame order (counters, live view)."""
+        raise NotImplementedError
 
     # the files ------------------------------------------------------------------------------------
     def settings_record(self) -> dict[str, Any]:
@@ -216,8 +248,13 @@ class _CorrectedStage(ModeStage):
         self.roi = RoiStage(ctx)
 
     def _roi(self, raw: np.ndarray, result: FrameResult) -> FrameResult:
-        if self.roi:
-            stats = self.roi.stats(raw)
+        return self._with_roi(self._roi_stats(raw), result)
+
+    def _roi_stats(self, raw: np.ndarray) -> dict[str, np.ndarray] | None:
+        return self.roi.stats(raw) if self.roi else None
+
+    def _with_roi(self, stats: dict[str, np.ndarray] | None, result: FrameResult) -> FrameResult:
+        if stats is not None:
             result.products["roi"] = stats
             result.row.update(self.roi.row(stats))
         return result
@@ -266,25 +303,40 @@ class PowderStage(_CorrectedStage):
     def radial(self) -> np.ndarray:
         return np.asarray(self.integrator.radial)
 
+    independent = True
+
     def process(self, raw: np.ndarray | None, frame: int, image_key: int, angle: float) -> FrameResult:
-        return self.start(raw, frame, image_key, angle).finish()
+        return self.fold(self.analyse(raw), frame, image_key, angle)
+
+    def analyse(self, raw: np.ndarray | None) -> tuple[Any, np.ndarray | None, dict[str, np.ndarray] | None]:
+        assert raw is not None
+        cake = None if self.cake is None else self.cake.integrate(raw)
+        return self.integrator.integrate_full(raw), cake, self._roi_stats(raw)
+
+    def fold(self, analysis: Any, frame: int, image_key: int, angle: float) -> FrameResult:
+        full, cake, roi = analysis
+        self.frames += 1
+        products: dict[str, Any] = {"I": full.intensity, "I_errors": full.sigma}
+        if cake is not None:
+            products["cake"] = cake
+        self.latest = (full.intensity, cake)
+        return self._with_roi(roi, FrameResult(products=products, row={"image_key": image_key}))
 
     def start(self, raw: np.ndarray | None, frame: int, image_key: int, angle: float) -> FrameResult:
-        """The profile started (on the GPU: queued behind the previous frame's, see ``submit_full``); the
-        cake and ROI statistics computed now; the result's ``finish`` collects the profile."""
+        """On a backend whose sums run while the caller goes on (the GPU's feed, ``submit_full``): the
+        profile started, queued behind the previous frame's, the cake and ROI statistics computed now,
+        and the result's ``finish`` collects the profile. Elsewhere as every stage (``ModeStage.start``)."""
+        if not hasattr(self.integrator._summer, "submit"):
+            return super().start(raw, frame, image_key, angle)
         assert raw is not None
-        self.frames += 1
         profile = self.integrator.submit_full(raw)
         cake = None if self.cake is None else self.cake.integrate(raw)
-        result = self._roi(raw, FrameResult(row={"image_key": image_key}))
+        roi = self._roi_stats(raw)
+        result = FrameResult()
 
         def collect() -> None:
-            full = profile()
-            products: dict[str, Any] = {"I": full.intensity, "I_errors": full.sigma}
-            if cake is not None:
-                products["cake"] = cake
-            result.products = {**products, **result.products}  # the ROI's after the profile's
-            self.latest = (full.intensity, cake)
+            done = self.fold((profile(), cake, roi), frame, image_key, angle)
+            result.products, result.row = done.products, done.row
 
         result.pending = collect
         return result
@@ -435,10 +487,20 @@ class SerialStage(_CorrectedStage):
         self._latest_hit: tuple[int, dict[str, Any]] | None = None
         self._recent: deque[tuple[float, int, int]] = deque()  # (time, frames, hits) once a second
 
+    independent = True
+
     def process(self, raw: np.ndarray | None, frame: int, image_key: int, angle: float) -> FrameResult:
+        return self.fold(self.analyse(raw), frame, image_key, angle)
+
+    def analyse(self, raw: np.ndarray | None) -> tuple[Any, dict[str, np.ndarray] | None]:
+        # the finder's only state is a guess learnt from the frame before, which speeds its search and
+        # never changes its answer: frames analysed at once find what they would one by one
         assert raw is not None
+        return self.finder.find(raw), self._roi_stats(raw)
+
+    def fold(self, analysis: Any, frame: int, image_key: int, angle: float) -> FrameResult:
+        peaks, roi = analysis
         self.frames += 1
-        peaks = self.finder.find(raw)
         n = len(peaks)
         hit = n >= self.min_peaks
         keep_n = min(n, self.max_peaks)
@@ -462,7 +524,7 @@ class SerialStage(_CorrectedStage):
         else:
             result = FrameResult(stream=STREAM_BLANK, products={"peaks": table}, row=row)
         self._sample()
-        return self._roi(raw, result)
+        return self._with_roi(roi, result)
 
     def _sample(self) -> None:
         now = time.time()

@@ -4,7 +4,11 @@ Per frame: dark/flat correction and 1D azimuthal integration (the kernel registr
 bitshuffle-LZ4 compression of the raw frame into an HDF5 chunk. Three stages overlap, each on its own
 thread and each in ring order: the reducing thread integrates frame n while the compressing thread
 compresses it, and the writing thread writes frame n - 1's chunk and profile; a full rollover file is
-finished (fsync, rename, checksum, ledger) on a fourth thread while the next one fills. The slot is
+finished (fsync, rename, checksum, ledger) on a fourth thread while the next one fills. The reducing
+thread starts each frame's mode stage (``ModeStage.start``); the writing thread collects its products in
+ring order (``FrameResult.finish``): with ``reduction.analysis_threads`` > 1 serial and powder frames are
+analysed several at once on their own threads, and on the GPU one frame's copy and kernel overlap the
+next frame's hand-over. The slot is
 released only after the frame is written to the run's file, so the ring never overwrites unpersisted
 data. In-band control records in the ring open and close runs in order with their frames; a run is
 closed only when all its files are finished and registered.
@@ -78,6 +82,7 @@ class Pipeline:
         compress_threads: int = 1,
         frame_threads: int = 0,
         run_masks: RunMasks | None = None,
+        analysis_threads: int = 1,
     ) -> None:
         self.ring = ring
         self.backend = backend
@@ -97,6 +102,13 @@ class Pipeline:
         self.latest_profile: tuple[np.ndarray, np.ndarray] | None = None
         self._compressor = ThreadPoolExecutor(max_workers=compress_threads, thread_name_prefix="compress")
         self.frame_threads = frame_threads
+        # frames analysed at once (serial peaks, powder profiles) on CPU backends; on the GPU the device
+        # is what runs in parallel, and one thread feeds it
+        self._analysis: ThreadPoolExecutor | None = None
+        if analysis_threads > 1 and backend.name != "gpu":
+            self._analysis = ThreadPoolExecutor(
+                max_workers=analysis_threads, thread_name_prefix="analysis", initializer=self._limit_threads
+            )
         self._closer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="file-closer")
         self._work: queue.Queue[_Work | None] = queue.Queue(maxsize=queue_depth)
         self._stage: ModeStage | None = None  # the reducing thread's: the open run's mode
@@ -127,6 +139,8 @@ class Pipeline:
         if self._writer is not None:
             self._writer.join(timeout=60)
         self._compressor.shutdown(wait=True)
+        if self._analysis is not None:
+            self._analysis.shutdown(wait=True)
         self._closer.shutdown(wait=True)
         self._pins.close()  # no frame is on its way to the device any more
 
@@ -170,9 +184,12 @@ class Pipeline:
         }
 
     # -- the reducing thread: takes slots in ring order, integrates, starts compression -------------------
-    def _run(self, checkpoint: Checkpoint) -> None:
+    def _limit_threads(self) -> None:
         if self.frame_threads:
             self.backend.limit_threads(self.frame_threads)  # this thread's kernels only
+
+    def _run(self, checkpoint: Checkpoint) -> None:
+        self._limit_threads()
         while True:
             checkpoint()  # between slots: an error raised here leaves no slot half-handled
             slot = self.ring.next_ready(timeout=0.1)
@@ -268,6 +285,7 @@ class Pipeline:
             if mask is not None
             else self.calibration or Corrections(),
             self.store_blanks,
+            self._analysis,
         )
 
     def _make_stage(self, record: dict[str, Any]) -> ModeStage:
@@ -397,6 +415,7 @@ class Pipeline:
                 self.stats["bytes_compressed"] += len(chunk)
                 reduced.add(frame, "stored", result.stream, result.row, result.products)
             else:
+                work.chunk.cancel()  # known only now when the frame was analysed on another thread
                 self.stats["frames_vetoed"] += 1
                 reduced.add(frame, "vetoed", result.stream, result.row, result.products)
             if reduced.full():

@@ -152,7 +152,12 @@ def test_powder_products_equal_the_kernel_on_the_stored_frames(tmp_path: Path) -
             assert handle["/entry/reduction/input/bins"][()] == 200
 
 
-def test_serial_hits_and_peaks_agree_with_the_truth_and_only_hits_go_upstream(tmp_path: Path) -> None:
+@pytest.mark.parametrize("analysis_threads", [1, 3], ids=["on_the_reducing_thread", "three_frames_at_once"])
+def test_serial_hits_and_peaks_agree_with_the_truth_and_only_hits_go_upstream(
+    tmp_path: Path, analysis_threads: int
+) -> None:
+    """With ``reduction.analysis_threads`` 3, frames are analysed three at a time and folded in order:
+    the veto of a blank is then known only in the writing thread, and everything below holds alike."""
     frames = 300
     stack = _stack(
         tmp_path,
@@ -162,6 +167,7 @@ def test_serial_hits_and_peaks_agree_with_the_truth_and_only_hits_go_upstream(tm
         'sim.mode="spots"',
         "sim.hit_fraction=0.3",
         "sim.rate_hz=150",
+        f"reduction.analysis_threads={analysis_threads}",
     )
     try:
         stack.start_daemon()

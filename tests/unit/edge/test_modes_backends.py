@@ -9,6 +9,8 @@ import logging
 import os
 import subprocess
 import sys
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -86,6 +88,56 @@ def test_powder_frames_started_ahead_equal_processed_ones(backend: kernels.Backe
         np.testing.assert_allclose(result.products["roi"]["sum"], want.products["roi"]["sum"], rtol=1e-12)
     live = stage.live()
     assert live is not None and np.allclose(live["intensity"], np.nan_to_num(started[-1].products["I"]))
+
+
+@pytest.mark.parametrize("mode", ["serial", "powder"])
+def test_frames_analysed_several_at_once_equal_frames_processed_one_by_one(mode: str) -> None:
+    """``reduction.analysis_threads``: the stage's ``analyse`` runs on the run's analysis threads, several
+    frames at once, and ``fold`` keeps frame order: hits, vetoes, counters and every product equal those
+    of the frames processed one by one."""
+    numba = get_backend("numba")
+    source = (
+        make_source("spots", (SIDE, SIDE), GEOMETRY, seed=5, pool=8, hit_fraction=0.5, spots_per_hit=4.0)
+        if mode == "serial"
+        else make_source("rings", (SIDE, SIDE), GEOMETRY, seed=3, pool=8)
+    )
+    frames = [source.frame(n) for n in range(8)]
+    settings = ReductionSettings(
+        mode=mode,  # type: ignore[arg-type]
+        roi=[(4, 16, 4, 16)],
+        serial={"min_snr": 4.0, "min_peaks": 2},  # type: ignore[arg-type]
+    )
+    threads: set[str] = set()
+    with ThreadPoolExecutor(3, thread_name_prefix="analysis") as pool:
+        ours = make_stage(
+            RunContext(
+                numba, GEOMETRY, (SIDE, SIDE), 24, "2th_deg", settings, store_blanks="drop", analysis=pool
+            )
+        )
+        analyse = ours.analyse
+
+        def recorded(raw: np.ndarray) -> object:
+            threads.add(threading.current_thread().name)
+            return analyse(raw)
+
+        ours.analyse = recorded  # type: ignore[method-assign]
+        started = [ours.start(frame, n, 0, float("nan")) for n, frame in enumerate(frames)]
+        results = [result.finish() for result in started]
+    one_by_one = make_stage(
+        RunContext(numba, GEOMETRY, (SIDE, SIDE), 24, "2th_deg", settings, store_blanks="drop")
+    )
+    want = [one_by_one.process(frame, n, 0, float("nan")) for n, frame in enumerate(frames)]
+    assert threads and all(name.startswith("analysis") for name in threads)
+    for got, expected in zip(results, want, strict=True):
+        assert (got.keep, got.stream, got.row) == (expected.keep, expected.stream, expected.row)
+        assert list(got.products) == list(expected.products)
+        for name, value in expected.products.items():
+            for key, item in value.items() if isinstance(value, dict) else [(name, value)]:
+                other = got.products[name][key] if isinstance(value, dict) else got.products[name]
+                np.testing.assert_array_equal(other, item)
+    assert ours.frames == one_by_one.frames == len(frames)
+    if mode == "serial":
+        assert (ours.hits, ours.vetoed) == (one_by_one.hits, one_by_one.vetoed) and ours.vetoed > 0
 
 
 def test_tomo_slices_equal_the_numpy_backend(backend: kernels.Backend) -> None:
