@@ -65,15 +65,15 @@ class FrameResult:
     stream: str = STREAM_DATA  # which of the run's file streams stores it
     products: dict[str, Any] = field(default_factory=dict)  # per-frame products, stored beside the frame
     row: dict[str, Any] = field(default_factory=dict)  # the frame table's fields for this frame
-    #: set by ``ModeStage.start`` while the products are still being computed (the GPU's feed): fills
-    #: ``products`` when called; ``finish`` calls it once
-    pending: Callable[[], None] | None = None
+    #: set by ``ModeStage.start`` while the frame is still being analysed: waits and gives the result
+    pending: Callable[[], FrameResult] | None = None
 
     def finish(self) -> FrameResult:
-        """Wait for the products still being computed (nothing to do for most stages); returns self."""
+        """Wait for a result still being computed and take it over (nothing to do for most stages)."""
         pending, self.pending = self.pending, None
         if pending is not None:
-            pending()
+            done = pending()
+            self.keep, self.stream, self.products, self.row = done.keep, done.stream, done.products, done.row
         return self
 
 
@@ -175,6 +175,8 @@ class ModeStage:
 
     # per frame -----------------------------------------------------------------------------------
     def process(self, raw: np.ndarray | None, frame: int, image_key: int, angle: float) -> FrameResult:
+        if self.independent:
+            return self.fold(self.analyse(raw), frame, image_key, angle)
         self.frames += 1
         return FrameResult(row={"image_key": image_key})
 
@@ -189,19 +191,7 @@ class ModeStage:
         if executor is None or not self.independent:
             return self.process(raw, frame, image_key, angle)
         analysis = executor.submit(self.analyse, raw)
-        result = FrameResult()
-
-        def collect() -> None:
-            done = self.fold(analysis.result(), frame, image_key, angle)
-            result.keep, result.stream, result.products, result.row = (
-                done.keep,
-                done.stream,
-                done.products,
-                done.row,
-            )
-
-        result.pending = collect
-        return result
+        return FrameResult(pending=lambda: self.fold(analysis.result(), frame, image_key, angle))
 
     independent = False  # True: ``analyse`` may run on several frames at once, ``fold`` keeps the order
 
@@ -305,9 +295,6 @@ class PowderStage(_CorrectedStage):
 
     independent = True
 
-    def process(self, raw: np.ndarray | None, frame: int, image_key: int, angle: float) -> FrameResult:
-        return self.fold(self.analyse(raw), frame, image_key, angle)
-
     def analyse(self, raw: np.ndarray | None) -> tuple[Any, np.ndarray | None, dict[str, np.ndarray] | None]:
         assert raw is not None
         cake = None if self.cake is None else self.cake.integrate(raw)
@@ -326,20 +313,13 @@ class PowderStage(_CorrectedStage):
         """On a backend whose sums run while the caller goes on (the GPU's feed, ``submit_full``): the
         profile started, queued behind the previous frame's, the cake and ROI statistics computed now,
         and the result's ``finish`` collects the profile. Elsewhere as every stage (``ModeStage.start``)."""
-        if not hasattr(self.integrator._summer, "submit"):
+        if not self.integrator.overlaps:
             return super().start(raw, frame, image_key, angle)
         assert raw is not None
         profile = self.integrator.submit_full(raw)
         cake = None if self.cake is None else self.cake.integrate(raw)
         roi = self._roi_stats(raw)
-        result = FrameResult()
-
-        def collect() -> None:
-            done = self.fold((profile(), cake, roi), frame, image_key, angle)
-            result.products, result.row = done.products, done.row
-
-        result.pending = collect
-        return result
+        return FrameResult(pending=lambda: self.fold((profile(), cake, roi), frame, image_key, angle))
 
     def settings_record(self) -> dict[str, Any]:
         cal = self.ctx.corrections
@@ -488,9 +468,6 @@ class SerialStage(_CorrectedStage):
         self._recent: deque[tuple[float, int, int]] = deque()  # (time, frames, hits) once a second
 
     independent = True
-
-    def process(self, raw: np.ndarray | None, frame: int, image_key: int, angle: float) -> FrameResult:
-        return self.fold(self.analyse(raw), frame, image_key, angle)
 
     def analyse(self, raw: np.ndarray | None) -> tuple[Any, dict[str, np.ndarray] | None]:
         # the finder's only state is a guess learnt from the frame before, which speeds its search and

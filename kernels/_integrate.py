@@ -130,6 +130,11 @@ class _Integrator:
         self._check(frame)
         return self._normalised(*self._summer(frame, self.error_model == "poisson"))
 
+    @property
+    def overlaps(self) -> bool:
+        """True when ``submit_full`` returns before the frame is integrated (the GPU's feed)."""
+        return hasattr(self._summer, "submit")
+
     def _submit(self, frame: Any) -> Callable[[], _Parts]:
         """Start integrating ``frame``; the returned call waits and gives what ``_integrate`` gives. On
         a backend whose sums run while the caller goes on (the GPU's ``BinSummer.submit``: this frame's
