@@ -287,9 +287,11 @@ def _at(
     return min(samples, key=lambda s: abs(s[0] - when))
 
 
-def run_demo(frames: int, work: Path, upstream: Path, quota: int, env: dict[str, str]) -> dict[str, Any]:
-    """One bounded demo; returns its summary with the measured window, frames delivered, the run's
-    stored bytes and the CPU sampler."""
+def run_demo(
+    frames: int, work: Path, upstream: Path, quota: int, env: dict[str, str], extra: list[str] | None = None
+) -> dict[str, Any]:
+    """One bounded demo (``extra``: more ``--set`` settings, after the script's own); returns its summary
+    with the measured window, frames delivered, the run's stored bytes and the CPU sampler."""
     settings = [
         f'sim.endpoint="tcp://127.0.0.1:{_port()}"',
         f'upstream.endpoint="tcp://127.0.0.1:{_port()}"',
@@ -299,6 +301,7 @@ def run_demo(frames: int, work: Path, upstream: Path, quota: int, env: dict[str,
         "store.chunk_bytes=16777216",
         f"retention.quota_bytes={quota}",
         f'pull.output="{upstream}"',
+        *(extra or []),
     ]
     argv = [sys.executable, "-m", "edge", "demo", "--frames", str(frames), "--json", "--workdir", str(work)]
     argv += ["--timeout", str(max(600, frames // 20))]
@@ -357,6 +360,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--upstream-dir", type=Path, default=None)
     parser.add_argument("--quota-gb", type=float, default=6.0, help="the local store's quota")
     parser.add_argument("--profile", type=Path, default=None, help="write cProfile files per thread here")
+    parser.add_argument(
+        "--set",
+        dest="settings",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a setting for the appliance (as `edge demo --set`), e.g. reduction.backend=gpu on a lent GPU"
+        " machine; repeatable",
+    )
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
     work = Path(tempfile.mkdtemp(prefix="edge-e2e-"))
@@ -384,10 +396,10 @@ def main(argv: list[str] | None = None) -> int:
         disk = disk_write_rate(work)
         n_frames = args.frames
         if not n_frames:
-            probe = run_demo(args.probe_frames, work / "probe", upstream, quota, env)
+            probe = run_demo(args.probe_frames, work / "probe", upstream, quota, env, args.settings)
             rate = probe["delivered"] / probe["seconds"]
             n_frames = max(args.probe_frames, int(rate * args.seconds * 1.15))  # warm runs go faster
-        run = run_demo(n_frames, work / "run", upstream, quota, env)
+        run = run_demo(n_frames, work / "run", upstream, quota, env, args.settings)
         compress_after, _ = compress_ceiling(frames)
     finally:
         shutil.rmtree(upstream, ignore_errors=True)
@@ -429,6 +441,7 @@ def main(argv: list[str] | None = None) -> int:
         "ratio": round(e2e / ceiling, 3),
         "ceilings_GBps": {k: round(v / 1e9, 3) for k, v in ceilings.items()},
         "ceiling_binding": binding,
+        "settings": args.settings,
         "compression_ratio": round(ratio, 3),
         "seconds": round(seconds, 1),
         "frames_per_second": round(delivered / seconds, 1),
