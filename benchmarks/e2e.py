@@ -151,6 +151,24 @@ def disk_write_rate(directory: Path, nbytes: int = 512 << 20) -> float:
     return nbytes / seconds
 
 
+def store_cpu_per_byte(directory: Path, nbytes: int = 256 << 20, chunk: int = 4 << 20) -> float:
+    """Seconds of this thread's CPU (user + system) per byte to store fresh bytes in ``directory`` as the
+    pull client does (4 MiB ``pwrite`` calls at increasing offsets into a new file): the kernel's page
+    allocation and copy, a floor under the pull client's CPU per frame that no change of ours removes."""
+    block = os.urandom(chunk)
+    path = directory / "store-probe.bin"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        start = time.thread_time()
+        for k in range(nbytes // chunk):
+            os.pwrite(fd, block, k * chunk)
+        seconds = time.thread_time() - start
+    finally:
+        os.close(fd)
+        path.unlink()
+    return seconds / nbytes
+
+
 class Archive(threading.Thread):
     """The HPC centre's archive: removes upstream copies of files the ledger says were verified."""
 
@@ -394,6 +412,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         compress_before, ratio_probe = compress_ceiling(frames)
         disk = disk_write_rate(work)
+        store_cost = store_cpu_per_byte(upstream)
         n_frames = args.frames
         if not n_frames:
             probe = run_demo(args.probe_frames, work / "probe", upstream, quota, env, args.settings)
@@ -459,6 +478,9 @@ def main(argv: list[str] | None = None) -> int:
         "cores_busy_others": round(max(busy - sum(cpu.values()), 0.0) / seconds, 2),
         "cores_stolen_by_hypervisor": round(steal / seconds, 2),
         "disk_write_GBps": round(disk / 1e9, 3),
+        # the kernel's CPU to store one frame's compressed bytes in the upstream directory (tmpfs here):
+        # part of the pull client's CPU per frame that is the work itself
+        "pull_store_floor_ms_per_frame": round(1e3 * store_cost * FRAME_BYTES / ratio, 3),
         "disk_needed_GBps_at_1GBps": round(1 / ratio, 3),
         "compress_alone_GBps": [round(compress_before / 1e9, 3), round(compress_after / 1e9, 3)],
         "load_average_at_end": [round(x, 2) for x in os.getloadavg()],
