@@ -32,16 +32,22 @@ PIXEL = 75e-6
 GEOMETRY = {"dist": 0.1, "poni1": SIDE / 2 * PIXEL, "poni2": SIDE / 2 * PIXEL, "wavelength": 1e-10}
 
 
-def _stack(tmp_path: Path, *extra: str) -> EdgeStack:
+def _stack(
+    tmp_path: Path,
+    *extra: str,
+    side: int = SIDE,
+    geometry: dict[str, float] = GEOMETRY,
+    backend: str = "numba",
+) -> EdgeStack:
     return EdgeStack(
         tmp_path,
         [
-            f"detector.height={SIDE}",
-            f"detector.width={SIDE}",
-            *(f"geometry.{k}={v}" for k, v in GEOMETRY.items()),
+            f"detector.height={side}",
+            f"detector.width={side}",
+            *(f"geometry.{k}={v}" for k, v in geometry.items()),
             "store.frames_per_file=100",
             "store.file_seconds=600",
-            "reduction.backend=numba",
+            f"reduction.backend={backend}",
             *extra,
         ],
     )
@@ -298,19 +304,14 @@ def test_powder_through_the_gpu_path_under_the_cuda_simulator(tmp_path: Path) ->
     pytest.importorskip("numba.cuda")
     side = 32
     geometry = {"dist": 0.05, "poni1": side / 2 * PIXEL, "poni2": side / 2 * PIXEL, "wavelength": 1e-10}
-    stack = EdgeStack(
+    stack = _stack(
         tmp_path,
-        [
-            f"detector.height={side}",
-            f"detector.width={side}",
-            *(f"geometry.{k}={v}" for k, v in geometry.items()),
-            "store.frames_per_file=100",
-            "store.file_seconds=600",
-            "reduction.backend=gpu",
-            'reduction.mode="powder"',
-            "reduction.bins=24",
-            "sim.rate_hz=50",
-        ],
+        'reduction.mode="powder"',
+        "reduction.bins=24",
+        "sim.rate_hz=50",
+        side=side,
+        geometry=geometry,
+        backend="gpu",
     )
     try:
         stack.start_daemon(env={"NUMBA_ENABLE_CUDASIM": "1"})
