@@ -232,3 +232,17 @@ def test_tomo_without_cache_gives_the_same_frames() -> None:
     for n in (0, 4, 9):
         np.testing.assert_array_equal(cached.frame(n), uncached.frame(n))
     assert not uncached._draws
+
+
+@pytest.mark.parametrize("mode", ["rings", "spots", "tomo"])
+def test_frames_drawn_before_a_series_on_every_core_equal_frames_drawn_one_by_one(mode: str) -> None:
+    """`edge sim` draws a series' frames before it starts, on a thread per core: each frame is seeded on
+    its own, so the pixels are those of drawing them one by one."""
+    from hw_sim.cli import _prepare
+
+    geometry = Geometry(dist=0.05, poni1=24 * 75e-6, poni2=24 * 75e-6, wavelength=1e-10)
+    kwargs = {"n_angles": 8, "n_darks": 2, "n_flats": 2} if mode == "tomo" else {}
+    ahead, one_by_one = (make_source(mode, (48, 48), geometry, seed=9, pool=24, **kwargs) for _ in range(2))
+    _prepare(ahead, 24, 24)
+    for number in range(24):
+        np.testing.assert_array_equal(ahead.frame(number), one_by_one.frame(number))
