@@ -312,14 +312,19 @@ class PowderStage(_CorrectedStage):
     def start(self, raw: np.ndarray | None, frame: int, image_key: int, angle: float) -> FrameResult:
         """On a backend whose sums run while the caller goes on (the GPU's feed, ``submit_full``): the
         profile started, queued behind the previous frame's, the cake and ROI statistics computed now,
-        and the result's ``finish`` collects the profile. Elsewhere as every stage (``ModeStage.start``)."""
+        and the result's ``finish`` collects the profile (``held`` keeps the frame's device copy alive
+        until then). Elsewhere as every stage (``ModeStage.start``)."""
         if not self.integrator.overlaps:
             return super().start(raw, frame, image_key, angle)
         assert raw is not None
-        profile = self.integrator.submit_full(raw)
-        cake = None if self.cake is None else self.cake.integrate(raw)
+        # with a cake, one copy to the device serves both integrations (the cake waits for its kernel)
+        source = raw if self.cake is None else self.ctx.backend.module.to_device(raw)
+        profile = self.integrator.submit_full(source)
+        cake = None if self.cake is None else self.cake.integrate(source)
         roi = self._roi_stats(raw)
-        return FrameResult(pending=lambda: self.fold((profile(), cake, roi), frame, image_key, angle))
+        return FrameResult(
+            pending=lambda held=source: self.fold((profile(), cake, roi), frame, image_key, angle)
+        )
 
     def settings_record(self) -> dict[str, Any]:
         cal = self.ctx.corrections

@@ -71,20 +71,22 @@ def test_powder_and_serial_equal_the_numpy_backend(backend: kernels.Backend) -> 
 
 def test_powder_frames_started_ahead_equal_processed_ones(backend: kernels.Backend) -> None:
     """The pipeline starts a frame before the earlier ones' products are collected (on the GPU its copy
-    and kernel then overlap the next frame's hand-over, more frames than the feed holds): started four
-    ahead and finished in order, every frame's products equal NumPy's, in the same order."""
+    and kernel then overlap the next frame's hand-over, more frames than the feed holds; with a cake
+    one device copy serves both): started four ahead and finished in order, every frame's products
+    equal NumPy's, in the same order."""
     rings = make_source("rings", (SIDE, SIDE), GEOMETRY, seed=4, pool=4)
     frames = [rings.frame(n) for n in range(4)]
-    settings = ReductionSettings(mode="powder", roi=[(4, 16, 4, 16)])  # type: ignore[arg-type]
+    settings = ReductionSettings(mode="powder", roi=[(4, 16, 4, 16)], cake_bins=6)  # type: ignore[arg-type]
     stage = make_stage(RunContext(backend, GEOMETRY, (SIDE, SIDE), 24, "2th_deg", settings))
     reference = make_stage(RunContext(get_backend("numpy"), GEOMETRY, (SIDE, SIDE), 24, "2th_deg", settings))
     started = [stage.start(frame, n, 0, float("nan")) for n, frame in enumerate(frames)]
     for n, result in enumerate(started):
         want = reference.process(frames[n], n, 0, float("nan"))
         assert result.finish() is result and result.pending is None
-        assert list(result.products) == list(want.products) == ["I", "I_errors", "roi"]
+        assert list(result.products) == list(want.products) == ["I", "I_errors", "cake", "roi"]
         np.testing.assert_allclose(result.products["I"], want.products["I"], rtol=1e-9, equal_nan=True)
         np.testing.assert_allclose(result.products["I_errors"], want.products["I_errors"], rtol=1e-9)
+        np.testing.assert_allclose(result.products["cake"], want.products["cake"], rtol=1e-9, equal_nan=True)
         np.testing.assert_allclose(result.products["roi"]["sum"], want.products["roi"]["sum"], rtol=1e-12)
     live = stage.live()
     assert live is not None and np.allclose(live["intensity"], np.nan_to_num(started[-1].products["I"]))
