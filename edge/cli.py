@@ -17,6 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from edge.allocator import tune_malloc
 from edge.config import Settings, load_settings
 from edge.errors import ConfigError
 from edge.logs import LogSetup
@@ -494,6 +495,9 @@ def main(argv: list[str] | None = None) -> int:
     # spinning idle worker starves the thread that has work: idle workers sleep instead (children
     # inherit this). Set before numba or bitshuffle load; an explicit setting wins.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    if args.command in ("run", "pull", "sim"):
+        # received frames and chunks keep their pages from one message to the next (edge/allocator.py)
+        tune_malloc()
     if args.command == "run":
         # bitshuffle compresses each frame on one thread; the pipeline compresses store.compress_threads
         # frames at once instead (numba sizes its own pool and ignores this)
