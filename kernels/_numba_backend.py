@@ -1640,6 +1640,140 @@ def lone_peaks(
     )
 
 
+@numba.njit(nogil=True, cache=True)
+def _find_fused(
+    values,
+    rings,
+    guess,
+    ring_pixels,
+    ring_start,
+    ring_count,
+    box_rings,
+    edge,
+    edge_boxes,
+    block_lo,
+    block_hi,
+    height,
+    width,
+    n_rings,
+    clip_snr,
+    iterations,
+    min_snr,
+    adc_threshold,
+    min_pixels,
+    max_pixels,
+    share,
+    nchunks,
+    capacity,
+):  # pragma: no cover - compiled
+    # PeakFinder.find's steps on this backend, the compiled calls its driver makes one after the other
+    total, total2, listing, ok = _ring_moments(values, rings, guess, nchunks, capacity)
+    listed, listed_v, listed_r = listing
+    mean, sigma, next_guess, _l, _lv, _lr, _bound, _has = _clipped_background(
+        values,
+        rings,
+        total,
+        total2,
+        listed,
+        listed_v,
+        listed_r,
+        ok,
+        guess,
+        ring_pixels,
+        ring_start,
+        ring_count,
+        n_rings,
+        clip_snr,
+        iterations,
+    )
+    for r in range(n_rings):  # a ring of sigma 0 takes Poisson's noise (PeakFinder.find)
+        if not sigma[r] > 0:
+            sigma[r] = np.sqrt(np.maximum(mean[r], 0.0))
+    room = 4096
+    while True:
+        candidates, found = _box_candidates(
+            values,
+            rings,
+            box_rings,
+            edge,
+            edge_boxes,
+            block_lo,
+            block_hi,
+            height,
+            width,
+            mean,
+            sigma,
+            min_snr,
+            adc_threshold,
+            4 * nchunks,
+            room,
+        )
+        if candidates.size == found:
+            break
+        room = found  # a frame full of candidates: again with room for all of them
+    row, col, intensity, count, max_value, snr = _measure_listed(
+        values[candidates], rings[candidates], candidates, mean, sigma, width, min_pixels, max_pixels
+    )
+    if min_pixels >= 2 and row.size > 0:
+        lone = _lone_peaks(values, rings, n_rings, height, width, mean, sigma, clip_snr, share, row, col)
+        if lone.any():
+            keep = ~lone
+            row, col, intensity = row[keep], col[keep], intensity[keep]
+            count, max_value, snr = count[keep], max_value[keep], snr[keep]
+    return next_guess, row, col, intensity, count, max_value, snr
+
+
+def find_peaks(
+    frame: Any,
+    rings: np.ndarray,
+    guess: np.ndarray,
+    index: tuple[np.ndarray, np.ndarray, np.ndarray],
+    plan: tuple[np.ndarray, ...],
+    n_rings: int,
+    clip_snr: float,
+    iterations: int,
+    min_snr: float,
+    adc_threshold: float,
+    min_pixels: int,
+    max_pixels: int,
+    share: float,
+) -> tuple[np.ndarray, ...]:
+    """``PeakFinder.find`` in one compiled call: ``ring_moments_listing``, ``clipped_background``,
+    ``find_candidates``, ``measure_peaks`` and ``lone_peaks`` in turn, with no return to the interpreter
+    between them (in the daemon each return takes the GIL back behind its other threads). Returns the next
+    frame's listing guess, then (row, col, intensity, n_pixels, max_value, snr), one entry per peak."""
+    frame = frozen(frame)
+    height, width = frame.shape
+    values = frame.ravel()
+    ring_pixels, ring_start, ring_count = index
+    box_rings, edge, edge_boxes, block_lo, block_hi = plan
+    return _find_fused(  # type: ignore[no-any-return]
+        values,
+        rings.ravel(),
+        np.ascontiguousarray(guess, dtype=np.float64),
+        ring_pixels,
+        ring_start,
+        ring_count,
+        box_rings.ravel(),
+        edge,
+        edge_boxes,
+        block_lo,
+        block_hi,
+        int(height),
+        int(width),
+        int(n_rings),
+        float(clip_snr),
+        int(iterations),
+        float(min_snr),
+        float(adc_threshold),
+        int(min_pixels),
+        int(max_pixels),
+        float(share),
+        _chunks(),
+        max(4096, values.size // 64),
+    )
+
+
 def label_peaks(
     frame: Any, rings: np.ndarray, candidates: np.ndarray, mean: np.ndarray, width: int
 ) -> tuple[np.ndarray, ...]:

@@ -20,7 +20,10 @@ masked pixels get the sentinel ``n_rings``. Per frame:
    the spot's bright core; a hot pixel makes a 3x3 component (mask hot pixels, as for peakfinder8).
 
 Peaks come ordered by their first pixel in row-major order. The backend supplies ``ring_sums`` (step 1),
-``find_candidates`` (step 2) and ``label_peaks`` (step 3); this module holds the shared driver.
+``find_candidates`` (step 2) and ``label_peaks`` (step 3); this module holds the shared driver. A backend
+may also supply larger pieces of it (``ring_moments_listing``, ``clipped_background``, ``measure_peaks``,
+``lone_peaks``) or the whole of ``find`` in one call (``find_peaks``: numba, whose steps then run without
+returning to the interpreter between them).
 """
 
 from __future__ import annotations
@@ -251,12 +254,32 @@ class PeakFinder:
         if tuple(frame.shape) != self.shape:
             raise ValueError(f"frame shape {tuple(frame.shape)} differs from finder shape {self.shape}")
         frame = self._kernel_input(frame)
+        module = self.backend.module
+        if hasattr(module, "find_peaks"):  # every step below in one compiled call
+            if self._plan is None:
+                self._plan = module.box_plan(self.rings, self.n_rings)
+            guess = self._guess if self._guess is not None else np.full(self.n_rings + 1, np.inf)
+            self._guess, *fields = module.find_peaks(
+                frame,
+                self.rings,
+                guess,
+                self._ring_index(),
+                self._plan,
+                self.n_rings,
+                self.clip_snr,
+                self.iterations,
+                self.min_snr,
+                self.adc_threshold,
+                self.min_pixels,
+                self.max_pixels,
+                LONE_SHARE,
+            )
+            return Peaks(*fields)
         mean, sigma, _listed, _bound = self._background(frame)
         # a ring whose background is one value throughout (a ring of a few pixels at the beam centre, a
         # flat region) has sigma 0 and could hold no candidate, while its neighbours' boxes reaching a
         # spot in it made candidates of background pixels: its noise is taken as Poisson's, sqrt(mean)
         sigma = np.where(sigma > 0, sigma, np.sqrt(np.maximum(mean, 0.0)))
-        module = self.backend.module
         args = (frame, self.rings, mean, sigma, self.min_snr, self.adc_threshold)
         if hasattr(module, "box_plan"):  # a backend that plans the boxes once per finder
             if self._plan is None:

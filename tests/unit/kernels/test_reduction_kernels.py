@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
+import numba
 import numpy as np
 import pytest
 
@@ -536,6 +537,71 @@ def test_peak_finder_over_a_series_equals_reference(backend: kernels.Backend) ->
         np.testing.assert_array_equal(ours.n_pixels, ref.n_pixels)
         np.testing.assert_allclose(ours.row, ref.row, rtol=1e-9)
         np.testing.assert_allclose(ours.intensity, ref.intensity, rtol=1e-9)
+
+
+class _StepByStep:
+    """The numba backend less its one-call ``find_peaks``: ``PeakFinder.find`` then calls its steps in turn."""
+
+    def __init__(self) -> None:
+        self.module = type("Steps", (), {})()
+        numba_module = get_backend("numba").module
+        for name in dir(numba_module):
+            if name != "find_peaks" and not name.startswith("__"):
+                setattr(self.module, name, getattr(numba_module, name))
+
+
+def test_the_one_call_finder_equals_its_steps_one_by_one() -> None:
+    """numba's ``find_peaks`` against the driver calling the same compiled steps one by one, over a
+    series that takes every branch: NaN and inf pixels, a frame darker than the last, one far brighter
+    (the summing pass's listing overflows and the clipped pass scans), a block of more box candidates
+    than the first guess at their number (found again with room for all), a flat frame (sigma 0)."""
+    shape = (200, 240)  # on 2 numba threads: 8 listing streams of 6000 pixels, each one's room 4096
+    kwargs: dict[str, Any] = {"min_snr": 4.0, "min_pixels": 2, "max_pixels": 100}
+    module = get_backend("numba").module
+    before = numba.get_num_threads()
+    module.limit_threads(2)
+    try:
+        _compare_one_call_and_steps(shape, kwargs)
+    finally:
+        module.limit_threads(before)
+
+
+def _compare_one_call_and_steps(shape: tuple[int, int], kwargs: dict[str, Any]) -> None:
+    one_call = get_backend("numba").peak_finder(shape, **kwargs)
+    steps = kernels.PeakFinder(_StepByStep(), shape, **kwargs)  # type: ignore[arg-type]
+    assert hasattr(get_backend("numba").module, "find_peaks") and not hasattr(
+        steps.backend.module, "find_peaks"
+    )
+    frames = []
+    for seed in range(3):
+        frame, _ = simulate_spots(shape, 6, seed=seed)
+        frames.append(frame)
+    frames[1][5, 7], frames[1][20, 30], frames[1][33, 3] = np.nan, np.inf, np.nan
+    frames.append(frames[2] * 0.5)
+    frames.append(frames[3] + 500.0)
+    block = frames[0].copy()
+    block[:75, :75] += 1e4
+    frames.append(block)
+    frames.append(np.full(shape, 100.0, np.float32))
+    frames.append(frames[0])
+    for k, frame in enumerate(frames):
+        frame = frame.astype(np.float32)
+        ours, theirs = one_call.find(frame), steps.find(frame)
+        for name in ("row", "col", "intensity", "n_pixels", "max_value", "snr"):
+            np.testing.assert_array_equal(getattr(ours, name), getattr(theirs, name), err_msg=f"{k} {name}")
+        np.testing.assert_array_equal(one_call._guess, steps._guess, err_msg=str(k))
+        if k == 3:  # the next frame's pixels are all above this one's guess: too many to list
+            values = (frames[4].astype(np.float32)).ravel()
+            assert (
+                steps.backend.module.ring_moments_listing(values, steps.rings.ravel(), steps._guess)[2]
+                is None
+            )
+        if k == 5:  # the block: more candidates than the first room for them
+            mean, sigma = steps.background(frame)
+            sigma = np.where(sigma > 0, sigma, np.sqrt(np.maximum(mean, 0.0)))
+            found = steps.backend.module.find_candidates(frame, steps.rings, mean, sigma, 4.0, 0.0)
+            assert found.size > 4096
+    assert sum(len(one_call.find(f.astype(np.float32))) for f in frames[:3]) > 0
 
 
 @pytest.mark.parametrize("dtype", [np.uint16, np.uint8, np.int16])
