@@ -1382,13 +1382,32 @@ def find_candidates(
     box_rings, edge, edge_boxes, block_lo, block_hi = box_plan(rings, mean.size) if plan is None else plan
     mean = np.ascontiguousarray(mean, dtype=np.float64)
     sigma = np.ascontiguousarray(sigma, dtype=np.float64)
-    nchunks = 4 * _chunks()
+    return _all_candidates(  # type: ignore[no-any-return]
+        frame.ravel(),
+        rings.ravel(),
+        box_rings.ravel(),
+        (edge, edge_boxes, block_lo, block_hi),
+        height,
+        width,
+        mean,
+        sigma,
+        float(min_snr),
+        float(adc_threshold),
+        4 * _chunks(),
+    )
+
+
+@numba.njit(nogil=True, cache=True)
+def _all_candidates(
+    values, rings, box_rings, plan, height, width, mean, sigma, min_snr, adc_threshold, nchunks
+):  # pragma: no cover - compiled
+    edge, edge_boxes, block_lo, block_hi = plan
     capacity = 4096
     while True:
         out, total = _box_candidates(
-            frame.ravel(),
-            rings.ravel(),
-            box_rings.ravel(),
+            values,
+            rings,
+            box_rings,
             edge,
             edge_boxes,
             block_lo,
@@ -1397,14 +1416,14 @@ def find_candidates(
             width,
             mean,
             sigma,
-            float(min_snr),
-            float(adc_threshold),
+            min_snr,
+            adc_threshold,
             nchunks,
             capacity,
         )
         if out.size == total:
             return out
-        capacity = int(total)  # a frame full of candidates: retry with room for all of them
+        capacity = total  # a frame full of candidates: again with room for all of them
 
 
 @numba.njit(nogil=True, cache=True)
@@ -1642,31 +1661,13 @@ def lone_peaks(
 
 @numba.njit(nogil=True, cache=True)
 def _find_fused(
-    values,
-    rings,
-    guess,
-    ring_pixels,
-    ring_start,
-    ring_count,
-    box_rings,
-    edge,
-    edge_boxes,
-    block_lo,
-    block_hi,
-    height,
-    width,
-    n_rings,
-    clip_snr,
-    iterations,
-    min_snr,
-    adc_threshold,
-    min_pixels,
-    max_pixels,
-    share,
-    nchunks,
-    capacity,
+    values, rings, guess, index, plan, shape, n_rings, settings, lone_share, nchunks, capacity
 ):  # pragma: no cover - compiled
     # PeakFinder.find's steps on this backend, the compiled calls its driver makes one after the other
+    ring_pixels, ring_start, ring_count = index
+    box_rings, edge, edge_boxes, block_lo, block_hi = plan
+    height, width = shape
+    clip_snr, iterations, min_snr, adc_threshold, min_pixels, max_pixels = settings
     total, total2, listing, ok = _ring_moments(values, rings, guess, nchunks, capacity)
     listed, listed_v, listed_r = listing
     mean, sigma, next_guess, _l, _lv, _lr, _bound, _has = _clipped_background(
@@ -1689,33 +1690,24 @@ def _find_fused(
     for r in range(n_rings):  # a ring of sigma 0 takes Poisson's noise (PeakFinder.find)
         if not sigma[r] > 0:
             sigma[r] = np.sqrt(np.maximum(mean[r], 0.0))
-    room = 4096
-    while True:
-        candidates, found = _box_candidates(
-            values,
-            rings,
-            box_rings,
-            edge,
-            edge_boxes,
-            block_lo,
-            block_hi,
-            height,
-            width,
-            mean,
-            sigma,
-            min_snr,
-            adc_threshold,
-            4 * nchunks,
-            room,
-        )
-        if candidates.size == found:
-            break
-        room = found  # a frame full of candidates: again with room for all of them
+    candidates = _all_candidates(
+        values,
+        rings,
+        box_rings,
+        (edge, edge_boxes, block_lo, block_hi),
+        height,
+        width,
+        mean,
+        sigma,
+        min_snr,
+        adc_threshold,
+        4 * nchunks,
+    )
     row, col, intensity, count, max_value, snr = _measure_listed(
         values[candidates], rings[candidates], candidates, mean, sigma, width, min_pixels, max_pixels
     )
     if min_pixels >= 2 and row.size > 0:
-        lone = _lone_peaks(values, rings, n_rings, height, width, mean, sigma, clip_snr, share, row, col)
+        lone = _lone_peaks(values, rings, n_rings, height, width, mean, sigma, clip_snr, lone_share, row, col)
         if lone.any():
             keep = ~lone
             row, col, intensity = row[keep], col[keep], intensity[keep]
@@ -1743,31 +1735,25 @@ def find_peaks(
     between them (in the daemon each return takes the GIL back behind its other threads). Returns the next
     frame's listing guess, then (row, col, intensity, n_pixels, max_value, snr), one entry per peak."""
     frame = frozen(frame)
-    height, width = frame.shape
     values = frame.ravel()
-    ring_pixels, ring_start, ring_count = index
     box_rings, edge, edge_boxes, block_lo, block_hi = plan
-    return _find_fused(  # type: ignore[no-any-return]
-        values,
-        rings.ravel(),
-        np.ascontiguousarray(guess, dtype=np.float64),
-        ring_pixels,
-        ring_start,
-        ring_count,
-        box_rings.ravel(),
-        edge,
-        edge_boxes,
-        block_lo,
-        block_hi,
-        int(height),
-        int(width),
-        int(n_rings),
+    settings = (
         float(clip_snr),
         int(iterations),
         float(min_snr),
         float(adc_threshold),
         int(min_pixels),
         int(max_pixels),
+    )
+    return _find_fused(  # type: ignore[no-any-return]
+        values,
+        rings.ravel(),
+        np.ascontiguousarray(guess, dtype=np.float64),
+        index,
+        (box_rings.ravel(), edge, edge_boxes, block_lo, block_hi),
+        (int(frame.shape[0]), int(frame.shape[1])),
+        int(n_rings),
+        settings,
         float(share),
         _chunks(),
         max(4096, values.size // 64),
