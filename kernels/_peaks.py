@@ -192,9 +192,7 @@ class PeakFinder:
         values = np.ascontiguousarray(frame).ravel()
         flat_rings = self.rings.ravel()
         ring_pixels, ring_start, ring_count = self._ring_index()
-        guess = self._guess
-        if guess is None:
-            guess = np.full(self.n_rings + 1, np.inf)
+        guess = self._listing_guess()
         total, total2, listed = module.ring_moments_listing(values, flat_rings, guess)
         if hasattr(module, "clipped_background"):  # the rest below, in one compiled call
             mean, sigma, self._guess, listed, listed_bound = module.clipped_background(
@@ -236,6 +234,17 @@ class PeakFinder:
         self._guess = guess
         return mean, sigma, listed, listed_bound
 
+    def _listing_guess(self) -> np.ndarray:
+        """The per-ring bound above which the summing pass lists pixels: learnt from the last frame, or
+        +inf (list nothing) before the first."""
+        return self._guess if self._guess is not None else np.full(self.n_rings + 1, np.inf)
+
+    def _box_plan(self) -> Any:
+        """The backend's ``box_plan`` for this finder's rings, made on first use."""
+        if self._plan is None:
+            self._plan = self.backend.module.box_plan(self.rings, self.n_rings)
+        return self._plan
+
     def _cover(
         self, values: np.ndarray, listed: Any, listed_bound: np.ndarray | None, bound: np.ndarray
     ) -> tuple[Any, np.ndarray]:
@@ -256,15 +265,12 @@ class PeakFinder:
         frame = self._kernel_input(frame)
         module = self.backend.module
         if hasattr(module, "find_peaks"):  # every step below in one compiled call
-            if self._plan is None:
-                self._plan = module.box_plan(self.rings, self.n_rings)
-            guess = self._guess if self._guess is not None else np.full(self.n_rings + 1, np.inf)
             self._guess, *fields = module.find_peaks(
                 frame,
                 self.rings,
-                guess,
+                self._listing_guess(),
                 self._ring_index(),
-                self._plan,
+                self._box_plan(),
                 self.n_rings,
                 self.clip_snr,
                 self.iterations,
@@ -282,9 +288,7 @@ class PeakFinder:
         sigma = np.where(sigma > 0, sigma, np.sqrt(np.maximum(mean, 0.0)))
         args = (frame, self.rings, mean, sigma, self.min_snr, self.adc_threshold)
         if hasattr(module, "box_plan"):  # a backend that plans the boxes once per finder
-            if self._plan is None:
-                self._plan = module.box_plan(self.rings, self.n_rings)
-            candidates = module.find_candidates(*args, plan=self._plan)
+            candidates = module.find_candidates(*args, plan=self._box_plan())
         else:
             candidates = module.find_candidates(*args)
         if hasattr(module, "measure_peaks"):  # labelled and measured as below, in one compiled call
