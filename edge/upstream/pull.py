@@ -82,7 +82,7 @@ class PullClient:
         if self.curve is not None:
             connect_securely(sock, *self.curve)
         sock.connect(self.endpoint)
-        sock.send_multipart(p.encode(p.Hello(self.consumer, self.credit)))
+        self._send(sock, p.Hello(self.consumer, self.credit))
         self.stats["sessions"] += 1
         last_heard = last_said = time.monotonic()
         last_progress = 0.0
@@ -100,14 +100,14 @@ class PullClient:
                     last_heard = time.monotonic()
                     self._sync()  # acknowledgements only for what is durable
                     for reply in replies:
-                        sock.send_multipart(p.encode(reply))
+                        self._send(sock, reply)
                         last_said = time.monotonic()
                 elif time.monotonic() - last_heard > SILENCE_SECONDS:
                     self.stats["reconnects"] += 1
                     log.warning("appliance silent for %.0f s; reconnecting", SILENCE_SECONDS)
                     return
                 if time.monotonic() - last_said >= HEARTBEAT_SECONDS:
-                    sock.send_multipart(p.encode(p.Heartbeat()))
+                    self._send(sock, p.Heartbeat())
                     last_said = time.monotonic()
                 if progress is not None and time.monotonic() - last_progress > 1.0:
                     last_progress = time.monotonic()
@@ -116,6 +116,22 @@ class PullClient:
             sock.close(0)
             self._sync()
             self._close_parts()
+
+    def _send(self, sock: zmq.Socket[bytes], message: p.Message) -> None:
+        """Send without blocking: a socket with no way to the appliance (a refused CURVE handshake drops
+        the connection) would block a plain send for ever, deaf to SIGINT. What cannot go is counted; the
+        appliance resends an unacknowledged chunk, and the silence check reconnects (a new Hello)."""
+        try:
+            sock.send_multipart(p.encode(message), zmq.NOBLOCK)
+        except zmq.Again:
+            self.stats["sends_dropped"] += 1
+            if self.stats["sends_dropped"] == 1 or self.stats["sends_dropped"] % 100 == 0:
+                log.warning(
+                    "no way to the appliance at %s (%d messages not sent so far): is it up, and does it "
+                    "accept this client's key?",
+                    self.endpoint,
+                    self.stats["sends_dropped"],
+                )
 
     def _sync(self) -> None:
         for directory in self._new_dirs:  # the new .part names first: an acked chunk's file must survive

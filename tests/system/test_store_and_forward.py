@@ -43,6 +43,7 @@ def test_corrupted_chunks_are_detected_resent_and_end_byte_identical(tmp_path: P
         tmp_path,
         [
             "upstream.corrupt=0.3",
+            "upstream.resend_seconds=2",  # a chunk rejected twice waits this long before it goes again
             "store.chunk_bytes=65536",
             "store.frames_per_file=20",
             "store.file_seconds=600",

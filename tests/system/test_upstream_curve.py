@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
 import uuid
@@ -65,6 +66,9 @@ def test_curve_admits_known_consumers_only(tmp_path: Path) -> None:
             "delivery over CURVE",
         )
         assert intruder.poll() is None and not list((tmp_path / "intruder").rglob("*.h5"))
+        # a client the appliance never lets in still stops at once when asked (its sends never block)
+        intruder.send_signal(signal.SIGINT)
+        assert intruder.wait(timeout=10) == 0
         assert [c["consumer"] for c in stack.status()["upstream"]["consumers"]] == ["hpc"]
         assert not list((tmp_path / "mirror").rglob("*.h5"))
     finally:
