@@ -22,7 +22,24 @@ from kernels._peaks import frozen
 U64 = np.uint64  # unsigned loop indices: no negative-index wraparound check per access
 
 
-@numba.njit(parallel=True, nogil=True, cache=True)
+def _prange_only() -> dict[str, bool]:
+    """numba's ``parallel`` options for our kernels: the explicit ``prange`` loops only. With
+    ``parallel=True`` numba also turns every array expression (``np.zeros``, ``.sum()``, ``.max()`` of a
+    few elements) into a parallel loop of its own, each costing ~1 s to compile and a thread hand-off to
+    run. (A fresh dict each time: numba consumes it.)"""
+    return {
+        "prange": True,
+        "comprehension": False,
+        "reduction": False,
+        "inplace_binop": False,
+        "setitem": False,
+        "numpy": False,
+        "stencil": False,
+        "fusion": False,
+    }
+
+
+@numba.njit(parallel=_prange_only(), nogil=True, cache=True)
 def _correct(raw, dark, gain, out):  # pragma: no cover - compiled
     flat_raw = raw.ravel()
     flat_dark = dark.ravel()
@@ -107,7 +124,7 @@ def _sums_few_low(values, bins, row, width, start, stop):  # pragma: no cover - 
     return low
 
 
-@numba.njit(parallel=True, nogil=True, cache=True)
+@numba.njit(parallel=_prange_only(), nogil=True, cache=True)
 def _bin_sums(values, bins, nbins, partial, with_variance, few_low):  # pragma: no cover - compiled
     # ``partial`` (nchunks, 4 * (nbins + 1)) zeros: uint32 for small unsigned frames when no bin can
     # overflow (exact, and half the cache footprint of int64), int64 for other integer frames (exact),
@@ -185,7 +202,7 @@ def _summed(
 FEW_LOW = 0.05  # below this fraction of pixels under 1 in the last frame, the branchy variance path
 
 
-@numba.njit(parallel=True, nogil=True, cache=True)
+@numba.njit(parallel=_prange_only(), nogil=True, cache=True)
 def _jungfrau(raw, pedestal, gain, out):  # pragma: no cover - compiled
     flat_raw = raw.ravel()
     flat_out = out.ravel()
@@ -327,7 +344,7 @@ def _base(axis, radius, cos_a, sin_a, a, r):  # pragma: no cover - compiled
     return np.float32(axis - radius * cos_a[a] - (r - radius) * sin_a[a])
 
 
-@numba.njit(parallel=True, nogil=True, cache=True, fastmath={"contract"})
+@numba.njit(parallel=_prange_only(), nogil=True, cache=True, fastmath={"contract"})
 def _backproject(filtered, cos_a, sin_a, axis, circle, out, mirrored, rest):  # pragma: no cover - compiled
     # ``mirrored`` (n, 2): angle pairs (theta, pi - theta), n a multiple of 4; ``rest``: the other angles.
     # Column j of a row at theta reads the detector where column 2R - j of the same row reads it at
@@ -525,7 +542,7 @@ def backproject(
     return out
 
 
-@numba.njit(parallel=True, nogil=True, cache=True, error_model="numpy")
+@numba.njit(parallel=_prange_only(), nogil=True, cache=True, error_model="numpy")
 def _flat_field(raw, dark, flat, out, minus_log, floor):  # pragma: no cover - compiled
     frame = dark.size
     flat_raw = raw.ravel()
@@ -702,7 +719,7 @@ def _ring_add(acc, k, v, bound):  # pragma: no cover - compiled
     acc[k + U64(2)] += v * v
 
 
-@numba.njit(parallel=True, nogil=True, cache=True)
+@numba.njit(parallel=_prange_only(), nogil=True, cache=True)
 def _ring_sums(values, rings, upper, nchunks):  # pragma: no cover - compiled
     # Per ring (count, sum, sum of squares) side by side, over the pixels below upper[ring]; four
     # far-apart streams per task, as in ``_ring_moments``.
@@ -755,7 +772,7 @@ def _moment_add(acc, r, x, found, k, capacity, p):  # pragma: no cover - compile
     return k
 
 
-@numba.njit(parallel=True, nogil=True, cache=True)
+@numba.njit(parallel=_prange_only(), nogil=True, cache=True)
 def _ring_moments(values, rings, guess, nchunks, capacity):  # pragma: no cover - compiled
     # The first pass of the ring background: per ring, the sum and sum of squares of all its pixels
     # (a NaN or inf makes its ring's sums non-finite: the caller redoes those rings), and a listing of
@@ -808,9 +825,12 @@ def _ring_moments(values, rings, guess, nchunks, capacity):  # pragma: no cover 
     k = 0
     for c in range(nchunks):  # streams in pixel order: the list comes out sorted
         for q in range(4):
-            listed[k : k + counts[c, q]] = found[c, q, : counts[c, q]]
-            listed_v[k : k + counts[c, q]] = found_v[c, q, : counts[c, q]]
-            listed_r[k : k + counts[c, q]] = found_r[c, q, : counts[c, q]]
+            # element by element: an array assigned to a slice makes numba compile its shape-mismatch
+            # error function, seconds of compile time in every fresh process, for no speed
+            for x in range(counts[c, q]):
+                listed[k + x] = found[c, q, x]
+                listed_v[k + x] = found_v[c, q, x]
+                listed_r[k + x] = found_r[c, q, x]
             k += counts[c, q]
     return total, total2, (listed, listed_v, listed_r), True
 
@@ -979,7 +999,8 @@ def _clipped_background(
     lowest = np.full(n_rings, np.inf)  # the lowest bound any pass of this frame used
     bound = np.empty(n_rings + 1)
     for _ in range(1, iterations):
-        bound[:] = upper
+        for r in range(n_rings):  # element by element: see _ring_moments on slice assignments
+            bound[r] = upper[r]
         bound[n_rings] = np.inf  # masked pixels were never summed
         for r in range(n_rings):
             lowest[r] = min(lowest[r], bound[r])
@@ -1011,7 +1032,8 @@ def _clipped_background(
                 if values[p] >= bound[rings[p]]:
                     listed[k], listed_v[k], listed_r[k] = p, values[p], rings[p]
                     k += 1
-            listed_bound[:] = bound
+            for r in range(n_rings + 1):
+                listed_bound[r] = bound[r]
             has_listing = True
         dropped, dropped1, dropped2 = _listed_moments(listed_v, listed_r, bound)
         _ring_stats(
@@ -1068,7 +1090,7 @@ def clipped_background(
     return mean, sigma, next_guess, (listed, listed_v, listed_r), bound
 
 
-@numba.njit(parallel=True, nogil=True, cache=True)
+@numba.njit(parallel=_prange_only(), nogil=True, cache=True)
 def _find_candidates(values, rings, threshold, nchunks, capacity, inclusive):  # pragma: no cover - compiled
     n = values.size
     step = (n + nchunks - 1) // nchunks
@@ -1093,7 +1115,8 @@ def _find_candidates(values, rings, threshold, nchunks, capacity, inclusive):  #
     out = np.empty(total, np.int64)
     k = 0
     for c in range(nchunks):
-        out[k : k + counts[c]] = found[c, : counts[c]]
+        for x in range(counts[c]):  # element by element: see _ring_moments on slice assignments
+            out[k + x] = found[c, x]
         k += counts[c]
     return out, total
 
@@ -1193,7 +1216,8 @@ def _range_min_table(values):  # pragma: no cover - compiled
     while (1 << levels) <= n:
         levels += 1
     table = np.empty((levels, n))
-    table[0] = values
+    for r in range(n):  # not ``table[0] = values``: see _ring_moments on slice assignments
+        table[0, r] = values[r]
     for lv in range(1, levels):
         half = 1 << (lv - 1)
         for r in range(n):
@@ -1214,7 +1238,64 @@ def _range_min(table, lo, hi):  # pragma: no cover - compiled
 BOX_BLOCK = 64  # columns per block of a row whose boxes ``_box_candidates`` first test together
 
 
-@numba.njit(parallel=True, nogil=True, cache=True)
+@numba.njit(nogil=True, cache=True)
+def _box_band(
+    values, rings, box_rings, edge, edge_boxes, bounds, shape, stats, lo, hi, out, out_edge
+):  # pragma: no cover - compiled
+    # ``_box_candidates``' work for the rows lo..hi-1: their full boxes, then their edge pixels; returns
+    # how many of each it found (the first ``capacity`` of them in ``out`` and ``out_edge``)
+    block_lo, block_hi, table, full = bounds
+    height, width = shape
+    mean, sigma, min_snr, adc_threshold = stats
+    sentinel = U64(mean.size)
+    capacity = out.size
+    w = U64(width)
+    column = np.empty(width)
+    box = np.empty(width)
+    icolumn = np.empty(width, np.int32)
+    ibox = np.empty(width, np.int32)
+    k = 0
+    for i in range(max(lo, 1), min(hi, height - 1)):
+        summed = False
+        base = U64(i) * w
+        for b in range(block_lo.shape[1]):
+            lo_ring, hi_ring = block_lo[i, b], block_hi[i, b]
+            if lo_ring > hi_ring:
+                continue  # no pixel of this block has a full box
+            if not summed:
+                _row_boxes(values, base - w, base, base + w, w, icolumn, ibox, column, box)
+                summed = True
+            floor = _range_min(table, lo_ring, hi_ring)
+            j0 = U64(max(1, b * BOX_BLOCK))
+            j1 = U64(min(width - 1, b * BOX_BLOCK + BOX_BLOCK))
+            if _boxes_above(values, ibox, box, j0, j1, floor) == 0:
+                continue
+            for j in range(j0, j1):
+                total = _box_at(values, ibox, box, j)
+                if total <= floor and total > -np.inf:
+                    continue
+                r = U64(box_rings[base + j])
+                if (total <= full[r] and total > -np.inf) or r == sentinel:  # NaN and -inf go on
+                    continue
+                p = base + j
+                if total - total == 0.0 or _box_test(
+                    values, rings, sentinel, height, width, p, full, mean, sigma, min_snr, adc_threshold
+                ):
+                    if k < capacity:
+                        out[k] = np.int64(p)
+                    k += 1
+    k_edge = 0
+    e = np.searchsorted(edge, np.int64(lo) * np.int64(width))
+    stop = np.searchsorted(edge, np.int64(hi) * np.int64(width))
+    for q in range(e, stop):
+        if _edge_test(values, edge_boxes[q], full, mean, sigma, min_snr, adc_threshold, rings[edge[q]]):
+            if k_edge < capacity:
+                out_edge[k_edge] = edge[q]
+            k_edge += 1
+    return k, k_edge
+
+
+@numba.njit(parallel=_prange_only(), nogil=True, cache=True)
 def _box_candidates(
     values,
     rings,
@@ -1246,7 +1327,6 @@ def _box_candidates(
     # or a NaN or -inf, is compared pixel by pixel with its rings. (A whole row crosses rings of very
     # different backgrounds: its lowest bound let most rows through to the pixel-by-pixel loop.)
     n_rings = mean.size
-    sentinel = U64(n_rings)
     full = np.empty(n_rings + 1)
     for r in range(n_rings):
         full[r] = max(9.0 * mean[r] + 3.0 * min_snr * sigma[r], 9.0 * adc_threshold)
@@ -1259,57 +1339,21 @@ def _box_candidates(
     found_edge = np.empty((nchunks, capacity), np.int64)
     counts = np.zeros(nchunks, np.int64)
     counts_edge = np.zeros(nchunks, np.int64)
-    w = U64(width)
-    blocks = block_lo.shape[1]
-    for c in numba.prange(nchunks):
-        lo = min(height, c * step)
-        hi = min(height, c * step + step)
-        column = np.empty(width)
-        box = np.empty(width)
-        icolumn = np.empty(width, np.int32)
-        ibox = np.empty(width, np.int32)
-        out = found[c]
-        k = 0
-        for i in range(max(lo, 1), min(hi, height - 1)):
-            summed = False
-            base = U64(i) * w
-            for b in range(blocks):
-                lo_ring, hi_ring = block_lo[i, b], block_hi[i, b]
-                if lo_ring > hi_ring:
-                    continue  # no pixel of this block has a full box
-                if not summed:
-                    _row_boxes(values, base - w, base, base + w, w, icolumn, ibox, column, box)
-                    summed = True
-                floor = _range_min(table, lo_ring, hi_ring)
-                j0 = U64(max(1, b * BOX_BLOCK))
-                j1 = U64(min(width - 1, b * BOX_BLOCK + BOX_BLOCK))
-                if _boxes_above(values, ibox, box, j0, j1, floor) == 0:
-                    continue
-                for j in range(j0, j1):
-                    total = _box_at(values, ibox, box, j)
-                    if total <= floor and total > -np.inf:
-                        continue
-                    r = U64(box_rings[base + j])
-                    if (total <= full[r] and total > -np.inf) or r == sentinel:  # NaN and -inf go on
-                        continue
-                    p = base + j
-                    if total - total == 0.0 or _box_test(
-                        values, rings, sentinel, height, width, p, full, mean, sigma, min_snr, adc_threshold
-                    ):
-                        if k < capacity:
-                            out[k] = np.int64(p)
-                        k += 1
-        counts[c] = k
-        k = 0
-        out = found_edge[c]
-        e = np.searchsorted(edge, np.int64(lo) * np.int64(width))
-        stop = np.searchsorted(edge, np.int64(hi) * np.int64(width))
-        for q in range(e, stop):
-            if _edge_test(values, edge_boxes[q], full, mean, sigma, min_snr, adc_threshold, rings[edge[q]]):
-                if k < capacity:
-                    out[k] = edge[q]
-                k += 1
-        counts_edge[c] = k
+    for c in numba.prange(nchunks):  # the band's work in a function of its own: see _bin_sums
+        counts[c], counts_edge[c] = _box_band(
+            values,
+            rings,
+            box_rings,
+            edge,
+            edge_boxes,
+            (block_lo, block_hi, table, full),
+            (height, width),
+            (mean, sigma, min_snr, adc_threshold),
+            min(height, c * step),
+            min(height, c * step + step),
+            found[c],
+            found_edge[c],
+        )
     total_found = counts.sum() + counts_edge.sum()
     if max(counts.max(), counts_edge.max()) > capacity:
         return np.empty(0, np.int64), total_found
@@ -1771,7 +1815,7 @@ def label_peaks(
 # ---- ROI statistics and preview -----------------------------------------------------------------------
 
 
-@numba.njit(parallel=True, nogil=True, cache=True)
+@numba.njit(parallel=_prange_only(), nogil=True, cache=True)
 def _roi_stats(frame, boxes, offsets, masks):  # pragma: no cover - compiled
     n = boxes.shape[0]
     sums = np.zeros(n)
@@ -1804,7 +1848,7 @@ def roi_stats(
     return _roi_stats(frozen(frame), boxes, offsets, masks)
 
 
-@numba.njit(parallel=True, nogil=True, cache=True)
+@numba.njit(parallel=_prange_only(), nogil=True, cache=True)
 def _bin_frame(frame, factor):  # pragma: no cover - compiled
     rows = frame.shape[0] // factor
     cols = frame.shape[1] // factor
@@ -1824,7 +1868,7 @@ def bin_frame(frame: Any, factor: int) -> np.ndarray:
     return _bin_frame(frozen(frame), int(factor))
 
 
-@numba.njit(parallel=True, nogil=True, cache=True)
+@numba.njit(parallel=_prange_only(), nogil=True, cache=True)
 def _to_uint8(image, lo, hi, log):  # pragma: no cover - compiled
     out = np.empty(image.shape, np.uint8)
     flat = image.ravel()
