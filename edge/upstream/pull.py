@@ -98,7 +98,8 @@ class PullClient:
                         # the payload is used where ZeroMQ received it (hashed and written, not copied)
                         replies += self._handle([parts[0].bytes, *(part.buffer for part in parts[1:])])
                     last_heard = time.monotonic()
-                    self._sync()  # acknowledgements only for what is durable
+                    if not self._sync():  # acknowledgements only for what is durable
+                        replies = [_unsynced(reply) for reply in replies]
                     for reply in replies:
                         self._send(sock, reply)
                         last_said = time.monotonic()
@@ -117,6 +118,19 @@ class PullClient:
             self._sync()
             self._close_parts()
 
+    def _write_error(self, what: str, error: OSError) -> None:
+        """A write on this side failed (a full disk, a lost mount, no permission): counted and logged
+        (the first, then every 100th); the client goes on, and nothing is acknowledged that is not durable."""
+        self.stats["write_errors"] += 1
+        if self.stats["write_errors"] == 1 or self.stats["write_errors"] % 100 == 0:
+            log.error(
+                "cannot write %s (%s); %d write errors so far: nothing unwritten is acknowledged, the "
+                "appliance keeps its copy and sends it again",
+                what,
+                error.strerror or error,
+                self.stats["write_errors"],
+            )
+
     def _send(self, sock: zmq.Socket[bytes], message: p.Message) -> None:
         """Send without blocking: a socket with no way to the appliance (a refused CURVE handshake drops
         the connection) would block a plain send for ever, deaf to SIGINT. What cannot go is counted; the
@@ -133,16 +147,33 @@ class PullClient:
                     self.stats["sends_dropped"],
                 )
 
-    def _sync(self) -> None:
+    def _sync(self) -> bool:
+        """fsync what was written since the last call; False when something could not be made durable."""
+        durable = True
+        failed: set[Path] = set()
         for directory in self._new_dirs:  # the new .part names first: an acked chunk's file must survive
-            fsync_dir(directory)
-        self._new_dirs.clear()
+            try:
+                fsync_dir(directory)
+            except OSError as error:
+                self._write_error(str(directory), error)
+                failed.add(directory)  # tried again next time
+                durable = False
+        self._new_dirs = failed
         for path in self._dirty:
             part = self._parts.get(path)
-            if part is not None:
+            if part is None:
+                continue
+            try:
                 os.fsync(part.fd)
-                self.stats["fsyncs"] += 1
+            except OSError as error:
+                # after a failed fsync the kernel may have dropped the pages: the running checksum no
+                # longer speaks for the file, which is read back and checked whole when complete
+                part.in_order = False
+                self._write_error(str(path), error)
+                durable = False
+            self.stats["fsyncs"] += 1
         self._dirty.clear()
+        return durable
 
     def _close_parts(self) -> None:
         for part in self._parts.values():
@@ -173,6 +204,8 @@ class PullClient:
             f"pull {self.consumer}: {s['files_verified']} files verified, {s['chunks_written']} chunks, "
             f"{s['bytes_written'] / 1e6:.1f} MB, {s['chunks_rejected']} rejected"
         )
+        if s["write_errors"]:
+            line += f", {s['write_errors']} write errors (see the log)"
         end = "\r" if stream.isatty() else "\n"
         stream.write(line + end)
         stream.flush()
@@ -219,17 +252,21 @@ class PullClient:
         if final.exists() and not part.exists():
             self.stats["chunks_duplicate"] += 1  # already complete here; just confirm again
             return p.Ack(chunk.chunk_id, chunk.checksum)
-        if not part.parent.is_dir():  # the run's directory is new: its own entry is made durable too
-            part.parent.mkdir(parents=True, exist_ok=True)
-            self._new_dirs.add(part.parent.parent)
-        state = self._part(part, chunk.file_size)
-        view = memoryview(payload)
-        written = 0
-        while written < len(view):  # a short write goes on; an error raises before any ack
-            n = os.pwrite(state.fd, view[written:], chunk.offset + written)
-            if n <= 0:
-                raise OSError(f"nothing written to {part} at {chunk.offset + written}")
-            written += n
+        try:
+            if not part.parent.is_dir():  # the run's directory is new: its own entry is made durable too
+                part.parent.mkdir(parents=True, exist_ok=True)
+                self._new_dirs.add(part.parent.parent)
+            state = self._part(part, chunk.file_size)
+            view = memoryview(payload)
+            written = 0
+            while written < len(view):  # a short write goes on
+                n = os.pwrite(state.fd, view[written:], chunk.offset + written)
+                if n <= 0:
+                    raise OSError(f"nothing written to {part} at {chunk.offset + written}")
+                written += n
+        except OSError as error:  # the appliance resends a refused chunk (after a while, the second time)
+            self._write_error(str(part), error)
+            return p.Nack(chunk.chunk_id, f"cannot write it here: {error.strerror or error}"[:200])
         state.add(chunk.offset, payload)
         self._dirty.add(part)
         self.stats["chunks_written"] += 1
@@ -242,6 +279,13 @@ class PullClient:
         except RemoteProtocolError:
             self.stats["protocol_errors"] += 1
             return None
+        try:
+            return self._completed(message, final, part)
+        except OSError as error:  # no answer: the appliance repeats its file_complete until one comes
+            self._write_error(str(final), error)
+            return None
+
+    def _completed(self, message: p.FileComplete, final: Path, part: Path) -> p.Message:
         path = part if part.exists() else final
         if not path.exists() and message.size == 0:  # an empty file has no chunks: it is made here
             final.parent.mkdir(parents=True, exist_ok=True)
@@ -253,9 +297,11 @@ class PullClient:
             return p.FileVerified(message.file_id, 0, "")
         state = self._parts.pop(part, None)
         if state is not None:
-            os.fsync(state.fd)
-            os.close(state.fd)
             self._dirty.discard(part)
+            try:
+                os.fsync(state.fd)
+            finally:  # a failed fsync leaves no running checksum behind: the next answer reads the file
+                os.close(state.fd)
         if state is not None and path == part and state.in_order and state.next_offset == message.size:
             size, digest = state.next_offset, state.hasher.hexdigest()  # hashed as the chunks came
             self.stats["checksums_incremental"] += 1
@@ -273,6 +319,13 @@ class PullClient:
             path.unlink(missing_ok=True)  # start the file over; the appliance resends every chunk
         # where the file is on this side, absolute (the appliance shows it in `edge where` and its run view)
         return p.FileVerified(message.file_id, size, digest, str(final.absolute()) if final.exists() else "")
+
+
+def _unsynced(reply: p.Message) -> p.Message:
+    """An acknowledgement of bytes that could not be made durable becomes a refusal (sent again)."""
+    if isinstance(reply, p.Ack):
+        return p.Nack(reply.chunk_id, "written but not durable here (fsync failed)")
+    return reply
 
 
 class _PartFile:

@@ -104,3 +104,55 @@ def test_a_full_disk_is_a_state_with_losses_an_alarm_and_recovery(tmp_path: Path
         assert daemon.wait(5) == 0  # prompt: a deadline of 5 s (TimeoutExpired fails the test)
     finally:
         stack.stop_all()
+
+
+def test_a_full_disk_on_the_hpc_side_holds_delivery_back_and_loses_nothing(
+    tmp_path: Path, small_disk: Path
+) -> None:
+    """The consumer's disk fills mid-run: `edge pull` keeps running, refuses the chunks it cannot
+    write (counted on both sides, never acknowledged), and once space returns every file arrives
+    byte-identical, with nothing lost."""
+    upstream = small_disk / "upstream"
+    stack = EdgeStack(
+        tmp_path,
+        [
+            "detector.height=256",
+            "detector.width=256",
+            "store.frames_per_file=10",
+            "store.file_seconds=600",
+            "store.chunk_bytes=65536",
+            'reduction.mode="raw"',
+            "upstream.resend_seconds=1",  # a chunk refused twice waits this long before it goes again
+            "sim.rate_hz=200",
+            "sim.pool=8",
+        ],
+    )
+    stack.upstream = upstream
+    ballast = small_disk / "ballast.bin"
+    free = os.statvfs(small_disk).f_bavail * os.statvfs(small_disk).f_frsize
+    with open(ballast, "wb") as handle:  # about half a MiB left: room for a file or two, not the run
+        os.posix_fallocate(handle.fileno(), 0, free - (512 << 10))
+    try:
+        stack.start_daemon()
+        pull = stack.start("pull")
+        run_uid, sent = _send(stack, 60)
+        wait_for(lambda: stack.status()["upstream"].get("chunks_nacked", 0) >= 3, 60, "chunks refused")
+        assert pull.poll() is None  # a full disk is not the end of the client
+        assert not _verified_all(stack, run_uid)
+        ballast.unlink()  # the HPC side makes room
+        wait_for(lambda: _verified_all(stack, run_uid), 90, "every file verified once there is room")
+        run = stack.run(run_uid)
+        assert run["totals"]["frames_stored"] == sent and run["totals"]["frames_lost"] == 0
+        assert pull.poll() is None
+    finally:
+        stack.stop_all()
+    local = sorted((stack.store / run_uid).glob("*.h5"))
+    assert local
+    for path in local:
+        assert (upstream / run_uid / path.name).read_bytes() == path.read_bytes()
+    assert not list(upstream.rglob("*.part"))
+
+
+def _verified_all(stack: EdgeStack, run_uid: str) -> bool:
+    run = stack.run(run_uid)
+    return run["ended_at"] is not None and all(f["state"] == "verified" for f in run["files"])

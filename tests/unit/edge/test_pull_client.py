@@ -4,8 +4,10 @@ acknowledgement given only after the bytes are fsynced."""
 
 from __future__ import annotations
 
+import errno
 from pathlib import Path
 
+import pytest
 import xxhash
 import zmq
 
@@ -61,6 +63,34 @@ def test_out_of_order_chunks_are_read_back(tmp_path: Path) -> None:
     client = PullClient("tcp://127.0.0.1:1", "hpc", tmp_path, 4, zmq.Context.instance())
     first, second, third = _chunks()
     _deliver(client, [first, third, second])
+    whole = xxhash.xxh3_128_hexdigest(DATA)
+    (verified,) = client._handle(p.encode(p.FileComplete(7, "run-1", "run-1_00000.h5", len(DATA), whole)))
+    assert verified.checksum == whole and client.stats["checksums_reread"] == 1
+
+
+def test_bytes_that_could_not_be_fsynced_are_refused_and_the_file_is_checked_whole(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An fsync that fails (EIO: a failing disk; fsync cannot be made to fail for real here) turns the
+    batch's acknowledgements into refusals, and the file's running checksum is no longer trusted:
+    the completion reads it back."""
+    import edge.upstream.pull as pull
+
+    client = PullClient("tcp://127.0.0.1:1", "hpc", tmp_path, 4, zmq.Context.instance())
+    first, second, third = _chunks()
+    replies = [
+        r for c in (first, second) for r in client._handle(p.encode(c, DATA[c.offset : c.offset + c.length]))
+    ]
+
+    def failing(fd: int) -> None:
+        raise OSError(errno.EIO, "Input/output error")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(pull.os, "fsync", failing)
+        assert client._sync() is False
+    assert [type(pull._unsynced(r)) for r in replies] == [p.Nack, p.Nack]
+    assert client.stats["write_errors"] >= 1  # the file, and the new directory entries
+    _deliver(client, [first, second, third])  # sent again, and durable this time
     whole = xxhash.xxh3_128_hexdigest(DATA)
     (verified,) = client._handle(p.encode(p.FileComplete(7, "run-1", "run-1_00000.h5", len(DATA), whole)))
     assert verified.checksum == whole and client.stats["checksums_reread"] == 1
