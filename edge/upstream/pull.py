@@ -40,6 +40,8 @@ HEARTBEAT_SECONDS = 2.0  # said to the appliance at least this often, so an idle
 def _safe_part(name: str) -> str:
     if not name or "/" in name or "\\" in name or name in (".", "..") or "\x00" in name:
         raise RemoteProtocolError(f"unsafe path component {name!r}")
+    if len(os.fsencode(name)) > 255:  # no file system here takes a longer name
+        raise RemoteProtocolError(f"path component of {len(os.fsencode(name))} bytes; at most 255")
     return name
 
 

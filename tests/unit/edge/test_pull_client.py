@@ -106,6 +106,12 @@ def test_hostile_offsets_and_sizes_are_refused_before_they_touch_the_disk(tmp_pa
         (reply,) = client._handle(p.encode(chunk, piece))
         assert isinstance(reply, p.Nack), (offset, size)
     assert client.stats["chunks_rejected"] == 4 and not list(tmp_path.rglob("*.part"))
+    for run_uid, name in (("run-1", "a" * 256), ("r" * 300, "f.h5"), ("run-1", "../f.h5"), ("..", "f.h5")):
+        chunk = p.Chunk(9, 7, run_uid, name, 4096, 0, 1, 0, len(piece), checksum_bytes(piece))
+        (reply,) = client._handle(p.encode(chunk, piece))
+        assert isinstance(reply, p.Nack), (run_uid, name)
+    assert client.stats["chunks_rejected"] == 8 and client.stats["write_errors"] == 0
+    assert not list(tmp_path.rglob("*.part"))
 
 
 def test_an_empty_file_is_made_here_and_verified(tmp_path: Path) -> None:
