@@ -93,6 +93,7 @@ HELP = {
     "upstream_consumer_connected": "1 if the consumer was heard from within three heartbeats.",
     "upstream_consumer_seconds_since_seen": "Seconds since the consumer was last heard from.",
     "upstream_consumer_connects_total": "Times each consumer connected.",
+    "upstream_consumer_chunks_refused_total": "Chunks each consumer refused (nack) since the daemon started.",
     "retention_alarm": "1 while retention raises an alarm, labelled with it.",
     "disk_total_bytes": "Size of the store's file system.",
     "disk_used_bytes": "Bytes used on the store's file system.",
@@ -234,6 +235,9 @@ def _upstream(f: _Families, upstream: dict[str, Any]) -> None:
         for key in ("credit", "in_flight", "connected", "seconds_since_seen"):
             f.gauge(_name("upstream_consumer", key), consumer.get(key), consumer=name)
         f.counter(_name("upstream_consumer_connects_total"), consumer.get("connects"), consumer=name)
+        f.counter(
+            _name("upstream_consumer_chunks_refused_total"), consumer.get("chunks_refused"), consumer=name
+        )
 
 
 KNOWN_SECTIONS = {

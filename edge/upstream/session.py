@@ -101,6 +101,9 @@ class ConsumerState:
     unreachable: bool = False
     held: dict[int, float] = field(default_factory=dict)  # chunk id -> not resent before (nacked again)
     nacks: Counter[int] = field(default_factory=Counter)  # chunk id -> times rejected
+    refusals: int = 0  # nacks from it since the daemon started
+    last_refusal: str = ""  # the reason of the newest one (its own words, cut to 200 characters)
+    last_refusal_at: float | None = None
 
 
 class ForwarderSession:
@@ -195,6 +198,8 @@ class ForwarderSession:
                 if consumer.nacks[message.chunk_id] > 1:
                     consumer.held[message.chunk_id] = now + self.resend_seconds
             self.stats["chunks_nacked"] += 1
+            consumer.refusals += 1
+            consumer.last_refusal, consumer.last_refusal_at = message.reason[:200], now
             log.warning(
                 "consumer %s rejected chunk %d: %s", consumer.name, message.chunk_id, message.reason[:200]
             )
@@ -268,7 +273,8 @@ class ForwarderSession:
 
     # -- views ------------------------------------------------------------------------------------------
     def consumer_states(self, now: float) -> list[dict[str, Any]]:
-        """Each consumer's credit, chunks in flight and whether it was heard from recently."""
+        """Each consumer's credit, chunks in flight, whether it was heard from recently, and the chunks
+        it refused (with the newest refusal's reason: a consumer whose disk is full says so here)."""
         return [
             {
                 "consumer": c.name,
@@ -278,6 +284,11 @@ class ForwarderSession:
                 "seconds_since_seen": round(now - c.last_seen, 3),
                 "connected": now - c.last_seen < 3 * self.heartbeat_seconds,
                 "unreachable": c.unreachable,
+                "chunks_refused": c.refusals,
+                "last_refusal": c.last_refusal or None,
+                "seconds_since_refusal": None
+                if c.last_refusal_at is None
+                else round(now - c.last_refusal_at, 3),
             }
             for c in self.consumers.values()
         ]

@@ -211,6 +211,16 @@ def test_an_upstream_outage_shows_stalled_and_one_eta(
     etas = texts(browser, ".eta")
     assert len(set(etas)) == 1 and etas[0] == "1.5 h", etas  # 5 GiB at 1 MB/s
 
+    # connected, but refusing what it cannot write: the consumers table says why, in its words
+    reason = "cannot write it here: No space left on device"
+    view.base["upstream"]["consumers"][0].update(
+        chunks_refused=12, last_refusal=reason, seconds_since_refusal=3.0
+    )
+    browser.wait_for("document.querySelector('#consumers .warn') !== null", 10, "the refusal shown")
+    assert texts(browser, "#consumers .warn") == [f"refusing: {reason}"]
+    view.base["upstream"]["consumers"][0].update(seconds_since_refusal=300.0)  # long ago: not shown
+    browser.wait_for("document.querySelector('#consumers .warn') === null", 10, "an old refusal hidden")
+
 
 def test_the_image_timestamp_advances_with_frames_and_stops_when_they_stop(
     url: str, view: ScriptedView, browser: Browser

@@ -138,6 +138,8 @@ def test_a_full_disk_on_the_hpc_side_holds_delivery_back_and_loses_nothing(
         run_uid, sent = _send(stack, 60)
         wait_for(lambda: stack.status()["upstream"].get("chunks_nacked", 0) >= 3, 60, "chunks refused")
         assert pull.poll() is None  # a full disk is not the end of the client
+        (consumer,) = stack.status()["upstream"]["consumers"]  # the appliance says why, in its words
+        assert "No space left" in consumer["last_refusal"] and consumer["chunks_refused"] >= 3
         assert not _verified_all(stack, run_uid)
         ballast.unlink()  # the HPC side makes room
         wait_for(lambda: _verified_all(stack, run_uid), 90, "every file verified once there is room")

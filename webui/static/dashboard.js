@@ -607,6 +607,10 @@
       let link = '<span class="muted">never seen</span>';
       if (c.connected === true) link = '<span class="good">connected</span>';
       else if (c.connected === false) link = `<span class="bad">gone ${esc(fmtDuration(c.seconds_since_seen))}</span>`;
+      // a consumer that refused a chunk in the last minute says why (its disk is full, say)
+      if (c.last_refusal && c.seconds_since_refusal != null && c.seconds_since_refusal < 60) {
+        link += ` <span class="warn" title="${esc(c.last_refusal)}">refusing: ${esc(c.last_refusal)}</span>`;
+      }
       return `<tr><td>${esc(c.consumer)}</td><td>${link}</td><td class="num">${esc(fmtInt(c.credit))}</td>` +
         `<td class="num">${esc(fmtInt(c.in_flight))}</td><td class="num">${esc(fmtInt(c.chunks_acked))}</td></tr>`;
     });

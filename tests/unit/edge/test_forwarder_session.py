@@ -113,6 +113,9 @@ def test_a_nack_returns_the_credit_and_the_chunk_is_sent_again(ledger: Ledger) -
     (again,) = chunks(session.tick(0.2))
     assert again.chunk_id == chunk.chunk_id
     assert session.stats["chunks_nacked"] == 1
+    (state,) = session.consumer_states(0.5)
+    assert state["chunks_refused"] == 1 and state["last_refusal"] == "checksum mismatch"
+    assert state["seconds_since_refusal"] == 0.4
 
 
 def test_an_undeliverable_chunk_gives_its_credit_back_and_waits_for_the_consumer(ledger: Ledger) -> None:
@@ -136,6 +139,9 @@ def test_an_undeliverable_chunk_gives_its_credit_back_and_waits_for_the_consumer
         "seconds_since_seen": 0,
         "connected": True,
         "unreachable": True,
+        "chunks_refused": 0,
+        "last_refusal": None,
+        "seconds_since_refusal": None,
     }
     assert session.stats["chunks_sent"] == 0 and session.stats["send_failures"] == 1
     # an outage: nothing is read from disk or sent again (not even heartbeats, which would fail too),
