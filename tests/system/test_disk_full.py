@@ -21,6 +21,14 @@ from edgeprocs import EdgeStack, wait_for
 pytestmark = pytest.mark.timeout(180)
 
 DISK_MIB = 48
+# raw frames of 256^2 in files of 10: a run of a few MiB fills a disk left nearly full
+SMALL_RAW_RUN = [
+    "detector.height=256",
+    "detector.width=256",
+    "store.frames_per_file=10",
+    "store.file_seconds=600",
+    'reduction.mode="raw"',
+]
 
 
 @pytest.fixture
@@ -42,6 +50,13 @@ def small_disk(tmp_path: Path) -> Iterator[Path]:
         subprocess.run(["umount", "-l", str(mount)], capture_output=True)
 
 
+def _fill(ballast: Path, leave: int) -> None:
+    """Take the disk holding ``ballast`` (allocated, not sparse) until ``leave`` bytes are free."""
+    disk = os.statvfs(ballast.parent)
+    with open(ballast, "wb") as handle:
+        os.posix_fallocate(handle.fileno(), 0, disk.f_bavail * disk.f_frsize - leave)
+
+
 def _send(stack: EdgeStack, frames: int) -> tuple[str, int]:
     run_uid = str(uuid.uuid4())
     sim = stack.start("sim", "--frames", str(frames), "--run-uid", run_uid, "--json", stdout=subprocess.PIPE)
@@ -58,11 +73,7 @@ def test_a_full_disk_is_a_state_with_losses_an_alarm_and_recovery(tmp_path: Path
     stack = EdgeStack(
         tmp_path,
         [
-            "detector.height=256",
-            "detector.width=256",
-            "store.frames_per_file=10",
-            "store.file_seconds=600",
-            'reduction.mode="raw"',
+            *SMALL_RAW_RUN,
             "ledger.reserve_bytes=2097152",
             "ledger.resume_free_bytes=16777216",
             "retention.headroom_bytes=0",
@@ -75,11 +86,7 @@ def test_a_full_disk_is_a_state_with_losses_an_alarm_and_recovery(tmp_path: Path
     ballast = small_disk / "ballast.bin"
     daemon = stack.start_daemon()
     try:
-        # leave about 3 MiB: room for a few files of frames, not for the run
-        free = os.statvfs(small_disk).f_bavail * os.statvfs(small_disk).f_frsize
-        with open(ballast, "wb") as handle:
-            handle.truncate(0)
-            os.posix_fallocate(handle.fileno(), 0, free - (3 << 20))
+        _fill(ballast, 3 << 20)  # about 3 MiB left: room for a few files of frames, not for the run
         first, sent = _send(stack, 150)
         run = _ended(stack, first)
         totals = run["totals"]
@@ -116,12 +123,8 @@ def test_a_full_disk_on_the_hpc_side_holds_delivery_back_and_loses_nothing(
     stack = EdgeStack(
         tmp_path,
         [
-            "detector.height=256",
-            "detector.width=256",
-            "store.frames_per_file=10",
-            "store.file_seconds=600",
+            *SMALL_RAW_RUN,
             "store.chunk_bytes=65536",
-            'reduction.mode="raw"',
             "upstream.resend_seconds=1",  # a chunk refused twice waits this long before it goes again
             "sim.rate_hz=200",
             "sim.pool=8",
@@ -129,9 +132,7 @@ def test_a_full_disk_on_the_hpc_side_holds_delivery_back_and_loses_nothing(
     )
     stack.upstream = upstream
     ballast = small_disk / "ballast.bin"
-    free = os.statvfs(small_disk).f_bavail * os.statvfs(small_disk).f_frsize
-    with open(ballast, "wb") as handle:  # about half a MiB left: room for a file or two, not the run
-        os.posix_fallocate(handle.fileno(), 0, free - (512 << 10))
+    _fill(ballast, 512 << 10)  # about half a MiB left: room for a file or two, not the run
     try:
         stack.start_daemon()
         pull = stack.start("pull")
