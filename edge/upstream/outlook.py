@@ -4,8 +4,11 @@ Everything that shows an ETA reads it from here (the dashboard's upstream card a
 table, ``edge where``), so an outage never shows three different answers. The facts:
 
 - ``state``: ``up to date`` (nothing pending), ``stalled`` (data pending and no consumer the policy
-  requires is connected: nothing can move until one comes back), ``delivering`` (files became verified
-  over the rate window) or ``waiting`` (a consumer is connected, nothing verified in the window yet).
+  requires is connected, or one is connected but refusing what it is sent, say because its disk is full,
+  and nothing became verified over the rate window: nothing can move until that changes), ``delivering``
+  (files became verified over the rate window) or ``waiting`` (a consumer is connected, nothing verified
+  in the window yet).
+- ``refusing``: the connected required consumers that refused a chunk in the last ``REFUSING_SECONDS``.
 - ``eta_seconds``: pending bytes over the verified rate; ``None`` whenever it cannot be known (stalled,
   or no file verified in the window). Verified bytes, not sent bytes: a chunk sent twice, or sent to a
   consumer that then vanished, moves no data upstream.
@@ -19,6 +22,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
 RATE_WINDOW_SECONDS = 120.0
+REFUSING_SECONDS = 30.0  # a consumer that refused a chunk this recently is "refusing" (it resends every 10 s)
 
 
 class _UpstreamLedger(Protocol):
@@ -54,6 +58,14 @@ def upstream_outlook(
     connected = sorted(str(c.get("consumer")) for c in consumers if c.get("connected"))
     required = list(ledger.required_consumers)
     missing = [name for name in required if name not in connected]
+    refusals = {
+        str(c.get("consumer")): str(c.get("last_refusal"))
+        for c in consumers
+        if c.get("connected")
+        and str(c.get("consumer")) in required
+        and c.get("seconds_since_refusal") is not None
+        and float(c["seconds_since_refusal"]) < REFUSING_SECONDS
+    }
     rate = float(ledger.verified_rate(RATE_WINDOW_SECONDS, now))
     oldest = ledger.oldest_unverified_at()
     pending = int(bytes_pending)
@@ -62,6 +74,10 @@ def upstream_outlook(
     elif missing:
         state = "stalled"
         reason = f"no consumer connected: {', '.join(missing)} must pull (data stays on the local disk)"
+    elif refusals and rate <= 0:
+        state = "stalled"
+        said = "; ".join(f"{name}: {why}" for name, why in sorted(refusals.items()))
+        reason = f"consumer refusing chunks ({said[:300]}); data stays on the local disk"
     elif rate > 0:
         state, reason = "delivering", f"files verified over the last {RATE_WINDOW_SECONDS:.0f} s"
     else:
@@ -72,10 +88,11 @@ def upstream_outlook(
         "bytes_pending": pending,
         "verified_bytes_per_s": round(rate, 1),
         "rate_window_seconds": RATE_WINDOW_SECONDS,
-        "eta_seconds": eta_seconds(pending, rate, connected=not missing),
+        "eta_seconds": eta_seconds(pending, rate, connected=state != "stalled"),
         "lag_seconds": 0.0 if oldest is None else round(max(0.0, now - oldest), 1),
         "consumers_connected": connected,
         "consumers_required": required,
+        "refusing": sorted(refusals),
         "bytes_sent": int(forwarder.get("bytes_sent", 0) or 0),
         "bytes_resent": int(forwarder.get("bytes_resent", 0) or 0),
     }

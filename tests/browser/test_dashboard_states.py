@@ -218,6 +218,12 @@ def test_an_upstream_outage_shows_stalled_and_one_eta(
     )
     browser.wait_for("document.querySelector('#consumers .warn') !== null", 10, "the refusal shown")
     assert texts(browser, "#consumers .warn") == [f"refusing: {reason}"]
+    view.ledger.rate = 0.0  # and nothing verified any more: a stall, named for what it is
+    browser.wait_for("document.getElementById('upstream-state').textContent === 'stalled'", 10, "stalled")
+    assert set(texts(browser, ".eta")) == {"stalled: consumer refusing"}
+    assert texts(browser, "#upstream-sending") == ["nothing (consumer refusing)"]
+    assert "No space left on device" in " ".join(texts(browser, "#alarms li"))
+    view.ledger.rate = 1e6
     view.base["upstream"]["consumers"][0].update(seconds_since_refusal=300.0)  # long ago: not shown
     browser.wait_for("document.querySelector('#consumers .warn') === null", 10, "an old refusal hidden")
 

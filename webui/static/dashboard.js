@@ -454,7 +454,7 @@
   function etaText(outlook) {
     if (!outlook || !outlook.state) return "–";
     if (outlook.state === "up to date") return "nothing pending";
-    if (outlook.state === "stalled") return "stalled: no consumer connected";
+    if (outlook.state === "stalled") return outlook.refusing?.length ? "stalled: consumer refusing" : "stalled: no consumer connected";
     if (outlook.eta_seconds === null || outlook.eta_seconds === undefined) return "waiting for the first verified file";
     return fmtDuration(outlook.eta_seconds);
   }
@@ -567,7 +567,7 @@
     const prev = state.sendSample;
     const now = { t: num(s.server_time), sent: num(outlook.bytes_sent ?? up.bytes_sent) };
     let sending = "–";
-    if (stalled) sending = "nothing (no consumer connected)";
+    if (stalled) sending = outlook.refusing?.length ? "nothing (consumer refusing)" : "nothing (no consumer connected)";
     else if (prev && now.t > prev.t && now.sent >= prev.sent) sending = `${fmtBytes((now.sent - prev.sent) / (now.t - prev.t))}/s`;
     state.sendSample = now;
     setText("upstream-sending", sending, stalled ? "muted" : "");

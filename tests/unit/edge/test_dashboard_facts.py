@@ -95,6 +95,25 @@ def test_one_eta_stalled_without_a_consumer_and_lag_as_age() -> None:
     assert (out["state"], out["eta_seconds"], out["lag_seconds"]) == ("up to date", 0.0, 0.0)
 
 
+def test_a_consumer_refusing_everything_is_a_stall_that_says_why() -> None:
+    """Connected but refusing (its disk is full): stalled once nothing is verified in the window, with
+    its own words; a refusal long ago, or refusals while files still get verified, are not a stall."""
+    refusing = consumers(True)
+    refusing["consumers"][0] |= {
+        "last_refusal": "cannot write it here: No space left",
+        "seconds_since_refusal": 4.0,
+    }
+    out = upstream_outlook(OutlookLedger(0.0, 1000.0), 5_000_000, refusing, now=1600.0)
+    assert (out["state"], out["eta_seconds"], out["refusing"]) == ("stalled", None, ["hpc"])
+    assert "No space left" in out["reason"]
+    assert (
+        upstream_outlook(OutlookLedger(1e6, 1000.0), 5_000_000, refusing, now=1600.0)["state"] == "delivering"
+    )
+    refusing["consumers"][0]["seconds_since_refusal"] = 400.0
+    out = upstream_outlook(OutlookLedger(0.0, 1000.0), 5_000_000, refusing, now=1600.0)
+    assert (out["state"], out["refusing"]) == ("waiting", [])
+
+
 @pytest.fixture
 def ledger(tmp_path: Path) -> Any:
     ledger = Ledger(tmp_path / "ledger.sqlite", required_consumers=("hpc",))
