@@ -11,7 +11,7 @@
 
 (() => {
   const STALE_MS = 3000; // no status push for this long: "stale"
-  const OFFLINE_MS = 4500; // ... for this long, or the stream broke and a probe failed: "offline"
+  const OFFLINE_MS = 4000; // ... for this long (four missed pushes), or the stream broke and a probe failed: "offline"
   const RUNS_MS = 10000; // the runs table is asked for again this often, or sooner when the ledger changed,
   const RUNS_MIN_MS = 3000; // but not more often than this: each row is a where-report the daemon computes
   const RUNS_LIMIT = 50;
