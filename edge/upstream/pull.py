@@ -120,11 +120,15 @@ class PullClient:
             self._sync()
             self._close_parts()
 
+    def _count(self, key: str) -> bool:
+        """Count one ``key``; True for the first and every 100th (the ones worth a log line)."""
+        self.stats[key] += 1
+        return self.stats[key] == 1 or self.stats[key] % 100 == 0
+
     def _write_error(self, what: str, error: OSError) -> None:
         """A write on this side failed (a full disk, a lost mount, no permission): counted and logged
         (the first, then every 100th); the client goes on, and nothing is acknowledged that is not durable."""
-        self.stats["write_errors"] += 1
-        if self.stats["write_errors"] == 1 or self.stats["write_errors"] % 100 == 0:
+        if self._count("write_errors"):
             log.error(
                 "cannot write %s (%s); %d write errors so far: nothing unwritten is acknowledged, the "
                 "appliance keeps its copy and sends it again",
@@ -140,8 +144,7 @@ class PullClient:
         try:
             sock.send_multipart(p.encode(message), zmq.NOBLOCK)
         except zmq.Again:
-            self.stats["sends_dropped"] += 1
-            if self.stats["sends_dropped"] == 1 or self.stats["sends_dropped"] % 100 == 0:
+            if self._count("sends_dropped"):
                 log.warning(
                     "no way to the appliance at %s (%d messages not sent so far): is it up, and does it "
                     "accept this client's key?",
