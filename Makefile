@@ -34,11 +34,14 @@ lint: $(STAMP)
 	$(BIN)/mypy --strict --follow-imports=silent edge/upstream/protocol.py edge/upstream/session.py \
 		edge/upstream/outlook.py edge/alarms.py edge/counter_scopes.py webui/live.py
 
-# the unit tests first, on 2 workers (whole files per worker): most of their time is numba compiling
-# kernels, one core each, and what they compile is cached for the system tests' daemons that follow.
-# The browser and system tests on 2 workers as well (7 min instead of 12: most of it is waiting on
-# paced daemons); each worker picks loopback ports from its own slice (tests/conftest.py)
+# the numba peak finder compiled first, one process per frame dtype (tests/warm_kernels.py: ~1 min
+# less than both workers compiling it), then the unit tests on 2 workers (whole files per worker):
+# much of their time is numba compiling kernels, one core each, and what they compile is cached for the
+# system tests' daemons that follow. The browser and system tests on 2 workers as well (7 min instead
+# of 12: most of it is waiting on paced daemons); each worker picks loopback ports from its own slice
+# (tests/conftest.py)
 test: lint
+	$(BIN)/python tests/warm_kernels.py
 	$(BIN)/python -m pytest -n 2 --dist loadfile tests/unit
 	$(BIN)/python -m pytest -n 2 --dist loadfile tests/browser tests/system
 

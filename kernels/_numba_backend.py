@@ -16,8 +16,11 @@ import numba
 import numba.extending
 import numpy as np
 
+from kernels._numba_cache import serialise_cache_writes
 from kernels._numpy_backend import FLAT_FIELD_FLOOR, JUNGFRAU_ADC_MASK, JUNGFRAU_GAIN_BITS
 from kernels._peaks import frozen
+
+serialise_cache_writes()  # before anything here compiles: see kernels._numba_cache
 
 U64 = np.uint64  # unsigned loop indices: no negative-index wraparound check per access
 
