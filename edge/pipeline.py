@@ -99,6 +99,8 @@ class Pipeline:
         self.store_blanks = store_blanks
         self.disk = disk
         self.stats: Counter[str] = Counter()
+        # the open (or last) run's vetoed frames, live: the ledger has a run's count once it has ended
+        self._run_vetoed: tuple[str | None, int] = (None, 0)
         self.latest_profile: tuple[np.ndarray, np.ndarray] | None = None
         self._compressor = ThreadPoolExecutor(max_workers=compress_threads, thread_name_prefix="compress")
         self.frame_threads = frame_threads
@@ -182,6 +184,10 @@ class Pipeline:
             "queued": self._work.qsize(),
             **{k: int(v) for k, v in self.stats.items()},
         }
+
+    def run_vetoed(self) -> tuple[str | None, int]:
+        """(run uid, frames vetoed so far) of the open run, else of the last one this pipeline ran."""
+        return self._run_vetoed
 
     # -- the reducing thread: takes slots in ring order, integrates, starts compression -------------------
     def _limit_threads(self) -> None:
@@ -417,6 +423,7 @@ class Pipeline:
             else:
                 work.chunk.cancel()  # known only now when the frame was analysed on another thread
                 self.stats["frames_vetoed"] += 1
+                self._run_vetoed = (store.run_uid, self._run_vetoed[1] + 1)
                 reduced.add(frame, "vetoed", result.stream, result.row, result.products)
             if reduced.full():
                 self._finish_reduced()
@@ -483,6 +490,7 @@ class Pipeline:
         )
         for path in stage.run_files(self._store.directory, record["run_uid"]):
             self.recorder.register_file(record["run_uid"], path, (-1, -1, 0), "reduced")
+        self._run_vetoed = (record["run_uid"], 0)
         self.stats["runs_opened"] += 1
 
     def _file_close_failed(self, run_uid: str, frames: list[int], error: BaseException) -> None:

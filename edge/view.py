@@ -106,6 +106,7 @@ class ApplianceView:
         receiver = p.source.counters()
         disk = psutil.disk_usage(str(p.settings.store.path))
         upstream = p.forwarder.counters()
+        counts = self._counts(ledger, receiver)
         doc: dict[str, Any] = {
             "server_time": time.time(),
             "appliance": {
@@ -121,6 +122,7 @@ class ApplianceView:
                 "delivered": ledger["frames_verified"],
                 "lost": ledger["frames_lost"],
                 "incomplete": ledger["frames_incomplete"],
+                "vetoed": counts["all_time"]["frames_vetoed"],
                 "loss_records": ledger["loss_records"],
             },
             "receiver": receiver,
@@ -138,7 +140,7 @@ class ApplianceView:
             "retention": p.retention.status(),
             "disk": {"total": disk.total, "used": disk.used, "free": disk.free, "percent": disk.percent},
             "detector": self.detector_status(),
-            "counts": self._counts(ledger, receiver),
+            "counts": counts,
         }
         doc["alarms"] = self.alarm_book.annotate(current_alarms(doc))
         return doc
@@ -154,7 +156,10 @@ class ApplianceView:
             except NotFound:  # not in the ledger yet
                 pass
         received = int(receiver.get("frames_received", 0) or 0)
-        return self._scopes.scopes(ledger, received, run_uid, bool(active), totals)
+        vetoed_run, vetoed = self._p.pipeline.run_vetoed()
+        live = vetoed if active and vetoed_run == run_uid else None  # a run's own count once it has ended
+        since_start = int(self._p.pipeline.counters().get("frames_vetoed", 0))
+        return self._scopes.scopes(ledger, received, run_uid, bool(active), totals, since_start, live)
 
     def alarms(self) -> list[dict[str, Any]]:
         """Conditions an operator must see now (each clears when its condition clears; edge/alarms.py)."""

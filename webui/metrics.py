@@ -64,6 +64,8 @@ HELP = {
     " (verified upstream).",
     "frames_lost_total": "Frames recorded as lost in the ledger, every reason.",
     "frames_incomplete_total": "Frames stored incomplete (missing packets), as the ledger records them.",
+    "frames_vetoed_total": "Frames a mode dropped by its stated policy (blanks with store.blanks = drop): not"
+    " losses. Ended runs from the ledger, the open run live.",
     "loss_records_total": "Loss records in the ledger (one may cover many frames).",
     "receiver_frames_dropped_total": "Frames the receiver dropped, by reason.",
     "receiver_rejected_total": "Messages or packets the decoder rejected, by reason.",
@@ -197,6 +199,7 @@ def _frames(f: _Families, status: dict[str, Any]) -> None:
         f.counter(_name("frames_total"), frames.get(stage), stage=stage)
     f.counter(_name("frames_lost_total"), frames.get("lost"))
     f.counter(_name("frames_incomplete_total"), frames.get("incomplete"))
+    f.counter(_name("frames_vetoed_total"), frames.get("vetoed"))
     f.counter(_name("loss_records_total"), frames.get("loss_records"))
 
 

@@ -68,6 +68,7 @@ class ScriptedRun:
     files: list[dict[str, Any]]
     losses: list[dict[str, Any]]
     mode: str = "powder"
+    vetoed: int = 0  # blanks dropped by policy (serial, store.blanks = drop)
 
     def totals(self) -> dict[str, Any]:
         lost = sum(r["last_frame"] - r["first_frame"] + 1 for r in self.losses if not r["partial"])
@@ -78,6 +79,7 @@ class ScriptedRun:
             "frames_lost": lost,
             "frames_incomplete": incomplete,
             "loss_records": len(self.losses),
+            "frames_vetoed": self.vetoed,
         }
 
 
@@ -186,6 +188,7 @@ class ScriptedView:
                     "frames_lost",
                     "frames_incomplete",
                     "loss_records",
+                    "frames_vetoed",
                 )
             }
             doc["frames"] = {
@@ -194,6 +197,7 @@ class ScriptedView:
                 "delivered": summed["frames_delivered"],
                 "lost": summed["frames_lost"],
                 "incomplete": summed["frames_incomplete"],
+                "vetoed": summed["frames_vetoed"],
                 "loss_records": summed["loss_records"],
             }
             shown = self.runs_.get(self.shown) if self.shown else None

@@ -83,6 +83,13 @@ def test_a_clean_run_after_a_faulty_one_shows_no_stale_alarm(
     browser.wait_for("document.querySelectorAll('#alarms li').length === 0", 10, "the stale alarm to go")
     browser.wait_for("document.getElementById('c-run-lost').textContent === '0'", 10, "this run's count")
     assert texts(browser, "#c-all-lost") == ["80"]  # all time still says it, with its scope
+    # blanks a serial run dropped by policy: their own row, counted in no loss and raising no alarm
+    blanks = clean_run()
+    blanks.vetoed, blanks.mode = 37, "serial"
+    view.add_run(blanks, current=True)
+    browser.wait_for("document.getElementById('c-run-vetoed').textContent === '37'", 10, "this run's vetoed")
+    assert texts(browser, "#c-all-vetoed") == ["37"] and texts(browser, "#c-run-lost") == ["0"]
+    assert browser.evaluate("document.querySelectorAll('#alarms li').length") == 0
     assert "7d41c9e0" in texts(browser, "#scope-run")[0]
     row = f"document.querySelector('#runs tr[data-run=\"{FAULTY}\"]')?.innerText || ''"
     browser.wait_for(f"({row}).includes('fail')", 10, "the faulty run's row, ended")  # refreshed within 3 s

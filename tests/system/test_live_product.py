@@ -47,3 +47,47 @@ def test_the_product_names_its_run_after_the_run_ended(tmp_path: Path) -> None:
         appliance.stop()
         push.close()
         context.term()
+
+
+def test_vetoed_blanks_are_counted_while_the_run_is_open_and_after_it_ended(tmp_path: Path) -> None:
+    """Serial mode dropping blanks (``store.blanks = drop``): ``/api/status`` counts them as vetoed in
+    every scope, as they go (the ledger learns a run's count only when it ends), never as losses."""
+    from edge.appliance import Appliance
+
+    endpoint, settings = in_process_settings(
+        tmp_path, SHAPE, 'reduction.mode="serial"', 'store.blanks="drop"'
+    )
+    context = zmq.Context()
+    push = context.socket(zmq.PUSH)
+    push.linger = 1000
+    push.bind(endpoint)
+    appliance = Appliance(settings, context)
+    appliance.start()
+    http = TestClient(create_app(settings, appliance.view))
+
+    def counts() -> dict[str, dict[str, int]]:
+        status = http.get("/api/status").json()
+        return {**status["counts"], "frames": status["frames"]}
+
+    try:
+        push.send_multipart(encode_series_start(1, SHAPE, "uint16", run_uid="blanks", frames_expected=4))
+        for frame in range(4):  # flat frames: no peak, every one a blank
+            push.send_multipart(
+                encode_image(1, frame, SHAPE, "uint16", np.full(SHAPE, 7, np.uint16).tobytes())
+            )
+        live = wait_for(lambda: (c := counts())["run"].get("frames_vetoed") == 4 and c, 30, "4 vetoed, live")
+        assert live["run"]["active"] and live["run"]["run_uid"] == "blanks"
+        assert live["daemon"]["frames_vetoed"] == live["all_time"]["frames_vetoed"] == 4
+        assert live["frames"]["vetoed"] == 4 and live["run"]["frames_lost"] == 0
+        push.send_multipart(encode_series_end(1))
+        wait_for(lambda: appliance.ledger.run("blanks")["ended_at"], 30, "the run's end")
+        ended = counts()  # now the ledger's count, not counted twice
+        assert not ended["run"]["active"] and ended["run"]["frames_vetoed"] == 4
+        assert ended["all_time"]["frames_vetoed"] == ended["frames"]["vetoed"] == 4
+        assert ended["run"]["frames_lost"] == ended["run"]["frames_stored"] == 0
+        metrics = http.get("/metrics").text
+        assert "edge_frames_vetoed_total 4.0" in metrics
+    finally:
+        appliance.stop()
+        push.close()
+        context.term()

@@ -509,6 +509,7 @@
       received: [null, daemon.frames_received ?? f.received, null],
       stored: [run.frames_stored, daemon.frames_stored, all.frames_stored ?? f.stored],
       delivered: [run.frames_delivered, daemon.frames_delivered, all.frames_delivered ?? f.delivered],
+      vetoed: [run.frames_vetoed, daemon.frames_vetoed, all.frames_vetoed ?? f.vetoed],
       lost: [run.frames_lost, daemon.frames_lost, all.frames_lost ?? f.lost],
       incomplete: [run.frames_incomplete, daemon.frames_incomplete, all.frames_incomplete ?? f.incomplete],
     };

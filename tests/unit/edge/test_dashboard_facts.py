@@ -177,4 +177,19 @@ def test_counter_scopes_subtract_what_the_ledger_held_at_start() -> None:
         "frames_lost": 0,
         "frames_incomplete": 0,
         "loss_records": 0,
+        "frames_vetoed": 0,
     }
+
+
+def test_vetoed_frames_are_scoped_live_while_the_run_is_open_and_from_the_ledger_once_it_ended() -> None:
+    """Blanks a mode dropped reach the ledger when their run ends; until then they are the pipeline's."""
+    scopes = CounterScopes({"frames_stored": 10, "frames_vetoed": 4}, started_at=5.0)
+    ledger = {"frames_stored": 30, "frames_vetoed": 4}  # 4 from an earlier run
+    open_run = scopes.scopes(ledger, 40, "run-2", True, {"frames_stored": 20}, 6, 6)
+    assert open_run["run"]["frames_vetoed"] == 6  # counted as they are dropped, not at the end
+    assert open_run["daemon"]["frames_vetoed"] == 6
+    assert open_run["all_time"]["frames_vetoed"] == 10
+    ledger["frames_vetoed"] = 10  # the run ended: its 6 are in the ledger now, and not counted twice
+    ended = scopes.scopes(ledger, 40, "run-2", False, {"frames_stored": 20, "frames_vetoed": 6}, 6, None)
+    assert ended["run"]["frames_vetoed"] == 6 and ended["all_time"]["frames_vetoed"] == 10
+    assert ended["run"]["frames_lost"] == 0  # a vetoed frame is never a loss
