@@ -696,7 +696,7 @@ class Ledger:
                 " ELSE last_frame - first_frame + 1 END), 0),"
                 f" COUNT(*), COALESCE(SUM(reason IN ({partial})), 0) FROM losses"
             ).fetchone()
-            # each run's count is written when it ends (a row per run, summed); the open run's is the pipeline's
+            # a run's count is written when it ends (a row per run, summed); the open run's: the pipeline's
             vetoed = db.execute("SELECT COALESCE(SUM(frames_vetoed), 0) FROM runs").fetchone()
             consumers = [
                 {"consumer": row[0], "chunks_acked": row[1], "last_chunk_acked": row[2]}
