@@ -338,6 +338,8 @@ class Appliance:
             inject=parse_injection(sup.inject_error),
         )
         self.context = context or zmq.Context.instance()
+        # settings that can only be checked here, before anything is opened or made
+        curve = curve_paths(settings.upstream.curve_secret_file, settings.upstream.curve_clients_dir)
         store = settings.store
         store.path.mkdir(parents=True, exist_ok=True)
         self.disk = DiskGuard(
@@ -357,79 +359,83 @@ class Appliance:
             settings.ring.policy,
             settings.ring.name,
         )
-        self.backend = get_backend(settings.reduction.backend, fallback=True)  # logged when it falls back
-        if settings.reduction.poni_file is not None:
-            geometry = load_poni(settings.reduction.poni_file).geometry  # shape checked above
-        else:
-            geometry = Geometry(**settings.geometry.model_dump())
-        self.geometry = geometry
-        self.retention = Retention(self.ledger, settings.store.path, settings.retention)
-        self.reduction = ReductionControl(
-            settings.reduction,
-            open_run=lambda: self.sink.run_uid,
-            on_change=self._warm_up_in_background,
-            frame_shape=self.frame_format.shape,
-        )
-        red = settings.reduction
-        self.masks = RunMasks(calibration.mask, red.mask_file, red.poni_file)  # + a detector's, per run
-        self.sink = RingSink(
-            self.ring,
-            self.recorder,
-            lambda: self.disk.refusal() or self.retention.refusal(),
-            lambda: self.reduction.current().model_dump(mode="json"),
-            masks=self.masks,
-        )
-        self.sink.resume = lambda series, first: resume_interrupted(
-            self.recorder, self.recovery, series, first
-        )
-        self.source: FrameSource = self._source(settings)
-        self.pipeline = Pipeline(
-            self.ring,
-            self.backend,
-            geometry,
-            store.path,
-            settings.reduction.bins,
-            settings.reduction.unit,
-            store.frames_per_file,
-            store.file_seconds,
-            self.recorder,
-            may_write=lambda: not self.retention.under_pressure(),
-            calibration=calibration,
-            store_blanks=store.blanks,
-            disk=self.disk,
-            compress_threads=store.compress_threads,
-            frame_threads=settings.reduction.frame_threads,
-            analysis_threads=settings.reduction.analysis_threads,
-            run_masks=self.masks,
-        )
-        self.forwarder = Forwarder(
-            settings.upstream.endpoint,
-            self.ledger,
-            self.context,
-            settings.upstream.resend_seconds,
-            appliance_id=socket.gethostname(),
-            corrupt=settings.upstream.corrupt,
-            curve=curve_paths(settings.upstream.curve_secret_file, settings.upstream.curve_clients_dir),
-        )
-        self.view = ApplianceView(
-            ApplianceParts(
-                settings=settings,
-                frame_format=self.frame_format,
-                geometry=geometry,
-                backend_name=self.backend.name,
-                ledger=self.ledger,
-                source=self.source,
-                ring=self.ring,
-                pipeline=self.pipeline,
-                forwarder=self.forwarder,
-                retention=self.retention,
-                recorder=self.recorder,
-                sink=self.sink,
-                recovery=self.recovery,
-                threads=self.threads,
-                stopping=lambda: self.stopping,
+        try:  # a start that fails from here on must not leave the ring's shared memory behind
+            self.backend = get_backend(settings.reduction.backend, fallback=True)  # logged when it falls back
+            if settings.reduction.poni_file is not None:
+                geometry = load_poni(settings.reduction.poni_file).geometry  # shape checked above
+            else:
+                geometry = Geometry(**settings.geometry.model_dump())
+            self.geometry = geometry
+            self.retention = Retention(self.ledger, settings.store.path, settings.retention)
+            self.reduction = ReductionControl(
+                settings.reduction,
+                open_run=lambda: self.sink.run_uid,
+                on_change=self._warm_up_in_background,
+                frame_shape=self.frame_format.shape,
             )
-        )
+            red = settings.reduction
+            self.masks = RunMasks(calibration.mask, red.mask_file, red.poni_file)  # + a detector's, per run
+            self.sink = RingSink(
+                self.ring,
+                self.recorder,
+                lambda: self.disk.refusal() or self.retention.refusal(),
+                lambda: self.reduction.current().model_dump(mode="json"),
+                masks=self.masks,
+            )
+            self.sink.resume = lambda series, first: resume_interrupted(
+                self.recorder, self.recovery, series, first
+            )
+            self.source: FrameSource = self._source(settings)
+            self.pipeline = Pipeline(
+                self.ring,
+                self.backend,
+                geometry,
+                store.path,
+                settings.reduction.bins,
+                settings.reduction.unit,
+                store.frames_per_file,
+                store.file_seconds,
+                self.recorder,
+                may_write=lambda: not self.retention.under_pressure(),
+                calibration=calibration,
+                store_blanks=store.blanks,
+                disk=self.disk,
+                compress_threads=store.compress_threads,
+                frame_threads=settings.reduction.frame_threads,
+                analysis_threads=settings.reduction.analysis_threads,
+                run_masks=self.masks,
+            )
+            self.forwarder = Forwarder(
+                settings.upstream.endpoint,
+                self.ledger,
+                self.context,
+                settings.upstream.resend_seconds,
+                appliance_id=socket.gethostname(),
+                corrupt=settings.upstream.corrupt,
+                curve=curve,
+            )
+            self.view = ApplianceView(
+                ApplianceParts(
+                    settings=settings,
+                    frame_format=self.frame_format,
+                    geometry=geometry,
+                    backend_name=self.backend.name,
+                    ledger=self.ledger,
+                    source=self.source,
+                    ring=self.ring,
+                    pipeline=self.pipeline,
+                    forwarder=self.forwarder,
+                    retention=self.retention,
+                    recorder=self.recorder,
+                    sink=self.sink,
+                    recovery=self.recovery,
+                    threads=self.threads,
+                    stopping=lambda: self.stopping,
+                )
+            )
+        except BaseException:
+            self.ring.close()
+            raise
 
     def _source(self, settings: Settings) -> FrameSource:
         if settings.stream.transport == "udp":

@@ -317,6 +317,28 @@ def test_a_taken_api_port_is_a_failed_start_not_ready(tmp_path: Path, listener: 
         assert daemon.returncode == 2, log[-2000:]
         assert f"cannot start: the API cannot listen on 127.0.0.1:{stack.api_port}" in log
         assert "ready: dashboard" not in log and not listener.lines("READY=1")
+        _nothing_left_behind(log)
     finally:
         taken.close()
+        stack.stop_all()
+
+
+def _nothing_left_behind(log: str) -> None:
+    """A failed start says one line: no traceback, not even one Python prints while the process exits
+    (a shared-memory ring still mapped, or left for the resource tracker to unlink)."""
+    for sign in ("Traceback", "Exception ignored", "leaked shared_memory"):
+        assert sign not in log, log[-3000:]
+
+
+def test_half_a_curve_key_pair_is_a_one_line_refusal_that_leaves_nothing_behind(tmp_path: Path) -> None:
+    """Only ``upstream.curve_secret_file`` set: the start is refused naming the problem, exit 2. It used
+    to be found after the frame ring was made, which was then never closed."""
+    stack = EdgeStack(tmp_path, [*SMALL_FRAMES, f'upstream.curve_secret_file="{tmp_path / "x.key_secret"}"'])
+    try:
+        daemon = stack.start("run", stderr=subprocess.PIPE)
+        _, log = daemon.communicate(timeout=120)
+        assert daemon.returncode == 2, log[-2000:]
+        assert "cannot start: CurveZMQ needs both a key pair file and the peer's key(s)" in log
+        _nothing_left_behind(log)
+    finally:
         stack.stop_all()
