@@ -127,7 +127,9 @@ class ProgressWatchdog:
 
 
 class StatusLine:
-    """``STATUS=`` text: the storing rate since the last line, the backlog, the totals."""
+    """``STATUS=`` text: the receiving rate since the last line, the backlog, the totals. The rate counts
+    frames received, one by one: stored frames reach the ledger a whole file at a time, so a rate of them
+    read 0 between files and a burst when one closed."""
 
     def __init__(self) -> None:
         self._last: tuple[float, int] | None = None
@@ -135,12 +137,12 @@ class StatusLine:
     def render(self, status: Mapping[str, Any] | None, liveness: Mapping[str, Any], now: float) -> str:
         parts = []
         frames = (status or {}).get("frames") or {}
-        stored = frames.get("stored")
-        if stored is not None:
+        received = frames.get("received")
+        if received is not None:
             rate = 0.0
             if self._last is not None and now > self._last[0]:
-                rate = max(0, int(stored) - self._last[1]) / (now - self._last[0])
-            self._last = (now, int(stored))
+                rate = max(0, int(received) - self._last[1]) / (now - self._last[0])
+            self._last = (now, int(received))
             parts.append(f"{rate:.1f} frames/s")
         parts.append(f"backlog {int(liveness.get('pending', 0))}")
         if liveness.get("held_back"):

@@ -126,7 +126,7 @@ class _Recorded(Notifier):
 def test_reporter_sends_ready_once_then_status_and_watchdog_only_while_healthy() -> None:
     clock = _Clock()
     state = {"ready": False, "live": _live(0, 0, reader="running")}
-    status = {"frames": {"stored": 0, "delivered": 0, "lost": 0}}
+    status = {"frames": {"received": 0, "stored": 0, "delivered": 0, "lost": 0}}
     notifier = _Recorded()
     reporter = ServiceReporter(
         notifier,
@@ -140,11 +140,12 @@ def test_reporter_sends_ready_once_then_status_and_watchdog_only_while_healthy()
     state["ready"] = True
     sent = reporter.tick()
     assert sent[0] == "READY=1" and "WATCHDOG=1" in sent
-    clock.now, status["frames"]["stored"] = 2.0, 40  # 20 frames/s stored
+    # 20 frames/s received; none stored yet (they reach the ledger a file at a time): the rate is 20
+    clock.now, status["frames"]["received"] = 2.0, 40
     state["live"] = _live(5, 40, reader="running")
     sent = reporter.tick()
     assert "READY=1" not in sent and "WATCHDOG=1" in sent
-    assert any(line.startswith("STATUS=20.0 frames/s, backlog 5, stored 40") for line in sent), sent
+    assert any(line.startswith("STATUS=20.0 frames/s, backlog 5, stored 0") for line in sent), sent
     clock.now = 4.0  # still 5 pending, no progress for 2 s = half the interval: stalled
     sent = reporter.tick()
     assert "WATCHDOG=1" not in sent
