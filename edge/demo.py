@@ -25,6 +25,7 @@ import time
 import urllib.error
 import urllib.request
 import uuid
+from collections import deque
 from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
@@ -36,6 +37,7 @@ STOP_ORDER = ("sim", "pull", "daemon")  # the source first, then the consumer, t
 TAIL_LINES = 15
 LINE_SECONDS = 0.5  # status line refresh on a terminal
 PLAIN_LINE_SECONDS = 5.0  # ...and how often a line is written when stderr is a file or a pipe
+RATE_WINDOW = 10.0  # the status line's rates: over the last 10 s
 
 
 _PORTS_GIVEN: set[int] = set()  # never the same port twice from one process
@@ -225,7 +227,9 @@ class StatusLine:
     def __init__(self, stream: IO[str]) -> None:
         self.stream = stream
         self.tty = stream.isatty()
-        self._last: tuple[float, int, int] | None = None
+        # (time, received, delivered) over the last RATE_WINDOW seconds: frames are delivered a whole file
+        # at a time, so a rate between two consecutive samples reads 0 between files and a burst at one
+        self._samples: deque[tuple[float, int, int]] = deque()
         self._printed_at = 0.0
         self._width = 0
 
@@ -244,10 +248,12 @@ class StatusLine:
         frames = status["frames"]
         received, delivered = int(frames["received"]), int(frames["delivered"])
         rates = None
-        if self._last is not None and now > self._last[0]:
-            dt = now - self._last[0]
-            rates = ((received - self._last[1]) / dt, (delivered - self._last[2]) / dt)
-        self._last = (now, received, delivered)
+        while len(self._samples) > 1 and now - self._samples[1][0] >= RATE_WINDOW:
+            self._samples.popleft()  # the oldest kept is the last one at least RATE_WINDOW old
+        if self._samples and now > self._samples[0][0]:
+            then, received_then, delivered_then = self._samples[0]
+            rates = ((received - received_then) / (now - then), (delivered - delivered_then) / (now - then))
+        self._samples.append((now, received, delivered))
         line = self.text(status, rates) + (f"  [{note}]" if note else "")
         if self.tty:
             self.stream.write("\r" + line.ljust(self._width))

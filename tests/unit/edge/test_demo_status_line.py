@@ -1,0 +1,27 @@
+"""The demo's one status line: its rates are taken over the last 10 s, so frames delivered a file at a
+time read as the steady rate they are, not 0/s between files and a burst when one is verified."""
+
+from __future__ import annotations
+
+import io
+import re
+
+from edge.demo import StatusLine
+
+
+def _status(received: int, delivered: int) -> dict[str, object]:
+    frames = {"received": received, "stored": delivered, "delivered": delivered, "lost": 0}
+    return {"frames": frames, "ring": {"fill": 0}}
+
+
+def test_rates_over_ten_seconds_show_per_file_delivery_as_its_steady_rate() -> None:
+    out = io.StringIO()  # not a terminal: a line every 5 s
+    line = StatusLine(out)
+    for tick in range(61):  # 30 s at 20 frames/s; files of 100 frames verified as each fills
+        now = tick * 0.5
+        received = tick * 10
+        line.update(_status(received, received // 100 * 100), now)
+    rates = [re.findall(r"\(([\d.]+)/s\)", text) for text in out.getvalue().splitlines()]
+    settled = [(float(r), float(d)) for r, d in rates[2:]]  # from 10 s on: a full window
+    assert settled and all(r == 20.0 for r, _ in settled), settled
+    assert all(10.0 <= d <= 30.0 for _, d in settled), settled  # never 0, never a 200/s burst
