@@ -676,7 +676,7 @@ class ApplianceIOC:
             with self._shown_now():
                 if sample is not None:
                     with contextlib.suppress(Exception):
-                        self._show_status(sample[0], sample[1])
+                        self._show_status(sample[0], sample[1], sample[4])
                 self._show_acquisition(self.view.frames_received())
                 self._set("Acquire_RBV", 0)
             # processed, so that monitors see it (Acquire is no longer the busy record: nothing else posts
@@ -885,8 +885,8 @@ class ApplianceIOC:
     async def _refresh_forever(self) -> None:
         while True:
             try:
-                status, run_files, refusal, parameters = await asyncio.to_thread(self._sample)
-                self._show_status(status, run_files)
+                status, run_files, refusal, parameters, tally = await asyncio.to_thread(self._sample)
+                self._show_status(status, run_files, tally)
                 self._show_refusal(refusal)
                 self._settle_acquire()
                 self._show_reduction(parameters)
@@ -897,12 +897,15 @@ class ApplianceIOC:
                 log.exception("IOC refresh failed")
             await asyncio.sleep(REFRESH_SECONDS)
 
-    def _sample(self) -> tuple[dict[str, Any], list[dict[str, Any]], str | None, dict[str, Any]]:
-        """The appliance's status, the files of the current run, why a run would be refused now and
-        the next run's reduction parameters (blocking: run in a thread)."""
+    def _sample(
+        self,
+    ) -> tuple[dict[str, Any], list[dict[str, Any]], str | None, dict[str, Any], dict[str, Any] | None]:
+        """The appliance's status, the files of the current run, why a run would be refused now, the
+        next run's reduction parameters and the newest run's mode figures (blocking: run in a thread)."""
         run_uid = self._run_uid
         files = self.view.run_files(run_uid) if run_uid is not None else []
-        return self.view.status(), files, self.refusal(), self._parameters()
+        tally = self.view.product_tally()
+        return self.view.status(), files, self.refusal(), self._parameters(), tally
 
     def _settle_acquire(self) -> None:
         """``Acquire`` back to 0 if softioc wrote a client's 1 back after the run's put completed (the reset
@@ -932,7 +935,9 @@ class ApplianceIOC:
                 self._set_message("Idle")
         self._runs_refused = reason if closed else None
 
-    def _show_status(self, status: dict[str, Any], run_files: list[dict[str, Any]]) -> None:
+    def _show_status(
+        self, status: dict[str, Any], run_files: list[dict[str, Any]], tally: dict[str, Any] | None = None
+    ) -> None:
         from softioc import alarm
 
         receiver = status["receiver"]
@@ -951,6 +956,11 @@ class ApplianceIOC:
         self._set("HDF1:DroppedArrays_RBV", dropped)
         frames = status["frames"]
         self._set("LostFrames_RBV", int(frames["lost"]))
+        self._set("VetoedFrames_RBV", int(frames.get("vetoed", 0)))
+        tally = tally or {}  # the newest run's mode figures; 0 where its mode has none
+        self._set("Reduction:Hits_RBV", int(tally.get("hits", 0)))
+        self._set("Reduction:HitRate_RBV", 100.0 * float(tally.get("hit_rate", 0.0)))
+        self._set("Reduction:SlicesDone_RBV", int(tally.get("slices_done", 0)))
         self._set("LossRecords_RBV", int(frames["loss_records"]))
         ring = status["ring"]
         free = int(ring["free"])

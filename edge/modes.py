@@ -227,6 +227,11 @@ class ModeStage:
     def live(self) -> dict[str, Any] | None:
         return None
 
+    def tally(self) -> dict[str, float]:
+        """The run's running figures, cheap to read once a second (the IOC's readbacks): frames here,
+        hits and vetoed blanks in serial, slices reconstructed in tomo."""
+        return {"frames": self.frames}
+
 
 class _CorrectedStage(ModeStage):
     """A stage that reads pixels and computes ROI statistics."""
@@ -507,6 +512,10 @@ class SerialStage(_CorrectedStage):
             result = FrameResult(stream=STREAM_BLANK, products={"peaks": table}, row=row)
         self._sample()
         return self._with_roi(roi, result)
+
+    def tally(self) -> dict[str, float]:
+        rate = self.hits / self.frames if self.frames else 0.0
+        return {"frames": self.frames, "hits": self.hits, "vetoed": self.vetoed, "hit_rate": rate}
 
     def _sample(self) -> None:
         now = time.time()
@@ -807,6 +816,15 @@ class TomoStage(_CorrectedStage):
             "flats": self.flats,
             "slices_done": self.slices_done,
             "slice": slice_doc,
+        }
+
+    def tally(self) -> dict[str, float]:
+        return {
+            "frames": self.frames,
+            "projections": self.projections,
+            "darks": self.darks,
+            "flats": self.flats,
+            "slices_done": self.slices_done,
         }
 
 

@@ -343,6 +343,14 @@ class Pipeline:
         run_uid, stage = latest
         return {"mode": stage.name, "run_uid": run_uid, stage.name: stage.live()}
 
+    def product_tally(self) -> dict[str, Any] | None:
+        """The newest run's mode, uid and running figures (``ModeStage.tally``); None before the first."""
+        latest = self.latest_run
+        if latest is None:
+            return None
+        run_uid, stage = latest
+        return {"mode": stage.name, "run_uid": run_uid, **stage.tally()}
+
     def _failed(self, slot: Slot, run_uid: str | None, error: BaseException) -> None:
         """A frame the pipeline could not handle: counted, and a loss record (control slots: logged only)."""
         if int(slot.header["kind"]) == KIND_FRAME:

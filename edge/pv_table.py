@@ -716,6 +716,13 @@ PVS: tuple[PvSpec, ...] = (
     _rbv("ArrayRate_RBV", "aIn", "double", "Frames received per second.", units="Hz"),
     _rbv("DroppedArrays_RBV", "longIn", "long", "Frames the receiver dropped (ring full, shutdown)."),
     _rbv("LostFrames_RBV", "longIn", "long", "Frames in loss records (the ledger's count)."),
+    _rbv(
+        "VetoedFrames_RBV",
+        "longIn",
+        "long",
+        "Frames a mode dropped by its stated policy (serial blanks with `store.blanks = drop`), never "
+        "losses: ended runs' (the ledger's) plus the open run's so far.",
+    ),
     _rbv("LossRecords_RBV", "longIn", "long", "Loss records in the ledger."),
     _rbv("QueueSize_RBV", "longIn", "long", "Slots in the frame ring."),
     _rbv("QueueFree_RBV", "longIn", "long", "Free slots in the frame ring (LOW alarm below 10 %)."),
@@ -795,6 +802,21 @@ PVS: tuple[PvSpec, ...] = (
     _rbv("Codec1:CompFactor_RBV", "aIn", "double", "Raw bytes / bitshuffle-LZ4 bytes since start."),
     # --- reduction -----------------------------------------------------------------------------
     _rbv("Reduction:Backend_RBV", "stringIn", "string", "Kernel backend in use (gpu, numba, numpy)."),
+    _rbv("Reduction:Hits_RBV", "longIn", "long", "serial: hits in the newest run so far (0 in other modes)."),
+    _rbv(
+        "Reduction:HitRate_RBV",
+        "aIn",
+        "double",
+        "serial: hits / frames of the newest run so far (0 in other modes).",
+        units="%",
+        fields={"PREC": 1},
+    ),
+    _rbv(
+        "Reduction:SlicesDone_RBV",
+        "longIn",
+        "long",
+        "tomo: slices reconstructed in the newest run (0 until its last projection; 0 in other modes).",
+    ),
     _rbv(
         "Reduction:BeamCenterX_RBV",
         "aIn",

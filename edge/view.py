@@ -289,6 +289,11 @@ class ApplianceView:
         """The newest run's live mode product (None before the first run)."""
         return self._p.pipeline.product()  # type: ignore[attr-defined]
 
+    def product_tally(self) -> dict[str, Any] | None:
+        """The newest run's mode, uid and running figures (frames; hits, vetoed, hit_rate in serial;
+        projections, darks, flats, slices_done in tomo); None before the first run."""
+        return self._p.pipeline.product_tally()  # type: ignore[attr-defined,no-any-return]
+
     def writer_run(self) -> tuple[str | None, int]:
         """The run the pipeline is writing now (None between runs) and its frames written so far."""
         return self._p.pipeline.writing()  # type: ignore[attr-defined,no-any-return]

@@ -287,6 +287,39 @@ def test_acquire_with_completion_stores_num_images(stack: Stack) -> None:
 
 
 # --- acceptance 3: the detector IOC killed mid-run ---------------------------------------------------
+def test_a_serial_run_s_hits_and_vetoed_blanks_are_readbacks(
+    tmp_path: Path, ca_port: int, edge_ca_port: int
+) -> None:
+    """``VetoedFrames_RBV`` beside ``LostFrames_RBV``, and the run's hits and hit rate, as the ledger and
+    the mode count them: a beamline's control system sees what serial mode keeps and drops."""
+    stack = Stack(tmp_path, ca_port, edge_ca_port, ACF)
+    stack.settings += [
+        'reduction.mode="serial"',
+        'store.blanks="drop"',
+        'sim.mode="spots"',
+        "sim.hit_fraction=0.5",
+    ]
+    epics = _epics()
+    p = stack.prefix
+    try:
+        stack.start_sim()
+        stack.start_daemon()
+        _put(stack, "NumImages", 40)
+        _put(stack, "AcquirePeriod", 0.02)
+        assert epics.caput(p + "Acquire", 1, wait=True, timeout=90) == 1
+        run = stack.run(epics.caget(p + "RunUid_RBV", as_string=True))
+        totals = run["totals"]
+        hits, vetoed = totals["frames_stored"], totals["frames_vetoed"]
+        assert hits + vetoed + totals["frames_lost"] == 40 and hits and vetoed, totals
+        wait_until(lambda: epics.caget(p + "VetoedFrames_RBV") == vetoed, 5, "VetoedFrames_RBV")
+        assert epics.caget(p + "Reduction:Hits_RBV") == hits
+        assert abs(epics.caget(p + "Reduction:HitRate_RBV") - 100 * hits / 40) < 1e-6
+        assert epics.caget(p + "Reduction:SlicesDone_RBV") == 0
+        assert epics.caget(p + "LostFrames_RBV") == 0  # a vetoed blank is never a loss
+    finally:
+        stack.stop()
+
+
 def test_detector_killed_mid_run_disconnects_records_loss_and_recovers(stack: Stack) -> None:
     epics = _epics()
     p = stack.prefix

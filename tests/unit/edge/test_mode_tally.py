@@ -1,0 +1,43 @@
+"""``ModeStage.tally``: the running figures the IOC shows once a second (`Reduction:Hits_RBV`,
+`Reduction:HitRate_RBV`, `Reduction:SlicesDone_RBV`), equal to the mode's own live view."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from edge.config import ReductionSettings
+from edge.modes import RunContext, make_stage
+from kernels import Geometry, get_backend
+
+SIDE = 32
+GEOMETRY = Geometry(dist=0.05, poni1=SIDE / 2 * 75e-6, poni2=SIDE / 2 * 75e-6, wavelength=1e-10)
+
+
+def _stage(mode: str, **params: object):  # type: ignore[no-untyped-def]
+    settings = ReductionSettings(mode=mode, **params)  # type: ignore[arg-type]
+    return make_stage(RunContext(get_backend("numpy"), GEOMETRY, (SIDE, SIDE), 24, "2th_deg", settings))
+
+
+def test_tomo_tally_counts_darks_flats_projections_and_the_slices_once_reconstructed() -> None:
+    stage = _stage("tomo", tomo={"slices": [8, 16]})
+    frame = np.full((SIDE, SIDE), 100, np.uint16)
+    stage.process(frame // 10, 0, 2, float("nan"))  # a dark
+    stage.process(frame, 1, 1, float("nan"))  # a flat
+    for n, angle in enumerate(np.linspace(0.0, 180.0, 12, endpoint=False)):
+        stage.process(frame - 5, 2 + n, 0, float(angle))
+    before = stage.tally()
+    assert before == {"frames": 14, "projections": 12, "darks": 1, "flats": 1, "slices_done": 0}
+    stage.finish()
+    live = stage.live()
+    assert stage.tally()["slices_done"] == live["slices_done"] == 2
+
+
+def test_serial_and_powder_tallies() -> None:
+    serial = _stage("serial")
+    blank = np.full((SIDE, SIDE), 3, np.uint16)
+    for n in range(3):
+        serial.process(blank, n, 0, float("nan"))
+    assert serial.tally() == {"frames": 3, "hits": 0, "vetoed": 0, "hit_rate": 0.0}  # kept: blanks "keep"
+    powder = _stage("powder")
+    powder.process(blank, 0, 0, float("nan"))
+    assert powder.tally() == {"frames": 1}
