@@ -49,6 +49,10 @@ else:
         run_uid: A[SignalR[str], PvSuffix("RunUid_RBV")]
         mode: A[SignalR[EdgeMode], PvSuffix("Mode_RBV")]
         lost_frames: A[SignalR[int], PvSuffix("LostFrames_RBV")]
+        vetoed_frames: A[SignalR[int], PvSuffix("VetoedFrames_RBV")]  # blanks dropped by policy, not lost
+        hits: A[SignalR[int], PvSuffix("Reduction:Hits_RBV")]  # serial: the newest run's
+        hit_rate: A[SignalR[float], PvSuffix("Reduction:HitRate_RBV")]  # serial: %, the newest run's
+        slices_done: A[SignalR[int], PvSuffix("Reduction:SlicesDone_RBV")]  # tomo: the newest run's
         status_message: A[SignalR[str], PvSuffix("StatusMessage_RBV")]
 
     @dataclass

@@ -127,6 +127,12 @@ def test_bluesky_count_with_stock_ophyd_async(stack: Stack) -> None:
     assert second != first
     config = next(doc for name, doc in docs if name == "descriptor")["configuration"]["edge"]["data"]
     assert config["edge-appliance-run_uid"] == second  # the descriptor names the appliance's run
+    from bluesky.run_engine import call_in_bluesky_event_loop
+
+    status = shipped.appliance  # the appliance's counters, read as a plan would (a powder run: no hits)
+    assert call_in_bluesky_event_loop(status.lost_frames.get_value()) == 0
+    assert call_in_bluesky_event_loop(status.vetoed_frames.get_value()) == 0
+    assert call_in_bluesky_event_loop(status.hit_rate.get_value()) == 0.0
 
     # the appliance's own prefix as the areaDetector driver: its Acquire drives the detector
     own_driver = adcore.ADBaseIO(stack.prefix)
