@@ -148,6 +148,14 @@ def test_layout_at_each_width(
         )
         assert abs(w / h - 2.0) < 0.02, (w, h)
 
+        # a serial run has no profile: its hit rate over time fills that card, drawn at the card's size
+        assert browser.evaluate("document.getElementById('profile-title').textContent") == "Hit rate"
+        chart = browser.evaluate(
+            "(() => { const c = document.getElementById('wide-hits'); const r = c.getBoundingClientRect();"
+            " return [c.hidden, document.getElementById('profile-empty').hidden, r.width, r.height, c.width]; })()"
+        )
+        assert chart[:2] == [False, True] and chart[2] >= 200 and chart[3] >= 200 and chart[4] > 0, chart
+
         browser.evaluate("window.scrollTo(0, 0)")
         shot = browser.screenshot(screenshot_dir / f"dashboard-{width}px.png", full_page=True)
         print(f"screenshot at {width} px: {shot}")

@@ -363,6 +363,13 @@ def test_a_tomography_product_shows_slices_and_the_slice(
     assert browser.evaluate(
         "[document.getElementById('tomo-slice').width, document.getElementById('tomo-slice').height]"
     ) == [64, 64]
+    # and large, in the card a powder run's profile has: a tomography run has no profile
+    assert texts(browser, "#profile-title") == ["Reconstructed slice"]
+    wide = browser.evaluate(
+        "(() => { const c = document.getElementById('wide-slice'); const r = c.getBoundingClientRect();"
+        " return [c.hidden, c.width, c.height, r.height, document.getElementById('profile-empty').hidden]; })()"
+    )
+    assert wide[:3] == [False, 64, 64] and wide[3] >= 200 and wide[4] is True, wide
 
 
 def test_a_troubled_appliance_in_words_and_healthy_again(

@@ -308,6 +308,7 @@
 
   function drawProfile(profile) {
     state.profile = profile;
+    if (state.product?.mode && state.product.mode !== "powder") return; // the mode's product has the card
     const svg = $("profile");
     const empty = $("profile-empty");
     if (!profile || !profile.radial || !profile.intensity) {
@@ -389,13 +390,27 @@
     }
     const mode = String(product.mode || "raw");
     setText("product-mode", mode, `chip ${mode}`);
-    // the 1D profile belongs to powder runs; in the other modes its card says so instead of waiting
+    // the 1D profile belongs to powder runs; serial and tomo runs show their own product there, large
+    // (the hit rate over time, the newest slice); a raw run's card says there is no product
+    const wide = { serial: "Hit rate", tomo: "Reconstructed slice" }[mode];
+    setText("profile-title", wide || "Reduced profile");
+    $("profile-log-label").hidden = mode !== "powder";
+    $("profile").style.visibility = mode === "powder" ? "" : "hidden";
+    $("wide-hits").hidden = mode !== "serial";
+    $("wide-slice").hidden = !(mode === "tomo" && product.tomo?.slice?.pixels_b64);
     const profileEmpty = $("profile-empty");
-    if (profileEmpty && mode !== "powder") {
-      profileEmpty.textContent = `no azimuthal profile in ${mode} mode (the mode's product is beside it)`;
-    } else if (profileEmpty) {
+    if (mode === "raw") {
+      profileEmpty.textContent = "raw mode: frames are stored as they come, nothing reduced";
+      profileEmpty.hidden = false;
+    } else if (mode === "tomo" && $("wide-slice").hidden) {
+      profileEmpty.textContent = "no slice reconstructed yet";
+      profileEmpty.hidden = false;
+    } else if (mode === "serial" || mode === "tomo") {
+      profileEmpty.hidden = true;
+    } else {
       profileEmpty.textContent = "waiting for the first frame…";
     }
+    if (mode !== "powder") setText("profile-caption", "");
     const run = product.run_uid ? `<div class="small muted">run <span class="mono" title="${esc(product.run_uid)}">${esc(shortUid(product.run_uid))}</span></div>` : "";
     let html = "";
     if (mode === "serial" && product.serial) {
@@ -422,17 +437,21 @@
     if (mode === "serial" && product.serial) {
       const samples = (product.serial.recent || []).map((r) => ({ t: num(r.t), v: num(r.hit_rate) * 100 }));
       const last = samples.length ? samples[samples.length - 1].t : 0;
-      window.EdgeCharts.trend($("trend-hits"), samples, (s) => s.v, { windowS: Math.max(60, last - (samples[0]?.t ?? last)), format: (v) => `${v.toFixed(1)} %`, floor: 0 });
+      const options = { windowS: Math.max(60, last - (samples[0]?.t ?? last)), format: (v) => `${v.toFixed(1)} %`, floor: 0 };
+      window.EdgeCharts.trend($("trend-hits"), samples, (s) => s.v, options);
+      window.EdgeCharts.trend($("wide-hits"), samples, (s) => s.v, options);
     }
     if (mode === "tomo" && product.tomo?.slice?.pixels_b64) {
       const sl = product.tomo.slice;
       paint($("tomo-slice"), sl.width, sl.height, sl.pixels_b64);
+      paint($("wide-slice"), sl.width, sl.height, sl.pixels_b64);
+      setText("profile-caption", `row ${fmtInt(sl.row)}`);
     }
     if (mode === "powder" && product.powder?.cake?.pixels_b64) {
       const cake = product.powder.cake;
       paint($("powder-cake"), cake.width, cake.height, cake.pixels_b64);
     }
-    if (mode === "powder" && product.powder?.radial && !state.profile) drawProfile(product.powder);
+    if (mode === "powder") drawProfile(state.profile || (product.powder?.radial ? product.powder : null));
     drawOverlay();
   }
 
@@ -1024,6 +1043,7 @@
   $("profile-log").addEventListener("change", () => drawProfile(state.profile));
   window.addEventListener("resize", () => {
     drawProfile(state.profile);
+    if (state.product) renderProduct(state.product);
     renderTrends();
   });
   drawColorbar();
