@@ -7,11 +7,14 @@ Runs once at start, before any thread. What it does, in order:
 2. A closed ``NAME.h5`` that the ledger does not know (renamed just before the crash) is salvaged:
    its frame numbers are read back and it is recorded and forwarded like any other file.
 3. Every run without an end is ended with exit status ``fail``; the frames it expected that are in
-   no file and no loss record get one loss record, reason ``daemon_crash`` (they were in memory, or
-   had not arrived). The frames its data files hold that no reduced file's frame table lists (their
-   rows were in memory) get a reduced file of their own, ``recovered_after_crash``: a frame table of
-   those frames, disposition ``stored`` (their products stay in the data files), so the upstream copy
-   still accounts for each of them. Its Bluesky documents are written with a RunStop saying ``fail``.
+   no file (the data files' own frame numbers, not their first-to-last spans: a serial run dropping
+   blanks stores frames with gaps), not vetoed in a closed reduced file's frame table, and in no loss
+   record get loss records, reason ``daemon_crash`` (they were in memory, or had not arrived). The
+   vetoed frames found are the run's ``frames_vetoed``. The frames its data files hold that no reduced
+   file's frame table lists (their rows were in memory) get a reduced file of their own,
+   ``recovered_after_crash``: a frame table of those frames, disposition ``stored`` (their products stay
+   in the data files), so the upstream copy still accounts for each of them. Its Bluesky documents are
+   written with a RunStop saying ``fail``.
 
 Later, when frames of a series arrive whose start this daemon never saw (the detector went on through
 the restart), the frame source opens a run "resumed after restart" for the rest of the series, and
@@ -33,7 +36,7 @@ import hdf5plugin  # noqa: F401  (filter 32008, to open salvaged files)
 import numpy as np
 
 from edge.recorder import RunRecorder
-from edge.store import ReducedWriter
+from edge.store import DISPOSITION_CODES, ReducedWriter
 
 log = logging.getLogger(__name__)
 
@@ -83,8 +86,8 @@ def recover(recorder: RunRecorder, root: Path) -> dict[str, Any]:
             continue
         run_uid = run["run_uid"]
         files = [f for f in ledger.files(run_uid) if f["n_frames"] > 0]
-        covered = [(f["first_frame"], f["last_frame"]) for f in files]
-        covered += [(r["first_frame"], r["last_frame"]) for r in ledger.losses(run_uid)]
+        vetoed = _vetoed_frames(recorder, run_uid)
+        covered = _accounted(recorder, run_uid, vetoed)
         expected = run["frames_expected"]
         if expected is None:  # the detector did not say; account up to the last frame we know of
             expected = max((last for _, last in covered), default=-1) + 1
@@ -104,9 +107,14 @@ def recover(recorder: RunRecorder, root: Path) -> dict[str, Any]:
         if recovered:
             report.setdefault("frame_rows_recovered", {})[run_uid] = recovered
         stored = sum(f["n_frames"] for f in files)
-        recorder.close_run(run_uid, stored, "fail")
+        recorder.close_run(run_uid, stored, "fail", int(vetoed.size))
         report["runs_failed"].append(run_uid)
-        log.error("run %s ended by a crash: %d frames stored, marked failed", run_uid, stored)
+        log.error(
+            "run %s ended by a crash: %d frames stored, %d vetoed, marked failed",
+            run_uid,
+            stored,
+            vetoed.size,
+        )
     if any(report[k] for k in ("quarantined", "salvaged", "runs_failed")):
         log.warning("recovery: %s", json.dumps(report))
     return report
@@ -131,6 +139,50 @@ class _RecoveredRows:
         self.write_products(entry, products)
 
 
+def _ranges_of(numbers: np.ndarray) -> list[tuple[int, int]]:
+    """Frame numbers as sorted inclusive ``(first, last)`` runs of consecutive numbers."""
+    unique = np.unique(np.asarray(numbers, np.int64))
+    if unique.size == 0:
+        return []
+    breaks = np.flatnonzero(np.diff(unique) != 1)
+    firsts = np.concatenate((unique[:1], unique[breaks + 1]))
+    lasts = np.concatenate((unique[breaks], unique[-1:]))
+    return list(zip(firsts.tolist(), lasts.tolist(), strict=True))
+
+
+def _vetoed_frames(recorder: RunRecorder, run_uid: str) -> np.ndarray:
+    """The run's frames its closed reduced files list as vetoed (a blank dropped by policy)."""
+    found = [np.empty(0, np.int64)]
+    for f in recorder.ledger.files(run_uid):
+        if f.get("kind") != "reduced" or not str(f["name"]).endswith(".nxs"):
+            continue
+        try:
+            with h5py.File(f["path"], "r") as handle:
+                table = handle["/entry/frames"]
+                numbers = np.asarray(table["frame_number"][:], np.int64)
+                found.append(numbers[np.asarray(table["disposition"][:]) == DISPOSITION_CODES["vetoed"]])
+        except (OSError, KeyError) as error:
+            log.error("cannot read the frame table of %s: %s", f["path"], error)
+    return np.unique(np.concatenate(found))
+
+
+def _accounted(recorder: RunRecorder, run_uid: str, vetoed: np.ndarray) -> list[tuple[int, int]]:
+    """The frames of the run with a disposition on disk or in the ledger, as inclusive ranges: in a data
+    file (its own frame numbers where the file has gaps), vetoed (``vetoed``), or in a loss record."""
+    covered: list[tuple[int, int]] = []
+    for f in recorder.ledger.files(run_uid):
+        n, first, last = int(f["n_frames"]), int(f["first_frame"]), int(f["last_frame"])
+        if n <= 0:
+            continue
+        if n == last - first + 1:  # no gap: its span is its frames
+            covered.append((first, last))
+        else:
+            covered += _ranges_of(np.asarray(_frame_numbers(Path(f["path"]), "/entry/data/frame_number")))
+    covered += _ranges_of(vetoed)
+    covered += [(r["first_frame"], r["last_frame"]) for r in recorder.ledger.losses(run_uid)]
+    return covered
+
+
 def _frame_numbers(path: Path, dataset: str) -> list[int]:
     try:
         with h5py.File(path, "r") as handle:
@@ -147,7 +199,7 @@ def _recover_frame_table(recorder: RunRecorder, root: Path, run_uid: str, mode: 
     listed: set[int] = set()
     reduced_names = []
     for f in files:
-        if f.get("kind") == "reduced":
+        if f.get("kind") == "reduced" and str(f["name"]).endswith(".nxs"):  # not CrystFEL's .geom
             reduced_names.append(str(f["name"]))
             listed.update(_frame_numbers(Path(f["path"]), "/entry/frames/frame_number"))
     rows: list[tuple[int, str]] = []
@@ -201,8 +253,7 @@ def resume_interrupted(
     handed = sum(
         ledger.hand_over_losses(run_uid, r, first_frame) for r in ("daemon_crash", "receiver_stopped")
     )
-    covered = [(f["first_frame"], f["last_frame"]) for f in ledger.files(run_uid) if f["n_frames"] > 0]
-    covered += [(r["first_frame"], r["last_frame"]) for r in ledger.losses(run_uid)]
+    covered = _accounted(recorder, run_uid, _vetoed_frames(recorder, run_uid))
     added = 0
     for first, last in _missing_ranges(first_frame, covered):
         added += 1

@@ -119,3 +119,67 @@ def test_frames_stored_before_a_crash_without_rows_get_a_recovered_frame_table(t
     ]
     stop = _stop(directory / documents_name(run_uid))["edge_accounting"]
     assert (stop["frames_stored"], stop["frames_lost"]) == (10, 2)
+
+
+class _Rows:
+    """A reduced file layout with a frame table only (what the test needs of a mode)."""
+
+    definition = "NXmx"
+    reference = "test"
+
+    def settings_record(self) -> dict:
+        return {"mode": "serial"}
+
+    def write_products(self, entry: object, products: list) -> None:
+        pass
+
+    def write_reduced(self, entry: object, products: list) -> None:
+        pass
+
+
+def test_a_serial_run_dropping_blanks_is_whole_after_a_crash(tmp_path: Path) -> None:
+    """kill -9 in serial mode with ``store.blanks = drop``: the data files hold the hits only (gaps where
+    the blanks were), a closed reduced file lists frames 0..9 with their blanks vetoed, and the rows of
+    frames 10..19 were in memory. Each of the 24 frames announced gets one disposition: stored (in a
+    file), vetoed (in the closed frame table), or lost ``daemon_crash`` (the blanks whose rows were in
+    memory, and the frames that never came). Recovery used to count a data file's first-to-last span as
+    stored, so the blanks inside it had no disposition at all, and the run said 0 vetoed."""
+    import h5py
+    import numpy as np
+
+    from edge.recovery import recover
+    from edge.store import ReducedWriter
+
+    ledger = Ledger(tmp_path / "ledger.sqlite")
+    recorder = RunRecorder(ledger, tmp_path, chunk_bytes=1 << 20)
+    run_uid = recorder.open_run("run-d", series=9, frames_expected=24, config={}, mode="serial")
+    directory = tmp_path / run_uid
+    directory.mkdir()
+    hits = [0, 3, 4, 8, 12, 13, 17]
+    for index, frames in enumerate((hits[:4], hits[4:])):
+        path = directory / f"{run_uid}_{index:05d}.h5"
+        with h5py.File(path, "w") as handle:
+            handle["/entry/data/frame_number"] = np.asarray(frames, np.int64)
+        recorder.register_file(run_uid, path, (frames[0], frames[-1], len(frames)))
+    (directory / f"{run_uid}.geom").write_text("; CrystFEL geometry\n")  # registered as reduced too
+    recorder.register_file(run_uid, directory / f"{run_uid}.geom", (-1, -1, 0), "reduced")
+    writer = ReducedWriter(directory, run_uid, _Rows(), frames_per_file=100)
+    for frame in range(10):  # written before the crash; 1, 2, 5, 6, 7, 9 were blanks, dropped
+        writer.add(frame, "stored" if frame in hits else "vetoed", "data", {}, {})
+    recorder.file_closed(writer.finish())
+
+    recover(recorder, tmp_path)
+
+    losses = [(r["first_frame"], r["last_frame"], r["reason"]) for r in ledger.losses(run_uid)]
+    # 10, 11, 14, 15, 16, 18, 19: blanks whose rows were in memory; 20..23 never came
+    assert losses == [(10, 11, "daemon_crash"), (14, 16, "daemon_crash"), (18, 23, "daemon_crash")]
+    totals = ledger.run_totals(run_uid)
+    assert (totals["frames_stored"], totals["frames_vetoed"], totals["frames_lost"]) == (7, 6, 11)
+    stop = _stop(directory / documents_name(run_uid))["edge_accounting"]
+    assert stop["frames_stored"] + stop["frames_vetoed"] + stop["frames_lost"] == 24
+
+    # the detector went on through the restart: frames from 30 belong to a new run, 24..29 were sent
+    # while the daemon was down; the vetoed blanks are not counted again as lost
+    resume_interrupted(recorder, {"runs_failed": [run_uid]}, series=9, first_frame=30)
+    totals = ledger.run_totals(run_uid)
+    assert (totals["frames_stored"], totals["frames_vetoed"], totals["frames_lost"]) == (7, 6, 17)
