@@ -29,11 +29,11 @@ from firmware_bridge.stream2_codec import (
     Stream2Image,
     Stream2Start,
 )
+from firmware_bridge.stream_codec import MAX_FRAMES_EXPECTED
 from firmware_bridge.zmq_reader import ZmqStreamSource
 
 log = logging.getLogger(__name__)
 
-INT64_MAX = (1 << 63) - 1
 UNREADABLE = "stream2_unreadable_message"
 ASSUMED_DTYPE = "uint16"  # only for a series that announced no dtype and ended before any image
 DRAIN_MESSAGES = 8  # messages handled per poll of the socket when they are already queued
@@ -75,7 +75,7 @@ def series_config(start: Stream2Start, dtype: str, channel: str, assumed: bool =
         "shape": [start.shape[1], start.shape[0]],  # [w, h], as the JSON stream's header
         "type": dtype,
         "run_uid": start.series_unique_id or None,
-        "frames_expected": frames if frames is not None and frames <= INT64_MAX else None,
+        "frames_expected": frames if frames is not None and frames <= MAX_FRAMES_EXPECTED else None,
         "detector": start.metadata.get("detector_description") or "DECTRIS Stream V2",
         "format": "stream2",
         "stream2": stream2,
@@ -164,6 +164,14 @@ class Stream2Source(ZmqStreamSource):
         config = series_config(start, start.dtype or ASSUMED_DTYPE, "")
         self._frames_expected = config["frames_expected"]
         self.stats["series_started"] += 1
+        if start.number_of_images is not None and self._frames_expected is None:
+            self.stats["frames_expected_ignored"] += 1
+            log.warning(
+                "series %d announces number_of_images=%d, above %d: its length is taken as unknown",
+                start.series,
+                start.number_of_images,
+                MAX_FRAMES_EXPECTED,
+            )
         if start.dtype is None:
             self._pending = start
             return

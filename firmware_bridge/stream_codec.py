@@ -22,6 +22,10 @@ DTYPES = {"uint8", "uint16", "uint32", "int32", "float32"}
 MAX_PIXELS = 16384 * 16384
 #: the largest series number or announced frame count accepted (SQLite's INTEGER is a signed 64-bit int)
 MAX_COUNT = (1 << 63) - 1
+# the longest series a header may announce: 2^32 frames is five days at 10 kHz. A longer announcement is
+# taken as unknown length (and counted by the reader): one damaged header must not make a series that
+# ends early declare 10^12 frames lost
+MAX_FRAMES_EXPECTED = 1 << 32
 
 
 IMAGE_KEY_PROJECTION, IMAGE_KEY_FLAT, IMAGE_KEY_DARK = 0, 1, 2  # NXtomo image_key values
@@ -44,7 +48,7 @@ class SeriesStart:
     @property
     def frames_expected(self) -> int | None:
         value = self.config.get("frames_expected")
-        if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= MAX_COUNT:
+        if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= MAX_FRAMES_EXPECTED:
             return None  # absent or nonsense: the length of the series is unknown
         return value
 

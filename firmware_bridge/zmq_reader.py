@@ -28,6 +28,7 @@ from firmware_bridge.source import (
 )
 from firmware_bridge.stream_codec import (
     MAX_COUNT,
+    MAX_FRAMES_EXPECTED,
     ImageMessage,
     SeriesEnd,
     SeriesStart,
@@ -223,6 +224,16 @@ class ZmqStreamSource:
             self._newest = None
             self._frames_expected = event.frames_expected
             self.stats["series_started"] += 1
+            announced = event.config.get("frames_expected")
+            if announced is not None and event.frames_expected is None:
+                self.stats["frames_expected_ignored"] += 1
+                log.warning(
+                    "series %d announces frames_expected=%.200r, not an integer in 0..%d: its length is"
+                    " taken as unknown",
+                    event.series,
+                    announced,
+                    MAX_FRAMES_EXPECTED,
+                )
             # the announced length as the codec bounded it (None when absent or beyond int64)
             config = {**event.config, "frames_expected": event.frames_expected}
             self._refused = self.sink.series_start(event.series, config)

@@ -90,6 +90,8 @@ def test_codec_bounds_the_series_number_and_the_announced_length() -> None:
     assert isinstance(start, SeriesStart) and start.frames_expected is None  # unknown, not 2**64
     assert feed([header(3, True)])[0].frames_expected is None
     assert feed([header(3, 30)])[0].frames_expected == 30
+    assert feed([header(3, 2**32)])[0].frames_expected == 2**32  # five days at 10 kHz: believed
+    assert feed([header(3, 2**32 + 1)])[0].frames_expected is None  # beyond: unknown
     (error,) = feed([header(2**63, 30)])
     assert isinstance(error, StreamError) and error.reason == "bad_field"
 
@@ -123,6 +125,30 @@ def test_stray_frame_numbers_are_dropped_and_counted_never_a_gap() -> None:
     assert counters["frame_number_out_of_range"] == 4
     assert counters["errors"] == {"bad_size": 1}
     assert counters.get("reader_crashes", 0) == 0
+
+
+def test_an_absurd_announced_length_is_unknown_not_a_trillion_frames_lost() -> None:
+    """A header announcing 10^12 frames, then 3 images and the end: the length is taken as unknown
+    (counted, logged), so the end does not record 999,999,999,997 frames lost."""
+    context = zmq.Context()
+    push = context.socket(zmq.PUSH)
+    port = push.bind_to_random_port("tcp://127.0.0.1")
+    sink = Sink()
+    reader = ZmqStreamSource(f"tcp://127.0.0.1:{port}", sink, context)
+    reader.start()
+    try:
+        push.send_multipart(header(1, 10**12))
+        for frame in range(3):
+            push.send_multipart(image(1, frame))
+        push.send_multipart([part({"htype": "dseries_end-1.0", "series": 1})])
+        assert sink.ended.wait(10)
+    finally:
+        reader.stop()
+        push.close(0)
+        context.term()
+    assert sink.frames == [0, 1, 2] and sink.losses == []
+    assert sink.configs[0]["frames_expected"] is None
+    assert reader.counters()["frames_expected_ignored"] == 1
 
 
 class SmallSlots(Sink):
