@@ -116,6 +116,10 @@ class RingSink:
         self.refusal = refusal
         self.reduction = reduction  # the reduction parameters a run starting now takes (JSON)
         self.run_uid: str | None = None
+        # set while a series start takes the reduction parameters and opens its run: a change of them
+        # in that moment is refused as during the run, never accepted "for the next run" and then not
+        # taken by the run starting (ReductionControl reads this through ``run_or_opening``)
+        self.opening: str | None = None
         self.refused = False
         #: links a run resumed after a restart to the interrupted one (edge.recovery.resume_interrupted)
         self.resume: Callable[[int, int], dict[str, Any]] | None = None
@@ -204,6 +208,10 @@ class RingSink:
                 self._control({"event": "series_end", "exit_status": "success"})
         return run_uid
 
+    def run_or_opening(self) -> str | None:
+        """The open run, or the one a series start is opening now (None between runs)."""
+        return self.run_uid or self.opening
+
     def mark_abort(self) -> None:
         """The control system aborted the run (``Acquire`` 0): the open series, when the detector ends it,
         ends its run ``abort`` (the detector's own end message says only that the series ended)."""
@@ -226,16 +234,20 @@ class RingSink:
             capture_path = self._capture_path
         if capture_path is not None:  # a capture's length is its client's to decide (Capture=0)
             config = {**config, "frames_expected": None, "capture_file": str(capture_path)}
-        reduction = self.reduction()
-        # recorded with the run (RunStart, where, files): how it is reduced and what goes upstream
-        config = {**config, "reduction": reduction, "upstream_forward": self.recorder.forward}
-        if config.get("resumed_after_restart") and self.resume is not None:
-            config.update(self.resume(series, int(config["first_frame"])))
-        run_mask = self._run_mask(config, pixel_mask)
-        run_uid = self.recorder.open_run(
-            config.get("run_uid"), series, config.get("frames_expected"), config, reduction.get("mode")
-        )
-        self.run_uid = run_uid
+        self.opening = str(config.get("run_uid") or f"of series {series}")  # before the parameters are read
+        try:
+            reduction = self.reduction()
+            # recorded with the run (RunStart, where, files): how it is reduced and what goes upstream
+            config = {**config, "reduction": reduction, "upstream_forward": self.recorder.forward}
+            if config.get("resumed_after_restart") and self.resume is not None:
+                config.update(self.resume(series, int(config["first_frame"])))
+            run_mask = self._run_mask(config, pixel_mask)
+            run_uid = self.recorder.open_run(
+                config.get("run_uid"), series, config.get("frames_expected"), config, reduction.get("mode")
+            )
+            self.run_uid = run_uid
+        finally:
+            self.opening = None
         refusal = self.refusal()
         if refusal is not None:  # the run is recorded, refused and closed; its frames become losses
             self.refused = True
@@ -369,7 +381,7 @@ class Appliance:
             self.retention = Retention(self.ledger, settings.store.path, settings.retention)
             self.reduction = ReductionControl(
                 settings.reduction,
-                open_run=lambda: self.sink.run_uid,
+                open_run=lambda: self.sink.run_or_opening(),
                 on_change=self._warm_up_in_background,
                 frame_shape=self.frame_format.shape,
             )

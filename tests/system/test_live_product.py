@@ -91,3 +91,44 @@ def test_vetoed_blanks_are_counted_while_the_run_is_open_and_after_it_ended(tmp_
         appliance.stop()
         push.close()
         context.term()
+
+
+def test_a_mode_change_as_a_series_starts_is_refused_or_taken_by_that_run(tmp_path: Path) -> None:
+    """A ``PUT /api/reduction`` that lands while a series start is taking the reduction parameters: it
+    must not be accepted "for the next run" after the starting run read the old ones (that run would
+    then not reduce as the answer said). The change is made exactly in that moment here, from inside
+    the read of the parameters."""
+    from edge.appliance import Appliance
+    from edge.errors import Refused
+
+    endpoint, settings = in_process_settings(tmp_path, SHAPE)
+    context = zmq.Context()
+    push = context.socket(zmq.PUSH)
+    push.linger = 1000
+    push.bind(endpoint)
+    appliance = Appliance(settings, context)
+    read = appliance.sink.reduction
+    outcome: list[str] = []
+
+    def read_then_change() -> dict[str, object]:
+        taken = read()  # what the starting run takes...
+        try:  # ...and a change arriving right after
+            appliance.reduction.update({"mode": "serial"})
+            outcome.append("accepted")
+        except Refused as refused:
+            outcome.append(f"refused: {refused}")
+        return taken
+
+    appliance.sink.reduction = read_then_change
+    appliance.start()
+    try:
+        push.send_multipart(encode_series_start(1, SHAPE, "uint16", run_uid="racing", frames_expected=1))
+        push.send_multipart(encode_image(1, 0, SHAPE, "uint16", np.ones(SHAPE, np.uint16).tobytes()))
+        push.send_multipart(encode_series_end(1))
+        wait_for(lambda: appliance.ledger.run("racing")["ended_at"], 30, "the run's end")
+        assert outcome == ["refused: run racing is open: reduction parameters change between runs"]
+        assert appliance.ledger.run("racing")["mode"] == appliance.reduction.current().mode == "powder"
+    finally:
+        appliance.stop()
+        push.close()
+        context.term()
