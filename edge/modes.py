@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import base64
 import itertools
+import logging
 import math
 import os
 import time
@@ -35,6 +36,8 @@ import numpy as np
 
 from edge.config import ReductionSettings
 from kernels import Backend, Geometry, RoiSet, direct_beam, estimate_center_from_sinogram, make_gain
+
+log = logging.getLogger(__name__)
 
 IMAGE_KEY_NAMES = {0: "projection", 1: "flat", 2: "dark"}
 STREAM_DATA, STREAM_BLANK = "data", "blank"
@@ -707,6 +710,14 @@ class TomoStage(_CorrectedStage):
         exchange["theta"] = np.asarray(angles[keys == 0], np.float64)
         exchange["theta"].attrs["units"] = "deg"
 
+    def flat_field(self) -> str:
+        """What the projections' normalisation could use: the scan's darks and flats come before its
+        first projection (a scan resumed after a restart, or one without them, has none to use)."""
+        if self.darks and self.flats:
+            return "applied: (projection - mean dark) / (mean flat - mean dark)"
+        missing = " and ".join(name for name, n in (("darks", self.darks), ("flats", self.flats)) if not n)
+        return f"not applied: no {missing} before the first projection; the slices are of -log(counts)"
+
     def _means(self) -> tuple[np.ndarray, np.ndarray]:
         dark = self._dark_sum / self.darks if self.darks else np.zeros(self.ctx.shape)
         flat = (
@@ -721,6 +732,8 @@ class TomoStage(_CorrectedStage):
             return
         if self.reconstructor is None:  # darks and flats come first in a scan: their means are final
             dark, flat = self._means()
+            if not (self.darks and self.flats):
+                log.warning("tomography run: flat field %s", self.flat_field())
             # fed the chosen rows already normalised (once per projection, kept for the sinograms)
             self.reconstructor = self.ctx.backend.streaming_reconstructor(
                 self.ctx.shape[1],
@@ -786,6 +799,7 @@ class TomoStage(_CorrectedStage):
             "projections_without_angle": self.without_angle,
             "darks": self.darks,
             "flats": self.flats,
+            "flat_field": self.flat_field(),
         }
 
     def live(self) -> dict[str, Any] | None:

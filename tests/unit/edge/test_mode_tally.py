@@ -27,9 +27,22 @@ def test_tomo_tally_counts_darks_flats_projections_and_the_slices_once_reconstru
         stage.process(frame - 5, 2 + n, 0, float(angle))
     before = stage.tally()
     assert before == {"frames": 14, "projections": 12, "darks": 1, "flats": 1, "slices_done": 0}
-    stage.finish()
+    products = stage.finish()
     live = stage.live()
     assert stage.tally()["slices_done"] == live["slices_done"] == 2
+    assert products["flat_field"].startswith("applied")
+
+
+def test_a_scan_without_darks_and_flats_says_its_slices_are_not_flat_field_corrected() -> None:
+    """A scan resumed after a restart (its darks and flats were in the interrupted run) has none to
+    normalise with: the run product says so instead of claiming the correction."""
+    stage = _stage("tomo", tomo={"slices": [8]})
+    for n, angle in enumerate(np.linspace(0.0, 180.0, 12, endpoint=False)):
+        stage.process(np.full((SIDE, SIDE), 95, np.uint16), n, 0, float(angle))
+    products = stage.finish()
+    assert products["flat_field"] == (
+        "not applied: no darks and flats before the first projection; the slices are of -log(counts)"
+    )
 
 
 def test_serial_and_powder_tallies() -> None:
