@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -10,7 +11,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,7 @@ from typing import Any
 from edge.config import Settings, load_settings
 from edge.demo import free_port  # below the ephemeral range: no outgoing connection takes it meanwhile
 
-__all__ = ["free_port", "in_process_settings"]
+__all__ = ["free_port", "in_process_appliance", "in_process_settings"]
 
 
 def in_process_settings(tmp_path: Path, shape: tuple[int, int], *extra: str) -> tuple[str, Settings]:
@@ -40,6 +41,31 @@ def in_process_settings(tmp_path: Path, shape: tuple[int, int], *extra: str) -> 
         ]
     )
     return endpoint, settings
+
+
+@contextlib.contextmanager
+def in_process_appliance(
+    tmp_path: Path, shape: tuple[int, int], *extra: str
+) -> Iterator[tuple[Any, Any, Settings]]:
+    """(appliance, push socket, settings): an `Appliance` of ``in_process_settings`` started in this
+    process, and the bound PUSH socket the test sends its detector messages on; both stopped at the end."""
+    import zmq
+
+    from edge.appliance import Appliance
+
+    endpoint, settings = in_process_settings(tmp_path, shape, *extra)
+    context = zmq.Context()
+    push = context.socket(zmq.PUSH)
+    push.linger = 1000
+    push.bind(endpoint)
+    appliance = Appliance(settings, context)
+    appliance.start()
+    try:
+        yield appliance, push, settings
+    finally:
+        appliance.stop()
+        push.close()
+        context.term()
 
 
 def wait_for(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.1) -> Any:

@@ -1,15 +1,15 @@
 """The REST API of an appliance in this process: ``GET /api/product`` names the run its product belongs to,
 during the run and after it ended (a tomography run's reconstruction, say, is fetched once the run is
 over: it must still say which run it is); ``PUT /api/reduction`` checks rows and boxes against the
-detector's frame, as the PVs do."""
+detector's frame, as the PVs do; vetoed blanks are counted in every scope; a reduction change racing a
+series start."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import numpy as np
-import zmq
-from edgeprocs import in_process_settings, wait_for
+from edgeprocs import in_process_appliance, wait_for
 from fastapi.testclient import TestClient
 
 from firmware_bridge.stream_codec import encode_image, encode_series_end, encode_series_start
@@ -19,17 +19,8 @@ SHAPE = (32, 32)
 
 
 def test_the_product_names_its_run_after_the_run_ended(tmp_path: Path) -> None:
-    from edge.appliance import Appliance
-
-    endpoint, settings = in_process_settings(tmp_path, SHAPE, 'api.token="s3cret"')
-    context = zmq.Context()
-    push = context.socket(zmq.PUSH)
-    push.linger = 1000
-    push.bind(endpoint)
-    appliance = Appliance(settings, context)
-    appliance.start()
-    http = TestClient(create_app(settings, appliance.view, reduction=appliance.reduction))
-    try:
+    with in_process_appliance(tmp_path, SHAPE, 'api.token="s3cret"') as (appliance, push, settings):
+        http = TestClient(create_app(settings, appliance.view, reduction=appliance.reduction))
         assert http.get("/api/product").status_code == 404  # no run since the daemon started
         auth = {"Authorization": "Bearer s3cret"}
         outside = http.put("/api/reduction", json={"tomo": {"slices": [SHAPE[0]]}}, headers=auth)
@@ -43,38 +34,23 @@ def test_the_product_names_its_run_after_the_run_ended(tmp_path: Path) -> None:
         product = http.get("/api/product").json()
         assert product["mode"] == "powder" and product["powder"]["intensity"]
         assert product["run_uid"] == "product-run"
-    finally:
-        appliance.stop()
-        push.close()
-        context.term()
 
 
 def test_vetoed_blanks_are_counted_while_the_run_is_open_and_after_it_ended(tmp_path: Path) -> None:
     """Serial mode dropping blanks (``store.blanks = drop``): ``/api/status`` counts them as vetoed in
     every scope, as they go (the ledger learns a run's count only when it ends), never as losses."""
-    from edge.appliance import Appliance
+    blanks = ('reduction.mode="serial"', 'store.blanks="drop"')
+    with in_process_appliance(tmp_path, SHAPE, *blanks) as (appliance, push, settings):
+        http = TestClient(create_app(settings, appliance.view))
 
-    endpoint, settings = in_process_settings(
-        tmp_path, SHAPE, 'reduction.mode="serial"', 'store.blanks="drop"'
-    )
-    context = zmq.Context()
-    push = context.socket(zmq.PUSH)
-    push.linger = 1000
-    push.bind(endpoint)
-    appliance = Appliance(settings, context)
-    appliance.start()
-    http = TestClient(create_app(settings, appliance.view))
+        def counts() -> dict[str, dict[str, int]]:
+            status = http.get("/api/status").json()
+            return {**status["counts"], "frames": status["frames"]}
 
-    def counts() -> dict[str, dict[str, int]]:
-        status = http.get("/api/status").json()
-        return {**status["counts"], "frames": status["frames"]}
-
-    try:
         push.send_multipart(encode_series_start(1, SHAPE, "uint16", run_uid="blanks", frames_expected=4))
-        for frame in range(4):  # flat frames: no peak, every one a blank
-            push.send_multipart(
-                encode_image(1, frame, SHAPE, "uint16", np.full(SHAPE, 7, np.uint16).tobytes())
-            )
+        flat = np.full(SHAPE, 7, np.uint16).tobytes()  # no peak: every frame a blank
+        for frame in range(4):
+            push.send_multipart(encode_image(1, frame, SHAPE, "uint16", flat))
         live = wait_for(lambda: (c := counts())["run"].get("frames_vetoed") == 4 and c, 30, "4 vetoed, live")
         assert live["run"]["active"] and live["run"]["run_uid"] == "blanks"
         assert live["daemon"]["frames_vetoed"] == live["all_time"]["frames_vetoed"] == 4
@@ -85,12 +61,7 @@ def test_vetoed_blanks_are_counted_while_the_run_is_open_and_after_it_ended(tmp_
         assert not ended["run"]["active"] and ended["run"]["frames_vetoed"] == 4
         assert ended["all_time"]["frames_vetoed"] == ended["frames"]["vetoed"] == 4
         assert ended["run"]["frames_lost"] == ended["run"]["frames_stored"] == 0
-        metrics = http.get("/metrics").text
-        assert "edge_frames_vetoed_total 4.0" in metrics
-    finally:
-        appliance.stop()
-        push.close()
-        context.term()
+        assert "edge_frames_vetoed_total 4.0" in http.get("/metrics").text
 
 
 def test_a_mode_change_as_a_series_starts_is_refused_or_taken_by_that_run(tmp_path: Path) -> None:
@@ -98,37 +69,25 @@ def test_a_mode_change_as_a_series_starts_is_refused_or_taken_by_that_run(tmp_pa
     must not be accepted "for the next run" after the starting run read the old ones (that run would
     then not reduce as the answer said). The change is made exactly in that moment here, from inside
     the read of the parameters."""
-    from edge.appliance import Appliance
     from edge.errors import Refused
 
-    endpoint, settings = in_process_settings(tmp_path, SHAPE)
-    context = zmq.Context()
-    push = context.socket(zmq.PUSH)
-    push.linger = 1000
-    push.bind(endpoint)
-    appliance = Appliance(settings, context)
-    read = appliance.sink.reduction
-    outcome: list[str] = []
+    with in_process_appliance(tmp_path, SHAPE) as (appliance, push, _settings):
+        read = appliance.sink.reduction
+        outcome: list[str] = []
 
-    def read_then_change() -> dict[str, object]:
-        taken = read()  # what the starting run takes...
-        try:  # ...and a change arriving right after
-            appliance.reduction.update({"mode": "serial"})
-            outcome.append("accepted")
-        except Refused as refused:
-            outcome.append(f"refused: {refused}")
-        return taken
+        def read_then_change() -> dict[str, object]:
+            taken = read()  # what the starting run takes...
+            try:  # ...and a change arriving right after
+                appliance.reduction.update({"mode": "serial"})
+                outcome.append("accepted")
+            except Refused as refused:
+                outcome.append(f"refused: {refused}")
+            return taken
 
-    appliance.sink.reduction = read_then_change
-    appliance.start()
-    try:
+        appliance.sink.reduction = read_then_change  # before any series
         push.send_multipart(encode_series_start(1, SHAPE, "uint16", run_uid="racing", frames_expected=1))
         push.send_multipart(encode_image(1, 0, SHAPE, "uint16", np.ones(SHAPE, np.uint16).tobytes()))
         push.send_multipart(encode_series_end(1))
         wait_for(lambda: appliance.ledger.run("racing")["ended_at"], 30, "the run's end")
         assert outcome == ["refused: run racing is open: reduction parameters change between runs"]
         assert appliance.ledger.run("racing")["mode"] == appliance.reduction.current().mode == "powder"
-    finally:
-        appliance.stop()
-        push.close()
-        context.term()

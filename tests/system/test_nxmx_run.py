@@ -9,8 +9,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
-import zmq
-from edgeprocs import in_process_settings, wait_for
+from edgeprocs import in_process_appliance, wait_for
 
 from edge.nxmx import pyfai_from_nxmx
 from firmware_bridge.stream_codec import encode_image, encode_series_end, encode_series_start
@@ -24,8 +23,6 @@ SHAPE = (40, 48)
 
 def test_daemon_run_writes_valid_nxmx(tmp_path: Path) -> None:
     from nexusformat.nexus.validate import logger, validate_application
-
-    from edge.appliance import Appliance
 
     detector = Detector(pixel1=75e-6, pixel2=75e-6, max_shape=SHAPE, orientation=2)
     ai = AzimuthalIntegrator(
@@ -42,19 +39,11 @@ def test_daemon_run_writes_valid_nxmx(tmp_path: Path) -> None:
     mask = np.zeros(SHAPE, dtype=bool)
     mask[5, :] = True
     np.save(tmp_path / "mask.npy", mask)
-    endpoint, settings = in_process_settings(
-        tmp_path,
-        SHAPE,
+    calibration = (
         f'reduction.poni_file="{tmp_path / "calib.poni"}"',
         f'reduction.mask_file="{tmp_path / "mask.npy"}"',
     )
-    context = zmq.Context()
-    push = context.socket(zmq.PUSH)
-    push.linger = 1000
-    push.bind(endpoint)
-    appliance = Appliance(settings, context)
-    appliance.start()
-    try:
+    with in_process_appliance(tmp_path, SHAPE, *calibration) as (_appliance, push, _settings):
         header = {
             "count_time": 0.0095,
             "frame_time": 0.01,
@@ -70,10 +59,6 @@ def test_daemon_run_writes_valid_nxmx(tmp_path: Path) -> None:
         push.send_multipart(encode_series_end(1))
         path = tmp_path / "store" / "nx-run" / "nx-run_00000.h5"
         wait_for(path.exists, 30, "the run's file")
-    finally:
-        appliance.stop()
-        push.close()
-        context.term()
     logger.setLevel(logging.WARNING)
     _, errors = validate_application(str(path), application="NXmx")
     assert errors == 0

@@ -17,6 +17,22 @@ def _stop(path: Path) -> dict:
     return next(doc for name, doc in map(json.loads, path.read_text().splitlines()) if name == "stop")
 
 
+class _Rows:
+    """A reduced file layout with a frame table only (what the tests need of a mode)."""
+
+    definition = "NXmx"
+    reference = "test"
+
+    def settings_record(self) -> dict:
+        return {"mode": "test"}
+
+    def write_products(self, entry: object, products: list) -> None:
+        pass
+
+    def write_reduced(self, entry: object, products: list) -> None:
+        pass
+
+
 def test_a_resumed_series_gives_the_interrupted_run_a_second_revision_of_its_documents(
     tmp_path: Path,
 ) -> None:
@@ -86,20 +102,7 @@ def test_frames_stored_before_a_crash_without_rows_get_a_recovered_frame_table(t
             handle["/entry/data/frame_number"] = np.asarray(list(frames), np.int64)
         recorder.register_file(run_uid, path, (frames[0], frames[-1], len(frames)))
 
-    class Layout:
-        definition = "NXmx"
-        reference = "test"
-
-        def settings_record(self) -> dict:
-            return {"mode": "powder"}
-
-        def write_products(self, entry: object, products: list) -> None:
-            pass
-
-        def write_reduced(self, entry: object, products: list) -> None:
-            pass
-
-    writer = ReducedWriter(directory, run_uid, Layout(), frames_per_file=100)
+    writer = ReducedWriter(directory, run_uid, _Rows(), frames_per_file=100)
     for frame in range(5):  # the rows written before the crash: frames 0..4
         writer.add(frame, "stored", "data", {}, {})
     recorder.file_closed(writer.finish())
@@ -119,22 +122,6 @@ def test_frames_stored_before_a_crash_without_rows_get_a_recovered_frame_table(t
     ]
     stop = _stop(directory / documents_name(run_uid))["edge_accounting"]
     assert (stop["frames_stored"], stop["frames_lost"]) == (10, 2)
-
-
-class _Rows:
-    """A reduced file layout with a frame table only (what the test needs of a mode)."""
-
-    definition = "NXmx"
-    reference = "test"
-
-    def settings_record(self) -> dict:
-        return {"mode": "serial"}
-
-    def write_products(self, entry: object, products: list) -> None:
-        pass
-
-    def write_reduced(self, entry: object, products: list) -> None:
-        pass
 
 
 def test_a_serial_run_dropping_blanks_is_whole_after_a_crash(tmp_path: Path) -> None:
