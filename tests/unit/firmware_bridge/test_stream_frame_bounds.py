@@ -85,6 +85,25 @@ def feed(messages: list[list[bytes]]) -> list[Any]:
     return events
 
 
+def run_series(sink: Sink, messages: list[list[bytes]], **reader_options: Any) -> ZmqStreamSource:
+    """Send ``messages`` and the series' end to a real reader on loopback; return it once it is over."""
+    context = zmq.Context()
+    push = context.socket(zmq.PUSH)
+    port = push.bind_to_random_port("tcp://127.0.0.1")
+    reader = ZmqStreamSource(f"tcp://127.0.0.1:{port}", sink, context, **reader_options)
+    reader.start()
+    try:
+        for message in messages:
+            push.send_multipart(message)
+        push.send_multipart([part({"htype": "dseries_end-1.0", "series": 1})])
+        assert sink.ended.wait(10)
+    finally:
+        reader.stop()
+        push.close(0)
+        context.term()
+    return reader
+
+
 def test_codec_bounds_the_series_number_and_the_announced_length() -> None:
     (start,) = feed([header(3, 2**64)])
     assert isinstance(start, SeriesStart) and start.frames_expected is None  # unknown, not 2**64
@@ -97,27 +116,12 @@ def test_codec_bounds_the_series_number_and_the_announced_length() -> None:
 
 
 def test_stray_frame_numbers_are_dropped_and_counted_never_a_gap() -> None:
-    context = zmq.Context()
-    push = context.socket(zmq.PUSH)
-    port = push.bind_to_random_port("tcp://127.0.0.1")
     sink = Sink()
-    reader = ZmqStreamSource(f"tcp://127.0.0.1:{port}", sink, context, max_frame_jump=100)
-    reader.start()
-    try:
-        push.send_multipart(header(1, 2**64 - 1))
-        push.send_multipart(image(1, 10**9))  # before any frame: bounded from frame 0
-        for frame in range(5):
-            push.send_multipart(image(1, frame))
-        push.send_multipart(image(1, 2**63))
-        push.send_multipart(image(1, 2**64 - 1, size=3))  # a stray the codec rejects as well
-        push.send_multipart(image(1, 104))  # within the bound of frame 4: a real gap
-        push.send_multipart(image(1, 205))  # 101 beyond 104: a stray
-        push.send_multipart([part({"htype": "dseries_end-1.0", "series": 1})])
-        assert sink.ended.wait(10)
-    finally:
-        reader.stop()
-        push.close(0)
-        context.term()
+    messages = [header(1, 2**64 - 1), image(1, 10**9)]  # before any frame: bounded from frame 0
+    messages += [image(1, frame) for frame in range(5)]
+    messages += [image(1, 2**63), image(1, 2**64 - 1, size=3)]  # the second one the codec rejects as well
+    messages += [image(1, 104), image(1, 205)]  # within the bound of frame 4: a real gap; then a stray
+    reader = run_series(sink, messages, max_frame_jump=100)
     assert sink.frames == [0, 1, 2, 3, 4, 104]
     assert sink.losses == [(5, 103, "frame_number_gap")]
     assert sink.configs[0]["frames_expected"] is None  # 2**64 - 1 frames announced: unknown
@@ -130,22 +134,8 @@ def test_stray_frame_numbers_are_dropped_and_counted_never_a_gap() -> None:
 def test_an_absurd_announced_length_is_unknown_not_a_trillion_frames_lost() -> None:
     """A header announcing 10^12 frames, then 3 images and the end: the length is taken as unknown
     (counted, logged), so the end does not record 999,999,999,997 frames lost."""
-    context = zmq.Context()
-    push = context.socket(zmq.PUSH)
-    port = push.bind_to_random_port("tcp://127.0.0.1")
     sink = Sink()
-    reader = ZmqStreamSource(f"tcp://127.0.0.1:{port}", sink, context)
-    reader.start()
-    try:
-        push.send_multipart(header(1, 10**12))
-        for frame in range(3):
-            push.send_multipart(image(1, frame))
-        push.send_multipart([part({"htype": "dseries_end-1.0", "series": 1})])
-        assert sink.ended.wait(10)
-    finally:
-        reader.stop()
-        push.close(0)
-        context.term()
+    reader = run_series(sink, [header(1, 10**12), *(image(1, frame) for frame in range(3))])
     assert sink.frames == [0, 1, 2] and sink.losses == []
     assert sink.configs[0]["frames_expected"] is None
     assert reader.counters()["frames_expected_ignored"] == 1
@@ -161,28 +151,11 @@ class SmallSlots(Sink):
 
 
 def test_an_image_larger_than_a_ring_slot_is_a_loss_record_not_a_dead_reader() -> None:
-    context = zmq.Context()
-    push = context.socket(zmq.PUSH)
-    port = push.bind_to_random_port("tcp://127.0.0.1")
     sink = SmallSlots()
-    reader = ZmqStreamSource(f"tcp://127.0.0.1:{port}", sink, context)
-    reader.start()
-    try:
-        push.send_multipart(header(1, 3))
-        push.send_multipart(image(1, 0))
-        big = image(1, 1)
-        big[1] = part(
-            {"htype": "dimage_d-1.0", "shape": [12, 4], "type": "uint16", "encoding": "<", "size": 96}
-        )
-        big[2] = bytes(96)
-        push.send_multipart(big)
-        push.send_multipart(image(1, 2))
-        push.send_multipart([part({"htype": "dseries_end-1.0", "series": 1})])
-        assert sink.ended.wait(10)
-    finally:
-        reader.stop()
-        push.close(0)
-        context.term()
+    big = image(1, 1)
+    big[1] = part({"htype": "dimage_d-1.0", "shape": [12, 4], "type": "uint16", "encoding": "<", "size": 96})
+    big[2] = bytes(96)
+    reader = run_series(sink, [header(1, 3), image(1, 0), big, image(1, 2)])
     assert sink.frames == [0, 2]
     assert sink.losses == [(1, 1, "frame_too_large")]
     assert reader.counters()["frames_too_large"] == 1 and reader.counters().get("reader_crashes", 0) == 0
