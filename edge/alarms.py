@@ -124,7 +124,16 @@ def current_alarms(status: Mapping[str, Any]) -> list[dict[str, Any]]:
             )
         )
 
-    errors = (status.get("receiver") or {}).get("errors") or {}
+    receiver = status.get("receiver") or {}
+    silent, limit = receiver.get("seconds_silent"), receiver.get("silent_alarm_seconds")
+    if silent is not None and limit is not None and silent >= limit:
+        message = (
+            f"Series {receiver.get('series')} is open but the detector has sent nothing for {silent:.0f} s:"
+            " it may have stopped without ending the series (its run stays open until the series ends or"
+            " the next one starts)"
+        )
+        out.append(_alarm("condition:stream_silent", "condition", "minor", message))
+    errors = receiver.get("errors") or {}
     if errors:
         text = ", ".join(f"{k} {v}" for k, v in errors.items())
         out.append(_alarm("condition:receiver", "condition", "minor", f"Receiver errors: {text}"))

@@ -475,6 +475,7 @@ class Appliance:
                 channel=stream.channel,
                 pass_through=True,  # bslz4 images go to the store as received; the pipeline decodes if needed
                 check=stream.stream2_check,
+                silent_alarm_seconds=stream.silent_alarm_seconds,
             )
         return ZmqStreamSource(
             stream.endpoint,
@@ -483,6 +484,7 @@ class Appliance:
             stream.rcvhwm,
             stream.rcvbuf_bytes,
             max_frame_jump=stream.max_frame_jump,
+            silent_alarm_seconds=stream.silent_alarm_seconds,
         )
 
     # -- lifecycle --------------------------------------------------------------------------------------

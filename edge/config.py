@@ -110,6 +110,14 @@ class StreamSettings(_Section):
         " its series (0 before the first) is rejected and counted (frame_number_out_of_range), never"
         " turned into a gap: one damaged or stray frame number cannot declare a million frames lost",
     )
+    silent_alarm_seconds: float = Field(
+        60.0,
+        ge=1.0,
+        le=86_400.0,
+        description="a series open with no message from the detector for this long raises the minor alarm"
+        " condition:stream_silent (a detector that stopped without ending its series leaves its run open"
+        " until the next series starts); raise it for exposures longer than this",
+    )
 
 
 class UdpSettings(_Section):

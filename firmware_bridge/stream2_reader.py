@@ -96,8 +96,17 @@ class Stream2Source(ZmqStreamSource):
         channel: str = "",
         pass_through: bool = False,
         check: str = "sampled",
+        silent_alarm_seconds: float = 60.0,
     ) -> None:
-        super().__init__(endpoint, sink, context, rcvhwm, rcvbuf, max_frame_jump=max_frame_jump)
+        super().__init__(
+            endpoint,
+            sink,
+            context,
+            rcvhwm,
+            rcvbuf,
+            max_frame_jump=max_frame_jump,
+            silent_alarm_seconds=silent_alarm_seconds,
+        )
         if check not in ("sampled", "full"):
             raise ValueError(f"check must be 'sampled' or 'full', got {check!r}")
         # a bslz4 image of the run's shape and dtype is published as received (FLAG_CHUNK) after a

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections import Counter
 from typing import Any
 
@@ -50,6 +51,7 @@ class ZmqStreamSource:
         rcvhwm: int = 2,
         rcvbuf: int = 4 << 20,
         max_frame_jump: int | None = None,
+        silent_alarm_seconds: float = 60.0,
     ) -> None:
         if max_frame_jump is not None and max_frame_jump < 1:
             raise ValueError(f"max_frame_jump must be >= 1, got {max_frame_jump}")
@@ -72,6 +74,10 @@ class ZmqStreamSource:
         self._end_request: str | None = None
         self._refused: str | None = None
         self._ended_series: int | None = None  # the last series that ended here (its stragglers are lost)
+        # a series open with nothing heard for this long is reported silent (``counters``): a detector
+        # that stopped without ending its series leaves the run open until the next series starts
+        self.silent_alarm_seconds = float(silent_alarm_seconds)
+        self._heard_at: float | None = None  # monotonic time of the last message
 
     @property
     def series_open(self) -> bool:
@@ -97,12 +103,16 @@ class ZmqStreamSource:
                 self._end_series("receiver_stopped", exit_status="abort")
 
     def counters(self) -> dict[str, Any]:
+        heard, series = self._heard_at, self._series
+        silent = None if heard is None or series is None else round(time.monotonic() - heard, 1)
         return {
             "endpoint": self.endpoint,
             **{k: int(v) for k, v in self.stats.items()},
             "codec": {k: int(v) for k, v in self.codec.counters.items()},
             "errors": {k: int(v) for k, v in self.codec.errors.items()},
-            "series": self._series,
+            "series": series,
+            "seconds_silent": silent,  # since the last message, while a series is open (else None)
+            "silent_alarm_seconds": self.silent_alarm_seconds,
         }
 
     # -- the loop ---------------------------------------------------------------------------------------
@@ -117,6 +127,7 @@ class ZmqStreamSource:
             while not self._stop.is_set():
                 checkpoint()
                 if sock.poll(100):
+                    self._heard_at = time.monotonic()
                     self._receive_message(sock)
                 elif self._end_request is not None:
                     reason, self._end_request = self._end_request, None

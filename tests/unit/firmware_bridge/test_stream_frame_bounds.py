@@ -159,3 +159,37 @@ def test_an_image_larger_than_a_ring_slot_is_a_loss_record_not_a_dead_reader() -
     assert sink.frames == [0, 2]
     assert sink.losses == [(1, 1, "frame_too_large")]
     assert reader.counters()["frames_too_large"] == 1 and reader.counters().get("reader_crashes", 0) == 0
+
+
+def test_a_series_left_open_by_a_silent_detector_raises_an_alarm_until_it_ends() -> None:
+    """A detector that stops sending without ending its series leaves the run open: after
+    ``silent_alarm_seconds`` with no message the reader says so, and the minor alarm
+    ``condition:stream_silent`` follows from the counters; the series' end clears it."""
+    import time
+
+    from edge.alarms import current_alarms
+
+    context = zmq.Context()
+    push = context.socket(zmq.PUSH)
+    port = push.bind_to_random_port("tcp://127.0.0.1")
+    sink = Sink()
+    reader = ZmqStreamSource(f"tcp://127.0.0.1:{port}", sink, context, silent_alarm_seconds=1.0)
+    reader.start()
+    try:
+        assert reader.counters()["seconds_silent"] is None  # no series yet
+        push.send_multipart(header(1, 100))
+        push.send_multipart(image(1, 0))
+        deadline = time.monotonic() + 10
+        while (reader.counters()["seconds_silent"] or 0) < 1.0 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        (alarm,) = current_alarms({"receiver": reader.counters()})
+        assert alarm["id"] == "condition:stream_silent" and alarm["severity"] == "minor"
+        assert alarm["message"].startswith("Series 1 is open but the detector has sent nothing for 1 s")
+        push.send_multipart([part({"htype": "dseries_end-1.0", "series": 1})])
+        assert sink.ended.wait(10)
+        assert reader.counters()["seconds_silent"] is None
+        assert current_alarms({"receiver": reader.counters()}) == []
+    finally:
+        reader.stop()
+        push.close(0)
+        context.term()
