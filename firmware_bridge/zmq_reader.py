@@ -316,6 +316,16 @@ class ZmqStreamSource:
             self.sink.lost(self._next_frame, frame - 1, "frame_number_gap", "frames never arrived")
         self._next_frame = frame + 1
         self._newest = frame
+        if self._frames_expected is not None and frame >= self._frames_expected:
+            # kept and stored like any frame, but the detector sends more than it announced: say so
+            if not self.stats["frames_beyond_expected"]:
+                log.warning(
+                    "series %s: frame %d is beyond the %d frames it announced",
+                    self._series,
+                    frame,
+                    self._frames_expected,
+                )
+            self.stats["frames_beyond_expected"] += 1
         return True
 
     def _end_series(self, reason: str, exit_status: str = "success") -> None:

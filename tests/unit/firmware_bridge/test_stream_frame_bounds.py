@@ -141,6 +141,13 @@ def test_an_absurd_announced_length_is_unknown_not_a_trillion_frames_lost() -> N
     assert reader.counters()["frames_expected_ignored"] == 1
 
 
+def test_frames_beyond_the_announced_length_are_kept_and_counted() -> None:
+    sink = Sink()
+    reader = run_series(sink, [header(1, 2), *(image(1, frame) for frame in range(4))])
+    assert sink.frames == [0, 1, 2, 3] and sink.losses == []
+    assert reader.counters()["frames_beyond_expected"] == 2
+
+
 class SmallSlots(Sink):
     """A ring whose slots hold one 4x6 uint16 image: a bigger one does not fit (ValueError, as FrameRing)."""
 
