@@ -419,13 +419,13 @@
       html = `<div class="big" id="hit-rate">${esc(Number.isFinite(num(s.hit_rate)) ? (num(s.hit_rate) * 100).toFixed(1) : "–")}<span class="unit"> % hits</span></div>` +
         `<table class="kv"><tr><th>frames</th><td>${esc(fmtInt(s.frames))}</td></tr><tr><th>hits</th><td>${esc(fmtInt(s.hits))}</td></tr>` +
         `<tr><th>latest hit</th><td>${hit ? `frame ${esc(fmtInt(hit.frame))}, ${esc(fmtInt((hit.peaks || []).length))} peaks (circled on the image)` : "none yet"}</td></tr></table>` +
-        '<canvas id="trend-hits" height="70" style="height:70px"></canvas>';
+        '<div class="small muted">hit rate over time: the large card</div>';
     } else if (mode === "tomo" && product.tomo) {
       const t = product.tomo;
       html = `<table class="kv"><tr><th>projections</th><td>${esc(fmtInt(t.projections))}</td></tr>` +
         `<tr><th>darks / flats</th><td>${esc(fmtInt(t.darks))} / ${esc(fmtInt(t.flats))}</td></tr>` +
         `<tr><th>slices done</th><td id="slices-done">${esc(fmtInt(t.slices_done))}</td></tr></table>` +
-        (t.slice ? `<div class="small">slice row ${esc(fmtInt(t.slice.row))} (${esc(fmtCounts(t.slice.min))} – ${esc(fmtCounts(t.slice.max))})</div><canvas id="tomo-slice"></canvas>` : '<p class="muted small">no slice reconstructed yet</p>');
+        (t.slice ? `<div class="small">slice row ${esc(fmtInt(t.slice.row))} (${esc(fmtCounts(t.slice.min))} – ${esc(fmtCounts(t.slice.max))}): the large card</div>` : '<p class="muted small">no slice reconstructed yet</p>');
     } else if (mode === "powder" && product.powder) {
       const p = product.powder;
       html = `<div class="small">profile: ${esc(fmtInt((p.radial || []).length))} bins in ${esc(UNIT_LABELS[p.unit] || p.unit || "–")} (plotted alongside)</div>` +
@@ -438,12 +438,10 @@
       const samples = (product.serial.recent || []).map((r) => ({ t: num(r.t), v: num(r.hit_rate) * 100 }));
       const last = samples.length ? samples[samples.length - 1].t : 0;
       const options = { windowS: Math.max(60, last - (samples[0]?.t ?? last)), format: (v) => `${v.toFixed(1)} %`, floor: 0 };
-      window.EdgeCharts.trend($("trend-hits"), samples, (s) => s.v, options);
       window.EdgeCharts.trend($("wide-hits"), samples, (s) => s.v, options);
     }
     if (mode === "tomo" && product.tomo?.slice?.pixels_b64) {
       const sl = product.tomo.slice;
-      paint($("tomo-slice"), sl.width, sl.height, sl.pixels_b64);
       paint($("wide-slice"), sl.width, sl.height, sl.pixels_b64);
       setText("profile-caption", `row ${fmtInt(sl.row)}`);
     }
