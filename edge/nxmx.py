@@ -126,7 +126,9 @@ def write_detector_geometry(
     ds.attrs["depends_on"] = f"{path}/transformations/distance"
     for name, size, vector, depends_on in (
         ("slow_pixel_direction", nx.slow_pixel_size, nx.slow_vector, f"{module.name}/module_offset"),
-        ("fast_pixel_direction", nx.fast_pixel_size, nx.fast_vector, f"{module.name}/slow_pixel_direction"),
+        # both on the module offset, as DECTRIS writes them: a chain through the other pixel direction
+        # would add that direction's one-pixel translation (dxtbx takes the panel origin from this chain)
+        ("fast_pixel_direction", nx.fast_pixel_size, nx.fast_vector, f"{module.name}/module_offset"),
     ):
         ds = module.create_dataset(name, data=size)
         ds.attrs["transformation_type"] = "translation"

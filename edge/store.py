@@ -191,7 +191,11 @@ def _write_nxmx(entry: h5py.Group, meta: RunMetadata, shape: tuple[int, int], dt
         "pixel2",
         "orientation",
     ):
-        poni.create_dataset(name, data=getattr(g, name))
+        ds = poni.create_dataset(name, data=getattr(g, name))
+        if name.startswith("rot"):
+            ds.attrs["units"] = "rad"
+        elif name != "orientation":  # pyFAI's detector orientation (1-4) is a number, no unit
+            ds.attrs["units"] = "m"
     detector["data"] = h5py.SoftLink("/entry/data/data")
     detector.attrs["shape"] = shape
     beam = instrument.create_group("beam")

@@ -93,7 +93,13 @@ def test_nxvalidate_reports_no_errors(tmp_path: Path, orientation: int) -> None:
         assert set(np.unique(det["pixel_mask"][()])) == {0, 256}  # NXmx bit 8: user-defined mask
         assert f["entry/sample/depends_on"][()] == b"/entry/sample/transformations/omega"
         assert f["entry/instrument/name"][()] and f["entry/source/name"][()]
-        assert "pyfai_poni" in det  # pyFAI users keep their group
+        assert "pyfai_poni" in det  # pyFAI users keep their group, with the units of each value
+        units = {k: v.attrs.get("units") for k, v in det["pyfai_poni"].items()}
+        assert units == {
+            **dict.fromkeys(("dist", "poni1", "poni2", "pixel1", "pixel2", "wavelength"), "m"),
+            **dict.fromkeys(("rot1", "rot2", "rot3"), "rad"),
+            "orientation": None,
+        }
 
 
 @pytest.mark.parametrize("orientation", [1, 2, 3, 4])
@@ -121,7 +127,10 @@ def test_geometry_rebuilt_from_nxmx_alone_equals_the_poni(tmp_path: Path, orient
 
 def _chain(f: h5py.File) -> tuple[np.ndarray, np.ndarray, np.ndarray, float, float]:
     module = f["entry/instrument/detector/module"]
-    to_lab = chain_matrix(f, module["slow_pixel_direction"].attrs["depends_on"])
+    for name in ("fast_pixel_direction", "slow_pixel_direction"):  # not one through the other
+        assert module[name].attrs["depends_on"] == f"{module.name}/module_offset"
+    # the panel's origin from the fast direction's chain, as dxtbx (DIALS) takes it
+    to_lab = chain_matrix(f, module["fast_pixel_direction"].attrs["depends_on"])
     fast = to_lab[:3, :3] @ module["fast_pixel_direction"].attrs["vector"]
     slow = to_lab[:3, :3] @ module["slow_pixel_direction"].attrs["vector"]
     return to_lab[:3, 3], fast, slow, module["fast_pixel_direction"][()], module["slow_pixel_direction"][()]
