@@ -539,12 +539,18 @@ class SerialStage(_CorrectedStage):
         n, width = len(products), self.max_peaks
         result = entry.create_group("result_1")
         result.attrs["NX_class"] = "NXcollection"
+        rows = "/entry/data/data" if "data" in entry else "/entry/frames (vetoed blanks included)"
         result.attrs["meaning"] = (
-            "CXI peak list, one row per frame of /entry/data/data (CrystFEL peak_list_type = cxi)"
+            f"CXI peak list, one row per frame of {rows} (CrystFEL peak_list_type = cxi)"
         )
         peaks = [p["peaks"] for p in products]
-        counts = np.asarray([p["nPeaks"] for p in peaks], np.int32)
-        result.create_dataset("nPeaks", data=counts)
+        found = np.asarray([p["nPeaks"] for p in peaks], np.int32)
+        # nPeaks counts the table's entries, at most max_peaks wide (Cheetah's convention: CrystFEL reads
+        # nPeaks entries of each row); how many the finder found, when more, is nPeaksFound
+        result.create_dataset("nPeaks", data=np.minimum(found, width)).attrs["meaning"] = (
+            f"peaks listed in this row's columns (at most max_peaks = {width}); all found: nPeaksFound"
+        )
+        result.create_dataset("nPeaksFound", data=found)
         result.create_dataset("is_hit", data=np.asarray([p["is_hit"] for p in peaks], bool))
         # The tables are (frames, max_peaks), zero-padded. Stored in chunks of PEAK_CHUNK columns, only
         # the columns some frame fills are written: HDF5 allocates no chunk never written and reads it
@@ -564,6 +570,8 @@ class SerialStage(_CorrectedStage):
                 data[:, :used] = table
         result["peakXPosRaw"].attrs["meaning"] = "fast-scan (column) position, pixels"
         result["peakYPosRaw"].attrs["meaning"] = "slow-scan (row) position, pixels"
+        for name in ("peakXPosRaw", "peakYPosRaw"):
+            result[name].attrs["units"] = "pixel"
 
     def run_files(self, directory: Path, run_uid: str) -> list[Path]:
         """``RUN.geom``: the detector as CrystFEL's geometry file describes it, reading the data files'

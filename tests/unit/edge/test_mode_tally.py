@@ -54,3 +54,23 @@ def test_serial_and_powder_tallies() -> None:
     powder = _stage("powder")
     powder.process(blank, 0, 0, float("nan"))
     assert powder.tally() == {"frames": 1}
+
+
+def test_the_cxi_peak_count_never_passes_the_table_width(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """CrystFEL reads ``nPeaks`` entries of each row: with more peaks found than ``max_peaks`` columns,
+    ``nPeaks`` is the columns filled (Cheetah's convention) and ``nPeaksFound`` the count found."""
+    import h5py
+
+    stage = _stage("serial", serial={"max_peaks": 2, "min_peaks": 1})
+    rng = np.random.default_rng(1)
+    frame = rng.poisson(10, (SIDE, SIDE)).astype(np.uint16)
+    for r, c in ((6, 6), (6, 24), (24, 6), (24, 24)):
+        frame[r : r + 2, c : c + 2] = 400
+    result = stage.process(frame, 0, 0, float("nan"))
+    with h5py.File(tmp_path / "peaks.h5", "w") as handle:
+        stage.write_products(handle.create_group("entry"), [result.products])
+        table = handle["entry/result_1"]
+        assert table["nPeaksFound"][0] == result.products["peaks"]["nPeaks"] >= 3
+        assert table["nPeaks"][0] == 2 and table["peakXPosRaw"].shape == (1, 2)
+        assert table["peakXPosRaw"].attrs["units"] == "pixel"
+        assert "/entry/frames" in table.attrs["meaning"]  # no /entry/data here: a reduced file's rows
