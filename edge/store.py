@@ -444,6 +444,8 @@ class ReducedWriter:
                 _write_run_products(entry, run_products)
             if "default" not in entry.attrs and "n_peaks" in entry["frames"]:
                 _peaks_plot(entry)
+            if "default" not in entry.attrs:  # raw, or rows with no product: the dispositions
+                _frames_plot(entry, "disposition")
         except BaseException:
             h5.close()
             part.unlink(missing_ok=True)
@@ -489,14 +491,19 @@ class ReducedWriter:
 def _peaks_plot(entry: h5py.Group) -> None:
     """Serial: peaks per frame against the frame number, the entry's default plot (what a NeXus reader
     such as silx view shows on opening the file); links to the frame table's columns, not copies."""
-    group = entry.create_group("peaks_per_frame")
+    _frames_plot(entry, "n_peaks", "peaks_per_frame")
+
+
+def _frames_plot(entry: h5py.Group, column: str, name: str | None = None) -> None:
+    """A column of the frame table against the frame number, as the entry's default NXdata (links)."""
+    group = entry.create_group(name or f"{column}_per_frame")
     group.attrs["NX_class"] = "NXdata"
-    group.attrs["signal"] = "n_peaks"
+    group.attrs["signal"] = column
     group.attrs["axes"] = ["frame_number"]
     group.attrs["interpretation"] = "spectrum"
-    group["n_peaks"] = entry["frames/n_peaks"]
+    group[column] = entry[f"frames/{column}"]
     group["frame_number"] = entry["frames/frame_number"]
-    entry.attrs["default"] = "peaks_per_frame"
+    entry.attrs["default"] = group.name.rsplit("/", 1)[-1]
 
 
 def _write_run_products(entry: h5py.Group, products: dict[str, Any]) -> None:

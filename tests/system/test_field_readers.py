@@ -207,7 +207,7 @@ def test_silx_calls_every_nxdata_valid_and_its_default_plot_has_the_runs_shape(
         assert sorted(stored) == [f"{uid}_00000.h5"], defaults
     reduced = {name: plot for name, plot in defaults.items() if "_reduced_" in name}
     expected_reduced = {
-        "raw": None,  # a frame table only: nothing to plot
+        "raw": ("/entry/disposition_per_frame", (run.sent,)),  # a frame table only: each frame's fate
         "serial": ("/entry/peaks_per_frame", (run.sent,)),  # peaks found in each frame, hits and blanks
         "powder": ("/entry/reduced", (run.sent, BINS)),  # the profiles, one per frame
         "tomo": ("/entry/reconstruction", (1, WIDTH, WIDTH)),  # the slice of the centre row
