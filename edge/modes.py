@@ -391,11 +391,16 @@ class PowderStage(_CorrectedStage):
             cake.attrs["definition"] = "NXazint2d"
             cake.attrs["signal"] = "I"
             cake.attrs["axes"] = [".", "azimuthal_axis", "radial_axis"]
+            cake.attrs["interpretation"] = "image"
             stack = np.asarray([p["cake"] for p in products], np.float32)
-            cake.create_dataset("I", data=stack, compression="gzip", shuffle=True)
+            image = cake.create_dataset("I", data=stack, compression="gzip", shuffle=True)
+            image.attrs["long_name"] = "intensity"
+            image.attrs["units"] = "arbitrary units"
             ds = cake.create_dataset("radial_axis", data=np.asarray(self.cake.radial))
             _described(ds, quantity, units, self.ctx.unit)
-            cake.create_dataset("azimuthal_axis", data=np.asarray(self.cake.azimuthal)).attrs["units"] = "deg"
+            ds = cake.create_dataset("azimuthal_axis", data=np.asarray(self.cake.azimuthal))
+            ds.attrs["units"] = "deg"
+            ds.attrs["long_name"] = "azimuthal bin center"
 
     def write_reduced(self, entry: h5py.Group, products: list[dict[str, Any]]) -> None:
         """The reduced file's entry is an NXazint1d application (what ``nxvalidate -a NXazint1d``

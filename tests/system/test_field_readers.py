@@ -195,6 +195,10 @@ def test_silx_calls_every_nxdata_valid_and_its_default_plot_has_the_runs_shape(
                 cake = nxdata.NXdata(h5file["/entry/reduced_2d"])
                 assert cake.axes_dataset_names == [None, "azimuthal_axis", "radial_axis"]
                 assert cake.signal.shape == (run.sent, CAKE_BINS, BINS)
+                assert cake.interpretation == "image"  # NXazint2d's attributes
+                assert cake.signal.attrs["long_name"] == "intensity"
+                assert cake.signal.attrs["units"] == "arbitrary units"
+                assert h5file["/entry/reduced_2d/azimuthal_axis"].attrs["long_name"] == "azimuthal bin center"
     uid = run.run_uid
     stored = {name: plot for name, plot in defaults.items() if "_reduced_" not in name}
     # every data file's default plot is its stack of frames, and together they hold every frame sent
