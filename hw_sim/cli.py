@@ -24,6 +24,10 @@ from hw_sim.zmq_sender import SendSummary, StreamFaults, ZmqFrameSender
 __all__ = ["Stream2Faults", "StreamFaults", "run_sim", "run_sim_ioc", "run_sim_udp"]
 from kernels import Geometry
 
+# the simulated detector's sensor, sent in its series header as a real one does (NXmx needs both; DIALS
+# refuses a detector of unknown material): silicon, 450 um, as an EIGER2 X
+SENSOR = {"sensor_material": "Si", "sensor_thickness": 450e-6}
+
 
 def _progress(summary: SendSummary) -> None:
     rate = summary.frames_sent / summary.seconds if summary.seconds else 0.0
@@ -107,7 +111,14 @@ def run_sim(
     sys.stderr.write(
         f"sim: streaming on {sender.endpoint} ({frames or 'unbounded'} frames at {rate_hz} Hz)\n"
     )
-    config = {"seed": seed, "pool": pool, "geometry": geometry, "detector": f"edge-sim {mode}", "mode": mode}
+    config = {
+        "seed": seed,
+        "pool": pool,
+        "geometry": geometry,
+        "detector": f"edge-sim {mode}",
+        "mode": mode,
+        **SENSOR,
+    }
     if stream_format == "stream2":
         uid = run_uid or str(uuid.uuid4())
         summary = send_series_stream2(
@@ -169,7 +180,14 @@ def run_sim_ioc(
     port = int(os.environ.get("EPICS_CA_SERVER_PORT", "5064"))
     interface = (os.environ.get("EPICS_CAS_INTF_ADDR_LIST", "").split() or ["127.0.0.1"])[0]
     source = make_source(mode, shape, Geometry(**geometry), seed=seed, pool=pool, dtype=dtype)
-    config = {"seed": seed, "pool": pool, "geometry": geometry, "detector": f"edge-sim {mode}", "mode": mode}
+    config = {
+        "seed": seed,
+        "pool": pool,
+        "geometry": geometry,
+        "detector": f"edge-sim {mode}",
+        "mode": mode,
+        **SENSOR,
+    }
     stats = run_detector(
         prefix=prefix,
         endpoint=endpoint,

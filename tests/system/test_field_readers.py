@@ -229,6 +229,9 @@ def test_fabio_reads_the_frames_h5py_reads(runs: dict[str, ModeRun], mode: str) 
         assert shape == (HEIGHT, WIDTH) and dtype == "uint16", (path.name, shape, dtype)
         with h5py.File(path, "r") as handle:
             reference = handle["/entry/data/data"][:]
+            detector = handle["/entry/instrument/detector"]  # the simulator's sensor, from its header
+            sensor = [detector[k][()] for k in ("sensor_material", "sensor_thickness") if k in detector]
+        assert sensor == ([] if mode == "tomo" else [b"Si", 450e-6]), (path.name, sensor)  # NXmx: DIALS
         assert nframes == len(reference) > 0, path.name
         for index, frame in enumerate(frames):
             assert frame.shape == (HEIGHT, WIDTH) and frame.dtype == np.uint16
