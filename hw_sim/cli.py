@@ -29,6 +29,18 @@ from kernels import Geometry
 SENSOR = {"sensor_material": "Si", "sensor_thickness": 450e-6}
 
 
+def series_config(seed: int, pool: int, geometry: dict[str, Any], mode: str) -> dict[str, Any]:
+    """What the simulator's series header says of itself: its seed, pattern pool, geometry, name, sensor."""
+    return {
+        "seed": seed,
+        "pool": pool,
+        "geometry": geometry,
+        "detector": f"edge-sim {mode}",
+        "mode": mode,
+        **SENSOR,
+    }
+
+
 def _progress(summary: SendSummary) -> None:
     rate = summary.frames_sent / summary.seconds if summary.seconds else 0.0
     end = "\r" if sys.stderr.isatty() else "\n"
@@ -111,14 +123,7 @@ def run_sim(
     sys.stderr.write(
         f"sim: streaming on {sender.endpoint} ({frames or 'unbounded'} frames at {rate_hz} Hz)\n"
     )
-    config = {
-        "seed": seed,
-        "pool": pool,
-        "geometry": geometry,
-        "detector": f"edge-sim {mode}",
-        "mode": mode,
-        **SENSOR,
-    }
+    config = series_config(seed, pool, geometry, mode)
     if stream_format == "stream2":
         uid = run_uid or str(uuid.uuid4())
         summary = send_series_stream2(
@@ -180,14 +185,7 @@ def run_sim_ioc(
     port = int(os.environ.get("EPICS_CA_SERVER_PORT", "5064"))
     interface = (os.environ.get("EPICS_CAS_INTF_ADDR_LIST", "").split() or ["127.0.0.1"])[0]
     source = make_source(mode, shape, Geometry(**geometry), seed=seed, pool=pool, dtype=dtype)
-    config = {
-        "seed": seed,
-        "pool": pool,
-        "geometry": geometry,
-        "detector": f"edge-sim {mode}",
-        "mode": mode,
-        **SENSOR,
-    }
+    config = series_config(seed, pool, geometry, mode)
     stats = run_detector(
         prefix=prefix,
         endpoint=endpoint,
