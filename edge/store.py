@@ -527,6 +527,9 @@ def _write_run_products(entry: h5py.Group, products: dict[str, Any]) -> None:
             group.create_dataset(key, data=array)
     if "rotation_angle" in group:
         group["rotation_angle"].attrs["units"] = "deg"
+    for name in ("center", "rows"):  # detector columns and rows
+        if name in group:
+            group[name].attrs["units"] = "pixel"
 
 
 class RunStore:

@@ -280,6 +280,10 @@ def test_tomo_slices_equal_numpy_fbp_of_the_stored_frames_and_the_file_is_nxtomo
         slices = handle["/entry/reconstruction/slices"][:]
         rows = handle["/entry/reconstruction/rows"][:]
         center = float(handle["/entry/reconstruction/center"][()])
+        units = [
+            handle[f"/entry/reconstruction/{k}"].attrs["units"] for k in ("center", "rows", "rotation_angle")
+        ]
+        assert units == ["pixel", "pixel", "deg"]
     dark = frames[keys == 2].mean(axis=0)
     flat = frames[keys == 1].mean(axis=0)
     projections = frames[keys == 0]
