@@ -623,14 +623,7 @@ panel0/ss = +1.000000y
         for (_, f0, h0), (t1, f1, h1) in itertools.pairwise(recent):
             frames = f1 - f0
             series.append({"t": t1, "hit_rate": (h1 - h0) / frames if frames else 0.0})
-        return {
-            "frames": self.frames,
-            "hits": self.hits,
-            "vetoed": self.vetoed,
-            "hit_rate": self.hits / self.frames if self.frames else 0.0,
-            "recent": series,
-            "latest_hit": self.latest_hit,
-        }
+        return {**self.tally(), "recent": series, "latest_hit": self.latest_hit}
 
     @property
     def latest_hit(self) -> dict[str, Any] | None:

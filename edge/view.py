@@ -106,7 +106,8 @@ class ApplianceView:
         receiver = p.source.counters()
         disk = psutil.disk_usage(str(p.settings.store.path))
         upstream = p.forwarder.counters()
-        counts = self._counts(ledger, receiver)
+        pipeline = p.pipeline.counters()
+        counts = self._counts(ledger, receiver, int(pipeline.get("frames_vetoed", 0)))
         doc: dict[str, Any] = {
             "server_time": time.time(),
             "appliance": {
@@ -127,7 +128,7 @@ class ApplianceView:
             },
             "receiver": receiver,
             "ring": p.ring.counters(),
-            "pipeline": p.pipeline.counters(),
+            "pipeline": pipeline,
             "store": {
                 "path": str(p.settings.store.path),
                 "files_closed": int(p.recorder.counters().get("files_closed", 0)),
@@ -145,7 +146,9 @@ class ApplianceView:
         doc["alarms"] = self.alarm_book.annotate(current_alarms(doc))
         return doc
 
-    def _counts(self, ledger: dict[str, Any], receiver: dict[str, Any]) -> dict[str, Any]:
+    def _counts(
+        self, ledger: dict[str, Any], receiver: dict[str, Any], vetoed_since_start: int
+    ) -> dict[str, Any]:
         """Frame counters scoped to this run (the current one, else the last), the daemon, all time."""
         run_uid = self._p.sink.run_uid or self._p.ledger.newest_run()  # the open run, else the last one
         totals = active = None
@@ -158,8 +161,7 @@ class ApplianceView:
         received = int(receiver.get("frames_received", 0) or 0)
         vetoed_run, vetoed = self._p.pipeline.run_vetoed()
         live = vetoed if active and vetoed_run == run_uid else None  # a run's own count once it has ended
-        since_start = int(self._p.pipeline.counters().get("frames_vetoed", 0))
-        return self._scopes.scopes(ledger, received, run_uid, bool(active), totals, since_start, live)
+        return self._scopes.scopes(ledger, received, run_uid, bool(active), totals, vetoed_since_start, live)
 
     def alarms(self) -> list[dict[str, Any]]:
         """Conditions an operator must see now (each clears when its condition clears; edge/alarms.py)."""
