@@ -148,7 +148,10 @@ def test_a_store_full_of_unverified_data_is_held_back_not_stalled(
         wait_for(
             lambda: len(listener.times("WATCHDOG=1", held)) >= 4, 30, "WATCHDOG=1 going on while held back"
         )
-        assert not listener.times("STATUS=stalled")
+        # From the hold on, nothing is pending: never a stall. (Before it, a 2-s watchdog on a loaded
+        # machine may see a 1-s pause with frames in the ring, a true verdict this test does not judge;
+        # the pressure, once on, stays on while nothing is verified.)
+        assert not listener.times("STATUS=stalled", held - 1e-6), listener.lines("STATUS=stalled")
         assert "not yet verified" in stack.status()["retention"]["alarm"]
         stack.start("pull")  # the consumer comes back: files verified, the pressure lifts
         wait_for(lambda: stack.status()["frames"]["stored"] >= 100, 60, "data moving again")
