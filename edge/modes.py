@@ -35,6 +35,7 @@ import h5py
 import numpy as np
 
 from edge.config import ReductionSettings
+from edge.nxmx import crystfel_panel
 from kernels import Backend, Geometry, RoiSet, direct_beam, estimate_center_from_sinogram, make_gain
 
 log = logging.getLogger(__name__)
@@ -580,18 +581,30 @@ class SerialStage(_CorrectedStage):
 
     def run_files(self, directory: Path, run_uid: str) -> list[Path]:
         """``RUN.geom``: the detector as CrystFEL's geometry file describes it, reading the data files'
-        frames and their CXI peak tables (``peak_list_type = cxi``)."""
+        frames and their CXI peak tables (``peak_list_type = cxi``).
+
+        The panel is the NXmx chain evaluated (``edge.nxmx.crystfel_panel``): orientation and tilts
+        included, so a pixel lands where pyFAI puts it. Peak positions in the tables are pixel indices
+        (the centre of pixel (0, 0) at 0, 0), which CrystFEL's default half-pixel shift expects."""
         g = self.ctx.geometry
         height, width = self.ctx.shape
         x, y = direct_beam(g)
+        panel = crystfel_panel(g, self.ctx.shape)
         energy_ev = 12398.419843 / (g.wavelength * 1e10)
+
+        def vector(v: tuple[float, float, float]) -> str:
+            return f"{v[0]:+.9f}x {v[1]:+.9f}y {v[2]:+.9f}z"
+
         text = f"""; CrystFEL geometry written by edge for run {run_uid}
-; the direct beam is at ({x:.3f}, {y:.3f}) pixels from the outer corner of pixel (0, 0); tilts are
-; not described here (a single flat panel at the detector distance)
+; pyFAI geometry: dist {g.dist} m, poni1 {g.poni1} m, poni2 {g.poni2} m, rot1 {g.rot1}, rot2 {g.rot2},
+; rot3 {g.rot3} rad, orientation {g.orientation}; the direct beam at ({x:.3f}, {y:.3f}) pixels of the
+; sensor frame (orientation 3) from the outer corner of pixel (0, 0)
+; peak tables: positions are pixel indices, so keep CrystFEL's default half-pixel shift
+; clen in metres, written without a unit as older parsers (CrystFEL 0.9, cfelpyutils) read it
 adu_per_photon = 1
 photon_energy = {energy_ev:.3f}
-clen = {g.dist:.6f}
-res = {1.0 / g.pixel2:.3f}
+clen = {panel.clen:.9f}
+res = {panel.res:.6f}
 data = /entry/data/data
 peak_list = /entry/result_1
 peak_list_type = cxi
@@ -603,10 +616,11 @@ panel0/min_fs = 0
 panel0/max_fs = {width - 1}
 panel0/min_ss = 0
 panel0/max_ss = {height - 1}
-panel0/corner_x = {-x:.3f}
-panel0/corner_y = {-y:.3f}
-panel0/fs = +1.000000x
-panel0/ss = +1.000000y
+panel0/corner_x = {panel.corner_x:.6f}
+panel0/corner_y = {panel.corner_y:.6f}
+panel0/coffset = 0
+panel0/fs = {vector(panel.fs)}
+panel0/ss = {vector(panel.ss)}
 """
         path = directory / f"{run_uid}.geom"
         part = path.with_name(path.name + ".part")

@@ -84,6 +84,51 @@ def nxmx_geometry(geometry: Geometry, shape: tuple[int, int]) -> NxmxGeometry:
     )
 
 
+@dataclass(frozen=True)
+class CrystfelPanel:
+    """One flat panel as CrystFEL's geometry file describes it (``man crystfel_geometry``).
+
+    CrystFEL's lab frame is the NeXus one (+z along the beam, +y up, +x completing a right-handed set), so
+    the panel is the NXmx chain evaluated: ``fs``/``ss`` are the image's fast and slow axes in the lab,
+    one pixel long in units of ``1 / res``, tilts included (a z component where the panel is tilted);
+    ``corner_x``/``corner_y`` place the outer corner of pixel (0, 0) relative to the beam axis, in those
+    pixels; ``clen`` is that corner's z, in metres (so ``coffset`` is 0).
+    """
+
+    fs: tuple[float, float, float]
+    ss: tuple[float, float, float]
+    corner_x: float
+    corner_y: float
+    clen: float
+    res: float  # pixels per metre along the fast axis (1 / fast pixel size)
+
+
+def crystfel_panel(geometry: Geometry, shape: tuple[int, int]) -> CrystfelPanel:
+    """The CrystFEL panel of a pyFAI geometry: the NXmx chain (module offset, distance, rot1-3) applied."""
+    nx = nxmx_geometry(geometry, shape)
+    rotation = np.identity(3)
+    for _, axis, angle in nx.rotations:  # rot1 first: the chain is rot3(rot2(rot1(p)))
+        rotation = rotation_matrix(np.array(axis), angle) @ rotation
+    corner = rotation @ (np.array(nx.module_offset) + np.array([0.0, 0.0, nx.distance]))
+    res = 1.0 / nx.fast_pixel_size
+    fs = rotation @ np.array(nx.fast_vector)
+    ss = rotation @ np.array(nx.slow_vector) * (nx.slow_pixel_size * res)  # non-square pixels: longer ss
+    return CrystfelPanel(
+        fs=_tuple(fs),
+        ss=_tuple(ss),
+        corner_x=float(corner[0] * res) + 0.0,
+        corner_y=float(corner[1] * res) + 0.0,
+        clen=float(corner[2]),
+        res=res,
+    )
+
+
+def rotation_matrix(axis: np.ndarray, angle: float) -> np.ndarray:
+    """The 3x3 right-handed rotation by ``angle`` radians about the unit vector ``axis`` (Rodrigues)."""
+    k = np.array([[0, -axis[2], axis[1]], [axis[2], 0, -axis[0]], [-axis[1], axis[0], 0]])
+    return np.identity(3) + math.sin(angle) * k + (1 - math.cos(angle)) * (k @ k)
+
+
 def _tuple(v: np.ndarray) -> tuple[float, float, float]:
     return (float(v[0]) + 0.0, float(v[1]) + 0.0, float(v[2]) + 0.0)  # + 0.0: no negative zeros
 
@@ -161,9 +206,7 @@ def _matrix(ds: Any) -> np.ndarray:
     if kind == "translation":
         out[:3, 3] = value * _LENGTH[units] * vector
     elif kind == "rotation":
-        angle = value * _ANGLE[units]
-        k = np.array([[0, -vector[2], vector[1]], [vector[2], 0, -vector[0]], [-vector[1], vector[0], 0]])
-        out[:3, :3] = np.identity(3) + math.sin(angle) * k + (1 - math.cos(angle)) * (k @ k)
+        out[:3, :3] = rotation_matrix(vector, value * _ANGLE[units])
     else:
         raise ValueError(f"{ds.name}: transformation_type {kind!r} is neither translation nor rotation")
     offset = np.asarray(_attr(ds, "offset", np.zeros(3)), dtype=np.float64)
