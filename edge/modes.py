@@ -574,8 +574,9 @@ class SerialStage(_CorrectedStage):
                     values = p[name]
                     table[i, : values.size] = values
                 data[:, :used] = table
-        result["peakXPosRaw"].attrs["meaning"] = "fast-scan (column) position, pixels"
-        result["peakYPosRaw"].attrs["meaning"] = "slow-scan (row) position, pixels"
+        index = "pixels, as an index: the centre of pixel (0, 0) is at 0"
+        result["peakXPosRaw"].attrs["meaning"] = f"fast-scan (column) position, {index}"
+        result["peakYPosRaw"].attrs["meaning"] = f"slow-scan (row) position, {index}"
         for name in ("peakXPosRaw", "peakYPosRaw"):
             result[name].attrs["units"] = "pixel"
 
