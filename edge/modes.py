@@ -352,6 +352,12 @@ class PowderStage(_CorrectedStage):
         }
 
     def write_products(self, entry: h5py.Group, products: list[dict[str, Any]]) -> None:
+        self._write_profiles(entry, products)
+        if self.cake is not None:
+            self._write_cake(entry.create_group("reduced_2d"), products)
+
+    def _write_profiles(self, entry: h5py.Group, products: list[dict[str, Any]]) -> None:
+        """ROI statistics and the profiles (``reduced``, NXazint1d's NXdata) of ``products``."""
         super().write_products(entry, products)
         n = len(products)
         record = self.settings_record()
@@ -386,31 +392,54 @@ class PowderStage(_CorrectedStage):
             corrections.create_dataset("polarization_factor", data=float(record["polarization_factor"]))
         corrections.create_dataset("error_model", data="poisson")
         corrections.create_dataset("integration_method", data="histogram, no pixel splitting (pyFAI 'no')")
-        if self.cake is not None:
-            cake = entry.create_group("reduced_2d")
-            cake.attrs["NX_class"] = "NXdata"
-            cake.attrs["definition"] = "NXazint2d"
-            cake.attrs["signal"] = "I"
-            cake.attrs["axes"] = [".", "azimuthal_axis", "radial_axis"]
-            cake.attrs["interpretation"] = "image"
-            stack = np.asarray([p["cake"] for p in products], np.float32)
-            image = cake.create_dataset("I", data=stack, compression="gzip", shuffle=True)
-            image.attrs["long_name"] = "intensity"
-            image.attrs["units"] = "arbitrary units"
-            ds = cake.create_dataset("radial_axis", data=np.asarray(self.cake.radial))
-            _described(ds, quantity, units, self.ctx.unit)
-            ds = cake.create_dataset("azimuthal_axis", data=np.asarray(self.cake.azimuthal))
-            ds.attrs["units"] = "deg"
-            ds.attrs["long_name"] = "azimuthal bin center"
+
+    def _write_cake(self, cake: h5py.Group, products: list[dict[str, Any]]) -> None:
+        """The cakes of ``products`` as NXazint2d's NXdata names them (no errors: the cake carries none)."""
+        assert self.cake is not None
+        quantity, units = _radial_axis(self.ctx.unit)
+        cake.attrs["NX_class"] = "NXdata"
+        cake.attrs["definition"] = "NXazint2d"
+        cake.attrs["signal"] = "I"
+        cake.attrs["axes"] = [".", "azimuthal_axis", "radial_axis"]
+        cake.attrs["interpretation"] = "image"
+        stack = np.asarray([p["cake"] for p in products], np.float32)
+        image = cake.create_dataset("I", data=stack, compression="gzip", shuffle=True)
+        _described(image, "intensity", "arbitrary units")
+        ds = cake.create_dataset("radial_axis", data=np.asarray(self.cake.radial))
+        _described(ds, quantity, units, self.ctx.unit)
+        ds = cake.create_dataset("radial_axis_edges", data=np.asarray(self.cake.edges))
+        _described(ds, f"{quantity} bin edges", units, self.ctx.unit)
+        ds = cake.create_dataset("azimuthal_axis", data=np.asarray(self.cake.azimuthal))
+        _described(ds, "azimuthal bin center", "deg")
+        ds = cake.create_dataset("azimuthal_axis_edges", data=np.asarray(self.cake.azimuthal_edges))
+        _described(ds, "azimuthal bin edges", "deg")
 
     def write_reduced(self, entry: h5py.Group, products: list[dict[str, Any]]) -> None:
         """The reduced file's entry is an NXazint1d application (what ``nxvalidate -a NXazint1d``
         checks): the correction flags at its top, the instrument's wavelength, the profiles in
-        ``reduced``; the cake, when configured, beside them in ``reduced_2d`` (NXazint2d names)."""
-        self.write_products(entry, products)
+        ``reduced``. The cake, when configured, is an NXazint2d application of its own, the entry
+        ``entry_2d`` beside it (same instrument and reduction record, its cakes in ``entry_2d/reduced``):
+        one definition per entry, as each application's validator and reader expect."""
+        self._write_profiles(entry, products)
+        self._write_application(entry, "NXazint1d")
+        if self.cake is not None:
+            cake_entry = entry.file.create_group("entry_2d")
+            cake_entry.attrs["NX_class"] = "NXentry"
+            for name in ("run_uid", "file_kind"):
+                if name in entry.attrs:
+                    cake_entry.attrs[name] = entry.attrs[name]
+            entry.file.copy(entry["reduction"], cake_entry, "reduction")
+            self._write_application(cake_entry, "NXazint2d")
+            self._write_cake(cake_entry.create_group("reduced"), products)
+            cake_entry.attrs["default"] = "reduced"
+
+    def _write_application(self, entry: h5py.Group, definition: str) -> None:
+        """What NXazint1d and NXazint2d ask of their entry: the definition, the correction flags, the
+        instrument's name, wavelength and source."""
         record = self.settings_record()
-        entry.create_dataset("definition", data="NXazint1d")
-        entry.attrs["default"] = "reduced"
+        entry.create_dataset("definition", data=definition)
+        if definition == "NXazint1d":
+            entry.attrs["default"] = "reduced"
         entry.create_dataset("solid_angle_applied", data=bool(record["solid_angle_applied"]))
         entry.create_dataset("polarization_applied", data=bool(record["polarization_applied"]))
         # each bin is the mean of its pixels (divided by their count, or their solid angle's sum)

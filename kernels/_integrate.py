@@ -249,7 +249,8 @@ class Integrator1D(_Integrator):
 class Integrator2D(_Integrator):
     """Integration to a (npt_azim, npt_rad) cake (no pixel splitting), equal to pyFAI's ``integrate2d``.
 
-    ``azimuthal`` holds the chi bin centres in degrees, ``radial`` the radial ones in ``unit``.
+    ``azimuthal`` holds the chi bin centres in degrees, ``radial`` the radial ones in ``unit``;
+    ``azimuthal_edges`` and ``edges`` their bin edges (one more each).
     """
 
     def __init__(
@@ -290,7 +291,9 @@ class Integrator2D(_Integrator):
             raise ValueError("every pixel is masked")
         lo, hi = max(0.0, float(x[inside].min())), float(x[inside].max()) * EPS32
         alo, ahi = float(chi[inside].min()), float(chi[inside].max()) * EPS32
+        self.edges = np.linspace(lo, hi, self.npt_rad + 1) * self.scale
         self.radial = (lo + (np.arange(self.npt_rad) + 0.5) * (hi - lo) / self.npt_rad) * self.scale
+        self.azimuthal_edges = np.degrees(np.linspace(alo, ahi, self.npt_azim + 1))
         self.azimuthal = np.degrees(alo + (np.arange(self.npt_azim) + 0.5) * (ahi - alo) / self.npt_azim)
         radial_index = _bin_index(x, lo, hi, self.npt_rad)
         azimuthal_index = _bin_index(chi, alo, ahi, self.npt_azim)

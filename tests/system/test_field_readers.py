@@ -192,13 +192,16 @@ def test_silx_calls_every_nxdata_valid_and_its_default_plot_has_the_runs_shape(
                 profile = nxdata.NXdata(h5file["/entry/reduced"])
                 assert profile.axes_dataset_names == [None, "radial_axis"]
                 assert profile.interpretation == "spectrum"
-                cake = nxdata.NXdata(h5file["/entry/reduced_2d"])
+                # data files keep the cake beside the profiles; a reduced file holds it in an NXazint2d
+                # entry of its own
+                cake_path = "/entry_2d/reduced" if "_reduced_" in path.name else "/entry/reduced_2d"
+                cake = nxdata.NXdata(h5file[cake_path])
                 assert cake.axes_dataset_names == [None, "azimuthal_axis", "radial_axis"]
                 assert cake.signal.shape == (run.sent, CAKE_BINS, BINS)
                 assert cake.interpretation == "image"  # NXazint2d's attributes
                 assert cake.signal.attrs["long_name"] == "intensity"
                 assert cake.signal.attrs["units"] == "arbitrary units"
-                assert h5file["/entry/reduced_2d/azimuthal_axis"].attrs["long_name"] == "azimuthal bin center"
+                assert h5file[cake_path + "/azimuthal_axis"].attrs["long_name"] == "azimuthal bin center"
     uid = run.run_uid
     stored = {name: plot for name, plot in defaults.items() if "_reduced_" not in name}
     # every data file's default plot is its stack of frames, and together they hold every frame sent

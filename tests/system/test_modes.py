@@ -144,7 +144,8 @@ def test_powder_products_equal_the_kernel_on_the_stored_frames(tmp_path: Path) -
     accounting = _upstream_accounting(upstream)
     assert accounting["stored"] + accounting["vetoed"] + accounting["lost"] == sent
     assert accounting["stop"]["edge_accounting"]["mode"] == "powder"
-    # the reduced files upstream are NXazint1d applications, as nxvalidate checks them
+    # the reduced files upstream are NXazint1d applications (the profiles), with the cakes an NXazint2d
+    # application of their own (/entry_2d), as nxvalidate checks them
     from nexusformat.nexus.validate import logger, validate_application
 
     logger.setLevel(logging.WARNING)
@@ -152,6 +153,8 @@ def test_powder_products_equal_the_kernel_on_the_stored_frames(tmp_path: Path) -
     assert reduced_files
     for path in reduced_files:
         _warnings, errors = validate_application(str(path), application="NXazint1d")
+        assert errors == 0, path
+        _warnings, errors = validate_application(str(path), path="/entry_2d", application="NXazint2d")
         assert errors == 0, path
         with h5py.File(path, "r") as handle:
             assert handle["/entry/definition"][()] == b"NXazint1d"

@@ -1,0 +1,111 @@
+"""A powder run's reduced file with a cake: two NeXus applications, one per entry, each accepted by
+nexusformat's ``validate_application`` (what ``nxvalidate -a`` runs) without errors or warnings about
+its own groups: ``/entry`` is NXazint1d (the profiles), ``/entry_2d`` is NXazint2d (the cakes), and the
+cake's axes and edges agree with pyFAI's ``integrate2d`` (same bins, centres within 1e-9 of a bin).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+
+from edge.config import ReductionSettings
+from edge.modes import RunContext, make_stage
+from edge.store import ReducedWriter
+from kernels import Geometry, get_backend
+
+SHAPE = (48, 64)
+BINS, CAKE = 40, 18
+GEOMETRY = Geometry(dist=0.1, poni1=0.002, poni2=0.0025, wavelength=1e-10, pixel1=75e-6, pixel2=75e-6)
+
+
+class _Collect(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+def _reduced_file(tmp_path: Path, cake_bins: int) -> Path:
+    params = ReductionSettings(mode="powder", bins=BINS, cake_bins=cake_bins)
+    stage = make_stage(RunContext(get_backend("numpy"), GEOMETRY, SHAPE, BINS, "2th_deg", params))
+    writer = ReducedWriter(tmp_path, "run1", stage, 10)
+    rng = np.random.default_rng(7)
+    for frame in range(3):
+        result = stage.process(rng.poisson(50, SHAPE).astype(np.uint16), frame, 0, float("nan"))
+        writer.add(frame, "stored", "data", result.row, result.products)
+    closed = writer.finish()
+    assert closed is not None
+    return closed.path
+
+
+def _validate(path: Path, application: str, entry: str) -> tuple[int, list[str]]:
+    from nexusformat.nexus.validate import logger, validate_application
+
+    collect = _Collect()
+    logger.addHandler(collect)
+    level = logger.level
+    logger.setLevel(logging.DEBUG)
+    try:
+        _warnings, errors = validate_application(str(path), path=entry, application=application)
+    finally:
+        logger.removeHandler(collect)
+        logger.setLevel(level)
+    problems = [r.getMessage() for r in collect.records if r.levelno >= logging.WARNING]
+    return errors, problems
+
+
+def test_profiles_and_cake_are_each_their_own_application(tmp_path: Path) -> None:
+    path = _reduced_file(tmp_path, CAKE)
+    with h5py.File(path, "r") as f:
+        assert f["/entry/definition"][()] == b"NXazint1d"
+        assert f["/entry_2d/definition"][()] == b"NXazint2d"
+        assert "reduced_2d" not in f["/entry"]  # one definition per entry: no cake under the 1D one
+        assert f["/entry_2d"].attrs["default"] == "reduced"
+        assert f["/entry_2d/reduced/I"].shape == (3, CAKE, BINS)
+        assert f["/entry_2d/reduction/program"][()] == b"edge"
+    for application, entry in (("NXazint1d", "/entry"), ("NXazint2d", "/entry_2d")):
+        errors, problems = _validate(path, application, entry)
+        assert errors == 0, (application, problems)
+        # the other entry's shapes never leak into this one's symbols (nRad, nEta)
+        assert not [p for p in problems if "nRad" in p or "nEta" in p or "nImg" in p], (application, problems)
+
+
+def test_without_a_cake_the_file_has_one_entry(tmp_path: Path) -> None:
+    with h5py.File(_reduced_file(tmp_path, 0), "r") as f:
+        assert [name for name in f if f[name].attrs.get("NX_class") == "NXentry"] == ["entry"]
+
+
+def test_cake_axes_and_edges_are_pyfais(tmp_path: Path) -> None:
+    pytest.importorskip("pyFAI")
+    from pyFAI.detectors import Detector
+    from pyFAI.integrator.azimuthal import AzimuthalIntegrator
+
+    g = GEOMETRY
+    ai = AzimuthalIntegrator(
+        dist=g.dist,
+        poni1=g.poni1,
+        poni2=g.poni2,
+        wavelength=g.wavelength,
+        detector=Detector(pixel1=g.pixel1, pixel2=g.pixel2, max_shape=SHAPE),
+    )
+    frame = np.random.default_rng(3).poisson(50, SHAPE).astype(np.float64)
+    theirs = ai.integrate2d(frame, BINS, CAKE, unit="2th_deg", method=("no", "histogram", "cython"))
+    with h5py.File(_reduced_file(tmp_path, CAKE), "r") as f:
+        cake = f["/entry_2d/reduced"]
+        radial, azimuthal = cake["radial_axis"][:], cake["azimuthal_axis"][:]
+        radial_edges, azimuthal_edges = cake["radial_axis_edges"][:], cake["azimuthal_axis_edges"][:]
+        assert cake["azimuthal_axis_edges"].attrs["units"] == "deg"
+    radial_step = (radial[-1] - radial[0]) / (BINS - 1)
+    azimuthal_step = (azimuthal[-1] - azimuthal[0]) / (CAKE - 1)
+    np.testing.assert_allclose(radial, theirs.radial, rtol=0, atol=1e-9 * radial_step * BINS)
+    np.testing.assert_allclose(azimuthal, theirs.azimuthal, rtol=0, atol=1e-9 * azimuthal_step * CAKE)
+    # each centre halfway between its edges, the edges evenly spaced
+    np.testing.assert_allclose((radial_edges[1:] + radial_edges[:-1]) / 2, radial, rtol=1e-12)
+    np.testing.assert_allclose((azimuthal_edges[1:] + azimuthal_edges[:-1]) / 2, azimuthal, rtol=0, atol=1e-9)
