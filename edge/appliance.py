@@ -34,7 +34,7 @@ from edge.reduction_control import ReductionControl
 from edge.retention import Retention
 from edge.ring import FrameRing, Slot
 from edge.run_masks import RunMasks
-from edge.store import NXMX_SERIES_KEYS
+from edge.store import series_metadata
 from edge.supervision import Supervisor, parse_injection
 from edge.upstream.forwarder import Forwarder
 from edge.view import ApplianceParts, ApplianceView
@@ -242,6 +242,10 @@ class RingSink:
             if config.get("resumed_after_restart") and self.resume is not None:
                 config.update(self.resume(series, int(config["first_frame"])))
             run_mask = self._run_mask(config, pixel_mask)
+            nxmx, ignored = series_metadata(config)
+            if ignored:  # recorded with the run, counted, and the files say "not reported" instead
+                config["header_fields_ignored"] = ignored
+                log.warning("series %d: header fields left out of the files: %s", series, "; ".join(ignored))
             run_uid = self.recorder.open_run(
                 config.get("run_uid"), series, config.get("frames_expected"), config, reduction.get("mode")
             )
@@ -266,7 +270,7 @@ class RingSink:
                 "dtype": config["type"],
                 "frames_expected": config.get("frames_expected"),
                 "detector": config.get("detector"),
-                "nxmx": {k: config[k] for k in NXMX_SERIES_KEYS if config.get(k) is not None},
+                "nxmx": nxmx,
                 "reduction": reduction,
                 "file_path": str(capture_path) if capture_path is not None else None,
             }

@@ -95,6 +95,61 @@ NXMX_SERIES_KEYS = (
 )
 
 
+_SERIES_LIMITS: dict[str, tuple[type, float, float]] = {
+    # key: (kind, lowest, highest) -- exclusive low, inclusive high
+    "count_time": (float, 0.0, 1e5),  # seconds
+    "frame_time": (float, 0.0, 1e5),
+    "sensor_thickness": (float, 0.0, 0.1),  # metres
+    "saturation_value": (int, 0, 2**63 - 1),  # counts
+    "countrate_correction_count_cutoff": (int, 0, 2**63 - 1),
+    "sensor_material": (str, 0, 256),  # characters
+    "instrument_name": (str, 0, 256),
+    "source_name": (str, 0, 256),
+    "sample_name": (str, 0, 256),
+}
+#: where a Stream V2 start message keeps these (the codec's ``geometry`` and ``metadata``)
+_STREAM2_PLACE = {"sensor_material": "geometry", "sensor_thickness": "geometry"}
+
+
+def series_metadata(config: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
+    """The NXMX_SERIES_KEYS a series header gave, checked: ``(accepted, ignored)``.
+
+    Values come from a detector, so none is trusted: a number must be a finite number in its key's
+    range (a time in seconds, a thickness in metres, a count a whole number), a name a string of at
+    most 256 characters. Anything else is left out of the files (they say "not reported" instead)
+    and named in ``ignored`` as ``key=value: why``, never an error that could cost the run's frames.
+    A Stream V2 series keeps them in its start message's ``geometry`` and ``metadata``.
+    """
+    stream2 = config.get("stream2") if isinstance(config.get("stream2"), dict) else None
+    accepted: dict[str, Any] = {}
+    ignored: list[str] = []
+    for key in NXMX_SERIES_KEYS:
+        if stream2 is not None:
+            place = stream2.get(_STREAM2_PLACE.get(key, "metadata"))
+            value = place.get(key) if isinstance(place, dict) else None
+        else:
+            value = config.get(key)
+        if value is None:
+            continue
+        kind, low, high = _SERIES_LIMITS[key]
+        if kind is str:
+            if isinstance(value, str) and 0 < len(value.strip()) <= high and value.isprintable():
+                accepted[key] = value.strip()
+                continue
+            why = f"not a printable string of 1 to {int(high)} characters"
+        elif isinstance(value, bool) or not isinstance(value, int | float):
+            why = "not a number"
+        elif not math.isfinite(value) or not low < value <= high:
+            why = f"outside ({low:g}, {high:g}]"
+        elif kind is int and value != int(value):
+            why = "not a whole number"
+        else:
+            accepted[key] = int(value) if kind is int else float(value)
+            continue
+        ignored.append(f"{key}={json.dumps(value, default=str)[:80]}: {why}")
+    return accepted, ignored
+
+
 @dataclass(frozen=True)
 class RunMetadata:
     """What every file of a run records about how it was taken (the NXmx part of the layout).
@@ -242,6 +297,39 @@ class NxmxTemplate:
         self._h5.close()
 
 
+def _write_nxtomo(entry: h5py.Group, meta: RunMetadata) -> None:
+    """NXtomo's header: the instrument's detector as tomography readers size a voxel from it (pixel
+    pitch and distance, in metres; count and frame time when the detector reported them), the source,
+    and the sample's name when the series header gave one. The frames, image keys and angles follow
+    with the mode's products (``TomoStage.write_products``)."""
+    g = meta.geometry
+    series = meta.series
+    entry.file.attrs["default"] = "entry"
+    entry.create_dataset("definition", data="NXtomo")
+    entry.create_dataset("start_time", data=meta.start_time)
+    if meta.frames_expected is not None:
+        entry.attrs["frames_expected"] = meta.frames_expected
+    instrument = entry.create_group("instrument")
+    instrument.attrs["NX_class"] = "NXinstrument"
+    instrument.create_dataset("name", data=str(series.get("instrument_name") or "edge appliance"))
+    source = instrument.create_group("source")
+    source.attrs["NX_class"] = "NXsource"
+    source.create_dataset("name", data=str(series.get("source_name") or "unknown"))
+    source.create_dataset("probe", data="x-ray")
+    detector = instrument.create_group("detector")
+    detector.attrs["NX_class"] = "NXdetector"
+    detector.create_dataset("description", data=meta.detector)
+    for name, value in (("x_pixel_size", g.pixel2), ("y_pixel_size", g.pixel1), ("distance", g.dist)):
+        detector.create_dataset(name, data=float(value)).attrs["units"] = "m"
+    for key in ("count_time", "frame_time"):
+        if series.get(key) is not None:
+            detector.create_dataset(key, data=float(series[key])).attrs["units"] = "s"
+    if series.get("sample_name"):
+        sample = entry.create_group("sample")
+        sample.attrs["NX_class"] = "NXsample"
+        sample.create_dataset("name", data=str(series["sample_name"]))
+
+
 @dataclass(frozen=True)
 class ClosedFile:
     run_uid: str
@@ -327,6 +415,8 @@ class RunFileWriter:
             nxmx.write(entry)  # the run's metadata, written once (see NxmxTemplate)
         elif meta is not None and layout.definition == "NXmx":
             _write_nxmx(entry, meta, shape, dtype)
+        elif meta is not None and layout.definition == "NXtomo":
+            _write_nxtomo(entry, meta)
         elif meta is not None:
             self._h5.attrs["default"] = "entry"
             entry.create_dataset("definition", data=layout.definition)
@@ -530,6 +620,22 @@ def _write_run_products(entry: h5py.Group, products: dict[str, Any]) -> None:
     for name in ("center", "rows"):  # detector columns and rows
         if name in group:
             group[name].attrs["units"] = "pixel"
+    normalised = str(products.get("flat_field", "")).startswith("applied")
+    if "slices" in group:
+        # filtered back-projection of -log(transmission) on a grid of detector pixels: the linear
+        # attenuation coefficient per pixel (divide by x_pixel_size for 1/m); without a flat field,
+        # of -log(counts): relative values only
+        group["slices"].attrs["long_name"] = (
+            "linear attenuation coefficient x pixel size" if normalised else "FBP of -log(counts)"
+        )
+        group["slices"].attrs["units"] = "1/pixel" if normalised else "arbitrary units"
+    if "sinograms" in group:
+        group["sinograms"].attrs["long_name"] = "-log(transmission)" if normalised else "-log(counts)"
+        if not normalised:  # a transmission's log has no unit
+            group["sinograms"].attrs["units"] = "arbitrary units"
+    for name in ("dark_mean", "flat_mean"):
+        if name in group:
+            group[name].attrs["units"] = "counts"
 
 
 class RunStore:

@@ -107,6 +107,7 @@ class ApplianceView:
         disk = psutil.disk_usage(str(p.settings.store.path))
         upstream = p.forwarder.counters()
         pipeline = p.pipeline.counters()
+        recorded = p.recorder.counters()
         counts = self._counts(ledger, receiver, int(pipeline.get("frames_vetoed", 0)))
         doc: dict[str, Any] = {
             "server_time": time.time(),
@@ -131,8 +132,10 @@ class ApplianceView:
             "pipeline": pipeline,
             "store": {
                 "path": str(p.settings.store.path),
-                "files_closed": int(p.recorder.counters().get("files_closed", 0)),
-                "run_uids_replaced": int(p.recorder.counters().get("run_uids_replaced", 0)),
+                **{
+                    key: int(recorded.get(key, 0))
+                    for key in ("files_closed", "run_uids_replaced", "header_fields_ignored")
+                },
                 "disk_full": p.recorder.disk.status() if p.recorder.disk is not None else {"full": False},
             },
             "ledger": ledger,

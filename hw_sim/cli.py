@@ -29,9 +29,15 @@ from kernels import Geometry
 SENSOR = {"sensor_material": "Si", "sensor_thickness": 450e-6}
 
 
-def series_config(seed: int, pool: int, geometry: dict[str, Any], mode: str) -> dict[str, Any]:
-    """What the simulator's series header says of itself: its seed, pattern pool, geometry, name, sensor."""
-    return {
+READOUT_DEAD_TIME = 100e-9  # seconds between exposures, as a continuously read-out pixel detector
+
+
+def series_config(
+    seed: int, pool: int, geometry: dict[str, Any], mode: str, rate_hz: float = 0.0
+) -> dict[str, Any]:
+    """What the simulator's series header says of itself: its seed, pattern pool, geometry, name, sensor,
+    and, when it sends at a set rate, its frame and count time (DECTRIS's ``frame_time``, ``count_time``)."""
+    config: dict[str, Any] = {
         "seed": seed,
         "pool": pool,
         "geometry": geometry,
@@ -39,6 +45,10 @@ def series_config(seed: int, pool: int, geometry: dict[str, Any], mode: str) -> 
         "mode": mode,
         **SENSOR,
     }
+    if rate_hz > 0:
+        config["frame_time"] = 1.0 / rate_hz
+        config["count_time"] = max(config["frame_time"] - READOUT_DEAD_TIME, config["frame_time"] / 2)
+    return config
 
 
 def _progress(summary: SendSummary) -> None:
@@ -123,7 +133,7 @@ def run_sim(
     sys.stderr.write(
         f"sim: streaming on {sender.endpoint} ({frames or 'unbounded'} frames at {rate_hz} Hz)\n"
     )
-    config = series_config(seed, pool, geometry, mode)
+    config = series_config(seed, pool, geometry, mode, rate_hz)
     if stream_format == "stream2":
         uid = run_uid or str(uuid.uuid4())
         summary = send_series_stream2(

@@ -87,7 +87,11 @@ def encode_start(
         "image_size_y": shape[0],
         "image_dtype": dtype,
         "detector_description": str(config.get("detector", "edge-sim")),
-        **{k: config[k] for k in ("sensor_material", "sensor_thickness") if k in config},
+        **{
+            k: config[k]
+            for k in ("sensor_material", "sensor_thickness", "count_time", "frame_time")
+            if k in config
+        },
         **geometry_fields(config.get("geometry", {})),
         "user_data": {"edge_sim": config},
     }

@@ -269,6 +269,15 @@ def test_tomo_slices_equal_numpy_fbp_of_the_stored_frames_and_the_file_is_nxtomo
     (data_file,) = sorted(upstream.glob(f"{run_uid}_0*.h5"))
     with h5py.File(data_file, "r") as handle:
         assert handle["/entry/definition"][()] == b"NXtomo"
+        # a voxel's size and the exposure, as tomography readers take them from NXtomo's detector
+        detector = handle["/entry/instrument/detector"]
+        assert detector["x_pixel_size"][()] == pytest.approx(PIXEL)  # the settings' default pitch
+        assert detector["x_pixel_size"].attrs["units"] == "m"
+        assert detector["distance"][()] == pytest.approx(GEOMETRY["dist"])
+        assert (
+            detector["frame_time"][()] == pytest.approx(1 / 200)
+            and detector["count_time"].attrs["units"] == "s"
+        )
         frames = handle["/entry/instrument/detector/data"][:].astype(np.float64)
         keys = handle["/entry/instrument/detector/image_key"][:]
         angles = handle["/entry/sample/rotation_angle"][:]
@@ -287,6 +296,9 @@ def test_tomo_slices_equal_numpy_fbp_of_the_stored_frames_and_the_file_is_nxtomo
             handle[f"/entry/reconstruction/{k}"].attrs["units"] for k in ("center", "rows", "rotation_angle")
         ]
         assert units == ["pixel", "pixel", "deg"]
+        assert (
+            handle["/entry/reconstruction/slices"].attrs["units"] == "1/pixel"
+        )  # darks and flats came first
     dark = frames[keys == 2].mean(axis=0)
     flat = frames[keys == 1].mean(axis=0)
     projections = frames[keys == 0]

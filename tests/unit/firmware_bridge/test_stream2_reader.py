@@ -105,6 +105,24 @@ def _messages(name: str) -> list[bytes]:
     return list(capture.iter_capture((DATA / name).read_bytes()))
 
 
+def test_the_start_messages_acquisition_fields_reach_the_files() -> None:
+    # count_time and frame_time kept among the unknown fields, the sensor among the geometry: the data
+    # files' NXmx / NXtomo detector takes them under DECTRIS's names
+    from edge.store import series_metadata
+
+    sink = Sink()
+    replay(_messages("stream2_bslz4_u16_2ch.bin"), sink, channel="threshold_1")
+    (config,) = sink.configs
+    accepted, ignored = series_metadata(config)
+    assert ignored == []
+    assert accepted == {
+        "count_time": 0.001,
+        "frame_time": 0.0011,
+        "sensor_material": "Si",
+        "sensor_thickness": 0.00045,
+    }
+
+
 def test_second_channel_is_stored_and_the_start_is_recorded() -> None:
     sink = Sink()
     reader = replay(_messages("stream2_bslz4_u16_2ch.bin"), sink, channel="threshold_2")
