@@ -269,7 +269,7 @@ class RingSink:
                 "width": width,
                 "dtype": config["type"],
                 "frames_expected": config.get("frames_expected"),
-                "detector": config.get("detector"),
+                "detector": nxmx.pop("detector", None),
                 "nxmx": nxmx,
                 "reduction": reduction,
                 "file_path": str(capture_path) if capture_path is not None else None,
@@ -332,7 +332,13 @@ class RingSink:
             time.sleep(0.01)
             slot = self.ring.claim(CONTROL_BYTES)
         if slot is not None:
-            self.ring.publish_control(slot, json.dumps(record).encode())
+            payload = json.dumps(record).encode()
+            if len(payload) > CONTROL_BYTES:  # its parts are bounded where they come in: a bug
+                self.ring.abandon(slot)
+                raise ValueError(
+                    f"control record {record.get('event')} of {len(payload)} bytes > {CONTROL_BYTES}"
+                )
+            self.ring.publish_control(slot, payload)
 
 
 class Appliance:

@@ -106,13 +106,14 @@ _SERIES_LIMITS: dict[str, tuple[type, float, float]] = {
     "instrument_name": (str, 0, 256),
     "source_name": (str, 0, 256),
     "sample_name": (str, 0, 256),
+    "detector": (str, 0, 256),  # the detector's description (the run record's ``detector``)
 }
 #: where a Stream V2 start message keeps these (the codec's ``geometry`` and ``metadata``)
 _STREAM2_PLACE = {"sensor_material": "geometry", "sensor_thickness": "geometry"}
 
 
 def series_metadata(config: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
-    """The NXMX_SERIES_KEYS a series header gave, checked: ``(accepted, ignored)``.
+    """The NXMX_SERIES_KEYS (and ``detector``) a series header gave, checked: ``(accepted, ignored)``.
 
     Values come from a detector, so none is trusted: a number must be a finite number in its key's
     range (a time in seconds, a thickness in metres, a count a whole number), a name a string of at
@@ -123,8 +124,8 @@ def series_metadata(config: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
     stream2 = config.get("stream2") if isinstance(config.get("stream2"), dict) else None
     accepted: dict[str, Any] = {}
     ignored: list[str] = []
-    for key in NXMX_SERIES_KEYS:
-        if stream2 is not None:
+    for key in (*NXMX_SERIES_KEYS, "detector"):
+        if stream2 is not None and key != "detector":
             place = stream2.get(_STREAM2_PLACE.get(key, "metadata"))
             value = place.get(key) if isinstance(place, dict) else None
         else:

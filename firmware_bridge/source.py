@@ -21,6 +21,38 @@ FLAG_CHUNK = 1 << 16
 FLAG_STATE_MASK = 0xFFFF  # the frame-state part of ``flags`` (complete/incomplete/corrupt)
 
 
+#: Series-config keys the receiving side sets (a series resumed after a restart; the sink's own records
+#: of the run). A detector's header never sets them: ``detector_config`` moves any it sends aside.
+RESERVED_CONFIG_KEYS = frozenset(
+    {
+        "resumed_after_restart",
+        "first_frame",
+        "resumes_run",
+        "capture_file",
+        "reduction",
+        "reduction_mask",
+        "upstream_forward",
+        "header_fields_ignored",
+        "detector_run_uid",
+        "format",
+        "stream2",
+        "header_reserved",
+    }
+)
+
+
+def detector_config(config: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
+    """A detector's series config with the reserved keys moved under ``header_reserved`` (kept, as sent,
+    never acted on): a header saying ``"resumed_after_restart": true`` must not make a run resumed.
+    Returns the config and the names moved."""
+    moved = sorted(key for key in config if key in RESERVED_CONFIG_KEYS)
+    if not moved:
+        return config, []
+    kept = {key: value for key, value in config.items() if key not in RESERVED_CONFIG_KEYS}
+    kept["header_reserved"] = {key: config[key] for key in moved}
+    return kept, moved
+
+
 @dataclass
 class FrameHeader:
     """What a source knows about a frame it publishes."""

@@ -25,6 +25,7 @@ from firmware_bridge.source import (
     FrameSink,
     SlotLike,
     Spawner,
+    detector_config,
     plain_spawn,
 )
 from firmware_bridge.stream_codec import (
@@ -246,7 +247,14 @@ class ZmqStreamSource:
                     MAX_FRAMES_EXPECTED,
                 )
             # the announced length as the codec bounded it (None when absent or beyond int64)
-            config = {**event.config, "frames_expected": event.frames_expected}
+            config, reserved = detector_config({**event.config, "frames_expected": event.frames_expected})
+            if reserved:
+                self.stats["header_fields_reserved"] += len(reserved)
+                log.warning(
+                    "series %d header sets %s, which only the receiver sets: kept aside, not acted on",
+                    event.series,
+                    ", ".join(reserved),
+                )
             self._refused = self.sink.series_start(event.series, config)
             if self._refused is not None:
                 self.stats["series_refused"] += 1

@@ -120,6 +120,7 @@ def test_the_start_messages_acquisition_fields_reach_the_files() -> None:
         "frame_time": 0.0011,
         "sensor_material": "Si",
         "sensor_thickness": 0.00045,
+        "detector": "capture generator (not a DECTRIS detector)",
     }
 
 

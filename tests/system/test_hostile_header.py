@@ -1,0 +1,68 @@
+"""A series header is the detector's, so nothing in it is trusted: fields only the receiver sets are kept
+aside and never acted on, a description of any size or type costs no frame, and each case is named in
+the run's record and counted. Through the real appliance (in this process) and a ZeroMQ PUSH peer."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+import pytest
+from edgeprocs import in_process_appliance, wait_for
+
+from firmware_bridge.stream_codec import encode_image, encode_series_end, encode_series_start
+
+SHAPE = (24, 32)
+
+
+def _series(tmp_path: Path, header: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any], Path]:
+    """Three frames under ``header``; the run's config, the appliance's status, its first data file."""
+    with in_process_appliance(tmp_path, SHAPE) as (appliance, push, _settings):
+        push.send_multipart(
+            encode_series_start(1, SHAPE, "uint16", run_uid="hostile", frames_expected=3, **header)
+        )
+        for frame in range(3):
+            data = np.full(SHAPE, frame + 1, np.uint16).tobytes()
+            push.send_multipart(encode_image(1, frame, SHAPE, "uint16", data))
+        push.send_multipart(encode_series_end(1))
+        wait_for(lambda: appliance.view.run("hostile").get("exit_status"), 30, "the run's end")
+        run = appliance.view.run("hostile")
+        status = appliance.view.status()
+    assert run["exit_status"] == "success" and run["totals"]["frames_stored"] == 3
+    assert run["losses"] == []
+    return json.loads(run["config"]), status, tmp_path / "store" / "hostile" / "hostile_00000.h5"
+
+
+def test_fields_only_the_receiver_sets_are_kept_aside_not_acted_on(tmp_path: Path) -> None:
+    header = {
+        "resumed_after_restart": True,  # would make the run a resumed one, looking for a run to link
+        "first_frame": "abc",
+        "header_fields_ignored": 5,
+        "reduction": "x",
+        "capture_file": "/etc/passwd",
+    }
+    config, status, path = _series(tmp_path, header)
+    assert config["header_reserved"] == header  # as sent, for the record
+    assert "resumed_after_restart" not in config and "capture_file" not in config
+    assert isinstance(config["reduction"], dict)  # the appliance's own record of the reduction
+    assert status["receiver"]["header_fields_reserved"] == len(header)
+    with h5py.File(path) as f:
+        np.testing.assert_array_equal(f["entry/data/frame_number"][:], [0, 1, 2])
+
+
+@pytest.mark.parametrize(
+    "description",
+    ["x" * 1_000_000, {"model": "E-4M"}, 12, "line\nbreak"],
+    ids=["1MB", "object", "number", "newline"],
+)
+def test_a_description_of_any_size_or_type_costs_no_frame(tmp_path: Path, description: Any) -> None:
+    config, status, path = _series(tmp_path, {"detector": description})
+    (ignored,) = config["header_fields_ignored"]
+    assert ignored.startswith("detector=") and len(ignored) < 200
+    assert status["store"]["header_fields_ignored"] == 1
+    with h5py.File(path) as f:
+        assert f["entry/instrument/detector/description"][()] == b"edge detector"
+        assert f["entry/data/data"].shape == (3, *SHAPE)
