@@ -165,7 +165,8 @@ class Stream2Source(ZmqStreamSource):
 
     def _start(self, start: Stream2Start) -> None:
         if self._series is not None:
-            self._end_series(UNREADABLE if self._unreadable else "series_restarted")
+            # its end never came: the run ends "fail", the frames it announced and never sent are lost
+            self._end_series(UNREADABLE if self._unreadable else "series_restarted", exit_status="fail")
         self._series = start.series
         self._next_frame = 0
         self._newest = None

@@ -230,7 +230,7 @@ class ZmqStreamSource:
             return slot
         if isinstance(event, SeriesStart):
             if self._series is not None:
-                self._end_series("series_restarted")
+                self._end_series("series_restarted", exit_status="fail")  # its end never came
             self._series = event.series
             self._next_frame = 0
             self._newest = None

@@ -66,3 +66,21 @@ def test_a_description_of_any_size_or_type_costs_no_frame(tmp_path: Path, descri
     with h5py.File(path) as f:
         assert f["entry/instrument/detector/description"][()] == b"edge detector"
         assert f["entry/data/data"].shape == (3, *SHAPE)
+
+
+def test_a_series_restarted_before_its_end_fails_with_its_missing_frames_lost(tmp_path: Path) -> None:
+    # the detector starts series 2 while series 1 (5 frames announced, 2 sent) has not ended
+    with in_process_appliance(tmp_path, SHAPE) as (appliance, push, _settings):
+        push.send_multipart(encode_series_start(1, SHAPE, "uint16", run_uid="first", frames_expected=5))
+        for frame in range(2):
+            push.send_multipart(encode_image(1, frame, SHAPE, "uint16", np.ones(SHAPE, np.uint16).tobytes()))
+        push.send_multipart(encode_series_start(2, SHAPE, "uint16", run_uid="second", frames_expected=1))
+        push.send_multipart(encode_image(2, 0, SHAPE, "uint16", np.ones(SHAPE, np.uint16).tobytes()))
+        push.send_multipart(encode_series_end(2))
+        wait_for(lambda: appliance.view.run("second").get("exit_status"), 30, "the second run's end")
+        first, second = appliance.view.run("first"), appliance.view.run("second")
+    assert first["exit_status"] == "fail" and second["exit_status"] == "success"
+    assert first["totals"]["frames_stored"] == 2
+    assert [(loss["first_frame"], loss["last_frame"], loss["reason"]) for loss in first["losses"]] == [
+        (2, 4, "series_restarted")
+    ]
