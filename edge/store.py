@@ -167,6 +167,26 @@ class RunMetadata:
     mask: np.ndarray | None = None
 
 
+def _begin_entry(entry: h5py.Group, meta: RunMetadata, definition: str) -> h5py.Group:
+    """The entry's definition, start time and announced length, and its NXinstrument (returned)."""
+    entry.file.attrs["default"] = "entry"
+    entry.create_dataset("definition", data=definition)
+    entry.create_dataset("start_time", data=meta.start_time)
+    if meta.frames_expected is not None:
+        entry.attrs["frames_expected"] = meta.frames_expected
+    instrument = entry.create_group("instrument")
+    instrument.attrs["NX_class"] = "NXinstrument"
+    instrument.create_dataset("name", data=str(meta.series.get("instrument_name") or "edge appliance"))
+    return instrument
+
+
+def _write_times(detector: h5py.Group, series: dict[str, Any]) -> None:
+    """count_time and frame_time (seconds), when the detector reported them."""
+    for key in ("count_time", "frame_time"):
+        if series.get(key) is not None:
+            detector.create_dataset(key, data=float(series[key])).attrs["units"] = "s"
+
+
 def _write_nxmx(entry: h5py.Group, meta: RunMetadata, shape: tuple[int, int], dtype: str) -> None:
     """NXmx as DIALS-grade readers expect it (edge/nxmx.py has the geometry and its conventions).
 
@@ -178,14 +198,7 @@ def _write_nxmx(entry: h5py.Group, meta: RunMetadata, shape: tuple[int, int], dt
     """
     g = meta.geometry
     series = meta.series
-    entry.file.attrs["default"] = "entry"
-    entry.create_dataset("definition", data="NXmx")
-    entry.create_dataset("start_time", data=meta.start_time)
-    if meta.frames_expected is not None:
-        entry.attrs["frames_expected"] = meta.frames_expected
-    instrument = entry.create_group("instrument")
-    instrument.attrs["NX_class"] = "NXinstrument"
-    instrument.create_dataset("name", data=str(series.get("instrument_name") or "edge appliance"))
+    instrument = _begin_entry(entry, meta, "NXmx")
     source = entry.create_group("source")
     source.attrs["NX_class"] = "NXsource"
     source.create_dataset("name", data=str(series.get("source_name") or "unknown"))
@@ -209,9 +222,7 @@ def _write_nxmx(entry: h5py.Group, meta: RunMetadata, shape: tuple[int, int], dt
     )
     detector.create_dataset("distance_derived", data=False)
     detector.create_dataset("beam_center_derived", data=True)
-    for key in ("count_time", "frame_time"):
-        if series.get(key) is not None:
-            detector.create_dataset(key, data=float(series[key])).attrs["units"] = "s"
+    _write_times(detector, series)
     saturation = series.get("saturation_value", series.get("countrate_correction_count_cutoff"))
     if saturation is None:
         saturation = np.iinfo(np.dtype(dtype)).max
@@ -305,14 +316,7 @@ def _write_nxtomo(entry: h5py.Group, meta: RunMetadata) -> None:
     with the mode's products (``TomoStage.write_products``)."""
     g = meta.geometry
     series = meta.series
-    entry.file.attrs["default"] = "entry"
-    entry.create_dataset("definition", data="NXtomo")
-    entry.create_dataset("start_time", data=meta.start_time)
-    if meta.frames_expected is not None:
-        entry.attrs["frames_expected"] = meta.frames_expected
-    instrument = entry.create_group("instrument")
-    instrument.attrs["NX_class"] = "NXinstrument"
-    instrument.create_dataset("name", data=str(series.get("instrument_name") or "edge appliance"))
+    instrument = _begin_entry(entry, meta, "NXtomo")
     source = instrument.create_group("source")
     source.attrs["NX_class"] = "NXsource"
     source.create_dataset("name", data=str(series.get("source_name") or "unknown"))
@@ -322,9 +326,7 @@ def _write_nxtomo(entry: h5py.Group, meta: RunMetadata) -> None:
     detector.create_dataset("description", data=meta.detector)
     for name, value in (("x_pixel_size", g.pixel2), ("y_pixel_size", g.pixel1), ("distance", g.dist)):
         detector.create_dataset(name, data=float(value)).attrs["units"] = "m"
-    for key in ("count_time", "frame_time"):
-        if series.get(key) is not None:
-            detector.create_dataset(key, data=float(series[key])).attrs["units"] = "s"
+    _write_times(detector, series)
     if series.get("sample_name"):
         sample = entry.create_group("sample")
         sample.attrs["NX_class"] = "NXsample"

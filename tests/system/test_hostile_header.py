@@ -84,3 +84,34 @@ def test_a_series_restarted_before_its_end_fails_with_its_missing_frames_lost(tm
     assert [(loss["first_frame"], loss["last_frame"], loss["reason"]) for loss in first["losses"]] == [
         (2, 4, "series_restarted")
     ]
+
+
+@pytest.mark.parametrize(
+    "header",
+    [
+        {"count_time": "abc"},
+        {"frame_time": [1, 2]},
+        {"count_time": float("nan"), "frame_time": -1.0},
+        {"sensor_thickness": {"m": 1}, "sensor_material": "x" * 100_000},
+        {"saturation_value": 1e300, "countrate_correction_count_cutoff": 2.5},
+        {"saturation_value": "many", "instrument_name": 12, "sample_name": ["a"], "source_name": "\x00"},
+        {"count_time": True},
+    ],
+    ids=["text", "list", "nan-and-negative", "object-and-huge", "out-of-range", "wrong-types", "bool"],
+)
+def test_bad_acquisition_fields_are_left_out_of_the_files(tmp_path: Path, header: dict) -> None:
+    # a count_time of "abc" once cost every frame of its run: now the files say "not reported" instead
+    good = {"frame_time": 0.01} if "frame_time" not in header else {}
+    config, status, path = _series(tmp_path, {**header, **good})
+    ignored = config["header_fields_ignored"]
+    assert sorted(entry.split("=")[0] for entry in ignored) == sorted(header)
+    assert status["store"]["header_fields_ignored"] == len(header)
+    with h5py.File(path) as f:
+        det = f["entry/instrument/detector"]
+        assert "count_time" not in det
+        if "saturation_value" in header:  # the dtype's own ceiling instead
+            assert det["saturation_value"][()] == 65535
+        if good:
+            assert det["frame_time"][()] == 0.01  # the good field beside them is kept
+        if "sensor_material" in header:
+            assert det["sensor_material"][()] == b"unknown"

@@ -3,7 +3,6 @@ detector's series header said (count_time, frame_time, sensor) and the PONI's ge
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 
@@ -73,48 +72,3 @@ def test_daemon_run_writes_valid_nxmx(tmp_path: Path) -> None:
     for key in ("dist", "poni1", "poni2", "rot1", "rot2", "rot3", "wavelength"):
         assert abs(rebuilt[key] - getattr(ai, key)) <= 1e-6, key
     assert rebuilt["orientation"] == 2
-
-
-@pytest.mark.parametrize(
-    "header",
-    [
-        {"count_time": "abc"},
-        {"frame_time": [1, 2]},
-        {"count_time": float("nan"), "frame_time": -1.0},
-        {"sensor_thickness": {"m": 1}, "sensor_material": "x" * 100_000},
-        {"saturation_value": 1e300, "countrate_correction_count_cutoff": 2.5},
-        {"saturation_value": "many", "instrument_name": 12, "sample_name": ["a"], "source_name": "\x00"},
-        {"count_time": True},
-    ],
-    ids=["text", "list", "nan-and-negative", "object-and-huge", "out-of-range", "wrong-types", "bool"],
-)
-def test_a_header_with_bad_acquisition_fields_keeps_every_frame(tmp_path: Path, header: dict) -> None:
-    # the values are the detector's, so none is trusted: a bad one is left out of the files (which say
-    # "not reported"), named in the run's config and counted, and every frame is stored
-    with in_process_appliance(tmp_path, SHAPE) as (appliance, push, _settings):
-        good = {"frame_time": 0.01} if "frame_time" not in header else {}
-        push.send_multipart(
-            encode_series_start(1, SHAPE, "uint16", run_uid="bad-header", frames_expected=3, **header, **good)
-        )
-        for frame in range(3):
-            push.send_multipart(
-                encode_image(1, frame, SHAPE, "uint16", np.full(SHAPE, 7, np.uint16).tobytes())
-            )
-        push.send_multipart(encode_series_end(1))
-        path = tmp_path / "store" / "bad-header" / "bad-header_00000.h5"
-        wait_for(path.exists, 30, "the run's file")
-        config = json.loads(appliance.view.run("bad-header")["config"])
-        status = appliance.view.status()
-    ignored = config["header_fields_ignored"]
-    assert sorted(entry.split("=")[0] for entry in ignored) == sorted(header)
-    assert status["store"]["header_fields_ignored"] == len(header)
-    with h5py.File(path) as f:
-        assert f["entry/data/data"].shape == (3, *SHAPE)
-        det = f["entry/instrument/detector"]
-        for key in ("count_time", "saturation_value"):
-            if key in header:  # left out, or the dtype's own ceiling for the saturation value
-                assert key not in det or det[key][()] == 65535
-        if good:
-            assert det["frame_time"][()] == 0.01  # the good field beside them is kept
-        if "sensor_material" in header:
-            assert det["sensor_material"][()] == b"unknown"
