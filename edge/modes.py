@@ -294,7 +294,7 @@ class PowderStage(_CorrectedStage):
         self.cake = None
         if ctx.params.cake_bins:
             self.cake = ctx.backend.integrator2d(
-                ctx.geometry, ctx.shape, ctx.bins, ctx.params.cake_bins, **common
+                ctx.geometry, ctx.shape, ctx.bins, ctx.params.cake_bins, error_model="poisson", **common
             )
         self.latest: tuple[np.ndarray, np.ndarray | None] | None = None
 
@@ -304,9 +304,9 @@ class PowderStage(_CorrectedStage):
 
     independent = True
 
-    def analyse(self, raw: np.ndarray | None) -> tuple[Any, np.ndarray | None, dict[str, np.ndarray] | None]:
+    def analyse(self, raw: np.ndarray | None) -> tuple[Any, Any, dict[str, np.ndarray] | None]:
         assert raw is not None
-        cake = None if self.cake is None else self.cake.integrate(raw)
+        cake = None if self.cake is None else self.cake.integrate_full(raw)
         return self.integrator.integrate_full(raw), cake, self._roi_stats(raw)
 
     def fold(self, analysis: Any, frame: int, image_key: int, angle: float) -> FrameResult:
@@ -314,8 +314,9 @@ class PowderStage(_CorrectedStage):
         self.frames += 1
         products: dict[str, Any] = {"I": full.intensity, "I_errors": full.sigma}
         if cake is not None:
-            products["cake"] = cake
-        self.latest = (full.intensity, cake)
+            products["cake"] = cake.intensity
+            products["cake_errors"] = cake.sigma
+        self.latest = (full.intensity, None if cake is None else cake.intensity)
         return self._with_roi(roi, FrameResult(products=products, row={"image_key": image_key}))
 
     def start(self, raw: np.ndarray | None, frame: int, image_key: int, angle: float) -> FrameResult:
@@ -329,7 +330,7 @@ class PowderStage(_CorrectedStage):
         # with a cake, one copy to the device serves both integrations (the cake waits for its kernel)
         source = raw if self.cake is None else self.ctx.backend.module.to_device(raw)
         profile = self.integrator.submit_full(source)
-        cake = None if self.cake is None else self.cake.integrate(source)
+        cake = None if self.cake is None else self.cake.integrate_full(source)
         roi = self._roi_stats(raw)
         return FrameResult(
             pending=lambda held=source: self.fold((profile(), cake, roi), frame, image_key, angle)
@@ -394,7 +395,7 @@ class PowderStage(_CorrectedStage):
         corrections.create_dataset("integration_method", data="histogram, no pixel splitting (pyFAI 'no')")
 
     def _write_cake(self, cake: h5py.Group, products: list[dict[str, Any]]) -> None:
-        """The cakes of ``products`` as NXazint2d's NXdata names them (no errors: the cake carries none)."""
+        """The cakes of ``products`` and their Poisson errors as NXazint2d's NXdata names them."""
         assert self.cake is not None
         quantity, units = _radial_axis(self.ctx.unit)
         cake.attrs["NX_class"] = "NXdata"
@@ -405,6 +406,9 @@ class PowderStage(_CorrectedStage):
         stack = np.asarray([p["cake"] for p in products], np.float32)
         image = cake.create_dataset("I", data=stack, compression="gzip", shuffle=True)
         _described(image, "intensity", "arbitrary units")
+        errors = np.asarray([p["cake_errors"] for p in products], np.float32)
+        ds = cake.create_dataset("I_errors", data=errors, compression="gzip", shuffle=True)
+        _described(ds, "estimated intensity error", "arbitrary units")
         ds = cake.create_dataset("radial_axis", data=np.asarray(self.cake.radial))
         _described(ds, quantity, units, self.ctx.unit)
         ds = cake.create_dataset("radial_axis_edges", data=np.asarray(self.cake.edges))

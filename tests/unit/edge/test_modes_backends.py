@@ -83,10 +83,11 @@ def test_powder_frames_started_ahead_equal_processed_ones(backend: kernels.Backe
     for n, result in enumerate(started):
         want = reference.process(frames[n], n, 0, float("nan"))
         assert result.finish() is result and result.pending is None
-        assert list(result.products) == list(want.products) == ["I", "I_errors", "cake", "roi"]
+        assert list(result.products) == list(want.products) == ["I", "I_errors", "cake", "cake_errors", "roi"]
         np.testing.assert_allclose(result.products["I"], want.products["I"], rtol=1e-9, equal_nan=True)
         np.testing.assert_allclose(result.products["I_errors"], want.products["I_errors"], rtol=1e-9)
         np.testing.assert_allclose(result.products["cake"], want.products["cake"], rtol=1e-9, equal_nan=True)
+        np.testing.assert_allclose(result.products["cake_errors"], want.products["cake_errors"], rtol=1e-9)
         np.testing.assert_allclose(result.products["roi"]["sum"], want.products["roi"]["sum"], rtol=1e-12)
     live = stage.live()
     assert live is not None and np.allclose(live["intensity"], np.nan_to_num(started[-1].products["I"]))
