@@ -129,6 +129,14 @@ def test_stream2_frames_stored_equal_and_every_fault_is_a_loss_record(tmp_path: 
         assert sorted(stored) == sorted(set(range(frames)) - lost)
         for number, pixels in stored.items():
             assert np.array_equal(pixels, source.frame(number)), f"frame {number} differs"
+        # the start message's acquisition fields describe the detector in the NXmx files: frame and
+        # count time (sent at 100 Hz), the sensor from its geometry fields
+        first = next(Path(r["path"]) for r in run["files"] if r["path"].endswith(".h5"))
+        with h5py.File(first if first.is_absolute() else stack.store / first, "r") as handle:
+            detector = handle["/entry/instrument/detector"]
+            assert detector["frame_time"][()] == pytest.approx(0.01)
+            assert 0.009 < detector["count_time"][()] < 0.01
+            assert detector["sensor_material"][()] == b"Si" and detector["sensor_thickness"][()] == 450e-6
     finally:
         stack.stop_all()
 
