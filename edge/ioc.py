@@ -708,9 +708,11 @@ class ApplianceIOC:
             self._set("HDF1:NumCaptured_RBV", 0)
         started = time.time()
         self._set_message("Arming detector")
+        exposure = max(0.0, float(self.records["AcquireTime_RBV"].get()))
         await control.arm(
             num_images,
             period,
+            exposure or None,  # 0: the whole period
             trigger_mode=TRIGGER_MODES[int(self.records["TriggerMode_RBV"].get())],
             frame_type=FRAME_TYPES[int(self.records["FrameType_RBV"].get())],
         )

@@ -305,7 +305,8 @@ DRIVER_PVS: tuple[PvSpec, ...] = (
         "AcquireTime",
         "aOut",
         "double",
-        "Exposure per frame." + _DRIVER_NOOP,
+        "Exposure per frame, given to the detector at the next `Acquire` (0: the whole `AcquirePeriod`);"
+        " the series header reports it (`count_time`) and the data files carry it.",
         0.0,
         units="s",
         limits=(0.0, MAX_PERIOD_S),

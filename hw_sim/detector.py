@@ -95,6 +95,9 @@ class StreamingDetector:
         self._queue: queue.Queue[tuple[Any, ...]] = queue.Queue(QUEUE_DEPTH)
         #: the camera's FrameType now (the IOC sets it); Normal frames are projections / diffraction
         self.frame_type: Callable[[], str] = lambda: "Normal"
+        #: the camera's exposure and frame period now (the IOC sets it): the series header's DECTRIS
+        #: ``count_time`` and ``frame_time``, in seconds
+        self.timing: Callable[[], dict[str, float]] = dict
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="sim-detector-sender", daemon=True)
         self._thread.start()
@@ -117,7 +120,7 @@ class StreamingDetector:
     def _on_acquire_start(self, planned: int) -> None:
         self.series += 1
         self.run_uid = str(uuid.uuid4())
-        self._queue.put(("start", self.series, self.run_uid, planned))
+        self._queue.put(("start", self.series, self.run_uid, planned, self.timing()))
 
     def _on_frame(self, index: int) -> None:
         try:
@@ -140,14 +143,14 @@ class StreamingDetector:
             if self.stream_format == "stream2":
                 self._run_stream2(command)
             elif kind == "start":
-                run_uid, planned = command[2], command[3]
+                run_uid, planned, timing = command[2], command[3], command[4]
                 parts = encode_series_start(
                     series,
                     self.shape,
                     self.dtype,
                     run_uid=run_uid,
                     frames_expected=planned or None,
-                    **self.config,
+                    **{**self.config, **timing},
                 )
                 if self._send(parts):
                     self.stats["series_started"] += 1
@@ -180,7 +183,12 @@ class StreamingDetector:
         if kind == "start":
             self._stream2_uid = str(command[2])
             message = stream2.encode_start(
-                series, self._stream2_uid, self.shape, self.dtype, command[3] or None, self.config
+                series,
+                self._stream2_uid,
+                self.shape,
+                self.dtype,
+                command[3] or None,
+                {**self.config, **command[4]},
             )
             if self._send([message]):
                 self.stats["series_started"] += 1
@@ -246,6 +254,7 @@ def run_detector(
             loop.add_signal_handler(sig, task.cancel)
         ioc = SimCamIOC(prefix, detector.hooks(), max_size=max_size, data_type=data_type)
         detector.frame_type = lambda: str(ioc.frame_type.value)
+        detector.timing = ioc.timing
         with contextlib.suppress(asyncio.CancelledError):
             await serve(ioc, interfaces=(interface,), port=port, on_ready=announce)
 

@@ -370,6 +370,10 @@ class SimCamIOC(PVGroup):
             return 0
         return max(1, int(self.num_images_rbv.value))
 
+    def timing(self) -> dict[str, float]:
+        """Exposure and frame period of the next acquisition, as a DECTRIS series header names them."""
+        return {"count_time": float(self.acquire_time_rbv.value), "frame_time": self._frame_period()}
+
     def _frame_period(self) -> float:
         return max(float(self.acquire_period_rbv.value), float(self.acquire_time_rbv.value), MIN_FRAME_PERIOD)
 

@@ -253,6 +253,7 @@ def test_acquire_with_completion_stores_num_images(stack: Stack) -> None:
     p = stack.prefix
     _put(stack, "NumImages", 20)
     _put(stack, "AcquirePeriod", 0.02)
+    _put(stack, "AcquireTime", 0.015)
     assert epics.caget(p + "NumImages_RBV") == 20
     started = time.monotonic()
     assert epics.caput(p + "Acquire", 1, wait=True, timeout=90) == 1
@@ -267,6 +268,13 @@ def test_acquire_with_completion_stores_num_images(stack: Stack) -> None:
     assert run["ended_at"] is not None and run["losses"] == []
     paths = [f["path"] for f in run["files"] if f["path"].endswith(".h5")]
     assert _frames_in_files(paths) == 20
+    # the exposure and period went to the camera, into its series header, and from it into the files
+    import h5py
+
+    with h5py.File(paths[0], "r") as h5:
+        detector = h5["entry/instrument/detector"]
+        assert detector["frame_time"][()] == pytest.approx(0.02)
+        assert detector["count_time"][()] == pytest.approx(0.015)
     # counters are refreshed periodically: wait for them, then they agree with the file
     wait_until(lambda: epics.caget(p + "ArrayCounter_RBV") == 20, 5, "ArrayCounter_RBV == 20")
     # the file name follows at the next refresh after the file is registered (ArrayCounter may be

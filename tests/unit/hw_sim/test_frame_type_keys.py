@@ -34,3 +34,23 @@ def test_frames_carry_the_image_key_of_the_frame_type() -> None:
         sink.close(0)
         detector.close(0)
         context.term()
+
+
+def test_the_series_header_gives_the_cameras_exposure_and_period() -> None:
+    # what the IOC's AcquireTime and (effective) AcquirePeriod say at Acquire: DECTRIS's count_time and
+    # frame_time in the series header, which the appliance's NXmx files then carry
+    context = zmq.Context()
+    detector = StreamingDetector("tcp://127.0.0.1:0", lambda n: np.zeros((4, 6), np.uint16), context)
+    detector.timing = lambda: {"count_time": 0.004, "frame_time": 0.005}
+    sink = context.socket(zmq.PULL)
+    sink.connect(detector.endpoint)
+    try:
+        detector.hooks().on_acquire_start(1)
+        assert sink.poll(10_000), "the detector sent nothing"
+        header, config = (json.loads(part) for part in sink.recv_multipart())
+        assert header["htype"] == "dheader-1.0"
+        assert config["count_time"] == 0.004 and config["frame_time"] == 0.005
+    finally:
+        sink.close(0)
+        detector.close(0)
+        context.term()
