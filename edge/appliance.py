@@ -422,6 +422,7 @@ class Appliance:
                 calibration=calibration,
                 store_blanks=store.blanks,
                 disk=self.disk,
+                reduced_file_seconds=store.reduced_file_seconds,
                 compress_threads=store.compress_threads,
                 frame_threads=settings.reduction.frame_threads,
                 analysis_threads=settings.reduction.analysis_threads,

@@ -254,6 +254,12 @@ class StoreSettings(_Section):
     path: Path = Path("edge-data/store")
     frames_per_file: int = Field(100, ge=1, le=1_000_000)
     file_seconds: float = Field(2.0, gt=0)
+    reduced_file_seconds: float = Field(
+        10.0,
+        gt=0,
+        description="a reduced file (frame table, products) is finished after this long or 1000 rows: at a"
+        " crash, at most this long of vetoed frames have no record and become daemon_crash losses",
+    )
     chunk_bytes: int = Field(4 << 20, ge=4096, le=256 << 20)
     compress_threads: int = Field(
         2, ge=1, le=64, description="frames compressed at once (bitshuffle-LZ4, one OpenMP thread each)"

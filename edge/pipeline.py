@@ -83,6 +83,7 @@ class Pipeline:
         frame_threads: int = 0,
         run_masks: RunMasks | None = None,
         analysis_threads: int = 1,
+        reduced_file_seconds: float = 10.0,
     ) -> None:
         self.ring = ring
         self.backend = backend
@@ -92,6 +93,7 @@ class Pipeline:
         self.unit = unit
         self.frames_per_file = frames_per_file
         self.file_seconds = file_seconds
+        self.reduced_file_seconds = reduced_file_seconds
         self.recorder = recorder
         self.may_write = may_write
         self.calibration = calibration
@@ -395,6 +397,8 @@ class Pipeline:
             except Exception:  # a file that cannot be closed must not stop the pipeline
                 log.exception("closing a rollover file failed")
                 self.stats["file_close_errors"] += 1
+        if self._reduced is not None and self._reduced.full():  # its time is up while frames pause
+            self._finish_reduced()
 
     def _write(self, work: _Work) -> None:
         if work.action == "open":
@@ -494,7 +498,11 @@ class Pipeline:
             data_path=Path(record["file_path"]) if record.get("file_path") else None,
         )
         self._reduced = ReducedWriter(
-            self._store.directory, record["run_uid"], stage, max(self.frames_per_file, 1000)
+            self._store.directory,
+            record["run_uid"],
+            stage,
+            max(self.frames_per_file, 1000),
+            self.reduced_file_seconds,
         )
         for path in stage.run_files(self._store.directory, record["run_uid"]):
             self.recorder.register_file(record["run_uid"], path, (-1, -1, 0), "reduced")

@@ -496,11 +496,22 @@ class ReducedWriter:
     mode's run products (e.g. tomography slices) go into the last one.
     """
 
-    def __init__(self, directory: Path, run_uid: str, layout: ProductLayout, frames_per_file: int) -> None:
+    def __init__(
+        self,
+        directory: Path,
+        run_uid: str,
+        layout: ProductLayout,
+        frames_per_file: int,
+        seconds: float = math.inf,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.directory = directory
         self.run_uid = run_uid
         self.layout = layout
         self.frames_per_file = max(1, frames_per_file)
+        self.seconds = seconds
+        self.clock = clock
+        self._since: float | None = None  # when the first row of the file being gathered came
         self.files = 0
         self.rows: list[dict[str, Any]] = []
         self.products: list[dict[str, Any]] = []
@@ -510,11 +521,17 @@ class ReducedWriter:
         self, frame: int, disposition: str, stream: str, row: dict[str, Any], products: dict[str, Any]
     ) -> None:
         self.counts[disposition] += 1
+        if not self.rows:
+            self._since = self.clock()
         self.rows.append({"frame_number": frame, "disposition": disposition, "stream": stream, **row})
         self.products.append(products)
 
     def full(self) -> bool:
-        return len(self.rows) >= self.frames_per_file
+        """Time to finish the file: ``frames_per_file`` rows, or its first row ``seconds`` ago (a crash
+        then leaves at most that long of rows, e.g. vetoed blanks, unrecorded)."""
+        if len(self.rows) >= self.frames_per_file:
+            return True
+        return bool(self.rows) and self._since is not None and self.clock() - self._since >= self.seconds
 
     def finish(self, run_products: dict[str, Any] | None = None) -> ClosedFile | None:
         """Write the frames gathered so far (and ``run_products``) to the next reduced file."""
