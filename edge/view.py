@@ -106,9 +106,12 @@ class ApplianceView:
         receiver = p.source.counters()
         disk = psutil.disk_usage(str(p.settings.store.path))
         upstream = p.forwarder.counters()
+        # the run's vetoed count before the daemon's: a blank is counted in the daemon's first, so read
+        # in this order the run's never exceeds the daemon's (a frame vetoed between the two reads)
+        run_vetoed = p.pipeline.run_vetoed()
         pipeline = p.pipeline.counters()
         recorded = p.recorder.counters()
-        counts = self._counts(ledger, receiver, int(pipeline.get("frames_vetoed", 0)))
+        counts = self._counts(ledger, receiver, int(pipeline.get("frames_vetoed", 0)), run_vetoed)
         doc: dict[str, Any] = {
             "server_time": time.time(),
             "appliance": {
@@ -150,7 +153,11 @@ class ApplianceView:
         return doc
 
     def _counts(
-        self, ledger: dict[str, Any], receiver: dict[str, Any], vetoed_since_start: int
+        self,
+        ledger: dict[str, Any],
+        receiver: dict[str, Any],
+        vetoed_since_start: int,
+        run_vetoed: tuple[str | None, int],
     ) -> dict[str, Any]:
         """Frame counters scoped to this run (the current one, else the last), the daemon, all time."""
         run_uid = self._p.sink.run_uid or self._p.ledger.newest_run()  # the open run, else the last one
@@ -162,7 +169,7 @@ class ApplianceView:
             except NotFound:  # not in the ledger yet
                 pass
         received = int(receiver.get("frames_received", 0) or 0)
-        vetoed_run, vetoed = self._p.pipeline.run_vetoed()
+        vetoed_run, vetoed = run_vetoed
         live = vetoed if active and vetoed_run == run_uid else None  # a run's own count once it has ended
         return self._scopes.scopes(ledger, received, run_uid, bool(active), totals, vetoed_since_start, live)
 
