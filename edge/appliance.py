@@ -34,7 +34,7 @@ from edge.reduction_control import ReductionControl
 from edge.retention import Retention
 from edge.ring import FrameRing, Slot
 from edge.run_masks import RunMasks
-from edge.store import series_metadata
+from edge.store import bounded_config, series_metadata
 from edge.supervision import Supervisor, parse_injection
 from edge.upstream.forwarder import Forwarder
 from edge.view import ApplianceParts, ApplianceView
@@ -239,6 +239,10 @@ class RingSink:
             reduction = self.reduction()
             # recorded with the run (RunStart, where, files): how it is reduced and what goes upstream
             config = {**config, "reduction": reduction, "upstream_forward": self.recorder.forward}
+            config, replaced = bounded_config(config)
+            if replaced:  # recorded with the run (its digest kept), counted, logged
+                config["header_fields_truncated"] = replaced
+                log.warning("series %d: header fields too large for the run record: %s", series, replaced)
             if config.get("resumed_after_restart") and self.resume is not None:
                 config.update(self.resume(series, int(config["first_frame"])))
             run_mask = self._run_mask(config, pixel_mask)

@@ -70,8 +70,9 @@ class RunRecorder:
             log.warning("run uid %r from the detector is not a file name: the run is %s", given[:200], uid)
             config = {**config, "detector_run_uid": given[:1024]}
             self._count("run_uids_replaced")
-        for _ in config.get("header_fields_ignored") or ():
-            self._count("header_fields_ignored")
+        for key in ("header_fields_ignored", "header_fields_truncated"):
+            for _ in config.get(key) or ():
+                self._count(key)
         text = json.dumps(config)
         try:
             self.ledger.run_started(uid, series, frames_expected, text, mode)

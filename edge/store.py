@@ -11,6 +11,7 @@ not a security boundary) and recorded in the ledger with their transfer chunks.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
@@ -149,6 +150,60 @@ def series_metadata(config: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
             continue
         ignored.append(f"{key}={json.dumps(value, default=str)[:80]}: {why}")
     return accepted, ignored
+
+
+#: the most a run's config (ledger, RunStart document, API) may hold of what a detector's header sent
+MAX_CONFIG_BYTES = 1 << 20
+#: what the appliance itself puts in a run's config (never replaced, however large the rest)
+_OWN_CONFIG_KEYS = frozenset(
+    {"shape", "type", "run_uid", "frames_expected", "reduction", "upstream_forward", "capture_file"}
+    | {"resumed_after_restart", "first_frame", "resumes_run", "header_fields_ignored", "format"}
+)
+
+
+def bounded_config(config: dict[str, Any], limit: int = MAX_CONFIG_BYTES) -> tuple[dict[str, Any], list[str]]:
+    """A series config whose JSON fits ``limit`` bytes: ``(config, replaced)``.
+
+    A header may carry anything (a vendor field of 20 MB would be copied into the ledger, the run's
+    documents and the API): while the JSON is too large, the largest header value (a top-level field, or
+    a field of one, as Stream V2's ``stream2.user_data``) is replaced by ``{"omitted": ..., "bytes",
+    "sha256"}``; ``replaced`` names them (``stream2.user_data``). Small configs come back unchanged.
+    """
+    sizes = {key: len(json.dumps(value, default=str)) for key, value in config.items()}
+    if sum(sizes.values()) + 4 * len(sizes) <= limit:
+        return config, []
+    out = {key: (dict(value) if isinstance(value, dict) else value) for key, value in config.items()}
+    replaced: list[str] = []
+    while len(json.dumps(out, default=str)) > limit:
+        candidates = [
+            (len(json.dumps(value, default=str)), (key,), value)
+            for key, value in out.items()
+            if key not in _OWN_CONFIG_KEYS and not isinstance(value, dict)
+        ]
+        candidates += [
+            (len(json.dumps(inner, default=str)), (key, name), inner)
+            for key, value in out.items()
+            if key not in _OWN_CONFIG_KEYS and isinstance(value, dict)
+            for name, inner in value.items()
+            if ".".join((key, name)) not in replaced
+        ]
+        if not candidates:
+            break
+        size, path, value = max(candidates, key=lambda c: c[0])
+        if size < 1024:  # only small fields left: what remains is the appliance's own record
+            break
+        text = json.dumps(value, default=str).encode()
+        summary = {
+            "omitted": "too large for the run record",
+            "bytes": size,
+            "sha256": hashlib.sha256(text).hexdigest(),
+        }
+        if len(path) == 1:
+            out[path[0]] = summary
+        else:
+            out[path[0]][path[1]] = summary
+        replaced.append(".".join(path))
+    return out, replaced
 
 
 @dataclass(frozen=True)

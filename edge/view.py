@@ -137,7 +137,12 @@ class ApplianceView:
                 "path": str(p.settings.store.path),
                 **{
                     key: int(recorded.get(key, 0))
-                    for key in ("files_closed", "run_uids_replaced", "header_fields_ignored")
+                    for key in (
+                        "files_closed",
+                        "run_uids_replaced",
+                        "header_fields_ignored",
+                        "header_fields_truncated",
+                    )
                 },
                 "disk_full": p.recorder.disk.status() if p.recorder.disk is not None else {"full": False},
             },

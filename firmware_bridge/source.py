@@ -33,6 +33,7 @@ RESERVED_CONFIG_KEYS = frozenset(
         "reduction_mask",
         "upstream_forward",
         "header_fields_ignored",
+        "header_fields_truncated",
         "detector_run_uid",
         "format",
         "stream2",

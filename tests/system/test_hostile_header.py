@@ -4,6 +4,7 @@ the run's record and counted. Through the real appliance (in this process) and a
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -115,3 +116,18 @@ def test_bad_acquisition_fields_are_left_out_of_the_files(tmp_path: Path, header
             assert det["frame_time"][()] == 0.01  # the good field beside them is kept
         if "sensor_material" in header:
             assert det["sensor_material"][()] == b"unknown"
+
+
+def test_a_huge_vendor_field_is_kept_as_its_digest_not_copied_into_every_record(tmp_path: Path) -> None:
+    # 3 MB of vendor text would go into the ledger, the run's documents, the API and upstream: the
+    # run's config keeps its size and sha256 instead, the small fields beside it as sent
+    huge = "x" * 3_000_000
+    config, status, _path = _series(tmp_path, {"x_vendor": huge, "x_small": [1, 2]})
+    assert config["header_fields_truncated"] == ["x_vendor"]
+    assert config["x_vendor"]["bytes"] == len(json.dumps(huge))
+    assert config["x_vendor"]["sha256"] == hashlib.sha256(json.dumps(huge).encode()).hexdigest()
+    assert config["x_small"] == [1, 2]
+    assert len(json.dumps(config)) < 1 << 20
+    assert status["store"]["header_fields_truncated"] == 1
+    documents = tmp_path / "store" / "hostile" / "hostile.documents.jsonl"
+    assert documents.stat().st_size < 1 << 20

@@ -3,6 +3,7 @@ file that cannot be finished becomes one loss record per frame, never a silent g
 
 from __future__ import annotations
 
+import json
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -93,3 +94,25 @@ def test_without_a_closer_failures_raise(tmp_path: Path) -> None:
     store.write(0, compress_chunk(np.zeros(SHAPE, np.uint16)), {})
     with pytest.raises(OSError):
         store.write(1, compress_chunk(np.zeros(SHAPE, np.uint16)), {})
+
+
+def test_a_config_too_large_for_the_run_record_keeps_digests_of_its_largest_header_fields() -> None:
+    from edge.store import bounded_config
+
+    big = {"image": "y" * 600_000}
+    config = {
+        "shape": [4, 4],
+        "type": "uint16",
+        "reduction": {"mode": "raw", "note": "z" * 700_000},  # the appliance's own: never replaced
+        "stream2": {"channel": "threshold_1", "user_data": big, "metadata": {"arm_date": "2026"}},
+        "x_vendor": "x" * 500_000,
+    }
+    out, replaced = bounded_config(config, limit=1_300_000)
+    assert replaced == ["stream2.user_data"]  # the largest header value first, then it fits
+    assert out["stream2"]["channel"] == "threshold_1" and out["stream2"]["metadata"] == {"arm_date": "2026"}
+    assert out["stream2"]["user_data"]["bytes"] == len(json.dumps(big))
+    assert out["reduction"] == config["reduction"] and config["stream2"]["user_data"] is big  # not mutated
+    out, replaced = bounded_config(config, limit=100_000)
+    assert replaced == ["stream2.user_data", "x_vendor"]  # as far as header fields go
+    small = {"shape": [4, 4], "x": 1}
+    assert bounded_config(small) == (small, [])
