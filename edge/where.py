@@ -96,10 +96,29 @@ def where_report(
         "eta_seconds": eta_seconds(pending, rate),
         "files": rows,
         "losses": losses,
+        "header_notes": header_notes(config),
         "config": run["config"],
     }
     report["summary"] = summary_line(report)
     return report
+
+
+def header_notes(config: dict[str, Any]) -> list[str]:
+    """What the detector's series header said that the run's files or record do not carry as sent: a
+    scientist reading the files should know (each is in the run's config too)."""
+    notes = []
+    if config.get("detector_run_uid"):
+        notes.append(
+            f"run uid {str(config['detector_run_uid'])[:80]!r} from the detector was not a file name"
+        )
+    for text in config.get("header_fields_ignored") or ():
+        notes.append(f"left out of the files: {text}")
+    for path in config.get("header_fields_truncated") or ():
+        notes.append(f"too large for the run record, kept as its size and sha256: {path}")
+    reserved = config.get("header_reserved")
+    if isinstance(reserved, dict) and reserved:
+        notes.append(f"fields only the receiver sets, kept aside: {', '.join(sorted(reserved))}")
+    return notes
 
 
 def _config(text: Any) -> dict[str, Any]:
@@ -151,6 +170,8 @@ def render(report: dict[str, Any]) -> str:
         )
         for consumer, copy in sorted(f.get("upstream_copies", {}).items()):
             lines.append(f"            upstream copy ({consumer}): {copy}")
+    for note in report.get("header_notes") or ():
+        lines.append(f"  detector header: {note}")
     for loss in report["losses"]:
         kind = "incomplete" if loss["partial"] else "LOST"
         lines.append(

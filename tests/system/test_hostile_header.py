@@ -14,13 +14,17 @@ import numpy as np
 import pytest
 from edgeprocs import in_process_appliance, wait_for
 
+from edge.where import render
 from firmware_bridge.stream_codec import encode_image, encode_series_end, encode_series_start
 
 SHAPE = (24, 32)
 
 
-def _series(tmp_path: Path, header: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any], Path]:
-    """Three frames under ``header``; the run's config, the appliance's status, its first data file."""
+def _series(
+    tmp_path: Path, header: dict[str, Any]
+) -> tuple[dict[str, Any], dict[str, Any], Path, dict[str, Any]]:
+    """Three frames under ``header``; the run's config, the appliance's status, its first data file and
+    its where-is-my-data report."""
     with in_process_appliance(tmp_path, SHAPE) as (appliance, push, _settings):
         push.send_multipart(
             encode_series_start(1, SHAPE, "uint16", run_uid="hostile", frames_expected=3, **header)
@@ -34,7 +38,8 @@ def _series(tmp_path: Path, header: dict[str, Any]) -> tuple[dict[str, Any], dic
         status = appliance.view.status()
     assert run["exit_status"] == "success" and run["totals"]["frames_stored"] == 3
     assert run["losses"] == []
-    return json.loads(run["config"]), status, tmp_path / "store" / "hostile" / "hostile_00000.h5"
+    path = tmp_path / "store" / "hostile" / "hostile_00000.h5"
+    return json.loads(run["config"]), status, path, run["where"]
 
 
 def test_fields_only_the_receiver_sets_are_kept_aside_not_acted_on(tmp_path: Path) -> None:
@@ -45,11 +50,15 @@ def test_fields_only_the_receiver_sets_are_kept_aside_not_acted_on(tmp_path: Pat
         "reduction": "x",
         "capture_file": "/etc/passwd",
     }
-    config, status, path = _series(tmp_path, header)
+    config, status, path, where = _series(tmp_path, header)
     assert config["header_reserved"] == header  # as sent, for the record
     assert "resumed_after_restart" not in config and "capture_file" not in config
     assert isinstance(config["reduction"], dict)  # the appliance's own record of the reduction
     assert status["receiver"]["header_fields_reserved"] == len(header)
+    # the where-is-my-data report says so, beside the files
+    (note,) = where["header_notes"]
+    assert note.startswith("fields only the receiver sets, kept aside: capture_file, first_frame")
+    assert f"detector header: {note}" in render(where)
     with h5py.File(path) as f:
         np.testing.assert_array_equal(f["entry/data/frame_number"][:], [0, 1, 2])
 
@@ -60,10 +69,11 @@ def test_fields_only_the_receiver_sets_are_kept_aside_not_acted_on(tmp_path: Pat
     ids=["1MB", "object", "number", "newline"],
 )
 def test_a_description_of_any_size_or_type_costs_no_frame(tmp_path: Path, description: Any) -> None:
-    config, status, path = _series(tmp_path, {"detector": description})
+    config, status, path, where = _series(tmp_path, {"detector": description})
     (ignored,) = config["header_fields_ignored"]
     assert ignored.startswith("detector=") and len(ignored) < 200
     assert status["store"]["header_fields_ignored"] == 1
+    assert where["header_notes"] == [f"left out of the files: {ignored}"]
     with h5py.File(path) as f:
         assert f["entry/instrument/detector/description"][()] == b"edge detector"
         assert f["entry/data/data"].shape == (3, *SHAPE)
@@ -103,7 +113,7 @@ def test_a_series_restarted_before_its_end_fails_with_its_missing_frames_lost(tm
 def test_bad_acquisition_fields_are_left_out_of_the_files(tmp_path: Path, header: dict) -> None:
     # a count_time of "abc" once cost every frame of its run: now the files say "not reported" instead
     good = {"frame_time": 0.01} if "frame_time" not in header else {}
-    config, status, path = _series(tmp_path, {**header, **good})
+    config, status, path, _where = _series(tmp_path, {**header, **good})
     ignored = config["header_fields_ignored"]
     assert sorted(entry.split("=")[0] for entry in ignored) == sorted(header)
     assert status["store"]["header_fields_ignored"] == len(header)
@@ -122,7 +132,7 @@ def test_a_huge_vendor_field_is_kept_as_its_digest_not_copied_into_every_record(
     # 3 MB of vendor text would go into the ledger, the run's documents, the API and upstream: the
     # run's config keeps its size and sha256 instead, the small fields beside it as sent
     huge = "x" * 3_000_000
-    config, status, _path = _series(tmp_path, {"x_vendor": huge, "x_small": [1, 2]})
+    config, status, _path, _where = _series(tmp_path, {"x_vendor": huge, "x_small": [1, 2]})
     assert config["header_fields_truncated"] == ["x_vendor"]
     assert config["x_vendor"]["bytes"] == len(json.dumps(huge))
     assert config["x_vendor"]["sha256"] == hashlib.sha256(json.dumps(huge).encode()).hexdigest()
