@@ -1,0 +1,34 @@
+"""A tomography data file (NXtomo) read back: the detector group carries what tomography readers size
+and place a reconstruction with (pixel pitch, exposure, and the rotation axis when it is given)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from edge.config import ReductionSettings
+from edge.modes import RunContext, make_stage
+from edge.store import RunFileWriter, RunMetadata
+from kernels import Geometry, compress_chunk, get_backend
+
+SHAPE = (24, 32)
+GEOMETRY = Geometry(dist=0.1, poni1=0.001, poni2=0.0012, wavelength=1e-10, pixel1=6.5e-6, pixel2=6.5e-6)
+
+
+def test_a_tomography_file_with_a_given_axis_says_where_it_is(tmp_path: Path) -> None:
+    # NXtomo's x_rotation_axis_pixel_position, from reduction.tomo.center when it is given
+    params = ReductionSettings(mode="tomo", tomo={"center": 30.5})  # type: ignore[arg-type]
+    stage = make_stage(RunContext(get_backend("numpy"), GEOMETRY, SHAPE, 16, "2th_deg", params))
+    meta = RunMetadata(GEOMETRY, "sim", 2, "2026-12-02T00:00:00+00:00", {"frame_time": 0.01})
+    writer = RunFileWriter(tmp_path, "tomo1", "tomo1_00000.h5", 0, SHAPE, "uint16", 2, stage, meta)
+    for frame, (key, angle) in enumerate(((1, float("nan")), (0, 0.0))):
+        pixels = np.full(SHAPE, 100 + frame, np.uint16)
+        result = stage.process(pixels, frame, key, angle)
+        writer.write(frame, compress_chunk(pixels), result.products)
+    with h5py.File(writer.close().path, "r") as f:
+        detector = f["/entry/instrument/detector"]
+        assert detector["x_rotation_axis_pixel_position"][()] == 30.5
+        assert detector["x_rotation_axis_pixel_position"].attrs["units"] == "pixel"
+        assert detector["x_pixel_size"][()] == GEOMETRY.pixel2 and detector["frame_time"][()] == 0.01
