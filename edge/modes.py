@@ -746,7 +746,7 @@ class TomoStage(_CorrectedStage):
         detector.attrs["NX_class"] = "NXdetector"
         detector["data"] = data  # a hard link: the same dataset under NXtomo's name
         detector.create_dataset("image_key", data=keys).attrs["meaning"] = "0 projection, 1 flat, 2 dark"
-        if self.center is not None:  # given (reduction.tomo.center); an estimated one is known only at the end
+        if self.center is not None:  # given (reduction.tomo.center); an estimate is known only at the end
             ds = detector.create_dataset("x_rotation_axis_pixel_position", data=float(self.center))
             ds.attrs["units"] = "pixel"
         sample = entry.require_group("sample")
