@@ -207,7 +207,13 @@ def _short(value: Any) -> str:
     return repr(value)[:60]
 
 
-def _rational_ns(message: Mapping[str, Any], key: str) -> int:
+_MAX_NS = (1 << 63) - 1  # what the store and the ring's headers hold
+
+
+def _rational_ns(message: Mapping[str, Any], key: str) -> int | None:
+    """An image's optional ``start_time``/``stop_time`` (a rational in seconds) in ns: 0 when absent,
+    None when it is not a non-negative rational whose ns fit in a signed 64-bit integer. A bad time
+    costs no frame: the image is kept with the time 0 and the codec counts ``image_times_invalid``."""
     value = message.get(key)
     if value is None:
         return 0
@@ -217,8 +223,9 @@ def _rational_ns(message: Mapping[str, Any], key: str) -> int:
         or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in value)
         or value[1] == 0
     ):
-        raise Stream2ProtocolError("bad_field", f"{key}={_short(value)}")
-    return int(value[0]) * 1_000_000_000 // int(value[1])
+        return None
+    ns = int(value[0]) * 1_000_000_000 // int(value[1])
+    return ns if ns <= _MAX_NS else None
 
 
 def _compressed(value: cbor2.CBORTag) -> tuple[str, int, bytes | memoryview]:
@@ -484,13 +491,16 @@ class Stream2Codec:
                         "bad_dtype", f"data[{name}] is {array.dtype}, not {start.dtype}"
                     )
         self.counters["images"] += 1
+        start_ns, stop_ns = _rational_ns(message, "start_time"), _rational_ns(message, "stop_time")
+        if start_ns is None or stop_ns is None:
+            self.counters["image_times_invalid"] += 1
         return Stream2Image(
             series=series,
             series_unique_id=_text(message, "series_unique_id"),
             frame=frame,
             channels=channels,
-            start_time_ns=_rational_ns(message, "start_time"),
-            stop_time_ns=_rational_ns(message, "stop_time"),
+            start_time_ns=start_ns or 0,
+            stop_time_ns=stop_ns or 0,
             metadata=_rest(message, _IMAGE_FIELDS),
         )
 

@@ -136,12 +136,15 @@ def _angle(message: dict[str, Any]) -> float:
     return float(value)
 
 
-def _opt_int(message: dict[str, Any], key: str) -> int:
+def _time_ns(message: dict[str, Any], key: str) -> int | None:
+    """An image's optional exposure time (``start_time``/``stop_time``, ns): 0 when absent, None when
+    it is not an integer the store can hold (0 .. 2^63 - 1). A bad time costs no frame: the image is
+    kept with the time 0 and the codec counts ``image_times_invalid``."""
     value = message.get(key, 0)
     if value is None:
         return 0
-    if not isinstance(value, int) or isinstance(value, bool):
-        raise _Reject("bad_field", f"{key}={value!r}")
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= MAX_COUNT:
+        return None
     return value
 
 
@@ -273,6 +276,9 @@ class StreamCodec:
         self._image = {}
         self._state = _IDLE
         self.counters["images"] += 1
+        start_time, stop_time = _time_ns(message, "start_time"), _time_ns(message, "stop_time")
+        if start_time is None or stop_time is None:
+            self.counters["image_times_invalid"] += 1
         return [
             ImageMessage(
                 series=image["series"],
@@ -281,8 +287,8 @@ class StreamCodec:
                 dtype=image["dtype"],
                 encoding=image["encoding"],
                 size=image["size"],
-                start_time=_opt_int(message, "start_time"),
-                stop_time=_opt_int(message, "stop_time"),
+                start_time=start_time or 0,
+                stop_time=stop_time or 0,
                 data=image.get("data"),
                 image_key=image["image_key"],
                 rotation_angle=image["rotation_angle"],

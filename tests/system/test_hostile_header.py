@@ -141,3 +141,25 @@ def test_a_huge_vendor_field_is_kept_as_its_digest_not_copied_into_every_record(
     assert status["store"]["header_fields_truncated"] == 1
     documents = tmp_path / "store" / "hostile" / "hostile.documents.jsonl"
     assert documents.stat().st_size < 1 << 20
+
+
+def test_image_times_beyond_int64_cost_no_frame_and_no_thread(tmp_path: Path) -> None:
+    """An image whose ``start_time`` is 2^70 ns once killed the reader thread (OverflowError into the
+    ring's int64 header): the run lost its frames to ``receiver_stopped``. Now the time is counted as
+    invalid and the frame stored."""
+    times = [(2**70, 2**70 + 5), (2**63, 2**64), (-5, -1)]
+    with in_process_appliance(tmp_path, SHAPE) as (appliance, push, _settings):
+        push.send_multipart(encode_series_start(1, SHAPE, "uint16", run_uid="times", frames_expected=3))
+        for frame, (start, stop) in enumerate(times):
+            data = np.full(SHAPE, frame + 1, np.uint16).tobytes()
+            push.send_multipart(
+                encode_image(1, frame, SHAPE, "uint16", data, start_time=start, stop_time=stop)
+            )
+        push.send_multipart(encode_series_end(1))
+        wait_for(lambda: appliance.view.run("times").get("exit_status"), 30, "the run's end")
+        run = appliance.view.run("times")
+        receiver = appliance.view.status()["receiver"]
+    assert run["exit_status"] == "success" and run["totals"]["frames_stored"] == 3
+    assert run["losses"] == []
+    assert receiver["codec"]["image_times_invalid"] == 3
+    assert not receiver.get("reader_crashes")

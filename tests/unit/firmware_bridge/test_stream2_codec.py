@@ -173,7 +173,6 @@ def test_wrong_typed_array_tag_names_the_frame() -> None:
         (lambda f: f.update(type="imagex"), "unknown_type"),
         (lambda f: f.update(series_id=99), "wrong_series"),
         (lambda f: f.update(image_id=-1), "bad_field"),
-        (lambda f: f.update(start_time=[1, 0]), "bad_field"),
         (lambda f: f.update(data={"threshold_9": f["data"]["threshold_1"]}), "unknown_channel"),
         (lambda f: f.update(data={}), "bad_field"),
         (lambda f: f.update(data={"threshold_1": cbor2.CBORTag(41, [])}), "unsupported_tag"),
@@ -244,6 +243,26 @@ def test_malformed_image_fields(change: object, reason: str) -> None:
     change(fields)  # type: ignore[operator]
     event = _error(_started(), cbor2.dumps(fields))
     assert event.reason == reason, event
+
+
+@pytest.mark.parametrize(
+    "time",
+    [[1, 0], [2**70, 1], [-1, 1], [1.5, 1], "now", [1, 2, 3], [2**64, 1]],
+    ids=["zero-denominator", "beyond-int64-ns", "negative", "float", "text", "three", "2^64"],
+)
+def test_an_image_time_nobody_can_hold_costs_no_frame(time: object) -> None:
+    """A bad ``start_time``/``stop_time`` is counted and the image kept with the time 0: a timestamp is
+    not worth a frame (it used to be rejected as ``bad_field``, the frame lost)."""
+    codec = _started()
+    for key in ("start_time", "stop_time"):
+        fields = _image_fields()
+        fields[key] = time
+        (image,) = codec.feed(cbor2.dumps(fields))
+        assert isinstance(image, Stream2Image)
+        assert getattr(image, f"{key}_ns") == 0
+        assert image.frame == 0 and image.channels
+    assert codec.counters["image_times_invalid"] == 2
+    assert codec.errors == {}
 
 
 @pytest.mark.parametrize(

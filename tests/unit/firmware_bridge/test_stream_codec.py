@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -179,3 +180,17 @@ def test_a_bad_image_key_names_its_frame_so_it_becomes_a_loss_record() -> None:
     assert isinstance(error, StreamError) and error.reason == "bad_field" and error.frame == 5
     (image,) = feed_message(codec, _hand_image(2, 6, "uint16", b"\x00" * 8))
     assert image.frame == 6
+
+
+@pytest.mark.parametrize("time", [2**63, 2**70, -1, 1.5, "12", [1]])
+def test_an_image_time_nobody_can_hold_costs_no_frame(time: object) -> None:
+    """``start_time``/``stop_time`` beyond a signed 64-bit integer once killed the reader thread (the
+    ring's header holds int64): now a bad time is counted and the image kept with the time 0."""
+    codec = StreamCodec()
+    feed_message(codec, encode_series_start(4, (2, 2), "uint16"))
+    image = _hand_image(4, 0, "uint16", b"\x01\x00" * 4)
+    image[3] = json.dumps({"htype": "dconfig-1.0", "start_time": time, "stop_time": 2**63 - 1}).encode()
+    (event,) = feed_message(codec, image)
+    assert isinstance(event, ImageMessage)
+    assert (event.frame, event.start_time, event.stop_time) == (0, 0, 2**63 - 1)
+    assert codec.counters["image_times_invalid"] == 1 and not codec.errors
