@@ -196,6 +196,18 @@ def _uint(message: Mapping[str, Any], key: str, required: bool = True) -> int | 
     return value
 
 
+_MAX_SERIES = (1 << 63) - 1  # the ledger's INTEGER (SQLite: signed 64-bit), as the JSON stream's bound
+
+
+def _series_id(message: Mapping[str, Any]) -> int:
+    """``series_id``: an unsigned integer the ledger can hold (at most 2^63 - 1)."""
+    series = _uint(message, "series_id")
+    assert series is not None
+    if series > _MAX_SERIES:
+        raise Stream2ProtocolError("bad_field", f"series_id={series} is beyond 2^63 - 1")
+    return series
+
+
 def _text(message: Mapping[str, Any], key: str) -> str:
     value = message.get(key, "")
     if not isinstance(value, str):
@@ -390,8 +402,7 @@ class Stream2Codec:
         if kind == "start":
             return self._start(message)
         if kind == "end":
-            series = _uint(message, "series_id")
-            assert series is not None
+            series = _series_id(message)
             if self.series is not None and series != self.series:
                 raise Stream2ProtocolError("wrong_series", f"end of series {series} during {self.series}")
             self.series = None
@@ -402,10 +413,10 @@ class Stream2Codec:
         raise Stream2ProtocolError("unknown_type", f"type={_short(kind)}")
 
     def _start(self, message: Mapping[str, Any]) -> Stream2Start:
-        series = _uint(message, "series_id")
+        series = _series_id(message)
         width = _uint(message, "image_size_x")
         height = _uint(message, "image_size_y")
-        assert series is not None and width is not None and height is not None
+        assert width is not None and height is not None
         if not width or not height or width * height > MAX_PIXELS:
             raise Stream2ProtocolError("bad_field", f"image size {width} x {height}")
         channels = message.get("channels", ())
@@ -423,6 +434,9 @@ class Stream2Codec:
             for name, array in arrays.items():
                 if array.shape != (height, width):
                     raise Stream2ProtocolError("bad_size", f"{what}[{name}] is {array.shape}")
+        number = message.get("number_of_images")
+        if not isinstance(number, int) or isinstance(number, bool) or not 0 <= number < 1 << 64:
+            number = None
         table = None
         if message.get("countrate_correction_lookup_table") is not None:
             t_dtype, compression, _, data = _typed_array(
@@ -441,7 +455,7 @@ class Stream2Codec:
             shape=(height, width),
             dtype=dtype,
             channels=tuple(channels),
-            number_of_images=_uint(message, "number_of_images", required=False),
+            number_of_images=number,
             pixel_mask=masks,
             flatfield=flats,
             countrate_correction=table,
@@ -449,6 +463,10 @@ class Stream2Codec:
             user_data=jsonable(message.get("user_data")),
             metadata=_rest(message, _START_FIELDS | set(GEOMETRY_FIELDS)),
         )
+        if number is None and message.get("number_of_images") is not None:
+            # a length nobody can use costs no series: it is unknown, and the value kept for the record
+            self.counters["number_of_images_invalid"] += 1
+            start.metadata["number_of_images"] = _short(message["number_of_images"])
         self.series = series
         self.start = start
         self.counters["series_starts"] += 1
@@ -469,9 +487,9 @@ class Stream2Codec:
         return f"uint{depth}"
 
     def _image(self, message: Mapping[str, Any]) -> Stream2Image:
-        series = _uint(message, "series_id")
+        series = _series_id(message)
         frame = _uint(message, "image_id")
-        assert series is not None and frame is not None
+        assert frame is not None
         if self.series is not None and series != self.series:
             raise Stream2ProtocolError("wrong_series", f"image of series {series} during {self.series}")
         channels = _channel_map(message.get("data"), "data")

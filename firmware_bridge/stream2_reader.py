@@ -174,12 +174,14 @@ class Stream2Source(ZmqStreamSource):
         config = series_config(start, start.dtype or ASSUMED_DTYPE, "")
         self._frames_expected = config["frames_expected"]
         self.stats["series_started"] += 1
-        if start.number_of_images is not None and self._frames_expected is None:
+        unusable = start.metadata.get("number_of_images")  # set by the codec when not an integer >= 0
+        if unusable is not None or (start.number_of_images is not None and self._frames_expected is None):
             self.stats["frames_expected_ignored"] += 1
             log.warning(
-                "series %d announces number_of_images=%d, above %d: its length is taken as unknown",
+                "series %d announces number_of_images=%s, not an integer in 0..%d: its length is taken "
+                "as unknown",
                 start.series,
-                start.number_of_images,
+                unusable if unusable is not None else start.number_of_images,
                 MAX_FRAMES_EXPECTED,
             )
         if start.dtype is None:

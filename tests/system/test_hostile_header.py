@@ -163,3 +163,30 @@ def test_image_times_beyond_int64_cost_no_frame_and_no_thread(tmp_path: Path) ->
     assert run["losses"] == []
     assert receiver["codec"]["image_times_invalid"] == 3
     assert not receiver.get("reader_crashes")
+
+
+def test_a_stream2_series_id_beyond_int64_is_refused_and_the_reader_lives(tmp_path: Path) -> None:
+    """Stream V2's ``series_id`` of 2^64 - 1 once killed the reader (SQLite INTEGER overflow in the
+    ledger): now its messages are refused as ``bad_field``, counted, and the next series is stored."""
+    import cbor2
+
+    def typed(frame: int) -> cbor2.CBORTag:  # tag 40 [[rows, cols], tag 69 (uint16 little-endian)]
+        return cbor2.CBORTag(40, [list(SHAPE), cbor2.CBORTag(69, np.full(SHAPE, frame + 1, "<u2").tobytes())])
+
+    def series(series_id: int, uid: str) -> list[bytes]:
+        common = {"series_id": series_id, "series_unique_id": uid}
+        start = {"type": "start", **common, "channels": ["threshold_1"], "image_dtype": "uint16",
+                 "image_size_x": SHAPE[1], "image_size_y": SHAPE[0], "number_of_images": 2}  # fmt: skip
+        images = [
+            {"type": "image", **common, "image_id": n, "data": {"threshold_1": typed(n)}} for n in range(2)
+        ]
+        return [cbor2.dumps(m) for m in (start, *images, {"type": "end", **common})]
+
+    with in_process_appliance(tmp_path, SHAPE, 'stream.format="stream2"') as (appliance, push, _s):
+        for message in series(2**64 - 1, "huge") + series(3, "fine"):
+            push.send(message)
+        wait_for(lambda: appliance.view.run("fine").get("exit_status"), 30, "the good run's end")
+        run = appliance.view.run("fine")
+        receiver = appliance.view.status()["receiver"]
+    assert run["exit_status"] == "success" and run["totals"]["frames_stored"] == 2
+    assert receiver["errors"] == {"bad_field": 4} and not receiver.get("reader_crashes")

@@ -172,6 +172,7 @@ def test_wrong_typed_array_tag_names_the_frame() -> None:
     [
         (lambda f: f.update(type="imagex"), "unknown_type"),
         (lambda f: f.update(series_id=99), "wrong_series"),
+        (lambda f: f.update(series_id=2**63), "bad_field"),  # beyond the ledger's INTEGER
         (lambda f: f.update(image_id=-1), "bad_field"),
         (lambda f: f.update(data={"threshold_9": f["data"]["threshold_1"]}), "unknown_channel"),
         (lambda f: f.update(data={}), "bad_field"),
@@ -549,3 +550,31 @@ def test_a_damaged_large_message_decodes_as_cbor2_decodes_it(
     if isinstance(expected, cbor2.CBORTag) and expected.tag == 55799:
         expected = expected.value
     assert fast == _plain_values(expected)
+
+
+def _start_fields() -> dict[str, object]:
+    return dict(cbor2.loads(_messages()[0]))
+
+
+def test_a_series_id_beyond_int64_is_refused_at_start_and_end() -> None:
+    """A series id of 2^64 - 1 once killed the Stream V2 reader (the ledger's SQLite INTEGER overflowed)."""
+    fields = _start_fields()
+    fields["series_id"] = 2**64 - 1
+    event = _error(Stream2Codec(), cbor2.dumps(fields))
+    assert event.reason == "bad_field" and "2^63" in event.detail
+    event = _error(_started(), cbor2.dumps({"type": "end", "series_id": 2**63}))
+    assert event.reason == "bad_field"
+
+
+@pytest.mark.parametrize("number", [-3, 2**64, 1.5, "ten", True])
+def test_a_series_length_nobody_can_use_is_unknown_not_a_refused_start(number: object) -> None:
+    """An unusable ``number_of_images`` once refused the whole start (its geometry, mask and metadata
+    lost, the series adopted from its first image): now the length is unknown and the value kept."""
+    fields = _start_fields()
+    fields["number_of_images"] = number
+    codec = Stream2Codec()
+    (start,) = codec.feed(cbor2.dumps(fields))
+    assert isinstance(start, Stream2Start)
+    assert start.number_of_images is None
+    assert start.metadata["number_of_images"] == repr(number)
+    assert codec.counters["number_of_images_invalid"] == 1 and codec.errors == {}
