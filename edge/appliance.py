@@ -487,6 +487,7 @@ class Appliance:
                 stream.rcvhwm,
                 stream.rcvbuf_bytes,
                 max_frame_jump=stream.max_frame_jump,
+                max_message_bytes=self._max_message_bytes(settings),
                 channel=stream.channel,
                 pass_through=True,  # bslz4 images go to the store as received; the pipeline decodes if needed
                 check=stream.stream2_check,
@@ -500,7 +501,12 @@ class Appliance:
             stream.rcvbuf_bytes,
             max_frame_jump=stream.max_frame_jump,
             silent_alarm_seconds=stream.silent_alarm_seconds,
+            max_message_bytes=self._max_message_bytes(settings),
         )
+
+    def _max_message_bytes(self, settings: Settings) -> int:
+        """``stream.max_message_bytes``, or its default: 16 ring slots, at least 256 MiB."""
+        return settings.stream.max_message_bytes or max(256 << 20, 16 * self.ring.slot_bytes)
 
     # -- lifecycle --------------------------------------------------------------------------------------
     def start(self) -> None:

@@ -102,6 +102,16 @@ class StreamSettings(_Section):
         description="kernel receive buffer of the stream connection (0 = the OS's autotuning). Small"
         " buffers keep a backlog at the detector instead of in flight, so the live image stays fresh",
     )
+    max_message_bytes: int = Field(
+        0,
+        ge=0,
+        le=1 << 40,
+        description="the largest message part the stream connection takes (ZeroMQ MAXMSGSIZE); a larger"
+        " one is never buffered: ZeroMQ drops the connection and reconnects, counted as"
+        " connections_dropped, and the frames in flight become a gap. 0 = 16 ring slots, at least 256 MiB"
+        " (room for a Stream V2 start with masks and flat fields; a frame a little too large for a slot"
+        " still arrives and is recorded frame_too_large)",
+    )
     max_frame_jump: int = Field(
         1_000_000,
         ge=1,
@@ -118,6 +128,13 @@ class StreamSettings(_Section):
         " condition:stream_silent (a detector that stopped without ending its series leaves its run open"
         " until the next series starts); raise it for exposures longer than this",
     )
+
+    @field_validator("max_message_bytes")
+    @classmethod
+    def _message_limit(cls, limit: int) -> int:
+        if 0 < limit < 65536:
+            raise ValueError(f"{limit} bytes: 0 (the default limit) or at least 65536 (one series header)")
+        return limit
 
 
 class UdpSettings(_Section):

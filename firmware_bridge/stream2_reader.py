@@ -97,6 +97,7 @@ class Stream2Source(ZmqStreamSource):
         pass_through: bool = False,
         check: str = "sampled",
         silent_alarm_seconds: float = 60.0,
+        max_message_bytes: int = 0,
     ) -> None:
         super().__init__(
             endpoint,
@@ -106,6 +107,7 @@ class Stream2Source(ZmqStreamSource):
             rcvbuf,
             max_frame_jump=max_frame_jump,
             silent_alarm_seconds=silent_alarm_seconds,
+            max_message_bytes=max_message_bytes,
         )
         if check not in ("sampled", "full"):
             raise ValueError(f"check must be 'sampled' or 'full', got {check!r}")

@@ -8,6 +8,7 @@ that is the backpressure. Every frame that cannot be delivered is reported to th
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -16,6 +17,7 @@ from typing import Any
 
 import numpy as np
 import zmq
+from zmq.utils.monitor import recv_monitor_message
 
 from firmware_bridge.hdf5_chunks import decode_bslz4
 from firmware_bridge.source import (
@@ -40,6 +42,8 @@ from firmware_bridge.stream_codec import (
 
 log = logging.getLogger(__name__)
 
+MONITOR_SECONDS = 0.5  # how often the reader looks at its connection's events
+
 
 class ZmqStreamSource:
     """A :class:`~firmware_bridge.source.FrameSource` for the ZeroMQ frame stream."""
@@ -53,6 +57,7 @@ class ZmqStreamSource:
         rcvbuf: int = 4 << 20,
         max_frame_jump: int | None = None,
         silent_alarm_seconds: float = 60.0,
+        max_message_bytes: int = 0,
     ) -> None:
         if max_frame_jump is not None and max_frame_jump < 1:
             raise ValueError(f"max_frame_jump must be >= 1, got {max_frame_jump}")
@@ -64,6 +69,10 @@ class ZmqStreamSource:
         self.context = context
         self.rcvhwm = rcvhwm
         self.rcvbuf = rcvbuf  # bytes of kernel receive buffer; 0 leaves it to the OS (autotuning)
+        # ZeroMQ's MAXMSGSIZE: a message part larger than this is never buffered; libzmq drops the
+        # connection instead (counted here as ``connections_dropped``; the frames in flight become a gap).
+        # 0 = no limit. Without it a hostile multi-GB part is allocated whole before we see it.
+        self.max_message_bytes = int(max_message_bytes)
         self.codec = StreamCodec()
         self.stats: Counter[str] = Counter()
         self._stop = threading.Event()
@@ -123,10 +132,22 @@ class ZmqStreamSource:
         if self.rcvbuf:
             sock.rcvbuf = self.rcvbuf
         sock.linger = 0
+        if self.max_message_bytes:
+            sock.setsockopt(zmq.MAXMSGSIZE, self.max_message_bytes)
+        # the connection's drops (the detector went away, or sent a part over MAXMSGSIZE), looked at
+        # every MONITOR_SECONDS: libzmq reconnects by itself after the first, so without this they
+        # would go unseen, and never after the second (see ``_connection_events``)
+        monitor = sock.get_monitor_socket()
+        monitor_due = 0.0
+        self._dropped_at: float | None = None
         sock.connect(self.endpoint)
         try:
             while not self._stop.is_set():
                 checkpoint()
+                now = time.monotonic()
+                if now >= monitor_due:
+                    monitor_due = now + MONITOR_SECONDS
+                    self._connection_events(sock, monitor, now)
                 if sock.poll(100):
                     self._heard_at = time.monotonic()
                     self._receive_message(sock)
@@ -138,11 +159,41 @@ class ZmqStreamSource:
             self.stats["reader_crashes"] += 1
             raise
         finally:
+            sock.disable_monitor()
+            monitor.close(0)
             sock.close(0)
             if self._series is not None and self._stop.is_set():
                 # stopped mid-series: what never came is lost, and says why (after a crash the series
                 # stays open for the restarted reader)
                 self._end_series("receiver_stopped", exit_status="abort")
+
+    def _connection_events(self, sock: zmq.Socket, monitor: zmq.Socket, now: float) -> None:
+        """Count the stream connection's drops since the last look, and reconnect after one libzmq
+        gave up on. A drop by the network or the peer is followed within its reconnect interval (100 ms)
+        by libzmq's own retry; a drop for a protocol error (a part over MAXMSGSIZE) ends the connection
+        for good, with no event after it: seen that way at the next look, we connect again."""
+        while monitor.poll(0):
+            event = recv_monitor_message(monitor)["event"]
+            if event != zmq.EVENT_DISCONNECTED:
+                self._dropped_at = None  # libzmq is reconnecting (or has) by itself
+                continue
+            self._dropped_at = now
+            self.stats["connections_dropped"] += 1
+            limit = self.max_message_bytes
+            log.warning(
+                "the stream connection to %s dropped (%d so far): the detector went away%s; frames in "
+                "flight become a gap",
+                self.endpoint,
+                self.stats["connections_dropped"],
+                f", or sent a message part over stream.max_message_bytes ({limit} bytes)" if limit else "",
+            )
+        if self._dropped_at is not None and now - self._dropped_at >= MONITOR_SECONDS / 2:
+            self._dropped_at = None
+            with contextlib.suppress(zmq.ZMQError):  # (the endpoint may be gone with the connection)
+                sock.disconnect(self.endpoint)
+            sock.connect(self.endpoint)
+            self.stats["reconnects"] += 1
+            log.warning("reconnecting to %s: ZeroMQ ended the connection for a protocol error", self.endpoint)
 
     def _receive_message(self, sock: zmq.Socket) -> None:
         part = sock.recv()

@@ -190,3 +190,32 @@ def test_a_stream2_series_id_beyond_int64_is_refused_and_the_reader_lives(tmp_pa
         receiver = appliance.view.status()["receiver"]
     assert run["exit_status"] == "success" and run["totals"]["frames_stored"] == 2
     assert receiver["errors"] == {"bad_field": 4} and not receiver.get("reader_crashes")
+
+
+def test_a_message_part_over_the_limit_drops_the_connection_counted_and_becomes_a_gap(
+    tmp_path: Path,
+) -> None:
+    """ZeroMQ buffers a whole message part before anyone sees it: a hostile multi-GB one would be
+    allocated. ``stream.max_message_bytes`` (MAXMSGSIZE) makes libzmq drop the connection instead; the
+    reader counts the drop, ZeroMQ reconnects, and the frame that never arrived is a recorded gap."""
+    with in_process_appliance(tmp_path, SHAPE, "stream.max_message_bytes=65536") as (appliance, push, _s):
+        push.send_multipart(encode_series_start(1, SHAPE, "uint16", run_uid="big", frames_expected=4))
+        frame0 = np.full(SHAPE, 1, np.uint16).tobytes()
+        push.send_multipart(encode_image(1, 0, SHAPE, "uint16", frame0))
+        push.send_multipart(encode_image(1, 1, SHAPE, "uint16", b"\0" * 200_000))  # over the limit
+        wait_for(lambda: appliance.view.status()["receiver"].get("connections_dropped"), 30, "the drop")
+        # libzmq never reconnects after a protocol error: the reader does, and what is sent after arrives
+        wait_for(lambda: appliance.view.status()["receiver"].get("reconnects"), 30, "the reconnection")
+        for frame in (2, 3):
+            data = np.full(SHAPE, frame + 1, np.uint16).tobytes()
+            push.send_multipart(encode_image(1, frame, SHAPE, "uint16", data))
+        push.send_multipart(encode_series_end(1))
+        wait_for(lambda: appliance.view.run("big").get("exit_status"), 30, "the run's end")
+        run = appliance.view.run("big")
+        receiver = appliance.view.status()["receiver"]
+    assert run["totals"]["frames_stored"] == 3
+    assert [(r["first_frame"], r["last_frame"], r["reason"]) for r in run["losses"]] == [
+        (1, 1, "frame_number_gap")
+    ]
+    assert receiver["connections_dropped"] == 1 and receiver["reconnects"] == 1
+    assert not receiver.get("reader_crashes")
