@@ -16,7 +16,7 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import uvicorn
@@ -69,6 +69,7 @@ class ScriptedRun:
     losses: list[dict[str, Any]]
     mode: str = "powder"
     vetoed: int = 0  # blanks dropped by policy (serial, store.blanks = drop)
+    header_notes: list[str] = field(default_factory=list)  # edge.where.header_notes of the run's config
 
     def totals(self) -> dict[str, Any]:
         lost = sum(r["last_frame"] - r["first_frame"] + 1 for r in self.losses if not r["partial"])
@@ -239,6 +240,7 @@ class ScriptedView:
             "eta_seconds": None,
             "files": run.files,
             "losses": run.losses,
+            "header_notes": run.header_notes,
             "config": {"reduction": {"mode": run.mode}},
             "summary": f"{len(run.files)} file(s): {len(run.files)} on the appliance, "
             f"{sum(1 for f in run.files if f['verified_by'])} verified upstream ({HPC}/{run.run_uid}), "

@@ -67,7 +67,10 @@ def busy() -> Iterator[str]:
             "partial": False,
         }
     ]
-    view.add_run(ScriptedRun(FAULTY, now - 3600, now - 3000, "fail", run_files(FAULTY, 3, 2), losses))
+    note = "left out of the files: detector=" + "'E-4M-serial-0123456789abcdef" * 5  # long, unbroken
+    faulty = ScriptedRun(FAULTY, now - 3600, now - 3000, "fail", run_files(FAULTY, 3, 2), losses)
+    faulty.header_notes = [note[:180]]
+    view.add_run(faulty)
     running = "5f0c2d3e-aaaa-4bbb-8ccc-0123456789ab"
     view.add_run(
         ScriptedRun(running, now - 60, None, None, run_files(running, 2, 1), [], mode="serial"), current=True
@@ -141,6 +144,9 @@ def test_layout_at_each_width(
         assert full_local in copies and full_hpc in copies
         summary = browser.evaluate("document.getElementById('where-summary').textContent")
         assert summary.startswith("3 file(s): 3 on the appliance, 2 verified upstream")
+        # what the detector's header said that the files do not carry, as `edge where` prints it
+        notes = browser.evaluate("document.getElementById('where-header-notes').innerText")
+        assert notes.startswith("left out of the files: detector=")
 
         # the image keeps the detector's aspect ratio (a 64 x 32 preview: twice as wide as tall)
         w, h = browser.evaluate(

@@ -781,6 +781,7 @@
     const w = detail.where || detail;
     const files = w.files || detail.files || [];
     const losses = w.losses || detail.losses || [];
+    const notes = w.header_notes || [];
     setText("where-run", w.run_uid || detail.run_uid);
     const outlook = state.lastStatus?.upstream_outlook;
     const summary = [
@@ -825,7 +826,12 @@
       `<h3>Loss records (${losses.length})</h3>` +
       (losses.length
         ? `<div class="scroll-x"><table class="grid" id="where-losses"><thead><tr><th>kind</th><th>frames</th><th>count</th><th>reason</th><th>detail</th><th>at</th></tr></thead><tbody>${lossRows}</tbody></table></div>`
-        : '<p class="good" id="where-no-losses">No frames lost.</p>');
+        : '<p class="good" id="where-no-losses">No frames lost.</p>') +
+      // what the detector's series header said that the files do not carry as sent (edge where prints it too)
+      (notes.length
+        ? `<h3>Detector header (${notes.length})</h3><ul class="notes" id="where-header-notes">` +
+          notes.map((n) => `<li>${esc(n)}</li>`).join("") + "</ul>"
+        : "");
   }
 
   async function refreshWhere() {
