@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from edge.errors import ConfigError
-from edge.upstream.protocol import CONSUMER_NAME
+from edge.upstream.protocol import CONSUMER_NAME, MAX_CHUNK_BYTES
 
 LOCALHOST = "127.0.0.1"
 
@@ -277,7 +277,7 @@ class StoreSettings(_Section):
         description="a reduced file (frame table, products) is finished after this long or 1000 rows: at a"
         " crash, at most this long of vetoed frames have no record and become daemon_crash losses",
     )
-    chunk_bytes: int = Field(4 << 20, ge=4096, le=256 << 20)
+    chunk_bytes: int = Field(4 << 20, ge=4096, le=MAX_CHUNK_BYTES)
     compress_threads: int = Field(
         2, ge=1, le=64, description="frames compressed at once (bitshuffle-LZ4, one OpenMP thread each)"
     )

@@ -26,6 +26,9 @@ from edge.upstream.curve import serve_securely
 from edge.upstream.session import HEARTBEAT_SECONDS, ConsumerState, ForwarderSession, Outgoing
 from firmware_bridge.source import Checkpoint, Spawner, plain_spawn
 
+#: the largest message part a consumer may send (ZeroMQ MAXMSGSIZE on the forwarder's socket)
+MAX_INBOUND_BYTES = p.MAX_HEADER_BYTES + 1024
+
 log = logging.getLogger(__name__)
 
 __all__ = ["HEARTBEAT_SECONDS", "ConsumerState", "Forwarder"]
@@ -78,6 +81,9 @@ class Forwarder:
         sock = self.context.socket(zmq.ROUTER)
         sock.linger = 0
         sock.router_mandatory = True
+        # a consumer sends headers only (hello, credit, acks, file_verified: at most MAX_HEADER_BYTES):
+        # a larger part is never buffered, libzmq drops that connection and the consumer reconnects
+        sock.setsockopt(zmq.MAXMSGSIZE, MAX_INBOUND_BYTES)
         if self.curve is not None:
             self._auth = serve_securely(self.context, sock, *self.curve)
         try:

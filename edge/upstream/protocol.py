@@ -25,6 +25,8 @@ VERSION = 2
 CONSUMER_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 #: an upstream message's JSON header is small; a client's messages are headers only
 MAX_HEADER_BYTES = 64 << 10
+#: the largest chunk payload an appliance sends (``store.chunk_bytes`` is bounded by it)
+MAX_CHUNK_BYTES = 256 << 20
 
 
 @dataclass(frozen=True)

@@ -81,6 +81,10 @@ class PullClient:
     def _session(self, progress: TextIO | None) -> None:
         sock = self.context.socket(zmq.DEALER)
         sock.linger = 0
+        # no part larger than a chunk can be (with room for CURVE's framing): a larger one is never
+        # buffered, libzmq drops the connection (for good: it does not reconnect after a protocol error),
+        # and the silence check below reconnects
+        sock.setsockopt(zmq.MAXMSGSIZE, p.MAX_CHUNK_BYTES + p.MAX_HEADER_BYTES)
         if self.curve is not None:
             connect_securely(sock, *self.curve)
         sock.connect(self.endpoint)

@@ -157,3 +157,42 @@ def test_an_idle_client_says_it_is_there(tmp_path: Path) -> None:
         client.stop_event.set()
         thread.join(10)
         router.close(0)
+
+
+def test_a_part_larger_than_any_chunk_drops_the_connection_and_the_client_comes_back(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No part larger than the largest chunk is buffered (ZeroMQ's MAXMSGSIZE, 256 MiB; 1 MiB here).
+    libzmq drops that connection and never reconnects after such a drop: the client's silence check
+    does, with a new Hello, and the oversized part is never handled."""
+    import threading
+    import time
+
+    monkeypatch.setattr(p, "MAX_CHUNK_BYTES", 1 << 20)
+    monkeypatch.setattr("edge.upstream.pull.SILENCE_SECONDS", 1.0)
+    context = zmq.Context.instance()
+    router = context.socket(zmq.ROUTER)
+    router.linger = 0
+    port = router.bind_to_random_port("tcp://127.0.0.1")
+    client = PullClient(f"tcp://127.0.0.1:{port}", "hpc", tmp_path, 4, context)
+    thread = threading.Thread(target=client.run)
+    thread.start()
+    try:
+        hellos = 0
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and hellos < 2:
+            if router.poll(200):
+                identity, *frames = router.recv_multipart()
+                message, _ = p.decode(frames)
+                if message.type == "hello":
+                    hellos += 1
+                    # a chunk header with a 2 MiB payload: over the limit, never delivered
+                    chunk = p.Chunk(1, 7, "run-1", "big.h5", 2 << 20, 0, 1, 0, 2 << 20, "x" * 32)
+                    router.send_multipart([identity, *p.encode(chunk, b"\0" * (2 << 20))])
+        assert hellos == 2  # the first connection dropped; the client came back on its own
+        assert client.stats["sessions"] >= 2 and client.stats["reconnects"] >= 1
+        assert client.stats["chunks_rejected"] == 0 and client.stats["chunks_written"] == 0
+    finally:
+        client.stop_event.set()
+        thread.join(10)
+        router.close(0)
