@@ -68,7 +68,8 @@ class RunRecorder:
         if not RUN_UID.fullmatch(uid):
             given, uid = uid, str(uuid.uuid4())
             log.warning("run uid %r from the detector is not a file name: the run is %s", given[:200], uid)
-            config = {**config, "detector_run_uid": given[:1024]}
+            refused = {"detector_run_uid": given[:1024], "detector_run_uid_refused": "not a file name"}
+            config = {**config, **refused}
             self._count("run_uids_replaced")
         for key in ("header_fields_ignored", "header_fields_truncated"):
             for _ in config.get(key) or ():
@@ -76,10 +77,12 @@ class RunRecorder:
         text = json.dumps(config)
         try:
             self.ledger.run_started(uid, series, frames_expected, text, mode)
-        except Exception as error:  # a repeated run uid: keep the data under a fresh one
-            log.warning("run uid %s rejected by the ledger (%s); using a new uid", uid, error)
-            uid = str(uuid.uuid4())
-            self.ledger.run_started(uid, series, frames_expected, text, mode)
+        except Exception as error:  # a repeated run uid: keep the data under a fresh one, and say whose
+            given, uid = uid, str(uuid.uuid4())
+            log.warning("run uid %s rejected by the ledger (%s); the run is %s", given, error, uid)
+            refused = {"detector_run_uid": given, "detector_run_uid_refused": "already a run's uid"}
+            self._count("run_uids_replaced")
+            self.ledger.run_started(uid, series, frames_expected, json.dumps({**config, **refused}), mode)
         self._modes[uid] = mode
         self._count("runs_opened")
         return uid

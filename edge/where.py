@@ -108,9 +108,8 @@ def header_notes(config: dict[str, Any]) -> list[str]:
     scientist reading the files should know (each is in the run's config too)."""
     notes = []
     if config.get("detector_run_uid"):
-        notes.append(
-            f"run uid {str(config['detector_run_uid'])[:80]!r} from the detector was not a file name"
-        )
+        why = str(config.get("detector_run_uid_refused") or "not a file name")[:80]
+        notes.append(f"run uid {str(config['detector_run_uid'])[:80]!r} from the detector was {why}")
     for text in config.get("header_fields_ignored") or ():
         notes.append(f"left out of the files: {text}")
     for path in config.get("header_fields_truncated") or ():

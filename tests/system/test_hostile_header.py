@@ -219,3 +219,26 @@ def test_a_message_part_over_the_limit_drops_the_connection_counted_and_becomes_
     ]
     assert receiver["connections_dropped"] == 1 and receiver["reconnects"] == 1
     assert not receiver.get("reader_crashes")
+
+
+def test_a_run_uid_used_before_keeps_the_data_under_a_fresh_one_and_says_so(tmp_path: Path) -> None:
+    """A detector that sends the same ``run_uid`` twice: the second run is recorded under a fresh uid,
+    the detector's kept beside it with the reason, counted, and noted in its where-is-my-data report."""
+    with in_process_appliance(tmp_path, SHAPE) as (appliance, push, _settings):
+        for series in (1, 2):
+            push.send_multipart(
+                encode_series_start(series, SHAPE, "uint16", run_uid="same", frames_expected=2)
+            )
+            for frame in range(2):
+                data = np.full(SHAPE, frame + 1, np.uint16).tobytes()
+                push.send_multipart(encode_image(series, frame, SHAPE, "uint16", data))
+            push.send_multipart(encode_series_end(series))
+        wait_for(lambda: len([r for r in appliance.view.runs() if r.get("ended_at")]) == 2, 30, "two runs")
+        second = next(r["run_uid"] for r in appliance.view.runs() if r["run_uid"] != "same")
+        run = appliance.view.run(second)
+        status = appliance.view.status()
+    assert run["totals"]["frames_stored"] == 2 and run["losses"] == []
+    config = json.loads(run["config"])
+    assert (config["detector_run_uid"], config["detector_run_uid_refused"]) == ("same", "already a run's uid")
+    assert run["where"]["header_notes"] == ["run uid 'same' from the detector was already a run's uid"]
+    assert status["store"]["run_uids_replaced"] == 1
