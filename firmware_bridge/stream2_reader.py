@@ -172,6 +172,7 @@ class Stream2Source(ZmqStreamSource):
         self._series = start.series
         self._next_frame = 0
         self._newest = None
+        self._gaps.clear()
         self._unreadable = 0
         config = series_config(start, start.dtype or ASSUMED_DTYPE, "")
         self._frames_expected = config["frames_expected"]
@@ -228,6 +229,7 @@ class Stream2Source(ZmqStreamSource):
             reference = self._newest if self._newest is not None else 0
             if self.max_frame_jump is None or frame <= reference + self.max_frame_jump:
                 self.stats["frames_gap"] += frame - self._next_frame
+                self._gaps.append((self._next_frame, frame - 1))
                 detail = f"{self._unreadable} unreadable message(s) in the series"
                 self.sink.lost(self._next_frame, frame - 1, UNREADABLE, detail)
                 self._next_frame = frame

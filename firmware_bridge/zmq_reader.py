@@ -12,7 +12,7 @@ import contextlib
 import logging
 import threading
 import time
-from collections import Counter
+from collections import Counter, deque
 from typing import Any
 
 import numpy as np
@@ -43,6 +43,7 @@ from firmware_bridge.stream_codec import (
 log = logging.getLogger(__name__)
 
 MONITOR_SECONDS = 0.5  # how often the reader looks at its connection's events
+GAPS_REMEMBERED = 64  # a series' latest gaps a late frame is looked for in
 
 
 class ZmqStreamSource:
@@ -80,6 +81,8 @@ class ZmqStreamSource:
         self._series: int | None = None
         self._next_frame = 0
         self._newest: int | None = None  # newest frame accepted in the open series
+        # the open series' latest gaps recorded lost (first, last): a frame arriving in one is late
+        self._gaps: deque[tuple[int, int]] = deque(maxlen=GAPS_REMEMBERED)
         self._frames_expected: int | None = None
         self._end_request: str | None = None
         self._refused: str | None = None
@@ -285,6 +288,7 @@ class ZmqStreamSource:
             self._series = event.series
             self._next_frame = 0
             self._newest = None
+            self._gaps.clear()
             self._frames_expected = event.frames_expected
             self.stats["series_started"] += 1
             announced = event.config.get("frames_expected")
@@ -332,6 +336,7 @@ class ZmqStreamSource:
         self._series = series
         self._next_frame = frame
         self._newest = frame
+        self._gaps.clear()
         self._frames_expected = None
         self.stats["series_adopted"] += 1
         log.warning(
@@ -368,10 +373,23 @@ class ZmqStreamSource:
                 )
                 return False
         if frame < self._next_frame:
-            self.stats["frames_duplicate"] += 1
+            if any(first <= frame <= last for first, last in self._gaps):
+                # it came after later frames had made it a gap, recorded lost: dropped, and said so
+                self.stats["frames_late"] += 1
+                if self.stats["frames_late"] == 1 or self.stats["frames_late"] % 100 == 0:
+                    log.warning(
+                        "frame %d of series %s came after later frames, where it was recorded lost "
+                        "(frame_number_gap); dropped (%d such so far)",
+                        frame,
+                        self._series,
+                        self.stats["frames_late"],
+                    )
+            else:
+                self.stats["frames_duplicate"] += 1
             return False
         if frame > self._next_frame:
             self.stats["frames_gap"] += frame - self._next_frame
+            self._gaps.append((self._next_frame, frame - 1))
             self.sink.lost(self._next_frame, frame - 1, "frame_number_gap", "frames never arrived")
         self._next_frame = frame + 1
         self._newest = frame

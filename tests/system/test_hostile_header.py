@@ -242,3 +242,22 @@ def test_a_run_uid_used_before_keeps_the_data_under_a_fresh_one_and_says_so(tmp_
     assert (config["detector_run_uid"], config["detector_run_uid_refused"]) == ("same", "already a run's uid")
     assert run["where"]["header_notes"] == ["run uid 'same' from the detector was already a run's uid"]
     assert status["store"]["run_uids_replaced"] == 1
+
+
+def test_a_frame_after_its_gap_is_counted_late_not_duplicate(tmp_path: Path) -> None:
+    """Frames 0, 2, 1, 2, 3: frame 2 made frame 1 a recorded gap, so the 1 that comes after is late
+    (``frames_late``, logged), and the second 2 a duplicate; the accounting holds: 3 stored + 1 lost."""
+    with in_process_appliance(tmp_path, SHAPE) as (appliance, push, _settings):
+        push.send_multipart(encode_series_start(1, SHAPE, "uint16", run_uid="late", frames_expected=4))
+        for frame in (0, 2, 1, 2, 3):
+            data = np.full(SHAPE, frame + 1, np.uint16).tobytes()
+            push.send_multipart(encode_image(1, frame, SHAPE, "uint16", data))
+        push.send_multipart(encode_series_end(1))
+        wait_for(lambda: appliance.view.run("late").get("exit_status"), 30, "the run's end")
+        run = appliance.view.run("late")
+        receiver = appliance.view.status()["receiver"]
+    assert run["totals"]["frames_stored"] == 3
+    assert [(r["first_frame"], r["last_frame"], r["reason"]) for r in run["losses"]] == [
+        (1, 1, "frame_number_gap")
+    ]
+    assert (receiver["frames_late"], receiver["frames_duplicate"]) == (1, 1)
