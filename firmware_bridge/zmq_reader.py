@@ -182,12 +182,15 @@ class ZmqStreamSource:
                 continue
             self._dropped_at = now
             self.stats["connections_dropped"] += 1
+            dropped = self.stats["connections_dropped"]
+            if dropped > 1 and dropped % 100:  # a peer that drops every connection: not a line each time
+                continue
             limit = self.max_message_bytes
             log.warning(
-                "the stream connection to %s dropped (%d so far): the detector went away%s; frames in "
-                "flight become a gap",
+                "the stream connection to %s dropped (%d so far; logged the first time, then every "
+                "100th): the detector went away%s; frames in flight become a gap",
                 self.endpoint,
-                self.stats["connections_dropped"],
+                dropped,
                 f", or sent a message part over stream.max_message_bytes ({limit} bytes)" if limit else "",
             )
         if self._dropped_at is not None and now - self._dropped_at >= MONITOR_SECONDS / 2:
@@ -196,7 +199,12 @@ class ZmqStreamSource:
                 sock.disconnect(self.endpoint)
             sock.connect(self.endpoint)
             self.stats["reconnects"] += 1
-            log.warning("reconnecting to %s: ZeroMQ ended the connection for a protocol error", self.endpoint)
+            if self.stats["reconnects"] == 1 or self.stats["reconnects"] % 100 == 0:
+                log.warning(
+                    "reconnecting to %s (%d times so far): ZeroMQ ended the connection for a protocol error",
+                    self.endpoint,
+                    self.stats["reconnects"],
+                )
 
     def _receive_message(self, sock: zmq.Socket) -> None:
         part = sock.recv()
