@@ -42,6 +42,24 @@ def _series(
     return json.loads(run["config"]), status, path, run["where"]
 
 
+def _send_frames(push: Any, series: int, frames: tuple[int, ...] | range) -> None:
+    """One image message per frame number, each frame's pixels its number + 1."""
+    for frame in frames:
+        push.send_multipart(
+            encode_image(series, frame, SHAPE, "uint16", np.full(SHAPE, frame + 1, "<u2").tobytes())
+        )
+
+
+def _ended(appliance: Any, run_uid: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The run's record once it ended, and the receiver's counters then."""
+    wait_for(lambda: appliance.view.run(run_uid).get("exit_status"), 30, f"the end of run {run_uid}")
+    return appliance.view.run(run_uid), appliance.view.status()["receiver"]
+
+
+def _losses(run: dict[str, Any]) -> list[tuple[int, int, str]]:
+    return [(r["first_frame"], r["last_frame"], r["reason"]) for r in run["losses"]]
+
+
 def test_fields_only_the_receiver_sets_are_kept_aside_not_acted_on(tmp_path: Path) -> None:
     header = {
         "resumed_after_restart": True,  # would make the run a resumed one, looking for a run to link
@@ -206,17 +224,11 @@ def test_a_message_part_over_the_limit_drops_the_connection_counted_and_becomes_
         wait_for(lambda: appliance.view.status()["receiver"].get("connections_dropped"), 30, "the drop")
         # libzmq never reconnects after a protocol error: the reader does, and what is sent after arrives
         wait_for(lambda: appliance.view.status()["receiver"].get("reconnects"), 30, "the reconnection")
-        for frame in (2, 3):
-            data = np.full(SHAPE, frame + 1, np.uint16).tobytes()
-            push.send_multipart(encode_image(1, frame, SHAPE, "uint16", data))
+        _send_frames(push, 1, (2, 3))
         push.send_multipart(encode_series_end(1))
-        wait_for(lambda: appliance.view.run("big").get("exit_status"), 30, "the run's end")
-        run = appliance.view.run("big")
-        receiver = appliance.view.status()["receiver"]
+        run, receiver = _ended(appliance, "big")
     assert run["totals"]["frames_stored"] == 3
-    assert [(r["first_frame"], r["last_frame"], r["reason"]) for r in run["losses"]] == [
-        (1, 1, "frame_number_gap")
-    ]
+    assert _losses(run) == [(1, 1, "frame_number_gap")]
     assert receiver["connections_dropped"] == 1 and receiver["reconnects"] == 1
     assert not receiver.get("reader_crashes")
 
@@ -229,9 +241,7 @@ def test_a_run_uid_used_before_keeps_the_data_under_a_fresh_one_and_says_so(tmp_
             push.send_multipart(
                 encode_series_start(series, SHAPE, "uint16", run_uid="same", frames_expected=2)
             )
-            for frame in range(2):
-                data = np.full(SHAPE, frame + 1, np.uint16).tobytes()
-                push.send_multipart(encode_image(series, frame, SHAPE, "uint16", data))
+            _send_frames(push, series, range(2))
             push.send_multipart(encode_series_end(series))
         wait_for(lambda: len([r for r in appliance.view.runs() if r.get("ended_at")]) == 2, 30, "two runs")
         second = next(r["run_uid"] for r in appliance.view.runs() if r["run_uid"] != "same")
@@ -249,15 +259,9 @@ def test_a_frame_after_its_gap_is_counted_late_not_duplicate(tmp_path: Path) -> 
     (``frames_late``, logged), and the second 2 a duplicate; the accounting holds: 3 stored + 1 lost."""
     with in_process_appliance(tmp_path, SHAPE) as (appliance, push, _settings):
         push.send_multipart(encode_series_start(1, SHAPE, "uint16", run_uid="late", frames_expected=4))
-        for frame in (0, 2, 1, 2, 3):
-            data = np.full(SHAPE, frame + 1, np.uint16).tobytes()
-            push.send_multipart(encode_image(1, frame, SHAPE, "uint16", data))
+        _send_frames(push, 1, (0, 2, 1, 2, 3))
         push.send_multipart(encode_series_end(1))
-        wait_for(lambda: appliance.view.run("late").get("exit_status"), 30, "the run's end")
-        run = appliance.view.run("late")
-        receiver = appliance.view.status()["receiver"]
+        run, receiver = _ended(appliance, "late")
     assert run["totals"]["frames_stored"] == 3
-    assert [(r["first_frame"], r["last_frame"], r["reason"]) for r in run["losses"]] == [
-        (1, 1, "frame_number_gap")
-    ]
+    assert _losses(run) == [(1, 1, "frame_number_gap")]
     assert (receiver["frames_late"], receiver["frames_duplicate"]) == (1, 1)

@@ -4,7 +4,11 @@ acknowledgement given only after the bytes are fsynced."""
 
 from __future__ import annotations
 
+import contextlib
 import errno
+import threading
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -130,11 +134,9 @@ def test_an_appliance_with_another_checksum_stops_the_client_saying_why(tmp_path
     assert client.stop_event.is_set() and "md5" in str(client.fatal)
 
 
-def test_an_idle_client_says_it_is_there(tmp_path: Path) -> None:
-    """Heartbeats from the client while nothing comes, so the appliance sees it connected."""
-    import threading
-    import time
-
+@contextlib.contextmanager
+def _client_of_a_router(tmp_path: Path) -> Iterator[tuple[zmq.Socket, PullClient]]:
+    """A ROUTER standing in for the appliance, and a pull client running against it (stopped at the end)."""
     context = zmq.Context.instance()
     router = context.socket(zmq.ROUTER)
     router.linger = 0
@@ -143,6 +145,16 @@ def test_an_idle_client_says_it_is_there(tmp_path: Path) -> None:
     thread = threading.Thread(target=client.run)
     thread.start()
     try:
+        yield router, client
+    finally:
+        client.stop_event.set()
+        thread.join(10)
+        router.close(0)
+
+
+def test_an_idle_client_says_it_is_there(tmp_path: Path) -> None:
+    """Heartbeats from the client while nothing comes, so the appliance sees it connected."""
+    with _client_of_a_router(tmp_path) as (router, _client):
         kinds = []
         deadline = time.monotonic() + 15
         while time.monotonic() < deadline and kinds.count("heartbeat") < 2:
@@ -153,10 +165,6 @@ def test_an_idle_client_says_it_is_there(tmp_path: Path) -> None:
                 if message.type == "hello":
                     router.send_multipart([identity, *p.encode(p.Welcome("edge", "xxh3-128"))])
         assert kinds[0] == "hello" and kinds.count("heartbeat") >= 2, kinds
-    finally:
-        client.stop_event.set()
-        thread.join(10)
-        router.close(0)
 
 
 def test_a_part_larger_than_any_chunk_drops_the_connection_and_the_client_comes_back(
@@ -165,19 +173,9 @@ def test_a_part_larger_than_any_chunk_drops_the_connection_and_the_client_comes_
     """No part larger than the largest chunk is buffered (ZeroMQ's MAXMSGSIZE, 256 MiB; 1 MiB here).
     libzmq drops that connection and never reconnects after such a drop: the client's silence check
     does, with a new Hello, and the oversized part is never handled."""
-    import threading
-    import time
-
     monkeypatch.setattr(p, "MAX_CHUNK_BYTES", 1 << 20)
     monkeypatch.setattr("edge.upstream.pull.SILENCE_SECONDS", 1.0)
-    context = zmq.Context.instance()
-    router = context.socket(zmq.ROUTER)
-    router.linger = 0
-    port = router.bind_to_random_port("tcp://127.0.0.1")
-    client = PullClient(f"tcp://127.0.0.1:{port}", "hpc", tmp_path, 4, context)
-    thread = threading.Thread(target=client.run)
-    thread.start()
-    try:
+    with _client_of_a_router(tmp_path) as (router, client):
         hellos = 0
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline and hellos < 2:
@@ -192,7 +190,3 @@ def test_a_part_larger_than_any_chunk_drops_the_connection_and_the_client_comes_
         assert hellos == 2  # the first connection dropped; the client came back on its own
         assert client.stats["sessions"] >= 2 and client.stats["reconnects"] >= 1
         assert client.stats["chunks_rejected"] == 0 and client.stats["chunks_written"] == 0
-    finally:
-        client.stop_event.set()
-        thread.join(10)
-        router.close(0)
