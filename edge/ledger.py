@@ -259,6 +259,17 @@ class Ledger:
     def runs(self) -> list[dict[str, Any]]:
         return self._rows("SELECT * FROM runs ORDER BY started_at")
 
+    def runs_named_by_detector(self, detector_uid: str) -> list[str]:
+        """The runs recorded under a fresh uid because the detector's (``detector_run_uid`` in their
+        config) was not a file name or already a run's, oldest first. A scan of every run's config: for
+        `edge where`, not for a page that refreshes."""
+        rows = self._rows(
+            "SELECT run_uid FROM runs WHERE config LIKE '%detector_run_uid%' AND json_valid(config)"
+            " AND json_extract(config, '$.detector_run_uid') = ? ORDER BY started_at",
+            (detector_uid,),
+        )
+        return [str(row["run_uid"]) for row in rows]
+
     def newest_run(self) -> str | None:
         """The uid of the run that started last (None before the first)."""
         rows = self._rows("SELECT run_uid FROM runs ORDER BY started_at DESC LIMIT 1")

@@ -1,7 +1,8 @@
 """Where is my data? One run's files: local path, checksum, state, who confirmed them, what is pending.
 
-``edge where RUN`` (a run uid or a unique prefix of one) reads the ledger directly, so it answers even
-when the daemon is down; ``GET /api/runs/{run_uid}`` returns the same report.
+``edge where RUN`` (a run uid, a unique prefix of one, or the uid the detector gave a run recorded under
+a fresh one) reads the ledger directly, so it answers even when the daemon is down, and names the other
+runs the detector's uid names; ``GET /api/runs/{run_uid}`` returns the same report.
 """
 
 from __future__ import annotations
@@ -24,9 +25,25 @@ def resolve_run(ledger: Ledger, text: str) -> str:
     matches = [uid for uid in uids if uid.startswith(text)]
     if len(matches) == 1:
         return matches[0]
-    if not matches:
-        raise NotFound(f"no run {text!r} in the ledger ({len(uids)} runs known)")
-    raise NotFound(f"{text!r} matches {len(matches)} runs; give more of the uid")
+    if matches:
+        raise NotFound(f"{text!r} matches {len(matches)} runs; give more of the uid")
+    renamed = ledger.runs_named_by_detector(text)  # the detector's uid, recorded under a fresh one
+    if len(renamed) == 1:
+        return renamed[0]
+    if renamed:
+        raise NotFound(f"the detector's run uid {text!r} names {len(renamed)} runs: {', '.join(renamed)}")
+    raise NotFound(f"no run {text!r} in the ledger ({len(uids)} runs known)")
+
+
+def also_named(ledger: Ledger, run_uid: str, config: Any) -> tuple[str, list[str]]:
+    """For `edge where`: the uid the detector gave this run, and the other runs it names (recorded under
+    fresh uids, as it was not a file name or already a run's)."""
+    own = _config(config).get("detector_run_uid")
+    named = str(own) if own else run_uid
+    others = [uid for uid in ledger.runs_named_by_detector(named) if uid != run_uid]
+    if named != run_uid and named in {row["run_uid"] for row in ledger.runs()}:
+        others.insert(0, named)
+    return named, others
 
 
 def where_report(

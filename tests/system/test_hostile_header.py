@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -252,6 +254,32 @@ def test_a_run_uid_used_before_keeps_the_data_under_a_fresh_one_and_says_so(tmp_
     assert (config["detector_run_uid"], config["detector_run_uid_refused"]) == ("same", "already a run's uid")
     assert run["where"]["header_notes"] == ["run uid 'same' from the detector was already a run's uid"]
     assert status["store"]["run_uids_replaced"] == 1
+    # `edge where` names the other run from either side
+    for asked, other in (("same", second), (second, "same")):
+        text = _edge_where(tmp_path, asked)
+        assert f"the detector's run uid 'same' also names run {other}" in text
+        assert json.loads(_edge_where(tmp_path, asked, "--json"))["detector_uid_also_names"] == [other]
+
+
+def _edge_where(tmp_path: Path, run: str, *flags: str) -> str:
+    """What `edge where RUN` prints, run as a user would, on the store under ``tmp_path``."""
+    store = f'store.path="{tmp_path / "store"}"'
+    done = subprocess.run(
+        [sys.executable, "-m", "edge", "where", run, *flags, "--set", store],
+        capture_output=True, text=True, timeout=60, check=True,
+    )  # fmt: skip
+    return done.stdout
+
+
+def test_edge_where_finds_a_run_by_the_uid_the_detector_gave_it(tmp_path: Path) -> None:
+    """A run uid that is not a file name is replaced; `edge where` still finds the run by it."""
+    with in_process_appliance(tmp_path, SHAPE) as (appliance, push, _settings):
+        push.send_multipart(encode_series_start(1, SHAPE, "uint16", run_uid="a/b c", frames_expected=1))
+        _send_frames(push, 1, range(1))
+        push.send_multipart(encode_series_end(1))
+        wait_for(lambda: [r for r in appliance.view.runs() if r.get("ended_at")], 30, "the run's end")
+        (fresh,) = [r["run_uid"] for r in appliance.view.runs()]
+    assert json.loads(_edge_where(tmp_path, "a/b c", "--json"))["run_uid"] == fresh
 
 
 def test_a_frame_after_its_gap_is_counted_late_not_duplicate(tmp_path: Path) -> None:
