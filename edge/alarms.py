@@ -133,6 +133,13 @@ def current_alarms(status: Mapping[str, Any]) -> list[dict[str, Any]]:
             " the next one starts)"
         )
         out.append(_alarm("condition:stream_silent", "condition", "minor", message))
+    if receiver.get("dropped_in_series") is not None:
+        message = (
+            f"The detector's stream connection dropped during series {receiver['dropped_in_series']}"
+            f" ({receiver.get('connections_dropped_in_series', 0)} time(s) since the daemon started): the"
+            " frames in flight are recorded lost; ZeroMQ reconnected"
+        )
+        out.append(_alarm("condition:stream_dropped", "condition", "minor", message))
     errors = receiver.get("errors") or {}
     if errors:
         text = ", ".join(f"{k} {v}" for k, v in errors.items())

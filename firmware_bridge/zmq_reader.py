@@ -43,6 +43,7 @@ from firmware_bridge.stream_codec import (
 log = logging.getLogger(__name__)
 
 MONITOR_SECONDS = 0.5  # how often the reader looks at its connection's events
+DROP_REPORT_SECONDS = 2.0  # a drop during a series is reported once the series outlives it this long
 GAPS_REMEMBERED = 64  # a series' latest gaps a late frame is looked for in
 
 
@@ -91,6 +92,8 @@ class ZmqStreamSource:
         # that stopped without ending its series leaves the run open until the next series starts
         self.silent_alarm_seconds = float(silent_alarm_seconds)
         self._heard_at: float | None = None  # monotonic time of the last message
+        # (series, when) the connection last dropped while a series was open
+        self._dropped_in_series: tuple[int, float] | None = None
 
     @property
     def series_open(self) -> bool:
@@ -125,8 +128,18 @@ class ZmqStreamSource:
             "errors": {k: int(v) for k, v in self.codec.errors.items()},
             "series": series,
             "seconds_silent": silent,  # since the last message, while a series is open (else None)
+            # the open series, when the connection dropped during it (frames in flight became a gap) and
+            # the series is still open DROP_REPORT_SECONDS later: its end may have been queued before the
+            # drop (a detector that ends its series and goes away is no fault)
+            "dropped_in_series": self._series_dropped(series),
             "silent_alarm_seconds": self.silent_alarm_seconds,
         }
+
+    def _series_dropped(self, series: int | None) -> int | None:
+        dropped = self._dropped_in_series
+        if dropped is None or series is None or dropped[0] != series:
+            return None
+        return series if time.monotonic() - dropped[1] >= DROP_REPORT_SECONDS else None
 
     # -- the loop ---------------------------------------------------------------------------------------
     def _run(self, checkpoint: Checkpoint) -> None:
@@ -182,6 +195,9 @@ class ZmqStreamSource:
                 continue
             self._dropped_at = now
             self.stats["connections_dropped"] += 1
+            if self._series is not None:  # frames in flight were lost: the operator sees why (an alarm)
+                self.stats["connections_dropped_in_series"] += 1
+                self._dropped_in_series = (self._series, now)
             dropped = self.stats["connections_dropped"]
             if dropped > 1 and dropped % 100:  # a peer that drops every connection: not a line each time
                 continue

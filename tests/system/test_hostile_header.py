@@ -226,12 +226,17 @@ def test_a_message_part_over_the_limit_drops_the_connection_counted_and_becomes_
         wait_for(lambda: appliance.view.status()["receiver"].get("connections_dropped"), 30, "the drop")
         # libzmq never reconnects after a protocol error: the reader does, and what is sent after arrives
         wait_for(lambda: appliance.view.status()["receiver"].get("reconnects"), 30, "the reconnection")
+        # the operator sees why frames are missing while the series is open
+        wait_for(lambda: appliance.view.status()["receiver"]["dropped_in_series"] == 1, 10, "the report")
+        (dropped,) = [a for a in appliance.view.alarms() if a["id"] == "condition:stream_dropped"]
+        assert dropped["severity"] == "minor" and "during series 1" in dropped["message"]
         _send_frames(push, 1, (2, 3))
         push.send_multipart(encode_series_end(1))
         run, receiver = _ended(appliance, "big")
     assert run["totals"]["frames_stored"] == 3
     assert _losses(run) == [(1, 1, "frame_number_gap")]
     assert receiver["connections_dropped"] == 1 and receiver["reconnects"] == 1
+    assert receiver["dropped_in_series"] is None  # its series ended: the run's own record says the rest
     assert not receiver.get("reader_crashes")
 
 
