@@ -94,6 +94,7 @@ class ZmqStreamSource:
         self._heard_at: float | None = None  # monotonic time of the last message
         # (series, when) the connection last dropped while a series was open
         self._dropped_in_series: tuple[int, float] | None = None
+        self._dropped_at: float | None = None  # a drop no event followed yet (see _connection_events)
 
     @property
     def series_open(self) -> bool:
@@ -155,7 +156,7 @@ class ZmqStreamSource:
         # would go unseen, and never after the second (see ``_connection_events``)
         monitor = sock.get_monitor_socket()
         monitor_due = 0.0
-        self._dropped_at: float | None = None
+        self._dropped_at = None
         sock.connect(self.endpoint)
         try:
             while not self._stop.is_set():
