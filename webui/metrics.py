@@ -35,7 +35,9 @@ PREFIX = "edge_"
 #: other number there only grows (the components keep them in ``collections.Counter``s).
 GAUGE_KEYS = {
     "ring": {"slots", "slot_bytes", "fill", "free", "max_fill"},
-    "receiver": {"rcvbuf_bytes"},
+    # the open series' number, seconds since its last message, that alarm's limit, a series the stream
+    # connection dropped during: values of now, not counts (absent, no sample, when null)
+    "receiver": {"rcvbuf_bytes", "series", "seconds_silent", "silent_alarm_seconds", "dropped_in_series"},
     "pipeline": {"queued"},
     "upstream": set(),
     "retention": {

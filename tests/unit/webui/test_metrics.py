@@ -219,3 +219,17 @@ def test_sparse_status_and_new_sections() -> None:
     assert names["edge_frames"].type == "counter"
     assert names["edge_newsection_things"].type == "gauge"
     assert names["edge_ok"].samples[0].value == 1
+
+
+def test_the_receivers_values_of_now_are_gauges() -> None:
+    """The open series, the seconds since the detector's last message and the like go down as well as up:
+    exported as counters they read as counter resets (they were, until 2026-12-03)."""
+    receiver = {"series": 5, "seconds_silent": 3.2, "silent_alarm_seconds": 60.0, "dropped_in_series": 5}
+    families = {f.name: f for f in collect_status({"receiver": {**receiver, "frames_received": 10}})}
+    for key, value in receiver.items():
+        assert families[f"edge_receiver_{key}"].type == "gauge", key
+        assert families[f"edge_receiver_{key}"].samples[0].value == value
+    assert families["edge_receiver_frames_received"].type == "counter"
+    # null (no series open): no sample at all
+    families = {f.name: f for f in collect_status({"receiver": {"series": None, "seconds_silent": None}})}
+    assert "edge_receiver_series" not in families and "edge_receiver_seconds_silent" not in families
