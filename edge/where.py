@@ -7,6 +7,7 @@ runs the detector's uid names; ``GET /api/runs/{run_uid}`` returns the same repo
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from pathlib import Path
@@ -41,8 +42,9 @@ def also_named(ledger: Ledger, run_uid: str, config: Any) -> tuple[str, list[str
     own = _config(config).get("detector_run_uid")
     named = str(own) if own else run_uid
     others = [uid for uid in ledger.runs_named_by_detector(named) if uid != run_uid]
-    if named != run_uid and named in {row["run_uid"] for row in ledger.runs()}:
-        others.insert(0, named)
+    if named != run_uid:  # a replaced uid: the run that has it, if one does
+        with contextlib.suppress(NotFound):
+            others.insert(0, ledger.run(named)["run_uid"])
     return named, others
 
 
