@@ -31,6 +31,7 @@ import cbor2
 import numpy as np
 
 from firmware_bridge.hdf5_chunks import ChunkError, check_bslz4, decode_bslz4, decode_lz4, read_header
+from firmware_bridge.stream_codec import MAX_COUNT  # what the ledger, the store and the ring hold
 
 TAG_SELF_DESCRIBED = 55799
 TAG_MULTI_DIM = 40
@@ -196,14 +197,11 @@ def _uint(message: Mapping[str, Any], key: str, required: bool = True) -> int | 
     return value
 
 
-_MAX_SERIES = (1 << 63) - 1  # the ledger's INTEGER (SQLite: signed 64-bit), as the JSON stream's bound
-
-
 def _series_id(message: Mapping[str, Any]) -> int:
     """``series_id``: an unsigned integer the ledger can hold (at most 2^63 - 1)."""
     series = _uint(message, "series_id")
     assert series is not None
-    if series > _MAX_SERIES:
+    if series > MAX_COUNT:
         raise Stream2ProtocolError("bad_field", f"series_id={series} is beyond 2^63 - 1")
     return series
 
@@ -217,9 +215,6 @@ def _text(message: Mapping[str, Any], key: str) -> str:
 
 def _short(value: Any) -> str:
     return repr(value)[:60]
-
-
-_MAX_NS = (1 << 63) - 1  # what the store and the ring's headers hold
 
 
 def _rational_ns(message: Mapping[str, Any], key: str) -> int | None:
@@ -237,7 +232,7 @@ def _rational_ns(message: Mapping[str, Any], key: str) -> int | None:
     ):
         return None
     ns = int(value[0]) * 1_000_000_000 // int(value[1])
-    return ns if ns <= _MAX_NS else None
+    return ns if ns <= MAX_COUNT else None
 
 
 def _compressed(value: cbor2.CBORTag) -> tuple[str, int, bytes | memoryview]:
