@@ -228,10 +228,7 @@ class Stream2Source(ZmqStreamSource):
         if self._unreadable and self._series is not None and frame > self._next_frame:
             reference = self._newest if self._newest is not None else 0
             if self.max_frame_jump is None or frame <= reference + self.max_frame_jump:
-                self.stats["frames_gap"] += frame - self._next_frame
-                self._gaps.append((self._next_frame, frame - 1))
-                detail = f"{self._unreadable} unreadable message(s) in the series"
-                self.sink.lost(self._next_frame, frame - 1, UNREADABLE, detail)
+                self._gap(frame, UNREADABLE, f"{self._unreadable} unreadable message(s) in the series")
                 self._next_frame = frame
                 self._unreadable = 0
         return self._note_frame(frame)

@@ -413,9 +413,7 @@ class ZmqStreamSource:
                 self.stats["frames_duplicate"] += 1
             return False
         if frame > self._next_frame:
-            self.stats["frames_gap"] += frame - self._next_frame
-            self._gaps.append((self._next_frame, frame - 1))
-            self.sink.lost(self._next_frame, frame - 1, "frame_number_gap", "frames never arrived")
+            self._gap(frame, "frame_number_gap", "frames never arrived")
         self._next_frame = frame + 1
         self._newest = frame
         if self._frames_expected is not None and frame >= self._frames_expected:
@@ -429,6 +427,13 @@ class ZmqStreamSource:
                 )
             self.stats["frames_beyond_expected"] += 1
         return True
+
+    def _gap(self, frame: int, reason: str, detail: str) -> None:
+        """The frames from the next expected one up to ``frame`` never came: recorded lost, and
+        remembered so that one of them arriving later is counted late."""
+        self.stats["frames_gap"] += frame - self._next_frame
+        self._gaps.append((self._next_frame, frame - 1))
+        self.sink.lost(self._next_frame, frame - 1, reason, detail)
 
     def _end_series(self, reason: str, exit_status: str = "success") -> None:
         expected = self._frames_expected
