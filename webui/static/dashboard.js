@@ -151,6 +151,7 @@
     streamBroken: false,
     source: null,
     reconnectTimer: null,
+    connectedAtMs: 0, // when the event stream was last (re)opened
     probeFailed: false,
     trends: [],
     previewKey: null,
@@ -929,6 +930,7 @@
     if (state.source) state.source.close();
     const source = new EventSource("/api/events");
     state.source = source;
+    state.connectedAtMs = Date.now();
     source.addEventListener("status", (e) => onStatus(JSON.parse(e.data)));
     source.addEventListener("preview", (e) => onPreview(JSON.parse(e.data)));
     source.addEventListener("trends", (e) => {
@@ -971,8 +973,11 @@
     else if (age > OFFLINE_MS || (state.streamBroken && state.probeFailed)) link = "offline";
     else if (age > STALE_MS || state.streamBroken) link = "stale";
     else link = "live";
-    if (state.source && state.lastStatusMs !== null && age > 2 * OFFLINE_MS && state.source.readyState !== EventSource.CONNECTING) {
-      connect(); // open but silent for too long: start again
+    // nothing for two offline periods, and this attempt is as old: start again. That includes an attempt
+    // stuck "connecting": one accepted by an appliance that was shutting down is never answered, and the
+    // browser's own retry never comes (the page stayed offline after the appliance was back)
+    if (state.source && age > 2 * OFFLINE_MS && Date.now() - state.connectedAtMs > 2 * OFFLINE_MS) {
+      connect();
     }
     const changed = link !== state.link;
     state.link = link;
