@@ -277,6 +277,7 @@ class RingSink:
                 "nxmx": nxmx,
                 "reduction": reduction,
                 "file_path": str(capture_path) if capture_path is not None else None,
+                "resumes_run": config.get("resumes_run"),  # a series resumed after a restart
             }
         )
         if capture_path is not None:

@@ -23,6 +23,7 @@ import itertools
 import logging
 import math
 import os
+import threading
 import time
 from collections import deque
 from collections.abc import Callable
@@ -96,6 +97,19 @@ class RunContext:
     #: frames analysed at once (``reduction.analysis_threads`` > 1): stages that can (serial, powder on
     #: the CPU) analyse each frame there and fold the results in frame order
     analysis: Executor | None = None
+    #: a run resumed after a restart: the stored frames of the series before it (tomography reads them)
+    earlier: EarlierParts | None = None
+
+
+@dataclass(frozen=True)
+class EarlierParts:
+    """The series' frames stored before a daemon restart cut it: the runs a resumed run continues (oldest
+    first), their data files still on local disk in frame order, and how many of those runs' data files
+    are not local any more."""
+
+    runs: tuple[str, ...]
+    files: tuple[Path, ...]
+    missing: int = 0
 
 
 #: h c in keV x angstrom (CODATA 2018): E[keV] = 12.398 / wavelength[angstrom]
@@ -683,6 +697,80 @@ panel0/ss = {vector(panel.ss)}
         return {"frame": frame, "peaks": np.stack(columns, axis=-1).astype(float).tolist()}
 
 
+class _EarlierScan:
+    """The part of a tomography scan stored before a daemon restart cut it (``RunContext.earlier``), for
+    the run that resumes the scan: its darks and flats summed at once (the projections' normalisation
+    needs their means before the first projection arrives), its projections' chosen rows read on a
+    thread of their own while the run goes on, and back-projected with the run's own at its end. A file
+    that cannot be read is skipped and named in ``errors``; nothing here stops the run."""
+
+    def __init__(self, earlier: EarlierParts, shape: tuple[int, int], rows: list[int]) -> None:
+        self.parts = earlier
+        self.rows = rows
+        self.darks = self.flats = 0
+        self.dark_sum = np.zeros(shape, np.float64)
+        self.flat_sum = np.zeros(shape, np.float64)
+        self.errors: list[str] = []
+        self.lines: list[np.ndarray] = []  # per projection read: its chosen rows, as stored (float32)
+        self.angles: list[float] = []
+        planned: list[tuple[Path, np.ndarray, np.ndarray]] = []
+        for path in earlier.files:
+            try:
+                with h5py.File(path, "r") as handle:
+                    data = handle["/entry/data/data"]
+                    if tuple(data.shape[1:]) != tuple(shape):
+                        raise ValueError(f"frames of {tuple(data.shape[1:])}, this run's are {tuple(shape)}")
+                    keys = np.asarray(handle["/entry/instrument/detector/image_key"][:], np.int64)
+                    angles = np.asarray(handle["/entry/sample/rotation_angle"][:], np.float64)
+                    if keys.size != data.shape[0] or angles.size != data.shape[0]:
+                        raise ValueError("image_key or rotation_angle does not list every frame")
+                    for key, total in ((2, self.dark_sum), (1, self.flat_sum)):
+                        for i in np.flatnonzero(keys == key):
+                            total += data[int(i)]
+                    self.darks += int(np.count_nonzero(keys == 2))
+                    self.flats += int(np.count_nonzero(keys == 1))
+                    projections = np.flatnonzero(keys == 0)
+                    planned.append((path, projections, angles[projections]))
+            except Exception as error:  # a file not as this stage writes them: its frames are not used
+                self._error(path, error)
+        self._thread = threading.Thread(target=self._read, args=(planned,), name="tomo-earlier", daemon=True)
+        self._thread.start()
+
+    def _error(self, path: Path, error: BaseException) -> None:
+        self.errors.append(f"{path.name}: {str(error)[:200]}")
+        log.error("tomography run: the earlier part's file %s cannot be used (%s)", path, error)
+
+    def _read(self, planned: list[tuple[Path, np.ndarray, np.ndarray]]) -> None:
+        for path, projections, angles in planned:
+            try:
+                with h5py.File(path, "r") as handle:
+                    data = handle["/entry/data/data"]
+                    lines = [np.asarray(data[int(i)][self.rows], np.float32) for i in projections]
+            except Exception as error:
+                self._error(path, error)
+                continue
+            self.lines.extend(lines)
+            self.angles.extend(float(a) for a in angles)
+
+    def projections(self) -> tuple[list[np.ndarray], list[float]]:
+        """The earlier projections' rows and angles, in frame order (waits for the reading thread)."""
+        self._thread.join()
+        return self.lines, self.angles
+
+    def record(self) -> dict[str, Any]:
+        """What the run product says about the part it took over."""
+        record: dict[str, Any] = {
+            "inherited_from_runs": ", ".join(self.parts.runs),
+            "darks_inherited": self.darks,
+            "flats_inherited": self.flats,
+            "projections_inherited": len(self.angles),
+            "inherited_files_not_local": self.parts.missing,
+        }
+        if self.errors:
+            record["inherited_files_unusable"] = "; ".join(self.errors)
+        return record
+
+
 class TomoStage(_CorrectedStage):
     """NXtomo frames; darks/flats averaged; chosen rows reconstructed while projections arrive."""
 
@@ -711,6 +799,9 @@ class TomoStage(_CorrectedStage):
         self.sinograms: list[np.ndarray] = []  # normalised rows of each projection, for the run product
         self._latest: np.ndarray | None = None
         self.slices_done = 0
+        # a scan resumed after a restart: the darks, flats and projections stored before it was cut
+        self.earlier = None if ctx.earlier is None else _EarlierScan(ctx.earlier, ctx.shape, rows)
+        self._earlier_pending = self.earlier  # its projections not yet back-projected
 
     def process(self, raw: np.ndarray | None, frame: int, image_key: int, angle: float) -> FrameResult:
         assert raw is not None
@@ -767,19 +858,31 @@ class TomoStage(_CorrectedStage):
         exchange["theta"] = np.asarray(angles[keys == 0], np.float64)
         exchange["theta"].attrs["units"] = "deg"
 
+    def _dark_flat_counts(self) -> tuple[int, int]:
+        """Darks and flats the normalisation averages: this run's and, resumed, the earlier part's."""
+        if self.earlier is None:
+            return self.darks, self.flats
+        return self.darks + self.earlier.darks, self.flats + self.earlier.flats
+
     def flat_field(self) -> str:
         """What the projections' normalisation could use: the scan's darks and flats come before its
-        first projection (a scan resumed after a restart, or one without them, has none to use)."""
-        if self.darks and self.flats:
-            return "applied: (projection - mean dark) / (mean flat - mean dark)"
-        missing = " and ".join(name for name, n in (("darks", self.darks), ("flats", self.flats)) if not n)
+        first projection (in a scan resumed after a restart, those of the part stored before it was cut;
+        a scan without them has none to use)."""
+        darks, flats = self._dark_flat_counts()
+        if darks and flats:
+            earlier = self.earlier
+            inherited = "" if earlier is None else f" (with those stored in run {earlier.parts.runs[0]})"
+            return f"applied: (projection - mean dark) / (mean flat - mean dark){inherited}"
+        missing = " and ".join(name for name, n in (("darks", darks), ("flats", flats)) if not n)
         return f"not applied: no {missing} before the first projection; the slices are of -log(counts)"
 
     def _means(self) -> tuple[np.ndarray, np.ndarray]:
-        dark = self._dark_sum / self.darks if self.darks else np.zeros(self.ctx.shape)
-        flat = (
-            self._flat_sum / self.flats if self.flats else np.full(self.ctx.shape, float(np.max(dark)) + 1.0)
-        )
+        darks, flats = self._dark_flat_counts()
+        dark_sum, flat_sum = self._dark_sum, self._flat_sum
+        if self.earlier is not None:
+            dark_sum, flat_sum = dark_sum + self.earlier.dark_sum, flat_sum + self.earlier.flat_sum
+        dark = dark_sum / darks if darks else np.zeros(self.ctx.shape)
+        flat = flat_sum / flats if flats else np.full(self.ctx.shape, float(np.max(dark)) + 1.0)
         return dark.astype(np.float32), flat.astype(np.float32)
 
     def _project(self, raw: np.ndarray, angle: float) -> None:
@@ -788,24 +891,46 @@ class TomoStage(_CorrectedStage):
             self.without_angle += 1
             return
         if self.reconstructor is None:  # darks and flats come first in a scan: their means are final
-            dark, flat = self._means()
-            if not (self.darks and self.flats):
-                log.warning("tomography run: flat field %s", self.flat_field())
-            # fed the chosen rows already normalised (once per projection, kept for the sinograms)
-            self.reconstructor = self.ctx.backend.streaming_reconstructor(
-                self.ctx.shape[1],
-                np.arange(len(self.rows)),
-                filter_name=self.filter,
-                center=self.center,
-            )
-            self._dark, self._flat = dark[self.rows], flat[self.rows]
+            self._start_reconstruction()
         self.angles.append(angle)
-        lines = raw[self.rows].astype(np.float32)
-        normalised = np.asarray(
-            self.ctx.backend.flat_field(lines, self._dark, self._flat, np.empty_like(lines)), np.float32
-        )
+        normalised = self._normalised(raw[self.rows].astype(np.float32))
         self.sinograms.append(normalised)
         self.reconstructor.add(normalised, angle)
+
+    def _start_reconstruction(self) -> None:
+        dark, flat = self._means()
+        if not all(self._dark_flat_counts()):
+            log.warning("tomography run: flat field %s", self.flat_field())
+        # fed the chosen rows already normalised (once per projection, kept for the sinograms)
+        self.reconstructor = self.ctx.backend.streaming_reconstructor(
+            self.ctx.shape[1],
+            np.arange(len(self.rows)),
+            filter_name=self.filter,
+            center=self.center,
+        )
+        self._dark, self._flat = dark[self.rows], flat[self.rows]
+
+    def _normalised(self, lines: np.ndarray) -> np.ndarray:
+        """The chosen rows of one projection as -log(transmission), float32."""
+        out = self.ctx.backend.flat_field(lines, self._dark, self._flat, np.empty_like(lines))
+        return np.asarray(out, np.float32)
+
+    def _take_earlier(self) -> None:
+        """A resumed scan: the projections stored before the restart, back-projected with this run's (at
+        the end, once) and ahead of them in the sinograms, as they came in the scan."""
+        earlier, self._earlier_pending = self._earlier_pending, None
+        if earlier is None:
+            return
+        lines, angles = earlier.projections()
+        if not angles:
+            return
+        if self.reconstructor is None:
+            self._start_reconstruction()
+        normalised = [self._normalised(line) for line in lines]
+        for projection, angle in zip(normalised, angles, strict=True):
+            self.reconstructor.add(projection, angle)
+        self.sinograms[:0] = normalised
+        self.angles[:0] = angles
 
     def settings_record(self) -> dict[str, Any]:
         return {
@@ -818,6 +943,7 @@ class TomoStage(_CorrectedStage):
         }
 
     def finish(self) -> dict[str, Any]:
+        self._take_earlier()
         if self.reconstructor is None:
             return {}
         slices = np.asarray(self.reconstructor.slices(), np.float32)
@@ -857,6 +983,7 @@ class TomoStage(_CorrectedStage):
             "darks": self.darks,
             "flats": self.flats,
             "flat_field": self.flat_field(),
+            **({} if self.earlier is None else self.earlier.record()),
         }
 
     def live(self) -> dict[str, Any] | None:

@@ -35,7 +35,16 @@ import numpy as np
 
 from edge.config import ReductionSettings
 from edge.diskguard import DiskGuard
-from edge.modes import Corrections, FrameResult, ModeStage, PowderStage, RunContext, make_stage, warm_up
+from edge.modes import (
+    Corrections,
+    EarlierParts,
+    FrameResult,
+    ModeStage,
+    PowderStage,
+    RunContext,
+    make_stage,
+    warm_up,
+)
 from edge.recorder import RunRecorder
 from edge.ring import KIND_CONTROL, KIND_FRAME, FrameRing, Slot
 from edge.run_masks import RunMasks
@@ -280,7 +289,11 @@ class Pipeline:
         return _Work(slot, "frame", chunk=chunk, result=result, started=started, stage=stage)
 
     def _context(
-        self, shape: tuple[int, int], params: ReductionSettings, mask: np.ndarray | None = None
+        self,
+        shape: tuple[int, int],
+        params: ReductionSettings,
+        mask: np.ndarray | None = None,
+        earlier: EarlierParts | None = None,
     ) -> RunContext:
         return RunContext(
             self.backend,
@@ -294,6 +307,7 @@ class Pipeline:
             else self.calibration or Corrections(),
             self.store_blanks,
             self._analysis,
+            earlier,
         )
 
     def _make_stage(self, record: dict[str, Any]) -> ModeStage:
@@ -302,7 +316,7 @@ class Pipeline:
         params = ReductionSettings.model_validate(record.get("reduction") or {"mode": "powder"})
         try:
             mask = None if self.run_masks is None else self.run_masks.take(str(record["run_uid"]))
-            return make_stage(self._context(shape, params, mask))
+            return make_stage(self._context(shape, params, mask, self._earlier(record)))
         except Exception as error:  # e.g. tomo slices outside the frame: store the frames, say why
             self.stats["mode_setup_errors"] += 1
             log.error(
@@ -321,6 +335,14 @@ class Pipeline:
                     params.model_copy(update={"mode": "raw"}),
                 )
             )
+
+    def _earlier(self, record: dict[str, Any]) -> EarlierParts | None:
+        """A run resumed after a restart: what of its series is stored in the run(s) it continues."""
+        resumes = record.get("resumes_run")
+        if not resumes:
+            return None
+        runs, files, missing = self.recorder.earlier_parts(str(resumes))
+        return EarlierParts(tuple(runs), tuple(files), missing)
 
     def warm_up(self, shape: tuple[int, int], dtype: str, params: ReductionSettings) -> float:
         """Load the configured mode's kernels before the first run needs them; returns the seconds it took.

@@ -168,6 +168,34 @@ class RunRecorder:
             self.ledger.file_stored, run_uid, path.name, path, size, digest, frames, chunks, kind, local
         )
 
+    def earlier_parts(self, run_uid: str, limit: int = 64) -> tuple[list[str], list[Path], int]:
+        """What a run resumed after a restart continues: ``run_uid`` (the interrupted run) and the runs it
+        continued in turn (``resumes_run``, at most ``limit``), oldest first; their data files still on
+        local disk, in frame order; and how many of their data files are not (purged after upstream
+        verification or retired by policy, or gone). A stage that needs the series' earlier frames (a
+        tomography scan's darks, flats and projections) reads them there."""
+        runs: list[str] = []
+        uid: str | None = run_uid
+        while uid and uid not in runs and len(runs) < limit:
+            runs.append(uid)
+            try:
+                config = json.loads(self.ledger.run(uid).get("config") or "{}")
+            except Exception:  # an unknown run: the chain ends here
+                break
+            uid = config.get("resumes_run")
+        runs.reverse()
+        files: list[Path] = []
+        missing = 0
+        for uid in runs:
+            data = [f for f in self.ledger.files(uid) if f.get("kind") == "data"]
+            for f in sorted(data, key=lambda f: (int(f["first_frame"]), int(f["id"]))):
+                path = Path(f["path"])
+                if f["state"] == "purged" or not path.is_file():
+                    missing += 1
+                else:
+                    files.append(path)
+        return runs, files, missing
+
     # -- losses ----------------------------------------------------------------------------------------
     def loss(self, run_uid: str | None, first: int, last: int, reason: str, detail: str = "") -> None:
         """Frames ``first..last`` of the run will never be stored: a loss record with the reason."""

@@ -1,0 +1,104 @@
+"""A tomography scan resumed after a daemon restart: the resumed run takes the darks, flats and projections
+that the run it continues stored (``RunRecorder.earlier_parts`` finds them, ``TomoStage`` reads them), and
+a file of that part it cannot use is named, never a crash."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from edge.config import ReductionSettings
+from edge.ledger import Ledger
+from edge.modes import EarlierParts, RunContext, make_stage
+from edge.recorder import RunRecorder
+from edge.store import RunFileWriter, RunMetadata
+from kernels import Geometry, compress_chunk, get_backend
+
+SHAPE = (16, 24)
+GEOMETRY = Geometry(dist=0.1, poni1=0.0006, poni2=0.0009, wavelength=1e-10)
+ANGLES = np.linspace(0.0, 180.0, 12, endpoint=False)
+
+
+def _frame(key: int, k: int) -> np.ndarray:
+    """A dark (20), a flat (1000) or projection ``k`` (at ``ANGLES[k]``), varying along its columns."""
+    if key == 2:
+        return np.full(SHAPE, 20, np.uint16)
+    if key == 1:
+        return np.full(SHAPE, 1000, np.uint16)
+    columns = np.arange(SHAPE[1])
+    line = 1000 - 300 * np.exp(-(((columns - 8 - 4 * np.sin(np.radians(ANGLES[k]))) / 3.0) ** 2))
+    return np.broadcast_to(line, SHAPE).astype(np.uint16)
+
+
+def _params() -> ReductionSettings:
+    return ReductionSettings(mode="tomo", tomo={"slices": [5], "center": 11.5})  # type: ignore[arg-type]
+
+
+def _write(directory: Path, name: str, frames: list[tuple[int, int, float]]) -> Path:
+    """A data file as the pipeline writes it: frames (number, key, angle) with their NXtomo products;
+    projection ``k`` is frame ``4 + k``."""
+    stage = make_stage(RunContext(get_backend("numpy"), GEOMETRY, SHAPE, 16, "2th_deg", _params()))
+    meta = RunMetadata(GEOMETRY, "sim", 2, "2026-12-03T00:00:00+00:00", {"frame_time": 0.01})
+    writer = RunFileWriter(directory, name, f"{name}_00000.h5", 0, SHAPE, "uint16", len(frames), stage, meta)
+    for number, key, angle in frames:
+        pixels = _frame(key, number - 4)
+        writer.write(number, compress_chunk(pixels), stage.process(pixels, number, key, angle).products)
+    return writer.close().path
+
+
+def test_a_resumed_scan_is_normalised_and_reconstructed_with_the_part_stored_before(tmp_path: Path) -> None:
+    nan = float("nan")
+    earlier = [(0, 2, nan), (1, 2, nan), (2, 1, nan), (3, 1, nan)] + [(4 + k, 0, ANGLES[k]) for k in range(5)]
+    first = _write(tmp_path, "first", earlier)
+    broken = tmp_path / "broken_00001.h5"
+    broken.write_bytes(b"not an HDF5 file")
+    other = tmp_path / "other_00000.h5"
+    with h5py.File(other, "w") as handle:  # a file of frames of another shape: skipped, named
+        handle["/entry/data/data"] = np.zeros((1, 4, 4), np.uint16)
+    parts = EarlierParts(("first",), (first, broken, other), missing=1)
+    ctx = RunContext(get_backend("numpy"), GEOMETRY, SHAPE, 16, "2th_deg", _params(), earlier=parts)
+    stage = make_stage(ctx)
+    for k in range(5, len(ANGLES)):  # the rest of the scan, in the resumed run
+        stage.process(_frame(0, k), 4 + k, 0, float(ANGLES[k]))
+    products = stage.finish()
+
+    assert (products["darks_inherited"], products["flats_inherited"]) == (2, 2)
+    assert (products["darks"], products["flats"]) == (0, 0)  # this run's own
+    assert products["projections_inherited"] == 5 and products["projections"] == len(ANGLES) - 5
+    assert products["inherited_from_runs"] == "first" and products["inherited_files_not_local"] == 1
+    unusable = products["inherited_files_unusable"]
+    assert "broken_00001.h5" in unusable and "other_00000.h5" in unusable and "first" not in unusable
+    assert products["flat_field"].startswith("applied") and "run first" in products["flat_field"]
+    np.testing.assert_array_equal(products["rotation_angle"], ANGLES)  # in the scan's order
+    sinogram = np.stack([-np.log((_frame(0, k)[5] - 20.0) / 980.0) for k in range(len(ANGLES))])
+    reference = get_backend("numpy").fbp(sinogram.astype(np.float32), ANGLES, center=11.5)
+    assert np.max(np.abs(products["slices"][0] - reference)) <= 1e-4 * np.max(np.abs(reference))
+
+
+def test_the_recorder_finds_the_chain_of_runs_a_resumed_run_continues(tmp_path: Path) -> None:
+    ledger = Ledger(tmp_path / "ledger.sqlite")
+    recorder = RunRecorder(ledger, tmp_path / "store", chunk_bytes=1 << 20)
+    a = recorder.open_run("a", 1, None, {})
+    b = recorder.open_run("b", 1, None, {"resumed_after_restart": True, "resumes_run": a})
+    recorder.open_run("c", 1, None, {"resumed_after_restart": True, "resumes_run": b})
+    paths = {}
+    for run, name, first in ((a, "a_00001", 10), (a, "a_00000", 0), (b, "b_00000", 20), (b, "b_00001", 30)):
+        path = tmp_path / "store" / run / f"{name}.h5"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"x" * 10)
+        paths[name] = path
+        recorder.register_file(run, path, (first, first + 9, 10))
+    reduced = tmp_path / "store" / a / "a_reduced.nxs"
+    reduced.write_bytes(b"y")
+    recorder.register_file(a, reduced, (-1, -1, 0), "reduced")
+    paths["b_00001"].unlink()  # gone from the disk
+    runs, files, missing = recorder.earlier_parts(b)
+    assert runs == ["a", "b"]
+    assert files == [paths["a_00000"], paths["a_00001"], paths["b_00000"]]  # data only, in frame order
+    assert missing == 1
+    assert recorder.earlier_parts(a) == (["a"], [paths["a_00000"], paths["a_00001"]], 0)
+    assert json.loads(ledger.run("c")["config"])["resumes_run"] == "b"
+    ledger.close()
