@@ -516,8 +516,9 @@ class RunFileWriter:
         flags.attrs["meaning"] = "0 complete, 1 incomplete (packets missing; their pixels are 0), 2 corrupt"
         self.layout.write_products(entry, self._products)
         _finish_file(self._h5, self.part_path, self.final_path)
-        first = self.frames[0] if self.frames else -1
-        last = self.frames[-1] if self.frames else -1
+        # the lowest and highest frame numbers (a frame overtaken by later ones is stored where it comes)
+        first = min(self.frames, default=-1)
+        last = max(self.frames, default=-1)
         return ClosedFile(self.run_uid, self.name, self.final_path, first, last, n, self.kind)
 
     def discard(self) -> None:

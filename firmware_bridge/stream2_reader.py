@@ -173,6 +173,7 @@ class Stream2Source(ZmqStreamSource):
         self._next_frame = 0
         self._newest = None
         self._gaps.clear()
+        self._held.clear()
         self._unreadable = 0
         config = series_config(start, start.dtype or ASSUMED_DTYPE, "")
         self._frames_expected = config["frames_expected"]

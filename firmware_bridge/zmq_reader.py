@@ -45,6 +45,34 @@ log = logging.getLogger(__name__)
 MONITOR_SECONDS = 0.5  # how often the reader looks at its connection's events
 DROP_REPORT_SECONDS = 2.0  # a drop during a series is reported once the series outlives it this long
 GAPS_REMEMBERED = 64  # a series' latest gaps a late frame is looked for in
+# A gap in the frame numbers is held this long before its frames are recorded lost, so that a frame
+# overtaken by later ones (a sender with several threads or sockets) is stored when it comes: until
+# REORDER_FRAMES newer frames have arrived or REORDER_SECONDS have passed, whichever is first, and at
+# most HELD_GAPS gaps at once (the oldest is recorded first). The series' end records every held gap.
+REORDER_FRAMES = 256
+REORDER_SECONDS = 0.5
+HELD_GAPS = 64
+
+
+class _HeldGap:
+    """Frames ``first..last`` missing when frame ``newest`` came at monotonic time ``at``."""
+
+    __slots__ = ("at", "detail", "first", "last", "newest", "reason")
+
+    def __init__(self, first: int, last: int, reason: str, detail: str, newest: int, at: float) -> None:
+        self.first, self.last, self.reason, self.detail, self.newest, self.at = (
+            first,
+            last,
+            reason,
+            detail,
+            newest,
+            at,
+        )
+
+    def without(self, frame: int) -> list[_HeldGap]:
+        """What stays missing once ``frame`` (inside) has come: up to two gaps."""
+        pieces = ((self.first, frame - 1), (frame + 1, self.last))
+        return [_HeldGap(a, b, self.reason, self.detail, self.newest, self.at) for a, b in pieces if a <= b]
 
 
 class ZmqStreamSource:
@@ -84,6 +112,8 @@ class ZmqStreamSource:
         self._newest: int | None = None  # newest frame accepted in the open series
         # the open series' latest gaps recorded lost (first, last): a frame arriving in one is late
         self._gaps: deque[tuple[int, int]] = deque(maxlen=GAPS_REMEMBERED)
+        # gaps not yet recorded, oldest first: a frame arriving in one is stored (see REORDER_FRAMES)
+        self._held: list[_HeldGap] = []
         self._frames_expected: int | None = None
         self._end_request: str | None = None
         self._refused: str | None = None
@@ -168,6 +198,8 @@ class ZmqStreamSource:
                 if sock.poll(100):
                     self._heard_at = time.monotonic()
                     self._receive_message(sock)
+                elif self._held:  # nothing came: the held gaps' time runs out all the same
+                    self._release_gaps(time.monotonic())
                 elif self._end_request is not None:
                     reason, self._end_request = self._end_request, None
                     if self._series is not None:
@@ -314,6 +346,7 @@ class ZmqStreamSource:
             self._next_frame = 0
             self._newest = None
             self._gaps.clear()
+            self._held.clear()
             self._frames_expected = event.frames_expected
             self.stats["series_started"] += 1
             announced = event.config.get("frames_expected")
@@ -362,6 +395,7 @@ class ZmqStreamSource:
         self._next_frame = frame
         self._newest = frame
         self._gaps.clear()
+        self._held.clear()
         self._frames_expected = None
         self.stats["series_adopted"] += 1
         log.warning(
@@ -398,6 +432,8 @@ class ZmqStreamSource:
                 )
                 return False
         if frame < self._next_frame:
+            if self._fill_gap(frame):
+                return True
             if any(first <= frame <= last for first, last in self._gaps):
                 # it came after later frames had made it a gap, recorded lost: dropped, and said so
                 self.stats["frames_late"] += 1
@@ -416,6 +452,8 @@ class ZmqStreamSource:
             self._gap(frame, "frame_number_gap", "frames never arrived")
         self._next_frame = frame + 1
         self._newest = frame
+        if self._held:
+            self._release_gaps(time.monotonic())
         if self._frames_expected is not None and frame >= self._frames_expected:
             # kept and stored like any frame, but the detector sends more than it announced: say so
             if not self.stats["frames_beyond_expected"]:
@@ -429,13 +467,48 @@ class ZmqStreamSource:
         return True
 
     def _gap(self, frame: int, reason: str, detail: str) -> None:
-        """The frames from the next expected one up to ``frame`` never came: recorded lost, and
-        remembered so that one of them arriving later is counted late."""
-        self.stats["frames_gap"] += frame - self._next_frame
-        self._gaps.append((self._next_frame, frame - 1))
-        self.sink.lost(self._next_frame, frame - 1, reason, detail)
+        """The frames from the next expected one up to ``frame`` have not come: held (a frame overtaken
+        by later ones is stored when it comes), then recorded lost (`_record_gap`)."""
+        self._held.append(_HeldGap(self._next_frame, frame - 1, reason, detail, frame, time.monotonic()))
+        if len(self._held) > HELD_GAPS:
+            self._record_gap(self._held.pop(0))
+
+    def _fill_gap(self, frame: int) -> bool:
+        """Whether ``frame`` is in a held gap, and then no longer missing: it came after later frames."""
+        for i, gap in enumerate(self._held):
+            if gap.first <= frame <= gap.last:
+                self._held[i : i + 1] = gap.without(frame)
+                while len(self._held) > HELD_GAPS:  # split in two: still at most HELD_GAPS held
+                    self._record_gap(self._held.pop(0))
+                self.stats["frames_reordered"] += 1
+                if self.stats["frames_reordered"] == 1 or self.stats["frames_reordered"] % 1000 == 0:
+                    log.info(
+                        "frame %d of series %s came after later frames; stored (%d such so far)",
+                        frame,
+                        self._series,
+                        self.stats["frames_reordered"],
+                    )
+                return True
+        return False
+
+    def _release_gaps(self, now: float, everything: bool = False) -> None:
+        """Record the held gaps whose wait is over (``everything``: all of them)."""
+        newest = self._newest if self._newest is not None else 0
+        while self._held:
+            gap = self._held[0]
+            due = newest - gap.newest >= REORDER_FRAMES or now - gap.at >= REORDER_SECONDS
+            if not (everything or due):
+                break
+            self._record_gap(self._held.pop(0))
+
+    def _record_gap(self, gap: _HeldGap) -> None:
+        """Frames that never came: recorded lost, and remembered so that one arriving later is late."""
+        self.stats["frames_gap"] += gap.last - gap.first + 1
+        self._gaps.append((gap.first, gap.last))
+        self.sink.lost(gap.first, gap.last, gap.reason, gap.detail)
 
     def _end_series(self, reason: str, exit_status: str = "success") -> None:
+        self._release_gaps(time.monotonic(), everything=True)
         expected = self._frames_expected
         if expected is not None and self._next_frame < expected:
             self.stats["frames_gap"] += expected - self._next_frame

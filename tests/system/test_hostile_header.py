@@ -18,6 +18,7 @@ from edgeprocs import in_process_appliance, wait_for
 
 from edge.where import render
 from firmware_bridge.stream_codec import encode_image, encode_series_end, encode_series_start
+from firmware_bridge.zmq_reader import REORDER_FRAMES
 
 SHAPE = (24, 32)
 
@@ -287,14 +288,48 @@ def test_edge_where_finds_a_run_by_the_uid_the_detector_gave_it(tmp_path: Path) 
     assert json.loads(_edge_where(tmp_path, "a/b c", "--json"))["run_uid"] == fresh
 
 
-def test_a_frame_after_its_gap_is_counted_late_not_duplicate(tmp_path: Path) -> None:
-    """Frames 0, 2, 1, 2, 3: frame 2 made frame 1 a recorded gap, so the 1 that comes after is late
-    (``frames_late``, logged), and the second 2 a duplicate; the accounting holds: 3 stored + 1 lost."""
+def test_a_frame_overtaken_by_later_ones_is_stored(tmp_path: Path) -> None:
+    """Frames 0, 2, 1, 2, 3 (a sender whose threads overtake each other): the gap frame 2 left is held
+    (``REORDER_FRAMES``, ``REORDER_SECONDS``), so the 1 that comes after it is stored with its own
+    pixels (``frames_reordered``) and no frame is lost; the second 2 is a duplicate."""
     with in_process_appliance(tmp_path, SHAPE) as (appliance, push, _settings):
-        push.send_multipart(encode_series_start(1, SHAPE, "uint16", run_uid="late", frames_expected=4))
+        push.send_multipart(encode_series_start(1, SHAPE, "uint16", run_uid="reordered", frames_expected=4))
         _send_frames(push, 1, (0, 2, 1, 2, 3))
         push.send_multipart(encode_series_end(1))
+        run, receiver = _ended(appliance, "reordered")
+        path = Path(run["files"][0]["path"])
+    assert run["totals"]["frames_stored"] == 4 and _losses(run) == []
+    assert (receiver["frames_reordered"], receiver["frames_duplicate"], receiver.get("frames_late", 0)) == (
+        1,
+        1,
+        0,
+    )
+    assert (run["files"][0]["first_frame"], run["files"][0]["last_frame"]) == (0, 3)
+    with h5py.File(path, "r") as handle:
+        numbers = handle["/entry/data/frame_number"][:].tolist()
+        pixels = handle["/entry/data/data"][:, 0, 0].tolist()
+    assert numbers == [0, 2, 1, 3] and pixels == [n + 1 for n in numbers]  # each frame its own pixels
+
+
+def test_a_frame_after_its_gap_was_recorded_is_counted_late_not_duplicate(tmp_path: Path) -> None:
+    """Frames 0 and 2, a pause longer than REORDER_SECONDS (the gap is recorded lost while nothing comes),
+    then 1, 2 and 3: the 1 is late (``frames_late``, logged) and dropped, keeping its one disposition in
+    the loss record; the second 2 is a duplicate; 3 stored + 1 lost. Frames REORDER_FRAMES newer than a
+    gap record it as well, without a pause."""
+    with in_process_appliance(tmp_path, SHAPE) as (appliance, push, _settings):
+        push.send_multipart(encode_series_start(1, SHAPE, "uint16", run_uid="late", frames_expected=4))
+        _send_frames(push, 1, (0, 2))
+        wait_for(lambda: appliance.view.status()["receiver"].get("frames_gap") == 1, 10, "the gap recorded")
+        _send_frames(push, 1, (1, 2, 3))
+        push.send_multipart(encode_series_end(1))
         run, receiver = _ended(appliance, "late")
+        many = REORDER_FRAMES + 3  # frame 2 opens the gap; 3..258 are the REORDER_FRAMES after it
+        push.send_multipart(encode_series_start(2, SHAPE, "uint16", run_uid="later", frames_expected=many))
+        _send_frames(push, 2, (0, *range(2, many), 1))  # no pause: the frames after the gap record it
+        push.send_multipart(encode_series_end(2))
+        later, receiver_after = _ended(appliance, "later")
     assert run["totals"]["frames_stored"] == 3
     assert _losses(run) == [(1, 1, "frame_number_gap")]
     assert (receiver["frames_late"], receiver["frames_duplicate"]) == (1, 1)
+    assert _losses(later) == [(1, 1, "frame_number_gap")] and later["totals"]["frames_stored"] == many - 1
+    assert receiver_after["frames_late"] == 2

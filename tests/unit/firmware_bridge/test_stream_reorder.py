@@ -1,0 +1,34 @@
+"""Frames overtaken by later ones (a sender with several threads or sockets): the reader holds a gap
+before recording it lost, so a frame that comes into it is stored, and what stays missing is recorded
+as one loss per missing range, each frame once. Messages built from docs/wire-formats.md."""
+
+from __future__ import annotations
+
+from test_stream_frame_bounds import Sink, header, image, run_series
+
+from firmware_bridge.zmq_reader import HELD_GAPS
+
+
+def test_frames_filling_a_held_gap_out_of_order_are_stored_and_the_rest_recorded() -> None:
+    sink = Sink()
+    order = [0, 9, 5, 2, 7, 8, 1, 10]  # 3, 4 and 6 never come
+    reader = run_series(sink, [header(1, 11), *(image(1, f) for f in order)])
+    assert sink.frames == order
+    assert sorted(sink.losses) == [(3, 4, "frame_number_gap"), (6, 6, "frame_number_gap")]
+    counters = reader.counters()
+    assert counters["frames_reordered"] == 5 and counters["frames_gap"] == 3
+    assert counters.get("frames_late", 0) == 0 and counters.get("frames_duplicate", 0) == 0
+
+
+def test_at_most_held_gaps_are_held_the_oldest_recorded_first() -> None:
+    """Every other frame missing: once more than HELD_GAPS gaps are held the oldest is recorded, so its
+    frame coming afterwards is late, while a frame of a gap still held is stored."""
+    sink = Sink()
+    evens = list(range(0, 2 * (HELD_GAPS + 3), 2))  # HELD_GAPS + 2 gaps: frames 1, 3, 5, ...
+    reader = run_series(sink, [header(1, None), *(image(1, f) for f in evens), image(1, 1), image(1, 7)])
+    assert (1, 1, "frame_number_gap") in sink.losses and (3, 3, "frame_number_gap") in sink.losses
+    assert 1 not in sink.frames and 7 in sink.frames
+    counters = reader.counters()
+    assert counters["frames_late"] == 1 and counters["frames_reordered"] == 1
+    lost = {first for first, _last, _reason in sink.losses}
+    assert lost == set(range(1, evens[-1], 2)) - {7}  # every other odd frame recorded once, at the end
