@@ -444,7 +444,7 @@ def _run_where(settings: Settings, run: str, as_json: bool) -> int:
     from edge.daemon_lock import daemon_running
     from edge.errors import NotFound
     from edge.ledger import Ledger
-    from edge.where import also_named, render, resolve_run, where_report
+    from edge.where import render, resolve_run, where_report
 
     if not settings.ledger_path.exists():
         print(f"edge: no ledger at {settings.ledger_path} (set store.path)", file=sys.stderr)
@@ -454,20 +454,12 @@ def _run_where(settings: Settings, run: str, as_json: bool) -> int:
         report = where_report(
             ledger, resolve_run(ledger, run), daemon_running=daemon_running(settings.ledger_path)
         )
-        named, others = also_named(ledger, report["run_uid"], report.get("config"))
     except NotFound as error:
         print(f"edge: {error}", file=sys.stderr)
         return 1
     finally:
         ledger.close()
-    if as_json:
-        print(json.dumps({**report, "detector_uid_also_names": others}, indent=2))
-    else:
-        print(
-            "\n".join(
-                [render(report), *(f"  the detector's run uid {named!r} also names run {o}" for o in others)]
-            )
-        )
+    print(json.dumps(report, indent=2) if as_json else render(report))
     return 0
 
 

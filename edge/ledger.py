@@ -86,6 +86,9 @@ CREATE INDEX IF NOT EXISTS chunks_by_state ON chunks(state, id);
 CREATE INDEX IF NOT EXISTS files_by_state ON files(state, id);
 CREATE INDEX IF NOT EXISTS files_by_verified ON files(verified_at);
 CREATE INDEX IF NOT EXISTS runs_by_start ON runs(started_at);
+CREATE INDEX IF NOT EXISTS runs_by_detector_uid ON runs(
+    CASE WHEN json_valid(config) THEN json_extract(config, '$.detector_run_uid') END
+);
 """
 
 #: The ledger's schema version (SQLite ``user_version``). 0/1: the first layout; 2 adds what each file is
@@ -261,11 +264,11 @@ class Ledger:
 
     def runs_named_by_detector(self, detector_uid: str) -> list[str]:
         """The runs recorded under a fresh uid because the detector's (``detector_run_uid`` in their
-        config) was not a file name or already a run's, oldest first. A scan of every run's config: for
-        `edge where`, not for a page that refreshes."""
+        config) was not a file name or already a run's, oldest first (an index lookup: the schema's
+        ``runs_by_detector_uid`` is on this very expression)."""
         rows = self._rows(
-            "SELECT run_uid FROM runs WHERE config LIKE '%detector_run_uid%' AND json_valid(config)"
-            " AND json_extract(config, '$.detector_run_uid') = ? ORDER BY started_at",
+            "SELECT run_uid FROM runs WHERE CASE WHEN json_valid(config)"
+            " THEN json_extract(config, '$.detector_run_uid') END = ? ORDER BY started_at",
             (detector_uid,),
         )
         return [str(row["run_uid"]) for row in rows]

@@ -37,8 +37,9 @@ def resolve_run(ledger: Ledger, text: str) -> str:
 
 
 def also_named(ledger: Ledger, run_uid: str, config: Any) -> tuple[str, list[str]]:
-    """For `edge where`: the uid the detector gave this run, and the other runs it names (recorded under
-    fresh uids, as it was not a file name or already a run's)."""
+    """For the where report: the uid the detector gave this run, and the other runs it names (recorded
+    under fresh uids, as it was not a file name or already a run's); index lookups, cheap enough for a
+    page that refreshes."""
     own = _config(config).get("detector_run_uid")
     named = str(own) if own else run_uid
     others = [uid for uid in ledger.runs_named_by_detector(named) if uid != run_uid]
@@ -118,6 +119,8 @@ def where_report(
         "header_notes": header_notes(config),
         "config": run["config"],
     }
+    # the uid the detector gave the run, and the other runs it names (recorded under fresh uids)
+    report["detector_uid"], report["detector_uid_also_names"] = also_named(ledger, run_uid, run["config"])
     report["summary"] = summary_line(report)
     return report
 
@@ -190,6 +193,8 @@ def render(report: dict[str, Any]) -> str:
             lines.append(f"            upstream copy ({consumer}): {copy}")
     for note in report.get("header_notes") or ():
         lines.append(f"  detector header: {note}")
+    for other in report.get("detector_uid_also_names") or ():
+        lines.append(f"  the detector's run uid {report['detector_uid']!r} also names run {other}")
     for loss in report["losses"]:
         kind = "incomplete" if loss["partial"] else "LOST"
         lines.append(

@@ -70,6 +70,7 @@ class ScriptedRun:
     mode: str = "powder"
     vetoed: int = 0  # blanks dropped by policy (serial, store.blanks = drop)
     header_notes: list[str] = field(default_factory=list)  # edge.where.header_notes of the run's config
+    also_named: list[str] = field(default_factory=list)  # other runs its detector's uid names (where report)
 
     def totals(self) -> dict[str, Any]:
         lost = sum(r["last_frame"] - r["first_frame"] + 1 for r in self.losses if not r["partial"])
@@ -241,6 +242,8 @@ class ScriptedView:
             "files": run.files,
             "losses": run.losses,
             "header_notes": run.header_notes,
+            "detector_uid": run.run_uid,
+            "detector_uid_also_names": run.also_named,
             "config": {"reduction": {"mode": run.mode}},
             "summary": f"{len(run.files)} file(s): {len(run.files)} on the appliance, "
             f"{sum(1 for f in run.files if f['verified_by'])} verified upstream ({HPC}/{run.run_uid}), "

@@ -18,6 +18,8 @@ import pytest
 from cdp_browser import Browser
 from scripted import FAULTY, HPC, STORE, ScriptedRun, ScriptedView, run_files, serve
 
+RUNNING = "5f0c2d3e-aaaa-4bbb-8ccc-0123456789ab"
+
 pytestmark = pytest.mark.browser
 
 WIDTHS = (390, 1024, 1920)
@@ -70,8 +72,9 @@ def busy() -> Iterator[str]:
     note = "left out of the files: detector=" + "'E-4M-serial-0123456789abcdef" * 5  # long, unbroken
     faulty = ScriptedRun(FAULTY, now - 3600, now - 3000, "fail", run_files(FAULTY, 3, 2), losses)
     faulty.header_notes = [note[:180]]
+    faulty.also_named = [RUNNING]  # the detector sent the same run uid again: a link to that run
     view.add_run(faulty)
-    running = "5f0c2d3e-aaaa-4bbb-8ccc-0123456789ab"
+    running = RUNNING
     view.add_run(
         ScriptedRun(running, now - 60, None, None, run_files(running, 2, 1), [], mode="serial"), current=True
     )
@@ -147,6 +150,8 @@ def test_layout_at_each_width(
         # what the detector's header said that the files do not carry, as `edge where` prints it
         notes = browser.evaluate("document.getElementById('where-header-notes').innerText")
         assert notes.startswith("left out of the files: detector=")
+        also = browser.evaluate("document.getElementById('where-also-named').innerText")
+        assert f"also names: {RUNNING}" in also
 
         # the image keeps the detector's aspect ratio (a 64 x 32 preview: twice as wide as tall)
         w, h = browser.evaluate(
@@ -165,5 +170,10 @@ def test_layout_at_each_width(
         browser.evaluate("window.scrollTo(0, 0)")
         shot = browser.screenshot(screenshot_dir / f"dashboard-{width}px.png", full_page=True)
         print(f"screenshot at {width} px: {shot}")
+
+        # the other run the detector's uid names is one click away
+        browser.evaluate(f"document.querySelector('#where-also-named a[data-run=\"{RUNNING}\"]').click()")
+        browser.wait_for(f"document.getElementById('where-run').textContent === '{RUNNING}'", 10, "that run")
+        assert browser.evaluate("location.hash") == f"#run={RUNNING}"
     finally:
         browser.close()

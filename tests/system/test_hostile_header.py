@@ -243,7 +243,8 @@ def test_a_message_part_over_the_limit_drops_the_connection_counted_and_becomes_
 
 def test_a_run_uid_used_before_keeps_the_data_under_a_fresh_one_and_says_so(tmp_path: Path) -> None:
     """A detector that sends the same ``run_uid`` twice: the second run is recorded under a fresh uid,
-    the detector's kept beside it with the reason, counted, and noted in its where-is-my-data report."""
+    the detector's kept beside it with the reason, counted, and noted in its where-is-my-data report,
+    which names the other run (the API's, as the dashboard shows it, and `edge where`'s)."""
     with in_process_appliance(tmp_path, SHAPE) as (appliance, push, _settings):
         for series in (1, 2):
             push.send_multipart(
@@ -254,8 +255,12 @@ def test_a_run_uid_used_before_keeps_the_data_under_a_fresh_one_and_says_so(tmp_
         wait_for(lambda: len([r for r in appliance.view.runs() if r.get("ended_at")]) == 2, 30, "two runs")
         second = next(r["run_uid"] for r in appliance.view.runs() if r["run_uid"] != "same")
         run = appliance.view.run(second)
+        first = appliance.view.run("same")
         status = appliance.view.status()
     assert run["totals"]["frames_stored"] == 2 and run["losses"] == []
+    # the API's where report (what the dashboard shows) names the other run from either side
+    assert (run["where"]["detector_uid"], run["where"]["detector_uid_also_names"]) == ("same", ["same"])
+    assert (first["where"]["detector_uid"], first["where"]["detector_uid_also_names"]) == ("same", [second])
     config = json.loads(run["config"])
     assert (config["detector_run_uid"], config["detector_run_uid_refused"]) == ("same", "already a run's uid")
     assert run["where"]["header_notes"] == ["run uid 'same' from the detector was already a run's uid"]

@@ -783,6 +783,7 @@
     const files = w.files || detail.files || [];
     const losses = w.losses || detail.losses || [];
     const notes = w.header_notes || [];
+    const others = w.detector_uid_also_names || [];
     setText("where-run", w.run_uid || detail.run_uid);
     const outlook = state.lastStatus?.upstream_outlook;
     const summary = [
@@ -832,6 +833,13 @@
       (notes.length
         ? `<h3>Detector header (${notes.length})</h3><ul class="notes" id="where-header-notes">` +
           notes.map((n) => `<li>${esc(n)}</li>`).join("") + "</ul>"
+        : "") +
+      // other runs the detector's uid names (it reused the uid, or it was not a file name): one click away
+      (others.length
+        ? `<p class="also-named" id="where-also-named"><span class="muted">the detector's run uid ` +
+          `<span class="mono">${esc(w.detector_uid)}</span> also names:</span> ` +
+          others.map((u) => `<a href="#run=${encodeURIComponent(u)}" data-run="${esc(u)}">${esc(u)}</a>`).join(", ") +
+          "</p>"
         : "");
   }
 
@@ -1036,6 +1044,12 @@
     if (button) acknowledge(button.dataset.alarm);
   });
   $("where").addEventListener("click", (event) => {
+    const other = event.target.closest("a[data-run]");
+    if (other) {
+      event.preventDefault();
+      selectRun(other.dataset.run);
+      return;
+    }
     const button = event.target.closest("button.copy");
     if (!button) return;
     const text = button.dataset.copy;

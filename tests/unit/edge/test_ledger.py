@@ -164,3 +164,21 @@ def test_a_confirmation_never_makes_a_local_file_purgeable_or_revives_a_purged_o
     assert ledger.file_verified("hpc", sent, 10, "s2")  # a late repeat: still a match, nothing changes
     assert {f["name"]: f["state"] for f in ledger.files("run")} == {"local.h5": "local", "sent.h5": "purged"}
     ledger.close()
+
+
+def test_runs_named_by_a_detector_uid_are_found_through_the_index(tmp_path: Path) -> None:
+    """The where report (refreshed by the dashboard) asks this for every run shown: an index lookup on
+    the config's ``detector_run_uid``, never a scan of every run's config; a config that is not JSON
+    neither breaks the index nor matches."""
+    ledger = Ledger(tmp_path / "ledger.sqlite")
+    ledger.run_started("a", 1, 2, json.dumps({"detector_run_uid": "x"}))
+    ledger.run_started("b", 2, 2, "not json")
+    ledger.run_started("c", 3, 2, json.dumps({"detector_run_uid": "x"}))
+    asked: list[str] = []
+    ledger._db.set_trace_callback(asked.append)
+    assert ledger.runs_named_by_detector("x") == ["a", "c"]
+    ledger._db.set_trace_callback(None)
+    (query,) = [q for q in asked if "detector_run_uid" in q]
+    plan = " ".join(str(row[3]) for row in ledger._db.execute("EXPLAIN QUERY PLAN " + query))
+    assert "USING INDEX runs_by_detector_uid" in plan, plan
+    ledger.close()
