@@ -316,7 +316,7 @@ class Pipeline:
         params = ReductionSettings.model_validate(record.get("reduction") or {"mode": "powder"})
         try:
             mask = None if self.run_masks is None else self.run_masks.take(str(record["run_uid"]))
-            return make_stage(self._context(shape, params, mask, self._earlier(record)))
+            return make_stage(self._context(shape, params, mask, self._earlier(record, params.mode)))
         except Exception as error:  # e.g. tomo slices outside the frame: store the frames, say why
             self.stats["mode_setup_errors"] += 1
             log.error(
@@ -336,13 +336,14 @@ class Pipeline:
                 )
             )
 
-    def _earlier(self, record: dict[str, Any]) -> EarlierParts | None:
-        """A run resumed after a restart: what of its series is stored in the run(s) it continues."""
+    def _earlier(self, record: dict[str, Any], mode: str) -> EarlierParts | None:
+        """A run resumed after a restart: what of its series is stored in the run(s) it continues, as
+        far back as they were reduced in the same mode (None: nothing)."""
         resumes = record.get("resumes_run")
         if not resumes:
             return None
-        runs, files, missing = self.recorder.earlier_parts(str(resumes))
-        return EarlierParts(tuple(runs), tuple(files), missing)
+        runs, files, missing = self.recorder.earlier_parts(str(resumes), mode)
+        return EarlierParts(tuple(runs), tuple(files), missing) if runs else None
 
     def warm_up(self, shape: tuple[int, int], dtype: str, params: ReductionSettings) -> float:
         """Load the configured mode's kernels before the first run needs them; returns the seconds it took.

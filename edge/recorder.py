@@ -168,20 +168,26 @@ class RunRecorder:
             self.ledger.file_stored, run_uid, path.name, path, size, digest, frames, chunks, kind, local
         )
 
-    def earlier_parts(self, run_uid: str, limit: int = 64) -> tuple[list[str], list[Path], int]:
+    def earlier_parts(
+        self, run_uid: str, mode: str | None = None, limit: int = 64
+    ) -> tuple[list[str], list[Path], int]:
         """What a run resumed after a restart continues: ``run_uid`` (the interrupted run) and the runs it
-        continued in turn (``resumes_run``, at most ``limit``), oldest first; their data files still on
+        continued in turn (``resumes_run``, at most ``limit``; with ``mode``, only as far back as they were
+        reduced in that mode), oldest first; their data files still on
         local disk, in frame order; and how many of their data files are not (purged after upstream
         verification or retired by policy, or gone). A stage that needs the series' earlier frames (a
         tomography scan's darks, flats and projections) reads them there."""
         runs: list[str] = []
         uid: str | None = run_uid
         while uid and uid not in runs and len(runs) < limit:
-            runs.append(uid)
             try:
-                config = json.loads(self.ledger.run(uid).get("config") or "{}")
+                run = self.ledger.run(uid)
+                config = json.loads(run.get("config") or "{}")
             except Exception:  # an unknown run: the chain ends here
                 break
+            if mode is not None and run.get("mode") != mode:  # its files hold no such products
+                break
+            runs.append(uid)
             uid = config.get("resumes_run")
         runs.reverse()
         files: list[Path] = []

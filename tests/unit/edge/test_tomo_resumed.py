@@ -79,11 +79,13 @@ def test_a_resumed_scan_is_normalised_and_reconstructed_with_the_part_stored_bef
 
 
 def test_the_recorder_finds_the_chain_of_runs_a_resumed_run_continues(tmp_path: Path) -> None:
+    """raw <- a <- b <- c, each resuming the one before after a restart; a and b were tomography runs."""
     ledger = Ledger(tmp_path / "ledger.sqlite")
     recorder = RunRecorder(ledger, tmp_path / "store", chunk_bytes=1 << 20)
-    a = recorder.open_run("a", 1, None, {})
-    b = recorder.open_run("b", 1, None, {"resumed_after_restart": True, "resumes_run": a})
-    recorder.open_run("c", 1, None, {"resumed_after_restart": True, "resumes_run": b})
+    raw = recorder.open_run("raw", 1, None, {}, "raw")
+    a = recorder.open_run("a", 1, None, {"resumed_after_restart": True, "resumes_run": raw}, "tomo")
+    b = recorder.open_run("b", 1, None, {"resumed_after_restart": True, "resumes_run": a}, "tomo")
+    recorder.open_run("c", 1, None, {"resumed_after_restart": True, "resumes_run": b}, "tomo")
     paths = {}
     for run, name, first in ((a, "a_00001", 10), (a, "a_00000", 0), (b, "b_00000", 20), (b, "b_00001", 30)):
         path = tmp_path / "store" / run / f"{name}.h5"
@@ -95,10 +97,12 @@ def test_the_recorder_finds_the_chain_of_runs_a_resumed_run_continues(tmp_path: 
     reduced.write_bytes(b"y")
     recorder.register_file(a, reduced, (-1, -1, 0), "reduced")
     paths["b_00001"].unlink()  # gone from the disk
-    runs, files, missing = recorder.earlier_parts(b)
+    runs, files, missing = recorder.earlier_parts(b, "tomo")  # as far back as the runs were tomo
     assert runs == ["a", "b"]
     assert files == [paths["a_00000"], paths["a_00001"], paths["b_00000"]]  # data only, in frame order
     assert missing == 1
-    assert recorder.earlier_parts(a) == (["a"], [paths["a_00000"], paths["a_00001"]], 0)
+    assert recorder.earlier_parts(a, "tomo") == (["a"], [paths["a_00000"], paths["a_00001"]], 0)
+    assert recorder.earlier_parts(b)[0] == ["raw", "a", "b"]  # any mode
+    assert recorder.earlier_parts(b, "serial") == ([], [], 0)
     assert json.loads(ledger.run("c")["config"])["resumes_run"] == "b"
     ledger.close()
