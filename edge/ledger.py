@@ -89,6 +89,9 @@ CREATE INDEX IF NOT EXISTS runs_by_start ON runs(started_at);
 CREATE INDEX IF NOT EXISTS runs_by_detector_uid ON runs(
     CASE WHEN json_valid(config) THEN json_extract(config, '$.detector_run_uid') END
 );
+CREATE INDEX IF NOT EXISTS runs_by_resumed ON runs(
+    CASE WHEN json_valid(config) THEN json_extract(config, '$.resumes_run') END
+);
 """
 
 #: The ledger's schema version (SQLite ``user_version``). 0/1: the first layout; 2 adds what each file is
@@ -270,6 +273,16 @@ class Ledger:
             "SELECT run_uid FROM runs WHERE CASE WHEN json_valid(config)"
             " THEN json_extract(config, '$.detector_run_uid') END = ? ORDER BY started_at",
             (detector_uid,),
+        )
+        return [str(row["run_uid"]) for row in rows]
+
+    def runs_resuming(self, run_uid: str) -> list[str]:
+        """The runs that continue ``run_uid``'s series after a daemon restart (``resumes_run`` in their
+        config), oldest first; an index lookup (``runs_by_resumed``)."""
+        rows = self._rows(
+            "SELECT run_uid FROM runs WHERE CASE WHEN json_valid(config)"
+            " THEN json_extract(config, '$.resumes_run') END = ? ORDER BY started_at",
+            (run_uid,),
         )
         return [str(row["run_uid"]) for row in rows]
 

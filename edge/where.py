@@ -121,6 +121,11 @@ def where_report(
     }
     # the uid the detector gave the run, and the other runs it names (recorded under fresh uids)
     report["detector_uid"], report["detector_uid_also_names"] = also_named(ledger, run_uid, run["config"])
+    # a series cut by a daemon restart: the run this one continues, and the runs that continue this one
+    resumed = bool(config.get("resumed_after_restart"))
+    report["resumes_run"] = (config.get("resumes_run") or None) if resumed else None
+    report["resumed_at_frame"] = config.get("first_frame") if resumed else None
+    report["continued_by"] = ledger.runs_resuming(run_uid)
     report["summary"] = summary_line(report)
     return report
 
@@ -179,9 +184,11 @@ def render(report: dict[str, Any]) -> str:
         f"{report['bytes_pending']} bytes pending"
         + (f", ETA {report['eta_seconds']:.0f} s" if report["eta_seconds"] else ""),
     ]
-    resumed = _resumed_line(report.get("config"))
+    resumed = _resumed_line(report)
     if resumed:
         lines.insert(1, resumed)
+    for later in report.get("continued_by") or ():
+        lines.insert(1, f"  its series continues after a daemon restart in run {later}")
     for f in report["files"]:
         where = f["path"] if f["on_local_disk"] else f"(purged locally) {f['path']}"
         confirmed = ", ".join(sorted(f["verified_by"])) or "nobody yet"
@@ -204,14 +211,9 @@ def render(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _resumed_line(config: Any) -> str:
+def _resumed_line(report: dict[str, Any]) -> str:
     """The line saying a run was resumed after a restart, and which run it continues (else "")."""
-    if isinstance(config, str):
-        try:
-            config = json.loads(config)
-        except ValueError:
-            return ""
-    if not isinstance(config, dict) or not config.get("resumed_after_restart"):
+    if report.get("resumed_at_frame") is None:
         return ""
-    previous = config.get("resumes_run") or "unknown (no interrupted run of its series)"
-    return f"  resumed after restart at frame {config.get('first_frame')}: continues run {previous}"
+    previous = report.get("resumes_run") or "unknown (no interrupted run of its series)"
+    return f"  resumed after restart at frame {report['resumed_at_frame']}: continues run {previous}"

@@ -88,8 +88,8 @@ class PullClient:
         if self.curve is not None:
             connect_securely(sock, *self.curve)
         sock.connect(self.endpoint)
+        self.stats["sessions"] += 1  # before the Hello: whoever sees the Hello sees it counted
         self._send(sock, p.Hello(self.consumer, self.credit))
-        self.stats["sessions"] += 1
         last_heard = last_said = time.monotonic()
         last_progress = 0.0
         try:

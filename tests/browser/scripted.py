@@ -71,6 +71,9 @@ class ScriptedRun:
     vetoed: int = 0  # blanks dropped by policy (serial, store.blanks = drop)
     header_notes: list[str] = field(default_factory=list)  # edge.where.header_notes of the run's config
     also_named: list[str] = field(default_factory=list)  # other runs its detector's uid names (where report)
+    resumes_run: str | None = None  # resumed after a daemon restart: the run it continues
+    resumed_at_frame: int | None = None
+    continued_by: list[str] = field(default_factory=list)  # runs that continue its series after a restart
 
     def totals(self) -> dict[str, Any]:
         lost = sum(r["last_frame"] - r["first_frame"] + 1 for r in self.losses if not r["partial"])
@@ -244,6 +247,9 @@ class ScriptedView:
             "header_notes": run.header_notes,
             "detector_uid": run.run_uid,
             "detector_uid_also_names": run.also_named,
+            "resumes_run": run.resumes_run,
+            "resumed_at_frame": run.resumed_at_frame,
+            "continued_by": run.continued_by,
             "config": {"reduction": {"mode": run.mode}},
             "summary": f"{len(run.files)} file(s): {len(run.files)} on the appliance, "
             f"{sum(1 for f in run.files if f['verified_by'])} verified upstream ({HPC}/{run.run_uid}), "

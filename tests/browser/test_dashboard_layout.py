@@ -73,11 +73,12 @@ def busy() -> Iterator[str]:
     faulty = ScriptedRun(FAULTY, now - 3600, now - 3000, "fail", run_files(FAULTY, 3, 2), losses)
     faulty.header_notes = [note[:180]]
     faulty.also_named = [RUNNING]  # the detector sent the same run uid again: a link to that run
+    faulty.continued_by = [RUNNING]  # and its series went on in that run after a daemon restart
     view.add_run(faulty)
     running = RUNNING
-    view.add_run(
-        ScriptedRun(running, now - 60, None, None, run_files(running, 2, 1), [], mode="serial"), current=True
-    )
+    resumed = ScriptedRun(running, now - 60, None, None, run_files(running, 2, 1), [], mode="serial")
+    resumed.resumes_run, resumed.resumed_at_frame = FAULTY, 1200
+    view.add_run(resumed, current=True)
     view.base["ledger"]["bytes_pending"] = 300 * 2**20
     view.ledger.rate = 2 * 2**20
     view.ledger.oldest = now - 95
@@ -152,6 +153,8 @@ def test_layout_at_each_width(
         assert notes.startswith("left out of the files: detector=")
         also = browser.evaluate("document.getElementById('where-also-named').innerText")
         assert f"also names: {RUNNING}" in also
+        series = browser.evaluate("document.getElementById('where-series').innerText")
+        assert f"continues after a daemon restart in {RUNNING}" in series
 
         # the image keeps the detector's aspect ratio (a 64 x 32 preview: twice as wide as tall)
         w, h = browser.evaluate(
@@ -175,5 +178,8 @@ def test_layout_at_each_width(
         browser.evaluate(f"document.querySelector('#where-also-named a[data-run=\"{RUNNING}\"]').click()")
         browser.wait_for(f"document.getElementById('where-run').textContent === '{RUNNING}'", 10, "that run")
         assert browser.evaluate("location.hash") == f"#run={RUNNING}"
+        browser.wait_for("!!document.querySelector('#where-series a[data-run]')", 10, "the link back")
+        series = browser.evaluate("document.getElementById('where-series').innerText")
+        assert f"resumed after a daemon restart at frame 1,200; continues {FAULTY}" in series
     finally:
         browser.close()

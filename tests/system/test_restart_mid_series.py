@@ -103,6 +103,7 @@ def test_daemon_killed_mid_series_of_unknown_length_resumes_in_a_linked_run(tmp_
         status = stack.status()
         first, second = stack.run(first_uid), stack.run(second_uid)
         text = _where(stack, second_uid)
+        first_text = _where(stack, first_uid)
     finally:
         stack.stop_all()
 
@@ -113,6 +114,11 @@ def test_daemon_killed_mid_series_of_unknown_length_resumes_in_a_linked_run(tmp_
     config = json.loads(config) if isinstance(config, str) else config
     assert config["resumed_after_restart"] is True and config["resumes_run"] == first_uid
     assert "resumed after restart" in text and first_uid in text
+    # each run names the other: `edge where` and the API's where report (the dashboard links them)
+    assert f"its series continues after a daemon restart in run {second_uid}" in first_text
+    assert (first["where"]["continued_by"], first["where"]["resumes_run"]) == ([second_uid], None)
+    assert (second["where"]["resumes_run"], second["where"]["continued_by"]) == (first_uid, [])
+    assert second["where"]["resumed_at_frame"] == config["first_frame"] > 0
     assert first["exit_status"] == ("fail" if sig == signal.SIGKILL else "abort")
     assert second["exit_status"] == "success"
 

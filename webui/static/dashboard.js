@@ -784,6 +784,17 @@
     const losses = w.losses || detail.losses || [];
     const notes = w.header_notes || [];
     const others = w.detector_uid_also_names || [];
+    const continued = w.continued_by || [];
+    const runLinks = (uids) =>
+      uids.map((u) => `<a href="#run=${encodeURIComponent(u)}" data-run="${esc(u)}">${esc(u)}</a>`).join(", ");
+    // a series cut by a daemon restart: the run this one continues, and those that continue it
+    const series = [
+      w.resumed_at_frame != null
+        ? `<span class="muted">resumed after a daemon restart at frame ${esc(fmtInt(w.resumed_at_frame))}; continues</span> ` +
+          (w.resumes_run ? runLinks([w.resumes_run]) : '<span class="muted">no known run</span>')
+        : "",
+      continued.length ? `<span class="muted">its series continues after a daemon restart in</span> ${runLinks(continued)}` : "",
+    ].filter(Boolean);
     setText("where-run", w.run_uid || detail.run_uid);
     const outlook = state.lastStatus?.upstream_outlook;
     const summary = [
@@ -820,6 +831,7 @@
     }).join("");
     $("where").innerHTML =
       (w.summary ? `<p class="summary-line" id="where-summary">${esc(w.summary)}</p>` : "") +
+      (series.length ? `<p class="also-named" id="where-series">${series.join("<br>")}</p>` : "") +
       `<div class="summary">${summary}</div>` +
       `<h3>Files (${files.length})</h3>` +
       (files.length
@@ -837,9 +849,7 @@
       // other runs the detector's uid names (it reused the uid, or it was not a file name): one click away
       (others.length
         ? `<p class="also-named" id="where-also-named"><span class="muted">the detector's run uid ` +
-          `<span class="mono">${esc(w.detector_uid)}</span> also names:</span> ` +
-          others.map((u) => `<a href="#run=${encodeURIComponent(u)}" data-run="${esc(u)}">${esc(u)}</a>`).join(", ") +
-          "</p>"
+          `<span class="mono">${esc(w.detector_uid)}</span> also names:</span> ${runLinks(others)}</p>`
         : "");
   }
 

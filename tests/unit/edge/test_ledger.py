@@ -10,6 +10,8 @@ import sqlite3
 import time
 from pathlib import Path
 
+import pytest
+
 from edge.config import RetentionSettings
 from edge.ledger import Ledger
 from edge.retention import PRESSURE_RECHECK_S, Retention
@@ -166,19 +168,29 @@ def test_a_confirmation_never_makes_a_local_file_purgeable_or_revives_a_purged_o
     ledger.close()
 
 
-def test_runs_named_by_a_detector_uid_are_found_through_the_index(tmp_path: Path) -> None:
-    """The where report (refreshed by the dashboard) asks this for every run shown: an index lookup on
-    the config's ``detector_run_uid``, never a scan of every run's config; a config that is not JSON
-    neither breaks the index nor matches."""
+@pytest.mark.parametrize(
+    ("key", "method", "index"),
+    [
+        ("detector_run_uid", "runs_named_by_detector", "runs_by_detector_uid"),
+        ("resumes_run", "runs_resuming", "runs_by_resumed"),
+    ],
+)
+def test_runs_named_in_other_runs_configs_are_found_through_an_index(
+    tmp_path: Path, key: str, method: str, index: str
+) -> None:
+    """The where report (refreshed by the dashboard) asks these for every run shown: an index lookup on
+    the config's ``detector_run_uid`` / ``resumes_run``, never a scan of every run's config; a config
+    that is not JSON neither breaks the index nor matches."""
     ledger = Ledger(tmp_path / "ledger.sqlite")
-    ledger.run_started("a", 1, 2, json.dumps({"detector_run_uid": "x"}))
+    ledger.run_started("a", 1, 2, json.dumps({key: "x"}))
     ledger.run_started("b", 2, 2, "not json")
-    ledger.run_started("c", 3, 2, json.dumps({"detector_run_uid": "x"}))
+    ledger.run_started("c", 3, 2, json.dumps({key: "x"}))
+    ledger.run_started("d", 4, 2, json.dumps({key: "y"}))
     asked: list[str] = []
     ledger._db.set_trace_callback(asked.append)
-    assert ledger.runs_named_by_detector("x") == ["a", "c"]
+    assert getattr(ledger, method)("x") == ["a", "c"]
     ledger._db.set_trace_callback(None)
-    (query,) = [q for q in asked if "detector_run_uid" in q]
+    (query,) = [q for q in asked if key in q]
     plan = " ".join(str(row[3]) for row in ledger._db.execute("EXPLAIN QUERY PLAN " + query))
-    assert "USING INDEX runs_by_detector_uid" in plan, plan
+    assert f"USING INDEX {index}" in plan, plan
     ledger.close()
