@@ -75,10 +75,21 @@ def load_calibration(settings: Settings, fmt: FrameFormat | None = None) -> Corr
             continue
         try:
             image = np.load(path, allow_pickle=False)
-        except (OSError, ValueError) as error:
+        except (OSError, ValueError, EOFError) as error:
             raise ConfigError(
                 f"reduction.{key}_file = {str(path)!r}: cannot read a .npy image ({error})"
             ) from None
+        if not isinstance(image, np.ndarray):  # an .npz archive: which of its arrays is meant is unknown
+            image.close()
+            raise ConfigError(
+                f"reduction.{key}_file = {str(path)!r}: an .npz archive, not one .npy image (save the image"
+                " alone with numpy.save)"
+            )
+        if image.dtype.kind not in "biuf":  # complex, text, dates, records: no pixel values
+            raise ConfigError(
+                f"reduction.{key}_file = {str(path)!r}: pixels of type {image.dtype}, not numbers"
+                " (bool, integer or real)"
+            )
         if image.shape != shape:
             raise ConfigError(
                 f"reduction.{key}_file = {str(path)!r}: image is {image.shape}, frames are {shape}"

@@ -200,7 +200,9 @@ class TomoSettings(_Section):
     """Tomography: which rows are reconstructed while projections arrive, and how."""
 
     slices: list[int] = Field(
-        default_factory=list, description="detector rows to reconstruct; [] = centre row"
+        default_factory=list,
+        max_length=128,
+        description="detector rows to reconstruct (each once, in the order given); [] = centre row",
     )
     center: float | None = Field(
         None, ge=-100_000, le=100_000, description="rotation axis column; None = estimated"

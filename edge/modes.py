@@ -784,7 +784,7 @@ class TomoStage(_CorrectedStage):
     def __init__(self, ctx: RunContext) -> None:
         super().__init__(ctx)
         p = ctx.params.tomo
-        rows = list(p.slices) or [ctx.shape[0] // 2]
+        rows = list(dict.fromkeys(p.slices)) or [ctx.shape[0] // 2]  # a row named twice: once
         bad = [r for r in rows if not 0 <= r < ctx.shape[0]]
         if bad:
             raise ValueError(f"reduction.tomo.slices {bad} are outside the detector's {ctx.shape[0]} rows")

@@ -32,3 +32,9 @@ def test_a_tomography_file_with_a_given_axis_says_where_it_is(tmp_path: Path) ->
         assert detector["x_rotation_axis_pixel_position"][()] == 30.5
         assert detector["x_rotation_axis_pixel_position"].attrs["units"] == "pixel"
         assert detector["x_pixel_size"][()] == GEOMETRY.pixel2 and detector["frame_time"][()] == 0.01
+
+
+def test_a_row_named_twice_is_reconstructed_once() -> None:
+    params = ReductionSettings(mode="tomo", tomo={"slices": [20, 20, 3, 20]})  # type: ignore[arg-type]
+    stage = make_stage(RunContext(get_backend("numpy"), GEOMETRY, SHAPE, 16, "2th_deg", params))
+    assert stage.settings_record()["slices"] == [20, 3]

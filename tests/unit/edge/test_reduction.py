@@ -95,3 +95,21 @@ def test_calibration_files_are_checked_at_start(tmp_path) -> None:
         load_calibration(load_settings(overrides=[f'reduction.dark_file="{wrong}"']))
     with pytest.raises(ConfigError, match=r"cannot read a \.npy image"):
         load_calibration(load_settings(overrides=[f'reduction.flat_file="{tmp_path / "missing.npy"}"']))
+    # files that are no numeric image: each a clear error at start, never a crash mid-run
+    archive = tmp_path / "dark.npz"
+    np.savez(archive, dark=np.zeros((1024, 1024)))
+    with pytest.raises(ConfigError, match=r"an \.npz archive, not one \.npy image"):
+        load_calibration(load_settings(overrides=[f'reduction.dark_file="{archive}"']))
+    for name, image in (("text", np.full((1024, 1024), "x")), ("complex", np.zeros((1024, 1024), complex))):
+        path = tmp_path / f"{name}.npy"
+        np.save(path, image)
+        with pytest.raises(ConfigError, match=r"reduction.flat_file = .*pixels of type .*, not numbers"):
+            load_calibration(load_settings(overrides=[f'reduction.flat_file="{path}"']))
+    empty = tmp_path / "empty.npy"
+    empty.write_bytes(b"")
+    with pytest.raises(ConfigError, match=r"cannot read a \.npy image"):
+        load_calibration(load_settings(overrides=[f'reduction.mask_file="{empty}"']))
+    pickled = tmp_path / "objects.npy"
+    np.save(pickled, np.array([{"a": 1}] * 4, dtype=object), allow_pickle=True)
+    with pytest.raises(ConfigError, match=r"cannot read a \.npy image"):  # never unpickled
+        load_calibration(load_settings(overrides=[f'reduction.dark_file="{pickled}"']))

@@ -104,6 +104,8 @@ def test_roi_boxes_and_tomo_rows_outside_the_frame_are_refused_as_the_pvs_refuse
         ({"tomo": {"slices": [-1]}}, "reduction.tomo.slices row -1"),
         ({"roi": [[0, 10, 0, 49]]}, "reduction.roi box [0, 10, 0, 49] is not inside the 64x48 frame"),
         ({"roi": [[10, 5, 0, 8]]}, "reduction.roi box [10, 5, 0, 8]"),  # an empty box
+        # thousands of rows (each a sinogram row per projection: memory without bound) are refused
+        ({"tomo": {"slices": [5] * 20_000}}, "at most 128"),
     ):
         answer = client.put("/api/reduction", json=change, headers=auth)
         assert answer.status_code == 400 and key in answer.json()["detail"], (change, answer.json())
