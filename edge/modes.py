@@ -713,6 +713,7 @@ class _EarlierScan:
         self.errors: list[str] = []
         self.lines: list[np.ndarray] = []  # per projection read: its chosen rows, as stored (float32)
         self.angles: list[float] = []
+        self.planned = 0  # projections listed in the readable files (read on the thread)
         planned: list[tuple[Path, np.ndarray, np.ndarray]] = []
         for path in earlier.files:
             try:
@@ -731,6 +732,7 @@ class _EarlierScan:
                     self.flats += int(np.count_nonzero(keys == 1))
                     projections = np.flatnonzero(keys == 0)
                     planned.append((path, projections, angles[projections]))
+                    self.planned += int(projections.size)
             except Exception as error:  # a file not as this stage writes them: its frames are not used
                 self._error(path, error)
         self._thread = threading.Thread(target=self._read, args=(planned,), name="tomo-earlier", daemon=True)
@@ -1008,12 +1010,24 @@ class TomoStage(_CorrectedStage):
                 "min": lo,
                 "max": hi,
             }
+        earlier = self.earlier
         return {
             "projections": self.projections,
             "darks": self.darks,
             "flats": self.flats,
             "slices_done": self.slices_done,
             "slice": slice_doc,
+            # a scan resumed after a restart: what the part stored before it adds (its projections are
+            # back-projected at the run's end)
+            "inherited": None
+            if earlier is None
+            else {
+                "runs": list(earlier.parts.runs),
+                "darks": earlier.darks,
+                "flats": earlier.flats,
+                "projections": earlier.planned,
+                "files_unusable": len(earlier.errors),
+            },
         }
 
     def tally(self) -> dict[str, float]:

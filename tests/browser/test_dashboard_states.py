@@ -351,6 +351,8 @@ def test_a_tomography_product_shows_slices_and_the_slice(
             "flats": 10,
             "slices_done": 3,
             "slice": {"row": 32, "height": 64, "width": 64, "pixels_b64": pixels, "min": -0.1, "max": 2.5},
+            # resumed after a daemon restart: the part stored before it counts too
+            "inherited": {"runs": [FAULTY], "darks": 10, "flats": 10, "projections": 95, "files_unusable": 1},
         },
     }
     view.add_run(clean_run(), current=True)
@@ -360,6 +362,9 @@ def test_a_tomography_product_shows_slices_and_the_slice(
     browser.wait_for("!document.getElementById('wide-slice').hidden", 10, "the reconstructed slice")
     assert texts(browser, "#product-mode") == ["tomo"]
     assert texts(browser, "#slices-done") == ["3"]
+    assert texts(browser, "#tomo-inherited") == [
+        f"95 projections, 10 darks, 10 flats of run {FAULTY[:8]} (1 file(s) unreadable)"
+    ]
     # large, in the card a powder run's profile has: a tomography run has no profile
     assert texts(browser, "#profile-title") == ["Reconstructed slice"]
     wide = browser.evaluate(

@@ -425,6 +425,14 @@
       const t = product.tomo;
       html = `<table class="kv"><tr><th>projections</th><td>${esc(fmtInt(t.projections))}</td></tr>` +
         `<tr><th>darks / flats</th><td>${esc(fmtInt(t.darks))} / ${esc(fmtInt(t.flats))}</td></tr>` +
+        // a scan resumed after a daemon restart: the part stored before it counts too
+        (t.inherited
+          ? `<tr><th>before the restart</th><td id="tomo-inherited">${esc(fmtInt(t.inherited.projections))} projections, ` +
+            `${esc(fmtInt(t.inherited.darks))} darks, ${esc(fmtInt(t.inherited.flats))} flats of run ` +
+            `${(t.inherited.runs || []).map((u) => `<span class="mono" title="${esc(u)}">${esc(shortUid(u))}</span>`).join(", ")}` +
+            (num(t.inherited.files_unusable) > 0 ? ` <span class="bad">(${esc(fmtInt(t.inherited.files_unusable))} file(s) unreadable)</span>` : "") +
+            "</td></tr>"
+          : "") +
         `<tr><th>slices done</th><td id="slices-done">${esc(fmtInt(t.slices_done))}</td></tr></table>` +
         (t.slice ? `<div class="small">slice row ${esc(fmtInt(t.slice.row))} (${esc(fmtCounts(t.slice.min))} – ${esc(fmtCounts(t.slice.max))}): the large card</div>` : '<p class="muted small">no slice reconstructed yet</p>');
     } else if (mode === "powder" && product.powder) {

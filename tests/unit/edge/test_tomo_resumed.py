@@ -63,6 +63,15 @@ def test_a_resumed_scan_is_normalised_and_reconstructed_with_the_part_stored_bef
     stage = make_stage(ctx)
     for k in range(5, len(ANGLES)):  # the rest of the scan, in the resumed run
         stage.process(_frame(0, k), 4 + k, 0, float(ANGLES[k]))
+    live = stage.live()
+    assert live is not None and (live["darks"], live["projections"]) == (0, len(ANGLES) - 5)
+    assert live["inherited"] == {
+        "runs": ["first"],
+        "darks": 2,
+        "flats": 2,
+        "projections": 5,
+        "files_unusable": 2,
+    }
     products = stage.finish()
 
     assert (products["darks_inherited"], products["flats_inherited"]) == (2, 2)
