@@ -714,6 +714,7 @@ class _EarlierScan:
         self.lines: list[np.ndarray] = []  # per projection read: its chosen rows, as stored (float32)
         self.angles: list[float] = []
         self.planned = 0  # projections listed in the readable files (read on the thread)
+        self.without_angle = 0  # stored projections without an angle (NaN): not back-projected
         planned: list[tuple[Path, np.ndarray, np.ndarray]] = []
         for path in earlier.files:
             try:
@@ -730,7 +731,8 @@ class _EarlierScan:
                             total += data[int(i)]
                     self.darks += int(np.count_nonzero(keys == 2))
                     self.flats += int(np.count_nonzero(keys == 1))
-                    projections = np.flatnonzero(keys == 0)
+                    projections = np.flatnonzero((keys == 0) & np.isfinite(angles))
+                    self.without_angle += int(np.count_nonzero(keys == 0)) - int(projections.size)
                     planned.append((path, projections, angles[projections]))
                     self.planned += int(projections.size)
             except Exception as error:  # a file not as this stage writes them: its frames are not used
@@ -766,6 +768,7 @@ class _EarlierScan:
             "darks_inherited": self.darks,
             "flats_inherited": self.flats,
             "projections_inherited": len(self.angles),
+            "projections_inherited_without_angle": self.without_angle,
             "inherited_files_not_local": self.parts.missing,
         }
         if self.errors:
@@ -831,7 +834,9 @@ class TomoStage(_CorrectedStage):
         super().write_products(entry, products)
         keys = np.asarray([p["image_key"] for p in products], np.int8)
         angles = np.asarray([p["rotation_angle"] for p in products], np.float64)
-        angles = np.where(np.isnan(angles), 0.0, angles)  # darks and flats: no angle (0 by convention)
+        # darks and flats have no angle: 0 by convention; a projection without one keeps NaN (at 0 a
+        # reader would back-project it there; the live reconstruction leaves it out, as must they)
+        angles = np.where(np.isnan(angles) & (keys != 0), 0.0, angles)
         data = entry["data"]["data"]
         instrument = entry.require_group("instrument")
         instrument.attrs["NX_class"] = "NXinstrument"

@@ -52,7 +52,11 @@ def _write(directory: Path, name: str, frames: list[tuple[int, int, float]]) -> 
 def test_a_resumed_scan_is_normalised_and_reconstructed_with_the_part_stored_before(tmp_path: Path) -> None:
     nan = float("nan")
     earlier = [(0, 2, nan), (1, 2, nan), (2, 1, nan), (3, 1, nan)] + [(4 + k, 0, ANGLES[k]) for k in range(5)]
+    earlier.append((9, 0, nan))  # a projection without an angle: stored with NaN, never back-projected
     first = _write(tmp_path, "first", earlier)
+    with h5py.File(first, "r") as handle:  # darks and flats at 0 by convention; the projection keeps NaN
+        stored = handle["/entry/sample/rotation_angle"][:]
+    assert stored[:4].tolist() == [0.0] * 4 and np.isnan(stored[-1])
     broken = tmp_path / "broken_00001.h5"
     broken.write_bytes(b"not an HDF5 file")
     other = tmp_path / "other_00000.h5"
@@ -77,6 +81,7 @@ def test_a_resumed_scan_is_normalised_and_reconstructed_with_the_part_stored_bef
     assert (products["darks_inherited"], products["flats_inherited"]) == (2, 2)
     assert (products["darks"], products["flats"]) == (0, 0)  # this run's own
     assert products["projections_inherited"] == 5 and products["projections"] == len(ANGLES) - 5
+    assert products["projections_inherited_without_angle"] == 1
     assert products["inherited_from_runs"] == "first" and products["inherited_files_not_local"] == 1
     unusable = products["inherited_files_unusable"]
     assert "broken_00001.h5" in unusable and "other_00000.h5" in unusable and "first" not in unusable
