@@ -737,6 +737,8 @@ class _EarlierScan:
                     self.planned += int(projections.size)
             except Exception as error:  # a file not as this stage writes them: its frames are not used
                 self._error(path, error)
+        self._lock = threading.Lock()  # the reading thread publishes whole files under it
+        self._abandoned = False  # the run's end stopped waiting: the thread publishes nothing more
         self._thread = threading.Thread(target=self._read, args=(planned,), name="tomo-earlier", daemon=True)
         self._thread.start()
 
@@ -753,13 +755,24 @@ class _EarlierScan:
             except Exception as error:
                 self._error(path, error)
                 continue
-            self.lines.extend(lines)
-            self.angles.extend(float(a) for a in angles)
+            with self._lock:
+                if self._abandoned:
+                    return
+                self.lines.extend(lines)
+                self.angles.extend(float(a) for a in angles)
+
+    READ_SECONDS = 600.0  # the longest the run's end waits for the reading thread
 
     def projections(self) -> tuple[list[np.ndarray], list[float]]:
-        """The earlier projections' rows and angles, in frame order (waits for the reading thread)."""
-        self._thread.join()
-        return self.lines, self.angles
+        """The earlier projections' rows and angles, in frame order (waits for the reading thread, at most
+        READ_SECONDS: a file that hangs leaves out what was not read by then, and says so)."""
+        self._thread.join(self.READ_SECONDS)
+        with self._lock:
+            self._abandoned = True
+            if self._thread.is_alive():
+                self.errors.append(f"still reading after {self.READ_SECONDS:g} s: the rest left out")
+                log.error("tomography run: the earlier part's projections still reading; the rest left out")
+            return list(self.lines), list(self.angles)
 
     def record(self) -> dict[str, Any]:
         """What the run product says about the part it took over."""

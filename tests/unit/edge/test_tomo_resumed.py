@@ -5,14 +5,17 @@ a file of that part it cannot use is named, never a crash."""
 from __future__ import annotations
 
 import json
+import threading
 from pathlib import Path
+from typing import Any
 
 import h5py
 import numpy as np
+import pytest
 
 from edge.config import ReductionSettings
 from edge.ledger import Ledger
-from edge.modes import EarlierParts, RunContext, make_stage
+from edge.modes import EarlierParts, RunContext, _EarlierScan, make_stage
 from edge.recorder import RunRecorder
 from edge.store import RunFileWriter, RunMetadata
 from kernels import Geometry, compress_chunk, get_backend
@@ -120,3 +123,34 @@ def test_the_recorder_finds_the_chain_of_runs_a_resumed_run_continues(tmp_path: 
     assert recorder.earlier_parts(b, "serial") == ([], [], 0)
     assert json.loads(ledger.run("c")["config"])["resumes_run"] == "b"
     ledger.close()
+
+
+def test_a_part_that_takes_too_long_to_read_is_left_out_and_said(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The run's end waits for the reading thread at most READ_SECONDS (a file on a hung disk must not
+    hold the run's products for ever): what was not read by then is left out, and the product says so."""
+    nan = float("nan")
+    first = _write(tmp_path, "first", [(0, 2, nan), (1, 1, nan)] + [(4 + k, 0, ANGLES[k]) for k in range(3)])
+    release = threading.Event()
+    read = _EarlierScan._read
+
+    def slow(self: _EarlierScan, planned: Any) -> None:
+        release.wait(10)
+        read(self, planned)
+
+    monkeypatch.setattr(_EarlierScan, "_read", slow)
+    monkeypatch.setattr(_EarlierScan, "READ_SECONDS", 0.2)
+    parts = EarlierParts(("first",), (first,))
+    stage = make_stage(
+        RunContext(get_backend("numpy"), GEOMETRY, SHAPE, 16, "2th_deg", _params(), earlier=parts)
+    )
+    for k in range(3, len(ANGLES)):
+        stage.process(_frame(0, k), 4 + k, 0, float(ANGLES[k]))
+    products = stage.finish()
+    release.set()  # the thread reads now, and publishes nothing: the run's end no longer waits for it
+    assert products["projections_inherited"] == 0 and products["darks_inherited"] == 1
+    assert "still reading after 0.2 s" in products["inherited_files_unusable"]
+    assert products["rotation_angle"].tolist() == ANGLES[3:].tolist()
+    stage.earlier._thread.join(10)  # type: ignore[attr-defined]
+    assert stage.earlier.angles == []  # type: ignore[attr-defined]
