@@ -774,6 +774,12 @@ class _EarlierScan:
                 log.error("tomography run: the earlier part's projections still reading; the rest left out")
             return list(self.lines), list(self.angles)
 
+    def read_so_far(self, start: int, most: int) -> tuple[list[np.ndarray], list[float]]:
+        """Up to ``most`` projections already read, from the ``start``-th on (without waiting)."""
+        with self._lock:
+            stop = min(len(self.angles), start + most)
+            return self.lines[start:stop], self.angles[start:stop]
+
     def record(self) -> dict[str, Any]:
         """What the run product says about the part it took over."""
         record: dict[str, Any] = {
@@ -819,7 +825,9 @@ class TomoStage(_CorrectedStage):
         self.slices_done = 0
         # a scan resumed after a restart: the darks, flats and projections stored before it was cut
         self.earlier = None if ctx.earlier is None else _EarlierScan(ctx.earlier, ctx.shape, rows)
-        self._earlier_pending = self.earlier  # its projections not yet back-projected
+        self._earlier_pending = self.earlier  # its projections not yet all back-projected
+        self._earlier_lines: list[np.ndarray] = []  # those back-projected so far (normalised) ...
+        self._earlier_angles: list[float] = []  # ... and their angles
 
     def process(self, raw: np.ndarray | None, frame: int, image_key: int, angle: float) -> FrameResult:
         assert raw is not None
@@ -916,6 +924,9 @@ class TomoStage(_CorrectedStage):
         normalised = self._normalised(raw[self.rows].astype(np.float32))
         self.sinograms.append(normalised)
         self.reconstructor.add(normalised, angle)
+        earlier = self._earlier_pending
+        if earlier is not None:  # a few of the earlier part's go with each: live, and less left for the end
+            self._add_earlier(*earlier.read_so_far(len(self._earlier_angles), self.EARLIER_PER_FRAME))
 
     def _start_reconstruction(self) -> None:
         dark, flat = self._means()
@@ -935,22 +946,32 @@ class TomoStage(_CorrectedStage):
         out = self.ctx.backend.flat_field(lines, self._dark, self._flat, np.empty_like(lines))
         return np.asarray(out, np.float32)
 
-    def _take_earlier(self) -> None:
-        """A resumed scan: the projections stored before the restart, back-projected with this run's (at
-        the end, once) and ahead of them in the sinograms, as they came in the scan."""
-        earlier, self._earlier_pending = self._earlier_pending, None
-        if earlier is None:
-            return
-        lines, angles = earlier.projections()
+    EARLIER_PER_FRAME = 2  # earlier projections back-projected with each projection of the run
+
+    def _add_earlier(self, lines: list[np.ndarray], angles: list[float]) -> None:
+        """Back-project projections of the earlier part (read, not yet normalised)."""
         if not angles:
             return
         if self.reconstructor is None:
             self._start_reconstruction()
-        normalised = [self._normalised(line) for line in lines]
-        for projection, angle in zip(normalised, angles, strict=True):
-            self.reconstructor.add(projection, angle)
-        self.sinograms[:0] = normalised
-        self.angles[:0] = angles
+        for line, angle in zip(lines, angles, strict=True):
+            normalised = self._normalised(line)
+            self.reconstructor.add(normalised, angle)
+            self._earlier_lines.append(normalised)
+            self._earlier_angles.append(angle)
+
+    def _take_earlier(self) -> None:
+        """A resumed scan: the rest of the projections stored before the restart, back-projected with
+        this run's (once, at the end: a few went with each of the run's projections already), and ahead
+        of them in the sinograms, as they came in the scan."""
+        earlier, self._earlier_pending = self._earlier_pending, None
+        if earlier is None:
+            return
+        lines, angles = earlier.projections()
+        done = len(self._earlier_angles)
+        self._add_earlier(lines[done:], angles[done:])
+        self.sinograms[:0] = self._earlier_lines
+        self.angles[:0] = self._earlier_angles
 
     def settings_record(self) -> dict[str, Any]:
         return {

@@ -68,8 +68,11 @@ def test_a_resumed_scan_is_normalised_and_reconstructed_with_the_part_stored_bef
     parts = EarlierParts(("first",), (first, broken, other), missing=1)
     ctx = RunContext(get_backend("numpy"), GEOMETRY, SHAPE, 16, "2th_deg", _params(), earlier=parts)
     stage = make_stage(ctx)
+    stage.earlier._thread.join(10)  # type: ignore[attr-defined]  # (it reads while the run goes on)
     for k in range(5, len(ANGLES)):  # the rest of the scan, in the resumed run
         stage.process(_frame(0, k), 4 + k, 0, float(ANGLES[k]))
+    # two earlier projections went with each of the run's: all of them are in the live slice already
+    assert stage.reconstructor.n_seen == len(ANGLES)  # type: ignore[attr-defined]
     live = stage.live()
     assert live is not None and (live["darks"], live["projections"]) == (0, len(ANGLES) - 5)
     assert live["inherited"] == {
