@@ -504,6 +504,8 @@ class Appliance:
                 pass_through=True,  # bslz4 images go to the store as received; the pipeline decodes if needed
                 check=stream.stream2_check,
                 silent_alarm_seconds=stream.silent_alarm_seconds,
+                reorder_frames=stream.reorder_frames,
+                reorder_seconds=stream.reorder_seconds,
             )
         return ZmqStreamSource(
             stream.endpoint,
@@ -514,6 +516,8 @@ class Appliance:
             max_frame_jump=stream.max_frame_jump,
             silent_alarm_seconds=stream.silent_alarm_seconds,
             max_message_bytes=self._max_message_bytes(settings),
+            reorder_frames=stream.reorder_frames,
+            reorder_seconds=stream.reorder_seconds,
         )
 
     def _max_message_bytes(self, settings: Settings) -> int:

@@ -120,6 +120,21 @@ class StreamSettings(_Section):
         " its series (0 before the first) is rejected and counted (frame_number_out_of_range), never"
         " turned into a gap: one damaged or stray frame number cannot declare a million frames lost",
     )
+    reorder_frames: int = Field(
+        256,
+        ge=0,
+        le=1 << 20,
+        description="a gap in a series' frame numbers is held until this many newer frames have come (or"
+        " reorder_seconds have passed) before its frames are recorded lost, so that a frame overtaken by"
+        " later ones (a sender with several threads or sockets) is stored when it comes (frames_reordered);"
+        " one coming after is counted frames_late. 0 records a gap at once",
+    )
+    reorder_seconds: float = Field(
+        0.5,
+        ge=0.0,
+        le=60.0,
+        description="the longest a gap is held (see reorder_frames); the series' end records every held gap",
+    )
     silent_alarm_seconds: float = Field(
         60.0,
         ge=1.0,

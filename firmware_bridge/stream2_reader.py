@@ -30,7 +30,7 @@ from firmware_bridge.stream2_codec import (
     Stream2Start,
 )
 from firmware_bridge.stream_codec import MAX_FRAMES_EXPECTED
-from firmware_bridge.zmq_reader import ZmqStreamSource
+from firmware_bridge.zmq_reader import REORDER_FRAMES, REORDER_SECONDS, ZmqStreamSource
 
 log = logging.getLogger(__name__)
 
@@ -98,6 +98,8 @@ class Stream2Source(ZmqStreamSource):
         check: str = "sampled",
         silent_alarm_seconds: float = 60.0,
         max_message_bytes: int = 0,
+        reorder_frames: int = REORDER_FRAMES,
+        reorder_seconds: float = REORDER_SECONDS,
     ) -> None:
         super().__init__(
             endpoint,
@@ -108,6 +110,8 @@ class Stream2Source(ZmqStreamSource):
             max_frame_jump=max_frame_jump,
             silent_alarm_seconds=silent_alarm_seconds,
             max_message_bytes=max_message_bytes,
+            reorder_frames=reorder_frames,
+            reorder_seconds=reorder_seconds,
         )
         if check not in ("sampled", "full"):
             raise ValueError(f"check must be 'sampled' or 'full', got {check!r}")

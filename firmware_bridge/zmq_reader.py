@@ -47,8 +47,9 @@ DROP_REPORT_SECONDS = 2.0  # a drop during a series is reported once the series 
 GAPS_REMEMBERED = 64  # a series' latest gaps a late frame is looked for in
 # A gap in the frame numbers is held this long before its frames are recorded lost, so that a frame
 # overtaken by later ones (a sender with several threads or sockets) is stored when it comes: until
-# REORDER_FRAMES newer frames have arrived or REORDER_SECONDS have passed, whichever is first, and at
-# most HELD_GAPS gaps at once (the oldest is recorded first). The series' end records every held gap.
+# REORDER_FRAMES newer frames have arrived or REORDER_SECONDS have passed, whichever is first (the
+# defaults of stream.reorder_frames and stream.reorder_seconds), and at most HELD_GAPS gaps at once (the
+# oldest is recorded first). The series' end records every held gap.
 REORDER_FRAMES = 256
 REORDER_SECONDS = 0.5
 HELD_GAPS = 64
@@ -88,9 +89,13 @@ class ZmqStreamSource:
         max_frame_jump: int | None = None,
         silent_alarm_seconds: float = 60.0,
         max_message_bytes: int = 0,
+        reorder_frames: int = REORDER_FRAMES,
+        reorder_seconds: float = REORDER_SECONDS,
     ) -> None:
         if max_frame_jump is not None and max_frame_jump < 1:
             raise ValueError(f"max_frame_jump must be >= 1, got {max_frame_jump}")
+        if reorder_frames < 0 or not reorder_seconds >= 0:
+            raise ValueError(f"reorder window must be >= 0: {reorder_frames} frames, {reorder_seconds} s")
         self.endpoint = endpoint
         # an image more than this beyond the newest accepted frame of its series (0 before the first)
         # is rejected as ``frame_number_out_of_range`` and never becomes a gap (None: unbounded)
@@ -114,6 +119,7 @@ class ZmqStreamSource:
         self._gaps: deque[tuple[int, int]] = deque(maxlen=GAPS_REMEMBERED)
         # gaps not yet recorded, oldest first: a frame arriving in one is stored (see REORDER_FRAMES)
         self._held: list[_HeldGap] = []
+        self.reorder_frames, self.reorder_seconds = int(reorder_frames), float(reorder_seconds)
         self._frames_expected: int | None = None
         self._end_request: str | None = None
         self._refused: str | None = None
@@ -496,7 +502,7 @@ class ZmqStreamSource:
         newest = self._newest if self._newest is not None else 0
         while self._held:
             gap = self._held[0]
-            due = newest - gap.newest >= REORDER_FRAMES or now - gap.at >= REORDER_SECONDS
+            due = newest - gap.newest >= self.reorder_frames or now - gap.at >= self.reorder_seconds
             if not (everything or due):
                 break
             self._record_gap(self._held.pop(0))

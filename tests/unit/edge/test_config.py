@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -88,3 +89,26 @@ def test_required_consumers_are_named_by_the_rules_and_each_once() -> None:
     for bad in ("['hpc', 'hpc']", "['a/b']", "['']"):
         with pytest.raises(ConfigError):
             load_settings(overrides=[f"upstream.required_consumers={bad}"])
+
+
+@pytest.mark.parametrize("stream_format", ["json", "stream2"])
+def test_the_reorder_window_reaches_the_stream_reader(tmp_path: Path, stream_format: str) -> None:
+    from edge.appliance import Appliance
+
+    settings = load_settings(
+        overrides=[
+            f'store.path="{tmp_path / "store"}"',
+            "ring.slots=2",
+            'reduction.backend="numpy"',
+            'upstream.endpoint="tcp://127.0.0.1:0"',
+            f'stream.format="{stream_format}"',
+            "stream.reorder_frames=4096",
+            "stream.reorder_seconds=3.5",
+        ]
+    )
+    appliance = Appliance(settings)
+    try:
+        source = appliance.source
+        assert (source.reorder_frames, source.reorder_seconds) == (4096, 3.5)  # type: ignore[attr-defined]
+    finally:
+        appliance.stop()

@@ -32,3 +32,20 @@ def test_at_most_held_gaps_are_held_the_oldest_recorded_first() -> None:
     assert counters["frames_late"] == 1 and counters["frames_reordered"] == 1
     lost = {first for first, _last, _reason in sink.losses}
     assert lost == set(range(1, evens[-1], 2)) - {7}  # every other odd frame recorded once, at the end
+
+
+def test_the_window_is_a_setting_zero_records_a_gap_at_once() -> None:
+    """``stream.reorder_frames = 0``: the gap 0 -> 2 is recorded when 2 comes, so 1 is late; a window
+    wider than the default keeps a frame overtaken by more than 256 later ones."""
+    sink = Sink()
+    reader = run_series(sink, [header(1, 4), *(image(1, f) for f in (0, 2, 1, 3))], reorder_frames=0)
+    assert sink.frames == [0, 2, 3] and sink.losses == [(1, 1, "frame_number_gap")]
+    assert reader.counters()["frames_late"] == 1 and reader.counters().get("frames_reordered", 0) == 0
+
+    sink = Sink()
+    late = [0, *range(2, 400), 1]  # frame 1 comes after 398 newer ones
+    reader = run_series(
+        sink, [header(1, 400), *(image(1, f) for f in late)], reorder_frames=1000, reorder_seconds=30
+    )
+    assert sorted(sink.frames) == list(range(400)) and sink.losses == []
+    assert reader.counters()["frames_reordered"] == 1
