@@ -20,9 +20,10 @@ import numpy as np
 
 from kernels import Geometry
 
-# Cerium dioxide (CeO2, a = 5.4111 A): the first d-spacings in metres.
+# Cerium dioxide (CeO2, NIST SRM 674b, a = 5.411651 A, as pyFAI's CeO2 calibrant): the first d-spacings
+# in metres.
 CEO2_D_SPACINGS = tuple(
-    5.4111e-10 / math.sqrt(h * h + k * k + m * m)
+    5.411651e-10 / math.sqrt(h * h + k * k + m * m)
     for h, k, m in ((1, 1, 1), (2, 0, 0), (2, 2, 0), (3, 1, 1), (2, 2, 2), (4, 0, 0), (3, 3, 1), (4, 2, 0))
 )
 
