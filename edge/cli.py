@@ -184,7 +184,12 @@ def _run_daemon(
     from edge.daemon_lock import DaemonLock
 
     lock = DaemonLock(settings.ledger_path)  # held until the process ends: `edge where` sees it running
-    if not lock.acquire():  # its recovery would end the other's open runs and move its open files
+    try:
+        acquired = lock.acquire()
+    except OSError as error:  # the store's directory is a file, unwritable, on a missing mount, ...
+        log.error("cannot start: the ledger's directory %s cannot be used: %s", lock.path.parent, error)
+        return 2
+    if not acquired:  # its recovery would end the other's open runs and move its open files
         log.error(
             "cannot start: another daemon (pid %s) serves the ledger %s; stop it first (%s holds the lock)",
             lock.holder(),
@@ -194,9 +199,14 @@ def _run_daemon(
         return 2
     try:
         appliance = Appliance(settings)
-        appliance.start()
-    except (ConfigError, OSError) as error:  # bad keys, a busy port, an unwritable store: say so, exit
+    except (ConfigError, OSError) as error:  # bad keys, an unwritable store, a damaged ledger: say so, exit
         log.error("cannot start: %s", error)  # a line in the log's format (journald/ELK read JSON)
+        return 2
+    try:
+        appliance.start()
+    except (ConfigError, OSError) as error:  # a busy port: say so, and let go of the ring and the ledger
+        log.error("cannot start: %s", error)
+        appliance.stop()
         return 2
     app = create_app(settings, appliance.view, reduction=appliance.reduction, trends_until=stop_requested)
     config = uvicorn.Config(  # log_config=None: uvicorn's lines go through our handler (text or JSON)
@@ -449,7 +459,11 @@ def _run_where(settings: Settings, run: str, as_json: bool) -> int:
     if not settings.ledger_path.exists():
         print(f"edge: no ledger at {settings.ledger_path} (set store.path)", file=sys.stderr)
         return 2
-    ledger = Ledger(settings.ledger_path, settings.upstream.required_consumers)
+    try:
+        ledger = Ledger(settings.ledger_path, settings.upstream.required_consumers)
+    except ConfigError as error:  # a damaged ledger, or not one
+        print(f"edge: {error}", file=sys.stderr)
+        return 2
     try:
         report = where_report(
             ledger, resolve_run(ledger, run), daemon_running=daemon_running(settings.ledger_path)

@@ -8,17 +8,46 @@ and what is allowed.
 from __future__ import annotations
 
 import contextvars
+import ipaddress
 import tomllib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from edge.errors import ConfigError
 from edge.upstream.protocol import CONSUMER_NAME, MAX_CHUNK_BYTES
 
 LOCALHOST = "127.0.0.1"
+
+
+def _zmq_endpoint(value: str, connect: bool) -> str:
+    """A ZeroMQ endpoint, checked when the settings are read rather than by the first socket that uses
+    it (a reader thread failing again and again, or a traceback at start): ``tcp://HOST:PORT``,
+    ``ipc://PATH`` or ``inproc://NAME``; ``*`` (any address, any port) only where the socket binds."""
+    scheme, sep, rest = value.partition("://")
+    if not sep or scheme not in ("tcp", "ipc", "inproc") or not rest:
+        raise ValueError(f"{value!r} is not a ZeroMQ endpoint: tcp://HOST:PORT, ipc://PATH or inproc://NAME")
+    if scheme == "tcp":
+        host, colon, port = rest.rpartition(":")
+        if not colon or not host or not (port == "*" or (port.isdigit() and int(port) <= 65535)):
+            raise ValueError(f"{value!r}: a tcp endpoint is tcp://HOST:PORT with PORT 0..65535 (or *)")
+        bare = host.split(";")[-1]
+        if connect and "*" in (bare, port):
+            raise ValueError(f"{value!r}: this socket connects, so it needs a host and a port, not *")
+        if bare.replace(".", "").isdigit():  # a dotted quad: an IPv4 address, checked as one
+            try:
+                ipaddress.IPv4Address(bare)
+            except ValueError:
+                raise ValueError(f"{value!r}: {bare} is not an IPv4 address") from None
+    return value
+
+
+#: a ZeroMQ endpoint setting of a socket that binds (the simulator's stream, the upstream server)
+BindEndpoint = Annotated[str, AfterValidator(lambda value: _zmq_endpoint(value, connect=False))]
+#: a ZeroMQ endpoint setting of a socket that connects (the stream reader, the pull client)
+ConnectEndpoint = Annotated[str, AfterValidator(lambda value: _zmq_endpoint(value, connect=True))]
 
 
 class _Section(BaseModel):
@@ -54,7 +83,10 @@ class GeometrySettings(_Section):
 class SimSettings(_Section):
     """The hardware simulator (``edge sim``), including the faults it injects."""
 
-    endpoint: str = f"tcp://{LOCALHOST}:5560"
+    endpoint: BindEndpoint = Field(
+        f"tcp://{LOCALHOST}:5560",
+        description="ZeroMQ endpoint the simulator binds (tcp://HOST:PORT, ipc://PATH)",
+    )
     rate_hz: float = Field(20.0, gt=0, le=1_000_000)
     frames: int = Field(0, ge=0, description="0 = run until stopped")
     seed: int = Field(1234, ge=0)
@@ -93,7 +125,10 @@ class StreamSettings(_Section):
         description="stream2: how much of each compressed image is decompressed to check it before it is"
         " stored as received: sampled (a few blocks, bounded cost) or full (every block)",
     )
-    endpoint: str = f"tcp://{LOCALHOST}:5560"
+    endpoint: ConnectEndpoint = Field(
+        f"tcp://{LOCALHOST}:5560",
+        description="ZeroMQ endpoint of the detector's stream, connected to (tcp://HOST:PORT, ipc://PATH)",
+    )
     rcvhwm: int = Field(2, ge=1, description="message parts ZeroMQ queues before the reader takes them")
     rcvbuf_bytes: int = Field(
         4 << 20,
@@ -331,7 +366,11 @@ class RetentionSettings(_Section):
 class UpstreamSettings(_Section):
     """The appliance's side of the upstream pull protocol."""
 
-    endpoint: str = f"tcp://{LOCALHOST}:5570"
+    endpoint: BindEndpoint = Field(
+        f"tcp://{LOCALHOST}:5570",
+        description="ZeroMQ endpoint the upstream server binds (tcp://HOST:PORT; * any address, port 0 any"
+        " free port)",
+    )
     forward: Literal["all", "reduced", "hits"] = Field(
         "all",
         description="what goes upstream: all (raw frames and products), reduced (products and the frame"
@@ -368,7 +407,10 @@ class UpstreamSettings(_Section):
 class PullSettings(_Section):
     """The HPC-side client (``edge pull``)."""
 
-    endpoint: str = f"tcp://{LOCALHOST}:5570"
+    endpoint: ConnectEndpoint = Field(
+        f"tcp://{LOCALHOST}:5570",
+        description="ZeroMQ endpoint of the appliance's upstream server (tcp://HOST:PORT)",
+    )
     consumer: str = Field("hpc", pattern=f"^{CONSUMER_NAME.pattern}$")  # the appliance's rule, once
     output: Path = Path("edge-data/upstream")
     credit: int = Field(8, ge=1, le=1024)

@@ -22,7 +22,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from edge.errors import NotFound
+from edge.errors import ConfigError, NotFound
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
@@ -182,10 +182,18 @@ class Ledger:
         self._lock = threading.Lock()
         self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=30)
         self._db.row_factory = sqlite3.Row
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
-        self._db.execute("PRAGMA foreign_keys=ON")
-        self._db.executescript(SCHEMA)
+        try:
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=FULL")
+            self._db.execute("PRAGMA foreign_keys=ON")
+            self._db.executescript(SCHEMA)
+        except sqlite3.DatabaseError as error:  # not a database, a damaged one, a directory, ...
+            self._db.close()
+            raise ConfigError(
+                f"the ledger {path} cannot be opened: {error}. If it is damaged or another file, keep it"
+                " for inspection and restore it from a copy (moved aside, a new empty ledger would know"
+                " none of the store's files)"
+            ) from error
         try:
             self.migrated_from = self._migrate()
         except BaseException:

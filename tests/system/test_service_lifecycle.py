@@ -345,3 +345,62 @@ def test_half_a_curve_key_pair_is_a_one_line_refusal_that_leaves_nothing_behind(
         _nothing_left_behind(log)
     finally:
         stack.stop_all()
+
+
+@pytest.mark.parametrize("what", ["a file", "below a file"])
+def test_a_store_path_that_cannot_be_a_directory_is_a_one_line_refusal(tmp_path: Path, what: str) -> None:
+    """``store.path`` naming a file (or a path below one): the start is refused naming the directory and
+    the reason, exit 2, no traceback (it was a FileExistsError traceback from the daemon lock's mkdir)."""
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("x")
+    store = blocker if what == "a file" else blocker / "store"
+    stack = EdgeStack(tmp_path, [*SMALL_FRAMES, f'store.path="{store}"'])
+    try:
+        daemon = stack.start("run", stderr=subprocess.PIPE)
+        _, log = daemon.communicate(timeout=120)
+        assert daemon.returncode == 2, log[-2000:]
+        assert f"cannot start: the ledger's directory {store} cannot be used" in log, log[-2000:]
+        _nothing_left_behind(log)
+    finally:
+        stack.stop_all()
+
+
+def test_a_damaged_ledger_is_a_one_line_refusal(tmp_path: Path) -> None:
+    """A ledger file that is not an SQLite database (overwritten, truncated to garbage): the start is
+    refused naming the file and what to do, exit 2, no traceback; `edge where` says the same."""
+    stack = EdgeStack(tmp_path, SMALL_FRAMES)
+    stack.store.mkdir(parents=True)
+    (stack.store / "ledger.sqlite").write_bytes(b"not a database, but 512 bytes of it\n" * 15)
+    try:
+        daemon = stack.start("run", stderr=subprocess.PIPE)
+        _, log = daemon.communicate(timeout=120)
+        assert daemon.returncode == 2, log[-2000:]
+        assert f"cannot start: the ledger {stack.store / 'ledger.sqlite'} cannot be opened" in log, log[
+            -2000:
+        ]
+        _nothing_left_behind(log)
+        where = stack.start("where", "anything", stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        out, err = where.communicate(timeout=60)
+        assert where.returncode == 2 and "cannot be opened" in err and "Traceback" not in err + out
+    finally:
+        stack.stop_all()
+
+
+def test_a_taken_upstream_port_is_a_one_line_refusal_that_leaves_nothing_behind(tmp_path: Path) -> None:
+    """The upstream server's port is taken: refused naming the endpoint, exit 2; the frame ring (made
+    before the server binds) is let go of, not left to the resource tracker."""
+    stack = EdgeStack(tmp_path, SMALL_FRAMES)
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", stack.upstream_port))
+    taken.listen()
+    try:
+        daemon = stack.start("run", stderr=subprocess.PIPE)
+        _, log = daemon.communicate(timeout=120)
+        assert daemon.returncode == 2, log[-2000:]
+        assert f"cannot start: cannot serve upstream on tcp://127.0.0.1:{stack.upstream_port}" in log, log[
+            -2000:
+        ]
+        _nothing_left_behind(log)
+    finally:
+        taken.close()
+        stack.stop_all()

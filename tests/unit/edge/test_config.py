@@ -112,3 +112,37 @@ def test_the_reorder_window_reaches_the_stream_reader(tmp_path: Path, stream_for
         assert (source.reorder_frames, source.reorder_seconds) == (4096, 3.5)  # type: ignore[attr-defined]
     finally:
         appliance.stop()
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "why"),
+    [
+        ("stream.endpoint", "garbage", "not a ZeroMQ endpoint"),
+        ("stream.endpoint", "tcp://127.0.0.1", "PORT 0..65535"),
+        ("stream.endpoint", "tcp://*:5560", "connects"),  # the reader connects: it needs a host
+        ("pull.endpoint", "tcp://127.0.0.1:*", "connects"),
+        ("upstream.endpoint", "tcp://999.1.1.1:5570", "not an IPv4 address"),
+        ("sim.endpoint", "tcp://127.0.0.1:65536", "PORT 0..65535"),
+        ("sim.endpoint", "udp://127.0.0.1:5560", "not a ZeroMQ endpoint"),
+    ],
+)
+def test_a_zmq_endpoint_is_checked_when_the_settings_are_read(key: str, value: str, why: str) -> None:
+    """Not by the first socket that uses it: a stream reader given ``garbage`` failed on every restart
+    until the daemon gave up (exit 3), an upstream address of 999.1.1.1 was a traceback at start."""
+    with pytest.raises(ConfigError, match=rf"{key} = .*{why}"):
+        load_settings(overrides=[f'{key}="{value}"'])
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        ("upstream.endpoint", "tcp://*:5570"),  # binds: any address
+        ("upstream.endpoint", "tcp://127.0.0.1:0"),  # binds: any free port
+        ("sim.endpoint", "ipc:///tmp/edge-sim"),
+        ("stream.endpoint", "tcp://detector.example:31001"),
+        ("stream.endpoint", "inproc://frames"),
+    ],
+)
+def test_zmq_endpoints_the_sockets_take_are_accepted(key: str, value: str) -> None:
+    section, name = key.split(".")
+    assert getattr(getattr(load_settings(overrides=[f'{key}="{value}"']), section), name) == value
