@@ -279,9 +279,12 @@ def _write_nxmx(entry: h5py.Group, meta: RunMetadata, shape: tuple[int, int], dt
     detector.create_dataset("beam_center_derived", data=True)
     _write_times(detector, series)
     saturation = series.get("saturation_value", series.get("countrate_correction_count_cutoff"))
-    if saturation is None:
-        saturation = np.iinfo(np.dtype(dtype)).max
-    detector.create_dataset("saturation_value", data=int(saturation))
+    pixel = np.dtype(dtype)
+    if saturation is None:  # the pixel type's maximum (NX_NUMBER: a float for float pixels)
+        saturation = np.finfo(pixel).max if pixel.kind == "f" else np.iinfo(pixel).max
+    detector.create_dataset(
+        "saturation_value", data=float(saturation) if pixel.kind == "f" else int(saturation)
+    )
     detector.create_dataset("bit_depth_readout", data=np.dtype(dtype).itemsize * 8)
     material = series.get("sensor_material")
     ds = detector.create_dataset("sensor_material", data=str(material or "unknown"))

@@ -338,3 +338,23 @@ def test_a_frame_after_its_gap_was_recorded_is_counted_late_not_duplicate(tmp_pa
     assert (receiver["frames_late"], receiver["frames_duplicate"]) == (1, 1)
     assert _losses(later) == [(1, 1, "frame_number_gap")] and later["totals"]["frames_stored"] == many - 1
     assert receiver_after["frames_late"] == 2
+
+
+@pytest.mark.parametrize("dtype", ["float32", "int32", "uint8"])
+def test_frames_of_every_pixel_type_are_stored_without_a_saturation_value(tmp_path: Path, dtype: str) -> None:
+    """A header without ``saturation_value``: the file says the pixel type's maximum. For float32 that
+    lost every frame (``np.iinfo`` of a float: a pipeline_error per frame, the run still ``success``)."""
+    rng = np.random.default_rng(3)
+    frames = [(rng.random(SHAPE) * 100).astype(dtype) for _ in range(3)]
+    with in_process_appliance(tmp_path, SHAPE) as (appliance, push, _settings):
+        push.send_multipart(encode_series_start(1, SHAPE, dtype, run_uid="typed", frames_expected=3))
+        for number, frame in enumerate(frames):
+            push.send_multipart(encode_image(1, number, SHAPE, dtype, frame.tobytes()))
+        push.send_multipart(encode_series_end(1))
+        run, _receiver = _ended(appliance, "typed")
+    assert run["exit_status"] == "success" and run["losses"] == [], run["losses"]
+    with h5py.File(tmp_path / "store" / "typed" / "typed_00000.h5") as f:
+        np.testing.assert_array_equal(f["entry/data/data"][:], np.stack(frames))
+        saturation = f["entry/instrument/detector/saturation_value"][()]
+    pixel = np.dtype(dtype)
+    assert saturation == (np.finfo(pixel).max if pixel.kind == "f" else np.iinfo(pixel).max)
