@@ -134,6 +134,9 @@ def header_notes(config: dict[str, Any]) -> list[str]:
     """What the detector's series header said that the run's files or record do not carry as sent: a
     scientist reading the files should know (each is in the run's config too)."""
     notes = []
+    if config.get("start_rejected"):
+        why = str(config["start_rejected"])[:160]
+        notes.append(f"its series start was rejected ({why}): the run has none of the start's metadata")
     if config.get("detector_run_uid"):
         why = str(config.get("detector_run_uid_refused") or "not a file name")[:80]
         notes.append(f"run uid {str(config['detector_run_uid'])[:80]!r} from the detector was {why}")

@@ -176,6 +176,10 @@ class Stream2Error:
     reason: str
     detail: str = ""
     frame: int | None = None
+    #: the rejected message's ``type`` when it decoded to a map naming one ("start", "image", "end")
+    kind: str | None = None
+    #: False when the message did not decode at all (truncated or damaged CBOR): it may have been an image
+    readable: bool = True
 
 
 Stream2Event = Stream2Start | Stream2Image | Stream2End | Stream2Error
@@ -364,9 +368,14 @@ class Stream2Codec:
         self.counters["messages"] += 1
         self.counters["bytes"] += len(message)
         frame: int | None = None
+        kind: str | None = None
+        readable = False
         try:
             decoded = self._load(message)
-            if isinstance(decoded, Mapping) and decoded.get("type") == "image":
+            readable = True
+            if isinstance(decoded, Mapping) and decoded.get("type") in ("start", "image", "end"):
+                kind = str(decoded["type"])
+            if kind == "image":
                 raw_frame = decoded.get("image_id")
                 if isinstance(raw_frame, int) and not isinstance(raw_frame, bool) and raw_frame >= 0:
                     frame = raw_frame
@@ -374,7 +383,7 @@ class Stream2Codec:
         except Stream2ProtocolError as error:
             self.errors[error.reason] += 1
             self.counters["errors"] += 1
-            return [Stream2Error(error.reason, error.detail[:200], frame)]
+            return [Stream2Error(error.reason, error.detail[:200], frame, kind, readable)]
 
     def _load(self, message: bytes | memoryview) -> Any:
         view = memoryview(message).cast("B")
@@ -425,10 +434,13 @@ class Stream2Codec:
         dtype = self._start_dtype(message)
         masks = _channel_map(message.get("pixel_mask", {}), "pixel_mask")
         flats = _channel_map(message.get("flatfield", {}), "flatfield")
+        left_out = []  # an array of another shape than the images costs the start nothing else
         for what, arrays in (("pixel_mask", masks), ("flatfield", flats)):
-            for name, array in arrays.items():
-                if array.shape != (height, width):
-                    raise Stream2ProtocolError("bad_size", f"{what}[{name}] is {array.shape}")
+            for name in [n for n, array in arrays.items() if array.shape != (height, width)]:
+                left_out.append(
+                    f"{what}[{name}] is {arrays.pop(name).shape}, not the images' {(height, width)}"
+                )
+                self.counters["arrays_wrong_shape"] += 1
         number = message.get("number_of_images")
         if not isinstance(number, int) or isinstance(number, bool) or not 0 <= number < 1 << 64:
             number = None
@@ -458,6 +470,8 @@ class Stream2Codec:
             user_data=jsonable(message.get("user_data")),
             metadata=_rest(message, _START_FIELDS | set(GEOMETRY_FIELDS)),
         )
+        if left_out:  # recorded with the run (its config's stream2.metadata), logged by the reader
+            start.metadata["arrays_left_out"] = left_out
         if number is None and message.get("number_of_images") is not None:
             # a length nobody can use costs no series: it is unknown, and the value kept for the record
             self.counters["number_of_images_invalid"] += 1

@@ -159,8 +159,12 @@ class Stream2Source(ZmqStreamSource):
         elif isinstance(event, Stream2Error):
             self.stats["messages_rejected"] += 1
             log.warning("rejected Stream V2 message: %s %s", event.reason, event.detail)
+            if event.kind == "start":
+                self._start_rejected = f"{event.reason}: {event.detail}"[:200]
             if event.frame is None:
-                if self._series is not None:
+                # a message that may have been an image (it did not decode, or an image not naming its
+                # frame): the next gap is put down to it; a readable start, end or other message is not
+                if self._series is not None and (not event.readable or event.kind == "image"):
                     self._unreadable += 1
             elif self._series is not None and self._note_frame2(event.frame):
                 self.sink.lost(event.frame, event.frame, f"stream2_{event.reason}", event.detail)
@@ -174,6 +178,7 @@ class Stream2Source(ZmqStreamSource):
             # its end never came: the run ends "fail", the frames it announced and never sent are lost
             self._end_series(UNREADABLE if self._unreadable else "series_restarted", exit_status="fail")
         self._series = start.series
+        self._start_rejected = None
         self._next_frame = 0
         self._newest = None
         self._gaps.clear()
@@ -202,6 +207,8 @@ class Stream2Source(ZmqStreamSource):
         wanted = self.channel or start.channels[0]
         self._channel = wanted
         config = series_config(start, dtype, wanted, assumed)
+        for note in start.metadata.get("arrays_left_out") or ():
+            log.warning("series %d: start message's %s: left out", start.series, note)
         mask = start.pixel_mask.get(wanted)
         pixel_mask = None
         if mask is not None:

@@ -82,7 +82,13 @@ class StreamError:
     reason: str
     detail: str = ""
     frame: int | None = None
+    #: what the rejected message was, as far as it could be read: "start", "image" or "end" (None: not
+    #: even that). A rejected start makes the images that follow a run of their own, not a resumed one.
+    kind: str | None = None
 
+
+#: the message kind each v1 ``htype`` names (``StreamError.kind``)
+_KINDS = {"dheader-1.0": "start", "dimage-1.0": "image", "dseries_end-1.0": "end"}
 
 Event = SeriesStart | ImageMessage | SeriesEnd | StreamError
 
@@ -174,6 +180,7 @@ class StreamCodec:
     def __init__(self) -> None:
         self._state = _IDLE
         self._image: dict[str, Any] = {}
+        self._kind: str | None = None  # the kind of message being read ("start", "image", "end")
         self.series: int | None = None
         self._series_dtype: str | None = None  # the pixel type the open series' start announced
         self.counters: Counter[str] = Counter()
@@ -227,7 +234,8 @@ class StreamCodec:
         self.counters["errors"] += 1
         self._image = {}
         self._state = _DISCARD if more else _IDLE
-        return [StreamError(reject.reason, reject.detail, frame)]
+        kind, self._kind = self._kind, None
+        return [StreamError(reject.reason, reject.detail, frame, kind)]
 
     def _feed(self, part: bytes | memoryview | None, nbytes: int, more: bool) -> list[Event]:
         state = self._state
@@ -235,6 +243,8 @@ class StreamCodec:
             if not more:
                 self._state = _IDLE
             return []
+        if state == _IDLE:
+            self._kind = None  # until the message's htype is read
         if state != _IMAGE_DATA and part is None:
             raise _Reject("unexpected_data", "a data part arrived where a JSON part belongs")
         if state == _IDLE:
@@ -298,6 +308,7 @@ class StreamCodec:
     def _first(self, part: bytes | memoryview, more: bool) -> list[Event]:
         message = _json(part)
         htype = message.get("htype")
+        self._kind = _KINDS.get(htype) if isinstance(htype, str) else None
         series = _int(message, "series")
         if series > MAX_COUNT:
             raise _Reject("bad_field", f"series={series} is beyond {MAX_COUNT}")

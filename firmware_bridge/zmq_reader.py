@@ -124,6 +124,9 @@ class ZmqStreamSource:
         self._end_request: str | None = None
         self._refused: str | None = None
         self._ended_series: int | None = None  # the last series that ended here (its stragglers are lost)
+        # why the last series start was rejected (or may have been lost), until a start is accepted: the
+        # images that follow it are a run of their own, never taken for a series cut by a daemon restart
+        self._start_rejected: str | None = None
         # a series open with nothing heard for this long is reported silent (``counters``): a detector
         # that stopped without ending its series leaves the run open until the next series starts
         self.silent_alarm_seconds = float(silent_alarm_seconds)
@@ -234,6 +237,8 @@ class ZmqStreamSource:
                 continue
             self._dropped_at = now
             self.stats["connections_dropped"] += 1
+            if self._series is None:  # a series start may have been what was in flight
+                self._start_rejected = "the stream connection dropped before the series' first image"
             if self._series is not None:  # frames in flight were lost: the operator sees why (an alarm)
                 self.stats["connections_dropped_in_series"] += 1
                 self._dropped_in_series = (self._series, now)
@@ -342,6 +347,8 @@ class ZmqStreamSource:
         if isinstance(event, StreamError):
             self.stats["messages_rejected"] += 1
             log.warning("rejected stream message: %s %s", event.reason, event.detail)
+            if event.kind == "start":
+                self._start_rejected = f"{event.reason}: {event.detail}"[:200]
             if event.frame is not None and self._series is not None and self._note_frame(event.frame):
                 self.sink.lost(event.frame, event.frame, f"stream_{event.reason}", event.detail)
             return slot
@@ -349,6 +356,7 @@ class ZmqStreamSource:
             if self._series is not None:
                 self._end_series("series_restarted", exit_status="fail")  # its end never came
             self._series = event.series
+            self._start_rejected = None
             self._next_frame = 0
             self._newest = None
             self._gaps.clear()
@@ -393,9 +401,14 @@ class ZmqStreamSource:
         The rest of the series becomes a run of its own, "resumed after restart" from ``frame`` on
         (the sink links it to the run the restart interrupted, whose missing frames become losses). An
         image of the series that just ended here is a straggler, not a new run: `_note_frame` records
-        it as lost.
+        it as lost. After a rejected series start (`_start_rejected`) the images are a run of their own
+        that says so (``start_rejected``), without the start's metadata, and no restart is assumed.
         """
         if series == self._ended_series:
+            return
+        rejected, self._start_rejected = self._start_rejected, None
+        if rejected is not None:
+            self._open_without_start(series, frame, shape, dtype, rejected)
             return
         self._series = series
         self._next_frame = frame
@@ -420,6 +433,34 @@ class ZmqStreamSource:
         if self._refused is not None:
             self.stats["series_refused"] += 1
             log.error("resumed series %d refused: %s", series, self._refused)
+
+    def _open_without_start(
+        self, series: int, frame: int, shape: tuple[int, int], dtype: str, rejected: str
+    ) -> None:
+        """Images of ``series`` after its start was rejected: stored as a run of their own."""
+        self._series = series
+        self._next_frame = 0  # frames below the first one that came are gaps, as in any series
+        self._newest = None
+        self._gaps.clear()
+        self._held.clear()
+        self._frames_expected = None
+        self.stats["series_without_start"] += 1
+        log.warning(
+            "frames of series %d after its start was rejected (%s): stored as a run of their own, without"
+            " the start's metadata",
+            series,
+            rejected,
+        )
+        config = {
+            "shape": [shape[1], shape[0]],
+            "type": dtype,
+            "frames_expected": None,
+            "start_rejected": rejected,
+        }
+        self._refused = self.sink.series_start(series, config)
+        if self._refused is not None:
+            self.stats["series_refused"] += 1
+            log.error("series %d refused: %s", series, self._refused)
 
     def _note_frame(self, frame: int) -> bool:
         """Account for gaps before ``frame``; False for a stale, duplicate or out-of-range frame number."""

@@ -293,19 +293,6 @@ def test_an_image_time_nobody_can_hold_costs_no_frame(time: object) -> None:
             ),
             "bad_field",
         ),
-        (
-            cbor2.dumps(
-                {
-                    "type": "start",
-                    "series_id": 1,
-                    "image_size_x": 4,
-                    "image_size_y": 4,
-                    "channels": ["a"],
-                    "pixel_mask": {"a": cbor2.CBORTag(40, [[2, 2], cbor2.CBORTag(70, bytes(16))])},
-                }
-            ),
-            "bad_size",
-        ),
         (cbor2.dumps({"type": "end"}), "bad_field"),
         (cbor2.dumps(cbor2.CBORTag(55799, "start")), "not_a_map"),
         (b"\x81" * 200 + b"\x00", "malformed_cbor"),  # nesting beyond the decoder's depth limit
@@ -314,6 +301,40 @@ def test_an_image_time_nobody_can_hold_costs_no_frame(time: object) -> None:
 def test_malformed_messages(message: bytes, reason: str) -> None:
     codec = Stream2Codec()
     assert _error(codec, message).reason == reason
+
+
+def test_a_mask_or_flatfield_of_another_shape_is_left_out_not_the_start() -> None:
+    """The start keeps its geometry, channels and metadata; the array is named in ``arrays_left_out``
+    and counted (it used to reject the whole start, whose images then passed for a restarted series)."""
+    codec = Stream2Codec()
+    (start,) = codec.feed(
+        cbor2.dumps(
+            {
+                "type": "start",
+                "series_id": 1,
+                "image_size_x": 4,
+                "image_size_y": 4,
+                "channels": ["a"],
+                "incident_wavelength": 1.0,
+                "pixel_mask": {"a": cbor2.CBORTag(40, [[2, 2], cbor2.CBORTag(70, bytes(16))])},
+            }
+        )
+    )
+    assert isinstance(start, Stream2Start) and start.pixel_mask == {}
+    assert start.metadata["arrays_left_out"] == ["pixel_mask[a] is (2, 2), not the images' (4, 4)"]
+    assert start.geometry["incident_wavelength"] == 1.0 and codec.counters["arrays_wrong_shape"] == 1
+
+
+def test_rejected_messages_say_what_they_were_and_whether_they_decoded() -> None:
+    codec = Stream2Codec()
+    start = _error(
+        codec, cbor2.dumps({"type": "start", "series_id": 1, "image_size_x": 0, "image_size_y": 4})
+    )
+    assert (start.kind, start.readable) == ("start", True)
+    other = _error(codec, cbor2.dumps({"type": "hello"}))
+    assert (other.reason, other.kind, other.readable) == ("unknown_type", None, True)
+    broken = _error(codec, b"\xa1\x64type")  # a map cut short
+    assert (broken.kind, broken.readable) == (None, False)
 
 
 def test_a_corrupt_compressed_block_decodes_to_a_chunk_error() -> None:

@@ -377,3 +377,29 @@ def test_an_image_larger_than_a_ring_slot_is_a_loss_record() -> None:
     reader = replay(_messages("stream2_bslz4_u16_2ch.bin"), sink)
     assert sink.published == [] and sink.losses == [(n, n, "frame_too_large") for n in range(4)]
     assert reader.counters()["frames_too_large"] == 4
+
+
+def test_a_readable_rejected_message_does_not_make_the_next_gap_unreadable() -> None:
+    """An end of another series and a message of an unknown type decode fine: they were never images,
+    so the gap after them (frame 1 missing) is a ``frame_number_gap``, not ``stream2_unreadable_message``."""
+    start, image0, _image1, image2, image3, end = _messages("stream2_bslz4_u16_2ch.bin")
+    other_end = cbor2.dumps(cbor2.CBORTag(55799, {"type": "end", "series_id": 999}))
+    unknown = cbor2.dumps(cbor2.CBORTag(55799, {"type": "hello"}))
+    sink = Sink()
+    replay([start, image0, other_end, unknown, image2, image3, end], sink, channel="threshold_1")
+    assert sink.losses == [(1, 1, "frame_number_gap")]
+
+
+def test_images_after_a_rejected_start_are_a_run_that_says_so() -> None:
+    """A start the codec rejects (image size 0): its images are a run of their own naming the rejection,
+    not a series "resumed after restart"."""
+    start, *images, end = _messages("stream2_bslz4_u16_2ch.bin")
+    fields = cbor2.loads(start)
+    fields = fields.value if isinstance(fields, cbor2.CBORTag) else fields
+    broken = cbor2.dumps(cbor2.CBORTag(55799, {**fields, "image_size_x": 0}))
+    sink = Sink()
+    reader = replay([broken, *images, end], sink, channel="threshold_1")
+    (config,) = sink.configs
+    assert "resumed_after_restart" not in config and config["start_rejected"].startswith("bad_field")
+    assert sink.published == [0, 1, 2, 3] and sink.losses == []
+    assert reader.counters()["series_without_start"] == 1

@@ -4,7 +4,9 @@ as one loss per missing range, each frame once. Messages built from docs/wire-fo
 
 from __future__ import annotations
 
-from test_stream_frame_bounds import Sink, header, image, run_series
+import json
+
+from test_stream_frame_bounds import Sink, header, image, part, run_series
 
 from firmware_bridge.zmq_reader import HELD_GAPS
 
@@ -49,3 +51,25 @@ def test_the_window_is_a_setting_zero_records_a_gap_at_once() -> None:
     )
     assert sorted(sink.frames) == list(range(400)) and sink.losses == []
     assert reader.counters()["frames_reordered"] == 1
+
+
+def test_images_after_a_rejected_start_are_a_run_that_says_so_not_a_resumed_one() -> None:
+    """A series start the codec rejects (here a pixel type it does not take), then the series' images:
+    they are stored as a run of their own whose config names the rejection (``start_rejected``), never
+    "resumed after restart" (no restart happened: that would send the sink looking for a run to link)."""
+    sink = Sink()
+    bad = header(1, 3)
+    bad[1] = part({**json.loads(bad[1]), "type": "int16"})
+    reader = run_series(sink, [bad, *(image(1, f) for f in range(3))])
+    (config,) = sink.configs
+    assert "resumed_after_restart" not in config and "first_frame" not in config
+    assert config["start_rejected"].startswith("bad_")
+    assert sink.frames == [0, 1, 2] and sink.losses == []
+    assert reader.counters()["series_without_start"] == 1 and reader.counters().get("series_adopted", 0) == 0
+
+
+def test_images_without_any_start_are_still_a_resumed_series() -> None:
+    sink = Sink()
+    run_series(sink, [image(1, f) for f in (5, 6)])
+    (config,) = sink.configs
+    assert config["resumed_after_restart"] is True and config["first_frame"] == 5
