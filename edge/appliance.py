@@ -127,6 +127,7 @@ class RingSink:
         self.refusal = refusal
         self.reduction = reduction  # the reduction parameters a run starting now takes (JSON)
         self.run_uid: str | None = None
+        self.ended_run_uid: str | None = None  # the last series' run (its stragglers name it)
         # set while a series start takes the reduction parameters and opens its run: a change of them
         # in that moment is refused as during the run, never accepted "for the next run" and then not
         # taken by the run starting (ReductionControl reads this through ``run_or_opening``)
@@ -334,12 +335,16 @@ class RingSink:
                 self._capture_run = self._capture_path = None
         if not self.refused:
             self._control({"event": "series_end", "exit_status": exit_status})
-        self.run_uid = None
+        self.ended_run_uid, self.run_uid = self.run_uid, None
 
     def lost(self, first: int, last: int, reason: str, detail: str = "") -> None:
         if self._capture_offset and self._capture_run is not None and self.run_uid == self._capture_run:
             first, last = first + self._capture_offset, last + self._capture_offset
         self.losses += last - first + 1
+        if self.run_uid is None and reason == "frame_outside_series" and self.ended_run_uid is not None:
+            # the run's account is closed (its RunStop is written): the record stays outside it, and
+            # names it in its detail
+            detail = f"{detail} (run {self.ended_run_uid})"
         self.recorder.loss(self.run_uid, first, last, reason, detail)
 
     def _control(self, record: dict[str, Any]) -> None:

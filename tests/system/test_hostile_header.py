@@ -358,3 +358,24 @@ def test_frames_of_every_pixel_type_are_stored_without_a_saturation_value(tmp_pa
         saturation = f["entry/instrument/detector/saturation_value"][()]
     pixel = np.dtype(dtype)
     assert saturation == (np.finfo(pixel).max if pixel.kind == "f" else np.iinfo(pixel).max)
+
+
+def test_a_frame_after_its_series_ended_is_a_loss_record_naming_the_run(tmp_path: Path) -> None:
+    """A straggler after the series' end: a loss record outside the run (its account is closed: RunStop
+    written) whose detail names the run, so that it can be found from the run's uid."""
+    with in_process_appliance(tmp_path, SHAPE) as (appliance, push, _settings):
+        push.send_multipart(encode_series_start(1, SHAPE, "uint16", run_uid="ended", frames_expected=2))
+        _send_frames(push, 1, (0, 1))
+        push.send_multipart(encode_series_end(1))
+        run, _receiver = _ended(appliance, "ended")
+        _send_frames(push, 1, (1,))
+
+        def stragglers() -> list[dict[str, Any]]:
+            return [r for r in appliance.ledger.losses() if r["reason"] == "frame_outside_series"]
+
+        wait_for(stragglers, 30, "the straggler's loss record")
+        records = stragglers()
+    assert run["losses"] == [] and run["totals"]["frames_stored"] == 2
+    (record,) = records
+    assert record["run_uid"] is None and (record["first_frame"], record["last_frame"]) == (1, 1)
+    assert record["detail"] == "arrived after series 1 ended (run ended)"
