@@ -87,7 +87,8 @@ class UdpSource:
         self._run_open = False  # a run opens at its first accepted packet, not at any datagram
         self._series = 0
         self._last_packet = 0.0
-        self._finished_counters: Counter[str] = Counter()
+        # every assembler counter from the start, at 0 (docs/api.md: every key present before any packet)
+        self._finished_counters: Counter[str] = Counter(dict.fromkeys(self._new_assembler().counters, 0))
         self._end_request: str | None = None
         self._refused: str | None = None
 

@@ -50,3 +50,17 @@ def test_no_frame_number_beyond_int64_is_accepted_whatever_the_jump() -> None:
     assert asm.feed(packets(2**62)[0]) == [FramesLost(0, 2**62 - 4, "frame_number_jump")]
     assert asm.feed(packets(2**63)[0]) == [PacketRejected("frame_number_out_of_range", 2**63)]
     assert asm.feed(packets(2**63 - 1)[0]) != [PacketRejected("frame_number_out_of_range", 2**63 - 1)]
+
+
+def test_the_readers_assembler_counters_are_all_there_before_the_first_packet() -> None:
+    """docs/api.md 3.3: every key present, at 0, before any datagram (it was ``{}`` until the first)."""
+    from firmware_bridge.udp_reader import UdpSource
+
+    source = UdpSource("127.0.0.1", 0, GEOMETRY, sink=None)  # type: ignore[arg-type]
+    try:
+        assembler = source.counters()["assembler"]
+    finally:
+        source.stop()
+    assert assembler["packets_received"] == 0 and assembler["frames_lost"] == 0
+    expected = UdpFrameAssembler(GEOMETRY).counters
+    assert set(assembler) == set(expected) and not any(assembler.values())
