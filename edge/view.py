@@ -275,8 +275,12 @@ class ApplianceView:
         if cached is not None and cached[0] is latest:
             return cached[1]
         frame, info = latest
-        logged = np.log1p(frame.astype(np.float32))
-        top = float(np.percentile(logged, 99.5)) or 1.0
+        # negative counts (signed or float pixels: pedestal-subtracted, say) show as 0, NaN and inf as 0
+        # and 255: counts_top stays a finite number for any pixel type
+        counts = np.nan_to_num(frame.astype(np.float32), nan=0.0, posinf=np.finfo(np.float32).max)
+        logged = np.log1p(np.maximum(counts, 0.0))
+        top = float(np.percentile(logged, 99.5))
+        top = top if np.isfinite(top) and top > 0 else 1.0
         image = np.clip(logged * (255.0 / top), 0, 255).astype(np.uint8)
         doc = {
             **info,

@@ -345,14 +345,21 @@ def test_frames_of_every_pixel_type_are_stored_without_a_saturation_value(tmp_pa
     """A header without ``saturation_value``: the file says the pixel type's maximum. For float32 that
     lost every frame (``np.iinfo`` of a float: a pipeline_error per frame, the run still ``success``)."""
     rng = np.random.default_rng(3)
-    frames = [(rng.random(SHAPE) * 100).astype(dtype) for _ in range(3)]
+    low = -50 if np.dtype(dtype).kind in "if" else 0  # signed and float pixels: negative counts too
+    frames = [(low + rng.random(SHAPE) * 100).astype(dtype) for _ in range(3)]
+    if dtype == "float32":
+        frames[-1][0, :3] = (np.nan, np.inf, -np.inf)
     with in_process_appliance(tmp_path, SHAPE) as (appliance, push, _settings):
         push.send_multipart(encode_series_start(1, SHAPE, dtype, run_uid="typed", frames_expected=3))
         for number, frame in enumerate(frames):
             push.send_multipart(encode_image(1, number, SHAPE, dtype, frame.tobytes()))
         push.send_multipart(encode_series_end(1))
         run, _receiver = _ended(appliance, "typed")
+        preview = appliance.view.latest_preview()
     assert run["exit_status"] == "success" and run["losses"] == [], run["losses"]
+    # the live image of any pixel type is valid JSON with a finite scale (NaN made it null, or no JSON)
+    assert preview is not None and np.isfinite(preview["counts_top"]) and preview["counts_top"] > 0
+    json.dumps(preview, allow_nan=False)
     with h5py.File(tmp_path / "store" / "typed" / "typed_00000.h5") as f:
         np.testing.assert_array_equal(f["entry/data/data"][:], np.stack(frames))
         saturation = f["entry/instrument/detector/saturation_value"][()]
