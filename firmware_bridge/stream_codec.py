@@ -261,6 +261,9 @@ class StreamCodec:
             if not isinstance(encoding, str) or encoding not in ENCODINGS:
                 raise _Reject("bad_encoding", f"encoding={encoding!r}")
             shape, dtype, size = _shape(message), _dtype(message), _int(message, "size")
+            bits = 8 * np.dtype(dtype).itemsize
+            if encoding != "<" and encoding != f"bs{bits}-lz4<":  # bitshuffle of another element size
+                raise _Reject("bad_encoding", f"encoding={encoding} for {dtype} pixels: bs{bits}-lz4< or <")
             if self._series_dtype is not None and dtype != self._series_dtype:
                 raise _Reject("bad_dtype", f"type={dtype} in a series of {self._series_dtype}")
             if encoding == "<" and size != shape[0] * shape[1] * np.dtype(dtype).itemsize:

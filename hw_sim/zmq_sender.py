@@ -125,6 +125,10 @@ class ZmqFrameSender:
         first = frame(0)
         shape = (int(first.shape[0]), int(first.shape[1]))
         dtype = str(first.dtype)
+        if encoding != "<":  # bitshuffle's element size is the pixels' (8-bit pixels go raw)
+            bits = 8 * first.dtype.itemsize
+            encoding = "<" if bits == 8 else f"bs{bits}-lz4<"
+            summary.encoding = encoding
         header = encode_series_start(
             series, shape, dtype, run_uid=run_uid, frames_expected=frames or None, **config
         )

@@ -76,6 +76,17 @@ def test_compressed_image_keeps_its_encoding() -> None:
     assert image.encoding == "bs16-lz4<" and image.size == len(chunk)
 
 
+@pytest.mark.parametrize(
+    ("dtype", "encoding"), [("uint16", "bs32-lz4<"), ("uint32", "bs16-lz4<"), ("uint8", "bs16-lz4<")]
+)
+def test_a_bitshuffle_element_size_other_than_the_pixels_is_refused(dtype: str, encoding: str) -> None:
+    """Decoded with the declared element size, the pixels would be stored wrong without a trace."""
+    codec = StreamCodec()
+    chunk = bytes(compress_chunk(np.zeros((4, 4), dtype)))
+    events = feed_message(codec, encode_image(1, 7, (4, 4), dtype, chunk, encoding))
+    assert [(e.reason, e.frame) for e in events] == [("bad_encoding", 7)]
+
+
 def test_wrong_size_is_rejected_and_names_the_frame() -> None:
     codec = StreamCodec()
     feed_message(codec, encode_series_start(1, (2, 2), "uint16"))
