@@ -47,3 +47,14 @@ def test_a_plain_run_uid_is_taken_as_it_comes(tmp_path: Path, given: str) -> Non
     assert recorder.open_run(given, series=1, frames_expected=None, config={}) == given
     assert "detector_run_uid" not in json.loads(ledger.run(given)["config"])
     ledger.close()
+
+
+def test_a_run_whose_start_was_rejected_says_so_among_the_header_notes() -> None:
+    from edge.where import header_notes
+
+    (note,) = header_notes({"start_rejected": "bad_dtype: type=int16"})
+    assert (
+        note
+        == "its series start was rejected (bad_dtype: type=int16): the run has none of the start's metadata"
+    )
+    assert header_notes({}) == []
