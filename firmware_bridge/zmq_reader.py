@@ -410,40 +410,20 @@ class ZmqStreamSource:
         if rejected is not None:
             self._open_without_start(series, frame, shape, dtype, rejected)
             return
-        self._series = series
-        self._next_frame = frame
-        self._newest = frame
-        self._gaps.clear()
-        self._held.clear()
-        self._frames_expected = None
         self.stats["series_adopted"] += 1
         log.warning(
             "frames of series %d without its start (a restart mid-series): a resumed run from frame %d",
             series,
             frame,
         )
-        config = {
-            "shape": [shape[1], shape[0]],
-            "type": dtype,
-            "frames_expected": None,
-            "resumed_after_restart": True,
-            "first_frame": frame,
-        }
-        self._refused = self.sink.series_start(series, config)
-        if self._refused is not None:
-            self.stats["series_refused"] += 1
-            log.error("resumed series %d refused: %s", series, self._refused)
+        marks = {"resumed_after_restart": True, "first_frame": frame}
+        self._open_headless(series, frame, frame, shape, dtype, marks)
 
     def _open_without_start(
         self, series: int, frame: int, shape: tuple[int, int], dtype: str, rejected: str
     ) -> None:
-        """Images of ``series`` after its start was rejected: stored as a run of their own."""
-        self._series = series
-        self._next_frame = 0  # frames below the first one that came are gaps, as in any series
-        self._newest = None
-        self._gaps.clear()
-        self._held.clear()
-        self._frames_expected = None
+        """Images of ``series`` after its start was rejected: stored as a run of their own, numbered from
+        0 (frames below the first one that came are gaps, as in any series)."""
         self.stats["series_without_start"] += 1
         log.warning(
             "frames of series %d after its start was rejected (%s): stored as a run of their own, without"
@@ -451,16 +431,29 @@ class ZmqStreamSource:
             series,
             rejected,
         )
-        config = {
-            "shape": [shape[1], shape[0]],
-            "type": dtype,
-            "frames_expected": None,
-            "start_rejected": rejected,
-        }
+        self._open_headless(series, 0, None, shape, dtype, {"start_rejected": rejected})
+
+    def _open_headless(
+        self,
+        series: int,
+        first: int,
+        newest: int | None,
+        shape: tuple[int, int],
+        dtype: str,
+        marks: dict[str, Any],
+    ) -> None:
+        """Open ``series`` from its images alone, frames counted from ``first``; ``marks`` say why."""
+        self._series = series
+        self._next_frame = first
+        self._newest = newest
+        self._gaps.clear()
+        self._held.clear()
+        self._frames_expected = None
+        config = {"shape": [shape[1], shape[0]], "type": dtype, "frames_expected": None, **marks}
         self._refused = self.sink.series_start(series, config)
         if self._refused is not None:
             self.stats["series_refused"] += 1
-            log.error("series %d refused: %s", series, self._refused)
+            log.error("series %d (opened from its images) refused: %s", series, self._refused)
 
     def _note_frame(self, frame: int) -> bool:
         """Account for gaps before ``frame``; False for a stale, duplicate or out-of-range frame number."""
