@@ -19,6 +19,8 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 _NAMESPACE = uuid.UUID("6f1f4a52-6d2c-4a53-9c1e-2f8e0c8b7a10")
 
 
@@ -40,6 +42,10 @@ def run_documents(
     start_uid = _uid(run_uid, "start")
     descriptor_uid = _uid(run_uid, "descriptor")
     height, width = shape or (0, 0)
+    try:  # the pixel type the run's files hold ("type" of its header), as NumPy writes it
+        dtype_numpy = np.dtype(str(config.get("type") or "uint16")).str
+    except (TypeError, ValueError):
+        dtype_numpy = np.dtype(np.uint16).str
     docs: list[tuple[str, dict[str, Any]]] = [
         (
             "start",
@@ -64,7 +70,7 @@ def run_documents(
                     "image": {
                         "source": "edge",
                         "dtype": "array",
-                        "dtype_numpy": "<u2",
+                        "dtype_numpy": dtype_numpy,
                         "shape": [height, width],
                         "external": "STREAM:",
                     }

@@ -88,7 +88,20 @@ class RunRecorder:
         return uid
 
     def close_run(self, run_uid: str, frames_stored: int, exit_status: str, frames_vetoed: int = 0) -> None:
-        """The run ended (``success``, ``abort`` or ``fail``): record it and store its documents."""
+        """The run ended (``success``, ``abort`` or ``fail``): record it and store its documents.
+
+        A series the detector ended with ``success`` in which not one frame was stored or vetoed, but frames
+        were lost, ends ``fail`` (counted as ``runs_failed_all_lost``): its RunStop's ``reason`` names the
+        losses, and no reader takes it for a good run with nothing in it."""
+        if exit_status == "success" and frames_stored == 0 and frames_vetoed == 0:
+            lost = [r for r in self.ledger.losses(run_uid) if not r.get("partial")]
+            if lost:
+                exit_status = "fail"
+                self._count("runs_failed_all_lost")
+                reasons = ", ".join(sorted({str(r["reason"]) for r in lost}))
+                log.error(
+                    "run %s: every frame of the series was lost (%s); the run ends fail", run_uid, reasons
+                )
         self._ledger_write(self.ledger.run_ended, run_uid, exit_status, frames_stored, frames_vetoed)
         try:
             self.write_documents(run_uid, exit_status)

@@ -140,6 +140,7 @@ class ApplianceView:
                     for key in (
                         "files_closed",
                         "run_uids_replaced",
+                        "runs_failed_all_lost",
                         "header_fields_ignored",
                         "header_fields_truncated",
                     )
