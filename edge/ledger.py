@@ -24,6 +24,19 @@ from typing import Any
 
 from edge.errors import ConfigError, NotFound
 
+#: A chunk's id is never given twice (AUTOINCREMENT): the upstream protocol names chunks by id, and a
+#: purge deletes chunk rows, so plain rowids would hand a purged chunk's id to the next chunk stored.
+CHUNKS_TABLE = """CREATE TABLE IF NOT EXISTS {name} (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    file_id INTEGER NOT NULL REFERENCES files(id),
+    idx INTEGER NOT NULL,
+    offset INTEGER NOT NULL,
+    length INTEGER NOT NULL,
+    checksum TEXT NOT NULL,
+    state TEXT NOT NULL,
+    UNIQUE (file_id, idx)
+);"""
+
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
     run_uid TEXT PRIMARY KEY,
@@ -51,16 +64,7 @@ CREATE TABLE IF NOT EXISTS files (
     purged_at REAL,
     UNIQUE (run_uid, name)
 );
-CREATE TABLE IF NOT EXISTS chunks (
-    id INTEGER PRIMARY KEY,
-    file_id INTEGER NOT NULL REFERENCES files(id),
-    idx INTEGER NOT NULL,
-    offset INTEGER NOT NULL,
-    length INTEGER NOT NULL,
-    checksum TEXT NOT NULL,
-    state TEXT NOT NULL,
-    UNIQUE (file_id, idx)
-);
+{chunks}
 CREATE TABLE IF NOT EXISTS chunk_acks (
     consumer TEXT NOT NULL,
     chunk_id INTEGER NOT NULL REFERENCES chunks(id),
@@ -92,12 +96,13 @@ CREATE INDEX IF NOT EXISTS runs_by_detector_uid ON runs(
 CREATE INDEX IF NOT EXISTS runs_by_resumed ON runs(
     CASE WHEN json_valid(config) THEN json_extract(config, '$.resumes_run') END
 );
-"""
+""".replace("{chunks}", CHUNKS_TABLE.format(name="chunks"))
 
 #: The ledger's schema version (SQLite ``user_version``). 0/1: the first layout; 2 adds what each file is
 #: (``files.kind``), the run's mode and vetoed frames, and where each consumer stored each file; 3 keeps a
-#: purged file's chunk counts in its row (``files.chunk_record``) instead of its chunk rows.
-SCHEMA_VERSION = 3
+#: purged file's chunk counts in its row (``files.chunk_record``) instead of its chunk rows; 4 never gives
+#: a chunk id twice (``CHUNKS_TABLE``; the table is rebuilt, its ids kept).
+SCHEMA_VERSION = 4
 
 #: Columns added since version 1, with their defaults; a fresh ledger gets them too (table, column, SQL).
 MIGRATION_COLUMNS = (
@@ -229,18 +234,43 @@ class Ledger:
             raise RuntimeError(
                 f"ledger {self.path} has schema version {version}, newer than this edge ({SCHEMA_VERSION})"
             )
+        self._db.execute("PRAGMA foreign_keys=OFF")  # the chunks table is rebuilt under its acks' references
         self._db.execute("BEGIN IMMEDIATE")
         try:
             for table, column, declaration in MIGRATION_COLUMNS:
                 columns = {row[1] for row in self._db.execute(f"PRAGMA table_info({table})")}
                 if column not in columns:
                     self._db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {declaration}")
+            self._chunk_ids_never_reused()
             self._db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
             self._db.execute("COMMIT")
         except BaseException:
             self._db.execute("ROLLBACK")
             raise
+        finally:
+            self._db.execute("PRAGMA foreign_keys=ON")
         return version
+
+    def _chunk_ids_never_reused(self) -> None:
+        """Version 4: rebuild a chunks table of plain rowids with AUTOINCREMENT, keeping every row and id,
+        its sequence starting above every chunk id the ledger still knows was given (rows, acks)."""
+        (sql,) = self._db.execute(
+            "SELECT sql FROM sqlite_master WHERE type='table' AND name='chunks'"
+        ).fetchone()
+        if "AUTOINCREMENT" in sql.upper():
+            return
+        known = ["SELECT MAX(id) FROM chunks", "SELECT MAX(chunk_id) FROM chunk_acks"]
+        if self._db.execute("SELECT 1 FROM sqlite_master WHERE name='ack_totals'").fetchone():
+            known.append("SELECT MAX(last_chunk_acked) FROM ack_totals")
+        floor = max(int(self._db.execute(q).fetchone()[0] or 0) for q in known)
+        columns = "id, file_id, idx, offset, length, checksum, state"
+        self._db.execute(CHUNKS_TABLE.format(name="chunks_v4"))
+        self._db.execute(f"INSERT INTO chunks_v4 ({columns}) SELECT {columns} FROM chunks")
+        self._db.execute("DROP TABLE chunks")  # its triggers go with it; TOTALS makes them again
+        self._db.execute("ALTER TABLE chunks_v4 RENAME TO chunks")
+        self._db.execute("CREATE INDEX IF NOT EXISTS chunks_by_state ON chunks(state, id)")
+        self._db.execute("DELETE FROM sqlite_sequence WHERE name IN ('chunks', 'chunks_v4')")
+        self._db.execute("INSERT INTO sqlite_sequence (name, seq) VALUES ('chunks', ?)", (floor,))
 
     def close(self) -> None:
         with self._lock:
@@ -412,11 +442,13 @@ class Ledger:
 
     def file_verified(
         self, consumer: str, file_id: int, size: int, checksum: str, stored_path: str = ""
-    ) -> bool:
+    ) -> bool | None:
         """The consumer holds the whole file; True if size and checksum match ours.
 
-        On a mismatch the consumer's chunk acknowledgements for the file are dropped, so every chunk
-        is sent again.
+        On a mismatch (False) the consumer's chunk acknowledgements for the file are dropped, so every
+        chunk is sent again. A mismatch from a consumer that already confirmed the file changes nothing
+        (None): its confirmation stands, and so do its acknowledgements (kept in the file's record when
+        it is purged).
         """
         rows = self._rows("SELECT size, checksum, state FROM files WHERE id=?", (file_id,))
         if not rows:
@@ -427,6 +459,12 @@ class Ledger:
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
             if rows[0]["size"] != size or rows[0]["checksum"] != checksum:
+                confirmed = self._db.execute(
+                    "SELECT 1 FROM file_acks WHERE consumer=? AND file_id=?", (consumer, file_id)
+                ).fetchone()
+                if confirmed:
+                    self._db.execute("COMMIT")
+                    return None
                 self._db.execute(
                     "DELETE FROM chunk_acks WHERE consumer=?"
                     " AND chunk_id IN (SELECT id FROM chunks WHERE file_id=?)",

@@ -107,6 +107,8 @@ def _json(part: bytes | memoryview) -> dict[str, Any]:
         value = json.loads(bytes(part))
     except (ValueError, UnicodeDecodeError) as error:
         raise _Reject("malformed_json", str(error)[:120]) from None
+    except RecursionError:  # arrays or objects nested thousands deep: no part of the stream's is
+        raise _Reject("malformed_json", "nested too deep") from None
     if not isinstance(value, dict):
         raise _Reject("malformed_json", "part is not a JSON object")
     return value

@@ -137,6 +137,8 @@ def decode(frames: list[bytes] | list[bytes | memoryview]) -> tuple[Message, byt
         header = json.loads(bytes(frames[0]))
     except (ValueError, UnicodeDecodeError) as error:
         raise RemoteProtocolError(f"header is not JSON: {error}") from None
+    except RecursionError:  # arrays or objects nested thousands deep: no header of ours is
+        raise RemoteProtocolError("header is not JSON this end reads: nested too deep") from None
     if not isinstance(header, dict):
         raise RemoteProtocolError("header is not a JSON object")
     version = header.get("v")

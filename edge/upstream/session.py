@@ -217,6 +217,14 @@ class ForwarderSession:
                 return []
             if matches:
                 self.stats["files_verified"] += 1
+            elif matches is None:  # it confirmed this file before: that stands, nothing is resent
+                self.stats["confirmations_contradicted"] += 1
+                log.warning(
+                    "consumer %s confirmed file %d earlier and now sends another checksum or size: its"
+                    " first confirmation stands",
+                    consumer.name,
+                    message.file_id,
+                )
             else:
                 self.stats["files_mismatched"] += 1
                 log.warning(

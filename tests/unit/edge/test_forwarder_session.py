@@ -182,6 +182,24 @@ def test_a_mismatched_file_is_sent_again_from_its_first_chunk(ledger: Ledger) ->
     assert [c.index for c in chunks(session.tick(0.4))] == [0, 1, 2]
 
 
+def test_a_mismatch_after_a_confirmation_changes_nothing(ledger: Ledger) -> None:
+    """A consumer that confirmed a file and later sends another checksum for it neither erases its
+    acknowledgements (kept in the file's record after a purge) nor gets the file again."""
+    session = ForwarderSession(ledger)
+    connect(session, credit=8)
+    for chunk in chunks(session.tick(0.0)):
+        ack(session, chunk, 0.1)
+    (complete,) = [o.message for o in session.tick(0.2) if isinstance(o.message, p.FileComplete)]
+    assert isinstance(complete, p.FileComplete)
+    session.receive(PEER, frames(p.FileVerified(complete.file_id, complete.size, complete.checksum)), 0.3)
+    before = ledger.chunk_ack_counts(ledger.files()[0]["run_uid"])
+    session.receive(PEER, frames(p.FileVerified(complete.file_id, complete.size, "not-it")), 0.4)
+    assert session.stats["confirmations_contradicted"] == 1 and session.stats["files_mismatched"] == 0
+    assert ledger.chunk_ack_counts(ledger.files()[0]["run_uid"]) == before
+    assert ledger.files()[0]["state"] == "verified"
+    assert chunks(session.tick(0.5)) == []
+
+
 def test_heartbeats_go_to_every_consumer_every_interval(ledger: Ledger) -> None:
     session = ForwarderSession(ledger, heartbeat_seconds=2.0)
     connect(session, credit=0)  # a Hello's credit is at least 1

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 import sqlite3
 import time
 from pathlib import Path
@@ -82,6 +83,80 @@ def test_totals_follow_every_operation(tmp_path: Path) -> None:
     states = from_totals(ledger)["files"]
     assert isinstance(states, dict) and {"verified", "purged"} <= set(states)
     ledger.close()
+
+
+def _store_verify_purge(ledger: Ledger, tmp_path: Path, name: str) -> list[int]:
+    """One file of two chunks stored, acknowledged, verified and purged; returns its chunk ids."""
+    file_id = ledger.file_stored(
+        "run", name, tmp_path / name, 20, name, (0, 0, 1), [(0, 10, "a"), (10, 10, "b")]
+    )
+    pending = [row for row in ledger.pending_chunks("hpc", [], 8) if row["file_id"] == file_id]
+    for row in pending:
+        ledger.chunk_acked("hpc", row["id"], row["checksum"])
+    for row in ledger.files_ready_to_verify("hpc"):
+        assert ledger.file_verified("hpc", row["id"], row["size"], row["checksum"])
+    for row in ledger.purgeable_files():
+        ledger.file_purged(row["id"])
+    return [int(row["id"]) for row in pending]
+
+
+def test_a_chunk_id_is_never_given_twice_not_even_after_a_purge(tmp_path: Path) -> None:
+    """The upstream protocol names chunks by id: a purged chunk's id must not name the next chunk."""
+    ledger = Ledger(tmp_path / "ledger.sqlite")
+    ledger.run_started("run", 1, None, "{}")
+    first = _store_verify_purge(ledger, tmp_path, "f0.h5")
+    assert ledger.pending_chunks("hpc", [], 8) == []  # every chunk row gone with the purge
+    second = _store_verify_purge(ledger, tmp_path, "f1.h5")
+    assert min(second) > max(first)
+    ledger.close()
+    reopened = Ledger(tmp_path / "ledger.sqlite")  # and across restarts
+    third = _store_verify_purge(reopened, tmp_path, "f2.h5")
+    assert min(third) > max(second)
+    reopened.close()
+
+
+def test_a_ledger_of_reusable_chunk_ids_is_rebuilt_keeping_every_id(tmp_path: Path) -> None:
+    """A version 3 ledger (chunk ids as plain rowids) migrates: its rows and ids kept, new ids above every
+    id it still knows was given, acknowledged ones included."""
+    path = tmp_path / "ledger.sqlite"
+    ledger = Ledger(path)
+    ledger.run_started("run", 1, None, "{}")
+    gone = _store_verify_purge(ledger, tmp_path, "f0.h5")  # ids 1, 2: acked, then purged
+    ledger.file_stored("run", "f1.h5", tmp_path / "f1.h5", 10, "x", (1, 1, 1), [(0, 10, "c")])
+    (kept,) = ledger.pending_chunks("hpc", [], 8)
+    ledger.close()
+    with sqlite3.connect(path) as db:  # as version 3 left it: the same table without AUTOINCREMENT
+        db.execute("PRAGMA foreign_keys=OFF")
+        (sql,) = db.execute("SELECT sql FROM sqlite_master WHERE name='chunks'").fetchone()
+        db.execute(
+            re.sub(r"CREATE TABLE (IF NOT EXISTS )?chunks", "CREATE TABLE chunks_v3", sql).replace(
+                "AUTOINCREMENT", ""
+            )
+        )
+        db.execute("INSERT INTO chunks_v3 SELECT * FROM chunks")
+        db.execute("DROP TABLE chunks")
+        db.execute("ALTER TABLE chunks_v3 RENAME TO chunks")
+        db.execute("DELETE FROM sqlite_sequence")
+        db.execute("PRAGMA user_version = 3")
+    with sqlite3.connect(path) as db:
+        assert (
+            "AUTOINCREMENT"
+            not in db.execute("SELECT sql FROM sqlite_master WHERE name='chunks'").fetchone()[0]
+        )
+        db.execute("DELETE FROM chunks WHERE id=?", (kept["id"],))  # the newest row gone: plain rowids reuse
+        db.execute(
+            "INSERT INTO chunks SELECT * FROM (SELECT ?, ?, 0, 0, 10, 'c', 'stored')",
+            (kept["id"], kept["file_id"]),
+        )
+    migrated = Ledger(path)
+    assert migrated.migrated_from == 3
+    (row,) = migrated.pending_chunks("hpc", [], 8)
+    assert row["id"] == kept["id"] and row["checksum"] == "c"
+    assert migrated.chunk_ack_counts("run")  # the purged file's record kept
+    new = _store_verify_purge(migrated, tmp_path, "f2.h5")
+    assert min(new) > max([*gone, kept["id"]])
+    assert from_totals(migrated) == scanned(path)  # the totals' triggers are back on the rebuilt table
+    migrated.close()
 
 
 def test_a_ledger_from_before_the_totals_gets_them_on_open(tmp_path: Path) -> None:

@@ -41,6 +41,9 @@ def test_round_trip_every_message_type() -> None:
         ([b"{", b"", b""], "3 frames"),
         ([b"nope"], "not JSON"),
         ([b"[]"], "not a JSON object"),
+        # valid JSON nested past Python's recursion limit, inside the header's size limit
+        ([b"[" * 30_000 + b"]" * 30_000], "nested too deep"),
+        ([b'{"a":' * 10_000 + b"1" + b"}" * 10_000], "nested too deep"),
         ([b'{"v": 99, "type": "ack"}'], "protocol version 99"),
         # a version 1 peer (FileVerified without stored_path) is told which version this end speaks
         ([b'{"v": 1, "type": "file_verified", "file_id": 1, "size": 1, "checksum": "x"}'], "speaks 2"),

@@ -105,6 +105,7 @@ def test_malformed_messages_are_counted_not_raised() -> None:
     cases = [
         [b"not json"],
         [b"[1,2]"],
+        [b"[" * 30_000 + b"]" * 30_000],  # valid JSON nested past Python's recursion limit
         [json.dumps({"htype": "nope", "series": 1}).encode()],
         [json.dumps({"htype": "dimage-1.0", "series": 1, "frame": -1}).encode(), b"{}"],
         [json.dumps({"htype": "dimage-1.0", "series": 1, "frame": 0}).encode()],
