@@ -316,7 +316,10 @@ class Stream2Source(ZmqStreamSource):
         the cold message (~0.04 against ~0.08 ms per 1024^2 frame), and what is checked is exactly what
         the writer stores."""
         nbytes = len(array.data)
-        slot = self._claim(image.frame, nbytes)
+        # a slot that holds the frame unpacked (the writer and the live view unpack it there), not just
+        # the chunk: a small chunk of a frame larger than a slot is frame_too_large
+        unpacked = int(array.shape[0]) * int(array.shape[1]) * np.dtype(array.dtype).itemsize
+        slot = self._claim(image.frame, max(nbytes, unpacked))
         if slot is None:
             return
         stored = slot.buffer[:nbytes]

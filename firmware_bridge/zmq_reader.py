@@ -563,17 +563,23 @@ class ZmqStreamSource:
 
     def _decode_into_slot(self, event: ImageMessage) -> SlotLike | None:
         nbytes = event.shape[0] * event.shape[1] * np.dtype(event.dtype).itemsize
+        try:  # the slot first: a small chunk may unpack to more than a slot holds
+            slot = self.sink.claim(nbytes)
+        except ValueError as error:  # larger than a ring slot: more than the detector was set for
+            self.stats["frames_too_large"] += 1
+            self.sink.lost(event.frame, event.frame, "frame_too_large", str(error)[:160])
+            return None
+        if slot is None:
+            self.stats["frames_dropped_ring_full"] += 1
+            self.sink.lost(event.frame, event.frame, "ring_full", "count-and-drop policy")
+            return None
         try:
             # bounds-checked: bitshuffle's own decoder crashes the process on a corrupt chunk
             pixels = decode_bslz4(event.data, event.shape, event.dtype)  # type: ignore[arg-type]
         except (ValueError, RuntimeError) as error:
+            self.sink.abandon(slot)
             self.stats["frames_undecodable"] += 1
             self.sink.lost(event.frame, event.frame, "stream_undecodable", str(error)[:120])
-            return None
-        slot = self.sink.claim(nbytes)
-        if slot is None:
-            self.stats["frames_dropped_ring_full"] += 1
-            self.sink.lost(event.frame, event.frame, "ring_full", "count-and-drop policy")
             return None
         np.frombuffer(slot.buffer, dtype=np.uint8, count=nbytes)[:] = pixels.view(np.uint8).ravel()
         return slot

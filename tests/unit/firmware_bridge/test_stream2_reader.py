@@ -10,6 +10,7 @@ from typing import Any
 
 import cbor2
 import numpy as np
+import pytest
 import zmq
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -375,6 +376,25 @@ def test_an_image_larger_than_a_ring_slot_is_a_loss_record() -> None:
 
     sink = SmallRing()
     reader = replay(_messages("stream2_bslz4_u16_2ch.bin"), sink)
+    assert sink.published == [] and sink.losses == [(n, n, "frame_too_large") for n in range(4)]
+    assert reader.counters()["frames_too_large"] == 4
+
+
+@pytest.mark.parametrize("pass_through", [False, True])
+def test_a_small_chunk_of_an_image_larger_than_a_slot_is_a_loss_record(pass_through: bool) -> None:
+    """The slot must hold the image unpacked (the writer and the live view unpack it there): a chunk that
+    fits but unpacks to more is frame_too_large, passed through or not, and the reader keeps going."""
+    unpacked = 23 * 41 * 2
+
+    class SmallRing(Sink):
+        def claim(self, nbytes: int) -> Any:
+            if nbytes >= unpacked:
+                raise ValueError(f"frame of {nbytes} bytes does not fit a {unpacked - 1}-byte slot")
+            return super().claim(nbytes)
+
+    assert len(capture.bslz4(capture.frame(7, 1, 0, (23, 41), "uint16"), 256)) < unpacked
+    sink = SmallRing()
+    reader = replay(_messages("stream2_bslz4_u16_2ch.bin"), sink, pass_through=pass_through)
     assert sink.published == [] and sink.losses == [(n, n, "frame_too_large") for n in range(4)]
     assert reader.counters()["frames_too_large"] == 4
 

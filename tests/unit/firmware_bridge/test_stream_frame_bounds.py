@@ -168,6 +168,34 @@ def test_an_image_larger_than_a_ring_slot_is_a_loss_record_not_a_dead_reader() -
     assert reader.counters()["frames_too_large"] == 1 and reader.counters().get("reader_crashes", 0) == 0
 
 
+def test_a_small_compressed_image_larger_than_a_slot_unpacked_is_a_loss_record() -> None:
+    """bs16-lz4: 96 bytes of pixels (12x4 uint16, zeros) compress to far fewer; the slot must hold them
+    unpacked, so the image is frame_too_large, and the reader keeps going (issue: a dead reader)."""
+    import struct
+
+    import bitshuffle
+
+    pixels = np.zeros((4, 12), "<u2")
+    chunk = struct.pack(">QI", pixels.nbytes, 8192) + bytes(bitshuffle.compress_lz4(pixels, 0))
+    assert len(chunk) < 96
+    sink = SmallSlots()
+    big = image(1, 1)
+    big[1] = part(
+        {
+            "htype": "dimage_d-1.0",
+            "shape": [12, 4],
+            "type": "uint16",
+            "encoding": "bs16-lz4<",
+            "size": len(chunk),
+        }
+    )
+    big[2] = chunk
+    reader = run_series(sink, [header(1, 3), image(1, 0), big, image(1, 2)])
+    assert sink.frames == [0, 2]
+    assert sink.losses == [(1, 1, "frame_too_large")]
+    assert reader.counters()["frames_too_large"] == 1 and reader.counters().get("reader_crashes", 0) == 0
+
+
 def test_a_series_left_open_by_a_silent_detector_raises_an_alarm_until_it_ends() -> None:
     """A detector that stops sending without ending its series leaves the run open: after
     ``silent_alarm_seconds`` with no message the reader says so, and the minor alarm
