@@ -55,6 +55,8 @@ __all__ = ["DEFAULT_ACF", "MODES", "PVS", "ApplianceIOC", "CaptureControl", "PvS
 
 log = logging.getLogger(__name__)
 
+FILE_NUMBER_MAX = 2**31 - 1  # HDF1:FileNumber is an EPICS long
+
 #: Seconds between copies of the appliance's counters into the readback records.
 REFRESH_SECONDS = 0.5
 #: How long the stream must be quiet, after the detector went away mid-run, before the run is ended.
@@ -494,8 +496,11 @@ class ApplianceIOC:
             self._set("HDF1:Capture_RBV", 0)
             if int(self.records["HDF1:AutoIncrement_RBV"].get()):
                 number = int(self.records["HDF1:FileNumber_RBV"].get()) + 1
-                self._set("HDF1:FileNumber", number)
-                self._set("HDF1:FileNumber_RBV", number)
+                if number > FILE_NUMBER_MAX:  # a long's last value: kept, never wrapped to a negative one
+                    self._set_write_message(f"FileNumber stays at {FILE_NUMBER_MAX}, the largest it takes")
+                else:
+                    self._set("HDF1:FileNumber", number)
+                    self._set("HDF1:FileNumber_RBV", number)
             log.info("capture closed: %s (run %s)", path, run_uid)
 
     def _set_write_message(self, message: str) -> None:

@@ -210,7 +210,8 @@ HDF_PLUGIN_PVS: tuple[PvSpec, ...] = (
         "HDF1:FileNumber",
         "longOut",
         "long",
-        "Number for `FileTemplate`'s `%d`; +1 after each capture while `AutoIncrement` is Yes.",
+        "Number for `FileTemplate`'s `%d`; +1 after each capture while `AutoIncrement` is Yes (at"
+        " 2147483647 it stays, and `WriteMessage` says so).",
         0,
         limits=(0, 2**31 - 1),
     ),

@@ -211,6 +211,15 @@ def test_capture_spans_acquisitions_in_one_file(stack: Stack) -> None:
     epics.caput(p + "HDF1:Capture", 1, wait=True, timeout=5)
     assert epics.caget(p + "HDF1:Capture_RBV") == 0
     assert "exists" in epics.caget(p + "HDF1:WriteMessage", as_string=True)
+    # at a long's largest value FileNumber stays (an EPICS long would wrap to -2147483648), and says so
+    put("HDF1:FileNumber", 2**31 - 1)
+    put("HDF1:Capture", 1)
+    put("Acquire", 1)
+    put("HDF1:Capture", 0)
+    wait_until(lambda: epics.caget(p + "HDF1:Capture_RBV") == 0, 15.0, "the capture at the largest number")
+    assert (directory / "scan_2147483647.h5").exists()
+    assert epics.caget(p + "HDF1:FileNumber_RBV") == 2**31 - 1 == epics.caget(p + "HDF1:FileNumber")
+    assert "stays at 2147483647" in epics.caget(p + "HDF1:WriteMessage", as_string=True)
 
 
 def test_capture_outside_store_roots_is_refused(stack: Stack) -> None:
