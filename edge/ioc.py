@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 import getpass
 import logging
 import math
@@ -197,6 +198,7 @@ class ApplianceIOC:
         self._message = ""
         self._remove_listener: Callable[[], None] | None = None
         self._shown = threading.local()  # the records set inside `_shown_now`, per thread
+        self._reduction_shown: dict[str, Any] | None = None  # the parameters the setpoints last showed
 
     # --- lifecycle -----------------------------------------------------------------------------
     def start(self) -> None:
@@ -600,11 +602,21 @@ class ApplianceIOC:
             self._set(f"{name}_RBV", value)
 
     def _show_reduction(self, parameters: dict[str, Any]) -> None:
-        """The accepted reduction parameters in ``Mode_RBV`` and the ``Reduction:*_RBV`` records."""
+        """The accepted reduction parameters in ``Mode_RBV`` and the ``Reduction:*_RBV`` records; when they
+        changed (a put here, or ``PUT /api/reduction``), in the setpoints too, so that ``Mode`` and
+        ``Reduction:*`` never show a value other than what the next run takes."""
+        changed = parameters != self._reduction_shown
+        if changed:
+            self._reduction_shown = copy.deepcopy(parameters)
         self._set("Mode_RBV", MODES.index(parameters["mode"]))
+        if changed:
+            self._set("Mode", MODES.index(parameters["mode"]))
         for spec in PVS:
             if spec.param:
-                self._set(f"{spec.name}_RBV", self._param_value(spec, parameters))
+                value = self._param_value(spec, parameters)
+                self._set(f"{spec.name}_RBV", value)
+                if changed:
+                    self._set(spec.name, value)
 
     def _set(self, name: str, value: Any, *, severity: int = 0, alarm: int = 0) -> None:
         """Show ``value`` in a record (a setpoint is updated without processing it)."""

@@ -243,3 +243,28 @@ def test_a_refused_run_fails_its_acquire_put_and_says_why(
         assert stack.procs["daemon"].poll() is None
     finally:
         stack.stop()
+
+
+def test_setpoints_follow_a_change_made_over_rest(tmp_path: Path, ca_port: int, edge_ca_port: int) -> None:
+    """``PUT /api/reduction`` changes what the next run takes: ``Mode`` and the ``Reduction:*`` setpoints
+    show it too, not only their readbacks (a client reading the setpoint sees the next run's mode)."""
+    import httpx
+
+    stack = Stack(tmp_path, ca_port, edge_ca_port, acf=None)
+    stack.settings.append('api.token="s3cret"')
+    try:
+        stack.start_sim()
+        stack.start_daemon()
+        answer = httpx.put(
+            stack.api + "/api/reduction",
+            json={"mode": "serial", "serial": {"min_snr": 9}},
+            headers={"Authorization": "Bearer s3cret"},
+            timeout=10,
+        )
+        assert answer.status_code == 200, answer.text
+        for name, expected in (("Mode", "serial"), ("Reduction:MinSnr", "9.000")):
+            wait_for(lambda n=name, e=expected: _meta(stack, n)["char_value"] == e, 5, f"{name} = {expected}")
+            assert _meta(stack, f"{name}_RBV")["char_value"] == expected
+        assert _meta(stack, "Mode")["severity"] == 0
+    finally:
+        stack.stop()
