@@ -161,7 +161,11 @@ class Stream2Source(ZmqStreamSource):
             log.warning("rejected Stream V2 message: %s %s", event.reason, event.detail)
             if event.kind == "start":
                 self._start_rejected = f"{event.reason}: {event.detail}"[:200]
-            if event.frame is None:
+            if event.reason == "wrong_series":
+                # an image of a series that is not the open one: not a frame of this run, so neither its
+                # loss nor a gap before it (its number counts in another series); counted and logged
+                self.stats["images_wrong_series"] += 1
+            elif event.frame is None:
                 # a message that may have been an image (it did not decode, or an image not naming its
                 # frame): the next gap is put down to it; a readable start, end or other message is not
                 if self._series is not None and (not event.readable or event.kind == "image"):

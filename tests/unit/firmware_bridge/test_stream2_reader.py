@@ -380,6 +380,22 @@ def test_an_image_larger_than_a_ring_slot_is_a_loss_record() -> None:
     assert reader.counters()["frames_too_large"] == 4
 
 
+def test_an_image_of_another_series_invents_no_loss_in_the_open_one() -> None:
+    """Stray images of series 999 (image_id 1 and 7) amid a whole series of 4: the open run keeps its
+    account (4 stored, none lost, no gap up to 7); the strays are counted."""
+    start, *images, end = _messages("stream2_bslz4_u16_2ch.bin")
+    strays = []
+    for number in (1, 7):
+        fields = dict(cbor2.loads(images[0]))
+        fields["series_id"], fields["image_id"] = 999, number
+        strays.append(cbor2.dumps(fields))
+    sink = Sink()
+    reader = replay([start, images[0], strays[0], *images[1:], strays[1], end], sink)
+    assert sorted(n for _, n in sink.frames) == [0, 1, 2, 3] and sink.losses == []
+    assert reader.counters()["images_wrong_series"] == 2
+    assert reader.counters()["errors"] == {"wrong_series": 2}
+
+
 @pytest.mark.parametrize("pass_through", [False, True])
 def test_a_small_chunk_of_an_image_larger_than_a_slot_is_a_loss_record(pass_through: bool) -> None:
     """The slot must hold the image unpacked (the writer and the live view unpack it there): a chunk that
