@@ -15,6 +15,7 @@ import threading
 import uuid
 from collections import Counter
 from collections.abc import Callable
+from hashlib import sha256
 from pathlib import Path
 from typing import Any
 
@@ -68,8 +69,18 @@ class RunRecorder:
         if not RUN_UID.fullmatch(uid):
             given, uid = uid, str(uuid.uuid4())
             log.warning("run uid %r from the detector is not a file name: the run is %s", given[:200], uid)
-            refused = {"detector_run_uid": given[:1024], "detector_run_uid_refused": "not a file name"}
-            config = {**config, **refused}
+            refused: dict[str, Any] = {
+                "detector_run_uid": given[:1024],
+                "detector_run_uid_refused": "not a file name",
+            }
+            if len(given) > 1024:  # its first 1024 characters, and what identifies the whole
+                whole = given.encode("utf-8", "surrogatepass")
+                refused |= {
+                    "detector_run_uid_bytes": len(whole),
+                    "detector_run_uid_sha256": sha256(whole).hexdigest(),
+                }
+            # the config's run_uid is the run's: the detector's (up to megabytes of it) is not copied twice
+            config = {**config, **refused, "run_uid": uid}
             self._count("run_uids_replaced")
         for key in ("header_fields_ignored", "header_fields_truncated"):
             for _ in config.get(key) or ():

@@ -40,6 +40,23 @@ def test_a_run_uid_that_is_not_a_file_name_is_replaced_and_kept_in_the_config(
     ledger.close()
 
 
+def test_a_huge_run_uid_is_not_copied_into_the_run_record(tmp_path: Path) -> None:
+    """5 MB of uid: the record keeps its first 1024 characters, its size and digest, and the run's own uid."""
+    import hashlib
+
+    ledger = Ledger(tmp_path / "ledger.sqlite")
+    recorder = RunRecorder(ledger, tmp_path / "store", chunk_bytes=1 << 20)
+    given = "u" * 5_000_000
+    uid = recorder.open_run(given, series=1, frames_expected=3, config={"shape": [4, 4], "run_uid": given})
+    text = ledger.run(uid)["config"]
+    assert len(text) < 4096
+    config = json.loads(text)
+    assert config["run_uid"] == uid and config["detector_run_uid"] == given[:1024]
+    assert config["detector_run_uid_bytes"] == 5_000_000
+    assert config["detector_run_uid_sha256"] == hashlib.sha256(given.encode()).hexdigest()
+    ledger.close()
+
+
 @pytest.mark.parametrize("given", ["0b6f4c1e-8a8e-4b53-9f0e-1c2d3e4f5a6b", "run-a", "scan_0042.r2", "A"])
 def test_a_plain_run_uid_is_taken_as_it_comes(tmp_path: Path, given: str) -> None:
     ledger = Ledger(tmp_path / "ledger.sqlite")
