@@ -307,7 +307,9 @@ def _multi_dim(value: Any, what: str) -> Stream2Array:
     return result
 
 
-def _channel_map(value: Any, what: str) -> dict[str, Stream2Array]:
+def _channel_map(value: Any, what: str, left_out: list[str] | None = None) -> dict[str, Stream2Array]:
+    """Channel name -> array; with ``left_out``, an array that cannot be read is left out, and why is
+    appended there, instead of rejecting the whole message (a start's pixel mask or flatfield)."""
     if not isinstance(value, Mapping):
         raise Stream2ProtocolError("bad_field", f"{what} is not a map of channel name to array")
     if len(value) > MAX_CHANNELS:
@@ -316,7 +318,12 @@ def _channel_map(value: Any, what: str) -> dict[str, Stream2Array]:
     for name, array in value.items():
         if not isinstance(name, str):
             raise Stream2ProtocolError("bad_field", f"{what}: channel name {_short(name)}")
-        out[name] = _multi_dim(array, f"{what}[{name}]")
+        try:
+            out[name] = _multi_dim(array, f"{what}[{name}]")
+        except Stream2ProtocolError as error:
+            if left_out is None:
+                raise
+            left_out.append(f"{what}[{name}] is not readable: {error.reason}: {error.detail}"[:200])
     return out
 
 
@@ -432,9 +439,12 @@ class Stream2Codec:
         ):
             raise Stream2ProtocolError("bad_field", f"channels={_short(channels)}")
         dtype = self._start_dtype(message)
-        masks = _channel_map(message.get("pixel_mask", {}), "pixel_mask")
-        flats = _channel_map(message.get("flatfield", {}), "flatfield")
-        left_out = []  # an array of another shape than the images costs the start nothing else
+        left_out: list[str] = []  # an unreadable array, or one of another shape than the images, costs
+        # the start nothing else
+        masks = _channel_map(message.get("pixel_mask", {}), "pixel_mask", left_out)
+        flats = _channel_map(message.get("flatfield", {}), "flatfield", left_out)
+        if left_out:
+            self.counters["arrays_unreadable"] += len(left_out)
         for what, arrays in (("pixel_mask", masks), ("flatfield", flats)):
             for name in [n for n, array in arrays.items() if array.shape != (height, width)]:
                 left_out.append(

@@ -325,6 +325,32 @@ def test_a_mask_or_flatfield_of_another_shape_is_left_out_not_the_start() -> Non
     assert start.geometry["incident_wavelength"] == 1.0 and codec.counters["arrays_wrong_shape"] == 1
 
 
+def test_a_flatfield_whose_bytes_do_not_fit_its_shape_is_left_out_not_the_start() -> None:
+    """A flatfield of 2x2 float32 carrying 3 bytes (bad_size) is left out with its reason; the start keeps
+    its uid, length and geometry."""
+    codec = Stream2Codec()
+    (start,) = codec.feed(
+        cbor2.dumps(
+            {
+                "type": "start",
+                "series_id": 1,
+                "series_unique_id": "keep-me",
+                "number_of_images": 5,
+                "image_size_x": 2,
+                "image_size_y": 2,
+                "channels": ["a"],
+                "incident_wavelength": 1.0,
+                "flatfield": {"a": cbor2.CBORTag(40, [[2, 2], cbor2.CBORTag(85, bytes(3))])},
+            }
+        )
+    )
+    assert isinstance(start, Stream2Start) and start.flatfield == {}
+    assert start.series_unique_id == "keep-me" and start.number_of_images == 5
+    (why,) = start.metadata["arrays_left_out"]
+    assert why.startswith("flatfield[a] is not readable: bad_size")
+    assert codec.counters["arrays_unreadable"] == 1 and start.geometry["incident_wavelength"] == 1.0
+
+
 def test_rejected_messages_say_what_they_were_and_whether_they_decoded() -> None:
     codec = Stream2Codec()
     start = _error(
