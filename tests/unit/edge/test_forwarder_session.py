@@ -170,13 +170,19 @@ def test_a_file_is_completed_repeatedly_until_verified(ledger: Ledger) -> None:
     assert session.tick(30.0) == [Outgoing(PEER, p.Heartbeat())]  # nothing left but the heartbeat
 
 
-def test_a_mismatched_file_is_sent_again_from_its_first_chunk(ledger: Ledger) -> None:
+def _all_acked(ledger: Ledger) -> tuple[ForwarderSession, p.FileComplete]:
+    """A session whose consumer acknowledged every chunk of the file, and the file_complete it got."""
     session = ForwarderSession(ledger)
     connect(session, credit=8)
     for chunk in chunks(session.tick(0.0)):
         ack(session, chunk, 0.1)
     (complete,) = [o.message for o in session.tick(0.2) if isinstance(o.message, p.FileComplete)]
     assert isinstance(complete, p.FileComplete)
+    return session, complete
+
+
+def test_a_mismatched_file_is_sent_again_from_its_first_chunk(ledger: Ledger) -> None:
+    session, complete = _all_acked(ledger)
     session.receive(PEER, frames(p.FileVerified(complete.file_id, complete.size, "not-it")), 0.3)
     assert session.stats["files_mismatched"] == 1
     assert [c.index for c in chunks(session.tick(0.4))] == [0, 1, 2]
@@ -185,12 +191,7 @@ def test_a_mismatched_file_is_sent_again_from_its_first_chunk(ledger: Ledger) ->
 def test_a_mismatch_after_a_confirmation_changes_nothing(ledger: Ledger) -> None:
     """A consumer that confirmed a file and later sends another checksum for it neither erases its
     acknowledgements (kept in the file's record after a purge) nor gets the file again."""
-    session = ForwarderSession(ledger)
-    connect(session, credit=8)
-    for chunk in chunks(session.tick(0.0)):
-        ack(session, chunk, 0.1)
-    (complete,) = [o.message for o in session.tick(0.2) if isinstance(o.message, p.FileComplete)]
-    assert isinstance(complete, p.FileComplete)
+    session, complete = _all_acked(ledger)
     session.receive(PEER, frames(p.FileVerified(complete.file_id, complete.size, complete.checksum)), 0.3)
     before = ledger.chunk_ack_counts(ledger.files()[0]["run_uid"])
     session.receive(PEER, frames(p.FileVerified(complete.file_id, complete.size, "not-it")), 0.4)
