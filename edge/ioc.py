@@ -385,7 +385,11 @@ class ApplianceIOC:
         reduction parameter (for the next run) when it is accepted."""
         soft = pv_input.ALARM_SOFT
         if spec.name == "Acquire":
-            if int(value) and not self._acquiring:
+            if int(value) and self._run_busy():
+                # the busy record already holds the running put: a forward link to it would be ignored
+                # and this put would complete at once, as if a run had ended
+                return "already acquiring: this put starts no run (put 0 to abort the one going)", soft
+            if int(value):
                 reason = self.refusal()
                 if reason is not None:
                     return f"run refused: {reason}", soft
@@ -404,6 +408,15 @@ class ApplianceIOC:
                 return str(error), soft
             return self._update_reduction(change)
         return None
+
+    def _run_busy(self) -> bool:
+        """True while a run holds ``AcquireBusy`` (from its start until its put has completed)."""
+        if self._acquiring:
+            return True
+        try:
+            return str(self.records["AcquireBusy"].get_field("PACT")) != "0"
+        except (AttributeError, KeyError):  # a stand-in record of a unit test
+            return False
 
     def _capture_path(self) -> Path:
         """The next capture's file: ``FileTemplate`` of ``FilePath`` (with a trailing ``/``, as areaDetector

@@ -639,15 +639,19 @@ PVS: tuple[PvSpec, ...] = (
         "returns when every frame is stored or accounted for by a loss record. 0 aborts the run, with or "
         "without completion (`caput -c Acquire 0` returns at once; the run ends `abort`). While "
         "the store refuses new runs it takes no writes (Write access denied) and `StatusMessage_RBV` "
-        "says why.",
+        "says why. A 1 while a run goes (from another client) starts nothing: it is refused, MINOR "
+        "SOFT, and completes at once; the run goes on.",
         choices=("Done", "Acquire"),
+        also_refused="1 while a run goes: refused, MINOR SOFT (its put completes at once; the run goes on)",
     ),
     _rbv(
         "AcquireBusy",
         "boolIn",
         "enum",
         "Internal: the record that holds `Acquire`'s put-completion while a run goes (processed by "
-        "`Acquire`'s forward link), so that `Acquire` itself stays free to take a 0. No writes.",
+        "`Acquire`'s forward link), so that `Acquire` itself stays free to take a 0. Its value stays "
+        "Done (a busy softioc record posts no value while it is busy): read `Acquire_RBV` or "
+        "`DetectorState_RBV` to see a run going. No writes.",
         choices=("Done", "Busy"),
     ),
     _rbv(

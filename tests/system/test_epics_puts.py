@@ -196,6 +196,21 @@ def test_mode_between_runs_switches_the_next_run_and_during_a_run_is_refused(idl
         _assert_refused(stack, "Mode", 3, "raw", SOFT, "is open: the reduction mode changes between runs")
         _assert_refused(stack, "Reduction:MinPeaks", 7, "3", SOFT, "is open")
         assert _meta(stack, "Mode_RBV")["char_value"] == "raw"
+        # a second Acquire = 1 with completion, on another channel (another client): refused at once
+        # with the reason, not taken as a run that completed; the run goes on
+        from caproto.threading.client import Context
+
+        ctx = Context()
+        try:
+            (second,) = ctx.get_pvs(p + "Acquire")
+            second.wait_for_connection(timeout=10)
+            assert second.write([1], wait=True, timeout=10).status.name == "ECA_NORMAL"
+        finally:
+            ctx.disconnect()
+        meta = _meta(stack, "Acquire")
+        assert (meta["severity"], meta["status"]) == (MINOR, SOFT), meta
+        assert "already acquiring" in _wait_message(stack, "Refused Acquire = 1")
+        assert not done.is_set() and stack.status()["pipeline"].get("run") is not None
         epics.caput(p + "Acquire", 0)  # abort (a put of 0 with completion waits for the run's end)
         assert done.wait(60), "the aborted run's put did not complete"
     finally:
