@@ -262,6 +262,13 @@ class ApplianceIOC:
         if not spec.writable:  # no CA writes: no write access (the ACF's READONLY), and DISP if another ACF
             kw.update(ASG=ASG_READONLY, DISP=1)
         make = getattr(builder, spec.kind)
+        # a refresh sets every readback each REFRESH_SECONDS: post a value to monitors only when it
+        # changed (softioc's longIn posts every set, MDEL -1; waveforms and strings post by default too)
+        if spec.kind == "longIn":
+            kw.setdefault("MDEL", 0)
+        if spec.kind in ("WaveformIn", "longStringIn", "longStringOut", "stringIn", "stringOut"):
+            kw.setdefault("MPST", "On Change")
+            kw.setdefault("APST", "On Change")
         if spec.name == "AcquireBusy":  # an output record, so that it can hold a put-completion (blocking)
             make = builder.boolOut
             kw.update(initial_value=0, always_update=True, blocking=True, on_update=self._on_acquire_busy)

@@ -283,3 +283,23 @@ def test_setpoints_follow_a_change_made_over_rest(tmp_path: Path, ca_port: int, 
         assert _meta(stack, "Mode")["severity"] == 0
     finally:
         stack.stop()
+
+
+def test_an_idle_ioc_posts_no_value_that_did_not_change(idle_stack: Stack) -> None:
+    """The refresh sets every readback every 0.5 s: monitors get a value only when it changed (a 4096²
+    preview or the profile re-posted to every client twice a second would be waste)."""
+    import collections
+    import time
+
+    epics = _epics()
+    pvs = [epics.PV(idle_stack.prefix + spec.name, auto_monitor=True) for spec in PVS]
+    for pv in pvs:
+        assert pv.wait_for_connection(timeout=10), pv.pvname
+    time.sleep(1.0)  # the first values of every subscription are in
+    posts: collections.Counter[str] = collections.Counter()
+    for pv in pvs:
+        pv.add_callback(lambda pvname=None, **_: posts.update([pvname]))
+    time.sleep(2.0)  # four refreshes
+    for pv in pvs:
+        pv.disconnect()
+    assert not posts, f"re-posted while idle: {dict(posts)}"
