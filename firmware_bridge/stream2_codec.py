@@ -180,6 +180,8 @@ class Stream2Error:
     kind: str | None = None
     #: False when the message did not decode at all (truncated or damaged CBOR): it may have been an image
     readable: bool = True
+    #: the ``series_id`` a rejected image named, when it is an integer
+    series: int | None = None
 
 
 Stream2Event = Stream2Start | Stream2Image | Stream2End | Stream2Error
@@ -375,6 +377,7 @@ class Stream2Codec:
         self.counters["messages"] += 1
         self.counters["bytes"] += len(message)
         frame: int | None = None
+        series: int | None = None
         kind: str | None = None
         readable = False
         try:
@@ -386,11 +389,19 @@ class Stream2Codec:
                 raw_frame = decoded.get("image_id")
                 if isinstance(raw_frame, int) and not isinstance(raw_frame, bool) and raw_frame >= 0:
                     frame = raw_frame
+                raw_series = decoded.get("series_id")
+                if isinstance(raw_series, int) and not isinstance(raw_series, bool):
+                    series = raw_series
             return [self._message(decoded)]
         except Stream2ProtocolError as error:
             self.errors[error.reason] += 1
             self.counters["errors"] += 1
-            return [Stream2Error(error.reason, error.detail[:200], frame, kind, readable)]
+            if kind == "start":
+                # the detector started another series, even if this start cannot be taken: the open
+                # series is no longer the only one whose images and end may come (the reader decides)
+                self.series = None
+                self.start = None
+            return [Stream2Error(error.reason, error.detail[:200], frame, kind, readable, series)]
 
     def _load(self, message: bytes | memoryview) -> Any:
         view = memoryview(message).cast("B")

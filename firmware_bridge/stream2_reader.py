@@ -170,12 +170,19 @@ class Stream2Source(ZmqStreamSource):
                 # frame): the next gap is put down to it; a readable start, end or other message is not
                 if self._series is not None and (not event.readable or event.kind == "image"):
                     self._unreadable += 1
-            elif self._series is not None and self._note_frame2(event.frame):
-                self.sink.lost(event.frame, event.frame, f"stream2_{event.reason}", event.detail)
+            else:
+                self._image_rejected(event.series, event.frame, f"stream2_{event.reason}", event.detail)
         elif isinstance(event, Stream2Start):
+            self._flush_errors_before_run()
             self._start(event)
         else:
-            self._end_series(UNREADABLE if self._unreadable else "missing_at_series_end")
+            self._flush_errors_before_run()
+            if self._series is not None and event.series != self._series:
+                # the end of a series whose start was rejected (the codec lets it through only then): the
+                # open series' own end never came
+                self._end_series(UNREADABLE if self._unreadable else "series_restarted", exit_status="fail")
+            else:
+                self._end_series(UNREADABLE if self._unreadable else "missing_at_series_end")
 
     def _start(self, start: Stream2Start) -> None:
         if self._series is not None:
@@ -249,7 +256,11 @@ class Stream2Source(ZmqStreamSource):
                 self._unreadable = 0
         return self._note_frame(frame)
 
+    def _note_rejected(self, frame: int) -> bool:
+        return self._note_frame2(frame)
+
     def _image(self, image: Stream2Image) -> None:
+        self._leave_for(image.series)  # another series than the open one: only after a rejected start
         if self._series is None:  # no start seen (the daemon restarted mid-series): as the JSON reader
             name = self.channel or next(iter(image.channels))
             chosen = image.channels.get(name) or next(iter(image.channels.values()))

@@ -85,6 +85,8 @@ class StreamError:
     #: what the rejected message was, as far as it could be read: "start", "image" or "end" (None: not
     #: even that). A rejected start makes the images that follow a run of their own, not a resumed one.
     kind: str | None = None
+    #: the series a rejected image named, when it was read before the rejection
+    series: int | None = None
 
 
 #: the message kind each v1 ``htype`` names (``StreamError.kind``)
@@ -232,12 +234,18 @@ class StreamCodec:
 
     def _reject(self, reject: _Reject, more: bool) -> list[Event]:
         frame = self.pending_frame
+        series = self._image.get("series") if frame is not None else None
         self.errors[reject.reason] += 1
         self.counters["errors"] += 1
         self._image = {}
         self._state = _DISCARD if more else _IDLE
         kind, self._kind = self._kind, None
-        return [StreamError(reject.reason, reject.detail, frame, kind)]
+        if kind == "start":
+            # the detector started another series, even if this start cannot be taken: the open series
+            # is no longer the only one whose images and end may come (the reader decides, as they come)
+            self.series = None
+            self._series_dtype = None
+        return [StreamError(reject.reason, reject.detail, frame, kind, series)]
 
     def _feed(self, part: bytes | memoryview | None, nbytes: int, more: bool) -> list[Event]:
         state = self._state

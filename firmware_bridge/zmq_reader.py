@@ -53,6 +53,9 @@ GAPS_REMEMBERED = 64  # a series' latest gaps a late frame is looked for in
 REORDER_FRAMES = 256
 REORDER_SECONDS = 0.5
 HELD_GAPS = 64
+#: images rejected after a rejected series start, before a run is open, held for that run (beyond:
+#: each recorded at once, outside any run)
+MAX_ERRORS_BEFORE_RUN = 4096
 
 
 class _HeldGap:
@@ -127,6 +130,9 @@ class ZmqStreamSource:
         # why the last series start was rejected (or may have been lost), until a start is accepted: the
         # images that follow it are a run of their own, never taken for a series cut by a daemon restart
         self._start_rejected: str | None = None
+        # images rejected after a rejected start, before a run was open to hold them: frame -> (reason,
+        # detail), recorded in the run the next good image opens (or outside any run if none does)
+        self._errors_before_run: dict[int, tuple[str, str]] = {}
         # a series open with nothing heard for this long is reported silent (``counters``): a detector
         # that stopped without ending its series leaves the run open until the next series starts
         self.silent_alarm_seconds = float(silent_alarm_seconds)
@@ -275,8 +281,8 @@ class ZmqStreamSource:
         while more:
             size = self.codec.expecting_data()
             pending = self.codec.pending_image
-            if pending is not None and self._series is None:
-                self._adopt(*pending)  # before the slot is claimed: the run's start goes first in the ring
+            if pending is not None:
+                self._series_for(*pending)  # before the slot is claimed: the run start goes first in the ring
             if size is not None and self._refused is not None:
                 frame = self.codec.pending_frame
                 self._drop_rest(sock, more)
@@ -321,8 +327,7 @@ class ZmqStreamSource:
 
     def _handle(self, event: object, slot: SlotLike | None) -> SlotLike | None:
         if isinstance(event, ImageMessage):
-            if self._series is None:
-                self._adopt(event.series, event.frame, event.shape, event.dtype)
+            self._series_for(event.series, event.frame, event.shape, event.dtype)
             if not self._note_frame(event.frame):
                 return slot  # abandoned by the caller
             if event.data is not None:
@@ -349,10 +354,11 @@ class ZmqStreamSource:
             log.warning("rejected stream message: %s %s", event.reason, event.detail)
             if event.kind == "start":
                 self._start_rejected = f"{event.reason}: {event.detail}"[:200]
-            if event.frame is not None and self._series is not None and self._note_frame(event.frame):
-                self.sink.lost(event.frame, event.frame, f"stream_{event.reason}", event.detail)
+            if event.frame is not None:
+                self._image_rejected(event.series, event.frame, f"stream_{event.reason}", event.detail)
             return slot
         if isinstance(event, SeriesStart):
+            self._flush_errors_before_run()
             if self._series is not None:
                 self._end_series("series_restarted", exit_status="fail")  # its end never came
             self._series = event.series
@@ -391,9 +397,63 @@ class ZmqStreamSource:
                     self._next_frame = self._frames_expected
             return slot
         if isinstance(event, SeriesEnd):
-            self._end_series("missing_at_series_end")
+            self._flush_errors_before_run()
+            if self._series is not None and event.series != self._series:
+                # the end of a series whose start was rejected (the codec lets it through only then):
+                # the open series' own end never came
+                self._end_series("series_restarted", exit_status="fail")
+            else:
+                self._end_series("missing_at_series_end")
             return slot
         return slot  # pragma: no cover
+
+    def _series_for(self, series: int, frame: int, shape: tuple[int, int], dtype: str) -> None:
+        """Open the run an image of ``series`` goes into, when it is not the open one.
+
+        An image of another series than the open one gets here only after a rejected series start (the
+        codecs reject it otherwise, as ``wrong_series``): the detector has moved on to the series whose
+        start was rejected, so the open series ends ``fail``, its missing frames lost as
+        ``series_restarted``, as when a good start comes before the end."""
+        self._leave_for(series)
+        if self._series is None:
+            self._adopt(series, frame, shape, dtype)
+
+    def _leave_for(self, series: int) -> None:
+        """End the open series if an image of ``series``, another one, came (see `_series_for`)."""
+        if self._series is not None and series != self._series:
+            self.stats["series_ended_by_rejected_start"] += 1
+            log.warning(
+                "an image of series %d while series %d is open, after a rejected start: series %d ends"
+                " (its end never came)",
+                series,
+                self._series,
+                self._series,
+            )
+            self._end_series("series_restarted", exit_status="fail")
+
+    def _image_rejected(self, series: int | None, frame: int, reason: str, detail: str) -> None:
+        """An image the codec rejected: a loss of the open series' frame, or, after a rejected start
+        (another series, or none open yet), held for the run that series' next good image opens."""
+        if self._series is not None and (series is None or series == self._series):
+            if self._note_rejected(frame):
+                self.sink.lost(frame, frame, reason, detail)
+        elif self._start_rejected is not None and len(self._errors_before_run) < MAX_ERRORS_BEFORE_RUN:
+            self._errors_before_run[frame] = (reason, detail)
+        elif self._start_rejected is not None:  # more than can be held: recorded now, outside any run
+            self.stats["frames_outside_series"] += 1
+            self.sink.lost(frame, frame, reason, f"{detail} (after a rejected series start)")
+
+    def _note_rejected(self, frame: int) -> bool:
+        """`_note_frame` for a rejected image of the open series (a subclass may account gaps its way)."""
+        return self._note_frame(frame)
+
+    def _flush_errors_before_run(self) -> None:
+        """Images rejected after a rejected start that no good image followed: recorded outside any run
+        (there is none to hold them), each with its reason."""
+        held, self._errors_before_run = self._errors_before_run, {}
+        for frame, (reason, detail) in sorted(held.items()):
+            self.stats["frames_outside_series"] += 1
+            self.sink.lost(frame, frame, reason, f"{detail} (after a rejected series start)")
 
     def _adopt(self, series: int, frame: int, shape: tuple[int, int], dtype: str) -> None:
         """An image of a series this reader never saw start: the daemon restarted in the middle of it.
@@ -432,6 +492,10 @@ class ZmqStreamSource:
             rejected,
         )
         self._open_headless(series, 0, None, shape, dtype, {"start_rejected": rejected})
+        held, self._errors_before_run = self._errors_before_run, {}
+        for held_frame, (reason, detail) in sorted(held.items()):  # in this run, with their own reasons
+            if self._note_frame(held_frame):
+                self.sink.lost(held_frame, held_frame, reason, detail)
 
     def _open_headless(
         self,

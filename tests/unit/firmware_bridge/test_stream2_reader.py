@@ -439,3 +439,35 @@ def test_images_after_a_rejected_start_are_a_run_that_says_so() -> None:
     assert "resumed_after_restart" not in config and config["start_rejected"].startswith("bad_field")
     assert sink.published == [0, 1, 2, 3] and sink.losses == []
     assert reader.counters()["series_without_start"] == 1
+
+
+def _retagged(message: bytes, **fields: Any) -> bytes:
+    """``message`` with some top-level fields replaced (series_id, image_size_x, ...)."""
+    decoded = cbor2.loads(message)
+    decoded = decoded.value if isinstance(decoded, cbor2.CBORTag) else decoded
+    return cbor2.dumps(cbor2.CBORTag(55799, {**decoded, **fields}))
+
+
+def test_a_rejected_start_while_a_series_is_open_ends_it_when_the_new_series_images_come() -> None:
+    """Series A is open when series B's start comes and is rejected (image size 0); B's images show the
+    detector moved on: A ends `fail` with its missing frames lost, and B's images are a run of their
+    own. None of B's frames is taken for A's (a loss of A's frame 2, say)."""
+    start, *images, end = _messages("stream2_bslz4_u16_2ch.bin")
+    fields = cbor2.loads(start)
+    series = int((fields.value if isinstance(fields, cbor2.CBORTag) else fields)["series_id"])
+    other = series + 1
+    b_start = _retagged(start, series_id=other, image_size_x=0)
+    b_images = [_retagged(m, series_id=other) for m in images]
+    sink = Sink()
+    reader = replay(
+        [start, *images[:2], b_start, *b_images, _retagged(end, series_id=other)],
+        sink,
+        ends=2,
+        channel="threshold_1",
+    )
+    assert sink.ends == [(series, "fail"), (other, "success")]
+    assert sink.published == [0, 1, 0, 1, 2, 3]
+    assert sink.losses == [(2, 3, "series_restarted")]
+    assert sink.configs[1]["start_rejected"].startswith("bad_field")
+    assert reader.counters().get("images_wrong_series", 0) == 0
+    assert reader.counters()["series_ended_by_rejected_start"] == 1

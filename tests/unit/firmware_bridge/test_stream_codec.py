@@ -93,7 +93,7 @@ def test_wrong_size_is_rejected_and_names_the_frame() -> None:
     parts = encode_image(1, 3, (2, 2), "uint16", b"\x00" * 8)
     parts[2] = b"\x00" * 6
     events = feed_message(codec, parts)
-    assert events == [StreamError("bad_size", "data part holds 6 bytes, header said 8", 3, "image")]
+    assert events == [StreamError("bad_size", "data part holds 6 bytes, header said 8", 3, "image", 1)]
     assert codec.errors["bad_size"] == 1
     # the codec is back in step: the next image decodes
     (image,) = feed_message(codec, encode_image(1, 4, (2, 2), "uint16", b"\x00" * 8))
@@ -163,7 +163,7 @@ def test_an_image_of_another_pixel_type_than_its_series_is_refused() -> None:
     (start,) = feed_message(codec, header)
     assert start.dtype == "uint16"
     events = feed_message(codec, _hand_image(4, 0, "uint32", b"\x01\x00\x00\x00" * 4))
-    assert events == [StreamError("bad_dtype", "type=uint32 in a series of uint16", 0, "image")]
+    assert events == [StreamError("bad_dtype", "type=uint32 in a series of uint16", 0, "image", 4)]
     (image,) = feed_message(codec, _hand_image(4, 1, "uint16", b"\x01\x00" * 4))
     assert image.frame == 1 and image.dtype == "uint16"
 

@@ -5,10 +5,14 @@ as one loss per missing range, each frame once. Messages built from docs/wire-fo
 from __future__ import annotations
 
 import json
+import time
+from typing import Any
 
+import zmq
 from test_stream_frame_bounds import Sink, header, image, part, run_series
 
-from firmware_bridge.zmq_reader import HELD_GAPS
+from firmware_bridge.source import FrameHeader
+from firmware_bridge.zmq_reader import HELD_GAPS, ZmqStreamSource
 
 
 def test_frames_filling_a_held_gap_out_of_order_are_stored_and_the_rest_recorded() -> None:
@@ -73,3 +77,107 @@ def test_images_without_any_start_are_still_a_resumed_series() -> None:
     run_series(sink, [image(1, f) for f in (5, 6)])
     (config,) = sink.configs
     assert config["resumed_after_restart"] is True and config["first_frame"] == 5
+
+
+class _EndsSink(Sink):
+    """A Sink that also keeps each series' end and which run each frame and loss went to."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.ends: list[tuple[int, str]] = []
+        self.run_frames: list[tuple[int, int]] = []  # (run index, frame)
+        self.run_losses: list[tuple[int, int, int, str]] = []  # (run index or -1, first, last, reason)
+        self.open = False
+
+    def series_start(self, series: int, config: dict[str, Any]) -> None:
+        super().series_start(series, config)
+        self.open = True
+
+    def publish(self, slot: Any, header: FrameHeader) -> None:
+        super().publish(slot, header)
+        self.run_frames.append((len(self.configs) - 1, header.frame))
+
+    def series_end(self, series: int, exit_status: str = "success") -> None:
+        self.ends.append((series, exit_status))
+        self.open = False
+
+    def lost(self, first: int, last: int, reason: str, detail: str = "") -> None:
+        super().lost(first, last, reason, detail)
+        self.run_losses.append((len(self.configs) - 1 if self.open else -1, first, last, reason))
+
+
+def _send(sink: _EndsSink, messages: list[list[bytes]], ends: int) -> ZmqStreamSource:
+    context = zmq.Context()
+    push = context.socket(zmq.PUSH)
+    port = push.bind_to_random_port("tcp://127.0.0.1")
+    reader = ZmqStreamSource(f"tcp://127.0.0.1:{port}", sink, context)
+    reader.start()
+    try:
+        for message in messages:
+            push.send_multipart(message)
+        for _ in range(100):
+            if len(sink.ends) >= ends:
+                break
+            time.sleep(0.1)
+        assert len(sink.ends) >= ends, sink.ends
+    finally:
+        reader.stop()
+        push.close(0)
+        context.term()
+    return reader
+
+
+def _end(series: int) -> list[bytes]:
+    return [part({"htype": "dseries_end-1.0", "series": series})]
+
+
+def _rejected_header(series: int, frames: int) -> list[bytes]:
+    bad = header(series, frames)
+    bad[1] = part({**json.loads(bad[1]), "type": "int16"})
+    return bad
+
+
+def test_a_rejected_start_while_a_series_is_open_ends_it_when_the_new_series_images_come() -> None:
+    """Series 1 (6 frames) is open when series 2's start comes and is rejected: series 2's images show
+    the detector moved on, so series 1 ends `fail` with its missing frames lost, and series 2's images
+    are stored as a run of their own (never counted as series 1's frames or losses)."""
+    sink = _EndsSink()
+    messages = [header(1, 6), image(1, 0), image(1, 1), _rejected_header(2, 3)]
+    messages += [image(2, f) for f in range(3)] + [_end(2)]
+    reader = _send(sink, messages, ends=2)
+    assert sink.ends == [(1, "fail"), (2, "success")]
+    assert sink.run_frames == [(0, 0), (0, 1), (1, 0), (1, 1), (1, 2)]
+    assert sink.run_losses == [(0, 2, 5, "series_restarted")]
+    assert sink.configs[1]["start_rejected"].startswith("bad_")
+    assert reader.counters().get("images_wrong_series", 0) == 0
+
+
+def test_a_rejected_start_that_no_image_follows_leaves_the_open_series_going() -> None:
+    """A rejected start in the middle of a series, then that series' own images and end: a stray start
+    (a sender's bug) does not end the series that goes on."""
+    sink = _EndsSink()
+    messages = [header(1, 4), image(1, 0), _rejected_header(2, 3), *(image(1, f) for f in (1, 2, 3)), _end(1)]
+    _send(sink, messages, ends=1)
+    assert sink.ends == [(1, "success")]
+    assert sink.run_frames == [(0, f) for f in range(4)] and sink.run_losses == []
+
+
+def test_a_bad_image_first_after_a_rejected_start_is_lost_with_its_own_reason() -> None:
+    """After a rejected start, no run is open until a good image comes: a bad image before it is recorded
+    with its own reason (stream_bad_field) in the run that opens, not as a frame number gap."""
+    sink = _EndsSink()
+    bad = image(1, 0)
+    bad[0] = part({"htype": "dimage-1.0", "series": 1, "frame": 0, "hash": "", "image_key": 7})
+    reader = _send(sink, [_rejected_header(1, 3), bad, image(1, 1), image(1, 2), _end(1)], ends=1)
+    assert sink.run_frames == [(0, 1), (0, 2)]
+    assert sink.run_losses == [(0, 0, 0, "stream_bad_field")]
+    assert reader.counters()["series_without_start"] == 1
+
+
+def test_bad_images_after_a_rejected_start_that_no_good_image_follows_are_still_recorded() -> None:
+    sink = _EndsSink()
+    bad = image(1, 0)
+    bad[0] = part({"htype": "dimage-1.0", "series": 1, "frame": 0, "hash": "", "image_key": 7})
+    context_end = [_rejected_header(1, 3), bad, _end(1), header(2, 1), image(2, 0), _end(2)]
+    _send(sink, context_end, ends=1)
+    assert (-1, 0, 0, "stream_bad_field") in sink.run_losses
