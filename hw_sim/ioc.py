@@ -557,10 +557,12 @@ def run_ioc(
 
 
 class _FirstBeaconErrorOnly(logging.Filter):
-    """Let through the first "Failed to send beacon" error of caproto's server context, drop the rest.
+    """Let through the first "Failed to send beacon" error of caproto's server context, as one warning
+    line without its traceback; drop the rest.
 
     Without a CA repeater listening on the beacon port, every beacon (several a minute) is refused and
-    caproto logs a traceback for each one; the first is worth seeing, the rest are noise.
+    caproto logs a traceback for each one, advising beacon settings that are already right for loopback.
+    The first says what is missing; the rest are noise.
     """
 
     def __init__(self) -> None:
@@ -573,7 +575,15 @@ class _FirstBeaconErrorOnly(logging.Filter):
         if self._seen:
             return False
         self._seen = True
-        record.msg = f"{record.msg} (repeated failures are not logged)"
+        address = record.args[0] if isinstance(record.args, tuple) and record.args else "the beacon port"
+        record.msg = (
+            "CA beacons to %s are refused: no CA repeater (caRepeater) listens there. Clients still find"
+            " and use the PVs; run caRepeater for faster reconnects after an IOC restart (repeated"
+            " failures are not logged)"
+        )
+        record.args = (f"{address[0]}:{address[1]}" if isinstance(address, tuple) else address,)
+        record.levelno, record.levelname = logging.WARNING, "WARNING"
+        record.exc_info = record.exc_text = None
         return True
 
 

@@ -117,3 +117,37 @@ def test_settings_follow_puts_and_are_clamped_like_hardware() -> None:
 def test_rejects_an_unknown_data_type() -> None:
     with pytest.raises(ValueError, match="data_type"):
         SimCamIOC("U:cam1:", data_type="Int12")
+
+
+def test_a_refused_beacon_is_one_warning_line_naming_carepeater_and_the_rest_are_dropped() -> None:
+    """Without a CA repeater caproto logs a traceback per beacon, advising beacon settings that are
+    already right: the first becomes one warning that says what is missing, the rest are dropped."""
+    import logging
+    import sys
+
+    from hw_sim.ioc import _FirstBeaconErrorOnly
+
+    def record() -> logging.LogRecord:
+        try:
+            raise ConnectionRefusedError(111, "Connection refused")
+        except ConnectionRefusedError:
+            exc_info = sys.exc_info()
+        return logging.LogRecord(
+            "caproto.ctx",
+            logging.ERROR,
+            __file__,
+            1,
+            "Failed to send beacon to %r. Try setting EPICS_CAS_AUTO_BEACON_ADDR_LIST=no and ...",
+            (("127.0.0.1", 5065),),
+            exc_info,
+        )
+
+    beacons = _FirstBeaconErrorOnly()
+    first = record()
+    assert beacons.filter(first)
+    text = logging.Formatter("%(levelname)s %(message)s").format(first)
+    assert text.startswith("WARNING CA beacons to 127.0.0.1:5065 are refused"), text
+    assert "caRepeater" in text and "Traceback" not in text
+    assert not beacons.filter(record())
+    other = logging.LogRecord("caproto.ctx", logging.INFO, __file__, 1, "Server startup complete.", (), None)
+    assert beacons.filter(other)
