@@ -141,6 +141,10 @@ class RingSink:
         self._preview_at = 0.0
         self.newest_frame: int | None = None  # the detector's number of the newest frame published
         self.losses = 0
+        # frames received into the newest run this daemon opened (the run's "received": the ledger keeps
+        # no such count, and a run opened before this daemon started has none)
+        self._received_run: str | None = None
+        self._received_in_run = 0
         # an areaDetector capture (HDF1:Capture=1 .. 0): one run, one file, across the detector's series
         self._capture_lock = threading.Lock()
         self._capture_path: Path | None = None
@@ -162,6 +166,8 @@ class RingSink:
             self._capture_next = max(self._capture_next, header.frame + 1)
         self.ring.publish(slot, header, header.nbytes or None)
         self.newest_frame = header.frame  # (the IOC's UniqueId_RBV)
+        if self.run_uid is not None and self.run_uid == self._received_run:
+            self._received_in_run += 1
         now = time.monotonic()
         if now - self._preview_at >= PREVIEW_SECONDS:  # the live view skips the queue, as areaDetector's does
             self._preview_at = now
@@ -220,6 +226,13 @@ class RingSink:
                 self._control({"event": "series_end", "exit_status": "success"})
         return run_uid
 
+    def received_in(self, run_uid: str | None) -> int | None:
+        """Frames received into ``run_uid`` so far, when it is the newest run this daemon opened (a
+        capture's further series included); None for any other run (this daemon did not count it)."""
+        if run_uid is None or run_uid != self._received_run:
+            return None
+        return self._received_in_run
+
     def run_or_opening(self) -> str | None:
         """The open run, or the one a series start is opening now (None between runs)."""
         return self.run_uid or self.opening
@@ -266,6 +279,7 @@ class RingSink:
                 config.get("run_uid"), series, config.get("frames_expected"), config, reduction.get("mode")
             )
             self.run_uid = run_uid
+            self._received_run, self._received_in_run = run_uid, 0
         finally:
             self.opening = None
         refusal = self.refusal()

@@ -107,6 +107,7 @@ def test_live_frames_image_profile_and_where_the_run_is(
 
     # the injected loss shows as an alarm (the simulator's loss is seeded; the first gap comes early)
     browser.wait_for(COUNTER.format(id="c-run-lost") + " > 0", 30, "this run's lost frames counted")
+    browser.wait_for(COUNTER.format(id="c-run-received") + " > 0", 10, "this run's received frames counted")
     alarms = browser.wait_for(
         "[...document.querySelectorAll('#alarms li.error')].map(li => li.textContent).join('\\n')",
         10,

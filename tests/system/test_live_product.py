@@ -61,6 +61,7 @@ def test_vetoed_blanks_are_counted_while_the_run_is_open_and_after_it_ended(tmp_
         assert not ended["run"]["active"] and ended["run"]["frames_vetoed"] == 4
         assert ended["all_time"]["frames_vetoed"] == ended["frames"]["vetoed"] == 4
         assert ended["run"]["frames_lost"] == ended["run"]["frames_stored"] == 0
+        assert live["run"]["frames_received"] == ended["run"]["frames_received"] == 4  # the receiver's
         assert "edge_frames_vetoed_total 4.0" in http.get("/metrics").text
 
 

@@ -217,5 +217,11 @@ def test_status_counts_the_newest_run_after_runs_nobody_watched(tmp_path: Path) 
         run = stack.status()["counts"]["run"]
         assert run["run_uid"] == uids[1] and run["active"] is False
         assert run["frames_stored"] == 5
+        assert run["frames_received"] == 5  # this daemon's receiver counted the run's own frames
+        daemon = stack.procs[0]
+        daemon.send_signal(signal.SIGINT)
+        assert daemon.wait(30) == 0
+        stack.start_daemon()
+        assert "frames_received" not in stack.status()["counts"]["run"]  # not counted by this daemon
     finally:
         stack.stop_all()

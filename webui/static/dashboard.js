@@ -532,7 +532,7 @@
     const all = counts.all_time || {};
     const f = s.frames || {};
     const cells = {
-      received: [null, daemon.frames_received ?? f.received, null],
+      received: [run.frames_received ?? null, daemon.frames_received ?? f.received, null],
       stored: [run.frames_stored, daemon.frames_stored, all.frames_stored ?? f.stored],
       delivered: [run.frames_delivered, daemon.frames_delivered, all.frames_delivered ?? f.delivered],
       vetoed: [run.frames_vetoed, daemon.frames_vetoed, all.frames_vetoed ?? f.vetoed],
@@ -546,7 +546,9 @@
         setText(`c-${scope}-${name}`, v === null || v === undefined ? (scope === "run" && name === "received" ? "n/a" : "–") : fmtInt(v), cls);
       });
     }
-    $("c-run-received").title = "the ledger keeps no received count per run: stored + lost + vetoed is what arrived";
+    $("c-run-received").title = run.frames_received === undefined
+      ? "not counted: this run was opened before the daemon started (the ledger keeps no received count per run)"
+      : "frames the receiver took into this run (this daemon's count)";
     $("scope-run").innerHTML = run.run_uid
       ? `${run.active ? "this run" : "last run"}<br><span class="mono small">${esc(shortUid(run.run_uid))}</span>`
       : "this run";
