@@ -177,7 +177,8 @@ class ApplianceView:
         received = int(receiver.get("frames_received", 0) or 0)
         vetoed_run, vetoed = run_vetoed
         live = vetoed if active and vetoed_run == run_uid else None  # a run's own count once it has ended
-        counts = self._scopes.scopes(ledger, received, run_uid, bool(active), totals, vetoed_since_start, live)
+        scopes = self._scopes
+        counts = scopes.scopes(ledger, received, run_uid, bool(active), totals, vetoed_since_start, live)
         run_received = self._p.sink.received_in(run_uid)
         if run_received is not None:  # counted by this daemon's receiver since the run opened
             counts["run"]["frames_received"] = run_received
