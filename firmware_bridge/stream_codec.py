@@ -9,8 +9,10 @@ nothing raises out of ``feed``. See docs/wire-formats.md for the byte layout.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
+import re
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
@@ -88,6 +90,8 @@ class StreamError:
     #: the series a rejected image named, when it was read before the rejection
     series: int | None = None
 
+
+_MD5_HEX = re.compile(r"[0-9a-fA-F]{32}")
 
 #: the message kind each v1 ``htype`` names (``StreamError.kind``)
 _KINDS = {"dheader-1.0": "start", "dimage-1.0": "image", "dseries_end-1.0": "end"}
@@ -223,12 +227,13 @@ class StreamCodec:
         except _Reject as reject:
             return self._reject(reject, more)
 
-    def feed_received(self, nbytes: int, more: bool) -> list[Event]:
-        """The data part was received into the reader's buffer; ``nbytes`` is its true size."""
+    def feed_received(self, nbytes: int, more: bool, data: memoryview | None = None) -> list[Event]:
+        """The data part was received into the reader's buffer; ``nbytes`` is its true size and ``data``
+        its bytes (needed only to check an image's ``hash``; without them the hash is not checked)."""
         self.counters["parts"] += 1
         self.counters["bytes"] += nbytes
         try:
-            return self._feed(None, nbytes, more)
+            return self._feed(data, nbytes, more, received=True)
         except _Reject as reject:
             return self._reject(reject, more)
 
@@ -247,7 +252,9 @@ class StreamCodec:
             self._series_dtype = None
         return [StreamError(reject.reason, reject.detail, frame, kind, series)]
 
-    def _feed(self, part: bytes | memoryview | None, nbytes: int, more: bool) -> list[Event]:
+    def _feed(
+        self, part: bytes | memoryview | None, nbytes: int, more: bool, received: bool = False
+    ) -> list[Event]:
         state = self._state
         if state == _DISCARD:
             if not more:
@@ -255,7 +262,7 @@ class StreamCodec:
             return []
         if state == _IDLE:
             self._kind = None  # until the message's htype is read
-        if state != _IMAGE_DATA and part is None:
+        if state != _IMAGE_DATA and received:
             raise _Reject("unexpected_data", "a data part arrived where a JSON part belongs")
         if state == _IDLE:
             return self._first(part, more)  # type: ignore[arg-type]
@@ -286,7 +293,13 @@ class StreamCodec:
                 raise _Reject(
                     "bad_size", f"data part holds {nbytes} bytes, header said {self._image['size']}"
                 )
-            self._image["data"] = part
+            expected = self._image.get("hash")
+            if expected and part is not None:  # the sender's MD5 of the data part: damage is a loss
+                got = hashlib.md5(part, usedforsecurity=False).hexdigest()
+                self.counters["image_hashes_checked"] += 1
+                if got != expected:
+                    raise _Reject("bad_hash", f"MD5 of the data part is {got}, the image says {expected}")
+            self._image["data"] = None if received else part
             self._state = _IMAGE_CONFIG
             return []
         # _IMAGE_CONFIG
@@ -331,6 +344,7 @@ class StreamCodec:
             self._image = {"series": series, "frame": _int(message, "frame")}
             self._state = _IMAGE_D  # (so that a bad key or angle below names the frame, as lost)
             self._image.update(image_key=_image_key(message), rotation_angle=_angle(message))
+            self._image["hash"] = self._hash(message.get("hash"))
             if not more:
                 raise _Reject("truncated_message", "image message has only its first part")
             self._state = _IMAGE_D
@@ -351,6 +365,17 @@ class StreamCodec:
             self.counters["series_ends"] += 1
             return [SeriesEnd(series)]
         raise _Reject("unknown_htype", f"htype={htype!r}")
+
+    def _hash(self, value: Any) -> str | None:
+        """The image's ``hash`` as 32 lower-case hex digits (an MD5 to check), or None: absent or empty
+        (not checked), or not an MD5 in hex (counted, ``image_hash_unreadable``, and not checked: the
+        image itself may be good)."""
+        if value is None or value == "":
+            return None
+        if isinstance(value, str) and _MD5_HEX.fullmatch(value):
+            return value.lower()
+        self.counters["image_hash_unreadable"] += 1
+        return None
 
     def _header_config(self, part: bytes | memoryview, more: bool) -> list[Event]:
         if more:

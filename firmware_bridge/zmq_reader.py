@@ -309,7 +309,7 @@ class ZmqStreamSource:
                     return
                 nbytes = sock.recv_into(slot.buffer[:size])
                 more = bool(sock.get(zmq.RCVMORE))
-                events += self.codec.feed_received(nbytes, more)
+                events += self.codec.feed_received(nbytes, more, slot.buffer[:nbytes])
             else:
                 part = sock.recv()
                 more = bool(sock.get(zmq.RCVMORE))

@@ -228,3 +228,30 @@ def test_a_series_left_open_by_a_silent_detector_raises_an_alarm_until_it_ends()
         reader.stop()
         push.close(0)
         context.term()
+
+
+def _with_hash(message: list[bytes], md5: Any) -> list[bytes]:
+    first = json.loads(message[0])
+    return [part({**first, "hash": md5}), *message[1:]]
+
+
+def test_an_image_whose_data_does_not_match_its_md5_hash_is_a_loss_record() -> None:
+    """DECTRIS's ``hash``: the MD5 of the data part, in hex. When a sender gives one it is checked (raw
+    data received straight into a ring slot included): a mismatch is ``stream_bad_hash``; an empty hash
+    is not checked, one that is not an MD5 in hex is counted and not checked."""
+    import hashlib
+
+    good = [image(1, f) for f in range(5)]
+    sent = [
+        _with_hash(good[0], hashlib.md5(good[0][2]).hexdigest()),
+        _with_hash(good[1], hashlib.md5(good[1][2]).hexdigest().upper()),
+        _with_hash(good[2], hashlib.md5(b"other bytes").hexdigest()),  # damaged on the way
+        _with_hash(good[3], "not-an-md5"),
+        good[4],
+    ]
+    sink = Sink()
+    reader = run_series(sink, [header(1, 5), *sent])
+    assert sink.frames == [0, 1, 3, 4]
+    assert sink.losses == [(2, 2, "stream_bad_hash")]
+    codec = reader.counters()["codec"]
+    assert codec["image_hashes_checked"] == 3 and codec["image_hash_unreadable"] == 1
