@@ -11,9 +11,18 @@ import contextvars
 import ipaddress
 import tomllib
 from pathlib import Path
-from typing import Annotated, Any, Literal
+import types
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from edge.errors import ConfigError
@@ -50,8 +59,28 @@ BindEndpoint = Annotated[str, AfterValidator(lambda value: _zmq_endpoint(value, 
 ConnectEndpoint = Annotated[str, AfterValidator(lambda value: _zmq_endpoint(value, connect=True))]
 
 
+def _plain_types(annotation: Any) -> set[Any]:
+    """The classes an annotation admits, through ``Optional``, unions and ``Annotated``."""
+    origin = get_origin(annotation)
+    if origin is Annotated:
+        return _plain_types(get_args(annotation)[0])
+    if origin is Union or origin is types.UnionType:
+        return set().union(*(_plain_types(arg) for arg in get_args(annotation)))
+    return {annotation} if origin is None else {origin}
+
+
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)  # no inf, no NaN
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_boolean_numbers(cls, value: Any, info: ValidationInfo) -> Any:
+        """``true`` where a number belongs is a mistake, not 1 (pydantic's lax mode would take it)."""
+        if isinstance(value, bool) and info.field_name is not None:
+            admits = _plain_types(cls.model_fields[info.field_name].annotation)
+            if bool not in admits and admits & {int, float}:
+                raise ValueError("a number is needed, not true/false")
+        return value
 
 
 class DetectorSettings(_Section):
@@ -69,15 +98,17 @@ class DetectorSettings(_Section):
 class GeometrySettings(_Section):
     """Experiment geometry in pyFAI's PONI convention (metres, radians)."""
 
-    dist: float = Field(0.1, gt=0)
-    poni1: float = 0.0384
-    poni2: float = 0.0384
+    # bounded far beyond any beamline (so that no product is computed from infinities): distance up to
+    # 1 km, the PONI within 100 m of the corner, pixels up to 10 cm, wavelengths up to 1 um
+    dist: float = Field(0.1, gt=0, le=1000.0)
+    poni1: float = Field(0.0384, ge=-100.0, le=100.0)
+    poni2: float = Field(0.0384, ge=-100.0, le=100.0)
     rot1: float = 0.0
     rot2: float = 0.0
     rot3: float = 0.0
-    wavelength: float = Field(1.0e-10, gt=0)
-    pixel1: float = Field(75e-6, gt=0)
-    pixel2: float = Field(75e-6, gt=0)
+    wavelength: float = Field(1.0e-10, gt=0, le=1e-6)
+    pixel1: float = Field(75e-6, gt=0, le=0.1)
+    pixel2: float = Field(75e-6, gt=0, le=0.1)
 
 
 class SimSettings(_Section):

@@ -186,6 +186,11 @@ class Poni:
             )
 
 
+#: bounds far beyond any beamline, so that no axis is computed from infinities (as edge's settings):
+#: distance up to 1 km, the PONI within 100 m, pixels (and sensors) up to 10 cm, wavelength up to 1 um
+LIMITS = {"distance": 1000.0, "poni1": 100.0, "poni2": 100.0, "wavelength": 1e-6, "pixel": 0.1}
+
+
 def _float(values: dict[str, tuple[str, str]], key: str, *, positive: bool = False) -> float:
     if key not in values:
         raise PoniError(_SPELLING.get(key, key), "missing")
@@ -198,6 +203,9 @@ def _float(values: dict[str, tuple[str, str]], key: str, *, positive: bool = Fal
         raise PoniError(spelled, f"{text!r} is not finite")
     if positive and value <= 0:
         raise PoniError(spelled, f"{text!r} must be > 0")
+    limit = LIMITS.get("pixel" if key.startswith("pixelsize") else key)
+    if limit is not None and abs(value) > limit:
+        raise PoniError(spelled, f"{text!r} is beyond any beamline (at most {limit:g} m)")
     return value
 
 
@@ -228,6 +236,8 @@ def _pixel(config: dict[str, Any], key: str, spelled: str) -> float | None:
         raise PoniError(spelled, f"{key} = {value!r} is not a number") from None
     if not math.isfinite(number) or number <= 0:
         raise PoniError(spelled, f"{key} = {value!r} must be a positive size in metres")
+    if number > LIMITS["pixel"]:
+        raise PoniError(spelled, f"{key} = {value!r} is beyond any detector (at most {LIMITS['pixel']:g} m)")
     return number
 
 

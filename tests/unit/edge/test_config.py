@@ -42,6 +42,10 @@ def test_precedence_toml_then_env_then_cli(tmp_path, monkeypatch) -> None:
         ('ring.policy="sometimes"', "ring.policy"),
         ("api.port=70000", "api.port"),
         ("ring.bogus=1", "ring.bogus"),
+        ("detector.height=true", "detector.height"),  # not 1
+        ("geometry.dist=false", "geometry.dist"),
+        ("geometry.pixel1=5", "geometry.pixel1"),  # 5 m pixels: 1e300 would overflow the axes
+        ("geometry.poni1=5000", "geometry.poni1"),
     ],
 )
 def test_bad_value_names_key_and_value(override: str, key: str) -> None:

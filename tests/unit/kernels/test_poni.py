@@ -224,6 +224,8 @@ def _good(tmp_path: Path) -> str:
         ('"orientation": 2', '"orientation": "top"', "Detector_config", "integer"),
         ('"pixel1": 7.5e-05', '"pixel1": 7.5e-05,,', "Detector_config", "JSON"),
         ('"pixel1": 7.5e-05', '"pixel1": -1', "Detector_config", "positive"),
+        ('"pixel1": 7.5e-05', '"pixel1": 1e300', "Detector_config", "beyond any detector"),
+        ("Rot2: -0.021", "Rot2: -0.021\nPoni1: 1e300", "Poni1", "beyond any beamline"),
         ('"max_shape": [40, 56]', '"max_shape": [40]', "Detector_config", "max_shape"),
         ('"pixel1": 7.5e-05', '"pixel1": 7.5e-05, "splineFile": "d.spline"', "Detector_config", "spline"),
         ("poni_version: 2.1", "poni_version: 4", "poni_version", "version 4"),
