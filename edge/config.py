@@ -10,8 +10,8 @@ from __future__ import annotations
 import contextvars
 import ipaddress
 import tomllib
-from pathlib import Path
 import types
+from pathlib import Path
 from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 from pydantic import (
