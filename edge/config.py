@@ -160,7 +160,12 @@ class StreamSettings(_Section):
         f"tcp://{LOCALHOST}:5560",
         description="ZeroMQ endpoint of the detector's stream, connected to (tcp://HOST:PORT, ipc://PATH)",
     )
-    rcvhwm: int = Field(2, ge=1, description="message parts ZeroMQ queues before the reader takes them")
+    rcvhwm: int = Field(
+        2,
+        ge=1,
+        le=1_000_000,  # (ZeroMQ takes a C int; a million parts is far more than any ring holds)
+        description="message parts ZeroMQ queues before the reader takes them",
+    )
     rcvbuf_bytes: int = Field(
         4 << 20,
         ge=0,
@@ -232,7 +237,7 @@ class UdpSettings(_Section):
     frames_per_run: int = Field(0, ge=0, description="frames the detector was armed for; 0 = unknown")
     idle_seconds: float = Field(1.0, gt=0, description="silence that ends a run")
     frame_timeout_frames: int = Field(4, ge=2, le=1024)
-    rcvbuf_bytes: int = Field(16 << 20, ge=65536)
+    rcvbuf_bytes: int = Field(16 << 20, ge=65536, le=1 << 30)
     max_frame_jump: int = Field(
         1_000_000,
         ge=1,

@@ -46,6 +46,8 @@ def test_precedence_toml_then_env_then_cli(tmp_path, monkeypatch) -> None:
         ("geometry.dist=false", "geometry.dist"),
         ("geometry.pixel1=5", "geometry.pixel1"),  # 5 m pixels: 1e300 would overflow the axes
         ("geometry.poni1=5000", "geometry.poni1"),
+        ("stream.rcvhwm=2147483648", "stream.rcvhwm"),  # beyond ZeroMQ's C int: a reader that died
+        ("udp.rcvbuf_bytes=2147483648", "udp.rcvbuf_bytes"),
     ],
 )
 def test_bad_value_names_key_and_value(override: str, key: str) -> None:
