@@ -133,7 +133,9 @@ class SimSettings(_Section):
     reorder: float = Field(0.0, ge=0, le=1, description="probability a udp packet is delayed (reordered)")
     duplicate: float = Field(0.0, ge=0, le=1, description="probability a packet/frame is sent twice")
     corrupt: float = Field(0.0, ge=0, le=1, description="probability a packet/message is corrupted")
-    stall_seconds: float = Field(0.0, ge=0, description="one pause of this length half-way through")
+    stall_seconds: float = Field(
+        0.0, ge=0, le=86_400.0, description="one pause of this length half-way through"
+    )
     burst: int = Field(0, ge=0, description="send frames in bursts of this many at once (0 = evenly)")
     fault_seed: int = Field(99, ge=0)
     truncate: float = Field(0.0, ge=0, le=1, description="stream2: probability an image message is cut short")
@@ -235,7 +237,7 @@ class UdpSettings(_Section):
     gap_pixels: int = Field(2, ge=0, le=64)
     payload_bytes: int = Field(8192, ge=64, le=65000)
     frames_per_run: int = Field(0, ge=0, description="frames the detector was armed for; 0 = unknown")
-    idle_seconds: float = Field(1.0, gt=0, description="silence that ends a run")
+    idle_seconds: float = Field(1.0, gt=0, le=86_400.0, description="silence that ends a run")
     frame_timeout_frames: int = Field(4, ge=2, le=1024)
     rcvbuf_bytes: int = Field(16 << 20, ge=65536, le=1 << 30)
     max_frame_jump: int = Field(
@@ -254,7 +256,9 @@ class RingSettings(_Section):
 
     slots: int = Field(64, ge=2, le=65536)
     policy: Literal["block", "count-and-drop"] = "block"
-    name: str | None = None
+    name: str | None = Field(
+        None, pattern=r"^[A-Za-z0-9._-]{1,200}$", description="the shared-memory name; default one of its own"
+    )
 
 
 MODES = ("raw", "powder", "serial", "tomo")  # the reduction modes, one list everywhere (docs, PV, REST)
@@ -341,6 +345,14 @@ class LedgerSettings(_Section):
     """The ledger (SQLite, WAL): where it lives and the space kept so losses can always be recorded."""
 
     path: Path | None = Field(None, description="the ledger file; default STORE/ledger.sqlite")
+
+    @field_validator("path")
+    @classmethod
+    def _a_file_name(cls, path: Path | None) -> Path | None:
+        if path is not None and path.name in ("", ".", ".."):
+            raise ValueError("must name the ledger file (e.g. /data/edge/ledger.sqlite), not a directory")
+        return path
+
     reserve_bytes: int = Field(
         8 << 20,
         ge=0,
@@ -358,10 +370,11 @@ class StoreSettings(_Section):
 
     path: Path = Path("edge-data/store")
     frames_per_file: int = Field(100, ge=1, le=1_000_000)
-    file_seconds: float = Field(2.0, gt=0)
+    file_seconds: float = Field(2.0, gt=0, le=86_400.0)
     reduced_file_seconds: float = Field(
         10.0,
         gt=0,
+        le=86_400.0,
         description="a reduced file (frame table, products) is finished after this long or 1000 rows: at a"
         " crash, at most this long of vetoed frames have no record and become daemon_crash losses",
     )
@@ -394,9 +407,11 @@ class RetentionSettings(_Section):
     quota_bytes: int = Field(0, ge=0, description="bytes the store may hold; 0 = the disk's size")
     high_water: float = Field(0.90, gt=0, le=1, description="purge verified files above this fill")
     low_water: float = Field(0.75, gt=0, le=1, description="...until the fill is back below this")
-    max_age_seconds: float = Field(0.0, ge=0, description="purge verified files older than this; 0 = never")
+    max_age_seconds: float = Field(
+        0.0, ge=0, le=3.2e9, description="purge verified files older than this; 0 = never"
+    )
     headroom_bytes: int = Field(64 << 20, ge=0, description="kept free so open files can always close")
-    interval_seconds: float = Field(1.0, gt=0)
+    interval_seconds: float = Field(1.0, gt=0, le=86_400.0)
 
 
 class UpstreamSettings(_Section):
@@ -413,7 +428,7 @@ class UpstreamSettings(_Section):
         " table only), hits (serial: raw frames of hits and the products)",
     )
     required_consumers: list[str] = Field(default_factory=lambda: ["hpc"], min_length=1)
-    resend_seconds: float = Field(10.0, gt=0)
+    resend_seconds: float = Field(10.0, gt=0, le=86_400.0)
     corrupt: float = Field(
         0.0,
         ge=0,

@@ -48,6 +48,9 @@ def test_precedence_toml_then_env_then_cli(tmp_path, monkeypatch) -> None:
         ("geometry.poni1=5000", "geometry.poni1"),
         ("stream.rcvhwm=2147483648", "stream.rcvhwm"),  # beyond ZeroMQ's C int: a reader that died
         ("udp.rcvbuf_bytes=2147483648", "udp.rcvbuf_bytes"),
+        ("retention.interval_seconds=100000", "retention.interval_seconds"),  # (1e300 overflowed a wait)
+        ('ledger.path=""', "ledger.path"),  # "" is ".", a directory: not a ledger file
+        ('ring.name="a/b"', "ring.name"),
     ],
 )
 def test_bad_value_names_key_and_value(override: str, key: str) -> None:
