@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import errno
 import logging
 import os
 import signal
@@ -344,6 +345,13 @@ def _run_pull(settings: Settings) -> int:
         curve = curve_paths(pull.curve_secret_file, pull.curve_server_file)
     except ConfigError as error:
         print(f"edge: {error}", file=sys.stderr)
+        return 2
+    try:  # an output that cannot be used is a clear refusal, before anything is asked of the appliance
+        pull.output.mkdir(parents=True, exist_ok=True)
+        if not os.access(pull.output, os.W_OK | os.X_OK):
+            raise PermissionError(errno.EACCES, "not writable", str(pull.output))
+    except OSError as error:
+        print(f"edge pull: cannot use pull.output = {str(pull.output)!r}: {error}", file=sys.stderr)
         return 2
     client = PullClient(pull.endpoint, pull.consumer, pull.output, pull.credit, context, curve)
 

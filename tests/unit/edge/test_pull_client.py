@@ -190,3 +190,25 @@ def test_a_part_larger_than_any_chunk_drops_the_connection_and_the_client_comes_
         assert hellos == 2  # the first connection dropped; the client came back on its own
         assert client.stats["sessions"] >= 2 and client.stats["reconnects"] >= 1
         assert client.stats["chunks_rejected"] == 0 and client.stats["chunks_written"] == 0
+
+
+@pytest.mark.parametrize("kind", ["a file", "under a file"])
+def test_an_output_that_cannot_be_used_is_a_clear_refusal_not_a_traceback(tmp_path: Path, kind: str) -> None:
+    """``pull.output`` that is a file, or inside one: ``edge pull`` exits 2 with the setting and the
+    error, before it connects (it used to die on a traceback)."""
+    import subprocess
+    import sys
+
+    blocker = tmp_path / "blocker"
+    blocker.write_text("not a directory")
+    output = blocker if kind == "a file" else blocker / "upstream"
+    result = subprocess.run(
+        [sys.executable, "-m", "edge", "pull", "--set", f'pull.output="{output}"'],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=Path(__file__).parents[3],
+    )
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    assert f"cannot use pull.output = '{output}'" in result.stderr
