@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import json
 import threading
+import time
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -85,8 +87,16 @@ def feed(messages: list[list[bytes]]) -> list[Any]:
     return events
 
 
-def run_series(sink: Sink, messages: list[list[bytes]], **reader_options: Any) -> ZmqStreamSource:
-    """Send ``messages`` and the series' end to a real reader on loopback; return it once it is over."""
+def run_series(
+    sink: Sink,
+    messages: list[list[bytes]],
+    *,
+    end: bool = True,
+    until: Callable[[], bool] | None = None,
+    **reader_options: Any,
+) -> ZmqStreamSource:
+    """Send ``messages`` and (``end``) series 1's end to a real reader on loopback; return it once a
+    series ended (or ``until()`` holds)."""
     context = zmq.Context()
     push = context.socket(zmq.PUSH)
     port = push.bind_to_random_port("tcp://127.0.0.1")
@@ -95,8 +105,15 @@ def run_series(sink: Sink, messages: list[list[bytes]], **reader_options: Any) -
     try:
         for message in messages:
             push.send_multipart(message)
-        push.send_multipart([part({"htype": "dseries_end-1.0", "series": 1})])
-        assert sink.ended.wait(10)
+        if end:
+            push.send_multipart([part({"htype": "dseries_end-1.0", "series": 1})])
+        if until is None:
+            assert sink.ended.wait(10)
+        else:
+            deadline = time.monotonic() + 10
+            while not until() and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert until()
     finally:
         reader.stop()
         push.close(0)

@@ -5,10 +5,8 @@ as one loss per missing range, each frame once. Messages built from docs/wire-fo
 from __future__ import annotations
 
 import json
-import time
 from typing import Any
 
-import zmq
 from test_stream_frame_bounds import Sink, header, image, part, run_series
 
 from firmware_bridge.source import FrameHeader
@@ -107,24 +105,7 @@ class _EndsSink(Sink):
 
 
 def _send(sink: _EndsSink, messages: list[list[bytes]], ends: int) -> ZmqStreamSource:
-    context = zmq.Context()
-    push = context.socket(zmq.PUSH)
-    port = push.bind_to_random_port("tcp://127.0.0.1")
-    reader = ZmqStreamSource(f"tcp://127.0.0.1:{port}", sink, context)
-    reader.start()
-    try:
-        for message in messages:
-            push.send_multipart(message)
-        for _ in range(100):
-            if len(sink.ends) >= ends:
-                break
-            time.sleep(0.1)
-        assert len(sink.ends) >= ends, sink.ends
-    finally:
-        reader.stop()
-        push.close(0)
-        context.term()
-    return reader
+    return run_series(sink, messages, end=False, until=lambda: len(sink.ends) >= ends)
 
 
 def _end(series: int) -> list[bytes]:
