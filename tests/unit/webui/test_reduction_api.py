@@ -52,6 +52,8 @@ def test_reduction_control_refuses_during_a_run_and_names_bad_keys() -> None:
     assert control.check_mode("raw") is None and "not one of" in str(control.check_mode("mx"))
     with pytest.raises(ConfigError, match=r"reduction\.serial\.min_peaks"):
         control.update({"serial": {"min_peaks": -1}})
+    with pytest.raises(ConfigError, match=r"reduction\.cake_bins = True: .*not true/false"):
+        control.update({"cake_bins": True})  # a boolean is no number (not 1)
     open_run[0] = "run-7"
     with pytest.raises(Refused, match="run run-7 is open"):
         control.update({"mode": "raw"})
