@@ -97,7 +97,19 @@ def load_calibration(settings: Settings, fmt: FrameFormat | None = None) -> Corr
         images[key] = image.astype(bool) if key == "mask" else image
     poni = None if red.poni_file is None else load_poni(red.poni_file, shape)  # its detector's own mask
     mask = combined_mask(poni, images["mask"])
+    gaps = udp_gaps(settings)  # the UDP layout's inter-module gaps: no sensor there, never zero counts
+    if gaps is not None and gaps.shape == shape:
+        mask = gaps if mask is None else (mask | gaps)
     return Corrections(images["dark"], images["flat"], mask, red.solid_angle, red.polarization)
+
+
+def udp_gaps(settings: Settings) -> np.ndarray | None:
+    """True on the gap pixels between the UDP detector's modules (None: not UDP, or no gaps)."""
+    if settings.stream.transport != "udp" or settings.udp.gap_pixels == 0:
+        return None
+    geometry = udp_geometry(settings)
+    covered = geometry.insert_gaps(np.ones(geometry.raw_shape, dtype=bool), fill=False)
+    return ~covered
 
 
 @dataclasses.dataclass(frozen=True)

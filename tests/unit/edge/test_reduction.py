@@ -113,3 +113,31 @@ def test_calibration_files_are_checked_at_start(tmp_path) -> None:
     np.save(pickled, np.array([{"a": 1}] * 4, dtype=object), allow_pickle=True)
     with pytest.raises(ConfigError, match=r"cannot read a \.npy image"):  # never unpickled
         load_calibration(load_settings(overrides=[f'reduction.dark_file="{pickled}"']))
+
+
+def test_the_udp_layout_s_module_gaps_are_masked_never_reduced_as_zero_counts(tmp_path) -> None:
+    """UDP frames have blank gap rows/columns between modules (always 0: no sensor there). They are in the
+    run's mask, with a mask file's pixels, so no profile averages them in as zero counts."""
+    from edge.appliance import load_calibration
+
+    udp = [
+        'stream.transport="udp"',
+        "udp.module_rows=8",
+        "udp.module_cols=6",
+        "udp.grid_rows=2",
+        "udp.grid_cols=2",
+        "udp.gap_pixels=2",
+    ]
+    mask = load_calibration(load_settings(overrides=udp)).mask
+    assert mask is not None and mask.shape == (18, 14)
+    gap_rows, gap_cols = [8, 9], [6, 7]
+    expected = np.zeros((18, 14), bool)
+    expected[gap_rows, :] = True
+    expected[:, gap_cols] = True
+    assert np.array_equal(mask, expected)
+    own = np.zeros((18, 14), bool)
+    own[0, 0] = True
+    np.save(tmp_path / "m.npy", own)
+    both = load_calibration(load_settings(overrides=[*udp, f'reduction.mask_file="{tmp_path / "m.npy"}"'])).mask
+    assert both is not None and np.array_equal(both, expected | own)
+    assert load_calibration(load_settings(overrides=[*udp[:-1], "udp.gap_pixels=0"])).mask is None
