@@ -138,6 +138,8 @@ def test_the_udp_layout_s_module_gaps_are_masked_never_reduced_as_zero_counts(tm
     own = np.zeros((18, 14), bool)
     own[0, 0] = True
     np.save(tmp_path / "m.npy", own)
-    both = load_calibration(load_settings(overrides=[*udp, f'reduction.mask_file="{tmp_path / "m.npy"}"'])).mask
+    both = load_calibration(
+        load_settings(overrides=[*udp, f'reduction.mask_file="{tmp_path / "m.npy"}"'])
+    ).mask
     assert both is not None and np.array_equal(both, expected | own)
     assert load_calibration(load_settings(overrides=[*udp[:-1], "udp.gap_pixels=0"])).mask is None
