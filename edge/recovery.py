@@ -56,6 +56,25 @@ def _missing_ranges(expected: int, covered: list[tuple[int, int]]) -> list[tuple
     return [(a, b) for a, b in gaps if a <= b]
 
 
+def _own_first_frame(run: dict[str, Any]) -> int:
+    """The first frame a run accounts for: a run resumed after a restart starts at its ``first_frame``
+    (the frames before it belong to the run it resumes, stored or lost there); any other run at 0."""
+    try:
+        config = json.loads(run.get("config") or "{}")
+    except (TypeError, ValueError):
+        return 0
+    if not isinstance(config, dict) or not config.get("resumed_after_restart"):
+        return 0
+    first = config.get("first_frame")
+    return first if isinstance(first, int) and not isinstance(first, bool) and first > 0 else 0
+
+
+def _not_own(run: dict[str, Any], covered: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """``covered``, plus the frames before the run's own first frame (`_own_first_frame`)."""
+    first = _own_first_frame(run)
+    return [*covered, (0, first - 1)] if first > 0 else covered
+
+
 def recover(recorder: RunRecorder, root: Path) -> dict[str, Any]:
     """Run the recovery steps above through the run recorder; return what was done (also logged)."""
     ledger = recorder.ledger
@@ -94,7 +113,7 @@ def recover(recorder: RunRecorder, root: Path) -> dict[str, Any]:
             log.warning(
                 "run %s did not announce its length; frames after %d cannot be accounted", run_uid, expected
             )
-        for first, last in _missing_ranges(int(expected), covered):
+        for first, last in _missing_ranges(int(expected), _not_own(run, covered)):
             recorder.loss(
                 run_uid,
                 first,
@@ -249,13 +268,14 @@ def resume_interrupted(
     if not candidates:
         log.warning("series %d resumed at frame %d: no interrupted run of it is known", series, first_frame)
         return {"resumes_run": None}
-    run_uid = max(candidates, key=lambda r: r["started_at"])["run_uid"]
+    interrupted = max(candidates, key=lambda r: r["started_at"])
+    run_uid = interrupted["run_uid"]
     handed = sum(
         ledger.hand_over_losses(run_uid, r, first_frame) for r in ("daemon_crash", "receiver_stopped")
     )
     covered = _accounted(recorder, run_uid, _vetoed_frames(recorder, run_uid))
     added = 0
-    for first, last in _missing_ranges(first_frame, covered):
+    for first, last in _missing_ranges(first_frame, _not_own(interrupted, covered)):
         added += 1
         recorder.loss(
             run_uid,

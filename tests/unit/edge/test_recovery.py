@@ -170,3 +170,25 @@ def test_a_serial_run_dropping_blanks_is_whole_after_a_crash(tmp_path: Path) -> 
     resume_interrupted(recorder, {"runs_failed": [run_uid]}, series=9, first_frame=30)
     totals = ledger.run_totals(run_uid)
     assert (totals["frames_stored"], totals["frames_vetoed"], totals["frames_lost"]) == (7, 6, 17)
+
+
+def test_a_resumed_run_that_crashes_too_accounts_only_for_its_own_frames(tmp_path: Path) -> None:
+    """A second crash in the same series: the resumed run (from frame 164 on) left open is ended by the
+    next start's recovery, which must not record frames 0..163 as its daemon_crash losses (they are the
+    first run's, stored or lost there); nor does the next resume hand them over."""
+    from edge.recovery import recover
+
+    ledger = Ledger(tmp_path / "ledger.sqlite")
+    recorder = RunRecorder(ledger, tmp_path, chunk_bytes=1 << 20)
+    config = {"shape": [4, 4], "resumed_after_restart": True, "first_frame": 164}
+    run_uid = recorder.open_run("run-r", series=9, frames_expected=None, config=config)
+    data = tmp_path / run_uid / f"{run_uid}_00000.h5"
+    data.parent.mkdir()
+    data.write_bytes(b"frames 164..503")
+    recorder.register_file(run_uid, data, (164, 503, 340))
+    report = recover(recorder, tmp_path)  # the daemon died with the run open
+    assert report["frames_lost"] == 0
+    assert [(row["first_frame"], row["reason"]) for row in ledger.losses(run_uid)] == []
+    resume_interrupted(recorder, report, series=9, first_frame=518)
+    losses = [(row["first_frame"], row["last_frame"], row["reason"]) for row in ledger.losses(run_uid)]
+    assert losses == [(504, 517, "daemon_restart")]
