@@ -440,8 +440,7 @@ class ZmqStreamSource:
         elif self._start_rejected is not None and len(self._errors_before_run) < MAX_ERRORS_BEFORE_RUN:
             self._errors_before_run[frame] = (reason, detail)
         elif self._start_rejected is not None:  # more than can be held: recorded now, outside any run
-            self.stats["frames_outside_series"] += 1
-            self.sink.lost(frame, frame, reason, f"{detail} (after a rejected series start)")
+            self._lost_outside_run(frame, reason, detail)
 
     def _note_rejected(self, frame: int) -> bool:
         """`_note_frame` for a rejected image of the open series (a subclass may account gaps its way)."""
@@ -452,8 +451,11 @@ class ZmqStreamSource:
         (there is none to hold them), each with its reason."""
         held, self._errors_before_run = self._errors_before_run, {}
         for frame, (reason, detail) in sorted(held.items()):
-            self.stats["frames_outside_series"] += 1
-            self.sink.lost(frame, frame, reason, f"{detail} (after a rejected series start)")
+            self._lost_outside_run(frame, reason, detail)
+
+    def _lost_outside_run(self, frame: int, reason: str, detail: str) -> None:
+        self.stats["frames_outside_series"] += 1
+        self.sink.lost(frame, frame, reason, f"{detail} (after a rejected series start)")
 
     def _adopt(self, series: int, frame: int, shape: tuple[int, int], dtype: str) -> None:
         """An image of a series this reader never saw start: the daemon restarted in the middle of it.
