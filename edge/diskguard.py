@@ -35,7 +35,7 @@ def is_no_space(error: BaseException) -> bool:
     """Whether ``error`` says the filesystem is out of space (OS, HDF5 via h5py, or SQLite)."""
     if isinstance(error, OSError) and error.errno in NO_SPACE:
         return True
-    if isinstance(error, sqlite3.OperationalError | OSError):
+    if isinstance(error, sqlite3.OperationalError | OSError | RuntimeError):  # h5py: RuntimeError too
         text = str(error).lower()
         return any(marker in text for marker in NO_SPACE_TEXT)
     cause = error.__cause__ or error.__context__

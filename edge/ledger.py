@@ -18,7 +18,8 @@ import json
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -204,23 +205,18 @@ class Ledger:
         except BaseException:
             self._db.close()
             raise
-        self._db.execute("BEGIN IMMEDIATE")
-        try:
+        with self._transaction() as db:
             fresh = (
-                self._db.execute(
+                db.execute(
                     "SELECT COUNT(*) FROM sqlite_master WHERE type='table' AND name='file_totals'"
                 ).fetchone()[0]
                 == 0
             )
             for statement in _statements(TOTALS):
-                self._db.execute(statement)
+                db.execute(statement)
             if fresh:
                 for statement in _statements(FILL_TOTALS):
-                    self._db.execute(statement)
-            self._db.execute("COMMIT")
-        except BaseException:
-            self._db.execute("ROLLBACK")
-            raise
+                    db.execute(statement)
 
     def _migrate(self) -> int | None:
         """Bring an older ledger up to SCHEMA_VERSION in place; returns the version it had (None: current).
@@ -235,18 +231,14 @@ class Ledger:
                 f"ledger {self.path} has schema version {version}, newer than this edge ({SCHEMA_VERSION})"
             )
         self._db.execute("PRAGMA foreign_keys=OFF")  # the chunks table is rebuilt under its acks' references
-        self._db.execute("BEGIN IMMEDIATE")
         try:
-            for table, column, declaration in MIGRATION_COLUMNS:
-                columns = {row[1] for row in self._db.execute(f"PRAGMA table_info({table})")}
-                if column not in columns:
-                    self._db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {declaration}")
-            self._chunk_ids_never_reused()
-            self._db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-            self._db.execute("COMMIT")
-        except BaseException:
-            self._db.execute("ROLLBACK")
-            raise
+            with self._transaction() as db:
+                for table, column, declaration in MIGRATION_COLUMNS:
+                    columns = {row[1] for row in db.execute(f"PRAGMA table_info({table})")}
+                    if column not in columns:
+                        db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {declaration}")
+                self._chunk_ids_never_reused()
+                db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
         finally:
             self._db.execute("PRAGMA foreign_keys=ON")
         return version
@@ -275,6 +267,19 @@ class Ledger:
     def close(self) -> None:
         with self._lock:
             self._db.close()
+
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        """One transaction (the caller holds the lock): committed, or rolled back on any error, a failed
+        COMMIT included (a full disk), so the connection never stays inside a transaction."""
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            yield self._db
+            self._db.execute("COMMIT")
+        except BaseException:
+            if self._db.in_transaction:
+                self._db.execute("ROLLBACK")
+            raise
 
     def _write(self, sql: str, params: Iterable[Any] = ()) -> sqlite3.Cursor:
         with self._lock:
@@ -356,29 +361,18 @@ class Ledger:
         """
         first, last, count = frames
         state = "local" if local else "stored"
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                cursor = self._db.execute(
-                    "INSERT INTO files (run_uid, name, path, size, checksum, first_frame, last_frame,"
-                    " n_frames, state, stored_at, kind) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
-                    (run_uid, name, str(path), size, checksum, first, last, count, state, time.time(), kind),
-                )
-                file_id = int(cursor.lastrowid or 0)
-                self._db.executemany(
-                    "INSERT INTO chunks (file_id, idx, offset, length, checksum, state) VALUES (?,?,?,?,?,?)",
-                    [
-                        (file_id, i, off, length, digest, state)
-                        for i, (off, length, digest) in enumerate(chunks)
-                    ],
-                )
-                self._db.execute(
-                    "UPDATE runs SET frames_stored = frames_stored + ? WHERE run_uid=?", (count, run_uid)
-                )
-                self._db.execute("COMMIT")
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
+        with self._lock, self._transaction() as db:
+            cursor = db.execute(
+                "INSERT INTO files (run_uid, name, path, size, checksum, first_frame, last_frame,"
+                " n_frames, state, stored_at, kind) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                (run_uid, name, str(path), size, checksum, first, last, count, state, time.time(), kind),
+            )
+            file_id = int(cursor.lastrowid or 0)
+            db.executemany(
+                "INSERT INTO chunks (file_id, idx, offset, length, checksum, state) VALUES (?,?,?,?,?,?)",
+                [(file_id, i, off, length, digest, state) for i, (off, length, digest) in enumerate(chunks)],
+            )
+            db.execute("UPDATE runs SET frames_stored = frames_stored + ? WHERE run_uid=?", (count, run_uid))
         return file_id
 
     def pending_chunks(self, consumer: str, exclude: Iterable[int], limit: int) -> list[dict[str, Any]]:
@@ -405,17 +399,15 @@ class Ledger:
         if not chunk_ids:
             return
         marks = ",".join("?" * len(chunk_ids))
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            self._db.execute(
+        with self._lock, self._transaction() as db:
+            db.execute(
                 f"UPDATE chunks SET state='forwarded' WHERE state='stored' AND id IN ({marks})", chunk_ids
             )
-            self._db.execute(
+            db.execute(
                 "UPDATE files SET state='forwarded' WHERE state='stored' AND id IN"
                 f" (SELECT file_id FROM chunks WHERE id IN ({marks}))",
                 chunk_ids,
             )
-            self._db.execute("COMMIT")
 
     def chunk_acked(self, consumer: str, chunk_id: int, checksum: str) -> bool:
         """Record an acknowledgement; False (and nothing recorded) if the checksum is not ours."""
@@ -456,44 +448,40 @@ class Ledger:
         if rows[0]["state"] == "local":  # never forwarded: no consumer can confirm it, nor make it purgeable
             raise NotFound(f"file {file_id} is local only, never forwarded")
         now = time.time()
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
+        with self._lock, self._transaction() as db:
             if rows[0]["size"] != size or rows[0]["checksum"] != checksum:
-                confirmed = self._db.execute(
+                confirmed = db.execute(
                     "SELECT 1 FROM file_acks WHERE consumer=? AND file_id=?", (consumer, file_id)
                 ).fetchone()
                 if confirmed:
-                    self._db.execute("COMMIT")
                     return None
-                self._db.execute(
+                db.execute(
                     "DELETE FROM chunk_acks WHERE consumer=?"
                     " AND chunk_id IN (SELECT id FROM chunks WHERE file_id=?)",
                     (consumer, file_id),
                 )
-                self._db.execute("COMMIT")
                 return False
-            self._db.execute(
+            db.execute(
                 "INSERT OR IGNORE INTO file_acks (consumer, file_id, verified_at, stored_path)"
                 " VALUES (?,?,?,?)",
                 (consumer, file_id, now, stored_path or None),
             )
             marks = ",".join("?" * len(self.required_consumers))
-            done = self._db.execute(
+            done = db.execute(
                 f"SELECT COUNT(DISTINCT consumer) FROM file_acks WHERE file_id=? AND consumer IN ({marks})",
                 (file_id, *self.required_consumers),
             ).fetchone()[0]
             if done == len(self.required_consumers):
                 # (a late repeat for a file already verified, or purged since, changes nothing)
-                self._db.execute(
+                db.execute(
                     "UPDATE files SET state='verified', verified_at=?"
                     " WHERE id=? AND state IN ('stored','forwarded')",
                     (now, file_id),
                 )
-                self._db.execute(
+                db.execute(
                     "UPDATE chunks SET state='verified' WHERE file_id=? AND state IN ('stored','forwarded')",
                     (file_id,),
                 )
-            self._db.execute("COMMIT")
         return True
 
     def file_acks(self, run_uid: str) -> dict[tuple[int, str], float]:
@@ -575,21 +563,14 @@ class Ledger:
         )
 
     def file_purged(self, file_id: int) -> None:
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            cursor = self._db.execute(
+        with self._lock, self._transaction() as db:
+            cursor = db.execute(
                 "UPDATE files SET state='purged', purged_at=? WHERE id=? AND state='verified'",
                 (time.time(), file_id),
             )
             if cursor.rowcount != 1:
-                self._db.execute("ROLLBACK")
                 raise RuntimeError(f"file {file_id} is not verified; refusing to mark it purged")
-            try:
-                self._drop_chunk_rows(file_id)
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            self._db.execute("COMMIT")
+            self._drop_chunk_rows(file_id)
 
     def _drop_chunk_rows(self, file_id: int) -> None:
         """(In the caller's transaction.) Replace a purged file's chunk rows and their acknowledgements by
@@ -628,14 +609,8 @@ class Ledger:
             (limit,),
         )
         for row in rows:
-            with self._lock:
-                self._db.execute("BEGIN IMMEDIATE")
-                try:
-                    self._drop_chunk_rows(int(row["file_id"]))
-                    self._db.execute("COMMIT")
-                except BaseException:
-                    self._db.execute("ROLLBACK")
-                    raise
+            with self._lock, self._transaction():
+                self._drop_chunk_rows(int(row["file_id"]))
         return len(rows)
 
     def local_files(self, stored_before: float, limit: int = 256) -> list[dict[str, Any]]:
@@ -649,25 +624,19 @@ class Ledger:
     def file_retired(self, file_id: int) -> None:
         """A never-forwarded file retired by ``retention.unforwarded = purge_after_days`` (an explicit,
         recorded policy; only ``local`` files qualify): state ``purged``, ``verified_at`` stays empty."""
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            cursor = self._db.execute(
+        with self._lock, self._transaction() as db:
+            cursor = db.execute(
                 "UPDATE files SET state='purged', purged_at=? WHERE id=? AND state='local'",
                 (time.time(), file_id),
             )
             if cursor.rowcount != 1:
-                self._db.execute("ROLLBACK")
                 raise RuntimeError(f"file {file_id} is not a local-only file; refusing to retire it")
-            try:
-                self._drop_chunk_rows(file_id)
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            self._db.execute("COMMIT")
+            self._drop_chunk_rows(file_id)
 
     # -- losses ------------------------------------------------------------------------------------------
     def record_loss(self, run_uid: str | None, first: int, last: int, reason: str, detail: str = "") -> None:
-        """Record frames ``first..last`` as lost.
+        """Record frames ``first..last`` as lost; frames that continue the newest record (same run, reason
+        and detail) extend it, so a full disk's thousands of frames are one record, not a row each.
 
         A frame number outside 0..2**63-1 (SQLite's INTEGER) is clamped into it and the detail says so:
         a nonsense number from outside is still recorded, never an OverflowError in its reporter's thread.
@@ -676,10 +645,22 @@ class Ledger:
             note = f"frame numbers out of range (first={first}, last={last}), clamped to 0..{_MAX_FRAME}"
             first, last = (min(max(int(v), 0), _MAX_FRAME) for v in (first, last))
             detail = f"{note}; {detail}" if detail else note
-        self._write(
-            "INSERT INTO losses (run_uid, first_frame, last_frame, reason, detail, at) VALUES (?,?,?,?,?,?)",
-            (run_uid, first, last, reason, detail, time.time()),
-        )
+        with self._lock:  # the newest record extended when these frames continue it (a full disk's)
+            newest = self._db.execute(
+                "SELECT id, run_uid, last_frame, reason, detail FROM losses ORDER BY id DESC LIMIT 1"
+            ).fetchone()
+            if (
+                newest is not None
+                and (newest["run_uid"], newest["reason"], newest["detail"]) == (run_uid, reason, detail)
+                and newest["last_frame"] + 1 == first
+            ):
+                self._db.execute("UPDATE losses SET last_frame=? WHERE id=?", (last, newest["id"]))
+                return
+            self._db.execute(
+                "INSERT INTO losses (run_uid, first_frame, last_frame, reason, detail, at)"
+                " VALUES (?,?,?,?,?,?)",
+                (run_uid, first, last, reason, detail, time.time()),
+            )
 
     def hand_over_losses(self, run_uid: str, reason: str, from_frame: int) -> int:
         """Take frames ``from_frame`` and later out of ``run_uid``'s loss records of ``reason``: another

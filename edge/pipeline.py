@@ -385,11 +385,16 @@ class Pipeline:
 
     # -- the writing thread: in ring order, writes chunks and releases slots ----------------------------
     def _write_loop(self, checkpoint: Checkpoint) -> None:
+        ticked = time.monotonic()
         while True:
             checkpoint()
+            if time.monotonic() - ticked >= 1.0:  # frames keep coming: what a full disk held back
+                ticked = time.monotonic()
+                self._retry_held()
             try:
                 work = self._work.get(timeout=0.1)
             except queue.Empty:
+                ticked = time.monotonic()
                 self._tick()
                 reducer = self._thread
                 if self._stop.is_set() and reducer is not None and not reducer.is_alive():
@@ -411,9 +416,13 @@ class Pipeline:
                 log.exception("closing the run at shutdown failed")
                 self.stats["file_close_errors"] += 1
 
-    def _tick(self) -> None:
+    def _retry_held(self) -> None:
+        """Once the disk has room again, write what it held back (ledger records, files, documents)."""
         if self.disk is not None and not self.disk.check():
             self.recorder.retry_pending()
+
+    def _tick(self) -> None:
+        self._retry_held()
         if self._store is not None:
             try:
                 self._store.tick()

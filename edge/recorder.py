@@ -19,7 +19,7 @@ from hashlib import sha256
 from pathlib import Path
 from typing import Any
 
-from edge.diskguard import DiskGuard
+from edge.diskguard import DiskGuard, is_no_space
 from edge.documents import run_documents, write_documents
 from edge.ledger import Ledger
 from edge.logs import lost
@@ -46,6 +46,11 @@ class RunRecorder:
         self.ledger = ledger
         self.disk = disk
         self._pending_documents: dict[str, str] = {}  # run -> exit status, not written (disk full)
+        # ledger writes a full disk refused even after the reserve was given up (a competing writer took
+        # it, or there was none): held here in order, written first when space returns
+        self._held: list[tuple[Callable[..., Any], tuple[Any, ...]]] = []
+        self._held_lock = threading.RLock()
+        self._deferred: list[tuple[str, Callable[[], Any]]] = []  # files a full disk refused, made later
         self.store_root = store_root
         self.chunk_bytes = chunk_bytes
         self.forward = forward  # upstream.forward: all, reduced or hits
@@ -86,8 +91,8 @@ class RunRecorder:
             for _ in config.get(key) or ():
                 self._count(key)
         text = json.dumps(config)
-        try:
-            self.ledger.run_started(uid, series, frames_expected, text, mode)
+        try:  # a full disk holds the record (the run is then refused: its frames become losses)
+            self._ledger_write(self.ledger.run_started, uid, series, frames_expected, text, mode)
         except Exception as error:  # a repeated run uid: keep the data under a fresh one, and say whose
             given, uid = uid, str(uuid.uuid4())
             log.warning("run uid %s rejected by the ledger (%s); the run is %s", given, error, uid)
@@ -106,6 +111,7 @@ class RunRecorder:
         losses, and no reader takes it for a good run with nothing in it."""
         if exit_status == "success" and frames_stored == 0 and frames_vetoed == 0:
             lost = [r for r in self.ledger.losses(run_uid) if not r.get("partial")]
+            lost += self._held_losses(run_uid)
             if lost:
                 exit_status = "fail"
                 self._count("runs_failed_all_lost")
@@ -114,6 +120,11 @@ class RunRecorder:
                     "run %s: every frame of the series was lost (%s); the run ends fail", run_uid, reasons
                 )
         self._ledger_write(self.ledger.run_ended, run_uid, exit_status, frames_stored, frames_vetoed)
+        if self.held() or self._deferred:  # documents list what the ledger holds and the files to come
+            self._pending_documents[run_uid] = exit_status
+            log.error("run %s: documents wait until the ledger can write again (disk full)", run_uid)
+            self._count("runs_closed")
+            return
         try:
             self.write_documents(run_uid, exit_status)
         except Exception as error:
@@ -124,7 +135,21 @@ class RunRecorder:
         self._count("runs_closed")
 
     def retry_pending(self) -> None:
-        """Write what a full disk held back (run documents), once there is room again."""
+        """Write what a full disk held back (ledger records, then run documents), once there is room."""
+        if not self._write_held():
+            return
+        while self._deferred:
+            what, task = self._deferred[0]
+            try:
+                task()
+            except Exception as error:
+                if self.disk is not None and self.disk.note_error(error):
+                    return
+                log.exception("%s, deferred while the disk was full, failed", what)
+                self._count("deferred_writes_failed")
+            else:
+                log.warning("%s, deferred while the disk was full, is written", what)
+            self._deferred.pop(0)
         for run_uid, exit_status in list(self._pending_documents.items()):
             try:
                 self.write_documents(run_uid, exit_status)
@@ -134,14 +159,83 @@ class RunRecorder:
                 raise
             del self._pending_documents[run_uid]
 
-    def _ledger_write(self, write: Callable[..., Any], *args: Any) -> Any:
-        """A ledger write that survives a full disk: the reserve is given up and the write retried."""
-        try:
-            return write(*args)
-        except sqlite3.OperationalError as error:
-            if self.disk is None or not self.disk.note_error(error) or not self.disk.release_reserve():
-                raise
-            return write(*args)
+    def when_space_returns(self, what: str, task: Callable[[], Any]) -> None:
+        """A file the full disk refused (``what`` it is, for the log) is written by ``task`` once space
+        returns, before any run's documents (they list it)."""
+        log.error("%s: not written (disk full); it will be when space returns", what)
+        self._deferred.append((what, task))
+        self._count("writes_deferred")
+
+    def _ledger_write(self, write: Callable[..., Any], *args: Any) -> None:
+        """A ledger write that survives a full disk: the reserve is given up and the write retried; if
+        that fails too (no reserve, or another writer took its space) the write is held, in order with
+        every later one, and made when space returns (`retry_pending`). A daemon killed meanwhile loses
+        the held records, not the frames: its restart's recovery accounts for the run's frames again."""
+        with self._held_lock:
+            if self._held:
+                self._hold(write, args)
+                return
+            try:
+                write(*args)
+                return
+            except sqlite3.OperationalError as error:
+                if self.disk is None or not self.disk.note_error(error):
+                    raise
+                if self.disk.release_reserve():
+                    try:
+                        write(*args)
+                        return
+                    except sqlite3.OperationalError as again:
+                        if not is_no_space(again):
+                            raise
+                self._hold(write, args)
+
+    def _hold(self, write: Callable[..., Any], args: tuple[Any, ...]) -> None:
+        if not self._held:
+            log.error("the ledger cannot write (disk full): its records are held until space returns")
+        elif write == self.ledger.record_loss and self._held[-1][0] == write:
+            run_uid, first, last, reason, detail = args
+            held_run, held_first, held_last, held_reason, held_detail = self._held[-1][1]
+            if (held_run, held_reason, held_detail) == (run_uid, reason, detail) and held_last + 1 == first:
+                self._held[-1] = (write, (run_uid, held_first, last, reason, detail))  # one record, longer
+                return
+        self._held.append((write, args))
+        self._count("ledger_writes_held")
+
+    def _write_held(self) -> bool:
+        """Make the held ledger writes, oldest first; False if the disk refuses again."""
+        with self._held_lock:
+            while self._held:
+                write, args = self._held[0]
+                try:
+                    write(*args)
+                except sqlite3.OperationalError as error:
+                    if self.disk is not None and self.disk.note_error(error):
+                        return False
+                    self._write_failed_late(write, args, error)
+                except sqlite3.DatabaseError as error:  # a uid taken meanwhile, say: logged, not retried
+                    self._write_failed_late(write, args, error)
+                else:
+                    self._count("ledger_writes_made_late")
+                self._held.pop(0)
+            return True
+
+    def _write_failed_late(self, write: Callable[..., Any], args: tuple[Any, ...], error: Exception) -> None:
+        self._count("ledger_writes_failed_late")
+        name = getattr(write, "__name__", "?")
+        log.error("a ledger write held through a full disk failed when made: %s%r: %s", name, args, error)
+
+    def held(self) -> int:
+        """How many ledger writes wait for space."""
+        with self._held_lock:
+            return len(self._held)
+
+    def _held_losses(self, run_uid: str) -> list[dict[str, Any]]:
+        """The run's loss records held back, in the shape of the ledger's."""
+        keys = ("run_uid", "first_frame", "last_frame", "reason", "detail")
+        with self._held_lock:
+            held = [a for w, a in self._held if w == self.ledger.record_loss and a[0] == run_uid]
+        return [dict(zip(keys, args, strict=True)) for args in held]
 
     def write_documents(self, run_uid: str, exit_status: str) -> None:
         """RunStart..RunStop for the run, as a file that is stored and forwarded like the data."""

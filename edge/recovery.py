@@ -28,6 +28,7 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -122,7 +123,16 @@ def recover(recorder: RunRecorder, root: Path) -> dict[str, Any]:
                 "held in memory or not yet received when the daemon died",
             )
             report["frames_lost"] += last - first + 1
-        recovered = _recover_frame_table(recorder, root, run_uid, str(run.get("mode") or ""))
+        mode = str(run.get("mode") or "")
+        try:
+            recovered = _recover_frame_table(recorder, root, run_uid, mode)
+        except Exception as error:  # a full disk: the frame table is written when space returns
+            if recorder.disk is None or not recorder.disk.note_error(error):
+                raise
+            recovered = 0
+            table = partial(_recover_frame_table, recorder, root, run_uid, mode)
+            recorder.when_space_returns(f"run {run_uid}: the recovered frame table", table)
+            report.setdefault("frame_tables_deferred", []).append(run_uid)
         if recovered:
             report.setdefault("frame_rows_recovered", {})[run_uid] = recovered
         stored = sum(f["n_frames"] for f in files)
@@ -241,8 +251,35 @@ def _recover_frame_table(recorder: RunRecorder, root: Path, run_uid: str, mode: 
     return len(rows)
 
 
+def interrupted_udp_run(ledger: Any, report: dict[str, Any]) -> tuple[dict[str, Any], int] | None:
+    """The UDP run a restart may have cut short, and the highest frame it stored (at least 0).
+
+    UDP carries no series identity and packets keep coming while the daemon is down, so only the
+    ledger's newest run qualifies, when it was a UDP run that recovery ended after a crash or that ended
+    ``abort``/``fail`` (a stop while frames still came): the daemon's first UDP run then continues it if
+    its first frame comes after every frame that run stored (a new acquisition starts its numbers again).
+    """
+    runs = ledger.runs()
+    if not runs:
+        return None
+    newest = max(runs, key=lambda r: (r["started_at"], r["run_uid"]))
+    try:
+        transport = json.loads(newest.get("config") or "{}").get("transport")
+    except (TypeError, ValueError):
+        return None
+    failed = set(report.get("runs_failed") or [])
+    if transport != "udp" or not (newest["run_uid"] in failed or newest["exit_status"] in ("abort", "fail")):
+        return None
+    data = [f for f in ledger.files(newest["run_uid"]) if f.get("kind") in ("data", "blank")]
+    return newest, max([0, *(int(f["last_frame"]) for f in data)])
+
+
 def resume_interrupted(
-    recorder: RunRecorder, report: dict[str, Any], series: int, first_frame: int
+    recorder: RunRecorder,
+    report: dict[str, Any],
+    series: int,
+    first_frame: int,
+    transport: str | None = None,
 ) -> dict[str, Any]:
     """Link a run resumed after a restart (series ``series`` from ``first_frame``) to the interrupted run.
 
@@ -254,17 +291,22 @@ def resume_interrupted(
     that run, reason ``daemon_restart``; frames from ``first_frame`` on belong to the new run, so the
     ``daemon_crash`` / ``receiver_stopped`` records written for them (a series of known length) are
     handed over. Returns what the new run records in its config: the link (None when no interrupted
-    run of the series is known).
+    run of the series is known). A UDP series (``transport``) has no number of its own: the interrupted
+    run is `interrupted_udp_run`'s.
     """
     ledger = recorder.ledger
     failed = set(report.get("runs_failed") or [])
-    candidates = [
-        r
-        for r in ledger.runs()
-        if int(r["series"]) == series
-        and r["ended_at"] is not None
-        and (r["run_uid"] in failed or r["exit_status"] in ("abort", "fail"))
-    ]
+    if transport == "udp":
+        udp = interrupted_udp_run(ledger, report)
+        candidates = [udp[0]] if udp is not None else []
+    else:
+        candidates = [
+            r
+            for r in ledger.runs()
+            if int(r["series"]) == series
+            and r["ended_at"] is not None
+            and (r["run_uid"] in failed or r["exit_status"] in ("abort", "fail"))
+        ]
     if not candidates:
         log.warning("series %d resumed at frame %d: no interrupted run of it is known", series, first_frame)
         return {"resumes_run": None}

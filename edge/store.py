@@ -829,9 +829,17 @@ class RunStore:
     def _finish(self, current: RunFileWriter) -> None:
         try:
             closed = current.close()
-            self.on_closed(closed)
         except Exception as error:
             log.exception("finishing %s failed", current.name)
+            self._set_aside(current)  # now, here: not when a half-closed HDF5 file is collected, anywhere
+            if self._on_close_failed is None:
+                raise
+            self._on_close_failed(self.run_uid, list(current.frames), error)
+            return
+        try:
+            self.on_closed(closed)
+        except Exception as error:  # finished, but not registered: its frames are recorded lost
+            log.exception("registering %s failed", current.name)
             if self._on_close_failed is None:
                 raise
             self._on_close_failed(self.run_uid, list(current.frames), error)
@@ -843,18 +851,23 @@ class RunStore:
         for stream in list(self._current):
             current = self._current.pop(stream)
             abandoned.append(list(current.frames))
-            try:
-                current._h5.close()
-            except Exception as error:  # closing wants space too; the .part is set aside all the same
-                log.warning("closing %s on a full disk failed: %s", current.name, error)
-            target = self.directory.parent / "quarantine" / self.run_uid / current.part_path.name
-            try:
-                target.parent.mkdir(parents=True, exist_ok=True)
-                os.replace(current.part_path, target)
-            except OSError as error:
-                log.error("cannot quarantine %s (%s); removing it", current.part_path, error)
-                current.part_path.unlink(missing_ok=True)
+            self._set_aside(current)
         return abandoned
+
+    def _set_aside(self, current: RunFileWriter) -> None:
+        """Close a file that cannot be finished (as far as HDF5 can) and move its ``.part`` to
+        ``STORE/quarantine/RUN/`` (a rename, which needs no space), never under a final name."""
+        try:
+            current._h5.close()
+        except Exception as error:  # closing wants space too; the .part is set aside all the same
+            log.warning("closing %s on a full disk failed: %s", current.name, error)
+        target = self.directory.parent / "quarantine" / self.run_uid / current.part_path.name
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(current.part_path, target)
+        except OSError as error:
+            log.error("cannot quarantine %s (%s); removing it", current.part_path, error)
+            current.part_path.unlink(missing_ok=True)
 
     def close(self) -> None:
         """Finish the open files and wait until every file of the run is finished and registered."""

@@ -146,6 +146,7 @@ class ApplianceView:
                     )
                 },
                 "disk_full": p.recorder.disk.status() if p.recorder.disk is not None else {"full": False},
+                "ledger_writes_held": p.recorder.held(),  # records a full disk refused, made when it clears
             },
             "ledger": ledger,
             "upstream": upstream,

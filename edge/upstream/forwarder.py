@@ -14,12 +14,14 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import zmq
 
+from edge.diskguard import is_no_space
 from edge.ledger import Ledger
 from edge.upstream import protocol as p
 from edge.upstream.curve import serve_securely
@@ -66,6 +68,7 @@ class Forwarder:
         self._thread: threading.Thread | None = None
         self._sock: zmq.Socket | None = None
         self._lock = threading.Lock()  # the session is driven by the thread and read by counters()
+        self._full_logged = 0.0  # when a refused ledger write may be logged again
         self.bound_endpoint: str | None = None
 
     @property
@@ -125,17 +128,34 @@ class Forwarder:
                         # over CURVE, the consumer name the sender's key speaks for (`curve.KeyRing`)
                         user = parts[-1].get("User-Id") if self.curve is not None else None
                         frames = [part.bytes for part in parts]
-                        with self._lock:
+                        replies: list[Outgoing] = []
+                        with self._lock, self._ledger_full():
                             replies = self.session.receive(
                                 frames[0], frames[1:], self._clock(), key_name=user
                             )
                         self._send(sock, replies)
-                with self._lock:
+                outgoing: list[Outgoing] = []
+                with self._lock, self._ledger_full():
                     outgoing = self.session.tick(self._clock())
                 self._send(sock, outgoing)
         except Exception:  # a bug: counted, and raised to the spawner (which restarts the loop)
             self.session.stats["forwarder_crashes"] += 1
             raise
+
+    @contextmanager
+    def _ledger_full(self) -> Iterator[None]:
+        """A ledger write the full disk refused (an acknowledgement, say) is not the end of the loop: it
+        is counted, and what it would have recorded happens again (the chunk is resent, the file's
+        completion asked for again) once there is space."""
+        try:
+            yield
+        except Exception as error:
+            if not is_no_space(error):
+                raise
+            self.session.stats["ledger_writes_refused_disk_full"] += 1
+            if self._clock() >= self._full_logged:
+                self._full_logged = self._clock() + 60.0
+                log.error("upstream: the ledger cannot record (disk full): %s; it will be asked again", error)
 
     def _send(self, sock: zmq.Socket, outgoing: list[Outgoing]) -> None:
         """Send in order; after one peer's send fails, give back the rest of its messages unsent."""

@@ -17,11 +17,13 @@ import logging
 import mmap
 import os
 import random
+import sqlite3
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from edge.diskguard import is_no_space
 from edge.errors import NotFound, RemoteProtocolError
 from edge.store import CHECKSUM, checksum_bytes
 from edge.upstream import protocol as p
@@ -396,7 +398,12 @@ class ForwarderSession:
             self.stats[f"chunks_{kind}"] += 1
             self.stats[f"bytes_{kind}"] += message.length
             out.append(Outgoing(consumer.identity, message, payload))
-        self.ledger.chunks_sent([o.message.chunk_id for o in out if isinstance(o.message, p.Chunk)])
+        try:
+            self.ledger.chunks_sent([o.message.chunk_id for o in out if isinstance(o.message, p.Chunk)])
+        except sqlite3.OperationalError as error:  # their mark "forwarded" waits; they go out all the same
+            if not is_no_space(error):
+                raise
+            self.stats["ledger_writes_refused_disk_full"] += 1
         return out
 
     def _completes(self, consumer: ConsumerState, now: float) -> list[Outgoing]:

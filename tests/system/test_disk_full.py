@@ -57,6 +57,17 @@ def _fill(ballast: Path, leave: int) -> None:
         os.posix_fallocate(handle.fileno(), 0, disk.f_bavail * disk.f_frsize - leave)
 
 
+def _fill_up(ballast: Path) -> None:
+    """Take every free block of the disk holding ``ballast``, while the daemon writes there too."""
+    with open(ballast, "ab") as handle:
+        step = 1 << 20
+        while step >= 4096:
+            try:
+                os.posix_fallocate(handle.fileno(), os.fstat(handle.fileno()).st_size, step)
+            except OSError:
+                step //= 2
+
+
 def _send(stack: EdgeStack, frames: int) -> tuple[str, int]:
     run_uid = str(uuid.uuid4())
     sim = stack.start("sim", "--frames", str(frames), "--run-uid", run_uid, "--json", stdout=subprocess.PIPE)
@@ -159,3 +170,109 @@ def test_a_full_disk_on_the_hpc_side_holds_delivery_back_and_loses_nothing(
 def _verified_all(stack: EdgeStack, run_uid: str) -> bool:
     run = stack.run(run_uid)
     return run["ended_at"] is not None and all(f["state"] == "verified" for f in run["files"])
+
+
+def test_a_ledger_that_cannot_write_holds_its_records_until_space_returns(
+    tmp_path: Path, small_disk: Path
+) -> None:
+    """No reserve (or a competing writer took the space the reserve gave back): the ledger's own writes
+    fail. The daemon keeps running, holds what it must record, writes it once space returns (the frames
+    of a full disk in a few merged records, not one per frame), and stops cleanly."""
+    store = small_disk / "store"
+    stack = EdgeStack(
+        tmp_path,
+        [
+            *SMALL_RAW_RUN,
+            "ledger.reserve_bytes=0",
+            "ledger.resume_free_bytes=16777216",
+            "retention.headroom_bytes=0",
+            "sim.rate_hz=100",
+            "sim.pool=8",
+        ],
+    )
+    stack.store = store
+    ballast = small_disk / "ballast.bin"
+    log = tmp_path / "daemon.log"
+    with open(log, "w") as sink:
+        daemon = stack.start_daemon(stderr=sink)
+    try:
+        # a run that starts on the full disk: not even its start can be recorded; it is refused, held
+        _fill(ballast, 0)
+        refused, sent = _send(stack, 50)
+        wait_for(lambda: stack.status()["store"]["ledger_writes_held"] > 0, 30, "ledger writes held")
+        assert stack.status()["store"]["disk_full"]["full"]
+        ballast.unlink()
+        run = _ended(stack, refused)
+        assert run["exit_status"] == "abort" and run["totals"]["frames_lost"] == sent, run["totals"]
+        assert len(run["losses"]) == 1, run["losses"]  # one record for the frames, not a row each
+        wait_for(lambda: not stack.status()["store"]["disk_full"]["full"], 30, "space to return")
+        # a run the disk fills under: its frames' and files' records are held, then made
+        run_uid = str(uuid.uuid4())
+        sim = stack.start("sim", "--frames", "400", "--run-uid", run_uid, "--json", stdout=subprocess.PIPE)
+        wait_for(lambda: stack.status()["frames"]["stored"] >= 20, 30, "frames stored")
+        _fill_up(ballast)
+        wait_for(lambda: stack.status()["store"]["ledger_writes_held"] > 0, 30, "ledger writes held")
+        assert daemon.poll() is None
+        ballast.unlink()
+        out, _ = sim.communicate(timeout=90)
+        sent = int(json.loads(out.strip().splitlines()[-1])["frames_sent"])
+        run = _ended(stack, run_uid)
+        totals = run["totals"]
+        assert totals["frames_stored"] + totals["frames_lost"] == sent, totals
+        assert totals["frames_lost_by_reason"].get("disk_full", 0) > 0, totals
+        assert len(run["losses"]) < 10, run["losses"]  # merged ranges, not a row per frame
+        assert stack.status()["store"]["ledger_writes_held"] == 0
+        assert [a for a in stack.status()["alarms"] if a["source"].startswith("thread:")] == []
+        daemon.send_signal(signal.SIGTERM)
+        assert daemon.wait(10) == 0
+    finally:
+        stack.stop_all()
+    errors = log.read_text()
+    assert "Traceback" not in errors, errors
+
+
+def test_a_daemon_started_on_a_full_disk_comes_up_and_recovers_once_there_is_room(
+    tmp_path: Path, small_disk: Path
+) -> None:
+    """kill -9 mid-run, the disk fills, the daemon is started again: it comes up (no crash loop) with
+    the disk-full state shown, and the interrupted run is accounted for once space returns."""
+    store = small_disk / "store"
+    stack = EdgeStack(
+        tmp_path,
+        [
+            *SMALL_RAW_RUN,
+            "ledger.reserve_bytes=0",
+            "ledger.resume_free_bytes=4194304",
+            "retention.headroom_bytes=0",
+            "sim.rate_hz=50",
+        ],
+    )
+    stack.store = store
+    ballast = small_disk / "ballast.bin"
+    daemon = stack.start_daemon()
+    run_uid = str(uuid.uuid4())
+    try:
+        sim = stack.start("sim", "--frames", "100000", "--run-uid", run_uid)
+        wait_for(lambda: stack.status()["frames"]["stored"] >= 20, 60, "frames stored")
+        daemon.kill()
+        daemon.wait()
+        sim.kill()
+        sim.wait()
+        _fill_up(ballast)
+        log = tmp_path / "again.log"
+        with open(log, "w") as sink:
+            try:
+                again = stack.start_daemon(stderr=sink)
+            except AssertionError as error:
+                raise AssertionError(f"{error}: {log.read_text()[-3000:]}") from None
+        assert stack.status()["store"]["disk_full"]["full"]
+        ballast.unlink()
+        run = _ended(stack, run_uid)
+        totals = run["totals"]
+        assert totals["frames_stored"] > 0 and totals["frames_lost_by_reason"].get("daemon_crash", 0) >= 0
+        again.send_signal(signal.SIGTERM)
+        assert again.wait(10) == 0
+    finally:
+        stack.stop_all()
+    errors = log.read_text()
+    assert "Traceback" not in errors, errors

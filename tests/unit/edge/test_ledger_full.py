@@ -1,0 +1,152 @@
+"""A ledger whose disk is full (SQLite's ``max_page_count`` makes it so here: the same "database or disk
+is full" error a full filesystem gives): nothing raises into a daemon thread, nothing is forgotten.
+
+The recorder holds what it cannot write, merged, and writes it in order once space returns; a refused
+transaction leaves the connection usable; the forwarder counts a refused acknowledgement and the chunk
+goes again."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import zmq
+
+from edge.diskguard import DiskGuard
+from edge.ledger import Ledger
+from edge.recorder import RunRecorder
+from edge.store import file_checksums
+from edge.upstream import protocol as p
+from edge.upstream.forwarder import Forwarder
+
+
+def _cap(ledger: Ledger) -> None:
+    """No page more: every write that needs one fails as on a full disk."""
+    pages = ledger._db.execute("PRAGMA page_count").fetchone()[0]
+    ledger._db.execute(f"PRAGMA max_page_count={pages}")
+
+
+def _uncap(ledger: Ledger) -> None:
+    ledger._db.execute("PRAGMA max_page_count=1073741823")
+
+
+def _fill(ledger: Ledger, run_uid: str) -> None:
+    """Use up the pages the ledger has free (big rows, then ever smaller ones), so that the next record
+    of any size needs a new page."""
+    frame = 10_000_000
+    for size in (2000, 500, 100, 20, 0):
+        for _ in range(10_000):
+            frame += 2
+            try:
+                ledger.record_loss(run_uid, frame, frame, "filler", "x" * size)
+            except sqlite3.OperationalError:
+                break
+        else:
+            raise AssertionError("the capped ledger never filled")
+
+
+class Clock:
+    now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_a_refused_transaction_is_rolled_back_and_the_ledger_goes_on(tmp_path: Path) -> None:
+    ledger = Ledger(tmp_path / "ledger.sqlite")
+    ledger.run_started("run", 1, 10, "{}")
+    path = tmp_path / "f.h5"
+    path.write_bytes(b"x" * 4096)
+    size, digest, chunks = file_checksums(path, 1024)
+    _cap(ledger)
+    _fill(ledger, "filler-run")
+    try:
+        ledger.file_stored("run", path.name, path, size, digest, (0, 3, 4), chunks * 200)
+    except sqlite3.OperationalError as error:
+        assert "full" in str(error)
+    else:
+        raise AssertionError("the full ledger took the file")
+    assert not ledger._db.in_transaction
+    _uncap(ledger)
+    ledger.file_stored("run", path.name, path, size, digest, (0, 3, 4), chunks)
+    assert [f["name"] for f in ledger.files("run")] == ["f.h5"]
+    ledger.close()
+
+
+def test_records_a_full_ledger_refuses_are_held_merged_and_made_when_space_returns(tmp_path: Path) -> None:
+    ledger = Ledger(tmp_path / "ledger.sqlite")
+    clock = Clock()
+    guard = DiskGuard(tmp_path, tmp_path / "ledger.reserve", 0, 0, clock=clock)
+    recorder = RunRecorder(ledger, tmp_path / "store", chunk_bytes=1 << 20, disk=guard)
+    uid = recorder.open_run("r", series=1, frames_expected=8, config={"shape": [4, 4], "type": "uint16"})
+    _cap(ledger)
+    _fill(ledger, "filler-run")
+    for frame in range(8):  # a frame at a time, as a full disk loses them
+        recorder.loss(uid, frame, frame, "disk_full", "the disk is full: not written")
+    recorder.close_run(uid, frames_stored=0, exit_status="success")
+    assert guard.full
+    assert recorder.held() == 2  # one merged loss record, and the run's end
+    assert ledger.losses(uid) == [] and ledger.run(uid)["ended_at"] is None
+    assert recorder.counts["runs_failed_all_lost"] == 1  # the held losses count: every frame was lost
+    recorder.retry_pending()  # still full (re-measured at most once a second): nothing is tried
+    assert recorder.held() == 2
+    _uncap(ledger)
+    clock.now += 2.0
+    assert not guard.check()
+    recorder.retry_pending()
+    assert recorder.held() == 0
+    (loss,) = ledger.losses(uid)
+    assert (loss["first_frame"], loss["last_frame"], loss["reason"]) == (0, 7, "disk_full")
+    assert ledger.run(uid)["exit_status"] == "fail"
+    assert ledger.run_totals(uid)["frames_lost"] == 8
+    assert (tmp_path / "store" / uid / f"{uid}.documents.jsonl").is_file()  # written after the records
+    ledger.close()
+
+
+def test_an_acknowledgement_the_full_ledger_refuses_is_counted_and_the_chunk_goes_again(
+    tmp_path: Path,
+) -> None:
+    ledger = Ledger(tmp_path / "ledger.sqlite")
+    ledger.run_started("run", 1, 1, "{}")
+    path = tmp_path / "run_00000.h5"
+    path.write_bytes(bytes(range(256)) * 12)
+    size, digest, chunks = file_checksums(path, 1)  # a chunk per byte: acknowledgements to fill pages with
+    ledger.file_stored("run", path.name, path, size, digest, (0, 0, 1), chunks)
+    ids = [int(r["id"]) for r in ledger._rows("SELECT id FROM chunks ORDER BY id")]
+    context = zmq.Context()
+    forwarder = Forwarder("tcp://127.0.0.1:0", ledger, context, resend_seconds=1.0)
+    session = forwarder.session
+    peer = b"peer"
+    session.receive(peer, [bytes(f) for f in p.encode(p.Hello("hpc", 1))], 0.0)
+    (chunk,) = [o.message for o in session.tick(0.0) if isinstance(o.message, p.Chunk)]
+    _cap(ledger)
+    for chunk_id, (_, _, checksum) in zip(ids[1:], chunks[1:], strict=True):  # another consumer's
+        try:
+            ledger.chunk_acked("filler", chunk_id, checksum)
+        except sqlite3.OperationalError:
+            break
+    else:
+        raise AssertionError("the capped ledger never filled")
+    with forwarder._ledger_full():  # what the forwarder's loop does with each message and tick
+        session.receive(peer, [bytes(f) for f in p.encode(p.Ack(chunk.chunk_id, chunk.checksum))], 0.5)
+    assert session.stats["ledger_writes_refused_disk_full"] == 1
+    _uncap(ledger)
+    again = [o.message for o in session.tick(5.0) if isinstance(o.message, p.Chunk)]
+    assert [c.chunk_id for c in again] == [chunk.chunk_id]  # not recorded: it goes again
+    session.receive(peer, [bytes(f) for f in p.encode(p.Ack(chunk.chunk_id, chunk.checksum))], 5.5)
+    assert session.stats["chunks_acked"] == 1
+    context.term()
+    ledger.close()
+
+
+def test_h5py_s_runtime_error_for_a_full_disk_is_lack_of_space() -> None:
+    """h5py raises RuntimeError, not OSError, when HDF5's flush or close meets ENOSPC: it is a full disk
+    (the file's frames are lost as ``disk_full`` and writing stops), not an unexplained close failure."""
+    from edge.diskguard import is_no_space
+
+    error = RuntimeError(
+        "Unable to flush file (file write failed: time = Fri Dec  4 06:32:02 2026\n, filename = 'x.h5.part',"
+        " file descriptor = 25, errno = 28, error message = 'No space left on device', buf = 0x7f)"
+    )
+    assert is_no_space(error)
+    assert not is_no_space(RuntimeError("Unable to flush file (bad object)"))
