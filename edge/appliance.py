@@ -29,7 +29,7 @@ from edge.modes import Corrections
 from edge.pipeline import Pipeline
 from edge.poni import combined_mask, load_poni
 from edge.recorder import RunRecorder
-from edge.recovery import recover, resume_interrupted
+from edge.recovery import interrupted_udp_run, recover, resume_interrupted
 from edge.reduction_control import ReductionControl
 from edge.retention import Retention
 from edge.ring import FrameRing, Slot
@@ -103,6 +103,18 @@ def load_calibration(settings: Settings, fmt: FrameFormat | None = None) -> Corr
     return Corrections(images["dark"], images["flat"], mask, red.solid_angle, red.polarization)
 
 
+def detector_gaps(settings: Settings, fmt: FrameFormat | None = None) -> np.ndarray | None:
+    """The pixels with no sensor behind them: the PONI detector's own mask (pyFAI's module gaps) and
+    the UDP layout's gaps (None: neither). They are in the calibration mask too; the files say which."""
+    shape = (fmt or frame_format(settings)).shape
+    poni = settings.reduction.poni_file
+    gaps = combined_mask(None if poni is None else load_poni(poni, shape), None)
+    udp = udp_gaps(settings)
+    if udp is not None and udp.shape == shape:
+        gaps = udp if gaps is None else (gaps | udp)
+    return gaps
+
+
 def udp_gaps(settings: Settings) -> np.ndarray | None:
     """True on the gap pixels between the UDP detector's modules (None: not UDP, or no gaps)."""
     if settings.stream.transport != "udp" or settings.udp.gap_pixels == 0:
@@ -146,7 +158,7 @@ class RingSink:
         self.opening: str | None = None
         self.refused = False
         #: links a run resumed after a restart to the interrupted one (edge.recovery.resume_interrupted)
-        self.resume: Callable[[int, int], dict[str, Any]] | None = None
+        self.resume: Callable[[int, int, str | None], dict[str, Any]] | None = None
         # the newest frame for the live view, or a detector chunk (Stream V2 pass-through) with what
         # its view needs, decoded only when the view is read (see ``preview``)
         self._preview: tuple[np.ndarray, dict[str, Any]] | _ChunkPreview | None = None
@@ -281,7 +293,7 @@ class RingSink:
                 config["header_fields_truncated"] = replaced
                 log.warning("series %d: header fields too large for the run record: %s", series, replaced)
             if config.get("resumed_after_restart") and self.resume is not None:
-                config.update(self.resume(series, int(config["first_frame"])))
+                config.update(self.resume(series, int(config["first_frame"]), config.get("transport")))
             run_mask = self._run_mask(config, pixel_mask)
             nxmx, ignored = series_metadata(config)
             if ignored:  # recorded with the run, counted, and the files say "not reported" instead
@@ -364,6 +376,8 @@ class RingSink:
         self.ended_run_uid, self.run_uid = self.run_uid, None
 
     def lost(self, first: int, last: int, reason: str, detail: str = "") -> None:
+        if reason == "ring_full" and self.ring.stopping:  # no slot because the daemon is stopping
+            reason, detail = "shutdown", f"the daemon was stopping ({detail})" if detail else "stopping"
         if self._capture_offset and self._capture_run is not None and self.run_uid == self._capture_run:
             first, last = first + self._capture_offset, last + self._capture_offset
         self.losses += last - first + 1
@@ -451,8 +465,8 @@ class Appliance:
                 lambda: self.reduction.current().model_dump(mode="json"),
                 masks=self.masks,
             )
-            self.sink.resume = lambda series, first: resume_interrupted(
-                self.recorder, self.recovery, series, first
+            self.sink.resume = lambda series, first, transport: resume_interrupted(
+                self.recorder, self.recovery, series, first, transport
             )
             self.source: FrameSource = self._source(settings)
             self.pipeline = Pipeline(
@@ -467,6 +481,7 @@ class Appliance:
                 self.recorder,
                 may_write=lambda: not self.retention.under_pressure(),
                 calibration=calibration,
+                gaps=detector_gaps(settings, self.frame_format),
                 store_blanks=store.blanks,
                 disk=self.disk,
                 reduced_file_seconds=store.reduced_file_seconds,
@@ -510,6 +525,7 @@ class Appliance:
     def _source(self, settings: Settings) -> FrameSource:
         if settings.stream.transport == "udp":
             udp = settings.udp
+            interrupted = interrupted_udp_run(self.ledger, self.recovery)  # a restart mid-acquisition
             return UdpSource(
                 udp.host,
                 udp.port,
@@ -520,6 +536,7 @@ class Appliance:
                 udp.frame_timeout_frames,
                 udp.rcvbuf_bytes,
                 max_frame_jump=udp.max_frame_jump,
+                resume_above=interrupted[1] if interrupted is not None else None,
             )
         stream = settings.stream
         if stream.format == "stream2":  # DECTRIS Stream V2 (CBOR): same socket handling, its own codec

@@ -93,8 +93,10 @@ class Pipeline:
         run_masks: RunMasks | None = None,
         analysis_threads: int = 1,
         reduced_file_seconds: float = 10.0,
+        gaps: np.ndarray | None = None,
     ) -> None:
         self.ring = ring
+        self.gaps = gaps  # the detector's module gaps (in the mask too): NXmx pixel_mask bit 0
         self.backend = backend
         self.geometry = geometry
         self.store_root = store_root
@@ -524,6 +526,7 @@ class Pipeline:
                 stage.ctx.corrections.mask  # what the reduction used (a detector's mask combined)
                 if stage.ctx.corrections.mask is not None or self.calibration is None
                 else self.calibration.mask,
+                self.gaps,
             ),
             closer=self._closer,
             on_close_failed=self._file_close_failed,

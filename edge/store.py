@@ -211,7 +211,8 @@ class RunMetadata:
     """What every file of a run records about how it was taken (the NXmx part of the layout).
 
     ``series`` holds what the detector's series header said (NXMX_SERIES_KEYS); ``mask`` is the
-    calibration mask the reduction used (the PONI detector's own mask with ``reduction.mask_file``).
+    calibration mask the reduction used (the PONI detector's own mask with ``reduction.mask_file``);
+    ``gaps`` the pixels of it with no sensor behind them (module gaps), written as NXmx's bit 0.
     """
 
     geometry: Geometry
@@ -220,6 +221,7 @@ class RunMetadata:
     start_time: str = ""
     series: dict[str, Any] = field(default_factory=dict)
     mask: np.ndarray | None = None
+    gaps: np.ndarray | None = None
 
 
 def _begin_entry(entry: h5py.Group, meta: RunMetadata, definition: str) -> h5py.Group:
@@ -300,6 +302,8 @@ def _write_nxmx(entry: h5py.Group, meta: RunMetadata, shape: tuple[int, int], dt
     pixel_mask = np.zeros(shape, dtype=np.uint32)
     if meta.mask is not None and meta.mask.shape == tuple(shape):
         pixel_mask[meta.mask.astype(bool)] = 1 << 8  # NXmx bit 8: user-defined (calibration) mask
+    if meta.gaps is not None and meta.gaps.shape == tuple(shape):
+        pixel_mask[meta.gaps.astype(bool)] = 1  # NXmx bit 0: gap (no sensor), not a user's choice
     detector.create_dataset("pixel_mask", data=pixel_mask, compression="gzip", shuffle=True)
     detector.create_dataset("pixel_mask_applied", data=False)
     poni = detector.create_group("pyfai_poni")

@@ -533,6 +533,11 @@ class UdpFrameAssembler:
         return dict(self._c.rejected)
 
     @property
+    def highest_frame(self) -> int | None:
+        """The highest frame number a packet was accepted for (None before any)."""
+        return self._highest
+
+    @property
     def pending_frames(self) -> list[int]:
         """Frame numbers currently being assembled, ascending."""
         return sorted(self._pending)
@@ -560,8 +565,18 @@ class UdpFrameAssembler:
             self._finalise_timed_out(now, events)
         return events
 
-    def close(self, expected_last_frame: int | None = None) -> list[Event]:
-        """Finalise every pending frame, and report frames up to ``expected_last_frame`` as lost.
+    def begin_at(self, frame: int) -> None:
+        """Count this acquisition's frames from ``frame`` (before any frame is finalised): frames below it
+        belong to an earlier run (a series resumed after a restart) and are never reported lost here."""
+        if self._c.frames_incomplete or self._c.frames_lost:
+            raise RuntimeError("begin_at after frames were finalised")
+        if any(n < frame for n in chain(self._pending, self._done_ahead)):
+            raise ValueError(f"frames below {frame} were accepted")
+        self._cursor = frame
+
+    def close(self, expected_last_frame: int | None = None, reason: str = "series_end") -> list[Event]:
+        """Finalise every pending frame, and report frames up to ``expected_last_frame`` as lost (with
+        ``reason``: the series ended without them, or the receiver stopped before they came).
 
         The assembler stays usable; packets for frames finalised here count as late afterwards.
         """
@@ -573,7 +588,7 @@ class UdpFrameAssembler:
             if self._cursor is None:
                 self._cursor = expected_last_frame + 1  # nothing seen: we cannot say where it began
             else:
-                self._finalise_below(expected_last_frame + 1, events, reason="series_end")
+                self._finalise_below(expected_last_frame + 1, events, reason=reason)
         return events
 
     # -- validation ---------------------------------------------------------------------------------

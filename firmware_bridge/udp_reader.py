@@ -62,8 +62,13 @@ class UdpSource:
         frame_timeout_frames: int = 4,
         rcvbuf_bytes: int = 16 << 20,
         max_frame_jump: int | None = None,
+        resume_above: int | None = None,
     ) -> None:
         self.geometry = geometry
+        # the daemon restarted in the middle of a UDP acquisition (its newest run was cut short, by a
+        # crash or a stop, its frames up to this one stored): a first run whose first frame comes after
+        # it continues that acquisition, "resumed after restart" from that frame (None: no such run)
+        self.resume_above = resume_above
         # a packet more than this beyond the newest accepted frame (0 at the run's first packet) is
         # rejected as ``frame_number_out_of_range`` and never becomes a gap (None: unbounded)
         self.max_frame_jump = max_frame_jump
@@ -147,8 +152,8 @@ class UdpSource:
                     self._start_run()  # stray or malformed datagrams alone are counted, never a run
                 if self._run_open:
                     self._handle(events)
-            if self._assembler is not None:
-                self._end_run()
+            if self._assembler is not None:  # stopping while frames may still come: the receiver ends it
+                self._end_run("success" if self._all_arrived() else "abort")
         except Exception:  # a bug: counted, and raised to the spawner (which restarts the reader)
             self.stats["reader_crashes"] += 1
             raise
@@ -157,7 +162,8 @@ class UdpSource:
         return UdpFrameAssembler(
             self.geometry,
             frame_timeout_frames=self.frame_timeout_frames,
-            expected_first_frame=0,
+            # a run that may resume an interrupted one starts counting where `_start_run` says
+            expected_first_frame=0 if self.resume_above is None else None,
             max_frame_jump=self.max_frame_jump,
         )
 
@@ -165,7 +171,7 @@ class UdpSource:
         self._series += 1
         self._run_open = True
         height, width = self.geometry.frame_shape
-        config = {
+        config: dict[str, Any] = {
             "shape": [width, height],
             "type": self.geometry.wire_dtype.name,
             "run_uid": str(uuid.uuid4()),
@@ -173,9 +179,28 @@ class UdpSource:
             "transport": "udp",
             "modules": self.geometry.n_modules,
         }
+        resume_above, self.resume_above = self.resume_above, None  # only the daemon's first run
+        assembler = self._assembler
+        if resume_above is not None and assembler is not None:  # (its first accepted packet's frame)
+            first = assembler.highest_frame
+            if first is not None and first > resume_above:
+                assembler.begin_at(first)  # frames before it are the interrupted run's
+                self.stats["series_resumed"] += 1
+                log.warning(
+                    "UDP frames from frame %d after a restart mid-acquisition: a resumed run from there",
+                    first,
+                )
+                config |= {"resumed_after_restart": True, "first_frame": first}
+            else:  # a new acquisition: its frames count from 0, as any run's
+                assembler.begin_at(0)
         self._refused = self.sink.series_start(self._series, config)
         if self._refused is not None:
             self.stats["series_refused"] += 1
+
+    def _all_arrived(self) -> bool:
+        """Whether the open run has seen its last armed frame (``frames_per_run``; unknown: False)."""
+        highest = self._assembler.highest_frame if self._assembler is not None else None
+        return bool(self.frames_per_run) and highest is not None and highest >= self.frames_per_run - 1
 
     def _end_run(self, exit_status: str = "success") -> None:
         assembler, self._assembler = self._assembler, None
@@ -185,7 +210,8 @@ class UdpSource:
             self._finished_counters.update(assembler.counters)
             return
         last = self.frames_per_run - 1 if self.frames_per_run else None
-        self._handle(assembler.close(expected_last_frame=last))
+        reason = "receiver_stopped" if exit_status == "abort" else "series_end"
+        self._handle(assembler.close(expected_last_frame=last, reason=reason))
         self._finished_counters.update(assembler.counters)
         self.sink.series_end(self._series, exit_status)
         self._run_open = False
@@ -196,7 +222,12 @@ class UdpSource:
                 self._deliver(event)
             elif isinstance(event, FramesLost):
                 self.stats["frames_lost"] += event.last - event.first + 1
-                self.sink.lost(event.first, event.last, event.reason, "no packet of these frames arrived")
+                detail = (
+                    "the receiver stopped before they came"
+                    if event.reason == "receiver_stopped"
+                    else "no packet of these frames arrived"
+                )
+                self.sink.lost(event.first, event.last, event.reason, detail)
 
     def _deliver(self, event: FrameAssembled) -> None:
         if self._refused is not None:

@@ -21,7 +21,7 @@ import h5py
 import hdf5plugin  # noqa: F401  (filter 32008 for reading back)
 import numpy as np
 import pytest
-from edgeprocs import EdgeStack, wait_for
+from edgeprocs import EdgeStack, free_port, wait_for
 
 from kernels import get_backend
 
@@ -145,6 +145,61 @@ def test_daemon_killed_mid_series_of_unknown_length_resumes_in_a_linked_run(tmp_
     account = stop["edge_accounting"]
     assert account["revision"] == len(names)
     assert (account["frames_stored"], account["frames_lost"]) == (len(stored_a), len(lost_a))
+
+
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM], ids=["kill-9", "sigterm"])
+def test_a_udp_acquisition_cut_by_a_restart_resumes_in_a_linked_run(tmp_path: Path, sig: int) -> None:
+    """UDP carries no series: the daemon's first run after a restart whose first frame comes after the
+    interrupted UDP run's frames continues it, from that frame. Before, the new run counted every earlier
+    frame as a gap: frames stored in the first run were also lost in the second."""
+    stack = EdgeStack(
+        tmp_path,
+        [
+            'stream.transport="udp"',
+            f"udp.port={free_port()}",
+            "udp.idle_seconds=1.0",
+            "sim.rate_hz=40",
+            "store.frames_per_file=10",
+            "store.file_seconds=0.5",
+            'reduction.mode="raw"',
+        ],
+    )
+    try:
+        daemon = stack.start_daemon()
+        sim = stack.start("sim", "--frames", "0", "--json", stdout=subprocess.PIPE)
+        wait_for(lambda: stack.status()["receiver"].get("frames_received", 0) >= 30, 60, "frames arriving")
+        daemon.send_signal(sig)
+        daemon.wait(20)
+        stack.procs.remove(daemon)
+        stack.start_daemon()  # the detector kept sending meanwhile: those packets met a closed port
+        resumed = wait_for(lambda: len(runs := _runs(stack)) == 2 and runs[1], 60, "the resumed run")
+        wait_for(
+            lambda: stack.status()["receiver"].get("frames_received", 0) >= 30, 60, "frames after restart"
+        )
+        sim.send_signal(signal.SIGINT)  # the detector stops; the run ends when it has been silent
+        out, _ = sim.communicate(timeout=60)
+        sent = json.loads(out.strip().splitlines()[-1])["frames_sent"]
+        first_uid, second_uid = _runs(stack)[0]["run_uid"], resumed["run_uid"]
+        wait_for(lambda: stack.run(second_uid)["ended_at"] is not None, 60, "the resumed run ended")
+        first, second = stack.run(first_uid), stack.run(second_uid)
+        status = stack.status()
+    finally:
+        stack.stop_all()
+
+    assert status["receiver"].get("series_resumed") == 1
+    config = second["config"]
+    config = json.loads(config) if isinstance(config, str) else config
+    assert config["resumed_after_restart"] is True and config["resumes_run"] == first_uid
+    assert first["exit_status"] == ("fail" if sig == signal.SIGKILL else "abort")
+    stored_a, lost_a = _frames(first)
+    stored_b, lost_b = _frames(second)
+    assert {r["reason"] for r in first["losses"]} <= {"daemon_crash", "daemon_restart", "shutdown"}
+    assert min(stored_b) == config["first_frame"] > max(stored_a)
+    everything = [stored_a, lost_a, stored_b, lost_b]
+    for i, a in enumerate(everything):  # every frame has exactly one disposition
+        for b in everything[i + 1 :]:
+            assert not a & b, (first["losses"], second["losses"])
+    assert set().union(*everything) == set(range(sent)), (sent, first["losses"], second["losses"])
 
 
 def test_a_second_daemon_on_the_same_ledger_refuses_to_start(tmp_path: Path) -> None:

@@ -57,6 +57,27 @@ def _write(
     return writer.close().path
 
 
+def test_gap_pixels_are_nxmx_bit_0_and_the_mask_file_s_bit_8(tmp_path: Path) -> None:
+    """NXmx's pixel_mask: bit 0 is a gap (no sensor), bit 8 a user-defined mask; DIALS and XDS readers
+    tell them apart, so the module gaps are not written as a user's choice."""
+    mask = np.zeros(SHAPE, dtype=bool)
+    mask[10:12, :] = True  # module gaps (in the reduction's mask too)
+    mask[0, 0] = True  # from a mask file
+    gaps = np.zeros(SHAPE, dtype=bool)
+    gaps[10:12, :] = True
+    meta = RunMetadata(_geometry(3), "sim", 1, "2026-12-01T00:00:00+00:00", dict(SERIES), mask, gaps)
+    raw = ModeStage(
+        RunContext(get_backend("numpy"), _geometry(3), SHAPE, 5, "2th_deg", ReductionSettings(mode="raw"))
+    )
+    writer = RunFileWriter(tmp_path, "run1", "run1_00000.h5", 0, SHAPE, "uint16", 4, raw, meta)
+    writer.write(0, compress_chunk(np.zeros(SHAPE, np.uint16)), {})
+    with h5py.File(writer.close().path) as f:
+        pixel_mask = f["entry/instrument/detector/pixel_mask"][()]
+    assert (pixel_mask[gaps] == 1).all()
+    assert pixel_mask[0, 0] == 256
+    assert set(np.unique(pixel_mask)) == {0, 1, 256}
+
+
 def _pyfai(g: Geometry) -> AzimuthalIntegrator:
     detector = Detector(pixel1=g.pixel1, pixel2=g.pixel2, max_shape=SHAPE, orientation=g.orientation)
     return AzimuthalIntegrator(

@@ -143,3 +143,8 @@ def test_the_udp_layout_s_module_gaps_are_masked_never_reduced_as_zero_counts(tm
     ).mask
     assert both is not None and np.array_equal(both, expected | own)
     assert load_calibration(load_settings(overrides=[*udp[:-1], "udp.gap_pixels=0"])).mask is None
+    from edge.appliance import detector_gaps  # the files tell gaps (NXmx bit 0) from the mask file's
+
+    gaps = detector_gaps(load_settings(overrides=[*udp, f'reduction.mask_file="{tmp_path / "m.npy"}"']))
+    assert gaps is not None and np.array_equal(gaps, expected)
+    assert detector_gaps(load_settings(overrides=[*udp[:-1], "udp.gap_pixels=0"])) is None

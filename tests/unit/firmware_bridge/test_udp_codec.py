@@ -243,6 +243,23 @@ def test_late_packet_beyond_history_is_late() -> None:
     assert asm.counters["packets_late"] == 1
 
 
+def test_an_acquisition_resumed_at_a_frame_counts_from_it() -> None:
+    """`begin_at` (a UDP run resumed after a restart): frames below it are an earlier run's, never lost
+    here, and a packet of one is late; the receiver stopping reports the rest with its own reason."""
+    asm = UdpFrameAssembler(SMALL, frame_timeout_frames=2, expected_first_frame=None)
+    first = feed_all(asm, packetize_frame(SMALL, 40, frame(40))[:1])
+    assert asm.highest_frame == 40
+    asm.begin_at(40)
+    events = feed_all(asm, packetize_frame(SMALL, 40, frame(40))[1:])
+    events += feed_all(asm, packetize_frame(SMALL, 39, frame(39))[:1])  # the interrupted run's frame
+    assert list(frames_of(first + events)) == [40] and lost_of(events) == []
+    assert asm.counters["packets_late"] == 1
+    events = asm.close(expected_last_frame=42, reason="receiver_stopped")
+    assert events == [FramesLost(41, 42, "receiver_stopped")]
+    with pytest.raises(RuntimeError):
+        asm.begin_at(0)  # frames were finalised: too late to move the start
+
+
 def test_frame_number_jump_reports_lost_range() -> None:
     asm = UdpFrameAssembler(SMALL, frame_timeout_frames=2)
     feed_all(asm, packetize_frame(SMALL, 10, frame(10)))
