@@ -173,7 +173,8 @@ class RoiStage:
         for name in ("sum", "mean", "max", "centroid_x", "centroid_y"):
             values = [p["roi"][name] for p in products]
             data = np.asarray(values, np.float64).reshape(len(products), len(self.boxes))
-            group.create_dataset(name, data=data)
+            ds = group.create_dataset(name, data=data)
+            ds.attrs["units"] = "pixel" if name.startswith("centroid") else "counts"
 
     def row(self, stats: dict[str, np.ndarray]) -> dict[str, Any]:
         return {"roi_sum": stats["sum"]}
@@ -880,7 +881,13 @@ class TomoStage(_CorrectedStage):
         data.attrs["target"] = detector.name + "/data"
         detector["image_key"].attrs["target"] = detector.name + "/image_key"
         sample["rotation_angle"].attrs["target"] = sample.name + "/rotation_angle"
+        if "implements" not in entry.file:  # Data Exchange's list of the file's top-level groups
+            entry.file.create_dataset("implements", data="exchange")
         exchange = entry.file.require_group("exchange")
+        exchange.attrs["note"] = (
+            "this file's frames only: a scan's darks and flats are in its first file(s); read the run's"
+            " files together (or its reduced file's reconstruction)"
+        )
         for name, key in (("data", 0), ("data_white", 1), ("data_dark", 2)):
             _virtual_subset(exchange, name, data, np.flatnonzero(keys == key))
         exchange["theta"] = np.asarray(angles[keys == 0], np.float64)

@@ -490,6 +490,8 @@ class RunFileWriter:
         data = entry.create_group("data")
         data.attrs["NX_class"] = "NXdata"
         data.attrs["signal"] = "data"
+        data.attrs["axes"] = ["frame_number", ".", "."]  # (frame_number: written with the file's end)
+        data.attrs["frame_number_indices"] = 0
         self._data = data.create_dataset(
             "data",
             shape=(capacity, *shape),
@@ -498,6 +500,7 @@ class RunFileWriter:
             dtype=dtype,
             **hdf5_filter_options(),  # type: ignore[arg-type]
         )
+        self._data.attrs["units"] = "counts"
 
     def __len__(self) -> int:
         return len(self.frames)
@@ -688,6 +691,9 @@ def _write_run_products(entry: h5py.Group, products: dict[str, Any]) -> None:
     group = entry.create_group("reconstruction")
     group.attrs["NX_class"] = "NXdata"
     group.attrs["signal"] = "slices"
+    if "rows" in products:  # one slice per detector row reconstructed
+        group.attrs["axes"] = ["rows", ".", "."]
+        group.attrs["rows_indices"] = 0
     entry.attrs["default"] = "reconstruction"
     for key, value in products.items():
         if isinstance(value, str):
@@ -709,7 +715,7 @@ def _write_run_products(entry: h5py.Group, products: dict[str, Any]) -> None:
         # attenuation coefficient per pixel (divide by x_pixel_size for 1/m); without a flat field,
         # of -log(counts): relative values only
         group["slices"].attrs["long_name"] = (
-            "linear attenuation coefficient x pixel size" if normalised else "FBP of -log(counts)"
+            "linear attenuation coefficient (per pixel length)" if normalised else "FBP of -log(counts)"
         )
         group["slices"].attrs["units"] = "1/pixel" if normalised else "arbitrary units"
     if "sinograms" in group:

@@ -299,6 +299,7 @@ def test_tomo_slices_equal_numpy_fbp_of_the_stored_frames_and_the_file_is_nxtomo
         assert (
             handle["/entry/reconstruction/slices"].attrs["units"] == "1/pixel"
         )  # darks and flats came first
+        assert list(handle["/entry/reconstruction"].attrs["axes"]) == ["rows", ".", "."]
     dark = frames[keys == 2].mean(axis=0)
     flat = frames[keys == 1].mean(axis=0)
     projections = frames[keys == 0]

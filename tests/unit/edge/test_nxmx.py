@@ -112,6 +112,7 @@ def test_nxvalidate_reports_no_errors(tmp_path: Path, orientation: int) -> None:
         assert det["saturation_value"][()] == 65535
         np.testing.assert_array_equal(det["pixel_mask"][()] != 0, mask)
         assert set(np.unique(det["pixel_mask"][()])) == {0, 256}  # NXmx bit 8: user-defined mask
+        assert list(f["entry/data"].attrs["axes"]) == ["frame_number", ".", "."]
         assert f["entry/sample/depends_on"][()] == b"/entry/sample/transformations/omega"
         assert f["entry/instrument/name"][()] and f["entry/source/name"][()]
         assert "pyfai_poni" in det  # pyFAI users keep their group, with the units of each value

@@ -32,6 +32,11 @@ def test_a_tomography_file_with_a_given_axis_says_where_it_is(tmp_path: Path) ->
         assert detector["x_rotation_axis_pixel_position"][()] == 30.5
         assert detector["x_rotation_axis_pixel_position"].attrs["units"] == "pixel"
         assert detector["x_pixel_size"][()] == GEOMETRY.pixel2 and detector["frame_time"][()] == 0.01
+        # NeXus plotting (silx, nexpy) and Data Exchange readers find what they look for
+        assert list(f["/entry/data"].attrs["axes"]) == ["frame_number", ".", "."]
+        assert f["/entry/data/data"].attrs["units"] == "counts"
+        assert f["/implements"][()] == b"exchange"
+        assert f["/exchange/data_white"].shape == (1, *SHAPE) and f["/exchange/data"].shape == (1, *SHAPE)
 
 
 def test_a_row_named_twice_is_reconstructed_once() -> None:
