@@ -188,6 +188,8 @@ class RingSink:
             if self._capture_offset:
                 header = dataclasses.replace(header, frame=header.frame + self._capture_offset)
             self._capture_next = max(self._capture_next, header.frame + 1)
+        if header.missing is not None and self.masks is not None and self.run_uid is not None:
+            self.masks.put_missing(self.run_uid, header.frame, header.missing)  # before the pipeline reads
         self.ring.publish(slot, header, header.nbytes or None)
         self.newest_frame = header.frame  # (the IOC's UniqueId_RBV)
         if self.run_uid is not None and self.run_uid == self._received_run:

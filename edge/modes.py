@@ -143,9 +143,17 @@ class RoiStage:
     def __bool__(self) -> bool:
         return self.rois is not None
 
-    def stats(self, frame: np.ndarray) -> dict[str, np.ndarray]:
+    def stats(self, frame: np.ndarray, missing: np.ndarray | None = None) -> dict[str, np.ndarray]:
+        """Sum, mean, max and centroid per box. ``missing``: this frame's pixels that never arrived (0 in
+        it): they add nothing to a sum, a max or a centroid, and the mean is over the pixels that came."""
         assert self.rois is not None
         stats = self.backend.roi_stats(frame, self.rois)
+        mean = np.asarray(stats.mean, np.float64)
+        if missing is not None:
+            mean = mean.copy()
+            for k, (r0, r1, c0, c1) in enumerate(self.rois.boxes.tolist()):
+                came = (r1 - r0) * (c1 - c0) - int(np.count_nonzero(missing[r0:r1, c0:c1]))
+                mean[k] = float(stats.sum[k]) / came if came > 0 else np.nan
         cx = np.full(len(self.boxes), np.nan)
         cy = np.full(len(self.boxes), np.nan)
         for k, (r0, r1, c0, c1) in enumerate(self.rois.boxes.tolist()):
@@ -156,7 +164,7 @@ class RoiStage:
                 cx[k] = (box.sum(axis=0) @ np.arange(c0, c1)) / total
         return {
             "sum": np.asarray(stats.sum, np.float64),
-            "mean": np.asarray(stats.mean, np.float64),
+            "mean": mean,
             "max": np.asarray(stats.max, np.float64),
             "centroid_x": cx,
             "centroid_y": cy,
@@ -193,13 +201,29 @@ class ModeStage:
         self.frames = 0
 
     # per frame -----------------------------------------------------------------------------------
-    def process(self, raw: np.ndarray | None, frame: int, image_key: int, angle: float) -> FrameResult:
+    def process(
+        self,
+        raw: np.ndarray | None,
+        frame: int,
+        image_key: int,
+        angle: float,
+        missing: np.ndarray | None = None,
+    ) -> FrameResult:
+        """One frame's result. ``missing``: its pixels that never arrived (an incomplete UDP frame, 0 in
+        ``raw``), left out of its products as if masked."""
         if self.independent:
-            return self.fold(self.analyse(raw), frame, image_key, angle)
+            return self.fold(self.analyse(raw, missing), frame, image_key, angle)
         self.frames += 1
         return FrameResult(row={"image_key": image_key})
 
-    def start(self, raw: np.ndarray | None, frame: int, image_key: int, angle: float) -> FrameResult:
+    def start(
+        self,
+        raw: np.ndarray | None,
+        frame: int,
+        image_key: int,
+        angle: float,
+        missing: np.ndarray | None = None,
+    ) -> FrameResult:
         """``process``, except that the result may still be computing when it returns: the caller calls
         its ``finish`` before reading it (``keep``, ``stream``, products, row), and keeps ``raw`` alive
         until then. Frames are started and finished in order. The pipeline uses this: a stage that
@@ -208,14 +232,15 @@ class ModeStage:
         and kernels with the next frame's hand-over; every other stage processes the frame now."""
         executor = self.ctx.analysis
         if executor is None or not self.independent:
-            return self.process(raw, frame, image_key, angle)
-        analysis = executor.submit(self.analyse, raw)
+            return self.process(raw, frame, image_key, angle, missing)
+        analysis = executor.submit(self.analyse, raw, missing)
         return FrameResult(pending=lambda: self.fold(analysis.result(), frame, image_key, angle))
 
     independent = False  # True: ``analyse`` may run on several frames at once, ``fold`` keeps the order
 
-    def analyse(self, raw: np.ndarray | None) -> Any:
-        """The per-frame work that reads only the frame (thread-safe): peaks, profiles, ROI statistics."""
+    def analyse(self, raw: np.ndarray | None, missing: np.ndarray | None = None) -> Any:
+        """The per-frame work that reads only the frame (thread-safe): peaks, profiles, ROI statistics;
+        ``missing`` as in `process`."""
         raise NotImplementedError
 
     def fold(self, analysis: Any, frame: int, image_key: int, angle: float) -> FrameResult:
@@ -261,11 +286,11 @@ class _CorrectedStage(ModeStage):
         super().__init__(ctx)
         self.roi = RoiStage(ctx)
 
-    def _roi(self, raw: np.ndarray, result: FrameResult) -> FrameResult:
-        return self._with_roi(self._roi_stats(raw), result)
+    def _roi(self, raw: np.ndarray, result: FrameResult, missing: np.ndarray | None = None) -> FrameResult:
+        return self._with_roi(self._roi_stats(raw, missing), result)
 
-    def _roi_stats(self, raw: np.ndarray) -> dict[str, np.ndarray] | None:
-        return self.roi.stats(raw) if self.roi else None
+    def _roi_stats(self, raw: np.ndarray, missing: np.ndarray | None = None) -> dict[str, np.ndarray] | None:
+        return self.roi.stats(raw, missing) if self.roi else None
 
     def _with_roi(self, stats: dict[str, np.ndarray] | None, result: FrameResult) -> FrameResult:
         if stats is not None:
@@ -319,10 +344,12 @@ class PowderStage(_CorrectedStage):
 
     independent = True
 
-    def analyse(self, raw: np.ndarray | None) -> tuple[Any, Any, dict[str, np.ndarray] | None]:
+    def analyse(
+        self, raw: np.ndarray | None, missing: np.ndarray | None = None
+    ) -> tuple[Any, Any, dict[str, np.ndarray] | None]:
         assert raw is not None
-        cake = None if self.cake is None else self.cake.integrate_full(raw)
-        return self.integrator.integrate_full(raw), cake, self._roi_stats(raw)
+        cake = None if self.cake is None else self.cake.integrate_full(raw, missing)
+        return self.integrator.integrate_full(raw, missing), cake, self._roi_stats(raw, missing)
 
     def fold(self, analysis: Any, frame: int, image_key: int, angle: float) -> FrameResult:
         full, cake, roi = analysis
@@ -334,13 +361,21 @@ class PowderStage(_CorrectedStage):
         self.latest = (full.intensity, None if cake is None else cake.intensity)
         return self._with_roi(roi, FrameResult(products=products, row={"image_key": image_key}))
 
-    def start(self, raw: np.ndarray | None, frame: int, image_key: int, angle: float) -> FrameResult:
+    def start(
+        self,
+        raw: np.ndarray | None,
+        frame: int,
+        image_key: int,
+        angle: float,
+        missing: np.ndarray | None = None,
+    ) -> FrameResult:
         """On a backend whose sums run while the caller goes on (the GPU's feed, ``submit_full``): the
         profile started, queued behind the previous frame's, the cake and ROI statistics computed now,
         and the result's ``finish`` collects the profile (``held`` keeps the frame's device copy alive
-        until then). Elsewhere as every stage (``ModeStage.start``)."""
-        if not self.integrator.overlaps:
-            return super().start(raw, frame, image_key, angle)
+        until then). Elsewhere, and for a frame with ``missing`` pixels, as every stage
+        (``ModeStage.start``)."""
+        if not self.integrator.overlaps or missing is not None:
+            return super().start(raw, frame, image_key, angle, missing)
         assert raw is not None
         # with a cake, one copy to the device serves both integrations (the cake waits for its kernel)
         source = raw if self.cake is None else self.ctx.backend.module.to_device(raw)
@@ -536,11 +571,14 @@ class SerialStage(_CorrectedStage):
 
     independent = True
 
-    def analyse(self, raw: np.ndarray | None) -> tuple[Any, dict[str, np.ndarray] | None]:
+    def analyse(
+        self, raw: np.ndarray | None, missing: np.ndarray | None = None
+    ) -> tuple[Any, dict[str, np.ndarray] | None]:
         # the finder's only state is a guess learnt from the frame before, which speeds its search and
-        # never changes its answer: frames analysed at once find what they would one by one
+        # never changes its answer: frames analysed at once find what they would one by one. Its mask is
+        # the run's: a frame's missing pixels (0) go to the finder as zeros; only its ROI means omit them
         assert raw is not None
-        return self.finder.find(raw), self._roi_stats(raw)
+        return self.finder.find(raw), self._roi_stats(raw, missing)
 
     def fold(self, analysis: Any, frame: int, image_key: int, angle: float) -> FrameResult:
         peaks, roi = analysis
@@ -655,6 +693,10 @@ photon_energy = {energy_ev:.3f}
 clen = {panel.clen:.9f}
 res = {panel.res:.6f}
 data = /entry/data/data
+; NXmx pixel_mask in every data file (bit 0 gaps, bit 8 the mask file): any bit set is a bad pixel
+mask = /entry/instrument/detector/pixel_mask
+mask_good = 0x0
+mask_bad = 0xffffffff
 peak_list = /entry/result_1
 peak_list_type = cxi
 dim0 = %
@@ -819,6 +861,7 @@ class TomoStage(_CorrectedStage):
         self._dark_sum = np.zeros(ctx.shape, np.float64)
         self._flat_sum = np.zeros(ctx.shape, np.float64)
         self.darks = self.flats = self.projections = self.without_angle = 0
+        self.incomplete_left_out = 0  # darks and flats with pixels missing: not in the means
         self.reconstructor: Any = None
         self.angles: list[float] = []
         self.sinograms: list[np.ndarray] = []  # normalised rows of each projection, for the run product
@@ -830,22 +873,35 @@ class TomoStage(_CorrectedStage):
         self._earlier_lines: list[np.ndarray] = []  # those back-projected so far (normalised) ...
         self._earlier_angles: list[float] = []  # ... and their angles
 
-    def process(self, raw: np.ndarray | None, frame: int, image_key: int, angle: float) -> FrameResult:
+    def process(
+        self,
+        raw: np.ndarray | None,
+        frame: int,
+        image_key: int,
+        angle: float,
+        missing: np.ndarray | None = None,
+    ) -> FrameResult:
+        """A dark or flat adds to its mean; a projection's chosen rows are normalised and back-projected.
+        With ``missing`` pixels, a dark or flat is left out of the means (stored, counted
+        ``incomplete_left_out``), and a projection's missing pixels are line integrals of 0
+        (transmission 1, as a dead pixel's) rather than -log of a zero count."""
         assert raw is not None
         self.frames += 1
-        if image_key == 2:
+        if image_key in (1, 2) and missing is not None:
+            self.incomplete_left_out += 1
+        elif image_key == 2:
             self.darks += 1
             self._dark_sum += raw
         elif image_key == 1:
             self.flats += 1
             self._flat_sum += raw
         else:
-            self._project(raw, angle)
+            self._project(raw, angle, missing)
         result = FrameResult(
             products={"image_key": image_key, "rotation_angle": angle},
             row={"image_key": image_key, "rotation_angle": angle},
         )
-        return self._roi(raw, result)
+        return self._roi(raw, result, missing)
 
     def write_reduced(self, entry: h5py.Group, products: list[dict[str, Any]]) -> None:
         _CorrectedStage.write_products(self, entry, products)  # ROI statistics; the rest is run products
@@ -920,7 +976,7 @@ class TomoStage(_CorrectedStage):
         flat = flat_sum / flats if flats else np.full(self.ctx.shape, float(np.max(dark)) + 1.0)
         return dark.astype(np.float32), flat.astype(np.float32)
 
-    def _project(self, raw: np.ndarray, angle: float) -> None:
+    def _project(self, raw: np.ndarray, angle: float, missing: np.ndarray | None = None) -> None:
         self.projections += 1
         if math.isnan(angle):  # stored, but a projection at an unknown angle cannot be back-projected
             self.without_angle += 1
@@ -929,6 +985,8 @@ class TomoStage(_CorrectedStage):
             self._start_reconstruction()
         self.angles.append(angle)
         normalised = self._normalised(raw[self.rows].astype(np.float32))
+        if missing is not None:
+            normalised[missing[self.rows]] = 0.0
         self.sinograms.append(normalised)
         self.reconstructor.add(normalised, angle)
         earlier = self._earlier_pending
@@ -1030,6 +1088,7 @@ class TomoStage(_CorrectedStage):
             "projections_without_angle": self.without_angle,
             "darks": self.darks,
             "flats": self.flats,
+            "darks_and_flats_incomplete": self.incomplete_left_out,  # stored, not in the means
             "flat_field": self.flat_field(),
             **({} if self.earlier is None else self.earlier.record()),
         }

@@ -50,7 +50,14 @@ from edge.ring import KIND_CONTROL, KIND_FRAME, FrameRing, Slot
 from edge.run_masks import RunMasks
 from edge.store import ReducedWriter, RunMetadata, RunStore
 from firmware_bridge.hdf5_chunks import ChunkError, decode_bslz4
-from firmware_bridge.source import FLAG_CHUNK, FLAG_STATE_MASK, Checkpoint, Spawner, plain_spawn
+from firmware_bridge.source import (
+    FLAG_CHUNK,
+    FLAG_INCOMPLETE,
+    FLAG_STATE_MASK,
+    Checkpoint,
+    Spawner,
+    plain_spawn,
+)
 from kernels import Backend, Geometry, compress_chunk
 
 log = logging.getLogger(__name__)
@@ -196,6 +203,7 @@ class Pipeline:
             "run": store.run_uid if store else None,
             "queued": self._work.qsize(),
             **{k: int(v) for k, v in self.stats.items()},
+            **({} if self.run_masks is None else {k: int(v) for k, v in self.run_masks.stats.items()}),
         }
 
     def run_vetoed(self) -> tuple[str | None, int]:
@@ -238,6 +246,8 @@ class Pipeline:
                 self._run_dtype = np.dtype(str(record["dtype"]))
                 return _Work(slot, "open", record=record, stage=self._stage)
             if record["event"] == "series_end":
+                if self.run_masks is not None and self._run_uid is not None:
+                    self.run_masks.forget_missing(self._run_uid)  # of frames that never reached the stage
                 self._run_uid = None
                 return _Work(slot, "close", record=record)
             return _Work(slot, "release")
@@ -254,6 +264,11 @@ class Pipeline:
             self.recorder.loss(None, frame, frame, "outside_run", "frame arrived with no open run")
             return _Work(slot, "release")
         started = time.perf_counter()
+        missing = None  # an incomplete UDP frame's pixels that never came: left out of its reduction
+        if int(slot.header["flags"]) & FLAG_INCOMPLETE and self.run_masks is not None:
+            missing = self.run_masks.take_missing(self._run_uid, frame)
+            if missing is not None:
+                self.stats["frames_reduced_without_missing_pixels"] += 1
         raw = slot.array()
         if raw.shape != stage.ctx.shape:
             self.stats["frames_wrong_shape"] += 1
@@ -283,7 +298,11 @@ class Pipeline:
         # started, not waited for: on the GPU the writing thread collects the products (``finish``)
         # while this thread hands on the next frame, whose copy to the device overlaps this one's kernel
         result = stage.start(
-            raw if stage.decompress else None, frame, int(header["image_key"]), float(header["angle"])
+            raw if stage.decompress else None,
+            frame,
+            int(header["image_key"]),
+            float(header["angle"]),
+            missing if stage.decompress else None,
         )
         if not result.keep:
             chunk.cancel()  # a vetoed frame is never stored; its compression is not needed

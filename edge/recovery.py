@@ -312,9 +312,11 @@ def resume_interrupted(
         return {"resumes_run": None}
     interrupted = max(candidates, key=lambda r: r["started_at"])
     run_uid = interrupted["run_uid"]
-    handed = sum(
-        ledger.hand_over_losses(run_uid, r, first_frame) for r in ("daemon_crash", "receiver_stopped")
-    )
+    crashed = ledger.hand_over_losses(run_uid, "daemon_crash", first_frame)
+    handed = crashed + ledger.hand_over_losses(run_uid, "receiver_stopped", first_frame)
+    if crashed and run_uid in failed:  # recovery's count of frames unaccounted for: these are, now
+        report["frames_lost"] = max(0, int(report.get("frames_lost") or 0) - crashed)
+        report["frames_handed_over"] = int(report.get("frames_handed_over") or 0) + crashed
     covered = _accounted(recorder, run_uid, _vetoed_frames(recorder, run_uid))
     added = 0
     for first, last in _missing_ranges(first_frame, _not_own(interrupted, covered)):

@@ -10,16 +10,28 @@ The receiving side calls :meth:`RunMasks.combine` when a series starts (its resu
 run: which masks went in, with checksums) and :meth:`RunMasks.put` once the run has its uid; the
 pipeline's reducing thread takes the run's mask with :meth:`RunMasks.take` when it builds the run's
 stage. A run with no detector mask takes nothing and is reduced with the settings' mask alone.
+
+A frame can also have pixels of its own to leave out: a UDP frame kept with packets missing has 0 where
+they were. The sink keeps that frame's mask (:meth:`RunMasks.put_missing`) and the reducing thread takes
+it for that frame (:meth:`RunMasks.take_missing`), so its profile, cake and ROI means leave those pixels
+out instead of averaging them in as zero counts. At most ``MAX_MISSING`` frames' masks wait at once;
+one more is not kept (counted ``missing_masks_not_kept``; that frame is reduced with its zeros).
 """
 
 from __future__ import annotations
 
 import hashlib
+import logging
 import threading
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+log = logging.getLogger(__name__)
+
+MAX_MISSING = 256  # frames whose missing-pixel masks wait for the reducing thread at once
 
 
 def file_sha256(path: Path) -> str:
@@ -58,6 +70,8 @@ class RunMasks:
             }
         self.geometry_source = "reduction.poni_file" if poni_file is not None else "geometry settings"
         self._runs: dict[str, np.ndarray] = {}
+        self._missing: dict[tuple[str, int], np.ndarray] = {}
+        self.stats: Counter[str] = Counter()
         self._lock = threading.Lock()
 
     def combine(
@@ -104,6 +118,33 @@ class RunMasks:
         """The mask kept for ``run_uid`` (forgotten once taken), or None: the settings' mask applies."""
         with self._lock:
             return self._runs.pop(run_uid, None)
+
+    def put_missing(self, run_uid: str, frame: int, missing: np.ndarray) -> None:
+        """Keep the pixels frame ``frame`` of the run lacks until the reducing thread takes them."""
+        with self._lock:
+            if len(self._missing) >= MAX_MISSING:
+                self.stats["missing_masks_not_kept"] += 1
+                if self.stats["missing_masks_not_kept"] == 1:
+                    log.warning(
+                        "more than %d incomplete frames wait to be reduced: frame %d is reduced with its"
+                        " missing pixels as zeros (counted in missing_masks_not_kept)",
+                        MAX_MISSING,
+                        frame,
+                    )
+                return
+            self._missing[(run_uid, frame)] = np.asarray(missing, bool)
+            self.stats["missing_masks_kept"] += 1
+
+    def take_missing(self, run_uid: str | None, frame: int) -> np.ndarray | None:
+        """The pixels frame ``frame`` lacks (forgotten once taken), or None: none kept for it."""
+        with self._lock:
+            return self._missing.pop((str(run_uid), frame), None)
+
+    def forget_missing(self, run_uid: str) -> None:
+        """Drop what a run's frames left behind (frames that never reached a stage: vetoed, refused)."""
+        with self._lock:
+            for key in [k for k in self._missing if k[0] == run_uid]:
+                del self._missing[key]
 
     def discard(self, run_uid: str) -> None:
         """Forget a run's mask (the run was refused: no stage will take it)."""

@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 FLAG_COMPLETE = 0
@@ -70,6 +70,9 @@ class FrameHeader:
     image_key: int = 0  # NXtomo: 0 projection (every frame outside tomography), 1 flat, 2 dark
     angle_deg: float = math.nan  # rotation angle of a tomography frame; NaN when unknown
     nbytes: int = 0  # bytes in the slot when it holds a chunk (FLAG_CHUNK); 0: the pixels' size
+    # an incomplete frame's pixels that never arrived (bool, the frame's shape), 0 in the slot: the sink
+    # keeps it for the reduction (not in the ring's header)
+    missing: Any = field(default=None, compare=False, repr=False)
 
 
 class SlotLike(Protocol):

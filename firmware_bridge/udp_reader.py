@@ -252,6 +252,7 @@ class UdpSource:
             flags=flags,
             packets_expected=event.packets_expected,
             packets_received=event.packets_received,
+            missing=None if event.complete else event.missing_mask,
         )
         if not event.complete:
             missing = event.packets_expected - event.packets_received
@@ -261,7 +262,7 @@ class UdpSource:
                 event.frame_number,
                 "incomplete_frame",
                 f"{missing} of {event.packets_expected} packets missing; frame kept, flagged incomplete,"
-                " their pixels 0",
+                " their pixels 0 (left out of its reduction)",
             )
         self.sink.publish(slot, header)
         self.stats["frames_received"] += 1

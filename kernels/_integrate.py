@@ -66,7 +66,11 @@ def _smallest_index_dtype(nbins: int) -> np.dtype[Any]:
 
 
 # per frame: intensity, sum of signal, and with Poisson errors sum of variance, sigma, std (else None)
-_Parts = tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray | None, np.ndarray | None]
+#: intensity, sum_signal, sum_variance, sigma, std, sum_normalization, count (the last two per frame:
+#: its own excluded pixels taken out)
+_Parts = tuple[
+    np.ndarray, np.ndarray, np.ndarray | None, np.ndarray | None, np.ndarray | None, np.ndarray, np.ndarray
+]
 
 
 class _Integrator:
@@ -126,9 +130,33 @@ class _Integrator:
         self._empty = self.count == 0
         self._summer = self.backend.module.BinSummer(self.bins, nbins)
 
-    def _integrate(self, frame: Any) -> _Parts:
+    def _integrate(self, frame: Any, excluded: np.ndarray | None = None) -> _Parts:
         self._check(frame)
-        return self._normalised(*self._summer(frame, self.error_model == "poisson"))
+        sums = self._summer(frame, self.error_model == "poisson")
+        if excluded is None:
+            return self._normalised(*sums)
+        return self._normalised(*sums, less=self._excluded_sums(frame, excluded))
+
+    def _excluded_sums(self, frame: Any, excluded: np.ndarray) -> dict[str, np.ndarray]:
+        """Per-bin sums over the pixels of ``excluded`` (bool, the frame's shape) that the integration
+        counts: what one frame's own missing pixels (a UDP frame's lost packets) take out of its bins."""
+        excluded = np.asarray(excluded, bool)
+        if excluded.shape != self.shape:
+            raise ValueError(f"excluded pixels {excluded.shape} differ from the frame shape {self.shape}")
+        index = self.bins[excluded].astype(np.intp)  # nbins: a pixel the integration never counts
+        values = np.asarray(frame)[excluded].astype(np.float64)
+        n = self.nbins + 1
+        norm = self.normalization[excluded]
+        out = {
+            "count": np.bincount(index, minlength=n)[: self.nbins].astype(np.float64),
+            "signal": np.bincount(index, values, n)[: self.nbins],
+            "variance": np.bincount(index, np.maximum(1.0, values), n)[: self.nbins],
+            "norm": np.bincount(index, norm, n)[: self.nbins],
+            "norm2": np.bincount(index, norm * norm, n)[: self.nbins],
+        }
+        if self.dark is not None:
+            out["dark"] = np.bincount(index, self.dark[excluded], n)[: self.nbins]
+        return out
 
     @property
     def overlaps(self) -> bool:
@@ -153,19 +181,35 @@ class _Integrator:
         if tuple(frame.shape) != self.shape:
             raise ValueError(f"frame shape {tuple(frame.shape)} differs from integrator shape {self.shape}")
 
-    def _normalised(self, sum_signal: np.ndarray, sum_variance: np.ndarray | None) -> _Parts:
-        if self.sum_dark is not None:
-            sum_signal = sum_signal - self.sum_dark
-        keep = ~self._empty
+    def _normalised(
+        self,
+        sum_signal: np.ndarray,
+        sum_variance: np.ndarray | None,
+        less: dict[str, np.ndarray] | None = None,
+    ) -> _Parts:
+        sum_dark, norm, norm2, count = (
+            self.sum_dark,
+            self.sum_normalization,
+            self.sum_normalization2,
+            self.count,
+        )
+        if less is not None:  # this frame's excluded pixels (`_excluded_sums`) taken out of every sum
+            sum_signal = sum_signal - less["signal"]
+            sum_variance = None if sum_variance is None else sum_variance - less["variance"]
+            sum_dark = None if sum_dark is None else sum_dark - less["dark"]
+            norm, norm2, count = norm - less["norm"], norm2 - less["norm2"], count - less["count"]
+        if sum_dark is not None:
+            sum_signal = sum_signal - sum_dark
+        keep = count > 0
         intensity = np.zeros(self.nbins)
-        np.divide(sum_signal, self.sum_normalization, out=intensity, where=keep)
+        np.divide(sum_signal, norm, out=intensity, where=keep)
         if sum_variance is None:
-            return intensity, sum_signal, None, None, None
+            return intensity, sum_signal, None, None, None, norm, count
         sigma = np.zeros(self.nbins)
         std = np.zeros(self.nbins)
-        np.divide(np.sqrt(sum_variance), self.sum_normalization, out=sigma, where=keep)
-        np.sqrt(np.divide(sum_variance, self.sum_normalization2, out=std, where=keep), out=std)
-        return intensity, sum_signal, sum_variance, sigma, std
+        np.divide(np.sqrt(sum_variance), norm, out=sigma, where=keep)
+        np.sqrt(np.divide(sum_variance, norm2, out=std, where=keep), out=std)
+        return intensity, sum_signal, sum_variance, sigma, std, norm, count
 
 
 class Integrator1D(_Integrator):
@@ -221,9 +265,10 @@ class Integrator1D(_Integrator):
         """Intensity per radial bin, float64."""
         return self._integrate(frame)[0]
 
-    def integrate_full(self, frame: Any) -> IntegrationResult:
-        """Intensity, errors (with ``error_model="poisson"``), the per-bin sums and counts."""
-        return self._full(self._integrate(frame))
+    def integrate_full(self, frame: Any, excluded: np.ndarray | None = None) -> IntegrationResult:
+        """Intensity, errors (with ``error_model="poisson"``), the per-bin sums and counts. ``excluded``
+        (bool, the frame's shape) are pixels of this frame alone to leave out, as if masked."""
+        return self._full(self._integrate(frame, excluded))
 
     def submit_full(self, frame: Any) -> Callable[[], IntegrationResult]:
         """``integrate_full`` started now and collected by the returned call (see ``_submit``): on the GPU
@@ -232,17 +277,9 @@ class Integrator1D(_Integrator):
         return lambda: self._full(pending())
 
     def _full(self, parts: _Parts) -> IntegrationResult:
-        intensity, sum_signal, sum_variance, sigma, std = parts
+        intensity, sum_signal, sum_variance, sigma, std, norm, count = parts
         return IntegrationResult(
-            self.radial,
-            intensity,
-            sigma,
-            std,
-            sum_signal,
-            sum_variance,
-            self.sum_normalization,
-            self.count,
-            self.unit,
+            self.radial, intensity, sigma, std, sum_signal, sum_variance, norm, count, self.unit
         )
 
 
@@ -309,9 +346,10 @@ class Integrator2D(_Integrator):
         """Intensity per (azimuthal, radial) bin, float64."""
         return self._cake(self._integrate(frame)[0])
 
-    def integrate_full(self, frame: Any) -> IntegrationResult:
-        """Intensity, errors (with ``error_model="poisson"``), the per-bin sums and counts, all 2D."""
-        intensity, sum_signal, sum_variance, sigma, std = self._integrate(frame)
+    def integrate_full(self, frame: Any, excluded: np.ndarray | None = None) -> IntegrationResult:
+        """Intensity, errors (with ``error_model="poisson"``), the per-bin sums and counts, all 2D;
+        ``excluded`` as for the 1D profile."""
+        intensity, sum_signal, sum_variance, sigma, std, norm, count = self._integrate(frame, excluded)
         return IntegrationResult(
             self.radial,
             self._cake(intensity),
@@ -319,8 +357,8 @@ class Integrator2D(_Integrator):
             None if std is None else self._cake(std),
             self._cake(sum_signal),
             None if sum_variance is None else self._cake(sum_variance),
-            self._cake(self.sum_normalization),
-            self._cake(self.count),
+            self._cake(norm),
+            self._cake(count),
             self.unit,
             self.azimuthal,
         )

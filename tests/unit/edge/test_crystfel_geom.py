@@ -92,6 +92,15 @@ def test_every_pixel_centre_lands_where_pyfai_puts_it(
     np.testing.assert_allclose(chi, want_chi, rtol=0, atol=BOUND)
 
 
+def test_the_geometry_names_the_data_files_pixel_mask(tmp_path: Path) -> None:
+    """CrystFEL (and cfelpyutils) take the bad pixels from the NXmx pixel_mask every data file holds:
+    any bit set is bad (the gaps' bit 0, the mask file's bit 8), as DECTRIS's Eiger geometries say."""
+    detector = load_crystfel_geometry(_geom_file(tmp_path, _geometry(3, FLAT))).detector
+    (panel,) = detector["panels"].values()
+    assert panel["mask"] == "/entry/instrument/detector/pixel_mask"
+    assert (detector["mask_good"], detector["mask_bad"]) == (0, 0xFFFFFFFF)
+
+
 def test_non_square_pixels_keep_their_slow_pitch(tmp_path: Path) -> None:
     # res is one pitch per panel (the fast one): the slow vector is longer by pixel1 / pixel2
     g = _geometry(3, TILTED, pixel1=172e-6)

@@ -119,9 +119,9 @@ def test_frames_analysed_several_at_once_equal_frames_processed_one_by_one(mode:
         )
         analyse = ours.analyse
 
-        def recorded(raw: np.ndarray) -> object:
+        def recorded(raw: np.ndarray, missing: np.ndarray | None = None) -> object:
             threads.add(threading.current_thread().name)
-            return analyse(raw)
+            return analyse(raw, missing)
 
         ours.analyse = recorded  # type: ignore[method-assign]
         started = [ours.start(frame, n, 0, float("nan")) for n, frame in enumerate(frames)]

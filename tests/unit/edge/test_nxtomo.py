@@ -43,3 +43,29 @@ def test_a_row_named_twice_is_reconstructed_once() -> None:
     params = ReductionSettings(mode="tomo", tomo={"slices": [20, 20, 3, 20]})  # type: ignore[arg-type]
     stage = make_stage(RunContext(get_backend("numpy"), GEOMETRY, SHAPE, 16, "2th_deg", params))
     assert stage.settings_record()["slices"] == [20, 3]
+
+
+def test_an_incomplete_frame_s_missing_pixels_stay_out_of_the_means_and_the_sinogram() -> None:
+    """A UDP frame with a packet lost has 0 where it was: as a dark or flat it would pull the mean down
+    (it is left out, counted), as a projection its -log(0) would streak the slice (those line integrals
+    are 0, transmission 1, as a dead pixel's)."""
+    params = ReductionSettings(mode="tomo", tomo={"slices": [5]})  # type: ignore[arg-type]
+    stage = make_stage(RunContext(get_backend("numpy"), GEOMETRY, SHAPE, 16, "2th_deg", params))
+    missing = np.zeros(SHAPE, bool)
+    missing[5, 10:20] = True
+    dark, flat = np.full(SHAPE, 10, np.uint16), np.full(SHAPE, 1000, np.uint16)
+    stage.process(dark, 0, 2, float("nan"))
+    holey = dark.copy()
+    holey[missing] = 0
+    stage.process(holey, 1, 2, float("nan"), missing)
+    stage.process(flat, 2, 1, float("nan"))
+    projection = np.full(SHAPE, 505, np.uint16)
+    projection[missing] = 0
+    stage.process(projection, 3, 0, 0.0, missing)
+    stage.process(np.full(SHAPE, 505, np.uint16), 4, 0, 90.0)
+    products = stage.finish()
+    assert (products["darks"], products["darks_and_flats_incomplete"]) == (1, 1)
+    np.testing.assert_allclose(products["dark_mean"], 10.0)
+    sinogram = products["sinograms"][0]  # (angles, columns) of row 5
+    assert (sinogram[0, 10:20] == 0).all()  # not -log(1e-6) = 13.8
+    np.testing.assert_allclose(sinogram[1], -np.log(495 / 990), rtol=1e-5)

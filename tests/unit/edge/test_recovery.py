@@ -192,3 +192,23 @@ def test_a_resumed_run_that_crashes_too_accounts_only_for_its_own_frames(tmp_pat
     resume_interrupted(recorder, report, series=9, first_frame=518)
     losses = [(row["first_frame"], row["last_frame"], row["reason"]) for row in ledger.losses(run_uid)]
     assert losses == [(504, 517, "daemon_restart")]
+
+
+def test_recovery_s_unaccounted_frames_drop_by_those_a_resumed_run_takes_over(tmp_path: Path) -> None:
+    """A crash in a series of known length: recovery records the frames after the last stored as
+    daemon_crash and counts them (the dashboard's "frames unaccounted for"); a resumed run takes those
+    from its first frame on, and the count says what is still unaccounted for."""
+    from edge.recovery import recover
+
+    ledger = Ledger(tmp_path / "ledger.sqlite")
+    recorder = RunRecorder(ledger, tmp_path, chunk_bytes=1 << 20)
+    run_uid = recorder.open_run("run-c", series=3, frames_expected=100, config={"shape": [4, 4]})
+    data = tmp_path / run_uid / f"{run_uid}_00000.h5"
+    data.parent.mkdir()
+    data.write_bytes(b"frames 0..29")
+    recorder.register_file(run_uid, data, (0, 29, 30))
+    report = recover(recorder, tmp_path)  # the daemon died: run-c is open
+    assert report["frames_lost"] == 70
+    resume_interrupted(recorder, report, series=3, first_frame=40)
+    assert report["frames_lost"] == 10 and report["frames_handed_over"] == 60  # 30..39 stay lost
+    assert ledger.run_totals(run_uid)["frames_lost"] == 10

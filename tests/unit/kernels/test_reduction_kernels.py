@@ -712,3 +712,44 @@ def test_kernel_frame_is_read_only_contiguous_and_widens_rare_dtypes_exactly(dty
     contiguous = np.ascontiguousarray(frame)
     if dtype in (np.uint16, np.float32):  # no copy when nothing needs changing
         assert np.shares_memory(kernel_frame(contiguous), contiguous)
+
+
+@pytest.mark.parametrize("backend", ["numpy", "numba"])
+def test_pixels_excluded_from_one_frame_integrate_as_if_masked(backend: str) -> None:
+    """A UDP frame's missing packets (`excluded`): its profile and cake are those of an integrator that
+    masks them, with every correction on; the next frame is integrated whole again."""
+    from kernels import Geometry
+
+    shape = (48, 40)
+    geometry = Geometry(dist=0.05, poni1=0.0021, poni2=0.0017, wavelength=1e-10, pixel1=1e-4, pixel2=1e-4)
+    rng = np.random.default_rng(3)
+    frame = rng.poisson(50, shape).astype(np.uint16)
+    mask = np.zeros(shape, bool)
+    mask[0, :] = True
+    excluded = np.zeros(shape, bool)
+    excluded[10:13, 5:30] = True  # a lost packet's pixels
+    frame[excluded] = 0
+    options = {
+        "dark": rng.uniform(0, 2, shape).astype(np.float32),
+        "flat": rng.uniform(0.8, 1.2, shape).astype(np.float32),
+        "correct_solid_angle": True,
+        "polarization_factor": 0.95,
+        "error_model": "poisson",
+    }
+    b = get_backend(backend)
+    whole = b.integrator(geometry, shape, 30, mask=mask, **options)
+    reference = b.integrator(geometry, shape, 30, mask=mask | excluded, **options)
+    got, want = whole.integrate_full(frame, excluded), reference.integrate_full(frame)
+    for name in ("intensity", "sigma", "std", "sum_signal", "sum_normalization", "count"):
+        np.testing.assert_allclose(
+            getattr(got, name), getattr(want, name), rtol=1e-9, atol=1e-9, err_msg=name
+        )
+    assert not np.allclose(whole.integrate_full(frame).intensity, want.intensity)  # zeros pulled it down
+    np.testing.assert_array_equal(whole.integrate_full(frame).count, whole.count)  # nothing kept
+    cake = b.integrator2d(geometry, shape, 20, 12, mask=mask, **options)
+    cake_reference = b.integrator2d(geometry, shape, 20, 12, mask=mask | excluded, **options)
+    np.testing.assert_allclose(
+        cake.integrate_full(frame, excluded).intensity,
+        cake_reference.integrate_full(frame).intensity,
+        rtol=1e-9,
+    )
