@@ -551,9 +551,22 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "run":
         return _run_daemon(settings, lambda: _settings(args, extra), log_setup)
     if args.command == "where":
-        return _run_where(settings, args.run, args.json)
+        try:
+            return _run_where(settings, args.run, args.json)
+        except BrokenPipeError:  # `edge where RUN | head`: the reader has what it wanted
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # nothing left to flush at exit
+            return 0
     if args.command == "sim":
-        return _run_sim(settings, args)
+        import errno
+
+        import zmq
+
+        try:
+            return _run_sim(settings, args)
+        except (zmq.ZMQError, OSError) as error:  # a taken endpoint or port: one line, exit 2
+            hint = "; another simulator or sender has it" if error.errno == errno.EADDRINUSE else ""
+            print(f"edge sim: cannot send: {error}{hint}", file=sys.stderr)
+            return 2
     if args.command == "pull":
         return _run_pull(settings)
     if args.command == "pvdocs":

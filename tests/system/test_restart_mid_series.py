@@ -191,15 +191,42 @@ def test_a_udp_acquisition_cut_by_a_restart_resumes_in_a_linked_run(tmp_path: Pa
     config = json.loads(config) if isinstance(config, str) else config
     assert config["resumed_after_restart"] is True and config["resumes_run"] == first_uid
     assert first["exit_status"] == ("fail" if sig == signal.SIGKILL else "abort")
-    stored_a, lost_a = _frames(first)
-    stored_b, lost_b = _frames(second)
-    assert {r["reason"] for r in first["losses"]} <= {"daemon_crash", "daemon_restart", "shutdown"}
+    # UDP on a loaded machine may lose a frame mid-file (the kernel's buffer overflows): the stored
+    # frames are read from the files, not taken as each file's range
+    stored_a, lost_a = _stored_frames(stack, first_uid), _lost_frames(first)
+    stored_b, lost_b = _stored_frames(stack, second_uid), _lost_frames(second)
+    assert {r["reason"] for r in first["losses"]} <= {
+        "daemon_crash",
+        "daemon_restart",
+        "shutdown",
+        "frame_number_jump",
+        "incomplete_frame",
+    }
     assert min(stored_b) == config["first_frame"] > max(stored_a)
     everything = [stored_a, lost_a, stored_b, lost_b]
     for i, a in enumerate(everything):  # every frame has exactly one disposition
         for b in everything[i + 1 :]:
             assert not a & b, (first["losses"], second["losses"])
     assert set().union(*everything) == set(range(sent)), (sent, first["losses"], second["losses"])
+
+
+def _stored_frames(stack: EdgeStack, run_uid: str) -> set[int]:
+    numbers: set[int] = set()
+    for path in (stack.store / run_uid).glob(f"{run_uid}_0*.h5"):
+        with h5py.File(path, "r") as handle:
+            numbers.update(int(n) for n in handle["/entry/data/frame_number"][:])
+    return numbers
+
+
+def _lost_frames(run: dict[str, Any]) -> set[int]:
+    """Frames of whole-frame loss records (a partial loss is a stored frame with pixels missing)."""
+    lost: set[int] = set()
+    for loss in run["losses"]:
+        if not loss["partial"]:
+            frames = set(range(loss["first_frame"], loss["last_frame"] + 1))
+            assert not lost & frames, run["losses"]
+            lost |= frames
+    return lost
 
 
 def test_a_second_daemon_on_the_same_ledger_refuses_to_start(tmp_path: Path) -> None:
