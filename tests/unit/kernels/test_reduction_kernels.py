@@ -714,8 +714,7 @@ def test_kernel_frame_is_read_only_contiguous_and_widens_rare_dtypes_exactly(dty
         assert np.shares_memory(kernel_frame(contiguous), contiguous)
 
 
-@pytest.mark.parametrize("backend", ["numpy", "numba"])
-def test_pixels_excluded_from_one_frame_integrate_as_if_masked(backend: str) -> None:
+def test_pixels_excluded_from_one_frame_integrate_as_if_masked(backend: kernels.Backend) -> None:
     """A UDP frame's missing packets (`excluded`): its profile and cake are those of an integrator that
     masks them, with every correction on; the next frame is integrated whole again."""
     from kernels import Geometry
@@ -736,7 +735,7 @@ def test_pixels_excluded_from_one_frame_integrate_as_if_masked(backend: str) -> 
         "polarization_factor": 0.95,
         "error_model": "poisson",
     }
-    b = get_backend(backend)
+    b = backend
     whole = b.integrator(geometry, shape, 30, mask=mask, **options)
     reference = b.integrator(geometry, shape, 30, mask=mask | excluded, **options)
     got, want = whole.integrate_full(frame, excluded), reference.integrate_full(frame)
