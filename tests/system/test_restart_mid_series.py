@@ -41,6 +41,26 @@ def _where(stack: EdgeStack, run_uid: str) -> str:
     return out
 
 
+def _cut_mid_series(stack: EdgeStack, sig: int) -> subprocess.Popen[str]:
+    """Start the daemon and an unbounded simulator; once 30 frames are in, stop the daemon with ``sig``.
+    Returns the simulator, still sending."""
+    daemon = stack.start_daemon()
+    sim = stack.start("sim", "--frames", "0", "--json", stdout=subprocess.PIPE)
+    wait_for(lambda: stack.status()["receiver"].get("frames_received", 0) >= 30, 60, "frames arriving")
+    daemon.send_signal(sig)
+    daemon.wait(20)
+    stack.procs.remove(daemon)
+    return sim
+
+
+def _each_frame_once(parts: list[set[int]], sent: int, context: object) -> None:
+    """Every frame sent has exactly one disposition across ``parts`` (stored or lost, in either run)."""
+    for i, a in enumerate(parts):
+        for b in parts[i + 1 :]:
+            assert not a & b, context
+    assert set().union(*parts) == set(range(sent)), (sent, context)
+
+
 def _frames(run: dict[str, Any]) -> tuple[set[int], set[int]]:
     """(frames in the run's data files, frames in its loss records); each frame counted once."""
     stored: set[int] = set()
@@ -74,12 +94,7 @@ def test_daemon_killed_mid_series_of_unknown_length_resumes_in_a_linked_run(tmp_
         ],
     )
     try:
-        daemon = stack.start_daemon()
-        sim = stack.start("sim", "--frames", "0", "--json", stdout=subprocess.PIPE)
-        wait_for(lambda: stack.status()["receiver"].get("frames_received", 0) >= 30, 60, "frames arriving")
-        daemon.send_signal(sig)
-        daemon.wait(20)
-        stack.procs.remove(daemon)
+        sim = _cut_mid_series(stack, sig)
         (interrupted,) = _runs(stack)
         first_uid = interrupted["run_uid"]
         assert interrupted["frames_expected"] is None
@@ -127,11 +142,7 @@ def test_daemon_killed_mid_series_of_unknown_length_resumes_in_a_linked_run(tmp_
     reasons = {"daemon_crash", "daemon_restart", "receiver_stopped", "shutdown"}
     assert {r["reason"] for r in first["losses"]} <= reasons, first["losses"]
     assert all(r["reason"] for r in second["losses"])
-    everything = [stored_a, lost_a, stored_b, lost_b]
-    for i, a in enumerate(everything):  # every frame has exactly one disposition
-        for b in everything[i + 1 :]:
-            assert not a & b
-    assert set().union(*everything) == set(range(sent)), (sent, first["losses"], second["losses"])
+    _each_frame_once([stored_a, lost_a, stored_b, lost_b], sent, (first["losses"], second["losses"]))
     assert len(stored_a) > 0 and len(stored_b) > 0
     # the interrupted run's documents (forwarded upstream) tell the same account: when the resumed series
     # added daemon_restart losses after they were written, a second revision says so
@@ -165,12 +176,7 @@ def test_a_udp_acquisition_cut_by_a_restart_resumes_in_a_linked_run(tmp_path: Pa
         ],
     )
     try:
-        daemon = stack.start_daemon()
-        sim = stack.start("sim", "--frames", "0", "--json", stdout=subprocess.PIPE)
-        wait_for(lambda: stack.status()["receiver"].get("frames_received", 0) >= 30, 60, "frames arriving")
-        daemon.send_signal(sig)
-        daemon.wait(20)
-        stack.procs.remove(daemon)
+        sim = _cut_mid_series(stack, sig)
         stack.start_daemon()  # the detector kept sending meanwhile: those packets met a closed port
         resumed = wait_for(lambda: len(runs := _runs(stack)) == 2 and runs[1], 60, "the resumed run")
         wait_for(
@@ -203,11 +209,7 @@ def test_a_udp_acquisition_cut_by_a_restart_resumes_in_a_linked_run(tmp_path: Pa
         "incomplete_frame",
     }
     assert min(stored_b) == config["first_frame"] > max(stored_a)
-    everything = [stored_a, lost_a, stored_b, lost_b]
-    for i, a in enumerate(everything):  # every frame has exactly one disposition
-        for b in everything[i + 1 :]:
-            assert not a & b, (first["losses"], second["losses"])
-    assert set().union(*everything) == set(range(sent)), (sent, first["losses"], second["losses"])
+    _each_frame_once([stored_a, lost_a, stored_b, lost_b], sent, (first["losses"], second["losses"]))
 
 
 def _stored_frames(stack: EdgeStack, run_uid: str) -> set[int]:
