@@ -86,6 +86,8 @@ HELP = {
     "pipeline_busy_seconds_total": "Seconds the pipeline thread spent on frames.",
     "pipeline_queued": "Frames reduced and waiting for the writer.",
     "store_files_closed_total": "HDF5 files closed by the store.",
+    "store_disk_full": "1 while the store's disk is full (frames become disk_full losses, runs are refused).",
+    "store_ledger_writes_held": "Ledger records a full disk refused, held in memory until space returns.",
     "ledger_files": "Files in the ledger, by state.",
     "ledger_chunks": "Upstream chunks in the ledger, by state.",
     "ledger_frames": "Frames in the ledger, by the state of their file.",
@@ -283,7 +285,10 @@ def collect_status(status: dict[str, Any]) -> list[Metric]:
         degraded = ",".join(pipeline.get("backend_degraded_from") or [])
         f.info(_name("pipeline_backend"), {"backend": str(pipeline["backend"]), "degraded_from": degraded})
     _section(f, "pipeline", pipeline)
-    f.counter(_name("store_files_closed_total"), (status.get("store") or {}).get("files_closed"))
+    store = status.get("store") or {}
+    f.counter(_name("store_files_closed_total"), store.get("files_closed"))
+    f.gauge(_name("store_disk_full"), int(bool((store.get("disk_full") or {}).get("full"))))
+    f.gauge(_name("store_ledger_writes_held"), store.get("ledger_writes_held"))
     _ledger(f, status.get("ledger") or {})
     _upstream(f, status.get("upstream") or {})
     retention = dict(status.get("retention") or {})

@@ -72,7 +72,12 @@ def _status() -> dict[str, Any]:
             "frames_processed": 95,
             "runs_opened": 1,
         },
-        "store": {"path": "/data", "files_closed": 3},
+        "store": {
+            "path": "/data",
+            "files_closed": 3,
+            "disk_full": {"full": True, "reason": "the store's disk is full"},
+            "ledger_writes_held": 7,
+        },
         "ledger": {
             "files": {"stored": 1, "verified": 2},
             "chunks": {"stored": 4, "verified": 8},
@@ -208,6 +213,8 @@ def test_families_and_labels() -> None:
     assert _samples(families["edge_run_info"]) == {(("run_uid", "run-1"),): 1}
     assert _samples(families["edge_disk_free_bytes"]) == {(): 1e11}
     assert "edge_retention_full_in_seconds" not in families  # None: no forecast, no sample
+    assert _samples(families["edge_store_disk_full"]) == {(): 1}
+    assert _samples(families["edge_store_ledger_writes_held"]) == {(): 7}
 
 
 def test_sparse_status_and_new_sections() -> None:
