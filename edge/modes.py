@@ -575,10 +575,15 @@ class SerialStage(_CorrectedStage):
         self, raw: np.ndarray | None, missing: np.ndarray | None = None
     ) -> tuple[Any, dict[str, np.ndarray] | None]:
         # the finder's only state is a guess learnt from the frame before, which speeds its search and
-        # never changes its answer: frames analysed at once find what they would one by one. Its mask is
-        # the run's: a frame's missing pixels (0) go to the finder as zeros; only its ROI means omit them
+        # never changes its answer: frames analysed at once find what they would one by one. A frame's
+        # missing pixels reach it as NaN, which it leaves out as it does masked pixels (its zeros would
+        # pull the rings' backgrounds down and make background pixels candidates)
         assert raw is not None
-        return self.finder.find(raw), self._roi_stats(raw, missing)
+        frame = raw
+        if missing is not None:
+            frame = raw.astype(np.float32)
+            frame[missing] = np.nan
+        return self.finder.find(frame), self._roi_stats(raw, missing)
 
     def fold(self, analysis: Any, frame: int, image_key: int, angle: float) -> FrameResult:
         peaks, roi = analysis

@@ -25,7 +25,8 @@ INCOMPLETE = 1  # frame 1 loses packet 1 of module 0
 LOST = (0, 1)
 
 
-def test_an_incomplete_udp_frame_is_reduced_without_its_missing_pixels(tmp_path: Path) -> None:
+def _run(tmp_path: Path, counts: np.ndarray, *mode: str) -> tuple[Path, Path]:
+    """Frames 0..4 of ``counts`` over UDP, frame 1 without one packet; (the run's reduced file, store)."""
     port = free_port()
     overrides = [
         'stream.transport="udp"',
@@ -39,13 +40,9 @@ def test_an_incomplete_udp_frame_is_reduced_without_its_missing_pixels(tmp_path:
         f"udp.frames_per_run={FRAMES}",
         "udp.idle_seconds=0.5",
         "udp.frame_timeout_frames=2",
-        'reduction.mode="powder"',
-        "reduction.cake_bins=8",
-        "reduction.roi=[[0, 32, 0, 32], [40, 60, 40, 60]]",  # module 0 (the lost packet's), and another
+        *mode,
     ]
-    shape = LAYOUT.frame_shape
-    with in_process_appliance(tmp_path, shape, *overrides) as (appliance, _push, _settings):
-        counts = np.full(LAYOUT.raw_shape, 100, np.uint16)  # every pixel 100 counts
+    with in_process_appliance(tmp_path, LAYOUT.frame_shape, *overrides) as (appliance, _push, _settings):
         packets: list[bytes] = []
         for n in range(FRAMES):
             frame_packets = packetize_frame(LAYOUT, n, counts)
@@ -62,6 +59,18 @@ def test_an_incomplete_udp_frame_is_reduced_without_its_missing_pixels(tmp_path:
         store = tmp_path / "store"
         reduced_path = wait_for(lambda: next(iter(store.glob("*/*_reduced_00000.nxs")), None), 60, "the run")
         wait_for(lambda: appliance.view.status()["frames"]["stored"] == FRAMES, 30, "every frame stored")
+    return reduced_path, store
+
+
+def test_an_incomplete_udp_frame_is_reduced_without_its_missing_pixels(tmp_path: Path) -> None:
+    counts = np.full(LAYOUT.raw_shape, 100, np.uint16)  # every pixel 100 counts
+    reduced_path, store = _run(
+        tmp_path,
+        counts,
+        'reduction.mode="powder"',
+        "reduction.cake_bins=8",
+        "reduction.roi=[[0, 32, 0, 32], [40, 60, 40, 60]]",  # module 0 (the lost packet's), and another
+    )
     with h5py.File(reduced_path, "r") as f:
         numbers = list(f["/entry/frames/frame_number"][:])
         profiles = f["/entry/reduced/I"][:]
@@ -84,3 +93,48 @@ def test_an_incomplete_udp_frame_is_reduced_without_its_missing_pixels(tmp_path:
     np.testing.assert_allclose(roi_mean[row], [100.0, 100.0], rtol=1e-9)
     cake_filled = cakes[complete] > 0
     np.testing.assert_allclose(cakes[row][cake_filled & (cakes[row] > 0)], 100.0, rtol=1e-9)
+
+
+def test_an_incomplete_udp_frame_s_peaks_are_found_as_with_its_missing_pixels_masked(tmp_path: Path) -> None:
+    """Serial: the lost packet's zeros would pull the rings' backgrounds down and their spread up, and
+    weak spots on those rings were missed; the finder leaves them out, as masked pixels (the oracle:
+    the kernel's finder masking them, on the stored frame)."""
+    from edge.config import load_settings
+    from edge.modes import direct_beam
+    from kernels import Geometry, get_backend
+
+    rng = np.random.default_rng(7)
+    counts = rng.poisson(100, LAYOUT.raw_shape).astype(np.uint16)
+    for r, c in [(4, 25), (19, 10), (50, 50), (40, 10)]:  # two on the lost packet's rings, two not
+        counts[r - 1 : r + 2, c - 1 : c + 2] += 180
+    serial = ['reduction.mode="serial"', "reduction.serial.min_peaks=1", "reduction.serial.min_snr=6"]
+    reduced_path, store = _run(tmp_path, counts, *serial)
+    with h5py.File(reduced_path, "r") as f:
+        frames = f["/entry/frames"]
+        peaks = dict(zip(frames["frame_number"][:].tolist(), frames["n_peaks"][:].tolist(), strict=True))
+    (data_file,) = store.glob("*/*_00000.h5")
+    with h5py.File(data_file, "r") as f:
+        numbers = f["/entry/data/frame_number"][:].tolist()
+        stored = f["/entry/data/data"][numbers.index(INCOMPLETE)]
+    gaps = ~LAYOUT.insert_gaps(np.ones(LAYOUT.raw_shape, bool), fill=False)
+    missing = np.zeros(LAYOUT.frame_shape, bool)
+    start, stop = LAYOUT.packet_pixel_range(LOST[1])
+    flat = np.zeros(LAYOUT.module_pixels, bool)
+    flat[start:stop] = True
+    missing[LAYOUT.module_slices(LOST[0])] = flat.reshape(LAYOUT.module_shape)
+    settings = load_settings(overrides=serial)
+    x, y = direct_beam(Geometry(**settings.geometry.model_dump()))
+    p = settings.reduction.serial
+    options = {
+        "center": (y - 0.5, x - 0.5),
+        "min_snr": p.min_snr,
+        "adc_threshold": p.adc_threshold,
+        "min_pixels": p.min_pixels,
+        "max_pixels": p.max_pixels,
+        "min_peaks": 1,
+    }
+    numpy = get_backend("numpy")
+    as_masked = len(numpy.peak_finder(LAYOUT.frame_shape, mask=gaps | missing, **options).find(stored))
+    as_zeros = len(numpy.peak_finder(LAYOUT.frame_shape, mask=gaps, **options).find(stored))
+    assert as_zeros != as_masked  # the zeros do change what is found here
+    assert peaks[INCOMPLETE] == as_masked, (peaks, as_masked, as_zeros)

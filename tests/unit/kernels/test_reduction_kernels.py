@@ -752,3 +752,27 @@ def test_pixels_excluded_from_one_frame_integrate_as_if_masked(backend: kernels.
         cake_reference.integrate_full(frame).intensity,
         rtol=1e-9,
     )
+
+
+def test_nan_pixels_are_left_out_of_peak_finding_as_masked_ones_are(backend: kernels.Backend) -> None:
+    """An incomplete frame's missing pixels reach the finder as NaN: the rings' backgrounds and the
+    peaks are those of a finder that masks them (zeros there pulled the backgrounds down)."""
+    shape = (64, 64)
+    rng = np.random.default_rng(1)
+    frame = rng.poisson(20, shape).astype(np.float32)
+    for r, c in [(20, 40), (50, 50), (10, 12)]:
+        frame[r - 1 : r + 2, c - 1 : c + 2] += 400
+    missing = np.zeros(shape, bool)
+    missing[28:40, :] = True
+    holey = frame.copy()
+    holey[missing] = np.nan
+    finder = backend.peak_finder(shape, min_snr=5, min_peaks=1)
+    masked = backend.peak_finder(shape, mask=missing, min_snr=5, min_peaks=1)
+    mean, sigma = finder.background(holey)
+    want_mean, want_sigma = masked.background(frame)
+    np.testing.assert_allclose(mean, want_mean, rtol=1e-6)
+    np.testing.assert_allclose(sigma, want_sigma, rtol=1e-5)
+    got, want = finder.find(holey), masked.find(frame)
+    assert len(got) == len(want) == 3
+    np.testing.assert_allclose(sorted(got.row), sorted(want.row), rtol=1e-6)
+    np.testing.assert_allclose(sorted(got.intensity), sorted(want.intensity), rtol=1e-5)
