@@ -618,6 +618,7 @@ class Appliance:
         self.pipeline.stop()  # persists everything already in the ring, closes the open run
         self.forwarder.stop()
         self.retention.stop()
+        self.recorder.give_up_held()  # what a full disk held back: written now, or logged as lost
         self.ledger.close()
         self.ring.close()
 

@@ -305,10 +305,21 @@ def _run_daemon(
         reporter.stopping()
         appliance.stop()
         log.info("stopped")
+    status = 0
     if appliance.fatal is not None:
         print(f"edge: exiting with status 3: {appliance.fatal}", file=sys.stderr, flush=True)
-        return 3
-    return 0
+        status = 3
+    from edge.store import HDF5_UNCLOSED
+
+    if HDF5_UNCLOSED.is_set():
+        # a file HDF5 could not close (a full disk under its flush) stays half-open inside the library,
+        # whose own clean-up at exit then crashes (SIGSEGV); everything of ours is closed and synced
+        log.warning("HDF5 kept a file it could not close (disk full): exiting without its clean-up")
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(status)
+    return status
 
 
 def _on_sighup(appliance: Any, reload: Callable[[], Settings], log_setup: LogSetup, reporter: Any) -> None:

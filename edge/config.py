@@ -361,7 +361,10 @@ class LedgerSettings(_Section):
         " the ledger can still record what the full disk lost",
     )
     resume_free_bytes: int = Field(
-        64 << 20, ge=0, description="after a full disk, writing resumes once this much is free again"
+        64 << 20,
+        ge=0,
+        description="after a full disk, writing resumes once this much is free again (at most a quarter of"
+        " the store's disk: more could never come free; the start logs it)",
     )
 
 

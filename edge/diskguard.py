@@ -57,6 +57,16 @@ class DiskGuard:
         self.reserve_path = reserve_path
         self.reserve_bytes = reserve_bytes
         self.resume_bytes = max(resume_bytes, 2 * reserve_bytes)
+        quarter = psutil.disk_usage(str(store)).total // 4
+        if 0 < quarter < self.resume_bytes:  # else a full disk could never have that much free again
+            log.warning(
+                "ledger.resume_free_bytes (%d, with twice the reserve) is more than a quarter of the store's"
+                " disk (%d bytes): after a full disk, writing resumes once %d bytes are free",
+                self.resume_bytes,
+                4 * quarter,
+                quarter,
+            )
+            self.resume_bytes = quarter
         self.clock = clock
         self._lock = threading.Lock()
         self.full = False

@@ -507,19 +507,34 @@ class Pipeline:
         for first, last in _ranges(frames):
             self.recorder.loss(run_uid, first, last, "disk_full", detail)
 
-    def _finish_reduced(self, run_products: dict[str, Any] | None = None) -> None:
+    def _finish_reduced(self, run_products: dict[str, Any] | None = None, closing: bool = False) -> None:
+        """Write the reduced file's rows gathered so far. While the disk is full they are kept (the next
+        try writes them all); a run that ends meanwhile has its last reduced file written when space
+        returns (`RunRecorder.when_space_returns`), before its documents."""
         reduced = self._reduced
         if reduced is None:
+            return
+        if not closing and self.disk is not None and self.disk.full:  # kept; tried once space is back
             return
         try:
             closed = reduced.finish(run_products)
         except Exception as error:  # products only (the frames are in their files or loss records)
             if self.disk is None or not self.disk.note_error(error):
                 raise
-            self.stats["reduced_files_lost_disk_full"] += 1
-            log.error("run %s: a reduced file could not be written (disk full)", reduced.run_uid)
-            reduced.rows, reduced.products = [], []
+            self.stats["reduced_files_held_disk_full"] += 1
+            if closing:
+                self.recorder.when_space_returns(
+                    f"run {reduced.run_uid}: its reduced file (frame table, products)",
+                    lambda: self._write_reduced_later(reduced, run_products),
+                )
+            else:
+                log.error("run %s: reduced rows kept until the full disk has room", reduced.run_uid)
             return
+        if closed is not None:
+            self.recorder.file_closed(closed)
+
+    def _write_reduced_later(self, reduced: ReducedWriter, run_products: dict[str, Any] | None) -> None:
+        closed = reduced.finish(run_products)
         if closed is not None:
             self.recorder.file_closed(closed)
 
@@ -582,7 +597,7 @@ class Pipeline:
             if reduced is not None:
                 vetoed = reduced.counts["vetoed"]
                 try:
-                    self._finish_reduced(reduced.layout.finish())  # type: ignore[attr-defined]
+                    self._finish_reduced(reduced.layout.finish(), closing=True)  # type: ignore[attr-defined]
                 finally:
                     self._reduced = None
             self.stats["runs_closed"] += 1

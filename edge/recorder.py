@@ -225,6 +225,33 @@ class RunRecorder:
         name = getattr(write, "__name__", "?")
         log.error("a ledger write held through a full disk failed when made: %s%r: %s", name, args, error)
 
+    def give_up_held(self) -> None:
+        """At shutdown: a last try at what a full disk held back; what still cannot be written is logged,
+        record by record (the log is then its only trace: the next start's recovery finds the run open
+        and accounts for its frames again, as ``daemon_crash``)."""
+        try:
+            self.retry_pending()
+        except Exception:
+            log.exception("writing what the full disk held back failed at shutdown")
+        with self._held_lock:
+            held, deferred = list(self._held), [what for what, _task in self._deferred]
+        documents = sorted(self._pending_documents)
+        if not (held or deferred or documents):
+            return
+        log.error(
+            "stopping with %d ledger record(s), %d file(s) and %d run document set(s) the full disk held"
+            " back, not written",
+            len(held),
+            len(deferred),
+            len(documents),
+        )
+        for write, args in held:
+            log.error("not written: %s%r", getattr(write, "__name__", "?"), tuple(str(a)[:200] for a in args))
+        for what in deferred:
+            log.error("not written: %s", what)
+        for run_uid in documents:
+            log.error("not written: run %s documents", run_uid)
+
     def held(self) -> int:
         """How many ledger writes wait for space."""
         with self._held_lock:

@@ -17,6 +17,7 @@ import logging
 import math
 import mmap
 import os
+import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -31,10 +32,15 @@ import hdf5plugin  # noqa: F401  (registers filter 32008 with HDF5)
 import numpy as np
 import xxhash
 
+from edge.diskguard import is_no_space
 from edge.nxmx import write_detector_geometry
 from kernels import Geometry, hdf5_filter_options
 
 log = logging.getLogger(__name__)
+
+#: set when HDF5 could not close a file (a full disk under its flush): the library keeps it half-open,
+#: and its own clean-up at interpreter exit then crashes, so ``edge run`` exits without it
+HDF5_UNCLOSED = threading.Event()
 
 CHECKSUM = "xxh3-128"
 #: Frames one capture file can take (its dataset grows into this extent; chunks are allocated as written).
@@ -469,38 +475,46 @@ class RunFileWriter:
         self.frames: list[int] = []
         self.flags: list[int] = []
         self._products: list[dict[str, Any]] = []
-        self._h5 = h5py.File(self.part_path, "w", libver="latest", rdcc_nbytes=0)
-        entry = self._h5.create_group("entry")
-        entry.attrs["NX_class"] = "NXentry"
-        entry.attrs["default"] = "data"
-        entry.attrs["run_uid"] = run_uid
-        entry.attrs["file_index"] = index
-        entry.attrs["file_kind"] = kind
-        if meta is not None and layout.definition == "NXmx" and nxmx is not None:
-            nxmx.write(entry)  # the run's metadata, written once (see NxmxTemplate)
-        elif meta is not None and layout.definition == "NXmx":
-            _write_nxmx(entry, meta, shape, dtype)
-        elif meta is not None and layout.definition == "NXtomo":
-            _write_nxtomo(entry, meta)
-        elif meta is not None:
-            self._h5.attrs["default"] = "entry"
-            entry.create_dataset("definition", data=layout.definition)
-            entry.create_dataset("start_time", data=meta.start_time)
-        _write_reduction_record(entry, layout)
-        data = entry.create_group("data")
-        data.attrs["NX_class"] = "NXdata"
-        data.attrs["signal"] = "data"
-        data.attrs["axes"] = ["frame_number", ".", "."]  # (frame_number: written with the file's end)
-        data.attrs["frame_number_indices"] = 0
-        self._data = data.create_dataset(
-            "data",
-            shape=(capacity, *shape),
-            maxshape=(None, *shape),
-            chunks=(1, *shape),
-            dtype=dtype,
-            **hdf5_filter_options(),  # type: ignore[arg-type]
-        )
-        self._data.attrs["units"] = "counts"
+        try:
+            self._h5 = h5py.File(self.part_path, "w", libver="latest", rdcc_nbytes=0)
+        except BaseException:  # (a full disk) never a 0-byte .part left for the next start to call a crash's
+            self.part_path.unlink(missing_ok=True)
+            raise
+        try:
+            entry = self._h5.create_group("entry")
+            entry.attrs["NX_class"] = "NXentry"
+            entry.attrs["default"] = "data"
+            entry.attrs["run_uid"] = run_uid
+            entry.attrs["file_index"] = index
+            entry.attrs["file_kind"] = kind
+            if meta is not None and layout.definition == "NXmx" and nxmx is not None:
+                nxmx.write(entry)  # the run's metadata, written once (see NxmxTemplate)
+            elif meta is not None and layout.definition == "NXmx":
+                _write_nxmx(entry, meta, shape, dtype)
+            elif meta is not None and layout.definition == "NXtomo":
+                _write_nxtomo(entry, meta)
+            elif meta is not None:
+                self._h5.attrs["default"] = "entry"
+                entry.create_dataset("definition", data=layout.definition)
+                entry.create_dataset("start_time", data=meta.start_time)
+            _write_reduction_record(entry, layout)
+            data = entry.create_group("data")
+            data.attrs["NX_class"] = "NXdata"
+            data.attrs["signal"] = "data"
+            data.attrs["axes"] = ["frame_number", ".", "."]  # (frame_number: written with the file's end)
+            data.attrs["frame_number_indices"] = 0
+            self._data = data.create_dataset(
+                "data",
+                shape=(capacity, *shape),
+                maxshape=(None, *shape),
+                chunks=(1, *shape),
+                dtype=dtype,
+                **hdf5_filter_options(),  # type: ignore[arg-type]
+            )
+            self._data.attrs["units"] = "counts"
+        except BaseException:  # the metadata did not fit (a full disk): nothing of the file stays
+            _abandon(self._h5, self.part_path)
+            raise
 
     def __len__(self) -> int:
         return len(self.frames)
@@ -534,6 +548,16 @@ class RunFileWriter:
     def discard(self) -> None:
         self._h5.close()
         self.part_path.unlink(missing_ok=True)
+
+
+def _abandon(h5: h5py.File, part: Path) -> None:
+    """Close a file that could not be finished, as far as HDF5 can, and remove its ``.part``."""
+    try:
+        h5.close()
+    except Exception as error:  # a full disk under HDF5's flush: the library keeps it half-open
+        HDF5_UNCLOSED.set()
+        log.warning("closing %s failed: %s", part.name, error)
+    part.unlink(missing_ok=True)
 
 
 def _finish_file(h5: h5py.File, part_path: Path, final_path: Path) -> None:
@@ -605,7 +629,11 @@ class ReducedWriter:
             return None
         name = f"{self.run_uid}_reduced_{self.files:05d}.nxs"
         final, part = self.directory / name, self.directory / (name + ".part")
-        h5 = h5py.File(part, "w", libver="latest")
+        try:
+            h5 = h5py.File(part, "w", libver="latest")
+        except BaseException:  # (a full disk) never a 0-byte .part left for the next start to call a crash's
+            part.unlink(missing_ok=True)
+            raise
         try:
             entry = h5.create_group("entry")
             entry.attrs["NX_class"] = "NXentry"
@@ -622,11 +650,10 @@ class ReducedWriter:
                 _peaks_plot(entry)
             if "default" not in entry.attrs:  # raw, or rows with no product: the dispositions
                 _frames_plot(entry, "disposition")
+            _finish_file(h5, part, final)
         except BaseException:
-            h5.close()
-            part.unlink(missing_ok=True)
+            _abandon(h5, part)
             raise
-        _finish_file(h5, part, final)
         numbers = [int(r["frame_number"]) for r in self.rows]
         closed = ClosedFile(
             self.run_uid,
@@ -840,7 +867,10 @@ class RunStore:
         try:
             closed = current.close()
         except Exception as error:
-            log.exception("finishing %s failed", current.name)
+            if is_no_space(error):  # expected on a full disk: one line, the frames become disk_full losses
+                log.error("finishing %s failed: the disk is full (%s)", current.name, str(error)[:160])
+            else:
+                log.exception("finishing %s failed", current.name)
             self._set_aside(current)  # now, here: not when a half-closed HDF5 file is collected, anywhere
             if self._on_close_failed is None:
                 raise
@@ -870,6 +900,7 @@ class RunStore:
         try:
             current._h5.close()
         except Exception as error:  # closing wants space too; the .part is set aside all the same
+            HDF5_UNCLOSED.set()
             log.warning("closing %s on a full disk failed: %s", current.name, error)
         target = self.directory.parent / "quarantine" / self.run_uid / current.part_path.name
         try:

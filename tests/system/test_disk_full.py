@@ -15,6 +15,8 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+import h5py
+import hdf5plugin  # noqa: F401  (filter 32008 for reading back)
 import pytest
 from edgeprocs import EdgeStack, wait_for
 
@@ -75,6 +77,14 @@ def _start_logged(stack: EdgeStack, log: Path) -> subprocess.Popen[str]:
             return stack.start_daemon(stderr=sink)
         except AssertionError as error:
             raise AssertionError(f"{error}: {log.read_text()[-3000:]}") from None
+
+
+def _our_tracebacks(log: str) -> list[str]:
+    """Tracebacks through this project's code in a daemon's stderr. h5py's own "Exception ignored in
+    ObjectID.__dealloc__" (HDF5 cannot release an object of a file a full disk kept it from closing) is
+    HDF5's noise, not a failure of ours."""
+    blocks = log.split("Traceback (most recent call last):")[1:]
+    return [b[:2000] for b in blocks if "/edge/" in b or "/firmware_bridge/" in b or "/kernels/" in b]
 
 
 def _send(stack: EdgeStack, frames: int) -> tuple[str, int]:
@@ -186,14 +196,15 @@ def test_a_ledger_that_cannot_write_holds_its_records_until_space_returns(
 ) -> None:
     """No reserve (or a competing writer took the space the reserve gave back): the ledger's own writes
     fail. The daemon keeps running, holds what it must record, writes it once space returns (the frames
-    of a full disk in a few merged records, not one per frame), and stops cleanly."""
+    of a full disk in a few merged records, not one per frame), and stops cleanly. The default
+    ledger.resume_free_bytes (64 MiB) is more than this 48 MiB disk: writing resumes at a quarter of it.
+    Nothing half-written stays in the run's directory, and the frame table lists every stored frame."""
     store = small_disk / "store"
     stack = EdgeStack(
         tmp_path,
         [
             *SMALL_RAW_RUN,
             "ledger.reserve_bytes=0",
-            "ledger.resume_free_bytes=16777216",
             "retention.headroom_bytes=0",
             "sim.rate_hz=100",
             "sim.pool=8",
@@ -235,8 +246,16 @@ def test_a_ledger_that_cannot_write_holds_its_records_until_space_returns(
         assert daemon.wait(10) == 0
     finally:
         stack.stop_all()
-    errors = log.read_text()
-    assert "Traceback" not in errors, errors
+    assert list(store.glob("*/*.part")) == []  # set aside in quarantine, or removed: no "crash" next start
+    stored, listed = set(), set()
+    for path in (store / run_uid).glob(f"{run_uid}_0*.h5"):
+        with h5py.File(path, "r") as handle:
+            stored.update(handle["/entry/data/frame_number"][:].tolist())
+    for path in (store / run_uid).glob(f"{run_uid}_reduced_*.nxs"):
+        with h5py.File(path, "r") as handle:
+            listed.update(handle["/entry/frames/frame_number"][:].tolist())
+    assert len(stored) == totals["frames_stored"] and stored <= listed  # rows kept while the disk was full
+    assert _our_tracebacks(log.read_text()) == []
 
 
 def test_a_daemon_started_on_a_full_disk_comes_up_and_recovers_once_there_is_room(
@@ -279,5 +298,4 @@ def test_a_daemon_started_on_a_full_disk_comes_up_and_recovers_once_there_is_roo
         assert again.wait(10) == 0
     finally:
         stack.stop_all()
-    errors = log.read_text()
-    assert "Traceback" not in errors, errors
+    assert _our_tracebacks(log.read_text()) == []

@@ -7,9 +7,11 @@ goes again."""
 
 from __future__ import annotations
 
+import logging
 import sqlite3
 from pathlib import Path
 
+import pytest
 import zmq
 
 from edge.diskguard import DiskGuard
@@ -150,3 +152,37 @@ def test_h5py_s_runtime_error_for_a_full_disk_is_lack_of_space() -> None:
     )
     assert is_no_space(error)
     assert not is_no_space(RuntimeError("Unable to flush file (bad object)"))
+
+
+def test_a_resume_threshold_beyond_the_disk_is_capped_at_a_quarter_of_it(tmp_path: Path) -> None:
+    """ledger.resume_free_bytes larger than the store's disk could never be free again after it filled:
+    writing would never resume. It is capped at a quarter of the disk (and the start says so)."""
+    import psutil
+
+    total = psutil.disk_usage(str(tmp_path)).total
+    guard = DiskGuard(tmp_path, tmp_path / "ledger.reserve", 0, 10 * total)
+    assert guard.resume_bytes == total // 4
+    assert DiskGuard(tmp_path, tmp_path / "r2", 0, 1 << 20).resume_bytes == 1 << 20
+
+
+def test_what_a_full_disk_still_holds_at_shutdown_is_logged_record_by_record(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    ledger = Ledger(tmp_path / "ledger.sqlite")
+    guard = DiskGuard(tmp_path, tmp_path / "ledger.reserve", 0, 0, clock=Clock())
+    recorder = RunRecorder(ledger, tmp_path / "store", chunk_bytes=1 << 20, disk=guard)
+    uid = recorder.open_run("r", series=1, frames_expected=4, config={"shape": [4, 4]})
+    _cap(ledger)
+    _fill(ledger, "filler-run")
+    recorder.loss(uid, 0, 3, "disk_full", "the disk is full: not written")
+    recorder.close_run(uid, frames_stored=0, exit_status="success")
+    with caplog.at_level(logging.ERROR, logger="edge.recorder"):
+        recorder.give_up_held()
+    text = caplog.text
+    assert "stopping with 2 ledger record(s), 0 file(s) and 1 run document set(s)" in text
+    assert "not written: record_loss('r', '0', '3', 'disk_full'" in text
+    assert "not written: run r documents" in text
+    _uncap(ledger)
+    recorder.give_up_held()  # space is back: written, nothing left to report
+    assert recorder.held() == 0 and ledger.run(uid)["ended_at"] is not None
+    ledger.close()
