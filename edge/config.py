@@ -373,7 +373,13 @@ class StoreSettings(_Section):
 
     path: Path = Path("edge-data/store")
     frames_per_file: int = Field(100, ge=1, le=1_000_000)
-    file_seconds: float = Field(2.0, gt=0, le=86_400.0)
+    file_seconds: float = Field(
+        2.0,
+        gt=0,
+        le=86_400.0,
+        description="a data file open this long is finished at the next pause in the stream (0.1 s without"
+        " a frame); while frames keep coming it is finished at store.frames_per_file",
+    )
     reduced_file_seconds: float = Field(
         10.0,
         gt=0,
