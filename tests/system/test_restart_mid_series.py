@@ -41,11 +41,11 @@ def _where(stack: EdgeStack, run_uid: str) -> str:
     return out
 
 
-def _cut_mid_series(stack: EdgeStack, sig: int) -> subprocess.Popen[str]:
-    """Start the daemon and an unbounded simulator; once 30 frames are in, stop the daemon with ``sig``.
-    Returns the simulator, still sending."""
+def _cut_mid_series(stack: EdgeStack, sig: int, frames: int = 0) -> subprocess.Popen[str]:
+    """Start the daemon and a simulator of ``frames`` (0: unbounded); once 30 frames are in, stop the
+    daemon with ``sig``. Returns the simulator, still sending."""
     daemon = stack.start_daemon()
-    sim = stack.start("sim", "--frames", "0", "--json", stdout=subprocess.PIPE)
+    sim = stack.start("sim", "--frames", str(frames), "--json", stdout=subprocess.PIPE)
     wait_for(lambda: stack.status()["receiver"].get("frames_received", 0) >= 30, 60, "frames arriving")
     daemon.send_signal(sig)
     daemon.wait(20)
@@ -158,16 +158,25 @@ def test_daemon_killed_mid_series_of_unknown_length_resumes_in_a_linked_run(tmp_
     assert (account["frames_stored"], account["frames_lost"]) == (len(stored_a), len(lost_a))
 
 
-@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM], ids=["kill-9", "sigterm"])
-def test_a_udp_acquisition_cut_by_a_restart_resumes_in_a_linked_run(tmp_path: Path, sig: int) -> None:
+@pytest.mark.parametrize(
+    ("sig", "armed"),
+    [(signal.SIGKILL, 0), (signal.SIGTERM, 0), (signal.SIGKILL, 300), (signal.SIGTERM, 300)],
+    ids=["kill-9", "sigterm", "kill-9-armed", "sigterm-armed"],
+)
+def test_a_udp_acquisition_cut_by_a_restart_resumes_in_a_linked_run(
+    tmp_path: Path, sig: int, armed: int
+) -> None:
     """UDP carries no series: the daemon's first run after a restart whose first frame comes after the
     interrupted UDP run's frames continues it, from that frame. Before, the new run counted every earlier
-    frame as a gap: frames stored in the first run were also lost in the second."""
+    frame as a gap: frames stored in the first run were also lost in the second. With the armed length
+    known (``udp.frames_per_run``), the interrupted run's records of the frames still to come are handed
+    to the resumed run: no frame is lost in one run and stored in the other."""
     stack = EdgeStack(
         tmp_path,
         [
             'stream.transport="udp"',
             f"udp.port={free_port()}",
+            f"udp.frames_per_run={armed}",
             "udp.idle_seconds=1.0",
             "sim.rate_hz=40",
             "store.frames_per_file=10",
@@ -176,14 +185,15 @@ def test_a_udp_acquisition_cut_by_a_restart_resumes_in_a_linked_run(tmp_path: Pa
         ],
     )
     try:
-        sim = _cut_mid_series(stack, sig)
+        sim = _cut_mid_series(stack, sig, armed)
         stack.start_daemon()  # the detector kept sending meanwhile: those packets met a closed port
         resumed = wait_for(lambda: len(runs := _runs(stack)) == 2 and runs[1], 60, "the resumed run")
         wait_for(
             lambda: stack.status()["receiver"].get("frames_received", 0) >= 30, 60, "frames after restart"
         )
-        sim.send_signal(signal.SIGINT)  # the detector stops; the run ends when it has been silent
-        out, _ = sim.communicate(timeout=60)
+        if not armed:  # the detector stops; the run ends when it has been silent
+            sim.send_signal(signal.SIGINT)
+        out, _ = sim.communicate(timeout=60)  # (armed: every armed frame sent)
         sent = json.loads(out.strip().splitlines()[-1])["frames_sent"]
         first_uid, second_uid = _runs(stack)[0]["run_uid"], resumed["run_uid"]
         wait_for(lambda: stack.run(second_uid)["ended_at"] is not None, 60, "the resumed run ended")
@@ -204,12 +214,15 @@ def test_a_udp_acquisition_cut_by_a_restart_resumes_in_a_linked_run(tmp_path: Pa
     assert {r["reason"] for r in first["losses"]} <= {
         "daemon_crash",
         "daemon_restart",
+        "receiver_stopped",
         "shutdown",
         "frame_number_jump",
         "incomplete_frame",
     }
     assert min(stored_b) == config["first_frame"] > max(stored_a)
     _each_frame_once([stored_a, lost_a, stored_b, lost_b], sent, (first["losses"], second["losses"]))
+    if armed:
+        assert sent == armed and second["exit_status"] == "success"
 
 
 def _stored_frames(stack: EdgeStack, run_uid: str) -> set[int]:
