@@ -48,6 +48,12 @@ def test_condition_alarms_clear_with_their_condition() -> None:
     threads = {"appliance": {"threads": {"forwarder": {"state": "dead", "errors": 3, "last_error": "boom"}}}}
     (alarm,) = current_alarms(threads)
     assert alarm["source"] == "thread:forwarder" and alarm["severity"] == "major"
+    full = {
+        "store": {"disk_full": {"full": True, "reason": "the store's disk is full"}, "ledger_writes_held": 3}
+    }
+    (alarm,) = current_alarms(full)
+    assert alarm["id"] == "condition:disk_full" and "3 ledger record(s) held in memory" in alarm["message"]
+    assert current_alarms({"store": {"disk_full": {"full": False}, "ledger_writes_held": 0}}) == []
 
 
 def test_acknowledgement_lasts_while_the_alarm_does() -> None:
