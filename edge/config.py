@@ -238,7 +238,13 @@ class UdpSettings(_Section):
     payload_bytes: int = Field(8192, ge=64, le=65000)
     frames_per_run: int = Field(0, ge=0, description="frames the detector was armed for; 0 = unknown")
     idle_seconds: float = Field(1.0, gt=0, le=86_400.0, description="silence that ends a run")
-    frame_timeout_frames: int = Field(4, ge=2, le=1024)
+    frame_timeout_frames: int = Field(
+        4,
+        ge=2,
+        le=1024,
+        description="a frame still missing packets is finished incomplete once a packet of a frame this many"
+        " above it arrives (or at the run's end); later packets of it are late",
+    )
     rcvbuf_bytes: int = Field(16 << 20, ge=65536, le=1 << 30)
     max_frame_jump: int = Field(
         1_000_000,

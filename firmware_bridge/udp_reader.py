@@ -96,6 +96,7 @@ class UdpSource:
         self._finished_counters: Counter[str] = Counter(dict.fromkeys(self._new_assembler().counters, 0))
         self._end_request: str | None = None
         self._refused: str | None = None
+        self._beyond_logged = False  # a frame beyond frames_per_run was logged in this run
 
     @property
     def series_open(self) -> bool:
@@ -170,6 +171,7 @@ class UdpSource:
     def _start_run(self) -> None:
         self._series += 1
         self._run_open = True
+        self._beyond_logged = False
         height, width = self.geometry.frame_shape
         config: dict[str, Any] = {
             "shape": [width, height],
@@ -230,6 +232,17 @@ class UdpSource:
                 self.sink.lost(event.first, event.last, event.reason, detail)
 
     def _deliver(self, event: FrameAssembled) -> None:
+        if self.frames_per_run and event.frame_number >= self.frames_per_run:
+            self.stats["frames_beyond_armed"] += 1
+            if not self._beyond_logged:  # stored all the same: the detector sent more than it was armed for
+                self._beyond_logged = True
+                log.warning(
+                    "series %d: frame %d is beyond the %d frames armed (udp.frames_per_run): stored, counted"
+                    " in frames_beyond_armed",
+                    self._series,
+                    event.frame_number,
+                    self.frames_per_run,
+                )
         if self._refused is not None:
             self.stats["frames_refused"] += 1
             self.sink.lost(event.frame_number, event.frame_number, "run_refused", self._refused)

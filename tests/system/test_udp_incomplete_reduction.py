@@ -5,6 +5,7 @@ that came, not pulled down by zeros. Real appliance in this process, real UDP da
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import h5py
 import hdf5plugin  # noqa: F401  (filter 32008 for reading back)
@@ -25,8 +26,9 @@ INCOMPLETE = 1  # frame 1 loses packet 1 of module 0
 LOST = (0, 1)
 
 
-def _run(tmp_path: Path, counts: np.ndarray, *mode: str) -> tuple[Path, Path]:
-    """Frames 0..4 of ``counts`` over UDP, frame 1 without one packet; (the run's reduced file, store)."""
+def _run(tmp_path: Path, counts: np.ndarray, *mode: str) -> tuple[Path, Path, dict[str, Any]]:
+    """Frames 0..4 of ``counts`` over UDP, frame 1 without one packet; (the run's reduced file, store,
+    the receiver's counters)."""
     port = free_port()
     overrides = [
         'stream.transport="udp"',
@@ -59,12 +61,13 @@ def _run(tmp_path: Path, counts: np.ndarray, *mode: str) -> tuple[Path, Path]:
         store = tmp_path / "store"
         reduced_path = wait_for(lambda: next(iter(store.glob("*/*_reduced_00000.nxs")), None), 60, "the run")
         wait_for(lambda: appliance.view.status()["frames"]["stored"] == FRAMES, 30, "every frame stored")
-    return reduced_path, store
+        receiver = appliance.view.status()["receiver"]
+    return reduced_path, store, receiver
 
 
 def test_an_incomplete_udp_frame_is_reduced_without_its_missing_pixels(tmp_path: Path) -> None:
     counts = np.full(LAYOUT.raw_shape, 100, np.uint16)  # every pixel 100 counts
-    reduced_path, store = _run(
+    reduced_path, store, _receiver = _run(
         tmp_path,
         counts,
         'reduction.mode="powder"',
@@ -108,7 +111,7 @@ def test_an_incomplete_udp_frame_s_peaks_are_found_as_with_its_missing_pixels_ma
     for r, c in [(4, 25), (19, 10), (50, 50), (40, 10)]:  # two on the lost packet's rings, two not
         counts[r - 1 : r + 2, c - 1 : c + 2] += 180
     serial = ['reduction.mode="serial"', "reduction.serial.min_peaks=1", "reduction.serial.min_snr=6"]
-    reduced_path, store = _run(tmp_path, counts, *serial)
+    reduced_path, store, _receiver = _run(tmp_path, counts, *serial)
     with h5py.File(reduced_path, "r") as f:
         frames = f["/entry/frames"]
         peaks = dict(zip(frames["frame_number"][:].tolist(), frames["n_peaks"][:].tolist(), strict=True))
@@ -138,3 +141,12 @@ def test_an_incomplete_udp_frame_s_peaks_are_found_as_with_its_missing_pixels_ma
     as_zeros = len(numpy.peak_finder(LAYOUT.frame_shape, mask=gaps, **options).find(stored))
     assert as_zeros != as_masked  # the zeros do change what is found here
     assert peaks[INCOMPLETE] == as_masked, (peaks, as_masked, as_zeros)
+
+
+def test_frames_beyond_the_armed_number_are_stored_and_counted(tmp_path: Path) -> None:
+    counts = np.full(LAYOUT.raw_shape, 100, np.uint16)
+    _reduced, store, receiver = _run(tmp_path, counts, 'reduction.mode="raw"', "udp.frames_per_run=3")
+    assert receiver["frames_beyond_armed"] == FRAMES - 3  # frames 3 and 4
+    (data_file,) = store.glob("*/*_00000.h5")
+    with h5py.File(data_file, "r") as f:
+        assert sorted(f["/entry/data/frame_number"][:].tolist()) == list(range(FRAMES))
