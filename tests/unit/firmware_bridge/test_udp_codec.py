@@ -260,6 +260,25 @@ def test_an_acquisition_resumed_at_a_frame_counts_from_it() -> None:
         asm.begin_at(0)  # frames were finalised: too late to move the start
 
 
+def test_the_documented_packet_decodes_to_its_fields() -> None:
+    """docs/wire-formats.md's worked example, as bytes written by hand from the table, not our encoder."""
+    packet = bytes.fromhex(
+        "45 44 47 55 01 00 03 00 07 00 00 00 00 00 00 00"
+        "02 00 00 00 03 00 00 00 01 00 01 00 7b ca 9a 3b"
+        "00 00 00 00 08 00 00 00 01 00 02 00 02 01 ff ff"
+    )
+    header = decode_header(packet)
+    assert (header.module_id, header.frame_number, header.packet_index, header.packets_per_frame) == (
+        3,
+        7,
+        2,
+        3,
+    )
+    assert (header.module_row, header.module_col, header.timestamp_ns) == (1, 1, 1_000_000_123)
+    assert header.payload_length == 8 and header.header_version == 1
+    assert np.frombuffer(packet[HEADER_SIZE:], "<u2").tolist() == [1, 2, 258, 65535]
+
+
 def test_frame_number_jump_reports_lost_range() -> None:
     asm = UdpFrameAssembler(SMALL, frame_timeout_frames=2)
     feed_all(asm, packetize_frame(SMALL, 10, frame(10)))
