@@ -463,7 +463,7 @@ class Appliance:
             self.sink = RingSink(
                 self.ring,
                 self.recorder,
-                lambda: self.disk.refusal() or self.retention.refusal(),
+                self.refusal,
                 lambda: self.reduction.current().model_dump(mode="json"),
                 masks=self.masks,
             )
@@ -630,6 +630,11 @@ class Appliance:
     def _thread_exhausted(self, name: str, error: BaseException) -> None:
         self.fatal = f"thread {name} failed {self.settings.supervision.max_restarts + 1} times: {error!r}"
         self.fatal_event.set()
+
+    def refusal(self) -> str | None:
+        """Why a new run is refused now (a full disk, a store full of unverified data), or None: the
+        sink refuses a series with it, and the IOC an ``Acquire`` put before the detector is armed."""
+        return self.disk.refusal() or self.retention.refusal()
 
     def liveness(self) -> dict[str, Any]:
         """For the service watchdog (see `ApplianceView.liveness`)."""

@@ -270,7 +270,7 @@ def _run_daemon(
                 loop=asyncio.get_running_loop(),
                 end_open_series=appliance.end_open_series,
                 reduction=appliance.reduction,
-                refusal=appliance.retention.refusal,
+                refusal=appliance.refusal,
                 capture=appliance.sink,
             )
             ioc.start()

@@ -9,6 +9,9 @@ either; each test uses fresh PV prefixes and kills the servers it started. See `
 from __future__ import annotations
 
 import os
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -50,3 +53,27 @@ def ca_port() -> int:
 def edge_ca_port() -> int:
     """The loopback CA port for the appliance's IOC; in this process's ``EPICS_CA_ADDR_LIST``."""
     return _EDGE_CA_PORT
+
+
+SMALL_DISK_MIB = 48
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A tmpfs of SMALL_DISK_MIB mounted for the test: a disk that really fills. CI runs as root and can
+    mount; there a failed mount is a failure, not a skip."""
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={SMALL_DISK_MIB}m", "tmpfs", str(mount)],
+        capture_output=True,
+        text=True,
+    )
+    if done.returncode != 0:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"CI must be able to mount a tmpfs for this test: {done.stderr.strip()}")
+        pytest.skip(f"cannot mount a tmpfs here (needs root): {done.stderr.strip()}")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], capture_output=True)

@@ -211,3 +211,14 @@ class EdgeStack:
                 proc.wait()
             if proc.stdout is not None:  # a pipe nobody read must still be closed
                 proc.stdout.close()
+
+
+def fill_up(ballast: Path) -> None:
+    """Take every free block of the disk holding ``ballast``, while the daemon writes there too."""
+    with open(ballast, "ab") as handle:
+        step = 1 << 20
+        while step >= 4096:
+            try:
+                os.posix_fallocate(handle.fileno(), os.fstat(handle.fileno()).st_size, step)
+            except OSError:
+                step //= 2

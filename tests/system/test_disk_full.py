@@ -12,17 +12,15 @@ import os
 import signal
 import subprocess
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import h5py
 import hdf5plugin  # noqa: F401  (filter 32008 for reading back)
 import pytest
-from edgeprocs import EdgeStack, wait_for
+from edgeprocs import EdgeStack, fill_up, wait_for
 
 pytestmark = pytest.mark.timeout(180)
 
-DISK_MIB = 48
 # raw frames of 256^2 in files of 10: a run of a few MiB fills a disk left nearly full
 SMALL_RAW_RUN = [
     "detector.height=256",
@@ -33,41 +31,11 @@ SMALL_RAW_RUN = [
 ]
 
 
-@pytest.fixture
-def small_disk(tmp_path: Path) -> Iterator[Path]:
-    mount = tmp_path / "disk"
-    mount.mkdir()
-    done = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", f"size={DISK_MIB}m", "tmpfs", str(mount)],
-        capture_output=True,
-        text=True,
-    )
-    if done.returncode != 0:
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"CI must be able to mount a tmpfs for this test: {done.stderr.strip()}")
-        pytest.skip(f"cannot mount a tmpfs here (needs root): {done.stderr.strip()}")
-    try:
-        yield mount
-    finally:
-        subprocess.run(["umount", "-l", str(mount)], capture_output=True)
-
-
 def _fill(ballast: Path, leave: int) -> None:
     """Take the disk holding ``ballast`` (allocated, not sparse) until ``leave`` bytes are free."""
     disk = os.statvfs(ballast.parent)
     with open(ballast, "wb") as handle:
         os.posix_fallocate(handle.fileno(), 0, disk.f_bavail * disk.f_frsize - leave)
-
-
-def _fill_up(ballast: Path) -> None:
-    """Take every free block of the disk holding ``ballast``, while the daemon writes there too."""
-    with open(ballast, "ab") as handle:
-        step = 1 << 20
-        while step >= 4096:
-            try:
-                os.posix_fallocate(handle.fileno(), os.fstat(handle.fileno()).st_size, step)
-            except OSError:
-                step //= 2
 
 
 def _start_logged(stack: EdgeStack, log: Path) -> subprocess.Popen[str]:
@@ -229,7 +197,7 @@ def test_a_ledger_that_cannot_write_holds_its_records_until_space_returns(
         run_uid = str(uuid.uuid4())
         sim = stack.start("sim", "--frames", "400", "--run-uid", run_uid, "--json", stdout=subprocess.PIPE)
         wait_for(lambda: stack.status()["frames"]["stored"] >= 20, 30, "frames stored")
-        _fill_up(ballast)
+        fill_up(ballast)
         wait_for(lambda: stack.status()["store"]["ledger_writes_held"] > 0, 30, "ledger writes held")
         assert daemon.poll() is None
         ballast.unlink()
@@ -285,7 +253,7 @@ def test_a_daemon_started_on_a_full_disk_comes_up_and_recovers_once_there_is_roo
         daemon.wait()
         sim.kill()
         sim.wait()
-        _fill_up(ballast)
+        fill_up(ballast)
         log = tmp_path / "again.log"
         again = _start_logged(stack, log)
         assert stack.status()["store"]["disk_full"]["full"]

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from edgeprocs import wait_for
+from edgeprocs import fill_up, wait_for
 from test_epics_control import Stack, _get_json
 
 from edge.ioc import PVS
@@ -255,6 +255,39 @@ def test_a_refused_run_fails_its_acquire_put_and_says_why(
         assert epics.caget(p + "Acquire_RBV") == 0
         assert stack.status()["detector"]["state"] == "Idle"  # never armed
         assert len(_get_json(stack.api + "/api/runs")) == 1  # no second run was started
+        assert stack.procs["daemon"].poll() is None
+    finally:
+        stack.stop()
+
+
+def test_a_run_on_a_full_disk_fails_its_acquire_put_and_says_why(
+    tmp_path: Path, ca_port: int, edge_ca_port: int, small_disk: Path
+) -> None:
+    """The store's disk filled under a run (its writes failed): the next Acquire put fails at the client,
+    the detector never armed, with the reason in StatusMessage_RBV, as for a store full of unverified
+    data. Before, the IOC asked retention only: the detector was armed and the whole series refused."""
+    stack = Stack(tmp_path, ca_port, edge_ca_port, acf=None)
+    stack.settings += [
+        f'store.path="{small_disk / "store"}"',
+        "retention.headroom_bytes=0",
+        "ledger.resume_free_bytes=4194304",
+        "store.frames_per_file=2",
+    ]
+    epics = _epics()
+    p = stack.prefix
+    try:
+        stack.start_sim()
+        stack.start_daemon()
+        fill_up(small_disk / "ballast.bin")
+        assert _put(stack, "NumImages", 5) == 1
+        assert _put(stack, "AcquirePeriod", 0.01) == 1
+        assert epics.caput(p + "Acquire", 1, wait=True, timeout=90) == 1  # taken: no write had failed yet
+        wait_for(lambda: stack.status()["store"]["disk_full"]["full"], 30, "the disk-full state")
+        message = _wait_message(stack, "Runs refused: the store's disk is full")
+        with pytest.raises(epics.ca.CASeverityException, match="Write access denied"):
+            epics.caput(p + "Acquire", 1, wait=True, timeout=10)
+        assert stack.status()["detector"]["state"] == "Idle"  # never armed
+        assert len(_get_json(stack.api + "/api/runs")) == 1, message  # no second run was started
         assert stack.procs["daemon"].poll() is None
     finally:
         stack.stop()
