@@ -550,13 +550,19 @@ class RunFileWriter:
         self.part_path.unlink(missing_ok=True)
 
 
-def _abandon(h5: h5py.File, part: Path) -> None:
-    """Close a file that could not be finished, as far as HDF5 can, and remove its ``.part``."""
+def _close_as_far_as_possible(h5: h5py.File, name: str) -> None:
+    """Close a file that could not be finished. A full disk under HDF5's flush makes the close fail and
+    the library keep the file half-open: logged, and noted (`HDF5_UNCLOSED`)."""
     try:
         h5.close()
-    except Exception as error:  # a full disk under HDF5's flush: the library keeps it half-open
+    except Exception as error:
         HDF5_UNCLOSED.set()
-        log.warning("closing %s failed: %s", part.name, error)
+        log.warning("closing %s on a full disk failed: %s", name, error)
+
+
+def _abandon(h5: h5py.File, part: Path) -> None:
+    """Close a file that could not be finished, as far as HDF5 can, and remove its ``.part``."""
+    _close_as_far_as_possible(h5, part.name)
     part.unlink(missing_ok=True)
 
 
@@ -897,11 +903,7 @@ class RunStore:
     def _set_aside(self, current: RunFileWriter) -> None:
         """Close a file that cannot be finished (as far as HDF5 can) and move its ``.part`` to
         ``STORE/quarantine/RUN/`` (a rename, which needs no space), never under a final name."""
-        try:
-            current._h5.close()
-        except Exception as error:  # closing wants space too; the .part is set aside all the same
-            HDF5_UNCLOSED.set()
-            log.warning("closing %s on a full disk failed: %s", current.name, error)
+        _close_as_far_as_possible(current._h5, current.name)  # the .part is set aside all the same
         target = self.directory.parent / "quarantine" / self.run_uid / current.part_path.name
         try:
             target.parent.mkdir(parents=True, exist_ok=True)
