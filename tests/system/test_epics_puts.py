@@ -224,6 +224,18 @@ def test_mode_between_runs_switches_the_next_run_and_during_a_run_is_refused(idl
     assert stack.procs["daemon"].poll() is None
 
 
+def _assert_the_next_acquire_is_refused(stack: Stack) -> None:
+    """An Acquire put fails at the client (access security: the store refuses runs), the detector is
+    never armed, no second run starts, the daemon goes on."""
+    epics = _epics()
+    with pytest.raises(epics.ca.CASeverityException, match="Write access denied"):
+        epics.caput(stack.prefix + "Acquire", 1, wait=True, timeout=10)
+    assert epics.caget(stack.prefix + "Acquire_RBV") == 0
+    assert stack.status()["detector"]["state"] == "Idle"  # never armed
+    assert len(_get_json(stack.api + "/api/runs")) == 1  # no second run was started
+    assert stack.procs["daemon"].poll() is None
+
+
 def test_a_refused_run_fails_its_acquire_put_and_says_why(
     tmp_path: Path, ca_port: int, edge_ca_port: int
 ) -> None:
@@ -250,12 +262,7 @@ def test_a_refused_run_fails_its_acquire_put_and_says_why(
         assert _meta(stack, "Disk:RetentionState_RBV")["char_value"] == "pressure"
         # the alarm (recomputed on retention's own thread; None between passes) never says "full" here
         assert "full" not in (stack.status()["retention"]["alarm"] or "")
-        with pytest.raises(epics.ca.CASeverityException, match="Write access denied"):
-            epics.caput(p + "Acquire", 1, wait=True, timeout=10)
-        assert epics.caget(p + "Acquire_RBV") == 0
-        assert stack.status()["detector"]["state"] == "Idle"  # never armed
-        assert len(_get_json(stack.api + "/api/runs")) == 1  # no second run was started
-        assert stack.procs["daemon"].poll() is None
+        _assert_the_next_acquire_is_refused(stack)
     finally:
         stack.stop()
 
@@ -283,12 +290,8 @@ def test_a_run_on_a_full_disk_fails_its_acquire_put_and_says_why(
         assert _put(stack, "AcquirePeriod", 0.01) == 1
         assert epics.caput(p + "Acquire", 1, wait=True, timeout=90) == 1  # taken: no write had failed yet
         wait_for(lambda: stack.status()["store"]["disk_full"]["full"], 30, "the disk-full state")
-        message = _wait_message(stack, "Runs refused: the store's disk is full")
-        with pytest.raises(epics.ca.CASeverityException, match="Write access denied"):
-            epics.caput(p + "Acquire", 1, wait=True, timeout=10)
-        assert stack.status()["detector"]["state"] == "Idle"  # never armed
-        assert len(_get_json(stack.api + "/api/runs")) == 1, message  # no second run was started
-        assert stack.procs["daemon"].poll() is None
+        _wait_message(stack, "Runs refused: the store's disk is full")
+        _assert_the_next_acquire_is_refused(stack)
     finally:
         stack.stop()
 
