@@ -1151,18 +1151,22 @@ class TomoStage(_CorrectedStage):
 
 
 def _virtual_subset(group: h5py.Group, name: str, source: h5py.Dataset, indices: np.ndarray) -> None:
-    """``group[name]``: a virtual dataset of the frames ``indices`` of ``source`` (no copy)."""
+    """``group[name]``: a virtual dataset of the frames ``indices`` of ``source`` (no copy). With no
+    frames, an empty dataset of the frames' shape: a virtual one without a source trips readers
+    (nexusformat's tree walk)."""
     frame_shape = source.shape[1:]
+    if not len(indices):
+        group.create_dataset(name, shape=(0, *frame_shape), dtype=source.dtype)
+        return
     layout = h5py.VirtualLayout(shape=(len(indices), *frame_shape), dtype=source.dtype)
     vsource = h5py.VirtualSource(".", source.name, shape=source.shape)
-    if len(indices):
-        # contiguous runs of frames map as one block each (a scan has darks, flats, projections in runs)
-        breaks = np.flatnonzero(np.diff(indices) != 1) + 1
-        start = 0
-        for block in np.split(indices, breaks):
-            first, count = int(block[0]), len(block)
-            layout[start : start + count] = vsource[first : first + count]
-            start += count
+    # contiguous runs of frames map as one block each (a scan has darks, flats, projections in runs)
+    breaks = np.flatnonzero(np.diff(indices) != 1) + 1
+    start = 0
+    for block in np.split(indices, breaks):
+        first, count = int(block[0]), len(block)
+        layout[start : start + count] = vsource[first : first + count]
+        start += count
     group.create_virtual_dataset(name, layout)
 
 

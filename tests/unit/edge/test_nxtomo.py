@@ -69,3 +69,25 @@ def test_an_incomplete_frame_s_missing_pixels_stay_out_of_the_means_and_the_sino
     sinogram = products["sinograms"][0]  # (angles, columns) of row 5
     assert (sinogram[0, 10:20] == 0).all()  # not -log(1e-6) = 13.8
     np.testing.assert_allclose(sinogram[1], -np.log(495 / 990), rtol=1e-5)
+
+
+def test_a_file_of_projections_only_opens_in_nexusformat_with_empty_darks_and_flats(tmp_path: Path) -> None:
+    """A scan's second file holds projections only: its Data Exchange darks and flats are empty. As
+    virtual datasets without a source nexusformat's tree walk failed (IndexError) on every such file."""
+    from nexusformat.nexus import nxload
+
+    params = ReductionSettings(mode="tomo")
+    stage = make_stage(RunContext(get_backend("numpy"), GEOMETRY, SHAPE, 16, "2th_deg", params))
+    meta = RunMetadata(GEOMETRY, "sim", 2, "2026-12-02T00:00:00+00:00", {"frame_time": 0.01})
+    writer = RunFileWriter(tmp_path, "tomo2", "tomo2_00001.h5", 0, SHAPE, "uint16", 2, stage, meta)
+    for frame in range(2):
+        pixels = np.full(SHAPE, 100 + frame, np.uint16)
+        writer.write(frame, compress_chunk(pixels), stage.process(pixels, frame, 0, 10.0 * frame).products)
+    path = writer.close().path
+    with h5py.File(path, "r") as f:
+        for name in ("data_white", "data_dark"):
+            assert f["/exchange"][name].shape == (0, *SHAPE)
+            assert f["/exchange"][name].dtype == np.uint16
+        assert f["/exchange/data"].shape == (2, *SHAPE)
+    tree = nxload(str(path)).tree
+    assert "data_dark" in tree and "data_white" in tree
