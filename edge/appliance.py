@@ -100,7 +100,9 @@ def load_calibration(settings: Settings, fmt: FrameFormat | None = None) -> Corr
     gaps = udp_gaps(settings)  # the UDP layout's inter-module gaps: no sensor there, never zero counts
     if gaps is not None and gaps.shape == shape:
         mask = gaps if mask is None else (mask | gaps)
-    return Corrections(images["dark"], images["flat"], mask, red.solid_angle, red.polarization)
+    model = None if poni is None else poni.detector  # its invalid-pixel value (pyFAI's dummy), if any
+    dummy = None if model is None or model.dummy is None else (model.dummy, model.delta_dummy)
+    return Corrections(images["dark"], images["flat"], mask, red.solid_angle, red.polarization, dummy)
 
 
 def detector_gaps(settings: Settings, fmt: FrameFormat | None = None) -> np.ndarray | None:

@@ -37,7 +37,15 @@ import numpy as np
 
 from edge.config import ReductionSettings
 from edge.nxmx import crystfel_panel
-from kernels import Backend, Geometry, RoiSet, direct_beam, estimate_center_from_sinogram, make_gain
+from kernels import (
+    Backend,
+    Geometry,
+    RoiSet,
+    direct_beam,
+    estimate_center_from_sinogram,
+    invalid_pixels,
+    make_gain,
+)
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +62,9 @@ class Corrections:
     mask: np.ndarray | None = None
     solid_angle: bool = False
     polarization: float | None = None
+    #: the value the detector writes into a pixel it cannot measure, and its tolerance (pyFAI's
+    #: ``DUMMY``, ``DELTA_DUMMY`` of the PONI file's named detector); None: it marks none
+    dummy: tuple[float, float | None] | None = None
 
     def check(self, shape: tuple[int, int]) -> None:
         for name in ("dark", "flat", "mask"):
@@ -99,6 +110,9 @@ class RunContext:
     analysis: Executor | None = None
     #: a run resumed after a restart: the stored frames of the series before it (tomography reads them)
     earlier: EarlierParts | None = None
+    #: the run's frames' (dummy, delta): a pixel with ``abs(float32(value) - dummy) <= delta`` is left out
+    #: of powder and serial products (``ModeStage.excludes_dummies``), as pyFAI does; None: none
+    dummy: tuple[float, float] | None = None
 
 
 @dataclass(frozen=True)
@@ -237,6 +251,9 @@ class ModeStage:
         return FrameResult(pending=lambda: self.fold(analysis.result(), frame, image_key, angle))
 
     independent = False  # True: ``analyse`` may run on several frames at once, ``fold`` keeps the order
+    #: True: a frame's pixels at the detector's dummy value reach ``start`` as ``missing`` (the pipeline
+    #: finds them), left out of the products as pyFAI leaves them out of an integration
+    excludes_dummies = False
 
     def analyse(self, raw: np.ndarray | None, missing: np.ndarray | None = None) -> Any:
         """The per-frame work that reads only the frame (thread-safe): peaks, profiles, ROI statistics;
@@ -292,6 +309,14 @@ class _CorrectedStage(ModeStage):
     def _roi_stats(self, raw: np.ndarray, missing: np.ndarray | None = None) -> dict[str, np.ndarray] | None:
         return self.roi.stats(raw, missing) if self.roi else None
 
+    def _dummy_record(self) -> dict[str, Any]:
+        """The invalid-pixel value the products leave out (pyFAI's names; None: none)."""
+        dummy = self.ctx.dummy if self.excludes_dummies else None
+        return {
+            "dummy": None if dummy is None else dummy[0],
+            "delta_dummy": None if dummy is None else dummy[1],
+        }
+
     def _with_roi(self, stats: dict[str, np.ndarray] | None, result: FrameResult) -> FrameResult:
         if stats is not None:
             result.products["roi"] = stats
@@ -309,6 +334,7 @@ class PowderStage(_CorrectedStage):
     """Azimuthal integration (pyFAI's histogram engine, no pixel splitting), NXazint1d names."""
 
     name = "powder"
+    excludes_dummies = True
     reference = (
         "azimuthal integration by histogram without pixel splitting, as pyFAI's integrate1d/integrate2d "
         "method ('no', 'histogram', ...) (Ashiotis et al., J. Appl. Cryst. 48 (2015) 510); Poisson errors"
@@ -400,6 +426,7 @@ class PowderStage(_CorrectedStage):
             "polarization_applied": cal.polarization is not None,
             "polarization_factor": cal.polarization,
             "error_model": "poisson",
+            **self._dummy_record(),
         }
 
     def write_products(self, entry: h5py.Group, products: list[dict[str, Any]]) -> None:
@@ -541,6 +568,7 @@ class SerialStage(_CorrectedStage):
     """Peaks (peakfinder8-style) and hits; a CXI peak table CrystFEL reads with ``peak_list_type = cxi``."""
 
     name = "serial"
+    excludes_dummies = True
     reference = (
         "peakfinder8-style spot finding: per-ring background by iterative sigma clipping, 3x3 box "
         "candidates above min_snr, connected components (Barty et al., J. Appl. Cryst. 47 (2014) 1118)"
@@ -629,6 +657,7 @@ class SerialStage(_CorrectedStage):
             **super().settings_record(),
             **self.ctx.params.serial.model_dump(),
             "blanks": self.ctx.store_blanks,
+            **self._dummy_record(),
         }
 
     def write_products(self, entry: h5py.Group, products: list[dict[str, Any]]) -> None:
@@ -1205,3 +1234,5 @@ def warm_up(ctx: RunContext, dtype: str) -> None:
         stage.process(frame, 2 + n, 0, angle)
     stage.finish()
     stage.live()
+    if stage.excludes_dummies and ctx.dummy is not None:  # the pipeline's test for invalid pixels
+        invalid_pixels(frame, *ctx.dummy)

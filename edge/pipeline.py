@@ -58,7 +58,7 @@ from firmware_bridge.source import (
     Spawner,
     plain_spawn,
 )
-from kernels import Backend, Geometry, compress_chunk
+from kernels import Backend, Geometry, compress_chunk, frame_dummies, invalid_pixels
 
 log = logging.getLogger(__name__)
 
@@ -294,6 +294,13 @@ class Pipeline:
                     return _Work(slot, "release")
         else:
             chunk = self._compressor.submit(compress_chunk, raw)  # bitshuffle releases the GIL: overlap
+        if stage.excludes_dummies and stage.ctx.dummy is not None:
+            # the detector's invalid pixels (pyFAI's dummy value) are left out as the missing ones are
+            invalid = invalid_pixels(raw, *stage.ctx.dummy)
+            if invalid is not None:
+                self.stats["frames_with_dummy_pixels"] += 1
+                self.stats["dummy_pixels_left_out"] += int(np.count_nonzero(invalid))
+                missing = invalid if missing is None else (missing | invalid)
         header = slot.header
         # started, not waited for: on the GPU the writing thread collects the products (``finish``)
         # while this thread hands on the next frame, whose copy to the device overlaps this one's kernel
@@ -315,7 +322,10 @@ class Pipeline:
         params: ReductionSettings,
         mask: np.ndarray | None = None,
         earlier: EarlierParts | None = None,
+        dtype: str = "uint16",
     ) -> RunContext:
+        calibration = self.calibration or Corrections()
+        dummy = None if calibration.dummy is None else frame_dummies(*calibration.dummy, dtype)
         return RunContext(
             self.backend,
             self.geometry,
@@ -323,12 +333,11 @@ class Pipeline:
             self.bins,
             self.unit,
             params,
-            dataclasses.replace(self.calibration or Corrections(), mask=mask)
-            if mask is not None
-            else self.calibration or Corrections(),
+            dataclasses.replace(calibration, mask=mask) if mask is not None else calibration,
             self.store_blanks,
             self._analysis,
             earlier,
+            dummy,
         )
 
     def _make_stage(self, record: dict[str, Any]) -> ModeStage:
@@ -337,7 +346,8 @@ class Pipeline:
         params = ReductionSettings.model_validate(record.get("reduction") or {"mode": "powder"})
         try:
             mask = None if self.run_masks is None else self.run_masks.take(str(record["run_uid"]))
-            return make_stage(self._context(shape, params, mask, self._earlier(record, params.mode)))
+            earlier = self._earlier(record, params.mode)
+            return make_stage(self._context(shape, params, mask, earlier, str(record.get("dtype", "uint16"))))
         except Exception as error:  # e.g. tomo slices outside the frame: store the frames, say why
             self.stats["mode_setup_errors"] += 1
             log.error(
@@ -373,7 +383,7 @@ class Pipeline:
         """
         started = time.perf_counter()
         try:
-            warm_up(self._context(shape, params), dtype)
+            warm_up(self._context(shape, params, dtype=dtype), dtype)
         except Exception as error:
             log.warning("warming up mode %s skipped: %s", params.mode, error)
         took = time.perf_counter() - started

@@ -13,9 +13,10 @@ from kernels._compress import (
     hdf5_filter_options,
 )
 from kernels._corrections import make_gain
-from kernels._detectors import DetectorModel
+from kernels._detectors import DetectorModel, frame_dummies
 from kernels._geometry import RADIAL_UNITS, Geometry, Poni, PoniError, direct_beam, read_poni, read_poni_file
 from kernels._integrate import IntegrationResult, Integrator1D, Integrator2D
+from kernels._invalid import invalid_pixels
 from kernels._peaks import PeakFinder, Peaks, classify_hit
 from kernels._registry import Backend, BackendUnavailable, available_backends, get_backend
 from kernels._roi import RoiSet, RoiStats
@@ -56,8 +57,10 @@ __all__ = [
     "estimate_center_from_sinogram",
     "filter_projections",
     "fourier_filter",
+    "frame_dummies",
     "get_backend",
     "hdf5_filter_options",
+    "invalid_pixels",
     "make_gain",
     "read_poni",
     "read_poni_file",

@@ -29,6 +29,14 @@ class DetectorModel:
     module_gap: tuple[int, int] | None = None
     middle_gap: bool = False  # Eiger2 CdTe: two more masked columns in the middle of each module
     force_pixel: bool = True  # pyFAI reads a larger pixel as binning; we refuse binning instead
+    #: the value the detector writes into an invalid pixel (pyFAI's ``DUMMY``), and its tolerance
+    #: (``DELTA_DUMMY``); None: the detector marks none
+    dummy: float | None = None
+    delta_dummy: float | None = None
+
+    def dummies(self, dtype: object) -> tuple[float, float] | None:
+        """pyFAI's ``get_dummies`` for frames of ``dtype``; see `frame_dummies`."""
+        return None if self.dummy is None else frame_dummies(self.dummy, self.delta_dummy, dtype)
 
     def mask(self, shape: tuple[int, int] | None = None) -> np.ndarray | None:
         """pyFAI's mask of the inter-module gaps (True = excluded), or None for a detector without one."""
@@ -136,4 +144,30 @@ _TABLE: dict[
     "Titan": (6e-05, 6e-05, (2048, 2048), None, None, False, True),
 }
 
-DETECTORS: dict[str, DetectorModel] = {name: DetectorModel(name, *row) for name, row in _TABLE.items()}
+
+def frame_dummies(dummy: float, delta_dummy: float | None, dtype: object) -> tuple[float, float]:
+    """The (dummy, delta) a pixel of a frame of ``dtype`` is compared with, as pyFAI's
+    ``Detector.get_dummies`` makes them: the dummy cast to the frame's type through int64 (DECTRIS's -2
+    is 65534 in a uint16 frame, 4294967294 in a uint32 one, where the detector writes its all-ones
+    values), then to float32; the tolerance as float32 (float32's epsilon when the detector gives none).
+    A pixel is invalid when ``abs(float32(value) - dummy) <= delta``, computed in float32."""
+    frame_type = np.dtype(dtype)  # type: ignore[call-overload]
+    cast = np.array(np.int64(dummy)).astype(frame_type)  # wraps into an unsigned type, as C casts
+    value = float(np.float32(cast))
+    delta = float(np.finfo(np.float32).eps) if delta_dummy is None else float(np.float32(delta_dummy))
+    return value, delta
+
+
+def _dummies(name: str) -> tuple[float, float | None] | tuple[None, None]:
+    """pyFAI's ``DUMMY``, ``DELTA_DUMMY`` of a detector class: DECTRIS's (Pilatus, Eiger, and PSI's
+    Jungfrau 1M and 4M, modelled on them) -2 +- 1.5; X-Spectrum's Lambda 0 exactly; others none."""
+    if name.startswith(("Pilatus", "Eiger")) or name in ("Jungfrau1M", "Jungfrau4M"):
+        return -2.0, 1.5
+    if name.startswith("Lambda"):
+        return 0.0, None
+    return None, None
+
+
+DETECTORS: dict[str, DetectorModel] = {
+    name: DetectorModel(name, *row, *_dummies(name)) for name, row in _TABLE.items()
+}

@@ -11,6 +11,7 @@ centre stay in the sensor's own frame (orientation 3, pyFAI's native one). We do
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from dataclasses import dataclass, field
@@ -285,16 +286,7 @@ def _detector(
             " binned detectors are not supported",
         )
     if shape is not None and shape != model.max_shape:
-        model = DetectorModel(
-            model.name,
-            model.pixel1,
-            model.pixel2,
-            shape,
-            model.module_size,
-            model.module_gap,
-            model.middle_gap,
-            model.force_pixel,
-        )
+        model = dataclasses.replace(model, max_shape=shape)
     return model, pixel1, pixel2
 
 
