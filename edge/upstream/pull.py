@@ -2,11 +2,13 @@
 
 It grants credit, writes every chunk at its offset into ``OUTPUT/run_uid/NAME.part``, fsyncs, and only
 then acknowledges: the chunks of everything received at once are written, each file touched is fsynced
-once, and then their acknowledgements go out (never an ack for bytes not yet durable). The whole file's
-checksum is computed as the chunks arrive in order; only a file whose chunks came out of order (after a
-reconnect) is read back. When the appliance says a file is complete, the client checks the whole file's
-size and checksum, renames it to its final name and confirms. Writes are idempotent, so a chunk sent twice
-(after a crash or a reconnect) changes nothing: every frame lands exactly once.
+once, and then their acknowledgements go out (never an ack for bytes not yet durable). When the
+appliance says a file is complete, the client reads the whole file back from its disk, checks its size
+and checksum, renames it to its final name and confirms: what is confirmed is what this side holds, so
+the appliance never deletes its copy on the word of a file damaged or truncated here after its chunks were
+written. A checksum of the bytes as they came (in order) tells such damage from a bad transfer
+(``files_damaged_here``). Writes are idempotent, so a chunk sent twice (after a crash or a reconnect)
+changes nothing: every frame lands exactly once.
 """
 
 from __future__ import annotations
@@ -175,8 +177,8 @@ class PullClient:
             try:
                 os.fsync(part.fd)
             except OSError as error:
-                # after a failed fsync the kernel may have dropped the pages: the running checksum no
-                # longer speaks for the file, which is read back and checked whole when complete
+                # after a failed fsync the kernel may have dropped the pages: the checksum of the bytes
+                # received no longer says where a mismatch came from
                 part.in_order = False
                 self._write_error(str(path), error)
                 durable = False
@@ -311,13 +313,22 @@ class PullClient:
                 os.fsync(state.fd)
             finally:  # a failed fsync leaves no running checksum behind: the next answer reads the file
                 os.close(state.fd)
+        came = None  # the checksum of the bytes as they came, when they came in order
         if state is not None and path == part and state.in_order and state.next_offset == message.size:
-            size, digest = state.next_offset, state.hasher.hexdigest()  # hashed as the chunks came
-            self.stats["checksums_incremental"] += 1
-        else:
-            size, digest = _whole_checksum(path)
-            self.stats["checksums_reread"] += 1
-        if size == message.size and digest == message.checksum:
+            came = state.hasher.hexdigest()
+        size, digest = _whole_checksum(path)  # what this side holds is what is confirmed (never ``came``)
+        self.stats["checksums_reread"] += 1
+        matches = size == message.size and digest == message.checksum
+        if not matches and came == message.checksum:  # every byte came right: the file changed here since
+            self.stats["files_damaged_here"] += 1
+            log.warning(
+                "%s: the bytes received were right, the file on this disk is not (%d bytes, checksum %s):"
+                " changed or truncated here after it was written; fetching it again",
+                path,
+                size,
+                digest,
+            )
+        if matches:
             if path == part:
                 os.replace(part, final)
                 fsync_dir(final.parent)
@@ -338,7 +349,8 @@ def _unsynced(reply: p.Message) -> p.Message:
 
 
 class _PartFile:
-    """An open ``.part`` file and the checksum of its bytes so far, while chunks come in order."""
+    """An open ``.part`` file and the checksum of the bytes received so far, while chunks come in order
+    (a diagnosis only: the file is read back before it is confirmed)."""
 
     def __init__(self, fd: int, in_order: bool) -> None:
         self.fd = fd

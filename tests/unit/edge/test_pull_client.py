@@ -1,11 +1,12 @@
-"""The pull client's file handling without its socket: chunks written and hashed as they come (no
-re-read of the file when they came in order), a file read back only when they did not, and every
+"""The pull client's file handling without its socket: chunks written as they come, every file read
+back from the disk before it is confirmed (what is confirmed is what this side holds), and every
 acknowledgement given only after the bytes are fsynced."""
 
 from __future__ import annotations
 
 import contextlib
 import errno
+import os
 import threading
 import time
 from collections.abc import Iterator
@@ -51,7 +52,7 @@ def _deliver(client: PullClient, chunks: list[p.Chunk]) -> list[p.Message]:
     return replies
 
 
-def test_in_order_chunks_are_hashed_as_they_come(tmp_path: Path) -> None:
+def test_in_order_chunks_are_written_and_the_file_read_back_before_it_is_confirmed(tmp_path: Path) -> None:
     client = PullClient("tcp://127.0.0.1:1", "hpc", tmp_path, 4, zmq.Context.instance())
     replies = _deliver(client, _chunks())
     assert [type(r) for r in replies] == [p.Ack] * 3
@@ -59,7 +60,7 @@ def test_in_order_chunks_are_hashed_as_they_come(tmp_path: Path) -> None:
     whole = xxhash.xxh3_128_hexdigest(DATA)
     (verified,) = client._handle(p.encode(p.FileComplete(7, "run-1", "run-1_00000.h5", len(DATA), whole)))
     assert isinstance(verified, p.FileVerified) and verified.checksum == whole and verified.size == len(DATA)
-    assert client.stats["checksums_incremental"] == 1 and client.stats["checksums_reread"] == 0
+    assert client.stats["checksums_reread"] == 1
     assert (tmp_path / "run-1" / "run-1_00000.h5").read_bytes() == DATA
 
 
@@ -212,3 +213,31 @@ def test_an_output_that_cannot_be_used_is_a_clear_refusal_not_a_traceback(tmp_pa
     assert result.returncode == 2, result.stderr
     assert "Traceback" not in result.stderr
     assert f"cannot use pull.output = '{output}'" in result.stderr
+
+
+@pytest.mark.parametrize("damage", ["flip", "truncate"])
+def test_a_part_file_damaged_here_after_its_chunks_were_written_is_not_confirmed(
+    tmp_path: Path, damage: str
+) -> None:
+    """An outside probe (SIGSTOP, damage the ``.part``, SIGCONT): the client confirmed the checksum of
+    the bytes it had received, the appliance took that as the file being safe upstream and retention
+    purged the only good copy. The client must confirm what its disk holds."""
+    client = PullClient("tcp://127.0.0.1:1", "hpc", tmp_path, 4, zmq.Context.instance())
+    first, second, third = _chunks()
+    _deliver(client, [first, second])
+    part = tmp_path / "run-1" / "run-1_00000.h5.part"
+    if damage == "flip":
+        with open(part, "r+b") as handle:
+            handle.seek(100)
+            handle.write(bytes(16))
+    else:
+        os.truncate(part, 0)  # the next chunk is written at its offset: zeros before it
+    _deliver(client, [third])
+    whole = xxhash.xxh3_128_hexdigest(DATA)
+    (verified,) = client._handle(p.encode(p.FileComplete(7, "run-1", "run-1_00000.h5", len(DATA), whole)))
+    assert isinstance(verified, p.FileVerified) and verified.checksum != whole  # a mismatch: sent again
+    assert client.stats["files_damaged_here"] == 1 and client.stats["files_verified"] == 0
+    assert not part.exists() and not (tmp_path / "run-1" / "run-1_00000.h5").exists()
+    _deliver(client, _chunks())  # the appliance resends every chunk: now the file is whole
+    (verified,) = client._handle(p.encode(p.FileComplete(7, "run-1", "run-1_00000.h5", len(DATA), whole)))
+    assert verified.checksum == whole and (tmp_path / "run-1" / "run-1_00000.h5").read_bytes() == DATA
