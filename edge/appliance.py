@@ -262,8 +262,9 @@ class RingSink:
         return self._received_in_run
 
     def run_or_opening(self) -> str | None:
-        """The open run, or the one a series start is opening now (None between runs)."""
-        return self.run_uid or self.opening
+        """The open run, or the one a series start is opening now, or an open capture's run between its
+        series (None between runs): the reduction's mode and parameters stay as the run started."""
+        return self.run_uid or self.opening or self._capture_run
 
     def mark_abort(self) -> None:
         """The control system aborted the run (``Acquire`` 0): the open series, when the detector ends it,

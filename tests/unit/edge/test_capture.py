@@ -119,9 +119,12 @@ def test_a_capture_is_one_run_across_series_with_frames_numbered_on(tmp_path: Pa
     assert start["event"] == "series_start" and start["file_path"] == str(tmp_path / "scan.h5")
     assert frames == [("frame", n) for n in range(5)]  # no series_end: the capture goes on
     assert recorder.losses == [("run1", 3, 3, "frame_number_gap")]
+    # between the capture's series its run is open: the reduction's mode stays as the run started it
+    assert sink.run_uid is None and sink.run_or_opening() == "run1"
     assert sink.close_capture() == "run1"
     assert ring.events[-1] == {"event": "series_end", "exit_status": "success"}
     # after the capture, a series is a run of its own again, in the store's rollover files
+    assert sink.run_or_opening() is None
     _series(sink, 3, 1)
     assert recorder.opened == ["run1", "run2"] and recorder.expected == [None, 1]
     assert ring.events[-2]["file_path"] is None
