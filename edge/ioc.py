@@ -189,6 +189,7 @@ class ApplianceIOC:
         self.control: Any = None
         self._tasks: list[asyncio.Task[None]] = []
         self._acquiring = False
+        self._run_ended: asyncio.Event | None = None  # set when the current (or last) run has ended
         self._counter_offset = 0
         self._hdf_counter_offset = 0  # HDF1:ArrayCounter's, set apart from the driver's ArrayCounter
         self._frames_received = 0
@@ -272,6 +273,15 @@ class ApplianceIOC:
         if spec.name == "AcquireBusy":  # an output record, so that it can hold a put-completion (blocking)
             make = builder.boolOut
             kw.update(initial_value=0, always_update=True, blocking=True, on_update=self._on_acquire_busy)
+        if spec.name == "AcquireAbortBusy":  # the same, for a 0's completion; its forward link goes on
+            make = builder.boolOut
+            kw.update(
+                initial_value=0,
+                always_update=True,
+                blocking=True,
+                on_update=self._on_acquire_abort_busy,
+                FLNK=self.prefix + "AcquireBusy",
+            )
         if spec.kind in ("boolIn", "boolOut"):
             severities = ENUM_SEVERITIES.get(spec.name, {})
             kw["ZNAM"], kw["ONAM"] = spec.choices
@@ -308,15 +318,16 @@ class ApplianceIOC:
             return {}
         validate = lambda device, value, spec=spec: self._validate(spec, device, value)  # noqa: E731
         if spec.name == "Acquire":
-            # not blocking itself: its forward link processes AcquireBusy, which holds the put-completion of
-            # a 1 until the run is over, while Acquire stays free to take a 0 (with completion or without:
-            # a put-callback to a record that is busy would wait for it). As areaDetector's busy record.
+            # not blocking itself: its forward link processes AcquireAbortBusy (which holds the completion
+            # of a 0 until the aborted run has ended) and that one's AcquireBusy (which holds the completion
+            # of a 1 until the run is over), while Acquire stays free to take a 0 (a put-callback to a
+            # record that is busy would wait for it). As areaDetector's busy record.
             return {
                 "initial_value": 0,
                 "always_update": True,
                 "validate": validate,
                 "on_update": self._on_acquire_put,
-                "FLNK": self.prefix + "AcquireBusy",
+                "FLNK": self.prefix + "AcquireAbortBusy",
             }
         initial: dict[str, Any] = {
             "NumImages": 1,
@@ -687,6 +698,13 @@ class ApplianceIOC:
         if not int(value) and self._acquiring:
             log.info("Acquire 0: aborting the run")
 
+    async def _on_acquire_abort_busy(self, value: Any) -> None:
+        """``AcquireAbortBusy`` processed by ``Acquire``'s forward link: a 0 during a run completes when
+        the run has ended (its forward link then finds ``AcquireBusy`` idle or still finishing)."""
+        ended = self._run_ended
+        if self._acquiring and self._abort_requested() and ended is not None:
+            await ended.wait()
+
     async def _on_acquire_busy(self, value: Any) -> None:
         """``AcquireBusy`` processed by ``Acquire``'s forward link: run when ``Acquire`` is 1."""
         await self._on_acquire(self.records["Acquire"].get())
@@ -696,6 +714,7 @@ class ApplianceIOC:
         if not int(value) or self._acquiring:
             return  # 0 while idle: nothing to abort (an abort during a run is seen by the run itself)
         self._acquiring = True
+        self._run_ended = asyncio.Event()  # a 0's put-completion waits for it (AcquireAbortBusy)
         self._run_uid = None  # the refresh shows no file counts of the last run while this one starts
         self._acquisition_base = self.view.frames_received()  # (the last run's frames are all in by now)
         self._set("Acquire_RBV", 1)
@@ -716,8 +735,9 @@ class ApplianceIOC:
                         self._show_status(sample[0], sample[1], sample[4])
                 self._show_acquisition(self.view.frames_received())
                 self._set("Acquire_RBV", 0)
+            self._run_ended.set()  # an abort's put completes (once this task yields)
             # processed, so that monitors see it (Acquire is no longer the busy record: nothing else posts
-            # it); its forward link finds AcquireBusy still busy with this run, and is ignored
+            # it); its forward links find AcquireAbortBusy and AcquireBusy still busy, and are ignored
             self.records["Acquire"].set(0)
             # softioc may still write the client's 1 back when the busy processing ends: reset once more after
             asyncio.get_running_loop().call_soon(lambda: self.records["Acquire"].set(0, process=False))
@@ -950,8 +970,8 @@ class ApplianceIOC:
         """``Acquire`` back to 0 if softioc wrote a client's 1 back after the run's put completed (the reset
         in `_on_acquire` can lose that race under load); never while the record is busy with a put."""
         record = self.records["Acquire"]
-        busy = self.records["AcquireBusy"]
-        if self._acquiring or str(record.get_field("PACT")) != "0" or str(busy.get_field("PACT")) != "0":
+        busy = [self.records[name] for name in ("Acquire", "AcquireBusy", "AcquireAbortBusy")]
+        if self._acquiring or any(str(r.get_field("PACT")) != "0" for r in busy):
             return
         if record.get_field("VAL") not in ("0", "Done"):
             record.set(0)  # processed, so that monitors see it

@@ -636,8 +636,9 @@ PVS: tuple[PvSpec, ...] = (
         "boolOut",
         "enum",
         "Busy record. 1 arms and starts the detector for `NumImages` frames; a put with completion "
-        "returns when every frame is stored or accounted for by a loss record. 0 aborts the run, with or "
-        "without completion (`caput -c Acquire 0` returns at once; the run ends `abort`). While "
+        "returns when every frame is stored or accounted for by a loss record. 0 aborts the run (it ends "
+        "`abort`); a put of 0 with completion returns once the run has ended, so that a 1 put after it "
+        "starts the next run; without completion it returns at once. While "
         "the store refuses new runs it takes no writes (Write access denied) and `StatusMessage_RBV` "
         "says why. A 1 while a run goes (from another client) starts nothing: it is refused, MINOR "
         "SOFT, and completes at once; the run goes on.",
@@ -652,6 +653,15 @@ PVS: tuple[PvSpec, ...] = (
         "`Acquire`'s forward link), so that `Acquire` itself stays free to take a 0. Its value stays "
         "Done (a busy softioc record posts no value while it is busy): read `Acquire_RBV` or "
         "`DetectorState_RBV` to see a run going. No writes.",
+        choices=("Done", "Busy"),
+    ),
+    _rbv(
+        "AcquireAbortBusy",
+        "boolIn",
+        "enum",
+        "Internal: processed by `Acquire`'s forward link before `AcquireBusy`. It holds the "
+        "put-completion of a 0 that aborts a run until the run has ended, so that a 1 put right after "
+        "it starts the next run (as a stop then a start from Bluesky do). No writes.",
         choices=("Done", "Busy"),
     ),
     _rbv(

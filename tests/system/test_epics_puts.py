@@ -347,3 +347,51 @@ def test_an_idle_ioc_posts_no_value_that_did_not_change(idle_stack: Stack) -> No
     for pv in pvs:
         pv.disconnect()
     assert not repeats, f"re-posted unchanged while idle: {dict(repeats)}"
+
+
+def test_a_stop_with_completion_returns_once_the_run_has_ended_so_the_next_start_runs(
+    idle_stack: Stack,
+) -> None:
+    """A stop then a start, as Bluesky's disarm and the next plan's arm do: the 0 put with completion
+    returned while the run was still ending, and the 1 right after it was refused "already acquiring"
+    (an outside probe; the refusal's alarm then cleared as the run ended: no run, and no sign of it)."""
+    stack = idle_stack
+    epics = _epics()
+    p = stack.prefix
+    assert _put(stack, "NumImages", 100_000) == 1
+    assert _put(stack, "AcquirePeriod", 0.01) == 1
+    acquire = epics.PV(p + "Acquire")
+    done = threading.Event()
+    try:
+        assert acquire.wait_for_connection(timeout=10)
+        acquire.put(1, callback=lambda **_: done.set())
+        wait_for(lambda: stack.status()["pipeline"].get("run") is not None, 30, "the run open")
+        first = epics.caget(p + "RunUid_RBV", as_string=True, use_monitor=False)
+        # another client (its own channel: one channel takes one put with completion at a time)
+        from caproto.threading.client import Context
+
+        ctx = Context()
+        try:
+            (other,) = ctx.get_pvs(p + "Acquire")
+            other.wait_for_connection(timeout=10)
+            # its 1 during the run: refused; the alarm outlives the run's end
+            assert other.write([1], wait=True, timeout=10).status.name == "ECA_NORMAL"
+            assert (_meta(stack, "Acquire")["severity"], _meta(stack, "Acquire")["status"]) == (MINOR, SOFT)
+            assert not done.is_set()
+            other.write([0], wait=True, timeout=60)  # the stop, with completion
+            # it returned once the run had ended: the start's put completed before it
+            assert done.is_set(), "the stop's put returned before the run had ended"
+        finally:
+            ctx.disconnect()
+        assert epics.caget(p + "Acquire_RBV", use_monitor=False) == 0
+        assert stack.run(first)["exit_status"] == "abort"
+        assert _meta(stack, "Acquire")["severity"] == 0  # the stop was a good put: the alarm is cleared
+    finally:
+        acquire.disconnect()
+    assert _put(stack, "NumImages", 30) == 1
+    assert _put(stack, "AcquirePeriod", 0.05) == 1
+    assert epics.caput(p + "Acquire", 1, wait=True, timeout=60) == 1  # the start right after the stop
+    second = epics.caget(p + "RunUid_RBV", as_string=True, use_monitor=False)
+    assert second != first and stack.run(second)["exit_status"] == "success"
+    assert stack.run(second)["totals"]["frames_stored"] == 30
+    assert stack.procs["daemon"].poll() is None
