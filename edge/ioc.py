@@ -300,6 +300,11 @@ class ApplianceIOC:
             kw["datatype"] = np.int16 if spec.ca_type.startswith("short") else np.float64
         if spec.kind in ("aIn", "aOut"):
             kw.setdefault("PREC", 3)
+        if spec.kind in ("aOut", "longOut") and spec.limits is not None:
+            # the accepted range as display limits (what a display tool and ophyd's `limits` show); not
+            # as drive limits (DRVL/DRVH), which would clamp an out-of-range put instead of refusing it
+            number = int if spec.kind == "longOut" else float
+            kw["LOPR"], kw["HOPR"] = (number(limit) for limit in spec.limits)
         if spec.initial is not None and not spec.writable:
             kw["initial_value"] = spec.initial
         return make(spec.name, **kw, **self._out_kw(spec))
@@ -411,6 +416,8 @@ class ApplianceIOC:
                 reason = self.refusal()
                 if reason is not None:
                     return f"run refused: {reason}", soft
+                if self.control is not None and not self.control.connected:  # nothing to arm: say so
+                    return "not started: the detector is disconnected (DetectorState_RBV)", soft
             return None
         if spec.name == "HDF1:FilePath":
             reason = path_refusal(Path(str(value) or "."), self._roots())

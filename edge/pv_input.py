@@ -81,6 +81,9 @@ def _type_refusal(spec: PvSpec, value: Any) -> tuple[str, int] | None:
             )
         return None
     if spec.kind in _STRING_KINDS:
+        if "\ufffd" in str(value):  # bytes that are no UTF-8 (softioc decodes them with errors="replace")
+            shown = ascii(str(value)[:40])
+            return f"not UTF-8 text (its bytes {shown} would be stored as another name)", ALARM_WRITE
         size = len(str(value).encode("utf-8", errors="replace"))
         if size > _max_bytes(spec):
             return f"{size} bytes or more; at most {_max_bytes(spec)} fit", ALARM_WRITE
@@ -112,7 +115,7 @@ def describe(spec: PvSpec) -> str:
         if spec.kind == "mbbOut":
             text += " (above 15, the record's own INVALID SOFT)"
     elif spec.kind in _STRING_KINDS:
-        text = f"over {_max_bytes(spec)} bytes: refused, MINOR WRITE"
+        text = f"over {_max_bytes(spec)} bytes, or bytes that are no UTF-8: refused, MINOR WRITE"
     elif spec.kind in _NUMBER_KINDS:
         bounds = f"outside {_num(spec.limits[0])}..{_num(spec.limits[1])}" if spec.limits else ""
         if spec.kind == "aOut":

@@ -643,7 +643,8 @@ PVS: tuple[PvSpec, ...] = (
         "says why. A 1 while a run goes (from another client) starts nothing: it is refused, MINOR "
         "SOFT, and completes at once; the run goes on.",
         choices=("Done", "Acquire"),
-        also_refused="1 while a run goes: refused, MINOR SOFT (its put completes at once; the run goes on)",
+        also_refused="1 while a run goes: refused, MINOR SOFT (its put completes at once; the run goes on);"
+        " 1 while the detector is disconnected: refused, MINOR SOFT",
     ),
     _rbv(
         "AcquireBusy",

@@ -365,6 +365,14 @@ def test_detector_killed_mid_run_disconnects_records_loss_and_recovers(stack: St
         assert "lost" in epics.caget(p + "StatusMessage_RBV", as_string=True)
     finally:
         acquire.disconnect()
+    # a start while the detector is gone: refused at once with an alarm and the reason (it completed
+    # with no alarm before, "Not started" in the message only)
+    assert epics.caput(p + "Acquire", 1, wait=True, timeout=10) == 1
+    meta = epics.PV(p + "Acquire", form="ctrl").get_with_metadata(timeout=5, use_monitor=False)
+    assert (meta["severity"], meta["status"]) == (1, 15), meta  # MINOR SOFT
+    message = epics.caget(p + "StatusMessage_RBV", as_string=True, use_monitor=False)
+    assert "the detector is disconnected" in message, message
+    assert epics.caget(p + "Acquire_RBV", use_monitor=False) == 0
 
     # the detector returns: the appliance reconnects (libca's search back-off: ~5-10 s) and runs again
     stack.start_sim()

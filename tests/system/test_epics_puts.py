@@ -112,6 +112,10 @@ def test_bad_puts_are_refused_with_an_alarm_a_reason_and_no_traceback(idle_stack
     _assert_refused(stack, "NumImages", 0, "1", HW_LIMIT, "outside 1..10000000")
     _assert_refused(stack, "NumImages", -5, "1", HW_LIMIT, "outside 1..10000000")
     assert _epics().caget(stack.prefix + "NumImages_RBV") == 1
+    # the accepted ranges are the records' display limits, as a display tool or ophyd reads them
+    for name, low, high in (("NumImages", 1, 10_000_000), ("AcquirePeriod", 0, 3600)):
+        meta = _meta(stack, name)
+        assert (meta["lower_disp_limit"], meta["upper_disp_limit"]) == (low, high), (name, meta)
 
     # strings longer than the record: refused, not truncated (and no traceback in the daemon)
     assert _put(stack, "HDF1:FileName", "scan_0001") == 1

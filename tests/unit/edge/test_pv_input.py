@@ -52,6 +52,12 @@ def test_long_strings_refuse_what_does_not_fit(spec: PvSpec) -> None:
     assert refusal(spec, "x" * 256) == ("256 bytes or more; at most 255 fit", ALARM_WRITE)
     assert refusal(spec, "x" * 300) is not None
     assert refusal(spec, "é" * 128) is not None  # 256 bytes of UTF-8
+    # bytes that are no UTF-8 reach the IOC as U+FFFD (softioc decodes with errors="replace"): taking
+    # them would store a name nobody asked for (an outside probe: HDF1:FileName b"bad\xff\xfe")
+    assert refusal(spec, b"bad\xff\xfe".decode("utf-8", errors="replace")) == (
+        "not UTF-8 text (its bytes 'bad\\ufffd\\ufffd' would be stored as another name)",
+        ALARM_WRITE,
+    )
 
 
 def test_numbers_outside_their_limits_or_not_finite_are_refused() -> None:
