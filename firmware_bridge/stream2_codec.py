@@ -219,6 +219,19 @@ def _text(message: Mapping[str, Any], key: str) -> str:
     return value
 
 
+def _unique_id(message: Mapping[str, Any]) -> str:
+    """``series_unique_id``: a string, or a number kept as its text (``12345`` -> ``"12345"``, as the
+    stream v1 ``run_uid``); anything else is a bad field."""
+    value = message.get("series_unique_id", "")
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) < 10**128:
+        return str(value)  # (a CBOR bignum beyond that would have no text: Python caps int-to-str)
+    if isinstance(value, float) and math.isfinite(value):
+        return repr(value)
+    if not isinstance(value, str):
+        raise Stream2ProtocolError("bad_field", f"series_unique_id={_short(value)}")
+    return value
+
+
 def _short(value: Any) -> str:
     return repr(value)[:60]
 
@@ -431,7 +444,7 @@ class Stream2Codec:
             self.start = None
             self.counters["series_ends"] += 1
             rest = _rest(message, {"type", "series_id", "series_unique_id"})
-            return Stream2End(series, _text(message, "series_unique_id"), rest)
+            return Stream2End(series, _unique_id(message), rest)
         raise Stream2ProtocolError("unknown_type", f"type={_short(kind)}")
 
     def _start(self, message: Mapping[str, Any]) -> Stream2Start:
@@ -479,7 +492,7 @@ class Stream2Codec:
             table = np.frombuffer(raw, dtype=np.dtype(t_dtype).newbyteorder("<")).astype(t_dtype)
         start = Stream2Start(
             series=series,
-            series_unique_id=_text(message, "series_unique_id"),
+            series_unique_id=_unique_id(message),
             shape=(height, width),
             dtype=dtype,
             channels=tuple(channels),
@@ -544,7 +557,7 @@ class Stream2Codec:
             self.counters["image_times_invalid"] += 1
         return Stream2Image(
             series=series,
-            series_unique_id=_text(message, "series_unique_id"),
+            series_unique_id=_unique_id(message),
             frame=frame,
             channels=channels,
             start_time_ns=start_ns or 0,

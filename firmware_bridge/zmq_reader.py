@@ -614,6 +614,10 @@ class ZmqStreamSource:
         self.sink.lost(gap.first, gap.last, gap.reason, gap.detail)
 
     def _end_series(self, reason: str, exit_status: str = "success") -> None:
+        if self._series is None:  # no series open: a repeated end, or one whose start never came
+            self.stats["ends_without_series"] += 1
+            log.warning("a series end with no series open: ignored (nothing to end, nothing recorded)")
+            return
         self._release_gaps(time.monotonic(), everything=True)
         expected = self._frames_expected
         if expected is not None and self._next_frame < expected:
@@ -624,8 +628,7 @@ class ZmqStreamSource:
         self._ended_series = series
         self._refused = None
         self.stats["series_ended"] += 1
-        if series is not None:
-            self.sink.series_end(series, exit_status)
+        self.sink.series_end(series, exit_status)
 
     def _decode_into_slot(self, event: ImageMessage) -> SlotLike | None:
         nbytes = event.shape[0] * event.shape[1] * np.dtype(event.dtype).itemsize

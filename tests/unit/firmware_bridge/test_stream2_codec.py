@@ -625,3 +625,30 @@ def test_a_series_length_nobody_can_use_is_unknown_not_a_refused_start(number: o
     assert start.number_of_images is None
     assert start.metadata["number_of_images"] == repr(number)
     assert codec.counters["number_of_images_invalid"] == 1 and codec.errors == {}
+
+
+@pytest.mark.parametrize(
+    ("uid", "expected"),
+    [(12345, "12345"), (-7, "-7"), (2.5, "2.5"), ("abc", "abc"), (True, None), ([1], None), (10**200, None)],
+)
+def test_a_numeric_series_unique_id_is_kept_as_its_text_as_the_v1_run_uid(
+    uid: object, expected: str | None
+) -> None:
+    """An outside sender's ``series_unique_id: 12345`` rejected the whole start (bad_field): its length,
+    geometry and mask were dropped. A number is kept as its text, as stream v1's ``run_uid``."""
+    codec = Stream2Codec()
+    message = {
+        "type": "start",
+        "series_id": 1,
+        "series_unique_id": uid,
+        "number_of_images": 5,
+        "image_size_x": 2,
+        "image_size_y": 2,
+        "channels": ["a"],
+    }
+    (event,) = codec.feed(cbor2.dumps(message))
+    if expected is None:
+        assert not isinstance(event, Stream2Start) and event.reason == "bad_field"
+    else:
+        assert isinstance(event, Stream2Start) and event.series_unique_id == expected
+        assert event.number_of_images == 5

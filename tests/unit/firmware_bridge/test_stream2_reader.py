@@ -471,3 +471,16 @@ def test_a_rejected_start_while_a_series_is_open_ends_it_when_the_new_series_ima
     assert sink.configs[1]["start_rejected"].startswith("bad_field")
     assert reader.counters().get("images_wrong_series", 0) == 0
     assert reader.counters()["series_ended_by_rejected_start"] == 1
+
+
+def test_an_end_with_no_series_open_is_counted_and_ends_nothing() -> None:
+    """An outside sender's end with nothing open (a repeated end, one whose start never came) was taken
+    silently: ``series_ended`` counted it, and after a series whose frames were missing at its end a
+    second end recorded those frames lost a second time."""
+    start, image0, _image1, _image2, _image3, end = _messages("stream2_bslz4_u16_2ch.bin")
+    sink = Sink()
+    reader = replay([end, start, image0, end, end], sink, channel="threshold_2")
+    counters = reader.counters()
+    assert counters["ends_without_series"] == 2  # before the start, and the repeat after it
+    assert counters["series_ended"] == 1 and len(sink.ends) == 1
+    assert sink.losses == [(1, 3, "missing_at_series_end")]  # once, not twice
