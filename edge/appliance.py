@@ -381,6 +381,9 @@ class RingSink:
         self.ended_run_uid, self.run_uid = self.run_uid, None
 
     def lost(self, first: int, last: int, reason: str, detail: str = "") -> None:
+        if reason == "missing_at_series_end" and self._abort_requested:
+            # the control system aborted the run (Acquire 0): the detector stopped before these frames
+            reason, detail = "aborted", f"not acquired: the run was aborted (Acquire 0); {detail}"
         if reason == "ring_full" and self.ring.stopping:  # no slot because the daemon is stopping
             reason, detail = "shutdown", f"the daemon was stopping ({detail})" if detail else "stopping"
         if self._capture_offset and self._capture_run is not None and self.run_uid == self._capture_run:

@@ -141,10 +141,13 @@ def test_closing_a_capture_while_a_series_goes_ends_the_run_with_the_series(tmp_
 
 
 def test_an_aborted_run_ends_abort_and_ends_its_capture(tmp_path: Path) -> None:
-    sink, ring, _ = _sink()
+    sink, ring, recorder = _sink()
     sink.open_capture(tmp_path / "scan.h5")
     _series(sink, 1, 2)
     sink.mark_abort()  # Acquire 0
+    # the frames the detector never took say why (not the plain "missing at the series end")
+    sink.lost(2, 9, "missing_at_series_end", "series ended after 2")
+    assert recorder.losses[-1] == ("run1", 2, 9, "aborted")
     sink.series_end(1)  # the detector's end message says only that the series ended
     assert ring.events[-1] == {"event": "series_end", "exit_status": "abort"}
     assert sink.capture() == {"path": None, "run_uid": None}  # no second run into the same file
