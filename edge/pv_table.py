@@ -682,6 +682,7 @@ PVS: tuple[PvSpec, ...] = (
         "Seconds between frames (given to the detector; 0 = as fast as it can).",
         units="s",
         limits=(0.0, MAX_PERIOD_S),
+        fields={"PREC": 6},  # as AcquireTime: a 2.5 kHz detector's 0.0004 s shows
     ),
     _rbv("AcquirePeriod_RBV", "aIn", "double", "Seconds between frames, as accepted.", units="s"),
     PvSpec(

@@ -103,10 +103,10 @@ def test_bad_puts_are_refused_with_an_alarm_a_reason_and_no_traceback(idle_stack
 
     # numbers out of range: refused, the last good value kept (a negative period never becomes 0)
     assert _put(stack, "AcquirePeriod", 0.02) == 1
-    _assert_refused(stack, "AcquirePeriod", -1.0, "0.020", HW_LIMIT, "outside 0..3600")
+    _assert_refused(stack, "AcquirePeriod", -1.0, "0.020000", HW_LIMIT, "outside 0..3600")
     assert _put(stack, "AcquirePeriod", float("nan")) == 1
     meta = _meta(stack, "AcquirePeriod")  # (the ao record itself adds INVALID UDF for a NaN)
-    assert meta["char_value"] == "0.020" and meta["severity"] >= MINOR, meta
+    assert meta["char_value"] == "0.020000" and meta["severity"] >= MINOR, meta
     _wait_message(stack, "not a finite number")
     assert _epics().caget(stack.prefix + "AcquirePeriod_RBV") == pytest.approx(0.02)
     _assert_refused(stack, "NumImages", 0, "1", HW_LIMIT, "outside 1..10000000")
