@@ -111,8 +111,9 @@ def run_documents(
             )
         )
         seq += count
-    lost = [r for r in losses if not r.get("partial")]
-    reason = "; ".join(sorted({r["reason"] for r in lost}))
+    lost = [r for r in losses if not r.get("partial") and not r.get("not_acquired")]
+    never = [r for r in losses if r.get("not_acquired")]  # an aborted run's frames the detector never took
+    reason = "; ".join(sorted({r["reason"] for r in lost + never}))
     docs.append(
         (
             "stop",
@@ -130,6 +131,9 @@ def run_documents(
                     "frames_stored": seq - 1,
                     "frames_vetoed": int(run.get("frames_vetoed") or 0),
                     "frames_lost": sum(int(r["last_frame"]) - int(r["first_frame"]) + 1 for r in lost),
+                    "frames_not_acquired": sum(
+                        int(r["last_frame"]) - int(r["first_frame"]) + 1 for r in never
+                    ),
                     "losses": [
                         [r["first_frame"], r["last_frame"], r["reason"], r.get("detail", "")] for r in losses
                     ],

@@ -164,6 +164,9 @@ INSERT INTO ack_totals SELECT consumer, COUNT(*), MAX(chunk_id) FROM chunk_acks 
 
 
 PARTIAL_LOSS_REASONS = ("incomplete_frame",)  # the frame is kept, flagged, with pixels missing
+#: frames a run announced that the detector never took: the control system aborted the run (EPICS
+#: ``Acquire`` 0). Recorded with their reason, but not lost: they were never sent
+NOT_ACQUIRED_REASONS = ("aborted",)
 _MAX_FRAME = (1 << 63) - 1  # SQLite's INTEGER is a signed 64-bit integer
 
 
@@ -680,7 +683,8 @@ class Ledger:
         return frames
 
     def losses(self, run_uid: str | None = None) -> list[dict[str, Any]]:
-        """Loss records; ``partial`` is true where the frame was kept with pixels missing."""
+        """Loss records; ``partial`` is true where the frame was kept with pixels missing,
+        ``not_acquired`` where the detector never took the frames (an aborted run: not lost)."""
         rows = (
             self._rows("SELECT * FROM losses ORDER BY id")
             if run_uid is None
@@ -688,6 +692,7 @@ class Ledger:
         )
         for row in rows:
             row["partial"] = row["reason"] in PARTIAL_LOSS_REASONS
+            row["not_acquired"] = row["reason"] in NOT_ACQUIRED_REASONS
         return rows
 
     # -- views -------------------------------------------------------------------------------------------
@@ -695,19 +700,22 @@ class Ledger:
         """A run's frame accounting, computed here and nowhere else (where, REST, IOC, demo, documents).
 
         ``frames_lost`` counts whole frames never stored; a partial loss (a frame kept with pixels
-        missing) is counted in ``frames_incomplete`` instead. Sums are Python integers, so no total can
+        missing) is counted in ``frames_incomplete`` instead, and frames an aborted run announced but the
+        detector never took in ``frames_not_acquired``. Sums are Python integers, so no total can
         overflow SQLite's 64-bit INTEGER.
         """
         files = self._rows("SELECT state, n_frames, size FROM files WHERE run_uid=?", (run_uid,))
         vetoed = self._rows("SELECT frames_vetoed FROM runs WHERE run_uid=?", (run_uid,))
         losses = self._rows("SELECT reason, first_frame, last_frame FROM losses WHERE run_uid=?", (run_uid,))
         by_reason: dict[str, int] = {}
-        lost = incomplete = 0
+        lost = incomplete = not_acquired = 0
         for loss in losses:
             count = int(loss["last_frame"]) - int(loss["first_frame"]) + 1
             by_reason[loss["reason"]] = by_reason.get(loss["reason"], 0) + count
             if loss["reason"] in PARTIAL_LOSS_REASONS:
                 incomplete += count
+            elif loss["reason"] in NOT_ACQUIRED_REASONS:
+                not_acquired += count
             else:
                 lost += count
         return {
@@ -719,6 +727,7 @@ class Ledger:
             "frames_vetoed": int(vetoed[0]["frames_vetoed"] or 0) if vetoed else 0,
             "frames_lost": lost,
             "frames_incomplete": incomplete,
+            "frames_not_acquired": not_acquired,
             "files_local_only": sum(1 for f in files if f["state"] == "local"),
             "loss_records": len(losses),
             "frames_lost_by_reason": dict(sorted(by_reason.items())),
@@ -744,9 +753,10 @@ class Ledger:
             pending = sum(int(row[2]) for row in totals if row[0] in ("stored", "forwarded"))
             chunks = dict(db.execute("SELECT state, chunks FROM chunk_totals WHERE chunks > 0").fetchall())
             partial = ",".join(f"'{r}'" for r in PARTIAL_LOSS_REASONS)
+            uncounted = ",".join(f"'{r}'" for r in PARTIAL_LOSS_REASONS + NOT_ACQUIRED_REASONS)
             lost = db.execute(
                 # TOTAL, not SUM: a float that cannot overflow where SUM would raise past int64
-                f"SELECT COALESCE(TOTAL(CASE WHEN reason IN ({partial}) THEN 0"
+                f"SELECT COALESCE(TOTAL(CASE WHEN reason IN ({uncounted}) THEN 0"
                 " ELSE last_frame - first_frame + 1 END), 0),"
                 f" COUNT(*), COALESCE(SUM(reason IN ({partial})), 0) FROM losses"
             ).fetchone()

@@ -28,7 +28,7 @@ from datetime import UTC, datetime
 from typing import Any, TextIO
 
 from edge.errors import ConfigError, Refused
-from edge.ledger import PARTIAL_LOSS_REASONS
+from edge.ledger import NOT_ACQUIRED_REASONS, PARTIAL_LOSS_REASONS
 
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 EXPECTED_REFUSALS: tuple[type[BaseException], ...] = (Refused, ConfigError)
@@ -131,8 +131,10 @@ class RepeatSummary(logging.Filter):
 
 def _loss_summary(losses: Counter[str], seconds: str) -> logging.LogRecord:
     """ "lost 37 frames in 1 s (frame_number_gap: 30, ring_full: 7), 5 incomplete (incomplete_frame: 5)"."""
-    whole = Counter({r: n for r, n in losses.items() if r not in PARTIAL_LOSS_REASONS})
+    aside = PARTIAL_LOSS_REASONS + NOT_ACQUIRED_REASONS
+    whole = Counter({r: n for r, n in losses.items() if r not in aside})
     partial = Counter({r: n for r, n in losses.items() if r in PARTIAL_LOSS_REASONS})
+    never = Counter({r: n for r, n in losses.items() if r in NOT_ACQUIRED_REASONS})
     parts = []
     if whole:
         total = sum(whole.values())
@@ -141,6 +143,10 @@ def _loss_summary(losses: Counter[str], seconds: str) -> logging.LogRecord:
         total = sum(partial.values())
         text = f"{total} incomplete (pixels missing, frames kept) ({_reasons(partial)})"
         parts.append(text if whole else f"{text} in {seconds} s")
+    if never:
+        total = sum(never.values())
+        text = f"{total} not acquired (the detector never took them: {_reasons(never)})"
+        parts.append(text if whole or partial else f"{text} in {seconds} s")
     return _summary(
         "edge.losses",
         logging.WARNING,

@@ -637,9 +637,10 @@ PVS: tuple[PvSpec, ...] = (
         "enum",
         "Busy record. 1 arms and starts the detector for `NumImages` frames; a put with completion "
         "returns when every frame is stored or accounted for by a loss record. 0 aborts the run (it ends "
-        "`abort`; the frames the detector did not take are recorded with the reason `aborted`, and count "
-        "as lost in `LostFrames_RBV`); a put of 0 with completion returns once the run has ended, so "
-        "that a 1 put after it starts the next run; without completion it returns at once. While "
+        "`abort`; the frames the detector did not take are recorded with the reason `aborted`: not "
+        "lost, they were never sent, so not in `LostFrames_RBV`); a put of 0 with completion returns "
+        "once the run has ended, so that a 1 put after it starts the next run; without completion it "
+        "returns at once. While "
         "the store refuses new runs it takes no writes (Write access denied) and `StatusMessage_RBV` "
         "says why. A 1 while a run goes (from another client) starts nothing: it is refused, MINOR "
         "SOFT, and completes at once; the run goes on.",

@@ -21,7 +21,7 @@ from typing import Any
 
 from edge.diskguard import DiskGuard, is_no_space
 from edge.documents import run_documents, write_documents
-from edge.ledger import Ledger
+from edge.ledger import NOT_ACQUIRED_REASONS, PARTIAL_LOSS_REASONS, Ledger
 from edge.logs import lost
 from edge.store import ClosedFile, file_checksums
 
@@ -110,8 +110,10 @@ class RunRecorder:
         were lost, ends ``fail`` (counted as ``runs_failed_all_lost``): its RunStop's ``reason`` names the
         losses, and no reader takes it for a good run with nothing in it."""
         if exit_status == "success" and frames_stored == 0 and frames_vetoed == 0:
-            lost = [r for r in self.ledger.losses(run_uid) if not r.get("partial")]
-            lost += self._held_losses(run_uid)
+            losses = self.ledger.losses(run_uid)
+            lost = [r for r in losses if not r.get("partial") and not r.get("not_acquired")]
+            aside = PARTIAL_LOSS_REASONS + NOT_ACQUIRED_REASONS
+            lost += [r for r in self._held_losses(run_uid) if r["reason"] not in aside]
             if lost:
                 exit_status = "fail"
                 self._count("runs_failed_all_lost")

@@ -182,7 +182,12 @@ def render(report: dict[str, Any]) -> str:
         f"  mode: {report.get('mode') or 'unknown'}; upstream.forward = {report.get('upstream_forward')}",
         f"  frames: {report['frames_stored']} stored, {report.get('frames_vetoed', 0)} vetoed by the mode's"
         f" policy, {report['frames_delivered']} delivered upstream, "
-        f"{report['frames_lost']} lost (expected {report['frames_expected'] or 'unknown'})",
+        f"{report['frames_lost']} lost (expected {report['frames_expected'] or 'unknown'})"
+        + (
+            f", {report['frames_not_acquired']} not acquired (aborted)"
+            if report.get("frames_not_acquired")
+            else ""
+        ),
         f"  upstream: needs {', '.join(report['required_consumers'])}; "
         f"{report['bytes_pending']} bytes pending"
         + (f", ETA {report['eta_seconds']:.0f} s" if report["eta_seconds"] else ""),
@@ -206,7 +211,7 @@ def render(report: dict[str, Any]) -> str:
     for other in report.get("detector_uid_also_names") or ():
         lines.append(f"  the detector's run uid {report['detector_uid']!r} also names run {other}")
     for loss in report["losses"]:
-        kind = "incomplete" if loss["partial"] else "LOST"
+        kind = "incomplete" if loss["partial"] else "not acquired" if loss.get("not_acquired") else "LOST"
         lines.append(
             f"  {kind} frames {loss['first_frame']}..{loss['last_frame']}: "
             f"{loss['reason']} {loss['detail']}".rstrip()

@@ -392,6 +392,12 @@ def test_a_stop_with_completion_returns_once_the_run_has_ended_so_the_next_start
         assert aborted["exit_status"] == "abort"
         # the frames the detector never took say so: "aborted", not "missing at the series end"
         assert {loss["reason"] for loss in aborted["losses"]} == {"aborted"}, aborted["losses"]
+        # never taken, so never sent: not lost (no "frames lost" alarm, LostFrames_RBV 0)
+        totals = aborted["totals"]
+        assert totals["frames_lost"] == 0 and totals["frames_not_acquired"] > 0, totals
+        assert totals["frames_stored"] + totals["frames_not_acquired"] == 100_000, totals
+        assert epics.caget(p + "LostFrames_RBV", use_monitor=False) == 0
+        assert not [a for a in stack.status()["alarms"] if a["id"].endswith(":lost")]
         assert _meta(stack, "Acquire")["severity"] == 0  # the stop was a good put: the alarm is cleared
     finally:
         acquire.disconnect()

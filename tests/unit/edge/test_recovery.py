@@ -51,6 +51,7 @@ def test_a_resumed_series_gives_the_interrupted_run_a_second_revision_of_its_doc
         "frames_stored": 30,
         "frames_vetoed": 0,
         "frames_lost": 0,
+        "frames_not_acquired": 0,
         "losses": [],
     }
     written = first.read_bytes()
