@@ -420,8 +420,20 @@ class RetentionSettings(_Section):
     unforwarded_days: float = Field(30.0, gt=0, le=36500)
 
     quota_bytes: int = Field(0, ge=0, description="bytes the store may hold; 0 = the disk's size")
-    high_water: float = Field(0.90, gt=0, le=1, description="purge verified files above this fill")
-    low_water: float = Field(0.75, gt=0, le=1, description="...until the fill is back below this")
+    high_water: float = Field(
+        0.90,
+        gt=0,
+        le=1,
+        description="purge verified files when the store passes this fraction of (quota - headroom_bytes);"
+        " also the fill of unverified data at which new runs are refused",
+    )
+    low_water: float = Field(
+        0.75,
+        gt=0,
+        le=1,
+        description="...until the fill is back below this fraction; a pass that runs out of verified files"
+        " stops above it, and purging starts again when the fill next passes high_water",
+    )
     max_age_seconds: float = Field(
         0.0, ge=0, le=3.2e9, description="purge verified files older than this; 0 = never"
     )

@@ -185,6 +185,9 @@ class Stream2Source(ZmqStreamSource):
                 self._end_series(UNREADABLE if self._unreadable else "missing_at_series_end")
 
     def _start(self, start: Stream2Start) -> None:
+        expected = series_config(start, start.dtype or ASSUMED_DTYPE, "")["frames_expected"]
+        if self._late_start(start.series, expected):
+            return
         if self._series is not None:
             # its end never came: the run ends "fail", the frames it announced and never sent are lost
             self._end_series(UNREADABLE if self._unreadable else "series_restarted", exit_status="fail")

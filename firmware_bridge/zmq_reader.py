@@ -127,6 +127,7 @@ class ZmqStreamSource:
         self._end_request: str | None = None
         self._refused: str | None = None
         self._ended_series: int | None = None  # the last series that ended here (its stragglers are lost)
+        self._adopted: int | None = None  # the open series, when it was opened from its images (`_adopt`)
         # why the last series start was rejected (or may have been lost), until a start is accepted: the
         # images that follow it are a run of their own, never taken for a series cut by a daemon restart
         self._start_rejected: str | None = None
@@ -359,6 +360,8 @@ class ZmqStreamSource:
             return slot
         if isinstance(event, SeriesStart):
             self._flush_errors_before_run()
+            if self._late_start(event.series, event.frames_expected):
+                return slot
             if self._series is not None:
                 self._end_series("series_restarted", exit_status="fail")  # its end never came
             self._series = event.series
@@ -480,6 +483,24 @@ class ZmqStreamSource:
         )
         marks = {"resumed_after_restart": True, "first_frame": frame}
         self._open_headless(series, frame, frame, shape, dtype, marks)
+        self._adopted = series
+
+    def _late_start(self, series: int, frames_expected: int | None) -> bool:
+        """A start of the series that is open already, opened from its own images (`_adopt`): its images
+        came before it (a sender that sends them first). The run goes on as it was opened, so a frame it
+        stored is never also a gap of a second run; the start's length is taken when the run has none, its
+        other metadata is not. True when it was such a start."""
+        if self._series is None or series != self._series or self._adopted != series:
+            return False
+        self.stats["starts_after_images"] += 1
+        log.warning(
+            "series %d: its start came after its first images: the run opened from them goes on (the"
+            " start's metadata is not applied)",
+            series,
+        )
+        if self._frames_expected is None:
+            self._frames_expected = frames_expected
+        return True
 
     def _open_without_start(
         self, series: int, frame: int, shape: tuple[int, int], dtype: str, rejected: str
@@ -625,6 +646,7 @@ class ZmqStreamSource:
             self.sink.lost(self._next_frame, expected - 1, reason, f"series ended after {self._next_frame}")
         series = self._series
         self._series = None
+        self._adopted = None
         self._ended_series = series
         self._refused = None
         self.stats["series_ended"] += 1

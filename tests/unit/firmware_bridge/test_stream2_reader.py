@@ -484,3 +484,15 @@ def test_an_end_with_no_series_open_is_counted_and_ends_nothing() -> None:
     assert counters["ends_without_series"] == 2  # before the start, and the repeat after it
     assert counters["series_ended"] == 1 and len(sink.ends) == 1
     assert sink.losses == [(1, 3, "missing_at_series_end")]  # once, not twice
+
+
+def test_a_start_after_its_own_first_image_continues_the_run_that_image_opened() -> None:
+    """An outside sender sent image 0, then the start, images 1..3, the end: image 0 opened a run (as
+    after a restart), the start a second one, and frame 0 was stored in the first and lost as a gap of
+    the second. One run, every frame once."""
+    start, image0, image1, image2, image3, end = _messages("stream2_bslz4_u16_2ch.bin")
+    sink = Sink()
+    reader = replay([image0, start, image1, image2, image3, end], sink, channel="threshold_2")
+    assert len(sink.configs) == 1 and sink.published == [0, 1, 2, 3]
+    assert sink.losses == [] and sink.ends == [(sink.ends[0][0], "success")]
+    assert reader.counters()["starts_after_images"] == 1
