@@ -48,6 +48,8 @@ from kernels import Geometry, get_backend
 __all__ = ["Appliance", "ApplianceView", "RingSink", "curve_paths", "load_calibration", "udp_geometry"]
 
 log = logging.getLogger(__name__)
+#: seconds a series that ended short waits for the camera's state to say whether it was aborted there
+ABORT_STATE_SECONDS = 1.0
 
 CONTROL_BYTES = 64 << 10
 PREVIEW_SECONDS = 0.05  # the receiver keeps a subsampled copy of the newest frame at most this often
@@ -179,6 +181,7 @@ class RingSink:
         self._capture_offset: int | None = None  # added to this series' frame numbers
         self._series_open = False
         self._abort_requested = False  # the control system aborted the run: its series ends `abort`
+        self._detector_state: Callable[[], str] | None = None  # the camera's state (`watch_detector`)
 
     def claim(self, nbytes: int) -> Slot | None:
         return self.ring.claim(nbytes)
@@ -270,6 +273,27 @@ class RingSink:
         """The control system aborted the run (``Acquire`` 0): the open series, when the detector ends it,
         ends its run ``abort`` (the detector's own end message says only that the series ended)."""
         self._abort_requested = True
+
+    def watch_detector(self, state: Callable[[], str]) -> None:
+        """The camera's ``DetectorState_RBV`` as the IOC follows it: a series that ends short is asked
+        whether the camera was aborted at its own prefix (see `lost`)."""
+        self._detector_state = state
+
+    def _aborted_at_the_camera(self) -> bool:
+        """A series ended short with no abort through the appliance: was the camera stopped at its own
+        prefix (``Aborted``)? Its state and the stream's end travel apart, so it is given up to
+        ABORT_STATE_SECONDS to leave ``Acquire``."""
+        state = self._detector_state
+        if state is None:
+            return False
+        deadline = time.monotonic() + ABORT_STATE_SECONDS
+        while True:
+            now = state()
+            if now in ("Aborted", "Aborting"):
+                return True
+            if now != "Acquire" or time.monotonic() >= deadline:
+                return False
+            time.sleep(0.02)
 
     def capture(self) -> dict[str, Any]:
         """The capture's file and run (None before its first series), for the IOC."""
@@ -381,6 +405,9 @@ class RingSink:
         self.ended_run_uid, self.run_uid = self.run_uid, None
 
     def lost(self, first: int, last: int, reason: str, detail: str = "") -> None:
+        if reason == "missing_at_series_end" and not self._abort_requested and self._aborted_at_the_camera():
+            log.info("the detector was aborted at the camera: the series ends abort")
+            self._abort_requested = True
         if reason == "missing_at_series_end" and self._abort_requested:
             # the control system aborted the run (Acquire 0): the detector stopped before these frames
             reason, detail = "aborted", f"not acquired: the run was aborted (Acquire 0); {detail}"

@@ -86,6 +86,8 @@ class CaptureControl(Protocol):
 
     def mark_abort(self) -> None: ...
 
+    def watch_detector(self, state: Callable[[], str]) -> None: ...
+
 
 #: Seconds a closed capture may take to finish its file before ``Capture_RBV`` is cleared all the same.
 CAPTURE_CLOSE_SECONDS = 60.0
@@ -198,6 +200,7 @@ class ApplianceIOC:
         self._run_uid: str | None = None
         self._message = ""
         self._remove_listener: Callable[[], None] | None = None
+        self._camera_state: str | None = None  # the camera's last state seen (`_detector_changed`)
         self._shown = threading.local()  # the records set inside `_shown_now`, per thread
         self._reduction_shown: dict[str, Any] | None = None  # the parameters the setpoints last showed
 
@@ -225,7 +228,10 @@ class ApplianceIOC:
         softioc.iocInit(dispatcher, enable_pva=False)
         self.control = DetectorControl(self.settings.detector_prefix, loop=self.loop)
         self.control.open()
-        self._remove_listener = self.control.add_listener(lambda status: self._show_detector())
+        self._remove_listener = self.control.add_listener(self._detector_changed)
+        if self.capture is not None:
+            control = self.control
+            self.capture.watch_detector(lambda: control.state)
         self._set_message("Idle")
         self._show_static()
         self._show_detector()
@@ -418,6 +424,15 @@ class ApplianceIOC:
                     return f"run refused: {reason}", soft
                 if self.control is not None and not self.control.connected:  # nothing to arm: say so
                     return "not started: the detector is disconnected (DetectorState_RBV)", soft
+                series_open = getattr(self.view, "series_open", None)  # (a unit test's stand-in view)
+                if series_open is not None and series_open():
+                    # a series open that this IOC did not start (another client at the camera, or one
+                    # from before a restart of the daemon): arming now would rewrite it mid-series
+                    return (
+                        "not started: the detector is sending a series this appliance did not start;"
+                        " wait for it to end, or put 0 to stop it",
+                        soft,
+                    )
             return None
         if spec.name == "HDF1:FilePath":
             reason = path_refusal(Path(str(value) or "."), self._roots())
@@ -704,6 +719,20 @@ class ApplianceIOC:
         the forward link processes ``AcquireBusy``."""
         if not int(value) and self._acquiring:
             log.info("Acquire 0: aborting the run")
+        elif not int(value) and self.control is not None and self.control.state == "Acquire":
+            # no run of ours, but the camera acquires (a series from before a restart, or another
+            # client's): a 0 here stops it, as the operator asked
+            log.info("Acquire 0: stopping the detector's series this appliance did not start")
+            self.loop.call_soon_threadsafe(
+                lambda: self._tasks.append(self.loop.create_task(self._stop_detector(), name="edge-ioc-stop"))
+            )
+
+    async def _stop_detector(self) -> None:
+        try:
+            await self.control.stop()
+        except Exception as error:  # the camera went away meanwhile: say so, the IOC goes on
+            log.warning("stopping the detector failed: %s", error)
+            self._set_message(f"Stopping the detector failed: {error}")
 
     async def _on_acquire_abort_busy(self, value: Any) -> None:
         """``AcquireAbortBusy`` processed by ``Acquire``'s forward link: a 0 during a run completes when
@@ -878,6 +907,17 @@ class ApplianceIOC:
             "acquiring": self._acquiring,
             "message": self._message,
         }
+
+    def _detector_changed(self, status: Any) -> None:
+        """The camera's state or counters changed (on the loop). When it goes to ``Aborted`` (stopped at
+        the camera itself, e.g. a Bluesky driver on the camera's prefix), the open series ends ``abort``
+        as after the appliance's own ``Acquire`` 0: its frames the camera never took are not lost."""
+        state = status.state
+        if state == "Aborted" and self._camera_state not in (None, "Aborted") and self.capture is not None:
+            log.info("the detector was aborted at the camera: the open series ends abort")
+            self.capture.mark_abort()
+        self._camera_state = state
+        self._show_detector()
 
     def _show_detector(self) -> None:
         state = self.control.state if self.control is not None else "Disconnected"

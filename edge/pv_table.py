@@ -646,7 +646,8 @@ PVS: tuple[PvSpec, ...] = (
         "SOFT, and completes at once; the run goes on.",
         choices=("Done", "Acquire"),
         also_refused="1 while a run goes: refused, MINOR SOFT (its put completes at once; the run goes on);"
-        " 1 while the detector is disconnected: refused, MINOR SOFT",
+        " 1 while the detector is disconnected, or sends a series this appliance did not start: refused,"
+        " MINOR SOFT",
     ),
     _rbv(
         "AcquireBusy",

@@ -419,3 +419,46 @@ def test_every_pv_in_docs_answers_caget(stack: Stack) -> None:
     values = epics.caget_many(names, connection_timeout=10.0, timeout=10.0)
     missing = [name for name, value in zip(names, values, strict=True) if value is None]
     assert not missing, f"no answer from {missing}"
+
+
+def test_a_series_stopped_at_the_camera_ends_abort_and_one_the_appliance_did_not_start_blocks_a_start(
+    stack: Stack,
+) -> None:
+    """Two holes an outside control-room probe found: (1) a camera aborted at its own prefix (a Bluesky
+    driver on the camera) inside an HDF1 capture ended the run ``success`` with the frames it never took
+    lost, and left the capture open; (2) after a daemon restart mid-series the appliance's Acquire 1
+    re-armed the still-acquiring camera mid-series and waited 30 s for a run that never came."""
+    epics = _epics()
+    p, cam = stack.prefix, stack.cam_prefix
+    assert epics.caput(p + "HDF1:FileName", "camabort", wait=True, timeout=10) == 1
+    assert epics.caput(p + "HDF1:NumCapture", 0, wait=True, timeout=10) == 1  # 0: until Capture 0
+    assert epics.caput(p + "HDF1:Capture", 1, wait=True, timeout=10) == 1
+    assert epics.caput(cam + "NumImages", 600, wait=True, timeout=10) == 1
+    assert epics.caput(cam + "AcquirePeriod", 0.01, wait=True, timeout=10) == 1
+    assert epics.caput(cam + "Acquire", 1, wait=False) == 1  # the camera driven directly
+    wait_until(lambda: stack.status()["appliance"]["run_uid"] is not None, 20, "the capture's run open")
+    run_uid = stack.status()["appliance"]["run_uid"]
+    wait_until(lambda: (epics.caget(p + "HDF1:NumCaptured_RBV") or 0) >= 20, 20, "frames captured")
+    assert epics.caput(cam + "Acquire", 0, wait=True, timeout=30) == 1  # stopped at the camera
+    wait_until(lambda: epics.caget(p + "HDF1:Capture_RBV", use_monitor=False) == 0, 30, "the capture ended")
+    run = wait_until(lambda: (r := stack.run(run_uid))["ended_at"] is not None and r, 30, "the run's end")
+    assert run["exit_status"] == "abort", (run["losses"], run["totals"], run.get("config"))
+    totals = run["totals"]
+    assert totals["frames_lost"] == 0 and totals["frames_not_acquired"] > 0, totals
+    assert totals["frames_stored"] + totals["frames_not_acquired"] == 600, totals
+
+    # a series the appliance did not start is going: its Acquire 1 is refused at once, its 0 stops it
+    assert epics.caput(cam + "NumImages", 100_000, wait=True, timeout=10) == 1
+    assert epics.caput(cam + "Acquire", 1, wait=False) == 1
+    wait_until(lambda: stack.status()["appliance"]["run_uid"] not in (None, run_uid), 20, "the camera's run")
+    other = stack.status()["appliance"]["run_uid"]
+    assert epics.caput(p + "Acquire", 1, wait=True, timeout=10) == 1
+    meta = epics.PV(p + "Acquire", form="ctrl").get_with_metadata(timeout=5, use_monitor=False)
+    assert (meta["severity"], meta["status"]) == (1, 15), meta  # MINOR SOFT
+    message = epics.caget(p + "StatusMessage_RBV", as_string=True, use_monitor=False)
+    assert "did not start" in message, message
+    assert epics.caget(cam + "NumImages_RBV", use_monitor=False) == 100_000  # not re-armed mid-series
+    assert epics.caput(p + "Acquire", 0, wait=True, timeout=10) == 1  # stops the camera's series
+    run = wait_until(lambda: (r := stack.run(other))["ended_at"] is not None and r, 30, "that run's end")
+    assert run["exit_status"] == "abort" and run["totals"]["frames_lost"] == 0, run
+    assert stack.procs["daemon"].poll() is None
