@@ -855,7 +855,11 @@ class ApplianceIOC:
                 if capture_quiet is None or capture_quiet[1] != frames:
                     capture_quiet = (now, frames)
                 if taken >= num_images or aborted or now - capture_quiet[0] >= STREAM_QUIET_SECONDS:
-                    self._set_message(f"Acquisition completed: {taken} frames added to the capture")
+                    if writing == run_uid or not aborted:
+                        verb = "aborted" if aborted else "completed"
+                        self._set_message(f"Acquisition {verb}: {taken} frames added to the capture")
+                    else:  # an abort ends the capture's run: the writer has moved on, its count with it
+                        self._set_message("Acquisition aborted: the capture's run ended (abort)")
                     return
                 continue
             if run_uid is not None and done.done():
@@ -865,6 +869,8 @@ class ApplianceIOC:
                     self._set("HDF1:NumCaptured_RBV", stored)
                     if lost:
                         self._set_message(f"Run ended: {stored} frames stored, {lost} lost")
+                    elif aborted:
+                        self._set_message(f"Acquisition aborted: {stored} frames stored")
                     else:
                         self._set_message(f"Acquisition completed: {stored} frames stored")
                     return

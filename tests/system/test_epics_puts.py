@@ -399,6 +399,7 @@ def test_a_stop_with_completion_returns_once_the_run_has_ended_so_the_next_start
         assert epics.caget(p + "LostFrames_RBV", use_monitor=False) == 0
         assert not [a for a in stack.status()["alarms"] if a["id"].endswith(":lost")]
         assert _meta(stack, "Acquire")["severity"] == 0  # the stop was a good put: the alarm is cleared
+        assert _message(stack).startswith("Acquisition aborted: "), _message(stack)
     finally:
         acquire.disconnect()
     assert _put(stack, "NumImages", 30) == 1
