@@ -394,6 +394,8 @@ class ApplianceIOC:
         with contextlib.suppress(AttributeError):  # (a stand-in record in unit tests has no alarm)
             device.process_severity(device._record, 1, status)  # MINOR, shown when the record finishes
         shown = repr(value[:40] + "...") if isinstance(value, str) and len(value) > 40 else repr(value)
+        if spec.choices and isinstance(value, int) and 0 <= value < len(spec.choices):
+            shown = f"{value} ({spec.choices[value]})"  # an enum's index, and the state it names
         self._set_message(f"Refused {spec.name} = {shown}: {reason}")
         if spec.name.startswith("HDF1:"):  # areaDetector clients read the writer's own message
             self._set_write_message(f"Refused {spec.name}: {reason}")

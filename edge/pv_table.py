@@ -718,7 +718,8 @@ PVS: tuple[PvSpec, ...] = (
         "longStringIn",
         "char[256]",
         "What the appliance is doing, in words; a refused put's reason (`Refused NAME = value: why`, NAME "
-        "without the prefix) stays until the next state change, not only until the next good put.",
+        "without the prefix, an enum's value as `index (state)`) stays until the next state change, not "
+        "only until the next good put.",
         length=LONG_STRING,
     ),
     _rbv(
