@@ -76,7 +76,9 @@ def test_acquire_is_refused_while_the_store_refuses_runs(setup: _Setup) -> None:
     setup.refusal = "local store above its high-water mark (90%) with data not yet verified upstream"
     taken, device = setup.put("Acquire", 1)
     assert not taken and (device._record.NSEV, device._record.NSTA) == (1, ALARM_SOFT)
-    assert setup.message.startswith("Refused Acquire = 1 (Acquire): run refused: local store above its high-water mark")
+    assert setup.message.startswith(
+        "Refused Acquire = 1 (Acquire): run refused: local store above its high-water mark"
+    )
     assert setup.put("Acquire", 0)[0]  # an abort is never refused
 
 
