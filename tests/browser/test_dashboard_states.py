@@ -350,7 +350,15 @@ def test_a_tomography_product_shows_slices_and_the_slice(
             "darks": 10,
             "flats": 10,
             "slices_done": 3,
-            "slice": {"row": 32, "height": 64, "width": 64, "pixels_b64": pixels, "min": -0.1, "max": 2.5},
+            # a real slice's attenuation per pixel is small: the range read "(-0.0 - 0.0)" at one decimal
+            "slice": {
+                "row": 32,
+                "height": 64,
+                "width": 64,
+                "pixels_b64": pixels,
+                "min": -0.0060,
+                "max": 0.0373,
+            },
             # resumed after a daemon restart: the part stored before it counts too
             "inherited": {"runs": [FAULTY], "darks": 10, "flats": 10, "projections": 95, "files_unusable": 1},
         },
@@ -362,6 +370,8 @@ def test_a_tomography_product_shows_slices_and_the_slice(
     browser.wait_for("!document.getElementById('wide-slice').hidden", 10, "the reconstructed slice")
     assert texts(browser, "#product-mode") == ["tomo"]
     assert texts(browser, "#slices-done") == ["3"]
+    shown = browser.evaluate("document.getElementById('product-body').innerText")
+    assert "values -0.006 to 0.0373 per pixel" in shown, shown
     assert texts(browser, "#tomo-inherited") == [
         f"95 projections, 10 darks, 10 flats of run {FAULTY[:8]} (1 file(s) unreadable)"
     ]

@@ -71,6 +71,13 @@
     if (n >= 1e5) return n.toExponential(1);
     return n >= 100 ? Math.round(n).toLocaleString("en-US") : n.toFixed(n < 10 ? 1 : 0);
   }
+  /** A reconstructed value (attenuation per pixel, of either sign and any size): 3 significant digits. */
+  function fmtValue(value) {
+    const n = num(value);
+    if (!Number.isFinite(n)) return "–";
+    if (n === 0) return "0";
+    return Math.abs(n) >= 1e5 || Math.abs(n) < 1e-3 ? n.toExponential(2) : String(Number(n.toPrecision(3)));
+  }
   const shortChecksum = (text) => (text && text.length > 22 ? `${text.slice(0, 21)}…` : text || "–");
   const shortUid = (uid) => (uid ? String(uid).slice(0, 8) : "–");
   /** A long path as ".../last/two" parts; the full path goes in the title and the copy button. */
@@ -434,7 +441,7 @@
             "</td></tr>"
           : "") +
         `<tr><th>slices done</th><td id="slices-done">${esc(fmtInt(t.slices_done))}</td></tr></table>` +
-        (t.slice ? `<div class="small">slice row ${esc(fmtInt(t.slice.row))} (${esc(fmtCounts(t.slice.min))} – ${esc(fmtCounts(t.slice.max))}): the large card</div>` : '<p class="muted small">no slice reconstructed yet</p>');
+        (t.slice ? `<div class="small">slice row ${esc(fmtInt(t.slice.row))} (values ${esc(fmtValue(t.slice.min))} to ${esc(fmtValue(t.slice.max))} per pixel): the large card</div>` : '<p class="muted small">no slice reconstructed yet</p>');
     } else if (mode === "powder" && product.powder) {
       const p = product.powder;
       html = `<div class="small">profile: ${esc(fmtInt((p.radial || []).length))} bins in ${esc(UNIT_LABELS[p.unit] || p.unit || "–")} (plotted alongside)</div>` +
