@@ -213,6 +213,11 @@ class ZmqStreamSource:
                     self._connection_events(sock, monitor, now)
                 if sock.poll(100):
                     self._heard_at = time.monotonic()
+                    if monitor.get(zmq.EVENTS) & zmq.POLLIN:
+                        # a drop before these messages came: counted now, so that it is never put down
+                        # to a series these messages start (a detector that ended its series, went away
+                        # and came back with the next one, within one look)
+                        self._connection_events(sock, monitor, self._heard_at)
                     self._receive_message(sock)
                 elif self._held:  # nothing came: the held gaps' time runs out all the same
                     self._release_gaps(time.monotonic())

@@ -386,3 +386,40 @@ def test_a_frame_after_its_series_ended_is_a_loss_record_naming_the_run(tmp_path
     (record,) = records
     assert record["run_uid"] is None and (record["first_frame"], record["last_frame"]) == (1, 1)
     assert record["detail"] == "arrived after series 1 ended (run ended)"
+
+
+def test_a_detector_that_ends_its_series_goes_away_and_comes_back_raises_no_drop_alarm(
+    tmp_path: Path,
+) -> None:
+    """A dashboard probe: a simulator that finished its series and exited, then a new one starting
+    series 1 again, raised "stream connection dropped during series 1" a few seconds into the new run,
+    which had lost nothing. The drop (read every 0.5 s) was put down to the series that came after it."""
+    import time
+
+    import zmq
+
+    with in_process_appliance(tmp_path, SHAPE) as (appliance, push, settings):
+        push.send_multipart(encode_series_start(1, SHAPE, "uint16", run_uid="first", frames_expected=3))
+        _send_frames(push, 1, range(3))
+        push.send_multipart(encode_series_end(1))
+        _ended(appliance, "first")
+        push.close(0)  # the detector goes away...
+        context = zmq.Context()
+        again = context.socket(zmq.PUSH)
+        again.linger = 1000
+        again.bind(settings.stream.endpoint)  # ...and comes back at once with the next series
+        try:
+            again.send_multipart(encode_series_start(1, SHAPE, "uint16", run_uid="second", frames_expected=3))
+            _send_frames(again, 1, range(2))
+            wait_for(lambda: appliance.view.status()["receiver"].get("connections_dropped"), 10, "the drop")
+            time.sleep(2.5)  # longer than a real drop takes to be reported (DROP_REPORT_SECONDS, 2 s)
+            receiver = appliance.view.status()["receiver"]
+            assert receiver["dropped_in_series"] is None and not receiver.get("connections_dropped_in_series")
+            assert not [a for a in appliance.view.alarms() if a["id"] == "condition:stream_dropped"]
+            _send_frames(again, 1, (2,))
+            again.send_multipart(encode_series_end(1))
+            run, _ = _ended(appliance, "second")
+        finally:
+            again.close(0)
+            context.term()
+    assert run["totals"]["frames_stored"] == 3 and run["totals"]["frames_lost"] == 0
