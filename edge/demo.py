@@ -437,6 +437,10 @@ def run_demo(args: argparse.Namespace, settings: Settings, flags: list[str] | No
             "run_uid": run_uid,
             "transport": settings.stream.transport,
             "format": settings.stream.format,
+            # the kernels the daemon ran (after any logged fallback) and the GPU feed's page-locked ring
+            "backend": status["pipeline"].get("backend"),
+            "backend_degraded_from": status["pipeline"].get("backend_degraded_from", []),
+            "ring_pinned_bytes": int(status["pipeline"].get("ring_pinned_bytes", 0)),
             "sim": sent,
             "dashboard": f"{url}/#token={token}",
             "store": str(workdir / "store"),

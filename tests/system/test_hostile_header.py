@@ -407,7 +407,17 @@ def test_a_detector_that_ends_its_series_goes_away_and_comes_back_raises_no_drop
         context = zmq.Context()
         again = context.socket(zmq.PUSH)
         again.linger = 1000
-        again.bind(settings.stream.endpoint)  # ...and comes back at once with the next series
+        # ...and comes back at once with the next series. ZeroMQ closes a socket on its I/O thread,
+        # so the port can still be held for a moment after close(): retry until it is free.
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                again.bind(settings.stream.endpoint)
+                break
+            except zmq.ZMQError as error:
+                if error.errno != zmq.EADDRINUSE or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
         try:
             again.send_multipart(encode_series_start(1, SHAPE, "uint16", run_uid="second", frames_expected=3))
             _send_frames(again, 1, range(2))
