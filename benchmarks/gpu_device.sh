@@ -26,7 +26,9 @@ fi
 } > "$OUT/versions.txt"
 timeout ${GPU_PY_SECONDS:-200} $PY benchmarks/gpu.py --json-file "$OUT/gpu.json" > "$OUT/gpu.txt" 2>&1
 echo "gpu.py: exit $?" >> "$OUT/versions.txt"
-if $PY -c 'import zmq, h5py, hdf5plugin, bitshuffle, fastapi, uvicorn, softioc, psutil' 2>/dev/null; then
+if [ "${E2E:-1}" = 0 ]; then
+    echo "e2e skipped: E2E=0" >> "$OUT/versions.txt"
+elif $PY -c 'import zmq, h5py, hdf5plugin, bitshuffle, fastapi, uvicorn, softioc, psutil' 2>/dev/null; then
     for backend in gpu numba; do
         timeout ${E2E_SECONDS_LIMIT:-120} $PY benchmarks/e2e.py --seconds ${E2E_SECONDS:-20} \
             --set "reduction.backend=$backend" --json > "$OUT/e2e-$backend.json" 2> "$OUT/e2e-$backend.err"

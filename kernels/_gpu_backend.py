@@ -14,7 +14,9 @@ setup, lives on the device for the integrator's lifetime. Per-bin sums are float
 thread adds runs of consecutive pixels in registers and issues one atomic add per run of equal bins,
 into a shared-memory histogram per block when the bins fit (1D profiles; each block covers one
 contiguous band of the frame and adds the bins it touched to the global sums with one atomic each),
-else straight into global memory (2D cakes). One launch per frame: the kernel also zeroes the
+else straight into global memory (2D cakes). 16-bit frames with 16-bit bins (1D) go through a packed
+kernel instead: one 64-bit load of four pixels and one of their bins per thread, runs summed as integers
+into 64-bit integer shared histograms (exact). One launch per frame: the kernel also zeroes the
 other of two result buffers, the one the next frame adds into (see ``BinSummer``). The order of the
 float64 additions varies from run to run, so float inputs may differ in the last bits between runs;
 integer counts sum exactly.
@@ -46,6 +48,11 @@ RUN = 4  # consecutive pixels one thread sums in registers before an atomic (bin
 SUM_THREADS = 512  # threads per block of the bin-sum kernels
 SUM_BLOCKS_PER_SM = 2
 FEED_DEPTH = 2  # frames in flight per summer (``submit``): one copying while the other is summed
+PACK = 4  # 16-bit pixels (and bins) per 64-bit word in the packed bin-sum kernel
+LOW16 = np.uint64(0xFFFF)
+ZERO64 = np.uint64(0)
+ONE64 = np.uint64(1)
+PACKED_SUMS = os.environ.get("EDGE_GPU_PACKED", "1") != "0"  # off: the plain kernel for every frame
 
 
 def simulated() -> bool:
@@ -215,6 +222,71 @@ def _bin_sums_shared(values, bins, with_variance, acc, turn):  # pragma: no cove
                 cuda.atomic.add(acc, (row + 1, b), s)
 
 
+@cuda.jit(device=True)
+def _add_packed(values4, bins4, nbins, with_variance, hist, hist_var):  # pragma: no cover - device
+    """``_add_runs`` for 16-bit frames and 16-bit bins, four pixels to a 64-bit word (``PACK``): each
+    thread loads one word of four pixels and one of their four bins, so a warp reads 256 contiguous
+    bytes of each with one load each (the plain kernel issues eight two-byte loads per four pixels).
+    Words are little-endian: pixel ``4q + j`` sits in bits ``16j..16j+15`` of word ``q``. The pixels
+    are integers, so runs are summed as integers and added to ``hist`` (64-bit integers in shared
+    memory) with integer atomics: exact, and cheaper than floating-point ones."""
+    n = values4.size
+    per_block = (n + cuda.gridDim.x - 1) // cuda.gridDim.x
+    per_block = (per_block + cuda.blockDim.x - 1) // cuda.blockDim.x * cuda.blockDim.x
+    lo = cuda.blockIdx.x * per_block
+    hi = min(lo + per_block, n)
+    for q in range(lo + cuda.threadIdx.x, hi, cuda.blockDim.x):
+        word = values4[q]
+        bword = bins4[q]
+        current = np.int32(bword & LOW16)
+        acc = word & LOW16
+        acc_var = max(ONE64, acc)
+        for j in range(1, PACK):
+            shift = np.uint64(16 * j)
+            b = np.int32((bword >> shift) & LOW16)
+            v = (word >> shift) & LOW16
+            if b != current:
+                if current < nbins:
+                    cuda.atomic.add(hist, current, acc)
+                    if with_variance:
+                        cuda.atomic.add(hist_var, current, acc_var)
+                current = b
+                acc = ZERO64
+                acc_var = ZERO64
+            acc += v
+            acc_var += max(ONE64, v)
+        if current < nbins:
+            cuda.atomic.add(hist, current, acc)
+            if with_variance:
+                cuda.atomic.add(hist_var, current, acc_var)
+
+
+@cuda.jit
+def _bin_sums_packed(values4, bins4, with_variance, acc, turn):  # pragma: no cover - compiled for the device
+    local = cuda.shared.array(SHARED_BINS, np.uint64)
+    local_var = cuda.shared.array(SHARED_BINS, np.uint64)
+    nbins = acc.shape[1]
+    tid = cuda.threadIdx.x
+    for b in range(tid, nbins, cuda.blockDim.x):
+        local[b] = ZERO64
+        local_var[b] = ZERO64
+    _zero_spare_pair(acc, turn)
+    cuda.syncthreads()
+    _add_packed(values4, bins4, nbins, with_variance, local, local_var)
+    cuda.syncthreads()
+    # one global atomic per bin this block touched; a block's integer sums (at most 65535 x its
+    # pixels, < 2**53) convert to float64 exactly
+    row = 2 * turn
+    for b in range(tid, nbins, cuda.blockDim.x):
+        s = local[b]
+        if s != ZERO64:
+            cuda.atomic.add(acc, (row, b), np.float64(s))
+        if with_variance:
+            s = local_var[b]
+            if s != ZERO64:
+                cuda.atomic.add(acc, (row + 1, b), np.float64(s))
+
+
 @cuda.jit
 def _bin_sums_global(values, bins, with_variance, acc, turn):  # pragma: no cover - compiled for the device
     _zero_spare_pair(acc, turn)
@@ -255,15 +327,39 @@ class BinSummer:
 
     def __init__(self, bins: np.ndarray, nbins: int) -> None:
         self.nbins = nbins
-        self.bins = _flat(np.ascontiguousarray(bins))
+        host_bins = np.ascontiguousarray(bins).reshape(-1)
+        self.bins = _flat(host_bins)
         self.shared = nbins <= SHARED_BINS
         self.kernel = _bin_sums_shared if self.shared else _bin_sums_global
         blocks, threads = _sum_grid(self.bins.size)
         self._launch = self.kernel[blocks, threads]
+        # 16-bit frames go through the packed kernel when the bins fit 16 bits and whole words
+        self.packed_bins: Any = None
+        if (
+            PACKED_SUMS
+            and self.shared
+            and nbins < 0xFFFF
+            and host_bins.size % PACK == 0
+            and host_bins.size
+            and int(host_bins.max(initial=0)) <= 0xFFFF
+            and int(host_bins.min(initial=0)) >= 0
+        ):
+            self.packed_bins = cuda.to_device(host_bins.astype("<u2").view("<u8"))
+            blocks, threads = _sum_grid(self.bins.size // PACK * RUN)
+            self._launch_packed = _bin_sums_packed[blocks, threads]
         self._acc = cuda.to_device(np.zeros((4, nbins), dtype=np.float64))
         self._pairs = [(self._acc[2 * turn], self._acc[2 * turn + 1]) for turn in range(2)]
         self._turn = 0
         self._feed: _Feed | None = None  # made on the first ``submit``
+
+    def _packed_view(self, values: Any) -> Any:
+        """``values`` (a flat device array) as 64-bit words of four pixels, or None when the packed
+        kernel does not apply (not 16-bit, bins too many, or not 8-byte aligned)."""
+        if self.packed_bins is None or values.dtype != np.uint16:
+            return None
+        if not simulated() and values.device_ctypes_pointer.value % 8:
+            return None
+        return values.view(np.uint64)
 
     def sums_on_device(self, frame: Any, with_variance: bool) -> tuple[Any, Any]:
         """Launch on a frame (host or device); returns device arrays (sums, variance), valid until the
@@ -273,7 +369,11 @@ class BinSummer:
             raise ValueError(f"frame has {values.size} pixels, the bin index {self.bins.size}")
         turn = self._turn
         self._turn = 1 - turn
-        self._launch(values, self.bins, with_variance, self._acc, turn)
+        words = self._packed_view(values)
+        if words is not None:
+            self._launch_packed(words, self.packed_bins, with_variance, self._acc, turn)
+        else:
+            self._launch(values, self.bins, with_variance, self._acc, turn)
         return self._pairs[turn]
 
     def __call__(self, frame: Any, with_variance: bool) -> tuple[np.ndarray, np.ndarray | None]:
@@ -323,21 +423,31 @@ class _Feed:
         self.compute_stream = cuda.stream()
         blocks, threads = _sum_grid(summer.bins.size)
         self._launch = summer.kernel[blocks, threads, self.compute_stream]
-        self._copied = [cuda.event() for _ in range(FEED_DEPTH)]
-        self._landing: list[Any] = [None] * FEED_DEPTH
-        self._host = [cuda.pinned_array((2, summer.nbins), np.float64) for _ in range(FEED_DEPTH)]
-        self._in_flight: list[_Pending | None] = [None] * FEED_DEPTH
+        if summer.packed_bins is not None:
+            blocks, threads = _sum_grid(summer.bins.size // PACK * RUN)
+            self._launch_packed = _bin_sums_packed[blocks, threads, self.compute_stream]
+        self.depth = FEED_DEPTH
+        self._copied = [cuda.event() for _ in range(self.depth)]
+        self._landing: list[Any] = [None] * self.depth
+        self._landing_words: list[Any] = [None] * self.depth  # each landing buffer as packed words
+        self._returned = [cuda.event() for _ in range(self.depth)]
+        # the two (sums, variance) row pairs of the summer's accumulator, sliced once (a device-array
+        # slice costs the host tens of microseconds per frame)
+        self._rows = [summer._acc[2 * turn : 2 * turn + 2] for turn in range(2)]
+        self._host = [cuda.pinned_array((2, summer.nbins), np.float64) for _ in range(self.depth)]
+        self._in_flight: list[_Pending | None] = [None] * self.depth
         self._next = 0
 
     def submit(self, frame: Any, with_variance: bool) -> _Pending:
         summer = self.summer
         k = self._next
-        self._next = (k + 1) % FEED_DEPTH
+        self._next = (k + 1) % self.depth
         oldest = self._in_flight[k]
         if oldest is not None:
             oldest()  # its buffers are about to be reused: its sums are read out first
         if on_device(frame):
             values = _flat(frame)
+            words = summer._packed_view(values)
         else:
             host = np.ascontiguousarray(frame).reshape(-1)
             if host.size != summer.bins.size:
@@ -345,17 +455,21 @@ class _Feed:
             landing = self._landing[k]
             if landing is None or landing.dtype != host.dtype:
                 landing = self._landing[k] = cuda.device_array(host.size, host.dtype)
+                self._landing_words[k] = summer._packed_view(landing)  # made once per buffer
             landing.copy_to_device(host, stream=self.copy_stream)
             self._copied[k].record(self.copy_stream)
             self._copied[k].wait(self.compute_stream)
-            values = landing
+            values, words = landing, self._landing_words[k]
         if values.size != summer.bins.size:
             raise ValueError(f"frame has {values.size} pixels, the bin index {summer.bins.size}")
         turn = summer._turn
         summer._turn = 1 - turn
-        self._launch(values, summer.bins, with_variance, summer._acc, turn)
-        summer._acc[2 * turn : 2 * turn + 2].copy_to_host(self._host[k], stream=self.compute_stream)
-        returned = cuda.event()
+        if words is not None:
+            self._launch_packed(words, summer.packed_bins, with_variance, summer._acc, turn)
+        else:
+            self._launch(values, summer.bins, with_variance, summer._acc, turn)
+        self._rows[turn].copy_to_host(self._host[k], stream=self.compute_stream)
+        returned = self._returned[k]  # reusable: slot k's last frame was read out above
         returned.record(self.compute_stream)
         pending = self._in_flight[k] = _Pending(returned, self._host[k], with_variance)
         return pending

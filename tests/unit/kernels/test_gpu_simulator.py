@@ -58,6 +58,8 @@ rng = np.random.default_rng(5)
 for nbins, size, dtype, runs in [
     (12, 1961, np.float32, False),  # random bins: a flush at almost every pixel
     (40, 1961, np.uint16, True),  # runs of equal bins, as along a detector row
+    (40, 1964, np.uint16, True),  # whole 64-bit words of 16-bit pixels: the packed kernel
+    (7, 1964, np.uint16, False),  # the packed kernel, a flush at almost every pixel
     (g.SHARED_BINS + 952, 1961, np.float32, True),  # too many bins for shared memory: global sums
     (5, 3, np.float32, False),  # fewer pixels than one run
 ]:
@@ -67,8 +69,14 @@ for nbins, size, dtype, runs in [
         bins = rng.integers(0, nbins + 1, size)  # nbins is the masked sentinel
     bins = bins.astype(np.int32 if nbins > 1000 else np.uint16)
     values = rng.uniform(0, 3, size).astype(dtype) if dtype == np.float32 else rng.poisson(2, size).astype(dtype)
+    if dtype == np.uint16:
+        values[::97] = 65535  # the top of the 16-bit range survives the unpacking
     summer, oracle = g.BinSummer(bins, nbins), ref.BinSummer(bins, nbins)
     assert summer.shared == (nbins <= g.SHARED_BINS)
+    assert (summer.packed_bins is not None) == (size % 4 == 0 and nbins <= g.SHARED_BINS), (nbins, size)
+    assert (summer._packed_view(g.to_device(values)) is not None) == (
+        summer.packed_bins is not None and dtype == np.uint16
+    )
     for with_variance in (True, False, True, True):  # the two buffer pairs take turns
         sums, variance = summer(values, with_variance)
         want, want_var = oracle(values, with_variance)
