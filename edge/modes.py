@@ -81,6 +81,7 @@ class FrameResult:
     stream: str = STREAM_DATA  # which of the run's file streams stores it
     products: dict[str, Any] = field(default_factory=dict)  # per-frame products, stored beside the frame
     row: dict[str, Any] = field(default_factory=dict)  # the frame table's fields for this frame
+    live: dict[str, Any] = field(default_factory=dict)  # for the live view only, never stored
     #: set by ``ModeStage.start`` while the frame is still being analysed: waits and gives the result
     pending: Callable[[], FrameResult] | None = None
 
@@ -90,6 +91,7 @@ class FrameResult:
         if pending is not None:
             done = pending()
             self.keep, self.stream, self.products, self.row = done.keep, done.stream, done.products, done.row
+            self.live = done.live
         return self
 
 
@@ -362,7 +364,7 @@ class PowderStage(_CorrectedStage):
             self.cake = ctx.backend.integrator2d(
                 ctx.geometry, ctx.shape, ctx.bins, ctx.params.cake_bins, error_model="poisson", **common
             )
-        self.latest: tuple[np.ndarray, np.ndarray | None] | None = None
+        self.latest: tuple[np.ndarray, np.ndarray | None, np.ndarray] | None = None
 
     @property
     def radial(self) -> np.ndarray:
@@ -384,8 +386,9 @@ class PowderStage(_CorrectedStage):
         if cake is not None:
             products["cake"] = cake.intensity
             products["cake_errors"] = cake.sigma
-        self.latest = (full.intensity, None if cake is None else cake.intensity)
-        return self._with_roi(roi, FrameResult(products=products, row={"image_key": image_key}))
+        self.latest = (full.intensity, None if cake is None else cake.intensity, full.count)
+        result = FrameResult(products=products, row={"image_key": image_key}, live={"count": full.count})
+        return self._with_roi(roi, result)
 
     def start(
         self,
@@ -543,11 +546,12 @@ class PowderStage(_CorrectedStage):
     def live(self) -> dict[str, Any] | None:
         if self.latest is None:
             return None
-        intensity, cake = self.latest
+        intensity, cake, count = self.latest
         out: dict[str, Any] = {
             "unit": self.ctx.unit,
             "radial": self.radial.tolist(),
             "intensity": np.nan_to_num(intensity).tolist(),
+            "count": np.asarray(count, np.int64).tolist(),  # 0: a bin no pixel of this frame fell in
             "cake": None,
         }
         if cake is not None and self.cake is not None:

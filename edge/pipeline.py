@@ -121,7 +121,8 @@ class Pipeline:
         self.stats: Counter[str] = Counter()
         # the open (or last) run's vetoed frames, live: the ledger has a run's count once it has ended
         self._run_vetoed: tuple[str | None, int] = (None, 0)
-        self.latest_profile: tuple[np.ndarray, np.ndarray] | None = None
+        # the newest powder frame's (radial axis, intensity, pixels per bin) for the live view
+        self.latest_profile: tuple[np.ndarray, np.ndarray, np.ndarray | None] | None = None
         self._compressor = ThreadPoolExecutor(max_workers=compress_threads, thread_name_prefix="compress")
         self.frame_threads = frame_threads
         # frames analysed at once (serial peaks, powder profiles) on CPU backends; on the GPU the device
@@ -479,7 +480,7 @@ class Pipeline:
             result.finish()  # the products the reducing thread started (the slot is still held)
             intensity = result.products.get("I")
             if intensity is not None and isinstance(work.stage, PowderStage):
-                self.latest_profile = (work.stage.radial, intensity)
+                self.latest_profile = (work.stage.radial, intensity, result.live.get("count"))
             if result.keep and self.disk is not None and self.disk.check():
                 work.chunk.cancel()
                 self._disk_full_loss(store.run_uid, [frame], "the disk is full: not written")

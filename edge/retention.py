@@ -95,8 +95,8 @@ class Retention:
                 else f"above its high-water mark ({self.settings.high_water:.0%}) with"
             )
             return (
-                f"local store {state} data not yet verified upstream ({used['unverified']} of {limit} bytes);"
-                " waiting for the HPC consumer to confirm it"
+                f"local store {state} data not yet verified upstream ({_size(used['unverified'])} of"
+                f" {_size(limit)}); waiting for the HPC consumer to confirm it"
             )
         return None
 
@@ -242,21 +242,27 @@ class Retention:
                 done = self.ledger.compact_purged(COMPACT_BATCH)
                 self.stats["files_compacted"] += done
                 self._compacted = done < COMPACT_BATCH
-            self._samples.append((self.clock(), self.usage()["written"]))
+            self._samples.append((self.clock(), self.usage()["unverified"]))
         except Exception:  # keep the policy running, loudly
             log.exception("retention pass failed")
             self.stats["retention_errors"] += 1
 
     # -- views ----------------------------------------------------------------------------------------
     def forecast_seconds(self) -> float | None:
-        """Seconds until the local disk is full at the write rate of the last two minutes, if writing."""
+        """Seconds until the store is full of data retention may not delete (not yet verified upstream,
+        or kept local), at the rate that data grew over the last two minutes (written minus verified);
+        None while it is not growing. Verified files count as room: retention purges them for space."""
         if len(self._samples) < 2:
             return None
         (t0, b0), (t1, b1) = self._samples[0], self._samples[-1]
         rate = (b1 - b0) / (t1 - t0) if t1 > t0 else 0.0
         if rate <= 0:
             return None
-        free = min(psutil.disk_usage(str(self.root)).free, max(0, self._limit() - self.usage()["total"]))
+        used = self.usage()
+        free = min(
+            psutil.disk_usage(str(self.root)).free + used["verified"],
+            max(0, self._limit() - used["unverified"]),
+        )
         return free / rate
 
     def status(self) -> dict[str, Any]:
@@ -276,6 +282,16 @@ class Retention:
             "accepting_runs": self.refusal() is None,
             **{k: int(v) for k, v in self.stats.items()},
         }
+
+
+def _size(n: int) -> str:
+    """Bytes for people, in the dashboard's binary units: 1.2 GiB."""
+    value = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(value) < 1024 or unit == "TiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{n} B"  # pragma: no cover - the loop always returns
 
 
 def directory_bytes(path: Path) -> int:

@@ -38,7 +38,7 @@ class _Preview(Protocol):
 
 
 class _Profiled(Protocol):
-    latest_profile: tuple[np.ndarray, np.ndarray] | None
+    latest_profile: tuple[np.ndarray, np.ndarray, np.ndarray | None] | None
 
     def counters(self) -> dict[str, Any]: ...
 
@@ -338,10 +338,13 @@ class ApplianceView:
         latest = self._p.pipeline.latest_profile
         if latest is None:
             return None
-        radial, profile = latest
+        radial, profile, count = latest
         return {
             "unit": self._p.settings.reduction.unit,
             "radial": radial.tolist(),
             "intensity": profile.tolist(),
+            # pixels of that frame in each bin: 0 marks a bin with no pixel (its intensity is a 0 that
+            # was not measured)
+            "count": None if count is None else np.asarray(count, np.int64).tolist(),
             "frames_processed": int(self._p.pipeline.counters().get("frames_processed", 0)),
         }

@@ -210,6 +210,18 @@ class Browser:
                 {"type": kind, "x": x, "y": y, "button": "left", "buttons": 1, "clickCount": 1},
             )
 
+    def press(self, key: str) -> None:
+        """Press and release ``key`` ("Enter", " ", "Tab") on the focused element, as a keyboard does."""
+        codes = {"Enter": ("Enter", 13, "\r"), " ": ("Space", 32, " "), "Tab": ("Tab", 9, "")}
+        code, vk, text = codes[key]
+        down: dict[str, Any] = {"type": "keyDown", "key": key, "code": code, "windowsVirtualKeyCode": vk}
+        if text:
+            down["text"] = text
+        self.page("Input.dispatchKeyEvent", down)
+        self.page(
+            "Input.dispatchKeyEvent", {"type": "keyUp", "key": key, "code": code, "windowsVirtualKeyCode": vk}
+        )
+
     def screenshot(self, path: Path, full_page: bool = False) -> Path:
         params: dict[str, Any] = {"format": "png"}
         if full_page:

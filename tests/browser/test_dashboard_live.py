@@ -97,7 +97,7 @@ def test_live_frames_image_profile_and_where_the_run_is(
 
     # the profile is a line with axes and its unit
     points = browser.wait_for(
-        "(document.querySelector('#profile polyline.trace')?.points.numberOfItems) || 0",
+        "[...document.querySelectorAll('#profile polyline.trace')].reduce((n, l) => n + l.points.numberOfItems, 0)",
         20,
         "the profile plot",
     )

@@ -336,6 +336,58 @@ def test_runs_filter_by_name_date_mode_and_state(url: str, view: ScriptedView, b
     assert texts(browser, "#runs tbody td") == ["no run matches the filter"]
 
 
+def test_a_run_opens_from_the_keyboard_and_one_run_is_counted_as_one(
+    url: str, view: ScriptedView, browser: Browser
+) -> None:
+    """A dashboard probe: the runs table opened only with a mouse (rows took no focus), and one run
+    was counted "1 runs"."""
+    files = run_files(CLEAN, 1, 0)
+    reduced = {
+        **files[0],
+        "name": f"{CLEAN}_reduced_00000.nxs",
+        "frames": None,
+        "n_frames": 0,
+        "kind": "reduced",
+    }
+    view.add_run(ScriptedRun(CLEAN, time.time() - 30, None, None, [*files, reduced], []), current=True)
+    live(browser, url)
+    browser.wait_for("document.querySelectorAll('#runs tbody tr[data-run]').length === 1", 10, "the run")
+    assert texts(browser, "#runs-count") == ["1 run"]
+    assert browser.evaluate("document.getElementById('where-card').hidden")
+    focused = browser.evaluate(
+        "(() => { const row = document.querySelector('#runs tbody tr[data-run]'); row.focus();"
+        " return document.activeElement === row; })()"
+    )
+    assert focused, "a run's row takes the keyboard focus"
+    browser.press("Enter")
+    browser.wait_for(f"document.getElementById('where-run').textContent === '{CLEAN}'", 10, "the run opened")
+    assert not browser.evaluate("document.getElementById('where-card').hidden")
+    # a file without raw frames says what it holds (it read "metadata" for a reduced products file)
+    frames = texts(browser, "#where-files tbody tr td:nth-child(5)")
+    assert frames == ["0\u201399", "reduced"], frames
+
+
+def test_a_profile_bin_without_pixels_is_a_gap_not_a_zero(
+    url: str, view: ScriptedView, browser: Browser
+) -> None:
+    """A dashboard probe: on the linear scale, bins no pixel fell in (behind the beamstop, past the
+    corners) were drawn as measured zeros, dips that look like absent rings."""
+    view.add_run(ScriptedRun(CLEAN, time.time() - 30, None, None, run_files(CLEAN, 1, 0), []), current=True)
+    radial = [0.5 + i for i in range(40)]
+    count = [0 if 15 <= i < 20 else 30 for i in range(40)]  # five bins with no pixel
+    intensity = [0.0 if c == 0 else 100.0 + i for i, c in enumerate(count)]
+    view.profile = {"unit": "2th_deg", "radial": radial, "intensity": intensity, "count": count,
+                    "frames_processed": 1}  # fmt: skip
+    live(browser, url)
+    lines = "[...document.querySelectorAll('#profile polyline.trace')].map(l => l.points.numberOfItems)"
+    assert browser.wait_for(f"{lines}.length === 2 && {lines}", 10, "the profile in two pieces") == [15, 20]
+    assert texts(browser, "#profile-caption") == ["40 bins, 5 with no pixel"]
+    # the y axis starts at 0 on the linear scale: the gap's zeros are not what pulled it there
+    lowest = "Math.max(...[...document.querySelectorAll('#profile polyline.trace')].flatMap(l => [...l.points].map(p => p.y)))"
+    bottom = browser.evaluate(lowest)
+    assert bottom < browser.evaluate("document.getElementById('profile').clientHeight") - 42 - 1
+
+
 def test_a_tomography_product_shows_slices_and_the_slice(
     url: str, view: ScriptedView, browser: Browser
 ) -> None:

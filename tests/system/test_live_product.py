@@ -34,6 +34,12 @@ def test_the_product_names_its_run_after_the_run_ended(tmp_path: Path) -> None:
         product = http.get("/api/product").json()
         assert product["mode"] == "powder" and product["powder"]["intensity"]
         assert product["run_uid"] == "product-run"
+        # each bin says how many of the frame's pixels it holds, so a reader tells a bin no pixel fell
+        # in (intensity 0, never measured) from a measured 0
+        profile = http.get("/api/profile").json()
+        for live in (profile, product["powder"]):
+            assert len(live["count"]) == len(live["intensity"]) == len(live["radial"])
+            assert sum(live["count"]) == SHAPE[0] * SHAPE[1] and min(live["count"]) >= 0
 
 
 def test_vetoed_blanks_are_counted_while_the_run_is_open_and_after_it_ended(tmp_path: Path) -> None:

@@ -331,13 +331,24 @@
     const logY = $("profile-log").checked;
     const pts = [];
     const n = Math.min(profile.radial.length, profile.intensity.length);
+    // a bin no pixel fell in (count 0: beyond the detector's corners, behind the beamstop, masked) has
+    // no value: the trace breaks there instead of dropping to a 0 that was never measured
+    const count = Array.isArray(profile.count) ? profile.count : null;
+    let gaps = 0;
     for (let i = 0; i < n; i += 1) {
       const x = profile.radial[i];
       const y = profile.intensity[i];
+      if (count && !(count[i] > 0)) {
+        gaps += 1;
+        if (pts.length && pts[pts.length - 1] !== null) pts.push(null);
+        continue;
+      }
       if (!Number.isFinite(x) || !Number.isFinite(y) || (logY && y <= 0)) continue;
       pts.push([x, logY ? Math.log10(y) : y]);
     }
-    if (pts.length < 2) {
+    if (pts.length && pts[pts.length - 1] === null) pts.pop();
+    const measured = pts.filter((p) => p !== null);
+    if (measured.length < 2) {
       empty.textContent = "the profile has no finite values yet";
       empty.hidden = false;
       svg.innerHTML = "";
@@ -346,7 +357,7 @@
     empty.hidden = true;
     const m = { l: 64, r: 14, t: 10, b: 42 };
     let xlo = Infinity, xhi = -Infinity, ylo = Infinity, yhi = -Infinity;
-    for (const [x, y] of pts) {
+    for (const [x, y] of measured) {
       xlo = Math.min(xlo, x); xhi = Math.max(xhi, x);
       ylo = Math.min(ylo, y); yhi = Math.max(yhi, y);
     }
@@ -375,15 +386,23 @@
     }
     parts.push(`<line class="axis" x1="${m.l}" x2="${m.l}" y1="${m.t}" y2="${H - m.b}"/>`);
     parts.push(`<line class="axis" x1="${m.l}" x2="${W - m.r}" y1="${H - m.b}" y2="${H - m.b}"/>`);
-    const line = pts.map(([x, y]) => `${sx(x).toFixed(1)},${sy(y).toFixed(1)}`).join(" ");
-    parts.push(`<polyline class="trace" points="${line}"/>`);
+    // one polyline per run of measured bins
+    let run = [];
+    for (const p of [...pts, null]) {
+      if (p !== null) {
+        run.push(`${sx(p[0]).toFixed(1)},${sy(p[1]).toFixed(1)}`);
+        continue;
+      }
+      if (run.length) parts.push(`<polyline class="trace" points="${run.join(" ")}"/>`);
+      run = [];
+    }
     const xlabel = UNIT_LABELS[profile.unit] || profile.unit || "radial";
     parts.push(`<text class="label" id="profile-xlabel" x="${(m.l + W - m.r) / 2}" y="${H - 6}" text-anchor="middle">${esc(xlabel)}</text>`);
     const ylabel = logY ? "mean intensity per pixel (counts, log)" : "mean intensity per pixel (counts)";
     parts.push(`<text class="label" id="profile-ylabel" transform="translate(14 ${(m.t + H - m.b) / 2}) rotate(-90)" text-anchor="middle">${esc(ylabel)}</text>`);
     svg.setAttribute("viewBox", `0 0 ${W} ${H}`);
     svg.innerHTML = parts.join("");
-    setText("profile-caption", `${n} bins`);
+    setText("profile-caption", gaps ? `${n} bins, ${gaps} with no pixel` : `${n} bins`);
   }
 
   // ---- the mode's product (GET /api/product; 404 until the modes land or a frame is reduced) ------------
@@ -768,7 +787,8 @@
     const body = $("runs").tBodies[0];
     const filtered = f.name || f.date || f.mode || f.state;
     const newest = all.length >= RUNS_LIMIT ? ` (the newest ${RUNS_LIMIT}; \`edge where\` finds any run)` : "";
-    setText("runs-count", (filtered ? `${runs.length} of ${all.length} runs` : `${all.length} runs`) + newest);
+    const plural = (n) => `${n} ${n === 1 ? "run" : "runs"}`;
+    setText("runs-count", (filtered ? `${runs.length} of ${plural(all.length)}` : plural(all.length)) + newest);
     if (!runs.length) {
       body.innerHTML = `<tr><td colspan="10" class="muted">${all.length ? "no run matches the filter" : "no runs yet"}</td></tr>`;
       return;
@@ -780,7 +800,9 @@
         ? `<span class="bad">${esc(fmtInt(lost))}</span> <span class="muted small">(${esc(fmtInt(r.loss_records))} rec.)</span>`
         : esc(fmtInt(lost));
       const selected = r.run_uid === state.selectedRun ? " selected" : "";
-      return `<tr data-run="${esc(r.run_uid)}" class="${selected}" title="${esc(r.run_uid)}">` +
+      // focusable and opened with Enter or Space as with a click (keyboard and screen-reader users)
+      return `<tr data-run="${esc(r.run_uid)}" class="${selected}" title="${esc(r.run_uid)}" tabindex="0"` +
+        ` aria-label="run ${esc(r.run_uid)}: open where its data is">` +
         td("run", esc(shortUid(r.run_uid)), "mono") + td("started", esc(fmtTime(r.started_at))) +
         td("mode", esc(r.mode || "–")) + td("status", exitChip(r)) +
         td("stored", esc(fmtInt(r.frames_stored)), "num") + td("delivered", esc(fmtInt(r.frames_delivered)), "num") +
@@ -835,7 +857,9 @@
       const upstream = copies.length
         ? copies.map(([c, p]) => `<span class="muted small">${esc(c)}:</span> ${pathCell(p)}`).join("<br>")
         : '<span class="muted">none yet</span>';
-      const frames = f.frames ? `${f.frames[0]}–${f.frames[1]}` : f.n_frames ? fmtInt(f.n_frames) : "metadata";
+      // a file without raw frames says what it holds instead (reduced products, the run's documents)
+      const frames = f.frames ? `${f.frames[0]}–${f.frames[1]}` : f.n_frames ? fmtInt(f.n_frames)
+        : f.kind && f.kind !== "data" ? f.kind : "none";
       return `<tr><td><span class="chip ${esc(f.state)}">${esc(f.state)}</span></td>` +
         `<td class="paths">${local}${pathCell(f.path)}</td><td class="paths upstream-copy">${upstream}</td><td class="num">${esc(fmtBytes(f.size))}</td>` +
         `<td class="num">${esc(frames)}</td><td class="mono small nowrap" title="${esc(f.checksum)}">${esc(shortChecksum(f.checksum))}</td><td>${by}</td></tr>`;
@@ -1064,6 +1088,13 @@
   $("runs").tBodies[0].addEventListener("click", (event) => {
     const row = event.target.closest("tr[data-run]");
     if (row) selectRun(row.dataset.run);
+  });
+  $("runs").tBodies[0].addEventListener("keydown", (event) => {
+    const row = event.target.closest("tr[data-run]");
+    if (row && (event.key === "Enter" || event.key === " ")) {
+      event.preventDefault();
+      selectRun(row.dataset.run);
+    }
   });
   for (const id of ["filter-name", "filter-date", "filter-mode", "filter-state"]) $(id).addEventListener("input", renderRuns);
   $("alarms").addEventListener("click", (event) => {

@@ -135,6 +135,34 @@ def test_the_fill_forecast_uses_the_monotonic_clock(ledger: Ledger, tmp_path: Pa
     assert retention.status()["full_in_seconds"] == pytest.approx(90.0)
 
 
+def test_the_fill_forecast_counts_only_data_retention_may_not_delete(ledger: Ledger, tmp_path: Path) -> None:
+    """A dashboard probe saw "full in 27 s" in red while every file was verified upstream: the forecast
+    took every byte written as filling the store, though retention purges verified files for room."""
+    clock = FakeClock()
+    settings = RetentionSettings(quota_bytes=100_064, headroom_bytes=64)
+    retention = Retention(ledger, tmp_path, settings, clock=clock, executor=ManualExecutor())
+    retention.run_pass()
+    store_file(ledger, tmp_path, "a.h5", 40_000, verified=True)
+    clock.now += 10.0
+    retention.run_pass()
+    assert retention.forecast_seconds() is None  # written and verified at once: nothing that stays grows
+    store_file(ledger, tmp_path, "b.h5", 20_000)  # not verified: it stays until the consumer confirms it
+    clock.now += 10.0
+    retention.run_pass()
+    # 20 kB in 20 s = 1 kB/s; 80 kB of room under the quota counting the verified 40 kB as room -> 80 s
+    assert retention.forecast_seconds() == pytest.approx(80.0)
+
+
+def test_a_refused_run_says_the_sizes_in_units_people_read(ledger: Ledger, tmp_path: Path) -> None:
+    settings = RetentionSettings(quota_bytes=3 * 2**30, headroom_bytes=0, high_water=0.5)
+    retention = Retention(ledger, tmp_path, settings, executor=ManualExecutor())
+    path = tmp_path / "big.h5"
+    path.write_bytes(b"x")  # the ledger's size is what the policy reads
+    ledger.file_stored("run", "big.h5", path, 2 * 2**30, "sum", (0, 0, 1), [(0, 2 * 2**30, "c")])
+    refusal = retention.refusal()
+    assert refusal is not None and "(2.0 GiB of 3.0 GiB)" in refusal, refusal
+
+
 def test_stop_shuts_its_own_executor_and_later_checks_keep_the_last_answer(
     ledger: Ledger, tmp_path: Path
 ) -> None:
