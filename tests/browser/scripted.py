@@ -150,6 +150,7 @@ class ScriptedView:
         self.profile: dict[str, Any] | None = None
         self.product_doc: dict[str, Any] | None = None  # GET /api/product (the modes' schema)
         self.reduction: dict[str, Any] = {"mode": "powder"}
+        self.started_at = time.time() - 120.0  # the scripted daemon has been up two minutes
         self._lock = threading.Lock()
 
     # -- what the test does -----------------------------------------------------------------------------
@@ -185,7 +186,13 @@ class ScriptedView:
         with self._lock:
             doc = copy.deepcopy(self.base)
             doc["server_time"] = time.time()
+            doc["appliance"]["uptime_seconds"] = doc["server_time"] - self.started_at
             doc["appliance"]["run_uid"] = self.current
+            # a profile or a product means this daemon has reduced frames (the page asks for them then)
+            made = self.profile is not None or self.product_doc is not None
+            doc["pipeline"]["frames_processed"] = max(
+                doc["pipeline"]["frames_processed"], self.received, int(made)
+            )
             all_runs = [r.totals() for r in self.runs_.values()]
             summed = {
                 k: sum(t[k] for t in all_runs)
@@ -271,6 +278,14 @@ class ScriptedView:
         return self.preview
 
     def product(self) -> dict[str, Any] | None:
+        if self.product_doc is None and self.profile is not None:  # a powder run's, as the daemon has it
+            return {
+                "mode": "powder",
+                "run_uid": self.shown,
+                "powder": self.profile,
+                "serial": None,
+                "tomo": None,
+            }
         return self.product_doc
 
 

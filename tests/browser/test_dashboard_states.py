@@ -388,6 +388,45 @@ def test_a_profile_bin_without_pixels_is_a_gap_not_a_zero(
     assert bottom < browser.evaluate("document.getElementById('profile').clientHeight") - 42 - 1
 
 
+FETCH_404S = """
+window.__404s = [];
+const realFetch = window.fetch;
+window.fetch = async (...args) => {
+  const response = await realFetch(...args);
+  if (response.status === 404) window.__404s.push(String(args[0]));
+  return response;
+};
+"""
+
+
+def test_no_404_before_the_first_frame_and_a_restarted_daemon_s_frame_goes(
+    url: str, view: ScriptedView, browser: Browser
+) -> None:
+    """A dashboard probe: the page asked for /api/profile and /api/product on every status push before
+    the daemon's first frame (404s filling the console), and after a daemon restart it kept showing the
+    old daemon's frame and profile until reloaded."""
+    browser.page("Page.addScriptToEvaluateOnNewDocument", {"source": FETCH_404S})
+    view.add_run(ScriptedRun(CLEAN, time.time() - 30, None, None, run_files(CLEAN, 1, 0), []), current=True)
+    live(browser, url)
+    pushes = "window.edgeDashboard.lastStatusMs"
+    first = browser.evaluate(pushes)
+    browser.wait_for(f"{pushes} > {first} + 2500", 10, "three more status pushes")
+    assert browser.evaluate("window.__404s") == []
+    # a frame and a powder profile: shown
+    view.new_frame(3, CLEAN)
+    view.profile = {"unit": "2th_deg", "radial": [1.0, 2.0, 3.0], "intensity": [5.0, 6.0, 7.0],
+                    "count": [4, 4, 4], "frames_processed": 1}  # fmt: skip
+    browser.wait_for("document.getElementById('preview-empty').hidden", 10, "the frame")
+    browser.wait_for("document.getElementById('profile-empty').hidden", 10, "the profile")
+    # the daemon restarts: it has no frame, no profile and no product yet
+    view.preview = view.profile = None
+    view.received = 0
+    view.started_at = time.time()
+    browser.wait_for("!document.getElementById('preview-empty').hidden", 10, "the old frame gone")
+    assert browser.evaluate("document.getElementById('profile-empty').hidden") is False
+    assert texts(browser, "#product-empty") == ["no reduction product yet"]
+
+
 def test_a_tomography_product_shows_slices_and_the_slice(
     url: str, view: ScriptedView, browser: Browser
 ) -> None:

@@ -176,6 +176,7 @@
     alarmsKey: "",
     ackMessages: {},
     profile: null,
+    daemonStarted: null, // the appliance's start time (server clock), to tell a restarted daemon
   };
 
   // ---- colormap (viridis, interpolated from nine anchors) --------------------------------------------------
@@ -932,13 +933,38 @@
   }
 
   async function refreshProducts(status) {
-    const key = `${status.pipeline?.frames_processed}`;
+    const processed = num(status.pipeline?.frames_processed);
+    const key = `${processed}`;
     if (key === state.imageKey || Date.now() - state.productAt < PRODUCT_MS) return;
+    // nothing to ask for before this daemon's first frame (each ask would be a 404 in the console)
+    if (!(processed > 0)) return;
     state.productAt = Date.now();
-    const [profile, product] = await Promise.all([getJSON("/api/profile"), getJSON("/api/product")]);
+    const product = await getJSON("/api/product");
+    // the 1D profile is the powder mode's: asked for only when that is the product
+    const profile = product?.mode === "powder" ? await getJSON("/api/profile") : null;
     drawProfile(profile);
     renderProduct(product);
     state.imageKey = profile || product ? key : null; // keep asking until there is something
+  }
+
+  /** A daemon that restarted (a new start time) has none of the old one's frame, profile or product:
+   * what the page shows of those goes, rather than staying on screen as if current until a reload. */
+  function noticeRestart(status) {
+    const started = num(status.server_time) - num(status.appliance?.uptime_seconds);
+    if (!Number.isFinite(started)) return;
+    const before = state.daemonStarted;
+    state.daemonStarted = started;
+    if (before == null || Math.abs(started - before) < 2) return;
+    state.preview = null;
+    state.previewShown = null;
+    state.previewKey = null;
+    const canvas = $("preview");
+    canvas.getContext("2d").clearRect(0, 0, canvas.width, canvas.height);
+    drawPreview(null);
+    state.imageKey = null;
+    state.productAt = 0;
+    drawProfile(null);
+    renderProduct(null);
   }
 
   function renderTrends() {
@@ -956,6 +982,7 @@
   function onStatus(message) {
     const { status, trend } = message;
     state.lastStatusMs = Date.now();
+    noticeRestart(status);
     state.lastStatus = status;
     state.streamBroken = false;
     state.probeFailed = false;
