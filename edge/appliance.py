@@ -23,7 +23,7 @@ import zmq
 from edge.config import ReductionSettings, Settings
 from edge.diskguard import DiskGuard
 from edge.errors import ConfigError
-from edge.frame_format import FrameFormat, frame_format, udp_geometry
+from edge.frame_format import FrameFormat, frame_format, preview_step, udp_geometry
 from edge.ledger import Ledger
 from edge.modes import Corrections
 from edge.pipeline import Pipeline
@@ -53,7 +53,6 @@ ABORT_STATE_SECONDS = 1.0
 
 CONTROL_BYTES = 64 << 10
 PREVIEW_SECONDS = 0.05  # the receiver keeps a subsampled copy of the newest frame at most this often
-PREVIEW_STEP = 8
 
 
 def curve_paths(first: Path | None, second: Path | None) -> tuple[Path, Path] | None:
@@ -215,7 +214,8 @@ class RingSink:
                     bytes(slot.buffer[: header.nbytes]), pixels.shape, pixels.dtype, info
                 )
             else:
-                self._preview = (pixels[::PREVIEW_STEP, ::PREVIEW_STEP].copy(), info)
+                step = preview_step(*pixels.shape)
+                self._preview = (pixels[::step, ::step].copy(), info)
 
     @property
     def preview(self) -> tuple[np.ndarray, dict[str, Any]] | None:
@@ -229,7 +229,8 @@ class RingSink:
             pixels = decode_bslz4(latest.chunk, latest.shape, latest.dtype)
         except ChunkError:  # checked by the source at bounded cost only: no view of this frame
             return None
-        decoded = (pixels[::PREVIEW_STEP, ::PREVIEW_STEP].copy(), latest.info)
+        step = preview_step(*pixels.shape)
+        decoded = (pixels[::step, ::step].copy(), latest.info)
         if self._preview is latest:  # keep the decoded frame unless a newer one arrived meanwhile
             self._preview = decoded
         return decoded

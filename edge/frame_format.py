@@ -6,6 +6,7 @@ detector's module layout decides the shape and the wire format the pixel type.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -33,6 +34,22 @@ class FrameFormat:
     @property
     def nbytes(self) -> int:
         return self.height * self.width * self.itemsize
+
+    @property
+    def preview_shape(self) -> tuple[int, int]:
+        """The live preview's shape: every ``preview_step(...)``-th pixel of the frame."""
+        step = preview_step(self.height, self.width)
+        return (math.ceil(self.height / step), math.ceil(self.width / step))
+
+
+#: the live preview's longest side at most (the dashboard's image, EDGE:Image1, EDGE:Pva1:Image)
+PREVIEW_LONG_SIDE = 512
+
+
+def preview_step(height: int, width: int) -> int:
+    """Take every n-th pixel for the live preview: 1 up to 512 pixels a side (nothing hidden on a small
+    detector), 2 up to 1024, ..., 8 for 4096; the preview costs about one 512^2 copy per frame shown."""
+    return max(1, math.ceil(max(height, width) / PREVIEW_LONG_SIDE))
 
 
 def udp_geometry(settings: Settings) -> DetectorGeometry:

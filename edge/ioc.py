@@ -138,10 +138,6 @@ def _fit(text: str, size: int = LONG_STRING - 1) -> str:
     return text.encode("utf-8", errors="replace")[:size].decode("utf-8", errors="ignore")
 
 
-def _preview_shape(height: int, width: int) -> tuple[int, int]:
-    return (math.ceil(height / 8), math.ceil(width / 8))
-
-
 class ApplianceIOC:
     """The appliance's PVs on the daemon's loop, and the detector they drive.
 
@@ -319,7 +315,7 @@ class ApplianceIOC:
         if spec.length == "bins":
             return int(self.view.settings.reduction.bins)
         if spec.length == "preview":
-            height, width = _preview_shape(*self.view.frame_format.shape)
+            height, width = self.view.frame_format.preview_shape
             return height * width
         return int(spec.length)
 
@@ -992,7 +988,7 @@ class ApplianceIOC:
         self._set("HDF1:QueueFreeLow", max(1, slots // 10))
         self._set("HDF1:QueueUseHIGH", int(slots * 0.8))
         self._set("HDF1:QueueUseHIHI", int(slots * 0.95))
-        height, width = _preview_shape(*self.view.frame_format.shape)
+        height, width = self.view.frame_format.preview_shape
         self._set("Image1:ArraySize0_RBV", width)
         self._set("Image1:ArraySize1_RBV", height)
 

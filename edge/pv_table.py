@@ -941,7 +941,8 @@ PVS: tuple[PvSpec, ...] = (
         "Image1:ArrayData",
         "WaveformIn",
         "short[preview]",
-        "Latest frame binned 8x8 (every 8th pixel), "
+        "Latest frame subsampled to at most 512 pixels a side (every n-th pixel: "
+        "n = 1 up to 512, 8 for 4096), "
         "row-major, clipped to 0..32767 (CA has no unsigned 16-bit type); 0 elements until the first frame.",
         length="preview",
     ),

@@ -2,7 +2,8 @@
 
 ``PREFIX + "Pva1:Image"`` (``EDGE:Pva1:Image``) is served with p4p, so Phoebus' image widget, ImageJ's
 EPICS plugin and tomostream-style consumers see the newest frame without the web UI. It is the receiver's
-preview (every ``PREVIEW_STEP``-th pixel of the newest frame, not waiting for the pipeline), posted at most
+preview (every ``preview_step``-th pixel of the newest frame, at most 512 a side, not waiting for the
+pipeline), posted at most
 ``epics.pva_rate_hz`` times a second and only when a newer frame arrived. ``uniqueId`` counts the images
 posted since start (as an areaDetector driver's array counter); the frame number, run uid and full
 detector size travel as NDAttributes, the receive time as ``timeStamp``. The server takes its addresses

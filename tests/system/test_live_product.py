@@ -36,6 +36,10 @@ def test_the_product_names_its_run_after_the_run_ended(tmp_path: Path) -> None:
         assert product["run_uid"] == "product-run"
         # each bin says how many of the frame's pixels it holds, so a reader tells a bin no pixel fell
         # in (intensity 0, never measured) from a measured 0
+        # a small detector's live image is every pixel (it was every 8th: 4 x 4 of a 32 x 32 frame, where
+        # a single bright spot or a thin ring could vanish)
+        preview = http.get("/api/preview").json()
+        assert (preview["height"], preview["width"]) == SHAPE
         profile = http.get("/api/profile").json()
         for live in (profile, product["powder"]):
             assert len(live["count"]) == len(live["intensity"]) == len(live["radial"])

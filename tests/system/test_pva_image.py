@@ -99,7 +99,7 @@ def test_ntndarray_updates_during_a_run(stack: PvaStack) -> None:
     assert len(received) <= math.ceil((time.monotonic() - started + 1) * RATE_HZ) + 1, len(received)
     ids = [int(value["uniqueId"]) for _, value in received]
     assert len(set(ids)) == len(ids) and ids == sorted(ids), ids
-    expected = (math.ceil(256 / 8), math.ceil(256 / 8))  # detector 256 x 256, every 8th pixel
+    expected = (256, 256)  # detector 256 x 256: up to 512 a side the preview is every pixel
     for _, value in received:
         dims = [int(d["size"]) for d in value["dimension"]]
         assert tuple(reversed(dims)) == expected, dims  # NTNDArray dimension[0] is x (the fast axis)
