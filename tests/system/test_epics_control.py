@@ -289,6 +289,10 @@ def test_acquire_with_completion_stores_num_images(stack: Stack) -> None:
     assert epics.caget(p + "LostFrames_RBV") == 0
     profile = epics.caget(p + "Profile1:Intensity_RBV")
     assert len(profile) == 200 and float(profile.max()) > 0
+    # the live image: every pixel of this 256 x 256 detector (128 KiB, over CA's old 16 KiB default)
+    assert (epics.caget(p + "Image1:ArraySize0_RBV"), epics.caget(p + "Image1:ArraySize1_RBV")) == (256, 256)
+    image = epics.caget(p + "Image1:ArrayData")
+    assert image is not None and len(image) == 256 * 256 and int(image.max()) > 0
     assert stack.status()["detector"]["state"] == "Idle"
     # the pull client is a consumer; data flows upstream
     wait_until(lambda: epics.caget(p + "Upstream:Consumers_RBV") >= 1, 20, "a connected consumer")
