@@ -181,6 +181,7 @@ class RingSink:
         self._series_open = False
         self._abort_requested = False  # the control system aborted the run: its series ends `abort`
         self._detector_state: Callable[[], str] | None = None  # the camera's state (`watch_detector`)
+        self._images_taken: Callable[[], int | None] | None = None  # and its NumImagesCounter_RBV
 
     def claim(self, nbytes: int) -> Slot | None:
         return self.ring.claim(nbytes)
@@ -275,15 +276,22 @@ class RingSink:
         ends its run ``abort`` (the detector's own end message says only that the series ended)."""
         self._abort_requested = True
 
-    def watch_detector(self, state: Callable[[], str]) -> None:
-        """The camera's ``DetectorState_RBV`` as the IOC follows it: a series that ends short is asked
-        whether the camera was aborted at its own prefix (see `lost`)."""
+    def watch_detector(
+        self, state: Callable[[], str], images_taken: Callable[[], int | None] | None = None
+    ) -> None:
+        """The camera's ``DetectorState_RBV`` and ``NumImagesCounter_RBV`` as the IOC follows them: a
+        series that ends short is asked whether the camera was stopped at its own prefix (see `lost`)."""
         self._detector_state = state
+        self._images_taken = images_taken
 
-    def _aborted_at_the_camera(self) -> bool:
-        """A series ended short with no abort through the appliance: was the camera stopped at its own
-        prefix (``Aborted``)? Its state and the stream's end travel apart, so it is given up to
-        ABORT_STATE_SECONDS to leave ``Acquire``."""
+    def _aborted_at_the_camera(self, first_missing: int) -> bool:
+        """A series ended short, frames ``first_missing`` on never came, with no abort through the
+        appliance: was the camera stopped at its own prefix? Yes when it says ``Aborted``, or when it went
+        ``Idle`` having taken exactly the frames that came (``NumImagesCounter_RBV`` equal to the first
+        missing frame's number: it stopped short of its NumImages, and nothing it took went missing).
+        Anything else (it took more than came, or says nothing) stays a loss. Its state and the stream's
+        end travel apart, so it is given up to ABORT_STATE_SECONDS to leave ``Acquire``; the counter's
+        last update comes before the state's on the same CA circuit."""
         state = self._detector_state
         if state is None:
             return False
@@ -293,8 +301,12 @@ class RingSink:
             if now in ("Aborted", "Aborting"):
                 return True
             if now != "Acquire" or time.monotonic() >= deadline:
-                return False
+                break
             time.sleep(0.02)
+        if now != "Idle" or self._images_taken is None:
+            return False
+        taken = self._images_taken()
+        return taken is not None and taken == first_missing
 
     def capture(self) -> dict[str, Any]:
         """The capture's file and run (None before its first series), for the IOC."""
@@ -406,7 +418,11 @@ class RingSink:
         self.ended_run_uid, self.run_uid = self.run_uid, None
 
     def lost(self, first: int, last: int, reason: str, detail: str = "") -> None:
-        if reason == "missing_at_series_end" and not self._abort_requested and self._aborted_at_the_camera():
+        if (
+            reason == "missing_at_series_end"
+            and not self._abort_requested
+            and self._aborted_at_the_camera(first)
+        ):
             log.info("the detector was aborted at the camera: the series ends abort")
             self._abort_requested = True
         if reason == "missing_at_series_end" and self._abort_requested:

@@ -413,6 +413,7 @@ def _run_sim(settings: Settings, args: argparse.Namespace) -> int:
             encoding=sim.encoding,
             series=sim.series,
             stream_format=settings.stream.format,
+            stopped_state=sim.stopped_state,
             **frames_from,
         )
         return 0

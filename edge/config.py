@@ -141,6 +141,11 @@ class SimSettings(_Section):
     truncate: float = Field(0.0, ge=0, le=1, description="stream2: probability an image message is cut short")
     wrong_tag: float = Field(0.0, ge=0, le=1, description="stream2: probability of a wrong array tag")
     missing_end: bool = Field(False, description="stream2: never send the series' end message")
+    stopped_state: Literal["Aborted", "Idle"] = Field(
+        "Aborted",
+        description="--ioc: the DetectorState_RBV a camera stopped mid-acquisition reports; drivers differ"
+        " (some say Aborted, others, ADSimDetector for one, go straight to Idle)",
+    )
 
 
 class StreamSettings(_Section):

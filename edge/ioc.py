@@ -86,7 +86,9 @@ class CaptureControl(Protocol):
 
     def mark_abort(self) -> None: ...
 
-    def watch_detector(self, state: Callable[[], str]) -> None: ...
+    def watch_detector(
+        self, state: Callable[[], str], images_taken: Callable[[], int | None] | None = None
+    ) -> None: ...
 
 
 #: Seconds a closed capture may take to finish its file before ``Capture_RBV`` is cleared all the same.
@@ -227,7 +229,7 @@ class ApplianceIOC:
         self._remove_listener = self.control.add_listener(self._detector_changed)
         if self.capture is not None:
             control = self.control
-            self.capture.watch_detector(lambda: control.state)
+            self.capture.watch_detector(lambda: control.state, lambda: control.images_taken)
         self._set_message("Idle")
         self._show_static()
         self._show_detector()

@@ -64,6 +64,9 @@ _MONITORED = {
     "detector_state": "DetectorState_RBV",
     "array_counter": "ArrayCounter_RBV",
 }
+#: followed by monitor but never waited for: the images the camera took in its current (or last)
+#: acquisition, which tells a camera stopped short (it went Idle before NumImages) from a complete one
+_IMAGES_TAKEN = "NumImagesCounter_RBV"
 
 
 # libca status codes (caerr.h): success, and "channel disconnected" given to pending put callbacks
@@ -177,6 +180,7 @@ class DetectorControl:
         self._connected_event = asyncio.Event()
         self._state_value: int | None = None
         self._array_counter: int | None = None
+        self._images_taken: int | None = None
         self._pending: set[asyncio.Future[None]] = set()
         self._put_callbacks: set[Callable[[int], None]] = set()  # alive until libca calls them
         self._listeners: list[StatusListener] = []
@@ -206,6 +210,12 @@ class DetectorControl:
     def array_counter(self) -> int | None:
         """Last ``ArrayCounter_RBV`` seen (kept while disconnected), ``None`` before the first."""
         return self._array_counter
+
+    @property
+    def images_taken(self) -> int | None:
+        """Last ``NumImagesCounter_RBV`` seen: the images of the camera's current (or last) acquisition;
+        ``None`` before the first (or for a camera without it)."""
+        return self._images_taken
 
     def status(self) -> DetectorStatus:
         """A snapshot of connection, state and counters."""
@@ -243,6 +253,9 @@ class DetectorControl:
             )
         for suffix in _OPTIONAL.values():
             self._optional[suffix] = epics.PV(self.prefix + suffix, form="native", auto_monitor=False)
+        self._optional[_IMAGES_TAKEN] = epics.PV(
+            self.prefix + _IMAGES_TAKEN, form="native", auto_monitor=True, callback=self._on_monitor_ca
+        )
         for suffix in _MONITORED.values():
             self._pvs[suffix] = epics.PV(
                 self.prefix + suffix,
@@ -465,6 +478,9 @@ class DetectorControl:
             number = int(value)
         except (TypeError, ValueError):
             log.warning("%s: unexpected value %r", pvname, value)
+            return
+        if suffix == _IMAGES_TAKEN:  # read when asked (a series ended short), not a status change
+            self._images_taken = number
             return
         if suffix == _MONITORED["detector_state"]:
             self._state_value = number

@@ -179,6 +179,7 @@ def run_sim_ioc(
     encoding: str,
     series: int,
     stream_format: str = "json",
+    stopped_state: str = "Aborted",
 ) -> dict[str, int]:
     """``edge sim --ioc``: the camera IOC at ``prefix`` drives the frame stream (see `hw_sim.detector`).
 
@@ -206,6 +207,7 @@ def run_sim_ioc(
         encoding=encoding,
         config=config,
         stream_format=stream_format,
+        stopped_state=stopped_state,
     )
     sys.stderr.write(f"sim: detector stopped: {json.dumps(stats)}\n")
     return stats

@@ -222,6 +222,7 @@ def run_detector(
     encoding: str = "<",
     config: dict[str, Any] | None = None,
     stream_format: str = "json",
+    stopped_state: str = "Aborted",
 ) -> dict[str, int]:
     """Serve the camera IOC and its frame stream until SIGINT/SIGTERM; return the sender's counters.
 
@@ -252,7 +253,9 @@ def run_detector(
         assert task is not None
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, task.cancel)
-        ioc = SimCamIOC(prefix, detector.hooks(), max_size=max_size, data_type=data_type)
+        ioc = SimCamIOC(
+            prefix, detector.hooks(), max_size=max_size, data_type=data_type, stopped_state=stopped_state
+        )
         detector.frame_type = lambda: str(ioc.frame_type.value)
         detector.timing = ioc.timing
         with contextlib.suppress(asyncio.CancelledError):

@@ -287,9 +287,14 @@ class SimCamIOC(PVGroup):
         *,
         max_size: tuple[int, int] = (1024, 1024),
         data_type: str = "UInt16",
+        stopped_state: str = "Aborted",
         **kwargs: Any,
     ) -> None:
         super().__init__(prefix, **kwargs)
+        if stopped_state not in ("Aborted", "Idle"):
+            raise ValueError(f"stopped_state must be Aborted or Idle, not {stopped_state!r}")
+        #: the DetectorState_RBV an acquisition stopped before its NumImages ends in
+        self.stopped_state = stopped_state
         if data_type not in DATA_TYPES:
             raise ValueError(f"data_type must be one of {sorted(DATA_TYPES)}, not {data_type!r}")
         if min(max_size) < 1:
@@ -412,7 +417,7 @@ class SimCamIOC(PVGroup):
         finally:
             await self.array_rate.write(0.0)
             await self.time_remaining.write(0.0)
-            await self.detector_state.write("Idle" if outcome == "completed" else "Aborted")
+            await self.detector_state.write("Idle" if outcome == "completed" else self.stopped_state)
             await self.status_message.write(f"Acquisition {outcome}")
             await self.acquire_rbv.write("Done")
             await self._call_hook(self.hooks.on_acquire_stop)

@@ -425,6 +425,39 @@ def test_every_pv_in_docs_answers_caget(stack: Stack) -> None:
     assert not missing, f"no answer from {missing}"
 
 
+def test_a_camera_that_goes_straight_to_idle_when_stopped_ends_the_run_abort(
+    tmp_path: Path, ca_port: int, edge_ca_port: int
+) -> None:
+    """Drivers differ in what a camera stopped mid-acquisition reports: some say Aborted, others
+    (ADSimDetector, for one) go straight to Idle. A control-room probe saw the Idle kind's run end
+    ``success`` with every frame it never took "lost" (a MAJOR alarm). Now the camera's
+    NumImagesCounter_RBV tells: it took exactly the frames that came, short of its NumImages."""
+    stack = Stack(tmp_path, ca_port, edge_ca_port, ACF)
+    stack.settings.append('sim.stopped_state="Idle"')
+    try:
+        stack.start_sim()
+        stack.start_daemon()
+        epics = _epics()
+        cam = stack.cam_prefix
+        assert epics.caput(cam + "NumImages", 600, wait=True, timeout=10) == 1
+        assert epics.caput(cam + "AcquirePeriod", 0.01, wait=True, timeout=10) == 1
+        assert epics.caput(cam + "Acquire", 1, wait=False) == 1  # the camera driven directly
+        wait_until(lambda: stack.status()["appliance"]["run_uid"] is not None, 20, "the camera's run")
+        run_uid = stack.status()["appliance"]["run_uid"]
+        wait_until(lambda: (epics.caget(cam + "NumImagesCounter_RBV") or 0) >= 20, 20, "frames taken")
+        assert epics.caput(cam + "Acquire", 0, wait=True, timeout=30) == 1  # stopped at the camera
+        assert epics.caget(cam + "DetectorState_RBV", as_string=True, use_monitor=False) == "Idle"
+        run = wait_until(lambda: (r := stack.run(run_uid))["ended_at"] is not None and r, 30, "the run's end")
+        assert run["exit_status"] == "abort", (run["losses"], run["totals"])
+        totals = run["totals"]
+        taken = int(epics.caget(cam + "NumImagesCounter_RBV", use_monitor=False))
+        assert totals["frames_lost"] == 0 and totals["frames_not_acquired"] == 600 - taken, (taken, totals)
+        assert totals["frames_stored"] == taken, (taken, totals)
+        assert [r["reason"] for r in run["losses"]] == ["aborted"], run["losses"]
+    finally:
+        stack.stop()
+
+
 def test_a_series_stopped_at_the_camera_ends_abort_and_one_the_appliance_did_not_start_blocks_a_start(
     stack: Stack,
 ) -> None:
