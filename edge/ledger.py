@@ -15,6 +15,7 @@ kept for good.
 from __future__ import annotations
 
 import json
+import logging
 import sqlite3
 import threading
 import time
@@ -24,6 +25,8 @@ from pathlib import Path
 from typing import Any
 
 from edge.errors import ConfigError, NotFound
+
+log = logging.getLogger(__name__)
 
 #: A chunk's id is never given twice (AUTOINCREMENT): the upstream protocol names chunks by id, and a
 #: purge deletes chunk rows, so plain rowids would hand a purged chunk's id to the next chunk stored.
@@ -220,6 +223,52 @@ class Ledger:
             if fresh:
                 for statement in _statements(FILL_TOTALS):
                     db.execute(statement)
+        self.reconciled = self._reconcile_verified()
+
+    def _reconcile_verified(self) -> dict[str, int]:
+        """Make every file's ``verified`` state follow the required consumers of *this* start: a file is
+        verified (purgeable) only when each of them has confirmed it. A consumer added to
+        ``upstream.required_consumers`` makes the files it has not confirmed wait for it again (they go
+        back to ``forwarded``, and it is sent them); one taken off makes the files every remaining one has
+        confirmed verified. Purged files stay purged: what they were confirmed by is their record."""
+        required = self.required_consumers
+        marks = ",".join("?" * len(required))
+        confirmed_by_all = (
+            "(SELECT COUNT(DISTINCT fa.consumer) FROM file_acks fa WHERE fa.file_id = files.id"
+            f" AND fa.consumer IN ({marks})) = {len(required)}"
+        )
+        with self._lock, self._transaction() as db:
+            reopened = db.execute(
+                "UPDATE files SET state='forwarded', verified_at=NULL"
+                f" WHERE state='verified' AND NOT {confirmed_by_all}",
+                required,
+            ).rowcount
+            if reopened:
+                db.execute(
+                    "UPDATE chunks SET state='forwarded' WHERE state='verified'"
+                    " AND file_id IN (SELECT id FROM files WHERE state='forwarded')"
+                )
+            verified = db.execute(
+                "UPDATE files SET state='verified', verified_at=(SELECT MAX(fa.verified_at) FROM file_acks fa"
+                f" WHERE fa.file_id = files.id AND fa.consumer IN ({marks}))"
+                f" WHERE state IN ('stored','forwarded') AND {confirmed_by_all}",
+                (*required, *required),
+            ).rowcount
+            if verified:
+                db.execute(
+                    "UPDATE chunks SET state='verified' WHERE state IN ('stored','forwarded')"
+                    " AND file_id IN (SELECT id FROM files WHERE state='verified')"
+                )
+        if reopened or verified:
+            log.warning(
+                "upstream.required_consumers is now %s: %d file(s) once verified wait for a consumer that"
+                " has not confirmed them (not purgeable until it does); %d file(s) waiting are confirmed by"
+                " every one and now verified",
+                ", ".join(required),
+                reopened,
+                verified,
+            )
+        return {"reopened": reopened, "verified": verified}
 
     def _migrate(self) -> int | None:
         """Bring an older ledger up to SCHEMA_VERSION in place; returns the version it had (None: current).

@@ -163,14 +163,17 @@ def summary_line(report: dict[str, Any]) -> str:
     """One line before the file list: how many files are where, locally and upstream."""
     files = report["files"]
     local = sum(1 for f in files if f["on_local_disk"])
-    upstream = sum(1 for f in files if f["verified_by"])
+    # verified: confirmed by every required consumer (the file's state), not by any one of them
+    upstream = sum(1 for f in files if f["state"] in ("verified", "purged"))
     dirs = sorted({str(Path(p).parent) for f in files for p in f.get("upstream_copies", {}).values()})
     where_up = f" ({', '.join(dirs[:2])}{', ...' if len(dirs) > 2 else ''})" if dirs else ""
-    pending = sum(1 for f in files if f["state"] in ("stored", "forwarded"))
+    waiting = [f for f in files if f["state"] in ("stored", "forwarded")]
+    partly = sum(1 for f in waiting if f["verified_by"])
+    some = f" ({partly} confirmed by some required consumers, not yet all)" if partly else ""
     lost = report.get("frames_lost", 0)
     return (
         f"{len(files)} file(s): {local} on the appliance, {upstream} verified upstream{where_up}, "
-        f"{pending} pending; {lost} frame(s) lost"
+        f"{len(waiting)} pending{some}; {lost} frame(s) lost"
     )
 
 

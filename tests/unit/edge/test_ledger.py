@@ -16,6 +16,7 @@ import pytest
 from edge.config import RetentionSettings
 from edge.ledger import Ledger
 from edge.retention import PRESSURE_RECHECK_S, Retention
+from edge.where import where_report
 
 
 def scanned(path: Path) -> dict[str, object]:
@@ -269,3 +270,49 @@ def test_runs_named_in_other_runs_configs_are_found_through_an_index(
     plan = " ".join(str(row[3]) for row in ledger._db.execute("EXPLAIN QUERY PLAN " + query))
     assert f"USING INDEX {index}" in plan, plan
     ledger.close()
+
+
+def _stored_and_confirmed(ledger: Ledger, tmp_path: Path, name: str, consumers: tuple[str, ...]) -> int:
+    file_id = ledger.file_stored("run", name, tmp_path / name, 10, name, (0, 0, 1), [(0, 10, name)])
+    for consumer in consumers:
+        for row in ledger.pending_chunks(consumer, [], 8):
+            if row["file_id"] == file_id:
+                ledger.chunks_sent([row["id"]])
+                ledger.chunk_acked(consumer, row["id"], row["checksum"])
+        assert ledger.file_verified(consumer, file_id, 10, name)
+    return file_id
+
+
+def test_a_required_consumer_added_later_holds_back_what_it_never_confirmed(tmp_path: Path) -> None:
+    """A chaos probe: restarted with ``required_consumers = ["hpc", "tape"]``, the appliance purged files
+    only hpc had confirmed (their state said ``verified``, from the hpc-only start). Taken off again,
+    files both had been waiting for stayed ``forwarded`` forever, never purgeable."""
+    path = tmp_path / "ledger.sqlite"
+    ledger = Ledger(path, required_consumers=("hpc",))
+    ledger.run_started("run", 1, None, "{}")
+    hpc_only = _stored_and_confirmed(ledger, tmp_path, "a.h5", ("hpc",))
+    assert [f["id"] for f in ledger.purgeable_files(limit=10)] == [hpc_only]
+    ledger.close()
+
+    ledger = Ledger(path, required_consumers=("hpc", "tape"))  # tape required from now on
+    assert ledger.reconciled == {"reopened": 1, "verified": 0}
+    assert ledger.purgeable_files(limit=10) == []  # tape has not confirmed it: never purged
+    assert [r["file_id"] for r in ledger.pending_chunks("tape", [], 8)] == [hpc_only]  # tape is sent it
+    assert ledger.pending_chunks("hpc", [], 8) == []  # hpc is not sent it again
+    both = _stored_and_confirmed(ledger, tmp_path, "b.h5", ("hpc",))  # waits for tape
+    assert ledger.purgeable_files(limit=10) == []
+    # `edge where` counts as verified upstream what every required consumer confirmed (it said "2
+    # verified upstream ..., 2 pending" of the same two files)
+    summary = where_report(ledger, "run")["summary"]
+    assert "0 verified upstream" in summary and "2 pending (2 confirmed by some required" in summary, summary
+    assert from_totals(ledger) == scanned(path)
+    ledger.close()
+
+    ledger = Ledger(path, required_consumers=("hpc",))  # tape no longer required
+    assert ledger.reconciled == {"reopened": 0, "verified": 2}
+    assert sorted(f["id"] for f in ledger.purgeable_files(limit=10)) == [hpc_only, both]
+    assert from_totals(ledger) == scanned(path)
+    ledger.close()
+    again = Ledger(path, required_consumers=("hpc",))
+    assert again.reconciled == {"reopened": 0, "verified": 0}  # nothing to change on a plain restart
+    again.close()
