@@ -501,7 +501,9 @@ class Appliance:
             else:
                 geometry = Geometry(**settings.geometry.model_dump())
             self.geometry = geometry
-            self.retention = Retention(self.ledger, settings.store.path, settings.retention)
+            self.retention = Retention(
+                self.ledger, settings.store.path, settings.retention, disk_low_bytes=self.disk.resume_bytes
+            )
             self.reduction = ReductionControl(
                 settings.reduction,
                 open_run=lambda: self.sink.run_or_opening(),

@@ -50,8 +50,13 @@ class Retention:
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
         executor: Executor | None = None,
+        disk_low_bytes: int = 0,
     ) -> None:
         self.ledger = ledger
+        # below this much free space on the store's disk (and below the headroom) the disk's own count
+        # of what is in use decides the fill (``filled``): the daemon passes what its disk guard needs
+        # free to resume writing
+        self.disk_low_bytes = max(disk_low_bytes, settings.headroom_bytes)
         self.clock = clock
         self.wall_clock = wall_clock
         self._own_executor = executor is None
@@ -78,6 +83,18 @@ class Retention:
     def usage(self) -> dict[str, int]:
         return self.ledger.store_usage()
 
+    def filled(self, used: dict[str, int]) -> int:
+        """How full the store is for the policy: its files' bytes (the ledger's); or, once the disk
+        holding it has less than ``disk_low_bytes`` free, at least the capacity less that free space.
+        The ledger knows only the store's files; the disk also holds the ledger and its journal, its
+        reserve, quarantined files and whatever else shares the file system. Without this, a disk
+        filled by those could stay full for good: below the high water mark by the ledger's count,
+        nothing verified was purged, and writing never resumed."""
+        free = int(psutil.disk_usage(str(self.root)).free)
+        if free >= self.disk_low_bytes:
+            return int(used["total"])
+        return max(int(used["total"]), self.capacity() - free)
+
     def _limit(self) -> int:
         """Bytes the store may fill before it is under pressure (capacity minus the headroom)."""
         return max(0, self.capacity() - self.settings.headroom_bytes)
@@ -97,6 +114,14 @@ class Retention:
             return (
                 f"local store {state} data not yet verified upstream ({_size(used['unverified'])} of"
                 f" {_size(limit)}); waiting for the HPC consumer to confirm it"
+            )
+        if used["verified"] == 0 and self.filled(used) >= limit:
+            # the disk itself is full (of what the ledger does not count) and nothing can be purged
+            free = psutil.disk_usage(str(self.root)).free
+            return (
+                f"the disk holding the local store is full ({_size(free)} free, headroom"
+                f" {_size(self.settings.headroom_bytes)}; the store's files are {_size(used['total'])}, the"
+                " rest is other files on that file system) and nothing verified upstream is left to purge"
             )
         return None
 
@@ -129,7 +154,7 @@ class Retention:
     def _refresh_pressure(self) -> bool:
         try:
             used = self.usage()
-            pressed = used["total"] >= self._limit() and used["verified"] == 0
+            pressed = self.filled(used) >= self._limit() and used["verified"] == 0
             self._pressure = (self.clock(), pressed)
             return pressed
         finally:
@@ -147,6 +172,9 @@ class Retention:
         high = limit * self.settings.high_water
         low = limit * self.settings.low_water
         target = used["total"] - low if used["total"] > high else 0
+        free = int(psutil.disk_usage(str(self.root)).free)
+        if free < self.disk_low_bytes:  # the disk itself is full (see `filled`): make twice that room
+            target = max(target, 2 * self.disk_low_bytes - free)
         purged = 0
         if self.settings.max_age_seconds:
             for row in self.ledger.purgeable_files(verified_before=now - self.settings.max_age_seconds):

@@ -11,10 +11,12 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from concurrent.futures import Executor, Future
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 
+import edge.retention as retention_module
 from edge.config import RetentionSettings
 from edge.ledger import Ledger
 from edge.retention import PRESSURE_RECHECK_S, Retention
@@ -207,3 +209,53 @@ def test_files_never_forwarded_are_kept_or_retired_only_by_the_stated_policy(
     assert retire.purge_once() == 1 and not local.exists() and unverified.exists()
     assert [f["state"] for f in ledger.files()] == ["purged", "stored"]
     assert retire.stats["files_retired_unforwarded"] == 1
+
+
+class _Disk:
+    """psutil.disk_usage of a file system the test fills at will."""
+
+    def __init__(self, total: int, free: int) -> None:
+        self.total, self.free = total, free
+
+    def __call__(self, path: str) -> Any:
+        used = self.total - self.free
+        return SimpleNamespace(total=self.total, used=used, free=self.free, percent=100.0 * used / self.total)
+
+
+def test_a_disk_filled_by_what_the_ledger_does_not_count_purges_verified_files(
+    ledger: Ledger, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A chaos probe: a store on a small file system filled up with the ledger's own journal, its reserve
+    and a quarantined file; by the ledger's count of the store's files it was below the high water mark,
+    so nothing verified was purged and writing never resumed (a full disk for good)."""
+    disk = _Disk(total=1_000_000, free=600_000)
+    monkeypatch.setattr(retention_module.psutil, "disk_usage", disk)
+    settings = RetentionSettings(headroom_bytes=50_000, high_water=0.9, low_water=0.7)
+    retention = Retention(ledger, tmp_path, settings, executor=ManualExecutor())
+    for n in range(4):
+        store_file(ledger, tmp_path, f"v{n}.h5", 50_000, verified=True)
+    assert retention.purge_once() == 0  # 200 kB of files, 400 kB in use: nothing to do
+    disk.free = 20_000  # other files fill the disk: under the headroom
+    # room for twice the headroom: 80 kB more, the two oldest verified files (the rest stay)
+    assert retention.purge_once() == 2
+    assert [(tmp_path / f"v{n}.h5").exists() for n in range(4)] == [False, False, True, True]
+    assert retention.refusal() is None and not retention.under_pressure()  # verified files remain
+    assert retention.purge_once() == 2  # (this disk does not get the room back): the other two
+    refusal = retention.refusal()
+    assert refusal is not None and "the disk holding the local store is full" in refusal
+    retention._pressure = None
+    assert retention.under_pressure()  # nothing left to purge: the detector is held back
+    disk.free = 600_000  # space comes back
+    retention._pressure = None
+    assert retention.refusal() is None and not retention.under_pressure()
+
+
+def test_unverified_files_stay_however_full_the_disk(
+    ledger: Ledger, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(retention_module.psutil, "disk_usage", _Disk(total=1_000_000, free=1_000))
+    retention = Retention(
+        ledger, tmp_path, RetentionSettings(headroom_bytes=50_000), executor=ManualExecutor()
+    )
+    kept = store_file(ledger, tmp_path, "u.h5", 50_000)
+    assert retention.purge_once() == 0 and kept.exists()
