@@ -203,12 +203,6 @@ def _run_daemon(
     except (ConfigError, OSError) as error:  # bad keys, an unwritable store, a damaged ledger: say so, exit
         log.error("cannot start: %s", error)  # a line in the log's format (journald/ELK read JSON)
         return 2
-    try:
-        appliance.start()
-    except (ConfigError, OSError) as error:  # a busy port: say so, and let go of the ring and the ledger
-        log.error("cannot start: %s", error)
-        appliance.stop()
-        return 2
     app = create_app(settings, appliance.view, reduction=appliance.reduction, trends_until=stop_requested)
     config = uvicorn.Config(  # log_config=None: uvicorn's lines go through our handler (text or JSON)
         app,
@@ -228,10 +222,20 @@ def _run_daemon(
             super().handle_exit(sig, frame)
 
     server = _Server(config)
-    try:  # bound now, before "ready": a taken port is a failed start (2), not uvicorn's exit status 3
+    # bound before the data plane starts, so a taken port is a failed start (2, not uvicorn's exit
+    # status 3) that has touched nothing: a daemon that connected to the detector's stream first took
+    # frames from the one already running (ZeroMQ shares a PUSH stream among its readers)
+    try:
         api_socket = config.bind_socket()
     except SystemExit:  # uvicorn logged why (the address is in use, say)
         log.error("cannot start: the API cannot listen on %s:%s", settings.api.host, settings.api.port)
+        appliance.stop()
+        return 2
+    try:
+        appliance.start()
+    except (ConfigError, OSError) as error:  # a busy port: say so, and let go of the ring and the ledger
+        log.error("cannot start: %s", error)
+        api_socket.close()
         appliance.stop()
         return 2
     log.info(

@@ -320,6 +320,9 @@ def test_a_taken_api_port_is_a_failed_start_not_ready(tmp_path: Path, listener: 
         assert daemon.returncode == 2, log[-2000:]
         assert f"cannot start: the API cannot listen on 127.0.0.1:{stack.api_port}" in log
         assert "ready: dashboard" not in log and not listener.lines("READY=1")
+        # and before touching the detector's stream: a start that failed only after connecting to it
+        # took frames from the daemon already running (a ZeroMQ PUSH stream is shared among readers)
+        assert "appliance started" not in log, log[-2000:]
         _nothing_left_behind(log)
     finally:
         taken.close()
