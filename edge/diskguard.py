@@ -42,6 +42,22 @@ def is_no_space(error: BaseException) -> bool:
     return cause is not None and cause is not error and is_no_space(cause)
 
 
+def brief(error: BaseException, limit: int = 160) -> str:
+    """An error's text on one line, at most ``limit`` characters, for alarms and loss records. HDF5's
+    messages run over several lines and name the file deep inside; cut as they came they read
+    "filename = '/tmp/cha)". The text is collapsed to one line and, when cut, ends with "...", and an
+    ``errno`` says its meaning first ("No space left on device")."""
+    text = " ".join(str(error).split())
+    code = getattr(error, "errno", None)
+    if isinstance(code, int) and code > 0:
+        meaning = os.strerror(code)
+        if meaning not in text[:60]:  # (HDF5 says it deep inside, past where it is cut)
+            text = f"{meaning}: {text}" if text else meaning
+    if len(text) > limit:
+        text = text[: limit - 3].rstrip() + "..."
+    return text or type(error).__name__
+
+
 class DiskGuard:
     """Knows whether the store's filesystem is full, and keeps the ledger's reserve."""
 
@@ -120,7 +136,7 @@ class DiskGuard:
                 self.full = True
                 self.since = time.time()
                 self.episodes += 1
-                self.reason = f"the store's disk is full ({str(error)[:120]})"
+                self.reason = f"the store's disk is full ({brief(error)})"
                 log.error("disk full: %s; frames become loss records until space returns", self.reason)
             self._checked_at = self.clock()
         return True

@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 
 from edge.config import ReductionSettings
-from edge.diskguard import DiskGuard
+from edge.diskguard import DiskGuard, brief
 from edge.modes import (
     Corrections,
     EarlierParts,
@@ -509,7 +509,7 @@ class Pipeline:
     def _disk_full(self, store: RunStore, frame: int, error: BaseException) -> None:
         """A write failed for lack of space: the frame and the open files' frames become losses."""
         self.stats["disk_full_events"] += 1
-        self._disk_full_loss(store.run_uid, [frame], f"write failed: {str(error)[:120]}")
+        self._disk_full_loss(store.run_uid, [frame], f"write failed: {brief(error)}")
         for frames in store.quarantine_open():
             self._disk_full_loss(store.run_uid, frames, "in a file quarantined when the disk filled")
 
