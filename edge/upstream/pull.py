@@ -336,6 +336,16 @@ class PullClient:
             log.info("verified %s (%d bytes)", final, size)
         else:
             self.stats["files_mismatched"] += 1
+            if came != message.checksum:  # (damage here after a right transfer was logged above)
+                log.warning(
+                    "%s: holds %d bytes, checksum %s; the appliance's file is %d bytes, %s: not confirmed,"
+                    " fetching it again",
+                    path,
+                    size,
+                    digest,
+                    message.size,
+                    message.checksum,
+                )
             path.unlink(missing_ok=True)  # start the file over; the appliance resends every chunk
         # where the file is on this side, absolute (the appliance shows it in `edge where` and its run view)
         return p.FileVerified(message.file_id, size, digest, str(final.absolute()) if final.exists() else "")

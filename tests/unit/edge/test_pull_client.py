@@ -241,3 +241,23 @@ def test_a_part_file_damaged_here_after_its_chunks_were_written_is_not_confirmed
     _deliver(client, _chunks())  # the appliance resends every chunk: now the file is whole
     (verified,) = client._handle(p.encode(p.FileComplete(7, "run-1", "run-1_00000.h5", len(DATA), whole)))
     assert verified.checksum == whole and (tmp_path / "run-1" / "run-1_00000.h5").read_bytes() == DATA
+
+
+def test_a_file_that_came_wrong_is_logged_on_this_side_too(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A chaos probe: a mismatch (here a ``.part`` damaged between two sessions, so no running checksum
+    says whether the bytes came right) was counted on the client without a line in its log; only the
+    appliance said it was resending."""
+    client = PullClient("tcp://127.0.0.1:1", "hpc", tmp_path, 4, zmq.Context.instance())
+    _deliver(client, _chunks())
+    part = tmp_path / "run-1" / "run-1_00000.h5.part"
+    os.close(client._parts.pop(part).fd)  # as after a restart: the .part is all this side knows
+    with open(part, "r+b") as handle:
+        handle.seek(10)
+        handle.write(bytes(8))
+    whole = xxhash.xxh3_128_hexdigest(DATA)
+    with caplog.at_level("WARNING", logger="edge.upstream.pull"):
+        (verified,) = client._handle(p.encode(p.FileComplete(7, "run-1", "run-1_00000.h5", len(DATA), whole)))
+    assert verified.checksum != whole and client.stats["files_mismatched"] == 1
+    assert any("not confirmed, fetching it again" in r.getMessage() for r in caplog.records), caplog.text
