@@ -140,7 +140,7 @@ def current_alarms(status: Mapping[str, Any]) -> list[dict[str, Any]]:
         message = (
             f"The detector's stream connection dropped during series {receiver['dropped_in_series']}"
             f" ({receiver.get('connections_dropped_in_series', 0)} time(s) since the daemon started): the"
-            " frames in flight are recorded lost; ZeroMQ reconnected"
+            " frames in flight are recorded lost; the receiver reconnects by itself when the detector is back"
         )
         out.append(_alarm("condition:stream_dropped", "condition", "minor", message))
     errors = receiver.get("errors") or {}
