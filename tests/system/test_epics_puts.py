@@ -228,15 +228,15 @@ def test_mode_between_runs_switches_the_next_run_and_during_a_run_is_refused(idl
     assert stack.procs["daemon"].poll() is None
 
 
-def _assert_the_next_acquire_is_refused(stack: Stack) -> None:
+def _assert_the_next_acquire_is_refused(stack: Stack, runs: int = 1) -> None:
     """An Acquire put fails at the client (access security: the store refuses runs), the detector is
-    never armed, no second run starts, the daemon goes on."""
+    never armed, no further run starts (``runs`` there were before), the daemon goes on."""
     epics = _epics()
     with pytest.raises(epics.ca.CASeverityException, match="Write access denied"):
         epics.caput(stack.prefix + "Acquire", 1, wait=True, timeout=10)
     assert epics.caget(stack.prefix + "Acquire_RBV") == 0
     assert stack.status()["detector"]["state"] == "Idle"  # never armed
-    assert len(_get_json(stack.api + "/api/runs")) == 1  # no second run was started
+    assert len(_get_json(stack.api + "/api/runs")) == runs  # no further run was started
     assert stack.procs["daemon"].poll() is None
 
 
@@ -274,9 +274,10 @@ def test_a_refused_run_fails_its_acquire_put_and_says_why(
 def test_a_run_on_a_full_disk_fails_its_acquire_put_and_says_why(
     tmp_path: Path, ca_port: int, edge_ca_port: int, small_disk: Path
 ) -> None:
-    """The store's disk filled under a run (its writes failed): the next Acquire put fails at the client,
-    the detector never armed, with the reason in StatusMessage_RBV, as for a store full of unverified
-    data. Before, the IOC asked retention only: the detector was armed and the whole series refused."""
+    """The store's disk filled (by another file, here): the next Acquire put fails at the client, the
+    detector never armed, with the reason in StatusMessage_RBV, as for a store full of unverified data.
+    Before, the IOC asked retention only, and retention counted only the store's files: the detector
+    was armed and the whole series refused (later, only once a write had failed)."""
     stack = Stack(tmp_path, ca_port, edge_ca_port, acf=None)
     stack.settings += [
         f'store.path="{small_disk / "store"}"',
@@ -284,18 +285,14 @@ def test_a_run_on_a_full_disk_fails_its_acquire_put_and_says_why(
         "ledger.resume_free_bytes=4194304",
         "store.frames_per_file=2",
     ]
-    epics = _epics()
-    p = stack.prefix
     try:
         stack.start_sim()
         stack.start_daemon()
         fill_up(small_disk / "ballast.bin")
         assert _put(stack, "NumImages", 5) == 1
         assert _put(stack, "AcquirePeriod", 0.01) == 1
-        assert epics.caput(p + "Acquire", 1, wait=True, timeout=90) == 1  # taken: no write had failed yet
-        wait_for(lambda: stack.status()["store"]["disk_full"]["full"], 30, "the disk-full state")
-        _wait_message(stack, "Runs refused: the store's disk is full")
-        _assert_the_next_acquire_is_refused(stack)
+        _wait_message(stack, "Runs refused: the disk holding the local store is full")
+        _assert_the_next_acquire_is_refused(stack, runs=0)
     finally:
         stack.stop()
 
