@@ -180,6 +180,7 @@ class RingSink:
         self._capture_offset: int | None = None  # added to this series' frame numbers
         self._series_open = False
         self._abort_requested = False  # the control system aborted the run: its series ends `abort`
+        self._armed = False  # the IOC's Acquire 1 armed the detector; its run may not have opened yet
         self._detector_state: Callable[[], str] | None = None  # the camera's state (`watch_detector`)
         self._images_taken: Callable[[], int | None] | None = None  # and its NumImagesCounter_RBV
 
@@ -268,8 +269,15 @@ class RingSink:
 
     def run_or_opening(self) -> str | None:
         """The open run, or the one a series start is opening now, or an open capture's run between its
-        series (None between runs): the reduction's mode and parameters stay as the run started."""
-        return self.run_uid or self.opening or self._capture_run
+        series, or the one the IOC's ``Acquire`` 1 armed the detector for and whose series has not begun
+        (None between runs): the reduction's mode and parameters stay as the run started."""
+        armed = "(armed by Acquire 1; its series has not begun)" if self._armed else None
+        return self.run_uid or self.opening or self._capture_run or armed
+
+    def set_armed(self, armed: bool) -> None:
+        """The IOC's ``Acquire`` 1 is arming the detector for a run (True) until that acquisition is over
+        (False): a change of mode or parameters meanwhile would change the run it started."""
+        self._armed = armed
 
     def mark_abort(self) -> None:
         """The control system aborted the run (``Acquire`` 0): the open series, when the detector ends it,

@@ -86,6 +86,8 @@ class CaptureControl(Protocol):
 
     def mark_abort(self) -> None: ...
 
+    def set_armed(self, armed: bool) -> None: ...
+
     def watch_detector(
         self, state: Callable[[], str], images_taken: Callable[[], int | None] | None = None
     ) -> None: ...
@@ -750,6 +752,8 @@ class ApplianceIOC:
         if not int(value) or self._acquiring:
             return  # 0 while idle: nothing to abort (an abort during a run is seen by the run itself)
         self._acquiring = True
+        if self.capture is not None:  # from now on Mode and the reduction parameters belong to this run
+            self.capture.set_armed(True)
         self._run_ended = asyncio.Event()  # a 0's put-completion waits for it (AcquireAbortBusy)
         self._run_uid = None  # the refresh shows no file counts of the last run while this one starts
         self._acquisition_base = self.view.frames_received()  # (the last run's frames are all in by now)
@@ -761,6 +765,8 @@ class ApplianceIOC:
             self._set_message(f"Acquisition failed: {error}")
         finally:
             self._acquiring = False
+            if self.capture is not None:
+                self.capture.set_armed(False)
             # the readbacks as the run left them, before the put completes (not up to 0.5 s later)
             sample = None
             with contextlib.suppress(Exception):

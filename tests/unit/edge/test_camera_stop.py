@@ -45,3 +45,21 @@ def test_a_camera_still_acquiring_is_waited_for_then_taken_for_a_loss(monkeypatc
     s.watch_detector(lambda: next(states, "Idle"), lambda: 20)
     monkeypatch.setattr(appliance, "ABORT_STATE_SECONDS", 5.0)
     assert s._aborted_at_the_camera(20) is True
+
+
+def test_the_reduction_is_the_armed_run_s_from_acquire_1_on() -> None:
+    """A control-room probe: a Mode put between the appliance's Acquire 1 and its series' start was
+    taken, and the run Acquire had started ran in the new mode. From Acquire 1 on, the mode and the
+    parameters belong to that run."""
+    from edge.config import ReductionSettings
+    from edge.errors import Refused
+    from edge.reduction_control import ReductionControl
+
+    s = RingSink(ring=None, recorder=None, refusal=lambda: None)  # type: ignore[arg-type]
+    control = ReductionControl(ReductionSettings(), open_run=s.run_or_opening)
+    assert control.update({"mode": "serial"})["mode"] == "serial"  # between runs: taken
+    s.set_armed(True)
+    with pytest.raises(Refused, match="armed by Acquire 1"):
+        control.update({"mode": "powder"})
+    s.set_armed(False)  # that acquisition is over
+    assert control.update({"mode": "powder"})["mode"] == "powder"
