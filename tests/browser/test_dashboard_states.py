@@ -363,7 +363,8 @@ def test_a_run_opens_from_the_keyboard_and_one_run_is_counted_as_one(
     browser.wait_for(f"document.getElementById('where-run').textContent === '{CLEAN}'", 10, "the run opened")
     assert not browser.evaluate("document.getElementById('where-card').hidden")
     # a file without raw frames says what it holds (it read "metadata" for a reduced products file)
-    frames = texts(browser, "#where-files tbody tr td:nth-child(5)")
+    cells = "[...document.querySelectorAll('#where-files tbody tr td:nth-child(5)')].map(e => e.textContent)"
+    frames = browser.wait_for(f"{cells}.length === 2 && {cells}", 10, "the run's files")
     assert frames == ["0\u201399", "reduced"], frames
 
 
