@@ -418,6 +418,7 @@ def _run_sim(settings: Settings, args: argparse.Namespace) -> int:
             series=sim.series,
             stream_format=settings.stream.format,
             stopped_state=sim.stopped_state,
+            options=_sim_mode_options(settings),
             **frames_from,
         )
         return 0
@@ -439,6 +440,7 @@ def _run_sim(settings: Settings, args: argparse.Namespace) -> int:
             stall_seconds=sim.stall_seconds,
             burst=sim.burst,
             as_json=args.json,
+            options=_sim_mode_options(settings),
             **frames_from,
         )
         return 0

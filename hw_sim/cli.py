@@ -180,6 +180,7 @@ def run_sim_ioc(
     series: int,
     stream_format: str = "json",
     stopped_state: str = "Aborted",
+    options: dict[str, Any] | None = None,
 ) -> dict[str, int]:
     """``edge sim --ioc``: the camera IOC at ``prefix`` drives the frame stream (see `hw_sim.detector`).
 
@@ -195,7 +196,9 @@ def run_sim_ioc(
     logging.getLogger("caproto.ctx").addFilter(_FirstBeaconErrorOnly())
     port = int(os.environ.get("EPICS_CA_SERVER_PORT", "5064"))
     interface = (os.environ.get("EPICS_CAS_INTF_ADDR_LIST", "").split() or ["127.0.0.1"])[0]
-    source = make_source(mode, shape, Geometry(**geometry), seed=seed, pool=pool, dtype=dtype)
+    source = make_source(
+        mode, shape, Geometry(**geometry), seed=seed, pool=pool, dtype=dtype, **(options or {})
+    )
     config = series_config(seed, pool, geometry, mode)
     stats = run_detector(
         prefix=prefix,
@@ -228,6 +231,7 @@ def run_sim_udp(
     burst: int,
     as_json: bool,
     batch: int = 32,
+    options: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Send powder frames as UDP packets to 127.0.0.1:``port`` with injected faults; return the truth.
 
@@ -242,7 +246,9 @@ def run_sim_udp(
     signal.signal(signal.SIGINT, _stop)
     signal.signal(signal.SIGTERM, _stop)
     layout = DetectorGeometry(**detector)
-    source = make_source(mode, layout.raw_shape, Geometry(**geometry), seed=seed, pool=pool)
+    source = make_source(
+        mode, layout.raw_shape, Geometry(**geometry), seed=seed, pool=pool, **(options or {})
+    )
     _prepare(source, frames, pool)
     sender = UdpFrameSender(layout, port, rate_hz=rate_hz)
     sys.stderr.write(
@@ -262,7 +268,6 @@ def run_sim_udp(
     sent = 0
     stalled = False
     number = 0
-    per_period = layout.packets_per_frame * burst if burst else None
     while (frames == 0 or number < frames) and not stop.is_set():
         count = batch if frames == 0 else min(batch, frames - number)
         numbers = range(number, number + count)
@@ -271,11 +276,11 @@ def run_sim_udp(
         packets = stream.packets
         if stall_seconds and not stalled and frames and number + count >= frames // 2:
             half = len(packets) // 2
-            sender.send_packets(packets[:half], per_period)
+            sender.send_packets(packets[:half], burst)
             time.sleep(stall_seconds)  # the injected stall itself
             packets = packets[half:]
             stalled = True
-        sender.send_packets(packets, per_period)
+        sender.send_packets(packets, burst)
         t = stream.truth
         truth["frames_lost"] += t.frames_lost
         truth["frames_incomplete"] += t.frames_incomplete

@@ -297,10 +297,12 @@ class UdpFrameSender:
         self._sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self.packets_sent = 0
 
-    def send_packets(self, packets: Sequence[bytes], packets_per_period: int | None = None) -> int:
-        """Send datagrams in order, pacing every ``packets_per_period`` of them at ``rate_hz``."""
-        period = None if self.rate_hz is None else 1.0 / self.rate_hz
-        per = packets_per_period or self.geometry.packets_per_frame
+    def send_packets(self, packets: Sequence[bytes], burst: int = 0) -> int:
+        """Send datagrams in order, one frame's worth of packets per ``1 / rate_hz``; with ``burst`` N,
+        N frames' worth at once every ``N / rate_hz`` (the same average rate, sent in bursts)."""
+        frames = max(1, burst)
+        period = None if self.rate_hz is None else frames / self.rate_hz
+        per = self.geometry.packets_per_frame * frames
         deadline = self._clock()
         for i, packet in enumerate(packets):
             if period is not None and i and i % per == 0:

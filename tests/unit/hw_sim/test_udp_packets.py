@@ -179,6 +179,26 @@ def test_sender_paces_frames_with_the_injected_clock() -> None:
     assert sleeps == pytest.approx([0.1, 0.1])
 
 
+def test_bursts_keep_the_average_rate() -> None:
+    """A technician's probe: over UDP ``--burst 10`` at 50 Hz sent 475 frames/s (each period sent ten
+    frames' worth). Bursts of N frames now come every N periods: the same average rate."""
+    now = [100.0]
+    sleeps: list[float] = []
+
+    def sleep(dt: float) -> None:
+        sleeps.append(dt)
+        now[0] += dt
+
+    packets = [p for n, f in FRAMES[:6] for p in packetize_frame(GEOM, n, f, n * 1_000_000)]
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as rx:
+        rx.bind(("127.0.0.1", 0))
+        with UdpFrameSender(
+            GEOM, rx.getsockname()[1], rate_hz=10.0, clock=lambda: now[0], sleep=sleep
+        ) as sender:
+            sender.send_packets(packets, burst=3)  # six frames: two bursts of three, 0.3 s apart
+    assert sleeps == pytest.approx([0.3])
+
+
 def test_sender_reaches_an_assembler_over_loopback() -> None:
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as rx:
         rx.bind(("127.0.0.1", 0))

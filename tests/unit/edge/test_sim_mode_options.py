@@ -1,0 +1,38 @@
+"""``edge sim`` hands the simulated frames' own options (spots' hit fraction, the tomography scan) to
+every transport: a technician's probe saw UDP ignore them (hit rate 0.32 for ``hit_fraction = 0.8``)."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+import pytest
+
+import hw_sim.cli
+from edge.cli import _run_sim
+from edge.config import load_settings
+
+
+@pytest.mark.parametrize(
+    ("transport", "mode", "setting", "expected"),
+    [
+        ("udp", "spots", "sim.hit_fraction=0.8", {"hit_fraction": 0.8}),
+        ("udp", "tomo", "sim.tomo_angles=90", {"n_angles": 90, "n_darks": 10, "n_flats": 10}),
+        ("ioc", "spots", "sim.hit_fraction=0.1", {"hit_fraction": 0.1}),
+    ],
+)
+def test_every_transport_gets_the_mode_s_options(
+    monkeypatch: pytest.MonkeyPatch, transport: str, mode: str, setting: str, expected: dict[str, Any]
+) -> None:
+    seen: dict[str, Any] = {}
+
+    def capture(**kwargs: Any) -> dict[str, Any]:
+        seen.update(kwargs)
+        return {}
+
+    monkeypatch.setattr(hw_sim.cli, "run_sim_udp", capture)
+    monkeypatch.setattr(hw_sim.cli, "run_sim_ioc", capture)
+    overrides = [f'sim.mode="{mode}"', setting] + ([] if transport == "ioc" else ['stream.transport="udp"'])
+    args = argparse.Namespace(ioc=transport == "ioc", json=True)
+    assert _run_sim(load_settings(None, overrides), args) == 0
+    assert seen["options"] == expected
