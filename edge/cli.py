@@ -10,6 +10,7 @@ import argparse
 import asyncio
 import errno
 import logging
+import math
 import os
 import signal
 import sys
@@ -125,12 +126,12 @@ def build_parser() -> argparse.ArgumentParser:
     pull.add_argument("--output", type=Path, help="where pulled files go")
     demo = sub.add_parser("demo", help="simulator, daemon, pull client and dashboard on 127.0.0.1")
     _common(demo)
-    demo.add_argument("--frames", type=int, default=0, help="frames to send (0 = until Ctrl-C)")
+    demo.add_argument("--frames", type=_count, default=0, help="frames to send (0 = until Ctrl-C)")
     demo.add_argument("--rate", type=float, help="frames per second")
     demo.add_argument("--workdir", type=Path, default=Path("demo-data"), help="where the demo keeps its data")
     demo.add_argument("--json", action="store_true", help="print one JSON summary at the end")
     _fault_flags(demo, demo=True)
-    demo.add_argument("--timeout", type=float, default=600.0, help="seconds to wait for delivery")
+    demo.add_argument("--timeout", type=_seconds, default=600.0, help="seconds to wait for delivery (> 0)")
     keys = sub.add_parser("keys", help="write a CurveZMQ key pair (NAME.key, NAME.key_secret) into DIR")
     keys.add_argument("directory", type=Path)
     keys.add_argument("name")
@@ -386,6 +387,46 @@ def _run_pull(settings: Settings) -> int:
     return 0
 
 
+def _count(text: str) -> int:
+    """An argparse type: a whole number >= 0 (else argparse's one-line error, exit 2)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{value} is negative (0 means until stopped)")
+    return value
+
+
+def _seconds(text: str) -> float:
+    """An argparse type: a finite number of seconds > 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"{text} must be a finite number of seconds above 0")
+    return value
+
+
+def sim_refusal(settings: Settings) -> str | None:
+    """Why the simulator cannot send what the settings ask for, or None: tomography frames carry their
+    image key and rotation angle only in the json stream's image header (docs/wire-formats.md); over UDP
+    or Stream V2 a tomo scan would arrive as projections without angles, and nothing reconstructs."""
+    if settings.sim.mode == "tomo" and (
+        settings.stream.transport == "udp" or settings.stream.format != "json"
+    ):
+        carrier = (
+            "UDP" if settings.stream.transport == "udp" else f"stream.format = {settings.stream.format!r}"
+        )
+        return (
+            f"sim.mode = 'tomo' needs stream.transport = 'zmq' and stream.format = 'json': over {carrier}"
+            " frames carry no image key or rotation angle (docs/wire-formats.md), so nothing would be"
+            " reconstructed"
+        )
+    return None
+
+
 def _sim_mode_options(settings: Settings) -> dict[str, Any]:
     """The simulated frames' own options for the chosen sim mode (hit fraction, tomography scan)."""
     sim = settings.sim
@@ -579,6 +620,10 @@ def main(argv: list[str] | None = None) -> int:
 
         import zmq
 
+        problem = sim_refusal(settings)
+        if problem:
+            print(f"edge sim: {problem}", file=sys.stderr)
+            return 2
         try:
             return _run_sim(settings, args)
         except (zmq.ZMQError, OSError) as error:  # a taken endpoint or port: one line, exit 2

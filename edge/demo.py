@@ -324,6 +324,12 @@ def _product_figures(url: str) -> dict[str, Any]:
 
 def run_demo(args: argparse.Namespace, settings: Settings, flags: list[str] | None = None) -> int:
     """Run the demo; ``flags`` are the settings its own flags set (transport, faults), for every child."""
+    from edge.cli import sim_refusal
+
+    problem = sim_refusal(settings)
+    if problem:  # before anything starts: it would run to the end and reconstruct nothing
+        print(f"edge demo: {problem}", file=sys.stderr)
+        return 2
     workdir: Path = args.workdir.resolve()
     logs = workdir / "logs"
     logs.mkdir(parents=True, exist_ok=True)
@@ -342,6 +348,18 @@ def run_demo(args: argparse.Namespace, settings: Settings, flags: list[str] | No
         f'store.path="{workdir / "store"}"',
         f'pull.output="{workdir / "upstream"}"',
     ]
+    stall = settings.sim.stall_seconds
+    if udp and stall >= settings.udp.idle_seconds:
+        # UDP carries no series: a silence longer than udp.idle_seconds ends the run, and the frames
+        # after it open a second one, the first's untaken frames recorded lost. The demo's own stall
+        # is an injected pause, not the end of a run: the daemon waits it out
+        idle = stall + 2.0
+        base.append(f"udp.idle_seconds={idle}")
+        print(
+            f"edge demo: udp.idle_seconds = {idle:g} for this demo (the injected --stall of {stall:g} s"
+            f" would otherwise end the run: UDP carries no series)",
+            file=sys.stderr,
+        )
     token = settings.api.token or secrets.token_urlsafe(18)  # the demo's writes (mode switch, acks) work
     base.append(f'api.token="{token}"')
     common: list[str] = []

@@ -94,7 +94,9 @@ def test_udp_loss_and_reorder_are_accounted_frame_by_frame(tmp_path: Path) -> No
 @pytest.mark.parametrize(
     ("transport", "mode", "faults"),
     [
-        ("udp", "spots", ["--loss", "0.01", "--reorder", "0.05", "--duplicate", "0.01"]),
+        # a stall longer than udp.idle_seconds (1 s): the demo's daemon waits it out, one run (it opened
+        # a second, the first's untaken frames "lost" though all were stored)
+        ("udp", "spots", ["--loss", "0.01", "--reorder", "0.05", "--duplicate", "0.01", "--stall", "1.5"]),
         (
             "zmq",
             "tomo",
