@@ -22,6 +22,7 @@ from pydantic import (
     ValidationError,
     ValidationInfo,
     field_validator,
+    model_validator,
 )
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
@@ -83,12 +84,26 @@ class _Section(BaseModel):
         return value
 
 
+#: the most pixels one frame may have (64 Mi: an EIGER2 X 16M has 18 M, a JUNGFRAU 10M 10 M); beyond it a
+#: frame is a typo, refused at the start, not a simulator or daemon drawing or allocating for minutes
+MAX_FRAME_PIXELS = 1 << 26
+
+
 class DetectorSettings(_Section):
     """What the detector sends: frame shape and pixel type."""
 
-    height: int = Field(1024, ge=1, le=16384)
+    height: int = Field(1024, ge=1, le=16384, description="height x width at most 67,108,864 pixels")
     width: int = Field(1024, ge=1, le=16384)
     dtype: Literal["uint16", "uint32"] = "uint16"
+
+    @model_validator(mode="after")
+    def _frame_not_absurd(self) -> DetectorSettings:
+        if self.height * self.width > MAX_FRAME_PIXELS:
+            raise ValueError(
+                f"a frame of {self.height} x {self.width} is {self.height * self.width:,} pixels, more than"
+                f" {MAX_FRAME_PIXELS:,} (the largest detector this appliance takes)"
+            )
+        return self
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -240,7 +255,9 @@ class UdpSettings(_Section):
     grid_rows: int = Field(1, ge=1, le=32)
     grid_cols: int = Field(2, ge=1, le=32)
     gap_pixels: int = Field(2, ge=0, le=64)
-    payload_bytes: int = Field(8192, ge=64, le=65000)
+    payload_bytes: int = Field(
+        8192, ge=64, le=65000, description="a multiple of 2 (whole 16-bit pixels per packet)"
+    )
     frames_per_run: int = Field(0, ge=0, description="frames the detector was armed for; 0 = unknown")
     idle_seconds: float = Field(1.0, gt=0, le=86_400.0, description="silence that ends a run")
     frame_timeout_frames: int = Field(
@@ -260,6 +277,25 @@ class UdpSettings(_Section):
         " turned into a gap. A real gap this large is a million frame periods without a packet, which"
         " at any rate below 1 MHz is longer than idle_seconds and has already ended the run",
     )
+
+    @field_validator("payload_bytes")
+    @classmethod
+    def _whole_pixels(cls, value: int) -> int:
+        if value % 2:
+            raise ValueError(f"{value} is not a multiple of 2: a packet carries whole 16-bit pixels")
+        return value
+
+    @model_validator(mode="after")
+    def _frame_not_absurd(self) -> UdpSettings:
+        modules = self.grid_rows * self.grid_cols
+        pixels = modules * self.module_rows * self.module_cols
+        if pixels > MAX_FRAME_PIXELS:
+            raise ValueError(
+                f"a frame of {self.grid_rows} x {self.grid_cols} modules of {self.module_rows} x"
+                f" {self.module_cols} pixels is {pixels:,} pixels, more than {MAX_FRAME_PIXELS:,}"
+                " (the largest detector this appliance takes)"
+            )
+        return self
 
 
 class RingSettings(_Section):

@@ -155,3 +155,31 @@ def test_a_zmq_endpoint_is_checked_when_the_settings_are_read(key: str, value: s
 def test_zmq_endpoints_the_sockets_take_are_accepted(key: str, value: str) -> None:
     section, name = key.split(".")
     assert getattr(getattr(load_settings(overrides=[f'{key}="{value}"']), section), name) == value
+
+
+@pytest.mark.parametrize(
+    ("overrides", "says"),
+    [
+        (["udp.payload_bytes=65"], "udp.payload_bytes = 65: Value error, 65 is not a multiple of 2"),
+        (["detector.height=16384", "detector.width=16384"], "268,435,456 pixels, more than 67,108,864"),
+        (
+            ["udp.module_rows=4096", "udp.module_cols=4096", "udp.grid_rows=8", "udp.grid_cols=4"],
+            "536,870,912 pixels, more than 67,108,864",
+        ),
+    ],
+)
+def test_a_frame_the_appliance_cannot_take_is_a_config_error_not_a_traceback_or_an_oom(
+    overrides: list[str], says: str
+) -> None:
+    """A technician's probe: an odd payload size raised a traceback in the simulator and the daemon; a
+    half-gigapixel UDP frame, inside every per-key range, ran the simulator out of memory (killed, no
+    message)."""
+    with pytest.raises(ConfigError, match=says.replace("(", r"\(")):
+        load_settings(overrides=overrides)
+
+
+def test_the_largest_detectors_still_fit() -> None:
+    assert load_settings(overrides=["detector.height=4362", "detector.width=4148"]).detector.shape == (
+        4362,
+        4148,
+    )
