@@ -407,7 +407,37 @@ def run_demo(args: argparse.Namespace, settings: Settings, flags: list[str] | No
         frames_sent = int(sent["frames_sent"])
 
         if udp:  # UDP carries no run uid: the daemon names the run it opened
-            runs = watch(lambda: get_json(url + "/api/runs"), 60, "the UDP run to open", "draining", 2)
+            # a run opens with its first packet: none came if every one was lost (--loss 1, a firewall)
+            wait = min(args.timeout, settings.udp.idle_seconds + 30.0)
+            try:
+                runs = watch(lambda: get_json(url + "/api/runs"), wait, "the UDP run to open", "draining", 2)
+            except TimeoutError:
+                runs = []
+                received = int(
+                    (get_json(url + "/api/status").get("receiver") or {}).get("packets_received", 0)
+                )
+                line.end()
+                print(
+                    f"edge demo: no run opened in {wait:.0f} s: the appliance received {received} packets"
+                    f" of the {frames_sent} frames sent; every frame is lost (no run records them)",
+                    file=sys.stderr,
+                )
+                if args.json:
+                    summary = {
+                        "frames_sent": frames_sent,
+                        "frames_received": 0,
+                        "frames_stored": 0,
+                        "frames_delivered": 0,
+                        "frames_lost": frames_sent,
+                        "frames_vetoed": 0,
+                        "run_uid": None,
+                        "lost_because": "no packet reached the appliance, so no run opened",
+                        "transport": "udp",
+                        "packets_received": received,
+                        "sim": sent,
+                    }
+                    print(json.dumps(summary), flush=True)
+                return 1
             if runs is None:
                 return 130
             run_uid = runs[-1]["run_uid"]

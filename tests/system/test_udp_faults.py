@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import sys
 from pathlib import Path
 
 import h5py
@@ -119,3 +120,17 @@ def test_demo_with_faults_accounts_for_every_frame(
     assert summary["frames_lost"] == len(truth["frames_lost"])
     if transport == "udp":
         assert summary["frames_incomplete"] == len(truth["frames_incomplete"]) > 0
+
+
+def test_a_demo_whose_every_packet_is_lost_still_ends_with_its_account(tmp_path: Path) -> None:
+    """A technician's probe: ``edge demo --transport udp --loss 1`` waited a fixed 60 s for a run that
+    never opens (no packet arrived), then ended with no JSON account at all."""
+    argv = [sys.executable, "-m", "edge", "demo", "--transport", "udp", "--loss", "1", "--frames", "10"]
+    argv += ["--json", "--timeout", "3", "--workdir", str(tmp_path)]
+    for item in [*loopback_overrides(), "detector.height=64", "detector.width=64"]:
+        argv += ["--set", item]
+    result = subprocess.run(argv, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1, result.stderr[-2000:]
+    summary = json.loads(result.stdout.strip().splitlines()[-1])
+    assert summary["frames_sent"] == summary["frames_lost"] == 10 and summary["run_uid"] is None
+    assert "no run opened" in result.stderr
