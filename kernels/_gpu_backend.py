@@ -197,6 +197,20 @@ def _zero_spare_pair(acc, turn):  # pragma: no cover - device
         acc[spare + 1, b] = 0.0
 
 
+@cuda.jit(device=True)
+def _flush_touched(local, local_var, acc, row, with_variance):  # pragma: no cover - device
+    """One global atomic per bin this block touched (a block covers a band of rows, not every bin):
+    the block's shared sums (float64, or 64-bit integers) added to rows ``row`` and ``row + 1``."""
+    for b in range(cuda.threadIdx.x, acc.shape[1], cuda.blockDim.x):
+        s = local[b]
+        if s:
+            cuda.atomic.add(acc, (row, b), np.float64(s))
+        if with_variance:
+            s = local_var[b]
+            if s:
+                cuda.atomic.add(acc, (row + 1, b), np.float64(s))
+
+
 @cuda.jit
 def _bin_sums_shared(values, bins, with_variance, acc, turn):  # pragma: no cover - compiled for the device
     local = cuda.shared.array(SHARED_BINS, np.float64)
@@ -210,16 +224,7 @@ def _bin_sums_shared(values, bins, with_variance, acc, turn):  # pragma: no cove
     cuda.syncthreads()
     _add_runs(values, bins, nbins, with_variance, local, local_var)
     cuda.syncthreads()
-    # one global atomic per bin this block touched (a block covers a band of rows, not every bin)
-    row = 2 * turn
-    for b in range(tid, nbins, cuda.blockDim.x):
-        s = local[b]
-        if s != 0.0:
-            cuda.atomic.add(acc, (row, b), s)
-        if with_variance:
-            s = local_var[b]
-            if s != 0.0:
-                cuda.atomic.add(acc, (row + 1, b), s)
+    _flush_touched(local, local_var, acc, 2 * turn, with_variance)
 
 
 @cuda.jit(device=True)
@@ -274,17 +279,8 @@ def _bin_sums_packed(values4, bins4, with_variance, acc, turn):  # pragma: no co
     cuda.syncthreads()
     _add_packed(values4, bins4, nbins, with_variance, local, local_var)
     cuda.syncthreads()
-    # one global atomic per bin this block touched; a block's integer sums (at most 65535 x its
-    # pixels, < 2**53) convert to float64 exactly
-    row = 2 * turn
-    for b in range(tid, nbins, cuda.blockDim.x):
-        s = local[b]
-        if s != ZERO64:
-            cuda.atomic.add(acc, (row, b), np.float64(s))
-        if with_variance:
-            s = local_var[b]
-            if s != ZERO64:
-                cuda.atomic.add(acc, (row + 1, b), np.float64(s))
+    # (a block's integer sums, at most 65535 x its pixels, < 2**53, convert to float64 exactly)
+    _flush_touched(local, local_var, acc, 2 * turn, with_variance)
 
 
 @cuda.jit

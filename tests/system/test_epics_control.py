@@ -425,6 +425,17 @@ def test_every_pv_in_docs_answers_caget(stack: Stack) -> None:
     assert not missing, f"no answer from {missing}"
 
 
+def _camera_started_directly(stack: Stack, frames: int, what: str) -> str:
+    """Start the camera at its own prefix (a driver on the camera's PVs), ``frames`` at 100 Hz; returns
+    the run the appliance opened for its series."""
+    epics, cam = _epics(), stack.cam_prefix
+    assert epics.caput(cam + "NumImages", frames, wait=True, timeout=10) == 1
+    assert epics.caput(cam + "AcquirePeriod", 0.01, wait=True, timeout=10) == 1
+    assert epics.caput(cam + "Acquire", 1, wait=False) == 1
+    wait_until(lambda: stack.status()["appliance"]["run_uid"] is not None, 20, what)
+    return str(stack.status()["appliance"]["run_uid"])
+
+
 def test_a_camera_that_goes_straight_to_idle_when_stopped_ends_the_run_abort(
     tmp_path: Path, ca_port: int, edge_ca_port: int
 ) -> None:
@@ -439,11 +450,7 @@ def test_a_camera_that_goes_straight_to_idle_when_stopped_ends_the_run_abort(
         stack.start_daemon()
         epics = _epics()
         cam = stack.cam_prefix
-        assert epics.caput(cam + "NumImages", 600, wait=True, timeout=10) == 1
-        assert epics.caput(cam + "AcquirePeriod", 0.01, wait=True, timeout=10) == 1
-        assert epics.caput(cam + "Acquire", 1, wait=False) == 1  # the camera driven directly
-        wait_until(lambda: stack.status()["appliance"]["run_uid"] is not None, 20, "the camera's run")
-        run_uid = stack.status()["appliance"]["run_uid"]
+        run_uid = _camera_started_directly(stack, 600, "the camera's run")
         wait_until(lambda: (epics.caget(cam + "NumImagesCounter_RBV") or 0) >= 20, 20, "frames taken")
         assert epics.caput(cam + "Acquire", 0, wait=True, timeout=30) == 1  # stopped at the camera
         assert epics.caget(cam + "DetectorState_RBV", as_string=True, use_monitor=False) == "Idle"
@@ -470,11 +477,7 @@ def test_a_series_stopped_at_the_camera_ends_abort_and_one_the_appliance_did_not
     assert epics.caput(p + "HDF1:FileName", "camabort", wait=True, timeout=10) == 1
     assert epics.caput(p + "HDF1:NumCapture", 0, wait=True, timeout=10) == 1  # 0: until Capture 0
     assert epics.caput(p + "HDF1:Capture", 1, wait=True, timeout=10) == 1
-    assert epics.caput(cam + "NumImages", 600, wait=True, timeout=10) == 1
-    assert epics.caput(cam + "AcquirePeriod", 0.01, wait=True, timeout=10) == 1
-    assert epics.caput(cam + "Acquire", 1, wait=False) == 1  # the camera driven directly
-    wait_until(lambda: stack.status()["appliance"]["run_uid"] is not None, 20, "the capture's run open")
-    run_uid = stack.status()["appliance"]["run_uid"]
+    run_uid = _camera_started_directly(stack, 600, "the capture's run open")
     wait_until(lambda: (epics.caget(p + "HDF1:NumCaptured_RBV") or 0) >= 20, 20, "frames captured")
     assert epics.caput(cam + "Acquire", 0, wait=True, timeout=30) == 1  # stopped at the camera
     wait_until(lambda: epics.caget(p + "HDF1:Capture_RBV", use_monitor=False) == 0, 30, "the capture ended")
