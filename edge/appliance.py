@@ -492,6 +492,7 @@ class Appliance:
             settings.ledger.resume_free_bytes,
         )
         self.ledger = Ledger(settings.ledger_path, settings.upstream.required_consumers)
+        self.ledger.reconcile_verified()  # the daemon's own list decides what is verified (purgeable)
         self.recorder = RunRecorder(
             self.ledger, store.path, store.chunk_bytes, settings.upstream.forward, disk=self.disk
         )

@@ -223,10 +223,11 @@ class Ledger:
             if fresh:
                 for statement in _statements(FILL_TOTALS):
                     db.execute(statement)
-        self.reconciled = self._reconcile_verified()
 
-    def _reconcile_verified(self) -> dict[str, int]:
-        """Make every file's ``verified`` state follow the required consumers of *this* start: a file is
+    def reconcile_verified(self) -> dict[str, int]:
+        """Make every file's ``verified`` state follow the required consumers of *this* start (the
+        daemon's, called once it holds the ledger; never a reader such as ``edge where``, whose settings
+        may name other consumers): a file is
         verified (purgeable) only when each of them has confirmed it. A consumer added to
         ``upstream.required_consumers`` makes the files it has not confirmed wait for it again (they go
         back to ``forwarded``, and it is sent them); one taken off makes the files every remaining one has

@@ -295,7 +295,7 @@ def test_a_required_consumer_added_later_holds_back_what_it_never_confirmed(tmp_
     ledger.close()
 
     ledger = Ledger(path, required_consumers=("hpc", "tape"))  # tape required from now on
-    assert ledger.reconciled == {"reopened": 1, "verified": 0}
+    assert ledger.reconcile_verified() == {"reopened": 1, "verified": 0}
     assert ledger.purgeable_files(limit=10) == []  # tape has not confirmed it: never purged
     assert [r["file_id"] for r in ledger.pending_chunks("tape", [], 8)] == [hpc_only]  # tape is sent it
     assert ledger.pending_chunks("hpc", [], 8) == []  # hpc is not sent it again
@@ -308,11 +308,14 @@ def test_a_required_consumer_added_later_holds_back_what_it_never_confirmed(tmp_
     assert from_totals(ledger) == scanned(path)
     ledger.close()
 
+    reader = Ledger(path, required_consumers=("hpc",))  # `edge where` with other settings: reads only
+    assert sorted(f["state"] for f in reader.files()) == ["forwarded", "forwarded"]
+    reader.close()
     ledger = Ledger(path, required_consumers=("hpc",))  # tape no longer required
-    assert ledger.reconciled == {"reopened": 0, "verified": 2}
+    assert ledger.reconcile_verified() == {"reopened": 0, "verified": 2}
     assert sorted(f["id"] for f in ledger.purgeable_files(limit=10)) == [hpc_only, both]
     assert from_totals(ledger) == scanned(path)
     ledger.close()
     again = Ledger(path, required_consumers=("hpc",))
-    assert again.reconciled == {"reopened": 0, "verified": 0}  # nothing to change on a plain restart
+    assert again.reconcile_verified() == {"reopened": 0, "verified": 0}  # nothing to change on a restart
     again.close()
