@@ -83,6 +83,10 @@ class Retention:
     def usage(self) -> dict[str, int]:
         return self.ledger.store_usage()
 
+    def _disk_free(self) -> int:
+        """Bytes free on the store's file system (for an unprivileged writer)."""
+        return int(psutil.disk_usage(str(self.root)).free)
+
     def filled(self, used: dict[str, int]) -> int:
         """How full the store is for the policy: its files' bytes (the ledger's); or, once the disk
         holding it has less than ``disk_low_bytes`` free, at least the capacity less that free space.
@@ -90,7 +94,7 @@ class Retention:
         reserve, quarantined files and whatever else shares the file system. Without this, a disk
         filled by those could stay full for good: below the high water mark by the ledger's count,
         nothing verified was purged, and writing never resumed."""
-        free = int(psutil.disk_usage(str(self.root)).free)
+        free = self._disk_free()
         if free >= self.disk_low_bytes:
             return int(used["total"])
         return max(int(used["total"]), self.capacity() - free)
@@ -117,7 +121,7 @@ class Retention:
             )
         if used["verified"] == 0 and self.filled(used) >= limit:
             # the disk itself is full (of what the ledger does not count) and nothing can be purged
-            free = psutil.disk_usage(str(self.root)).free
+            free = self._disk_free()
             return (
                 f"the disk holding the local store is full ({_size(free)} free, headroom"
                 f" {_size(self.settings.headroom_bytes)}; the store's files are {_size(used['total'])}, the"
@@ -172,7 +176,7 @@ class Retention:
         high = limit * self.settings.high_water
         low = limit * self.settings.low_water
         target = used["total"] - low if used["total"] > high else 0
-        free = int(psutil.disk_usage(str(self.root)).free)
+        free = self._disk_free()
         if free < self.disk_low_bytes:  # the disk itself is full (see `filled`): make twice that room
             target = max(target, 2 * self.disk_low_bytes - free)
         purged = 0
@@ -288,7 +292,7 @@ class Retention:
             return None
         used = self.usage()
         free = min(
-            psutil.disk_usage(str(self.root)).free + used["verified"],
+            self._disk_free() + used["verified"],
             max(0, self._limit() - used["unverified"]),
         )
         return free / rate
