@@ -537,6 +537,11 @@ class Ledger:
                 )
         return True
 
+    def verified_path(self, file_id: int) -> str | None:
+        """The file's path if every required consumer has confirmed it (state ``verified``), else None."""
+        rows = self._rows("SELECT path FROM files WHERE id=? AND state='verified'", (file_id,))
+        return str(rows[0]["path"]) if rows else None
+
     def file_acks(self, run_uid: str) -> dict[tuple[int, str], float]:
         """``(file id, consumer) -> verified_at`` for the run's files."""
         rows = self._rows(

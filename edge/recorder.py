@@ -23,7 +23,7 @@ from edge.diskguard import DiskGuard, is_no_space
 from edge.documents import run_documents, write_documents
 from edge.ledger import NOT_ACQUIRED_REASONS, PARTIAL_LOSS_REASONS, Ledger
 from edge.logs import lost
-from edge.store import ClosedFile, file_checksums
+from edge.store import ClosedFile, drop_cached, file_checksums
 
 #: the run uids taken as they come: one file-name component (they name the run's files and directories,
 #: here and upstream), 1 to 128 of ``A-Z a-z 0-9 . _ -``, not starting with a dot; any other is replaced
@@ -314,6 +314,8 @@ class RunRecorder:
         self._ledger_write(
             self.ledger.file_stored, run_uid, path.name, path, size, digest, frames, chunks, kind, local
         )
+        if local:  # never forwarded: nothing reads it again soon
+            drop_cached(path)
 
     def earlier_parts(
         self, run_uid: str, mode: str | None = None, limit: int = 64

@@ -26,7 +26,7 @@ import xxhash
 import zmq
 
 from edge.errors import RemoteProtocolError
-from edge.store import CHECKSUM, checksum_bytes, fsync_dir
+from edge.store import CHECKSUM, checksum_bytes, drop_cached, file_checksums, fsync_dir
 from edge.upstream import protocol as p
 from edge.upstream.curve import connect_securely
 
@@ -316,7 +316,7 @@ class PullClient:
         came = None  # the checksum of the bytes as they came, when they came in order
         if state is not None and path == part and state.in_order and state.next_offset == message.size:
             came = state.hasher.hexdigest()
-        size, digest = _whole_checksum(path)  # what this side holds is what is confirmed (never ``came``)
+        size, digest, _ = file_checksums(path)  # what this side holds is confirmed (never ``came``)
         self.stats["checksums_reread"] += 1
         matches = size == message.size and digest == message.checksum
         if not matches and came == message.checksum:  # every byte came right: the file changed here since
@@ -332,6 +332,7 @@ class PullClient:
             if path == part:
                 os.replace(part, final)
                 fsync_dir(final.parent)
+            drop_cached(final)  # durable and confirmed: not read here again (a no-op on tmpfs)
             self.stats["files_verified"] += 1
             log.info("verified %s (%d bytes)", final, size)
         else:
@@ -376,16 +377,6 @@ class _PartFile:
             return
         self.hasher.update(payload)
         self.next_offset += len(payload)
-
-
-def _whole_checksum(path: Path) -> tuple[int, str]:
-    digest = xxhash.xxh3_128()
-    size = 0
-    with open(path, "rb") as handle:
-        while block := handle.read(8 << 20):
-            digest.update(block)
-            size += len(block)
-    return size, digest.hexdigest()
 
 
 def main_loop(client: PullClient) -> None:

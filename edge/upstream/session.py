@@ -25,7 +25,7 @@ from typing import Any, Protocol
 
 from edge.diskguard import is_no_space
 from edge.errors import NotFound, RemoteProtocolError
-from edge.store import CHECKSUM, checksum_bytes
+from edge.store import CHECKSUM, checksum_bytes, drop_cached
 from edge.upstream import protocol as p
 
 log = logging.getLogger(__name__)
@@ -53,7 +53,9 @@ class ChunkLedger(Protocol):
 
     def file_verified(
         self, consumer: str, file_id: int, size: int, checksum: str, stored_path: str = ""
-    ) -> bool: ...
+    ) -> bool | None: ...
+
+    def verified_path(self, file_id: int) -> str | None: ...
 
 
 def read_range(path: str, offset: int, length: int) -> bytes | memoryview:
@@ -130,6 +132,7 @@ class ForwarderSession:
         seed: int = 0,
         read_chunk: Callable[[str, int, int], bytes | memoryview] = read_range,
         poll_seconds: float = LEDGER_POLL_SECONDS,
+        settled: Callable[[str], object] = drop_cached,
     ) -> None:
         if resend_seconds <= 0 or heartbeat_seconds <= 0:
             raise ValueError("resend_seconds and heartbeat_seconds must be > 0")
@@ -140,6 +143,7 @@ class ForwarderSession:
         self.corrupt = corrupt
         self._rng = random.Random(seed)
         self._read_chunk = read_chunk
+        self._settled = settled  # given each file's path once every required consumer confirmed it
         self.poll_seconds = poll_seconds
         self._changed = True  # something happened since the ledger was last asked for work
         self._asked_at: float | None = None
@@ -219,6 +223,9 @@ class ForwarderSession:
                 return []
             if matches:
                 self.stats["files_verified"] += 1
+                path = self.ledger.verified_path(message.file_id)
+                if path is not None:  # the forwarder is done reading it: its pages go back to the kernel
+                    self._settled(path)
             elif matches is None:  # it confirmed this file before: that stands, nothing is resent
                 self.stats["confirmations_contradicted"] += 1
                 log.warning(

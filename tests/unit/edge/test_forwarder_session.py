@@ -310,3 +310,24 @@ def test_a_second_connection_with_a_live_consumers_name_is_reported_to_the_first
     # a reconnect after the old connection went quiet is an ordinary reconnect, told to nobody
     out = session.receive(b"third", frames(p.Hello("hpc", 1)), 100.0)
     assert [(o.identity, type(o.message)) for o in out] == [(b"third", p.Welcome)]
+
+
+def test_a_file_every_required_consumer_confirmed_is_settled_once(tmp_path: Path) -> None:
+    """The session hands a file's path to ``settled`` (which drops its pages from the page cache) when
+    the last required consumer confirms it, not before: the others still read it."""
+    ledger = Ledger(tmp_path / "ledger.sqlite", required_consumers=("hpc", "tape"))
+    ledger.run_started("run", 1, 3, "{}")
+    path = tmp_path / "run_00000.h5"
+    path.write_bytes(bytes(range(256)) * 4)
+    size, digest, cut = file_checksums(path, 1024)
+    file_id = ledger.file_stored("run", path.name, path, size, digest, (0, 0, 1), cut)
+    settled: list[str] = []
+    session = ForwarderSession(ledger, settled=settled.append)
+    for name, peer in (("hpc", b"peer-h"), ("tape", b"peer-t")):
+        session.receive(peer, frames(p.Hello(name, 4)), 0.0)
+    confirm = frames(p.FileVerified(file_id, size, digest))
+    session.receive(b"peer-h", confirm, 1.0)
+    assert settled == []  # tape has not confirmed it: it may still read the file
+    session.receive(b"peer-t", confirm, 2.0)
+    assert settled == [str(path)]
+    ledger.close()

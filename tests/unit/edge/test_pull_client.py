@@ -9,7 +9,7 @@ import errno
 import os
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -52,7 +52,9 @@ def _deliver(client: PullClient, chunks: list[p.Chunk]) -> list[p.Message]:
     return replies
 
 
-def test_in_order_chunks_are_written_and_the_file_read_back_before_it_is_confirmed(tmp_path: Path) -> None:
+def test_in_order_chunks_are_written_and_the_file_read_back_before_it_is_confirmed(
+    tmp_path: Path, resident_bytes: Callable[[Path], int]
+) -> None:
     client = PullClient("tcp://127.0.0.1:1", "hpc", tmp_path, 4, zmq.Context.instance())
     replies = _deliver(client, _chunks())
     assert [type(r) for r in replies] == [p.Ack] * 3
@@ -61,7 +63,9 @@ def test_in_order_chunks_are_written_and_the_file_read_back_before_it_is_confirm
     (verified,) = client._handle(p.encode(p.FileComplete(7, "run-1", "run-1_00000.h5", len(DATA), whole)))
     assert isinstance(verified, p.FileVerified) and verified.checksum == whole and verified.size == len(DATA)
     assert client.stats["checksums_reread"] == 1
-    assert (tmp_path / "run-1" / "run-1_00000.h5").read_bytes() == DATA
+    final = tmp_path / "run-1" / "run-1_00000.h5"
+    assert resident_bytes(final) == 0  # confirmed and durable: its pages went back to the kernel
+    assert final.read_bytes() == DATA
 
 
 def test_out_of_order_chunks_are_read_back(tmp_path: Path) -> None:

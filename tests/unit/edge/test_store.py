@@ -4,7 +4,9 @@ file that cannot be finished becomes one loss record per frame, never a silent g
 from __future__ import annotations
 
 import json
+import os
 import threading
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -14,8 +16,10 @@ import numpy as np
 import pytest
 
 from edge.config import ReductionSettings
+from edge.ledger import Ledger
 from edge.modes import ModeStage, RunContext
-from edge.store import ClosedFile, RunStore
+from edge.recorder import RunRecorder
+from edge.store import ClosedFile, RunStore, drop_cached
 from kernels import Geometry, compress_chunk, decompress_chunk, get_backend
 
 SHAPE = (16, 24)
@@ -116,3 +120,43 @@ def test_a_config_too_large_for_the_run_record_keeps_digests_of_its_largest_head
     assert replaced == ["stream2.user_data", "x_vendor"]  # as far as header fields go
     small = {"shape": [4, 4], "x": 1}
     assert bounded_config(small) == (small, [])
+
+
+def test_a_settled_file_hands_its_pages_back_to_the_kernel(
+    tmp_path: Path, resident_bytes: Callable[[Path], int]
+) -> None:
+    """``drop_cached`` empties a written, fsynced file's page cache (its bytes stay on disk); a file
+    gone meanwhile is answered False, never an error."""
+    path = tmp_path / "settled.h5"
+    data = np.random.default_rng(1).integers(0, 255, 4 << 20, dtype=np.uint8).tobytes()
+    with open(path, "wb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
+    assert resident_bytes(path) > len(data) // 2  # just written: in the page cache
+    assert drop_cached(path)
+    assert resident_bytes(path) < len(data) // 8
+    assert path.read_bytes() == data
+    assert not drop_cached(tmp_path / "purged.h5")
+
+
+def test_a_file_kept_only_here_hands_its_pages_back_once_recorded(
+    tmp_path: Path, resident_bytes: Callable[[Path], int]
+) -> None:
+    """Under ``upstream.forward = reduced`` raw frames never go upstream: once checksummed and recorded,
+    their file's pages are handed back; a reduced file, which the forwarder reads next, keeps them."""
+    ledger = Ledger(tmp_path / "ledger.sqlite")
+    recorder = RunRecorder(ledger, tmp_path / "store", chunk_bytes=1 << 20, forward="reduced")
+    uid = recorder.open_run("run-1", series=1, frames_expected=2, config={"shape": [4, 4]})
+    written = {}
+    for kind in ("data", "reduced"):
+        path = tmp_path / f"{kind}.h5"
+        with open(path, "wb") as handle:
+            handle.write(os.urandom(1 << 20))
+            handle.flush()
+            os.fsync(handle.fileno())
+        recorder.register_file(uid, path, (0, 0, 1), kind)
+        written[kind] = resident_bytes(path)
+    assert written == {"data": 0, "reduced": 1 << 20}
+    assert [f["state"] for f in ledger.files(uid)] == ["local", "stored"]
+    ledger.close()
