@@ -140,6 +140,7 @@ class ZmqStreamSource:
         self._heard_at: float | None = None  # monotonic time of the last message
         # (series, when) the connection last dropped while a series was open
         self._dropped_in_series: tuple[int, float] | None = None
+        self._drop_counted = True  # connections_dropped_in_series counts each such drop once
         self._dropped_at: float | None = None  # a drop no event followed yet (see _connection_events)
 
     @property
@@ -182,11 +183,20 @@ class ZmqStreamSource:
             "silent_alarm_seconds": self.silent_alarm_seconds,
         }
 
-    def _series_dropped(self, series: int | None) -> int | None:
+    def _count_drop_in_series(self, now: float) -> None:
+        """Count a drop during the open series once that series has outlived it by DROP_REPORT_SECONDS
+        (when it is reported): frames were in flight. A detector that ends its series and goes away at
+        once drops the connection with the end still queued here: no drop during a series."""
+        if not self._drop_counted and self._series_dropped(self._series, now) is not None:
+            self.stats["connections_dropped_in_series"] += 1
+            self._drop_counted = True
+
+    def _series_dropped(self, series: int | None, now: float | None = None) -> int | None:
         dropped = self._dropped_in_series
         if dropped is None or series is None or dropped[0] != series:
             return None
-        return series if time.monotonic() - dropped[1] >= DROP_REPORT_SECONDS else None
+        elapsed = (time.monotonic() if now is None else now) - dropped[1]
+        return series if elapsed >= DROP_REPORT_SECONDS else None
 
     # -- the loop ---------------------------------------------------------------------------------------
     def _run(self, checkpoint: Checkpoint) -> None:
@@ -251,9 +261,9 @@ class ZmqStreamSource:
             self.stats["connections_dropped"] += 1
             if self._series is None:  # a series start may have been what was in flight
                 self._start_rejected = "the stream connection dropped before the series' first image"
-            if self._series is not None:  # frames in flight were lost: the operator sees why (an alarm)
-                self.stats["connections_dropped_in_series"] += 1
-                self._dropped_in_series = (self._series, now)
+            if self._series is not None:  # frames in flight may be lost: counted, and the operator told
+                self._dropped_in_series = (self._series, now)  # why, once the series outlives the drop
+                self._drop_counted = False
             dropped = self.stats["connections_dropped"]
             if dropped > 1 and dropped % 100:  # a peer that drops every connection: not a line each time
                 continue
@@ -265,6 +275,7 @@ class ZmqStreamSource:
                 dropped,
                 f", or sent a message part over stream.max_message_bytes ({limit} bytes)" if limit else "",
             )
+        self._count_drop_in_series(now)
         if self._dropped_at is not None and now - self._dropped_at >= MONITOR_SECONDS / 2:
             self._dropped_at = None
             with contextlib.suppress(zmq.ZMQError):  # (the endpoint may be gone with the connection)
@@ -645,6 +656,7 @@ class ZmqStreamSource:
             log.warning("a series end with no series open: ignored (nothing to end, nothing recorded)")
             return
         self._release_gaps(time.monotonic(), everything=True)
+        self._count_drop_in_series(time.monotonic())  # (it may end between two looks at the connection)
         expected = self._frames_expected
         if expected is not None and self._next_frame < expected:
             self.stats["frames_gap"] += expected - self._next_frame

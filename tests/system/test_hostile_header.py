@@ -237,6 +237,7 @@ def test_a_message_part_over_the_limit_drops_the_connection_counted_and_becomes_
     assert run["totals"]["frames_stored"] == 3
     assert _losses(run) == [(1, 1, "frame_number_gap")]
     assert receiver["connections_dropped"] == 1 and receiver["reconnects"] == 1
+    assert receiver["connections_dropped_in_series"] == 1  # frames were in flight: the alarm's drop
     assert receiver["dropped_in_series"] is None  # its series ended: the run's own record says the rest
     assert not receiver.get("reader_crashes")
 
@@ -433,3 +434,24 @@ def test_a_detector_that_ends_its_series_goes_away_and_comes_back_raises_no_drop
             again.close(0)
             context.term()
     assert run["totals"]["frames_stored"] == 3 and run["totals"]["frames_lost"] == 0
+
+
+def test_a_detector_that_ends_its_series_and_goes_away_at_once_counts_no_drop_in_series(
+    tmp_path: Path,
+) -> None:
+    """The simulator sends its series' end and exits: the connection drops while the reader still has
+    images and the end queued. That is no drop during a series (nothing was in flight):
+    ``connections_dropped`` counts it, ``connections_dropped_in_series`` (the alarm's drops) does not."""
+    import time
+
+    with in_process_appliance(tmp_path, SHAPE) as (appliance, push, _settings):
+        push.send_multipart(encode_series_start(1, SHAPE, "uint16", run_uid="gone", frames_expected=400))
+        _send_frames(push, 1, range(400))
+        push.send_multipart(encode_series_end(1))
+        push.close(linger=5000)  # everything is delivered, then the detector goes away
+        run, _ = _ended(appliance, "gone")
+        wait_for(lambda: appliance.view.status()["receiver"].get("connections_dropped"), 10, "the drop")
+        time.sleep(2.5)  # longer than a real drop takes to be counted (DROP_REPORT_SECONDS, 2 s)
+        receiver = appliance.view.status()["receiver"]
+    assert run["totals"]["frames_stored"] == 400 and run["totals"]["frames_lost"] == 0
+    assert receiver["connections_dropped"] >= 1 and not receiver.get("connections_dropped_in_series")
