@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from edge.allocator import tune_malloc
-from edge.config import Settings, load_settings
+from edge.config import Settings, SimSettings, load_settings
 from edge.errors import ConfigError
 from edge.logs import LogSetup
 from edge.logs import configure as configure_logging
@@ -409,22 +409,56 @@ def _seconds(text: str) -> float:
     return value
 
 
-def sim_refusal(settings: Settings) -> str | None:
-    """Why the simulator cannot send what the settings ask for, or None: tomography frames carry their
-    image key and rotation angle only in the json stream's image header (docs/wire-formats.md); over UDP
-    or Stream V2 a tomo scan would arrive as projections without angles, and nothing reconstructs."""
+#: the faults each carrier of simulated frames injects (``sim.*``; README.md, ``edge sim``); any other set
+#: to a non-default value is refused rather than silently left out
+SIM_FAULTS = {
+    "udp": ("loss", "reorder", "duplicate", "corrupt", "stall_seconds", "burst"),
+    "json": ("loss", "duplicate", "corrupt", "stall_seconds", "burst"),
+    "stream2": ("loss", "duplicate", "corrupt", "truncate", "wrong_tag", "missing_end", "stall_seconds"),
+    "ioc": (),  # the camera IOC starts each series when Acquire is put, fault-free
+}
+
+
+def _carrier(settings: Settings, ioc: bool) -> tuple[str, str]:
+    """(the key of ``SIM_FAULTS``, its name in a message) for what carries the simulated frames."""
+    if ioc:
+        return "ioc", "edge sim --ioc"
+    if settings.stream.transport == "udp":
+        return "udp", "UDP"
+    return settings.stream.format, f"stream.format = {settings.stream.format!r}"
+
+
+def sim_refusal(settings: Settings, ioc: bool = False) -> str | None:
+    """Why the simulator cannot send what the settings ask for, or None.
+
+    Tomography frames carry their image key and rotation angle only in the json stream's image header
+    (docs/wire-formats.md); over UDP or Stream V2 a tomo scan would arrive as projections without angles,
+    and nothing reconstructs. A fault the carrier does not inject (``sim.reorder`` on a ZeroMQ stream,
+    ``sim.burst`` on Stream V2, any fault with ``--ioc``) would be left out without a word: the run would
+    test nothing the technician asked for."""
     if settings.sim.mode == "tomo" and (
         settings.stream.transport == "udp" or settings.stream.format != "json"
     ):
-        carrier = (
-            "UDP" if settings.stream.transport == "udp" else f"stream.format = {settings.stream.format!r}"
-        )
         return (
-            f"sim.mode = 'tomo' needs stream.transport = 'zmq' and stream.format = 'json': over {carrier}"
+            "sim.mode = 'tomo' needs stream.transport = 'zmq' and stream.format = 'json': over"
+            f" {_carrier(settings, False)[1]}"
             " frames carry no image key or rotation angle (docs/wire-formats.md), so nothing would be"
             " reconstructed"
         )
+    sim = settings.sim
+    carrier, name = _carrier(settings, ioc)
+    foreign = [
+        key for key in _ALL_FAULTS if getattr(sim, key) != _NO_FAULT[key] and key not in SIM_FAULTS[carrier]
+    ]
+    if foreign:
+        offered = ", ".join(f"sim.{key}" for key in SIM_FAULTS[carrier]) or "none"
+        asked = ", ".join(f"sim.{key}" for key in foreign)
+        return f"{asked}: not a fault {name} can inject (it injects: {offered}; README.md, edge sim)"
     return None
+
+
+_ALL_FAULTS = sorted({key for keys in SIM_FAULTS.values() for key in keys})
+_NO_FAULT = {key: SimSettings.model_fields[key].default for key in _ALL_FAULTS}
 
 
 def _sim_mode_options(settings: Settings) -> dict[str, Any]:
@@ -620,7 +654,7 @@ def main(argv: list[str] | None = None) -> int:
 
         import zmq
 
-        problem = sim_refusal(settings)
+        problem = sim_refusal(settings, ioc=args.ioc)
         if problem:
             print(f"edge sim: {problem}", file=sys.stderr)
             return 2

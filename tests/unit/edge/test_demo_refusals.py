@@ -1,6 +1,6 @@
 """``edge demo`` and ``edge sim`` refuse what they cannot do before starting anything: a tomography
-scan over a transport that carries no image key or angle, a negative frame count, a timeout of 0
-(a technician's probe saw each start every process first, or be accepted)."""
+scan over a transport that carries no image key or angle, a fault the carrier does not inject, a negative
+frame count, a timeout of 0 (a technician's probe saw each start every process first, or be accepted)."""
 
 from __future__ import annotations
 
@@ -26,6 +26,15 @@ ROOT = Path(__file__).parents[3]
             "nothing would be reconstructed",
         ),
         (["demo", "--frames", "-1"], "-1 is negative"),
+        # a fault the carrier cannot inject is refused, never left out without a word
+        (["demo", "--reorder", "0.1"], "sim.reorder: not a fault stream.format = 'json' can inject"),
+        (
+            ["sim", "--set", 'stream.format="stream2"', "--burst", "4"],
+            "sim.burst: not a fault stream.format = 'stream2' can inject",
+        ),
+        (["sim", "--set", "sim.truncate=0.1"], "it injects: sim.loss, sim.duplicate"),
+        (["sim", "--ioc", "--loss", "0.1"], "not a fault edge sim --ioc can inject (it injects: none"),
+        (["demo", "--transport", "udp", "--set", "sim.missing_end=true"], "sim.missing_end: not a fault UDP"),
         (["demo", "--timeout", "0"], "must be a finite number of seconds above 0"),
         (["demo", "--timeout", "nan"], "must be a finite number of seconds above 0"),
     ],
