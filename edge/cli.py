@@ -369,7 +369,9 @@ def _run_pull(settings: Settings) -> int:
     except OSError as error:
         print(f"edge pull: cannot use pull.output = {str(pull.output)!r}: {error}", file=sys.stderr)
         return 2
-    client = PullClient(pull.endpoint, pull.consumer, pull.output, pull.credit, context, curve)
+    client = PullClient(
+        pull.endpoint, pull.consumer, pull.output, pull.credit, context, curve, pull.part_expiry_seconds
+    )
 
     def _stop(signum: int, frame: object) -> None:
         client.stop_event.set()

@@ -533,6 +533,13 @@ class PullSettings(_Section):
     consumer: str = Field("hpc", pattern=f"^{CONSUMER_NAME.pattern}$")  # the appliance's rule, once
     output: Path = Path("edge-data/upstream")
     credit: int = Field(8, ge=1, le=1024)
+    part_expiry_seconds: float = Field(
+        86_400.0,
+        ge=0,
+        le=365 * 86_400.0,
+        description="a partial file (NAME.part) no chunk reached for this long is removed: the appliance no"
+        " longer offers it (an optional consumer that fell behind); 0 = never",
+    )
     curve_secret_file: Path | None = Field(None, description="this consumer's CurveZMQ key pair")
     curve_server_file: Path | None = Field(None, description="the appliance's public key")
 

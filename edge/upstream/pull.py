@@ -37,6 +37,7 @@ MAX_BATCH = 64  # messages taken at once before their chunks are fsynced and ack
 MAX_OPEN_PARTS = 16
 SILENCE_SECONDS = 6.0  # reconnect when the appliance has said nothing (not even a heartbeat) this long
 HEARTBEAT_SECONDS = 2.0  # said to the appliance at least this often, so an idle client reads "connected"
+PART_SWEEP_SECONDS = 600.0  # how often partial files are looked over for ones the appliance stopped sending
 
 
 def _safe_part(name: str) -> str:
@@ -58,8 +59,10 @@ class PullClient:
         credit: int,
         context: zmq.Context,
         curve: tuple[Path, Path] | None = None,
+        part_expiry_seconds: float = 86_400.0,
     ) -> None:
         self.curve = curve  # (this consumer's key pair file, the appliance's public key file)
+        self.part_expiry_seconds = part_expiry_seconds  # 0: partial files are never removed here
         self.endpoint = endpoint
         self.consumer = consumer
         self.output = output
@@ -80,6 +83,37 @@ class PullClient:
         while not self.stop_event.is_set():
             self._session(progress)
 
+    def expire_parts(self, now: float | None = None) -> int:
+        """Remove partial files (``RUN/NAME.part``) no chunk has reached for ``part_expiry_seconds``:
+        files the appliance no longer offers this consumer (an optional one that fell behind while the
+        required consumers confirmed them, or a file purged since). Counted (``parts_expired``) and
+        logged. A file still offered is not lost by it: its ``file_complete`` finds no file here and the
+        appliance sends it again whole. Returns how many were removed."""
+        if self.part_expiry_seconds <= 0:
+            return 0
+        now = time.time() if now is None else now
+        removed = 0
+        for part in self.output.glob("*/*.part"):
+            if part in self._parts:  # open: chunks are coming
+                continue
+            try:
+                idle = now - part.stat().st_mtime
+                if idle < self.part_expiry_seconds:
+                    continue
+                part.unlink()
+            except OSError:  # gone meanwhile, or not ours to remove: looked at again next time
+                continue
+            removed += 1
+            self.stats["parts_expired"] += 1
+            log.warning(
+                "removed %s: no chunk of it came for %.0f h (pull.part_expiry_seconds); the appliance no"
+                " longer offers it to consumer %s (confirmed by the required consumers first, or purged)",
+                part,
+                idle / 3600,
+                self.consumer,
+            )
+        return removed
+
     def _session(self, progress: TextIO | None) -> None:
         sock = self.context.socket(zmq.DEALER)
         sock.linger = 0
@@ -94,8 +128,12 @@ class PullClient:
         self._send(sock, p.Hello(self.consumer, self.credit))
         last_heard = last_said = time.monotonic()
         last_progress = 0.0
+        swept = -PART_SWEEP_SECONDS
         try:
             while not self.stop_event.is_set():
+                if time.monotonic() - swept >= PART_SWEEP_SECONDS:
+                    swept = time.monotonic()
+                    self.expire_parts()
                 if sock.poll(200):
                     replies: list[p.Message] = []
                     for _ in range(MAX_BATCH):  # everything already here, then one fsync per file

@@ -265,3 +265,26 @@ def test_a_file_that_came_wrong_is_logged_on_this_side_too(
         (verified,) = client._handle(p.encode(p.FileComplete(7, "run-1", "run-1_00000.h5", len(DATA), whole)))
     assert verified.checksum != whole and client.stats["files_mismatched"] == 1
     assert any("not confirmed, fetching it again" in r.getMessage() for r in caplog.records), caplog.text
+
+
+def test_a_partial_file_no_chunk_reached_for_a_day_is_removed_and_counted(tmp_path: Path) -> None:
+    """An optional consumer's ``.part`` of a file the appliance stopped offering (the required consumers
+    confirmed it first) is removed after ``part_expiry_seconds`` without a chunk; a recent one and one
+    open for writing stay; with 0 none is ever removed."""
+    client = PullClient("tcp://127.0.0.1:1", "mirror", tmp_path, 4, zmq.Context.instance(), None, 3600)
+    run = tmp_path / "run-1"
+    run.mkdir()
+    stale, fresh, final = run / "a.h5.part", run / "b.h5.part", run / "c.h5"
+    for path in (stale, fresh, final):
+        path.write_bytes(b"x")
+    day_ago = time.time() - 86_400
+    os.utime(stale, (day_ago, day_ago))
+    os.utime(final, (day_ago, day_ago))
+    _deliver(client, _chunks()[:1])  # run-1_00000.h5.part, open: chunks are coming
+    open_part = run / "run-1_00000.h5.part"
+    os.utime(open_part, (day_ago, day_ago))
+    assert client.expire_parts() == 1
+    assert not stale.exists() and fresh.exists() and final.exists() and open_part.exists()
+    assert client.counters()["parts_expired"] == 1
+    client.part_expiry_seconds = 0
+    assert client.expire_parts(time.time() + 10 * 86_400) == 0 and fresh.exists()
