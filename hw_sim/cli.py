@@ -277,7 +277,7 @@ def run_sim_udp(
         if stall_seconds and not stalled and frames and number + count >= frames // 2:
             half = len(packets) // 2
             sender.send_packets(packets[:half], burst)
-            time.sleep(stall_seconds)  # the injected stall itself
+            sender.hold(stall_seconds)  # the injected stall itself
             packets = packets[half:]
             stalled = True
         sender.send_packets(packets, burst)

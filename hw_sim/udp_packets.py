@@ -62,6 +62,8 @@ CORRUPTIONS: tuple[str, ...] = (
 )
 
 _HEADER = struct.Struct(HEADER_FORMAT)
+_FRAME = struct.Struct("<Q")  # the header's frame_number, at byte 8 (docs/wire-formats.md)
+_FRAME_AT = 8
 _LOCALHOST = "127.0.0.1"
 
 
@@ -296,23 +298,35 @@ class UdpFrameSender:
         self._sleep = sleep
         self._sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self.packets_sent = 0
+        self._schedule: tuple[float, int] | None = None  # (when, frame number): what pacing counts from
 
     def send_packets(self, packets: Sequence[bytes], burst: int = 0) -> int:
-        """Send datagrams in order, one frame's worth of packets per ``1 / rate_hz``; with ``burst`` N,
-        N frames' worth at once every ``N / rate_hz`` (the same average rate, sent in bursts)."""
-        frames = max(1, burst)
-        period = None if self.rate_hz is None else frames / self.rate_hz
-        per = self.geometry.packets_per_frame * frames
-        deadline = self._clock()
-        for i, packet in enumerate(packets):
-            if period is not None and i and i % per == 0:
-                deadline += period
-                delay = deadline - self._clock()
+        """Send datagrams in order, paced by the frame number each carries, as a detector sends frames:
+        frame ``f`` goes out ``(f - first) / rate_hz`` after the first frame sent; with ``burst`` N, N
+        frames at once every ``N / rate_hz`` (the same average rate, in bursts). Lost, duplicated or
+        reordered packets change no frame's time, and a run sent in several calls keeps one schedule."""
+        every = max(1, burst)
+        for packet in packets:
+            if self.rate_hz is not None and len(packet) >= _FRAME_AT + _FRAME.size:
+                frame = _FRAME.unpack_from(packet, _FRAME_AT)[0]
+                if self._schedule is None:
+                    self._schedule = (self._clock(), frame)
+                start, first = self._schedule
+                due = start + max(0, frame - first) // every * every / self.rate_hz
+                delay = due - self._clock()
                 if delay > 0:
                     self._sleep(delay)
             self._sock.sendto(packet, self.address)
             self.packets_sent += 1
         return len(packets)
+
+    def hold(self, seconds: float) -> None:
+        """Send nothing for ``seconds`` (an injected stall); the frames after it keep the rate, they do
+        not catch up."""
+        self._sleep(seconds)
+        if self._schedule is not None:
+            start, first = self._schedule
+            self._schedule = (start + seconds, first)
 
     def send_frames(
         self, frames: Iterable[tuple[int, npt.NDArray[Any]]], plan: FaultPlan | None = None

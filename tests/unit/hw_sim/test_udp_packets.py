@@ -215,3 +215,29 @@ def test_sender_reaches_an_assembler_over_loopback() -> None:
     assert {e.frame_number for e in events if isinstance(e, FrameAssembled)} == set(
         truth.frames_complete + truth.frames_incomplete
     )
+
+
+@pytest.mark.parametrize("plan", [FaultPlan(), FaultPlan(loss=0.3, duplicate=0.3, reorder=0.3, seed=4)])
+def test_pacing_follows_frame_numbers_whatever_the_faults(plan: FaultPlan) -> None:
+    """A technician's probe: pacing counted packets, so lost packets sped the frames up and duplicates
+    slowed them down. Frames now go out by their number: 6 frames at 10 Hz take 0.5 s with or without
+    faults, also when sent in two calls, and a stall between the calls is not caught up afterwards."""
+    now = [100.0]
+    sent_at: list[float] = []
+
+    def sleep(dt: float) -> None:
+        now[0] += dt
+
+    stream = apply_faults(GEOM, FRAMES[:6], plan)
+    half = len(stream.packets) // 2
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as rx:
+        rx.bind(("127.0.0.1", 0))
+        with UdpFrameSender(
+            GEOM, rx.getsockname()[1], rate_hz=10.0, clock=lambda: now[0], sleep=sleep
+        ) as sender:
+            sender.send_packets(stream.packets[:half])
+            sent_at.append(now[0])
+            sender.hold(2.0)  # a stall: 2 s with nothing sent
+            sender.send_packets(stream.packets[half:])
+    assert now[0] == pytest.approx(100.0 + 0.5 + 2.0)
+    assert sent_at[0] < 100.0 + 0.5
