@@ -335,14 +335,18 @@ class StreamCodec:
         message = _json(part)
         htype = message.get("htype")
         self._kind = _KINDS.get(htype) if isinstance(htype, str) else None
+        if htype == "dimage-1.0":
+            # the frame first, so that an image whose series is out of range still names the frame it
+            # loses (`_reject` records it: a lost frame, never only a counter)
+            self._image = {"frame": _int(message, "frame")}
+            self._state = _IMAGE_D  # (so that a bad series, key or angle below names the frame, as lost)
         series = _int(message, "series")
         if series > MAX_COUNT:
             raise _Reject("bad_field", f"series={series} is beyond {MAX_COUNT}")
         if htype == "dimage-1.0":
+            self._image["series"] = series
             if self.series is not None and series != self.series:
                 raise _Reject("wrong_series", f"image of series {series} during series {self.series}")
-            self._image = {"series": series, "frame": _int(message, "frame")}
-            self._state = _IMAGE_D  # (so that a bad key or angle below names the frame, as lost)
             self._image.update(image_key=_image_key(message), rotation_angle=_angle(message))
             self._image["hash"] = self._hash(message.get("hash"))
             if not more:
