@@ -409,6 +409,11 @@ class RingSink:
         config["reduction_mask"] = record
         return mask if pixel_mask is not None else None
 
+    def series_length(self, series: int, frames_expected: int) -> None:
+        run_uid = self.run_uid
+        if run_uid is not None and not self.refused:
+            self.recorder.run_length(run_uid, frames_expected)
+
     def series_end(self, series: int, exit_status: str = "success") -> None:
         if self._abort_requested and exit_status == "success":
             exit_status = "abort"

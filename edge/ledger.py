@@ -352,6 +352,14 @@ class Ledger:
             (run_uid, series, time.time(), frames_expected, config, mode),
         )
 
+    def run_length(self, run_uid: str, frames_expected: int) -> None:
+        """The run's announced length, learnt after it opened (a series start that came after its first
+        images); a length already recorded stays."""
+        self._write(
+            "UPDATE runs SET frames_expected=? WHERE run_uid=? AND frames_expected IS NULL",
+            (frames_expected, run_uid),
+        )
+
     def run_ended(self, run_uid: str, exit_status: str, frames_stored: int, frames_vetoed: int = 0) -> None:
         self._write(
             "UPDATE runs SET ended_at=?, exit_status=?, frames_stored=?, frames_vetoed=? WHERE run_uid=?",

@@ -59,6 +59,10 @@ class RunRecorder:
         self.counts: Counter[str] = Counter()  # files_closed, runs_opened, runs_closed, losses by reason
 
     # -- runs ------------------------------------------------------------------------------------------
+    def run_length(self, run_uid: str, frames_expected: int) -> None:
+        """The run's length, announced by a series start that came after its first images."""
+        self._ledger_write(self.ledger.run_length, run_uid, frames_expected)
+
     def open_run(
         self,
         run_uid: str | None,

@@ -100,6 +100,10 @@ class FrameSink(Protocol):
         ``pixel_mask``, the detector's mask of the stored channel (nonzero = bad; Stream V2).
         """
 
+    def series_length(self, series: int, frames_expected: int) -> None:
+        """The open series' length, learnt after it began: its start came after its first images (the
+        run goes on; the source accounts its frames against ``frames_expected`` from now on)."""
+
     def series_end(self, series: int, exit_status: str = "success") -> None:
         """The series ended: ``success``, or ``fail`` when the detector vanished mid-series."""
 

@@ -127,6 +127,7 @@ class ZmqStreamSource:
         self._end_request: str | None = None
         self._refused: str | None = None
         self._ended_series: int | None = None  # the last series that ended here (its stragglers are lost)
+        self._ended_accounted = 0  # the frames below this number of that series are in its run's account
         self._adopted: int | None = None  # the open series, when it was opened from its images (`_adopt`)
         # why the last series start was rejected (or may have been lost), until a start is accepted: the
         # images that follow it are a run of their own, never taken for a series cut by a daemon restart
@@ -514,8 +515,9 @@ class ZmqStreamSource:
             " start's metadata is not applied)",
             series,
         )
-        if self._frames_expected is None:
+        if self._frames_expected is None and frames_expected is not None:
             self._frames_expected = frames_expected
+            self.sink.series_length(series, frames_expected)  # recorded with the run
         return True
 
     def _open_without_start(
@@ -531,6 +533,7 @@ class ZmqStreamSource:
             rejected,
         )
         self._open_headless(series, 0, None, shape, dtype, {"start_rejected": rejected})
+        self._adopted = series  # its start, if it comes now, is a late one: this run goes on
         held, self._errors_before_run = self._errors_before_run, {}
         for held_frame, (reason, detail) in sorted(held.items()):  # in this run, with their own reasons
             if self._note_frame(held_frame):
@@ -560,8 +563,20 @@ class ZmqStreamSource:
 
     def _note_frame(self, frame: int) -> bool:
         """Account for gaps before ``frame``; False for a stale, duplicate or out-of-range frame number."""
-        if self._series is None:  # a straggler after its series ended: never only a counter
-            self.stats["frames_outside_series"] += 1
+        if self._series is None:  # a straggler after its series ended
+            if frame < self._ended_accounted:
+                # stored, or recorded lost (a gap, missing at the end), in its run: one disposition each,
+                # so a late copy is counted and logged, never also a loss
+                self.stats["frames_after_series_end"] += 1
+                if self.stats["frames_after_series_end"] % 100 == 1:
+                    log.warning(
+                        "frame %d of series %s came after the series ended; its run accounted for it"
+                        " already (stored, or recorded lost): counted in frames_after_series_end",
+                        frame,
+                        self._ended_series,
+                    )
+                return False
+            self.stats["frames_outside_series"] += 1  # a frame its run never accounted for: a loss
             self.sink.lost(
                 frame, frame, "frame_outside_series", f"arrived after series {self._ended_series} ended"
             )
@@ -665,6 +680,8 @@ class ZmqStreamSource:
         self._series = None
         self._adopted = None
         self._ended_series = series
+        # frames below this number were stored or recorded lost in the run: a later copy is not a loss
+        self._ended_accounted = max(self._next_frame, expected or 0)
         self._refused = None
         self.stats["series_ended"] += 1
         self.sink.series_end(series, exit_status)

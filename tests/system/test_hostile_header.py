@@ -369,24 +369,31 @@ def test_frames_of_every_pixel_type_are_stored_without_a_saturation_value(tmp_pa
 
 
 def test_a_frame_after_its_series_ended_is_a_loss_record_naming_the_run(tmp_path: Path) -> None:
-    """A straggler after the series' end: a loss record outside the run (its account is closed: RunStop
-    written) whose detail names the run, so that it can be found from the run's uid."""
+    """A straggler after the series' end that its run never accounted for: a loss record outside the
+    run (its account is closed: RunStop written) whose detail names the run, so that it can be found
+    from the run's uid. A late copy of a frame the run stored (or recorded lost) is counted
+    (``frames_after_series_end``), never also a loss: every frame keeps one disposition (a clean-room
+    sender's probe saw frames missing at the end counted lost twice when they came after it)."""
     with in_process_appliance(tmp_path, SHAPE) as (appliance, push, _settings):
-        push.send_multipart(encode_series_start(1, SHAPE, "uint16", run_uid="ended", frames_expected=2))
+        push.send_multipart(encode_series_start(1, SHAPE, "uint16", run_uid="ended", frames_expected=3))
         _send_frames(push, 1, (0, 1))
         push.send_multipart(encode_series_end(1))
         run, _receiver = _ended(appliance, "ended")
-        _send_frames(push, 1, (1,))
+        _send_frames(push, 1, (1, 2, 3))  # a copy of a stored frame, one recorded missing, a new one
 
         def stragglers() -> list[dict[str, Any]]:
             return [r for r in appliance.ledger.losses() if r["reason"] == "frame_outside_series"]
 
         wait_for(stragglers, 30, "the straggler's loss record")
+        wait_for(lambda: appliance.view.status()["receiver"].get("frames_after_series_end") == 2, 10, "2")
         records = stragglers()
-    assert run["losses"] == [] and run["totals"]["frames_stored"] == 2
+        lost = appliance.view.status()["frames"]["lost"]
+    assert run["totals"]["frames_stored"] == 2
+    assert _losses(run) == [(2, 2, "missing_at_series_end")]
     (record,) = records
-    assert record["run_uid"] is None and (record["first_frame"], record["last_frame"]) == (1, 1)
+    assert record["run_uid"] is None and (record["first_frame"], record["last_frame"]) == (3, 3)
     assert record["detail"] == "arrived after series 1 ended (run ended)"
+    assert lost == 2  # frame 2 once (in its run), frame 3 once (outside it)
 
 
 def test_a_detector_that_ends_its_series_goes_away_and_comes_back_raises_no_drop_alarm(
@@ -455,3 +462,25 @@ def test_a_detector_that_ends_its_series_and_goes_away_at_once_counts_no_drop_in
         receiver = appliance.view.status()["receiver"]
     assert run["totals"]["frames_stored"] == 400 and run["totals"]["frames_lost"] == 0
     assert receiver["connections_dropped"] >= 1 and not receiver.get("connections_dropped_in_series")
+
+
+def test_a_start_after_its_first_images_gives_the_run_its_length(tmp_path: Path) -> None:
+    """A sender that sends a series' first images before its start: the run opened from the images goes
+    on, and the start's ``frames_expected`` is the run's length in the ledger and REST (a clean-room
+    sender's probe saw it applied to the accounting but the run's record stay null)."""
+    with in_process_appliance(tmp_path, SHAPE) as (appliance, push, _settings):
+        push.send_multipart(encode_series_start(1, SHAPE, "uint16", run_uid="first", frames_expected=1))
+        _send_frames(push, 1, (0,))
+        push.send_multipart(encode_series_end(1))
+        _ended(appliance, "first")
+        _send_frames(push, 2, (0, 1))  # series 2's images before its start
+        wait_for(lambda: appliance.view.status()["receiver"].get("series_adopted"), 30, "the adopted run")
+        push.send_multipart(encode_series_start(2, SHAPE, "uint16", run_uid="late", frames_expected=4))
+        _send_frames(push, 2, (2,))
+        push.send_multipart(encode_series_end(2))
+        wait_for(lambda: appliance.view.status()["receiver"].get("series_ended") == 2, 30, "the second end")
+        runs = [r for r in appliance.view.runs() if r["run_uid"] != "first"]
+        (run,) = runs
+        run = appliance.view.run(run["run_uid"])
+    assert run["frames_expected"] == 4
+    assert run["totals"]["frames_stored"] == 3 and _losses(run) == [(3, 3, "missing_at_series_end")]

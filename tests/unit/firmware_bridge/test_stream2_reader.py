@@ -69,6 +69,9 @@ class Sink:
         self.pixel_masks.append(pixel_mask)
         return self.refuse
 
+    def series_length(self, series: int, frames_expected: int) -> None:
+        pass
+
     def series_end(self, series: int, exit_status: str = "success") -> None:
         self.ends.append((series, exit_status))
         self.ended.set()
@@ -78,9 +81,10 @@ class Sink:
 
 
 def replay(
-    messages: list[bytes], sink: Sink, ends: int = 1, until: Any = None, **options: Any
+    messages: list[bytes], sink: Sink, ends: int = 1, until: Any = None, counted: str = "", **options: Any
 ) -> Stream2Source:
-    """Send ``messages`` to a reader; stop it once ``ends`` series ended (and ``until(sink)`` holds)."""
+    """Send ``messages`` to a reader; stop it once ``ends`` series ended (and ``until(sink)`` holds, and
+    the reader's counter ``counted`` is above 0)."""
     context = zmq.Context()
     push = context.socket(zmq.PUSH)
     port = push.bind_to_random_port("tcp://127.0.0.1")
@@ -91,7 +95,11 @@ def replay(
             push.send(message)
         deadline = threading.Event()
         for _ in range(100):
-            if len(sink.ends) >= ends and (until is None or until(sink)):
+            if (
+                len(sink.ends) >= ends
+                and (until is None or until(sink))
+                and (not counted or reader.counters().get(counted, 0) > 0)
+            ):
                 break
             deadline.wait(0.1)
         assert len(sink.ends) >= ends, sink.ends
@@ -317,7 +325,7 @@ def test_images_without_their_start_are_adopted_and_stragglers_lost() -> None:
     *_, image2, image3, end = _messages("stream2_bslz4_u16_2ch.bin")
     sink = Sink()
     reader = replay(
-        [image2, image3, end, image3], sink, until=lambda s: bool(s.losses), channel="threshold_2"
+        [image2, image3, end, image3], sink, counted="frames_after_series_end", channel="threshold_2"
     )
     reader_counters = reader.counters()
     (config,) = sink.configs
@@ -326,8 +334,9 @@ def test_images_without_their_start_are_adopted_and_stragglers_lost() -> None:
     assert sink.published == [2, 3]
     np.testing.assert_array_equal(sink.frames[(1, 3)], capture.frame(7, 1, 3, (23, 41), "uint16"))
     assert reader_counters["series_adopted"] == 1
-    # the copy of image 3 after the end is a straggler: lost, never only a counter
-    assert sink.losses == [(3, 3, "frame_outside_series")]
+    # the copy of image 3 after the end: stored already, so counted, never also a loss
+    assert sink.losses == []
+    assert reader.counters()["frames_after_series_end"] == 1
 
 
 def test_pass_through_publishes_each_checked_chunk_exactly_as_received() -> None:
@@ -496,3 +505,15 @@ def test_a_start_after_its_own_first_image_continues_the_run_that_image_opened()
     assert len(sink.configs) == 1 and sink.published == [0, 1, 2, 3]
     assert sink.losses == [] and sink.ends == [(sink.ends[0][0], "success")]
     assert reader.counters()["starts_after_images"] == 1
+
+
+@pytest.mark.parametrize("series_id", [-1, 2**63])
+def test_an_image_whose_series_is_out_of_range_is_a_loss_of_the_open_series(series_id: int) -> None:
+    """A clean-room sender's probe: an image with a readable ``image_id`` but ``series_id`` -1 or 2**63
+    became a plain ``frame_number_gap``; docs/wire-formats.md makes it a ``stream2_bad_field`` loss."""
+    start, image0, image1, *rest = _messages("stream2_bslz4_u16_2ch.bin")
+    fields = dict(cbor2.loads(image1))
+    fields["series_id"] = series_id
+    sink = Sink()
+    replay([start, image0, cbor2.dumps(fields), *rest], sink, channel="threshold_2")
+    assert [loss for loss in sink.losses if loss[0] == 1] == [(1, 1, "stream2_bad_field")]

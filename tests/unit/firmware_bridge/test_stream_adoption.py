@@ -62,3 +62,45 @@ def test_a_straggler_after_its_series_ended_is_a_loss_record() -> None:
     assert sink.losses == [(2, 2, "frame_outside_series")]
     assert len(sink.configs) == 1  # no new run for a straggler
     assert reader.counters()["frames_outside_series"] == 1
+
+
+def test_images_of_a_series_out_of_range_are_lost_outside_any_run() -> None:
+    """A clean-room sender's probe: after a start whose ``series`` is out of range (-3, 2**63), its three
+    images were only counted (``bad_field``), never recorded: the codec rejected the series before it read
+    the frame. Each is now recorded lost (``stream_bad_field``) outside any run when the next start comes,
+    as docs/wire-formats.md says."""
+    sink = Sink()
+    bad = [
+        [part({"htype": "dheader-1.0", "series": -3, "header_detail": "basic"}), header(-3, 3)[1]],
+        *(image(-3, n) for n in range(3)),
+        [part({"htype": "dseries_end-1.0", "series": -3})],
+    ]
+    good = [header(4, 1), image(4, 0), [part({"htype": "dseries_end-1.0", "series": 4})]]
+    reader = _run([*bad, *good], sink, sink.ended)
+    assert sorted(sink.losses) == [(n, n, "stream_bad_field") for n in range(3)]
+    assert sink.frames == [0] and len(sink.configs) == 1  # series 4's frame 0, in its own run
+    assert reader.counters()["frames_outside_series"] == 3
+
+
+def test_a_start_after_the_images_of_a_run_opened_without_one_continues_that_run() -> None:
+    """A clean-room sender's probe: after a dropped connection, images 0 and 1 of a series opened a run
+    of their own (no start seen); its start, coming next, opened a second run in which frames 0 and 1
+    were gaps: stored in one run, lost in another. It is now a late start: the run goes on."""
+
+    class _Gone(Sink):
+        def __init__(self) -> None:
+            super().__init__()
+            self.ends = 0
+
+        def series_end(self, series: int, exit_status: str = "success") -> None:
+            self.ends += 1
+            super().series_end(series, exit_status)
+
+    sink = _Gone()
+    end = [part({"htype": "dseries_end-1.0", "series": 8})]
+    bad_start = [part({"htype": "dheader-1.0", "series": -1, "header_detail": "basic"}), header(-1, 3)[1]]
+    reader = _run([bad_start, image(8, 0), image(8, 1), header(8, 3), image(8, 2), end], sink, sink.ended)
+    assert len(sink.configs) == 1 and sink.configs[0]["start_rejected"]
+    assert sink.frames == [0, 1, 2] and sink.losses == [] and sink.ends == 1
+    assert sink.lengths == [3]  # the start's frames_expected, recorded with the run
+    assert reader.counters()["starts_after_images"] == 1

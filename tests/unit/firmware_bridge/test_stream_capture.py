@@ -66,6 +66,9 @@ class Sink:
     def series_start(self, series: int, config: dict[str, Any]) -> None:
         pass
 
+    def series_length(self, series: int, frames_expected: int) -> None:
+        pass
+
     def series_end(self, series: int, exit_status: str = "success") -> None:
         self.ended.set()
 

@@ -33,6 +33,9 @@ class Sink:
         pass
     def series_start(self, series, config):
         return None
+    def series_length(self, series, frames_expected):
+        pass
+
     def series_end(self, series, exit_status="success"):
         self.ended.set()
     def lost(self, first, last, reason, detail=""):

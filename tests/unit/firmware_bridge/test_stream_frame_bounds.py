@@ -54,6 +54,7 @@ class Sink:
         self.frames: list[int] = []
         self.losses: list[tuple[int, int, str]] = []
         self.configs: list[dict[str, Any]] = []
+        self.lengths: list[int] = []  # lengths learnt after a series began (a late start)
         self.ended = threading.Event()
 
     def claim(self, nbytes: int) -> Any:
@@ -70,6 +71,9 @@ class Sink:
 
     def series_start(self, series: int, config: dict[str, Any]) -> None:
         self.configs.append(config)
+
+    def series_length(self, series: int, frames_expected: int) -> None:
+        self.lengths.append(frames_expected)
 
     def series_end(self, series: int, exit_status: str = "success") -> None:
         self.ended.set()

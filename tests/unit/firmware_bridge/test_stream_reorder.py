@@ -95,6 +95,9 @@ class _EndsSink(Sink):
         super().publish(slot, header)
         self.run_frames.append((len(self.configs) - 1, header.frame))
 
+    def series_length(self, series: int, frames_expected: int) -> None:
+        pass
+
     def series_end(self, series: int, exit_status: str = "success") -> None:
         self.ends.append((series, exit_status))
         self.open = False
