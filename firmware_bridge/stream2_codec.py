@@ -403,7 +403,12 @@ class Stream2Codec:
                 if isinstance(raw_frame, int) and not isinstance(raw_frame, bool) and raw_frame >= 0:
                     frame = raw_frame
                 raw_series = decoded.get("series_id")
-                if isinstance(raw_series, int) and not isinstance(raw_series, bool):
+                # (one out of range names no series: the frame is then a loss of the open one)
+                if (
+                    isinstance(raw_series, int)
+                    and not isinstance(raw_series, bool)
+                    and 0 <= raw_series < 2**63
+                ):
                     series = raw_series
             return [self._message(decoded)]
         except Stream2ProtocolError as error:
@@ -418,6 +423,17 @@ class Stream2Codec:
 
     def _load(self, message: bytes | memoryview) -> Any:
         view = memoryview(message).cast("B")
+        value = self._decoded(view)
+        pairs = _top_map_pairs(view)
+        if pairs is not None and isinstance(value, Mapping) and len(value) != pairs:
+            # a key given twice (RFC 8949 5.6: not valid CBOR); cbor2 keeps the last, which could make an
+            # image another frame's or end a series: the message is not taken at all
+            raise Stream2ProtocolError(
+                "malformed_cbor", f"a key given twice: {pairs} pairs, {len(value)} keys"
+            )
+        return value
+
+    def _decoded(self, view: memoryview) -> Any:
         spans = _large_byte_strings(view) if len(view) >= 2 * LARGE_BYTES else None
         if spans:  # decoded without copying the images out: see _large_byte_strings
             value = _loads(b"".join(_with_tokens(view, spans, self._token)))
@@ -426,7 +442,7 @@ class Stream2Codec:
             if sorted(found) == list(range(len(spans))):
                 return _untag_self_described(value)
             self.counters["zero_copy_fallbacks"] += 1  # a token where no byte string was: decode as is
-        return _untag_self_described(_loads(message))
+        return _untag_self_described(_loads(view))
 
     def _message(self, message: Any) -> Stream2Event:
         if not isinstance(message, Mapping):
@@ -636,6 +652,25 @@ def _large_byte_strings(buf: memoryview) -> list[tuple[int, int, int]] | None:
         elif major == 6:
             pending += 1  # a tag: its one item follows
         # 0, 1: integers; 7: simple values and floats, whose bytes were the argument
+
+
+def _top_map_pairs(buf: memoryview) -> int | None:
+    """How many key/value pairs the message's top-level map declares (after any self-described CBOR tags),
+    or None when it is not a definite-length map."""
+    pos, size = 0, len(buf)
+    while pos + 3 <= size and buf[pos] == 0xD9 and buf[pos + 1] == 0xD9 and buf[pos + 2] == 0xF7:
+        pos += 3  # tag 55799
+    if pos >= size or buf[pos] >> 5 != 5:
+        return None
+    info = buf[pos] & 31
+    if info < 24:
+        return info
+    if info >= 28:  # indefinite length, or reserved
+        return None
+    width = 1 << (info - 24)
+    if pos + 1 + width > size:
+        return None
+    return int.from_bytes(buf[pos + 1 : pos + 1 + width], "big")
 
 
 def _with_tokens(

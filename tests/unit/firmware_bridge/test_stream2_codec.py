@@ -652,3 +652,16 @@ def test_a_numeric_series_unique_id_is_kept_as_its_text_as_the_v1_run_uid(
     else:
         assert isinstance(event, Stream2Start) and event.series_unique_id == expected
         assert event.number_of_images == 5
+
+
+@pytest.mark.parametrize("again", [("image_id", 3), ("type", "end"), ("data", {})])
+def test_a_map_with_a_key_given_twice_is_not_taken(again: tuple[str, object]) -> None:
+    """A clean-room sender's probe: an image map with ``image_id`` twice was stored as the last one's
+    frame with the first one's pixels (cbor2 keeps the last value). A key given twice is not valid CBOR
+    (RFC 8949 5.6): the message is refused as ``malformed_cbor``, so its frame becomes a gap. The map is
+    built pair by pair here: no encoder writes one."""
+    pairs = [*_image_fields().items(), again]
+    message = bytes([0xA0 + len(pairs)]) + b"".join(cbor2.dumps(k) + cbor2.dumps(v) for k, v in pairs)
+    assert len(pairs) < 24 and cbor2.loads(message)[again[0]] == again[1]  # the library takes it
+    event = _error(_started(), b"\xd9\xd9\xf7" + message)
+    assert event.reason == "malformed_cbor" and "a key given twice" in event.detail
