@@ -103,8 +103,7 @@ def test_an_incomplete_udp_frame_s_peaks_are_found_as_with_its_missing_pixels_ma
     weak spots on those rings were missed; the finder leaves them out, as masked pixels (the oracle:
     the kernel's finder masking them, on the stored frame)."""
     from edge.config import load_settings
-    from edge.modes import direct_beam
-    from kernels import Geometry, get_backend
+    from kernels import Geometry, direct_beam, get_backend
 
     rng = np.random.default_rng(7)
     counts = rng.poisson(100, LAYOUT.raw_shape).astype(np.uint16)

@@ -15,7 +15,8 @@ import pytest
 
 from edge.config import ReductionSettings
 from edge.ledger import Ledger
-from edge.modes import EarlierParts, RunContext, _EarlierScan, make_stage
+from edge.modes import EarlierParts, RunContext, make_stage
+from edge.modes._tomo import _EarlierScan
 from edge.recorder import RunRecorder
 from edge.store import RunFileWriter, RunMetadata
 from kernels import Geometry, compress_chunk, get_backend

@@ -1,0 +1,257 @@
+"""``powder``: 1D azimuthal integration with Poisson errors (NXazint1d names), optionally a 2D cake."""
+
+from __future__ import annotations
+
+import base64
+from typing import Any
+
+import h5py
+import numpy as np
+
+from edge.modes._stage import (
+    _HC_KEV_ANGSTROM,
+    FrameResult,
+    RunContext,
+    _CorrectedStage,
+    _described,
+    _radial_axis,
+)
+from kernels import (
+    make_gain,
+)
+
+
+class PowderStage(_CorrectedStage):
+    """Azimuthal integration (pyFAI's histogram engine, no pixel splitting), NXazint1d names."""
+
+    name = "powder"
+    excludes_dummies = True
+    reference = (
+        "azimuthal integration by histogram without pixel splitting, as pyFAI's integrate1d/integrate2d "
+        "method ('no', 'histogram', ...) (Ashiotis et al., J. Appl. Cryst. 48 (2015) 510); Poisson errors"
+    )
+
+    def __init__(self, ctx: RunContext) -> None:
+        super().__init__(ctx)
+        cal = ctx.corrections
+        cal.check(ctx.shape)
+        gain = make_gain(ctx.shape, cal.flat, cal.mask)  # 1/flat, 0 at masked and unusable pixels
+        excluded = gain == 0
+        common: dict[str, Any] = {
+            "unit": ctx.unit,
+            "mask": excluded if excluded.any() else None,
+            "dark": cal.dark,
+            "flat": cal.flat,
+            "correct_solid_angle": cal.solid_angle,
+            "polarization_factor": cal.polarization,
+        }
+        self.integrator = ctx.backend.integrator(
+            ctx.geometry, ctx.shape, ctx.bins, error_model="poisson", **common
+        )
+        self.cake = None
+        if ctx.params.cake_bins:
+            self.cake = ctx.backend.integrator2d(
+                ctx.geometry, ctx.shape, ctx.bins, ctx.params.cake_bins, error_model="poisson", **common
+            )
+        self.latest: tuple[np.ndarray, np.ndarray | None, np.ndarray] | None = None
+
+    @property
+    def radial(self) -> np.ndarray:
+        return np.asarray(self.integrator.radial)
+
+    independent = True
+
+    def analyse(
+        self, raw: np.ndarray | None, missing: np.ndarray | None = None
+    ) -> tuple[Any, Any, dict[str, np.ndarray] | None]:
+        assert raw is not None
+        cake = None if self.cake is None else self.cake.integrate_full(raw, missing)
+        return self.integrator.integrate_full(raw, missing), cake, self._roi_stats(raw, missing)
+
+    def fold(self, analysis: Any, frame: int, image_key: int, angle: float) -> FrameResult:
+        full, cake, roi = analysis
+        self.frames += 1
+        products: dict[str, Any] = {"I": full.intensity, "I_errors": full.sigma}
+        if cake is not None:
+            products["cake"] = cake.intensity
+            products["cake_errors"] = cake.sigma
+        self.latest = (full.intensity, None if cake is None else cake.intensity, full.count)
+        result = FrameResult(products=products, row={"image_key": image_key}, live={"count": full.count})
+        return self._with_roi(roi, result)
+
+    def start(
+        self,
+        raw: np.ndarray | None,
+        frame: int,
+        image_key: int,
+        angle: float,
+        missing: np.ndarray | None = None,
+    ) -> FrameResult:
+        """On a backend whose sums run while the caller goes on (the GPU's feed, ``submit_full``): the
+        profile started, queued behind the previous frame's, the cake and ROI statistics computed now,
+        and the result's ``finish`` collects the profile (``held`` keeps the frame's device copy alive
+        until then). Elsewhere, and for a frame with ``missing`` pixels, as every stage
+        (``ModeStage.start``)."""
+        if not self.integrator.overlaps or missing is not None:
+            return super().start(raw, frame, image_key, angle, missing)
+        assert raw is not None
+        # with a cake, one copy to the device serves both integrations (the cake waits for its kernel)
+        source = raw if self.cake is None else self.ctx.backend.module.to_device(raw)
+        profile = self.integrator.submit_full(source)
+        cake = None if self.cake is None else self.cake.integrate_full(source)
+        roi = self._roi_stats(raw)
+        return FrameResult(
+            pending=lambda held=source: self.fold((profile(), cake, roi), frame, image_key, angle)
+        )
+
+    def settings_record(self) -> dict[str, Any]:
+        cal = self.ctx.corrections
+        return {
+            **super().settings_record(),
+            "bins": self.ctx.bins,
+            "unit": self.ctx.unit,
+            "cake_bins": self.ctx.params.cake_bins,
+            "dark_applied": cal.dark is not None,
+            "flat_applied": cal.flat is not None,
+            "mask_applied": cal.mask is not None,
+            "solid_angle_applied": bool(cal.solid_angle),
+            "polarization_applied": cal.polarization is not None,
+            "polarization_factor": cal.polarization,
+            "error_model": "poisson",
+            **self._dummy_record(),
+        }
+
+    def write_products(self, entry: h5py.Group, products: list[dict[str, Any]]) -> None:
+        self._write_profiles(entry, products)
+        if self.cake is not None:
+            self._write_cake(entry.create_group("reduced_2d"), products)
+
+    def _write_profiles(self, entry: h5py.Group, products: list[dict[str, Any]]) -> None:
+        """ROI statistics and the profiles (``reduced``, NXazint1d's NXdata) of ``products``."""
+        super().write_products(entry, products)
+        n = len(products)
+        record = self.settings_record()
+        reduced = entry.create_group("reduced")
+        reduced.attrs["NX_class"] = "NXdata"
+        reduced.attrs["signal"] = "I"
+        reduced.attrs["axes"] = [".", "radial_axis"]
+        reduced.attrs["interpretation"] = "spectrum"
+        reduced.attrs["definition"] = "NXazint1d"
+        intensity = np.asarray([p["I"] for p in products], np.float64).reshape(n, -1)
+        _described(reduced.create_dataset("I", data=intensity), "intensity", "arbitrary units")
+        errors = np.asarray([p["I_errors"] for p in products], np.float64).reshape(n, -1)
+        ds = reduced.create_dataset("I_errors", data=errors)
+        _described(ds, "estimated intensity error", "arbitrary units")
+        quantity, units = _radial_axis(self.ctx.unit)
+        _described(reduced.create_dataset("radial_axis", data=self.radial), quantity, units, self.ctx.unit)
+        ds = reduced.create_dataset("radial_axis_edges", data=np.asarray(self.integrator.edges))
+        _described(ds, f"{quantity} bin edges", units, self.ctx.unit)
+        reduced["profile"] = h5py.SoftLink(reduced.name + "/I")  # the name earlier files used
+        reduced["radial"] = h5py.SoftLink(reduced.name + "/radial_axis")
+        corrections = reduced.create_group("corrections")
+        corrections.attrs["NX_class"] = "NXcollection"
+        for key in (
+            "dark_applied",
+            "flat_applied",
+            "mask_applied",
+            "solid_angle_applied",
+            "polarization_applied",
+        ):
+            corrections.create_dataset(key, data=bool(record[key]))
+        if record["polarization_factor"] is not None:
+            corrections.create_dataset("polarization_factor", data=float(record["polarization_factor"]))
+        corrections.create_dataset("error_model", data="poisson")
+        corrections.create_dataset("integration_method", data="histogram, no pixel splitting (pyFAI 'no')")
+
+    def _write_cake(self, cake: h5py.Group, products: list[dict[str, Any]]) -> None:
+        """The cakes of ``products`` and their Poisson errors as NXazint2d's NXdata names them."""
+        assert self.cake is not None
+        quantity, units = _radial_axis(self.ctx.unit)
+        cake.attrs["NX_class"] = "NXdata"
+        cake.attrs["definition"] = "NXazint2d"
+        cake.attrs["signal"] = "I"
+        cake.attrs["axes"] = [".", "azimuthal_axis", "radial_axis"]
+        cake.attrs["interpretation"] = "image"
+        stack = np.asarray([p["cake"] for p in products], np.float32)
+        image = cake.create_dataset("I", data=stack, compression="gzip", shuffle=True)
+        _described(image, "intensity", "arbitrary units")
+        errors = np.asarray([p["cake_errors"] for p in products], np.float32)
+        ds = cake.create_dataset("I_errors", data=errors, compression="gzip", shuffle=True)
+        _described(ds, "estimated intensity error", "arbitrary units")
+        ds = cake.create_dataset("radial_axis", data=np.asarray(self.cake.radial))
+        _described(ds, quantity, units, self.ctx.unit)
+        ds = cake.create_dataset("radial_axis_edges", data=np.asarray(self.cake.edges))
+        _described(ds, f"{quantity} bin edges", units, self.ctx.unit)
+        ds = cake.create_dataset("azimuthal_axis", data=np.asarray(self.cake.azimuthal))
+        _described(ds, "azimuthal bin center", "deg")
+        ds = cake.create_dataset("azimuthal_axis_edges", data=np.asarray(self.cake.azimuthal_edges))
+        _described(ds, "azimuthal bin edges", "deg")
+
+    def write_reduced(self, entry: h5py.Group, products: list[dict[str, Any]]) -> None:
+        """The reduced file's entry is an NXazint1d application (what ``nxvalidate -a NXazint1d``
+        checks): the correction flags at its top, the instrument's wavelength, the profiles in
+        ``reduced``. The cake, when configured, is an NXazint2d application of its own, the entry
+        ``entry_2d`` beside it (same instrument and reduction record, its cakes in ``entry_2d/reduced``):
+        one definition per entry, as each application's validator and reader expect."""
+        self._write_profiles(entry, products)
+        self._write_application(entry, "NXazint1d")
+        if self.cake is not None:
+            cake_entry = entry.file.create_group("entry_2d")
+            cake_entry.attrs["NX_class"] = "NXentry"
+            for name in ("run_uid", "file_kind"):
+                if name in entry.attrs:
+                    cake_entry.attrs[name] = entry.attrs[name]
+            entry.file.copy(entry["reduction"], cake_entry, "reduction")
+            self._write_application(cake_entry, "NXazint2d")
+            self._write_cake(cake_entry.create_group("reduced"), products)
+            cake_entry.attrs["default"] = "reduced"
+
+    def _write_application(self, entry: h5py.Group, definition: str) -> None:
+        """What NXazint1d and NXazint2d ask of their entry: the definition, the correction flags, the
+        instrument's name, wavelength and source."""
+        record = self.settings_record()
+        entry.create_dataset("definition", data=definition)
+        if definition == "NXazint1d":
+            entry.attrs["default"] = "reduced"
+        entry.create_dataset("solid_angle_applied", data=bool(record["solid_angle_applied"]))
+        entry.create_dataset("polarization_applied", data=bool(record["polarization_applied"]))
+        # each bin is the mean of its pixels (divided by their count, or their solid angle's sum)
+        entry.create_dataset("normalization_applied", data=True)
+        instrument = entry.create_group("instrument")
+        instrument.attrs["NX_class"] = "NXinstrument"
+        instrument.create_dataset("name", data="edge appliance")
+        mono = instrument.create_group("monochromator")
+        mono.attrs["NX_class"] = "NXmonochromator"
+        wavelength_a = float(self.ctx.geometry.wavelength) * 1e10
+        mono.create_dataset("wavelength", data=wavelength_a).attrs["units"] = "angstrom"
+        energy = _HC_KEV_ANGSTROM / wavelength_a if wavelength_a > 0 else float("nan")
+        mono.create_dataset("energy", data=energy).attrs["units"] = "keV"
+        source = instrument.create_group("source")
+        source.attrs["NX_class"] = "NXsource"
+        source.create_dataset("name", data="unknown")  # the detector's stream does not say
+        source.create_dataset("type", data="Synchrotron X-ray Source")
+        source.create_dataset("probe", data="x-ray")
+
+    def live(self) -> dict[str, Any] | None:
+        if self.latest is None:
+            return None
+        intensity, cake, count = self.latest
+        out: dict[str, Any] = {
+            "unit": self.ctx.unit,
+            "radial": self.radial.tolist(),
+            "intensity": np.nan_to_num(intensity).tolist(),
+            "count": np.asarray(count, np.int64).tolist(),  # 0: a bin no pixel of this frame fell in
+            "cake": None,
+        }
+        if cake is not None and self.cake is not None:
+            finite = np.nan_to_num(cake.astype(np.float64))
+            top = float(np.percentile(finite, 99.5)) or 1.0
+            pixels = np.clip(finite * (255.0 / top), 0, 255).astype(np.uint8)
+            out["cake"] = {
+                "radial": np.asarray(self.cake.radial).tolist(),
+                "azimuthal": np.asarray(self.cake.azimuthal).tolist(),
+                "height": int(pixels.shape[0]),
+                "width": int(pixels.shape[1]),
+                "pixels_b64": base64.b64encode(pixels.tobytes()).decode("ascii"),
+            }
+        return out

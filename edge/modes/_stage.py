@@ -1,0 +1,302 @@
+"""What every reduction mode shares: the run's context, a frame's result, ROI statistics and the
+``ModeStage`` interface (which is also the ``raw`` mode itself).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from concurrent.futures import Executor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+
+from edge.config import ReductionSettings
+from kernels import (
+    Backend,
+    Geometry,
+    RoiSet,
+)
+
+STREAM_DATA, STREAM_BLANK = "data", "blank"
+
+
+@dataclass(frozen=True)
+class Corrections:
+    """Dark, flat and mask images and the pyFAI-style corrections for one detector."""
+
+    dark: np.ndarray | None = None
+    flat: np.ndarray | None = None
+    mask: np.ndarray | None = None
+    solid_angle: bool = False
+    polarization: float | None = None
+    #: the value the detector writes into a pixel it cannot measure, and its tolerance (pyFAI's
+    #: ``DUMMY``, ``DELTA_DUMMY`` of the PONI file's named detector); None: it marks none
+    dummy: tuple[float, float | None] | None = None
+
+    def check(self, shape: tuple[int, int]) -> None:
+        for name in ("dark", "flat", "mask"):
+            image = getattr(self, name)
+            if image is not None and image.shape != shape:
+                raise ValueError(f"{name} image is {image.shape}, frames are {shape}")
+
+
+@dataclass
+class FrameResult:
+    """What a stage decided about one frame."""
+
+    keep: bool = True  # False: vetoed by the mode's policy (never a loss)
+    stream: str = STREAM_DATA  # which of the run's file streams stores it
+    products: dict[str, Any] = field(default_factory=dict)  # per-frame products, stored beside the frame
+    row: dict[str, Any] = field(default_factory=dict)  # the frame table's fields for this frame
+    live: dict[str, Any] = field(default_factory=dict)  # for the live view only, never stored
+    #: set by ``ModeStage.start`` while the frame is still being analysed: waits and gives the result
+    pending: Callable[[], FrameResult] | None = None
+
+    def finish(self) -> FrameResult:
+        """Wait for a result still being computed and take it over (nothing to do for most stages)."""
+        pending, self.pending = self.pending, None
+        if pending is not None:
+            done = pending()
+            self.keep, self.stream, self.products, self.row = done.keep, done.stream, done.products, done.row
+            self.live = done.live
+        return self
+
+
+@dataclass
+class RunContext:
+    """What a stage is built from at a run's start."""
+
+    backend: Backend
+    geometry: Geometry
+    shape: tuple[int, int]
+    bins: int
+    unit: str
+    params: ReductionSettings
+    corrections: Corrections = field(default_factory=Corrections)
+    store_blanks: str = "keep"
+    #: frames analysed at once (``reduction.analysis_threads`` > 1): stages that can (serial, powder on
+    #: the CPU) analyse each frame there and fold the results in frame order
+    analysis: Executor | None = None
+    #: a run resumed after a restart: the stored frames of the series before it (tomography reads them)
+    earlier: EarlierParts | None = None
+    #: the run's frames' (dummy, delta): a pixel with ``abs(float32(value) - dummy) <= delta`` is left out
+    #: of powder and serial products (``ModeStage.excludes_dummies``), as pyFAI does; None: none
+    dummy: tuple[float, float] | None = None
+
+
+@dataclass(frozen=True)
+class EarlierParts:
+    """The series' frames stored before a daemon restart cut it: the runs a resumed run continues (oldest
+    first), their data files still on local disk in frame order, and how many of those runs' data files
+    are not local any more."""
+
+    runs: tuple[str, ...]
+    files: tuple[Path, ...]
+    missing: int = 0
+
+
+#: h c in keV x angstrom (CODATA 2018): E[keV] = 12.398 / wavelength[angstrom]
+_HC_KEV_ANGSTROM = 12.398419843320026
+
+
+def _radial_axis(unit: str) -> tuple[str, str]:
+    """(quantity, NeXus units) of a pyFAI radial unit name: ``2th_deg`` -> ("2theta", "deg")."""
+    quantity, _, units = unit.partition("_")
+    names = {"2th": "2theta", "q": "q", "r": "r"}
+    shown = {"nm^-1": "1/nm", "A^-1": "1/angstrom"}.get(units, units)
+    return names.get(quantity, quantity), shown
+
+
+def _described(ds: h5py.Dataset, long_name: str, units: str, pyfai_unit: str = "") -> None:
+    """A product's ``long_name`` and ``units`` as NXazint1d names them (and pyFAI's unit name)."""
+    ds.attrs["long_name"] = long_name
+    ds.attrs["units"] = units
+    if pyfai_unit:
+        ds.attrs["pyfai_unit"] = pyfai_unit
+
+
+class RoiStage:
+    """ROI statistics per configured box, as areaDetector's Stats plugin gives them."""
+
+    def __init__(self, ctx: RunContext) -> None:
+        self.boxes = [tuple(int(v) for v in box) for box in ctx.params.roi]
+        self.backend = ctx.backend
+        self.rois = RoiSet(ctx.shape, self.boxes) if self.boxes else None
+
+    def __bool__(self) -> bool:
+        return self.rois is not None
+
+    def stats(self, frame: np.ndarray, missing: np.ndarray | None = None) -> dict[str, np.ndarray]:
+        """Sum, mean, max and centroid per box. ``missing``: this frame's pixels that never arrived (0 in
+        it): they add nothing to a sum, a max or a centroid, and the mean is over the pixels that came."""
+        assert self.rois is not None
+        stats = self.backend.roi_stats(frame, self.rois)
+        mean = np.asarray(stats.mean, np.float64)
+        if missing is not None:
+            mean = mean.copy()
+            for k, (r0, r1, c0, c1) in enumerate(self.rois.boxes.tolist()):
+                came = (r1 - r0) * (c1 - c0) - int(np.count_nonzero(missing[r0:r1, c0:c1]))
+                mean[k] = float(stats.sum[k]) / came if came > 0 else np.nan
+        cx = np.full(len(self.boxes), np.nan)
+        cy = np.full(len(self.boxes), np.nan)
+        for k, (r0, r1, c0, c1) in enumerate(self.rois.boxes.tolist()):
+            box = frame[r0:r1, c0:c1].astype(np.float64)
+            total = box.sum()
+            if total > 0:
+                cy[k] = (box.sum(axis=1) @ np.arange(r0, r1)) / total
+                cx[k] = (box.sum(axis=0) @ np.arange(c0, c1)) / total
+        return {
+            "sum": np.asarray(stats.sum, np.float64),
+            "mean": mean,
+            "max": np.asarray(stats.max, np.float64),
+            "centroid_x": cx,
+            "centroid_y": cy,
+        }
+
+    def write(self, entry: h5py.Group, products: list[dict[str, Any]]) -> None:
+        if self.rois is None:
+            return
+        group = entry.create_group("roi")
+        group.attrs["NX_class"] = "NXcollection"
+        group.create_dataset("boxes", data=np.asarray(self.boxes, dtype=np.int64)).attrs["meaning"] = (
+            "row0, row1, col0, col1 (half-open), one row per ROI"
+        )
+        for name in ("sum", "mean", "max", "centroid_x", "centroid_y"):
+            values = [p["roi"][name] for p in products]
+            data = np.asarray(values, np.float64).reshape(len(products), len(self.boxes))
+            ds = group.create_dataset(name, data=data)
+            ds.attrs["units"] = "pixel" if name.startswith("centroid") else "counts"
+
+    def row(self, stats: dict[str, np.ndarray]) -> dict[str, Any]:
+        return {"roi_sum": stats["sum"]}
+
+
+class ModeStage:
+    """The interface every mode implements (and the ``raw`` mode itself)."""
+
+    name = "raw"
+    decompress = False  # does `process` need the pixels?
+    definition = "NXmx"  # the NeXus application definition of the run's data files
+    reference = "none: raw frames, bitshuffle-LZ4 compressed and stored unchanged"
+
+    def __init__(self, ctx: RunContext) -> None:
+        self.ctx = ctx
+        self.frames = 0
+
+    # per frame -----------------------------------------------------------------------------------
+    def process(
+        self,
+        raw: np.ndarray | None,
+        frame: int,
+        image_key: int,
+        angle: float,
+        missing: np.ndarray | None = None,
+    ) -> FrameResult:
+        """One frame's result. ``missing``: its pixels that never arrived (an incomplete UDP frame, 0 in
+        ``raw``), left out of its products as if masked."""
+        if self.independent:
+            return self.fold(self.analyse(raw, missing), frame, image_key, angle)
+        self.frames += 1
+        return FrameResult(row={"image_key": image_key})
+
+    def start(
+        self,
+        raw: np.ndarray | None,
+        frame: int,
+        image_key: int,
+        angle: float,
+        missing: np.ndarray | None = None,
+    ) -> FrameResult:
+        """``process``, except that the result may still be computing when it returns: the caller calls
+        its ``finish`` before reading it (``keep``, ``stream``, products, row), and keeps ``raw`` alive
+        until then. Frames are started and finished in order. The pipeline uses this: a stage that
+        analyses frames independently (``analyse``, then ``fold`` in order) has the frame analysed on the
+        run's analysis threads, several frames at once; the GPU's powder stage overlaps one frame's copy
+        and kernels with the next frame's hand-over; every other stage processes the frame now."""
+        executor = self.ctx.analysis
+        if executor is None or not self.independent:
+            return self.process(raw, frame, image_key, angle, missing)
+        analysis = executor.submit(self.analyse, raw, missing)
+        return FrameResult(pending=lambda: self.fold(analysis.result(), frame, image_key, angle))
+
+    independent = False  # True: ``analyse`` may run on several frames at once, ``fold`` keeps the order
+    #: True: a frame's pixels at the detector's dummy value reach ``start`` as ``missing`` (the pipeline
+    #: finds them), left out of the products as pyFAI leaves them out of an integration
+    excludes_dummies = False
+
+    def analyse(self, raw: np.ndarray | None, missing: np.ndarray | None = None) -> Any:
+        """The per-frame work that reads only the frame (thread-safe): peaks, profiles, ROI statistics;
+        ``missing`` as in `process`."""
+        raise NotImplementedError
+
+    def fold(self, analysis: Any, frame: int, image_key: int, angle: float) -> FrameResult:
+        """``analyse``'s result made into the frame's result, in frame order (counters, live view)."""
+        raise NotImplementedError
+
+    # the files ------------------------------------------------------------------------------------
+    def settings_record(self) -> dict[str, Any]:
+        """Every setting that shapes this mode's products (RunStart, files, `edge where`)."""
+        return {"mode": self.name}
+
+    def write_products(self, entry: h5py.Group, products: list[dict[str, Any]]) -> None:
+        """Per-frame products of one file's frames, in frame order, under ``entry``."""
+
+    def write_reduced(self, entry: h5py.Group, products: list[dict[str, Any]]) -> None:
+        """The same products in a run's reduced file (no raw frames there)."""
+        self.write_products(entry, products)
+
+    def run_files(self, directory: Path, run_uid: str) -> list[Path]:
+        """Files the mode writes once at the run's start (serial: CrystFEL's geometry); they go upstream."""
+        return []
+
+    def finish(self) -> dict[str, Any]:
+        """Run products computed at the end (tomography slices); empty for most modes."""
+        return {}
+
+    # live view ------------------------------------------------------------------------------------
+    def live(self) -> dict[str, Any] | None:
+        return None
+
+    def tally(self) -> dict[str, float]:
+        """The run's running figures, cheap to read once a second (the IOC's readbacks): frames here,
+        hits and vetoed blanks in serial, slices reconstructed in tomo."""
+        return {"frames": self.frames}
+
+
+class _CorrectedStage(ModeStage):
+    """A stage that reads pixels and computes ROI statistics."""
+
+    decompress = True
+
+    def __init__(self, ctx: RunContext) -> None:
+        super().__init__(ctx)
+        self.roi = RoiStage(ctx)
+
+    def _roi(self, raw: np.ndarray, result: FrameResult, missing: np.ndarray | None = None) -> FrameResult:
+        return self._with_roi(self._roi_stats(raw, missing), result)
+
+    def _roi_stats(self, raw: np.ndarray, missing: np.ndarray | None = None) -> dict[str, np.ndarray] | None:
+        return self.roi.stats(raw, missing) if self.roi else None
+
+    def _dummy_record(self) -> dict[str, Any]:
+        """The invalid-pixel value the products leave out (pyFAI's names; None: none)."""
+        dummy = self.ctx.dummy if self.excludes_dummies else None
+        return {
+            "dummy": None if dummy is None else dummy[0],
+            "delta_dummy": None if dummy is None else dummy[1],
+        }
+
+    def _with_roi(self, stats: dict[str, np.ndarray] | None, result: FrameResult) -> FrameResult:
+        if stats is not None:
+            result.products["roi"] = stats
+            result.row.update(self.roi.row(stats))
+        return result
+
+    def settings_record(self) -> dict[str, Any]:
+        return {**super().settings_record(), "roi": [list(b) for b in self.roi.boxes]}
+
+    def write_products(self, entry: h5py.Group, products: list[dict[str, Any]]) -> None:
+        self.roi.write(entry, products)

@@ -1,0 +1,452 @@
+"""``tomo``: NXtomo image keys; darks and flats averaged, projections normalised (-log), chosen rows
+reconstructed while they arrive (streaming FBP); the slices are a run product.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+import math
+import threading
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+
+from edge.modes._stage import (
+    EarlierParts,
+    FrameResult,
+    RunContext,
+    _CorrectedStage,
+)
+from kernels import (
+    estimate_center_from_sinogram,
+)
+
+log = logging.getLogger(__name__)
+
+
+class _EarlierScan:
+    """The part of a tomography scan stored before a daemon restart cut it (``RunContext.earlier``), for
+    the run that resumes the scan: its darks and flats summed at once (the projections' normalisation
+    needs their means before the first projection arrives), its projections' chosen rows read on a
+    thread of their own while the run goes on, and back-projected with the run's own at its end. A file
+    that cannot be read is skipped and named in ``errors``; nothing here stops the run."""
+
+    def __init__(self, earlier: EarlierParts, shape: tuple[int, int], rows: list[int]) -> None:
+        self.parts = earlier
+        self.rows = rows
+        self.darks = self.flats = 0
+        self.dark_sum = np.zeros(shape, np.float64)
+        self.flat_sum = np.zeros(shape, np.float64)
+        self.errors: list[str] = []
+        self.lines: list[np.ndarray] = []  # per projection read: its chosen rows, as stored (float32)
+        self.angles: list[float] = []
+        self.planned = 0  # projections listed in the readable files (read on the thread)
+        self.without_angle = 0  # stored projections without an angle (NaN): not back-projected
+        planned: list[tuple[Path, np.ndarray, np.ndarray]] = []
+        for path in earlier.files:
+            try:
+                with h5py.File(path, "r") as handle:
+                    data = handle["/entry/data/data"]
+                    if tuple(data.shape[1:]) != tuple(shape):
+                        raise ValueError(f"frames of {tuple(data.shape[1:])}, this run's are {tuple(shape)}")
+                    keys = np.asarray(handle["/entry/instrument/detector/image_key"][:], np.int64)
+                    angles = np.asarray(handle["/entry/sample/rotation_angle"][:], np.float64)
+                    if keys.size != data.shape[0] or angles.size != data.shape[0]:
+                        raise ValueError("image_key or rotation_angle does not list every frame")
+                    for key, total in ((2, self.dark_sum), (1, self.flat_sum)):
+                        for i in np.flatnonzero(keys == key):
+                            total += data[int(i)]
+                    self.darks += int(np.count_nonzero(keys == 2))
+                    self.flats += int(np.count_nonzero(keys == 1))
+                    projections = np.flatnonzero((keys == 0) & np.isfinite(angles))
+                    self.without_angle += int(np.count_nonzero(keys == 0)) - int(projections.size)
+                    planned.append((path, projections, angles[projections]))
+                    self.planned += int(projections.size)
+            except Exception as error:  # a file not as this stage writes them: its frames are not used
+                self._error(path, error)
+        self._lock = threading.Lock()  # the reading thread publishes whole files under it
+        self._abandoned = False  # the run's end stopped waiting: the thread publishes nothing more
+        self._thread = threading.Thread(target=self._read, args=(planned,), name="tomo-earlier", daemon=True)
+        self._thread.start()
+
+    def _error(self, path: Path, error: BaseException) -> None:
+        self.errors.append(f"{path.name}: {str(error)[:200]}")
+        log.error("tomography run: the earlier part's file %s cannot be used (%s)", path, error)
+
+    def _read(self, planned: list[tuple[Path, np.ndarray, np.ndarray]]) -> None:
+        for path, projections, angles in planned:
+            try:
+                with h5py.File(path, "r") as handle:
+                    data = handle["/entry/data/data"]
+                    lines = [np.asarray(data[int(i)][self.rows], np.float32) for i in projections]
+            except Exception as error:
+                self._error(path, error)
+                continue
+            with self._lock:
+                if self._abandoned:
+                    return
+                self.lines.extend(lines)
+                self.angles.extend(float(a) for a in angles)
+
+    READ_SECONDS = 600.0  # the longest the run's end waits for the reading thread
+
+    def projections(self) -> tuple[list[np.ndarray], list[float]]:
+        """The earlier projections' rows and angles, in frame order (waits for the reading thread, at most
+        READ_SECONDS: a file that hangs leaves out what was not read by then, and says so)."""
+        self._thread.join(self.READ_SECONDS)
+        with self._lock:
+            self._abandoned = True
+            if self._thread.is_alive():
+                self.errors.append(f"still reading after {self.READ_SECONDS:g} s: the rest left out")
+                log.error("tomography run: the earlier part's projections still reading; the rest left out")
+            return list(self.lines), list(self.angles)
+
+    def read_so_far(self, start: int, most: int) -> tuple[list[np.ndarray], list[float]]:
+        """Up to ``most`` projections already read, from the ``start``-th on (without waiting)."""
+        with self._lock:
+            stop = min(len(self.angles), start + most)
+            return self.lines[start:stop], self.angles[start:stop]
+
+    def record(self) -> dict[str, Any]:
+        """What the run product says about the part it took over."""
+        record: dict[str, Any] = {
+            "inherited_from_runs": ", ".join(self.parts.runs),
+            "darks_inherited": self.darks,
+            "flats_inherited": self.flats,
+            "projections_inherited": len(self.angles),
+            "projections_inherited_without_angle": self.without_angle,
+            "inherited_files_not_local": self.parts.missing,
+        }
+        if self.errors:
+            record["inherited_files_unusable"] = "; ".join(self.errors)
+        return record
+
+
+class TomoStage(_CorrectedStage):
+    """NXtomo frames; darks/flats averaged; chosen rows reconstructed while projections arrive."""
+
+    name = "tomo"
+    definition = "NXtomo"
+    reference = (
+        "dark/flat normalisation, -log, filtered back-projection with a ramp filter, streamed as "
+        "projections arrive (Kak & Slaney, Principles of Computerized Tomographic Imaging, 1988)"
+    )
+
+    def __init__(self, ctx: RunContext) -> None:
+        super().__init__(ctx)
+        p = ctx.params.tomo
+        rows = list(dict.fromkeys(p.slices)) or [ctx.shape[0] // 2]  # a row named twice: once
+        bad = [r for r in rows if not 0 <= r < ctx.shape[0]]
+        if bad:
+            raise ValueError(f"reduction.tomo.slices {bad} are outside the detector's {ctx.shape[0]} rows")
+        self.rows = rows
+        self.center = p.center
+        self.filter = p.filter
+        self._dark_sum = np.zeros(ctx.shape, np.float64)
+        self._flat_sum = np.zeros(ctx.shape, np.float64)
+        self.darks = self.flats = self.projections = self.without_angle = 0
+        self.incomplete_left_out = 0  # darks and flats with pixels missing: not in the means
+        self.reconstructor: Any = None
+        self.angles: list[float] = []
+        self.sinograms: list[np.ndarray] = []  # normalised rows of each projection, for the run product
+        self._latest: np.ndarray | None = None
+        self.slices_done = 0
+        # a scan resumed after a restart: the darks, flats and projections stored before it was cut
+        self.earlier = None if ctx.earlier is None else _EarlierScan(ctx.earlier, ctx.shape, rows)
+        self._earlier_pending = self.earlier  # its projections not yet all back-projected
+        self._earlier_lines: list[np.ndarray] = []  # those back-projected so far (normalised) ...
+        self._earlier_angles: list[float] = []  # ... and their angles
+
+    def process(
+        self,
+        raw: np.ndarray | None,
+        frame: int,
+        image_key: int,
+        angle: float,
+        missing: np.ndarray | None = None,
+    ) -> FrameResult:
+        """A dark or flat adds to its mean; a projection's chosen rows are normalised and back-projected.
+        With ``missing`` pixels, a dark or flat is left out of the means (stored, counted
+        ``incomplete_left_out``), and a projection's missing pixels are line integrals of 0
+        (transmission 1, as a dead pixel's) rather than -log of a zero count."""
+        assert raw is not None
+        self.frames += 1
+        if image_key in (1, 2) and missing is not None:
+            self.incomplete_left_out += 1
+        elif image_key == 2:
+            self.darks += 1
+            self._dark_sum += raw
+        elif image_key == 1:
+            self.flats += 1
+            self._flat_sum += raw
+        else:
+            self._project(raw, angle, missing)
+        result = FrameResult(
+            products={"image_key": image_key, "rotation_angle": angle},
+            row={"image_key": image_key, "rotation_angle": angle},
+        )
+        return self._roi(raw, result, missing)
+
+    def write_reduced(self, entry: h5py.Group, products: list[dict[str, Any]]) -> None:
+        _CorrectedStage.write_products(self, entry, products)  # ROI statistics; the rest is run products
+
+    def write_products(self, entry: h5py.Group, products: list[dict[str, Any]]) -> None:
+        """NXtomo (image_key, sample/rotation_angle, an NXdata of links) and the Data Exchange names
+        (/exchange/data, data_white, data_dark, theta) as virtual datasets over the stored frames."""
+        super().write_products(entry, products)
+        keys = np.asarray([p["image_key"] for p in products], np.int8)
+        angles = np.asarray([p["rotation_angle"] for p in products], np.float64)
+        # darks and flats have no angle: 0 by convention; a projection without one keeps NaN (at 0 a
+        # reader would back-project it there; the live reconstruction leaves it out, as must they)
+        angles = np.where(np.isnan(angles) & (keys != 0), 0.0, angles)
+        data = entry["data"]["data"]
+        instrument = entry.require_group("instrument")
+        instrument.attrs["NX_class"] = "NXinstrument"
+        detector = instrument.require_group("detector")
+        detector.attrs["NX_class"] = "NXdetector"
+        detector["data"] = data  # a hard link: the same dataset under NXtomo's name
+        detector.create_dataset("image_key", data=keys).attrs["meaning"] = "0 projection, 1 flat, 2 dark"
+        if self.center is not None:  # given (reduction.tomo.center); an estimate is known only at the end
+            ds = detector.create_dataset("x_rotation_axis_pixel_position", data=float(self.center))
+            ds.attrs["units"] = "pixel"
+        sample = entry.require_group("sample")
+        sample.attrs["NX_class"] = "NXsample"
+        if "name" not in sample:
+            sample.create_dataset("name", data="unknown")
+        sample.create_dataset("rotation_angle", data=angles).attrs["units"] = "deg"
+        nxdata = entry["data"]
+        nxdata["image_key"] = detector["image_key"]
+        nxdata["rotation_angle"] = sample["rotation_angle"]
+        # NeXus links: one object under both names, its @target naming the NXtomo home
+        data.attrs["target"] = detector.name + "/data"
+        detector["image_key"].attrs["target"] = detector.name + "/image_key"
+        sample["rotation_angle"].attrs["target"] = sample.name + "/rotation_angle"
+        if "implements" not in entry.file:  # Data Exchange's list of the file's top-level groups
+            entry.file.create_dataset("implements", data="exchange")
+        exchange = entry.file.require_group("exchange")
+        exchange.attrs["note"] = (
+            "this file's frames only: a scan's darks and flats are in its first file(s); read the run's"
+            " files together (or its reduced file's reconstruction)"
+        )
+        for name, key in (("data", 0), ("data_white", 1), ("data_dark", 2)):
+            _virtual_subset(exchange, name, data, np.flatnonzero(keys == key))
+        exchange["theta"] = np.asarray(angles[keys == 0], np.float64)
+        exchange["theta"].attrs["units"] = "deg"
+
+    def _dark_flat_counts(self) -> tuple[int, int]:
+        """Darks and flats the normalisation averages: this run's and, resumed, the earlier part's."""
+        if self.earlier is None:
+            return self.darks, self.flats
+        return self.darks + self.earlier.darks, self.flats + self.earlier.flats
+
+    def flat_field(self) -> str:
+        """What the projections' normalisation could use: the scan's darks and flats come before its
+        first projection (in a scan resumed after a restart, those of the part stored before it was cut;
+        a scan without them has none to use)."""
+        darks, flats = self._dark_flat_counts()
+        if darks and flats:
+            earlier = self.earlier
+            inherited = "" if earlier is None else f" (with those stored in run {earlier.parts.runs[0]})"
+            return f"applied: (projection - mean dark) / (mean flat - mean dark){inherited}"
+        missing = " and ".join(name for name, n in (("darks", darks), ("flats", flats)) if not n)
+        return f"not applied: no {missing} before the first projection; the slices are of -log(counts)"
+
+    def _means(self) -> tuple[np.ndarray, np.ndarray]:
+        darks, flats = self._dark_flat_counts()
+        dark_sum, flat_sum = self._dark_sum, self._flat_sum
+        if self.earlier is not None:
+            dark_sum, flat_sum = dark_sum + self.earlier.dark_sum, flat_sum + self.earlier.flat_sum
+        dark = dark_sum / darks if darks else np.zeros(self.ctx.shape)
+        flat = flat_sum / flats if flats else np.full(self.ctx.shape, float(np.max(dark)) + 1.0)
+        return dark.astype(np.float32), flat.astype(np.float32)
+
+    def _project(self, raw: np.ndarray, angle: float, missing: np.ndarray | None = None) -> None:
+        self.projections += 1
+        if math.isnan(angle):  # stored, but a projection at an unknown angle cannot be back-projected
+            self.without_angle += 1
+            return
+        if self.reconstructor is None:  # darks and flats come first in a scan: their means are final
+            self._start_reconstruction()
+        self.angles.append(angle)
+        normalised = self._normalised(raw[self.rows].astype(np.float32))
+        if missing is not None:
+            normalised[missing[self.rows]] = 0.0
+        self.sinograms.append(normalised)
+        self.reconstructor.add(normalised, angle)
+        earlier = self._earlier_pending
+        if earlier is not None:  # a few of the earlier part's go with each: live, and less left for the end
+            self._add_earlier(*earlier.read_so_far(len(self._earlier_angles), self.EARLIER_PER_FRAME))
+
+    def _start_reconstruction(self) -> None:
+        dark, flat = self._means()
+        if not all(self._dark_flat_counts()):
+            log.warning("tomography run: flat field %s", self.flat_field())
+        # fed the chosen rows already normalised (once per projection, kept for the sinograms)
+        self.reconstructor = self.ctx.backend.streaming_reconstructor(
+            self.ctx.shape[1],
+            np.arange(len(self.rows)),
+            filter_name=self.filter,
+            center=self.center,
+        )
+        self._dark, self._flat = dark[self.rows], flat[self.rows]
+
+    def _normalised(self, lines: np.ndarray) -> np.ndarray:
+        """The chosen rows of one projection as -log(transmission), float32."""
+        out = self.ctx.backend.flat_field(lines, self._dark, self._flat, np.empty_like(lines))
+        return np.asarray(out, np.float32)
+
+    EARLIER_PER_FRAME = 2  # earlier projections back-projected with each projection of the run
+
+    def _add_earlier(self, lines: list[np.ndarray], angles: list[float]) -> None:
+        """Back-project projections of the earlier part (read, not yet normalised)."""
+        if not angles:
+            return
+        if self.reconstructor is None:
+            self._start_reconstruction()
+        for line, angle in zip(lines, angles, strict=True):
+            normalised = self._normalised(line)
+            self.reconstructor.add(normalised, angle)
+            self._earlier_lines.append(normalised)
+            self._earlier_angles.append(angle)
+
+    def _take_earlier(self) -> None:
+        """A resumed scan: the rest of the projections stored before the restart, back-projected with
+        this run's (once, at the end: a few went with each of the run's projections already), and ahead
+        of them in the sinograms, as they came in the scan."""
+        earlier, self._earlier_pending = self._earlier_pending, None
+        if earlier is None:
+            return
+        lines, angles = earlier.projections()
+        done = len(self._earlier_angles)
+        self._add_earlier(lines[done:], angles[done:])
+        self.sinograms[:0] = self._earlier_lines
+        self.angles[:0] = self._earlier_angles
+
+    def settings_record(self) -> dict[str, Any]:
+        return {
+            **super().settings_record(),
+            "slices": self.rows,
+            "center": self.center,
+            "center_source": "given" if self.center is not None else "detector centre column (n_cols // 2)",
+            "filter": self.filter,
+            "normalisation": "-log((projection - mean dark) / (mean flat - mean dark))",
+        }
+
+    def finish(self) -> dict[str, Any]:
+        self._take_earlier()
+        if self.reconstructor is None:
+            return {}
+        slices = np.asarray(self.reconstructor.slices(), np.float32)
+        sinograms = np.stack(self.sinograms, axis=0)  # (angles, rows, columns)
+        angles = np.asarray(self.angles, np.float64)
+        center, source = self.center, "given"
+        if center is None:
+            # streamed about the detector's centre column; with a scan that reaches 180 degrees the axis is
+            # estimated from the projections nearest 0 and 180 and, if it differs, the slices are redone
+            center, source = float(self.ctx.shape[1] // 2), "detector centre column (n_cols // 2)"
+            if angles.size and np.ptp(angles) >= 170.0:
+                estimated = float(estimate_center_from_sinogram(sinograms[:, 0, :], angles))
+                if np.isfinite(estimated) and abs(estimated - center) > 0.5:
+                    center, source = estimated, "estimated from the projections nearest 0 and 180 degrees"
+                    slices = np.stack(
+                        [
+                            self.ctx.backend.fbp(
+                                sinograms[:, k, :], angles, filter_name=self.filter, center=center
+                            )
+                            for k in range(len(self.rows))
+                        ]
+                    ).astype(np.float32)
+        self.slices_done = len(self.rows)
+        self._latest = slices
+        dark, flat = self._means()
+        return {
+            "slices": slices,
+            "rows": np.asarray(self.rows, np.int64),
+            "sinograms": np.transpose(sinograms, (1, 0, 2)),  # (rows, angles, columns)
+            "rotation_angle": angles,
+            "dark_mean": dark,
+            "flat_mean": flat,
+            "center": float(center),
+            "center_source": source,
+            "projections": self.projections,
+            "projections_without_angle": self.without_angle,
+            "darks": self.darks,
+            "flats": self.flats,
+            "darks_and_flats_incomplete": self.incomplete_left_out,  # stored, not in the means
+            "flat_field": self.flat_field(),
+            **({} if self.earlier is None else self.earlier.record()),
+        }
+
+    def live(self) -> dict[str, Any] | None:
+        slice_doc = None
+        current = self._latest
+        if current is None and self.reconstructor is not None and self.projections:
+            # what is back-projected so far: this runs on the API's thread while the pipeline's adds
+            current = np.asarray(self.reconstructor.partial_slices(), np.float32)
+        if current is not None and len(current):
+            image = current[0]
+            lo, hi = float(np.min(image)), float(np.max(image))
+            scaled = (
+                np.zeros(image.shape, np.uint8)
+                if hi <= lo
+                else ((image - lo) * (255.0 / (hi - lo))).astype(np.uint8)
+            )
+            slice_doc = {
+                "row": self.rows[0],
+                "height": int(image.shape[0]),
+                "width": int(image.shape[1]),
+                "pixels_b64": base64.b64encode(scaled.tobytes()).decode("ascii"),
+                "min": lo,
+                "max": hi,
+            }
+        earlier = self.earlier
+        return {
+            "projections": self.projections,
+            "darks": self.darks,
+            "flats": self.flats,
+            "slices_done": self.slices_done,
+            "slice": slice_doc,
+            # a scan resumed after a restart: what the part stored before it adds (its projections are
+            # back-projected at the run's end)
+            "inherited": None
+            if earlier is None
+            else {
+                "runs": list(earlier.parts.runs),
+                "darks": earlier.darks,
+                "flats": earlier.flats,
+                "projections": earlier.planned,
+                "files_unusable": len(earlier.errors),
+            },
+        }
+
+    def tally(self) -> dict[str, float]:
+        return {
+            "frames": self.frames,
+            "projections": self.projections,
+            "darks": self.darks,
+            "flats": self.flats,
+            "slices_done": self.slices_done,
+        }
+
+
+def _virtual_subset(group: h5py.Group, name: str, source: h5py.Dataset, indices: np.ndarray) -> None:
+    """``group[name]``: a virtual dataset of the frames ``indices`` of ``source`` (no copy). With no
+    frames, an empty dataset of the frames' shape: a virtual one without a source trips readers
+    (nexusformat's tree walk)."""
+    frame_shape = source.shape[1:]
+    if not len(indices):
+        group.create_dataset(name, shape=(0, *frame_shape), dtype=source.dtype)
+        return
+    layout = h5py.VirtualLayout(shape=(len(indices), *frame_shape), dtype=source.dtype)
+    vsource = h5py.VirtualSource(".", source.name, shape=source.shape)
+    # contiguous runs of frames map as one block each (a scan has darks, flats, projections in runs)
+    breaks = np.flatnonzero(np.diff(indices) != 1) + 1
+    start = 0
+    for block in np.split(indices, breaks):
+        first, count = int(block[0]), len(block)
+        layout[start : start + count] = vsource[first : first + count]
+        start += count
+    group.create_virtual_dataset(name, layout)
