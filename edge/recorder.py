@@ -21,9 +21,10 @@ from typing import Any
 
 from edge.diskguard import DiskGuard, is_no_space
 from edge.documents import run_documents, write_documents
+from edge.durable import drop_cached, file_checksums
 from edge.ledger import NOT_ACQUIRED_REASONS, PARTIAL_LOSS_REASONS, Ledger
 from edge.logs import lost
-from edge.store import ClosedFile, drop_cached, file_checksums
+from edge.store import ClosedFile
 
 #: the run uids taken as they come: one file-name component (they name the run's files and directories,
 #: here and upstream), 1 to 128 of ``A-Z a-z 0-9 . _ -``, not starting with a dot; any other is replaced

@@ -25,8 +25,8 @@ from typing import Any, TextIO
 import xxhash
 import zmq
 
+from edge.durable import CHECKSUM, checksum_bytes, drop_cached, file_checksums, fsync_dir
 from edge.errors import RemoteProtocolError
-from edge.store import CHECKSUM, checksum_bytes, drop_cached, file_checksums, fsync_dir
 from edge.upstream import protocol as p
 from edge.upstream.curve import connect_securely
 

@@ -24,8 +24,8 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from edge.diskguard import is_no_space
+from edge.durable import CHECKSUM, checksum_bytes, drop_cached
 from edge.errors import NotFound, RemoteProtocolError
-from edge.store import CHECKSUM, checksum_bytes, drop_cached
 from edge.upstream import protocol as p
 
 log = logging.getLogger(__name__)

@@ -11,9 +11,9 @@ import pytest
 
 from edge.alarms import AlarmBook, current_alarms
 from edge.counter_scopes import CounterScopes
+from edge.durable import file_checksums
 from edge.errors import NotFound
 from edge.ledger import Ledger
-from edge.store import file_checksums
 from edge.upstream import protocol as p
 from edge.upstream.outlook import eta_seconds, upstream_outlook
 from edge.upstream.session import ForwarderSession

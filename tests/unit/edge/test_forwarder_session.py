@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from edge.durable import checksum_bytes, file_checksums
 from edge.ledger import Ledger
-from edge.store import checksum_bytes, file_checksums
 from edge.upstream import protocol as p
 from edge.upstream.session import MAX_CREDIT, ForwarderSession, Outgoing
 

@@ -15,9 +15,9 @@ import pytest
 import zmq
 
 from edge.diskguard import DiskGuard
+from edge.durable import file_checksums
 from edge.ledger import Ledger
 from edge.recorder import RunRecorder
-from edge.store import file_checksums
 from edge.upstream import protocol as p
 from edge.upstream.forwarder import Forwarder
 

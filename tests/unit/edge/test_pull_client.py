@@ -16,7 +16,7 @@ import pytest
 import xxhash
 import zmq
 
-from edge.store import checksum_bytes
+from edge.durable import checksum_bytes
 from edge.upstream import protocol as p
 from edge.upstream.pull import PullClient
 

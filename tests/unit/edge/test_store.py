@@ -16,10 +16,11 @@ import numpy as np
 import pytest
 
 from edge.config import ReductionSettings
+from edge.durable import drop_cached
 from edge.ledger import Ledger
 from edge.modes import ModeStage, RunContext
 from edge.recorder import RunRecorder
-from edge.store import ClosedFile, RunStore, drop_cached
+from edge.store import ClosedFile, RunStore
 from kernels import Geometry, compress_chunk, decompress_chunk, get_backend
 
 SHAPE = (16, 24)

@@ -1,0 +1,214 @@
+"""The local HDF5 store: one directory per run, rollover files closed and renamed atomically.
+
+Frames arrive already compressed as filter-32008 chunks and are written with ``write_direct_chunk``, so
+compression happens once. A file is written as ``NAME.h5.part`` and renamed to ``NAME.h5`` only after it
+is closed and fsynced: a crash leaves complete ``.h5`` files plus at most one ``.part`` per run, never a
+half-written file under a final name. (We chose rollover files over SWMR: every closed file is a
+self-contained unit to checksum, forward and purge, and readers never see a file that is still open.)
+Closed files are checksummed (xxh3-128: ~10x faster than SHA-256 and ample against corruption; this is
+not a security boundary) and recorded in the ledger with their transfer chunks.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import time
+from collections.abc import Callable
+from concurrent.futures import Executor, Future
+from pathlib import Path
+from typing import Any
+
+from edge.diskguard import is_no_space
+from edge.store._files import (
+    HDF5_UNCLOSED,
+    ClosedFile,
+    ProductLayout,
+    RunFileWriter,
+    _close_as_far_as_possible,
+)
+from edge.store._metadata import NxmxTemplate, RunMetadata, bounded_config, series_metadata
+from edge.store._reduced import DISPOSITION_CODES, ReducedWriter
+
+__all__ = [
+    "CAPTURE_CAPACITY",
+    "DISPOSITION_CODES",
+    "HDF5_UNCLOSED",
+    "ClosedFile",
+    "ProductLayout",
+    "ReducedWriter",
+    "RunFileWriter",
+    "RunMetadata",
+    "RunStore",
+    "bounded_config",
+    "series_metadata",
+]
+
+#: Frames one capture file can take (its dataset grows into this extent; chunks are allocated as written).
+CAPTURE_CAPACITY = 10_000_000
+
+log = logging.getLogger(__name__)
+
+
+class RunStore:
+    """Writes one run's frames into rollover files under ``root/run_uid/``, one series of files per
+    stream (``data``; ``blank`` for serial blanks kept locally)."""
+
+    def __init__(
+        self,
+        root: Path,
+        run_uid: str,
+        shape: tuple[int, int],
+        dtype: str,
+        frames_per_file: int,
+        file_seconds: float,
+        layout: ProductLayout,
+        on_closed: Callable[[ClosedFile], None],
+        meta: RunMetadata | None = None,
+        closer: Executor | None = None,
+        on_close_failed: Callable[[str, list[int], BaseException], None] | None = None,
+        data_path: Path | None = None,
+    ) -> None:
+        self.directory = root / run_uid
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.run_uid = run_uid
+        #: an areaDetector capture's file (HDF1:FileTemplate): every data frame of the run goes into this one
+        #: file (no rollover); reduced products and documents stay under the run's directory
+        self.data_path = data_path
+        if data_path is not None:
+            frames_per_file, file_seconds = CAPTURE_CAPACITY, math.inf
+        self.shape = shape
+        self.dtype = dtype
+        self.frames_per_file = frames_per_file
+        self.file_seconds = file_seconds
+        self.layout = layout
+        self.meta = meta
+        self.on_closed = on_closed
+        self.files_closed = 0
+        self.frames_written = 0
+        self._current: dict[str, RunFileWriter] = {}
+        self._indices: dict[str, int] = {}
+        # with a ``closer``, full files are finished there, in order, while the next one fills; a file
+        # that cannot be finished goes to ``on_close_failed`` with its frames (without one, it raises)
+        self._closer = closer
+        self._on_close_failed = on_close_failed
+        self._closing: list[Future[None]] = []
+        self._nxmx: NxmxTemplate | None = None
+
+    def _nxmx_template(self) -> NxmxTemplate | None:
+        """The run's NXmx metadata to copy into each file (made with the first file)."""
+        if self._nxmx is None and self.meta is not None and self.layout.definition == "NXmx":
+            self._nxmx = NxmxTemplate(self.meta, self.shape, self.dtype)
+        return self._nxmx
+
+    def _name(self, stream: str, index: int) -> str:
+        if stream == "data" and self.data_path is not None:
+            return self.data_path.name
+        if stream == "data":
+            return f"{self.run_uid}_{index:05d}.h5"
+        return f"{self.run_uid}_{stream}_{index:05d}.h5"
+
+    def write(
+        self, frame: int, chunk: bytes, products: dict[str, Any], flags: int = 0, stream: str = "data"
+    ) -> None:
+        current = self._current.get(stream)
+        if current is None:
+            index = self._indices.get(stream, 0)
+            self._indices[stream] = index + 1
+            data_path = self.data_path if stream == "data" else None
+            current = RunFileWriter(
+                self.directory if data_path is None else data_path.parent,
+                self.run_uid,
+                self._name(stream, index),
+                index,
+                self.shape,
+                self.dtype,
+                self.frames_per_file,
+                self.layout,
+                self.meta,
+                stream,
+                self._nxmx_template(),
+            )
+            self._current[stream] = current
+        current.write(frame, chunk, products, flags)
+        self.frames_written += 1
+        if len(current) >= self.frames_per_file:
+            self.roll(stream)
+
+    def tick(self) -> None:
+        """Close each open file that has been open longer than ``file_seconds``."""
+        now = time.monotonic()
+        for stream, current in list(self._current.items()):
+            if now - current.opened_at >= self.file_seconds:
+                self.roll(stream)
+
+    def roll(self, stream: str | None = None) -> None:
+        """Finish the open file of ``stream`` (of every stream when None)."""
+        streams = list(self._current) if stream is None else [stream]
+        for name in streams:
+            current = self._current.pop(name, None)
+            if current is None:
+                continue
+            if len(current) == 0:
+                current.discard()
+                continue
+            self.files_closed += 1
+            if self._closer is None:
+                self.on_closed(current.close())
+                continue
+            self._closing = [f for f in self._closing if not f.done()]
+            self._closing.append(self._closer.submit(self._finish, current))
+
+    def _finish(self, current: RunFileWriter) -> None:
+        try:
+            closed = current.close()
+        except Exception as error:
+            if is_no_space(error):  # expected on a full disk: one line, the frames become disk_full losses
+                log.error("finishing %s failed: the disk is full (%s)", current.name, str(error)[:160])
+            else:
+                log.exception("finishing %s failed", current.name)
+            self._set_aside(current)  # now, here: not when a half-closed HDF5 file is collected, anywhere
+            if self._on_close_failed is None:
+                raise
+            self._on_close_failed(self.run_uid, list(current.frames), error)
+            return
+        try:
+            self.on_closed(closed)
+        except Exception as error:  # finished, but not registered: its frames are recorded lost
+            log.exception("registering %s failed", current.name)
+            if self._on_close_failed is None:
+                raise
+            self._on_close_failed(self.run_uid, list(current.frames), error)
+
+    def quarantine_open(self) -> list[list[int]]:
+        """Give up the open files (the disk is full): each ``.part`` moves to ``STORE/quarantine/RUN/``
+        (a rename, which needs no space), never under a final name; returns each file's frame numbers."""
+        abandoned: list[list[int]] = []
+        for stream in list(self._current):
+            current = self._current.pop(stream)
+            abandoned.append(list(current.frames))
+            self._set_aside(current)
+        return abandoned
+
+    def _set_aside(self, current: RunFileWriter) -> None:
+        """Close a file that cannot be finished (as far as HDF5 can) and move its ``.part`` to
+        ``STORE/quarantine/RUN/`` (a rename, which needs no space), never under a final name."""
+        _close_as_far_as_possible(current._h5, current.name)  # the .part is set aside all the same
+        target = self.directory.parent / "quarantine" / self.run_uid / current.part_path.name
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(current.part_path, target)
+        except OSError as error:
+            log.error("cannot quarantine %s (%s); removing it", current.part_path, error)
+            current.part_path.unlink(missing_ok=True)
+
+    def close(self) -> None:
+        """Finish the open files and wait until every file of the run is finished and registered."""
+        self.roll()
+        for pending in self._closing:
+            pending.result()
+        self._closing = []
+        if self._nxmx is not None:
+            self._nxmx.close()
+            self._nxmx = None

@@ -1,0 +1,198 @@
+"""A run's reduced files: the frame table (every frame's disposition) and the mode's products."""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import h5py
+import hdf5plugin  # noqa: F401  (registers filter 32008 with HDF5)
+import numpy as np
+
+from edge.store._files import ClosedFile, ProductLayout, _abandon, _finish_file, _write_reduction_record
+
+log = logging.getLogger(__name__)
+
+
+DISPOSITION_CODES = {"stored": 0, "vetoed": 1}
+
+
+class ReducedWriter:
+    """A run's reduced files: the frame table and every frame's products, stored or vetoed.
+
+    These travel upstream under every ``upstream.forward`` policy, so ``sent = stored + vetoed + lost``
+    can be proven from the upstream copy alone (lost frames are in the run's documents). A file is
+    finished every ``frames_per_file`` frames (memory stays bounded) and at the run's end, when the
+    mode's run products (e.g. tomography slices) go into the last one.
+    """
+
+    def __init__(
+        self,
+        directory: Path,
+        run_uid: str,
+        layout: ProductLayout,
+        frames_per_file: int,
+        seconds: float = math.inf,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.directory = directory
+        self.run_uid = run_uid
+        self.layout = layout
+        self.frames_per_file = max(1, frames_per_file)
+        self.seconds = seconds
+        self.clock = clock
+        self._since: float | None = None  # when the first row of the file being gathered came
+        self.files = 0
+        self.rows: list[dict[str, Any]] = []
+        self.products: list[dict[str, Any]] = []
+        self.counts = {"stored": 0, "vetoed": 0}
+
+    def add(
+        self, frame: int, disposition: str, stream: str, row: dict[str, Any], products: dict[str, Any]
+    ) -> None:
+        self.counts[disposition] += 1
+        if not self.rows:
+            self._since = self.clock()
+        self.rows.append({"frame_number": frame, "disposition": disposition, "stream": stream, **row})
+        self.products.append(products)
+
+    def full(self) -> bool:
+        """Time to finish the file: ``frames_per_file`` rows, or its first row ``seconds`` ago (a crash
+        then leaves at most that long of rows, e.g. vetoed blanks, unrecorded)."""
+        if len(self.rows) >= self.frames_per_file:
+            return True
+        return bool(self.rows) and self._since is not None and self.clock() - self._since >= self.seconds
+
+    def finish(self, run_products: dict[str, Any] | None = None) -> ClosedFile | None:
+        """Write the frames gathered so far (and ``run_products``) to the next reduced file."""
+        if not self.rows and not run_products:
+            return None
+        name = f"{self.run_uid}_reduced_{self.files:05d}.nxs"
+        final, part = self.directory / name, self.directory / (name + ".part")
+        try:
+            h5 = h5py.File(part, "w", libver="latest")
+        except BaseException:  # (a full disk) never a 0-byte .part left for the next start to call a crash's
+            part.unlink(missing_ok=True)
+            raise
+        try:
+            entry = h5.create_group("entry")
+            entry.attrs["NX_class"] = "NXentry"
+            entry.attrs["run_uid"] = self.run_uid
+            entry.attrs["file_kind"] = "reduced"
+            h5.attrs["default"] = "entry"
+            _write_reduction_record(entry, self.layout)
+            self._write_frames(entry)
+            if self.rows:
+                self.layout.write_reduced(entry, self.products)
+            if run_products:
+                _write_run_products(entry, run_products)
+            if "default" not in entry.attrs and "n_peaks" in entry["frames"]:
+                _peaks_plot(entry)
+            if "default" not in entry.attrs:  # raw, or rows with no product: the dispositions
+                _frames_plot(entry, "disposition")
+            _finish_file(h5, part, final)
+        except BaseException:
+            _abandon(h5, part)
+            raise
+        numbers = [int(r["frame_number"]) for r in self.rows]
+        closed = ClosedFile(
+            self.run_uid,
+            name,
+            final,
+            min(numbers, default=-1),
+            max(numbers, default=-1),
+            0,  # a reduced file holds no raw frames: its frames are counted in the data files
+            "reduced",
+        )
+        self.files += 1
+        self.rows, self.products = [], []
+        return closed
+
+    def _write_frames(self, entry: h5py.Group) -> None:
+        table = entry.create_group("frames")
+        table.attrs["NX_class"] = "NXcollection"
+        table.attrs["meaning"] = (
+            "one row per frame that reached the pipeline: disposition 0 stored, 1 vetoed (by the mode's"
+            " policy); lost frames are the run's loss records (documents file)"
+        )
+        rows = self.rows
+        table.create_dataset("frame_number", data=np.asarray([r["frame_number"] for r in rows], np.int64))
+        table.create_dataset(
+            "disposition", data=np.asarray([DISPOSITION_CODES[r["disposition"]] for r in rows], np.int8)
+        )
+        table.create_dataset("stream", data=[str(r["stream"]) for r in rows], dtype=h5py.string_dtype())
+        for name, dtype in (("image_key", np.int8), ("is_hit", bool), ("n_peaks", np.int32)):
+            if any(name in r for r in rows):
+                table.create_dataset(name, data=np.asarray([r.get(name, 0) for r in rows], dtype))
+        if any("rotation_angle" in r for r in rows):
+            angles = [r.get("rotation_angle", np.nan) for r in rows]
+            table.create_dataset("rotation_angle", data=np.asarray(angles, np.float64)).attrs["units"] = "deg"
+        if any("roi_sum" in r for r in rows):
+            table.create_dataset("roi_sum", data=np.asarray([r["roi_sum"] for r in rows], np.float64))
+
+
+def _peaks_plot(entry: h5py.Group) -> None:
+    """Serial: peaks per frame against the frame number, the entry's default plot (what a NeXus reader
+    such as silx view shows on opening the file); links to the frame table's columns, not copies."""
+    _frames_plot(entry, "n_peaks", "peaks_per_frame")
+
+
+def _frames_plot(entry: h5py.Group, column: str, name: str | None = None) -> None:
+    """A column of the frame table against the frame number, as the entry's default NXdata (links)."""
+    group = entry.create_group(name or f"{column}_per_frame")
+    group.attrs["NX_class"] = "NXdata"
+    group.attrs["signal"] = column
+    group.attrs["axes"] = ["frame_number"]
+    group.attrs["interpretation"] = "spectrum"
+    group[column] = entry[f"frames/{column}"]
+    group["frame_number"] = entry["frames/frame_number"]
+    entry.attrs["default"] = group.name.rsplit("/", 1)[-1]
+
+
+def _write_run_products(entry: h5py.Group, products: dict[str, Any]) -> None:
+    """Products of the whole run (tomography: slices, sinograms, mean dark and flat).
+
+    The slices are the entry's default plot: NeXus readers (silx view, nexpy) follow the file's
+    ``@default`` to the entry and the entry's to this NXdata.
+    """
+    group = entry.create_group("reconstruction")
+    group.attrs["NX_class"] = "NXdata"
+    group.attrs["signal"] = "slices"
+    if "rows" in products:  # one slice per detector row reconstructed
+        group.attrs["axes"] = ["rows", ".", "."]
+        group.attrs["rows_indices"] = 0
+    entry.attrs["default"] = "reconstruction"
+    for key, value in products.items():
+        if isinstance(value, str):
+            group.create_dataset(key, data=value)
+            continue
+        array = np.asarray(value)
+        if array.ndim >= 2:
+            group.create_dataset(key, data=array, compression="gzip", shuffle=True)
+        else:
+            group.create_dataset(key, data=array)
+    if "rotation_angle" in group:
+        group["rotation_angle"].attrs["units"] = "deg"
+    for name in ("center", "rows"):  # detector columns and rows
+        if name in group:
+            group[name].attrs["units"] = "pixel"
+    normalised = str(products.get("flat_field", "")).startswith("applied")
+    if "slices" in group:
+        # filtered back-projection of -log(transmission) on a grid of detector pixels: the linear
+        # attenuation coefficient per pixel (divide by x_pixel_size for 1/m); without a flat field,
+        # of -log(counts): relative values only
+        group["slices"].attrs["long_name"] = (
+            "linear attenuation coefficient (per pixel length)" if normalised else "FBP of -log(counts)"
+        )
+        group["slices"].attrs["units"] = "1/pixel" if normalised else "arbitrary units"
+    if "sinograms" in group:
+        group["sinograms"].attrs["long_name"] = "-log(transmission)" if normalised else "-log(counts)"
+        if not normalised:  # a transmission's log has no unit
+            group["sinograms"].attrs["units"] = "arbitrary units"
+    for name in ("dark_mean", "flat_mean"):
+        if name in group:
+            group[name].attrs["units"] = "counts"
