@@ -22,13 +22,7 @@ import numpy as np
 
 from edge.modes._powder import PowderStage
 from edge.modes._serial import SerialStage
-from edge.modes._stage import (
-    Corrections,
-    EarlierParts,
-    FrameResult,
-    ModeStage,
-    RunContext,
-)
+from edge.modes._stage import Corrections, EarlierParts, FrameResult, ModeStage, RunContext
 from edge.modes._tomo import TomoStage
 from kernels import invalid_pixels
 

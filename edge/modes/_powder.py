@@ -16,9 +16,7 @@ from edge.modes._stage import (
     _described,
     _radial_axis,
 )
-from kernels import (
-    make_gain,
-)
+from kernels import make_gain
 
 
 class PowderStage(_CorrectedStage):

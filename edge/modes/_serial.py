@@ -14,16 +14,9 @@ from typing import Any
 import h5py
 import numpy as np
 
-from edge.modes._stage import (
-    STREAM_BLANK,
-    FrameResult,
-    RunContext,
-    _CorrectedStage,
-)
+from edge.modes._stage import STREAM_BLANK, FrameResult, RunContext, _CorrectedStage
 from edge.nxmx import crystfel_panel
-from kernels import (
-    direct_beam,
-)
+from kernels import direct_beam
 
 
 class SerialStage(_CorrectedStage):

@@ -14,11 +14,7 @@ import h5py
 import numpy as np
 
 from edge.config import ReductionSettings
-from kernels import (
-    Backend,
-    Geometry,
-    RoiSet,
-)
+from kernels import Backend, Geometry, RoiSet
 
 STREAM_DATA, STREAM_BLANK = "data", "blank"
 

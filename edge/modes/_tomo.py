@@ -14,15 +14,8 @@ from typing import Any
 import h5py
 import numpy as np
 
-from edge.modes._stage import (
-    EarlierParts,
-    FrameResult,
-    RunContext,
-    _CorrectedStage,
-)
-from kernels import (
-    estimate_center_from_sinogram,
-)
+from edge.modes._stage import EarlierParts, FrameResult, RunContext, _CorrectedStage
+from kernels import estimate_center_from_sinogram
 
 log = logging.getLogger(__name__)
 
