@@ -565,6 +565,13 @@ class EpicsSettings(_Section):
         True, description="serve the newest frame as an NTNDArray over pvAccess (PREFIX + Pva1:Image, p4p)"
     )
     pva_rate_hz: float = Field(5.0, gt=0, le=50, description="most updates per second of Pva1:Image")
+    run_grace_seconds: float = Field(
+        30.0,
+        gt=0,
+        le=86_400,
+        description="an Acquire put gives its run up (and completes) when, the camera done, no frame has"
+        " moved in the appliance (received, reduced, written; no mode's kernels loading) this long",
+    )
 
 
 class LogSettings(_Section):

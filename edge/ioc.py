@@ -62,8 +62,6 @@ FILE_NUMBER_MAX = 2**31 - 1  # HDF1:FileNumber is an EPICS long
 REFRESH_SECONDS = 0.5
 #: How long the stream must be quiet, after the detector went away mid-run, before the run is ended.
 STREAM_QUIET_SECONDS = 1.0
-#: Seconds the appliance waits past a run's nominal length for its frames to be accounted for.
-RUN_GRACE_SECONDS = 30.0
 #: The ACF shipped with the package, loaded unless ``epics.acf_file`` names another: everyone reads,
 #: only ``$(USER)`` (the daemon's user) writes; group READONLY (every ``*In`` record) takes no writes.
 DEFAULT_ACF = Path(__file__).with_name("data") / "edge.acf"
@@ -818,13 +816,22 @@ class ApplianceIOC:
         done = await control.start()
         done.add_done_callback(lambda f: f.cancelled() or f.exception())  # retrieved, whatever happens
         self._set_message("Acquiring")
-        deadline = time.monotonic() + num_images * period + RUN_GRACE_SECONDS
+        # no deadline while the camera acquires (external triggers may take as long as they take; an
+        # Acquire 0 aborts) nor while the appliance still works on the run's frames (received, processed,
+        # a mode's kernels loading); epics.run_grace_seconds after the last of these, the run is given up
+        progress: tuple[float, tuple[Any, ...]] = (time.monotonic(), ())
         run_uid: str | None = None
         aborted = detector_lost = False
         quiet_since: tuple[float, int] | None = None
         capture_quiet: tuple[float, int] | None = None
-        while time.monotonic() < deadline:
+        while True:
             await asyncio.sleep(0.05)
+            now = time.monotonic()
+            working = (not done.done(), self.view.progress())
+            if working != progress[1] or working[0] or working[1][-1]:  # (the last: warm-ups running)
+                progress = (now, working)
+            elif now - progress[0] >= self.settings.run_grace_seconds:
+                break
             if run_uid is None:
                 if capturing and self.capture is not None:
                     run_uid = self.capture.capture()["run_uid"]
@@ -886,7 +893,8 @@ class ApplianceIOC:
         with contextlib.suppress(DetectorControlError):
             if control.connected and not done.done():
                 await control.stop()
-        self._set_message(f"Run not accounted for after {RUN_GRACE_SECONDS:.0f} s grace")
+        grace = self.settings.run_grace_seconds
+        self._set_message(f"Run not accounted for {grace:g} s after the last frame moved")
 
     def _new_run_since(self, started: float) -> str | None:
         """The uid of the first run the ledger started at or after ``started``."""

@@ -119,6 +119,7 @@ class Pipeline:
         self.store_blanks = store_blanks
         self.disk = disk
         self.stats: Counter[str] = Counter()
+        self.warming = 0  # mode warm-ups running (`warm_up`, on this thread or one of its own)
         # the open (or last) run's vetoed frames, live: the ledger has a run's count once it has ended
         self._run_vetoed: tuple[str | None, int] = (None, 0)
         # the newest powder frame's (radial axis, intensity, pixels per bin) for the live view
@@ -189,6 +190,11 @@ class Pipeline:
             return
         self.stats["ring_pinned_bytes"] = slots.nbytes
         log.info("frame ring page-locked for the GPU: %d MiB", slots.nbytes >> 20)
+
+    def progress(self) -> tuple[int, int]:
+        """What changes while the pipeline works: frames processed, and how many mode warm-ups (kernel
+        loads or compiles, which a run's first frame may be waiting for) are running."""
+        return int(self.stats["frames_processed"]), self.warming
 
     def writing(self) -> tuple[str | None, int]:
         """The run being written now (None between runs) and its frames written so far."""
@@ -383,10 +389,13 @@ class Pipeline:
         A mode that cannot start with these settings is skipped here: the run that uses them says why.
         """
         started = time.perf_counter()
+        self.warming += 1  # (a run's first frame may wait for it: the IOC counts that as progress)
         try:
             warm_up(self._context(shape, params, dtype=dtype), dtype)
         except Exception as error:
             log.warning("warming up mode %s skipped: %s", params.mode, error)
+        finally:
+            self.warming -= 1
         took = time.perf_counter() - started
         log.info("mode %s: kernels ready in %.2f s", params.mode, took)
         return took

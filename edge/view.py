@@ -322,6 +322,11 @@ class ApplianceView:
         projections, darks, flats, slices_done in tomo); None before the first run."""
         return self._p.pipeline.product_tally()  # type: ignore[attr-defined,no-any-return]
 
+    def progress(self) -> tuple[Any, ...]:
+        """Changes while the appliance still works on frames: frames received, and the pipeline's
+        frames processed and mode warm-ups running (`Pipeline.progress`)."""
+        return (self.frames_received(), *self._p.pipeline.progress())  # type: ignore[attr-defined]
+
     def writer_run(self) -> tuple[str | None, int]:
         """The run the pipeline is writing now (None between runs) and its frames written so far."""
         return self._p.pipeline.writing()  # type: ignore[attr-defined,no-any-return]

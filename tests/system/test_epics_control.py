@@ -502,3 +502,31 @@ def test_a_series_stopped_at_the_camera_ends_abort_and_one_the_appliance_did_not
     run = wait_until(lambda: (r := stack.run(other))["ended_at"] is not None and r, 30, "that run's end")
     assert run["exit_status"] == "abort" and run["totals"]["frames_lost"] == 0, run
     assert stack.procs["daemon"].poll() is None
+
+
+def test_a_run_longer_than_its_nominal_length_completes_when_its_frames_are_in(
+    tmp_path: Path, ca_port: int, edge_ca_port: int
+) -> None:
+    """An outside probe: with ``AcquirePeriod`` 0 ("as fast as it can") the put gave the run up
+    NumImages x AcquirePeriod + 30 s after it began, though frames kept coming: the camera was stopped,
+    the run ended ``abort``. The put now waits while the camera acquires and while frames move; here
+    the grace is 2 s and the run takes longer."""
+    epics = _epics()
+    stack = Stack(tmp_path, ca_port, edge_ca_port, ACF)
+    stack.settings.append("epics.run_grace_seconds=2")
+    try:
+        stack.start_sim()
+        stack.start_daemon()
+        p = stack.prefix
+        _put(stack, "NumImages", 60)
+        _put(stack, "AcquirePeriod", 0)
+        _put(stack, "AcquireTime", 0.06)  # frames come every 60 ms: about 3.6 s of acquisition
+        started = time.monotonic()
+        assert epics.caput(p + "Acquire", 1, wait=True, timeout=90) == 1
+        assert time.monotonic() - started > 3
+        message = epics.caget(p + "StatusMessage_RBV", as_string=True)
+        assert message == "Acquisition completed: 60 frames stored", message
+        run = stack.run(epics.caget(p + "RunUid_RBV", as_string=True))
+        assert run["exit_status"] == "success" and run["losses"] == []
+    finally:
+        stack.stop()
