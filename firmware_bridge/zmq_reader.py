@@ -672,6 +672,7 @@ class ZmqStreamSource:
             return
         self._release_gaps(time.monotonic(), everything=True)
         self._count_drop_in_series(time.monotonic())  # (it may end between two looks at the connection)
+        self._dropped_in_series = None  # the next series may carry the same number: not its drop
         expected = self._frames_expected
         if expected is not None and self._next_frame < expected:
             self.stats["frames_gap"] += expected - self._next_frame
