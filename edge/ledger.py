@@ -821,7 +821,8 @@ class Ledger:
                 # TOTAL, not SUM: a float that cannot overflow where SUM would raise past int64
                 f"SELECT COALESCE(TOTAL(CASE WHEN reason IN ({uncounted}) THEN 0"
                 " ELSE last_frame - first_frame + 1 END), 0),"
-                f" COUNT(*), COALESCE(SUM(reason IN ({partial})), 0) FROM losses"
+                f" COUNT(*), COALESCE(TOTAL(CASE WHEN reason IN ({partial}) THEN last_frame - first_frame + 1"
+                " ELSE 0 END), 0) FROM losses"  # frames kept with pixels missing, not their records
             ).fetchone()
             # a run's count is written when it ends (a row per run, summed); the open run's: the pipeline's
             vetoed = db.execute("SELECT COALESCE(SUM(frames_vetoed), 0) FROM runs").fetchone()

@@ -49,3 +49,19 @@ def test_small_loss_totals_stay_exact(tmp_path: Path) -> None:
         assert ledger.summary()["frames_lost"] == 13
     finally:
         ledger.close()
+
+
+def test_incomplete_frames_are_counted_as_frames_not_records(tmp_path: Path) -> None:
+    """A docs-walk probe: ``frames.incomplete`` read 34 where 51 frames were stored with pixels missing
+    (the summary counted loss records, a record covering a range of frames); the run's totals said 51."""
+    ledger = Ledger(tmp_path / "ledger.sqlite")
+    try:
+        ledger.run_started("run", 1, None, "{}")
+        ledger.record_loss("run", 11, 13, "incomplete_frame")
+        ledger.record_loss("run", 20, 20, "incomplete_frame")
+        ledger.record_loss("run", 30, 31, "frame_number_gap")
+        summary = ledger.summary()
+        assert summary["frames_incomplete"] == 4 == ledger.run_totals("run")["frames_incomplete"]
+        assert summary["frames_lost"] == 2 and summary["loss_records"] == 3
+    finally:
+        ledger.close()
