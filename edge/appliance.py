@@ -178,6 +178,9 @@ class RingSink:
         self._capture_run: str | None = None  # the capture's run, once its first series started
         self._capture_next = 0  # the capture's next frame number (series after the first continue it)
         self._capture_offset: int | None = None  # added to this series' frame numbers
+        # the capture's run whose frame numbers the offset shifts: until that run ends, even when the
+        # capture closed mid-series (HDF1:NumCapture reached, Capture 0): its late frames go on numbered
+        self._numbered_run: str | None = None
         self._series_open = False
         self._abort_requested = False  # the control system aborted the run: its series ends `abort`
         self._armed = False  # the IOC's Acquire 1 armed the detector; its run may not have opened yet
@@ -188,7 +191,7 @@ class RingSink:
         return self.ring.claim(nbytes)
 
     def publish(self, slot: Slot, header: FrameHeader) -> None:
-        if self._capture_run is not None and self.run_uid == self._capture_run:
+        if self._numbered_run is not None and self.run_uid == self._numbered_run:
             if self._capture_offset is None:
                 self._capture_offset = self._capture_next - header.frame
             if self._capture_offset:
@@ -384,6 +387,7 @@ class RingSink:
             with self._capture_lock:
                 if self._capture_path == capture_path:
                     self._capture_run, self._capture_offset = run_uid, None
+                    self._numbered_run = run_uid
                 else:  # the capture closed while this series started: end the run with the series
                     capture_path = None
         return None
@@ -428,6 +432,8 @@ class RingSink:
                 self._capture_run = self._capture_path = None
         if not self.refused:
             self._control({"event": "series_end", "exit_status": exit_status})
+        if self.run_uid == self._numbered_run:  # the capture's run has ended: no more numbering
+            self._numbered_run = self._capture_offset = None
         self.ended_run_uid, self.run_uid = self.run_uid, None
 
     def lost(self, first: int, last: int, reason: str, detail: str = "") -> None:
@@ -443,7 +449,7 @@ class RingSink:
             reason, detail = "aborted", f"not acquired: the run was aborted (Acquire 0); {detail}"
         if reason == "ring_full" and self.ring.stopping:  # no slot because the daemon is stopping
             reason, detail = "shutdown", f"the daemon was stopping ({detail})" if detail else "stopping"
-        if self._capture_offset and self._capture_run is not None and self.run_uid == self._capture_run:
+        if self._capture_offset and self._numbered_run is not None and self.run_uid == self._numbered_run:
             first, last = first + self._capture_offset, last + self._capture_offset
         self.losses += last - first + 1
         if self.run_uid is None and reason == "frame_outside_series" and self.ended_run_uid is not None:

@@ -176,6 +176,7 @@ class ApplianceIOC:
         self.capture = capture
         self._capturing = False
         self._capture_close = asyncio.Event()
+        self._capture_task: asyncio.Task[None] | None = None  # the open (or last) capture's watch
         self._write_message = ""
         self.reduction = reduction
         self.refusal = refusal or (lambda: None)
@@ -354,14 +355,27 @@ class ApplianceIOC:
         value = self._param_value(spec) if spec.param else initial.get(spec.name, spec.initial)
         if isinstance(spec.only, str):
             value = self._frame_only(spec)
+        on_update: Callable[[Any], Any] = lambda value, name=spec.name: self._apply_setpoint(name, value)  # noqa: E731
+        if spec.name == "HDF1:Capture":
+            on_update = self._on_capture_put
         return {
             "initial_value": value,
             "always_update": True,
             # a put with completion returns once the value is applied and its readback shows it
             "blocking": True,
             "validate": validate,
-            "on_update": lambda value, name=spec.name: self._apply_setpoint(name, value),
+            "on_update": on_update,
         }
+
+    async def _on_capture_put(self, value: Any) -> None:
+        """``HDF1:Capture``: 1 opens a capture; 0 closes it, and its put completes once the file is
+        finished and ``Capture_RBV`` is 0 (as every setpoint's completion waits for its readback)."""
+        closing = not int(value) and self._capturing
+        self._apply_setpoint("HDF1:Capture", value)
+        task = self._capture_task
+        if closing and task is not None:
+            with contextlib.suppress(Exception):  # (its own failures are logged and shown by the task)
+                await asyncio.wait_for(asyncio.shield(task), CAPTURE_CLOSE_SECONDS + 5)
 
     # --- setpoints -----------------------------------------------------------------------------
     def _validate(self, spec: PvSpec, device: Any, value: Any) -> bool:
@@ -510,7 +524,15 @@ class ApplianceIOC:
         self._set("HDF1:NumCaptured_RBV", 0)
         self._set("HDF1:FullFileName_RBV", _fit(str(path)))
         self._set_write_message("")
-        self._tasks.append(self.loop.create_task(self._watch_capture(path), name="edge-ioc-capture"))
+        if int(self.records["HDF1:AutoIncrement_RBV"].get()):  # as areaDetector: once the file is opened
+            number = int(self.records["HDF1:FileNumber_RBV"].get()) + 1
+            if number > FILE_NUMBER_MAX:  # a long's last value: kept, never wrapped to a negative one
+                self._set_write_message(f"FileNumber stays at {FILE_NUMBER_MAX}, the largest it takes")
+            else:
+                self._set("HDF1:FileNumber", number)
+                self._set("HDF1:FileNumber_RBV", number)
+        self._capture_task = self.loop.create_task(self._watch_capture(path), name="edge-ioc-capture")
+        self._tasks.append(self._capture_task)
         log.info("capture opened: %s", path)
 
     async def _watch_capture(self, path: Path) -> None:
@@ -549,13 +571,6 @@ class ApplianceIOC:
             self._capturing = False
             self.records["HDF1:Capture"].set(0, process=False)
             self._set("HDF1:Capture_RBV", 0)
-            if int(self.records["HDF1:AutoIncrement_RBV"].get()):
-                number = int(self.records["HDF1:FileNumber_RBV"].get()) + 1
-                if number > FILE_NUMBER_MAX:  # a long's last value: kept, never wrapped to a negative one
-                    self._set_write_message(f"FileNumber stays at {FILE_NUMBER_MAX}, the largest it takes")
-                else:
-                    self._set("HDF1:FileNumber", number)
-                    self._set("HDF1:FileNumber_RBV", number)
             log.info("capture closed: %s (run %s)", path, run_uid)
 
     def _set_write_message(self, message: str) -> None:
@@ -863,7 +878,10 @@ class ApplianceIOC:
                     self.end_open_series("detector_disconnected")
             if capturing and run_uid is not None and done.done():
                 writing, frames = self.view.writer_run()
-                taken = frames - capture_base if writing == run_uid else 0
+                if writing != run_uid:  # the capture's run ended (NumCapture reached, Capture 0): its count
+                    totals = await asyncio.to_thread(self.view.run_totals, run_uid)
+                    frames = int(totals["frames_stored"]) if totals is not None else capture_base
+                taken = frames - capture_base
                 now = time.monotonic()
                 if capture_quiet is None or capture_quiet[1] != frames:
                     capture_quiet = (now, frames)

@@ -210,8 +210,9 @@ HDF_PLUGIN_PVS: tuple[PvSpec, ...] = (
         "HDF1:FileNumber",
         "longOut",
         "long",
-        "Number for `FileTemplate`'s `%d`; +1 after each capture while `AutoIncrement` is Yes (at"
-        " 2147483647 it stays, and `WriteMessage` says so).",
+        "Number for `FileTemplate`'s `%d`; +1 as soon as a capture names its file while `AutoIncrement` is"
+        " Yes, as areaDetector raises it once the file is open (at 2147483647 it stays, and `WriteMessage`"
+        " says so).",
         0,
         limits=(0, 2**31 - 1),
     ),
@@ -219,7 +220,7 @@ HDF_PLUGIN_PVS: tuple[PvSpec, ...] = (
         "HDF1:AutoIncrement",
         "boolOut",
         "enum",
-        "Increment `FileNumber` after each capture.",
+        "Increment `FileNumber` when a capture opens its file.",
         0,
         choices=_NO_YES,
     ),
@@ -783,7 +784,8 @@ PVS: tuple[PvSpec, ...] = (
         "enum",
         "1 opens a capture (areaDetector Stream mode): the detector's acquisitions from now on make one "
         "run, written to the one file `FileTemplate` names, with no rollover; 0 closes it (its run ends "
-        "`success`). Frames outside a capture are stored all the same, in the store's rollover files.",
+        "`success`; a put of 0 with completion returns once the file is finished and `Capture_RBV` is 0)."
+        " Frames outside a capture are stored all the same, in the store's rollover files.",
         choices=("Done", "Capture"),
     ),
     _rbv(

@@ -374,3 +374,49 @@ def test_bluesky_count_with_stock_classic_ophyd(stack: Stack) -> None:
         assert epics.caget(p + "HDF1:ArrayCounter_RBV") == 0
     finally:
         detector.destroy()
+
+
+def test_a_capture_closed_by_num_capture_mid_acquisition_numbers_its_late_frames_on(stack: Stack) -> None:
+    """An outside EPICS probe: NumCapture 5 with two acquisitions of 3 closed the capture mid-way through
+    the second; its last frame was stored as frame 2 again ([0 1 2 3 4 2]) and the message said "0 frames
+    added". The late frame is numbered on (5), the count is the acquisition's; FileNumber goes up when
+    the file is named (as areaDetector's, which classic ophyd's Resource naming expects); a Capture 0
+    put with completion returns once the file is there."""
+    import h5py
+    import hdf5plugin  # noqa: F401
+
+    epics = _epics()
+    p = stack.prefix
+
+    def put(name: str, value: Any) -> None:
+        assert epics.caput(p + name, value, wait=True, timeout=30) == 1, name
+
+    directory = stack.tmp_path / "store" / "num"
+    put("HDF1:FilePath", str(directory))
+    put("HDF1:CreateDirectory", 1)
+    put("HDF1:FileName", "num")
+    put("HDF1:FileTemplate", "%s%s_%3.3d.h5")
+    put("HDF1:FileNumber", 8)
+    put("HDF1:AutoIncrement", 1)
+    put("NumImages", 3)
+    put("AcquirePeriod", 0.02)
+    put("HDF1:NumCapture", 5)
+    put("HDF1:Capture", 1)
+    assert epics.caget(p + "HDF1:FileNumber_RBV") == 9  # raised once the file is named
+    first = directory / "num_008.h5"
+    for taken in (3, 5):  # (each put waits for its readback: an Acquire 1 at once after one ends is refused)
+        put("Acquire", 1)
+        wait_until(lambda taken=taken: epics.caget(p + "HDF1:NumCaptured_RBV") >= taken, 10, f"{taken}")
+    done = "Acquisition completed: 3 frames added to the capture"
+    wait_until(lambda: epics.caget(p + "StatusMessage_RBV", as_string=True) == done, 10, "the second's end")
+    wait_until(lambda: epics.caget(p + "HDF1:Capture_RBV") == 0, 15.0, "the capture closed at NumCapture")
+    with h5py.File(first, "r") as h5:
+        assert list(h5["/entry/data/frame_number"][()]) == [0, 1, 2, 3, 4, 5]
+    # a Capture 0 with completion returns with the file finished
+    put("HDF1:NumCapture", 0)
+    put("HDF1:Capture", 1)
+    put("Acquire", 1)
+    put("HDF1:Capture", 0)
+    second = directory / "num_009.h5"
+    assert epics.caget(p + "HDF1:Capture_RBV") == 0 and second.exists()
+    assert epics.caget(p + "HDF1:FileNumber_RBV") == 10
