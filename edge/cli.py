@@ -438,6 +438,11 @@ def sim_refusal(settings: Settings, ioc: bool = False) -> str | None:
     and nothing reconstructs. A fault the carrier does not inject (``sim.reorder`` on a ZeroMQ stream,
     ``sim.burst`` on Stream V2, any fault with ``--ioc``) would be left out without a word: the run would
     test nothing the technician asked for."""
+    if settings.stream.transport == "udp" and settings.stream.format != "json":
+        return (
+            f"stream.format = {settings.stream.format!r} is a format of the ZeroMQ stream: UDP has its own"
+            " packets (docs/wire-formats.md); use one or the other"
+        )
     if settings.sim.mode == "tomo" and (
         settings.stream.transport == "udp" or settings.stream.format != "json"
     ):

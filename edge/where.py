@@ -205,7 +205,8 @@ def render(report: dict[str, Any]) -> str:
         confirmed = ", ".join(sorted(f["verified_by"])) or "nobody yet"
         lines.append(f"  {f['state']:<9} {where}" + (f"  [{f['why_local']}]" if f.get("why_local") else ""))
         lines.append(
-            f"            {f['size']} bytes, {f['checksum']}, frames {f['frames']}, confirmed by {confirmed}"
+            f"            {f['size']} bytes, {f['checksum']}, {_frames_text(f['frames'])},"
+            f" confirmed by {confirmed}"
         )
         for consumer, copy in sorted(f.get("upstream_copies", {}).items()):
             lines.append(f"            upstream copy ({consumer}): {copy}")
@@ -228,3 +229,9 @@ def _resumed_line(report: dict[str, Any]) -> str:
         return ""
     previous = report.get("resumes_run") or "unknown (no interrupted run of its series)"
     return f"  resumed after restart at frame {report['resumed_at_frame']}: continues run {previous}"
+
+
+def _frames_text(frames: list[int] | None) -> str:
+    """A file's frames as a line of ``edge where`` shows them: ``frames 0..99``, or none (a file of
+    products or documents holds no frames of the detector's)."""
+    return "no frames" if frames is None else f"frames {frames[0]}..{frames[1]}"

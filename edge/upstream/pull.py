@@ -106,10 +106,10 @@ class PullClient:
             removed += 1
             self.stats["parts_expired"] += 1
             log.warning(
-                "removed %s: no chunk of it came for %.0f h (pull.part_expiry_seconds); the appliance no"
+                "removed %s: no chunk of it came for %s (pull.part_expiry_seconds); the appliance no"
                 " longer offers it to consumer %s (confirmed by the required consumers first, or purged)",
                 part,
-                idle / 3600,
+                f"{idle / 3600:.1f} h" if idle >= 3600 else f"{idle:.0f} s",
                 self.consumer,
             )
         return removed

@@ -292,6 +292,9 @@ def test_edge_where_finds_a_run_by_the_uid_the_detector_gave_it(tmp_path: Path) 
         wait_for(lambda: [r for r in appliance.view.runs() if r.get("ended_at")], 30, "the run's end")
         (fresh,) = [r["run_uid"] for r in appliance.view.runs()]
     assert json.loads(_edge_where(tmp_path, "a/b c", "--json"))["run_uid"] == fresh
+    text = _edge_where(tmp_path, "a/b c")
+    # a data file names its frames; a reduced or documents file holds none (it printed "frames None")
+    assert "frames 0..0" in text and "no frames" in text and "None" not in text, text
 
 
 def test_a_frame_overtaken_by_later_ones_is_stored(tmp_path: Path) -> None:
