@@ -695,7 +695,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         help=f"comma-separated groups to run (default all: {','.join(GROUPS)})",
     )
     args = parser.parse_args(argv)
-    only = set(args.only.split(","))
+    only = {group.strip() for group in args.only.split(",") if group.strip()}
+    unknown = sorted(only - set(GROUPS))
+    if unknown or not only:
+        parser.error(
+            f"--only {args.only!r}: unknown group(s) {', '.join(unknown) or '(none given)'};"
+            f" the groups: {', '.join(GROUPS)}"
+        )
     repeats = args.repeats or (5 if args.quick else 9)
 
     import numba

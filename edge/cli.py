@@ -140,7 +140,13 @@ def build_parser() -> argparse.ArgumentParser:
     where.add_argument("run", help="run uid, or a unique prefix of one")
     where.add_argument("--json", action="store_true", help="print the report as JSON")
     bench = sub.add_parser("bench", help="run the benchmarks (benchmarks/kernels.py) and print the table")
-    bench.add_argument("bench_args", nargs=argparse.REMAINDER, help="passed on, e.g. --json --quick")
+    bench.add_argument(
+        "bench_args",
+        nargs=argparse.REMAINDER,
+        help="passed on to benchmarks/kernels.py, e.g. --json, --quick, --only GROUP,... (groups: integrate,"
+        " correct, compress, fbp, peaks, e2e, preview, modes, ingest; `edge bench --quick --help` lists"
+        " every flag)",
+    )
     pvdocs = sub.add_parser("pvdocs", help="print the appliance's PV reference (docs/pvs.md)")
     _common(pvdocs)
     settingsdocs = sub.add_parser("settingsdocs", help="print the settings reference (docs/settings.md)")
