@@ -615,7 +615,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "keys":
         from edge.upstream.curve import create_keys
 
-        public, secret = create_keys(args.directory, args.name)
+        try:
+            public, secret = create_keys(args.directory, args.name)
+        except (ConfigError, OSError) as error:
+            print(f"edge keys: {error}", file=sys.stderr)
+            return 2
         print(f"public key {public} (give this to the peer); secret key {secret} (keep it here)")
         return 0
     # The OpenMP runtimes under numba's thread pool and bitshuffle spin for a while after every

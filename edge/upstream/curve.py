@@ -21,13 +21,19 @@ import zmq.auth
 from zmq.auth.thread import ThreadAuthenticator
 from zmq.utils import z85
 
+from edge.errors import ConfigError
 from edge.upstream.protocol import CONSUMER_NAME
 
 log = logging.getLogger(__name__)
 
 
 def create_keys(directory: Path, name: str) -> tuple[Path, Path]:
-    """Write a key pair; returns (public file, secret file)."""
+    """Write a key pair; returns (public file, secret file). ``name`` is the consumer name the public
+    key will speak for (``NAME.key`` in the appliance's ``curve_clients_dir``): the protocol's rule."""
+    if not CONSUMER_NAME.fullmatch(name):
+        raise ConfigError(
+            f"key name {name[:80]!r}: 1 to 64 letters, digits, '_', '.' or '-' (it names the consumer)"
+        )
     directory.mkdir(parents=True, exist_ok=True)
     public, secret = zmq.auth.create_certificates(str(directory), name)
     os.chmod(secret, 0o600)  # the secret key: its owner only (pyzmq writes it with the umask's mode)
