@@ -436,7 +436,7 @@ def _carrier(settings: Settings, ioc: bool) -> tuple[str, str]:
     return settings.stream.format, f"stream.format = {settings.stream.format!r}"
 
 
-def sim_refusal(settings: Settings, ioc: bool = False) -> str | None:
+def sim_refusal(settings: Settings, ioc: bool = False, demo: bool = False) -> str | None:
     """Why the simulator cannot send what the settings ask for, or None.
 
     Tomography frames carry their image key and rotation angle only in the json stream's image header
@@ -444,6 +444,11 @@ def sim_refusal(settings: Settings, ioc: bool = False) -> str | None:
     and nothing reconstructs. A fault the carrier does not inject (``sim.reorder`` on a ZeroMQ stream,
     ``sim.burst`` on Stream V2, any fault with ``--ioc``) would be left out without a word: the run would
     test nothing the technician asked for."""
+    if demo and settings.sim.missing_end:
+        return (
+            "sim.missing_end never ends the series, and the demo waits for its run to end: run `edge sim`"
+            " and `edge run` for this fault (the run ends at the next series or when the daemon stops)"
+        )
     if settings.stream.transport == "udp" and settings.stream.format != "json":
         return (
             f"stream.format = {settings.stream.format!r} is a format of the ZeroMQ stream: UDP has its own"

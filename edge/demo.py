@@ -326,7 +326,7 @@ def run_demo(args: argparse.Namespace, settings: Settings, flags: list[str] | No
     """Run the demo; ``flags`` are the settings its own flags set (transport, faults), for every child."""
     from edge.cli import sim_refusal
 
-    problem = sim_refusal(settings)
+    problem = sim_refusal(settings, demo=True)
     if problem:  # before anything starts: it would run to the end and reconstruct nothing
         print(f"edge demo: {problem}", file=sys.stderr)
         return 2

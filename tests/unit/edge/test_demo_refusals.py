@@ -37,6 +37,10 @@ ROOT = Path(__file__).parents[3]
         (["demo", "--transport", "udp", "--set", "sim.missing_end=true"], "sim.missing_end: not a fault UDP"),
         (["sim", "--transport", "udp", "--format", "stream2"], "is a format of the ZeroMQ stream"),
         (["keys", "never-made", "bad/name"], "key name 'bad/name': 1 to 64 letters"),
+        (
+            ["demo", "--format", "stream2", "--set", "sim.missing_end=true"],
+            "sim.missing_end never ends the series, and the demo waits for its run to end",
+        ),
         (["demo", "--timeout", "0"], "must be a finite number of seconds above 0"),
         (["demo", "--timeout", "nan"], "must be a finite number of seconds above 0"),
     ],
