@@ -34,7 +34,7 @@ ROOT = Path(__file__).parents[3]
         ),
         (["sim", "--set", "sim.truncate=0.1"], "it injects: sim.loss, sim.duplicate"),
         (["sim", "--ioc", "--loss", "0.1"], "not a fault edge sim --ioc can inject (it injects: none"),
-        (["demo", "--transport", "udp", "--set", "sim.missing_end=true"], "sim.missing_end: not a fault UDP"),
+        (["sim", "--transport", "udp", "--set", "sim.missing_end=true"], "sim.missing_end: not a fault UDP"),
         (["sim", "--transport", "udp", "--format", "stream2"], "is a format of the ZeroMQ stream"),
         (["keys", "never-made", "bad/name"], "key name 'bad/name': 1 to 64 letters"),
         (
