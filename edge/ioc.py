@@ -1129,6 +1129,11 @@ class ApplianceIOC:
         if not self._capturing:  # a capture's own task shows it (Capture_RBV, NumCaptured_RBV, its file)
             self._set("HDF1:Capture_RBV", int(pipeline.get("run") is not None))
         self._set("HDF1:FilesClosed_RBV", int(status["store"]["files_closed"]))
+        current = (status.get("counts") or {}).get("run") or {}
+        if current.get("run_uid") and not self._acquiring and not self._capturing:
+            # the current (or last) run, whoever started it (the detector's own series too); an
+            # acquisition or a capture of this IOC shows its run itself
+            self._set("RunUid_RBV", _fit(str(current["run_uid"])))
         if run_files and not self._capturing:
             if self._acquiring:
                 self._set("HDF1:NumCaptured_RBV", sum(int(f["n_frames"]) for f in run_files))

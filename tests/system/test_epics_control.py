@@ -433,7 +433,10 @@ def _camera_started_directly(stack: Stack, frames: int, what: str) -> str:
     assert epics.caput(cam + "AcquirePeriod", 0.01, wait=True, timeout=10) == 1
     assert epics.caput(cam + "Acquire", 1, wait=False) == 1
     wait_until(lambda: stack.status()["appliance"]["run_uid"] is not None, 20, what)
-    return str(stack.status()["appliance"]["run_uid"])
+    run_uid = str(stack.status()["appliance"]["run_uid"])
+    # RunUid_RBV names it too, though no Acquire of the appliance's started it (it stayed empty)
+    wait_until(lambda: epics.caget(stack.prefix + "RunUid_RBV", as_string=True) == run_uid, 5, "RunUid_RBV")
+    return run_uid
 
 
 def test_a_camera_that_goes_straight_to_idle_when_stopped_ends_the_run_abort(
