@@ -405,7 +405,9 @@ class ApplianceIOC:
         self.refused_puts += 1
         with contextlib.suppress(AttributeError):  # (a stand-in record in unit tests has no alarm)
             device.process_severity(device._record, 1, status)  # MINOR, shown when the record finishes
-        shown = repr(value[:40] + "...") if isinstance(value, str) and len(value) > 40 else repr(value)
+        # ascii(): a value's non-ASCII characters shown escaped (a client reading the message as Latin-1
+        # showed a put's undecodable bytes, U+FFFD, as mojibake)
+        shown = ascii(value[:40] + "...") if isinstance(value, str) and len(value) > 40 else ascii(value)
         if spec.choices and isinstance(value, int) and 0 <= value < len(spec.choices):
             shown = f"{value} ({spec.choices[value]})"  # an enum's index, and the state it names
         self._set_message(f"Refused {spec.name} = {shown}: {reason}")

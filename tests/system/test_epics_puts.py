@@ -126,6 +126,11 @@ def test_bad_puts_are_refused_with_an_alarm_a_reason_and_no_traceback(idle_stack
         "FileName_RBV kept",
     )
     _assert_refused(stack, "HDF1:FilePath", "/elsewhere", str(stack.tmp_path / "store"), SOFT, "store.path")
+    # bytes that are not UTF-8: refused, and the message shows them escaped, in ASCII (a client reading
+    # it as Latin-1 showed mojibake)
+    assert _epics().caput(stack.prefix + "HDF1:FileName", b"\xff\xfe abc", wait=True, timeout=5) == 1
+    message = _wait_message(stack, "Refused HDF1:FileName = ")
+    assert message.isascii() and "\\ufffd" in message, message
 
     # what a caproto client (or `caput -c`) is told: a refused value completes normally, a read-only PV
     # is refused at the protocol level
