@@ -63,6 +63,26 @@ def _losses(run: dict[str, Any]) -> list[tuple[int, int, str]]:
     return [(r["first_frame"], r["last_frame"], r["reason"]) for r in run["losses"]]
 
 
+def _detector_again(context: Any, endpoint: str) -> Any:
+    """A new detector's PUSH socket bound at ``endpoint``, the old one's just closed: ZeroMQ closes a socket
+    on its I/O thread, so the port can still be held for a moment after close(); retried until it is free."""
+    import time
+
+    import zmq
+
+    again = context.socket(zmq.PUSH)
+    again.linger = 1000
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            again.bind(endpoint)
+            return again
+        except zmq.ZMQError as error:
+            if error.errno != zmq.EADDRINUSE or time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+
+
 def test_fields_only_the_receiver_sets_are_kept_aside_not_acted_on(tmp_path: Path) -> None:
     header = {
         "resumed_after_restart": True,  # would make the run a resumed one, looking for a run to link
@@ -416,19 +436,8 @@ def test_a_detector_that_ends_its_series_goes_away_and_comes_back_raises_no_drop
         _ended(appliance, "first")
         push.close(0)  # the detector goes away...
         context = zmq.Context()
-        again = context.socket(zmq.PUSH)
-        again.linger = 1000
-        # ...and comes back at once with the next series. ZeroMQ closes a socket on its I/O thread,
-        # so the port can still be held for a moment after close(): retry until it is free.
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                again.bind(settings.stream.endpoint)
-                break
-            except zmq.ZMQError as error:
-                if error.errno != zmq.EADDRINUSE or time.monotonic() > deadline:
-                    raise
-                time.sleep(0.05)
+        # ...and comes back at once with the next series
+        again = _detector_again(context, settings.stream.endpoint)
         try:
             again.send_multipart(encode_series_start(1, SHAPE, "uint16", run_uid="second", frames_expected=3))
             _send_frames(again, 1, range(2))
@@ -468,17 +477,7 @@ def test_a_detector_that_ends_its_series_and_goes_away_at_once_counts_no_drop_in
         time.sleep(2.5)  # longer than a real drop takes to be counted (DROP_REPORT_SECONDS, 2 s)
         receiver = appliance.view.status()["receiver"]
         context = zmq.Context()
-        again = context.socket(zmq.PUSH)
-        again.linger = 1000
-        deadline = time.monotonic() + 10
-        while True:  # (ZeroMQ may hold the port a moment after close)
-            try:
-                again.bind(settings.stream.endpoint)
-                break
-            except zmq.ZMQError as error:
-                if error.errno != zmq.EADDRINUSE or time.monotonic() > deadline:
-                    raise
-                time.sleep(0.05)
+        again = _detector_again(context, settings.stream.endpoint)
         try:
             again.send_multipart(encode_series_start(1, SHAPE, "uint16", run_uid="next", frames_expected=3))
             _send_frames(again, 1, range(2))
