@@ -193,6 +193,8 @@ class ApplianceIOC:
         self._run_ended: asyncio.Event | None = None  # set when the current (or last) run has ended
         self._counter_offset = 0
         self._hdf_counter_offset = 0  # HDF1:ArrayCounter's, set apart from the driver's ArrayCounter
+        self._dropped_total = 0  # frames the receiver dropped, as the last refresh saw them
+        self._dropped_offset = 0  # HDF1:DroppedArrays counts from its last put (0 resets it)
         self._frames_received = 0
         self._acquisition_base: int | None = None  # frames received before the current acquisition
         self._last_rate_sample: tuple[float, int] | None = None
@@ -643,6 +645,9 @@ class ApplianceIOC:
         elif name == "ArrayCounter":
             self._counter_offset = self._frames_received - int(value)
             self._set("ArrayCounter_RBV", int(value))
+        elif name == "HDF1:DroppedArrays":
+            self._dropped_offset = self._dropped_total - int(value)
+            self._set("HDF1:DroppedArrays_RBV", int(value))
         elif name == "HDF1:ArrayCounter":
             self._hdf_counter_offset = self._frames_received - int(value)
             self._set("HDF1:ArrayCounter_RBV", int(value))
@@ -1099,7 +1104,11 @@ class ApplianceIOC:
         self._show_acquisition(received)
         dropped = sum(int(v) for k, v in receiver.items() if k.startswith("frames_dropped"))
         self._set("DroppedArrays_RBV", dropped)
-        self._set("HDF1:DroppedArrays_RBV", dropped)
+        self._dropped_total = dropped
+        shown = dropped - self._dropped_offset  # since the last put to HDF1:DroppedArrays (0 resets it)
+        self._set("HDF1:DroppedArrays_RBV", shown)
+        if self.records["HDF1:DroppedArrays"].get() != shown:  # as areaDetector's plugin writes it back
+            self.records["HDF1:DroppedArrays"].set(shown, process=False)
         frames = status["frames"]
         self._set("LostFrames_RBV", int(frames["lost"]))
         self._set("VetoedFrames_RBV", int(frames.get("vetoed", 0)))

@@ -416,7 +416,8 @@ HDF_CLASSIC_PVS: tuple[PvSpec, ...] = (
         "HDF1:DroppedArrays",
         "longOut",
         "long",
-        "Frames the receiver dropped (readback); a put is shown back until the next refresh.",
+        "Frames the receiver dropped since the last put to it (a put of 0 resets the count, as in"
+        " areaDetector); each refresh writes the count back here.",
         0,
         limits=(0, 2**31 - 1),
     ),

@@ -411,3 +411,17 @@ def test_a_stop_with_completion_returns_once_the_run_has_ended_so_the_next_start
     assert second != first and stack.run(second)["exit_status"] == "success"
     assert stack.run(second)["totals"]["frames_stored"] == 30
     assert stack.procs["daemon"].poll() is None
+
+
+def test_dropped_arrays_counts_from_its_last_put_and_its_setpoint_follows(idle_stack: Stack) -> None:
+    """An outside probe: after a put of 7 to HDF1:DroppedArrays the setpoint read 7 for minutes while its
+    readback read 0. As areaDetector's plugin, a put sets the count (0 resets it) and each refresh writes
+    the count back to the setpoint: the two agree."""
+    import time
+
+    epics, p = _epics(), idle_stack.prefix
+    for value in (7, 0):
+        assert _put(idle_stack, "HDF1:DroppedArrays", value) == 1
+        time.sleep(1.2)  # two refreshes (every 0.5 s)
+        assert epics.caget(p + "HDF1:DroppedArrays_RBV", use_monitor=False) == value
+        assert epics.caget(p + "HDF1:DroppedArrays", use_monitor=False) == value
