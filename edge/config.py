@@ -683,11 +683,27 @@ def describe_validation_error(error: ValidationError, prefix: str = "") -> str:
     lines = []
     for item in error.errors():
         key = ".".join([prefix] * bool(prefix) + [str(part) for part in item["loc"]])
-        shown = repr(item.get("input"))
-        if len(shown) > 60:
-            shown = shown[:57] + "..."
-        lines.append(f"{key} = {shown}: {item['msg']}")
+        if item["type"] == "extra_forbidden":  # a key no section has: name it as typed (`a.b.c`), in full
+            lines += [
+                f"{name} = {_shown(value)}: no such setting (docs/settings.md lists them)"
+                for name, value in _dotted(key, item.get("input"))
+            ]
+            continue
+        lines.append(f"{key} = {_shown(item.get('input'))}: {item['msg']}")
     return "invalid configuration:\n  " + "\n  ".join(lines)
+
+
+def _dotted(key: str, value: Any) -> list[tuple[str, Any]]:
+    """The dotted names (and values) an unknown key stands for (``nosuch`` with ``{"key": 1}``:
+    ``nosuch.key`` = 1)."""
+    if not isinstance(value, dict) or not value:
+        return [(key, value)]
+    return [pair for sub, inner in value.items() for pair in _dotted(f"{key}.{sub}", inner)]
+
+
+def _shown(value: Any) -> str:
+    shown = repr(value)
+    return shown if len(shown) <= 60 else shown[:57] + "..."
 
 
 def load_settings(config: Path | None = None, overrides: list[str] | None = None) -> Settings:

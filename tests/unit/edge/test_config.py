@@ -183,3 +183,13 @@ def test_the_largest_detectors_still_fit() -> None:
         4362,
         4148,
     )
+
+
+@pytest.mark.parametrize(
+    ("override", "named"), [("nosuch.key=1", "nosuch.key"), ("store.nosuch=1", "store.nosuch")]
+)
+def test_an_unknown_setting_is_named_as_it_was_typed(override: str, named: str) -> None:
+    """A docs-walk probe: ``--set nosuch.key=1`` was refused as "nosuch = {'key': 1}: Extra inputs are not
+    permitted"; the refusal names the setting in full."""
+    with pytest.raises(ConfigError, match=f"{named} = 1: no such setting"):
+        load_settings(None, [override])
