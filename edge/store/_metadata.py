@@ -184,6 +184,14 @@ def _write_times(detector: h5py.Group, series: dict[str, Any]) -> None:
             detector.create_dataset(key, data=float(series[key])).attrs["units"] = "s"
 
 
+def _source(parent: h5py.Group, series: dict[str, Any]) -> h5py.Group:
+    """The NXsource under ``parent``, named as the detector's series header names it (else unknown)."""
+    source = parent.create_group("source")
+    source.attrs["NX_class"] = "NXsource"
+    source.create_dataset("name", data=str(series.get("source_name") or "unknown"))
+    return source
+
+
 def _write_nxmx(entry: h5py.Group, meta: RunMetadata, shape: tuple[int, int], dtype: str) -> None:
     """NXmx as DIALS-grade readers expect it (edge/nxmx.py has the geometry and its conventions).
 
@@ -196,9 +204,7 @@ def _write_nxmx(entry: h5py.Group, meta: RunMetadata, shape: tuple[int, int], dt
     g = meta.geometry
     series = meta.series
     instrument = _begin_entry(entry, meta, "NXmx")
-    source = entry.create_group("source")
-    source.attrs["NX_class"] = "NXsource"
-    source.create_dataset("name", data=str(series.get("source_name") or "unknown"))
+    _source(entry, series)
     detector = instrument.create_group("detector")
     detector.attrs["NX_class"] = "NXdetector"
     detector.create_dataset("description", data=meta.detector)
@@ -319,9 +325,7 @@ def _write_nxtomo(entry: h5py.Group, meta: RunMetadata) -> None:
     g = meta.geometry
     series = meta.series
     instrument = _begin_entry(entry, meta, "NXtomo")
-    source = instrument.create_group("source")
-    source.attrs["NX_class"] = "NXsource"
-    source.create_dataset("name", data=str(series.get("source_name") or "unknown"))
+    source = _source(instrument, series)
     source.create_dataset("probe", data="x-ray")
     detector = instrument.create_group("detector")
     detector.attrs["NX_class"] = "NXdetector"
