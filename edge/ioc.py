@@ -279,7 +279,13 @@ class ApplianceIOC:
             kw.setdefault("APST", "On Change")
         if spec.name == "AcquireBusy":  # an output record, so that it can hold a put-completion (blocking)
             make = builder.boolOut
-            kw.update(initial_value=0, always_update=True, blocking=True, on_update=self._on_acquire_busy)
+            kw.update(
+                initial_value=0,
+                always_update=True,
+                blocking=True,
+                on_update=self._on_acquire_busy,
+                validate=lambda _device, _value: self._starts_run(),
+            )
         if spec.name == "AcquireAbortBusy":  # the same, for a 0's completion; its forward link goes on
             make = builder.boolOut
             kw.update(
@@ -469,12 +475,7 @@ class ApplianceIOC:
 
     def _run_busy(self) -> bool:
         """True while a run holds ``AcquireBusy`` (from its start until its put has completed)."""
-        if self._acquiring:
-            return True
-        try:
-            return str(self.records["AcquireBusy"].get_field("PACT")) != "0"
-        except (AttributeError, KeyError):  # a stand-in record of a unit test
-            return False
+        return self._acquiring or self._busy("AcquireBusy")
 
     def _capture_path(self) -> Path:
         """The next capture's file: ``FileTemplate`` of ``FilePath`` (with a trailing ``/``, as areaDetector
@@ -763,6 +764,17 @@ class ApplianceIOC:
         if self._acquiring and self._abort_requested() and ended is not None:
             await ended.wait()
 
+    def _starts_run(self) -> bool:
+        """Whether ``AcquireBusy``, processed by a forward link, is to hold a put: only when ``Acquire`` is
+        1 and no run is going. Otherwise its processing ends at once (no ``PACT``). A reset of
+        ``Acquire`` to 0 at a run's end reaches it through ``AcquireAbortBusy``'s link, in EPICS's
+        callback thread, possibly after the run's put has completed: held, even for a no-op, it made a
+        client's next 1, sent as soon as its put returned, find it busy ("already acquiring", no run)."""
+        try:
+            return bool(int(self.records["Acquire"].get())) and not self._acquiring
+        except Exception:  # the put must not fail on a read: let the run's own checks decide
+            return True
+
     async def _on_acquire_busy(self, value: Any) -> None:
         """``AcquireBusy`` processed by ``Acquire``'s forward link: run when ``Acquire`` is 1."""
         await self._on_acquire(self.records["Acquire"].get())
@@ -799,10 +811,34 @@ class ApplianceIOC:
                 self._set("Acquire_RBV", 0)
             self._run_ended.set()  # an abort's put completes (once this task yields)
             # processed, so that monitors see it (Acquire is no longer the busy record: nothing else posts
-            # it); its forward links find AcquireAbortBusy and AcquireBusy still busy, and are ignored
+            # it). Its forward link processes AcquireAbortBusy unless a client's 0 holds it already; if
+            # it does, wait for that processing to end before this put completes: a client's next 1,
+            # sent as soon as it returns, found AcquireAbortBusy busy, so its forward link was ignored
+            # and its put completed at once; the reset's link then reached AcquireBusy with that 1 in
+            # Acquire and started a run no put waited for (and the client's next 1 was refused).
+            held = self._busy("AcquireAbortBusy")
             self.records["Acquire"].set(0)
+            if not held:
+                await self._abort_busy_done()
             # softioc may still write the client's 1 back when the busy processing ends: reset once more after
             asyncio.get_running_loop().call_soon(lambda: self.records["Acquire"].set(0, process=False))
+
+    def _busy(self, name: str) -> bool:
+        """True while the record ``name`` is processing (``PACT``): a forward link to it is ignored."""
+        try:
+            return str(self.records[name].get_field("PACT")) != "0"
+        except (AttributeError, KeyError):  # a stand-in record of a unit test
+            return False
+
+    async def _abort_busy_done(self, timeout: float = 2.0) -> None:
+        """Wait (bounded) until ``AcquireAbortBusy`` has finished processing (its ``on_update`` runs on
+        this loop, its completion in EPICS's callback thread)."""
+        deadline = time.monotonic() + timeout
+        while self._busy("AcquireAbortBusy"):
+            if time.monotonic() > deadline:
+                log.warning("AcquireAbortBusy still busy %.1f s after the run ended", timeout)
+                return
+            await asyncio.sleep(0.002)
 
     def _abort_requested(self) -> bool:
         """True once a client has written ``Acquire`` = 0 (the record is busy, so only VAL changes)."""

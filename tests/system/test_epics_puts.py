@@ -425,3 +425,43 @@ def test_dropped_arrays_counts_from_its_last_put_and_its_setpoint_follows(idle_s
         time.sleep(1.2)  # two refreshes (every 0.5 s)
         assert epics.caget(p + "HDF1:DroppedArrays_RBV", use_monitor=False) == value
         assert epics.caget(p + "HDF1:DroppedArrays", use_monitor=False) == value
+
+
+def test_back_to_back_starts_with_completion_each_run_as_a_count_plan_does(idle_stack: Stack) -> None:
+    """Acquire 1 with completion, again as soon as it returns, as a plan counting one frame at a time
+    does. At the end of a run the IOC resets ``Acquire``, whose forward link processes
+    ``AcquireAbortBusy``; the run's put could complete while that was still busy, so the client's next
+    1 had its forward link ignored and completed at once, and the reset's link then started a run no put
+    waited for; the 1 after it was refused "already acquiring" (a few starts in 20 on a loaded machine).
+    Two busy processes load the 2 cores here."""
+    import subprocess
+    import sys
+
+    from caproto.threading.client import Context
+
+    stack = idle_stack
+    p = stack.prefix
+    assert _put(stack, "NumImages", 1) == 1
+    assert _put(stack, "AcquirePeriod", 0.0) == 1
+    load = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(2)]
+    ctx = Context()
+    uids: list[str] = []
+    refusals: list[str] = []
+    try:
+        acquire, uid, message = ctx.get_pvs(p + "Acquire", p + "RunUid_RBV", p + "StatusMessage_RBV")
+        acquire.wait_for_connection(timeout=10)
+        for _ in range(20):
+            acquire.write([1], wait=True, timeout=60)
+            uids.append(bytes(uid.read().data).rstrip(b"\0").decode())
+            text = bytes(message.read().data).rstrip(b"\0").decode()
+            if text.startswith("Refused"):
+                refusals.append(text)
+    finally:
+        ctx.disconnect()
+        for proc in load:
+            proc.kill()
+            proc.wait()
+    assert not refusals, refusals[:3]
+    assert len(set(uids)) == 20, uids
+    for run_uid in uids:
+        assert stack.run(run_uid)["totals"]["frames_stored"] == 1
