@@ -73,6 +73,10 @@ _SETPOINTS = frozenset(spec.name for spec in PVS if spec.writable)
 _ioc_started = False
 
 
+#: the EGU of the profile's radial axis per ``reduction.unit``
+RADIAL_EGU = {"2th_deg": "deg", "q_nm^-1": "nm^-1"}
+
+
 class CaptureControl(Protocol):
     """Where the IOC opens and closes an areaDetector capture (`edge.appliance.RingSink` in the daemon)."""
 
@@ -266,7 +270,11 @@ class ApplianceIOC:
         kw.update(spec.fields)
         kw.update(ALARM_FIELDS.get(spec.name, {}))
         if spec.units:
-            kw["EGU"] = spec.units
+            kw["EGU"] = (
+                RADIAL_EGU.get(self.view.settings.reduction.unit, "")
+                if spec.units == "radial"
+                else spec.units
+            )
         if not spec.writable:  # no CA writes: no write access (the ACF's READONLY), and DISP if another ACF
             kw.update(ASG=ASG_READONLY, DISP=1)
         make = getattr(builder, spec.kind)
@@ -311,6 +319,8 @@ class ApplianceIOC:
         if spec.kind == "WaveformIn":
             kw["length"] = self._length(spec)
             kw["datatype"] = np.int16 if spec.ca_type.startswith("short") else np.float64
+            if kw["datatype"] is np.float64:
+                kw.setdefault("PREC", 4)  # a profile's radial axis in degrees is not whole numbers
         if spec.kind in ("aIn", "aOut"):
             kw.setdefault("PREC", 3)
         if spec.kind in ("aOut", "longOut") and spec.limits is not None:

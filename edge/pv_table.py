@@ -938,7 +938,14 @@ PVS: tuple[PvSpec, ...] = (
     ),
     # --- latest profile and preview ------------------------------------------------------------
     _rbv("Profile1:Intensity_RBV", "WaveformIn", "double[bins]", "Latest integrated profile.", length="bins"),
-    _rbv("Profile1:Radial_RBV", "WaveformIn", "double[bins]", "Radial axis of the profile.", length="bins"),
+    _rbv(
+        "Profile1:Radial_RBV",
+        "WaveformIn",
+        "double[bins]",
+        "Radial axis of the profile, bin centres (EGU `deg` for `2th_deg`, `nm^-1` for `q_nm^-1`).",
+        length="bins",
+        units="radial",
+    ),
     _rbv("Profile1:UniqueId_RBV", "longIn", "long", "Frames processed when the profile was taken."),
     _rbv(
         "Image1:ArrayData",

@@ -35,7 +35,8 @@ def _row(prefix: str, spec: PvSpec) -> str:
     kind = spec.ca_type
     if spec.choices:
         kind += ": " + " / ".join(spec.choices)
-    units = f" ({spec.units})" if spec.units else ""
+    shown = "deg or nm^-1, by `reduction.unit`" if spec.units == "radial" else spec.units
+    units = f" ({shown})" if shown else ""
     return f"| `{prefix}{spec.name}` | {kind}{units} | {access} | {spec.doc} | {describe(spec)} |"
 
 

@@ -289,6 +289,11 @@ def test_acquire_with_completion_stores_num_images(stack: Stack) -> None:
     assert epics.caget(p + "LostFrames_RBV") == 0
     profile = epics.caget(p + "Profile1:Intensity_RBV")
     assert len(profile) == 200 and float(profile.max()) > 0
+    # the radial axis in its unit, with decimals (a display showed 0 1 1 2 ... without PREC)
+    radial = epics.get_pv(p + "Profile1:Radial_RBV", form="ctrl")
+    assert radial.wait_for_connection(timeout=10)
+    meta = radial.get_ctrlvars(timeout=5)
+    assert (meta["units"], meta["precision"]) == ("deg", 4), meta
     # the live image: every pixel of this 256 x 256 detector (128 KiB, over CA's old 16 KiB default)
     assert (epics.caget(p + "Image1:ArraySize0_RBV"), epics.caget(p + "Image1:ArraySize1_RBV")) == (256, 256)
     image = epics.caget(p + "Image1:ArrayData")
