@@ -101,6 +101,34 @@ def _fault_overrides(args: argparse.Namespace) -> list[str]:
     return out
 
 
+#: settings that a command's own flag sets, beside ``FAULT_FLAGS``
+_OWN_FLAGS = {
+    "sim.frames": "frames",
+    "sim.rate_hz": "rate",
+    "sim.encoding": "encoding",
+    "pull.endpoint": "endpoint",
+    "pull.consumer": "consumer",
+    "pull.output": "output",
+}
+
+
+def _named_flags(message: str, args: argparse.Namespace) -> str:
+    """A configuration error's lines about settings that this command line's flags set, with the flag
+    named: ``udp.grid_cols = 0 (--modules): ...``, where the user typed ``--modules 0``."""
+    flags = {key: name for name, (key, _kind, _text) in FAULT_FLAGS.items()} | _OWN_FLAGS
+    if args.command == "demo":
+        flags["reduction.mode"] = "mode"
+        flags["sim.mode"] = "sim-mode" if getattr(args, "sim_mode", None) else "mode"
+    lines = message.splitlines()
+    for i, line in enumerate(lines):
+        key, sep, rest = line.strip().partition(" = ")
+        name = flags.get(key)
+        if sep and name and getattr(args, name.replace("-", "_"), None) is not None:
+            value, colon, why = rest.partition(": ")
+            lines[i] = line.replace(line.strip(), f"{key} = {value} (--{name}){colon}{why}")
+    return "\n".join(lines)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="edge", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -660,7 +688,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         settings = _settings(args, extra)
     except ConfigError as error:
-        print(f"edge: {error}", file=sys.stderr)
+        print(f"edge: {_named_flags(str(error), args)}", file=sys.stderr)
         return 2
     log_setup = configure_logging(settings.log.level, settings.log.format)
     if args.command == "run":

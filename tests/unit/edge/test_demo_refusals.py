@@ -41,6 +41,10 @@ ROOT = Path(__file__).parents[3]
             ["demo", "--format", "stream2", "--set", "sim.missing_end=true"],
             "sim.missing_end never ends the series, and the demo waits for its run to end",
         ),
+        # a bad value given by a flag names the flag beside the setting it sets
+        (["sim", "--modules", "0"], "udp.grid_cols = 0 (--modules): Input should be greater than"),
+        (["sim", "--rate", "-1"], "sim.rate_hz = -1.0 (--rate): Input should be greater than 0"),
+        (["demo", "--burst", "-2"], "sim.burst = -2 (--burst): "),
         (["demo", "--timeout", "0"], "must be a finite number of seconds above 0"),
         (["demo", "--timeout", "nan"], "must be a finite number of seconds above 0"),
     ],
