@@ -423,19 +423,24 @@ class Stream2Codec:
 
     def _load(self, message: bytes | memoryview) -> Any:
         view = memoryview(message).cast("B")
-        value = self._decoded(view)
-        pairs = _top_map_pairs(view)
-        if pairs is not None and isinstance(value, Mapping) and len(value) != pairs:
-            # a key given twice (RFC 8949 5.6: not valid CBOR); cbor2 keeps the last, which could make an
-            # image another frame's or end a series: the message is not taken at all
-            raise Stream2ProtocolError(
-                "malformed_cbor", f"a key given twice: {pairs} pairs, {len(value)} keys"
-            )
+        walked = _structure(view)
+        value = self._decoded(view, None if walked is None else walked[0])
+        # a key given twice, in any map (RFC 8949 5.6: not valid CBOR): cbor2 keeps the last, which
+        # could make an image another frame's, put one channel's pixels under another or end a series:
+        # the message is not taken at all. The walk counts the pairs every map declares, the decoded
+        # maps hold one entry per distinct key (a shared reference, tag 29, only adds entries).
+        if walked is not None:
+            declared, held = walked[1], _map_entries(value)
+        else:  # a walk that stopped (an indefinite length): the top-level map alone
+            declared = _top_map_pairs(view)
+            held = len(value) if isinstance(value, Mapping) else None
+        if declared is not None and held is not None and held < declared:
+            raise Stream2ProtocolError("malformed_cbor", f"a key given twice: {declared} pairs, {held} keys")
         return value
 
-    def _decoded(self, view: memoryview) -> Any:
-        spans = _large_byte_strings(view) if len(view) >= 2 * LARGE_BYTES else None
-        if spans:  # decoded without copying the images out: see _large_byte_strings
+    def _decoded(self, view: memoryview, spans: list[tuple[int, int, int]] | None) -> Any:
+        spans = spans if len(view) >= 2 * LARGE_BYTES else None
+        if spans:  # decoded without copying the images out: see _structure
             value = _loads(b"".join(_with_tokens(view, spans, self._token)))
             found: list[int] = []
             value = _restore(value, self._token, view, spans, found)
@@ -602,10 +607,11 @@ def _loads(message: bytes | memoryview) -> Any:
         raise Stream2ProtocolError("malformed_cbor", f"{type(error).__name__}: {error}"[:120]) from None
 
 
-def _large_byte_strings(buf: memoryview) -> list[tuple[int, int, int]] | None:
-    """``(header, start, end)`` of each definite-length byte string of at least LARGE_BYTES in the CBOR
-    item at the start of ``buf``, found by walking the item's headers (contents are skipped by their
-    lengths, so bytes inside a string are never read as structure).
+def _structure(buf: memoryview) -> tuple[list[tuple[int, int, int]], int] | None:
+    """``(spans, pairs)`` of the CBOR item at the start of ``buf``: ``(header, start, end)`` of each
+    definite-length byte string of at least LARGE_BYTES, and how many key/value pairs its maps declare
+    in all, found by walking the item's headers (contents are skipped by their lengths, so bytes inside
+    a string are never read as structure).
 
     None when the walk meets what it does not follow (an indefinite length, a reserved value, more
     than MAX_DEPTH levels) or the item does not fit in ``buf``: the message is then decoded as it
@@ -615,11 +621,12 @@ def _large_byte_strings(buf: memoryview) -> list[tuple[int, int, int]] | None:
     spans: list[tuple[int, int, int]] = []
     stack: list[int] = []
     pending = 1  # items still to read at this level
+    pairs = 0
     pos = 0
     while True:
         while pending == 0:
             if not stack:
-                return spans
+                return spans, pairs
             pending = stack.pop()
         if pos >= size:
             return None
@@ -649,9 +656,31 @@ def _large_byte_strings(buf: memoryview) -> list[tuple[int, int, int]] | None:
                 return None
             stack.append(pending)
             pending = arg if major == 4 else 2 * arg
+            if major == 5:
+                pairs += arg
         elif major == 6:
             pending += 1  # a tag: its one item follows
         # 0, 1: integers; 7: simple values and floats, whose bytes were the argument
+
+
+def _map_entries(value: Any) -> int:
+    """Entries in all the maps of a decoded item (keys and values, lists, tags looked into)."""
+    total = 0
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        kind = type(item)
+        if kind in _LEAVES:
+            continue
+        if kind is dict or kind is _FROZENDICT:
+            total += len(item)
+            stack += item.keys()
+            stack += item.values()
+        elif kind is list or kind is tuple or kind is set or kind is frozenset:
+            stack += item
+        elif kind is cbor2.CBORTag:
+            stack.append(item.value)
+    return total
 
 
 def _top_map_pairs(buf: memoryview) -> int | None:

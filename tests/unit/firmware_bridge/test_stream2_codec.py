@@ -665,3 +665,45 @@ def test_a_map_with_a_key_given_twice_is_not_taken(again: tuple[str, object]) ->
     assert len(pairs) < 24 and cbor2.loads(message)[again[0]] == again[1]  # the library takes it
     event = _error(_started(), b"\xd9\xd9\xf7" + message)
     assert event.reason == "malformed_cbor" and "a key given twice" in event.detail
+
+
+@pytest.mark.parametrize("padding", [0, 300_000])
+def test_a_nested_map_with_a_key_given_twice_is_not_taken(padding: int) -> None:
+    """Only the top-level map was checked: an image whose ``data`` map named its channel twice was
+    stored with the second array's pixels and no word. Every map's pairs are counted now, in a small
+    message and in a large one (whose images are referenced, not copied: another decoding path)."""
+    fields = _image_fields()
+    channels = list(fields["data"].items())
+    # every channel, then the first one's name again with the last one's array
+    again = [*channels, (channels[0][0], channels[-1][1])]
+    data = bytes([0xA0 + len(again)]) + b"".join(cbor2.dumps(k) + cbor2.dumps(v) for k, v in again)
+    rest = {k: v for k, v in fields.items() if k != "data"}
+    if padding:
+        rest["padding"] = bytes(padding)
+    pairs = len(rest) + 1
+    message = (
+        bytes([0xA0 + pairs])
+        + b"".join(cbor2.dumps(k) + cbor2.dumps(v) for k, v in rest.items())
+        + cbor2.dumps("data")
+        + data
+    )
+    assert pairs < 24 and len(cbor2.loads(message)["data"]) == len(channels)  # the library takes it
+    event = _error(_started(), b"\xd9\xd9\xf7" + message)
+    assert event.reason == "malformed_cbor" and "a key given twice" in event.detail
+    # the same message with the key once is an image
+    good = bytes([0xA0 + pairs]) + b"".join(
+        cbor2.dumps(k) + cbor2.dumps(v) for k, v in {**rest, "data": dict(channels)}.items()
+    )
+    (image,) = _started().feed(b"\xd9\xd9\xf7" + good)
+    assert isinstance(image, Stream2Image), image
+
+
+def test_a_shared_map_referenced_twice_is_not_a_key_given_twice() -> None:
+    """A decoded map can hold more entries than the message declares (a shared value referenced again,
+    tags 28/29), never fewer unless a key was given twice."""
+    shared = {"a": 1, "b": 2}
+    message = cbor2.dumps({"type": "end", "series_id": 1, "x": shared, "y": shared}, value_sharing=True)
+    assert b"\xd8\x1d" in message  # tag 29: the second is a reference
+    codec = _started()
+    events = codec.feed(message)
+    assert not any(isinstance(e, Stream2Error) and "twice" in e.detail for e in events), events
