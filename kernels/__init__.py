@@ -14,7 +14,17 @@ from kernels._compress import (
 )
 from kernels._corrections import make_gain
 from kernels._detectors import DetectorModel, frame_dummies
-from kernels._geometry import RADIAL_UNITS, Geometry, Poni, PoniError, direct_beam, read_poni, read_poni_file
+from kernels._geometry import (
+    RADIAL_UNITS,
+    Geometry,
+    Poni,
+    PoniError,
+    direct_beam,
+    direct_distance,
+    poni_text,
+    read_poni,
+    read_poni_file,
+)
 from kernels._integrate import IntegrationResult, Integrator1D, Integrator2D
 from kernels._invalid import invalid_pixels
 from kernels._peaks import PeakFinder, Peaks, classify_hit
@@ -53,6 +63,7 @@ __all__ = [
     "decompress_chunk",
     "decompress_chunks",
     "direct_beam",
+    "direct_distance",
     "estimate_center",
     "estimate_center_from_sinogram",
     "filter_projections",
@@ -62,6 +73,7 @@ __all__ = [
     "hdf5_filter_options",
     "invalid_pixels",
     "make_gain",
+    "poni_text",
     "read_poni",
     "read_poni_file",
 ]

@@ -142,6 +142,12 @@ def direct_beam(geometry: Geometry) -> tuple[float, float]:
     return x, (g.poni1 + g.dist * tan_tilt * sin_tpr) / g.pixel1
 
 
+def direct_distance(geometry: Geometry) -> float:
+    """Sample to where the direct beam meets the detector plane, in metres (pyFAI's ``getFit2D()``
+    ``directDist``, in mm there): the PONI distance over the cosine of the tilt."""
+    return geometry.dist / (math.cos(geometry.rot1) * math.cos(geometry.rot2))
+
+
 # ---- PONI files -------------------------------------------------------------------------------------
 
 PONI_VERSIONS = (1.0, 2.0, 2.1, 3.0)
@@ -261,6 +267,11 @@ def _detector(
     for key in ("splineFile", "splinefile"):
         if config.get(key):
             raise PoniError(spelled, f"{key} = {config[key]!r}: spline distortion is not supported")
+    binning = config.get("binning")
+    if binning is not None and binning not in ([1, 1], (1, 1), 1):
+        # pyFAI bins the pixels (and the mask, the shape) itself: read here as the unbinned detector,
+        # the geometry would be another one, without a word
+        raise PoniError(spelled, f"binning = {binning!r}: binned detectors are not supported")
     if name is None or name in ("None", "Detector"):
         if p1 is None or p2 is None:
             raise PoniError(spelled, "a generic Detector needs pixel1 and pixel2 (metres)")
@@ -414,3 +425,29 @@ def read_poni_file(path: str | Path) -> Poni:
 def read_poni(path: str | Path) -> Geometry:
     """The geometry in a pyFAI ``.poni`` file (versions 1, 2, 2.1 and 3); see read_poni_file."""
     return read_poni_file(path).geometry
+
+
+def poni_text(geometry: Geometry, shape: tuple[int, int]) -> str:
+    """``geometry`` as a PONI file (version 2.1, a generic pyFAI ``Detector`` of this pixel size, shape
+    and orientation) that ``pyFAI.load`` and :func:`read_poni_file` read back to the same geometry."""
+    g = geometry
+    config = {
+        "pixel1": g.pixel1,
+        "pixel2": g.pixel2,
+        "max_shape": [int(shape[0]), int(shape[1])],
+        "orientation": int(g.orientation),
+    }
+    lines = [
+        "# Nota: C-Order, 1 refers to the Y axis, 2 to the X axis",
+        "poni_version: 2.1",
+        "Detector: Detector",
+        f"Detector_config: {json.dumps(config)}",
+        f"Distance: {g.dist!r}",
+        f"Poni1: {g.poni1!r}",
+        f"Poni2: {g.poni2!r}",
+        f"Rot1: {g.rot1!r}",
+        f"Rot2: {g.rot2!r}",
+        f"Rot3: {g.rot3!r}",
+        f"Wavelength: {g.wavelength!r}",
+    ]
+    return "\n".join(lines) + "\n"

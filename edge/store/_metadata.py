@@ -17,7 +17,7 @@ import hdf5plugin  # noqa: F401  (registers filter 32008 with HDF5)
 import numpy as np
 
 from edge.nxmx import write_detector_geometry
-from kernels import Geometry
+from kernels import Geometry, direct_distance, poni_text
 
 log = logging.getLogger(__name__)
 
@@ -212,7 +212,7 @@ def _write_nxmx(entry: h5py.Group, meta: RunMetadata, shape: tuple[int, int], dt
     module.attrs["NX_class"] = "NXdetector_module"
     nx = write_detector_geometry(detector, module, g, shape)
     for name, value, units in (
-        ("distance", g.dist, "m"),
+        ("distance", direct_distance(g), "m"),
         ("x_pixel_size", g.pixel2, "m"),
         ("y_pixel_size", g.pixel1, "m"),
         ("beam_center_x", nx.beam_center_x, "pixel"),
@@ -223,7 +223,11 @@ def _write_nxmx(entry: h5py.Group, meta: RunMetadata, shape: tuple[int, int], dt
         "direct beam (tilts included), pixel coordinates of the stored image: pixel (i, j) spans"
         " [j, j+1) x [i, i+1), x along the fast axis; pyFAI getFit2D() centerX/centerY for orientation 3"
     )
-    detector.create_dataset("distance_derived", data=False)
+    detector["distance"].attrs["convention"] = (
+        "sample to where the direct beam meets the detector (tilts included): pyFAI getFit2D()"
+        " directDist; the PONI distance (to the point of normal incidence) is pyfai_poni/dist"
+    )
+    detector.create_dataset("distance_derived", data=True)
     detector.create_dataset("beam_center_derived", data=True)
     _write_times(detector, series)
     saturation = series.get("saturation_value", series.get("countrate_correction_count_cutoff"))
@@ -271,6 +275,10 @@ def _write_nxmx(entry: h5py.Group, meta: RunMetadata, shape: tuple[int, int], dt
             ds.attrs["units"] = "rad"
         elif name != "orientation":  # pyFAI's detector orientation (1-4) is a number, no unit
             ds.attrs["units"] = "m"
+    # the detector's shape: pyFAI places an orientation other than 3 from it (without it, pyFAI's
+    # Detector(orientation=2) gives other angles), and the whole as a PONI file pyFAI loads as it is
+    poni.create_dataset("max_shape", data=np.asarray(shape, dtype=np.int64))
+    poni.create_dataset("poni_file", data=poni_text(g, shape))
     detector["data"] = h5py.SoftLink("/entry/data/data")
     detector.attrs["shape"] = shape
     beam = instrument.create_group("beam")

@@ -121,6 +121,8 @@ def test_nxvalidate_reports_no_errors(tmp_path: Path, orientation: int) -> None:
             **dict.fromkeys(("dist", "poni1", "poni2", "pixel1", "pixel2", "wavelength"), "m"),
             **dict.fromkeys(("rot1", "rot2", "rot3"), "rad"),
             "orientation": None,
+            "max_shape": None,
+            "poni_file": None,
         }
 
 
@@ -167,6 +169,7 @@ def test_beam_centre_is_the_direct_beam(
     with h5py.File(_write(tmp_path, g)) as f:
         det = f["entry/instrument/detector"]
         x, y = float(det["beam_center_x"][()]), float(det["beam_center_y"][()])
+        distance = float(det["distance"][()])
         corner, fast, slow, px2, px1 = _chain(f)
     f2d = _pyfai(g).getFit2D()
     if orientation == 3:  # pyFAI's native frame: the stored centre is getFit2D()'s
@@ -176,6 +179,36 @@ def test_beam_centre_is_the_direct_beam(
     z = np.dot(corner, normal) / normal[2]
     a, b = np.linalg.lstsq(np.column_stack([fast, slow]), np.array([0.0, 0.0, z]) - corner, rcond=None)[0]
     assert abs(a / px2 - x) < 0.01 and abs(b / px1 - y) < 0.01
+    # NXmx's distance is the sample's to the beam centre: along the beam, to that same point (an
+    # outside probe found the PONI distance there, 0.25 m where pyFAI's directDist is 0.25016 m)
+    assert distance == pytest.approx(z, rel=1e-9)
+    assert distance == pytest.approx(f2d["directDist"] / 1000, rel=1e-9)
+
+
+@pytest.mark.parametrize("orientation", [3, 2])
+def test_the_stored_poni_file_loads_in_pyfai_as_the_run_s_geometry(tmp_path: Path, orientation: int) -> None:
+    """``pyfai_poni/poni_file`` is a PONI file pyFAI loads as it is, with the detector's shape: without
+    the shape an outside probe's ``Detector(orientation=2)`` gave other angles (68% off in intensity)."""
+    import pyFAI
+
+    from kernels import read_poni_file
+
+    g = _geometry(orientation)
+    with h5py.File(_write(tmp_path, g)) as f:
+        poni = f["entry/instrument/detector/pyfai_poni"]
+        text = poni["poni_file"][()].decode()
+        assert tuple(poni["max_shape"][()]) == SHAPE
+    path = tmp_path / "run.poni"
+    path.write_text(text)
+    ai = pyFAI.load(str(path))
+    assert ai.detector.shape == SHAPE and ai.detector.orientation == orientation
+    np.testing.assert_allclose(
+        ai.center_array(unit="2th_rad", scale=False),
+        _pyfai(g).center_array(SHAPE, unit="2th_rad", scale=False),
+        rtol=0,
+        atol=1e-12,
+    )
+    assert read_poni_file(path).geometry == g  # and ours reads it back to the same geometry
 
 
 @pytest.mark.parametrize("orientation", [1, 2, 3, 4])

@@ -274,6 +274,8 @@ def _good(tmp_path: Path) -> str:
         ("Rot2: -0.021", "Rot2: -0.021\nPoni1: 1e300", "Poni1", "beyond any beamline"),
         ('"max_shape": [40, 56]', '"max_shape": [40]', "Detector_config", "max_shape"),
         ('"pixel1": 7.5e-05', '"pixel1": 7.5e-05, "splineFile": "d.spline"', "Detector_config", "spline"),
+        # pyFAI reads a binning as 2x the pixels: taken as the unbinned detector it was another geometry
+        ('"pixel1": 7.5e-05', '"pixel1": 7.5e-05, "binning": [2, 2]', "Detector_config", "binning"),
         ("poni_version: 2.1", "poni_version: 4", "poni_version", "version 4"),
         ("Detector: Detector", "Detector: Xpad_flat", "Detector", "Xpad_flat"),
         ("Detector: Detector\n", "", "Detector", "missing"),
