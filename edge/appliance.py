@@ -33,7 +33,7 @@ from edge.recovery import interrupted_udp_run, recover, resume_interrupted
 from edge.reduction_control import ReductionControl
 from edge.retention import Retention
 from edge.ring import FrameRing, Slot
-from edge.run_masks import RunMasks
+from edge.run_masks import RunMasks, file_sha256
 from edge.store import bounded_config, series_metadata
 from edge.supervision import Supervisor, parse_injection
 from edge.upstream.forwarder import Forwarder
@@ -69,6 +69,7 @@ def load_calibration(settings: Settings, fmt: FrameFormat | None = None) -> Corr
     red = settings.reduction
     shape = (fmt or frame_format(settings)).shape
     images: dict[str, np.ndarray | None] = {}
+    files: dict[str, tuple[str, str]] = {}
     for key in ("dark", "flat", "mask"):
         path = getattr(red, f"{key}_file")
         if path is None:
@@ -96,6 +97,8 @@ def load_calibration(settings: Settings, fmt: FrameFormat | None = None) -> Corr
                 f"reduction.{key}_file = {str(path)!r}: image is {image.shape}, frames are {shape}"
             )
         images[key] = image.astype(bool) if key == "mask" else image
+        if key != "mask":  # (the mask's file and checksum are the run's mask record: edge.run_masks)
+            files[key] = (str(path), file_sha256(path))
     poni = None if red.poni_file is None else load_poni(red.poni_file, shape)  # its detector's own mask
     mask = combined_mask(poni, images["mask"])
     gaps = udp_gaps(settings)  # the UDP layout's inter-module gaps: no sensor there, never zero counts
@@ -103,7 +106,7 @@ def load_calibration(settings: Settings, fmt: FrameFormat | None = None) -> Corr
         mask = gaps if mask is None else (mask | gaps)
     model = None if poni is None else poni.detector  # its invalid-pixel value (pyFAI's dummy), if any
     dummy = None if model is None or model.dummy is None else (model.dummy, model.delta_dummy)
-    return Corrections(images["dark"], images["flat"], mask, red.solid_angle, red.polarization, dummy)
+    return Corrections(images["dark"], images["flat"], mask, red.solid_angle, red.polarization, dummy, files)
 
 
 def detector_gaps(settings: Settings, fmt: FrameFormat | None = None) -> np.ndarray | None:

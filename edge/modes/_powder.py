@@ -110,7 +110,11 @@ class PowderStage(_CorrectedStage):
             "unit": self.ctx.unit,
             "cake_bins": self.ctx.params.cake_bins,
             "dark_applied": cal.dark is not None,
+            "dark_file": cal.files.get("dark", (None, None))[0],
+            "dark_file_sha256": cal.files.get("dark", (None, None))[1],
             "flat_applied": cal.flat is not None,
+            "flat_file": cal.files.get("flat", (None, None))[0],
+            "flat_file_sha256": cal.files.get("flat", (None, None))[1],
             "mask_applied": cal.mask is not None,
             "solid_angle_applied": bool(cal.solid_angle),
             "polarization_applied": cal.polarization is not None,
@@ -181,9 +185,9 @@ class PowderStage(_CorrectedStage):
         ds = cake.create_dataset("radial_axis_edges", data=np.asarray(self.cake.edges))
         _described(ds, f"{quantity} bin edges", units, self.ctx.unit)
         ds = cake.create_dataset("azimuthal_axis", data=np.asarray(self.cake.azimuthal))
-        _described(ds, "azimuthal bin center", "deg")
+        _described(ds, "azimuthal bin center", "deg", "chi_deg")
         ds = cake.create_dataset("azimuthal_axis_edges", data=np.asarray(self.cake.azimuthal_edges))
-        _described(ds, "azimuthal bin edges", "deg")
+        _described(ds, "azimuthal bin edges", "deg", "chi_deg")
 
     def write_reduced(self, entry: h5py.Group, products: list[dict[str, Any]]) -> None:
         """The reduced file's entry is an NXazint1d application (what ``nxvalidate -a NXazint1d``

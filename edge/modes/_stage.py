@@ -31,6 +31,9 @@ class Corrections:
     #: the value the detector writes into a pixel it cannot measure, and its tolerance (pyFAI's
     #: ``DUMMY``, ``DELTA_DUMMY`` of the PONI file's named detector); None: it marks none
     dummy: tuple[float, float | None] | None = None
+    #: the files the dark and flat images came from, with the sha256 of their bytes ({"dark": (path,
+    #: sha256)}): recorded with the run, so that a profile can be reproduced with the same images
+    files: dict[str, tuple[str, str]] = field(default_factory=dict)
 
     def check(self, shape: tuple[int, int]) -> None:
         for name in ("dark", "flat", "mask"):

@@ -118,6 +118,9 @@ def test_cake_axes_and_edges_are_pyfais(tmp_path: Path) -> None:
         radial, azimuthal = cake["radial_axis"][:], cake["azimuthal_axis"][:]
         radial_edges, azimuthal_edges = cake["radial_axis_edges"][:], cake["azimuthal_axis_edges"][:]
         assert cake["azimuthal_axis_edges"].attrs["units"] == "deg"
+        # pyFAI's name of the axis, as the radial one carries its own (chi, as integrate2d's)
+        assert cake["azimuthal_axis"].attrs["pyfai_unit"] == "chi_deg"
+        assert cake["azimuthal_axis_edges"].attrs["pyfai_unit"] == "chi_deg"
     radial_step = (radial[-1] - radial[0]) / (BINS - 1)
     azimuthal_step = (azimuthal[-1] - azimuthal[0]) / (CAKE - 1)
     np.testing.assert_allclose(radial, theirs.radial, rtol=0, atol=1e-9 * radial_step * BINS)

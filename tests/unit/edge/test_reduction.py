@@ -87,6 +87,22 @@ def test_calibration_files_are_checked_at_start(tmp_path) -> None:
         1024,
         1024,
     )
+    # the dark and flat files a powder run used are recorded with their checksums (an outside probe
+    # could not tell from the files which images had been applied, only that some had)
+    import hashlib
+
+    dark, flat = tmp_path / "dark.npy", tmp_path / "flat.npy"
+    np.save(dark, np.full((1024, 1024), 3, np.float32))
+    np.save(flat, np.ones((1024, 1024), np.float32))
+    cal = load_calibration(
+        load_settings(overrides=[f'reduction.dark_file="{dark}"', f'reduction.flat_file="{flat}"'])
+    )
+    params = ReductionSettings(mode="powder")
+    ctx = RunContext(get_backend("numpy"), Geometry(), (1024, 1024), 20, "2th_deg", params, cal)
+    record = PowderStage(ctx).settings_record()
+    for name, path in (("dark", dark), ("flat", flat)):
+        assert record[f"{name}_file"] == str(path)
+        assert record[f"{name}_file_sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
     wrong = tmp_path / "small.npy"
     np.save(wrong, np.zeros((10, 10)))
     with pytest.raises(
