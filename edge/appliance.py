@@ -76,6 +76,11 @@ def load_calibration(settings: Settings, fmt: FrameFormat | None = None) -> Corr
             images[key] = None
             continue
         try:
+            with open(path, "rb") as handle:
+                head = handle.read(6)
+            if head != b"\x93NUMPY" and not head.startswith(b"PK"):  # nor .npy nor .npz: numpy says
+                # "contains pickled (object) data" of a text file, which misleads
+                raise ValueError("not a NumPy file: it does not start with NumPy's .npy header")
             image = np.load(path, allow_pickle=False)
         except (OSError, ValueError, EOFError) as error:
             raise ConfigError(

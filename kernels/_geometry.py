@@ -349,6 +349,11 @@ def parse_poni(text: str) -> Poni:
             continue
         key, _, value = line.partition(":")
         values[key.strip().lower()] = (key.strip(), value.strip())
+    if not values.keys() & {"distance", "poni1", "poni2", "wavelength", "detector", "poni_version"}:
+        # an empty file, or another kind of file: say that, not what its first missing key would be
+        raise PoniError(
+            "file", "not a pyFAI .poni file: none of Distance, Poni1, Poni2, Wavelength, Detector"
+        )
 
     version = 1.0
     if "poni_version" in values:

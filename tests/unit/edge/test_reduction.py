@@ -111,6 +111,10 @@ def test_calibration_files_are_checked_at_start(tmp_path) -> None:
         load_calibration(load_settings(overrides=[f'reduction.dark_file="{wrong}"']))
     with pytest.raises(ConfigError, match=r"cannot read a \.npy image"):
         load_calibration(load_settings(overrides=[f'reduction.flat_file="{tmp_path / "missing.npy"}"']))
+    text = tmp_path / "flat.txt"
+    text.write_text("1 2 3\n")  # numpy's own message said "pickled (object) data"
+    with pytest.raises(ConfigError, match=r"not a NumPy file: it does not start with NumPy's \.npy header"):
+        load_calibration(load_settings(overrides=[f'reduction.flat_file="{text}"']))
     # files that are no numeric image: each a clear error at start, never a crash mid-run
     archive = tmp_path / "dark.npz"
     np.savez(archive, dark=np.zeros((1024, 1024)))

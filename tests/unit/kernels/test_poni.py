@@ -337,3 +337,14 @@ def test_direct_beam_equals_pyfai_fit2d(rots: tuple[float, float, float]) -> Non
     # same formulas in the same order; 1e-9 px allows for libm differences in cos/acos
     assert x == pytest.approx(f2d["centerX"], abs=1e-9)
     assert y == pytest.approx(f2d["centerY"], abs=1e-9)
+
+
+@pytest.mark.parametrize("text", ["", "\n\n", "hello world\n", "a: 1\nb: 2\n", "# Calibrant: LaB6\n"])
+def test_a_file_that_is_no_poni_says_so(tmp_path: Path, text: str) -> None:
+    """An empty or garbage file said "PixelSize1: a generic Detector needs pixel1 and pixel2" (an outside
+    probe): the first key that happened to be missing, not what was wrong."""
+    path = tmp_path / "x.poni"
+    path.write_text(text)
+    with pytest.raises(PoniError, match=r"not a pyFAI \.poni file") as caught:
+        read_poni_file(path)
+    assert caught.value.key == "file"
