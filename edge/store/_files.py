@@ -26,6 +26,12 @@ from kernels import hdf5_filter_options
 log = logging.getLogger(__name__)
 
 
+#: how often an open file's metadata (its groups' and datasets' headers, the index of the chunks written
+#: so far) is flushed to the file: a file a crash leaves half-written then reads back (after
+#: ``h5clear -s``) up to its last flush. Unflushed, HDF5 held every header in memory, and such a file
+#: read nothing at all ("bad object header version number")
+FLUSH_SECONDS = 1.0
+
 #: set when HDF5 could not close a file (a full disk under its flush): the library keeps it half-open,
 #: and its own clean-up at interpreter exit then crashes, so ``edge run`` exits without it
 HDF5_UNCLOSED = threading.Event()
@@ -142,9 +148,12 @@ class RunFileWriter:
                 **hdf5_filter_options(),  # type: ignore[arg-type]
             )
             self._data.attrs["units"] = "counts"
+            entry.attrs["frames_flushed"] = 0
+            self._h5.flush()
         except BaseException:  # the metadata did not fit (a full disk): nothing of the file stays
             _abandon(self._h5, self.part_path)
             raise
+        self._flushed_at = time.monotonic()
 
     def __len__(self) -> int:
         return len(self.frames)
@@ -154,6 +163,16 @@ class RunFileWriter:
         self.frames.append(frame)
         self.flags.append(flags)
         self._products.append(products)
+        now = time.monotonic()
+        if now - self._flushed_at >= FLUSH_SECONDS:
+            self._flush(now)
+
+    def _flush(self, now: float) -> None:
+        """The file's metadata to the file, with how many of its frames that covers (``frames_flushed``:
+        rows past it read as 0 from a file a crash left open, their chunks not indexed yet)."""
+        self._h5["entry"].attrs["frames_flushed"] = len(self.frames)
+        self._h5.flush()
+        self._flushed_at = now
 
     def close(self) -> ClosedFile:
         """Finish the file, fsync it, and rename it to its final name."""
@@ -165,6 +184,7 @@ class RunFileWriter:
         if "definition" in entry:  # NXmx requires it; once the file is closed the estimate is the end
             entry.create_dataset("end_time_estimated", data=end_time)
         entry.attrs["frames_written"] = n
+        entry.attrs["frames_flushed"] = n
         entry["data"].create_dataset("frame_number", data=np.asarray(self.frames, dtype=np.int64))
         flags = entry["data"].create_dataset("frame_flags", data=np.asarray(self.flags, dtype=np.uint32))
         flags.attrs["meaning"] = "0 complete, 1 incomplete (packets missing; their pixels are 0), 2 corrupt"
