@@ -138,7 +138,11 @@ class ZmqStreamSource:
         # a series open with nothing heard for this long is reported silent (``counters``): a detector
         # that stopped without ending its series leaves the run open until the next series starts
         self.silent_alarm_seconds = float(silent_alarm_seconds)
-        self._heard_at: float | None = None  # monotonic time of the last message
+        # monotonic time of the last message, moved on to when it has been handed over: a message held
+        # by backpressure (a full ring; the store full of unverified data) is the appliance's wait, not
+        # the detector's silence, and none is counted while one is being handed over (``_handing``)
+        self._heard_at: float | None = None
+        self._handing = False
         # (series, when) the connection last dropped while a series was open
         self._dropped_in_series: tuple[int, float] | None = None
         self._drop_counted = True  # connections_dropped_in_series counts each such drop once
@@ -170,6 +174,8 @@ class ZmqStreamSource:
     def counters(self) -> dict[str, Any]:
         heard, series = self._heard_at, self._series
         silent = None if heard is None or series is None else round(time.monotonic() - heard, 1)
+        if silent is not None and self._handing:
+            silent = 0.0
         return {
             "endpoint": self.endpoint,
             **{k: int(v) for k, v in self.stats.items()},
@@ -229,7 +235,12 @@ class ZmqStreamSource:
                         # to a series these messages start (a detector that ended its series, went away
                         # and came back with the next one, within one look)
                         self._connection_events(sock, monitor, self._heard_at)
-                    self._receive_message(sock)
+                    self._handing = True
+                    try:
+                        self._receive_message(sock)
+                    finally:
+                        self._handing = False
+                        self._heard_at = time.monotonic()
                 elif self._held:  # nothing came: the held gaps' time runs out all the same
                     self._release_gaps(time.monotonic())
                 elif self._end_request is not None:

@@ -276,3 +276,51 @@ def test_an_image_whose_data_does_not_match_its_md5_hash_is_a_loss_record() -> N
     assert sink.losses == [(2, 2, "stream_bad_hash")]
     codec = reader.counters()["codec"]
     assert codec["image_hashes_checked"] == 3 and codec["image_hash_unreadable"] == 1
+
+
+def test_a_reader_held_back_by_the_appliance_is_not_a_silent_detector() -> None:
+    """An outside chaos probe: with the store full of unverified data the appliance held the detector
+    back for ten minutes (the ring's claim waits), and ``condition:stream_silent`` said the detector
+    had sent nothing and might have stopped. The wait is the appliance's: no silence is counted while a
+    message is being handed over, and it counts again from when the reader is ready for the next."""
+    import time
+
+    from edge.alarms import current_alarms
+
+    class HeldSink(Sink):
+        def __init__(self) -> None:
+            super().__init__()
+            self.release = threading.Event()
+
+        def claim(self, nbytes: int) -> Any:
+            if self.frames:  # the second frame waits, as for a ring the store does not let drain
+                self.release.wait(20)
+            return super().claim(nbytes)
+
+    context = zmq.Context()
+    push = context.socket(zmq.PUSH)
+    port = push.bind_to_random_port("tcp://127.0.0.1")
+    sink = HeldSink()
+    reader = ZmqStreamSource(f"tcp://127.0.0.1:{port}", sink, context, silent_alarm_seconds=1.0)
+    reader.start()
+    try:
+        push.send_multipart(header(1, 100))
+        push.send_multipart(image(1, 0))
+        push.send_multipart(image(1, 1))
+        deadline = time.monotonic() + 10
+        while len(sink.frames) < 1 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(1.5)  # held past silent_alarm_seconds
+        assert reader.counters()["seconds_silent"] == 0.0
+        assert current_alarms({"receiver": reader.counters()}) == []
+        sink.release.set()
+        while len(sink.frames) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.3)
+        silent = reader.counters()["seconds_silent"]
+        assert silent is not None and silent < 1.0  # from when frame 1 was handed over, not received
+    finally:
+        sink.release.set()
+        reader.stop()
+        push.close(0)
+        context.term()
