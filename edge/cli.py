@@ -613,7 +613,10 @@ def _run_where(settings: Settings, run: str, as_json: bool) -> int:
         return 2
     try:
         report = where_report(
-            ledger, resolve_run(ledger, run), daemon_running=daemon_running(settings.ledger_path)
+            ledger,
+            resolve_run(ledger, run),
+            daemon_running=daemon_running(settings.ledger_path),
+            store=settings.store.path,
         )
     except NotFound as error:
         print(f"edge: {error}", file=sys.stderr)

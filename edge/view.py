@@ -258,7 +258,7 @@ class ApplianceView:
             "files": ledger.files(run_uid),
             "losses": ledger.losses(run_uid),
             "totals": ledger.run_totals(run_uid),
-            "where": where_report(ledger, run_uid),
+            "where": where_report(ledger, run_uid, store=self._p.settings.store.path),
         }
 
     def run_files(self, run_uid: str) -> list[dict[str, Any]]:

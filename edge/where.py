@@ -50,13 +50,18 @@ def also_named(ledger: Ledger, run_uid: str, config: Any) -> tuple[str, list[str
 
 
 def where_report(
-    ledger: Ledger, run_uid: str, now: float | None = None, daemon_running: bool = True
+    ledger: Ledger,
+    run_uid: str,
+    now: float | None = None,
+    daemon_running: bool = True,
+    store: Path | None = None,
 ) -> dict[str, Any]:
     """Everything a scientist needs to find one run's data, and how far it has got.
 
     ``daemon_running`` (`edge.daemon_lock.daemon_running`) says whether a daemon serves the ledger now:
     a run without an end is ``running`` while one does, ``interrupted`` (its daemon died; recovery ends
-    it at the next start) when none does.
+    it at the next start) when none does. ``store`` (default: the ledger's directory) is where the
+    files a crash or a full disk left half-written are quarantined (``STORE/quarantine/RUN/``).
     """
     now = time.time() if now is None else now
     run = ledger.run(run_uid)
@@ -115,6 +120,7 @@ def where_report(
         "upstream_rate_bytes_per_s": round(rate, 1),
         "eta_seconds": eta_seconds(pending, rate),
         "files": rows,
+        "quarantined": quarantined(Path(ledger.path).parent if store is None else store, run_uid),
         "losses": losses,
         "header_notes": header_notes(config),
         "config": run["config"],
@@ -128,6 +134,23 @@ def where_report(
     report["continued_by"] = ledger.runs_resuming(run_uid)
     report["summary"] = summary_line(report)
     return report
+
+
+def quarantined(store: Path, run_uid: str) -> list[dict[str, Any]]:
+    """The run's half-written files set aside after a crash or on a full disk (never forwarded or
+    purged; their frames are loss records), with their sizes: in the ledger they are no file at all."""
+    directory = store / "quarantine" / run_uid
+    try:
+        found = sorted(p for p in directory.iterdir() if p.is_file())
+    except OSError:  # none (the usual case), or unreadable
+        return []
+    out = []
+    for path in found:
+        try:
+            out.append({"path": str(path), "size": path.stat().st_size})
+        except OSError:  # removed meanwhile (by hand, as the README says to once done)
+            continue
+    return out
 
 
 def header_notes(config: dict[str, Any]) -> list[str]:
@@ -210,6 +233,11 @@ def render(report: dict[str, Any]) -> str:
         )
         for consumer, copy in sorted(f.get("upstream_copies", {}).items()):
             lines.append(f"            upstream copy ({consumer}): {copy}")
+    for item in report.get("quarantined") or ():
+        lines.append(
+            f"  quarantined {item['path']}  ({item['size']} bytes, half-written at a crash or on a full"
+            " disk: its frames are loss records; kept for inspection, never forwarded; README: h5clear)"
+        )
     for note in report.get("header_notes") or ():
         lines.append(f"  detector header: {note}")
     for other in report.get("detector_uid_also_names") or ():

@@ -162,6 +162,21 @@ def test_where_shows_the_hpc_side_copy_and_a_summary_first(ledger: Ledger) -> No
     assert any(line.strip() == "upstream copy (hpc): /hpc/out/run-1/run-1_00000.h5" for line in text)
 
 
+def test_where_lists_the_run_s_quarantined_files(ledger: Ledger, tmp_path: Path) -> None:
+    """A file a crash left half-written is set aside in STORE/quarantine/RUN/ and is no file in the
+    ledger: an outside chaos probe found `edge where` and the API never named it (only the recovery
+    report of the one start that moved it, gone after the next restart)."""
+    assert where_report(ledger, "run-1", store=tmp_path)["quarantined"] == []
+    part = tmp_path / "quarantine" / "run-1" / "run-1_00003.h5.part"
+    part.parent.mkdir(parents=True)
+    part.write_bytes(b"x" * 1234)
+    report = where_report(ledger, "run-1", store=tmp_path)
+    assert report["quarantined"] == [{"path": str(part), "size": 1234}]
+    assert any(
+        line.strip().startswith(f"quarantined {part}  (1234 bytes") for line in render(report).splitlines()
+    )
+
+
 def test_counter_scopes_subtract_what_the_ledger_held_at_start() -> None:
     scopes = CounterScopes({"frames_stored": 100, "frames_lost": 7, "frames_verified": 90}, started_at=5.0)
     now = {
