@@ -118,7 +118,9 @@ def where_report(
         "required_consumers": consumers,
         "bytes_pending": pending,
         "upstream_rate_bytes_per_s": round(rate, 1),
-        "eta_seconds": eta_seconds(pending, rate),
+        # no daemon, nothing sent: no time to arrival (the rate is the last 120 s of a daemon now gone)
+        "eta_seconds": eta_seconds(pending, rate) if daemon_running else None,
+        "daemon_running": daemon_running,
         "files": rows,
         "quarantined": quarantined(Path(ledger.path).parent if store is None else store, run_uid),
         "losses": losses,
@@ -131,6 +133,11 @@ def where_report(
     resumed = bool(config.get("resumed_after_restart"))
     report["resumes_run"] = (config.get("resumes_run") or None) if resumed else None
     report["resumed_at_frame"] = config.get("first_frame") if resumed else None
+    # its series' length, as the interrupted run recorded it (the resumed run saw no series header)
+    report["series_frames_expected"] = run["frames_expected"]
+    if report["resumes_run"] and run["frames_expected"] is None:
+        with contextlib.suppress(Exception):  # a run since deleted from the ledger: unknown
+            report["series_frames_expected"] = ledger.run(report["resumes_run"])["frames_expected"]
     report["continued_by"] = ledger.runs_resuming(run_uid)
     report["summary"] = summary_line(report)
     return report
@@ -216,7 +223,12 @@ def render(report: dict[str, Any]) -> str:
         ),
         f"  upstream: needs {', '.join(report['required_consumers'])}; "
         f"{report['bytes_pending']} bytes pending"
-        + (f", ETA {report['eta_seconds']:.0f} s" if report["eta_seconds"] else ""),
+        + (f", ETA {report['eta_seconds']:.0f} s" if report["eta_seconds"] else "")
+        + (
+            " (no daemon running: sent once one starts)"
+            if report["bytes_pending"] and report.get("daemon_running") is False
+            else ""
+        ),
     ]
     resumed = _resumed_line(report)
     if resumed:
@@ -256,7 +268,11 @@ def _resumed_line(report: dict[str, Any]) -> str:
     if report.get("resumed_at_frame") is None:
         return ""
     previous = report.get("resumes_run") or "unknown (no interrupted run of its series)"
-    return f"  resumed after restart at frame {report['resumed_at_frame']}: continues run {previous}"
+    line = f"  resumed after restart at frame {report['resumed_at_frame']}: continues run {previous}"
+    total = report.get("series_frames_expected")
+    if total is not None and report.get("frames_expected") is None:
+        line += f" (its series: {total} frames, {report['resumed_at_frame']}..{int(total) - 1} here)"
+    return line
 
 
 def _frames_text(frames: list[int] | None) -> str:

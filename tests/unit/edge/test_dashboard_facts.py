@@ -177,6 +177,36 @@ def test_where_lists_the_run_s_quarantined_files(ledger: Ledger, tmp_path: Path)
     )
 
 
+def test_where_gives_no_eta_without_a_daemon_and_a_resumed_run_its_series_length(
+    ledger: Ledger, tmp_path: Path
+) -> None:
+    """An outside chaos probe: after the daemon was stopped `edge where` still said "ETA 1 s" (the rate of
+    the last 120 s of a daemon now gone), and a run resumed after a restart said "expected unknown"
+    though its series had announced 600 frames (recorded with the run it continues)."""
+    import json
+    import time
+
+    (row,) = ledger.files("run-1")
+    other = tmp_path / "other.h5"
+    other.write_bytes(b"y" * 4096)
+    size, digest, chunks = file_checksums(other, 1024)
+    ledger.run_started("run-0", 9, 0, "{}")
+    ledger.file_stored("run-0", other.name, other, size, digest, (0, 0, 0), chunks)
+    (verified,) = ledger.files("run-0")
+    assert ledger.file_verified("hpc", verified["id"], size, digest, "/hpc/other.h5")  # a rate
+    now = time.time()
+    assert where_report(ledger, "run-1", now=now)["eta_seconds"]  # a daemon: a figure
+    report = where_report(ledger, "run-1", now=now, daemon_running=False)
+    assert report["bytes_pending"] == row["size"] and report["eta_seconds"] is None
+    assert "(no daemon running: sent once one starts)" in render(report)
+    ledger.run_started("run-interrupted", 5, 600, "{}")
+    config = {"resumed_after_restart": True, "first_frame": 181, "resumes_run": "run-interrupted"}
+    ledger.run_started("run-resumed", 5, None, json.dumps(config))
+    resumed = where_report(ledger, "run-resumed")
+    assert resumed["series_frames_expected"] == 600
+    assert "(its series: 600 frames, 181..599 here)" in render(resumed)
+
+
 def test_counter_scopes_subtract_what_the_ledger_held_at_start() -> None:
     scopes = CounterScopes({"frames_stored": 100, "frames_lost": 7, "frames_verified": 90}, started_at=5.0)
     now = {
