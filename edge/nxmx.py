@@ -31,9 +31,10 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+import h5py
 import numpy as np
 
-from kernels import Geometry, direct_beam
+from kernels import Geometry, direct_beam, poni_text
 
 LAB_FROM_PYFAI = np.array([[0.0, -1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, 1.0]])
 """(x, y, z) in the NeXus frame = LAB_FROM_PYFAI @ (t1, t2, t3) in pyFAI's."""
@@ -279,3 +280,31 @@ def pyfai_from_nxmx(h5: Any, detector_path: str = "/entry/instrument/detector") 
 def _unit(vector: Any) -> np.ndarray:
     v = np.asarray(vector, dtype=np.float64)
     return v / np.linalg.norm(v)
+
+
+def write_pyfai_poni(detector: h5py.Group, g: Geometry, shape: tuple[int, int]) -> None:
+    """``detector/pyfai_poni``: the PONI parameters with their units, the detector's shape, and the
+    whole as a PONI file pyFAI loads as it is."""
+    poni = detector.create_group("pyfai_poni")
+    poni.attrs["NX_class"] = "NXcollection"
+    for name in (
+        "dist",
+        "poni1",
+        "poni2",
+        "rot1",
+        "rot2",
+        "rot3",
+        "wavelength",
+        "pixel1",
+        "pixel2",
+        "orientation",
+    ):
+        ds = poni.create_dataset(name, data=getattr(g, name))
+        if name.startswith("rot"):
+            ds.attrs["units"] = "rad"
+        elif name != "orientation":  # pyFAI's detector orientation (1-4) is a number, no unit
+            ds.attrs["units"] = "m"
+    # the detector's shape: pyFAI places an orientation other than 3 from it (without it, pyFAI's
+    # Detector(orientation=2) gives other angles), and the whole as a PONI file pyFAI loads as it is
+    poni.create_dataset("max_shape", data=np.asarray(shape, dtype=np.int64))
+    poni.create_dataset("poni_file", data=poni_text(g, shape))

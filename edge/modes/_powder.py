@@ -16,6 +16,7 @@ from edge.modes._stage import (
     _described,
     _radial_axis,
 )
+from edge.nxmx import write_pyfai_poni
 from kernels import make_gain
 
 
@@ -228,6 +229,11 @@ class PowderStage(_CorrectedStage):
         mono.create_dataset("wavelength", data=wavelength_a).attrs["units"] = "angstrom"
         energy = _HC_KEV_ANGSTROM / wavelength_a if wavelength_a > 0 else float("nan")
         mono.create_dataset("energy", data=energy).attrs["units"] = "keV"
+        # the geometry the profiles were computed with (pyFAI loads pyfai_poni/poni_file as it is): the
+        # reduced file travels upstream alone with upstream.forward = reduced
+        detector = instrument.create_group("detector")
+        detector.attrs["NX_class"] = "NXdetector"
+        write_pyfai_poni(detector, self.ctx.geometry, self.ctx.shape)
         source = instrument.create_group("source")
         source.attrs["NX_class"] = "NXsource"
         source.create_dataset("name", data="unknown")  # the detector's stream does not say

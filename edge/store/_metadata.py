@@ -16,8 +16,8 @@ import h5py
 import hdf5plugin  # noqa: F401  (registers filter 32008 with HDF5)
 import numpy as np
 
-from edge.nxmx import write_detector_geometry
-from kernels import Geometry, direct_distance, poni_text
+from edge.nxmx import write_detector_geometry, write_pyfai_poni
+from kernels import Geometry, direct_distance
 
 log = logging.getLogger(__name__)
 
@@ -256,29 +256,7 @@ def _write_nxmx(entry: h5py.Group, meta: RunMetadata, shape: tuple[int, int], dt
         pixel_mask[meta.gaps.astype(bool)] = 1  # NXmx bit 0: gap (no sensor), not a user's choice
     detector.create_dataset("pixel_mask", data=pixel_mask, compression="gzip", shuffle=True)
     detector.create_dataset("pixel_mask_applied", data=False)
-    poni = detector.create_group("pyfai_poni")
-    poni.attrs["NX_class"] = "NXcollection"
-    for name in (
-        "dist",
-        "poni1",
-        "poni2",
-        "rot1",
-        "rot2",
-        "rot3",
-        "wavelength",
-        "pixel1",
-        "pixel2",
-        "orientation",
-    ):
-        ds = poni.create_dataset(name, data=getattr(g, name))
-        if name.startswith("rot"):
-            ds.attrs["units"] = "rad"
-        elif name != "orientation":  # pyFAI's detector orientation (1-4) is a number, no unit
-            ds.attrs["units"] = "m"
-    # the detector's shape: pyFAI places an orientation other than 3 from it (without it, pyFAI's
-    # Detector(orientation=2) gives other angles), and the whole as a PONI file pyFAI loads as it is
-    poni.create_dataset("max_shape", data=np.asarray(shape, dtype=np.int64))
-    poni.create_dataset("poni_file", data=poni_text(g, shape))
+    write_pyfai_poni(detector, g, shape)
     detector["data"] = h5py.SoftLink("/entry/data/data")
     detector.attrs["shape"] = shape
     beam = instrument.create_group("beam")

@@ -83,6 +83,21 @@ def test_profiles_and_cake_are_each_their_own_application(tmp_path: Path) -> Non
         assert not [p for p in problems if "nRad" in p or "nEta" in p or "nImg" in p], (application, problems)
 
 
+def test_the_reduced_file_carries_the_geometry_as_a_poni_file(tmp_path: Path) -> None:
+    """An outside pyFAI probe: the reduced file (all that goes upstream with upstream.forward = reduced)
+    held no geometry, so its profiles' radial axis could not be recomputed from it."""
+    from kernels import read_poni_file
+
+    path = _reduced_file(tmp_path, CAKE)
+    with h5py.File(path, "r") as f:
+        for entry in ("/entry", "/entry_2d"):
+            text = f[f"{entry}/instrument/detector/pyfai_poni/poni_file"][()].decode()
+            poni = tmp_path / "run.poni"
+            poni.write_text(text)
+            assert read_poni_file(poni).geometry == GEOMETRY
+            assert tuple(f[f"{entry}/instrument/detector/pyfai_poni/max_shape"][()]) == SHAPE
+
+
 def test_without_a_cake_the_file_has_one_entry(tmp_path: Path) -> None:
     with h5py.File(_reduced_file(tmp_path, 0), "r") as f:
         assert [name for name in f if f[name].attrs.get("NX_class") == "NXentry"] == ["entry"]
