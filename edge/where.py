@@ -119,7 +119,7 @@ def where_report(
         "bytes_pending": pending,
         "upstream_rate_bytes_per_s": round(rate, 1),
         # no daemon, nothing sent: no time to arrival (the rate is the last 120 s of a daemon now gone)
-        "eta_seconds": eta_seconds(pending, rate) if daemon_running else None,
+        "eta_seconds": eta_seconds(pending, rate) if daemon_running or not pending else None,
         "daemon_running": daemon_running,
         "files": rows,
         "quarantined": quarantined(Path(ledger.path).parent if store is None else store, run_uid),
