@@ -429,6 +429,8 @@ class Stream2Codec:
         # could make an image another frame's, put one channel's pixels under another or end a series:
         # the message is not taken at all. The walk counts the pairs every map declares, the decoded
         # maps hold one entry per distinct key (a shared reference, tag 29, only adds entries).
+        declared: int | None
+        held: int | None
         if walked is not None:
             declared, held = walked[1], _map_entries(value)
         else:  # a walk that stopped (an indefinite length): the top-level map alone
