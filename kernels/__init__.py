@@ -37,6 +37,7 @@ from kernels._tomo import (
     estimate_center_from_sinogram,
     filter_projections,
     fourier_filter,
+    opposite_projections,
 )
 
 __all__ = [
@@ -73,6 +74,7 @@ __all__ = [
     "hdf5_filter_options",
     "invalid_pixels",
     "make_gain",
+    "opposite_projections",
     "poni_text",
     "read_poni",
     "read_poni_file",

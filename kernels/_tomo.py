@@ -204,14 +204,46 @@ def estimate_center(projection_0: np.ndarray, projection_180: np.ndarray) -> flo
     return (n - 1 - shift) / 2.0
 
 
-def estimate_center_from_sinogram(sinogram: np.ndarray, theta: Any = None) -> float:
-    """``estimate_center`` on the projections nearest 0 and 180 degrees of an (n_angles, n_det) sinogram."""
+def opposite_projections(theta: Any, tolerance_deg: float = 2.0) -> tuple[int, int] | None:
+    """The indices of the two projections of ``theta`` (degrees) closest to 180 degrees apart (the first
+    such pair, by the lower index's order), or None when no two are within ``tolerance_deg`` of it."""
+    angles = np.asarray(theta, dtype=np.float64)
+    ok = np.flatnonzero(np.isfinite(angles))
+    if ok.size < 2:
+        return None
+    wrapped = angles[ok] % 360.0
+    order = np.argsort(wrapped, kind="stable")
+    ring = wrapped[order]
+    best: tuple[float, int, int] | None = None
+    targets = (wrapped + 180.0) % 360.0
+    at = np.searchsorted(ring, targets)
+    for i in range(ok.size):  # each angle's nearest partner at +180 (either neighbour, round the circle)
+        for k in (at[i] - 1, at[i]):
+            j = int(order[k % ring.size])
+            if j == i:
+                continue
+            gap = abs((wrapped[j] - targets[i] + 180.0) % 360.0 - 180.0)
+            pair = (min(i, j), max(i, j))
+            if best is None or (gap, *pair) < best:
+                best = (gap, *pair)
+    if best is None or best[0] > tolerance_deg:
+        return None
+    return int(ok[best[1]]), int(ok[best[2]])
+
+
+def estimate_center_from_sinogram(
+    sinogram: np.ndarray, theta: Any = None, tolerance_deg: float = 2.0
+) -> float:
+    """``estimate_center`` on the two projections of an (n_angles, n_det) sinogram closest to 180 degrees
+    apart (``opposite_projections``); NaN when no two are within ``tolerance_deg`` of 180 apart (a scan
+    short of 180 degrees: the axis cannot be told from it this way)."""
     sino = np.asarray(sinogram)
     n_angles = sino.shape[0]
     angles = np.linspace(0, 180, n_angles, endpoint=False) if theta is None else np.asarray(theta, float)
-    i0 = int(np.argmin(np.abs((angles + 90) % 360 - 90)))
-    i180 = int(np.argmin(np.abs(angles % 360 - 180)))
-    return estimate_center(sino[i0], sino[i180])
+    pair = opposite_projections(angles, tolerance_deg)
+    if pair is None:
+        return float("nan")
+    return estimate_center(sino[pair[0]], sino[pair[1]])  # either is the other mirrored about the axis
 
 
 def _angle_key(cos_a: float, sin_a: float) -> tuple[float, float]:

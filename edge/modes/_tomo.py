@@ -15,7 +15,7 @@ import h5py
 import numpy as np
 
 from edge.modes._stage import EarlierParts, FrameResult, RunContext, _CorrectedStage
-from kernels import estimate_center_from_sinogram
+from kernels import estimate_center, opposite_projections
 
 log = logging.getLogger(__name__)
 
@@ -143,6 +143,10 @@ class TomoStage(_CorrectedStage):
         self.darks = self.flats = self.projections = self.without_angle = 0
         self.incomplete_left_out = 0  # darks and flats with pixels missing: not in the means
         self.reconstructor: Any = None
+        self._used: tuple[int, int] | None = (
+            None  # (darks, flats) in the means, fixed at the first projection
+        )
+        self._used_means: tuple[np.ndarray, np.ndarray] | None = None
         self.angles: list[float] = []
         self.sinograms: list[np.ndarray] = []  # normalised rows of each projection, for the run product
         self._latest: np.ndarray | None = None
@@ -224,9 +228,12 @@ class TomoStage(_CorrectedStage):
             "this file's frames only: a scan's darks and flats are in its first file(s); read the run's"
             " files together (or its reduced file's reconstruction)"
         )
-        for name, key in (("data", 0), ("data_white", 1), ("data_dark", 2)):
-            _virtual_subset(exchange, name, data, np.flatnonzero(keys == key))
-        exchange["theta"] = np.asarray(angles[keys == 0], np.float64)
+        # a projection without an angle is left out of /exchange: a Data Exchange reader back-projects
+        # every frame of /exchange/data at its theta, and NaN is no angle (NXtomo's names keep it)
+        usable = (keys == 0) & np.isfinite(angles)
+        for name, chosen in (("data", usable), ("data_white", keys == 1), ("data_dark", keys == 2)):
+            _virtual_subset(exchange, name, data, np.flatnonzero(chosen))
+        exchange["theta"] = np.asarray(angles[usable], np.float64)
         exchange["theta"].attrs["units"] = "deg"
 
     def _dark_flat_counts(self) -> tuple[int, int]:
@@ -236,24 +243,45 @@ class TomoStage(_CorrectedStage):
         return self.darks + self.earlier.darks, self.flats + self.earlier.flats
 
     def flat_field(self) -> str:
-        """What the projections' normalisation could use: the scan's darks and flats come before its
-        first projection (in a scan resumed after a restart, those of the part stored before it was cut;
-        a scan without them has none to use)."""
-        darks, flats = self._dark_flat_counts()
+        """What the projections' normalisation used: the scan's darks and flats that came before its first
+        projection (in a scan resumed after a restart, with those of the part stored before it was cut).
+        The means are fixed at the first projection, streamed from then on: darks and flats that come
+        after it are stored and counted, never used, and the text says so."""
+        darks, flats = self._dark_flat_counts() if self._used is None else self._used
+        earlier = self.earlier
+        inherited = "" if earlier is None else f" (with those stored in run {earlier.parts.runs[0]})"
         if darks and flats:
-            earlier = self.earlier
-            inherited = "" if earlier is None else f" (with those stored in run {earlier.parts.runs[0]})"
-            return f"applied: (projection - mean dark) / (mean flat - mean dark){inherited}"
-        missing = " and ".join(name for name, n in (("darks", darks), ("flats", flats)) if not n)
-        return f"not applied: no {missing} before the first projection; the slices are of -log(counts)"
+            text = f"applied: (projection - mean dark) / (mean flat - mean dark){inherited}"
+        elif flats:
+            text = (
+                f"applied without darks: projection / mean flat{inherited};"
+                " no darks before the first projection"
+            )
+        elif darks:
+            text = (
+                f"not applied: no flats before the first projection; the slices are of"
+                f" -log(projection - mean dark){inherited}"
+            )
+        else:
+            text = (
+                "not applied: no darks and flats before the first projection; the slices are of -log(counts)"
+            )
+        if self._used is not None:
+            late_darks, late_flats = self._dark_flat_counts()[0] - darks, self._dark_flat_counts()[1] - flats
+            late = [f"{n} {name}" for n, name in ((late_darks, "darks"), (late_flats, "flats")) if n]
+            if late:
+                text += f"; {' and '.join(late)} came after the first projection: stored, not used"
+        return text
 
     def _means(self) -> tuple[np.ndarray, np.ndarray]:
+        """The mean dark and flat of those so far; with no flats, the dark + 1 (the normalisation is then
+        the projection less the dark), with no darks, 0."""
         darks, flats = self._dark_flat_counts()
         dark_sum, flat_sum = self._dark_sum, self._flat_sum
         if self.earlier is not None:
             dark_sum, flat_sum = dark_sum + self.earlier.dark_sum, flat_sum + self.earlier.flat_sum
         dark = dark_sum / darks if darks else np.zeros(self.ctx.shape)
-        flat = flat_sum / flats if flats else np.full(self.ctx.shape, float(np.max(dark)) + 1.0)
+        flat = flat_sum / flats if flats else dark + 1.0
         return dark.astype(np.float32), flat.astype(np.float32)
 
     def _project(self, raw: np.ndarray, angle: float, missing: np.ndarray | None = None) -> None:
@@ -275,6 +303,8 @@ class TomoStage(_CorrectedStage):
 
     def _start_reconstruction(self) -> None:
         dark, flat = self._means()
+        self._used = self._dark_flat_counts()
+        self._used_means = (dark, flat)
         if not all(self._dark_flat_counts()):
             log.warning("tomography run: flat field %s", self.flat_field())
         # fed the chosen rows already normalised (once per projection, kept for the sinograms)
@@ -323,7 +353,10 @@ class TomoStage(_CorrectedStage):
             **super().settings_record(),
             "slices": self.rows,
             "center": self.center,
-            "center_source": "given" if self.center is not None else "detector centre column (n_cols // 2)",
+            "center_source": "given"
+            if self.center is not None
+            else "estimated at the scan's end from two projections 180 degrees apart, else the detector"
+            " centre column (n_cols // 2): the reconstruction's center_source says which",
             "filter": self.filter,
             "normalisation": "-log((projection - mean dark) / (mean flat - mean dark))",
         }
@@ -337,13 +370,19 @@ class TomoStage(_CorrectedStage):
         angles = np.asarray(self.angles, np.float64)
         center, source = self.center, "given"
         if center is None:
-            # streamed about the detector's centre column; with a scan that reaches 180 degrees the axis is
-            # estimated from the projections nearest 0 and 180 and, if it differs, the slices are redone
-            center, source = float(self.ctx.shape[1] // 2), "detector centre column (n_cols // 2)"
-            if angles.size and np.ptp(angles) >= 170.0:
-                estimated = float(estimate_center_from_sinogram(sinograms[:, 0, :], angles))
+            # streamed about the detector's centre column; with two projections 180 degrees apart the axis
+            # is estimated from them and, if it differs, the slices are redone
+            center = float(self.ctx.shape[1] // 2)
+            pair = opposite_projections(angles)
+            if pair is None:
+                source = "detector centre column (n_cols // 2): no two projections 180 +- 2 degrees apart"
+            else:
+                i, j = pair
+                estimated = float(estimate_center(sinograms[i, 0, :], sinograms[j, 0, :]))
+                between = f"the projections at {angles[i]:g} and {angles[j]:g} degrees"
+                source = f"detector centre column (n_cols // 2): estimated {estimated:.2f} from {between}"
                 if np.isfinite(estimated) and abs(estimated - center) > 0.5:
-                    center, source = estimated, "estimated from the projections nearest 0 and 180 degrees"
+                    center, source = estimated, f"estimated from {between}"
                     slices = np.stack(
                         [
                             self.ctx.backend.fbp(
@@ -354,14 +393,17 @@ class TomoStage(_CorrectedStage):
                     ).astype(np.float32)
         self.slices_done = len(self.rows)
         self._latest = slices
-        dark, flat = self._means()
+        darks, flats = self._used if self._used is not None else (0, 0)
+        dark, flat = self._used_means if self._used_means is not None else self._means()
+        means = {"dark_mean": dark} if darks else {}
+        if flats:
+            means["flat_mean"] = flat
         return {
             "slices": slices,
             "rows": np.asarray(self.rows, np.int64),
             "sinograms": np.transpose(sinograms, (1, 0, 2)),  # (rows, angles, columns)
             "rotation_angle": angles,
-            "dark_mean": dark,
-            "flat_mean": flat,
+            **means,  # those the normalisation used
             "center": float(center),
             "center_source": source,
             "projections": self.projections,

@@ -74,3 +74,64 @@ def test_the_cxi_peak_count_never_passes_the_table_width(tmp_path) -> None:  # t
         assert table["nPeaks"][0] == 2 and table["peakXPosRaw"].shape == (1, 2)
         assert table["peakXPosRaw"].attrs["units"] == "pixel"
         assert "/entry/frames" in table.attrs["meaning"]  # no /entry/data here: a reduced file's rows
+
+
+def _scan(stage, darks: int, flats: int, flats_after: int = 0) -> np.ndarray:  # type: ignore[no-untyped-def]
+    """Darks of 10, flats of 1000, then 12 projections of 400 and ``flats_after`` more flats; returns a
+    projection."""
+    n = 0
+    for _ in range(darks):
+        stage.process(np.full((SIDE, SIDE), 10, np.uint16), n, 2, float("nan"))
+        n += 1
+    for _ in range(flats):
+        stage.process(np.full((SIDE, SIDE), 1000, np.uint16), n, 1, float("nan"))
+        n += 1
+    projection = np.full((SIDE, SIDE), 400, np.uint16)
+    for angle in np.linspace(0.0, 180.0, 12, endpoint=False):
+        stage.process(projection, n, 0, float(angle))
+        n += 1
+    for _ in range(flats_after):
+        stage.process(np.full((SIDE, SIDE), 1000, np.uint16), n, 1, float("nan"))
+        n += 1
+    return projection
+
+
+def test_flats_after_the_projections_are_said_to_be_unused_and_the_sinograms_are_of_counts() -> None:
+    """An outside probe's scan with its flats at the end: the label said "applied" while the sinograms
+    were -log(counts) (the means are fixed at the first projection)."""
+    stage = _stage("tomo", tomo={"slices": [8]})
+    _scan(stage, darks=0, flats=0, flats_after=3)
+    products = stage.finish()
+    assert products["flat_field"] == (
+        "not applied: no darks and flats before the first projection; the slices are of -log(counts)"
+        "; 3 flats came after the first projection: stored, not used"
+    )
+    np.testing.assert_allclose(products["sinograms"], -np.log(400.0), rtol=1e-6)
+    assert "dark_mean" not in products and "flat_mean" not in products
+    assert products["flats"] == 3
+
+
+def test_darks_without_flats_subtract_the_dark_and_invent_no_flat() -> None:
+    """Darks only: -log(projection - mean dark), said so, and no made-up flat in the product (the probe
+    found a flat of max(dark) + 1 dividing every column differently)."""
+    stage = _stage("tomo", tomo={"slices": [8]})
+    _scan(stage, darks=2, flats=0)
+    products = stage.finish()
+    assert products["flat_field"] == (
+        "not applied: no flats before the first projection; the slices are of -log(projection - mean dark)"
+    )
+    np.testing.assert_allclose(products["sinograms"], -np.log(400.0 - 10.0), rtol=1e-6)
+    np.testing.assert_allclose(products["dark_mean"], 10.0)
+    assert "flat_mean" not in products
+
+
+def test_flats_without_darks_are_applied_and_said_to_be() -> None:
+    stage = _stage("tomo", tomo={"slices": [8]})
+    _scan(stage, darks=0, flats=2)
+    products = stage.finish()
+    assert products["flat_field"] == (
+        "applied without darks: projection / mean flat; no darks before the first projection"
+    )
+    np.testing.assert_allclose(products["sinograms"], -np.log(400.0 / 1000.0), rtol=1e-6)
+    np.testing.assert_allclose(products["flat_mean"], 1000.0)
+    assert "dark_mean" not in products

@@ -212,3 +212,35 @@ def test_tomo_estimates_an_off_centre_rotation_axis() -> None:
     products = stage.finish()
     assert products["center_source"].startswith("estimated")
     assert abs(products["center"] - (side // 2 + 3.0)) <= 1.0, products["center"]
+
+
+def test_tomo_estimates_the_axis_of_a_scan_that_does_not_start_at_zero() -> None:
+    """A scan from -90 to +88 degrees (an outside probe's): the axis comes from two projections 180
+    degrees apart (-90 and 88 is the nearest pair here), not from those nearest 0 and 180 mod 360,
+    which are 90 degrees apart and gave an axis 7 px off."""
+    side = 32
+    tomo = make_source("tomo", (side, side), seed=4, n_angles=90, n_darks=2, n_flats=2, axis_offset_px=3.0)
+    settings = ReductionSettings(mode="tomo", tomo={"slices": [16]})  # type: ignore[arg-type]
+    stage = make_stage(RunContext(get_backend("numpy"), GEOMETRY, (side, side), 24, "2th_deg", settings))
+    for n in range(tomo.scan_length):
+        truth = tomo.frame_truth(n)
+        key = {"projection": 0, "flat": 1, "dark": 2}[truth.kind]
+        angle = float("nan") if truth.angle_deg is None else truth.angle_deg - 90.0
+        stage.process(tomo.frame(n), n, key, angle)
+    products = stage.finish()
+    assert products["center_source"] == "estimated from the projections at -90 and 88 degrees"
+    assert abs(products["center"] - (side // 2 + 3.0)) <= 1.0, products["center"]
+
+
+def test_tomo_keeps_the_centre_column_of_a_scan_short_of_180_degrees_and_says_why() -> None:
+    side = 32
+    settings = ReductionSettings(mode="tomo", tomo={"slices": [16]})  # type: ignore[arg-type]
+    stage = make_stage(RunContext(get_backend("numpy"), GEOMETRY, (side, side), 24, "2th_deg", settings))
+    rng = np.random.default_rng(3)
+    for n, angle in enumerate(np.arange(0.0, 150.0, 5.0)):
+        stage.process(rng.integers(50, 100, (side, side)).astype(np.uint16), n, 0, float(angle))
+    products = stage.finish()
+    assert products["center"] == side // 2
+    assert products["center_source"] == (
+        "detector centre column (n_cols // 2): no two projections 180 +- 2 degrees apart"
+    )

@@ -91,3 +91,20 @@ def test_a_file_of_projections_only_opens_in_nexusformat_with_empty_darks_and_fl
         assert f["/exchange/data"].shape == (2, *SHAPE)
     tree = nxload(str(path)).tree
     assert "data_dark" in tree and "data_white" in tree
+
+
+def test_a_projection_without_an_angle_stays_out_of_data_exchange(tmp_path: Path) -> None:
+    """dxchange / tomopy back-project every frame of /exchange/data at its theta: a projection sent
+    without an angle (NaN) is left out there, and kept in the NXtomo names (an outside probe's)."""
+    params = ReductionSettings(mode="tomo")
+    stage = make_stage(RunContext(get_backend("numpy"), GEOMETRY, SHAPE, 16, "2th_deg", params))
+    meta = RunMetadata(GEOMETRY, "sim", 3, "2026-12-02T00:00:00+00:00", {"frame_time": 0.01})
+    writer = RunFileWriter(tmp_path, "tomo3", "tomo3_00000.h5", 0, SHAPE, "uint16", 3, stage, meta)
+    for frame, angle in enumerate((0.0, float("nan"), 20.0)):
+        pixels = np.full(SHAPE, 100 + frame, np.uint16)
+        writer.write(frame, compress_chunk(pixels), stage.process(pixels, frame, 0, angle).products)
+    with h5py.File(writer.close().path, "r") as f:
+        np.testing.assert_array_equal(f["/exchange/theta"][()], [0.0, 20.0])
+        assert f["/exchange/data"].shape == (2, *SHAPE)
+        np.testing.assert_array_equal(f["/exchange/data"][:, 0, 0], [100, 102])
+        assert np.isnan(f["/entry/sample/rotation_angle"][1]) and f["/entry/data/data"].shape[0] == 3
