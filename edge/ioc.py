@@ -195,6 +195,16 @@ class ApplianceIOC:
         self._tasks: list[asyncio.Task[None]] = []
         self._acquiring = False
         self._run_ended: asyncio.Event | None = None  # set when the current (or last) run has ended
+        # from a run's end until its busy record has finished processing (a few ms): a 1 then is taken
+        # and starts the next run once the record is free (``_start_next``), as areaDetector takes a 1
+        # as soon as Acquire_RBV reads Done
+        self._finishing = False
+        self._start_next = False
+        self._run_gen = 0  # runs started: a finished run's follow-up (``_after_run``) knows when it is stale
+        # a client's 0 during a run (or as it starts): the run aborts. Kept apart from Acquire's value,
+        # which the IOC itself resets at each run's end, and whose reset may land after a client's next 1
+        self._abort_flag = False
+        self._start_accepted = False  # AcquireBusy took a start (``_starts_run``); its processing runs it
         self._counter_offset = 0
         self._hdf_counter_offset = 0  # HDF1:ArrayCounter's, set apart from the driver's ArrayCounter
         self._dropped_total = 0  # frames the receiver dropped, as the last refresh saw them
@@ -240,13 +250,20 @@ class ApplianceIOC:
         self._set_message("Idle")
         self._show_static()
         self._show_detector()
-        self._tasks.append(self.loop.create_task(self._refresh_forever(), name="edge-ioc-refresh"))
+        self._spawn(self._refresh_forever(), "edge-ioc-refresh")
         self.view.attach_detector(self.detector_status)
         log.info("appliance IOC serving %s (detector %s)", self.prefix, self.settings.detector_prefix)
 
+    def _spawn(self, work: Any, name: str) -> asyncio.Task[None]:
+        """A task on the IOC's loop, cancelled by ``stop`` and forgotten once done (on the loop's thread)."""
+        task: asyncio.Task[None] = self.loop.create_task(work, name=name)
+        self._tasks.append(task)
+        task.add_done_callback(lambda done: self._tasks.remove(done) if done in self._tasks else None)
+        return task
+
     def stop(self) -> None:
         """Stop refreshing and drop the detector channels (the IOC itself lives until the process ends)."""
-        for task in self._tasks:
+        for task in list(self._tasks):
             task.cancel()
         self._tasks.clear()
         if self._remove_listener is not None:
@@ -301,6 +318,7 @@ class ApplianceIOC:
                 always_update=True,
                 blocking=True,
                 on_update=self._on_acquire_abort_busy,
+                validate=lambda _device, _value: self._holds_abort(),
                 FLNK=self.prefix + "AcquireBusy",
             )
         if spec.kind in ("boolIn", "boolOut"):
@@ -448,7 +466,14 @@ class ApplianceIOC:
         reduction parameter (for the next run) when it is accepted."""
         soft = pv_input.ALARM_SOFT
         if spec.name == "Acquire":
+            if not int(value) and self._run_busy() and not self._finishing:
+                self._abort_flag = True  # (the IOC's own reset at a run's end comes while finishing)
             if int(value) and self._run_busy():
+                if self._finishing and not self._acquiring:
+                    # the run has ended (Acquire_RBV reads Done) and its put is completing: the busy record
+                    # would ignore this 1's forward link, so the run starts once the record is free
+                    self._start_next = True
+                    return None
                 # the busy record already holds the running put: a forward link to it would be ignored
                 # and this put would complete at once, as if a run had ended
                 return "already acquiring: this put starts no run (put 0 to abort the one going)", soft
@@ -546,8 +571,7 @@ class ApplianceIOC:
             else:
                 self._set("HDF1:FileNumber", number)
                 self._set("HDF1:FileNumber_RBV", number)
-        self._capture_task = self.loop.create_task(self._watch_capture(path), name="edge-ioc-capture")
-        self._tasks.append(self._capture_task)
+        self._capture_task = self._spawn(self._watch_capture(path), "edge-ioc-capture")
         log.info("capture opened: %s", path)
 
     async def _watch_capture(self, path: Path) -> None:
@@ -756,9 +780,7 @@ class ApplianceIOC:
             # no run of ours, but the camera acquires (a series from before a restart, or another
             # client's): a 0 here stops it, as the operator asked
             log.info("Acquire 0: stopping the detector's series this appliance did not start")
-            self.loop.call_soon_threadsafe(
-                lambda: self._tasks.append(self.loop.create_task(self._stop_detector(), name="edge-ioc-stop"))
-            )
+            self.loop.call_soon_threadsafe(lambda: self._spawn(self._stop_detector(), "edge-ioc-stop"))
 
     async def _stop_detector(self) -> None:
         try:
@@ -767,9 +789,26 @@ class ApplianceIOC:
             log.warning("stopping the detector failed: %s", error)
             self._set_message(f"Stopping the detector failed: {error}")
 
+    def _holds_abort(self) -> bool:
+        """Whether ``AcquireAbortBusy``, processed by ``Acquire``'s forward link, is to hold a put: only a
+        0 while a run goes (or is starting). Otherwise its processing ends at once, and its forward link
+        reaches ``AcquireBusy`` at once: held for a 0 with no run, it made a client's 1 sent right after
+        (without completion) find it busy, so the 1's link was ignored and its put completed at once,
+        while the 0's link went on to start the run."""
+        try:
+            return not int(self.records["Acquire"].get()) and self._run_busy() and not self._finishing
+        except Exception:  # the put must not fail on a read
+            return True
+
     async def _on_acquire_abort_busy(self, value: Any) -> None:
         """``AcquireAbortBusy`` processed by ``Acquire``'s forward link: a 0 during a run completes when
-        the run has ended (its forward link then finds ``AcquireBusy`` idle or still finishing)."""
+        the run has ended (its forward link then finds ``AcquireBusy`` idle or still finishing). A 0 as a
+        run starts (its busy record taken, its task not yet going) waits for it to begin, then end."""
+        deadline = time.monotonic() + 2.0
+        while not self._acquiring and self._busy("AcquireBusy") and not self._finishing:
+            if time.monotonic() > deadline:
+                break
+            await asyncio.sleep(0.002)
         ended = self._run_ended
         if self._acquiring and self._abort_requested() and ended is not None:
             await ended.wait()
@@ -781,19 +820,29 @@ class ApplianceIOC:
         callback thread, possibly after the run's put has completed: held, even for a no-op, it made a
         client's next 1, sent as soon as its put returned, find it busy ("already acquiring", no run)."""
         try:
-            return bool(int(self.records["Acquire"].get())) and not self._acquiring
+            starts = bool(int(self.records["Acquire"].get())) and not self._acquiring
         except Exception:  # the put must not fail on a read: let the run's own checks decide
-            return True
+            starts = True
+        if starts:
+            self._abort_flag = False  # a 0 from now on aborts this run
+            self._start_accepted = True
+        return starts
 
     async def _on_acquire_busy(self, value: Any) -> None:
-        """``AcquireBusy`` processed by ``Acquire``'s forward link: run when ``Acquire`` is 1."""
-        await self._on_acquire(self.records["Acquire"].get())
+        """``AcquireBusy`` processed by ``Acquire``'s forward link: run when it took a start (``Acquire``
+        was 1 then: read again now, it may already show the IOC's reset of the last run's end)."""
+        if self._start_accepted:
+            self._start_accepted = False
+            await self._on_acquire(1)
 
     async def _on_acquire(self, value: Any) -> None:
         """Run one acquisition; return (completing the put) only when it is over."""
         if not int(value) or self._acquiring:
             return  # 0 while idle: nothing to abort (an abort during a run is seen by the run itself)
         self._acquiring = True
+        self._run_gen += 1
+        self._finishing = False
+        self._start_next = False  # a 1 taken while the last run finished: this is its run
         if self.capture is not None:  # from now on Mode and the reduction parameters belong to this run
             self.capture.set_armed(True)
         self._run_ended = asyncio.Event()  # a 0's put-completion waits for it (AcquireAbortBusy)
@@ -806,6 +855,7 @@ class ApplianceIOC:
             log.exception("acquisition failed")
             self._set_message(f"Acquisition failed: {error}")
         finally:
+            self._finishing = True  # before _acquiring goes: a 1 is never refused as "already acquiring"
             self._acquiring = False
             if self.capture is not None:
                 self.capture.set_armed(False)
@@ -830,8 +880,32 @@ class ApplianceIOC:
             self.records["Acquire"].set(0)
             if not held:
                 await self._abort_busy_done()
-            # softioc may still write the client's 1 back when the busy processing ends: reset once more after
+            # softioc may still write the client's 1 back when the busy processing ends: reset once more
+            # after (before that processing ends, so never over the next put of a client that waits for
+            # this one's completion)
             asyncio.get_running_loop().call_soon(lambda: self.records["Acquire"].set(0, process=False))
+            self._spawn(self._after_run(self._run_gen), "edge-ioc-next")
+
+    async def _after_run(self, run: int, timeout: float = 2.0) -> None:
+        """Once the run's busy record has finished processing (its put completed), start the next run
+        if a client put 1 while it finished (without completion, as ophyd's ``SingleTrigger`` does on
+        seeing ``Acquire_RBV`` go to Done)."""
+        await asyncio.sleep(0)  # the run's own task returns first
+        deadline = time.monotonic() + timeout
+        while self._busy("AcquireBusy") and time.monotonic() < deadline and self._run_gen == run:
+            await asyncio.sleep(0.002)
+        if self._run_gen != run:  # the next run has started (and owns these flags)
+            return
+        self._finishing = False
+        if not self._start_next:
+            return
+        self._start_next = False
+        if self._acquiring:  # a run started meanwhile (a 1 once the record was free): it is the next one
+            return
+        log.info("Acquire 1 taken as the last run finished: starting the next run")
+        if int(self.records["Acquire"].get()) != 1:
+            self.records["Acquire"].set(1, process=False)
+        self.records["AcquireBusy"].set(1)  # processed: it holds no put, and runs _on_acquire
 
     def _busy(self, name: str) -> bool:
         """True while the record ``name`` is processing (``PACT``): a forward link to it is ignored."""
@@ -851,11 +925,8 @@ class ApplianceIOC:
             await asyncio.sleep(0.002)
 
     def _abort_requested(self) -> bool:
-        """True once a client has written ``Acquire`` = 0 (the record is busy, so only VAL changes)."""
-        try:
-            return self.records["Acquire"].get_field("VAL") in ("0", "Done")
-        except Exception:
-            return False
+        """True once a client has written ``Acquire`` = 0 during this run (``_abort_flag``)."""
+        return self._abort_flag
 
     async def _acquisition(self) -> None:
         from firmware_bridge.detector_control import DetectorControlError, DetectorDisconnectedError

@@ -465,3 +465,89 @@ def test_back_to_back_starts_with_completion_each_run_as_a_count_plan_does(idle_
     assert len(set(uids)) == 20, uids
     for run_uid in uids:
         assert stack.run(run_uid)["totals"]["frames_stored"] == 1
+
+
+def test_a_start_sent_as_acquire_rbv_goes_to_done_starts_the_next_run(idle_stack: Stack) -> None:
+    """Classic ophyd's ``SingleTrigger`` puts 1 without completion as soon as ``Acquire_RBV`` goes from
+    Acquiring to Done. The readback goes to Done a few ms before the run's busy record has finished
+    processing, and a 1 in between was refused "already acquiring" and started nothing (an outside
+    probe: 15 of 30 refused; `bp.count` hung). Here the 1 is put from the readback's monitor callback,
+    with two busy processes loading the 2 cores; every edge must start the next run."""
+    import subprocess
+    import sys
+
+    from caproto.threading.client import Context
+
+    stack, p = idle_stack, idle_stack.prefix
+    assert _put(stack, "NumImages", 2) == 1
+    assert _put(stack, "AcquirePeriod", 0.0) == 1
+    load = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(2)]
+    ctx = Context()
+    rounds = 12
+    edges = threading.Semaphore(0)
+    started: list[float] = []
+    try:
+        acquire, readback, message = ctx.get_pvs(p + "Acquire", p + "Acquire_RBV", p + "StatusMessage_RBV")
+        acquire.wait_for_connection(timeout=10)
+        last = [0]
+
+        def on_readback(_sub: Any, response: Any) -> None:
+            value = int(response.data[0])
+            if last[0] == 1 and value == 0 and len(started) < rounds:
+                acquire.write([1], wait=False)  # at once, from the monitor, as SingleTrigger does
+                started.append(0.0)
+                edges.release()
+            last[0] = value
+
+        sub = readback.subscribe(data_type="native")
+        sub.add_callback(on_readback)
+        acquire.write([1], wait=False)
+        for n in range(rounds):
+            assert edges.acquire(timeout=30), (
+                f"round {n}: no run ended; " + bytes(message.read().data).rstrip(b"\0").decode()
+            )
+        wait_for(lambda: epics_rbv(stack) == 0, 30, "the last run's end")
+    finally:
+        ctx.disconnect()
+        for proc in load:
+            proc.kill()
+            proc.wait()
+    wait_for(lambda: all(r["ended_at"] for r in _get_json(stack.api + "/api/runs")), 30, "every run's end")
+    runs = [r for r in _get_json(stack.api + "/api/runs") if r["frames_expected"] == 2]
+    assert len(runs) == rounds + 1, [(r["run_uid"], r["exit_status"]) for r in runs]
+    assert all(r["frames_stored"] == 2 and r["exit_status"] == "success" for r in runs), runs
+    assert not _message(stack).startswith("Refused"), _message(stack)
+
+
+def epics_rbv(stack: Stack) -> int:
+    return int(_epics().caget(stack.prefix + "Acquire_RBV", use_monitor=False))
+
+
+def test_a_start_with_completion_right_after_a_stop_without_completes_at_the_run_s_end(
+    idle_stack: Stack,
+) -> None:
+    """A 0 without completion while idle, then at once a 1 with completion (a script's "stop; start and
+    wait; read the file"): the 0's processing held ``AcquireAbortBusy``, so the 1's forward link was
+    ignored and its put completed in 1-3 ms while the 0's link started the run (an outside probe)."""
+    import time
+
+    from caproto.threading.client import Context
+
+    stack, p = idle_stack, idle_stack.prefix
+    assert _put(stack, "NumImages", 10) == 1
+    assert _put(stack, "AcquirePeriod", 0.05) == 1
+    ctx = Context()
+    try:
+        (acquire,) = ctx.get_pvs(p + "Acquire")
+        acquire.wait_for_connection(timeout=10)
+        for _ in range(3):
+            acquire.write([0], wait=False)
+            began = time.monotonic()
+            acquire.write([1], wait=True, timeout=60)
+            took = time.monotonic() - began
+            assert epics_rbv(stack) == 0, f"the put completed after {took:.3f} s with the run going"
+            uid = _epics().caget(p + "RunUid_RBV", as_string=True, use_monitor=False)
+            run = stack.run(uid)
+            assert run["ended_at"] is not None and run["totals"]["frames_stored"] == 10, run["totals"]
+    finally:
+        ctx.disconnect()
