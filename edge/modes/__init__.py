@@ -74,6 +74,12 @@ def warm_up(ctx: RunContext, dtype: str) -> None:
     stage.process(frame + 1, 1, 1, float("nan"))
     for n, angle in enumerate((0.0, 90.0, 180.0)):
         stage.process(frame, 2 + n, 0, angle)
+    # a frame with pixels missing (an incomplete UDP frame, or pixels at the detector's dummy value) takes
+    # the kernels' float path: loaded here too, or the first such frame stalled its run while it
+    # compiled (24 s on a fresh install, the UDP socket overflowing meanwhile)
+    missing = np.zeros(ctx.shape, dtype=bool)
+    missing[0, : min(2, width)] = True
+    stage.process(frame, 5, 0, 45.0, missing)
     stage.finish()
     stage.live()
     if stage.excludes_dummies and ctx.dummy is not None:  # the pipeline's test for invalid pixels
