@@ -180,6 +180,10 @@ class RingSink:
         # no such count, and a run opened before this daemon started has none)
         self._received_run: str | None = None
         self._received_in_run = 0
+        # the detector's acquisitions, each a series (a capture's further ones included): how many have
+        # started, and the frames received since the newest started (the IOC's NumImagesCounter_RBV)
+        self.series_starts = 0
+        self.series_received = 0
         # an areaDetector capture (HDF1:Capture=1 .. 0): one run, one file, across the detector's series
         self._capture_lock = threading.Lock()
         self._capture_path: Path | None = None
@@ -211,6 +215,7 @@ class RingSink:
         self.newest_frame = header.frame  # (the IOC's UniqueId_RBV)
         if self.run_uid is not None and self.run_uid == self._received_run:
             self._received_in_run += 1
+        self.series_received += 1
         now = time.monotonic()
         if now - self._preview_at >= PREVIEW_SECONDS:  # the live view skips the queue, as areaDetector's does
             self._preview_at = now
@@ -337,6 +342,8 @@ class RingSink:
         with self._capture_lock:
             self._series_open = True
             self._abort_requested = False
+            self.series_received = 0
+            self.series_starts += 1
             if self._capture_run is not None:  # a further acquisition of the open capture: same run
                 self.run_uid = self._capture_run
                 self._capture_offset = None

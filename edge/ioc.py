@@ -210,7 +210,11 @@ class ApplianceIOC:
         self._dropped_total = 0  # frames the receiver dropped, as the last refresh saw them
         self._dropped_offset = 0  # HDF1:DroppedArrays counts from its last put (0 resets it)
         self._frames_received = 0
-        self._acquisition_base: int | None = None  # frames received before the current acquisition
+        # the series started before this appliance's Acquire armed the detector (None: none armed yet);
+        # while no newer one has started, its acquisition has taken no frame
+        self._acquisition_series: int | None = None
+        self._camera_series_shown: tuple[int, bool] | None = None  # (series, open) last said in words
+        self._own_series = 0  # series started up to the end of this appliance's last Acquire
         self._last_rate_sample: tuple[float, int] | None = None
         self._run_uid: str | None = None
         self._message = ""
@@ -847,7 +851,7 @@ class ApplianceIOC:
             self.capture.set_armed(True)
         self._run_ended = asyncio.Event()  # a 0's put-completion waits for it (AcquireAbortBusy)
         self._run_uid = None  # the refresh shows no file counts of the last run while this one starts
-        self._acquisition_base = self.view.frames_received()  # (the last run's frames are all in by now)
+        self._acquisition_series = self._series_frames()[0]
         self._set("Acquire_RBV", 1)
         try:
             await self._acquisition()
@@ -855,6 +859,7 @@ class ApplianceIOC:
             log.exception("acquisition failed")
             self._set_message(f"Acquisition failed: {error}")
         finally:
+            self._own_series = self._series_frames()[0]  # its series, and any before it, said in words
             self._finishing = True  # before _acquiring goes: a 1 is never refused as "already acquiring"
             self._acquiring = False
             if self.capture is not None:
@@ -867,7 +872,7 @@ class ApplianceIOC:
                 if sample is not None:
                     with contextlib.suppress(Exception):
                         self._show_status(sample[0], sample[1], sample[4])
-                self._show_acquisition(self.view.frames_received())
+                self._show_acquisition()
                 self._set("Acquire_RBV", 0)
             self._run_ended.set()  # an abort's put completes (once this task yields)
             # processed, so that monitors see it (Acquire is no longer the busy record: nothing else posts
@@ -1218,7 +1223,7 @@ class ApplianceIOC:
             self._set("ArrayRate_RBV", max(0.0, rate))
             self._set("HDF1:ArrayRate_RBV", max(0.0, rate))
         self._last_rate_sample = (now, received)
-        self._show_acquisition(received)
+        self._show_acquisition()
         dropped = sum(int(v) for k, v in receiver.items() if k.startswith("frames_dropped"))
         self._set("DroppedArrays_RBV", dropped)
         self._dropped_total = dropped
@@ -1286,12 +1291,35 @@ class ApplianceIOC:
         self._set("Disk:UsedPercent_RBV", percent)
         self._set("Disk:RetentionState_RBV", _retention_state(status.get("retention") or {}))
 
-    def _show_acquisition(self, received: int) -> None:
-        """``NumImagesCounter_RBV``, ``NumExposuresCounter_RBV`` and ``TimeRemaining_RBV`` of the current
-        (or last) acquisition, from the frames received in all."""
-        if self._acquisition_base is None:
+    def _show_camera_series(self, starts: int, received: int) -> None:
+        """``StatusMessage_RBV`` for a series this appliance's Acquire did not start (a client at the
+        camera's own PVs, as during a capture): said once as it starts and once as it ends, so that the
+        message is not the last Acquire's any more (messages of puts in between stay until then)."""
+        if self._acquiring or starts <= self._own_series:  # none since this appliance's last Acquire's
             return
-        taken = max(0, received - self._acquisition_base)
+        series_open = getattr(self.view, "series_open", None)
+        going = bool(series_open()) if series_open is not None else False
+        if self._camera_series_shown == (starts, going):
+            return
+        if going:
+            self._set_message("Acquiring: a series started at the camera")
+        else:
+            self._set_message(f"Acquisition started at the camera ended: {received} frames received")
+        self._camera_series_shown = (starts, going)
+
+    def _series_frames(self) -> tuple[int, int]:
+        frames = getattr(self.view, "series_frames", None)  # (a unit test's stand-in view has none)
+        return (0, 0) if frames is None else frames()  # type: ignore[no-any-return]
+
+    def _show_acquisition(self) -> None:
+        """``NumImagesCounter_RBV``, ``NumExposuresCounter_RBV`` and ``TimeRemaining_RBV`` of the current
+        (or last) acquisition: the frames received in the detector's newest series, whoever started it
+        (this appliance's Acquire, or a client at the camera's own PVs, as with a capture), and 0 from an
+        Acquire here until its series starts. (Counting from this appliance's last Acquire added every
+        camera-driven acquisition after it to the count.)"""
+        starts, received = self._series_frames()
+        taken = 0 if self._acquiring and starts == self._acquisition_series else received
+        self._show_camera_series(starts, received)
         self._set("NumImagesCounter_RBV", taken)
         self._set("NumExposuresCounter_RBV", min(1, taken))
         left = max(0, int(self.records["NumImages_RBV"].get()) - taken) if self._acquiring else 0

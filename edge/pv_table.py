@@ -532,7 +532,14 @@ CAM_CLASSIC_PVS: tuple[PvSpec, ...] = (
         "long",
         "Exposures of the newest frame: 1 once the acquisition's first frame has arrived, else 0.",
     ),
-    _rbv("NumImagesCounter_RBV", "longIn", "long", "Frames received in the current (or last) acquisition."),
+    _rbv(
+        "NumImagesCounter_RBV",
+        "longIn",
+        "long",
+        "Frames received in the detector's current (or last) acquisition, its newest series, whoever"
+        " started it (this Acquire, or a client at the camera's own PVs, as during a capture); 0 from an"
+        " Acquire here until its series starts.",
+    ),
     _rbv(
         "TimeRemaining_RBV",
         "aIn",

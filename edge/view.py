@@ -241,6 +241,12 @@ class ApplianceView:
     def frames_received(self) -> int:
         return int(self._p.source.counters().get("frames_received", 0))
 
+    def series_frames(self) -> tuple[int, int]:
+        """(series started so far, frames received since the newest started): the detector's current or
+        last acquisition, whoever started it (this appliance's Acquire, or the camera's own)."""
+        sink = self._p.sink
+        return int(sink.series_starts), int(sink.series_received)
+
     def newest_frame(self) -> int | None:
         """The detector's number of the newest frame received (None before the first)."""
         return self._p.sink.newest_frame  # type: ignore[no-any-return]

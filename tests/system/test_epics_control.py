@@ -538,3 +538,32 @@ def test_a_run_longer_than_its_nominal_length_completes_when_its_frames_are_in(
         assert run["exit_status"] == "success" and run["losses"] == []
     finally:
         stack.stop()
+
+
+def test_num_images_counter_counts_each_acquisition_whoever_started_it(stack: Stack) -> None:
+    """``NumImagesCounter_RBV``: the frames of the current (or last) acquisition. An outside probe: it
+    counted from this appliance's last Acquire, so each acquisition a client started at the camera's own
+    PVs (as ophyd-async does, with a capture open) added to it: 3, 4, 5 for three one-frame
+    acquisitions after a two-frame Acquire."""
+    epics = _epics()
+    p, cam = stack.prefix, stack.cam_prefix
+    _put(stack, "NumImages", 2)
+    _put(stack, "AcquirePeriod", 0.01)
+    assert epics.caput(p + "Acquire", 1, wait=True, timeout=60) == 1
+    wait_until(lambda: epics.caget(p + "NumImagesCounter_RBV", use_monitor=False) == 2, 5, "2 frames")
+    assert epics.caput(p + "HDF1:FileName", "counted", wait=True, timeout=10) == 1
+    assert epics.caput(p + "HDF1:NumCapture", 0, wait=True, timeout=10) == 1
+    assert epics.caput(p + "HDF1:Capture", 1, wait=True, timeout=10) == 1
+    assert epics.caput(cam + "NumImages", 1, wait=True, timeout=10) == 1
+    assert epics.caput(cam + "AcquirePeriod", 0.01, wait=True, timeout=10) == 1
+    for n in range(1, 4):
+        assert epics.caput(cam + "Acquire", 1, wait=True, timeout=30) == 1
+        wait_until(
+            lambda n=n: epics.caget(p + "HDF1:NumCaptured_RBV", use_monitor=False) == n, 20, f"{n} captured"
+        )
+        time.sleep(1.2)  # two refreshes: a count that still grew would show
+        assert epics.caget(p + "NumImagesCounter_RBV", use_monitor=False) == 1
+        # the message is this acquisition's, not the last Acquire's "completed: 2 frames stored"
+        message = epics.caget(p + "StatusMessage_RBV", as_string=True, use_monitor=False)
+        assert message == "Acquisition started at the camera ended: 1 frames received", message
+    assert epics.caput(p + "HDF1:Capture", 0, wait=True, timeout=30) == 1
