@@ -160,7 +160,7 @@ class Stream2Source(ZmqStreamSource):
             self.stats["messages_rejected"] += 1
             log.warning("rejected Stream V2 message: %s %s", event.reason, event.detail)
             if event.kind == "start":
-                self._start_rejected = f"{event.reason}: {event.detail}"[:200]
+                self._start_was_rejected(f"{event.reason}: {event.detail}")
             if event.reason == "wrong_series":
                 # an image of a series that is not the open one: not a frame of this run, so neither its
                 # loss nor a gap before it (its number counts in another series); counted and logged

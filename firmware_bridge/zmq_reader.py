@@ -134,7 +134,7 @@ class ZmqStreamSource:
         self._start_rejected: str | None = None
         # images rejected after a rejected start, before a run was open to hold them: frame -> (reason,
         # detail), recorded in the run the next good image opens (or outside any run if none does)
-        self._errors_before_run: dict[int, tuple[str, str]] = {}
+        self._errors_before_run: dict[tuple[int | None, int], tuple[str, str]] = {}  # (series, frame) ->
         # a series open with nothing heard for this long is reported silent (``counters``): a detector
         # that stopped without ending its series leaves the run open until the next series starts
         self.silent_alarm_seconds = float(silent_alarm_seconds)
@@ -382,7 +382,7 @@ class ZmqStreamSource:
             self.stats["messages_rejected"] += 1
             log.warning("rejected stream message: %s %s", event.reason, event.detail)
             if event.kind == "start":
-                self._start_rejected = f"{event.reason}: {event.detail}"[:200]
+                self._start_was_rejected(f"{event.reason}: {event.detail}")
             if event.frame is not None:
                 self._image_rejected(event.series, event.frame, f"stream_{event.reason}", event.detail)
             return slot
@@ -469,7 +469,7 @@ class ZmqStreamSource:
             if self._note_rejected(frame):
                 self.sink.lost(frame, frame, reason, detail)
         elif self._start_rejected is not None and len(self._errors_before_run) < MAX_ERRORS_BEFORE_RUN:
-            self._errors_before_run[frame] = (reason, detail)
+            self._errors_before_run[(series, frame)] = (reason, detail)
         elif self._start_rejected is not None:  # more than can be held: recorded now, outside any run
             self._lost_outside_run(frame, reason, detail)
 
@@ -477,11 +477,19 @@ class ZmqStreamSource:
         """`_note_frame` for a rejected image of the open series (a subclass may account gaps its way)."""
         return self._note_frame(frame)
 
+    def _start_was_rejected(self, why: str) -> None:
+        """A series start the codec rejected: its images (good ones open a run that says so) and the
+        rejected ones held meanwhile belong to it. Those held for an earlier rejected start are recorded
+        now, outside any run: the detector has moved on (held on, they were put into this series' run, a
+        good frame of it dropped as their "duplicate")."""
+        self._flush_errors_before_run()
+        self._start_rejected = why[:200]
+
     def _flush_errors_before_run(self) -> None:
         """Images rejected after a rejected start that no good image followed: recorded outside any run
         (there is none to hold them), each with its reason."""
         held, self._errors_before_run = self._errors_before_run, {}
-        for frame, (reason, detail) in sorted(held.items()):
+        for (_series, frame), (reason, detail) in sorted(held.items(), key=lambda item: item[0][1]):
             self._lost_outside_run(frame, reason, detail)
 
     def _lost_outside_run(self, frame: int, reason: str, detail: str) -> None:
@@ -546,8 +554,10 @@ class ZmqStreamSource:
         self._open_headless(series, 0, None, shape, dtype, {"start_rejected": rejected})
         self._adopted = series  # its start, if it comes now, is a late one: this run goes on
         held, self._errors_before_run = self._errors_before_run, {}
-        for held_frame, (reason, detail) in sorted(held.items()):  # in this run, with their own reasons
-            if self._note_frame(held_frame):
+        for (held_series, held_frame), (reason, detail) in sorted(held.items(), key=lambda item: item[0][1]):
+            if held_series is not None and held_series != series:  # another series': outside any run
+                self._lost_outside_run(held_frame, reason, detail)
+            elif self._note_frame(held_frame):  # in this run, with their own reasons
                 self.sink.lost(held_frame, held_frame, reason, detail)
 
     def _open_headless(

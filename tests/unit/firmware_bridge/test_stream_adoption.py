@@ -104,3 +104,25 @@ def test_a_start_after_the_images_of_a_run_opened_without_one_continues_that_run
     assert sink.frames == [0, 1, 2] and sink.losses == [] and sink.ends == 1
     assert sink.lengths == [3]  # the start's frames_expected, recorded with the run
     assert reader.counters()["starts_after_images"] == 1
+
+
+def test_two_rejected_starts_in_a_row_keep_each_series_rejected_images_apart() -> None:
+    """A clean-room sender's probe: series 50's start rejected and its image 0 rejected (bad size), then
+    series 51's start rejected and its good images 0 and 1. Series 50's held rejection went into series
+    51's run: its frame 0 became a loss with series 50's reason, and the good image 0 was dropped as its
+    "duplicate". Now series 50's rejection is recorded outside any run when series 51's start comes, and
+    series 51's run stores both its images."""
+    sink = Sink()
+
+    def bad_start(series: int) -> list[bytes]:  # a pixel type the codec refuses
+        config = {"htype": "dconfig-edge-1.0", "shape": [SHAPE[1], SHAPE[0]], "type": "int64"}
+        return [part({"htype": "dheader-1.0", "series": series, "header_detail": "basic"}), part(config)]
+
+    end = [part({"htype": "dseries_end-1.0", "series": 51})]
+    messages = [bad_start(50), image(50, 0, size=2), bad_start(51), image(51, 0), image(51, 1), end]
+    reader = _run(messages, sink, sink.ended)
+    assert len(sink.configs) == 1 and sink.configs[0]["start_rejected"]
+    assert sink.frames == [0, 1], (sink.frames, sink.losses)
+    assert sink.losses == [(0, 0, "stream_bad_size")]  # series 50's, outside any run
+    counters = reader.counters()
+    assert counters["frames_outside_series"] == 1 and counters.get("frames_duplicate", 0) == 0
