@@ -281,6 +281,7 @@ class Stream2Source(ZmqStreamSource):
             return
         if not self._note_frame2(image.frame):
             return
+        self._beyond_expected(image.frame)
         array = image.channels.get(self._channel or "")
         if array is None:
             self.stats["frames_channel_missing"] += 1

@@ -359,6 +359,7 @@ class ZmqStreamSource:
             self._series_for(event.series, event.frame, event.shape, event.dtype)
             if not self._note_frame(event.frame):
                 return slot  # abandoned by the caller
+            self._beyond_expected(event.frame)
             if event.data is not None:
                 slot = self._decode_into_slot(event)
                 if slot is None:
@@ -633,6 +634,11 @@ class ZmqStreamSource:
         self._newest = frame
         if self._held:
             self._release_gaps(time.monotonic())
+        return True
+
+    def _beyond_expected(self, frame: int) -> None:
+        """An image the run takes (not one rejected, nor a loss): counted when it is numbered at or beyond
+        the length its series announced."""
         if self._frames_expected is not None and frame >= self._frames_expected:
             # kept and stored like any frame, but the detector sends more than it announced: say so
             if not self.stats["frames_beyond_expected"]:
@@ -643,7 +649,6 @@ class ZmqStreamSource:
                     self._frames_expected,
                 )
             self.stats["frames_beyond_expected"] += 1
-        return True
 
     def _gap(self, frame: int, reason: str, detail: str) -> None:
         """The frames from the next expected one up to ``frame`` have not come: held (a frame overtaken

@@ -126,3 +126,14 @@ def test_two_rejected_starts_in_a_row_keep_each_series_rejected_images_apart() -
     assert sink.losses == [(0, 0, "stream_bad_size")]  # series 50's, outside any run
     counters = reader.counters()
     assert counters["frames_outside_series"] == 1 and counters.get("frames_duplicate", 0) == 0
+
+
+def test_frames_beyond_expected_counts_only_the_images_taken() -> None:
+    """docs/api.md: ``frames_beyond_expected`` counts images at or beyond the announced length that are
+    stored all the same. A clean-room sender's probe: rejected ones beyond it were counted too."""
+    sink = Sink()
+    end = [part({"htype": "dseries_end-1.0", "series": 9})]
+    messages = [header(9, 2), image(9, 0), image(9, 1), image(9, 2), image(9, 3, size=2), end]
+    reader = _run(messages, sink, sink.ended)
+    assert sink.frames == [0, 1, 2] and sink.losses == [(3, 3, "stream_bad_size")]
+    assert reader.counters()["frames_beyond_expected"] == 1
