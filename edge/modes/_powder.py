@@ -15,6 +15,7 @@ from edge.modes._stage import (
     _CorrectedStage,
     _described,
     _radial_axis,
+    frame_row,
 )
 from edge.nxmx import write_pyfai_poni
 from kernels import make_gain
@@ -75,7 +76,7 @@ class PowderStage(_CorrectedStage):
             products["cake"] = cake.intensity
             products["cake_errors"] = cake.sigma
         self.latest = (full.intensity, None if cake is None else cake.intensity, full.count)
-        result = FrameResult(products=products, row={"image_key": image_key}, live={"count": full.count})
+        result = FrameResult(products=products, row=frame_row(image_key, angle), live={"count": full.count})
         return self._with_roi(roi, result)
 
     def start(

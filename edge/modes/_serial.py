@@ -14,7 +14,7 @@ from typing import Any
 import h5py
 import numpy as np
 
-from edge.modes._stage import STREAM_BLANK, FrameResult, RunContext, _CorrectedStage
+from edge.modes._stage import STREAM_BLANK, FrameResult, RunContext, _CorrectedStage, frame_row
 from edge.nxmx import crystfel_panel
 from kernels import direct_beam
 
@@ -83,7 +83,7 @@ class SerialStage(_CorrectedStage):
             "peakSNR": np.asarray(peaks.snr[:keep_n], np.float32),
             "is_hit": hit,
         }
-        row = {"image_key": image_key, "is_hit": hit, "n_peaks": n}
+        row = {**frame_row(image_key, angle), "is_hit": hit, "n_peaks": n}
         if hit:
             self.hits += 1
             self._latest_hit = (frame, table)  # made into the live view's list only when asked for

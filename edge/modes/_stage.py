@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
@@ -84,6 +85,14 @@ class RunContext:
     #: the run's frames' (dummy, delta): a pixel with ``abs(float32(value) - dummy) <= delta`` is left out
     #: of powder and serial products (``ModeStage.excludes_dummies``), as pyFAI does; None: none
     dummy: tuple[float, float] | None = None
+
+
+def frame_row(image_key: int, angle: float) -> dict[str, Any]:
+    """A frame's entries in the run's frame table common to every mode: its image key and, when the
+    detector sent one, its rotation angle (the table's ``rotation_angle`` column, NaN where none came)."""
+    return (
+        {"image_key": image_key} if math.isnan(angle) else {"image_key": image_key, "rotation_angle": angle}
+    )
 
 
 @dataclass(frozen=True)
@@ -199,7 +208,7 @@ class ModeStage:
         if self.independent:
             return self.fold(self.analyse(raw, missing), frame, image_key, angle)
         self.frames += 1
-        return FrameResult(row={"image_key": image_key})
+        return FrameResult(row=frame_row(image_key, angle))
 
     def start(
         self,

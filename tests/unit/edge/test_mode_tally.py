@@ -135,3 +135,15 @@ def test_flats_without_darks_are_applied_and_said_to_be() -> None:
     np.testing.assert_allclose(products["sinograms"], -np.log(400.0 / 1000.0), rtol=1e-6)
     np.testing.assert_allclose(products["flat_mean"], 1000.0)
     assert "dark_mean" not in products
+
+
+def test_every_mode_s_frame_table_row_carries_the_angle_a_frame_came_with() -> None:
+    """A clean-room sender's probe: in raw mode a frame's ``rotation_angle`` was taken and stored
+    nowhere (the frame table had its image key only)."""
+    for mode in ("raw", "powder", "serial", "tomo"):
+        stage = _stage(mode)
+        frame = np.full((SIDE, SIDE), 7, np.uint16)
+        with_angle = stage.process(frame, 0, 0, 12.5)
+        with_angle.finish()  # (powder's result may still be computing)
+        assert with_angle.row["rotation_angle"] == 12.5, mode
+        assert with_angle.row["image_key"] == 0
