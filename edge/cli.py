@@ -203,6 +203,7 @@ def _run_daemon(
     import uvicorn
 
     from edge.appliance import Appliance
+    from edge.http_guard import guarded_protocol
     from edge.service import Notifier, ServiceReporter, watchdog_interval
     from webui import create_app
 
@@ -247,6 +248,7 @@ def _run_daemon(
         lifespan="off",
         log_config=None,
         timeout_graceful_shutdown=2,  # the dashboard's live streams (/api/events) never end on their own
+        http=guarded_protocol(settings.api.max_connections, settings.api.header_seconds),
     )
 
     class _Server(uvicorn.Server):

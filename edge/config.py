@@ -550,6 +550,20 @@ class ApiSettings(_Section):
     host: str = LOCALHOST
     port: int = Field(8080, ge=0, le=65535)
     token: str | None = None
+    max_connections: int = Field(
+        512,
+        ge=8,
+        le=100_000,
+        description="API connections open at once; one more is closed as it opens (a client holding many"
+        " open must not use up the daemon's file descriptors, which the detector's stream needs too)",
+    )
+    header_seconds: float = Field(
+        10.0,
+        gt=0,
+        le=3600,
+        description="an API connection whose request headers are not complete this long after they began"
+        " (or after it opened) is closed; a request being answered, a live stream included, never is",
+    )
 
 
 class EpicsSettings(_Section):

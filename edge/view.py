@@ -22,6 +22,7 @@ from edge.config import Settings
 from edge.counter_scopes import CounterScopes
 from edge.errors import NotFound
 from edge.frame_format import FrameFormat
+from edge.http_guard import REFUSED
 from edge.ledger import Ledger
 from edge.upstream.outlook import upstream_outlook
 from edge.where import resolve_run, where_report
@@ -120,6 +121,9 @@ class ApplianceView:
                 "run_uid": p.sink.run_uid,
                 "recovery": p.recovery,
                 "threads": p.threads(),
+                "api_connections_closed": {
+                    kind: int(REFUSED[kind]) for kind in ("over_limit", "header_timeout")
+                },
             },
             "frames": {
                 "received": receiver.get("frames_received", 0),
