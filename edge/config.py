@@ -81,7 +81,22 @@ class _Section(BaseModel):
             admits = _plain_types(cls.model_fields[info.field_name].annotation)
             if bool not in admits and admits & {int, float}:
                 raise ValueError("a number is needed, not true/false")
+        elif isinstance(value, list | tuple) and info.field_name is not None and _holds_bool(value):
+            # the numbers of a list (ROI boxes, tomography slices): the same rule, one level down or two
+            leaves = _leaf_types(cls.model_fields[info.field_name].annotation)
+            if bool not in leaves and leaves & {int, float}:
+                raise ValueError("numbers are needed, not true/false")
         return value
+
+
+def _holds_bool(value: Any) -> bool:
+    return any(_holds_bool(v) if isinstance(v, list | tuple) else isinstance(v, bool) for v in value)
+
+
+def _leaf_types(annotation: Any) -> set[Any]:
+    """Every type inside ``annotation`` (``list[tuple[int, ...]]`` -> {list, tuple, int, ...})."""
+    args = get_args(annotation)
+    return _plain_types(annotation).union(*(_leaf_types(a) for a in args if a is not Ellipsis))
 
 
 #: the most pixels one frame may have (64 Mi: an EIGER2 X 16M has 18 M, a JUNGFRAU 10M 10 M); beyond it a

@@ -54,6 +54,11 @@ def test_reduction_control_refuses_during_a_run_and_names_bad_keys() -> None:
         control.update({"serial": {"min_peaks": -1}})
     with pytest.raises(ConfigError, match=r"reduction\.cake_bins = True: .*not true/false"):
         control.update({"cake_bins": True})  # a boolean is no number (not 1)
+    # nor inside a list (an outside probe: ROI boxes and slices took true as 1 and false as 0)
+    with pytest.raises(ConfigError, match=r"reduction\.roi = .*not true/false"):
+        control.update({"roi": [[True, 5, 0, 5]]})
+    with pytest.raises(ConfigError, match=r"reduction\.tomo\.slices = .*not true/false"):
+        control.update({"tomo": {"slices": [False]}})
     open_run[0] = "run-7"
     with pytest.raises(Refused, match="run run-7 is open"):
         control.update({"mode": "raw"})
