@@ -7,6 +7,7 @@ the dashboard itself: plain HTML, CSS and JavaScript from ``webui/static`` (no b
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
 import threading
@@ -21,6 +22,7 @@ from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
 from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect
 
 from edge.errors import ConfigError, NotFound, Refused, Unauthorized, WritesDisabled
 from webui.auth import writer
@@ -93,10 +95,11 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
 
 
 MAX_BODY_BYTES = 64 * 1024  # a write's body: the reduction parameters are a few hundred bytes
+BODY_SECONDS = 10.0  # a write's body must be all in this long after its headers
 
 
 class BadBody(Exception):
-    """A write's body that is not one JSON object (422), or too long (413)."""
+    """A write's body that is not one JSON object (422), too long (413), or too slow to come (408)."""
 
     def __init__(self, detail: str, status: int = 422) -> None:
         super().__init__(detail)
@@ -121,10 +124,19 @@ async def _json_object(request: Request) -> dict[str, Any]:
     if not (kind == "application/json" or (kind.startswith("application/") and kind.endswith("+json"))):
         raise BadBody(f"body: send JSON with Content-Type: application/json (got {kind or 'none'!r})")
     body = bytearray()
-    async for part in request.stream():
-        body += part
-        if len(body) > MAX_BODY_BYTES:
-            raise BadBody(f"body: over {MAX_BODY_BYTES} bytes", 413)
+
+    async def read() -> None:
+        async for part in request.stream():
+            body.extend(part)
+            if len(body) > MAX_BODY_BYTES:
+                raise BadBody(f"body: over {MAX_BODY_BYTES} bytes", 413)
+
+    try:  # a body of a few KiB comes at once: one still coming after BODY_SECONDS is not waited for
+        await asyncio.wait_for(read(), BODY_SECONDS)
+    except TimeoutError:
+        raise BadBody(f"body: not all sent within {BODY_SECONDS:g} s", 408) from None
+    except ClientDisconnect:  # gone before its body was all sent: answered (to no one), not a traceback
+        raise BadBody("body: the client went away before it was all sent", 400) from None
     try:
         value = json.loads(bytes(body).decode("utf-8"), parse_constant=_no_constant, parse_float=_finite)
     except (UnicodeDecodeError, ValueError, RecursionError) as error:
@@ -137,6 +149,10 @@ async def _json_object(request: Request) -> dict[str, Any]:
 def _error(kind: str, detail: str, status: int) -> JSONResponse:
     if len(detail) > _MAX_DETAIL:
         detail = detail[: _MAX_DETAIL - 3] + "..."
+    # at most MAX_ERROR_BODY bytes as sent: a character may take up to 6 (a control character's \u
+    # escape) or 4 (UTF-8), so the detail is cut further by what is over
+    while (over := len(JSONResponse({"error": kind, "detail": detail}).body) - MAX_ERROR_BODY) > 0:
+        detail = detail[: max(0, len(detail) - over - 3)] + "..."
     return JSONResponse({"error": kind, "detail": detail}, status_code=status)
 
 
@@ -260,7 +276,8 @@ def create_app(
 
     @app.exception_handler(BadBody)
     async def _bad_body(request: Request, error: BadBody) -> JSONResponse:
-        return _error("too_large" if error.status == 413 else "bad_request", str(error), error.status)
+        kind = {413: "too_large", 408: "timeout"}.get(error.status, "bad_request")
+        return _error(kind, str(error), error.status)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, error: RequestValidationError) -> JSONResponse:

@@ -174,3 +174,58 @@ def test_the_token_is_checked_before_the_body_is_read_and_the_body_is_bounded() 
         == 200
     )
     assert client.get("/api/reduction").json()["serial"]["adc_threshold"] == 12.5
+
+
+def test_an_error_body_stays_within_its_bound_whatever_the_characters() -> None:
+    """docs/api.md 1.6: an error body is at most 1024 bytes. An outside probe got 2,211 bytes from a
+    key of 500 control characters (each escaped to 6 bytes) and 1,507 from one of 500 emoji."""
+    from webui.app import MAX_ERROR_BODY
+
+    settings = load_settings(overrides=['api.token="s3cret"'])
+    client = TestClient(
+        create_app(settings, View(), reduction=ReductionControl(settings.reduction, open_run=lambda: None))
+    )
+    auth = {"Authorization": "Bearer s3cret"}
+    for key in ("\u0001" * 500, "\U0001f600" * 500, "\u00e9" * 500):
+        answer = client.put("/api/reduction", json={"serial": {key: 1}}, headers=auth)
+        assert answer.status_code == 400 and len(answer.content) <= MAX_ERROR_BODY, len(answer.content)
+        assert answer.json()["detail"].endswith("...")
+
+
+def test_a_client_gone_mid_body_is_answered_without_a_traceback(caplog: pytest.LogCaptureFixture) -> None:
+    """An outside probe: a write whose client closed after part of its body logged uvicorn's
+    "Exception in ASGI application" with a 60-line traceback (ClientDisconnect), every time."""
+    import socket
+    import threading
+    import time
+
+    import uvicorn
+
+    from edge.demo import free_port
+
+    settings = load_settings(overrides=['api.token="s3cret"'])
+    app = create_app(settings, View(), reduction=ReductionControl(settings.reduction, open_run=lambda: None))
+    port = free_port()
+    server = uvicorn.Server(
+        uvicorn.Config(app, host="127.0.0.1", port=port, log_level="info", lifespan="off", log_config=None)
+    )
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 10
+        while not server.started and time.monotonic() < deadline:
+            time.sleep(0.02)
+        with caplog.at_level("ERROR"):
+            with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+                sock.sendall(
+                    b"PUT /api/reduction HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer s3cret\r\n"
+                    b'Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{"mo'
+                )
+                time.sleep(0.3)
+            time.sleep(0.5)
+        assert not [r for r in caplog.records if r.levelname == "ERROR"], [
+            r.getMessage() for r in caplog.records
+        ]
+    finally:
+        server.should_exit = True
+        thread.join(10)
