@@ -474,10 +474,9 @@ class RingSink:
         self.recorder.loss(self.run_uid, first, last, reason, detail)
 
     def _control(self, record: dict[str, Any]) -> None:
-        slot = self.ring.claim(CONTROL_BYTES)
-        while slot is None and not self.ring.stopping:  # control records are never dropped
-            time.sleep(0.01)
-            slot = self.ring.claim(CONTROL_BYTES)
+        # control records are never dropped: it waits for a slot whatever the ring's policy (retried
+        # claims counted a dropped frame each, one more than the frames the ring really dropped)
+        slot = self.ring.claim(CONTROL_BYTES, wait=True)
         if slot is not None:
             payload = json.dumps(record).encode()
             if len(payload) > CONTROL_BYTES:  # its parts are bounded where they come in: a bug

@@ -105,16 +105,19 @@ class FrameRing:
         )
 
     # -- producer -------------------------------------------------------------------------------------
-    def claim(self, nbytes: int, timeout: float | None = None) -> Slot | None:
-        """Next free slot, in order. Blocks while full under ``block``; None when dropping or stopping."""
+    def claim(self, nbytes: int, timeout: float | None = None, wait: bool = False) -> Slot | None:
+        """Next free slot, in order. Blocks while full under ``block``, or with ``wait`` under any policy
+        (a control record, never dropped: not counted as a dropped frame); None when dropping (counted)
+        or stopping."""
         if nbytes > self.slot_bytes:
             raise ValueError(f"frame of {nbytes} bytes does not fit a {self.slot_bytes}-byte slot")
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._cond:
             waited = False
             while self._claimed - self._released >= self.slots:
-                if self.policy == "count-and-drop" or self._stopping:
-                    self._control[6] += 1
+                if self._stopping or (self.policy == "count-and-drop" and not wait):
+                    if not wait:
+                        self._control[6] += 1  # a frame dropped
                     return None
                 if not waited:
                     self._control[7] += 1
