@@ -62,7 +62,7 @@ class _Ring:
     def __init__(self) -> None:
         self.events: list[Any] = []
 
-    def claim(self, nbytes: int) -> _Slot:
+    def claim(self, nbytes: int, timeout: float | None = None, wait: bool = False) -> _Slot:
         return _Slot()
 
     def publish(self, slot: _Slot, header: FrameHeader, nbytes: int | None = None) -> None:
