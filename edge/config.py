@@ -565,6 +565,19 @@ class ApiSettings(_Section):
     host: str = LOCALHOST
     port: int = Field(8080, ge=0, le=65535)
     token: str | None = None
+
+    @field_validator("token")
+    @classmethod
+    def _token_usable(cls, value: str | None) -> str | None:
+        """A token a client can send: spaces around one are ignored as it is sent, so a token with them
+        (or of spaces only) could never match."""
+        if value and value != value.strip():
+            raise ValueError(
+                "has spaces before or after it (or is only spaces), which a client's header cannot carry:"
+                ' leave them out (or unset it, or "", to disable writes)'
+            )
+        return value
+
     max_connections: int = Field(
         512,
         ge=8,
