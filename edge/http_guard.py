@@ -15,9 +15,10 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import Counter
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from uvicorn.protocols.http.h11_impl import H11Protocol
+if TYPE_CHECKING:
+    from uvicorn.protocols.http.h11_impl import H11Protocol
 
 log = logging.getLogger(__name__)
 
@@ -26,7 +27,9 @@ REFUSED: Counter[str] = Counter()
 
 
 def guarded_protocol(max_connections: int, header_seconds: float) -> type[H11Protocol]:
-    """uvicorn's h11 protocol with the cap and the header deadline (``uvicorn.Config(http=...)``)."""
+    """uvicorn's h11 protocol with the cap and the header deadline (``uvicorn.Config(http=...)``).
+    uvicorn is imported here, by the API's start, not by the status view that reads ``REFUSED``."""
+    from uvicorn.protocols.http.h11_impl import H11Protocol
 
     class GuardedH11(H11Protocol):
         def __init__(self, *args: Any, **kwargs: Any) -> None:
