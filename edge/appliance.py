@@ -362,6 +362,8 @@ class RingSink:
                 log.warning("series %d: header fields too large for the run record: %s", series, replaced)
             if config.get("resumed_after_restart") and self.resume is not None:
                 config.update(self.resume(series, int(config["first_frame"]), config.get("transport")))
+            if config.get("resumed_after_pause"):  # a UDP acquisition going on after a pause: the run
+                config["resumes_run"] = self.ended_run_uid  # it continues (the writer hands over its tail)
             run_mask = self._run_mask(config, pixel_mask)
             nxmx, ignored = series_metadata(config)
             if ignored:  # recorded with the run, counted, and the files say "not reported" instead
@@ -396,6 +398,9 @@ class RingSink:
                 "reduction": reduction,
                 "file_path": str(capture_path) if capture_path is not None else None,
                 "resumes_run": config.get("resumes_run"),  # a series resumed after a restart
+                # a UDP acquisition that went on after a pause: the writer settles the frames between runs
+                "resumed_after_pause": bool(config.get("resumed_after_pause")),
+                "first_frame": config.get("first_frame"),
             }
         )
         if capture_path is not None:

@@ -46,6 +46,7 @@ from edge.modes import (
     warm_up,
 )
 from edge.recorder import RunRecorder
+from edge.recovery import continue_after_pause
 from edge.ring import KIND_CONTROL, KIND_FRAME, FrameRing, Slot
 from edge.run_masks import RunMasks
 from edge.store import ReducedWriter, RunMetadata, RunStore
@@ -597,6 +598,11 @@ class Pipeline:
             self.recorder.register_file(record["run_uid"], path, (-1, -1, 0), "reduced")
         self._run_vetoed = (record["run_uid"], 0)
         self.stats["runs_opened"] += 1
+        if record.get("resumed_after_pause") and record.get("resumes_run"):
+            # the run before is closed (this writer closed it just before): its tail is this run's now
+            continue_after_pause(
+                self.recorder, str(record["resumes_run"]), int(record["first_frame"]), record["run_uid"]
+            )
 
     def _file_close_failed(self, run_uid: str, frames: list[int], error: BaseException) -> None:
         """A rollover file could not be finished: its frames are lost, with records (per range)."""

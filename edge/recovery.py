@@ -58,13 +58,16 @@ def _missing_ranges(expected: int, covered: list[tuple[int, int]]) -> list[tuple
 
 
 def _own_first_frame(run: dict[str, Any]) -> int:
-    """The first frame a run accounts for: a run resumed after a restart starts at its ``first_frame``
-    (the frames before it belong to the run it resumes, stored or lost there); any other run at 0."""
+    """The first frame a run accounts for: a run resumed after a restart, or a UDP run going on after a
+    pause, starts at its ``first_frame`` (the frames before it belong to the run it continues, stored
+    or lost there); any other run at 0."""
     try:
         config = json.loads(run.get("config") or "{}")
     except (TypeError, ValueError):
         return 0
-    if not isinstance(config, dict) or not config.get("resumed_after_restart"):
+    if not isinstance(config, dict) or not (
+        config.get("resumed_after_restart") or config.get("resumed_after_pause")
+    ):
         return 0
     first = config.get("first_frame")
     return first if isinstance(first, int) and not isinstance(first, bool) and first > 0 else 0
@@ -339,3 +342,38 @@ def resume_interrupted(
         handed,
     )
     return {"resumes_run": run_uid}
+
+
+def continue_after_pause(recorder: RunRecorder, run_uid: str, first_frame: int, new_run: str) -> int:
+    """A UDP acquisition that went on at ``first_frame`` after a silence that ended run ``run_uid``
+    (``udp.idle_seconds``), in run ``new_run``: each frame keeps one disposition. The frames from
+    ``first_frame`` on are the new run's, so the ``series_end`` records ``run_uid`` wrote for them (with
+    ``udp.frames_per_run`` set) are handed over; the frames before it that ``run_uid`` does not account
+    for never arrived, and become its loss records ``frame_number_jump``. Called once ``run_uid`` is
+    closed (its files registered); its documents get a new revision when its account changed. Returns
+    the frames handed over."""
+    ledger = recorder.ledger
+    run = ledger.run(run_uid)
+    handed = ledger.hand_over_losses(run_uid, "series_end", first_frame)
+    covered = _accounted(recorder, run_uid, _vetoed_frames(recorder, run_uid))
+    added = 0
+    for first, last in _missing_ranges(first_frame, _not_own(run, covered)):
+        added += 1
+        recorder.loss(
+            run_uid,
+            first,
+            last,
+            "frame_number_jump",
+            f"no packet of these frames arrived; the detector was silent for longer than udp.idle_seconds"
+            f" and went on at frame {first_frame}, in run {new_run}",
+        )
+    if (handed or added) and run.get("ended_at") is not None:
+        recorder.write_documents(run_uid, str(ledger.run(run_uid)["exit_status"]))
+    log.warning(
+        "UDP acquisition went on after a pause at frame %d: run %s continues run %s (%d frames handed over)",
+        first_frame,
+        new_run,
+        run_uid,
+        handed,
+    )
+    return handed

@@ -129,10 +129,13 @@ def where_report(
     }
     # the uid the detector gave the run, and the other runs it names (recorded under fresh uids)
     report["detector_uid"], report["detector_uid_also_names"] = also_named(ledger, run_uid, run["config"])
-    # a series cut by a daemon restart: the run this one continues, and the runs that continue this one
-    resumed = bool(config.get("resumed_after_restart"))
+    # a series cut by a daemon restart, or a UDP acquisition going on after a pause: the run this one
+    # continues, and the runs that continue this one
+    paused = bool(config.get("resumed_after_pause"))
+    resumed = paused or bool(config.get("resumed_after_restart"))
     report["resumes_run"] = (config.get("resumes_run") or None) if resumed else None
     report["resumed_at_frame"] = config.get("first_frame") if resumed else None
+    report["resumed_after"] = ("pause" if paused else "restart") if resumed else None
     # its series' length, as the interrupted run recorded it (the resumed run saw no series header)
     report["series_frames_expected"] = run["frames_expected"]
     if report["resumes_run"] and run["frames_expected"] is None:
@@ -215,7 +218,7 @@ def render(report: dict[str, Any]) -> str:
         f"  mode: {report.get('mode') or 'unknown'}; upstream.forward = {report.get('upstream_forward')}",
         f"  frames: {report['frames_stored']} stored, {report.get('frames_vetoed', 0)} vetoed by the mode's"
         f" policy, {report['frames_delivered']} delivered upstream, "
-        f"{report['frames_lost']} lost (expected {report['frames_expected'] or 'unknown'})"
+        f"{report['frames_lost']} lost ({_expected_text(report)})"
         + (
             f", {report['frames_not_acquired']} not acquired (aborted)"
             if report.get("frames_not_acquired")
@@ -234,7 +237,7 @@ def render(report: dict[str, Any]) -> str:
     if resumed:
         lines.insert(1, resumed)
     for later in report.get("continued_by") or ():
-        lines.insert(1, f"  its series continues after a daemon restart in run {later}")
+        lines.insert(1, f"  its series continues in run {later}")
     for f in report["files"]:
         where = f["path"] if f["on_local_disk"] else f"(purged locally) {f['path']}"
         confirmed = ", ".join(sorted(f["verified_by"])) or "nobody yet"
@@ -268,11 +271,24 @@ def _resumed_line(report: dict[str, Any]) -> str:
     if report.get("resumed_at_frame") is None:
         return ""
     previous = report.get("resumes_run") or "unknown (no interrupted run of its series)"
-    line = f"  resumed after restart at frame {report['resumed_at_frame']}: continues run {previous}"
+    after = "a pause" if report.get("resumed_after") == "pause" else "restart"
+    line = f"  resumed after {after} at frame {report['resumed_at_frame']}: continues run {previous}"
     total = report.get("series_frames_expected")
-    if total is not None and report.get("frames_expected") is None:
+    if total is not None:
         line += f" (its series: {total} frames, {report['resumed_at_frame']}..{int(total) - 1} here)"
     return line
+
+
+def _expected_text(report: dict[str, Any]) -> str:
+    """How many frames the run was to account for: a run that continues another from frame F accounts
+    for its series' frames from F on only (the frames before are the earlier run's)."""
+    expected = report["frames_expected"]
+    first = report.get("resumed_at_frame")
+    if not expected:
+        return "expected unknown"
+    if first:
+        return f"expected frames {first}..{int(expected) - 1} of its series' {expected}"
+    return f"expected {expected}"
 
 
 def _frames_text(frames: list[int] | None) -> str:

@@ -26,6 +26,7 @@ FLAG_STATE_MASK = 0xFFFF  # the frame-state part of ``flags`` (complete/incomple
 RESERVED_CONFIG_KEYS = frozenset(
     {
         "resumed_after_restart",
+        "resumed_after_pause",
         "start_rejected",
         "first_frame",
         "resumes_run",

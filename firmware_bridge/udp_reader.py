@@ -87,6 +87,11 @@ class UdpSource:
         # crash or a stop, its frames up to this one stored): a first run whose first frame comes after
         # it continues that acquisition, "resumed after restart" from that frame (None: no such run)
         self.resume_above = resume_above
+        # the highest frame of the run that silence (``idle_seconds``) just ended: a next run whose first
+        # frame comes after it is the same acquisition going on after a pause, counted from that frame
+        # (None: the last run ended otherwise, or a run has started since)
+        self._paused_above: int | None = None
+        self._paused_at = 0.0
         # a packet more than this beyond the newest accepted frame (0 at the run's first packet) is
         # rejected as ``frame_number_out_of_range`` and never becomes a gap (None: unbounded)
         self.max_frame_jump = max_frame_jump
@@ -163,7 +168,7 @@ class UdpSource:
                         self._end_request = None
                         self._end_run("fail")
                     elif self._assembler is not None and silent:
-                        self._end_run()
+                        self._end_run(paused=True)
                     continue
                 self._last_packet = time.monotonic()
                 if self._assembler is None:
@@ -183,8 +188,9 @@ class UdpSource:
         return UdpFrameAssembler(
             self.geometry,
             frame_timeout_frames=self.frame_timeout_frames,
-            # a run that may resume an interrupted one starts counting where `_start_run` says
-            expected_first_frame=0 if self.resume_above is None else None,
+            # a run that may resume an interrupted one, or go on after a pause, starts counting where
+            # `_start_run` says
+            expected_first_frame=0 if self.resume_above is None and self._paused_above is None else None,
             max_frame_jump=self.max_frame_jump,
         )
 
@@ -203,6 +209,7 @@ class UdpSource:
             "modules": self.geometry.n_modules,
         }
         resume_above, self.resume_above = self.resume_above, None  # only the daemon's first run
+        paused_above, self._paused_above = self._paused_above, None  # only the run right after
         assembler = self._assembler
         if resume_above is not None and assembler is not None:  # (its first accepted packet's frame)
             first = assembler.highest_frame
@@ -216,6 +223,23 @@ class UdpSource:
                 config |= {"resumed_after_restart": True, "first_frame": first}
             else:  # a new acquisition: its frames count from 0, as any run's
                 assembler.begin_at(0)
+        elif paused_above is not None and assembler is not None:
+            first = assembler.highest_frame
+            armed = not self.frames_per_run or (first is not None and first < self.frames_per_run)
+            if first is not None and first > paused_above and armed:
+                # the detector went on counting after a silence longer than idle_seconds: the same
+                # acquisition, so this run accounts from its first frame and the run before keeps the
+                # frames before it (counting from 0 here would record the frames that run stored as lost)
+                assembler.begin_at(first)
+                self.stats["series_continued_after_pause"] += 1
+                log.warning(
+                    "UDP frames from frame %d after %.1f s of silence: a run that continues the last one",
+                    first,
+                    time.monotonic() - self._paused_at,
+                )
+                config |= {"resumed_after_pause": True, "first_frame": first}
+            else:  # restarted at 0 (or a frame the last run had): a new acquisition
+                assembler.begin_at(0)
         self._refused = self.sink.series_start(self._series, config)
         if self._refused is not None:
             self.stats["series_refused"] += 1
@@ -225,13 +249,16 @@ class UdpSource:
         highest = self._assembler.highest_frame if self._assembler is not None else None
         return bool(self.frames_per_run) and highest is not None and highest >= self.frames_per_run - 1
 
-    def _end_run(self, exit_status: str = "success") -> None:
+    def _end_run(self, exit_status: str = "success", paused: bool = False) -> None:
         assembler, self._assembler = self._assembler, None
         if assembler is None:
             return
         if not self._run_open:  # only rejected datagrams since the last run: counted, no run
             self._finished_counters.update(assembler.counters)
             return
+        highest = assembler.highest_frame
+        self._paused_above = highest if paused else None
+        self._paused_at = time.monotonic()
         last = self.frames_per_run - 1 if self.frames_per_run else None
         reason = "receiver_stopped" if exit_status == "abort" else "series_end"
         self._handle(assembler.close(expected_last_frame=last, reason=reason))

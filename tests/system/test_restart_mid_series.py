@@ -130,7 +130,7 @@ def test_daemon_killed_mid_series_of_unknown_length_resumes_in_a_linked_run(tmp_
     assert config["resumed_after_restart"] is True and config["resumes_run"] == first_uid
     assert "resumed after restart" in text and first_uid in text
     # each run names the other: `edge where` and the API's where report (the dashboard links them)
-    assert f"its series continues after a daemon restart in run {second_uid}" in first_text
+    assert f"its series continues in run {second_uid}" in first_text
     assert (first["where"]["continued_by"], first["where"]["resumes_run"]) == ([second_uid], None)
     assert (second["where"]["resumes_run"], second["where"]["continued_by"]) == (first_uid, [])
     assert second["where"]["resumed_at_frame"] == config["first_frame"] > 0
@@ -349,3 +349,57 @@ def test_a_tomography_scan_cut_by_a_daemon_kill_is_reconstructed_from_both_parts
         sinogram = -np.log(np.maximum(transmission, 1e-6))
         reference = numpy.fbp(sinogram.astype(np.float32), angles[keys == 0], center=31.5)
         assert np.max(np.abs(slices[k] - reference)) <= 1e-4 * np.max(np.abs(reference))
+
+
+@pytest.mark.parametrize("armed", [0, 120], ids=["length-unknown", "armed"])
+def test_a_udp_acquisition_that_pauses_goes_on_in_a_linked_run_each_frame_once(
+    tmp_path: Path, armed: int
+) -> None:
+    """A UDP sender silent for longer than ``udp.idle_seconds`` in the middle of its frames (``--stall``)
+    ends its run; when it carries on counting, the next run continues that one from its first frame.
+    Before, the second run counted from 0 and recorded the frames the first had stored as lost
+    (``frame_number_jump``), while the first recorded the second's as ``series_end``: 2x the frames
+    sent had a disposition (an outside technician's probe)."""
+    stack = EdgeStack(
+        tmp_path,
+        [
+            'stream.transport="udp"',
+            f"udp.port={free_port()}",
+            f"udp.frames_per_run={armed}",
+            "udp.idle_seconds=0.5",
+            "detector.height=64",
+            "detector.width=64",
+            "store.frames_per_file=20",
+            'reduction.mode="raw"',
+        ],
+    )
+    try:
+        stack.start_daemon()
+        sim = stack.start(
+            "sim", "--frames", "120", "--rate", "100", "--stall", "1.5", "--json", stdout=subprocess.PIPE
+        )
+        out, _ = sim.communicate(timeout=60)
+        sent = json.loads(out.strip().splitlines()[-1])["frames_sent"]
+        wait_for(
+            lambda: len(runs := _runs(stack)) == 2 and all(r["ended_at"] for r in runs), 60, "two runs ended"
+        )
+        first_uid, second_uid = (r["run_uid"] for r in _runs(stack))
+        first, second = stack.run(first_uid), stack.run(second_uid)
+        status = stack.status()
+        text = _where(stack, second_uid)
+    finally:
+        stack.stop_all()
+
+    assert status["receiver"].get("series_continued_after_pause") == 1
+    config = second["config"]
+    config = json.loads(config) if isinstance(config, str) else config
+    assert config["resumed_after_pause"] is True and config["resumes_run"] == first_uid
+    assert f"resumed after a pause at frame {config['first_frame']}: continues run {first_uid}" in text
+    stored_a, lost_a = _stored_frames(stack, first_uid), _lost_frames(first)
+    stored_b, lost_b = _stored_frames(stack, second_uid), _lost_frames(second)
+    assert min(stored_b) == config["first_frame"] > max(stored_a)
+    assert not [r for r in second["losses"] if r["last_frame"] < config["first_frame"]], second["losses"]
+    _each_frame_once([stored_a, lost_a, stored_b, lost_b], sent, (first["losses"], second["losses"]))
+    # every frame sent has its one disposition (UDP on loopback may drop one: then it is a loss record)
+    assert stored_a | lost_a | stored_b | lost_b >= set(range(sent))
+    assert first["exit_status"] == second["exit_status"] == "success"
