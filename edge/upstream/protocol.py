@@ -27,6 +27,14 @@ CONSUMER_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 MAX_HEADER_BYTES = 64 << 10
 #: the largest chunk payload an appliance sends (``store.chunk_bytes`` is bounded by it)
 MAX_CHUNK_BYTES = 256 << 20
+#: the most digits a JSON integer in a header may have: Python's own default limit on converting digits
+#: to an int (``sys.get_int_max_str_digits``), checked here so that a peer is told in protocol terms
+MAX_INT_DIGITS = 4300
+#: the longest ``file_verified.stored_path`` the appliance records (Linux's PATH_MAX is 4096 bytes)
+MAX_STORED_PATH = 4096
+#: C0 controls, DEL and C1 controls: a stored path holding one would be printed raw by ``edge where``
+#: (a newline forging a line, an ANSI escape rewriting the terminal)
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
 
 
 @dataclass(frozen=True)
@@ -127,24 +135,69 @@ def encode(message: Message, payload: bytes | memoryview | None = None) -> list[
     return [header] if payload is None else [header, payload]
 
 
+class _NumberTooLong(Exception):
+    """Raised by :func:`_parse_int` from inside ``json.loads`` (not a ValueError: caught apart)."""
+
+
+def _parse_int(digits: str) -> int:
+    if len(digits.lstrip("-")) > MAX_INT_DIGITS:
+        raise _NumberTooLong
+    return int(digits)
+
+
+def stored_path_problem(stored_path: object) -> str | None:
+    """Why ``stored_path`` of a ``file_verified`` cannot be recorded, or None when it can.
+
+    It comes from the network and is shown by ``edge where`` and the dashboard: ``""`` (the consumer
+    holds no copy) or an absolute POSIX path without control characters, at most MAX_STORED_PATH long.
+    """
+    if not isinstance(stored_path, str):
+        return "file_verified.stored_path is not a string"
+    if stored_path == "":
+        return None
+    if len(stored_path) > MAX_STORED_PATH:
+        return f"file_verified.stored_path of {len(stored_path)} characters; at most {MAX_STORED_PATH}"
+    if _CONTROL.search(stored_path):
+        return "file_verified.stored_path holds control characters"
+    if not stored_path.startswith("/"):
+        return "file_verified.stored_path is not an absolute path (it must start with /)"
+    return None
+
+
 def decode(frames: list[bytes] | list[bytes | memoryview]) -> tuple[Message, bytes | memoryview | None]:
     """Parse frames into a message and its payload; raises RemoteProtocolError on anything malformed."""
     if not frames or len(frames) > 2:
         raise RemoteProtocolError(f"message has {len(frames)} frames; expected 1 or 2")
     if len(frames[0]) > MAX_HEADER_BYTES:
         raise RemoteProtocolError(f"header of {len(frames[0])} bytes; at most {MAX_HEADER_BYTES}")
+    raw = bytes(frames[0])
+    # decoded here, not by json.loads, which would take UTF-16 and UTF-32 too (it guesses the encoding)
     try:
-        header = json.loads(bytes(frames[0]))
-    except (ValueError, UnicodeDecodeError) as error:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        raise RemoteProtocolError(f"header is not UTF-8 (invalid byte at offset {error.start})") from None
+    if "\x00" in text:  # valid UTF-8, never JSON: UTF-16 or UTF-32 without a byte order mark
+        raise RemoteProtocolError("header is not UTF-8 (it holds NUL bytes: UTF-16 or UTF-32?)")
+    try:
+        header = json.loads(text, parse_int=_parse_int)
+    except json.JSONDecodeError as error:  # its text says where and what, in JSON's terms
         raise RemoteProtocolError(f"header is not JSON: {error}") from None
+    except _NumberTooLong:
+        raise RemoteProtocolError(
+            f"header holds a number too long (more than {MAX_INT_DIGITS} digits)"
+        ) from None
     except RecursionError:  # arrays or objects nested thousands deep: no header of ours is
         raise RemoteProtocolError("header is not JSON this end reads: nested too deep") from None
+    except ValueError:  # anything else json or int() refuses: its text is Python's, not the protocol's
+        raise RemoteProtocolError("header is not JSON this end reads") from None
     if not isinstance(header, dict):
         raise RemoteProtocolError("header is not a JSON object")
     version = header.get("v")
     if not isinstance(version, int) or isinstance(version, bool) or version != VERSION:
         raise RemoteProtocolError(f"protocol version {version!r}; this end speaks {VERSION}")
-    cls = MESSAGES.get(header.get("type", ""))
+    kind = header.get("type", "")
+    # a list or an object as the type is unhashable: a TypeError from the lookup would crash the caller
+    cls = MESSAGES.get(kind) if isinstance(kind, str) else None
     if cls is None:
         raise RemoteProtocolError(f"unknown message type {header.get('type')!r}")
     names = {f.name: f.type for f in fields(cls)}

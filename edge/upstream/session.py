@@ -213,6 +213,20 @@ class ForwarderSession:
             room = MAX_CREDIT - len(consumer.in_flight)  # credit and chunks in flight together
             consumer.credit = max(consumer.credit, min(consumer.credit + max(0, message.n), room))
         elif isinstance(message, p.FileVerified):
+            problem = p.stored_path_problem(message.stored_path)
+            if problem is not None:
+                # it would be recorded and printed raw by `edge where` (a forged line, a terminal escape):
+                # the file stays unconfirmed by this consumer, and its file_complete is repeated as if
+                # unanswered, so a fixed client can confirm it
+                self.stats["bad_stored_paths"] += 1
+                log.warning(
+                    "consumer %s confirmed file %d with a stored_path refused (%s): %r",
+                    consumer.name,
+                    message.file_id,
+                    problem,
+                    message.stored_path[:200],
+                )
+                return [Outgoing(identity, p.Error(problem))]
             consumer.completes_sent.pop(message.file_id, None)
             try:
                 matches = self.ledger.file_verified(
@@ -347,7 +361,13 @@ class ForwarderSession:
         state.connects = (old.connects + 1) if old else 1
         self.consumers[hello.consumer] = state
         self._by_identity[identity] = hello.consumer
-        log.info("consumer %s connected (credit %d)", hello.consumer, hello.credit)
+        if credit == hello.credit:
+            log.info("consumer %s connected (credit %d)", hello.consumer, credit)
+        else:  # the credit it asked for comes from the network: any size, so its digits are cut
+            asked = str(hello.credit)
+            if len(asked) > 24:
+                asked = f"{asked[:20]}... ({len(asked.lstrip('-'))} digits)"
+            log.info("consumer %s connected (credit %d; it asked for %s)", hello.consumer, credit, asked)
         return [Outgoing(identity, p.Welcome(self.appliance_id, CHECKSUM)), *out]
 
     def _expire(self, consumer: ConsumerState, now: float) -> bool:

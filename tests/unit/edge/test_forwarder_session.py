@@ -8,6 +8,7 @@ cut into chunks, so what the session reads, sends and records is what the applia
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import pytest
@@ -331,3 +332,52 @@ def test_a_file_every_required_consumer_confirmed_is_settled_once(tmp_path: Path
     session.receive(b"peer-t", confirm, 2.0)
     assert settled == [str(path)]
     ledger.close()
+
+
+@pytest.mark.parametrize(
+    ("stored_path", "reason"),
+    [
+        ("run/run_00000.h5", "not an absolute path"),
+        ("/hpc/run_00000.h5\nrun_00001.h5  verified", "control characters"),
+        ("/hpc/\x1b[2J\x1b[31mrun_00000.h5", "control characters"),
+        ("/hpc/\x9b2Jrun_00000.h5", "control characters"),
+        ("/" + "a" * 5000, "at most 4096"),
+    ],
+)
+def test_a_confirmation_with_a_stored_path_that_is_not_a_clean_absolute_path_is_refused(
+    ledger: Ledger, stored_path: str, reason: str
+) -> None:
+    """`edge where` prints stored_path as it was recorded: a newline or a terminal escape from the network
+    is refused with an error, the file stays unconfirmed (nothing is purged) and is asked for again."""
+    session, complete = _all_acked(ledger)
+    bad = p.FileVerified(complete.file_id, complete.size, complete.checksum, stored_path)
+    (reply,) = session.receive(PEER, frames(bad), 0.3)
+    assert reply.identity == PEER and isinstance(reply.message, p.Error)
+    assert reason in reply.message.reason and len(reply.message.reason) <= 200
+    assert session.stats["bad_stored_paths"] == 1 and session.stats["files_verified"] == 0
+    assert ledger.files()[0]["state"] != "verified"
+    assert ledger.file_acks("run") == {} and ledger.file_copies("run") == {}
+    # unanswered as far as the appliance is concerned: file_complete comes again after resend_seconds
+    assert not [o for o in session.tick(1.0) if isinstance(o.message, p.FileComplete)]
+    assert [o for o in session.tick(0.2 + RESEND + 0.1) if isinstance(o.message, p.FileComplete)]
+    good = p.FileVerified(complete.file_id, complete.size, complete.checksum, "/hpc/run/run_00000.h5")
+    assert session.receive(PEER, frames(good), 11.0) == []
+    assert ledger.files()[0]["state"] == "verified"
+
+
+def test_the_hello_log_line_shows_the_credit_used_and_a_bounded_request(
+    ledger: Ledger, caplog: pytest.LogCaptureFixture
+) -> None:
+    session = ForwarderSession(ledger)
+    with caplog.at_level(logging.INFO, logger="edge.upstream.session"):
+        connect(session, credit=8)
+        connect(session, credit=10**40, now=100.0, peer=b"peer-2")  # the last one went quiet
+        connect(session, credit=-(10**4000), now=200.0, peer=b"peer-3")
+    lines = [r.getMessage() for r in caplog.records if "connected" in r.getMessage()]
+    assert lines[0] == "consumer hpc connected (credit 8)"
+    assert (
+        lines[1]
+        == f"consumer hpc connected (credit {MAX_CREDIT}; it asked for 10000000000000000000... (41 digits))"
+    )
+    assert lines[2].startswith("consumer hpc connected (credit 1; it asked for -1000")
+    assert lines[2].endswith("... (4001 digits))") and len(lines[2]) < 100
