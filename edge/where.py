@@ -198,7 +198,7 @@ def summary_line(report: dict[str, Any]) -> str:
     local = sum(1 for f in files if f["on_local_disk"])
     # verified: confirmed by every required consumer (the file's state), not by any one of them
     upstream = sum(1 for f in files if f["state"] in ("verified", "purged"))
-    dirs = sorted({str(Path(p).parent) for f in files for p in f.get("upstream_copies", {}).values()})
+    dirs = sorted({_printable(Path(p).parent) for f in files for p in f.get("upstream_copies", {}).values()})
     where_up = f" ({', '.join(dirs[:2])}{', ...' if len(dirs) > 2 else ''})" if dirs else ""
     waiting = [f for f in files if f["state"] in ("stored", "forwarded")]
     partly = sum(1 for f in waiting if f["verified_by"])
@@ -247,7 +247,7 @@ def render(report: dict[str, Any]) -> str:
             f" confirmed by {confirmed}"
         )
         for consumer, copy in sorted(f.get("upstream_copies", {}).items()):
-            lines.append(f"            upstream copy ({consumer}): {copy}")
+            lines.append(f"            upstream copy ({consumer}): {_printable(copy)}")
     for item in report.get("quarantined") or ():
         lines.append(
             f"  quarantined {item['path']}  ({item['size']} bytes, half-written at a crash or on a full"
@@ -277,6 +277,12 @@ def _resumed_line(report: dict[str, Any]) -> str:
     if total is not None:
         line += f" (its series: {total} frames, {report['resumed_at_frame']}..{int(total) - 1} here)"
     return line
+
+
+def _printable(text: object) -> str:
+    """``text`` with its control characters escaped: a consumer's stored path came from the network (a
+    ledger older than the protocol's check may hold a newline or an ANSI escape in one)."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(text))
 
 
 def _expected_text(report: dict[str, Any]) -> str:

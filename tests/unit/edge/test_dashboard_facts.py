@@ -244,3 +244,16 @@ def test_vetoed_frames_are_scoped_live_while_the_run_is_open_and_from_the_ledger
     ended = scopes.scopes(ledger, 40, "run-2", False, {"frames_stored": 20, "frames_vetoed": 6}, 6, None)
     assert ended["run"]["frames_vetoed"] == 6 and ended["all_time"]["frames_vetoed"] == 10
     assert ended["run"]["frames_lost"] == 0  # a vetoed frame is never a loss
+
+
+def test_where_escapes_control_characters_in_a_stored_upstream_path(ledger: Ledger) -> None:
+    """A path a consumer reported before the protocol refused such paths (a ledger of an older version)
+    is printed with its newline and ANSI escape shown as escapes, never as a forged line or colour."""
+    (row,) = ledger.files("run-1")
+    forged = "/hpc/x\n  verified  /FAKE/LINE \x1b[31mRED\x1b[0m"
+    assert ledger.file_verified("hpc", row["id"], row["size"], row["checksum"], forged)
+    report = where_report(ledger, "run-1")
+    text = render(report)
+    assert "\x1b" not in text and "\n  verified  /FAKE" not in text
+    assert "/hpc/x\\n  verified  /FAKE/LINE \\x1b[31mRED\\x1b[0m" in text
+    assert "\n" not in report["summary"]
