@@ -131,8 +131,21 @@ class GeometrySettings(_Section):
     # bounded far beyond any beamline (so that no product is computed from infinities): distance up to
     # 1 km, the PONI within 100 m of the corner, pixels up to 10 cm, wavelengths up to 1 um
     dist: float = Field(0.1, gt=0, le=1000.0)
-    poni1: float = Field(0.0384, ge=-100.0, le=100.0)
-    poni2: float = Field(0.0384, ge=-100.0, le=100.0)
+    poni1: float = Field(
+        0.0384,
+        ge=-100.0,
+        le=100.0,
+        description="PONI along the slow axis (rows), metres from the first pixel's outer corner; the"
+        " default is the centre of the default detector (1024 rows of 75 um): set it (or load a .poni)"
+        " for any other detector, or the beam centre lies off the frames",
+    )
+    poni2: float = Field(
+        0.0384,
+        ge=-100.0,
+        le=100.0,
+        description="PONI along the fast axis (columns), metres from the first pixel's outer corner; the"
+        " default is the centre of the default detector (1024 columns of 75 um), as for poni1",
+    )
     rot1: float = 0.0
     rot2: float = 0.0
     rot3: float = 0.0
