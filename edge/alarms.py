@@ -143,9 +143,16 @@ def current_alarms(status: Mapping[str, Any]) -> list[dict[str, Any]]:
             " frames in flight are recorded lost; the receiver reconnects by itself when the detector is back"
         )
         out.append(_alarm("condition:stream_dropped", "condition", "minor", message))
-    errors = receiver.get("errors") or {}
+    errors = dict(receiver.get("errors") or {})
+    # multipart messages the Stream V2 reader drops before its decoder sees them are rejected messages
+    # too: a sender of the JSON multipart format sends nothing else, so they are often all there is
+    multipart = int(receiver.get("messages_multipart_rejected") or 0)
+    if multipart:
+        errors["multipart"] = multipart
     if errors:
         text = ", ".join(f"{k} {v}" for k, v in errors.items())
+        if multipart:
+            text += " (multipart: a JSON-format sender into this Stream V2 receiver? check stream.format)"
         out.append(_alarm("condition:receiver", "condition", "minor", f"Receiver errors: {text}"))
     if appliance.get("stopping"):
         out.append(_alarm("condition:stopping", "condition", "minor", "The appliance is stopping"))

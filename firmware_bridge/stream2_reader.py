@@ -147,6 +147,7 @@ class Stream2Source(ZmqStreamSource):
                 while sock.rcvmore:
                     sock.recv(copy=False)
                 self.stats["messages_multipart_rejected"] += 1
+                self._warn_multipart()
                 continue
             for event in self.stream2.feed(message.buffer):
                 self._handle2(event)

@@ -56,6 +56,9 @@ HELD_GAPS = 64
 #: images rejected after a rejected series start, before a run is open, held for that run (beyond:
 #: each recorded at once, outside any run)
 MAX_ERRORS_BEFORE_RUN = 4096
+#: multipart messages rejected by a single-part format (Stream V2) are logged the first time, then every
+#: this many: a sender of the other format sends nothing else, and a line each would flood the log
+MULTIPART_LOG_EVERY = 100
 
 
 class _HeldGap:
@@ -147,6 +150,7 @@ class ZmqStreamSource:
         self._dropped_in_series: tuple[int, float] | None = None
         self._drop_counted = True  # connections_dropped_in_series counts each such drop once
         self._dropped_at: float | None = None  # a drop no event followed yet (see _connection_events)
+        self._multipart_seen = 0  # messages_multipart_rejected at the last look (`_warn_multipart`)
 
     @property
     def series_open(self) -> bool:
@@ -258,6 +262,27 @@ class ZmqStreamSource:
                 # stopped mid-series: what never came is lost, and says why (after a crash the series
                 # stays open for the restarted reader)
                 self._end_series("receiver_stopped", exit_status="abort")
+
+    def _warn_multipart(self) -> None:
+        """Say what multipart messages dropped by a single-part format (Stream V2, counted in
+        ``messages_multipart_rejected`` by its ``_receive_message``, which calls this after each) most
+        likely mean: the first, then every MULTIPART_LOG_EVERY. A sender of DECTRIS's JSON multipart
+        format (``edge sim``'s default) into a Stream V2 receiver sends nothing else, so without this line
+        every frame went missing with only a counter to show for it; the reverse mismatch is logged by
+        the JSON decoder (``malformed_json``)."""
+        count, seen = self.stats["messages_multipart_rejected"], self._multipart_seen
+        self._multipart_seen = count
+        if seen and count // MULTIPART_LOG_EVERY == seen // MULTIPART_LOG_EVERY:
+            return
+        log.warning(
+            "rejected %d multipart message(s) from %s so far (logged the first time, then every %dth): "
+            "Stream V2 messages are single-part CBOR, so the sender likely speaks the JSON multipart "
+            "format into this Stream V2 receiver: check stream.format on both sides (the detector or "
+            "`edge sim --format`, and this daemon)",
+            count,
+            self.endpoint,
+            MULTIPART_LOG_EVERY,
+        )
 
     def _connection_events(self, sock: zmq.Socket, monitor: zmq.Socket, now: float) -> None:
         """Count the stream connection's drops since the last look, and reconnect after one libzmq
