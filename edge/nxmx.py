@@ -156,6 +156,9 @@ def write_detector_geometry(
             ds.attrs["vector"] = np.array(axis)
             ds.attrs["units"] = "rad"
         ds.attrs["offset"] = np.zeros(3)
+        # NeXus gives every ``offset`` its ``offset_units``: a length, also for a rotation (whose
+        # ``units`` are an angle)
+        ds.attrs["offset_units"] = "m"
         following = names[index + 1] if index + 1 < len(names) else None
         ds.attrs["depends_on"] = "." if following is None else f"{path}/transformations/{following}"
     detector.create_dataset("depends_on", data=f"{path}/transformations/distance")
@@ -168,6 +171,7 @@ def write_detector_geometry(
     ds.attrs["transformation_type"] = "translation"
     ds.attrs["vector"] = offset / norm if norm > 0 else np.array([1.0, 0.0, 0.0])
     ds.attrs["offset"] = np.zeros(3)
+    ds.attrs["offset_units"] = "m"
     ds.attrs["units"] = "m"
     ds.attrs["depends_on"] = f"{path}/transformations/distance"
     for name, size, vector, depends_on in (
@@ -180,6 +184,7 @@ def write_detector_geometry(
         ds.attrs["transformation_type"] = "translation"
         ds.attrs["vector"] = np.array(vector)
         ds.attrs["offset"] = np.zeros(3)
+        ds.attrs["offset_units"] = "m"
         ds.attrs["units"] = "m"
         ds.attrs["depends_on"] = depends_on
     return nx
@@ -211,8 +216,10 @@ def _matrix(ds: Any) -> np.ndarray:
     else:
         raise ValueError(f"{ds.name}: transformation_type {kind!r} is neither translation nor rotation")
     offset = np.asarray(_attr(ds, "offset", np.zeros(3)), dtype=np.float64)
+    # in its ``offset_units``; a file without them: a translation's own units, metres for a rotation
+    offset_units = str(_attr(ds, "offset_units", units if kind == "translation" else "m"))
     shift = np.identity(4)
-    shift[:3, 3] = offset * _LENGTH[units] if kind == "translation" else offset
+    shift[:3, 3] = offset * _LENGTH[offset_units]
     return shift @ out
 
 

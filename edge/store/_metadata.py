@@ -97,7 +97,14 @@ MAX_CONFIG_BYTES = 1 << 20
 #: what the appliance itself puts in a run's config (never replaced, however large the rest)
 _OWN_CONFIG_KEYS = frozenset(
     {"shape", "type", "run_uid", "frames_expected", "reduction", "upstream_forward", "capture_file"}
-    | {"resumed_after_restart", "first_frame", "resumes_run", "header_fields_ignored", "format"}
+    | {
+        "resumed_after_restart",
+        "resumed_after_pause",
+        "first_frame",
+        "resumes_run",
+        "header_fields_ignored",
+        "format",
+    }
 )
 
 
@@ -271,6 +278,7 @@ def _write_nxmx(entry: h5py.Group, meta: RunMetadata, shape: tuple[int, int], dt
     omega.attrs["transformation_type"] = "rotation"
     omega.attrs["vector"] = np.array([1.0, 0.0, 0.0])
     omega.attrs["offset"] = np.zeros(3)
+    omega.attrs["offset_units"] = "m"  # NeXus: an offset has its units, a length also for a rotation
     omega.attrs["units"] = "deg"
     omega.attrs["depends_on"] = "."
     sample.create_dataset("depends_on", data=omega.name)

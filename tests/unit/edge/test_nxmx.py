@@ -124,6 +124,22 @@ def test_nxvalidate_reports_no_errors(tmp_path: Path, orientation: int) -> None:
             "max_shape": None,
             "poni_file": None,
         }
+        # NeXus: an ``offset`` comes with its ``offset_units``; a translation's are its own units, a
+        # rotation's a length (the validator does not check it, so it is checked here)
+        offsets: dict[str, tuple[str, str | None, str | None]] = {}
+
+        def visit(name: str, item: object) -> None:
+            if isinstance(item, h5py.Dataset) and "offset" in item.attrs:
+                a = item.attrs
+                offsets[name] = (a["transformation_type"], a.get("units"), a.get("offset_units"))
+
+        f.visititems(visit)
+        assert {name.rsplit("/", 1)[-1] for name in offsets} == {
+            *("distance", "rot1", "rot2", "rot3", "module_offset", "omega"),
+            *("fast_pixel_direction", "slow_pixel_direction"),
+        }
+        for name, (kind, units, offset_units) in offsets.items():
+            assert offset_units == (units if kind == "translation" else "m") == "m", name
 
 
 @pytest.mark.parametrize("orientation", [1, 2, 3, 4])
@@ -232,3 +248,20 @@ def test_unreported_sensor_is_marked_not_invented(tmp_path: Path) -> None:
         assert det["sensor_material"][()] == b"unknown" and np.isnan(det["sensor_thickness"][()])
         assert "note" in det["sensor_thickness"].attrs
         assert "count_time" not in det
+
+
+def test_a_transformation_s_offset_is_read_in_its_offset_units(tmp_path: Path) -> None:
+    """Another writer's chain: an offset in its ``offset_units``, whatever the value's units (a
+    rotation's offset is a length; without ``offset_units``: the value's units, metres for a rotation)."""
+    with h5py.File(tmp_path / "chain.h5", "w") as f:
+        turn = f.create_dataset("turn", data=90.0)
+        turn.attrs.update(
+            {"transformation_type": "rotation", "vector": [0.0, 0.0, 1.0], "units": "deg", "depends_on": "."}
+        )
+        turn.attrs.update({"offset": [0.0, 0.0, 5.0], "offset_units": "mm"})
+        move = f.create_dataset("move", data=2.0)
+        move.attrs.update({"transformation_type": "translation", "vector": [1.0, 0.0, 0.0], "units": "mm"})
+        move.attrs.update({"offset": [0.0, 1.0, 0.0], "depends_on": "/turn"})  # no offset_units: mm
+        point = chain_matrix(f, "/move") @ np.array([0.0, 0.0, 0.0, 1.0])
+    # 2 mm along x, 1 mm along y; turned 90 degrees about z: (-1, 2) mm; then 5 mm along z
+    np.testing.assert_allclose(point[:3], [-1e-3, 2e-3, 5e-3], atol=1e-15)
