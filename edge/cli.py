@@ -54,7 +54,13 @@ FAULT_FLAGS = {
     "loss": ("sim.loss", float, "probability a packet (udp) or frame (zmq) is dropped"),
     "reorder": ("sim.reorder", float, "probability a udp packet arrives late (reordered)"),
     "duplicate": ("sim.duplicate", float, "probability a packet/frame is sent twice"),
-    "corrupt": ("sim.corrupt", float, "probability a packet/message is corrupted"),
+    "corrupt": (
+        "sim.corrupt",
+        float,
+        "probability a packet/message is damaged: json, an image's data part one byte short"
+        " (stream_bad_size); stream2, an undecodable LZ4 block (stream2_bad_chunk); udp, a packet"
+        " header fault",
+    ),
     "stall": ("sim.stall_seconds", float, "pause this many seconds half-way through"),
     "burst": ("sim.burst", int, "send frames in bursts of this many"),
 }

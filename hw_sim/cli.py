@@ -114,6 +114,14 @@ def run_sim(
     ``stream_format`` ``json`` is the DECTRIS stream v1 style message sequence; ``stream2`` is DECTRIS
     Stream V2 (CBOR, bitshuffle-LZ4 images) with ``stream2_faults`` (``encoding`` and ``faults`` apply
     to ``json`` only).
+
+    ``--corrupt P`` (``sim.corrupt``) differs by format (README, "What runs where"). ``json``: an image
+    message's data part goes out one byte shorter than its header's ``size``, so the daemon rejects the
+    message and records the frame lost as ``stream_bad_size`` (``truth.frames_corrupted``). ``stream2``:
+    the first LZ4 block of the image's chunk is overwritten with bytes LZ4 cannot decode, in a well-formed
+    message, so the daemon's chunk check records ``stream2_bad_chunk`` (``truth.frames_bad_block``).
+    The printed ``run_uid`` is the one announced, also when the daemon records the run under a fresh uid
+    (one the ledger already holds): ``edge where RUN_UID`` names both.
     """
     stop = threading.Event()
 
@@ -237,6 +245,9 @@ def run_sim_udp(
 
     Frames are packetized and faulted in batches, so an unbounded run (``frames`` 0) uses bounded memory.
     The summary lists, frame by frame, which frames the receiver must see as lost or incomplete.
+    ``--corrupt P`` damages a packet (not a frame) with probability P: one of six header or length faults
+    (``hw_sim.udp_packets.CORRUPTIONS``) that the receiver rejects by reason, leaving its frame
+    incomplete, or lost when none of its packets came intact.
     """
     stop = threading.Event()
 
