@@ -37,6 +37,9 @@ class PowderStage(_CorrectedStage):
         cal.check(ctx.shape)
         gain = make_gain(ctx.shape, cal.flat, cal.mask)  # 1/flat, 0 at masked and unusable pixels
         excluded = gain == 0
+        #: the pixels left out of every frame's profile (the mask, and pixels the flat makes unusable),
+        #: stored with the profiles: the reduced file alone says what went into them
+        self.excluded = excluded if excluded.any() else None
         common: dict[str, Any] = {
             "unit": ctx.unit,
             "mask": excluded if excluded.any() else None,
@@ -164,6 +167,15 @@ class PowderStage(_CorrectedStage):
             corrections.create_dataset(key, data=bool(record[key]))
         if record["polarization_factor"] is not None:
             corrections.create_dataset("polarization_factor", data=float(record["polarization_factor"]))
+        if self.excluded is not None:  # 1 = left out (pyFAI's convention for a mask)
+            ds = corrections.create_dataset(
+                "mask", data=self.excluded.astype(np.uint8), compression="gzip", shuffle=True
+            )
+            ds.attrs["meaning"] = (
+                "pixels left out of every profile: the mask (reduction.mask_file, the PONI detector's"
+                " own), and pixels whose flat is 0 or not finite; 1 = left out, as pyFAI's mask. Pixels"
+                " of a frame's own dummy value or missing packets are left out of that frame besides"
+            )
         corrections.create_dataset("error_model", data="poisson")
         corrections.create_dataset("integration_method", data="histogram, no pixel splitting (pyFAI 'no')")
 

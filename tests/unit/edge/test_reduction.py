@@ -78,6 +78,36 @@ def test_reduction_matches_pyfai_with_every_correction(backend: str) -> None:
     assert record["solid_angle_applied"] and record["polarization_factor"] == 0.9
 
 
+def test_the_reduced_profiles_carry_the_mask_they_left_out(tmp_path) -> None:
+    """The pixels a powder run left out of its profiles (the mask, and a flat's unusable pixels) are in
+    the reduced file beside the correction flags: a reader upstream holding the products only can
+    reintegrate or check them (before, only ``mask_applied`` said a mask had been used)."""
+    import h5py
+
+    mask = np.zeros(SHAPE, bool)
+    mask[10:20, 30:60] = True
+    flat = np.ones(SHAPE, np.float32)
+    flat[50, 50] = 0.0  # unusable: left out as well
+    params = ReductionSettings(mode="powder")
+    stage = PowderStage(
+        RunContext(
+            get_backend("numpy"), GEOMETRY, SHAPE, 50, "2th_deg", params, Calibration(None, flat, mask)
+        )
+    )
+    products = [stage.process(np.full(SHAPE, 7, np.uint16), 0, 0, float("nan")).products]
+    with h5py.File(tmp_path / "r.nxs", "w") as handle:
+        stage.write_products(handle.create_group("entry"), products)
+    with h5py.File(tmp_path / "r.nxs", "r") as handle:
+        stored = handle["/entry/reduced/corrections/mask"][()]
+    expected = mask.copy()
+    expected[50, 50] = True
+    assert stored.dtype == np.uint8 and np.array_equal(stored.astype(bool), expected)
+    plain = PowderStage(RunContext(get_backend("numpy"), GEOMETRY, SHAPE, 50, "2th_deg", params))
+    with h5py.File(tmp_path / "p.nxs", "w") as handle:
+        plain.write_products(handle.create_group("entry"), products)
+        assert "mask" not in handle["/entry/reduced/corrections"]  # nothing left out: no image
+
+
 def test_calibration_files_are_checked_at_start(tmp_path) -> None:
     from edge.appliance import load_calibration
 
