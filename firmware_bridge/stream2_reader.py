@@ -171,6 +171,8 @@ class Stream2Source(ZmqStreamSource):
                 # frame): the next gap is put down to it; a readable start, end or other message is not
                 if self._series is not None and (not event.readable or event.kind == "image"):
                     self._unreadable += 1
+                elif self._series is None and not event.readable:  # its start, perhaps (`_adopt`)
+                    self._unreadable_between += 1
             else:
                 self._image_rejected(event.series, event.frame, f"stream2_{event.reason}", event.detail)
         elif isinstance(event, Stream2Start):
@@ -194,6 +196,7 @@ class Stream2Source(ZmqStreamSource):
             self._end_series(UNREADABLE if self._unreadable else "series_restarted", exit_status="fail")
         self._series = start.series
         self._start_rejected = None
+        self._unreadable_between = 0
         self._next_frame = 0
         self._newest = None
         self._gaps.clear()

@@ -135,6 +135,10 @@ class ZmqStreamSource:
         # why the last series start was rejected (or may have been lost), until a start is accepted: the
         # images that follow it are a run of their own, never taken for a series cut by a daemon restart
         self._start_rejected: str | None = None
+        # messages too damaged to say what they were, with no series open: a series' first image after
+        # one (its frame 0) opens a run without a start, as after a rejected start (the damaged message
+        # was its start: before, the run was taken for one resumed after a restart)
+        self._unreadable_between = 0
         # images rejected after a rejected start, before a run was open to hold them: frame -> (reason,
         # detail), recorded in the run the next good image opens (or outside any run if none does)
         self._errors_before_run: dict[tuple[int | None, int], tuple[str, str]] = {}  # (series, frame) ->
@@ -409,6 +413,8 @@ class ZmqStreamSource:
             log.warning("rejected stream message: %s %s", event.reason, event.detail)
             if event.kind == "start":
                 self._start_was_rejected(f"{event.reason}: {event.detail}")
+            elif event.kind is None and self._series is None:
+                self._unreadable_between += 1
             if event.frame is not None:
                 self._image_rejected(event.series, event.frame, f"stream_{event.reason}", event.detail)
             return slot
@@ -420,6 +426,7 @@ class ZmqStreamSource:
                 self._end_series("series_restarted", exit_status="fail")  # its end never came
             self._series = event.series
             self._start_rejected = None
+            self._unreadable_between = 0
             self._next_frame = 0
             self._newest = None
             self._gaps.clear()
@@ -529,11 +536,16 @@ class ZmqStreamSource:
         (the sink links it to the run the restart interrupted, whose missing frames become losses). An
         image of the series that just ended here is a straggler, not a new run: `_note_frame` records
         it as lost. After a rejected series start (`_start_rejected`) the images are a run of their own
-        that says so (``start_rejected``), without the start's metadata, and no restart is assumed.
+        that says so (``start_rejected``), without the start's metadata, and no restart is assumed; so
+        after a message too damaged to name its kind when the first image is frame 0.
         """
         if series == self._ended_series:
             return
         rejected, self._start_rejected = self._start_rejected, None
+        unreadable, self._unreadable_between = self._unreadable_between, 0
+        if rejected is None and unreadable and frame == 0:  # (a restart mid-series misses frame 0 too)
+            self.stats["series_start_unreadable"] += 1
+            rejected = f"{unreadable} unreadable message(s) came where its start was due"
         if rejected is not None:
             self._open_without_start(series, frame, shape, dtype, rejected)
             return
@@ -731,6 +743,7 @@ class ZmqStreamSource:
         series = self._series
         self._series = None
         self._adopted = None
+        self._unreadable_between = 0
         self._ended_series = series
         # frames below this number were stored or recorded lost in the run: a later copy is not a loss
         self._ended_accounted = max(self._next_frame, expected or 0)

@@ -517,3 +517,24 @@ def test_an_image_whose_series_is_out_of_range_is_a_loss_of_the_open_series(seri
     sink = Sink()
     replay([start, image0, cbor2.dumps(fields), *rest], sink, channel="threshold_2")
     assert [loss for loss in sink.losses if loss[0] == 1] == [(1, 1, "stream2_bad_field")]
+
+
+def test_a_truncated_start_makes_a_run_without_its_start_not_one_resumed_after_a_restart() -> None:
+    """A start message cut short cannot even say it was a start: its images (from frame 0) are a run of
+    their own that says so (``start_rejected``), numbered from 0, as after a start the codec rejected.
+    Before, the run was marked ``resumed_after_restart`` from frame 0 and linked to no run: the daemon
+    had not restarted. An image of a series seen first at a later frame is still taken for a restart."""
+    start, *images, end = _messages("stream2_bslz4_u16_2ch.bin")
+    sink = Sink()
+    reader = replay([start[:40], *images, end], sink)
+    (config,) = sink.configs
+    assert config.get("start_rejected") and not config.get("resumed_after_restart"), config
+    assert "unreadable message" in config["start_rejected"]
+    assert (
+        sink.published == [0, 1, 2, 3] and sink.losses == [] and sink.ends == [(sink.ends[0][0], "success")]
+    )
+    assert reader.counters()["series_start_unreadable"] == 1
+    sink = Sink()  # the same damage before a series met from its frame 1 on: a restart, as before
+    replay([start[:40], *images[1:], end], sink)
+    (config,) = sink.configs
+    assert config.get("resumed_after_restart") and config["first_frame"] == 1, config

@@ -137,3 +137,17 @@ def test_frames_beyond_expected_counts_only_the_images_taken() -> None:
     reader = _run(messages, sink, sink.ended)
     assert sink.frames == [0, 1, 2] and sink.losses == [(3, 3, "stream_bad_size")]
     assert reader.counters()["frames_beyond_expected"] == 1
+
+
+def test_a_start_too_damaged_to_name_its_kind_makes_a_run_without_its_start() -> None:
+    """A start whose first part is not JSON cannot say it was a start: its series' images from frame 0
+    are a run that says it has no start (``start_rejected``), not one "resumed after a restart" that
+    links to no run (the daemon never restarted)."""
+    sink = Sink()
+    end = [part({"htype": "dseries_end-1.0", "series": 9})]
+    damaged = [b'{"htype": "dheader-1.0", "series": 9, "header_det', header(9, 2)[1]]
+    reader = _run([damaged, image(9, 0), image(9, 1), end], sink, sink.ended)
+    (config,) = sink.configs
+    assert config.get("start_rejected") and not config.get("resumed_after_restart"), config
+    assert sink.frames == [0, 1] and sink.losses == []
+    assert reader.counters()["series_start_unreadable"] == 1
