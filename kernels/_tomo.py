@@ -35,7 +35,7 @@ import numpy as np
 if TYPE_CHECKING:
     from kernels._registry import Backend
 
-FILTERS = ("ramp", "shepp-logan", "hann", None)
+FILTERS = ("ramp", "shepp-logan", "cosine", "hamming", "hann", None)
 
 
 def fourier_filter(size: int, filter_name: str | None = "ramp") -> np.ndarray:
@@ -52,6 +52,10 @@ def fourier_filter(size: int, filter_name: str | None = "ramp") -> np.ndarray:
     if filter_name == "shepp-logan":
         omega = np.pi * np.fft.fftfreq(size)[1:]
         filt[1:] *= np.sin(omega) / omega
+    elif filter_name == "cosine":  # the ramp times a half-period sine over the band (0 at DC and Nyquist)
+        filt *= np.fft.fftshift(np.sin(np.linspace(0, np.pi, size, endpoint=False)))
+    elif filter_name == "hamming":
+        filt *= np.fft.fftshift(np.hamming(size))
     elif filter_name == "hann":
         filt *= np.fft.fftshift(np.hanning(size))
     elif filter_name is None:

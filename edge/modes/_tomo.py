@@ -15,7 +15,7 @@ import h5py
 import numpy as np
 
 from edge.modes._stage import EarlierParts, FrameResult, RunContext, _CorrectedStage
-from kernels import estimate_center, opposite_projections
+from kernels import estimate_center, fourier_filter, opposite_projections
 
 log = logging.getLogger(__name__)
 
@@ -138,6 +138,8 @@ class TomoStage(_CorrectedStage):
         self.rows = rows
         self.center = p.center
         self.filter = p.filter
+        fourier_filter(2, self.filter)  # a filter the kernel lacks fails here (the run stores raw frames),
+        # never at each projection (every one of them lost)
         self._dark_sum = np.zeros(ctx.shape, np.float64)
         self._flat_sum = np.zeros(ctx.shape, np.float64)
         self.darks = self.flats = self.projections = self.without_angle = 0

@@ -54,7 +54,7 @@ def _phantom_sinogram(
 
 
 @pytest.mark.parametrize("circle", [True, False])
-@pytest.mark.parametrize("filter_name", ["ramp", "shepp-logan", "hann"])
+@pytest.mark.parametrize("filter_name", ["ramp", "shepp-logan", "cosine", "hamming", "hann"])
 def test_fbp_matches_skimage_iradon(backend: kernels.Backend, filter_name: str, circle: bool) -> None:
     from skimage.transform import iradon
 
@@ -776,3 +776,17 @@ def test_nan_pixels_are_left_out_of_peak_finding_as_masked_ones_are(backend: ker
     assert len(got) == len(want) == 3
     np.testing.assert_allclose(sorted(got.row), sorted(want.row), rtol=1e-6)
     np.testing.assert_allclose(sorted(got.intensity), sorted(want.intensity), rtol=1e-5)
+
+
+def test_every_filter_the_settings_offer_is_one_the_kernel_takes() -> None:
+    """``reduction.tomo.filter`` offered cosine and hamming, which the kernel did not have: every
+    projection of a scan was lost with a pipeline error (an outside tomography probe)."""
+    import typing
+
+    from edge.config import TomoSettings
+    from kernels._tomo import FILTERS
+
+    offered = typing.get_args(TomoSettings.model_fields["filter"].annotation)
+    assert offered and set(offered) <= set(FILTERS)
+    for name in offered:
+        assert kernels.fourier_filter(8, name).shape == (8,)
