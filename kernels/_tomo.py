@@ -182,12 +182,19 @@ def assemble_sinograms(projections: np.ndarray, rows: Any) -> np.ndarray:
 
 
 def estimate_center(projection_0: np.ndarray, projection_180: np.ndarray) -> float:
-    """Rotation-axis position (detector pixels) from projections 180 degrees apart.
+    """Rotation-axis position (detector pixels, pixel centres at whole numbers) from projections 180
+    degrees apart.
 
     The 180-degree projection is the 0-degree one mirrored about the axis ``c``: mirrored back, it is
-    the 0-degree one delayed by ``s = (n - 1) - 2c``, so ``c = (n - 1 - s) / 2``. ``s`` is the peak of
-    their FFT cross-correlation, refined to a fraction of a pixel by a parabola through the peak and its
-    neighbours. 1-D rows or 2-D projections (rows are averaged) are accepted.
+    the 0-degree one delayed by ``s = (n - 1) - 2c``, so ``c = (n - 1 - s) / 2``. ``s`` is the shift at
+    which the two agree best: the largest correlation coefficient over the pixels they share at that
+    shift (sums over the overlap from an FFT correlation and running sums), among shifts that leave at
+    least a quarter of the detector shared, refined to a fraction of a pixel by a parabola through it
+    and its neighbours. (A plain cross-correlation peak of mean-subtracted profiles is pulled towards
+    shift 0 by the overlap shrinking with the shift: the axis came out up to 0.25 px towards the
+    detector's centre. A mean squared difference is least where only empty background overlaps.) 1-D
+    rows or 2-D projections (rows are averaged) are accepted; NaN when the projections hold a NaN or
+    inf, or agree nowhere (flat).
     """
     p0 = np.asarray(projection_0, dtype=np.float64)
     p1 = np.asarray(projection_180, dtype=np.float64)
@@ -195,17 +202,43 @@ def estimate_center(projection_0: np.ndarray, projection_180: np.ndarray) -> flo
         raise ValueError(f"projections differ in shape: {p0.shape} vs {p1.shape}")
     if p0.ndim == 2:
         p0, p1 = p0.mean(axis=0), p1.mean(axis=0)
+    if not (np.all(np.isfinite(p0)) and np.all(np.isfinite(p1))):
+        return float("nan")
     n = p0.size
-    a = p0 - p0.mean()
-    b = p1[::-1] - p1.mean()
+    if n < 4:
+        return (n - 1) / 2.0
+    offset = 0.5 * (p0.mean() + p1.mean())  # (the sums below lose less to rounding about 0)
+    a, b = p0 - offset, p1[::-1] - offset
     size = 2 * n
-    corr = np.fft.irfft(np.fft.rfft(b, size) * np.conj(np.fft.rfft(a, size)), size)
-    k = int(np.argmax(corr))
-    left, mid, right = corr[k - 1], corr[k], corr[(k + 1) % size]
-    denom = left - 2 * mid + right
-    frac = 0.5 * (left - right) / denom if denom != 0 else 0.0
-    shift = (k if k < n else k - size) + frac
-    return (n - 1 - shift) / 2.0
+    # cross[k] = sum_j a[j] b[j + k]: b is a delayed by k where the two agree
+    cross = np.fft.irfft(np.conj(np.fft.rfft(a, size)) * np.fft.rfft(b, size), size)
+
+    def running(x: np.ndarray) -> np.ndarray:
+        return np.concatenate(([0.0], np.cumsum(x)))
+
+    a1, a2, b1, b2 = running(a), running(a * a), running(b), running(b * b)
+    reach = n - max(2, n // 4)  # the largest |shift| considered: a quarter of the detector shared
+    shifts = np.arange(-reach, reach + 1)
+    shared = n - np.abs(shifts)
+    lo = np.maximum(0, shifts)  # b's shared pixels are lo..lo+shared-1; a's are those less the shift
+    hi = lo + shared
+    sum_a, sum_b = a1[hi - shifts] - a1[lo - shifts], b1[hi] - b1[lo]
+    var_a = a2[hi - shifts] - a2[lo - shifts] - sum_a * sum_a / shared
+    var_b = b2[hi] - b2[lo] - sum_b * sum_b / shared
+    covariance = cross[shifts % size] - sum_a * sum_b / shared
+    scale = np.sqrt(np.maximum(var_a, 0.0) * np.maximum(var_b, 0.0))
+    tiny = 1e-12 * max(float(np.dot(a, a)), float(np.dot(b, b)), 1e-300)
+    r = np.where(scale > tiny, covariance / np.where(scale > tiny, scale, 1.0), -np.inf)
+    k = int(np.argmax(r))
+    if not np.isfinite(r[k]):
+        return float("nan")
+    frac = 0.0
+    if 0 < k < r.size - 1 and np.isfinite(r[k - 1]) and np.isfinite(r[k + 1]):
+        left, mid, right = r[k - 1], r[k], r[k + 1]
+        denom = left - 2 * mid + right
+        if denom < 0:
+            frac = 0.5 * (left - right) / denom
+    return float((n - 1 - (shifts[k] + frac)) / 2.0)
 
 
 def opposite_projections(theta: Any, tolerance_deg: float = 2.0) -> tuple[int, int] | None:

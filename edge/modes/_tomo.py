@@ -324,6 +324,9 @@ class TomoStage(_CorrectedStage):
         return np.asarray(out, np.float32)
 
     EARLIER_PER_FRAME = 2  # earlier projections back-projected with each projection of the run
+    #: the slices, streamed about the centre column, are redone about the estimated axis when it is further
+    #: from that column than this (the estimate's own spread on noisy projections is a few 0.01 px)
+    CENTER_REDO_PX = 0.05
 
     def _add_earlier(self, lines: list[np.ndarray], angles: list[float]) -> None:
         """Back-project projections of the earlier part (read, not yet normalised)."""
@@ -383,7 +386,7 @@ class TomoStage(_CorrectedStage):
                 estimated = float(estimate_center(sinograms[i, 0, :], sinograms[j, 0, :]))
                 between = f"the projections at {angles[i]:g} and {angles[j]:g} degrees"
                 source = f"detector centre column (n_cols // 2): estimated {estimated:.2f} from {between}"
-                if np.isfinite(estimated) and abs(estimated - center) > 0.5:
+                if np.isfinite(estimated) and abs(estimated - center) > self.CENTER_REDO_PX:
                     center, source = estimated, f"estimated from {between}"
                     slices = np.stack(
                         [

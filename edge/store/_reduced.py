@@ -180,17 +180,27 @@ def _write_run_products(entry: h5py.Group, products: dict[str, Any]) -> None:
     for name in ("center", "rows"):  # detector columns and rows
         if name in group:
             group[name].attrs["units"] = "pixel"
-    normalised = str(products.get("flat_field", "")).startswith("applied")
+    flat_field = str(products.get("flat_field", ""))
+    normalised = flat_field.startswith("applied")
+    # what the sinograms hold: without flats, the projections less the mean dark when darks were used
+    # (the stage's flat_field says so), else the counts
+    quantity = (
+        "-log(transmission)"
+        if normalised
+        else "-log(projection - mean dark)"
+        if "-log(projection - mean dark)" in flat_field
+        else "-log(counts)"
+    )
     if "slices" in group:
         # filtered back-projection of -log(transmission) on a grid of detector pixels: the linear
         # attenuation coefficient per pixel (divide by x_pixel_size for 1/m); without a flat field,
-        # of -log(counts): relative values only
+        # of -log(counts) or -log(projection - mean dark): relative values only
         group["slices"].attrs["long_name"] = (
-            "linear attenuation coefficient (per pixel length)" if normalised else "FBP of -log(counts)"
+            "linear attenuation coefficient (per pixel length)" if normalised else f"FBP of {quantity}"
         )
         group["slices"].attrs["units"] = "1/pixel" if normalised else "arbitrary units"
     if "sinograms" in group:
-        group["sinograms"].attrs["long_name"] = "-log(transmission)" if normalised else "-log(counts)"
+        group["sinograms"].attrs["long_name"] = quantity
         if not normalised:  # a transmission's log has no unit
             group["sinograms"].attrs["units"] = "arbitrary units"
     for name in ("dark_mean", "flat_mean"):
