@@ -49,6 +49,22 @@ def also_named(ledger: Ledger, run_uid: str, config: Any) -> tuple[str, list[str
     return named, others
 
 
+#: where a run's reduced file (``RUN_reduced_NNNNN.nxs``) keeps its mode's products
+PRODUCTS_IN_REDUCED = {
+    "powder": "profiles: /entry/reduced (a cake: /entry_2d/reduced)",
+    "serial": "peak tables: /entry/result_1; frame table: /entry/frames",
+    "tomo": "slices: /entry/reconstruction (sinograms beside them)",
+}
+
+
+def _holds(f: dict[str, Any], mode: str | None) -> str | None:
+    """What a reduced file holds and where in it, for the scientist asking "where are my slices?"
+    (None for data files, and for files of modes without such products)."""
+    if (f.get("kind") or "data") != "reduced" or not str(f["name"]).endswith(".nxs"):
+        return None
+    return PRODUCTS_IN_REDUCED.get(str(mode))
+
+
 def where_report(
     ledger: Ledger,
     run_uid: str,
@@ -98,6 +114,7 @@ def where_report(
                 ),
                 "verified_by": {c: t for c, t in confirmed.items() if t is not None},
                 "upstream_copies": {c: path for (fid, c), path in copies.items() if fid == f["id"]},
+                "holds": _holds(f, run.get("mode")),
                 "chunks_acked": chunk_acks.get(f["id"], {}),
                 "purged_at": f.get("purged_at"),
             }
@@ -241,7 +258,11 @@ def render(report: dict[str, Any]) -> str:
     for f in report["files"]:
         where = f["path"] if f["on_local_disk"] else f"(purged locally) {f['path']}"
         confirmed = ", ".join(sorted(f["verified_by"])) or "nobody yet"
-        lines.append(f"  {f['state']:<9} {where}" + (f"  [{f['why_local']}]" if f.get("why_local") else ""))
+        lines.append(
+            f"  {f['state']:<9} {where}"
+            + (f"  [{f['why_local']}]" if f.get("why_local") else "")
+            + (f"  ({f['holds']})" if f.get("holds") else "")
+        )
         lines.append(
             f"            {f['size']} bytes, {f['checksum']}, {_frames_text(f['frames'])},"
             f" confirmed by {confirmed}"
@@ -288,8 +309,9 @@ def _printable(text: object) -> str:
 def _expected_text(report: dict[str, Any]) -> str:
     """How many frames the run was to account for: a run that continues another from frame F accounts
     for its series' frames from F on only (the frames before are the earlier run's)."""
-    expected = report["frames_expected"]
     first = report.get("resumed_at_frame")
+    # a run resumed after a restart saw no series header: its series' length is the interrupted run's
+    expected = report["frames_expected"] or (report.get("series_frames_expected") if first else None)
     if not expected:
         return "expected unknown"
     if first:

@@ -154,7 +154,7 @@ def test_layout_at_each_width(
         also = browser.evaluate("document.getElementById('where-also-named').innerText")
         assert f"also names: {RUNNING}" in also
         series = browser.evaluate("document.getElementById('where-series').innerText")
-        assert f"continues after a daemon restart in {RUNNING}" in series
+        assert f"its series continues in {RUNNING}" in series
 
         # the image keeps the detector's aspect ratio (a 64 x 32 preview: twice as wide as tall)
         w, h = browser.evaluate(

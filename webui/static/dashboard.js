@@ -812,6 +812,17 @@
     }).join("");
   }
 
+  // as `edge where`: a run continuing another from frame F accounts for its series' frames from F on
+  function expectedText(w) {
+    // (a run resumed after a restart saw no series header: its series' length is the interrupted run's)
+    const total = num(w.frames_expected) || (w.resumed_at_frame ? num(w.series_frames_expected) : NaN);
+    if (!total) return "expected unknown";
+    if (w.resumed_at_frame) {
+      return `expected frames ${fmtInt(w.resumed_at_frame)}..${fmtInt(total - 1)} of its series' ${fmtInt(total)}`;
+    }
+    return `expected ${fmtInt(total)}`;
+  }
+
   function renderWhere(detail) {
     const card = $("where-card");
     if (!detail) {
@@ -827,13 +838,13 @@
     const continued = w.continued_by || [];
     const runLinks = (uids) =>
       uids.map((u) => `<a href="#run=${encodeURIComponent(u)}" data-run="${esc(u)}">${esc(u)}</a>`).join(", ");
-    // a series cut by a daemon restart: the run this one continues, and those that continue it
+    // a series cut by a daemon restart (or a UDP pause): the run this one continues, and those that continue it
     const series = [
       w.resumed_at_frame != null
-        ? `<span class="muted">resumed after a daemon restart at frame ${esc(fmtInt(w.resumed_at_frame))}; continues</span> ` +
+        ? `<span class="muted">resumed after ${w.resumed_after === "pause" ? "a pause" : "a daemon restart"} at frame ${esc(fmtInt(w.resumed_at_frame))}; continues</span> ` +
           (w.resumes_run ? runLinks([w.resumes_run]) : '<span class="muted">no known run</span>')
         : "",
-      continued.length ? `<span class="muted">its series continues after a daemon restart in</span> ${runLinks(continued)}` : "",
+      continued.length ? `<span class="muted">its series continues in</span> ${runLinks(continued)}` : "",
     ].filter(Boolean);
     setText("where-run", w.run_uid || detail.run_uid);
     const outlook = state.lastStatus?.upstream_outlook;
@@ -843,7 +854,7 @@
       ["ended", esc(fmtTime(w.ended_at ?? detail.ended_at))],
       ["frames", `${esc(fmtInt(w.frames_stored))} stored, ${esc(fmtInt(w.frames_delivered))} delivered, ` +
         `<span class="${num(w.frames_lost) > 0 ? "bad" : ""}">${esc(fmtInt(w.frames_lost))} lost</span>` +
-        ` (expected ${esc(w.frames_expected == null ? "unknown" : fmtInt(w.frames_expected))})`],
+        ` (${esc(expectedText(w))})`],
       ["upstream needs", esc((w.required_consumers || []).join(", ") || "–")],
       ["pending", esc(pendingText(w.bytes_pending))],
       ["upstream ETA (all data)", `<span class="eta">${esc(etaText(outlook))}</span>`],
@@ -862,7 +873,7 @@
       const frames = f.frames ? `${f.frames[0]}–${f.frames[1]}` : f.n_frames ? fmtInt(f.n_frames)
         : f.kind && f.kind !== "data" ? f.kind : "none";
       return `<tr><td><span class="chip ${esc(f.state)}">${esc(f.state)}</span></td>` +
-        `<td class="paths">${local}${pathCell(f.path)}</td><td class="paths upstream-copy">${upstream}</td><td class="num">${esc(fmtBytes(f.size))}</td>` +
+        `<td class="paths">${local}${pathCell(f.path)}${f.holds ? `<br><span class="muted small holds">${esc(f.holds)}</span>` : ""}</td><td class="paths upstream-copy">${upstream}</td><td class="num">${esc(fmtBytes(f.size))}</td>` +
         `<td class="num">${esc(frames)}</td><td class="mono small nowrap" title="${esc(f.checksum)}">${esc(shortChecksum(f.checksum))}</td><td>${by}</td></tr>`;
     }).join("");
     const lossRows = losses.map((r) => {

@@ -17,7 +17,7 @@ from edge.ledger import Ledger
 from edge.upstream import protocol as p
 from edge.upstream.outlook import eta_seconds, upstream_outlook
 from edge.upstream.session import ForwarderSession
-from edge.where import render, where_report
+from edge.where import PRODUCTS_IN_REDUCED, render, where_report
 
 
 def status_with_run(run_uid: str, lost: int, **extra: Any) -> dict[str, Any]:
@@ -205,6 +205,8 @@ def test_where_gives_no_eta_without_a_daemon_and_a_resumed_run_its_series_length
     resumed = where_report(ledger, "run-resumed")
     assert resumed["series_frames_expected"] == 600
     assert "(its series: 600 frames, 181..599 here)" in render(resumed)
+    # and its frames line no longer says "expected unknown" (an outside tomography probe)
+    assert "lost (expected frames 181..599 of its series' 600)" in render(resumed)
 
 
 def test_counter_scopes_subtract_what_the_ledger_held_at_start() -> None:
@@ -257,3 +259,21 @@ def test_where_escapes_control_characters_in_a_stored_upstream_path(ledger: Ledg
     assert "\x1b" not in text and "\n  verified  /FAKE" not in text
     assert "/hpc/x\\n  verified  /FAKE/LINE \\x1b[31mRED\\x1b[0m" in text
     assert "\n" not in report["summary"]
+
+
+def test_where_says_which_file_holds_the_mode_s_products(tmp_path: Path) -> None:
+    """An outside tomography probe asked where the slices are: the reduced file's row says what it holds
+    and where in it (the API's ``holds``, printed after its path by ``edge where``)."""
+    ledger = Ledger(tmp_path / "ledger.sqlite")
+    try:
+        ledger.run_started("t-1", 1, 3, "{}", "tomo")
+        for name, kind in (("t-1_00000.h5", "data"), ("t-1_reduced_00000.nxs", "reduced")):
+            path = tmp_path / name
+            path.write_bytes(b"x")
+            ledger.file_stored("t-1", name, path, 1, "0" * 32, (0, 2, 3), [], kind=kind)
+        report = where_report(ledger, "t-1")
+    finally:
+        ledger.close()
+    holds = {f["name"]: f["holds"] for f in report["files"]}
+    assert holds == {"t-1_00000.h5": None, "t-1_reduced_00000.nxs": PRODUCTS_IN_REDUCED["tomo"]}
+    assert "t-1_reduced_00000.nxs  (slices: /entry/reconstruction" in render(report)
