@@ -16,6 +16,7 @@ import numpy as np
 
 from edge.modes._stage import EarlierParts, FrameResult, RunContext, _CorrectedStage
 from kernels import estimate_center, fourier_filter, opposite_projections
+from kernels._numpy_backend import FLAT_FIELD_FLOOR
 
 log = logging.getLogger(__name__)
 
@@ -149,6 +150,9 @@ class TomoStage(_CorrectedStage):
             None  # (darks, flats) in the means, fixed at the first projection
         )
         self._used_means: tuple[np.ndarray, np.ndarray] | None = None
+        # (darks, flats) that came after the first projection and went into the final normalisation at
+        # the scan's end (`_renormalised`); None: none did
+        self._late_applied: tuple[int, int] | None = None
         self.angles: list[float] = []
         self.sinograms: list[np.ndarray] = []  # normalised rows of each projection, for the run product
         self._latest: np.ndarray | None = None
@@ -252,28 +256,58 @@ class TomoStage(_CorrectedStage):
         darks, flats = self._dark_flat_counts() if self._used is None else self._used
         earlier = self.earlier
         inherited = "" if earlier is None else f" (with those stored in run {earlier.parts.runs[0]})"
+        before = "in the scan" if self._late_applied is not None else "before the first projection"
         if darks and flats:
             text = f"applied: (projection - mean dark) / (mean flat - mean dark){inherited}"
         elif flats:
-            text = (
-                f"applied without darks: projection / mean flat{inherited};"
-                " no darks before the first projection"
-            )
+            text = f"applied without darks: projection / mean flat{inherited}; no darks {before}"
         elif darks:
             text = (
-                f"not applied: no flats before the first projection; the slices are of"
-                f" -log(projection - mean dark){inherited}"
+                f"not applied: no flats {before}; the slices are of -log(projection - mean dark){inherited}"
             )
         else:
-            text = (
-                "not applied: no darks and flats before the first projection; the slices are of -log(counts)"
+            text = f"not applied: no darks and flats {before}; the slices are of -log(counts)"
+        if self._late_applied is not None:
+            late = [
+                f"{n} {name}" for n, name in zip(self._late_applied, ("darks", "flats"), strict=True) if n
+            ]
+            text += (
+                f"; {' and '.join(late)} came after the first projection: the live slices were without"
+                " them, the sinograms and final slices are normalised with every dark and flat"
             )
-        if self._used is not None:
+        elif self._used is not None:
             late_darks, late_flats = self._dark_flat_counts()[0] - darks, self._dark_flat_counts()[1] - flats
             late = [f"{n} {name}" for n, name in ((late_darks, "darks"), (late_flats, "flats")) if n]
             if late:
                 text += f"; {' and '.join(late)} came after the first projection: stored, not used"
         return text
+
+    def _renormalised(self, sinograms: np.ndarray) -> np.ndarray:
+        """``sinograms`` (angles, rows, columns), normalised with the darks and flats of before the first
+        projection, normalised again with every dark and flat of the scan (some came after it: flats
+        taken at the scan's end, as many beamlines do). Each line integral gives back its counts
+        (``exp(-L) (flat - dark) + dark`` with the means it was made with), then the backend's
+        normalisation is applied with the final means. A pixel at the floor (counts at or below the dark)
+        stays there, and one the first normalisation had no measure of (flat not above dark) stays 0."""
+        used_dark, used_flat = (m[self.rows] for m in self._used_means)  # type: ignore[union-attr]
+        final_dark, final_flat = (m[self.rows] for m in self._means())
+        line = sinograms.astype(np.float64)
+        with np.errstate(over="ignore", invalid="ignore"):
+            span = used_flat - used_dark
+            counts = np.exp(-line) * span + used_dark
+        out = np.asarray(
+            self.ctx.backend.flat_field(counts, final_dark, final_flat, np.empty(line.shape, np.float32)),
+            np.float32,
+        )
+        floor = np.float32(-np.log(FLAT_FIELD_FLOOR))
+        out = np.where(sinograms >= floor * (1 - 1e-6), floor, out)  # its counts were not kept: the floor
+        out = np.where(span > 0, out, np.float32(0))  # no measure then: none now
+        darks, flats = self._dark_flat_counts()
+        self._late_applied = (darks - self._used[0], flats - self._used[1])  # type: ignore[index]
+        self._used = (darks, flats)
+        self._used_means = self._means()
+        self.sinograms = list(out)
+        return out
 
     def _means(self) -> tuple[np.ndarray, np.ndarray]:
         """The mean dark and flat of those so far; with no flats, the dark + 1 (the normalisation is then
@@ -373,7 +407,12 @@ class TomoStage(_CorrectedStage):
         slices = np.asarray(self.reconstructor.slices(), np.float32)
         sinograms = np.stack(self.sinograms, axis=0)  # (angles, rows, columns)
         angles = np.asarray(self.angles, np.float64)
+        redo = False
+        if self._used is not None and self._dark_flat_counts() != self._used:
+            sinograms = self._renormalised(sinograms)  # darks or flats came after the first projection
+            redo = True
         center, source = self.center, "given"
+        streamed = float(self.ctx.shape[1] // 2) if center is None else center
         if center is None:
             # streamed about the detector's centre column; with two projections 180 degrees apart the axis
             # is estimated from them and, if it differs, the slices are redone
@@ -388,14 +427,13 @@ class TomoStage(_CorrectedStage):
                 source = f"detector centre column (n_cols // 2): estimated {estimated:.2f} from {between}"
                 if np.isfinite(estimated) and abs(estimated - center) > self.CENTER_REDO_PX:
                     center, source = estimated, f"estimated from {between}"
-                    slices = np.stack(
-                        [
-                            self.ctx.backend.fbp(
-                                sinograms[:, k, :], angles, filter_name=self.filter, center=center
-                            )
-                            for k in range(len(self.rows))
-                        ]
-                    ).astype(np.float32)
+        if redo or center != streamed:  # the slices again, of the final sinograms about the final axis
+            slices = np.stack(
+                [
+                    self.ctx.backend.fbp(sinograms[:, k, :], angles, filter_name=self.filter, center=center)
+                    for k in range(len(self.rows))
+                ]
+            ).astype(np.float32)
         self.slices_done = len(self.rows)
         self._latest = slices
         darks, flats = self._used if self._used is not None else (0, 0)

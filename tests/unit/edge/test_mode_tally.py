@@ -96,18 +96,20 @@ def _scan(stage, darks: int, flats: int, flats_after: int = 0) -> np.ndarray:  #
     return projection
 
 
-def test_flats_after_the_projections_are_said_to_be_unused_and_the_sinograms_are_of_counts() -> None:
+def test_flats_after_the_projections_go_into_the_final_sinograms_and_are_said_to() -> None:
     """An outside probe's scan with its flats at the end: the label said "applied" while the sinograms
-    were -log(counts) (the means are fixed at the first projection)."""
+    were -log(counts) (the means are fixed at the first projection). Then they were stored, not used;
+    now the final sinograms and slices are normalised with them, and the label says how."""
     stage = _stage("tomo", tomo={"slices": [8]})
     _scan(stage, darks=0, flats=0, flats_after=3)
     products = stage.finish()
     assert products["flat_field"] == (
-        "not applied: no darks and flats before the first projection; the slices are of -log(counts)"
-        "; 3 flats came after the first projection: stored, not used"
+        "applied without darks: projection / mean flat; no darks in the scan"
+        "; 3 flats came after the first projection: the live slices were without them, the sinograms and"
+        " final slices are normalised with every dark and flat"
     )
-    np.testing.assert_allclose(products["sinograms"], -np.log(400.0), rtol=1e-6)
-    assert "dark_mean" not in products and "flat_mean" not in products
+    np.testing.assert_allclose(products["sinograms"], -np.log(400.0 / 1000.0), rtol=1e-6)
+    assert "dark_mean" not in products and products["flat_mean"].mean() == 1000.0
     assert products["flats"] == 3
 
 

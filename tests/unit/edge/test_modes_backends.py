@@ -267,3 +267,44 @@ def test_tomo_slices_without_flats_name_the_dark_they_were_corrected_for(tmp_pat
         group = handle["/entry/reconstruction"]
         assert group["sinograms"].attrs["long_name"] == "-log(projection - mean dark)"
         assert group["slices"].attrs["long_name"] == "FBP of -log(projection - mean dark)"
+
+
+@pytest.mark.parametrize("order", ["flats-after", "darks-and-flats-after", "before"])
+def test_tomo_flats_taken_after_the_projections_go_into_the_final_slices(order: str) -> None:
+    """Flats (and darks) taken at the scan's end, as many beamlines do: the final sinograms and slices
+    are normalised with every dark and flat of the scan, equal to an FBP of the true line integrals;
+    before, they were stored and left out, the slices of -log(counts) (an outside tomography probe)."""
+    side, dark_level, flat_level = 24, 20.0, 1000.0
+    settings = ReductionSettings(mode="tomo", tomo={"slices": [12], "center": 12.0})  # type: ignore[arg-type]
+    stage = make_stage(RunContext(get_backend("numpy"), GEOMETRY, (side, side), 24, "2th_deg", settings))
+    yy, xx = np.mgrid[:side, :side] - (side - 1) / 2
+    body = np.where(yy**2 + xx**2 < 36, 0.02, 0.0)  # attenuation per pixel of a disc
+    angles = np.arange(0.0, 180.0, 3.0)
+    from skimage.transform import radon
+
+    lines = radon(body, angles, circle=False).T  # (angles, detector positions)
+    lines = lines[:, (lines.shape[1] - side) // 2 :][:, :side]
+    references = [(2, dark_level), (1, flat_level)]
+    before = references if order == "before" else references[:1] if order == "flats-after" else []
+    after = [r for r in references if r not in before]
+    n = 0
+    for key, level in before:
+        for _ in range(3):
+            stage.process(np.full((side, side), level, np.float32), n, key, float("nan"))
+            n += 1
+    for angle, line in zip(angles, lines, strict=True):
+        frame = np.repeat((flat_level - dark_level) * np.exp(-line)[None, :] + dark_level, side, axis=0)
+        stage.process(frame.astype(np.float32), n, 0, float(angle))
+        n += 1
+    for key, level in after:
+        for _ in range(3):
+            stage.process(np.full((side, side), level, np.float32), n, key, float("nan"))
+            n += 1
+    products = stage.finish()
+    assert products["flat_field"].startswith("applied: (projection - mean dark) / (mean flat - mean dark)")
+    if after:
+        assert "came after the first projection: the live slices were without them" in products["flat_field"]
+    np.testing.assert_allclose(products["sinograms"][0], lines, atol=1e-4)
+    expected = get_backend("numpy").fbp(lines, angles, center=12.0)
+    np.testing.assert_allclose(products["slices"][0], expected, atol=1e-4 * np.abs(expected).max())
+    assert products["flat_mean"].mean() == pytest.approx(flat_level)
