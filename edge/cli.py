@@ -521,7 +521,15 @@ def _sim_mode_options(settings: Settings) -> dict[str, Any]:
     if sim.mode == "spots":
         return {"hit_fraction": sim.hit_fraction}
     if sim.mode == "tomo":
-        return {"n_angles": sim.tomo_angles, "n_darks": sim.tomo_darks, "n_flats": sim.tomo_flats}
+        return {
+            "n_angles": sim.tomo_angles,
+            "n_darks": sim.tomo_darks,
+            "n_flats": sim.tomo_flats,
+            "n_flats_end": sim.tomo_flats_end,
+            "start_deg": sim.tomo_start_deg,
+            "range_deg": sim.tomo_range_deg,
+            "axis_offset_px": sim.tomo_axis_offset_px,
+        }
     return {}
 
 

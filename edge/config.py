@@ -169,9 +169,39 @@ class SimSettings(_Section):
     series: int = Field(1, ge=0)
     mode: Literal["rings", "spots", "tomo"] = Field("rings", description="what the frames show")
     hit_fraction: float = Field(0.3, ge=0, le=1, description="spots: fraction of frames that are hits")
-    tomo_angles: int = Field(180, ge=1, le=100_000, description="tomo: projections per scan, over 180 deg")
+    tomo_angles: int = Field(
+        180, ge=1, le=100_000, description="tomo: projections per scan, over tomo_range_deg"
+    )
     tomo_darks: int = Field(10, ge=0, le=10_000, description="tomo: darks at the start of each scan")
     tomo_flats: int = Field(10, ge=0, le=10_000, description="tomo: flats after the darks")
+    tomo_flats_end: int = Field(0, ge=0, le=10_000, description="tomo: flats after the projections")
+    tomo_start_deg: float = Field(
+        0.0, ge=-3600.0, le=3600.0, description="tomo: the first projection's angle"
+    )
+    tomo_range_deg: float = Field(
+        180.0,
+        ge=-3600.0,
+        le=3600.0,
+        description="tomo: the angles the projections step over (360: a full turn; negative: descending);"
+        " projection k is at tomo_start_deg + k * tomo_range_deg / tomo_angles",
+    )
+    tomo_axis_offset_px: float = Field(
+        0.0,
+        ge=-100_000.0,
+        le=100_000.0,
+        description="tomo: the rotation axis, in columns from the centre column (width // 2); `edge sim"
+        " --json` gives it as tomo.rotation_axis_px",
+    )
+
+    @field_validator("tomo_range_deg")
+    @classmethod
+    def _some_range(cls, degrees: float) -> float:
+        if degrees == 0:
+            raise ValueError(
+                "0 degrees: every projection at one angle; give the scan's range (e.g. 180, 360)"
+            )
+        return degrees
+
     loss: float = Field(0.0, ge=0, le=1, description="probability a packet (udp) or frame (zmq) is dropped")
     reorder: float = Field(0.0, ge=0, le=1, description="probability a udp packet is delayed (reordered)")
     duplicate: float = Field(0.0, ge=0, le=1, description="probability a packet/frame is sent twice")

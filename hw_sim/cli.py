@@ -164,6 +164,12 @@ def run_sim(
     sender.close()
     context.term()
     result = summary.as_dict()
+    axis = getattr(source, "axis_px", None)
+    if axis is not None:  # a tomography scan: the truth its reconstruction is checked against
+        result["tomo"] = {
+            "rotation_axis_px": axis,
+            "angles_deg": [source.truth.angles_deg[i] for i in (0, -1)],
+        }
     if as_json:
         print(json.dumps(result), flush=True)
     else:

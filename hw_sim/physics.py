@@ -427,6 +427,8 @@ class TomoFrames:
         gain_spread: float = 0.02,
         beam_height: float = 1.5,
         axis_offset_px: float = 0.0,
+        start_deg: float = 0.0,
+        range_deg: float = 180.0,
         cache_bytes: int = 512 * 2**20,
         dead_fraction: float = 0.0,
         module_shape: tuple[int, int] | None = None,
@@ -440,6 +442,10 @@ class TomoFrames:
         """
         if n_angles < 1 or min(n_darks, n_flats, n_flats_end) < 0:
             raise ValueError("n_angles must be >= 1 and n_darks, n_flats, n_flats_end >= 0")
+        if not (math.isfinite(start_deg) and math.isfinite(range_deg) and range_deg != 0):
+            raise ValueError(
+                f"start_deg must be finite and range_deg finite and not 0, got {start_deg}, {range_deg}"
+            )
         self.shape = shape
         self.seed = seed
         self.dtype = np.dtype(dtype)
@@ -447,8 +453,12 @@ class TomoFrames:
         rows, cols = shape
         kinds = ("dark",) * n_darks + ("flat",) * n_flats + ("projection",) * n_angles
         kinds += ("flat",) * n_flats_end
-        angles = tuple(float(a) for a in np.arange(n_angles) * (180.0 / n_angles))
+        # n_angles steps over range_deg from start_deg (a negative range: a scan in descending angles)
+        angles = tuple(float(start_deg + a) for a in np.arange(n_angles) * (range_deg / n_angles))
         axis = cols // 2 + axis_offset_px
+        #: the rotation axis, in detector columns (pixel centres at whole numbers): the truth the
+        #: reconstruction's estimate is checked against
+        self.axis_px = float(axis)
         unit = EllipsoidPhantom(shape, 1.0, axis)
         peak = max(float(unit.line_integrals(0.0).max()), float(unit.line_integrals(90.0).max()))
         phantom = EllipsoidPhantom(shape, max_attenuation / peak if peak > 0 else 0.0, axis)

@@ -1,0 +1,56 @@
+"""The simulator's tomography scans beyond 0..180 degrees with darks and flats first: a start angle, a
+range (360, descending), flats at the end and an off-centre axis, whose truth the reconstruction's
+estimate is checked against (an outside tomography probe could simulate none of these)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from edge.config import ReductionSettings, load_settings
+from edge.errors import ConfigError
+from edge.modes import RunContext, make_stage
+from hw_sim.physics import make_source
+from kernels import Geometry, get_backend
+
+
+@pytest.mark.parametrize(("start", "span"), [(30.0, 360.0), (90.0, -183.0)])
+def test_a_scan_s_angles_flats_at_the_end_and_axis_are_the_truth_the_reconstruction_finds(
+    start: float, span: float
+) -> None:
+    side = 48
+    tomo = make_source(
+        "tomo",
+        (side, side),
+        seed=2,
+        n_angles=120 if abs(span) == 360 else 61,  # descending: 90 .. -90 in steps of 3
+        n_darks=2,
+        n_flats=0,
+        n_flats_end=3,
+        start_deg=start,
+        range_deg=span,
+        axis_offset_px=-2.5,
+    )
+    assert tomo.axis_px == side // 2 - 2.5
+    angles = [t.angle_deg for t in map(tomo.frame_truth, range(tomo.scan_length)) if t.angle_deg is not None]
+    step = span / len(angles)
+    assert angles[0] == start and angles[-1] == pytest.approx(start + span - step)
+    kinds = [tomo.frame_truth(n).kind for n in range(tomo.scan_length)]
+    assert kinds[:2] == ["dark", "dark"] and kinds[-3:] == ["flat"] * 3
+    settings = ReductionSettings(mode="tomo", tomo={"slices": [side // 2]})  # type: ignore[arg-type]
+    stage = make_stage(RunContext(get_backend("numpy"), Geometry(), (side, side), 24, "2th_deg", settings))
+    for n in range(tomo.scan_length):
+        truth = tomo.frame_truth(n)
+        key = {"projection": 0, "flat": 1, "dark": 2}[truth.kind]
+        stage.process(tomo.frame(n), n, key, float("nan") if truth.angle_deg is None else truth.angle_deg)
+    products = stage.finish()
+    assert abs(products["center"] - tomo.axis_px) <= 0.2, products["center_source"]
+    assert products["flat_field"].startswith("applied: (projection - mean dark)")  # the flats at the end
+
+
+def test_a_scan_over_no_angle_is_a_configuration_error() -> None:
+    with pytest.raises(ConfigError, match=r"sim.tomo_range_deg.*0 degrees"):
+        load_settings(overrides=["sim.tomo_range_deg=0"])
+    settings = load_settings(overrides=["sim.tomo_range_deg=-360", "sim.tomo_start_deg=180"])
+    assert (settings.sim.tomo_range_deg, settings.sim.tomo_start_deg) == (-360.0, 180.0)
+    assert np.isfinite(settings.sim.tomo_axis_offset_px)
