@@ -17,7 +17,20 @@ from edge.config import load_settings
     ("transport", "mode", "setting", "expected"),
     [
         ("udp", "spots", "sim.hit_fraction=0.8", {"hit_fraction": 0.8}),
-        ("udp", "tomo", "sim.tomo_angles=90", {"n_angles": 90, "n_darks": 10, "n_flats": 10}),
+        (
+            "udp",
+            "tomo",
+            "sim.tomo_angles=90",
+            {
+                "n_angles": 90,
+                "n_darks": 10,
+                "n_flats": 10,
+                "n_flats_end": 0,
+                "start_deg": 0.0,
+                "range_deg": 180.0,
+                "axis_offset_px": 0.0,
+            },
+        ),
         ("ioc", "spots", "sim.hit_fraction=0.1", {"hit_fraction": 0.1}),
     ],
 )
