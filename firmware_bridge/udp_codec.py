@@ -465,7 +465,8 @@ class UdpFrameAssembler:
     frames may be reported as several adjacent :class:`FramesLost` ranges (each is certain when sent).
     ``max_frame_jump`` (off by default) rejects a packet whose frame number is that far beyond the
     highest frame accepted (or beyond 2**63 - 1), so one packet with a damaged frame number cannot end
-    the series early.
+    the series early; before the first, beyond ``expected_first_frame``, or without one beyond
+    ``jump_from`` (None: the first packet is taken whatever its number).
     A new acquisition whose frame numbers restart needs a new assembler.
     """
 
@@ -478,6 +479,7 @@ class UdpFrameAssembler:
         expected_first_frame: int | None = None,
         history_frames: int = 256,
         max_frame_jump: int | None = None,
+        jump_from: int | None = None,
     ) -> None:
         if frame_timeout_frames < 1:
             raise ValueError(f"frame_timeout_frames must be >= 1, got {frame_timeout_frames}")
@@ -504,6 +506,9 @@ class UdpFrameAssembler:
         # late packets.
         self._history: OrderedDict[int, npt.NDArray[np.bool_] | None] = OrderedDict()
         self._highest: int | None = None  # highest frame number accepted so far
+        # before any packet is accepted and with no expected first frame: the frame ``max_frame_jump``
+        # counts from (a run that may continue an earlier one counts from that one's last frame)
+        self._jump_from = jump_from
         self._c = _Counters()
 
     # -- public API ---------------------------------------------------------------------------------
@@ -615,6 +620,8 @@ class UdpFrameAssembler:
             return REJECT_BAD_PAYLOAD_SIZE, frame
         if self.max_frame_jump is not None:
             reference = self._highest if self._highest is not None else self._cursor
+            if reference is None:
+                reference = self._jump_from
             # and never beyond int64 (what a store or a database holds), however far the run has got
             if reference is not None and frame > min(reference + self.max_frame_jump, _I64_MAX):
                 return REJECT_FRAME_NUMBER_OUT_OF_RANGE, frame

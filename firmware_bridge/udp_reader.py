@@ -192,6 +192,9 @@ class UdpSource:
             # `_start_run` says
             expected_first_frame=0 if self.resume_above is None and self._paused_above is None else None,
             max_frame_jump=self.max_frame_jump,
+            # ... and bounds its first frame from the run it may continue: a stray packet's number (2**64
+            # - 1) never opens a run (nor one from 0 after it, its frames all recorded lost)
+            jump_from=self.resume_above if self.resume_above is not None else self._paused_above,
         )
 
     def _start_run(self) -> None:
