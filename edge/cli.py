@@ -270,10 +270,14 @@ def _run_daemon(
     # frames from the one already running (ZeroMQ shares a PUSH stream among its readers)
     try:
         api_socket = config.bind_socket()
-    except SystemExit:  # uvicorn logged why (the address is in use, say)
+        # listening now, not when uvicorn starts serving: a port the data plane's own sockets would take
+        # next (upstream.endpoint on the same port) then fails them, at start, not uvicorn after "ready"
+        api_socket.listen(config.backlog)
+    except (SystemExit, OSError):  # uvicorn logged why (the address is in use, say)
         log.error("cannot start: the API cannot listen on %s:%s", settings.api.host, settings.api.port)
         appliance.stop()
         return 2
+    api_port = api_socket.getsockname()[1]  # api.port 0: the port the system chose
     try:
         appliance.start()
     except (ConfigError, OSError) as error:  # a busy port: say so, and let go of the ring and the ledger
@@ -281,10 +285,16 @@ def _run_daemon(
         api_socket.close()
         appliance.stop()
         return 2
+    if settings.api.host in ("0.0.0.0", "::"):
+        log.warning(
+            "api.host = %s: the API and dashboard listen on every network interface; anyone who can reach"
+            " this machine reads everything (and writes, with the token)",
+            settings.api.host,
+        )
     log.info(
         "ready: dashboard http://%s:%s/ upstream %s",
         settings.api.host,
-        settings.api.port,
+        api_port,
         appliance.forwarder.bound_endpoint,
     )
     reporter = ServiceReporter(

@@ -306,7 +306,11 @@ class StreamSettings(_Section):
 class UdpSettings(_Section):
     """The UDP packet format's detector layout and the receiver's policy (docs/wire-formats.md)."""
 
-    host: str = LOCALHOST
+    host: str = Field(
+        LOCALHOST,
+        min_length=1,
+        description="the address the UDP receiver binds (empty is refused: it meant every interface)",
+    )
     port: int = Field(5580, ge=1, le=65535)
     module_rows: int = Field(256, ge=1, le=4096)
     module_cols: int = Field(256, ge=1, le=4096)
@@ -477,6 +481,14 @@ class StoreSettings(_Section):
     """Local HDF5 store and its ledger (``ledger.sqlite`` inside ``path``)."""
 
     path: Path = Path("edge-data/store")
+
+    @field_validator("path", mode="before")
+    @classmethod
+    def _some_path(cls, path: Any) -> Any:
+        if isinstance(path, str) and not path.strip():  # Path("") is the working directory: never meant
+            raise ValueError("empty: name the store's directory (e.g. /data/edge/store)")
+        return path
+
     frames_per_file: int = Field(100, ge=1, le=1_000_000)
     file_seconds: float = Field(
         2.0,
@@ -605,8 +617,13 @@ class PullSettings(_Section):
 class ApiSettings(_Section):
     """REST/WebSocket API and dashboard."""
 
-    host: str = LOCALHOST
-    port: int = Field(8080, ge=0, le=65535)
+    host: str = Field(
+        LOCALHOST,
+        min_length=1,
+        description="the address the API listens on (0.0.0.0: every interface, logged as a warning; an"
+        " empty host is refused: it meant every interface without saying so)",
+    )
+    port: int = Field(8080, ge=0, le=65535, description="0: a free port the system chooses, logged at start")
     token: str | None = None
 
     @field_validator("token")
@@ -669,6 +686,9 @@ class LogSettings(_Section):
     format: Literal["text", "json"] = "text"
 
 
+#: the largest config file read (a config is a few KiB; a larger file is a mistake, not settings)
+MAX_CONFIG_BYTES = 64 * 2**20
+
 _toml_path: contextvars.ContextVar[Path | None] = contextvars.ContextVar("edge_toml_path", default=None)
 
 
@@ -682,11 +702,29 @@ class _TomlSource(PydanticBaseSettingsSource):
             return {}
         try:
             with open(path, "rb") as handle:
-                return tomllib.load(handle)
+                raw = handle.read(MAX_CONFIG_BYTES + 1)
         except FileNotFoundError as error:
             raise ConfigError(f"config file {path} does not exist") from error
+        except IsADirectoryError as error:
+            raise ConfigError(f"config file {path} is a directory, not a TOML file") from error
+        except OSError as error:
+            raise ConfigError(f"config file {path} cannot be read: {error.strerror or error}") from error
+        if len(raw) > MAX_CONFIG_BYTES:
+            raise ConfigError(
+                f"config file {path} is over {MAX_CONFIG_BYTES // 2**20} MiB: not a config file"
+            )
+        try:
+            text = raw.decode("utf-8-sig")  # an editor's byte order mark is no TOML error
+        except UnicodeDecodeError as error:
+            raise ConfigError(
+                f"config file {path} is not UTF-8 text (byte {error.start}): not a TOML file"
+            ) from error
+        try:
+            return tomllib.loads(text)
         except tomllib.TOMLDecodeError as error:
             raise ConfigError(f"config file {path} is not valid TOML: {error}") from error
+        except RecursionError as error:  # arrays nested thousands deep: no setting of ours is
+            raise ConfigError(f"config file {path} nests arrays or tables too deep") from error
 
 
 class SupervisionSettings(_Section):
@@ -738,6 +776,28 @@ class Settings(BaseSettings):
     def ledger_path(self) -> Path:
         return self.ledger.path or self.store.path / "ledger.sqlite"
 
+    @model_validator(mode="after")
+    def _api_and_upstream_apart(self) -> Settings:
+        # the same TCP port for both: the API took it, the upstream server could not (a traceback after
+        # "ready" once)
+        scheme, _sep, rest = self.upstream.endpoint.partition("://")
+        host, _colon, port = rest.rpartition(":")
+        if scheme == "tcp" and port.isdigit() and int(port) and int(port) == self.api.port:
+            raise ValueError(
+                f"api.port and upstream.endpoint both use port {self.api.port} ({self.api.host} and"
+                f" {host}): give each its own"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _ledger_is_no_directory(self) -> Settings:
+        # sqlite's own error ("unable to open database file") came as a traceback, after the lock file
+        # and the reserve were made beside it
+        if self.ledger_path.is_dir():
+            which = "ledger.path" if self.ledger.path is not None else "store.path (its ledger.sqlite)"
+            raise ValueError(f"{which}: {self.ledger_path} is a directory; the ledger is a file")
+        return self
+
 
 def _parse_override(item: str) -> tuple[list[str], Any]:
     key, sep, raw = item.partition("=")
@@ -747,6 +807,8 @@ def _parse_override(item: str) -> tuple[list[str], Any]:
         value: Any = tomllib.loads(f"v = {raw}")["v"]
     except tomllib.TOMLDecodeError:
         value = raw  # a bare string
+    except RecursionError as error:  # arrays nested thousands deep: no setting of ours is
+        raise ConfigError(f"override {key.strip()}: its value nests arrays or tables too deep") from error
     return key.strip().split("."), value
 
 
@@ -773,6 +835,9 @@ def describe_validation_error(error: ValidationError, prefix: str = "") -> str:
                 f"{name} = {_shown(value)}: no such setting (docs/settings.md lists them)"
                 for name, value in _dotted(key, item.get("input"))
             ]
+            continue
+        if not key:  # a check across sections: its message names the settings
+            lines.append(str(item["msg"]).removeprefix("Value error, "))
             continue
         lines.append(f"{key} = {_shown(item.get('input'))}: {item['msg']}")
     return "invalid configuration:\n  " + "\n  ".join(lines)

@@ -407,3 +407,32 @@ def test_a_taken_upstream_port_is_a_one_line_refusal_that_leaves_nothing_behind(
     finally:
         taken.close()
         stack.stop_all()
+
+
+def test_api_port_0_serves_on_the_port_the_system_chose_and_says_which(tmp_path: Path) -> None:
+    """An outside admin probe: ``api.port = 0`` logged ``ready: dashboard http://127.0.0.1:0/`` while the
+    API listened on a port nothing named. The ready line now gives the real port, which answers."""
+    import re
+    import urllib.request
+
+    stack = EdgeStack(tmp_path, SMALL_FRAMES)
+    daemon = stack.start("run", "--log-level", "INFO", "--set", "api.port=0", stderr=subprocess.PIPE)
+    lines: list[str] = []
+    try:
+        assert daemon.stderr is not None
+        deadline = time.monotonic() + 120
+        port = None
+        while port is None and time.monotonic() < deadline:
+            line = daemon.stderr.readline()
+            if not line:
+                break
+            lines.append(line)
+            found = re.search(r"ready: dashboard http://127\.0\.0\.1:(\d+)/", line)
+            port = int(found.group(1)) if found else None
+        assert port, "".join(lines)[-2000:]
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/status", timeout=10) as answer:
+            assert json.loads(answer.read())["appliance"]
+    finally:
+        daemon.send_signal(signal.SIGTERM)
+        daemon.communicate(timeout=60)
+        stack.stop_all()

@@ -193,3 +193,52 @@ def test_an_unknown_setting_is_named_as_it_was_typed(override: str, named: str) 
     permitted"; the refusal names the setting in full."""
     with pytest.raises(ConfigError, match=f"{named} = 1: no such setting"):
         load_settings(None, [override])
+
+
+def test_a_config_file_that_is_no_text_file_is_a_config_error_not_a_traceback(tmp_path: Path) -> None:
+    """An outside admin probe: a directory, a binary file and arrays nested 5000 deep each gave a Python
+    traceback (exit 1); each is now one line. A byte order mark (a Windows editor's) is no error."""
+    directory = tmp_path / "dir.toml"
+    directory.mkdir()
+    binary = tmp_path / "bin.toml"
+    binary.write_bytes(bytes(range(256)) * 16)
+    deep = tmp_path / "deep.toml"
+    deep.write_text("roi = " + "[" * 5000 + "]" * 5000 + "\n")
+    for path, why in (
+        (directory, "is a directory, not a TOML file"),
+        (binary, "is not UTF-8 text"),
+        (deep, "nests arrays or tables too deep"),
+    ):
+        with pytest.raises(ConfigError, match=why):
+            load_settings(path)
+    with pytest.raises(ConfigError, match="nests arrays or tables too deep"):
+        load_settings(None, ["reduction.roi=" + "[" * 5000 + "]" * 5000])
+    bom = tmp_path / "bom.toml"
+    bom.write_bytes(b"\xef\xbb\xbf[ring]\nslots = 16\n")
+    assert load_settings(bom).ring.slots == 16
+
+
+@pytest.mark.parametrize(
+    ("override", "why"),
+    [
+        ('store.path=""', r"store\.path = '': .*empty: name the store's directory"),
+        ('api.host=""', r"api\.host = ''"),
+        ('udp.host=""', r"udp\.host = ''"),
+        ('upstream.endpoint="tcp://127.0.0.1:8080"', r"api\.port and upstream\.endpoint both use port 8080"),
+    ],
+)
+def test_settings_that_meant_something_else_are_refused(override: str, why: str) -> None:
+    """An outside admin probe: an empty store path wrote the ledger into the working directory, an empty
+    host listened on every interface, and the API and upstream on one port crashed after "ready"."""
+    with pytest.raises(ConfigError, match=why):
+        load_settings(None, [override])
+
+
+def test_a_ledger_path_that_is_a_directory_is_a_config_error(tmp_path: Path) -> None:
+    """sqlite's "unable to open database file" came as a traceback, with a lock file and an 8 MiB reserve
+    left beside it."""
+    with pytest.raises(ConfigError, match=r"ledger\.path: .* is a directory; the ledger is a file"):
+        load_settings(None, [f'ledger.path="{tmp_path}"'])
+    (tmp_path / "store" / "ledger.sqlite").mkdir(parents=True)
+    with pytest.raises(ConfigError, match=r"store\.path \(its ledger\.sqlite\): .* is a directory"):
+        load_settings(None, [f'store.path="{tmp_path / "store"}"'])
