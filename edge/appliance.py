@@ -527,12 +527,18 @@ class Appliance:
             self.ledger, store.path, store.chunk_bytes, settings.upstream.forward, disk=self.disk
         )
         self.recovery = recover(self.recorder, store.path)
-        self.ring = FrameRing(
-            settings.ring.slots,
-            max(self.frame_format.nbytes, CONTROL_BYTES),
-            settings.ring.policy,
-            settings.ring.name,
-        )
+        try:
+            self.ring = FrameRing(
+                settings.ring.slots,
+                max(self.frame_format.nbytes, CONTROL_BYTES),
+                settings.ring.policy,
+                settings.ring.name,
+            )
+        except OSError as error:  # a ring.name another daemon holds: name the setting
+            raise ConfigError(
+                f"ring.name = {settings.ring.name!r}: its shared memory cannot be made:"
+                f" {error.strerror or error}"
+            ) from error
         try:  # a start that fails from here on must not leave the ring's shared memory behind
             self.backend = get_backend(settings.reduction.backend, fallback=True)  # logged when it falls back
             if settings.reduction.poni_file is not None:
@@ -619,18 +625,24 @@ class Appliance:
         if settings.stream.transport == "udp":
             udp = settings.udp
             interrupted = interrupted_udp_run(self.ledger, self.recovery)  # a restart mid-acquisition
-            return UdpSource(
-                udp.host,
-                udp.port,
-                udp_geometry(settings),
-                self.sink,
-                udp.frames_per_run,
-                udp.idle_seconds,
-                udp.frame_timeout_frames,
-                udp.rcvbuf_bytes,
-                max_frame_jump=udp.max_frame_jump,
-                resume_above=interrupted[1] if interrupted is not None else None,
-            )
+            try:
+                return UdpSource(
+                    udp.host,
+                    udp.port,
+                    udp_geometry(settings),
+                    self.sink,
+                    udp.frames_per_run,
+                    udp.idle_seconds,
+                    udp.frame_timeout_frames,
+                    udp.rcvbuf_bytes,
+                    max_frame_jump=udp.max_frame_jump,
+                    resume_above=interrupted[1] if interrupted is not None else None,
+                )
+            except OSError as error:  # the port taken, or a host that does not resolve: name the setting
+                raise ConfigError(
+                    f"udp.host, udp.port = {udp.host}, {udp.port}: cannot receive there:"
+                    f" {error.strerror or error}"
+                ) from error
         stream = settings.stream
         if stream.format == "stream2":  # DECTRIS Stream V2 (CBOR): same socket handling, its own codec
             return Stream2Source(

@@ -548,6 +548,16 @@ class RetentionSettings(_Section):
     max_age_seconds: float = Field(
         0.0, ge=0, le=3.2e9, description="purge verified files older than this; 0 = never"
     )
+
+    @model_validator(mode="after")
+    def _low_below_high(self) -> RetentionSettings:
+        if self.low_water > self.high_water:
+            raise ValueError(
+                f"low_water {self.low_water} is above high_water {self.high_water}: purging starts at"
+                " high_water and goes on down to low_water"
+            )
+        return self
+
     headroom_bytes: int = Field(64 << 20, ge=0, description="kept free so open files can always close")
     interval_seconds: float = Field(1.0, gt=0, le=86_400.0)
 
@@ -631,6 +641,8 @@ class ApiSettings(_Section):
     def _token_usable(cls, value: str | None) -> str | None:
         """A token a client can send: spaces around one are ignored as it is sent, so a token with them
         (or of spaces only) could never match."""
+        if value and any(ord(c) < 0x20 or ord(c) == 0x7F for c in value):
+            raise ValueError("holds a control character (a newline, say), which no HTTP header can carry")
         if value and value != value.strip():
             raise ValueError(
                 "has spaces before or after it (or is only spaces), which a client's header cannot carry:"

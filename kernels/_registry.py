@@ -157,7 +157,9 @@ def get_backend(name: str = "auto", fallback: bool = False) -> Backend:
         try:
             backend = _load(candidate)
         except BackendUnavailable as error:
-            log.warning("kernel backend %s unavailable, falling back: %s", candidate, error)
+            # asked for by name: a warning; "auto" on a machine without a GPU is the usual case, not news
+            level = logging.INFO if name == "auto" else logging.WARNING
+            log.log(level, "kernel backend %s unavailable, falling back: %s", candidate, error)
             failed.append(candidate)
             continue
         backend.degraded_from = failed

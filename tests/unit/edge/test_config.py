@@ -242,3 +242,40 @@ def test_a_ledger_path_that_is_a_directory_is_a_config_error(tmp_path: Path) -> 
     (tmp_path / "store" / "ledger.sqlite").mkdir(parents=True)
     with pytest.raises(ConfigError, match=r"store\.path \(its ledger\.sqlite\): .* is a directory"):
         load_settings(None, [f'store.path="{tmp_path / "store"}"'])
+
+
+def test_retention_low_water_above_high_water_and_a_token_with_a_newline_are_refused() -> None:
+    """An outside admin probe: both were accepted (purging could never stop where it was told to; no
+    client's header could carry the token)."""
+    with pytest.raises(ConfigError, match=r"low_water 0\.95 is above high_water 0\.5"):
+        load_settings(None, ["retention.low_water=0.95", "retention.high_water=0.5"])
+    with pytest.raises(ConfigError, match=r"api\.token = .*control character"):
+        load_settings(None, ['api.token="abc\\ndef"'])
+
+
+def test_a_taken_udp_port_names_the_setting(tmp_path: Path) -> None:
+    """An outside admin probe: "cannot start: [Errno 98] Address already in use", naming nothing."""
+    import socket
+
+    taken = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    taken.bind(("127.0.0.1", 0))
+    port = taken.getsockname()[1]
+    try:
+        result = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "edge",
+                "run",
+                *("--set", 'stream.transport="udp"', "--set", f"udp.port={port}"),
+                *("--set", f'store.path="{tmp_path}"', "--set", "api.port=0"),
+                *("--set", 'upstream.endpoint="tcp://127.0.0.1:0"'),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    finally:
+        taken.close()
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert f"udp.host, udp.port = 127.0.0.1, {port}: cannot receive there" in result.stderr

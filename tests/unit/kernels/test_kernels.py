@@ -375,11 +375,13 @@ def test_missing_gpu_says_how_to_install_and_auto_falls_back(caplog: pytest.LogC
         pytest.skip("a GPU (or the simulator) is available here")
     with pytest.raises(kernels.BackendUnavailable, match=r"pip install 'edge\[gpu\]'"):
         get_backend("gpu")
-    with caplog.at_level(logging.WARNING, logger="kernels._registry"):
+    with caplog.at_level(logging.INFO, logger="kernels._registry"):
         chosen = get_backend("auto")
     assert chosen.name == "numba"
     assert chosen.degraded_from == ["gpu"]
-    assert "falling back" in caplog.text
+    # said, at INFO: "auto" on a machine without a GPU is the usual case, not a warning at every start
+    (record,) = [r for r in caplog.records if "falling back" in r.getMessage()]
+    assert record.levelno == logging.INFO
 
 
 def test_edge_backend_environment_chooses(monkeypatch: pytest.MonkeyPatch) -> None:
