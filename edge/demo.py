@@ -234,8 +234,17 @@ class StatusLine:
         self._width = 0
 
     @staticmethod
+    def _frames(status: dict[str, Any]) -> dict[str, Any]:
+        """This daemon's counts (``counts.daemon``): a demo on a kept demo-data would otherwise show this
+        daemon's received beside every earlier demo's stored and delivered."""
+        daemon = (status.get("counts") or {}).get("daemon")
+        if not daemon:
+            return dict(status["frames"])
+        return {key: daemon.get(f"frames_{key}", 0) for key in ("received", "stored", "delivered", "lost")}
+
+    @staticmethod
     def text(status: dict[str, Any], rates: tuple[float, float] | None) -> str:
-        frames = status["frames"]
+        frames = StatusLine._frames(status)
         stored, delivered = int(frames["stored"]), int(frames["delivered"])
         backlog = int(status["ring"].get("fill", 0)) + max(0, stored - delivered)
         received_rate, delivered_rate = rates or (0.0, 0.0)
@@ -245,7 +254,7 @@ class StatusLine:
         )
 
     def update(self, status: dict[str, Any], now: float, note: str = "") -> None:
-        frames = status["frames"]
+        frames = self._frames(status)
         received, delivered = int(frames["received"]), int(frames["delivered"])
         rates = None
         while len(self._samples) > 1 and now - self._samples[1][0] >= RATE_WINDOW:

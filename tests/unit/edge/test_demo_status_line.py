@@ -25,3 +25,14 @@ def test_rates_over_ten_seconds_show_per_file_delivery_as_its_steady_rate() -> N
     settled = [(float(r), float(d)) for r, d in rates[2:]]  # from 10 s on: a full window
     assert settled and all(r == 20.0 for r, _ in settled), settled
     assert all(10.0 <= d <= 30.0 for _, d in settled), settled  # never 0, never a 200/s burst
+
+
+def test_the_line_counts_this_daemon_s_frames_only() -> None:
+    """An outside first-time user: on a kept demo-data the line read "received 68 ... stored 1706
+    delivered 1706", this daemon's received beside every earlier demo's stored (the ledger's)."""
+    status = _status(68, 1706)
+    status["counts"] = {
+        "daemon": {"frames_received": 68, "frames_stored": 60, "frames_delivered": 50, "frames_lost": 1}
+    }
+    text = StatusLine.text(status, None)
+    assert "received 68 " in text and "stored 60 " in text and "delivered 50 " in text and "lost 1 " in text
