@@ -24,10 +24,13 @@ def resolve_run(ledger: Ledger, text: str) -> str:
     if text in uids:
         return text
     matches = [uid for uid in uids if uid.startswith(text)]
+    if not matches:  # a UUID copied in capitals (as some tools print them): the same run
+        matches = [uid for uid in uids if uid.lower().startswith(text.lower())]
     if len(matches) == 1:
         return matches[0]
     if matches:
-        raise NotFound(f"{text!r} matches {len(matches)} runs; give more of the uid")
+        shown = ", ".join(matches[:10]) + (f", ... ({len(matches) - 10} more)" if len(matches) > 10 else "")
+        raise NotFound(f"{text!r} matches {len(matches)} runs ({shown}); give more of the uid")
     renamed = ledger.runs_named_by_detector(text)  # the detector's uid, recorded under a fresh one
     if len(renamed) == 1:
         return renamed[0]

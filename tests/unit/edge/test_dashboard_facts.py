@@ -277,3 +277,19 @@ def test_where_says_which_file_holds_the_mode_s_products(tmp_path: Path) -> None
     holds = {f["name"]: f["holds"] for f in report["files"]}
     assert holds == {"t-1_00000.h5": None, "t-1_reduced_00000.nxs": PRODUCTS_IN_REDUCED["tomo"]}
     assert "t-1_reduced_00000.nxs  (slices: /entry/reconstruction" in render(report)
+
+
+def test_a_run_is_found_by_a_prefix_in_any_case_and_an_ambiguous_one_lists_the_runs(tmp_path: Path) -> None:
+    """An outside first-time user: an uppercase prefix of a real uid said "no run", and an ambiguous
+    prefix did not say which runs it matched."""
+    from edge.where import resolve_run
+
+    ledger = Ledger(tmp_path / "ledger.sqlite")
+    try:
+        for uid in ("6a3644a8-0001", "6a3644a8-0002", "b7c1"):
+            ledger.run_started(uid, 1, None, "{}")
+        assert resolve_run(ledger, "B7") == "b7c1"
+        with pytest.raises(NotFound, match=r"matches 2 runs \(6a3644a8-0001, 6a3644a8-0002\)"):
+            resolve_run(ledger, "6A3644A8")
+    finally:
+        ledger.close()
