@@ -277,6 +277,21 @@ def interrupted_udp_run(ledger: Any, report: dict[str, Any]) -> tuple[dict[str, 
     return newest, max([0, *(int(f["last_frame"]) for f in data)])
 
 
+def _unaccounted_before(
+    recorder: RunRecorder, run: dict[str, Any], first_frame: int, reason: str, detail: str
+) -> int:
+    """Loss records (``reason``) of ``run`` for its frames before ``first_frame`` that it accounts for
+    nowhere (no file, no veto, no loss record): the frames between it and the run that continues it.
+    Returns how many records were written."""
+    run_uid = run["run_uid"]
+    covered = _accounted(recorder, run_uid, _vetoed_frames(recorder, run_uid))
+    added = 0
+    for first, last in _missing_ranges(first_frame, _not_own(run, covered)):
+        added += 1
+        recorder.loss(run_uid, first, last, reason, detail)
+    return added
+
+
 def resume_interrupted(
     recorder: RunRecorder,
     report: dict[str, Any],
@@ -320,18 +335,14 @@ def resume_interrupted(
     if crashed and run_uid in failed:  # recovery's count of frames unaccounted for: these are, now
         report["frames_lost"] = max(0, int(report.get("frames_lost") or 0) - crashed)
         report["frames_handed_over"] = int(report.get("frames_handed_over") or 0) + crashed
-    covered = _accounted(recorder, run_uid, _vetoed_frames(recorder, run_uid))
-    added = 0
-    for first, last in _missing_ranges(first_frame, _not_own(interrupted, covered)):
-        added += 1
-        recorder.loss(
-            run_uid,
-            first,
-            last,
-            "daemon_restart",
-            f"sent while the daemon was down, or held in memory when it died; series {series} resumed at"
-            f" frame {first_frame} in a new run",
-        )
+    added = _unaccounted_before(
+        recorder,
+        interrupted,
+        first_frame,
+        "daemon_restart",
+        f"sent while the daemon was down, or held in memory when it died; series {series} resumed at"
+        f" frame {first_frame} in a new run",
+    )
     if handed or added:  # its documents (written when it ended) no longer tell its account: a new revision
         recorder.write_documents(run_uid, str(ledger.run(run_uid)["exit_status"]))
     log.warning(
@@ -355,18 +366,14 @@ def continue_after_pause(recorder: RunRecorder, run_uid: str, first_frame: int, 
     ledger = recorder.ledger
     run = ledger.run(run_uid)
     handed = ledger.hand_over_losses(run_uid, "series_end", first_frame)
-    covered = _accounted(recorder, run_uid, _vetoed_frames(recorder, run_uid))
-    added = 0
-    for first, last in _missing_ranges(first_frame, _not_own(run, covered)):
-        added += 1
-        recorder.loss(
-            run_uid,
-            first,
-            last,
-            "frame_number_jump",
-            f"no packet of these frames arrived; the detector was silent for longer than udp.idle_seconds"
-            f" and went on at frame {first_frame}, in run {new_run}",
-        )
+    added = _unaccounted_before(
+        recorder,
+        run,
+        first_frame,
+        "frame_number_jump",
+        f"no packet of these frames arrived; the detector was silent for longer than udp.idle_seconds"
+        f" and went on at frame {first_frame}, in run {new_run}",
+    )
     if (handed or added) and run.get("ended_at") is not None:
         recorder.write_documents(run_uid, str(ledger.run(run_uid)["exit_status"]))
     log.warning(

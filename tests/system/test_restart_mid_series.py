@@ -125,8 +125,7 @@ def test_daemon_killed_mid_series_of_unknown_length_resumes_in_a_linked_run(tmp_
     receiver = status["receiver"]
     assert receiver.get("series_adopted") == 1
     assert receiver.get("frames_outside_series", 0) == 0
-    config = second["config"]
-    config = json.loads(config) if isinstance(config, str) else config
+    config = _config(second)
     assert config["resumed_after_restart"] is True and config["resumes_run"] == first_uid
     assert "resumed after restart" in text and first_uid in text
     # each run names the other: `edge where` and the API's where report (the dashboard links them)
@@ -203,8 +202,7 @@ def test_a_udp_acquisition_cut_by_a_restart_resumes_in_a_linked_run(
         stack.stop_all()
 
     assert status["receiver"].get("series_resumed") == 1
-    config = second["config"]
-    config = json.loads(config) if isinstance(config, str) else config
+    config = _config(second)
     assert config["resumed_after_restart"] is True and config["resumes_run"] == first_uid
     assert first["exit_status"] == ("fail" if sig == signal.SIGKILL else "abort")
     # UDP on a loaded machine may lose a frame mid-file (the kernel's buffer overflows): the stored
@@ -223,6 +221,12 @@ def test_a_udp_acquisition_cut_by_a_restart_resumes_in_a_linked_run(
     _each_frame_once([stored_a, lost_a, stored_b, lost_b], sent, (first["losses"], second["losses"]))
     if armed:
         assert sent == armed and second["exit_status"] == "success"
+
+
+def _config(run: dict[str, Any]) -> dict[str, Any]:
+    """A run's recorded config (the API gives it as a JSON string)."""
+    config = run["config"]
+    return json.loads(config) if isinstance(config, str) else config
 
 
 def _stored_frames(stack: EdgeStack, run_uid: str) -> set[int]:
@@ -391,8 +395,7 @@ def test_a_udp_acquisition_that_pauses_goes_on_in_a_linked_run_each_frame_once(
         stack.stop_all()
 
     assert status["receiver"].get("series_continued_after_pause") == 1
-    config = second["config"]
-    config = json.loads(config) if isinstance(config, str) else config
+    config = _config(second)
     assert config["resumed_after_pause"] is True and config["resumes_run"] == first_uid
     assert f"resumed after a pause at frame {config['first_frame']}: continues run {first_uid}" in text
     stored_a, lost_a = _stored_frames(stack, first_uid), _lost_frames(first)
