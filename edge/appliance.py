@@ -29,7 +29,7 @@ from edge.modes import Corrections
 from edge.pipeline import Pipeline
 from edge.poni import combined_mask, load_poni
 from edge.recorder import RunRecorder
-from edge.recovery import interrupted_udp_run, recover, resume_interrupted
+from edge.recovery import interrupted_udp_run, paused_udp_run, recover, resume_interrupted
 from edge.reduction_control import ReductionControl
 from edge.retention import Retention
 from edge.ring import FrameRing, Slot
@@ -625,6 +625,10 @@ class Appliance:
         if settings.stream.transport == "udp":
             udp = settings.udp
             interrupted = interrupted_udp_run(self.ledger, self.recovery)  # a restart mid-acquisition
+            # ... or during a pause, after silence had ended the run: the run that goes on is linked to it
+            paused = None if interrupted is not None else paused_udp_run(self.ledger)
+            if paused is not None:
+                self.sink.ended_run_uid = paused[0]["run_uid"]
             try:
                 return UdpSource(
                     udp.host,
@@ -637,6 +641,7 @@ class Appliance:
                     udp.rcvbuf_bytes,
                     max_frame_jump=udp.max_frame_jump,
                     resume_above=interrupted[1] if interrupted is not None else None,
+                    paused_above=paused[1] if paused is not None else None,
                 )
             except OSError as error:  # the port taken, or a host that does not resolve: name the setting
                 raise ConfigError(

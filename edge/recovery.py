@@ -254,6 +254,42 @@ def _recover_frame_table(recorder: RunRecorder, root: Path, run_uid: str, mode: 
     return len(rows)
 
 
+def _newest_udp_run(ledger: Any) -> dict[str, Any] | None:
+    """The ledger's newest run when it was a UDP run (None otherwise, or with no run)."""
+    runs = ledger.runs()
+    if not runs:
+        return None
+    newest = max(runs, key=lambda r: (r["started_at"], r["run_uid"]))
+    try:
+        transport = json.loads(newest.get("config") or "{}").get("transport")
+    except (TypeError, ValueError, AttributeError):
+        return None
+    return dict(newest) if transport == "udp" else None
+
+
+def _highest_stored(ledger: Any, run_uid: str) -> int:
+    """The highest frame in a run's data (or blank) files, at least 0."""
+    data = [f for f in ledger.files(run_uid) if f.get("kind") in ("data", "blank")]
+    return max([0, *(int(f["last_frame"]) for f in data)])
+
+
+def paused_udp_run(ledger: Any) -> tuple[dict[str, Any], int] | None:
+    """The UDP run that silence ended before this daemon started, and the highest frame it stored: the
+    daemon's first UDP run continues it when its first frame comes after those (and below the armed
+    length), as a run the daemon saw end by silence would (`UdpSource`; a daemon restarted during a
+    pause forgot that). The ledger's newest run qualifies when it was a UDP run that ended ``success``
+    short of its armed frames (or with none armed): a run ends so only after ``udp.idle_seconds`` of
+    silence. None otherwise."""
+    newest = _newest_udp_run(ledger)
+    if newest is None or newest["ended_at"] is None or newest["exit_status"] != "success":
+        return None
+    highest = _highest_stored(ledger, newest["run_uid"])
+    expected = newest.get("frames_expected")
+    if expected is not None and highest >= int(expected) - 1:
+        return None  # every armed frame came: what follows is a new acquisition
+    return newest, highest
+
+
 def interrupted_udp_run(ledger: Any, report: dict[str, Any]) -> tuple[dict[str, Any], int] | None:
     """The UDP run a restart may have cut short, and the highest frame it stored (at least 0).
 
@@ -262,19 +298,11 @@ def interrupted_udp_run(ledger: Any, report: dict[str, Any]) -> tuple[dict[str, 
     ``abort``/``fail`` (a stop while frames still came): the daemon's first UDP run then continues it if
     its first frame comes after every frame that run stored (a new acquisition starts its numbers again).
     """
-    runs = ledger.runs()
-    if not runs:
-        return None
-    newest = max(runs, key=lambda r: (r["started_at"], r["run_uid"]))
-    try:
-        transport = json.loads(newest.get("config") or "{}").get("transport")
-    except (TypeError, ValueError):
-        return None
+    newest = _newest_udp_run(ledger)
     failed = set(report.get("runs_failed") or [])
-    if transport != "udp" or not (newest["run_uid"] in failed or newest["exit_status"] in ("abort", "fail")):
+    if newest is None or not (newest["run_uid"] in failed or newest["exit_status"] in ("abort", "fail")):
         return None
-    data = [f for f in ledger.files(newest["run_uid"]) if f.get("kind") in ("data", "blank")]
-    return newest, max([0, *(int(f["last_frame"]) for f in data)])
+    return newest, _highest_stored(ledger, newest["run_uid"])
 
 
 def _unaccounted_before(

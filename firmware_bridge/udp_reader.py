@@ -81,6 +81,7 @@ class UdpSource:
         rcvbuf_bytes: int = 16 << 20,
         max_frame_jump: int | None = None,
         resume_above: int | None = None,
+        paused_above: int | None = None,
     ) -> None:
         self.geometry = geometry
         # the daemon restarted in the middle of a UDP acquisition (its newest run was cut short, by a
@@ -90,7 +91,7 @@ class UdpSource:
         # the highest frame of the run that silence (``idle_seconds``) just ended: a next run whose first
         # frame comes after it is the same acquisition going on after a pause, counted from that frame
         # (None: the last run ended otherwise, or a run has started since)
-        self._paused_above: int | None = None
+        self._paused_above: int | None = paused_above  # (given: a run that ended so before a restart)
         self._paused_at = 0.0
         # a packet more than this beyond the newest accepted frame (0 at the run's first packet) is
         # rejected as ``frame_number_out_of_range`` and never becomes a gap (None: unbounded)
@@ -235,6 +236,14 @@ class UdpSource:
                 # frames before it (counting from 0 here would record the frames that run stored as lost)
                 assembler.begin_at(first)
                 self.stats["series_continued_after_pause"] += 1
+                if (
+                    self.frames_per_run
+                ):  # the run before recorded its tail lost: from here on it is this run's
+                    handed = self.frames_per_run - first
+                    self.stats["frames_lost"] = max(0, self.stats["frames_lost"] - handed)
+                    lost = self._finished_counters["frames_lost"]
+                    self._finished_counters["frames_lost"] = max(0, lost - handed)
+                    self.stats["frames_handed_over"] += handed
                 log.warning(
                     "UDP frames from frame %d after %.1f s of silence: a run that continues the last one",
                     first,

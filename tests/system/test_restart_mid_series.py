@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import signal
+import socket
 import sqlite3
 import subprocess
 from pathlib import Path
@@ -406,3 +407,78 @@ def test_a_udp_acquisition_that_pauses_goes_on_in_a_linked_run_each_frame_once(
     # every frame sent has its one disposition (UDP on loopback may drop one: then it is a loss record)
     assert stored_a | lost_a | stored_b | lost_b >= set(range(sent))
     assert first["exit_status"] == second["exit_status"] == "success"
+    if armed:  # the first run's tail, recorded lost and then the second run's, is not lost by the count
+        assert status["receiver"]["frames_handed_over"] == armed - config["first_frame"]
+        assert status["receiver"].get("frames_lost", 0) == len(lost_a) + len(lost_b)
+
+
+@pytest.mark.parametrize("armed", [0, 60], ids=["length-unknown", "armed"])
+def test_a_udp_acquisition_that_pauses_across_a_daemon_restart_goes_on_in_a_linked_run(
+    tmp_path: Path, armed: int
+) -> None:
+    """An outside probe: silence ended the run, the daemon was killed and restarted during the pause,
+    and the sender went on counting. The new run was not linked (the pause was remembered in memory
+    only): it recorded the first run's frames lost, the first run kept the second's as ``series_end``,
+    every frame twice. The ledger's newest run (a UDP run ended ``success`` short of its frames) is
+    now that run. Frames are sent by a sender of our own (docs/wire-formats.md), 8 packets each."""
+    from test_stray_frame_numbers import GRID_COLS, MODULE_COLS, MODULE_ROWS, PAYLOAD_BYTES, udp_frame
+
+    udp_port = free_port()
+    stack = EdgeStack(
+        tmp_path,
+        [
+            'stream.transport="udp"',
+            f"udp.port={udp_port}",
+            f"udp.frames_per_run={armed}",
+            f"udp.module_rows={MODULE_ROWS}",
+            f"udp.module_cols={MODULE_COLS}",
+            "udp.grid_rows=1",
+            f"udp.grid_cols={GRID_COLS}",
+            f"udp.payload_bytes={PAYLOAD_BYTES}",
+            "udp.idle_seconds=0.5",
+            "store.frames_per_file=10",
+            'reduction.mode="raw"',
+        ],
+    )
+
+    def send(frames: range) -> None:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sender:
+            for frame in frames:
+                for datagram in udp_frame(frame):
+                    sender.sendto(datagram, ("127.0.0.1", udp_port))
+                target = frame - frames.start + 1
+                wait_for(
+                    lambda n=target: stack.status()["receiver"].get("frames_received", 0) >= n,
+                    10,
+                    f"frame {frame} received",
+                    interval=0.01,
+                )
+
+    try:
+        daemon = stack.start_daemon()
+        send(range(0, 30))
+        wait_for(lambda: (runs := _runs(stack)) and runs[0]["ended_at"], 30, "silence ending the run")
+        daemon.send_signal(signal.SIGKILL)
+        daemon.wait(20)
+        stack.procs.remove(daemon)
+        stack.start_daemon()  # during the pause
+        send(range(30, 60))
+        wait_for(
+            lambda: len(runs := _runs(stack)) == 2 and all(r["ended_at"] for r in runs), 60, "two runs ended"
+        )
+        first_uid, second_uid = (r["run_uid"] for r in _runs(stack))
+        first, second = stack.run(first_uid), stack.run(second_uid)
+        status = stack.status()
+    finally:
+        stack.stop_all()
+
+    assert status["receiver"].get("series_continued_after_pause") == 1
+    config = _config(second)
+    assert config["resumed_after_pause"] is True and config["resumes_run"] == first_uid
+    assert config["first_frame"] == 30
+    stored_a, lost_a = _stored_frames(stack, first_uid), _lost_frames(first)
+    stored_b, lost_b = _stored_frames(stack, second_uid), _lost_frames(second)
+    _each_frame_once([stored_a, lost_a, stored_b, lost_b], 60, (first["losses"], second["losses"]))
+    assert stored_a | lost_a | stored_b | lost_b == set(range(60))
+    if armed:  # the receiver's count of frames lost says what the ledger says: none
+        assert status["receiver"].get("frames_lost", 0) == len(lost_b)
