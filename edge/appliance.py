@@ -384,6 +384,20 @@ class RingSink:
         if run_mask is not None and self.masks is not None:
             self.masks.put(run_uid, run_mask)  # before the series_start record the pipeline reads
         self.refused = False
+        first = config.get("first_frame")
+        if config.get("resumed_after_restart") and not config.get("resumes_run") and first:
+            # taken for a series a restart cut, but no run of it is known to hold its frames before this
+            # one's first: no other run accounts for them, so this one does (an outside probe: they had
+            # no disposition at all)
+            reason = "frame_number_jump" if config.get("transport") == "udp" else "frame_number_gap"
+            self.recorder.loss(
+                run_uid,
+                0,
+                int(first) - 1,
+                reason,
+                "before the first frame this daemon received of the series: its start never came here, and"
+                " no earlier run of the series is known",
+            )
         width, height = config["shape"]
         self._control(
             {

@@ -171,7 +171,7 @@ class Stream2Source(ZmqStreamSource):
                 # frame): the next gap is put down to it; a readable start, end or other message is not
                 if self._series is not None and (not event.readable or event.kind == "image"):
                     self._unreadable += 1
-                elif self._series is None and not event.readable:  # its start, perhaps (`_adopt`)
+                if not event.readable:  # a start, perhaps (`_adopt`, `_leave_for`)
                     self._unreadable_between += 1
             else:
                 self._image_rejected(event.series, event.frame, f"stream2_{event.reason}", event.detail)
@@ -189,12 +189,24 @@ class Stream2Source(ZmqStreamSource):
 
     def _start(self, start: Stream2Start) -> None:
         expected = series_config(start, start.dtype or ASSUMED_DTYPE, "")["frames_expected"]
+        key = (
+            start.series,
+            start.series_unique_id,
+            start.shape,
+            start.dtype,
+            start.channels,
+            start.number_of_images,
+            repr(start.metadata),
+        )
+        if self._repeated_start(key):
+            return
         if self._late_start(start.series, expected):
             return
         if self._series is not None:
             # its end never came: the run ends "fail", the frames it announced and never sent are lost
             self._end_series(UNREADABLE if self._unreadable else "series_restarted", exit_status="fail")
         self._series = start.series
+        self._start_key = key
         self._start_rejected = None
         self._unreadable_between = 0
         self._next_frame = 0

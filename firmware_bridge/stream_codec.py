@@ -245,9 +245,10 @@ class StreamCodec:
         self._image = {}
         self._state = _DISCARD if more else _IDLE
         kind, self._kind = self._kind, None
-        if kind == "start":
-            # the detector started another series, even if this start cannot be taken: the open series
-            # is no longer the only one whose images and end may come (the reader decides, as they come)
+        if kind in ("start", None):
+            # the detector started another series, even if this start cannot be taken (or a message too
+            # damaged to say what it was may have been that start): the open series is no longer the only
+            # one whose images and end may come (the reader decides, as they come)
             self.series = None
             self._series_dtype = None
         return [StreamError(reject.reason, reject.detail, frame, kind, series)]

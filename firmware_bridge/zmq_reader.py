@@ -9,6 +9,7 @@ that is the backpressure. Every frame that cannot be delivered is reported to th
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import threading
 import time
@@ -135,10 +136,13 @@ class ZmqStreamSource:
         # why the last series start was rejected (or may have been lost), until a start is accepted: the
         # images that follow it are a run of their own, never taken for a series cut by a daemon restart
         self._start_rejected: str | None = None
-        # messages too damaged to say what they were, with no series open: a series' first image after
-        # one (its frame 0) opens a run without a start, as after a rejected start (the damaged message
-        # was its start: before, the run was taken for one resumed after a restart)
+        # messages too damaged to say what they were since the last start or end: a series' first image
+        # after one (its frame 0) opens a run without a start, as after a rejected start (the damaged
+        # message was its start: before, the run was taken for one resumed after a restart)
         self._unreadable_between = 0
+        # the open series' start as it came (its series and every field): the same start again, while the
+        # series is open, is a copy of it (counted, ignored), not a new series that ends it
+        self._start_key: Any = None
         # images rejected after a rejected start, before a run was open to hold them: frame -> (reason,
         # detail), recorded in the run the next good image opens (or outside any run if none does)
         self._errors_before_run: dict[tuple[int | None, int], tuple[str, str]] = {}  # (series, frame) ->
@@ -413,18 +417,22 @@ class ZmqStreamSource:
             log.warning("rejected stream message: %s %s", event.reason, event.detail)
             if event.kind == "start":
                 self._start_was_rejected(f"{event.reason}: {event.detail}")
-            elif event.kind is None and self._series is None:
+            elif event.kind is None:  # perhaps a start (`_adopt`, `_leave_for`)
                 self._unreadable_between += 1
             if event.frame is not None:
                 self._image_rejected(event.series, event.frame, f"stream_{event.reason}", event.detail)
             return slot
         if isinstance(event, SeriesStart):
             self._flush_errors_before_run()
+            key = (event.series, json.dumps(event.config, sort_keys=True, default=str))
+            if self._repeated_start(key):
+                return slot
             if self._late_start(event.series, event.frames_expected):
                 return slot
             if self._series is not None:
                 self._end_series("series_restarted", exit_status="fail")  # its end never came
             self._series = event.series
+            self._start_key = key
             self._start_rejected = None
             self._unreadable_between = 0
             self._next_frame = 0
@@ -487,13 +495,15 @@ class ZmqStreamSource:
         if self._series is not None and series != self._series:
             self.stats["series_ended_by_rejected_start"] += 1
             log.warning(
-                "an image of series %d while series %d is open, after a rejected start: series %d ends"
-                " (its end never came)",
+                "an image of series %d while series %d is open, after a rejected or unreadable start:"
+                " series %d ends (its end never came)",
                 series,
                 self._series,
                 self._series,
             )
+            unreadable = self._unreadable_between  # (what `_adopt` weighs for the next series)
             self._end_series("series_restarted", exit_status="fail")
+            self._unreadable_between = unreadable
 
     def _image_rejected(self, series: int | None, frame: int, reason: str, detail: str) -> None:
         """An image the codec rejected: a loss of the open series' frame, or, after a rejected start
@@ -558,6 +568,20 @@ class ZmqStreamSource:
         marks = {"resumed_after_restart": True, "first_frame": frame}
         self._open_headless(series, frame, frame, shape, dtype, marks)
         self._adopted = series
+
+    def _repeated_start(self, key: Any) -> bool:
+        """True for a start identical to the open series' own (its series and every field): a copy the
+        sender or the network repeated. Before, it ended the series ``fail`` and opened a second run of
+        the same frames: each stored in one and lost in the other."""
+        if self._series is None or key != self._start_key:
+            return False
+        self.stats["starts_repeated"] += 1
+        log.warning(
+            "series %d: its start came again, identical, while the series is open: ignored (%d so far)",
+            self._series,
+            self.stats["starts_repeated"],
+        )
+        return True
 
     def _late_start(self, series: int, frames_expected: int | None) -> bool:
         """A start of the series that is open already, opened from its own images (`_adopt`): its images
@@ -743,6 +767,7 @@ class ZmqStreamSource:
         series = self._series
         self._series = None
         self._adopted = None
+        self._start_key = None
         self._unreadable_between = 0
         self._ended_series = series
         # frames below this number were stored or recorded lost in the run: a later copy is not a loss

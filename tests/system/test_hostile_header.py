@@ -516,3 +516,59 @@ def test_a_start_after_its_first_images_gives_the_run_its_length(tmp_path: Path)
         run = appliance.view.run(run["run_uid"])
     assert run["frames_expected"] == 4
     assert run["totals"]["frames_stored"] == 3 and _losses(run) == [(3, 3, "missing_at_series_end")]
+
+
+def test_an_unreadable_start_while_a_series_is_open_lets_the_next_series_be_stored(tmp_path: Path) -> None:
+    """An outside sender's probe: series 1 open (its end never came), then a start too damaged to parse,
+    then series 2's images: every one was dropped as ``wrong_series`` (counted only, no run, no loss
+    record). The damaged message may have been series 2's start: series 1 now ends ``fail`` and series
+    2's images open a run that says it has no start."""
+    with in_process_appliance(tmp_path, SHAPE) as (appliance, push, _settings):
+        push.send_multipart(encode_series_start(1, SHAPE, "uint16", run_uid="one", frames_expected=5))
+        _send_frames(push, 1, range(2))
+        push.send_multipart([b'{"htype": "dheader-1.0", "ser'])  # cut short: not JSON
+        _send_frames(push, 2, range(4))
+        push.send_multipart(encode_series_end(2))
+        wait_for(lambda: len([r for r in appliance.view.runs() if r.get("ended_at")]) == 2, 30, "two runs")
+        first = appliance.view.run("one")
+        second_uid = next(r["run_uid"] for r in appliance.view.runs() if r["run_uid"] != "one")
+        second, receiver = _ended(appliance, second_uid)
+    assert first["exit_status"] == "fail" and _losses(first) == [(2, 4, "series_restarted")]
+    assert second["totals"]["frames_stored"] == 4 and second["losses"] == []
+    config = json.loads(second["config"])
+    assert "unreadable message" in config["start_rejected"] and not config.get("resumed_after_restart")
+    assert receiver.get("images_wrong_series", 0) == 0
+
+
+def test_a_start_repeated_while_its_series_is_open_is_a_copy_not_a_new_series(tmp_path: Path) -> None:
+    """An outside sender's probe: the identical start again mid-series ended the run ``fail`` (frames 3-4
+    lost) and opened a second one under a fresh uid (frames 0-2 lost): 5 frames sent, 5 stored, 5 lost.
+    It is now counted (``starts_repeated``) and ignored."""
+    start = encode_series_start(1, SHAPE, "uint16", run_uid="dup", frames_expected=5)
+    with in_process_appliance(tmp_path, SHAPE) as (appliance, push, _settings):
+        push.send_multipart(start)
+        _send_frames(push, 1, range(3))
+        push.send_multipart(start)
+        _send_frames(push, 1, range(3, 5))
+        push.send_multipart(encode_series_end(1))
+        run, receiver = _ended(appliance, "dup")
+        runs = appliance.view.runs()
+    assert run["exit_status"] == "success" and run["totals"]["frames_stored"] == 5 and run["losses"] == []
+    assert len(runs) == 1 and receiver["starts_repeated"] == 1
+
+
+def test_frames_before_the_first_image_of_a_series_without_a_known_earlier_run_are_lost_here(
+    tmp_path: Path,
+) -> None:
+    """An outside sender's probe: images from frame 3 with no start (a start came late), no earlier run
+    of the series in the ledger: frames 0-2 had no disposition anywhere. They are this run's gap now."""
+    with in_process_appliance(tmp_path, SHAPE) as (appliance, push, _settings):
+        _send_frames(push, 1, (3, 4))
+        push.send_multipart(encode_series_start(1, SHAPE, "uint16", run_uid="late", frames_expected=6))
+        _send_frames(push, 1, (5,))
+        push.send_multipart(encode_series_end(1))
+        wait_for(lambda: [r for r in appliance.view.runs() if r.get("ended_at")], 30, "the run's end")
+        (only,) = appliance.view.runs()
+        run, _receiver = _ended(appliance, only["run_uid"])
+    assert run["totals"]["frames_stored"] == 3
+    assert _losses(run) == [(0, 2, "frame_number_gap")]

@@ -538,3 +538,27 @@ def test_a_truncated_start_makes_a_run_without_its_start_not_one_resumed_after_a
     replay([start[:40], *images[1:], end], sink)
     (config,) = sink.configs
     assert config.get("resumed_after_restart") and config["first_frame"] == 1, config
+
+
+def _series(series: int, images: int) -> list[bytes]:
+    return list(capture.series_messages(series, (8, 6), "uint16", ["one"], images, "bslz4", False, {}))
+
+
+def test_a_truncated_start_while_a_series_is_open_lets_the_next_series_be_stored() -> None:
+    """An outside sender's probe: series 1 open, then series 2's start cut short, then its images: every
+    one was dropped as ``wrong_series`` (counted only). Series 1 now ends ``fail``, series 2 is stored."""
+    first, second = _series(1, 5), _series(2, 4)
+    sink = Sink()
+    reader = replay([first[0], first[1], first[2], second[0][:30], *second[1:]], sink, ends=2)
+    assert sink.ends[0] == (1, "fail") and (2, 4, "series_restarted") in sink.losses
+    assert [c.get("start_rejected") is not None for c in sink.configs] == [False, True]
+    assert sorted(frame for (run, frame) in sink.frames if run == 2) == [0, 1, 2, 3]
+    assert reader.counters().get("images_wrong_series", 0) == 0
+
+
+def test_a_start_repeated_while_its_series_is_open_is_a_copy() -> None:
+    messages = _series(1, 4)
+    sink = Sink()
+    reader = replay([messages[0], messages[1], messages[0], *messages[2:]], sink)
+    assert len(sink.configs) == 1 and sink.losses == [] and sink.ends == [(1, "success")]
+    assert sorted(sink.published) == [0, 1, 2, 3] and reader.counters()["starts_repeated"] == 1
