@@ -543,11 +543,26 @@ class RetentionSettings(_Section):
         gt=0,
         le=1,
         description="...until the fill is back below this fraction; a pass that runs out of verified files"
-        " stops above it, and purging starts again when the fill next passes high_water",
+        " stops above it, and purging starts again when the fill next passes high_water (at most"
+        " high_water; unset with high_water below it: high_water x 0.75 / 0.90)",
     )
     max_age_seconds: float = Field(
         0.0, ge=0, le=3.2e9, description="purge verified files older than this; 0 = never"
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _low_follows_high(cls, data: Any) -> Any:
+        # only high_water given, below the default low_water: the low mark keeps its default's proportion
+        # to the high one (0.75 of 0.90), as one would set it, rather than refusing the setting
+        if isinstance(data, dict) and "low_water" not in data and "high_water" in data:
+            try:  # (from the environment it is text; a value that is no number is refused after this)
+                high = float(data["high_water"])
+            except (TypeError, ValueError):
+                return data
+            if 0 < high < 0.75:
+                data = {**data, "low_water": round(high * 0.75 / 0.90, 6)}
+        return data
 
     @model_validator(mode="after")
     def _low_below_high(self) -> RetentionSettings:
@@ -641,13 +656,13 @@ class ApiSettings(_Section):
     def _token_usable(cls, value: str | None) -> str | None:
         """A token a client can send: spaces around one are ignored as it is sent, so a token with them
         (or of spaces only) could never match."""
-        if value and any(ord(c) < 0x20 or ord(c) == 0x7F for c in value):
-            raise ValueError("holds a control character (a newline, say), which no HTTP header can carry")
         if value and value != value.strip():
             raise ValueError(
                 "has spaces before or after it (or is only spaces), which a client's header cannot carry:"
                 ' leave them out (or unset it, or "", to disable writes)'
             )
+        if value and any(ord(c) < 0x20 or ord(c) == 0x7F for c in value):
+            raise ValueError("holds a control character (a newline, say), which no HTTP header can carry")
         return value
 
     max_connections: int = Field(

@@ -249,6 +249,8 @@ def test_retention_low_water_above_high_water_and_a_token_with_a_newline_are_ref
     client's header could carry the token)."""
     with pytest.raises(ConfigError, match=r"low_water 0\.95 is above high_water 0\.5"):
         load_settings(None, ["retention.low_water=0.95", "retention.high_water=0.5"])
+    # high_water alone below the default low_water: the low mark follows it (not an error)
+    assert load_settings(None, ["retention.high_water=0.45"]).retention.low_water == 0.375
     with pytest.raises(ConfigError, match=r"api\.token = .*control character"):
         load_settings(None, ['api.token="abc\\ndef"'])
 
