@@ -414,10 +414,11 @@ class Stream2Codec:
         except Stream2ProtocolError as error:
             self.errors[error.reason] += 1
             self.counters["errors"] += 1
-            if kind == "start" or not readable:
+            if kind in ("start", None):
                 # the detector started another series, even if this start cannot be taken (or a message
-                # too damaged to say what it was may have been that start): the open series is no longer
-                # the only one whose images and end may come (the reader decides)
+                # too damaged to say what it was, unreadable, not a map or of no known type, may have
+                # been that start): the open series is no longer the only one whose images and end may
+                # come (the reader decides)
                 self.series = None
                 self.start = None
             return [Stream2Error(error.reason, error.detail[:200], frame, kind, readable, series)]

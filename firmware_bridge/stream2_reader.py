@@ -171,7 +171,7 @@ class Stream2Source(ZmqStreamSource):
                 # frame): the next gap is put down to it; a readable start, end or other message is not
                 if self._series is not None and (not event.readable or event.kind == "image"):
                     self._unreadable += 1
-                if not event.readable:  # a start, perhaps (`_adopt`, `_leave_for`)
+                if event.kind is None:  # a start, perhaps, as in the JSON stream (`_adopt`, `_leave_for`)
                     self._unreadable_between += 1
             else:
                 self._image_rejected(event.series, event.frame, f"stream2_{event.reason}", event.detail)

@@ -562,3 +562,15 @@ def test_a_start_repeated_while_its_series_is_open_is_a_copy() -> None:
     reader = replay([messages[0], messages[1], messages[0], *messages[2:]], sink)
     assert len(sink.configs) == 1 and sink.losses == [] and sink.ends == [(1, "success")]
     assert sorted(sink.published) == [0, 1, 2, 3] and reader.counters()["starts_repeated"] == 1
+
+
+def test_a_start_that_is_no_map_is_taken_as_a_damaged_start_as_in_the_json_stream() -> None:
+    """An outside sender's probe: JSON ``[1, 2, 3]`` where a start was due made a run without a start,
+    CBOR ``[1, 2, 3]`` (or a map of no known type) one "resumed after a restart". Both say no start now."""
+    for damaged in (cbor2.dumps([1, 2, 3]), cbor2.dumps({"type": "strat", "series_id": 7})):
+        _start, *images, end = _series(7, 3)
+        sink = Sink()
+        replay([damaged, *images, end], sink)
+        (config,) = sink.configs
+        assert config.get("start_rejected") and not config.get("resumed_after_restart"), config
+        assert sorted(sink.published) == [0, 1, 2] and sink.losses == []
