@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import struct
 import sys
 import threading
 import time
@@ -230,6 +231,14 @@ def run_sim_ioc(
     return stats
 
 
+def _udp_frame_number(packet: bytes) -> int:
+    """The frame number of a UDP datagram of ours (docs/wire-formats.md section 1: a u64 at byte 8); -1
+    for one cut too short to hold it (an injected fault)."""
+    if len(packet) < 16:
+        return -1
+    return int(struct.unpack_from("<Q", packet, 8)[0])
+
+
 def run_sim_udp(
     port: int,
     detector: dict[str, Any],
@@ -292,10 +301,15 @@ def run_sim_udp(
         stream = apply_faults(layout, [(n, source.frame(n)) for n in numbers], plan)
         packets = stream.packets
         if stall_seconds and not stalled and frames and number + count >= frames // 2:
-            half = len(packets) // 2
-            sender.send_packets(packets[:half], burst)
+            # between two frames (a detector pauses between frames, not inside one; inside one, the frame
+            # was cut in two across the receiver's runs): after the last packet of the frames before
+            # the batch's middle one (a reordered packet may still cross the pause)
+            middle = numbers[len(numbers) // 2]
+            before = [i for i, packet in enumerate(packets) if _udp_frame_number(packet) < middle]
+            cut = before[-1] + 1 if before else 0
+            sender.send_packets(packets[:cut], burst)
             sender.hold(stall_seconds)  # the injected stall itself
-            packets = packets[half:]
+            packets = packets[cut:]
             stalled = True
         sender.send_packets(packets, burst)
         t = stream.truth

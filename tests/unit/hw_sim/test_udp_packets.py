@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import socket
 from collections import Counter
 
@@ -241,3 +242,48 @@ def test_pacing_follows_frame_numbers_whatever_the_faults(plan: FaultPlan) -> No
             sender.send_packets(stream.packets[half:])
     assert now[0] == pytest.approx(100.0 + 0.5 + 2.0)
     assert sent_at[0] < 100.0 + 0.5
+
+
+def test_the_simulator_s_stall_falls_between_two_frames() -> None:
+    """An outside chaos probe: ``edge sim --transport udp --stall 3 --loss 0.02`` paused half-way through
+    a batch's packets, inside a frame: the receiver's run ended on a frame cut in two, and the rest of it
+    began a new acquisition (every frame then had two dispositions). A detector pauses between frames."""
+    import struct
+    import subprocess
+    import sys
+    import time
+
+    receiver = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    receiver.bind(("127.0.0.1", 0))
+    receiver.settimeout(3.0)  # longer than the stall: a timeout is the series' end
+    port = receiver.getsockname()[1]
+    sim = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "edge",
+            "sim",
+            *("--set", 'stream.transport="udp"', "--set", f"udp.port={port}"),
+            *("--set", "udp.grid_cols=1", "--frames", "40", "--rate", "400", "--stall", "0.8"),
+            *("--loss", "0.02", "--json"),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    arrivals: list[tuple[float, int]] = []
+    try:
+        while True:
+            try:
+                packet = receiver.recv(65536)
+            except TimeoutError:
+                break
+            arrivals.append((time.monotonic(), struct.unpack_from("<Q", packet, 8)[0]))
+    finally:
+        receiver.close()
+        sim.communicate(timeout=60)
+    gaps = [(b[0] - a[0], i) for i, (a, b) in enumerate(itertools.pairwise(arrivals), start=1)]
+    longest, at = max(gaps)
+    assert longest >= 0.5, longest  # the stall
+    before, after = {f for _, f in arrivals[:at]}, {f for _, f in arrivals[at:]}
+    assert max(before) < min(after), (sorted(before)[-3:], sorted(after)[:3])
