@@ -7,6 +7,7 @@ recorder (all run bookkeeping), the web API, the IOC and metrics get the read-on
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -163,6 +164,9 @@ class RingSink:
         self.reduction = reduction  # the reduction parameters a run starting now takes (JSON)
         self.run_uid: str | None = None
         self.ended_run_uid: str | None = None  # the last series' run (its stragglers name it)
+        #: the series length a run resumed after a restart took from the run it continues (None: none),
+        #: for the reader that opened it from its images (`series_start`)
+        self.resumed_length: int | None = None
         # set while a series start takes the reduction parameters and opens its run: a change of them
         # in that moment is refused as during the run, never accepted "for the next run" and then not
         # taken by the run starting (ReductionControl reads this through ``run_or_opening``)
@@ -360,8 +364,16 @@ class RingSink:
             if replaced:  # recorded with the run (its digest kept), counted, logged
                 config["header_fields_truncated"] = replaced
                 log.warning("series %d: header fields too large for the run record: %s", series, replaced)
+            self.resumed_length = None
             if config.get("resumed_after_restart") and self.resume is not None:
                 config.update(self.resume(series, int(config["first_frame"]), config.get("transport")))
+                if config.get("frames_expected") is None and config.get("resumes_run"):
+                    # the series' length as the interrupted run recorded it (this run saw no header): its
+                    # tail is then accounted at its end (missing_at_series_end) and after another crash
+                    with contextlib.suppress(Exception):
+                        known = self.recorder.ledger.run(str(config["resumes_run"]))["frames_expected"]
+                        if known:
+                            config["frames_expected"] = self.resumed_length = int(known)
             if config.get("resumed_after_pause"):  # a UDP acquisition going on after a pause: the run
                 config["resumes_run"] = self.ended_run_uid  # it continues (the writer hands over its tail)
             run_mask = self._run_mask(config, pixel_mask)

@@ -640,6 +640,11 @@ class ZmqStreamSource:
         self._frames_expected = None
         config = {"shape": [shape[1], shape[0]], "type": dtype, "frames_expected": None, **marks}
         self._refused = self.sink.series_start(series, config)
+        # a series resumed after a restart: its length, when the run it continues recorded one (the sink
+        # says so), accounts for its tail at its end as a start's would
+        known = getattr(self.sink, "resumed_length", None)
+        if self._refused is None and isinstance(known, int) and known > first:
+            self._frames_expected = known
         if self._refused is not None:
             self.stats["series_refused"] += 1
             log.error("series %d (opened from its images) refused: %s", series, self._refused)

@@ -151,3 +151,18 @@ def test_a_start_too_damaged_to_name_its_kind_makes_a_run_without_its_start() ->
     assert config.get("start_rejected") and not config.get("resumed_after_restart"), config
     assert sink.frames == [0, 1] and sink.losses == []
     assert reader.counters()["series_start_unreadable"] == 1
+
+
+def test_a_resumed_series_whose_length_the_sink_knows_accounts_for_its_tail() -> None:
+    """An outside chaos probe: a series resumed after a restart had no length of its own (it saw no
+    header), so a frame missing at its end had no disposition. The sink tells the length the run it
+    continues recorded (``resumed_length``); the reader accounts the tail as a start's length would."""
+
+    class _Knowing(Sink):
+        resumed_length = 6
+
+    sink = _Knowing()
+    end = [part({"htype": "dseries_end-1.0", "series": 7})]
+    _run([image(7, 3), image(7, 4), end], sink, sink.ended)
+    assert sink.frames == [3, 4]
+    assert sink.losses == [(5, 5, "missing_at_series_end")]
