@@ -98,7 +98,9 @@ class FrameSink(Protocol):
 
         The frames of a refused series are dropped by the source and recorded as lost with the reason.
         ``config`` is JSON-able; arrays the series carries come as keywords, only when it has them:
-        ``pixel_mask``, the detector's mask of the stored channel (nonzero = bad; Stream V2).
+        ``pixel_mask``, the detector's mask of the stored channel (nonzero = bad; Stream V2). A sink may
+        also set an int attribute ``resumed_length`` here: the length of a series opened from its images
+        (``resumed_after_restart``), as the run it continues recorded it (a source reads it right after).
         """
 
     def series_length(self, series: int, frames_expected: int) -> None:
