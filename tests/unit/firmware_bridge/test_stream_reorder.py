@@ -165,3 +165,17 @@ def test_bad_images_after_a_rejected_start_that_no_good_image_follows_are_still_
     context_end = [_rejected_header(1, 3), bad, _end(1), header(2, 1), image(2, 0), _end(2)]
     _send(sink, context_end, ends=1)
     assert (-1, 0, 0, "stream_bad_field") in sink.run_losses
+
+
+def test_a_rejected_start_that_reuses_the_series_id_just_ended_is_a_run_of_its_own() -> None:
+    """An outside sender: series 50 (3 frames) ends, then a start of series 50 again that the codec
+    rejects, and its 3 images. They were taken for stragglers of the series that ended and only counted
+    (``frames_after_series_end``): no run, no loss record."""
+    sink = _EndsSink()
+    messages = [header(50, 3), *(image(50, f) for f in range(3)), _end(50), _rejected_header(50, 3)]
+    messages += [image(50, f) for f in range(3)] + [_end(50)]
+    reader = _send(sink, messages, ends=2)
+    assert sink.ends == [(50, "success"), (50, "success")]
+    assert sink.run_frames == [(0, 0), (0, 1), (0, 2), (1, 0), (1, 1), (1, 2)]
+    assert sink.configs[1]["start_rejected"].startswith("bad_") and sink.run_losses == []
+    assert reader.counters().get("frames_after_series_end", 0) == 0
