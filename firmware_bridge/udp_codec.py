@@ -67,6 +67,8 @@ REJECT_PACKETS_PER_FRAME_MISMATCH: Final = "packets_per_frame_mismatch"
 REJECT_PACKET_INDEX_OUT_OF_RANGE: Final = "packet_index_out_of_range"
 REJECT_BAD_PAYLOAD_SIZE: Final = "bad_payload_size"
 REJECT_FRAME_NUMBER_OUT_OF_RANGE: Final = "frame_number_out_of_range"
+# not a check on the packet alone: a jump ahead that no other packet near it confirmed (see the assembler)
+REJECT_FRAME_NUMBER_UNCONFIRMED: Final = "frame_number_unconfirmed"
 REJECT_REASONS: Final[tuple[str, ...]] = (
     REJECT_SHORT_PACKET,
     REJECT_BAD_MAGIC,
@@ -78,7 +80,14 @@ REJECT_REASONS: Final[tuple[str, ...]] = (
     REJECT_PACKET_INDEX_OUT_OF_RANGE,
     REJECT_BAD_PAYLOAD_SIZE,
     REJECT_FRAME_NUMBER_OUT_OF_RANGE,
+    REJECT_FRAME_NUMBER_UNCONFIRMED,
 )
+#: packets of unconfirmed jumps held at once; beyond it the oldest is rejected
+MAX_HELD_PACKETS: Final = 64
+#: a held packet of a jump is confirmed by another packet beyond the frames accepted so far whose frame
+#: number is within this many frames of its own (under heavy loss the packets that get through after a
+#: gap are frames apart; two stray numbers are rarely this close)
+CONFIRM_WITHIN_FRAMES: Final = 64
 
 _U16_MAX: Final = 0xFFFF
 _I64_MAX: Final = (1 << 63) - 1
@@ -429,6 +438,18 @@ class _PendingFrame:
 
 
 @dataclass
+class _HeldPacket:
+    """A packet of a frame far ahead of the others, held until another packet confirms the jump."""
+
+    frame: int
+    module: int
+    index: int
+    data: bytes
+    now: float
+    accepted_before: int  # packets_accepted when it came (how long it has waited)
+
+
+@dataclass
 class _Counters:
     packets_received: int = 0
     packets_accepted: int = 0
@@ -467,6 +488,18 @@ class UdpFrameAssembler:
     highest frame accepted (or beyond 2**63 - 1), so one packet with a damaged frame number cannot end
     the series early; before the first, beyond ``expected_first_frame``, or without one beyond
     ``jump_from`` (None: the first packet is taken whatever its number).
+
+    A jump within that bound is believed only when confirmed: a packet of a frame more than
+    ``frame_timeout_frames`` beyond the highest accepted (before the first: beyond
+    ``expected_first_frame``, or ``jump_from``), which would declare the frames between lost, is held
+    (``packets_held``) until another packet beyond the frames accepted, of a frame within
+    `CONFIRM_WITHIN_FRAMES` of it, comes (not a copy of it: the same frame's next packet, or a later
+    frame's, when the detector really skipped frames or they were lost). Then both are taken. If the
+    frames in between arrive meanwhile, it was only early and is taken when they reach it. Otherwise,
+    once `CONFIRM_WITHIN_FRAMES` frames' worth of packets were accepted after it (or past
+    ``frame_timeout_s``), it is rejected, ``frame_number_unconfirmed``: one stray packet never declares
+    frames lost nor makes real ones late. ``close`` takes a held packet of a frame up to
+    ``expected_last_frame`` (its frames are the series' anyway) and rejects the others.
     A new acquisition whose frame numbers restart needs a new assembler.
     """
 
@@ -509,6 +542,7 @@ class UdpFrameAssembler:
         # before any packet is accepted and with no expected first frame: the frame ``max_frame_jump``
         # counts from (a run that may continue an earlier one counts from that one's last frame)
         self._jump_from = jump_from
+        self._held: list[_HeldPacket] = []  # packets of unconfirmed jumps, in arrival order
         self._c = _Counters()
 
     # -- public API ---------------------------------------------------------------------------------
@@ -527,6 +561,7 @@ class UdpFrameAssembler:
             "frames_complete": c.frames_complete,
             "frames_incomplete": c.frames_incomplete,
             "frames_lost": c.frames_lost,
+            "packets_held": len(self._held),
         }
         for reason, n in c.rejected.items():
             out[f"packets_rejected_{reason}"] = n
@@ -554,14 +589,26 @@ class UdpFrameAssembler:
         view = _as_bytes_view(packet)
         reason, frame = self._validate(view)
         if reason is not None:
-            self._c.packets_rejected += 1
-            self._c.rejected[reason] += 1
-            events.append(PacketRejected(reason, frame))
+            self._reject(reason, frame, events)
+        elif frame is not None and self._jump(frame):
+            self._hold_or_confirm(view, frame, now, events)
         else:
             self._accept(view, now, events)
+            if self._held:
+                self._release_held(now, events)
         if self.frame_timeout_s is not None:
             self._finalise_timed_out(now, events)
         return events
+
+    def check(self, packet: bytes | bytearray | memoryview) -> tuple[str | None, int | None, int, int]:
+        """(rejection reason or None, frame number, module id, packet index) of ``packet``, as ``feed``
+        would validate it, without taking it or counting it."""
+        view = _as_bytes_view(packet)
+        reason, frame = self._validate(view)
+        if reason is not None:
+            return reason, frame, -1, -1
+        fields = _HEADER.unpack_from(view)
+        return None, frame, fields[3], fields[5]
 
     def flush(self, now: float) -> list[Event]:
         """Finalise frames that timed out by ``now`` (needs ``frame_timeout_s``); call when idle."""
@@ -586,6 +633,12 @@ class UdpFrameAssembler:
         The assembler stays usable; packets for frames finalised here count as late afterwards.
         """
         events: list[Event] = []
+        held, self._held = self._held, []
+        for packet in held:  # jumps no packet confirmed: taken only within the series' frames
+            if expected_last_frame is not None and packet.frame <= expected_last_frame:
+                self._accept(memoryview(packet.data), packet.now, events)
+            else:
+                self._reject(REJECT_FRAME_NUMBER_UNCONFIRMED, packet.frame, events)
         highest = max(chain(self._pending, self._done_ahead), default=None)
         if highest is not None:
             self._finalise_below(highest + 1, events)
@@ -626,6 +679,65 @@ class UdpFrameAssembler:
             if reference is not None and frame > min(reference + self.max_frame_jump, _I64_MAX):
                 return REJECT_FRAME_NUMBER_OUT_OF_RANGE, frame
         return None, frame
+
+    # -- unconfirmed jumps ----------------------------------------------------------------------------
+
+    def _reject(self, reason: str, frame: int | None, events: list[Event]) -> None:
+        self._c.packets_rejected += 1
+        self._c.rejected[reason] += 1
+        events.append(PacketRejected(reason, frame))
+
+    def _reach(self) -> int | None:
+        """The highest frame a packet may have without being a jump to confirm (None: any)."""
+        reference = self._highest if self._highest is not None else self._cursor
+        if reference is None:
+            reference = self._jump_from
+        return None if reference is None else reference + self.frame_timeout_frames
+
+    def _jump(self, frame: int) -> bool:
+        reach = self._reach()
+        return reach is not None and frame > reach
+
+    def _hold_or_confirm(self, view: memoryview, frame: int, now: float, events: list[Event]) -> None:
+        fields = _HEADER.unpack_from(view)
+        module_id, pidx = fields[3], fields[5]
+        near = [h for h in self._held if abs(h.frame - frame) <= CONFIRM_WITHIN_FRAMES]
+        if any((h.frame, h.module, h.index) == (frame, module_id, pidx) for h in near):
+            self._c.packets_duplicate += 1  # the same packet again confirms nothing
+            return
+        if not near:
+            self._held.append(_HeldPacket(frame, module_id, pidx, bytes(view), now, self._c.packets_accepted))
+            if len(self._held) > MAX_HELD_PACKETS:
+                self._drop_held(0, events)
+            return
+        for h in near:  # confirmed: the frames between really did not come
+            self._held.remove(h)
+            self._accept(memoryview(h.data), h.now, events)
+        self._accept(view, now, events)
+        self._release_held(now, events)
+
+    def _release_held(self, now: float, events: list[Event]) -> None:
+        """Held packets the accepted frames have caught up with are taken (they were early); those
+        that waited `CONFIRM_WITHIN_FRAMES` frames' worth of accepted packets (or ``frame_timeout_s``)
+        are rejected."""
+        patience = CONFIRM_WITHIN_FRAMES * self._ppf
+        while self._held:
+            reach = self._reach()
+            early = next((h for h in self._held if reach is None or h.frame <= reach), None)
+            if early is None:
+                break
+            self._held.remove(early)
+            self._accept(memoryview(early.data), early.now, events)
+        timeout = self.frame_timeout_s
+        while self._held and (
+            self._c.packets_accepted - self._held[0].accepted_before > patience
+            or (timeout is not None and now - self._held[0].now >= timeout)
+        ):
+            self._drop_held(0, events)
+
+    def _drop_held(self, index: int, events: list[Event]) -> None:
+        held = self._held.pop(index)
+        self._reject(REJECT_FRAME_NUMBER_UNCONFIRMED, held.frame, events)
 
     # -- state machine ------------------------------------------------------------------------------
 
@@ -678,6 +790,8 @@ class UdpFrameAssembler:
     def _finalise_timed_out(self, now: float, events: list[Event]) -> None:
         assert self.frame_timeout_s is not None
         timeout = self.frame_timeout_s
+        while self._held and now - self._held[0].now >= timeout:
+            self._drop_held(0, events)
         expired = [n for n, p in self._pending.items() if now - p.first_seen >= timeout]
         if expired:
             self._finalise_below(max(expired) + 1, events)

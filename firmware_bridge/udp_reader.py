@@ -37,15 +37,23 @@ from firmware_bridge.source import (
     plain_spawn,
 )
 from firmware_bridge.udp_codec import (
+    REJECT_FRAME_NUMBER_OUT_OF_RANGE,
+    REJECT_FRAME_NUMBER_UNCONFIRMED,
     DetectorGeometry,
     FrameAssembled,
     FramesLost,
+    PacketRejected,
     UdpFrameAssembler,
 )
 
 log = logging.getLogger(__name__)
 
 MAX_DATAGRAM = 65536
+FRAME_NUMBER_REJECTIONS = {
+    REJECT_FRAME_NUMBER_OUT_OF_RANGE: "more than udp.max_frame_jump beyond the run's newest frame (a"
+    " detector whose counter jumped that far is not heard until udp.idle_seconds of silence end the run)",
+    REJECT_FRAME_NUMBER_UNCONFIRMED: "a jump ahead that no packet near it confirmed (a stray frame number)",
+}
 SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)  # Linux's value; Python does not export it
 
 
@@ -122,6 +130,11 @@ class UdpSource:
         self._refused: str | None = None
         self._beyond_logged = False  # a frame beyond frames_per_run was logged in this run
         self._drops_at_start = 0  # the socket's kernel drops when the open run started
+        # before a run that may continue an earlier one opens: packets of frames at or below that run's
+        # last frame, held until it is clear whether they are stragglers of it or a new acquisition
+        self._held: list[bytes] = []
+        self._held_frames: dict[int, set[tuple[int, int]]] = {}  # frame -> (module, packet index) held
+        self._rejections_logged: Counter[str] = Counter()
 
     @property
     def series_open(self) -> bool:
@@ -145,6 +158,14 @@ class UdpSource:
         if self._assembler is not None:
             for key, value in self._assembler.counters.items():
                 assembler[key] = assembler.get(key, 0) + value
+        held = len(self._held)  # (a list another thread may swap: its length read once)
+        assembler["packets_received"] = assembler.get("packets_received", 0) + held
+        assembler["packets_held"] = assembler.get("packets_held", 0) + held
+        rejected = {
+            k[len("packets_rejected_") :]: v
+            for k, v in assembler.items()
+            if k.startswith("packets_rejected_")
+        }
         return {
             "transport": "udp",
             "address": f"{self.address[0]}:{self.address[1]}",
@@ -153,6 +174,8 @@ class UdpSource:
             "series": self._series if self._run_open else None,
             **{k: int(v) for k, v in self.stats.items()},
             "assembler": assembler,
+            # datagrams rejected, by reason (the receiver's alarm shows them, as for the ZeroMQ stream)
+            "errors": {reason: int(n) for reason, n in rejected.items() if n},
         }
 
     def _run(self, checkpoint: Checkpoint) -> None:
@@ -169,21 +192,105 @@ class UdpSource:
                         self._end_request = None
                         self._end_run("fail")
                     elif self._assembler is not None and silent:
+                        if self._held:  # silence again before it was clear what the held packets were
+                            self._settle_held()
                         self._end_run(paused=True)
                     continue
                 self._last_packet = time.monotonic()
                 if self._assembler is None:
                     self._assembler = self._new_assembler()
+                if not self._run_open and self._hold(view[:n]):
+                    continue
                 events = self._assembler.feed(view[:n], self._last_packet)
+                self._log_rejections(events)
                 if not self._run_open and self._assembler.counters["packets_accepted"]:
                     self._start_run()  # stray or malformed datagrams alone are counted, never a run
                 if self._run_open:
                     self._handle(events)
+            if self._held:  # stopping before it was clear what the held packets were
+                self._settle_held()
             if self._assembler is not None:  # stopping while frames may still come: the receiver ends it
                 self._end_run("success" if self._all_arrived() else "abort")
         except Exception:  # a bug: counted, and raised to the spawner (which restarts the reader)
             self.stats["reader_crashes"] += 1
             raise
+
+    def _continues_from(self) -> int | None:
+        """The last frame of the run the next one may continue (after a restart or a pause), or None."""
+        return self.resume_above if self.resume_above is not None else self._paused_above
+
+    def _hold(self, packet: memoryview) -> bool:
+        """Before a run that may continue an earlier one opens, a packet of a frame at or below that run's
+        last frame is held (True): a straggler of that run (a late packet, a resent frame) or the start
+        of a new acquisition that counts from 0 again. A packet beyond it decides: the acquisition goes
+        on, and what was held were stragglers (late). Two whole frames held, or more packets than
+        4 frames' worth, decide the other way: a new acquisition, and what was held is its first frames.
+        So does silence again with a whole frame held (`_settle_held`)."""
+        reference = self._continues_from()
+        assert self._assembler is not None
+        if reference is None:
+            return False
+        reason, frame, module, index = self._assembler.check(packet)
+        if reason is not None or frame is None or frame > reference:
+            if reason is None and self._held:
+                self._stragglers()
+            return False
+        self._held.append(bytes(packet))
+        self._held_frames.setdefault(frame, set()).add((module, index))
+        ppf = self.geometry.packets_per_frame
+        whole = sum(len(keys) == ppf for keys in self._held_frames.values())
+        if whole >= 2 or len(self._held) > 4 * ppf:
+            self._new_acquisition()
+        return True
+
+    def _settle_held(self) -> None:
+        """Silence again after packets were held: a whole frame among them was a new acquisition (of
+        one frame, say); only parts of frames were stragglers of the run before."""
+        ppf = self.geometry.packets_per_frame
+        if any(len(keys) == ppf for keys in self._held_frames.values()):
+            self._new_acquisition()
+        else:
+            self._stragglers()
+
+    def _stragglers(self) -> None:
+        """The held packets were the run before's: late packets of frames it already accounted for."""
+        held, self._held, self._held_frames = self._held, [], {}
+        self._finished_counters["packets_received"] += len(held)
+        self._finished_counters["packets_late"] += len(held)
+        self.stats["packets_straggling"] += len(held)
+        log.warning(
+            "%d UDP packet(s) of frames at or below frame %s (the run before's) came first after it ended:"
+            " counted late, not a new acquisition",
+            len(held),
+            self._continues_from(),
+        )
+
+    def _new_acquisition(self) -> None:
+        """The held packets start a new acquisition: its run opens, counted from frame 0, with them."""
+        held, self._held, self._held_frames = self._held, [], {}
+        assert self._assembler is not None
+        self._assembler.begin_at(0)
+        events = [e for packet in held for e in self._assembler.feed(packet, self._last_packet)]
+        self._log_rejections(events)
+        self._start_run(new_acquisition=True)
+        self._handle(events)
+
+    def _log_rejections(self, events: list[Any]) -> None:
+        """A packet rejected for its frame number (out of range, or a jump nothing confirmed) is logged,
+        the first of each reason and then every 1000th: the detector may be sending where the receiver
+        does not look (a counter far beyond the run's frames)."""
+        for event in events:
+            if isinstance(event, PacketRejected) and event.reason in FRAME_NUMBER_REJECTIONS:
+                self._rejections_logged[event.reason] += 1
+                n = self._rejections_logged[event.reason]
+                if n == 1 or n % 1000 == 0:
+                    log.warning(
+                        "UDP packet of frame %s rejected (%s, %d so far): %s",
+                        event.frame_number,
+                        event.reason,
+                        n,
+                        FRAME_NUMBER_REJECTIONS[event.reason],
+                    )
 
     def _new_assembler(self) -> UdpFrameAssembler:
         return UdpFrameAssembler(
@@ -198,7 +305,10 @@ class UdpSource:
             jump_from=self.resume_above if self.resume_above is not None else self._paused_above,
         )
 
-    def _start_run(self) -> None:
+    def _start_run(self, new_acquisition: bool = False) -> None:
+        """Open a run at its first accepted packet. After a restart or a pause it continues the run
+        before when its first frame is beyond that run's frames; ``new_acquisition``: it was decided
+        already that it does not (`_new_acquisition`), and the assembler counts from 0."""
         self._series += 1
         self._drops_at_start = socket_drops(self._sock) or 0
         self._run_open = True
@@ -214,7 +324,7 @@ class UdpSource:
         }
         resume_above, self.resume_above = self.resume_above, None  # only the daemon's first run
         paused_above, self._paused_above = self._paused_above, None  # only the run right after
-        assembler = self._assembler
+        assembler = None if new_acquisition else self._assembler
         if resume_above is not None and assembler is not None:  # (its first accepted packet's frame)
             first = assembler.highest_frame
             if first is not None and first > resume_above:
@@ -243,6 +353,9 @@ class UdpSource:
                     self.stats["frames_lost"] = max(0, self.stats["frames_lost"] - handed)
                     lost = self._finished_counters["frames_lost"]
                     self._finished_counters["frames_lost"] = max(0, lost - handed)
+                    missing = self._finished_counters["packets_missing"]
+                    ppf = self.geometry.packets_per_frame
+                    self._finished_counters["packets_missing"] = max(0, missing - handed * ppf)
                     self.stats["frames_handed_over"] += handed
                 log.warning(
                     "UDP frames from frame %d after %.1f s of silence: a run that continues the last one",
@@ -250,6 +363,12 @@ class UdpSource:
                     time.monotonic() - self._paused_at,
                 )
                 config |= {"resumed_after_pause": True, "first_frame": first}
+            elif first is not None and first > paused_above:
+                # beyond the frames the detector was armed for: a new acquisition whose numbers go on
+                # (some detectors never reset theirs); the frames up to the run before's last are that
+                # run's, never this one's losses
+                assembler.begin_at(paused_above + 1)
+                config |= {"first_frame": paused_above + 1}
             else:  # restarted at 0 (or a frame the last run had): a new acquisition
                 assembler.begin_at(0)
         self._refused = self.sink.series_start(self._series, config)
@@ -284,11 +403,16 @@ class UdpSource:
                 self._deliver(event)
             elif isinstance(event, FramesLost):
                 self.stats["frames_lost"] += event.last - event.first + 1
-                detail = (
-                    "the receiver stopped before they came"
-                    if event.reason == "receiver_stopped"
-                    else "no packet of these frames arrived"
-                )
+                if event.reason == "receiver_stopped":
+                    detail = "the receiver stopped before they came"
+                elif event.reason == "frame_number_jump":
+                    detail = (
+                        f"no packet of these frames had arrived when packets {self.frame_timeout_frames}"
+                        " or more frames beyond them came (udp.frame_timeout_frames); any that came"
+                        " later were counted late (packets_late)"
+                    )
+                else:
+                    detail = "no packet of these frames arrived"
                 dropped = (socket_drops(self._sock) or 0) - self._drops_at_start
                 if dropped > 0:  # then the detector may well have sent them: say so, not only "never came"
                     detail += (

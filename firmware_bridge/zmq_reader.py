@@ -545,9 +545,10 @@ class ZmqStreamSource:
         The rest of the series becomes a run of its own, "resumed after restart" from ``frame`` on
         (the sink links it to the run the restart interrupted, whose missing frames become losses). An
         image of the series that just ended here is a straggler, not a new run: `_note_frame` records
-        it as lost (unless a start was rejected since: the series id used again). After a rejected series start (`_start_rejected`) the images are a run of their own
-        that says so (``start_rejected``), without the start's metadata, and no restart is assumed; so
-        after a message too damaged to name its kind when the first image is frame 0.
+        it as lost (unless a start was rejected since: the series id used again). After a rejected
+        series start (`_start_rejected`) the images are a run of their own that says so
+        (``start_rejected``), without the start's metadata, and no restart is assumed; so after a
+        message too damaged to name its kind when the first image is frame 0.
         """
         if series == self._ended_series and self._start_rejected is None:
             return  # (after a rejected start, images of that id are the new series': a sender reusing it)

@@ -86,7 +86,11 @@ def mutate(packet: bytes, corpus: list[bytes], rng: random.Random) -> bytes:
 def _check(asm: UdpFrameAssembler, events: list[object]) -> None:
     c = asm.counters
     assert c["packets_received"] == (
-        c["packets_accepted"] + c["packets_duplicate"] + c["packets_late"] + c["packets_rejected"]
+        c["packets_accepted"]
+        + c["packets_duplicate"]
+        + c["packets_late"]
+        + c["packets_rejected"]
+        + c["packets_held"]
     ), c
     assert c["packets_rejected"] == sum(asm.rejections.values()), c
     for event in events:

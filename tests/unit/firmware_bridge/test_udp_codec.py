@@ -238,7 +238,7 @@ def test_late_packet_beyond_history_is_late() -> None:
     asm = UdpFrameAssembler(SMALL, frame_timeout_frames=1, history_frames=0)
     f0 = packetize_frame(SMALL, 0, frame(0))
     feed_all(asm, f0)
-    feed_all(asm, packetize_frame(SMALL, 5, frame(5))[:1])
+    feed_all(asm, packetize_frame(SMALL, 5, frame(5))[:2])  # a jump, confirmed by its second packet
     asm.feed(f0[0])
     assert asm.counters["packets_late"] == 1
 
@@ -317,7 +317,9 @@ def test_without_expected_first_frame_the_first_frame_seen_may_arrive_late() -> 
 def test_huge_frame_jump_is_cheap_and_exact() -> None:
     asm = UdpFrameAssembler(SMALL, frame_timeout_frames=3)
     feed_all(asm, packetize_frame(SMALL, 0, frame(0))[:3])
-    events = asm.feed(packetize_frame(SMALL, 2**63, frame(0))[0])
+    far = packetize_frame(SMALL, 2**63, frame(0))
+    assert asm.feed(far[0]) == [] and asm.counters["packets_held"] == 1  # a jump: held until confirmed
+    events = asm.feed(far[1])
     assert [e.frame_number for e in events if isinstance(e, FrameAssembled)] == [0]
     assert [e for e in events if isinstance(e, FramesLost)] == [FramesLost(1, 2**63 - 3)]
     assert asm.counters["frames_lost"] == 2**63 - 3
@@ -440,7 +442,11 @@ def test_constructor_validates_policy() -> None:
 def _check_counter_identities(asm: UdpFrameAssembler) -> None:
     c = asm.counters
     assert c["packets_received"] == (
-        c["packets_accepted"] + c["packets_duplicate"] + c["packets_late"] + c["packets_rejected"]
+        c["packets_accepted"]
+        + c["packets_duplicate"]
+        + c["packets_late"]
+        + c["packets_rejected"]
+        + c["packets_held"]
     )
     assert c["packets_rejected"] == sum(asm.rejections.values())
 
@@ -587,6 +593,7 @@ CAPTURE_COUNTERS = {
     "frames_complete": 7,
     "frames_incomplete": 11,
     "frames_lost": 2,
+    "packets_held": 0,
     "packets_rejected_bad_magic": 4,
     "packets_rejected_bad_version": 1,
     "packets_rejected_length_mismatch": 2,

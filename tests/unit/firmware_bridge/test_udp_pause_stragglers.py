@@ -1,0 +1,222 @@
+"""What the UDP reader makes of the first packets after a silence ended a run (an outside sender, from
+docs/wire-formats.md): a straggler of the run before, or its last frame sent again, no longer makes the
+next run a new acquisition that records the run before's frames lost (each frame two dispositions); a
+sender that really starts again at 0 still gets a new acquisition; and the counters stay whole.
+
+The reader runs on a loopback socket with a sink that records each run's frames and losses."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import pytest
+
+from firmware_bridge.source import FrameHeader
+from firmware_bridge.udp_codec import DetectorGeometry, packetize_frame
+from firmware_bridge.udp_reader import UdpSource
+
+GEOMETRY = DetectorGeometry(module_rows=4, module_cols=8, grid_rows=1, grid_cols=2, payload_bytes=16)
+IDLE = 0.3
+
+
+class RunSink:
+    """Each run's config, frames and losses (first, last, reason), in order."""
+
+    def __init__(self) -> None:
+        self.runs: list[dict[str, Any]] = []
+        self.ended = 0
+        self.lock = threading.Lock()
+
+    def claim(self, nbytes: int) -> Any:
+        class Slot:
+            buffer = memoryview(bytearray(nbytes))
+
+        return Slot()
+
+    def publish(self, slot: Any, header: FrameHeader) -> None:
+        with self.lock:
+            self.runs[-1]["frames"].append(header.frame)
+
+    def abandon(self, slot: Any) -> None:
+        pass
+
+    def series_start(self, series: int, config: dict[str, Any]) -> None:
+        with self.lock:
+            self.runs.append({"config": config, "frames": [], "losses": []})
+
+    def series_length(self, series: int, frames_expected: int) -> None:
+        pass
+
+    def series_end(self, series: int, exit_status: str = "success") -> None:
+        with self.lock:
+            self.ended += 1
+
+    def lost(self, first: int, last: int, reason: str, detail: str = "") -> None:
+        with self.lock:
+            self.runs[-1]["losses"].append((first, last, reason))
+
+
+def _wait(predicate: Callable[[], bool], what: str, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out: {what}")
+        time.sleep(0.01)
+
+
+class Sender:
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+
+    def packets(self, frame: int) -> list[bytes]:
+        return packetize_frame(GEOMETRY, frame, np.full(GEOMETRY.raw_shape, frame % 60000, np.uint16))
+
+    def send(self, datagrams: list[bytes]) -> None:
+        for datagram in datagrams:
+            self.sock.sendto(datagram, ("127.0.0.1", self.port))
+            time.sleep(0.0005)  # loopback keeps them all at this pace
+
+    def frames(self, numbers: range) -> None:
+        for n in numbers:
+            self.send(self.packets(n))
+
+
+@pytest.fixture
+def reader() -> Any:
+    sources: list[UdpSource] = []
+    senders: list[Sender] = []
+
+    def make(frames_per_run: int = 0) -> tuple[UdpSource, RunSink, Sender]:
+        sink = RunSink()
+        source = UdpSource(
+            "127.0.0.1",
+            0,
+            GEOMETRY,
+            sink,
+            frames_per_run=frames_per_run,
+            idle_seconds=IDLE,
+            max_frame_jump=1_000_000,
+        )
+        sources.append(source)
+        source.start()
+        senders.append(Sender(source.address[1]))
+        return source, sink, senders[-1]
+
+    yield make
+    for source in sources:
+        source.stop()
+    for sender in senders:
+        sender.sock.close()
+
+
+def _dispositions(sink: RunSink) -> dict[int, list[str]]:
+    """Every frame number -> the dispositions the runs gave it (stored, or a loss reason). A run that
+    continues one after a pause takes over that run's ``series_end`` records from its first frame on
+    (the appliance's writer does: ``continue_after_pause``)."""
+    out: dict[int, list[str]] = {}
+    for n, run in enumerate(sink.runs):
+        after = sink.runs[n + 1]["config"] if n + 1 < len(sink.runs) else {}
+        handed = after["first_frame"] if after.get("resumed_after_pause") else None
+        for frame in run["frames"]:
+            out.setdefault(frame, []).append("stored")
+        for first, last, reason in run["losses"]:
+            if reason == "incomplete_frame":
+                continue  # a partial loss of a stored frame
+            if handed is not None and reason == "series_end":
+                last = min(last, handed - 1)
+            for frame in range(first, last + 1):
+                out.setdefault(frame, []).append(reason)
+    return out
+
+
+def _identity(source: UdpSource) -> None:
+    c = source.counters()["assembler"]
+    taken = c["packets_accepted"] + c["packets_duplicate"] + c["packets_late"] + c["packets_rejected"]
+    assert c["packets_received"] == taken + c["packets_held"], c
+    assert c["packets_accepted"] + c["packets_missing"] == GEOMETRY.packets_per_frame * (
+        c["frames_complete"] + c["frames_incomplete"] + c["frames_lost"]
+    ), c
+
+
+@pytest.mark.parametrize("first", ["straggler", "last frame again"])
+def test_a_straggler_first_after_a_pause_leaves_the_acquisition_going_on(reader: Any, first: str) -> None:
+    """Frames 0..19, a pause, then one old packet (of frame 5, or the last frame sent again), then
+    20..29. Before: a new run from 0 that recorded 0..19 lost (the first run had stored them) and stored
+    frame 5 (or 19) a second time."""
+    source, sink, send = reader(frames_per_run=30)
+    send.frames(range(20))
+    _wait(lambda: sink.ended == 1, "the pause ended the first run")
+    send.send(send.packets(5)[:1] if first == "straggler" else send.packets(19))
+    send.frames(range(20, 30))
+    _wait(lambda: sink.ended == 2, "the second run ended")
+    frames = _dispositions(sink)
+    assert frames == {n: ["stored"] for n in range(30)}, frames
+    second = sink.runs[1]["config"]
+    assert second["resumed_after_pause"] is True and second["first_frame"] == 20
+    counters = source.counters()
+    assert counters["packets_straggling"] == len(
+        send.packets(5)[:1] if first == "straggler" else send.packets(19)
+    )
+    _identity(source)
+
+
+def test_a_sender_that_starts_again_at_0_after_a_pause_is_a_new_acquisition(reader: Any) -> None:
+    source, sink, send = reader()
+    send.frames(range(20))
+    _wait(lambda: sink.ended == 1, "the pause ended the first run")
+    send.frames(range(10))
+    _wait(lambda: sink.ended == 2, "the second run ended")
+    assert [run["frames"] for run in sink.runs] == [list(range(20)), list(range(10))]
+    assert "resumed_after_pause" not in sink.runs[1]["config"] and sink.runs[1]["losses"] == []
+    _identity(source)
+
+
+def test_a_one_frame_acquisition_at_0_after_a_pause_is_stored_when_silence_comes_again(reader: Any) -> None:
+    """Acquisitions of one frame each, all numbered 0: the second one's frame is held (it may have been
+    the first's sent again), and silence settles it: a whole frame, a new acquisition."""
+    source, sink, send = reader()
+    send.frames(range(1))
+    _wait(lambda: sink.ended == 1, "the pause ended the first run")
+    send.frames(range(1))
+    _wait(lambda: sink.ended == 2, "the second run ended")
+    assert [run["frames"] for run in sink.runs] == [[0], [0]]
+    _identity(source)
+
+
+def test_a_lone_straggler_packet_that_silence_follows_opens_no_run(reader: Any) -> None:
+    source, sink, send = reader()
+    send.frames(range(10))
+    _wait(lambda: sink.ended == 1, "the pause ended the first run")
+    send.send(send.packets(9)[:1])
+    time.sleep(3 * IDLE)
+    assert len(sink.runs) == 1 and source.counters()["packets_straggling"] == 1
+    _identity(source)
+
+
+def test_frames_beyond_the_armed_ones_after_a_pause_never_make_the_run_before_lost(reader: Any) -> None:
+    """``frames_per_run`` 30, frames 0..29, a pause, then 30..35 (a detector whose numbers go on): a new
+    acquisition, but not one that counts from 0 (it recorded 0..29 lost, stored in the run before)."""
+    source, sink, send = reader(frames_per_run=30)
+    send.frames(range(30))
+    _wait(lambda: sink.ended == 1, "the pause ended the first run")
+    send.frames(range(30, 36))
+    _wait(lambda: sink.ended == 2, "the second run ended")
+    frames = _dispositions(sink)
+    assert frames == {n: ["stored"] for n in range(36)}, frames
+    _identity(source)
+
+
+def test_the_tail_handed_over_after_a_pause_leaves_the_packet_counters_whole(reader: Any) -> None:
+    source, sink, send = reader(frames_per_run=30)
+    send.frames(range(20))
+    _wait(lambda: sink.ended == 1, "the pause ended the first run")
+    send.frames(range(20, 30))
+    _wait(lambda: sink.ended == 2, "the second run ended")
+    assert source.counters()["frames_handed_over"] == 10
+    _identity(source)
