@@ -35,6 +35,15 @@ MAX_STORED_PATH = 4096
 #: C0 controls, DEL and C1 controls: a stored path holding one would be printed raw by ``edge where``
 #: (a newline forging a line, an ANSI escape rewriting the terminal)
 _CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
+#: half of a UTF-16 surrogate pair, which a JSON string may spell (\ud800) but UTF-8 cannot carry
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def printable(text: str, limit: int = 200) -> str:
+    """``text`` cut to ``limit`` characters with its control characters escaped (``\\x1b``): the words of
+    a peer, safe to log and to show (a newline cannot forge a log line, an ANSI escape not rewrite a
+    terminal)."""
+    return _CONTROL.sub(lambda match: f"\\x{ord(match.group()):02x}", text[:limit])
 
 
 @dataclass(frozen=True)
@@ -209,6 +218,10 @@ def decode(frames: list[bytes] | list[bytes | memoryview]) -> tuple[Message, byt
         expected = int if names[name] in ("int", int) else str
         if not isinstance(value, expected) or isinstance(value, bool):
             raise RemoteProtocolError(f"{cls.type}.{name} = {value!r} is not {expected.__name__}")
+        if expected is str and _SURROGATE.search(value):
+            # JSON's \ud800 escape decodes to half a UTF-16 pair: no text, and nothing this end can
+            # store (SQLite), print or answer in UTF-8 (an outside probe crashed the forwarder with it)
+            raise RemoteProtocolError(f"{cls.type}.{name} holds a lone UTF-16 surrogate: not text")
         values[name] = value
     payload = frames[1] if len(frames) == 2 else None
     return cls(**values), payload

@@ -310,7 +310,7 @@ class PullClient:
             self.stop_event.set()
         if isinstance(message, p.Error):
             self.stats["errors_from_appliance"] += 1
-            log.error("appliance says: %s", message.reason[:200])
+            log.error("appliance says: %s", p.printable(message.reason))
         return []
 
     def _paths(self, run_uid: str, name: str) -> tuple[Path, Path]:

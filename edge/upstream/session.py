@@ -167,7 +167,7 @@ class ForwarderSession:
             message, _payload = p.decode(frames)
         except RemoteProtocolError as error:
             self.stats["protocol_errors"] += 1
-            reason = str(error)[:200]  # the error may quote the peer's input
+            reason = p.printable(str(error))  # the error may quote the peer's input
             log.warning("bad upstream message: %s", reason)
             return [Outgoing(identity, p.Error(reason))]
         if isinstance(message, p.Hello):
@@ -205,10 +205,9 @@ class ForwarderSession:
                     consumer.held[message.chunk_id] = now + self.resend_seconds
             self.stats["chunks_nacked"] += 1
             consumer.refusals += 1
-            consumer.last_refusal, consumer.last_refusal_at = message.reason[:200], now
-            log.warning(
-                "consumer %s rejected chunk %d: %s", consumer.name, message.chunk_id, message.reason[:200]
-            )
+            reason = p.printable(message.reason)  # shown in the log and the dashboard: escaped
+            consumer.last_refusal, consumer.last_refusal_at = reason, now
+            log.warning("consumer %s rejected chunk %d: %s", consumer.name, message.chunk_id, reason)
         elif isinstance(message, p.Credit):
             room = MAX_CREDIT - len(consumer.in_flight)  # credit and chunks in flight together
             consumer.credit = max(consumer.credit, min(consumer.credit + max(0, message.n), room))
@@ -286,21 +285,13 @@ class ForwarderSession:
             return
         consumer.unreachable = True
         message = outgoing.message
+        # the counters of what was sent stay as they are (they only ever grow: Prometheus counters): a
+        # chunk tried again counts as resent, a completion as sent again (docs/upstream.md section 12)
         if isinstance(message, p.Chunk):
             if consumer.in_flight.pop(message.chunk_id, None) is not None:
                 consumer.credit += 1
-                sends = self._sends.setdefault(consumer.name, {})
-                times = sends.pop(message.chunk_id, 1) - 1
-                if times:
-                    sends[message.chunk_id] = times
-                kind = "resent" if times else "sent"
-                self.stats[f"chunks_{kind}"] -= 1
-                self.stats[f"bytes_{kind}"] -= message.length
-        elif (
-            isinstance(message, p.FileComplete)
-            and consumer.completes_sent.pop(message.file_id, None) is not None
-        ):
-            self.stats["file_completes_sent"] -= 1
+        elif isinstance(message, p.FileComplete):
+            consumer.completes_sent.pop(message.file_id, None)
 
     # -- views ------------------------------------------------------------------------------------------
     def consumer_states(self, now: float) -> list[dict[str, Any]]:

@@ -144,7 +144,9 @@ def test_an_undeliverable_chunk_gives_its_credit_back_and_waits_for_the_consumer
         "last_refusal": None,
         "seconds_since_refusal": None,
     }
-    assert session.stats["chunks_sent"] == 0 and session.stats["send_failures"] == 1
+    # counters only grow (Prometheus counters; an outside probe saw them go down): the attempt stays
+    # counted, and the chunk tried again counts as resent
+    assert session.stats["chunks_sent"] == 1 and session.stats["send_failures"] == 1
     # an outage: nothing is read from disk or sent again (not even heartbeats, which would fail too),
     # tick after tick, until the consumer speaks
     for k in range(1, 100):
@@ -153,6 +155,7 @@ def test_an_undeliverable_chunk_gives_its_credit_back_and_waits_for_the_consumer
     assert session.receive(PEER, frames(p.Heartbeat()), 5.0) == []
     assert [c.chunk_id for c in chunks(session.tick(5.0))] == [out.message.chunk_id]
     assert len(reads) == 2
+    assert session.stats["chunks_sent"] == session.stats["chunks_resent"] == 1
 
 
 def test_a_file_is_completed_repeatedly_until_verified(ledger: Ledger) -> None:
@@ -381,3 +384,16 @@ def test_the_hello_log_line_shows_the_credit_used_and_a_bounded_request(
     )
     assert lines[2].startswith("consumer hpc connected (credit 1; it asked for -1000")
     assert lines[2].endswith("... (4001 digits))") and len(lines[2]) < 100
+
+
+def test_a_nack_reason_is_logged_and_shown_escaped(ledger: Ledger, caplog: pytest.LogCaptureFixture) -> None:
+    """An outside probe forged a CRITICAL line in the daemon's log with a newline in a nack's reason."""
+    session = ForwarderSession(ledger)
+    connect(session, credit=1)
+    (out,) = chunks(session.tick(0.0))
+    reason = "x\n2026-12-04 23:59:59,000 CRITICAL edge.appliance: FORGED\x1b[31m"
+    session.receive(PEER, frames(p.Nack(out.chunk_id, reason)), 0.1)
+    (state,) = session.consumer_states(0.2)
+    assert "\n" not in state["last_refusal"] and "\x1b" not in state["last_refusal"]
+    assert "\\x0a2026-12-04" in state["last_refusal"]
+    assert not [r for r in caplog.records if "\n" in r.getMessage() or "\x1b" in r.getMessage()]

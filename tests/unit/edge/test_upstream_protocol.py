@@ -164,3 +164,27 @@ def test_fuzz_json_headers_only_raise_remote_protocol_error(kind: object, member
     header = json.dumps({"v": p.VERSION, "type": kind, **members}).encode()
     with contextlib.suppress(RemoteProtocolError):
         p.decode([header])
+
+
+@pytest.mark.parametrize(
+    "header",
+    [
+        b'{"v":2,"type":"file_verified","file_id":5,"size":1,"checksum":"ab","stored_path":"/x/\\ud800y"}',
+        b'{"v":2,"type":"nack","chunk_id":1,"reason":"\\udfff LONE"}',
+        b'{"v":2,"type":"hello","consumer":"\\ud83d","credit":1}',
+    ],
+)
+def test_a_lone_utf16_surrogate_in_a_string_is_refused(header: bytes) -> None:
+    """An outside probe: JSON's \\ud800 escape decodes to half a surrogate pair, which no UTF-8 writer
+    takes. In a stored_path it crashed the forwarder (SQLite) until the daemon exited; in a nack's reason
+    it made /api/status answer 500 until the daemon restarted."""
+    with pytest.raises(RemoteProtocolError, match="lone UTF-16 surrogate"):
+        p.decode([header])
+    escaped_pair = b'{"v":2,"type":"nack","chunk_id":1,"reason":"\\ud83d\\ude00"}'  # a whole pair is text
+    message, _ = p.decode([escaped_pair])
+    assert isinstance(message, p.Nack) and message.reason == "\U0001f600"
+
+
+def test_printable_escapes_what_would_forge_a_log_line_or_rewrite_a_terminal() -> None:
+    assert p.printable("x\n2026-12-04 CRITICAL forged\x1b[31m") == "x\\x0a2026-12-04 CRITICAL forged\\x1b[31m"
+    assert p.printable("a" * 500) == "a" * 200
