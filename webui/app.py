@@ -143,7 +143,25 @@ async def _json_object(request: Request) -> dict[str, Any]:
         raise BadBody(f"body: not JSON ({type(error).__name__}: {str(error)[:120]})") from None
     if not isinstance(value, dict):
         raise BadBody(f"body: a JSON object is needed, not {type(value).__name__}")
+    if _has_lone_surrogate(value):  # (JSON's \ud800 alone: no UTF-8 text, nothing to store or answer)
+        raise BadBody("body: a string holds a lone UTF-16 surrogate (a \\ud800-\\udfff escape alone)")
     return value
+
+
+def _has_lone_surrogate(value: Any) -> bool:
+    """Whether a string anywhere in ``value`` (a key included) holds half of a UTF-16 surrogate pair."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            if any("\ud800" <= c <= "\udfff" for c in item):
+                return True
+        elif isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return False
 
 
 def _error(kind: str, detail: str, status: int) -> JSONResponse:

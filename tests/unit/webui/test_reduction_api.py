@@ -158,6 +158,9 @@ def test_the_token_is_checked_before_the_body_is_read_and_the_body_is_bounded() 
         (b"[]", "body: a JSON object is needed, not list"),
         (b'{"serial": {"adc_threshold": Infinity}}', "Infinity is not a JSON number"),
         (b'{"serial": {"adc_threshold": 1e999}}', "1e999 is beyond a double"),
+        # half a surrogate pair: no UTF-8 text (an outside probe's upstream twin crashed the forwarder)
+        (b'{"\\ud800": 1}', "lone UTF-16 surrogate"),
+        (b'{"tomo": {"filter": "ramp\\udfff"}}', "lone UTF-16 surrogate"),
     ):
         answer = client.put("/api/reduction", content=body, headers=auth)
         assert answer.status_code == 422 and words in answer.json()["detail"], (body[:30], answer.json())
