@@ -28,6 +28,7 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -521,6 +522,8 @@ class Pipeline:
         self.stats["disk_full_events"] += 1
         self._disk_full_loss(store.run_uid, [frame], f"write failed: {brief(error)}")
         for frames in store.quarantine_open():
+            if self._reduced is not None:
+                self._reduced.frames_lost(frames)
             self._disk_full_loss(store.run_uid, frames, "in a file quarantined when the disk filled")
 
     def _disk_full_loss(self, run_uid: str, frames: list[int], detail: str) -> None:
@@ -538,7 +541,7 @@ class Pipeline:
         if not closing and self.disk is not None and self.disk.full:  # kept; tried once space is back
             return
         try:
-            closed = reduced.finish(run_products)
+            closed = reduced.finish(run_products, closing=closing)
         except Exception as error:  # products only (the frames are in their files or loss records)
             if self.disk is None or not self.disk.note_error(error):
                 raise
@@ -555,7 +558,7 @@ class Pipeline:
             self.recorder.file_closed(closed)
 
     def _write_reduced_later(self, reduced: ReducedWriter, run_products: dict[str, Any] | None) -> None:
-        closed = reduced.finish(run_products)
+        closed = reduced.finish(run_products, closing=True)
         if closed is not None:
             self.recorder.file_closed(closed)
 
@@ -563,6 +566,14 @@ class Pipeline:
         if self._store is not None:
             self._close_run("abort")
         shape = (int(record["height"]), int(record["width"]))
+        reduced = ReducedWriter(
+            self.store_root / record["run_uid"],  # (the store's directory, made by the store)
+            record["run_uid"],
+            stage,
+            max(self.frames_per_file, 1000),
+            self.reduced_file_seconds,
+            wait_for_data_files=True,
+        )
         self._store = RunStore(
             self.store_root,
             record["run_uid"],
@@ -584,16 +595,11 @@ class Pipeline:
                 self.gaps,
             ),
             closer=self._closer,
-            on_close_failed=self._file_close_failed,
+            on_close_failed=partial(self._file_close_failed, reduced),
             data_path=Path(record["file_path"]) if record.get("file_path") else None,
+            on_durable=reduced.frames_durable,  # a stored frame's row waits for its data file
         )
-        self._reduced = ReducedWriter(
-            self._store.directory,
-            record["run_uid"],
-            stage,
-            max(self.frames_per_file, 1000),
-            self.reduced_file_seconds,
-        )
+        self._reduced = reduced
         for path in stage.run_files(self._store.directory, record["run_uid"]):
             self.recorder.register_file(record["run_uid"], path, (-1, -1, 0), "reduced")
         self._run_vetoed = (record["run_uid"], 0)
@@ -604,8 +610,12 @@ class Pipeline:
                 self.recorder, str(record["resumes_run"]), int(record["first_frame"]), record["run_uid"]
             )
 
-    def _file_close_failed(self, run_uid: str, frames: list[int], error: BaseException) -> None:
-        """A rollover file could not be finished: its frames are lost, with records (per range)."""
+    def _file_close_failed(
+        self, reduced: ReducedWriter, run_uid: str, frames: list[int], error: BaseException
+    ) -> None:
+        """A rollover file could not be finished: its frames are lost, with records (per range), and
+        their reduced rows never say "stored"."""
+        reduced.frames_lost(frames)
         self.stats["file_close_errors"] += 1
         reason = "disk_full" if self.disk is not None and self.disk.note_error(error) else "file_close_failed"
         for first, last in _ranges(frames):

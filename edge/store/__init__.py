@@ -69,6 +69,7 @@ class RunStore:
         closer: Executor | None = None,
         on_close_failed: Callable[[str, list[int], BaseException], None] | None = None,
         data_path: Path | None = None,
+        on_durable: Callable[[list[int]], None] | None = None,
     ) -> None:
         self.directory = root / run_uid
         self.directory.mkdir(parents=True, exist_ok=True)
@@ -95,6 +96,9 @@ class RunStore:
         self._on_close_failed = on_close_failed
         self._closing: list[Future[None]] = []
         self._nxmx: NxmxTemplate | None = None
+        # told the frames of each file once it is closed under its final name and registered (their
+        # reduced rows may say "stored" from then on)
+        self._on_durable = on_durable
 
     def _nxmx_template(self) -> NxmxTemplate | None:
         """The run's NXmx metadata to copy into each file (made with the first file)."""
@@ -156,6 +160,8 @@ class RunStore:
             self.files_closed += 1
             if self._closer is None:
                 self.on_closed(current.close())
+                if self._on_durable is not None:
+                    self._on_durable(list(current.frames))
                 continue
             self._closing = [f for f in self._closing if not f.done()]
             self._closing.append(self._closer.submit(self._finish, current))
@@ -180,6 +186,9 @@ class RunStore:
             if self._on_close_failed is None:
                 raise
             self._on_close_failed(self.run_uid, list(current.frames), error)
+            return
+        if self._on_durable is not None:
+            self._on_durable(list(current.frames))
 
     def quarantine_open(self) -> list[list[int]]:
         """Give up the open files (the disk is full): each ``.part`` moves to ``STORE/quarantine/RUN/``

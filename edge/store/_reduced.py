@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import logging
 import math
+import queue
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,9 @@ log = logging.getLogger(__name__)
 
 
 DISPOSITION_CODES = {"stored": 0, "vetoed": 1}
+#: stored rows held back for their data files at most; beyond, they are written all the same (one
+#: file that never rolls: an areaDetector capture holds every frame of its run until the run ends)
+MAX_WAITING_ROWS = 10_000
 
 
 class ReducedWriter:
@@ -28,6 +32,13 @@ class ReducedWriter:
     can be proven from the upstream copy alone (lost frames are in the run's documents). A file is
     finished every ``frames_per_file`` frames (memory stays bounded) and at the run's end, when the
     mode's run products (e.g. tomography slices) go into the last one.
+
+    With ``wait_for_data_files`` (the pipeline's), a stored frame's row says "stored" only once the data
+    file holding it is closed under its final name (``frames_durable``, from the run's store): until then
+    the row waits for a later reduced file.
+    A frame whose file was set aside instead (a crash, a full disk, a failed close: its frames are loss
+    records) never gets a "stored" row (``frames_lost``). Before, a reduced file written while the data
+    file was still open said "stored" upstream for frames the run's documents then recorded lost.
     """
 
     def __init__(
@@ -38,6 +49,7 @@ class ReducedWriter:
         frames_per_file: int,
         seconds: float = math.inf,
         clock: Callable[[], float] = time.monotonic,
+        wait_for_data_files: bool = False,
     ) -> None:
         self.directory = directory
         self.run_uid = run_uid
@@ -50,6 +62,11 @@ class ReducedWriter:
         self.rows: list[dict[str, Any]] = []
         self.products: list[dict[str, Any]] = []
         self.counts = {"stored": 0, "vetoed": 0}
+        # stored frames among ``rows`` whose data file is not closed yet (the writing thread's), and what
+        # the store's closing thread has said about files since (frames durable, or lost)
+        self._waiting: set[int] = set()
+        self._wait = wait_for_data_files  # False: no store tells of its files (rows are ready at once)
+        self._settled: queue.SimpleQueue[tuple[bool, list[int]]] = queue.SimpleQueue()
 
     def add(
         self, frame: int, disposition: str, stream: str, row: dict[str, Any], products: dict[str, Any]
@@ -59,17 +76,74 @@ class ReducedWriter:
             self._since = self.clock()
         self.rows.append({"frame_number": frame, "disposition": disposition, "stream": stream, **row})
         self.products.append(products)
+        if disposition == "stored" and self._wait:
+            self._waiting.add(frame)
+
+    def frames_durable(self, frames: Iterable[int]) -> None:
+        """The data file holding ``frames`` is closed under its final name (any thread)."""
+        self._settled.put((True, list(frames)))
+
+    def frames_lost(self, frames: Iterable[int]) -> None:
+        """The data file holding ``frames`` was set aside: they are loss records, not stored (any
+        thread)."""
+        self._settled.put((False, list(frames)))
+
+    def _settle(self) -> None:
+        while True:
+            try:
+                durable, frames = self._settled.get_nowait()
+            except queue.Empty:
+                return
+            if durable:
+                self._waiting.difference_update(frames)
+                continue
+            gone = self._waiting.intersection(frames)
+            if not gone:
+                continue
+            self._waiting -= gone
+            keep = [
+                k
+                for k, r in enumerate(self.rows)
+                if not (r["disposition"] == "stored" and r["frame_number"] in gone)
+            ]
+            self.counts["stored"] -= len(self.rows) - len(keep)
+            self.rows = [self.rows[k] for k in keep]
+            self.products = [self.products[k] for k in keep]
 
     def full(self) -> bool:
-        """Time to finish the file: ``frames_per_file`` rows, or its first row ``seconds`` ago (a crash
-        then leaves at most that long of rows, e.g. vetoed blanks, unrecorded)."""
-        if len(self.rows) >= self.frames_per_file:
+        """Time to finish the file: ``frames_per_file`` rows ready to write (stored frames wait for
+        their data file), or its first row ``seconds`` ago (a crash then leaves at most that long of
+        rows, e.g. vetoed blanks, unrecorded)."""
+        self._settle()
+        ready = len(self.rows) - len(self._waiting)
+        if len(self._waiting) > MAX_WAITING_ROWS:
+            ready = len(self.rows)
+        if ready >= self.frames_per_file:
             return True
-        return bool(self.rows) and self._since is not None and self.clock() - self._since >= self.seconds
+        started = self._since is not None and self.clock() - self._since >= self.seconds
+        return ready > 0 and started
 
-    def finish(self, run_products: dict[str, Any] | None = None) -> ClosedFile | None:
-        """Write the frames gathered so far (and ``run_products``) to the next reduced file."""
+    def finish(self, run_products: dict[str, Any] | None = None, closing: bool = False) -> ClosedFile | None:
+        """Write the frames gathered so far whose rows are ready (and ``run_products``) to the next
+        reduced file; rows of stored frames whose data file is not closed yet stay for the next one.
+        ``closing`` (the run's end, its store closed): every row left."""
+        self._settle()
+        if self._waiting and (closing or len(self._waiting) > MAX_WAITING_ROWS):
+            if closing:  # every file of the run was closed or set aside: nothing should wait
+                log.error(
+                    "run %s: %d stored frames' files were never reported closed; their rows are written",
+                    self.run_uid,
+                    len(self._waiting),
+                )
+            self._waiting.clear()
+        waiting = [r["disposition"] == "stored" and r["frame_number"] in self._waiting for r in self.rows]
+        later_rows = [r for r, w in zip(self.rows, waiting, strict=True) if w]
+        later_products = [p for p, w in zip(self.products, waiting, strict=True) if w]
+        if later_rows:
+            self.rows = [r for r, w in zip(self.rows, waiting, strict=True) if not w]
+            self.products = [p for p, w in zip(self.products, waiting, strict=True) if not w]
         if not self.rows and not run_products:
+            self.rows, self.products = later_rows, later_products
             return None
         name = f"{self.run_uid}_reduced_{self.files:05d}.nxs"
         final, part = self.directory / name, self.directory / (name + ".part")
@@ -77,6 +151,7 @@ class ReducedWriter:
             h5 = h5py.File(part, "w", libver="latest")
         except BaseException:  # (a full disk) never a 0-byte .part left for the next start to call a crash's
             part.unlink(missing_ok=True)
+            self.rows, self.products = self.rows + later_rows, self.products + later_products  # kept
             raise
         try:
             entry = h5.create_group("entry")
@@ -97,6 +172,7 @@ class ReducedWriter:
             _finish_file(h5, part, final)
         except BaseException:
             _abandon(h5, part)
+            self.rows, self.products = self.rows + later_rows, self.products + later_products  # kept
             raise
         numbers = [int(r["frame_number"]) for r in self.rows]
         closed = ClosedFile(
@@ -109,7 +185,8 @@ class ReducedWriter:
             "reduced",
         )
         self.files += 1
-        self.rows, self.products = [], []
+        self.rows, self.products = later_rows, later_products
+        self._since = self.clock() if later_rows else None
         return closed
 
     def _write_frames(self, entry: h5py.Group) -> None:

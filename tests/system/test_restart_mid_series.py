@@ -531,3 +531,59 @@ def test_a_series_of_known_length_killed_twice_accounts_every_frame_once(tmp_pat
     # every frame of the announced series, sent or not (those never sent: missing at its end), once
     _each_frame_once(parts, frames, [r["losses"] for r in details])
     assert set().union(*parts) == set(range(frames)), [r["losses"] for r in details]
+
+
+def _table_rows(stack: EdgeStack, run: dict[str, Any]) -> dict[int, list[int]]:
+    """Frame number -> the dispositions the run's reduced files' frame tables give it."""
+    rows: dict[int, list[int]] = {}
+    for f in run["files"]:
+        if f["name"].endswith(".nxs"):
+            with h5py.File(stack.store / run["run_uid"] / f["name"], "r") as h5:
+                table = h5["/entry/frames"]
+                for n, d in zip(table["frame_number"][:], table["disposition"][:], strict=True):
+                    rows.setdefault(int(n), []).append(int(d))
+    return rows
+
+
+def test_a_frame_table_never_says_stored_for_a_frame_a_crash_lost(tmp_path: Path) -> None:
+    """An outside chaos probe: a reduced file written every few seconds listed the frames of the data
+    file still open as stored (disposition 0); the kill then quarantined that file, and the run's
+    documents recorded the same frames lost (daemon_crash). The upstream copy said both. A stored
+    frame's row now waits until its data file is closed; recovery lists the frames of files closed but
+    not yet in a table."""
+    stack = EdgeStack(
+        tmp_path,
+        [
+            "detector.height=64",
+            "detector.width=64",
+            "sim.rate_hz=40",
+            "store.frames_per_file=1000",  # the data file stays open until the kill
+            "store.file_seconds=600",
+            "store.reduced_file_seconds=0.2",  # while the table is written every 0.2 s
+            'reduction.mode="raw"',
+        ],
+    )
+    frames = 120
+    try:
+        sim = _cut_mid_series(stack, signal.SIGKILL, frames)
+        stack.start_daemon()
+        out, _ = sim.communicate(timeout=120)
+        runs = wait_for(
+            lambda: len(r := _runs(stack)) == 2 and all(x["ended_at"] for x in r) and r, 60, "runs ended"
+        )
+        details = [stack.run(r["run_uid"]) for r in runs]
+    finally:
+        stack.stop_all()
+    assert json.loads(out.strip().splitlines()[-1])["frames_sent"] == frames
+    first = details[0]
+    assert any(loss["reason"] == "daemon_crash" for loss in first["losses"]), first["losses"]
+    parts = []
+    for run in details:
+        stored, lost = _stored_frames(stack, run["run_uid"]), _lost_frames(run)
+        rows = _table_rows(stack, run)
+        said_stored = {n for n, d in rows.items() if 0 in d}
+        assert not said_stored & lost, sorted(said_stored & lost)[:10]
+        assert said_stored == stored, (sorted(said_stored - stored)[:10], sorted(stored - said_stored)[:10])
+        assert all(len(d) == 1 for d in rows.values())  # one row per frame
+        parts += [stored, lost]
+    _each_frame_once(parts, frames, [r["losses"] for r in details])
