@@ -218,7 +218,7 @@ def decode(frames: list[bytes] | list[bytes | memoryview]) -> tuple[Message, byt
         expected = int if names[name] in ("int", int) else str
         if not isinstance(value, expected) or isinstance(value, bool):
             raise RemoteProtocolError(f"{cls.type}.{name} = {value!r} is not {expected.__name__}")
-        if expected is str and _SURROGATE.search(value):
+        if isinstance(value, str) and _SURROGATE.search(value):
             # JSON's \ud800 escape decodes to half a UTF-16 pair: no text, and nothing this end can
             # store (SQLite), print or answer in UTF-8 (an outside probe crashed the forwarder with it)
             raise RemoteProtocolError(f"{cls.type}.{name} holds a lone UTF-16 surrogate: not text")
