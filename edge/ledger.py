@@ -105,8 +105,9 @@ CREATE INDEX IF NOT EXISTS runs_by_resumed ON runs(
 #: The ledger's schema version (SQLite ``user_version``). 0/1: the first layout; 2 adds what each file is
 #: (``files.kind``), the run's mode and vetoed frames, and where each consumer stored each file; 3 keeps a
 #: purged file's chunk counts in its row (``files.chunk_record``) instead of its chunk rows; 4 never gives
-#: a chunk id twice (``CHUNKS_TABLE``; the table is rebuilt, its ids kept).
-SCHEMA_VERSION = 4
+#: a chunk id twice (``CHUNKS_TABLE``; the table is rebuilt, its ids kept); 5 records what a reduced file
+#: holds (``files.holds``, read from the file as it is written; NULL for files recorded before).
+SCHEMA_VERSION = 5
 
 #: Columns added since version 1, with their defaults; a fresh ledger gets them too (table, column, SQL).
 MIGRATION_COLUMNS = (
@@ -115,6 +116,7 @@ MIGRATION_COLUMNS = (
     ("runs", "frames_vetoed", "INTEGER NOT NULL DEFAULT 0"),
     ("file_acks", "stored_path", "TEXT"),
     ("files", "chunk_record", "TEXT"),
+    ("files", "holds", "TEXT"),
 )
 
 # Running totals, kept by triggers in the same transaction as the rows they count, so that the views
@@ -413,20 +415,34 @@ class Ledger:
         chunks: Sequence[tuple[int, int, str]],
         kind: str = "data",
         local: bool = False,
+        holds: str | None = None,
     ) -> int:
         """Record a closed file and its transfer chunks ``(offset, length, checksum)`` atomically.
 
-        ``kind`` says what the file holds (data, blank, reduced, documents); a ``local`` file is never
-        forwarded (``upstream.forward``): it stays in state ``local`` until an explicit retention policy
-        retires it.
+        ``kind`` says what the file holds (data, blank, reduced, documents), ``holds`` which products a
+        reduced file holds and where; a ``local`` file is never forwarded (``upstream.forward``): it stays
+        in state ``local`` until an explicit retention policy retires it.
         """
         first, last, count = frames
         state = "local" if local else "stored"
         with self._lock, self._transaction() as db:
             cursor = db.execute(
                 "INSERT INTO files (run_uid, name, path, size, checksum, first_frame, last_frame,"
-                " n_frames, state, stored_at, kind) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
-                (run_uid, name, str(path), size, checksum, first, last, count, state, time.time(), kind),
+                " n_frames, state, stored_at, kind, holds) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+                (
+                    run_uid,
+                    name,
+                    str(path),
+                    size,
+                    checksum,
+                    first,
+                    last,
+                    count,
+                    state,
+                    time.time(),
+                    kind,
+                    holds,
+                ),
             )
             file_id = int(cursor.lastrowid or 0)
             db.executemany(

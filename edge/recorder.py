@@ -293,7 +293,7 @@ class RunRecorder:
     def file_closed(self, closed: ClosedFile) -> None:
         """A data file was finished (fsynced and renamed): checksum it and register it with its chunks."""
         frames = (closed.first_frame, closed.last_frame, closed.n_frames)
-        self.register_file(closed.run_uid, closed.path, frames, closed.kind)
+        self.register_file(closed.run_uid, closed.path, frames, closed.kind, closed.holds)
         self._count("files_closed")
 
     def stays_local(self, run_uid: str, kind: str) -> bool:
@@ -311,13 +311,28 @@ class RunRecorder:
         return True
 
     def register_file(
-        self, run_uid: str, path: Path, frames: tuple[int, int, int], kind: str = "data"
+        self,
+        run_uid: str,
+        path: Path,
+        frames: tuple[int, int, int],
+        kind: str = "data",
+        holds: str | None = None,
     ) -> None:
         """Checksum a closed file and record it, with its transfer chunks, in one transaction."""
         size, digest, chunks = file_checksums(path, self.chunk_bytes)
         local = self.stays_local(run_uid, kind)
         self._ledger_write(
-            self.ledger.file_stored, run_uid, path.name, path, size, digest, frames, chunks, kind, local
+            self.ledger.file_stored,
+            run_uid,
+            path.name,
+            path,
+            size,
+            digest,
+            frames,
+            chunks,
+            kind,
+            local,
+            holds,
         )
         if local:  # never forwarded: nothing reads it again soon
             drop_cached(path)

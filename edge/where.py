@@ -52,7 +52,8 @@ def also_named(ledger: Ledger, run_uid: str, config: Any) -> tuple[str, list[str
     return named, others
 
 
-#: where a run's reduced file (``RUN_reduced_NNNNN.nxs``) keeps its mode's products
+#: where a run's reduced file (``RUN_reduced_NNNNN.nxs``) keeps its mode's products: for files a ledger
+#: recorded before it kept what each holds (``files.holds``, schema 5)
 PRODUCTS_IN_REDUCED = {
     "powder": "profiles: /entry/reduced (a cake: /entry_2d/reduced)",
     "serial": "peak tables: /entry/result_1; frame table: /entry/frames",
@@ -62,9 +63,12 @@ PRODUCTS_IN_REDUCED = {
 
 def _holds(f: dict[str, Any], mode: str | None) -> str | None:
     """What a reduced file holds and where in it, for the scientist asking "where are my slices?"
-    (None for data files, and for files of modes without such products)."""
+    (None for data files): as read from the file when it was written (``files.holds``); for a file
+    recorded before the ledger kept that, what its run's mode puts in reduced files."""
     if (f.get("kind") or "data") != "reduced" or not str(f["name"]).endswith(".nxs"):
         return None
+    if f.get("holds"):
+        return str(f["holds"])
     return PRODUCTS_IN_REDUCED.get(str(mode))
 
 

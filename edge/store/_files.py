@@ -46,6 +46,7 @@ class ClosedFile:
     last_frame: int
     n_frames: int
     kind: str = "data"  # data (kept frames), blank (serial blanks kept locally), reduced (products)
+    holds: str | None = None  # a reduced file: which products it holds and where in it (`edge where`)
 
 
 class ProductLayout(Protocol):

@@ -169,6 +169,7 @@ class ReducedWriter:
                 _peaks_plot(entry)
             if "default" not in entry.attrs:  # raw, or rows with no product: the dispositions
                 _frames_plot(entry, "disposition")
+            holds = contents(h5)
             _finish_file(h5, part, final)
         except BaseException:
             _abandon(h5, part)
@@ -183,6 +184,7 @@ class ReducedWriter:
             max(numbers, default=-1),
             0,  # a reduced file holds no raw frames: its frames are counted in the data files
             "reduced",
+            holds,
         )
         self.files += 1
         self.rows, self.products = later_rows, later_products
@@ -210,6 +212,25 @@ class ReducedWriter:
             table.create_dataset("rotation_angle", data=np.asarray(angles, np.float64)).attrs["units"] = "deg"
         if any("roi_sum" in r for r in rows):
             table.create_dataset("roi_sum", data=np.asarray([r["roi_sum"] for r in rows], np.float64))
+
+
+#: the products a reduced file may hold, where, and how `edge where` names them (in this order)
+PRODUCT_PLACES = (
+    ("/entry/reconstruction", "slices: /entry/reconstruction (sinograms beside them)"),
+    ("/entry/reduced", "profiles: /entry/reduced"),
+    ("/entry_2d/reduced", "cake: /entry_2d/reduced"),
+    ("/entry/result_1", "peak tables: /entry/result_1"),
+)
+
+
+def contents(h5: h5py.File) -> str:
+    """What a reduced file holds and where, read from the file itself: only the last file of a
+    tomography run holds its slices, and a file written by recovery only a frame table."""
+    held = [text for place, text in PRODUCT_PLACES if place in h5]
+    frames = h5.get("/entry/frames/frame_number")
+    if frames is not None and frames.shape[0]:
+        held.append("frame table: /entry/frames")
+    return "; ".join(held) or "the reduction record only"
 
 
 def _peaks_plot(entry: h5py.Group) -> None:

@@ -213,3 +213,49 @@ def test_recovery_s_unaccounted_frames_drop_by_those_a_resumed_run_takes_over(tm
     resume_interrupted(recorder, report, series=3, first_frame=40)
     assert report["frames_lost"] == 10 and report["frames_handed_over"] == 60  # 30..39 stay lost
     assert ledger.run_totals(run_uid)["frames_lost"] == 10
+
+
+def test_each_reduced_file_says_what_it_holds_read_from_the_file(tmp_path: Path) -> None:
+    """An outside tomography probe: every reduced file of a scan said it held the slices; only the last
+    one does (and a run a crash ended has none). What a file holds is read from it as it is written."""
+    from edge.store import ReducedWriter
+    from edge.where import where_report
+
+    ledger = Ledger(tmp_path / "ledger.sqlite")
+    recorder = RunRecorder(ledger, tmp_path, chunk_bytes=1 << 20)
+    run_uid = recorder.open_run("run-t", series=6, frames_expected=4, config={}, mode="tomo")
+    directory = tmp_path / run_uid
+    directory.mkdir()
+    writer = ReducedWriter(directory, run_uid, _Rows(), frames_per_file=2)
+    for frame in range(4):
+        writer.add(frame, "stored", "data", {}, {})
+        if writer.full():
+            recorder.file_closed(writer.finish())
+    recorder.file_closed(writer.finish({"slices": [[[0.0]]], "rows": [0]}))
+    holds = {f["name"]: f["holds"] for f in where_report(ledger, run_uid)["files"]}
+    assert holds == {
+        f"{run_uid}_reduced_00000.nxs": "frame table: /entry/frames",
+        f"{run_uid}_reduced_00001.nxs": "frame table: /entry/frames",
+        f"{run_uid}_reduced_00002.nxs": "slices: /entry/reconstruction (sinograms beside them)",
+    }
+
+
+def test_a_stored_frame_s_row_waits_for_its_data_file_and_a_lost_one_never_says_stored(
+    tmp_path: Path,
+) -> None:
+    from edge.store import ReducedWriter
+
+    writer = ReducedWriter(tmp_path, "run-w", _Rows(), frames_per_file=2, wait_for_data_files=True)
+    for frame in range(4):
+        writer.add(frame, "stored", "data", {}, {})
+    writer.add(4, "vetoed", "data", {}, {})
+    assert not writer.full()  # one row ready (the vetoed one), two needed
+    writer.frames_durable([0, 1])  # their data file was closed (the store's closing thread says so)
+    writer.frames_lost([2, 3])  # theirs was set aside: loss records
+    assert writer.full()
+    closed = writer.finish()
+    assert closed is not None and writer.rows == [] and writer.counts == {"stored": 2, "vetoed": 1}
+    import h5py
+
+    with h5py.File(closed.path, "r") as handle:
+        assert list(handle["/entry/frames/frame_number"][:]) == [0, 1, 4]
