@@ -209,6 +209,15 @@ class ZmqStreamSource:
         if not self._drop_counted and self._series_dropped(self._series, now) is not None:
             self.stats["connections_dropped_in_series"] += 1
             self._drop_counted = True
+            count = self.stats["connections_dropped_in_series"]
+            if count == 1 or count % 100 == 0:
+                log.warning(
+                    "the stream connection to %s dropped during series %s (%d such drops so far; logged"
+                    " the first, then every 100th): frames in flight became a gap",
+                    self.endpoint,
+                    self._series,
+                    count,
+                )
 
     def _series_dropped(self, series: int | None, now: float | None = None) -> int | None:
         dropped = self._dropped_in_series
@@ -313,9 +322,11 @@ class ZmqStreamSource:
             if dropped > 1 and dropped % 100:  # a peer that drops every connection: not a line each time
                 continue
             limit = self.max_message_bytes
-            log.warning(
+            # news only, until a series outlives the drop (`_count_drop_in_series` warns then): a
+            # detector that ends its series and goes away drops it with its end still queued here
+            log.info(
                 "the stream connection to %s dropped (%d so far; logged the first time, then every "
-                "100th): the detector went away%s; frames in flight become a gap",
+                "100th): the detector went away%s",
                 self.endpoint,
                 dropped,
                 f", or sent a message part over stream.max_message_bytes ({limit} bytes)" if limit else "",
