@@ -31,7 +31,7 @@ from edge.pipeline import Pipeline
 from edge.poni import combined_mask, load_poni
 from edge.recorder import RunRecorder
 from edge.recovery import interrupted_udp_run, paused_udp_run, recover, resume_interrupted
-from edge.reduction_control import ReductionControl
+from edge.reduction_control import AUTOSAVE_NAME, ReductionControl
 from edge.retention import Retention
 from edge.ring import FrameRing, Slot
 from edge.run_masks import RunMasks, file_sha256
@@ -580,6 +580,7 @@ class Appliance:
                 open_run=lambda: self.sink.run_or_opening(),
                 on_change=self._warm_up_in_background,
                 frame_shape=self.frame_format.shape,
+                autosave=settings.store.path / AUTOSAVE_NAME,  # changes kept across a restart
             )
             red = settings.reduction
             self.masks = RunMasks(calibration.mask, red.mask_file, red.poni_file)  # + a detector's, per run

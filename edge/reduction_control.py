@@ -3,13 +3,24 @@
 The settings give the starting values; `ReductionControl.update` changes them for the next run. A change
 while a run is open is refused with the reason (the run keeps the parameters it started with); a bad
 value is refused naming the key and the allowed range. Each run records the parameters it ran with.
+
+Changes are kept across a restart, as areaDetector's autosave keeps PV values: each accepted change is
+saved (``STORE/reduction.json``) with a digest of the settings it started from, and a daemon started
+on the same settings restores them. A daemon started on other settings (its config file's
+``[reduction]`` edited since) takes the new settings, and says that it did not restore the changes.
 """
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
+import logging
+import os
 import threading
+import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
@@ -17,8 +28,24 @@ from pydantic import ValidationError
 from edge.config import MODES, ReductionSettings, describe_validation_error
 from edge.errors import ConfigError, Refused
 
+log = logging.getLogger(__name__)
+
 #: what may change between runs; the rest of ``reduction.*`` (backend, bins, geometry files) needs a restart
 RUN_PARAMETERS = ("mode", "cake_bins", "roi", "serial", "tomo")
+AUTOSAVE_NAME = "reduction.json"  # in the store's directory, beside the ledger
+
+
+def _run_parameters(settings: ReductionSettings) -> dict[str, Any]:
+    """The run parameters of ``settings`` as JSON."""
+    current = settings.model_dump(mode="json")
+    return {key: current[key] for key in RUN_PARAMETERS}
+
+
+def _digest(settings: ReductionSettings) -> str:
+    """A digest of the run parameters ``settings`` give: which starting values a saved change was made
+    from."""
+    text = json.dumps(_run_parameters(settings), sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 class ReductionControl:
@@ -30,6 +57,7 @@ class ReductionControl:
         open_run: Callable[[], str | None],
         on_change: Callable[[ReductionSettings], None] | None = None,
         frame_shape: tuple[int, int] | None = None,
+        autosave: Path | None = None,
     ) -> None:
         self._current = settings
         self._open_run = open_run
@@ -39,6 +67,73 @@ class ReductionControl:
         self._check_frame(settings, {"roi": settings.roi, "tomo": settings.tomo})
         self._lock = threading.Lock()
         self.changes = 0
+        self._autosave = autosave  # where accepted changes are kept across a restart (None: not kept)
+        self._origin = _digest(settings)  # the starting values they were made from
+        self.restored: dict[str, Any] | None = None  # the parameters restored at start, if any
+        if autosave is not None:
+            self._restore(autosave, settings)
+
+    def _restore(self, path: Path, settings: ReductionSettings) -> None:
+        """Take back the changes saved before a restart, when they were made from these settings."""
+        try:
+            saved = json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return
+        except (OSError, ValueError) as error:
+            log.warning("reduction changes saved in %s cannot be read (%s): not restored", path, error)
+            return
+        if not isinstance(saved, dict) or not isinstance(saved.get("parameters"), dict):
+            log.warning(
+                "reduction changes saved in %s are not in the form this edge writes: not restored", path
+            )
+            return
+        if saved.get("from_settings") != self._origin:
+            log.warning(
+                "the reduction settings changed since the changes saved in %s (made over REST or EPICS"
+                " before the restart): the new settings apply, the saved changes are not restored",
+                path,
+            )
+            return
+        merged = {**settings.model_dump(), **saved["parameters"]}
+        try:
+            candidate = ReductionSettings.model_validate(merged)
+            self._check_frame(candidate, saved["parameters"])
+        except (ValidationError, ConfigError) as error:
+            log.warning("reduction changes saved in %s are not valid here (%s): not restored", path, error)
+            return
+        self._current = candidate
+        self.restored = self.parameters()
+        log.info(
+            "restored the reduction changes made before the restart (saved %s in %s): mode %s",
+            time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(float(saved.get("saved_at") or 0))),
+            path,
+            candidate.mode,
+        )
+
+    def _save(self, settings: ReductionSettings) -> None:
+        """Keep ``settings``' run parameters across a restart (written whole, then renamed into place)."""
+        if self._autosave is None:
+            return
+        record = {
+            "from_settings": self._origin,
+            "saved_at": time.time(),
+            "parameters": _run_parameters(settings),
+        }
+        part = self._autosave.with_name(self._autosave.name + ".part")
+        try:
+            with open(part, "w", encoding="utf-8") as handle:
+                json.dump(record, handle)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(part, self._autosave)
+        except OSError as error:  # (a full disk) the change applies; it is not kept across a restart
+            log.warning(
+                "cannot save the reduction change in %s (%s): not kept across a restart",
+                self._autosave,
+                error,
+            )
+            with contextlib.suppress(OSError):
+                part.unlink()
 
     def current(self) -> ReductionSettings:
         with self._lock:
@@ -46,8 +141,7 @@ class ReductionControl:
 
     def parameters(self) -> dict[str, Any]:
         """The per-run parameters as JSON (what ``GET /api/reduction`` returns)."""
-        current = self.current().model_dump(mode="json")
-        return {key: current[key] for key in RUN_PARAMETERS}
+        return _run_parameters(self.current())
 
     def check_mode(self, mode: str) -> str | None:
         """Why ``mode`` cannot be set now, or None."""
@@ -92,6 +186,7 @@ class ReductionControl:
             self._current = candidate
             self.changes += 1
             changed = self._current
+            self._save(changed)
         if self._on_change is not None:
             self._on_change(changed)
         return self.parameters()
