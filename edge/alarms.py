@@ -113,7 +113,7 @@ def current_alarms(status: Mapping[str, Any]) -> list[dict[str, Any]]:
     if recovery.get("quarantined"):
         parts.append(f"{len(recovery['quarantined'])} half-written file(s) quarantined")
     if int(recovery.get("frames_lost") or 0) > 0:
-        parts.append(f"{recovery['frames_lost']:,} frames unaccounted for")
+        parts.append(f"{recovery['frames_lost']:,} frames recorded lost (daemon_crash)")
     if parts:
         out.append(
             _alarm("daemon:recovery", "daemon", "minor", f"Recovered after a crash: {'; '.join(parts)}")

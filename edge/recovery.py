@@ -148,7 +148,11 @@ def recover(recorder: RunRecorder, root: Path) -> dict[str, Any]:
             vetoed.size,
         )
     if any(report[k] for k in ("quarantined", "salvaged", "runs_failed")):
-        log.warning("recovery: %s", json.dumps(report))
+        log.warning(
+            "recovery: %s (frames_lost: the interrupted runs' frames in no file, recorded lost for now; a"
+            " series the detector goes on with resumes in a run that takes back those it receives)",
+            json.dumps(report),
+        )
     return report
 
 

@@ -501,7 +501,10 @@ def test_a_troubled_appliance_in_words_and_healthy_again(
     warnings = " | ".join(texts(browser, "#alarms li.warn"))
     assert "since daemon start" in warnings
     assert "Recovered after a crash: 1 run(s) marked failed (0b5e7c2a)" in warnings
-    assert "1 half-written file(s) quarantined" in warnings and "5 frames unaccounted for" in warnings
+    assert (
+        "1 half-written file(s) quarantined" in warnings
+        and "5 frames recorded lost (daemon_crash)" in warnings
+    )
     # no frame yet: the panels say so, and a 404 is not an outage
     assert browser.evaluate("document.getElementById('preview-empty').hidden") is False
     assert browser.evaluate("document.getElementById('profile-empty').hidden") is False

@@ -197,7 +197,7 @@ def test_a_resumed_run_that_crashes_too_accounts_only_for_its_own_frames(tmp_pat
 
 def test_recovery_s_unaccounted_frames_drop_by_those_a_resumed_run_takes_over(tmp_path: Path) -> None:
     """A crash in a series of known length: recovery records the frames after the last stored as
-    daemon_crash and counts them (the dashboard's "frames unaccounted for"); a resumed run takes those
+    daemon_crash and counts them (the dashboard's "frames recorded lost (daemon_crash)"); a resumed run takes those
     from its first frame on, and the count says what is still unaccounted for."""
     from edge.recovery import recover
 
