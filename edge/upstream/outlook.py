@@ -8,7 +8,11 @@ table, ``edge where``), so an outage never shows three different answers. The fa
   and nothing became verified over the rate window: nothing can move until that changes), ``delivering``
   (files became verified over the rate window) or ``waiting`` (a consumer is connected, nothing verified
   in the window yet).
+  A required consumer that is connected (it heartbeats) but has answered none of the chunks sent to it
+  for ``UNANSWERED_SECONDS`` is a stall too, when nothing became verified over the rate window.
 - ``refusing``: the connected required consumers that refused a chunk in the last ``REFUSING_SECONDS``.
+- ``unanswering``: the connected required consumers that answered no chunk sent to them for
+  ``UNANSWERED_SECONDS`` (a wedged client: it heartbeats, it writes and acknowledges nothing).
 - ``eta_seconds``: pending bytes over the verified rate; ``None`` whenever it cannot be known (stalled,
   or no file verified in the window). Verified bytes, not sent bytes: a chunk sent twice, or sent to a
   consumer that then vanished, moves no data upstream.
@@ -23,6 +27,7 @@ from typing import Any, Protocol
 
 RATE_WINDOW_SECONDS = 120.0
 REFUSING_SECONDS = 30.0  # a consumer that refused a chunk this recently is "refusing" (it resends every 10 s)
+UNANSWERED_SECONDS = 60.0  # chunks sent and none answered for this long: the consumer is not pulling
 
 
 class _UpstreamLedger(Protocol):
@@ -66,6 +71,14 @@ def upstream_outlook(
         and c.get("seconds_since_refusal") is not None
         and float(c["seconds_since_refusal"]) < REFUSING_SECONDS
     }
+    silent = {
+        str(c.get("consumer")): float(c["seconds_unanswered"])
+        for c in consumers
+        if c.get("connected")
+        and str(c.get("consumer")) in required
+        and c.get("seconds_unanswered") is not None
+        and float(c["seconds_unanswered"]) >= UNANSWERED_SECONDS
+    }
     rate = float(ledger.verified_rate(RATE_WINDOW_SECONDS, now))
     oldest = ledger.oldest_unverified_at()
     pending = int(bytes_pending)
@@ -78,6 +91,13 @@ def upstream_outlook(
         state = "stalled"
         said = "; ".join(f"{name}: {why}" for name, why in sorted(refusals.items()))
         reason = f"consumer refusing chunks ({said[:300]}); data stays on the local disk"
+    elif silent and rate <= 0:
+        state = "stalled"
+        said = ", ".join(f"{name} for {seconds:.0f} s" for name, seconds in sorted(silent.items()))
+        reason = (
+            f"consumer connected but acknowledging nothing sent to it ({said}): check the HPC side's"
+            " client; data stays on the local disk"
+        )
     elif rate > 0:
         state, reason = "delivering", f"files verified over the last {RATE_WINDOW_SECONDS:.0f} s"
     else:
@@ -93,6 +113,7 @@ def upstream_outlook(
         "consumers_connected": connected,
         "consumers_required": required,
         "refusing": sorted(refusals),
+        "unanswering": sorted(silent),
         "bytes_sent": int(forwarder.get("bytes_sent", 0) or 0),
         "bytes_resent": int(forwarder.get("bytes_resent", 0) or 0),
     }

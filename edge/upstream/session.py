@@ -108,6 +108,9 @@ class ConsumerState:
     refusals: int = 0  # nacks from it since the daemon started
     last_refusal: str = ""  # the reason of the newest one (its own words, cut to 200 characters)
     last_refusal_at: float | None = None
+    #: since when it owes an answer: chunks were sent to it and none was acknowledged or refused since
+    #: (None: it owes nothing). A consumer that heartbeats but answers no chunk stalls delivery unseen
+    unanswered_since: float | None = None
 
 
 class ForwarderSession:
@@ -189,6 +192,7 @@ class ForwarderSession:
             if consumer.in_flight.pop(message.chunk_id, None) is not None:
                 consumer.credit += 1
             if self.ledger.chunk_acked(consumer.name, message.chunk_id, message.checksum):
+                consumer.unanswered_since = now if consumer.in_flight else None
                 self.stats["chunks_acked"] += 1
                 self._sends.get(consumer.name, {}).pop(message.chunk_id, None)  # its next send is a first
                 consumer.held.pop(message.chunk_id, None)
@@ -204,6 +208,7 @@ class ForwarderSession:
                 if consumer.nacks[message.chunk_id] > 1:
                     consumer.held[message.chunk_id] = now + self.resend_seconds
             self.stats["chunks_nacked"] += 1
+            consumer.unanswered_since = now if consumer.in_flight else None  # an answer, if a refusal
             consumer.refusals += 1
             reason = p.printable(message.reason)  # shown in the log and the dashboard: escaped
             consumer.last_refusal, consumer.last_refusal_at = reason, now
@@ -290,6 +295,8 @@ class ForwarderSession:
         if isinstance(message, p.Chunk):
             if consumer.in_flight.pop(message.chunk_id, None) is not None:
                 consumer.credit += 1
+            if not consumer.in_flight:  # it never got it: it owes no answer for it
+                consumer.unanswered_since = None
         elif isinstance(message, p.FileComplete):
             consumer.completes_sent.pop(message.file_id, None)
 
@@ -311,6 +318,9 @@ class ForwarderSession:
                 "seconds_since_refusal": None
                 if c.last_refusal_at is None
                 else round(now - c.last_refusal_at, 3),
+                "seconds_unanswered": None
+                if c.unanswered_since is None
+                else round(now - c.unanswered_since, 3),
             }
             for c in self.consumers.values()
         ]
@@ -409,6 +419,8 @@ class ForwarderSession:
                 payload = bytes(damaged)
                 self.stats["chunks_corrupted_injected"] += 1
             consumer.in_flight[message.chunk_id] = now
+            if consumer.unanswered_since is None:
+                consumer.unanswered_since = now
             consumer.credit -= 1
             sends = self._sends.setdefault(consumer.name, {})
             sends[message.chunk_id] = sends.get(message.chunk_id, 0) + 1

@@ -293,3 +293,15 @@ def test_a_run_is_found_by_a_prefix_in_any_case_and_an_ambiguous_one_lists_the_r
             resolve_run(ledger, "6A3644A8")
     finally:
         ledger.close()
+
+
+def test_a_consumer_that_heartbeats_but_answers_no_chunk_is_a_stall_that_says_so() -> None:
+    """An outside hostile consumer: connected, heartbeating, acknowledging nothing for minutes: the
+    state stayed "waiting" with no alarm while the lag grew."""
+    wedged = consumers(True)
+    wedged["consumers"][0]["seconds_unanswered"] = 144.0
+    out = upstream_outlook(OutlookLedger(0.0, 1000.0), 5_000_000, wedged, now=1600.0)
+    assert (out["state"], out["unanswering"]) == ("stalled", ["hpc"])
+    assert "acknowledging nothing sent to it (hpc for 144 s)" in out["reason"]
+    wedged["consumers"][0]["seconds_unanswered"] = 20.0  # answers are only a little late: waiting
+    assert upstream_outlook(OutlookLedger(0.0, 1000.0), 5_000_000, wedged, now=1600.0)["state"] == "waiting"

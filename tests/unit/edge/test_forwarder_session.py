@@ -143,6 +143,7 @@ def test_an_undeliverable_chunk_gives_its_credit_back_and_waits_for_the_consumer
         "chunks_refused": 0,
         "last_refusal": None,
         "seconds_since_refusal": None,
+        "seconds_unanswered": None,
     }
     # counters only grow (Prometheus counters; an outside probe saw them go down): the attempt stays
     # counted, and the chunk tried again counts as resent
@@ -397,3 +398,13 @@ def test_a_nack_reason_is_logged_and_shown_escaped(ledger: Ledger, caplog: pytes
     assert "\n" not in state["last_refusal"] and "\x1b" not in state["last_refusal"]
     assert "\\x0a2026-12-04" in state["last_refusal"]
     assert not [r for r in caplog.records if "\n" in r.getMessage() or "\x1b" in r.getMessage()]
+
+
+def test_how_long_a_consumer_has_answered_nothing_sent_to_it(ledger: Ledger) -> None:
+    session = ForwarderSession(ledger)
+    connect(session, credit=1)
+    assert session.consumer_states(0.0)[0]["seconds_unanswered"] is None  # nothing sent yet
+    (out,) = chunks(session.tick(0.0))
+    assert session.consumer_states(70.0)[0]["seconds_unanswered"] == 70.0
+    session.receive(PEER, frames(p.Ack(out.chunk_id, out.checksum)), 71.0)
+    assert session.consumer_states(72.0)[0]["seconds_unanswered"] is None  # answered, nothing owed
