@@ -367,6 +367,7 @@ class RingSink:
             self.resumed_length = None
             if config.get("resumed_after_restart") and self.resume is not None:
                 config.update(self.resume(series, int(config["first_frame"]), config.get("transport")))
+                self._note_mode_change(config, reduction)
                 if config.get("frames_expected") is None and config.get("resumes_run"):
                     # the series' length as the interrupted run recorded it (this run saw no header): its
                     # tail is then accounted at its end (missing_at_series_end) and after another crash
@@ -437,6 +438,26 @@ class RingSink:
                 else:  # the capture closed while this series started: end the run with the series
                     capture_path = None
         return None
+
+    def _note_mode_change(self, config: dict[str, Any], reduction: dict[str, Any]) -> None:
+        """A series resumed after a restart in another reduction mode than the run it continues (the
+        settings were changed across the restart): said in the log and in the run's config
+        (``resumed_in_other_mode``), since its products do not continue that run's."""
+        earlier = config.get("resumes_run")
+        if not earlier:
+            return
+        with contextlib.suppress(Exception):
+            mode = self.recorder.ledger.run(str(earlier)).get("mode")
+            if mode and mode != reduction.get("mode"):
+                config["resumed_in_other_mode"] = mode
+                log.warning(
+                    "series resumed after a restart in mode %s; the run it continues (%s) was reduced in"
+                    " mode %s: its products do not continue that run's (the reduction settings changed"
+                    " across the restart)",
+                    reduction.get("mode"),
+                    earlier,
+                    mode,
+                )
 
     def _run_mask(self, config: dict[str, Any], pixel_mask: np.ndarray | None) -> np.ndarray | None:
         """For a series that carries a detector pixel mask (or any Stream V2 series): the mask its

@@ -587,3 +587,30 @@ def test_a_frame_table_never_says_stored_for_a_frame_a_crash_lost(tmp_path: Path
         assert all(len(d) == 1 for d in rows.values())  # one row per frame
         parts += [stored, lost]
     _each_frame_once(parts, frames, [r["losses"] for r in details])
+
+
+def test_a_series_resumed_in_another_mode_says_so(tmp_path: Path) -> None:
+    """An outside chaos probe restarted the daemon with another reduction mode mid-series: the resumed
+    run went on in the new mode without a word. It now says so (log, and ``resumed_in_other_mode``)."""
+    stack = EdgeStack(
+        tmp_path,
+        [
+            "detector.height=64",
+            "detector.width=64",
+            "sim.rate_hz=40",
+            "store.frames_per_file=10",
+            'reduction.mode="raw"',
+        ],
+    )
+    try:
+        sim = _cut_mid_series(stack, signal.SIGKILL, 120)
+        stack.start_daemon("--set", 'reduction.mode="powder"', "--set", "reduction.bins=50")
+        sim.communicate(timeout=120)
+        runs = wait_for(
+            lambda: len(r := _runs(stack)) == 2 and all(x["ended_at"] for x in r) and r, 60, "runs ended"
+        )
+        second = stack.run(runs[1]["run_uid"])
+    finally:
+        stack.stop_all()
+    config = _config(second)
+    assert config["resumes_run"] == runs[0]["run_uid"] and config["resumed_in_other_mode"] == "raw"
