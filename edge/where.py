@@ -167,7 +167,28 @@ def where_report(
             report["series_frames_expected"] = ledger.run(report["resumes_run"])["frames_expected"]
     report["continued_by"] = ledger.runs_resuming(run_uid)
     report["summary"] = summary_line(report)
+    report["products_note"] = products_note(report, bool(run["ended_at"]))
     return report
+
+
+def products_note(report: dict[str, Any], ended: bool) -> str | None:
+    """For a tomography run that ended without slices in any of its files, why and where to look (an
+    outside probe: a scan cut by a crash and never resumed had no reconstruction, and nothing said so)."""
+    if report.get("mode") != "tomo" or not ended:
+        return None
+    if any("slices" in str(f.get("holds") or "") for f in report["files"] if f.get("kind") == "reduced"):
+        return None
+    later = report.get("continued_by") or []
+    if later:
+        return (
+            f"no slices in this run's files: the scan goes on in run {later[0]}, whose last reduced file"
+            " holds them"
+        )
+    return (
+        f"no slices: the scan ended {report.get('exit_status') or 'unknown'} before its reconstruction was"
+        " written, and was not resumed; its frames are in its data files (NXtomo, and /exchange for"
+        " dxchange): reconstruct them from there"
+    )
 
 
 def quarantined(store: Path, run_uid: str) -> list[dict[str, Any]]:
@@ -260,6 +281,8 @@ def render(report: dict[str, Any]) -> str:
     resumed = _resumed_line(report)
     if resumed:
         lines.insert(1, resumed)
+    if report.get("products_note"):
+        lines.append(f"  products: {report['products_note']}")
     for later in report.get("continued_by") or ():
         lines.insert(1, f"  its series continues in run {later}")
     for f in report["files"]:

@@ -305,3 +305,21 @@ def test_a_consumer_that_heartbeats_but_answers_no_chunk_is_a_stall_that_says_so
     assert "acknowledging nothing sent to it (hpc for 144 s)" in out["reason"]
     wedged["consumers"][0]["seconds_unanswered"] = 20.0  # answers are only a little late: waiting
     assert upstream_outlook(OutlookLedger(0.0, 1000.0), 5_000_000, wedged, now=1600.0)["state"] == "waiting"
+
+
+def test_a_tomography_run_that_ended_without_slices_says_why_and_where_to_look(tmp_path: Path) -> None:
+    """An outside probe: a scan cut by a crash and never resumed had no reconstruction anywhere, and
+    `edge where` said nothing about it."""
+    ledger = Ledger(tmp_path / "ledger.sqlite")
+    try:
+        ledger.run_started("t-2", 1, 40, "{}", "tomo")
+        path = tmp_path / "t-2_00000.h5"
+        path.write_bytes(b"x")
+        ledger.file_stored("t-2", path.name, path, 1, "0" * 32, (0, 9, 10), [])
+        assert where_report(ledger, "t-2")["products_note"] is None  # still running: not yet
+        ledger.run_ended("t-2", "fail", 10)
+        report = where_report(ledger, "t-2")
+    finally:
+        ledger.close()
+    assert report["products_note"].startswith("no slices: the scan ended fail before its reconstruction")
+    assert "  products: no slices" in render(report)
