@@ -35,6 +35,10 @@ _MAX_ID = (1 << 63) - 1  # chunk and file ids are SQLite INTEGERs
 #: chunks one consumer may have outstanding (credit + in flight), whatever credit it grants: 4096 x
 #: ``store.chunk_bytes`` is plenty, and the in-flight list stays well inside SQLite's query limits
 MAX_CREDIT = 1 << 12
+#: bytes of chunks on their way to one consumer at most, whatever its credit: a peer that grants the
+#: most credit and reads nothing pins what was sent to it in the appliance's socket queue (4096 chunks
+#: of 4 MiB: 16 GiB); the rest of its credit waits until chunks are answered or time out
+MAX_IN_FLIGHT_BYTES = 256 << 20
 #: while nothing happens (no message, nothing expired) the ledger is asked for new chunks and completed
 #: files at most this often: an idle forwarder ran two queries every 50 ms tick
 LEDGER_POLL_SECONDS = 0.25
@@ -98,6 +102,7 @@ class ConsumerState:
     credit: int
     last_seen: float
     in_flight: dict[int, float] = field(default_factory=dict)  # chunk id -> when sent
+    sizes: dict[int, int] = field(default_factory=dict)  # chunk id -> bytes, for those sent (pruned)
     completes_sent: dict[int, float] = field(default_factory=dict)  # file id -> when sent
     connects: int = 1
     #: a send to it failed (peer gone, or its queue full): nothing more is read and sent to it until it is
@@ -389,8 +394,14 @@ class ForwarderSession:
             if now >= until:
                 del consumer.held[chunk_id]
         out: list[Outgoing] = []
+        consumer.sizes = {c: consumer.sizes[c] for c in consumer.in_flight if c in consumer.sizes}
+        room = MAX_IN_FLIGHT_BYTES - sum(consumer.sizes.values())
         skip = [*consumer.in_flight, *consumer.held]
         for row in self.ledger.pending_chunks(consumer.name, skip, consumer.credit):
+            if int(row["length"]) > room and (consumer.in_flight or out):
+                self.stats["sends_held_in_flight_bytes"] += 1  # its credit waits for answers
+                break
+            room -= int(row["length"])
             try:
                 payload = self._read_chunk(row["path"], row["offset"], row["length"])
             except OSError as error:
@@ -419,6 +430,7 @@ class ForwarderSession:
                 payload = bytes(damaged)
                 self.stats["chunks_corrupted_injected"] += 1
             consumer.in_flight[message.chunk_id] = now
+            consumer.sizes[message.chunk_id] = message.length
             if consumer.unanswered_since is None:
                 consumer.unanswered_since = now
             consumer.credit -= 1

@@ -408,3 +408,20 @@ def test_how_long_a_consumer_has_answered_nothing_sent_to_it(ledger: Ledger) -> 
     assert session.consumer_states(70.0)[0]["seconds_unanswered"] == 70.0
     session.receive(PEER, frames(p.Ack(out.chunk_id, out.checksum)), 71.0)
     assert session.consumer_states(72.0)[0]["seconds_unanswered"] is None  # answered, nothing owed
+
+
+def test_what_is_on_its_way_to_one_consumer_is_bounded_in_bytes_whatever_its_credit(
+    ledger: Ledger, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An outside hostile consumer: peers granting the most credit and reading nothing pinned every
+    chunk sent to them in the appliance's memory (4096 chunks of 4 MiB each). Here the bound is 2 KiB."""
+    import edge.upstream.session as session_module
+
+    monkeypatch.setattr(session_module, "MAX_IN_FLIGHT_BYTES", 2048)
+    session = ForwarderSession(ledger)
+    connect(session, credit=8)
+    first = chunks(session.tick(0.0))
+    assert len(first) == 2 and session.stats["sends_held_in_flight_bytes"] == 1  # 2 x 1024: the bound
+    assert chunks(session.tick(0.1)) == []
+    session.receive(PEER, frames(p.Ack(first[0].chunk_id, first[0].checksum)), 0.2)
+    assert len(chunks(session.tick(0.3))) == 1  # room for one more
