@@ -55,6 +55,11 @@ def _cut_mid_series(stack: EdgeStack, sig: int, frames: int = 0) -> subprocess.P
     return sim
 
 
+def _small_stack(tmp_path: Path, *settings: str) -> EdgeStack:
+    """A daemon for 64x64 frames from a simulator at 40 frames/s, with ``settings`` on top."""
+    return EdgeStack(tmp_path, ["detector.height=64", "detector.width=64", "sim.rate_hz=40", *settings])
+
+
 def _each_frame_once(parts: list[set[int]], sent: int, context: object) -> None:
     """Every frame sent has exactly one disposition across ``parts`` (stored or lost, in either run)."""
     for i, a in enumerate(parts):
@@ -490,18 +495,13 @@ def test_a_series_of_known_length_killed_twice_accounts_every_frame_once(tmp_pat
     time in the run resumed after the first. The resumed run had no length of its own (it saw no header),
     so recovery could not account its tail ("frames after 259 cannot be accounted"): 41 frames had no
     disposition. It now takes the series' length from the run it continues."""
-    stack = EdgeStack(
+    stack = _small_stack(
         tmp_path,
-        [
-            "detector.height=64",
-            "detector.width=64",
-            "sim.rate_hz=40",
-            "store.frames_per_file=10",
-            "store.file_seconds=0.5",
-            'reduction.mode="raw"',
-            'reduction.backend="numpy"',
-            "reduction.bins=50",
-        ],
+        "store.frames_per_file=10",
+        "store.file_seconds=0.5",
+        'reduction.mode="raw"',
+        'reduction.backend="numpy"',
+        "reduction.bins=50",
     )
     frames = 160
     try:
@@ -551,17 +551,12 @@ def test_a_frame_table_never_says_stored_for_a_frame_a_crash_lost(tmp_path: Path
     documents recorded the same frames lost (daemon_crash). The upstream copy said both. A stored
     frame's row now waits until its data file is closed; recovery lists the frames of files closed but
     not yet in a table."""
-    stack = EdgeStack(
+    stack = _small_stack(
         tmp_path,
-        [
-            "detector.height=64",
-            "detector.width=64",
-            "sim.rate_hz=40",
-            "store.frames_per_file=1000",  # the data file stays open until the kill
-            "store.file_seconds=600",
-            "store.reduced_file_seconds=0.2",  # while the table is written every 0.2 s
-            'reduction.mode="raw"',
-        ],
+        "store.frames_per_file=1000",  # the data file stays open until the kill
+        "store.file_seconds=600",
+        "store.reduced_file_seconds=0.2",  # while the table is written every 0.2 s
+        'reduction.mode="raw"',
     )
     frames = 120
     try:
@@ -592,15 +587,10 @@ def test_a_frame_table_never_says_stored_for_a_frame_a_crash_lost(tmp_path: Path
 def test_a_series_resumed_in_another_mode_says_so(tmp_path: Path) -> None:
     """An outside chaos probe restarted the daemon with another reduction mode mid-series: the resumed
     run went on in the new mode without a word. It now says so (log, and ``resumed_in_other_mode``)."""
-    stack = EdgeStack(
+    stack = _small_stack(
         tmp_path,
-        [
-            "detector.height=64",
-            "detector.width=64",
-            "sim.rate_hz=40",
-            "store.frames_per_file=10",
-            'reduction.mode="raw"',
-        ],
+        "store.frames_per_file=10",
+        'reduction.mode="raw"',
     )
     try:
         sim = _cut_mid_series(stack, signal.SIGKILL, 120)
