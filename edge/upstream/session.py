@@ -39,6 +39,9 @@ MAX_CREDIT = 1 << 12
 #: most credit and reads nothing pins what was sent to it in the appliance's socket queue (4096 chunks
 #: of 4 MiB: 16 GiB); the rest of its credit waits until chunks are answered or time out
 MAX_IN_FLIGHT_BYTES = 256 << 20
+#: consumers remembered at most: beyond, the one silent longest that the policy does not require, with
+#: nothing in flight, is forgotten (peers saying hello under ever new names grew the status for good)
+MAX_CONSUMERS = 64
 #: while nothing happens (no message, nothing expired) the ledger is asked for new chunks and completed
 #: files at most this often: an idle forwarder ran two queries every 50 ms tick
 LEDGER_POLL_SECONDS = 0.25
@@ -367,6 +370,7 @@ class ForwarderSession:
         state.connects = (old.connects + 1) if old else 1
         self.consumers[hello.consumer] = state
         self._by_identity[identity] = hello.consumer
+        self._forget_silent(now)
         if credit == hello.credit:
             log.info("consumer %s connected (credit %d)", hello.consumer, credit)
         else:  # the credit it asked for comes from the network: any size, so its digits are cut
@@ -375,6 +379,26 @@ class ForwarderSession:
                 asked = f"{asked[:20]}... ({len(asked.lstrip('-'))} digits)"
             log.info("consumer %s connected (credit %d; it asked for %s)", hello.consumer, credit, asked)
         return [Outgoing(identity, p.Welcome(self.appliance_id, CHECKSUM)), *out]
+
+    def _forget_silent(self, now: float) -> None:
+        """Keep at most `MAX_CONSUMERS` consumers: forget those silent longest (not connected, nothing in
+        flight, not required by ``upstream.required_consumers``), counted in ``consumers_forgotten``."""
+        required = set(getattr(self.ledger, "required_consumers", ()))
+        while len(self.consumers) > MAX_CONSUMERS:
+            idle = [
+                c
+                for c in self.consumers.values()
+                if c.name not in required
+                and not c.in_flight
+                and now - c.last_seen >= 3 * self.heartbeat_seconds
+            ]
+            if not idle:
+                return
+            oldest = min(idle, key=lambda c: c.last_seen)
+            del self.consumers[oldest.name]
+            self._by_identity.pop(oldest.identity, None)
+            self._sends.pop(oldest.name, None)
+            self.stats["consumers_forgotten"] += 1
 
     def _expire(self, consumer: ConsumerState, now: float) -> bool:
         """Give back the credit of chunks unanswered for ``resend_seconds``; True if there were any."""

@@ -425,3 +425,20 @@ def test_what_is_on_its_way_to_one_consumer_is_bounded_in_bytes_whatever_its_cre
     assert chunks(session.tick(0.1)) == []
     session.receive(PEER, frames(p.Ack(first[0].chunk_id, first[0].checksum)), 0.2)
     assert len(chunks(session.tick(0.3))) == 1  # room for one more
+
+
+def test_consumers_under_ever_new_names_are_not_remembered_for_ever(
+    ledger: Ledger, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An outside hostile consumer said hello under 300 names: all 300 stayed in the status until the
+    daemon restarted. Beyond a bound, the one silent longest (not required, nothing in flight) goes."""
+    import edge.upstream.session as session_module
+
+    monkeypatch.setattr(session_module, "MAX_CONSUMERS", 4)
+    session = ForwarderSession(ledger)
+    connect(session, credit=1, now=0.0)  # "hpc", required
+    for k in range(10):
+        session.receive(f"peer-{k}".encode(), frames(p.Hello(f"x{k}", 1)), 100.0 + 10 * k)
+    names = {state["consumer"] for state in session.consumer_states(300.0)}
+    assert "hpc" in names and len(names) == 4 and {"x8", "x9"} <= names
+    assert session.stats["consumers_forgotten"] == 7
