@@ -84,6 +84,8 @@ REJECT_REASONS: Final[tuple[str, ...]] = (
 )
 #: packets of unconfirmed jumps held at once; beyond it the oldest is rejected
 MAX_HELD_PACKETS: Final = 64
+#: whole frames' worth of packets of old frames in a row that mean the detector numbers from 0 again
+RESTART_FRAMES: Final = 2
 #: a held packet of a jump is confirmed by another packet beyond the frames accepted so far whose frame
 #: number is within this many frames of its own (under heavy loss the packets that get through after a
 #: gap are frames apart; two stray numbers are rarely this close)
@@ -543,6 +545,9 @@ class UdpFrameAssembler:
         # counts from (a run that may continue an earlier one counts from that one's last frame)
         self._jump_from = jump_from
         self._held: list[_HeldPacket] = []  # packets of unconfirmed jumps, in arrival order
+        # packets in a row of frames well below the newest (duplicates or late): a detector that started
+        # numbering again (a new acquisition with no pause between), or copies (packet, when, frame, kind)
+        self._old_streak: list[tuple[bytes, float, int, str]] = []
         self._c = _Counters()
 
     # -- public API ---------------------------------------------------------------------------------
@@ -680,6 +685,36 @@ class UdpFrameAssembler:
                 return REJECT_FRAME_NUMBER_OUT_OF_RANGE, frame
         return None, frame
 
+    # -- numbers that start again ---------------------------------------------------------------------
+
+    def _note_old(self, old: bool, view: memoryview, now: float, frame: int, kind: str) -> None:
+        if not old:
+            self._old_streak.clear()
+            return
+        if len(self._old_streak) <= RESTART_FRAMES * self._ppf:
+            self._old_streak.append((bytes(view), now, frame, kind))
+
+    @property
+    def restarted(self) -> bool:
+        """Whether the frame numbers started again: `RESTART_FRAMES` whole frames' worth of packets in a
+        row, of at least two frames, all well below the newest frame (more than ``frame_timeout_frames``),
+        each a copy of a packet taken or late. A network's copies come one at a time."""
+        streak = self._old_streak
+        return len(streak) >= RESTART_FRAMES * self._ppf and len({item[2] for item in streak}) >= 2
+
+    def take_restart(self) -> list[tuple[bytes, float]]:
+        """The packets of a restart (`restarted`), taken out of this assembler's counts (they belong to
+        the acquisition that started again), to feed to a new one with their times."""
+        streak, self._old_streak = self._old_streak, []
+        c = self._c
+        for _data, _now, _frame, kind in streak:
+            c.packets_received -= 1
+            if kind == "duplicate":
+                c.packets_duplicate -= 1
+            else:
+                c.packets_late -= 1
+        return [(data, now) for data, now, _frame, _kind in streak]
+
     # -- unconfirmed jumps ----------------------------------------------------------------------------
 
     def _reject(self, reason: str, frame: int | None, events: list[Event]) -> None:
@@ -744,19 +779,25 @@ class UdpFrameAssembler:
     def _accept(self, view: memoryview, now: float, events: list[Event]) -> None:
         (_m, _v, _f, module_id, frame, pidx, _ppf, _r, _c, ts, _plen) = _HEADER.unpack_from(view)
         c = self._c
+        old = self._highest is not None and frame + self.frame_timeout_frames < self._highest
         if frame in self._done_ahead:  # emitted complete, so this packet was received before
             c.packets_duplicate += 1
+            self._note_old(old, view, now, frame, "duplicate")
             return
         if frame in self._history:
             received = self._history[frame]
             if received is None or received[module_id, pidx]:
                 c.packets_duplicate += 1
+                self._note_old(old, view, now, frame, "duplicate")
             else:
                 c.packets_late += 1
+                self._note_old(old, view, now, frame, "late")
             return
         if self._cursor is not None and frame < self._cursor:
             c.packets_late += 1
+            self._note_old(old, view, now, frame, "late")
             return
+        self._old_streak.clear()  # a packet of the frames going on: whatever came before was stray
         # A packet far enough ahead finalises older frames before it is stored.
         self._finalise_below(frame - self.frame_timeout_frames + 1, events)
         pending = self._pending.get(frame)

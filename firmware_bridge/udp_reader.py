@@ -44,6 +44,7 @@ from firmware_bridge.udp_codec import (
     FramesLost,
     PacketRejected,
     UdpFrameAssembler,
+    decode_header,
 )
 
 log = logging.getLogger(__name__)
@@ -207,6 +208,8 @@ class UdpSource:
                     self._start_run()  # stray or malformed datagrams alone are counted, never a run
                 if self._run_open:
                     self._handle(events)
+                    if self._assembler.restarted:
+                        self._numbers_started_again()
             if self._held:  # stopping before it was clear what the held packets were
                 self._settle_held()
             if self._assembler is not None:  # stopping while frames may still come: the receiver ends it
@@ -274,6 +277,30 @@ class UdpSource:
         self._log_rejections(events)
         self._start_run(new_acquisition=True)
         self._handle(events)
+
+    def _numbers_started_again(self) -> None:
+        """Whole frames of numbers well below the run's came in a row, with no silence between: the
+        detector began a new acquisition at once. The run ends (its missing tail recorded as at any
+        end) and a new one begins with those packets, counted from 0 (before, its frames were taken for
+        copies of the run's own: counted as duplicates and dropped)."""
+        assert self._assembler is not None
+        packets = self._assembler.take_restart()
+        highest = self._assembler.highest_frame
+        self.stats["series_numbers_restarted"] += 1
+        log.warning(
+            "UDP frame numbers started again (frame %d after frame %s) with no pause: a new acquisition;"
+            " the run ends and a new one begins",
+            decode_header(packets[0][0]).frame_number,
+            highest,
+        )
+        self._end_run()  # as at a silence, but not a pause: the new numbers are a new acquisition
+        self._paused_above = None
+        self._assembler = self._new_assembler()
+        events = [e for data, now in packets for e in self._assembler.feed(data, now)]
+        self._log_rejections(events)
+        if self._assembler.counters["packets_accepted"]:
+            self._start_run()
+            self._handle(events)
 
     def _log_rejections(self, events: list[Any]) -> None:
         """A packet rejected for its frame number (out of range, or a jump nothing confirmed) is logged,

@@ -220,3 +220,21 @@ def test_the_tail_handed_over_after_a_pause_leaves_the_packet_counters_whole(rea
     _wait(lambda: sink.ended == 2, "the second run ended")
     assert source.counters()["frames_handed_over"] == 10
     _identity(source)
+
+
+@pytest.mark.parametrize("first", [30, 300], ids=["within-history", "beyond-history"])
+def test_a_sender_that_starts_again_at_0_without_a_pause_is_a_new_acquisition(
+    reader: Any, first: int
+) -> None:
+    """An outside sender: frames 0..29, then at once 0..39 (a new acquisition, no silence between): the
+    second acquisition's frames were taken for copies of the first's, counted as duplicate packets and
+    dropped, with no run and no loss record."""
+    source, sink, send = reader()
+    send.frames(range(first))
+    send.frames(range(40))
+    _wait(lambda: sink.ended == 2, "both runs ended")
+    assert [run["frames"] for run in sink.runs] == [list(range(first)), list(range(40))]
+    assert [run["losses"] for run in sink.runs] == [[], []]
+    assert source.counters()["series_numbers_restarted"] == 1
+    assert source.counters()["assembler"]["packets_duplicate"] == 0
+    _identity(source)
