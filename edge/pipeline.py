@@ -50,7 +50,7 @@ from edge.recorder import RunRecorder
 from edge.recovery import continue_after_pause
 from edge.ring import KIND_CONTROL, KIND_FRAME, FrameRing, Slot
 from edge.run_masks import RunMasks
-from edge.store import ReducedWriter, RunMetadata, RunStore
+from edge.store import MAX_WAITING_ROWS, ReducedWriter, RunMetadata, RunStore
 from firmware_bridge.hdf5_chunks import ChunkError, decode_bslz4
 from firmware_bridge.source import (
     FLAG_CHUNK,
@@ -512,6 +512,9 @@ class Pipeline:
                 self.stats["frames_vetoed"] += 1
                 self._run_vetoed = (store.run_uid, self._run_vetoed[1] + 1)
                 reduced.add(frame, "vetoed", result.stream, result.row, result.products)
+            if reduced.waiting > MAX_WAITING_ROWS and store.data_path is None:
+                store.roll()  # rows wait for their files: the open files close early, rows stay bounded
+                self.stats["files_rolled_for_rows"] += 1
             if reduced.full():
                 self._finish_reduced()
             self.stats["frames_processed"] += 1

@@ -90,9 +90,12 @@ class ReductionControl:
         if saved.get("from_settings") != self._origin:
             log.warning(
                 "the reduction settings changed since the changes saved in %s (made over REST or EPICS"
-                " before the restart): the new settings apply, the saved changes are not restored",
+                " before the restart): the new settings apply, the saved changes are not restored (and"
+                " removed: they never come back)",
                 path,
             )
+            with contextlib.suppress(OSError):
+                path.unlink()
             return
         merged = {**settings.model_dump(), **saved["parameters"]}
         try:

@@ -167,22 +167,48 @@ def where_report(
             report["series_frames_expected"] = ledger.run(report["resumes_run"])["frames_expected"]
     report["continued_by"] = ledger.runs_resuming(run_uid)
     report["summary"] = summary_line(report)
-    report["products_note"] = products_note(report, bool(run["ended_at"]))
+    later = _runs_with_slices(ledger, report.get("continued_by") or [])
+    report["products_note"] = products_note(report, bool(run["ended_at"]), later)
     return report
 
 
-def products_note(report: dict[str, Any], ended: bool) -> str | None:
+def _runs_with_slices(ledger: Ledger, runs: list[str], limit: int = 64) -> list[str]:
+    """Of the runs that continue a scan (and those continuing them in turn), those whose reduced files
+    hold slices."""
+    found: list[str] = []
+    seen: set[str] = set()
+    queue = list(runs)
+    while queue and len(seen) < limit:
+        uid = queue.pop(0)
+        if uid in seen:
+            continue
+        seen.add(uid)
+        with contextlib.suppress(Exception):  # a run since deleted from the ledger
+            files = ledger.files(uid)
+            if any("slices" in str(f.get("holds") or "") for f in files if f.get("kind") == "reduced"):
+                found.append(uid)
+            queue.extend(ledger.runs_resuming(uid))
+    return found
+
+
+def products_note(report: dict[str, Any], ended: bool, later_with_slices: list[str]) -> str | None:
     """For a tomography run that ended without slices in any of its files, why and where to look (an
-    outside probe: a scan cut by a crash and never resumed had no reconstruction, and nothing said so)."""
+    outside probe: a scan cut by a crash and never resumed had no reconstruction, and nothing said so).
+    ``later_with_slices``: the runs continuing its scan whose files hold slices."""
     if report.get("mode") != "tomo" or not ended:
         return None
     if any("slices" in str(f.get("holds") or "") for f in report["files"] if f.get("kind") == "reduced"):
         return None
-    later = report.get("continued_by") or []
-    if later:
+    if later_with_slices:
         return (
-            f"no slices in this run's files: the scan goes on in run {later[0]}, whose last reduced file"
-            " holds them"
+            f"no slices in this run's files: the scan goes on in run {later_with_slices[0]}, whose last"
+            " reduced file holds them"
+        )
+    if report.get("continued_by"):
+        return (
+            f"no slices: the scan went on in run {report['continued_by'][0]}, but no run continuing it"
+            " holds slices (cut again, or reduced in another mode); its frames are in the data files"
+            " (NXtomo, and /exchange for dxchange): reconstruct them from there"
         )
     return (
         f"no slices: the scan ended {report.get('exit_status') or 'unknown'} before its reconstruction was"

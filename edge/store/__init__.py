@@ -29,12 +29,13 @@ from edge.store._files import (
     _close_as_far_as_possible,
 )
 from edge.store._metadata import NxmxTemplate, RunMetadata, bounded_config, series_metadata
-from edge.store._reduced import DISPOSITION_CODES, ReducedWriter
+from edge.store._reduced import DISPOSITION_CODES, MAX_WAITING_ROWS, ReducedWriter
 
 __all__ = [
     "CAPTURE_CAPACITY",
     "DISPOSITION_CODES",
     "HDF5_UNCLOSED",
+    "MAX_WAITING_ROWS",
     "ClosedFile",
     "ProductLayout",
     "ReducedWriter",

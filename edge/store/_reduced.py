@@ -20,8 +20,9 @@ log = logging.getLogger(__name__)
 
 
 DISPOSITION_CODES = {"stored": 0, "vetoed": 1}
-#: stored rows held back for their data files at most; beyond, they are written all the same (one
-#: file that never rolls: an areaDetector capture holds every frame of its run until the run ends)
+#: stored rows waiting for their data files at most: beyond, the pipeline closes the open data files
+#: early (``waiting``), so rows stay bounded and never say "stored" before their file is closed (an
+#: areaDetector capture, one file that cannot roll, is the exception: its rows wait to its end)
 MAX_WAITING_ROWS = 10_000
 
 
@@ -79,6 +80,11 @@ class ReducedWriter:
         if disposition == "stored" and self._wait:
             self._waiting.add(frame)
 
+    @property
+    def waiting(self) -> int:
+        """Stored rows waiting for their data files to close."""
+        return len(self._waiting)
+
     def frames_durable(self, frames: Iterable[int]) -> None:
         """The data file holding ``frames`` is closed under its final name (any thread)."""
         self._settled.put((True, list(frames)))
@@ -116,8 +122,6 @@ class ReducedWriter:
         rows, e.g. vetoed blanks, unrecorded)."""
         self._settle()
         ready = len(self.rows) - len(self._waiting)
-        if len(self._waiting) > MAX_WAITING_ROWS:
-            ready = len(self.rows)
         if ready >= self.frames_per_file:
             return True
         started = self._since is not None and self.clock() - self._since >= self.seconds
@@ -128,13 +132,12 @@ class ReducedWriter:
         reduced file; rows of stored frames whose data file is not closed yet stay for the next one.
         ``closing`` (the run's end, its store closed): every row left."""
         self._settle()
-        if self._waiting and (closing or len(self._waiting) > MAX_WAITING_ROWS):
-            if closing:  # every file of the run was closed or set aside: nothing should wait
-                log.error(
-                    "run %s: %d stored frames' files were never reported closed; their rows are written",
-                    self.run_uid,
-                    len(self._waiting),
-                )
+        if self._waiting and closing:  # every file of the run was closed or set aside: nothing should wait
+            log.error(
+                "run %s: %d stored frames' files were never reported closed; their rows are written",
+                self.run_uid,
+                len(self._waiting),
+            )
             self._waiting.clear()
         waiting = [r["disposition"] == "stored" and r["frame_number"] in self._waiting for r in self.rows]
         later_rows = [r for r, w in zip(self.rows, waiting, strict=True) if w]

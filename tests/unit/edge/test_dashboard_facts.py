@@ -4,6 +4,7 @@ of a file in the where-is-my-data report."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -323,3 +324,21 @@ def test_a_tomography_run_that_ended_without_slices_says_why_and_where_to_look(t
         ledger.close()
     assert report["products_note"].startswith("no slices: the scan ended fail before its reconstruction")
     assert "  products: no slices" in render(report)
+
+
+def test_a_tomography_note_never_points_at_a_run_without_slices(tmp_path: Path) -> None:
+    """An outside probe: the note sent the reader to the run continuing the scan, which held no slices
+    (it was cut again, or reduced in another mode)."""
+    ledger = Ledger(tmp_path / "ledger.sqlite")
+    try:
+        ledger.run_started("t-3", 1, 40, "{}", "tomo")
+        ledger.run_ended("t-3", "fail", 0)
+        ledger.run_started(
+            "t-4", 1, 40, json.dumps({"resumed_after_restart": True, "resumes_run": "t-3"}), "serial"
+        )
+        ledger.run_ended("t-4", "fail", 0)
+        report = where_report(ledger, "t-3")
+    finally:
+        ledger.close()
+    assert report["continued_by"] == ["t-4"]
+    assert report["products_note"].startswith("no slices: the scan went on in run t-4, but no run")

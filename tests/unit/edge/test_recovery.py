@@ -259,3 +259,16 @@ def test_a_stored_frame_s_row_waits_for_its_data_file_and_a_lost_one_never_says_
 
     with h5py.File(closed.path, "r") as handle:
         assert list(handle["/entry/frames/frame_number"][:]) == [0, 1, 4]
+
+
+def test_rows_never_say_stored_before_their_file_closes_however_many_wait(tmp_path: Path) -> None:
+    """An outside probe: beyond 10 000 waiting rows they were written as stored all the same, and a
+    crash then lost the frames (store.frames_per_file 30 000). The pipeline now closes the open files
+    early instead (``waiting``); the writer itself never forces a row."""
+    from edge.store import MAX_WAITING_ROWS, ReducedWriter
+
+    writer = ReducedWriter(tmp_path, "run-m", _Rows(), frames_per_file=1000, wait_for_data_files=True)
+    for frame in range(MAX_WAITING_ROWS + 5):
+        writer.add(frame, "stored", "data", {}, {})
+    assert writer.waiting == MAX_WAITING_ROWS + 5 and not writer.full()
+    assert writer.finish() is None and len(writer.rows) == MAX_WAITING_ROWS + 5

@@ -64,3 +64,12 @@ def test_a_saved_value_no_longer_valid_here_is_not_restored(tmp_path: Path) -> N
     big.update({"tomo": {"slices": [900]}})
     small = _control(path)
     assert small.current().tomo.slices == [] and small.restored is None
+
+
+def test_a_save_superseded_by_edited_settings_never_comes_back(tmp_path: Path) -> None:
+    """An outside probe: config powder, a REST change to serial, a start with the config on tomo (not
+    restored: right), then the config back on powder: the old serial change came back."""
+    path = tmp_path / "reduction.json"
+    _control(path, 'reduction.mode="powder"').update({"mode": "serial"})
+    assert _control(path, 'reduction.mode="tomo"').current().mode == "tomo" and not path.exists()
+    assert _control(path, 'reduction.mode="powder"').current().mode == "powder"
