@@ -3,27 +3,16 @@
 It grants credit, writes every chunk at its offset into ``OUTPUT/run_uid/NAME.part``, fsyncs, and only
 then acknowledges: the chunks of everything received at once are written, each file touched is fsynced
 once, and then their acknowledgements go out (never an ack for bytes not yet durable). When the
-appliance says a file is complete, the client checks the whole file's size and checksum, renames it to
-its final name and confirms. What is confirmed is what this side holds, so that the appliance never
-deletes its copy on the word of a file damaged or truncated here after its chunks were written:
-
-- the checksum of the bytes as they came (hashed while chunks arrive in order) stands for the file only
-  while the file system proves nobody else changed the ``.part``: the same inode under its name, and its
-  change time (ctime) where this client's own last write left it, checked before every write and at the
-  end. That proof needs a file system whose ctime moves on every change once it has been read (Linux
-  6.13's multigrain timestamps: ext4, xfs, btrfs, tmpfs); each output device is tried once;
-- otherwise (chunks out of order or resent after a reconnect, a ``.part`` from an earlier session, a
-  failed fsync, a change seen, a file system with coarse timestamps) the file is read back from the disk
-  (``checksums_reread``). A checksum of the bytes as they came then tells damage here from a bad
-  transfer (``files_damaged_here``).
-
-Writes are idempotent, so a chunk sent twice (after a crash or a reconnect) changes nothing: every frame
-lands exactly once.
+appliance says a file is complete, the client reads the whole file back from its disk, checks its size
+and checksum, renames it to its final name and confirms: what is confirmed is what this side holds, so
+the appliance never deletes its copy on the word of a file damaged or truncated here after its chunks were
+written. A checksum of the bytes as they came (in order) tells such damage from a bad transfer
+(``files_damaged_here``). Writes are idempotent, so a chunk sent twice (after a crash or a reconnect)
+changes nothing: every frame lands exactly once.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import sys
@@ -85,7 +74,6 @@ class PullClient:
         self._dirty: set[Path] = set()  # written since their last fsync
         self._new_dirs: set[Path] = set()  # directories with a new .part entry, fsynced before any ack
         self.fatal: str | None = None  # why the client stopped on its own (the appliance it cannot serve)
-        self._fine: dict[int, bool] = {}  # per output device: whether its change times prove a file untouched
 
     def counters(self) -> dict[str, Any]:
         return {k: int(v) for k, v in self.stats.items()}
@@ -251,8 +239,6 @@ class PullClient:
             if os.fstat(fd).st_size < size:
                 os.ftruncate(fd, size)
             part = _PartFile(fd, in_order=fresh)  # a .part left by an earlier session is read back
-            if fresh and self._fine_ctime(path.parent):
-                part.ctime = os.fstat(fd).st_ctime_ns
             self._parts[path] = part
             if len(self._parts) > MAX_OPEN_PARTS:  # bounded: the oldest is synced and closed
                 oldest = next(iter(self._parts))
@@ -260,24 +246,6 @@ class PullClient:
                 os.close(self._parts.pop(oldest).fd)
                 self._dirty.discard(oldest)
         return part
-
-    def _fine_ctime(self, directory: Path) -> bool:
-        """Whether the change times of files in ``directory`` prove them untouched (``_ctime_moves``),
-        tried once per device and logged."""
-        device = os.stat(directory).st_dev
-        known = self._fine.get(device)
-        if known is None:
-            known = self._fine[device] = _ctime_moves(directory)
-            log.info(
-                "%s: %s",
-                directory,
-                "change times move on every write: a file whose chunks came in order and that nobody else"
-                " changed is confirmed from the checksum of the bytes as they came"
-                if known
-                else "change times are coarse here: every file is read back from the disk before it is"
-                " confirmed",
-            )
-        return known
 
     def _print_progress(self, stream: TextIO) -> None:
         s = self.stats
@@ -338,7 +306,6 @@ class PullClient:
                 part.parent.mkdir(parents=True, exist_ok=True)
                 self._new_dirs.add(part.parent.parent)
             state = self._part(part, chunk.file_size)
-            state.check_untouched()
             view = memoryview(payload)
             written = 0
             while written < len(view):  # a short write goes on
@@ -346,7 +313,6 @@ class PullClient:
                 if n <= 0:
                     raise OSError(f"nothing written to {part} at {chunk.offset + written}")
                 written += n
-            state.wrote()
         except OSError as error:  # the appliance resends a refused chunk (after a while, the second time)
             self._write_error(str(part), error)
             return p.Nack(chunk.chunk_id, f"cannot write it here: {error.strerror or error}"[:200])
@@ -379,24 +345,17 @@ class PullClient:
             self.stats["completes_for_missing_files"] += 1
             return p.FileVerified(message.file_id, 0, "")
         state = self._parts.pop(part, None)
-        held = None  # (size, checksum) of the file here, proved without reading it back
         if state is not None:
             self._dirty.discard(part)
             try:
                 os.fsync(state.fd)
-                if path == part:
-                    held = state.unchanged(part, message.size)
             finally:  # a failed fsync leaves no running checksum behind: the next answer reads the file
                 os.close(state.fd)
         came = None  # the checksum of the bytes as they came, when they came in order
         if state is not None and path == part and state.in_order and state.next_offset == message.size:
             came = state.hasher.hexdigest()
-        if held is not None:
-            size, digest = held
-            self.stats["checksums_incremental"] += 1
-        else:  # what this side holds, read back from its disk
-            size, digest, _ = file_checksums(path)
-            self.stats["checksums_reread"] += 1
+        size, digest, _ = file_checksums(path)  # what this side holds is confirmed (never ``came``)
+        self.stats["checksums_reread"] += 1
         matches = size == message.size and digest == message.checksum
         if not matches and came == message.checksum:  # every byte came right: the file changed here since
             self.stats["files_damaged_here"] += 1
@@ -438,70 +397,15 @@ def _unsynced(reply: p.Message) -> p.Message:
     return reply
 
 
-def _ctime_moves(directory: Path, tries: int = 64) -> bool:
-    """Whether a file in ``directory`` gets a new change time from every write made after its change
-    time was read (multigrain timestamps), tried on a scratch file: write, read the ctime, write again,
-    ``tries`` times in a row, all within one tick of a coarse clock. False when it cannot be tried."""
-    scratch = directory / f".edge-pull-ctime-{os.getpid()}"
-    try:
-        fd = os.open(scratch, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
-    except OSError:
-        return False
-    try:
-        for _ in range(tries):
-            os.pwrite(fd, b"\0", 0)
-            before = os.fstat(fd).st_ctime_ns
-            os.pwrite(fd, b"\1", 0)
-            if os.fstat(fd).st_ctime_ns == before:
-                return False
-        return True
-    except OSError:
-        return False
-    finally:
-        os.close(fd)
-        with contextlib.suppress(OSError):
-            scratch.unlink()
-
-
 class _PartFile:
-    """An open ``.part`` file: the checksum of the bytes received so far, while chunks come in order, and
-    the change time (ctime) this client's last write left, while nobody else is seen changing the file
-    (``ctime`` None: not proven, the file is read back before it is confirmed)."""
+    """An open ``.part`` file and the checksum of the bytes received so far, while chunks come in order
+    (a diagnosis only: the file is read back before it is confirmed)."""
 
     def __init__(self, fd: int, in_order: bool) -> None:
         self.fd = fd
         self.in_order = in_order
         self.next_offset = 0
         self.hasher = xxhash.xxh3_128()
-        self.ctime: int | None = None
-
-    def check_untouched(self) -> None:
-        """Before a write: a change time other than the one this client's last write left means someone
-        else changed the file since (its bytes, its size, its mode)."""
-        if self.ctime is not None and os.fstat(self.fd).st_ctime_ns != self.ctime:
-            self.ctime = None
-
-    def wrote(self) -> None:
-        """After a write: the change time it left (read, so the next change moves it again)."""
-        if self.ctime is not None:
-            self.ctime = os.fstat(self.fd).st_ctime_ns
-
-    def unchanged(self, path: Path, size: int) -> tuple[int, str] | None:
-        """(size, checksum) of the file at ``path``, from the bytes as they came, when it is provably
-        those bytes: all of them came in order, nobody changed the file since this client's last write,
-        and ``path`` still names this very file. None otherwise (read it back)."""
-        if self.ctime is None or not self.in_order or self.next_offset != size:
-            return None
-        held = os.fstat(self.fd)
-        try:
-            named = os.lstat(path)
-        except OSError:
-            return None
-        if held.st_ctime_ns != self.ctime or held.st_size != size:
-            return None
-        if (named.st_dev, named.st_ino) != (held.st_dev, held.st_ino):
-            return None
-        return size, self.hasher.hexdigest()
 
     def add(self, offset: int, payload: bytes | memoryview) -> None:
         if not self.in_order or offset < self.next_offset:
