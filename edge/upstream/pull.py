@@ -6,9 +6,11 @@ once, and then their acknowledgements go out (never an ack for bytes not yet dur
 appliance says a file is complete, the client reads the whole file back from its disk, checks its size
 and checksum, renames it to its final name and confirms: what is confirmed is what this side holds, so
 the appliance never deletes its copy on the word of a file damaged or truncated here after its chunks were
-written. A checksum of the bytes as they came (in order) tells such damage from a bad transfer
-(``files_damaged_here``). Writes are idempotent, so a chunk sent twice (after a crash or a reconnect)
-changes nothing: every frame lands exactly once.
+written. Every chunk was checked against its checksum when it came, so a file whose chunks all came in
+this session and cover it was received right: a mismatch then is damage here (``files_damaged_here``),
+and the client names the ranges that changed by checking them again against their chunks'
+checksums. Writes are idempotent, so a chunk sent twice (after a crash or a reconnect) changes nothing:
+every frame lands exactly once.
 """
 
 from __future__ import annotations
@@ -22,7 +24,6 @@ from collections import Counter
 from pathlib import Path
 from typing import Any, TextIO
 
-import xxhash
 import zmq
 
 from edge.durable import CHECKSUM, checksum_bytes, drop_cached, file_checksums, fsync_dir
@@ -215,9 +216,9 @@ class PullClient:
             try:
                 os.fsync(part.fd)
             except OSError as error:
-                # after a failed fsync the kernel may have dropped the pages: the checksum of the bytes
-                # received no longer says where a mismatch came from
-                part.in_order = False
+                # after a failed fsync the kernel may have dropped the pages: the chunks written no longer
+                # say where a mismatch came from
+                part.traced = False
                 self._write_error(str(path), error)
                 durable = False
             self.stats["fsyncs"] += 1
@@ -238,7 +239,7 @@ class PullClient:
                 self._new_dirs.add(path.parent)
             if os.fstat(fd).st_size < size:
                 os.ftruncate(fd, size)
-            part = _PartFile(fd, in_order=fresh)  # a .part left by an earlier session is read back
+            part = _PartFile(fd, traced=fresh)  # what an earlier session wrote is not traced here
             self._parts[path] = part
             if len(self._parts) > MAX_OPEN_PARTS:  # bounded: the oldest is synced and closed
                 oldest = next(iter(self._parts))
@@ -316,7 +317,7 @@ class PullClient:
         except OSError as error:  # the appliance resends a refused chunk (after a while, the second time)
             self._write_error(str(part), error)
             return p.Nack(chunk.chunk_id, f"cannot write it here: {error.strerror or error}"[:200])
-        state.add(chunk.offset, payload)
+        state.written[chunk.offset] = (len(payload), chunk.checksum)
         self._dirty.add(part)
         self.stats["chunks_written"] += 1
         self.stats["bytes_written"] += len(payload)
@@ -351,20 +352,21 @@ class PullClient:
                 os.fsync(state.fd)
             finally:  # a failed fsync leaves no running checksum behind: the next answer reads the file
                 os.close(state.fd)
-        came = None  # the checksum of the bytes as they came, when they came in order
-        if state is not None and path == part and state.in_order and state.next_offset == message.size:
-            came = state.hasher.hexdigest()
-        size, digest, _ = file_checksums(path)  # what this side holds is confirmed (never ``came``)
+        # every byte of the file came in a chunk this session checked and wrote (each chunk's checksum is
+        # the appliance's own for its range): the bytes as they came were right
+        came_right = state is not None and path == part and state.covers(message.size)
+        size, digest, _ = file_checksums(path)  # what this side holds is confirmed
         self.stats["checksums_reread"] += 1
         matches = size == message.size and digest == message.checksum
-        if not matches and came == message.checksum:  # every byte came right: the file changed here since
+        if not matches and came_right:  # the file changed here since its chunks were written
             self.stats["files_damaged_here"] += 1
             log.warning(
-                "%s: the bytes received were right, the file on this disk is not (%d bytes, checksum %s):"
-                " changed or truncated here after it was written; fetching it again",
+                "%s: the bytes received were right, the file on this disk is not (%d bytes, checksum %s;"
+                " changed here: %s): changed or truncated here after it was written; fetching it again",
                 path,
                 size,
                 digest,
+                _changed_ranges(path, state.written),
             )
         if matches:
             if path == part:
@@ -375,7 +377,7 @@ class PullClient:
             log.info("verified %s (%d bytes)", final, size)
         else:
             self.stats["files_mismatched"] += 1
-            if came != message.checksum:  # (damage here after a right transfer was logged above)
+            if not came_right:  # (damage here after a right transfer was logged above)
                 log.warning(
                     "%s: holds %d bytes, checksum %s; the appliance's file is %d bytes, %s: not confirmed,"
                     " fetching it again",
@@ -398,23 +400,40 @@ def _unsynced(reply: p.Message) -> p.Message:
 
 
 class _PartFile:
-    """An open ``.part`` file and the checksum of the bytes received so far, while chunks come in order
-    (a diagnosis only: the file is read back before it is confirmed)."""
+    """An open ``.part`` file and the chunks this session wrote into it, each checked against its checksum
+    when it came (a diagnosis only: the file is read back before it is confirmed)."""
 
-    def __init__(self, fd: int, in_order: bool) -> None:
+    def __init__(self, fd: int, traced: bool) -> None:
         self.fd = fd
-        self.in_order = in_order
-        self.next_offset = 0
-        self.hasher = xxhash.xxh3_128()
+        self.traced = traced  # every byte in the file was written by this session (it began empty)
+        self.written: dict[int, tuple[int, str]] = {}  # offset: (length, checksum) of each chunk written
 
-    def add(self, offset: int, payload: bytes | memoryview) -> None:
-        if not self.in_order or offset < self.next_offset:
-            return  # out of order, or a resend of bytes already hashed (writes are idempotent)
-        if offset > self.next_offset:
-            self.in_order = False  # a gap: the file is read back at the end
-            return
-        self.hasher.update(payload)
-        self.next_offset += len(payload)
+    def covers(self, size: int) -> bool:
+        """Whether the chunks written cover ``[0, size)`` exactly, with nothing else in the file."""
+        if not self.traced:
+            return False
+        end = 0
+        for offset, (length, _) in sorted(self.written.items()):
+            if offset > end:
+                return False  # a gap: bytes no chunk wrote
+            end = max(end, offset + length)
+        return end == size
+
+
+def _changed_ranges(path: Path, written: dict[int, tuple[int, str]], limit: int = 3) -> str:
+    """The byte ranges of ``path`` that no longer hold the chunk written there (the first ``limit``)."""
+    changed = []
+    try:
+        with open(path, "rb") as handle:
+            for offset, (length, checksum) in sorted(written.items()):
+                if checksum_bytes(os.pread(handle.fileno(), length, offset)) != checksum:
+                    changed.append(f"bytes {offset}-{offset + length - 1}")
+    except OSError as error:
+        return f"cannot read it again ({error.strerror or error})"
+    if not changed:
+        return "no chunk's bytes; its size"
+    more = f" and {len(changed) - limit} more chunks" if len(changed) > limit else ""
+    return ", ".join(changed[:limit]) + more
 
 
 def main_loop(client: PullClient) -> None:

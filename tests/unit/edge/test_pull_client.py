@@ -219,16 +219,18 @@ def test_an_output_that_cannot_be_used_is_a_clear_refusal_not_a_traceback(tmp_pa
     assert f"cannot use pull.output = '{output}'" in result.stderr
 
 
+@pytest.mark.parametrize("came", ["in order", "out of order"])
 @pytest.mark.parametrize("damage", ["flip", "truncate"])
 def test_a_part_file_damaged_here_after_its_chunks_were_written_is_not_confirmed(
-    tmp_path: Path, damage: str
+    tmp_path: Path, damage: str, came: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     """An outside probe (SIGSTOP, damage the ``.part``, SIGCONT): the client confirmed the checksum of
     the bytes it had received, the appliance took that as the file being safe upstream and retention
-    purged the only good copy. The client must confirm what its disk holds."""
+    purged the only good copy. The client must confirm what its disk holds, and its log names the bytes
+    that changed here (the chunks it wrote, checked again)."""
     client = PullClient("tcp://127.0.0.1:1", "hpc", tmp_path, 4, zmq.Context.instance())
     first, second, third = _chunks()
-    _deliver(client, [first, second])
+    _deliver(client, [first, second] if came == "in order" else [second, first])
     part = tmp_path / "run-1" / "run-1_00000.h5.part"
     if damage == "flip":
         with open(part, "r+b") as handle:
@@ -238,9 +240,14 @@ def test_a_part_file_damaged_here_after_its_chunks_were_written_is_not_confirmed
         os.truncate(part, 0)  # the next chunk is written at its offset: zeros before it
     _deliver(client, [third])
     whole = xxhash.xxh3_128_hexdigest(DATA)
-    (verified,) = client._handle(p.encode(p.FileComplete(7, "run-1", "run-1_00000.h5", len(DATA), whole)))
+    with caplog.at_level("WARNING", logger="edge.upstream.pull"):
+        (verified,) = client._handle(p.encode(p.FileComplete(7, "run-1", "run-1_00000.h5", len(DATA), whole)))
     assert isinstance(verified, p.FileVerified) and verified.checksum != whole  # a mismatch: sent again
     assert client.stats["files_damaged_here"] == 1 and client.stats["files_verified"] == 0
+    changed = (
+        "changed here: bytes 0-4095)" if damage == "flip" else "changed here: bytes 0-4095, bytes 4096-8191)"
+    )
+    assert changed in caplog.text, caplog.text
     assert not part.exists() and not (tmp_path / "run-1" / "run-1_00000.h5").exists()
     _deliver(client, _chunks())  # the appliance resends every chunk: now the file is whole
     (verified,) = client._handle(p.encode(p.FileComplete(7, "run-1", "run-1_00000.h5", len(DATA), whole)))
