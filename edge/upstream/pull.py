@@ -37,6 +37,16 @@ MAX_FILE_BYTES = 1 << 40  # a file the appliance offers is never larger than thi
 MAX_BATCH = 64  # messages taken at once before their chunks are fsynced and acknowledged
 MAX_OPEN_PARTS = 16
 SILENCE_SECONDS = 6.0  # reconnect when the appliance has said nothing (not even a heartbeat) this long
+#: counters shown on the progress line once they are not 0 (each is also logged when it counts)
+TROUBLES = (
+    ("files_mismatched", "files mismatched"),
+    ("files_damaged_here", "damaged here"),
+    ("write_errors", "write errors"),
+    ("protocol_errors", "protocol errors"),
+    ("errors_from_appliance", "errors from the appliance"),
+    ("sends_dropped", "sends dropped"),
+    ("reconnects", "reconnects"),
+)
 HEARTBEAT_SECONDS = 2.0  # said to the appliance at least this often, so an idle client reads "connected"
 PART_SWEEP_SECONDS = 600.0  # how often partial files are looked over for ones the appliance stopped sending
 
@@ -254,11 +264,17 @@ class PullClient:
             f"pull {self.consumer}: {s['files_verified']} files verified, {s['chunks_written']} chunks, "
             f"{s['bytes_written'] / 1e6:.1f} MB, {s['chunks_rejected']} rejected"
         )
-        if s["write_errors"]:
-            line += f", {s['write_errors']} write errors (see the log)"
+        troubles = [f"{s[key]} {words}" for key, words in TROUBLES if s[key]]
+        if troubles:
+            line += ", " + ", ".join(troubles) + " (see the log)"
         end = "\r" if stream.isatty() else "\n"
         stream.write(line + end)
         stream.flush()
+
+    def summary(self) -> str:
+        """Every counter, for the line ``edge pull`` prints when it stops."""
+        counted = ", ".join(f"{key} {value}" for key, value in sorted(self.counters().items()))
+        return f"pull {self.consumer}: stopped; {counted or 'nothing counted'}"
 
     def _handle(self, frames: list[bytes | memoryview]) -> list[p.Message]:
         try:
@@ -437,5 +453,9 @@ def _changed_ranges(path: Path, written: dict[int, tuple[int, str]], limit: int 
 
 
 def main_loop(client: PullClient) -> None:
-    """Run until SIGINT/SIGTERM (the CLI installs handlers that set ``client.stop_event``)."""
-    client.run(progress=sys.stderr)
+    """Run until SIGINT/SIGTERM (the CLI installs handlers that set ``client.stop_event``), then print
+    every counter."""
+    try:
+        client.run(progress=sys.stderr)
+    finally:
+        print(client.summary(), file=sys.stderr, flush=True)

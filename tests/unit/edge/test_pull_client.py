@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import io
 import os
 import threading
 import time
@@ -295,3 +296,60 @@ def test_a_partial_file_no_chunk_reached_for_a_day_is_removed_and_counted(tmp_pa
     assert client.counters()["parts_expired"] == 1
     client.part_expiry_seconds = 0
     assert client.expire_parts(time.time() + 10 * 86_400) == 0 and fresh.exists()
+
+
+def test_the_progress_line_shows_what_went_wrong_and_the_last_line_every_counter(tmp_path: Path) -> None:
+    """An outside probe: ``edge pull`` showed files, chunks and bytes only; a client that had thrown away
+    damaged files or could not reach the appliance said nothing of it on its terminal, and printed no
+    counters when it stopped."""
+    client = PullClient("tcp://127.0.0.1:1", "hpc", tmp_path, 4, zmq.Context.instance())
+    _deliver(client, _chunks())
+    client._handle(p.encode(p.FileComplete(7, "run-1", "run-1_00000.h5", len(DATA), "0" * 32)))  # mismatch
+    client._handle([b"not json"])
+    stream = io.StringIO()
+    client._print_progress(stream)
+    line = stream.getvalue()
+    assert "0 files verified" in line and "1 files mismatched" in line and "1 protocol errors" in line, line
+    assert "write errors" not in line  # only what happened
+    summary = client.summary()
+    assert summary.startswith("pull hpc: stopped; ")
+    for key, value in client.counters().items():
+        assert f"{key} {value}" in summary
+    assert "checksums_reread 1" in summary and "chunks_written 3" in summary
+
+
+def test_edge_pull_prints_every_counter_when_it_stops(tmp_path: Path) -> None:
+    """SIGTERM: ``edge pull`` stops cleanly (exit 0) and its last line on stderr holds its counters."""
+    import signal
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as probe:  # a port nothing listens on: the client keeps trying until stopped
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "edge",
+            "pull",
+            "--set",
+            f'pull.output="{tmp_path}"',
+            "--set",
+            f'pull.endpoint="tcp://127.0.0.1:{port}"',
+        ],
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=Path(__file__).parents[3],
+    )
+    try:
+        assert proc.stderr is not None
+        assert proc.stderr.readline().startswith("pull: consumer ")
+        proc.send_signal(signal.SIGTERM)
+        rest = proc.communicate(timeout=60)[1]
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, rest
+    assert rest.strip().splitlines()[-1].startswith("pull hpc: stopped; "), rest
+    assert "sessions 1" in rest
