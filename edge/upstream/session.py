@@ -208,13 +208,25 @@ class ForwarderSession:
             else:  # not recorded: the chunk goes again, counted as a resend
                 self.stats["acks_rejected"] += 1
         elif isinstance(message, p.Nack):
-            if consumer.in_flight.pop(message.chunk_id, None) is not None:
-                consumer.credit += 1
-                # the first rejection is resent at once (a bit flipped on the way); a chunk rejected
-                # again waits resend_seconds each time (a consumer that cannot take it is not flooded)
-                consumer.nacks[message.chunk_id] += 1
-                if consumer.nacks[message.chunk_id] > 1:
-                    consumer.held[message.chunk_id] = now + self.resend_seconds
+            if consumer.in_flight.pop(message.chunk_id, None) is None:
+                # nothing of it pending (never sent to this consumer, acknowledged already, or timed out
+                # and answered late): not a refusal of anything, and not a log line each (a peer's flood)
+                self.stats["nacks_not_in_flight"] += 1
+                if self.stats["nacks_not_in_flight"] % 1000 == 1:
+                    log.info(
+                        "consumer %s rejected chunk %d, which is not in flight to it (%d such so far): %s",
+                        consumer.name,
+                        message.chunk_id,
+                        self.stats["nacks_not_in_flight"],
+                        p.printable(message.reason),
+                    )
+                return []
+            consumer.credit += 1
+            # the first rejection is resent at once (a bit flipped on the way); a chunk rejected
+            # again waits resend_seconds each time (a consumer that cannot take it is not flooded)
+            consumer.nacks[message.chunk_id] += 1
+            if consumer.nacks[message.chunk_id] > 1:
+                consumer.held[message.chunk_id] = now + self.resend_seconds
             self.stats["chunks_nacked"] += 1
             consumer.unanswered_since = now if consumer.in_flight else None  # an answer, if a refusal
             consumer.refusals += 1

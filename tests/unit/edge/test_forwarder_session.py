@@ -119,6 +119,27 @@ def test_a_nack_returns_the_credit_and_the_chunk_is_sent_again(ledger: Ledger) -
     assert state["seconds_since_refusal"] == 0.4
 
 
+def test_a_nack_of_a_chunk_not_in_flight_is_counted_apart_and_refuses_nothing(
+    ledger: Ledger, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An outside probe: a peer's ``nack`` for a chunk id never sent to it counted as a refusal (the
+    dashboard showed it as the consumer's last refusal) and logged a warning each, a flood for a peer
+    that sends many. It is counted apart and logged once in 1000; nothing changes."""
+    session = ForwarderSession(ledger)
+    connect(session, credit=1)
+    (chunk,) = chunks(session.tick(0.0))
+    with caplog.at_level("INFO", logger="edge.upstream.session"):
+        for n in range(2000):
+            session.receive(PEER, frames(p.Nack(chunk.chunk_id + 1000 + n, "never sent")), 0.1)
+        ack(session, chunk, 0.2)
+        session.receive(PEER, frames(p.Nack(chunk.chunk_id, "late")), 0.3)  # already acknowledged
+    assert session.stats["nacks_not_in_flight"] == 2001 and session.stats["chunks_nacked"] == 0
+    (state,) = session.consumer_states(0.5)
+    assert state["chunks_refused"] == 0 and state["last_refusal"] is None, state
+    assert state["credit"] == 1 and state["in_flight"] == 0
+    assert len([r for r in caplog.records if "not in flight" in r.getMessage()]) == 3  # 1st, 1001st, 2001st
+
+
 def test_an_undeliverable_chunk_gives_its_credit_back_and_waits_for_the_consumer(ledger: Ledger) -> None:
     reads: list[int] = []
 
