@@ -346,10 +346,11 @@ def test_edge_pull_prints_every_counter_when_it_stops(tmp_path: Path) -> None:
     try:
         assert proc.stderr is not None
         assert proc.stderr.readline().startswith("pull: consumer ")
+        assert proc.stderr.readline().startswith("pull hpc: 0 files verified")  # its first progress line
         proc.send_signal(signal.SIGTERM)
         rest = proc.communicate(timeout=60)[1]
     finally:
         proc.kill()
     assert proc.returncode == 0, rest
     assert rest.strip().splitlines()[-1].startswith("pull hpc: stopped; "), rest
-    assert "sessions 1" in rest
+    assert "sessions 1" in rest, rest
