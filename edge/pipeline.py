@@ -512,8 +512,10 @@ class Pipeline:
                 self.stats["frames_vetoed"] += 1
                 self._run_vetoed = (store.run_uid, self._run_vetoed[1] + 1)
                 reduced.add(frame, "vetoed", result.stream, result.row, result.products)
-            if reduced.waiting > MAX_WAITING_ROWS and store.data_path is None:
-                store.roll()  # rows wait for their files: the open files close early, rows stay bounded
+            if store.open_frames() >= MAX_WAITING_ROWS and store.data_path is None:
+                # rows wait for their files to close: the open files close early, rows stay bounded (not
+                # by the rows waiting, which count files still closing too: each frame would roll again)
+                store.roll()
                 self.stats["files_rolled_for_rows"] += 1
             if reduced.full():
                 self._finish_reduced()

@@ -141,6 +141,10 @@ class RunStore:
         if len(current) >= self.frames_per_file:
             self.roll(stream)
 
+    def open_frames(self) -> int:
+        """Frames written into the files open now (every stream's)."""
+        return sum(len(current) for current in self._current.values())
+
     def tick(self) -> None:
         """Close each open file that has been open longer than ``file_seconds``."""
         now = time.monotonic()

@@ -20,9 +20,9 @@ log = logging.getLogger(__name__)
 
 
 DISPOSITION_CODES = {"stored": 0, "vetoed": 1}
-#: stored rows waiting for their data files at most: beyond, the pipeline closes the open data files
-#: early (``waiting``), so rows stay bounded and never say "stored" before their file is closed (an
-#: areaDetector capture, one file that cannot roll, is the exception: its rows wait to its end)
+#: frames in the open files at most: at this many the pipeline closes them early, so the stored rows
+#: waiting for their files to close stay bounded and never say "stored" before (an areaDetector capture,
+#: one file that cannot roll, is the exception: its rows wait to its end)
 MAX_WAITING_ROWS = 10_000
 
 

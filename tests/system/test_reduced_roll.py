@@ -8,6 +8,7 @@ from pathlib import Path
 
 import h5py
 import numpy as np
+import pytest
 from edgeprocs import in_process_appliance, wait_for
 
 from firmware_bridge.stream_codec import encode_image, encode_series_end, encode_series_start
@@ -35,3 +36,39 @@ def test_a_reduced_file_is_finished_when_its_time_is_up_while_the_run_goes_on(tm
             numbers += [int(n) for n in f["/entry/frames/frame_number"][:]]
     assert sorted(numbers) == list(range(6)) and len(numbers) == 6  # every row once, over >= 2 files
     assert first.exists() and len(list(directory.glob("slow_reduced_*.nxs"))) >= 2
+
+
+def test_rows_waiting_for_their_data_file_close_it_early_beyond_the_limit(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Rows say "stored" only once their data file is closed; with many frames to a file they would wait
+    without bound, so at ``MAX_WAITING_ROWS`` frames in the open files (10 000; 25 here) they close early
+    (``files_rolled_for_rows``); not at that many rows waiting, which count files still closing too (each
+    frame after a roll rolled again: files of one frame). Every frame stored once, every row written."""
+    import edge.pipeline
+
+    monkeypatch.setattr(edge.pipeline, "MAX_WAITING_ROWS", 25)
+    n = 80
+    with in_process_appliance(tmp_path, SHAPE, "store.frames_per_file=1000") as (appliance, push, _s):
+        push.send_multipart(encode_series_start(1, SHAPE, "uint16", run_uid="many", frames_expected=n))
+        for frame in range(n):
+            image = np.full(SHAPE, frame, np.uint16)
+            push.send_multipart(encode_image(1, frame, SHAPE, "uint16", image.tobytes()))
+        push.send_multipart(encode_series_end(1))
+        wait_for(lambda: appliance.view.run("many").get("exit_status"), 30, "the run's end")
+        rolled = appliance.pipeline.stats["files_rolled_for_rows"]
+        run = appliance.view.run("many")
+    sizes = sorted(f["n_frames"] for f in run["files"] if f["kind"] == "data")
+    assert rolled == 3 and sizes == [5, 25, 25, 25], (rolled, sizes)  # no file of 1 frame after a roll
+    directory = tmp_path / "store" / "many"
+    stored = []
+    for path in sorted(directory.glob("many_0*.h5")):
+        with h5py.File(path, "r") as f:
+            data = f["/entry/data/data"]
+            stored += [int(data[i][0, 0]) for i in range(data.shape[0])]
+    assert sorted(stored) == list(range(n))
+    rows = []
+    for path in sorted(directory.glob("many_reduced_*.nxs")):
+        with h5py.File(path, "r") as f:
+            rows += [int(x) for x in f["/entry/frames/frame_number"][:]]
+    assert sorted(rows) == list(range(n))
