@@ -400,6 +400,10 @@ def _on_sighup(appliance: Any, reload: Callable[[], Settings], log_setup: LogSet
     signal.signal(signal.SIGHUP, _handler)
 
 
+#: the lock ``edge pull`` holds in its output directory while it runs
+PULL_LOCK = ".edge-pull.lock"
+
+
 def _run_pull(settings: Settings) -> int:
     import zmq
 
@@ -420,6 +424,23 @@ def _run_pull(settings: Settings) -> int:
             raise PermissionError(errno.EACCES, "not writable", str(pull.output))
     except OSError as error:
         print(f"edge pull: cannot use pull.output = {str(pull.output)!r}: {error}", file=sys.stderr)
+        return 2
+    from edge.daemon_lock import PidLock
+
+    # one client to a directory: two would write each other's .part files, rename them from under each
+    # other and confirm files the other was still writing
+    lock = PidLock(pull.output / PULL_LOCK)
+    try:
+        held = lock.acquire()
+    except OSError as error:
+        print(f"edge pull: cannot use pull.output = {str(pull.output)!r}: {error}", file=sys.stderr)
+        return 2
+    if not held:
+        print(
+            f"edge pull: pull.output = {str(pull.output)!r} is in use by another edge pull (pid"
+            f" {lock.holder()}); give each consumer a directory of its own",
+            file=sys.stderr,
+        )
         return 2
     client = PullClient(
         pull.endpoint, pull.consumer, pull.output, pull.credit, context, curve, pull.part_expiry_seconds

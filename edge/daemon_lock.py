@@ -1,4 +1,5 @@
-"""Whether a daemon is serving a ledger now: an advisory lock the running daemon holds.
+"""Whether a daemon is serving a ledger now: an advisory lock the running daemon holds (and the one
+``edge pull`` holds on its output directory).
 
 ``edge run`` takes an exclusive ``flock`` on ``<ledger>.daemon`` for as long as it runs; the kernel drops
 it when the process ends, however it ends (``kill -9`` included). So ``edge where``, reading the ledger
@@ -12,18 +13,19 @@ import fcntl
 import os
 from pathlib import Path
 
-__all__ = ["DaemonLock", "daemon_running"]
+__all__ = ["DaemonLock", "PidLock", "daemon_running"]
 
 
 def _lock_path(ledger_path: Path) -> Path:
     return ledger_path.with_name(ledger_path.name + ".daemon")
 
 
-class DaemonLock:
-    """The running daemon's hold on its ledger (its pid inside, for people)."""
+class PidLock:
+    """An exclusive advisory lock on ``path`` for as long as this process holds it (its pid inside, for
+    people); the kernel drops it when the process ends, however it ends."""
 
-    def __init__(self, ledger_path: Path) -> None:
-        self.path = _lock_path(ledger_path)
+    def __init__(self, path: Path) -> None:
+        self.path = path
         self._fd: int | None = None
 
     def acquire(self) -> bool:
@@ -52,6 +54,13 @@ class DaemonLock:
             fcntl.flock(self._fd, fcntl.LOCK_UN)
             os.close(self._fd)
             self._fd = None
+
+
+class DaemonLock(PidLock):
+    """The running daemon's hold on its ledger."""
+
+    def __init__(self, ledger_path: Path) -> None:
+        super().__init__(_lock_path(ledger_path))
 
 
 def daemon_running(ledger_path: Path) -> bool:

@@ -318,8 +318,12 @@ def test_the_progress_line_shows_what_went_wrong_and_the_last_line_every_counter
     assert "checksums_reread 1" in summary and "chunks_written 3" in summary
 
 
-def test_edge_pull_prints_every_counter_when_it_stops(tmp_path: Path) -> None:
-    """SIGTERM: ``edge pull`` stops cleanly (exit 0) and its last line on stderr holds its counters."""
+def test_edge_pull_prints_every_counter_when_it_stops_and_keeps_its_directory_to_itself(
+    tmp_path: Path,
+) -> None:
+    """SIGTERM: ``edge pull`` stops cleanly (exit 0) and its last line on stderr holds its counters. A
+    second ``edge pull`` on the same output directory while it runs is refused (an outside probe: two
+    consumers writing one directory overwrote each other's ``.part`` files)."""
     import signal
     import socket
     import subprocess
@@ -347,6 +351,15 @@ def test_edge_pull_prints_every_counter_when_it_stops(tmp_path: Path) -> None:
         assert proc.stderr is not None
         assert proc.stderr.readline().startswith("pull: consumer ")
         assert proc.stderr.readline().startswith("pull hpc: 0 files verified")  # its first progress line
+        second = subprocess.run(
+            [sys.executable, "-m", "edge", "pull", "--set", f'pull.output="{tmp_path}"'],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            cwd=Path(__file__).parents[3],
+        )
+        assert second.returncode == 2, second.stderr
+        assert f"is in use by another edge pull (pid {proc.pid})" in second.stderr, second.stderr
         proc.send_signal(signal.SIGTERM)
         rest = proc.communicate(timeout=60)[1]
     finally:
