@@ -8,6 +8,8 @@ import contextlib
 import errno
 import io
 import os
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -198,23 +200,25 @@ def test_a_part_larger_than_any_chunk_drops_the_connection_and_the_client_comes_
         assert client.stats["chunks_rejected"] == 0 and client.stats["chunks_written"] == 0
 
 
-@pytest.mark.parametrize("kind", ["a file", "under a file"])
-def test_an_output_that_cannot_be_used_is_a_clear_refusal_not_a_traceback(tmp_path: Path, kind: str) -> None:
-    """``pull.output`` that is a file, or inside one: ``edge pull`` exits 2 with the setting and the
-    error, before it connects (it used to die on a traceback)."""
-    import subprocess
-    import sys
-
-    blocker = tmp_path / "blocker"
-    blocker.write_text("not a directory")
-    output = blocker if kind == "a file" else blocker / "upstream"
-    result = subprocess.run(
+def _refused_pull(output: Path) -> subprocess.CompletedProcess[str]:
+    """``edge pull`` into ``output`` run to its end (one that is refused ends at once)."""
+    return subprocess.run(
         [sys.executable, "-m", "edge", "pull", "--set", f'pull.output="{output}"'],
         capture_output=True,
         text=True,
         timeout=60,
         cwd=Path(__file__).parents[3],
     )
+
+
+@pytest.mark.parametrize("kind", ["a file", "under a file"])
+def test_an_output_that_cannot_be_used_is_a_clear_refusal_not_a_traceback(tmp_path: Path, kind: str) -> None:
+    """``pull.output`` that is a file, or inside one: ``edge pull`` exits 2 with the setting and the
+    error, before it connects (it used to die on a traceback)."""
+    blocker = tmp_path / "blocker"
+    blocker.write_text("not a directory")
+    output = blocker if kind == "a file" else blocker / "upstream"
+    result = _refused_pull(output)
     assert result.returncode == 2, result.stderr
     assert "Traceback" not in result.stderr
     assert f"cannot use pull.output = '{output}'" in result.stderr
@@ -326,8 +330,6 @@ def test_edge_pull_prints_every_counter_when_it_stops_and_keeps_its_directory_to
     consumers writing one directory overwrote each other's ``.part`` files)."""
     import signal
     import socket
-    import subprocess
-    import sys
 
     with socket.socket() as probe:  # a port nothing listens on: the client keeps trying until stopped
         probe.bind(("127.0.0.1", 0))
@@ -351,13 +353,7 @@ def test_edge_pull_prints_every_counter_when_it_stops_and_keeps_its_directory_to
         assert proc.stderr is not None
         assert proc.stderr.readline().startswith("pull: consumer ")
         assert proc.stderr.readline().startswith("pull hpc: 0 files verified")  # its first progress line
-        second = subprocess.run(
-            [sys.executable, "-m", "edge", "pull", "--set", f'pull.output="{tmp_path}"'],
-            capture_output=True,
-            text=True,
-            timeout=60,
-            cwd=Path(__file__).parents[3],
-        )
+        second = _refused_pull(tmp_path)
         assert second.returncode == 2, second.stderr
         assert f"is in use by another edge pull (pid {proc.pid})" in second.stderr, second.stderr
         proc.send_signal(signal.SIGTERM)
