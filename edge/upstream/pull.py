@@ -245,9 +245,16 @@ class PullClient:
         if part is None:
             fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
             fresh = os.fstat(fd).st_size == 0
+            if fresh and size > 0:
+                try:  # the whole file's space now: a file that cannot fit is refused at its first chunk
+                    os.posix_fallocate(fd, 0, size)
+                except OSError:  # (space for half of several files would let none of them finish)
+                    os.close(fd)
+                    path.unlink(missing_ok=True)
+                    raise
             if fresh:
                 self._new_dirs.add(path.parent)
-            if os.fstat(fd).st_size < size:
+            elif os.fstat(fd).st_size < size:
                 os.ftruncate(fd, size)
             part = _PartFile(fd, traced=fresh)  # what an earlier session wrote is not traced here
             self._parts[path] = part

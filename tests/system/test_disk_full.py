@@ -267,3 +267,51 @@ def test_a_daemon_started_on_a_full_disk_comes_up_and_recovers_once_there_is_roo
     finally:
         stack.stop_all()
     assert _our_tracebacks(log.read_text()) == []
+
+
+def test_a_consumer_disk_too_small_for_every_file_finishes_the_ones_it_has_room_for(small_disk: Path) -> None:
+    """An outside probe: on a small consumer disk the chunks of several files came in turn, each file
+    half written (sparse) when the disk filled, and none could ever finish. ``edge pull`` now takes a
+    file's whole space at its first chunk: a file that fits finishes, one that does not is refused
+    from its first chunk (``nack``, sent again later) and holds no space."""
+    import xxhash
+    import zmq
+
+    from edge.durable import checksum_bytes
+    from edge.upstream import protocol as p
+    from edge.upstream.pull import PullClient
+
+    size, step = 1 << 20, 256 << 10
+    data = {name: os.urandom(size) for name in ("a.h5", "b.h5")}
+    output = small_disk / "upstream"
+    output.mkdir()
+    _fill(small_disk / "ballast.bin", size + size // 2)  # room for one and a half files
+    client = PullClient("tcp://127.0.0.1:1", "hpc", output, 8, zmq.Context.instance())
+    replies: dict[str, list[p.Message]] = {name: [] for name in data}
+    for index, offset in enumerate(range(0, size, step)):  # the two files' chunks in turn
+        for file_id, (name, content) in enumerate(data.items()):
+            piece = content[offset : offset + step]
+            chunk = p.Chunk(
+                10 * file_id + index,
+                file_id,
+                "run-1",
+                name,
+                size,
+                index,
+                4,
+                offset,
+                step,
+                checksum_bytes(piece),
+            )
+            replies[name] += client._handle(p.encode(chunk, piece))
+        client._sync()
+    assert all(isinstance(r, p.Ack) for r in replies["a.h5"]), replies["a.h5"]
+    assert all(isinstance(r, p.Nack) and "No space left" in r.reason for r in replies["b.h5"]), replies[
+        "b.h5"
+    ]
+    assert not (output / "run-1" / "b.h5.part").exists()
+    whole = xxhash.xxh3_128_hexdigest(data["a.h5"])
+    (verified,) = client._handle(p.encode(p.FileComplete(0, "run-1", "a.h5", size, whole)))
+    assert isinstance(verified, p.FileVerified) and verified.checksum == whole
+    assert (output / "run-1" / "a.h5").read_bytes() == data["a.h5"]
+    assert client.stats["write_errors"] == 4 and client.stats["files_verified"] == 1
