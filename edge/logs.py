@@ -122,8 +122,10 @@ class RepeatSummary(logging.Filter):
         if losses:
             out.append(_loss_summary(losses, _seconds(now - (now if since is None else since))))
         for (name, _template), item in held.items():
+            # the held lines share their template, not their words: the last is shown, named so
             message = (
-                f"{item.last.getMessage()} (and {item.count} more like it in {_seconds(now - item.since)} s)"
+                f"{item.last.getMessage()} (the last of {item.count} more lines like"
+                f" {str(item.last.msg)!r} in {_seconds(now - item.since)} s)"
             )
             out.append(_summary(name, item.last.levelno, message, repeated=item.count))
         return out
