@@ -418,19 +418,15 @@ def _run_pull(settings: Settings) -> int:
     except ConfigError as error:
         print(f"edge: {error}", file=sys.stderr)
         return 2
-    try:  # an output that cannot be used is a clear refusal, before anything is asked of the appliance
-        pull.output.mkdir(parents=True, exist_ok=True)
-        if not os.access(pull.output, os.W_OK | os.X_OK):
-            raise PermissionError(errno.EACCES, "not writable", str(pull.output))
-    except OSError as error:
-        print(f"edge pull: cannot use pull.output = {str(pull.output)!r}: {error}", file=sys.stderr)
-        return 2
     from edge.daemon_lock import PidLock
 
     # one client to a directory: two would write each other's .part files, rename them from under each
     # other and confirm files the other was still writing
     lock = PidLock(pull.output / PULL_LOCK)
-    try:
+    try:  # an output that cannot be used is a clear refusal, before anything is asked of the appliance
+        pull.output.mkdir(parents=True, exist_ok=True)
+        if not os.access(pull.output, os.W_OK | os.X_OK):
+            raise PermissionError(errno.EACCES, "not writable", str(pull.output))
         held = lock.acquire()
     except OSError as error:
         print(f"edge pull: cannot use pull.output = {str(pull.output)!r}: {error}", file=sys.stderr)
