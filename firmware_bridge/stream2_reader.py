@@ -279,7 +279,8 @@ class Stream2Source(ZmqStreamSource):
         return self._note_frame2(frame)
 
     def _image(self, image: Stream2Image) -> None:
-        self._leave_for(image.series)  # another series than the open one: only after a rejected start
+        if not self._leave_for(image.series) or self._older_series(image.series, image.frame):
+            return  # a stray of another series: counted only
         if self._series is None:  # no start seen (the daemon restarted mid-series): as the JSON reader
             name = self.channel or next(iter(image.channels))
             chosen = image.channels.get(name) or next(iter(image.channels.values()))

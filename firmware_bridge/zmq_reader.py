@@ -46,6 +46,7 @@ log = logging.getLogger(__name__)
 MONITOR_SECONDS = 0.5  # how often the reader looks at its connection's events
 DROP_REPORT_SECONDS = 2.0  # a drop during a series is reported once the series outlives it this long
 GAPS_REMEMBERED = 64  # a series' latest gaps a late frame is looked for in
+ENDED_SERIES_REMEMBERED = 16  # series ended here whose images are stragglers, never a new series
 # A gap in the frame numbers is held this long before its frames are recorded lost, so that a frame
 # overtaken by later ones (a sender with several threads or sockets) is stored when it comes: until
 # REORDER_FRAMES newer frames have arrived or REORDER_SECONDS have passed, whichever is first (the
@@ -132,6 +133,7 @@ class ZmqStreamSource:
         self._refused: str | None = None
         self._ended_series: int | None = None  # the last series that ended here (its stragglers are lost)
         self._ended_accounted = 0  # the frames below this number of that series are in its run's account
+        self._ended_ids: deque[int] = deque(maxlen=ENDED_SERIES_REMEMBERED)  # the latest series ended here
         self._adopted: int | None = None  # the open series, when it was opened from its images (`_adopt`)
         # why the last series start was rejected (or may have been lost), until a start is accepted: the
         # images that follow it are a run of their own, never taken for a series cut by a daemon restart
@@ -354,8 +356,10 @@ class ZmqStreamSource:
         while more:
             size = self.codec.expecting_data()
             pending = self.codec.pending_image
-            if pending is not None:
-                self._series_for(*pending)  # before the slot is claimed: the run start goes first in the ring
+            # before the slot is claimed: the run start goes first in the ring
+            if pending is not None and not self._series_for(*pending):
+                self._drop_rest(sock, more)  # a stray of another series: counted only
+                return
             if size is not None and self._refused is not None:
                 frame = self.codec.pending_frame
                 self._drop_rest(sock, more)
@@ -400,7 +404,8 @@ class ZmqStreamSource:
 
     def _handle(self, event: object, slot: SlotLike | None) -> SlotLike | None:
         if isinstance(event, ImageMessage):
-            self._series_for(event.series, event.frame, event.shape, event.dtype)
+            if not self._series_for(event.series, event.frame, event.shape, event.dtype):
+                return slot  # abandoned by the caller
             if not self._note_frame(event.frame):
                 return slot  # abandoned by the caller
             self._beyond_expected(event.frame)
@@ -426,6 +431,8 @@ class ZmqStreamSource:
         if isinstance(event, StreamError):
             self.stats["messages_rejected"] += 1
             log.warning("rejected stream message: %s %s", event.reason, event.detail)
+            if event.reason == "wrong_series":  # (as the Stream V2 reader counts them)
+                self.stats["images_wrong_series"] += 1
             if event.kind == "start":
                 self._start_was_rejected(f"{event.reason}: {event.detail}")
             elif event.kind is None:  # perhaps a start (`_adopt`, `_leave_for`)
@@ -490,31 +497,71 @@ class ZmqStreamSource:
             return slot
         return slot  # pragma: no cover
 
-    def _series_for(self, series: int, frame: int, shape: tuple[int, int], dtype: str) -> None:
-        """Open the run an image of ``series`` goes into, when it is not the open one.
+    def _series_for(self, series: int, frame: int, shape: tuple[int, int], dtype: str) -> bool:
+        """Open the run an image of ``series`` goes into, when it is not the open one; False for an image
+        that belongs to no run here (a stray of another series: counted, `_stray`).
 
-        An image of another series than the open one gets here only after a rejected series start (the
-        codecs reject it otherwise, as ``wrong_series``): the detector has moved on to the series whose
-        start was rejected, so the open series ends ``fail``, its missing frames lost as
-        ``series_restarted``, as when a good start comes before the end."""
-        self._leave_for(series)
+        An image of another series than the open one gets here only after a rejected series start, or a
+        message too damaged to say what it was (the codecs reject it otherwise, as ``wrong_series``). See
+        `_leave_for` for when it ends the open series."""
+        if not self._leave_for(series) or self._older_series(series, frame):
+            return False
         if self._series is None:
             self._adopt(series, frame, shape, dtype)
+        return True
 
-    def _leave_for(self, series: int) -> None:
-        """End the open series if an image of ``series``, another one, came (see `_series_for`)."""
-        if self._series is not None and series != self._series:
-            self.stats["series_ended_by_rejected_start"] += 1
+    def _older_series(self, series: int, frame: int) -> bool:
+        """True, counted as a stray, for an image of a series that ended here before the last one did,
+        while none is open: never reopened (the last one's stragglers are its own, `_note_frame`)."""
+        if self._series is not None or self._start_rejected is not None:
+            return False
+        if series == self._ended_series or series not in self._ended_ids:
+            return False
+        self._stray(series, frame)
+        return True
+
+    def _leave_for(self, series: int) -> bool:
+        """End the open series if an image of ``series``, another one, shows the detector moved on: after
+        a rejected start (of another series), or right after a message too damaged to say what it was (it
+        may have been the next start), when the image is not of a series that ended here. The open
+        series ends ``fail``, its missing frames lost as ``series_restarted``, as when a good start comes
+        before the end. Any other image of another series is a stray: False (`_stray`). An image of the
+        open series clears the damaged messages seen: the series went on, so they were not a start."""
+        if self._series is None:
+            return True
+        if series == self._series:
+            self._unreadable_between = 0
+            return True
+        if self._start_rejected is None and (not self._unreadable_between or series in self._ended_ids):
+            self._stray(series, None)
+            return False
+        self.stats["series_ended_by_rejected_start"] += 1
+        log.warning(
+            "an image of series %d while series %d is open, after a rejected or unreadable start:"
+            " series %d ends (its end never came)",
+            series,
+            self._series,
+            self._series,
+        )
+        unreadable = self._unreadable_between  # (what `_adopt` weighs for the next series)
+        self._end_series("series_restarted", exit_status="fail")
+        self._unreadable_between = unreadable
+        return True
+
+    def _stray(self, series: int, frame: int | None) -> None:
+        """An image of a series that is not the open one and did not start here: no frame of any run here
+        (neither a loss nor a gap), counted and logged as the codecs' ``wrong_series``."""
+        self.stats["images_wrong_series"] += 1
+        count = self.stats["images_wrong_series"]
+        if count == 1 or count % 100 == 0:
             log.warning(
-                "an image of series %d while series %d is open, after a rejected or unreadable start:"
-                " series %d ends (its end never came)",
+                "an image of series %d%s while %s: not a frame of any run here, dropped (%d such so far,"
+                " images_wrong_series)",
                 series,
-                self._series,
-                self._series,
+                "" if frame is None else f" (frame {frame})",
+                "no series is open" if self._series is None else f"series {self._series} is open",
+                count,
             )
-            unreadable = self._unreadable_between  # (what `_adopt` weighs for the next series)
-            self._end_series("series_restarted", exit_status="fail")
-            self._unreadable_between = unreadable
 
     def _image_rejected(self, series: int | None, frame: int, reason: str, detail: str) -> None:
         """An image the codec rejected: a loss of the open series' frame, or, after a rejected start
@@ -787,6 +834,7 @@ class ZmqStreamSource:
         self._start_key = None
         self._unreadable_between = 0
         self._ended_series = series
+        self._ended_ids.append(series)
         # frames below this number were stored or recorded lost in the run: a later copy is not a loss
         self._ended_accounted = max(self._next_frame, expected or 0)
         self._refused = None

@@ -574,3 +574,29 @@ def test_a_start_that_is_no_map_is_taken_as_a_damaged_start_as_in_the_json_strea
         (config,) = sink.configs
         assert config.get("start_rejected") and not config.get("resumed_after_restart"), config
         assert sorted(sink.published) == [0, 1, 2] and sink.losses == []
+
+
+def test_a_stray_of_an_ended_series_after_a_truncated_image_does_not_split_the_open_series() -> None:
+    """An outside sender's probe (as for the JSON stream): series A ends; series B sends images 0-1, a
+    truncated image 2, image 3, then a late copy of A's image 1, and its end. The truncated message let
+    images of another series through (it may have been a start) and the stray took over: B ended
+    ``fail``, A reopened. B had sent an image since, so the stray is only ``wrong_series``."""
+    start, *images, end = _messages("stream2_bslz4_u16_2ch.bin")
+    fields = cbor2.loads(start)
+    series = int((fields.value if isinstance(fields, cbor2.CBORTag) else fields)["series_id"])
+    other = series + 1
+    b_start, b_end = _retagged(start, series_id=other), _retagged(end, series_id=other)
+    b_images = [_retagged(m, series_id=other) for m in images]
+    truncated = b_images[2][: len(b_images[2]) // 2]
+    sink = Sink()
+    reader = replay(
+        [start, *images, end, b_start, *b_images[:2], truncated, b_images[3], images[1], b_end],
+        sink,
+        ends=2,
+        channel="threshold_1",
+    )
+    assert sink.ends == [(series, "success"), (other, "success")]
+    assert len(sink.configs) == 2 and sink.published == [0, 1, 2, 3, 0, 1, 3]
+    assert sink.losses == [(2, 2, "stream2_unreadable_message")]
+    counters = reader.counters()
+    assert counters["images_wrong_series"] == 1 and counters.get("series_ended_by_rejected_start", 0) == 0
