@@ -233,8 +233,9 @@ class StreamSettings(_Section):
     channel: str = Field("", description="stream2: the channel (threshold) stored and reduced; '' = first")
     stream2_check: Literal["sampled", "full"] = Field(
         "sampled",
-        description="stream2: how much of each compressed image is decompressed to check it before it is"
-        " stored as received: sampled (a few blocks, bounded cost) or full (every block)",
+        description="stream2: how each compressed image is checked before it is stored as received:"
+        " sampled (every block's LZ4 sequences parsed, a few blocks decompressed) or full (every block"
+        " decompressed); either way a stored image decodes",
     )
     endpoint: ConnectEndpoint = Field(
         f"tcp://{LOCALHOST}:5560",

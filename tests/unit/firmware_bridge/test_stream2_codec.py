@@ -7,6 +7,7 @@ import importlib.util
 from pathlib import Path
 
 import cbor2
+import lz4.block
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -386,7 +387,10 @@ def test_a_corrupt_compressed_block_decodes_to_a_chunk_error() -> None:
     assert error.value.reason == "bad_lz4_block"
     with pytest.raises(ChunkError):
         array.check()
-    array.check(sample=1)  # a sample of one looks at the first block only (and the structure)
+    with pytest.raises(ChunkError) as error:
+        # a sample of one decompresses the first block only, but every block's sequences are parsed
+        array.check(sample=1)
+    assert error.value.reason == "bad_lz4_block"
     with pytest.raises(ChunkError):
         array.check(sample=3)  # blocks 0, 2 and 3 of 4
 
@@ -707,3 +711,126 @@ def test_a_shared_map_referenced_twice_is_not_a_key_given_twice() -> None:
     codec = _started()
     events = codec.feed(message)
     assert not any(isinstance(e, Stream2Error) and "twice" in e.detail for e in events), events
+
+
+def _lz4_decodes(block: bytes, plain: int) -> bool:
+    try:
+        return len(lz4.block.decompress(block, uncompressed_size=plain)) == plain
+    except lz4.block.LZ4BlockError:
+        return False
+
+
+_LZ4_SOURCES = [
+    np.random.default_rng(3).poisson(2, 3000).astype(np.uint8).tobytes(),  # short matches, literals
+    bytes(2500),  # one long match
+    np.random.default_rng(4).integers(0, 256, 600, dtype=np.uint8).tobytes(),  # literals only
+    b"",  # an empty block (a single 0 token)
+]
+
+
+@settings(max_examples=600, deadline=None)
+@given(
+    source=st.sampled_from(range(len(_LZ4_SOURCES))),
+    edits=st.lists(
+        st.tuples(
+            st.sampled_from("set insert delete"), st.floats(0, 1, exclude_max=True), st.integers(0, 255)
+        ),
+        max_size=3,
+    ),
+    size_change=st.sampled_from([0, 0, 0, -1, 1, -5, 7]),
+)
+def test_the_lz4_sequence_parse_accepts_only_what_lz4_decodes(
+    source: int, edits: list[tuple[str, float, int]], size_change: int
+) -> None:
+    """The compiled parse of an LZ4 block (the "sampled" check's look at every block) against
+    python-lz4's ``LZ4_decompress_safe``, on damaged blocks and wrong plain sizes: a block it accepts
+    always decodes to exactly its size (else an undecodable chunk would be stored), and one it refuses
+    does not, but for the format's rules the decoder does not enforce (an offset of 0, a match ending in
+    the last 5 bytes), where the parse is stricter on purpose."""
+    from firmware_bridge._block_walk import lz4_block_ok
+
+    plain = _LZ4_SOURCES[source]
+    block = bytearray(lz4.block.compress(plain, store_size=False))
+    for kind, where, value in edits:
+        at = int(where * len(block))
+        if kind == "set" and block:
+            block[at] = value
+        elif kind == "insert":
+            block.insert(at, value)
+        elif kind == "delete" and block:
+            del block[at]
+    size = max(len(plain) + size_change, 0)
+    padded = np.frombuffer(bytes(block) + b"\xff" * 16, np.uint8)  # bytes after it must not be read
+    parsed = bool(lz4_block_ok(padded, 0, len(block), size))
+    decodes = _lz4_decodes(bytes(block), size)
+    assert not parsed or decodes
+    if not edits and size_change == 0:
+        assert parsed  # what the compressor wrote is always taken
+    if decodes and not parsed:
+        assert _breaks_end_rules(bytes(block), size), block.hex()
+
+
+def _breaks_end_rules(block: bytes, plain: int) -> bool:
+    """True when ``block`` has an offset of 0 or a match reaching into the last 5 plain bytes."""
+    try:
+        return _end_rules_broken(block, plain)
+    except IndexError:  # its bytes run out: no such rule decides it
+        return False
+
+
+def _end_rules_broken(block: bytes, plain: int) -> bool:
+    ip, op = 0, 0
+    while ip < len(block):
+        token = block[ip]
+        ip += 1
+        literals = token >> 4
+        if literals == 15:
+            while True:
+                literals += block[ip]
+                ip += 1
+                if block[ip - 1] != 255:
+                    break
+        ip += literals
+        op += literals
+        if ip >= len(block):
+            return False
+        offset = block[ip] | block[ip + 1] << 8
+        ip += 2
+        match = token & 15
+        if match == 15:
+            while True:
+                match += block[ip]
+                ip += 1
+                if block[ip - 1] != 255:
+                    break
+        op += match + 4
+        if offset == 0 or op > plain - 5:
+            return True
+    return False
+
+
+def _crafted(offset: int, last: int = 15) -> bytes:
+    """An LZ4 block by hand: 1 literal and a 4-byte match at ``offset``, then ``last`` literals."""
+    tail = bytes([0xF0, last - 15]) if last >= 15 else bytes([last << 4])
+    return bytes([0x10]) + b"a" + offset.to_bytes(2, "little") + tail + b"b" * last
+
+
+@pytest.mark.parametrize(
+    ("block", "plain", "expected"),
+    [
+        (_crafted(1), 20, True),  # "a" then "aaaa" then 15 "b"
+        (_crafted(2), 20, False),  # the match starts before the block's first byte
+        (_crafted(1), 21, False),  # one byte short of the size it must have
+        (_crafted(1), 19, False),  # one byte over
+        (_crafted(1)[:-1], 20, False),  # the last literal cut off
+        (_crafted(0), 20, False),  # offset 0: invalid LZ4 (liblz4's decoder lets it through)
+        (_crafted(1, last=4), 9, False),  # a match ending in the last 5 bytes: the same
+        (bytes([0xF0, 0xFF]), 300, False),  # a literal length whose bytes run out
+    ],
+)
+def test_the_lz4_sequence_parse_on_hand_made_blocks(block: bytes, plain: int, expected: bool) -> None:
+    from firmware_bridge._block_walk import lz4_block_ok
+
+    assert bool(lz4_block_ok(np.frombuffer(block + b"\xff" * 16, np.uint8), 0, len(block), plain)) is expected
+    if expected or not _breaks_end_rules(block, plain):
+        assert _lz4_decodes(block, plain) is expected  # python-lz4 agrees
