@@ -293,7 +293,6 @@ class Pipeline:
         if int(slot.header["flags"]) & FLAG_CHUNK:  # the detector's checked bslz4 chunk: stored as received
             chunk = Future()  # the slot's own bytes (it is released after the write), never copied
             chunk.set_result(slot.buffer[: int(slot.header["nbytes"])])
-            self.stats["frames_passed_through"] += 1
             if stage.decompress:  # the mode needs the pixels: decoded for it, never recompressed
                 try:
                     raw = decode_bslz4(chunk.result(), raw.shape, raw.dtype)
@@ -506,6 +505,8 @@ class Pipeline:
                     self._disk_full(store, frame, error)
                     return
                 self.stats["bytes_compressed"] += len(chunk)
+                if int(slot.header["flags"]) & FLAG_CHUNK:  # stored as received (not a vetoed one)
+                    self.stats["frames_passed_through"] += 1
                 reduced.add(frame, "stored", result.stream, result.row, result.products)
             else:
                 work.chunk.cancel()  # known only now when the frame was analysed on another thread
