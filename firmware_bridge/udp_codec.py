@@ -495,8 +495,9 @@ class UdpFrameAssembler:
     ``frame_timeout_frames`` beyond the highest accepted (before the first: beyond
     ``expected_first_frame``, or ``jump_from``), which would declare the frames between lost, is held
     (``packets_held``) until another packet beyond the frames accepted, of a frame within
-    `CONFIRM_WITHIN_FRAMES` of it, comes (not a copy of it: the same frame's next packet, or a later
-    frame's, when the detector really skipped frames or they were lost). Then both are taken. If the
+    ``frame_timeout_frames`` of it, comes (not a copy of it: the same frame's next packet, or a nearby
+    frame's, when the detector really skipped frames or they were lost). Then both are taken, with
+    the held packets of frames up to `CONFIRM_WITHIN_FRAMES` below the higher one. If the
     frames in between arrive meanwhile, it was only early and is taken when they reach it. Otherwise,
     once `CONFIRM_WITHIN_FRAMES` frames' worth of packets were accepted after it (or past
     ``frame_timeout_s``), it is rejected, ``frame_number_unconfirmed``: one stray packet never declares
@@ -539,7 +540,8 @@ class UdpFrameAssembler:
         self._done_ahead: set[int] = set()
         # Recently emitted frames -> received-packet bitmap (None: complete), to tell duplicates from
         # late packets.
-        self._history: OrderedDict[int, npt.NDArray[np.bool_] | None] = OrderedDict()
+        # ... and the frame's timestamp: a packet of it with another timestamp is no copy of its packets
+        self._history: OrderedDict[int, tuple[npt.NDArray[np.bool_] | None, int]] = OrderedDict()
         self._highest: int | None = None  # highest frame number accepted so far
         # before any packet is accepted and with no expected first frame: the frame ``max_frame_jump``
         # counts from (a run that may continue an earlier one counts from that one's last frame)
@@ -548,6 +550,11 @@ class UdpFrameAssembler:
         # packets in a row of frames well below the newest (duplicates or late): a detector that started
         # numbering again (a new acquisition with no pause between), or copies (packet, when, frame, kind)
         self._old_streak: list[tuple[bytes, float, int, str]] = []
+        # packets of a frame pending or recently emitted whose timestamp is not that frame's: another
+        # exposure under the same number, a detector numbering from 0 again (a copy has its frame's
+        # timestamp). Not cleared by the run's own packets, which may still come in between.
+        # (packet, when, frame, kind, packets accepted when it came)
+        self._renumbered: list[tuple[bytes, float, int, str, int]] = []
         self._c = _Counters()
 
     # -- public API ---------------------------------------------------------------------------------
@@ -696,24 +703,44 @@ class UdpFrameAssembler:
 
     @property
     def restarted(self) -> bool:
-        """Whether the frame numbers started again: `RESTART_FRAMES` whole frames' worth of packets in a
-        row, of at least two frames, all well below the newest frame (more than ``frame_timeout_frames``),
-        each a copy of a packet taken or late. A network's copies come one at a time."""
+        """Whether the frame numbers started again. Either a whole frame's worth of packets (two at least)
+        of frames this assembler holds or recently emitted, each with another timestamp than its frame's
+        (another exposure under the same number), whatever came in between; or, for frames too old to be
+        remembered or from a sender whose timestamps are 0, `RESTART_FRAMES` whole frames' worth of
+        packets in a row, of at least two frames, all well below the newest frame (more than
+        ``frame_timeout_frames``), each a copy of a packet taken or late. A network's copies come one at
+        a time, and a copy has its frame's timestamp."""
+        if len(self._renumbered) >= max(self._ppf, 2):
+            return True
         streak = self._old_streak
         return len(streak) >= RESTART_FRAMES * self._ppf and len({item[2] for item in streak}) >= 2
 
     def take_restart(self) -> list[tuple[bytes, float]]:
         """The packets of a restart (`restarted`), taken out of this assembler's counts (they belong to
-        the acquisition that started again), to feed to a new one with their times."""
-        streak, self._old_streak = self._old_streak, []
+        the acquisition that started again), to feed to a new one with their times, in arrival order."""
+        renumbered = [(data, now, frame, kind) for data, now, frame, kind, _at in self._renumbered]
+        streak = self._old_streak if len(self._old_streak) >= RESTART_FRAMES * self._ppf else []
+        taken = renumbered + streak if renumbered else streak
+        if streak is self._old_streak:
+            self._old_streak = []
+        self._renumbered = []
+        taken.sort(key=lambda item: item[1])  # (stable: the times are the reader's, in arrival order)
         c = self._c
-        for _data, _now, _frame, kind in streak:
+        for _data, _now, _frame, kind in taken:
             c.packets_received -= 1
             if kind == "duplicate":
                 c.packets_duplicate -= 1
             else:
                 c.packets_late -= 1
-        return [(data, now) for data, now, _frame, _kind in streak]
+        return [(data, now) for data, now, _frame, _kind in taken]
+
+    def _note_renumbered(self, view: memoryview, now: float, frame: int, kind: str) -> None:
+        """A packet of a remembered frame with another timestamp (see `restarted`); kept a while."""
+        accepted = self._c.packets_accepted
+        patience = CONFIRM_WITHIN_FRAMES * self._ppf
+        self._renumbered = [item for item in self._renumbered if accepted - item[4] <= patience]
+        if len(self._renumbered) <= RESTART_FRAMES * self._ppf:
+            self._renumbered.append((bytes(view), now, frame, kind, accepted))
 
     # -- unconfirmed jumps ----------------------------------------------------------------------------
 
@@ -736,19 +763,27 @@ class UdpFrameAssembler:
     def _hold_or_confirm(self, view: memoryview, frame: int, now: float, events: list[Event]) -> None:
         fields = _HEADER.unpack_from(view)
         module_id, pidx = fields[3], fields[5]
-        near = [h for h in self._held if abs(h.frame - frame) <= CONFIRM_WITHIN_FRAMES]
-        if any((h.frame, h.module, h.index) == (frame, module_id, pidx) for h in near):
+        if any((h.frame, h.module, h.index) == (frame, module_id, pidx) for h in self._held):
             self._c.packets_duplicate += 1  # the same packet again confirms nothing
             return
-        if not near:
+        # a detector that jumped goes on from there: the same frame's next packet, or one of the next
+        # few frames (two stray numbers were once 10 apart and confirmed each other: frames declared lost)
+        close = [h for h in self._held if abs(h.frame - frame) <= self.frame_timeout_frames]
+        if not close:
             self._held.append(_HeldPacket(frame, module_id, pidx, bytes(view), now, self._c.packets_accepted))
             if len(self._held) > MAX_HELD_PACKETS:
                 self._drop_held(0, events)
             return
-        for h in near:  # confirmed: the frames between really did not come
+        # confirmed: the frames between really did not come. Held packets of frames the jump passed on
+        # its way (under heavy loss, frames apart) are taken too, lowest first, so none of them is late.
+        top = max(frame, *(h.frame for h in close))
+        passed = [h for h in self._held if h not in close and top - CONFIRM_WITHIN_FRAMES <= h.frame < top]
+        taken: list[tuple[int, memoryview, float]] = [(frame, view, now)]
+        for h in [*close, *passed]:
             self._held.remove(h)
-            self._accept(memoryview(h.data), h.now, events)
-        self._accept(view, now, events)
+            taken.append((h.frame, memoryview(h.data), h.now))
+        for _frame, data, when in sorted(taken, key=lambda item: item[0]):
+            self._accept(data, when, events)
         self._release_held(now, events)
 
     def _release_held(self, now: float, events: list[Event]) -> None:
@@ -779,13 +814,27 @@ class UdpFrameAssembler:
     def _accept(self, view: memoryview, now: float, events: list[Event]) -> None:
         (_m, _v, _f, module_id, frame, pidx, _ppf, _r, _c, ts, _plen) = _HEADER.unpack_from(view)
         c = self._c
-        old = self._highest is not None and frame + self.frame_timeout_frames < self._highest
+        remembered = self._history.get(frame)
+        pending = self._pending.get(frame)
+        known = remembered[1] if remembered is not None else None  # (of a frame emitted: finished)
+        # a frame's timestamps are compared only when both are set (a sender may send 0 throughout)
+        if known and ts and ts != known:  # not a packet of that frame: another exposure, same number
+            seen = remembered is not None and (remembered[0] is None or remembered[0][module_id, pidx])
+            kind = "duplicate" if seen else "late"
+            if kind == "duplicate":
+                c.packets_duplicate += 1
+            else:
+                c.packets_late += 1
+            self._note_renumbered(view, now, frame, kind)
+            return
+        # well below the newest, for a frame whose timestamp tells nothing (too old to be remembered, or 0)
+        old = not known and self._highest is not None and frame + self.frame_timeout_frames < self._highest
         if frame in self._done_ahead:  # emitted complete, so this packet was received before
             c.packets_duplicate += 1
             self._note_old(old, view, now, frame, "duplicate")
             return
-        if frame in self._history:
-            received = self._history[frame]
+        if remembered is not None:
+            received = remembered[0]
             if received is None or received[module_id, pidx]:
                 c.packets_duplicate += 1
                 self._note_old(old, view, now, frame, "duplicate")
@@ -800,7 +849,6 @@ class UdpFrameAssembler:
         self._old_streak.clear()  # a packet of the frames going on: whatever came before was stray
         # A packet far enough ahead finalises older frames before it is stored.
         self._finalise_below(frame - self.frame_timeout_frames + 1, events)
-        pending = self._pending.get(frame)
         if pending is None:
             g = self.geometry
             pending = _PendingFrame(
@@ -887,11 +935,11 @@ class UdpFrameAssembler:
         mask: npt.NDArray[np.bool_] | None = None
         if complete:
             c.frames_complete += 1
-            self._remember(frame, None)
+            self._remember(frame, None, pending.timestamp_ns)
         else:
             c.frames_incomplete += 1
             c.packets_missing += self._ppf - pending.n_received
-            self._remember(frame, pending.received)
+            self._remember(frame, pending.received, pending.timestamp_ns)
             pixel_missing = np.repeat(~pending.received, g.pixels_per_packet, axis=1)[:, : g.module_pixels]
             mask = g.insert_gaps(pixel_missing.reshape(g.n_modules, g.module_rows, g.module_cols), False)
         return FrameAssembled(
@@ -904,10 +952,10 @@ class UdpFrameAssembler:
             timestamp_ns=pending.timestamp_ns,
         )
 
-    def _remember(self, frame: int, received: npt.NDArray[np.bool_] | None) -> None:
+    def _remember(self, frame: int, received: npt.NDArray[np.bool_] | None, timestamp_ns: int) -> None:
         if self.history_frames == 0:
             return
-        self._history[frame] = received
+        self._history[frame] = (received, timestamp_ns)
         while len(self._history) > self.history_frames:
             self._history.popitem(last=False)
 

@@ -294,11 +294,19 @@ def run_sim_udp(
     sent = 0
     stalled = False
     number = 0
+    # each frame's exposure start on the "detector clock" (the wall clock when the acquisition began,
+    # plus the frame period): another acquisition's frame of the same number has another timestamp
+    began_ns = time.time_ns()
+    period_ns = round(1e9 / rate_hz) if rate_hz > 0 else 1_000_000
+
+    def exposure(frame_number: int) -> int:
+        return began_ns + frame_number * period_ns
+
     while (frames == 0 or number < frames) and not stop.is_set():
         count = batch if frames == 0 else min(batch, frames - number)
         numbers = range(number, number + count)
         plan = FaultPlan(seed=fault_seed + number, **faults)
-        stream = apply_faults(layout, [(n, source.frame(n)) for n in numbers], plan)
+        stream = apply_faults(layout, [(n, source.frame(n)) for n in numbers], plan, timestamp_ns=exposure)
         packets = stream.packets
         if stall_seconds and not stalled and frames and number + count >= frames // 2:
             # between two frames (a detector pauses between frames, not inside one; inside one, the frame

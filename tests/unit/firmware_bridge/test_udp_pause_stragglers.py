@@ -3,6 +3,12 @@ docs/wire-formats.md): a straggler of the run before, or its last frame sent aga
 next run a new acquisition that records the run before's frames lost (each frame two dispositions); a
 sender that really starts again at 0 still gets a new acquisition; and the counters stay whole.
 
+Then frame numbers an outside sender's probe (round 2) found misread: two stray frame numbers that
+confirmed each other, a short acquisition followed at once by one from 0, a byte-identical replay of old
+frames, and an old run's tail interleaved with the next one's frame 0. A frame's packets share its
+``timestamp_ns``: a packet of a finished frame with another timestamp is another exposure under the
+same number (a detector numbering from 0 again), never a copy.
+
 The reader runs on a loopback socket with a sink that records each run's frames and losses."""
 
 from __future__ import annotations
@@ -237,4 +243,119 @@ def test_a_sender_that_starts_again_at_0_without_a_pause_is_a_new_acquisition(
     assert [run["losses"] for run in sink.runs] == [[], []]
     assert source.counters()["series_numbers_restarted"] == 1
     assert source.counters()["assembler"]["packets_duplicate"] == 0
+    _identity(source)
+
+
+PPF = GEOMETRY.packets_per_frame
+
+
+def _packets(frame: int, acquisition: int) -> list[bytes]:
+    """Frame ``frame`` of acquisition ``acquisition``: its exposure's timestamp (1 ms apart, each
+    acquisition an hour after the one before) and pixels that say which acquisition it is."""
+    timestamp = (acquisition * 3600 + 1) * 10**9 + frame * 10**6
+    pixels = np.full(GEOMETRY.raw_shape, 1000 * acquisition + frame, np.uint16)
+    return packetize_frame(GEOMETRY, frame, pixels, timestamp)
+
+
+def _send(send: Sender, frames: range, acquisition: int) -> None:
+    for n in frames:
+        send.send(_packets(n, acquisition))
+
+
+def _ended(sink: RunSink, runs: int) -> None:
+    _wait(lambda: sink.ended == runs, f"{runs} run(s) ended")
+
+
+def test_two_stray_frame_numbers_close_together_do_not_confirm_each_other(reader: Any) -> None:
+    """Frames 0..50, one packet each of frames 10000 and 10010, then 51..60: the strays confirmed each
+    other (within 64 frames), frames 51..9996 were declared lost, the stray frames stored, and the real
+    frames 51..60 taken for a new acquisition. A jump is confirmed by a packet of its frame or of the
+    next few (``frame_timeout_frames``) only."""
+    source, sink, send = reader()
+    _send(send, range(51), 1)
+    send.send([_packets(10000, 1)[3], _packets(10010, 1)[5]])
+    _send(send, range(51, 61), 1)
+    _ended(sink, 1)
+    assert len(sink.runs) == 1
+    assert sink.runs[0]["frames"] == list(range(61)) and sink.runs[0]["losses"] == []
+    counters = source.counters()["assembler"]
+    assert counters["packets_rejected_frame_number_unconfirmed"] == 2
+    _identity(source)
+
+
+def test_a_real_jump_under_loss_takes_the_packets_it_passed_on_its_way(reader: Any) -> None:
+    """The detector jumps from frame 9 to 100 and loses frames 101..109 but one packet of 105: 100's
+    first packet is held, 105's too (not close enough to confirm), 100's next packet confirms the
+    jump, and the packet of 105 is taken with it (never late): 100 and 110.. stored, 105 incomplete."""
+    source, sink, send = reader()
+    _send(send, range(10), 1)
+    jump = _packets(100, 1)
+    send.send([jump[0], _packets(105, 1)[2], *jump[1:]])
+    _send(send, range(110, 115), 1)
+    _ended(sink, 1)
+    (run,) = sink.runs
+    assert run["frames"] == [*range(10), 100, 105, *range(110, 115)]
+    losses = run["losses"]
+    assert (105, 105, "incomplete_frame") in losses
+    lost = sorted(
+        n for first, last, reason in losses if reason != "incomplete_frame" for n in range(first, last + 1)
+    )
+    assert lost == [*range(10, 100), *range(101, 105), *range(106, 110)]  # (in adjacent ranges)
+    assert {reason for _first, _last, reason in losses} == {"frame_number_jump", "incomplete_frame"}
+    _identity(source)
+
+
+def test_a_short_acquisition_followed_at_once_by_one_from_0_is_two_runs(reader: Any) -> None:
+    """Frames 0..3, then at once 0..9 of the next acquisition: its frames 0..3 were dropped as
+    duplicates of the first's (too close to its newest frame to look like numbers starting again) and
+    4..9 appended to the first run, with no loss record. Their timestamps are not the first's."""
+    source, sink, send = reader()
+    _send(send, range(4), 1)
+    _send(send, range(10), 2)
+    _ended(sink, 2)
+    assert [run["frames"] for run in sink.runs] == [list(range(4)), list(range(10))]
+    assert [run["losses"] for run in sink.runs] == [[], []]
+    counters = source.counters()
+    assert counters["series_numbers_restarted"] == 1 and counters["assembler"]["packets_duplicate"] == 0
+    _identity(source)
+
+
+def test_an_acquisition_of_one_frame_followed_at_once_by_one_from_0(reader: Any) -> None:
+    _source, sink, send = reader()
+    _send(send, range(1), 1)
+    _send(send, range(6), 2)
+    _ended(sink, 2)
+    assert [run["frames"] for run in sink.runs] == [[0], list(range(6))]
+    assert [run["losses"] for run in sink.runs] == [[], []]
+
+
+def test_a_byte_identical_replay_of_old_frames_is_copies_not_a_new_acquisition(reader: Any) -> None:
+    """Frames 0..19, then frames 3 and 4 sent again byte for byte, then 20..29: the replay was taken for
+    a detector numbering from 0 again (the run split, frames 3 and 4 stored twice). Same timestamps:
+    copies, counted as duplicate packets."""
+    source, sink, send = reader()
+    _send(send, range(20), 1)
+    _send(send, range(3, 5), 1)
+    _send(send, range(20, 30), 1)
+    _ended(sink, 1)
+    (run,) = sink.runs
+    assert run["frames"] == list(range(30)) and run["losses"] == []
+    counters = source.counters()
+    assert counters["assembler"]["packets_duplicate"] == 2 * PPF
+    assert counters.get("series_numbers_restarted", 0) == 0
+    _identity(source)
+
+
+def test_an_old_runs_tail_interleaved_with_the_next_ones_frame_0(reader: Any) -> None:
+    """Frames 0..8, then frame 9's packets and the next acquisition's frame 0's in turn, then its 1..5:
+    the new frame 0's packets were dropped as duplicates (each packet of the old tail started the count
+    of old numbers again) and it was stored incomplete. Now it is whole, in the second run."""
+    source, sink, send = reader()
+    _send(send, range(9), 1)
+    tail, first = _packets(9, 1), _packets(0, 2)
+    send.send([packet for pair in zip(tail, first, strict=True) for packet in pair])
+    _send(send, range(1, 6), 2)
+    _ended(sink, 2)
+    assert [run["frames"] for run in sink.runs] == [list(range(10)), list(range(6))]
+    assert [run["losses"] for run in sink.runs] == [[], []]
     _identity(source)
