@@ -833,13 +833,16 @@ class Ledger:
             chunks = dict(db.execute("SELECT state, chunks FROM chunk_totals WHERE chunks > 0").fetchall())
             partial = ",".join(f"'{r}'" for r in PARTIAL_LOSS_REASONS)
             uncounted = ",".join(f"'{r}'" for r in PARTIAL_LOSS_REASONS + NOT_ACQUIRED_REASONS)
-            lost = db.execute(
-                # TOTAL, not SUM: a float that cannot overflow where SUM would raise past int64
-                f"SELECT COALESCE(TOTAL(CASE WHEN reason IN ({uncounted}) THEN 0"
-                " ELSE last_frame - first_frame + 1 END), 0),"
-                f" COUNT(*), COALESCE(TOTAL(CASE WHEN reason IN ({partial}) THEN last_frame - first_frame + 1"
-                " ELSE 0 END), 0) FROM losses"  # frames kept with pixels missing, not their records
-            ).fetchone()
+            try:  # exact integers (TOTAL's float was 20 frames off for ranges near 2**62)
+                lost = db.execute(
+                    f"SELECT COALESCE(SUM(CASE WHEN reason IN ({uncounted}) THEN 0"
+                    " ELSE last_frame - first_frame + 1 END), 0),"
+                    f" COUNT(*), COALESCE(SUM(CASE WHEN reason IN ({partial})"
+                    " THEN last_frame - first_frame + 1 ELSE 0 END), 0)"
+                    " FROM losses"  # frames kept with pixels missing, not their records
+                ).fetchone()
+            except sqlite3.OperationalError:  # past int64 (ranges a hostile sender made): Python's ints
+                lost = _loss_sums(db.execute("SELECT reason, first_frame, last_frame FROM losses"))
             # a run's count is written when it ends (a row per run, summed); the open run's: the pipeline's
             vetoed = db.execute("SELECT COALESCE(SUM(frames_vetoed), 0) FROM runs").fetchone()
             consumers = [
@@ -862,3 +865,17 @@ class Ledger:
             "loss_records": int(lost[1]),
             "consumers": consumers,
         }
+
+
+def _loss_sums(rows: Iterable[tuple[str, int, int]]) -> tuple[int, int, int]:
+    """(frames lost, loss records, frames kept incomplete) of loss rows, exact whatever their size (the
+    summary's query, where SQLite's SUM would pass int64)."""
+    lost = records = incomplete = 0
+    for reason, first, last in rows:
+        records += 1
+        count = int(last) - int(first) + 1
+        if reason in PARTIAL_LOSS_REASONS:
+            incomplete += count
+        elif reason not in NOT_ACQUIRED_REASONS:
+            lost += count
+    return lost, records, incomplete

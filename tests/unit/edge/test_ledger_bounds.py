@@ -34,7 +34,7 @@ def test_loss_totals_do_not_overflow_int64(tmp_path: Path) -> None:
             ledger.record_loss("run", 0, INT64_MAX - 1, "frame_number_gap")
         ledger.record_loss("run", 5, 5, "incomplete_frame")
         summary = ledger.summary()
-        assert summary["frames_lost"] >= 3 * (INT64_MAX - 1)  # a float sum past 2**53: approximate
+        assert summary["frames_lost"] == 3 * INT64_MAX and isinstance(summary["frames_lost"], int)
         assert summary["loss_records"] == 4 and summary["frames_incomplete"] == 1
     finally:
         ledger.close()
@@ -63,5 +63,17 @@ def test_incomplete_frames_are_counted_as_frames_not_records(tmp_path: Path) -> 
         summary = ledger.summary()
         assert summary["frames_incomplete"] == 4 == ledger.run_totals("run")["frames_incomplete"]
         assert summary["frames_lost"] == 2 and summary["loss_records"] == 3
+    finally:
+        ledger.close()
+
+
+def test_loss_totals_are_exact_for_frame_numbers_past_2_to_the_53(tmp_path: Path) -> None:
+    """An outside probe (``udp.max_frame_jump = 2**62``): a float sum put /api/status 20 frames too high."""
+    ledger = Ledger(tmp_path / "ledger.sqlite")
+    try:
+        ledger.run_started("run", 1, None, "{}")
+        ledger.record_loss("run", 7, 2**62 + 12, "frame_number_jump")
+        ledger.record_loss("run", 2**62 + 14, 2**62 + 14, "frame_number_gap")
+        assert ledger.summary()["frames_lost"] == 2**62 + 6 + 1
     finally:
         ledger.close()
