@@ -373,6 +373,7 @@ class UdpSource:
                 # frames before it (counting from 0 here would record the frames that run stored as lost)
                 assembler.begin_at(first)
                 self.stats["series_continued_after_pause"] += 1
+                handed = 0
                 if (
                     self.frames_per_run
                 ):  # the run before recorded its tail lost: from here on it is this run's
@@ -385,9 +386,13 @@ class UdpSource:
                     self._finished_counters["packets_missing"] = max(0, missing - handed * ppf)
                     self.stats["frames_handed_over"] += handed
                 log.warning(
-                    "UDP frames from frame %d after %.1f s of silence: a run that continues the last one",
+                    "UDP frames from frame %d after %.1f s of silence: a run that continues the last one%s",
                     first,
                     time.monotonic() - self._paused_at,
+                    f" (the {handed} frame(s) from {first} on that the last one recorded lost as series_end"
+                    " are this run's now)"
+                    if handed
+                    else "",
                 )
                 config |= {"resumed_after_pause": True, "first_frame": first}
             elif first is not None and first > paused_above:
@@ -416,7 +421,7 @@ class UdpSource:
             return
         highest = assembler.highest_frame
         self._paused_above = highest if paused else None
-        self._paused_at = time.monotonic()
+        self._paused_at = self._last_packet if paused else time.monotonic()  # (when the silence began)
         last = self.frames_per_run - 1 if self.frames_per_run else None
         reason = "receiver_stopped" if exit_status == "abort" else "series_end"
         self._handle(assembler.close(expected_last_frame=last, reason=reason))

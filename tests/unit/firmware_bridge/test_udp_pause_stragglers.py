@@ -359,3 +359,24 @@ def test_an_old_runs_tail_interleaved_with_the_next_ones_frame_0(reader: Any) ->
     assert [run["frames"] for run in sink.runs] == [list(range(10)), list(range(6))]
     assert [run["losses"] for run in sink.runs] == [[], []]
     _identity(source)
+
+
+def test_the_continued_runs_log_line_says_how_long_the_silence_was_and_what_it_took_over(
+    reader: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An outside probe: "after N s of silence" counted from the run's end (idle_seconds after the
+    last packet), and the run before's log line of 10 frames lost as series_end was not taken back
+    when 6 of them came after the pause."""
+    source, sink, send = reader(frames_per_run=16)
+    pause = IDLE + 0.4
+    with caplog.at_level("WARNING", logger="firmware_bridge.udp_reader"):
+        send.frames(range(6))
+        _wait(lambda: sink.ended == 1, "the silence ends the first run")
+        time.sleep(pause - IDLE)
+        send.frames(range(6, 16))
+        _wait(lambda: sink.ended == 2, "the second run ended")
+    (line,) = [r.getMessage() for r in caplog.records if "s of silence" in r.getMessage()]
+    seconds = float(line.split(" after ")[1].split(" s of silence")[0])
+    assert seconds >= pause - 0.05, line  # at least the pause itself (the sleeps make it no shorter)
+    assert "the 10 frame(s) from 6 on that the last one recorded lost as series_end are this run's" in line
+    _identity(source)
