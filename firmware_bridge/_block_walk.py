@@ -21,6 +21,21 @@ import numba
 import numpy as np
 
 
+@numba.njit(cache=True, inline="always")  # type: ignore[misc]
+def _block_at(buf: Any, pos: int, end: int) -> int:
+    """The size (``>u32``) of the block whose size sits at ``pos``; -1 when the size or the block's
+    bytes would pass ``end``."""
+    if pos + 4 > end:
+        return -1
+    length = (
+        (np.int64(buf[pos]) << 24)
+        | (np.int64(buf[pos + 1]) << 16)
+        | (np.int64(buf[pos + 2]) << 8)
+        | np.int64(buf[pos + 3])
+    )
+    return length if length <= end - pos - 4 else -1
+
+
 @numba.njit(cache=True)  # type: ignore[misc]
 def walk_blocks(buf: Any, pos: int, count: int, end: int, chosen: Any, picked: Any) -> int:
     """Walk ``count`` blocks of ``<u32 BE size><bytes>`` from ``pos``; returns where the last ends, or
@@ -28,17 +43,10 @@ def walk_blocks(buf: Any, pos: int, count: int, end: int, chosen: Any, picked: A
     data of block ``chosen[k]`` (``chosen`` ascending)."""
     k = 0
     for index in range(count):
-        if pos + 4 > end:
+        length = _block_at(buf, pos, end)
+        if length < 0:
             return -1
-        length = (
-            (np.int64(buf[pos]) << 24)
-            | (np.int64(buf[pos + 1]) << 16)
-            | (np.int64(buf[pos + 2]) << 8)
-            | np.int64(buf[pos + 3])
-        )
         pos += 4
-        if length > end - pos:
-            return -1
         if k < chosen.shape[0] and chosen[k] == index:
             picked[k, 0] = pos
             picked[k, 1] = length
@@ -105,17 +113,10 @@ def first_bad_block(buf: Any, pos: int, count: int, end: int, block_plain: int, 
     ``block_plain`` bytes plain, the last ``last_plain``) that does not decode, ``count`` when they all
     do; -1 when a block's size would pass ``end`` or the blocks do not end exactly at ``end``."""
     for index in range(count):
-        if pos + 4 > end:
+        length = _block_at(buf, pos, end)
+        if length < 0:
             return -1
-        length = (
-            (np.int64(buf[pos]) << 24)
-            | (np.int64(buf[pos + 1]) << 16)
-            | (np.int64(buf[pos + 2]) << 8)
-            | np.int64(buf[pos + 3])
-        )
         pos += 4
-        if length > end - pos:
-            return -1
         if not lz4_block_ok(buf, pos, length, last_plain if index == count - 1 else block_plain):
             return index
         pos += length

@@ -778,31 +778,29 @@ def _breaks_end_rules(block: bytes, plain: int) -> bool:
         return False
 
 
+def _length(block: bytes, ip: int, nibble: int) -> tuple[int, int]:
+    """(a literal or match length, where the bytes after it start): 15 in the token adds bytes."""
+    length = nibble
+    if nibble == 15:
+        while True:
+            length += block[ip]
+            ip += 1
+            if block[ip - 1] != 255:
+                break
+    return length, ip
+
+
 def _end_rules_broken(block: bytes, plain: int) -> bool:
     ip, op = 0, 0
     while ip < len(block):
         token = block[ip]
-        ip += 1
-        literals = token >> 4
-        if literals == 15:
-            while True:
-                literals += block[ip]
-                ip += 1
-                if block[ip - 1] != 255:
-                    break
+        literals, ip = _length(block, ip + 1, token >> 4)
         ip += literals
         op += literals
         if ip >= len(block):
             return False
         offset = block[ip] | block[ip + 1] << 8
-        ip += 2
-        match = token & 15
-        if match == 15:
-            while True:
-                match += block[ip]
-                ip += 1
-                if block[ip - 1] != 255:
-                    break
+        match, ip = _length(block, ip + 2, token & 15)
         op += match + 4
         if offset == 0 or op > plain - 5:
             return True

@@ -168,6 +168,20 @@ def test_a_resumed_series_whose_length_the_sink_knows_accounts_for_its_tail() ->
     assert sink.losses == [(5, 5, "missing_at_series_end")]
 
 
+class _TwoEnds(Sink):
+    """Tells when the second series ends."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.ends = 0
+        self.second_end = threading.Event()
+
+    def series_end(self, series: int, exit_status: str = "success") -> None:
+        self.ends += 1
+        if self.ends == 2:
+            self.second_end.set()
+
+
 def test_a_stray_of_an_ended_series_after_a_damaged_image_does_not_split_the_open_series() -> None:
     """An outside sender's probe: series 4 (2 frames) ends; series 5 (8 frames) sends 0-2, frame 3 with
     a first part that is not JSON, 4-5, then a late copy of series 4's frame 1, then 6-7 and its end.
@@ -177,20 +191,10 @@ def test_a_stray_of_an_ended_series_after_a_damaged_image_does_not_split_the_ope
     ``wrong_series``, and series 5 is one run with frame 3 its only loss."""
     end4, end5 = ([part({"htype": "dseries_end-1.0", "series": s})] for s in (4, 5))
     damaged = [b'{"htype": "dimage-1.0", "series": 5, "fra', *image(5, 3)[1:]]
-    done = threading.Event()
     series5 = [header(5, 8), *(image(5, n) for n in range(3)), damaged, image(5, 4), image(5, 5)]
     messages = [header(4, 2), image(4, 0), image(4, 1), end4, *series5, image(4, 1), image(5, 6), image(5, 7)]
-
-    class _Ends(Sink):
-        ends = 0
-
-        def series_end(self, series: int, exit_status: str = "success") -> None:
-            self.ends += 1
-            if self.ends == 2:
-                done.set()
-
-    sink = _Ends()
-    reader = _run([*messages, end5], sink, done)
+    sink = _TwoEnds()
+    reader = _run([*messages, end5], sink, sink.second_end)
     assert len(sink.configs) == 2  # series 4 and series 5: no third run
     assert sink.frames == [0, 1, 0, 1, 2, 4, 5, 6, 7]
     assert sink.losses == [(3, 3, "frame_number_gap")]
@@ -201,21 +205,11 @@ def test_a_stray_of_an_ended_series_after_a_damaged_image_does_not_split_the_ope
 def test_a_stray_of_an_ended_series_right_after_a_damaged_message_is_not_a_new_series() -> None:
     """As above, but the stray comes straight after the damaged message: an image of a series that ended
     here is never the next series (its start, unreadable, would name a new one): counted only."""
-    done = threading.Event()
-
-    class _Ends(Sink):
-        ends = 0
-
-        def series_end(self, series: int, exit_status: str = "success") -> None:
-            self.ends += 1
-            if self.ends == 2:
-                done.set()
-
-    sink = _Ends()
+    sink = _TwoEnds()
     end4, end5 = ([part({"htype": "dseries_end-1.0", "series": s})] for s in (4, 5))
     damaged = [b'{"htype": "dimage-1.0", "series": 5, "fra', *image(5, 2)[1:]]
     messages = [header(4, 2), image(4, 0), image(4, 1), end4, header(5, 4), image(5, 0), image(5, 1)]
-    reader = _run([*messages, damaged, image(4, 1), image(5, 3), end5], sink, done)
+    reader = _run([*messages, damaged, image(4, 1), image(5, 3), end5], sink, sink.second_end)
     assert len(sink.configs) == 2 and sink.frames == [0, 1, 0, 1, 3]
     assert sink.losses == [(2, 2, "frame_number_gap")]
     assert reader.counters()["images_wrong_series"] == 1
