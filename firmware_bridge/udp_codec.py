@@ -543,6 +543,7 @@ class UdpFrameAssembler:
         # ... and the frame's timestamp: a packet of it with another timestamp is no copy of its packets
         self._history: OrderedDict[int, tuple[npt.NDArray[np.bool_] | None, int]] = OrderedDict()
         self._highest: int | None = None  # highest frame number accepted so far
+        self._lowest: int | None = None  # lowest frame number accepted so far
         # before any packet is accepted and with no expected first frame: the frame ``max_frame_jump``
         # counts from (a run that may continue an earlier one counts from that one's last frame)
         self._jump_from = jump_from
@@ -588,6 +589,12 @@ class UdpFrameAssembler:
     def highest_frame(self) -> int | None:
         """The highest frame number a packet was accepted for (None before any)."""
         return self._highest
+
+    @property
+    def lowest_frame(self) -> int | None:
+        """The lowest frame number a packet was accepted for (None before any): a run's first frame,
+        also when its first packets confirmed a jump together (frame 30 held, then 31 confirming it)."""
+        return self._lowest
 
     @property
     def pending_frames(self) -> list[int]:
@@ -793,7 +800,9 @@ class UdpFrameAssembler:
         patience = CONFIRM_WITHIN_FRAMES * self._ppf
         while self._held:
             reach = self._reach()
-            early = next((h for h in self._held if reach is None or h.frame <= reach), None)
+            # below the reach: taken, it finalises no frame the accepted ones may still be completing (at
+            # the reach it would finalise the newest, whose packets were still coming: they became late)
+            early = next((h for h in self._held if reach is None or h.frame < reach), None)
             if early is None:
                 break
             self._held.remove(early)
@@ -868,6 +877,8 @@ class UdpFrameAssembler:
         pending.received[module_id, pidx] = True
         if self._highest is None or frame > self._highest:
             self._highest = frame
+        if self._lowest is None or frame < self._lowest:
+            self._lowest = frame
         pending.n_received += 1
         c.packets_accepted += 1
         if pending.n_received == self._ppf:

@@ -353,7 +353,7 @@ class UdpSource:
         paused_above, self._paused_above = self._paused_above, None  # only the run right after
         assembler = None if new_acquisition else self._assembler
         if resume_above is not None and assembler is not None:  # (its first accepted packet's frame)
-            first = assembler.highest_frame
+            first = assembler.lowest_frame
             if first is not None and first > resume_above:
                 assembler.begin_at(first)  # frames before it are the interrupted run's
                 self.stats["series_resumed"] += 1
@@ -365,7 +365,7 @@ class UdpSource:
             else:  # a new acquisition: its frames count from 0, as any run's
                 assembler.begin_at(0)
         elif paused_above is not None and assembler is not None:
-            first = assembler.highest_frame
+            first = assembler.lowest_frame
             armed = not self.frames_per_run or (first is not None and first < self.frames_per_run)
             if first is not None and first > paused_above and armed:
                 # the detector went on counting after a silence longer than idle_seconds: the same
@@ -398,9 +398,11 @@ class UdpSource:
             elif first is not None and first > paused_above:
                 # beyond the frames the detector was armed for: a new acquisition whose numbers go on
                 # (some detectors never reset theirs); the frames up to the run before's last are that
-                # run's, never this one's losses
-                assembler.begin_at(paused_above + 1)
-                config |= {"first_frame": paused_above + 1}
+                # run's, never this one's losses, nor those its end recorded (series_end up to the armed
+                # number): each frame one disposition
+                begin = max(paused_above + 1, self.frames_per_run)
+                assembler.begin_at(begin)
+                config |= {"first_frame": begin}
             else:  # restarted at 0 (or a frame the last run had): a new acquisition
                 assembler.begin_at(0)
         self._refused = self.sink.series_start(self._series, config)
@@ -417,6 +419,8 @@ class UdpSource:
         if assembler is None:
             return
         if not self._run_open:  # only rejected datagrams since the last run: counted, no run
+            # (a stray jump held before any run is rejected now, frame_number_unconfirmed: never held on)
+            self._log_rejections(assembler.close())
             self._finished_counters.update(assembler.counters)
             return
         highest = assembler.highest_frame

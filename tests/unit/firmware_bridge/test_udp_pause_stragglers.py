@@ -380,3 +380,69 @@ def test_the_continued_runs_log_line_says_how_long_the_silence_was_and_what_it_t
     assert seconds >= pause - 0.05, line  # at least the pause itself (the sleeps make it no shorter)
     assert "the 10 frame(s) from 6 on that the last one recorded lost as series_end are this run's" in line
     _identity(source)
+
+
+def test_a_jump_confirmed_by_the_first_packets_after_a_pause_continues_the_run(reader: Any) -> None:
+    """An outside probe (round 3): frames 0..19, a pause, one packet of frame 30, then frames 31..39.
+    Frame 31 confirmed the jump and took frame 30 in with it; the run was then begun at the newest frame
+    (31) with 30 accepted below it: the reader thread died (ValueError), every later frame was lost
+    outside any run. The run continues from its lowest frame, 30."""
+    source, sink, send = reader()
+    _send(send, range(20), 1)
+    _wait(lambda: sink.ended == 1, "the silence ends the first run")
+    send.send(_packets(30, 1)[:1])
+    _send(send, range(31, 40), 1)
+    _ended(sink, 2)
+    first, second = sink.runs
+    assert second["config"]["resumed_after_pause"] is True and second["config"]["first_frame"] == 30
+    assert sorted(second["frames"]) == list(range(30, 40))  # (complete frames may overtake 30)
+    assert [loss[2] for loss in second["losses"]] == ["incomplete_frame"]  # frame 30: 1 packet of 8
+    assert first["frames"] == list(range(20))  # (20..29: the run before's, written by the appliance)
+    assert not source.counters().get("reader_crashes")
+    _identity(source)
+
+
+def test_frames_past_the_armed_number_after_a_pause_are_not_lost_twice(reader: Any) -> None:
+    """An outside probe: ``frames_per_run = 40``, frames 0..19, a pause, frames 40..44: the first run
+    recorded 20..39 lost (series_end) and the second, begun at 20, recorded them again
+    (frame_number_jump): 40 lost in the status, 20 real."""
+    _source, sink, send = reader(frames_per_run=40)
+    _send(send, range(20), 1)
+    _wait(lambda: sink.ended == 1, "the silence ends the first run")
+    _send(send, range(40, 45), 1)
+    _ended(sink, 2)
+    first, second = sink.runs
+    assert first["losses"] == [(20, 39, "series_end")]
+    assert second["frames"] == list(range(40, 45)) and second["losses"] == []
+    assert second["config"]["first_frame"] == 40
+
+
+def test_a_packet_held_as_early_is_taken_without_making_the_frames_before_it_late(reader: Any) -> None:
+    """An outside probe: frames 0..10, frame 15's first packet early, 11..14, the rest of 15, 16..20.
+    Frame 11's first packet brought 15 within reach; taken at once it finalised frame 11 with one
+    packet, its other 7 counted late. It is taken once it finalises no frame still arriving."""
+    source, sink, send = reader()
+    _send(send, range(11), 1)
+    early = _packets(15, 1)
+    send.send(early[:1])
+    _send(send, range(11, 15), 1)
+    send.send(early[1:])
+    _send(send, range(16, 21), 1)
+    _ended(sink, 1)
+    (run,) = sink.runs
+    assert run["frames"] == list(range(21)) and run["losses"] == []
+    assert source.counters()["assembler"]["packets_late"] == 0
+    _identity(source)
+
+
+def test_a_stray_jump_held_before_any_run_is_rejected_at_the_silence(reader: Any) -> None:
+    """An outside probe: a lone packet of frame 5000 before any run stayed in ``packets_held`` for
+    good, never counted as rejected (nor in the receiver's alarm). The silence rejects it."""
+    source, sink, send = reader()
+    send.send(_packets(5000, 1)[:1])
+    _wait(lambda: source.counters()["assembler"]["packets_rejected_frame_number_unconfirmed"] == 1, "reject")
+    _send(send, range(3), 1)
+    _ended(sink, 1)
+    counters = source.counters()["assembler"]
+    assert counters["packets_held"] == 0 and sink.runs[0]["frames"] == [0, 1, 2]
+    _identity(source)
