@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import struct
 from collections import OrderedDict
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from itertools import chain
 from typing import Any, Final
@@ -449,6 +449,7 @@ class _HeldPacket:
     data: bytes
     now: float
     accepted_before: int  # packets_accepted when it came (how long it has waited)
+    timestamp_ns: int = 0
 
 
 @dataclass
@@ -516,6 +517,7 @@ class UdpFrameAssembler:
         history_frames: int = 256,
         max_frame_jump: int | None = None,
         jump_from: int | None = None,
+        previous: Mapping[int, int] | None = None,
     ) -> None:
         if frame_timeout_frames < 1:
             raise ValueError(f"frame_timeout_frames must be >= 1, got {frame_timeout_frames}")
@@ -543,6 +545,10 @@ class UdpFrameAssembler:
         # ... and the frame's timestamp: a packet of it with another timestamp is no copy of its packets
         self._history: OrderedDict[int, tuple[npt.NDArray[np.bool_] | None, int]] = OrderedDict()
         self._highest: int | None = None  # highest frame number accepted so far
+        self._highest_ts = 0  # its timestamp (0: not known)
+        # frame -> timestamp of the acquisition before this one (its last frames, when the numbers
+        # started again with no pause): a packet of one of them is that acquisition's straggler
+        self._previous = dict(previous or {})
         self._lowest: int | None = None  # lowest frame number accepted so far
         # before any packet is accepted and with no expected first frame: the frame ``max_frame_jump``
         # counts from (a run that may continue an earlier one counts from that one's last frame)
@@ -589,6 +595,13 @@ class UdpFrameAssembler:
     def highest_frame(self) -> int | None:
         """The highest frame number a packet was accepted for (None before any)."""
         return self._highest
+
+    def recent_timestamps(self) -> dict[int, int]:
+        """Frame -> timestamp of the frames pending and recently emitted (nonzero ones): what a next
+        assembler is given as ``previous`` when the numbers start again."""
+        out = {frame: ts for frame, (_received, ts) in self._history.items() if ts}
+        out.update((frame, p.timestamp_ns) for frame, p in self._pending.items() if p.timestamp_ns)
+        return out
 
     @property
     def lowest_frame(self) -> int | None:
@@ -777,7 +790,8 @@ class UdpFrameAssembler:
         # few frames (two stray numbers were once 10 apart and confirmed each other: frames declared lost)
         close = [h for h in self._held if abs(h.frame - frame) <= self.frame_timeout_frames]
         if not close:
-            self._held.append(_HeldPacket(frame, module_id, pidx, bytes(view), now, self._c.packets_accepted))
+            held = _HeldPacket(frame, module_id, pidx, bytes(view), now, self._c.packets_accepted, fields[9])
+            self._held.append(held)
             if len(self._held) > MAX_HELD_PACKETS:
                 self._drop_held(0, events)
             return
@@ -785,13 +799,21 @@ class UdpFrameAssembler:
         # its way (under heavy loss, frames apart) are taken too, lowest first, so none of them is late.
         top = max(frame, *(h.frame for h in close))
         passed = [h for h in self._held if h not in close and top - CONFIRM_WITHIN_FRAMES <= h.frame < top]
-        taken: list[tuple[int, memoryview, float]] = [(frame, view, now)]
+        taken: list[tuple[int, memoryview, float, int]] = [(frame, view, now, fields[9])]
         for h in [*close, *passed]:
             self._held.remove(h)
-            taken.append((h.frame, memoryview(h.data), h.now))
-        for _frame, data, when in sorted(taken, key=lambda item: item[0]):
-            self._accept(data, when, events)
+            taken.append((h.frame, memoryview(h.data), h.now, h.timestamp_ns))
+        for taken_frame, data, when, ts in sorted(taken, key=lambda item: item[0]):
+            if self._before_newest(ts):
+                self._reject(REJECT_FRAME_NUMBER_UNCONFIRMED, taken_frame, events)
+            else:
+                self._accept(data, when, events)
         self._release_held(now, events)
+
+    def _before_newest(self, ts: int) -> bool:
+        """Whether a packet ahead of the newest frame was exposed before it (both timestamps set): not
+        this acquisition's next frames but a stray number (a damaged packet held as a jump)."""
+        return bool(ts and self._highest_ts and ts < self._highest_ts)
 
     def _release_held(self, now: float, events: list[Event]) -> None:
         """Held packets the accepted frames have caught up with are taken (they were early); those
@@ -806,7 +828,10 @@ class UdpFrameAssembler:
             if early is None:
                 break
             self._held.remove(early)
-            self._accept(memoryview(early.data), early.now, events)
+            if self._before_newest(early.timestamp_ns):
+                self._reject(REJECT_FRAME_NUMBER_UNCONFIRMED, early.frame, events)
+            else:
+                self._accept(memoryview(early.data), early.now, events)
         timeout = self.frame_timeout_s
         while self._held and (
             self._c.packets_accepted - self._held[0].accepted_before > patience
@@ -823,12 +848,16 @@ class UdpFrameAssembler:
     def _accept(self, view: memoryview, now: float, events: list[Event]) -> None:
         (_m, _v, _f, module_id, frame, pidx, _ppf, _r, _c, ts, _plen) = _HEADER.unpack_from(view)
         c = self._c
+        if ts and self._previous.get(frame) == ts:  # the acquisition before's: a straggler of it
+            c.packets_late += 1
+            return
         remembered = self._history.get(frame)
         pending = self._pending.get(frame)
-        known = remembered[1] if remembered is not None else None  # (of a frame emitted: finished)
+        known = pending.timestamp_ns if pending is not None else (remembered[1] if remembered else None)
         # a frame's timestamps are compared only when both are set (a sender may send 0 throughout)
         if known and ts and ts != known:  # not a packet of that frame: another exposure, same number
             seen = remembered is not None and (remembered[0] is None or remembered[0][module_id, pidx])
+            seen = seen or (pending is not None and bool(pending.received[module_id, pidx]))
             kind = "duplicate" if seen else "late"
             if kind == "duplicate":
                 c.packets_duplicate += 1
@@ -877,6 +906,7 @@ class UdpFrameAssembler:
         pending.received[module_id, pidx] = True
         if self._highest is None or frame > self._highest:
             self._highest = frame
+            self._highest_ts = ts
         if self._lowest is None or frame < self._lowest:
             self._lowest = frame
         pending.n_received += 1

@@ -293,9 +293,10 @@ class UdpSource:
             decode_header(packets[0][0]).frame_number,
             highest,
         )
+        recent = self._assembler.recent_timestamps()  # its tail's packets may still come: stragglers
         self._end_run()  # as at a silence, but not a pause: the new numbers are a new acquisition
         self._paused_above = None
-        self._assembler = self._new_assembler()
+        self._assembler = self._new_assembler(previous=recent)
         events = [e for data, now in packets for e in self._assembler.feed(data, now)]
         self._log_rejections(events)
         if self._assembler.counters["packets_accepted"]:
@@ -319,7 +320,7 @@ class UdpSource:
                         FRAME_NUMBER_REJECTIONS[event.reason],
                     )
 
-    def _new_assembler(self) -> UdpFrameAssembler:
+    def _new_assembler(self, previous: dict[int, int] | None = None) -> UdpFrameAssembler:
         return UdpFrameAssembler(
             self.geometry,
             frame_timeout_frames=self.frame_timeout_frames,
@@ -330,6 +331,7 @@ class UdpSource:
             # ... and bounds its first frame from the run it may continue: a stray packet's number (2**64
             # - 1) never opens a run (nor one from 0 after it, its frames all recorded lost)
             jump_from=self.resume_above if self.resume_above is not None else self._paused_above,
+            previous=previous,
         )
 
     def _start_run(self, new_acquisition: bool = False) -> None:

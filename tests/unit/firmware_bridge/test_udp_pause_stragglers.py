@@ -446,3 +446,78 @@ def test_a_stray_jump_held_before_any_run_is_rejected_at_the_silence(reader: Any
     counters = source.counters()["assembler"]
     assert counters["packets_held"] == 0 and sink.runs[0]["frames"] == [0, 1, 2]
     _identity(source)
+
+
+def _pixels(frame: int, acquisition: int) -> int:
+    return 1000 * acquisition + frame
+
+
+class PixelSink(RunSink):
+    """Also keeps each frame's pixel values (set(...) of a frame holding one acquisition's packets)."""
+
+    def publish(self, slot: Any, header: FrameHeader) -> None:
+        pixels = np.frombuffer(slot.buffer, np.uint16, header.height * header.width)
+        values = {int(v) for v in np.unique(pixels)} - {0}  # (gap pixels and missing packets are 0)
+        with self.lock:
+            self.runs[-1]["frames"].append(header.frame)
+            self.runs[-1].setdefault("values", []).append(values)
+
+
+@pytest.mark.parametrize("last", [2, 11])
+def test_an_old_tail_after_the_numbers_started_again_is_a_straggler_not_a_frame(
+    reader: Any, last: int
+) -> None:
+    """An outside probe (round 3): A's frames up to ``last - 1``, then A's frame ``last`` interleaved
+    with B's frame 0, then B's 1..9. B's frame 0 started the new run before A's last packet of frame
+    ``last`` came; that packet then opened a phantom frame in B's run (11: stored with A's pixels, 10
+    recorded lost) or filled B's own frame 2 (stored "complete" with A's pixels). It is A's straggler
+    now (its timestamp is A's frame's)."""
+    source, _sink, send = reader()
+    sink = PixelSink()
+    source.sink = sink
+    _send(send, range(last), 1)
+    tail, first = _packets(last, 1), _packets(0, 2)
+    send.send([packet for pair in zip(first, tail, strict=True) for packet in pair])
+    _send(send, range(1, 10), 2)
+    _ended(sink, 2)
+    a_run, b_run = sink.runs
+    assert b_run["frames"] == list(range(10)) and b_run["losses"] == []
+    assert all(values == {_pixels(n, 2)} for n, values in zip(b_run["frames"], b_run["values"], strict=True))
+    assert a_run["frames"] == list(range(last + 1))  # (its last frame may lack the packet that came late)
+    _identity(source)
+
+
+def test_packets_of_another_exposure_never_fill_a_frame_still_pending(reader: Any) -> None:
+    """An outside probe: A's frame 0 without its last packet, then B's frames 0..4 (a new acquisition):
+    one run, its frame 0 "complete" with 7 of A's packets and 1 of B's. B's packets carry another
+    timestamp: not frame 0's packets, but a new acquisition's."""
+    source, _sink, send = reader()
+    sink = PixelSink()
+    source.sink = sink
+    send.send(_packets(0, 1)[:-1])
+    _send(send, range(5), 2)
+    _ended(sink, 2)
+    a_run, b_run = sink.runs
+    assert a_run["frames"] == [0] and [loss[2] for loss in a_run["losses"]] == ["incomplete_frame"]
+    assert b_run["frames"] == list(range(5)) and b_run["losses"] == []
+    assert all(values == {_pixels(n, 2)} for n, values in zip(b_run["frames"], b_run["values"], strict=True))
+    _identity(source)
+
+
+def test_a_held_stray_exposed_before_the_newest_frame_is_never_taken(reader: Any) -> None:
+    """An outside probe: one damaged packet of frame 100 (timestamp 5) while the run is at frame 50,
+    then frames 51..120: the stray was held, taken as early when the run reached it, and frame 100 was
+    stored "complete" with its payload. Exposed before the newest frame, it is rejected."""
+    source, _sink, send = reader()
+    sink = PixelSink()
+    source.sink = sink
+    _send(send, range(51), 1)
+    stray = packetize_frame(GEOMETRY, 100, np.full(GEOMETRY.raw_shape, 7, np.uint16), 5)[0]
+    send.send([stray])
+    _send(send, range(51, 121), 1)
+    _ended(sink, 1)
+    (run,) = sink.runs
+    assert run["frames"] == list(range(121)) and run["losses"] == []
+    assert run["values"][100] == {_pixels(100, 1)}
+    assert source.counters()["assembler"]["packets_rejected_frame_number_unconfirmed"] == 1
+    _identity(source)
