@@ -739,10 +739,10 @@ class UdpFrameAssembler:
         """The packets of a restart (`restarted`), taken out of this assembler's counts (they belong to
         the acquisition that started again), to feed to a new one with their times, in arrival order."""
         renumbered = [(data, now, frame, kind) for data, now, frame, kind, _at in self._renumbered]
-        streak = self._old_streak if len(self._old_streak) >= RESTART_FRAMES * self._ppf else []
-        taken = renumbered + streak if renumbered else streak
-        if streak is self._old_streak:
-            self._old_streak = []
+        streak: list[tuple[bytes, float, int, str]] = []
+        if len(self._old_streak) >= RESTART_FRAMES * self._ppf:
+            streak, self._old_streak = self._old_streak, []
+        taken = renumbered + streak
         self._renumbered = []
         taken.sort(key=lambda item: item[1])  # (stable: the times are the reader's, in arrival order)
         c = self._c
