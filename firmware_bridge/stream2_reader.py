@@ -180,9 +180,11 @@ class Stream2Source(ZmqStreamSource):
             self._start(event)
         else:
             self._flush_errors_before_run()
+            if self._stray_end(event.series):
+                return
             if self._series is not None and event.series != self._series:
-                # the end of a series whose start was rejected (the codec lets it through only then): the
-                # open series' own end never came
+                # the end of a series whose start was rejected or unreadable (`_stray_end`): the open
+                # series' own end never came
                 self._end_series(UNREADABLE if self._unreadable else "series_restarted", exit_status="fail")
             else:
                 self._end_series(UNREADABLE if self._unreadable else "missing_at_series_end")

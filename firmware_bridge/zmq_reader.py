@@ -488,9 +488,11 @@ class ZmqStreamSource:
             return slot
         if isinstance(event, SeriesEnd):
             self._flush_errors_before_run()
+            if self._stray_end(event.series):
+                return slot
             if self._series is not None and event.series != self._series:
-                # the end of a series whose start was rejected (the codec lets it through only then):
-                # the open series' own end never came
+                # the end of a series whose start was rejected or unreadable (`_stray_end`): the open
+                # series' own end never came
                 self._end_series("series_restarted", exit_status="fail")
             else:
                 self._end_series("missing_at_series_end")
@@ -534,6 +536,7 @@ class ZmqStreamSource:
             return True
         if self._start_rejected is None and (not self._unreadable_between or series in self._ended_ids):
             self._stray(series, None)
+            self._unreadable_between = 0  # (only the first image after a damaged message may end it)
             return False
         self.stats["series_ended_by_rejected_start"] += 1
         log.warning(
@@ -547,6 +550,27 @@ class ZmqStreamSource:
         self._end_series("series_restarted", exit_status="fail")
         self._unreadable_between = unreadable
         return True
+
+    def _stray_end(self, series: int) -> bool:
+        """True, counted and logged, for the end of another series than the open one that does not show
+        the detector moved on: it ends nothing. Only after a rejected start, or as the first message after
+        one too damaged to say what it was (perhaps the start of the series it ends), does an end of
+        another series end the open one; never an end of a series that ended here (a late copy), as for
+        images (`_leave_for`)."""
+        if self._series is None or series == self._series:
+            return False
+        if self._start_rejected is None and (not self._unreadable_between or series in self._ended_ids):
+            self._unreadable_between = 0
+            self.stats["ends_wrong_series"] += 1
+            log.warning(
+                "the end of series %d while series %d is open: it ends nothing (%d such so far,"
+                " ends_wrong_series)",
+                series,
+                self._series,
+                self.stats["ends_wrong_series"],
+            )
+            return True
+        return False
 
     def _stray(self, series: int, frame: int | None) -> None:
         """An image of a series that is not the open one and did not start here: no frame of any run here

@@ -601,3 +601,22 @@ def test_a_stray_of_an_ended_series_after_a_truncated_image_does_not_split_the_o
     assert sink.losses == [(2, 2, "stream2_unreadable_message")]
     counters = reader.counters()
     assert counters["images_wrong_series"] == 1 and counters.get("series_ended_by_rejected_start", 0) == 0
+
+
+def test_the_end_of_a_stray_series_after_a_damaged_message_does_not_end_the_open_one() -> None:
+    """An outside sender's probe (as for the JSON stream): series A's image 0, a message that is not
+    CBOR, image 1 (A went on: the damaged message was no start), a stray image of series B and B's end,
+    then A's images 2-3 and its end. B's end ended A ``fail`` and A's last images opened a resumed run.
+    It ends nothing now: counted as ``ends_wrong_series``."""
+    start, *images, end = _messages("stream2_bslz4_u16_2ch.bin")
+    fields = cbor2.loads(start)
+    series = int((fields.value if isinstance(fields, cbor2.CBORTag) else fields)["series_id"])
+    other = series + 1
+    b_image, b_end = _retagged(images[0], series_id=other), _retagged(end, series_id=other)
+    sink = Sink()
+    messages = [start, images[0], b"\xff\x00 not CBOR", images[1], b_image, b_end, *images[2:], end]
+    reader = replay(messages, sink, channel="threshold_1", until=lambda s: len(s.published) == 4)
+    assert sink.ends == [(series, "success")] and len(sink.configs) == 1
+    assert sink.published == [0, 1, 2, 3] and sink.losses == []
+    counters = reader.counters()
+    assert counters["ends_wrong_series"] == 1 and counters["images_wrong_series"] == 1

@@ -213,3 +213,75 @@ def test_a_stray_of_an_ended_series_right_after_a_damaged_message_is_not_a_new_s
     assert len(sink.configs) == 2 and sink.frames == [0, 1, 0, 1, 3]
     assert sink.losses == [(2, 2, "frame_number_gap")]
     assert reader.counters()["images_wrong_series"] == 1
+
+
+class _Ends(Sink):
+    """Keeps each series end (series, exit status); tells when series ``last`` ends."""
+
+    def __init__(self, last: int) -> None:
+        super().__init__()
+        self.last = last
+        self.ends: list[tuple[int, str]] = []
+        self.done = threading.Event()
+
+    def series_end(self, series: int, exit_status: str = "success") -> None:
+        self.ends.append((series, exit_status))
+        if series == self.last:
+            self.done.set()
+
+
+def _end(series: int) -> list[bytes]:
+    return [part({"htype": "dseries_end-1.0", "series": series})]
+
+
+GARBLED = [b"\x00 not a message"]  # too damaged to say what it was
+
+
+def test_the_end_of_a_stray_series_after_a_damaged_message_does_not_end_the_open_one() -> None:
+    """An outside sender's probe: series 1 (5 frames), image 0, a damaged message, image 1 (series 1
+    went on: the damaged message was no start), a stray image of series 2 and its end, images 2-4 and
+    series 1's end. Series 2's end ended series 1 ``fail``, its frames 2-4 lost and then taken for a
+    resumed run. It ends nothing now: counted as ``ends_wrong_series``."""
+    sink = _Ends(last=1)
+    messages = [header(1, 5), image(1, 0), GARBLED, image(1, 1), image(2, 0), _end(2)]
+    reader = _run([*messages, *(image(1, n) for n in range(2, 5)), _end(1)], sink, sink.done)
+    assert sink.ends == [(1, "success")] and len(sink.configs) == 1
+    assert sink.frames == [0, 1, 2, 3, 4] and sink.losses == []
+    counters = reader.counters()
+    assert counters["ends_wrong_series"] == 1 and counters["images_wrong_series"] == 1
+
+
+def test_a_late_end_of_a_series_that_ended_here_does_not_end_the_next_one() -> None:
+    """Series 1 is cut by series 3's images after a damaged message (its start, perhaps); a late end of
+    series 1 then came: it ended series 3's run, whose frames 1-2 opened a third. It ends nothing."""
+    sink = _Ends(last=3)
+    messages = [header(1, 4), image(1, 0), image(1, 1), GARBLED, image(3, 0), _end(1), image(3, 1)]
+    reader = _run([*messages, image(3, 2), _end(3)], sink, sink.done)
+    assert sink.ends == [(1, "fail"), (3, "success")] and len(sink.configs) == 2
+    assert sink.frames == [0, 1, 0, 1, 2] and sink.losses == [(2, 3, "series_restarted")]
+    assert reader.counters()["ends_wrong_series"] == 1
+
+
+def test_a_late_end_after_a_rejected_start_does_not_end_the_rejected_series_run() -> None:
+    """As above, series 3's start rejected (a pixel type the codec refuses) instead of damaged."""
+    sink = _Ends(last=3)
+    config = {"htype": "dconfig-edge-1.0", "shape": [SHAPE[1], SHAPE[0]], "type": "int64"}
+    bad_start = [part({"htype": "dheader-1.0", "series": 3, "header_detail": "basic"}), part(config)]
+    messages = [header(1, 4), image(1, 0), image(1, 1), bad_start, image(3, 0), _end(1), image(3, 1)]
+    reader = _run([*messages, image(3, 2), _end(3)], sink, sink.done)
+    assert sink.ends == [(1, "fail"), (3, "success")] and len(sink.configs) == 2
+    assert sink.configs[1]["start_rejected"]
+    assert sink.frames == [0, 1, 0, 1, 2] and sink.losses == [(2, 3, "series_restarted")]
+    assert reader.counters()["ends_wrong_series"] == 1
+
+
+def test_only_the_first_image_after_a_damaged_message_may_end_the_open_series() -> None:
+    """A stray of a series that ended here comes first after the damaged message: the message was not
+    the next series' start, so a later image of a new series is a stray too (it ended series 1)."""
+    sink = _Ends(last=1)
+    first = [header(9, 2), image(9, 0), image(9, 1), _end(9)]
+    messages = [*first, header(1, 4), image(1, 0), GARBLED, image(9, 1), image(2, 0)]
+    reader = _run([*messages, *(image(1, n) for n in range(1, 4)), _end(1)], sink, sink.done)
+    assert sink.ends == [(9, "success"), (1, "success")] and len(sink.configs) == 2
+    assert sink.frames == [0, 1, 0, 1, 2, 3] and sink.losses == []
+    assert reader.counters()["images_wrong_series"] == 2
