@@ -135,6 +135,10 @@ class UdpSource:
         # last frame, held until it is clear whether they are stragglers of it or a new acquisition
         self._held: list[bytes] = []
         self._held_frames: dict[int, set[tuple[int, int]]] = {}  # frame -> (module, packet index) held
+        # frame -> timestamp of the last frames of the run a silence ended: a packet with its frame's
+        # timestamp is that run's (a late packet, a copy), never the next acquisition's (`_hold`)
+        self._paused_timestamps: dict[int, int] = {}
+        self._copy_logged = False
         self._rejections_logged: Counter[str] = Counter()
 
     @property
@@ -199,7 +203,7 @@ class UdpSource:
                     continue
                 self._last_packet = time.monotonic()
                 if self._assembler is None:
-                    self._assembler = self._new_assembler()
+                    self._assembler = self._new_assembler(previous=self._paused_timestamps)
                 if not self._run_open and self._hold(view[:n]):
                     continue
                 events = self._assembler.feed(view[:n], self._last_packet)
@@ -238,6 +242,13 @@ class UdpSource:
             if reason is None and self._held:
                 self._stragglers()
             return False
+        timestamp = decode_header(packet).timestamp_ns
+        if timestamp and self._paused_timestamps.get(frame) == timestamp:
+            # its frame's own timestamp: that frame's packet again (late, or a copy), whatever follows;
+            # held, a copy of two whole frames made a new acquisition of them (the run before's frames
+            # recorded lost there, these two stored twice)
+            self._count_stragglers(1, copy=True)
+            return True
         self._held.append(bytes(packet))
         self._held_frames.setdefault(frame, set()).add((module, index))
         ppf = self.geometry.packets_per_frame
@@ -258,14 +269,23 @@ class UdpSource:
     def _stragglers(self) -> None:
         """The held packets were the run before's: late packets of frames it already accounted for."""
         held, self._held, self._held_frames = self._held, [], {}
-        self._finished_counters["packets_received"] += len(held)
-        self._finished_counters["packets_late"] += len(held)
-        self.stats["packets_straggling"] += len(held)
+        self._count_stragglers(len(held))
+
+    def _count_stragglers(self, packets: int, copy: bool = False) -> None:
+        """Packets of the run before's frames, after it ended: counted late, in its counters (logged, a
+        copy's the first time after each silence)."""
+        self._finished_counters["packets_received"] += packets
+        self._finished_counters["packets_late"] += packets
+        self.stats["packets_straggling"] += packets
+        if copy and self._copy_logged:
+            return
+        self._copy_logged = copy
         log.warning(
-            "%d UDP packet(s) of frames at or below frame %s (the run before's) came first after it ended:"
+            "%d UDP packet(s) of frames at or below frame %s (the run before's%s) came after it ended:"
             " counted late, not a new acquisition",
-            len(held),
+            packets,
             self._continues_from(),
+            ", with their frames' timestamps" if copy else "",
         )
 
     def _new_acquisition(self) -> None:
@@ -353,6 +373,7 @@ class UdpSource:
         }
         resume_above, self.resume_above = self.resume_above, None  # only the daemon's first run
         paused_above, self._paused_above = self._paused_above, None  # only the run right after
+        self._paused_timestamps = {}  # (its assembler has them: a later straggler is counted late there)
         assembler = None if new_acquisition else self._assembler
         if resume_above is not None and assembler is not None:  # (its first accepted packet's frame)
             first = assembler.lowest_frame
@@ -427,10 +448,12 @@ class UdpSource:
             return
         highest = assembler.highest_frame
         self._paused_above = highest if paused else None
+        self._copy_logged = False
         self._paused_at = self._last_packet if paused else time.monotonic()  # (when the silence began)
         last = self.frames_per_run - 1 if self.frames_per_run else None
         reason = "receiver_stopped" if exit_status == "abort" else "series_end"
         self._handle(assembler.close(expected_last_frame=last, reason=reason))
+        self._paused_timestamps = assembler.recent_timestamps() if paused else {}
         self._finished_counters.update(assembler.counters)
         self.sink.series_end(self._series, exit_status)
         self._run_open = False

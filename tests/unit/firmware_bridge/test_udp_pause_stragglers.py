@@ -521,3 +521,39 @@ def test_a_held_stray_exposed_before_the_newest_frame_is_never_taken(reader: Any
     assert run["values"][100] == {_pixels(100, 1)}
     assert source.counters()["assembler"]["packets_rejected_frame_number_unconfirmed"] == 1
     _identity(source)
+
+
+def test_a_byte_identical_copy_of_the_last_frames_after_a_pause_is_no_new_acquisition(reader: Any) -> None:
+    """An outside sender's probe: frames 0..19, a pause, frames 18 and 19 sent again byte for byte.
+    Two whole frames held made a new acquisition of them: a run recording 0..17 lost, 18 and 19 stored
+    twice. Their timestamps are the frames' own: stragglers of the run before, counted late. Frames
+    20..29 then continue it."""
+    source, sink, send = reader()
+    _send(send, range(20), 1)
+    _ended(sink, 1)
+    _send(send, range(18, 20), 1)
+    _wait(lambda: source.counters()["packets_straggling"] == 2 * PPF, "the copies counted")
+    time.sleep(3 * IDLE)  # a silence again: nothing held to settle
+    assert len(sink.runs) == 1
+    _send(send, range(20, 30), 1)
+    _ended(sink, 2)
+    frames = _dispositions(sink)
+    assert frames == {n: ["stored"] for n in range(30)}, frames
+    assert sink.runs[1]["config"]["resumed_after_pause"] is True
+    _identity(source)
+
+
+def test_straggler_packets_after_a_pause_then_a_new_acquisition_from_0(reader: Any) -> None:
+    """Frames 0..19, a pause, three late packets of frame 19, then a new acquisition's 0..9: the late
+    packets were taken into the new run (frame 19 of it), which recorded 0..18 lost. Now they are the
+    run before's stragglers and the new run holds 0..9 alone."""
+    source, sink, send = reader()
+    _send(send, range(20), 1)
+    _ended(sink, 1)
+    send.send(_packets(19, 1)[:3])
+    _send(send, range(10), 2)
+    _ended(sink, 2)
+    assert [run["frames"] for run in sink.runs] == [list(range(20)), list(range(10))]
+    assert [run["losses"] for run in sink.runs] == [[], []]
+    assert source.counters()["packets_straggling"] == 3
+    _identity(source)
