@@ -98,20 +98,38 @@ class CaptureControl(Protocol):
 #: Seconds a closed capture may take to finish its file before ``Capture_RBV`` is cleared all the same.
 CAPTURE_CLOSE_SECONDS = 60.0
 _TEMPLATE_FIELD = re.compile(r"%(?!%)[-#0 +]*\d*(?:\.\d+)?[diouxXsfeEgG]")
+_FIELD_SIZES = re.compile(r"\d+")
+#: Bytes a capture's full file name may take: ``FullFileName_RBV`` holds them (areaDetector's 256 with
+#: its NUL), and a field's width or precision above it could only make a name that does not fit.
+FILE_NAME_BYTES = LONG_STRING - 1
 
 
 def capture_file(template: str, directory: str, name: str, number: int) -> Path:
     """The file an areaDetector ``FileTemplate`` names (``%s%s.h5``: path then name; a third field, the
-    file number). Raises ValueError for a template that takes other fields."""
+    file number). Raises ValueError for a template that takes other fields, a field wider than a file
+    name may be, or a name longer than ``FILE_NAME_BYTES`` (checked before it is made: ``%999999999d``
+    would build a gigabyte)."""
     fields = _TEMPLATE_FIELD.findall(template)
     path_and_name = len(fields) in (2, 3) and fields[0].endswith("s") and fields[1].endswith("s")
     if not path_and_name or (len(fields) == 3 and fields[2][-1] not in "diouxX"):
         raise ValueError(f"FileTemplate {template!r} must take %s (path), %s (name) and optionally %d")
+    for field in fields:
+        if any(int(size) > FILE_NAME_BYTES for size in _FIELD_SIZES.findall(field)):
+            raise ValueError(
+                f"FileTemplate {template!r}: {field} is wider than a file name ({FILE_NAME_BYTES} bytes)"
+            )
     values: tuple[Any, ...] = (directory, name) if len(fields) == 2 else (directory, name, number)
     try:
-        return Path(template % values)
+        made = template % values
     except (TypeError, ValueError) as error:
         raise ValueError(f"FileTemplate {template!r}: {error}") from None
+    size = len(made.encode("utf-8", "surrogateescape"))
+    if size > FILE_NAME_BYTES:
+        raise ValueError(
+            f"FileTemplate {template!r} makes a file name of {size} bytes from FilePath and FileName;"
+            f" FullFileName_RBV takes {FILE_NAME_BYTES}"
+        )
+    return Path(made)
 
 
 def path_refusal(path: Path, roots: list[Path]) -> str | None:
@@ -137,6 +155,11 @@ def _retention_state(retention: dict[str, Any]) -> int:
     if full:
         return 2
     return 1 if retention.get("accepting_runs") is False else 0
+
+
+def _directory(path: str) -> str:
+    """``path`` as areaDetector reads a ``FilePath`` back: ending in ``/`` (it adds one)."""
+    return _fit(path if path.endswith("/") else path + "/")
 
 
 def _fit(text: str, size: int = LONG_STRING - 1) -> str:
@@ -473,9 +496,12 @@ class ApplianceIOC:
             if not int(value) and self._run_busy() and not self._finishing:
                 self._abort_flag = True  # (the IOC's own reset at a run's end comes while finishing)
             if int(value) and self._run_busy():
-                if self._finishing and not self._acquiring:
-                    # the run has ended (Acquire_RBV reads Done) and its put is completing: the busy record
-                    # would ignore this 1's forward link, so the run starts once the record is free
+                if (self._finishing and not self._acquiring) or self._abort_flag:
+                    # the run has ended (Acquire_RBV reads Done) and its put is completing, or a client's
+                    # 0 is ending it (a "stop" then "start"): the busy record would ignore this 1's
+                    # forward link, so the run starts once the record is free, as areaDetector starts again
+                    if self._abort_flag and not self._start_next:
+                        log.info("Acquire 1 while the aborted run ends: the next run starts after it")
                     self._start_next = True
                     return None
                 # the busy record already holds the running put: a forward link to it would be ignored
@@ -500,6 +526,12 @@ class ApplianceIOC:
         if spec.name == "HDF1:FilePath":
             reason = path_refusal(Path(str(value) or "."), self._roots())
             return None if reason is None else (reason, soft)
+        if spec.name == "HDF1:FileTemplate":
+            try:  # (its fields and their widths: the name it makes is checked when a capture opens)
+                capture_file(str(value), "", "", 0)
+            except ValueError as error:
+                return str(error), soft
+            return None
         if spec.name == "HDF1:Capture":
             return self._capture_refusal() if int(value) and not self._capturing else None
         if spec.name == "Mode":
@@ -537,6 +569,11 @@ class ApplianceIOC:
         soft = pv_input.ALARM_SOFT
         if self.capture is None:
             return "captures need the running appliance", soft
+        series_open = getattr(self.view, "series_open", None)  # (a unit test's stand-in view)
+        if self._run_busy() or (series_open is not None and series_open()):
+            # the series going is already its own run, in its own file: a capture takes whole series, so
+            # this one would wait for the next and, closed before one came, write nothing at all
+            return "a series is being acquired: open the capture before Acquire 1 (or once it ends)", soft
         try:
             path = self._capture_path()
         except ValueError as error:
@@ -691,7 +728,7 @@ class ApplianceIOC:
             self._hdf_counter_offset = self._frames_received - int(value)
             self._set("HDF1:ArrayCounter_RBV", int(value))
         elif name == "HDF1:FilePath":
-            self._set("HDF1:FilePath_RBV", str(value))
+            self._set("HDF1:FilePath_RBV", _directory(str(value)))
             self._set(
                 "HDF1:FilePathExists_RBV", int(os.path.isdir(str(value)) and os.access(str(value), os.W_OK))
             )
@@ -1097,7 +1134,7 @@ class ApplianceIOC:
     def _show_static(self) -> None:
         settings = self.view.settings
         geometry = self.view.geometry
-        self._set("HDF1:FilePath_RBV", str(self.view.store_path()))
+        self._set("HDF1:FilePath_RBV", _directory(str(self.view.store_path())))
         self._set("NumImages_RBV", 1)
         self._set("HDF1:NumCapture_RBV", 1)
         self._set("AcquirePeriod_RBV", 0.05)

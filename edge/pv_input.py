@@ -53,6 +53,9 @@ def _max_bytes(spec: PvSpec) -> int:
     return int(spec.length) - 1
 
 
+_LONG_MIN = -(2**31)
+
+
 def refusal(spec: PvSpec, value: Any, only: Any = None) -> tuple[str, int] | None:
     """Why ``value`` cannot be put to ``spec`` by its type and limits alone, or None. ``only`` is the
     one value a PV whose ``spec.only`` names a frame property has (the caller knows the frame)."""
@@ -100,7 +103,11 @@ def _type_refusal(spec: PvSpec, value: Any) -> tuple[str, int] | None:
         if spec.limits is not None:
             low, high = spec.limits
             if not low <= number <= high:
-                return f"{_num(number)} is outside {_num(low)}..{_num(high)}", ALARM_HW_LIMIT
+                # a DBR_DOUBLE beyond a long's range reaches a long record as its lowest value: say so
+                beyond = (
+                    " (a number beyond a long's range arrives as -2147483648)" if number == _LONG_MIN else ""
+                )
+                return f"{_num(number)} is outside {_num(low)}..{_num(high)}{beyond}", ALARM_HW_LIMIT
         return None
     return None
 

@@ -205,6 +205,8 @@ HDF_PLUGIN_PVS: tuple[PvSpec, ...] = (
         "`FilePath`, `FileName` and `FileNumber` (e.g. `%s%s.h5`, `%s%s_%3.3d.h5`).",
         "%s%s.h5",
         length=LONG_STRING,
+        also_refused="a template that does not take `%s` (path), `%s` (name) and optionally an integer"
+        " field, or with a field width or precision above 255: MINOR SOFT, `WriteMessage` says why",
     ),
     *_stored(
         "HDF1:FileNumber",
@@ -770,7 +772,13 @@ PVS: tuple[PvSpec, ...] = (
         length=LONG_STRING,
         also_refused="a directory outside `store.roots`: refused, MINOR SOFT (and `WriteMessage`)",
     ),
-    _rbv("HDF1:FilePath_RBV", "longStringIn", "char[256]", "`FilePath`, as accepted.", length=LONG_STRING),
+    _rbv(
+        "HDF1:FilePath_RBV",
+        "longStringIn",
+        "char[256]",
+        "`FilePath`, as accepted, ending in `/` (areaDetector adds one).",
+        length=LONG_STRING,
+    ),
     PvSpec(
         "HDF1:FileName",
         "longStringOut",
@@ -795,6 +803,10 @@ PVS: tuple[PvSpec, ...] = (
         "`success`; a put of 0 with completion returns once the file is finished and `Capture_RBV` is 0)."
         " Frames outside a capture are stored all the same, in the store's rollover files.",
         choices=("Done", "Capture"),
+        also_refused="1 while a series is being acquired (it is already a run, in its own file: open the"
+        " capture before `Acquire` 1), when the file exists, its directory is missing (`CreateDirectory`"
+        " 0) or outside `store.roots`, `FileName` is empty, or the name `FileTemplate` makes is over 255"
+        " bytes: MINOR SOFT, `WriteMessage` says why",
     ),
     _rbv(
         "HDF1:Capture_RBV",

@@ -293,7 +293,7 @@ def test_acquire_with_completion_stores_num_images(stack: Stack) -> None:
         5,
         "HDF1:FullFileName_RBV names the last data file",
     )
-    assert epics.caget(p + "HDF1:FilePath_RBV", as_string=True) == str(stack.tmp_path / "store")
+    assert epics.caget(p + "HDF1:FilePath_RBV", as_string=True) == f"{stack.tmp_path / 'store'}/"
     assert epics.caget(p + "Codec1:CompFactor_RBV") > 1.0
     assert epics.caget(p + "LostFrames_RBV") == 0
     profile = epics.caget(p + "Profile1:Intensity_RBV")
@@ -513,6 +513,13 @@ def test_a_series_stopped_at_the_camera_ends_abort_and_one_the_appliance_did_not
     message = epics.caget(p + "StatusMessage_RBV", as_string=True, use_monitor=False)
     assert "did not start" in message, message
     assert epics.caget(cam + "NumImages_RBV", use_monitor=False) == 100_000  # not re-armed mid-series
+    # nor is a capture opened while that series goes: it is its own run and file already (the capture
+    # waited for a next series and, closed before one came, wrote nothing)
+    assert epics.caput(p + "HDF1:Capture", 1, wait=True, timeout=10) == 1
+    meta = epics.PV(p + "HDF1:Capture", form="ctrl").get_with_metadata(timeout=5, use_monitor=False)
+    assert (meta["severity"], meta["status"], meta["value"]) == (1, 15, 0), meta
+    message = epics.caget(p + "HDF1:WriteMessage", as_string=True, use_monitor=False)
+    assert "being acquired" in message, message
     assert epics.caput(p + "Acquire", 0, wait=True, timeout=10) == 1  # stops the camera's series
     run = wait_until(lambda: (r := stack.run(other))["ended_at"] is not None and r, 30, "that run's end")
     assert run["exit_status"] == "abort" and run["totals"]["frames_lost"] == 0, run

@@ -126,6 +126,14 @@ def test_bad_puts_are_refused_with_an_alarm_a_reason_and_no_traceback(idle_stack
         "FileName_RBV kept",
     )
     _assert_refused(stack, "HDF1:FilePath", "/elsewhere", str(stack.tmp_path / "store"), SOFT, "store.path")
+    # a template whose field is wider than a file name: refused at the put (formatted, it built a
+    # gigabyte-long name when the capture opened: a 35 s stall and 8 GB of memory)
+    template = "%s%s_%999999999d.h5"
+    _assert_refused(stack, "HDF1:FileTemplate", template, "%s%s.h5", SOFT, "wider than a file name")
+    # a name that does not fit FullFileName_RBV: the capture is refused, saying how long it would be
+    assert _put(stack, "HDF1:FileName", "n" * 250) == 1
+    _assert_refused(stack, "HDF1:Capture", 1, "Done", SOFT, "FullFileName_RBV takes 255")
+    assert _put(stack, "HDF1:FileName", "scan_0001") == 1
     # bytes that are not UTF-8: refused, and the message shows them escaped, in ASCII (a client reading
     # it as Latin-1 showed mojibake)
     assert _epics().caput(stack.prefix + "HDF1:FileName", b"\xff\xfe abc", wait=True, timeout=5) == 1
@@ -551,3 +559,39 @@ def test_a_start_with_completion_right_after_a_stop_without_completes_at_the_run
             assert run["ended_at"] is not None and run["totals"]["frames_stored"] == 10, run["totals"]
     finally:
         ctx.disconnect()
+
+
+def test_a_start_right_after_a_stop_during_a_run_starts_the_next_run_once_it_ends(
+    idle_stack: Stack,
+) -> None:
+    """During a run, a 0 then at once a 1, neither with completion (a panel's "stop" then "start"): the
+    1 came while the aborted run was still ending and was refused as "already acquiring"; areaDetector
+    stops and starts again. Now it starts the next run once the aborted one has ended."""
+    import time
+
+    stack, p = idle_stack, idle_stack.prefix
+    epics = _epics()
+    assert _put(stack, "NumImages", 400) == 1
+    assert _put(stack, "AcquirePeriod", 0.05) == 1
+    assert epics.caput(p + "Acquire", 1, wait=False) == 1
+    wait_for(lambda: epics_rbv(stack) == 1, 20, "the first run going")
+    first = wait_for(
+        lambda: epics.caget(p + "RunUid_RBV", as_string=True, use_monitor=False) or None, 20, "its run uid"
+    )
+    time.sleep(0.5)
+    assert epics.caput(p + "Acquire", 0, wait=False) == 1
+    assert epics.caput(p + "Acquire", 1, wait=False) == 1
+    second = wait_for(
+        lambda: (
+            (uid := epics.caget(p + "RunUid_RBV", as_string=True, use_monitor=False)) not in ("", first)
+            and uid
+        ),
+        30,
+        "a second run",
+    )
+    assert stack.run(first)["exit_status"] == "abort"
+    meta = _meta(stack, "Acquire")
+    assert meta["severity"] == 0 and not _message(stack).startswith("Refused"), (meta, _message(stack))
+    assert epics.caput(p + "Acquire", 0, wait=True, timeout=30) == 1
+    run = wait_for(lambda: (r := stack.run(second))["ended_at"] is not None and r, 30, "the second run's end")
+    assert run["exit_status"] == "abort" and run["totals"]["frames_lost"] == 0, run["totals"]

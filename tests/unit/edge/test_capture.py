@@ -34,6 +34,20 @@ def test_a_template_that_does_not_take_path_and_name_is_refused(template: str) -
         capture_file(template, "/data/", "abc", 1)
 
 
+@pytest.mark.parametrize("template", ["%s%s_%999999999d.h5", "%256s%s.h5", "%s%.300s.h5", "%s%s_%0256d.h5"])
+def test_a_field_wider_than_a_file_name_is_refused_before_the_name_is_made(template: str) -> None:
+    with pytest.raises(ValueError, match="wider than a file name"):
+        capture_file(template, "/data/", "abc", 1)
+
+
+def test_a_name_longer_than_full_file_name_rbv_takes_is_refused() -> None:
+    assert len(str(capture_file("%s%s%253d", "/", "_", 1))) == 255
+    with pytest.raises(ValueError, match="makes a file name of 256 bytes"):
+        capture_file("%s%s%253d", "/", "é", 1)  # (counted in bytes: é is two)
+    with pytest.raises(ValueError, match="makes a file name of 305 bytes"):
+        capture_file("%s%s.h5", "/data/", "n" * 296, 1)
+
+
 def test_paths_outside_the_roots_are_refused(tmp_path: Path) -> None:
     root = tmp_path / "store"
     roots = [root, tmp_path / "beamtime"]

@@ -69,6 +69,10 @@ def test_numbers_outside_their_limits_or_not_finite_are_refused() -> None:
     images = BY_NAME["NumImages"]
     assert refusal(images, 1) is None and refusal(images, 10_000_000) is None
     assert refusal(images, 0) is not None and refusal(images, -5) is not None
+    # 1e12 put as a DBR_DOUBLE reaches the long record as its lowest value: the reason says so
+    reason = refusal(images, -(2**31))
+    assert reason is not None and "a number beyond a long's range arrives as -2147483648" in reason[0]
+    assert "beyond a long" not in str(refusal(images, -5))
     center = BY_NAME["Reduction:TomoCenter"]
     assert refusal(center, math.nan) is None  # NaN: estimated
     assert refusal(center, math.inf) is not None
