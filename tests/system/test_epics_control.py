@@ -507,6 +507,13 @@ def test_a_series_stopped_at_the_camera_ends_abort_and_one_the_appliance_did_not
     assert epics.caput(cam + "Acquire", 1, wait=False) == 1
     wait_until(lambda: stack.status()["appliance"]["run_uid"] not in (None, run_uid), 20, "the camera's run")
     other = stack.status()["appliance"]["run_uid"]
+    wait_until(  # said once as the IOC sees the series start: the refusal's message comes after it
+        lambda: (
+            "started at the camera" in epics.caget(p + "StatusMessage_RBV", as_string=True, use_monitor=False)
+        ),
+        20,
+        "the camera's series said",
+    )
     assert epics.caput(p + "Acquire", 1, wait=True, timeout=10) == 1
     meta = epics.PV(p + "Acquire", form="ctrl").get_with_metadata(timeout=5, use_monitor=False)
     assert (meta["severity"], meta["status"]) == (1, 15), meta  # MINOR SOFT
