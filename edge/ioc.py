@@ -223,6 +223,7 @@ class ApplianceIOC:
         # as soon as Acquire_RBV reads Done
         self._finishing = False
         self._start_next = False
+        self._resetting = False  # the IOC itself is setting Acquire back to 0 at a run's end
         self._run_gen = 0  # runs started: a finished run's follow-up (``_after_run``) knows when it is stale
         # a client's 0 during a run (or as it starts): the run aborts. Kept apart from Acquire's value,
         # which the IOC itself resets at each run's end, and whose reset may land after a client's next 1
@@ -493,8 +494,12 @@ class ApplianceIOC:
         reduction parameter (for the next run) when it is accepted."""
         soft = pv_input.ALARM_SOFT
         if spec.name == "Acquire":
-            if not int(value) and self._run_busy() and not self._finishing:
-                self._abort_flag = True  # (the IOC's own reset at a run's end comes while finishing)
+            if not int(value) and self._run_busy():
+                if not self._finishing:
+                    self._abort_flag = True  # (the IOC's own reset at a run's end comes while finishing)
+                if self._start_next and not self._resetting:  # a client's later 0 takes back that 1
+                    log.info("Acquire 0: the next run a 1 was to start once this one ended does not start")
+                    self._start_next = False
             if int(value) and self._run_busy():
                 if (self._finishing and not self._acquiring) or self._abort_flag:
                     # the run has ended (Acquire_RBV reads Done) and its put is completing, or a client's
@@ -919,7 +924,11 @@ class ApplianceIOC:
             # and its put completed at once; the reset's link then reached AcquireBusy with that 1 in
             # Acquire and started a run no put waited for (and the client's next 1 was refused).
             held = self._busy("AcquireAbortBusy")
-            self.records["Acquire"].set(0)
+            self._resetting = True  # (its validation is no client's 0: a 1 taken meanwhile stands)
+            try:
+                self.records["Acquire"].set(0)
+            finally:
+                self._resetting = False
             if not held:
                 await self._abort_busy_done()
             # softioc may still write the client's 1 back when the busy processing ends: reset once more

@@ -592,6 +592,12 @@ def test_a_start_right_after_a_stop_during_a_run_starts_the_next_run_once_it_end
     assert stack.run(first)["exit_status"] == "abort"
     meta = _meta(stack, "Acquire")
     assert meta["severity"] == 0 and not _message(stack).startswith("Refused"), (meta, _message(stack))
-    assert epics.caput(p + "Acquire", 0, wait=True, timeout=30) == 1
+    # stop, start, stop: the last word is a stop, so no run follows this one
+    wait_for(lambda: epics_rbv(stack) == 1, 20, "the second run going")
+    for value in (0, 1, 0):
+        assert epics.caput(p + "Acquire", value, wait=False) == 1
     run = wait_for(lambda: (r := stack.run(second))["ended_at"] is not None and r, 30, "the second run's end")
     assert run["exit_status"] == "abort" and run["totals"]["frames_lost"] == 0, run["totals"]
+    time.sleep(3)
+    assert epics.caget(p + "RunUid_RBV", as_string=True, use_monitor=False) == second
+    assert epics_rbv(stack) == 0
