@@ -7,6 +7,8 @@ from __future__ import annotations
 import threading
 
 import zmq
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from test_stream_frame_bounds import SHAPE, Sink, header, image, part
 
 from firmware_bridge.zmq_reader import ZmqStreamSource
@@ -285,3 +287,44 @@ def test_only_the_first_image_after_a_damaged_message_may_end_the_open_series() 
     assert sink.ends == [(9, "success"), (1, "success")] and len(sink.configs) == 2
     assert sink.frames == [0, 1, 0, 1, 2, 3] and sink.losses == []
     assert reader.counters()["images_wrong_series"] == 2
+
+
+@st.composite
+def _clean_series_with_noise(draw: st.DrawFn) -> tuple[list[list[bytes]], list[int], list[int]]:
+    """Whole series (start, images, end) one after another, with noise put in anywhere: messages too
+    damaged to say what they were, late copies of images of series that have ended, and late ends of
+    them. (series ids, their lengths, the messages.)"""
+    lengths = draw(st.lists(st.integers(2, 4), min_size=2, max_size=4))
+    ids = [10 + 3 * k for k in range(len(lengths))]
+    messages: list[tuple[list[bytes], int | None]] = []  # (message, the series it ends)
+    for series, n in zip(ids, lengths, strict=True):
+        messages += [(header(series, n), None), *((image(series, f), None) for f in range(n))]
+        messages.append((_end(series), series))
+    for _ in range(draw(st.integers(1, 4))):
+        at = draw(st.integers(0, len(messages)))
+        ended = [(i, series) for i, (_m, series) in enumerate(messages[:at]) if series is not None]
+        kinds = ["garbled"] + (["late image", "late end"] if ended else [])
+        kind = draw(st.sampled_from(kinds))
+        if kind == "garbled":
+            noise = GARBLED
+        else:
+            series = draw(st.sampled_from([s for _i, s in ended]))
+            noise = _end(series) if kind == "late end" else image(series, draw(st.integers(0, 1)))
+        messages.insert(at, (noise, None))
+    return [m for m, _s in messages], ids, lengths
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(_clean_series_with_noise())
+def test_noise_between_and_inside_whole_series_changes_no_series(
+    case: tuple[list[list[bytes]], list[int], list[int]],
+) -> None:
+    """Every series is sent whole; garbled messages, late images and late ends of series that ended come
+    in between, anywhere. None of them is a start or the open series' own end: each series is one run
+    that stores all its frames once and ends ``success``, with no loss record."""
+    messages, ids, lengths = case
+    sink = _Ends(last=ids[-1])
+    _run(messages, sink, sink.done)
+    assert sink.ends == [(series, "success") for series in ids], sink.ends
+    assert sink.frames == [f for n in lengths for f in range(n)], sink.frames
+    assert sink.losses == [] and len(sink.configs) == len(ids)
