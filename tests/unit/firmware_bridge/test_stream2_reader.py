@@ -6,7 +6,7 @@ import importlib.util
 import json
 import threading
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import cbor2
 import numpy as np
@@ -620,3 +620,58 @@ def test_the_end_of_a_stray_series_after_a_damaged_message_does_not_end_the_open
     assert sink.published == [0, 1, 2, 3] and sink.losses == []
     counters = reader.counters()
     assert counters["ends_wrong_series"] == 1 and counters["images_wrong_series"] == 1
+
+
+class _Case(NamedTuple):
+    messages: list[bytes]
+    ids: list[int]
+    lengths: list[int]
+    plan: str
+
+    def __repr__(self) -> str:  # (the messages' bytes would make a repr of 100 kB)
+        return repr(self.plan)
+
+
+@st.composite
+def _whole_series_with_noise(draw: st.DrawFn) -> _Case:
+    """Whole series (start, images, end; ids 1, 4, 7, ...) one after another, with noise anywhere:
+    messages that are not CBOR, late copies of images of series that ended, late ends of them."""
+    start, *images, end = _messages("stream2_bslz4_u16_2ch.bin")
+    lengths = draw(st.lists(st.integers(2, len(images)), min_size=2, max_size=3))
+    ids = [1 + 3 * k for k in range(len(lengths))]
+    messages: list[tuple[bytes, int | None]] = []  # (message, the series it ends)
+    plan: list[str] = []
+    for series, n in zip(ids, lengths, strict=True):
+        tags = {"series_id": series, "series_unique_id": f"noise-{series}"}
+        messages.append((_retagged(start, number_of_images=n, **tags), None))
+        messages += [(_retagged(m, **tags), None) for m in images[:n]]
+        messages.append((_retagged(end, **tags), series))
+        plan += [f"S{series}", *(f"I{series}.{f}" for f in range(n)), f"E{series}"]
+    for _ in range(draw(st.integers(1, 4))):
+        at = draw(st.integers(0, len(messages)))
+        ended = [series for _m, series in messages[:at] if series is not None]
+        kind = draw(st.sampled_from(["garbled", "late image", "late end"] if ended else ["garbled"]))
+        if kind == "garbled":
+            noise, name = b"\xff\x00 not CBOR", "D"
+        else:
+            series = draw(st.sampled_from(ended))
+            tags = {"series_id": series, "series_unique_id": f"noise-{series}"}
+            frame = draw(st.integers(0, 1))
+            noise = _retagged(end if kind == "late end" else images[frame], **tags)
+            name = f"E{series}" if kind == "late end" else f"I{series}.{frame}"
+        messages.insert(at, (noise, None))
+        plan.insert(at, name)
+    return _Case([m for m, _s in messages], ids, lengths, " ".join(plan))
+
+
+@settings(max_examples=25, deadline=None)
+@given(_whole_series_with_noise())
+def test_noise_between_and_inside_whole_series_changes_no_series(case: _Case) -> None:
+    """As for the JSON stream: none of the noise is a start or the open series' own end, so each series
+    is one run that stores all its images once and ends ``success``, with no loss record."""
+    messages, ids, lengths, _plan = case
+    sink = Sink()
+    replay(messages, sink, ends=len(ids), channel="threshold_1")
+    assert sink.ends == [(series, "success") for series in ids], sink.ends
+    assert sink.published == [f for n in lengths for f in range(n)], sink.published
+    assert sink.losses == [] and len(sink.configs) == len(ids)
