@@ -199,9 +199,10 @@ class Pipeline:
         return int(self.stats["frames_processed"]), self.warming
 
     def writing(self) -> tuple[str | None, int]:
-        """The run being written now (None between runs) and its frames written so far."""
+        """The run being written now (None between runs) and its frames stored so far (written, less
+        those of files given up when the disk filled)."""
         store = self._store
-        return (store.run_uid, store.frames_written) if store is not None else (None, 0)
+        return (store.run_uid, store.frames_stored) if store is not None else (None, 0)
 
     def counters(self) -> dict[str, Any]:
         store = self._store
@@ -643,7 +644,7 @@ class Pipeline:
                 finally:
                     self._reduced = None
             self.stats["runs_closed"] += 1
-            self.recorder.close_run(store.run_uid, store.frames_written, exit_status, vetoed)
+            self.recorder.close_run(store.run_uid, store.frames_stored, exit_status, vetoed)
 
 
 def _ranges(frames: list[int]) -> list[tuple[int, int]]:

@@ -89,6 +89,9 @@ class RunStore:
         self.on_closed = on_closed
         self.files_closed = 0
         self.frames_written = 0
+        # frames written into files that were then given up (quarantined, not finished, not registered):
+        # their loss records hold them, so they are not the run's stored frames (`frames_stored`)
+        self.frames_given_up = 0
         self._current: dict[str, RunFileWriter] = {}
         self._indices: dict[str, int] = {}
         # with a ``closer``, full files are finished there, in order, while the next one fills; a file
@@ -141,6 +144,11 @@ class RunStore:
         if len(current) >= self.frames_per_file:
             self.roll(stream)
 
+    @property
+    def frames_stored(self) -> int:
+        """Frames written into files not given up: what the run's row says it stored."""
+        return self.frames_written - self.frames_given_up
+
     def open_frames(self) -> int:
         """Frames written into the files open now (every stream's)."""
         return sum(len(current) for current in self._current.values())
@@ -180,6 +188,7 @@ class RunStore:
             else:
                 log.exception("finishing %s failed", current.name)
             self._set_aside(current)  # now, here: not when a half-closed HDF5 file is collected, anywhere
+            self.frames_given_up += len(current.frames)
             if self._on_close_failed is None:
                 raise
             self._on_close_failed(self.run_uid, list(current.frames), error)
@@ -188,6 +197,7 @@ class RunStore:
             self.on_closed(closed)
         except Exception as error:  # finished, but not registered: its frames are recorded lost
             log.exception("registering %s failed", current.name)
+            self.frames_given_up += len(current.frames)
             if self._on_close_failed is None:
                 raise
             self._on_close_failed(self.run_uid, list(current.frames), error)
@@ -202,6 +212,7 @@ class RunStore:
         for stream in list(self._current):
             current = self._current.pop(stream)
             abandoned.append(list(current.frames))
+            self.frames_given_up += len(current.frames)
             self._set_aside(current)
         return abandoned
 

@@ -90,6 +90,8 @@ def test_a_full_disk_is_a_state_with_losses_an_alarm_and_recovery(tmp_path: Path
         totals = run["totals"]
         assert totals["frames_stored"] + totals["frames_lost"] == sent, totals
         assert totals["frames_lost_by_reason"].get("disk_full", 0) > 0, totals
+        # the run's row too: the frames of a file quarantined when the disk filled are losses, not stored
+        assert run["frames_stored"] == totals["frames_stored"], (run["frames_stored"], totals)
         status = stack.status()
         assert status["store"]["disk_full"]["full"], status["store"]
         assert any(a["source"] == "condition:disk_full" for a in status["alarms"]), status["alarms"]
