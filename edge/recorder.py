@@ -271,6 +271,62 @@ class RunRecorder:
             held = [a for w, a in self._held if w == self.ledger.record_loss and a[0] == run_uid]
         return [dict(zip(keys, args, strict=True)) for args in held]
 
+    def held_losses(self, run_uid: str) -> list[dict[str, Any]]:
+        """The run's loss records held in memory while the disk is full (not in the ledger yet)."""
+        return self._held_losses(run_uid)
+
+    def hand_over_losses(self, run_uid: str, reason: str, from_frame: int) -> int:
+        """Take frames ``from_frame`` and later out of the run's loss records of ``reason``, in the
+        ledger and among those held while the disk is full (recovery's, written after a crash on a full
+        disk): another run accounts for them now. Returns how many frames."""
+        frames = 0
+        with self._held_lock:
+            kept: list[tuple[Callable[..., Any], tuple[Any, ...]]] = []
+            for write, args in self._held:
+                if write == self.ledger.record_loss and args[0] == run_uid and args[3] == reason:
+                    uid, first, last, why, detail = args
+                    if last >= from_frame:
+                        frames += last - max(first, from_frame) + 1
+                        if first >= from_frame:
+                            continue
+                        args = (uid, first, from_frame - 1, why, detail)
+                kept.append((write, args))
+            self._held[:] = kept
+            if not self._held:
+                try:
+                    return frames + self.ledger.hand_over_losses(run_uid, reason, from_frame)
+                except sqlite3.OperationalError as error:
+                    if self.disk is None or not self.disk.note_error(error):
+                        raise
+            # the ledger's rows change when space returns, in order after what is held before them
+            frames += sum(
+                int(r["last_frame"]) - max(int(r["first_frame"]), from_frame) + 1
+                for r in self.ledger.losses(run_uid)
+                if r["reason"] == reason and int(r["last_frame"]) >= from_frame
+            )
+            self._hold(self.ledger.hand_over_losses, (run_uid, reason, from_frame))
+        return frames
+
+    def revise_documents(self, run_uid: str, exit_status: str) -> None:
+        """A new revision of an ended run's documents (its account changed): now, or when space returns
+        while the disk is full (`retry_pending`)."""
+        if self.held() or self._deferred:
+            self._pending_documents[run_uid] = exit_status
+            log.error(
+                "run %s: its documents' new revision waits until the ledger can write (disk full)", run_uid
+            )
+            return
+        try:
+            self.write_documents(run_uid, exit_status)
+        except Exception as error:
+            if self.disk is None or not self.disk.note_error(error):
+                raise
+            self._pending_documents[run_uid] = exit_status
+            log.error(
+                "run %s: documents' new revision not written (disk full); it will be when space returns",
+                run_uid,
+            )
+
     def write_documents(self, run_uid: str, exit_status: str) -> None:
         """RunStart..RunStop for the run, as a file that is stored and forwarded like the data."""
         run = self.ledger.run(run_uid)

@@ -216,6 +216,7 @@ def _accounted(recorder: RunRecorder, run_uid: str, vetoed: np.ndarray) -> list[
             covered += _ranges_of(np.asarray(_frame_numbers(Path(f["path"]), "/entry/data/frame_number")))
     covered += _ranges_of(vetoed)
     covered += [(r["first_frame"], r["last_frame"]) for r in recorder.ledger.losses(run_uid)]
+    covered += [(r["first_frame"], r["last_frame"]) for r in recorder.held_losses(run_uid)]
     return covered
 
 
@@ -354,7 +355,8 @@ def resume_interrupted(
             r
             for r in ledger.runs()
             if int(r["series"]) == series
-            and r["ended_at"] is not None
+            # (recovery's end of a run may be held in memory, the disk full: it is ended all the same)
+            and (r["ended_at"] is not None or r["run_uid"] in failed)
             and (r["run_uid"] in failed or r["exit_status"] in ("abort", "fail"))
         ]
     if not candidates:
@@ -362,8 +364,8 @@ def resume_interrupted(
         return {"resumes_run": None}
     interrupted = max(candidates, key=lambda r: r["started_at"])
     run_uid = interrupted["run_uid"]
-    crashed = ledger.hand_over_losses(run_uid, "daemon_crash", first_frame)
-    handed = crashed + ledger.hand_over_losses(run_uid, "receiver_stopped", first_frame)
+    crashed = recorder.hand_over_losses(run_uid, "daemon_crash", first_frame)
+    handed = crashed + recorder.hand_over_losses(run_uid, "receiver_stopped", first_frame)
     if crashed and run_uid in failed:  # recovery's count of frames unaccounted for: these are, now
         report["frames_lost"] = max(0, int(report.get("frames_lost") or 0) - crashed)
         report["frames_handed_over"] = int(report.get("frames_handed_over") or 0) + crashed
@@ -376,7 +378,7 @@ def resume_interrupted(
         f" frame {first_frame} in a new run",
     )
     if handed or added:  # its documents (written when it ended) no longer tell its account: a new revision
-        recorder.write_documents(run_uid, str(ledger.run(run_uid)["exit_status"]))
+        recorder.revise_documents(run_uid, str(ledger.run(run_uid)["exit_status"] or "fail"))
     log.warning(
         "series %d resumed after a restart at frame %d: a new run continues run %s (%d frames handed over)",
         series,

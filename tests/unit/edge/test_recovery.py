@@ -272,3 +272,37 @@ def test_rows_never_say_stored_before_their_file_closes_however_many_wait(tmp_pa
         writer.add(frame, "stored", "data", {}, {})
     assert writer.waiting == MAX_WAITING_ROWS + 5 and not writer.full()
     assert writer.finish() is None and len(writer.rows) == MAX_WAITING_ROWS + 5
+
+
+def test_a_crash_recovered_on_a_full_disk_is_continued_and_hands_over_its_held_losses(tmp_path: Path) -> None:
+    """An outside chaos probe: the daemon killed with the disk full (the ledger's reserve already used),
+    restarted on it while the series went on. Recovery's writes (the run's end, its daemon_crash
+    records) were held in memory: the resumed run found no interrupted run ("continues run unknown"),
+    and every frame after the resume was lost twice (daemon_crash there, run_refused in the new run).
+    Over UDP the interrupted run's new documents raised ENOSPC in the reader thread, which died. Now the
+    held end counts, the held records are handed over, and the documents wait for space."""
+    from edge.recovery import recover
+
+    ledger = Ledger(tmp_path / "ledger.sqlite")
+    recorder = RunRecorder(ledger, tmp_path, chunk_bytes=1 << 20)
+    run_uid = recorder.open_run("run-f", series=3, frames_expected=100, config={"shape": [4, 4]})
+    data = tmp_path / run_uid / f"{run_uid}_00000.h5"
+    data.parent.mkdir()
+    data.write_bytes(b"frames 0..29")
+    recorder.register_file(run_uid, data, (0, 29, 30))
+    recorder._hold(lambda: None, ())  # the disk is full: the ledger's writes are held from here on
+    report = recover(recorder, tmp_path)
+    assert ledger.run(run_uid)["ended_at"] is None and ledger.losses(run_uid) == []  # all held
+    assert [(r["first_frame"], r["last_frame"]) for r in recorder.held_losses(run_uid)] == [(30, 99)]
+
+    link = resume_interrupted(recorder, report, series=3, first_frame=40)
+
+    assert link == {"resumes_run": run_uid}
+    assert [(r["first_frame"], r["last_frame"]) for r in recorder.held_losses(run_uid)] == [(30, 39)]
+    assert report["frames_lost"] == 10 and report["frames_handed_over"] == 60
+    assert not list((tmp_path / run_uid).glob("*.documents*.jsonl"))  # waiting for space, not raised
+    recorder.retry_pending()  # space returns
+    losses = [(r["first_frame"], r["last_frame"], r["reason"]) for r in ledger.losses(run_uid)]
+    assert losses == [(30, 39, "daemon_crash")]
+    assert ledger.run_totals(run_uid)["frames_lost"] == 10
+    assert list((tmp_path / run_uid).glob("*.documents*.jsonl"))
