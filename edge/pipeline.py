@@ -626,7 +626,9 @@ class Pipeline:
         self.stats["file_close_errors"] += 1
         reason = "disk_full" if self.disk is not None and self.disk.note_error(error) else "file_close_failed"
         for first, last in _ranges(frames):
-            self.recorder.loss(run_uid, first, last, reason, repr(error)[:200])
+            self.recorder.loss(
+                run_uid, first, last, reason, f"finishing the file failed: {brief(error, 200)}"
+            )
 
     def _close_run(self, exit_status: str) -> None:
         store, self._store = self._store, None
