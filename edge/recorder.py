@@ -127,18 +127,7 @@ class RunRecorder:
                     "run %s: every frame of the series was lost (%s); the run ends fail", run_uid, reasons
                 )
         self._ledger_write(self.ledger.run_ended, run_uid, exit_status, frames_stored, frames_vetoed)
-        if self.held() or self._deferred:  # documents list what the ledger holds and the files to come
-            self._pending_documents[run_uid] = exit_status
-            log.error("run %s: documents wait until the ledger can write again (disk full)", run_uid)
-            self._count("runs_closed")
-            return
-        try:
-            self.write_documents(run_uid, exit_status)
-        except Exception as error:
-            if self.disk is None or not self.disk.note_error(error):
-                raise
-            self._pending_documents[run_uid] = exit_status  # written when space returns
-            log.error("run %s: documents not written (disk full); they will be when space returns", run_uid)
+        self.documents_when_possible(run_uid, exit_status)
         self._count("runs_closed")
 
     def retry_pending(self) -> None:
@@ -307,25 +296,20 @@ class RunRecorder:
             self._hold(self.ledger.hand_over_losses, (run_uid, reason, from_frame))
         return frames
 
-    def revise_documents(self, run_uid: str, exit_status: str) -> None:
-        """A new revision of an ended run's documents (its account changed): now, or when space returns
-        while the disk is full (`retry_pending`)."""
+    def documents_when_possible(self, run_uid: str, exit_status: str) -> None:
+        """The run's documents (a new revision when it has some): now, or when space returns while the
+        disk is full (`retry_pending`): they list what the ledger holds and the files to come."""
         if self.held() or self._deferred:
             self._pending_documents[run_uid] = exit_status
-            log.error(
-                "run %s: its documents' new revision waits until the ledger can write (disk full)", run_uid
-            )
+            log.error("run %s: documents wait until the ledger can write again (disk full)", run_uid)
             return
         try:
             self.write_documents(run_uid, exit_status)
         except Exception as error:
             if self.disk is None or not self.disk.note_error(error):
                 raise
-            self._pending_documents[run_uid] = exit_status
-            log.error(
-                "run %s: documents' new revision not written (disk full); it will be when space returns",
-                run_uid,
-            )
+            self._pending_documents[run_uid] = exit_status  # written when space returns
+            log.error("run %s: documents not written (disk full); they will be when space returns", run_uid)
 
     def write_documents(self, run_uid: str, exit_status: str) -> None:
         """RunStart..RunStop for the run, as a file that is stored and forwarded like the data."""

@@ -378,7 +378,7 @@ def resume_interrupted(
         f" frame {first_frame} in a new run",
     )
     if handed or added:  # its documents (written when it ended) no longer tell its account: a new revision
-        recorder.revise_documents(run_uid, str(ledger.run(run_uid)["exit_status"] or "fail"))
+        recorder.documents_when_possible(run_uid, str(ledger.run(run_uid)["exit_status"] or "fail"))
     log.warning(
         "series %d resumed after a restart at frame %d: a new run continues run %s (%d frames handed over)",
         series,
