@@ -38,6 +38,10 @@ MAX_CREDIT = 1 << 12
 #: bytes of chunks on their way to one consumer at most, whatever its credit: a peer that grants the
 #: most credit and reads nothing pins what was sent to it in the appliance's socket queue (4096 chunks
 #: of 4 MiB: 16 GiB); the rest of its credit waits until chunks are answered or time out
+#: seconds a chunk that could not be read (or no longer matches its checksum) waits before it is read again
+UNREADABLE_RETRY_SECONDS = 60.0
+#: chunks set aside at most (the ledger's query lists them; SQLite takes 32766 parameters)
+MAX_SET_ASIDE = 8192
 MAX_IN_FLIGHT_BYTES = 256 << 20
 #: consumers remembered at most: beyond, the one silent longest that the policy does not require, with
 #: nothing in flight, is forgotten (peers saying hello under ever new names grew the status for good)
@@ -157,6 +161,10 @@ class ForwarderSession:
         self._settled = settled  # given each file's path once every required consumer confirmed it
         self.poll_seconds = poll_seconds
         self._changed = True  # something happened since the ledger was last asked for work
+        # chunk id -> when to read it again: a chunk that could not be read or no longer matches its
+        # checksum (a file damaged or gone on the local disk) is set aside a while, so that it does not
+        # take the consumer's whole credit on every look and starve every file after it
+        self._unreadable: dict[int, float] = {}
         self._asked_at: float | None = None
         self.stats: Counter[str] = Counter()
         self.consumers: dict[str, ConsumerState] = {}
@@ -423,6 +431,15 @@ class ForwarderSession:
                 expired = True
         return expired
 
+    def _set_aside(self, chunk_id: int, now: float) -> None:
+        """A chunk that cannot be sent as it is on disk: tried again after ``UNREADABLE_RETRY_SECONDS``
+        (at most ``MAX_SET_ASIDE`` at a time, the oldest tried again first), the next ones sent meanwhile."""
+        self._unreadable[chunk_id] = now + UNREADABLE_RETRY_SECONDS
+        while len(self._unreadable) > MAX_SET_ASIDE:
+            del self._unreadable[next(iter(self._unreadable))]
+        self.stats["chunks_set_aside"] += 1
+        self._changed = True  # the next look asks past it
+
     def _chunks(self, consumer: ConsumerState, now: float) -> list[Outgoing]:
         if consumer.credit <= 0 or consumer.unreachable:
             return []
@@ -432,7 +449,8 @@ class ForwarderSession:
         out: list[Outgoing] = []
         consumer.sizes = {c: consumer.sizes[c] for c in consumer.in_flight if c in consumer.sizes}
         room = MAX_IN_FLIGHT_BYTES - sum(consumer.sizes.values())
-        skip = [*consumer.in_flight, *consumer.held]
+        self._unreadable = {c: until for c, until in self._unreadable.items() if until > now}
+        skip = [*consumer.in_flight, *consumer.held, *self._unreadable]
         for row in self.ledger.pending_chunks(consumer.name, skip, consumer.credit):
             if int(row["length"]) > room and (consumer.in_flight or out):
                 self.stats["sends_held_in_flight_bytes"] += 1  # its credit waits for answers
@@ -443,10 +461,12 @@ class ForwarderSession:
             except OSError as error:
                 self.stats["chunk_read_errors"] += 1
                 log.error("cannot read chunk %d of %s: %s", row["id"], row["path"], error)
+                self._set_aside(int(row["id"]), now)
                 continue
             if checksum_bytes(payload) != row["checksum"]:
                 self.stats["local_checksum_mismatches"] += 1
                 log.error("local file %s changed on disk (chunk %d)", row["path"], row["id"])
+                self._set_aside(int(row["id"]), now)
                 continue
             message = p.Chunk(
                 chunk_id=row["id"],

@@ -463,3 +463,23 @@ def test_consumers_under_ever_new_names_are_not_remembered_for_ever(
     names = {state["consumer"] for state in session.consumer_states(300.0)}
     assert "hpc" in names and len(names) == 4 and {"x8", "x9"} <= names
     assert session.stats["consumers_forgotten"] == 7
+
+
+def test_a_file_gone_from_the_disk_does_not_starve_the_files_after_it(ledger: Ledger, tmp_path: Path) -> None:
+    """An outside HPC-side probe: one stored file deleted (or truncated) locally; its chunks came first
+    on every look and took the whole credit, so no chunk of any other file was ever sent (0 chunks in
+    30 s). They are set aside a while now and the next file goes out."""
+    later = tmp_path / "run_00001.h5"
+    later.write_bytes(bytes(range(200)) * 10)  # 2000 bytes -> 2 chunks
+    size, digest, parts = file_checksums(later, 1024)
+    ledger.file_stored("run", later.name, later, size, digest, (3, 4, 2), parts)
+    (tmp_path / "run_00000.h5").unlink()
+    session = ForwarderSession(ledger)
+    connect(session, credit=3)
+    sent: list[p.Chunk] = []
+    for now in (0.0, 0.1, 0.2):
+        sent += chunks(session.tick(now))
+    assert [c.file_name for c in sent] == [later.name, later.name]
+    assert session.stats["chunk_read_errors"] == 3 and session.stats["chunks_set_aside"] == 3
+    session.tick(61.0)  # tried again after a minute: still gone, still counted
+    assert session.stats["chunk_read_errors"] == 6
