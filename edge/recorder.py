@@ -118,7 +118,7 @@ class RunRecorder:
             losses = self.ledger.losses(run_uid)
             lost = [r for r in losses if not r.get("partial") and not r.get("not_acquired")]
             aside = PARTIAL_LOSS_REASONS + NOT_ACQUIRED_REASONS
-            lost += [r for r in self._held_losses(run_uid) if r["reason"] not in aside]
+            lost += [r for r in self.held_losses(run_uid) if r["reason"] not in aside]
             if lost:
                 exit_status = "fail"
                 self._count("runs_failed_all_lost")
@@ -253,16 +253,12 @@ class RunRecorder:
         with self._held_lock:
             return len(self._held)
 
-    def _held_losses(self, run_uid: str) -> list[dict[str, Any]]:
+    def held_losses(self, run_uid: str) -> list[dict[str, Any]]:
         """The run's loss records held back, in the shape of the ledger's."""
         keys = ("run_uid", "first_frame", "last_frame", "reason", "detail")
         with self._held_lock:
             held = [a for w, a in self._held if w == self.ledger.record_loss and a[0] == run_uid]
         return [dict(zip(keys, args, strict=True)) for args in held]
-
-    def held_losses(self, run_uid: str) -> list[dict[str, Any]]:
-        """The run's loss records held in memory while the disk is full (not in the ledger yet)."""
-        return self._held_losses(run_uid)
 
     def hand_over_losses(self, run_uid: str, reason: str, from_frame: int) -> int:
         """Take frames ``from_frame`` and later out of the run's loss records of ``reason``, in the

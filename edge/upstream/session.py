@@ -38,11 +38,11 @@ MAX_CREDIT = 1 << 12
 #: bytes of chunks on their way to one consumer at most, whatever its credit: a peer that grants the
 #: most credit and reads nothing pins what was sent to it in the appliance's socket queue (4096 chunks
 #: of 4 MiB: 16 GiB); the rest of its credit waits until chunks are answered or time out
+MAX_IN_FLIGHT_BYTES = 256 << 20
 #: seconds a chunk that could not be read (or no longer matches its checksum) waits before it is read again
 UNREADABLE_RETRY_SECONDS = 60.0
 #: chunks set aside at most (the ledger's query lists them; SQLite takes 32766 parameters)
 MAX_SET_ASIDE = 8192
-MAX_IN_FLIGHT_BYTES = 256 << 20
 #: consumers remembered at most: beyond, the one silent longest that the policy does not require, with
 #: nothing in flight, is forgotten (peers saying hello under ever new names grew the status for good)
 MAX_CONSUMERS = 64
