@@ -486,16 +486,22 @@ class Ledger:
                 chunk_ids,
             )
 
-    def chunk_acked(self, consumer: str, chunk_id: int, checksum: str) -> bool:
-        """Record an acknowledgement; False (and nothing recorded) if the checksum is not ours."""
-        rows = self._rows("SELECT checksum FROM chunks WHERE id=?", (chunk_id,))
+    def chunk_acked(self, consumer: str, chunk_id: int, checksum: str) -> bool | None:
+        """Record an acknowledgement: True when recorded now, None when this consumer's acknowledgement of
+        the chunk was recorded before (nothing changes), False (nothing recorded) if the chunk is not one
+        of ours that goes upstream (unknown id, a local-only file's) or the checksum is not its own."""
+        rows = self._rows(
+            "SELECT c.checksum FROM chunks c JOIN files f ON f.id = c.file_id"
+            " WHERE c.id=? AND f.state IN ('stored','forwarded','verified')",
+            (chunk_id,),
+        )
         if not rows or rows[0]["checksum"] != checksum:
             return False
-        self._write(
+        cursor = self._write(
             "INSERT OR IGNORE INTO chunk_acks (consumer, chunk_id, acked_at) VALUES (?,?,?)",
             (consumer, chunk_id, time.time()),
         )
-        return True
+        return True if cursor.rowcount else None
 
     def files_ready_to_verify(self, consumer: str) -> list[dict[str, Any]]:
         """Files whose every chunk this consumer acknowledged but whose whole checksum it has not returned."""

@@ -58,7 +58,7 @@ class ChunkLedger(Protocol):
 
     def chunks_sent(self, chunk_ids: Sequence[int]) -> None: ...
 
-    def chunk_acked(self, consumer: str, chunk_id: int, checksum: str) -> bool: ...
+    def chunk_acked(self, consumer: str, chunk_id: int, checksum: str) -> bool | None: ...
 
     def files_ready_to_verify(self, consumer: str) -> list[dict[str, Any]]: ...
 
@@ -205,16 +205,26 @@ class ForwarderSession:
             self.stats["unknown_ids"] += 1
             return []
         if isinstance(message, p.Ack):
-            if consumer.in_flight.pop(message.chunk_id, None) is not None:
+            in_flight = consumer.in_flight.pop(message.chunk_id, None) is not None
+            if in_flight:
                 consumer.credit += 1
-            if self.ledger.chunk_acked(consumer.name, message.chunk_id, message.checksum):
-                consumer.unanswered_since = now if consumer.in_flight else None
-                self.stats["chunks_acked"] += 1
-                self._sends.get(consumer.name, {}).pop(message.chunk_id, None)  # its next send is a first
-                consumer.held.pop(message.chunk_id, None)
-                consumer.nacks.pop(message.chunk_id, None)
-            else:  # not recorded: the chunk goes again, counted as a resend
+            recorded = self.ledger.chunk_acked(consumer.name, message.chunk_id, message.checksum)
+            if recorded is False:  # not recorded: the chunk goes again, counted as a resend
                 self.stats["acks_rejected"] += 1
+                if in_flight:  # it holds other bytes than ours: a refusal of what was sent, as a nack
+                    self._refused(
+                        consumer,
+                        message.chunk_id,
+                        now,
+                        "acknowledged with a checksum that is not the chunk's",
+                    )
+                return []
+            consumer.unanswered_since = now if consumer.in_flight else None
+            if recorded:  # (an acknowledgement repeated changes nothing and is not counted again)
+                self.stats["chunks_acked"] += 1
+            self._sends.get(consumer.name, {}).pop(message.chunk_id, None)  # its next send is a first
+            consumer.held.pop(message.chunk_id, None)
+            consumer.nacks.pop(message.chunk_id, None)
         elif isinstance(message, p.Nack):
             if consumer.in_flight.pop(message.chunk_id, None) is None:
                 # nothing of it pending (never sent to this consumer, acknowledged already, or timed out
@@ -230,17 +240,9 @@ class ForwarderSession:
                     )
                 return []
             consumer.credit += 1
-            # the first rejection is resent at once (a bit flipped on the way); a chunk rejected
-            # again waits resend_seconds each time (a consumer that cannot take it is not flooded)
-            consumer.nacks[message.chunk_id] += 1
-            if consumer.nacks[message.chunk_id] > 1:
-                consumer.held[message.chunk_id] = now + self.resend_seconds
             self.stats["chunks_nacked"] += 1
-            consumer.unanswered_since = now if consumer.in_flight else None  # an answer, if a refusal
-            consumer.refusals += 1
-            reason = p.printable(message.reason)  # shown in the log and the dashboard: escaped
-            consumer.last_refusal, consumer.last_refusal_at = reason, now
-            log.warning("consumer %s rejected chunk %d: %s", consumer.name, message.chunk_id, reason)
+            # shown in the log and the dashboard: escaped
+            self._refused(consumer, message.chunk_id, now, p.printable(message.reason))
         elif isinstance(message, p.Credit):
             room = MAX_CREDIT - len(consumer.in_flight)  # credit and chunks in flight together
             consumer.credit = max(consumer.credit, min(consumer.credit + max(0, message.n), room))
@@ -399,6 +401,18 @@ class ForwarderSession:
                 asked = f"{asked[:20]}... ({len(asked.lstrip('-'))} digits)"
             log.info("consumer %s connected (credit %d; it asked for %s)", hello.consumer, credit, asked)
         return [Outgoing(identity, p.Welcome(self.appliance_id, CHECKSUM)), *out]
+
+    def _refused(self, consumer: ConsumerState, chunk_id: int, now: float, reason: str) -> None:
+        """The consumer refused chunk ``chunk_id``, in flight to it (its credit back already): the first
+        refusal of a chunk has it resent at once (a bit flipped on the way); a chunk refused again waits
+        resend_seconds each time (a consumer that cannot take it is not flooded)."""
+        consumer.nacks[chunk_id] += 1
+        if consumer.nacks[chunk_id] > 1:
+            consumer.held[chunk_id] = now + self.resend_seconds
+        consumer.unanswered_since = now if consumer.in_flight else None  # an answer, if a refusal
+        consumer.refusals += 1
+        consumer.last_refusal, consumer.last_refusal_at = reason, now
+        log.warning("consumer %s rejected chunk %d: %s", consumer.name, chunk_id, reason)
 
     def _forget_silent(self, now: float) -> None:
         """Keep at most `MAX_CONSUMERS` consumers: forget those silent longest (not connected, nothing in

@@ -483,3 +483,58 @@ def test_a_file_gone_from_the_disk_does_not_starve_the_files_after_it(ledger: Le
     assert session.stats["chunk_read_errors"] == 3 and session.stats["chunks_set_aside"] == 3
     session.tick(61.0)  # tried again after a minute: still gone, still counted
     assert session.stats["chunk_read_errors"] == 6
+
+
+def test_an_ack_with_a_wrong_checksum_is_a_refusal_held_back_when_repeated(ledger: Ledger) -> None:
+    """A consumer that acknowledges other bytes than ours refuses the chunk: it is resent at once the first
+    time, then only every resend_seconds (not round and round as fast as the peer answers), and its
+    status says it refuses, with nothing owed once nothing is in flight."""
+    session = ForwarderSession(ledger, resend_seconds=RESEND)
+    connect(session, credit=1)
+    (chunk,) = chunks(session.tick(0.0))
+    wrong = p.Ack(chunk.chunk_id, "0" * len(chunk.checksum))
+    assert session.receive(PEER, frames(wrong), 0.1) == []
+    (again,) = chunks(session.tick(0.2))  # the first: sent again at once
+    assert again.chunk_id == chunk.chunk_id
+    session.receive(PEER, frames(wrong), 0.3)
+    (other,) = chunks(session.tick(0.4))  # refused twice: the next chunk goes, this one waits
+    assert other.chunk_id != chunk.chunk_id
+    ack(session, other, 0.5)
+    (third,) = chunks(session.tick(0.6))
+    ack(session, third, 0.7)
+    assert not chunks(session.tick(0.8)) and not chunks(session.tick(5.0))
+    (state,) = session.consumer_states(5.0)
+    assert state["chunks_refused"] == 2 and "checksum" in state["last_refusal"]
+    assert state["in_flight"] == 0 and state["seconds_unanswered"] is None
+    assert session.stats["acks_rejected"] == 2 and session.stats["chunks_acked"] == 2
+    assert [c.chunk_id for c in chunks(session.tick(0.3 + RESEND + 0.1))] == [chunk.chunk_id]
+
+
+def test_an_acknowledgement_repeated_is_counted_once(ledger: Ledger) -> None:
+    session = ForwarderSession(ledger, resend_seconds=RESEND)
+    connect(session, credit=1)
+    (chunk,) = chunks(session.tick(0.0))
+    ack(session, chunk, 0.1)
+    ack(session, chunk, 0.2)  # a duplicate (a client that answered twice): recorded once, counted once
+    assert session.stats["chunks_acked"] == 1
+    assert session.consumer_states(0.3)[0]["chunks_refused"] == 0
+    assert ledger.summary()["consumers"] == [
+        {"consumer": "hpc", "chunks_acked": 1, "last_chunk_acked": chunk.chunk_id}
+    ]
+
+
+def test_an_acknowledgement_of_a_local_only_file_is_not_recorded(ledger: Ledger, tmp_path: Path) -> None:
+    """A file kept local (``upstream.forward``) is never sent: an ack of its chunks is forged or stray."""
+    path = tmp_path / "run_local.h5"
+    path.write_bytes(b"x" * 1024)
+    size, digest, local_chunks = file_checksums(path, 1024)
+    ledger.file_stored("run", path.name, path, size, digest, (0, 0, 0), local_chunks, local=True)
+    row = ledger._rows(
+        "SELECT c.id, c.checksum FROM chunks c JOIN files f ON f.id=c.file_id WHERE f.state='local'"
+    )
+    (local_chunk,) = row
+    assert ledger.chunk_acked("hpc", local_chunk["id"], local_chunk["checksum"]) is False
+    session = ForwarderSession(ledger)
+    connect(session, credit=1)
+    session.receive(PEER, frames(p.Ack(local_chunk["id"], local_chunk["checksum"])), 0.1)
+    assert session.stats["acks_rejected"] == 1 and session.stats["chunks_acked"] == 0
