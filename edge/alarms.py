@@ -127,6 +127,17 @@ def current_alarms(status: Mapping[str, Any]) -> list[dict[str, Any]]:
             )
         )
 
+    unreadable = (status.get("upstream") or {}).get("unreadable_files") or []
+    if unreadable:
+        first = unreadable[0]
+        more = f" and {len(unreadable) - 1} more" if len(unreadable) > 1 else ""
+        message = (
+            f"Upstream cannot send {len(unreadable)} stored file(s) not yet verified: {first.get('path')}"
+            f" ({first.get('error')}){more}. Restore the file(s) from a copy: they are tried again every"
+            " minute, never purged while unverified; every other file is sent meanwhile"
+        )
+        out.append(_alarm("condition:upstream_unreadable", "condition", "major", message))
+
     receiver = status.get("receiver") or {}
     silent, limit = receiver.get("seconds_silent"), receiver.get("silent_alarm_seconds")
     if silent is not None and limit is not None and silent >= limit:

@@ -107,6 +107,8 @@ def where_report(
                 "name": f["name"],
                 "path": f["path"],
                 "on_local_disk": on_disk,
+                # deleted or moved by hand (or its disk gone): not purged, yet not there to send or read
+                "missing_locally": f["state"] != "purged" and not on_disk,
                 "size": f["size"],
                 "checksum": f"xxh3-128:{f['checksum']}",
                 "frames": [f["first_frame"], f["last_frame"]] if f["n_frames"] else None,
@@ -312,7 +314,12 @@ def render(report: dict[str, Any]) -> str:
     for later in report.get("continued_by") or ():
         lines.insert(1, f"  its series continues in run {later}")
     for f in report["files"]:
-        where = f["path"] if f["on_local_disk"] else f"(purged locally) {f['path']}"
+        if f["on_local_disk"]:
+            where = f["path"]
+        elif f["state"] == "purged":
+            where = f"(purged locally) {f['path']}"
+        else:  # not purged, and not there: deleted or moved by hand, it cannot be sent or read
+            where = f"(MISSING from the local disk, not purged) {f['path']}"
         confirmed = ", ".join(sorted(f["verified_by"])) or "nobody yet"
         lines.append(
             f"  {f['state']:<9} {where}"

@@ -237,6 +237,8 @@ def _ledger(f: _Families, ledger: dict[str, Any]) -> None:
 
 def _upstream(f: _Families, upstream: dict[str, Any]) -> None:
     _section(f, "upstream", upstream)
+    if isinstance(upstream.get("unreadable_files"), list):
+        f.gauge(_name("upstream_unreadable_files"), len(upstream["unreadable_files"]))
     for consumer in upstream.get("consumers") or []:
         name = str(consumer.get("consumer"))
         for key in ("credit", "in_flight", "connected", "seconds_since_seen"):

@@ -112,7 +112,13 @@ class Forwarder:
         with self._lock:
             stats = {k: int(v) for k, v in self.session.stats.items()}
             consumers = self.session.consumer_states(self._clock())
-        return {"endpoint": self.bound_endpoint, **stats, "consumers": consumers}
+            unreadable = self.session.unreadable_files(self._clock())
+        return {
+            "endpoint": self.bound_endpoint,
+            **stats,
+            "consumers": consumers,
+            "unreadable_files": unreadable,
+        }
 
     # -- the loop ---------------------------------------------------------------------------------------
     def _run(self, sock: zmq.Socket, checkpoint: Checkpoint) -> None:

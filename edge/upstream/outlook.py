@@ -16,6 +16,8 @@ table, ``edge where``), so an outage never shows three different answers. The fa
 - ``eta_seconds``: pending bytes over the verified rate; ``None`` whenever it cannot be known (stalled,
   or no file verified in the window). Verified bytes, not sent bytes: a chunk sent twice, or sent to a
   consumer that then vanished, moves no data upstream.
+- ``unreadable_files``: stored files not yet verified that cannot be sent as they are on the local disk
+  (gone, unreadable, changed since stored): named in the reason; no ETA while there are any.
 - ``lag_seconds``: the age of the oldest data not yet verified upstream (0 when there is none).
 - ``bytes_sent`` / ``bytes_resent``: first sends and resends, counted apart by the forwarder session.
 """
@@ -102,18 +104,26 @@ def upstream_outlook(
         state, reason = "delivering", f"files verified over the last {RATE_WINDOW_SECONDS:.0f} s"
     else:
         state, reason = "waiting", "consumer connected; no file verified yet in the rate window"
+    unreadable = forwarder.get("unreadable_files") or []
+    if unreadable and pending > 0:  # the pending bytes include files that cannot arrive as they are
+        reason += (
+            f"; {len(unreadable)} stored file(s) cannot be read locally and will not arrive until restored"
+            f" (first: {unreadable[0].get('path')})"
+        )
     return {
         "state": state,
         "reason": reason,
         "bytes_pending": pending,
         "verified_bytes_per_s": round(rate, 1),
         "rate_window_seconds": RATE_WINDOW_SECONDS,
-        "eta_seconds": eta_seconds(pending, rate, connected=state != "stalled"),
+        # no ETA while some pending file cannot be sent: its bytes would never arrive
+        "eta_seconds": eta_seconds(pending, rate, connected=state != "stalled" and not unreadable),
         "lag_seconds": 0.0 if oldest is None else round(max(0.0, now - oldest), 1),
         "consumers_connected": connected,
         "consumers_required": required,
         "refusing": sorted(refusals),
         "unanswering": sorted(silent),
+        "unreadable_files": len(unreadable),
         "bytes_sent": int(forwarder.get("bytes_sent", 0) or 0),
         "bytes_resent": int(forwarder.get("bytes_resent", 0) or 0),
     }

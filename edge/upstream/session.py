@@ -43,6 +43,8 @@ MAX_IN_FLIGHT_BYTES = 256 << 20
 UNREADABLE_RETRY_SECONDS = 60.0
 #: chunks set aside at most (the ledger's query lists them; SQLite takes 32766 parameters)
 MAX_SET_ASIDE = 8192
+#: files named in ``unreadable_files`` at most (the status lists each; beyond, only counted)
+MAX_UNREADABLE_FILES = 32
 #: consumers remembered at most: beyond, the one silent longest that the policy does not require, with
 #: nothing in flight, is forgotten (peers saying hello under ever new names grew the status for good)
 MAX_CONSUMERS = 64
@@ -165,6 +167,9 @@ class ForwarderSession:
         # checksum (a file damaged or gone on the local disk) is set aside a while, so that it does not
         # take the consumer's whole credit on every look and starve every file after it
         self._unreadable: dict[int, float] = {}
+        # path -> what the operator must see about it: the error, since when, and when last tried; kept
+        # until one of its chunks is read and matches again (the alarm names the file meanwhile)
+        self._unreadable_files: dict[str, dict[str, Any]] = {}
         self._asked_at: float | None = None
         self.stats: Counter[str] = Counter()
         self.consumers: dict[str, ConsumerState] = {}
@@ -355,6 +360,19 @@ class ForwarderSession:
             for c in self.consumers.values()
         ]
 
+    def unreadable_files(self, now: float) -> list[dict[str, Any]]:
+        """The stored files, not yet verified, that cannot be sent as they are on the local disk (gone,
+        unreadable, or changed since their checksum was taken), each with its error, oldest first."""
+        return [
+            {
+                "path": path,
+                "error": info["error"],
+                "seconds_since": round(now - info["since"], 3),
+                "seconds_since_tried": round(now - info["last_tried"], 3),
+            }
+            for path, info in self._unreadable_files.items()
+        ]
+
     # -- steps ------------------------------------------------------------------------------------------
     def _hello(
         self, identity: bytes, hello: p.Hello, now: float, key_name: str | None = None
@@ -445,10 +463,18 @@ class ForwarderSession:
                 expired = True
         return expired
 
-    def _set_aside(self, chunk_id: int, now: float) -> None:
+    def _set_aside(self, chunk_id: int, path: str, error: str, now: float) -> None:
         """A chunk that cannot be sent as it is on disk: tried again after ``UNREADABLE_RETRY_SECONDS``
-        (at most ``MAX_SET_ASIDE`` at a time, the oldest tried again first), the next ones sent meanwhile."""
+        (at most ``MAX_SET_ASIDE`` at a time, the oldest tried again first), the next ones sent meanwhile.
+        Its file is named in ``unreadable_files`` until a chunk of it is read and matches again."""
         self._unreadable[chunk_id] = now + UNREADABLE_RETRY_SECONDS
+        known = self._unreadable_files.get(path)
+        if known is not None:
+            known.update(error=error[:200], last_tried=now)
+        elif len(self._unreadable_files) < MAX_UNREADABLE_FILES:
+            self._unreadable_files[path] = {"error": error[:200], "since": now, "last_tried": now}
+        else:
+            self.stats["unreadable_files_unnamed"] += 1
         while len(self._unreadable) > MAX_SET_ASIDE:
             del self._unreadable[next(iter(self._unreadable))]
         self.stats["chunks_set_aside"] += 1
@@ -475,13 +501,14 @@ class ForwarderSession:
             except OSError as error:
                 self.stats["chunk_read_errors"] += 1
                 log.error("cannot read chunk %d of %s: %s", row["id"], row["path"], error)
-                self._set_aside(int(row["id"]), now)
+                self._set_aside(int(row["id"]), str(row["path"]), p.printable(str(error)), now)
                 continue
             if checksum_bytes(payload) != row["checksum"]:
                 self.stats["local_checksum_mismatches"] += 1
                 log.error("local file %s changed on disk (chunk %d)", row["path"], row["id"])
-                self._set_aside(int(row["id"]), now)
+                self._set_aside(int(row["id"]), str(row["path"]), "changed on disk since it was stored", now)
                 continue
+            self._unreadable_files.pop(str(row["path"]), None)  # readable again (restored)
             message = p.Chunk(
                 chunk_id=row["id"],
                 file_id=row["file_id"],

@@ -860,7 +860,9 @@
       ["upstream ETA (all data)", `<span class="eta">${esc(etaText(outlook))}</span>`],
     ].map(([k, v]) => `<span><span class="muted">${k}:</span> ${v}</span>`).join("");
     const fileRows = files.map((f) => {
-      const local = f.on_local_disk === false ? '<span class="muted">(purged locally)</span> ' : "";
+      const local = f.missing_locally
+        ? '<span class="bad">(MISSING from the local disk, not purged)</span> '
+        : f.on_local_disk === false ? '<span class="muted">(purged locally)</span> ' : "";
       const confirmed = Object.entries(f.verified_by || {});
       const by = confirmed.length
         ? confirmed.map(([c, t]) => `${esc(c)} <span class="muted small">${esc(fmtTime(t, false))}</span>`).join(", ")

@@ -342,3 +342,15 @@ def test_a_tomography_note_never_points_at_a_run_without_slices(tmp_path: Path) 
         ledger.close()
     assert report["continued_by"] == ["t-4"]
     assert report["products_note"].startswith("no slices: the scan went on in run t-4, but no run")
+
+
+def test_where_marks_a_stored_file_gone_from_the_disk_as_missing_not_purged(ledger: Ledger) -> None:
+    """An outside HPC-side probe: a stored file deleted by hand was shown "(purged locally)", as if the
+    retention policy had retired it after its verification; it was never sent and cannot be."""
+    (row,) = ledger.files("run-1")
+    Path(row["path"]).unlink()
+    (entry,) = where_report(ledger, "run-1")["files"]
+    assert entry["on_local_disk"] is False and entry["missing_locally"] is True
+    text = render(where_report(ledger, "run-1"))
+    assert f"(MISSING from the local disk, not purged) {row['path']}" in text
+    assert "purged locally" not in text

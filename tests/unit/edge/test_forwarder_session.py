@@ -13,9 +13,11 @@ from pathlib import Path
 
 import pytest
 
+from edge.alarms import current_alarms
 from edge.durable import checksum_bytes, file_checksums
 from edge.ledger import Ledger
 from edge.upstream import protocol as p
+from edge.upstream.outlook import upstream_outlook
 from edge.upstream.session import MAX_CREDIT, ForwarderSession, Outgoing
 
 RESEND = 10.0
@@ -483,6 +485,25 @@ def test_a_file_gone_from_the_disk_does_not_starve_the_files_after_it(ledger: Le
     assert session.stats["chunk_read_errors"] == 3 and session.stats["chunks_set_aside"] == 3
     session.tick(61.0)  # tried again after a minute: still gone, still counted
     assert session.stats["chunk_read_errors"] == 6
+    # and named, for the operator: the status lists it, the alarm says it, the outlook gives no ETA
+    (gone,) = session.unreadable_files(62.0)
+    assert gone["path"] == str(tmp_path / "run_00000.h5") and "No such file" in gone["error"]
+    assert gone["seconds_since"] == 62.0 and gone["seconds_since_tried"] == 1.0
+    status = {"upstream": {"unreadable_files": session.unreadable_files(62.0)}}
+    (alarm,) = current_alarms(status)
+    assert alarm["id"] == "condition:upstream_unreadable" and alarm["severity"] == "major"
+    assert "run_00000.h5" in alarm["message"] and "No such file" in alarm["message"]
+    for chunk in sent:  # the file after it arrived
+        ack(session, chunk, 61.9)
+    forwarder = {"consumers": session.consumer_states(62.0), **status["upstream"]}
+    outlook = upstream_outlook(ledger, 3072, forwarder, 62.0)
+    assert outlook["eta_seconds"] is None and "run_00000.h5" in outlook["reason"]
+    assert outlook["unreadable_files"] == 1
+    # restored from a copy: sent on its next try, and no longer named
+    (tmp_path / "run_00000.h5").write_bytes(bytes(range(256)) * 12)
+    restored = chunks(session.tick(122.0))
+    assert {c.file_name for c in restored} == {"run_00000.h5"}
+    assert session.unreadable_files(122.0) == []
 
 
 def test_an_ack_with_a_wrong_checksum_is_a_refusal_held_back_when_repeated(ledger: Ledger) -> None:
