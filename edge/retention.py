@@ -68,6 +68,9 @@ class Retention:
         self.alarm: str | None = None
         self._samples: deque[tuple[float, int]] = deque(maxlen=120)
         self._stop = threading.Event()
+        # set when writing is held back and verified files could make room: the next pass runs now,
+        # not after interval_seconds (the pipeline waits for it, the ring filling meanwhile)
+        self._purge_now = threading.Event()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
         self._pressure: tuple[float, bool] | None = None  # (when, answer) of the last under_pressure
@@ -130,7 +133,10 @@ class Retention:
         return None
 
     def under_pressure(self) -> bool:
-        """True while writing more would eat into the headroom with nothing left to purge.
+        """True while writing more would eat into the headroom: the store, or the disk holding it, is
+        full. Verified files do not lift it: they are room only once purged (writing resumed the moment
+        one file was verified, then filled the headroom at the detector's rate before the next retention
+        pass deleted anything: a full disk and frames lost). While they exist the purge runs at once.
 
         Asked before every frame, so it never waits on the ledger: the answer is recomputed (two
         ledger queries and a disk query) on the executor when older than ``PRESSURE_RECHECK_S``, and
@@ -158,8 +164,11 @@ class Retention:
     def _refresh_pressure(self) -> bool:
         try:
             used = self.usage()
-            pressed = self.filled(used) >= self._limit() and used["verified"] == 0
+            pressed = self.filled(used) >= self._limit()
             self._pressure = (self.clock(), pressed)
+            if pressed and used["verified"] > 0:
+                self.stats["purges_hurried"] += 1
+                self._purge_now.set()
             return pressed
         finally:
             self._refreshing.clear()
@@ -256,13 +265,18 @@ class Retention:
 
     def stop(self) -> None:
         self._stop.set()
+        self._purge_now.set()
         if self._thread is not None:
             self._thread.join(timeout=10)
         if self._own_executor:
             self._executor.shutdown(wait=False, cancel_futures=True)
 
     def _run(self, checkpoint: Checkpoint) -> None:
-        while not self._stop.wait(self.settings.interval_seconds):
+        while True:
+            self._purge_now.wait(self.settings.interval_seconds)
+            self._purge_now.clear()
+            if self._stop.is_set():
+                return
             checkpoint()
             self.run_pass()
 

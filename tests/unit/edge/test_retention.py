@@ -8,6 +8,7 @@ the fill forecast the monotonic one. No sleeps, no threads.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Executor, Future
 from pathlib import Path
@@ -239,7 +240,9 @@ def test_a_disk_filled_by_what_the_ledger_does_not_count_purges_verified_files(
     # room for twice the headroom: 80 kB more, the two oldest verified files (the rest stay)
     assert retention.purge_once() == 2
     assert [(tmp_path / f"v{n}.h5").exists() for n in range(4)] == [False, False, True, True]
-    assert retention.refusal() is None and not retention.under_pressure()  # verified files remain
+    # verified files remain and new runs are welcome, but the disk is still full: writing waits until
+    # purging has made the room, it does not eat into the headroom meanwhile
+    assert retention.refusal() is None and retention.under_pressure()
     assert retention.purge_once() == 2  # (this disk does not get the room back): the other two
     refusal = retention.refusal()
     assert refusal is not None and "the disk holding the local store is full" in refusal
@@ -259,3 +262,36 @@ def test_unverified_files_stay_however_full_the_disk(
     )
     kept = store_file(ledger, tmp_path, "u.h5", 50_000)
     assert retention.purge_once() == 0 and kept.exists()
+
+
+def test_writing_stays_held_back_until_verified_files_are_purged_and_the_purge_is_hurried(
+    ledger: Ledger, tmp_path: Path
+) -> None:
+    """An outside chaos probe: the store full of unverified data, the detector held back; the HPC consumer
+    connected and the first file it verified lifted the hold at once. Writing resumed into the 8 MiB
+    headroom at the detector's rate before the next retention pass (1 s later) deleted anything: the disk
+    filled, and 646-947 frames were lost as disk_full. The hold now lasts until the room is made, and the
+    purge does not wait for its interval."""
+    settings = RetentionSettings(quota_bytes=10_064, headroom_bytes=64, interval_seconds=3600)
+    retention = Retention(ledger, tmp_path, settings, executor=ManualExecutor())
+    first = store_file(ledger, tmp_path, "a.h5", 6_000)
+    store_file(ledger, tmp_path, "b.h5", 4_000)
+    assert retention.under_pressure()  # full of unverified data
+    (row, _) = ledger.files()
+    chunk = ledger.pending_chunks("hpc", [], 1)[0]
+    ledger.chunk_acked("hpc", chunk["id"], chunk["checksum"])
+    assert ledger.file_verified("hpc", row["id"], 6_000, "sum")
+    retention._pressure = None
+    assert retention.under_pressure()  # verified, not yet purged: no room yet
+    assert retention._purge_now.is_set() and retention.stats["purges_hurried"] == 1
+    retention.start()  # the pass runs now, not after its hour
+    try:
+        for _ in range(200):
+            if not first.exists():
+                break
+            time.sleep(0.01)
+        assert not first.exists()
+    finally:
+        retention.stop()
+    retention._pressure = None
+    assert not retention.under_pressure()  # the room is made: writing resumes
