@@ -233,7 +233,10 @@ class ApplianceView:
             return "the disk is full"
         try:
             if p.retention.under_pressure():
-                return "the store is full: writing waits for room (data not yet verified upstream, or verified files being purged)"
+                return (
+                    "the store is full: writing waits for room (data not yet verified upstream, or"
+                    " verified files being purged)"
+                )
         except Exception:  # the ledger closing at shutdown: not held back by policy
             return None
         return None
