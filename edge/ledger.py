@@ -567,6 +567,11 @@ class Ledger:
                 )
         return True
 
+    def file_state(self, file_id: int) -> str | None:
+        """The file's state (``stored`` ... ``purged``), or None for an id the ledger never had."""
+        rows = self._rows("SELECT state FROM files WHERE id=?", (file_id,))
+        return str(rows[0]["state"]) if rows else None
+
     def verified_path(self, file_id: int) -> str | None:
         """The file's path if every required consumer has confirmed it (state ``verified``), else None."""
         rows = self._rows("SELECT path FROM files WHERE id=? AND state='verified'", (file_id,))

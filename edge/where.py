@@ -271,7 +271,16 @@ def summary_line(report: dict[str, Any]) -> str:
     local = sum(1 for f in files if f["on_local_disk"])
     # verified: confirmed by every required consumer (the file's state), not by any one of them
     upstream = sum(1 for f in files if f["state"] in ("verified", "purged"))
-    dirs = sorted({_printable(Path(p).parent) for f in files for p in f.get("upstream_copies", {}).values()})
+    # the copies of the consumers the policy requires first (an optional mirror's come after)
+    required = set(report.get("required_consumers") or ())
+    dirs = sorted(
+        {
+            (consumer not in required, _printable(Path(path).parent))
+            for f in files
+            for consumer, path in f.get("upstream_copies", {}).items()
+        }
+    )
+    dirs = list(dict.fromkeys(d for _, d in dirs))
     where_up = f" ({', '.join(dirs[:2])}{', ...' if len(dirs) > 2 else ''})" if dirs else ""
     waiting = [f for f in files if f["state"] in ("stored", "forwarded")]
     partly = sum(1 for f in waiting if f["verified_by"])

@@ -62,6 +62,8 @@ class ChunkLedger(Protocol):
 
     def chunk_acked(self, consumer: str, chunk_id: int, checksum: str) -> bool | None: ...
 
+    def file_state(self, file_id: int) -> str | None: ...
+
     def files_ready_to_verify(self, consumer: str) -> list[dict[str, Any]]: ...
 
     def file_verified(
@@ -289,9 +291,17 @@ class ForwarderSession:
                 )
             else:
                 self.stats["files_mismatched"] += 1
-                log.warning(
-                    "consumer %s holds a different file %d: resending it", consumer.name, message.file_id
-                )
+                if self.ledger.file_state(message.file_id) == "purged":  # nothing left here to send
+                    log.warning(
+                        "consumer %s holds a different file %d, which was purged here after the required"
+                        " consumers verified it: it cannot be sent again",
+                        consumer.name,
+                        message.file_id,
+                    )
+                else:
+                    log.warning(
+                        "consumer %s holds a different file %d: resending it", consumer.name, message.file_id
+                    )
         elif not isinstance(message, p.Heartbeat):
             self.stats["unexpected_messages"] += 1
         return []

@@ -354,3 +354,10 @@ def test_where_marks_a_stored_file_gone_from_the_disk_as_missing_not_purged(ledg
     text = render(where_report(ledger, "run-1"))
     assert f"(MISSING from the local disk, not purged) {row['path']}" in text
     assert "purged locally" not in text
+
+
+def test_where_names_the_required_consumers_copy_before_an_optional_mirrors(ledger: Ledger) -> None:
+    (row,) = ledger.files("run-1")
+    for consumer, path in (("a-mirror", "/aaa/mirror/run-1_00000.h5"), ("hpc", "/hpc/out/run-1_00000.h5")):
+        assert ledger.file_verified(consumer, row["id"], row["size"], row["checksum"], path)
+    assert "verified upstream (/hpc/out, /aaa/mirror)" in where_report(ledger, "run-1")["summary"]

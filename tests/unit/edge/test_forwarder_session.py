@@ -559,3 +559,19 @@ def test_an_acknowledgement_of_a_local_only_file_is_not_recorded(ledger: Ledger,
     connect(session, credit=1)
     session.receive(PEER, frames(p.Ack(local_chunk["id"], local_chunk["checksum"])), 0.1)
     assert session.stats["acks_rejected"] == 1 and session.stats["chunks_acked"] == 0
+
+
+def test_a_mismatch_of_a_purged_file_does_not_say_it_is_resent(
+    ledger: Ledger, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A consumer the policy does not require (a mirror) that holds another copy of a file purged here
+    after the required consumers verified it: the log said "resending it"; nothing is left to send."""
+    session, complete = _all_acked(ledger)
+    session.receive(PEER, frames(p.FileVerified(complete.file_id, complete.size, complete.checksum)), 0.3)
+    ledger.file_purged(complete.file_id)
+    session.receive(b"mirror", frames(p.Hello("mirror", 1)), 0.4)
+    with caplog.at_level(logging.WARNING):
+        session.receive(b"mirror", frames(p.FileVerified(complete.file_id, complete.size, "not-it")), 0.5)
+    assert session.stats["files_mismatched"] == 1
+    assert "cannot be sent again" in caplog.text and "resending" not in caplog.text
+    assert chunks(session.tick(0.6)) == []
