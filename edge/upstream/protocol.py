@@ -173,6 +173,13 @@ def stored_path_problem(stored_path: object) -> str | None:
     return None
 
 
+def _as_json(value: Any, limit: int = 80) -> str:
+    """A peer's value as the JSON it sent (``true``, ``null``, ``"x"``), cut to ``limit`` characters: an
+    error answered to the peer speaks the protocol's terms, not Python's (``True``, ``None``, ``'x'``)."""
+    text = json.dumps(value, ensure_ascii=True)
+    return text if len(text) <= limit else f"{text[: limit - 3]}..."
+
+
 def decode(frames: list[bytes] | list[bytes | memoryview]) -> tuple[Message, bytes | memoryview | None]:
     """Parse frames into a message and its payload; raises RemoteProtocolError on anything malformed."""
     if not frames or len(frames) > 2:
@@ -203,21 +210,22 @@ def decode(frames: list[bytes] | list[bytes | memoryview]) -> tuple[Message, byt
         raise RemoteProtocolError("header is not a JSON object")
     version = header.get("v")
     if not isinstance(version, int) or isinstance(version, bool) or version != VERSION:
-        raise RemoteProtocolError(f"protocol version {version!r}; this end speaks {VERSION}")
+        raise RemoteProtocolError(f"protocol version {_as_json(version)}; this end speaks {VERSION}")
     kind = header.get("type", "")
     # a list or an object as the type is unhashable: a TypeError from the lookup would crash the caller
     cls = MESSAGES.get(kind) if isinstance(kind, str) else None
     if cls is None:
-        raise RemoteProtocolError(f"unknown message type {header.get('type')!r}")
+        raise RemoteProtocolError(f"unknown message type {_as_json(header.get('type'))}")
     names = {f.name: f.type for f in fields(cls)}
     values: dict[str, Any] = {}
     for name in names:
         if name not in header:
-            raise RemoteProtocolError(f"{cls.type} lacks field {name!r}")
+            raise RemoteProtocolError(f'{cls.type} lacks field "{name}"')
         value = header[name]
         expected = int if names[name] in ("int", int) else str
         if not isinstance(value, expected) or isinstance(value, bool):
-            raise RemoteProtocolError(f"{cls.type}.{name} = {value!r} is not {expected.__name__}")
+            kind = "an integer" if expected is int else "a string"
+            raise RemoteProtocolError(f"{cls.type}.{name} = {_as_json(value)} is not {kind}")
         if isinstance(value, str) and _SURROGATE.search(value):
             # JSON's \ud800 escape decodes to half a UTF-16 pair: no text, and nothing this end can
             # store (SQLite), print or answer in UTF-8 (an outside probe crashed the forwarder with it)

@@ -49,15 +49,18 @@ def test_round_trip_every_message_type() -> None:
         ([b'{"v": 1, "type": "file_verified", "file_id": 1, "size": 1, "checksum": "x"}'], "speaks 2"),
         ([b'{"v": 2, "type": "file_verified", "file_id": 1, "size": 1, "checksum": "x"}'], "stored_path"),
         ([b'{"v": 2, "type": "launch"}'], "unknown message type"),
-        ([b'{"v": 2, "type": "ack", "chunk_id": 1}'], "lacks field 'checksum'"),
-        ([b'{"v": 2, "type": "ack", "chunk_id": "1", "checksum": "x"}'], "is not int"),
-        ([b'{"v": 2, "type": "credit", "n": true}'], "is not int"),
+        ([b'{"v": 2, "type": "ack", "chunk_id": 1}'], 'lacks field "checksum"'),
+        ([b'{"v": 2, "type": "ack", "chunk_id": "1", "checksum": "x"}'], 'chunk_id = "1" is not an integer'),
+        ([b'{"v": 2, "type": "credit", "n": true}'], "n = true is not an integer"),
         ([b'{"v": 2.0, "type": "heartbeat"}'], "protocol version 2.0"),
-        ([b'{"v": true, "type": "heartbeat"}'], "protocol version True"),
+        ([b'{"v": true, "type": "heartbeat"}'], "protocol version true"),
         ([b'{"v": 2, "type": "heartbeat", "pad": "' + b"x" * (64 << 10) + b'"}'], "at most 65536"),
         # a list or an object as the type (unhashable: it raised TypeError)
         ([b'{"v": 2, "type": []}'], "unknown message type"),
-        ([b'{"v": 2, "type": {"a": 1}}'], "unknown message type"),
+        ([b'{"v": 2, "type": {"a": 1}}'], 'unknown message type {"a": 1}'),
+        # the peer's value is quoted as JSON, cut
+        ([b'{"v": null, "type": "ack"}'], "protocol version null;"),
+        ([b'{"v": 2, "type": "' + b"y" * 500 + b'"}'], 'unknown message type "y{76}\\.\\.\\.$'),
     ],
 )
 def test_malformed_messages_raise_remote_protocol_error(frames: list[bytes], match: str) -> None:
@@ -137,7 +140,7 @@ def test_stored_path_problem(stored_path: object, problem: str | None) -> None:
 
 def test_a_stored_path_that_is_not_a_string_is_malformed() -> None:
     header = b'{"v": 2, "type": "file_verified", "file_id": 1, "size": 1, "checksum": "x", "stored_path": 7}'
-    with pytest.raises(RemoteProtocolError, match="stored_path = 7 is not str"):
+    with pytest.raises(RemoteProtocolError, match="stored_path = 7 is not a string"):
         p.decode([header])
 
 
