@@ -103,8 +103,7 @@ def load_calibration(settings: Settings, fmt: FrameFormat | None = None) -> Corr
                 f"reduction.{key}_file = {str(path)!r}: image is {image.shape}, frames are {shape}"
             )
         images[key] = image.astype(bool) if key == "mask" else image
-        if key != "mask":  # (the mask's file and checksum are the run's mask record: edge.run_masks)
-            files[key] = (str(path), file_sha256(path))
+        files[key] = (str(path), file_sha256(path))
     poni = None if red.poni_file is None else load_poni(red.poni_file, shape)  # its detector's own mask
     mask = combined_mask(poni, images["mask"])
     gaps = udp_gaps(settings)  # the UDP layout's inter-module gaps: no sensor there, never zero counts

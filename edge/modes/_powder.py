@@ -121,6 +121,7 @@ class PowderStage(_CorrectedStage):
             "flat_file": cal.files.get("flat", (None, None))[0],
             "flat_file_sha256": cal.files.get("flat", (None, None))[1],
             "mask_applied": cal.mask is not None,
+            **self._mask_file_record(),
             "solid_angle_applied": bool(cal.solid_angle),
             "polarization_applied": cal.polarization is not None,
             "polarization_factor": cal.polarization,

@@ -112,6 +112,7 @@ class SerialStage(_CorrectedStage):
             **super().settings_record(),
             **self.ctx.params.serial.model_dump(),
             "blanks": self.ctx.store_blanks,
+            **self._mask_file_record(),
             **self._dummy_record(),
         }
 

@@ -32,8 +32,8 @@ class Corrections:
     #: the value the detector writes into a pixel it cannot measure, and its tolerance (pyFAI's
     #: ``DUMMY``, ``DELTA_DUMMY`` of the PONI file's named detector); None: it marks none
     dummy: tuple[float, float | None] | None = None
-    #: the files the dark and flat images came from, with the sha256 of their bytes ({"dark": (path,
-    #: sha256)}): recorded with the run, so that a profile can be reproduced with the same images
+    #: the files the dark, flat and mask images came from, with the sha256 of their bytes ({"dark":
+    #: (path, sha256)}): recorded with the run, so that a product can be reproduced with the same images
     files: dict[str, tuple[str, str]] = field(default_factory=dict)
 
     def check(self, shape: tuple[int, int]) -> None:
@@ -296,6 +296,11 @@ class _CorrectedStage(ModeStage):
             "dummy": None if dummy is None else dummy[0],
             "delta_dummy": None if dummy is None else dummy[1],
         }
+
+    def _mask_file_record(self) -> dict[str, Any]:
+        """``reduction.mask_file`` and the sha256 of its bytes (None, None: no mask file)."""
+        path, digest = self.ctx.corrections.files.get("mask", (None, None))
+        return {"mask_file": path, "mask_file_sha256": digest}
 
     def _with_roi(self, stats: dict[str, np.ndarray] | None, result: FrameResult) -> FrameResult:
         if stats is not None:

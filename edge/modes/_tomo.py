@@ -239,7 +239,7 @@ class TomoStage(_CorrectedStage):
         usable = (keys == 0) & np.isfinite(angles)
         for name, chosen in (("data", usable), ("data_white", keys == 1), ("data_dark", keys == 2)):
             _virtual_subset(exchange, name, data, np.flatnonzero(chosen))
-        exchange["theta"] = np.asarray(angles[usable], np.float64)
+        _virtual_subset(exchange, "theta", sample["rotation_angle"], np.flatnonzero(usable))
         exchange["theta"].attrs["units"] = "deg"
 
     def _dark_flat_counts(self) -> tuple[int, int]:
@@ -511,7 +511,7 @@ class TomoStage(_CorrectedStage):
 
 
 def _virtual_subset(group: h5py.Group, name: str, source: h5py.Dataset, indices: np.ndarray) -> None:
-    """``group[name]``: a virtual dataset of the frames ``indices`` of ``source`` (no copy). With no
+    """``group[name]``: a virtual dataset of the frames (or values) ``indices`` of ``source`` (no copy). With no
     frames, an empty dataset of the frames' shape: a virtual one without a source trips readers
     (nexusformat's tree walk)."""
     frame_shape = source.shape[1:]

@@ -105,6 +105,10 @@ def test_a_projection_without_an_angle_stays_out_of_data_exchange(tmp_path: Path
         writer.write(frame, compress_chunk(pixels), stage.process(pixels, frame, 0, angle).products)
     with h5py.File(writer.close().path, "r") as f:
         np.testing.assert_array_equal(f["/exchange/theta"][()], [0.0, 20.0])
+        # the Data Exchange names are views of the NXtomo data, theta too (an outside probe: it was a copy);
+        # (this file has no darks or flats: those two are empty datasets, see the test above)
+        assert f["/exchange/data"].is_virtual and f["/exchange/theta"].is_virtual
+        assert f["/exchange/theta"].attrs["units"] == "deg"
         assert f["/exchange/data"].shape == (2, *SHAPE)
         np.testing.assert_array_equal(f["/exchange/data"][:, 0, 0], [100, 102])
         assert np.isnan(f["/entry/sample/rotation_angle"][1]) and f["/entry/data/data"].shape[0] == 3

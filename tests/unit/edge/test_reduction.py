@@ -8,7 +8,7 @@ import pytest
 from edge.config import ReductionSettings, load_settings
 from edge.errors import ConfigError
 from edge.modes import Corrections as Calibration
-from edge.modes import PowderStage, RunContext
+from edge.modes import PowderStage, RunContext, SerialStage
 from kernels import Geometry, get_backend
 
 SHAPE = (96, 128)
@@ -124,15 +124,20 @@ def test_calibration_files_are_checked_at_start(tmp_path) -> None:
     dark, flat = tmp_path / "dark.npy", tmp_path / "flat.npy"
     np.save(dark, np.full((1024, 1024), 3, np.float32))
     np.save(flat, np.ones((1024, 1024), np.float32))
-    cal = load_calibration(
-        load_settings(overrides=[f'reduction.dark_file="{dark}"', f'reduction.flat_file="{flat}"'])
-    )
+    # and the mask file too (an outside probe: a JSON-stream run recorded its path only, nowhere its
+    # checksum), in powder and serial mode alike
+    overrides = [f'reduction.{k}_file="{p}"' for k, p in (("dark", dark), ("flat", flat), ("mask", good))]
+    cal = load_calibration(load_settings(overrides=overrides))
     params = ReductionSettings(mode="powder")
     ctx = RunContext(get_backend("numpy"), Geometry(), (1024, 1024), 20, "2th_deg", params, cal)
     record = PowderStage(ctx).settings_record()
-    for name, path in (("dark", dark), ("flat", flat)):
+    for name, path in (("dark", dark), ("flat", flat), ("mask", good)):
         assert record[f"{name}_file"] == str(path)
         assert record[f"{name}_file_sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
+    serial = SerialStage(
+        RunContext(get_backend("numpy"), Geometry(), (1024, 1024), 20, "2th_deg", params, cal)
+    )
+    assert serial.settings_record()["mask_file_sha256"] == hashlib.sha256(good.read_bytes()).hexdigest()
     wrong = tmp_path / "small.npy"
     np.save(wrong, np.zeros((10, 10)))
     with pytest.raises(
