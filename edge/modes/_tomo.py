@@ -511,9 +511,9 @@ class TomoStage(_CorrectedStage):
 
 
 def _virtual_subset(group: h5py.Group, name: str, source: h5py.Dataset, indices: np.ndarray) -> None:
-    """``group[name]``: a virtual dataset of the frames (or values) ``indices`` of ``source`` (no copy). With no
-    frames, an empty dataset of the frames' shape: a virtual one without a source trips readers
-    (nexusformat's tree walk)."""
+    """``group[name]``: a virtual dataset of the frames (or values) ``indices`` of ``source`` (no
+    copy). With no frames, an empty dataset of the frames' shape: a virtual one without a source trips
+    readers (nexusformat's tree walk)."""
     frame_shape = source.shape[1:]
     if not len(indices):
         group.create_dataset(name, shape=(0, *frame_shape), dtype=source.dtype)
