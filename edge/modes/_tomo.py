@@ -255,7 +255,18 @@ class TomoStage(_CorrectedStage):
         after it are stored and counted, never used, and the text says so."""
         darks, flats = self._dark_flat_counts() if self._used is None else self._used
         earlier = self.earlier
-        inherited = "" if earlier is None else f" (with those stored in run {earlier.parts.runs[0]})"
+        # the earlier part's darks and flats, named only when it stored some (a run cut during its darks
+        # may have stored none: its frames were in a quarantined file, recorded lost)
+        taken = (
+            []
+            if earlier is None
+            else [f"{n} {what}" for n, what in ((earlier.darks, "darks"), (earlier.flats, "flats")) if n]
+        )
+        inherited = (
+            f" (with the {' and '.join(taken)} stored in run {', '.join(earlier.parts.runs)})"
+            if earlier is not None and taken
+            else ""
+        )
         before = "in the scan" if self._late_applied is not None else "before the first projection"
         if darks and flats:
             text = f"applied: (projection - mean dark) / (mean flat - mean dark){inherited}"

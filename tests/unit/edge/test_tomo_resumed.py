@@ -92,7 +92,10 @@ def test_a_resumed_scan_is_normalised_and_reconstructed_with_the_part_stored_bef
     assert products["inherited_from_runs"] == "first" and products["inherited_files_not_local"] == 1
     unusable = products["inherited_files_unusable"]
     assert "broken_00001.h5" in unusable and "other_00000.h5" in unusable and "first" not in unusable
-    assert products["flat_field"].startswith("applied") and "run first" in products["flat_field"]
+    assert products["flat_field"] == (
+        "applied: (projection - mean dark) / (mean flat - mean dark) (with the 2 darks and 2 flats stored in"
+        " run first)"
+    )
     np.testing.assert_array_equal(products["rotation_angle"], ANGLES)  # in the scan's order
     sinogram = np.stack([-np.log((_frame(0, k)[5] - 20.0) / 980.0) for k in range(len(ANGLES))])
     reference = get_backend("numpy").fbp(sinogram.astype(np.float32), ANGLES, center=11.5)
@@ -158,3 +161,28 @@ def test_a_part_that_takes_too_long_to_read_is_left_out_and_said(
     assert products["rotation_angle"].tolist() == ANGLES[3:].tolist()
     stage.earlier._thread.join(10)  # type: ignore[attr-defined]
     assert stage.earlier.angles == []  # type: ignore[attr-defined]
+
+
+def test_a_resumed_scan_whose_earlier_part_stored_no_darks_or_flats_credits_it_with_none(
+    tmp_path: Path,
+) -> None:
+    """An outside chaos probe: a run killed during its darks stored none of them (they were in its
+    quarantined file, recorded lost); the resumed run's 9 flats were its own, yet ``flat_field`` said
+    "with those stored in run ...", sending a user to look for darks and flats that do not exist."""
+    first = _write(tmp_path, "first", [(4 + k, 0, ANGLES[k]) for k in range(2)])  # projections only
+    ctx = RunContext(
+        get_backend("numpy"),
+        GEOMETRY,
+        SHAPE,
+        16,
+        "2th_deg",
+        _params(),
+        earlier=EarlierParts(("first",), (first,)),
+    )
+    stage = make_stage(ctx)
+    stage.earlier._thread.join(10)  # type: ignore[attr-defined]
+    stage.process(_frame(1, 0), 0, 1, float("nan"))
+    for k in range(2, len(ANGLES)):
+        stage.process(_frame(0, k), 4 + k, 0, float(ANGLES[k]))
+    text = stage.finish()["flat_field"]
+    assert text.startswith("applied without darks: projection / mean flat") and "stored in run" not in text
