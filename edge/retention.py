@@ -66,6 +66,9 @@ class Retention:
         self.stats: Counter[str] = Counter()
         self._compacted = False  # True once no purged file keeps chunk rows (`Ledger.compact_purged`)
         self.alarm: str | None = None
+        # the newest purge that failed, until one succeeds: with the store full, writing waits for room
+        # that only purging makes, so the alarm says why none comes
+        self.purge_error: str | None = None
         self._samples: deque[tuple[float, int]] = deque(maxlen=120)
         self._stop = threading.Event()
         # set when writing is held back and verified files could make room: the next pass runs now,
@@ -121,6 +124,11 @@ class Retention:
             return (
                 f"local store {state} data not yet verified upstream ({_size(used['unverified'])} of"
                 f" {_size(limit)}); waiting for the HPC consumer to confirm it"
+            )
+        if used["verified"] > 0 and self.purge_error is not None and self.filled(used) >= limit:
+            return (
+                f"local store full ({_size(used['total'])} of {_size(limit)}) and its verified files"
+                f" cannot be deleted ({self.purge_error}): writing waits for room"
             )
         if used["verified"] == 0 and self.filled(used) >= limit:
             # the disk itself is full (of what the ledger does not count) and nothing can be purged
@@ -218,8 +226,10 @@ class Retention:
             path.unlink(missing_ok=True)
         except OSError as error:
             self.stats["purge_errors"] += 1
+            self.purge_error = f"cannot delete {path}: {error.strerror or error}"
             log.error("cannot purge %s: %s", path, error)
             return False
+        self.purge_error = None
         self.ledger.file_purged(row["id"])
         self.stats["files_purged"] += 1
         self.stats["bytes_purged"] += row["size"]

@@ -295,3 +295,28 @@ def test_writing_stays_held_back_until_verified_files_are_purged_and_the_purge_i
         retention.stop()
     retention._pressure = None
     assert not retention.under_pressure()  # the room is made: writing resumes
+
+
+def test_a_full_store_whose_verified_files_cannot_be_deleted_raises_the_alarm_saying_why(
+    ledger: Ledger, tmp_path: Path
+) -> None:
+    """Writing waits for the room purging makes; a verified file that cannot be deleted makes none, and
+    without this alarm the stream was held back with no alarm at all (new runs still welcome)."""
+    settings = RetentionSettings(quota_bytes=10_064, headroom_bytes=64)
+    retention = Retention(ledger, tmp_path, settings, executor=ManualExecutor())
+    stuck = store_file(ledger, tmp_path, "a.h5", 6_000, verified=True)
+    store_file(ledger, tmp_path, "b.h5", 4_000)
+    stuck.unlink()
+    stuck.mkdir()  # (a directory where the file was: unlink fails, EISDIR, root or not)
+    (stuck / "x").write_bytes(b"x")
+    assert retention.purge_once() == 0 and retention.stats["purge_errors"] == 1
+    assert retention.under_pressure()
+    refusal = retention.refusal()
+    assert refusal is not None and "cannot be deleted" in refusal and "a.h5" in refusal
+    assert retention.alarm == refusal  # raised: the dashboard and the IOC show it
+    (stuck / "x").unlink()
+    stuck.rmdir()
+    stuck.write_bytes(b"x" * 6_000)
+    assert retention.purge_once() == 1
+    retention._pressure = None
+    assert retention.refusal() is None and retention.alarm is None and not retention.under_pressure()
