@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
 import json
 import logging
 import socket
@@ -33,7 +34,7 @@ from edge.recorder import RunRecorder
 from edge.recovery import interrupted_udp_run, paused_udp_run, recover, resume_interrupted
 from edge.reduction_control import AUTOSAVE_NAME, ReductionControl
 from edge.retention import Retention
-from edge.ring import FrameRing, Slot
+from edge.ring import FrameRing, Slot, sweep_stale_rings
 from edge.run_masks import RunMasks, file_sha256
 from edge.store import bounded_config, series_metadata
 from edge.supervision import Supervisor, parse_injection
@@ -573,6 +574,15 @@ class Appliance:
             self.ledger, store.path, store.chunk_bytes, settings.upstream.forward, disk=self.disk
         )
         self.recovery = recover(self.recorder, store.path)
+        stale, freed = sweep_stale_rings(() if settings.ring.name is None else (settings.ring.name,))
+        if stale:
+            log.warning(
+                "removed %d shared-memory ring(s) no process uses any more (%.1f MiB; left by daemons killed"
+                " before they could remove them): %s",
+                len(stale),
+                freed / 2**20,
+                ", ".join(stale[:8]) + (" ..." if len(stale) > 8 else ""),
+            )
         try:
             self.ring = FrameRing(
                 settings.ring.slots,
@@ -580,7 +590,13 @@ class Appliance:
                 settings.ring.policy,
                 settings.ring.name,
             )
-        except OSError as error:  # a ring.name another daemon holds: name the setting
+        except OSError as error:
+            if error.errno == errno.ENOSPC:  # more slots than the shared memory has room for
+                raise ConfigError(
+                    f"ring.slots = {settings.ring.slots} of {self.frame_format.nbytes:,} bytes:"
+                    f" {error.strerror}; lower ring.slots (or enlarge /dev/shm)"
+                ) from error
+            # a ring.name another daemon holds: name the setting
             raise ConfigError(
                 f"ring.name = {settings.ring.name!r}: its shared memory cannot be made:"
                 f" {error.strerror or error}"

@@ -11,6 +11,8 @@ the loss.
 from __future__ import annotations
 
 import contextlib
+import errno
+import os
 import threading
 import time
 import uuid
@@ -65,6 +67,67 @@ class Slot:
         return bytes(self.buffer[: int(self.header["nbytes"])])
 
 
+RING_PREFIX = "edge-ring-"
+_SHM_DIR = "/dev/shm"
+
+
+def _mapped_shm_names() -> set[str] | None:
+    """Names of the /dev/shm segments some process maps now (a ring's daemon, a live viewer), from every
+    /proc/PID/maps this user may read; None where there is no /proc to read."""
+    try:
+        pids = [entry for entry in os.listdir("/proc") if entry.isdigit()]
+    except OSError:
+        return None
+    names: set[str] = set()
+    prefix = f"{_SHM_DIR}/"
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/maps", encoding="utf-8", errors="replace") as handle:
+                for line in handle:
+                    at = line.find(prefix)
+                    if at >= 0:
+                        names.add(line[at + len(prefix) :].split(" (deleted)")[0].strip())
+        except OSError:  # gone meanwhile, or another user's (its segments are not ours to remove)
+            continue
+    return names
+
+
+def sweep_stale_rings(names: tuple[str, ...] = ()) -> tuple[list[str], int]:
+    """Remove the rings no process maps any more: a daemon killed (kill -9, a power cut of the process)
+    leaves its segment in /dev/shm, and each restart added one until the shared memory was full. Takes
+    the default-named ones (``edge-ring-...``) and ``names`` (a ``ring.name`` set in the settings, which
+    a restart after a kill could otherwise not make again). Returns the names removed and their bytes."""
+    mapped = _mapped_shm_names()
+    if mapped is None:
+        return [], 0
+    try:
+        present = os.listdir(_SHM_DIR)
+    except OSError:
+        return [], 0
+    removed, freed = [], 0
+    for name in present:
+        if not (name.startswith(RING_PREFIX) or name in names) or name in mapped:
+            continue
+        path = os.path.join(_SHM_DIR, name)
+        try:
+            size = os.stat(path).st_blocks * 512
+            os.unlink(path)
+        except OSError:  # another user's, or removed meanwhile
+            continue
+        removed.append(name)
+        freed += size
+    return removed, freed
+
+
+def _shm_free() -> int | None:
+    """Bytes free in /dev/shm (where POSIX shared memory lives on Linux), or None where there is none."""
+    try:
+        stat = os.statvfs("/dev/shm")
+    except OSError:
+        return None
+    return stat.f_bavail * stat.f_frsize
+
+
 class FrameRing:
     """Single-producer, single-consumer ring over shared memory; see the module docstring."""
 
@@ -77,8 +140,9 @@ class FrameRing:
         control_bytes = _ALIGN
         header_bytes = -(-slots * HEADER_DTYPE.itemsize // _ALIGN) * _ALIGN
         total = control_bytes + header_bytes + slots * self.slot_bytes
-        self.name = name or f"edge-ring-{uuid.uuid4().hex[:12]}"
+        self.name = name or f"{RING_PREFIX}{uuid.uuid4().hex[:12]}"
         self._shm = shared_memory.SharedMemory(name=self.name, create=True, size=total)
+        self._reserve(total)
         buf = self._shm.buf
         self._control = np.ndarray((len(_CONTROL_FIELDS),), dtype="<i8", buffer=buf[:control_bytes])
         self._control[:] = 0
@@ -97,6 +161,31 @@ class FrameRing:
         self._stopping = False
         self._claimed = self._published = self._read = self._released = 0
         self.max_fill = 0
+
+    def _reserve(self, total: int) -> None:
+        """Give the segment its memory now. Shared memory (tmpfs) is handed out page by page as it is
+        first written: a ring larger than what /dev/shm has free was made without a word, and the
+        process died of SIGBUS once the frames reached past it (an outside probe: a 128 GiB ring on a
+        256 MiB /dev/shm, killed at frame 128). Raises OSError(ENOSPC) saying so, the segment removed."""
+        fd = getattr(self._shm, "_fd", -1)
+        if fd < 0 or not hasattr(os, "posix_fallocate"):
+            return
+        free = _shm_free()
+        try:
+            if free is not None and total > free:  # said at once (tmpfs would fill up to its limit first)
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            os.posix_fallocate(fd, 0, total)
+        except OSError as error:
+            self._shm.close()
+            with contextlib.suppress(FileNotFoundError):
+                self._shm.unlink()
+            if error.errno not in (errno.ENOSPC, errno.ENOMEM, errno.EFBIG):
+                raise
+            raise OSError(
+                errno.ENOSPC,
+                f"a ring of {total:,} bytes does not fit in the shared memory"
+                + ("" if free is None else f" ({free:,} bytes free in /dev/shm)"),
+            ) from error
 
     def slot_memory(self) -> np.ndarray:
         """Every slot's data, one contiguous uint8 view (page-aligned): what the GPU path page-locks."""

@@ -436,3 +436,22 @@ def test_api_port_0_serves_on_the_port_the_system_chose_and_says_which(tmp_path:
         daemon.send_signal(signal.SIGTERM)
         daemon.communicate(timeout=60)
         stack.stop_all()
+
+
+def test_a_ring_larger_than_the_shared_memory_is_a_one_line_refusal(tmp_path: Path) -> None:
+    """An outside probe: 65536 slots of 2 MiB frames (128 GiB) on a 256 MiB /dev/shm started "ready" and
+    died of SIGBUS at frame 128 (tmpfs hands out its pages as they are first written). 4096^2 uint32
+    frames make the ring 4 TiB here: more than any test machine's shared memory."""
+    stack = EdgeStack(
+        tmp_path,
+        ["detector.height=4096", "detector.width=4096", 'detector.dtype="uint32"', "ring.slots=65536"],
+    )
+    try:
+        daemon = stack.start("run", stderr=subprocess.PIPE)
+        _, log = daemon.communicate(timeout=120)
+        assert daemon.returncode == 2, log[-2000:]
+        assert "cannot start: ring.slots = 65536 of 67,108,864 bytes: a ring of" in log, log[-2000:]
+        assert "does not fit in the shared memory" in log and "lower ring.slots" in log
+        _nothing_left_behind(log)
+    finally:
+        stack.stop_all()

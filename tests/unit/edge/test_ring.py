@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import threading
 from multiprocessing import shared_memory
 
@@ -141,3 +142,48 @@ def test_slot_memory_is_every_slot_in_one_page_aligned_view(ring: FrameRing) -> 
         assert np.array_equal(memory[start : start + 8].view(np.uint16), np.full(4, 100 + n, np.uint16))
         ring.release(slot)
     del memory
+
+
+def test_a_ring_larger_than_the_shared_memory_is_refused_at_once_and_leaves_nothing() -> None:
+    """An outside probe: ring.slots = 65536 of 2 MiB frames on a 256 MiB /dev/shm was made without a
+    word (tmpfs hands out pages as they are written) and the daemon died of SIGBUS at frame 128."""
+    import os
+
+    free = os.statvfs("/dev/shm").f_bavail * os.statvfs("/dev/shm").f_frsize
+    slots = 1024
+    with pytest.raises(OSError, match="does not fit in the shared memory") as raised:
+        FrameRing(slots, free // slots + (1 << 20), name="edge-ring-test-too-big")
+    assert raised.value.errno == errno.ENOSPC
+    with pytest.raises(FileNotFoundError):  # nothing left behind
+        shared_memory.SharedMemory(name="edge-ring-test-too-big")
+    ring = FrameRing(4, 4096)  # one that fits has its memory reserved: every page is there to write
+    try:
+        assert os.fstat(ring._shm._fd).st_blocks * 512 >= 4 * 4096
+    finally:
+        ring.close()
+
+
+def test_rings_no_process_maps_are_swept_and_live_ones_kept() -> None:
+    """A daemon killed with kill -9 leaves its ring in /dev/shm; every restart added one until the shared
+    memory was full (and a fixed ring.name could not be made again at all)."""
+    from edge.ring import sweep_stale_rings
+
+    dead = shared_memory.SharedMemory(name="edge-ring-stale-probe", create=True, size=8192)
+    dead.buf[:4] = b"ring"
+    dead.close()  # unmapped, never unlinked: what a killed process leaves
+    fixed = shared_memory.SharedMemory(name="beamline-ring-stale", create=True, size=4096)
+    fixed.close()
+    live = FrameRing(4, 4096)
+    other = shared_memory.SharedMemory(name="not-a-ring-of-ours", create=True, size=4096)
+    other.close()
+    try:
+        removed, freed = sweep_stale_rings(("beamline-ring-stale",))
+        assert {"edge-ring-stale-probe", "beamline-ring-stale"} <= set(removed) and freed >= 4096
+        assert live.name not in removed and "not-a-ring-of-ours" not in removed
+        shared_memory.SharedMemory(name=live.name).close()  # still there
+        shared_memory.SharedMemory(name="not-a-ring-of-ours").close()
+        with pytest.raises(FileNotFoundError):
+            shared_memory.SharedMemory(name="edge-ring-stale-probe")
+    finally:
+        live.close()
+        shared_memory.SharedMemory(name="not-a-ring-of-ours").unlink()
