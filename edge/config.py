@@ -364,10 +364,20 @@ class UdpSettings(_Section):
 class RingSettings(_Section):
     """Shared-memory frame ring between the receiver and the pipeline."""
 
-    slots: int = Field(64, ge=2, le=65536)
+    slots: int = Field(
+        64,
+        ge=2,
+        le=65536,
+        description="frames the ring holds; its memory (slots x frame bytes) is reserved in /dev/shm at"
+        " start: a ring larger than /dev/shm has free is refused",
+    )
     policy: Literal["block", "count-and-drop"] = "block"
     name: str | None = Field(
-        None, pattern=r"^[A-Za-z0-9._-]{1,200}$", description="the shared-memory name; default one of its own"
+        None,
+        pattern=r"^[A-Za-z0-9._-]{1,200}$",
+        description="the shared-memory name; default one of its own (edge-ring-...). At start, rings no"
+        " process maps any more (left by a daemon that was killed) are removed: the default-named ones"
+        " and this name",
     )
 
 
