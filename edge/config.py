@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import contextvars
 import ipaddress
+import os
+import re
 import tomllib
 import types
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
@@ -24,7 +27,7 @@ from pydantic import (
     field_validator,
     model_validator,
 )
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, SettingsError
 
 from edge.errors import ConfigError
 from edge.upstream.protocol import CONSUMER_NAME, MAX_CHUNK_BYTES
@@ -894,12 +897,55 @@ def _shown(value: Any) -> str:
     return shown if len(shown) <= 60 else shown[:57] + "..."
 
 
+ENV_PREFIX = "EDGE_"
+
+
+def _check_environment(environ: Mapping[str, str]) -> None:
+    """Refuse ``EDGE_`` variables that look like settings and name none (pydantic-settings passes them
+    over without a word): a section that does not exist (``EDGE_FOO__BAR``), or a setting spelled with
+    one underscore between section and key (``EDGE_RING_SLOTS`` for ``EDGE_RING__SLOTS``). Other
+    ``EDGE_`` names (a test's ``EDGE_TEST_GPU``) are no settings and stay allowed."""
+    sections = {name: field.annotation for name, field in Settings.model_fields.items()}
+    problems = []
+    for name in sorted(environ):
+        if not name.upper().startswith(ENV_PREFIX):
+            continue
+        rest = name[len(ENV_PREFIX) :].lower()
+        if "__" in rest:
+            section = rest.split("__", 1)[0]
+            if section not in sections:
+                problems.append(
+                    f"{name}: no such setting (no section {section!r}; docs/settings.md lists them)"
+                )
+            continue
+        for section, kind in sections.items():
+            key = rest.removeprefix(f"{section}_")
+            fields = getattr(kind, "model_fields", {})
+            if key != rest and key in fields:
+                problems.append(
+                    f"{name}: no such setting; {ENV_PREFIX}{section.upper()}__{key.upper()} sets"
+                    f" {section}.{key} (two underscores between the section and the key)"
+                )
+    if problems:
+        raise ConfigError("invalid configuration:\n  " + "\n  ".join(problems))
+
+
 def load_settings(config: Path | None = None, overrides: list[str] | None = None) -> Settings:
     """Parse settings from a TOML file, the environment and ``KEY=VALUE`` overrides (in that precedence)."""
+    _check_environment(os.environ)
     token = _toml_path.set(config)
     try:
         return Settings(**_nest(overrides or []))
     except ValidationError as error:
         raise ConfigError(describe_validation_error(error)) from None
+    except SettingsError as error:  # an environment value pydantic-settings cannot parse (not JSON)
+        field = re.search(r'field "([^"]+)"', str(error))
+        prefix = ENV_PREFIX + (field.group(1).upper() if field else "")
+        names = sorted(k for k in os.environ if k.upper().startswith(prefix)) or [f"an {ENV_PREFIX} variable"]
+        cause = f": {error.__cause__}" if error.__cause__ is not None else ""
+        raise ConfigError(
+            f"invalid configuration:\n  the environment's {', '.join(names)} cannot be read{cause}; a list or"
+            f" a table is written there as JSON, e.g. {ENV_PREFIX}UPSTREAM__REQUIRED_CONSUMERS='[\"hpc\"]'"
+        ) from None
     finally:
         _toml_path.reset(token)

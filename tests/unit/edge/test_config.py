@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -281,3 +282,31 @@ def test_a_taken_udp_port_names_the_setting(tmp_path: Path) -> None:
         taken.close()
     assert result.returncode == 2, result.stderr[-2000:]
     assert f"udp.host, udp.port = 127.0.0.1, {port}: cannot receive there" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "said"),
+    [
+        # a list or a table in the environment is JSON; plain text was a SettingsError traceback
+        ("EDGE_UPSTREAM__REQUIRED_CONSUMERS", "hpc", "EDGE_UPSTREAM__REQUIRED_CONSUMERS cannot be read"),
+        ("EDGE_REDUCTION__ROI", "abc", "EDGE_REDUCTION__ROI cannot be read"),
+        ("EDGE_REDUCTION", "{", "EDGE_REDUCTION cannot be read"),
+        # names that look like settings and name none were passed over without a word
+        ("EDGE_FOO__BAR", "1", "EDGE_FOO__BAR: no such setting (no section 'foo'"),
+        ("EDGE_RING_SLOTS", "5", "EDGE_RING__SLOTS sets ring.slots (two underscores"),
+    ],
+)
+def test_environment_values_that_cannot_be_settings_are_refused_by_name(
+    monkeypatch: pytest.MonkeyPatch, name: str, value: str, said: str
+) -> None:
+    monkeypatch.setenv(name, value)
+    with pytest.raises(ConfigError, match=re.escape(said)):
+        load_settings()
+
+
+def test_a_list_in_the_environment_as_json_and_other_edge_names_are_fine(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("EDGE_UPSTREAM__REQUIRED_CONSUMERS", '["hpc", "mirror"]')
+    monkeypatch.setenv("EDGE_TEST_GPU", "1")  # not a setting's name: a test's switch, left alone
+    assert load_settings().upstream.required_consumers == ["hpc", "mirror"]
