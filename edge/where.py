@@ -20,6 +20,10 @@ from edge.upstream.outlook import RATE_WINDOW_SECONDS, eta_seconds
 
 def resolve_run(ledger: Ledger, text: str) -> str:
     """The run uid ``text`` names: itself, or the one run whose uid starts with it."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:  # bytes a terminal passed that are not UTF-8 (as surrogates): no uid is
+        raise NotFound(f"no run {text!r} in the ledger: a run uid is text (UTF-8)") from None
     uids = [row["run_uid"] for row in ledger.runs()]
     if text in uids:
         return text

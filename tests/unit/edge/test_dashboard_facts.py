@@ -361,3 +361,13 @@ def test_where_names_the_required_consumers_copy_before_an_optional_mirrors(ledg
     for consumer, path in (("a-mirror", "/aaa/mirror/run-1_00000.h5"), ("hpc", "/hpc/out/run-1_00000.h5")):
         assert ledger.file_verified(consumer, row["id"], row["size"], row["checksum"], path)
     assert "verified upstream (/hpc/out, /aaa/mirror)" in where_report(ledger, "run-1")["summary"]
+
+
+def test_a_run_id_that_is_not_utf8_is_no_run_not_a_crash(ledger: Ledger) -> None:
+    """`edge where $'\\xff\\xfe'`: the shell's bytes reach Python as surrogates, which SQLite cannot take
+    (an outside probe: a UnicodeEncodeError traceback)."""
+    from edge.errors import NotFound
+    from edge.where import resolve_run
+
+    with pytest.raises(NotFound, match="a run uid is text"):
+        resolve_run(ledger, "\udcff\udcfe")
