@@ -408,6 +408,16 @@ class SerialSettings(_Section):
     min_peaks: int = Field(10, ge=0, le=100_000, description="a frame with at least this many peaks is a hit")
     max_peaks: int = Field(512, ge=1, le=100_000, description="peaks kept per frame in the peak table")
 
+    @model_validator(mode="after")
+    def _smallest_peak_not_above_largest(self) -> SerialSettings:
+        # the finder cannot start with them: the run was reduced as raw, with no alarm (an outside probe)
+        if self.min_pixels > self.max_pixels:
+            raise ValueError(
+                f"reduction.serial.min_pixels {self.min_pixels} is above max_pixels {self.max_pixels}: no"
+                " peak could be found"
+            )
+        return self
+
 
 class TomoSettings(_Section):
     """Tomography: which rows are reconstructed while projections arrive, and how."""
@@ -880,7 +890,7 @@ def describe_validation_error(error: ValidationError, prefix: str = "") -> str:
         if not key:  # a check across sections: its message names the settings
             lines.append(str(item["msg"]).removeprefix("Value error, "))
             continue
-        lines.append(f"{key} = {_shown(item.get('input'))}: {item['msg']}")
+        lines.append(f"{key} = {_shown(item.get('input'))}: {str(item['msg']).removeprefix('Value error, ')}")
     return "invalid configuration:\n  " + "\n  ".join(lines)
 
 

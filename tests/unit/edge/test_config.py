@@ -161,7 +161,7 @@ def test_zmq_endpoints_the_sockets_take_are_accepted(key: str, value: str) -> No
 @pytest.mark.parametrize(
     ("overrides", "says"),
     [
-        (["udp.payload_bytes=65"], "udp.payload_bytes = 65: Value error, 65 is not a multiple of 2"),
+        (["udp.payload_bytes=65"], "udp.payload_bytes = 65: 65 is not a multiple of 2"),
         (["detector.height=16384", "detector.width=16384"], "268,435,456 pixels, more than 67,108,864"),
         (
             ["udp.module_rows=4096", "udp.module_cols=4096", "udp.grid_rows=8", "udp.grid_cols=4"],
