@@ -98,6 +98,13 @@ def current_alarms(status: Mapping[str, Any]) -> list[dict[str, Any]]:
             f" record{'' if records == 1 else 's'}); open the run below for the ranges and reasons"
         )
         out.append(_alarm(f"run:{uid}:lost", "run", "major", message, run_uid=uid))
+    failed = (status.get("pipeline") or {}).get("mode_failed") or {}
+    if uid and failed.get("run_uid") == uid:
+        message = (
+            f"Run {_short(uid)}: mode {failed.get('mode')} could not start ({failed.get('error')}): its"
+            " frames are stored raw, without the mode's products"
+        )
+        out.append(_alarm(f"run:{uid}:mode", "run", "major", message, run_uid=uid))
     if uid and int(run.get("frames_incomplete") or 0) > 0:
         count = run["frames_incomplete"]
         message = f"Run {_short(uid)}: {count:,} frames incomplete (kept, missing pixels flagged)"

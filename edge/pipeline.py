@@ -121,6 +121,7 @@ class Pipeline:
         self.store_blanks = store_blanks
         self.disk = disk
         self.stats: Counter[str] = Counter()
+        self.mode_failed: dict[str, str] | None = None  # the newest run whose mode stage could not start
         self.warming = 0  # mode warm-ups running (`warm_up`, on this thread or one of its own)
         # the open (or last) run's vetoed frames, live: the ledger has a run's count once it has ended
         self._run_vetoed: tuple[str | None, int] = (None, 0)
@@ -212,6 +213,7 @@ class Pipeline:
             "busy_seconds": round(self._busy_seconds, 3),
             "run": store.run_uid if store else None,
             "queued": self._work.qsize(),
+            "mode_failed": self.mode_failed,
             **{k: int(v) for k, v in self.stats.items()},
             **({} if self.run_masks is None else {k: int(v) for k, v in self.run_masks.stats.items()}),
         }
@@ -359,6 +361,12 @@ class Pipeline:
             return make_stage(self._context(shape, params, mask, earlier, str(record.get("dtype", "uint16"))))
         except Exception as error:  # e.g. tomo slices outside the frame: store the frames, say why
             self.stats["mode_setup_errors"] += 1
+            # the newest run whose mode could not start: an alarm while it is the run on screen
+            self.mode_failed = {
+                "run_uid": str(record.get("run_uid")),
+                "mode": params.mode,
+                "error": str(error)[:300],
+            }
             log.error(
                 "run %s: mode %s cannot start (%s); storing raw frames only",
                 record.get("run_uid"),

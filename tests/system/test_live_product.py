@@ -102,3 +102,26 @@ def test_a_mode_change_as_a_series_starts_is_refused_or_taken_by_that_run(tmp_pa
         wait_for(lambda: appliance.ledger.run("racing")["ended_at"], 30, "the run's end")
         assert outcome == ["refused: run racing is open: reduction parameters change between runs"]
         assert appliance.ledger.run("racing")["mode"] == appliance.reduction.current().mode == "powder"
+
+
+def test_a_run_whose_mode_cannot_start_raises_an_alarm(tmp_path: Path) -> None:
+    """A series of another shape than the settings' with a tomography row outside it: the run is stored
+    raw. An outside probe found such a run (then with serial min_pixels above max_pixels) said so only in
+    the log and a counter: the operator asked for a mode and got none of its products, no alarm."""
+    with in_process_appliance(tmp_path, SHAPE, 'reduction.mode="tomo"', "reduction.tomo.slices=[30]") as (
+        appliance,
+        push,
+        settings,
+    ):
+        http = TestClient(create_app(settings, appliance.view))
+        small = (16, 16)
+        push.send_multipart(encode_series_start(1, small, "uint16", run_uid="rawrun", frames_expected=2))
+        for frame in range(2):
+            push.send_multipart(encode_image(1, frame, small, "uint16", np.ones(small, np.uint16).tobytes()))
+        push.send_multipart(encode_series_end(1))
+        wait_for(lambda: appliance.ledger.run("rawrun")["ended_at"], 30, "the run's end")
+        alarms = {a["id"]: a for a in http.get("/api/alarms").json()}
+        alarm = alarms["run:rawrun:mode"]
+        assert alarm["severity"] == "major" and "mode tomo could not start" in alarm["message"]
+        assert "stored raw" in alarm["message"] and "30" in alarm["message"]
+        assert http.get("/api/status").json()["pipeline"]["mode_failed"]["run_uid"] == "rawrun"
