@@ -319,11 +319,19 @@ def create_app(
         return appliance.runs()
 
     @app.get("/api/run-summaries")
-    def run_summaries(limit: int = Query(20, ge=1, le=500)) -> list[dict[str, Any]]:
+    def run_summaries(
+        limit: str = Query("20", pattern=r"^[0-9]{1,9}$", description="1..500"),
+    ) -> list[dict[str, Any]]:
         """The newest ``limit`` runs, newest first, each with file counts by state, losses and what is
-        pending upstream (one where-report per run, so the dashboard asks for a few)."""
+        pending upstream (one where-report per run, so the dashboard asks for a few). ``limit`` is the
+        digits of an integer, as the docs say: pydantic's int took ``1.0`` and `` 5`` too."""
+        count = int(limit)
+        if not 1 <= count <= 500:
+            raise RequestValidationError(
+                [{"loc": ("query", "limit"), "msg": "Input should be from 1 to 500", "type": "value_error"}]
+            )
         rows = appliance.runs()
-        newest = sorted(rows, key=lambda row: row.get("started_at") or 0.0, reverse=True)[:limit]
+        newest = sorted(rows, key=lambda row: row.get("started_at") or 0.0, reverse=True)[:count]
         summaries = []
         for row in newest:
             try:

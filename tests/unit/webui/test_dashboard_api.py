@@ -88,6 +88,10 @@ def test_run_summaries_limit() -> None:
     c = client()
     assert [row["run_uid"] for row in c.get("/api/run-summaries?limit=1").json()] == ["new"]
     assert c.get("/api/run-summaries?limit=0").status_code == 422
+    # not the digits of an integer (an outside probe: 1.0 and " 5" were taken)
+    for bad in ("1.0", "%20%205", "1e3", "abc", "NaN", "501", "-1", "", "9" * 40):
+        answer = c.get(f"/api/run-summaries?limit={bad}")
+        assert answer.status_code == 422 and "query.limit" in answer.json()["detail"], (bad, answer.text)
 
 
 def test_run_summary_shows_the_ledgers_totals(tmp_path: Path) -> None:
