@@ -1221,10 +1221,17 @@ class ApplianceIOC:
     ) -> tuple[dict[str, Any], list[dict[str, Any]], str | None, dict[str, Any], dict[str, Any] | None]:
         """The appliance's status, the files of the current run, why a run would be refused now, the
         next run's reduction parameters and the newest run's mode figures (blocking: run in a thread)."""
+        status = self.view.status()
         run_uid = self._run_uid
+        current = ((status.get("counts") or {}).get("run") or {}).get("run_uid")
+        if current and not self._acquiring and not self._capturing:
+            # the current (or last) run, whoever started it (RunUid_RBV names it): its files give
+            # NumCaptured_RBV and FullFileName_RBV, not this IOC's own last run's (an outside probe read
+            # a new camera-started run's uid beside the count of an earlier scan)
+            run_uid = str(current)
         files = self.view.run_files(run_uid) if run_uid is not None else []
         tally = self.view.product_tally()
-        return self.view.status(), files, self.refusal(), self._parameters(), tally
+        return status, files, self.refusal(), self._parameters(), tally
 
     def _settle_acquire(self) -> None:
         """``Acquire`` back to 0 if softioc wrote a client's 1 back after the run's put completed (the reset
@@ -1313,9 +1320,10 @@ class ApplianceIOC:
             # the current (or last) run, whoever started it (the detector's own series too); an
             # acquisition or a capture of this IOC shows its run itself
             self._set("RunUid_RBV", _fit(str(current["run_uid"])))
+        if not self._capturing and (run_files or current.get("run_uid")):
+            # frames of the run in closed files: 0 for a run whose first file is still open
+            self._set("HDF1:NumCaptured_RBV", sum(int(f["n_frames"]) for f in run_files))
         if run_files and not self._capturing:
-            if self._acquiring:
-                self._set("HDF1:NumCaptured_RBV", sum(int(f["n_frames"]) for f in run_files))
             data_files = [f for f in run_files if str(f["path"]).endswith(".h5")]  # not the run's documents
             if data_files:
                 self._set("HDF1:FullFileName_RBV", _fit(str(data_files[-1]["path"])))

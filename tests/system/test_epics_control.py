@@ -476,6 +476,12 @@ def test_a_camera_that_goes_straight_to_idle_when_stopped_ends_the_run_abort(
         assert totals["frames_lost"] == 0 and totals["frames_not_acquired"] == 600 - taken, (taken, totals)
         assert totals["frames_stored"] == taken, (taken, totals)
         assert [r["reason"] for r in run["losses"]] == ["aborted"], run["losses"]
+        # the count beside RunUid_RBV is that run's, though no Acquire of the appliance's started it (an
+        # outside probe read a camera-started run's uid beside the frame count of an earlier scan)
+        p = stack.prefix
+        wait_until(lambda: epics.caget(p + "HDF1:NumCaptured_RBV", use_monitor=False) == taken, 10, "count")
+        assert epics.caget(p + "RunUid_RBV", as_string=True, use_monitor=False) == run_uid
+        assert run_uid in epics.caget(p + "HDF1:FullFileName_RBV", as_string=True, use_monitor=False)
     finally:
         stack.stop()
 
