@@ -6,8 +6,10 @@ detector's module layout decides the shape and the wire format the pixel type.
 
 from __future__ import annotations
 
+import base64
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -50,6 +52,25 @@ def preview_step(height: int, width: int) -> int:
     """Take every n-th pixel for the live preview: 1 up to 512 pixels a side (nothing hidden on a small
     detector), 2 up to 1024, ..., 8 for 4096; the preview costs about one 512^2 copy per frame shown."""
     return max(1, math.ceil(max(height, width) / PREVIEW_LONG_SIDE))
+
+
+def preview_image(frame: np.ndarray) -> dict[str, Any]:
+    """A subsampled frame as the dashboard draws it: log1p(counts) scaled to 8 bits, 255 at the 99.5th
+    percentile (``counts_top``) and above; ``pixels_b64`` row-major, one byte a pixel, base64. Negative
+    counts (signed or float pixels: pedestal-subtracted, say) show as 0, NaN and inf as 0 and 255:
+    ``counts_top`` stays a finite number for any pixel type."""
+    counts = np.nan_to_num(frame.astype(np.float32), nan=0.0, posinf=np.finfo(np.float32).max)
+    logged = np.log1p(np.maximum(counts, 0.0))
+    top = float(np.percentile(logged, 99.5))
+    top = top if np.isfinite(top) and top > 0 else 1.0
+    image = np.clip(logged * (255.0 / top), 0, 255).astype(np.uint8)
+    return {
+        "scale": "log1p",
+        "counts_top": round(float(np.expm1(top)), 1),
+        "height": image.shape[0],
+        "width": image.shape[1],
+        "pixels_b64": base64.b64encode(image.tobytes()).decode("ascii"),
+    }
 
 
 def udp_geometry(settings: Settings) -> DetectorGeometry:

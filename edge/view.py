@@ -7,7 +7,6 @@ it). Nothing here changes state.
 
 from __future__ import annotations
 
-import base64
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -21,7 +20,7 @@ from edge.alarms import AlarmBook, current_alarms
 from edge.config import Settings
 from edge.counter_scopes import CounterScopes
 from edge.errors import NotFound
-from edge.frame_format import FrameFormat
+from edge.frame_format import FrameFormat, preview_image
 from edge.http_guard import REFUSED
 from edge.ledger import Ledger
 from edge.upstream.outlook import upstream_outlook
@@ -295,23 +294,12 @@ class ApplianceView:
         if cached is not None and cached[0] is latest:
             return cached[1]
         frame, info = latest
-        # negative counts (signed or float pixels: pedestal-subtracted, say) show as 0, NaN and inf as 0
-        # and 255: counts_top stays a finite number for any pixel type
-        counts = np.nan_to_num(frame.astype(np.float32), nan=0.0, posinf=np.finfo(np.float32).max)
-        logged = np.log1p(np.maximum(counts, 0.0))
-        top = float(np.percentile(logged, 99.5))
-        top = top if np.isfinite(top) and top > 0 else 1.0
-        image = np.clip(logged * (255.0 / top), 0, 255).astype(np.uint8)
         doc = {
             **info,
-            "scale": "log1p",  # 0 is 0 counts, 255 is counts_top (the 99.5th percentile) and above
-            "counts_top": round(float(np.expm1(top)), 1),
             "incomplete": bool(int(info.get("flags") or 0) & 1),  # FLAG_INCOMPLETE: packets were missing
             "detector_height": self._p.frame_format.height,  # the preview is subsampled from this
             "detector_width": self._p.frame_format.width,
-            "height": image.shape[0],
-            "width": image.shape[1],
-            "pixels_b64": base64.b64encode(image.tobytes()).decode("ascii"),
+            **preview_image(frame),
         }
         self._preview_doc = (latest, doc)
         return doc

@@ -14,6 +14,7 @@ from typing import Any
 import h5py
 import numpy as np
 
+from edge.frame_format import preview_image, preview_step
 from edge.modes._stage import STREAM_BLANK, FrameResult, RunContext, _CorrectedStage, frame_row
 from edge.nxmx import crystfel_panel
 from kernels import direct_beam
@@ -29,6 +30,7 @@ class SerialStage(_CorrectedStage):
         "candidates above min_snr, connected components (Barty et al., J. Appl. Cryst. 47 (2014) 1118)"
     )
     RECENT_SECONDS = 300.0
+    HIT_IMAGE_SECONDS = 0.5  # a hit's subsampled image is kept at most this often (a copy per hit)
     PEAK_CHUNK = 64  # peak table columns per HDF5 chunk (see write_products)
 
     def __init__(self, ctx: RunContext) -> None:
@@ -50,6 +52,12 @@ class SerialStage(_CorrectedStage):
         self.hits = 0
         self.vetoed = 0
         self._latest_hit: tuple[int, dict[str, Any]] | None = None
+        # the newest hit whose pixels were kept (subsampled as the live image): the dashboard circles its
+        # peaks on its own frame, not on whatever frame the live image shows then
+        self._hit_image: tuple[int, dict[str, Any], np.ndarray] | None = None
+        self._hit_image_doc: tuple[int, dict[str, Any]] | None = None
+        self._image_kept_at = 0.0
+        self._step = preview_step(*ctx.shape)
         self._recent: deque[tuple[float, int, int]] = deque()  # (time, frames, hits) once a second
 
     independent = True
@@ -66,10 +74,16 @@ class SerialStage(_CorrectedStage):
         if missing is not None:
             frame = raw.astype(np.float32)
             frame[missing] = np.nan
-        return self.finder.find(frame), self._roi_stats(raw, missing)
+        peaks = self.finder.find(frame)
+        image = None
+        now = time.monotonic()
+        if len(peaks) >= self.min_peaks and now - self._image_kept_at >= self.HIT_IMAGE_SECONDS:
+            self._image_kept_at = now  # (frames analysed at once may both keep one: harmless)
+            image = np.array(raw[:: self._step, :: self._step])  # a copy: the ring slot is reused
+        return peaks, self._roi_stats(raw, missing), image
 
     def fold(self, analysis: Any, frame: int, image_key: int, angle: float) -> FrameResult:
-        peaks, roi = analysis
+        peaks, roi, image = analysis
         self.frames += 1
         n = len(peaks)
         hit = n >= self.min_peaks
@@ -87,6 +101,8 @@ class SerialStage(_CorrectedStage):
         if hit:
             self.hits += 1
             self._latest_hit = (frame, table)  # made into the live view's list only when asked for
+            if image is not None:
+                self._hit_image = (frame, table, image)
             result = FrameResult(products={"peaks": table}, row=row)
         elif self.ctx.store_blanks == "drop":
             self.vetoed += 1
@@ -218,7 +234,30 @@ panel0/ss = {vector(panel.ss)}
         for (_, f0, h0), (t1, f1, h1) in itertools.pairwise(recent):
             frames = f1 - f0
             series.append({"t": t1, "hit_rate": (h1 - h0) / frames if frames else 0.0})
-        return {**self.tally(), "recent": series, "latest_hit": self.latest_hit}
+        return {**self.tally(), "recent": series, "latest_hit": self.latest_hit, "hit_image": self.hit_image}
+
+    @property
+    def hit_image(self) -> dict[str, Any] | None:
+        """The newest hit whose pixels were kept (at most every ``HIT_IMAGE_SECONDS``): its frame, its
+        peaks as ``latest_hit`` gives them, and its image subsampled and scaled as the live image
+        (``detector_height``/``detector_width`` its full size)."""
+        kept = self._hit_image
+        if kept is None:
+            return None
+        frame, table, image = kept
+        cached = self._hit_image_doc
+        if cached is not None and cached[0] == frame:
+            return cached[1]
+        height, width = self.ctx.shape
+        doc = {
+            "frame": frame,
+            "peaks": _peak_list(table),
+            "detector_height": height,
+            "detector_width": width,
+            **preview_image(image),
+        }
+        self._hit_image_doc = (frame, doc)
+        return doc
 
     @property
     def latest_hit(self) -> dict[str, Any] | None:
@@ -226,5 +265,10 @@ panel0/ss = {vector(panel.ss)}
         if self._latest_hit is None:
             return None
         frame, table = self._latest_hit
-        columns = (table["peakXPosRaw"], table["peakYPosRaw"], table["peakTotalIntensity"])
-        return {"frame": frame, "peaks": np.stack(columns, axis=-1).astype(float).tolist()}
+        return {"frame": frame, "peaks": _peak_list(table)}
+
+
+def _peak_list(table: dict[str, Any]) -> list[list[float]]:
+    """A peak table's peaks as ``[x, y, intensity]`` (x the fast-scan axis)."""
+    columns = (table["peakXPosRaw"], table["peakYPosRaw"], table["peakTotalIntensity"])
+    return np.stack(columns, axis=-1).astype(float).tolist()

@@ -10,6 +10,7 @@ screenshots are kept in the session's screenshot folder (printed) for a person t
 
 from __future__ import annotations
 
+import base64
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -99,6 +100,18 @@ def busy() -> Iterator[str]:
             "hit_rate": 0.0925,
             "recent": [{"t": now - 60 + i, "hit_rate": 0.05 + 0.001 * i} for i in range(60)],
             "latest_hit": {"frame": 398, "peaks": [[100, 60, 900.0], [300, 200, 400.0], [450, 30, 120.0]]},
+            # the newest hit kept with its pixels: a 128 x 64 image of a 512 x 256 detector, dark
+            "hit_image": {
+                "frame": 396,
+                "peaks": [[100, 60, 900.0], [300, 200, 400.0], [450, 30, 120.0]],
+                "detector_height": 256,
+                "detector_width": 512,
+                "height": 64,
+                "width": 128,
+                "scale": "log1p",
+                "counts_top": 10.0,
+                "pixels_b64": base64.b64encode(bytes(128 * 64)).decode("ascii"),
+            },
         },
     }
     with serve(view) as (url, _server):
@@ -169,6 +182,22 @@ def test_layout_at_each_width(
             " return [c.hidden, document.getElementById('profile-empty').hidden, r.width, r.height, c.width]; })()"
         )
         assert chart[:2] == [False, True] and chart[2] >= 200 and chart[3] >= 200 and chart[4] > 0, chart
+
+        # the newest hit kept is drawn with its own peaks circled, circles a few screen pixels across
+        # however small the canvas is shown (an outside probe saw 1-pixel specks, over another frame)
+        hit = browser.evaluate(
+            "(() => { const c = document.getElementById('hit-image'); if (!c) return null;"
+            " const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data; let red = 0;"
+            " for (let i = 0; i < d.length; i += 4) if (d[i] > 200 && d[i + 1] < 120) red += 1;"
+            " const r = c.getBoundingClientRect(); return [red, c.width, r.width]; })()"
+        )
+        assert hit is not None, "no hit image in the Mode card"
+        red, canvas_width, shown_width = hit
+        # three rings of 6 screen pixels' radius: each about 2 pi r = 38 pixels of line at least
+        assert red >= 3 * 30 * (canvas_width / shown_width), hit
+        assert "frame 396, its peaks circled" in browser.evaluate(
+            "document.querySelector('.hit-figure').innerText"
+        )
 
         browser.evaluate("window.scrollTo(0, 0)")
         shot = browser.screenshot(screenshot_dir / f"dashboard-{width}px.png", full_page=True)

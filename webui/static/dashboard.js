@@ -273,7 +273,44 @@
     for (const b of document.querySelectorAll(".zoom button")) b.classList.toggle("on", Number(b.dataset.zoom) === zoom);
   }
 
-  /** Peaks of the latest serial hit over the live image (detector pixels -> preview pixels). */
+  /** Circles of ``peaks`` ([x, y, ...] in detector pixels of a frame ``detWidth`` wide) on ``canvas``,
+   * sized on screen: the canvas is often shown much smaller than it is (a 6-pixel circle drawn on a
+   * 2048-pixel canvas shown 300 pixels wide was a red speck). */
+  function circlePeaks(canvas, peaks, detWidth, detHeight) {
+    const ctx = canvas.getContext("2d");
+    const sx = canvas.width / (num(detWidth) || canvas.width);
+    const sy = canvas.height / (num(detHeight) || canvas.height);
+    const shownWidth = canvas.getBoundingClientRect().width || canvas.width;
+    const perCssPixel = canvas.width / shownWidth;
+    ctx.strokeStyle = "#ff3b30";
+    ctx.lineWidth = 1.5 * perCssPixel;
+    const radius = 6 * perCssPixel;
+    for (const peak of peaks.slice(0, 500)) {
+      const [x, y] = peak;
+      ctx.beginPath();
+      ctx.arc(num(x) * sx, num(y) * sy, radius, 0, 2 * Math.PI);
+      ctx.stroke();
+    }
+  }
+
+  /** The newest hit whose pixels the appliance kept, with its own peaks circled. */
+  function drawHit(canvas, hit) {
+    if (!canvas || !hit.width || !hit.height) return;
+    // drawn at the size it is shown (a small image blown up, or a large one shrunk), so the circles
+    // are crisp lines of a pixel or two, not smears of the image's own pixels
+    const source = document.createElement("canvas");
+    paint(source, hit.width, hit.height, hit.pixels_b64);
+    const shown = canvas.getBoundingClientRect().width || hit.width;
+    const width = Math.max(1, Math.round(shown * (window.devicePixelRatio || 1)));
+    canvas.width = width;
+    canvas.height = Math.max(1, Math.round((width * hit.height) / hit.width));
+    const ctx = canvas.getContext("2d");
+    ctx.imageSmoothingEnabled = false;
+    ctx.drawImage(source, 0, 0, canvas.width, canvas.height);
+    if (Array.isArray(hit.peaks)) circlePeaks(canvas, hit.peaks, hit.detector_width, hit.detector_height);
+  }
+
+  /** Peaks of the latest serial hit over the live image, while that image is the hit's own frame. */
   function drawOverlay() {
     const canvas = $("overlay");
     const preview = state.preview?.doc;
@@ -284,16 +321,10 @@
     canvas.height = preview.height * 4;
     ctx.clearRect(0, 0, canvas.width, canvas.height);
     if (!hit || !Array.isArray(hit.peaks)) return;
-    const sx = canvas.width / (num(preview.detector_width) || preview.width);
-    const sy = canvas.height / (num(preview.detector_height) || preview.height);
-    ctx.strokeStyle = "#ff3b30";
-    ctx.lineWidth = 2;
-    for (const peak of hit.peaks.slice(0, 500)) {
-      const [x, y] = peak;
-      ctx.beginPath();
-      ctx.arc(num(x) * sx, num(y) * sy, 6, 0, 2 * Math.PI);
-      ctx.stroke();
-    }
+    // the hit's peaks belong to its own frame: over any other frame they would mark spots it lacks
+    // (the Mode card shows the newest hit with its peaks, whatever the live image shows)
+    if (num(preview.frame) !== num(hit.frame) || (state.product?.run_uid && preview.run_uid !== state.product.run_uid)) return;
+    circlePeaks(canvas, hit.peaks, preview.detector_width, preview.detector_height);
   }
 
   // ---- profile plot ---------------------------------------------------------------------------------------
@@ -446,7 +477,11 @@
       const hit = s.latest_hit;
       html = `<div class="big" id="hit-rate">${esc(Number.isFinite(num(s.hit_rate)) ? (num(s.hit_rate) * 100).toFixed(1) : "–")}<span class="unit"> % hits</span></div>` +
         `<table class="kv"><tr><th>frames</th><td>${esc(fmtInt(s.frames))}</td></tr><tr><th>hits</th><td>${esc(fmtInt(s.hits))}</td></tr>` +
-        `<tr><th>latest hit</th><td>${hit ? `frame ${esc(fmtInt(hit.frame))}, ${esc(fmtInt((hit.peaks || []).length))} peaks (circled on the image)` : "none yet"}</td></tr></table>` +
+        `<tr><th>latest hit</th><td>${hit ? `frame ${esc(fmtInt(hit.frame))}, ${esc(fmtInt((hit.peaks || []).length))} peaks` : "none yet"}</td></tr></table>` +
+        (s.hit_image?.pixels_b64
+          ? `<figure class="hit-figure"><canvas id="hit-image" role="img" aria-label="hit frame ${esc(fmtInt(s.hit_image.frame))} with its ${esc(fmtInt((s.hit_image.peaks || []).length))} peaks circled"></canvas>` +
+            `<figcaption class="small muted">frame ${esc(fmtInt(s.hit_image.frame))}, its peaks circled</figcaption></figure>`
+          : "") +
         '<div class="small muted">hit rate over time: the large card</div>';
     } else if (mode === "tomo" && product.tomo) {
       const t = product.tomo;
@@ -476,6 +511,7 @@
       const options = { windowS: Math.max(60, last - (samples[0]?.t ?? last)), format: (v) => `${v.toFixed(1)} %`, floor: 0 };
       window.EdgeCharts.trend($("wide-hits"), samples, (s) => s.v, options);
     }
+    if (mode === "serial" && product.serial?.hit_image?.pixels_b64) drawHit($("hit-image"), product.serial.hit_image);
     if (mode === "tomo" && product.tomo?.slice?.pixels_b64) {
       const sl = product.tomo.slice;
       paint($("wide-slice"), sl.width, sl.height, sl.pixels_b64);

@@ -149,3 +149,25 @@ def test_every_mode_s_frame_table_row_carries_the_angle_a_frame_came_with() -> N
         with_angle.finish()  # (powder's result may still be computing)
         assert with_angle.row["rotation_angle"] == 12.5, mode
         assert with_angle.row["image_key"] == 0
+
+
+def test_the_newest_hit_s_image_is_kept_with_its_own_peaks() -> None:
+    """An outside dashboard probe: the newest hit's peaks were circled over whatever frame the live image
+    showed then. The live view now carries the hit's own pixels (subsampled as the live image, one at
+    most every HIT_IMAGE_SECONDS) beside its peaks."""
+    import base64
+
+    stage = _stage("serial", serial={"min_peaks": 1})
+    rng = np.random.default_rng(2)
+    frame = rng.poisson(10, (SIDE, SIDE)).astype(np.uint16)
+    frame[10:12, 20:22] = 500
+    stage.process(frame, 7, 0, float("nan"))
+    image = stage.live()["hit_image"]
+    assert image["frame"] == 7 and (image["height"], image["width"]) == (SIDE, SIDE)
+    assert (image["detector_height"], image["detector_width"]) == (SIDE, SIDE)
+    pixels = np.frombuffer(base64.b64decode(image["pixels_b64"]), np.uint8).reshape(SIDE, SIDE)
+    assert pixels[10, 20] == 255 and pixels[0, 0] < 255  # the spot at the top of the scale
+    (x, y, _intensity), *_ = image["peaks"]
+    assert abs(x - 20.5) < 1 and abs(y - 10.5) < 1  # x the column, y the row
+    stage.process(np.roll(frame, 5, axis=1), 8, 0, float("nan"))  # a hit within HIT_IMAGE_SECONDS
+    assert stage.live()["latest_hit"]["frame"] == 8 and stage.live()["hit_image"]["frame"] == 7
