@@ -307,10 +307,18 @@ class Retention:
     def forecast_seconds(self) -> float | None:
         """Seconds until the store is full of data retention may not delete (not yet verified upstream,
         or kept local), at the rate that data grew over the last two minutes (written minus verified);
-        None while it is not growing. Verified files count as room: retention purges them for space."""
-        if len(self._samples) < 2:
+        None while it is not growing. Verified files count as room: retention purges them for space.
+
+        The growth is that of the low points, the least unverified data of the window's first and last
+        quarters: while the consumer keeps up, unverified data comes and goes a file at a time, and two
+        single samples (the window's ends) caught it once at 0 and once at a file's size: "full in 3
+        days" flickered on a store that was not filling (an outside dashboard probe)."""
+        samples = list(self._samples)
+        if len(samples) < 2:
             return None
-        (t0, b0), (t1, b1) = self._samples[0], self._samples[-1]
+        k = max(1, len(samples) // 4)
+        t0, b0 = samples[0][0], min(b for _, b in samples[:k])
+        t1, b1 = samples[-k][0], min(b for _, b in samples[-k:])
         rate = (b1 - b0) / (t1 - t0) if t1 > t0 else 0.0
         if rate <= 0:
             return None

@@ -359,9 +359,17 @@ def test_a_run_opens_from_the_keyboard_and_one_run_is_counted_as_one(
         " return document.activeElement === row; })()"
     )
     assert focused, "a run's row takes the keyboard focus"
+    # the table is rebuilt as the ledger changes: the focused row keeps the focus (it fell back to the
+    # page's start at every refresh, an outside probe's)
+    before = browser.evaluate("window.edgeDashboard.runsFetchedAt")
+    view.base["ledger"]["frames_stored"] = int(view.base["ledger"].get("frames_stored") or 0) + 1
+    browser.wait_for(f"window.edgeDashboard.runsFetchedAt > {before}", 15, "the runs table asked again")
+    time.sleep(1.0)  # (its answer drawn)
+    assert browser.evaluate("document.activeElement.dataset.run") == CLEAN, "the row lost the focus"
     browser.press("Enter")
     browser.wait_for(f"document.getElementById('where-run').textContent === '{CLEAN}'", 10, "the run opened")
     assert not browser.evaluate("document.getElementById('where-card').hidden")
+    assert browser.evaluate("document.activeElement.id") == "where-card"  # the keyboard goes there next
     # a file without raw frames says what it holds (it read "metadata" for a reduced products file)
     cells = "[...document.querySelectorAll('#where-files tbody tr td:nth-child(5)')].map(e => e.textContent)"
     frames = browser.wait_for(f"{cells}.length === 2 && {cells}", 10, "the run's files")

@@ -831,7 +831,10 @@
       return;
     }
     const td = (label, html, cls = "") => `<td data-label="${label}"${cls ? ` class="${cls}"` : ""}><span class="v">${html}</span></td>`;
-    body.innerHTML = runs.map((r) => {
+    // the table is rebuilt every few seconds: a keyboard user's row keeps its focus (it fell back to
+    // the page's start at every refresh, an outside probe's)
+    const focused = document.activeElement?.closest?.("#runs tr[data-run]")?.dataset.run;
+    const html = runs.map((r) => {
       const lost = num(r.frames_lost);
       const lostCell = lost > 0 || num(r.loss_records) > 0
         ? `<span class="bad">${esc(fmtInt(lost))}</span> <span class="muted small">(${esc(fmtInt(r.loss_records))} rec.)</span>`
@@ -846,6 +849,9 @@
         td("lost", lostCell, "num") + td("files", esc(fmtInt(r.files)), "num") + td("state", stateChips(r.states)) +
         td("pending", esc(pendingText(r.bytes_pending)), "num") + "</tr>";
     }).join("");
+    if (body.innerHTML === html) return; // nothing changed: the rows (and the focus) stay as they are
+    body.innerHTML = html;
+    if (focused) [...body.rows].find((tr) => tr.dataset.run === focused)?.focus({ preventScroll: true });
   }
 
   // as `edge where`: a run continuing another from frame F accounts for its series' frames from F on
@@ -1170,6 +1176,7 @@
     if (row && (event.key === "Enter" || event.key === " ")) {
       event.preventDefault();
       selectRun(row.dataset.run);
+      $("where-card").focus(); // the card just opened is where the keyboard goes next
     }
   });
   for (const id of ["filter-name", "filter-date", "filter-mode", "filter-state"]) $(id).addEventListener("input", renderRuns);

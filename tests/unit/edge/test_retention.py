@@ -320,3 +320,33 @@ def test_a_full_store_whose_verified_files_cannot_be_deleted_raises_the_alarm_sa
     assert retention.purge_once() == 1
     retention._pressure = None
     assert retention.refusal() is None and retention.alarm is None and not retention.under_pressure()
+
+
+def test_no_fill_forecast_while_the_consumer_keeps_up_a_file_at_a_time(
+    ledger: Ledger, tmp_path: Path
+) -> None:
+    """Unverified data comes and goes a file at a time while the consumer keeps up: the window's two
+    ends caught it at 0 and at a file's size, and "full in 3 days" flickered (an outside probe)."""
+    clock = FakeClock()
+    settings = RetentionSettings(quota_bytes=10_000_064, headroom_bytes=64)
+    retention = Retention(ledger, tmp_path, settings, clock=clock, executor=ManualExecutor())
+    retention.run_pass()  # nothing unverified when the window opens
+    for n in range(12):
+        path = store_file(ledger, tmp_path, f"f{n}.h5", 10_000)  # written: unverified for a moment
+        clock.now += 0.5
+        retention.run_pass()
+        if n < 11:  # verified before the next pass (the last one is still on its way at the window's end)
+            row = ledger.files()[-1]
+            chunk = ledger.pending_chunks("hpc", [], 1)[0]
+            ledger.chunk_acked("hpc", chunk["id"], chunk["checksum"])
+            assert ledger.file_verified("hpc", row["id"], 10_000, "sum")
+            clock.now += 0.5
+            retention.run_pass()
+        assert path.exists()
+    assert retention.forecast_seconds() is None
+    # and a store that does fill is forecast once it has for a quarter of the window: files, none verified
+    for n in range(12, 24):
+        store_file(ledger, tmp_path, f"f{n}.h5", 10_000)
+        clock.now += 1.0
+        retention.run_pass()
+    assert retention.forecast_seconds() is not None
