@@ -199,6 +199,20 @@ def test_layout_at_each_width(
             "document.querySelector('.hit-figure').innerText"
         )
 
+        # the consumers table fits its card: no scroll bar for a few pixels over its last column
+        consumers = browser.evaluate(
+            "(() => { const w = document.getElementById('consumers').parentElement;"
+            " return [w.scrollWidth, w.clientWidth]; })()"
+        )
+        assert consumers[0] <= consumers[1] + 1, consumers
+
+        # every picture has a name a screen reader says (the colour bar and the trends had none)
+        unnamed = browser.evaluate(
+            "[...document.querySelectorAll('canvas')].filter(c => c.getAttribute('aria-hidden') !== 'true'"
+            " && !(c.getAttribute('role') === 'img' && (c.getAttribute('aria-label') || '').trim())).map(c => c.id)"
+        )
+        assert unnamed == [], unnamed
+
         browser.evaluate("window.scrollTo(0, 0)")
         shot = browser.screenshot(screenshot_dir / f"dashboard-{width}px.png", full_page=True)
         print(f"screenshot at {width} px: {shot}")

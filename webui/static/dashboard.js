@@ -500,7 +500,7 @@
     } else if (mode === "powder" && product.powder) {
       const p = product.powder;
       html = `<div class="small">profile: ${esc(fmtInt((p.radial || []).length))} bins in ${esc(UNIT_LABELS[p.unit] || p.unit || "–")} (plotted alongside)</div>` +
-        (p.cake ? `<div class="small">cake ${esc(p.cake.width)} × ${esc(p.cake.height)} (radial × azimuthal)</div><canvas id="powder-cake"></canvas>` : "");
+        (p.cake ? `<div class="small">cake ${esc(p.cake.width)} × ${esc(p.cake.height)} (radial × azimuthal)</div><canvas id="powder-cake" role="img" aria-label="the newest frame's cake: radial across, azimuthal down"></canvas>` : "");
     } else {
       html = '<p class="muted small">raw mode: frames are stored as they come, nothing reduced</p>';
     }
