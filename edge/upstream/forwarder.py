@@ -167,7 +167,8 @@ class Forwarder:
         """Send in order; after one peer's send fails, give back the rest of its messages unsent."""
         failed: set[bytes] = set()
         for item in outgoing:
-            if item.identity not in failed:
+            attempted = item.identity not in failed
+            if attempted:
                 frames = p.encode(item.message, item.payload)
                 try:
                     # copy=False: the chunk goes out from its mapping (parts under 64 kB are copied)
@@ -177,4 +178,4 @@ class Forwarder:
                     log.debug("send to %r failed: %s", item.identity, error)
                     failed.add(item.identity)
             with self._lock:
-                self.session.undeliverable(item)
+                self.session.undeliverable(item, attempted)

@@ -325,9 +325,12 @@ class ForwarderSession:
             out += [Outgoing(c.identity, p.Heartbeat()) for c in self.consumers.values() if not c.unreachable]
         return out
 
-    def undeliverable(self, outgoing: Outgoing) -> None:
-        """The socket could not take ``outgoing`` (peer gone, its queue full): undo what sending it cost."""
-        self.stats["send_failures"] += 1
+    def undeliverable(self, outgoing: Outgoing, attempted: bool = True) -> None:
+        """The socket could not take ``outgoing`` (peer gone, its queue full): undo what sending it cost.
+        ``attempted`` False: it was never tried, its consumer's send having failed before it in the same
+        look (counted in ``sends_withdrawn``, not as a failure: a full queue is one failure, however
+        many messages were waiting behind it; an outside probe saw 3596 "failures" for one)."""
+        self.stats["send_failures" if attempted else "sends_withdrawn"] += 1
         self._changed = True
         name = self._by_identity.get(outgoing.identity)
         consumer = self.consumers.get(name) if name else None

@@ -575,3 +575,29 @@ def test_a_mismatch_of_a_purged_file_does_not_say_it_is_resent(
     assert session.stats["files_mismatched"] == 1
     assert "cannot be sent again" in caplog.text and "resending" not in caplog.text
     assert chunks(session.tick(0.6)) == []
+
+
+def test_one_failed_send_is_one_failure_and_the_messages_behind_it_are_withdrawn(ledger: Ledger) -> None:
+    """An outside client probe: a consumer whose queue filled showed 3596 send failures for one look (each
+    message handed out behind the failed one counted as failing, though never tried)."""
+    import zmq
+
+    from edge.upstream.forwarder import Forwarder
+
+    context = zmq.Context()
+    forwarder = Forwarder("tcp://127.0.0.1:0", ledger, context)
+    sock = context.socket(zmq.ROUTER)
+    sock.router_mandatory = True  # as the forwarder's: a send to a peer not connected fails at once
+    sock.linger = 0
+    try:
+        connect(forwarder.session, credit=3)  # a peer that is not on this socket: every send fails
+        out = forwarder.session.tick(0.0)
+        assert len(chunks(out)) == 3
+        forwarder._send(sock, out)
+        stats = forwarder.session.stats
+        assert stats["send_failures"] == 1 and stats["sends_withdrawn"] == len(out) - 1
+        (state,) = forwarder.session.consumer_states(0.1)
+        assert state["unreachable"] and state["in_flight"] == 0 and state["credit"] == 3
+    finally:
+        sock.close(0)
+        context.term()
