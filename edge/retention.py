@@ -74,6 +74,7 @@ class Retention:
         # set when writing is held back and verified files could make room: the next pass runs now,
         # not after interval_seconds (the pipeline waits for it, the ring filling meanwhile)
         self._purge_now = threading.Event()
+        self._hurried_at = float("-inf")  # when the disk's low free space last woke the purge
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
         self._pressure: tuple[float, bool] | None = None  # (when, answer) of the last under_pressure
@@ -150,7 +151,19 @@ class Retention:
         ledger queries and a disk query) on the executor when older than ``PRESSURE_RECHECK_S``, and
         the last answer stands meanwhile. Usage counts closed files only, which change a few times a
         second. The first call computes it in place.
+
+        The disk's own free space is asked every time (a statvfs, microseconds): at or below the
+        headroom, writing waits at once. Between two recomputed answers (0.2 s and the pipeline's
+        queue) a detector writing 30 MB/s filled an 8 MiB headroom, open files and the ledger's
+        journal not being in the ledger's count, and frames were lost to a full disk while the pull
+        client kept up (an outside chaos probe).
         """
+        if self._disk_free() <= self.settings.headroom_bytes:
+            now = self.clock()
+            if now - self._hurried_at >= PRESSURE_RECHECK_S:  # verified files may make the room
+                self._hurried_at = now
+                self._purge_now.set()
+            return True
         cached = self._pressure
         if cached is None:
             return self._refresh_pressure()

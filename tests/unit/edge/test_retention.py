@@ -350,3 +350,23 @@ def test_no_fill_forecast_while_the_consumer_keeps_up_a_file_at_a_time(
         clock.now += 1.0
         retention.run_pass()
     assert retention.forecast_seconds() is not None
+
+
+def test_a_disk_down_to_its_headroom_holds_writing_at_once(
+    ledger: Ledger, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An outside chaos probe: 30 MB/s into a 96 MiB store with an 8 MiB headroom, the pull client keeping
+    up; between two recomputed answers (0.2 s, and the pipeline's queue) the headroom filled, the open
+    files and the ledger's journal not being in the ledger's count: ~300 frames lost to a full disk.
+    The disk's free space is asked at every check now."""
+    disk = _Disk(total=100_000_000, free=50_000_000)
+    monkeypatch.setattr(retention_module.psutil, "disk_usage", disk)
+    clock, executor = FakeClock(), ManualExecutor()
+    settings = RetentionSettings(headroom_bytes=8_000_000)
+    retention = Retention(ledger, tmp_path, settings, clock=clock, executor=executor)
+    assert retention.under_pressure() is False  # computed in place; the answer stands 0.2 s
+    disk.free = 8_000_000  # written meanwhile, down to the headroom
+    assert retention.under_pressure() is True and executor.queue == []  # at once, not at the next answer
+    assert retention._purge_now.is_set()  # and the purge is woken (verified files may make the room)
+    disk.free = 9_000_000
+    assert retention.under_pressure() is False
