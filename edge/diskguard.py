@@ -31,6 +31,9 @@ NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
 NO_SPACE_TEXT = ("no space left", "disk is full", "errno = 28", "quota exceeded")
 
 
+RECHECK_SECONDS = 0.1  # how often a full disk's free space is measured again
+
+
 def is_no_space(error: BaseException) -> bool:
     """Whether ``error`` says the filesystem is out of space (OS, HDF5 via h5py, or SQLite)."""
     if isinstance(error, OSError) and error.errno in NO_SPACE:
@@ -142,12 +145,14 @@ class DiskGuard:
         return True
 
     def check(self) -> bool:
-        """Whether the disk is (still) full; re-measured at most once a second while it is."""
+        """Whether the disk is (still) full; re-measured at most every ``RECHECK_SECONDS`` while it is
+        (a statvfs: once a second let ~300 frames become losses after the space was back, an outside
+        chaos probe)."""
         if not self.full:
             return False
         now = self.clock()
         with self._lock:
-            if now - self._checked_at < 1.0:
+            if now - self._checked_at < RECHECK_SECONDS:
                 return True
             self._checked_at = now
             free = psutil.disk_usage(str(self.store)).free

@@ -7,6 +7,7 @@ goes again."""
 
 from __future__ import annotations
 
+import errno
 import logging
 import sqlite3
 from pathlib import Path
@@ -90,7 +91,7 @@ def test_records_a_full_ledger_refuses_are_held_merged_and_made_when_space_retur
     assert recorder.held() == 2  # one merged loss record, and the run's end
     assert ledger.losses(uid) == [] and ledger.run(uid)["ended_at"] is None
     assert recorder.counts["runs_failed_all_lost"] == 1  # the held losses count: every frame was lost
-    recorder.retry_pending()  # still full (re-measured at most once a second): nothing is tried
+    recorder.retry_pending()  # still full (re-measured at most every 0.1 s): nothing is tried
     assert recorder.held() == 2
     _uncap(ledger)
     clock.now += 2.0
@@ -186,3 +187,14 @@ def test_what_a_full_disk_still_holds_at_shutdown_is_logged_record_by_record(
     recorder.give_up_held()  # space is back: written, nothing left to report
     assert recorder.held() == 0 and ledger.run(uid)["ended_at"] is not None
     ledger.close()
+
+
+def test_space_that_comes_back_is_seen_within_a_tenth_of_a_second(tmp_path: Path) -> None:
+    """An outside chaos probe: another process filled the disk, retention purged at once, yet writing
+    resumed only a second later (the free space re-measured once a second): ~300 frames lost meanwhile."""
+    clock = Clock()
+    guard = DiskGuard(tmp_path, tmp_path / "ledger.reserve", 0, 0, clock=clock)
+    assert guard.note_error(OSError(errno.ENOSPC, "No space left on device"))
+    assert guard.check()  # just noted: not measured again yet
+    clock.now += 0.15
+    assert not guard.check()  # (this disk has room): writing resumes
