@@ -597,7 +597,13 @@ class RetentionSettings(_Section):
             )
         return self
 
-    headroom_bytes: int = Field(64 << 20, ge=0, description="kept free so open files can always close")
+    headroom_bytes: int = Field(
+        64 << 20,
+        ge=0,
+        description="kept free so open files can always close: with the disk's free space down to it"
+        " (measured at every frame), writing waits for room; 0 = none kept, writing goes on until the disk"
+        " refuses it (disk_full losses)",
+    )
     interval_seconds: float = Field(1.0, gt=0, le=86_400.0)
 
 

@@ -158,7 +158,8 @@ class Retention:
         journal not being in the ledger's count, and frames were lost to a full disk while the pull
         client kept up (an outside chaos probe).
         """
-        if self._disk_free() <= self.settings.headroom_bytes:
+        headroom = self.settings.headroom_bytes
+        if headroom > 0 and self._disk_free() <= headroom:  # (0: none kept, writing goes on to ENOSPC)
             now = self.clock()
             if now - self._hurried_at >= PRESSURE_RECHECK_S:  # verified files may make the room
                 self._hurried_at = now
