@@ -64,6 +64,14 @@ def _port_is_free(port: int) -> bool:
     return True
 
 
+#: ports from 1024 up that browsers refuse to open (Chromium and Firefox: ERR_UNSAFE_PORT): a dashboard
+#: there cannot be shown (a browser test picked 10080 and failed)
+BROWSER_UNSAFE_PORTS = frozenset(
+    {1719, 1720, 1723, 2049, 3659, 4045, 4190, 5060, 5061, 6000, 6566, 6665, 6666, 6667, 6668, 6669}
+    | {6679, 6697, 10080}
+)
+
+
 def _port_range() -> tuple[int, int]:
     """Where `free_port` picks from: ``EDGE_PORT_RANGE``, else from 10000 up to the ephemeral range."""
     low, _high = _ephemeral_range()
@@ -102,7 +110,7 @@ def free_port() -> int:
             with socket.socket() as sock:
                 sock.bind(("127.0.0.1", 0))
                 port = int(sock.getsockname()[1])
-        if port not in _PORTS_GIVEN and _port_is_free(port):
+        if port not in _PORTS_GIVEN and port not in BROWSER_UNSAFE_PORTS and _port_is_free(port):
             _PORTS_GIVEN.add(port)
             return port
     raise RuntimeError("no free loopback port found")

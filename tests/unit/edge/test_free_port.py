@@ -63,3 +63,13 @@ def test_test_workers_pick_from_disjoint_slices(monkeypatch) -> None:
         slices.append(range(first, last + 1))
         assert all(first <= free_port() <= last for _ in range(10))
     assert not set(slices[0]) & set(slices[1])
+
+
+def test_no_port_a_browser_refuses_to_open(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """Chromium refuses 10080 (ERR_UNSAFE_PORT): a browser test's dashboard picked there never opened."""
+    import edge.demo as demo
+
+    monkeypatch.setenv("EDGE_PORT_RANGE", "10080-11079")
+    draws = iter([10080, 10080, 10081])
+    monkeypatch.setattr(demo.secrets.SystemRandom, "randint", lambda self, a, b: next(draws))
+    assert free_port() == 10081
