@@ -390,6 +390,12 @@ class RingSink:
         finally:
             self.opening = None
         refusal = self.refusal()
+        if refusal is not None and (config.get("resumed_after_restart") or config.get("resumed_after_pause")):
+            # a series already going (cut by a restart or a pause) is not a new run: refused, all its frames
+            # would be lost, and stay lost after space returned (an outside probe: kill -9 on a full disk,
+            # 2601 frames refused); it is held back as a run going on is, and stored once there is room
+            log.warning("series %d goes on although new runs are refused now (%s)", series, refusal)
+            refusal = None
         if refusal is not None:  # the run is recorded, refused and closed; its frames become losses
             self.refused = True
             self.recorder.close_run(run_uid, 0, "abort")

@@ -271,6 +271,58 @@ def test_a_daemon_started_on_a_full_disk_comes_up_and_recovers_once_there_is_roo
     assert _our_tracebacks(log.read_text()) == []
 
 
+def test_a_series_resumed_on_a_full_disk_goes_on_and_is_stored_once_there_is_room(
+    tmp_path: Path, small_disk: Path
+) -> None:
+    """An outside probe: kill -9 with the disk full and the detector going on; the restarted daemon
+    refused the resumed series as a new run (all its frames lost, ``run_refused``) and it stayed refused
+    after space returned. A series already going is not a new run: it goes on, and once there is room
+    its frames are stored again, no restart, no new series."""
+    store = small_disk / "store"
+    stack = EdgeStack(
+        tmp_path,
+        [
+            *SMALL_RAW_RUN,
+            "ledger.reserve_bytes=0",
+            "ledger.resume_free_bytes=4194304",
+            "retention.headroom_bytes=0",
+            "sim.rate_hz=50",
+        ],
+    )
+    stack.store = store
+    ballast = small_disk / "ballast.bin"
+    daemon = stack.start_daemon()
+    run_uid = str(uuid.uuid4())
+    try:
+        sim = stack.start("sim", "--frames", "100000", "--run-uid", run_uid)
+        wait_for(lambda: stack.status()["frames"]["stored"] >= 20, 60, "frames stored")
+        daemon.kill()
+        daemon.wait()
+        fill_up(ballast)  # the detector goes on sending into a full disk
+        log = tmp_path / "again.log"
+        again = _start_logged(stack, log)
+        assert stack.status()["store"]["disk_full"]["full"]
+        resumed = wait_for(
+            lambda: (uid := stack.status()["pipeline"].get("run")) and uid != run_uid and uid,
+            60,
+            "the resumed run open",
+        )
+        ballast.unlink()  # (the ledger holds the run's records until then)
+        stored = wait_for(
+            lambda: (n := stack.run(resumed)["frames_stored"]) >= 20 and n,
+            60,
+            "the resumed run's frames stored",
+        )
+        assert stored >= 20 and stack.run(resumed)["exit_status"] is None  # going on, not refused
+        sim.kill()
+        sim.wait()
+        again.send_signal(signal.SIGTERM)
+        assert again.wait(10) == 0
+    finally:
+        stack.stop_all()
+    assert _our_tracebacks(log.read_text()) == []
+
+
 def test_a_consumer_disk_too_small_for_every_file_finishes_the_ones_it_has_room_for(small_disk: Path) -> None:
     """An outside probe: on a small consumer disk the chunks of several files came in turn, each file
     half written (sparse) when the disk filled, and none could ever finish. ``edge pull`` now takes a
