@@ -171,7 +171,10 @@ def build_parser() -> argparse.ArgumentParser:
     keys.add_argument("name")
     where = sub.add_parser("where", help="where is my data: one run's files, states, confirmations, losses")
     _common(where)
-    where.add_argument("run", help="run uid, or a unique prefix of one")
+    where.add_argument(
+        "run",
+        help="run uid, a unique prefix of one, or the uid the detector gave a run recorded under a fresh one",
+    )
     where.add_argument("--json", action="store_true", help="print the report as JSON")
     bench = sub.add_parser("bench", help="run the benchmarks (benchmarks/kernels.py) and print the table")
     bench.add_argument(

@@ -886,7 +886,18 @@ def describe_validation_error(error: ValidationError, prefix: str = "") -> str:
     """Every bad value of a validation error as ``key = value: why``, keys under ``prefix``."""
     lines = []
     for item in error.errors():
-        key = ".".join([prefix] * bool(prefix) + [str(part) for part in item["loc"]])
+        loc = list(item["loc"])
+        if item["type"] == "missing" and loc and isinstance(loc[-1], int):
+            # an item missing from a list of fixed length (a box of 3 numbers for 4): name the list
+            index = loc.pop()
+            key = _key(prefix, loc)
+            lines.append(f"{key} = {_shown(item.get('input'))}: too few values (nothing at index {index})")
+            continue
+        key = _key(prefix, loc)
+        if item["type"] == "value_error" and isinstance(item.get("input"), dict) and key:
+            # a check across a section's keys: its message names them; the section's whole table is noise
+            lines.append(f"{key}: {str(item['msg']).removeprefix('Value error, ')}")
+            continue
         if item["type"] == "extra_forbidden":  # a key no section has: name it as typed (`a.b.c`), in full
             lines += [
                 f"{name} = {_shown(value)}: no such setting (docs/settings.md lists them)"
@@ -898,6 +909,14 @@ def describe_validation_error(error: ValidationError, prefix: str = "") -> str:
             continue
         lines.append(f"{key} = {_shown(item.get('input'))}: {str(item['msg']).removeprefix('Value error, ')}")
     return "invalid configuration:\n  " + "\n  ".join(lines)
+
+
+def _key(prefix: str, loc: list[Any]) -> str:
+    """A setting's name from a validation error's location: ``reduction.roi[0]``, list items indexed."""
+    key = prefix
+    for part in loc:
+        key += f"[{part}]" if isinstance(part, int) else ("." if key else "") + str(part)
+    return key
 
 
 def _dotted(key: str, value: Any) -> list[tuple[str, Any]]:

@@ -44,6 +44,12 @@ _PORTS_GIVEN: set[int] = set()  # never the same port twice from one process
 _LOWEST_PORT = 10000
 
 
+def summary_lines(summary: dict[str, Any]) -> list[str]:
+    """The summary ``--json`` prints, as ``key: value`` lines: strings as they are, every other value as
+    JSON (``null``, ``true``, ``["gpu"]``), as the JSON summary has it."""
+    return [f"{key:>18}: {v if isinstance(v, str) else json.dumps(v)}" for key, v in summary.items()]
+
+
 def _ephemeral_range() -> tuple[int, int]:
     """The kernel's range of ports for outgoing connections and ``bind(port 0)``."""
     try:
@@ -515,8 +521,8 @@ def run_demo(args: argparse.Namespace, settings: Settings, flags: list[str] | No
         if args.json:
             print(json.dumps(summary), flush=True)
         else:
-            for key, value in summary.items():
-                print(f"{key:>18}: {value}")
+            for line in summary_lines(summary):
+                print(line)
         accounted = summary["frames_stored"] + summary["frames_vetoed"] + summary["frames_lost"]
         return 0 if accounted == frames_sent else 1
     except ComponentDied as died:

@@ -117,6 +117,7 @@ def recover(recorder: RunRecorder, root: Path) -> dict[str, Any]:
             log.warning(
                 "run %s did not announce its length; frames after %d cannot be accounted", run_uid, expected
             )
+        crashed = 0
         for first, last in _missing_ranges(int(expected), _not_own(run, covered)):
             recorder.loss(
                 run_uid,
@@ -125,7 +126,15 @@ def recover(recorder: RunRecorder, root: Path) -> dict[str, Any]:
                 "daemon_crash",
                 "held in memory or not yet received when the daemon died",
             )
-            report["frames_lost"] += last - first + 1
+            crashed += last - first + 1
+        if crashed:  # the per-second "lost N frames" line counts them all: say which of them may come back
+            log.warning(
+                "run %s: %d frames recorded lost (daemon_crash) at this start; if its series goes on, the run"
+                ' that resumes it takes back the frames it still receives ("frames handed over")',
+                run_uid,
+                crashed,
+            )
+        report["frames_lost"] += crashed
         mode = str(run.get("mode") or "")
         try:
             recovered = _recover_frame_table(recorder, root, run_uid, mode)

@@ -256,6 +256,20 @@ def test_retention_low_water_above_high_water_and_a_token_with_a_newline_are_ref
         load_settings(None, ['api.token="abc\\ndef"'])
 
 
+def test_a_short_list_item_and_a_check_across_a_section_name_the_setting_not_the_parts() -> None:
+    """An outside docs probe: ``reduction.roi.0.3 = [1, 2, 3]: Field required`` for a box of three
+    numbers, and ``retention = {'low_water': 0.95}: ...`` for a low mark above the high one."""
+    with pytest.raises(ConfigError) as box:
+        load_settings(None, ["reduction.roi=[[1,2,3]]"])
+    assert r"reduction.roi[0] = [1, 2, 3]: too few values (nothing at index 3)" in str(box.value)
+    with pytest.raises(ConfigError) as water:
+        load_settings(None, ["retention.low_water=0.95"])
+    assert "\n  retention: low_water 0.95 is above high_water 0.9" in str(water.value)
+    assert "{" not in str(water.value)
+    with pytest.raises(ConfigError, match=r"upstream\.required_consumers\[0\] = 1: "):
+        load_settings(None, ["upstream.required_consumers=[1]"])
+
+
 def test_a_taken_udp_port_names_the_setting(tmp_path: Path) -> None:
     """An outside admin probe: "cannot start: [Errno 98] Address already in use", naming nothing."""
     import socket

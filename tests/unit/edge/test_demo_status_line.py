@@ -36,3 +36,19 @@ def test_the_line_counts_this_daemon_s_frames_only() -> None:
     }
     text = StatusLine.text(status, None)
     assert "received 68 " in text and "stored 60 " in text and "delivered 50 " in text and "lost 1 " in text
+
+
+def test_the_summary_as_lines_shows_json_values_not_python_ones() -> None:
+    """An outside docs probe: after Ctrl-C the summary read ``hit_rate: None`` and
+    ``backend_degraded_from: ['gpu']``, not the values ``--json`` gives."""
+    from edge.demo import summary_lines
+
+    lines = summary_lines(
+        {"hit_rate": None, "backend_degraded_from": ["gpu"], "sim": {"stopped_early": True}, "store": "/x"}
+    )
+    assert [line.strip() for line in lines] == [
+        "hit_rate: null",
+        'backend_degraded_from: ["gpu"]',
+        'sim: {"stopped_early": true}',
+        "store: /x",
+    ]
