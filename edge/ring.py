@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import logging
 import os
 import threading
 import time
@@ -23,6 +24,8 @@ from typing import Any
 import numpy as np
 
 from firmware_bridge.source import FrameHeader
+
+log = logging.getLogger(__name__)
 
 KIND_EMPTY, KIND_FRAME, KIND_CONTROL = 0, 1, 2
 
@@ -71,9 +74,13 @@ RING_PREFIX = "edge-ring-"
 _SHM_DIR = "/dev/shm"
 
 
+STALE_AFTER_SECONDS = 10.0  # a segment changed more recently than this is never taken for a dead one's
+
+
 def _mapped_shm_names() -> set[str] | None:
-    """Names of the /dev/shm segments some process maps now (a ring's daemon, a live viewer), from every
-    /proc/PID/maps this user may read; None where there is no /proc to read."""
+    """Names of the /dev/shm segments some process maps or holds open now (a ring's daemon, a live
+    viewer, a daemon between making its ring and mapping it), from every /proc/PID/maps and /proc/PID/fd
+    this user may read; None where there is no /proc to read."""
     try:
         pids = [entry for entry in os.listdir("/proc") if entry.isdigit()]
     except OSError:
@@ -87,30 +94,50 @@ def _mapped_shm_names() -> set[str] | None:
                     at = line.find(prefix)
                     if at >= 0:
                         names.add(line[at + len(prefix) :].split(" (deleted)")[0].strip())
+            for fd in os.listdir(f"/proc/{pid}/fd"):
+                with contextlib.suppress(OSError):  # closed meanwhile
+                    target = os.readlink(f"/proc/{pid}/fd/{fd}")
+                    if target.startswith(prefix):
+                        names.add(target[len(prefix) :].split(" (deleted)")[0].strip())
         except OSError:  # gone meanwhile, or another user's (its segments are not ours to remove)
             continue
     return names
 
 
-def sweep_stale_rings(names: tuple[str, ...] = ()) -> tuple[list[str], int]:
+def sweep_stale_rings(
+    names: tuple[str, ...] = (), min_age: float = STALE_AFTER_SECONDS
+) -> tuple[list[str], int]:
     """Remove the rings no process maps any more: a daemon killed (kill -9, a power cut of the process)
     leaves its segment in /dev/shm, and each restart added one until the shared memory was full. Takes
     the default-named ones (``edge-ring-...``) and ``names`` (a ``ring.name`` set in the settings, which
-    a restart after a kill could otherwise not make again). Returns the names removed and their bytes."""
-    mapped = _mapped_shm_names()
-    if mapped is None:
-        return [], 0
+    a restart after a kill could otherwise not make again). Returns the names removed and their bytes.
+
+    Another daemon may be making its ring at the same moment (an outside probe: four daemons started at
+    once, one found its ring deleted and crashed at its stop): /dev/shm is listed before the segments in
+    use are collected (a ring made after the listing is not a candidate; one made before it is mapped or
+    open by then), a segment held open counts as in use, and one changed in the last ``min_age`` seconds
+    is left alone."""
     try:
         present = os.listdir(_SHM_DIR)
     except OSError:
         return [], 0
+    candidates = [name for name in present if name.startswith(RING_PREFIX) or name in names]
+    if not candidates:
+        return [], 0
+    mapped = _mapped_shm_names()
+    if mapped is None:
+        return [], 0
     removed, freed = [], 0
-    for name in present:
-        if not (name.startswith(RING_PREFIX) or name in names) or name in mapped:
+    now = time.time()
+    for name in candidates:
+        if name in mapped:
             continue
         path = os.path.join(_SHM_DIR, name)
         try:
-            size = os.stat(path).st_blocks * 512
+            stat = os.stat(path)
+            if now - max(stat.st_mtime, stat.st_ctime) < min_age:
+                continue
+            size = stat.st_blocks * 512
             os.unlink(path)
         except OSError:  # another user's, or removed meanwhile
             continue
@@ -339,4 +366,7 @@ class FrameRing:
         # a slot view may still be held somewhere; then the mapping goes with the process
         with contextlib.suppress(BufferError):
             self._shm.close()
-        self._shm.unlink()
+        try:
+            self._shm.unlink()
+        except FileNotFoundError:  # removed by someone else (its memory stayed ours while mapped)
+            log.warning("ring %s was already removed from /dev/shm by another process", self.name)

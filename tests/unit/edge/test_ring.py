@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
+import os
 import threading
 from multiprocessing import shared_memory
 
@@ -177,7 +179,7 @@ def test_rings_no_process_maps_are_swept_and_live_ones_kept() -> None:
     other = shared_memory.SharedMemory(name="not-a-ring-of-ours", create=True, size=4096)
     other.close()
     try:
-        removed, freed = sweep_stale_rings(("beamline-ring-stale",))
+        removed, freed = sweep_stale_rings(("beamline-ring-stale",), min_age=0)
         assert {"edge-ring-stale-probe", "beamline-ring-stale"} <= set(removed) and freed >= 4096
         assert live.name not in removed and "not-a-ring-of-ours" not in removed
         shared_memory.SharedMemory(name=live.name).close()  # still there
@@ -187,3 +189,31 @@ def test_rings_no_process_maps_are_swept_and_live_ones_kept() -> None:
     finally:
         live.close()
         shared_memory.SharedMemory(name="not-a-ring-of-ours").unlink()
+
+
+def test_a_ring_just_made_or_held_open_is_never_swept() -> None:
+    """An outside probe: four daemons started at once; one's sweep listed the others' rings as
+    unmapped in the moment between their making and mapping, removed one, and that daemon crashed at its
+    stop (FileNotFoundError from shm_unlink)."""
+    from edge.ring import sweep_stale_rings
+
+    young = shared_memory.SharedMemory(name="edge-ring-young-probe", create=True, size=4096)
+    young.close()  # unmapped, but made just now: another daemon between shm_open and mmap, say
+    held = os.open("/dev/shm/edge-ring-held-probe", os.O_CREAT | os.O_RDWR, 0o600)  # open, not mapped
+    try:
+        removed, _freed = sweep_stale_rings()
+        assert "edge-ring-young-probe" not in removed
+        removed, _freed = sweep_stale_rings(min_age=0)
+        assert "edge-ring-held-probe" not in removed and "edge-ring-young-probe" in removed
+    finally:
+        os.close(held)
+        os.unlink("/dev/shm/edge-ring-held-probe")
+        with contextlib.suppress(FileNotFoundError):
+            shared_memory.SharedMemory(name="edge-ring-young-probe").unlink()
+
+
+def test_a_ring_removed_by_someone_else_closes_without_an_error(caplog: pytest.LogCaptureFixture) -> None:
+    ring = FrameRing(4, 4096)
+    os.unlink(f"/dev/shm/{ring.name}")
+    ring.close()
+    assert "already removed" in caplog.text
