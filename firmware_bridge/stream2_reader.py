@@ -162,6 +162,8 @@ class Stream2Source(ZmqStreamSource):
             log.warning("rejected Stream V2 message: %s %s", event.reason, event.detail)
             if event.kind == "start":
                 self._start_was_rejected(f"{event.reason}: {event.detail}")
+            elif event.kind == "end":
+                self._rejected_series_ended()
             if event.reason == "wrong_series":
                 # an image of a series that is not the open one: not a frame of this run, so neither its
                 # loss nor a gap before it (its number counts in another series); counted and logged
@@ -179,6 +181,7 @@ class Stream2Source(ZmqStreamSource):
             self._flush_errors_before_run()
             self._start(event)
         else:
+            self._rejected_series_ended()
             self._flush_errors_before_run()
             if self._stray_end(event.series):
                 return

@@ -435,6 +435,8 @@ class ZmqStreamSource:
                 self.stats["images_wrong_series"] += 1
             if event.kind == "start":
                 self._start_was_rejected(f"{event.reason}: {event.detail}")
+            elif event.kind == "end":
+                self._rejected_series_ended()
             elif event.kind is None:  # perhaps a start (`_adopt`, `_leave_for`)
                 self._unreadable_between += 1
             if event.frame is not None:
@@ -487,6 +489,7 @@ class ZmqStreamSource:
                     self._next_frame = self._frames_expected
             return slot
         if isinstance(event, SeriesEnd):
+            self._rejected_series_ended()
             self._flush_errors_before_run()
             if self._stray_end(event.series):
                 return slot
@@ -609,6 +612,19 @@ class ZmqStreamSource:
         good frame of it dropped as their "duplicate")."""
         self._flush_errors_before_run()
         self._start_rejected = why[:200]
+
+    def _rejected_series_ended(self) -> None:
+        """An end (readable or not) while no series is open after a rejected start: the rejected series
+        is over, none of its images having opened a run. Its rejected images held meanwhile are recorded
+        outside any run, and images that come next without a start are a new series' (taken as resumed
+        after a restart, as any series seen without its start), not the rejected one's: an outside
+        sender's probe saw a later series' good frames 0..2 dropped as "duplicates" of the rejected
+        series' images 0..2, which had been put into its run."""
+        if self._series is not None or self._start_rejected is None:
+            return
+        self._flush_errors_before_run()
+        self._start_rejected = None
+        self.stats["rejected_series_ended"] += 1
 
     def _flush_errors_before_run(self) -> None:
         """Images rejected after a rejected start that no good image followed: recorded outside any run

@@ -233,6 +233,33 @@ def test_a_stream2_series_id_beyond_int64_is_refused_and_the_reader_lives(tmp_pa
     assert receiver["errors"] == {"bad_field": 4} and not receiver.get("reader_crashes")
 
 
+def test_a_stream2_series_without_a_start_after_a_refused_one_keeps_its_frames(tmp_path: Path) -> None:
+    """The Stream V2 side of the outside probe above: series 2^64 - 1 refused whole, then series 3's
+    images with no start: they were put down as "duplicates" of the refused series' images."""
+    import cbor2
+
+    def typed(frame: int) -> cbor2.CBORTag:
+        return cbor2.CBORTag(40, [list(SHAPE), cbor2.CBORTag(69, np.full(SHAPE, frame + 1, "<u2").tobytes())])
+
+    def messages(series_id: int, uid: str, with_start: bool) -> list[bytes]:
+        common = {"series_id": series_id, "series_unique_id": uid}
+        start = {"type": "start", **common, "channels": ["threshold_1"], "image_dtype": "uint16",
+                 "image_size_x": SHAPE[1], "image_size_y": SHAPE[0], "number_of_images": 2}  # fmt: skip
+        images = [
+            {"type": "image", **common, "image_id": n, "data": {"threshold_1": typed(n)}} for n in range(2)
+        ]
+        return [cbor2.dumps(m) for m in ([start] * with_start + [*images, {"type": "end", **common}])]
+
+    with in_process_appliance(tmp_path, SHAPE, 'stream.format="stream2"') as (appliance, push, _s):
+        for message in messages(2**64 - 1, "huge", True) + messages(3, "headless", False):
+            push.send(message)
+        wait_for(lambda: [r for r in appliance.view.runs() if r.get("exit_status")], 30, "a run ended")
+        (row,) = appliance.view.runs()
+        run, receiver = _ended(appliance, row["run_uid"])
+    assert run["series"] == 3 and run["totals"]["frames_stored"] == 2 and run["losses"] == [], run
+    assert receiver["rejected_series_ended"] == 1 and receiver["frames_outside_series"] == 2
+
+
 def test_a_message_part_over_the_limit_drops_the_connection_counted_and_becomes_a_gap(
     tmp_path: Path,
 ) -> None:
@@ -541,6 +568,37 @@ def test_an_unreadable_start_while_a_series_is_open_lets_the_next_series_be_stor
     config = json.loads(second["config"])
     assert "unreadable message" in config["start_rejected"] and not config.get("resumed_after_restart")
     assert receiver.get("images_wrong_series", 0) == 0
+
+
+def test_after_a_rejected_series_has_ended_the_next_series_without_a_start_keeps_its_frames(
+    tmp_path: Path,
+) -> None:
+    """An outside sender's probe: a start, images and end of series 2^63 (all rejected as bad_field),
+    then images 0..2 of series 700 with no start: the rejected images were put into series 700's run
+    as its frames 0..2 and its three good frames dropped as "duplicates" (nothing stored). The rejected
+    series is over at its end: its images are recorded outside any run, series 700's frames stored."""
+    huge = 2**63
+    with in_process_appliance(tmp_path, SHAPE) as (appliance, push, _settings):
+        header = {"htype": "dheader-1.0", "series": huge, "header_detail": "basic"}
+        config = {"shape": [SHAPE[1], SHAPE[0]], "type": "uint16", "run_uid": "huge", "frames_expected": 3}
+        push.send_multipart([json.dumps(header).encode(), json.dumps(config).encode()])
+        for frame in range(3):
+            image = encode_image(1, frame, SHAPE, "uint16", np.full(SHAPE, 9, "<u2").tobytes())
+            head = json.loads(image[0])
+            head["series"] = huge
+            push.send_multipart([json.dumps(head).encode(), *image[1:]])
+        push.send_multipart([json.dumps({"htype": "dseries_end-1.0", "series": huge}).encode()])
+        _send_frames(push, 700, range(3))  # its start never came
+        push.send_multipart(encode_series_end(700))
+        wait_for(lambda: appliance.view.status()["receiver"].get("series_ended", 0) >= 1, 30, "an end")
+        wait_for(lambda: [r for r in appliance.view.runs() if r.get("exit_status")], 30, "a run ended")
+        (row,) = appliance.view.runs()
+        run, receiver = _ended(appliance, row["run_uid"])
+        outside = [loss for loss in appliance.recorder.ledger.losses() if loss["run_uid"] is None]
+    assert run["series"] == 700 and run["totals"]["frames_stored"] == 3, run["totals"]
+    assert run["losses"] == [] and receiver.get("frames_duplicate", 0) == 0
+    assert _losses({"losses": outside}) == [(0, 2, "stream_bad_field")], outside
+    assert receiver["frames_outside_series"] == 3 and receiver["rejected_series_ended"] == 1
 
 
 def test_a_start_repeated_while_its_series_is_open_is_a_copy_not_a_new_series(tmp_path: Path) -> None:
