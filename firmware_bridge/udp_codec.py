@@ -649,6 +649,11 @@ class UdpFrameAssembler:
             self._finalise_timed_out(now, events)
         return events
 
+    def forget_previous(self) -> None:
+        """The acquisition before's timestamps tell nothing any more (a detector whose clock started
+        again repeats them): its packets are no longer set apart as late by their timestamp."""
+        self._previous = {}
+
     def begin_at(self, frame: int) -> None:
         """Count this acquisition's frames from ``frame`` (before any frame is finalised): frames below it
         belong to an earlier run (a series resumed after a restart) and are never reported lost here."""

@@ -55,6 +55,9 @@ FRAME_NUMBER_REJECTIONS = {
     " detector whose counter jumped that far is not heard until udp.idle_seconds of silence end the run)",
     REJECT_FRAME_NUMBER_UNCONFIRMED: "a jump ahead that no packet near it confirmed (a stray frame number)",
 }
+#: whole frames that repeat the run before's timestamps after a silence taken for a new acquisition (a
+#: detector whose clock starts again at each arm), not for copies of that run's frames
+REPEATED_TIMESTAMP_FRAMES = 4
 SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)  # Linux's value; Python does not export it
 
 
@@ -135,6 +138,10 @@ class UdpSource:
         # last frame, held until it is clear whether they are stragglers of it or a new acquisition
         self._held: list[bytes] = []
         self._held_frames: dict[int, set[tuple[int, int]]] = {}  # frame -> (module, packet index) held
+        # the held packets that carry their frame's timestamp in the run before (`_hold`), in arrival order
+        # with the others, and their frames
+        self._held_copy: list[bool] = []
+        self._copy_frames: dict[int, set[tuple[int, int]]] = {}
         # frame -> timestamp of the last frames of the run a silence ended: a packet with its frame's
         # timestamp is that run's (a late packet, a copy), never the next acquisition's (`_hold`)
         self._paused_timestamps: dict[int, int] = {}
@@ -243,19 +250,44 @@ class UdpSource:
                 self._stragglers()
             return False
         timestamp = decode_header(packet).timestamp_ns
+        ppf = self.geometry.packets_per_frame
         if timestamp and self._paused_timestamps.get(frame) == timestamp:
-            # its frame's own timestamp: that frame's packet again (late, or a copy), whatever follows;
-            # held, a copy of two whole frames made a new acquisition of them (the run before's frames
-            # recorded lost there, these two stored twice)
-            self._count_stragglers(1, copy=True)
+            # its frame's own timestamp: that frame's packet again (late, or a copy). Held apart: a copy
+            # of two whole frames is no new acquisition (it made one once: the run before's frames stored
+            # twice). But a detector whose clock starts again at each arm repeats every timestamp of the
+            # acquisition before: REPEATED_TIMESTAMP_FRAMES whole frames of them are a new acquisition (an
+            # outside sender's probe: a whole acquisition of 20 frames dropped as late packets, no record)
+            if sum(self._held_copy) >= (REPEATED_TIMESTAMP_FRAMES + 4) * ppf:  # copies over and over
+                self._count_stragglers(1, copy=True)
+                return True
+            self._held.append(bytes(packet))
+            self._held_copy.append(True)
+            self._copy_frames.setdefault(frame, set()).add((module, index))
+            whole = sum(len(keys) == ppf for keys in self._copy_frames.values())
+            if whole >= REPEATED_TIMESTAMP_FRAMES:
+                self.stats["acquisitions_with_repeated_timestamps"] += 1
+                log.warning(
+                    "%d whole frames came again with the timestamps of the run before's: taken for a new"
+                    " acquisition whose detector clock started again (acquisitions_with_repeated_timestamps)",
+                    whole,
+                )
+                self._new_acquisition(with_copies=True)
             return True
         self._held.append(bytes(packet))
+        self._held_copy.append(False)
         self._held_frames.setdefault(frame, set()).add((module, index))
-        ppf = self.geometry.packets_per_frame
         whole = sum(len(keys) == ppf for keys in self._held_frames.values())
-        if whole >= 2 or len(self._held) > 4 * ppf:
+        if whole >= 2 or len(self._held) - sum(self._held_copy) > 4 * ppf:
             self._new_acquisition()
         return True
+
+    def _take_held(self) -> tuple[list[bytes], list[bytes]]:
+        """The held packets, emptied: (those of frames not seen in the run before, its frames' copies)."""
+        held, copy = self._held, self._held_copy
+        self._held, self._held_copy, self._held_frames, self._copy_frames = [], [], {}, {}
+        return [p for p, c in zip(held, copy, strict=True) if not c], [
+            p for p, c in zip(held, copy, strict=True) if c
+        ]
 
     def _settle_held(self) -> None:
         """Silence again after packets were held: a whole frame among them was a new acquisition (of
@@ -268,8 +300,11 @@ class UdpSource:
 
     def _stragglers(self) -> None:
         """The held packets were the run before's: late packets of frames it already accounted for."""
-        held, self._held, self._held_frames = self._held, [], {}
-        self._count_stragglers(len(held))
+        held, copies = self._take_held()
+        if held:
+            self._count_stragglers(len(held))
+        if copies:
+            self._count_stragglers(len(copies), copy=True)
 
     def _count_stragglers(self, packets: int, copy: bool = False) -> None:
         """Packets of the run before's frames, after it ended: counted late, in its counters (logged, a
@@ -288,9 +323,19 @@ class UdpSource:
             ", with their frames' timestamps" if copy else "",
         )
 
-    def _new_acquisition(self) -> None:
-        """The held packets start a new acquisition: its run opens, counted from frame 0, with them."""
-        held, self._held, self._held_frames = self._held, [], {}
+    def _new_acquisition(self, with_copies: bool = False) -> None:
+        """The held packets start a new acquisition: its run opens, counted from frame 0, with them (and
+        with those that repeat the run before's timestamps when ``with_copies``; else those are late)."""
+        if with_copies:  # a detector clock that started again: the run before's timestamps tell nothing
+            held = self._held
+            self._held, self._held_copy, self._held_frames, self._copy_frames = [], [], {}, {}
+            self._paused_timestamps = {}
+            assert self._assembler is not None
+            self._assembler.forget_previous()
+        else:
+            held, copies = self._take_held()
+            if copies:
+                self._count_stragglers(len(copies), copy=True)
         assert self._assembler is not None
         self._assembler.begin_at(0)
         events = [e for packet in held for e in self._assembler.feed(packet, self._last_packet)]
