@@ -10,6 +10,7 @@ import math
 import os
 import threading
 import time
+import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -63,25 +64,51 @@ class ProductLayout(Protocol):
 
 
 def _write_reduction_record(entry: h5py.Group, layout: ProductLayout) -> None:
-    """Every setting that shaped the products, readable from the file alone."""
-    from edge import __version__
-
-    group = entry.create_group("reduction")
-    group.attrs["NX_class"] = "NXprocess"
+    """Every setting that shaped the products, readable from the file alone: ``/entry/reduction``, copied
+    from the record's in-memory template (`_record_template`), and the file's own ``date``."""
     record = layout.settings_record()
-    group.create_dataset("program", data="edge")
-    group.create_dataset("version", data=__version__)
-    group.create_dataset("date", data=datetime.now(UTC).isoformat(timespec="seconds"))
-    group.create_dataset("reference", data=layout.reference)
-    group.create_dataset("mode", data=str(record.get("mode", "")))
-    group.create_dataset("settings_json", data=json.dumps(record, sort_keys=True, default=str))
-    inputs = group.create_group("input")  # one field per setting (NXparameters); lists and None as JSON
-    inputs.attrs["NX_class"] = "NXparameters"
-    for key, value in sorted(record.items()):
-        plain = isinstance(value, bool | int | float | str) and not (
-            isinstance(value, float) and math.isnan(value)
-        )
-        inputs.create_dataset(key, data=value if plain else json.dumps(value, default=str))
+    text = json.dumps(record, sort_keys=True, default=str)
+    with _TEMPLATES_LOCK:
+        template = _record_template(layout.reference, record, text)
+        template.copy(template["reduction"], entry, name="reduction")
+    entry["reduction"].create_dataset("date", data=datetime.now(UTC).isoformat(timespec="seconds"))
+
+
+#: reduction records written once into in-memory HDF5 files, by their text, and copied into each file of
+#: their runs: some 30 small datasets written one by one cost about 5 ms of CPU a file, the copy
+#: (``H5Ocopy``) about 0.5 ms (as `NxmxTemplate` for the NXmx header)
+_TEMPLATES: dict[str, h5py.File] = {}
+_TEMPLATES_LOCK = threading.Lock()
+MAX_RECORD_TEMPLATES = 8
+
+
+def _record_template(reference: str, record: dict[str, Any], text: str) -> h5py.File:
+    """The in-memory file holding ``/reduction`` for ``record`` (all but its date); the newest kept."""
+    key = f"{reference}\0{text}"
+    template = _TEMPLATES.pop(key, None)
+    if template is None:
+        from edge import __version__
+
+        name = f"reduction-record-{uuid.uuid4().hex}.h5"  # a name only: nothing is written to disk
+        template = h5py.File(name, "w", driver="core", backing_store=False, libver="latest")
+        group = template.create_group("reduction")
+        group.attrs["NX_class"] = "NXprocess"
+        group.create_dataset("program", data="edge")
+        group.create_dataset("version", data=__version__)
+        group.create_dataset("reference", data=reference)
+        group.create_dataset("mode", data=str(record.get("mode", "")))
+        group.create_dataset("settings_json", data=text)
+        inputs = group.create_group("input")  # one field per setting (NXparameters); lists and None as JSON
+        inputs.attrs["NX_class"] = "NXparameters"
+        for field, value in sorted(record.items()):
+            plain = isinstance(value, bool | int | float | str) and not (
+                isinstance(value, float) and math.isnan(value)
+            )
+            inputs.create_dataset(field, data=value if plain else json.dumps(value, default=str))
+        while len(_TEMPLATES) >= MAX_RECORD_TEMPLATES:
+            _TEMPLATES.pop(next(iter(_TEMPLATES))).close()
+    _TEMPLATES[key] = template  # (the newest last)
+    return template
 
 
 class RunFileWriter:
