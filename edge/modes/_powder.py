@@ -8,6 +8,7 @@ from typing import Any
 import h5py
 import numpy as np
 
+from edge.h5template import LazyTemplate
 from edge.modes._stage import (
     _HC_KEV_ANGSTROM,
     FrameResult,
@@ -57,6 +58,9 @@ class PowderStage(_CorrectedStage):
                 ctx.geometry, ctx.shape, ctx.bins, ctx.params.cake_bins, error_model="poisson", **common
             )
         self.latest: tuple[np.ndarray, np.ndarray | None, np.ndarray] | None = None
+        # the profiles' axes and correction flags (and mask: gzip, milliseconds a file at 2048^2) are the
+        # same in every file of the run: written once, copied (see edge/h5template.py)
+        self._static = LazyTemplate(self._write_static)
 
     @property
     def radial(self) -> np.ndarray:
@@ -138,7 +142,6 @@ class PowderStage(_CorrectedStage):
         """ROI statistics and the profiles (``reduced``, NXazint1d's NXdata) of ``products``."""
         super().write_products(entry, products)
         n = len(products)
-        record = self.settings_record()
         reduced = entry.create_group("reduced")
         reduced.attrs["NX_class"] = "NXdata"
         reduced.attrs["signal"] = "I"
@@ -150,12 +153,18 @@ class PowderStage(_CorrectedStage):
         errors = np.asarray([p["I_errors"] for p in products], np.float64).reshape(n, -1)
         ds = reduced.create_dataset("I_errors", data=errors)
         _described(ds, "estimated intensity error", "arbitrary units")
+        self._static.copy_into(reduced)  # radial_axis, radial_axis_edges, corrections
+        reduced["profile"] = h5py.SoftLink(reduced.name + "/I")  # the name earlier files used
+        reduced["radial"] = h5py.SoftLink(reduced.name + "/radial_axis")
+
+    def _write_static(self, reduced: h5py.Group) -> None:
+        """The parts of ``reduced`` every file of the run shares: the radial axis, its edges, and the
+        corrections applied."""
+        record = self.settings_record()
         quantity, units = _radial_axis(self.ctx.unit)
         _described(reduced.create_dataset("radial_axis", data=self.radial), quantity, units, self.ctx.unit)
         ds = reduced.create_dataset("radial_axis_edges", data=np.asarray(self.integrator.edges))
         _described(ds, f"{quantity} bin edges", units, self.ctx.unit)
-        reduced["profile"] = h5py.SoftLink(reduced.name + "/I")  # the name earlier files used
-        reduced["radial"] = h5py.SoftLink(reduced.name + "/radial_axis")
         corrections = reduced.create_group("corrections")
         corrections.attrs["NX_class"] = "NXcollection"
         for key in (

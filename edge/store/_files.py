@@ -10,7 +10,6 @@ import math
 import os
 import threading
 import time
-import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -21,6 +20,7 @@ import hdf5plugin  # noqa: F401  (registers filter 32008 with HDF5)
 import numpy as np
 
 from edge.durable import fsync_dir
+from edge.h5template import H5Template
 from edge.store._metadata import NxmxTemplate, RunMetadata, _write_nxmx, _write_nxtomo
 from kernels import hdf5_filter_options
 
@@ -65,50 +65,51 @@ class ProductLayout(Protocol):
 
 def _write_reduction_record(entry: h5py.Group, layout: ProductLayout) -> None:
     """Every setting that shaped the products, readable from the file alone: ``/entry/reduction``, copied
-    from the record's in-memory template (`_record_template`), and the file's own ``date``."""
+    from the record's template (`_record_template`), and the file's own ``date``."""
     record = layout.settings_record()
     text = json.dumps(record, sort_keys=True, default=str)
     with _TEMPLATES_LOCK:
-        template = _record_template(layout.reference, record, text)
-        template.copy(template["reduction"], entry, name="reduction")
+        _record_template(layout.reference, record, text).copy_into(entry, "reduction")
     entry["reduction"].create_dataset("date", data=datetime.now(UTC).isoformat(timespec="seconds"))
 
 
-#: reduction records written once into in-memory HDF5 files, by their text, and copied into each file of
-#: their runs: some 30 small datasets written one by one cost about 5 ms of CPU a file, the copy
-#: (``H5Ocopy``) about 0.5 ms (as `NxmxTemplate` for the NXmx header)
-_TEMPLATES: dict[str, h5py.File] = {}
+#: reduction records written once, by their text, and copied into each file of their runs: some 30 small
+#: datasets written one by one cost about 5 ms of CPU a file, the copy about 0.5 ms
+_TEMPLATES: dict[str, H5Template] = {}
 _TEMPLATES_LOCK = threading.Lock()
 MAX_RECORD_TEMPLATES = 8
 
 
-def _record_template(reference: str, record: dict[str, Any], text: str) -> h5py.File:
-    """The in-memory file holding ``/reduction`` for ``record`` (all but its date); the newest kept."""
+def _record_template(reference: str, record: dict[str, Any], text: str) -> H5Template:
+    """The template holding ``reduction`` for ``record`` (all but its date); the newest few are kept."""
     key = f"{reference}\0{text}"
     template = _TEMPLATES.pop(key, None)
     if template is None:
-        from edge import __version__
-
-        name = f"reduction-record-{uuid.uuid4().hex}.h5"  # a name only: nothing is written to disk
-        template = h5py.File(name, "w", driver="core", backing_store=False, libver="latest")
-        group = template.create_group("reduction")
-        group.attrs["NX_class"] = "NXprocess"
-        group.create_dataset("program", data="edge")
-        group.create_dataset("version", data=__version__)
-        group.create_dataset("reference", data=reference)
-        group.create_dataset("mode", data=str(record.get("mode", "")))
-        group.create_dataset("settings_json", data=text)
-        inputs = group.create_group("input")  # one field per setting (NXparameters); lists and None as JSON
-        inputs.attrs["NX_class"] = "NXparameters"
-        for field, value in sorted(record.items()):
-            plain = isinstance(value, bool | int | float | str) and not (
-                isinstance(value, float) and math.isnan(value)
-            )
-            inputs.create_dataset(field, data=value if plain else json.dumps(value, default=str))
+        template = H5Template(
+            lambda root: _fill_record(root.create_group("reduction"), reference, record, text)
+        )
         while len(_TEMPLATES) >= MAX_RECORD_TEMPLATES:
             _TEMPLATES.pop(next(iter(_TEMPLATES))).close()
     _TEMPLATES[key] = template  # (the newest last)
     return template
+
+
+def _fill_record(group: h5py.Group, reference: str, record: dict[str, Any], text: str) -> None:
+    from edge import __version__
+
+    group.attrs["NX_class"] = "NXprocess"
+    group.create_dataset("program", data="edge")
+    group.create_dataset("version", data=__version__)
+    group.create_dataset("reference", data=reference)
+    group.create_dataset("mode", data=str(record.get("mode", "")))
+    group.create_dataset("settings_json", data=text)
+    inputs = group.create_group("input")  # one field per setting (NXparameters); lists and None as JSON
+    inputs.attrs["NX_class"] = "NXparameters"
+    for field, value in sorted(record.items()):
+        plain = isinstance(value, bool | int | float | str) and not (
+            isinstance(value, float) and math.isnan(value)
+        )
+        inputs.create_dataset(field, data=value if plain else json.dumps(value, default=str))
 
 
 class RunFileWriter:

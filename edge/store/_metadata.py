@@ -8,7 +8,6 @@ import hashlib
 import json
 import logging
 import math
-import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -16,6 +15,7 @@ import h5py
 import hdf5plugin  # noqa: F401  (registers filter 32008 with HDF5)
 import numpy as np
 
+from edge.h5template import H5Template
 from edge.nxmx import write_detector_geometry, write_pyfai_poni
 from kernels import Geometry, direct_distance
 
@@ -294,21 +294,19 @@ class NxmxTemplate:
     """
 
     def __init__(self, meta: RunMetadata, shape: tuple[int, int], dtype: str) -> None:
-        name = f"nxmx-template-{uuid.uuid4().hex}.h5"  # a name only: nothing is written to disk
-        self._h5 = h5py.File(name, "w", driver="core", backing_store=False, libver="latest")
-        _write_nxmx(self._h5.create_group("entry"), meta, shape, dtype)
+        self._template = H5Template(lambda root: _write_nxmx(root.create_group("entry"), meta, shape, dtype))
 
     def write(self, entry: h5py.Group) -> None:
         """Copy the metadata into ``entry`` (a new file's ``/entry``)."""
-        source = self._h5["entry"]
+        source = self._template.h5["entry"]
         for name in source:
-            self._h5.copy(source[name], entry, name=name)
+            self._template.h5.copy(source[name], entry, name=name)
         for key, value in source.attrs.items():
             entry.attrs[key] = value
         entry.file.attrs["default"] = "entry"
 
     def close(self) -> None:
-        self._h5.close()
+        self._template.close()
 
 
 def _write_nxtomo(entry: h5py.Group, meta: RunMetadata) -> None:
