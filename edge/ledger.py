@@ -371,6 +371,11 @@ class Ledger:
     def runs(self) -> list[dict[str, Any]]:
         return self._rows("SELECT * FROM runs ORDER BY started_at")
 
+    def newest_runs(self, limit: int) -> list[dict[str, Any]]:
+        """The ``limit`` runs started last, newest first (an index walk: the cost of a dashboard's poll
+        does not grow with the history)."""
+        return self._rows("SELECT * FROM runs ORDER BY started_at DESC LIMIT ?", (int(limit),))
+
     def runs_named_by_detector(self, detector_uid: str) -> list[str]:
         """The runs recorded under a fresh uid because the detector's (``detector_run_uid`` in their
         config) was not a file name or already a run's, oldest first (an index lookup: the schema's

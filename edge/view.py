@@ -261,6 +261,9 @@ class ApplianceView:
     def runs(self) -> list[dict[str, Any]]:
         return self._p.ledger.runs()
 
+    def newest_runs(self, limit: int) -> list[dict[str, Any]]:
+        return self._p.ledger.newest_runs(limit)
+
     def run(self, run_uid: str) -> dict[str, Any]:
         """The ledger's run row, its files, losses and totals, and the where-is-my-data report."""
         ledger = self._p.ledger

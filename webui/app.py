@@ -181,6 +181,8 @@ class ApplianceView(Protocol):
 
     def runs(self) -> list[dict[str, Any]]: ...
 
+    def newest_runs(self, limit: int) -> list[dict[str, Any]]: ...
+
     def run(self, run_uid: str) -> dict[str, Any]: ...
 
     def latest_profile(self) -> dict[str, Any] | None: ...
@@ -330,10 +332,8 @@ def create_app(
             raise RequestValidationError(
                 [{"loc": ("query", "limit"), "msg": "Input should be from 1 to 500", "type": "value_error"}]
             )
-        rows = appliance.runs()
-        newest = sorted(rows, key=lambda row: row.get("started_at") or 0.0, reverse=True)[:count]
         summaries = []
-        for row in newest:
+        for row in appliance.newest_runs(count):  # (an outside soak: sorting every run made it O(history))
             try:
                 summaries.append(run_summary(appliance.run(row["run_uid"])))
             except NotFound:  # gone between the two reads; the next poll will not list it

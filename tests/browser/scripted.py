@@ -236,6 +236,9 @@ class ScriptedView:
     def runs(self) -> list[dict[str, Any]]:
         return [{"run_uid": r.run_uid, "started_at": r.started_at} for r in self.runs_.values()]
 
+    def newest_runs(self, limit: int) -> list[dict[str, Any]]:
+        return sorted(self.runs(), key=lambda row: row.get("started_at") or 0.0, reverse=True)[:limit]
+
     def run(self, run_uid: str) -> dict[str, Any]:
         run = self.runs_.get(run_uid)
         if run is None:

@@ -272,6 +272,22 @@ def test_runs_named_in_other_runs_configs_are_found_through_an_index(
     ledger.close()
 
 
+def test_the_newest_runs_come_from_an_index_walk_not_every_run(tmp_path: Path) -> None:
+    """An outside soak: ``/api/run-summaries?limit=20`` read every run and sorted them (9 ms at 21 runs,
+    18 ms at 99, growing with the history): the newest come from the start-time index, newest first."""
+    ledger = Ledger(tmp_path / "ledger.sqlite")
+    for n in range(30):
+        ledger.run_started(f"run-{n}", n, 2, "{}")
+    asked: list[str] = []
+    ledger._db.set_trace_callback(asked.append)
+    assert [row["run_uid"] for row in ledger.newest_runs(3)] == ["run-29", "run-28", "run-27"]
+    ledger._db.set_trace_callback(None)
+    (query,) = [q for q in asked if "FROM runs" in q]
+    plan = " ".join(str(row[3]) for row in ledger._db.execute("EXPLAIN QUERY PLAN " + query))
+    assert "USING INDEX runs_by_start" in plan and "TEMP B-TREE" not in plan, plan
+    ledger.close()
+
+
 def _stored_and_confirmed(ledger: Ledger, tmp_path: Path, name: str, consumers: tuple[str, ...]) -> int:
     file_id = ledger.file_stored("run", name, tmp_path / name, 10, name, (0, 0, 1), [(0, 10, name)])
     for consumer in consumers:

@@ -18,6 +18,9 @@ class View:
     def runs(self) -> list[dict[str, Any]]:
         return [{"run_uid": "r1"}]
 
+    def newest_runs(self, limit: int) -> list[dict[str, Any]]:
+        return sorted(self.runs(), key=lambda row: row.get("started_at") or 0.0, reverse=True)[:limit]
+
     def run(self, run_uid: str) -> dict[str, Any]:
         if run_uid != "r1":
             raise NotFound(f"no run {run_uid!r} in the ledger")

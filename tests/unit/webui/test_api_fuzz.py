@@ -80,6 +80,9 @@ class FailingView:
     def runs(self) -> list[dict[str, Any]]:
         raise ConfigError("bad " * 50_000)
 
+    def newest_runs(self, limit: int) -> list[dict[str, Any]]:
+        return sorted(self.runs(), key=lambda row: row.get("started_at") or 0.0, reverse=True)[:limit]
+
     def run(self, run_uid: str) -> dict[str, Any]:
         raise NotFound(f"no run {run_uid!r} in the ledger")
 

@@ -44,6 +44,9 @@ class View:
     def runs(self) -> list[dict[str, Any]]:
         return [{"run_uid": "old", "started_at": 100.0}, {"run_uid": "new", "started_at": 200.0}]
 
+    def newest_runs(self, limit: int) -> list[dict[str, Any]]:
+        return sorted(self.runs(), key=lambda row: row.get("started_at") or 0.0, reverse=True)[:limit]
+
     def run(self, run_uid: str) -> dict[str, Any]:
         if run_uid == "old":
             files = [{"state": "purged", "n_frames": 5}, {"state": "verified", "n_frames": 5}]

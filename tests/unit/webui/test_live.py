@@ -41,6 +41,9 @@ class View:
     def runs(self) -> list[dict[str, Any]]:
         return []
 
+    def newest_runs(self, limit: int) -> list[dict[str, Any]]:
+        return sorted(self.runs(), key=lambda row: row.get("started_at") or 0.0, reverse=True)[:limit]
+
     def run(self, run_uid: str) -> dict[str, Any]:
         raise NotImplementedError
 
