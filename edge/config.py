@@ -601,8 +601,8 @@ class RetentionSettings(_Section):
         64 << 20,
         ge=0,
         description="kept free so open files can always close: with the disk's free space down to it"
-        " (measured at every frame), writing waits for room; 0 = none kept, writing goes on until the disk"
-        " refuses it (disk_full losses)",
+        " (measured before frames, every 10 ms at most), writing waits for room; 0 = none kept,"
+        " writing goes on until the disk refuses it (disk_full losses)",
     )
     interval_seconds: float = Field(1.0, gt=0, le=86_400.0)
 

@@ -250,6 +250,7 @@ def test_a_disk_filled_by_what_the_ledger_does_not_count_purges_verified_files(
     assert retention.under_pressure()  # nothing left to purge: the detector is held back
     disk.free = 600_000  # space comes back
     retention._pressure = None
+    time.sleep(retention_module.FREE_RECHECK_S)  # (the free space is measured every 10 ms at most)
     assert retention.refusal() is None and not retention.under_pressure()
 
 
@@ -358,7 +359,7 @@ def test_a_disk_down_to_its_headroom_holds_writing_at_once(
     """An outside chaos probe: 30 MB/s into a 96 MiB store with an 8 MiB headroom, the pull client keeping
     up; between two recomputed answers (0.2 s, and the pipeline's queue) the headroom filled, the open
     files and the ledger's journal not being in the ledger's count: ~300 frames lost to a full disk.
-    The disk's free space is asked at every check now."""
+    The disk's free space is asked at every check now (measured every 10 ms at most)."""
     disk = _Disk(total=100_000_000, free=50_000_000)
     monkeypatch.setattr(retention_module.psutil, "disk_usage", disk)
     clock, executor = FakeClock(), ManualExecutor()
@@ -366,7 +367,10 @@ def test_a_disk_down_to_its_headroom_holds_writing_at_once(
     retention = Retention(ledger, tmp_path, settings, clock=clock, executor=executor)
     assert retention.under_pressure() is False  # computed in place; the answer stands 0.2 s
     disk.free = 8_000_000  # written meanwhile, down to the headroom
+    assert retention.under_pressure() is False  # measured 10 ms ago at most: that answer stands
+    time.sleep(retention_module.FREE_RECHECK_S)
     assert retention.under_pressure() is True and executor.queue == []  # at once, not at the next answer
     assert retention._purge_now.is_set()  # and the purge is woken (verified files may make the room)
     disk.free = 9_000_000
+    time.sleep(retention_module.FREE_RECHECK_S)
     assert retention.under_pressure() is False
