@@ -228,12 +228,8 @@ def test_a_ledger_that_cannot_write_holds_its_records_until_space_returns(
     assert _our_tracebacks(log.read_text()) == []
 
 
-def test_a_daemon_started_on_a_full_disk_comes_up_and_recovers_once_there_is_room(
-    tmp_path: Path, small_disk: Path
-) -> None:
-    """kill -9 mid-run, the disk fills, the daemon is started again: it comes up (no crash loop) with
-    the disk-full state shown, and the interrupted run is accounted for once space returns."""
-    store = small_disk / "store"
+def _small_stack(tmp_path: Path, small_disk: Path) -> EdgeStack:
+    """Raw runs at 50 Hz into a store on the small disk, no reserve or headroom kept."""
     stack = EdgeStack(
         tmp_path,
         [
@@ -244,15 +240,30 @@ def test_a_daemon_started_on_a_full_disk_comes_up_and_recovers_once_there_is_roo
             "sim.rate_hz=50",
         ],
     )
-    stack.store = store
-    ballast = small_disk / "ballast.bin"
+    stack.store = small_disk / "store"
+    return stack
+
+
+def _killed_mid_series(stack: EdgeStack, run_uid: str) -> subprocess.Popen[str]:
+    """The daemon started, a series of 100 000 frames going, the daemon killed (kill -9) once 20 of its
+    frames are stored; the simulator, still sending."""
     daemon = stack.start_daemon()
+    sim = stack.start("sim", "--frames", "100000", "--run-uid", run_uid)
+    wait_for(lambda: stack.status()["frames"]["stored"] >= 20, 60, "frames stored")
+    daemon.kill()
+    daemon.wait()
+    return sim
+
+
+def test_a_daemon_started_on_a_full_disk_comes_up_and_recovers_once_there_is_room(
+    tmp_path: Path, small_disk: Path
+) -> None:
+    """kill -9 mid-run, the disk fills, the daemon is started again: it comes up (no crash loop) with
+    the disk-full state shown, and the interrupted run is accounted for once space returns."""
+    stack, ballast = _small_stack(tmp_path, small_disk), small_disk / "ballast.bin"
     run_uid = str(uuid.uuid4())
     try:
-        sim = stack.start("sim", "--frames", "100000", "--run-uid", run_uid)
-        wait_for(lambda: stack.status()["frames"]["stored"] >= 20, 60, "frames stored")
-        daemon.kill()
-        daemon.wait()
+        sim = _killed_mid_series(stack, run_uid)
         sim.kill()
         sim.wait()
         fill_up(ballast)
@@ -278,26 +289,10 @@ def test_a_series_resumed_on_a_full_disk_goes_on_and_is_stored_once_there_is_roo
     refused the resumed series as a new run (all its frames lost, ``run_refused``) and it stayed refused
     after space returned. A series already going is not a new run: it goes on, and once there is room
     its frames are stored again, no restart, no new series."""
-    store = small_disk / "store"
-    stack = EdgeStack(
-        tmp_path,
-        [
-            *SMALL_RAW_RUN,
-            "ledger.reserve_bytes=0",
-            "ledger.resume_free_bytes=4194304",
-            "retention.headroom_bytes=0",
-            "sim.rate_hz=50",
-        ],
-    )
-    stack.store = store
-    ballast = small_disk / "ballast.bin"
-    daemon = stack.start_daemon()
+    stack, ballast = _small_stack(tmp_path, small_disk), small_disk / "ballast.bin"
     run_uid = str(uuid.uuid4())
     try:
-        sim = stack.start("sim", "--frames", "100000", "--run-uid", run_uid)
-        wait_for(lambda: stack.status()["frames"]["stored"] >= 20, 60, "frames stored")
-        daemon.kill()
-        daemon.wait()
+        sim = _killed_mid_series(stack, run_uid)
         fill_up(ballast)  # the detector goes on sending into a full disk
         log = tmp_path / "again.log"
         again = _start_logged(stack, log)
