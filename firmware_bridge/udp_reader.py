@@ -264,7 +264,8 @@ class UdpSource:
             self._held_copy.append(True)
             self._copy_frames.setdefault(frame, set()).add((module, index))
             whole = sum(len(keys) == ppf for keys in self._copy_frames.values())
-            if whole >= REPEATED_TIMESTAMP_FRAMES:
+            # (from frame 0: a resend of the run before's last frames is never taken for one)
+            if whole >= REPEATED_TIMESTAMP_FRAMES and min(self._copy_frames) == 0:
                 self.stats["acquisitions_with_repeated_timestamps"] += 1
                 log.warning(
                     "%d whole frames came again with the timestamps of the run before's: taken for a new"

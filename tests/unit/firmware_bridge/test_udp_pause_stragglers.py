@@ -582,3 +582,15 @@ def test_a_new_acquisition_that_repeats_every_timestamp_of_the_one_before_is_a_n
     assert source.counters()["acquisitions_with_repeated_timestamps"] == 1
     assert source.counters().get("packets_straggling", 0) == 0
     _identity(source)
+
+
+def test_a_resend_of_the_last_six_frames_with_their_timestamps_is_no_new_acquisition(reader: Any) -> None:
+    """Four whole frames of repeated timestamps make a new acquisition only from frame 0 (a clock and
+    numbers that start again): the run before's last six frames sent again are copies, counted late."""
+    source, sink, send = reader()
+    _send(send, range(20), 1)
+    _ended(sink, 1)
+    _send(send, range(14, 20), 1)
+    _wait(lambda: source.counters().get("packets_straggling") == 6 * PPF, "the copies counted")
+    assert len(sink.runs) == 1 and source.counters().get("acquisitions_with_repeated_timestamps", 0) == 0
+    _identity(source)
