@@ -712,13 +712,18 @@ class ZmqStreamSource:
             series,
             rejected,
         )
+        held, self._errors_before_run = self._errors_before_run, {}
+        ordered = sorted(held.items(), key=lambda item: item[0][1])
+        for (held_series, held_frame), (reason, detail) in ordered:
+            if held_series != series:  # another series', or one it could not read: outside any run
+                # (before the run opens, or the sink would put them into it; an image whose series could
+                # not be read is no frame this run can be sure of: put into it, a good frame of the same
+                # number was dropped as its "duplicate")
+                self._lost_outside_run(held_frame, reason, detail)
         self._open_headless(series, 0, None, shape, dtype, {"start_rejected": rejected})
         self._adopted = series  # its start, if it comes now, is a late one: this run goes on
-        held, self._errors_before_run = self._errors_before_run, {}
-        for (held_series, held_frame), (reason, detail) in sorted(held.items(), key=lambda item: item[0][1]):
-            if held_series is not None and held_series != series:  # another series': outside any run
-                self._lost_outside_run(held_frame, reason, detail)
-            elif self._note_frame(held_frame):  # in this run, with their own reasons
+        for (held_series, held_frame), (reason, detail) in ordered:
+            if held_series == series and self._note_frame(held_frame):  # its own, with their reasons
                 self.sink.lost(held_frame, held_frame, reason, detail)
 
     def _open_headless(
