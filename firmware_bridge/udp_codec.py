@@ -99,6 +99,11 @@ _U32_MAX: Final = 0xFFFF_FFFF
 # --------------------------------------------------------------------------------------------- geometry
 
 
+#: after a detector clock started again (`FrameAssembler.forget_previous`), how far beyond the highest
+#: frame accepted a frame repeating the acquisition before's timestamp is still taken for this one's
+REPEATED_AHEAD = 4
+
+
 @dataclass(frozen=True)
 class DetectorGeometry:
     """Pixel layout of a modular detector and how each module frame is cut into packets.
@@ -549,6 +554,7 @@ class UdpFrameAssembler:
         # frame -> timestamp of the acquisition before this one (its last frames, when the numbers
         # started again with no pause): a packet of one of them is that acquisition's straggler
         self._previous = dict(previous or {})
+        self._clock_restarted = False  # `forget_previous`
         self._lowest: int | None = None  # lowest frame number accepted so far
         # before any packet is accepted and with no expected first frame: the frame ``max_frame_jump``
         # counts from (a run that may continue an earlier one counts from that one's last frame)
@@ -590,6 +596,13 @@ class UdpFrameAssembler:
     def rejections(self) -> dict[str, int]:
         """Rejected packets by reason (every reason present, zero included)."""
         return dict(self._c.rejected)
+
+    def _in_step(self, frame: int) -> bool:
+        """After `forget_previous`: ``frame`` is at most `REPEATED_AHEAD` beyond the highest accepted."""
+        if not self._clock_restarted:
+            return False
+        highest = -1 if self._highest is None else self._highest
+        return frame <= highest + REPEATED_AHEAD
 
     @property
     def highest_frame(self) -> int | None:
@@ -650,9 +663,11 @@ class UdpFrameAssembler:
         return events
 
     def forget_previous(self) -> None:
-        """The acquisition before's timestamps tell nothing any more (a detector whose clock started
-        again repeats them): its packets are no longer set apart as late by their timestamp."""
-        self._previous = {}
+        """The acquisition before's timestamps tell less now (a detector whose clock started again
+        repeats them): a packet with its frame's timestamp there is this acquisition's when its frame is
+        in step with it (at most `REPEATED_AHEAD` beyond the highest frame accepted), and that
+        acquisition's late copy when far ahead (frame 19 of it arriving while this one is at frame 3)."""
+        self._clock_restarted = True
 
     def begin_at(self, frame: int) -> None:
         """Count this acquisition's frames from ``frame`` (before any frame is finalised): frames below it
@@ -853,8 +868,8 @@ class UdpFrameAssembler:
     def _accept(self, view: memoryview, now: float, events: list[Event]) -> None:
         (_m, _v, _f, module_id, frame, pidx, _ppf, _r, _c, ts, _plen) = _HEADER.unpack_from(view)
         c = self._c
-        if ts and self._previous.get(frame) == ts:  # the acquisition before's: a straggler of it
-            c.packets_late += 1
+        if ts and self._previous.get(frame) == ts and not self._in_step(frame):
+            c.packets_late += 1  # the acquisition before's: a straggler of it
             return
         remembered = self._history.get(frame)
         pending = self._pending.get(frame)

@@ -594,3 +594,21 @@ def test_a_resend_of_the_last_six_frames_with_their_timestamps_is_no_new_acquisi
     _wait(lambda: source.counters().get("packets_straggling") == 6 * PPF, "the copies counted")
     assert len(sink.runs) == 1 and source.counters().get("acquisitions_with_repeated_timestamps", 0) == 0
     _identity(source)
+
+
+def test_late_copies_among_a_restarted_clocks_frames_stay_the_run_befores(reader: Any) -> None:
+    """An outside probe: a restarted clock's frames 0..5 with copies of the run before's frames 18 and
+    19 among them (after 1 and after 3): the copies were stored in the new run, which split into three
+    runs with 37 frames recorded lost that were never sent. A frame far ahead of the new acquisition that
+    repeats the run before's timestamp is that run's late copy."""
+    source, sink, send = reader()
+    for n in range(20):
+        send.send(_restarted_clock(n, 1))
+    _ended(sink, 1)
+    for n, acquisition in ((0, 2), (1, 2), (18, 1), (2, 2), (3, 2), (19, 1), (4, 2), (5, 2)):
+        send.send(_restarted_clock(n, acquisition))
+    _ended(sink, 2)
+    assert [run["frames"] for run in sink.runs] == [list(range(20)), list(range(6))]
+    assert [run["losses"] for run in sink.runs] == [[], []]
+    assert source.counters()["assembler"]["packets_late"] == 2 * PPF
+    _identity(source)
