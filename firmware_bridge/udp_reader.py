@@ -142,6 +142,7 @@ class UdpSource:
         # with the others, and their frames
         self._held_copy: list[bool] = []
         self._copy_frames: dict[int, set[tuple[int, int]]] = {}
+        self._copies_held = 0  # the True ones in _held_copy
         # frame -> timestamp of the last frames of the run a silence ended: a packet with its frame's
         # timestamp is that run's (a late packet, a copy), never the next acquisition's (`_hold`)
         self._paused_timestamps: dict[int, int] = {}
@@ -257,11 +258,12 @@ class UdpSource:
             # twice). But a detector whose clock starts again at each arm repeats every timestamp of the
             # acquisition before: REPEATED_TIMESTAMP_FRAMES whole frames of them are a new acquisition (an
             # outside sender's probe: a whole acquisition of 20 frames dropped as late packets, no record)
-            if sum(self._held_copy) >= (REPEATED_TIMESTAMP_FRAMES + 4) * ppf:  # copies over and over
+            if self._copies_held >= (REPEATED_TIMESTAMP_FRAMES + 4) * ppf:  # copies over and over
                 self._count_stragglers(1, copy=True)
                 return True
             self._held.append(bytes(packet))
             self._held_copy.append(True)
+            self._copies_held += 1
             self._copy_frames.setdefault(frame, set()).add((module, index))
             whole = sum(len(keys) == ppf for keys in self._copy_frames.values())
             # (from frame 0: a resend of the run before's last frames is never taken for one)
@@ -278,17 +280,21 @@ class UdpSource:
         self._held_copy.append(False)
         self._held_frames.setdefault(frame, set()).add((module, index))
         whole = sum(len(keys) == ppf for keys in self._held_frames.values())
-        if whole >= 2 or len(self._held) - sum(self._held_copy) > 4 * ppf:
+        if whole >= 2 or len(self._held) - self._copies_held > 4 * ppf:
             self._new_acquisition()
         return True
 
     def _take_held(self) -> tuple[list[bytes], list[bytes]]:
         """The held packets, emptied: (those of frames not seen in the run before, its frames' copies)."""
         held, copy = self._held, self._held_copy
-        self._held, self._held_copy, self._held_frames, self._copy_frames = [], [], {}, {}
+        self._clear_held()
         return [p for p, c in zip(held, copy, strict=True) if not c], [
             p for p, c in zip(held, copy, strict=True) if c
         ]
+
+    def _clear_held(self) -> None:
+        self._held, self._held_copy, self._held_frames, self._copy_frames = [], [], {}, {}
+        self._copies_held = 0
 
     def _settle_held(self) -> None:
         """Silence again after packets were held: a whole frame among them was a new acquisition (of
@@ -327,9 +333,9 @@ class UdpSource:
     def _new_acquisition(self, with_copies: bool = False) -> None:
         """The held packets start a new acquisition: its run opens, counted from frame 0, with them (and
         with those that repeat the run before's timestamps when ``with_copies``; else those are late)."""
-        if with_copies:  # a detector clock that started again: the run before's timestamps tell nothing
+        if with_copies:  # a detector clock that started again: its timestamps repeat the run before's
             held = self._held
-            self._held, self._held_copy, self._held_frames, self._copy_frames = [], [], {}, {}
+            self._clear_held()
             self._paused_timestamps = {}
             assert self._assembler is not None
             self._assembler.forget_previous()
