@@ -54,7 +54,10 @@ def _name_seen(server: tuple[zmq.Socket, str], keys: Path, client: str, timeout_
     connect_securely(dealer, keys / client / f"{client}.key_secret", keys / "appliance" / "appliance.key")
     dealer.connect(endpoint)
     try:
-        dealer.send(b"hello")
+        try:  # a refused handshake takes the connection away for good: a plain send would block for ever
+            dealer.send(b"hello", zmq.NOBLOCK)
+        except zmq.Again:
+            return None
         if not sock.poll(timeout_ms):
             return None
         parts = sock.recv_multipart(copy=False)
