@@ -45,7 +45,7 @@ from firmware_bridge.source import FLAG_CHUNK, FLAG_STATE_MASK, FrameHeader, Fra
 from firmware_bridge.stream2_reader import Stream2Source
 from firmware_bridge.udp_reader import UdpSource
 from firmware_bridge.zmq_reader import ZmqStreamSource
-from kernels import Geometry, get_backend
+from kernels import Geometry, get_backend, make_gain
 
 __all__ = ["Appliance", "ApplianceView", "RingSink", "curve_paths", "load_calibration", "udp_geometry"]
 
@@ -110,9 +110,32 @@ def load_calibration(settings: Settings, fmt: FrameFormat | None = None) -> Corr
     gaps = udp_gaps(settings)  # the UDP layout's inter-module gaps: no sensor there, never zero counts
     if gaps is not None and gaps.shape == shape:
         mask = gaps if mask is None else (mask | gaps)
+    _check_some_pixel_counts(shape, images["flat"], mask, red)
     model = None if poni is None else poni.detector  # its invalid-pixel value (pyFAI's dummy), if any
     dummy = None if model is None or model.dummy is None else (model.dummy, model.delta_dummy)
     return Corrections(images["dark"], images["flat"], mask, red.solid_angle, red.polarization, dummy, files)
+
+
+def _check_some_pixel_counts(
+    shape: tuple[int, int], flat: np.ndarray | None, mask: np.ndarray | None, red: ReductionSettings
+) -> None:
+    """Refuse (ConfigError) a mask and flat field that together leave no pixel to reduce: every profile,
+    peak and slice would be zeros, and nothing would say why."""
+    if flat is None and mask is None:
+        return
+    if np.any(make_gain(shape, flat, mask)):
+        return
+    pixels = shape[0] * shape[1]
+    said = []
+    if mask is not None:
+        named = [f"reduction.{key}" for key in ("mask_file", "poni_file") if getattr(red, key) is not None]
+        source = " and ".join(named) or "the detector layout's gaps"
+        said.append(f"the mask ({source}) excludes {int(np.count_nonzero(mask))} of {pixels} pixels")
+    if flat is not None:
+        flat32 = np.asarray(flat, dtype=np.float32)
+        unusable = int(np.count_nonzero(~np.isfinite(flat32) | (flat32 <= 0)))
+        said.append(f"reduction.flat_file is zero, negative or not finite at {unusable} of {pixels} pixels")
+    raise ConfigError(f"no pixel is left to reduce: {'; '.join(said)}")
 
 
 def detector_gaps(settings: Settings, fmt: FrameFormat | None = None) -> np.ndarray | None:

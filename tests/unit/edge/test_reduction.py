@@ -170,6 +170,43 @@ def test_calibration_files_are_checked_at_start(tmp_path) -> None:
         load_calibration(load_settings(overrides=[f'reduction.dark_file="{pickled}"']))
 
 
+def test_a_mask_and_flat_that_leave_no_pixel_refuse_the_start(tmp_path) -> None:
+    """An outside probe: a mask of NaNs (nonzero: every pixel out) or a flat field of zeros ran, and every
+    profile came out 0 with nothing in the log. Each now refuses the start, saying which file and how
+    many pixels; a mask and a flat that leave one pixel between them start."""
+    from edge.appliance import load_calibration
+
+    shape = (1024, 1024)
+    nan_mask, zero_flat = tmp_path / "nan.npy", tmp_path / "flat0.npy"
+    np.save(nan_mask, np.full(shape, np.nan))
+    np.save(zero_flat, np.zeros(shape, np.float32))
+    with pytest.raises(
+        ConfigError, match=r"no pixel is left to reduce: the mask \(reduction.mask_file\) excludes 1048576 of"
+    ):
+        load_calibration(load_settings(overrides=[f'reduction.mask_file="{nan_mask}"']))
+    with pytest.raises(
+        ConfigError, match=r"reduction.flat_file is zero, negative or not finite at 1048576 of"
+    ):
+        load_calibration(load_settings(overrides=[f'reduction.flat_file="{zero_flat}"']))
+    # half masked, the other half's flat unusable: nothing left between them, and both are named
+    half, other = np.zeros(shape, bool), np.ones(shape, np.float32)
+    half[:512] = True
+    other[512:] = -1.0
+    np.save(tmp_path / "half.npy", half)
+    np.save(tmp_path / "other.npy", other)
+    both = [
+        f'reduction.mask_file="{tmp_path / "half.npy"}"',
+        f'reduction.flat_file="{tmp_path / "other.npy"}"',
+    ]
+    with pytest.raises(
+        ConfigError, match=r"excludes 524288 of 1048576 pixels; reduction.flat_file .* 524288 of"
+    ):
+        load_calibration(load_settings(overrides=both))
+    other[600, 7] = 2.0  # one pixel left
+    np.save(tmp_path / "other.npy", other)
+    assert load_calibration(load_settings(overrides=both)).mask.sum() == 524288
+
+
 def test_the_udp_layout_s_module_gaps_are_masked_never_reduced_as_zero_counts(tmp_path) -> None:
     """UDP frames have blank gap rows/columns between modules (always 0: no sensor there). They are in the
     run's mask, with a mask file's pixels, so no profile averages them in as zero counts."""
