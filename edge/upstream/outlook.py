@@ -10,6 +10,8 @@ table, ``edge where``), so an outage never shows three different answers. The fa
   in the window yet).
   A required consumer that is connected (it heartbeats) but has answered none of the chunks sent to it
   for ``UNANSWERED_SECONDS`` is a stall too, when nothing became verified over the rate window.
+  A required consumer that refuses every chunk (``held_back``: refused many in a row, none taken) is a
+  stall at once, whatever was verified earlier in the window.
 - ``refusing``: the connected required consumers that refused a chunk in the last ``REFUSING_SECONDS``.
 - ``unanswering``: the connected required consumers that answered no chunk sent to them for
   ``UNANSWERED_SECONDS`` (a wedged client: it heartbeats, it writes and acknowledges nothing).
@@ -89,7 +91,10 @@ def upstream_outlook(
     elif missing:
         state = "stalled"
         reason = f"no consumer connected: {', '.join(missing)} must pull (data stays on the local disk)"
-    elif refusals and rate <= 0:
+    elif refusals and (
+        rate <= 0 or any(c.get("held_back") for c in consumers if c.get("consumer") in refusals)
+    ):
+        # (files verified earlier in the rate window say nothing once it refuses every chunk)
         state = "stalled"
         said = "; ".join(f"{name}: {why}" for name, why in sorted(refusals.items()))
         reason = f"consumer refusing chunks ({said[:300]}); data stays on the local disk"

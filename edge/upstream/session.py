@@ -41,6 +41,13 @@ MAX_CREDIT = 1 << 12
 MAX_IN_FLIGHT_BYTES = 256 << 20
 #: seconds a chunk that could not be read (or no longer matches its checksum) waits before it is read again
 UNREADABLE_RETRY_SECONDS = 60.0
+#: refusals in a row (no chunk acknowledged between them) after which the consumer is refusing
+#: everything (its disk is full, its output is gone): it is sent one chunk at a time, after a pause that
+#: starts at ``resend_seconds`` and doubles at each refusal, up to ``MAX_HOLD_BACK_SECONDS``, until it
+#: takes one. Before this, a full disk on the HPC side had the whole backlog read from the local disk and
+#: sent again every ``resend_seconds`` (6 MB/s for a 19 MB backlog)
+REFUSING_IN_A_ROW = 8
+MAX_HOLD_BACK_SECONDS = 60.0
 #: chunks set aside at most (the ledger's query lists them; SQLite takes 32766 parameters)
 MAX_SET_ASIDE = 8192
 #: files named in ``unreadable_files`` at most (the status lists each; beyond, only counted)
@@ -127,6 +134,13 @@ class ConsumerState:
     #: since when it owes an answer: chunks were sent to it and none was acknowledged or refused since
     #: (None: it owes nothing). A consumer that heartbeats but answers no chunk stalls delivery unseen
     unanswered_since: float | None = None
+    refused_in_a_row: int = 0  # refusals since it last acknowledged a chunk
+    hold_back: float = 0.0  # seconds of the pause before its next chunk, once it refuses everything
+    held_back_until: float = 0.0  # no chunk goes to it before (see ``REFUSING_IN_A_ROW``)
+
+    @property
+    def refusing_everything(self) -> bool:
+        return self.refused_in_a_row >= REFUSING_IN_A_ROW
 
 
 class ForwarderSession:
@@ -232,6 +246,13 @@ class ForwarderSession:
             self._sends.get(consumer.name, {}).pop(message.chunk_id, None)  # its next send is a first
             consumer.held.pop(message.chunk_id, None)
             consumer.nacks.pop(message.chunk_id, None)
+            if consumer.refusing_everything:
+                log.info(
+                    "consumer %s takes chunks again, after %d refusals in a row",
+                    consumer.name,
+                    consumer.refused_in_a_row,
+                )
+            consumer.refused_in_a_row, consumer.hold_back, consumer.held_back_until = 0, 0.0, 0.0
         elif isinstance(message, p.Nack):
             if consumer.in_flight.pop(message.chunk_id, None) is None:
                 # nothing of it pending (never sent to this consumer, acknowledged already, or timed out
@@ -369,6 +390,10 @@ class ForwarderSession:
                 "seconds_unanswered": None
                 if c.unanswered_since is None
                 else round(now - c.unanswered_since, 3),
+                "refused_in_a_row": c.refused_in_a_row,
+                # it refuses everything: sent one chunk at a time, the next after this many seconds
+                "held_back": c.refusing_everything,
+                "held_back_seconds": round(max(0.0, c.held_back_until - now), 3),
             }
             for c in self.consumers.values()
         ]
@@ -436,13 +461,37 @@ class ForwarderSession:
     def _refused(self, consumer: ConsumerState, chunk_id: int, now: float, reason: str) -> None:
         """The consumer refused chunk ``chunk_id``, in flight to it (its credit back already): the first
         refusal of a chunk has it resent at once (a bit flipped on the way); a chunk refused again waits
-        resend_seconds each time (a consumer that cannot take it is not flooded)."""
+        resend_seconds each time (a consumer that cannot take it is not flooded), and a consumer that
+        refuses ``REFUSING_IN_A_ROW`` chunks in a row is sent one at a time, after growing pauses."""
         consumer.nacks[chunk_id] += 1
         if consumer.nacks[chunk_id] > 1:
             consumer.held[chunk_id] = now + self.resend_seconds
         consumer.unanswered_since = now if consumer.in_flight else None  # an answer, if a refusal
         consumer.refusals += 1
         consumer.last_refusal, consumer.last_refusal_at = reason, now
+        consumer.refused_in_a_row += 1
+        if consumer.refusing_everything and now >= consumer.held_back_until:
+            # a refusal of a chunk sent after the last pause (or the one that makes it everything): the
+            # next pause is longer; refusals of chunks sent before the pause began change nothing
+            first = consumer.hold_back == 0
+            limit = max(MAX_HOLD_BACK_SECONDS, self.resend_seconds)
+            consumer.hold_back = self.resend_seconds if first else min(2 * consumer.hold_back, limit)
+            consumer.held_back_until = now + consumer.hold_back
+            self.stats["consumer_hold_backs"] += 1
+            if first:
+                log.warning(
+                    "consumer %s refused %d chunks in a row (the newest: %s): it is sent one chunk at a"
+                    " time, after a pause of %.0f s doubling at each refusal (at most %.0f s), until it"
+                    " takes one",
+                    consumer.name,
+                    consumer.refused_in_a_row,
+                    reason,
+                    consumer.hold_back,
+                    limit,
+                )
+            return
+        if consumer.refusing_everything:  # held back already: one line per refusal is a flood
+            return
         log.warning("consumer %s rejected chunk %d: %s", consumer.name, chunk_id, reason)
 
     def _forget_silent(self, now: float) -> None:
@@ -496,6 +545,11 @@ class ForwarderSession:
     def _chunks(self, consumer: ConsumerState, now: float) -> list[Outgoing]:
         if consumer.credit <= 0 or consumer.unreachable:
             return []
+        credit = consumer.credit
+        if consumer.refusing_everything:  # one chunk, after the pause, to see whether it takes it now
+            if now < consumer.held_back_until or consumer.in_flight:
+                return []
+            credit = 1
         for chunk_id, until in list(consumer.held.items()):
             if now >= until:
                 del consumer.held[chunk_id]
@@ -504,7 +558,7 @@ class ForwarderSession:
         room = MAX_IN_FLIGHT_BYTES - sum(consumer.sizes.values())
         self._unreadable = {c: until for c, until in self._unreadable.items() if until > now}
         skip = [*consumer.in_flight, *consumer.held, *self._unreadable]
-        for row in self.ledger.pending_chunks(consumer.name, skip, consumer.credit):
+        for row in self.ledger.pending_chunks(consumer.name, skip, credit):
             if int(row["length"]) > room and (consumer.in_flight or out):
                 self.stats["sends_held_in_flight_bytes"] += 1  # its credit waits for answers
                 break

@@ -18,7 +18,13 @@ from edge.durable import checksum_bytes, file_checksums
 from edge.ledger import Ledger
 from edge.upstream import protocol as p
 from edge.upstream.outlook import upstream_outlook
-from edge.upstream.session import MAX_CREDIT, ForwarderSession, Outgoing
+from edge.upstream.session import (
+    MAX_CREDIT,
+    MAX_HOLD_BACK_SECONDS,
+    REFUSING_IN_A_ROW,
+    ForwarderSession,
+    Outgoing,
+)
 
 RESEND = 10.0
 PEER = b"peer-1"
@@ -167,6 +173,9 @@ def test_an_undeliverable_chunk_gives_its_credit_back_and_waits_for_the_consumer
         "last_refusal": None,
         "seconds_since_refusal": None,
         "seconds_unanswered": None,
+        "refused_in_a_row": 0,
+        "held_back": False,
+        "held_back_seconds": 0.0,
     }
     # counters only grow (Prometheus counters; an outside probe saw them go down): the attempt stays
     # counted, and the chunk tried again counts as resent
@@ -318,6 +327,82 @@ def test_a_chunk_rejected_again_waits_before_it_is_resent(ledger: Ledger) -> Non
     ack(session, third, 0.7)
     assert not chunks(session.tick(0.8))  # only the held chunk is left: it waits
     assert [c.chunk_id for c in chunks(session.tick(0.4 + RESEND))] == [chunk.chunk_id]
+
+
+@pytest.fixture
+def backlog(tmp_path: Path) -> Ledger:
+    """A ledger holding 40 one-chunk files of run ``run``: a backlog."""
+    ledger = Ledger(tmp_path / "backlog.sqlite", required_consumers=("hpc",))
+    ledger.run_started("run", 1, 40, "{}")
+    for n in range(40):
+        path = tmp_path / f"run_{n:05d}.h5"
+        path.write_bytes(bytes([n]) * 1024)
+        size, digest, parts = file_checksums(path, 1024)
+        ledger.file_stored("run", path.name, path, size, digest, (n, n + 1, 1), parts)
+    yield ledger
+    ledger.close()
+
+
+def test_a_consumer_that_refuses_everything_is_sent_one_chunk_after_growing_pauses(
+    backlog: Ledger, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An outside probe: with the HPC side's disk full, every chunk of a 19 MB backlog was read and sent
+    again every resend_seconds (6 MB/s), the client logging a write error for each. After
+    REFUSING_IN_A_ROW refusals with nothing taken, one chunk goes at a time, the pauses doubling; the
+    first chunk it takes ends that."""
+    session = ForwarderSession(backlog, resend_seconds=RESEND)
+    connect(session, credit=16)
+    now, sent = 0.0, 0
+    caplog.set_level(logging.INFO, logger="edge.upstream.session")
+    for _ in range(3):  # every chunk sent is refused: "No space left on device"
+        for chunk in chunks(session.tick(now)):
+            sent += 1
+            session.receive(
+                PEER, frames(p.Nack(chunk.chunk_id, "write failed: No space left on device")), now
+            )
+        now += 0.01
+    state = session.consumer_states(now)[0]
+    assert state["held_back"] and state["refused_in_a_row"] == sent >= REFUSING_IN_A_ROW
+    assert state["held_back_seconds"] == pytest.approx(RESEND, abs=0.1)
+    assert sum("refused" in r.message and "one chunk at a time" in r.message for r in caplog.records) == 1
+    caplog.clear()
+    # held back: nothing at all until the pause is over, then one chunk, and each refusal doubles it
+    pauses = []
+    for _ in range(6):
+        start = now
+        while not (out := chunks(session.tick(now))):
+            now += 0.5
+            assert now - start <= MAX_HOLD_BACK_SECONDS + 1
+        pauses.append(now - start)
+        assert len(out) == 1
+        assert chunks(session.tick(now + 0.1)) == []  # not another while that one is unanswered
+        session.receive(PEER, frames(p.Nack(out[0].chunk_id, "No space left on device")), now + 0.2)
+        now += 0.2
+    assert pauses[1:] == pytest.approx([20.0, 40.0, 60.0, 60.0, 60.0], abs=0.6)
+    assert not caplog.records  # refusals while held back are no line each
+    before = session.stats["chunks_sent"] + session.stats["chunks_resent"]
+    # the outlook says stalled at once, though files were verified earlier in the rate window
+    view = session.consumer_states(now)
+
+    class Verified:
+        required_consumers = ("hpc",)
+
+        def verified_rate(self, window: float, now: float) -> float:
+            return 1e6
+
+        def oldest_unverified_at(self) -> float | None:
+            return 0.0
+
+    outlook = upstream_outlook(Verified(), 1 << 20, {"consumers": view}, now)
+    assert outlook["state"] == "stalled" and "No space left on device" in outlook["reason"]
+    # space again: the probe chunk is taken, and the whole credit goes out at once
+    while not (out := chunks(session.tick(now))):
+        now += 0.5
+    ack(session, out[0], now)
+    assert len(chunks(session.tick(now + 0.01))) == 16
+    assert session.consumer_states(now)[0]["held_back"] is False
+    assert any("takes chunks again" in r.message for r in caplog.records)
+    assert session.stats["chunks_sent"] + session.stats["chunks_resent"] == before + 17
 
 
 def test_a_consumer_name_outside_the_rules_is_refused(ledger: Ledger) -> None:
