@@ -14,9 +14,10 @@ process's RSS at the last sample <= 1.05x its RSS at minute 2 (after warm-up: nu
 filled, caches sized), descriptors and threads unchanged from minute 2, and no frame lost. Results go
 to ``benchmarks/results/`` as JSON and a text table.
 
-The processes run with ``MALLOC_ARENA_MAX=2``, as the systemd units set it: with glibc's default (eight
-arenas per core) two of three 10-minute runs here saw one process's RSS step up ~10% after minute 2 and
-stay there; the one run with two arenas stayed flat. Set ``MALLOC_ARENA_MAX`` to run with another value.
+The processes share two malloc arenas (``edge/allocator.py`` sets it at start, as the systemd units'
+``MALLOC_ARENA_MAX=2`` does): with glibc's default (eight arenas per core) two of three 10-minute runs
+here saw one process's RSS step up ~10% after minute 2 and stay there; the one run with two arenas
+stayed flat. Set ``MALLOC_ARENA_MAX`` to run with another value (an explicit value wins).
 
     python benchmarks/soak.py [--minutes 10] [--rate 20] [--sample-seconds 60]
     make soak                       # the same, 10 minutes
@@ -226,8 +227,7 @@ def main() -> int:
     common = [arg for item in settings for arg in ("--set", item)]
     procs: dict[str, subprocess.Popen[bytes]] = {}
     handles = []
-    env = dict(os.environ)
-    env.setdefault("MALLOC_ARENA_MAX", "2")  # as the systemd units run them (an explicit value wins)
+    env = dict(os.environ)  # the processes take two malloc heaps themselves (edge/allocator.py)
 
     def start(role: str, command: str) -> None:
         log = open(logs / f"{role}.log", "wb")  # noqa: SIM115 - closed at the end

@@ -10,6 +10,12 @@ and a trim threshold of 128 MiB keep those pages mapped from one message to the 
 down to 1-2; ``benchmarks/results/malloc-2026-12-02.txt``). The cost is memory: up to the trim
 threshold of freed memory per heap stays with the process, which at most holds what its peak held.
 
+That is why the threads share two heaps (arenas) instead of glibc's eight per core: each heap keeps its
+own freed pages, and with the default a daemon's resident memory went on rising (+61 MB/h over a
+20-minute soak outside systemd, with Python's own allocations flat); the systemd units always ran with
+``MALLOC_ARENA_MAX=2`` and stayed flat (``benchmarks/soak.py``). Now ``edge run`` / ``pull`` / ``sim``
+take two heaps however they are started.
+
 An explicit setting wins: a parameter set through ``MALLOC_MMAP_THRESHOLD_`` / ``MALLOC_TRIM_THRESHOLD_``
 or ``GLIBC_TUNABLES`` is left as it is. On a C library other than glibc nothing is changed.
 """
@@ -21,11 +27,13 @@ import os
 
 MMAP_THRESHOLD = 32 << 20  # bytes; glibc refuses more than half a thread heap's 64 MiB
 TRIM_THRESHOLD = 128 << 20  # bytes of free memory a heap keeps at its top before giving it back
+ARENA_MAX = 2  # heaps the threads share (glibc's default: eight per core, each keeping its own free pages)
 
 # mallopt parameter numbers (glibc's malloc.h), with the environment variable and tunable that also set them
 _PARAMETERS = {
     "mmap_threshold": (-3, "MALLOC_MMAP_THRESHOLD_", MMAP_THRESHOLD),
     "trim_threshold": (-1, "MALLOC_TRIM_THRESHOLD_", TRIM_THRESHOLD),
+    "arena_max": (-8, "MALLOC_ARENA_MAX", ARENA_MAX),
 }
 
 
