@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextvars
 import ipaddress
+import math
 import os
 import re
 import tomllib
@@ -131,9 +132,10 @@ class DetectorSettings(_Section):
 class GeometrySettings(_Section):
     """Experiment geometry in pyFAI's PONI convention (metres, radians)."""
 
-    # bounded far beyond any beamline (so that no product is computed from infinities): distance up to
-    # 1 km, the PONI within 100 m of the corner, pixels up to 10 cm, wavelengths up to 1 um
-    dist: float = Field(0.1, gt=0, le=1000.0)
+    # bounded far beyond any beamline (so that no product is computed from infinities or noise):
+    # distance 0.1 mm to 1 km, the PONI within 100 m of the corner, pixels 10 nm to 10 cm, wavelengths
+    # 0.1 pm to 1 um, rotations within a turn (kernels/_geometry.py's LIMITS, LOWEST, ROTATION_LIMIT)
+    dist: float = Field(0.1, ge=1e-4, le=1000.0)
     poni1: float = Field(
         0.0384,
         ge=-100.0,
@@ -149,12 +151,12 @@ class GeometrySettings(_Section):
         description="PONI along the fast axis (columns), metres from the first pixel's outer corner; the"
         " default is the centre of the default detector (1024 columns of 75 um), as for poni1",
     )
-    rot1: float = 0.0
-    rot2: float = 0.0
-    rot3: float = 0.0
-    wavelength: float = Field(1.0e-10, gt=0, le=1e-6)
-    pixel1: float = Field(75e-6, gt=0, le=0.1)
-    pixel2: float = Field(75e-6, gt=0, le=0.1)
+    rot1: float = Field(0.0, ge=-2 * math.pi, le=2 * math.pi)
+    rot2: float = Field(0.0, ge=-2 * math.pi, le=2 * math.pi)
+    rot3: float = Field(0.0, ge=-2 * math.pi, le=2 * math.pi)
+    wavelength: float = Field(1.0e-10, ge=1e-13, le=1e-6)
+    pixel1: float = Field(75e-6, ge=1e-8, le=0.1)
+    pixel2: float = Field(75e-6, ge=1e-8, le=0.1)
 
 
 class SimSettings(_Section):

@@ -196,6 +196,11 @@ class Poni:
 #: bounds far beyond any beamline, so that no axis is computed from infinities (as edge's settings):
 #: distance up to 1 km, the PONI within 100 m, pixels (and sensors) up to 10 cm, wavelength up to 1 um
 LIMITS = {"distance": 1000.0, "poni1": 100.0, "poni2": 100.0, "wavelength": 1e-6, "pixel": 0.1}
+#: and below: a distance of 0.1 mm, a wavelength of 0.1 pm (12 MeV photons; 300 kV electrons are 2 pm),
+#: pixels of 10 nm. A distance of 1e-300 m put every pixel at 2theta = 90 degrees, in 2 of 1000 bins
+LOWEST = {"distance": 1e-4, "wavelength": 1e-13, "pixel": 1e-8}
+#: rotations within a turn either way (radians): sin and cos of 1e300 are noise, not an angle
+ROTATION_LIMIT = 2 * math.pi
 
 
 def _float(values: dict[str, tuple[str, str]], key: str, *, positive: bool = False) -> float:
@@ -210,9 +215,15 @@ def _float(values: dict[str, tuple[str, str]], key: str, *, positive: bool = Fal
         raise PoniError(spelled, f"{text!r} is not finite")
     if positive and value <= 0:
         raise PoniError(spelled, f"{text!r} must be > 0")
-    limit = LIMITS.get("pixel" if key.startswith("pixelsize") else key)
+    kind = "pixel" if key.startswith("pixelsize") else key
+    limit = LIMITS.get(kind)
     if limit is not None and abs(value) > limit:
         raise PoniError(spelled, f"{text!r} is beyond any beamline (at most {limit:g} m)")
+    lowest = LOWEST.get(kind)
+    if lowest is not None and abs(value) < lowest:
+        raise PoniError(spelled, f"{text!r} is below any beamline (at least {lowest:g} m)")
+    if key.startswith("rot") and abs(value) > ROTATION_LIMIT:
+        raise PoniError(spelled, f"{text!r} is more than a turn (at most 2 pi = {ROTATION_LIMIT:.6f} rad)")
     return value
 
 
@@ -245,6 +256,8 @@ def _pixel(config: dict[str, Any], key: str, spelled: str) -> float | None:
         raise PoniError(spelled, f"{key} = {value!r} must be a positive size in metres")
     if number > LIMITS["pixel"]:
         raise PoniError(spelled, f"{key} = {value!r} is beyond any detector (at most {LIMITS['pixel']:g} m)")
+    if number < LOWEST["pixel"]:
+        raise PoniError(spelled, f"{key} = {value!r} is below any detector (at least {LOWEST['pixel']:g} m)")
     return number
 
 

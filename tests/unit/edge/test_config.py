@@ -47,6 +47,9 @@ def test_precedence_toml_then_env_then_cli(tmp_path, monkeypatch) -> None:
         ("geometry.dist=false", "geometry.dist"),
         ("geometry.pixel1=5", "geometry.pixel1"),  # 5 m pixels: 1e300 would overflow the axes
         ("geometry.poni1=5000", "geometry.poni1"),
+        ("geometry.dist=1e-300", "geometry.dist"),  # every pixel at 2theta = 90 degrees
+        ("geometry.wavelength=1e-20", "geometry.wavelength"),
+        ("geometry.rot1=100", "geometry.rot1"),  # radians: more than a turn
         ("stream.rcvhwm=2147483648", "stream.rcvhwm"),  # beyond ZeroMQ's C int: a reader that died
         ("udp.rcvbuf_bytes=2147483648", "udp.rcvbuf_bytes"),
         ("retention.interval_seconds=100000", "retention.interval_seconds"),  # (1e300 overflowed a wait)

@@ -272,6 +272,11 @@ def _good(tmp_path: Path) -> str:
         ('"pixel1": 7.5e-05', '"pixel1": -1', "Detector_config", "positive"),
         ('"pixel1": 7.5e-05', '"pixel1": 1e300', "Detector_config", "beyond any detector"),
         ("Rot2: -0.021", "Rot2: -0.021\nPoni1: 1e300", "Poni1", "beyond any beamline"),
+        # an outside probe: positive but absurdly small ones ran, every pixel at 2theta = 90 degrees
+        ("Distance: 0.05", "Distance: 1e-300", "Distance", "below any beamline"),
+        ("Wavelength: 1e-10", "Wavelength: 1e-20", "Wavelength", "below any beamline"),
+        ('"pixel1": 7.5e-05', '"pixel1": 1e-12', "Detector_config", "below any detector"),
+        ("Rot2: -0.021", "Rot2: 1e300", "Rot2", "more than a turn"),
         ('"max_shape": [40, 56]', '"max_shape": [40]', "Detector_config", "max_shape"),
         ('"pixel1": 7.5e-05', '"pixel1": 7.5e-05, "splineFile": "d.spline"', "Detector_config", "spline"),
         # pyFAI reads a binning as 2x the pixels: taken as the unbinned detector it was another geometry
