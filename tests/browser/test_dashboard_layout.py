@@ -226,3 +226,35 @@ def test_layout_at_each_width(
         assert f"resumed after a daemon restart at frame 1,200; continues {FAULTY}" in series
     finally:
         browser.close()
+
+
+#: JavaScript: each header cell of the runs table against the box its card shows it in (the
+#: sideways-scrolling wrapper clips it), and the wrapper's own scroll sizes.
+RUNS_HEADERS = """(() => {
+  const wrap = document.getElementById('runs').closest('.scroll-x');
+  const card = document.getElementById('runs-card').getBoundingClientRect();
+  const box = wrap.getBoundingClientRect();
+  const left = Math.max(card.left, box.left), right = Math.min(card.right, box.right);
+  const cells = [...document.querySelectorAll('#runs thead th')].map((th) => {
+    const r = th.getBoundingClientRect();
+    return {text: th.innerText, left: r.left, right: r.right, inside: r.left >= left - 1 && r.right <= right + 1};
+  });
+  return {cells, scrollWidth: wrap.scrollWidth, clientWidth: wrap.clientWidth};
+})()"""
+
+
+@pytest.mark.parametrize("width", (768, 1280))
+def test_every_runs_column_is_in_view(busy: str, chromium: str, tmp_path: Path, width: int) -> None:
+    """At a tablet's 768 px the runs table was 781 px in a 703 px box: its last column, pending (where
+    the data is), was cut off with no cue. Every header cell lies within the card's visible box."""
+    browser = Browser(chromium, tmp_path / "chromium-profile", width=width, height=900)
+    try:
+        browser.goto(busy)
+        browser.wait_for("document.querySelectorAll('#runs tr[data-run]').length === 2", 10, "the runs table")
+        runs = browser.evaluate(RUNS_HEADERS)
+        cut = [cell for cell in runs["cells"] if not cell["inside"]]
+        assert cut == [], f"runs columns cut off at {width} px: {cut} ({runs})"
+        assert runs["scrollWidth"] <= runs["clientWidth"] + 1, runs
+        assert [cell["text"] for cell in runs["cells"]][-1] == "pending"
+    finally:
+        browser.close()
