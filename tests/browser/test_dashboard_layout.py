@@ -258,3 +258,36 @@ def test_every_runs_column_is_in_view(busy: str, chromium: str, tmp_path: Path, 
         assert [cell["text"] for cell in runs["cells"]][-1] == "pending"
     finally:
         browser.close()
+
+
+#: JavaScript: the body text's computed font size and whether anything sticks out of the page's width.
+TEXT_AND_OVERFLOW = """(() => {
+  const doc = document.documentElement;
+  const sticking = [...document.querySelectorAll('body *')].filter((el) => {
+    if (el.closest('.scroll-x, .preview-scroll')) return false;
+    const r = el.getBoundingClientRect();
+    return r.width > 0 && r.right > doc.clientWidth + 1;
+  }).map((el) => el.tagName + '#' + el.id).slice(0, 10);
+  const px = (el) => parseFloat(getComputedStyle(el).fontSize);
+  return {body: px(document.body), cell: px(document.querySelector('#runs tbody td')),
+          scrollWidth: doc.scrollWidth, clientWidth: doc.clientWidth, sticking};
+})()"""
+
+
+def test_the_page_scales_up_on_a_wall(busy: str, chromium: str, tmp_path: Path) -> None:
+    """On a 3840 x 2160 wall the text stayed 12-13 px and the bottom quarter was empty: the page
+    grows with the viewport above 1920 px (and looks as before at 1920 and below)."""
+    sizes = {}
+    for width, height in ((1280, 800), (1920, 1080), (3840, 2160)):
+        browser = Browser(chromium, tmp_path / f"chromium-profile-{width}", width=width, height=height)
+        try:
+            browser.goto(busy)
+            browser.wait_for("document.querySelectorAll('#runs tr[data-run]').length === 2", 10, "the runs")
+            sizes[width] = facts = browser.evaluate(TEXT_AND_OVERFLOW)
+            assert facts["scrollWidth"] <= facts["clientWidth"], f"page overflows sideways at {width} px"
+            assert facts["sticking"] == [], f"elements stick out of the page at {width} px"
+        finally:
+            browser.close()
+    assert sizes[1920]["body"] == sizes[1280]["body"] == 14, sizes  # unchanged up to 1920 px
+    assert sizes[3840]["body"] >= 1.5 * sizes[1280]["body"], sizes
+    assert sizes[3840]["cell"] >= 1.5 * sizes[1280]["cell"], sizes

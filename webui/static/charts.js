@@ -6,9 +6,16 @@
 "use strict";
 
 window.EdgeCharts = (() => {
+  /** How much the page is scaled up (dashboard.css: the root font grows on a wall): 1 at 16 px. */
+  function zoom() {
+    return parseFloat(getComputedStyle(document.documentElement).fontSize) / 16 || 1;
+  }
+
   function fit(canvas) {
-    // draw at the canvas's on-screen size, sharp on high-DPI screens
+    // draw at the canvas's on-screen size, sharp on high-DPI screens; W and H are in units of the
+    // unscaled page, so labels and margins grow with the page's zoom
     const ratio = window.devicePixelRatio || 1;
+    const scale = ratio * zoom();
     const w = Math.max(1, Math.round(canvas.clientWidth * ratio));
     const h = Math.max(1, Math.round(canvas.clientHeight * ratio));
     if (canvas.width !== w || canvas.height !== h) {
@@ -16,8 +23,8 @@ window.EdgeCharts = (() => {
       canvas.height = h;
     }
     const ctx = canvas.getContext("2d");
-    ctx.setTransform(ratio, 0, 0, ratio, 0, 0);
-    return { ctx, W: w / ratio, H: h / ratio };
+    ctx.setTransform(scale, 0, 0, scale, 0, 0);
+    return { ctx, W: w / scale, H: h / scale };
   }
 
   function trend(canvas, samples, value, options = {}) {
@@ -83,5 +90,5 @@ window.EdgeCharts = (() => {
     ctx.fillText(`${format(lo)} – ${format(hi)}`, W - m.r, 1);
   }
 
-  return { trend, fit };
+  return { trend, fit, zoom };
 })();

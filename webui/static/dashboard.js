@@ -357,8 +357,9 @@
       setText("profile-caption", "");
       return;
     }
-    const W = svg.clientWidth;
-    const H = svg.clientHeight;
+    const zoom = window.EdgeCharts.zoom(); // drawn in the unscaled page's units; the viewBox scales it up
+    const W = svg.clientWidth / zoom;
+    const H = svg.clientHeight / zoom;
     if (!W || !H) return;
     const logY = $("profile-log").checked;
     const pts = [];
