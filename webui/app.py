@@ -409,6 +409,18 @@ def create_app(
             raise NotFound("this appliance keeps no alarm acknowledgements")
         return dict(book.acknowledge(alarm_id))
 
+    @app.get(
+        "/api/token",
+        dependencies=[Depends(can_write)],
+        status_code=204,
+        response_class=Response,
+        responses={204: {"description": "the token sent would be accepted for a write"}},
+    )
+    def check_token() -> Response:
+        """Whether the bearer token sent would be accepted for a write, changing nothing: 204, else 401
+        (403 when writes are disabled). The dashboard checks a token once when it gets it."""
+        return Response(status_code=204)
+
     @app.get("/api/trends")
     def trends() -> list[dict[str, Any]]:
         """Trend samples (frame rate, ring fill, backlog, disk use), taken while a dashboard watched."""

@@ -149,7 +149,51 @@ def test_a_token_handed_over_in_the_address_is_kept_and_hidden(url: str, browser
     live(browser, url + f"#token={TOKEN}")
     assert browser.evaluate("localStorage.getItem('edge.apiToken')") == TOKEN
     assert TOKEN not in browser.evaluate("location.href")
-    assert texts(browser, "#token-toggle") == ["token \u2713"]
+    # checked once with the appliance (GET /api/token), which accepts it
+    browser.wait_for(
+        "document.getElementById('token-toggle').textContent === 'token \u2713'", 10, "the token accepted"
+    )
+
+
+def test_a_wrong_token_in_the_address_is_shown_refused_at_once(url: str, browser: Browser) -> None:
+    """A wrong token handed over as #token=nope showed "token ✓": the scientist learnt only at a write
+    that it was refused. The page checks it when it gets it, and the header says it is refused."""
+    live(browser, url + "#token=nope")
+    browser.wait_for(
+        "document.getElementById('token-toggle').textContent === 'token \u2717 refused'", 10, "the refusal"
+    )
+    assert "refuses" in browser.evaluate("document.getElementById('token-toggle').title")
+    # the right one, entered in the page, is checked as it is saved
+    browser.click("#token-toggle")
+    browser.evaluate(f"document.getElementById('token-input').value = {TOKEN!r}")
+    browser.click("#token-save")
+    browser.wait_for(
+        "document.getElementById('token-toggle').textContent === 'token \u2713'", 10, "the token accepted"
+    )
+
+
+def test_a_token_entered_while_offline_stays_unchecked(view: ScriptedView, browser: Browser) -> None:
+    """No answer, no verdict: a token given while the appliance is unreachable is neither ✓ nor ✗, and
+    is checked once the appliance answers again."""
+    with serve(view, token=TOKEN) as (url, server):
+        live(browser, url)
+        server.should_exit = True
+        browser.wait_for(
+            "document.getElementById('link-state').textContent.startsWith('offline')", 20, "offline"
+        )
+    browser.click("#token-toggle")
+    browser.evaluate("document.getElementById('token-input').value = 'nope'")
+    browser.click("#token-save")
+    browser.wait_for(
+        "document.getElementById('token-msg').textContent.includes('not checked')", 10, "unchecked"
+    )
+    assert texts(browser, "#token-toggle") == ["token \u2026"]
+    port = int(url.rstrip("/").rsplit(":", 1)[1])
+    with serve(view, token=TOKEN, port=port):
+        browser.wait_for("window.edgeDashboard.link === 'live'", 15, "the page to reconnect")
+        browser.wait_for(
+            "document.getElementById('token-toggle').textContent === 'token \u2717 refused'", 10, "refused"
+        )
 
 
 def test_switching_the_mode_needs_the_token_and_waits_for_the_run_to_end(

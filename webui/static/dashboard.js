@@ -141,6 +141,11 @@
     } catch (error) {
       answer = null;
     }
+    if (token.get() && (response.ok || response.status === 401 || response.status === 403)) {
+      tokenCheck.verdict = response.ok ? "accepted" : "refused";
+      tokenCheck.status = response.status;
+      showTokenState();
+    }
     return { ok: response.ok, status: response.status, body: answer };
   }
 
@@ -1136,18 +1141,70 @@
     }
     $("main").classList.toggle("stale", link === "stale" || link === "offline");
     if (changed) renderHeader();
+    if (changed && link === "live" && tokenCheck.verdict === "unchecked") checkToken(); // answering again
   }
 
   // ---- the token ------------------------------------------------------------------------------------------
+  // A token is checked once when the page gets it (GET /api/token changes nothing: 204, 401, or 403 when
+  // writes are disabled): a wrong one showed "token ✓" until a write was refused. Unanswered (offline)
+  // it stays "unchecked", shown neutral, and is checked when the appliance answers again.
+  const tokenCheck = { verdict: "unchecked", status: null, pending: false }; // unchecked | accepted | refused
+
+  async function checkToken() {
+    const given = token.get();
+    if (!given || tokenCheck.pending) return;
+    tokenCheck.pending = true;
+    const controller = new AbortController();
+    const timer = setTimeout(() => controller.abort(), FETCH_TIMEOUT_MS);
+    try {
+      const response = await fetch("/api/token", {
+        headers: { Authorization: `Bearer ${given}` }, cache: "no-store", signal: controller.signal,
+      });
+      if (token.get() !== given) return; // another token came meanwhile: its own check decides
+      if (response.status === 204 || response.status === 401 || response.status === 403) {
+        tokenCheck.verdict = response.status === 204 ? "accepted" : "refused";
+        tokenCheck.status = response.status;
+      }
+    } catch (error) {
+      // unreachable: the token stays unchecked (neutral) until the appliance answers
+    } finally {
+      clearTimeout(timer);
+      tokenCheck.pending = false;
+      showTokenState();
+    }
+  }
+
+  function setToken(value) {
+    token.set(value);
+    tokenCheck.verdict = "unchecked";
+    tokenCheck.status = null;
+    showTokenState();
+    checkToken();
+  }
+
   function showTokenState() {
     const set = !!token.get();
-    setText("token-toggle", set ? "token ✓" : "token");
-    $("token-toggle").title = set ? "a write token is stored in this browser" : "enter the write token (api.token)";
-    setText("token-msg", set ? "a token is stored in this browser" : "no token stored: writes will be refused", set ? "good small" : "muted small");
+    const verdict = set ? tokenCheck.verdict : "none";
+    const disabled = tokenCheck.status === 403;
+    const shown = {
+      none: ["token", "enter the write token (api.token)", "no token stored: writes will be refused", "muted small"],
+      unchecked: ["token …", "a write token is stored in this browser; the appliance has not checked it yet",
+        "a token is stored in this browser; not checked yet (the appliance has not answered)", "muted small"],
+      accepted: ["token ✓", "the appliance accepts the write token stored in this browser",
+        "a token is stored in this browser and the appliance accepts it", "good small"],
+      refused: ["token ✗ refused",
+        disabled ? "writes are disabled on this appliance (no api.token configured)" : "the appliance refuses the write token stored in this browser",
+        disabled ? "writes are disabled on this appliance (no api.token configured)" : "the appliance refuses this token: writes will be refused; enter the right one",
+        "bad small"],
+    }[verdict];
+    setText("token-toggle", shown[0]);
+    $("token-toggle").title = shown[1];
+    $("token-toggle").classList.toggle("refused", verdict === "refused");
+    setText("token-msg", shown[2], shown[3]);
   }
   const handed = /(?:^#|&)token=([^&]+)/.exec(location.hash); // `edge demo` opens the page with #token=...
   if (handed) {
-    token.set(decodeURIComponent(handed[1]));
+    token.set(decodeURIComponent(handed[1])); // checked below, with a token already stored
     history.replaceState(null, "", location.pathname + location.hash.replace(/(^#|&)token=[^&]+/, "$1").replace(/^#&?$/, ""));
   }
   $("token-toggle").addEventListener("click", () => {
@@ -1158,14 +1215,10 @@
   });
   $("token-form").addEventListener("submit", (event) => {
     event.preventDefault();
-    token.set($("token-input").value.trim());
+    setToken($("token-input").value.trim());
     $("token-input").value = "";
-    showTokenState();
   });
-  $("token-forget").addEventListener("click", () => {
-    token.set("");
-    showTokenState();
-  });
+  $("token-forget").addEventListener("click", () => setToken(""));
 
   // ---- wiring ---------------------------------------------------------------------------------------------
   $("runs").tBodies[0].addEventListener("click", (event) => {
@@ -1213,6 +1266,7 @@
   });
   drawColorbar();
   showTokenState();
+  checkToken();
   renderTrends();
   const fromHash = /^#run=(.+)$/.exec(location.hash);
   if (fromHash) selectRun(decodeURIComponent(fromHash[1]));

@@ -143,6 +143,20 @@ def test_acknowledging_an_alarm_needs_the_token() -> None:
     assert disabled.post(f"/api/alarms/{alarm}/ack").status_code == 403
 
 
+def test_a_token_is_checked_without_a_write() -> None:
+    """GET /api/token answers what a write would (204, 401, 403) and changes nothing."""
+    http, _ = client()
+    assert http.get("/api/token", headers={"Authorization": "Bearer s3cret"}).status_code == 204
+    assert http.head("/api/token", headers={"Authorization": "Bearer s3cret"}).status_code == 204
+    wrong = http.get("/api/token", headers={"Authorization": "Bearer nope"})
+    assert wrong.status_code == 401 and wrong.json()["error"] == "unauthorized"
+    assert wrong.headers["WWW-Authenticate"] == "Bearer"
+    assert http.get("/api/token").status_code == 401
+    assert http.get("/api/alarms").json()[0]["acknowledged"] is False  # nothing was written
+    disabled, _ = client(token=None)
+    assert disabled.get("/api/token", headers={"Authorization": "Bearer s3cret"}).status_code == 403
+
+
 def test_docs_and_redoc_load_nothing_from_outside() -> None:
     http, _ = client()
     for page in ("/docs", "/redoc"):
