@@ -38,6 +38,10 @@ TAIL_LINES = 15
 LINE_SECONDS = 0.5  # status line refresh on a terminal
 PLAIN_LINE_SECONDS = 5.0  # ...and how often a line is written when stderr is a file or a pipe
 RATE_WINDOW = 10.0  # the status line's rates: over the last 10 s
+#: seconds the daemon may take to answer its API: it compiles the mode's kernels first (30-60 s on a
+#: fresh install of a small machine; an outside probe on a machine loaded 5x over saw 120 s run out).
+#: A daemon that exits meanwhile ends the wait at once, saying why
+DAEMON_START_SECONDS = 600.0
 
 
 _PORTS_GIVEN: set[int] = set()  # never the same port twice from one process
@@ -406,7 +410,12 @@ def run_demo(args: argparse.Namespace, settings: Settings, flags: list[str] | No
 
     try:
         procs.start("daemon", ["run", *common])
-        if watch(lambda: get_json(url + "/api/status"), 120, "the daemon's API", "starting", 1) is None:
+        if (
+            watch(
+                lambda: get_json(url + "/api/status"), DAEMON_START_SECONDS, "the daemon's API", "starting", 1
+            )
+            is None
+        ):
             return 130
         procs.start("pull", ["pull", *common])
         sim_out = logs / "sim.json"
