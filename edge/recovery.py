@@ -195,11 +195,49 @@ def _ranges_of(numbers: np.ndarray) -> list[tuple[int, int]]:
     return list(zip(firsts.tolist(), lasts.tolist(), strict=True))
 
 
+def _vetoed_in_purged(recorder: RunRecorder, run_uid: str, table: dict[str, Any]) -> np.ndarray:
+    """The frames a purged frame table listed as vetoed, worked out from the ledger: every frame of its
+    span had a row (a frame without one is a recorded loss), so those of the span neither stored in a data
+    or blank file nor recorded lost. When a data file over the span is purged too and had gaps (its frame
+    numbers are gone with it), they cannot be told: none is returned, and a warning says so."""
+    first, last = int(table["first_frame"]), int(table["last_frame"])
+    if not 0 <= first <= last:
+        return np.empty(0, np.int64)
+    left = np.ones(last - first + 1, bool)
+    for f in recorder.ledger.files(run_uid):
+        n, a, b = int(f["n_frames"]), int(f["first_frame"]), int(f["last_frame"])
+        if f.get("kind") not in ("data", "blank") or n <= 0 or b < first or a > last:
+            continue
+        if n == b - a + 1:
+            left[max(a, first) - first : min(b, last) - first + 1] = False
+        elif f["state"] == "purged":
+            log.warning(
+                "run %s: the frames %s vetoed cannot be counted: it and %s (stored frames with gaps) were"
+                " purged before the crash; both are upstream",
+                run_uid,
+                table["name"],
+                f["name"],
+            )
+            return np.empty(0, np.int64)
+        else:
+            numbers = np.asarray(_frame_numbers(Path(f["path"]), "/entry/data/frame_number"), np.int64)
+            numbers = numbers[(numbers >= first) & (numbers <= last)]
+            left[numbers - first] = False
+    for loss in recorder.ledger.losses(run_uid):
+        a, b = max(int(loss["first_frame"]), first), min(int(loss["last_frame"]), last)
+        if a <= b:
+            left[a - first : b - first + 1] = False
+    return np.flatnonzero(left).astype(np.int64) + first
+
+
 def _vetoed_frames(recorder: RunRecorder, run_uid: str) -> np.ndarray:
     """The run's frames its closed reduced files list as vetoed (a blank dropped by policy)."""
     found = [np.empty(0, np.int64)]
     for f in recorder.ledger.files(run_uid):
         if f.get("kind") != "reduced" or not str(f["name"]).endswith(".nxs"):
+            continue
+        if f["state"] == "purged":  # verified upstream and deleted here on purpose: worked out instead
+            found.append(_vetoed_in_purged(recorder, run_uid, f))
             continue
         try:
             with h5py.File(f["path"], "r") as handle:
@@ -217,6 +255,12 @@ def _accounted(recorder: RunRecorder, run_uid: str, vetoed: np.ndarray) -> list[
     covered: list[tuple[int, int]] = []
     for f in recorder.ledger.files(run_uid):
         n, first, last = int(f["n_frames"]), int(f["first_frame"]), int(f["last_frame"])
+        if f["state"] == "purged" and 0 <= first <= last:
+            # verified upstream and deleted here on purpose (a short retention during a long run): its
+            # frame numbers cannot be read any more. A data file's or a frame table's span held frames
+            # each with its disposition (a gap in it is a loss recorded as such): none is unaccounted
+            covered.append((first, last))
+            continue
         if n <= 0:
             continue
         if n == last - first + 1:  # no gap: its span is its frames
@@ -247,10 +291,15 @@ def _recover_frame_table(recorder: RunRecorder, root: Path, run_uid: str, mode: 
     for f in files:
         if f.get("kind") == "reduced" and str(f["name"]).endswith(".nxs"):  # not CrystFEL's .geom
             reduced_names.append(str(f["name"]))
-            listed.update(_frame_numbers(Path(f["path"]), "/entry/frames/frame_number"))
+            if f["state"] == "purged":  # verified upstream and deleted here: it listed its span's frames
+                listed.update(range(int(f["first_frame"]), int(f["last_frame"]) + 1))
+            else:
+                listed.update(_frame_numbers(Path(f["path"]), "/entry/frames/frame_number"))
     rows: list[tuple[int, str]] = []
     for f in files:
-        if f.get("kind") in ("data", "blank") and int(f["n_frames"]) > 0:
+        # a purged data file's frames are upstream with the frame table that listed them, or, if that
+        # table was lost in the crash, upstream without one: no row can be made from a file not here
+        if f.get("kind") in ("data", "blank") and int(f["n_frames"]) > 0 and f["state"] != "purged":
             numbers = _frame_numbers(Path(f["path"]), "/entry/data/frame_number")
             rows += [(n, str(f["kind"])) for n in numbers if n not in listed]
     if not rows:

@@ -5,7 +5,10 @@ rewritten). Real ledger (SQLite) and recorder on a temporary store; no daemon.""
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
+
+import pytest
 
 from edge.documents import documents_name
 from edge.ledger import Ledger
@@ -171,6 +174,58 @@ def test_a_serial_run_dropping_blanks_is_whole_after_a_crash(tmp_path: Path) -> 
     resume_interrupted(recorder, {"runs_failed": [run_uid]}, series=9, first_frame=30)
     totals = ledger.run_totals(run_uid)
     assert (totals["frames_stored"], totals["frames_vetoed"], totals["frames_lost"]) == (7, 6, 17)
+
+
+@pytest.mark.parametrize("purged", [("_reduced_00000.nxs",), ("_00000.h5", "_reduced_00000.nxs")])
+def test_files_purged_before_a_crash_are_accounted_from_the_ledger_without_an_error(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, purged: tuple[str, ...]
+) -> None:
+    """An outside probe: a short retention purged a running run's verified files, then kill -9: recovery
+    logged an ERROR "cannot read /entry/data/frame_number of ... No such file" for each purged file. As
+    in the test above (blanks dropped, gaps in the data files), but the closed frame table (and the
+    first data file) were verified and purged: the same frames are accounted, and nothing is logged as
+    an error."""
+    import h5py
+    import numpy as np
+
+    from edge.recovery import recover
+    from edge.store import ReducedWriter
+
+    ledger = Ledger(tmp_path / "ledger.sqlite", required_consumers=("hpc",))
+    recorder = RunRecorder(ledger, tmp_path, chunk_bytes=1 << 20)
+    run_uid = recorder.open_run("run-p", series=9, frames_expected=24, config={}, mode="serial")
+    directory = tmp_path / run_uid
+    directory.mkdir()
+    hits = [0, 3, 4, 8, 12, 13, 17]
+    for index, frames in enumerate((hits[:4], hits[4:])):
+        path = directory / f"{run_uid}_{index:05d}.h5"
+        with h5py.File(path, "w") as handle:
+            handle["/entry/data/frame_number"] = np.asarray(frames, np.int64)
+        recorder.register_file(run_uid, path, (frames[0], frames[-1], len(frames)))
+    writer = ReducedWriter(directory, run_uid, _Rows(), frames_per_file=100)
+    for frame in range(10):  # 1, 2, 5, 6, 7, 9 were blanks, dropped (vetoed)
+        writer.add(frame, "stored" if frame in hits else "vetoed", "data", {}, {})
+    recorder.file_closed(writer.finish())
+    for row in ledger.files(run_uid):
+        if row["name"].endswith(purged):
+            assert ledger.file_verified("hpc", row["id"], row["size"], row["checksum"])
+            ledger.file_purged(row["id"])
+            Path(row["path"]).unlink()
+
+    with caplog.at_level(logging.WARNING, logger="edge.recovery"):
+        recover(recorder, tmp_path)
+
+    assert not [r.message for r in caplog.records if "cannot read" in r.message]
+    losses = [(r["first_frame"], r["last_frame"], r["reason"]) for r in ledger.losses(run_uid)]
+    assert losses == [(10, 11, "daemon_crash"), (14, 16, "daemon_crash"), (18, 23, "daemon_crash")]
+    totals = ledger.run_totals(run_uid)
+    if len(purged) == 1:
+        # the blanks the purged frame table vetoed (1, 2, 5, 6, 7, 9) are still counted: the frames of
+        # its span in no data file and no loss record
+        assert (totals["frames_stored"], totals["frames_vetoed"], totals["frames_lost"]) == (7, 6, 11)
+    else:  # with the data file's frame numbers gone too they cannot be told apart, and it says so
+        assert (totals["frames_stored"], totals["frames_vetoed"], totals["frames_lost"]) == (7, 0, 11)
+        assert any("vetoed cannot be counted" in r.message for r in caplog.records)
 
 
 def test_a_resumed_run_that_crashes_too_accounts_only_for_its_own_frames(tmp_path: Path) -> None:
