@@ -323,6 +323,7 @@ def _run_daemon(
         pva: Any = None
         if settings.epics.enabled:
             from edge.ioc import ApplianceIOC
+            from edge.setpoint_autosave import AUTOSAVE_NAME as SETPOINTS_AUTOSAVE_NAME
 
             ioc = ApplianceIOC(
                 appliance.view,
@@ -332,6 +333,7 @@ def _run_daemon(
                 reduction=appliance.reduction,
                 refusal=appliance.refusal,
                 capture=appliance.sink,
+                autosave=settings.store.path / SETPOINTS_AUTOSAVE_NAME,  # kept across a restart
             )
             ioc.start()
             if settings.epics.pva_image:

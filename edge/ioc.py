@@ -39,6 +39,7 @@ from edge.errors import ConfigError, Refused
 from edge.pv_table import (
     AD_DATA_TYPES,
     ALARM_FIELDS,
+    AUTOSAVED,
     DETECTOR_STATES,
     ENUM_SEVERITIES,
     LONG_STRING,
@@ -46,6 +47,7 @@ from edge.pv_table import (
     PVS,
     PvSpec,
 )
+from edge.setpoint_autosave import SetpointAutosave
 from firmware_bridge.areadetector import FRAME_TYPES, TRIGGER_MODES
 
 if TYPE_CHECKING:
@@ -186,6 +188,9 @@ class ApplianceIOC:
     refusal:
         Why a new run would be refused now (the store's retention), or None: an ``Acquire`` put is
         refused with that reason instead of arming the detector.
+    autosave:
+        The JSON file that keeps the `AUTOSAVED` setpoints across a restart (`SetpointAutosave`:
+        ``STORE/setpoints.json`` in the daemon), or None: they start at their defaults every time.
     """
 
     def __init__(
@@ -198,8 +203,11 @@ class ApplianceIOC:
         reduction: ReductionControl | None = None,
         refusal: Callable[[], str | None] | None = None,
         capture: CaptureControl | None = None,
+        autosave: Path | None = None,
     ) -> None:
         self.view = view
+        self._autosave = SetpointAutosave(autosave, (spec for spec in PVS if spec.name in AUTOSAVED))
+        self._restored: dict[str, Any] = {}  # the saved setpoints taken back at start
         self.capture = capture
         self._capturing = False
         self._capture_close = asyncio.Event()
@@ -263,6 +271,8 @@ class ApplianceIOC:
         from firmware_bridge.detector_control import DetectorControl
 
         builder.SetSimpleRecordNames(self.prefix, "")
+        # the setpoints saved before a restart: the records start with them, before a client gets in
+        self._restored = self._autosave.restore(self._restore_refusal)
         for spec in PVS:
             self.records[spec.name] = self._build(builder, spec)
         builder.LoadDatabase()
@@ -277,6 +287,10 @@ class ApplianceIOC:
             self.capture.watch_detector(lambda: control.state, lambda: control.images_taken)
         self._set_message("Idle")
         self._show_static()
+        with self._shown_now():  # the restored setpoints' readbacks (and what follows them), as a put's
+            for name in AUTOSAVED:
+                if name in self._restored:
+                    self._on_setpoint(name, self._restored[name])
         self._show_detector()
         self._spawn(self._refresh_forever(), "edge-ioc-refresh")
         self.view.attach_detector(self.detector_status)
@@ -376,6 +390,9 @@ class ApplianceIOC:
             kw["LOPR"], kw["HOPR"] = (number(limit) for limit in spec.limits)
         if spec.initial is not None and not spec.writable:
             kw["initial_value"] = spec.initial
+        restored = self._restored.get(spec.name.removesuffix("_RBV")) if spec.name.endswith("_RBV") else None
+        if restored is not None:  # a restored setpoint's readback starts as it does
+            kw["initial_value"] = _directory(restored) if spec.name == "HDF1:FilePath_RBV" else restored
         return make(spec.name, **kw, **self._out_kw(spec))
 
     def _length(self, spec: PvSpec) -> int:
@@ -417,6 +434,7 @@ class ApplianceIOC:
             "HDF1:NumColChunks": self.view.frame_format.width,
         }
         value = self._param_value(spec) if spec.param else initial.get(spec.name, spec.initial)
+        value = self._restored.get(spec.name, value)
         if isinstance(spec.only, str):
             value = self._frame_only(spec)
         on_update: Callable[[Any], Any] = lambda value, name=spec.name: self._apply_setpoint(name, value)  # noqa: E731
@@ -617,6 +635,7 @@ class ApplianceIOC:
             else:
                 self._set("HDF1:FileNumber", number)
                 self._set("HDF1:FileNumber_RBV", number)
+                self._save_setpoints()
         self._capture_task = self._spawn(self._watch_capture(path), "edge-ioc-capture")
         log.info("capture opened: %s", path)
 
@@ -711,9 +730,25 @@ class ApplianceIOC:
         return value
 
     def _apply_setpoint(self, name: str, value: Any) -> None:
-        """softioc's ``on_update`` of a setpoint: its readbacks hold the value before the put completes."""
+        """softioc's ``on_update`` of a setpoint: its readbacks hold the value before the put completes,
+        and an `AUTOSAVED` one is saved (kept across a restart)."""
         with self._shown_now():
             self._on_setpoint(name, value)
+        if name in AUTOSAVED:
+            self._save_setpoints()
+
+    def _save_setpoints(self) -> None:
+        """Save every `AUTOSAVED` setpoint's accepted value (`SetpointAutosave`; unchanged: not rewritten)."""
+        try:
+            self._autosave.save({name: self.records[name].get() for name in AUTOSAVED})
+        except Exception:  # a put never fails on its autosave; the value applies
+            log.exception("saving the setpoints failed")
+
+    def _restore_refusal(self, spec: PvSpec, value: Any) -> str | None:
+        """Why a saved value of ``spec`` is refused now: the checks a put meets (limits, choices, lengths,
+        ``FilePath`` inside ``store.roots``, ``FileTemplate``'s fields), or None."""
+        refused = pv_input.refusal(spec, value, self._frame_only(spec)) or self._state_refusal(spec, value)
+        return None if refused is None else refused[0]
 
     def _on_setpoint(self, name: str, value: Any) -> None:
         if name == "NumImages":

@@ -24,6 +24,7 @@ from firmware_bridge.areadetector import DETECTOR_STATES as AD_DETECTOR_STATES
 
 __all__ = [
     "ALARM_FIELDS",
+    "AUTOSAVED",
     "DETECTOR_STATES",
     "ENUM_SEVERITIES",
     "LONG_STRING",
@@ -1010,6 +1011,32 @@ PVS: tuple[PvSpec, ...] = (
         "high-water mark; full (MAJOR): the store has no room left but its headroom.",
         choices=("ok", "pressure", "full"),
     ),
+)
+
+#: Setpoints that are actions or counters, or that ``reduction.json`` keeps (``Mode``, ``Reduction:``):
+#: not kept across a restart by `edge.setpoint_autosave`
+_NOT_AUTOSAVED = frozenset(
+    {
+        "Acquire",
+        "Mode",
+        "ReadStatus",
+        "ShutterControl",
+        "ShutterControlEPICS",
+        "ArrayCounter",
+        "HDF1:Capture",
+        "HDF1:ArrayCounter",
+        "HDF1:DroppedArrays",
+        "HDF1:FlushNow",
+        "HDF1:ReadFile",
+        "HDF1:WriteFile",
+    }
+)
+#: The setpoints kept across a daemon restart (``STORE/setpoints.json``, as areaDetector's autosave):
+#: every read/write PV that configures the next acquisition or the writer and can take more than one value
+AUTOSAVED: tuple[str, ...] = tuple(
+    spec.name
+    for spec in PVS
+    if spec.writable and not spec.param and spec.only is None and spec.name not in _NOT_AUTOSAVED
 )
 
 ALARM_FIELDS: dict[str, dict[str, Any]] = {

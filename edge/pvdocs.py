@@ -10,6 +10,7 @@ import sys
 
 from edge.ioc import PVS, PvSpec
 from edge.pv_input import describe
+from edge.pv_table import AUTOSAVED
 
 __all__ = ["main", "render"]
 
@@ -40,6 +41,12 @@ def _row(prefix: str, spec: PvSpec) -> str:
     return f"| `{prefix}{spec.name}` | {kind}{units} | {access} | {spec.doc} | {describe(spec)} |"
 
 
+def _autosaved_list() -> str:
+    """The `AUTOSAVED` setpoints in words: ``NumImages``, ``AcquirePeriod``, ... and ``HDF1:X``."""
+    names = [f"`{name}`" for name in AUTOSAVED]
+    return ", ".join(names[:-1]) + " and " + names[-1]
+
+
 def render(prefix: str = "EDGE:") -> str:
     """The markdown reference of every PV under ``prefix``."""
     lines = [
@@ -57,6 +64,16 @@ def render(prefix: str = "EDGE:") -> str:
         "alarm (status STATE, WRITE, HWLIMIT or SOFT) until the next good put, and `StatusMessage_RBV`",
         "says what was refused and why. Read-only PVs give no write access (pyepics `caput` raises",
         "`Write access denied`). See `docs/epics.md`, *Bad puts*, for what each client sees.",
+        "",
+        "**Kept across a restart** (as areaDetector's autosave): the accepted values of the setpoints that",
+        "configure the next acquisition or the writer are saved after each accepted put in",
+        "`STORE/setpoints.json` (written whole, then renamed into place: a `kill -9` keeps the last) and",
+        "restored when the daemon starts, before a client can connect; their `_RBV`s show them. They are",
+        f"{_autosaved_list()}.",
+        "`Mode` and the `Reduction:` setpoints are kept in `STORE/reduction.json` (see `docs/api.md`,",
+        "*Reduction*); actions (`Acquire`, `HDF1:Capture`, ...) and counters are not kept. A saved value",
+        "the checks of a put now refuse (or a file that cannot be read) is logged, naming the PV and why,",
+        "and that PV starts at its default; the daemon starts all the same.",
     ]
     for key, title in _SECTIONS:
         specs = [spec for spec in PVS if _section(spec) == key]

@@ -8,6 +8,7 @@ Changes are kept across a restart, as areaDetector's autosave keeps PV values: e
 saved (``STORE/reduction.json``) with a digest of the settings it started from, and a daemon started
 on the same settings restores them. A daemon started on other settings (its config file's
 ``[reduction]`` edited since) takes the new settings, and says that it did not restore the changes.
+The IOC's camera and writer setpoints are kept beside it (`edge.setpoint_autosave`, ``setpoints.json``).
 """
 
 from __future__ import annotations
