@@ -384,10 +384,16 @@ class ApplianceIOC:
         if spec.kind in ("aIn", "aOut"):
             kw.setdefault("PREC", 3)
         if spec.kind in ("aOut", "longOut") and spec.limits is not None:
-            # the accepted range as display limits (what a display tool and ophyd's `limits` show); not
-            # as drive limits (DRVL/DRVH), which would clamp an out-of-range put instead of refusing it
+            # the accepted range as display limits (what a display tool and ophyd's `limits` show), and
+            # so as a longout's control limits (it falls back to LOPR/HOPR without DRVL/DRVH, which would
+            # clamp an out-of-range put instead of refusing it)
             number = int if spec.kind == "longOut" else float
             kw["LOPR"], kw["HOPR"] = (number(limit) for limit in spec.limits)
+            if spec.kind == "aOut":
+                # an ao's control limits are its drive limits only: set one double beyond the range each
+                # side, so that clients read the range (to an ulp) and an out-of-range put, clamped there
+                # by the record, still reaches the checks outside the range and is refused (HWLIMIT)
+                kw["DRVL"], kw["DRVH"] = pv_input.drive_limits(spec)
         if spec.initial is not None and not spec.writable:
             kw["initial_value"] = spec.initial
         restored = self._restored.get(spec.name.removesuffix("_RBV")) if spec.name.endswith("_RBV") else None
@@ -490,6 +496,9 @@ class ApplianceIOC:
         # ascii(): a value's non-ASCII characters shown escaped (a client reading the message as Latin-1
         # showed a put's undecodable bytes, U+FFFD, as mojibake)
         shown = ascii(value[:40] + "...") if isinstance(value, str) and len(value) > 40 else ascii(value)
+        clamped = pv_input.clamped_side(spec, value)
+        if clamped is not None:  # the ao record held the put at its drive limit: say what the put was
+            shown = f"a value {clamped}"
         if spec.choices and isinstance(value, int) and 0 <= value < len(spec.choices):
             shown = f"{value} ({spec.choices[value]})"  # an enum's index, and the state it names
         self._set_message(f"Refused {spec.name} = {shown}: {reason}")

@@ -14,6 +14,7 @@ status on the setpoint and puts the reason into ``StatusMessage_RBV``. The same 
 from __future__ import annotations
 
 import math
+import sys
 from typing import TYPE_CHECKING, Any
 
 import annotated_types
@@ -27,7 +28,9 @@ __all__ = [
     "ALARM_SOFT",
     "ALARM_STATE",
     "ALARM_WRITE",
+    "clamped_side",
     "describe",
+    "drive_limits",
     "field_limits",
     "format_roi",
     "format_rows",
@@ -102,6 +105,13 @@ def _type_refusal(spec: PvSpec, value: Any) -> tuple[str, int] | None:
             return f"{number} is not a finite number", ALARM_HW_LIMIT
         if spec.limits is not None:
             low, high = spec.limits
+            clamped = clamped_side(spec, number)
+            if clamped is not None:
+                return (
+                    f"outside {_num(low)}..{_num(high)} (the record holds a put beyond the range at its"
+                    " drive limit, one double past it)",
+                    ALARM_HW_LIMIT,
+                )
             if not low <= number <= high:
                 # a DBR_DOUBLE beyond a long's range reaches a long record as its lowest value: say so
                 beyond = (
@@ -109,6 +119,46 @@ def _type_refusal(spec: PvSpec, value: Any) -> tuple[str, int] | None:
                 )
                 return f"{_num(number)} is outside {_num(low)}..{_num(high)}{beyond}", ALARM_HW_LIMIT
         return None
+    return None
+
+
+def drive_limits(spec: PvSpec) -> tuple[float, float]:
+    """An ao setpoint's DRVL/DRVH: one double beyond each end of its ``limits``.
+
+    An ao record publishes its drive limits as its control limits (what pyepics' ``get_ctrlvars`` and
+    ophyd-async's ``limits.control`` read) and clamps a put beyond them to them before the IOC's checks
+    see it. Set to the range itself, a put of 5000 to a 0..3600 PV would arrive as 3600 and be taken;
+    one double beyond, it arrives outside the range and is refused, while clients read the range to an ulp
+    (or, past 0, to the smallest normal double).
+    """
+    assert spec.limits is not None
+    low, high = (float(limit) for limit in spec.limits)
+    return _beyond(low, -math.inf), _beyond(high, math.inf)
+
+
+def _beyond(limit: float, direction: float) -> float:
+    """The next double after ``limit`` towards ``direction``; never a subnormal one (EPICS refuses to
+    parse one into a field: "Number too large for field type"), so past 0 the smallest normal double."""
+    step = math.nextafter(limit, direction)
+    if step != 0.0 and abs(step) < sys.float_info.min:
+        return math.copysign(sys.float_info.min, step)
+    return step
+
+
+def clamped_side(spec: PvSpec, value: Any) -> str | None:
+    """``"above HIGH"``/``"below LOW"`` when ``value`` is an ao setpoint's drive limit (`drive_limits`):
+    the record clamped a put beyond the range there; else None."""
+    if spec.kind != "aOut" or spec.limits is None:
+        return None
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    low, high = drive_limits(spec)
+    if number == high:
+        return f"above {_num(spec.limits[1])}"
+    if number == low:
+        return f"below {_num(spec.limits[0])}"
     return None
 
 

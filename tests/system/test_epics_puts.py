@@ -603,3 +603,32 @@ def test_a_start_right_after_a_stop_during_a_run_starts_the_next_run_once_it_end
     time.sleep(3)
     assert epics.caget(p + "RunUid_RBV", as_string=True, use_monitor=False) == second
     assert epics_rbv(stack) == 0
+
+
+def test_double_setpoints_publish_their_range_as_control_limits_and_still_refuse_beyond_it(
+    idle_stack: Stack,
+) -> None:
+    """Every double setpoint with a range: its control limits are that range (0..0 before), as the long
+    setpoints' are, and a put beyond either end is still refused, MINOR HWLIMIT, the last value kept
+    (an ao record clamps a put at its drive limits, which are its control limits)."""
+    stack = idle_stack
+    doubles = [spec for spec in PVS if spec.kind == "aOut" and spec.limits is not None]
+    assert {"AcquirePeriod", "AcquireTime", "Temperature", "Reduction:MinSnr"} <= {s.name for s in doubles}
+    for spec in doubles:
+        assert spec.limits is not None
+        low, high = spec.limits
+        meta = _meta(stack, spec.name)
+        # one ulp of tolerance: the control limits lie one double beyond the range (pv_input.drive_limits)
+        ctrl = (meta["lower_ctrl_limit"], meta["upper_ctrl_limit"])
+        assert ctrl == (pytest.approx(low, rel=1e-15, abs=1e-300), pytest.approx(high, rel=1e-15)), (
+            spec.name,
+            meta,
+        )
+        assert (meta["lower_disp_limit"], meta["upper_disp_limit"]) == (low, high), (spec.name, meta)
+        kept = meta["char_value"]
+        for beyond in (high + max(1.0, abs(high)), low - max(1.0, abs(low)), high * 1e6 + 1e6):
+            _assert_refused(stack, spec.name, beyond, kept, HW_LIMIT, f"outside {low:g}..{high:g}")
+        # the range's own ends are taken (the drive limits clamp nothing inside it)
+        assert _put(stack, spec.name, high) == 1
+        meta = _meta(stack, spec.name)
+        assert (float(meta["value"]), meta["severity"]) == (pytest.approx(high), 0), (spec.name, meta)
