@@ -59,6 +59,8 @@ def render(prefix: str = "EDGE:") -> str:
         "`as_string=True`). `bins` is `reduction.bins`; `preview` is the detector size divided by the",
         "smallest step n that keeps both sides at most 512 (every n-th pixel of every n-th row).",
         "See `docs/epics.md` for the loopback recipe and access security.",
+        "Every PV below is **Channel Access only** (a pvAccess get of `NumImages_RBV` finds nothing and",
+        "times out); the one pvAccess PV is `Pva1:Image`, in its own section at the end.",
         "",
         "**Bad puts** (last column) are refused: the setpoint keeps its last good value and shows a MINOR",
         "alarm (status STATE, WRITE, HWLIMIT or SOFT) until the next good put, and `StatusMessage_RBV`",
@@ -91,6 +93,24 @@ def render(prefix: str = "EDGE:") -> str:
             "| --- | --- | --- | --- | --- |",
         ]
         lines += [_row(prefix, spec) for spec in specs]
+    lines += [
+        "",
+        "## pvAccess live image (`Pva1:`)",
+        "",
+        "Served with p4p (`edge.pva`) beside the Channel Access IOC, while `epics.pva_image = true` (the",
+        "default); its addresses and ports come from the usual `EPICS_PVAS_*` variables. pvAccess only:",
+        "Channel Access does not find it.",
+        "",
+        "| PV | type | access | meaning |",
+        "| --- | --- | --- | --- |",
+        f"| `{prefix}Pva1:Image` | NTNDArray (`epics:nt/NTNDArray:1.0`), the frame's pixel type | read |"
+        " The newest frame as areaDetector's PVA plugin serves it: the receiver's preview (every n-th pixel"
+        " of every n-th row, at most 512 a side, as `Image1:ArrayData` but unclipped), not waiting for the"
+        " pipeline. Posted at most `epics.pva_rate_hz` times a second (default 5) and only when a newer frame"
+        " arrived; nothing until the first frame. `uniqueId` counts the images posted since start;"
+        " `timeStamp` is the frame's receive time; NDAttributes `FrameNumber`, `RunUid`, `DetectorHeight`"
+        " and `DetectorWidth`. |",
+    ]
     return "\n".join(lines) + "\n"
 
 

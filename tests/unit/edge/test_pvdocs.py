@@ -27,3 +27,11 @@ def test_every_pv_is_documented_once_and_named_the_areadetector_way() -> None:
             no_rbv += ("ShutterControlEPICS",)
             assert spec.name in no_rbv or spec.name.startswith("HDF1:")
         assert len("EDGE:" + spec.name) <= 60
+
+
+def test_the_pva_image_is_documented_and_the_rest_said_to_be_channel_access_only() -> None:
+    text = render("EDGE:")
+    assert "| `EDGE:Pva1:Image` | NTNDArray" in text
+    for what in ("epics.pva_image", "epics.pva_rate_hz", "uniqueId", "FrameNumber"):
+        assert what in text
+    assert "**Channel Access only**" in text
