@@ -655,7 +655,13 @@ PVS: tuple[PvSpec, ...] = (
         "returns at once. While "
         "the store refuses new runs it takes no writes (Write access denied) and `StatusMessage_RBV` "
         "says why. A 1 while a run goes (from another client) starts nothing: it is refused, MINOR "
-        "SOFT, and completes at once; the run goes on.",
+        "SOFT, and completes at once; the run goes on. **A 0 with completion on the channel whose 1 is "
+        "still waiting for its completion does not abort**: EPICS's CA server (rsrv, in every IOC, "
+        "areaDetector's too) serialises a channel's put-completions, so that 0 waits behind the 1, the "
+        "run completes normally, and only then is the 0 taken. A 0 without completion on the same channel, "
+        "or with completion from another channel or context (as ophyd-async's `stop`), aborts at once. "
+        "Recommended on the same channel: put 0 without completion (pyepics `pv.put(0, wait=False)`), then "
+        "wait for `Acquire_RBV` = 0 (see `docs/epics.md`).",
         choices=("Done", "Acquire"),
         also_refused="1 while a run goes: refused, MINOR SOFT (its put completes at once; the run goes on);"
         " 1 while the detector is disconnected, or sends a series this appliance did not start: refused,"

@@ -632,3 +632,30 @@ def test_double_setpoints_publish_their_range_as_control_limits_and_still_refuse
         assert _put(stack, spec.name, high) == 1
         meta = _meta(stack, spec.name)
         assert (float(meta["value"]), meta["severity"]) == (pytest.approx(high), 0), (spec.name, meta)
+
+
+def test_a_stop_without_completion_on_the_starts_own_channel_aborts_the_run(idle_stack: Stack) -> None:
+    """The pattern pvs.md recommends on the channel that holds the start's put-completion: a 0 put
+    WITHOUT completion on the same pyepics PV object, then wait for Acquire_RBV 0. (A 0 WITH completion
+    on that channel would wait behind the 1's, as EPICS's CA server serialises a channel's
+    put-completions: the run would go to its end.) The run ends ``abort`` at once."""
+    stack = idle_stack
+    epics = _epics()
+    p = stack.prefix
+    assert _put(stack, "NumImages", 100_000) == 1  # 1000 s at 0.01 s: only an abort ends it in time
+    assert _put(stack, "AcquirePeriod", 0.01) == 1
+    acquire = epics.PV(p + "Acquire")
+    done = threading.Event()
+    try:
+        assert acquire.wait_for_connection(timeout=10)
+        acquire.put(1, callback=lambda **_: done.set())
+        wait_for(lambda: stack.status()["pipeline"].get("run") is not None, 30, "the run open")
+        run_uid = epics.caget(p + "RunUid_RBV", as_string=True, use_monitor=False)
+        acquire.put(0, wait=False)  # same channel, no completion: taken at once
+        wait_for(lambda: epics.caget(p + "Acquire_RBV", use_monitor=False) == 0, 30, "Acquire_RBV 0")
+        wait_for(done.is_set, 10, "the start's put-completion")
+    finally:
+        acquire.disconnect()
+    run = stack.run(run_uid)
+    assert run["exit_status"] == "abort", run
+    assert run["totals"]["frames_stored"] < 100_000, run["totals"]
