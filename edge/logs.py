@@ -131,29 +131,45 @@ class RepeatSummary(logging.Filter):
         return out
 
 
+#: Loss records a restart writes for the frames of the runs a crash interrupted that are in no file:
+#: lost for sure only if the detector's series does not go on; a resumed series' new run takes back
+#: those it still receives (`edge.recovery.resume_interrupted` logs how many, and the run's count then)
+PROVISIONAL_LOSS_REASONS = ("daemon_crash",)
+
+
 def _loss_summary(losses: Counter[str], seconds: str) -> logging.LogRecord:
     """ "lost 37 frames in 1 s (frame_number_gap: 30, ring_full: 7), 5 incomplete (incomplete_frame: 5)"."""
-    aside = PARTIAL_LOSS_REASONS + NOT_ACQUIRED_REASONS
+    aside = PARTIAL_LOSS_REASONS + NOT_ACQUIRED_REASONS + PROVISIONAL_LOSS_REASONS
     whole = Counter({r: n for r, n in losses.items() if r not in aside})
     partial = Counter({r: n for r, n in losses.items() if r in PARTIAL_LOSS_REASONS})
     never = Counter({r: n for r, n in losses.items() if r in NOT_ACQUIRED_REASONS})
+    provisional = Counter({r: n for r, n in losses.items() if r in PROVISIONAL_LOSS_REASONS})
     parts = []
     if whole:
         total = sum(whole.values())
         parts.append(f"lost {total} frame{'s' if total != 1 else ''} in {seconds} s ({_reasons(whole)})")
+    if provisional:
+        total = sum(provisional.values())
+        text = (
+            f"{total} recorded lost for now ({_reasons(provisional)}: frames of runs the crash interrupted,"
+            " in no file; a series the detector goes on with resumes in a new run that takes back those it"
+            " still receives, and the log then says how many and what stays lost)"
+        )
+        parts.append(text if parts else f"{text} in {seconds} s")
     if partial:
         total = sum(partial.values())
         text = f"{total} incomplete (pixels missing, frames kept) ({_reasons(partial)})"
-        parts.append(text if whole else f"{text} in {seconds} s")
+        parts.append(text if parts else f"{text} in {seconds} s")
     if never:
         total = sum(never.values())
         text = f"{total} not acquired (the detector never took them: {_reasons(never)})"
-        parts.append(text if whole or partial else f"{text} in {seconds} s")
+        parts.append(text if parts else f"{text} in {seconds} s")
     return _summary(
         "edge.losses",
         logging.WARNING,
         ", ".join(parts),
         lost_frames_total=sum(whole.values()),
+        provisional_lost_frames_total=sum(provisional.values()),
         incomplete_frames_total=sum(partial.values()),
         reasons=dict(losses),
     )

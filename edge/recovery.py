@@ -437,12 +437,19 @@ def resume_interrupted(
     )
     if handed or added:  # its documents (written when it ended) no longer tell its account: a new revision
         recorder.documents_when_possible(run_uid, str(ledger.run(run_uid)["exit_status"] or "fail"))
+    try:  # what is lost for sure, now that the series is known to go on
+        lost: int | str = int(ledger.run_totals(run_uid)["frames_lost"])
+    except Exception:  # (its records held while the disk is full): not known yet
+        lost = "an unknown number of"
     log.warning(
-        "series %d resumed after a restart at frame %d: a new run continues run %s (%d frames handed over)",
+        "series %d resumed after a restart at frame %d: a new run continues run %s (%d frames handed over"
+        " of those recorded lost at the restart; run %s now counts %s frames lost)",
         series,
         first_frame,
         run_uid,
         handed,
+        run_uid,
+        lost,
     )
     return {"resumes_run": run_uid}
 

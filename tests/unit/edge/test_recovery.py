@@ -361,3 +361,37 @@ def test_a_crash_recovered_on_a_full_disk_is_continued_and_hands_over_its_held_l
     assert losses == [(30, 39, "daemon_crash")]
     assert ledger.run_totals(run_uid)["frames_lost"] == 10
     assert list((tmp_path / run_uid).glob("*.documents*.jsonl"))
+
+
+def test_the_restart_s_loss_line_says_what_a_resumed_series_may_take_back_and_the_resume_what_stays_lost(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An outside kill -9 probe: the restarted daemon logged "lost 1900 frames (daemon_crash: 1900)" while
+    the ledger then said 108 lost (the resumed run took back the rest). The per-second line now says the
+    1900 are recorded lost for now and may come back; the resume says how many came back and what stays."""
+    from edge.logs import RepeatSummary
+    from edge.recovery import recover
+
+    ledger = Ledger(tmp_path / "ledger.sqlite")
+    recorder = RunRecorder(ledger, tmp_path, chunk_bytes=1 << 20)
+    run_uid = recorder.open_run("run-k", series=8, frames_expected=2000, config={"shape": [4, 4]})
+    data = tmp_path / run_uid / f"{run_uid}_00000.h5"
+    data.parent.mkdir()
+    data.write_bytes(b"frames 0..99")
+    recorder.register_file(run_uid, data, (0, 99, 100))
+    with caplog.at_level(logging.INFO):
+        report = recover(recorder, tmp_path)  # the daemon died: run-k is open
+    summary = RepeatSummary(window=1.0, clock=lambda: 0.0)  # the daemon's handler filter, fed the records
+    for record in caplog.records:
+        summary.filter(record)
+    lines = [record.getMessage() for record in summary.flush()]
+    assert len(lines) == 1 and lines[0].startswith("1900 recorded lost for now (daemon_crash: 1900"), lines
+    assert "lost 1900 frames" not in lines[0] and "takes back those it still receives" in lines[0]
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="edge.recovery"):
+        resume_interrupted(recorder, report, series=8, first_frame=208)
+    assert ledger.run_totals(run_uid)["frames_lost"] == 108
+    assert (
+        f"1792 frames handed over of those recorded lost at the restart; run {run_uid} now counts 108 frames lost"
+        in (caplog.text)
+    )
