@@ -32,7 +32,7 @@ from typing import Any
 
 import psutil
 
-from edge.demo import free_port
+from edge.demo import exit_on_sigterm, free_port
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -72,6 +72,7 @@ class Subscriber(threading.Thread):
 
 
 def main() -> int:
+    exit_on_sigterm()  # a kill stops the processes this started
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )

@@ -50,7 +50,7 @@ import psutil
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 os.environ.setdefault("OMP_NUM_THREADS", "1")  # one thread per frame, as the daemon compresses
 
-from edge.demo import free_port
+from edge.demo import exit_on_sigterm, free_port
 from hw_sim.frames import PowderFrames
 from kernels import Geometry, compress_chunk
 
@@ -418,6 +418,7 @@ def _thread_group(name: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    exit_on_sigterm()  # a kill stops the processes this started
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=60.0, help="how long the measured run should last")
     parser.add_argument(

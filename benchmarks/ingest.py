@@ -47,7 +47,7 @@ import numpy as np
 import psutil
 import zmq
 
-from edge.demo import free_port
+from edge.demo import exit_on_sigterm, free_port
 from edge.ring import FrameRing
 from firmware_bridge.hdf5_chunks import decode_bslz4
 from firmware_bridge.source import FLAG_CHUNK, FrameHeader
@@ -698,6 +698,7 @@ def bench_daemon(frames: int, repeats: int) -> tuple[list[dict[str, Any]], bool]
 
 
 def main(argv: list[str] | None = None) -> int:
+    exit_on_sigterm()  # a kill stops the processes this started
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--frames", type=int, default=300, help="frames per measurement")
     parser.add_argument("--repeats", type=int, default=5)

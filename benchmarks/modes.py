@@ -45,7 +45,7 @@ import numpy as np
 import psutil
 
 from edge.config import ReductionSettings
-from edge.demo import free_port
+from edge.demo import exit_on_sigterm, free_port
 from edge.modes import RunContext, make_stage
 from kernels import Geometry, get_backend
 
@@ -201,6 +201,7 @@ def _check(mode: str, run_dir: Path, side: int, totals: dict[str, Any], sent: in
 
 
 def main(argv: list[str] | None = None) -> int:
+    exit_on_sigterm()  # a kill stops the processes this started
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     # a few seconds of steady state per mode, so a run's fixed start and end costs (the first file, the
     # last file's transfer) weigh little; 512^2: the tomography scan fits the simulator's frame cache

@@ -27,7 +27,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from edge.demo import free_port
+from edge.demo import exit_on_sigterm, free_port
 
 
 def _port() -> int:
@@ -40,6 +40,7 @@ def frames_received(status_url: str) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    exit_on_sigterm()  # a kill stops the processes this started
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rate", type=float, default=0.0, help="frames/s; 0 = full rate (unpaced)")
     parser.add_argument("--seconds", type=float, default=20.0)

@@ -42,7 +42,7 @@ from typing import Any
 
 import psutil
 
-from edge.demo import free_port
+from edge.demo import exit_on_sigterm, free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -191,6 +191,7 @@ def _table(report: dict[str, Any]) -> str:
 
 
 def main() -> int:
+    exit_on_sigterm()  # a kill stops the processes this started
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--minutes", type=float, default=10.0)
     parser.add_argument("--rate", type=float, default=20.0, help="frames per second, paced")

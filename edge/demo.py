@@ -100,6 +100,13 @@ def _port_range() -> tuple[int, int]:
     return first, last
 
 
+def exit_on_sigterm() -> None:
+    """``kill`` (SIGTERM) raises SystemExit in the main thread, as Ctrl-C raises KeyboardInterrupt, so
+    the ``finally`` blocks of a script that started processes stop them (Python's default ends at once
+    and leaves them running: the benchmarks' daemons did)."""
+    signal.signal(signal.SIGTERM, lambda _signum, _frame: sys.exit(128 + signal.SIGTERM))
+
+
 def free_port() -> int:
     """A loopback port free now for TCP and UDP, chosen below the kernel's ephemeral range.
 
