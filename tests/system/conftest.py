@@ -55,6 +55,21 @@ def edge_ca_port() -> int:
     return _EDGE_CA_PORT
 
 
+@pytest.fixture
+def idle_stack(tmp_path: Path, ca_port: int, edge_ca_port: int) -> Iterator[object]:
+    """Simulator and daemon with its IOC (the packaged ACF, loaded by default), running; no pull client.
+    Stopped at teardown. (``test_epics_control.Stack``.)"""
+    from test_epics_control import Stack
+
+    s = Stack(tmp_path, ca_port, edge_ca_port, acf=None)
+    try:
+        s.start_sim()
+        s.start_daemon()
+        yield s
+    finally:
+        s.stop()
+
+
 SMALL_DISK_MIB = 48
 
 

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import json
 import signal
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -35,17 +33,6 @@ PUTS: dict[str, tuple[Any, Any]] = {
     "HDF1:AutoIncrement": (1, "Yes"),
     "HDF1:MinCallbackTime": (0.25, 0.25),
 }
-
-
-@pytest.fixture
-def idle_stack(tmp_path: Path, ca_port: int, edge_ca_port: int) -> Iterator[Stack]:
-    s = Stack(tmp_path, ca_port, edge_ca_port, acf=None)
-    try:
-        s.start_sim()
-        s.start_daemon()
-        yield s
-    finally:
-        s.stop()
 
 
 def _read(stack: Stack, name: str) -> Any:

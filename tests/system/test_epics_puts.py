@@ -7,6 +7,7 @@ loaded), and this process as a stock pyepics client (plus caproto, to read the C
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
 from collections.abc import Iterator
@@ -59,18 +60,6 @@ def _run_mode(run: dict[str, Any]) -> str | None:
     config = run.get("config")
     config = json.loads(config) if isinstance(config, str) else (config or {})
     return (config.get("reduction") or {}).get("mode")
-
-
-@pytest.fixture
-def idle_stack(tmp_path: Path, ca_port: int, edge_ca_port: int) -> Iterator[Stack]:
-    """Simulator and daemon (the packaged ACF, loaded by default); no pull client."""
-    s = Stack(tmp_path, ca_port, edge_ca_port, acf=None)
-    try:
-        s.start_sim()
-        s.start_daemon()
-        yield s
-    finally:
-        s.stop()
 
 
 def _assert_refused(stack: Stack, name: str, value: Any, kept: str, status: int, reason: str) -> None:
@@ -363,6 +352,24 @@ def test_an_idle_ioc_posts_no_value_that_did_not_change(idle_stack: Stack) -> No
     assert not repeats, f"re-posted unchanged while idle: {dict(repeats)}"
 
 
+@contextlib.contextmanager
+def _long_run_started(stack: Stack) -> Iterator[tuple[Any, threading.Event, str]]:
+    """A run of 100,000 frames at 0.01 s (only an abort ends it in time), started by a put of 1 with a
+    callback on a pyepics PV of ``Acquire``: (that PV, set when its completion comes, the run's uid)."""
+    epics = _epics()
+    assert _put(stack, "NumImages", 100_000) == 1
+    assert _put(stack, "AcquirePeriod", 0.01) == 1
+    acquire = epics.PV(stack.prefix + "Acquire")
+    done = threading.Event()
+    try:
+        assert acquire.wait_for_connection(timeout=10)
+        acquire.put(1, callback=lambda **_: done.set())
+        wait_for(lambda: stack.status()["pipeline"].get("run") is not None, 30, "the run open")
+        yield acquire, done, epics.caget(stack.prefix + "RunUid_RBV", as_string=True, use_monitor=False)
+    finally:
+        acquire.disconnect()
+
+
 def test_a_stop_with_completion_returns_once_the_run_has_ended_so_the_next_start_runs(
     idle_stack: Stack,
 ) -> None:
@@ -372,15 +379,7 @@ def test_a_stop_with_completion_returns_once_the_run_has_ended_so_the_next_start
     stack = idle_stack
     epics = _epics()
     p = stack.prefix
-    assert _put(stack, "NumImages", 100_000) == 1
-    assert _put(stack, "AcquirePeriod", 0.01) == 1
-    acquire = epics.PV(p + "Acquire")
-    done = threading.Event()
-    try:
-        assert acquire.wait_for_connection(timeout=10)
-        acquire.put(1, callback=lambda **_: done.set())
-        wait_for(lambda: stack.status()["pipeline"].get("run") is not None, 30, "the run open")
-        first = epics.caget(p + "RunUid_RBV", as_string=True, use_monitor=False)
+    with _long_run_started(stack) as (_acquire, done, first):
         # another client (its own channel: one channel takes one put with completion at a time)
         from caproto.threading.client import Context
 
@@ -412,8 +411,6 @@ def test_a_stop_with_completion_returns_once_the_run_has_ended_so_the_next_start
         assert not [a for a in stack.status()["alarms"] if a["id"].endswith(":lost")]
         assert _meta(stack, "Acquire")["severity"] == 0  # the stop was a good put: the alarm is cleared
         assert _message(stack).startswith("Acquisition aborted: "), _message(stack)
-    finally:
-        acquire.disconnect()
     assert _put(stack, "NumImages", 30) == 1
     assert _put(stack, "AcquirePeriod", 0.05) == 1
     assert epics.caput(p + "Acquire", 1, wait=True, timeout=60) == 1  # the start right after the stop
@@ -641,21 +638,12 @@ def test_a_stop_without_completion_on_the_starts_own_channel_aborts_the_run(idle
     put-completions: the run would go to its end.) The run ends ``abort`` at once."""
     stack = idle_stack
     epics = _epics()
-    p = stack.prefix
-    assert _put(stack, "NumImages", 100_000) == 1  # 1000 s at 0.01 s: only an abort ends it in time
-    assert _put(stack, "AcquirePeriod", 0.01) == 1
-    acquire = epics.PV(p + "Acquire")
-    done = threading.Event()
-    try:
-        assert acquire.wait_for_connection(timeout=10)
-        acquire.put(1, callback=lambda **_: done.set())
-        wait_for(lambda: stack.status()["pipeline"].get("run") is not None, 30, "the run open")
-        run_uid = epics.caget(p + "RunUid_RBV", as_string=True, use_monitor=False)
+    with _long_run_started(stack) as (acquire, done, run_uid):
         acquire.put(0, wait=False)  # same channel, no completion: taken at once
-        wait_for(lambda: epics.caget(p + "Acquire_RBV", use_monitor=False) == 0, 30, "Acquire_RBV 0")
+        wait_for(
+            lambda: epics.caget(stack.prefix + "Acquire_RBV", use_monitor=False) == 0, 30, "Acquire_RBV 0"
+        )
         wait_for(done.is_set, 10, "the start's put-completion")
-    finally:
-        acquire.disconnect()
     run = stack.run(run_uid)
     assert run["exit_status"] == "abort", run
     assert run["totals"]["frames_stored"] < 100_000, run["totals"]

@@ -19,8 +19,6 @@ import math
 import os
 import random
 from collections import Counter
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -108,21 +106,10 @@ def _values(rng: random.Random) -> tuple[Any, Any, int]:
     return ctype, data, count
 
 
-@pytest.fixture
-def fuzz_stack(tmp_path: Path, ca_port: int, edge_ca_port: int) -> Iterator[Stack]:
-    s = Stack(tmp_path, ca_port, edge_ca_port, acf=None)
-    try:
-        s.start_sim()
-        s.start_daemon()
-        yield s
-    finally:
-        s.stop()
-
-
-def test_random_puts_to_every_pv_leave_the_daemon_up_and_every_pv_answering(fuzz_stack: Stack) -> None:
+def test_random_puts_to_every_pv_leave_the_daemon_up_and_every_pv_answering(idle_stack: Stack) -> None:
     from caproto.threading.client import Context
 
-    stack = fuzz_stack
+    stack = idle_stack
     rng = random.Random(SEED)
     note = f"(replay: EDGE_PV_FUZZ_SEED={SEED} EDGE_PV_FUZZ_PUTS={PUTS})"
     targets = [spec.name for spec in PVS if spec.writable and spec.name != "Acquire"]

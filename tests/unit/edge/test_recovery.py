@@ -128,22 +128,18 @@ def test_frames_stored_before_a_crash_without_rows_get_a_recovered_frame_table(t
     assert (stop["frames_stored"], stop["frames_lost"]) == (10, 2)
 
 
-def test_a_serial_run_dropping_blanks_is_whole_after_a_crash(tmp_path: Path) -> None:
-    """kill -9 in serial mode with ``store.blanks = drop``: the data files hold the hits only (gaps where
-    the blanks were), a closed reduced file lists frames 0..9 with their blanks vetoed, and the rows of
-    frames 10..19 were in memory. Each of the 24 frames announced gets one disposition: stored (in a
-    file), vetoed (in the closed frame table), or lost ``daemon_crash`` (the blanks whose rows were in
-    memory, and the frames that never came). Recovery used to count a data file's first-to-last span as
-    stored, so the blanks inside it had no disposition at all, and the run said 0 vetoed."""
+def _serial_run_with_blanks_dropped(tmp_path: Path, name: str) -> tuple[Ledger, RunRecorder, str]:
+    """A serial run of 24 frames cut by a crash: hits 0, 3, 4, 8 and 12, 13, 17 in two data files (gaps
+    where the blanks were dropped), a closed reduced file listing frames 0..9 (1, 2, 5, 6, 7, 9 vetoed);
+    the rows of 10..19 were in memory, 20..23 never came."""
     import h5py
     import numpy as np
 
-    from edge.recovery import recover
     from edge.store import ReducedWriter
 
-    ledger = Ledger(tmp_path / "ledger.sqlite")
+    ledger = Ledger(tmp_path / "ledger.sqlite", required_consumers=("hpc",))
     recorder = RunRecorder(ledger, tmp_path, chunk_bytes=1 << 20)
-    run_uid = recorder.open_run("run-d", series=9, frames_expected=24, config={}, mode="serial")
+    run_uid = recorder.open_run(name, series=9, frames_expected=24, config={}, mode="serial")
     directory = tmp_path / run_uid
     directory.mkdir()
     hits = [0, 3, 4, 8, 12, 13, 17]
@@ -152,12 +148,27 @@ def test_a_serial_run_dropping_blanks_is_whole_after_a_crash(tmp_path: Path) -> 
         with h5py.File(path, "w") as handle:
             handle["/entry/data/frame_number"] = np.asarray(frames, np.int64)
         recorder.register_file(run_uid, path, (frames[0], frames[-1], len(frames)))
-    (directory / f"{run_uid}.geom").write_text("; CrystFEL geometry\n")  # registered as reduced too
-    recorder.register_file(run_uid, directory / f"{run_uid}.geom", (-1, -1, 0), "reduced")
     writer = ReducedWriter(directory, run_uid, _Rows(), frames_per_file=100)
-    for frame in range(10):  # written before the crash; 1, 2, 5, 6, 7, 9 were blanks, dropped
+    for frame in range(10):
         writer.add(frame, "stored" if frame in hits else "vetoed", "data", {}, {})
     recorder.file_closed(writer.finish())
+    return ledger, recorder, run_uid
+
+
+def test_a_serial_run_dropping_blanks_is_whole_after_a_crash(tmp_path: Path) -> None:
+    """kill -9 in serial mode with ``store.blanks = drop``: the data files hold the hits only (gaps where
+    the blanks were), a closed reduced file lists frames 0..9 with their blanks vetoed, and the rows of
+    frames 10..19 were in memory. Each of the 24 frames announced gets one disposition: stored (in a
+    file), vetoed (in the closed frame table), or lost ``daemon_crash`` (the blanks whose rows were in
+    memory, and the frames that never came). Recovery used to count a data file's first-to-last span as
+    stored, so the blanks inside it had no disposition at all, and the run said 0 vetoed."""
+
+    from edge.recovery import recover
+
+    ledger, recorder, run_uid = _serial_run_with_blanks_dropped(tmp_path, "run-d")
+    directory = tmp_path / run_uid
+    (directory / f"{run_uid}.geom").write_text("; CrystFEL geometry\n")  # registered as reduced too
+    recorder.register_file(run_uid, directory / f"{run_uid}.geom", (-1, -1, 0), "reduced")
 
     recover(recorder, tmp_path)
 
@@ -185,27 +196,10 @@ def test_files_purged_before_a_crash_are_accounted_from_the_ledger_without_an_er
     in the test above (blanks dropped, gaps in the data files), but the closed frame table (and the
     first data file) were verified and purged: the same frames are accounted, and nothing is logged as
     an error."""
-    import h5py
-    import numpy as np
 
     from edge.recovery import recover
-    from edge.store import ReducedWriter
 
-    ledger = Ledger(tmp_path / "ledger.sqlite", required_consumers=("hpc",))
-    recorder = RunRecorder(ledger, tmp_path, chunk_bytes=1 << 20)
-    run_uid = recorder.open_run("run-p", series=9, frames_expected=24, config={}, mode="serial")
-    directory = tmp_path / run_uid
-    directory.mkdir()
-    hits = [0, 3, 4, 8, 12, 13, 17]
-    for index, frames in enumerate((hits[:4], hits[4:])):
-        path = directory / f"{run_uid}_{index:05d}.h5"
-        with h5py.File(path, "w") as handle:
-            handle["/entry/data/frame_number"] = np.asarray(frames, np.int64)
-        recorder.register_file(run_uid, path, (frames[0], frames[-1], len(frames)))
-    writer = ReducedWriter(directory, run_uid, _Rows(), frames_per_file=100)
-    for frame in range(10):  # 1, 2, 5, 6, 7, 9 were blanks, dropped (vetoed)
-        writer.add(frame, "stored" if frame in hits else "vetoed", "data", {}, {})
-    recorder.file_closed(writer.finish())
+    ledger, recorder, run_uid = _serial_run_with_blanks_dropped(tmp_path, "run-p")
     for row in ledger.files(run_uid):
         if row["name"].endswith(purged):
             assert ledger.file_verified("hpc", row["id"], row["size"], row["checksum"])
