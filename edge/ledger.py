@@ -457,10 +457,17 @@ class Ledger:
             db.execute("UPDATE runs SET frames_stored = frames_stored + ? WHERE run_uid=?", (count, run_uid))
         return file_id
 
-    def pending_chunks(self, consumer: str, exclude: Iterable[int], limit: int) -> list[dict[str, Any]]:
-        """Chunks this consumer has not acknowledged, oldest first, skipping those in flight."""
+    def pending_chunks(
+        self, consumer: str, exclude: Iterable[int], limit: int, exclude_files: Iterable[int] = ()
+    ) -> list[dict[str, Any]]:
+        """Chunks this consumer has not acknowledged, oldest first, skipping those in flight (``exclude``)
+        and every chunk of the files in ``exclude_files``."""
         excluded = tuple(exclude)
         skip = f" AND c.id NOT IN ({','.join('?' * len(excluded))})" if excluded else ""
+        files = tuple(exclude_files)
+        if files:
+            skip += f" AND f.id NOT IN ({','.join('?' * len(files))})"
+            excluded += files
         # Driven from the files not yet verified (index files_by_state), never from the whole history of
         # chunks: CROSS JOIN fixes that join order in SQLite. A file's chunks are registered with it, in
         # order, so (file id, chunk index) is chunk-id order.

@@ -48,6 +48,7 @@ UNREADABLE_RETRY_SECONDS = 60.0
 #: sent again every ``resend_seconds`` (6 MB/s for a 19 MB backlog)
 REFUSING_IN_A_ROW = 8
 MAX_HOLD_BACK_SECONDS = 60.0
+MAX_FILES_HELD = 4096  # files one consumer's refusals hold back at once (each a line of SQL's NOT IN)
 #: chunks set aside at most (the ledger's query lists them; SQLite takes 32766 parameters)
 MAX_SET_ASIDE = 8192
 #: files named in ``unreadable_files`` at most (the status lists each; beyond, only counted)
@@ -63,7 +64,9 @@ LEDGER_POLL_SECONDS = 0.25
 class ChunkLedger(Protocol):
     """What the session asks of the ledger (``edge.ledger.Ledger`` implements it)."""
 
-    def pending_chunks(self, consumer: str, exclude: Iterable[int], limit: int) -> list[dict[str, Any]]: ...
+    def pending_chunks(
+        self, consumer: str, exclude: Iterable[int], limit: int, exclude_files: Iterable[int] = ()
+    ) -> list[dict[str, Any]]: ...
 
     def chunks_sent(self, chunk_ids: Sequence[int]) -> None: ...
 
@@ -127,6 +130,13 @@ class ConsumerState:
     #: heard from again (an HPC outage would otherwise re-read chunks from disk every tick)
     unreachable: bool = False
     held: dict[int, float] = field(default_factory=dict)  # chunk id -> not resent before (nacked again)
+    #: file id -> (no chunk of it is sent before, the pause that gave): a file two or more of whose chunks
+    #: it refused (none of them taken since) waits, each refusal twice as long (at most
+    #: MAX_HOLD_BACK_SECONDS), while its other files go on: one file too big for its disk must not hold
+    #: back the smaller ones that fit
+    files_held: dict[int, tuple[float, float]] = field(default_factory=dict)
+    file_refusals: dict[int, set[int]] = field(default_factory=dict)  # file id -> its chunks refused
+    chunk_files: dict[int, int] = field(default_factory=dict)  # chunk id -> file id, for those in flight
     nacks: Counter[int] = field(default_factory=Counter)  # chunk id -> times rejected
     refusals: int = 0  # nacks from it since the daemon started
     last_refusal: str = ""  # the reason of the newest one (its own words, cut to 200 characters)
@@ -141,6 +151,21 @@ class ConsumerState:
     @property
     def refusing_everything(self) -> bool:
         return self.refused_in_a_row >= REFUSING_IN_A_ROW
+
+
+#: the parts of a consumer's state that outlive its connection (a reconnect under the same name)
+_REFUSAL_STATE = (
+    "held",
+    "nacks",
+    "refusals",
+    "last_refusal",
+    "last_refusal_at",
+    "refused_in_a_row",
+    "hold_back",
+    "held_back_until",
+    "files_held",
+    "file_refusals",
+)
 
 
 class ForwarderSession:
@@ -246,6 +271,10 @@ class ForwarderSession:
             self._sends.get(consumer.name, {}).pop(message.chunk_id, None)  # its next send is a first
             consumer.held.pop(message.chunk_id, None)
             consumer.nacks.pop(message.chunk_id, None)
+            taken = consumer.chunk_files.get(message.chunk_id)
+            if taken is not None:  # it takes that file's chunks again
+                consumer.files_held.pop(taken, None)
+                consumer.file_refusals.pop(taken, None)
             if consumer.refusing_everything:
                 log.info(
                     "consumer %s takes chunks again, after %d refusals in a row",
@@ -446,6 +475,11 @@ class ForwarderSession:
         credit = min(max(1, hello.credit), MAX_CREDIT)
         state = ConsumerState(hello.consumer, identity, credit, last_seen=now)
         state.connects = (old.connects + 1) if old else 1
+        if old is not None:
+            # what it refused stays with the name: a client restarted while held back (its disk still
+            # full) waits out the pause it was given, and its refusals count on (a counter never goes down)
+            for kept in _REFUSAL_STATE:
+                setattr(state, kept, getattr(old, kept))
         self.consumers[hello.consumer] = state
         self._by_identity[identity] = hello.consumer
         self._forget_silent(now)
@@ -466,6 +500,18 @@ class ForwarderSession:
         consumer.nacks[chunk_id] += 1
         if consumer.nacks[chunk_id] > 1:
             consumer.held[chunk_id] = now + self.resend_seconds
+        file_id = consumer.chunk_files.get(chunk_id)
+        if file_id is not None:
+            refused = consumer.file_refusals.setdefault(file_id, set())
+            refused.add(chunk_id)
+            if len(refused) > 1:  # another chunk of it refused: the file, not a bit flipped on the way
+                _until, pause = consumer.files_held.get(file_id, (0.0, 0.0))
+                limit = max(MAX_HOLD_BACK_SECONDS, self.resend_seconds)
+                pause = self.resend_seconds if pause == 0 else min(2 * pause, limit)
+                consumer.files_held[file_id] = (now + pause, pause)
+            for kept in (consumer.files_held, consumer.file_refusals):  # the oldest forgotten first
+                while len(kept) > MAX_FILES_HELD:
+                    del kept[next(iter(kept))]
         consumer.unanswered_since = now if consumer.in_flight else None  # an answer, if a refusal
         consumer.refusals += 1
         consumer.last_refusal, consumer.last_refusal_at = reason, now
@@ -555,10 +601,12 @@ class ForwarderSession:
                 del consumer.held[chunk_id]
         out: list[Outgoing] = []
         consumer.sizes = {c: consumer.sizes[c] for c in consumer.in_flight if c in consumer.sizes}
+        consumer.chunk_files = {c: f for c, f in consumer.chunk_files.items() if c in consumer.in_flight}
+        held_files = [f for f, (until, _pause) in consumer.files_held.items() if until > now]
         room = MAX_IN_FLIGHT_BYTES - sum(consumer.sizes.values())
         self._unreadable = {c: until for c, until in self._unreadable.items() if until > now}
         skip = [*consumer.in_flight, *consumer.held, *self._unreadable]
-        for row in self.ledger.pending_chunks(consumer.name, skip, credit):
+        for row in self.ledger.pending_chunks(consumer.name, skip, credit, held_files):
             if int(row["length"]) > room and (consumer.in_flight or out):
                 self.stats["sends_held_in_flight_bytes"] += 1  # its credit waits for answers
                 break
@@ -595,6 +643,7 @@ class ForwarderSession:
                 self.stats["chunks_corrupted_injected"] += 1
             consumer.in_flight[message.chunk_id] = now
             consumer.sizes[message.chunk_id] = message.length
+            consumer.chunk_files[message.chunk_id] = message.file_id
             if consumer.unanswered_since is None:
                 consumer.unanswered_since = now
             consumer.credit -= 1

@@ -395,14 +395,58 @@ def test_a_consumer_that_refuses_everything_is_sent_one_chunk_after_growing_paus
 
     outlook = upstream_outlook(Verified(), 1 << 20, {"consumers": view}, now)
     assert outlook["state"] == "stalled" and "No space left on device" in outlook["reason"]
+    # a restarted client (its disk still full) is not a fresh start: it waits out its pause, and its
+    # refusals count on (a re-probe: a restart brought a fresh burst of 8 and a 1 s pause again)
+    refused = session.consumer_states(now)[0]["chunks_refused"]
+    assert session.consumer_states(now)[0]["held_back_seconds"] > 50
+    answers = session.receive(b"peer-2", frames(p.Hello("hpc", 16)), now)  # (the old one told: taken over)
+    assert any(isinstance(o.message, p.Welcome) for o in answers)
+    again = session.consumer_states(now)[0]
+    assert again["held_back"] and again["chunks_refused"] == refused
+    assert not chunks(session.tick(now + 1.0)) and not chunks(session.tick(now + 30.0))
     # space again: the probe chunk is taken, and the whole credit goes out at once
     while not (out := chunks(session.tick(now))):
         now += 0.5
-    ack(session, out[0], now)
+    ack(session, out[0], now, peer=b"peer-2")
     assert len(chunks(session.tick(now + 0.01))) == 16
     assert session.consumer_states(now)[0]["held_back"] is False
     assert any("takes chunks again" in r.message for r in caplog.records)
     assert session.stats["chunks_sent"] + session.stats["chunks_resent"] == before + 17
+
+
+def test_a_file_too_big_for_the_consumer_does_not_hold_back_the_files_that_fit(tmp_path: Path) -> None:
+    """An outside probe (re-probe of the hold-back): a 6.8 MB file first in line on a 4 MiB disk, every
+    chunk of it refused (its space is taken at its first chunk), and the smaller files behind it never
+    went: the credit went to its chunks, then, held back, the one chunk after each pause was its first
+    chunk again. A file two of whose chunks are refused now waits (pauses doubling) while the others go."""
+    ledger = Ledger(tmp_path / "ledger.sqlite", required_consumers=("hpc",))
+    ledger.run_started("run", 1, 40, "{}")
+    big = tmp_path / "run_00000.h5"
+    big.write_bytes(bytes(range(256)) * 4 * 30)  # 30 chunks of 1024
+    size, digest, parts = file_checksums(big, 1024)
+    big_id = ledger.file_stored("run", big.name, big, size, digest, (0, 29, 30), parts)
+    for n in range(1, 4):
+        small = tmp_path / f"run_{n:05d}.h5"
+        small.write_bytes(bytes([n]) * 1024)
+        size, digest, parts = file_checksums(small, 1024)
+        ledger.file_stored("run", small.name, small, size, digest, (29 + n, 29 + n, 1), parts)
+    session = ForwarderSession(ledger, resend_seconds=1.0)
+    connect(session, credit=16)
+    now, big_sends, taken = 0.0, 0, set()
+    while now < 30.0 and len(taken) < 3:
+        for chunk in chunks(session.tick(now)):
+            if chunk.file_id == big_id:
+                big_sends += 1
+                session.receive(PEER, frames(p.Nack(chunk.chunk_id, "No space left on device")), now)
+            else:
+                ack(session, chunk, now)
+                taken.add(chunk.file_id)
+        now += 0.25
+    assert len(taken) == 3, f"the files that fit never went ({big_sends} sends of the big one)"
+    assert now < 20.0
+    # and the big one is not sent over and over meanwhile: its first burst, then one pause after another
+    assert big_sends <= 16 + 8, big_sends
+    ledger.close()
 
 
 def test_a_consumer_name_outside_the_rules_is_refused(ledger: Ledger) -> None:
