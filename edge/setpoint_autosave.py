@@ -78,6 +78,7 @@ class SetpointAutosave:
             )
             return {}
         restored: dict[str, Any] = {}
+        refused: list[str] = []
         for name, value in values.items():
             spec = self._specs.get(name)
             if spec is None:
@@ -88,15 +89,18 @@ class SetpointAutosave:
             except Exception as error:  # a check that fails refuses the value; the daemon starts
                 reason = f"cannot check it ({type(error).__name__}: {error})"
             if reason is not None:
-                log.warning(
-                    "setpoint %s = %s saved in %s is refused (%s): it starts at its default",
-                    name,
-                    ascii(value),
-                    self.path,
-                    reason,
-                )
+                shown = ascii(value)
+                shown = shown if len(shown) <= 80 else f"{shown[:60]}... ({len(shown)} characters)"
+                refused.append(f"{name} = {shown} ({str(reason)[:200]})")
                 continue
             restored[name] = value
+        if refused:  # one line naming every one (a line each was cut short by the repeated-line summary)
+            log.warning(
+                "%d setpoints saved in %s are refused, each starts at its default: %s",
+                len(refused),
+                self.path,
+                "; ".join(refused),
+            )
         if restored:
             log.info(
                 "restored %d setpoints saved before the restart (%s in %s)",
