@@ -170,6 +170,15 @@ def test_a_wrong_token_in_the_address_is_shown_refused_at_once(url: str, browser
     browser.wait_for(
         "document.getElementById('token-toggle').textContent === 'token \u2713'", 10, "the token accepted"
     )
+    # one no header can carry (beyond Latin-1): refused at once, not "unchecked" for good (a re-probe)
+    if browser.evaluate("document.getElementById('token-form').hidden"):
+        browser.click("#token-toggle")
+    browser.evaluate("document.getElementById('token-input').value = 'caf\u00e9\u2603'")
+    browser.click("#token-save")
+    browser.wait_for(
+        "document.getElementById('token-toggle').textContent === 'token \u2717 refused'", 10, "the refusal"
+    )
+    assert "cannot be sent" in browser.evaluate("document.getElementById('token-toggle').title")
 
 
 def test_a_token_entered_while_offline_stays_unchecked(view: ScriptedView, browser: Browser) -> None:

@@ -1153,6 +1153,14 @@
   async function checkToken() {
     const given = token.get();
     if (!given || tokenCheck.pending) return;
+    if (!/^[\x01-\x09\x0b\x0c\x0e-\xff]*$/.test(given)) {
+      // a header cannot carry it (a character beyond Latin-1, a line break): fetch would throw, as if the
+      // appliance were unreachable, and the token would stay "unchecked" for good
+      tokenCheck.verdict = "refused";
+      tokenCheck.status = "unsendable";
+      showTokenState();
+      return;
+    }
     tokenCheck.pending = true;
     const controller = new AbortController();
     const timer = setTimeout(() => controller.abort(), FETCH_TIMEOUT_MS);
@@ -1186,6 +1194,10 @@
     const set = !!token.get();
     const verdict = set ? tokenCheck.verdict : "none";
     const disabled = tokenCheck.status === 403;
+    const unsendable = tokenCheck.status === "unsendable";
+    const why = unsendable
+      ? "this token cannot be sent in an HTTP header (a character beyond Latin-1, or a line break): enter the right one"
+      : null;
     const shown = {
       none: ["token", "enter the write token (api.token)", "no token stored: writes will be refused", "muted small"],
       unchecked: ["token …", "a write token is stored in this browser; the appliance has not checked it yet",
@@ -1193,8 +1205,8 @@
       accepted: ["token ✓", "the appliance accepts the write token stored in this browser",
         "a token is stored in this browser and the appliance accepts it", "good small"],
       refused: ["token ✗ refused",
-        disabled ? "writes are disabled on this appliance (no api.token configured)" : "the appliance refuses the write token stored in this browser",
-        disabled ? "writes are disabled on this appliance (no api.token configured)" : "the appliance refuses this token: writes will be refused; enter the right one",
+        why || (disabled ? "writes are disabled on this appliance (no api.token configured)" : "the appliance refuses the write token stored in this browser"),
+        why || (disabled ? "writes are disabled on this appliance (no api.token configured)" : "the appliance refuses this token: writes will be refused; enter the right one"),
         "bad small"],
     }[verdict];
     setText("token-toggle", shown[0]);
