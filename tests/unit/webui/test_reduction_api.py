@@ -97,6 +97,21 @@ def test_a_write_without_the_header_is_told_so_and_a_wrong_token_is_told_that() 
     assert wrong.status_code == 401 and wrong.json()["detail"].endswith("the token given is wrong")
     basic = client.put("/api/reduction", json={"mode": "raw"}, headers={"Authorization": "Basic czNjcmV0"})
     assert basic.status_code == 401 and basic.json()["detail"].endswith("scheme is 'Basic', not Bearer")
+    # the header's text is never echoed unless it is a known scheme: it may be the token itself (a
+    # re-probe: "Authorization: s3cret" was answered "the header's scheme is 's3cret', not Bearer")
+    for sent in ("s3cret", "Xs3cret s3cret", "Bearer"):
+        bare = client.put("/api/reduction", json={"mode": "raw"}, headers={"Authorization": sent})
+        assert bare.status_code == 401 and "s3cret" not in bare.text, bare.text
+    # two headers: neither counts, whichever comes first (the first used to win)
+    for pair in ((b"Bearer s3cret", b"Bearer nope"), (b"Bearer nope", b"Bearer s3cret")):
+        both = client.put(
+            "/api/reduction",
+            json={"mode": "raw"},
+            headers=[(b"authorization", pair[0]), (b"authorization", pair[1])],
+        )
+        assert both.status_code == 401 and "2 Authorization headers" in both.json()["detail"]
+    tabbed = client.put("/api/reduction", json={"mode": "raw"}, headers={"Authorization": "Bearer\ts3cret"})
+    assert tabbed.status_code == 200
     auth = {"Authorization": "Bearer s3cret"}
     empty = client.put("/api/reduction", json={"": 1}, headers=auth)
     assert empty.status_code == 400 and empty.json()["detail"].startswith('"" is no reduction parameter')
