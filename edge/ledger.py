@@ -368,8 +368,17 @@ class Ledger:
             (time.time(), exit_status, frames_stored, frames_vetoed, run_uid),
         )
 
-    def runs(self) -> list[dict[str, Any]]:
-        return self._rows("SELECT * FROM runs ORDER BY started_at")
+    def runs(self, limit: int | None = None, offset: int = 0) -> list[dict[str, Any]]:
+        """Every run, oldest first; or at most ``limit`` of them after the first ``offset``."""
+        if limit is None and offset == 0:
+            return self._rows("SELECT * FROM runs ORDER BY started_at")
+        return self._rows(
+            "SELECT * FROM runs ORDER BY started_at, run_uid LIMIT ? OFFSET ?",
+            (-1 if limit is None else int(limit), int(offset)),
+        )
+
+    def run_count(self) -> int:
+        return int(self._rows("SELECT COUNT(*) AS n FROM runs")[0]["n"])
 
     def newest_runs(self, limit: int) -> list[dict[str, Any]]:
         """The ``limit`` runs started last, newest first (an index walk: the cost of a dashboard's poll

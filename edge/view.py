@@ -264,6 +264,10 @@ class ApplianceView:
     def newest_runs(self, limit: int) -> list[dict[str, Any]]:
         return self._p.ledger.newest_runs(limit)
 
+    def runs_page(self, limit: int | None, offset: int) -> tuple[list[dict[str, Any]], int]:
+        """At most ``limit`` runs after the first ``offset``, oldest first, and how many there are."""
+        return self._p.ledger.runs(limit, offset), self._p.ledger.run_count()
+
     def run(self, run_uid: str) -> dict[str, Any]:
         """The ledger's run row, its files, losses and totals, and the where-is-my-data report."""
         ledger = self._p.ledger

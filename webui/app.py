@@ -70,6 +70,7 @@ class HeadAsGet:
 
 #: Error bodies are at most this many bytes: a long path or query is never echoed back in full.
 MAX_ERROR_BODY = 1024
+MAX_RUNS_PAGE = 10_000  # runs in one page of /api/runs (?limit=)
 _MAX_DETAIL = 400  # characters of an error's detail; the rest is cut
 
 
@@ -182,6 +183,8 @@ class ApplianceView(Protocol):
     def runs(self) -> list[dict[str, Any]]: ...
 
     def newest_runs(self, limit: int) -> list[dict[str, Any]]: ...
+
+    def runs_page(self, limit: int | None, offset: int) -> tuple[list[dict[str, Any]], int]: ...
 
     def run(self, run_uid: str) -> dict[str, Any]: ...
 
@@ -317,8 +320,29 @@ def create_app(
         return appliance.status()
 
     @app.get("/api/runs")
-    def runs() -> list[dict[str, Any]]:
-        return appliance.runs()
+    def runs(
+        response: Response,
+        limit: str | None = Query(None, pattern=r"^[0-9]{1,9}$", description=f"1..{MAX_RUNS_PAGE}"),
+        offset: str | None = Query(None, pattern=r"^[0-9]{1,18}$", description="runs skipped, oldest first"),
+    ) -> list[dict[str, Any]]:
+        """Every run, oldest first; with ``limit`` and/or ``offset``, one page of them, and the number
+        of runs in the ``X-Total-Count`` header (a months-old ledger's whole history is a big answer)."""
+        if limit is None and offset is None:
+            return appliance.runs()
+        count = None if limit is None else int(limit)
+        if count is not None and not 1 <= count <= MAX_RUNS_PAGE:
+            raise RequestValidationError(
+                [
+                    {
+                        "loc": ("query", "limit"),
+                        "msg": f"Input should be from 1 to {MAX_RUNS_PAGE}",
+                        "type": "value_error",
+                    }
+                ]
+            )
+        rows, total = appliance.runs_page(count, int(offset or 0))
+        response.headers["X-Total-Count"] = str(total)
+        return rows
 
     @app.get("/api/run-summaries")
     def run_summaries(

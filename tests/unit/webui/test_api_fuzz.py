@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -82,6 +83,9 @@ class FailingView:
 
     def newest_runs(self, limit: int) -> list[dict[str, Any]]:
         return sorted(self.runs(), key=lambda row: row.get("started_at") or 0.0, reverse=True)[:limit]
+
+    def runs_page(self, limit: int | None, offset: int) -> tuple[list[dict[str, Any]], int]:
+        return self.runs(), 0
 
     def run(self, run_uid: str) -> dict[str, Any]:
         raise NotFound(f"no run {run_uid!r} in the ledger")
@@ -155,3 +159,41 @@ def test_long_inputs_get_short_errors(failing_app: Any) -> None:
     bad = client.get("/api/run-summaries", params={"limit": "9" * 5000})
     assert bad.status_code == 422 and len(bad.content) <= MAX_ERROR_BODY
     assert bad.json()["error"] == "bad_request"
+
+
+def test_runs_come_a_page_at_a_time_with_the_total(tmp_path: Path) -> None:
+    """``/api/runs`` was the whole history in one answer (a ledger of months of runs: megabytes). With
+    ``limit``/``offset`` it is one page, oldest first, and ``X-Total-Count`` says how many there are;
+    without either it is the whole history, as before."""
+    from fastapi.testclient import TestClient
+
+    from edge.appliance import Appliance
+
+    config = load_settings(
+        overrides=[
+            f'store.path="{tmp_path / "store"}"',
+            'upstream.endpoint="tcp://127.0.0.1:0"',
+            "detector.height=32",
+            "detector.width=32",
+            "ring.slots=2",
+            'reduction.backend="numpy"',
+        ]
+    )
+    appliance = Appliance(config)
+    try:
+        for n in range(5):
+            appliance.ledger.run_started(f"run-{n}", n, 10, "{}")
+        client = TestClient(create_app(config, appliance.view))
+        whole = client.get("/api/runs")
+        assert [r["run_uid"] for r in whole.json()] == [f"run-{n}" for n in range(5)]
+        assert "x-total-count" not in whole.headers
+        page = client.get("/api/runs", params={"limit": "2", "offset": "1"})
+        assert [r["run_uid"] for r in page.json()] == ["run-1", "run-2"]
+        assert page.headers["x-total-count"] == "5"
+        rest = client.get("/api/runs", params={"offset": "3"})
+        assert [r["run_uid"] for r in rest.json()] == ["run-3", "run-4"]
+        assert client.get("/api/runs", params={"offset": "9"}).json() == []
+        for bad in ({"limit": "0"}, {"limit": "10001"}, {"limit": "1.0"}, {"offset": "-1"}):
+            assert client.get("/api/runs", params=bad).status_code == 422, bad
+    finally:
+        appliance.stop()
