@@ -689,6 +689,7 @@ class Appliance:
                 appliance_id=socket.gethostname(),
                 corrupt=settings.upstream.corrupt,
                 curve=curve,
+                disk=self.disk,
             )
             self.view = ApplianceView(
                 ApplianceParts(

@@ -21,7 +21,7 @@ from typing import Any
 
 import zmq
 
-from edge.diskguard import is_no_space
+from edge.diskguard import DiskGuard, is_no_space
 from edge.ledger import Ledger
 from edge.upstream import protocol as p
 from edge.upstream.curve import serve_securely
@@ -34,6 +34,9 @@ MAX_INBOUND_BYTES = p.MAX_HEADER_BYTES + 1024
 log = logging.getLogger(__name__)
 
 __all__ = ["HEARTBEAT_SECONDS", "ConsumerState", "Forwarder"]
+
+
+LEDGER_FULL_PAUSE = 1.0  # seconds nothing is sent after the ledger refused to record (disk full)
 
 
 class Forwarder:
@@ -50,8 +53,10 @@ class Forwarder:
         seed: int = 0,
         curve: tuple[Path, Path] | None = None,
         clock: Callable[[], float] = time.monotonic,
+        disk: DiskGuard | None = None,
     ) -> None:
         self.endpoint = endpoint
+        self.disk = disk  # its ledger reserve is given up for the consumers' confirmations
         self.ledger = ledger
         self.context = context
         self.curve = curve  # (secret key file, allowed clients dir) to require CurveZMQ
@@ -69,6 +74,8 @@ class Forwarder:
         self._sock: zmq.Socket | None = None
         self._lock = threading.Lock()  # the session is driven by the thread and read by counters()
         self._full_logged = 0.0  # when a refused ledger write may be logged again
+        self._full_at: float | None = None  # when the ledger last refused a write (disk full)
+        self._pause_until = 0.0  # no chunk goes out before: the ledger could not record the last answers
         self.bound_endpoint: str | None = None
 
     @property
@@ -116,6 +123,7 @@ class Forwarder:
         return {
             "endpoint": self.bound_endpoint,
             **stats,
+            "ledger_refusing": self.ledger_refusing(),
             "consumers": consumers,
             "unreadable_files": unreadable,
         }
@@ -141,8 +149,9 @@ class Forwarder:
                             )
                         self._send(sock, replies)
                 outgoing: list[Outgoing] = []
-                with self._lock, self._ledger_full():
-                    outgoing = self.session.tick(self._clock())
+                if self._clock() >= self._pause_until:
+                    with self._lock, self._ledger_full():
+                        outgoing = self.session.tick(self._clock())
                 self._send(sock, outgoing)
         except Exception:  # a bug: counted, and raised to the spawner (which restarts the loop)
             self.session.stats["forwarder_crashes"] += 1
@@ -152,16 +161,38 @@ class Forwarder:
     def _ledger_full(self) -> Iterator[None]:
         """A ledger write the full disk refused (an acknowledgement, say) is not the end of the loop: it
         is counted, and what it would have recorded happens again (the chunk is resent, the file's
-        completion asked for again) once there is space."""
+        completion asked for again) once there is space.
+
+        These are the writes that free the disk (a file the consumers confirmed may be purged), so the
+        ledger's reserve is given up for them, as for a loss record; and nothing is sent for
+        ``LEDGER_FULL_PAUSE`` seconds (the consumer's answers could not be recorded: the chunks went out
+        again at once, a loop of 1 GB/s with nothing ever verified, an outside probe)."""
         try:
             yield
         except Exception as error:
             if not is_no_space(error):
                 raise
             self.session.stats["ledger_writes_refused_disk_full"] += 1
+            self._full_at = self._clock()
+            self._pause_until = self._clock() + LEDGER_FULL_PAUSE
+            released = self.disk is not None and self.disk.note_error(error) and self.disk.release_reserve()
+            if released:
+                self.session.stats["ledger_reserve_released"] += 1
             if self._clock() >= self._full_logged:
                 self._full_logged = self._clock() + 60.0
-                log.error("upstream: the ledger cannot record (disk full): %s; it will be asked again", error)
+                log.error(
+                    "upstream: the ledger cannot record (disk full): %s; %s",
+                    error,
+                    "its reserve is given up for the consumers' confirmations (they let files be purged)"
+                    if released
+                    else "asked again when there is space",
+                )
+
+    def ledger_refusing(self) -> bool:
+        """Whether the ledger refused a write of the upstream side in the last ``LEDGER_FULL_PAUSE`` x 10
+        seconds (its disk is full: the consumers' acknowledgements cannot be recorded)."""
+        full_at = self._full_at
+        return full_at is not None and self._clock() - full_at < 10 * LEDGER_FULL_PAUSE
 
     def _send(self, sock: zmq.Socket, outgoing: list[Outgoing]) -> None:
         """Send in order; after one peer's send fails, give back the rest of its messages unsent."""

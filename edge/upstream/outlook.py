@@ -12,6 +12,8 @@ table, ``edge where``), so an outage never shows three different answers. The fa
   for ``UNANSWERED_SECONDS`` is a stall too, when nothing became verified over the rate window.
   A required consumer that refuses every chunk (``held_back``: refused many in a row, none taken) is a
   stall at once, whatever was verified earlier in the window.
+  The appliance's own ledger refusing to record the consumers' answers (its disk full:
+  ``ledger_refusing`` in the forwarder's counters) is a stall too, said as such.
 - ``refusing``: the connected required consumers that refused a chunk in the last ``REFUSING_SECONDS``.
 - ``unanswering``: the connected required consumers that answered no chunk sent to them for
   ``UNANSWERED_SECONDS`` (a wedged client: it heartbeats, it writes and acknowledges nothing).
@@ -88,6 +90,12 @@ def upstream_outlook(
     pending = int(bytes_pending)
     if pending <= 0:
         state, reason = "up to date", "every stored file is verified upstream"
+    elif forwarder.get("ledger_refusing"):
+        state = "stalled"
+        reason = (
+            "the appliance's own disk is full: its ledger cannot record what the consumers acknowledge"
+            " (they are asked again; nothing is lost), so nothing can be verified and purged"
+        )
     elif missing:
         state = "stalled"
         reason = f"no consumer connected: {', '.join(missing)} must pull (data stays on the local disk)"

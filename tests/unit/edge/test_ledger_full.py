@@ -142,6 +142,65 @@ def test_an_acknowledgement_the_full_ledger_refuses_is_counted_and_the_chunk_goe
     ledger.close()
 
 
+def test_a_refused_acknowledgement_gives_up_the_reserve_pauses_sending_and_says_whose_disk_is_full(
+    tmp_path: Path,
+) -> None:
+    """An outside probe, the appliance's disk really full with the pull client connected: only the
+    recorder gave up the ledger's reserve, so the consumers' acknowledgements (the writes that let files
+    be purged) were refused for good, every chunk went out again at once (114 GB in two minutes, nothing
+    ever verified), and the alarm blamed the HPC side's client. The forwarder now gives up the reserve
+    (the next acknowledgement is recorded), sends nothing for a second after a refusal, and the outlook
+    says the appliance's own disk is full."""
+    from edge.upstream.outlook import upstream_outlook
+
+    ledger = Ledger(tmp_path / "ledger.sqlite")
+    ledger.run_started("run", 1, 1, "{}")
+    path = tmp_path / "run_00000.h5"
+    path.write_bytes(bytes(range(256)) * 12)
+    size, digest, chunks = file_checksums(path, 1)
+    ledger.file_stored("run", path.name, path, size, digest, (0, 0, 1), chunks)
+    ids = [int(r["id"]) for r in ledger._rows("SELECT id FROM chunks ORDER BY id")]
+    reserve = tmp_path / "ledger.reserve"
+    disk = DiskGuard(tmp_path, reserve, 4096, 0)
+    assert disk.make_reserve() and reserve.exists()
+    now = [0.0]
+    context = zmq.Context()
+    forwarder = Forwarder(
+        "tcp://127.0.0.1:0", ledger, context, resend_seconds=1.0, disk=disk, clock=lambda: now[0]
+    )
+    session = forwarder.session
+    session.receive(b"peer", [bytes(f) for f in p.encode(p.Hello("hpc", 1))], 0.0)
+    (chunk,) = [o.message for o in session.tick(0.0) if isinstance(o.message, p.Chunk)]
+    _cap(ledger)
+    for chunk_id, (_, _, checksum) in zip(ids[1:], chunks[1:], strict=True):
+        try:
+            ledger.chunk_acked("filler", chunk_id, checksum)
+        except sqlite3.OperationalError:
+            break
+    with forwarder._ledger_full():
+        session.receive(b"peer", [bytes(f) for f in p.encode(p.Ack(chunk.chunk_id, chunk.checksum))], 0.5)
+    assert not reserve.exists() and session.stats["ledger_reserve_released"] == 1 and disk.full
+    assert forwarder._pause_until == pytest.approx(1.0)  # the loop ticks no chunk out before
+    counters = forwarder.counters()
+    assert counters["ledger_refusing"] is True
+
+    class Pending:
+        required_consumers = ("hpc",)
+
+        def verified_rate(self, window: float, now: float) -> float:
+            return 0.0
+
+        def oldest_unverified_at(self) -> float | None:
+            return 0.0
+
+    outlook = upstream_outlook(Pending(), size, counters, 1.0)
+    assert outlook["state"] == "stalled" and "the appliance's own disk is full" in outlook["reason"]
+    now[0] = 30.0
+    assert forwarder.counters()["ledger_refusing"] is False
+    context.term()
+    ledger.close()
+
+
 def test_h5py_s_runtime_error_for_a_full_disk_is_lack_of_space() -> None:
     """h5py raises RuntimeError, not OSError, when HDF5's flush or close meets ENOSPC: it is a full disk
     (the file's frames are lost as ``disk_full`` and writing stops), not an unexplained close failure."""
