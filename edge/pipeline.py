@@ -615,8 +615,7 @@ class Pipeline:
             on_durable=reduced.frames_durable,  # a stored frame's row waits for its data file
         )
         self._reduced = reduced
-        for path in stage.run_files(self._store.directory, record["run_uid"]):
-            self.recorder.register_file(record["run_uid"], path, (-1, -1, 0), "reduced")
+        self._write_run_files(stage, record["run_uid"])
         self._run_vetoed = (record["run_uid"], 0)
         self.stats["runs_opened"] += 1
         if record.get("resumed_after_pause") and record.get("resumes_run"):
@@ -624,6 +623,22 @@ class Pipeline:
             continue_after_pause(
                 self.recorder, str(record["resumes_run"]), int(record["first_frame"]), record["run_uid"]
             )
+
+    def _write_run_files(self, stage: ModeStage, run_uid: str) -> None:
+        """The mode's files for the whole run (serial: CrystFEL's ``.geom``), registered with it. On a
+        full disk they are written when space returns (a resumed serial run on a full disk raised here:
+        a traceback, the run without its .geom, an empty .part left, an outside probe)."""
+
+        def write() -> None:
+            for path in stage.run_files(self._store.directory, run_uid):
+                self.recorder.register_file(run_uid, path, (-1, -1, 0), "reduced")
+
+        try:
+            write()
+        except Exception as error:
+            if self.disk is None or not self.disk.note_error(error):
+                raise
+            self.recorder.when_space_returns(f"run {run_uid}: its {stage.name} run files", write)
 
     def _file_close_failed(
         self, reduced: ReducedWriter, run_uid: str, frames: list[int], error: BaseException

@@ -221,11 +221,15 @@ panel0/ss = {vector(panel.ss)}
 """
         path = directory / f"{run_uid}.geom"
         part = path.with_name(path.name + ".part")
-        with open(part, "w") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(part, path)
+        try:
+            with open(part, "w") as handle:
+                handle.write(text)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(part, path)
+        except BaseException:  # a full disk: no empty .part left behind (the caller writes it again)
+            part.unlink(missing_ok=True)
+            raise
         return [path]
 
     def live(self) -> dict[str, Any] | None:

@@ -257,3 +257,43 @@ def test_space_that_comes_back_is_seen_within_a_tenth_of_a_second(tmp_path: Path
     assert guard.check()  # just noted: not measured again yet
     clock.now += 0.15
     assert not guard.check()  # (this disk has room): writing resumes
+
+
+def test_a_serial_run_opened_on_a_full_disk_writes_its_geometry_file_when_space_returns(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An outside probe: a serial run resumed on a full disk raised out of the run's opening ("pipeline
+    failed writing slot 0" and a traceback), left an empty ``.geom.part`` and never got its CrystFEL
+    geometry file. Now no .part is left, and the file is written and registered once space returns."""
+    import os
+    from types import SimpleNamespace
+
+    from edge.config import ReductionSettings
+    from edge.modes import RunContext, make_stage
+    from edge.pipeline import Pipeline
+    from kernels import Geometry, get_backend
+
+    ledger = Ledger(tmp_path / "ledger.sqlite")
+    disk = DiskGuard(tmp_path, tmp_path / "ledger.reserve", 4096, 0)
+    recorder = RunRecorder(ledger, tmp_path, chunk_bytes=1 << 20, disk=disk)
+    uid = recorder.open_run("run-s", series=1, frames_expected=4, config={}, mode="serial")
+    (tmp_path / uid).mkdir()
+    ctx = RunContext(
+        get_backend("numpy"), Geometry(), (32, 32), 10, "2th_deg", ReductionSettings(mode="serial")
+    )
+    stage = make_stage(ctx)
+    full = OSError(errno.ENOSPC, "No space left on device")
+
+    def no_space(fd: int) -> None:
+        raise full
+
+    pipeline = SimpleNamespace(disk=disk, recorder=recorder, _store=SimpleNamespace(directory=tmp_path / uid))
+    with monkeypatch.context() as patched:
+        patched.setattr(os, "fsync", no_space)
+        Pipeline._write_run_files(pipeline, stage, uid)  # type: ignore[arg-type]
+    assert list((tmp_path / uid).iterdir()) == []  # no empty .part behind
+    assert disk.full and not [f for f in ledger.files(uid) if f["name"].endswith(".geom")]
+    recorder.retry_pending()  # (what the recorder does once the disk has room again)
+    assert len([f for f in ledger.files(uid) if f["name"].endswith(".geom")]) == 1
+    assert (tmp_path / uid / f"{uid}.geom").read_text().startswith("; CrystFEL geometry")
+    ledger.close()
