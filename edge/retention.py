@@ -57,13 +57,23 @@ class Retention:
         # below this much free space on the store's disk (and below the headroom) the disk's own count
         # of what is in use decides the fill (``filled``): the daemon passes what its disk guard needs
         # free to resume writing
-        self.disk_low_bytes = max(disk_low_bytes, settings.headroom_bytes)
+        self.root = root
+        self.settings = settings
+        self._disk_total = int(psutil.disk_usage(str(root)).total)
+        if self.headroom() < settings.headroom_bytes:
+            log.warning(
+                "retention.headroom_bytes (%d) is more than a quarter of the store's %s (%d bytes): %d bytes"
+                " are kept free instead (else no run could ever start)",
+                settings.headroom_bytes,
+                "quota" if settings.quota_bytes else "disk",
+                settings.quota_bytes or self._disk_total,
+                self.headroom(),
+            )
+        self.disk_low_bytes = max(disk_low_bytes, self.headroom())
         self.clock = clock
         self.wall_clock = wall_clock
         self._own_executor = executor is None
         self._executor: Executor = executor or ThreadPoolExecutor(1, thread_name_prefix="pressure-check")
-        self.root = root
-        self.settings = settings
         self.stats: Counter[str] = Counter()
         self._compacted = False  # True once no purged file keeps chunk rows (`Ledger.compact_purged`)
         self.alarm: str | None = None
@@ -83,6 +93,12 @@ class Retention:
         self._refreshing = threading.Event()
 
     # -- policy ---------------------------------------------------------------------------------------
+    def headroom(self) -> int:
+        """``retention.headroom_bytes``, at most a quarter of the quota (or of the disk): a headroom of the
+        default 64 MiB on a 55 MB disk left no room for any run ("0 B of 0 B", an outside probe)."""
+        size = self.settings.quota_bytes or self._disk_total
+        return min(self.settings.headroom_bytes, size // 4) if size > 0 else self.settings.headroom_bytes
+
     def capacity(self) -> int:
         """Bytes the store may use: the quota, or the disk's size."""
         if self.settings.quota_bytes:
@@ -121,7 +137,7 @@ class Retention:
 
     def _limit(self) -> int:
         """Bytes the store may fill before it is under pressure (capacity minus the headroom)."""
-        return max(0, self.capacity() - self.settings.headroom_bytes)
+        return max(0, self.capacity() - self.headroom())
 
     def refusal(self) -> str | None:
         """Why a new run must be refused now, or None."""
@@ -149,7 +165,7 @@ class Retention:
             free = self._disk_free()
             return (
                 f"the disk holding the local store is full ({_size(free)} free, headroom"
-                f" {_size(self.settings.headroom_bytes)}; the store's files are {_size(used['total'])}, the"
+                f" {_size(self.headroom())}; the store's files are {_size(used['total'])}, the"
                 " rest is other files on that file system) and nothing verified upstream is left to purge"
             )
         return None
@@ -171,7 +187,7 @@ class Retention:
         journal not being in the ledger's count, and frames were lost to a full disk while the pull
         client kept up (an outside chaos probe).
         """
-        headroom = self.settings.headroom_bytes
+        headroom = self.headroom()
         if headroom > 0 and self._disk_free_recent() <= headroom:  # (0: none kept: on to ENOSPC)
             now = self.clock()
             if now - self._hurried_at >= PRESSURE_RECHECK_S:  # verified files may make the room
@@ -362,7 +378,7 @@ class Retention:
         disk = psutil.disk_usage(str(self.root))
         return {
             "capacity_bytes": self.capacity(),
-            "headroom_bytes": self.settings.headroom_bytes,
+            "headroom_bytes": self.headroom(),  # as kept (at most a quarter of the quota or disk)
             "store_bytes": used["total"],
             "unverified_bytes": used["unverified"],
             "verified_bytes": used["verified"],

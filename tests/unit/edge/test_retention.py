@@ -374,3 +374,19 @@ def test_a_disk_down_to_its_headroom_holds_writing_at_once(
     disk.free = 9_000_000
     time.sleep(retention_module.FREE_RECHECK_S)
     assert retention.under_pressure() is False
+
+
+def test_a_headroom_beyond_a_quarter_of_the_store_is_capped_so_runs_can_start(
+    ledger: Ledger, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An outside probe: on a 55 MB disk the default 64 MiB headroom left no room at all, and every run
+    was refused "local store full of data not yet verified upstream (0 B of 0 B)" with the store empty.
+    The headroom kept is at most a quarter of the quota (or disk), and the start says so."""
+    settings = RetentionSettings(quota_bytes=40 << 20)  # headroom_bytes: the default 64 MiB
+    with caplog.at_level("WARNING", logger="edge.retention"):
+        retention = Retention(ledger, tmp_path, settings, executor=ManualExecutor())
+    assert retention.headroom() == 10 << 20 and retention.refusal() is None
+    assert "more than a quarter of the store's quota" in caplog.text
+    assert retention.status()["headroom_bytes"] == 10 << 20
+    roomy = Retention(ledger, tmp_path, RetentionSettings(quota_bytes=1 << 30), executor=ManualExecutor())
+    assert roomy.headroom() == 64 << 20  # as set, where it fits
