@@ -297,3 +297,36 @@ def test_a_serial_run_opened_on_a_full_disk_writes_its_geometry_file_when_space_
     assert len([f for f in ledger.files(uid) if f["name"].endswith(".geom")]) == 1
     assert (tmp_path / uid / f"{uid}.geom").read_text().startswith("; CrystFEL geometry")
     ledger.close()
+
+
+def test_frames_held_for_room_wait_for_the_disk_guard_to_see_it_too() -> None:
+    """An outside probe: frames held back while the store was full went on the moment retention saw
+    room, while the disk guard (full since a write met ENOSPC, measuring again every 0.1 s) still said
+    full: 646 held frames became disk_full losses in 78 ms. The hold now lasts until the guard agrees
+    (bounded: a guard that never does lets them go after RESUME_WAIT_SECONDS)."""
+    import threading
+    import time
+    from types import SimpleNamespace
+
+    from edge.pipeline import RESUME_WAIT_SECONDS, Pipeline
+
+    checks = iter([False, True, True, True])  # retention: full, then room
+    full_for = [3]
+
+    def guard_check() -> bool:
+        full_for[0] -= 1
+        return full_for[0] >= 0
+
+    held = SimpleNamespace(
+        may_write=lambda: next(checks, True),
+        disk=SimpleNamespace(check=guard_check),
+        _stop=threading.Event(),
+    )
+    Pipeline._wait_for_room(held)  # type: ignore[arg-type]
+    assert full_for[0] == -1  # it asked the guard until it said "room"
+    stuck = SimpleNamespace(
+        may_write=lambda: True, disk=SimpleNamespace(check=lambda: True), _stop=threading.Event()
+    )
+    started = time.monotonic()
+    Pipeline._wait_for_room(stuck)  # type: ignore[arg-type]
+    assert RESUME_WAIT_SECONDS <= time.monotonic() - started < RESUME_WAIT_SECONDS + 1.0
