@@ -39,7 +39,7 @@ GAUGE_KEYS = {
     # connection dropped during: values of now, not counts (absent, no sample, when null)
     "receiver": {"rcvbuf_bytes", "series", "seconds_silent", "silent_alarm_seconds", "dropped_in_series"},
     "pipeline": {"queued"},
-    "upstream": set(),
+    "upstream": {"ledger_refusing"},  # 1 while the appliance's ledger refuses its writes (disk full)
     "retention": {
         "capacity_bytes",
         "headroom_bytes",
@@ -241,7 +241,7 @@ def _upstream(f: _Families, upstream: dict[str, Any]) -> None:
         f.gauge(_name("upstream_unreadable_files"), len(upstream["unreadable_files"]))
     for consumer in upstream.get("consumers") or []:
         name = str(consumer.get("consumer"))
-        for key in ("credit", "in_flight", "connected", "seconds_since_seen"):
+        for key in ("credit", "in_flight", "connected", "seconds_since_seen", "held_back"):
             f.gauge(_name("upstream_consumer", key), consumer.get(key), consumer=name)
         f.counter(_name("upstream_consumer_connects_total"), consumer.get("connects"), consumer=name)
         f.counter(

@@ -240,3 +240,19 @@ def test_the_receivers_values_of_now_are_gauges() -> None:
     # null (no series open): no sample at all
     families = {f.name: f for f in collect_status({"receiver": {"series": None, "seconds_silent": None}})}
     assert "edge_receiver_series" not in families and "edge_receiver_seconds_silent" not in families
+
+
+def test_a_ledger_refusing_and_a_consumer_held_back_are_gauges() -> None:
+    """Both go back to 0: as counters they would read as counter resets."""
+    upstream = {
+        "ledger_refusing": True,
+        "chunks_sent": 3,
+        "consumers": [{"consumer": "hpc", "held_back": True, "connects": 1, "chunks_refused": 9}],
+    }
+    families = {f.name: f for f in collect_status({"upstream": upstream})}
+    assert families["edge_upstream_ledger_refusing"].type == "gauge"
+    assert families["edge_upstream_ledger_refusing"].samples[0].value == 1
+    held = families["edge_upstream_consumer_held_back"]
+    assert (
+        held.type == "gauge" and held.samples[0].value == 1 and held.samples[0].labels == {"consumer": "hpc"}
+    )
