@@ -128,6 +128,21 @@ def test_frames_stored_before_a_crash_without_rows_get_a_recovered_frame_table(t
     assert (stop["frames_stored"], stop["frames_lost"]) == (10, 2)
 
 
+def _open_run_with_one_file(
+    tmp_path: Path, name: str, series: int, expected: int, stored: int
+) -> tuple[Ledger, RunRecorder, str]:
+    """An open run (the daemon died during it) of ``expected`` frames with one data file of frames
+    0..stored-1."""
+    ledger = Ledger(tmp_path / "ledger.sqlite")
+    recorder = RunRecorder(ledger, tmp_path, chunk_bytes=1 << 20)
+    run_uid = recorder.open_run(name, series=series, frames_expected=expected, config={"shape": [4, 4]})
+    data = tmp_path / run_uid / f"{run_uid}_00000.h5"
+    data.parent.mkdir()
+    data.write_bytes(f"frames 0..{stored - 1}".encode())
+    recorder.register_file(run_uid, data, (0, stored - 1, stored))
+    return ledger, recorder, run_uid
+
+
 def _serial_run_with_blanks_dropped(tmp_path: Path, name: str) -> tuple[Ledger, RunRecorder, str]:
     """A serial run of 24 frames cut by a crash: hits 0, 3, 4, 8 and 12, 13, 17 in two data files (gaps
     where the blanks were dropped), a closed reduced file listing frames 0..9 (1, 2, 5, 6, 7, 9 vetoed);
@@ -250,13 +265,7 @@ def test_recovery_s_unaccounted_frames_drop_by_those_a_resumed_run_takes_over(tm
     from its first frame on, and the count says what is still unaccounted for."""
     from edge.recovery import recover
 
-    ledger = Ledger(tmp_path / "ledger.sqlite")
-    recorder = RunRecorder(ledger, tmp_path, chunk_bytes=1 << 20)
-    run_uid = recorder.open_run("run-c", series=3, frames_expected=100, config={"shape": [4, 4]})
-    data = tmp_path / run_uid / f"{run_uid}_00000.h5"
-    data.parent.mkdir()
-    data.write_bytes(b"frames 0..29")
-    recorder.register_file(run_uid, data, (0, 29, 30))
+    ledger, recorder, run_uid = _open_run_with_one_file(tmp_path, "run-c", 3, 100, 30)
     report = recover(recorder, tmp_path)  # the daemon died: run-c is open
     assert report["frames_lost"] == 70
     resume_interrupted(recorder, report, series=3, first_frame=40)
@@ -366,13 +375,7 @@ def test_the_restart_s_loss_line_says_what_a_resumed_series_may_take_back_and_th
     from edge.logs import RepeatSummary
     from edge.recovery import recover
 
-    ledger = Ledger(tmp_path / "ledger.sqlite")
-    recorder = RunRecorder(ledger, tmp_path, chunk_bytes=1 << 20)
-    run_uid = recorder.open_run("run-k", series=8, frames_expected=2000, config={"shape": [4, 4]})
-    data = tmp_path / run_uid / f"{run_uid}_00000.h5"
-    data.parent.mkdir()
-    data.write_bytes(b"frames 0..99")
-    recorder.register_file(run_uid, data, (0, 99, 100))
+    ledger, recorder, run_uid = _open_run_with_one_file(tmp_path, "run-k", 8, 2000, 100)
     with caplog.at_level(logging.INFO):
         report = recover(recorder, tmp_path)  # the daemon died: run-k is open
     summary = RepeatSummary(window=1.0, clock=lambda: 0.0)  # the daemon's handler filter, fed the records
