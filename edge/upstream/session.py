@@ -492,6 +492,13 @@ class ForwarderSession:
             log.info("consumer %s connected (credit %d; it asked for %s)", hello.consumer, credit, asked)
         return [Outgoing(identity, p.Welcome(self.appliance_id, CHECKSUM)), *out]
 
+    def _next_pause(self, pause: float) -> float:
+        """The pause after one of ``pause`` seconds (0: none yet) was met by another refusal: from
+        ``resend_seconds``, doubling, at most ``MAX_HOLD_BACK_SECONDS`` (or ``resend_seconds``)."""
+        if pause == 0:
+            return self.resend_seconds
+        return min(2 * pause, max(MAX_HOLD_BACK_SECONDS, self.resend_seconds))
+
     def _refused(self, consumer: ConsumerState, chunk_id: int, now: float, reason: str) -> None:
         """The consumer refused chunk ``chunk_id``, in flight to it (its credit back already): the first
         refusal of a chunk has it resent at once (a bit flipped on the way); a chunk refused again waits
@@ -505,9 +512,7 @@ class ForwarderSession:
             refused = consumer.file_refusals.setdefault(file_id, set())
             refused.add(chunk_id)
             if len(refused) > 1:  # another chunk of it refused: the file, not a bit flipped on the way
-                _until, pause = consumer.files_held.get(file_id, (0.0, 0.0))
-                limit = max(MAX_HOLD_BACK_SECONDS, self.resend_seconds)
-                pause = self.resend_seconds if pause == 0 else min(2 * pause, limit)
+                pause = self._next_pause(consumer.files_held.get(file_id, (0.0, 0.0))[1])
                 consumer.files_held[file_id] = (now + pause, pause)
             for kept in (consumer.files_held, consumer.file_refusals):  # the oldest forgotten first
                 while len(kept) > MAX_FILES_HELD:
@@ -520,8 +525,7 @@ class ForwarderSession:
             # a refusal of a chunk sent after the last pause (or the one that makes it everything): the
             # next pause is longer; refusals of chunks sent before the pause began change nothing
             first = consumer.hold_back == 0
-            limit = max(MAX_HOLD_BACK_SECONDS, self.resend_seconds)
-            consumer.hold_back = self.resend_seconds if first else min(2 * consumer.hold_back, limit)
+            consumer.hold_back = self._next_pause(consumer.hold_back)
             consumer.held_back_until = now + consumer.hold_back
             self.stats["consumer_hold_backs"] += 1
             if first:
@@ -533,7 +537,7 @@ class ForwarderSession:
                     consumer.refused_in_a_row,
                     reason,
                     consumer.hold_back,
-                    limit,
+                    max(MAX_HOLD_BACK_SECONDS, self.resend_seconds),
                 )
             return
         if consumer.refusing_everything:  # held back already: one line per refusal is a flood
