@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sqlite3
 import threading
 import time
 from collections import Counter, deque
@@ -28,6 +29,7 @@ from typing import Any
 import psutil
 
 from edge.config import RetentionSettings
+from edge.diskguard import is_no_space
 from edge.ledger import Ledger
 from firmware_bridge.source import Checkpoint, Spawner, plain_spawn
 
@@ -75,6 +77,8 @@ class Retention:
         self._own_executor = executor is None
         self._executor: Executor = executor or ThreadPoolExecutor(1, thread_name_prefix="pressure-check")
         self.stats: Counter[str] = Counter()
+        self._unrecorded: set[int] = set()  # files deleted whose purge the full ledger could not record
+        self._unrecorded_logged = 0.0
         self._compacted = False  # True once no purged file keeps chunk rows (`Ledger.compact_purged`)
         self.alarm: str | None = None
         # the newest purge that failed, until one succeeds: with the store full, writing waits for room
@@ -231,6 +235,7 @@ class Retention:
         verified ones, a batch at a time, while above the high water mark), never the whole history.
         """
         now = self.wall_clock() if now is None else now
+        self._record_held_purges()
         used = self.usage()
         limit = self._limit()
         high = limit * self.settings.high_water
@@ -242,6 +247,8 @@ class Retention:
         purged = 0
         if self.settings.max_age_seconds:
             for row in self.ledger.purgeable_files(verified_before=now - self.settings.max_age_seconds):
+                if int(row["id"]) in self._unrecorded:  # deleted already; its record waits
+                    continue
                 if self._purge(row):
                     target -= row["size"]
                     purged += 1
@@ -253,6 +260,8 @@ class Retention:
             for row in batch:
                 if target <= 0:
                     break
+                if int(row["id"]) in self._unrecorded:  # deleted already; its record waits
+                    continue
                 if self._purge(row):
                     target -= row["size"]
                     done += 1
@@ -273,11 +282,41 @@ class Retention:
             log.error("cannot purge %s: %s", path, error)
             return False
         self.purge_error = None
-        self.ledger.file_purged(row["id"])
+        if not self._record_purged(int(row["id"])):
+            self._unrecorded.add(int(row["id"]))  # gone from the disk; recorded when the ledger can
         self.stats["files_purged"] += 1
         self.stats["bytes_purged"] += row["size"]
         log.info("purged %s (verified upstream, %d bytes)", path.name, row["size"])
         return True
+
+    def _record_purged(self, file_id: int) -> bool:
+        """Mark a deleted file purged in the ledger; False when the full disk refuses the write (counted,
+        logged at most once a minute; `purge` tries again first thing each pass). Before, the refusal
+        raised out of the pass: the file was gone, still "verified" in the ledger, every pass after it
+        retried that row first and failed (a traceback every half second), and the other verified files
+        were never purged, so the disk stayed full (an outside probe, headroom 0 and no reserve)."""
+        try:
+            self.ledger.file_purged(file_id)
+        except sqlite3.OperationalError as error:
+            if not is_no_space(error):
+                raise
+            self.stats["purges_unrecorded_disk_full"] += 1
+            if self.clock() >= self._unrecorded_logged:
+                self._unrecorded_logged = self.clock() + 60.0
+                log.error(
+                    "the ledger cannot record purged files (disk full): %s; the files are deleted, each is"
+                    " recorded purged once the ledger can write",
+                    error,
+                )
+            return False
+        return True
+
+    def _record_held_purges(self) -> None:
+        """Record the purges a full disk kept the ledger from recording, oldest first."""
+        for file_id in sorted(self._unrecorded):
+            if not self._record_purged(file_id):
+                return
+            self._unrecorded.discard(file_id)
 
     def _retire_unforwarded(self, now: float) -> int:
         """Files never forwarded (``upstream.forward``), older than ``unforwarded_days``: deleted, and each

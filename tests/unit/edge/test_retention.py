@@ -390,3 +390,38 @@ def test_a_headroom_beyond_a_quarter_of_the_store_is_capped_so_runs_can_start(
     assert retention.status()["headroom_bytes"] == 10 << 20
     roomy = Retention(ledger, tmp_path, RetentionSettings(quota_bytes=1 << 30), executor=ManualExecutor())
     assert roomy.headroom() == 64 << 20  # as set, where it fits
+
+
+def test_purges_the_full_ledger_cannot_record_go_on_and_are_recorded_later(
+    ledger: Ledger, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An outside probe (headroom 0, no ledger reserve, the disk full): the file was deleted, then the
+    ledger's "purged" mark raised "database or disk is full" out of the pass; every pass after retried
+    that row first and raised again (a traceback every half second) and the other verified files were
+    never purged, so the disk stayed full. Now the pass goes on deleting verified files, and the marks
+    are written once the ledger can."""
+    import sqlite3
+
+    wall = FakeClock(now=0.0)
+    retention = Retention(
+        ledger, tmp_path, RetentionSettings(max_age_seconds=60), wall_clock=wall, executor=ManualExecutor()
+    )
+    paths = [store_file(ledger, tmp_path, f"f{n}.h5", 100, verified=True) for n in range(3)]
+    wall.now = ledger.files()[-1]["verified_at"] + 61
+    real = ledger.file_purged
+    full = [True]
+
+    def purged(file_id: int) -> None:
+        if full[0]:
+            raise sqlite3.OperationalError("database or disk is full")
+        real(file_id)
+
+    monkeypatch.setattr(ledger, "file_purged", purged)
+    assert retention.purge_once() == 3  # every verified file deleted: the room comes back
+    assert not any(p.exists() for p in paths)
+    assert [f["state"] for f in ledger.files()] == ["verified"] * 3
+    assert retention.stats["purges_unrecorded_disk_full"] == 3
+    assert retention.purge_once() == 0  # still full: nothing raised, nothing deleted twice
+    full[0] = False
+    retention.purge_once()
+    assert [f["state"] for f in ledger.files()] == ["purged"] * 3
