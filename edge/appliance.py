@@ -597,6 +597,12 @@ class Appliance:
             settings.ledger.reserve_bytes,
             settings.ledger.resume_free_bytes,
         )
+        if settings.ledger.reserve_bytes == 0 and settings.retention.headroom_bytes == 0:
+            log.warning(
+                "ledger.reserve_bytes and retention.headroom_bytes are both 0: a disk that fills leaves no"
+                " room to record the consumers' confirmations that let retention purge files, and it stays"
+                " full until space is made by hand"
+            )
         self.ledger = Ledger(settings.ledger_path, settings.upstream.required_consumers)
         self.ledger.reconcile_verified()  # the daemon's own list decides what is verified (purgeable)
         self.recorder = RunRecorder(

@@ -37,6 +37,7 @@ __all__ = ["HEARTBEAT_SECONDS", "ConsumerState", "Forwarder"]
 
 
 LEDGER_FULL_PAUSE = 1.0  # seconds nothing is sent after the ledger refused to record (disk full)
+LEDGER_FULL_MAX_PAUSE = 30.0  # ... doubling while the refusals go on, up to this
 
 
 class Forwarder:
@@ -76,6 +77,7 @@ class Forwarder:
         self._full_logged = 0.0  # when a refused ledger write may be logged again
         self._full_at: float | None = None  # when the ledger last refused a write (disk full)
         self._pause_until = 0.0  # no chunk goes out before: the ledger could not record the last answers
+        self._full_pause = LEDGER_FULL_PAUSE  # the pause after the last refusal (doubling while they go on)
         self.bound_endpoint: str | None = None
 
     @property
@@ -173,8 +175,16 @@ class Forwarder:
             if not is_no_space(error):
                 raise
             self.session.stats["ledger_writes_refused_disk_full"] += 1
-            self._full_at = self._clock()
-            self._pause_until = self._clock() + LEDGER_FULL_PAUSE
+            now = self._clock()
+            # refused again soon after the last pause: twice as long (up to LEDGER_FULL_MAX_PAUSE), so a
+            # disk that stays full (no reserve left to give) costs a burst of chunks every half minute,
+            # not every second (26 MB/s, an outside probe with no reserve and no headroom)
+            again = self._full_at is not None and now - self._full_at < 2 * self._full_pause + 1.0
+            self._full_pause = (
+                min(2 * self._full_pause, LEDGER_FULL_MAX_PAUSE) if again else LEDGER_FULL_PAUSE
+            )
+            self._full_at = now
+            self._pause_until = now + self._full_pause
             released = self.disk is not None and self.disk.note_error(error) and self.disk.release_reserve()
             if released:
                 self.session.stats["ledger_reserve_released"] += 1
@@ -189,10 +199,12 @@ class Forwarder:
                 )
 
     def ledger_refusing(self) -> bool:
-        """Whether the ledger refused a write of the upstream side in the last ``LEDGER_FULL_PAUSE`` x 10
-        seconds (its disk is full: the consumers' acknowledgements cannot be recorded)."""
+        """Whether the ledger refused a write of the upstream side in the last 10 s (or two pauses, when
+        they have grown: its disk is full, the consumers' acknowledgements cannot be recorded)."""
         full_at = self._full_at
-        return full_at is not None and self._clock() - full_at < 10 * LEDGER_FULL_PAUSE
+        return full_at is not None and self._clock() - full_at < max(
+            10 * LEDGER_FULL_PAUSE, 2 * self._full_pause
+        )
 
     def _send(self, sock: zmq.Socket, outgoing: list[Outgoing]) -> None:
         """Send in order; after one peer's send fails, give back the rest of its messages unsent."""

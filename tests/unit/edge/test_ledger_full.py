@@ -195,7 +195,18 @@ def test_a_refused_acknowledgement_gives_up_the_reserve_pauses_sending_and_says_
 
     outlook = upstream_outlook(Pending(), size, counters, 1.0)
     assert outlook["state"] == "stalled" and "the appliance's own disk is full" in outlook["reason"]
-    now[0] = 30.0
+    # refused again and again (no reserve left to give): the pauses double, up to 30 s
+    pauses = []
+    for _ in range(7):
+        now[0] = forwarder._pause_until
+        with forwarder._ledger_full():
+            session.receive(
+                b"peer", [bytes(f) for f in p.encode(p.Ack(chunk.chunk_id, chunk.checksum))], now[0]
+            )
+        pauses.append(forwarder._pause_until - now[0])
+    assert pauses == [2.0, 4.0, 8.0, 16.0, 30.0, 30.0, 30.0]
+    assert forwarder.counters()["ledger_refusing"] is True
+    now[0] += 61.0
     assert forwarder.counters()["ledger_refusing"] is False
     context.term()
     ledger.close()
