@@ -341,3 +341,33 @@ def test_frames_held_for_room_wait_for_the_disk_guard_to_see_it_too() -> None:
     started = time.monotonic()
     Pipeline._wait_for_room(stuck)  # type: ignore[arg-type]
     assert RESUME_WAIT_SECONDS <= time.monotonic() - started < RESUME_WAIT_SECONDS + 1.0
+
+
+def test_a_start_with_neither_reserve_nor_headroom_says_a_full_disk_cannot_free_itself(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """With no ledger reserve and no headroom a disk that fills leaves no room to record the
+    confirmations that let files be purged (an outside probe: it stayed full): the start says so."""
+    from edge.appliance import Appliance
+    from edge.config import load_settings
+
+    def start(reserve: int) -> str:
+        caplog.clear()
+        config = load_settings(
+            overrides=[
+                f'store.path="{tmp_path / f"store{reserve}"}"',
+                'upstream.endpoint="tcp://127.0.0.1:0"',
+                "detector.height=32",
+                "detector.width=32",
+                "ring.slots=2",
+                'reduction.backend="numpy"',
+                f"ledger.reserve_bytes={reserve}",
+                "retention.headroom_bytes=0",
+            ]
+        )
+        with caplog.at_level(logging.WARNING, logger="edge.appliance"):
+            Appliance(config).stop()
+        return caplog.text
+
+    assert "are both 0: a disk that fills" in start(0)
+    assert "are both 0" not in start(1 << 20)
