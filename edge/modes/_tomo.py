@@ -5,6 +5,7 @@ reconstructed while they arrive (streaming FBP); the slices are a run product.
 from __future__ import annotations
 
 import base64
+import bisect
 import logging
 import math
 import threading
@@ -162,6 +163,14 @@ class TomoStage(_CorrectedStage):
         self._earlier_pending = self.earlier  # its projections not yet all back-projected
         self._earlier_lines: list[np.ndarray] = []  # those back-projected so far (normalised) ...
         self._earlier_angles: list[float] = []  # ... and their angles
+        # the axis the slices are streamed about: the given centre, else the detector's centre column
+        # until two projections 180 degrees apart estimate it (`_check_axis`), once, during the scan
+        self._streamed_center = float(ctx.shape[1] // 2) if self.center is None else float(self.center)
+        self._axis_checked = self.center is not None
+        self._wrapped: list[float] = []  # the projections' angles mod 360, sorted, until then
+        #: after the axis moved: (normalised lines, angle) of the projections streamed about the old one,
+        #: back-projected again about the new one a few with each projection (the rest at the scan's end)
+        self._catch_up: list[tuple[np.ndarray, float]] = []
 
     def process(
         self,
@@ -344,6 +353,9 @@ class TomoStage(_CorrectedStage):
             normalised[missing[self.rows]] = 0.0
         self.sinograms.append(normalised)
         self.reconstructor.add(normalised, angle)
+        if not self._axis_checked:
+            self._check_axis(angle)
+        self._catch_up_some(self.CATCH_UP_PER_FRAME)
         earlier = self._earlier_pending
         if earlier is not None:  # a few of the earlier part's go with each: live, and less left for the end
             self._add_earlier(*earlier.read_so_far(len(self._earlier_angles), self.EARLIER_PER_FRAME))
@@ -362,6 +374,66 @@ class TomoStage(_CorrectedStage):
             center=self.center,
         )
         self._dark, self._flat = dark[self.rows], flat[self.rows]
+
+    #: projections streamed about the old axis back-projected again about the new one with each projection
+    CATCH_UP_PER_FRAME = 2
+
+    def _check_axis(self, angle: float) -> None:
+        """Once the scan holds two projections 180 +- 2 degrees apart (the newest one and an earlier one),
+        the axis is estimated from the pair `finish` would pick among those so far; an estimate more than
+        `CENTER_REDO_PX` from the streamed column moves the streaming there: a new reconstruction about it,
+        fed the projections so far a few at a time (`_catch_up_some`). The live slices are then about
+        the estimated axis for the rest of the scan, and the scan's end redoes nothing when its estimate
+        is the same (in a 360-degree scan, or one that turns past 180 degrees, the pair comes mid-scan;
+        in a scan of 0 to 180 degrees only at its last projection)."""
+        wrapped = angle % 360.0
+        ring = self._wrapped
+        if ring:
+            target = (wrapped + 180.0) % 360.0
+            at = bisect.bisect_left(ring, target)
+            gap = min(abs((ring[k % len(ring)] - target + 180.0) % 360.0 - 180.0) for k in (at - 1, at))
+            if gap <= self.PAIR_TOLERANCE_DEG:
+                self._axis_checked = True
+                self._wrapped = []
+                self._move_axis()
+                return
+        bisect.insort(ring, wrapped)
+
+    PAIR_TOLERANCE_DEG = 2.0  # as `opposite_projections`' default, which `finish` uses
+
+    def _move_axis(self) -> None:
+        """`_check_axis`'s estimate from the projections so far, and the streaming moved to it."""
+        lines = [*self._earlier_lines, *self.sinograms]
+        angles = [*self._earlier_angles, *self.angles]
+        pair = opposite_projections(np.asarray(angles, np.float64), self.PAIR_TOLERANCE_DEG)
+        if pair is None:
+            return
+        i, j = pair
+        estimated = float(estimate_center(lines[i][0, :], lines[j][0, :]))
+        if not np.isfinite(estimated) or abs(estimated - self._streamed_center) <= self.CENTER_REDO_PX:
+            return
+        log.info(
+            "tomography run: rotation axis estimated at column %.2f from the projections at %g and %g"
+            " degrees; streaming about it from now on (%d projections back-projected again)",
+            estimated,
+            angles[i],
+            angles[j],
+            len(angles),
+        )
+        self._streamed_center = estimated
+        self.reconstructor = self.ctx.backend.streaming_reconstructor(
+            self.ctx.shape[1], np.arange(len(self.rows)), filter_name=self.filter, center=estimated
+        )
+        self._catch_up = list(zip(lines, angles, strict=True))
+
+    def _catch_up_some(self, most: int | None) -> None:
+        """Back-project up to ``most`` (None: all) of the projections streamed about the old axis."""
+        if not self._catch_up:
+            return
+        count = len(self._catch_up) if most is None else min(most, len(self._catch_up))
+        for line, angle in self._catch_up[:count]:
+            self.reconstructor.add(line, angle)
+        del self._catch_up[:count]
 
     def _normalised(self, lines: np.ndarray) -> np.ndarray:
         """The chosen rows of one projection as -log(transmission), float32."""
@@ -405,8 +477,9 @@ class TomoStage(_CorrectedStage):
             "center": self.center,
             "center_source": "given"
             if self.center is not None
-            else "estimated at the scan's end from two projections 180 degrees apart, else the detector"
-            " centre column (n_cols // 2): the reconstruction's center_source says which",
+            else "estimated from two projections 180 degrees apart (as soon as the scan has them, the"
+            " slices are streamed about it; again at the scan's end, from the whole scan), else the"
+            " detector centre column (n_cols // 2): the reconstruction's center_source says which",
             "filter": self.filter,
             "normalisation": "-log((projection - mean dark) / (mean flat - mean dark))",
         }
@@ -415,6 +488,7 @@ class TomoStage(_CorrectedStage):
         self._take_earlier()
         if self.reconstructor is None:
             return {}
+        self._catch_up_some(None)
         slices = np.asarray(self.reconstructor.slices(), np.float32)
         sinograms = np.stack(self.sinograms, axis=0)  # (angles, rows, columns)
         angles = np.asarray(self.angles, np.float64)
@@ -423,7 +497,7 @@ class TomoStage(_CorrectedStage):
             sinograms = self._renormalised(sinograms)  # darks or flats came after the first projection
             redo = True
         center, source = self.center, "given"
-        streamed = float(self.ctx.shape[1] // 2) if center is None else center
+        streamed = self._streamed_center
         if center is None:
             # streamed about the detector's centre column; with two projections 180 degrees apart the axis
             # is estimated from them and, if it differs, the slices are redone

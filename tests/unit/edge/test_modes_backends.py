@@ -214,6 +214,66 @@ def test_tomo_estimates_an_off_centre_rotation_axis() -> None:
     assert abs(products["center"] - (side // 2 + 3.0)) <= 0.3, products["center"]
 
 
+def _tomo_scan(stage: object, tomo: object, upto: int | None = None) -> None:
+    for n in range(tomo.scan_length if upto is None else upto):  # type: ignore[attr-defined]
+        truth = tomo.frame_truth(n)  # type: ignore[attr-defined]
+        key = {"projection": 0, "flat": 1, "dark": 2}[truth.kind]
+        angle = float("nan") if truth.angle_deg is None else truth.angle_deg
+        stage.process(tomo.frame(n), n, key, angle)  # type: ignore[attr-defined]
+
+
+def test_tomo_streams_about_the_estimated_axis_once_the_scan_has_turned_180_degrees() -> None:
+    """A 360-degree scan about an axis 3 px off the centre column: once two projections 180 degrees apart
+    are in (mid-scan), the live slice is streamed about the axis they give, so before the scan ends it
+    is the reconstruction about that axis (not a blurred one about the centre column), and the final
+    slices, not redone, equal the filtered back-projection of the whole scan about the final axis."""
+    side = 32
+    tomo = make_source(
+        "tomo", (side, side), seed=4, n_angles=120, n_darks=2, n_flats=2, axis_offset_px=3.0, range_deg=360.0
+    )
+    settings = ReductionSettings(mode="tomo", tomo={"slices": [16]})  # type: ignore[arg-type]
+    backend = get_backend("numpy")
+    stage = make_stage(RunContext(backend, GEOMETRY, (side, side), 24, "2th_deg", settings))
+    _tomo_scan(stage, tomo)
+    sinogram = np.stack(stage.sinograms)[:, 0, :]  # type: ignore[attr-defined]
+    angles = np.asarray(stage.angles)  # type: ignore[attr-defined]
+    live = np.asarray(stage.reconstructor.partial_slices())[0]  # type: ignore[attr-defined]
+    products = stage.finish()
+    center = products["center"]
+    assert products["center_source"] == "estimated from the projections at 0 and 180 degrees"
+    assert abs(center - (side // 2 + 3.0)) <= 0.3, center
+    expected = backend.fbp(sinogram, angles, filter_name="ramp", center=center)
+    scale = float(np.abs(expected).max())
+    assert np.abs(live - expected).max() <= 1e-4 * scale  # the live slice, before the scan's end
+    assert np.abs(products["slices"][0] - expected).max() <= 1e-4 * scale
+    about_column = backend.fbp(sinogram, angles, filter_name="ramp", center=float(side // 2))
+    assert np.abs(about_column - expected).max() > 0.05 * scale  # the axis matters at this offset
+
+
+def test_tomo_keeps_streaming_about_the_centre_column_until_the_scan_has_a_pair() -> None:
+    """A 0-180 scan: no two projections 180 degrees apart until its last, so every projection before it is
+    streamed about the centre column; the final slices come out about the estimated axis all the same."""
+    side = 32
+    tomo = make_source("tomo", (side, side), seed=4, n_angles=91, n_darks=2, n_flats=2, axis_offset_px=3.0)
+    settings = ReductionSettings(mode="tomo", tomo={"slices": [16]})  # type: ignore[arg-type]
+    backend = get_backend("numpy")
+    stage = make_stage(RunContext(backend, GEOMETRY, (side, side), 24, "2th_deg", settings))
+    last = tomo.scan_length - 1
+    _tomo_scan(stage, tomo, last)  # every projection but the last (at 178 degrees)
+    before = np.stack(stage.sinograms)[:, 0, :]  # type: ignore[attr-defined]
+    live = np.asarray(stage.reconstructor.partial_slices())[0]  # type: ignore[attr-defined]
+    streamed = backend.fbp(before, np.asarray(stage.angles), filter_name="ramp", center=float(side // 2))  # type: ignore[attr-defined]
+    assert np.abs(live - streamed).max() <= 1e-4 * float(np.abs(streamed).max())
+    stage.process(tomo.frame(last), last, 0, tomo.frame_truth(last).angle_deg)
+    sinogram = np.stack(stage.sinograms)[:, 0, :]  # type: ignore[attr-defined]
+    angles = np.asarray(stage.angles)  # type: ignore[attr-defined]
+    products = stage.finish()
+    assert products["center_source"].startswith("estimated from the projections at 0 and 178.0")
+    assert abs(products["center"] - (side // 2 + 3.0)) <= 0.3, products["center"]
+    expected = backend.fbp(sinogram, angles, filter_name="ramp", center=products["center"])
+    assert np.abs(products["slices"][0] - expected).max() <= 1e-4 * float(np.abs(expected).max())
+
+
 def test_tomo_estimates_the_axis_of_a_scan_that_does_not_start_at_zero() -> None:
     """A scan from -90 to +88 degrees (an outside probe's): the axis comes from two projections 180
     degrees apart (-90 and 88 is the nearest pair here), not from those nearest 0 and 180 mod 360,
