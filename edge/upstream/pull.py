@@ -268,7 +268,9 @@ class PullClient:
     def _print_progress(self, stream: TextIO) -> None:
         s = self.stats
         line = (
-            f"pull {self.consumer}: {s['files_verified']} files verified, {s['chunks_written']} chunks, "
+            f"pull {self.consumer}: {s['files_verified']} files verified"
+            + (f", {s['files_verified_again']} verified again" if s["files_verified_again"] else "")
+            + f", {s['chunks_written']} chunks, "
             f"{s['bytes_written'] / 1e6:.1f} MB, {s['chunks_rejected']} rejected"
         )
         troubles = [f"{s[key]} {words}" for key, words in TROUBLES if s[key]]
@@ -395,9 +397,12 @@ class PullClient:
             if path == part:
                 os.replace(part, final)
                 fsync_dir(final.parent)
+                self.stats["files_verified"] += 1
+                log.info("verified %s (%d bytes)", final, size)
+            else:  # confirmed before (the appliance did not get that answer, or this client restarted)
+                self.stats["files_verified_again"] += 1
+                log.info("verified %s again (%d bytes)", final, size)
             drop_cached(final)  # durable and confirmed: not read here again (a no-op on tmpfs)
-            self.stats["files_verified"] += 1
-            log.info("verified %s (%d bytes)", final, size)
         else:
             self.stats["files_mismatched"] += 1
             if not came_right:  # (damage here after a right transfer was logged above)

@@ -71,6 +71,24 @@ def test_in_order_chunks_are_written_and_the_file_read_back_before_it_is_confirm
     assert final.read_bytes() == DATA
 
 
+def test_a_file_confirmed_again_is_counted_apart_from_the_files_verified(tmp_path: Path) -> None:
+    """The appliance repeats ``file_complete`` until it hears ``file_verified``: a repeat for a file that
+    is already final here is answered from a fresh read, and counted as verified again, not as one more
+    file verified (the progress line said 2 files for 1)."""
+    client = PullClient("tcp://127.0.0.1:1", "hpc", tmp_path, 4, zmq.Context.instance())
+    _deliver(client, _chunks())
+    whole = xxhash.xxh3_128_hexdigest(DATA)
+    complete = p.encode(p.FileComplete(7, "run-1", "run-1_00000.h5", len(DATA), whole))
+    (first,) = client._handle(complete)
+    (again,) = client._handle(complete)
+    assert isinstance(again, p.FileVerified) and again.checksum == first.checksum == whole
+    assert client.stats["files_verified"] == 1 and client.stats["files_verified_again"] == 1
+    assert client.stats["checksums_reread"] == 2
+    stream = io.StringIO()
+    client._print_progress(stream)
+    assert "1 files verified, 1 verified again," in stream.getvalue()
+
+
 def test_out_of_order_chunks_are_read_back(tmp_path: Path) -> None:
     client = PullClient("tcp://127.0.0.1:1", "hpc", tmp_path, 4, zmq.Context.instance())
     first, second, third = _chunks()
