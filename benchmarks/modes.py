@@ -3,9 +3,13 @@
 For every mode (powder, serial, tomo), each right after raw mode on the same simulated frames (rings,
 spots, tomo), this starts the daemon, the pull client and an unpaced simulator, sends ``--frames``
 frames and measures the rate from the run's start to the verification upstream of its last data file.
-The simulator draws its frames before the series (400 distinct ones cycled through, a tomography scan
-of 10 darks, 10 flats and 380 projections repeated; spots draw one pattern per frame, as the simulator
-always does for ground truth), so the run measures the appliance, not the simulator.
+The simulator draws its frames before the series (400 distinct ones cycled through; a tomography scan
+of 10 darks and 10 flats, then a continuous rotation of 380 projections a turn, as many turns as the
+frames take (`sim.tomo_turns`: a turn's projections repeated, their angles going on by 360 degrees);
+spots draw one pattern per frame, as the simulator always does for ground truth), so the run measures
+the appliance, not the simulator. (Until 2026-12-06 the tomography scan was the whole 400-frame scan
+repeated, its darks and flats too: flats after the first projection make the scan's end normalise every
+projection again and redo the slices, a fly scan over several turns does not.)
 Each raw/mode pair runs ``--pairs`` times (5), interleaved across the modes, and a mode's row is its
 pair with the median ratio, every pair's ratio listed beside it: on 2 cores shared by the simulator, the
 daemon and the pull client one pair's ratio moves by +-0.15 from run to run.
@@ -51,6 +55,7 @@ from kernels import Geometry, get_backend
 
 SIM_MODE = {"raw": "rings", "powder": "rings", "serial": "spots", "tomo": "tomo"}
 POOL = 400  # distinct frames the simulator draws before a series (a tomography scan: 20 + 380 angles)
+TURN = POOL - 20  # projections in one turn of the tomography scan
 
 
 def _port() -> int:
@@ -108,9 +113,12 @@ def run_mode(
         # distinct patterns that the series cycles through, and a tomography scan that repeats
         f"sim.pool={min(frames, POOL)}",
         f'sim.mode="{sim_mode}"',
-        f"sim.tomo_angles={max(1, min(frames, POOL) - 20)}",
+        f"sim.tomo_angles={TURN}",
         "sim.tomo_darks=10",
-        "sim.tomo_flats=10",  # serial: the finder's defaults (what the system test checks against the truth)
+        "sim.tomo_flats=10",
+        "sim.tomo_range_deg=360",
+        f"sim.tomo_turns={max(1, -(-(frames - 20) // TURN))}",  # a fly scan: every frame sent is in it
+        # serial: the finder's defaults (what the system test checks against the truth)
         *extra,  # --set: after the defaults above, so they win
     ]
     args: list[str] = ["--log-level", "WARNING"]

@@ -560,6 +560,7 @@ def _sim_mode_options(settings: Settings) -> dict[str, Any]:
             "n_flats_end": sim.tomo_flats_end,
             "start_deg": sim.tomo_start_deg,
             "range_deg": sim.tomo_range_deg,
+            "turns": sim.tomo_turns,
             "axis_offset_px": sim.tomo_axis_offset_px,
         }
     return {}

@@ -190,6 +190,14 @@ class SimSettings(_Section):
         description="tomo: the angles the projections step over (360: a full turn; negative: descending);"
         " projection k is at tomo_start_deg + k * tomo_range_deg / tomo_angles",
     )
+    tomo_turns: int = Field(
+        1,
+        ge=1,
+        le=1000,
+        description="tomo: full turns of a continuous rotation (a fly scan; more than 1 needs"
+        " tomo_range_deg +-360): the tomo_angles projections of a turn repeated, each turn's angles"
+        " tomo_range_deg on from the one before",
+    )
     tomo_axis_offset_px: float = Field(
         0.0,
         ge=-100_000.0,
@@ -206,6 +214,15 @@ class SimSettings(_Section):
                 "0 degrees: every projection at one angle; give the scan's range (e.g. 180, 360)"
             )
         return degrees
+
+    @model_validator(mode="after")
+    def _whole_turns(self) -> SimSettings:
+        if self.tomo_turns > 1 and abs(self.tomo_range_deg) != 360.0:
+            raise ValueError(
+                f"tomo_turns = {self.tomo_turns} repeats full turns: tomo_range_deg must be 360 or -360,"
+                f" got {self.tomo_range_deg}"
+            )
+        return self
 
     loss: float = Field(0.0, ge=0, le=1, description="probability a packet (udp) or frame (zmq) is dropped")
     reorder: float = Field(0.0, ge=0, le=1, description="probability a udp packet is delayed (reordered)")

@@ -429,6 +429,7 @@ class TomoFrames:
         axis_offset_px: float = 0.0,
         start_deg: float = 0.0,
         range_deg: float = 180.0,
+        turns: int = 1,
         cache_bytes: int = 512 * 2**20,
         dead_fraction: float = 0.0,
         module_shape: tuple[int, int] | None = None,
@@ -438,10 +439,18 @@ class TomoFrames:
 
         ``max_attenuation`` is the largest line integral through the phantom at 0 and 90 degrees;
         ``beam_height`` the vertical Gaussian beam profile's sigma in units of half the detector height;
-        ``gain_spread`` the relative spread of a fixed per-pixel response in the flat.
+        ``gain_spread`` the relative spread of a fixed per-pixel response in the flat. ``turns`` > 1: a
+        continuous rotation (a fly scan) over that many full turns, ``range_deg`` +-360: the ``n_angles``
+        projections of a turn repeated, their angles going on by ``range_deg`` each turn (a projection
+        and its repeat a turn later show the same pixels: the sample is where it was).
         """
         if n_angles < 1 or min(n_darks, n_flats, n_flats_end) < 0:
             raise ValueError("n_angles must be >= 1 and n_darks, n_flats, n_flats_end >= 0")
+        if turns < 1 or (turns > 1 and abs(range_deg) != 360.0):
+            raise ValueError(
+                f"turns must be >= 1, and more than 1 only with range_deg +-360 (full turns), got {turns}"
+                f" turns of {range_deg} degrees"
+            )
         if not (math.isfinite(start_deg) and math.isfinite(range_deg) and range_deg != 0):
             raise ValueError(
                 f"start_deg must be finite and range_deg finite and not 0, got {start_deg}, {range_deg}"
@@ -451,10 +460,13 @@ class TomoFrames:
         self.dtype = np.dtype(dtype)
         self.cache_bytes = cache_bytes
         rows, cols = shape
-        kinds = ("dark",) * n_darks + ("flat",) * n_flats + ("projection",) * n_angles
+        kinds = ("dark",) * n_darks + ("flat",) * n_flats + ("projection",) * (n_angles * turns)
         kinds += ("flat",) * n_flats_end
-        # n_angles steps over range_deg from start_deg (a negative range: a scan in descending angles)
-        angles = tuple(float(start_deg + a) for a in np.arange(n_angles) * (range_deg / n_angles))
+        # n_angles steps over range_deg from start_deg (a negative range: a scan in descending angles),
+        # each turn range_deg on from the one before
+        steps = np.arange(n_angles) * (range_deg / n_angles)
+        angles = tuple(float(start_deg + turn * range_deg + a) for turn in range(turns) for a in steps)
+        self.n_angles = n_angles
         axis = cols // 2 + axis_offset_px
         #: the rotation axis, in detector columns (pixel centres at whole numbers): the truth the
         #: reconstruction's estimate is checked against
@@ -503,6 +515,9 @@ class TomoFrames:
     def frame(self, number: int) -> np.ndarray:
         """Frame ``number`` of the repeating scan (frame ``n`` shows scan index ``n % scan_length``)."""
         index = number % self.scan_length
+        p = index - self._first_projection
+        if self.n_angles <= p < len(self.truth.angles_deg):  # a later turn's: the first turn's pixels
+            index -= p - p % self.n_angles
         cached = self._draws.get(index)
         if cached is None:
             cached = poisson_frame(self._expected(index), [self.seed, index], self.dtype, self.mask)

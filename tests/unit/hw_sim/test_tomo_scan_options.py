@@ -54,3 +54,44 @@ def test_a_scan_over_no_angle_is_a_configuration_error() -> None:
     settings = load_settings(overrides=["sim.tomo_range_deg=-360", "sim.tomo_start_deg=180"])
     assert (settings.sim.tomo_range_deg, settings.sim.tomo_start_deg) == (-360.0, 180.0)
     assert np.isfinite(settings.sim.tomo_axis_offset_px)
+
+
+def test_a_fly_scan_over_several_turns_repeats_a_turn_s_pixels_at_angles_going_on() -> None:
+    """``turns``: a continuous rotation, the projections of one turn repeated with their angles 360
+    degrees on each turn; the tomography stage reconstructs the axis from it as from one turn."""
+    side = 32
+    tomo = make_source(
+        "tomo",
+        (side, side),
+        seed=3,
+        n_angles=60,
+        n_darks=1,
+        n_flats=1,
+        range_deg=360.0,
+        turns=3,
+        axis_offset_px=2.0,
+    )
+    assert tomo.scan_length == 2 + 3 * 60
+    angles = [tomo.frame_truth(n).angle_deg for n in range(2, tomo.scan_length)]
+    assert angles == pytest.approx([6.0 * k for k in range(180)])
+    for k in range(60):  # the sample is where it was a turn before: the same pixels
+        assert np.array_equal(tomo.frame(2 + k), tomo.frame(2 + k + 60))
+        assert np.array_equal(tomo.frame(2 + k), tomo.frame(2 + k + 120))
+    assert not np.array_equal(tomo.frame(2), tomo.frame(3))
+    settings = ReductionSettings(mode="tomo", tomo={"slices": [side // 2]})  # type: ignore[arg-type]
+    stage = make_stage(RunContext(get_backend("numpy"), Geometry(), (side, side), 24, "2th_deg", settings))
+    for n in range(tomo.scan_length):
+        truth = tomo.frame_truth(n)
+        key = {"projection": 0, "flat": 1, "dark": 2}[truth.kind]
+        stage.process(tomo.frame(n), n, key, float("nan") if truth.angle_deg is None else truth.angle_deg)
+    products = stage.finish()
+    assert abs(products["center"] - tomo.axis_px) <= 0.2, products["center_source"]
+    assert products["projections"] == 180
+
+
+def test_turns_other_than_whole_ones_are_refused() -> None:
+    with pytest.raises(ConfigError, match=r"tomo_turns = 3 repeats full turns: tomo_range_deg must be 360"):
+        load_settings(overrides=["sim.tomo_turns=3"])  # over the default 180 degrees
+    with pytest.raises(ValueError, match="turns must be >= 1"):
+        make_source("tomo", (16, 16), n_angles=4, range_deg=180.0, turns=2)
+    assert load_settings(overrides=["sim.tomo_turns=3", "sim.tomo_range_deg=-360"]).sim.tomo_turns == 3
