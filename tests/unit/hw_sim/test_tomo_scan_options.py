@@ -4,6 +4,8 @@ estimate is checked against (an outside tomography probe could simulate none of 
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pytest
 
@@ -12,6 +14,17 @@ from edge.errors import ConfigError
 from edge.modes import RunContext, make_stage
 from hw_sim.physics import make_source
 from kernels import Geometry, get_backend
+
+
+def _reconstructed(tomo: Any, side: int) -> dict[str, Any]:
+    """The tomography stage's run products of the simulated scan, frame by frame."""
+    settings = ReductionSettings(mode="tomo", tomo={"slices": [side // 2]})  # type: ignore[arg-type]
+    stage = make_stage(RunContext(get_backend("numpy"), Geometry(), (side, side), 24, "2th_deg", settings))
+    for n in range(tomo.scan_length):
+        truth = tomo.frame_truth(n)
+        key = {"projection": 0, "flat": 1, "dark": 2}[truth.kind]
+        stage.process(tomo.frame(n), n, key, float("nan") if truth.angle_deg is None else truth.angle_deg)
+    return stage.finish()
 
 
 @pytest.mark.parametrize(("start", "span"), [(30.0, 360.0), (90.0, -183.0)])
@@ -37,13 +50,7 @@ def test_a_scan_s_angles_flats_at_the_end_and_axis_are_the_truth_the_reconstruct
     assert angles[0] == start and angles[-1] == pytest.approx(start + span - step)
     kinds = [tomo.frame_truth(n).kind for n in range(tomo.scan_length)]
     assert kinds[:2] == ["dark", "dark"] and kinds[-3:] == ["flat"] * 3
-    settings = ReductionSettings(mode="tomo", tomo={"slices": [side // 2]})  # type: ignore[arg-type]
-    stage = make_stage(RunContext(get_backend("numpy"), Geometry(), (side, side), 24, "2th_deg", settings))
-    for n in range(tomo.scan_length):
-        truth = tomo.frame_truth(n)
-        key = {"projection": 0, "flat": 1, "dark": 2}[truth.kind]
-        stage.process(tomo.frame(n), n, key, float("nan") if truth.angle_deg is None else truth.angle_deg)
-    products = stage.finish()
+    products = _reconstructed(tomo, side)
     assert abs(products["center"] - tomo.axis_px) <= 0.2, products["center_source"]
     assert products["flat_field"].startswith("applied: (projection - mean dark)")  # the flats at the end
 
@@ -78,13 +85,7 @@ def test_a_fly_scan_over_several_turns_repeats_a_turn_s_pixels_at_angles_going_o
         assert np.array_equal(tomo.frame(2 + k), tomo.frame(2 + k + 60))
         assert np.array_equal(tomo.frame(2 + k), tomo.frame(2 + k + 120))
     assert not np.array_equal(tomo.frame(2), tomo.frame(3))
-    settings = ReductionSettings(mode="tomo", tomo={"slices": [side // 2]})  # type: ignore[arg-type]
-    stage = make_stage(RunContext(get_backend("numpy"), Geometry(), (side, side), 24, "2th_deg", settings))
-    for n in range(tomo.scan_length):
-        truth = tomo.frame_truth(n)
-        key = {"projection": 0, "flat": 1, "dark": 2}[truth.kind]
-        stage.process(tomo.frame(n), n, key, float("nan") if truth.angle_deg is None else truth.angle_deg)
-    products = stage.finish()
+    products = _reconstructed(tomo, side)
     assert abs(products["center"] - tomo.axis_px) <= 0.2, products["center_source"]
     assert products["projections"] == 180
 
