@@ -168,9 +168,10 @@ class Retention:
             # the disk itself is full (of what the ledger does not count) and nothing can be purged
             free = self._disk_free()
             return (
-                f"the disk holding the local store is full ({_size(free)} free, headroom"
-                f" {_size(self.headroom())}; the store's files are {_size(used['total'])}, the"
-                " rest is other files on that file system) and nothing verified upstream is left to purge"
+                f"the disk holding the local store is full to the headroom kept free ({_size(free)} free,"
+                f" headroom {_size(self.headroom())}; the store's closed files are {_size(used['total'])},"
+                " the rest is its open and quarantined files, the ledger and other files on that file"
+                " system) and nothing verified upstream is left to purge"
             )
         return None
 

@@ -245,7 +245,8 @@ def test_a_disk_filled_by_what_the_ledger_does_not_count_purges_verified_files(
     assert retention.refusal() is None and retention.under_pressure()
     assert retention.purge_once() == 2  # (this disk does not get the room back): the other two
     refusal = retention.refusal()
-    assert refusal is not None and "the disk holding the local store is full" in refusal
+    assert refusal is not None and "the disk holding the local store is full to the headroom" in refusal
+    assert "the rest is its open and quarantined files, the ledger and other files" in refusal
     retention._pressure = None
     assert retention.under_pressure()  # nothing left to purge: the detector is held back
     disk.free = 600_000  # space comes back
