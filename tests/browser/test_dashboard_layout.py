@@ -185,12 +185,7 @@ def test_layout_at_each_width(
 
         # the newest hit kept is drawn with its own peaks circled, circles a few screen pixels across
         # however small the canvas is shown (an outside probe saw 1-pixel specks, over another frame)
-        hit = browser.evaluate(
-            "(() => { const c = document.getElementById('hit-image'); if (!c) return null;"
-            " const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data; let red = 0;"
-            " for (let i = 0; i < d.length; i += 4) if (d[i] > 200 && d[i + 1] < 120) red += 1;"
-            " const r = c.getBoundingClientRect(); return [red, c.width, r.width]; })()"
-        )
+        hit = browser.evaluate(HIT_RED)
         assert hit is not None, "no hit image in the Mode card"
         red, canvas_width, shown_width = hit
         # three rings of 6 screen pixels' radius: each about 2 pi r = 38 pixels of line at least
@@ -260,6 +255,15 @@ def test_every_runs_column_is_in_view(busy: str, chromium: str, tmp_path: Path, 
         browser.close()
 
 
+#: JavaScript: the hit image's red (peak circle) pixels, its canvas width and its width on screen.
+HIT_RED = (
+    "(() => { const c = document.getElementById('hit-image'); if (!c) return null;"
+    " const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data; let red = 0;"
+    " for (let i = 0; i < d.length; i += 4) if (d[i] > 200 && d[i + 1] < 120) red += 1;"
+    " const r = c.getBoundingClientRect(); return [red, c.width, r.width]; })()"
+)
+
+
 #: JavaScript: the body text's computed font size and whether anything sticks out of the page's width.
 TEXT_AND_OVERFLOW = """(() => {
   const doc = document.documentElement;
@@ -276,8 +280,10 @@ TEXT_AND_OVERFLOW = """(() => {
 
 def test_the_page_scales_up_on_a_wall(busy: str, chromium: str, tmp_path: Path) -> None:
     """On a 3840 x 2160 wall the text stayed 12-13 px and the bottom quarter was empty: the page
-    grows with the viewport above 1920 px (and looks as before at 1920 and below)."""
+    grows with the viewport above 1920 px (and looks as before at 1920 and below), the peak circles on
+    the hit image with it (they stayed 6 px on an image shown twice as large)."""
     sizes = {}
+    circles = {}
     for width, height in ((1280, 800), (1920, 1080), (3840, 2160)):
         browser = Browser(chromium, tmp_path / f"chromium-profile-{width}", width=width, height=height)
         try:
@@ -286,8 +292,13 @@ def test_the_page_scales_up_on_a_wall(busy: str, chromium: str, tmp_path: Path) 
             sizes[width] = facts = browser.evaluate(TEXT_AND_OVERFLOW)
             assert facts["scrollWidth"] <= facts["clientWidth"], f"page overflows sideways at {width} px"
             assert facts["sticking"] == [], f"elements stick out of the page at {width} px"
+            browser.wait_for("document.getElementById('hit-image') !== null", 10, "the hit image")
+            red, canvas_width, shown_width = browser.evaluate(HIT_RED)
+            circles[width] = red / (canvas_width / shown_width) ** 2  # in screen pixels
         finally:
             browser.close()
     assert sizes[1920]["body"] == sizes[1280]["body"] == 14, sizes  # unchanged up to 1920 px
     assert sizes[3840]["body"] >= 1.5 * sizes[1280]["body"], sizes
     assert sizes[3840]["cell"] >= 1.5 * sizes[1280]["cell"], sizes
+    # a circle's red pixels grow with its radius and its line's width: 4x at twice the size
+    assert circles[3840] >= 2.5 * circles[1280], circles

@@ -280,13 +280,14 @@
 
   /** Circles of ``peaks`` ([x, y, ...] in detector pixels of a frame ``detWidth`` wide) on ``canvas``,
    * sized on screen: the canvas is often shown much smaller than it is (a 6-pixel circle drawn on a
-   * 2048-pixel canvas shown 300 pixels wide was a red speck). */
+   * 2048-pixel canvas shown 300 pixels wide was a red speck), and they grow with the page on a wall
+   * (``EdgeCharts.zoom``: 2x at 3840 px, where 6-pixel circles were specks on a doubled image). */
   function circlePeaks(canvas, peaks, detWidth, detHeight) {
     const ctx = canvas.getContext("2d");
     const sx = canvas.width / (num(detWidth) || canvas.width);
     const sy = canvas.height / (num(detHeight) || canvas.height);
     const shownWidth = canvas.getBoundingClientRect().width || canvas.width;
-    const perCssPixel = canvas.width / shownWidth;
+    const perCssPixel = (canvas.width / shownWidth) * EdgeCharts.zoom();
     ctx.strokeStyle = "#ff3b30";
     ctx.lineWidth = 1.5 * perCssPixel;
     const radius = 6 * perCssPixel;
