@@ -260,6 +260,13 @@ class RunRecorder:
             held = [a for w, a in self._held if w == self.ledger.record_loss and a[0] == run_uid]
         return [dict(zip(keys, args, strict=True)) for args in held]
 
+    def held_end(self, run_uid: str) -> str | None:
+        """The exit status of the run's end, when a full disk holds that record back (None otherwise):
+        the run has ended, the ledger does not say so yet."""
+        with self._held_lock:
+            ends = [a[1] for w, a in self._held if w == self.ledger.run_ended and a[0] == run_uid]
+        return str(ends[-1]) if ends else None
+
     def hand_over_losses(self, run_uid: str, reason: str, from_frame: int) -> int:
         """Take frames ``from_frame`` and later out of the run's loss records of ``reason``, in the
         ledger and among those held while the disk is full (recovery's, written after a crash on a full

@@ -277,7 +277,12 @@ class ApplianceView:
             "files": ledger.files(run_uid),
             "losses": ledger.losses(run_uid),
             "totals": ledger.run_totals(run_uid),
-            "where": where_report(ledger, run_uid, store=self._p.settings.store.path),
+            "where": where_report(
+                ledger,
+                run_uid,
+                store=self._p.settings.store.path,
+                held_end=self._p.recorder.held_end(run_uid),
+            ),
         }
 
     def run_files(self, run_uid: str) -> list[dict[str, Any]]:

@@ -76,12 +76,23 @@ def _holds(f: dict[str, Any], mode: str | None) -> str | None:
     return PRODUCTS_IN_REDUCED.get(str(mode))
 
 
+def _state(exit_status: str | None, held_end: str | None, daemon_running: bool) -> str:
+    """The run's state for the report: its exit status once the ledger has it; a held end's status; else
+    running (a daemon serves the ledger) or interrupted (none does: recovery ends it at the next start)."""
+    if exit_status:
+        return exit_status
+    if held_end is not None:
+        return f"{held_end} (ended; the disk is full: the ledger records it when space returns)"
+    return "running" if daemon_running else "interrupted"
+
+
 def where_report(
     ledger: Ledger,
     run_uid: str,
     now: float | None = None,
     daemon_running: bool = True,
     store: Path | None = None,
+    held_end: str | None = None,
 ) -> dict[str, Any]:
     """Everything a scientist needs to find one run's data, and how far it has got.
 
@@ -89,6 +100,8 @@ def where_report(
     a run without an end is ``running`` while one does, ``interrupted`` (its daemon died; recovery ends
     it at the next start) when none does. ``store`` (default: the ledger's directory) is where the
     files a crash or a full disk left half-written are quarantined (``STORE/quarantine/RUN/``).
+    ``held_end``: the exit status of the run's end record a full disk holds back in the daemon
+    (`RunRecorder.held_end`): the run has ended though the ledger does not say so yet.
     """
     now = time.time() if now is None else now
     run = ledger.run(run_uid)
@@ -137,7 +150,7 @@ def where_report(
     report: dict[str, Any] = {
         "run_uid": run_uid,
         "exit_status": run["exit_status"],
-        "state": run["exit_status"] or ("running" if daemon_running else "interrupted"),
+        "state": _state(run["exit_status"], held_end, daemon_running),
         "started_at": run["started_at"],
         "ended_at": run["ended_at"],
         "frames_expected": run["frames_expected"],

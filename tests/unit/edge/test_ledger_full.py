@@ -21,6 +21,7 @@ from edge.ledger import Ledger
 from edge.recorder import RunRecorder
 from edge.upstream import protocol as p
 from edge.upstream.forwarder import Forwarder
+from edge.where import where_report
 
 
 def _cap(ledger: Ledger) -> None:
@@ -91,6 +92,10 @@ def test_records_a_full_ledger_refuses_are_held_merged_and_made_when_space_retur
     assert recorder.held() == 2  # one merged loss record, and the run's end
     assert ledger.losses(uid) == [] and ledger.run(uid)["ended_at"] is None
     assert recorder.counts["runs_failed_all_lost"] == 1  # the held losses count: every frame was lost
+    # the run view says it ended (the ledger alone would call it running)
+    assert recorder.held_end(uid) == "fail"
+    state = where_report(ledger, uid, held_end=recorder.held_end(uid))["state"]
+    assert state == "fail (ended; the disk is full: the ledger records it when space returns)"
     recorder.retry_pending()  # still full (re-measured at most every 0.1 s): nothing is tried
     assert recorder.held() == 2
     _uncap(ledger)
@@ -101,6 +106,7 @@ def test_records_a_full_ledger_refuses_are_held_merged_and_made_when_space_retur
     (loss,) = ledger.losses(uid)
     assert (loss["first_frame"], loss["last_frame"], loss["reason"]) == (0, 7, "disk_full")
     assert ledger.run(uid)["exit_status"] == "fail"
+    assert recorder.held_end(uid) is None and where_report(ledger, uid)["state"] == "fail"
     assert ledger.run_totals(uid)["frames_lost"] == 8
     assert (tmp_path / "store" / uid / f"{uid}.documents.jsonl").is_file()  # written after the records
     ledger.close()
