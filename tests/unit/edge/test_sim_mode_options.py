@@ -28,6 +28,7 @@ from edge.config import load_settings
                 "n_flats_end": 0,
                 "start_deg": 0.0,
                 "range_deg": 180.0,
+                "turns": 1,
                 "axis_offset_px": 0.0,
             },
         ),
