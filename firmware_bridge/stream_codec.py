@@ -49,8 +49,8 @@ class SeriesStart:
 
     @property
     def frames_expected(self) -> int | None:
-        value = self.config.get("frames_expected")
-        if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= MAX_FRAMES_EXPECTED:
+        value = whole(self.config.get("frames_expected"))
+        if value is None or not 0 <= value <= MAX_FRAMES_EXPECTED:
             return None  # absent or nonsense: the length of the series is unknown
         return value
 
@@ -120,10 +120,27 @@ def _json(part: bytes | memoryview) -> dict[str, Any]:
     return value
 
 
+#: the largest whole number a JSON float gives exactly (2^53): beyond it ``256.0`` style numbers are refused
+MAX_WHOLE_FLOAT = 1 << 53
+
+
+def whole(value: Any) -> int | None:
+    """``value`` as an integer field takes it: a JSON integer, or a number with no fraction part as many
+    encoders write them (``256.0``, up to 2^53, where floats stop being exact); None for anything else
+    (a bool, a fraction, NaN, a string)."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float) and value.is_integer() and abs(value) <= MAX_WHOLE_FLOAT:
+        return int(value)
+    return None
+
+
 def _int(message: dict[str, Any], key: str) -> int:
-    value = message.get(key)
-    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-        raise _Reject("bad_field", f"{key}={value!r}")
+    value = whole(message.get(key))
+    if value is None or value < 0:
+        raise _Reject("bad_field", f"{key}={message.get(key)!r}")
     return value
 
 
@@ -163,14 +180,11 @@ def _time_ns(message: dict[str, Any], key: str) -> int | None:
 
 
 def _shape(message: dict[str, Any]) -> tuple[int, int]:
-    shape = message.get("shape")
-    if (
-        not isinstance(shape, list)
-        or len(shape) != 2
-        or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in shape)
-        or shape[0] * shape[1] > MAX_PIXELS
-    ):
-        raise _Reject("bad_field", f"shape={shape!r}")
+    given = message.get("shape")
+    sides = [whole(v) for v in given] if isinstance(given, list) else []
+    shape = [v for v in sides if v is not None and v > 0]
+    if len(sides) != 2 or len(shape) != 2 or shape[0] * shape[1] > MAX_PIXELS:
+        raise _Reject("bad_field", f"shape={given!r}")
     width, height = shape  # DECTRIS order: [x, y]
     return (height, width)
 

@@ -206,3 +206,43 @@ def test_an_image_time_nobody_can_hold_costs_no_frame(time: object) -> None:
     assert isinstance(event, ImageMessage)
     assert (event.frame, event.start_time, event.stop_time) == (0, 0, 2**63 - 1)
     assert codec.counters["image_times_invalid"] == 1 and not codec.errors
+
+
+def test_integer_fields_written_as_whole_floats_are_taken_and_fractions_refused() -> None:
+    """Many JSON encoders write integers as ``256.0``: an outside sender's start with ``"shape":
+    [4.0, 3.0]`` was refused (its run uid, frame count and metadata dropped) and ``frames_expected: 3.0``
+    made the series' length unknown. Hand-written parts, not our encoder's."""
+    codec = StreamCodec()
+    start = [
+        json.dumps({"htype": "dheader-1.0", "series": 7.0, "header_detail": "basic"}).encode(),
+        json.dumps(
+            {
+                "htype": "dconfig-edge-1.0",
+                "shape": [4.0, 3.0],
+                "type": "uint16",
+                "run_uid": "abc",
+                "frames_expected": 2.0,
+            }
+        ).encode(),
+    ]
+    (event,) = feed_message(codec, start)
+    assert isinstance(event, SeriesStart)
+    assert (event.series, event.shape, event.run_uid, event.frames_expected) == (7, (3, 4), "abc", 2)
+    pixels = np.arange(12, dtype=np.uint16)
+    image = [
+        json.dumps({"htype": "dimage-1.0", "series": 7, "frame": 1e0, "hash": ""}).encode(),
+        json.dumps(
+            {"htype": "dimage_d-1.0", "shape": [4, 3.0], "type": "uint16", "encoding": "<", "size": 24.0}
+        ).encode(),
+        pixels.tobytes(),
+        json.dumps({"htype": "dconfig-1.0", "start_time": 0, "stop_time": 0, "real_time": 0}).encode(),
+    ]
+    (taken,) = feed_message(codec, image)
+    assert isinstance(taken, ImageMessage) and (taken.frame, taken.shape, taken.size) == (1, (3, 4), 24)
+    for frame in (2.5, 2.0**60, True, "3"):
+        bad = [
+            json.dumps({"htype": "dimage-1.0", "series": 7, "frame": frame, "hash": ""}).encode(),
+            *image[1:],
+        ]
+        (refused,) = feed_message(codec, bad)
+        assert isinstance(refused, StreamError) and refused.reason == "bad_field", frame
