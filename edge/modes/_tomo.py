@@ -22,6 +22,14 @@ from kernels._numpy_backend import FLAT_FIELD_FLOOR
 log = logging.getLogger(__name__)
 
 
+def _axis_from(lines_0: np.ndarray, lines_180: np.ndarray) -> float:
+    """The rotation axis from two projections' chosen rows 180 degrees apart, summed over the rows: a
+    sum of parallel projections is the projection of the summed slices, mirrored as each one is, and a
+    row of air (a slice above the sample) adds nothing but its noise, where estimating from the first
+    row alone put the axis 91 px off when that row was air (an outside probe)."""
+    return float(estimate_center(np.sum(lines_0, axis=0), np.sum(lines_180, axis=0)))
+
+
 class _EarlierScan:
     """The part of a tomography scan stored before a daemon restart cut it (``RunContext.earlier``), for
     the run that resumes the scan: its darks and flats summed at once (the projections' normalisation
@@ -167,6 +175,7 @@ class TomoStage(_CorrectedStage):
         # until two projections 180 degrees apart estimate it (`_check_axis`), once, during the scan
         self._streamed_center = float(ctx.shape[1] // 2) if self.center is None else float(self.center)
         self._axis_checked = self.center is not None
+        self._streamed_source: str | None = None  # how the streamed axis was estimated, once it moved
         self._wrapped: list[float] = []  # the projections' angles mod 360, sorted, until then
         #: after the axis moved: (normalised lines, angle) of the projections streamed about the old one,
         #: back-projected again about the new one a few with each projection (the rest at the scan's end)
@@ -409,7 +418,7 @@ class TomoStage(_CorrectedStage):
         if pair is None:
             return
         i, j = pair
-        estimated = float(estimate_center(lines[i][0, :], lines[j][0, :]))
+        estimated = _axis_from(lines[i], lines[j])
         if not np.isfinite(estimated) or abs(estimated - self._streamed_center) <= self.CENTER_REDO_PX:
             return
         log.info(
@@ -421,6 +430,7 @@ class TomoStage(_CorrectedStage):
             len(angles),
         )
         self._streamed_center = estimated
+        self._streamed_source = f"estimated from the projections at {angles[i]:g} and {angles[j]:g} degrees"
         self.reconstructor = self.ctx.backend.streaming_reconstructor(
             self.ctx.shape[1], np.arange(len(self.rows)), filter_name=self.filter, center=estimated
         )
@@ -456,6 +466,8 @@ class TomoStage(_CorrectedStage):
             self.reconstructor.add(normalised, angle)
             self._earlier_lines.append(normalised)
             self._earlier_angles.append(angle)
+            if not self._axis_checked:  # a pair among the earlier part's projections counts too
+                self._check_axis(angle)
 
     def _take_earlier(self) -> None:
         """A resumed scan: the rest of the projections stored before the restart, back-projected with
@@ -507,11 +519,19 @@ class TomoStage(_CorrectedStage):
                 source = "detector centre column (n_cols // 2): no two projections 180 +- 2 degrees apart"
             else:
                 i, j = pair
-                estimated = float(estimate_center(sinograms[i, 0, :], sinograms[j, 0, :]))
+                estimated = _axis_from(sinograms[i], sinograms[j])
                 between = f"the projections at {angles[i]:g} and {angles[j]:g} degrees"
                 source = f"detector centre column (n_cols // 2): estimated {estimated:.2f} from {between}"
                 if np.isfinite(estimated) and abs(estimated - center) > self.CENTER_REDO_PX:
                     center, source = estimated, f"estimated from {between}"
+                    moved = self._streamed_source
+                    near = 0 < abs(center - streamed) <= self.CENTER_REDO_PX
+                    if moved is not None and not redo and near:
+                        # the pair mid-scan (0 and 178 in 2-degree steps, say) gave nearly the same axis as
+                        # the whole scan's: the slices stay about it, not redone for a few 0.01 px
+                        center = streamed
+                        source = f"{moved} (of the whole scan, {between} give {estimated:.3f}: within"
+                        source += f" {self.CENTER_REDO_PX} px)"
         if redo or center != streamed:  # the slices again, of the final sinograms about the final axis
             slices = np.stack(
                 [
