@@ -16,15 +16,21 @@ from hw_sim.physics import make_source
 from kernels import Geometry, get_backend
 
 
-def _reconstructed(tomo: Any, side: int) -> dict[str, Any]:
-    """The tomography stage's run products of the simulated scan, frame by frame."""
-    settings = ReductionSettings(mode="tomo", tomo={"slices": [side // 2]})  # type: ignore[arg-type]
+def _scanned(tomo: Any, side: int, rows: list[int] | None = None) -> Any:
+    """The tomography stage with every frame of the simulated scan processed (slices: ``rows``, default
+    the middle row), before its ``finish``."""
+    settings = ReductionSettings(mode="tomo", tomo={"slices": rows or [side // 2]})  # type: ignore[arg-type]
     stage = make_stage(RunContext(get_backend("numpy"), Geometry(), (side, side), 24, "2th_deg", settings))
     for n in range(tomo.scan_length):
         truth = tomo.frame_truth(n)
         key = {"projection": 0, "flat": 1, "dark": 2}[truth.kind]
         stage.process(tomo.frame(n), n, key, float("nan") if truth.angle_deg is None else truth.angle_deg)
-    return stage.finish()
+    return stage
+
+
+def _reconstructed(tomo: Any, side: int, rows: list[int] | None = None) -> dict[str, Any]:
+    """The tomography stage's run products of the simulated scan."""
+    return _scanned(tomo, side, rows).finish()  # type: ignore[no-any-return]
 
 
 @pytest.mark.parametrize(("start", "span"), [(30.0, 360.0), (90.0, -183.0)])
@@ -103,13 +109,7 @@ def test_the_axis_comes_from_every_chosen_row_not_the_first_alone() -> None:
     and came out tens of pixels off (an outside probe: 91 px on 256 columns), every slice about it."""
     side = 32
     tomo = make_source("tomo", (side, side), seed=5, n_angles=90, n_darks=2, n_flats=2, axis_offset_px=3.0)
-    settings = ReductionSettings(mode="tomo", tomo={"slices": [0, side // 2]})  # type: ignore[arg-type]
-    stage = make_stage(RunContext(get_backend("numpy"), Geometry(), (side, side), 24, "2th_deg", settings))
-    for n in range(tomo.scan_length):
-        truth = tomo.frame_truth(n)
-        key = {"projection": 0, "flat": 1, "dark": 2}[truth.kind]
-        stage.process(tomo.frame(n), n, key, float("nan") if truth.angle_deg is None else truth.angle_deg)
-    products = stage.finish()
+    products = _reconstructed(tomo, side, [0, side // 2])
     assert abs(products["center"] - tomo.axis_px) <= 0.3, (products["center"], products["center_source"])
 
 
@@ -122,12 +122,7 @@ def test_a_fine_360_degree_scan_keeps_the_axis_it_streamed_about_when_the_end_ag
     tomo = make_source(
         "tomo", (side, side), seed=3, n_angles=180, n_darks=2, n_flats=2, range_deg=360.0, axis_offset_px=3.0
     )
-    settings = ReductionSettings(mode="tomo", tomo={"slices": [side // 2]})  # type: ignore[arg-type]
-    stage = make_stage(RunContext(get_backend("numpy"), Geometry(), (side, side), 24, "2th_deg", settings))
-    for n in range(tomo.scan_length):
-        truth = tomo.frame_truth(n)
-        key = {"projection": 0, "flat": 1, "dark": 2}[truth.kind]
-        stage.process(tomo.frame(n), n, key, float("nan") if truth.angle_deg is None else truth.angle_deg)
+    stage = _scanned(tomo, side)
     streamed = np.asarray(stage.reconstructor.slices())  # type: ignore[attr-defined]
     products = stage.finish()
     assert abs(products["center"] - tomo.axis_px) <= 0.2, products["center_source"]
