@@ -997,10 +997,32 @@ class ApplianceIOC:
         self._start_next = False
         if self._acquiring:  # a run started meanwhile (a 1 once the record was free): it is the next one
             return
+        if not await self._last_run_over(run):
+            return
         log.info("Acquire 1 taken as the last run finished: starting the next run")
         if int(self.records["Acquire"].get()) != 1:
             self.records["Acquire"].set(1, process=False)
         self.records["AcquireBusy"].set(1)  # processed: it holds no put, and runs _on_acquire
+
+    async def _last_run_over(self, run: int) -> bool:
+        """Before a 1 taken while the last run finished starts the next run: wait until that run has
+        ended in the ledger and its series is closed (an acquisition that ended without its run accounted
+        for, e.g. on an error, must not have the next series start inside it). Given up, saying so, after
+        ``epics.run_grace_seconds``; False also when another run has started meanwhile."""
+        last = self._run_uid
+        deadline = time.monotonic() + self.settings.run_grace_seconds
+        while True:
+            if self._run_gen != run or self._acquiring:
+                return False
+            ended = last is None or await asyncio.to_thread(self.view.run_totals, last) is not None
+            series_open = getattr(self.view, "series_open", None)  # (a unit test's stand-in view)
+            if ended and not (series_open is not None and series_open()):
+                return True
+            if time.monotonic() > deadline:
+                log.warning("Acquire 1 taken as run %s ended: not started, that run has not ended", last)
+                self._set_message(f"Next run not started: run {last} has not ended")
+                return False
+            await asyncio.sleep(0.05)
 
     def _busy(self, name: str) -> bool:
         """True while the record ``name`` is processing (``PACT``): a forward link to it is ignored."""

@@ -588,7 +588,8 @@ def test_a_start_right_after_a_stop_during_a_run_starts_the_next_run_once_it_end
         30,
         "a second run",
     )
-    assert stack.run(first)["exit_status"] == "abort"
+    ended = stack.run(first)
+    assert ended["exit_status"] == "abort", (ended, _message(stack), stack.log("daemon")[-4000:])
     meta = _meta(stack, "Acquire")
     assert meta["severity"] == 0 and not _message(stack).startswith("Refused"), (meta, _message(stack))
     # stop, start, stop: the last word is a stop, so no run follows this one
