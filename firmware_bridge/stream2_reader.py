@@ -85,6 +85,8 @@ def series_config(start: Stream2Start, dtype: str, channel: str, assumed: bool =
 class Stream2Source(ZmqStreamSource):
     """A :class:`~firmware_bridge.source.FrameSource` for DECTRIS Stream V2 over ZeroMQ."""
 
+    unreadable_reason = UNREADABLE
+
     def __init__(
         self,
         endpoint: str,
@@ -125,7 +127,6 @@ class Stream2Source(ZmqStreamSource):
         self.channel = channel  # '' = the first channel the start message announces
         self._channel: str | None = None
         self._pending: Stream2Start | None = None  # a start whose dtype the first image will tell
-        self._unreadable = 0  # messages in the open series too damaged to name their frame
 
     def counters(self) -> dict[str, Any]:
         counters = super().counters()
@@ -188,9 +189,9 @@ class Stream2Source(ZmqStreamSource):
             if self._series is not None and event.series != self._series:
                 # the end of a series whose start was rejected or unreadable (`_stray_end`): the open
                 # series' own end never came
-                self._end_series(UNREADABLE if self._unreadable else "series_restarted", exit_status="fail")
+                self._end_series(self._missing("series_restarted"), exit_status="fail")
             else:
-                self._end_series(UNREADABLE if self._unreadable else "missing_at_series_end")
+                self._end_series(self._missing("missing_at_series_end"))
 
     def _start(self, start: Stream2Start) -> None:
         expected = series_config(start, start.dtype or ASSUMED_DTYPE, "")["frames_expected"]
@@ -209,7 +210,7 @@ class Stream2Source(ZmqStreamSource):
             return
         if self._series is not None:
             # its end never came: the run ends "fail", the frames it announced and never sent are lost
-            self._end_series(UNREADABLE if self._unreadable else "series_restarted", exit_status="fail")
+            self._end_series(self._missing("series_restarted"), exit_status="fail")
         self._series = start.series
         self._start_key = key
         self._start_rejected = None
@@ -218,7 +219,6 @@ class Stream2Source(ZmqStreamSource):
         self._newest = None
         self._gaps.clear()
         self._held.clear()
-        self._unreadable = 0
         config = series_config(start, start.dtype or ASSUMED_DTYPE, "")
         self._frames_expected = config["frames_expected"]
         self.stats["series_started"] += 1
@@ -267,21 +267,7 @@ class Stream2Source(ZmqStreamSource):
     def _end_series(self, reason: str, exit_status: str = "success") -> None:
         if self._pending is not None:  # announced no dtype and no image told it: the run is still recorded
             self._open(self._pending, ASSUMED_DTYPE, assumed=True)
-        self._unreadable = 0
         super()._end_series(reason, exit_status)
-
-    def _note_frame2(self, frame: int) -> bool:
-        """``_note_frame``, but a gap after unreadable messages is recorded with that reason."""
-        if self._unreadable and self._series is not None and frame > self._next_frame:
-            reference = self._newest if self._newest is not None else 0
-            if self.max_frame_jump is None or frame <= reference + self.max_frame_jump:
-                self._gap(frame, UNREADABLE, f"{self._unreadable} unreadable message(s) in the series")
-                self._next_frame = frame
-                self._unreadable = 0
-        return self._note_frame(frame)
-
-    def _note_rejected(self, frame: int) -> bool:
-        return self._note_frame2(frame)
 
     def _image(self, image: Stream2Image) -> None:
         if not self._leave_for(image.series) or self._older_series(image.series, image.frame):
@@ -290,7 +276,6 @@ class Stream2Source(ZmqStreamSource):
             name = self.channel or next(iter(image.channels))
             chosen = image.channels.get(name) or next(iter(image.channels.values()))
             self._channel = name
-            self._unreadable = 0
             self._adopt(image.series, image.frame, chosen.shape, chosen.dtype)
         if self._pending is not None:
             first = image.channels.get(self.channel or self._pending.channels[0])
@@ -298,10 +283,10 @@ class Stream2Source(ZmqStreamSource):
             self._open(self._pending, dtype)
         if self._refused is not None:
             self.stats["frames_refused"] += 1
-            if self._frames_expected is None and self._note_frame2(image.frame):
+            if self._frames_expected is None and self._note_frame(image.frame):
                 self.sink.lost(image.frame, image.frame, "run_refused", self._refused)
             return
-        if not self._note_frame2(image.frame):
+        if not self._note_frame(image.frame):
             return
         self._beyond_expected(image.frame)
         array = image.channels.get(self._channel or "")

@@ -87,6 +87,10 @@ class _HeldGap:
 class ZmqStreamSource:
     """A :class:`~firmware_bridge.source.FrameSource` for the ZeroMQ frame stream."""
 
+    #: the loss reason of a gap that follows messages too damaged to name their frame (which may have
+    #: been its images), and of the frames missing at the end of a series in which such messages came
+    unreadable_reason = "stream_unreadable_message"
+
     def __init__(
         self,
         endpoint: str,
@@ -142,6 +146,9 @@ class ZmqStreamSource:
         # after one (its frame 0) opens a run without a start, as after a rejected start (the damaged
         # message was its start: before, the run was taken for one resumed after a restart)
         self._unreadable_between = 0
+        # messages in the open series too damaged to name their frame (perhaps its images): the next gap,
+        # or the frames missing at its end, are put down to them (``unreadable_reason``)
+        self._unreadable = 0
         # the open series' start as it came (its series and every field): the same start again, while the
         # series is open, is a copy of it (counted, ignored), not a new series that ends it
         self._start_key: Any = None
@@ -441,6 +448,14 @@ class ZmqStreamSource:
                 self._unreadable_between += 1
             if event.frame is not None:
                 self._image_rejected(event.series, event.frame, f"stream_{event.reason}", event.detail)
+            elif (
+                self._series is not None
+                and event.kind in ("image", None)
+                and event.reason not in ("wrong_series", "unknown_htype")
+            ):
+                # an image, or perhaps one, whose frame could not be read (a readable message of another
+                # htype, or an image of another series, was never a frame of this one)
+                self._unreadable += 1
             return slot
         if isinstance(event, SeriesStart):
             self._flush_errors_before_run()
@@ -450,7 +465,7 @@ class ZmqStreamSource:
             if self._late_start(event.series, event.frames_expected):
                 return slot
             if self._series is not None:
-                self._end_series("series_restarted", exit_status="fail")  # its end never came
+                self._end_series(self._missing("series_restarted"), exit_status="fail")  # its end never came
             self._series = event.series
             self._start_key = key
             self._start_rejected = None
@@ -496,9 +511,9 @@ class ZmqStreamSource:
             if self._series is not None and event.series != self._series:
                 # the end of a series whose start was rejected or unreadable (`_stray_end`): the open
                 # series' own end never came
-                self._end_series("series_restarted", exit_status="fail")
+                self._end_series(self._missing("series_restarted"), exit_status="fail")
             else:
-                self._end_series("missing_at_series_end")
+                self._end_series(self._missing("missing_at_series_end"))
             return slot
         return slot  # pragma: no cover
 
@@ -754,7 +769,15 @@ class ZmqStreamSource:
             log.error("series %d (opened from its images) refused: %s", series, self._refused)
 
     def _note_frame(self, frame: int) -> bool:
-        """Account for gaps before ``frame``; False for a stale, duplicate or out-of-range frame number."""
+        """Account for gaps before ``frame``; False for a stale, duplicate or out-of-range frame number. A
+        gap that follows unreadable messages of the series is recorded with ``unreadable_reason``."""
+        if self._unreadable and self._series is not None and frame > self._next_frame:
+            reference = self._newest if self._newest is not None else 0
+            if self.max_frame_jump is None or frame <= reference + self.max_frame_jump:
+                detail = f"{self._unreadable} unreadable message(s) in the series"
+                self._gap(frame, self.unreadable_reason, detail)
+                self._next_frame = frame
+                self._unreadable = 0
         if self._series is None:  # a straggler after its series ended
             if frame < self._ended_accounted:
                 # stored, or recorded lost (a gap, missing at the end), in its run: one disposition each,
@@ -861,6 +884,12 @@ class ZmqStreamSource:
         self._gaps.append((gap.first, gap.last))
         self.sink.lost(gap.first, gap.last, gap.reason, gap.detail)
 
+    def _missing(self, reason: str) -> str:
+        """The loss reason of the frames missing when the open series ends at its end, or at the next
+        series' start: ``reason``, or ``unreadable_reason`` when messages of the series came too damaged
+        to name their frame (they may have been those frames)."""
+        return self.unreadable_reason if self._unreadable else reason
+
     def _end_series(self, reason: str, exit_status: str = "success") -> None:
         if self._series is None:  # no series open: a repeated end, or one whose start never came
             self.stats["ends_without_series"] += 1
@@ -869,6 +898,7 @@ class ZmqStreamSource:
         self._release_gaps(time.monotonic(), everything=True)
         self._count_drop_in_series(time.monotonic())  # (it may end between two looks at the connection)
         self._dropped_in_series = None  # the next series may carry the same number: not its drop
+        self._unreadable = 0
         expected = self._frames_expected
         if expected is not None and self._next_frame < expected:
             self.stats["frames_gap"] += expected - self._next_frame

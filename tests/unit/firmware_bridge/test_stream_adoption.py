@@ -199,7 +199,7 @@ def test_a_stray_of_an_ended_series_after_a_damaged_image_does_not_split_the_ope
     reader = _run([*messages, end5], sink, sink.second_end)
     assert len(sink.configs) == 2  # series 4 and series 5: no third run
     assert sink.frames == [0, 1, 0, 1, 2, 4, 5, 6, 7]
-    assert sink.losses == [(3, 3, "frame_number_gap")]
+    assert sink.losses == [(3, 3, "stream_unreadable_message")]  # the damaged image, not "never arrived"
     counters = reader.counters()
     assert counters["images_wrong_series"] == 1 and counters.get("series_ended_by_rejected_start", 0) == 0
 
@@ -213,7 +213,7 @@ def test_a_stray_of_an_ended_series_right_after_a_damaged_message_is_not_a_new_s
     messages = [header(4, 2), image(4, 0), image(4, 1), end4, header(5, 4), image(5, 0), image(5, 1)]
     reader = _run([*messages, damaged, image(4, 1), image(5, 3), end5], sink, sink.second_end)
     assert len(sink.configs) == 2 and sink.frames == [0, 1, 0, 1, 3]
-    assert sink.losses == [(2, 2, "frame_number_gap")]
+    assert sink.losses == [(2, 2, "stream_unreadable_message")]
     assert reader.counters()["images_wrong_series"] == 1
 
 

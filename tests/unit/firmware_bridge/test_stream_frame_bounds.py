@@ -324,3 +324,27 @@ def test_a_reader_held_back_by_the_appliance_is_not_a_silent_detector() -> None:
         reader.stop()
         push.close(0)
         context.term()
+
+
+def test_a_gap_after_images_that_do_not_name_their_frame_is_put_down_to_them() -> None:
+    """An image message rejected before its frame number could be read (``"frame": "two"``; a first part
+    that is not JSON) is a frame the detector sent: the gap it leaves is recorded as
+    ``stream_unreadable_message``, with how many such messages came, not as frames that never arrived
+    (the Stream V2 reader's rule, ``stream2_unreadable_message``). The gap after a readable message that
+    is no image (an unknown ``htype``) stays ``frame_number_gap``; so does one at the series' end only
+    when nothing unreadable came."""
+    bad_frame = image(1, 2)
+    bad_frame[0] = part({"htype": "dimage-1.0", "series": 1, "frame": "two", "hash": ""})
+    not_json = image(1, 4)
+    not_json[0] = b"\xff{not json"
+    sent = [image(1, 0), image(1, 1), bad_frame, image(1, 3), not_json]
+    sink = Sink()
+    reader = run_series(sink, [header(1, 5), *sent])
+    assert sink.frames == [0, 1, 3]
+    assert sink.losses == [(2, 2, "stream_unreadable_message"), (4, 4, "stream_unreadable_message")]
+    assert reader.counters()["messages_rejected"] == 2
+
+    other = [part({"htype": "dsomething-1.0", "series": 1})]
+    sink = Sink()
+    run_series(sink, [header(1, 3), image(1, 0), other, image(1, 2)])
+    assert sink.losses == [(1, 1, "frame_number_gap")]
