@@ -31,7 +31,7 @@ import cbor2
 import numpy as np
 
 from firmware_bridge.hdf5_chunks import ChunkError, check_bslz4, decode_bslz4, decode_lz4, read_header
-from firmware_bridge.stream_codec import MAX_COUNT  # what the ledger, the store and the ring hold
+from firmware_bridge.stream_codec import MAX_COUNT, whole  # (MAX_COUNT: what the ledger, store, ring hold)
 
 TAG_SELF_DESCRIBED = 55799
 TAG_MULTI_DIM = 40
@@ -198,9 +198,10 @@ def _uint(message: Mapping[str, Any], key: str, required: bool = True) -> int | 
     value = message.get(key)
     if value is None and not required:
         return None
-    if not isinstance(value, int) or isinstance(value, bool) or value < 0 or value >= 1 << 64:
+    number = whole(value)  # an integer, or a whole float up to 2^53 (as the JSON stream takes them)
+    if number is None or number < 0 or number >= 1 << 64:
         raise Stream2ProtocolError("bad_field", f"{key}={_short(value)}")
-    return value
+    return number
 
 
 def _series_id(message: Mapping[str, Any]) -> int:
@@ -399,16 +400,12 @@ class Stream2Codec:
             if isinstance(decoded, Mapping) and decoded.get("type") in ("start", "image", "end"):
                 kind = str(decoded["type"])
             if kind == "image":
-                raw_frame = decoded.get("image_id")
-                if isinstance(raw_frame, int) and not isinstance(raw_frame, bool) and raw_frame >= 0:
+                raw_frame = whole(decoded.get("image_id"))
+                if raw_frame is not None and raw_frame >= 0:
                     frame = raw_frame
-                raw_series = decoded.get("series_id")
+                raw_series = whole(decoded.get("series_id"))
                 # (one out of range names no series: the frame is then a loss of the open one)
-                if (
-                    isinstance(raw_series, int)
-                    and not isinstance(raw_series, bool)
-                    and 0 <= raw_series < 2**63
-                ):
+                if raw_series is not None and 0 <= raw_series < 2**63:
                     series = raw_series
             return [self._message(decoded)]
         except Stream2ProtocolError as error:
@@ -500,8 +497,8 @@ class Stream2Codec:
                     f"{what}[{name}] is {arrays.pop(name).shape}, not the images' {(height, width)}"
                 )
                 self.counters["arrays_wrong_shape"] += 1
-        number = message.get("number_of_images")
-        if not isinstance(number, int) or isinstance(number, bool) or not 0 <= number < 1 << 64:
+        number = whole(message.get("number_of_images"))
+        if number is None or not 0 <= number < 1 << 64:
             number = None
         table = None
         if message.get("countrate_correction_lookup_table") is not None:

@@ -631,6 +631,24 @@ def test_a_series_length_nobody_can_use_is_unknown_not_a_refused_start(number: o
     assert codec.counters["number_of_images_invalid"] == 1 and codec.errors == {}
 
 
+def test_whole_floats_in_integer_fields_are_taken_as_the_json_stream_takes_them() -> None:
+    """A sender whose numbers pass through floats (a numpy float64, a JSON-to-CBOR bridge) writes
+    ``number_of_images: 3.0`` or ``image_id: 1.0``: the length was unknown and the image refused
+    ``bad_field``. Whole floats up to 2^53 are taken, as the JSON stream v1 takes them; fractions are not."""
+    fields = _start_fields()
+    fields["number_of_images"] = 3.0
+    codec = Stream2Codec()
+    (start,) = codec.feed(cbor2.dumps(fields))
+    assert isinstance(start, Stream2Start) and start.number_of_images == 3
+    assert codec.counters.get("number_of_images_invalid", 0) == 0
+    image = _image_fields()
+    image["image_id"], image["series_id"] = 1.0, float(start.series)
+    (event,) = codec.feed(cbor2.dumps(image))
+    assert isinstance(event, Stream2Image) and event.frame == 1 and event.series == start.series
+    image["image_id"] = 1.5
+    assert _error(codec, cbor2.dumps(image)).reason == "bad_field"
+
+
 @pytest.mark.parametrize(
     ("uid", "expected"),
     [(12345, "12345"), (-7, "-7"), (2.5, "2.5"), ("abc", "abc"), (True, None), ([1], None), (10**200, None)],
