@@ -260,9 +260,21 @@ def header_notes(config: dict[str, Any]) -> list[str]:
     if config.get("start_rejected"):
         why = str(config["start_rejected"])[:160]
         notes.append(f"its series start was rejected ({why}): the run has none of the start's metadata")
-    if config.get("detector_run_uid"):
-        why = str(config.get("detector_run_uid_refused") or "not a file name")[:80]
+    if config.get("detector_run_uid") and config.get("detector_run_uid_refused"):
+        why = str(config["detector_run_uid_refused"])[:80]
         notes.append(f"run uid {str(config['detector_run_uid'])[:80]!r} from the detector was {why}")
+    elif config.get("detector_run_uid") and (
+        config.get("resumed_after_restart") or config.get("start_rejected")
+    ):
+        # opened from its images (Stream V2's carry the series' uid): the run has a uid of its own
+        uid = str(config["detector_run_uid"])[:80]
+        notes.append(
+            f"the detector's uid of the series, {uid!r}, came with its images (the run's own differs)"
+        )
+    elif config.get("detector_run_uid"):
+        notes.append(
+            f"run uid {str(config['detector_run_uid'])[:80]!r} from the detector was not a file name"
+        )
     for text in config.get("header_fields_ignored") or ():
         notes.append(f"left out of the files: {text}")
     for path in config.get("header_fields_truncated") or ():

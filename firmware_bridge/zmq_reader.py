@@ -652,7 +652,9 @@ class ZmqStreamSource:
         self.stats["frames_outside_series"] += 1
         self.sink.lost(frame, frame, reason, f"{detail} (after a rejected series start)")
 
-    def _adopt(self, series: int, frame: int, shape: tuple[int, int], dtype: str) -> None:
+    def _adopt(
+        self, series: int, frame: int, shape: tuple[int, int], dtype: str, detector_uid: str = ""
+    ) -> None:
         """An image of a series this reader never saw start: the daemon restarted in the middle of it.
 
         The rest of the series becomes a run of its own, "resumed after restart" from ``frame`` on
@@ -661,8 +663,11 @@ class ZmqStreamSource:
         it as lost (unless a start was rejected since: the series id used again). After a rejected
         series start (`_start_rejected`) the images are a run of their own that says so
         (``start_rejected``), without the start's metadata, and no restart is assumed; so after a
-        message too damaged to name its kind when the first image is frame 0.
+        message too damaged to name its kind when the first image is frame 0. ``detector_uid``: the
+        detector's uid of the series when its images carry one (Stream V2's ``series_unique_id``), kept
+        with the run as ``detector_run_uid`` (the run's own uid is a fresh one).
         """
+        named = {"detector_run_uid": detector_uid} if detector_uid else {}
         if series == self._ended_series and self._start_rejected is None:
             return  # (after a rejected start, images of that id are the new series': a sender reusing it)
         rejected, self._start_rejected = self._start_rejected, None
@@ -671,7 +676,7 @@ class ZmqStreamSource:
             self.stats["series_start_unreadable"] += 1
             rejected = f"{unreadable} unreadable message(s) came where its start was due"
         if rejected is not None:
-            self._open_without_start(series, frame, shape, dtype, rejected)
+            self._open_without_start(series, frame, shape, dtype, rejected, named)
             return
         self.stats["series_adopted"] += 1
         log.warning(
@@ -679,7 +684,7 @@ class ZmqStreamSource:
             series,
             frame,
         )
-        marks = {"resumed_after_restart": True, "first_frame": frame}
+        marks = {"resumed_after_restart": True, "first_frame": frame, **named}
         self._open_headless(series, frame, frame, shape, dtype, marks)
         self._adopted = series
 
@@ -716,7 +721,13 @@ class ZmqStreamSource:
         return True
 
     def _open_without_start(
-        self, series: int, frame: int, shape: tuple[int, int], dtype: str, rejected: str
+        self,
+        series: int,
+        frame: int,
+        shape: tuple[int, int],
+        dtype: str,
+        rejected: str,
+        named: dict[str, Any] | None = None,
     ) -> None:
         """Images of ``series`` after its start was rejected: stored as a run of their own, numbered from
         0 (frames below the first one that came are gaps, as in any series)."""
@@ -735,7 +746,7 @@ class ZmqStreamSource:
                 # not be read is no frame this run can be sure of: put into it, a good frame of the same
                 # number was dropped as its "duplicate")
                 self._lost_outside_run(held_frame, reason, detail)
-        self._open_headless(series, 0, None, shape, dtype, {"start_rejected": rejected})
+        self._open_headless(series, 0, None, shape, dtype, {"start_rejected": rejected, **(named or {})})
         self._adopted = series  # its start, if it comes now, is a late one: this run goes on
         for (held_series, held_frame), (reason, detail) in ordered:
             if held_series == series and self._note_frame(held_frame):  # its own, with their reasons

@@ -75,3 +75,6 @@ def test_a_run_whose_start_was_rejected_says_so_among_the_header_notes() -> None
         == "its series start was rejected (bad_dtype: type=int16): the run has none of the start's metadata"
     )
     assert header_notes({}) == []
+    # a run opened from its images, which carried the series' uid (Stream V2): no "was not a file name"
+    (note,) = header_notes({"resumed_after_restart": True, "detector_run_uid": "abc-7"})
+    assert note == "the detector's uid of the series, 'abc-7', came with its images (the run's own differs)"

@@ -506,6 +506,9 @@ def test_a_start_after_its_own_first_image_continues_the_run_that_image_opened()
     assert len(sink.configs) == 1 and sink.published == [0, 1, 2, 3]
     assert sink.losses == [] and sink.ends == [(sink.ends[0][0], "success")]
     assert reader.counters()["starts_after_images"] == 1
+    # the detector's uid of the series, which every image carries, is kept with the run (it was lost:
+    # the run opened from image 0 had none, and the late start's metadata is not applied)
+    assert sink.configs[0]["detector_run_uid"] == cbor2.loads(image0)["series_unique_id"]
 
 
 @pytest.mark.parametrize("series_id", [-1, 2**63])
