@@ -554,6 +554,11 @@ class TomoStage(_CorrectedStage):
             **means,  # those the normalisation used
             "center": float(center),
             "center_source": source,
+            # the grid the slices are on (one detector pixel a side): attenuation per pixel / x_pixel_size
+            # is per metre, from the reduced file alone (forwarded without the data files under
+            # upstream.forward=reduced)
+            "x_pixel_size": float(self.ctx.geometry.pixel2),
+            "y_pixel_size": float(self.ctx.geometry.pixel1),
             "projections": self.projections,
             "projections_without_angle": self.without_angle,
             "darks": self.darks,

@@ -284,6 +284,9 @@ def _write_run_products(entry: h5py.Group, products: dict[str, Any]) -> None:
     for name in ("center", "rows"):  # detector columns and rows
         if name in group:
             group[name].attrs["units"] = "pixel"
+    for name in ("x_pixel_size", "y_pixel_size"):  # the detector's pixel pitch (NXdetector's names)
+        if name in group:
+            group[name].attrs["units"] = "m"
     flat_field = str(products.get("flat_field", ""))
     normalised = flat_field.startswith("applied")
     # what the sinograms hold: without flats, the projections less the mean dark when darks were used

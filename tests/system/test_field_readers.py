@@ -265,3 +265,12 @@ def test_tomo_data_exchange_names_hold_the_scan_as_dxchange_reads_it(runs: dict[
     np.testing.assert_array_equal(data, stack[keys == 0])
     np.testing.assert_array_equal(white, stack[keys == 1])
     np.testing.assert_array_equal(dark, stack[keys == 2])
+    # the slices' grid in metres from the reduced file alone (forwarded without the data files under
+    # upstream.forward=reduced): the detector's pixel pitch beside them, as the data files give it
+    with h5py.File(path, "r") as handle:
+        pitch = [handle[f"/entry/instrument/detector/{k}_pixel_size"][()] for k in "xy"]
+    (reduced,) = run.directory.glob("*_reduced_*.nxs")
+    with h5py.File(reduced, "r") as handle:
+        group = handle["/entry/reconstruction"]
+        assert [group[f"{k}_pixel_size"][()] for k in "xy"] == pitch == [PIXEL, PIXEL]
+        assert [_text(group[f"{k}_pixel_size"].attrs.get("units")) for k in "xy"] == ["m", "m"]
