@@ -312,10 +312,15 @@ class RingSink:
 
     def run_or_opening(self) -> str | None:
         """The open run, or the one a series start is opening now, or an open capture's run between its
-        series, or the one the IOC's ``Acquire`` 1 armed the detector for and whose series has not begun
-        (None between runs): the reduction's mode and parameters stay as the run started."""
+        series (or the capture, ``HDF1:Capture`` 1, before its first series), or the one the IOC's
+        ``Acquire`` 1 armed the detector for and whose series has not begun (None between runs): the
+        reduction's mode and parameters stay as the run started."""
         armed = "(armed by Acquire 1; its series has not begun)" if self._armed else None
-        return self.run_uid or self.opening or self._capture_run or armed
+        path = self._capture_path
+        capture = (
+            None if path is None else f"(the open capture to {path.name}; its first series has not begun)"
+        )
+        return self.run_uid or self.opening or self._capture_run or capture or armed
 
     def set_armed(self, armed: bool) -> None:
         """The IOC's ``Acquire`` 1 is arming the detector for a run (True) until that acquisition is over

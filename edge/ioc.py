@@ -1079,7 +1079,7 @@ class ApplianceIOC:
         run_uid: str | None = None
         aborted = detector_lost = False
         quiet_since: tuple[float, int] | None = None
-        capture_quiet: tuple[float, int] | None = None
+        capture_quiet: tuple[float, Any] | None = None
         while True:
             await asyncio.sleep(0.05)
             now = time.monotonic()
@@ -1124,8 +1124,11 @@ class ApplianceIOC:
                     frames = int(totals["frames_stored"]) if totals is not None else capture_base
                 taken = frames - capture_base
                 now = time.monotonic()
-                if capture_quiet is None or capture_quiet[1] != frames:
-                    capture_quiet = (now, frames)
+                # quiet: nothing written, received or processed, and no mode's kernels loading (a capture
+                # in a mode whose kernels loaded for its first frame completed with 0 frames added)
+                moving = (frames, working[1])
+                if capture_quiet is None or capture_quiet[1] != moving or working[1][-1]:
+                    capture_quiet = (now, moving)
                 if taken >= num_images or aborted or now - capture_quiet[0] >= STREAM_QUIET_SECONDS:
                     if writing == run_uid or not aborted:
                         verb = "aborted" if aborted else "completed"

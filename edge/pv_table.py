@@ -710,8 +710,9 @@ PVS: tuple[PvSpec, ...] = (
         "mbbOut",
         "enum",
         "Reduction mode of the next run (as `reduction.mode`; raw frames are always kept). Refused while "
-        "a run is open, from `Acquire` 1 on (before its series begins too), an open capture's "
-        "(`HDF1:Capture` 1) between its series included (MINOR SOFT, the reason in `StatusMessage_RBV`).",
+        "a run is open, from `Acquire` 1 on (before its series begins too), and while a capture is open "
+        "(`HDF1:Capture` 1), from before its first series to `Capture` 0 (MINOR SOFT, the reason in "
+        "`StatusMessage_RBV`).",
         choices=MODES,
     ),
     _rbv("Mode_RBV", "mbbIn", "enum", "Reduction mode, as accepted.", choices=MODES),

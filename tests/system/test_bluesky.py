@@ -420,3 +420,37 @@ def test_a_capture_closed_by_num_capture_mid_acquisition_numbers_its_late_frames
     second = directory / "num_009.h5"
     assert epics.caget(p + "HDF1:Capture_RBV") == 0 and second.exists()
     assert epics.caget(p + "HDF1:FileNumber_RBV") == 10
+
+
+def test_an_acquire_in_a_capture_completes_once_its_frames_are_written_while_kernels_load(
+    tmp_path: Path, ca_port: int, edge_ca_port: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An outside probe: Mode serial, Capture 1, Acquire 1 with completion. The mode's kernels loaded for
+    the first frame (numba compiling them, here from an empty cache: ~25 s) and the put completed 1 s
+    after the camera was done, "0 frames added to the capture", though the frames were written later
+    (Bluesky reads the file as soon as the put completes). It completes once they are written."""
+    monkeypatch.setenv("NUMBA_CACHE_DIR", str(tmp_path / "cold-cache"))  # (the daemon inherits it)
+    s = Stack(tmp_path, ca_port, edge_ca_port, ACF)
+    s.settings = [x for x in s.settings if not x.startswith("reduction.backend")]
+    s.settings.append('reduction.backend="numba"')
+    try:
+        s.start_sim()
+        s.start_daemon()
+        epics, p = _epics(), s.prefix
+
+        def put(name: str, value: Any) -> None:
+            assert epics.caput(p + name, value, wait=True, timeout=180) == 1, name
+
+        put("Mode", 2)  # serial
+        put("HDF1:FilePath", str(tmp_path / "store" / "caps"))
+        put("HDF1:CreateDirectory", 1)
+        put("HDF1:FileName", "warm")
+        put("HDF1:FileTemplate", "%s%s.h5")
+        put("HDF1:Capture", 1)
+        put("NumImages", 3)
+        put("AcquirePeriod", 0.02)
+        put("Acquire", 1)
+        message = epics.caget(p + "StatusMessage_RBV", as_string=True, use_monitor=False)
+        assert message == "Acquisition completed: 3 frames added to the capture", message
+    finally:
+        s.stop()

@@ -122,6 +122,10 @@ def _sink() -> tuple[RingSink, _Ring, _Recorder]:
 def test_a_capture_is_one_run_across_series_with_frames_numbered_on(tmp_path: Path) -> None:
     sink, ring, recorder = _sink()
     sink.open_capture(tmp_path / "scan.h5")
+    # open before its first series: its run will start with the mode set now, so none changes it (an
+    # outside probe changed Mode between Capture 1 and the first Acquire, and the capture's run took it)
+    waiting = sink.run_or_opening()
+    assert waiting is not None and "scan.h5" in waiting and "first series" in waiting
     _series(sink, 1, 2)
     sink.series_end(1)
     _series(sink, 2, 3)
