@@ -168,6 +168,7 @@ class RunFileWriter:
             data.attrs["signal"] = "data"
             data.attrs["axes"] = ["frame_number", ".", "."]  # (frame_number: written with the file's end)
             data.attrs["frame_number_indices"] = 0
+            data.attrs["interpretation"] = "image"  # a stack of images (silx, nexpy show frames)
             self._data = data.create_dataset(
                 "data",
                 shape=(capacity, *shape),

@@ -186,7 +186,9 @@ def test_silx_calls_every_nxdata_valid_and_its_default_plot_has_the_runs_shape(
             if groups:  # a file with something to plot says which
                 assert default is not None, (path.name, sorted(groups), dict(h5file.attrs))
             defaults[path.name] = (
-                None if default is None else (default.group.name, tuple(default.signal.shape))
+                None
+                if default is None
+                else (default.group.name, tuple(default.signal.shape), default.interpretation)
             )
             if mode == "powder":
                 profile = nxdata.NXdata(h5file["/entry/reduced"])
@@ -207,6 +209,7 @@ def test_silx_calls_every_nxdata_valid_and_its_default_plot_has_the_runs_shape(
     # every data file's default plot is its stack of frames, and together they hold every frame sent
     assert all(d is not None and d[0] == "/entry/data" for d in stored.values()), defaults
     assert all(d is not None and d[1][1:] == (HEIGHT, WIDTH) for d in stored.values()), defaults
+    assert all(d is not None and d[2] == "image" for d in stored.values()), defaults  # a stack of images
     assert sum(d[1][0] for d in stored.values() if d is not None) == run.sent, defaults
     if mode == "serial":  # hits and kept blanks in files of their own
         assert sorted(stored) == [f"{uid}_00000.h5", f"{uid}_blank_00000.h5"], defaults
@@ -219,7 +222,9 @@ def test_silx_calls_every_nxdata_valid_and_its_default_plot_has_the_runs_shape(
         "powder": ("/entry/reduced", (run.sent, BINS)),  # the profiles, one per frame
         "tomo": ("/entry/reconstruction", (1, WIDTH, WIDTH)),  # the slice of the centre row
     }[mode]
-    assert reduced == {f"{uid}_reduced_00000.nxs": expected_reduced}
+    assert {name: plot and plot[:2] for name, plot in reduced.items()} == {
+        f"{uid}_reduced_00000.nxs": expected_reduced
+    }
 
 
 @pytest.mark.parametrize("mode", list(PLAN))
