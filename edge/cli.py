@@ -661,11 +661,13 @@ def _run_where(settings: Settings, run: str, as_json: bool) -> int:
         print(f"edge: {error}", file=sys.stderr)
         return 2
     try:
+        run_uid = resolve_run(ledger, run)
+        running = daemon_running(settings.ledger_path)
+        held = None
+        if running and ledger.run(run_uid)["exit_status"] is None:
+            held = held_end_from_daemon(settings, run_uid)
         report = where_report(
-            ledger,
-            resolve_run(ledger, run),
-            daemon_running=daemon_running(settings.ledger_path),
-            store=settings.store.path,
+            ledger, run_uid, daemon_running=running, store=settings.store.path, held_end=held
         )
     except NotFound as error:
         print(f"edge: {error}", file=sys.stderr)
@@ -674,6 +676,28 @@ def _run_where(settings: Settings, run: str, as_json: bool) -> int:
         ledger.close()
     print(json.dumps(report, indent=2) if as_json else render(report))
     return 0
+
+
+def held_end_from_daemon(settings: Settings, run_uid: str, timeout: float = 2.0) -> str | None:
+    """The exit status of ``run_uid``'s end when the running daemon holds its record back (a full disk:
+    the ledger says nothing yet), asked of its API (``GET /api/runs/{id}``, ``where.held_end``); None
+    when it holds none, or its API does not answer (the report then says "running", as before)."""
+    import json
+    import urllib.parse
+    import urllib.request
+
+    from edge.config import LOCALHOST
+
+    host = settings.api.host if settings.api.host not in ("0.0.0.0", "::") else LOCALHOST
+    if ":" in host:
+        host = f"[{host}]"
+    url = f"http://{host}:{settings.api.port}/api/runs/{urllib.parse.quote(run_uid, safe='')}"
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as answer:
+            held = json.loads(answer.read()).get("where", {}).get("held_end")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return held if isinstance(held, str) and held else None
 
 
 def _run_bench(bench_args: list[str]) -> int:

@@ -151,6 +151,8 @@ def where_report(
         "run_uid": run_uid,
         "exit_status": run["exit_status"],
         "state": _state(run["exit_status"], held_end, daemon_running),
+        # the exit status of the run's end that a full disk holds back in the daemon (None: none held)
+        "held_end": held_end,
         "started_at": run["started_at"],
         "ended_at": run["ended_at"],
         "frames_expected": run["frames_expected"],

@@ -94,8 +94,9 @@ def test_records_a_full_ledger_refuses_are_held_merged_and_made_when_space_retur
     assert recorder.counts["runs_failed_all_lost"] == 1  # the held losses count: every frame was lost
     # the run view says it ended (the ledger alone would call it running)
     assert recorder.held_end(uid) == "fail"
-    state = where_report(ledger, uid, held_end=recorder.held_end(uid))["state"]
-    assert state == "fail (ended; the disk is full: the ledger records it when space returns)"
+    report = where_report(ledger, uid, held_end=recorder.held_end(uid))
+    assert report["state"] == "fail (ended; the disk is full: the ledger records it when space returns)"
+    assert report["held_end"] == "fail"  # what `edge where` asks the daemon's API for
     recorder.retry_pending()  # still full (re-measured at most every 0.1 s): nothing is tried
     assert recorder.held() == 2
     _uncap(ledger)

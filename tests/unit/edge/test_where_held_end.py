@@ -1,0 +1,69 @@
+"""`edge where` on a run whose end a full disk holds back in the daemon: the ledger alone says the run is
+open, so the CLI asks the running daemon's API (a real HTTP server on loopback here) for the held end,
+as `GET /api/runs/{id}` reports it, and says nothing more when the API does not answer."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import pytest
+
+from edge.cli import held_end_from_daemon
+from edge.config import Settings
+
+
+class _Api(BaseHTTPRequestHandler):
+    answers: dict[str, Any] = {}
+
+    def do_GET(self) -> None:
+        body = self.answers.get(self.path)
+        if body is None:
+            self.send_error(404)
+            return
+        data = json.dumps(body).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+@pytest.fixture
+def api() -> Iterator[ThreadingHTTPServer]:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Api)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield server
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def _settings(port: int) -> Settings:
+    return Settings.model_validate({"api": {"port": port}})
+
+
+def test_the_held_end_comes_from_the_daemons_run_view(api: ThreadingHTTPServer) -> None:
+    _Api.answers = {
+        "/api/runs/held-run": {"where": {"held_end": "abort", "state": "abort (ended; ...)"}},
+        "/api/runs/open-run": {"where": {"held_end": None, "state": "running"}},
+    }
+    settings = _settings(api.server_address[1])
+    assert held_end_from_daemon(settings, "held-run") == "abort"
+    assert held_end_from_daemon(settings, "open-run") is None
+    assert held_end_from_daemon(settings, "unknown-run") is None  # 404: nothing more is known
+
+
+def test_no_answer_from_the_api_leaves_the_report_as_the_ledger_has_it() -> None:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Api)
+    port = server.server_address[1]
+    server.server_close()  # nothing listens there now
+    assert held_end_from_daemon(_settings(port), "held-run", timeout=0.5) is None
