@@ -582,8 +582,16 @@ class TomoStage(_CorrectedStage):
                 if hi <= lo
                 else ((image - lo) * (255.0 / (hi - lo))).astype(np.uint8)
             )
+            projections = len(self._earlier_angles) + len(self.angles)
             slice_doc = {
                 "row": self.rows[0],
+                # the axis it is about, and how that was found; after the axis moved mid-scan the new
+                # reconstruction holds the projections before the move only once it has caught up
+                "center": self._streamed_center,
+                "center_source": self._streamed_source
+                or ("given" if self.center is not None else "the detector's centre column"),
+                "projections": projections,
+                "projections_in_slice": projections - len(self._catch_up),
                 "height": int(image.shape[0]),
                 "width": int(image.shape[1]),
                 "pixels_b64": base64.b64encode(scaled.tobytes()).decode("ascii"),

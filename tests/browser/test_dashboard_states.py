@@ -511,6 +511,10 @@ def test_a_tomography_product_shows_slices_and_the_slice(
                 "pixels_b64": pixels,
                 "min": -0.0060,
                 "max": 0.0373,
+                "center": 35.25,
+                "center_source": "estimated from the projections at 0 and 180 degrees",
+                "projections": 180,
+                "projections_in_slice": 150,
             },
             # resumed after a daemon restart: the part stored before it counts too
             "inherited": {"runs": [FAULTY], "darks": 10, "flats": 10, "projections": 95, "files_unusable": 1},
@@ -525,6 +529,10 @@ def test_a_tomography_product_shows_slices_and_the_slice(
     assert texts(browser, "#slices-done") == ["3"]
     shown = browser.evaluate("document.getElementById('product-body').innerText")
     assert "values -0.006 to 0.0373 per pixel" in shown, shown
+    # the axis it is about, and how far it has caught up after the axis moved mid-scan
+    assert texts(browser, "#slice-axis") == [
+        "about column 35.25 (estimated from the projections at 0 and 180 degrees); 150 of 180 projections in it"
+    ]
     assert texts(browser, "#tomo-inherited") == [
         f"95 projections, 10 darks, 10 flats of run {FAULTY[:8]} (1 file(s) unreadable)"
     ]

@@ -503,7 +503,12 @@
             "</td></tr>"
           : "") +
         `<tr><th>slices done</th><td id="slices-done">${esc(fmtInt(t.slices_done))}</td></tr></table>` +
-        (t.slice ? `<div class="small">slice row ${esc(fmtInt(t.slice.row))} (values ${esc(fmtValue(t.slice.min))} to ${esc(fmtValue(t.slice.max))} per pixel): the large card</div>` : '<p class="muted small">no slice reconstructed yet</p>');
+        (t.slice ? `<div class="small">slice row ${esc(fmtInt(t.slice.row))} (values ${esc(fmtValue(t.slice.min))} to ${esc(fmtValue(t.slice.max))} per pixel): the large card</div>` +
+          (t.slice.center != null
+            ? `<div class="small" id="slice-axis">about column ${esc(num(t.slice.center).toFixed(2))} (${esc(t.slice.center_source || "–")}); ` +
+              `${esc(fmtInt(t.slice.projections_in_slice))} of ${esc(fmtInt(t.slice.projections))} projections in it</div>`
+            : "")
+          : '<p class="muted small">no slice reconstructed yet</p>');
     } else if (mode === "powder" && product.powder) {
       const p = product.powder;
       html = `<div class="small">profile: ${esc(fmtInt((p.radial || []).length))} bins in ${esc(UNIT_LABELS[p.unit] || p.unit || "–")} (plotted alongside)</div>` +

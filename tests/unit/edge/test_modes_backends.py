@@ -250,6 +250,31 @@ def test_tomo_streams_about_the_estimated_axis_once_the_scan_has_turned_180_degr
     assert np.abs(about_column - expected).max() > 0.05 * scale  # the axis matters at this offset
 
 
+def test_the_live_slice_says_which_axis_it_is_about_and_how_many_projections_it_holds() -> None:
+    """The dashboard's live slice (``live()["slice"]``) after the axis moved mid-scan is the new
+    reconstruction, catching up on the projections streamed before: it says the axis it is about, how it
+    was found, and how many of the scan's projections it holds so far (it had no axis at all, and looked
+    worse for a while with nothing to say why)."""
+    side = 32
+    tomo = make_source(
+        "tomo", (side, side), seed=4, n_angles=120, n_darks=2, n_flats=2, axis_offset_px=3.0, range_deg=360.0
+    )
+    settings = ReductionSettings(mode="tomo", tomo={"slices": [16]})  # type: ignore[arg-type]
+    stage = make_stage(RunContext(get_backend("numpy"), GEOMETRY, (side, side), 24, "2th_deg", settings))
+    _tomo_scan(stage, tomo, upto=4 + 30)  # darks, flats and 30 projections: a quarter turn, no pair yet
+    before = stage.live()["slice"]  # type: ignore[index]
+    assert before["center"] == side // 2 and before["center_source"] == "the detector's centre column"
+    assert before["projections_in_slice"] == before["projections"] == 30
+    for n in range(4 + 30, 4 + 70):  # 70 projections: the pair came at the 61st (180 degrees), the
+        truth = tomo.frame_truth(n)  # axis moved, the 60 before it back-projected again, 2 a projection
+        stage.process(tomo.frame(n), n, 0, float(truth.angle_deg))
+    after = stage.live()["slice"]  # type: ignore[index]
+    assert abs(after["center"] - (side // 2 + 3.0)) <= 0.3
+    assert after["center_source"].startswith("estimated from the projections at 0 and 180")
+    # the 61st brought 2 of the 61 to back-project again, each of the 9 after it itself and 2 more
+    assert after["projections"] == 70 and after["projections_in_slice"] == 2 + 3 * 9
+
+
 def test_tomo_keeps_streaming_about_the_centre_column_until_the_scan_has_a_pair() -> None:
     """A 0-180 scan: no two projections 180 degrees apart until its last, so every projection before it is
     streamed about the centre column; the final slices come out about the estimated axis all the same."""
