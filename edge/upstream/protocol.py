@@ -130,6 +130,11 @@ class Error(Message):
     reason: str
 
 
+#: the end of the ``error`` reason the appliance sends a connection whose consumer name another
+#: connection took over ("consumer NAME taken over by another connection"): ``edge pull`` stops on it
+TAKEN_OVER = "taken over by another connection"
+
+
 MESSAGES: dict[str, type[Message]] = {
     cls.type: cls
     for cls in (Hello, Welcome, Credit, Chunk, Ack, Nack, FileComplete, FileVerified, Heartbeat, Error)

@@ -305,6 +305,16 @@ class PullClient:
         if isinstance(message, p.Error):
             self.stats["errors_from_appliance"] += 1
             log.error("appliance says: %s", p.printable(message.reason))
+            if message.reason.endswith(p.TAKEN_OVER):
+                # another client runs under this name: going on, each would take the name back from the
+                # other after 6 s of silence, and the run's files would be split between the two
+                self.fatal = (
+                    f"another client took consumer name {self.consumer!r} over: two clients under one name"
+                    " split the appliance's files between them, so this one stops (give each client its own"
+                    " name, pull.consumer)"
+                )
+                log.error("%s", self.fatal)
+                self.stop_event.set()
         return []
 
     def _paths(self, run_uid: str, name: str) -> tuple[Path, Path]:

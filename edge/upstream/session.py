@@ -467,11 +467,7 @@ class ForwarderSession:
                 # another connection, and the old one was alive: two clients use one name; tell it
                 self.stats["consumer_taken_over"] += 1
                 log.warning("consumer %s: a second connection took the name over", hello.consumer)
-                out.append(
-                    Outgoing(
-                        old.identity, p.Error(f"consumer {hello.consumer} taken over by another connection")
-                    )
-                )
+                out.append(Outgoing(old.identity, p.Error(f"consumer {hello.consumer} {p.TAKEN_OVER}")))
         credit = min(max(1, hello.credit), MAX_CREDIT)
         state = ConsumerState(hello.consumer, identity, credit, last_seen=now)
         state.connects = (old.connects + 1) if old else 1

@@ -160,6 +160,17 @@ def test_an_appliance_with_another_checksum_stops_the_client_saying_why(tmp_path
     assert client.stop_event.is_set() and "md5" in str(client.fatal)
 
 
+def test_a_client_whose_name_another_took_over_stops_saying_why(tmp_path: Path) -> None:
+    """Two clients under one name took it from each other every 6 s of silence, each receiving part of
+    the run's files (an outside probe found a run split between two directories): the one told that
+    another connection took its name over stops (``edge pull`` exits 2), the other gets everything."""
+    client = PullClient("tcp://127.0.0.1:1", "hpc", tmp_path, 4, zmq.Context.instance())
+    client._handle(p.encode(p.Error("chunk 7: unknown file")))  # any other error: logged, goes on
+    assert client.fatal is None and not client.stop_event.is_set()
+    client._handle(p.encode(p.Error(f"consumer hpc {p.TAKEN_OVER}")))
+    assert client.stop_event.is_set() and "pull.consumer" in str(client.fatal)
+
+
 @contextlib.contextmanager
 def _client_of_a_router(tmp_path: Path) -> Iterator[tuple[zmq.Socket, PullClient]]:
     """A ROUTER standing in for the appliance, and a pull client running against it (stopped at the end)."""
