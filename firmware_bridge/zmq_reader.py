@@ -166,6 +166,8 @@ class ZmqStreamSource:
         # (series, when) the connection last dropped while a series was open
         self._dropped_in_series: tuple[int, float] | None = None
         self._drop_counted = True  # connections_dropped_in_series counts each such drop once
+        # a drop during the open series that no gap has been put down to yet: the next gap's detail says so
+        self._drop_unexplained = False
         self._dropped_at: float | None = None  # a drop no event followed yet (see _connection_events)
         self._multipart_seen = 0  # messages_multipart_rejected at the last look (`_warn_multipart`)
 
@@ -327,6 +329,7 @@ class ZmqStreamSource:
             if self._series is not None:  # frames in flight may be lost: counted, and the operator told
                 self._dropped_in_series = (self._series, now)  # why, once the series outlives the drop
                 self._drop_counted = False
+                self._drop_unexplained = True
             dropped = self.stats["connections_dropped"]
             if dropped > 1 and dropped % 100:  # a peer that drops every connection: not a line each time
                 continue
@@ -833,7 +836,7 @@ class ZmqStreamSource:
                 self.stats["frames_duplicate"] += 1
             return False
         if frame > self._next_frame:
-            self._gap(frame, "frame_number_gap", "frames never arrived")
+            self._gap(frame, "frame_number_gap", self._gap_detail())
         self._next_frame = frame + 1
         self._newest = frame
         if self._held:
@@ -853,6 +856,16 @@ class ZmqStreamSource:
                     self._frames_expected,
                 )
             self.stats["frames_beyond_expected"] += 1
+
+    def _gap_detail(self) -> str:
+        """A gap's detail: the frames never arrived, and why when the connection dropped since the last one
+        (they were in flight, or queued behind a message libzmq refused)."""
+        if not self._drop_unexplained:
+            return "frames never arrived"
+        self._drop_unexplained = False
+        limit = self.max_message_bytes
+        why = f", or sent a message part over stream.max_message_bytes ({limit} bytes)" if limit else ""
+        return f"frames never arrived: the stream connection dropped meanwhile (the detector went away{why})"
 
     def _gap(self, frame: int, reason: str, detail: str) -> None:
         """The frames from the next expected one up to ``frame`` have not come: held (a frame overtaken
@@ -909,6 +922,7 @@ class ZmqStreamSource:
         self._release_gaps(time.monotonic(), everything=True)
         self._count_drop_in_series(time.monotonic())  # (it may end between two looks at the connection)
         self._dropped_in_series = None  # the next series may carry the same number: not its drop
+        self._drop_unexplained = False
         self._unreadable = 0
         expected = self._frames_expected
         if expected is not None and self._next_frame < expected:

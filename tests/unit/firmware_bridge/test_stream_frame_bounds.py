@@ -348,3 +348,48 @@ def test_a_gap_after_images_that_do_not_name_their_frame_is_put_down_to_them() -
     sink = Sink()
     run_series(sink, [header(1, 3), image(1, 0), other, image(1, 2)])
     assert sink.losses == [(1, 1, "frame_number_gap")]
+
+
+class _DetailSink(Sink):
+    """Keeps each loss's detail too."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.details: list[str] = []
+
+    def lost(self, first: int, last: int, reason: str, detail: str = "") -> None:
+        super().lost(first, last, reason, detail)
+        self.details.append(detail)
+
+
+def test_a_gap_after_the_connection_dropped_says_so() -> None:
+    """A message part over ``stream.max_message_bytes`` makes ZeroMQ drop the connection (the receiver
+    never sees the message, nor what was queued behind it); the reader connects again and the frames
+    lost meanwhile are a ``frame_number_gap``, whose detail said "frames never arrived". It says the
+    connection dropped, and the likely causes."""
+    big = image(1, 1)
+    big[2] = bytes(64 << 10)  # a data part over the 16 KiB limit below (its size field does not matter)
+    sink = _DetailSink()
+    context = zmq.Context()
+    push = context.socket(zmq.PUSH)
+    port = push.bind_to_random_port("tcp://127.0.0.1")
+    reader = ZmqStreamSource(f"tcp://127.0.0.1:{port}", sink, context, max_message_bytes=16 << 10)
+    reader.start()
+    try:
+        for message in (header(1, 5), image(1, 0), big):
+            push.send_multipart(message)
+        deadline = time.monotonic() + 10
+        while reader.counters().get("reconnects", 0) < 1 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.3)  # (connected again)
+        for message in (image(1, 3), image(1, 4), [part({"htype": "dseries_end-1.0", "series": 1})]):
+            push.send_multipart(message)
+        assert sink.ended.wait(10)
+    finally:
+        reader.stop()
+        push.close(0)
+        context.term()
+    assert sink.frames == [0, 3, 4]
+    assert sink.losses == [(1, 2, "frame_number_gap")]
+    (detail,) = sink.details
+    assert "connection dropped" in detail and "max_message_bytes" in detail, detail
