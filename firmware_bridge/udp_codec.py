@@ -725,10 +725,14 @@ class UdpFrameAssembler:
             return REJECT_BAD_PAYLOAD_SIZE, frame
         if self.max_frame_jump is not None:
             reference = self._highest if self._highest is not None else self._cursor
-            if reference is None:
-                reference = self._jump_from
+            # before any packet was accepted, a run that may continue an earlier one (``jump_from``) is
+            # not bounded from it: silence ended that run, and a detector whose counter went on far
+            # beyond (never reset, idle a million frame periods) starts a new acquisition there. A jump
+            # is still taken only once another packet confirms it (`_hold_or_confirm`): one stray packet
+            # opens nothing
+            limit = _I64_MAX if reference is None else min(reference + self.max_frame_jump, _I64_MAX)
             # and never beyond int64 (what a store or a database holds), however far the run has got
-            if reference is not None and frame > min(reference + self.max_frame_jump, _I64_MAX):
+            if frame > limit and (reference is not None or self._jump_from is not None):
                 return REJECT_FRAME_NUMBER_OUT_OF_RANGE, frame
         return None, frame
 

@@ -427,8 +427,24 @@ class UdpSource:
         paused_above, self._paused_above = self._paused_above, None  # only the run right after
         self._paused_timestamps = {}  # (its assembler has them: a later straggler is counted late there)
         assembler = None if new_acquisition else self._assembler
-        if resume_above is not None and assembler is not None:  # (its first accepted packet's frame)
-            first = assembler.lowest_frame
+        before = resume_above if resume_above is not None else paused_above
+        first = assembler.lowest_frame if assembler is not None else None
+        if before is not None and first is not None and self._far_beyond(first, before):
+            # further beyond the run before than udp.max_frame_jump: no frame of that acquisition (its
+            # gap could be no loss worth a million records), but a new one whose numbers go on (a
+            # counter never reset, idle that many frame periods): counted from its first frame
+            assert assembler is not None
+            assembler.begin_at(first)
+            self.stats["series_after_far_jump"] += 1
+            log.warning(
+                "UDP frames from frame %d, more than udp.max_frame_jump (%d) beyond the run before's last"
+                " (%d): a new acquisition whose numbers go on, counted from there",
+                first,
+                self.max_frame_jump,
+                before,
+            )
+            config |= {"first_frame": first}
+        elif resume_above is not None and assembler is not None:  # (its first accepted packet's frame)
             if first is not None and first > resume_above:
                 assembler.begin_at(first)  # frames before it are the interrupted run's
                 self.stats["series_resumed"] += 1
@@ -440,7 +456,6 @@ class UdpSource:
             else:  # a new acquisition: its frames count from 0, as any run's
                 assembler.begin_at(0)
         elif paused_above is not None and assembler is not None:
-            first = assembler.lowest_frame
             armed = not self.frames_per_run or (first is not None and first < self.frames_per_run)
             if first is not None and first > paused_above and armed:
                 # the detector went on counting after a silence longer than idle_seconds: the same
@@ -483,6 +498,10 @@ class UdpSource:
         self._refused = self.sink.series_start(self._series, config)
         if self._refused is not None:
             self.stats["series_refused"] += 1
+
+    def _far_beyond(self, first: int, before: int) -> bool:
+        """Whether a run's first frame is more than ``max_frame_jump`` beyond the run before's last."""
+        return self.max_frame_jump is not None and first > before + self.max_frame_jump
 
     def _all_arrived(self) -> bool:
         """Whether the open run has seen its last armed frame (``frames_per_run``; unknown: False)."""

@@ -583,7 +583,13 @@ def test_a_damaged_large_message_decodes_as_cbor2_decodes_it(
 ) -> None:
     """The zero-copy decode of a large message equals cbor2's decode of the same bytes (or both refuse
     it), whatever bytes are changed; most changes hit the headers, where the walk could be misled."""
-    from firmware_bridge.stream2_codec import Stream2ProtocolError, _loads
+    from firmware_bridge.stream2_codec import (
+        Stream2ProtocolError,
+        _loads,
+        _map_entries,
+        _structure,
+        _top_map_pairs,
+    )
 
     message = bytearray(_LARGE_MESSAGE)
     for position, value in changes:
@@ -593,6 +599,15 @@ def test_a_damaged_large_message_decodes_as_cbor2_decodes_it(
     try:
         fast = _plain_values(codec._load(data))
     except Stream2ProtocolError as error:
+        if "a key given twice" in str(error):
+            # the codec's own rule on top of cbor2's decode (RFC 8949 5.6; cbor2 keeps the last): a
+            # changed header byte can make two keys of one map equal (hypothesis found one at byte 4)
+            walked, plain_value = _structure(memoryview(data)), _loads(data)
+            if walked is not None:
+                assert _map_entries(plain_value) < walked[1]
+            else:  # (a walk that stopped: the top-level map alone)
+                assert len(plain_value) < (_top_map_pairs(memoryview(data)) or 0)
+            return
         with pytest.raises(Stream2ProtocolError) as plain:
             _loads(data)
         assert plain.value.reason == error.reason

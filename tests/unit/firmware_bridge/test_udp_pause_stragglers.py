@@ -253,7 +253,7 @@ def _packets(frame: int, acquisition: int) -> list[bytes]:
     """Frame ``frame`` of acquisition ``acquisition``: its exposure's timestamp (1 ms apart, each
     acquisition an hour after the one before) and pixels that say which acquisition it is."""
     timestamp = (acquisition * 3600 + 1) * 10**9 + frame * 10**6
-    pixels = np.full(GEOMETRY.raw_shape, 1000 * acquisition + frame, np.uint16)
+    pixels = np.full(GEOMETRY.raw_shape, (1000 * acquisition + frame) % 65536, np.uint16)
     return packetize_frame(GEOMETRY, frame, pixels, timestamp)
 
 
@@ -417,6 +417,32 @@ def test_frames_past_the_armed_number_after_a_pause_are_not_lost_twice(reader: A
     assert second["config"]["first_frame"] == 40
 
 
+def test_an_acquisition_far_beyond_the_last_after_a_pause_is_a_run_counted_from_its_first_frame(
+    reader: Any,
+) -> None:
+    """An outside probe (UDP, round 4): frames 0..9, frames 2 000 000..2 000 019 (beyond
+    udp.max_frame_jump: rejected, as documented), a silence, frames 2 000 020..2 000 039. The silence
+    ended the run, yet every later packet was rejected (the next run's first frame was bounded from the
+    last run's, forever): a detector whose counter never resets, idle for a million frame periods, lost
+    every later acquisition with no run and no loss record. After the silence the far frames are a new
+    acquisition whose numbers go on (once a second packet confirmed the jump: one stray packet still
+    opens nothing), counted from its first frame: no frame lost in between, the run before untouched."""
+    source, sink, send = reader()
+    _send(send, range(10), 1)
+    far = 2_000_000
+    _send(send, range(far, far + 20), 1)  # the same run: beyond the bound, rejected
+    _wait(lambda: sink.ended == 1, "the silence ends the first run")
+    stray = packetize_frame(GEOMETRY, 2**63 - 5, np.zeros(GEOMETRY.raw_shape, np.uint16), 12345)
+    send.send(stray[:1])  # one stray packet alone: nothing
+    _send(send, range(far + 20, far + 40), 1)
+    _ended(sink, 2)
+    first, second = sink.runs
+    assert first["frames"] == list(range(10)) and first["losses"] == []
+    assert second["frames"] == list(range(far + 20, far + 40)) and second["losses"] == []
+    assert second["config"]["first_frame"] == far + 20 and not second["config"].get("resumed_after_pause")
+    assert not source.counters().get("reader_crashes")
+
+
 def test_a_packet_held_as_early_is_taken_without_making_the_frames_before_it_late(reader: Any) -> None:
     """An outside probe: frames 0..10, frame 15's first packet early, 11..14, the rest of 15, 16..20.
     Frame 11's first packet brought 15 within reach; taken at once it finalised frame 11 with one
@@ -562,7 +588,7 @@ def test_straggler_packets_after_a_pause_then_a_new_acquisition_from_0(reader: A
 def _restarted_clock(frame: int, acquisition: int) -> list[bytes]:
     """Frame ``frame`` of an acquisition whose detector clock starts again at each arm: the same
     timestamps in every acquisition, pixels that say which one it is."""
-    pixels = np.full(GEOMETRY.raw_shape, 1000 * acquisition + frame, np.uint16)
+    pixels = np.full(GEOMETRY.raw_shape, (1000 * acquisition + frame) % 65536, np.uint16)
     return packetize_frame(GEOMETRY, frame, pixels, 1000 + frame * 10**6)
 
 
