@@ -549,11 +549,22 @@ class ZmqStreamSource:
         may have been the next start), when the image is not of a series that ended here. The open
         series ends ``fail``, its missing frames lost as ``series_restarted``, as when a good start comes
         before the end. Any other image of another series is a stray: False (`_stray`). An image of the
-        open series clears the damaged messages seen: the series went on, so they were not a start."""
+        open series clears the damaged messages seen and a rejected start: the series went on, so they
+        were not the detector moving on (a chaos probe's stray start, then good images, then a stray end
+        ended the series and split its frames between two runs, half of them "lost" in each)."""
         if self._series is None:
             return True
         if series == self._series:
             self._unreadable_between = 0
+            if self._start_rejected is not None:
+                self.stats["rejected_starts_ignored"] += 1
+                log.warning(
+                    "series %d goes on after a rejected series start (%s): that start was a stray",
+                    series,
+                    self._start_rejected,
+                )
+                self._start_rejected = None
+                self._flush_errors_before_run()  # images held for it: no run of theirs will come
             return True
         if self._start_rejected is None and (not self._unreadable_between or series in self._ended_ids):
             self._stray(series, None)

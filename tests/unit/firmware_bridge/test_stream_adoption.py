@@ -217,6 +217,28 @@ def test_a_stray_of_an_ended_series_right_after_a_damaged_message_is_not_a_new_s
     assert reader.counters()["images_wrong_series"] == 1
 
 
+def test_a_rejected_start_then_good_images_then_a_stray_end_split_nothing() -> None:
+    """An outside chaos probe: during series 5, a start of series 77 without its config part (rejected),
+    good images of series 5, then an end of series 99. The rejected start was remembered while series 5
+    went on, so the stray end "showed the detector moved on": series 5 ended fail, its frames after the
+    end recorded lost (series_restarted) and stored again in a new run that recorded the first ones lost,
+    1000 frames "lost" of 1000 stored. An image of the open series after a rejected start shows that
+    start was not the detector moving on: the end ends nothing, one run, nothing lost."""
+    sink = Sink()
+    rejected = [part({"htype": "dheader-1.0", "series": 77, "header_detail": "basic"})]  # no config part
+    end99, end5 = ([part({"htype": "dseries_end-1.0", "series": s})] for s in (99, 5))
+    messages = [
+        header(5, 10),
+        *(image(5, n) for n in range(3)),
+        rejected,
+        *(image(5, n) for n in range(3, 6)),
+    ]
+    reader = _run([*messages, end99, *(image(5, n) for n in range(6, 10)), end5], sink, sink.ended)
+    assert len(sink.configs) == 1 and sink.frames == list(range(10)) and sink.losses == []
+    counters = reader.counters()
+    assert counters["ends_wrong_series"] == 1 and counters.get("series_ended_by_rejected_start", 0) == 0
+
+
 class _Ends(Sink):
     """Keeps each series end (series, exit status); tells when series ``last`` ends."""
 
