@@ -64,7 +64,10 @@ def current_alarms(status: Mapping[str, Any]) -> list[dict[str, Any]]:
 
     disk_full = (status.get("store") or {}).get("disk_full") or {}
     if disk_full.get("full"):
-        message = f"Disk full: {disk_full.get('reason', '')}; frames are recorded as lost, new runs refused"
+        message = (
+            f"Disk full: {disk_full.get('reason', '')}; frames that cannot be written are recorded lost"
+            " (disk_full), new runs refused"
+        )
         held = int((status.get("store") or {}).get("ledger_writes_held") or 0)
         if held:
             message += f"; {held:,} ledger record(s) held in memory until space returns"
