@@ -468,6 +468,8 @@ class _Counters:
     frames_complete: int = 0
     frames_incomplete: int = 0
     frames_lost: int = 0
+    #: pending frames made again from packets that outvoted the ones which set their timestamp
+    frames_rebased: int = 0
     rejected: dict[str, int] = field(default_factory=lambda: dict.fromkeys(REJECT_REASONS, 0))
 
 
@@ -586,6 +588,7 @@ class UdpFrameAssembler:
             "frames_complete": c.frames_complete,
             "frames_incomplete": c.frames_incomplete,
             "frames_lost": c.frames_lost,
+            "frames_rebased": c.frames_rebased,
             "packets_held": len(self._held),
         }
         for reason, n in c.rejected.items():
@@ -778,6 +781,40 @@ class UdpFrameAssembler:
                 c.packets_late -= 1
         return [(data, now) for data, now, _frame, _kind in taken]
 
+    def _outvoted(
+        self, frame: int, pending: _PendingFrame, ts: int, view: memoryview, now: float, events: list[Event]
+    ) -> bool:
+        """A packet of pending ``frame`` with another timestamp than the frame's: when, with it, more of
+        the frame's packets agree on ``ts`` than on the frame's own, and those are fewer than half the
+        frame's packets, the frame's packets so far were the odd ones (one packet of another exposure
+        came first and set the frame's timestamp, and the frame's own packets were taken for a detector
+        numbering again: a restart, a run split in two). They are dropped, counted late, and the frame
+        is made again from the others (True)."""
+        rivals = [
+            item for item in self._renumbered if item[2] == frame and _HEADER.unpack_from(item[0])[9] == ts
+        ]
+        if len(rivals) + 1 <= pending.n_received or 2 * pending.n_received >= self._ppf:
+            # (a frame half there or more is the frame: packets of another exposure under its number are
+            # a detector numbering again, once a whole frame of them came, `restarted`)
+            return False
+        c = self._c
+        c.packets_accepted -= pending.n_received
+        c.packets_late += pending.n_received
+        for _data, _when, _frame, kind, _at in rivals:
+            if kind == "duplicate":
+                c.packets_duplicate -= 1
+            else:
+                c.packets_late -= 1
+        self._renumbered = [item for item in self._renumbered if not any(item is r for r in rivals)]
+        del self._pending[frame]
+        if self._highest == frame:
+            self._highest_ts = ts
+        self._c.frames_rebased += 1
+        for data, when, _frame, _kind, _at in rivals:
+            self._accept(memoryview(data), when, events)
+        self._accept(view, now, events)
+        return True
+
     def _note_renumbered(self, view: memoryview, now: float, frame: int, kind: str) -> None:
         """A packet of a remembered frame with another timestamp (see `restarted`); kept a while."""
         accepted = self._c.packets_accepted
@@ -880,6 +917,8 @@ class UdpFrameAssembler:
         known = pending.timestamp_ns if pending is not None else (remembered[1] if remembered else None)
         # a frame's timestamps are compared only when both are set (a sender may send 0 throughout)
         if known and ts and ts != known:  # not a packet of that frame: another exposure, same number
+            if pending is not None and self._outvoted(frame, pending, ts, view, now, events):
+                return
             seen = remembered is not None and (remembered[0] is None or remembered[0][module_id, pidx])
             seen = seen or (pending is not None and bool(pending.received[module_id, pidx]))
             kind = "duplicate" if seen else "late"

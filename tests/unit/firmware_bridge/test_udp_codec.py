@@ -593,6 +593,7 @@ CAPTURE_COUNTERS = {
     "frames_complete": 7,
     "frames_incomplete": 11,
     "frames_lost": 2,
+    "frames_rebased": 0,
     "packets_held": 0,
     "packets_rejected_bad_magic": 4,
     "packets_rejected_bad_version": 1,
@@ -622,3 +623,24 @@ def test_replay_recorded_capture_gives_known_counters() -> None:
     for n in sorted(emitted):
         digest.update(emitted[n].data.tobytes())
     assert (sorted(emitted), lost_of(events), digest.hexdigest()[:16]) == CAPTURE_FRAMES
+
+
+def test_one_packet_of_another_exposure_first_for_its_frame_does_not_outvote_the_frame() -> None:
+    """An outside sender (round 4): frames 0..19, and one packet of frame 7 with another timestamp sent
+    before frame 5. It set frame 7's timestamp, so frame 7's own 20 packets were "another exposure under
+    the same number": a restart, the run split in two and frames 0..6 recorded lost in the second. Once
+    more of a pending frame's packets agree on another timestamp than on its own, the frame is theirs:
+    the odd packet is dropped (counted late), frame 7 is stored whole, and nothing restarted."""
+    asm = UdpFrameAssembler(SMALL, expected_first_frame=0, max_frame_jump=1000)
+    packets = {n: packetize_frame(SMALL, n, frame(n), 1_000_000 + n * 1000) for n in range(20)}
+    odd = packetize_frame(SMALL, 7, frame(99), 1_000_000 + 7 * 1000 + 999)[0]
+    sent = [p for n in range(5) for p in packets[n]] + [odd] + [p for n in range(5, 20) for p in packets[n]]
+    events = feed_all(asm, sent)
+    done = frames_of(events)
+    assert sorted(done) == list(range(20)) and lost_of(events) == []
+    assert not asm.restarted
+    assert all(done[n].complete for n in range(20))
+    alone = frames_of(feed_all(UdpFrameAssembler(SMALL), packets[7]))[7]  # frame 7's own packets
+    np.testing.assert_array_equal(done[7].data, alone.data)
+    assert asm.counters["packets_late"] == 1  # the odd packet
+    _check_counter_identities(asm)
