@@ -22,6 +22,9 @@ from typing import Any
 
 from edge.errors import NotFound
 
+#: a mode's kernels loading this long raise ``condition:mode_warming:MODE`` (cached ones load in ~1-2 s)
+WARMING_ALARM_SECONDS = 5.0
+
 
 def _short(uid: str | None) -> str:
     return (uid or "?")[:8]
@@ -72,6 +75,15 @@ def current_alarms(status: Mapping[str, Any]) -> list[dict[str, Any]]:
         if held:
             message += f"; {held:,} ledger record(s) held in memory until space returns"
         out.append(_alarm("condition:disk_full", "condition", "major", message))
+    for warming in (status.get("pipeline") or {}).get("warming") or ():
+        seconds = float(warming.get("seconds") or 0)
+        if seconds >= WARMING_ALARM_SECONDS:
+            message = (
+                f"Preparing {warming.get('mode')} mode: its kernels are loading ({seconds:.0f} s so far;"
+                " compiled on this install's first use of the mode, which takes tens of seconds, minutes"
+                " on a busy machine). A run's frames wait in the ring meanwhile"
+            )
+            out.append(_alarm(f"condition:mode_warming:{warming.get('mode')}", "condition", "minor", message))
     retention = status.get("retention") or {}
     if retention.get("alarm"):
         out.append(_alarm("condition:storage", "condition", "major", f"Storage alarm: {retention['alarm']}"))

@@ -124,6 +124,8 @@ class Pipeline:
         self.stats: Counter[str] = Counter()
         self.mode_failed: dict[str, str] | None = None  # the newest run whose mode stage could not start
         self.warming = 0  # mode warm-ups running (`warm_up`, on this thread or one of its own)
+        # each warm-up running: (mode, monotonic time it began), for the status and its alarm
+        self._warm_ups: dict[int, tuple[str, float]] = {}
         # the open (or last) run's vetoed frames, live: the ledger has a run's count once it has ended
         self._run_vetoed: tuple[str | None, int] = (None, 0)
         # the newest powder frame's (radial axis, intensity, pixels per bin) for the live view
@@ -215,6 +217,12 @@ class Pipeline:
             "run": store.run_uid if store else None,
             "queued": self._work.qsize(),
             "mode_failed": self.mode_failed,
+            # modes whose kernels are loading now (compiled on an install's first use of a mode: tens of
+            # seconds, minutes on a busy machine), and for how long: a run's first frames wait for them
+            "warming": [
+                {"mode": mode, "seconds": round(time.monotonic() - since, 1)}
+                for mode, since in list(self._warm_ups.values())
+            ],
             **{k: int(v) for k, v in self.stats.items()},
             **({} if self.run_masks is None else {k: int(v) for k, v in self.run_masks.stats.items()}),
         }
@@ -400,12 +408,15 @@ class Pipeline:
         """
         started = time.perf_counter()
         self.warming += 1  # (a run's first frame may wait for it: the IOC counts that as progress)
+        token = object()
+        self._warm_ups[id(token)] = (params.mode, time.monotonic())
         try:
             warm_up(self._context(shape, params, dtype=dtype), dtype)
         except Exception as error:
             log.warning("warming up mode %s skipped: %s", params.mode, error)
         finally:
             self.warming -= 1
+            self._warm_ups.pop(id(token), None)
         took = time.perf_counter() - started
         log.info("mode %s: kernels ready in %.2f s", params.mode, took)
         return took

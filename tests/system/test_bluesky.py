@@ -441,7 +441,13 @@ def test_an_acquire_in_a_capture_completes_once_its_frames_are_written_while_ker
         def put(name: str, value: Any) -> None:
             assert epics.caput(p + name, value, wait=True, timeout=180) == 1, name
 
-        put("Mode", 2)  # serial
+        put("Mode", 2)  # serial: its kernels compile now, in the background
+        # the dashboard says why frames will wait (an outside probe saw a 77 s stall explained by nothing)
+        wait_until(
+            lambda: any(a["id"] == "condition:mode_warming:serial" for a in s.status()["alarms"]),
+            30,
+            "the alarm saying the serial kernels are loading",
+        )
         put("HDF1:FilePath", str(tmp_path / "store" / "caps"))
         put("HDF1:CreateDirectory", 1)
         put("HDF1:FileName", "warm")

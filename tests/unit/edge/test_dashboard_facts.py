@@ -35,6 +35,21 @@ def test_a_loss_alarm_belongs_to_its_run_and_goes_with_it() -> None:
     assert current_alarms(status_with_run("bbbbbbbb-2", 0)) == []  # the next, clean run: nothing stale
 
 
+def test_a_mode_whose_kernels_load_for_long_raises_an_alarm_saying_why_frames_wait() -> None:
+    """An outside dashboard probe: the first serial run of an install stalled 77 s (numba compiling the
+    peak finder), the ring full, the page still showing the last powder product and nothing saying
+    why. A warm-up running 5 s or more is an alarm naming the mode and the wait; a quick one is none."""
+
+    def status(*warming: tuple[str, float]) -> dict[str, Any]:
+        return {"pipeline": {"warming": [{"mode": m, "seconds": s} for m, s in warming]}}
+
+    assert current_alarms(status(("serial", 1.5))) == []  # cached kernels: no alarm
+    (alarm,) = current_alarms(status(("serial", 23.0)))
+    assert alarm["id"] == "condition:mode_warming:serial" and alarm["severity"] == "minor"
+    assert alarm["message"].startswith("Preparing serial mode: its kernels are loading (23 s so far;")
+    assert current_alarms(status()) == []
+
+
 def test_condition_alarms_clear_with_their_condition() -> None:
     stalled = {"upstream_outlook": {"state": "stalled", "reason": "no consumer connected: hpc must pull"}}
     storage = {"retention": {"alarm": "store full of unverified data", "accepting_runs": False}}
