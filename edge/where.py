@@ -313,13 +313,17 @@ def summary_line(report: dict[str, Any]) -> str:
     )
     dirs = list(dict.fromkeys(d for _, d in dirs))
     where_up = f" ({', '.join(dirs[:2])}{', ...' if len(dirs) > 2 else ''})" if dirs else ""
+    # the local folders too, spelled out (the file table shortens paths: an outside probe could not read
+    # where the run's files are on the appliance without hovering)
+    here = list(dict.fromkeys(_printable(Path(str(f["path"])).parent) for f in files if f["on_local_disk"]))
+    where_here = f" ({', '.join(here[:2])}{', ...' if len(here) > 2 else ''})" if here else ""
     waiting = [f for f in files if f["state"] in ("stored", "forwarded")]
     partly = sum(1 for f in waiting if f["verified_by"])
     some = f" ({partly} confirmed by some required consumers, not yet all)" if partly else ""
     lost = report.get("frames_lost", 0)
     return (
-        f"{len(files)} file(s): {local} on the appliance, {upstream} verified upstream{where_up}, "
-        f"{len(waiting)} pending{some}; {lost} frame(s) lost"
+        f"{len(files)} file(s): {local} on the appliance{where_here}, {upstream} verified upstream"
+        f"{where_up}, {len(waiting)} pending{some}; {lost} frame(s) lost"
     )
 
 

@@ -263,7 +263,7 @@ class ScriptedView:
             "resumed_at_frame": run.resumed_at_frame,
             "continued_by": run.continued_by,
             "config": {"reduction": {"mode": run.mode}},
-            "summary": f"{len(run.files)} file(s): {len(run.files)} on the appliance, "
+            "summary": f"{len(run.files)} file(s): {len(run.files)} on the appliance ({STORE}/{run.run_uid}), "
             f"{sum(1 for f in run.files if f['verified_by'])} verified upstream ({HPC}/{run.run_uid}), "
             f"{sum(1 for f in run.files if not f['verified_by'])} pending; {run.totals()['frames_lost']} frame(s) lost",
         }

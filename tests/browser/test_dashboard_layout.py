@@ -160,7 +160,7 @@ def test_layout_at_each_width(
         )
         assert full_local in copies and full_hpc in copies
         summary = browser.evaluate("document.getElementById('where-summary').textContent")
-        assert summary.startswith("3 file(s): 3 on the appliance, 2 verified upstream")
+        assert summary.startswith(f"3 file(s): 3 on the appliance ({STORE}/{FAULTY}), 2 verified upstream")
         # what the detector's header said that the files do not carry, as `edge where` prints it
         notes = browser.evaluate("document.getElementById('where-header-notes').innerText")
         assert notes.startswith("left out of the files: detector=")

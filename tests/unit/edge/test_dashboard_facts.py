@@ -172,7 +172,10 @@ def test_where_shows_the_hpc_side_copy_and_a_summary_first(ledger: Ledger) -> No
     report = where_report(ledger, "run-1")
     (entry,) = report["files"]
     assert entry["upstream_copies"] == {"hpc": "/hpc/out/run-1/run-1_00000.h5"}
-    assert report["summary"].startswith("1 file(s): 1 on the appliance, 1 verified upstream (/hpc/out/run-1)")
+    here = Path(entry["path"]).parent  # spelled out too, as the upstream folder is
+    assert report["summary"].startswith(
+        f"1 file(s): 1 on the appliance ({here}), 1 verified upstream (/hpc/out/run-1)"
+    )
     text = render(report).splitlines()
     assert text[1].strip() == report["summary"]
     assert any(line.strip() == "upstream copy (hpc): /hpc/out/run-1/run-1_00000.h5" for line in text)
