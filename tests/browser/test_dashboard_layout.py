@@ -182,6 +182,18 @@ def test_layout_at_each_width(
             " return [c.hidden, document.getElementById('profile-empty').hidden, r.width, r.height, c.width]; })()"
         )
         assert chart[:2] == [False, True] and chart[2] >= 200 and chart[3] >= 200 and chart[4] > 0, chart
+        # with a value axis: round ticks labelled at the left (an outside probe could not read the rates
+        # off a chart that gave only "now" and the range)
+        assert browser.evaluate("window.EdgeCharts.niceTicks(0, 55.6)") == [0, 20, 40, 60]
+        grey_labels = browser.evaluate(
+            "(() => { const c = document.getElementById('wide-hits'); const x = c.getContext('2d');"
+            " const w = Math.round(c.width * 0.08), y0 = Math.round(c.height * 0.2);"
+            " const d = x.getImageData(0, y0, w, Math.round(c.height * 0.6)).data; let n = 0;"
+            " for (let i = 0; i < d.length; i += 4)"
+            "   if (d[i + 3] > 128 && d[i] < 150 && d[i + 2] < 170 && Math.abs(d[i] - d[i + 2]) < 40) n++;"
+            " return n; })()"
+        )
+        assert grey_labels > 40, grey_labels  # tick labels' pixels in the left strip, mid-height
 
         # the newest hit kept is drawn with its own peaks circled, circles a few screen pixels across
         # however small the canvas is shown (an outside probe saw 1-pixel specks, over another frame)

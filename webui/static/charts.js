@@ -2,7 +2,8 @@
 //
 // EdgeCharts.trend(canvas, samples, value, options) draws value(sample) against sample.t (seconds,
 // appliance wall clock) over the last `windowS` seconds: the latest value and the range in the corner,
-// gaps where a sample has no value (nobody watched, or no rate yet), and a "-N min ... now" time axis.
+// gaps where a sample has no value (nobody watched, or no rate yet), and a "-N min ... now" time axis;
+// with options.grid, a value axis too (round ticks, gridlines and their labels at the left).
 "use strict";
 
 window.EdgeCharts = (() => {
@@ -25,6 +26,21 @@ window.EdgeCharts = (() => {
     const ctx = canvas.getContext("2d");
     ctx.setTransform(scale, 0, 0, scale, 0, 0);
     return { ctx, W: w / scale, H: h / scale };
+  }
+
+  /** Round values from lo to hi for a value axis: steps of 1, 2 or 5 times a power of ten, 3 to 6 of them. */
+  function niceTicks(lo, hi) {
+    const span = hi - lo;
+    if (!(span > 0) || !Number.isFinite(span)) return [];
+    const raw = span / 4;
+    const power = 10 ** Math.floor(Math.log10(raw));
+    const step = [1, 2, 5, 10].map((f) => f * power).find((s) => span / s <= 5) || 10 * power;
+    const out = [];
+    for (let v = Math.floor(lo / step) * step; v <= hi + step * 0.5 && out.length < 8; v += step) {
+      out.push(Number(v.toPrecision(12)));
+    }
+    if (out[out.length - 1] < hi) out.push(Number((out[out.length - 1] + step).toPrecision(12)));
+    return out;
   }
 
   function trend(canvas, samples, value, options = {}) {
@@ -65,8 +81,30 @@ window.EdgeCharts = (() => {
     let hi = Math.max(...values, options.max ?? -Infinity);
     if (options.floor !== undefined) lo = Math.min(lo, options.floor);
     if (hi <= lo) hi = lo + 1;
+    const ticks = options.grid ? niceTicks(lo, hi) : [];
+    if (ticks.length) {
+      // a value axis (a chart large enough to read values off): round ticks, gridlines, labels at left
+      lo = Math.min(lo, ticks[0]);
+      hi = Math.max(hi, ticks[ticks.length - 1]);
+      m.l = 6 + Math.max(...ticks.map((v) => ctx.measureText(format(v)).width));
+    }
     const sx = (t) => m.l + (1 - (now - t) / windowS) * (W - m.l - m.r);
     const sy = (v) => H - m.b - ((v - lo) / (hi - lo)) * (H - m.t - m.b);
+    if (ticks.length) {
+      ctx.strokeStyle = "#eef0f4";
+      ctx.fillStyle = "#5b6472";
+      ctx.textAlign = "right";
+      ctx.textBaseline = "middle";
+      for (const v of ticks) {
+        const y = Math.round(sy(v)) + 0.5;
+        ctx.beginPath();
+        ctx.moveTo(m.l, y);
+        ctx.lineTo(W - m.r, y);
+        ctx.stroke();
+        ctx.fillText(format(v), m.l - 4, y);
+      }
+      ctx.textBaseline = "top";
+    }
     ctx.strokeStyle = colour;
     ctx.lineWidth = 1.5;
     ctx.beginPath();
@@ -90,5 +128,5 @@ window.EdgeCharts = (() => {
     ctx.fillText(`${format(lo)} – ${format(hi)}`, W - m.r, 1);
   }
 
-  return { trend, fit, zoom };
+  return { trend, fit, zoom, niceTicks };
 })();

@@ -520,7 +520,7 @@
     if (mode === "serial" && product.serial) {
       const samples = (product.serial.recent || []).map((r) => ({ t: num(r.t), v: num(r.hit_rate) * 100 }));
       const last = samples.length ? samples[samples.length - 1].t : 0;
-      const options = { windowS: Math.max(60, last - (samples[0]?.t ?? last)), format: (v) => `${v.toFixed(1)} %`, floor: 0 };
+      const options = { windowS: Math.max(60, last - (samples[0]?.t ?? last)), format: (v) => `${v.toFixed(1)} %`, floor: 0, grid: true };
       window.EdgeCharts.trend($("wide-hits"), samples, (s) => s.v, options);
     }
     if (mode === "serial" && product.serial?.hit_image?.pixels_b64) drawHit($("hit-image"), product.serial.hit_image);
