@@ -106,6 +106,8 @@ def load_calibration(settings: Settings, fmt: FrameFormat | None = None) -> Corr
         images[key] = image.astype(bool) if key == "mask" else image
         files[key] = (str(path), file_sha256(path))
     poni = None if red.poni_file is None else load_poni(red.poni_file, shape)  # its detector's own mask
+    if red.poni_file is not None:  # the calibration, identified in every run's record
+        files["poni"] = (str(red.poni_file), file_sha256(red.poni_file))
     mask = combined_mask(poni, images["mask"])
     gaps = udp_gaps(settings)  # the UDP layout's inter-module gaps: no sensor there, never zero counts
     if gaps is not None and gaps.shape == shape:

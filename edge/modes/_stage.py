@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import math
 from collections.abc import Callable
 from concurrent.futures import Executor
@@ -298,9 +299,25 @@ class _CorrectedStage(ModeStage):
         }
 
     def _mask_file_record(self) -> dict[str, Any]:
-        """``reduction.mask_file`` and the sha256 of its bytes (None, None: no mask file)."""
+        """``reduction.mask_file`` and ``reduction.poni_file`` with the sha256 of their bytes (None: no
+        such file), the sha256 of the mask the run applied (the settings', the PONI detector's gaps and
+        the detector's own, combined: ``mask_sha256``, one bit per pixel, row-major, ``np.packbits``;
+        the mask itself is stored beside the products), and the kernels' backend."""
         path, digest = self.ctx.corrections.files.get("mask", (None, None))
-        return {"mask_file": path, "mask_file_sha256": digest}
+        poni, poni_digest = self.ctx.corrections.files.get("poni", (None, None))
+        if self._applied_mask_sha256 is None and self.ctx.corrections.mask is not None:
+            packed = np.packbits(np.ascontiguousarray(self.ctx.corrections.mask, dtype=bool))
+            self._applied_mask_sha256 = hashlib.sha256(packed).hexdigest()
+        return {
+            "mask_file": path,
+            "mask_file_sha256": digest,
+            "mask_sha256": self._applied_mask_sha256,
+            "poni_file": poni,
+            "poni_file_sha256": poni_digest,
+            "backend": self.ctx.backend.name,
+        }
+
+    _applied_mask_sha256: str | None = None  # computed once a run (a 4M-pixel mask: a few ms)
 
     def _with_roi(self, stats: dict[str, np.ndarray] | None, result: FrameResult) -> FrameResult:
         if stats is not None:

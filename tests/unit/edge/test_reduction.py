@@ -138,6 +138,19 @@ def test_calibration_files_are_checked_at_start(tmp_path) -> None:
         RunContext(get_backend("numpy"), Geometry(), (1024, 1024), 20, "2th_deg", params, cal)
     )
     assert serial.settings_record()["mask_file_sha256"] == hashlib.sha256(good.read_bytes()).hexdigest()
+    # the calibration file too, and the mask the run applied (an outside pyFAI probe: nothing in the
+    # files named the .poni used, nor checksummed the combined mask), and the backend
+    from kernels import poni_text
+
+    poni = tmp_path / "beamline.poni"
+    poni.write_text(poni_text(Geometry(dist=0.2), (1024, 1024)))
+    cal = load_calibration(load_settings(overrides=[*overrides, f'reduction.poni_file="{poni}"']))
+    ctx = RunContext(get_backend("numpy"), Geometry(dist=0.2), (1024, 1024), 20, "2th_deg", params, cal)
+    record = PowderStage(ctx).settings_record()
+    assert record["poni_file"] == str(poni)
+    assert record["poni_file_sha256"] == hashlib.sha256(poni.read_bytes()).hexdigest()
+    assert record["mask_sha256"] == hashlib.sha256(np.packbits(cal.mask)).hexdigest()
+    assert record["backend"] == "numpy"
     wrong = tmp_path / "small.npy"
     np.save(wrong, np.zeros((10, 10)))
     with pytest.raises(
