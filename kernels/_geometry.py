@@ -289,7 +289,7 @@ def _detector(
         if p1 is None or p2 is None:
             raise PoniError(spelled, "a generic Detector needs pixel1 and pixel2 (metres)")
         return DetectorModel("Detector", p1, p2, shape, force_pixel=False), p1, p2
-    model = DETECTORS.get(name)
+    model = DETECTORS.get(name) or DETECTORS.get(_DETECTOR_ALIASES.get(_alias(str(name)), ""))
     if model is None:
         raise PoniError(
             name_key,
@@ -443,6 +443,15 @@ def read_poni_file(path: str | Path) -> Poni:
 def read_poni(path: str | Path) -> Geometry:
     """The geometry in a pyFAI ``.poni`` file (versions 1, 2, 2.1 and 3); see read_poni_file."""
     return read_poni_file(path).geometry
+
+
+def _alias(name: str) -> str:
+    """A detector name as pyFAI's factory matches it: case, spaces, ``_`` and ``-`` do not count
+    (``pilatus1m`` and ``Pilatus 1M`` are its ``Pilatus1M``)."""
+    return "".join(c for c in name.lower() if c not in " _-")
+
+
+_DETECTOR_ALIASES = {_alias(known): known for known in DETECTORS}
 
 
 def poni_text(geometry: Geometry, shape: tuple[int, int]) -> str:

@@ -249,6 +249,18 @@ def test_version_1_named_detector(tmp_path: Path) -> None:
     assert poni.detector.name == "Eiger500k" and poni.shape == (514, 1030) and poni.version == 1
 
 
+@pytest.mark.parametrize("spelled", ["pilatus1m", "Pilatus 1M", "PILATUS_1M"])
+def test_a_detector_name_spelled_as_pyfai_takes_it_is_that_detector(tmp_path: Path, spelled: str) -> None:
+    """pyFAI's factory takes a name whatever its case, spaces or underscores (``pyFAI.load`` reads these
+    files); an outside probe saw them refused as "not a detector we model"."""
+    text = _write(_integrator(detector_factory("Pilatus1M")), tmp_path / "p.poni").read_text()
+    path = tmp_path / "spelled.poni"
+    path.write_text(text.replace("Detector: Pilatus1M", f"Detector: {spelled}"))
+    assert f"Detector: {spelled}" in path.read_text()
+    poni = read_poni_file(path)
+    assert poni.detector.name == "Pilatus1M" and poni.shape == (1043, 981)
+
+
 # ---- malformed files refuse, naming the key --------------------------------------------------------
 
 
