@@ -432,12 +432,21 @@ def parse_poni(text: str) -> Poni:
 
 
 def read_poni_file(path: str | Path) -> Poni:
-    """Read a pyFAI ``.poni`` file; see parse_poni. An unreadable file raises PoniError too."""
+    """Read a pyFAI ``.poni`` file; see parse_poni. An unreadable file, or one larger than
+    `MAX_PONI_BYTES` (a PONI file is a few hundred bytes: a larger one is not one), raises PoniError too."""
     try:
-        text = Path(path).read_text()
+        with open(path, "rb") as handle:
+            data = handle.read(MAX_PONI_BYTES + 1)
+        if len(data) > MAX_PONI_BYTES:
+            raise PoniError("file", f"{str(path)!r} is larger than {MAX_PONI_BYTES} bytes: not a PONI file")
+        text = data.decode()
     except (OSError, UnicodeDecodeError) as error:
         raise PoniError("file", f"cannot read {str(path)!r} ({error})") from None
     return parse_poni(text)
+
+
+#: the largest file read as a PONI file (pyFAI's are a few hundred bytes, with Detector_config a few KiB)
+MAX_PONI_BYTES = 1 << 20
 
 
 def read_poni(path: str | Path) -> Geometry:

@@ -264,6 +264,15 @@ def test_a_detector_name_spelled_as_pyfai_takes_it_is_that_detector(tmp_path: Pa
 # ---- malformed files refuse, naming the key --------------------------------------------------------
 
 
+def test_a_file_far_larger_than_a_poni_file_is_refused_unread(tmp_path: Path) -> None:
+    """An outside probe's 300 MB file of comments and valid keys took 1.25 s and 770 MB to read."""
+    text = _good(tmp_path)
+    path = tmp_path / "huge.poni"
+    path.write_text(text + "# " + "x" * (2 << 20) + "\n")
+    with pytest.raises(PoniError, match="larger than 1048576 bytes: not a PONI file"):
+        read_poni_file(path)
+
+
 def _good(tmp_path: Path) -> str:
     ai = _integrator(Detector(pixel1=75e-6, pixel2=80e-6, max_shape=SHAPE, orientation=2))
     return _write(ai, tmp_path / "good.poni").read_text()
