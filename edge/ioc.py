@@ -1006,15 +1006,21 @@ class ApplianceIOC:
 
     async def _last_run_over(self, run: int) -> bool:
         """Before a 1 taken while the last run finished starts the next run: wait until that run has
-        ended in the ledger and its series is closed (an acquisition that ended without its run accounted
-        for, e.g. on an error, must not have the next series start inside it). Given up, saying so, after
-        ``epics.run_grace_seconds``; False also when another run has started meanwhile."""
+        ended in the ledger (inside an open capture, whose run goes on, not that) and its series is
+        closed (an acquisition that ended without its run accounted for, e.g. on an error, must not have
+        the next series start inside it). Given up, saying so, after ``epics.run_grace_seconds``; False
+        also when another run has started meanwhile."""
         last = self._run_uid
         deadline = time.monotonic() + self.settings.run_grace_seconds
         while True:
             if self._run_gen != run or self._acquiring:
                 return False
-            ended = last is None or await asyncio.to_thread(self.view.run_totals, last) is not None
+            # (an open capture's run goes on across its acquisitions: only its series must have closed)
+            ended = (
+                last is None
+                or self._capturing
+                or await asyncio.to_thread(self.view.run_totals, last) is not None
+            )
             series_open = getattr(self.view, "series_open", None)  # (a unit test's stand-in view)
             if ended and not (series_open is not None and series_open()):
                 return True

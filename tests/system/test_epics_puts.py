@@ -474,12 +474,17 @@ def test_back_to_back_starts_with_completion_each_run_as_a_count_plan_does(idle_
         assert stack.run(run_uid)["totals"]["frames_stored"] == 1
 
 
-def test_a_start_sent_as_acquire_rbv_goes_to_done_starts_the_next_run(idle_stack: Stack) -> None:
+@pytest.mark.parametrize("capture", [False, True], ids=["runs", "in-a-capture"])
+def test_a_start_sent_as_acquire_rbv_goes_to_done_starts_the_next_run(
+    idle_stack: Stack, capture: bool
+) -> None:
     """Classic ophyd's ``SingleTrigger`` puts 1 without completion as soon as ``Acquire_RBV`` goes from
     Acquiring to Done. The readback goes to Done a few ms before the run's busy record has finished
     processing, and a 1 in between was refused "already acquiring" and started nothing (an outside
     probe: 15 of 30 refused; `bp.count` hung). Here the 1 is put from the readback's monitor callback,
-    with two busy processes loading the 2 cores; every edge must start the next run."""
+    with two busy processes loading the 2 cores; every edge must start the next run. Inside an open
+    capture too, whose run goes on across the acquisitions (a 1 taken as one finished must not wait for
+    that run to end)."""
     import subprocess
     import sys
 
@@ -488,6 +493,16 @@ def test_a_start_sent_as_acquire_rbv_goes_to_done_starts_the_next_run(idle_stack
     stack, p = idle_stack, idle_stack.prefix
     assert _put(stack, "NumImages", 2) == 1
     assert _put(stack, "AcquirePeriod", 0.0) == 1
+    if capture:
+        for name, value in (
+            ("HDF1:FilePath", str(stack.tmp_path / "store" / "caps")),
+            ("HDF1:CreateDirectory", 1),
+            ("HDF1:FileName", "edges"),
+            ("HDF1:FileTemplate", "%s%s.h5"),
+            ("HDF1:NumCapture", 0),
+            ("HDF1:Capture", 1),
+        ):
+            assert _put(stack, name, value) == 1, name
     load = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(2)]
     ctx = Context()
     rounds = 12
@@ -519,6 +534,13 @@ def test_a_start_sent_as_acquire_rbv_goes_to_done_starts_the_next_run(idle_stack
         for proc in load:
             proc.kill()
             proc.wait()
+    if capture:  # one run, every acquisition's frames in it
+        assert _put(stack, "HDF1:Capture", 0) == 1
+        wait_for(lambda: all(r["ended_at"] for r in _get_json(stack.api + "/api/runs")), 30, "the run's end")
+        (run,) = _get_json(stack.api + "/api/runs")
+        assert run["frames_stored"] == 2 * (rounds + 1) and run["exit_status"] == "success", run
+        assert not _message(stack).startswith(("Refused", "Next run not started")), _message(stack)
+        return
     wait_for(lambda: all(r["ended_at"] for r in _get_json(stack.api + "/api/runs")), 30, "every run's end")
     runs = [r for r in _get_json(stack.api + "/api/runs") if r["frames_expected"] == 2]
     assert len(runs) == rounds + 1, [(r["run_uid"], r["exit_status"]) for r in runs]
