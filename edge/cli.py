@@ -595,6 +595,15 @@ def _run_sim(settings: Settings, args: argparse.Namespace) -> int:
     if settings.stream.transport == "udp":
         from edge.frame_format import udp_geometry
 
+        if args.run_uid:
+            # UDP packets carry no run uid: the appliance makes one when the run opens (its --json had
+            # none, and the flag was taken without a word)
+            print(
+                "edge sim: --run-uid is for the ZeroMQ stream; UDP packets carry no run uid (the appliance"
+                " makes one when the run opens: GET /api/runs, or edge where)",
+                file=sys.stderr,
+            )
+            return 2
         run_sim_udp(
             port=settings.udp.port,
             detector=asdict(udp_geometry(settings)),

@@ -426,8 +426,11 @@ def run_demo(args: argparse.Namespace, settings: Settings, flags: list[str] | No
             return 130
         procs.start("pull", ["pull", *common])
         sim_out = logs / "sim.json"
-        sim_argv = ["sim", *common, "--frames", str(args.frames), "--run-uid", run_uid, "--json"]
+        # (UDP packets carry no run uid: the appliance makes one, found below from the ledger)
+        named = [] if udp else ["--run-uid", run_uid]
+        sim_argv = ["sim", *common, "--frames", str(args.frames), *named, "--json"]
         sim = procs.start("sim", sim_argv, stdout_file=sim_out)
+        line.end()  # on a line of its own, not after the status line's "[starting]"
         print(
             f"edge demo: dashboard {url}/#token={token}  (data in {workdir}, logs in {logs})",
             file=sys.stderr if args.json else sys.stdout,

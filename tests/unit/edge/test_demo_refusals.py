@@ -36,6 +36,8 @@ ROOT = Path(__file__).parents[3]
         (["sim", "--ioc", "--loss", "0.1"], "not a fault edge sim --ioc can inject (it injects: none"),
         (["sim", "--transport", "udp", "--set", "sim.missing_end=true"], "sim.missing_end: not a fault UDP"),
         (["sim", "--transport", "udp", "--format", "stream2"], "is a format of the ZeroMQ stream"),
+        # UDP carries no run uid: the flag was taken without a word, and --json had none
+        (["sim", "--transport", "udp", "--run-uid", "x1"], "UDP packets carry no run uid"),
         (["keys", "never-made", "bad/name"], "key name 'bad/name': 1 to 64 letters"),
         (
             ["demo", "--format", "stream2", "--set", "sim.missing_end=true"],
