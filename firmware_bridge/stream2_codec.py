@@ -180,7 +180,7 @@ class Stream2Error:
     kind: str | None = None
     #: False when the message did not decode at all (truncated or damaged CBOR): it may have been an image
     readable: bool = True
-    #: the ``series_id`` a rejected image named, when it is an integer
+    #: the ``series_id`` a rejected image or start named, when it is an integer
     series: int | None = None
 
 
@@ -403,6 +403,7 @@ class Stream2Codec:
                 raw_frame = whole(decoded.get("image_id"))
                 if raw_frame is not None and raw_frame >= 0:
                     frame = raw_frame
+            if kind in ("image", "start"):
                 raw_series = whole(decoded.get("series_id"))
                 # (one out of range names no series: the frame is then a loss of the open one)
                 if raw_series is not None and 0 <= raw_series < 2**63:

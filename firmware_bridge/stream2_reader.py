@@ -162,7 +162,7 @@ class Stream2Source(ZmqStreamSource):
             self.stats["messages_rejected"] += 1
             log.warning("rejected Stream V2 message: %s %s", event.reason, event.detail)
             if event.kind == "start":
-                self._start_was_rejected(f"{event.reason}: {event.detail}")
+                self._start_was_rejected(f"{event.reason}: {event.detail}", event.series)
             elif event.kind == "end":
                 self._rejected_series_ended()
             if event.reason == "wrong_series":

@@ -87,7 +87,7 @@ class StreamError:
     #: what the rejected message was, as far as it could be read: "start", "image" or "end" (None: not
     #: even that). A rejected start makes the images that follow a run of their own, not a resumed one.
     kind: str | None = None
-    #: the series a rejected image named, when it was read before the rejection
+    #: the series a rejected image or start named, when it was read before the rejection
     series: int | None = None
 
 
@@ -253,7 +253,8 @@ class StreamCodec:
 
     def _reject(self, reject: _Reject, more: bool) -> list[Event]:
         frame = self.pending_frame
-        series = self._image.get("series") if frame is not None else None
+        # the series a rejected image, or a rejected start, named (read before the rejection)
+        series = self._image.get("series") if frame is not None or self._kind == "start" else None
         self.errors[reject.reason] += 1
         self.counters["errors"] += 1
         self._image = {}
@@ -369,9 +370,9 @@ class StreamCodec:
             self._state = _IMAGE_D
             return []
         if htype == "dheader-1.0":
+            self._image = {"series": series}  # (named by a rejection too)
             if not more:
                 raise _Reject("truncated_message", "series header without its config part")
-            self._image = {"series": series}
             self._state = _HEADER_CONFIG
             return []
         if htype == "dseries_end-1.0":

@@ -142,6 +142,7 @@ class ZmqStreamSource:
         # why the last series start was rejected (or may have been lost), until a start is accepted: the
         # images that follow it are a run of their own, never taken for a series cut by a daemon restart
         self._start_rejected: str | None = None
+        self._start_rejected_series: int | None = None  # the series that start named, if it named one
         # messages too damaged to say what they were since the last start or end: a series' first image
         # after one (its frame 0) opens a run without a start, as after a rejected start (the damaged
         # message was its start: before, the run was taken for one resumed after a restart)
@@ -444,7 +445,7 @@ class ZmqStreamSource:
             if event.reason == "wrong_series":  # (as the Stream V2 reader counts them)
                 self.stats["images_wrong_series"] += 1
             if event.kind == "start":
-                self._start_was_rejected(f"{event.reason}: {event.detail}")
+                self._start_was_rejected(f"{event.reason}: {event.detail}", event.series)
             elif event.kind == "end":
                 self._rejected_series_ended()
             elif event.kind is None:  # perhaps a start (`_adopt`, `_leave_for`)
@@ -591,6 +592,21 @@ class ZmqStreamSource:
         images (`_leave_for`)."""
         if self._series is None or series == self._series:
             return False
+        if self._start_rejected is not None and series == self._start_rejected_series:
+            # the rejected series' own end, none of its images having come: it is over, and the open
+            # series goes on (taken for the detector moving on, it ended the open series, whose later
+            # frames opened a run of their own: each frame stored in one run and lost in the other)
+            self._start_rejected = self._start_rejected_series = None
+            self._flush_errors_before_run()
+            self.stats["rejected_series_ended"] += 1
+            log.warning(
+                "the end of series %d, whose start was rejected, while series %d is open: that series is"
+                " over (none of its images came); series %d goes on",
+                series,
+                self._series,
+                self._series,
+            )
+            return True
         if self._start_rejected is None and (not self._unreadable_between or series in self._ended_ids):
             self._unreadable_between = 0
             self.stats["ends_wrong_series"] += 1
@@ -634,13 +650,14 @@ class ZmqStreamSource:
         """`_note_frame` for a rejected image of the open series (a subclass may account gaps its way)."""
         return self._note_frame(frame)
 
-    def _start_was_rejected(self, why: str) -> None:
-        """A series start the codec rejected: its images (good ones open a run that says so) and the
-        rejected ones held meanwhile belong to it. Those held for an earlier rejected start are recorded
-        now, outside any run: the detector has moved on (held on, they were put into this series' run, a
-        good frame of it dropped as their "duplicate")."""
+    def _start_was_rejected(self, why: str, series: int | None = None) -> None:
+        """A series start the codec rejected (of ``series``, when it named one): its images (good ones
+        open a run that says so) and the rejected ones held meanwhile belong to it. Those held for an
+        earlier rejected start are recorded now, outside any run: the detector has moved on (held on,
+        they were put into this series' run, a good frame of it dropped as their "duplicate")."""
         self._flush_errors_before_run()
         self._start_rejected = why[:200]
+        self._start_rejected_series = series
 
     def _rejected_series_ended(self) -> None:
         """An end (readable or not) while no series is open after a rejected start: the rejected series

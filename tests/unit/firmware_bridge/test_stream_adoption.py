@@ -239,6 +239,22 @@ def test_a_rejected_start_then_good_images_then_a_stray_end_split_nothing() -> N
     assert counters["ends_wrong_series"] == 1 and counters.get("series_ended_by_rejected_start", 0) == 0
 
 
+def test_a_rejected_start_then_its_own_end_ends_the_rejected_series_not_the_open_one() -> None:
+    """An outside probe (round 5): during series 106, a start of series 906 without its config part
+    (rejected), at once the end of series 906, then 106's frames 5..9 and its end. The end was taken for
+    "the detector moved on": 106 ended fail (5..9 series_restarted) and its later frames opened a run of
+    their own that recorded 0..4 lost, every frame stored once and lost once. The end of the rejected
+    start's own series ends that series, whose images never came; the open series goes on, one run."""
+    sink = Sink()
+    rejected = [part({"htype": "dheader-1.0", "series": 906, "header_detail": "basic"})]  # no config part
+    end906, end106 = ([part({"htype": "dseries_end-1.0", "series": s})] for s in (906, 106))
+    messages = [header(106, 10), *(image(106, n) for n in range(5)), rejected, end906]
+    reader = _run([*messages, *(image(106, n) for n in range(5, 10)), end106], sink, sink.ended)
+    assert len(sink.configs) == 1 and sink.frames == list(range(10)) and sink.losses == []
+    counters = reader.counters()
+    assert counters["rejected_series_ended"] == 1 and counters.get("series_ended_by_rejected_start", 0) == 0
+
+
 class _Ends(Sink):
     """Keeps each series end (series, exit status); tells when series ``last`` ends."""
 
