@@ -192,6 +192,9 @@ class RingSink:
         #: the series length a run resumed after a restart took from the run it continues (None: none),
         #: for the reader that opened it from its images (`series_start`)
         self.resumed_length: int | None = None
+        # a run opened from its images at (first_frame, why) whose frames below it no run accounts for:
+        # the stream reader records them as a gap of this run, held as any gap (None: none such)
+        self.below_first: tuple[int, str] | None = None
         # set while a series start takes the reduction parameters and opens its run: a change of them
         # in that moment is refused as during the run, never accepted "for the next run" and then not
         # taken by the run starting (ReductionControl reads this through ``run_or_opening``)
@@ -395,6 +398,7 @@ class RingSink:
                 config["header_fields_truncated"] = replaced
                 log.warning("series %d: header fields too large for the run record: %s", series, replaced)
             self.resumed_length = None
+            self.below_first = None
             if config.get("resumed_after_restart") and self.resume is not None:
                 config.update(self.resume(series, int(config["first_frame"]), config.get("transport")))
                 self._note_mode_change(config, reduction)
@@ -438,15 +442,17 @@ class RingSink:
             # taken for a series a restart cut, but no run of it is known to hold its frames before this
             # one's first: no other run accounts for them, so this one does (an outside probe: they had
             # no disposition at all)
-            reason = "frame_number_jump" if config.get("transport") == "udp" else "frame_number_gap"
-            self.recorder.loss(
-                run_uid,
-                0,
-                int(first) - 1,
-                reason,
+            detail = (
                 "before the first frame this daemon received of the series: its start never came here, and"
-                " no earlier run of the series is known",
+                " no earlier run of the series is known"
             )
+            if config.get("transport") == "udp":
+                self.recorder.loss(run_uid, 0, int(first) - 1, "frame_number_jump", detail)
+            else:
+                # the stream reader holds them as any gap (`below_first`): a frame overtaken by the one
+                # that opened the run (a sender with several threads) is stored when it comes; it was
+                # recorded lost at once, and dropped when it came a moment later (an outside probe)
+                self.below_first = (int(first), detail)
         width, height = config["shape"]
         self._control(
             {

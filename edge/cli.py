@@ -595,7 +595,7 @@ def _run_sim(settings: Settings, args: argparse.Namespace) -> int:
     if settings.stream.transport == "udp":
         from edge.frame_format import udp_geometry
 
-        if args.run_uid:
+        if getattr(args, "run_uid", None):
             # UDP packets carry no run uid: the appliance makes one when the run opens (its --json had
             # none, and the flag was taken without a word)
             print(

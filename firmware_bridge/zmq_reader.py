@@ -806,6 +806,12 @@ class ZmqStreamSource:
         known = getattr(self.sink, "resumed_length", None)
         if self._refused is None and isinstance(known, int) and known > first:
             self._frames_expected = known
+        below = getattr(self.sink, "below_first", None)  # frames below the first that no run holds
+        if self._refused is None and isinstance(below, tuple) and below[0] == first and first > 0:
+            # a gap of this run, held as any gap: a frame the first one overtook is stored when it comes
+            self._next_frame = 0
+            self._gap(first, "frame_number_gap", below[1])
+            self._next_frame = first
         if self._refused is not None:
             self.stats["series_refused"] += 1
             log.error("series %d (opened from its images) refused: %s", series, self._refused)

@@ -637,3 +637,21 @@ def test_frames_before_the_first_image_of_a_series_without_a_known_earlier_run_a
         run, _receiver = _ended(appliance, only["run_uid"])
     assert run["totals"]["frames_stored"] == 3
     assert _losses(run) == [(0, 2, "frame_number_gap")]
+
+
+def test_a_frame_overtaken_by_the_image_that_opened_a_run_without_its_start_is_stored(tmp_path: Path) -> None:
+    """An outside probe (round 5): image 1, then the start, then image 0, then 2..5. The frames below
+    the run's first were recorded lost at once, and frame 0, a moment later, dropped: 5 stored + 1 lost
+    of 6 received. They are a gap held as any gap (stream.reorder_frames / reorder_seconds): frame 0 is
+    stored when it comes; frames that never come are still recorded lost, as before."""
+    with in_process_appliance(tmp_path, SHAPE) as (appliance, push, _settings):
+        _send_frames(push, 1, (1,))
+        wait_for(lambda: appliance.view.status()["receiver"].get("series_adopted"), 30, "the adopted run")
+        push.send_multipart(encode_series_start(1, SHAPE, "uint16", run_uid="late", frames_expected=6))
+        _send_frames(push, 1, (0, 2, 3, 4, 5))
+        push.send_multipart(encode_series_end(1))
+        wait_for(lambda: [r for r in appliance.view.runs() if r.get("ended_at")], 30, "the run's end")
+        (only,) = appliance.view.runs()
+        run, receiver = _ended(appliance, only["run_uid"])
+    assert run["totals"]["frames_stored"] == 6 and _losses(run) == [], _losses(run)
+    assert receiver["frames_reordered"] == 1
