@@ -284,7 +284,8 @@ class StreamSettings(_Section):
         " one is never buffered: ZeroMQ drops the connection and reconnects, counted as"
         " connections_dropped, and the frames in flight become a gap. 0 = 16 ring slots, at least 256 MiB"
         " (room for a Stream V2 start with masks and flat fields; a frame a little too large for a slot"
-        " still arrives and is recorded frame_too_large)",
+        " still arrives and is recorded frame_too_large); any other value at least 65536 (one series"
+        " header)",
     )
     max_frame_jump: int = Field(
         1_000_000,

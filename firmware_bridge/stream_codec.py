@@ -120,19 +120,20 @@ def _json(part: bytes | memoryview) -> dict[str, Any]:
     return value
 
 
-#: the largest whole number a JSON float gives exactly (2^53): beyond it ``256.0`` style numbers are refused
+#: whole floats below this (2^53) are taken as integers: from 2^53 on a float is no longer exact (the
+#: text 9007199254740993.0 parses to 2^53 itself), so ``256.0`` style numbers that large are refused
 MAX_WHOLE_FLOAT = 1 << 53
 
 
 def whole(value: Any) -> int | None:
     """``value`` as an integer field takes it: a JSON integer, or a number with no fraction part as many
-    encoders write them (``256.0``, up to 2^53, where floats stop being exact); None for anything else
+    encoders write them (``256.0``, below 2^53, where floats stop being exact); None for anything else
     (a bool, a fraction, NaN, a string)."""
     if isinstance(value, bool):
         return None
     if isinstance(value, int):
         return value
-    if isinstance(value, float) and value.is_integer() and abs(value) <= MAX_WHOLE_FLOAT:
+    if isinstance(value, float) and value.is_integer() and abs(value) < MAX_WHOLE_FLOAT:
         return int(value)
     return None
 
