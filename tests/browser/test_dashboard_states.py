@@ -13,6 +13,7 @@ is healthy again; the runs filter; a tomography product; /docs and /redoc withou
 from __future__ import annotations
 
 import base64
+import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -406,6 +407,9 @@ def test_a_run_opens_from_the_keyboard_and_one_run_is_counted_as_one(
     live(browser, url)
     browser.wait_for("document.querySelectorAll('#runs tbody tr[data-run]').length === 1", 10, "the run")
     assert texts(browser, "#runs-count") == ["1 run"]
+    # the table says how old it is: it lags the live cards by up to its refresh period
+    (age,) = texts(browser, "#runs-age")
+    assert re.fullmatch(r"· as of \d\d:\d\d:\d\d", age), age
     assert browser.evaluate("document.getElementById('where-card').hidden")
     focused = browser.evaluate(
         "(() => { const row = document.querySelector('#runs tbody tr[data-run]'); row.focus();"

@@ -995,6 +995,9 @@
     state.runsKey = key;
     state.runsFetchedAt = Date.now();
     state.runs = (await getJSON(`/api/run-summaries?limit=${RUNS_LIMIT}`)) || [];
+    // how old the table is: it lags the live cards by up to RUNS_MS (an outside probe saw 281 stored here
+    // beside 302 on the Frames card, with nothing saying the table was older)
+    setText("runs-age", `· as of ${fmtTime(Date.now() / 1000, false)}`);
     renderRuns();
     await refreshWhere();
   }
