@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import itertools
 import json
 import logging
 import queue
@@ -123,9 +124,10 @@ class Pipeline:
         self.disk = disk
         self.stats: Counter[str] = Counter()
         self.mode_failed: dict[str, str] | None = None  # the newest run whose mode stage could not start
-        self.warming = 0  # mode warm-ups running (`warm_up`, on this thread or one of its own)
-        # each warm-up running: (mode, monotonic time it began), for the status and its alarm
+        # each mode warm-up running (`warm_up`, on this thread or one of its own): (mode, monotonic time
+        # it began), for the IOC's progress, the status and its alarm
         self._warm_ups: dict[int, tuple[str, float]] = {}
+        self._warm_up_ids = itertools.count()
         # the open (or last) run's vetoed frames, live: the ledger has a run's count once it has ended
         self._run_vetoed: tuple[str | None, int] = (None, 0)
         # the newest powder frame's (radial axis, intensity, pixels per bin) for the live view
@@ -200,7 +202,7 @@ class Pipeline:
     def progress(self) -> tuple[int, int]:
         """What changes while the pipeline works: frames processed, and how many mode warm-ups (kernel
         loads or compiles, which a run's first frame may be waiting for) are running."""
-        return int(self.stats["frames_processed"]), self.warming
+        return int(self.stats["frames_processed"]), len(self._warm_ups)
 
     def writing(self) -> tuple[str | None, int]:
         """The run being written now (None between runs) and its frames stored so far (written, less
@@ -407,16 +409,15 @@ class Pipeline:
         A mode that cannot start with these settings is skipped here: the run that uses them says why.
         """
         started = time.perf_counter()
-        self.warming += 1  # (a run's first frame may wait for it: the IOC counts that as progress)
-        token = object()
-        self._warm_ups[id(token)] = (params.mode, time.monotonic())
+        # (a run's first frame may wait for it: the IOC counts that as progress)
+        key = next(self._warm_up_ids)
+        self._warm_ups[key] = (params.mode, time.monotonic())
         try:
             warm_up(self._context(shape, params, dtype=dtype), dtype)
         except Exception as error:
             log.warning("warming up mode %s skipped: %s", params.mode, error)
         finally:
-            self.warming -= 1
-            self._warm_ups.pop(id(token), None)
+            del self._warm_ups[key]
         took = time.perf_counter() - started
         log.info("mode %s: kernels ready in %.2f s", params.mode, took)
         return took

@@ -198,7 +198,7 @@ def _uint(message: Mapping[str, Any], key: str, required: bool = True) -> int | 
     value = message.get(key)
     if value is None and not required:
         return None
-    number = whole(value)  # an integer, or a whole float up to 2^53 (as the JSON stream takes them)
+    number = whole(value)  # an integer, or a whole float below 2^53 (as the JSON stream takes them)
     if number is None or number < 0 or number >= 1 << 64:
         raise Stream2ProtocolError("bad_field", f"{key}={_short(value)}")
     return number
