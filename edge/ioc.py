@@ -1052,8 +1052,6 @@ class ApplianceIOC:
         return self._abort_flag
 
     async def _acquisition(self) -> None:
-        from firmware_bridge.detector_control import DetectorControlError, DetectorDisconnectedError
-
         control = self.control
         num_images = max(1, int(self.records["NumImages_RBV"].get()))
         period = max(0.0, float(self.records["AcquirePeriod_RBV"].get()))
@@ -1077,6 +1075,22 @@ class ApplianceIOC:
         )
         done = await control.start()
         done.add_done_callback(lambda f: f.cancelled() or f.exception())  # retrieved, whatever happens
+        try:
+            await self._follow_run(control, done, num_images, started, capturing, capture_base)
+        except BaseException:
+            # a failure of ours while the camera acquires (the ledger unreadable, a bug): the put completes
+            # with the failure said, and the camera is stopped, not left sending frames no run waits for
+            with contextlib.suppress(Exception):
+                if control.connected and not done.done():
+                    await control.stop()
+            raise
+
+    async def _follow_run(
+        self, control: Any, done: Any, num_images: int, started: float, capturing: bool, capture_base: int
+    ) -> None:
+        """The camera started: follow the run until it is accounted for (or given up, or aborted)."""
+        from firmware_bridge.detector_control import DetectorControlError, DetectorDisconnectedError
+
         self._set_message("Acquiring")
         # no deadline while the camera acquires (external triggers may take as long as they take; an
         # Acquire 0 aborts) nor while the appliance still works on the run's frames (received, processed,

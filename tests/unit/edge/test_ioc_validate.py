@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import math
 from pathlib import Path
 from types import SimpleNamespace
@@ -119,3 +120,47 @@ def test_store_path_is_fixed(setup: _Setup) -> None:
 def test_a_long_message_fits_the_record(setup: _Setup) -> None:
     setup.put("HDF1:FileName", "é" * 200)  # refused; the message quoting it stays within 255 bytes
     assert len(setup.message.encode()) <= 255
+
+
+class _Camera:
+    """A connected camera whose acquisition never ends by itself (it waits for ``stop``)."""
+
+    connected = True
+
+    def __init__(self) -> None:
+        self.stopped = False
+        self._done: asyncio.Future[None] | None = None
+
+    async def arm(self, *_: Any, **__: Any) -> None:
+        pass
+
+    async def start(self) -> asyncio.Future[None]:
+        self._done = asyncio.get_running_loop().create_future()
+        return self._done
+
+    async def stop(self) -> None:
+        self.stopped = True
+        assert self._done is not None
+        self._done.set_result(None)
+
+
+def test_a_failure_while_the_camera_acquires_stops_the_camera(setup: _Setup) -> None:
+    # a failure of the appliance's own while it follows a run (here: its view of the ledger raising) left
+    # the camera acquiring, sending frames no run waited for; the put completes with the failure said
+    for name, value in (("NumImages_RBV", 10), ("AcquirePeriod_RBV", 0.1), ("AcquireTime_RBV", 0.0)):
+        setup.ioc.records[name].value = value
+    for name in ("TriggerMode_RBV", "FrameType_RBV"):
+        setup.ioc.records[name].value = 0
+    for record in setup.ioc.records.values():
+        record.get = lambda record=record: record.value  # type: ignore[attr-defined]
+    camera = _Camera()
+    setup.ioc.control = camera
+
+    def broken() -> Any:
+        raise OSError("ledger unreadable")
+
+    setup.ioc.view.progress = broken
+    setup.ioc.view.writer_run = lambda: (None, 0)
+    with pytest.raises(OSError, match="ledger unreadable"):
+        asyncio.run(setup.ioc._acquisition())
+    assert camera.stopped
