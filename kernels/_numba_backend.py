@@ -1526,6 +1526,7 @@ def _label_listed(values, rings, candidates, mean, width):  # pragma: no cover -
     first = np.zeros(n_peaks, np.int64)
     n_pixels = np.zeros(n_peaks, np.int64)
     total = np.zeros(n_peaks)
+    weight = np.zeros(n_peaks)
     row_sum = np.zeros(n_peaks)
     col_sum = np.zeros(n_peaks)
     peak = np.full(n_peaks, -np.inf)
@@ -1540,17 +1541,19 @@ def _label_listed(values, rings, candidates, mean, width):  # pragma: no cover -
             ring_of_first[b] = rings[k]
         n_pixels[b] += 1
         total[b] += w
-        row_sum[b] += w * (p // width)
-        col_sum[b] += w * (p % width)
+        if w > 0:  # the centroid's weights: the positive terms (see the NumPy reference's label_peaks)
+            weight[b] += w
+            row_sum[b] += w * (p // width)
+            col_sum[b] += w * (p % width)
         peak[b] = max(peak[b], v)
-    return first, n_pixels, total, row_sum, col_sum, peak, ring_of_first
+    return first, n_pixels, total, weight, row_sum, col_sum, peak, ring_of_first
 
 
 @numba.njit(nogil=True, cache=True)
 def _measure_listed(
     values, rings, candidates, mean, sigma, width, min_pixels, max_pixels
 ):  # pragma: no cover
-    _first, n_pixels, total, row_sum, col_sum, peak, ring_of_first = _label_listed(
+    _first, n_pixels, total, weight, row_sum, col_sum, peak, ring_of_first = _label_listed(
         values, rings, candidates, mean, width
     )
     m = 0
@@ -1564,8 +1567,8 @@ def _measure_listed(
         if not (min_pixels <= n <= max_pixels and total[b] > 0):
             continue
         t = total[b]
-        row[k] = row_sum[b] / t if t != 0 else 0.0
-        col[k] = col_sum[b] / t if t != 0 else 0.0
+        row[k] = row_sum[b] / weight[b]  # (weight >= t > 0)
+        col[k] = col_sum[b] / weight[b]
         noise = sigma[ring_of_first[b]] * np.sqrt(np.float64(n))
         snr[k] = t / noise if noise > 0 else np.inf
         count[k], intensity[k], max_value[k] = n, t, peak[b]

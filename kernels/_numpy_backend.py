@@ -169,7 +169,8 @@ def label_peaks(
     """8-connected components of the candidate pixels, by breadth-first search, with their sums.
 
     Returns per component (ordered by first pixel): first pixel, pixel count, sum of ``value - mean``,
-    that sum weighted by row and by column, maximum value, ring of the first pixel.
+    sum of its positive terms, that sum weighted by row and by column (the centroid's weights: inside the
+    component whatever the pixels below the mean), maximum value, ring of the first pixel.
     """
     values = np.asarray(frame).ravel()
     flat_rings = rings.ravel()
@@ -182,7 +183,7 @@ def label_peaks(
         seen[k] = True
         queue = [int(start)]
         n = 0
-        total = row_sum = col_sum = 0.0
+        total = weight = row_sum = col_sum = 0.0
         peak = -np.inf
         while queue:
             p = queue.pop()
@@ -191,8 +192,10 @@ def label_peaks(
             w = v - float(mean[flat_rings[p]])
             n += 1
             total += w
-            row_sum += w * r
-            col_sum += w * c
+            if w > 0:
+                weight += w
+                row_sum += w * r
+                col_sum += w * c
             peak = max(peak, v)
             for dr in (-1, 0, 1):
                 for dc in (-1, 0, 1):
@@ -201,9 +204,9 @@ def label_peaks(
                         if q is not None and not seen[q]:
                             seen[q] = True
                             queue.append(int(candidates[q]))
-        out.append((int(start), n, total, row_sum, col_sum, peak, int(flat_rings[start])))
-    columns = list(zip(*out, strict=True)) if out else [()] * 7
-    types = (np.int64, np.int64, np.float64, np.float64, np.float64, np.float64, np.intp)
+        out.append((int(start), n, total, weight, row_sum, col_sum, peak, int(flat_rings[start])))
+    columns = list(zip(*out, strict=True)) if out else [()] * 8
+    types = (np.int64, np.int64, np.float64, np.float64, np.float64, np.float64, np.float64, np.intp)
     return tuple(np.array(col, dtype=t) for col, t in zip(columns, types, strict=True))
 
 

@@ -1,7 +1,8 @@
 """Bragg peak finding in the manner of peakfinder8, and a hit classifier for serial crystallography.
 
-Setup (once): every pixel gets a ring number, ``floor(distance to the beam centre / ring_width)``;
-masked pixels get the sentinel ``n_rings``. Per frame:
+Setup (once): every pixel gets a ring number, ``floor(distance to the beam centre / ring_width)``, rings
+of fewer than `MIN_RING_PIXELS` live pixels merged with their neighbours (``merged_rings``); masked
+pixels get the sentinel ``n_rings``. Per frame:
 
 1. Ring background: mean and sigma of each ring, recomputed ``iterations`` times, each time only over
    pixels below ``mean + clip_snr * sigma`` of the previous pass (the first pass takes every pixel), so
@@ -14,8 +15,9 @@ masked pixels get the sentinel ``n_rings``. Per frame:
    spots of ideal (profile-fitted) SNR 5-7 whose brightest pixel is only 2-4 sigma up, where
    peakfinder8's per-pixel threshold misses them; a ring without noise (sigma 0) has no candidates.
 3. Candidates are grouped into 8-connected components; a component with ``min_pixels <= n <=
-   max_pixels`` is a peak, measured on the raw pixels of the component: its intensity is the sum of
-   ``value - ring mean``, its position the centroid weighted by that, its SNR ``intensity / (sigma *
+   max_pixels`` and positive intensity is a peak, measured on the raw pixels of the component: its
+   intensity is the sum of ``value - ring mean``, its position the centroid weighted by the positive
+   terms of that sum (so it lies among the component's pixels), its SNR ``intensity / (sigma *
    sqrt(n))``. A component is the set of box centres above threshold, so it reaches about a pixel past
    the spot's bright core; a hot pixel makes a 3x3 component (mask hot pixels, as for peakfinder8).
 
@@ -88,6 +90,34 @@ class Peaks:
         return int(self.row.size)
 
 
+#: the fewest live pixels a ring's background is taken from: a thinner ring (at the beam centre, in a
+#: frame's corner, a sliver beside a mask) is merged with the rings next to it until it has this many
+MIN_RING_PIXELS = 32
+
+
+def merged_rings(ring: np.ndarray) -> tuple[np.ndarray, int]:
+    """The ring map with each run of neighbouring rings of fewer than `MIN_RING_PIXELS` live pixels
+    merged into one ring, numbered 0.. outwards (a ring's mean and sigma from 1-10 pixels was no measure
+    of its background: an outside probe's frame corners and beam centre held 'peaks' of SNR 1 with
+    centroids off the frame). Rings are taken outwards from the centre, each added to the one being
+    gathered until it holds enough; the last, still too thin, joins the one before it. ``ring``: the
+    radial ring of every pixel, -1 where masked; returns (the map with the masked sentinel ``n``, ``n``)."""
+    live = ring >= 0
+    counts = np.bincount(ring[live], minlength=1) if live.any() else np.zeros(1, np.int64)
+    merged = np.empty(counts.size, np.int64)
+    group = held = 0
+    for r, count in enumerate(counts):
+        if held >= MIN_RING_PIXELS:  # the group gathered so far is wide enough: this ring starts another
+            group, held = group + 1, 0
+        merged[r] = group
+        held += int(count)
+    if held < MIN_RING_PIXELS and group > 0:  # the outermost group is too thin: into the one before it
+        merged[merged == group] = group - 1
+        group -= 1
+    n_rings = group + 1
+    return np.where(live, merged[np.maximum(ring, 0)], n_rings), n_rings
+
+
 #: the least share of a peak's intensity its brightest pixel holds for the peak to count as that pixel
 #: alone (with no neighbour above background): dropped when ``min_pixels`` >= 2
 LONE_SHARE = 0.8
@@ -121,9 +151,9 @@ class PeakFinder:
         cy, cx = ((self.shape[0] - 1) / 2, (self.shape[1] - 1) / 2) if center is None else center
         yy, xx = np.ogrid[: self.shape[0], : self.shape[1]]
         ring = np.floor(np.hypot(yy - cy, xx - cx) / ring_width).astype(np.int64)
-        self.n_rings = int(ring.max()) + 1
         if mask is not None:
-            ring[np.asarray(mask, dtype=bool)] = self.n_rings
+            ring[np.asarray(mask, dtype=bool)] = -1
+        ring, self.n_rings = merged_rings(ring)
         dtype = np.uint16 if self.n_rings < np.iinfo(np.uint16).max else np.int32
         self.rings = np.ascontiguousarray(ring.astype(dtype))
         self.min_snr, self.clip_snr, self.adc_threshold = (
@@ -299,14 +329,14 @@ class PeakFinder:
                 frame, mean, sigma, Peaks(row, col, total, n_pixels, max_value, snr)
             )
         stats = module.label_peaks(frame, self.rings, candidates, mean, self.shape[1])
-        _first, n_pixels, total, row_sum, col_sum, max_value, ring_of_first = stats
+        _first, n_pixels, total, weight, row_sum, col_sum, max_value, ring_of_first = stats
         # a component whose pixels sum to no excess over the ring is no peak (its candidates' boxes
         # reached a bright pixel that is not one: in a ring of sigma 0, say)
         keep = (n_pixels >= self.min_pixels) & (n_pixels <= self.max_pixels) & (total > 0)
-        n_pixels, total = n_pixels[keep], total[keep]
-        with np.errstate(divide="ignore", invalid="ignore"):
-            row = np.where(total != 0, row_sum[keep] / total, 0.0)
-            col = np.where(total != 0, col_sum[keep] / total, 0.0)
+        n_pixels, total, weight = n_pixels[keep], total[keep], weight[keep]
+        with np.errstate(divide="ignore", invalid="ignore"):  # (weight >= total > 0)
+            row = row_sum[keep] / weight
+            col = col_sum[keep] / weight
             noise = sigma[ring_of_first[keep]] * np.sqrt(n_pixels)
             snr = np.where(noise > 0, total / noise, np.inf)
         return self._without_lone_pixels(
