@@ -16,6 +16,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +29,7 @@ from edge.errors import ConfigError
 from edge.frame_format import FrameFormat, frame_format, preview_step, udp_geometry
 from edge.ledger import Ledger
 from edge.modes import Corrections
-from edge.pipeline import Pipeline
+from edge.pipeline import Pipeline, WarmUps
 from edge.poni import combined_mask, load_poni
 from edge.recorder import RunRecorder
 from edge.recovery import interrupted_udp_run, paused_udp_run, recover, resume_interrupted
@@ -700,6 +701,9 @@ class Appliance:
                 analysis_threads=settings.reduction.analysis_threads,
                 run_masks=self.masks,
             )
+            self.warm_ups = WarmUps(
+                partial(self.pipeline.warm_up, self.frame_format.shape, self.frame_format.dtype)
+            )
             self.forwarder = Forwarder(
                 settings.upstream.endpoint,
                 self.ledger,
@@ -821,13 +825,9 @@ class Appliance:
         now, on a thread of its own, as `start` does for the configured mode. Cached kernels take a
         second; an install's first use of a mode compiles them (tens of seconds), which would otherwise
         stall the next run's first frames. A run that starts meanwhile waits for numba's compile lock,
-        never compiles twice. A failure is logged by `Pipeline.warm_up`; the run then says why."""
-        threading.Thread(
-            target=self.pipeline.warm_up,
-            args=(self.frame_format.shape, self.frame_format.dtype, params),
-            name="mode-warm-up",
-            daemon=True,
-        ).start()
+        never compiles twice. A failure is logged by `Pipeline.warm_up`; the run then says why. One load
+        at a time (`WarmUps`): changes made while one runs are loaded after it, only the newest."""
+        self.warm_ups.request(params)
 
     def stop(self) -> None:
         """Stop taking frames, persist what is in the ring, close files, stop serving."""

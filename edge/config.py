@@ -426,7 +426,13 @@ class SerialSettings(_Section):
     )
     max_pixels: int = Field(200, ge=1, le=100_000, description="largest peak, in pixels")
     min_peaks: int = Field(10, ge=0, le=100_000, description="a frame with at least this many peaks is a hit")
-    max_peaks: int = Field(512, ge=1, le=100_000, description="peaks kept per frame in the peak table")
+    max_peaks: int = Field(
+        512,
+        ge=1,
+        le=100_000,
+        description="peaks kept per frame in the peak table: with more found, the strongest (by intensity),"
+        " in row order; nPeaksFound counts them all",
+    )
 
     @model_validator(mode="after")
     def _smallest_peak_not_above_largest(self) -> SerialSettings:

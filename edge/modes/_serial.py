@@ -87,14 +87,16 @@ class SerialStage(_CorrectedStage):
         self.frames += 1
         n = len(peaks)
         hit = n >= self.min_peaks
-        keep_n = min(n, self.max_peaks)
+        # more peaks than the table holds: the strongest max_peaks, in the finder's (row-major) order (the
+        # first ones kept dropped strong spots in the frame's lower rows for weak ones above them)
+        keep = slice(None) if n <= self.max_peaks else self._strongest(peaks.intensity)
         table = {
             "nPeaks": n,
-            "peakXPosRaw": np.asarray(peaks.col[:keep_n], np.float32),
-            "peakYPosRaw": np.asarray(peaks.row[:keep_n], np.float32),
-            "peakTotalIntensity": np.asarray(peaks.intensity[:keep_n], np.float32),
-            "peakNPixels": np.asarray(peaks.n_pixels[:keep_n], np.float32),
-            "peakSNR": np.asarray(peaks.snr[:keep_n], np.float32),
+            "peakXPosRaw": np.asarray(peaks.col[keep], np.float32),
+            "peakYPosRaw": np.asarray(peaks.row[keep], np.float32),
+            "peakTotalIntensity": np.asarray(peaks.intensity[keep], np.float32),
+            "peakNPixels": np.asarray(peaks.n_pixels[keep], np.float32),
+            "peakSNR": np.asarray(peaks.snr[keep], np.float32),
             "is_hit": hit,
         }
         row = {**frame_row(image_key, angle), "is_hit": hit, "n_peaks": n}
@@ -111,6 +113,11 @@ class SerialStage(_CorrectedStage):
             result = FrameResult(stream=STREAM_BLANK, products={"peaks": table}, row=row)
         self._sample()
         return self._with_roi(roi, result)
+
+    def _strongest(self, intensity: np.ndarray) -> np.ndarray:
+        """The indices of the ``max_peaks`` largest intensities (ties: the earlier peak), ascending."""
+        order = np.argsort(-np.asarray(intensity, np.float64), kind="stable")
+        return np.sort(order[: self.max_peaks])
 
     def tally(self) -> dict[str, float]:
         rate = self.hits / self.frames if self.frames else 0.0

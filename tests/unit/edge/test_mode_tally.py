@@ -64,9 +64,14 @@ def test_the_cxi_peak_count_never_passes_the_table_width(tmp_path) -> None:  # t
     stage = _stage("serial", serial={"max_peaks": 2, "min_peaks": 1})
     rng = np.random.default_rng(1)
     frame = rng.poisson(10, (SIDE, SIDE)).astype(np.uint16)
-    for r, c in ((6, 6), (6, 24), (24, 6), (24, 24)):
-        frame[r : r + 2, c : c + 2] = 400
+    for (r, c), value in zip(((6, 6), (6, 24), (24, 6), (24, 24)), (300, 800, 400, 900), strict=True):
+        frame[r : r + 2, c : c + 2] = value
     result = stage.process(frame, 0, 0, float("nan"))
+    # the two strongest (an outside probe: the first two in row order were kept, strong spots lower in
+    # the frame dropped for weak ones above them), in row order
+    kept = result.products["peaks"]
+    np.testing.assert_allclose(kept["peakYPosRaw"], [6.5, 24.5], atol=0.2)
+    np.testing.assert_allclose(kept["peakXPosRaw"], [24.5, 24.5], atol=0.2)
     with h5py.File(tmp_path / "peaks.h5", "w") as handle:
         stage.write_products(handle.create_group("entry"), [result.products])
         table = handle["entry/result_1"]
