@@ -242,9 +242,7 @@ class FrameRing:
                 if remaining is not None and remaining <= 0:
                     return None
                 self._cond.wait(0.1 if remaining is None else min(remaining, 0.1))
-            if self._stopping:
-                return None
-            seq = self._claimed
+            seq = self._claimed  # (stopping, a free slot is still taken: the frame in hand is stored)
             self._claimed += 1
             self._control[0] = self._claimed
             self.max_fill = max(self.max_fill, self._claimed - self._released)
@@ -322,14 +320,16 @@ class FrameRing:
 
     # -- lifecycle and views --------------------------------------------------------------------------
     def stop(self) -> None:
-        """Wake every waiter; later claims return None."""
+        """Wake every waiter: a claim waiting for a free slot, or finding none from now on, returns None
+        (a frame the daemon was stopping for). A claim that finds a free slot still takes it: the frame
+        a reader received before it stopped is stored, not recorded lost (an outside probe's SIGTERM)."""
         with self._cond:
             self._stopping = True
             self._cond.notify_all()
 
     @property
     def stopping(self) -> bool:
-        """True once `stop` was called: claims return None from then on."""
+        """True once `stop` was called: claims that find the ring full return None from then on."""
         return self._stopping
 
     def caught_up(self) -> bool:

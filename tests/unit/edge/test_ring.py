@@ -217,3 +217,29 @@ def test_a_ring_removed_by_someone_else_closes_without_an_error(caplog: pytest.L
     os.unlink(f"/dev/shm/{ring.name}")
     ring.close()
     assert "already removed" in caplog.text
+
+
+def test_stopping_a_frame_in_hand_still_takes_a_free_slot_and_a_waiting_one_gives_up(ring: FrameRing) -> None:
+    """An outside probe's SIGTERM mid-series: the frame the reader had just received was recorded lost
+    (``shutdown``) although the ring had room; only a claim that finds the ring full gives up."""
+    put(ring, 0)
+    ring.stop()
+    put(ring, 1)  # room: stored like any frame before the stop
+    put(ring, 2)
+    put(ring, 3)
+    assert ring.claim(8) is None  # full: a waiter gives up at once while stopping
+    waiting = FrameRing(slots=2, slot_bytes=64, policy="block")
+    try:
+        for n in range(2):
+            put(waiting, n)
+        result: list[object] = []
+        thread = threading.Thread(target=lambda: result.append(waiting.claim(8)))
+        thread.start()
+        thread.join(0.2)
+        assert thread.is_alive()  # blocked on the full ring
+        waiting.stop()
+        thread.join(2)
+        assert not thread.is_alive() and result == [None]
+    finally:
+        waiting.close()
+    assert [int(ring.next_ready(0.1).header["frame"]) for _ in range(4)] == [0, 1, 2, 3]  # type: ignore[union-attr]
