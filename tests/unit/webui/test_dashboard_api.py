@@ -95,6 +95,14 @@ def test_run_summaries_limit() -> None:
     for bad in ("1.0", "%20%205", "1e3", "abc", "NaN", "501", "-1", "", "9" * 40):
         answer = c.get(f"/api/run-summaries?limit={bad}")
         assert answer.status_code == 422 and "query.limit" in answer.json()["detail"], (bad, answer.text)
+        # the range, not a regular expression (an outside probe: "String should match pattern '^[0-9]{1,9}$'")
+        assert "whole number from 1 to 500" in answer.json()["detail"], (bad, answer.text)
+    for query in ("limit=-1", "limit=1.0", "limit=10001", "offset=-1", "offset=1e3", "limit=5&offset=x"):
+        detail = c.get(f"/api/runs?{query}").json()["detail"]
+        assert "whole number from" in detail and query.rsplit("&")[-1].split("=")[0] in detail, (
+            query,
+            detail,
+        )
 
 
 def test_run_summary_shows_the_ledgers_totals(tmp_path: Path) -> None:
