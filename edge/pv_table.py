@@ -96,12 +96,15 @@ def _param(name: str, kind: str, ca_type: str, doc: str, param: str, **kw: Any) 
     )
 
 
-def _stored(name: str, kind: str, ca_type: str, doc: str, initial: Any, **kw: Any) -> tuple[PvSpec, PvSpec]:
+def _stored(
+    name: str, kind: str, ca_type: str, doc: str, initial: Any, rbv_doc: str | None = None, **kw: Any
+) -> tuple[PvSpec, PvSpec]:
     """An areaDetector writer setting the appliance keeps and shows back (``X`` and ``X_RBV``)."""
     rbv_kw = {k: v for k, v in kw.items() if k in ("units", "length", "fields", "choices")}
+    shown = rbv_doc or f"`{name}`, as accepted."
     return (
         PvSpec(name, kind, ca_type, doc, initial=initial, **kw),
-        PvSpec(f"{name}_RBV", kind.replace("Out", "In"), ca_type, f"`{name}`, as accepted.", **rbv_kw),
+        PvSpec(f"{name}_RBV", kind.replace("Out", "In"), ca_type, shown, **rbv_kw),
     )
 
 
@@ -167,8 +170,10 @@ HDF_PLUGIN_PVS: tuple[PvSpec, ...] = (
         "HDF1:ArrayCounter",
         "longOut",
         "long",
-        "Frames the writer took since start (or reset)." + _NOOP,
+        "Write to set the writer's frame counter (e.g. 0 to reset it); no other effect on the appliance.",
         0,
+        rbv_doc="Frames the writer took since start, counted on from the last value written to "
+        "`HDF1:ArrayCounter` (a long: past 2147483647 it wraps to negative, as areaDetector's counters).",
         limits=(0, 2**31 - 1),
     ),
     PvSpec(
@@ -754,7 +759,13 @@ PVS: tuple[PvSpec, ...] = (
         "Write to set the frame counter (e.g. 0 to reset it).",
         limits=(0, 2**31 - 1),
     ),
-    _rbv("ArrayCounter_RBV", "longIn", "long", "Frames received since start (or the last reset)."),
+    _rbv(
+        "ArrayCounter_RBV",
+        "longIn",
+        "long",
+        "Frames received since start, counted on from the last value written to `ArrayCounter` (a long: "
+        "past 2147483647 it wraps to negative, as areaDetector's counters).",
+    ),
     _rbv("ArrayRate_RBV", "aIn", "double", "Frames received per second.", units="Hz"),
     _rbv("DroppedArrays_RBV", "longIn", "long", "Frames the receiver dropped (ring full, shutdown)."),
     _rbv("LostFrames_RBV", "longIn", "long", "Frames in loss records (the ledger's count)."),
