@@ -159,6 +159,61 @@ def test_bluesky_count_with_stock_ophyd_async(stack: Stack) -> None:
     assert plugin.blocking_callbacks.get(as_string=True) == "No"
 
 
+def test_a_fly_scan_with_stock_ophyd_async(stack: Stack) -> None:
+    """A fly scan as a beamline writes one (stage, prepare for 12 frames, kickoff, collect while
+    completing), twice: each time one file of 12 frames, its stream resource and data saying so. (An
+    outside probe's plan without ``wait=True`` on stage raced prepare: docs/bluesky.md shows the plan.)"""
+    import bluesky.plan_stubs as bps
+    from bluesky import RunEngine
+    from ophyd_async.core import DetectorTrigger, StaticPathProvider, TriggerInfo, UUIDFilenameProvider
+    from ophyd_async.epics import adcore
+    from ophyd_async.epics.adsimdetector import SimDetectorTriggerLogic
+    from ophyd_async.plan_stubs import ensure_connected
+
+    capture_dir = stack.tmp_path / "store" / "fly"
+    capture_dir.mkdir()
+    driver = adcore.ADBaseIO(stack.cam_prefix)
+    det = adcore.AreaDetector(
+        driver,
+        stack.prefix,
+        adcore.ADWriterFactory.hdf(StaticPathProvider(UUIDFilenameProvider(), capture_dir)),
+        acquire_logic=adcore.ADAcquireLogic(driver),
+        trigger_logic=SimDetectorTriggerLogic(driver),
+        name="fly",
+    )
+
+    def fly(frames: int):  # type: ignore[no-untyped-def]
+        yield from bps.stage(det, wait=True)
+        yield from bps.open_run()
+        info = TriggerInfo(number_of_events=frames, trigger=DetectorTrigger.INTERNAL, livetime=0.01)
+        yield from bps.prepare(det, info, wait=True)
+        yield from bps.declare_stream(det, name="primary", collect=True)
+        yield from bps.kickoff(det, wait=True)
+        yield from bps.collect_while_completing(flyers=[det], dets=[det], flush_period=0.5)
+        yield from bps.close_run()
+        yield from bps.unstage(det, wait=True)
+
+    if not _ENGINES:
+        _ENGINES.append(RunEngine({}, call_returns_result=True))
+    engine = _ENGINES[0]
+    engine(ensure_connected(det, timeout=10))
+    for _ in range(2):
+        docs: list[tuple[str, dict[str, Any]]] = []
+        token = engine.subscribe(lambda name, doc: docs.append((name, doc)))  # noqa: B023
+        try:
+            engine(fly(12))
+        finally:
+            engine.unsubscribe(token)
+        (resource,) = [doc for name, doc in docs if name == "stream_resource"]
+        data = [doc for name, doc in docs if name == "stream_datum"]
+        assert sum(d["indices"]["stop"] - d["indices"]["start"] for d in data) == 12
+        path = Path(resource["uri"].removeprefix("file://localhost"))
+        assert path.parent == capture_dir and _frames(path)[0] == 12
+        epics = _epics()
+        run = stack.run(epics.caget(stack.prefix + "RunUid_RBV", as_string=True))
+        assert run["exit_status"] == "success" and run["frames_stored"] == 12 and run["losses"] == []
+
+
 def test_capture_spans_acquisitions_in_one_file(stack: Stack) -> None:
     """Capture 1, two runs of the appliance's own Acquire (3 frames each), Capture 0: one file, named by
     FileTemplate with FileNumber (then incremented), holding the 6 frames numbered on across both."""
