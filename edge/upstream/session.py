@@ -409,7 +409,9 @@ class ForwarderSession:
                 "in_flight": len(c.in_flight),
                 "connects": c.connects,
                 "seconds_since_seen": round(now - c.last_seen, 3),
-                "connected": now - c.last_seen < 3 * self.heartbeat_seconds,
+                # (a send that failed since says otherwise: an outside probe saw connected and unreachable
+                # both true, the consumer's connection dropped by ZeroMQ for an oversized part)
+                "connected": now - c.last_seen < 3 * self.heartbeat_seconds and not c.unreachable,
                 "unreachable": c.unreachable,
                 "chunks_refused": c.refusals,
                 "last_refusal": c.last_refusal or None,

@@ -710,7 +710,9 @@
     const rows = [...byName.values()].map((c) => {
       let link = '<span class="muted">never seen</span>';
       if (c.connected === true) link = '<span class="good">connected</span>';
-      else if (c.connected === false) link = `<span class="bad">gone ${esc(fmtDuration(c.seconds_since_seen))}</span>`;
+      else if (c.unreachable === true) {
+        link = `<span class="bad">unreachable (a send failed), seen ${esc(fmtDuration(c.seconds_since_seen))} ago</span>`;
+      } else if (c.connected === false) link = `<span class="bad">gone ${esc(fmtDuration(c.seconds_since_seen))}</span>`;
       // a consumer that refused a chunk in the last minute says why (its disk is full, say)
       if (c.last_refusal && c.seconds_since_refusal != null && c.seconds_since_refusal < 60) {
         link += ` <span class="warn" title="${esc(c.last_refusal)}">refusing: ${esc(c.last_refusal)}</span>`;

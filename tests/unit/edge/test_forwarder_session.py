@@ -167,7 +167,7 @@ def test_an_undeliverable_chunk_gives_its_credit_back_and_waits_for_the_consumer
         "in_flight": 0,
         "connects": 1,
         "seconds_since_seen": 0,
-        "connected": True,
+        "connected": False,  # heard from just now, but a send to it failed since
         "unreachable": True,
         "chunks_refused": 0,
         "last_refusal": None,
