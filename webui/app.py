@@ -121,6 +121,15 @@ def _no_constant(name: str) -> Any:
     raise ValueError(f"{name} is not a JSON number")
 
 
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A JSON object's members, refused when a key appears twice (the last one silently won)."""
+    value = dict(pairs)
+    if len(value) != len(pairs):
+        twice = next(key for n, (key, _) in enumerate(pairs) if key in (k for k, _ in pairs[:n]))
+        raise ValueError(f"the key {twice[:40]!r} appears twice in one object")
+    return value
+
+
 def _finite(text: str) -> float:
     value = float(text)
     if not math.isfinite(value):
@@ -130,7 +139,7 @@ def _finite(text: str) -> float:
 
 async def _json_object(request: Request) -> dict[str, Any]:
     """The request's body as a JSON object, read after the token check: at most `MAX_BODY_BYTES`,
-    ``application/json`` (or ``application/*+json``), UTF-8, finite numbers only."""
+    ``application/json`` (or ``application/*+json``), UTF-8, finite numbers only, no key twice in an object."""
     kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if not (kind == "application/json" or (kind.startswith("application/") and kind.endswith("+json"))):
         raise BadBody(f"body: send JSON with Content-Type: application/json (got {kind or 'none'!r})")
@@ -149,7 +158,12 @@ async def _json_object(request: Request) -> dict[str, Any]:
     except ClientDisconnect:  # gone before its body was all sent: answered (to no one), not a traceback
         raise BadBody("body: the client went away before it was all sent", 400) from None
     try:
-        value = json.loads(bytes(body).decode("utf-8"), parse_constant=_no_constant, parse_float=_finite)
+        value = json.loads(
+            bytes(body).decode("utf-8"),
+            parse_constant=_no_constant,
+            parse_float=_finite,
+            object_pairs_hook=_unique_keys,
+        )
     except (UnicodeDecodeError, ValueError, RecursionError) as error:
         raise BadBody(f"body: not JSON ({type(error).__name__}: {str(error)[:120]})") from None
     if not isinstance(value, dict):

@@ -183,6 +183,9 @@ def test_the_token_is_checked_before_the_body_is_read_and_the_body_is_bounded() 
         # half a surrogate pair: no UTF-8 text (an outside probe's upstream twin crashed the forwarder)
         (b'{"\\ud800": 1}', "lone UTF-16 surrogate"),
         (b'{"tomo": {"filter": "ramp\\udfff"}}', "lone UTF-16 surrogate"),
+        # a key twice: the last one silently won (an outside probe)
+        (b'{"mode": "raw", "mode": "powder"}', "the key 'mode' appears twice"),
+        (b'{"serial": {"min_peaks": 3, "min_peaks": 4}}', "the key 'min_peaks' appears twice"),
     ):
         answer = client.put("/api/reduction", content=body, headers=auth)
         assert answer.status_code == 422 and words in answer.json()["detail"], (body[:30], answer.json())
