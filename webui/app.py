@@ -139,7 +139,8 @@ def _finite(text: str) -> float:
 
 async def _json_object(request: Request) -> dict[str, Any]:
     """The request's body as a JSON object, read after the token check: at most `MAX_BODY_BYTES`,
-    ``application/json`` (or ``application/*+json``), UTF-8, finite numbers only, no key twice in an object."""
+    ``application/json`` (or ``application/*+json``), UTF-8, finite numbers only, no key twice in one
+    object."""
     kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if not (kind == "application/json" or (kind.startswith("application/") and kind.endswith("+json"))):
         raise BadBody(f"body: send JSON with Content-Type: application/json (got {kind or 'none'!r})")
