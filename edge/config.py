@@ -992,6 +992,30 @@ def _check_environment(environ: Mapping[str, str]) -> None:
         raise ConfigError("invalid configuration:\n  " + "\n  ".join(problems))
 
 
+def _with_sources(message: str, config: Path | None, overrides: list[str]) -> str:
+    """``message``'s lines naming a setting (``section.key = ...``) with where its value came from: a
+    ``--set``, an ``EDGE_SECTION__KEY`` variable or the settings file (an outside probe: a bad value from
+    the environment was named as if typed)."""
+    given = [item.partition("=")[0].strip() for item in overrides]
+
+    def source(match: re.Match[str]) -> str:
+        key = match.group(1)
+        parts = key.split(".")
+        prefixes = [".".join(parts[:n]) for n in range(len(parts), 0, -1)]  # the key, then its tables
+        variables = [ENV_PREFIX + prefix.replace(".", "__").upper() for prefix in prefixes]
+        if (typed := next((prefix for prefix in prefixes if prefix in given), None)) is not None:
+            where = f"--set {typed}"
+        elif (variable := next((v for v in variables if v in os.environ), None)) is not None:
+            where = f"the environment's {variable}"
+        elif config is not None:
+            where = str(config)
+        else:
+            return match.group(0)
+        return f"{match.group(0)} (from {where})"
+
+    return re.sub(r"(?m)^  ([a-z0-9_]+(?:\.[a-z0-9_]+)+)\b.*$", source, message)
+
+
 def load_settings(config: Path | None = None, overrides: list[str] | None = None) -> Settings:
     """Parse settings from a TOML file, the environment and ``KEY=VALUE`` overrides (in that precedence)."""
     _check_environment(os.environ)
@@ -999,7 +1023,7 @@ def load_settings(config: Path | None = None, overrides: list[str] | None = None
     try:
         return Settings(**_nest(overrides or []))
     except ValidationError as error:
-        raise ConfigError(describe_validation_error(error)) from None
+        raise ConfigError(_with_sources(describe_validation_error(error), config, overrides or [])) from None
     except SettingsError as error:  # an environment value pydantic-settings cannot parse (not JSON)
         field = re.search(r'field "([^"]+)"', str(error))
         prefix = ENV_PREFIX + (field.group(1).upper() if field else "")

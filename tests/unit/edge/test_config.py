@@ -71,6 +71,19 @@ def test_bad_env_value_names_key(monkeypatch) -> None:
         load_settings()
 
 
+def test_each_bad_value_says_where_it_came_from(tmp_path, monkeypatch) -> None:
+    """An outside probe: a bad value from the environment was named as if typed on the command line."""
+    config = tmp_path / "edge.toml"
+    config.write_text("[ring]\nslots = 1\n")
+    monkeypatch.setenv("EDGE_API__PORT", "70000")
+    with pytest.raises(ConfigError) as error:
+        load_settings(config, ["reduction.serial.min_snr=-1"])
+    lines = str(error.value).splitlines()
+    assert any(line.startswith("  ring.slots = 1:") and line.endswith(f"(from {config})") for line in lines)
+    assert any(line.endswith("(from the environment's EDGE_API__PORT)") for line in lines), lines
+    assert any(line.endswith("(from --set reduction.serial.min_snr)") for line in lines), lines
+
+
 def test_bad_toml_file_is_a_config_error(tmp_path) -> None:
     config = tmp_path / "broken.toml"
     config.write_text("[ring\nslots = ")
