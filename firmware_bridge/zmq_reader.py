@@ -637,8 +637,15 @@ class ZmqStreamSource:
 
     def _image_rejected(self, series: int | None, frame: int, reason: str, detail: str) -> None:
         """An image the codec rejected: a loss of the open series' frame, or, after a rejected start
-        (another series, or none open yet), held for the run that series' next good image opens."""
-        if self._series is not None and (series is None or series == self._series):
+        (another series, or none open yet), held for the run that series' next good image opens. One whose
+        series cannot be read while a series is open is no frame of it: perhaps its own frame damaged,
+        perhaps another sender's (an outside probe: a stray series -1's image "frame 1" was taken for the
+        open series' frame 1, lost, and its real frame 1 then dropped as a duplicate). It is counted as an
+        unreadable message: if the open series' frame never comes, its gap says so."""
+        if self._series is not None and series is None:
+            self._unreadable += 1
+            return
+        if self._series is not None and series == self._series:
             if self._note_rejected(frame):
                 self.sink.lost(frame, frame, reason, detail)
         elif self._start_rejected is not None and len(self._errors_before_run) < MAX_ERRORS_BEFORE_RUN:

@@ -366,3 +366,37 @@ def test_noise_between_and_inside_whole_series_changes_no_series(
     assert sink.ends == [(series, "success") for series in ids], sink.ends
     assert sink.frames == [f for n in lengths for f in range(n)], sink.frames
     assert sink.losses == [] and len(sink.configs) == len(ids)
+
+
+def test_images_of_an_unreadable_series_during_a_series_take_none_of_its_frames() -> None:
+    """An outside sender's probe: during series 401 (frame 0 stored), a start of series -1 (rejected),
+    its images 0 and 1 and its end, then 401's frames 1..3. The image "frame 1" of series -1 was recorded
+    as 401's frame 1 lost (``stream_bad_field``), and 401's real frame 1 dropped as its "duplicate". An
+    image whose series cannot be read is no frame of the open series: 401's frames are all stored."""
+    sink = Sink()
+    stray = [
+        [part({"htype": "dheader-1.0", "series": -1, "header_detail": "basic"}), header(-1, 2)[1]],
+        image(-1, 0),
+        image(-1, 1),
+        [part({"htype": "dseries_end-1.0", "series": -1})],
+    ]
+    end = [part({"htype": "dseries_end-1.0", "series": 401})]
+    reader = _run(
+        [header(401, 4), image(401, 0), *stray, *(image(401, n) for n in (1, 2, 3)), end], sink, sink.ended
+    )
+    assert len(sink.configs) == 1 and sink.frames == [0, 1, 2, 3] and sink.losses == []
+    assert reader.counters().get("frames_duplicate", 0) == 0
+
+
+def test_an_image_of_the_open_series_whose_series_field_is_damaged_leaves_an_unreadable_gap() -> None:
+    """The other side of the rule above: when the damaged image was the open series' own frame (its
+    ``series`` unreadable), that frame never comes again and is recorded lost as a gap after an
+    unreadable message, not taken twice."""
+    sink = Sink()
+    end = [part({"htype": "dseries_end-1.0", "series": 5})]
+    damaged = image(5, 1)
+    damaged[0] = damaged[0].replace(b'"series": 5', b'"series": "5"').replace(b'"series":5', b'"series":"5"')
+    reader = _run([header(5, 3), image(5, 0), damaged, image(5, 2), end], sink, sink.ended)
+    assert sink.frames == [0, 2]
+    assert sink.losses == [(1, 1, "stream_unreadable_message")]
+    assert reader.counters()["messages_rejected"] == 1
