@@ -81,7 +81,8 @@ def current_alarms(status: Mapping[str, Any]) -> list[dict[str, Any]]:
             message = (
                 f"Preparing {warming.get('mode')} mode: its kernels are loading ({seconds:.0f} s so far;"
                 " compiled on this install's first use of the mode, which takes tens of seconds, minutes"
-                " on a busy machine). A run's frames wait in the ring meanwhile"
+                " on a busy machine). A run in this mode that starts meanwhile may wait for the ones it"
+                " needs, its frames held in the ring (none lost)"
             )
             out.append(_alarm(f"condition:mode_warming:{warming.get('mode')}", "condition", "minor", message))
     retention = status.get("retention") or {}
