@@ -458,7 +458,7 @@
     setText("product-mode", mode, `chip ${mode}`);
     // the 1D profile belongs to powder runs; serial and tomo runs show their own product there, large
     // (the hit rate over time, the newest slice); a raw run's card says there is no product
-    const wide = { serial: "Hit rate", tomo: "Reconstructed slice" }[mode];
+    const wide = { serial: "Hit rate", tomo: "Reconstructed slice", raw: "No reduction (raw mode)" }[mode];
     setText("profile-title", wide || "Reduced profile");
     $("profile-log-label").hidden = mode !== "powder";
     $("profile").style.visibility = mode === "powder" ? "" : "hidden";
