@@ -240,10 +240,11 @@ def send_series_stream2(
             last_progress = time.perf_counter()
             summary.seconds = last_progress - start
             progress(summary)
-    if not faults.missing_end and not sender._send(
-        [encode_end(series, run_uid)], threading.Event(), summary, timeout=5.0
-    ):
-        summary.stopped_early = True
+    if not faults.missing_end:
+        end = [encode_end(series, run_uid)]
+        summary.end_sent = sender._send(end, threading.Event(), summary, timeout=5.0)
+        if not summary.end_sent:
+            summary.stopped_early = True
     summary.seconds = time.perf_counter() - start
     lost = sorted(set(hit["dropped"] + hit["truncated"] + hit["wrong_tag"] + hit["bad_block"]))
     summary.faults = {
@@ -255,7 +256,7 @@ def send_series_stream2(
             "frames_wrong_tag": hit["wrong_tag"],
             "frames_bad_block": hit["bad_block"],
             "frames_duplicated": hit["duplicated"],
-            "end_sent": not faults.missing_end,
+            "end_sent": summary.end_sent,
         },
     }
     return summary

@@ -46,6 +46,10 @@ class SendSummary:
     seconds_held_back: float = 0.0
     encoding: str = "<"
     stopped_early: bool = False
+    #: the series' end message was taken by the transport (False: the consumer held the sender back past
+    #: its 5 s, e.g. after a Ctrl-C while the appliance's store was full: the series stays open there until
+    #: the next one starts, and the frames still queued when the sender closes may never arrive)
+    end_sent: bool = False
     faults: dict[str, Any] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
@@ -189,7 +193,8 @@ class ZmqFrameSender:
                 summary.seconds = last_progress - start
                 progress(summary)
         # the end of the series is sent even after a stop, but a consumer that is gone cannot hold it up
-        if not self._send(encode_series_end(series), threading.Event(), summary, timeout=5.0):
+        summary.end_sent = self._send(encode_series_end(series), threading.Event(), summary, timeout=5.0)
+        if not summary.end_sent:
             summary.stopped_early = True
         summary.seconds = time.perf_counter() - start
         summary.faults = {
@@ -204,5 +209,5 @@ class ZmqFrameSender:
         return summary
 
     def close(self, linger_ms: int = 10_000) -> None:
-        """Close after queued messages are delivered (or ``linger_ms`` passes)."""
+        """Close after queued messages are delivered (or ``linger_ms`` passes: then they are dropped)."""
         self.sock.close(linger=linger_ms)

@@ -61,6 +61,7 @@ def test_a_send_still_blocked_counts_as_held_back(tmp_path: Path) -> None:
             sim.stderr.close()
     summary = json.loads(out.strip().splitlines()[-1])
     assert summary["frames_sent"] == 0 and summary["stopped_early"] is True
+    assert summary["end_sent"] is False  # held back: the series stays open until the next one starts
     # everything after the sender was up was spent waiting for a consumer: header, then the series end
     assert summary["seconds_held_back"] >= 1.5
     assert summary["seconds_held_back"] <= elapsed + 0.5
