@@ -627,7 +627,8 @@ class RetentionSettings(_Section):
         64 << 20,
         ge=0,
         description="kept free so open files can always close: with the disk's free space down to it"
-        " (measured before frames, every 10 ms at most), writing waits for room; 0 = none kept,"
+        " (measured before frames, every 10 ms at most; frames being written may take it a few MiB lower),"
+        " writing waits for room; 0 = none kept,"
         " writing goes on until the disk refuses it (disk_full losses); at most a quarter of the quota"
         " (or of the disk) is kept, whatever is set (the start logs it)",
     )

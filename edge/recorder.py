@@ -100,7 +100,14 @@ class RunRecorder:
             self._ledger_write(self.ledger.run_started, uid, series, frames_expected, text, mode)
         except Exception as error:  # a repeated run uid: keep the data under a fresh one, and say whose
             given, uid = uid, str(uuid.uuid4())
-            log.warning("run uid %s rejected by the ledger (%s); the run is %s", given, error, uid)
+            why = "the ledger already holds a run of that uid" if "UNIQUE" in str(error) else str(error)
+            log.warning(
+                "run uid %s not taken (%s): the run is recorded as %s (`edge where %s` names both)",
+                given,
+                why,
+                uid,
+                given,
+            )
             refused = {"detector_run_uid": given, "detector_run_uid_refused": "already a run's uid"}
             self._count("run_uids_replaced")
             self.ledger.run_started(uid, series, frames_expected, json.dumps({**config, **refused}), mode)
