@@ -426,12 +426,20 @@ class SerialSettings(_Section):
     )
     max_pixels: int = Field(200, ge=1, le=100_000, description="largest peak, in pixels")
     min_peaks: int = Field(10, ge=0, le=100_000, description="a frame with at least this many peaks is a hit")
+    clip_iterations: int = Field(
+        2,
+        ge=1,
+        le=10,
+        description="passes of each ring's sigma-clipped background (the first over every pixel): raise to"
+        " 4-5 when bright or saturated reflections share rings with weak ones (after 2 passes such a ring's"
+        " sigma can stay inflated and hide them); each pass past 2 costs about 2% of the finder's time",
+    )
     max_peaks: int = Field(
         512,
         ge=1,
         le=100_000,
         description="peaks kept per frame in the peak table: with more found, the strongest (by intensity),"
-        " in row order; nPeaksFound counts them all",
+        " in the finder's order (by each peak's first pixel, row-major); nPeaksFound counts them all",
     )
 
     @model_validator(mode="after")

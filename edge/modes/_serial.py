@@ -46,6 +46,7 @@ class SerialStage(_CorrectedStage):
             min_pixels=p.min_pixels,
             max_pixels=p.max_pixels,
             min_peaks=p.min_peaks,
+            iterations=p.clip_iterations,
         )
         self.min_peaks = p.min_peaks
         self.max_peaks = p.max_peaks

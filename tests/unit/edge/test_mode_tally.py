@@ -56,6 +56,11 @@ def test_serial_and_powder_tallies() -> None:
     assert powder.tally() == {"frames": 1}
 
 
+def test_the_clipping_passes_reach_the_finder() -> None:
+    assert _stage("serial").finder.iterations == 2
+    assert _stage("serial", serial={"clip_iterations": 5}).finder.iterations == 5
+
+
 def test_the_cxi_peak_count_never_passes_the_table_width(tmp_path) -> None:  # type: ignore[no-untyped-def]
     """CrystFEL reads ``nPeaks`` entries of each row: with more peaks found than ``max_peaks`` columns,
     ``nPeaks`` is the columns filled (Cheetah's convention) and ``nPeaksFound`` the count found."""

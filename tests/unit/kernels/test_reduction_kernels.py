@@ -904,3 +904,24 @@ def test_a_peak_s_centroid_lies_among_its_pixels() -> None:
         frame, np.zeros((4, width), np.int64), candidates, mean, width
     )
     assert total == pytest.approx([0.1]) and (row_sum / weight, col_sum / weight) == ([2.0], [3.0])
+
+
+def test_more_clipping_passes_find_a_weak_spot_on_a_ring_with_a_saturated_one() -> None:
+    """An outside probe: a saturated reflection left its ring's sigma inflated after the default 2 passes,
+    hiding every weak spot at that radius; ``iterations`` (the daemon's ``serial.clip_iterations``) more
+    passes bring the ring's sigma back to the noise's, and the weak spot is found."""
+    shape = (256, 256)
+    rng = np.random.default_rng(5)
+    yy, xx = np.mgrid[: shape[0], : shape[1]]
+
+    def spot(y0: float, x0: float, total: float, s: float) -> np.ndarray:
+        return total * np.exp(-((yy - y0) ** 2 + (xx - x0) ** 2) / (2 * s * s)) / (2 * np.pi * s * s)
+
+    image = rng.poisson(20.0, shape) + spot(227.5, 127.5, 400_000, 1.2) + spot(27.5, 127.5, 300, 1.0)
+    frame = np.minimum(image, 30_000).astype(np.uint16)  # the bright one saturates
+    found = {}
+    for passes in (2, 5):
+        peaks = get_backend("numba").peak_finder(shape, iterations=passes, min_peaks=1).find(frame)
+        found[passes] = sorted(float(row) for row in peaks.row)
+    assert len(found[2]) == 1 and abs(found[2][0] - 227.5) < 1, found  # the saturated one only
+    assert len(found[5]) == 2 and abs(found[5][0] - 27.5) < 1 and abs(found[5][1] - 227.5) < 1, found
