@@ -276,7 +276,8 @@ class Stream2Source(ZmqStreamSource):
             name = self.channel or next(iter(image.channels))
             chosen = image.channels.get(name) or next(iter(image.channels.values()))
             self._channel = name
-            self._adopt(image.series, image.frame, chosen.shape, chosen.dtype, image.series_unique_id)
+            if not self._adopt(image.series, image.frame, chosen.shape, chosen.dtype, image.series_unique_id):
+                return  # out of range: dropped and counted
         if self._pending is not None:
             first = image.channels.get(self.channel or self._pending.channels[0])
             dtype = first.dtype if first is not None else next(iter(image.channels.values())).dtype

@@ -47,6 +47,12 @@ MONITOR_SECONDS = 0.5  # how often the reader looks at its connection's events
 DROP_REPORT_SECONDS = 2.0  # a drop during a series is reported once the series outlives it this long
 GAPS_REMEMBERED = 64  # a series' latest gaps a late frame is looked for in
 ENDED_SERIES_REMEMBERED = 16  # series ended here whose images are stragglers, never a new series
+#: a start of a series opened from its images is late (its images came first) only when the run's first
+#: image was among the series' first ones: a run opened at frame 3,000,000 (a restart mid-series, or a
+#: stray) is not that series' beginning, and its start is the detector's next series (an outside sender:
+#: a stray image far ahead, then a valid start, made one run of both with the start's uid lost and
+#: 3 million frames recorded lost)
+LATE_START_FRAMES = 64
 # A gap in the frame numbers is held this long before its frames are recorded lost, so that a frame
 # overtaken by later ones (a sender with several threads or sockets) is stored when it comes: until
 # REORDER_FRAMES newer frames have arrived or REORDER_SECONDS have passed, whichever is first (the
@@ -139,6 +145,7 @@ class ZmqStreamSource:
         self._ended_accounted = 0  # the frames below this number of that series are in its run's account
         self._ended_ids: deque[int] = deque(maxlen=ENDED_SERIES_REMEMBERED)  # the latest series ended here
         self._adopted: int | None = None  # the open series, when it was opened from its images (`_adopt`)
+        self._adopted_first = 0  # the first frame of that run
         # why the last series start was rejected (or may have been lost), until a start is accepted: the
         # images that follow it are a run of their own, never taken for a series cut by a daemon restart
         self._start_rejected: str | None = None
@@ -531,7 +538,7 @@ class ZmqStreamSource:
         if not self._leave_for(series) or self._older_series(series, frame):
             return False
         if self._series is None:
-            self._adopt(series, frame, shape, dtype)
+            return self._adopt(series, frame, shape, dtype)
         return True
 
     def _older_series(self, series: int, frame: int) -> bool:
@@ -692,7 +699,7 @@ class ZmqStreamSource:
 
     def _adopt(
         self, series: int, frame: int, shape: tuple[int, int], dtype: str, detector_uid: str = ""
-    ) -> None:
+    ) -> bool:
         """An image of a series this reader never saw start: the daemon restarted in the middle of it.
 
         The rest of the series becomes a run of its own, "resumed after restart" from ``frame`` on
@@ -704,10 +711,24 @@ class ZmqStreamSource:
         message too damaged to name its kind when the first image is frame 0. ``detector_uid``: the
         detector's uid of the series when its images carry one (Stream V2's ``series_unique_id``), kept
         with the run as ``detector_run_uid`` (the run's own uid is a fresh one).
+
+        False for an image dropped instead: one that would open a run numbered from 0 (after a rejected
+        start) more than ``max_frame_jump`` beyond 0 (``frame_number_out_of_range``, as inside a series;
+        an outside sender's such image, dropped and counted, had still opened a run, and the valid start
+        after it was then taken as late, its uid lost).
         """
         named = {"detector_run_uid": detector_uid} if detector_uid else {}
         if series == self._ended_series and self._start_rejected is None:
-            return  # (after a rejected start, images of that id are the new series': a sender reusing it)
+            return True  # (a straggler, `_note_frame`; after a rejected start, images of that id are the
+            # new series': a sender reusing it)
+        if (self._start_rejected is not None or (self._unreadable_between and frame == 0)) and (
+            self.max_frame_jump is not None and frame > self.max_frame_jump
+        ):
+            self.stats["frame_number_out_of_range"] += 1
+            log.warning(
+                "frame %d of series %d rejected: more than %d beyond 0", frame, series, self.max_frame_jump
+            )
+            return False
         rejected, self._start_rejected = self._start_rejected, None
         unreadable, self._unreadable_between = self._unreadable_between, 0
         if rejected is None and unreadable and frame == 0:  # (a restart mid-series misses frame 0 too)
@@ -715,7 +736,8 @@ class ZmqStreamSource:
             rejected = f"{unreadable} unreadable message(s) came where its start was due"
         if rejected is not None:
             self._open_without_start(series, frame, shape, dtype, rejected, named)
-            return
+            self._adopted_first = 0
+            return True
         self.stats["series_adopted"] += 1
         log.warning(
             "frames of series %d without its start (a restart mid-series): a resumed run from frame %d",
@@ -725,6 +747,8 @@ class ZmqStreamSource:
         marks = {"resumed_after_restart": True, "first_frame": frame, **named}
         self._open_headless(series, frame, frame, shape, dtype, marks)
         self._adopted = series
+        self._adopted_first = frame
+        return True
 
     def _repeated_start(self, key: Any) -> bool:
         """True for a start identical to the open series' own (its series and every field): a copy the
@@ -746,6 +770,15 @@ class ZmqStreamSource:
         stored is never also a gap of a second run; the start's length is taken when the run has none, its
         other metadata is not. True when it was such a start."""
         if self._series is None or series != self._series or self._adopted != series:
+            return False
+        if self._adopted_first > LATE_START_FRAMES:  # not the series' first images: the next series
+            self.stats["starts_after_far_images"] += 1
+            log.warning(
+                "series %d: a start came for the run opened from its frame %d on: not its late start (a"
+                " series begins at frame 0) but the next series of that number; that run ends",
+                series,
+                self._adopted_first,
+            )
             return False
         self.stats["starts_after_images"] += 1
         log.warning(

@@ -400,3 +400,52 @@ def test_an_image_of_the_open_series_whose_series_field_is_damaged_leaves_an_unr
     assert sink.frames == [0, 2]
     assert sink.losses == [(1, 1, "stream_unreadable_message")]
     assert reader.counters()["messages_rejected"] == 1
+
+
+def test_a_stray_image_far_ahead_then_a_valid_series_keeps_the_series_whole() -> None:
+    """An outside sender: after a series ended, one image of series 701 at frame 3,000,000, then a valid
+    start of 701 and its frames 0..2. The stray opened a run "resumed after restart" from 3,000,000, the
+    start was taken as late, frames 0..2 went into that run below its first frame and 3..2,999,999 were
+    recorded lost; the start's run uid was never a run. The start is the series' (a series begins at frame
+    0): the stray's run ends, and the series is a run of its own with nothing lost."""
+    sink = _Ends(701)
+    end = [part({"htype": "dseries_end-1.0", "series": 701})]
+    messages = [image(701, 3_000_000), header(701, 3), *(image(701, n) for n in range(3)), end]
+    done = threading.Event()
+    sink.series_end = lambda series, exit_status="success": (  # type: ignore[method-assign]
+        sink.ends.append((series, exit_status)),
+        len(sink.ends) == 2 and done.set(),
+    )
+    context = zmq.Context()
+    push = context.socket(zmq.PUSH)
+    port = push.bind_to_random_port("tcp://127.0.0.1")
+    reader = ZmqStreamSource(f"tcp://127.0.0.1:{port}", sink, context, max_frame_jump=1_000_000)
+    reader.start()
+    try:
+        for message in messages:
+            push.send_multipart(message)
+        assert done.wait(10), sink.ends
+    finally:
+        reader.stop()
+        push.close(0)
+        context.term()
+    assert len(sink.configs) == 2 and sink.configs[1].get("resumed_after_restart") is None
+    assert sink.frames == [3_000_000, 0, 1, 2]
+    assert sink.losses == [] and sink.ends == [(701, "fail"), (701, "success")]
+    assert reader.counters()["starts_after_far_images"] == 1
+
+
+def test_an_image_far_out_of_range_after_a_rejected_start_opens_no_run() -> None:
+    """An outside sender (after a reconnect, as after a rejected start): an image at frame 3,000,000,
+    then a valid start and frames 0..2. The image was dropped and counted out of range, yet it opened a
+    run numbered from 0 that the start then joined as "late": the series' uid was lost. Dropped, it opens
+    nothing: the start's run is the series' own."""
+    sink = Sink()
+    rejected = [part({"htype": "dheader-1.0", "series": 711, "header_detail": "basic"})]  # no config part
+    end = [part({"htype": "dseries_end-1.0", "series": 711})]
+    messages = [rejected, image(711, 3_000_000), header(711, 3), *(image(711, n) for n in range(3)), end]
+    reader = _run(messages, sink, sink.ended)
+    (config,) = sink.configs
+    assert not config.get("start_rejected") and sink.frames == [0, 1, 2] and sink.losses == []
+    counters = reader.counters()
+    assert counters["frame_number_out_of_range"] == 1 and counters.get("series_without_start", 0) == 0
