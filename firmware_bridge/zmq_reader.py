@@ -374,8 +374,11 @@ class ZmqStreamSource:
         while more:
             size = self.codec.expecting_data()
             pending = self.codec.pending_image
-            # before the slot is claimed: the run start goes first in the ring
-            if pending is not None and not self._series_for(*pending):
+            # before the slot is claimed: the run start goes first in the ring. With no series open, the
+            # image is read whole first and opens a run only if the codec takes it (`_handle`): a rejected
+            # start's rejected images had opened a run here before their data part was found short
+            # (an outside sender's probe; the Stream V2 reader, reading whole messages, opened none)
+            if pending is not None and self._series is not None and not self._series_for(*pending):
                 self._drop_rest(sock, more)  # a stray of another series: counted only
                 return
             if size is not None and self._refused is not None:
@@ -385,7 +388,7 @@ class ZmqStreamSource:
                 if frame is not None and self._frames_expected is None and self._note_frame(frame):
                     self.sink.lost(frame, frame, "run_refused", self._refused)
                 return
-            if size is not None and self.codec.pending_encoding == "<":
+            if size is not None and self.codec.pending_encoding == "<" and self._series is not None:
                 frame = self.codec.pending_frame
                 try:
                     slot = self.sink.claim(size)
@@ -1027,6 +1030,10 @@ class ZmqStreamSource:
             self.stats["frames_dropped_ring_full"] += 1
             self.sink.lost(event.frame, event.frame, "ring_full", "count-and-drop policy")
             return None
+        if event.encoding == "<":  # raw pixels read whole (the first image of a series with none open)
+            raw = np.frombuffer(event.data, dtype=np.uint8)  # type: ignore[arg-type]  # (size checked)
+            np.frombuffer(slot.buffer, dtype=np.uint8, count=nbytes)[:] = raw[:nbytes]
+            return slot
         try:
             # bounds-checked: bitshuffle's own decoder crashes the process on a corrupt chunk
             pixels = decode_bslz4(event.data, event.shape, event.dtype)  # type: ignore[arg-type]

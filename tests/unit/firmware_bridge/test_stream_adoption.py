@@ -449,3 +449,42 @@ def test_an_image_far_out_of_range_after_a_rejected_start_opens_no_run() -> None
     assert not config.get("start_rejected") and sink.frames == [0, 1, 2] and sink.losses == []
     counters = reader.counters()
     assert counters["frame_number_out_of_range"] == 1 and counters.get("series_without_start", 0) == 0
+
+
+def test_a_rejected_start_s_rejected_images_and_its_end_open_no_run() -> None:
+    """An outside sender: a start of series 455 the codec rejects, two images whose data part is a byte
+    short of their size, then the end of 455. The JSON reader opened a run from the first image's header
+    before its data part was found short (the Stream V2 reader, reading whole messages, opened none):
+    a run of nothing but two losses. The end of the rejected series ends it; its images are recorded
+    lost outside any run, and no run is opened."""
+    sink = _Counting()
+    rejected = [part({"htype": "dheader-1.0", "series": 455, "header_detail": "basic"})]  # no config part
+    short = []
+    for n in range(2):
+        message = image(455, n)
+        message[2] = message[2][:-1]
+        short.append(message)
+    end = [part({"htype": "dseries_end-1.0", "series": 455})]
+    good = [header(456, 1), image(456, 0), [part({"htype": "dseries_end-1.0", "series": 456})]]
+    reader = _run([rejected, *short, end, *good], sink, sink.ended)
+    (config,) = sink.configs  # series 456's only
+    assert not config.get("start_rejected") and sink.frames == [0]
+    assert sorted(sink.losses) == [(0, 0, "stream_bad_size"), (1, 1, "stream_bad_size")]
+    counters = reader.counters()
+    assert counters["rejected_series_ended"] == 1 and counters.get("series_without_start", 0) == 0
+    assert counters["frames_outside_series"] == 2
+
+
+def test_the_first_raw_image_of_a_series_seen_without_its_start_is_stored_bit_exact() -> None:
+    """With no series open the first image is read whole before it opens a run (above): its raw pixels
+    reach the ring as they came."""
+    sink = Sink()
+    pixels: dict[int, bytes] = {}
+    sink.publish = lambda slot, header: (  # type: ignore[method-assign]
+        sink.frames.append(header.frame),
+        pixels.__setitem__(header.frame, bytes(slot.buffer)),
+    )
+    end = [part({"htype": "dseries_end-1.0", "series": 9})]
+    _run([image(9, 40), image(9, 41), end], sink, sink.ended)
+    assert sink.frames == [40, 41]
+    assert pixels == {n: image(9, n)[2] for n in (40, 41)}  # (the first read whole, the next in place)
