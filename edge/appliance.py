@@ -603,6 +603,10 @@ class Appliance:
         self.context = context or zmq.Context.instance()
         # settings that can only be checked here, before anything is opened or made
         curve = curve_paths(settings.upstream.curve_secret_file, settings.upstream.curve_clients_dir)
+        if curve is not None:
+            from edge.upstream.curve import load_keys
+
+            load_keys(curve[0], "upstream.curve_secret_file", secret=True)  # bad: one line, no ring made
         store = settings.store
         store.path.mkdir(parents=True, exist_ok=True)
         self.disk = DiskGuard(

@@ -169,6 +169,11 @@ def build_parser() -> argparse.ArgumentParser:
     keys = sub.add_parser("keys", help="write a CurveZMQ key pair (NAME.key, NAME.key_secret) into DIR")
     keys.add_argument("directory", type=Path)
     keys.add_argument("name")
+    keys.add_argument(
+        "--force",
+        action="store_true",
+        help="replace a key pair NAME already has in DIR (each peer given its public key needs the new one)",
+    )
     where = sub.add_parser("where", help="where is my data: one run's files, states, confirmations, losses")
     _common(where)
     where.add_argument(
@@ -420,6 +425,10 @@ def _run_pull(settings: Settings) -> int:
 
     try:
         curve = curve_paths(pull.curve_secret_file, pull.curve_server_file)
+        if curve is not None:
+            from edge.upstream.curve import check_client_keys
+
+            check_client_keys(*curve)
     except ConfigError as error:
         print(f"edge: {error}", file=sys.stderr)
         return 2
@@ -734,7 +743,7 @@ def main(argv: list[str] | None = None) -> int:
         from edge.upstream.curve import create_keys
 
         try:
-            public, secret = create_keys(args.directory, args.name)
+            public, secret = create_keys(args.directory, args.name, replace=args.force)
         except (ConfigError, OSError) as error:
             print(f"edge keys: {error}", file=sys.stderr)
             return 2

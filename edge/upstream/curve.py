@@ -27,17 +27,58 @@ from edge.upstream.protocol import CONSUMER_NAME
 log = logging.getLogger(__name__)
 
 
-def create_keys(directory: Path, name: str) -> tuple[Path, Path]:
+def create_keys(directory: Path, name: str, *, replace: bool = False) -> tuple[Path, Path]:
     """Write a key pair; returns (public file, secret file). ``name`` is the consumer name the public
-    key will speak for (``NAME.key`` in the appliance's ``curve_clients_dir``): the protocol's rule."""
+    key will speak for (``NAME.key`` in the appliance's ``curve_clients_dir``): the protocol's rule. A
+    pair NAME already has in ``directory`` is kept unless ``replace`` (an outside probe: a second `edge
+    keys` silently replaced the appliance's key every consumer had been given, locking them all out)."""
     if not CONSUMER_NAME.fullmatch(name):
         raise ConfigError(
             f"key name {name[:80]!r}: 1 to 64 letters, digits, '_', '.' or '-' (it names the consumer)"
+        )
+    existing = [
+        path for path in (directory / f"{name}.key", directory / f"{name}.key_secret") if path.exists()
+    ]
+    if existing and not replace:
+        raise ConfigError(
+            f"{existing[0]} exists: its pair is kept (every peer given the public key would be locked out);"
+            " --force replaces it"
         )
     directory.mkdir(parents=True, exist_ok=True)
     public, secret = zmq.auth.create_certificates(str(directory), name)
     os.chmod(secret, 0o600)  # the secret key: its owner only (pyzmq writes it with the umask's mode)
     return Path(public), Path(secret)
+
+
+def load_keys(path: Path, setting: str, *, secret: bool) -> tuple[bytes, bytes | None]:
+    """(public, secret) keys of the certificate file ``path``, given as ``setting``; a ConfigError naming
+    both, in one line, when it is no key file, or holds no secret key where one is ``secret``ly needed
+    (an outside probe: a public key given as the secret one stopped the start with a TypeError's
+    traceback). A secret key file others can read is logged (``edge keys`` writes it 0600)."""
+    try:
+        public, secret_key = zmq.auth.load_certificate(str(path))
+    except (OSError, ValueError) as error:
+        reason = error.strerror if isinstance(error, OSError) and error.strerror else str(error)
+        raise ConfigError(
+            f"{setting} = {path}: not a CurveZMQ key file ({reason}); `edge keys DIR NAME` writes a pair"
+        ) from None
+    if secret and secret_key is None:
+        raise ConfigError(
+            f"{setting} = {path}: a public key only; this setting takes the secret one (NAME.key_secret)"
+        )
+    if secret:
+        mode = path.stat().st_mode & 0o777
+        if mode & 0o077:
+            log.warning(
+                "%s = %s: the secret key is readable by others (mode %04o): chmod 600 it", setting, path, mode
+            )
+    return public, secret_key
+
+
+def check_client_keys(secret_file: Path, server_public_file: Path) -> None:
+    """``edge pull``'s key files, checked before it connects (`load_keys`)."""
+    load_keys(secret_file, "pull.curve_secret_file", secret=True)
+    load_keys(server_public_file, "pull.curve_server_file", secret=False)
 
 
 class KeyRing:
@@ -122,11 +163,11 @@ def serve_securely(
 ) -> ThreadAuthenticator:
     """Make ``sock`` a CURVE server admitting only the public keys in ``clients_dir``; each message it
     receives carries the consumer name its sender's key speaks for, as the frame's ``User-Id``."""
+    public, secret = load_keys(secret_file, "upstream.curve_secret_file", secret=True)
     auth = _NamedAuthenticator(context)
     auth.keyring = KeyRing(clients_dir)
     auth.start()
     auth.configure_curve_callback(domain="*", credentials_provider=auth.keyring)
-    public, secret = zmq.auth.load_certificate(str(secret_file))
     sock.curve_secretkey = secret
     sock.curve_publickey = public
     sock.curve_server = True
@@ -135,8 +176,8 @@ def serve_securely(
 
 def connect_securely(sock: zmq.Socket, secret_file: Path, server_public_file: Path) -> None:
     """Make ``sock`` a CURVE client of the server whose public key is in ``server_public_file``."""
-    public, secret = zmq.auth.load_certificate(str(secret_file))
-    server_public, _ = zmq.auth.load_certificate(str(server_public_file))
+    public, secret = load_keys(secret_file, "pull.curve_secret_file", secret=True)
+    server_public, _ = load_keys(server_public_file, "pull.curve_server_file", secret=False)
     sock.curve_secretkey = secret
     sock.curve_publickey = public
     sock.curve_serverkey = server_public

@@ -106,3 +106,48 @@ def test_a_hello_under_another_name_than_the_keys_is_refused(tmp_path: Path) -> 
     (refusal,) = session.receive(b"peer", other, 2.0, key_name="hpc")
     assert isinstance(refusal.message, p.Error) and session.consumers["hpc"].identity == b"peer"
     ledger.close()
+
+
+def test_a_second_edge_keys_keeps_the_pair_unless_forced(tmp_path: Path) -> None:
+    """An outside probe: `edge keys DIR appliance` run again silently replaced the appliance's secret
+    key, locking out every consumer given the old public key."""
+    from edge.errors import ConfigError
+
+    _public, secret = create_keys(tmp_path, "appliance")
+    before = secret.read_bytes()
+    with pytest.raises(ConfigError, match=r"appliance\.key exists: its pair is kept.*--force"):
+        create_keys(tmp_path, "appliance")
+    assert secret.read_bytes() == before
+    create_keys(tmp_path, "appliance", replace=True)
+    assert secret.read_bytes() != before
+
+
+def test_a_bad_key_file_is_one_line_naming_the_setting(tmp_path: Path, caplog) -> None:  # type: ignore[no-untyped-def]
+    """An outside probe: a public key given as the secret one, a file of garbage, a directory or a
+    missing file stopped `edge pull` and `edge run` with a traceback (TypeError, ValueError, OSError)."""
+    from edge.errors import ConfigError
+    from edge.upstream.curve import check_client_keys, load_keys
+
+    public, secret = create_keys(tmp_path, "hpc")
+    garbage = tmp_path / "garbage.key"
+    garbage.write_text("garbage\n")
+    cases = [
+        (public, True, "a public key only; this setting takes the secret one"),
+        (garbage, True, "not a CurveZMQ key file"),
+        (tmp_path, False, "not a CurveZMQ key file"),
+        (tmp_path / "missing.key_secret", True, "not a CurveZMQ key file"),
+    ]
+    for path, needs_secret, words in cases:
+        with pytest.raises(ConfigError) as error:
+            load_keys(path, "pull.curve_secret_file", secret=needs_secret)
+        message = str(error.value)
+        assert message.startswith(f"pull.curve_secret_file = {path}: ") and words in message, message
+        assert "\n" not in message
+    with pytest.raises(
+        ConfigError, match=r"pull\.curve_server_file = .*garbage\.key: not a CurveZMQ key file"
+    ):
+        check_client_keys(secret, garbage)
+    secret.chmod(0o644)
+    with caplog.at_level("WARNING"):
+        load_keys(secret, "pull.curve_secret_file", secret=True)
+    assert "readable by others (mode 0644)" in caplog.text
