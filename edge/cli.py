@@ -681,11 +681,15 @@ def _run_where(settings: Settings, run: str, as_json: bool) -> int:
     try:
         run_uid = resolve_run(ledger, run)
         running = daemon_running(settings.ledger_path)
-        held = None
-        if running and ledger.run(run_uid)["exit_status"] is None:
-            held = held_end_from_daemon(settings, run_uid)
+        held = stalled = None
+        if running:  # what only the daemon knows: a held run end, a stalled upstream link
+            served = daemon_where(settings, run_uid)
+            held = (
+                _text_or_none(served.get("held_end")) if ledger.run(run_uid)["exit_status"] is None else None
+            )
+            stalled = _text_or_none(served.get("upstream_stalled"))
         report = where_report(
-            ledger, run_uid, daemon_running=running, store=settings.store.path, held_end=held
+            ledger, run_uid, daemon_running=running, store=settings.store.path, held_end=held, stalled=stalled
         )
     except NotFound as error:
         print(f"edge: {error}", file=sys.stderr)
@@ -696,10 +700,14 @@ def _run_where(settings: Settings, run: str, as_json: bool) -> int:
     return 0
 
 
-def held_end_from_daemon(settings: Settings, run_uid: str, timeout: float = 2.0) -> str | None:
-    """The exit status of ``run_uid``'s end when the running daemon holds its record back (a full disk:
-    the ledger says nothing yet), asked of its API (``GET /api/runs/{id}``, ``where.held_end``); None
-    when it holds none, or its API does not answer (the report then says "running", as before)."""
+def _text_or_none(value: Any) -> str | None:
+    return value if isinstance(value, str) and value else None
+
+
+def daemon_where(settings: Settings, run_uid: str, timeout: float = 2.0) -> dict[str, Any]:
+    """The running daemon's where report of ``run_uid`` (``GET /api/runs/{id}``, ``where``): what the
+    ledger alone does not say (a run end a full disk holds back, ``held_end``; a stalled upstream link,
+    ``upstream_stalled``); empty when its API does not answer (the report is then the ledger's)."""
     import json
     import urllib.parse
     import urllib.request
@@ -712,10 +720,16 @@ def held_end_from_daemon(settings: Settings, run_uid: str, timeout: float = 2.0)
     url = f"http://{host}:{settings.api.port}/api/runs/{urllib.parse.quote(run_uid, safe='')}"
     try:
         with urllib.request.urlopen(url, timeout=timeout) as answer:
-            held = json.loads(answer.read()).get("where", {}).get("held_end")
+            where = json.loads(answer.read()).get("where", {})
     except (OSError, ValueError, AttributeError):
-        return None
-    return held if isinstance(held, str) and held else None
+        return {}
+    return where if isinstance(where, dict) else {}
+
+
+def held_end_from_daemon(settings: Settings, run_uid: str, timeout: float = 2.0) -> str | None:
+    """The exit status of ``run_uid``'s end when the running daemon holds its record back (a full disk:
+    the ledger says nothing yet); None when it holds none, or its API does not answer."""
+    return _text_or_none(daemon_where(settings, run_uid, timeout).get("held_end"))
 
 
 def _run_bench(bench_args: list[str]) -> int:

@@ -23,7 +23,7 @@ from edge.errors import NotFound
 from edge.frame_format import FrameFormat, preview_image
 from edge.http_guard import REFUSED
 from edge.ledger import Ledger
-from edge.upstream.outlook import upstream_outlook
+from edge.upstream.outlook import stall, upstream_outlook
 from edge.where import resolve_run, where_report
 from kernels import Geometry
 
@@ -282,6 +282,7 @@ class ApplianceView:
                 run_uid,
                 store=self._p.settings.store.path,
                 held_end=self._p.recorder.held_end(run_uid),
+                stalled=stall(list(ledger.required_consumers), self._p.forwarder.counters()),
             ),
         }
 

@@ -93,6 +93,7 @@ def where_report(
     daemon_running: bool = True,
     store: Path | None = None,
     held_end: str | None = None,
+    stalled: str | None = None,
 ) -> dict[str, Any]:
     """Everything a scientist needs to find one run's data, and how far it has got.
 
@@ -163,8 +164,12 @@ def where_report(
         "required_consumers": consumers,
         "bytes_pending": pending,
         "upstream_rate_bytes_per_s": round(rate, 1),
-        # no daemon, nothing sent: no time to arrival (the rate is the last 120 s of a daemon now gone)
-        "eta_seconds": eta_seconds(pending, rate) if daemon_running or not pending else None,
+        # no daemon, nothing sent: no time to arrival (the rate is the last 120 s of a daemon now gone);
+        # nor while delivery is stalled (``stalled``: why, the daemon's `outlook.stall`)
+        "eta_seconds": eta_seconds(pending, rate)
+        if not pending or (daemon_running and stalled is None)
+        else None,
+        "upstream_stalled": stalled if pending else None,
         "daemon_running": daemon_running,
         "files": rows,
         "quarantined": quarantined(Path(ledger.path).parent if store is None else store, run_uid),
@@ -344,6 +349,7 @@ def render(report: dict[str, Any]) -> str:
         f"  upstream: needs {', '.join(report['required_consumers'])}; "
         f"{report['bytes_pending']} bytes pending"
         + (f", ETA {report['eta_seconds']:.0f} s" if report["eta_seconds"] else "")
+        + (f" (stalled: {report['upstream_stalled']})" if report.get("upstream_stalled") else "")
         + (
             " (no daemon running: sent once one starts)"
             if report["bytes_pending"] and report.get("daemon_running") is False

@@ -54,6 +54,23 @@ def eta_seconds(pending_bytes: int, rate_bytes_per_s: float, connected: bool = T
     return round(pending_bytes / rate_bytes_per_s, 1)
 
 
+def _missing(required: list[str], forwarder: Mapping[str, Any]) -> list[str]:
+    """The required consumers not connected now."""
+    connected = {str(c.get("consumer")) for c in forwarder.get("consumers") or () if c.get("connected")}
+    return [name for name in required if name not in connected]
+
+
+def stall(required: list[str], forwarder: Mapping[str, Any]) -> str | None:
+    """Why nothing pending can be verified now, in the cheap cases (no ledger query): a required
+    consumer not connected, or the appliance's ledger unable to record acknowledgements; else None. A
+    run's where report gives no ETA then (an outside probe: "ETA 8 s" for data one required consumer,
+    stopped, would never confirm, beside the outlook's "stalled")."""
+    if forwarder.get("ledger_refusing"):
+        return "the appliance's own disk is full: its ledger cannot record acknowledgements"
+    missing = _missing(required, forwarder)
+    return f"no consumer connected: {', '.join(missing)} must pull" if missing else None
+
+
 def upstream_outlook(
     ledger: _UpstreamLedger,
     bytes_pending: int,
@@ -68,7 +85,7 @@ def upstream_outlook(
     consumers = forwarder.get("consumers") or []
     connected = sorted(str(c.get("consumer")) for c in consumers if c.get("connected"))
     required = list(ledger.required_consumers)
-    missing = [name for name in required if name not in connected]
+    missing = _missing(required, forwarder)
     refusals = {
         str(c.get("consumer")): str(c.get("last_refusal"))
         for c in consumers

@@ -335,3 +335,29 @@ def test_a_required_consumer_added_later_holds_back_what_it_never_confirmed(tmp_
     again = Ledger(path, required_consumers=("hpc",))
     assert again.reconcile_verified() == {"reopened": 0, "verified": 0}  # nothing to change on a restart
     again.close()
+
+
+def test_a_run_s_eta_is_none_while_delivery_is_stalled(tmp_path: Path) -> None:
+    """An outside probe: with the required ``tape`` stopped, `edge where` and the runs table said "ETA 8
+    s" for data that could not be verified, beside the outlook's "stalled". With a stall named (the
+    daemon's `outlook.stall`), the report has no ETA and says why."""
+    from edge.upstream.outlook import stall
+    from edge.where import render
+
+    ledger = Ledger(tmp_path / "ledger.sqlite", required_consumers=("hpc", "tape"))
+    ledger.run_started("run", 1, None, "{}")
+    _stored_and_confirmed(ledger, tmp_path, "old.h5", ("hpc", "tape"))  # a verified rate to go by
+    _stored_and_confirmed(ledger, tmp_path, "a.h5", ("hpc",))  # waits for tape
+    flowing = where_report(ledger, "run")
+    assert flowing["bytes_pending"] > 0 and flowing["eta_seconds"] is not None
+    consumers = {
+        "consumers": [{"consumer": "hpc", "connected": True}, {"consumer": "tape", "connected": False}]
+    }
+    why = stall(["hpc", "tape"], consumers)
+    assert why == "no consumer connected: tape must pull"
+    report = where_report(ledger, "run", stalled=why)
+    assert report["eta_seconds"] is None and report["upstream_stalled"] == why
+    assert "(stalled: no consumer connected: tape must pull)" in render(report)
+    assert stall(["hpc"], consumers) is None
+    assert "ledger cannot record" in str(stall(["hpc"], {**consumers, "ledger_refusing": True}))
+    ledger.close()
