@@ -131,6 +131,7 @@ def _named_flags(message: str, args: argparse.Namespace) -> str:
         name = flags.get(key)
         if sep and name and getattr(args, name.replace("-", "_"), None) is not None:
             value, colon, why = rest.partition(": ")
+            why = why.removesuffix(f" (from --set {key})")  # (the flag set it: said above, not a --set)
             lines[i] = line.replace(line.strip(), f"{key} = {value} (--{name}){colon}{why}")
     return "\n".join(lines)
 

@@ -18,12 +18,18 @@ from edge.ledger import Ledger
 from edge.upstream.outlook import RATE_WINDOW_SECONDS, eta_seconds
 
 
+def _quoted(text: str, limit: int = 120) -> str:
+    """``text`` as an error message quotes it: repr, cut to ``limit`` characters (an outside probe's
+    100 000-character id came back whole)."""
+    return repr(text) if len(text) <= limit else f"{text[:limit]!r}... ({len(text)} characters)"
+
+
 def resolve_run(ledger: Ledger, text: str) -> str:
     """The run uid ``text`` names: itself, or the one run whose uid starts with it."""
     try:
         text.encode("utf-8")
     except UnicodeEncodeError:  # bytes a terminal passed that are not UTF-8 (as surrogates): no uid is
-        raise NotFound(f"no run {text!r} in the ledger: a run uid is text (UTF-8)") from None
+        raise NotFound(f"no run {_quoted(text)} in the ledger: a run uid is text (UTF-8)") from None
     uids = [row["run_uid"] for row in ledger.runs()]
     if text in uids:
         return text
@@ -34,13 +40,15 @@ def resolve_run(ledger: Ledger, text: str) -> str:
         return matches[0]
     if matches:
         shown = ", ".join(matches[:10]) + (f", ... ({len(matches) - 10} more)" if len(matches) > 10 else "")
-        raise NotFound(f"{text!r} matches {len(matches)} runs ({shown}); give more of the uid")
+        raise NotFound(f"{_quoted(text)} matches {len(matches)} runs ({shown}); give more of the uid")
     renamed = ledger.runs_named_by_detector(text)  # the detector's uid, recorded under a fresh one
     if len(renamed) == 1:
         return renamed[0]
     if renamed:
-        raise NotFound(f"the detector's run uid {text!r} names {len(renamed)} runs: {', '.join(renamed)}")
-    raise NotFound(f"no run {text!r} in the ledger ({len(uids)} runs known)")
+        raise NotFound(
+            f"the detector's run uid {_quoted(text)} names {len(renamed)} runs: {', '.join(renamed)}"
+        )
+    raise NotFound(f"no run {_quoted(text)} in the ledger ({len(uids)} runs known)")
 
 
 def also_named(ledger: Ledger, run_uid: str, config: Any) -> tuple[str, list[str]]:
@@ -309,10 +317,11 @@ def summary_line(report: dict[str, Any]) -> str:
     upstream = sum(1 for f in files if f["state"] in ("verified", "purged"))
     # the copies of the consumers the policy requires first (an optional mirror's come after)
     required = set(report.get("required_consumers") or ())
-    dirs = sorted(
+    dirs = sorted(  # (of the verified files: a copy only some required consumers confirmed is pending)
         {
             (consumer not in required, _printable(Path(path).parent))
             for f in files
+            if f["state"] in ("verified", "purged")
             for consumer, path in f.get("upstream_copies", {}).items()
         }
     )

@@ -376,6 +376,10 @@ def test_where_marks_a_stored_file_gone_from_the_disk_as_missing_not_purged(ledg
 
 def test_where_names_the_required_consumers_copy_before_an_optional_mirrors(ledger: Ledger) -> None:
     (row,) = ledger.files("run-1")
+    # the mirror's copy alone does not verify it: "0 verified upstream (/aaa/mirror)" named a folder for
+    # a count of 0 (an outside probe)
+    assert ledger.file_verified("a-mirror", row["id"], row["size"], row["checksum"], "/aaa/mirror/x.h5")
+    assert "0 verified upstream, 1 pending" in where_report(ledger, "run-1")["summary"]
     for consumer, path in (("a-mirror", "/aaa/mirror/run-1_00000.h5"), ("hpc", "/hpc/out/run-1_00000.h5")):
         assert ledger.file_verified(consumer, row["id"], row["size"], row["checksum"], path)
     assert "verified upstream (/hpc/out, /aaa/mirror)" in where_report(ledger, "run-1")["summary"]
@@ -389,3 +393,14 @@ def test_a_run_id_that_is_not_utf8_is_no_run_not_a_crash(ledger: Ledger) -> None
 
     with pytest.raises(NotFound, match="a run uid is text"):
         resolve_run(ledger, "\udcff\udcfe")
+
+
+def test_a_huge_run_id_is_quoted_cut_short(ledger: Ledger) -> None:
+    """An outside probe: `edge where` with a 100 000-character id printed it back whole."""
+    from edge.errors import NotFound
+    from edge.where import resolve_run
+
+    with pytest.raises(NotFound) as error:
+        resolve_run(ledger, "x" * 100_000)
+    message = str(error.value)
+    assert len(message) < 300 and "(100000 characters)" in message, message[:400]

@@ -47,6 +47,8 @@ ROOT = Path(__file__).parents[3]
         (["sim", "--modules", "0"], "udp.grid_cols = 0 (--modules): Input should be greater than"),
         (["sim", "--rate", "-1"], "sim.rate_hz = -1.0 (--rate): Input should be greater than 0"),
         (["demo", "--burst", "-2"], "sim.burst = -2 (--burst): "),
+        # ...and only the flag: it had also been said to come from "--set pull.consumer" (an outside probe)
+        (["pull", "--consumer", "bad name!"], "pull.consumer = 'bad name!' (--consumer): String should match"),
         (["demo", "--timeout", "0"], "must be a finite number of seconds above 0"),
         (["demo", "--timeout", "nan"], "must be a finite number of seconds above 0"),
     ],
@@ -61,4 +63,5 @@ def test_refused_before_anything_starts(tmp_path: Path, argv: list[str], says: s
     )
     assert result.returncode == 2, result.stderr[-2000:]
     assert says in result.stderr and "Traceback" not in result.stderr, result.stderr[-2000:]
+    assert "(from --set" not in result.stderr, result.stderr[-2000:]  # a flag was used, not --set
     assert not (tmp_path / "logs").exists()  # nothing was started

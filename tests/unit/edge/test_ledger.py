@@ -321,6 +321,7 @@ def test_a_required_consumer_added_later_holds_back_what_it_never_confirmed(tmp_
     # verified upstream ..., 2 pending" of the same two files)
     summary = where_report(ledger, "run")["summary"]
     assert "0 verified upstream" in summary and "2 pending (2 confirmed by some required" in summary, summary
+    assert "0 verified upstream, " in summary  # no folder named for copies not yet verified (a probe)
     assert from_totals(ledger) == scanned(path)
     ledger.close()
 
