@@ -48,7 +48,10 @@ ROOT = Path(__file__).parents[3]
         (["sim", "--rate", "-1"], "sim.rate_hz = -1.0 (--rate): Input should be greater than 0"),
         (["demo", "--burst", "-2"], "sim.burst = -2 (--burst): "),
         # ...and only the flag: it had also been said to come from "--set pull.consumer" (an outside probe)
-        (["pull", "--consumer", "bad name!"], "pull.consumer = 'bad name!' (--consumer): String should match"),
+        (
+            ["pull", "--consumer", "bad name!"],
+            "pull.consumer = 'bad name!' (--consumer): String should match",
+        ),
         (["demo", "--timeout", "0"], "must be a finite number of seconds above 0"),
         (["demo", "--timeout", "nan"], "must be a finite number of seconds above 0"),
     ],
