@@ -95,6 +95,7 @@ class KeyRing:
         self._lock = threading.Lock()
         self._seen: tuple[tuple[str, int, int], ...] | None = None
         self._names: dict[bytes, str] = {}  # z85 public key -> consumer name
+        self.refused = 0  # CURVE handshakes of a key not admitted (``curve_handshakes_refused``)
 
     def _listing(self) -> tuple[tuple[str, int, int], ...]:
         entries = []
@@ -145,8 +146,19 @@ class KeyRing:
             return self._names.get(z85_key)
 
     def callback(self, domain: str, key: bytes) -> bool:
-        """pyzmq's credentials provider: admit the keys on the ring."""
-        return self.name_of(key) is not None
+        """pyzmq's credentials provider: admit the keys on the ring. A key that is not is counted and
+        logged (the client sees only silence; an outside probe found no record of it on the appliance)."""
+        if self.name_of(key) is not None:
+            return True
+        with self._lock:
+            self.refused += 1
+        log.warning(
+            "CURVE handshake refused: public key %s... is in no .key file of %s (%d refused so far)",
+            key[:8].decode("ascii", "replace"),
+            self.directory,
+            self.refused,
+        )
+        return False
 
 
 class _NamedAuthenticator(ThreadAuthenticator):

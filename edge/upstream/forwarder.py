@@ -126,6 +126,8 @@ class Forwarder:
             "endpoint": self.bound_endpoint,
             **stats,
             "ledger_refusing": self.ledger_refusing(),
+            # over CURVE: handshakes of keys not admitted (the client sees only silence)
+            "curve_handshakes_refused": self._auth.keyring.refused if self._auth is not None else 0,
             "consumers": consumers,
             "unreadable_files": unreadable,
         }

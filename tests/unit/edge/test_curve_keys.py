@@ -151,3 +151,19 @@ def test_a_bad_key_file_is_one_line_naming_the_setting(tmp_path: Path, caplog) -
     with caplog.at_level("WARNING"):
         load_keys(secret, "pull.curve_secret_file", secret=True)
     assert "readable by others (mode 0644)" in caplog.text
+
+
+def test_a_refused_handshake_is_counted_and_logged(keys: Path, caplog) -> None:  # type: ignore[no-untyped-def]
+    """An outside probe: a client whose key was not admitted saw silence, and the appliance had no
+    record of it either."""
+    import zmq.auth
+
+    from edge.upstream.curve import KeyRing
+
+    ring = KeyRing(keys / "clients")
+    hpc, _ = zmq.auth.load_certificate(str(keys / "hpc" / "hpc.key"))
+    mirror, _ = zmq.auth.load_certificate(str(keys / "mirror" / "mirror.key"))
+    with caplog.at_level("WARNING"):
+        assert ring.callback("*", hpc) and not ring.callback("*", mirror)
+    assert ring.refused == 1
+    assert f"CURVE handshake refused: public key {mirror[:8].decode()}..." in caplog.text
