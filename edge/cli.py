@@ -692,6 +692,9 @@ def _run_where(settings: Settings, run: str, as_json: bool) -> int:
         report = where_report(
             ledger, run_uid, daemon_running=running, store=settings.store.path, held_end=held, stalled=stalled
         )
+        # the consumers the files wait for come from the settings: unset, the default stands in for what
+        # the daemon requires (an outside probe: "needs hpc" beside "confirmed by some, not yet all")
+        report["consumers_default"] = "required_consumers" not in settings.upstream.model_fields_set
     except NotFound as error:
         print(f"edge: {error}", file=sys.stderr)
         return 1

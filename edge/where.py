@@ -355,8 +355,13 @@ def render(report: dict[str, Any]) -> str:
             if report.get("frames_not_acquired")
             else ""
         ),
-        f"  upstream: needs {', '.join(report['required_consumers'])}; "
-        f"{report['bytes_pending']} bytes pending"
+        f"  upstream: needs {', '.join(report['required_consumers'])}"
+        + (
+            " (the default: give edge where the daemon's settings file)"
+            if report.get("consumers_default")
+            else ""
+        )
+        + f"; {report['bytes_pending']} bytes pending"
         + (f", ETA {report['eta_seconds']:.0f} s" if report["eta_seconds"] else "")
         + (f" (stalled: {report['upstream_stalled']})" if report.get("upstream_stalled") else "")
         + (

@@ -67,3 +67,22 @@ def test_no_answer_from_the_api_leaves_the_report_as_the_ledger_has_it() -> None
     port = server.server_address[1]
     server.server_close()  # nothing listens there now
     assert held_end_from_daemon(_settings(port), "held-run", timeout=0.5) is None
+
+
+def test_edge_where_says_when_the_required_consumers_are_the_default(tmp_path, capsys) -> None:  # type: ignore[no-untyped-def]
+    """An outside probe: without the daemon's settings file, `edge where` printed "needs hpc" (the
+    default) for a daemon requiring hpc and tape, beside "confirmed by some, not yet all"."""
+    from edge.cli import main
+    from edge.ledger import Ledger
+
+    ledger = Ledger(tmp_path / "ledger.sqlite", required_consumers=("hpc", "tape"))
+    ledger.run_started("run-1", 1, None, "{}")
+    ledger.close()
+    store = f"store.path={json.dumps(str(tmp_path))}"
+    assert main(["where", "run-1", "--set", store]) == 0
+    assert "needs hpc (the default: give edge where the daemon's settings file)" in capsys.readouterr().out
+    assert (
+        main(["where", "run-1", "--set", store, "--set", 'upstream.required_consumers=["hpc", "tape"]']) == 0
+    )
+    out = capsys.readouterr().out
+    assert "needs hpc, tape;" in out and "the default" not in out
