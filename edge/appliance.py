@@ -32,7 +32,7 @@ from edge.modes import Corrections
 from edge.pipeline import Pipeline, WarmUps
 from edge.poni import combined_mask, load_poni
 from edge.recorder import RunRecorder
-from edge.recovery import interrupted_udp_run, paused_udp_run, recover, resume_interrupted
+from edge.recovery import interrupted_udp_run, paused_udp_run, recover, resume_interrupted, was_interrupted
 from edge.reduction_control import AUTOSAVE_NAME, ReductionControl
 from edge.retention import Retention
 from edge.ring import FrameRing, Slot, sweep_stale_rings
@@ -203,6 +203,9 @@ class RingSink:
         self.refused = False
         #: links a run resumed after a restart to the interrupted one (edge.recovery.resume_interrupted)
         self.resume: Callable[[int, int, str | None], dict[str, Any]] | None = None
+        #: whether a run of a series was cut by a restart (`edge.recovery.was_interrupted`): a series seen
+        #: without its start, far beyond frame 0, is taken for one resumed only then
+        self.series_interrupted: Callable[[int], bool] | None = None
         # the newest frame for the live view, or a detector chunk (Stream V2 pass-through) with what
         # its view needs, decoded only when the view is read (see ``preview``)
         self._preview: tuple[np.ndarray, dict[str, Any]] | _ChunkPreview | None = None
@@ -683,6 +686,7 @@ class Appliance:
             self.sink.resume = lambda series, first, transport: resume_interrupted(
                 self.recorder, self.recovery, series, first, transport
             )
+            self.sink.series_interrupted = lambda series: was_interrupted(self.ledger, self.recovery, series)
             self.source: FrameSource = self._source(settings)
             self.pipeline = Pipeline(
                 self.ring,

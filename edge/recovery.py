@@ -383,6 +383,30 @@ def _unaccounted_before(
     return added
 
 
+def _interrupted_runs(
+    ledger: Any, report: dict[str, Any], series: int, transport: str | None = None
+) -> list[dict[str, Any]]:
+    """The runs a series resumed after a restart may continue (`resume_interrupted`)."""
+    failed = set(report.get("runs_failed") or [])
+    if transport == "udp":
+        udp = interrupted_udp_run(ledger, report)
+        return [udp[0]] if udp is not None else []
+    return [
+        r
+        for r in ledger.runs()
+        if int(r["series"]) == series
+        # (recovery's end of a run may be held in memory, the disk full: it is ended all the same)
+        and (r["ended_at"] is not None or r["run_uid"] in failed)
+        and (r["run_uid"] in failed or r["exit_status"] in ("abort", "fail"))
+    ]
+
+
+def was_interrupted(ledger: Any, report: dict[str, Any], series: int) -> bool:
+    """Whether a run of ``series`` was cut by a restart (a run a series seen without its start may
+    continue): the stream readers ask it before taking an image far beyond frame 0 for one."""
+    return bool(_interrupted_runs(ledger, report, series))
+
+
 def resume_interrupted(
     recorder: RunRecorder,
     report: dict[str, Any],
@@ -405,18 +429,7 @@ def resume_interrupted(
     """
     ledger = recorder.ledger
     failed = set(report.get("runs_failed") or [])
-    if transport == "udp":
-        udp = interrupted_udp_run(ledger, report)
-        candidates = [udp[0]] if udp is not None else []
-    else:
-        candidates = [
-            r
-            for r in ledger.runs()
-            if int(r["series"]) == series
-            # (recovery's end of a run may be held in memory, the disk full: it is ended all the same)
-            and (r["ended_at"] is not None or r["run_uid"] in failed)
-            and (r["run_uid"] in failed or r["exit_status"] in ("abort", "fail"))
-        ]
+    candidates = _interrupted_runs(ledger, report, series, transport)
     if not candidates:
         log.warning("series %d resumed at frame %d: no interrupted run of it is known", series, first_frame)
         return {"resumes_run": None}

@@ -732,6 +732,26 @@ class ZmqStreamSource:
                 "frame %d of series %d rejected: more than %d beyond 0", frame, series, self.max_frame_jump
             )
             return False
+        interrupted = getattr(self.sink, "series_interrupted", None)
+        if (
+            self._start_rejected is None
+            and self.max_frame_jump is not None
+            and frame > self.max_frame_jump
+            and callable(interrupted)
+            and not interrupted(series)
+        ):
+            # far beyond frame 0, and no run of its series was cut by a restart: no series resumed but a
+            # stray (an outside sender's one image at frame 5,000,000 opened a run "resumed after restart"
+            # that recorded frames 0..4,999,999 lost); dropped and counted, as beyond the bound in a series
+            self.stats["frame_number_out_of_range"] += 1
+            log.warning(
+                "frame %d of series %d rejected: more than %d beyond 0, and no run of the series was"
+                " interrupted by a restart",
+                frame,
+                series,
+                self.max_frame_jump,
+            )
+            return False
         rejected, self._start_rejected = self._start_rejected, None
         unreadable, self._unreadable_between = self._unreadable_between, 0
         if rejected is None and unreadable and frame == 0:  # (a restart mid-series misses frame 0 too)

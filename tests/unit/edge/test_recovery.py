@@ -392,3 +392,20 @@ def test_the_restart_s_loss_line_says_what_a_resumed_series_may_take_back_and_th
         f"1792 frames handed over of those recorded lost at the restart; run {run_uid} now counts 108 frames lost"
         in (caplog.text)
     )
+
+
+def test_was_interrupted_names_the_series_a_restart_cut(tmp_path: Path) -> None:
+    """What the stream readers ask before taking an image far beyond frame 0 for a series resumed after
+    a restart: a run of that series ended abort or fail (or recovery failed it)."""
+    from edge.recovery import was_interrupted
+
+    ledger = Ledger(tmp_path / "ledger.sqlite")
+    ledger.run_started("cut", 5, None, "{}")
+    ledger.run_ended("cut", "abort", 0)
+    ledger.run_started("fine", 6, None, "{}")
+    ledger.run_ended("fine", "success", 0)
+    ledger.run_started("crashed", 7, None, "{}")  # no end: recovery failed it
+    assert was_interrupted(ledger, {}, 5)
+    assert not was_interrupted(ledger, {}, 6) and not was_interrupted(ledger, {}, 8)
+    assert was_interrupted(ledger, {"runs_failed": ["crashed"]}, 7) and not was_interrupted(ledger, {}, 7)
+    ledger.close()

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import threading
 
+import pytest
 import zmq
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -488,3 +489,27 @@ def test_the_first_raw_image_of_a_series_seen_without_its_start_is_stored_bit_ex
     _run([image(9, 40), image(9, 41), end], sink, sink.ended)
     assert sink.frames == [40, 41]
     assert pixels == {n: image(9, n)[2] for n in (40, 41)}  # (the first read whole, the next in place)
+
+
+@pytest.mark.parametrize("interrupted", [False, True])
+def test_a_series_seen_far_beyond_frame_0_is_resumed_only_if_one_of_its_runs_was_cut(
+    interrupted: bool,
+) -> None:
+    """An outside sender: one stray image at frame 5,000,000 (no earlier run of its series) opened a run
+    "resumed after restart" that recorded frames 0..4,999,999 lost. Beyond ``max_frame_jump`` with no run
+    of the series cut by a restart (the sink says), the image is dropped and counted out of range; a
+    series a restart did cut is resumed from such a frame as before."""
+    sink = Sink()
+    sink.series_interrupted = lambda series: interrupted  # type: ignore[attr-defined]
+    end = [part({"htype": "dseries_end-1.0", "series": 2})]
+    good = [header(2, 2), image(2, 0), image(2, 1), end]
+    messages = [image(2, 5_000_000), *good] if not interrupted else [image(2, 5_000_000), end]
+    reader = _run(messages, sink, sink.ended)
+    counters = reader.counters()
+    if interrupted:
+        assert sink.configs[0]["resumed_after_restart"] is True and sink.frames == [5_000_000]
+        assert counters.get("frame_number_out_of_range", 0) == 0
+    else:
+        assert len(sink.configs) == 1 and not sink.configs[0].get("resumed_after_restart")
+        assert sink.frames == [0, 1] and sink.losses == []
+        assert counters["frame_number_out_of_range"] == 1
