@@ -531,6 +531,13 @@ class RingSink:
         if run_uid is not None and not self.refused:
             self.recorder.run_length(run_uid, frames_expected)
 
+    def series_named(self, series: int, detector_uid: str) -> None:
+        """A start that came after its series' first images names the run: its uid is kept as the run's
+        ``detector_run_uid`` (unless the images gave it one)."""
+        run_uid = self.run_uid
+        if run_uid is not None and not self.refused:
+            self.recorder.run_named(run_uid, detector_uid[:1024])  # (as open_run keeps a refused one)
+
     def series_end(self, series: int, exit_status: str = "success") -> None:
         if self._abort_requested and exit_status == "success":
             exit_status = "abort"

@@ -357,9 +357,20 @@ class Ledger:
     def run_length(self, run_uid: str, frames_expected: int) -> None:
         """The run's announced length, learnt after it opened (a series start that came after its first
         images); a length already recorded stays."""
+        self._write(  # (and in its config, as a start's length is: the run's record says it)
+            "UPDATE runs SET frames_expected=?, config=CASE WHEN json_valid(config)"
+            " THEN json_set(config, '$.frames_expected', ?) ELSE config END"
+            " WHERE run_uid=? AND frames_expected IS NULL",
+            (frames_expected, frames_expected, run_uid),
+        )
+
+    def run_named(self, run_uid: str, detector_uid: str) -> None:
+        """``detector_uid`` as the run's ``detector_run_uid`` in its config, unless it has one
+        (`runs_named_by_detector` then finds it)."""
         self._write(
-            "UPDATE runs SET frames_expected=? WHERE run_uid=? AND frames_expected IS NULL",
-            (frames_expected, run_uid),
+            "UPDATE runs SET config=json_set(config, '$.detector_run_uid', ?) WHERE run_uid=?"
+            " AND json_valid(config) AND json_extract(config, '$.detector_run_uid') IS NULL",
+            (detector_uid, run_uid),
         )
 
     def run_ended(self, run_uid: str, exit_status: str, frames_stored: int, frames_vetoed: int = 0) -> None:

@@ -64,6 +64,11 @@ class RunRecorder:
         """The run's length, announced by a series start that came after its first images."""
         self._ledger_write(self.ledger.run_length, run_uid, frames_expected)
 
+    def run_named(self, run_uid: str, detector_uid: str) -> None:
+        """The uid a series start gave, learnt after the run opened from its images: kept as the run's
+        ``detector_run_uid`` (one it has already stays)."""
+        self._ledger_write(self.ledger.run_named, run_uid, detector_uid)
+
     def open_run(
         self,
         run_uid: str | None,

@@ -476,7 +476,7 @@ class ZmqStreamSource:
             key = (event.series, json.dumps(event.config, sort_keys=True, default=str))
             if self._repeated_start(key):
                 return slot
-            if self._late_start(event.series, event.frames_expected):
+            if self._late_start(event.series, event.frames_expected, event.config.get("run_uid")):
                 return slot
             if self._series is not None:
                 self._end_series(self._missing("series_restarted"), exit_status="fail")  # its end never came
@@ -787,7 +787,7 @@ class ZmqStreamSource:
         )
         return True
 
-    def _late_start(self, series: int, frames_expected: int | None) -> bool:
+    def _late_start(self, series: int, frames_expected: int | None, run_uid: Any = None) -> bool:
         """A start of the series that is open already, opened from its own images (`_adopt`): its images
         came before it (a sender that sends them first). The run goes on as it was opened, so a frame it
         stored is never also a gap of a second run; the start's length is taken when the run has none, its
@@ -812,6 +812,11 @@ class ZmqStreamSource:
         if self._frames_expected is None and frames_expected is not None:
             self._frames_expected = frames_expected
             self.sink.series_length(series, frames_expected)  # recorded with the run
+        named = getattr(self.sink, "series_named", None)
+        if isinstance(run_uid, str) and run_uid and callable(named):
+            # the uid the start gives, kept with the run as the detector's (`edge where UID` finds it; an
+            # outside sender's run was findable by no uid it had sent)
+            named(series, run_uid)
         return True
 
     def _open_without_start(

@@ -362,3 +362,18 @@ def test_a_run_s_eta_is_none_while_delivery_is_stalled(tmp_path: Path) -> None:
     assert stall(["hpc"], consumers) is None
     assert "ledger cannot record" in str(stall(["hpc"], {**consumers, "ledger_refusing": True}))
     ledger.close()
+
+
+def test_a_late_start_s_length_and_uid_go_into_the_run_s_config(tmp_path: Path) -> None:
+    """The run opened from its images learns its length and the start's uid later: both in its config
+    too (an outside probe: the row said 5 frames, the config none, and the uid was findable nowhere)."""
+    ledger = Ledger(tmp_path / "ledger.sqlite")
+    ledger.run_started("fresh", 21, None, json.dumps({"resumed_after_restart": True}))
+    ledger.run_length("fresh", 5)
+    ledger.run_named("fresh", "s6-uid")
+    ledger.run_named("fresh", "another")  # one it has stays
+    run = ledger.run("fresh")
+    config = json.loads(run["config"])
+    assert run["frames_expected"] == 5 and config["frames_expected"] == 5
+    assert config["detector_run_uid"] == "s6-uid" and ledger.runs_named_by_detector("s6-uid") == ["fresh"]
+    ledger.close()

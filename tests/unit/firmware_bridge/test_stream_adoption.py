@@ -513,3 +513,16 @@ def test_a_series_seen_far_beyond_frame_0_is_resumed_only_if_one_of_its_runs_was
         assert len(sink.configs) == 1 and not sink.configs[0].get("resumed_after_restart")
         assert sink.frames == [0, 1] and sink.losses == []
         assert counters["frame_number_out_of_range"] == 1
+
+
+def test_a_late_start_names_the_run_by_its_run_uid() -> None:
+    """An outside sender: images 0 and 1 before their start (run_uid s6-uid): the run went on under a
+    fresh uid and s6-uid was findable nowhere. The late start's uid goes to the sink (`series_named`)."""
+    sink = Sink()
+    named: list[tuple[int, str]] = []
+    sink.series_named = lambda series, uid: named.append((series, uid))  # type: ignore[attr-defined]
+    end = [part({"htype": "dseries_end-1.0", "series": 21})]
+    start = header(21, 3)  # run_uid "bounds"
+    reader = _run([image(21, 0), image(21, 1), start, image(21, 2), end], sink, sink.ended)
+    assert named == [(21, "bounds")] and sink.lengths == [3] and sink.frames == [0, 1, 2]
+    assert reader.counters()["starts_after_images"] == 1
