@@ -72,7 +72,7 @@ class LiveFeed:
         self._loop: asyncio.AbstractEventLoop | None = None  # the server's, once a page subscribed
         self.history: deque[dict[str, Any]] = deque(maxlen=int(HISTORY_SECONDS / status_seconds) + 1)
         self._last_status: bytes | None = None
-        self._last_preview: bytes | None = None
+        self._last_preview_doc: dict[str, Any] | None = None
         self._preview_key: object = None
         self._prev_received: tuple[float, float] | None = None  # (monotonic time, frames received)
         self._background_seconds = 0.0  # the unwatched sampling interval (sample_in_background)
@@ -109,9 +109,12 @@ class LiveFeed:
         try:
             yield f"retry: {RETRY_MS}\n\n".encode()
             yield sse("trends", list(self.history))
-            for last in (self._last_status, self._last_preview):
-                if last is not None:
-                    yield last
+            if self._last_status is not None:
+                yield self._last_status
+            if self._last_preview_doc is not None:  # stamped now: its age as of this connection (an
+                # outside probe: the first preview of a new page carried the server_time of its push,
+                # minutes old, so the page under-reported how old the frame was)
+                yield self._preview_sse(self._last_preview_doc)
             while True:
                 try:
                     async with asyncio.timeout(KEEPALIVE_SECONDS):  # no task per event, as wait_for makes
@@ -189,12 +192,16 @@ class LiveFeed:
         if key == self._preview_key:
             return False
         self._preview_key = key
+        self._last_preview_doc = preview
+        self._publish(self._preview_sse(preview))
+        return True
+
+    def _preview_sse(self, preview: dict[str, Any]) -> bytes:
+        """The preview as an event sent now: ``server_time`` now, ``age_seconds`` since it was taken."""
         now = self._wall()
         received = preview.get("received_at")
         age = None if received is None else round(max(0.0, now - float(received)), 3)
-        self._last_preview = sse("preview", {**preview, "server_time": now, "age_seconds": age})
-        self._publish(self._last_preview)
-        return True
+        return sse("preview", {**preview, "server_time": now, "age_seconds": age})
 
     def _trend(self, status: dict[str, Any]) -> dict[str, Any]:
         """One trend sample: frame rate (from the receiver's counter), ring fill, backlog, disk use."""

@@ -320,3 +320,44 @@ def test_the_page_scales_up_on_a_wall(busy: str, chromium: str, tmp_path: Path) 
     assert sizes[3840]["cell"] >= 1.5 * sizes[1280]["cell"], sizes
     # a circle's red pixels grow with its radius and its line's width: 4x at twice the size
     assert circles[3840] >= 2.5 * circles[1280], circles
+
+
+def test_many_runs_and_a_store_at_its_quota_on_a_wall(chromium: str, tmp_path: Path) -> None:
+    """An outside probe at 1920 x 1080: 24 runs made the page 1572 px tall (the runs table unbounded),
+    and the disk bar showed the roomy disk (28 %) while the store was past its quota and new runs were
+    refused. The table scrolls inside its card; the bar shows the fuller of the two, and says which."""
+    view = ScriptedView()
+    now = time.time()
+    for n in range(24):
+        uid = f"{n:08x}-aaaa-4bbb-8ccc-0123456789ab"
+        view.add_run(
+            ScriptedRun(uid, now - 3600 + 60 * n, now - 3590 + 60 * n, "success", run_files(uid, 2, 2), [])
+        )
+    view.base["retention"] = {
+        **view.base.get("retention", {}),
+        "store_bytes": 97_000_000,
+        "capacity_bytes": 120_000_000,
+        "accepting_runs": False,
+    }
+    view.base["disk"] = {
+        "total": 270_000_000_000,
+        "used": 75_000_000_000,
+        "free": 195_000_000_000,
+        "percent": 27.7,
+    }
+    with serve(view) as (url, _server):
+        browser = Browser(chromium, tmp_path / "chromium-profile", width=1920, height=1080)
+        try:
+            browser.goto(url)
+            browser.wait_for("document.querySelectorAll('#runs tr[data-run]').length >= 20", 15, "the runs")
+            facts = browser.evaluate(TEXT_AND_OVERFLOW)
+            assert facts["scrollHeight"] <= facts["clientHeight"], facts
+            browser.wait_for(
+                "document.getElementById('disk-used').innerText.includes('store')", 10, "the bar"
+            )
+            label = browser.evaluate("document.getElementById('disk-used').innerText")
+            width = browser.evaluate("document.querySelector('#disk-bar .fill').style.width")
+        finally:
+            browser.close()
+    assert label.startswith("80.8 % of the store's"), label
+    assert width.startswith("80.8"), width

@@ -491,6 +491,10 @@ def test_no_404_before_the_first_frame_and_a_restarted_daemon_s_frame_goes(
     browser.wait_for("!document.getElementById('preview-empty').hidden", 10, "the old frame gone")
     assert browser.evaluate("document.getElementById('profile-empty').hidden") is False
     assert texts(browser, "#product-empty") == ["no reduction product yet"]
+    # ...and the old frame's times with it (an outside probe: "taken 06:33:32 · 45 s ago", frozen)
+    for caption in ("#preview-received", "#preview-age", "#preview-detector-time"):
+        assert texts(browser, caption) in ([], [""]), caption
+    assert texts(browser, "#profile-title") == ["Reduced profile"]
 
 
 def test_a_tomography_product_shows_slices_and_the_slice(

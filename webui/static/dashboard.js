@@ -232,6 +232,10 @@
     if (!preview || !preview.width || !preview.height || !preview.pixels_b64) {
       empty.hidden = false;
       setText("preview-caption", "");
+      // the gone frame's times and flags go with it (an outside probe: after a daemon restart the caption
+      // still gave the old frame's times, "45 s ago", frozen)
+      for (const id of ["preview-detector-time", "preview-received", "preview-age"]) setText(id, "");
+      $("preview-flags").innerHTML = "";
       return;
     }
     const { width, height } = preview;
@@ -451,6 +455,10 @@
     if (!product) {
       setText("product-mode", "–", "chip");
       body.innerHTML = '<p class="muted" id="product-empty">no reduction product yet</p>';
+      // the large card too: no mode's title or product left from before (a daemon restart)
+      setText("profile-title", "Reduced profile");
+      $("wide-hits").hidden = true;
+      $("wide-slice").hidden = true;
       drawOverlay();
       return;
     }
@@ -647,8 +655,15 @@
     const disk = s.disk || {};
     const ret = s.retention || {};
     const diskPercent = num(disk.percent ?? ret.disk_percent);
-    setBar("disk-bar", diskPercent / 100);
-    setText("disk-used", Number.isFinite(diskPercent) ? `${diskPercent.toFixed(1)} % of ${fmtBytes(disk.total)} used` : "–");
+    // the fuller of the disk and the store's capacity (a quota): a store at its quota on a roomy disk
+    // showed a bar a quarter full beside "new runs REFUSED" (an outside probe)
+    const storePercent = (100 * num(ret.store_bytes)) / num(ret.capacity_bytes);
+    const byStore = Number.isFinite(storePercent) && (!Number.isFinite(diskPercent) || storePercent > diskPercent);
+    setBar("disk-bar", (byStore ? storePercent : diskPercent) / 100);
+    $("disk-bar").title = byStore ? "the store against its capacity (retention.quota_bytes)" : "local disk used";
+    setText("disk-used", byStore
+      ? `${storePercent.toFixed(1)} % of the store's ${fmtBytes(ret.capacity_bytes)} used`
+      : Number.isFinite(diskPercent) ? `${diskPercent.toFixed(1)} % of ${fmtBytes(disk.total)} used` : "–");
     setText("disk-free", `${fmtBytes(disk.free ?? ret.disk_free_bytes)} free`);
     setText("store-bytes", `${fmtBytes(ret.store_bytes)} / ${fmtBytes(ret.capacity_bytes)}`);
     $("store-bytes").title = "bytes in the local store / the store's capacity (quota, or the disk)";

@@ -288,3 +288,40 @@ def test_close_ends_every_open_stream_from_another_thread() -> None:
 
     assert asyncio.run(asyncio.wait_for(watch(), 10)) == 3
     assert feed.subscribers == 0
+
+
+def test_a_page_that_connects_later_gets_the_frame_s_age_as_of_now() -> None:
+    """An outside probe: the first preview a new page got carried the server_time of its push, minutes
+    old, so ``age_seconds`` under-reported the frame's age by as much."""
+    view = View()
+    wall = [1000.5]
+    feed = LiveFeed(
+        view.status,
+        view.latest_preview,
+        status_seconds=0.05,
+        preview_seconds=0.01,
+        wall_clock=lambda: wall[0],
+    )
+
+    async def first_preview() -> dict[str, Any]:
+        stream = feed.stream()
+        try:
+            for _ in range(8):
+                chunk = await asyncio.wait_for(anext(stream), 5)
+                found = [data for kind, data in events([chunk]) if kind == "preview"]
+                if found:
+                    return found[0]
+        finally:
+            await stream.aclose()
+        raise AssertionError("no preview")
+
+    async def both() -> tuple[dict[str, Any], dict[str, Any]]:
+        first = await first_preview()
+        wall[0] = 1160.5  # the same frame, 160 s later, to a page that connects now
+        stream = feed.stream()  # (the feed is still producing for nobody: start a watcher to replay)
+        await stream.aclose()
+        return first, await first_preview()
+
+    first, later = asyncio.run(both())
+    assert first["age_seconds"] == 1.5 and first["server_time"] == 1000.5
+    assert later["server_time"] == 1160.5 and later["age_seconds"] == 161.5
