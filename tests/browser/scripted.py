@@ -142,6 +142,7 @@ class ScriptedView:
         self.base = copy.deepcopy(BASE_STATUS)
         self.runs_: dict[str, ScriptedRun] = {}
         self.current: str | None = None  # the run being acquired
+        self.finishing = False  # the shown run open with its series over (frames still being written)
         self.shown: str | None = None  # "this run": the current one, else the last
         self.received = 0
         self.ledger = _Ledger()
@@ -218,7 +219,7 @@ class ScriptedView:
             doc["counts"] = {
                 "run": {
                     "run_uid": self.shown,
-                    "active": self.current is not None,
+                    "active": self.current is not None or self.finishing,
                     **(shown.totals() if shown else {}),
                 },
                 "daemon": {"since": time.time() - 120, "frames_received": self.received, **summed},

@@ -606,3 +606,17 @@ def test_api_docs_render_from_the_appliance_alone(url: str, browser: Browser) ->
     assert browser.wait_for("document.querySelectorAll('li[data-item-id]').length", 20, "ReDoc's menu") > 5
     icon = browser.evaluate("document.querySelector('link[rel*=icon]')?.href || ''")
     assert icon.startswith(url)
+
+
+def test_a_run_whose_series_is_over_but_still_being_written_is_not_idle(
+    url: str, view: ScriptedView, browser: Browser
+) -> None:
+    """An outside probe: with the store at its quota, the series over and 45 frames waiting in the ring,
+    the header said "idle" while the run was open."""
+    view.add_run(ScriptedRun(CLEAN, time.time() - 30, None, None, run_files(CLEAN, 1, 0), []), current=False)
+    view.finishing = True
+    live(browser, url)
+    browser.wait_for(
+        "document.getElementById('run-state').textContent.startsWith('finishing')", 10, "finishing"
+    )
+    assert texts(browser, "#run-state") == [f"finishing run {CLEAN[:8]}"]

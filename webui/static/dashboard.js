@@ -586,6 +586,12 @@
       pill.textContent = `acquiring run ${shortUid(app.run_uid)}`;
       pill.title = app.run_uid;
       pill.className = "pill acquiring";
+    } else if (s.counts?.run?.active && s.counts.run.run_uid) {
+      // the detector's series is over but the run is not: its frames still in the ring (held back by a
+      // full store, say); "idle" read as nothing happening (an outside probe)
+      pill.textContent = `finishing run ${shortUid(s.counts.run.run_uid)}`;
+      pill.title = `${s.counts.run.run_uid}: the series ended; its frames are still being written`;
+      pill.className = "pill acquiring";
     } else {
       pill.textContent = "idle";
       pill.title = "";
