@@ -620,3 +620,31 @@ def test_a_run_whose_series_is_over_but_still_being_written_is_not_idle(
         "document.getElementById('run-state').textContent.startsWith('finishing')", 10, "finishing"
     )
     assert texts(browser, "#run-state") == [f"finishing run {CLEAN[:8]}"]
+
+
+def test_the_hit_rate_chart_says_how_old_its_last_sample_is(
+    url: str, view: ScriptedView, browser: Browser
+) -> None:
+    """An outside probe: 72 s after a serial run ended its last sample was drawn at "now" ("now 47.4 %"
+    beside the run's "30.0 % hits"). The axis says how old the last sample is once it is old."""
+    now = time.time()
+    view.add_run(
+        ScriptedRun(CLEAN, now - 300, now - 72, "success", run_files(CLEAN, 1, 0), []), current=False
+    )
+    view.product_doc = {
+        "mode": "serial",
+        "run_uid": CLEAN,
+        "powder": None,
+        "tomo": None,
+        "serial": {
+            "frames": 300,
+            "hits": 90,
+            "hit_rate": 0.3,
+            "recent": [{"t": now - 132 + i, "hit_rate": 0.3} for i in range(61)],
+            "latest_hit": None,
+        },
+    }
+    live(browser, url)
+    browser.wait_for("document.getElementById('wide-hits').dataset.endLabel !== undefined", 10, "the chart")
+    label = browser.evaluate("document.getElementById('wide-hits').dataset.endLabel")
+    assert label.endswith(" ago") and label != "now", label

@@ -69,7 +69,9 @@ window.EdgeCharts = (() => {
     ctx.textAlign = "left";
     ctx.fillText(`-${Math.round(windowS / 60)} min`, m.l, H);
     ctx.textAlign = "right";
-    ctx.fillText("now", W - m.r, H);
+    // the axis' right end: "now", or (options.endLabel) what that time is when the last sample is old
+    ctx.fillText(options.endLabel || "now", W - m.r, H);
+    canvas.dataset.endLabel = options.endLabel || "now"; // (what the axis says, for readers of the page)
     const values = pts.filter((p) => p[1] !== null).map((p) => p[1]);
     ctx.textBaseline = "top";
     if (!values.length) {
@@ -122,7 +124,7 @@ window.EdgeCharts = (() => {
     const last = values[values.length - 1];
     ctx.fillStyle = "#1d2430";
     ctx.textAlign = "left";
-    ctx.fillText(`now ${format(last)}`, m.l, 1);
+    ctx.fillText(`${options.lastLabel || "now"} ${format(last)}`, m.l, 1);
     ctx.fillStyle = "#6a7383";
     ctx.textAlign = "right";
     ctx.fillText(`${format(lo)} – ${format(hi)}`, W - m.r, 1);

@@ -529,6 +529,10 @@
       const samples = (product.serial.recent || []).map((r) => ({ t: num(r.t), v: num(r.hit_rate) * 100 }));
       const last = samples.length ? samples[samples.length - 1].t : 0;
       const options = { windowS: Math.max(60, last - (samples[0]?.t ?? last)), format: (v) => `${v.toFixed(1)} %`, floor: 0, grid: true };
+      // the chart ends at its last sample: once that is old (the run over), the axis says how old, not
+      // "now" (an outside probe: a sample 72 s old labelled "now 47.4 %" beside the run's "30.0 % hits")
+      const age = serverNow() - last;
+      if (samples.length && age > 10) Object.assign(options, { endLabel: `${fmtDuration(age)} ago`, lastLabel: "last" });
       window.EdgeCharts.trend($("wide-hits"), samples, (s) => s.v, options);
     }
     if (mode === "serial" && product.serial?.hit_image?.pixels_b64) drawHit($("hit-image"), product.serial.hit_image);
@@ -566,6 +570,12 @@
     if (outlook.state === "stalled") return outlook.refusing?.length ? "stalled: consumer refusing" : "stalled: no consumer connected";
     if (outlook.eta_seconds === null || outlook.eta_seconds === undefined) return "waiting for the first verified file";
     return fmtDuration(outlook.eta_seconds);
+  }
+
+  /** The appliance's clock now, from its last status (its server_time, plus the time since it came). */
+  function serverNow() {
+    const t = num(state.lastStatus?.server_time);
+    return Number.isFinite(t) ? t + (Date.now() - state.lastStatusMs) / 1000 : Date.now() / 1000;
   }
 
   function renderHeader() {
