@@ -22,8 +22,9 @@ lock: $(STAMP)
 	$(BIN)/uv pip compile pyproject.toml --extra dev --extra bench --python-version 3.11 \
 		--python-platform x86_64-manylinux_2_28 --upgrade -o $(LOCK)
 
+# ARGS: the demo's flags, e.g. make demo ARGS='--set api.port=9090 --mode serial'
 demo: $(STAMP)
-	$(BIN)/edge demo
+	$(BIN)/edge demo $(ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check edge firmware_bridge kernels webui hw_sim tests benchmarks

@@ -663,7 +663,7 @@ def _run_sim(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
-def _run_where(settings: Settings, run: str, as_json: bool) -> int:
+def _run_where(settings: Settings, run: str, as_json: bool, given_file: bool = False) -> int:
     import json
 
     from edge.daemon_lock import daemon_running
@@ -694,7 +694,10 @@ def _run_where(settings: Settings, run: str, as_json: bool) -> int:
         )
         # the consumers the files wait for come from the settings: unset, the default stands in for what
         # the daemon requires (an outside probe: "needs hpc" beside "confirmed by some, not yet all")
-        report["consumers_default"] = "required_consumers" not in settings.upstream.model_fields_set
+        # (a settings file that does not set them runs the daemon on the default too: then no note)
+        report["consumers_default"] = (
+            "required_consumers" not in settings.upstream.model_fields_set and not given_file
+        )
     except NotFound as error:
         print(f"edge: {error}", file=sys.stderr)
         return 1
@@ -807,7 +810,7 @@ def main(argv: list[str] | None = None) -> int:
         return _run_daemon(settings, lambda: _settings(args, extra), log_setup)
     if args.command == "where":
         try:
-            return _run_where(settings, args.run, args.json)
+            return _run_where(settings, args.run, args.json, given_file=args.config is not None)
         except BrokenPipeError:  # `edge where RUN | head`: the reader has what it wanted
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # nothing left to flush at exit
             return 0

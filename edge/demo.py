@@ -367,7 +367,11 @@ def run_demo(args: argparse.Namespace, settings: Settings, flags: list[str] | No
     workdir: Path = args.workdir.resolve()
     logs = workdir / "logs"
     logs.mkdir(parents=True, exist_ok=True)
-    stream_port = _port_or_free(_endpoint_port(settings.sim.endpoint))
+    # the frames' port: the simulator's (sim.endpoint), or the daemon's (stream.endpoint) when only that
+    # was moved (an outside probe's `--set stream.endpoint=...:64560` left the simulator on 5560 and the
+    # daemon waiting on 64560: the demo hung, nothing received)
+    moved = "endpoint" in settings.stream.model_fields_set and "endpoint" not in settings.sim.model_fields_set
+    stream_port = _port_or_free(_endpoint_port(settings.stream.endpoint if moved else settings.sim.endpoint))
     upstream_port = _port_or_free(_endpoint_port(settings.upstream.endpoint))
     api_port = _port_or_free(settings.api.port)
     udp_port = _port_or_free(settings.udp.port)
@@ -399,7 +403,10 @@ def run_demo(args: argparse.Namespace, settings: Settings, flags: list[str] | No
     common: list[str] = []
     if args.config is not None:
         common += ["--config", str(args.config)]
-    for item in [*base, *args.overrides, *(flags or [])]:
+    # (the endpoints the demo chose for both ends win over the one end a --set named)
+    endpoints = ("stream.endpoint", "sim.endpoint")
+    given = [item for item in args.overrides if item.partition("=")[0].strip() not in endpoints]
+    for item in [*base, *given, *(flags or [])]:
         common += ["--set", item]
     if udp and args.frames:  # the control system arms the detector for N frames
         common += ["--set", f"udp.frames_per_run={args.frames}"]

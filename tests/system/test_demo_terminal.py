@@ -111,3 +111,15 @@ def test_ctrl_c_stops_the_simulator_first_and_delivers_every_stored_file(tmp_pat
     assert "stopping the simulator" in err
     assert "sim: streaming" not in err  # the components' logs are in their files, not on the terminal
     assert "sim: streaming" in (workdir / "logs" / "sim.log").read_text()
+
+
+def test_moving_the_daemons_stream_endpoint_moves_the_simulators_too(tmp_path: Path) -> None:
+    """A README probe: `edge demo --set stream.endpoint=...` (the daemon's end of the frames) left the
+    simulator on its default 5560 and the daemon waiting on the other port: nothing arrived, the demo
+    hung. Both ends follow the one that was moved."""
+    from edgeprocs import free_port, run_bounded_demo
+
+    overrides = [item for item in loopback_overrides() if not item.startswith("sim.endpoint")]
+    overrides.append(f'stream.endpoint="tcp://127.0.0.1:{free_port()}"')
+    summary = run_bounded_demo(tmp_path / "demo", 20, [], [*overrides, *SMALL], timeout=240)
+    assert summary["frames_sent"] == summary["frames_stored"] == 20 and summary["frames_lost"] == 0

@@ -69,20 +69,34 @@ def test_no_answer_from_the_api_leaves_the_report_as_the_ledger_has_it() -> None
     assert held_end_from_daemon(_settings(port), "held-run", timeout=0.5) is None
 
 
-def test_edge_where_says_when_the_required_consumers_are_the_default(tmp_path, capsys) -> None:  # type: ignore[no-untyped-def]
+def test_edge_where_says_when_the_required_consumers_are_the_default(tmp_path) -> None:  # type: ignore[no-untyped-def]
     """An outside probe: without the daemon's settings file, `edge where` printed "needs hpc" (the
     default) for a daemon requiring hpc and tape, beside "confirmed by some, not yet all"."""
-    from edge.cli import main
+    import subprocess
+    import sys
+
     from edge.ledger import Ledger
 
     ledger = Ledger(tmp_path / "ledger.sqlite", required_consumers=("hpc", "tape"))
     ledger.run_started("run-1", 1, None, "{}")
     ledger.close()
+
+    def where(*args: str) -> str:
+        done = subprocess.run(
+            [sys.executable, "-m", "edge", "where", "run-1", *args],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert done.returncode == 0, done.stderr
+        return done.stdout
+
     store = f"store.path={json.dumps(str(tmp_path))}"
-    assert main(["where", "run-1", "--set", store]) == 0
-    assert "needs hpc (the default: give edge where the daemon's settings file)" in capsys.readouterr().out
-    assert (
-        main(["where", "run-1", "--set", store, "--set", 'upstream.required_consumers=["hpc", "tape"]']) == 0
-    )
-    out = capsys.readouterr().out
+    assert "needs hpc (the default: give edge where the daemon's settings file)" in where("--set", store)
+    out = where("--set", store, "--set", 'upstream.required_consumers=["hpc", "tape"]')
     assert "needs hpc, tape;" in out and "the default" not in out
+    # a settings file that does not set them: the daemon runs on the default too, no note
+    config = tmp_path / "edge.toml"
+    config.write_text(f"[store]\npath = {json.dumps(str(tmp_path))}\n")
+    out = where("--config", str(config))
+    assert "needs hpc;" in out and "the default" not in out
