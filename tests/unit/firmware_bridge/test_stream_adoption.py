@@ -27,11 +27,13 @@ class _Counting(Sink):
         self.got.set()
 
 
-def _run(messages: list[list[bytes]], sink: Sink, done: threading.Event) -> ZmqStreamSource:
+def _run(
+    messages: list[list[bytes]], sink: Sink, done: threading.Event, max_frame_jump: int = 100
+) -> ZmqStreamSource:
     context = zmq.Context()
     push = context.socket(zmq.PUSH)
     port = push.bind_to_random_port("tcp://127.0.0.1")
-    reader = ZmqStreamSource(f"tcp://127.0.0.1:{port}", sink, context, max_frame_jump=100)
+    reader = ZmqStreamSource(f"tcp://127.0.0.1:{port}", sink, context, max_frame_jump=max_frame_jump)
     reader.start()
     try:
         for message in messages:
@@ -417,19 +419,7 @@ def test_a_stray_image_far_ahead_then_a_valid_series_keeps_the_series_whole() ->
         sink.ends.append((series, exit_status)),
         len(sink.ends) == 2 and done.set(),
     )
-    context = zmq.Context()
-    push = context.socket(zmq.PUSH)
-    port = push.bind_to_random_port("tcp://127.0.0.1")
-    reader = ZmqStreamSource(f"tcp://127.0.0.1:{port}", sink, context, max_frame_jump=1_000_000)
-    reader.start()
-    try:
-        for message in messages:
-            push.send_multipart(message)
-        assert done.wait(10), sink.ends
-    finally:
-        reader.stop()
-        push.close(0)
-        context.term()
+    reader = _run(messages, sink, done, max_frame_jump=1_000_000)
     assert len(sink.configs) == 2 and sink.configs[1].get("resumed_after_restart") is None
     assert sink.frames == [3_000_000, 0, 1, 2]
     assert sink.losses == [] and sink.ends == [(701, "fail"), (701, "success")]
