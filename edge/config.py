@@ -432,7 +432,7 @@ class SerialSettings(_Section):
         le=10,
         description="passes of each ring's sigma-clipped background (the first over every pixel): raise to"
         " 4-5 when bright or saturated reflections share rings with weak ones (after 2 passes such a ring's"
-        " sigma can stay inflated and hide them); each pass past 2 costs about 2% of the finder's time",
+        " sigma can stay inflated and hide them); each pass past 2 costs about 2-3% of the finder's time",
     )
     max_peaks: int = Field(
         512,
