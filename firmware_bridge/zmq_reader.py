@@ -146,6 +146,7 @@ class ZmqStreamSource:
         self._ended_ids: deque[int] = deque(maxlen=ENDED_SERIES_REMEMBERED)  # the latest series ended here
         self._adopted: int | None = None  # the open series, when it was opened from its images (`_adopt`)
         self._adopted_first = 0  # the first frame of that run
+        self._interrupted_seen: dict[int, bool] = {}  # series -> a run of it was cut by a restart
         # why the last series start was rejected (or may have been lost), until a start is accepted: the
         # images that follow it are a run of their own, never taken for a series cut by a daemon restart
         self._start_rejected: str | None = None
@@ -732,13 +733,11 @@ class ZmqStreamSource:
                 "frame %d of series %d rejected: more than %d beyond 0", frame, series, self.max_frame_jump
             )
             return False
-        interrupted = getattr(self.sink, "series_interrupted", None)
         if (
             self._start_rejected is None
             and self.max_frame_jump is not None
             and frame > self.max_frame_jump
-            and callable(interrupted)
-            and not interrupted(series)
+            and not self._series_interrupted(series)
         ):
             # far beyond frame 0, and no run of its series was cut by a restart: no series resumed but a
             # stray (an outside sender's one image at frame 5,000,000 opened a run "resumed after restart"
@@ -772,6 +771,19 @@ class ZmqStreamSource:
         self._adopted = series
         self._adopted_first = frame
         return True
+
+    def _series_interrupted(self, series: int) -> bool:
+        """Whether a run of ``series`` was cut by a restart (the sink's ``series_interrupted``; True when
+        the sink cannot say). Asked once per series while none is open: a flood of strays far ahead
+        would otherwise read the ledger's runs once per image, on the receiving thread."""
+        known = self._interrupted_seen.get(series)
+        if known is None:
+            ask = getattr(self.sink, "series_interrupted", None)
+            known = bool(ask(series)) if callable(ask) else True
+            if len(self._interrupted_seen) >= ENDED_SERIES_REMEMBERED:
+                self._interrupted_seen.clear()
+            self._interrupted_seen[series] = known
+        return known
 
     def _repeated_start(self, key: Any) -> bool:
         """True for a start identical to the open series' own (its series and every field): a copy the
@@ -1021,6 +1033,7 @@ class ZmqStreamSource:
             self.stats["ends_without_series"] += 1
             log.warning("a series end with no series open: ignored (nothing to end, nothing recorded)")
             return
+        self._interrupted_seen.clear()  # (a run ending fail or abort is one a restart may have cut)
         self._release_gaps(time.monotonic(), everything=True)
         self._count_drop_in_series(time.monotonic())  # (it may end between two looks at the connection)
         self._dropped_in_series = None  # the next series may carry the same number: not its drop

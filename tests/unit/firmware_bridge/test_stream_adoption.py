@@ -516,3 +516,15 @@ def test_a_late_start_names_the_run_by_its_run_uid() -> None:
     reader = _run([image(21, 0), image(21, 1), start, image(21, 2), end], sink, sink.ended)
     assert named == [(21, "bounds")] and sink.lengths == [3] and sink.frames == [0, 1, 2]
     assert reader.counters()["starts_after_images"] == 1
+
+
+def test_strays_far_ahead_ask_the_ledger_once_per_series() -> None:
+    """Each stray image far ahead asked the sink (a scan of the ledger's runs) on the receiving thread:
+    a flood of them is asked about once per series."""
+    sink = Sink()
+    asked: list[int] = []
+    sink.series_interrupted = lambda series: asked.append(series) or False  # type: ignore[attr-defined]
+    end = [part({"htype": "dseries_end-1.0", "series": 3})]
+    strays = [image(2, 5_000_000 + n) for n in range(50)]
+    reader = _run([*strays, header(3, 1), image(3, 0), end], sink, sink.ended)
+    assert asked == [2] and reader.counters()["frame_number_out_of_range"] == 50
