@@ -725,27 +725,18 @@ class ZmqStreamSource:
         if series == self._ended_series and self._start_rejected is None:
             return True  # (a straggler, `_note_frame`; after a rejected start, images of that id are the
             # new series': a sender reusing it)
-        if (self._start_rejected is not None or (self._unreadable_between and frame == 0)) and (
-            self.max_frame_jump is not None and frame > self.max_frame_jump
-        ):
-            self.stats["frame_number_out_of_range"] += 1
-            log.warning(
-                "frame %d of series %d rejected: more than %d beyond 0", frame, series, self.max_frame_jump
-            )
-            return False
+        # far beyond frame 0: a run numbered from 0 (after a rejected start) never opens from it, nor one
+        # "resumed after restart" when no run of its series was cut by one (an outside sender's single
+        # image at frame 5,000,000 opened one recording 5 million frames lost): dropped and counted, as
+        # beyond the bound inside a series
         if (
-            self._start_rejected is None
-            and self.max_frame_jump is not None
+            self.max_frame_jump is not None
             and frame > self.max_frame_jump
-            and not self._series_interrupted(series)
+            and (self._start_rejected is not None or not self._series_interrupted(series))
         ):
-            # far beyond frame 0, and no run of its series was cut by a restart: no series resumed but a
-            # stray (an outside sender's one image at frame 5,000,000 opened a run "resumed after restart"
-            # that recorded frames 0..4,999,999 lost); dropped and counted, as beyond the bound in a series
             self.stats["frame_number_out_of_range"] += 1
             log.warning(
-                "frame %d of series %d rejected: more than %d beyond 0, and no run of the series was"
-                " interrupted by a restart",
+                "frame %d of series %d rejected: more than %d beyond 0 with no run of the series to resume",
                 frame,
                 series,
                 self.max_frame_jump,

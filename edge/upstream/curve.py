@@ -50,11 +50,12 @@ def create_keys(directory: Path, name: str, *, replace: bool = False) -> tuple[P
     return Path(public), Path(secret)
 
 
-def load_keys(path: Path, setting: str, *, secret: bool) -> tuple[bytes, bytes | None]:
+def load_keys(path: Path, setting: str, *, secret: bool, warn: bool = True) -> tuple[bytes, bytes | None]:
     """(public, secret) keys of the certificate file ``path``, given as ``setting``; a ConfigError naming
     both, in one line, when it is no key file, or holds no secret key where one is ``secret``ly needed
     (an outside probe: a public key given as the secret one stopped the start with a TypeError's
-    traceback). A secret key file others can read is logged (``edge keys`` writes it 0600)."""
+    traceback). A secret key file others can read is logged (``edge keys`` writes it 0600) when ``warn``
+    (the check at start; the sockets' own loads after it say nothing again)."""
     try:
         public, secret_key = zmq.auth.load_certificate(str(path))
     except (OSError, ValueError) as error:
@@ -66,7 +67,7 @@ def load_keys(path: Path, setting: str, *, secret: bool) -> tuple[bytes, bytes |
         raise ConfigError(
             f"{setting} = {path}: a public key only; this setting takes the secret one (NAME.key_secret)"
         )
-    if secret:
+    if secret and warn:
         mode = path.stat().st_mode & 0o777
         if mode & 0o077:
             log.warning(
@@ -175,7 +176,7 @@ def serve_securely(
 ) -> ThreadAuthenticator:
     """Make ``sock`` a CURVE server admitting only the public keys in ``clients_dir``; each message it
     receives carries the consumer name its sender's key speaks for, as the frame's ``User-Id``."""
-    public, secret = load_keys(secret_file, "upstream.curve_secret_file", secret=True)
+    public, secret = load_keys(secret_file, "upstream.curve_secret_file", secret=True, warn=False)
     auth = _NamedAuthenticator(context)
     auth.keyring = KeyRing(clients_dir)
     auth.start()
@@ -188,7 +189,7 @@ def serve_securely(
 
 def connect_securely(sock: zmq.Socket, secret_file: Path, server_public_file: Path) -> None:
     """Make ``sock`` a CURVE client of the server whose public key is in ``server_public_file``."""
-    public, secret = load_keys(secret_file, "pull.curve_secret_file", secret=True)
+    public, secret = load_keys(secret_file, "pull.curve_secret_file", secret=True, warn=False)
     server_public, _ = load_keys(server_public_file, "pull.curve_server_file", secret=False)
     sock.curve_secretkey = secret
     sock.curve_publickey = public
