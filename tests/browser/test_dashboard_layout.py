@@ -212,6 +212,12 @@ def test_layout_at_each_width(
             " return [w.scrollWidth, w.clientWidth]; })()"
         )
         assert consumers[0] <= consumers[1] + 1, consumers
+        # and its link word is whole on one line (a probe saw "conne|cted" broken over two)
+        link_lines = browser.evaluate(
+            "[...document.querySelectorAll('#consumers tbody td:nth-child(2) span')]"
+            ".map(s => s.getClientRects().length)"
+        )
+        assert link_lines and max(link_lines) == 1, link_lines
 
         # every picture has a name a screen reader says (the colour bar and the trends had none)
         unnamed = browser.evaluate(
