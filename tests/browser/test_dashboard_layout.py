@@ -212,6 +212,17 @@ def test_layout_at_each_width(
             " return [w.scrollWidth, w.clientWidth]; })()"
         )
         assert consumers[0] <= consumers[1] + 1, consumers
+        # no hole in the grid: every row of cards reaches the right edge (eleven columns' worth of cards
+        # left one slot empty beside the detector card at 4 and 6 columns)
+        rows_short = browser.evaluate(
+            "(() => { const cards = [...document.querySelectorAll('main > section.card')]"
+            ".filter(c => !c.hidden && c.offsetParent !== null); const right = Math.max(...cards.map(c =>"
+            " c.getBoundingClientRect().right)); const rows = new Map(); for (const c of cards) {"
+            " const r = c.getBoundingClientRect(); const top = Math.round(r.top);"
+            " rows.set(top, Math.max(rows.get(top) || 0, r.right)); }"
+            " return [...rows].filter(([, r]) => r < right - 2).map(([t]) => t); })()"
+        )
+        assert rows_short == [], rows_short
         # and its link word is whole on one line (a probe saw "conne|cted" broken over two)
         link_lines = browser.evaluate(
             "[...document.querySelectorAll('#consumers tbody td:nth-child(2) span')]"
