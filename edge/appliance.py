@@ -29,7 +29,7 @@ from edge.errors import ConfigError
 from edge.frame_format import FrameFormat, frame_format, preview_step, udp_geometry
 from edge.ledger import Ledger
 from edge.modes import Corrections
-from edge.pipeline import Pipeline, WarmUps
+from edge.pipeline import Pipeline, WarmUps, reduced_file_bytes
 from edge.poni import combined_mask, load_poni
 from edge.recorder import RunRecorder
 from edge.recovery import interrupted_udp_run, paused_udp_run, recover, resume_interrupted, was_interrupted
@@ -715,6 +715,7 @@ class Appliance:
                 frame_threads=settings.reduction.frame_threads,
                 analysis_threads=settings.reduction.analysis_threads,
                 run_masks=self.masks,
+                reduced_file_bytes=reduced_file_bytes(self.retention.headroom()),
             )
             self.warm_ups = WarmUps(
                 partial(self.pipeline.warm_up, self.frame_format.shape, self.frame_format.dtype)

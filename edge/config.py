@@ -638,7 +638,9 @@ class RetentionSettings(_Section):
         " (measured before frames, every 10 ms at most; frames being written may take it a few MiB lower),"
         " writing waits for room; 0 = none kept,"
         " writing goes on until the disk refuses it (disk_full losses); at most a quarter of the quota"
-        " (or of the disk) is kept, whatever is set (the start logs it)",
+        " (or of the disk) is kept, whatever is set (the start logs it). A reduced file, written whole"
+        " when it is finished, is finished early once its products reach a quarter of this (at least"
+        " 1 MiB, at most 256 MiB), so its close fits in what is kept free",
     )
     interval_seconds: float = Field(1.0, gt=0, le=86_400.0)
 

@@ -64,7 +64,20 @@ from firmware_bridge.source import (
 from kernels import Backend, Geometry, compress_chunk, frame_dummies, invalid_pixels
 
 log = logging.getLogger(__name__)
+
+#: a reduced file's products held in memory at most (bytes, uncompressed) before it is written; the
+#: appliance bounds it further by the store's headroom (``reduced_file_bytes``)
+REDUCED_FILE_BYTES = 256 << 20
 RESUME_WAIT_SECONDS = 2.0  # held frames wait this long at most for the disk guard to see the room
+
+
+def reduced_file_bytes(headroom: int) -> int:
+    """The bound on a reduced file's products for a store keeping ``headroom`` bytes free: a reduced file
+    is written whole when it is finished, so a quarter of the headroom (the rest for the data files being
+    written and the ledger), at least 1 MiB and at most ``REDUCED_FILE_BYTES``."""
+    if headroom <= 0:
+        return REDUCED_FILE_BYTES
+    return max(1 << 20, min(REDUCED_FILE_BYTES, headroom // 4))
 
 
 @dataclass
@@ -105,6 +118,7 @@ class Pipeline:
         analysis_threads: int = 1,
         reduced_file_seconds: float = 10.0,
         gaps: np.ndarray | None = None,
+        reduced_file_bytes: int = REDUCED_FILE_BYTES,
     ) -> None:
         self.ring = ring
         self.gaps = gaps  # the detector's module gaps (in the mask too): NXmx pixel_mask bit 0
@@ -116,6 +130,7 @@ class Pipeline:
         self.frames_per_file = frames_per_file
         self.file_seconds = file_seconds
         self.reduced_file_seconds = reduced_file_seconds
+        self.reduced_file_bytes = reduced_file_bytes
         self.recorder = recorder
         self.may_write = may_write
         self.calibration = calibration
@@ -600,6 +615,7 @@ class Pipeline:
             max(self.frames_per_file, 1000),
             self.reduced_file_seconds,
             wait_for_data_files=True,
+            max_bytes=self.reduced_file_bytes,
         )
         self._store = RunStore(
             self.store_root,

@@ -52,6 +52,7 @@ class ReducedWriter:
         seconds: float = math.inf,
         clock: Callable[[], float] = time.monotonic,
         wait_for_data_files: bool = False,
+        max_bytes: int = 0,
     ) -> None:
         self.directory = directory
         self.run_uid = run_uid
@@ -64,6 +65,12 @@ class ReducedWriter:
         self.rows: list[dict[str, Any]] = []
         self.products: list[dict[str, Any]] = []
         self.counts = {"stored": 0, "vetoed": 0}
+        # the products' bytes held for the next file (written whole when it is finished), and the bound
+        # on them (0: none): the file is finished once its ready rows reach it, so a reduced file never
+        # outgrows the store's headroom (an outside chaos probe: 3-7 MB files failed to close on a disk
+        # whose headroom was 4 MiB, their frames' rows lost) nor holds a cake run's memory for long
+        self.max_bytes = max(0, max_bytes)
+        self.bytes = 0
         # stored frames among ``rows`` whose data file is not closed yet (the writing thread's), and what
         # the store's closing thread has said about files since (frames durable, or lost)
         self._waiting: set[int] = set()
@@ -78,6 +85,7 @@ class ReducedWriter:
             self._since = self.clock()
         self.rows.append({"frame_number": frame, "disposition": disposition, "stream": stream, **row})
         self.products.append(products)
+        self.bytes += _row_bytes(products)
         if disposition == "stored" and self._wait:
             self._waiting.add(frame)
 
@@ -116,6 +124,7 @@ class ReducedWriter:
             self.counts["stored"] -= len(self.rows) - len(keep)
             self.rows = [self.rows[k] for k in keep]
             self.products = [self.products[k] for k in keep]
+            self.bytes = sum(map(_row_bytes, self.products))
 
     def full(self) -> bool:
         """Time to finish the file: ``frames_per_file`` rows ready to write (stored frames wait for
@@ -124,6 +133,9 @@ class ReducedWriter:
         self._settle()
         ready = len(self.rows) - len(self._waiting)
         if ready >= self.frames_per_file:
+            return True
+        # the ready rows' share of the bytes held (a run's rows are alike: the same products' shapes)
+        if self.max_bytes and ready > 0 and self.bytes * ready >= self.max_bytes * len(self.rows):
             return True
         started = self._since is not None and self.clock() - self._since >= self.seconds
         return ready > 0 and started
@@ -192,6 +204,7 @@ class ReducedWriter:
         )
         self.files += 1
         self.rows, self.products = later_rows, later_products
+        self.bytes = sum(map(_row_bytes, later_products))
         self._since = self.clock() if later_rows else None
         return closed
 
@@ -216,6 +229,14 @@ class ReducedWriter:
             table.create_dataset("rotation_angle", data=np.asarray(angles, np.float64)).attrs["units"] = "deg"
         if any("roi_sum" in r for r in rows):
             table.create_dataset("roi_sum", data=np.asarray([r["roi_sum"] for r in rows], np.float64))
+
+
+ROW_BYTES = 48  # a row of the frame table: frame number, disposition, stream, key, hit, peaks, angle, sum
+
+
+def _row_bytes(products: dict[str, Any]) -> int:
+    """Bytes a frame's row and products take in a reduced file, uncompressed (an upper bound)."""
+    return ROW_BYTES + sum(v.nbytes for v in products.values() if isinstance(v, np.ndarray))
 
 
 #: the products a reduced file may hold, where, and how `edge where` names them (in this order)

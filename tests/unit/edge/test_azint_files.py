@@ -18,6 +18,7 @@ import pytest
 from edge.config import ReductionSettings
 from edge.modes import RunContext, make_stage
 from edge.store import ReducedWriter
+from edge.store._reduced import ROW_BYTES
 from kernels import Geometry, get_backend
 
 SHAPE = (48, 64)
@@ -146,3 +147,27 @@ def test_cake_axes_and_edges_are_pyfais(tmp_path: Path) -> None:
     filled = theirs.count > 0 if getattr(theirs, "count", None) is not None else theirs.intensity != 0
     np.testing.assert_allclose(intensity[filled], theirs.intensity[filled], rtol=1e-6)
     np.testing.assert_allclose(errors[filled], theirs.sigma[filled], rtol=1e-6)
+
+
+def test_a_reduced_file_is_finished_once_its_ready_rows_reach_its_byte_bound(tmp_path: Path) -> None:
+    """The rows' products are held in memory and written whole: past ``max_bytes`` of ready rows the
+    file is finished (the appliance's bound is a quarter of the store's headroom, test_ledger_full);
+    rows of stored frames whose data file is still open wait, whatever they hold, and stay counted."""
+    params = ReductionSettings(mode="powder", bins=BINS)
+    stage = make_stage(RunContext(get_backend("numpy"), GEOMETRY, SHAPE, BINS, "2th_deg", params))
+    result = stage.process(_frames()[0], 0, 0, float("nan"))
+    each = ROW_BYTES + sum(v.nbytes for v in result.products.values() if isinstance(v, np.ndarray))
+    assert each > ROW_BYTES + 2 * BINS * 4  # the profile and its errors at least
+    writer = ReducedWriter(tmp_path, "r", stage, 1000, max_bytes=10 * each, wait_for_data_files=True)
+    for frame in range(30):
+        writer.add(frame, "stored", "data", result.row, result.products)
+    assert writer.bytes == 30 * each and not writer.full()  # all wait for their data file
+    writer.frames_durable(range(9))
+    assert not writer.full()  # 9 ready rows: under the bound
+    writer.frames_durable([9])
+    assert writer.full()  # 10 reach it
+    closed = writer.finish()
+    assert closed is not None and (closed.first_frame, closed.last_frame) == (0, 9)
+    assert writer.bytes == 20 * each and not writer.full()
+    with h5py.File(closed.path) as h5:
+        assert h5["/entry/frames/frame_number"][()].tolist() == list(range(10))
