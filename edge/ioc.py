@@ -146,6 +146,36 @@ def path_refusal(path: Path, roots: list[Path]) -> str | None:
     return f"{path} is outside store.roots (default store.path): {', '.join(str(r) for r in roots)}"
 
 
+def make_directory(path: Path, depth: int) -> str | None:
+    """Create ``path``'s missing directories as areaDetector's ``CreateDirectory`` says, or say why not
+    (None: ``path`` is a directory now). 0 creates none; negative: at most that many directories at the
+    end of the path are created; positive: at least that many directories from the root must exist
+    already (1 creates everything below the root's first level)."""
+    path = Path(os.path.abspath(path))
+    if path.is_dir():
+        return None
+    if depth == 0:
+        return f"{path} does not exist (CreateDirectory 0)"
+    existing, missing = path, 0
+    while not existing.exists():
+        existing, missing = existing.parent, missing + 1
+    if not existing.is_dir():
+        return f"{existing} is not a directory"
+    if depth < 0 and missing > -depth:
+        return f"{path}: {missing} directories are missing; CreateDirectory {depth} creates at most {-depth}"
+    levels = len(existing.parts) - 1  # directories below the root that exist
+    if depth > 0 and levels < depth:
+        return (
+            f"{path}: CreateDirectory {depth} needs the path's first {depth} directories to exist;"
+            f" {existing} is {levels} deep"
+        )
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        return f"cannot create {path}: {error.strerror or error}"
+    return None
+
+
 def _retention_state(retention: dict[str, Any]) -> int:
     """0 ok, 1 pressure (the store refuses new runs: unverified data above the high-water mark), 2 full
     (the store has no room left for more than its headroom: writing waits or fails)."""
@@ -627,7 +657,9 @@ class ApplianceIOC:
     def _start_capture(self) -> None:
         path = self._capture_path()
         if not path.parent.is_dir():
-            path.parent.mkdir(parents=True, exist_ok=True)
+            reason = make_directory(path.parent, int(self.records["HDF1:CreateDirectory"].get()))
+            if reason is not None:
+                raise ValueError(reason)
             self._set("HDF1:FilePathExists_RBV", 1)
         assert self.capture is not None
         self.capture.open_capture(path)
@@ -778,10 +810,18 @@ class ApplianceIOC:
             self._set("HDF1:ArrayCounter_RBV", int(value))
         elif name == "HDF1:FilePath":
             self._set("HDF1:FilePath_RBV", _directory(str(value)))
+            # as areaDetector: a non-zero CreateDirectory makes the directory when FilePath is processed
+            # (stock ophyd-async sets CreateDirectory, then FilePath, then asks FilePathExists_RBV)
+            depth = int(self.records["HDF1:CreateDirectory"].get())
+            message = ""
+            if depth and not os.path.isdir(str(value)):
+                message = make_directory(Path(str(value)), depth) or ""
+                if not message:
+                    log.info("FilePath %s created (CreateDirectory %d)", value, depth)
             self._set(
                 "HDF1:FilePathExists_RBV", int(os.path.isdir(str(value)) and os.access(str(value), os.W_OK))
             )
-            self._set_write_message("")
+            self._set_write_message(f"FilePath not created: {message}" if message else "")
         elif name == "HDF1:Capture":
             if int(value) and not self._capturing:
                 try:

@@ -88,8 +88,9 @@ def _type_refusal(spec: PvSpec, value: Any) -> tuple[str, int] | None:
         return None
     if spec.kind in _STRING_KINDS:
         if "\ufffd" in str(value):  # bytes that are no UTF-8 (softioc decodes them with errors="replace")
-            shown = ascii(str(value)[:40])
-            return f"not UTF-8 text (its bytes {shown} would be stored as another name)", ALARM_WRITE
+            # (the bytes themselves are gone by then: \ufffd stands for each that did not decode)
+            reason = "not UTF-8 text (\\ufffd marks its undecodable bytes; it would be stored as another name)"
+            return reason, ALARM_WRITE
         size = len(str(value).encode("utf-8", errors="replace"))
         if size > _max_bytes(spec):
             return f"{size} bytes or more; at most {_max_bytes(spec)} fit", ALARM_WRITE

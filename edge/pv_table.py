@@ -246,7 +246,10 @@ HDF_PLUGIN_PVS: tuple[PvSpec, ...] = (
         "HDF1:CreateDirectory",
         "longOut",
         "long",
-        "Non-zero: `Capture` 1 creates a missing `FilePath` (inside `store.roots`).",
+        "As areaDetector's: non-zero makes a missing `FilePath` (inside `store.roots`) when `FilePath` is "
+        "put (and at `Capture` 1); negative N: at most N directories at the end of the path are made; "
+        "positive N: the path's first N directories from the root must exist already. 0 makes none. A "
+        "path it may not make leaves `FilePathExists_RBV` No, `WriteMessage` saying why.",
         limits=(-100, 100),
         initial=0,
     ),

@@ -107,9 +107,10 @@ def test_bluesky_count_with_stock_ophyd_async(stack: Stack) -> None:
 
     from edge.bluesky import EdgeDetector
 
+    # a directory that does not exist yet: the provider's create_dir_depth goes to CreateDirectory, and
+    # the FilePath put makes it, as areaDetector does (an outside probe: prepare failed, "doesn't exist")
     capture_dir = stack.tmp_path / "store" / "bluesky"
-    capture_dir.mkdir()
-    provider = StaticPathProvider(UUIDFilenameProvider(), capture_dir)
+    provider = StaticPathProvider(UUIDFilenameProvider(), capture_dir, create_dir_depth=-1)
     driver = adcore.ADBaseIO(stack.cam_prefix)
     stock = adcore.AreaDetector(
         driver,

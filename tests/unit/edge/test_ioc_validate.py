@@ -26,6 +26,9 @@ class _Record:
     def set(self, value: Any, **_: Any) -> None:
         self.value = value
 
+    def get(self) -> Any:
+        return self.value
+
 
 class _Device:
     """What softioc hands ``validate``: the record's device support, whose alarm the IOC raises."""
@@ -164,3 +167,41 @@ def test_a_failure_while_the_camera_acquires_stops_the_camera(setup: _Setup) -> 
     with pytest.raises(OSError, match="ledger unreadable"):
         asyncio.run(setup.ioc._acquisition())
     assert camera.stopped
+
+
+def test_create_directory_follows_area_detector_s_depth_rule(tmp_path: Path) -> None:
+    """areaDetector's CreateDirectory: 0 makes nothing; -N at most N directories at the path's end; +N
+    the path's first N directories from the root must exist already."""
+    from edge.ioc import make_directory
+
+    base = tmp_path / "w"
+    base.mkdir()
+    assert "CreateDirectory 0" in (make_directory(base / "a", 0) or "")
+    assert "2 directories are missing; CreateDirectory -1 creates at most 1" in (
+        make_directory(base / "a" / "b", -1) or ""
+    )
+    assert not (base / "a").exists()
+    assert make_directory(base / "a" / "b", -2) is None and (base / "a" / "b").is_dir()
+    levels = len(base.parts) - 1
+    assert f"is {levels} deep" in (make_directory(base / "c", levels + 1) or "")
+    assert make_directory(base / "c" / "d", levels) is None and (base / "c" / "d").is_dir()
+    assert make_directory(base / "c", -1) is None  # there already
+    (base / "f").write_text("")
+    assert "is not a directory" in (make_directory(base / "f" / "g", -5) or "")
+
+
+def test_a_file_path_put_makes_its_directory_when_create_directory_says_so(
+    setup: _Setup, tmp_path: Path
+) -> None:
+    """Stock ophyd-async puts CreateDirectory, then FilePath, then reads FilePathExists_RBV: areaDetector
+    makes the directory when FilePath is processed (an outside probe: prepare failed, "doesn't exist")."""
+    records = setup.ioc.records
+    records["HDF1:CreateDirectory"].value = 0
+    setup.ioc._on_setpoint("HDF1:FilePath", str(tmp_path / "new") + "/")
+    assert records["HDF1:FilePathExists_RBV"].value == 0 and not (tmp_path / "new").exists()
+    records["HDF1:CreateDirectory"].value = -1
+    setup.ioc._on_setpoint("HDF1:FilePath", str(tmp_path / "new") + "/")
+    assert records["HDF1:FilePathExists_RBV"].value == 1 and (tmp_path / "new").is_dir()
+    setup.ioc._on_setpoint("HDF1:FilePath", str(tmp_path / "x" / "y") + "/")  # two missing: refused
+    assert records["HDF1:FilePathExists_RBV"].value == 0 and not (tmp_path / "x").exists()
+    assert "FilePath not created" in str(records["HDF1:WriteMessage"].value)

@@ -55,7 +55,7 @@ def test_long_strings_refuse_what_does_not_fit(spec: PvSpec) -> None:
     # bytes that are no UTF-8 reach the IOC as U+FFFD (softioc decodes with errors="replace"): taking
     # them would store a name nobody asked for (an outside probe: HDF1:FileName b"bad\xff\xfe")
     assert refusal(spec, b"bad\xff\xfe".decode("utf-8", errors="replace")) == (
-        "not UTF-8 text (its bytes 'bad\\ufffd\\ufffd' would be stored as another name)",
+        "not UTF-8 text (\\ufffd marks its undecodable bytes; it would be stored as another name)",
         ALARM_WRITE,
     )
 
