@@ -89,7 +89,8 @@ def _type_refusal(spec: PvSpec, value: Any) -> tuple[str, int] | None:
     if spec.kind in _STRING_KINDS:
         if "\ufffd" in str(value):  # bytes that are no UTF-8 (softioc decodes them with errors="replace")
             # (the bytes themselves are gone by then: \ufffd stands for each that did not decode)
-            reason = "not UTF-8 text (\\ufffd marks its undecodable bytes; it would be stored as another name)"
+            reason = "not UTF-8 text (\\ufffd marks its undecodable bytes;"
+            reason += " it would be stored as another name)"
             return reason, ALARM_WRITE
         size = len(str(value).encode("utf-8", errors="replace"))
         if size > _max_bytes(spec):
