@@ -374,6 +374,28 @@ def test_many_runs_and_a_store_at_its_quota_on_a_wall(chromium: str, tmp_path: P
             )
             label = browser.evaluate("document.getElementById('disk-used').innerText")
             width = browser.evaluate("document.querySelector('#disk-bar .fill').style.width")
+
+            # then four alarms at once: on a wide screen they go two to a row (one under the other they
+            # pushed the runs below the fold at 1920 x 1080, an outside probe); the runs' first rows stay
+            # in view
+            view.base["store"] = {
+                **view.base["store"],
+                "disk_full": {"full": True, "since": now - 30, "episodes": 1, "reason": "no space left"},
+            }
+            view.base["detector"] = {**view.base["detector"], "connected": False, "state": "Disconnected"}
+            view.base["appliance"] = {
+                **view.base["appliance"],
+                "threads": {"forwarder": {"state": "restarting", "errors": 3, "last_error": "OSError: x"}},
+            }
+            browser.wait_for("document.querySelectorAll('#alarms li').length >= 4", 15, "the alarms")
+            tops = browser.evaluate(
+                "[...document.querySelectorAll('#alarms li')].map(li => Math.round(li.getBoundingClientRect().top))"
+            )
+            assert len(set(tops)) == (len(tops) + 1) // 2, tops  # two to a row
+            fifth = browser.evaluate(
+                "document.querySelectorAll('#runs tr[data-run]')[4].getBoundingClientRect().bottom"
+            )
+            assert fifth <= 1080, fifth
         finally:
             browser.close()
     assert label.startswith("80.8 % of the store's"), label
