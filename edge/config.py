@@ -459,12 +459,24 @@ class TomoSettings(_Section):
     slices: list[int] = Field(
         default_factory=list,
         max_length=128,
-        description="detector rows to reconstruct (each once, in the order given); [] = centre row",
+        description="detector rows to reconstruct (each once, in the order given: a row given twice is"
+        " refused); [] = centre row",
     )
     center: float | None = Field(
         None, ge=-100_000, le=100_000, description="rotation axis column; None = estimated"
     )
     filter: Literal["ramp", "shepp-logan", "cosine", "hamming", "hann"] = "ramp"
+
+    @field_validator("slices")
+    @classmethod
+    def _each_row_once(cls, value: list[int]) -> list[int]:
+        """A row given twice would be reconstructed twice, two equal slices in the file (an outside
+        probe: [1, 1] was taken)."""
+        twice = sorted({row for row in value if value.count(row) > 1})
+        if twice:
+            rows = f"row{'s' if len(twice) > 1 else ''} {', '.join(map(str, twice))}"
+            raise ValueError(f"{rows} given more than once: give each row once")
+        return value
 
 
 class ReductionSettings(_Section):
@@ -588,7 +600,12 @@ class RetentionSettings(_Section):
     )
     unforwarded_days: float = Field(30.0, gt=0, le=36500)
 
-    quota_bytes: int = Field(0, ge=0, description="bytes the store may hold; 0 = the disk's size")
+    quota_bytes: int = Field(
+        0,
+        ge=0,
+        description="bytes the store may hold; 0 = the disk's size (more than the disk: the disk's size,"
+        " logged at start)",
+    )
     high_water: float = Field(
         0.90,
         gt=0,
@@ -717,7 +734,11 @@ class ApiSettings(_Section):
         " empty host is refused: it meant every interface without saying so)",
     )
     port: int = Field(8080, ge=0, le=65535, description="0: a free port the system chooses, logged at start")
-    token: str | None = None
+    token: str | None = Field(
+        None,
+        description='the bearer token API writes need (`Authorization: Bearer TOKEN`); null or "": writes'
+        " answer 403. Printable ASCII, no spaces around it (a header cannot carry others alike)",
+    )
 
     @field_validator("token")
     @classmethod
@@ -731,6 +752,15 @@ class ApiSettings(_Section):
             )
         if value and any(ord(c) < 0x20 or ord(c) == 0x7F for c in value):
             raise ValueError("holds a control character (a newline, say), which no HTTP header can carry")
+        if value and not value.isascii():
+            # HTTP headers are bytes: curl sends UTF-8, others Latin-1, and the server reads them as
+            # Latin-1, so only one of them matched (an outside probe: "sécret")
+            odd = next(c for c in value if not c.isascii())
+            raise ValueError(
+                f"holds {odd!r}, not ASCII: clients send a header's other characters in different"
+                " encodings, so it would match for some and not others; use ASCII (e.g. from"
+                " `python -c 'import secrets; print(secrets.token_urlsafe())'`)"
+            )
         return value
 
     max_connections: int = Field(
@@ -985,11 +1015,25 @@ def _check_environment(environ: Mapping[str, str]) -> None:
             continue
         rest = name[len(ENV_PREFIX) :].lower()
         if "__" in rest:
-            section = rest.split("__", 1)[0]
-            if section not in sections:
+            parts = rest.split("__")
+            if parts[0] not in sections:
                 problems.append(
-                    f"{name}: no such setting (no section {section!r}; docs/settings.md lists them)"
+                    f"{name}: no such setting (no section {parts[0]!r}; docs/settings.md lists them)"
                 )
+                continue
+            # every level below the section names a key of its table, and a value has no keys (an
+            # outside probe: EDGE_RING__SLOTS__X=1 was ring.slots = {'x': '1'}, "a valid integer")
+            kind: Any = Settings
+            for depth, part in enumerate(parts):
+                fields = getattr(kind, "model_fields", None)
+                where = ".".join(parts[:depth])
+                if fields is None:
+                    problems.append(f"{name}: no such setting ({where} is a value, not a table)")
+                    break
+                if part not in fields:
+                    problems.append(f"{name}: no such setting ([{where}] has no {part!r}; docs/settings.md)")
+                    break
+                kind = fields[part].annotation
             continue
         for section, kind in sections.items():
             key = rest.removeprefix(f"{section}_")
@@ -1014,9 +1058,11 @@ def _with_sources(message: str, config: Path | None, overrides: list[str]) -> st
         parts = key.split(".")
         prefixes = [".".join(parts[:n]) for n in range(len(parts), 0, -1)]  # the key, then its tables
         variables = [ENV_PREFIX + prefix.replace(".", "__").upper() for prefix in prefixes]
+        # the environment's names as given (their case is free: EDGE_ring__slots sets ring.slots too)
+        named = {name.upper(): name for name in sorted(os.environ, reverse=True)}
         if (typed := next((prefix for prefix in prefixes if prefix in given), None)) is not None:
             where = f"--set {typed}"
-        elif (variable := next((v for v in variables if v in os.environ), None)) is not None:
+        elif (variable := next((named[v] for v in variables if v in named), None)) is not None:
             where = f"the environment's {variable}"
         elif config is not None:
             where = str(config)

@@ -62,13 +62,20 @@ class Retention:
         self.root = root
         self.settings = settings
         self._disk_total = int(psutil.disk_usage(str(root)).total)
+        if settings.quota_bytes > self._disk_total > 0:
+            log.warning(
+                "retention.quota_bytes (%d) is more than the store's whole disk (%d bytes): the disk's size"
+                " is the store's capacity instead",
+                settings.quota_bytes,
+                self._disk_total,
+            )
         if self.headroom() < settings.headroom_bytes:
             log.warning(
                 "retention.headroom_bytes (%d) is more than a quarter of the store's %s (%d bytes): %d bytes"
                 " are kept free instead (else no run could ever start)",
                 settings.headroom_bytes,
-                "quota" if settings.quota_bytes else "disk",
-                settings.quota_bytes or self._disk_total,
+                "quota" if self._quota() else "disk",
+                self._quota() or self._disk_total,
                 self.headroom(),
             )
         self.disk_low_bytes = max(disk_low_bytes, self.headroom())
@@ -100,13 +107,19 @@ class Retention:
     def headroom(self) -> int:
         """``retention.headroom_bytes``, at most a quarter of the quota (or of the disk): a headroom of the
         default 64 MiB on a 55 MB disk left no room for any run ("0 B of 0 B", an outside probe)."""
-        size = self.settings.quota_bytes or self._disk_total
+        size = self._quota() or self._disk_total
         return min(self.settings.headroom_bytes, size // 4) if size > 0 else self.settings.headroom_bytes
 
+    def _quota(self) -> int:
+        """``retention.quota_bytes``, at most the disk's size (a quota of 2^64 bytes on a 270 GB disk was
+        reported as the capacity, its high-water mark never reached: an outside probe); 0: none."""
+        quota = self.settings.quota_bytes
+        return min(quota, self._disk_total) if quota and self._disk_total > 0 else quota
+
     def capacity(self) -> int:
-        """Bytes the store may use: the quota, or the disk's size."""
+        """Bytes the store may use: the quota (at most the disk's size), or the disk's size."""
         if self.settings.quota_bytes:
-            return self.settings.quota_bytes
+            return self._quota()
         return int(psutil.disk_usage(str(self.root)).total)
 
     def usage(self) -> dict[str, int]:

@@ -324,6 +324,11 @@ def test_a_taken_udp_port_names_the_setting(tmp_path: Path) -> None:
         # names that look like settings and name none were passed over without a word
         ("EDGE_FOO__BAR", "1", "EDGE_FOO__BAR: no such setting (no section 'foo'"),
         ("EDGE_RING_SLOTS", "5", "EDGE_RING__SLOTS sets ring.slots (two underscores"),
+        # a level below a value, or a key its table lacks (an outside probe: ring.slots = {'x': '1'},
+        # "Input should be a valid integer (from the settings file)")
+        ("EDGE_RING__SLOTS__X", "1", "EDGE_RING__SLOTS__X: no such setting (ring.slots is a value, not"),
+        ("EDGE_RING__SLOTZ", "1", "EDGE_RING__SLOTZ: no such setting ([ring] has no 'slotz'"),
+        ("EDGE_REDUCTION__TOMO__SLICEZ", "[1]", "no such setting ([reduction.tomo] has no 'slicez'"),
     ],
 )
 def test_environment_values_that_cannot_be_settings_are_refused_by_name(
@@ -340,3 +345,17 @@ def test_a_list_in_the_environment_as_json_and_other_edge_names_are_fine(
     monkeypatch.setenv("EDGE_UPSTREAM__REQUIRED_CONSUMERS", '["hpc", "mirror"]')
     monkeypatch.setenv("EDGE_TEST_GPU", "1")  # not a setting's name: a test's switch, left alone
     assert load_settings().upstream.required_consumers == ["hpc", "mirror"]
+
+
+def test_a_bad_value_from_an_environment_name_in_any_case_names_that_variable(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """pydantic-settings reads ``EDGE_ring__slots`` as ring.slots; a bad value there was blamed on the
+    settings file, which had no such key (an outside probe)."""
+    config = tmp_path / "min.toml"
+    config.write_text(f'[store]\npath = "{tmp_path / "store"}"\n')
+    monkeypatch.setenv("EDGE_ring__slots", "1")
+    with pytest.raises(ConfigError, match=re.escape("(from the environment's EDGE_ring__slots)")):
+        load_settings(config)
+    monkeypatch.setenv("EDGE_ring__slots", "5")
+    assert load_settings(config).ring.slots == 5

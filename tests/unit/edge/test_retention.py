@@ -8,6 +8,7 @@ the fill forecast the monotonic one. No sleeps, no threads.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Executor, Future
@@ -426,3 +427,22 @@ def test_purges_the_full_ledger_cannot_record_go_on_and_are_recorded_later(
     full[0] = False
     retention.purge_once()
     assert [f["state"] for f in ledger.files()] == ["purged"] * 3
+
+
+def test_a_quota_beyond_the_disk_is_the_disk_s_size_and_said_so(
+    ledger: Ledger, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A quota of 2^64 bytes on a 270 GB disk was the store's reported capacity, its high-water mark
+    never reached (an outside probe): the capacity is at most the disk, and the start says so."""
+    import psutil
+
+    disk = psutil.disk_usage(str(tmp_path)).total
+    with caplog.at_level(logging.WARNING, logger="edge.retention"):
+        retention = Retention(
+            ledger, tmp_path, RetentionSettings(quota_bytes=1 << 64), executor=ManualExecutor()
+        )
+    assert retention.capacity() == disk
+    assert "is more than the store's whole disk" in caplog.text
+    caplog.clear()
+    within = Retention(ledger, tmp_path, RetentionSettings(quota_bytes=disk // 2), executor=ManualExecutor())
+    assert within.capacity() == disk // 2 and "whole disk" not in caplog.text

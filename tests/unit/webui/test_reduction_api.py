@@ -131,6 +131,8 @@ def test_roi_boxes_and_tomo_rows_outside_the_frame_are_refused_as_the_pvs_refuse
         ({"roi": [[10, 5, 0, 8]]}, "reduction.roi box [10, 5, 0, 8]"),  # an empty box
         # thousands of rows (each a sinogram row per projection: memory without bound) are refused
         ({"tomo": {"slices": [5] * 20_000}}, "at most 128"),
+        # "each once": a row given twice was taken, two equal slices in the file (an outside probe)
+        ({"tomo": {"slices": [1, 7, 1]}}, "row 1 given more than once"),
         # a peak finder that could not start: the next run was reduced as raw with no alarm (an outside
         # probe); refused here as in a settings file
         ({"serial": {"min_pixels": 300, "max_pixels": 2}}, "min_pixels 300 is above max_pixels 2"),
@@ -266,3 +268,11 @@ def test_a_token_with_spaces_around_it_is_refused_at_the_start() -> None:
         with pytest.raises(ConfigError, match=r"api\.token = .*has spaces before or after it"):
             load_settings(overrides=[f"api.token={token!r}".replace("'", '"')])
     assert load_settings(overrides=['api.token="s3 cret"']).api.token == "s3 cret"  # inside: kept
+
+
+def test_a_token_that_is_not_ascii_is_refused_at_the_start() -> None:
+    """A header's non-ASCII bytes come in the client's encoding (curl: UTF-8) and are read as Latin-1:
+    "sécret" matched a Latin-1 client only (an outside probe)."""
+    with pytest.raises(ConfigError, match=r"api\.token = .*holds 'é', not ASCII"):
+        load_settings(overrides=['api.token="sécret"'])
+    assert load_settings(overrides=['api.token="s3cret-~!"']).api.token == "s3cret-~!"
