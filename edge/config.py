@@ -459,24 +459,13 @@ class TomoSettings(_Section):
     slices: list[int] = Field(
         default_factory=list,
         max_length=128,
-        description="detector rows to reconstruct (each once, in the order given: a row given twice is"
-        " refused); [] = centre row",
+        description="detector rows to reconstruct, in the order given (a row given twice is reconstructed"
+        " once, where it first comes); [] = centre row",
     )
     center: float | None = Field(
         None, ge=-100_000, le=100_000, description="rotation axis column; None = estimated"
     )
     filter: Literal["ramp", "shepp-logan", "cosine", "hamming", "hann"] = "ramp"
-
-    @field_validator("slices")
-    @classmethod
-    def _each_row_once(cls, value: list[int]) -> list[int]:
-        """A row given twice would be reconstructed twice, two equal slices in the file (an outside
-        probe: [1, 1] was taken)."""
-        twice = sorted({row for row in value if value.count(row) > 1})
-        if twice:
-            rows = f"row{'s' if len(twice) > 1 else ''} {', '.join(map(str, twice))}"
-            raise ValueError(f"{rows} given more than once: give each row once")
-        return value
 
 
 class ReductionSettings(_Section):

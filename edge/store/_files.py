@@ -166,8 +166,14 @@ class RunFileWriter:
             data = entry.create_group("data")
             data.attrs["NX_class"] = "NXdata"
             data.attrs["signal"] = "data"
-            data.attrs["axes"] = ["frame_number", ".", "."]  # (frame_number: written with the file's end)
+            data.attrs["axes"] = ["frame_number", ".", "."]
             data.attrs["frame_number_indices"] = 0
+            # the frames' numbers as far as flushed, then whole at the end: a file a crash leaves
+            # half-written says which frames its rows hold (an outside probe: a quarantined file had its
+            # pixels only, no way to tell which projections they were)
+            self._numbers = data.create_dataset(
+                "frame_number", shape=(0,), maxshape=(None,), chunks=(4096,), dtype=np.int64
+            )
             data.attrs["interpretation"] = "image"  # a stack of images (silx, nexpy show frames)
             self._data = data.create_dataset(
                 "data",
@@ -200,9 +206,17 @@ class RunFileWriter:
     def _flush(self, now: float) -> None:
         """The file's metadata to the file, with how many of its frames that covers (``frames_flushed``:
         rows past it read as 0 from a file a crash left open, their chunks not indexed yet)."""
+        self._write_numbers()
         self._h5["entry"].attrs["frames_flushed"] = len(self.frames)
         self._h5.flush()
         self._flushed_at = now
+
+    def _write_numbers(self) -> None:
+        """``frame_number`` up to the frames written so far (the rows not written yet)."""
+        done, n = self._numbers.shape[0], len(self.frames)
+        if n > done:
+            self._numbers.resize(n, axis=0)
+            self._numbers[done:n] = np.asarray(self.frames[done:n], dtype=np.int64)
 
     def close(self) -> ClosedFile:
         """Finish the file, fsync it, and rename it to its final name."""
@@ -215,7 +229,7 @@ class RunFileWriter:
             entry.create_dataset("end_time_estimated", data=end_time)
         entry.attrs["frames_written"] = n
         entry.attrs["frames_flushed"] = n
-        entry["data"].create_dataset("frame_number", data=np.asarray(self.frames, dtype=np.int64))
+        self._write_numbers()
         flags = entry["data"].create_dataset("frame_flags", data=np.asarray(self.flags, dtype=np.uint32))
         flags.attrs["meaning"] = "0 complete, 1 incomplete (packets missing; their pixels are 0), 2 corrupt"
         self.layout.write_products(entry, self._products)

@@ -43,11 +43,11 @@ CHILD = textwrap.dedent(
     writer = RunFileWriter(Path(sys.argv[1]), "run1", "run1_00000.h5", 0, shape, "uint16", 20, raw)
     frame = lambda n: compress_chunk(np.full(shape, 100 + n, np.uint16))
     for n in range(5):
-        writer.write(n, frame(n), {})
+        writer.write(10 * n, frame(n), {})
     time.sleep(1.2)  # the next write flushes: six frames covered
-    writer.write(5, frame(5), {})
+    writer.write(50, frame(5), {})
     for n in (6, 7):  # written after the last flush
-        writer.write(n, frame(n), {})
+        writer.write(10 * n, frame(n), {})
     os._exit(0)  # as kill -9: nothing closed
     """
 )
@@ -79,3 +79,5 @@ def test_a_file_left_open_by_a_crash_reads_back_up_to_its_last_flush(tmp_path: P
         data = entry["data/data"]
         for n in range(flushed):
             assert np.array_equal(data[n], np.full((32, 48), 100 + n, np.uint16)), n
+        # and which frames those rows are (an outside probe: a quarantined file had its pixels only)
+        assert entry["data/frame_number"][()].tolist() == [10 * n for n in range(flushed)]

@@ -131,8 +131,6 @@ def test_roi_boxes_and_tomo_rows_outside_the_frame_are_refused_as_the_pvs_refuse
         ({"roi": [[10, 5, 0, 8]]}, "reduction.roi box [10, 5, 0, 8]"),  # an empty box
         # thousands of rows (each a sinogram row per projection: memory without bound) are refused
         ({"tomo": {"slices": [5] * 20_000}}, "at most 128"),
-        # "each once": a row given twice was taken, two equal slices in the file (an outside probe)
-        ({"tomo": {"slices": [1, 7, 1]}}, "row 1 given more than once"),
         # a peak finder that could not start: the next run was reduced as raw with no alarm (an outside
         # probe); refused here as in a settings file
         ({"serial": {"min_pixels": 300, "max_pixels": 2}}, "min_pixels 300 is above max_pixels 2"),
