@@ -368,6 +368,8 @@ class ForwarderSession:
             for consumer in list(self.consumers.values()):
                 out += self._chunks(consumer, now)
                 out += self._completes(consumer, now)
+                if not consumer.in_flight:  # its timed-out chunks went nowhere again: it owes no answer
+                    consumer.unanswered_since = None
         if self._last_heartbeat is None or now - self._last_heartbeat >= self.heartbeat_seconds:
             self._last_heartbeat = now
             # not to a consumer whose last send failed: it speaks first when it is back (no failed send

@@ -730,3 +730,32 @@ def test_one_failed_send_is_one_failure_and_the_messages_behind_it_are_withdrawn
     finally:
         sock.close(0)
         context.term()
+
+
+def test_a_consumer_whose_timed_out_chunks_need_no_resend_owes_nothing(tmp_path: Path) -> None:
+    """Chunks unanswered past resend_seconds go back to the consumer's credit; when nothing is left to
+    send it (the file was confirmed by the required consumers meanwhile) it owes no answer: its
+    ``seconds_unanswered`` kept growing (an outside probe), which for a required consumer reads as an
+    HPC client that stopped answering. One still silent as its chunks go again keeps its clock."""
+    ledger = Ledger(tmp_path / "ledger.sqlite", required_consumers=("hpc",))
+    ledger.run_started("run", 1, 3, "{}")
+    path = tmp_path / "run_00000.h5"
+    path.write_bytes(bytes(range(256)) * 12)
+    size, digest, cut = file_checksums(path, 1024)
+    file_id = ledger.file_stored("run", path.name, path, size, digest, (0, 2, 3), cut)
+    session = ForwarderSession(ledger, resend_seconds=RESEND)
+    session.receive(b"peer-e", frames(p.Hello("evil", 3)), 0.0)
+    session.receive(b"peer-h", frames(p.Hello("hpc", 1)), 0.0)
+    sent = chunks(session.tick(0.0))
+    assert {o.chunk_id for o in sent} and len(sent) == 4  # three to evil, one to hpc
+
+    def unanswered(name: str, now: float) -> float | None:
+        return next(c for c in session.consumer_states(now) if c["consumer"] == name)["seconds_unanswered"]
+
+    resent = chunks(session.tick(RESEND + 1))  # both silent: everything goes again, their clocks run on
+    assert len(resent) == 4 and unanswered("hpc", RESEND + 2) == RESEND + 2
+    assert unanswered("evil", RESEND + 2) == RESEND + 2
+    session.receive(b"peer-h", frames(p.FileVerified(file_id, size, digest)), RESEND + 3)
+    assert chunks(session.tick(2 * RESEND + 2)) == []  # expired again: nothing left to send either
+    assert unanswered("evil", 2 * RESEND + 3) is None
+    ledger.close()
