@@ -683,12 +683,20 @@ def _run_where(settings: Settings, run: str, as_json: bool, given_file: bool = F
         run_uid = resolve_run(ledger, run)
         running = daemon_running(settings.ledger_path)
         held = stalled = None
+        from_daemon = False
         if running:  # what only the daemon knows: a held run end, a stalled upstream link
             served = daemon_where(settings, run_uid)
             held = (
                 _text_or_none(served.get("held_end")) if ledger.run(run_uid)["exit_status"] is None else None
             )
             stalled = _text_or_none(served.get("upstream_stalled"))
+            # and the consumers it requires: these settings may name others (an outside probe: "needs
+            # hpc, tape" beside "stalled: ... mirror must pull", the counts by the one list, the stall by
+            # the other). Only the reading changes: the ledger's states are the daemon's to set.
+            daemons = served.get("required_consumers")
+            if isinstance(daemons, list) and daemons and all(isinstance(c, str) and c for c in daemons):
+                from_daemon = True
+                ledger.required_consumers = tuple(dict.fromkeys(daemons))
         report = where_report(
             ledger, run_uid, daemon_running=running, store=settings.store.path, held_end=held, stalled=stalled
         )
@@ -696,8 +704,11 @@ def _run_where(settings: Settings, run: str, as_json: bool, given_file: bool = F
         # the daemon requires (an outside probe: "needs hpc" beside "confirmed by some, not yet all")
         # (a settings file that does not set them runs the daemon on the default too: then no note)
         report["consumers_default"] = (
-            "required_consumers" not in settings.upstream.model_fields_set and not given_file
+            "required_consumers" not in settings.upstream.model_fields_set
+            and not given_file
+            and not from_daemon
         )
+        report["consumers_from_daemon"] = from_daemon
     except NotFound as error:
         print(f"edge: {error}", file=sys.stderr)
         return 1

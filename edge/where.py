@@ -359,6 +359,8 @@ def render(report: dict[str, Any]) -> str:
         + (
             " (the default: give edge where the daemon's settings file)"
             if report.get("consumers_default")
+            else " (as the running daemon requires)"
+            if report.get("consumers_from_daemon")
             else ""
         )
         + f"; {report['bytes_pending']} bytes pending"

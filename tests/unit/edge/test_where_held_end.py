@@ -100,3 +100,50 @@ def test_edge_where_says_when_the_required_consumers_are_the_default(tmp_path) -
     config.write_text(f"[store]\npath = {json.dumps(str(tmp_path))}\n")
     out = where("--config", str(config))
     assert "needs hpc;" in out and "the default" not in out
+
+
+def test_edge_where_reads_the_files_by_the_consumers_the_running_daemon_requires(
+    tmp_path, api: ThreadingHTTPServer
+) -> None:  # type: ignore[no-untyped-def]
+    """An outside probe: `edge where` given settings naming hpc and tape, for a daemon requiring mirror
+    too, said "needs hpc, tape" and "confirmed by some required consumers, not yet all" beside the
+    daemon's "stalled: ... mirror must pull". With a daemon running, its list is the one read by."""
+    import subprocess
+    import sys
+
+    from edge.daemon_lock import DaemonLock
+    from edge.ledger import Ledger
+
+    ledger = Ledger(tmp_path / "ledger.sqlite", required_consumers=("hpc", "tape"))
+    ledger.run_started("run-1", 1, None, "{}")
+    ledger.close()
+    _Api.answers = {
+        "/api/runs/run-1": {
+            "where": {"required_consumers": ["hpc", "tape", "mirror"], "upstream_stalled": "mirror must pull"}
+        }
+    }
+    lock = DaemonLock(tmp_path / "ledger.sqlite")  # as a running daemon holds it
+    assert lock.acquire()
+    try:
+        done = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "edge",
+                "where",
+                "run-1",
+                "--set",
+                f"store.path={json.dumps(str(tmp_path))}",
+                "--set",
+                'upstream.required_consumers=["hpc", "tape"]',
+                "--set",
+                f"api.port={api.server_address[1]}",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    finally:
+        lock.release()
+    assert done.returncode == 0, done.stderr
+    assert "needs hpc, tape, mirror (as the running daemon requires)" in done.stdout, done.stdout
