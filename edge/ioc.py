@@ -715,6 +715,10 @@ class ApplianceIOC:
         finally:
             self._capturing = False
             self.records["HDF1:Capture"].set(0, process=False)
+            try:  # the series' end in StatusMessage_RBV before Capture_RBV says done, not at the next
+                self._show_acquisition()  # refresh (an outside probe logged "Acquiring" after its plan)
+            except Exception:  # (the view going away at shutdown) the refresh says it later
+                log.debug("showing the acquisition at a capture's close failed", exc_info=True)
             self._set("HDF1:Capture_RBV", 0)
             log.info("capture closed: %s (run %s)", path, run_uid)
 

@@ -203,6 +203,7 @@ def test_a_fly_scan_with_stock_ophyd_async(stack: Stack) -> None:
         token = engine.subscribe(lambda name, doc: docs.append((name, doc)))  # noqa: B023
         try:
             engine(fly(12))
+            message = _epics().caget(stack.prefix + "StatusMessage_RBV", as_string=True, use_monitor=False)
         finally:
             engine.unsubscribe(token)
         (resource,) = [doc for name, doc in docs if name == "stream_resource"]
@@ -213,6 +214,9 @@ def test_a_fly_scan_with_stock_ophyd_async(stack: Stack) -> None:
         epics = _epics()
         run = stack.run(epics.caget(stack.prefix + "RunUid_RBV", as_string=True))
         assert run["exit_status"] == "success" and run["frames_stored"] == 12 and run["losses"] == []
+        # the plan is over: the message said so at once, not at the next refresh (an outside probe's plan
+        # logged "Acquiring: a series started at the camera" as its end)
+        assert "ended: 12 frames received" in message, message
 
 
 def test_capture_spans_acquisitions_in_one_file(stack: Stack) -> None:
