@@ -249,8 +249,10 @@ class RingSink:
             self.masks.put_missing(self.run_uid, header.frame, header.missing)  # before the pipeline reads
         self.ring.publish(slot, header, header.nbytes or None)
         self.newest_frame = header.frame  # (the IOC's UniqueId_RBV)
-        if self.run_uid is not None and self.run_uid == self._received_run:
-            self._received_in_run += 1
+        if self.run_uid is not None:
+            self.recorder.frame_seen(self.run_uid, header.frame)  # (memory; the ledger every 0.2 s)
+            if self.run_uid == self._received_run:
+                self._received_in_run += 1
         self.series_received += 1
         now = time.monotonic()
         if now - self._preview_at >= PREVIEW_SECONDS:  # the live view skips the queue, as areaDetector's does

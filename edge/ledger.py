@@ -106,8 +106,9 @@ CREATE INDEX IF NOT EXISTS runs_by_resumed ON runs(
 #: (``files.kind``), the run's mode and vetoed frames, and where each consumer stored each file; 3 keeps a
 #: purged file's chunk counts in its row (``files.chunk_record``) instead of its chunk rows; 4 never gives
 #: a chunk id twice (``CHUNKS_TABLE``; the table is rebuilt, its ids kept); 5 records what a reduced file
-#: holds (``files.holds``, read from the file as it is written; NULL for files recorded before).
-SCHEMA_VERSION = 5
+#: holds (``files.holds``, read from the file as it is written; NULL for files recorded before); 6 keeps
+#: the highest frame number an open run has received (``runs.frames_seen``, for a crash's recovery).
+SCHEMA_VERSION = 6
 
 #: Columns added since version 1, with their defaults; a fresh ledger gets them too (table, column, SQL).
 MIGRATION_COLUMNS = (
@@ -117,6 +118,7 @@ MIGRATION_COLUMNS = (
     ("file_acks", "stored_path", "TEXT"),
     ("files", "chunk_record", "TEXT"),
     ("files", "holds", "TEXT"),
+    ("runs", "frames_seen", "INTEGER"),
 )
 
 # Running totals, kept by triggers in the same transaction as the rows they count, so that the views
@@ -362,6 +364,15 @@ class Ledger:
             " THEN json_set(config, '$.frames_expected', ?) ELSE config END"
             " WHERE run_uid=? AND frames_expected IS NULL",
             (frames_expected, frames_expected, run_uid),
+        )
+
+    def run_seen(self, run_uid: str, frame: int) -> None:
+        """The highest frame number the open run has received so far (a crash's recovery accounts up to
+        it when the series did not announce its length); never lowered, never after the run ended."""
+        self._write(
+            "UPDATE runs SET frames_seen=? WHERE run_uid=? AND ended_at IS NULL"
+            " AND (frames_seen IS NULL OR frames_seen < ?)",
+            (frame, run_uid, frame),
         )
 
     def run_named(self, run_uid: str, detector_uid: str) -> None:

@@ -466,6 +466,7 @@ class Pipeline:
         ticked = time.monotonic()
         while True:
             checkpoint()
+            self.recorder.write_progress()  # the open run's highest frame received (every 0.2 s at most)
             if time.monotonic() - ticked >= 1.0:  # frames keep coming: what a full disk held back
                 ticked = time.monotonic()
                 self._retry_held()

@@ -12,6 +12,7 @@ import logging
 import re
 import sqlite3
 import threading
+import time
 import uuid
 from collections import Counter
 from collections.abc import Callable
@@ -31,6 +32,9 @@ from edge.store import ClosedFile
 RUN_UID = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,127}")
 
 log = logging.getLogger(__name__)
+
+#: how often the open run's highest frame received is written to the ledger (``write_progress``)
+PROGRESS_SECONDS = 0.2
 
 
 class RunRecorder:
@@ -58,6 +62,33 @@ class RunRecorder:
         self._modes: dict[str, str | None] = {}
         self._lock = threading.Lock()
         self.counts: Counter[str] = Counter()  # files_closed, runs_opened, runs_closed, losses by reason
+        # the highest frame received into the open run, (run uid, frame), set by the receiving thread
+        # (memory only) and written to the ledger by the writing thread every PROGRESS_SECONDS
+        self._seen: tuple[str, int] | None = None
+        self._seen_written: tuple[str, int] | None = None
+        self._seen_at = float("-inf")
+
+    # -- a run's progress -------------------------------------------------------------------------------
+    def frame_seen(self, run_uid: str, frame: int) -> None:
+        """A frame received into ``run_uid`` (the receiving thread, every frame: memory only)."""
+        seen = self._seen
+        if seen is None or seen[0] != run_uid or frame > seen[1]:
+            self._seen = (run_uid, frame)
+
+    def write_progress(self, now: float | None = None) -> None:
+        """The open run's highest frame received, to the ledger, at most every ``PROGRESS_SECONDS`` and
+        when it changed (the writing thread). After a crash, recovery accounts up to it a run whose
+        series did not announce its length: its frames received were in no record (an outside probe:
+        5 frames received, a kill -9, the run "0 stored, 0 lost"). A full ledger skips it (counted)."""
+        seen = self._seen
+        now = time.monotonic() if now is None else now
+        if seen is None or seen == self._seen_written or now - self._seen_at < PROGRESS_SECONDS:
+            return
+        self._seen_at, self._seen_written = now, seen
+        try:
+            self.ledger.run_seen(*seen)
+        except sqlite3.OperationalError:  # a full disk: the next one goes when space returns
+            self._count("progress_writes_skipped")
 
     # -- runs ------------------------------------------------------------------------------------------
     def run_length(self, run_uid: str, frames_expected: int) -> None:

@@ -112,10 +112,17 @@ def recover(recorder: RunRecorder, root: Path) -> dict[str, Any]:
         vetoed = _vetoed_frames(recorder, run_uid)
         covered = _accounted(recorder, run_uid, vetoed)
         expected = run["frames_expected"]
-        if expected is None:  # the detector did not say; account up to the last frame we know of
-            expected = max((last for _, last in covered), default=-1) + 1
+        if expected is None:  # the detector did not say; account up to the last frame we know of: the
+            # highest received (written every 0.2 s while the run was open) or recorded
+            seen = run.get("frames_seen")
+            expected = (
+                max(max((last for _, last in covered), default=-1), -1 if seen is None else int(seen)) + 1
+            )
             log.warning(
-                "run %s did not announce its length; frames after %d cannot be accounted", run_uid, expected
+                "run %s did not announce its length: accounted up to frame %d, the last it is known to have"
+                " received (frames received in the last 0.2 s before the crash may be in no record)",
+                run_uid,
+                expected - 1,
             )
         crashed = 0
         for first, last in _missing_ranges(int(expected), _not_own(run, covered)):

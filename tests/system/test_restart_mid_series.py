@@ -604,3 +604,36 @@ def test_a_series_resumed_in_another_mode_says_so(tmp_path: Path) -> None:
         stack.stop_all()
     config = _config(second)
     assert config["resumes_run"] == runs[0]["run_uid"] and config["resumed_in_other_mode"] == "raw"
+
+
+def test_frames_received_before_a_crash_of_a_series_that_never_goes_on_are_accounted(tmp_path: Path) -> None:
+    """A series of unknown length, its frames in no closed file yet, the daemon killed, and the detector
+    never sends again: the run was "0 stored, 0 lost", the frames it had received in no record (an outside
+    probe). The open run's highest frame received is in the ledger (every 0.2 s), so recovery records the
+    frames up to it lost: every frame received is stored or lost."""
+    stack = _small_stack(
+        tmp_path, "store.frames_per_file=1000", "store.file_seconds=3600", 'reduction.mode="raw"'
+    )
+    try:
+        daemon = stack.start_daemon()
+        sim = stack.start("sim", "--frames", "0", stdout=subprocess.PIPE)
+        wait_for(lambda: stack.status()["receiver"].get("frames_received", 0) >= 12, 60, "frames arriving")
+        sim.send_signal(signal.SIGSTOP)  # the detector stops sending, never ends its series
+        time.sleep(1.0)  # (the receiver takes what was on its way; the ledger has its progress)
+        received = stack.status()["receiver"]["frames_received"]
+        daemon.send_signal(signal.SIGKILL)
+        daemon.wait(20)
+        stack.procs.remove(daemon)
+        sim.kill()
+        (interrupted,) = _runs(stack)
+        uid = interrupted["run_uid"]
+        assert interrupted["frames_expected"] is None and interrupted["frames_seen"] == received - 1
+        stack.start_daemon()
+        run = stack.run(uid)
+    finally:
+        stack.stop_all()
+    assert run["exit_status"] == "fail"
+    stored, lost = _frames(run)
+    assert not stored & lost
+    assert stored | lost == set(range(received)), (received, run["losses"], run["files"])
+    assert {loss["reason"] for loss in run["losses"]} == {"daemon_crash"}

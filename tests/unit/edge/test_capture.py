@@ -94,6 +94,9 @@ class _Recorder:
         self.expected: list[int | None] = []
         self.losses: list[tuple[str | None, int, int, str]] = []
 
+    def frame_seen(self, run_uid: str, frame: int) -> None:
+        pass
+
     def open_run(self, run_uid: str | None, series: int, expected: int | None, config: Any, mode: Any) -> str:
         uid = f"run{len(self.opened) + 1}"
         self.opened.append(uid)

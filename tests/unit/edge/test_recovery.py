@@ -409,3 +409,39 @@ def test_was_interrupted_names_the_series_a_restart_cut(tmp_path: Path) -> None:
     assert not was_interrupted(ledger, {}, 6) and not was_interrupted(ledger, {}, 8)
     assert was_interrupted(ledger, {"runs_failed": ["crashed"]}, 7) and not was_interrupted(ledger, {}, 7)
     ledger.close()
+
+
+def test_a_crashed_run_of_unknown_length_is_accounted_up_to_the_last_frame_it_received(
+    tmp_path: Path,
+) -> None:
+    """A series that never said its length, five frames received, none in a closed file, kill -9, and
+    the series does not go on: the run was "0 stored, 0 lost", its frames in no record (an outside
+    probe). The open run's highest frame received is in the ledger (every 0.2 s at most), and recovery
+    records the frames up to it lost (``daemon_crash``)."""
+    from edge.recorder import PROGRESS_SECONDS
+    from edge.recovery import recover
+
+    ledger = Ledger(tmp_path / "ledger.sqlite")
+    recorder = RunRecorder(ledger, tmp_path, chunk_bytes=1 << 20)
+    run_uid = recorder.open_run("run-u", series=72, frames_expected=None, config={})
+    for frame in range(3):  # the receiving thread: memory only
+        recorder.frame_seen(run_uid, frame)
+    assert ledger.run(run_uid)["frames_seen"] is None
+    recorder.write_progress(100.0)  # the writing thread
+    assert ledger.run(run_uid)["frames_seen"] == 2
+    recorder.frame_seen(run_uid, 4)
+    recorder.frame_seen(run_uid, 3)  # (never lowered)
+    recorder.write_progress(100.0 + PROGRESS_SECONDS / 2)  # too soon: not written
+    assert ledger.run(run_uid)["frames_seen"] == 2
+    recorder.write_progress(100.0 + PROGRESS_SECONDS)
+    assert ledger.run(run_uid)["frames_seen"] == 4
+    ledger.close()
+
+    ledger = Ledger(tmp_path / "ledger.sqlite")  # the restart
+    recorder = RunRecorder(ledger, tmp_path, chunk_bytes=1 << 20)
+    report = recover(recorder, tmp_path)
+    assert report["frames_lost"] == 5
+    assert [(loss["first_frame"], loss["last_frame"], loss["reason"]) for loss in ledger.losses(run_uid)] == [
+        (0, 4, "daemon_crash")
+    ]
+    assert ledger.run(run_uid)["exit_status"] == "fail"
