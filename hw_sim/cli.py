@@ -316,14 +316,16 @@ def run_sim_udp(
         packets = stream.packets
         if stall_seconds and not stalled and frames and number + count >= frames // 2:
             # between two frames (a detector pauses between frames, not inside one; inside one, the frame
-            # was cut in two across the receiver's runs): after the last packet of the frames before
-            # the batch's middle one (a reordered packet may still cross the pause)
+            # was cut in two across the receiver's runs): every packet of the frames before the batch's
+            # middle one, then the pause, then the rest, each part in its (reordered) order. No reordered
+            # packet crosses the pause: one that did arrived after the receiver had ended the frame
+            # (``udp.idle_seconds``), and the frame the truth called complete was stored incomplete (an
+            # outside probe)
             middle = numbers[len(numbers) // 2]
-            before = [i for i, packet in enumerate(packets) if _udp_frame_number(packet) < middle]
-            cut = before[-1] + 1 if before else 0
-            sender.send_packets(packets[:cut], burst)
+            early = [packet for packet in packets if _udp_frame_number(packet) < middle]
+            sender.send_packets(early, burst)
             sender.hold(stall_seconds)  # the injected stall itself
-            packets = packets[cut:]
+            packets = [packet for packet in packets if _udp_frame_number(packet) >= middle]
             stalled = True
         sender.send_packets(packets, burst)
         t = stream.truth

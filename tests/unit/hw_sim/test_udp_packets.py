@@ -244,10 +244,13 @@ def test_pacing_follows_frame_numbers_whatever_the_faults(plan: FaultPlan) -> No
     assert sent_at[0] < 100.0 + 0.5
 
 
-def test_the_simulator_s_stall_falls_between_two_frames() -> None:
+@pytest.mark.parametrize("fault", [("--loss", "0.02"), ("--reorder", "0.3")])
+def test_the_simulator_s_stall_falls_between_two_frames(fault: tuple[str, str]) -> None:
     """An outside chaos probe: ``edge sim --transport udp --stall 3 --loss 0.02`` paused half-way through
     a batch's packets, inside a frame: the receiver's run ended on a frame cut in two, and the rest of it
-    began a new acquisition (every frame then had two dispositions). A detector pauses between frames."""
+    began a new acquisition (every frame then had two dispositions). A detector pauses between frames.
+    With ``--reorder`` a packet of the frame after the pause went before it (another probe: a frame the
+    truth called complete was stored incomplete): no packet crosses the pause."""
     import struct
     import subprocess
     import sys
@@ -265,7 +268,8 @@ def test_the_simulator_s_stall_falls_between_two_frames() -> None:
             "sim",
             *("--set", 'stream.transport="udp"', "--set", f"udp.port={port}"),
             *("--set", "udp.grid_cols=1", "--frames", "40", "--rate", "400", "--stall", "0.8"),
-            *("--loss", "0.02", "--json"),
+            *fault,
+            "--json",
         ],
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
