@@ -415,7 +415,8 @@ class SerialSettings(_Section):
         gt=0,
         le=1000,
         description="a pixel is a candidate when its 3x3 box sum is this x its noise (ring sigma x 3) above"
-        " the ring mean's",
+        " the ring mean's (sharp background rings, ice rings, make false peaks at their edges: mask them"
+        " with reduction.mask_file, docs/kernels.md)",
     )
     adc_threshold: float = Field(0.0, ge=0, description="...and its box's mean above this raw value")
     min_pixels: int = Field(
