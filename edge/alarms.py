@@ -15,6 +15,7 @@ same condition coming back is a new alarm that needs a new acknowledgement.
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -26,8 +27,18 @@ from edge.errors import NotFound
 WARMING_ALARM_SECONDS = 5.0
 
 
-def _short(uid: str | None) -> str:
-    return (uid or "?")[:8]
+UUID_HEAD = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-")
+
+
+def short_uid(uid: str | None) -> str:
+    """A run's short name: a UUID's first 8 characters; a name the detector gave, whole up to 16
+    characters, else its head and tail (two runs "beamtime-2026-...-crystal-042" and "...-043" were both
+    "beamtime", an outside probe). The dashboard's ``shortUid`` follows the same rule."""
+    if not uid:
+        return "?"
+    if UUID_HEAD.match(uid) or len(uid) <= 8:
+        return uid[:8]
+    return uid if len(uid) <= 16 else f"{uid[:8]}…{uid[-6:]}"
 
 
 def _alarm(alarm_id: str, scope: str, severity: str, message: str, **extra: Any) -> dict[str, Any]:
@@ -110,26 +121,26 @@ def current_alarms(status: Mapping[str, Any]) -> list[dict[str, Any]]:
     if uid and int(run.get("frames_lost") or 0) > 0:
         records = int(run.get("loss_records") or 0)
         message = (
-            f"Run {_short(uid)}: {run['frames_lost']:,} frames lost ({records:,} loss"
+            f"Run {short_uid(uid)}: {run['frames_lost']:,} frames lost ({records:,} loss"
             f" record{'' if records == 1 else 's'}); open the run below for the ranges and reasons"
         )
         out.append(_alarm(f"run:{uid}:lost", "run", "major", message, run_uid=uid))
     failed = (status.get("pipeline") or {}).get("mode_failed") or {}
     if uid and failed.get("run_uid") == uid:
         message = (
-            f"Run {_short(uid)}: mode {failed.get('mode')} could not start ({failed.get('error')}): its"
+            f"Run {short_uid(uid)}: mode {failed.get('mode')} could not start ({failed.get('error')}): its"
             " frames are stored raw, without the mode's products"
         )
         out.append(_alarm(f"run:{uid}:mode", "run", "major", message, run_uid=uid))
     if uid and int(run.get("frames_incomplete") or 0) > 0:
         count = run["frames_incomplete"]
-        message = f"Run {_short(uid)}: {count:,} frames incomplete (kept, missing pixels flagged)"
+        message = f"Run {short_uid(uid)}: {count:,} frames incomplete (kept, missing pixels flagged)"
         out.append(_alarm(f"run:{uid}:incomplete", "run", "minor", message, run_uid=uid))
 
     recovery = appliance.get("recovery") or {}
     parts = []
     if recovery.get("runs_failed"):
-        failed = ", ".join(_short(u) for u in recovery["runs_failed"])
+        failed = ", ".join(short_uid(u) for u in recovery["runs_failed"])
         parts.append(f"{len(recovery['runs_failed'])} run(s) marked failed ({failed})")
     if recovery.get("salvaged"):
         parts.append(f"{len(recovery['salvaged'])} closed file(s) salvaged")

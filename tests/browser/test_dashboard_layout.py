@@ -10,6 +10,8 @@ screenshots are kept in the session's screenshot folder (printed) for a person t
 
 from __future__ import annotations
 
+import json
+
 import base64
 import time
 from collections.abc import Iterator
@@ -369,6 +371,12 @@ def test_many_runs_and_a_store_at_its_quota_on_a_wall(chromium: str, tmp_path: P
             browser.wait_for("document.querySelectorAll('#runs tr[data-run]').length >= 20", 15, "the runs")
             facts = browser.evaluate(TEXT_AND_OVERFLOW)
             assert facts["scrollHeight"] <= facts["clientHeight"], facts
+            # a run's short name is the alarms' (edge.alarms.short_uid): two runs a detector named alike
+            # were both "beamtime" (an outside probe)
+            from edge.alarms import short_uid
+
+            for uid in ("5f0c2d3e-1b2a-4c3d-8e9f-0123456789ab", "scan-17", "beamtime-2026-mx-series-A-042"):
+                assert browser.evaluate(f"window.edgeDashboard.shortUid({json.dumps(uid)})") == short_uid(uid)
             browser.wait_for(
                 "document.getElementById('disk-used').innerText.includes('store')", 10, "the bar"
             )

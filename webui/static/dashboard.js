@@ -79,7 +79,15 @@
     return Math.abs(n) >= 1e5 || Math.abs(n) < 1e-3 ? n.toExponential(2) : String(Number(n.toPrecision(3)));
   }
   const shortChecksum = (text) => (text && text.length > 22 ? `${text.slice(0, 21)}…` : text || "–");
-  const shortUid = (uid) => (uid ? String(uid).slice(0, 8) : "–");
+  // a run's short name: a UUID's first 8 characters; a name the detector gave, whole up to 16
+  // characters, else its head and tail ("beamtime…al-042"): two runs of one beamtime showed as one
+  // "beamtime" (an outside probe). The same rule as edge.alarms.short_uid.
+  const shortUid = (uid) => {
+    if (!uid) return "–";
+    const text = String(uid);
+    if (/^[0-9a-f]{8}-[0-9a-f]{4}-/i.test(text) || text.length <= 8) return text.slice(0, 8);
+    return text.length <= 16 ? text : `${text.slice(0, 8)}…${text.slice(-6)}`;
+  };
   /** A long path as ".../last/two" parts; the full path goes in the title and the copy button. */
   function shortPath(path) {
     const parts = String(path || "").split("/");
@@ -1330,4 +1338,5 @@
     tickAge();
   }, 250);
   window.edgeDashboard = state; // for the browser tests and a curious person's console
+  state.shortUid = shortUid; // (the browser tests hold it to edge.alarms.short_uid)
 })();

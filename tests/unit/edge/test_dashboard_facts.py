@@ -31,8 +31,23 @@ def status_with_run(run_uid: str, lost: int, **extra: Any) -> dict[str, Any]:
 def test_a_loss_alarm_belongs_to_its_run_and_goes_with_it() -> None:
     faulty = current_alarms(status_with_run("aaaaaaaa-1", 80))
     assert [(a["id"], a["scope"], a["severity"]) for a in faulty] == [("run:aaaaaaaa-1:lost", "run", "major")]
-    assert faulty[0]["message"].startswith("Run aaaaaaaa: 80 frames lost (1 loss record);")
+    assert faulty[0]["message"].startswith("Run aaaaaaaa-1: 80 frames lost (1 loss record);")
     assert current_alarms(status_with_run("bbbbbbbb-2", 0)) == []  # the next, clean run: nothing stale
+
+
+def test_two_runs_a_detector_named_alike_have_different_short_names() -> None:
+    """Every run name was cut to 8 characters: two runs "beamtime-2026-...-crystal-042" and "...-043"
+    were both "beamtime" in the alarms, the runs table and the captions (an outside probe)."""
+    from edge.alarms import short_uid
+
+    uuid = "5f0c2d3e-1b2a-4c3d-8e9f-0123456789ab"
+    assert short_uid(uuid) == "5f0c2d3e"  # a UUID: its head, as before
+    assert short_uid("scan-17") == "scan-17" and short_uid("sixteen-chars-ok") == "sixteen-chars-ok"
+    a = short_uid("beamtime-2026-mx-ligand-soak-series-A-crystal-042")
+    b = short_uid("beamtime-2026-mx-ligand-soak-series-B-crystal-043")
+    assert (a, b) == ("beamtime…al-042", "beamtime…al-043")
+    lost = current_alarms(status_with_run("beamtime-2026-mx-ligand-soak-series-A-crystal-042", 11))
+    assert lost[0]["message"].startswith("Run beamtime…al-042: 11 frames lost")
 
 
 def test_a_mode_whose_kernels_load_for_long_raises_an_alarm_saying_why_frames_wait() -> None:
