@@ -10,9 +10,8 @@ screenshots are kept in the session's screenshot folder (printed) for a person t
 
 from __future__ import annotations
 
-import json
-
 import base64
+import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
