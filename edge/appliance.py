@@ -39,6 +39,7 @@ from edge.ring import FrameRing, Slot, sweep_stale_rings
 from edge.run_masks import RunMasks, file_sha256
 from edge.store import bounded_config, series_metadata
 from edge.supervision import Supervisor, parse_injection
+from edge.upstream.curve import curve_paths
 from edge.upstream.forwarder import Forwarder
 from edge.view import ApplianceParts, ApplianceView
 from firmware_bridge.hdf5_chunks import ChunkError, decode_bslz4
@@ -48,7 +49,7 @@ from firmware_bridge.udp_reader import UdpSource
 from firmware_bridge.zmq_reader import ZmqStreamSource
 from kernels import Geometry, get_backend, make_gain
 
-__all__ = ["Appliance", "ApplianceView", "RingSink", "curve_paths", "load_calibration", "udp_geometry"]
+__all__ = ["Appliance", "ApplianceView", "RingSink", "load_calibration", "udp_geometry"]
 
 log = logging.getLogger(__name__)
 #: seconds a series that ended short waits for the camera's state to say whether it was aborted there
@@ -56,15 +57,6 @@ ABORT_STATE_SECONDS = 1.0
 
 CONTROL_BYTES = 64 << 10
 PREVIEW_SECONDS = 0.05  # the receiver keeps a subsampled copy of the newest frame at most this often
-
-
-def curve_paths(first: Path | None, second: Path | None) -> tuple[Path, Path] | None:
-    """Both CurveZMQ paths, or neither; one without the other is a configuration error."""
-    if first is None and second is None:
-        return None
-    if first is None or second is None:
-        raise ConfigError("CurveZMQ needs both a key pair file and the peer's key(s); one of them is unset")
-    return (first, second)
 
 
 def load_calibration(settings: Settings, fmt: FrameFormat | None = None) -> Corrections:

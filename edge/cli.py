@@ -422,13 +422,13 @@ def _run_pull(settings: Settings) -> int:
 
     pull = settings.pull
     context = zmq.Context()
-    from edge.appliance import curve_paths
+    # (nothing of the appliance: numba and the kernels are no part of the HPC side, and a unit with
+    # MemoryDenyWriteExecute could not load them, an outside probe)
+    from edge.upstream.curve import check_client_keys, curve_paths
 
     try:
         curve = curve_paths(pull.curve_secret_file, pull.curve_server_file)
         if curve is not None:
-            from edge.upstream.curve import check_client_keys
-
             check_client_keys(*curve)
     except ConfigError as error:
         print(f"edge: {error}", file=sys.stderr)

@@ -56,6 +56,8 @@ def load_keys(path: Path, setting: str, *, secret: bool, warn: bool = True) -> t
     (an outside probe: a public key given as the secret one stopped the start with a TypeError's
     traceback). A secret key file others can read is logged (``edge keys`` writes it 0600) when ``warn``
     (the check at start; the sockets' own loads after it say nothing again)."""
+    if not path.exists():  # (pyzmq said "not a CurveZMQ key file" of a file that is not there)
+        raise ConfigError(f"{setting} = {path}: no such file; `edge keys DIR NAME` writes a pair")
     try:
         public, secret_key = zmq.auth.load_certificate(str(path))
     except (OSError, ValueError) as error:
@@ -68,10 +70,20 @@ def load_keys(path: Path, setting: str, *, secret: bool, warn: bool = True) -> t
             f"{setting} = {path}: a public key only; this setting takes the secret one (NAME.key_secret)"
         )
     if secret and warn:
-        mode = path.stat().st_mode & 0o777
-        if mode & 0o077:
+        info = path.stat()
+        mode = info.st_mode & 0o777
+        # readable by every user, or by a group this process is not in: others can speak as this end.
+        # Its own group (root:edge 0640, the service's group) is what a unit running as edge needs
+        # when root made the key (an outside probe was told "by others" for that)
+        if mode & 0o007 or (mode & 0o070 and info.st_gid != os.getegid()):
+            who = "every user" if mode & 0o007 else "its group (which this process is not in)"
             log.warning(
-                "%s = %s: the secret key is readable by others (mode %04o): chmod 600 it", setting, path, mode
+                "%s = %s: the secret key is readable by %s (mode %04o): chmod 600 it, or 640 with the"
+                " service's group",
+                setting,
+                path,
+                who,
+                mode,
             )
     return public, secret_key
 
@@ -79,7 +91,13 @@ def load_keys(path: Path, setting: str, *, secret: bool, warn: bool = True) -> t
 def check_client_keys(secret_file: Path, server_public_file: Path) -> None:
     """``edge pull``'s key files, checked before it connects (`load_keys`)."""
     load_keys(secret_file, "pull.curve_secret_file", secret=True)
-    load_keys(server_public_file, "pull.curve_server_file", secret=False)
+    _public, secret_key = load_keys(server_public_file, "pull.curve_server_file", secret=False)
+    if secret_key is not None:  # it works (the public half is read), but a secret key left its host
+        log.warning(
+            "pull.curve_server_file = %s holds a secret key: this setting takes the appliance's public key"
+            " (NAME.key); its secret key (NAME.key_secret) belongs on the appliance only",
+            server_public_file,
+        )
 
 
 class KeyRing:
@@ -194,3 +212,12 @@ def connect_securely(sock: zmq.Socket, secret_file: Path, server_public_file: Pa
     sock.curve_secretkey = secret
     sock.curve_publickey = public
     sock.curve_serverkey = server_public
+
+
+def curve_paths(first: Path | None, second: Path | None) -> tuple[Path, Path] | None:
+    """Both CurveZMQ paths, or neither; one without the other is a configuration error."""
+    if first is None and second is None:
+        return None
+    if first is None or second is None:
+        raise ConfigError("CurveZMQ needs both a key pair file and the peer's key(s); one of them is unset")
+    return (first, second)

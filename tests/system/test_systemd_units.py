@@ -92,6 +92,15 @@ def test_the_other_units_run_the_pull_client_and_the_simulator() -> None:
     assert "Install" not in _unit("edge-sim.service")  # a technician starts it; never at boot
 
 
+@pytest.mark.parametrize("name", UNITS)
+def test_a_refusal_is_not_restarted(name: str) -> None:
+    """Exit status 2 is a refusal (bad settings, a held lock or port, edge pull's name taken over): with
+    Restart=on-failure alone, systemd started a pull client told its name was taken over 5 s later, and
+    the two took the name from each other in turn (an outside probe)."""
+    service = _unit(name)["Service"]
+    assert service["Restart"] == "on-failure" and service["RestartPreventExitStatus"] == "2"
+
+
 def test_example_settings_load_and_write_only_where_the_units_allow() -> None:
     settings = load_settings(ROOT / "systemd" / "edge.toml")
     store_dirs = [Path(p) for p in _values("edge.service", "ReadWritePaths")]

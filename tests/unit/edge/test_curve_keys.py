@@ -135,7 +135,7 @@ def test_a_bad_key_file_is_one_line_naming_the_setting(tmp_path: Path, caplog) -
         (public, True, "a public key only; this setting takes the secret one"),
         (garbage, True, "not a CurveZMQ key file"),
         (tmp_path, False, "not a CurveZMQ key file"),
-        (tmp_path / "missing.key_secret", True, "not a CurveZMQ key file"),
+        (tmp_path / "missing.key_secret", True, "no such file"),
     ]
     for path, needs_secret, words in cases:
         with pytest.raises(ConfigError) as error:
@@ -150,7 +150,16 @@ def test_a_bad_key_file_is_one_line_naming_the_setting(tmp_path: Path, caplog) -
     secret.chmod(0o644)
     with caplog.at_level("WARNING"):
         load_keys(secret, "pull.curve_secret_file", secret=True)
-    assert "readable by others (mode 0644)" in caplog.text
+    assert "readable by every user (mode 0644)" in caplog.text
+    caplog.clear()
+    secret.chmod(0o640)  # root:edge 0640 for a unit running as edge: its own group, no warning
+    with caplog.at_level("WARNING"):
+        load_keys(secret, "pull.curve_secret_file", secret=True)
+    assert "readable" not in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING"):  # the peer's secret key given for its public one: it works, said
+        check_client_keys(secret, secret)
+    assert "holds a secret key: this setting takes the appliance's public key" in caplog.text
 
 
 def test_a_refused_handshake_is_counted_and_logged(keys: Path, caplog) -> None:  # type: ignore[no-untyped-def]

@@ -392,3 +392,24 @@ def test_edge_pull_prints_every_counter_when_it_stops_and_keeps_its_directory_to
     assert proc.returncode == 0, rest
     assert rest.strip().splitlines()[-1].startswith("pull hpc: stopped; "), rest
     assert "sessions 1" in rest, rest
+
+
+def test_edge_pull_loads_nothing_of_the_appliance_s_kernels(tmp_path: Path) -> None:
+    """`edge pull` (the HPC side) imported the appliance and numba on its way in: under its systemd
+    unit's MemoryDenyWriteExecute=yes numba cannot allocate executable memory and the client died at
+    every start (an outside probe). It loads no JIT compiler now."""
+    probe = (
+        "import runpy, sys\n"
+        "sys.argv = ['edge', 'pull', '--set', 'pull.output=\"/proc/edge-no-such-output\"']\n"
+        "try:\n"
+        "    runpy.run_module('edge', run_name='__main__')\n"
+        "except SystemExit as done:\n"
+        "    assert done.code == 2, done.code\n"
+        "heavy = sorted(m for m in sys.modules if m.split('.')[0] in ('numba', 'llvmlite', 'kernels'))\n"
+        "print('LOADED', heavy)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=120, cwd=tmp_path
+    )
+    assert "cannot use pull.output" in out.stderr, out.stderr
+    assert "LOADED []" in out.stdout, out.stdout
