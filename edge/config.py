@@ -90,6 +90,12 @@ class _Section(BaseModel):
             leaves = _leaf_types(cls.model_fields[info.field_name].annotation)
             if bool not in leaves and leaves & {int, float}:
                 raise ValueError("numbers are needed, not true/false")
+        elif isinstance(value, str) and not value.strip() and (info.field_name or "").endswith("_file"):
+            # an optional file given as "" is unset (`--set pull.curve_secret_file=` on the command line
+            # clears a file's value), never Path("") = "." (an outside probe: "Is a directory")
+            admits = _plain_types(cls.model_fields[info.field_name].annotation)
+            if Path in admits and type(None) in admits:
+                return None
         return value
 
 

@@ -30,6 +30,8 @@ def resolve_run(ledger: Ledger, text: str) -> str:
         text.encode("utf-8")
     except UnicodeEncodeError:  # bytes a terminal passed that are not UTF-8 (as surrogates): no uid is
         raise NotFound(f"no run {_quoted(text)} in the ledger: a run uid is text (UTF-8)") from None
+    if not text.strip():  # (every uid starts with "": it "matched" every run)
+        raise NotFound("no run uid given: give a run uid, or its first characters (edge where RUN)")
     uids = [row["run_uid"] for row in ledger.runs()]
     if text in uids:
         return text

@@ -359,3 +359,15 @@ def test_a_bad_value_from_an_environment_name_in_any_case_names_that_variable(
         load_settings(config)
     monkeypatch.setenv("EDGE_ring__slots", "5")
     assert load_settings(config).ring.slots == 5
+
+
+def test_an_optional_file_given_empty_is_unset(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`--set pull.curve_secret_file=` was Path("") = "." ("Is a directory"), so a file set in the
+    settings file could not be cleared from the command line (an outside probe). Empty unsets it; a
+    setting that needs a path still refuses empty."""
+    settings = load_settings(overrides=["pull.curve_secret_file=", 'reduction.mask_file=""'])
+    assert settings.pull.curve_secret_file is None and settings.reduction.mask_file is None
+    monkeypatch.setenv("EDGE_REDUCTION__DARK_FILE", "")
+    assert load_settings().reduction.dark_file is None
+    with pytest.raises(ConfigError, match=r"store\.path = '': empty"):
+        load_settings(overrides=['store.path=""'])

@@ -325,6 +325,9 @@ def test_a_run_is_found_by_a_prefix_in_any_case_and_an_ambiguous_one_lists_the_r
         assert resolve_run(ledger, "B7") == "b7c1"
         with pytest.raises(NotFound, match=r"matches 2 runs \(6a3644a8-0001, 6a3644a8-0002\)"):
             resolve_run(ledger, "6A3644A8")
+        for empty in ("", "  "):  # every uid starts with "": it "matched 3 runs" (an outside probe)
+            with pytest.raises(NotFound, match="no run uid given"):
+                resolve_run(ledger, empty)
     finally:
         ledger.close()
 
