@@ -211,8 +211,13 @@ class Browser:
             )
 
     def press(self, key: str) -> None:
-        """Press and release ``key`` ("Enter", " ", "Tab") on the focused element, as a keyboard does."""
-        codes = {"Enter": ("Enter", 13, "\r"), " ": ("Space", 32, " "), "Tab": ("Tab", 9, "")}
+        """Press and release ``key`` ("Enter", " ", "Tab", "Escape") on the focused element, as a keyboard does."""
+        codes = {
+            "Enter": ("Enter", 13, "\r"),
+            " ": ("Space", 32, " "),
+            "Tab": ("Tab", 9, ""),
+            "Escape": ("Escape", 27, ""),
+        }
         code, vk, text = codes[key]
         down: dict[str, Any] = {"type": "keyDown", "key": key, "code": code, "windowsVirtualKeyCode": vk}
         if text:

@@ -399,6 +399,11 @@ def test_many_runs_and_a_store_at_its_quota_on_a_wall(chromium: str, tmp_path: P
                 "[...document.querySelectorAll('#alarms li')].map(li => Math.round(li.getBoundingClientRect().top))"
             )
             assert len(set(tops)) == (len(tops) + 1) // 2, tops  # two to a row
+            # the severity in words, not by colour alone (red and amber look alike to many, a probe)
+            words = browser.evaluate(
+                "[...document.querySelectorAll('#alarms li .severity')].map(e => e.textContent)"
+            )
+            assert "MAJOR" in words and len(words) == len(tops), words
             fifth = browser.evaluate(
                 "document.querySelectorAll('#runs tr[data-run]')[4].getBoundingClientRect().bottom"
             )

@@ -431,6 +431,16 @@ def test_a_run_opens_from_the_keyboard_and_one_run_is_counted_as_one(
     cells = "[...document.querySelectorAll('#where-files tbody tr td:nth-child(5)')].map(e => e.textContent)"
     frames = browser.wait_for(f"{cells}.length === 2 && {cells}", 10, "the run's files")
     assert frames == ["0\u201399", "reduced"], frames
+    # in view (it opened at the screen's foot, its files below it, an outside probe); Escape closes it
+    # and the keyboard is back on the run's row (it fell to the page's start)
+    top, bottom, height = browser.evaluate(
+        "(() => { const r = document.getElementById('where-card').getBoundingClientRect();"
+        " return [r.top, r.bottom, window.innerHeight]; })()"
+    )
+    assert top >= 0 and (bottom <= height + 1 or top < 20), (top, bottom, height)  # whole, or from its top
+    browser.press("Escape")
+    browser.wait_for("document.getElementById('where-card').hidden", 10, "the panel closed")
+    assert browser.evaluate("document.activeElement.dataset.run") == CLEAN, "focus not back on the row"
 
 
 def test_a_profile_bin_without_pixels_is_a_gap_not_a_zero(

@@ -750,7 +750,8 @@
       let link = '<span class="muted">never seen</span>';
       if (c.connected === true) link = '<span class="good">connected</span>';
       else if (c.unreachable === true) {
-        link = `<span class="bad">unreachable (a send failed), seen ${esc(fmtDuration(c.seconds_since_seen))} ago</span>`;
+        // short: the card is narrow on wide screens (five lines pushed the acked column out, a probe)
+        link = `<span class="bad" title="a send to it failed; last seen ${esc(fmtDuration(c.seconds_since_seen))} ago">unreachable</span>`;
       } else if (c.connected === false) link = `<span class="bad">gone ${esc(fmtDuration(c.seconds_since_seen))}</span>`;
       // a consumer that refused a chunk in the last minute says why (its disk is full, say)
       if (c.last_refusal && c.seconds_since_refusal != null && c.seconds_since_refusal < 60) {
@@ -780,7 +781,9 @@
         ? `<span class="ack-state">acknowledged ${esc(fmtTime(a.ack?.at, false))}</span>`
         : `<button type="button" class="ack" data-alarm="${esc(a.id)}">acknowledge</button>`;
       const msg = state.ackMessages[a.id] ? ` <span class="ack-msg small">${esc(state.ackMessages[a.id])}</span>` : "";
-      return `<li class="${sev}" data-alarm="${esc(a.id)}"><span class="scope">${esc(scopeLabel(a))}</span>` +
+      // the severity in words too, not by colour alone (red and amber look alike to many)
+      const word = a.severity === "major" ? "MAJOR" : "minor";
+      return `<li class="${sev}" data-alarm="${esc(a.id)}"><span class="severity">${word}</span><span class="scope">${esc(scopeLabel(a))}</span>` +
         `<span class="text">${esc(a.message)}</span><span class="since muted">since ${esc(fmtTime(a.since, false))}</span>${ack}${msg}</li>`;
     }).join("");
   }
@@ -1015,9 +1018,15 @@
     history.replaceState(null, "", uid ? `#run=${encodeURIComponent(uid)}` : location.pathname);
     for (const tr of $("runs").tBodies[0].rows) tr.classList.toggle("selected", tr.dataset.run === uid);
     if (!uid) {
+      const wasOpen = !$("where-card").hidden;
       $("where-card").hidden = true;
+      // the keyboard goes back to the run it came from (it fell to the page's start, an outside probe)
+      const from = state.whereFrom && document.querySelector(`#runs tr[data-run="${CSS.escape(state.whereFrom)}"]`);
+      if (wasOpen && from) from.focus();
+      state.whereFrom = null;
       return;
     }
+    if (!state.whereFrom) state.whereFrom = uid;
     $("where-card").hidden = false;
     setText("where-run", uid);
     $("where").innerHTML = '<p class="muted">loading…</p>';
@@ -1026,6 +1035,10 @@
     } catch (error) {
       $("where").innerHTML = `<p class="bad">Could not load the run: ${esc(error.message)}</p>`;
     }
+    // in view once drawn, from its top: opened from the runs table on a large screen it sat at the
+    // screen's foot, its files off-screen (an outside probe)
+    if (state.whereScroll && uid === state.selectedRun) $("where-card").scrollIntoView({ block: "start" });
+    state.whereScroll = false;
   }
 
   async function refreshRuns(status, force) {
@@ -1285,15 +1298,24 @@
   // ---- wiring ---------------------------------------------------------------------------------------------
   $("runs").tBodies[0].addEventListener("click", (event) => {
     const row = event.target.closest("tr[data-run]");
-    if (row) selectRun(row.dataset.run);
+    if (row) {
+      state.whereFrom = row.dataset.run;
+      state.whereScroll = true;
+      selectRun(row.dataset.run);
+    }
   });
   $("runs").tBodies[0].addEventListener("keydown", (event) => {
     const row = event.target.closest("tr[data-run]");
     if (row && (event.key === "Enter" || event.key === " ")) {
       event.preventDefault();
+      state.whereFrom = row.dataset.run;
+      state.whereScroll = true;
       selectRun(row.dataset.run);
-      $("where-card").focus(); // the card just opened is where the keyboard goes next
+      $("where-card").focus({ preventScroll: true }); // the card just opened is where the keyboard goes next
     }
+  });
+  document.addEventListener("keydown", (event) => {  // Escape closes the where panel, as a dialog's
+    if (event.key === "Escape" && !$("where-card").hidden) selectRun(null);
   });
   for (const id of ["filter-name", "filter-date", "filter-mode", "filter-state"]) $(id).addEventListener("input", renderRuns);
   $("alarms").addEventListener("click", (event) => {
