@@ -355,6 +355,7 @@ def test_many_runs_and_a_store_at_its_quota_on_a_wall(chromium: str, tmp_path: P
         **view.base.get("retention", {}),
         "store_bytes": 97_000_000,
         "capacity_bytes": 120_000_000,
+        "headroom_bytes": 30_000_000,
         "accepting_runs": False,
     }
     view.base["disk"] = {
@@ -381,6 +382,13 @@ def test_many_runs_and_a_store_at_its_quota_on_a_wall(chromium: str, tmp_path: P
             )
             label = browser.evaluate("document.getElementById('disk-used').innerText")
             width = browser.evaluate("document.querySelector('#disk-bar .fill').style.width")
+            # where the store is full (capacity less headroom: 75 %) marked, and red while runs are refused
+            # (a probe: an orange 80.7 % beside "REFUSED", nothing saying where full was)
+            bar = browser.evaluate(
+                "(() => { const b = document.getElementById('disk-bar'); const m = b.querySelector('.mark');"
+                " return [b.querySelector('.fill').className, m.hidden, m.style.left]; })()"
+            )
+            assert bar == ["fill bad", False, "calc(75% - 1px)"], bar
 
             # then four alarms at once: on a wide screen they go two to a row (one under the other they
             # pushed the runs below the fold at 1920 x 1080, an outside probe); the runs' first rows stay
@@ -411,4 +419,5 @@ def test_many_runs_and_a_store_at_its_quota_on_a_wall(chromium: str, tmp_path: P
         finally:
             browser.close()
     assert label.startswith("80.8 % of the store's"), label
+    assert label.endswith("used, full at 75 % · new runs refused"), label
     assert width.startswith("80.8"), width

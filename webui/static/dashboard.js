@@ -683,11 +683,20 @@
     // showed a bar a quarter full beside "new runs REFUSED" (an outside probe)
     const storePercent = (100 * num(ret.store_bytes)) / num(ret.capacity_bytes);
     const byStore = Number.isFinite(storePercent) && (!Number.isFinite(diskPercent) || storePercent > diskPercent);
-    setBar("disk-bar", (byStore ? storePercent : diskPercent) / 100);
-    $("disk-bar").title = byStore ? "the store against its capacity (retention.quota_bytes)" : "local disk used";
-    setText("disk-used", byStore
-      ? `${storePercent.toFixed(1)} % of the store's ${fmtBytes(ret.capacity_bytes)} used`
-      : Number.isFinite(diskPercent) ? `${diskPercent.toFixed(1)} % of ${fmtBytes(disk.total)} used` : "–");
+    // the mark: where the store is full (its capacity less the headroom kept free), and the bar red
+    // while new runs are refused (an outside probe: an orange 80.7 % beside "REFUSED", nothing saying
+    // the store was full at 75 %)
+    const fullAt = (num(ret.capacity_bytes) - num(ret.headroom_bytes)) / num(ret.capacity_bytes);
+    setBar("disk-bar", (byStore ? storePercent : diskPercent) / 100, byStore && fullAt > 0 ? fullAt : NaN);
+    const refused = ret.accepting_runs === false;
+    if (refused) $("disk-bar").querySelector(".fill").className = "fill bad";
+    $("disk-bar").title = (byStore ? "the store against its capacity (retention.quota_bytes)" : "local disk used") +
+      (byStore && fullAt > 0 ? `; the mark: full at ${(100 * fullAt).toFixed(0)} % (the headroom kept free)` : "");
+    setText("disk-used", (byStore
+      ? `${storePercent.toFixed(1)} % of the store's ${fmtBytes(ret.capacity_bytes)} used` +
+        (fullAt > 0 ? `, full at ${(100 * fullAt).toFixed(0)} %` : "")
+      : Number.isFinite(diskPercent) ? `${diskPercent.toFixed(1)} % of ${fmtBytes(disk.total)} used` : "–") +
+      (refused ? " · new runs refused" : ""));
     setText("disk-free", `${fmtBytes(disk.free ?? ret.disk_free_bytes)} free`);
     setText("store-bytes", `${fmtBytes(ret.store_bytes)} / ${fmtBytes(ret.capacity_bytes)}`);
     $("store-bytes").title = "bytes in the local store / the store's capacity (quota, or the disk)";
