@@ -30,7 +30,9 @@ class SerialStage(_CorrectedStage):
         "candidates above min_snr, connected components (Barty et al., J. Appl. Cryst. 47 (2014) 1118)"
     )
     RECENT_SECONDS = 300.0
-    HIT_IMAGE_SECONDS = 0.5  # a hit's subsampled image is kept at most this often (a copy per hit)
+    HIT_IMAGE_SECONDS = 0.5  # a hit's subsampled image is kept at least this often (a copy per hit),
+    HIT_IMAGE_HITS = 4  # and at least every this many hits: a burst of hits within 0.5 s (frames held
+    # while kernels loaded) kept only its first, the page's "latest hit 77" beside the image of frame 1
     PEAK_CHUNK = 64  # peak table columns per HDF5 chunk (see write_products)
 
     def __init__(self, ctx: RunContext) -> None:
@@ -58,6 +60,7 @@ class SerialStage(_CorrectedStage):
         self._hit_image: tuple[int, dict[str, Any], np.ndarray] | None = None
         self._hit_image_doc: tuple[int, dict[str, Any]] | None = None
         self._image_kept_at = 0.0
+        self._hits_not_kept = 0  # hits since the last kept image (frames analysed at once: roughly)
         self._step = preview_step(*ctx.shape)
         self._recent: deque[tuple[float, int, int]] = deque()  # (time, frames, hits) once a second
 
@@ -78,9 +81,16 @@ class SerialStage(_CorrectedStage):
         peaks = self.finder.find(frame)
         image = None
         now = time.monotonic()
-        if len(peaks) >= self.min_peaks and now - self._image_kept_at >= self.HIT_IMAGE_SECONDS:
-            self._image_kept_at = now  # (frames analysed at once may both keep one: harmless)
-            image = np.array(raw[:: self._step, :: self._step])  # a copy: the ring slot is reused
+        if len(peaks) >= self.min_peaks:
+            if (
+                now - self._image_kept_at >= self.HIT_IMAGE_SECONDS
+                or self._hits_not_kept >= self.HIT_IMAGE_HITS
+            ):
+                self._image_kept_at = now  # (frames analysed at once may both keep one: harmless)
+                self._hits_not_kept = 0
+                image = np.array(raw[:: self._step, :: self._step])  # a copy: the ring slot is reused
+            else:
+                self._hits_not_kept += 1
         return peaks, self._roi_stats(raw, missing), image
 
     def fold(self, analysis: Any, frame: int, image_key: int, angle: float) -> FrameResult:

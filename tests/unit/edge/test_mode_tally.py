@@ -181,3 +181,9 @@ def test_the_newest_hit_s_image_is_kept_with_its_own_peaks() -> None:
     assert abs(x - 20.5) < 1 and abs(y - 10.5) < 1  # x the column, y the row
     stage.process(np.roll(frame, 5, axis=1), 8, 0, float("nan"))  # a hit within HIT_IMAGE_SECONDS
     assert stage.live()["latest_hit"]["frame"] == 8 and stage.live()["hit_image"]["frame"] == 7
+    # a burst of hits within HIT_IMAGE_SECONDS keeps one at least every HIT_IMAGE_HITS (a probe: frames
+    # held while kernels loaded came at once, and the image stayed the burst's first, 76 frames behind)
+    for n in range(9, 9 + 3 * stage.HIT_IMAGE_HITS):
+        stage.process(np.roll(frame, n, axis=1), n, 0, float("nan"))
+        latest, kept = stage.live()["latest_hit"]["frame"], stage.live()["hit_image"]["frame"]
+        assert latest == n and latest - kept <= stage.HIT_IMAGE_HITS, (latest, kept)
