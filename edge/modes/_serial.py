@@ -63,6 +63,7 @@ class SerialStage(_CorrectedStage):
         self._hits_not_kept = 0  # hits since the last kept image (frames analysed at once: roughly)
         self._step = preview_step(*ctx.shape)
         self._recent: deque[tuple[float, int, int]] = deque()  # (time, frames, hits) once a second
+        self._last: tuple[float, int, int] | None = None  # the same, at the newest frame
 
     independent = True
 
@@ -136,6 +137,7 @@ class SerialStage(_CorrectedStage):
 
     def _sample(self) -> None:
         now = time.time()
+        self._last = (now, self.frames, self.hits)  # the newest frame's tally (``live``'s last point)
         if not self._recent or now - self._recent[-1][0] >= 1.0:
             self._recent.append((now, self.frames, self.hits))
             while self._recent and now - self._recent[0][0] > self.RECENT_SECONDS:
@@ -252,6 +254,11 @@ panel0/ss = {vector(panel.ss)}
 
     def live(self) -> dict[str, Any] | None:
         recent = list(self._recent)
+        last = self._last
+        if recent and last is not None and last[1] > recent[-1][1]:
+            # and the frames since the newest sample, as of the newest frame: a run shorter than a second
+            # (a burst after the kernels loaded) had one sample and no rate to draw (an outside probe)
+            recent.append(last)
         series = []
         for (_, f0, h0), (t1, f1, h1) in itertools.pairwise(recent):
             frames = f1 - f0

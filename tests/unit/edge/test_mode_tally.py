@@ -187,3 +187,20 @@ def test_the_newest_hit_s_image_is_kept_with_its_own_peaks() -> None:
         stage.process(np.roll(frame, n, axis=1), n, 0, float("nan"))
         latest, kept = stage.live()["latest_hit"]["frame"], stage.live()["hit_image"]["frame"]
         assert latest == n and latest - kept <= stage.HIT_IMAGE_HITS, (latest, kept)
+
+
+def test_a_serial_run_shorter_than_a_second_has_a_hit_rate_to_draw() -> None:
+    """The hit rate over time came from samples a second apart: a run of frames that came within one
+    second (held while the kernels loaded, then all at once) had one sample and no rate, the page's chart
+    "no samples yet" beside "30 % hits" (an outside probe). The newest frame's tally ends the series."""
+    stage = _stage("serial", serial={"min_peaks": 1})
+    rng = np.random.default_rng(3)
+    blank = rng.poisson(10, (SIDE, SIDE)).astype(np.uint16)
+    hit = blank.copy()
+    hit[10:12, 20:22] = 500
+    for n in range(10):
+        stage.process(hit if n % 4 == 0 else blank, n, 0, float("nan"))
+    live = stage.live()
+    assert live["recent"], live["recent"]
+    # the first frame's sample, then the rest: 2 hits in frames 1..9
+    assert abs(live["recent"][-1]["hit_rate"] - 2 / 9) < 1e-9, live["recent"]
