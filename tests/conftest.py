@@ -9,6 +9,11 @@ take the same port in between.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
 
 from edge.demo import _LOWEST_PORT, _ephemeral_range
 
@@ -27,3 +32,25 @@ def _port_slice() -> None:
 
 
 _port_slice()
+
+
+@pytest.fixture
+def small_settings(tmp_path: Path) -> Callable[..., Any]:
+    """Settings of a small appliance for in-process tests: a 32x32 detector, a store under ``tmp_path``,
+    two ring slots, NumPy kernels and the upstream on a free port; ``extra`` overrides (as ``--set``)."""
+    from edge.config import load_settings
+
+    def make(*extra: str) -> Any:
+        return load_settings(
+            overrides=[
+                f'store.path="{tmp_path / "store"}"',
+                'upstream.endpoint="tcp://127.0.0.1:0"',
+                "detector.height=32",
+                "detector.width=32",
+                "ring.slots=2",
+                'reduction.backend="numpy"',
+                *extra,
+            ]
+        )
+
+    return make

@@ -380,13 +380,12 @@ def test_a_start_with_neither_reserve_nor_headroom_says_a_full_disk_cannot_free_
     assert "are both 0" not in start(1 << 20)
 
 
-def test_a_reduced_file_s_bound_is_a_quarter_of_the_store_s_headroom(tmp_path: Path) -> None:
+def test_a_reduced_file_s_bound_is_a_quarter_of_the_store_s_headroom(small_settings) -> None:  # type: ignore[no-untyped-def]
     """A reduced file is written whole when it is finished: on a store keeping 4 MiB free, 3-7 MB
     files failed to close for lack of space while the disk still had room, their frames' rows lost (an
     outside chaos probe). The appliance bounds them by a quarter of the headroom (the writer's side:
     test_azint_files)."""
     from edge.appliance import Appliance
-    from edge.config import load_settings
     from edge.pipeline import REDUCED_FILE_BYTES, reduced_file_bytes
 
     assert reduced_file_bytes(4 << 20) == 1 << 20
@@ -395,18 +394,7 @@ def test_a_reduced_file_s_bound_is_a_quarter_of_the_store_s_headroom(tmp_path: P
     assert reduced_file_bytes(0) == REDUCED_FILE_BYTES  # no headroom: memory's bound only
     assert reduced_file_bytes(1 << 10) == 1 << 20  # never a file per frame
 
-    config = load_settings(
-        overrides=[
-            f'store.path="{tmp_path / "store"}"',
-            'upstream.endpoint="tcp://127.0.0.1:0"',
-            "detector.height=32",
-            "detector.width=32",
-            "ring.slots=2",
-            'reduction.backend="numpy"',
-            f"retention.headroom_bytes={8 << 20}",
-        ]
-    )
-    appliance = Appliance(config)
+    appliance = Appliance(small_settings(f"retention.headroom_bytes={8 << 20}"))
     try:
         assert appliance.pipeline.reduced_file_bytes == reduced_file_bytes(appliance.retention.headroom())
         assert appliance.pipeline.reduced_file_bytes == 2 << 20

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -161,7 +160,7 @@ def test_long_inputs_get_short_errors(failing_app: Any) -> None:
     assert bad.json()["error"] == "bad_request"
 
 
-def test_runs_come_a_page_at_a_time_with_the_total(tmp_path: Path) -> None:
+def test_runs_come_a_page_at_a_time_with_the_total(small_settings) -> None:  # type: ignore[no-untyped-def]
     """``/api/runs`` was the whole history in one answer (a ledger of months of runs: megabytes). With
     ``limit``/``offset`` it is one page, oldest first, and ``X-Total-Count`` says how many there are;
     without either it is the whole history, as before."""
@@ -169,16 +168,7 @@ def test_runs_come_a_page_at_a_time_with_the_total(tmp_path: Path) -> None:
 
     from edge.appliance import Appliance
 
-    config = load_settings(
-        overrides=[
-            f'store.path="{tmp_path / "store"}"',
-            'upstream.endpoint="tcp://127.0.0.1:0"',
-            "detector.height=32",
-            "detector.width=32",
-            "ring.slots=2",
-            'reduction.backend="numpy"',
-        ]
-    )
+    config = small_settings()
     appliance = Appliance(config)
     try:
         for n in range(5):
