@@ -113,6 +113,12 @@ class UdpSource:
         self.idle_seconds = idle_seconds
         self.frame_timeout_frames = frame_timeout_frames
         self.stats: Counter[str] = Counter()
+        # each module's sender (address, port) in this acquisition: the first to send that module's
+        # packets; another sender's packets for it are rejected, counted (``packets_other_source``). A
+        # stray second sender's frames were stored in the detector's run and its own frames dropped as
+        # late (an outside probe). Forgotten when the acquisition ends (silence), as a re-armed detector
+        # may send from another port.
+        self._owners: dict[int, Any] = {}
         self._sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         try:  # as root the kernel's rmem_max cap can be bypassed; otherwise take what it allows
             self._sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, rcvbuf_bytes)
@@ -188,7 +194,11 @@ class UdpSource:
             **{k: int(v) for k, v in self.stats.items()},
             "assembler": assembler,
             # datagrams rejected, by reason (the receiver's alarm shows them, as for the ZeroMQ stream)
-            "errors": {reason: int(n) for reason, n in rejected.items() if n},
+            "errors": {
+                reason: int(n)
+                for reason, n in {**rejected, "other_source": self.stats["packets_other_source"]}.items()
+                if n
+            },
         }
 
     def _run(self, checkpoint: Checkpoint) -> None:
@@ -198,7 +208,7 @@ class UdpSource:
             while not self._stop.is_set():
                 checkpoint()
                 try:
-                    n = self._sock.recv_into(buffer)
+                    n, source = self._sock.recvfrom_into(buffer)
                 except TimeoutError:
                     silent = time.monotonic() - self._last_packet > self.idle_seconds
                     if self._end_request is not None:
@@ -209,6 +219,8 @@ class UdpSource:
                             self._settle_held()
                         self._end_run(paused=True)
                     continue
+                if n >= 8 and not self._from_owner(buffer, source):
+                    continue  # (it keeps no run going either: the silence that ends one is the owner's)
                 self._last_packet = time.monotonic()
                 if self._assembler is None:
                     self._assembler = self._new_assembler(previous=self._paused_timestamps)
@@ -229,6 +241,25 @@ class UdpSource:
         except Exception:  # a bug: counted, and raised to the spawner (which restarts the reader)
             self.stats["reader_crashes"] += 1
             raise
+
+    def _from_owner(self, packet: bytearray, source: Any) -> bool:
+        """Whether ``packet`` (its module id, a u16 at byte 6) comes from the sender that owns its module
+        in this acquisition, the first one to send it; another's is counted and dropped."""
+        module = packet[6] | packet[7] << 8
+        owner = self._owners.setdefault(module, source)
+        if owner == source:
+            return True
+        self.stats["packets_other_source"] += 1
+        if self.stats["packets_other_source"] % 1000 == 1:
+            log.warning(
+                "UDP packets of module %d from %s:%s, not from %s:%s that sends it in this acquisition:"
+                " rejected (packets_other_source %d; a second sender on udp.port?)",
+                module,
+                *source[:2],
+                *owner[:2],
+                self.stats["packets_other_source"],
+            )
+        return False
 
     def _continues_from(self) -> int | None:
         """The last frame of the run the next one may continue (after a restart or a pause), or None."""
@@ -509,6 +540,7 @@ class UdpSource:
         return bool(self.frames_per_run) and highest is not None and highest >= self.frames_per_run - 1
 
     def _end_run(self, exit_status: str = "success", paused: bool = False) -> None:
+        self._owners = {}  # the next acquisition's modules may come from other ports
         assembler, self._assembler = self._assembler, None
         if assembler is None:
             return

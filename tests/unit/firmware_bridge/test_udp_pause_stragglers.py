@@ -638,3 +638,35 @@ def test_late_copies_among_a_restarted_clocks_frames_stay_the_run_befores(reader
     assert [run["losses"] for run in sink.runs] == [[], []]
     assert source.counters()["assembler"]["packets_late"] == 2 * PPF
     _identity(source)
+
+
+def test_a_second_sender_s_packets_are_rejected_not_stored_in_the_detector_s_run(reader: Any) -> None:
+    """An outside sender's probe: during the detector's frames 5..9, a second socket sent frames
+    105..109. They were stored in the detector's run, its own frames 6..9 dropped as late and recorded
+    lost as never arrived, and its next frames opened a run of "numbers restarted". A module's packets
+    come from the sender that first sent them in the acquisition; another's are counted and dropped."""
+    source, sink, send = reader(frames_per_run=20)
+    stray = Sender(send.port)
+    try:
+        send.frames(range(5))
+        for n in range(5, 10):
+            stray.send(stray.packets(100 + n))
+            send.send(send.packets(n))
+        send.frames(range(10, 20))
+        _wait(lambda: sink.ended == 1, "the run ended")
+    finally:
+        stray.sock.close()
+    assert len(sink.runs) == 1 and _dispositions(sink) == {n: ["stored"] for n in range(20)}, sink.runs
+    counters = source.counters()
+    assert counters["packets_other_source"] == 5 * GEOMETRY.packets_per_frame  # its 5 frames, every packet
+    assert counters["errors"]["other_source"] == counters["packets_other_source"]
+    assert counters.get("series_numbers_restarted", 0) == 0
+    _identity(source)
+    # once the acquisition is over, another sender may be the detector (re-armed on another port)
+    stray = Sender(send.port)
+    try:
+        stray.frames(range(5))
+        _wait(lambda: sink.ended == 2, "the second sender's run ended")
+    finally:
+        stray.sock.close()
+    assert sink.runs[1]["frames"] == list(range(5))
