@@ -169,6 +169,12 @@ class RunRecorder:
                 log.error(
                     "run %s: every frame of the series was lost (%s); the run ends fail", run_uid, reasons
                 )
+        seen = self._seen
+        if seen is not None and seen[0] == run_uid and seen != self._seen_written:
+            # the highest frame received, exact as the run ends (it lagged by up to PROGRESS_SECONDS:
+            # an outside probe read frames_seen 4 of a run that stored 0..9, null of one of 2 frames)
+            self._seen_written = seen
+            self._ledger_write(self.ledger.run_seen, *seen)
         self._ledger_write(self.ledger.run_ended, run_uid, exit_status, frames_stored, frames_vetoed)
         self.documents_when_possible(run_uid, exit_status)
         self._count("runs_closed")

@@ -435,6 +435,12 @@ def test_a_crashed_run_of_unknown_length_is_accounted_up_to_the_last_frame_it_re
     assert ledger.run(run_uid)["frames_seen"] == 2
     recorder.write_progress(100.0 + PROGRESS_SECONDS)
     assert ledger.run(run_uid)["frames_seen"] == 4
+    # a run that ends has its exact highest frame, however soon (it lagged by up to 0.2 s: a probe)
+    other = recorder.open_run("run-v", series=73, frames_expected=None, config={})
+    for frame in range(10):
+        recorder.frame_seen(other, frame)
+    recorder.close_run(other, 10, "success")
+    assert ledger.run(other)["frames_seen"] == 9
     ledger.close()
 
     ledger = Ledger(tmp_path / "ledger.sqlite")  # the restart
