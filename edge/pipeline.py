@@ -166,6 +166,10 @@ class Pipeline:
         self._run_uid: str | None = None  # the reducing thread's view: the run frames now belong to
         self._run_dtype = np.dtype("uint16")  # the reducing thread's: the open run's pixel type
         self._store: RunStore | None = None  # the writing thread's
+        # a run whose files could not be opened (a full disk at its start): (run uid, why); its frames are
+        # loss records of it, and it is ended in the ledger when its series ends (an outside chaos probe:
+        # its frames were recorded lost with no run, then again as a crash's at the next start)
+        self._unopened: tuple[str, str] | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._writer: threading.Thread | None = None
@@ -488,7 +492,7 @@ class Pipeline:
                 self._failed(work.slot, self._store.run_uid if self._store else None, error)
             finally:
                 self.ring.release(work.slot)
-        if self._store is not None:
+        if self._store is not None or self._unopened is not None:
             try:
                 self._close_run("abort")
             except Exception:
@@ -514,12 +518,16 @@ class Pipeline:
     def _write(self, work: _Work) -> None:
         if work.action == "open":
             assert work.stage is not None
-            self._open_run(work.record or {}, work.stage)
+            self._open_or_record(work.record or {}, work.stage)
         elif work.action == "close":
             self._close_run((work.record or {}).get("exit_status", "success"))
         elif work.action == "frame":
             assert work.chunk is not None and work.result is not None
             store, reduced = self._store, self._reduced
+            if (store is None or reduced is None) and self._unopened is not None:
+                work.chunk.cancel()
+                self._unopened_loss(int(work.slot.header["frame"]))
+                return
             if store is None or reduced is None:  # cannot happen: frames are only handed on inside a run
                 raise RuntimeError("frame reached the writer with no open run")
             slot, result = work.slot, work.result
@@ -604,6 +612,33 @@ class Pipeline:
         closed = reduced.finish(run_products, closing=True)
         if closed is not None:
             self.recorder.file_closed(closed)
+
+    def _open_or_record(self, record: dict[str, Any], stage: ModeStage) -> None:
+        """Open the run's files; when they cannot be (a full disk: the guard turns full), the run stays
+        one whose frames are its loss records (``_unopened``), ended when its series ends."""
+        if self._unopened is not None and self._store is None:  # (a run before it never closed, as
+            self._close_run("abort")  # _open_run closes an open one)
+        self._unopened = None
+        try:
+            self._open_run(record, stage)
+        except Exception as error:
+            run_uid = str(record.get("run_uid"))
+            full = self.disk is not None and self.disk.note_error(error)
+            why = f"the run's files could not be opened: {brief(error)}"
+            self._unopened = (run_uid, why)
+            self.stats["runs_not_opened"] += 1
+            if full:
+                log.error("run %s: %s; its frames are loss records (disk_full)", run_uid, why)
+            else:
+                log.exception("run %s: %s; its frames are loss records (pipeline_error)", run_uid, why)
+
+    def _unopened_loss(self, frame: int) -> None:
+        run_uid, why = self._unopened  # type: ignore[misc]
+        if self.disk is not None and self.disk.check():
+            self._disk_full_loss(run_uid, [frame], why)
+        else:
+            self.stats["frames_failed"] += 1
+            self.recorder.loss(run_uid, frame, frame, "pipeline_error", why)
 
     def _open_run(self, record: dict[str, Any], stage: ModeStage) -> None:
         if self._store is not None:
@@ -697,7 +732,11 @@ class Pipeline:
 
     def _close_run(self, exit_status: str) -> None:
         store, self._store = self._store, None
+        unopened, self._unopened = self._unopened, None
         if store is None:
+            if unopened is not None:  # its frames are loss records: it ends (fail, with nothing stored)
+                self.stats["runs_closed"] += 1
+                self.recorder.close_run(unopened[0], 0, exit_status, 0)
             return
         vetoed = 0
         try:

@@ -400,3 +400,56 @@ def test_a_reduced_file_s_bound_is_a_quarter_of_the_store_s_headroom(small_setti
         assert appliance.pipeline.reduced_file_bytes == 2 << 20
     finally:
         appliance.stop()
+
+
+def test_a_run_whose_files_cannot_be_opened_on_a_full_disk_is_its_frames_loss_records(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A chaos probe: a daemon restarted on a full disk could not make the resumed run's directory; the
+    writer logged "pipeline failed writing slot 0", the guard stayed "not full", each frame became a
+    pipeline_error loss of no run, the run stayed open in the ledger, and the next start recorded the
+    same frames again as a crash's. Now the guard turns full, the frames are disk_full losses of that
+    run, and the run ends when its series does."""
+    from concurrent.futures import Future
+    from types import SimpleNamespace
+
+    import edge.pipeline as pipeline_module
+    from edge.config import ReductionSettings
+    from edge.modes import RunContext, make_stage
+    from edge.pipeline import Pipeline, _Work
+    from edge.ring import FrameRing
+    from kernels import Geometry, get_backend
+
+    ledger = Ledger(tmp_path / "ledger.sqlite")
+    disk = DiskGuard(tmp_path, tmp_path / "ledger.reserve", 4096, 0)
+    recorder = RunRecorder(ledger, tmp_path, chunk_bytes=1 << 20, disk=disk)
+    uid = recorder.open_run("run-f", series=1, frames_expected=3, config={}, mode="raw")
+    backend = get_backend("numpy")
+    ring = FrameRing(2, 32 * 32 * 2)
+    try:
+        pipeline = Pipeline(ring, backend, Geometry(), tmp_path, 10, "2th_deg", 10, 2.0, recorder, disk=disk)
+        stage = make_stage(
+            RunContext(backend, Geometry(), (32, 32), 10, "2th_deg", ReductionSettings(mode="raw"))
+        )
+
+        def no_space(*args, **kwargs):  # type: ignore[no-untyped-def]
+            raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / uid))
+
+        monkeypatch.setattr(pipeline_module, "RunStore", no_space)
+        record = {"run_uid": uid, "height": 32, "width": 32, "dtype": "uint16"}
+        pipeline._write(_Work(SimpleNamespace(), "open", record=record, stage=stage))  # type: ignore[arg-type]
+        assert disk.full and pipeline.stats["runs_not_opened"] == 1
+        for frame in range(3):
+            chunk: Future[bytes] = Future()
+            slot = SimpleNamespace(header={"frame": frame})
+            pipeline._write(_Work(slot, "frame", chunk=chunk, result=SimpleNamespace()))  # type: ignore[arg-type]
+        pipeline._write(_Work(SimpleNamespace(), "close", record={"exit_status": "success"}))  # type: ignore[arg-type]
+    finally:
+        ring.close()
+    assert [(r["first_frame"], r["last_frame"], r["reason"]) for r in ledger.losses(uid)] == [
+        (0, 2, "disk_full")
+    ]
+    run = ledger.run(uid)
+    assert run["ended_at"] is not None and run["exit_status"] == "fail"  # every frame lost
+    assert [r for r in ledger.losses(None) if r.get("run_uid") in (None, "")] == []
+    ledger.close()
