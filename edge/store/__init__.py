@@ -11,6 +11,7 @@ not a security boundary) and recorded in the ledger with their transfer chunks.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
@@ -74,6 +75,11 @@ class RunStore:
     ) -> None:
         self.directory = root / run_uid
         self.directory.mkdir(parents=True, exist_ok=True)
+        # the run's quarantine directory, made now while there is room: on a full disk, making it failed
+        # and the file that could not be finished was removed instead of set aside (an outside chaos
+        # probe); removed again at the run's end when nothing went there
+        self._quarantine = root / "quarantine" / run_uid
+        self._quarantine.mkdir(parents=True, exist_ok=True)
         self.run_uid = run_uid
         #: an areaDetector capture's file (HDF1:FileTemplate): every data frame of the run goes into this one
         #: file (no rollover); reduced products and documents stay under the run's directory
@@ -220,9 +226,10 @@ class RunStore:
         """Close a file that cannot be finished (as far as HDF5 can) and move its ``.part`` to
         ``STORE/quarantine/RUN/`` (a rename, which needs no space), never under a final name."""
         _close_as_far_as_possible(current._h5, current.name)  # the .part is set aside all the same
-        target = self.directory.parent / "quarantine" / self.run_uid / current.part_path.name
+        target = self._quarantine / current.part_path.name
         try:
-            target.parent.mkdir(parents=True, exist_ok=True)
+            if not target.parent.is_dir():  # (made when the run opened: gone since?)
+                target.parent.mkdir(parents=True, exist_ok=True)
             os.replace(current.part_path, target)
         except OSError as error:
             log.error("cannot quarantine %s (%s); removing it", current.part_path, error)
@@ -234,6 +241,8 @@ class RunStore:
         for pending in self._closing:
             pending.result()
         self._closing = []
+        with contextlib.suppress(OSError):  # not empty: a file was set aside there (kept)
+            self._quarantine.rmdir()
         if self._nxmx is not None:
             self._nxmx.close()
             self._nxmx = None

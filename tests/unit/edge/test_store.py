@@ -185,3 +185,34 @@ def test_every_file_carries_the_whole_reduction_record_with_its_own_date(tmp_pat
             assert group["date"][()].decode().startswith("20")
             assert json.loads(group["settings_json"][()]) == json.loads(json.dumps(record, default=str))
             assert sorted(group["input"]) == sorted(record)
+
+
+def test_a_file_given_up_on_a_full_disk_is_set_aside_in_a_quarantine_made_while_there_was_room(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A chaos probe: on a full disk the run's quarantine directory could not be made, and the file that
+    could not be finished was removed instead of set aside. It is made when the run opens (removed at
+    its end when nothing went there)."""
+    import errno
+    from pathlib import Path as PathType
+
+    with ThreadPoolExecutor(1) as closer:
+        store = _store(tmp_path, closer, lambda item: None, lambda run, frames, error: None)
+        quarantine = tmp_path / "quarantine" / "run-1"
+        assert quarantine.is_dir()
+        store.write(0, compress_chunk(np.zeros(SHAPE, np.uint16)), {})
+
+        def no_space(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+            raise OSError(errno.ENOSPC, "No space left on device", str(self))
+
+        with monkeypatch.context() as full:
+            full.setattr(PathType, "mkdir", no_space)  # the disk is full: no directory can be made
+            assert store.quarantine_open() == [[0]]
+        store.close()
+    assert [p.name for p in quarantine.iterdir()] == ["run-1_00000.h5.part"]  # set aside, kept
+
+    with ThreadPoolExecutor(1) as closer:  # a run with nothing set aside leaves no empty directory
+        clean = RunStore(tmp_path, "run-2", SHAPE, "uint16", 3, 3600, RAW, lambda item: None, closer=closer)
+        clean.write(0, compress_chunk(np.zeros(SHAPE, np.uint16)), {})
+        clean.close()
+    assert not (tmp_path / "quarantine" / "run-2").exists()
