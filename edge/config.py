@@ -533,7 +533,9 @@ class LedgerSettings(_Section):
         ge=0,
         le=1 << 34,
         description="preallocated beside the ledger (ledger.reserve) and given up when the disk is full, so"
-        " the ledger can still record what the full disk lost",
+        " the ledger can still record what the full disk lost; 0 = none: on a full disk the ledger's"
+        " records (losses, acknowledgements) wait in memory until space returns (lost if the daemon dies"
+        " meanwhile; with retention.headroom_bytes 0 too, the start warns)",
     )
     resume_free_bytes: int = Field(
         64 << 20,
