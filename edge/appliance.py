@@ -563,8 +563,14 @@ class RingSink:
             reason, detail = "aborted", f"not acquired: the run was aborted (Acquire 0); {detail}"
         if reason == "ring_full" and self.ring.stopping:  # no slot because the daemon is stopping
             reason, detail = "shutdown", f"the daemon was stopping ({detail})" if detail else "stopping"
-        if self._capture_offset and self._numbered_run is not None and self.run_uid == self._numbered_run:
+        numbered = self._numbered_run is not None and self.run_uid == self._numbered_run
+        if self._capture_offset and numbered:
             first, last = first + self._capture_offset, last + self._capture_offset
+        if numbered and self._capture_offset is not None:
+            # the capture's next series numbers on past these too: a series cut short (its camera
+            # restarted) had 49..109 recorded missing, and the next one's frames numbered from 49 were
+            # stored and lost both (an outside probe)
+            self._capture_next = max(self._capture_next, last + 1)
         self.losses += last - first + 1
         if self.run_uid is None and reason == "frame_outside_series" and self.ended_run_uid is not None:
             # the run's account is closed (its RunStop is written): the record stays outside it, and

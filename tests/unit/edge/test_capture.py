@@ -180,3 +180,23 @@ def test_an_aborted_run_ends_abort_and_ends_its_capture(tmp_path: Path) -> None:
     _series(sink, 3, 1)
     sink.series_end(3)
     assert ring.events[-1] == {"event": "series_end", "exit_status": "success"}
+
+
+def test_the_series_after_one_cut_short_numbers_on_past_its_missing_frames(tmp_path: Path) -> None:
+    """An outside probe: in a capture, a series of 100 cut short at 39 frames (its camera restarted)
+    had the capture's frames 49..109 recorded missing_at_series_end, and the next series' frames were
+    numbered from 49: 49..53 stored and recorded lost both. It numbers on from 110."""
+    sink, ring, recorder = _sink()
+    sink.open_capture(tmp_path / "scan.h5")
+    _series(sink, 1, 10)  # the capture's 0..9
+    sink.series_end(1)
+    config = {"shape": [16, 16], "type": "uint16", "frames_expected": 100}
+    assert sink.series_start(2, config) is None
+    for frame in range(39):  # the capture's 10..48
+        sink.publish(_Slot(), FrameHeader(frame=frame, height=16, width=16, dtype="uint16"))  # type: ignore[arg-type]
+    sink.lost(39, 99, "missing_at_series_end")  # the camera stopped: the capture's 49..109
+    sink.series_end(2)
+    _series(sink, 3, 5)
+    frames = [e[1] for e in ring.events if isinstance(e, tuple) and e[0] == "frame"]
+    assert frames == [*range(49), *range(110, 115)], frames
+    assert recorder.losses == [("run1", 49, 109, "missing_at_series_end")]
