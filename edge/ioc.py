@@ -317,14 +317,23 @@ class ApplianceIOC:
             self.capture.watch_detector(lambda: control.state, lambda: control.images_taken)
         self._set_message("Idle")
         self._show_static()
-        with self._shown_now():  # the restored setpoints' readbacks (and what follows them), as a put's
-            for name in AUTOSAVED:
-                if name in self._restored:
-                    self._on_setpoint(name, self._restored[name])
+        self._show_restored()
         self._show_detector()
         self._spawn(self._refresh_forever(), "edge-ioc-refresh")
         self.view.attach_detector(self.detector_status)
         log.info("appliance IOC serving %s (detector %s)", self.prefix, self.settings.detector_prefix)
+
+    def _show_restored(self) -> None:
+        """The restored setpoints' readbacks (and what follows them), as a put's. NumImages first: it
+        sets NumCapture too, whose own saved value then wins, setpoint and readback (after a restart
+        they read 7 and 5, an outside probe, NumImages restored after NumCapture's value)."""
+        with self._shown_now():
+            for name in sorted(AUTOSAVED, key=lambda n: n != "NumImages"):
+                if name not in self._restored:
+                    continue
+                if name == "HDF1:NumCapture":
+                    self._set(name, int(self._restored[name]))
+                self._on_setpoint(name, self._restored[name])
 
     def _spawn(self, work: Any, name: str) -> asyncio.Task[None]:
         """A task on the IOC's loop, cancelled by ``stop`` and forgotten once done (on the loop's thread)."""

@@ -205,3 +205,13 @@ def test_a_file_path_put_makes_its_directory_when_create_directory_says_so(
     setup.ioc._on_setpoint("HDF1:FilePath", str(tmp_path / "x" / "y") + "/")  # two missing: refused
     assert records["HDF1:FilePathExists_RBV"].value == 0 and not (tmp_path / "x").exists()
     assert "FilePath not created" in str(records["HDF1:WriteMessage"].value)
+
+
+def test_a_restored_num_capture_keeps_its_own_value_beside_num_images(setup: _Setup) -> None:
+    """NumImages sets NumCapture when it is put; restored after a restart it overwrote the saved
+    NumCapture's setpoint, which then read 7 beside its readback's 5 (an outside probe)."""
+    records = setup.ioc.records
+    setup.ioc._restored = {"HDF1:NumCapture": 5, "NumImages": 7}
+    setup.ioc._show_restored()
+    assert records["NumImages_RBV"].value == 7
+    assert (records["HDF1:NumCapture"].value, records["HDF1:NumCapture_RBV"].value) == (5, 5)
