@@ -177,6 +177,10 @@ class ZmqStreamSource:
         self._drop_counted = True  # connections_dropped_in_series counts each such drop once
         # a drop during the open series that no gap has been put down to yet: the next gap's detail says so
         self._drop_unexplained = False
+        # a drop seen while the old connection's messages may still be queued here: it explains a gap only
+        # once they are read (nothing more to read), so that a gap among them, from before the drop, is not
+        # put down to it (an outside probe: a sender that dropped a frame, sent its end and went away)
+        self._drop_pending = False
         self._dropped_at: float | None = None  # a drop no event followed yet (see _connection_events)
         self._multipart_seen = 0  # messages_multipart_rejected at the last look (`_warn_multipart`)
 
@@ -282,12 +286,15 @@ class ZmqStreamSource:
                     finally:
                         self._handing = False
                         self._heard_at = time.monotonic()
-                elif self._held:  # nothing came: the held gaps' time runs out all the same
-                    self._release_gaps(time.monotonic())
-                elif self._end_request is not None:
-                    reason, self._end_request = self._end_request, None
-                    if self._series is not None:
-                        self._end_series(reason, exit_status="fail")
+                else:
+                    if self._drop_pending:  # the old connection's queue is read: later gaps may be its
+                        self._drop_pending, self._drop_unexplained = False, True
+                    if self._held:  # nothing came: the held gaps' time runs out all the same
+                        self._release_gaps(time.monotonic())
+                    elif self._end_request is not None:
+                        reason, self._end_request = self._end_request, None
+                        if self._series is not None:
+                            self._end_series(reason, exit_status="fail")
         except Exception:  # a bug, not bad input: counted, and raised to the spawner (which restarts us)
             self.stats["reader_crashes"] += 1
             raise
@@ -338,7 +345,7 @@ class ZmqStreamSource:
             if self._series is not None:  # frames in flight may be lost: counted, and the operator told
                 self._dropped_in_series = (self._series, now)  # why, once the series outlives the drop
                 self._drop_counted = False
-                self._drop_unexplained = True
+                self._drop_pending = True
             dropped = self.stats["connections_dropped"]
             if dropped > 1 and dropped % 100:  # a peer that drops every connection: not a line each time
                 continue
@@ -1028,7 +1035,7 @@ class ZmqStreamSource:
         self._release_gaps(time.monotonic(), everything=True)
         self._count_drop_in_series(time.monotonic())  # (it may end between two looks at the connection)
         self._dropped_in_series = None  # the next series may carry the same number: not its drop
-        self._drop_unexplained = False
+        self._drop_unexplained = self._drop_pending = False
         self._unreadable = 0
         expected = self._frames_expected
         if expected is not None and self._next_frame < expected:

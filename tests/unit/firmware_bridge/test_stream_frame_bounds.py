@@ -16,7 +16,7 @@ import zmq
 
 from firmware_bridge.source import FrameHeader
 from firmware_bridge.stream_codec import SeriesStart, StreamCodec, StreamError
-from firmware_bridge.zmq_reader import ZmqStreamSource
+from firmware_bridge.zmq_reader import MONITOR_SECONDS, ZmqStreamSource
 
 SHAPE = (4, 6)  # height, width
 
@@ -393,3 +393,50 @@ def test_a_gap_after_the_connection_dropped_says_so() -> None:
     assert sink.losses == [(1, 2, "frame_number_gap")]
     (detail,) = sink.details
     assert "connection dropped" in detail and "max_message_bytes" in detail, detail
+
+
+def test_a_gap_among_messages_queued_before_the_connection_dropped_is_not_put_down_to_the_drop() -> None:
+    """A sender that dropped frame 1, sent frame 2 and its series' end, then went away: the reader saw
+    the drop before it read the queued messages, and the gap's detail said "the stream connection
+    dropped meanwhile" (an outside probe looked for a network fault that never happened). A drop
+    explains a gap only once the old connection's messages are read."""
+    import threading
+
+    class Held(_DetailSink):
+        def __init__(self) -> None:
+            super().__init__()
+            self.release = threading.Event()
+
+        def publish(self, slot: Any, header: FrameHeader) -> None:
+            super().publish(slot, header)
+            if header.frame == 0:
+                assert self.release.wait(10)  # the reader waits here while the rest queues and the drop
+
+    sink = Held()
+    context = zmq.Context()
+    push = context.socket(zmq.PUSH)
+    port = push.bind_to_random_port("tcp://127.0.0.1")
+    reader = ZmqStreamSource(f"tcp://127.0.0.1:{port}", sink, context)
+    reader.start()
+    try:
+        for message in (
+            header(1, 3),
+            image(1, 0),
+            image(1, 2),
+            [part({"htype": "dseries_end-1.0", "series": 1})],
+        ):
+            push.send_multipart(message)
+        deadline = time.monotonic() + 10
+        while 0 not in sink.frames and time.monotonic() < deadline:
+            time.sleep(0.02)
+        time.sleep(0.3)  # (the rest is in the reader's queue)
+        push.close(linger=1000)
+        time.sleep(MONITOR_SECONDS + 0.5)  # the drop happens, and a look at the connection is due
+        sink.release.set()
+        assert sink.ended.wait(10)
+    finally:
+        sink.release.set()
+        reader.stop()
+        context.term()
+    assert sink.frames == [0, 2] and sink.losses == [(1, 1, "frame_number_gap")]
+    assert sink.details == ["frames never arrived"], sink.details
