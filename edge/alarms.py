@@ -198,6 +198,10 @@ def current_alarms(status: Mapping[str, Any]) -> list[dict[str, Any]]:
         text = ", ".join(f"{k} {v}" for k, v in errors.items())
         if multipart:
             text += " (multipart: a JSON-format sender into this Stream V2 receiver? check stream.format)"
+        elif errors.get("malformed_json"):  # the other way round: CBOR is no JSON (an outside probe)
+            text += (
+                " (malformed_json: a Stream V2 (CBOR) sender into this JSON receiver? check stream.format)"
+            )
         out.append(_alarm("condition:receiver", "condition", "minor", f"Receiver errors: {text}"))
     if appliance.get("stopping"):
         out.append(_alarm("condition:stopping", "condition", "minor", "The appliance is stopping"))

@@ -422,3 +422,11 @@ def test_a_huge_run_id_is_quoted_cut_short(ledger: Ledger) -> None:
         resolve_run(ledger, "x" * 100_000)
     message = str(error.value)
     assert len(message) < 300 and "(100000 characters)" in message, message[:400]
+
+
+def test_json_the_receiver_cannot_read_suggests_the_other_stream_format() -> None:
+    """A Stream V2 sender into the default JSON receiver: the alarm said "malformed_json 22" only (an
+    outside probe); the other way round it already named stream.format."""
+    (alarm,) = current_alarms({"receiver": {"errors": {"malformed_json": 22}}})
+    assert alarm["message"].startswith("Receiver errors: malformed_json 22 (malformed_json: a Stream V2")
+    assert "check stream.format" in alarm["message"]
