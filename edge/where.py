@@ -246,6 +246,14 @@ def products_note(report: dict[str, Any], ended: bool, later_with_slices: list[s
             " holds slices (cut again, or reduced in another mode); its frames are in the data files"
             " (NXtomo, and /exchange for dxchange): reconstruct them from there"
         )
+    if not report.get("frames_stored"):  # (a refused run: "its frames are in its data files" it had none)
+        return "no slices: no frame of this run was stored (its losses say why)"
+    if report.get("exit_status") == "success":  # it ended well: nothing the reconstruction could take
+        return (
+            "no slices: the scan ended with no projection the reconstruction could take (none carried a"
+            " rotation angle: Stream V2 and UDP carry none, docs/wire-formats.md); its frames are in its"
+            " data files (NXtomo): reconstruct them from there with the angles"
+        )
     return (
         f"no slices: the scan ended {report.get('exit_status') or 'unknown'} before its reconstruction was"
         " written, and was not resumed; its frames are in its data files (NXtomo, and /exchange for"

@@ -499,6 +499,12 @@ class TomoStage(_CorrectedStage):
     def finish(self) -> dict[str, Any]:
         self._take_earlier()
         if self.reconstructor is None:
+            if self.projections:  # (an outside probe: the scan ended with no slices and nothing said why)
+                log.warning(
+                    "tomography: %d projections, none with a rotation angle (a Stream V2 or UDP sender, or a"
+                    " JSON one that sent none): no slices are reconstructed",
+                    self.projections,
+                )
             return {}
         self._catch_up_some(None)
         slices = np.asarray(self.reconstructor.slices(), np.float32)

@@ -430,3 +430,24 @@ def test_json_the_receiver_cannot_read_suggests_the_other_stream_format() -> Non
     (alarm,) = current_alarms({"receiver": {"errors": {"malformed_json": 22}}})
     assert alarm["message"].startswith("Receiver errors: malformed_json 22 (malformed_json: a Stream V2")
     assert "check stream.format" in alarm["message"]
+
+
+def test_a_tomography_run_without_slices_that_ended_well_or_stored_nothing_says_so(tmp_path: Path) -> None:
+    """Outside probes: a scan that ended success with no projection carrying an angle (a Stream V2
+    sender) was told it "ended success before its reconstruction was written, and was not resumed"; a
+    refused run with nothing stored was told its frames were in its data files."""
+    ledger = Ledger(tmp_path / "ledger.sqlite")
+    try:
+        ledger.run_started("t-5", 1, 20, "{}", "tomo")
+        path = tmp_path / "t-5_00000.h5"
+        path.write_bytes(b"x")
+        ledger.file_stored("t-5", path.name, path, 1, "0" * 32, (0, 19, 20), [])
+        ledger.run_ended("t-5", "success", 20)
+        ledger.run_started("t-6", 2, 20, "{}", "tomo")
+        ledger.run_ended("t-6", "abort", 0)
+        ended_well, refused = where_report(ledger, "t-5"), where_report(ledger, "t-6")
+    finally:
+        ledger.close()
+    assert ended_well["products_note"].startswith("no slices: the scan ended with no projection the")
+    assert "none carried a rotation angle" in ended_well["products_note"]
+    assert refused["products_note"] == "no slices: no frame of this run was stored (its losses say why)"
