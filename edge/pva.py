@@ -63,8 +63,13 @@ class PvaImageServer:
         from p4p.server.thread import SharedPV
 
         self._nt = NTNDArray()
-        # no nt: it takes the Values built here (with their uniqueId); opened with the first frame
+        # no nt: it takes the Values built here (with their uniqueId). Open from the start with an empty
+        # image (0 x 0, uniqueId 0), as areaDetector's plugin before its first array: a get before the
+        # first frame timed out, as for a PV that does not exist (an outside probe)
         self._pv = SharedPV()
+        empty = self._nt.wrap(np.zeros((0, 0), np.uint16), attrib={"FrameNumber": 0, "RunUid": ""})
+        empty["uniqueId"] = 0
+        self._pv.open(empty)
         self._server = Server(providers=[{self.name: self._pv}], useenv=True)
         self._task = self.loop.create_task(self._post_forever(), name="edge-pva-image")
         log.info("pvAccess live image %s (at most %.3g Hz)", self.name, 1.0 / self.period)
@@ -96,10 +101,7 @@ class PvaImageServer:
             np.ascontiguousarray(pixels), attrib=attributes, timestamp=info.get("received_at")
         )
         value["uniqueId"] = self.posted
-        if self._pv.isOpen():
-            self._pv.post(value)
-        else:
-            self._pv.open(value)
+        self._pv.post(value)
         return True
 
     async def _post_forever(self) -> None:
