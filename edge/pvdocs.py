@@ -107,9 +107,9 @@ def render(prefix: str = "EDGE:") -> str:
         " The newest frame as areaDetector's PVA plugin serves it: the receiver's preview (every n-th pixel"
         " of every n-th row, at most 512 a side, as `Image1:ArrayData` but unclipped), not waiting for the"
         " pipeline. Posted at most `epics.pva_rate_hz` times a second (default 5) and only when a newer frame"
-        " arrived; nothing until the first frame. `uniqueId` counts the images posted since start;"
-        " `timeStamp` is the frame's receive time; NDAttributes `FrameNumber`, `RunUid`, `DetectorHeight`"
-        " and `DetectorWidth`. |",
+        " arrived; an empty image (0 x 0, `uniqueId` 0) until the first frame. `uniqueId` counts the images"
+        " posted since start; `timeStamp` is the frame's receive time; NDAttributes `FrameNumber`,"
+        " `RunUid`, `DetectorHeight` and `DetectorWidth`. |",
     ]
     return "\n".join(lines) + "\n"
 
