@@ -113,12 +113,14 @@ class UdpSource:
         self.idle_seconds = idle_seconds
         self.frame_timeout_frames = frame_timeout_frames
         self.stats: Counter[str] = Counter()
-        # each module's sender (address, port) in this acquisition: the first to send that module's
-        # packets; another sender's packets for it are rejected, counted (``packets_other_source``). A
-        # stray second sender's frames were stored in the detector's run and its own frames dropped as
-        # late (an outside probe). Forgotten when the acquisition ends (silence), as a re-armed detector
-        # may send from another port.
-        self._owners: dict[int, Any] = {}
+        # each module's sender, (address, port) and when it last sent that module: the first to send it;
+        # another sender's packets for it are rejected, counted (``packets_other_source``), while the
+        # owner keeps sending it. A stray second sender's frames were stored in the detector's run and
+        # its own frames dropped as late (an outside probe). An owner silent for ``idle_seconds`` on that
+        # module gives it up to the next sender (a sender that moved to another port, a detector re-armed
+        # from other ports: their packets were dropped for good, another probe); all are forgotten when
+        # the acquisition ends.
+        self._owners: dict[int, tuple[Any, float]] = {}
         self._sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         try:  # as root the kernel's rmem_max cap can be bypassed; otherwise take what it allows
             self._sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, rcvbuf_bytes)
@@ -244,10 +246,25 @@ class UdpSource:
 
     def _from_owner(self, packet: bytearray, source: Any) -> bool:
         """Whether ``packet`` (its module id, a u16 at byte 6) comes from the sender that owns its module
-        in this acquisition, the first one to send it; another's is counted and dropped."""
+        in this acquisition: the first one to send it, until it is silent on it for ``idle_seconds``;
+        another's is counted and dropped."""
         module = packet[6] | packet[7] << 8
-        owner = self._owners.setdefault(module, source)
-        if owner == source:
+        now = time.monotonic()
+        held = self._owners.get(module)
+        if held is None or held[0] == source:
+            self._owners[module] = (source, now)
+            return True
+        owner, seen = held
+        if now - seen > self.idle_seconds:  # the owner went quiet on it: the next sender has it
+            self._owners[module] = (source, now)
+            self.stats["module_sources_changed"] += 1
+            log.warning(
+                "UDP module %d now comes from %s:%s (%s:%s sent none for %.1f s)",
+                module,
+                *source[:2],
+                *owner[:2],
+                now - seen,
+            )
             return True
         self.stats["packets_other_source"] += 1
         if self.stats["packets_other_source"] % 1000 == 1:

@@ -670,3 +670,27 @@ def test_a_second_sender_s_packets_are_rejected_not_stored_in_the_detector_s_run
     finally:
         stray.sock.close()
     assert sink.runs[1]["frames"] == list(range(5))
+
+
+def test_a_sender_that_moves_to_another_port_mid_acquisition_takes_its_modules_over(reader: Any) -> None:
+    """Another outside probe: a sender whose socket moved to a new port mid-acquisition had every later
+    packet dropped as another source's, and the run never ended (its packets kept coming). An owner
+    silent on its modules for ``idle_seconds`` gives them up: the frames sent meanwhile are lost with a
+    reason, the rest stored, each frame once."""
+    source, sink, send = reader(frames_per_run=160)
+    moved = Sender(send.port)
+    try:
+        send.frames(range(10))
+        moved.frames(range(10, 160))  # 150 frames, ~0.6 s: past IDLE (0.3 s) of the old port's silence
+        _wait(lambda: sink.ended == 1, "the run ended")
+    finally:
+        moved.sock.close()
+    assert len(sink.runs) == 1, sink.runs
+    frames = _dispositions(sink)
+    assert set(frames) == set(range(160)) and all(len(d) == 1 for d in frames.values()), frames
+    stored = [n for n, d in frames.items() if d == ["stored"]]
+    assert stored[:10] == list(range(10)) and stored[-1] == 159  # the moved sender's later frames kept
+    counters = source.counters()
+    assert counters["module_sources_changed"] == GEOMETRY.grid_rows * GEOMETRY.grid_cols
+    assert counters["packets_other_source"] > 0
+    _identity(source)
