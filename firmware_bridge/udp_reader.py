@@ -55,6 +55,10 @@ FRAME_NUMBER_REJECTIONS = {
     " detector whose counter jumped that far is not heard until udp.idle_seconds of silence end the run)",
     REJECT_FRAME_NUMBER_UNCONFIRMED: "a jump ahead that no packet near it confirmed (a stray frame number)",
 }
+#: a module's sender silent on it this long (or ``idle_seconds`` if shorter) gives it up to the next one:
+#: long enough that a second sender interleaving its packets with the detector's never takes it, short
+#: enough that a detector re-armed at once from other ports loses only its first frames (recorded)
+SOURCE_QUIET_SECONDS = 0.2
 #: whole frames that repeat the run before's timestamps after a silence taken for a new acquisition (a
 #: detector whose clock starts again at each arm), not for copies of that run's frames
 REPEATED_TIMESTAMP_FRAMES = 4
@@ -116,10 +120,10 @@ class UdpSource:
         # each module's sender, (address, port) and when it last sent that module: the first to send it;
         # another sender's packets for it are rejected, counted (``packets_other_source``), while the
         # owner keeps sending it. A stray second sender's frames were stored in the detector's run and
-        # its own frames dropped as late (an outside probe). An owner silent for ``idle_seconds`` on that
-        # module gives it up to the next sender (a sender that moved to another port, a detector re-armed
-        # from other ports: their packets were dropped for good, another probe); all are forgotten when
-        # the acquisition ends.
+        # its own frames dropped as late (an outside probe). An owner silent on that module for
+        # ``SOURCE_QUIET_SECONDS`` gives it up to the next sender (a sender that moved to another port,
+        # a detector re-armed from other ports: their packets were dropped for good, another probe); all
+        # are forgotten when the acquisition ends.
         self._owners: dict[int, tuple[Any, float]] = {}
         self._sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         try:  # as root the kernel's rmem_max cap can be bypassed; otherwise take what it allows
@@ -255,7 +259,7 @@ class UdpSource:
             self._owners[module] = (source, now)
             return True
         owner, seen = held
-        if now - seen > self.idle_seconds:  # the owner went quiet on it: the next sender has it
+        if now - seen > min(self.idle_seconds, SOURCE_QUIET_SECONDS):  # the owner went quiet on it
             self._owners[module] = (source, now)
             self.stats["module_sources_changed"] += 1
             log.warning(
