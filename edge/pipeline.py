@@ -536,14 +536,20 @@ class Pipeline:
             intensity = result.products.get("I")
             if intensity is not None and isinstance(work.stage, PowderStage):
                 self.latest_profile = (work.stage.radial, intensity, result.live.get("count"))
-            if result.keep and self.disk is not None and self.disk.check():
+            # an areaDetector capture's file takes every frame, a serial run's blanks too (its client counts
+            # NumCaptured and names that file in its documents: blanks went to a file of their own or
+            # were vetoed, the capture's file never made, a probe's plan timed out); store.blanks is for
+            # the runs outside captures
+            capture = store.data_path is not None
+            keep, stream = result.keep or capture, "data" if capture else result.stream
+            if keep and self.disk is not None and self.disk.check():
                 work.chunk.cancel()
                 self._disk_full_loss(store.run_uid, [frame], "the disk is full: not written")
-            elif result.keep:
+            elif keep:
                 chunk = work.chunk.result()
                 try:
                     flags = int(slot.header["flags"]) & FLAG_STATE_MASK
-                    store.write(frame, chunk, result.products, flags, result.stream)
+                    store.write(frame, chunk, result.products, flags, stream)
                 except Exception as error:
                     if self.disk is None or not self.disk.note_error(error):
                         raise
@@ -552,7 +558,7 @@ class Pipeline:
                 self.stats["bytes_compressed"] += len(chunk)
                 if int(slot.header["flags"]) & FLAG_CHUNK:  # stored as received (not a vetoed one)
                     self.stats["frames_passed_through"] += 1
-                reduced.add(frame, "stored", result.stream, result.row, result.products)
+                reduced.add(frame, "stored", stream, result.row, result.products)
             else:
                 work.chunk.cancel()  # known only now when the frame was analysed on another thread
                 self.stats["frames_vetoed"] += 1

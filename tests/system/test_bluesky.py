@@ -518,5 +518,15 @@ def test_an_acquire_in_a_capture_completes_once_its_frames_are_written_while_ker
         put("Acquire", 1)
         message = epics.caget(p + "StatusMessage_RBV", as_string=True, use_monitor=False)
         assert message == "Acquisition completed: 3 frames added to the capture", message
+        put("HDF1:Capture", 0)
+        wait_until(lambda: epics.caget(p + "HDF1:Capture_RBV") == 0, 30, "the capture's file finished")
     finally:
         s.stop()
+    # every frame in the capture's file, blanks too (the simulator's rings have no spots: a probe's plan
+    # found its file never made, the frames in a blank file of the run's and no document naming it)
+    import h5py
+    import hdf5plugin  # noqa: F401
+
+    with h5py.File(tmp_path / "store" / "caps" / "warm.h5", "r") as h5:
+        assert list(h5["/entry/data/frame_number"][()]) == [0, 1, 2]
+    assert not list((tmp_path / "store").glob("*/*_blank_*.h5"))
