@@ -87,7 +87,16 @@ class ZmqFrameSender:
             pass
         started = last = told = time.perf_counter()
         try:
-            while not self.sock.poll(100, zmq.POLLOUT):
+            while True:
+                if self.sock.poll(100, zmq.POLLOUT):
+                    # never a blocking send: the room the poll saw goes when the consumer goes (a daemon
+                    # killed then), and a blocked send heard no stop: SIGTERM did nothing for a minute and
+                    # the summary never came (an outside probe)
+                    try:
+                        self.sock.send_multipart(parts, zmq.NOBLOCK, copy=False)
+                        return True
+                    except zmq.Again:
+                        pass
                 now = time.perf_counter()
                 summary.seconds_held_back += now - last
                 last = now
@@ -98,8 +107,6 @@ class ZmqFrameSender:
                     return False
         finally:
             summary.seconds_held_back += time.perf_counter() - last
-        self.sock.send_multipart(parts, copy=False)
-        return True
 
     def send_series(
         self,
