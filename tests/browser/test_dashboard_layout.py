@@ -224,6 +224,10 @@ def test_layout_at_each_width(
             " return [...rows].filter(([, r]) => r < right - 2).map(([t]) => t); })()"
         )
         assert rows_short == [], rows_short
+        # the disk's label adds up: its percent of used + free (root's reserved blocks are neither), not
+        # of the disk's size ("45.0 % of 18.6 GiB used" beside 10.2 GiB free, a probe)
+        disk = browser.evaluate("document.getElementById('disk-used').innerText")
+        assert disk == "45.0 % used (8.38 GiB of 18.6 GiB)", disk
         # and its link word is whole on one line (a probe saw "conne|cted" broken over two)
         link_lines = browser.evaluate(
             "[...document.querySelectorAll('#consumers tbody td:nth-child(2) span')]"

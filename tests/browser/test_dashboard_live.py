@@ -82,7 +82,7 @@ def test_live_frames_image_profile_and_where_the_run_is(
     )
     assert browser.evaluate("document.getElementById('link-state').textContent") == "live"
     assert "slots in use" in browser.evaluate("document.getElementById('ring-fill').textContent")
-    assert "% of" in browser.evaluate("document.getElementById('disk-used').textContent")
+    assert "% used (" in browser.evaluate("document.getElementById('disk-used').textContent")
     assert browser.evaluate("document.getElementById('unreachable').hidden") is True
 
     # the live image is drawn with a colormap, not blank

@@ -129,13 +129,17 @@ def test_acknowledging_needs_the_token(url: str, view: ScriptedView, browser: Br
     browser.evaluate(f"document.getElementById('token-input').value = {TOKEN!r}")
     browser.click("#token-save")
     assert browser.evaluate("localStorage.getItem('edge.apiToken')") == TOKEN
-    browser.click(button)
+    # by the keyboard: the button focused, Enter
+    assert browser.evaluate(f"(() => {{ document.querySelector({button!r}).focus(); return true; }})()")
+    browser.press("Enter")
     browser.wait_for(
         f"document.querySelector('#alarms li[data-alarm=\"{alarm_id}\"]')?.classList.contains('acknowledged')",
         10,
         "the alarm acknowledged",
     )
     assert [a["acknowledged"] for a in view.alarms() if a["id"] == alarm_id] == [True]
+    # the keyboard stays on the alarm (the list is drawn anew: it fell to the page's start, a probe)
+    assert browser.evaluate("document.activeElement.dataset.alarm") == alarm_id
     # the next push still lists it (its condition holds), acknowledged, with no button
     browser.wait_for(
         f"!document.querySelector({button!r}) && document.querySelector('#alarms li.acknowledged')"

@@ -695,7 +695,11 @@
     setText("disk-used", (byStore
       ? `${storePercent.toFixed(1)} % of the store's ${fmtBytes(ret.capacity_bytes)} used` +
         (fullAt > 0 ? `, full at ${(100 * fullAt).toFixed(0)} %` : "")
-      : Number.isFinite(diskPercent) ? `${diskPercent.toFixed(1)} % of ${fmtBytes(disk.total)} used` : "–") +
+      // the disk's percent is of what users may fill (used + free: root's reserved blocks are neither);
+      // "29.4 % of 252 GiB" beside 71.7 GiB free did not add up (an outside probe)
+      : Number.isFinite(diskPercent)
+        ? `${diskPercent.toFixed(1)} % used (${fmtBytes(disk.used)} of ${fmtBytes(num(disk.used) + num(disk.free))})`
+        : "–") +
       (refused ? " · new runs refused" : ""));
     setText("disk-free", `${fmtBytes(disk.free ?? ret.disk_free_bytes)} free`);
     setText("store-bytes", `${fmtBytes(ret.store_bytes)} / ${fmtBytes(ret.capacity_bytes)}`);
@@ -792,7 +796,7 @@
       const msg = state.ackMessages[a.id] ? ` <span class="ack-msg small">${esc(state.ackMessages[a.id])}</span>` : "";
       // the severity in words too, not by colour alone (red and amber look alike to many)
       const word = a.severity === "major" ? "MAJOR" : "minor";
-      return `<li class="${sev}" data-alarm="${esc(a.id)}"><span class="severity">${word}</span><span class="scope">${esc(scopeLabel(a))}</span>` +
+      return `<li class="${sev}" data-alarm="${esc(a.id)}" tabindex="-1"><span class="severity">${word}</span><span class="scope">${esc(scopeLabel(a))}</span>` +
         `<span class="text">${esc(a.message)}</span><span class="since muted">since ${esc(fmtTime(a.since, false))}</span>${ack}${msg}</li>`;
     }).join("");
   }
@@ -813,7 +817,13 @@
       for (const a of state.lastStatus.alarms || []) if (a.id === alarmId) { a.acknowledged = true; a.ack = { at: Date.now() / 1000 }; }
     }
     state.alarmsKey = "";
+    const hadFocus = document.activeElement?.closest?.("#alarms") != null;
     renderAlarms(state.lastStatus?.alarms || []);
+    // the list is drawn anew: the keyboard stays on this alarm (it fell to the page's start, a probe)
+    if (hadFocus || document.activeElement === document.body) {
+      const item = [...$("alarms").children].find((li) => li.dataset.alarm === alarmId);
+      if (item) item.focus({ preventScroll: true });
+    }
   }
 
   // ---- the next run's reduction mode (GET/PUT /api/reduction; the PUT needs the token) ---------------
