@@ -24,7 +24,8 @@ RUNNING = "5f0c2d3e-aaaa-4bbb-8ccc-0123456789ab"
 
 pytestmark = pytest.mark.browser
 
-WIDTHS = (390, 768, 1024, 1920)  # 768: a tablet, where the runs table is wider than its card
+# 768: a tablet, where the runs table is wider than its card; 1800: six columns at their narrowest
+WIDTHS = (390, 768, 1024, 1800, 1920)
 
 #: JavaScript: the layout facts the test judges (page overflow, card boxes, runs-table cells, elements
 #: sticking out of the page's width).
