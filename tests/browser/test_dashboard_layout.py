@@ -356,6 +356,11 @@ def test_many_runs_and_a_store_at_its_quota_on_a_wall(chromium: str, tmp_path: P
         view.add_run(
             ScriptedRun(uid, now - 3600 + 60 * n, now - 3590 + 60 * n, "success", run_files(uid, 2, 2), [])
         )
+    for (
+        plate
+    ) in "AB":  # two names a detector gave, alike but in the middle (a probe saw both "beamtime…ion-06")
+        uid = f"beamtime-2026-12-mx-lysozyme-plate-{plate}-position-06"
+        view.add_run(ScriptedRun(uid, now - 30, now - 20, "success", run_files(uid, 1, 1), []))
     view.base["retention"] = {
         **view.base.get("retention", {}),
         "store_bytes": 97_000_000,
@@ -373,9 +378,14 @@ def test_many_runs_and_a_store_at_its_quota_on_a_wall(chromium: str, tmp_path: P
         browser = Browser(chromium, tmp_path / "chromium-profile", width=1920, height=1080)
         try:
             browser.goto(url)
-            browser.wait_for("document.querySelectorAll('#runs tr[data-run]').length >= 20", 15, "the runs")
+            browser.wait_for("document.querySelectorAll('#runs tr[data-run]').length >= 26", 15, "the runs")
             facts = browser.evaluate(TEXT_AND_OVERFLOW)
             assert facts["scrollHeight"] <= facts["clientHeight"], facts
+            names = browser.evaluate(
+                "[...document.querySelectorAll('#runs tr[data-run] td.run-uid')].map(td => td.innerText)"
+            )
+            assert len(set(names)) == len(names) == 26, names  # every run told apart in the table
+            assert "beamtime-2026-12-m…late-A-position-06" in names  # 49 characters: head and tail, 18 each
             # a run's short name is the alarms' (edge.alarms.short_uid): two runs a detector named alike
             # were both "beamtime" (an outside probe)
             from edge.alarms import short_uid

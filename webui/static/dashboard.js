@@ -79,6 +79,15 @@
     return Math.abs(n) >= 1e5 || Math.abs(n) < 1e-3 ? n.toExponential(2) : String(Number(n.toPrecision(3)));
   }
   const shortChecksum = (text) => (text && text.length > 22 ? `${text.slice(0, 21)}…` : text || "–");
+  // a run's name in the runs table, where runs are told apart: a UUID's first 8 characters; a name the
+  // detector gave, whole up to 40 characters (it may wrap), else its first and last 18 ("plate-A-position-06"
+  // and "plate-B-position-06" of one beamtime read alike cut shorter, an outside probe)
+  const tableUid = (uid) => {
+    if (!uid) return "–";
+    const text = String(uid);
+    if (/^[0-9a-f]{8}-[0-9a-f]{4}-/i.test(text)) return text.slice(0, 8);
+    return text.length <= 40 ? text : `${text.slice(0, 18)}…${text.slice(-18)}`;
+  };
   // a run's short name: a UUID's first 8 characters; a name the detector gave, whole up to 16
   // characters, else its head and tail ("beamtime…al-042"): two runs of one beamtime showed as one
   // "beamtime" (an outside probe). The same rule as edge.alarms.short_uid.
@@ -918,7 +927,7 @@
       // focusable and opened with Enter or Space as with a click (keyboard and screen-reader users)
       return `<tr data-run="${esc(r.run_uid)}" class="${selected}" title="${esc(r.run_uid)}" tabindex="0"` +
         ` aria-label="run ${esc(r.run_uid)}: open where its data is">` +
-        td("run", esc(shortUid(r.run_uid)), "mono") + td("started", esc(fmtTime(r.started_at))) +
+        td("run", esc(tableUid(r.run_uid)), "mono run-uid") + td("started", esc(fmtTime(r.started_at))) +
         td("mode", esc(r.mode || "–")) + td("status", exitChip(r)) +
         td("stored", esc(fmtInt(r.frames_stored)), "num") + td("delivered", esc(fmtInt(r.frames_delivered)), "num") +
         td("lost", lostCell, "num") + td("files", esc(fmtInt(r.files)), "num") + td("state", stateChips(r.states)) +
@@ -1379,5 +1388,6 @@
     tickAge();
   }, 250);
   window.edgeDashboard = state; // for the browser tests and a curious person's console
+  state.tableUid = tableUid;
   state.shortUid = shortUid; // (the browser tests hold it to edge.alarms.short_uid)
 })();
