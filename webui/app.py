@@ -249,6 +249,11 @@ def run_summary(detail: dict[str, Any]) -> dict[str, Any]:
         "bytes_pending": where.get("bytes_pending"),
         "eta_seconds": where.get("eta_seconds"),
         "mode": detail.get("mode") or _run_mode(where.get("config", detail.get("config"))),
+        # the uid the detector gave it, when the run was recorded under another (the page's filter finds
+        # a run by it: a probe's repeated detector uid found only the first run)
+        "name": where.get("detector_uid")
+        if where.get("detector_uid") not in (None, detail["run_uid"])
+        else None,
     }
 
 

@@ -152,3 +152,13 @@ def test_page_is_self_contained() -> None:
         assert not re.search(r"https?://|//cdn|@import", text), (
             f"{name} refers to something outside the appliance"
         )
+
+
+def test_a_run_recorded_under_a_fresh_uid_carries_the_detector_s_name() -> None:
+    """A detector's run uid sent three times: the repeats were recorded under fresh uids, and the page's
+    filter found only the first run by that name (an outside probe). The summary names it."""
+    from webui.app import run_summary
+
+    renamed = run_summary({"run_uid": "a9f9b953", "where": {"detector_uid": "plate-A-position-01"}})
+    assert renamed["name"] == "plate-A-position-01"
+    assert run_summary({"run_uid": "scan-1", "where": {"detector_uid": "scan-1"}})["name"] is None
