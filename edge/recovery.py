@@ -25,6 +25,7 @@ run accounts for and the first one the new run got become loss records of the in
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import shutil
@@ -89,6 +90,10 @@ def recover(recorder: RunRecorder, root: Path) -> dict[str, Any]:
         shutil.move(str(part), target)
         report["quarantined"].append(str(target))
         log.warning("moved %s, open at the crash, to %s", part.name, target)
+    for empty in sorted((root / "quarantine").glob("*/")) if (root / "quarantine").is_dir() else ():
+        # a run's quarantine directory is made when it opens; one a crash left empty is no news
+        with contextlib.suppress(OSError):
+            empty.rmdir()
     known = {row["path"] for row in ledger.files()}
     runs = {row["run_uid"] for row in ledger.runs()}
     for path in sorted(root.glob("*/*.h5")):

@@ -451,3 +451,18 @@ def test_a_crashed_run_of_unknown_length_is_accounted_up_to_the_last_frame_it_re
         (0, 4, "daemon_crash")
     ]
     assert ledger.run(run_uid)["exit_status"] == "fail"
+
+
+def test_recovery_removes_the_empty_quarantine_directories_a_crash_left(tmp_path: Path) -> None:
+    """A run's quarantine directory is made when it opens and removed at its end when empty; a crash left
+    it behind, empty (an outside chaos probe: clutter beside the real quarantined files)."""
+    from edge.recovery import recover
+
+    (tmp_path / "quarantine" / "run-x").mkdir(parents=True)
+    kept = tmp_path / "quarantine" / "run-y" / "run-y_00000.h5.part"
+    kept.parent.mkdir()
+    kept.write_bytes(b"half")
+    ledger = Ledger(tmp_path / "ledger.sqlite")
+    recover(RunRecorder(ledger, tmp_path, chunk_bytes=1 << 20), tmp_path)
+    ledger.close()
+    assert not (tmp_path / "quarantine" / "run-x").exists() and kept.read_bytes() == b"half"
