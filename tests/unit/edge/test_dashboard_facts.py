@@ -344,15 +344,20 @@ def test_a_consumer_that_heartbeats_but_answers_no_chunk_is_a_stall_that_says_so
     assert upstream_outlook(OutlookLedger(0.0, 1000.0), 5_000_000, wedged, now=1600.0)["state"] == "waiting"
 
 
+def _tomo_run_with_a_file(ledger: Ledger, directory: Path, uid: str, expected: int, frames: int) -> None:
+    """A tomography run of ``expected`` frames with one data file of its first ``frames``."""
+    ledger.run_started(uid, 1, expected, "{}", "tomo")
+    path = directory / f"{uid}_00000.h5"
+    path.write_bytes(b"x")
+    ledger.file_stored(uid, path.name, path, 1, "0" * 32, (0, frames - 1, frames), [])
+
+
 def test_a_tomography_run_that_ended_without_slices_says_why_and_where_to_look(tmp_path: Path) -> None:
     """An outside probe: a scan cut by a crash and never resumed had no reconstruction anywhere, and
     `edge where` said nothing about it."""
     ledger = Ledger(tmp_path / "ledger.sqlite")
     try:
-        ledger.run_started("t-2", 1, 40, "{}", "tomo")
-        path = tmp_path / "t-2_00000.h5"
-        path.write_bytes(b"x")
-        ledger.file_stored("t-2", path.name, path, 1, "0" * 32, (0, 9, 10), [])
+        _tomo_run_with_a_file(ledger, tmp_path, "t-2", 40, 10)
         assert where_report(ledger, "t-2")["products_note"] is None  # still running: not yet
         ledger.run_ended("t-2", "fail", 10)
         report = where_report(ledger, "t-2")
@@ -438,10 +443,7 @@ def test_a_tomography_run_without_slices_that_ended_well_or_stored_nothing_says_
     refused run with nothing stored was told its frames were in its data files."""
     ledger = Ledger(tmp_path / "ledger.sqlite")
     try:
-        ledger.run_started("t-5", 1, 20, "{}", "tomo")
-        path = tmp_path / "t-5_00000.h5"
-        path.write_bytes(b"x")
-        ledger.file_stored("t-5", path.name, path, 1, "0" * 32, (0, 19, 20), [])
+        _tomo_run_with_a_file(ledger, tmp_path, "t-5", 20, 20)
         ledger.run_ended("t-5", "success", 20)
         ledger.run_started("t-6", 2, 20, "{}", "tomo")
         ledger.run_ended("t-6", "abort", 0)
