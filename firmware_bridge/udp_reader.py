@@ -225,9 +225,10 @@ class UdpSource:
                             self._settle_held()
                         self._end_run(paused=True)
                     continue
-                if n >= 8 and not self._from_owner(buffer, source):
+                now = time.monotonic()
+                if n >= 8 and not self._from_owner(buffer, source, now):
                     continue  # (it keeps no run going either: the silence that ends one is the owner's)
-                self._last_packet = time.monotonic()
+                self._last_packet = now
                 if self._assembler is None:
                     self._assembler = self._new_assembler(previous=self._paused_timestamps)
                 if not self._run_open and self._hold(view[:n]):
@@ -248,12 +249,11 @@ class UdpSource:
             self.stats["reader_crashes"] += 1
             raise
 
-    def _from_owner(self, packet: bytearray, source: Any) -> bool:
+    def _from_owner(self, packet: bytearray, source: Any, now: float) -> bool:
         """Whether ``packet`` (its module id, a u16 at byte 6) comes from the sender that owns its module
         in this acquisition: the first one to send it, until it is silent on it for ``idle_seconds``;
         another's is counted and dropped."""
         module = packet[6] | packet[7] << 8
-        now = time.monotonic()
         held = self._owners.get(module)
         if held is None or held[0] == source:
             self._owners[module] = (source, now)
