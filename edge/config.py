@@ -90,9 +90,14 @@ class _Section(BaseModel):
             leaves = _leaf_types(cls.model_fields[info.field_name].annotation)
             if bool not in leaves and leaves & {int, float}:
                 raise ValueError("numbers are needed, not true/false")
-        elif isinstance(value, str) and not value.strip() and (info.field_name or "").endswith("_file"):
-            # an optional file given as "" is unset (`--set pull.curve_secret_file=` on the command line
-            # clears a file's value), never Path("") = "." (an outside probe: "Is a directory")
+        return value
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _empty_file_is_unset(cls, value: Any, info: ValidationInfo) -> Any:
+        """An optional file given as "" is unset (`--set pull.curve_secret_file=` on the command line
+        clears a file's value), never Path("") = "." (an outside probe: "Is a directory")."""
+        if isinstance(value, str) and not value.strip() and (info.field_name or "").endswith("_file"):
             admits = _plain_types(cls.model_fields[info.field_name].annotation)
             if Path in admits and type(None) in admits:
                 return None

@@ -84,13 +84,14 @@ def recover(recorder: RunRecorder, root: Path) -> dict[str, Any]:
     """Run the recovery steps above through the run recorder; return what was done (also logged)."""
     ledger = recorder.ledger
     report: dict[str, Any] = {"quarantined": [], "salvaged": [], "runs_failed": [], "frames_lost": 0}
+    quarantine = root / "quarantine"  # (RunStore sets its open files aside there too, STORE/quarantine/RUN/)
     for part in sorted(root.glob("*/*.part")):
-        target = root / "quarantine" / part.parent.name / part.name
+        target = quarantine / part.parent.name / part.name
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.move(str(part), target)
         report["quarantined"].append(str(target))
         log.warning("moved %s, open at the crash, to %s", part.name, target)
-    for empty in sorted((root / "quarantine").glob("*/")) if (root / "quarantine").is_dir() else ():
+    for empty in sorted(quarantine.glob("*/")):  # (none when the directory is not there)
         # a run's quarantine directory is made when it opens; one a crash left empty is no news
         with contextlib.suppress(OSError):
             empty.rmdir()
