@@ -107,8 +107,10 @@ CREATE INDEX IF NOT EXISTS runs_by_resumed ON runs(
 #: purged file's chunk counts in its row (``files.chunk_record``) instead of its chunk rows; 4 never gives
 #: a chunk id twice (``CHUNKS_TABLE``; the table is rebuilt, its ids kept); 5 records what a reduced file
 #: holds (``files.holds``, read from the file as it is written; NULL for files recorded before); 6 keeps
-#: the highest frame number an open run has received (``runs.frames_seen``, for a crash's recovery).
-SCHEMA_VERSION = 6
+#: the highest frame number an open run has received (``runs.frames_seen``, for a crash's recovery); 7 how
+#: many frames a reduced file's frame table lists as vetoed (``files.frames_vetoed``: a crash's recovery
+#: counts them after the file was purged, when the purged data files' gaps no longer tell them).
+SCHEMA_VERSION = 7
 
 #: Columns added since version 1, with their defaults; a fresh ledger gets them too (table, column, SQL).
 MIGRATION_COLUMNS = (
@@ -119,6 +121,7 @@ MIGRATION_COLUMNS = (
     ("files", "chunk_record", "TEXT"),
     ("files", "holds", "TEXT"),
     ("runs", "frames_seen", "INTEGER"),
+    ("files", "frames_vetoed", "INTEGER"),
 )
 
 # Running totals, kept by triggers in the same transaction as the rows they count, so that the views
@@ -452,19 +455,21 @@ class Ledger:
         kind: str = "data",
         local: bool = False,
         holds: str | None = None,
+        vetoed: int | None = None,
     ) -> int:
         """Record a closed file and its transfer chunks ``(offset, length, checksum)`` atomically.
 
         ``kind`` says what the file holds (data, blank, reduced, documents), ``holds`` which products a
-        reduced file holds and where; a ``local`` file is never forwarded (``upstream.forward``): it stays
-        in state ``local`` until an explicit retention policy retires it.
+        reduced file holds and where, ``vetoed`` how many frames a reduced file's frame table lists as
+        vetoed; a ``local`` file is never forwarded (``upstream.forward``): it stays in state ``local``
+        until an explicit retention policy retires it.
         """
         first, last, count = frames
         state = "local" if local else "stored"
         with self._lock, self._transaction() as db:
             cursor = db.execute(
                 "INSERT INTO files (run_uid, name, path, size, checksum, first_frame, last_frame,"
-                " n_frames, state, stored_at, kind, holds) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+                " n_frames, state, stored_at, kind, holds, frames_vetoed) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 (
                     run_uid,
                     name,
@@ -478,6 +483,7 @@ class Ledger:
                     time.time(),
                     kind,
                     holds,
+                    vetoed,
                 ),
             )
             file_id = int(cursor.lastrowid or 0)

@@ -385,7 +385,7 @@ class RunRecorder:
     def file_closed(self, closed: ClosedFile) -> None:
         """A data file was finished (fsynced and renamed): checksum it and register it with its chunks."""
         frames = (closed.first_frame, closed.last_frame, closed.n_frames)
-        self.register_file(closed.run_uid, closed.path, frames, closed.kind, closed.holds)
+        self.register_file(closed.run_uid, closed.path, frames, closed.kind, closed.holds, closed.vetoed)
         self._count("files_closed")
 
     def stays_local(self, run_uid: str, kind: str) -> bool:
@@ -409,6 +409,7 @@ class RunRecorder:
         frames: tuple[int, int, int],
         kind: str = "data",
         holds: str | None = None,
+        vetoed: int | None = None,
     ) -> None:
         """Checksum a closed file and record it, with its transfer chunks, in one transaction."""
         size, digest, chunks = file_checksums(path, self.chunk_bytes)
@@ -425,6 +426,7 @@ class RunRecorder:
             kind,
             local,
             holds,
+            vetoed,
         )
         if local:  # never forwarded: nothing reads it again soon
             drop_cached(path)

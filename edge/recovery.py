@@ -115,7 +115,7 @@ def recover(recorder: RunRecorder, root: Path) -> dict[str, Any]:
             continue
         run_uid = run["run_uid"]
         files = [f for f in ledger.files(run_uid) if f["n_frames"] > 0]
-        vetoed = _vetoed_frames(recorder, run_uid)
+        vetoed, vetoed_purged = _vetoed_frames(recorder, run_uid)
         covered = _accounted(recorder, run_uid, vetoed)
         expected = run["frames_expected"]
         if expected is None:  # the detector did not say; account up to the last frame we know of: the
@@ -161,13 +161,13 @@ def recover(recorder: RunRecorder, root: Path) -> dict[str, Any]:
         if recovered:
             report.setdefault("frame_rows_recovered", {})[run_uid] = recovered
         stored = sum(f["n_frames"] for f in files)
-        recorder.close_run(run_uid, stored, "fail", int(vetoed.size))
+        recorder.close_run(run_uid, stored, "fail", int(vetoed.size) + vetoed_purged)
         report["runs_failed"].append(run_uid)
         log.error(
             "run %s ended by a crash: %d frames stored, %d vetoed, marked failed",
             run_uid,
             stored,
-            vetoed.size,
+            vetoed.size + vetoed_purged,
         )
     if any(report[k] for k in ("quarantined", "salvaged", "runs_failed")):
         log.warning(
@@ -243,14 +243,20 @@ def _vetoed_in_purged(recorder: RunRecorder, run_uid: str, table: dict[str, Any]
     return np.flatnonzero(left).astype(np.int64) + first
 
 
-def _vetoed_frames(recorder: RunRecorder, run_uid: str) -> np.ndarray:
-    """The run's frames its closed reduced files list as vetoed (a blank dropped by policy)."""
+def _vetoed_frames(recorder: RunRecorder, run_uid: str) -> tuple[np.ndarray, int]:
+    """The run's frames its closed reduced files list as vetoed (a blank dropped by policy), and how many
+    more its purged reduced files listed whose numbers are not worked out: the ledger kept their count
+    (``files.frames_vetoed``), and a purged file's span is accounted as a whole (``_accounted``)."""
     found = [np.empty(0, np.int64)]
+    counted = 0
     for f in recorder.ledger.files(run_uid):
         if f.get("kind") != "reduced" or not str(f["name"]).endswith(".nxs"):
             continue
-        if f["state"] == "purged":  # verified upstream and deleted here on purpose: worked out instead
-            found.append(_vetoed_in_purged(recorder, run_uid, f))
+        if f["state"] == "purged":  # verified upstream and deleted here on purpose
+            if f.get("frames_vetoed") is not None:
+                counted += int(f["frames_vetoed"])
+            else:  # recorded before the ledger kept the count: worked out from the other files
+                found.append(_vetoed_in_purged(recorder, run_uid, f))
             continue
         try:
             with h5py.File(f["path"], "r") as handle:
@@ -259,7 +265,7 @@ def _vetoed_frames(recorder: RunRecorder, run_uid: str) -> np.ndarray:
                 found.append(numbers[np.asarray(table["disposition"][:]) == DISPOSITION_CODES["vetoed"]])
         except (OSError, KeyError) as error:
             log.error("cannot read the frame table of %s: %s", f["path"], error)
-    return np.unique(np.concatenate(found))
+    return np.unique(np.concatenate(found)), counted
 
 
 def _accounted(recorder: RunRecorder, run_uid: str, vetoed: np.ndarray) -> list[tuple[int, int]]:
@@ -388,7 +394,7 @@ def _unaccounted_before(
     nowhere (no file, no veto, no loss record): the frames between it and the run that continues it.
     Returns how many records were written."""
     run_uid = run["run_uid"]
-    covered = _accounted(recorder, run_uid, _vetoed_frames(recorder, run_uid))
+    covered = _accounted(recorder, run_uid, _vetoed_frames(recorder, run_uid)[0])
     added = 0
     for first, last in _missing_ranges(first_frame, _not_own(run, covered)):
         added += 1

@@ -48,6 +48,7 @@ class ClosedFile:
     n_frames: int
     kind: str = "data"  # data (kept frames), blank (serial blanks kept locally), reduced (products)
     holds: str | None = None  # a reduced file: which products it holds and where in it (`edge where`)
+    vetoed: int | None = None  # a reduced file: the frames its frame table lists as vetoed
 
 
 class ProductLayout(Protocol):

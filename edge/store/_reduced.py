@@ -201,6 +201,7 @@ class ReducedWriter:
             0,  # a reduced file holds no raw frames: its frames are counted in the data files
             "reduced",
             holds,
+            sum(r["disposition"] == "vetoed" for r in self.rows),
         )
         self.files += 1
         self.rows, self.products = later_rows, later_products
