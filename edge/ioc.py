@@ -242,6 +242,7 @@ class ApplianceIOC:
         self._capturing = False
         self._capture_close = asyncio.Event()
         self._capture_task: asyncio.Task[None] | None = None  # the open (or last) capture's watch
+        self._capture_closing = False  # the open capture's file is being finished (Capture_RBV still 1)
         self._write_message = ""
         self.reduction = reduction
         self.refusal = refusal or (lambda: None)
@@ -494,15 +495,20 @@ class ApplianceIOC:
             "on_update": on_update,
         }
 
+    async def _capture_closed(self) -> None:
+        """Wait (bounded) until the open capture, if any, has closed and ``Capture_RBV`` is 0."""
+        task = self._capture_task
+        if self._capturing and task is not None:
+            with contextlib.suppress(Exception):  # (its own failures are logged and shown by the task)
+                await asyncio.wait_for(asyncio.shield(task), CAPTURE_CLOSE_SECONDS + 5)
+
     async def _on_capture_put(self, value: Any) -> None:
         """``HDF1:Capture``: 1 opens a capture; 0 closes it, and its put completes once the file is
         finished and ``Capture_RBV`` is 0 (as every setpoint's completion waits for its readback)."""
         closing = not int(value) and self._capturing
         self._apply_setpoint("HDF1:Capture", value)
-        task = self._capture_task
-        if closing and task is not None:
-            with contextlib.suppress(Exception):  # (its own failures are logged and shown by the task)
-                await asyncio.wait_for(asyncio.shield(task), CAPTURE_CLOSE_SECONDS + 5)
+        if closing:
+            await self._capture_closed()
 
     # --- setpoints -----------------------------------------------------------------------------
     def _validate(self, spec: PvSpec, device: Any, value: Any) -> bool:
@@ -604,6 +610,9 @@ class ApplianceIOC:
                 return str(error), soft
             return None
         if spec.name == "HDF1:Capture":
+            if int(value) and self._capturing and self._capture_ending():
+                # a 1 now would be taken as "already capturing" and then dropped when the file closes
+                return "the last capture is still closing: put Capture 1 again once Capture_RBV is 0", soft
             return self._capture_refusal() if int(value) and not self._capturing else None
         if spec.name == "Mode":
             return self._update_reduction({"mode": MODES[int(value)]})
@@ -634,6 +643,13 @@ class ApplianceIOC:
         """Where ``HDF1:FilePath`` may point: ``store.roots`` (default the store path)."""
         settings = getattr(self.view, "settings", None)  # (a stand-in view in unit tests has none)
         return settings.store.allowed_roots() if settings is not None else [self.view.store_path()]
+
+    def _capture_ending(self) -> bool:
+        """True while the open capture is closing: a ``Capture`` 0 put, its ``NumCapture`` reached, or its
+        run ended by an aborted series (the watch sees it within 50 ms), until ``Capture_RBV`` is 0."""
+        if self._capture_closing or self._capture_close.is_set():
+            return True
+        return self.capture is not None and self.capture.capture()["path"] is None
 
     def _capture_refusal(self) -> tuple[str, int] | None:
         """Why ``Capture`` 1 cannot open a capture now, or None."""
@@ -710,6 +726,7 @@ class ApplianceIOC:
                         break
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._capture_close.wait(), 0.05)
+            self._capture_closing = True
             run_uid = await asyncio.to_thread(self.capture.close_capture) or run_uid
             deadline = time.monotonic() + CAPTURE_CLOSE_SECONDS
             while run_uid is not None and time.monotonic() < deadline:
@@ -722,7 +739,7 @@ class ApplianceIOC:
                 if run_uid is not None:
                     self._set_write_message(f"{path} not finished after {CAPTURE_CLOSE_SECONDS:.0f} s")
         finally:
-            self._capturing = False
+            self._capturing = self._capture_closing = False
             self.records["HDF1:Capture"].set(0, process=False)
             try:  # the series' end in StatusMessage_RBV before Capture_RBV says done, not at the next
                 self._show_acquisition()  # refresh (an outside probe logged "Acquiring" after its plan)
@@ -1203,6 +1220,11 @@ class ApplianceIOC:
                 if capture_quiet is None or capture_quiet[1] != moving or working[1][-1]:
                     capture_quiet = (now, moving)
                 if taken >= num_images or aborted or now - capture_quiet[0] >= STREAM_QUIET_SECONDS:
+                    if aborted:  # the abort ends the capture's run and the capture: Acquire 0 completes
+                        # once Capture_RBV is 0 (a Capture 1 put right after it was taken as "already
+                        # capturing" by the closing capture, and dropped: an outside probe)
+                        await self._capture_closed()
+                        writing = self.view.writer_run()[0]
                     if writing == run_uid or not aborted:
                         verb = "aborted" if aborted else "completed"
                         self._set_message(f"Acquisition {verb}: {taken} frames added to the capture")

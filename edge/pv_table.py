@@ -827,8 +827,10 @@ PVS: tuple[PvSpec, ...] = (
         choices=("Done", "Capture"),
         also_refused="1 while a series is being acquired (it is already a run, in its own file: open the"
         " capture before `Acquire` 1), when the file exists, its directory is missing (`CreateDirectory`"
-        " 0) or outside `store.roots`, `FileName` is empty, or the name `FileTemplate` makes is over 255"
-        " bytes: MINOR SOFT, `WriteMessage` says why",
+        " 0) or outside `store.roots`, `FileName` is empty, the name `FileTemplate` makes is over 255"
+        " bytes, or the last capture is still closing (`Capture_RBV` still 1 after a `Capture` 0 put"
+        " without completion, its `NumCapture` reached, or its series aborted): MINOR SOFT, `WriteMessage`"
+        " says why",
     ),
     _rbv(
         "HDF1:Capture_RBV",

@@ -541,6 +541,40 @@ def test_a_series_stopped_at_the_camera_ends_abort_and_one_the_appliance_did_not
     assert stack.procs["daemon"].poll() is None
 
 
+def test_acquire_0_inside_a_capture_completes_once_the_capture_closed_and_a_next_capture_opens(
+    stack: Stack,
+) -> None:
+    """An outside probe: inside an open capture, ``caput -c Acquire 0`` returned while the capture's run
+    was still ending (``Capture_RBV`` 1 for another second); the ``Capture 1`` that followed was taken
+    as "already capturing", then dropped when that capture closed: no file, no refusal, and the next
+    acquisition's frames in a run of their own. The abort ends the capture (docs/bluesky.md): the 0
+    completes once it has, and the next capture opens."""
+    epics = _epics()
+    p = stack.prefix
+    _put(stack, "HDF1:FileName", "capx")
+    _put(stack, "HDF1:NumCapture", 0)
+    _put(stack, "NumImages", 2000)
+    _put(stack, "AcquirePeriod", 0.01)
+    _put(stack, "HDF1:Capture", 1)
+    assert epics.caput(p + "Acquire", 1, wait=False) == 1
+    wait_until(
+        lambda: (epics.caget(p + "HDF1:NumCaptured_RBV", use_monitor=False) or 0) >= 5, 30, "frames captured"
+    )
+    _put(stack, "Acquire", 0, timeout=30)
+    assert epics.caget(p + "HDF1:Capture_RBV", use_monitor=False) == 0  # closed as the 0 completes
+    _put(stack, "HDF1:FileName", "capy")
+    _put(stack, "HDF1:Capture", 1)
+    meta = epics.PV(p + "HDF1:Capture", form="ctrl").get_with_metadata(timeout=5, use_monitor=False)
+    assert meta["severity"] == 0, (meta, epics.caget(p + "HDF1:WriteMessage", as_string=True))
+    assert epics.caget(p + "HDF1:Capture_RBV", use_monitor=False) == 1
+    assert "capy" in epics.caget(p + "HDF1:FullFileName_RBV", as_string=True, use_monitor=False)
+    time.sleep(1.5)  # (the old capture's close came about a second after the 0 and took this one along)
+    assert epics.caget(p + "HDF1:Capture_RBV", use_monitor=False) == 1
+    _put(stack, "HDF1:Capture", 0, timeout=30)
+    assert epics.caget(p + "HDF1:Capture_RBV", use_monitor=False) == 0
+    assert stack.procs["daemon"].poll() is None
+
+
 def test_a_run_longer_than_its_nominal_length_completes_when_its_frames_are_in(
     tmp_path: Path, ca_port: int, edge_ca_port: int
 ) -> None:
