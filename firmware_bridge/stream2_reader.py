@@ -14,6 +14,7 @@ does not decode is a loss record ``stream2_bad_chunk``; a message the codec reje
 from __future__ import annotations
 
 import logging
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -204,10 +205,15 @@ class Stream2Source(ZmqStreamSource):
             start.number_of_images,
             repr(start.metadata),
         )
-        if self._repeated_start(key):
+        if self._repeated_start(key, partial(self._take_start, start, key)):
             return
         if self._late_start(start.series, expected):
             return
+        self._take_start(start, key)
+
+    def _take_start(self, start: Stream2Start, key: Any) -> None:
+        """A series start taken: the open series, if any, ends ``fail`` (its end never came), and the new
+        one opens its run (at its first image when the start names no dtype)."""
         if self._series is not None:
             # its end never came: the run ends "fail", the frames it announced and never sent are lost
             self._end_series(self._missing("series_restarted"), exit_status="fail")
@@ -270,6 +276,7 @@ class Stream2Source(ZmqStreamSource):
         super()._end_series(reason, exit_status)
 
     def _image(self, image: Stream2Image) -> None:
+        self._rearmed(image.series, image.frame)
         if not self._leave_for(image.series) or self._older_series(image.series, image.frame):
             return  # a stray of another series: counted only
         if self._series is None:  # no start seen (the daemon restarted mid-series): as the JSON reader

@@ -14,6 +14,8 @@ import logging
 import threading
 import time
 from collections import Counter, deque
+from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -182,6 +184,10 @@ class ZmqStreamSource:
         # put down to it (an outside probe: a sender that dropped a frame, sent its end and went away)
         self._drop_pending = False
         self._dropped_at: float | None = None  # a drop no event followed yet (see _connection_events)
+        # the open series' start came again, identical, after the connection dropped: a sender that re-armed
+        # (its next image goes back to a frame the run has) or one that repeats its start on a new
+        # connection (it goes on): the start taken as a new series, called by the next image (`_rearmed`)
+        self._restart_pending: Callable[[], None] | None = None
         self._multipart_seen = 0  # messages_multipart_rejected at the last look (`_warn_multipart`)
 
     @property
@@ -482,48 +488,11 @@ class ZmqStreamSource:
         if isinstance(event, SeriesStart):
             self._flush_errors_before_run()
             key = (event.series, json.dumps(event.config, sort_keys=True, default=str))
-            if self._repeated_start(key):
+            if self._repeated_start(key, partial(self._series_started, event, key)):
                 return slot
             if self._late_start(event.series, event.frames_expected, event.config.get("run_uid")):
                 return slot
-            if self._series is not None:
-                self._end_series(self._missing("series_restarted"), exit_status="fail")  # its end never came
-            self._series = event.series
-            self._start_key = key
-            self._start_rejected = None
-            self._unreadable_between = 0
-            self._next_frame = 0
-            self._newest = None
-            self._gaps.clear()
-            self._held.clear()
-            self._frames_expected = event.frames_expected
-            self.stats["series_started"] += 1
-            announced = event.config.get("frames_expected")
-            if announced is not None and event.frames_expected is None:
-                self.stats["frames_expected_ignored"] += 1
-                log.warning(
-                    "series %d announces frames_expected=%.200r, not an integer in 0..%d: its length is"
-                    " taken as unknown",
-                    event.series,
-                    announced,
-                    MAX_FRAMES_EXPECTED,
-                )
-            # the announced length as the codec bounded it (None when absent or beyond int64)
-            config, reserved = detector_config({**event.config, "frames_expected": event.frames_expected})
-            if reserved:
-                self.stats["header_fields_reserved"] += len(reserved)
-                log.warning(
-                    "series %d header sets %s, which only the receiver sets: kept aside, not acted on",
-                    event.series,
-                    ", ".join(reserved),
-                )
-            self._refused = self.sink.series_start(event.series, config)
-            if self._refused is not None:
-                self.stats["series_refused"] += 1
-                log.error("series %d refused: %s", event.series, self._refused)
-                if self._frames_expected:
-                    self.sink.lost(0, self._frames_expected - 1, "run_refused", self._refused)
-                    self._next_frame = self._frames_expected
+            self._series_started(event, key)
             return slot
         if isinstance(event, SeriesEnd):
             self._rejected_series_ended()
@@ -539,6 +508,48 @@ class ZmqStreamSource:
             return slot
         return slot  # pragma: no cover
 
+    def _series_started(self, event: SeriesStart, key: Any) -> None:
+        """A series start taken: the open series, if any, ends ``fail`` (its end never came), and the new
+        one opens its run."""
+        if self._series is not None:
+            self._end_series(self._missing("series_restarted"), exit_status="fail")  # its end never came
+        self._series = event.series
+        self._start_key = key
+        self._start_rejected = None
+        self._unreadable_between = 0
+        self._next_frame = 0
+        self._newest = None
+        self._gaps.clear()
+        self._held.clear()
+        self._frames_expected = event.frames_expected
+        self.stats["series_started"] += 1
+        announced = event.config.get("frames_expected")
+        if announced is not None and event.frames_expected is None:
+            self.stats["frames_expected_ignored"] += 1
+            log.warning(
+                "series %d announces frames_expected=%.200r, not an integer in 0..%d: its length is"
+                " taken as unknown",
+                event.series,
+                announced,
+                MAX_FRAMES_EXPECTED,
+            )
+        # the announced length as the codec bounded it (None when absent or beyond int64)
+        config, reserved = detector_config({**event.config, "frames_expected": event.frames_expected})
+        if reserved:
+            self.stats["header_fields_reserved"] += len(reserved)
+            log.warning(
+                "series %d header sets %s, which only the receiver sets: kept aside, not acted on",
+                event.series,
+                ", ".join(reserved),
+            )
+        self._refused = self.sink.series_start(event.series, config)
+        if self._refused is not None:
+            self.stats["series_refused"] += 1
+            log.error("series %d refused: %s", event.series, self._refused)
+            if self._frames_expected:
+                self.sink.lost(0, self._frames_expected - 1, "run_refused", self._refused)
+                self._next_frame = self._frames_expected
+
     def _series_for(self, series: int, frame: int, shape: tuple[int, int], dtype: str) -> bool:
         """Open the run an image of ``series`` goes into, when it is not the open one; False for an image
         that belongs to no run here (a stray of another series: counted, `_stray`).
@@ -546,6 +557,7 @@ class ZmqStreamSource:
         An image of another series than the open one gets here only after a rejected series start, or a
         message too damaged to say what it was (the codecs reject it otherwise, as ``wrong_series``). See
         `_leave_for` for when it ends the open series."""
+        self._rearmed(series, frame)
         if not self._leave_for(series) or self._older_series(series, frame):
             return False
         if self._series is None:
@@ -783,19 +795,59 @@ class ZmqStreamSource:
             self._interrupted_seen[series] = known
         return known
 
-    def _repeated_start(self, key: Any) -> bool:
+    def _repeated_start(self, key: Any, restart: Callable[[], None]) -> bool:
         """True for a start identical to the open series' own (its series and every field): a copy the
         sender or the network repeated. Before, it ended the series ``fail`` and opened a second run of
-        the same frames: each stored in one and lost in the other."""
+        the same frames: each stored in one and lost in the other.
+
+        After the connection dropped during the series, ZeroMQ repeats nothing: the sender sent it again,
+        re-armed for a new acquisition or repeating its start on its new connection. The next image
+        tells (`_rearmed`): ``restart`` (the start taken as a new series) is called if it goes back to a
+        frame the run has. Before, a re-armed sender's frames 0.. were dropped as duplicates (a counter
+        only) and its later ones stored in the old run, which ended ``success`` (an outside probe)."""
         if self._series is None or key != self._start_key:
             return False
+        dropped = self._dropped_in_series
+        if dropped is not None and dropped[0] == self._series:
+            self._restart_pending = restart
+            self.stats["starts_after_drop"] += 1
+            log.warning(
+                "series %d: its start came again, identical, after the connection dropped: a new"
+                " acquisition if its next image goes back to a frame the run has, else a repeat",
+                self._series,
+            )
+            return True
+        self._start_repeated()
+        return True
+
+    def _start_repeated(self) -> None:
         self.stats["starts_repeated"] += 1
         log.warning(
             "series %d: its start came again, identical, while the series is open: ignored (%d so far)",
             self._series,
             self.stats["starts_repeated"],
         )
-        return True
+
+    def _rearmed(self, series: int, frame: int) -> None:
+        """An image of the open series after its start came again following a drop (`_repeated_start`):
+        a frame number the run has already (received or recorded lost, not a held gap's) means the
+        sender began a new acquisition: the open series ends ``fail`` (its frames not received
+        ``series_restarted``) and the start opens a run of its own, before the image is taken."""
+        restart = self._restart_pending
+        if restart is None or series != self._series:
+            return
+        self._restart_pending = None
+        if frame < self._next_frame and not any(g.first <= frame <= g.last for g in self._held):
+            self.stats["series_rearmed_after_drop"] += 1
+            log.warning(
+                "series %d: frame %d came after its start was sent again on a new connection: a new"
+                " acquisition, in a run of its own (the open run ends fail)",
+                series,
+                frame,
+            )
+            restart()
+        else:
+            self._start_repeated()
 
     def _late_start(self, series: int, frames_expected: int | None, run_uid: Any = None) -> bool:
         """A start of the series that is open already, opened from its own images (`_adopt`): its images
@@ -1035,6 +1087,7 @@ class ZmqStreamSource:
         self._release_gaps(time.monotonic(), everything=True)
         self._count_drop_in_series(time.monotonic())  # (it may end between two looks at the connection)
         self._dropped_in_series = None  # the next series may carry the same number: not its drop
+        self._restart_pending = None
         self._drop_unexplained = self._drop_pending = False
         self._unreadable = 0
         expected = self._frames_expected

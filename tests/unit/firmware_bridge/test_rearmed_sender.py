@@ -1,0 +1,128 @@
+"""A sender whose connection dropped during a series and that sends the series' start again, identical:
+re-armed for a new acquisition (its next image goes back to frame 0), or repeating its start on its new
+connection (it goes on). The next image tells. An outside firmware probe: a re-armed sender's frames
+0..2 were dropped as duplicates (a counter only), its frames 3..4 stored in the old run beside the old
+acquisition's 0..2, and that run ended ``success``. Real ZeroMQ sockets on loopback; the messages are
+built from docs/wire-formats.md by the helpers of the reader tests."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+import zmq
+from test_stream2_reader import Sink as Stream2Sink
+from test_stream2_reader import _series
+from test_stream_frame_bounds import Sink, header, image, part
+
+from firmware_bridge.stream2_reader import Stream2Source
+from firmware_bridge.zmq_reader import ZmqStreamSource
+
+
+class _Ends(Sink):
+    def __init__(self) -> None:
+        super().__init__()
+        self.ends: list[str] = []
+
+    def series_end(self, series: int, exit_status: str = "success") -> None:
+        self.ends.append(exit_status)
+        super().series_end(series, exit_status)
+
+
+def _wait(predicate: Callable[[], Any], what: str) -> None:
+    deadline = time.monotonic() + 10
+    while not predicate():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.02)
+
+
+def _reconnecting(
+    reader_type: type[ZmqStreamSource],
+    sink: Any,
+    first: list[Any],
+    second: list[Any],
+    send: Callable[[zmq.Socket, Any], None],
+    received: Callable[[], int],
+    ends: int,
+) -> ZmqStreamSource:
+    """``first`` from one sender, which then closes its socket; once the reader saw the drop, ``second``
+    from a new sender bound to the same port."""
+    context = zmq.Context()
+    push = context.socket(zmq.PUSH)
+    port = push.bind_to_random_port("tcp://127.0.0.1")
+    reader = reader_type(f"tcp://127.0.0.1:{port}", sink, context)
+    reader.start()
+    try:
+        for message in first:
+            send(push, message)
+        _wait(lambda: received() == len(first) - 1, "the first acquisition's frames")
+        push.close(0)
+        _wait(lambda: reader.counters().get("connections_dropped", 0) >= 1, "the drop seen")
+        push = context.socket(zmq.PUSH)
+        push.bind(f"tcp://127.0.0.1:{port}")
+        for message in second:
+            send(push, message)
+        _wait(lambda: len(sink.ends) >= ends, "the series' ends")
+    finally:
+        reader.stop()
+        push.close(0)
+        context.term()
+    return reader
+
+
+def _json(sink: _Ends, first: list[Any], second: list[Any], ends: int) -> ZmqStreamSource:
+    return _reconnecting(
+        ZmqStreamSource, sink, first, second, lambda s, m: s.send_multipart(m), lambda: len(sink.frames), ends
+    )
+
+
+END = [part({"htype": "dseries_end-1.0", "series": 5})]
+
+
+def test_a_json_sender_re_armed_with_the_same_start_gets_a_run_of_its_own() -> None:
+    sink = _Ends()
+    first = [header(5, 8), *(image(5, n) for n in range(3))]
+    reader = _json(sink, first, [header(5, 8), *(image(5, n) for n in range(8)), END], ends=2)
+    assert len(sink.configs) == 2 and sink.ends == ["fail", "success"]
+    assert sink.losses == [(3, 7, "series_restarted")]  # the first acquisition's, never sent
+    assert sink.frames == [0, 1, 2, *range(8)]
+    counters = reader.counters()
+    assert counters["starts_after_drop"] == 1 and counters["series_rearmed_after_drop"] == 1
+    assert counters.get("frames_duplicate", 0) == 0
+
+
+def test_a_json_sender_that_repeats_its_start_on_a_new_connection_and_goes_on_keeps_its_run() -> None:
+    sink = _Ends()
+    first = [header(5, 8), *(image(5, n) for n in range(3))]
+    reader = _json(sink, first, [header(5, 8), *(image(5, n) for n in range(3, 8)), END], ends=1)
+    assert len(sink.configs) == 1 and sink.ends == ["success"] and sink.losses == []
+    assert sink.frames == list(range(8))
+    counters = reader.counters()
+    assert counters["starts_repeated"] == 1 and counters.get("series_rearmed_after_drop", 0) == 0
+
+
+@pytest.mark.parametrize("rearmed", [True, False])
+def test_a_stream2_sender_after_a_drop_is_told_by_its_next_image(rearmed: bool) -> None:
+    messages = _series(1, 5)  # start, images 0..4, end
+    sink = Stream2Sink()
+    second = [messages[0], *(messages[1:] if rearmed else messages[4:])]
+    reader = _reconnecting(
+        Stream2Source,
+        sink,
+        messages[:4],
+        second,
+        lambda s, m: s.send(m),
+        lambda: len(sink.published),
+        ends=2 if rearmed else 1,
+    )
+    counters = reader.counters()
+    if rearmed:
+        assert len(sink.configs) == 2 and [status for _, status in sink.ends] == ["fail", "success"]
+        assert (3, 4, "series_restarted") in sink.losses
+        assert sorted(frame for run, frame in sink.frames if run == 2) == [0, 1, 2, 3, 4]
+        assert counters["series_rearmed_after_drop"] == 1
+    else:
+        assert len(sink.configs) == 1 and sink.ends == [(1, "success")] and sink.losses == []
+        assert sorted(sink.published) == [0, 1, 2, 3, 4] and counters["starts_repeated"] == 1
