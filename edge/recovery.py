@@ -469,8 +469,10 @@ def resume_interrupted(
     )
     if handed or added:  # its documents (written when it ended) no longer tell its account: a new revision
         recorder.documents_when_possible(run_uid, str(ledger.run(run_uid)["exit_status"] or "fail"))
-    try:  # what is lost for sure, now that the series is known to go on
-        lost: int | str = int(ledger.run_totals(run_uid)["frames_lost"])
+    try:  # what is lost for sure, now that the series is known to go on: in the ledger, and held for it
+        # while the disk is full (an outside probe read "now counts 0" of a run that counted 172)
+        held = sum(int(r["last_frame"]) - int(r["first_frame"]) + 1 for r in recorder.held_losses(run_uid))
+        lost: int | str = int(ledger.run_totals(run_uid)["frames_lost"]) + held
     except Exception:  # (its records held while the disk is full): not known yet
         lost = "an unknown number of"
     log.warning(

@@ -348,7 +348,9 @@ def test_rows_never_say_stored_before_their_file_closes_however_many_wait(tmp_pa
     assert writer.finish() is None and len(writer.rows) == MAX_WAITING_ROWS + 5
 
 
-def test_a_crash_recovered_on_a_full_disk_is_continued_and_hands_over_its_held_losses(tmp_path: Path) -> None:
+def test_a_crash_recovered_on_a_full_disk_is_continued_and_hands_over_its_held_losses(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     """An outside chaos probe: the daemon killed with the disk full (the ledger's reserve already used),
     restarted on it while the series went on. Recovery's writes (the run's end, its daemon_crash
     records) were held in memory: the resumed run found no interrupted run ("continues run unknown"),
@@ -369,10 +371,13 @@ def test_a_crash_recovered_on_a_full_disk_is_continued_and_hands_over_its_held_l
     assert ledger.run(run_uid)["ended_at"] is None and ledger.losses(run_uid) == []  # all held
     assert [(r["first_frame"], r["last_frame"]) for r in recorder.held_losses(run_uid)] == [(30, 99)]
 
-    link = resume_interrupted(recorder, report, series=3, first_frame=40)
+    with caplog.at_level(logging.WARNING, logger="edge.recovery"):
+        link = resume_interrupted(recorder, report, series=3, first_frame=40)
 
     assert link == {"resumes_run": run_uid}
     assert [(r["first_frame"], r["last_frame"]) for r in recorder.held_losses(run_uid)] == [(30, 39)]
+    # the resume's line counts the held records too (it said "now counts 0 frames lost")
+    assert any("now counts 10 frames lost" in r.getMessage() for r in caplog.records), caplog.text
     assert report["frames_lost"] == 10 and report["frames_handed_over"] == 60
     assert not list((tmp_path / run_uid).glob("*.documents*.jsonl"))  # waiting for space, not raised
     recorder.retry_pending()  # space returns
