@@ -68,7 +68,28 @@ def stall(required: list[str], forwarder: Mapping[str, Any]) -> str | None:
     if forwarder.get("ledger_refusing"):
         return "the appliance's own disk is full: its ledger cannot record acknowledgements"
     missing = _missing(required, forwarder)
-    return f"no consumer connected: {', '.join(missing)} must pull" if missing else None
+    if missing:
+        return f"no consumer connected: {', '.join(missing)} must pull"
+    # a required consumer refusing chunks and held back for it (its disk full, say): an outside probe read
+    # "ETA 30 s" in `edge where` beside the outlook's "stalled"
+    refusals = _refusals(required, forwarder)
+    held = {str(c.get("consumer")) for c in forwarder.get("consumers") or [] if c.get("held_back")}
+    if refusals.keys() & held:
+        said = "; ".join(f"{name}: {why}" for name, why in sorted(refusals.items()) if name in held)
+        return f"consumer refusing chunks ({said[:300]})"
+    return None
+
+
+def _refusals(required: list[str], forwarder: Mapping[str, Any]) -> dict[str, str]:
+    """The connected required consumers that refused chunks in the last ``REFUSING_SECONDS``: why."""
+    return {
+        str(c.get("consumer")): str(c.get("last_refusal"))
+        for c in forwarder.get("consumers") or []
+        if c.get("connected")
+        and str(c.get("consumer")) in required
+        and c.get("seconds_since_refusal") is not None
+        and float(c["seconds_since_refusal"]) < REFUSING_SECONDS
+    }
 
 
 def upstream_outlook(
@@ -86,14 +107,7 @@ def upstream_outlook(
     connected = sorted(str(c.get("consumer")) for c in consumers if c.get("connected"))
     required = list(ledger.required_consumers)
     missing = _missing(required, forwarder)
-    refusals = {
-        str(c.get("consumer")): str(c.get("last_refusal"))
-        for c in consumers
-        if c.get("connected")
-        and str(c.get("consumer")) in required
-        and c.get("seconds_since_refusal") is not None
-        and float(c["seconds_since_refusal"]) < REFUSING_SECONDS
-    }
+    refusals = _refusals(required, forwarder)
     silent = {
         str(c.get("consumer")): float(c["seconds_unanswered"])
         for c in consumers

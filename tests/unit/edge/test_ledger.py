@@ -361,6 +361,14 @@ def test_a_run_s_eta_is_none_while_delivery_is_stalled(tmp_path: Path) -> None:
     assert "(stalled: no consumer connected: tape must pull)" in render(report)
     assert stall(["hpc"], consumers) is None
     assert "ledger cannot record" in str(stall(["hpc"], {**consumers, "ledger_refusing": True}))
+    # a required consumer refusing chunks (its disk full) and held back for it: "ETA 30 s" before
+    refusing = {"consumer": "hpc", "connected": True, "last_refusal": "No space left on device"}
+    refusing |= {"seconds_since_refusal": 1.0}
+    assert stall(["hpc"], {"consumers": [refusing]}) is None  # (one refusal, not held back: still going)
+    why = stall(["hpc"], {"consumers": [{**refusing, "held_back": True}]})
+    assert why == "consumer refusing chunks (hpc: No space left on device)"
+    old_refusal = {**refusing, "held_back": True, "seconds_since_refusal": 600.0}
+    assert stall(["hpc"], {"consumers": [old_refusal]}) is None
     ledger.close()
 
 
