@@ -272,6 +272,8 @@ class ForwarderSession:
             consumer.held.pop(message.chunk_id, None)
             consumer.nacks.pop(message.chunk_id, None)
             taken = consumer.chunk_files.get(message.chunk_id)
+            # several files refused: the consumer's trouble (its disk full), not one file's (too big)
+            several_refused = len(consumer.file_refusals) > 1
             if taken is not None:  # it takes that file's chunks again
                 consumer.files_held.pop(taken, None)
                 consumer.file_refusals.pop(taken, None)
@@ -281,6 +283,14 @@ class ForwarderSession:
                     consumer.name,
                     consumer.refused_in_a_row,
                 )
+            if consumer.refusing_everything and several_refused:
+                # what refused every file (its disk full) is gone: the files and chunks it held back go
+                # now, not after their own pauses (an outside probe: the first file refused arrived a
+                # minute after those stored since, the outlook saying "delivering"). Refusals of one
+                # file only are that file's: it keeps its pause (one too big for the consumer)
+                consumer.files_held.clear()
+                consumer.file_refusals.clear()
+                consumer.held.clear()
             consumer.refused_in_a_row, consumer.hold_back, consumer.held_back_until = 0, 0.0, 0.0
         elif isinstance(message, p.Nack):
             if consumer.in_flight.pop(message.chunk_id, None) is None:

@@ -449,6 +449,48 @@ def test_a_file_too_big_for_the_consumer_does_not_hold_back_the_files_that_fit(t
     ledger.close()
 
 
+def test_once_a_consumer_that_refused_everything_takes_a_chunk_its_held_files_go_at_once(
+    tmp_path: Path,
+) -> None:
+    """An outside probe: the HPC side's disk full, then freed: the files met by the refusals (several of
+    their chunks refused, so held with pauses doubling to 60 s) arrived a minute after the file stored
+    since, while the outlook said "delivering". The consumer taking a chunk again after refusing
+    every file ends each one's pause: what held them is gone. (Refusals of one file only keep it
+    held: the test above, a file too big for the consumer.)"""
+    ledger = Ledger(tmp_path / "ledger.sqlite", required_consumers=("hpc",))
+    ledger.run_started("run", 1, 2, "{}")
+
+    def store(n: int) -> int:
+        path = tmp_path / f"run_{n:05d}.h5"
+        path.write_bytes(bytes([n]) * 1024 * 8)  # 8 chunks of 1024
+        size, digest, parts = file_checksums(path, 1024)
+        return ledger.file_stored("run", path.name, path, size, digest, (n, n, 1), parts)
+
+    refused_file = store(0)
+    other_refused = store(1)
+    session = ForwarderSession(ledger, resend_seconds=1.0)
+    connect(session, credit=16)
+    now = 0.0
+    while now < 61.0:  # the disk is full: every chunk refused, the file held (60 s), the consumer too
+        for chunk in chunks(session.tick(now)):
+            session.receive(PEER, frames(p.Nack(chunk.chunk_id, "No space left on device")), now)
+        now += 0.5
+    assert session.consumer_states(now)[0]["held_back"]
+    store(2)  # space again, and a new file: its chunk goes first, at the end of the consumer's pause
+    acked: dict[int, set[int]] = {}
+    first_taken = None
+    while now < 400.0 and sum(map(len, acked.values())) < 24:
+        for chunk in chunks(session.tick(now)):
+            ack(session, chunk, now)
+            acked.setdefault(chunk.file_id, set()).add(chunk.chunk_id)
+            first_taken = now if first_taken is None else first_taken
+        now += 0.5
+    assert len(acked.get(refused_file, ())) == len(acked.get(other_refused, ())) == 8
+    assert first_taken is not None
+    assert now - first_taken <= 3.0, f"the refused files went {now - first_taken:.1f} s after the first chunk"
+    ledger.close()
+
+
 def test_a_consumer_name_outside_the_rules_is_refused(ledger: Ledger) -> None:
     session = ForwarderSession(ledger)
     for name in ("", "a/b", "x" * 65, "hpc\n"):
