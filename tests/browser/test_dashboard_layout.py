@@ -436,3 +436,72 @@ def test_many_runs_and_a_store_at_its_quota_on_a_wall(chromium: str, tmp_path: P
     assert label.startswith("80.8 % of the store's"), label
     assert label.endswith("used, full at 75 % · new runs refused"), label
     assert width.startswith("80.8"), width
+
+
+#: JavaScript: the page's height against the window's, where the runs card is, and its rows in view.
+FITS = """(() => {
+  const doc = document.documentElement, card = document.getElementById('runs-card').getBoundingClientRect();
+  const box = document.querySelector('#runs-card .scroll-x').getBoundingClientRect();
+  const rows = [...document.querySelectorAll('#runs tr[data-run]')].filter((tr) => {
+    const r = tr.getBoundingClientRect(); return r.top >= box.top && r.bottom <= box.bottom + 1; }).length;
+  return {scrollHeight: doc.scrollHeight, clientHeight: doc.clientHeight, runsBottom: card.bottom, rows,
+          alarms: document.querySelectorAll('#alarms li').length};
+})()"""
+
+
+def test_the_page_fits_a_control_room_screen_with_a_square_detector_and_alarms(
+    chromium: str, tmp_path: Path
+) -> None:
+    """An outside probe, a 256 x 256 detector in powder mode with 23 runs: the page was 1072 px tall at
+    1800 x 1000, 1086 at 1920 x 1080, 2191 at 3840 x 2160, and 1244 at 1920 x 1080 with two alarms (a
+    square live image makes the first row of cards taller than the scripted wide detector's; the runs
+    table's 20vh and the page's bottom padding fitted no screen exactly). From 1800 px the page is the
+    screen: the runs card takes what the rest leaves, its table scrolling inside it. One alarm spans
+    the row (it filled the left half beside an empty hole)."""
+    view = ScriptedView()
+    now = time.time()
+    for n in range(24):
+        uid = f"{n:08x}-aaaa-4bbb-8ccc-0123456789ab"
+        view.add_run(
+            ScriptedRun(uid, now - 3600 + 60 * n, now - 3590 + 60 * n, "success", run_files(uid, 2, 2), [])
+        )
+    view.new_frame(5)
+    assert view.preview is not None
+    view.preview.update(
+        detector_height=256, detector_width=256, height=32, width=32,
+        pixels_b64=base64.b64encode(bytes(range(256)) * 4).decode(),
+    )  # fmt: skip
+    view.profile = {
+        "unit": "q_nm^-1",
+        "radial": [0.1 * i for i in range(1, 201)],
+        "intensity": [100.0 / (1 + ((i % 40) - 20) ** 2) + 2 for i in range(200)],
+    }
+    calm = (view.base["store"], view.base["detector"])
+    with serve(view) as (url, _server):
+        for width, height in ((1800, 1000), (1920, 1080), (3840, 2160)):
+            view.base["store"], view.base["detector"] = calm
+            browser = Browser(chromium, tmp_path / f"chromium-{width}", width=width, height=height)
+            try:
+                browser.goto(url)
+                browser.wait_for("document.querySelectorAll('#runs tr[data-run]').length >= 24", 15, "runs")
+                browser.wait_for("document.getElementById('preview-empty').hidden", 10, "the live image")
+                facts = browser.evaluate(FITS)
+                assert facts["scrollHeight"] <= facts["clientHeight"], (width, facts)
+                assert facts["runsBottom"] <= height and facts["rows"] >= 3, (width, facts)
+                view.base["store"] = {
+                    **view.base["store"],
+                    "disk_full": {"full": True, "since": now - 30, "episodes": 1, "reason": "no space left"},
+                }
+                browser.wait_for("document.querySelectorAll('#alarms li').length === 1", 15, "one alarm")
+                spans = browser.evaluate(
+                    "(() => { const li = document.querySelector('#alarms li').getBoundingClientRect();"
+                    " return [li.width, document.getElementById('alarms').clientWidth]; })()"
+                )
+                assert spans[0] >= 0.9 * spans[1], spans  # the whole row, not its left half
+                view.base["detector"] = {**view.base["detector"], "connected": False, "state": "Disconnected"}
+                browser.wait_for("document.querySelectorAll('#alarms li').length === 2", 15, "two alarms")
+                facts = browser.evaluate(FITS)
+                assert facts["scrollHeight"] <= facts["clientHeight"], (width, facts)
+                assert facts["runsBottom"] <= height and facts["rows"] >= 1, (width, facts)
+            finally:
+                browser.close()
