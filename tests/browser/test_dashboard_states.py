@@ -292,6 +292,15 @@ def test_an_upstream_outage_shows_stalled_and_one_eta(
     view.base["upstream"]["consumers"][0].update(seconds_since_refusal=300.0)  # long ago: not shown
     browser.wait_for("document.querySelector('#consumers .warn') === null", 10, "an old refusal hidden")
 
+    # a daemon restarted, the consumer not back yet: known only from the ledger's acknowledgements (an
+    # outside probe read "never seen" beside "10 acked all time")
+    view.base["upstream"]["consumers"] = []
+    browser.wait_for(
+        "document.querySelector('#consumers tbody td:nth-child(2)').innerText === 'not since start'",
+        10,
+        "the consumer known from the ledger",
+    )
+
 
 def test_the_image_timestamp_advances_with_frames_and_stops_when_they_stop(
     url: str, view: ScriptedView, browser: Browser

@@ -769,7 +769,11 @@
     for (const c of acked) byName.set(c.consumer, { consumer: c.consumer, chunks_acked: c.chunks_acked });
     for (const c of live) byName.set(c.consumer, { ...(byName.get(c.consumer) || {}), ...c });
     const rows = [...byName.values()].map((c) => {
-      let link = '<span class="muted">never seen</span>';
+      // known only from the ledger's acknowledgements: not connected since this daemon started (an
+      // outside probe read "never seen" beside "107 acked all time" after a restart)
+      let link = c.chunks_acked > 0
+        ? '<span class="bad" title="it acknowledged chunks before this daemon started">not since start</span>'
+        : '<span class="muted">never seen</span>';
       if (c.connected === true) link = '<span class="good">connected</span>';
       else if (c.unreachable === true) {
         // short: the card is narrow on wide screens (five lines pushed the acked column out, a probe)
