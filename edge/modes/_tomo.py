@@ -41,6 +41,9 @@ class _EarlierScan:
         self.parts = earlier
         self.rows = rows
         self.darks = self.flats = 0
+        # the earlier runs whose files held darks or flats (named in ``flat_field``: a probe read the
+        # darks and flats "stored in run A, B" where B held projections only)
+        self.reference_runs: list[str] = []
         self.dark_sum = np.zeros(shape, np.float64)
         self.flat_sum = np.zeros(shape, np.float64)
         self.errors: list[str] = []
@@ -64,6 +67,11 @@ class _EarlierScan:
                             total += data[int(i)]
                     self.darks += int(np.count_nonzero(keys == 2))
                     self.flats += int(np.count_nonzero(keys == 1))
+                    # a run's files are in the store's directory named by its uid (a capture's file,
+                    # anywhere: all the runs then)
+                    held = [path.parent.name] if path.parent.name in earlier.runs else list(earlier.runs)
+                    if np.any((keys == 1) | (keys == 2)):
+                        self.reference_runs += [r for r in held if r not in self.reference_runs]
                     projections = np.flatnonzero((keys == 0) & np.isfinite(angles))
                     self.without_angle += int(np.count_nonzero(keys == 0)) - int(projections.size)
                     planned.append((path, projections, angles[projections]))
@@ -281,7 +289,7 @@ class TomoStage(_CorrectedStage):
             else [f"{n} {what}" for n, what in ((earlier.darks, "darks"), (earlier.flats, "flats")) if n]
         )
         inherited = (
-            f" (with the {' and '.join(taken)} stored in run {', '.join(earlier.parts.runs)})"
+            f" (with the {' and '.join(taken)} stored in run {', '.join(earlier.reference_runs)})"
             if earlier is not None and taken
             else ""
         )

@@ -186,3 +186,25 @@ def test_a_resumed_scan_whose_earlier_part_stored_no_darks_or_flats_credits_it_w
         stage.process(_frame(0, k), 4 + k, 0, float(ANGLES[k]))
     text = stage.finish()["flat_field"]
     assert text.startswith("applied without darks: projection / mean flat") and "stored in run" not in text
+
+
+def test_the_darks_and_flats_are_credited_to_the_run_that_stored_them(tmp_path: Path) -> None:
+    """An outside probe: a scan cut by two crashes (run A stored the darks, flats and projections, run B
+    projections only); the third run's ``flat_field`` said the darks and flats were "stored in run A,
+    B". Each run's files are in the store's directory named by its uid: only A is named."""
+    (tmp_path / "A").mkdir()
+    (tmp_path / "B").mkdir()
+    nan = float("nan")
+    first = _write(
+        tmp_path / "A", "A", [(0, 2, nan), (1, 1, nan)] + [(4 + k, 0, ANGLES[k]) for k in range(3)]
+    )
+    second = _write(tmp_path / "B", "B", [(4 + k, 0, ANGLES[k]) for k in range(3, 6)])
+    parts = EarlierParts(("A", "B"), (first, second))
+    stage = make_stage(
+        RunContext(get_backend("numpy"), GEOMETRY, SHAPE, 16, "2th_deg", _params(), earlier=parts)
+    )
+    stage.earlier._thread.join(10)  # type: ignore[attr-defined]
+    for k in range(6, len(ANGLES)):
+        stage.process(_frame(0, k), 4 + k, 0, float(ANGLES[k]))
+    text = stage.finish()["flat_field"]
+    assert text.endswith("(with the 1 darks and 1 flats stored in run A)"), text
