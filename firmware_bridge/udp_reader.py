@@ -649,8 +649,10 @@ class UdpSource:
                 event.frame_number,
                 event.frame_number,
                 "incomplete_frame",
-                f"{missing} of {event.packets_expected} packets missing; frame kept, flagged incomplete,"
-                " their pixels 0 (left out of its reduction)",
+                # per frame: consecutive frames missing as many are one record (an outside probe read
+                # "frames 51..52: 1 of 32 packets missing" as one packet for the two)
+                f"each frame {missing} of {event.packets_expected} packets missing; kept, flagged"
+                " incomplete, their pixels 0 (left out of its reduction)",
             )
         self.sink.publish(slot, header)
         self.stats["frames_received"] += 1

@@ -53,7 +53,7 @@ class RunSink:
 
     def series_start(self, series: int, config: dict[str, Any]) -> None:
         with self.lock:
-            self.runs.append({"config": config, "frames": [], "losses": []})
+            self.runs.append({"config": config, "frames": [], "losses": [], "details": []})
 
     def series_length(self, series: int, frames_expected: int) -> None:
         pass
@@ -65,6 +65,7 @@ class RunSink:
     def lost(self, first: int, last: int, reason: str, detail: str = "") -> None:
         with self.lock:
             self.runs[-1]["losses"].append((first, last, reason))
+            self.runs[-1]["details"].append(detail)
 
 
 def _wait(predicate: Callable[[], bool], what: str, timeout: float = 10.0) -> None:
@@ -297,6 +298,9 @@ def test_a_real_jump_under_loss_takes_the_packets_it_passed_on_its_way(reader: A
     assert run["frames"] == [*range(10), 100, 105, *range(110, 115)]
     losses = run["losses"]
     assert (105, 105, "incomplete_frame") in losses
+    # said per frame: consecutive frames missing as many packets are merged into one record by the ledger
+    (detail,) = [d for loss, d in zip(losses, run["details"], strict=True) if loss[2] == "incomplete_frame"]
+    assert detail.startswith("each frame 7 of 8 packets missing;"), detail
     lost = sorted(
         n for first, last, reason in losses if reason != "incomplete_frame" for n in range(first, last + 1)
     )
