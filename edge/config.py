@@ -95,9 +95,11 @@ class _Section(BaseModel):
     @field_validator("*", mode="before")
     @classmethod
     def _empty_file_is_unset(cls, value: Any, info: ValidationInfo) -> Any:
-        """An optional file given as "" is unset (`--set pull.curve_secret_file=` on the command line
-        clears a file's value), never Path("") = "." (an outside probe: "Is a directory")."""
-        if isinstance(value, str) and not value.strip() and (info.field_name or "").endswith("_file"):
+        """An optional file or directory given as "" is unset (`--set pull.curve_secret_file=` on the
+        command line clears a file's value), never Path("") = "." (an outside probe: "Is a directory";
+        another: an empty ``upstream.curve_clients_dir`` admitted the keys of the working directory)."""
+        optional_path = (info.field_name or "").endswith(("_file", "_dir"))
+        if isinstance(value, str) and not value.strip() and optional_path:
             admits = _plain_types(cls.model_fields[info.field_name].annotation)
             if Path in admits and type(None) in admits:
                 return None

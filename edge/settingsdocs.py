@@ -97,7 +97,8 @@ def render() -> str:
         "`EDGE_RING__SLOTS__X` below a value, or `EDGE_RING_SLOTS` with one underscore) is refused; other",
         "`EDGE_` names are no settings and are left alone.",
         "An unknown key or a value outside its range stops the command with the reason (exit status 2).",
-        "A `..._file` setting given empty (`--set reduction.mask_file=`) is unset, whatever set it before.",
+        "A `..._file` or `..._dir` setting given empty (`--set reduction.mask_file=`) is unset, whatever"
+        " set it before.",
         "Every command reads its own settings: give `edge where`, `edge pull` and `edge sim` the same file",
         "(or the same `--set`s) as the daemon where they must agree (`store.path`,",
         "`upstream.required_consumers`, endpoints, the detector's size).",

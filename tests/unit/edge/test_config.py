@@ -369,5 +369,8 @@ def test_an_optional_file_given_empty_is_unset(monkeypatch: pytest.MonkeyPatch) 
     assert settings.pull.curve_secret_file is None and settings.reduction.mask_file is None
     monkeypatch.setenv("EDGE_REDUCTION__DARK_FILE", "")
     assert load_settings().reduction.dark_file is None
+    # a directory too (an outside probe: an empty curve_clients_dir was ".", the working directory's keys
+    # admitted; unset, the daemon says CurveZMQ needs both settings)
+    assert load_settings(overrides=["upstream.curve_clients_dir="]).upstream.curve_clients_dir is None
     with pytest.raises(ConfigError, match=r"store\.path = '': empty"):
         load_settings(overrides=['store.path=""'])
