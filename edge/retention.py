@@ -36,6 +36,8 @@ from firmware_bridge.source import Checkpoint, Spawner, plain_spawn
 log = logging.getLogger(__name__)
 
 PRESSURE_RECHECK_S = 0.2
+#: seconds without growth after which the store is "not filling" (``forecast_seconds``)
+STILL_SECONDS = 10.0
 FREE_RECHECK_S = 0.01  # the disk's free space, asked before every frame, is measured this often at most
 PURGE_BATCH = 256  # verified files asked of the ledger at a time while purging down to the low water mark
 COMPACT_BATCH = 64  # purged files of an older ledger whose chunk rows are dropped per retention pass
@@ -411,6 +413,14 @@ class Retention:
         days" flickered on a store that was not filling (an outside dashboard probe)."""
         samples = list(self._samples)
         if len(samples) < 2:
+            return None
+        # not growing now: nothing in the last STILL_SECONDS above the least of the STILL_SECONDS before
+        # (a run that ended with its data not yet verified: "full in 8.4 s" on an idle appliance, an
+        # outside probe; the two-minute window's rate goes on for a minute and more after writing stops)
+        newest = samples[-1][0]
+        recent = [b for t, b in samples if t > newest - STILL_SECONDS]
+        before = [b for t, b in samples if newest - 2 * STILL_SECONDS < t <= newest - STILL_SECONDS]
+        if before and max(recent) <= min(before):
             return None
         k = max(1, len(samples) // 4)
         t0, b0 = samples[0][0], min(b for _, b in samples[:k])

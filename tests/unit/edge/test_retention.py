@@ -155,6 +155,12 @@ def test_the_fill_forecast_counts_only_data_retention_may_not_delete(ledger: Led
     retention.run_pass()
     # 20 kB in 20 s = 1 kB/s; 80 kB of room under the quota counting the verified 40 kB as room -> 80 s
     assert retention.forecast_seconds() == pytest.approx(80.0)
+    # writing stops, nothing verified: not filling once nothing grew for 10 s (an outside probe read "full
+    # in 8.4 s" on an idle appliance: the window's rate went on after the run had ended)
+    for _ in range(11):
+        clock.now += 1.0
+        retention.run_pass()
+    assert retention.forecast_seconds() is None
 
 
 def test_a_refused_run_says_the_sizes_in_units_people_read(ledger: Ledger, tmp_path: Path) -> None:
