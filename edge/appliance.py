@@ -202,6 +202,10 @@ class RingSink:
         # its view needs, decoded only when the view is read (see ``preview``)
         self._preview: tuple[np.ndarray, dict[str, Any]] | _ChunkPreview | None = None
         self._preview_at = 0.0
+        # the open series' last frame as it announced its length: always kept for the live view (an
+        # outside probe: an 8-frame run at 30 Hz left "frame 6" on the page for good, 7 fell between two
+        # previews)
+        self._last_frame: int | None = None
         self.newest_frame: int | None = None  # the detector's number of the newest frame published
         self.losses = 0
         # frames received into the newest run this daemon opened (the run's "received": the ledger keeps
@@ -247,7 +251,9 @@ class RingSink:
                 self._received_in_run += 1
         self.series_received += 1
         now = time.monotonic()
-        if now - self._preview_at >= PREVIEW_SECONDS:  # the live view skips the queue, as areaDetector's does
+        last = header.frame == self._last_frame
+        # the live view skips the queue, as areaDetector's does
+        if last or now - self._preview_at >= PREVIEW_SECONDS:
             self._preview_at = now
             pixels = slot.array()
             info = {
@@ -378,6 +384,7 @@ class RingSink:
             self._series_open = True
             self._abort_requested = False
             self.series_received = 0
+            self._last_frame = None
             self.series_starts += 1
             if self._capture_run is not None:  # a further acquisition of the open capture: same run
                 self.run_uid = self._capture_run
@@ -414,6 +421,8 @@ class RingSink:
             if ignored:  # recorded with the run, counted, and the files say "not reported" instead
                 config["header_fields_ignored"] = ignored
                 log.warning("series %d: header fields left out of the files: %s", series, "; ".join(ignored))
+            length = config.get("frames_expected")
+            self._last_frame = int(length) - 1 if isinstance(length, int) and length > 0 else None
             run_uid = self.recorder.open_run(
                 config.get("run_uid"), series, config.get("frames_expected"), config, reduction.get("mode")
             )
@@ -521,6 +530,7 @@ class RingSink:
         return mask if pixel_mask is not None else None
 
     def series_length(self, series: int, frames_expected: int) -> None:
+        self._last_frame = frames_expected - 1 if frames_expected > 0 else None
         run_uid = self.run_uid
         if run_uid is not None and not self.refused:
             self.recorder.run_length(run_uid, frames_expected)

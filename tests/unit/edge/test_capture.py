@@ -200,3 +200,19 @@ def test_the_series_after_one_cut_short_numbers_on_past_its_missing_frames(tmp_p
     frames = [e[1] for e in ring.events if isinstance(e, tuple) and e[0] == "frame"]
     assert frames == [*range(49), *range(110, 115)], frames
     assert recorder.losses == [("run1", 49, 109, "missing_at_series_end")]
+
+
+def test_the_live_view_keeps_a_series_last_frame() -> None:
+    """The receiver keeps a frame for the live view at most every 50 ms; an outside probe's 8-frame run at
+    30 Hz left "frame 6" on the page for good, its last frame between two previews. The frame the
+    series announced as its last is always kept (here all eight come within the same 50 ms)."""
+    sink, _ring, _recorder = _sink()
+    _series(sink, 1, 8)
+    preview = sink.preview
+    assert preview is not None and preview[1]["frame"] == 7
+    # a series of unknown length: only what the 50 ms allow (its first frame here)
+    assert sink.series_start(2, {"shape": [16, 16], "type": "uint16"}) is None
+    for frame in range(5):
+        sink.publish(_Slot(), FrameHeader(frame=frame, height=16, width=16, dtype="uint16"))  # type: ignore[arg-type]
+    preview = sink.preview
+    assert preview is not None and preview[1]["frame"] in (0, 7)
