@@ -37,6 +37,7 @@ import h5py
 import hdf5plugin  # noqa: F401  (filter 32008, to open salvaged files)
 import numpy as np
 
+from edge.ledger import PARTIAL_LOSS_REASONS
 from edge.recorder import RunRecorder
 from edge.store import DISPOSITION_CODES, ReducedWriter
 
@@ -287,8 +288,12 @@ def _accounted(recorder: RunRecorder, run_uid: str, vetoed: np.ndarray) -> list[
         else:
             covered += _ranges_of(np.asarray(_frame_numbers(Path(f["path"]), "/entry/data/frame_number")))
     covered += _ranges_of(vetoed)
-    covered += [(r["first_frame"], r["last_frame"]) for r in recorder.ledger.losses(run_uid)]
-    covered += [(r["first_frame"], r["last_frame"]) for r in recorder.held_losses(run_uid)]
+    # a partial loss (a UDP frame kept with packets missing) says the frame was stored, not where: in a
+    # file the crash quarantined it is in no account (an outside probe: 40 such frames had only their
+    # incomplete_frame record, neither stored nor lost)
+    losses = [*recorder.ledger.losses(run_uid), *recorder.held_losses(run_uid)]
+    whole = [r for r in losses if r["reason"] not in PARTIAL_LOSS_REASONS]
+    covered += [(r["first_frame"], r["last_frame"]) for r in whole]
     return covered
 
 
@@ -471,7 +476,11 @@ def resume_interrupted(
         recorder.documents_when_possible(run_uid, str(ledger.run(run_uid)["exit_status"] or "fail"))
     try:  # what is lost for sure, now that the series is known to go on: in the ledger, and held for it
         # while the disk is full (an outside probe read "now counts 0" of a run that counted 172)
-        held = sum(int(r["last_frame"]) - int(r["first_frame"]) + 1 for r in recorder.held_losses(run_uid))
+        held = sum(
+            int(r["last_frame"]) - int(r["first_frame"]) + 1
+            for r in recorder.held_losses(run_uid)
+            if r["reason"] not in PARTIAL_LOSS_REASONS
+        )
         lost: int | str = int(ledger.run_totals(run_uid)["frames_lost"]) + held
     except Exception:  # (its records held while the disk is full): not known yet
         lost = "an unknown number of"

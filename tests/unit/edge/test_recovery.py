@@ -487,3 +487,29 @@ def test_recovery_removes_the_empty_quarantine_directories_a_crash_left(tmp_path
     recover(RunRecorder(ledger, tmp_path, chunk_bytes=1 << 20), tmp_path)
     ledger.close()
     assert not (tmp_path / "quarantine" / "run-x").exists() and kept.read_bytes() == b"half"
+
+
+def test_a_frame_kept_incomplete_in_a_file_the_crash_left_unfinished_is_recorded_lost(tmp_path: Path) -> None:
+    """An outside probe (UDP, kill -9): frames received with packets missing have a partial loss record
+    (``incomplete_frame``: kept, flagged) as they arrive; those in the file the crash left unfinished
+    (quarantined, never stored) had only that record: recovery took it as their account, and 40 frames
+    were neither stored nor lost. A partial record accounts for no frame: they are ``daemon_crash``."""
+    from edge.recovery import recover
+
+    ledger = Ledger(tmp_path / "ledger.sqlite")
+    recorder = RunRecorder(ledger, tmp_path, chunk_bytes=1 << 20)
+    run_uid = recorder.open_run("run-u", series=1, frames_expected=10, config={"shape": [4, 4]})
+    data = tmp_path / run_uid / f"{run_uid}_00000.h5"
+    data.parent.mkdir()
+    data.write_bytes(b"frames 0..4")
+    recorder.register_file(run_uid, data, (0, 4, 5))
+    detail = "each frame 1 of 32 packets missing; kept, flagged incomplete"
+    recorder.loss(run_uid, 3, 3, "incomplete_frame", detail)  # stored (in the closed file)
+    recorder.loss(run_uid, 6, 7, "incomplete_frame", detail)  # in the file the crash left unfinished
+
+    recover(recorder, tmp_path)
+
+    losses = [(r["first_frame"], r["last_frame"], r["reason"]) for r in ledger.losses(run_uid)]
+    assert (5, 9, "daemon_crash") in losses, losses
+    totals = ledger.run_totals(run_uid)
+    assert (totals["frames_stored"], totals["frames_lost"]) == (5, 5), totals
