@@ -35,6 +35,7 @@ log = logging.getLogger(__name__)
 
 #: how often the open run's highest frame received is written to the ledger (``write_progress``)
 PROGRESS_SECONDS = 0.2
+SEEN_BEFORE_KEPT = 64  # runs moved on from whose highest frame waits for their end
 
 
 class RunRecorder:
@@ -67,11 +68,18 @@ class RunRecorder:
         self._seen: tuple[str, int] | None = None
         self._seen_written: tuple[str, int] | None = None
         self._seen_at = float("-inf")
+        # the highest frame of runs the receiver has moved on from, until their end is recorded (a next
+        # series' first frame came before the run's end: its frames_seen was 0, an outside probe)
+        self._seen_before: dict[str, int] = {}
 
     # -- a run's progress -------------------------------------------------------------------------------
     def frame_seen(self, run_uid: str, frame: int) -> None:
         """A frame received into ``run_uid`` (the receiving thread, every frame: memory only)."""
         seen = self._seen
+        if seen is not None and seen[0] != run_uid:
+            if len(self._seen_before) >= SEEN_BEFORE_KEPT:  # (runs never closed: the oldest forgotten)
+                del self._seen_before[next(iter(self._seen_before))]
+            self._seen_before[seen[0]] = seen[1]
         if seen is None or seen[0] != run_uid or frame > seen[1]:
             self._seen = (run_uid, frame)
 
@@ -170,6 +178,9 @@ class RunRecorder:
                     "run %s: every frame of the series was lost (%s); the run ends fail", run_uid, reasons
                 )
         seen = self._seen
+        before = self._seen_before.pop(run_uid, None)
+        if before is not None and (seen is None or seen[0] != run_uid):
+            seen = (run_uid, before)
         if seen is not None and seen[0] == run_uid and seen != self._seen_written:
             # the highest frame received, exact as the run ends (it lagged by up to PROGRESS_SECONDS:
             # an outside probe read frames_seen 4 of a run that stored 0..9, null of one of 2 frames)

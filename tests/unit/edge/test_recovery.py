@@ -462,6 +462,17 @@ def test_a_crashed_run_of_unknown_length_is_accounted_up_to_the_last_frame_it_re
         recorder.frame_seen(other, frame)
     recorder.close_run(other, 10, "success")
     assert ledger.run(other)["frames_seen"] == 9
+    # the next series' first frame received before a run's end is recorded (back to back: its end goes
+    # through the ring after frames the receiver has moved on from): still exact (it was 0, a probe)
+    third = recorder.open_run("run-w", series=74, frames_expected=None, config={})
+    for frame in range(6):
+        recorder.frame_seen(third, frame)
+    fourth = recorder.open_run("run-x", series=75, frames_expected=None, config={})
+    recorder.frame_seen(fourth, 0)
+    recorder.close_run(third, 6, "success")
+    assert ledger.run(third)["frames_seen"] == 5
+    recorder.close_run(fourth, 1, "success")
+    assert ledger.run(fourth)["frames_seen"] == 0
     ledger.close()
 
     ledger = Ledger(tmp_path / "ledger.sqlite")  # the restart
