@@ -183,6 +183,7 @@ class Stream2Source(ZmqStreamSource):
             self._flush_errors_before_run()
             self._start(event)
         else:
+            self._deferred_start(event.series, 0)  # a start held for its first image: none came
             self._rejected_series_ended()
             self._flush_errors_before_run()
             if self._stray_end(event.series):
@@ -208,6 +209,8 @@ class Stream2Source(ZmqStreamSource):
         if self._repeated_start(key, partial(self._take_start, start, key)):
             return
         if self._late_start(start.series, expected):
+            return
+        if self._start_after_restart(start.series, partial(self._take_start, start, key)):
             return
         self._take_start(start, key)
 
@@ -277,6 +280,7 @@ class Stream2Source(ZmqStreamSource):
 
     def _image(self, image: Stream2Image) -> None:
         self._rearmed(image.series, image.frame)
+        self._deferred_start(image.series, image.frame)
         if not self._leave_for(image.series) or self._older_series(image.series, image.frame):
             return  # a stray of another series: counted only
         if self._series is None:  # no start seen (the daemon restarted mid-series): as the JSON reader

@@ -188,6 +188,9 @@ class ZmqStreamSource:
         # (its next image goes back to a frame the run has) or one that repeats its start on a new
         # connection (it goes on): the start taken as a new series, called by the next image (`_rearmed`)
         self._restart_pending: Callable[[], None] | None = None
+        # a start of a series a restart cut, held until its first image (`_start_after_restart`)
+        self._start_deferred: tuple[int, Callable[[], None]] | None = None
+        self._seen_a_series = False  # a series opened (or held) since this reader started
         self._multipart_seen = 0  # messages_multipart_rejected at the last look (`_warn_multipart`)
 
     @property
@@ -492,9 +495,12 @@ class ZmqStreamSource:
                 return slot
             if self._late_start(event.series, event.frames_expected, event.config.get("run_uid")):
                 return slot
+            if self._start_after_restart(event.series, partial(self._series_started, event, key)):
+                return slot
             self._series_started(event, key)
             return slot
         if isinstance(event, SeriesEnd):
+            self._deferred_start(event.series, 0)  # a start held for its first image: none came
             self._rejected_series_ended()
             self._flush_errors_before_run()
             if self._stray_end(event.series):
@@ -558,6 +564,7 @@ class ZmqStreamSource:
         message too damaged to say what it was (the codecs reject it otherwise, as ``wrong_series``). See
         `_leave_for` for when it ends the open series."""
         self._rearmed(series, frame)
+        self._deferred_start(series, frame)
         if not self._leave_for(series) or self._older_series(series, frame):
             return False
         if self._series is None:
@@ -741,6 +748,7 @@ class ZmqStreamSource:
         after it was then taken as late, its uid lost).
         """
         named = {"detector_run_uid": detector_uid} if detector_uid else {}
+        self._seen_a_series = True
         if series == self._ended_series and self._start_rejected is None:
             return True  # (a straggler, `_note_frame`; after a rejected start, images of that id are the
             # new series': a sender reusing it)
@@ -797,27 +805,24 @@ class ZmqStreamSource:
 
     def _repeated_start(self, key: Any, restart: Callable[[], None]) -> bool:
         """True for a start identical to the open series' own (its series and every field): a copy the
-        sender or the network repeated. Before, it ended the series ``fail`` and opened a second run of
-        the same frames: each stored in one and lost in the other.
-
-        After the connection dropped during the series, ZeroMQ repeats nothing: the sender sent it again,
-        re-armed for a new acquisition or repeating its start on its new connection. The next image
-        tells (`_rearmed`): ``restart`` (the start taken as a new series) is called if it goes back to a
-        frame the run has. Before, a re-armed sender's frames 0.. were dropped as duplicates (a counter
-        only) and its later ones stored in the old run, which ended ``success`` (an outside probe)."""
+        sender or the network repeated, or a sender that re-armed for a new acquisition with the same
+        start (its end lost, or its connection dropped: ZeroMQ repeats nothing across connections).
+        Before, it ended the series ``fail`` and opened a second run of the same frames: each stored in
+        one and lost in the other; then it was ignored, and a re-armed sender's frames 0.. were dropped
+        as duplicates (a counter only), its later ones stored in the old run, ended ``success`` (outside
+        probes). The next image tells (`_rearmed`): ``restart`` (the start taken as a new series) is
+        called if it goes back to a frame the run has."""
         if self._series is None or key != self._start_key:
             return False
+        self._restart_pending = restart
         dropped = self._dropped_in_series
         if dropped is not None and dropped[0] == self._series:
-            self._restart_pending = restart
             self.stats["starts_after_drop"] += 1
             log.warning(
                 "series %d: its start came again, identical, after the connection dropped: a new"
                 " acquisition if its next image goes back to a frame the run has, else a repeat",
                 self._series,
             )
-            return True
-        self._start_repeated()
         return True
 
     def _start_repeated(self) -> None:
@@ -829,25 +834,62 @@ class ZmqStreamSource:
         )
 
     def _rearmed(self, series: int, frame: int) -> None:
-        """An image of the open series after its start came again following a drop (`_repeated_start`):
-        a frame number the run has already (received or recorded lost, not a held gap's) means the
-        sender began a new acquisition: the open series ends ``fail`` (its frames not received
-        ``series_restarted``) and the start opens a run of its own, before the image is taken."""
+        """An image of the open series after its start came again (`_repeated_start`): a frame number
+        the run has already (received or recorded lost, not a held gap's) means the sender began a new
+        acquisition: the open series ends ``fail`` (its frames not received ``series_restarted``) and
+        the start opens a run of its own, before the image is taken."""
         restart = self._restart_pending
         if restart is None or series != self._series:
             return
         self._restart_pending = None
         if frame < self._next_frame and not any(g.first <= frame <= g.last for g in self._held):
-            self.stats["series_rearmed_after_drop"] += 1
+            self.stats["series_rearmed"] += 1
             log.warning(
-                "series %d: frame %d came after its start was sent again on a new connection: a new"
-                " acquisition, in a run of its own (the open run ends fail)",
+                "series %d: frame %d came after its start was sent again: a new acquisition, in a run of"
+                " its own (the open run ends fail)",
                 series,
                 frame,
             )
             restart()
         else:
             self._start_repeated()
+
+    def _start_after_restart(self, series: int, start: Callable[[], None]) -> bool:
+        """A start of a series a daemon restart cut, the first series this reader sees: the sender may
+        have sent it again on its new connection and go on where it was, or re-armed. Its first image
+        tells (`_deferred_start`): frame 0 opens the start's run; a later one opens the run "resumed after
+        restart" that continues the interrupted one (as for images without a start), so each frame of the
+        series is stored or lost once across the two (an outside probe: the resumed frames were stored
+        in a fresh run that recorded 0..19 lost, the interrupted run 15..39 lost too). True when held."""
+        first, self._seen_a_series = not self._seen_a_series, True
+        if (
+            self._series is not None
+            or not first
+            or not callable(getattr(self.sink, "series_interrupted", None))
+        ):
+            return False  # (a sink that cannot say: no restart assumed here)
+        if not self._series_interrupted(series):
+            return False
+        self._start_deferred = (series, start)
+        self.stats["starts_after_restart"] += 1
+        log.warning(
+            "series %d: a start of a series a restart cut: its first image tells a new acquisition (frame"
+            " 0) from the series going on (a run resumed after the restart)",
+            series,
+        )
+        return True
+
+    def _deferred_start(self, series: int, frame: int) -> None:
+        """The first image after a start held by `_start_after_restart`: frame 0, or another series',
+        opens the start's run; a later frame of its series is left to `_adopt` (a resumed run)."""
+        deferred, self._start_deferred = self._start_deferred, None
+        if deferred is None:
+            return
+        held_series, start = deferred
+        if series != held_series or frame == 0:
+            start()
+        else:
+            self.stats["starts_taken_as_resumed"] += 1
 
     def _late_start(self, series: int, frames_expected: int | None, run_uid: Any = None) -> bool:
         """A start of the series that is open already, opened from its own images (`_adopt`): its images
@@ -1087,7 +1129,9 @@ class ZmqStreamSource:
         self._release_gaps(time.monotonic(), everything=True)
         self._count_drop_in_series(time.monotonic())  # (it may end between two looks at the connection)
         self._dropped_in_series = None  # the next series may carry the same number: not its drop
-        self._restart_pending = None
+        if self._restart_pending is not None:  # its start came again, and no image after it: a copy
+            self._restart_pending = None
+            self._start_repeated()
         self._drop_unexplained = self._drop_pending = False
         self._unreadable = 0
         expected = self._frames_expected

@@ -89,7 +89,7 @@ def test_a_json_sender_re_armed_with_the_same_start_gets_a_run_of_its_own() -> N
     assert sink.losses == [(3, 7, "series_restarted")]  # the first acquisition's, never sent
     assert sink.frames == [0, 1, 2, *range(8)]
     counters = reader.counters()
-    assert counters["starts_after_drop"] == 1 and counters["series_rearmed_after_drop"] == 1
+    assert counters["starts_after_drop"] == 1 and counters["series_rearmed"] == 1
     assert counters.get("frames_duplicate", 0) == 0
 
 
@@ -100,7 +100,7 @@ def test_a_json_sender_that_repeats_its_start_on_a_new_connection_and_goes_on_ke
     assert len(sink.configs) == 1 and sink.ends == ["success"] and sink.losses == []
     assert sink.frames == list(range(8))
     counters = reader.counters()
-    assert counters["starts_repeated"] == 1 and counters.get("series_rearmed_after_drop", 0) == 0
+    assert counters["starts_repeated"] == 1 and counters.get("series_rearmed", 0) == 0
 
 
 @pytest.mark.parametrize("rearmed", [True, False])
@@ -122,7 +122,69 @@ def test_a_stream2_sender_after_a_drop_is_told_by_its_next_image(rearmed: bool) 
         assert len(sink.configs) == 2 and [status for _, status in sink.ends] == ["fail", "success"]
         assert (3, 4, "series_restarted") in sink.losses
         assert sorted(frame for run, frame in sink.frames if run == 2) == [0, 1, 2, 3, 4]
-        assert counters["series_rearmed_after_drop"] == 1
+        assert counters["series_rearmed"] == 1
     else:
         assert len(sink.configs) == 1 and sink.ends == [(1, "success")] and sink.losses == []
         assert sorted(sink.published) == [0, 1, 2, 3, 4] and counters["starts_repeated"] == 1
+
+
+def _one_connection(sink: Any, messages: list[Any], ends: int) -> ZmqStreamSource:
+    context = zmq.Context()
+    push = context.socket(zmq.PUSH)
+    port = push.bind_to_random_port("tcp://127.0.0.1")
+    reader = ZmqStreamSource(f"tcp://127.0.0.1:{port}", sink, context)
+    reader.start()
+    try:
+        for message in messages:
+            push.send_multipart(message)
+        _wait(lambda: len(sink.ends) >= ends, "the series' ends")
+    finally:
+        reader.stop()
+        push.close(0)
+        context.term()
+    return reader
+
+
+def test_a_sender_re_armed_with_the_same_start_after_its_end_was_lost_gets_a_run_of_its_own() -> None:
+    """An outside probe: the end lost, the same start again on the same connection and frames 0.. of a
+    new acquisition: all ten were dropped as duplicates (counted only), the run ``success`` with the
+    old acquisition's frames. The next image after a start sent again tells, with or without a drop."""
+    sink = _Ends()
+    messages = [
+        header(5, 8),
+        *(image(5, n) for n in range(3)),
+        header(5, 8),
+        *(image(5, n) for n in range(8)),
+    ]
+    reader = _one_connection(sink, [*messages, END], ends=2)
+    assert len(sink.configs) == 2 and sink.ends == ["fail", "success"]
+    assert sink.losses == [(3, 7, "series_restarted")]
+    assert sink.frames == [0, 1, 2, *range(8)]
+    assert reader.counters()["series_rearmed"] == 1 and reader.counters().get("frames_duplicate", 0) == 0
+
+
+class _Restarted(_Ends):
+    """A sink whose ledger has a run of every series cut by a daemon restart."""
+
+    def series_interrupted(self, series: int) -> bool:
+        return True
+
+
+@pytest.mark.parametrize("first", [20, 0])
+def test_a_start_sent_again_after_a_daemon_restart_is_told_by_its_first_image(first: int) -> None:
+    """An outside probe: the daemon restarted mid-series and the sender sent its start again on its new
+    connection, then went on from frame 20: a fresh run stored 20..39 and recorded 0..19 lost, while the
+    interrupted run had recorded 15..39 lost: frames both stored and lost. Its first image tells: 20 is
+    the series going on (a run resumed after the restart, which the appliance links to the one it
+    continues); 0 is a new acquisition (the start's own run)."""
+    sink = _Restarted()
+    reader = _one_connection(sink, [header(5, 40), *(image(5, n) for n in range(first, 40)), END], ends=1)
+    (config,) = sink.configs
+    assert sink.frames == list(range(first, 40))
+    if first:
+        assert config.get("resumed_after_restart") is True and config["first_frame"] == 20, config
+        assert not [loss for loss in sink.losses if loss[2] == "frame_number_gap"], sink.losses
+        assert reader.counters()["starts_taken_as_resumed"] == 1
+    else:
+        assert not config.get("resumed_after_restart") and config["frames_expected"] == 40, config
+        assert sink.losses == [] and sink.ends == ["success"]
