@@ -828,8 +828,11 @@ class Appliance:
     def start(self) -> None:
         self.forwarder.start(self.supervisor.spawn)
         self.retention.start(self.supervisor.spawn)
-        # the configured mode's kernels load now, not on the first run's first frame
-        self.pipeline.warm_up(self.frame_format.shape, self.frame_format.dtype, self.reduction.current())
+        # the configured mode's kernels load now, not on the first run's first frame, on the warm-ups'
+        # thread: the API answers meanwhile and shows the load (``pipeline.warming``, the mode_warming
+        # alarm); an install's first compile kept the API unanswered for 70 s (an outside probe). A run
+        # that starts meanwhile waits for numba's compile lock, its frames held in the ring
+        self.warm_ups.request(self.reduction.current())
         self.pipeline.start(self.supervisor.spawn)
         self.source.start(self.supervisor.spawn)
         stream = self.settings.stream

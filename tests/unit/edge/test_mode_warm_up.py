@@ -38,3 +38,45 @@ def test_a_mode_change_loads_the_new_modes_kernels_in_the_background(
         assert any("mode serial: kernels ready" in r.getMessage() for r in caplog.records), caplog.text
     finally:
         appliance.stop()
+
+
+def test_the_configured_modes_kernels_load_at_start_while_the_appliance_answers(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An outside probe: an install's first start in serial mode compiled its kernels for 70 s inside
+    ``Appliance.start``, and the API (started after it) answered nothing meanwhile, though the docs say
+    ``pipeline.warming`` shows the load at start. The load runs on the warm-ups' thread: start returns
+    while it goes on, and the status lists it."""
+    from edge.pipeline import Pipeline
+
+    release = threading.Event()
+    original = Pipeline.warm_up
+
+    def slow(self: Pipeline, *args: object) -> float:
+        release.wait(30)  # an install's first compile
+        return original(self, *args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(Pipeline, "warm_up", slow)
+    settings = load_settings(
+        overrides=[
+            f'store.path="{tmp_path / "store"}"',
+            "detector.height=64",
+            "detector.width=64",
+            "ring.slots=2",
+            'reduction.backend="numpy"',
+            'reduction.mode="powder"',
+            'upstream.endpoint="tcp://127.0.0.1:0"',
+            'stream.endpoint="tcp://127.0.0.1:1"',
+        ]
+    )
+    appliance = Appliance(settings)
+    try:
+        started = threading.Thread(target=appliance.start)
+        started.start()
+        started.join(20)
+        assert not started.is_alive(), "start waited for the kernels"
+        assert any(t.name == "mode-warm-up" for t in threading.enumerate())
+        release.set()
+    finally:
+        release.set()
+        appliance.stop()
