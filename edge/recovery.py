@@ -29,6 +29,7 @@ import contextlib
 import json
 import logging
 import shutil
+import sqlite3
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -115,6 +116,7 @@ def recover(recorder: RunRecorder, root: Path) -> dict[str, Any]:
         if run["ended_at"] is not None:
             continue
         run_uid = run["run_uid"]
+        _purges_unrecorded(recorder, run_uid)
         files = [f for f in ledger.files(run_uid) if f["n_frames"] > 0]
         vetoed, vetoed_purged = _vetoed_frames(recorder, run_uid)
         covered = _accounted(recorder, run_uid, vetoed)
@@ -209,6 +211,30 @@ def _ranges_of(numbers: np.ndarray) -> list[tuple[int, int]]:
     return list(zip(firsts.tolist(), lasts.tolist(), strict=True))
 
 
+def _purges_unrecorded(recorder: RunRecorder, run_uid: str) -> None:
+    """The run's files verified upstream and gone from the local disk: retention deletes a verified file,
+    then records it purged; the crash came between the two (or the full ledger held the record back).
+    Recorded purged now, so the accounting takes each as a purged file (an outside probe: their frames,
+    verified upstream, were read as none and recorded lost, daemon_crash)."""
+    for f in recorder.ledger.files(run_uid):
+        if _verified_and_gone(f):
+            try:
+                recorder.ledger.file_purged(int(f["id"]))
+            except sqlite3.OperationalError as error:  # a full disk: accounted as purged all the same
+                log.error("%s: its purge cannot be recorded now (%s)", f["name"], error)
+                continue
+            log.warning(
+                "%s was verified upstream and deleted here (retention) just before the crash: recorded"
+                " purged",
+                f["name"],
+            )
+
+
+def _verified_and_gone(f: dict[str, Any]) -> bool:
+    """A file verified upstream and no longer on the local disk: purged, its record not written."""
+    return bool(f["state"] == "verified" and not Path(f["path"]).exists())
+
+
 def _vetoed_in_purged(recorder: RunRecorder, run_uid: str, table: dict[str, Any]) -> np.ndarray:
     """The frames a purged frame table listed as vetoed, worked out from the ledger: every frame of its
     span had a row (a frame without one is a recorded loss), so those of the span neither stored in a data
@@ -224,7 +250,7 @@ def _vetoed_in_purged(recorder: RunRecorder, run_uid: str, table: dict[str, Any]
             continue
         if n == b - a + 1:
             left[max(a, first) - first : min(b, last) - first + 1] = False
-        elif f["state"] == "purged":
+        elif f["state"] == "purged" or _verified_and_gone(f):
             log.warning(
                 "run %s: the frames %s vetoed cannot be counted: it and %s (stored frames with gaps) were"
                 " purged before the crash; both are upstream",
@@ -253,7 +279,7 @@ def _vetoed_frames(recorder: RunRecorder, run_uid: str) -> tuple[np.ndarray, int
     for f in recorder.ledger.files(run_uid):
         if f.get("kind") != "reduced" or not str(f["name"]).endswith(".nxs"):
             continue
-        if f["state"] == "purged":  # verified upstream and deleted here on purpose
+        if f["state"] == "purged" or _verified_and_gone(f):  # verified upstream, deleted here on purpose
             if f.get("frames_vetoed") is not None:
                 counted += int(f["frames_vetoed"])
             else:  # recorded before the ledger kept the count: worked out from the other files
@@ -275,7 +301,7 @@ def _accounted(recorder: RunRecorder, run_uid: str, vetoed: np.ndarray) -> list[
     covered: list[tuple[int, int]] = []
     for f in recorder.ledger.files(run_uid):
         n, first, last = int(f["n_frames"]), int(f["first_frame"]), int(f["last_frame"])
-        if f["state"] == "purged" and 0 <= first <= last:
+        if (f["state"] == "purged" or _verified_and_gone(f)) and 0 <= first <= last:
             # verified upstream and deleted here on purpose (a short retention during a long run): its
             # frame numbers cannot be read any more. A data file's or a frame table's span held frames
             # each with its disposition (a gap in it is a loss recorded as such): none is unaccounted

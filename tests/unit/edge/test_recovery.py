@@ -203,16 +203,21 @@ def test_a_serial_run_dropping_blanks_is_whole_after_a_crash(tmp_path: Path) -> 
 
 
 @pytest.mark.parametrize(
-    ("purged", "count_kept"),
+    ("purged", "count_kept", "recorded"),
     [
-        (("_reduced_00000.nxs",), True),
-        (("_00000.h5", "_reduced_00000.nxs"), True),
-        (("_reduced_00000.nxs",), False),
-        (("_00000.h5", "_reduced_00000.nxs"), False),
+        (("_reduced_00000.nxs",), True, True),
+        (("_00000.h5", "_reduced_00000.nxs"), True, True),
+        (("_reduced_00000.nxs",), False, True),
+        (("_00000.h5", "_reduced_00000.nxs"), False, True),
+        (("_00000.h5", "_reduced_00000.nxs"), True, False),
     ],
 )
 def test_files_purged_before_a_crash_are_accounted_from_the_ledger_without_an_error(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture, purged: tuple[str, ...], count_kept: bool
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    purged: tuple[str, ...],
+    count_kept: bool,
+    recorded: bool,
 ) -> None:
     """An outside probe: a short retention purged a running run's verified files, then kill -9: recovery
     logged an ERROR "cannot read /entry/data/frame_number of ... No such file" for each purged file. As
@@ -220,7 +225,9 @@ def test_files_purged_before_a_crash_are_accounted_from_the_ledger_without_an_er
     first data file) were verified and purged: the same frames are accounted, and nothing is logged as
     an error. The ledger keeps how many frames each reduced file vetoed (schema 7): with the data file
     purged too, its 6 vetoed blanks used to go uncounted (sent != stored + vetoed + lost). A ledger row
-    from before (``count_kept`` False) is worked out from the other files, where they still tell."""
+    from before (``count_kept`` False) is worked out from the other files, where they still tell. And
+    a file deleted by retention whose purge the crash kept from being recorded (``recorded`` False:
+    "verified", gone; an outside probe saw its frames recorded lost) is recorded purged, and the same."""
 
     from edge.recovery import recover
 
@@ -228,7 +235,8 @@ def test_files_purged_before_a_crash_are_accounted_from_the_ledger_without_an_er
     for row in ledger.files(run_uid):
         if row["name"].endswith(purged):
             assert ledger.file_verified("hpc", row["id"], row["size"], row["checksum"])
-            ledger.file_purged(row["id"])
+            if recorded:
+                ledger.file_purged(row["id"])
             Path(row["path"]).unlink()
         if row["name"].endswith("_reduced_00000.nxs"):
             assert row["frames_vetoed"] == 6
@@ -242,6 +250,7 @@ def test_files_purged_before_a_crash_are_accounted_from_the_ledger_without_an_er
     assert not [r.message for r in caplog.records if "cannot read" in r.message]
     losses = [(r["first_frame"], r["last_frame"], r["reason"]) for r in ledger.losses(run_uid)]
     assert losses == [(10, 11, "daemon_crash"), (14, 16, "daemon_crash"), (18, 23, "daemon_crash")]
+    assert {r["state"] for r in ledger.files(run_uid) if r["name"].endswith(purged)} == {"purged"}
     totals = ledger.run_totals(run_uid)
     if count_kept or len(purged) == 1:
         # the blanks the purged frame table vetoed (1, 2, 5, 6, 7, 9) are still counted: from the
