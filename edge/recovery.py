@@ -40,7 +40,7 @@ import numpy as np
 
 from edge.ledger import PARTIAL_LOSS_REASONS
 from edge.recorder import RunRecorder
-from edge.store import DISPOSITION_CODES, ReducedWriter
+from edge.store import DISPOSITION_CODES, ReducedWriter, contents
 
 log = logging.getLogger(__name__)
 
@@ -105,13 +105,28 @@ def recover(recorder: RunRecorder, root: Path) -> dict[str, Any]:
         try:
             with h5py.File(path, "r") as handle:
                 numbers = [int(n) for n in handle["/entry/data/frame_number"][:]]
+                kind = str(handle["/entry"].attrs.get("file_kind", "data"))  # (a serial run's blanks)
         except (OSError, KeyError) as error:
             log.error("cannot salvage %s: %s", path, error)
             continue
         frames = (min(numbers), max(numbers), len(numbers)) if numbers else (-1, -1, 0)
-        recorder.register_file(path.parent.name, path, frames)
+        recorder.register_file(path.parent.name, path, frames, "blank" if kind == "blank" else "data")
         report["salvaged"].append(str(path))
         log.warning("salvaged %s (%d frames), closed just before the crash", path.name, len(numbers))
+    # a run's reduced file (frame table, products) or CrystFEL geometry finished just before the crash,
+    # not yet in the ledger: recorded and forwarded like any other (an outside probe: a reduced file of
+    # 46 vetoed blanks stayed in the store for good, in no record, its frames recorded lost)
+    for path in sorted([*root.glob("*/*_reduced_*.nxs"), *root.glob("*/*.geom")]):
+        if str(path) in known or path.parent.name not in runs:
+            continue
+        try:
+            frames, held, vetoed = _reduced_file_facts(path)
+        except (OSError, KeyError, ValueError) as error:
+            log.error("cannot salvage %s: %s", path, error)
+            continue
+        recorder.register_file(path.parent.name, path, frames, "reduced", held, vetoed)
+        report["salvaged"].append(str(path))
+        log.warning("salvaged %s, a reduced file closed just before the crash", path.name)
     for run in ledger.runs():
         if run["ended_at"] is not None:
             continue
@@ -228,6 +243,20 @@ def _purges_unrecorded(recorder: RunRecorder, run_uid: str) -> None:
                 " purged",
                 f["name"],
             )
+
+
+def _reduced_file_facts(path: Path) -> tuple[tuple[int, int, int], str | None, int | None]:
+    """A reduced file's span (``(first, last, 0)``: it holds no frames), what it holds and its vetoed rows,
+    read from the file; a ``.geom`` holds none of them."""
+    if path.suffix != ".nxs":
+        return (-1, -1, 0), None, None
+    with h5py.File(path, "r") as handle:
+        table = handle["/entry/frames"]
+        numbers = np.asarray(table["frame_number"][:], np.int64)
+        vetoed = int(np.count_nonzero(np.asarray(table["disposition"][:]) == DISPOSITION_CODES["vetoed"]))
+        held = contents(handle)
+    span = (int(numbers.min()), int(numbers.max()), 0) if numbers.size else (-1, -1, 0)
+    return span, held, vetoed
 
 
 def _verified_and_gone(f: dict[str, Any]) -> bool:

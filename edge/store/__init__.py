@@ -30,7 +30,7 @@ from edge.store._files import (
     _close_as_far_as_possible,
 )
 from edge.store._metadata import NxmxTemplate, RunMetadata, bounded_config, series_metadata
-from edge.store._reduced import DISPOSITION_CODES, MAX_WAITING_ROWS, ReducedWriter
+from edge.store._reduced import DISPOSITION_CODES, MAX_WAITING_ROWS, ReducedWriter, contents
 
 __all__ = [
     "CAPTURE_CAPACITY",
@@ -44,6 +44,7 @@ __all__ = [
     "RunMetadata",
     "RunStore",
     "bounded_config",
+    "contents",
     "series_metadata",
 ]
 

@@ -143,7 +143,9 @@ def _open_run_with_one_file(
     return ledger, recorder, run_uid
 
 
-def _serial_run_with_blanks_dropped(tmp_path: Path, name: str) -> tuple[Ledger, RunRecorder, str]:
+def _serial_run_with_blanks_dropped(
+    tmp_path: Path, name: str, register_reduced: bool = True
+) -> tuple[Ledger, RunRecorder, str]:
     """A serial run of 24 frames cut by a crash: hits 0, 3, 4, 8 and 12, 13, 17 in two data files (gaps
     where the blanks were dropped), a closed reduced file listing frames 0..9 (1, 2, 5, 6, 7, 9 vetoed);
     the rows of 10..19 were in memory, 20..23 never came."""
@@ -166,7 +168,9 @@ def _serial_run_with_blanks_dropped(tmp_path: Path, name: str) -> tuple[Ledger, 
     writer = ReducedWriter(directory, run_uid, _Rows(), frames_per_file=100)
     for frame in range(10):
         writer.add(frame, "stored" if frame in hits else "vetoed", "data", {}, {})
-    recorder.file_closed(writer.finish())
+    closed = writer.finish()
+    if register_reduced:  # else: finished just before the crash, not yet in the ledger
+        recorder.file_closed(closed)
     return ledger, recorder, run_uid
 
 
@@ -533,3 +537,32 @@ def test_a_frame_kept_incomplete_in_a_file_the_crash_left_unfinished_is_recorded
     assert (5, 9, "daemon_crash") in losses, losses
     totals = ledger.run_totals(run_uid)
     assert (totals["frames_stored"], totals["frames_lost"]) == (5, 5), totals
+
+
+def test_a_reduced_file_finished_just_before_the_crash_is_salvaged_with_its_vetoed_frames(
+    tmp_path: Path,
+) -> None:
+    """An outside probe: a reduced file (46 vetoed blanks) finished just before a kill -9, not yet in the
+    ledger, stayed in the store for good, in no record, and its frames were recorded lost. Recovery
+    records it (forwarded like any other), and its vetoed frames are the run's vetoed frames. A blank
+    file closed so is salvaged as a blank file, not a data file."""
+    import h5py
+    import numpy as np
+
+    from edge.recovery import recover
+
+    ledger, recorder, run_uid = _serial_run_with_blanks_dropped(tmp_path, "run-s", register_reduced=False)
+    blank = tmp_path / run_uid / f"{run_uid}_blank_00000.h5"
+    with h5py.File(blank, "w") as handle:
+        handle.create_group("entry").attrs["file_kind"] = "blank"
+        handle["/entry/data/frame_number"] = np.asarray([20], np.int64)
+
+    report = recover(recorder, tmp_path)
+
+    names = {Path(p).name for p in report["salvaged"]}
+    assert names == {f"{run_uid}_reduced_00000.nxs", blank.name}, report
+    kinds = {r["name"]: r["kind"] for r in ledger.files(run_uid)}
+    assert kinds[f"{run_uid}_reduced_00000.nxs"] == "reduced" and kinds[blank.name] == "blank"
+    totals = ledger.run_totals(run_uid)
+    # 7 hits and the blank 20 stored, 1, 2, 5, 6, 7, 9 vetoed; 10, 11, 14..16, 18, 19, 21..23 lost
+    assert (totals["frames_stored"], totals["frames_vetoed"], totals["frames_lost"]) == (8, 6, 10), totals
