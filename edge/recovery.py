@@ -5,7 +5,10 @@ Runs once at start, before any thread. What it does, in order:
 1. A ``NAME.h5.part`` (a file open at the crash) is moved to ``STORE/quarantine/``: never deleted,
    never forwarded, and never left where a reader would take it for data.
 2. A closed ``NAME.h5`` that the ledger does not know (renamed just before the crash) is salvaged:
-   its frame numbers are read back and it is recorded and forwarded like any other file.
+   its frame numbers are read back and it is recorded and forwarded like any other file; so is a
+   reduced file (``RUN_reduced_NNNNN.nxs``: its span and vetoed rows read from its frame table) or a
+   ``RUN.geom``. A file verified upstream and gone (retention deleted it; the crash came before its
+   purge was recorded) is recorded purged.
 3. Every run without an end is ended with exit status ``fail``; the frames it expected that are in
    no file (the data files' own frame numbers, not their first-to-last spans: a serial run dropping
    blanks stores frames with gaps), not vetoed in a closed reduced file's frame table, and in no loss
