@@ -8,6 +8,7 @@ and what is allowed.
 from __future__ import annotations
 
 import contextvars
+import difflib
 import ipaddress
 import math
 import os
@@ -973,7 +974,8 @@ def describe_validation_error(error: ValidationError, prefix: str = "") -> str:
             continue
         if item["type"] == "extra_forbidden":  # a key no section has: name it as typed (`a.b.c`), in full
             lines += [
-                f"{name} = {_shown(value)}: no such setting (docs/settings.md lists them)"
+                f"{name} = {_shown(value)}: no such setting{_did_you_mean(name)}"
+                " (docs/settings.md lists them)"
                 for name, value in _dotted(key, item.get("input"))
             ]
             continue
@@ -982,6 +984,23 @@ def describe_validation_error(error: ValidationError, prefix: str = "") -> str:
             continue
         lines.append(f"{key} = {_shown(item.get('input'))}: {str(item['msg']).removeprefix('Value error, ')}")
     return "invalid configuration:\n  " + "\n  ".join(lines)
+
+
+def _setting_names(kind: Any = None, prefix: str = "") -> list[str]:
+    """Every setting's dotted name (``sim.rate_hz``), tables' keys included."""
+    names = []
+    for name, field in getattr(kind or Settings, "model_fields", {}).items():
+        dotted = f"{prefix}{name}"
+        names.append(dotted)
+        if hasattr(field.annotation, "model_fields"):
+            names += _setting_names(field.annotation, dotted + ".")
+    return names
+
+
+def _did_you_mean(name: str) -> str:
+    """``; did you mean X?`` for the setting spelled most like ``name`` (``sim.rate`` -> sim.rate_hz)."""
+    close = difflib.get_close_matches(name, _setting_names(), n=1, cutoff=0.75)
+    return f"; did you mean {close[0]}?" if close else ""
 
 
 def _key(prefix: str, loc: list[Any]) -> str:

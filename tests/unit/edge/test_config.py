@@ -212,6 +212,12 @@ def test_an_unknown_setting_is_named_as_it_was_typed(override: str, named: str) 
         load_settings(None, [override])
 
 
+def test_an_unknown_setting_spelled_like_one_says_which() -> None:
+    """A first-day probe: `--set sim.rate=20` said "no such setting"; the key is sim.rate_hz."""
+    with pytest.raises(ConfigError, match=r"sim\.rate = 20: no such setting; did you mean sim\.rate_hz\?"):
+        load_settings(None, ["sim.rate=20"])
+
+
 def test_a_config_file_that_is_no_text_file_is_a_config_error_not_a_traceback(tmp_path: Path) -> None:
     """An outside admin probe: a directory, a binary file and arrays nested 5000 deep each gave a Python
     traceback (exit 1); each is now one line. A byte order mark (a Windows editor's) is no error."""
