@@ -609,8 +609,8 @@ class RetentionSettings(_Section):
     quota_bytes: int = Field(
         0,
         ge=0,
-        description="bytes the store may hold; 0 = the disk's size (more than the disk: the disk's size,"
-        " logged at start)",
+        description="bytes the store may hold; 0 = the disk's size (what can hold data, used and free as"
+        " df counts them; more than the disk: the disk's size, logged at start)",
     )
     high_water: float = Field(
         0.90,

@@ -43,6 +43,16 @@ PURGE_BATCH = 256  # verified files asked of the ledger at a time while purging 
 COMPACT_BATCH = 64  # purged files of an older ledger whose chunk rows are dropped per retention pass
 
 
+def _disk_size(root: Path) -> int:
+    """The size of the disk holding ``root`` that can hold data: what is used and what is free (to an
+    unprivileged writer), as ``df`` counts its percentage; not the file system's nominal size, which
+    holds blocks reserved or never available (a 252 GiB volume of which 102 GiB could hold data: the
+    store's capacity read 252 GiB beside the disk bar's 101, its high-water mark out of reach, an
+    outside probe)."""
+    usage = psutil.disk_usage(str(root))
+    return int(usage.used + usage.free)
+
+
 class Retention:
     """Runs the purge policy on its own thread and answers "may a run start / may we write?"."""
 
@@ -63,7 +73,7 @@ class Retention:
         # free to resume writing
         self.root = root
         self.settings = settings
-        self._disk_total = int(psutil.disk_usage(str(root)).total)
+        self._disk_total = _disk_size(root)
         if settings.quota_bytes > self._disk_total > 0:
             log.warning(
                 "retention.quota_bytes (%d) is more than the store's whole disk (%d bytes): the disk's size"
@@ -119,10 +129,10 @@ class Retention:
         return min(quota, self._disk_total) if quota and self._disk_total > 0 else quota
 
     def capacity(self) -> int:
-        """Bytes the store may use: the quota (at most the disk's size), or the disk's size."""
+        """Bytes the store may use: the quota (at most the disk's size), or the disk's size (`_disk_size`)."""
         if self.settings.quota_bytes:
             return self._quota()
-        return int(psutil.disk_usage(str(self.root)).total)
+        return _disk_size(self.root)
 
     def usage(self) -> dict[str, int]:
         return self.ledger.store_usage()

@@ -442,7 +442,12 @@ def test_a_quota_beyond_the_disk_is_the_disk_s_size_and_said_so(
     never reached (an outside probe): the capacity is at most the disk, and the start says so."""
     import psutil
 
-    disk = psutil.disk_usage(str(tmp_path)).total
+    usage = psutil.disk_usage(str(tmp_path))
+    # the disk's size is what can hold data, used and free, as df counts it: not the file system's
+    # nominal size (a probe's volume was 252 GiB of which 102 could hold data: the store's capacity read
+    # 252 GiB beside the disk bar's 101)
+    disk = usage.used + usage.free
+    assert Retention(ledger, tmp_path, RetentionSettings(), executor=ManualExecutor()).capacity() == disk
     with caplog.at_level(logging.WARNING, logger="edge.retention"):
         retention = Retention(
             ledger, tmp_path, RetentionSettings(quota_bytes=1 << 64), executor=ManualExecutor()
