@@ -217,20 +217,8 @@ class Stream2Source(ZmqStreamSource):
     def _take_start(self, start: Stream2Start, key: Any) -> None:
         """A series start taken: the open series, if any, ends ``fail`` (its end never came), and the new
         one opens its run (at its first image when the start names no dtype)."""
-        if self._series is not None:
-            # its end never came: the run ends "fail", the frames it announced and never sent are lost
-            self._end_series(self._missing("series_restarted"), exit_status="fail")
-        self._series = start.series
-        self._start_key = key
-        self._start_rejected = None
-        self._unreadable_between = 0
-        self._next_frame = 0
-        self._newest = None
-        self._gaps.clear()
-        self._held.clear()
         config = series_config(start, start.dtype or ASSUMED_DTYPE, "")
-        self._frames_expected = config["frames_expected"]
-        self.stats["series_started"] += 1
+        self._begin_series(start.series, key, config["frames_expected"])
         unusable = start.metadata.get("number_of_images")  # set by the codec when not an integer >= 0
         if unusable is not None or (start.number_of_images is not None and self._frames_expected is None):
             self.stats["frames_expected_ignored"] += 1

@@ -514,12 +514,12 @@ class ZmqStreamSource:
             return slot
         return slot  # pragma: no cover
 
-    def _series_started(self, event: SeriesStart, key: Any) -> None:
-        """A series start taken: the open series, if any, ends ``fail`` (its end never came), and the new
-        one opens its run."""
+    def _begin_series(self, series: int, key: Any, frames_expected: int | None) -> None:
+        """Both formats' start taken: the open series, if any, ends ``fail`` (its end never came, the
+        frames it announced and never sent are lost, ``series_restarted``), the new one's state begins."""
         if self._series is not None:
-            self._end_series(self._missing("series_restarted"), exit_status="fail")  # its end never came
-        self._series = event.series
+            self._end_series(self._missing("series_restarted"), exit_status="fail")
+        self._series = series
         self._start_key = key
         self._start_rejected = None
         self._unreadable_between = 0
@@ -527,8 +527,13 @@ class ZmqStreamSource:
         self._newest = None
         self._gaps.clear()
         self._held.clear()
-        self._frames_expected = event.frames_expected
+        self._frames_expected = frames_expected
         self.stats["series_started"] += 1
+
+    def _series_started(self, event: SeriesStart, key: Any) -> None:
+        """A series start taken: the open series, if any, ends ``fail`` (its end never came), and the new
+        one opens its run."""
+        self._begin_series(event.series, key, event.frames_expected)
         announced = event.config.get("frames_expected")
         if announced is not None and event.frames_expected is None:
             self.stats["frames_expected_ignored"] += 1

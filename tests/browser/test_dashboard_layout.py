@@ -345,17 +345,23 @@ def test_the_page_scales_up_on_a_wall(busy: str, chromium: str, tmp_path: Path) 
     assert circles[3840] >= 2.5 * circles[1280], circles
 
 
-def test_many_runs_and_a_store_at_its_quota_on_a_wall(chromium: str, tmp_path: Path) -> None:
-    """An outside probe at 1920 x 1080: 24 runs made the page 1572 px tall (the runs table unbounded),
-    and the disk bar showed the roomy disk (28 %) while the store was past its quota and new runs were
-    refused. The table scrolls inside its card; the bar shows the fuller of the two, and says which."""
+def _with_runs(count: int) -> tuple[ScriptedView, float]:
+    """A scripted appliance with ``count`` ended runs, a minute apart, and the time it was made."""
     view = ScriptedView()
     now = time.time()
-    for n in range(24):
+    for n in range(count):
         uid = f"{n:08x}-aaaa-4bbb-8ccc-0123456789ab"
         view.add_run(
             ScriptedRun(uid, now - 3600 + 60 * n, now - 3590 + 60 * n, "success", run_files(uid, 2, 2), [])
         )
+    return view, now
+
+
+def test_many_runs_and_a_store_at_its_quota_on_a_wall(chromium: str, tmp_path: Path) -> None:
+    """An outside probe at 1920 x 1080: 24 runs made the page 1572 px tall (the runs table unbounded),
+    and the disk bar showed the roomy disk (28 %) while the store was past its quota and new runs were
+    refused. The table scrolls inside its card; the bar shows the fuller of the two, and says which."""
+    view, now = _with_runs(24)
     for (
         plate
     ) in "AB":  # two names a detector gave, alike but in the middle (a probe saw both "beamtime…ion-06")
@@ -458,13 +464,7 @@ def test_the_page_fits_a_control_room_screen_with_a_square_detector_and_alarms(
     table's 20vh and the page's bottom padding fitted no screen exactly). From 1800 px the page is the
     screen: the runs card takes what the rest leaves, its table scrolling inside it. One alarm spans
     the row (it filled the left half beside an empty hole)."""
-    view = ScriptedView()
-    now = time.time()
-    for n in range(24):
-        uid = f"{n:08x}-aaaa-4bbb-8ccc-0123456789ab"
-        view.add_run(
-            ScriptedRun(uid, now - 3600 + 60 * n, now - 3590 + 60 * n, "success", run_files(uid, 2, 2), [])
-        )
+    view, now = _with_runs(24)
     view.new_frame(5)
     assert view.preview is not None
     view.preview.update(

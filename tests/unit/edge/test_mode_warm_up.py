@@ -10,13 +10,12 @@ from pathlib import Path
 import pytest
 
 from edge.appliance import Appliance
-from edge.config import load_settings
+from edge.config import Settings, load_settings
 
 
-def test_a_mode_change_loads_the_new_modes_kernels_in_the_background(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
-) -> None:
-    settings = load_settings(
+def _settings(tmp_path: Path, *more: str) -> Settings:
+    """A small powder appliance on the NumPy backend, nothing listening on a fixed port."""
+    return load_settings(
         overrides=[
             f'store.path="{tmp_path / "store"}"',
             "detector.height=64",
@@ -25,8 +24,15 @@ def test_a_mode_change_loads_the_new_modes_kernels_in_the_background(
             'reduction.backend="numpy"',
             'reduction.mode="powder"',
             'upstream.endpoint="tcp://127.0.0.1:0"',
+            *more,
         ]
     )
+
+
+def test_a_mode_change_loads_the_new_modes_kernels_in_the_background(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    settings = _settings(tmp_path)
     appliance = Appliance(settings)
     try:
         with caplog.at_level(logging.INFO, logger="edge.pipeline"):
@@ -57,18 +63,7 @@ def test_the_configured_modes_kernels_load_at_start_while_the_appliance_answers(
         return original(self, *args)  # type: ignore[arg-type]
 
     monkeypatch.setattr(Pipeline, "warm_up", slow)
-    settings = load_settings(
-        overrides=[
-            f'store.path="{tmp_path / "store"}"',
-            "detector.height=64",
-            "detector.width=64",
-            "ring.slots=2",
-            'reduction.backend="numpy"',
-            'reduction.mode="powder"',
-            'upstream.endpoint="tcp://127.0.0.1:0"',
-            'stream.endpoint="tcp://127.0.0.1:1"',
-        ]
-    )
+    settings = _settings(tmp_path, 'stream.endpoint="tcp://127.0.0.1:1"')
     appliance = Appliance(settings)
     try:
         started = threading.Thread(target=appliance.start)

@@ -48,20 +48,21 @@ def _reconnecting(
     ends: int,
 ) -> ZmqStreamSource:
     """``first`` from one sender, which then closes its socket; once the reader saw the drop, ``second``
-    from a new sender bound to the same port."""
+    from a new sender bound to the same port (no ``first``: ``second`` on one connection)."""
     context = zmq.Context()
     push = context.socket(zmq.PUSH)
     port = push.bind_to_random_port("tcp://127.0.0.1")
     reader = reader_type(f"tcp://127.0.0.1:{port}", sink, context)
     reader.start()
     try:
-        for message in first:
-            send(push, message)
-        _wait(lambda: received() == len(first) - 1, "the first acquisition's frames")
-        push.close(0)
-        _wait(lambda: reader.counters().get("connections_dropped", 0) >= 1, "the drop seen")
-        push = context.socket(zmq.PUSH)
-        push.bind(f"tcp://127.0.0.1:{port}")
+        if first:
+            for message in first:
+                send(push, message)
+            _wait(lambda: received() == len(first) - 1, "the first acquisition's frames")
+            push.close(0)
+            _wait(lambda: reader.counters().get("connections_dropped", 0) >= 1, "the drop seen")
+            push = context.socket(zmq.PUSH)
+            push.bind(f"tcp://127.0.0.1:{port}")
         for message in second:
             send(push, message)
         _wait(lambda: len(sink.ends) >= ends, "the series' ends")
@@ -128,21 +129,8 @@ def test_a_stream2_sender_after_a_drop_is_told_by_its_next_image(rearmed: bool) 
         assert sorted(sink.published) == [0, 1, 2, 3, 4] and counters["starts_repeated"] == 1
 
 
-def _one_connection(sink: Any, messages: list[Any], ends: int) -> ZmqStreamSource:
-    context = zmq.Context()
-    push = context.socket(zmq.PUSH)
-    port = push.bind_to_random_port("tcp://127.0.0.1")
-    reader = ZmqStreamSource(f"tcp://127.0.0.1:{port}", sink, context)
-    reader.start()
-    try:
-        for message in messages:
-            push.send_multipart(message)
-        _wait(lambda: len(sink.ends) >= ends, "the series' ends")
-    finally:
-        reader.stop()
-        push.close(0)
-        context.term()
-    return reader
+def _one_connection(sink: _Ends, messages: list[Any], ends: int) -> ZmqStreamSource:
+    return _json(sink, [], messages, ends)
 
 
 def test_a_sender_re_armed_with_the_same_start_after_its_end_was_lost_gets_a_run_of_its_own() -> None:
