@@ -189,6 +189,11 @@ def where_report(
     }
     # the uid the detector gave the run, and the other runs it names (recorded under fresh uids)
     report["detector_uid"], report["detector_uid_also_names"] = also_named(ledger, run_uid, run["config"])
+    # each of those runs' continuations after a restart, so the whole chain is named here (a first-day
+    # probe had to ask `edge where` of the other run to find where its series went on)
+    report["also_named_continued_by"] = {
+        other: ledger.runs_resuming(other) for other in report["detector_uid_also_names"] or ()
+    }
     # a series cut by a daemon restart, or a UDP acquisition going on after a pause: the run this one
     # continues, and the runs that continue this one
     paused = bool(config.get("resumed_after_pause"))
@@ -416,7 +421,9 @@ def render(report: dict[str, Any]) -> str:
     for note in report.get("header_notes") or ():
         lines.append(f"  detector header: {note}")
     for other in report.get("detector_uid_also_names") or ():
-        lines.append(f"  the detector's run uid {report['detector_uid']!r} also names run {other}")
+        went_on = (report.get("also_named_continued_by") or {}).get(other) or []
+        tail = f" (its series went on in run {', '.join(went_on)})" if went_on else ""
+        lines.append(f"  the detector's run uid {report['detector_uid']!r} also names run {other}{tail}")
     for loss in report["losses"]:
         kind = "incomplete" if loss["partial"] else "not acquired" if loss.get("not_acquired") else "LOST"
         lines.append(

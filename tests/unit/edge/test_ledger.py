@@ -385,3 +385,22 @@ def test_a_late_start_s_length_and_uid_go_into_the_run_s_config(tmp_path: Path) 
     assert run["frames_expected"] == 5 and config["frames_expected"] == 5
     assert config["detector_run_uid"] == "s6-uid" and ledger.runs_named_by_detector("s6-uid") == ["fresh"]
     ledger.close()
+
+
+def test_where_names_where_the_series_of_a_run_the_detector_uid_also_names_went_on(tmp_path: Path) -> None:
+    """A first-day probe: the detector reused uid "scan" (kept by the first run; the second recorded
+    under a fresh uid), and the second run's series went on after a restart in a third run; `edge where
+    scan` named the second run but not the third, found only by asking again."""
+    import json
+
+    from edge.where import render
+
+    ledger = Ledger(tmp_path / "ledger.sqlite")
+    ledger.run_started("scan", 1, None, "{}")
+    ledger.run_started("fresh-1", 2, None, json.dumps({"detector_run_uid": "scan"}))
+    ledger.run_started("fresh-2", 2, None, json.dumps({"resumes_run": "fresh-1"}))
+    report = where_report(ledger, "scan")
+    assert report["detector_uid_also_names"] == ["fresh-1"]
+    assert report["also_named_continued_by"] == {"fresh-1": ["fresh-2"]}
+    assert "also names run fresh-1 (its series went on in run fresh-2)" in render(report)
+    ledger.close()
