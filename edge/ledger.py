@@ -109,7 +109,9 @@ CREATE INDEX IF NOT EXISTS runs_by_resumed ON runs(
 #: holds (``files.holds``, read from the file as it is written; NULL for files recorded before); 6 keeps
 #: the highest frame number an open run has received (``runs.frames_seen``, for a crash's recovery); 7 how
 #: many frames a reduced file's frame table lists as vetoed (``files.frames_vetoed``: a crash's recovery
-#: counts them after the file was purged, when the purged data files' gaps no longer tell them).
+#: counts them after the file was purged, when the purged data files' gaps no longer tell them), and
+#: ``files.frame_ranges``: a data or blank file's frames when they are not its whole span, a reduced
+#: file's vetoed frames, as JSON ``[[first, last], ...]`` (a purged file's frames are exact after a crash).
 SCHEMA_VERSION = 7
 
 #: Columns added since version 1, with their defaults; a fresh ledger gets them too (table, column, SQL).
@@ -122,6 +124,7 @@ MIGRATION_COLUMNS = (
     ("files", "holds", "TEXT"),
     ("runs", "frames_seen", "INTEGER"),
     ("files", "frames_vetoed", "INTEGER"),
+    ("files", "frame_ranges", "TEXT"),
 )
 
 # Running totals, kept by triggers in the same transaction as the rows they count, so that the views
@@ -456,20 +459,23 @@ class Ledger:
         local: bool = False,
         holds: str | None = None,
         vetoed: int | None = None,
+        frame_ranges: str | None = None,
     ) -> int:
         """Record a closed file and its transfer chunks ``(offset, length, checksum)`` atomically.
 
         ``kind`` says what the file holds (data, blank, reduced, documents), ``holds`` which products a
         reduced file holds and where, ``vetoed`` how many frames a reduced file's frame table lists as
-        vetoed; a ``local`` file is never forwarded (``upstream.forward``): it stays in state ``local``
-        until an explicit retention policy retires it.
+        vetoed, ``frame_ranges`` (JSON) a data file's frames when not its whole span or a reduced file's
+        vetoed ones; a ``local`` file is never forwarded (``upstream.forward``): it stays in state
+        ``local`` until an explicit retention policy retires it.
         """
         first, last, count = frames
         state = "local" if local else "stored"
         with self._lock, self._transaction() as db:
             cursor = db.execute(
                 "INSERT INTO files (run_uid, name, path, size, checksum, first_frame, last_frame,"
-                " n_frames, state, stored_at, kind, holds, frames_vetoed) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                " n_frames, state, stored_at, kind, holds, frames_vetoed, frame_ranges)"
+                " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 (
                     run_uid,
                     name,
@@ -484,6 +490,7 @@ class Ledger:
                     kind,
                     holds,
                     vetoed,
+                    frame_ranges,
                 ),
             )
             file_id = int(cursor.lastrowid or 0)

@@ -396,7 +396,9 @@ class RunRecorder:
     def file_closed(self, closed: ClosedFile) -> None:
         """A data file was finished (fsynced and renamed): checksum it and register it with its chunks."""
         frames = (closed.first_frame, closed.last_frame, closed.n_frames)
-        self.register_file(closed.run_uid, closed.path, frames, closed.kind, closed.holds, closed.vetoed)
+        self.register_file(
+            closed.run_uid, closed.path, frames, closed.kind, closed.holds, closed.vetoed, closed.frame_ranges
+        )
         self._count("files_closed")
 
     def stays_local(self, run_uid: str, kind: str) -> bool:
@@ -421,6 +423,7 @@ class RunRecorder:
         kind: str = "data",
         holds: str | None = None,
         vetoed: int | None = None,
+        frame_ranges: str | None = None,
     ) -> None:
         """Checksum a closed file and record it, with its transfer chunks, in one transaction."""
         size, digest, chunks = file_checksums(path, self.chunk_bytes)
@@ -438,6 +441,7 @@ class RunRecorder:
             local,
             holds,
             vetoed,
+            frame_ranges,
         )
         if local:  # never forwarded: nothing reads it again soon
             drop_cached(path)

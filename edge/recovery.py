@@ -262,6 +262,18 @@ def _reduced_file_facts(path: Path) -> tuple[tuple[int, int, int], str | None, i
     return span, held, vetoed
 
 
+def _frame_ranges(f: dict[str, Any]) -> list[tuple[int, int]] | None:
+    """A file's ``frame_ranges`` from the ledger (data: its frames, when not its whole span; reduced:
+    its vetoed frames), None when not recorded (a file recorded before schema 7, or a whole span)."""
+    text = f.get("frame_ranges")
+    if not text:
+        return None
+    try:
+        return [(int(a), int(b)) for a, b in json.loads(text)]
+    except (TypeError, ValueError):
+        return None
+
+
 def _verified_and_gone(f: dict[str, Any]) -> bool:
     """A file verified upstream and no longer on the local disk: purged, its record not written."""
     return bool(f["state"] == "verified" and not Path(f["path"]).exists())
@@ -312,7 +324,10 @@ def _vetoed_frames(recorder: RunRecorder, run_uid: str) -> tuple[np.ndarray, int
         if f.get("kind") != "reduced" or not str(f["name"]).endswith(".nxs"):
             continue
         if f["state"] == "purged" or _verified_and_gone(f):  # verified upstream, deleted here on purpose
-            if f.get("frames_vetoed") is not None:
+            ranges = _frame_ranges(f)
+            if ranges is not None:  # the ledger kept them
+                found += [np.arange(a, b + 1, dtype=np.int64) for a, b in ranges]
+            elif f.get("frames_vetoed") is not None:
                 counted += int(f["frames_vetoed"])
             else:  # recorded before the ledger kept the count: worked out from the other files
                 found.append(_vetoed_in_purged(recorder, run_uid, f))
@@ -335,9 +350,15 @@ def _accounted(recorder: RunRecorder, run_uid: str, vetoed: np.ndarray) -> list[
         n, first, last = int(f["n_frames"]), int(f["first_frame"]), int(f["last_frame"])
         if (f["state"] == "purged" or _verified_and_gone(f)) and 0 <= first <= last:
             # verified upstream and deleted here on purpose (a short retention during a long run): its
-            # frame numbers cannot be read any more. A data file's or a frame table's span held frames
-            # each with its disposition (a gap in it is a loss recorded as such): none is unaccounted
-            covered.append((first, last))
+            # frame numbers cannot be read any more; the ledger keeps them (`frame_ranges`): a gappy data
+            # file's frames, a frame table's vetoed ones (its span proves nothing: the rows of stored
+            # frames whose file was still open waited for the next table; an outside probe's hits in a
+            # file the full disk quarantined, their records held and lost with a kill -9, were in none).
+            # Recorded before the ledger kept them: the span, as each frame in it had a disposition
+            ranges = _frame_ranges(f)
+            if f.get("kind") == "reduced" and ranges is not None:
+                continue  # its vetoed frames are in ``vetoed`` (`_vetoed_frames`)
+            covered += ranges if ranges is not None else [(first, last)]
             continue
         if n <= 0:
             continue

@@ -10,6 +10,7 @@ import math
 import os
 import threading
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -49,6 +50,20 @@ class ClosedFile:
     kind: str = "data"  # data (kept frames), blank (serial blanks kept locally), reduced (products)
     holds: str | None = None  # a reduced file: which products it holds and where in it (`edge where`)
     vetoed: int | None = None  # a reduced file: the frames its frame table lists as vetoed
+    # JSON [[first, last], ...]: a data file's frames when they are not its whole span; a reduced file's
+    # vetoed frames (the ledger's ``files.frame_ranges``)
+    frame_ranges: str | None = None
+
+
+def frame_ranges_json(frames: Iterable[int]) -> str:
+    """Frame numbers as JSON ``[[first, last], ...]``, consecutive numbers merged, in order."""
+    ranges: list[list[int]] = []
+    for frame in sorted(set(frames)):
+        if ranges and frame == ranges[-1][1] + 1:
+            ranges[-1][1] = frame
+        else:
+            ranges.append([frame, frame])
+    return json.dumps(ranges, separators=(",", ":"))
 
 
 class ProductLayout(Protocol):
@@ -238,7 +253,11 @@ class RunFileWriter:
         # the lowest and highest frame numbers (a frame overtaken by later ones is stored where it comes)
         first = min(self.frames, default=-1)
         last = max(self.frames, default=-1)
-        return ClosedFile(self.run_uid, self.name, self.final_path, first, last, n, self.kind)
+        gappy = n and n != last - first + 1
+        ranges = frame_ranges_json(self.frames) if gappy else None
+        return ClosedFile(
+            self.run_uid, self.name, self.final_path, first, last, n, self.kind, frame_ranges=ranges
+        )
 
     def discard(self) -> None:
         self._h5.close()

@@ -14,7 +14,14 @@ import h5py
 import hdf5plugin  # noqa: F401  (registers filter 32008 with HDF5)
 import numpy as np
 
-from edge.store._files import ClosedFile, ProductLayout, _abandon, _finish_file, _write_reduction_record
+from edge.store._files import (
+    ClosedFile,
+    ProductLayout,
+    _abandon,
+    _finish_file,
+    _write_reduction_record,
+    frame_ranges_json,
+)
 from kernels import hdf5_filter_options
 
 log = logging.getLogger(__name__)
@@ -202,6 +209,7 @@ class ReducedWriter:
             "reduced",
             holds,
             sum(r["disposition"] == "vetoed" for r in self.rows),
+            frame_ranges_json(int(r["frame_number"]) for r in self.rows if r["disposition"] == "vetoed"),
         )
         self.files += 1
         self.rows, self.products = later_rows, later_products

@@ -244,9 +244,11 @@ def test_files_purged_before_a_crash_are_accounted_from_the_ledger_without_an_er
             Path(row["path"]).unlink()
         if row["name"].endswith("_reduced_00000.nxs"):
             assert row["frames_vetoed"] == 6
-            if not count_kept:
+            if not count_kept:  # a ledger from before schema 7: no count, no frame ranges
                 with ledger._transaction() as db:
-                    db.execute("UPDATE files SET frames_vetoed=NULL WHERE id=?", (row["id"],))
+                    db.execute(
+                        "UPDATE files SET frames_vetoed=NULL, frame_ranges=NULL WHERE run_uid=?", (run_uid,)
+                    )
 
     with caplog.at_level(logging.WARNING, logger="edge.recovery"):
         recover(recorder, tmp_path)
@@ -566,3 +568,45 @@ def test_a_reduced_file_finished_just_before_the_crash_is_salvaged_with_its_veto
     totals = ledger.run_totals(run_uid)
     # 7 hits and the blank 20 stored, 1, 2, 5, 6, 7, 9 vetoed; 10, 11, 14..16, 18, 19, 21..23 lost
     assert (totals["frames_stored"], totals["frames_vetoed"], totals["frames_lost"]) == (8, 6, 10), totals
+
+
+def test_hits_of_a_quarantined_file_inside_a_purged_frame_table_s_span_are_recorded_lost(
+    tmp_path: Path,
+) -> None:
+    """An outside probe (serial, blanks dropped, full disk with no ledger reserve, kill -9): the open hits
+    file was quarantined when the disk filled, its disk_full records held in memory and lost with the
+    kill; the frame table listing the blanks around those hits (their rows waited for their file) was
+    verified and purged. Recovery took the purged table's span as accounted: the hits were in no record.
+    The ledger keeps a purged file's frames (``frame_ranges``: a gappy data file's, a table's vetoed
+    ones), so only those are accounted, and the hits are ``daemon_crash``."""
+    import h5py
+    import numpy as np
+
+    from edge.recovery import recover
+    from edge.store import ReducedWriter
+
+    ledger = Ledger(tmp_path / "ledger.sqlite", required_consumers=("hpc",))
+    recorder = RunRecorder(ledger, tmp_path, chunk_bytes=1 << 20)
+    run_uid = recorder.open_run("run-q", series=5, frames_expected=16, config={}, mode="serial")
+    directory = tmp_path / run_uid
+    directory.mkdir()
+    hits = [0, 3, 4, 8]
+    data = directory / f"{run_uid}_00000.h5"
+    with h5py.File(data, "w") as handle:
+        handle["/entry/data/frame_number"] = np.asarray(hits, np.int64)
+    recorder.register_file(run_uid, data, (0, 8, 4), frame_ranges="[[0,0],[3,4],[8,8]]")
+    writer = ReducedWriter(directory, run_uid, _Rows(), frames_per_file=100)
+    for frame in [*range(10), 13, 14]:  # hits 10..12: their rows wait for their file, quarantined
+        writer.add(frame, "stored" if frame in hits else "vetoed", "data", {}, {})
+    recorder.file_closed(writer.finish())
+    for row in ledger.files(run_uid):  # both verified upstream and purged here
+        assert ledger.file_verified("hpc", row["id"], row["size"], row["checksum"])
+        ledger.file_purged(row["id"])
+        Path(row["path"]).unlink()
+
+    recover(recorder, tmp_path)
+
+    losses = [(r["first_frame"], r["last_frame"], r["reason"]) for r in ledger.losses(run_uid)]
+    assert losses == [(10, 12, "daemon_crash"), (15, 15, "daemon_crash")], losses
+    totals = ledger.run_totals(run_uid)
+    assert (totals["frames_stored"], totals["frames_vetoed"], totals["frames_lost"]) == (4, 8, 4), totals
