@@ -183,7 +183,9 @@ class Stream2Source(ZmqStreamSource):
             self._flush_errors_before_run()
             self._start(event)
         else:
-            self._deferred_start(event.series, 0)  # a start held for its first image: none came
+            if self._deferred_end(event.series):
+                return
+            self._deferred_start(event.series, 0)  # (a held start of another series: opened, ended)
             self._rejected_series_ended()
             self._flush_errors_before_run()
             if self._stray_end(event.series):

@@ -500,7 +500,9 @@ class ZmqStreamSource:
             self._series_started(event, key)
             return slot
         if isinstance(event, SeriesEnd):
-            self._deferred_start(event.series, 0)  # a start held for its first image: none came
+            if self._deferred_end(event.series):
+                return slot
+            self._deferred_start(event.series, 0)  # (a held start of another series: opened, ended)
             self._rejected_series_ended()
             self._flush_errors_before_run()
             if self._stray_end(event.series):
@@ -880,6 +882,23 @@ class ZmqStreamSource:
         log.warning(
             "series %d: a start of a series a restart cut: its first image tells a new acquisition (frame"
             " 0) from the series going on (a run resumed after the restart)",
+            series,
+        )
+        return True
+
+    def _deferred_end(self, series: int) -> bool:
+        """An end right after a start held by `_start_after_restart`, with no image between: the end of
+        the series the restart cut, sent again with its start on the new connection (its frames came
+        while the daemon was down, or before: the interrupted run accounts for them). No run is opened
+        for it (one was, and recorded all its frames lost again: an outside probe). True when so."""
+        deferred = self._start_deferred
+        if deferred is None or deferred[0] != series:
+            return False
+        self._start_deferred = None
+        self.stats["starts_after_restart_ended"] += 1
+        log.warning(
+            "series %d: its start and end came again after the restart, with no image: the interrupted"
+            " run's series, which that run accounts for; no run opened",
             series,
         )
         return True

@@ -176,3 +176,15 @@ def test_a_start_sent_again_after_a_daemon_restart_is_told_by_its_first_image(fi
     else:
         assert not config.get("resumed_after_restart") and config["frames_expected"] == 40, config
         assert sink.losses == [] and sink.ends == ["success"]
+
+
+def test_a_start_and_end_sent_again_after_a_restart_with_no_image_open_no_run() -> None:
+    """An outside probe: after a restart the sender sent its series' start again, then only its end (the
+    rest had gone while the daemon was down): a new run recorded all 10 frames lost, beside the
+    interrupted run's own records of them. It is the interrupted series' end: no run opens."""
+    sink = _Restarted()
+    end6 = [part({"htype": "dseries_end-1.0", "series": 6})]
+    reader = _one_connection(sink, [header(5, 10), END, header(6, 1), image(6, 0), end6], ends=1)
+    assert [c["frames_expected"] for c in sink.configs] == [1]  # series 6 only
+    assert sink.losses == [] and sink.frames == [0]
+    assert reader.counters()["starts_after_restart_ended"] == 1
