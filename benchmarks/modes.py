@@ -127,7 +127,13 @@ def run_mode(
     edge = [sys.executable, "-m", "edge"]
     procs = [subprocess.Popen([*edge, "run", *args], stderr=subprocess.DEVNULL)]
     try:
-        _wait(lambda: _json(f"http://127.0.0.1:{api}/api/status"), 120, "the daemon")
+        # the daemon answers while its mode's kernels load (on a thread of their own): the run starts once
+        # they have, as a run's frames would otherwise wait for them and the load's CPU count as theirs
+        _wait(
+            lambda: not _json(f"http://127.0.0.1:{api}/api/status")["pipeline"].get("warming", [None]),
+            300,
+            "the daemon, its kernels loaded",
+        )
         procs.append(subprocess.Popen([*edge, "pull", *args], stderr=subprocess.DEVNULL))
         time.sleep(2.0)  # the pull client's start-up (imports) is not per-frame work
         cpu_before = [sum(psutil.Process(proc.pid).cpu_times()[:2]) for proc in procs]
