@@ -424,9 +424,15 @@ def run_demo(args: argparse.Namespace, settings: Settings, flags: list[str] | No
 
     try:
         procs.start("daemon", ["run", *common])
+        # the daemon answers while its mode's kernels load (a first use compiles them: a minute and more);
+        # the simulator starts once they have, so the demo's rates are the appliance's, not the load's
         if (
             watch(
-                lambda: get_json(url + "/api/status"), DAEMON_START_SECONDS, "the daemon's API", "starting", 1
+                lambda: (status := get_json(url + "/api/status")) and not status["pipeline"].get("warming"),
+                DAEMON_START_SECONDS,
+                "the daemon's API and kernels",
+                "starting",
+                1,
             )
             is None
         ):
