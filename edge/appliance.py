@@ -831,8 +831,14 @@ class Appliance:
         # the configured mode's kernels load now, not on the first run's first frame, on the warm-ups'
         # thread: the API answers meanwhile and shows the load (``pipeline.warming``, the mode_warming
         # alarm); an install's first compile kept the API unanswered for 70 s (an outside probe). A run
-        # that starts meanwhile waits for numba's compile lock, its frames held in the ring
-        self.warm_ups.request(self.reduction.current())
+        # that starts meanwhile waits for numba's compile lock, its frames held in the ring. On the GPU
+        # backend, before the pipeline starts, as before: under numba's CUDA simulator (what CI can run) a
+        # kernel on one thread swaps the backend module's ``cuda`` for a fake one that the pipeline's
+        # thread would meet (a CI run: the ring's page-locking failed so)
+        if self.backend.name == "gpu":
+            self.pipeline.warm_up(self.frame_format.shape, self.frame_format.dtype, self.reduction.current())
+        else:
+            self.warm_ups.request(self.reduction.current())
         self.pipeline.start(self.supervisor.spawn)
         self.source.start(self.supervisor.spawn)
         stream = self.settings.stream

@@ -471,11 +471,17 @@ class _Feed:
         return pending
 
 
+#: numba's ``cuda.pinned``, taken at import: under the CUDA simulator a kernel running on another thread
+#: (a mode's warm-up, now beside the pipeline's start) swaps this module's ``cuda`` for the kernels' own
+#: fake module, which has no ``pinned`` (the ring's page-locking failed so in a CI run)
+_PINNED = cuda.pinned
+
+
 def pin_host(array: np.ndarray) -> contextlib.AbstractContextManager[Any]:
     """Page-lock ``array``'s memory for the GPU while the context is open (cuMemHostRegister): copies
     from it then run asynchronously, at the bus's speed. The appliance pins its frame ring this way;
     the pages count against the memlock limit (``LimitMEMLOCK=infinity`` in ``systemd/edge.service``)."""
-    return cast(contextlib.AbstractContextManager[Any], cuda.pinned(array))
+    return cast(contextlib.AbstractContextManager[Any], _PINNED(array))
 
 
 def histogram(values: Any, bins: Any, npt: int) -> np.ndarray:
