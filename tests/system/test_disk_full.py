@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import sqlite3
 import subprocess
 import uuid
 from pathlib import Path
@@ -36,6 +37,18 @@ def _fill(ballast: Path, leave: int) -> None:
     disk = os.statvfs(ballast.parent)
     with open(ballast, "wb") as handle:
         os.posix_fallocate(handle.fileno(), 0, disk.f_bavail * disk.f_frsize - leave)
+
+
+def _no_wal_slack(store: Path) -> None:
+    """Empty the ledger's write-ahead log, so that its next write must take new blocks. SQLite reuses a
+    checkpointed log from its start: with up to 1000 pages of it left, the ledger's records on a full
+    disk may all fit there (they are then written, not held, and the test has nothing to see)."""
+    db = sqlite3.connect(store / "ledger.sqlite", timeout=10)
+    try:
+        busy, _, _ = db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+    finally:
+        db.close()
+    assert busy == 0, "the daemon kept the ledger's log busy"
 
 
 def _start_logged(stack: EdgeStack, log: Path) -> subprocess.Popen[str]:
@@ -199,6 +212,7 @@ def test_a_ledger_that_cannot_write_holds_its_records_until_space_returns(
         run_uid = str(uuid.uuid4())
         sim = stack.start("sim", "--frames", "400", "--run-uid", run_uid, "--json", stdout=subprocess.PIPE)
         wait_for(lambda: stack.status()["frames"]["stored"] >= 20, 30, "frames stored")
+        _no_wal_slack(store)
         fill_up(ballast)
         wait_for(lambda: stack.status()["store"]["ledger_writes_held"] > 0, 30, "ledger writes held")
         assert daemon.poll() is None
