@@ -72,6 +72,8 @@ ASG_READONLY = "READONLY"
 ASG_DEFAULT = "DEFAULT"
 
 _SETPOINTS = frozenset(spec.name for spec in PVS if spec.writable)
+#: areaDetector chunk settings: kept, but their readbacks read the files' real chunk (`IOC._chunking`)
+_CHUNKING = ("HDF1:NumFramesChunks", "HDF1:NumRowChunks", "HDF1:NumColChunks")
 _ioc_started = False
 
 
@@ -554,6 +556,14 @@ class ApplianceIOC:
         log.info("refused a put of %s to %s: %s", shown, spec.name, reason)
         return False
 
+    def _chunking(self, name: str) -> int:
+        """The files' real chunk along ``name``'s axis: one whole frame (whatever the setpoint holds; a
+        client such as ophyd-async states the readback's chunk shape in its StreamResource)."""
+        fmt = self.view.frame_format
+        return {"HDF1:NumFramesChunks": 1, "HDF1:NumRowChunks": fmt.height, "HDF1:NumColChunks": fmt.width}[
+            name
+        ]
+
     def _frame_only(self, spec: PvSpec) -> int | None:
         """The one value of a PV that takes only the frame's own width, height or pixel type."""
         if not isinstance(spec.only, str):
@@ -868,6 +878,8 @@ class ApplianceIOC:
             self._set("HDF1:NumCapture_RBV", int(value))
         elif name == "Mode" or name.startswith("Reduction:"):
             self._show_reduction(self._parameters())
+        elif name in _CHUNKING:  # kept, but the readback reads the chunk the files have
+            self._set(f"{name}_RBV", self._chunking(name))
         elif f"{name}_RBV" in self.records:  # an areaDetector writer setting, kept and shown back
             self._set(f"{name}_RBV", value)
 
@@ -1354,8 +1366,8 @@ class ApplianceIOC:
         for spec in PVS:  # the writer settings the appliance keeps: their readbacks start as they do
             if spec.writable and spec.initial is not None and f"{spec.name}_RBV" in self.records:
                 self._set(f"{spec.name}_RBV", spec.initial)
-        self._set("HDF1:NumRowChunks_RBV", fmt.height)  # one chunk is one whole frame
-        self._set("HDF1:NumColChunks_RBV", fmt.width)
+        for name in _CHUNKING:  # one chunk is one whole frame
+            self._set(f"{name}_RBV", self._chunking(name))
         self._set("HDF1:Dimensions_RBV", np.array([fmt.width, fmt.height] + [0] * 8, dtype=np.int16))
         slots = int(settings.ring.slots)
         self._set("HDF1:QueueFreeLow", max(1, slots // 10))

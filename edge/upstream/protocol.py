@@ -208,9 +208,9 @@ def decode(frames: list[bytes] | list[bytes | memoryview]) -> tuple[Message, byt
             f"header holds a number too long (more than {MAX_INT_DIGITS} digits)"
         ) from None
     except RecursionError:  # arrays or objects nested thousands deep: no header of ours is
-        raise RemoteProtocolError("header is not JSON this end reads: nested too deep") from None
+        raise RemoteProtocolError("header is not JSON: nested too deep") from None
     except ValueError:  # anything else json or int() refuses: its text is Python's, not the protocol's
-        raise RemoteProtocolError("header is not JSON this end reads") from None
+        raise RemoteProtocolError("header is not JSON: a value this end cannot read") from None
     if not isinstance(header, dict):
         raise RemoteProtocolError("header is not a JSON object")
     version = header.get("v")

@@ -429,6 +429,15 @@ def test_bluesky_count_with_stock_classic_ophyd(stack: Stack) -> None:
         assert epics.caget(p + "HDF1:Capture_RBV") == 0
         assert epics.caget(p + "SDKVersion_RBV", as_string=True).startswith("edge ")
         assert epics.caget(p + "HDF1:NumRowChunks") == epics.caget(p + "HDF1:NumRowChunks_RBV") == 256
+        # a chunk setting is kept, but its readback reads the files' real chunk (an outside probe: 2 frames
+        # of 257 rows read back, and ophyd-async's StreamResource stated a chunk the files do not have)
+        assert epics.caput(p + "HDF1:NumFramesChunks", 2, wait=True, timeout=10) == 1
+        assert epics.caput(p + "HDF1:NumRowChunks", 257, wait=True, timeout=10) == 1
+        assert epics.caget(p + "HDF1:NumRowChunks") == 257
+        assert (
+            epics.caget(p + "HDF1:NumFramesChunks_RBV") == 1
+            and epics.caget(p + "HDF1:NumRowChunks_RBV") == 256
+        )
         assert epics.caput(p + "HDF1:ArrayCounter", 0, wait=True, timeout=10) == 1
         time.sleep(1.2)  # two refreshes of the readbacks: the reset holds
         assert epics.caget(p + "HDF1:ArrayCounter_RBV") == 0
