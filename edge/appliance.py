@@ -30,7 +30,7 @@ from edge.frame_format import FrameFormat, frame_format, preview_step, udp_geome
 from edge.ledger import Ledger
 from edge.modes import Corrections
 from edge.pipeline import Pipeline, WarmUps, reduced_file_bytes
-from edge.poni import combined_mask, load_poni
+from edge.poni import combined_mask, load_poni, settings_geometry
 from edge.recorder import RunRecorder
 from edge.recovery import interrupted_udp_run, paused_udp_run, recover, resume_interrupted, was_interrupted
 from edge.reduction_control import AUTOSAVE_NAME, ReductionControl
@@ -47,7 +47,7 @@ from firmware_bridge.source import FLAG_CHUNK, FLAG_STATE_MASK, FrameHeader, Fra
 from firmware_bridge.stream2_reader import Stream2Source
 from firmware_bridge.udp_reader import UdpSource
 from firmware_bridge.zmq_reader import ZmqStreamSource
-from kernels import Geometry, get_backend, make_gain
+from kernels import get_backend, make_gain
 
 __all__ = ["Appliance", "ApplianceView", "RingSink", "load_calibration", "udp_geometry"]
 
@@ -676,11 +676,7 @@ class Appliance:
             ) from error
         try:  # a start that fails from here on must not leave the ring's shared memory behind
             self.backend = get_backend(settings.reduction.backend, fallback=True)  # logged when it falls back
-            if settings.reduction.poni_file is not None:
-                geometry = load_poni(settings.reduction.poni_file).geometry  # shape checked above
-            else:
-                geometry = Geometry(**settings.geometry.model_dump())
-            self.geometry = geometry
+            self.geometry = geometry = settings_geometry(settings)  # (a PONI file's shape checked above)
             self.retention = Retention(
                 self.ledger, settings.store.path, settings.retention, disk_low_bytes=self.disk.resume_bytes
             )

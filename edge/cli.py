@@ -579,11 +579,12 @@ def _sim_mode_options(settings: Settings) -> dict[str, Any]:
 def _run_sim(settings: Settings, args: argparse.Namespace) -> int:
     from dataclasses import asdict
 
+    from edge.poni import settings_geometry
     from hw_sim.cli import Stream2Faults, StreamFaults, run_sim, run_sim_ioc, run_sim_udp
 
     sim = settings.sim
     frames_from = {  # what the simulated frames look like, whatever carries them
-        "geometry": settings.geometry.model_dump(),
+        "geometry": asdict(settings_geometry(settings)),  # a PONI file's, as the daemon's
         "mode": sim.mode,
         "seed": sim.seed,
         "pool": sim.pool,

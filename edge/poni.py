@@ -8,11 +8,15 @@ with one line saying which file, which key and what is wrong.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from edge.errors import ConfigError
-from kernels import Poni, PoniError, read_poni_file
+from kernels import Geometry, Poni, PoniError, read_poni_file
+
+if TYPE_CHECKING:
+    from edge.config import Settings
 
 
 def load_poni(path: Path, frame_shape: tuple[int, int] | None = None) -> Poni:
@@ -24,6 +28,16 @@ def load_poni(path: Path, frame_shape: tuple[int, int] | None = None) -> Poni:
     except PoniError as error:
         raise ConfigError(f"reduction.poni_file = {str(path)!r}: {error}") from None
     return poni
+
+
+def settings_geometry(settings: Settings) -> Geometry:
+    """The geometry of the settings: ``reduction.poni_file``'s when one is named, else ``geometry.*``.
+    The daemon reduces with it and the simulator draws with it, so that one settings file gives both the
+    same beam centre (an outside probe: the simulator drew its rings and spots about the default PONI, a
+    corner of its 512^2 frames, and serial mode called every frame a hit)."""
+    if settings.reduction.poni_file is not None:
+        return load_poni(settings.reduction.poni_file).geometry
+    return Geometry(**settings.geometry.model_dump())
 
 
 def combined_mask(poni: Poni | None, mask: np.ndarray | None) -> np.ndarray | None:

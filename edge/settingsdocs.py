@@ -101,7 +101,8 @@ def render() -> str:
         " set it before.",
         "Every command reads its own settings: give `edge where`, `edge pull` and `edge sim` the same file",
         "(or the same `--set`s) as the daemon where they must agree (`store.path`,",
-        "`upstream.required_consumers`, endpoints, the detector's size).",
+        "`upstream.required_consumers`, endpoints, the detector's size, its geometry: `edge sim` draws its",
+        "rings and spots about `reduction.poni_file`'s geometry when one is named, as the daemon reduces).",
     ]
     for name, field in Settings.model_fields.items():
         model = field.annotation

@@ -4,6 +4,7 @@ every transport: a technician's probe saw UDP ignore them (hit rate 0.32 for ``h
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -50,3 +51,28 @@ def test_every_transport_gets_the_mode_s_options(
     args = argparse.Namespace(ioc=transport == "ioc", json=True)
     assert _run_sim(load_settings(None, overrides), args) == 0
     assert seen["options"] == expected
+
+
+def test_the_simulator_draws_about_the_poni_file_the_daemon_reduces_with(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """An outside probe: ``edge sim`` given the daemon's settings file drew about ``geometry.*`` (the
+    default PONI, a corner of its 512^2 frames) while the daemon took ``reduction.poni_file``: serial
+    mode then called every frame a hit."""
+    pyfai = pytest.importorskip("pyFAI.integrator.azimuthal")
+    poni = tmp_path / "cal.poni"
+    pyfai.AzimuthalIntegrator(
+        dist=0.08, poni1=0.0195, poni2=0.0188, wavelength=1e-10, pixel1=75e-6, pixel2=75e-6
+    ).write(str(poni))
+    seen: dict[str, Any] = {}
+
+    def capture(**kwargs: Any) -> dict[str, Any]:
+        seen.update(kwargs)
+        return {}
+
+    monkeypatch.setattr(hw_sim.cli, "run_sim_udp", capture)
+    overrides = ['stream.transport="udp"', f'reduction.poni_file="{poni}"']
+    assert _run_sim(load_settings(None, overrides), argparse.Namespace(ioc=False, json=True)) == 0
+    assert (seen["geometry"]["dist"], seen["geometry"]["poni1"], seen["geometry"]["poni2"]) == pytest.approx(
+        (0.08, 0.0195, 0.0188)
+    )
