@@ -19,7 +19,7 @@ from edge.modes._stage import (
     frame_row,
 )
 from edge.nxmx import write_pyfai_poni
-from kernels import make_gain
+from kernels import hdf5_filter_options, make_gain
 
 
 class PowderStage(_CorrectedStage):
@@ -189,6 +189,31 @@ class PowderStage(_CorrectedStage):
         corrections.create_dataset("error_model", data="poisson")
         corrections.create_dataset("integration_method", data="histogram, no pixel splitting (pyFAI 'no')")
 
+    def _write_images(self, corrections: h5py.Group) -> None:
+        """The dark and flat images the run applied, as read from their files (bitshuffle-LZ4), in the
+        run's first reduced file only: with the stored mask and the PONI text, the run's reduced files
+        alone reproduce its profiles upstream (an outside probe: they named the local files only).
+        Written once a run, not copied into every file: a 2048^2 float flat is 16 MiB."""
+        cal = self.ctx.corrections
+        for name, image in (("dark", cal.dark), ("flat", cal.flat)):
+            if image is None:
+                continue
+            ds = corrections.create_dataset(
+                name,
+                data=image,
+                chunks=image.shape,
+                **hdf5_filter_options(),  # type: ignore[arg-type]
+            )
+            path, digest = cal.files.get(name, (None, None))
+            ds.attrs["file"] = str(path or "")
+            ds.attrs["file_sha256"] = str(digest or "")
+            ds.attrs["meaning"] = (
+                "subtracted from every frame before its profile"
+                if name == "dark"
+                else "every frame (less the dark) divided by it before its profile; pixels where it is 0"
+                " or not finite are left out (the mask)"
+            )
+
     def _write_cake(self, cake: h5py.Group, products: list[dict[str, Any]]) -> None:
         """The cakes of ``products`` and their Poisson errors as NXazint2d's NXdata names them."""
         assert self.cake is not None
@@ -220,6 +245,8 @@ class PowderStage(_CorrectedStage):
         ``entry_2d`` beside it (same instrument and reduction record, its cakes in ``entry_2d/reduced``):
         one definition per entry, as each application's validator and reader expect."""
         self._write_profiles(entry, products)
+        if entry.attrs.get("file_index") == 0:
+            self._write_images(entry["reduced/corrections"])
         self._write_application(entry, "NXazint1d")
         if self.cake is not None:
             cake_entry = entry.file.create_group("entry_2d")

@@ -181,6 +181,7 @@ class ReducedWriter:
             entry.attrs["NX_class"] = "NXentry"
             entry.attrs["run_uid"] = self.run_uid
             entry.attrs["file_kind"] = "reduced"
+            entry.attrs["file_index"] = self.files  # (a powder run's first file holds its dark and flat)
             h5.attrs["default"] = "entry"
             _write_reduction_record(entry, self.layout)
             self._write_frames(entry)

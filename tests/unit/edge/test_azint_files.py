@@ -171,3 +171,60 @@ def test_a_reduced_file_is_finished_once_its_ready_rows_reach_its_byte_bound(tmp
     assert writer.bytes == 20 * each and not writer.full()
     with h5py.File(closed.path) as h5:
         assert h5["/entry/frames/frame_number"][()].tolist() == list(range(10))
+
+
+def test_a_run_s_reduced_files_alone_reproduce_profiles_made_with_a_dark_and_a_flat(tmp_path: Path) -> None:
+    """An outside powder probe: the reduced files named the dark and flat files (local paths) and their
+    checksums, not their images, so the upstream copy could not reproduce a profile made with them. The
+    run's first reduced file holds both images; pyFAI given only what the files hold (the PONI text, the
+    mask, the dark and the flat) reproduces every profile (relative 1e-6)."""
+    pytest.importorskip("pyFAI")
+    from pyFAI.integrator.azimuthal import AzimuthalIntegrator
+
+    from edge.modes import Corrections
+
+    rng = np.random.default_rng(11)
+    dark = rng.uniform(1, 5, SHAPE).astype(np.float32)
+    flat = rng.uniform(0.8, 1.2, SHAPE).astype(np.float32)
+    flat[3, 4] = 0  # a pixel the flat makes unusable: left out, in the stored mask
+    cal = Corrections(dark=dark, flat=flat, files={"dark": ("/beamline/dark.npy", "ab" * 32)})
+    params = ReductionSettings(mode="powder", bins=BINS)
+    stage = make_stage(RunContext(get_backend("numpy"), GEOMETRY, SHAPE, BINS, "2th_deg", params, cal))
+    writer = ReducedWriter(tmp_path, "run1", stage, 2)
+    paths = []
+    for frame, pixels in enumerate(_frames()):
+        result = stage.process(pixels, frame, 0, float("nan"))
+        writer.add(frame, "stored", "data", result.row, result.products)
+        if writer.full():
+            paths.append(writer.finish().path)  # type: ignore[union-attr]
+    paths.append(writer.finish().path)  # type: ignore[union-attr]
+    assert len(paths) == 2
+    with h5py.File(paths[0], "r") as f:
+        corrections = f["/entry/reduced/corrections"]
+        stored_dark, stored_flat = corrections["dark"][()], corrections["flat"][()]
+        assert corrections["dark"].attrs["file"] == "/beamline/dark.npy"
+        assert corrections["dark"].attrs["file_sha256"] == "ab" * 32
+        mask = corrections["mask"][()]
+        poni = tmp_path / "run.poni"
+        poni.write_text(f["/entry/instrument/detector/pyfai_poni/poni_file"][()].decode())
+        profiles = [f["/entry/reduced/I"][k] for k in range(2)]
+    with h5py.File(paths[1], "r") as f:  # written once a run, not into every file
+        assert "dark" not in f["/entry/reduced/corrections"] and "flat" not in f["/entry/reduced/corrections"]
+        profiles.append(f["/entry/reduced/I"][0])
+    np.testing.assert_array_equal(stored_dark, dark)
+    np.testing.assert_array_equal(stored_flat, flat)
+    ai = AzimuthalIntegrator()
+    ai.load(str(poni))
+    for frame, ours in zip(_frames(), profiles, strict=True):
+        theirs = ai.integrate1d(
+            frame.astype(np.float64),
+            BINS,
+            unit="2th_deg",
+            method=("no", "histogram", "cython"),
+            mask=mask,
+            dark=stored_dark,
+            flat=stored_flat,
+            correctSolidAngle=False,
+        )
+        filled = theirs.count > 0 if getattr(theirs, "count", None) is not None else theirs.intensity != 0
+        np.testing.assert_allclose(ours[filled], theirs.intensity[filled], rtol=1e-6)
