@@ -171,6 +171,10 @@ def test_a_refused_run_says_the_sizes_in_units_people_read(ledger: Ledger, tmp_p
     ledger.file_stored("run", "big.h5", path, 2 * 2**30, "sum", (0, 0, 1), [(0, 2 * 2**30, "c")])
     refusal = retention.refusal()
     assert refusal is not None and "(2.0 GiB of 3.0 GiB)" in refusal, refusal
+    # the status says why at once, not at the next pass of the policy (an outside dashboard probe read
+    # "accepting_runs": false beside "alarm": null)
+    status = retention.status()
+    assert status["accepting_runs"] is False and status["alarm"] == refusal
 
 
 def test_stop_shuts_its_own_executor_and_later_checks_keep_the_last_answer(
