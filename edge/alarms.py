@@ -88,14 +88,23 @@ def current_alarms(status: Mapping[str, Any]) -> list[dict[str, Any]]:
         out.append(_alarm("condition:disk_full", "condition", "major", message))
     for warming in (status.get("pipeline") or {}).get("warming") or ():
         seconds = float(warming.get("seconds") or 0)
-        if seconds >= WARMING_ALARM_SECONDS:
+        if seconds < WARMING_ALARM_SECONDS:
+            continue
+        reduced = int(warming.get("frames_reduced") or 0)
+        if reduced:
+            message = (
+                f"Preparing {warming.get('mode')} mode: {reduced:,} frames of a run in this mode were reduced"
+                f" meanwhile, its kernels ready; the rest are still loading ({seconds:.0f} s so far; those"
+                " for frames with missing pixels among them, which would wait for them, held in the ring)"
+            )
+        else:
             message = (
                 f"Preparing {warming.get('mode')} mode: its kernels are loading ({seconds:.0f} s so far;"
                 " compiled on this install's first use of the mode, which takes tens of seconds, minutes"
                 " on a busy machine). A run in this mode that starts meanwhile may wait for the ones it"
                 " needs, its frames held in the ring (none lost)"
             )
-            out.append(_alarm(f"condition:mode_warming:{warming.get('mode')}", "condition", "minor", message))
+        out.append(_alarm(f"condition:mode_warming:{warming.get('mode')}", "condition", "minor", message))
     retention = status.get("retention") or {}
     if retention.get("alarm"):
         out.append(_alarm("condition:storage", "condition", "major", f"Storage alarm: {retention['alarm']}"))

@@ -140,8 +140,8 @@ class Pipeline:
         self.stats: Counter[str] = Counter()
         self.mode_failed: dict[str, str] | None = None  # the newest run whose mode stage could not start
         # each mode warm-up running (`warm_up`, on this thread or one of its own): (mode, monotonic time
-        # it began), for the IOC's progress, the status and its alarm
-        self._warm_ups: dict[int, tuple[str, float]] = {}
+        # it began, frames processed then), for the IOC's progress, the status and its alarm
+        self._warm_ups: dict[int, tuple[str, float, int]] = {}
         self._warm_up_ids = itertools.count()
         # the open (or last) run's vetoed frames, live: the ledger has a run's count once it has ended
         self._run_vetoed: tuple[str | None, int] = (None, 0)
@@ -241,8 +241,17 @@ class Pipeline:
             # modes whose kernels are loading now (compiled on an install's first use of a mode: tens of
             # seconds, minutes on a busy machine), and for how long: a run's first frames wait for them
             "warming": [
-                {"mode": mode, "seconds": round(time.monotonic() - since, 1)}
-                for mode, since in list(self._warm_ups.values())
+                {
+                    "mode": mode,
+                    "seconds": round(time.monotonic() - since, 1),
+                    # frames a run in this mode reduced meanwhile: the kernels it needed were ready, the
+                    # rest (e.g. for frames with missing pixels) still load (two outside probes read the
+                    # alarm as the run's, after it had ended)
+                    "frames_reduced": max(0, int(self.stats["frames_processed"]) - before)
+                    if self.latest_run is not None and self.latest_run[1].name == mode
+                    else 0,
+                }
+                for mode, since, before in list(self._warm_ups.values())
             ],
             **{k: int(v) for k, v in self.stats.items()},
             **({} if self.run_masks is None else {k: int(v) for k, v in self.run_masks.stats.items()}),
@@ -430,7 +439,7 @@ class Pipeline:
         started = time.perf_counter()
         # (a run's first frame may wait for it: the IOC counts that as progress)
         key = next(self._warm_up_ids)
-        self._warm_ups[key] = (params.mode, time.monotonic())
+        self._warm_ups[key] = (params.mode, time.monotonic(), int(self.stats["frames_processed"]))
         try:
             warm_up(self._context(shape, params, dtype=dtype), dtype)
         except Exception as error:

@@ -196,6 +196,7 @@
     selectedRun: null,
     currentRun: null,
     alarmsKey: "",
+    alarmsOpen: new Set(), // alarms whose whole text is shown (on a wide screen it is cut at two lines)
     ackMessages: {},
     profile: null,
     daemonStarted: null, // the appliance's start time (server clock), to tell a restarted daemon
@@ -259,6 +260,7 @@
     const canvas = $("preview");
     paint(canvas, width, height, preview.pixels_b64);
     $("preview-wrap").style.aspectRatio = `${width} / ${height}`; // the detector's shape, whatever the card's
+    $("preview-wrap").style.setProperty("--preview-ratio", String(width / height)); // (its height bounded)
     empty.hidden = true;
     const caption = `frame ${fmtInt(preview.frame)} of run ${shortUid(preview.run_uid)}`;
     setText("preview-caption", caption);
@@ -809,8 +811,9 @@
       const msg = state.ackMessages[a.id] ? ` <span class="ack-msg small">${esc(state.ackMessages[a.id])}</span>` : "";
       // the severity in words too, not by colour alone (red and amber look alike to many)
       const word = a.severity === "major" ? "MAJOR" : "minor";
-      return `<li class="${sev}" data-alarm="${esc(a.id)}" tabindex="-1"><span class="severity">${word}</span><span class="scope">${esc(scopeLabel(a))}</span>` +
-        `<span class="text">${esc(a.message)}</span><span class="since muted">since ${esc(fmtTime(a.since, false))}</span>${ack}${msg}</li>`;
+      const open = state.alarmsOpen.has(a.id) ? " open" : "";
+      return `<li class="${sev}${open}" data-alarm="${esc(a.id)}" tabindex="-1"><span class="severity">${word}</span><span class="scope">${esc(scopeLabel(a))}</span>` +
+        `<span class="text" title="${esc(a.message)}">${esc(a.message)}</span><span class="since muted">since ${esc(fmtTime(a.since, false))}</span>${ack}${msg}</li>`;
     }).join("");
   }
 
@@ -1352,7 +1355,17 @@
   for (const id of ["filter-name", "filter-date", "filter-mode", "filter-state"]) $(id).addEventListener("input", renderRuns);
   $("alarms").addEventListener("click", (event) => {
     const button = event.target.closest("button.ack");
-    if (button) acknowledge(button.dataset.alarm);
+    if (button) {
+      acknowledge(button.dataset.alarm);
+      return;
+    }
+    const text = event.target.closest("li .text");
+    if (!text) return;
+    const item = text.closest("li");
+    const id = item.dataset.alarm;
+    if (state.alarmsOpen.has(id)) state.alarmsOpen.delete(id);
+    else state.alarmsOpen.add(id);
+    item.classList.toggle("open", state.alarmsOpen.has(id));
   });
   $("where").addEventListener("click", (event) => {
     const other = event.target.closest("a[data-run]");

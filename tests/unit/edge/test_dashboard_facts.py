@@ -63,6 +63,12 @@ def test_a_mode_whose_kernels_load_for_long_raises_an_alarm_saying_why_frames_wa
     assert alarm["id"] == "condition:mode_warming:serial" and alarm["severity"] == "minor"
     assert alarm["message"].startswith("Preparing serial mode: its kernels are loading (23 s so far;")
     assert current_alarms(status()) == []
+    # a run in the mode reduced frames meanwhile: the alarm says the run has its kernels, not that frames
+    # wait (two outside probes read it as the run's, after the run had ended)
+    busy = {"pipeline": {"warming": [{"mode": "serial", "seconds": 40.0, "frames_reduced": 800}]}}
+    (alarm,) = current_alarms(busy)
+    assert alarm["id"] == "condition:mode_warming:serial"
+    assert "800 frames of a run in this mode were reduced meanwhile" in alarm["message"], alarm
 
 
 def test_condition_alarms_clear_with_their_condition() -> None:
