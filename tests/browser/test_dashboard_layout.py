@@ -228,7 +228,7 @@ def test_layout_at_each_width(
         # the disk's label adds up: its percent of used + free (root's reserved blocks are neither), not
         # of the disk's size ("45.0 % of 18.6 GiB used" beside 10.2 GiB free, a probe)
         disk = browser.evaluate("document.getElementById('disk-used').innerText")
-        assert disk == "45.0 % used (8.38 GiB of 18.6 GiB)", disk
+        assert disk == "45.0\u00a0% used (8.38 GiB of 18.6 GiB)", disk  # the number and its % together
         # and its link word is whole on one line (a probe saw "conne|cted" broken over two)
         link_lines = browser.evaluate(
             "[...document.querySelectorAll('#consumers tbody td:nth-child(2) span')]"
@@ -439,8 +439,8 @@ def test_many_runs_and_a_store_at_its_quota_on_a_wall(chromium: str, tmp_path: P
             assert fifth <= 1080, fifth
         finally:
             browser.close()
-    assert label.startswith("80.8 % of the store's"), label
-    assert label.endswith("used, full at 75 % · new runs refused"), label
+    assert label.startswith("80.8\u00a0% of the store's"), label  # no lone "%" on a line of its own
+    assert label.endswith("used, full at 75\u00a0% · new runs refused"), label
     assert width.startswith("80.8"), width
 
 

@@ -61,20 +61,29 @@ window.EdgeCharts = (() => {
     ctx.fillStyle = "#6a7383";
     ctx.strokeStyle = "#e5e7eb";
     ctx.lineWidth = 1;
-    ctx.beginPath();
-    ctx.moveTo(m.l, H - m.b + 0.5);
-    ctx.lineTo(W - m.r, H - m.b + 0.5);
-    ctx.stroke();
-    ctx.textBaseline = "bottom";
-    ctx.textAlign = "left";
-    ctx.fillText(`-${Math.round(windowS / 60)} min`, m.l, H);
-    ctx.textAlign = "right";
-    // the axis' right end: "now", or (options.endLabel) what that time is when the last sample is old
-    ctx.fillText(options.endLabel || "now", W - m.r, H);
+    // the time axis, from the plot's left edge (after a value axis' labels: "-1 min" was drawn over
+    // the lowest of them, "0.0 %", an outside probe)
+    const timeAxis = () => {
+      ctx.strokeStyle = "#e5e7eb";
+      ctx.fillStyle = "#6a7383";
+      ctx.lineWidth = 1;
+      ctx.beginPath();
+      ctx.moveTo(m.l, H - m.b + 0.5);
+      ctx.lineTo(W - m.r, H - m.b + 0.5);
+      ctx.stroke();
+      ctx.textBaseline = "bottom";
+      ctx.textAlign = "left";
+      ctx.fillText(`-${Math.round(windowS / 60)} min`, m.l, H);
+      ctx.textAlign = "right";
+      // the axis' right end: "now", or (options.endLabel) what that time is when the last sample is old
+      ctx.fillText(options.endLabel || "now", W - m.r, H);
+      ctx.textBaseline = "top";
+    };
     canvas.dataset.endLabel = options.endLabel || "now"; // (what the axis says, for readers of the page)
     const values = pts.filter((p) => p[1] !== null).map((p) => p[1]);
     ctx.textBaseline = "top";
     if (!values.length) {
+      timeAxis();
       ctx.textAlign = "center";
       ctx.fillText("no samples yet", W / 2, H / 2 - 6);
       return;
@@ -107,6 +116,7 @@ window.EdgeCharts = (() => {
       }
       ctx.textBaseline = "top";
     }
+    timeAxis();
     ctx.strokeStyle = colour;
     ctx.lineWidth = 1.5;
     ctx.beginPath();

@@ -529,7 +529,10 @@
             (num(t.inherited.files_unusable) > 0 ? ` <span class="bad">(${esc(fmtInt(t.inherited.files_unusable))} file(s) unreadable)</span>` : "") +
             "</td></tr>"
           : "") +
-        `<tr><th>slices done</th><td id="slices-done">${esc(fmtInt(t.slices_done))}</td></tr></table>` +
+        // the slices written to the run's reduced file, at its end (the slice shown below is the one
+        // being built while projections come: "slices done 0" beside it read as a contradiction)
+        `<tr><th title="slices reconstructed from the whole scan and written to the run's reduced file, at its end">slices written</th><td id="slices-done">${esc(fmtInt(t.slices_done))}` +
+        `${num(t.slices_done) > 0 ? "" : ' <span class="muted small">(at the run\'s end)</span>'}</td></tr></table>` +
         (t.slice ? `<div class="small">slice row ${esc(fmtInt(t.slice.row))} (values ${esc(fmtValue(t.slice.min))} to ${esc(fmtValue(t.slice.max))} per pixel): the large card</div>` +
           (t.slice.center != null
             ? `<div class="small" id="slice-axis">about column ${esc(num(t.slice.center).toFixed(2))} (${esc(t.slice.center_source || "–")}); ` +
@@ -704,12 +707,13 @@
     $("disk-bar").title = (byStore ? "the store against its capacity (retention.quota_bytes)" : "local disk used") +
       (byStore && fullAt > 0 ? `; the mark: full at ${(100 * fullAt).toFixed(0)} % (the headroom kept free)` : "");
     setText("disk-used", (byStore
-      ? `${storePercent.toFixed(1)} % of the store's ${fmtBytes(ret.capacity_bytes)} used` +
-        (fullAt > 0 ? `, full at ${(100 * fullAt).toFixed(0)} %` : "")
+      // (a number and its unit never on two lines: a lone "%" was, an outside probe)
+      ? `${storePercent.toFixed(1)}\u00a0% of the store's ${fmtBytes(ret.capacity_bytes)} used` +
+        (fullAt > 0 ? `, full at ${(100 * fullAt).toFixed(0)}\u00a0%` : "")
       // the disk's percent is of what users may fill (used + free: root's reserved blocks are neither);
       // "29.4 % of 252 GiB" beside 71.7 GiB free did not add up (an outside probe)
       : Number.isFinite(diskPercent)
-        ? `${diskPercent.toFixed(1)} % used (${fmtBytes(disk.used)} of ${fmtBytes(num(disk.used) + num(disk.free))})`
+        ? `${diskPercent.toFixed(1)}\u00a0% used (${fmtBytes(disk.used)} of ${fmtBytes(num(disk.used) + num(disk.free))})`
         : "–") +
       (refused ? " · new runs refused" : ""));
     setText("disk-free", `${fmtBytes(disk.free ?? ret.disk_free_bytes)} free`);
