@@ -11,6 +11,7 @@ arrives with the time, and sends what it returns.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -20,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import zmq
+from zmq.utils.monitor import recv_monitor_message
 
 from edge.diskguard import DiskGuard, is_no_space
 from edge.ledger import Ledger
@@ -70,6 +72,8 @@ class Forwarder:
         )
         self._clock = clock
         self._auth: Any = None
+        self._monitor: zmq.Socket | None = None  # the socket's handshake failures (over CURVE only)
+        self._handshake_logged = 0.0  # when a failed handshake may be logged again
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._sock: zmq.Socket | None = None
@@ -98,9 +102,15 @@ class Forwarder:
         sock.setsockopt(zmq.MAXMSGSIZE, MAX_INBOUND_BYTES)
         if self.curve is not None:
             self._auth = serve_securely(self.context, sock, *self.curve)
+            # a client that does not speak CurveZMQ at all (no keys) fails the handshake before the key
+            # check: seen only on the socket's monitor (an outside probe found no trace of it)
+            self._monitor = sock.get_monitor_socket(
+                zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
+            )
         try:
             sock.bind(self.endpoint)
         except zmq.ZMQError as error:
+            self._close_monitor(sock)
             sock.close(0)
             raise OSError(f"cannot serve upstream on {self.endpoint}: {error}") from error
         self.bound_endpoint = sock.getsockopt_string(zmq.LAST_ENDPOINT)
@@ -112,6 +122,7 @@ class Forwarder:
         if self._thread is not None:
             self._thread.join(timeout=10)
         if self._sock is not None:  # closed here, not by the thread, which may be restarted on it
+            self._close_monitor(self._sock)
             self._sock.close(0)
             self._sock = None
         if self._auth is not None:
@@ -128,15 +139,53 @@ class Forwarder:
             "ledger_refusing": self.ledger_refusing(),
             # over CURVE: handshakes of keys not admitted (the client sees only silence)
             "curve_handshakes_refused": self._auth.keyring.refused if self._auth is not None else 0,
+            # over CURVE: connections of a client without keys (no CurveZMQ at all), and other failed
+            # handshakes, seen on the socket's monitor
+            "curve_handshakes_without_curve": stats.get("curve_handshakes_without_curve", 0),
+            "handshakes_failed": stats.get("handshakes_failed", 0),
             "consumers": consumers,
             "unreadable_files": unreadable,
         }
+
+    def _close_monitor(self, sock: zmq.Socket) -> None:
+        if self._monitor is not None:
+            with contextlib.suppress(zmq.ZMQError):
+                sock.disable_monitor()
+            self._monitor.close(0)
+            self._monitor = None
+
+    def _handshakes_failed(self) -> None:
+        """Count (and log, once a minute) the handshakes the monitor saw fail: a client without CurveZMQ
+        keys retries every few seconds, each one refused."""
+        monitor = self._monitor
+        while monitor is not None:
+            try:
+                event = recv_monitor_message(monitor, zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            value = event.get("value")
+            plain = value == getattr(zmq, "PROTOCOL_ERROR_ZMTP_MECHANISM_MISMATCH", -1)
+            stats = self.session.stats
+            stats["curve_handshakes_without_curve" if plain else "handshakes_failed"] += 1
+            if self._clock() >= self._handshake_logged:
+                self._handshake_logged = self._clock() + 60.0
+                log.warning(
+                    "upstream: a connection from %s failed its handshake: %s (%d so far; logged once a"
+                    " minute)",
+                    event.get("endpoint", b"?").decode("ascii", "replace"),
+                    "the client does not speak CurveZMQ (no keys given to it: pull.curve_secret_file,"
+                    " pull.curve_server_file)"
+                    if plain
+                    else f"protocol error {value}",
+                    stats["curve_handshakes_without_curve"] + stats["handshakes_failed"],
+                )
 
     # -- the loop ---------------------------------------------------------------------------------------
     def _run(self, sock: zmq.Socket, checkpoint: Checkpoint) -> None:
         try:
             while not self._stop.is_set():
                 checkpoint()
+                self._handshakes_failed()
                 if sock.poll(50):
                     while True:
                         try:

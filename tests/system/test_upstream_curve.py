@@ -46,6 +46,10 @@ def test_curve_admits_known_consumers_only(tmp_path: Path) -> None:
         sim.communicate(timeout=60)
         wait_for(lambda: stack.status()["ledger"]["files"].get("stored", 0) >= 2, 30, "files stored")
         assert stack.status()["upstream"]["consumers"] == []  # the keyless client never got in
+        # and is counted (an outside probe: a client without keys left no trace on the appliance)
+        wait_for(
+            lambda: stack.status()["upstream"]["curve_handshakes_without_curve"] >= 1, 30, "the keyless count"
+        )
         hpc_keys = (
             "--set",
             f'pull.curve_secret_file="{keys / "hpc" / "hpc.key_secret"}"',
