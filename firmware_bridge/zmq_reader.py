@@ -47,6 +47,9 @@ log = logging.getLogger(__name__)
 
 MONITOR_SECONDS = 0.5  # how often the reader looks at its connection's events
 DROP_REPORT_SECONDS = 2.0  # a drop during a series is reported once the series outlives it this long
+#: at a clean stop, how long the reader goes on reading the messages already queued on its socket
+DRAIN_SECONDS = 0.5
+DRAIN_GAP_MS = 20  # ... until nothing more comes for this long
 GAPS_REMEMBERED = 64  # a series' latest gaps a late frame is looked for in
 ENDED_SERIES_REMEMBERED = 16  # series ended here whose images are stragglers, never a new series
 #: a start of a series opened from its images is late (its images came first) only when the run's first
@@ -304,6 +307,7 @@ class ZmqStreamSource:
                         reason, self._end_request = self._end_request, None
                         if self._series is not None:
                             self._end_series(reason, exit_status="fail")
+            self._drain(sock)
         except Exception:  # a bug, not bad input: counted, and raised to the spawner (which restarts us)
             self.stats["reader_crashes"] += 1
             raise
@@ -315,6 +319,22 @@ class ZmqStreamSource:
                 # stopped mid-series: what never came is lost, and says why (after a crash the series
                 # stays open for the restarted reader)
                 self._end_series("receiver_stopped", exit_status="abort")
+
+    def _drain(self, sock: zmq.Socket) -> None:
+        """A clean stop: the messages already queued on the socket (sent by the detector, not read yet)
+        are read and handed on, for up to DRAIN_SECONDS, before it closes. Closing dropped them: frames
+        of a burst already here became ``receiver_stopped`` losses (an outside probe's SIGTERM). What
+        comes after is lost with that reason, as before (the resumed run starts after it)."""
+        deadline = time.monotonic() + DRAIN_SECONDS
+        read = 0
+        # (a short wait, not none: beyond the socket's receive high-water mark the rest waits in the
+        # connection's buffers, moved on as the queue is read)
+        while time.monotonic() < deadline and sock.poll(DRAIN_GAP_MS):
+            self._receive_message(sock)
+            read += 1
+        if read:
+            self.stats["messages_read_at_stop"] += read
+            log.info("stopping: %d message(s) already queued from %s read and handed on", read, self.endpoint)
 
     def _warn_multipart(self) -> None:
         """Say what multipart messages dropped by a single-part format (Stream V2, counted in
