@@ -528,9 +528,12 @@ class UdpSource:
                     self._finished_counters["packets_missing"] = max(0, missing - handed * ppf)
                     self.stats["frames_handed_over"] += handed
                 log.warning(
-                    "UDP frames from frame %d after %.1f s of silence: a run that continues the last one%s",
+                    "UDP frames from frame %d after %s: a run that continues the last one%s",
                     first,
-                    time.monotonic() - self._paused_at,
+                    # (a pause from before a restart: its start is not known here; the uptime was printed)
+                    f"{time.monotonic() - self._paused_at:.1f} s of silence"
+                    if self._paused_at
+                    else "a silence that ended the run before, before this daemon started",
                     f" (the {handed} frame(s) from {first} on that the last one recorded lost as series_end"
                     " are this run's now)"
                     if handed
