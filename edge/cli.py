@@ -739,8 +739,17 @@ def daemon_where(settings: Settings, run_uid: str, timeout: float = 2.0) -> dict
     url = f"http://{host}:{settings.api.port}/api/runs/{urllib.parse.quote(run_uid, safe='')}"
     try:
         with urllib.request.urlopen(url, timeout=timeout) as answer:
-            where = json.loads(answer.read()).get("where", {})
+            run = json.loads(answer.read())
+            where, served = run.get("where", {}), run.get("ledger")
     except (OSError, ValueError, AttributeError):
+        return {}
+    if served != str(settings.ledger_path.resolve()):  # another appliance (or none of ours) answered
+        if served is not None:
+            print(
+                f"edge where: the API at {host}:{settings.api.port} serves another ledger ({served}); its"
+                " answer is not used (set api.port to this daemon's)",
+                file=sys.stderr,
+            )
         return {}
     return where if isinstance(where, dict) else {}
 

@@ -284,6 +284,9 @@ class ApplianceView:
                 held_end=self._p.recorder.held_end(run_uid),
                 stalled=stall(list(ledger.required_consumers), self._p.forwarder.counters()),
             ),
+            # which ledger this is: `edge where` asks the API on the configured port, which another
+            # appliance may hold (an outside probe: its stall and consumers were shown for this run)
+            "ledger": str(self._p.settings.ledger_path.resolve()),
         }
 
     def run_files(self, run_uid: str) -> list[dict[str, Any]]:

@@ -52,14 +52,19 @@ def _settings(port: int) -> Settings:
 
 
 def test_the_held_end_comes_from_the_daemons_run_view(api: ThreadingHTTPServer) -> None:
-    _Api.answers = {
-        "/api/runs/held-run": {"where": {"held_end": "abort", "state": "abort (ended; ...)"}},
-        "/api/runs/open-run": {"where": {"held_end": None, "state": "running"}},
-    }
     settings = _settings(api.server_address[1])
+    ours = str(settings.ledger_path.resolve())
+    _Api.answers = {
+        "/api/runs/held-run": {"where": {"held_end": "abort", "state": "abort (ended; ...)"}, "ledger": ours},
+        "/api/runs/open-run": {"where": {"held_end": None, "state": "running"}, "ledger": ours},
+        # another appliance on the configured port, holding a run of the same uid (an outside probe:
+        # its consumers and stall were printed for this ledger's run)
+        "/api/runs/other-run": {"where": {"held_end": "abort"}, "ledger": "/elsewhere/ledger.sqlite"},
+    }
     assert held_end_from_daemon(settings, "held-run") == "abort"
     assert held_end_from_daemon(settings, "open-run") is None
     assert held_end_from_daemon(settings, "unknown-run") is None  # 404: nothing more is known
+    assert held_end_from_daemon(settings, "other-run") is None
 
 
 def test_no_answer_from_the_api_leaves_the_report_as_the_ledger_has_it() -> None:
@@ -119,7 +124,11 @@ def test_edge_where_reads_the_files_by_the_consumers_the_running_daemon_requires
     ledger.close()
     _Api.answers = {
         "/api/runs/run-1": {
-            "where": {"required_consumers": ["hpc", "tape", "mirror"], "upstream_stalled": "mirror must pull"}
+            "where": {
+                "required_consumers": ["hpc", "tape", "mirror"],
+                "upstream_stalled": "mirror must pull",
+            },
+            "ledger": str((tmp_path / "ledger.sqlite").resolve()),  # the daemon serving this ledger
         }
     }
     lock = DaemonLock(tmp_path / "ledger.sqlite")  # as a running daemon holds it
