@@ -622,7 +622,11 @@ class Appliance:
         )
         self.context = context or zmq.Context.instance()
         # settings that can only be checked here, before anything is opened or made
-        curve = curve_paths(settings.upstream.curve_secret_file, settings.upstream.curve_clients_dir)
+        curve = curve_paths(
+            settings.upstream.curve_secret_file,
+            settings.upstream.curve_clients_dir,
+            ("upstream.curve_secret_file", "upstream.curve_clients_dir"),
+        )
         if curve is not None:
             from edge.upstream.curve import load_keys
 

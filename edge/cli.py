@@ -427,7 +427,11 @@ def _run_pull(settings: Settings) -> int:
     from edge.upstream.curve import check_client_keys, curve_paths
 
     try:
-        curve = curve_paths(pull.curve_secret_file, pull.curve_server_file)
+        curve = curve_paths(
+            pull.curve_secret_file,
+            pull.curve_server_file,
+            ("pull.curve_secret_file", "pull.curve_server_file"),
+        )
         if curve is not None:
             check_client_keys(*curve)
     except ConfigError as error:

@@ -214,10 +214,16 @@ def connect_securely(sock: zmq.Socket, secret_file: Path, server_public_file: Pa
     sock.curve_serverkey = server_public
 
 
-def curve_paths(first: Path | None, second: Path | None) -> tuple[Path, Path] | None:
-    """Both CurveZMQ paths, or neither; one without the other is a configuration error."""
+def curve_paths(
+    first: Path | None,
+    second: Path | None,
+    names: tuple[str, str] = ("the key pair file", "the peer's key(s)"),
+) -> tuple[Path, Path] | None:
+    """Both CurveZMQ paths, or neither; one without the other is a configuration error naming the
+    setting left unset (``names``: the two settings)."""
     if first is None and second is None:
         return None
     if first is None or second is None:
-        raise ConfigError("CurveZMQ needs both a key pair file and the peer's key(s); one of them is unset")
+        given, unset = (names[1], names[0]) if first is None else (names[0], names[1])
+        raise ConfigError(f"CurveZMQ needs both {names[0]} and {names[1]}: {given} is set, {unset} is not")
     return (first, second)

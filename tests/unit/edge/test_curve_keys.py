@@ -176,3 +176,16 @@ def test_a_refused_handshake_is_counted_and_logged(keys: Path, caplog) -> None: 
         assert ring.callback("*", hpc) and not ring.callback("*", mirror)
     assert ring.refused == 1
     assert f"CURVE handshake refused: public key {mirror[:8].decode()}..." in caplog.text
+
+
+def test_one_curve_setting_without_the_other_names_the_one_unset() -> None:
+    """An outside probe: "one of them is unset" did not say which."""
+    from edge.errors import ConfigError
+    from edge.upstream.curve import curve_paths
+
+    names = ("pull.curve_secret_file", "pull.curve_server_file")
+    assert curve_paths(None, None, names) is None
+    with pytest.raises(ConfigError, match=r"pull\.curve_secret_file is set, pull\.curve_server_file is not"):
+        curve_paths(Path("a.key_secret"), None, names)
+    with pytest.raises(ConfigError, match=r"pull\.curve_server_file is set, pull\.curve_secret_file is not"):
+        curve_paths(None, Path("b.key"), names)
