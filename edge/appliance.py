@@ -32,7 +32,14 @@ from edge.modes import Corrections
 from edge.pipeline import Pipeline, WarmUps, reduced_file_bytes
 from edge.poni import combined_mask, load_poni, settings_geometry
 from edge.recorder import RunRecorder
-from edge.recovery import interrupted_udp_run, paused_udp_run, recover, resume_interrupted, was_interrupted
+from edge.recovery import (
+    interrupted_udp_run,
+    paused_udp_run,
+    recover,
+    resume_interrupted,
+    udp_series_before,
+    was_interrupted,
+)
 from edge.reduction_control import AUTOSAVE_NAME, ReductionControl
 from edge.retention import Retention
 from edge.ring import FrameRing, Slot, sweep_stale_rings
@@ -784,6 +791,7 @@ class Appliance:
                     max_frame_jump=udp.max_frame_jump,
                     resume_above=interrupted[1] if interrupted is not None else None,
                     paused_above=paused[1] if paused is not None else None,
+                    series_before=udp_series_before(self.ledger),
                 )
             except OSError as error:  # the port taken, or a host that does not resolve: name the setting
                 raise ConfigError(

@@ -433,6 +433,21 @@ def _newest_udp_run(ledger: Any) -> dict[str, Any] | None:
     return dict(newest) if transport == "udp" else None
 
 
+def udp_series_before(ledger: Any) -> int:
+    """The highest series number of the ledger's UDP runs (0: none). UDP packets carry no series: the
+    daemon numbers its UDP runs, and a restarted one goes on from here (it began at 1 again, an outside
+    probe: two runs of series 1, the resumed one read as if it were the first acquisition's)."""
+    highest = 0
+    for run in ledger.runs():
+        try:
+            transport = json.loads(run.get("config") or "{}").get("transport")
+        except (TypeError, ValueError, AttributeError):
+            continue
+        if transport == "udp" and isinstance(run.get("series"), int):
+            highest = max(highest, int(run["series"]))
+    return highest
+
+
 def _highest_stored(ledger: Any, run_uid: str) -> int:
     """The highest frame in a run's data (or blank) files, at least 0."""
     data = [f for f in ledger.files(run_uid) if f.get("kind") in ("data", "blank")]

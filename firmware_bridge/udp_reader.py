@@ -98,6 +98,7 @@ class UdpSource:
         max_frame_jump: int | None = None,
         resume_above: int | None = None,
         paused_above: int | None = None,
+        series_before: int = 0,
     ) -> None:
         self.geometry = geometry
         # the daemon restarted in the middle of a UDP acquisition (its newest run was cut short, by a
@@ -138,7 +139,7 @@ class UdpSource:
         self._thread: threading.Thread | None = None
         self._assembler: UdpFrameAssembler | None = None
         self._run_open = False  # a run opens at its first accepted packet, not at any datagram
-        self._series = 0
+        self._series = max(0, int(series_before))  # runs are numbered on from the ledger's last UDP run
         self._last_packet = 0.0
         # every assembler counter from the start, at 0 (docs/api.md: every key present before any packet)
         self._finished_counters: Counter[str] = Counter(dict.fromkeys(self._new_assembler().counters, 0))

@@ -211,6 +211,9 @@ def test_a_udp_acquisition_cut_by_a_restart_resumes_in_a_linked_run(
     assert status["receiver"].get("series_resumed") == 1
     config = _config(second)
     assert config["resumed_after_restart"] is True and config["resumes_run"] == first_uid
+    # the daemon numbers UDP runs on from the ledger's (a restarted one began at 1 again: two runs of
+    # series 1, an outside probe)
+    assert second["series"] == first["series"] + 1, (first["series"], second["series"])
     assert first["exit_status"] == ("fail" if sig == signal.SIGKILL else "abort")
     # UDP on a loaded machine may lose a frame mid-file (the kernel's buffer overflows): the stored
     # frames are read from the files, not taken as each file's range
