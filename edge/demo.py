@@ -415,6 +415,7 @@ def run_demo(args: argparse.Namespace, settings: Settings, flags: list[str] | No
     procs = Components(logs)
     line = StatusLine(sys.stderr)
     started = time.monotonic()
+    started_at = time.time()  # (the runs the demo made: a store reused from an earlier demo has others)
     interrupted = Interrupted()
     signal.signal(signal.SIGINT, interrupted)
     signal.signal(signal.SIGTERM, interrupted)  # `kill` stops the demo as Ctrl-C does
@@ -524,6 +525,13 @@ def run_demo(args: argparse.Namespace, settings: Settings, flags: list[str] | No
             print("edge demo: stopped before every stored frame was delivered", file=sys.stderr)
             return 130
         status = get_json(url + "/api/status")
+        # every run the demo's series made (UDP: a stall longer than udp.idle_seconds splits it into runs,
+        # linked as "continued after a pause": an outside probe's summary named one of two)
+        run_uids = (
+            [str(r["run_uid"]) for r in get_json(url + "/api/runs") if float(r["started_at"]) >= started_at]
+            if udp
+            else [run_uid]
+        )
         summary = {
             "frames_sent": frames_sent,
             "frames_received": int(status["receiver"].get("frames_received", 0)),
@@ -538,6 +546,7 @@ def run_demo(args: argparse.Namespace, settings: Settings, flags: list[str] | No
             "loss_records": result["records"],
             "seconds": round(time.monotonic() - started, 3),
             "run_uid": run_uid,
+            "run_uids": run_uids,
             "transport": settings.stream.transport,
             "format": settings.stream.format,
             # the kernels the daemon ran (after any logged fallback) and the GPU feed's page-locked ring

@@ -120,6 +120,7 @@ def test_demo_with_faults_accounts_for_every_frame(
     assert summary["frames_lost"] == len(truth["frames_lost"])
     if transport == "udp":
         assert summary["frames_incomplete"] == len(truth["frames_incomplete"]) > 0
+    assert summary["run_uids"][-1] == summary["run_uid"]  # every run the series made, in order
 
 
 def test_a_demo_whose_every_packet_is_lost_still_ends_with_its_account(tmp_path: Path) -> None:
