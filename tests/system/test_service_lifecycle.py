@@ -344,7 +344,10 @@ def test_half_a_curve_key_pair_is_a_one_line_refusal_that_leaves_nothing_behind(
         daemon = stack.start("run", stderr=subprocess.PIPE)
         _, log = daemon.communicate(timeout=120)
         assert daemon.returncode == 2, log[-2000:]
-        assert "cannot start: CurveZMQ needs both a key pair file and the peer's key(s)" in log
+        assert (
+            "cannot start: CurveZMQ needs both upstream.curve_secret_file and upstream.curve_clients_dir:"
+            " upstream.curve_secret_file is set, upstream.curve_clients_dir is not"
+        ) in log
         _nothing_left_behind(log)
     finally:
         stack.stop_all()
