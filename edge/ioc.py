@@ -683,6 +683,9 @@ class ApplianceIOC:
         try:
             if path.exists():
                 return f"{path} exists (a capture never overwrites a file)", soft
+            part = path.with_name(path.name + ".part")
+            if part.exists():  # the only copy of a crashed capture's frames (recorded lost): kept
+                return f"{part.name} exists, left by a capture a crash cut short: move it aside", soft
             if not path.parent.is_dir() and not int(self.records["HDF1:CreateDirectory"].get()):
                 return f"{path.parent} does not exist (CreateDirectory 0)", soft
         except (OSError, ValueError) as error:

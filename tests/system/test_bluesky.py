@@ -271,6 +271,15 @@ def test_capture_spans_acquisitions_in_one_file(stack: Stack) -> None:
     epics.caput(p + "HDF1:Capture", 1, wait=True, timeout=5)
     assert epics.caget(p + "HDF1:Capture_RBV") == 0
     assert "exists" in epics.caget(p + "HDF1:WriteMessage", as_string=True)
+    # ... and so is one whose .part a crash left (an outside probe: the next capture of that name
+    # truncated it, the only copy of the crashed run's frames, without a word)
+    leftover = directory / "scan_020.h5.part"
+    leftover.write_bytes(b"frames of a capture a crash cut short")
+    put("HDF1:FileNumber", 20)
+    epics.caput(p + "HDF1:Capture", 1, wait=True, timeout=5)
+    assert epics.caget(p + "HDF1:Capture_RBV") == 0
+    assert "crash" in epics.caget(p + "HDF1:WriteMessage", as_string=True)
+    assert leftover.read_bytes() == b"frames of a capture a crash cut short"
     # at a long's largest value FileNumber stays (an EPICS long would wrap to -2147483648), and says so
     put("HDF1:FileNumber", 2**31 - 1)
     put("HDF1:Capture", 1)
