@@ -108,7 +108,17 @@ class _Section(BaseModel):
 
 
 def _holds_bool(value: Any) -> bool:
-    return any(_holds_bool(v) if isinstance(v, list | tuple) else isinstance(v, bool) for v in value)
+    """Whether a list (at any depth) holds a bool. Walked without recursion: a PUT of lists 400 deep
+    (a few hundred bytes) made a RecursionError, a 500, an outside probe; the field's own check then
+    refuses such nesting as a wrong shape."""
+    stack = [value]
+    while stack:
+        for item in stack.pop():
+            if isinstance(item, bool):
+                return True
+            if isinstance(item, list | tuple):
+                stack.append(item)
+    return False
 
 
 def _leaf_types(annotation: Any) -> set[Any]:
@@ -999,7 +1009,15 @@ def _setting_names(kind: Any = None, prefix: str = "") -> list[str]:
 
 def _did_you_mean(name: str) -> str:
     """``; did you mean X?`` for the setting spelled most like ``name`` (``sim.rate`` -> sim.rate_hz)."""
-    close = difflib.get_close_matches(name, _setting_names(), n=1, cutoff=0.75)
+    # a setting of the same section, by its own name ("reduction.serial.foo" was "did you mean
+    # reduction.serial?", the section it sits in: an outside probe); a name of an unknown section, whole
+    names = _setting_names()
+    parent, _, leaf = name.rpartition(".")
+    siblings = {n.rpartition(".")[2]: n for n in names if n.rpartition(".")[0] == parent}
+    if siblings:
+        close = difflib.get_close_matches(leaf, list(siblings), n=1, cutoff=0.6)
+        return f"; did you mean {siblings[close[0]]}?" if close else ""
+    close = difflib.get_close_matches(name, names, n=1, cutoff=0.75)
     return f"; did you mean {close[0]}?" if close else ""
 
 

@@ -380,3 +380,28 @@ def test_an_optional_file_given_empty_is_unset(monkeypatch: pytest.MonkeyPatch) 
     assert load_settings(overrides=["upstream.curve_clients_dir="]).upstream.curve_clients_dir is None
     with pytest.raises(ConfigError, match=r"store\.path = '': empty"):
         load_settings(overrides=['store.path=""'])
+
+
+def test_lists_nested_hundreds_deep_are_a_refusal_not_a_recursion_error() -> None:
+    """An outside API probe: ``PUT /api/reduction`` with ``roi`` nested 400 deep (a few hundred bytes)
+    answered 500 (RecursionError in the settings' bool check) instead of a refusal."""
+    import json
+
+    from pydantic import ValidationError
+
+    from edge.config import ReductionSettings
+
+    for depth in (300, 400, 900):
+        nested = json.loads("[" * depth + "]" * depth)
+        with pytest.raises(ValidationError):
+            ReductionSettings.model_validate({"roi": [nested]})
+        with pytest.raises(ValidationError):
+            ReductionSettings.model_validate({"tomo": {"slices": [nested]}})
+
+
+def test_an_unknown_key_in_a_section_is_never_said_to_be_its_section() -> None:
+    """An outside API probe: ``{"serial": {"foo": 1}}`` answered "did you mean reduction.serial?"."""
+    from edge.config import _did_you_mean
+
+    assert _did_you_mean("reduction.serial.foo") == ""
+    assert _did_you_mean("reduction.serial.min_sn") == "; did you mean reduction.serial.min_snr?"
