@@ -400,11 +400,18 @@ def _recover_frame_table(recorder: RunRecorder, root: Path, run_uid: str, mode: 
                 listed.update(_frame_numbers(Path(f["path"]), "/entry/frames/frame_number"))
     rows: list[tuple[int, str]] = []
     for f in files:
-        # a purged data file's frames are upstream with the frame table that listed them, or, if that
-        # table was lost in the crash, upstream without one: no row can be made from a file not here
-        if f.get("kind") in ("data", "blank") and int(f["n_frames"]) > 0 and f["state"] != "purged":
+        if f.get("kind") not in ("data", "blank") or int(f["n_frames"]) <= 0:
+            continue
+        if f["state"] == "purged" or _verified_and_gone(f):
+            # verified upstream and deleted here while its rows waited in memory (a full disk holds the
+            # frame table back): its frames are the ledger's (`frame_ranges`, or its whole span). They
+            # were in no table upstream, an outside probe's 4 blanks (the file itself delivered)
+            first, last = int(f["first_frame"]), int(f["last_frame"])
+            ranges = _frame_ranges(f) or ([(first, last)] if 0 <= first <= last else [])
+            numbers: Any = [n for a, b in ranges for n in range(a, b + 1)]
+        else:
             numbers = _frame_numbers(Path(f["path"]), "/entry/data/frame_number")
-            rows += [(n, str(f["kind"])) for n in numbers if n not in listed]
+        rows += [(n, str(f["kind"])) for n in numbers if n not in listed]
     if not rows:
         return 0
     writer = ReducedWriter(root / run_uid, run_uid, _RecoveredRows(mode), frames_per_file=len(rows))

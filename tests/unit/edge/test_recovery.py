@@ -14,6 +14,7 @@ from edge.documents import documents_name
 from edge.ledger import Ledger
 from edge.recorder import RunRecorder
 from edge.recovery import resume_interrupted
+from edge.store._files import frame_ranges_json
 
 
 def _stop(path: Path) -> dict:
@@ -266,6 +267,43 @@ def test_files_purged_before_a_crash_are_accounted_from_the_ledger_without_an_er
     else:  # with the data file's frame numbers gone too they cannot be told apart, and it says so
         assert (totals["frames_stored"], totals["frames_vetoed"], totals["frames_lost"]) == (7, 0, 11)
         assert any("vetoed cannot be counted" in r.message for r in caplog.records)
+
+
+def test_a_file_purged_while_its_rows_waited_in_memory_gets_them_recovered(tmp_path: Path) -> None:
+    """An outside serial chaos probe: on a full disk the frame table's rows wait in memory; retention
+    purged a verified blank file (frames 61, 63, 65, 66) meanwhile, then kill -9. Recovery made rows only
+    from the files still here: the 4 frames, stored and delivered upstream, were in no frame table. A
+    purged file's rows come from the ledger (its ``frame_ranges``, or its span)."""
+    import h5py
+    import numpy as np
+
+    from edge.recovery import recover
+
+    ledger = Ledger(tmp_path / "ledger.sqlite")
+    recorder = RunRecorder(ledger, tmp_path, chunk_bytes=1 << 20)
+    run_uid = recorder.open_run("run-w", series=6, frames_expected=8, config={}, mode="serial")
+    directory = tmp_path / run_uid
+    directory.mkdir()
+    for name, frames, kind in (("_00000.h5", [0, 2, 4], "data"), ("_blank_00000.h5", [1, 3, 5, 6], "blank")):
+        path = directory / f"{run_uid}{name}"
+        with h5py.File(path, "w") as handle:
+            handle["/entry/data/frame_number"] = np.asarray(frames, np.int64)
+        recorder.register_file(
+            run_uid, path, (frames[0], frames[-1], len(frames)), kind, frame_ranges=frame_ranges_json(frames)
+        )
+    blank = next(r for r in ledger.files(run_uid) if r["kind"] == "blank")
+    assert ledger.file_verified("hpc", blank["id"], blank["size"], blank["checksum"])
+    ledger.file_purged(blank["id"])
+    Path(blank["path"]).unlink()
+
+    recover(recorder, tmp_path)  # frame 7 never came: daemon_crash
+
+    recovered = directory / f"{run_uid}_reduced_00000.nxs"
+    with h5py.File(recovered, "r") as handle:
+        numbers, streams = handle["/entry/frames/frame_number"][:].tolist(), handle["/entry/frames/stream"][:]
+        rows = dict(zip(numbers, streams, strict=True))
+    assert sorted(rows) == [0, 1, 2, 3, 4, 5, 6]
+    assert {frame for frame, stream in rows.items() if stream == b"blank"} == {1, 3, 5, 6}
 
 
 def test_a_resumed_run_that_crashes_too_accounts_only_for_its_own_frames(tmp_path: Path) -> None:
