@@ -433,26 +433,23 @@ def _newest_udp_run(ledger: Any) -> dict[str, Any] | None:
     if not runs:
         return None
     newest = max(runs, key=lambda r: (r["started_at"], r["run_uid"]))
+    return dict(newest) if _is_udp(newest) else None
+
+
+def _is_udp(run: dict[str, Any]) -> bool:
+    """Whether a ledger run came over UDP (its config's ``transport``)."""
     try:
-        transport = json.loads(newest.get("config") or "{}").get("transport")
+        return bool(json.loads(run.get("config") or "{}").get("transport") == "udp")
     except (TypeError, ValueError, AttributeError):
-        return None
-    return dict(newest) if transport == "udp" else None
+        return False
 
 
 def udp_series_before(ledger: Any) -> int:
     """The highest series number of the ledger's UDP runs (0: none). UDP packets carry no series: the
     daemon numbers its UDP runs, and a restarted one goes on from here (it began at 1 again, an outside
     probe: two runs of series 1, the resumed one read as if it were the first acquisition's)."""
-    highest = 0
-    for run in ledger.runs():
-        try:
-            transport = json.loads(run.get("config") or "{}").get("transport")
-        except (TypeError, ValueError, AttributeError):
-            continue
-        if transport == "udp" and isinstance(run.get("series"), int):
-            highest = max(highest, int(run["series"]))
-    return highest
+    series = [int(r["series"]) for r in ledger.runs() if _is_udp(r) and isinstance(r.get("series"), int)]
+    return max(series, default=0)
 
 
 def _highest_stored(ledger: Any, run_uid: str) -> int:
