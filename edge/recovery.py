@@ -385,6 +385,34 @@ def _frame_numbers(path: Path, dataset: str) -> list[int]:
         return []
 
 
+#: a data file's per-frame columns that a frame table row repeats: (dataset, the row's field, its type)
+_ROW_COLUMNS = (
+    ("/entry/result_1/is_hit", "is_hit", bool),  # serial: the CXI peak table's columns
+    ("/entry/result_1/nPeaksFound", "n_peaks", int),
+    ("/entry/instrument/detector/image_key", "image_key", int),  # tomo: NXtomo's
+    ("/entry/sample/rotation_angle", "rotation_angle", float),
+)
+
+
+def _stored_rows(path: Path) -> list[tuple[int, dict[str, Any]]]:
+    """(frame number, frame table fields) of each frame of a data file: its hit flag and peak count
+    (serial), its image key and angle (tomo), where the file holds them one per frame (a file closed
+    before a crash does; one recovered from a crash holds frames only). Recovered rows lacked them: a
+    hit read upstream as a frame of no hit and no peaks."""
+    try:
+        with h5py.File(path, "r") as handle:
+            numbers = [int(n) for n in np.asarray(handle["/entry/data/frame_number"][:]).ravel()]
+            columns = []
+            for dataset, field, kind in _ROW_COLUMNS:
+                values = handle.get(dataset)
+                if isinstance(values, h5py.Dataset) and values.shape == (len(numbers),):
+                    columns.append((field, kind, values[:].tolist()))
+    except (OSError, KeyError) as error:
+        log.error("cannot read /entry/data/frame_number of %s: %s", path, error)
+        return []
+    return [(n, {field: kind(v[k]) for field, kind, v in columns}) for k, n in enumerate(numbers)]
+
+
 def _recover_frame_table(recorder: RunRecorder, root: Path, run_uid: str, mode: str) -> int:
     """A reduced file listing the frames of the run's data files that no reduced file lists; returns
     how many rows it holds (0: nothing was missing, or no data file could be read)."""
@@ -398,28 +426,32 @@ def _recover_frame_table(recorder: RunRecorder, root: Path, run_uid: str, mode: 
                 listed.update(range(int(f["first_frame"]), int(f["last_frame"]) + 1))
             else:
                 listed.update(_frame_numbers(Path(f["path"]), "/entry/frames/frame_number"))
-    rows: list[tuple[int, str]] = []
+    rows: list[tuple[int, str, dict[str, Any]]] = []
     for f in files:
         if f.get("kind") not in ("data", "blank") or int(f["n_frames"]) <= 0:
             continue
+        stream = str(f["kind"])
         if f["state"] == "purged" or _verified_and_gone(f):
             # verified upstream and deleted here while its rows waited in memory (a full disk holds the
             # frame table back): its frames are the ledger's (`frame_ranges`, or its whole span). They
             # were in no table upstream, an outside probe's 4 blanks (the file itself delivered)
             first, last = int(f["first_frame"]), int(f["last_frame"])
             ranges = _frame_ranges(f) or ([(first, last)] if 0 <= first <= last else [])
-            numbers: Any = [n for a, b in ranges for n in range(a, b + 1)]
+            rows += [(n, stream, {}) for a, b in ranges for n in range(a, b + 1) if n not in listed]
         else:
-            numbers = _frame_numbers(Path(f["path"]), "/entry/data/frame_number")
-        rows += [(n, str(f["kind"])) for n in numbers if n not in listed]
+            rows += [(n, stream, row) for n, row in _stored_rows(Path(f["path"])) if n not in listed]
     if not rows:
         return 0
+    if mode == "serial":  # a serial file holds hits (data) or blanks: that much its kind says of a frame
+        for _n, stream, row in rows:  # whose file is gone or has no peak table; its peak count: -1
+            row.setdefault("is_hit", stream == "data")
+            row.setdefault("n_peaks", -1)
     writer = ReducedWriter(root / run_uid, run_uid, _RecoveredRows(mode), frames_per_file=len(rows))
     taken = {int(name.rsplit("_", 1)[-1].split(".")[0]) for name in reduced_names if name.endswith(".nxs")}
     while (root / run_uid / f"{run_uid}_reduced_{writer.files:05d}.nxs").exists() or writer.files in taken:
         writer.files += 1
-    for frame, stream in sorted(rows):
-        writer.add(frame, "stored", stream, {}, {})
+    for frame, stream, row in sorted(rows, key=lambda r: r[0]):
+        writer.add(frame, "stored", stream, row, {})
     closed = writer.finish()
     if closed is not None:
         recorder.file_closed(closed)

@@ -648,3 +648,73 @@ def test_hits_of_a_quarantined_file_inside_a_purged_frame_table_s_span_are_recor
     assert losses == [(10, 12, "daemon_crash"), (15, 15, "daemon_crash")], losses
     totals = ledger.run_totals(run_uid)
     assert (totals["frames_stored"], totals["frames_vetoed"], totals["frames_lost"]) == (4, 8, 4), totals
+
+
+def test_recovered_rows_take_each_frame_s_hit_flag_peaks_key_and_angle_from_its_data_file(
+    tmp_path: Path,
+) -> None:
+    """Rows recovered after a crash had the frame number, disposition and stream only: upstream, a hit
+    whose row was recovered read as a frame with no hit flag and no peak count. They take the data
+    file's own per-frame columns; a serial frame of a file that is gone gets its hit flag from its
+    stream and -1 peaks (not known)."""
+    import h5py
+    import numpy as np
+
+    from edge.recovery import recover
+
+    ledger = Ledger(tmp_path / "ledger.sqlite")
+    recorder = RunRecorder(ledger, tmp_path, chunk_bytes=1 << 20)
+    run_uid = recorder.open_run("run-h", series=4, frames_expected=7, config={}, mode="serial")
+    directory = tmp_path / run_uid
+    directory.mkdir()
+    hits = directory / f"{run_uid}_00000.h5"
+    with h5py.File(hits, "w") as handle:
+        handle["/entry/data/frame_number"] = np.asarray([0, 2, 4], np.int64)
+        handle["/entry/result_1/is_hit"] = np.asarray([True, True, True])
+        handle["/entry/result_1/nPeaksFound"] = np.asarray([12, 40, 15], np.int32)
+    recorder.register_file(run_uid, hits, (0, 4, 3), "data", frame_ranges=frame_ranges_json([0, 2, 4]))
+    blanks = directory / f"{run_uid}_blank_00000.h5"
+    with h5py.File(blanks, "w") as handle:
+        handle["/entry/data/frame_number"] = np.asarray([1, 3], np.int64)
+    recorder.register_file(run_uid, blanks, (1, 3, 2), "blank", frame_ranges=frame_ranges_json([1, 3]))
+    blank = next(r for r in ledger.files(run_uid) if r["kind"] == "blank")
+    assert ledger.file_verified("hpc", blank["id"], blank["size"], blank["checksum"])
+    ledger.file_purged(blank["id"])
+    blanks.unlink()
+
+    recover(recorder, tmp_path)
+
+    with h5py.File(directory / f"{run_uid}_reduced_00000.nxs", "r") as handle:
+        table = handle["/entry/frames"]
+        rows = {
+            int(n): (bool(h), int(p))
+            for n, h, p in zip(table["frame_number"][:], table["is_hit"][:], table["n_peaks"][:], strict=True)
+        }
+    assert rows == {0: (True, 12), 1: (False, -1), 2: (True, 40), 3: (False, -1), 4: (True, 15)}
+
+
+def test_recovered_tomo_rows_keep_each_frame_s_image_key_and_angle(tmp_path: Path) -> None:
+    import h5py
+    import numpy as np
+
+    from edge.recovery import recover
+
+    ledger = Ledger(tmp_path / "ledger.sqlite")
+    recorder = RunRecorder(ledger, tmp_path, chunk_bytes=1 << 20)
+    run_uid = recorder.open_run("run-t", series=5, frames_expected=4, config={}, mode="tomo")
+    directory = tmp_path / run_uid
+    directory.mkdir()
+    path = directory / f"{run_uid}_00000.h5"
+    with h5py.File(path, "w") as handle:
+        handle["/entry/data/frame_number"] = np.arange(4, dtype=np.int64)
+        handle["/entry/instrument/detector/image_key"] = np.asarray([2, 1, 0, 0], np.int8)
+        handle["/entry/sample/rotation_angle"] = np.asarray([0.0, 0.0, 0.5, 1.0])
+    recorder.register_file(run_uid, path, (0, 3, 4), "data")
+
+    recover(recorder, tmp_path)
+
+    with h5py.File(directory / f"{run_uid}_reduced_00000.nxs", "r") as handle:
+        table = handle["/entry/frames"]
+        assert table["image_key"][:].tolist() == [2, 1, 0, 0]
+        assert table["rotation_angle"][:].tolist() == [0.0, 0.0, 0.5, 1.0]
+        assert "is_hit" not in table
