@@ -191,6 +191,9 @@ def _appliance(f: _Families, status: dict[str, Any]) -> None:
     if isinstance(recovery.get("runs_failed"), list):
         f.gauge(_name("recovery_runs_failed"), len(recovery["runs_failed"]))
     f.gauge(_name("recovery_frames_lost"), recovery.get("frames_lost"))
+    for reason, value in (appliance.get("api_connections_closed") or {}).items():
+        # connections the API's guard closed (over its limit, or no request headers in time)
+        f.counter(_name("api_connections_closed_total"), value, reason=str(reason))
     for stage, thread in (appliance.get("threads") or {}).items():
         state = str(thread.get("state"))
         f.gauge(_name("stage_state"), 1, stage=stage, state=state)

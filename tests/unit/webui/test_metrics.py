@@ -28,6 +28,7 @@ def _status() -> dict[str, Any]:
                 "pipeline": {"state": "running", "restarts": 1},
                 "forwarder": {"state": "stopped", "restarts": 0},
             },
+            "api_connections_closed": {"over_limit": 2, "header_timeout": 5},
         },
         "frames": {
             "received": 100,
@@ -203,6 +204,10 @@ def test_families_and_labels() -> None:
     # stages: the appliance's threads
     assert _samples(families["edge_stage_state"])[(("stage", "pipeline"), ("state", "running"))] == 1
     assert _samples(families["edge_stage_restarts"])[(("stage", "pipeline"),)] == 1
+    assert _samples(families["edge_api_connections_closed"]) == {
+        (("reason", "over_limit"),): 2,
+        (("reason", "header_timeout"),): 5,
+    }
     assert _samples(families["edge_ledger_files"]) == {(("state", "stored"),): 1, (("state", "verified"),): 2}
     assert _samples(families["edge_retention_alarm"]) == {(("alarm", "unverified data under pressure"),): 1}
     assert families["edge_ring_info"].type == "gauge"  # info families are gauges named _info in text
