@@ -28,8 +28,22 @@ from edge.logs import configure as configure_logging
 log = logging.getLogger("edge")
 
 
+class _Once(argparse.Action):
+    """An option that may be given once: a second ``--config`` used to replace the first without a word
+    (settings the first file set silently back to their defaults)."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: Any, values: Any, option: Any = None) -> None:
+        given = getattr(namespace, self.dest, None)
+        if given is not None:
+            parser.error(
+                f"{option} given twice ({given}, {values}): give one settings file, and --set KEY=VALUE"
+                " for single settings on top of it"
+            )
+        setattr(namespace, self.dest, values)
+
+
 def _common(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", type=Path, help="TOML settings file")
+    parser.add_argument("--config", type=Path, action=_Once, help="TOML settings file (once)")
     parser.add_argument(
         "--set",
         dest="overrides",
