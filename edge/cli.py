@@ -32,7 +32,9 @@ class _Once(argparse.Action):
     """An option that may be given once: a second ``--config`` used to replace the first without a word
     (settings the first file set silently back to their defaults)."""
 
-    def __call__(self, parser: argparse.ArgumentParser, namespace: Any, values: Any, option: Any = None) -> None:
+    def __call__(
+        self, parser: argparse.ArgumentParser, namespace: Any, values: Any, option: Any = None
+    ) -> None:
         given = getattr(namespace, self.dest, None)
         if given is not None:
             parser.error(
