@@ -574,6 +574,14 @@ def test_a_tomography_product_shows_slices_and_the_slice(
         " return [c.hidden, c.width, c.height, r.height, document.getElementById('profile-empty').hidden]; })()"
     )
     assert wide[:3] == [False, 64, 64] and wide[3] >= 200 and wide[4] is True, wide
+    # its colour bar, labelled with the slice's own values (it had none: colours of unknown meaning)
+    assert browser.evaluate("document.getElementById('slice-scale').hidden") is False
+    assert texts(browser, "#slice-lo") == ["-0.006"] and texts(browser, "#slice-hi") == ["0.0373"]
+    painted = browser.evaluate(
+        "(() => { const d = document.getElementById('slice-colorbar').getContext('2d')"
+        ".getImageData(255, 0, 1, 1).data; return d[0] + d[1] + d[2]; })()"
+    )
+    assert painted > 0, painted
 
 
 def test_a_troubled_appliance_in_words_and_healthy_again(

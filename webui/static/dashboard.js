@@ -216,11 +216,12 @@
   }
 
   function drawColorbar() {
-    const canvas = $("colorbar");
-    const ctx = canvas.getContext("2d");
-    const img = ctx.createImageData(256, 1);
-    for (let i = 0; i < 256; i += 1) img.data.set([LUT[i * 3], LUT[i * 3 + 1], LUT[i * 3 + 2], 255], i * 4);
-    ctx.putImageData(img, 0, 0);
+    for (const id of ["colorbar", "slice-colorbar"]) { // the live image's and the tomography slice's
+      const ctx = $(id).getContext("2d");
+      const img = ctx.createImageData(256, 1);
+      for (let i = 0; i < 256; i += 1) img.data.set([LUT[i * 3], LUT[i * 3 + 1], LUT[i * 3 + 2], 255], i * 4);
+      ctx.putImageData(img, 0, 0);
+    }
   }
 
   /** 8-bit pixels (base64) drawn through the colormap onto `canvas`, sized to the image. */
@@ -478,6 +479,7 @@
       setText("profile-title", "Reduced profile");
       $("wide-hits").hidden = true;
       $("wide-slice").hidden = true;
+      $("slice-scale").hidden = true;
       drawOverlay();
       return;
     }
@@ -491,6 +493,7 @@
     $("profile").style.visibility = mode === "powder" ? "" : "hidden";
     $("wide-hits").hidden = mode !== "serial";
     $("wide-slice").hidden = !(mode === "tomo" && product.tomo?.slice?.pixels_b64);
+    $("slice-scale").hidden = $("wide-slice").hidden; // its values, as the live image has its counts
     const profileEmpty = $("profile-empty");
     if (mode === "raw") {
       profileEmpty.textContent = "raw mode: frames are stored as they come, nothing reduced";
@@ -562,6 +565,12 @@
       const sl = product.tomo.slice;
       paint($("wide-slice"), sl.width, sl.height, sl.pixels_b64);
       setText("profile-caption", `row ${fmtInt(sl.row)}`);
+      // scaled linearly from its lowest value (0) to its highest (255): the bar's ends are those values
+      const lo = num(sl.min);
+      const hi = num(sl.max);
+      setText("slice-lo", fmtValue(lo));
+      setText("slice-mid", Number.isFinite(lo) && Number.isFinite(hi) ? fmtValue((lo + hi) / 2) : "");
+      setText("slice-hi", fmtValue(hi));
     }
     if (mode === "powder" && product.powder?.cake?.pixels_b64) {
       const cake = product.powder.cake;
