@@ -256,12 +256,7 @@ class Stream2Source(ZmqStreamSource):
             self._refused = self.sink.series_start(start.series, config, pixel_mask=pixel_mask)
         if self._refused is None and wanted not in start.channels:
             self._refused = f"stream.channel {wanted!r} is not among {list(start.channels)}"
-        if self._refused is not None:
-            self.stats["series_refused"] += 1
-            log.error("series %d refused: %s", start.series, self._refused)
-            if self._frames_expected:
-                self.sink.lost(0, self._frames_expected - 1, "run_refused", self._refused)
-                self._next_frame = self._frames_expected
+        self._series_refused(start.series)
 
     def _end_series(self, reason: str, exit_status: str = "success") -> None:
         if self._pending is not None:  # announced no dtype and no image told it: the run is still recorded
@@ -284,9 +279,7 @@ class Stream2Source(ZmqStreamSource):
             dtype = first.dtype if first is not None else next(iter(image.channels.values())).dtype
             self._open(self._pending, dtype)
         if self._refused is not None:
-            self.stats["frames_refused"] += 1
-            if self._frames_expected is None and self._note_frame(image.frame):
-                self.sink.lost(image.frame, image.frame, "run_refused", self._refused)
+            self._frame_refused(image.frame)
             return
         if not self._note_frame(image.frame):
             return

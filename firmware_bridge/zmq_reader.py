@@ -421,9 +421,7 @@ class ZmqStreamSource:
             if size is not None and self._refused is not None:
                 frame = self.codec.pending_frame
                 self._drop_rest(sock, more)
-                self.stats["frames_refused"] += 1
-                if frame is not None and self._frames_expected is None and self._note_frame(frame):
-                    self.sink.lost(frame, frame, "run_refused", self._refused)
+                self._frame_refused(frame)
                 return
             if size is not None and self.codec.pending_encoding == "<" and self._series is not None:
                 frame = self.codec.pending_frame
@@ -576,12 +574,27 @@ class ZmqStreamSource:
                 ", ".join(reserved),
             )
         self._refused = self.sink.series_start(event.series, config)
-        if self._refused is not None:
-            self.stats["series_refused"] += 1
-            log.error("series %d refused: %s", event.series, self._refused)
-            if self._frames_expected:
-                self.sink.lost(0, self._frames_expected - 1, "run_refused", self._refused)
-                self._next_frame = self._frames_expected
+        self._series_refused(event.series)
+
+    def _series_refused(self, series: int) -> None:
+        """When the sink (or the reader) refused the series just started (``_refused``): counted, logged,
+        and its announced frames recorded lost at once (``run_refused``); its images are then dropped
+        (`_frame_refused`)."""
+        if self._refused is None:
+            return
+        self.stats["series_refused"] += 1
+        log.error("series %d refused: %s", series, self._refused)
+        if self._frames_expected:
+            self.sink.lost(0, self._frames_expected - 1, "run_refused", self._refused)
+            self._next_frame = self._frames_expected
+
+    def _frame_refused(self, frame: int | None) -> None:
+        """An image of a refused series: counted; recorded lost when the series announced no length (an
+        announced length was recorded lost whole at its start)."""
+        assert self._refused is not None
+        self.stats["frames_refused"] += 1
+        if frame is not None and self._frames_expected is None and self._note_frame(frame):
+            self.sink.lost(frame, frame, "run_refused", self._refused)
 
     def _series_for(self, series: int, frame: int, shape: tuple[int, int], dtype: str) -> bool:
         """Open the run an image of ``series`` goes into, when it is not the open one; False for an image
