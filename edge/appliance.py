@@ -63,6 +63,9 @@ log = logging.getLogger(__name__)
 ABORT_STATE_SECONDS = 1.0
 
 CONTROL_BYTES = 64 << 10
+#: a clean stop: how long the receiver may wait for the pipeline to make room for frames it already
+#: holds (while the pipeline moves, or loads its kernels); the readers join within READER_JOIN_SECONDS
+STOP_GRACE_SECONDS = 30.0
 PREVIEW_SECONDS = 0.05  # the receiver keeps a subsampled copy of the newest frame at most this often
 
 
@@ -240,6 +243,12 @@ class RingSink:
 
     def claim(self, nbytes: int) -> Slot | None:
         return self.ring.claim(nbytes)
+
+    @property
+    def claim_wait_seconds(self) -> float:
+        """The time claims spent waiting for a free slot, all told (a reader's drain at a clean stop
+        does not count it against its own time)."""
+        return self.ring.wait_seconds
 
     def publish(self, slot: Slot, header: FrameHeader) -> None:
         if self._numbered_run is not None and self.run_uid == self._numbered_run:
@@ -876,7 +885,9 @@ class Appliance:
         """Stop taking frames, persist what is in the ring, close files, stop serving."""
         self.stopping = True
         self.supervisor.stopping()
-        self.ring.stop()  # a reader waiting for a free slot gives up (and records the frame as lost)
+        # a reader waiting for a free slot gives up (and records the frame as lost), unless the pipeline
+        # empties the ring within the grace: frames already received are stored (see FrameRing.stop)
+        self.ring.stop(STOP_GRACE_SECONDS, busy=lambda: self.pipeline.progress()[1] > 0)
         self.source.stop()
         self.pipeline.stop()  # persists everything already in the ring, closes the open run
         self.forwarder.stop()

@@ -17,6 +17,7 @@ import os
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from multiprocessing import shared_memory
 from typing import Any
@@ -74,6 +75,9 @@ RING_PREFIX = "edge-ring-"
 _SHM_DIR = "/dev/shm"
 
 
+#: (a clean stop) a claim waiting for a slot gives up when the consumer released none for this long and
+#: is not busy getting ready (`FrameRing.stop`): e.g. a pipeline held by a full disk
+STOP_STALL_SECONDS = 5.0
 STALE_AFTER_SECONDS = 10.0  # a segment changed more recently than this is never taken for a dead one's
 
 
@@ -186,6 +190,11 @@ class FrameRing:
         ]
         self._cond = threading.Condition()
         self._stopping = False
+        self._stop_until = 0.0  # (`stop`) until when a claim may wait on for a slot
+        self._stop_busy: Callable[[], bool] | None = None
+        self._released_at = 0.0  # (monotonic) when the consumer last released a slot
+        self._busy_at = 0.0  # (stopping) when the consumer was last seen busy getting ready, or the stop
+        self.wait_seconds = 0.0  # the time claims spent waiting for a free slot, all told
         self._claimed = self._published = self._read = self._released = 0
         self.max_fill = 0
 
@@ -230,18 +239,25 @@ class FrameRing:
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._cond:
             waited = False
-            while self._claimed - self._released >= self.slots:
-                if self._stopping or (self.policy == "count-and-drop" and not wait):
-                    if not wait:
-                        self._control[6] += 1  # a frame dropped
-                    return None
-                if not waited:
-                    self._control[7] += 1
-                    waited = True
-                remaining = None if deadline is None else deadline - time.monotonic()
-                if remaining is not None and remaining <= 0:
-                    return None
-                self._cond.wait(0.1 if remaining is None else min(remaining, 0.1))
+            began = time.monotonic()
+            try:
+                while self._claimed - self._released >= self.slots:
+                    if (self._stopping and not self._waits_on_at_stop()) or (
+                        self.policy == "count-and-drop" and not wait
+                    ):
+                        if not wait:
+                            self._control[6] += 1  # a frame dropped
+                        return None
+                    if not waited:
+                        self._control[7] += 1
+                        waited = True
+                    remaining = None if deadline is None else deadline - time.monotonic()
+                    if remaining is not None and remaining <= 0:
+                        return None
+                    self._cond.wait(0.1 if remaining is None else min(remaining, 0.1))
+            finally:
+                if waited:
+                    self.wait_seconds += time.monotonic() - began
             seq = self._claimed  # (stopping, a free slot is still taken: the frame in hand is stored)
             self._claimed += 1
             self._control[0] = self._claimed
@@ -316,16 +332,38 @@ class FrameRing:
                 raise RuntimeError(f"slot {slot.seq} released out of order (expected {self._released})")
             self._released += 1
             self._control[3] = self._released
+            self._released_at = time.monotonic()
             self._cond.notify_all()
 
     # -- lifecycle and views --------------------------------------------------------------------------
-    def stop(self) -> None:
+    def stop(self, grace: float = 0.0, busy: Callable[[], bool] | None = None) -> None:
         """Wake every waiter: a claim waiting for a free slot, or finding none from now on, returns None
         (a frame the daemon was stopping for). A claim that finds a free slot still takes it: the frame
-        a reader received before it stopped is stored, not recorded lost (an outside probe's SIGTERM)."""
+        a reader received before it stopped is stored, not recorded lost (an outside probe's SIGTERM).
+
+        With ``grace`` (a clean stop under ``block``), a claim that finds the ring full waits on for the
+        consumer to empty it, up to ``grace`` seconds after this call, as long as the consumer moves: a
+        slot released, ``busy()`` true (it is getting ready: the pipeline loading a mode's kernels) or
+        the stop itself, in the last ``STOP_STALL_SECONDS``. Without it, frames the reader already held
+        when a SIGTERM came while the kernels loaded were lost as ``shutdown`` (an outside probe; the
+        ring's own frames were then stored all the same)."""
         with self._cond:
             self._stopping = True
+            self._stop_until = time.monotonic() + max(0.0, grace)
+            self._busy_at = time.monotonic()  # the stall is counted from here at the earliest
+            self._stop_busy = busy
             self._cond.notify_all()
+
+    def _waits_on_at_stop(self) -> bool:
+        """(Stopping, the ring full) whether a claim waits on for a slot: see `stop`."""
+        now = time.monotonic()
+        if now >= self._stop_until:
+            return False
+        busy = self._stop_busy
+        if busy is not None and busy():
+            self._busy_at = now  # (its first frame after that may take a while: no stall before it)
+            return True
+        return now - max(self._released_at, self._busy_at) < STOP_STALL_SECONDS
 
     @property
     def stopping(self) -> bool:

@@ -30,6 +30,7 @@ import numpy as np
 from firmware_bridge.source import (
     FLAG_COMPLETE,
     FLAG_INCOMPLETE,
+    READER_JOIN_SECONDS,
     Checkpoint,
     FrameHeader,
     FrameSink,
@@ -176,7 +177,7 @@ class UdpSource:
     def stop(self) -> None:
         self._stop.set()
         if self._thread is not None:
-            self._thread.join(timeout=10)
+            self._thread.join(timeout=READER_JOIN_SECONDS)
         self._sock.close()
 
     def counters(self) -> dict[str, Any]:

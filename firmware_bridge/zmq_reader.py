@@ -25,6 +25,7 @@ from zmq.utils.monitor import recv_monitor_message
 from firmware_bridge.hdf5_chunks import decode_bslz4
 from firmware_bridge.source import (
     FLAG_COMPLETE,
+    READER_JOIN_SECONDS,
     Checkpoint,
     FrameHeader,
     FrameSink,
@@ -48,7 +49,7 @@ log = logging.getLogger(__name__)
 MONITOR_SECONDS = 0.5  # how often the reader looks at its connection's events
 DROP_REPORT_SECONDS = 2.0  # a drop during a series is reported once the series outlives it this long
 #: at a clean stop, how long the reader goes on reading the messages already queued on its socket
-DRAIN_SECONDS = 0.5
+DRAIN_SECONDS = 0.5  # (not counting the time a frame waits for a ring slot: `_drain`)
 DRAIN_GAP_MS = 20  # ... until nothing more comes for this long
 GAPS_REMEMBERED = 64  # a series' latest gaps a late frame is looked for in
 ENDED_SERIES_REMEMBERED = 16  # series ended here whose images are stragglers, never a new series
@@ -214,7 +215,8 @@ class ZmqStreamSource:
     def stop(self) -> None:
         self._stop.set()
         if self._thread is not None:
-            self._thread.join(timeout=10)
+            # (a frame in hand may wait for a ring slot while the pipeline drains: FrameRing.stop's grace)
+            self._thread.join(timeout=READER_JOIN_SECONDS)
             if not self._thread.is_alive() and self._series is not None:
                 # the reader died (restarts exhausted) inside a series: what never came is lost
                 self._end_series("receiver_stopped", exit_status="abort")
@@ -327,14 +329,26 @@ class ZmqStreamSource:
         comes after is lost with that reason, as before (the resumed run starts after it)."""
         deadline = time.monotonic() + DRAIN_SECONDS
         read = 0
+        waited: float | None = None  # the sink's wait for ring slots so far, once there is a message
         # (a short wait, not none: beyond the socket's receive high-water mark the rest waits in the
-        # connection's buffers, moved on as the queue is read)
-        while time.monotonic() < deadline and sock.poll(DRAIN_GAP_MS):
+        # connection's buffers, moved on as the queue is read). Time a frame spent waiting for a ring
+        # slot (the pipeline emptying a full ring) does not count: the queued frames behind it were lost
+        # as ``receiver_stopped`` once one had waited half a second (an outside probe's SIGTERM while the
+        # mode's kernels loaded)
+        while sock.poll(DRAIN_GAP_MS):
+            if waited is None:
+                waited = self._claim_waited()
+            elif time.monotonic() >= deadline + (self._claim_waited() - waited):
+                break
             self._receive_message(sock)
             read += 1
         if read:
             self.stats["messages_read_at_stop"] += read
             log.info("stopping: %d message(s) already queued from %s read and handed on", read, self.endpoint)
+
+    def _claim_waited(self) -> float:
+        """The sink's time spent waiting for ring slots, all told (0 for a sink that does not say)."""
+        return float(getattr(self.sink, "claim_wait_seconds", 0.0))
 
     def _warn_multipart(self) -> None:
         """Say what multipart messages dropped by a single-part format (Stream V2, counted in

@@ -55,3 +55,103 @@ def test_a_clean_stop_reads_the_frames_already_queued_on_its_socket() -> None:
     assert sink.frames == [0, 1, 2, 3, 4, 5], sink.frames
     assert sink.losses == [], sink.losses
     assert reader.counters()["messages_read_at_stop"] == 5
+
+
+class _RingSink(Sink):
+    """Frames go into a real FrameRing of 4 slots, which nothing empties until the test says so."""
+
+    def __init__(self, ring: Any) -> None:
+        super().__init__()
+        self.ring = ring
+
+    def claim(self, nbytes: int) -> Any:
+        return self.ring.claim(nbytes)
+
+    @property
+    def claim_wait_seconds(self) -> float:
+        return float(self.ring.wait_seconds)
+
+    def publish(self, slot: Any, header: Any) -> None:
+        self.ring.publish(slot, header)
+        super().publish(slot, header)
+
+
+def _empty(ring: Any, stop: threading.Event) -> None:
+    """The pipeline: takes and releases every slot until stopped, a quarter of a second a frame (the
+    frames read at the stop wait for slots longer, all told, than the drain's own half second)."""
+    while not stop.is_set():
+        slot = ring.next_ready(timeout=0.05)
+        if slot is not None:
+            time.sleep(0.25)
+            ring.release(slot)
+
+
+def test_a_clean_stop_stores_the_frames_a_full_ring_held_back_once_the_pipeline_moves() -> None:
+    """An outside probe's SIGTERM while the mode's kernels loaded: the ring (16 slots) was full, the
+    reader held frame 16 waiting for a slot and 17..19 were queued; the stop made the waiting claim give
+    up at once, and those four became ``shutdown`` losses although the pipeline went on to store the
+    ring's frames. A clean stop now lets the claim wait while the pipeline is busy getting ready or
+    moves (`FrameRing.stop`'s grace), and the drain's half second does not count that wait."""
+    from edge.ring import FrameRing
+
+    ring = FrameRing(4, 64 * 1024)
+    loading = threading.Event()
+    loading.set()  # the kernels load: nothing is taken from the ring
+    context = zmq.Context()
+    push = context.socket(zmq.PUSH)
+    port = push.bind_to_random_port("tcp://127.0.0.1")
+    sink = _RingSink(ring)
+    reader = ZmqStreamSource(f"tcp://127.0.0.1:{port}", sink, context)
+    reader.start()
+    done = threading.Event()
+    pipeline = threading.Thread(target=_empty, args=(ring, done))
+
+    def stop() -> None:  # the appliance's order: the ring, then the reader
+        ring.stop(10.0, busy=loading.is_set)
+        reader.stop()
+
+    stopping = threading.Thread(target=stop)
+    try:
+        push.send_multipart(header(1, 10))
+        for frame in range(10):
+            push.send_multipart(image(1, frame))
+        deadline = time.monotonic() + 10
+        while len(sink.frames) < 4 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        time.sleep(0.3)  # frame 4 waits for a slot, 5..9 are on the socket
+        stopping.start()  # SIGTERM
+        time.sleep(1.5)  # longer than the drain's own half second: the kernels still load
+        loading.clear()
+        pipeline.start()  # ready: the pipeline empties the ring
+        stopping.join(20)
+    finally:
+        done.set()
+        push.close(0)
+        context.term()
+        if pipeline.is_alive():
+            pipeline.join(5)
+        ring.close()
+    assert sink.frames == list(range(10)), sink.frames
+    assert sink.losses == [], sink.losses
+    assert ring.wait_seconds >= 1.0
+
+
+def test_a_clean_stop_gives_up_on_a_ring_nobody_empties() -> None:
+    """A pipeline that does not move (held by a full disk) and is not getting ready: the claim gives up
+    ``STOP_STALL_SECONDS`` after the last release, as before the grace, and the frame is lost."""
+    import edge.ring as ring_module
+    from edge.ring import FrameRing
+
+    ring = FrameRing(1, 4096)
+    try:
+        assert ring.claim(16) is not None  # the only slot, never released
+        ring_module.STOP_STALL_SECONDS, stall = 0.3, ring_module.STOP_STALL_SECONDS
+        try:
+            ring.stop(10.0, busy=lambda: False)
+            began = time.monotonic()
+            assert ring.claim(16) is None
+            assert time.monotonic() - began < 2
+        finally:
+            ring_module.STOP_STALL_SECONDS = stall
+    finally:
+        ring.close()
