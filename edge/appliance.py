@@ -235,6 +235,7 @@ class RingSink:
         # the capture's run whose frame numbers the offset shifts: until that run ends, even when the
         # capture closed mid-series (HDF1:NumCapture reached, Capture 0): its late frames go on numbered
         self._numbered_run: str | None = None
+        self._capture_series: int | None = None  # the detector series the capture's run takes now
         self._series_open = False
         self._abort_requested = False  # the control system aborted the run: its series ends `abort`
         self._armed = False  # the IOC's Acquire 1 armed the detector; its run may not have opened yet
@@ -254,6 +255,8 @@ class RingSink:
         if self._numbered_run is not None and self.run_uid == self._numbered_run:
             if self._capture_offset is None:
                 self._capture_offset = self._capture_next - header.frame
+                if self._capture_series is not None:  # where a restart's resumed series finds its run
+                    self.recorder.series_offset(self.run_uid, self._capture_series, self._capture_offset)
             if self._capture_offset:
                 header = dataclasses.replace(header, frame=header.frame + self._capture_offset)
             self._capture_next = max(self._capture_next, header.frame + 1)
@@ -402,6 +405,7 @@ class RingSink:
             self.series_received = 0
             self._last_frame = None
             self.series_starts += 1
+            self._capture_series = series
             if self._capture_run is not None:  # a further acquisition of the open capture: same run
                 self.run_uid = self._capture_run
                 self._capture_offset = None

@@ -390,6 +390,16 @@ class Ledger:
             (detector_uid, run_uid),
         )
 
+    def run_series_offset(self, run_uid: str, series: int, offset: int) -> None:
+        """A detector series joined ``run_uid`` (an areaDetector capture's run, which takes every series
+        until Capture 0), its frame ``n`` stored as the run's ``n + offset``: kept in its config's
+        ``capture_series`` (series number -> offset), so a series a restart cut is found in its run."""
+        self._write(
+            "UPDATE runs SET config=json_set(config, '$.capture_series.\"' || ? || '\"', ?) WHERE run_uid=?"
+            " AND json_valid(config)",
+            (str(int(series)), int(offset), run_uid),
+        )
+
     def run_ended(self, run_uid: str, exit_status: str, frames_stored: int, frames_vetoed: int = 0) -> None:
         self._write(
             "UPDATE runs SET ended_at=?, exit_status=?, frames_stored=?, frames_vetoed=? WHERE run_uid=?",

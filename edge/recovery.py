@@ -548,11 +548,25 @@ def _interrupted_runs(
     return [
         r
         for r in ledger.runs()
-        if int(r["series"]) == series
+        if (int(r["series"]) == series or _series_offset(r, series) is not None)
         # (recovery's end of a run may be held in memory, the disk full: it is ended all the same)
         and (r["ended_at"] is not None or r["run_uid"] in failed)
         and (r["run_uid"] in failed or r["exit_status"] in ("abort", "fail"))
     ]
+
+
+def _series_offset(run: dict[str, Any], series: int) -> int | None:
+    """Where detector series ``series`` lies in a capture's run, which takes every series from Capture 1
+    to Capture 0 (its frame n is the run's n + offset: ``capture_series`` in the run's config); None
+    when the run took no such series that way. A resumed series was looked for by the run's own series
+    number only, the first of the capture: one cut later was taken for a new series (an outside probe,
+    ophyd v1 scans: its frames stored in the capture counted lost in the new run too)."""
+    try:
+        offsets = json.loads(run.get("config") or "{}").get("capture_series") or {}
+        offset = offsets.get(str(int(series)))
+    except (TypeError, ValueError, AttributeError):
+        return None
+    return int(offset) if isinstance(offset, int) and not isinstance(offset, bool) else None
 
 
 def was_interrupted(ledger: Any, report: dict[str, Any], series: int) -> bool:
@@ -589,6 +603,7 @@ def resume_interrupted(
         return {"resumes_run": None}
     interrupted = max(candidates, key=lambda r: r["started_at"])
     run_uid = interrupted["run_uid"]
+    series_frame, first_frame = first_frame, first_frame + (_series_offset(interrupted, series) or 0)
     crashed = recorder.hand_over_losses(run_uid, "daemon_crash", first_frame)
     handed = crashed + recorder.hand_over_losses(run_uid, "receiver_stopped", first_frame)
     if crashed and run_uid in failed:  # recovery's count of frames unaccounted for: these are, now
@@ -600,7 +615,7 @@ def resume_interrupted(
         first_frame,
         "daemon_restart",
         f"sent while the daemon was down, or held in memory when it died; series {series} resumed at"
-        f" frame {first_frame} in a new run",
+        f" frame {series_frame} in a new run",
     )
     if handed or added:  # its documents (written when it ended) no longer tell its account: a new revision
         recorder.documents_when_possible(run_uid, str(ledger.run(run_uid)["exit_status"] or "fail"))
@@ -618,7 +633,7 @@ def resume_interrupted(
         "series %d resumed after a restart at frame %d: a new run continues run %s (%d frames handed over"
         " of those recorded lost at the restart; run %s now counts %s frames lost)",
         series,
-        first_frame,
+        series_frame,
         run_uid,
         handed,
         run_uid,

@@ -9,6 +9,7 @@ and pyepics for ``caput -c``.
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -266,6 +267,10 @@ def test_capture_spans_acquisitions_in_one_file(stack: Stack) -> None:
     assert epics.caget(p + "HDF1:FileNumber_RBV") == 8
     run = stack.run(epics.caget(p + "RunUid_RBV", as_string=True))
     assert run["exit_status"] == "success" and run["frames_stored"] == 6 and run["losses"] == []
+    # where each detector series lies in the run: a series a restart cuts is found in it (and not taken
+    # for a new series whose earlier frames no run holds)
+    config = run["config"] if isinstance(run["config"], dict) else json.loads(run["config"])
+    assert sorted(config["capture_series"].values()) == [0, 3], config.get("capture_series")
     # the next Capture 1 would overwrite nothing: FileNumber moved on; an existing file is refused
     put("HDF1:FileNumber", 7)
     epics.caput(p + "HDF1:Capture", 1, wait=True, timeout=5)

@@ -718,3 +718,31 @@ def test_recovered_tomo_rows_keep_each_frame_s_image_key_and_angle(tmp_path: Pat
         assert table["image_key"][:].tolist() == [2, 1, 0, 0]
         assert table["rotation_angle"][:].tolist() == [0.0, 0.0, 0.5, 1.0]
         assert "is_hit" not in table
+
+
+def test_a_series_cut_inside_a_capture_resumes_the_capture_s_run(tmp_path: Path) -> None:
+    """An outside probe (stock ophyd v1: one capture per scan, a camera series per point): a SIGTERM
+    during the third point. The capture's run held series 1..3 (frames 0..21, series 3's frames 0..1 as
+    20..21) and recorded 22..29 lost (``receiver_stopped``). The camera went on with series 3 from frame
+    2 after the restart: no run of series 3 was known (the capture's run is recorded under its first
+    series), so the new run recorded series frames 0..1 as a gap although the capture holds them, and
+    the capture's run kept 22..29 as lost although the new run stores them. The capture's run records
+    where each series it took lies; a resumed series finds it there."""
+    ledger = Ledger(tmp_path / "ledger.sqlite")
+    recorder = RunRecorder(ledger, tmp_path, chunk_bytes=1 << 20)
+    run_uid = recorder.open_run("capture", series=1, frames_expected=None, config={"capture_file": "x.h5"})
+    for series, offset in ((1, 0), (2, 10), (3, 20)):
+        recorder.series_offset(run_uid, series, offset)
+    data = tmp_path / run_uid / f"{run_uid}_00000.h5"
+    data.parent.mkdir()
+    data.write_bytes(b"frames 0..21")
+    recorder.register_file(run_uid, data, (0, 21, 22))
+    recorder.loss(run_uid, 22, 29, "receiver_stopped", "the daemon stopped")
+    recorder.close_run(run_uid, 22, "abort")
+
+    link = resume_interrupted(recorder, {}, series=3, first_frame=2)
+
+    assert link == {"resumes_run": run_uid}
+    assert ledger.losses(run_uid) == []  # 22..29 are the new run's (series 3's 2..9)
+    # and a series the capture never took is no continuation of it
+    assert resume_interrupted(recorder, {}, series=4, first_frame=2) == {"resumes_run": None}
