@@ -62,8 +62,8 @@ HELP = {
     "recovery_frames_lost": "Frames crash recovery recorded as lost at start.",
     "stage_state": "1 for the state each stage's thread is in (stage = the thread).",
     "stage_restarts_total": "Times each stage's thread was restarted after a failure.",
-    "frames_total": "Frames counted at each stage: received (receiver), stored (ledger), delivered"
-    " (verified upstream).",
+    "frames_total": "Frames counted at each stage, each in its own scope: received (by this daemon"
+    " process since it started), stored and delivered (verified upstream) (the ledger: every run ever).",
     "frames_lost_total": "Frames recorded as lost in the ledger, every reason.",
     "frames_incomplete_total": "Frames stored incomplete (missing packets), as the ledger records them.",
     "frames_vetoed_total": "Frames a mode dropped by its stated policy (blanks with store.blanks = drop): not"
