@@ -400,6 +400,11 @@ class Ledger:
             (str(int(series)), int(offset), run_uid),
         )
 
+    def run_reopened(self, run_uid: str) -> None:
+        """Take a run's end back: what it left unwritten is for the next start's recovery, which ends
+        open runs (`RunRecorder.give_up_held`)."""
+        self._write("UPDATE runs SET ended_at=NULL, exit_status=NULL WHERE run_uid=?", (run_uid,))
+
     def run_ended(self, run_uid: str, exit_status: str, frames_stored: int, frames_vetoed: int = 0) -> None:
         self._write(
             "UPDATE runs SET ended_at=?, exit_status=?, frames_stored=?, frames_vetoed=? WHERE run_uid=?",

@@ -616,6 +616,7 @@ class Pipeline:
                 self.recorder.when_space_returns(
                     f"run {reduced.run_uid}: its reduced file (frame table, products)",
                     lambda: self._write_reduced_later(reduced, run_products),
+                    reduced.run_uid,
                 )
             else:
                 log.error("run %s: reduced rows kept until the full disk has room", reduced.run_uid)
@@ -730,7 +731,7 @@ class Pipeline:
         except Exception as error:
             if self.disk is None or not self.disk.note_error(error):
                 raise
-            self.recorder.when_space_returns(f"run {run_uid}: its {stage.name} run files", write)
+            self.recorder.when_space_returns(f"run {run_uid}: its {stage.name} run files", write, run_uid)
 
     def _file_close_failed(
         self, reduced: ReducedWriter, run_uid: str, frames: list[int], error: BaseException

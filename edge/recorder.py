@@ -56,7 +56,8 @@ class RunRecorder:
         # it, or there was none): held here in order, written first when space returns
         self._held: list[tuple[Callable[..., Any], tuple[Any, ...]]] = []
         self._held_lock = threading.RLock()
-        self._deferred: list[tuple[str, Callable[[], Any]]] = []  # files a full disk refused, made later
+        # files a full disk refused, made later: (what, how, of which run)
+        self._deferred: list[tuple[str, Callable[[], Any], str | None]] = []
         self.store_root = store_root
         self.chunk_bytes = chunk_bytes
         self.forward = forward  # upstream.forward: all, reduced or hits
@@ -200,7 +201,7 @@ class RunRecorder:
         if not self._write_held():
             return
         while self._deferred:
-            what, task = self._deferred[0]
+            what, task, _run = self._deferred[0]
             try:
                 task()
             except Exception as error:
@@ -220,11 +221,11 @@ class RunRecorder:
                 raise
             del self._pending_documents[run_uid]
 
-    def when_space_returns(self, what: str, task: Callable[[], Any]) -> None:
-        """A file the full disk refused (``what`` it is, for the log) is written by ``task`` once space
-        returns, before any run's documents (they list it)."""
+    def when_space_returns(self, what: str, task: Callable[[], Any], run_uid: str | None = None) -> None:
+        """A file the full disk refused (``what`` it is, for the log; of run ``run_uid``) is written by
+        ``task`` once space returns, before any run's documents (they list it)."""
         log.error("%s: not written (disk full); it will be when space returns", what)
-        self._deferred.append((what, task))
+        self._deferred.append((what, task, run_uid))
         self._count("writes_deferred")
 
     def _ledger_write(self, write: Callable[..., Any], *args: Any) -> None:
@@ -295,7 +296,8 @@ class RunRecorder:
         except Exception:
             log.exception("writing what the full disk held back failed at shutdown")
         with self._held_lock:
-            held, deferred = list(self._held), [what for what, _task in self._deferred]
+            held, deferred = list(self._held), [what for what, _task, _run in self._deferred]
+            runs = {run for _what, _task, run in self._deferred if run is not None}
         documents = sorted(self._pending_documents)
         if not (held or deferred or documents):
             return
@@ -312,6 +314,29 @@ class RunRecorder:
             log.error("not written: %s", what)
         for run_uid in documents:
             log.error("not written: run %s documents", run_uid)
+        for run_uid in sorted(runs | set(documents)):
+            self._reopen_for_recovery(run_uid)
+
+    def _reopen_for_recovery(self, run_uid: str) -> None:
+        """A run whose reduced file or documents were never written: its end is taken back in the ledger,
+        so that the next start's recovery finds it open and accounts for its frames (stored ones in a
+        recovered frame table, those only the lost rows told of as ``daemon_crash``) and writes its
+        documents. Ended in the ledger, recovery passed it by: its frame table and documents never went
+        upstream, and its vetoed blanks were in no record (an outside probe: a clean stop on a full
+        disk)."""
+        try:
+            run = self.ledger.run(run_uid)
+            if run.get("ended_at") is None:
+                return  # open still (its end held too): recovery finds it so
+            self.ledger.run_reopened(run_uid)
+        except Exception as error:
+            log.error("run %s could not be reopened for the next start's recovery: %s", run_uid, error)
+            return
+        log.error(
+            "run %s reopened in the ledger: the next start's recovery accounts for its frames and writes"
+            " its frame table and documents",
+            run_uid,
+        )
 
     def held(self) -> int:
         """How many ledger writes wait for space."""

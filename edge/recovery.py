@@ -177,7 +177,7 @@ def recover(recorder: RunRecorder, root: Path) -> dict[str, Any]:
                 raise
             recovered = 0
             table = partial(_recover_frame_table, recorder, root, run_uid, mode)
-            recorder.when_space_returns(f"run {run_uid}: the recovered frame table", table)
+            recorder.when_space_returns(f"run {run_uid}: the recovered frame table", table, run_uid)
             report.setdefault("frame_tables_deferred", []).append(run_uid)
         if recovered:
             report.setdefault("frame_rows_recovered", {})[run_uid] = recovered

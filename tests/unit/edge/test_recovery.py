@@ -746,3 +746,49 @@ def test_a_series_cut_inside_a_capture_resumes_the_capture_s_run(tmp_path: Path)
     assert ledger.losses(run_uid) == []  # 22..29 are the new run's (series 3's 2..9)
     # and a series the capture never took is no continuation of it
     assert resume_interrupted(recorder, {}, series=4, first_frame=2) == {"resumes_run": None}
+
+
+def test_a_run_whose_reduced_file_a_full_disk_held_at_a_clean_stop_is_recovered_at_the_next_start(
+    tmp_path: Path,
+) -> None:
+    """An outside serial chaos probe: a run ended (in the ledger) while the disk was full, then a clean
+    stop. Its reduced file (frame table, products) and documents were never written and only logged;
+    the next start's recovery passed the ended run by, so neither ever went upstream and its vetoed
+    blanks were in no record. The stop takes the run's end back; recovery then accounts for it."""
+    import errno
+
+    import h5py
+    import numpy as np
+
+    from edge.diskguard import DiskGuard
+    from edge.recovery import recover
+
+    ledger = Ledger(tmp_path / "ledger.sqlite")
+    disk = DiskGuard(tmp_path, tmp_path / "reserve", 0, 0)
+    recorder = RunRecorder(ledger, tmp_path, chunk_bytes=1 << 20, disk=disk)
+    run_uid = recorder.open_run("run-f", series=8, frames_expected=10, config={}, mode="serial")
+    directory = tmp_path / run_uid
+    directory.mkdir()
+    path = directory / f"{run_uid}_00000.h5"
+    with h5py.File(path, "w") as handle:
+        handle["/entry/data/frame_number"] = np.asarray([0, 3, 6], np.int64)
+    recorder.register_file(run_uid, path, (0, 6, 3), "data", frame_ranges=frame_ranges_json([0, 3, 6]))
+
+    def full() -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    recorder.when_space_returns(f"run {run_uid}: its reduced file (frame table, products)", full, run_uid)
+    recorder.close_run(run_uid, 3, "success", 7)  # 7 blanks vetoed: their rows were in that file
+    assert ledger.run(run_uid)["ended_at"] is not None
+
+    recorder.give_up_held()  # the clean stop, the disk still full
+
+    assert ledger.run(run_uid)["ended_at"] is None  # for the next start's recovery
+    restarted = RunRecorder(ledger, tmp_path, chunk_bytes=1 << 20)
+    report = recover(restarted, tmp_path)
+    assert report["runs_failed"] == [run_uid]
+    lost = [(r["first_frame"], r["last_frame"], r["reason"]) for r in ledger.losses(run_uid)]
+    assert lost == [(1, 2, "daemon_crash"), (4, 5, "daemon_crash"), (7, 9, "daemon_crash")]
+    with h5py.File(directory / f"{run_uid}_reduced_00000.nxs", "r") as handle:
+        assert handle["/entry/frames/frame_number"][:].tolist() == [0, 3, 6]
+    assert (directory / documents_name(run_uid)).exists()
