@@ -150,6 +150,8 @@ class Stream2Source(ZmqStreamSource):
                     sock.recv(copy=False)
                 self.stats["messages_multipart_rejected"] += 1
                 self._warn_multipart()
+                if self._series is not None:  # it may have been an image: a gap after it is put down to it
+                    self._unreadable += 1  # (it read "frames never arrived": they came, unreadable)
                 continue
             for event in self.stream2.feed(message.buffer):
                 self._handle2(event)

@@ -251,7 +251,34 @@ def test_multipart_messages_are_dropped_and_counted() -> None:
         push.close(0)
         context.term()
     assert reader.counters()["messages_multipart_rejected"] == 1
-    assert sink.frames == {} and sink.losses == [(0, 3, "missing_at_series_end")]
+    # frame 0 came, unreadable: the frames missing at the end after it are put down to it, as after
+    # any unreadable message of the series
+    assert sink.frames == {} and sink.losses == [(0, 3, "stream2_unreadable_message")]
+
+
+def test_a_frame_sent_as_a_multipart_message_is_an_unreadable_loss_not_a_gap() -> None:
+    """An outside sender's probe: image 1 sent as a two-part message was dropped (counted, logged) but
+    recorded as ``frame_number_gap``, "frames never arrived": it arrived, in a form Stream V2 never has."""
+    context = zmq.Context()
+    push = context.socket(zmq.PUSH)
+    port = push.bind_to_random_port("tcp://127.0.0.1")
+    sink = Sink()
+    reader = Stream2Source(f"tcp://127.0.0.1:{port}", sink, context)
+    reader.start()
+    start, image0, image1, image2, image3, end = _messages("stream2_bslz4_u16_2ch.bin")
+    try:
+        push.send(start)
+        push.send(image0)
+        push.send_multipart([image1, b""])
+        for message in (image2, image3, end):
+            push.send(message)
+        assert sink.ended.wait(10)
+    finally:
+        reader.stop()
+        push.close(0)
+        context.term()
+    assert sorted(sink.frames) == [(1, 0), (1, 2), (1, 3)]  # (series, frame)
+    assert sink.losses == [(1, 1, "stream2_unreadable_message")]
 
 
 # -- every frame has exactly one disposition, whatever the faults -------------------------------------
