@@ -395,13 +395,25 @@ class ZmqStreamSource:
             limit = self.max_message_bytes
             # news only, until a series outlives the drop (`_count_drop_in_series` warns then): a
             # detector that ends its series and goes away drops it with its end still queued here
-            log.info(
-                "the stream connection to %s dropped (%d so far; logged the first time, then every "
-                "100th): the detector went away%s",
-                self.endpoint,
-                dropped,
-                f", or sent a message part over stream.max_message_bytes ({limit} bytes)" if limit else "",
-            )
+            too_big = f"a message part over stream.max_message_bytes ({limit} bytes)" if limit else ""
+            if self._series is None:  # between series: a sender that went away after its end (normal)
+                log.info(
+                    "the stream connection to %s closed with no series open (%d so far; logged the first"
+                    " time, then every 100th): the sender went away after its series, nothing was in"
+                    " flight%s",
+                    self.endpoint,
+                    dropped,
+                    f" (unless it sent {too_big}: check the sender's log)" if limit else "",
+                )
+            else:
+                log.info(
+                    "the stream connection to %s dropped during series %s (%d so far; logged the first"
+                    " time, then every 100th): the detector went away%s",
+                    self.endpoint,
+                    self._series,
+                    dropped,
+                    f", or sent {too_big}" if limit else "",
+                )
         self._count_drop_in_series(now)
         if self._dropped_at is not None and now - self._dropped_at >= MONITOR_SECONDS / 2:
             self._dropped_at = None

@@ -9,6 +9,7 @@ import threading
 import time
 from typing import Any
 
+import pytest
 import zmq
 from test_stream_frame_bounds import Sink, header, image
 
@@ -155,3 +156,37 @@ def test_a_clean_stop_gives_up_on_a_ring_nobody_empties() -> None:
             ring_module.STOP_STALL_SECONDS = stall
     finally:
         ring.close()
+
+
+def test_a_sender_that_goes_away_after_its_series_is_logged_as_normal(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """An outside newcomer's probe: every simulator run that ended normally left "the stream connection
+    dropped ... the detector went away, or sent a message part over stream.max_message_bytes", read as
+    a fault. Between series the line says the sender went away after its series."""
+    import logging
+
+    caplog.set_level(logging.INFO, logger="firmware_bridge.zmq_reader")
+    context = zmq.Context()
+    pull_side = Sink()
+    push = context.socket(zmq.PUSH)
+    port = push.bind_to_random_port("tcp://127.0.0.1")
+    reader = ZmqStreamSource(f"tcp://127.0.0.1:{port}", pull_side, context)
+    reader.start()
+    try:
+        push.send_multipart(header(1, 2))
+        for frame in range(2):
+            push.send_multipart(image(1, frame))
+        push.send_multipart([b'{"htype": "dseries_end-1.0", "series": 1}'])
+        assert pull_side.ended.wait(10)
+        push.close(0)  # the sender goes away
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and not reader.counters().get("connections_dropped"):
+            time.sleep(0.1)
+    finally:
+        reader.stop()
+        context.term()
+    lines = [r.getMessage() for r in caplog.records if "stream connection" in r.getMessage()]
+    assert lines and "closed with no series open" in lines[0] and "went away after its series" in lines[0], (
+        lines
+    )
