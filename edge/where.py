@@ -207,6 +207,7 @@ def where_report(
         with contextlib.suppress(Exception):  # a run since deleted from the ledger: unknown
             report["series_frames_expected"] = ledger.run(report["resumes_run"])["frames_expected"]
     report["continued_by"] = ledger.runs_resuming(run_uid)
+    report["continued_at_frame"] = _continued_at(ledger, report["continued_by"])
     report["summary"] = summary_line(report)
     later = _runs_with_slices(ledger, report.get("continued_by") or [])
     report["products_note"] = products_note(report, bool(run["ended_at"]), later)
@@ -452,6 +453,15 @@ def _printable(text: object) -> str:
     return "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(text))
 
 
+def _continued_at(ledger: Any, later: list[str]) -> int | None:
+    """The frame of the series at which the first run continuing it began (None: none, or unknown)."""
+    for run_uid in later[:1]:
+        with contextlib.suppress(Exception):
+            first = json.loads(ledger.run(run_uid)["config"] or "{}").get("first_frame")
+            return int(first) if isinstance(first, int) and not isinstance(first, bool) else None
+    return None
+
+
 def _expected_text(report: dict[str, Any]) -> str:
     """How many frames the run was to account for: a run that continues another from frame F accounts
     for its series' frames from F on only (the frames before are the earlier run's)."""
@@ -460,9 +470,15 @@ def _expected_text(report: dict[str, Any]) -> str:
     expected = report["frames_expected"] or (report.get("series_frames_expected") if first else None)
     if not expected:
         return "expected unknown"
+    went_on = report.get("continued_at_frame")
+    tail = ""
+    if went_on is not None and report.get("continued_by") and int(went_on) < int(expected):
+        # its series went on in another run after a restart: those frames are that run's (an outside
+        # probe read "110 stored, 0 lost (expected 600)" as 490 frames unaccounted for)
+        tail = f"; frames {went_on}..{int(expected) - 1} went on in run {report['continued_by'][0]}"
     if first:
-        return f"expected frames {first}..{int(expected) - 1} of its series' {expected}"
-    return f"expected {expected}"
+        return f"expected frames {first}..{int(expected) - 1} of its series' {expected}{tail}"
+    return f"expected {expected}{tail}"
 
 
 def _frames_text(frames: list[int] | None) -> str:

@@ -93,6 +93,7 @@ class _Recorder:
         self.opened: list[str] = []
         self.expected: list[int | None] = []
         self.losses: list[tuple[str | None, int, int, str]] = []
+        self.offsets: list[tuple[str, int, int]] = []  # (run, series, offset): where a capture put each
 
     def frame_seen(self, run_uid: str, frame: int) -> None:
         pass
@@ -108,6 +109,9 @@ class _Recorder:
 
     def loss(self, run_uid: str | None, first: int, last: int, reason: str, detail: str = "") -> None:
         self.losses.append((run_uid, first, last, reason))
+
+    def series_offset(self, run_uid: str, series: int, offset: int) -> None:
+        self.offsets.append((run_uid, series, offset))
 
 
 def _series(sink: RingSink, series: int, frames: int) -> None:
@@ -140,6 +144,8 @@ def test_a_capture_is_one_run_across_series_with_frames_numbered_on(tmp_path: Pa
     assert start["event"] == "series_start" and start["file_path"] == str(tmp_path / "scan.h5")
     assert frames == [("frame", n) for n in range(5)]  # no series_end: the capture goes on
     assert recorder.losses == [("run1", 3, 3, "frame_number_gap")]
+    # where each series lies in the run: a series a restart cuts is found in it (`resume_interrupted`)
+    assert recorder.offsets == [("run1", 1, 0), ("run1", 2, 2)]
     # between the capture's series its run is open: the reduction's mode stays as the run started it
     assert sink.run_uid is None and sink.run_or_opening() == "run1"
     assert sink.close_capture() == "run1"

@@ -792,3 +792,28 @@ def test_a_run_whose_reduced_file_a_full_disk_held_at_a_clean_stop_is_recovered_
     with h5py.File(directory / f"{run_uid}_reduced_00000.nxs", "r") as handle:
         assert handle["/entry/frames/frame_number"][:].tolist() == [0, 3, 6]
     assert (directory / documents_name(run_uid)).exists()
+
+
+def test_edge_where_says_which_frames_of_an_interrupted_run_went_on_in_the_run_that_resumed_it(
+    tmp_path: Path,
+) -> None:
+    """An outside newcomer's probe read "110 stored, 0 vetoed, 0 lost (expected 600)" of a run whose
+    series went on in another run after a SIGTERM as 490 frames unaccounted for."""
+    from edge.where import render, where_report
+
+    ledger = Ledger(tmp_path / "ledger.sqlite")
+    recorder = RunRecorder(ledger, tmp_path, chunk_bytes=1 << 20)
+    first = recorder.open_run("run-a", series=3, frames_expected=600, config={"shape": [4, 4]})
+    data = tmp_path / first / f"{first}_00000.h5"
+    data.parent.mkdir()
+    data.write_bytes(b"frames 0..109")
+    recorder.register_file(first, data, (0, 109, 110))
+    recorder.close_run(first, 110, "abort")
+    config = {"shape": [4, 4], "resumed_after_restart": True, "first_frame": 110, "resumes_run": first}
+    later = recorder.open_run(None, series=3, frames_expected=None, config=config)
+
+    report = where_report(ledger, first, store=tmp_path)
+
+    assert report["continued_by"] == [later] and report["continued_at_frame"] == 110
+    text = render(report)
+    assert f"expected 600; frames 110..599 went on in run {later}" in text, text
