@@ -268,4 +268,33 @@ def configure(level: str = "INFO", fmt: str = "text", stream: TextIO | None = No
     root.addHandler(setup.handler)
     setup.start()
     _current = setup
+    sys.unraisablehook = _unraisable
     return setup
+
+
+_unraisable_count = 0
+
+
+def _unraisable(unraisable: Any) -> None:
+    """An exception Python cannot raise (in a destructor, e.g. h5py releasing an object on a full disk:
+    "Exception ignored in ... ObjectID.__dealloc__ ... errno 28") becomes one log line, the first and
+    then every 100th (the traceback at DEBUG), instead of a traceback on stderr that reads as a crash (an
+    outside probe counted several per full disk)."""
+    global _unraisable_count
+    _unraisable_count += 1
+    if _unraisable_count > 1 and _unraisable_count % 100:
+        return
+    error = unraisable.exc_value
+    where = unraisable.err_msg or "Exception ignored in"
+    log = logging.getLogger("edge.unraisable")
+    log.warning(
+        "%s %.200r: %s: %s (%d such so far; logged the first, then every 100th)",
+        where,
+        unraisable.object,
+        type(error).__name__ if error is not None else unraisable.exc_type.__name__,
+        error,
+        _unraisable_count,
+        exc_info=(unraisable.exc_type, error, unraisable.exc_traceback)
+        if log.isEnabledFor(logging.DEBUG)
+        else None,
+    )
