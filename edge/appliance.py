@@ -65,7 +65,7 @@ ABORT_STATE_SECONDS = 1.0
 CONTROL_BYTES = 64 << 10
 #: a clean stop: how long the receiver may wait for the pipeline to make room for frames it already
 #: holds (while the pipeline moves, or loads its kernels); the readers join within READER_JOIN_SECONDS
-STOP_GRACE_SECONDS = 30.0
+STOP_GRACE_SECONDS = 60.0  # (a mode's first kernels compile in up to a minute on a small machine)
 PREVIEW_SECONDS = 0.05  # the receiver keeps a subsampled copy of the newest frame at most this often
 
 
@@ -592,7 +592,7 @@ class RingSink:
             # the control system aborted the run (Acquire 0): the detector stopped before these frames
             reason, detail = "aborted", f"not acquired: the run was aborted (Acquire 0); {detail}"
         if reason == "ring_full" and self.ring.stopping:  # no slot because the daemon is stopping
-            reason, detail = "shutdown", f"the daemon was stopping ({detail})" if detail else "stopping"
+            reason, detail = "shutdown", "the daemon was stopping and no ring slot came free in time"
         numbered = self._numbered_run is not None and self.run_uid == self._numbered_run
         if self._capture_offset and numbered:
             first, last = first + self._capture_offset, last + self._capture_offset

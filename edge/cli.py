@@ -389,6 +389,11 @@ def _run_daemon(
         reporter.stopping()
         appliance.stop()
         log.info("stopped")
+        # from here on a further SIGTERM/SIGINT (a second Ctrl-C, a script signalling again) is ignored:
+        # Python puts the default action back while it tears down, and one arriving then ended a clean
+        # stop with status 143 after "stopped" (an outside probe); everything is persisted by now
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
     status = 0
     if appliance.fatal is not None:
         print(f"edge: exiting with status 3: {appliance.fatal}", file=sys.stderr, flush=True)

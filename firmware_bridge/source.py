@@ -19,8 +19,8 @@ FLAG_CORRUPT = 2
 # included) already checked by the source, not pixels; stored as it is (Stream V2 pass-through)
 FLAG_CHUNK = 1 << 16
 #: a stop waits this long for a reader thread to end: a frame in hand may wait for a ring slot while the
-#: pipeline drains the ring (up to the appliance's STOP_GRACE_SECONDS, 30)
-READER_JOIN_SECONDS = 45.0
+#: pipeline drains the ring (up to the appliance's STOP_GRACE_SECONDS, 60)
+READER_JOIN_SECONDS = 75.0
 FLAG_STATE_MASK = 0xFFFF  # the frame-state part of ``flags`` (complete/incomplete/corrupt)
 
 

@@ -31,7 +31,7 @@ from firmware_bridge.stream2_codec import (
     Stream2Start,
 )
 from firmware_bridge.stream_codec import MAX_FRAMES_EXPECTED
-from firmware_bridge.zmq_reader import REORDER_FRAMES, REORDER_SECONDS, ZmqStreamSource
+from firmware_bridge.zmq_reader import REORDER_FRAMES, REORDER_SECONDS, ZmqStreamSource, no_slot_detail
 
 log = logging.getLogger(__name__)
 
@@ -327,7 +327,7 @@ class Stream2Source(ZmqStreamSource):
         if slot is None:
             reason = "shutdown" if self._stop.is_set() else "ring_full"
             self.stats[f"frames_dropped_{reason}"] += 1
-            self.sink.lost(frame, frame, reason, f"ring policy {reason}")
+            self.sink.lost(frame, frame, reason, no_slot_detail(reason))
         return slot
 
     def _publish_chunk(self, image: Stream2Image, array: Stream2Array) -> None:

@@ -96,6 +96,15 @@ class _HeldGap:
         return [_HeldGap(a, b, self.reason, self.detail, self.newest, self.at) for a, b in pieces if a <= b]
 
 
+def no_slot_detail(reason: str) -> str:
+    """A frame's loss detail when the ring gave it no slot: ``ring_full`` (count-and-drop) or
+    ``shutdown`` (the daemon stopping). It read "ring policy shutdown" under ring.policy block (an
+    outside probe)."""
+    if reason == "shutdown":
+        return "the daemon was stopping and no ring slot came free in time"
+    return "the frame ring was full (ring.policy count-and-drop drops a frame then)"
+
+
 class ZmqStreamSource:
     """A :class:`~firmware_bridge.source.FrameSource` for the ZeroMQ frame stream."""
 
@@ -464,7 +473,7 @@ class ZmqStreamSource:
                     reason = "shutdown" if self._stop.is_set() else "ring_full"
                     self.stats[f"frames_dropped_{reason}"] += 1
                     if frame is not None and self._note_frame(frame):
-                        self.sink.lost(frame, frame, reason, f"ring policy {reason}")
+                        self.sink.lost(frame, frame, reason, no_slot_detail(reason))
                     return
                 nbytes = sock.recv_into(slot.buffer[:size])
                 more = bool(sock.get(zmq.RCVMORE))
