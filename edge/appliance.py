@@ -203,6 +203,7 @@ class RingSink:
         # taken by the run starting (ReductionControl reads this through ``run_or_opening``)
         self.opening: str | None = None
         self.refused = False
+        self._refused_lost = 0  # frames recorded lost for the refused run since it was closed
         #: links a run resumed after a restart to the interrupted one (edge.recovery.resume_interrupted)
         self.resume: Callable[[int, int, str | None], dict[str, Any]] | None = None
         #: whether a run of a series was cut by a restart (`edge.recovery.was_interrupted`): a series seen
@@ -399,6 +400,8 @@ class RingSink:
     def series_start(
         self, series: int, config: dict[str, Any], pixel_mask: np.ndarray | None = None
     ) -> str | None:
+        if self.refused:  # a refused series that never ended: its account, before the next run opens
+            self._refused_account()
         with self._capture_lock:
             self._series_open = True
             self._abort_requested = False
@@ -459,6 +462,7 @@ class RingSink:
             refusal = None
         if refusal is not None:  # the run is recorded, refused and closed; its frames become losses
             self.refused = True
+            self._refused_lost = 0
             self.recorder.close_run(run_uid, 0, "abort")
             return refusal
         if run_mask is not None and self.masks is not None:
@@ -576,6 +580,8 @@ class RingSink:
                 self._capture_run = self._capture_path = None
         if not self.refused:
             self._control({"event": "series_end", "exit_status": exit_status})
+        else:
+            self._refused_account()
         if self.run_uid == self._numbered_run:  # the capture's run has ended: no more numbering
             self._numbered_run = self._capture_offset = None
         self.ended_run_uid, self.run_uid = self.run_uid, None
@@ -602,11 +608,22 @@ class RingSink:
             # stored and lost both (an outside probe)
             self._capture_next = max(self._capture_next, last + 1)
         self.losses += last - first + 1
+        if self.refused and self.run_uid is not None:
+            self._refused_lost += last - first + 1  # (after its RunStop: `_refused_account`)
         if self.run_uid is None and reason == "frame_outside_series" and self.ended_run_uid is not None:
             # the run's account is closed (its RunStop is written): the record stays outside it, and
             # names it in its detail
             detail = f"{detail} (run {self.ended_run_uid})"
         self.recorder.loss(self.run_uid, first, last, reason, detail)
+
+    def _refused_account(self) -> None:
+        """A refused run was closed, its documents written, before its frames were recorded lost
+        (``run_refused``, by the reader, after the refusal): at its series' end, a new revision of its
+        documents counts them. Its only documents upstream said "0 lost" of a series of 60 (an outside
+        probe: sent = stored + vetoed + lost failed from the upstream copy)."""
+        run_uid, lost, self._refused_lost = self.run_uid, self._refused_lost, 0
+        if run_uid is not None and lost:
+            self.recorder.documents_when_possible(run_uid, "abort")
 
     def _control(self, record: dict[str, Any]) -> None:
         # control records are never dropped: it waits for a slot whatever the ring's policy (retried

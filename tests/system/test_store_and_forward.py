@@ -14,6 +14,8 @@ import pytest
 from edgeprocs import EdgeStack, get_json, wait_for
 from test_walking_skeleton import upstream_frames
 
+from edge.documents import documents_name
+
 pytestmark = pytest.mark.slow
 
 
@@ -199,9 +201,13 @@ def test_full_quota_refuses_a_run_deletes_nothing_unverified_and_recovers(tmp_pa
         assert not retention["accepting_runs"] and "not yet verified" in retention["alarm"]
         assert retention["unverified_bytes"] > 4_000_000
         sim_run(stack, 10, second)
-        refused = wait_for(lambda: (r := stack.run(second))["ended_at"] and r, 30, "the refused run recorded")
+        # its documents twice: when it was refused (its RunStop), and at its series' end with the frames
+        # it lost (its first RunStop counted none: upstream, sent = stored + vetoed + lost failed)
+        refused = wait_for(
+            lambda: len((r := stack.run(second))["files"]) == 2 and r, 30, "the refused run's account"
+        )
         assert refused["exit_status"] == "abort"
-        assert [f["name"] for f in refused["files"]] == [f"{second}.documents.jsonl"]  # no data, its RunStop
+        assert [f["name"] for f in refused["files"]] == [documents_name(second), documents_name(second, 2)]
         assert [(r["first_frame"], r["last_frame"], r["reason"]) for r in refused["losses"]] == [
             (0, 9, "run_refused")
         ]
@@ -217,9 +223,15 @@ def test_full_quota_refuses_a_run_deletes_nothing_unverified_and_recovers(tmp_pa
         wait_for(lambda: run_verified(stack, third, 10), 60, "acquisition resumed and delivered")
         runs = {r["run_uid"]: r["exit_status"] for r in get_json(stack.url + "/api/runs")}
         assert runs == {first: "success", second: "abort", third: "success"}
+        revised = stack.upstream / second / documents_name(second, 2)
+        wait_for(revised.exists, 60, "the refused run's revised documents upstream")
     finally:
         stack.stop_all()
     assert sorted(upstream_frames(stack.upstream / first)) == list(range(30))
+    # the refused run's account from the upstream copy alone: its newest RunStop counts its 10 frames
+    newest = (stack.upstream / second / documents_name(second, 2)).read_text().splitlines()
+    stop = next(doc for name, doc in map(json.loads, newest) if name == "stop")
+    assert stop["edge_accounting"]["frames_lost"] == 10 and stop["edge_accounting"]["frames_stored"] == 0
     for verified_at, purged_at in ledger_rows(
         stack, "SELECT verified_at, purged_at FROM files WHERE purged_at"
     ):
