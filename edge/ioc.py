@@ -45,6 +45,7 @@ from edge.pv_table import (
     LONG_STRING,
     MODES,
     PVS,
+    TEMP_SUFFIX,
     PvSpec,
 )
 from edge.setpoint_autosave import SetpointAutosave
@@ -59,6 +60,8 @@ __all__ = ["DEFAULT_ACF", "MODES", "PVS", "ApplianceIOC", "CaptureControl", "PvS
 log = logging.getLogger(__name__)
 
 FILE_NUMBER_MAX = 2**31 - 1  # HDF1:FileNumber is an EPICS long
+#: Unix time of the EPICS epoch (1990-01-01 UTC): ``EpicsTSSec_RBV`` counts from it
+POSIX_TIME_AT_EPICS_EPOCH = 631_152_000
 
 #: Seconds between copies of the appliance's counters into the readback records.
 REFRESH_SECONDS = 0.5
@@ -274,6 +277,8 @@ class ApplianceIOC:
         self._hdf_counter_offset = 0  # HDF1:ArrayCounter's, set apart from the driver's ArrayCounter
         self._dropped_total = 0  # frames the receiver dropped, as the last refresh saw them
         self._dropped_offset = 0  # HDF1:DroppedArrays counts from its last put (0 resets it)
+        self._reordered_total = 0  # frames the receiver stored after later ones, as the last refresh saw
+        self._reordered_offset = 0  # HDF1:DisorderedArrays counts from its last put (0 resets it)
         self._frames_received = 0
         # the series started before this appliance's Acquire armed the detector (None: none armed yet);
         # while no newer one has started, its acquisition has taken no frame
@@ -613,6 +618,11 @@ class ApplianceIOC:
         if spec.name == "HDF1:FilePath":
             reason = path_refusal(Path(str(value) or "."), self._roots())
             return None if reason is None else (reason, soft)
+        if spec.name == "HDF1:TempSuffix" and str(value) != TEMP_SUFFIX:
+            return (
+                f"{TEMP_SUFFIX} only: every file is written as NAME{TEMP_SUFFIX} and renamed once complete",
+                soft,
+            )
         if spec.name == "HDF1:FileTemplate":
             try:  # (its fields and their widths: the name it makes is checked when a capture opens)
                 capture_file(str(value), "", "", 0)
@@ -848,6 +858,9 @@ class ApplianceIOC:
         elif name == "HDF1:DroppedArrays":
             self._dropped_offset = self._dropped_total - int(value)
             self._set("HDF1:DroppedArrays_RBV", int(value))
+        elif name == "HDF1:DisorderedArrays":
+            self._reordered_offset = self._reordered_total - int(value)
+            self._set("HDF1:DisorderedArrays_RBV", int(value))
         elif name == "HDF1:ArrayCounter":
             self._hdf_counter_offset = self._frames_received - int(value)
             self._set("HDF1:ArrayCounter_RBV", int(value))
@@ -1363,6 +1376,7 @@ class ApplianceIOC:
         self._set("MaxSizeX_RBV", fmt.width)
         self._set("MaxSizeY_RBV", fmt.height)
         self._set("ArraySize_RBV", fmt.nbytes)
+        self._set("HDF1:ArraySize_RBV", fmt.nbytes)
         self._set("TemperatureActual", math.nan)  # not measured
         store = self.view.store_path()
         self._set("HDF1:FilePathExists_RBV", int(store.is_dir() and os.access(store, os.W_OK)))
@@ -1371,7 +1385,12 @@ class ApplianceIOC:
                 self._set(f"{spec.name}_RBV", spec.initial)
         for name in _CHUNKING:  # one chunk is one whole frame
             self._set(f"{name}_RBV", self._chunking(name))
-        self._set("HDF1:Dimensions_RBV", np.array([fmt.width, fmt.height] + [0] * 8, dtype=np.int16))
+        dimensions = np.array([fmt.width, fmt.height] + [0] * 8, dtype=np.int16)
+        for name in ("HDF1:Dimensions", "HDF1:Dimensions_RBV"):
+            self._set(name, dimensions)
+        for i in range(len(dimensions)):  # areaDetector's one-element views of Dimensions
+            for rbv in ("", "_RBV"):
+                self._set(f"HDF1:Dim{i}SA{rbv}", dimensions[i : i + 1])
         slots = int(settings.ring.slots)
         self._set("HDF1:QueueFreeLow", max(1, slots // 10))
         self._set("HDF1:QueueUseHIGH", int(slots * 0.8))
@@ -1463,6 +1482,11 @@ class ApplianceIOC:
         self._set("HDF1:DroppedArrays_RBV", shown)
         if self.records["HDF1:DroppedArrays"].get() != shown:  # as areaDetector's plugin writes it back
             self.records["HDF1:DroppedArrays"].set(shown, process=False)
+        self._reordered_total = int(receiver.get("frames_reordered", 0))
+        shown = self._reordered_total - self._reordered_offset  # since the last put (0 resets it)
+        self._set("HDF1:DisorderedArrays_RBV", shown)
+        if self.records["HDF1:DisorderedArrays"].get() != shown:
+            self.records["HDF1:DisorderedArrays"].set(shown, process=False)
         frames = status["frames"]
         self._set("LostFrames_RBV", int(frames["lost"]))
         self._set("VetoedFrames_RBV", int(frames.get("vetoed", 0)))
@@ -1478,6 +1502,7 @@ class ApplianceIOC:
         self._set("QueueFree_RBV", free, severity=alarm.MINOR_ALARM if low else 0, alarm=alarm.LOW_ALARM)
         self._set("HDF1:QueueFree", free)
         self._set("HDF1:QueueUse", slots - free)
+        self._set("HDF1:NumQueuedArrays", slots - free)
         self._set("QueueFill_RBV", 100.0 * int(ring["fill"]) / max(1, slots))
         pipeline = status["pipeline"]
         raw, packed = int(pipeline.get("bytes_raw", 0)), int(pipeline.get("bytes_compressed", 0))
@@ -1567,7 +1592,12 @@ class ApplianceIOC:
             self._set("Profile1:UniqueId_RBV", frames)
         newest = self.view.latest_preview_frame()
         if newest is not None and newest[1].get("received_at"):
-            self._set("HDF1:TimeStamp_RBV", float(newest[1]["received_at"]))
+            received_at = float(newest[1]["received_at"])
+            self._set("HDF1:TimeStamp_RBV", received_at)
+            # as an EPICS time stamp (seconds since 1990-01-01 UTC, and nanoseconds)
+            seconds, nanoseconds = divmod(round((received_at - POSIX_TIME_AT_EPICS_EPOCH) * 1e9), 10**9)
+            self._set("HDF1:EpicsTSSec_RBV", int(seconds))
+            self._set("HDF1:EpicsTSNsec_RBV", int(nanoseconds))
         latest_preview = self.view.latest_preview_pixels()
         if latest_preview is not None:
             preview = np.clip(latest_preview, 0, 32767).astype(np.int16).ravel()

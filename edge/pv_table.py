@@ -30,6 +30,7 @@ __all__ = [
     "LONG_STRING",
     "MODES",
     "PVS",
+    "TEMP_SUFFIX",
     "UPSTREAM_STATES",
     "PvSpec",
 ]
@@ -253,6 +254,7 @@ HDF_PLUGIN_PVS: tuple[PvSpec, ...] = (
         limits=(-100, 100),
         initial=0,
     ),
+    _rbv("HDF1:CreateDirectory_RBV", "longIn", "long", "`CreateDirectory`, as accepted."),
     _rbv(
         "HDF1:FilePathExists_RBV",
         "boolIn",
@@ -460,9 +462,6 @@ HDF_CLASSIC_PVS: tuple[PvSpec, ...] = (
     _rbv("HDF1:FileNumber_Sync", "longIn", "long", "Internal to ADCore" + _CLASSIC),
     _rbv("HDF1:FileNumber_write", "longIn", "long", "Internal to ADCore" + _CLASSIC),
     _rbv("HDF1:AsynIO", "stringIn", "string", "asyn record stand-in" + _CLASSIC),
-    _rbv("HDF1:Dim0SA", "WaveformIn", "short[10]", "Dimension array 0" + _CLASSIC, length=10),
-    _rbv("HDF1:Dim1SA", "WaveformIn", "short[10]", "Dimension array 1" + _CLASSIC, length=10),
-    _rbv("HDF1:Dim2SA", "WaveformIn", "short[10]", "Dimension array 2" + _CLASSIC, length=10),
     _rbv("HDF1:IOSpeed", "aIn", "double", "File write speed: 0 (not measured).", units="MB/s"),
     _rbv("HDF1:RunTime", "aIn", "double", "File write time: 0 (not measured).", units="s"),
     _rbv("HDF1:QueueFree", "longIn", "long", "Free slots in the frame ring."),
@@ -471,6 +470,356 @@ HDF_CLASSIC_PVS: tuple[PvSpec, ...] = (
     _rbv("HDF1:QueueUseHIGH", "longIn", "long", "80 % of the ring (as `QueueFill_RBV`'s HIGH)."),
     _rbv("HDF1:QueueUseHIHI", "longIn", "long", "95 % of the ring (as `QueueFill_RBV`'s HIHI)."),
     *_pool_pvs("HDF1:"),
+)
+
+#: the suffix a file carries while it is written (`edge.store` writes ``NAME.h5.part``, renamed once complete)
+TEMP_SUFFIX = ".part"
+#: areaDetector's extra (scan) dimensions of NDFileHDF5, in its order
+_EXTRA_DIMS = ("N", "X", "Y", *(str(i) for i in range(3, 10)))
+_NO_BLOSC = " (`Compression` is BSLZ4 only.)"
+_NO_SORT = " (`SortMode` is Unsorted only.)"
+_DIMENSION = {0: "the frame's width", 1: "the frame's height"}
+
+
+def _dimension_pvs() -> tuple[PvSpec, ...]:
+    """``Dim0SA``..``Dim9SA`` and their ``_RBV``s: areaDetector's one-element views of ``Dimensions``."""
+    return tuple(
+        _rbv(
+            f"HDF1:Dim{i}SA{rbv}",
+            "WaveformIn",
+            "short[1]",
+            f"Element {i} of `Dimensions{rbv}`: {_DIMENSION.get(i, '0 (frames are 2D)')}.",
+            length=1,
+        )
+        for i in range(10)
+        for rbv in ("", "_RBV")
+    )
+
+
+#: The rest of what ophyd's versioned ``HDF5Plugin_V22`` .. ``HDF5Plugin_V34`` declare (ADCore's NDArrayBase,
+#: NDPluginBase, NDFile and NDFileHDF5 records), so that ``wait_for_connection(all_signals=True)`` succeeds:
+#: what the appliance has, with its meaning (the frame's size, type and dimensions, its ring, the newest
+#: frame's time, frames stored out of order); a setting whose other values would change what is stored
+#: takes only the value the appliance has (any other put refused, MINOR SOFT, the reason in
+#: ``StatusMessage_RBV`` and ``WriteMessage``); a setting of a feature that is off here (Blosc, sorting,
+#: extra dimensions and positions, as their siblings above) is kept and shown back without effect.
+HDF_VERSIONED_PVS: tuple[PvSpec, ...] = (
+    # --- NDArrayBase: the frames the writer takes -----------------------------------------------
+    *_stored(
+        "HDF1:ArrayCallbacks",
+        "boolOut",
+        "enum",
+        "Frames passed on to plugins after the writer." + _NOOP + " No plugin takes frames from the writer.",
+        1,
+        choices=DISABLE_ENABLE,
+    ),
+    _rbv(
+        "HDF1:ArraySize_RBV",
+        "longIn",
+        "long",
+        "Bytes per frame (width x height x pixel size).",
+        units="bytes",
+    ),
+    _rbv("HDF1:ArraySize2", "longIn", "long", "0 (monochrome frames), as NDFile names it.", initial=0),
+    *(
+        _rbv(f"HDF1:ArraySize{i}{rbv}", "longIn", "long", "0 (frames are 2D).", initial=0)
+        for i in range(3, 10)
+        for rbv in ("", "_RBV")
+    ),
+    PvSpec(
+        "HDF1:DataType",
+        "mbbOut",
+        "enum",
+        "Pixel type: the detector's only (`DataType_RBV`).",
+        choices=AD_DATA_TYPES,
+        only="data_type",
+        only_why="frames are stored in the detector's pixel type",
+    ),
+    PvSpec(
+        "HDF1:ColorMode",
+        "mbbOut",
+        "enum",
+        "Mono only (`ColorMode_RBV`).",
+        choices=AD_COLOR_MODES,
+        initial=0,
+        only=0,
+        only_why="X-ray frames are monochrome",
+    ),
+    PvSpec(
+        "HDF1:NDimensions",
+        "longOut",
+        "long",
+        "Dimensions of a frame: 2 only (`NDimensions_RBV`).",
+        initial=2,
+        only=2,
+        only_why="frames are 2D (width x height)",
+    ),
+    _rbv(
+        "HDF1:Dimensions",
+        "WaveformIn",
+        "short[10]",
+        "Frame dimensions: width, height, then 0 (as `Dimensions_RBV`: the frame's own; no writes).",
+        length=10,
+    ),
+    *_dimension_pvs(),
+    _rbv(
+        "HDF1:EpicsTSSec_RBV",
+        "longIn",
+        "long",
+        "Receive time of the newest frame, EPICS seconds (since 1990-01-01 UTC); 0 until the first frame.",
+        units="s",
+    ),
+    _rbv("HDF1:EpicsTSNsec_RBV", "longIn", "long", "Nanoseconds of `EpicsTSSec_RBV`.", units="ns"),
+    _rbv("HDF1:NumQueuedArrays", "longIn", "long", "Frames queued in the frame ring (as `QueueUse`)."),
+    PvSpec(
+        "HDF1:EmptyFreeList",
+        "boolOut",
+        "enum",
+        "Empty the NDArray pool's free list. Accepted; no effect: the appliance has no NDArray pool (its"
+        " frame ring is `QueueSize_RBV`).",
+        choices=("Done", "Empty"),
+        initial=0,
+    ),
+    PvSpec(
+        "HDF1:NDAttributesMacros",
+        "longStringOut",
+        "char[256]",
+        "NDAttributes file macros." + _NOOP,
+        length=LONG_STRING,
+        initial="",
+    ),
+    _rbv(
+        "HDF1:NDAttributesStatus",
+        "mbbIn",
+        "enum",
+        "Attributes file OK: the appliance reads no NDAttributes file (`NDAttributesFile` is kept without"
+        " effect).",
+        choices=("Attributes file OK", "File not found", "XML syntax error", "Macro substitution error"),
+        initial=0,
+    ),
+    # --- NDPluginBase: the writer as a plugin ---------------------------------------------------
+    _rbv(
+        "HDF1:ExecutionTime_RBV",
+        "aIn",
+        "double",
+        "Time the writer took for the newest frame: 0 (not measured).",
+        units="ms",
+    ),
+    *_stored(
+        "HDF1:DroppedOutputArrays",
+        "longOut",
+        "long",
+        "Frames dropped on their way to plugins after the writer: 0 only (none follows it).",
+        0,
+        only=0,
+        only_why="no plugin takes frames from the writer, so it drops none",
+    ),
+    *_stored(
+        "HDF1:DisorderedArrays",
+        "longOut",
+        "long",
+        "Frames stored after later ones (overtaken in the stream: the receiver's `frames_reordered`) since "
+        "the last put to it (a put of 0 resets the count, as in areaDetector); each refresh writes the "
+        "count back here.",
+        0,
+        "Frames stored after later ones since the last put to `DisorderedArrays` (the receiver's count).",
+        limits=(0, 2**31 - 1),
+    ),
+    *_stored(
+        "HDF1:NumThreads",
+        "longOut",
+        "long",
+        "Writer threads: 1 only.",
+        1,
+        only=1,
+        only_why="the appliance writes from one thread (as NDFileHDF5, which takes 1 only)",
+    ),
+    _rbv("HDF1:MaxThreads_RBV", "longIn", "long", "1: the writer's one thread.", initial=1),
+    *_stored(
+        "HDF1:SortMode",
+        "mbbOut",
+        "enum",
+        "Unsorted only: a frame overtaken by later ones is stored when it comes (`DisorderedArrays`).",
+        0,
+        choices=("Unsorted", "Sorted"),
+        only=0,
+        only_why="frames are stored as they come; each file's `frame_number` says which frame a row is",
+    ),
+    *_stored(
+        "HDF1:SortSize", "longOut", "long", "Sort queue size." + _NOOP + _NO_SORT, 20, limits=_SIZE_LIMITS
+    ),
+    *_stored(
+        "HDF1:SortTime",
+        "aOut",
+        "double",
+        "Sort time." + _NOOP + _NO_SORT,
+        0.1,
+        units="s",
+        limits=(0.0, 3600.0),
+    ),
+    _rbv("HDF1:SortFree", "longIn", "long", "Free sort-queue slots: 0 (no sort queue)."),
+    _rbv(
+        "HDF1:SortFreeLow", "aIn", "double", "Internal to ADCore (`SortFree`'s low mark): 0 (no sort queue)."
+    ),
+    *_stored(
+        "HDF1:MaxArrayRate",
+        "aOut",
+        "double",
+        "Highest frame rate the writer takes: 0 only (no limit).",
+        0.0,
+        units="Hz",
+        only=0,
+        only_why="the appliance stores every frame it receives",
+    ),
+    _rbv(
+        "HDF1:MaxArrayRate_COUT",
+        "aIn",
+        "double",
+        "Internal to ADCore (the link from `MaxArrayRate` to `MinCallbackTime`): 0.",
+    ),
+    *_stored(
+        "HDF1:MaxByteRate",
+        "aOut",
+        "double",
+        "Highest byte rate the writer takes: 0 only (no limit).",
+        0.0,
+        units="B/s",
+        only=0,
+        only_why="the appliance stores every frame it receives",
+    ),
+    PvSpec(
+        "HDF1:ProcessPlugin",
+        "boolOut",
+        "enum",
+        "Process the last frame again. Accepted; no effect: the writer stores each frame once.",
+        choices=("Done", "Process"),
+        initial=0,
+    ),
+    # --- NDFile / NDFileHDF5 --------------------------------------------------------------------
+    *_stored(
+        "HDF1:TempSuffix",
+        "stringOut",
+        "string",
+        f"Suffix of a file while it is written: `{TEMP_SUFFIX}` only (every file is written as"
+        f" NAME{TEMP_SUFFIX} and renamed once complete).",
+        TEMP_SUFFIX,
+        also_refused="any other suffix: refused, MINOR SOFT, `WriteMessage` says why",
+    ),
+    *_stored(
+        "HDF1:FillValue",
+        "aOut",
+        "double",
+        "Fill value of the data set: 0 only (rows not written read 0).",
+        0.0,
+        only=0,
+        only_why="the data set has HDF5's default fill value, 0",
+    ),
+    *_stored(
+        "HDF1:DimAttDatasets",
+        "boolOut",
+        "enum",
+        "Dimension attribute data sets: No only.",
+        0,
+        choices=_NO_YES,
+        only=0,
+        only_why="the appliance writes no dimension attribute data sets",
+    ),
+    *_stored(
+        "HDF1:NDAttributeChunk", "longOut", "long", "NDAttribute chunk size." + _NOOP, 0, limits=_SIZE_LIMITS
+    ),
+    *_stored(
+        "HDF1:BloscCompressor",
+        "mbbOut",
+        "enum",
+        "Blosc compressor." + _NOOP + _NO_BLOSC,
+        0,
+        choices=("BloscLZ", "LZ4", "LZ4HC", "SNAPPY", "ZLIB", "ZSTD"),
+    ),
+    *_stored("HDF1:BloscLevel", "longOut", "long", "Blosc level." + _NOOP + _NO_BLOSC, 5, limits=(0, 9)),
+    *_stored(
+        "HDF1:BloscShuffle",
+        "mbbOut",
+        "enum",
+        "Blosc shuffle." + _NOOP + _NO_BLOSC,
+        1,
+        choices=("None", "Byte", "Bit"),
+    ),
+    _rbv(
+        "HDF1:SWMRSupported_RBV",
+        "boolIn",
+        "enum",
+        "Not Supported: the appliance writes no SWMR files (a file appears under its name, complete, when"
+        " its capture ends).",
+        choices=("Not Supported", "Supported"),
+        initial=0,
+    ),
+    _rbv(
+        "HDF1:SWMRActive_RBV", "boolIn", "enum", "Off (no SWMR files).", choices=("Off", "Active"), initial=0
+    ),
+    _rbv("HDF1:SWMRCbCounter_RBV", "longIn", "long", "SWMR flushes: 0 (no SWMR files).", initial=0),
+    _rbv(
+        "HDF1:XMLValid_RBV",
+        "boolIn",
+        "enum",
+        "Yes: the appliance's own layout (NXmx, frames at `/entry/data/data`) is always used"
+        " (`XMLFileName` is kept without effect).",
+        choices=_NO_YES,
+        initial=1,
+    ),
+    _rbv(
+        "HDF1:XMLErrorMsg_RBV",
+        "longStringIn",
+        "char[256]",
+        "Layout XML error: empty (no layout XML is read).",
+        length=LONG_STRING,
+        initial="",
+    ),
+    *(
+        _rbv(
+            f"HDF1:ExtraDimName{d}_RBV",
+            "stringIn",
+            "string",
+            "Extra dimension name.",
+            initial=f"scan dimension {d}",
+        )
+        for d in _EXTRA_DIMS[3:]
+    ),
+    *(
+        spec
+        for d in _EXTRA_DIMS[3:]
+        for spec in _stored(
+            f"HDF1:ExtraDimSize{d}",
+            "longOut",
+            "long",
+            f"Extra dimension {d}." + _NOOP,
+            1,
+            limits=_SIZE_LIMITS,
+        )
+    ),
+    *(
+        spec
+        for d in _EXTRA_DIMS[1:]
+        for spec in _stored(
+            f"HDF1:ExtraDimChunk{d}",
+            "longOut",
+            "long",
+            f"Chunking along extra dimension {d}." + _NOOP,
+            1,
+            limits=_SIZE_LIMITS,
+        )
+    ),
+    *(
+        spec
+        for what, name in (("", "PosName"), ("index ", "PosIndex"))
+        for d in _EXTRA_DIMS
+        for spec in _stored(
+            f"HDF1:{name}Dim{d}",
+            "stringOut",
+            "string",
+            f"Position mode: {what}attribute of dimension {d}." + _NOOP,
+            "",
+        )
+    ),
 )
 
 _NO_SUCH = (
@@ -871,6 +1220,7 @@ PVS: tuple[PvSpec, ...] = (
     _rbv("HDF1:FilesClosed_RBV", "longIn", "long", "Files closed since start."),
     *HDF_PLUGIN_PVS,
     *HDF_CLASSIC_PVS,
+    *HDF_VERSIONED_PVS,
     # --- compression ---------------------------------------------------------------------------
     _rbv("Codec1:CompFactor_RBV", "aIn", "double", "Raw bytes / bitshuffle-LZ4 bytes since start."),
     # --- reduction -----------------------------------------------------------------------------
@@ -1040,8 +1390,9 @@ PVS: tuple[PvSpec, ...] = (
     ),
 )
 
-#: Setpoints that are actions or counters, or that ``reduction.json`` keeps (``Mode``, ``Reduction:``):
-#: not kept across a restart by `edge.setpoint_autosave`
+#: Setpoints that are actions or counters, that take one value only however they are checked
+#: (``HDF1:TempSuffix``), or that ``reduction.json`` keeps (``Mode``, ``Reduction:``): not kept across a
+#: restart by `edge.setpoint_autosave`
 _NOT_AUTOSAVED = frozenset(
     {
         "Acquire",
@@ -1053,6 +1404,10 @@ _NOT_AUTOSAVED = frozenset(
         "HDF1:Capture",
         "HDF1:ArrayCounter",
         "HDF1:DroppedArrays",
+        "HDF1:DisorderedArrays",
+        "HDF1:EmptyFreeList",
+        "HDF1:ProcessPlugin",
+        "HDF1:TempSuffix",
         "HDF1:FlushNow",
         "HDF1:ReadFile",
         "HDF1:WriteFile",
