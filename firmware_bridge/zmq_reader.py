@@ -349,8 +349,15 @@ class ZmqStreamSource:
                 waited = self._claim_waited()
             elif time.monotonic() >= deadline + (self._claim_waited() - waited):
                 break
+            dropped = self.stats["frames_dropped_shutdown"]
             self._receive_message(sock)
             read += 1
+            if self.stats["frames_dropped_shutdown"] > dropped:
+                # the ring takes no more (the pipeline is held, e.g. by a full disk): what is still
+                # queued stays with the sender, which sends it to the daemon after the restart (a run
+                # resumed there takes it); read here, each was a `shutdown` loss (an outside probe: the
+                # detector's whole backlog, 276 frames)
+                break
         if read:
             self.stats["messages_read_at_stop"] += read
             log.info("stopping: %d message(s) already queued from %s read and handed on", read, self.endpoint)
@@ -947,9 +954,11 @@ class ZmqStreamSource:
             return False
         self._start_deferred = (series, start)
         self.stats["starts_after_restart"] += 1
-        log.warning(
-            "series %d: a start of a series a restart cut: its first image tells a new acquisition (frame"
-            " 0) from the series going on (a run resumed after the restart)",
+        log.info(  # news, not a fault: most such starts are a new acquisition that reuses the number
+            "series %d started; a run of series %d was cut by the daemon's restart: the first image tells"
+            " whether this is a new acquisition (frame 0: a new run) or that series going on (a run"
+            " resumed after the restart)",
+            series,
             series,
         )
         return True

@@ -190,3 +190,41 @@ def test_a_sender_that_goes_away_after_its_series_is_logged_as_normal(
     assert lines and "closed with no series open" in lines[0] and "went away after its series" in lines[0], (
         lines
     )
+
+
+def test_a_clean_stop_leaves_the_queue_to_the_sender_once_the_ring_takes_no_more(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An outside probe: a SIGTERM while a full disk held the pipeline (the ring full, the detector held
+    back). The stop's drain read the detector's whole backlog and dropped each frame as ``shutdown``;
+    left queued, the frames stay with the sender, which sends them again to the restarted daemon. The
+    drain stops at the first frame the ring no longer takes."""
+    import edge.ring as ring_module
+    from edge.ring import FrameRing
+
+    monkeypatch.setattr(ring_module, "STOP_STALL_SECONDS", 0.3)
+    ring = FrameRing(4, 64 * 1024)  # nothing empties it: the pipeline is held
+    context = zmq.Context()
+    push = context.socket(zmq.PUSH)
+    port = push.bind_to_random_port("tcp://127.0.0.1")
+    sink = _RingSink(ring)
+    reader = ZmqStreamSource(f"tcp://127.0.0.1:{port}", sink, context)
+    reader.start()
+    try:
+        push.send_multipart(header(1, 30))
+        for frame in range(30):
+            push.send_multipart(image(1, frame))
+        deadline = time.monotonic() + 10
+        while len(sink.frames) < 4 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        time.sleep(0.3)  # frame 4 waits for a slot; 5..29 are queued
+        ring.stop(10.0, busy=lambda: False)
+        reader.stop()
+    finally:
+        push.close(0)
+        context.term()
+        ring.close()
+    shutdown = [loss for loss in sink.losses if loss[2] == "shutdown"]
+    assert sink.frames == [0, 1, 2, 3]
+    assert len(shutdown) <= 2, sink.losses  # the frame in hand, and at most the one the drain read
+    assert reader.counters().get("messages_read_at_stop", 0) <= 1
