@@ -620,6 +620,11 @@ def test_a_troubled_appliance_in_words_and_healthy_again(
     assert browser.evaluate("document.getElementById('unreachable').hidden") is True
     assert texts(browser, "#store-accepting") == ["REFUSED"]
     assert texts(browser, "#store-full-in") == ["10 min"]
+    # full now: not "not filling" (the API's 0.0; null is "not growing"), in red
+    view.base["retention"].update(full_in_seconds=0.0)
+    browser.wait_for("document.getElementById('store-full-in').textContent === 'full now'", 10, "full now")
+    assert "bad" in browser.evaluate("document.getElementById('store-full-in').className")
+    view.base["retention"].update(full_in_seconds=600.0)
 
     # healthy again: the alarms go
     view.base["retention"].update(alarm=None, accepting_runs=True)
@@ -679,3 +684,5 @@ def test_the_hit_rate_chart_says_how_old_its_last_sample_is(
     browser.wait_for("document.getElementById('wide-hits').dataset.endLabel !== undefined", 10, "the chart")
     label = browser.evaluate("document.getElementById('wide-hits').dataset.endLabel")
     assert label.endswith(" ago") and label != "now", label
+    # its value is one second's hits, not the run's rate (an outside probe read "now 66.7 %" as that)
+    assert browser.evaluate("document.getElementById('wide-hits').dataset.lastLabel") == "last second"

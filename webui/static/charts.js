@@ -135,6 +135,7 @@ window.EdgeCharts = (() => {
     ctx.fillStyle = "#1d2430";
     ctx.textAlign = "left";
     ctx.fillText(`${options.lastLabel || "now"} ${format(last)}`, m.l, 1);
+    canvas.dataset.lastLabel = options.lastLabel || "now"; // (what the value's label says, for readers)
     ctx.fillStyle = "#6a7383";
     ctx.textAlign = "right";
     ctx.fillText(`${format(lo)} – ${format(hi)}`, W - m.r, 1);

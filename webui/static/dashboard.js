@@ -553,11 +553,13 @@
     if (mode === "serial" && product.serial) {
       const samples = (product.serial.recent || []).map((r) => ({ t: num(r.t), v: num(r.hit_rate) * 100 }));
       const last = samples.length ? samples[samples.length - 1].t : 0;
-      const options = { windowS: Math.max(60, last - (samples[0]?.t ?? last)), format: (v) => `${v.toFixed(1)} %`, floor: 0, grid: true };
+      // each sample is one second's hits: its label says so (a big "now 66.7 %" beside the run's 31.8 %
+      // read as the run's rate, an outside probe)
+      const options = { windowS: Math.max(60, last - (samples[0]?.t ?? last)), format: (v) => `${v.toFixed(1)} %`, floor: 0, grid: true, lastLabel: "last second" };
       // the chart ends at its last sample: once that is old (the run over), the axis says how old, not
       // "now" (an outside probe: a sample 72 s old labelled "now 47.4 %" beside the run's "30.0 % hits")
       const age = serverNow() - last;
-      if (samples.length && age > 10) Object.assign(options, { endLabel: `${fmtDuration(age)} ago`, lastLabel: "last" });
+      if (samples.length && age > 10) Object.assign(options, { endLabel: `${fmtDuration(age)} ago` });
       window.EdgeCharts.trend($("wide-hits"), samples, (s) => s.v, options);
     }
     if (mode === "serial" && product.serial?.hit_image?.pixels_b64) drawHit($("hit-image"), product.serial.hit_image);
@@ -730,8 +732,10 @@
     $("store-bytes").title = "bytes in the local store / the store's capacity (quota, or the disk)";
     setText("store-unverified", fmtBytes(ret.unverified_bytes), ret.alarm ? "bad" : "");
     setText("store-verified", fmtBytes(ret.verified_bytes));
-    setText("store-full-in", ret.full_in_seconds == null ? "not filling" : fmtDuration(ret.full_in_seconds),
-      ret.full_in_seconds != null && ret.full_in_seconds < 3600 ? "bad" : "");
+    // 0: full now (it read "not filling" beside "new runs refused": an outside probe); null: not growing
+    const fullIn = ret.full_in_seconds;
+    setText("store-full-in", fullIn == null ? "not filling" : num(fullIn) <= 0 ? "full now" : fmtDuration(fullIn),
+      fullIn != null && fullIn < 3600 ? "bad" : "");
     setText("store-accepting", ret.accepting_runs === false ? "REFUSED" : ret.accepting_runs ? "accepted" : "–",
       ret.accepting_runs === false ? "bad" : "good");
 
