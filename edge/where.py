@@ -469,6 +469,10 @@ def _expected_text(report: dict[str, Any]) -> str:
     # a run resumed after a restart saw no series header: its series' length is the interrupted run's
     expected = report["frames_expected"] or (report.get("series_frames_expected") if first else None)
     if not expected:
+        if _config(report.get("config")).get("capture_file"):
+            # a capture's run: as many as its client captured (Capture 0 ends it), across its series
+            # (an outside probe read "expected unknown" beside "LOST frames 65..199")
+            return "expected: as many as the capture took, across its series (Capture 0 ends it)"
         return "expected unknown"
     went_on = report.get("continued_at_frame")
     tail = ""

@@ -817,3 +817,16 @@ def test_edge_where_says_which_frames_of_an_interrupted_run_went_on_in_the_run_t
     assert report["continued_by"] == [later] and report["continued_at_frame"] == 110
     text = render(report)
     assert f"expected 600; frames 110..599 went on in run {later}" in text, text
+
+
+def test_edge_where_says_what_a_capture_s_run_was_to_account_for(tmp_path: Path) -> None:
+    """A capture's run has no announced length (its client ends it with Capture 0): "expected unknown"
+    beside its losses read as a fault (an outside probe)."""
+    from edge.where import render, where_report
+
+    ledger = Ledger(tmp_path / "ledger.sqlite")
+    recorder = RunRecorder(ledger, tmp_path, chunk_bytes=1 << 20)
+    run_uid = recorder.open_run("cap", series=2, frames_expected=None, config={"capture_file": "/d/x.h5"})
+    recorder.close_run(run_uid, 0, "abort")
+    text = render(where_report(ledger, run_uid, store=tmp_path))
+    assert "expected: as many as the capture took, across its series (Capture 0 ends it)" in text, text
