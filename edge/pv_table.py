@@ -139,6 +139,34 @@ AD_DATA_TYPES = (
     "Float64",
 )
 AD_COLOR_MODES = ("Mono", "Bayer", "RGB1", "RGB2", "RGB3", "YUV444", "YUV422", "YUV421")
+
+
+def _pixel_format(prefix: str) -> tuple[PvSpec, PvSpec]:
+    """``DataType`` and ``ColorMode`` of a driver (``""``) or a plugin (``"HDF1:"``): the detector's pixel
+    type and Mono, each the only value taken."""
+    return (
+        PvSpec(
+            f"{prefix}DataType",
+            "mbbOut",
+            "enum",
+            "Pixel type: the detector's only (`DataType_RBV`).",
+            choices=AD_DATA_TYPES,
+            only="data_type",
+            only_why="frames are stored in the detector's pixel type",
+        ),
+        PvSpec(
+            f"{prefix}ColorMode",
+            "mbbOut",
+            "enum",
+            "Mono only (`ColorMode_RBV`).",
+            choices=AD_COLOR_MODES,
+            initial=0,
+            only=0,
+            only_why="X-ray frames are monochrome",
+        ),
+    )
+
+
 AD_COMPRESSIONS = ("None", "N-bit", "szip", "zlib", "Blosc", "BSLZ4", "LZ4", "JPEG")
 FILE_WRITE_MODES = ("Single", "Capture", "Stream")
 _NOOP = " Accepted and shown back; no effect on the appliance (see docs/bluesky.md)."
@@ -526,25 +554,7 @@ HDF_VERSIONED_PVS: tuple[PvSpec, ...] = (
         for i in range(3, 10)
         for rbv in ("", "_RBV")
     ),
-    PvSpec(
-        "HDF1:DataType",
-        "mbbOut",
-        "enum",
-        "Pixel type: the detector's only (`DataType_RBV`).",
-        choices=AD_DATA_TYPES,
-        only="data_type",
-        only_why="frames are stored in the detector's pixel type",
-    ),
-    PvSpec(
-        "HDF1:ColorMode",
-        "mbbOut",
-        "enum",
-        "Mono only (`ColorMode_RBV`).",
-        choices=AD_COLOR_MODES,
-        initial=0,
-        only=0,
-        only_why="X-ray frames are monochrome",
-    ),
+    *_pixel_format("HDF1:"),
     PvSpec(
         "HDF1:NDimensions",
         "longOut",
@@ -861,25 +871,7 @@ CAM_CLASSIC_PVS: tuple[PvSpec, ...] = (
     *_stored(
         "ReverseY", "boolOut", "enum", "Mirroring: No only.", 0, choices=_NO_YES, only=0, only_why=_WHOLE
     ),
-    PvSpec(
-        "DataType",
-        "mbbOut",
-        "enum",
-        "Pixel type: the detector's only (`DataType_RBV`).",
-        choices=AD_DATA_TYPES,
-        only="data_type",
-        only_why="frames are stored in the detector's pixel type",
-    ),
-    PvSpec(
-        "ColorMode",
-        "mbbOut",
-        "enum",
-        "Mono only (`ColorMode_RBV`).",
-        choices=AD_COLOR_MODES,
-        initial=0,
-        only=0,
-        only_why="X-ray frames are monochrome",
-    ),
+    *_pixel_format(""),
     *_stored("Gain", "aOut", "double", "Gain: 1 only.", 1.0, only=1.0, only_why="the appliance sets no gain"),
     *_stored(
         "NumExposures",
