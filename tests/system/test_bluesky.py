@@ -487,6 +487,9 @@ def test_a_capture_closed_by_num_capture_mid_acquisition_numbers_its_late_frames
     put("HDF1:Capture", 1)
     assert epics.caget(p + "HDF1:FileNumber_RBV") == 9  # raised once the file is named
     first = directory / "num_008.h5"
+    # the mode's kernels loaded first: an Acquire's completion waits for its frames to be written, which
+    # wait for them (twice in CI on a busy 2-core machine, past the put's 30 s; not what this tests)
+    wait_until(lambda: not stack.status()["pipeline"]["warming"], 180, "the kernels loaded")
     for taken in (3, 5):  # (each put waits for its readback: an Acquire 1 at once after one ends is refused)
         put("Acquire", 1)
         wait_until(lambda taken=taken: epics.caget(p + "HDF1:NumCaptured_RBV") >= taken, 10, f"{taken}")
