@@ -459,6 +459,7 @@ def test_bluesky_count_with_stock_classic_ophyd(stack: Stack) -> None:
         detector.destroy()
 
 
+@pytest.mark.timeout(300)
 def test_a_capture_closed_by_num_capture_mid_acquisition_numbers_its_late_frames_on(stack: Stack) -> None:
     """An outside EPICS probe: NumCapture 5 with two acquisitions of 3 closed the capture mid-way through
     the second; its last frame was stored as frame 2 again ([0 1 2 3 4 2]) and the message said "0 frames
@@ -471,8 +472,9 @@ def test_a_capture_closed_by_num_capture_mid_acquisition_numbers_its_late_frames
     epics = _epics()
     p = stack.prefix
 
-    def put(name: str, value: Any) -> None:
-        assert epics.caput(p + name, value, wait=True, timeout=30) == 1, name
+    def put(name: str, value: Any, timeout: float = 30) -> None:
+        done = epics.caput(p + name, value, wait=True, timeout=timeout)
+        assert done == 1, f"{name}: {done}; the daemon's log ends:\n{stack.log('daemon')[-2500:]}"
 
     directory = stack.tmp_path / "store" / "num"
     put("HDF1:FilePath", str(directory))
@@ -491,7 +493,8 @@ def test_a_capture_closed_by_num_capture_mid_acquisition_numbers_its_late_frames
     # wait for them (twice in CI on a busy 2-core machine, past the put's 30 s; not what this tests)
     wait_until(lambda: not stack.status()["pipeline"]["warming"], 180, "the kernels loaded")
     for taken in (3, 5):  # (each put waits for its readback: an Acquire 1 at once after one ends is refused)
-        put("Acquire", 1)
+        # (the first may wait for the kernels a fresh install compiles, minutes on a busy CI machine)
+        put("Acquire", 1, timeout=150 if taken == 3 else 30)
         wait_until(lambda taken=taken: epics.caget(p + "HDF1:NumCaptured_RBV") >= taken, 10, f"{taken}")
     done = "Acquisition completed: 3 frames added to the capture"
     wait_until(lambda: epics.caget(p + "StatusMessage_RBV", as_string=True) == done, 10, "the second's end")
