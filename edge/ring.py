@@ -239,7 +239,7 @@ class FrameRing:
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._cond:
             waited = False
-            began = time.monotonic()
+            began = 0.0  # (read only once the ring is full: no clock read per frame)
             try:
                 while self._claimed - self._released >= self.slots:
                     if (self._stopping and not self._waits_on_at_stop()) or (
@@ -251,6 +251,7 @@ class FrameRing:
                     if not waited:
                         self._control[7] += 1
                         waited = True
+                        began = time.monotonic()
                     remaining = None if deadline is None else deadline - time.monotonic()
                     if remaining is not None and remaining <= 0:
                         return None

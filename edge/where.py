@@ -456,8 +456,8 @@ def _printable(text: object) -> str:
 def _continued_at(ledger: Any, later: list[str]) -> int | None:
     """The frame of the series at which the first run continuing it began (None: none, or unknown)."""
     for run_uid in later[:1]:
-        with contextlib.suppress(Exception):
-            first = json.loads(ledger.run(run_uid)["config"] or "{}").get("first_frame")
+        with contextlib.suppress(Exception):  # (a run since deleted from the ledger: unknown)
+            first = _config(ledger.run(run_uid)["config"]).get("first_frame")
             return int(first) if isinstance(first, int) and not isinstance(first, bool) else None
     return None
 
