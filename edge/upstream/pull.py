@@ -46,6 +46,7 @@ TROUBLES = (
     ("errors_from_appliance", "errors from the appliance"),
     ("sends_dropped", "sends dropped"),
     ("reconnects", "reconnects"),
+    ("sessions_unanswered", "sessions unanswered"),
 )
 HEARTBEAT_SECONDS = 2.0  # said to the appliance at least this often, so an idle client reads "connected"
 PART_SWEEP_SECONDS = 600.0  # how often partial files are looked over for ones the appliance stopped sending
@@ -138,6 +139,7 @@ class PullClient:
         self.stats["sessions"] += 1  # before the Hello: whoever sees the Hello sees it counted
         self._send(sock, p.Hello(self.consumer, self.credit))
         last_heard = last_said = time.monotonic()
+        heard = False  # anything from the appliance in this session
         last_progress = 0.0
         swept = -PART_SWEEP_SECONDS
         try:
@@ -154,7 +156,7 @@ class PullClient:
                             break
                         # the payload is used where ZeroMQ received it (hashed and written, not copied)
                         replies += self._handle([parts[0].bytes, *(part.buffer for part in parts[1:])])
-                    last_heard = time.monotonic()
+                    last_heard, heard = time.monotonic(), True
                     if not self._sync():  # acknowledgements only for what is durable
                         replies = [_unsynced(reply) for reply in replies]
                     for reply in replies:
@@ -162,7 +164,21 @@ class PullClient:
                         last_said = time.monotonic()
                 elif time.monotonic() - last_heard > SILENCE_SECONDS:
                     self.stats["reconnects"] += 1
-                    log.warning("appliance silent for %.0f s; reconnecting", SILENCE_SECONDS)
+                    if heard:
+                        log.warning("appliance silent for %.0f s; reconnecting", SILENCE_SECONDS)
+                    else:  # not one answer: a wrong endpoint, no daemon, or a key the other side refuses
+                        self.stats["sessions_unanswered"] += 1
+                        log.warning(
+                            "no answer from %s in %.0f s (%d sessions unanswered); reconnecting. Is the"
+                            " daemon running with upstream.endpoint there%s?",
+                            self.endpoint,
+                            SILENCE_SECONDS,
+                            self.stats["sessions_unanswered"],
+                            ""
+                            if self.curve is None
+                            else ", is the server key the appliance's, and is this client's public key"
+                            " among the keys it admits (a refused key gets no answer, by CurveZMQ's design)",
+                        )
                     return
                 if time.monotonic() - last_said >= HEARTBEAT_SECONDS:
                     self._send(sock, p.Heartbeat())

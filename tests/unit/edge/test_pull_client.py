@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import io
+import logging
 import os
 import subprocess
 import sys
@@ -227,6 +228,28 @@ def test_a_part_larger_than_any_chunk_drops_the_connection_and_the_client_comes_
         assert hellos == 2  # the first connection dropped; the client came back on its own
         assert client.stats["sessions"] >= 2 and client.stats["reconnects"] >= 1
         assert client.stats["chunks_rejected"] == 0 and client.stats["chunks_written"] == 0
+
+
+def test_an_appliance_that_never_answers_is_named_with_what_to_check(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A session with no answer at all (no daemon there, or over CURVE a key the appliance refuses: it
+    gets only silence) is counted and logged with the endpoint and what to check; silence after answers
+    is the plain 'silent' line."""
+    monkeypatch.setattr("edge.upstream.pull.SILENCE_SECONDS", 1.0)
+    with (
+        caplog.at_level(logging.WARNING, "edge.upstream.pull"),
+        _client_of_a_router(tmp_path) as (router, client),
+    ):
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and client.stats["sessions_unanswered"] < 2:
+            if router.poll(200):
+                router.recv_multipart()  # heard, never answered
+        assert client.stats["sessions_unanswered"] >= 2
+        assert client.stats["reconnects"] >= 2
+    unanswered = [r.getMessage() for r in caplog.records if "no answer from" in r.getMessage()]
+    assert unanswered and client.endpoint in unanswered[0] and "upstream.endpoint" in unanswered[0]
+    assert not any("appliance silent" in r.getMessage() for r in caplog.records)
 
 
 def _refused_pull(output: Path) -> subprocess.CompletedProcess[str]:
