@@ -190,6 +190,9 @@ class ZmqStreamSource:
         # (series, when) the connection last dropped while a series was open
         self._dropped_in_series: tuple[int, float] | None = None
         self._drop_counted = True  # connections_dropped_in_series counts each such drop once
+        # a drop during the open series not yet logged (its ``connections_dropped`` count): logged as the
+        # sender going away at the series' end, or warned of once the series outlives it
+        self._drop_news: int | None = None
         # a drop during the open series that no gap has been put down to yet: the next gap's detail says so
         self._drop_unexplained = False
         # a drop seen while the old connection's messages may still be queued here: it explains a gap only
@@ -257,13 +260,18 @@ class ZmqStreamSource:
             self.stats["connections_dropped_in_series"] += 1
             self._drop_counted = True
             count = self.stats["connections_dropped_in_series"]
+            self._drop_news = None
             if count == 1 or count % 100 == 0:
+                limit = self.max_message_bytes
                 log.warning(
                     "the stream connection to %s dropped during series %s (%d such drops so far; logged"
-                    " the first, then every 100th): frames in flight became a gap",
+                    " the first, then every 100th): frames in flight became a gap; the detector went away%s",
                     self.endpoint,
                     self._series,
                     count,
+                    f", or sent a message part over stream.max_message_bytes ({limit} bytes)"
+                    if limit
+                    else "",
                 )
 
     def _series_dropped(self, series: int | None, now: float | None = None) -> int | None:
@@ -421,15 +429,8 @@ class ZmqStreamSource:
                     dropped,
                     f" (unless it sent {too_big}: check the sender's log)" if limit else "",
                 )
-            else:
-                log.info(
-                    "the stream connection to %s dropped during series %s (%d so far; logged the first"
-                    " time, then every 100th): the detector went away%s",
-                    self.endpoint,
-                    self._series,
-                    dropped,
-                    f", or sent {too_big}" if limit else "",
-                )
+            else:  # told when it is known: at the series' end (queued before the drop) or 2 s on
+                self._drop_news = dropped
         self._count_drop_in_series(now)
         if self._dropped_at is not None and now - self._dropped_at >= MONITOR_SECONDS / 2:
             self._dropped_at = None
@@ -1229,6 +1230,15 @@ class ZmqStreamSource:
         self._interrupted_seen.clear()  # (a run ending fail or abort is one a restart may have cut)
         self._release_gaps(time.monotonic(), everything=True)
         self._count_drop_in_series(time.monotonic())  # (it may end between two looks at the connection)
+        news, self._drop_news = self._drop_news, None
+        if news is not None and (news == 1 or news % 100 == 0):  # a drop the series' end was queued before
+            log.info(
+                "the stream connection to %s closed with series %s's end already sent (%d closes so far;"
+                " logged the first time, then every 100th): the sender went away after its series",
+                self.endpoint,
+                self._series,
+                news,
+            )
         self._dropped_in_series = None  # the next series may carry the same number: not its drop
         if self._restart_pending is not None:  # its start came again, and no image after it: a copy
             self._restart_pending = None

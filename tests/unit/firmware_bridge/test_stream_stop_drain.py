@@ -228,3 +228,41 @@ def test_a_clean_stop_leaves_the_queue_to_the_sender_once_the_ring_takes_no_more
     assert sink.frames == [0, 1, 2, 3]
     assert len(shutdown) <= 2, sink.losses  # the frame in hand, and at most the one the drain read
     assert reader.counters().get("messages_read_at_stop", 0) <= 1
+
+
+def test_a_sender_gone_with_its_series_end_still_queued_is_logged_as_normal(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """An outside probe: a simulator that sent its series' end and exited while the daemon was still
+    reading the series left "dropped during series 1 ... the detector went away, or sent a message part
+    over stream.max_message_bytes" although every frame arrived. The close is seen before the end is
+    read: it is told at the end, as the sender going away after its series."""
+    import logging
+
+    caplog.set_level(logging.INFO, logger="firmware_bridge.zmq_reader")
+    context = zmq.Context()
+    push = context.socket(zmq.PUSH)
+    port = push.bind_to_random_port("tcp://127.0.0.1")
+    sink = _SlowSink()
+    reader = ZmqStreamSource(f"tcp://127.0.0.1:{port}", sink, context)
+    reader.start()
+    try:
+        push.send_multipart(header(1, 3))
+        for frame in range(3):
+            push.send_multipart(image(1, frame))
+        push.send_multipart([b'{"htype": "dseries_end-1.0", "series": 1}'])
+        assert sink.holding.wait(10), "the first frame"
+        time.sleep(0.3)  # the rest and the end are on the reader's socket
+        push.close(0)  # the sender goes away
+        time.sleep(0.5)  # its close reaches the reader's monitor before the queued messages are read
+        sink.release.set()
+        assert sink.ended.wait(10)
+        counters = reader.counters()
+    finally:
+        sink.release.set()
+        reader.stop()
+        context.term()
+    assert sink.frames == [0, 1, 2] and sink.losses == [], (sink.frames, sink.losses)
+    assert counters["connections_dropped"] == 1 and counters.get("connections_dropped_in_series", 0) == 0
+    lines = [r.getMessage() for r in caplog.records if "stream connection" in r.getMessage()]
+    assert lines and all("end already sent" in line for line in lines), lines
