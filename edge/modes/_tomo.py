@@ -228,9 +228,9 @@ class TomoStage(_CorrectedStage):
         super().write_products(entry, products)
         keys = np.asarray([p["image_key"] for p in products], np.int8)
         angles = np.asarray([p["rotation_angle"] for p in products], np.float64)
-        # darks and flats have no angle: 0 by convention; a projection without one keeps NaN (at 0 a
-        # reader would back-project it there; the live reconstruction leaves it out, as must they)
-        angles = np.where(np.isnan(angles) & (keys != 0), 0.0, angles)
+        # a frame sent without an angle keeps NaN, as in the run's frame table: a dark's or flat's 0 would
+        # be an angle never measured, and a projection's would be back-projected there by a reader (the
+        # live reconstruction leaves it out; so does /exchange below)
         data = entry["data"]["data"]
         instrument = entry.require_group("instrument")
         instrument.attrs["NX_class"] = "NXinstrument"

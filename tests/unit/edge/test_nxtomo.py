@@ -112,3 +112,25 @@ def test_a_projection_without_an_angle_stays_out_of_data_exchange(tmp_path: Path
         assert f["/exchange/data"].shape == (2, *SHAPE)
         np.testing.assert_array_equal(f["/exchange/data"][:, 0, 0], [100, 102])
         assert np.isnan(f["/entry/sample/rotation_angle"][1]) and f["/entry/data/data"].shape[0] == 3
+
+
+def test_a_dark_or_flat_sent_without_an_angle_reads_nan_as_in_the_frame_table(tmp_path: Path) -> None:
+    """An outside probe: darks and flats sent without an angle read 0.0 in the data file's
+    rotation_angle but NaN in the run's frame table; 0 is an angle never measured. The file keeps what
+    came (NaN), and a dark or flat sent with its angle keeps that."""
+    params = ReductionSettings(mode="tomo")
+    stage = make_stage(RunContext(get_backend("numpy"), GEOMETRY, SHAPE, 16, "2th_deg", params))
+    meta = RunMetadata(GEOMETRY, "sim", 4, "2026-12-02T00:00:00+00:00", {"frame_time": 0.01})
+    writer = RunFileWriter(tmp_path, "tomo4", "tomo4_00000.h5", 0, SHAPE, "uint16", 4, stage, meta)
+    sent = ((2, float("nan")), (1, float("nan")), (1, 90.0), (0, 0.0))
+    rows = []
+    for frame, (key, angle) in enumerate(sent):
+        pixels = np.full(SHAPE, 100 + frame, np.uint16)
+        result = stage.process(pixels, frame, key, angle)
+        rows.append(result.row["rotation_angle"])
+        writer.write(frame, compress_chunk(pixels), result.products)
+    with h5py.File(writer.close().path, "r") as f:
+        stored = f["/entry/sample/rotation_angle"][()]
+        np.testing.assert_array_equal(stored, [angle for _key, angle in sent])  # (NaN equals NaN here)
+        np.testing.assert_array_equal(stored, rows)
+        np.testing.assert_array_equal(f["/exchange/theta"][()], [0.0])
