@@ -263,6 +263,12 @@ class TomoStage(_CorrectedStage):
         # a projection without an angle is left out of /exchange: a Data Exchange reader back-projects
         # every frame of /exchange/data at its theta, and NaN is no angle (NXtomo's names keep it)
         usable = (keys == 0) & np.isfinite(angles)
+        unlisted = int(np.count_nonzero(keys == 0)) - int(np.count_nonzero(usable))
+        if unlisted:  # (a tomo run over UDP or Stream V2: no frame carries an angle, /exchange/data is empty)
+            exchange.attrs["note"] = str(exchange.attrs["note"]) + (
+                f"; {unlisted} projection(s) of this file came without a rotation angle and are not listed"
+                " here: they are in /entry/data/data (image_key 0, rotation_angle NaN)"
+            )
         for name, chosen in (("data", usable), ("data_white", keys == 1), ("data_dark", keys == 2)):
             _virtual_subset(exchange, name, data, np.flatnonzero(chosen))
         _virtual_subset(exchange, "theta", sample["rotation_angle"], np.flatnonzero(usable))

@@ -112,6 +112,8 @@ def test_a_projection_without_an_angle_stays_out_of_data_exchange(tmp_path: Path
         assert f["/exchange/data"].shape == (2, *SHAPE)
         np.testing.assert_array_equal(f["/exchange/data"][:, 0, 0], [100, 102])
         assert np.isnan(f["/entry/sample/rotation_angle"][1]) and f["/entry/data/data"].shape[0] == 3
+        # and the group says so (a tomo run over UDP: every frame without an angle, /exchange/data empty)
+        assert "1 projection(s) of this file came without a rotation angle" in f["/exchange"].attrs["note"]
 
 
 def test_a_dark_or_flat_sent_without_an_angle_reads_nan_as_in_the_frame_table(tmp_path: Path) -> None:
