@@ -178,6 +178,9 @@ class ZmqStreamSource:
         self._start_key: Any = None
         # images rejected after a rejected start, before a run was open to hold them: frame -> (reason,
         # detail), recorded in the run the next good image opens (or outside any run if none does)
+        # images rejected while no series was open and no start was rejected (a restart mid-series):
+        # (series, frame) -> (reason, detail), for the resumed run their series' next good image opens
+        self._rejected_unopened: dict[tuple[int, int], tuple[str, str]] = {}
         self._errors_before_run: dict[tuple[int | None, int], tuple[str, str]] = {}  # (series, frame) ->
         # a series open with nothing heard for this long is reported silent (``counters``): a detector
         # that stopped without ending its series leaves the run open until the next series starts
@@ -585,6 +588,7 @@ class ZmqStreamSource:
         self._series = series
         self._start_key = key
         self._start_rejected = None
+        self._rejected_unopened.clear()
         self._unreadable_between = 0
         self._next_frame = 0
         self._newest = None
@@ -772,6 +776,12 @@ class ZmqStreamSource:
             self._errors_before_run[(series, frame)] = (reason, detail)
         elif self._start_rejected is not None:  # more than can be held: recorded now, outside any run
             self._lost_outside_run(frame, reason, detail)
+        elif (
+            self._series is None
+            and series is not None
+            and len(self._rejected_unopened) < MAX_ERRORS_BEFORE_RUN
+        ):  # no series open (a restart mid-series): the run its next good image resumes may begin with it
+            self._rejected_unopened[(series, frame)] = (reason, detail)
 
     def _note_rejected(self, frame: int) -> bool:
         """`_note_frame` for a rejected image of the open series (a subclass may account gaps its way)."""
@@ -867,10 +877,22 @@ class ZmqStreamSource:
             series,
             frame,
         )
-        marks = {"resumed_after_restart": True, "first_frame": frame, **named}
-        self._open_headless(series, frame, frame, shape, dtype, marks)
+        # damaged images of the series just before this one, since the restart: the run begins with them
+        # (each a loss with its reason); before, the interrupted run kept them as receiver_stopped
+        held, self._rejected_unopened = self._rejected_unopened, {}
+        first = frame
+        while (series, first - 1) in held:
+            first -= 1
+        marks = {"resumed_after_restart": True, "first_frame": first, **named}
+        self._open_headless(series, first, frame, shape, dtype, marks)
         self._adopted = series
-        self._adopted_first = frame
+        self._adopted_first = first
+        for earlier in range(first, frame):
+            if self._refused is not None:  # (the run refused: its frames are that)
+                self._frame_refused(earlier)
+            elif self._note_frame(earlier):
+                reason, detail = held[(series, earlier)]
+                self.sink.lost(earlier, earlier, reason, detail)
         return True
 
     def _series_interrupted(self, series: int) -> bool:
@@ -1067,6 +1089,7 @@ class ZmqStreamSource:
         marks: dict[str, Any],
     ) -> None:
         """Open ``series`` from its images alone, frames counted from ``first``; ``marks`` say why."""
+        self._rejected_unopened.clear()
         self._series = series
         self._next_frame = first
         self._newest = newest

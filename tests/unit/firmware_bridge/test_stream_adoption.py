@@ -59,6 +59,23 @@ def test_images_without_their_series_start_open_a_resumed_run() -> None:
     assert counters["series_adopted"] == 1 and counters.get("frames_outside_series", 0) == 0
 
 
+def test_a_damaged_image_first_after_a_restart_begins_the_resumed_run_with_its_reason() -> None:
+    """An outside technician's probe: a restart, then the series' frame 130 damaged (bad_size) and 131
+    good: the resumed run began at 131, so the interrupted run kept 130 as ``receiver_stopped`` although
+    the daemon had received it and said why it was rejected. The run now begins with the damaged images
+    right before its first good one, each a loss with its own reason; an older damaged image (not next
+    to it) stays the interrupted run's."""
+    sink = Sink()
+    end = [part({"htype": "dseries_end-1.0", "series": 7})]
+    messages = [image(7, 100, size=2), image(7, 129, size=2), image(7, 130, size=2), image(7, 131)]
+    reader = _run([*messages, image(7, 132), end], sink, sink.ended)
+    (config,) = sink.configs
+    assert config["resumed_after_restart"] is True and config["first_frame"] == 129
+    assert sink.frames == [131, 132]
+    assert sink.losses == [(129, 129, "stream_bad_size"), (130, 130, "stream_bad_size")]
+    assert reader.counters()["series_adopted"] == 1
+
+
 def test_a_straggler_after_its_series_ended_is_a_loss_record() -> None:
     sink = _Counting()
     end = [part({"htype": "dseries_end-1.0", "series": 3})]
