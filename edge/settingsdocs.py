@@ -97,6 +97,9 @@ def render() -> str:
         "`EDGE_RING__SLOTS__X` below a value, or `EDGE_RING_SLOTS` with one underscore) is refused; other",
         "`EDGE_` names are no settings and are left alone.",
         "An unknown key or a value outside its range stops the command with the reason (exit status 2).",
+        "Values of another type are converted where nothing is lost (pydantic's lax mode), in every source:",
+        'an int setting takes `63710.0` or the string `"63710"` as 63710 and refuses `63710.5`; a bool',
+        "takes `true`/`false`, `1`/`0`, `yes`/`no` (strings too).",
         "A `..._file` or `..._dir` setting given empty (`--set reduction.mask_file=`) is unset, whatever"
         " set it before.",
         "Every command reads its own settings: give `edge where`, `edge pull` and `edge sim` the same file",
