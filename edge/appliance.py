@@ -237,6 +237,7 @@ class RingSink:
         # capture closed mid-series (HDF1:NumCapture reached, Capture 0): its late frames go on numbered
         self._numbered_run: str | None = None
         self._capture_series: int | None = None  # the detector series the capture's run takes now
+        self._capture_length: int | None = None  # and its announced length (None: not announced)
         self._series_open = False
         self._abort_requested = False  # the control system aborted the run: its series ends `abort`
         self._armed = False  # the IOC's Acquire 1 armed the detector; its run may not have opened yet
@@ -257,7 +258,9 @@ class RingSink:
             if self._capture_offset is None:
                 self._capture_offset = self._capture_next - header.frame
                 if self._capture_series is not None:  # where a restart's resumed series finds its run
-                    self.recorder.series_offset(self.run_uid, self._capture_series, self._capture_offset)
+                    self.recorder.series_offset(
+                        self.run_uid, self._capture_series, self._capture_offset, self._capture_length
+                    )
             if self._capture_offset:
                 header = dataclasses.replace(header, frame=header.frame + self._capture_offset)
             self._capture_next = max(self._capture_next, header.frame + 1)
@@ -409,6 +412,8 @@ class RingSink:
             self._last_frame = None
             self.series_starts += 1
             self._capture_series = series
+            length = config.get("frames_expected")
+            self._capture_length = length if isinstance(length, int) and length > 0 else None
             if self._capture_run is not None:  # a further acquisition of the open capture: same run
                 self.run_uid = self._capture_run
                 self._capture_offset = None
@@ -434,7 +439,11 @@ class RingSink:
                     # the series' length as the interrupted run recorded it (this run saw no header): its
                     # tail is then accounted at its end (missing_at_series_end) and after another crash
                     with contextlib.suppress(Exception):
-                        known = self.recorder.ledger.run(str(config["resumes_run"]))["frames_expected"]
+                        resumed = self.recorder.ledger.run(str(config["resumes_run"]))
+                        known = resumed["frames_expected"]
+                        if not known:  # a capture's run (its length the client's): the series' own
+                            lengths = json.loads(resumed.get("config") or "{}").get("capture_series_length")
+                            known = (lengths or {}).get(str(series))
                         if known:
                             config["frames_expected"] = self.resumed_length = int(known)
             if config.get("resumed_after_pause"):  # a UDP acquisition going on after a pause: the run

@@ -390,15 +390,23 @@ class Ledger:
             (detector_uid, run_uid),
         )
 
-    def run_series_offset(self, run_uid: str, series: int, offset: int) -> None:
+    def run_series_offset(self, run_uid: str, series: int, offset: int, length: int | None = None) -> None:
         """A detector series joined ``run_uid`` (an areaDetector capture's run, which takes every series
         until Capture 0), its frame ``n`` stored as the run's ``n + offset``: kept in its config's
-        ``capture_series`` (series number -> offset), so a series a restart cut is found in its run."""
+        ``capture_series`` (series number -> offset), so a series a restart cut is found in its run; the
+        series' announced ``length``, when it had one, in ``capture_series_length`` (the run resuming it
+        after a restart then knows how many frames to expect)."""
         self._write(
             "UPDATE runs SET config=json_set(config, '$.capture_series.\"' || ? || '\"', ?) WHERE run_uid=?"
             " AND json_valid(config)",
             (str(int(series)), int(offset), run_uid),
         )
+        if length is not None:
+            self._write(
+                "UPDATE runs SET config=json_set(config, '$.capture_series_length.\"' || ? || '\"', ?)"
+                " WHERE run_uid=? AND json_valid(config)",
+                (str(int(series)), int(length), run_uid),
+            )
 
     def run_reopened(self, run_uid: str) -> None:
         """Take a run's end back: what it left unwritten is for the next start's recovery, which ends

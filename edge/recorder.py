@@ -109,10 +109,10 @@ class RunRecorder:
         ``detector_run_uid`` (one it has already stays)."""
         self._ledger_write(self.ledger.run_named, run_uid, detector_uid)
 
-    def series_offset(self, run_uid: str, series: int, offset: int) -> None:
-        """A capture's run took detector series ``series``, its frame numbers shifted by ``offset``
-        (`Ledger.run_series_offset`)."""
-        self._ledger_write(self.ledger.run_series_offset, run_uid, series, offset)
+    def series_offset(self, run_uid: str, series: int, offset: int, length: int | None = None) -> None:
+        """A capture's run took detector series ``series`` (of ``length`` frames, when announced), its
+        frame numbers shifted by ``offset`` (`Ledger.run_series_offset`)."""
+        self._ledger_write(self.ledger.run_series_offset, run_uid, series, offset, length)
 
     def open_run(
         self,

@@ -94,6 +94,7 @@ class _Recorder:
         self.expected: list[int | None] = []
         self.losses: list[tuple[str | None, int, int, str]] = []
         self.offsets: list[tuple[str, int, int]] = []  # (run, series, offset): where a capture put each
+        self.lengths: list[int | None] = []  # and each series' announced length
 
     def frame_seen(self, run_uid: str, frame: int) -> None:
         pass
@@ -110,8 +111,9 @@ class _Recorder:
     def loss(self, run_uid: str | None, first: int, last: int, reason: str, detail: str = "") -> None:
         self.losses.append((run_uid, first, last, reason))
 
-    def series_offset(self, run_uid: str, series: int, offset: int) -> None:
+    def series_offset(self, run_uid: str, series: int, offset: int, length: int | None = None) -> None:
         self.offsets.append((run_uid, series, offset))
+        self.lengths.append(length)
 
 
 def _series(sink: RingSink, series: int, frames: int) -> None:
@@ -146,6 +148,7 @@ def test_a_capture_is_one_run_across_series_with_frames_numbered_on(tmp_path: Pa
     assert recorder.losses == [("run1", 3, 3, "frame_number_gap")]
     # where each series lies in the run: a series a restart cuts is found in it (`resume_interrupted`)
     assert recorder.offsets == [("run1", 1, 0), ("run1", 2, 2)]
+    assert recorder.lengths == [2, 3]  # and each series' announced length (a resumed one's expected count)
     # between the capture's series its run is open: the reduction's mode stays as the run started it
     assert sink.run_uid is None and sink.run_or_opening() == "run1"
     assert sink.close_capture() == "run1"
@@ -222,3 +225,23 @@ def test_the_live_view_keeps_a_series_last_frame() -> None:
         sink.publish(_Slot(), FrameHeader(frame=frame, height=16, width=16, dtype="uint16"))  # type: ignore[arg-type]
     preview = sink.preview
     assert preview is not None and preview[1]["frame"] in (0, 7)
+
+
+def test_a_series_resumed_from_a_capture_s_run_expects_the_series_own_length() -> None:
+    """An outside ophyd-async probe: a restart during a fly scan of 60 frames inside a capture; the
+    camera's series went on in a run "resumed after restart" that said "expected unknown" (a capture's
+    run has no length: its client's Capture 0 ends it). The capture's run records each series' announced
+    length; the resumed run takes its series' (and accounts for its tail against it)."""
+
+    class _Ledger:
+        def run(self, run_uid: str) -> dict[str, Any]:
+            assert run_uid == "capture-run"
+            config = {"capture_series": {"3": 20}, "capture_series_length": {"3": 60}}
+            return {"frames_expected": None, "config": json.dumps(config)}
+
+    sink, _ring, recorder = _sink()
+    recorder.ledger = _Ledger()  # type: ignore[attr-defined]
+    sink.resume = lambda series, first, transport: {"resumes_run": "capture-run"}
+    config = {"shape": [16, 16], "type": "uint16", "frames_expected": None}
+    assert sink.series_start(3, {**config, "resumed_after_restart": True, "first_frame": 30}) is None
+    assert recorder.expected == [60] and sink.resumed_length == 60

@@ -732,7 +732,10 @@ def test_a_series_cut_inside_a_capture_resumes_the_capture_s_run(tmp_path: Path)
     recorder = RunRecorder(ledger, tmp_path, chunk_bytes=1 << 20)
     run_uid = recorder.open_run("capture", series=1, frames_expected=None, config={"capture_file": "x.h5"})
     for series, offset in ((1, 0), (2, 10), (3, 20)):
-        recorder.series_offset(run_uid, series, offset)
+        recorder.series_offset(run_uid, series, offset, 10 if series == 3 else None)
+    recorded = json.loads(ledger.run(run_uid)["config"])
+    assert recorded["capture_series"] == {"1": 0, "2": 10, "3": 20}
+    assert recorded["capture_series_length"] == {"3": 10}  # announced lengths only
     data = tmp_path / run_uid / f"{run_uid}_00000.h5"
     data.parent.mkdir()
     data.write_bytes(b"frames 0..21")
