@@ -272,6 +272,19 @@ class ForwarderSession:
             consumer.held.pop(message.chunk_id, None)
             consumer.nacks.pop(message.chunk_id, None)
             taken = consumer.chunk_files.get(message.chunk_id)
+            if (
+                consumer.refusing_everything
+                and consumer.file_refusals
+                and taken not in consumer.file_refusals
+            ):
+                # a file it never refused, taken while it refuses the others (the small may fit on a disk
+                # the big no longer do): they are held back still, but tried now, one chunk, as space may
+                # be back (it is taken: all go at once, below; refused: the pauses grow on)
+                consumer.held_back_until = min(consumer.held_back_until, now)
+                consumer.files_held = {
+                    f: (min(until, now), pause) for f, (until, pause) in consumer.files_held.items()
+                }
+                return []
             # several files refused: the consumer's trouble (its disk full), not one file's (too big)
             several_refused = len(consumer.file_refusals) > 1
             if taken is not None:  # it takes that file's chunks again
@@ -605,11 +618,6 @@ class ForwarderSession:
     def _chunks(self, consumer: ConsumerState, now: float) -> list[Outgoing]:
         if consumer.credit <= 0 or consumer.unreachable:
             return []
-        credit = consumer.credit
-        if consumer.refusing_everything:  # one chunk, after the pause, to see whether it takes it now
-            if now < consumer.held_back_until or consumer.in_flight:
-                return []
-            credit = 1
         for chunk_id, until in list(consumer.held.items()):
             if now >= until:
                 del consumer.held[chunk_id]
@@ -620,7 +628,18 @@ class ForwarderSession:
         room = MAX_IN_FLIGHT_BYTES - sum(consumer.sizes.values())
         self._unreadable = {c: until for c, until in self._unreadable.items() if until > now}
         skip = [*consumer.in_flight, *consumer.held, *self._unreadable]
-        for row in self.ledger.pending_chunks(consumer.name, skip, credit, held_files):
+        if consumer.refusing_everything:
+            # files it never refused go as ever (a run's small documents and frame table fit on a disk the
+            # big data files no longer do: an outside probe saw them wait with those); the refused ones get
+            # one chunk at a time, after the pause, to see whether it takes them now
+            refused = consumer.file_refusals.keys() | set(held_files)
+            rows = self.ledger.pending_chunks(consumer.name, skip, consumer.credit, sorted(refused))
+            probing = any(consumer.chunk_files.get(c) in consumer.file_refusals for c in consumer.in_flight)
+            if not rows and now >= consumer.held_back_until and not probing:
+                rows = self.ledger.pending_chunks(consumer.name, skip, 1, held_files)
+        else:
+            rows = self.ledger.pending_chunks(consumer.name, skip, consumer.credit, held_files)
+        for row in rows:
             if int(row["length"]) > room and (consumer.in_flight or out):
                 self.stats["sends_held_in_flight_bytes"] += 1  # its credit waits for answers
                 break

@@ -491,6 +491,49 @@ def test_once_a_consumer_that_refused_everything_takes_a_chunk_its_held_files_go
     ledger.close()
 
 
+def test_files_a_consumer_refusing_everything_never_refused_go_while_the_refused_wait(tmp_path: Path) -> None:
+    """An outside probe: the HPC side's disk full, two big data files refused over and over (the consumer
+    held back, one chunk at a time); the run's reduced file and documents, stored after and small enough
+    to fit, waited with them for over a minute, their probe chunk always a big file's. Files it never
+    refused now go at once; the big ones stay held back (tried once after each small one taken, not
+    flooded)."""
+    ledger = Ledger(tmp_path / "ledger.sqlite", required_consumers=("hpc",))
+    ledger.run_started("run", 1, 2, "{}")
+
+    def store(n: int, chunks_of_1024: int) -> int:
+        path = tmp_path / f"run_{n:05d}.h5"
+        path.write_bytes(bytes([n]) * 1024 * chunks_of_1024)
+        size, digest, parts = file_checksums(path, 1024)
+        return ledger.file_stored("run", path.name, path, size, digest, (n, n, 1), parts)
+
+    big = {store(0, 8), store(1, 8)}
+    session = ForwarderSession(ledger, resend_seconds=1.0)
+    connect(session, credit=16)
+    now, big_sends = 0.0, 0
+    while now < 30.0:  # the disk full for them: every chunk refused, the consumer held back
+        for chunk in chunks(session.tick(now)):
+            big_sends += 1
+            session.receive(PEER, frames(p.Nack(chunk.chunk_id, "No space left on device")), now)
+        now += 0.5
+    assert session.consumer_states(now)[0]["held_back"]
+    small = {store(2, 1), store(3, 1)}  # the run's reduced file and documents: they fit
+    taken, started, big_sends = set(), now, 0
+    while now < started + 5.0:
+        for chunk in chunks(session.tick(now)):
+            if chunk.file_id in big:
+                big_sends += 1
+                session.receive(PEER, frames(p.Nack(chunk.chunk_id, "No space left on device")), now)
+            else:
+                ack(session, chunk, now)
+                taken.add(chunk.file_id)
+        now += 0.5
+    assert taken == small, "the small files waited with the refused ones"
+    assert big_sends <= 2, big_sends  # one try after each small one taken, not the whole credit
+    state = session.consumer_states(now)[0]
+    assert state["held_back"] and state["held_back_seconds"] > 1.0
+    ledger.close()
+
+
 def test_a_consumer_name_outside_the_rules_is_refused(ledger: Ledger) -> None:
     session = ForwarderSession(ledger)
     for name in ("", "a/b", "x" * 65, "hpc\n"):
