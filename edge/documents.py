@@ -114,6 +114,7 @@ def run_documents(
     lost = [r for r in losses if not r.get("partial") and not r.get("not_acquired")]
     never = [r for r in losses if r.get("not_acquired")]  # an aborted run's frames the detector never took
     reason = "; ".join(sorted({r["reason"] for r in lost + never}))
+    continuation = _continuation(run)
     docs.append(
         (
             "stop",
@@ -137,11 +138,37 @@ def run_documents(
                     "losses": [
                         [r["first_frame"], r["last_frame"], r["reason"], r.get("detail", "")] for r in losses
                     ],
+                    **continuation,
                 },
             },
         )
     )
     return docs
+
+
+def _continuation(run: dict[str, Any]) -> dict[str, int]:
+    """A series cut by a daemon restart, in the accounts of its two runs: the interrupted run's series went
+    on at ``continued_at_frame`` in a run resumed after the restart (whose RunStart's ``resumes_run``
+    names this run), so of its ``frames_expected`` it accounts for the frames before that one only
+    (``frames_continued``: the rest, the resumed run's); a resumed run accounts for its series' frames from
+    ``resumed_at_frame`` on (those before are the interrupted run's)."""
+    try:
+        config = json.loads(run.get("config") or "{}")
+    except ValueError:
+        return {}
+    if not isinstance(config, dict):
+        return {}
+    out: dict[str, int] = {}
+    went_on = config.get("continued_at_frame")
+    if isinstance(went_on, int) and not isinstance(went_on, bool):
+        out["continued_at_frame"] = went_on
+        expected = run.get("frames_expected")
+        if isinstance(expected, int) and expected > went_on:
+            out["frames_continued"] = expected - went_on
+    first = config.get("first_frame")
+    if config.get("resumed_after_restart") and isinstance(first, int) and not isinstance(first, bool):
+        out["resumed_at_frame"] = first
+    return out
 
 
 def documents_name(run_uid: str, revision: int = 1) -> str:

@@ -408,6 +408,16 @@ class Ledger:
                 (str(int(series)), int(length), run_uid),
             )
 
+    def run_continued_at(self, run_uid: str, frame: int) -> None:
+        """``run_uid``'s series went on after a daemon restart in a run resumed from its frame ``frame``
+        (in ``run_uid``'s numbering): kept in its config as ``continued_at_frame`` (the first such), so its
+        account says where the frames it no longer counts went."""
+        self._write(
+            "UPDATE runs SET config=json_set(config, '$.continued_at_frame', ?) WHERE run_uid=?"
+            " AND json_valid(config) AND json_extract(config, '$.continued_at_frame') IS NULL",
+            (int(frame), run_uid),
+        )
+
     def run_reopened(self, run_uid: str) -> None:
         """Take a run's end back: what it left unwritten is for the next start's recovery, which ends
         open runs (`RunRecorder.give_up_held`)."""

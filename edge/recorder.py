@@ -114,6 +114,11 @@ class RunRecorder:
         frame numbers shifted by ``offset`` (`Ledger.run_series_offset`)."""
         self._ledger_write(self.ledger.run_series_offset, run_uid, series, offset, length)
 
+    def continued_at(self, run_uid: str, frame: int) -> None:
+        """The run's series went on in a run resumed after a restart from ``frame``
+        (`Ledger.run_continued_at`)."""
+        self._ledger_write(self.ledger.run_continued_at, run_uid, frame)
+
     def open_run(
         self,
         run_uid: str | None,

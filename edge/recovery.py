@@ -604,6 +604,7 @@ def resume_interrupted(
     interrupted = max(candidates, key=lambda r: r["started_at"])
     run_uid = interrupted["run_uid"]
     series_frame, first_frame = first_frame, first_frame + (_series_offset(interrupted, series) or 0)
+    recorder.continued_at(run_uid, first_frame)  # (its account, below, says where the rest went)
     crashed = recorder.hand_over_losses(run_uid, "daemon_crash", first_frame)
     handed = crashed + recorder.hand_over_losses(run_uid, "receiver_stopped", first_frame)
     if crashed and run_uid in failed:  # recovery's count of frames unaccounted for: these are, now

@@ -67,9 +67,42 @@ def test_a_resumed_series_gives_the_interrupted_run_a_second_revision_of_its_doc
     second = tmp_path / run_uid / documents_name(run_uid, 2)
     account = _stop(second)["edge_accounting"]
     assert account["revision"] == 2 and account["frames_stored"] == 30 and account["frames_lost"] == 20
+    assert account["continued_at_frame"] == 50 and "frames_continued" not in account  # (length unknown)
     assert [loss[:3] for loss in account["losses"]] == [[30, 49, "daemon_restart"]]
     kinds = [(f["name"], f["kind"]) for f in ledger.files(run_uid)]
     assert kinds[-2:] == [(first.name, "documents"), (second.name, "documents")]  # both forwarded
+
+
+def test_a_series_cut_by_a_stop_says_in_each_run_s_account_where_its_frames_went(tmp_path: Path) -> None:
+    """An outside HPC-side probe: a SIGTERM at frame 133 of 300, the series resumed after the restart.
+    The interrupted run's newest documents said 133 stored, 0 lost of 300 (its receiver_stopped records
+    handed over), the resumed run's 167 stored of 300, and neither account added up alone. The
+    interrupted run's now says where the series went on (``continued_at_frame``, ``frames_continued``),
+    the resumed run's where it took over (``resumed_at_frame``)."""
+    from edge.documents import run_documents
+
+    ledger = Ledger(tmp_path / "ledger.sqlite")
+    recorder = RunRecorder(ledger, tmp_path, chunk_bytes=1 << 20)
+    run_uid = recorder.open_run("run-c", series=4, frames_expected=300, config={"shape": [4, 4]})
+    data = tmp_path / run_uid / f"{run_uid}_00000.h5"
+    data.parent.mkdir()
+    data.write_bytes(b"frames 0..132")
+    recorder.register_file(run_uid, data, (0, 132, 133))
+    recorder.loss(run_uid, 133, 299, "receiver_stopped", "the daemon stopped")
+    recorder.close_run(run_uid, 133, "abort")
+
+    assert resume_interrupted(recorder, {}, series=4, first_frame=133) == {"resumes_run": run_uid}
+
+    account = _stop(tmp_path / run_uid / documents_name(run_uid, 2))["edge_accounting"]
+    assert account["frames_lost"] == 0 and account["losses"] == []
+    assert (account["continued_at_frame"], account["frames_continued"]) == (133, 167)
+    assert account["frames_stored"] + account["frames_vetoed"] + account["frames_lost"] + 167 == 300
+    config = {"shape": [4, 4], "resumed_after_restart": True, "first_frame": 133, "resumes_run": run_uid}
+    resumed = recorder.open_run("run-d", series=4, frames_expected=300, config=config)
+    (_name, stop), *_ = [
+        d for d in run_documents(ledger.run(resumed), [], [], (4, 4), "success") if d[0] == "stop"
+    ]
+    assert stop["edge_accounting"]["resumed_at_frame"] == 133  # it accounts for 133..299
 
 
 def test_a_series_resumed_where_it_stopped_changes_no_account(tmp_path: Path) -> None:
