@@ -147,11 +147,12 @@ def run_documents(
 
 
 def _continuation(run: dict[str, Any]) -> dict[str, int]:
-    """A series cut by a daemon restart, in the accounts of its two runs: the interrupted run's series went
-    on at ``continued_at_frame`` in a run resumed after the restart (whose RunStart's ``resumes_run``
-    names this run), so of its ``frames_expected`` it accounts for the frames before that one only
-    (``frames_continued``: the rest, the resumed run's); a resumed run accounts for its series' frames from
-    ``resumed_at_frame`` on (those before are the interrupted run's)."""
+    """A series cut by a daemon restart (or a UDP acquisition by a pause), in the accounts of its two
+    runs: the interrupted run's series went on at ``continued_at_frame`` in a run resumed after the
+    restart (whose RunStart's ``resumes_run`` names this run), so of its ``frames_expected`` it accounts
+    for the frames before that one only (``frames_continued``: the rest, the resumed run's); a resumed
+    run accounts for its series' frames from ``resumed_at_frame`` on (those before are the interrupted
+    run's)."""
     try:
         config = json.loads(run.get("config") or "{}")
     except ValueError:
@@ -166,7 +167,8 @@ def _continuation(run: dict[str, Any]) -> dict[str, int]:
         if isinstance(expected, int) and expected > went_on:
             out["frames_continued"] = expected - went_on
     first = config.get("first_frame")
-    if config.get("resumed_after_restart") and isinstance(first, int) and not isinstance(first, bool):
+    resumed = config.get("resumed_after_restart") or config.get("resumed_after_pause")
+    if resumed and isinstance(first, int) and not isinstance(first, bool):
         out["resumed_at_frame"] = first
     return out
 

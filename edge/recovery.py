@@ -652,6 +652,7 @@ def continue_after_pause(recorder: RunRecorder, run_uid: str, first_frame: int, 
     closed (its files registered); its documents get a new revision when its account changed. Returns
     the frames handed over."""
     ledger = recorder.ledger
+    recorder.continued_at(run_uid, first_frame)  # (its account says where the rest went)
     run = ledger.run(run_uid)
     handed = ledger.hand_over_losses(run_uid, "series_end", first_frame)
     added = _unaccounted_before(

@@ -105,6 +105,28 @@ def test_a_series_cut_by_a_stop_says_in_each_run_s_account_where_its_frames_went
     assert stop["edge_accounting"]["resumed_at_frame"] == 133  # it accounts for 133..299
 
 
+def test_a_udp_acquisition_gone_on_after_a_pause_says_so_in_the_ended_run_s_account(tmp_path: Path) -> None:
+    """The same for a UDP acquisition that a silence split (``udp.idle_seconds``): the run it ended
+    says where it went on, so its own account adds up upstream."""
+    from edge.recovery import continue_after_pause
+
+    ledger = Ledger(tmp_path / "ledger.sqlite")
+    recorder = RunRecorder(ledger, tmp_path, chunk_bytes=1 << 20)
+    run_uid = recorder.open_run("udp-a", series=0, frames_expected=100, config={"shape": [4, 4]})
+    data = tmp_path / run_uid / f"{run_uid}_00000.h5"
+    data.parent.mkdir()
+    data.write_bytes(b"frames 0..49")
+    recorder.register_file(run_uid, data, (0, 49, 50))
+    recorder.loss(run_uid, 50, 99, "series_end", "silent for longer than udp.idle_seconds")
+    recorder.close_run(run_uid, 50, "fail")
+
+    assert continue_after_pause(recorder, run_uid, 50, "udp-b") == 50
+
+    account = _stop(tmp_path / run_uid / documents_name(run_uid, 2))["edge_accounting"]
+    assert (account["frames_stored"], account["frames_lost"]) == (50, 0)
+    assert (account["continued_at_frame"], account["frames_continued"]) == (50, 50)
+
+
 def test_a_series_resumed_where_it_stopped_changes_no_account(tmp_path: Path) -> None:
     ledger = Ledger(tmp_path / "ledger.sqlite")
     recorder = RunRecorder(ledger, tmp_path, chunk_bytes=1 << 20)
