@@ -414,6 +414,22 @@ def test_a_consumer_that_refuses_everything_is_sent_one_chunk_after_growing_paus
     assert session.stats["chunks_sent"] + session.stats["chunks_resent"] == before + 17
 
 
+def _one_tick_on_a_full_disk(
+    session: ForwarderSession, now: float, too_big: set[int], taken: set[int]
+) -> int:
+    """One tick's chunks answered by a consumer whose disk has no room for the files ``too_big`` (refused)
+    and takes the others (their files added to ``taken``); returns how many were refused."""
+    refused = 0
+    for chunk in chunks(session.tick(now)):
+        if chunk.file_id in too_big:
+            refused += 1
+            session.receive(PEER, frames(p.Nack(chunk.chunk_id, "No space left on device")), now)
+        else:
+            ack(session, chunk, now)
+            taken.add(chunk.file_id)
+    return refused
+
+
 def test_a_file_too_big_for_the_consumer_does_not_hold_back_the_files_that_fit(tmp_path: Path) -> None:
     """An outside probe (re-probe of the hold-back): a 6.8 MB file first in line on a 4 MiB disk, every
     chunk of it refused (its space is taken at its first chunk), and the smaller files behind it never
@@ -434,13 +450,7 @@ def test_a_file_too_big_for_the_consumer_does_not_hold_back_the_files_that_fit(t
     connect(session, credit=16)
     now, big_sends, taken = 0.0, 0, set()
     while now < 30.0 and len(taken) < 3:
-        for chunk in chunks(session.tick(now)):
-            if chunk.file_id == big_id:
-                big_sends += 1
-                session.receive(PEER, frames(p.Nack(chunk.chunk_id, "No space left on device")), now)
-            else:
-                ack(session, chunk, now)
-                taken.add(chunk.file_id)
+        big_sends += _one_tick_on_a_full_disk(session, now, {big_id}, taken)
         now += 0.25
     assert len(taken) == 3, f"the files that fit never went ({big_sends} sends of the big one)"
     assert now < 20.0
@@ -519,13 +529,7 @@ def test_files_a_consumer_refusing_everything_never_refused_go_while_the_refused
     small = {store(2, 1), store(3, 1)}  # the run's reduced file and documents: they fit
     taken, started, big_sends = set(), now, 0
     while now < started + 5.0:
-        for chunk in chunks(session.tick(now)):
-            if chunk.file_id in big:
-                big_sends += 1
-                session.receive(PEER, frames(p.Nack(chunk.chunk_id, "No space left on device")), now)
-            else:
-                ack(session, chunk, now)
-                taken.add(chunk.file_id)
+        big_sends += _one_tick_on_a_full_disk(session, now, big, taken)
         now += 0.5
     assert taken == small, "the small files waited with the refused ones"
     assert big_sends <= 2, big_sends  # one try after each small one taken, not the whole credit

@@ -73,6 +73,23 @@ def test_a_resumed_series_gives_the_interrupted_run_a_second_revision_of_its_doc
     assert kinds[-2:] == [(first.name, "documents"), (second.name, "documents")]  # both forwarded
 
 
+def _cut_run(
+    tmp_path: Path, uid: str, series: int, expected: int, stored: int, reason: str, status: str
+) -> tuple[Ledger, RunRecorder, str]:
+    """A run of ``expected`` frames that stored the first ``stored`` (one file) and ended ``status`` with
+    the rest recorded lost for ``reason``."""
+    ledger = Ledger(tmp_path / "ledger.sqlite")
+    recorder = RunRecorder(ledger, tmp_path, chunk_bytes=1 << 20)
+    run_uid = recorder.open_run(uid, series=series, frames_expected=expected, config={"shape": [4, 4]})
+    data = tmp_path / run_uid / f"{run_uid}_00000.h5"
+    data.parent.mkdir()
+    data.write_bytes(f"frames 0..{stored - 1}".encode())
+    recorder.register_file(run_uid, data, (0, stored - 1, stored))
+    recorder.loss(run_uid, stored, expected - 1, reason, "cut")
+    recorder.close_run(run_uid, stored, status)
+    return ledger, recorder, run_uid
+
+
 def test_a_series_cut_by_a_stop_says_in_each_run_s_account_where_its_frames_went(tmp_path: Path) -> None:
     """An outside HPC-side probe: a SIGTERM at frame 133 of 300, the series resumed after the restart.
     The interrupted run's newest documents said 133 stored, 0 lost of 300 (its receiver_stopped records
@@ -81,15 +98,7 @@ def test_a_series_cut_by_a_stop_says_in_each_run_s_account_where_its_frames_went
     the resumed run's where it took over (``resumed_at_frame``)."""
     from edge.documents import run_documents
 
-    ledger = Ledger(tmp_path / "ledger.sqlite")
-    recorder = RunRecorder(ledger, tmp_path, chunk_bytes=1 << 20)
-    run_uid = recorder.open_run("run-c", series=4, frames_expected=300, config={"shape": [4, 4]})
-    data = tmp_path / run_uid / f"{run_uid}_00000.h5"
-    data.parent.mkdir()
-    data.write_bytes(b"frames 0..132")
-    recorder.register_file(run_uid, data, (0, 132, 133))
-    recorder.loss(run_uid, 133, 299, "receiver_stopped", "the daemon stopped")
-    recorder.close_run(run_uid, 133, "abort")
+    ledger, recorder, run_uid = _cut_run(tmp_path, "run-c", 4, 300, 133, "receiver_stopped", "abort")
 
     assert resume_interrupted(recorder, {}, series=4, first_frame=133) == {"resumes_run": run_uid}
 
@@ -110,15 +119,7 @@ def test_a_udp_acquisition_gone_on_after_a_pause_says_so_in_the_ended_run_s_acco
     says where it went on, so its own account adds up upstream."""
     from edge.recovery import continue_after_pause
 
-    ledger = Ledger(tmp_path / "ledger.sqlite")
-    recorder = RunRecorder(ledger, tmp_path, chunk_bytes=1 << 20)
-    run_uid = recorder.open_run("udp-a", series=0, frames_expected=100, config={"shape": [4, 4]})
-    data = tmp_path / run_uid / f"{run_uid}_00000.h5"
-    data.parent.mkdir()
-    data.write_bytes(b"frames 0..49")
-    recorder.register_file(run_uid, data, (0, 49, 50))
-    recorder.loss(run_uid, 50, 99, "series_end", "silent for longer than udp.idle_seconds")
-    recorder.close_run(run_uid, 50, "fail")
+    _ledger, recorder, run_uid = _cut_run(tmp_path, "udp-a", 0, 100, 50, "series_end", "fail")
 
     assert continue_after_pause(recorder, run_uid, 50, "udp-b") == 50
 
