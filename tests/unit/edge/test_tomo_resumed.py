@@ -83,7 +83,12 @@ def test_a_resumed_scan_is_normalised_and_reconstructed_with_the_part_stored_bef
         "projections": 5,
         "files_unusable": 2,
     }
+    assert live["slice"]["projections"] == live["slice"]["projections_in_slice"] == len(ANGLES)
     products = stage.finish()
+    # the live slice after the run's end (an outside dashboard probe: the inherited ones counted twice)
+    after = stage.live()
+    assert after is not None and after["slice"]["projections"] == after["slice"]["projections_in_slice"]
+    assert after["slice"]["projections"] == len(ANGLES)
 
     assert (products["darks_inherited"], products["flats_inherited"]) == (2, 2)
     assert (products["darks"], products["flats"]) == (0, 0)  # this run's own
