@@ -236,6 +236,9 @@ class Pipeline:
             "backend_degraded_from": list(self.backend.degraded_from),
             "busy_seconds": round(self._busy_seconds, 3),
             "run": store.run_uid if store else None,
+            # the run whose mode product GET /api/product serves (the newest the pipeline began; its mode's
+            # kernels may still be loading): the dashboard asks for the product again when it changes
+            "product_run": latest[0] if (latest := self.latest_run) is not None else None,
             "queued": self._work.qsize(),
             "mode_failed": self.mode_failed,
             # modes whose kernels are loading now (compiled on an install's first use of a mode: tens of

@@ -686,3 +686,21 @@ def test_the_hit_rate_chart_says_how_old_its_last_sample_is(
     assert label.endswith(" ago") and label != "now", label
     # its value is one second's hits, not the run's rate (an outside probe read "now 66.7 %" as that)
     assert browser.evaluate("document.getElementById('wide-hits').dataset.lastLabel") == "last second"
+
+
+def test_a_new_run_s_mode_shows_before_its_first_frame_is_reduced(
+    url: str, view: ScriptedView, browser: Browser
+) -> None:
+    """An outside probe: a serial run started right after a powder one; for the 30 s its kernels took to
+    load (no frame reduced), the Mode card said "powder" with the old run and the large card kept its
+    profile, while /api/product already named the serial run. A new run asks for the product again."""
+    now = time.time()
+    view.add_run(ScriptedRun(FAULTY, now - 300, now - 60, "success", run_files(FAULTY, 1, 0), []))
+    view.product_doc = {"mode": "powder", "run_uid": FAULTY, "powder": {}, "serial": None, "tomo": None}
+    live(browser, url)
+    browser.wait_for("document.getElementById('product-mode').textContent === 'powder'", 10, "powder")
+    view.add_run(ScriptedRun(CLEAN, time.time(), None, None, [], [], mode="serial"), current=True)
+    serial = {"frames": 0, "hits": 0, "hit_rate": 0.0, "recent": [], "latest_hit": None}
+    view.product_doc = {"mode": "serial", "run_uid": CLEAN, "powder": None, "serial": serial, "tomo": None}
+    view.base["pipeline"]["product_run"] = CLEAN  # the pipeline began the run (its kernels loading)
+    browser.wait_for("document.getElementById('product-mode').textContent === 'serial'", 10, "the new mode")

@@ -1110,10 +1110,13 @@
 
   async function refreshProducts(status) {
     const processed = num(status.pipeline?.frames_processed);
-    const key = `${processed}`;
+    // a new run's product is asked for before its first frame is reduced: its mode's kernels may take a
+    // while to load, and the old run's mode and product stayed on screen meanwhile (an outside probe)
+    const run = status.pipeline?.product_run || "";
+    const key = `${processed}|${run}`;
     if (key === state.imageKey || Date.now() - state.productAt < PRODUCT_MS) return;
-    // nothing to ask for before this daemon's first frame (each ask would be a 404 in the console)
-    if (!(processed > 0)) return;
+    // nothing to ask for before this daemon's first frame or run (each ask would be a 404 in the console)
+    if (!(processed > 0) && !run) return;
     state.productAt = Date.now();
     const product = await getJSON("/api/product");
     // the 1D profile is the powder mode's: asked for only when that is the product
