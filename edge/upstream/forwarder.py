@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -73,7 +74,9 @@ class Forwarder:
         self._clock = clock
         self._auth: Any = None
         self._monitor: zmq.Socket | None = None  # the socket's handshake failures (over CURVE only)
-        self._handshake_logged = 0.0  # when a failed handshake may be logged again
+        # when a failed handshake of each kind ("plain": a client without CurveZMQ; "failed": any other)
+        # may be logged again: one kind's line never takes the other's minute
+        self._handshake_logged: dict[str, float] = {}
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._sock: zmq.Socket | None = None
@@ -163,21 +166,29 @@ class Forwarder:
                 event = recv_monitor_message(monitor, zmq.NOBLOCK)
             except zmq.Again:
                 return
-            value = event.get("value")
-            plain = value == getattr(zmq, "PROTOCOL_ERROR_ZMTP_MECHANISM_MISMATCH", -1)
+            value = int(event.get("value") or 0)
+            protocol = event.get("event") == zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
+            plain = protocol and value == getattr(zmq, "PROTOCOL_ERROR_ZMTP_MECHANISM_MISMATCH", -1)
             stats = self.session.stats
+            kind = "plain" if plain else "failed"
             stats["curve_handshakes_without_curve" if plain else "handshakes_failed"] += 1
-            if self._clock() >= self._handshake_logged:
-                self._handshake_logged = self._clock() + 60.0
+            if self._clock() >= self._handshake_logged.get(kind, 0.0):
+                self._handshake_logged[kind] = self._clock() + 60.0
+                if plain:
+                    why = (
+                        "the client does not speak CurveZMQ (no keys given to it: pull.curve_secret_file,"
+                        " pull.curve_server_file)"
+                    )
+                elif protocol:
+                    why = f"ZeroMQ protocol error 0x{value:x}"
+                else:  # (the connection went away during it: a client that gave up, or the one above)
+                    why = f"the connection ended during it ({os.strerror(value) if value else 'no detail'})"
                 log.warning(
-                    "upstream: a connection from %s failed its handshake: %s (%d so far; logged once a"
-                    " minute)",
+                    "upstream: a connection to %s failed its handshake: %s (%d such so far; logged once a"
+                    " minute; ZeroMQ names no client address)",
                     event.get("endpoint", b"?").decode("ascii", "replace"),
-                    "the client does not speak CurveZMQ (no keys given to it: pull.curve_secret_file,"
-                    " pull.curve_server_file)"
-                    if plain
-                    else f"protocol error {value}",
-                    stats["curve_handshakes_without_curve"] + stats["handshakes_failed"],
+                    why,
+                    stats["curve_handshakes_without_curve" if plain else "handshakes_failed"],
                 )
 
     # -- the loop ---------------------------------------------------------------------------------------

@@ -174,7 +174,8 @@ class PullClient:
                             self.endpoint,
                             SILENCE_SECONDS,
                             self.stats["sessions_unanswered"],
-                            ""
+                            ", and does it require CurveZMQ (upstream.curve_secret_file set there: this"
+                            " client then needs pull.curve_secret_file and pull.curve_server_file)"
                             if self.curve is None
                             else ", is the server key the appliance's, and is this client's public key"
                             " among the keys it admits (a refused key gets no answer, by CurveZMQ's design)",

@@ -189,3 +189,43 @@ def test_one_curve_setting_without_the_other_names_the_one_unset() -> None:
         curve_paths(Path("a.key_secret"), None, names)
     with pytest.raises(ConfigError, match=r"pull\.curve_server_file is set, pull\.curve_secret_file is not"):
         curve_paths(None, Path("b.key"), names)
+
+
+def test_a_client_without_curve_is_logged_as_such_whatever_else_failed_first(
+    server: tuple[zmq.Socket, str], caplog: pytest.LogCaptureFixture
+) -> None:
+    """An outside IT probe: a keyless client's connections fail twice each (the mechanism, then the
+    connection closing); the close took the once-a-minute line ("protocol error 32") and the documented
+    "does not speak CurveZMQ" never appeared. Each kind has its own minute, and a close reads as one."""
+    import time
+    from collections import Counter
+    from types import SimpleNamespace
+
+    from edge.upstream.forwarder import Forwarder
+
+    sock, endpoint = server
+    monitor = sock.get_monitor_socket(
+        zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
+    )
+    fake = SimpleNamespace(
+        _monitor=monitor,
+        session=SimpleNamespace(stats=Counter()),
+        _clock=time.monotonic,
+        _handshake_logged={},
+    )
+    plain = sock.context.socket(zmq.DEALER)
+    plain.linger = 0
+    plain.connect(endpoint)
+    try:
+        plain.send(b"hello", zmq.NOBLOCK)
+        deadline = time.monotonic() + 10
+        with caplog.at_level("WARNING"):
+            while time.monotonic() < deadline and not fake.session.stats["curve_handshakes_without_curve"]:
+                Forwarder._handshakes_failed(fake)  # type: ignore[arg-type]
+                time.sleep(0.05)
+    finally:
+        plain.close(0)
+        monitor.close(0)
+    assert fake.session.stats["curve_handshakes_without_curve"] >= 1
+    assert "the client does not speak CurveZMQ" in caplog.text
+    assert "protocol error 32" not in caplog.text

@@ -249,6 +249,7 @@ def test_an_appliance_that_never_answers_is_named_with_what_to_check(
         assert client.stats["reconnects"] >= 2
     unanswered = [r.getMessage() for r in caplog.records if "no answer from" in r.getMessage()]
     assert unanswered and client.endpoint in unanswered[0] and "upstream.endpoint" in unanswered[0]
+    assert "require CurveZMQ" in unanswered[0]  # (a client without keys: the appliance may need them)
     assert not any("appliance silent" in r.getMessage() for r in caplog.records)
 
 
