@@ -10,8 +10,9 @@ table, ``edge where``), so an outage never shows three different answers. The fa
   in the window yet).
   A required consumer that is connected (it heartbeats) but has answered none of the chunks sent to it
   for ``UNANSWERED_SECONDS`` is a stall too, when nothing became verified over the rate window.
-  A required consumer that refuses every chunk (``held_back``: refused many in a row, none taken) is a
-  stall at once, whatever was verified earlier in the window.
+  A required consumer that refuses every chunk (``held_back``: refused many in a row, none taken), or
+  whose last ``STUCK_REFUSALS`` answers were refusals, is a stall at once, whatever was verified earlier
+  in the window.
   The appliance's own ledger refusing to record the consumers' answers (its disk full:
   ``ledger_refusing`` in the forwarder's counters) is a stall too, said as such.
 - ``refusing``: the connected required consumers that refused a chunk in the last ``REFUSING_SECONDS``.
@@ -34,6 +35,9 @@ from typing import Any, Protocol
 RATE_WINDOW_SECONDS = 120.0
 REFUSING_SECONDS = 30.0  # a consumer that refused a chunk this recently is "refusing" (it resends every 10 s)
 UNANSWERED_SECONDS = 60.0  # chunks sent and none answered for this long: the consumer is not pulling
+#: refusals in a row (none taken since) after which a refusing consumer is stuck, held back or not yet:
+#: one refusal is a bit flipped on the way (resent at once); a full disk refuses chunk after chunk
+STUCK_REFUSALS = 3
 
 
 class _UpstreamLedger(Protocol):
@@ -70,14 +74,25 @@ def stall(required: list[str], forwarder: Mapping[str, Any]) -> str | None:
     missing = _missing(required, forwarder)
     if missing:
         return f"no consumer connected: {', '.join(missing)} must pull"
-    # a required consumer refusing chunks and held back for it (its disk full, say): an outside probe read
+    # a required consumer refusing chunk after chunk, or held back for it (its disk full, say): a probe read
     # "ETA 30 s" in `edge where` beside the outlook's "stalled"
     refusals = _refusals(required, forwarder)
-    held = {str(c.get("consumer")) for c in forwarder.get("consumers") or [] if c.get("held_back")}
+    held = _stuck(forwarder)
     if refusals.keys() & held:
         said = "; ".join(f"{name}: {why}" for name, why in sorted(refusals.items()) if name in held)
         return f"consumer refusing chunks ({said[:300]})"
     return None
+
+
+def _stuck(forwarder: Mapping[str, Any]) -> set[str]:
+    """The consumers whose latest answers are refusals: held back (refusing everything), or
+    ``STUCK_REFUSALS`` in a row with none taken since (an outside probe: a full HPC disk's first six
+    refusals left `edge where` at "ETA 30 s" for half a minute, the ETA of files verified before)."""
+    return {
+        str(c.get("consumer"))
+        for c in forwarder.get("consumers") or []
+        if c.get("held_back") or int(c.get("refused_in_a_row") or 0) >= STUCK_REFUSALS
+    }
 
 
 def _refusals(required: list[str], forwarder: Mapping[str, Any]) -> dict[str, str]:
@@ -130,9 +145,7 @@ def upstream_outlook(
     elif missing:
         state = "stalled"
         reason = f"no consumer connected: {', '.join(missing)} must pull (data stays on the local disk)"
-    elif refusals and (
-        rate <= 0 or any(c.get("held_back") for c in consumers if c.get("consumer") in refusals)
-    ):
+    elif refusals and (rate <= 0 or refusals.keys() & _stuck(forwarder)):
         # (files verified earlier in the rate window say nothing once it refuses every chunk)
         state = "stalled"
         said = "; ".join(f"{name}: {why}" for name, why in sorted(refusals.items()))

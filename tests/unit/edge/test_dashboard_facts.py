@@ -157,6 +157,27 @@ def test_a_consumer_refusing_everything_is_a_stall_that_says_why() -> None:
     assert (out["state"], out["refusing"]) == ("waiting", [])
 
 
+def test_a_consumer_refusing_chunk_after_chunk_is_a_stall_before_it_is_held_back() -> None:
+    """An outside probe: a full HPC disk's first six refusals (not yet the eight that hold the consumer
+    back) left `edge where` saying "ETA 30 s", the rate of files verified earlier in the window, and no
+    reason. Refusals in a row with none taken since are a stall there and in the outlook; one refusal
+    (a bit flipped on the way, resent at once) is not."""
+    from edge.upstream.outlook import stall
+
+    refusing = consumers(True)
+    refusing["consumers"][0] |= {
+        "last_refusal": "cannot write it here: No space left on device",
+        "seconds_since_refusal": 2.0,
+        "refused_in_a_row": 6,
+    }
+    out = upstream_outlook(OutlookLedger(1e6, 1000.0), 5_000_000, refusing, now=1600.0)
+    assert (out["state"], out["eta_seconds"]) == ("stalled", None)
+    assert "No space left on device" in (stall(["hpc"], refusing) or "")
+    refusing["consumers"][0]["refused_in_a_row"] = 1
+    out = upstream_outlook(OutlookLedger(1e6, 1000.0), 5_000_000, refusing, now=1600.0)
+    assert out["state"] == "delivering" and stall(["hpc"], refusing) is None
+
+
 @pytest.fixture
 def ledger(tmp_path: Path) -> Any:
     ledger = Ledger(tmp_path / "ledger.sqlite", required_consumers=("hpc",))
