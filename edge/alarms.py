@@ -155,11 +155,15 @@ def current_alarms(status: Mapping[str, Any]) -> list[dict[str, Any]]:
         parts.append(f"{len(recovery['salvaged'])} closed file(s) salvaged")
     if recovery.get("quarantined"):
         parts.append(f"{len(recovery['quarantined'])} half-written file(s) quarantined")
-    if int(recovery.get("frames_lost") or 0) > 0:
-        parts.append(f"{recovery['frames_lost']:,} frames recorded lost (daemon_crash)")
+    lost = int(recovery.get("frames_lost") or 0)
+    if lost > 0:
+        parts.append(f"{lost:,} frames recorded lost (daemon_crash): open the failed run(s) below")
     if parts:
+        # frames lost to the crash are as grave as a run's losses (an outside probe: 64 frames lost read
+        # "minor" beside another run's 5 lost, "major")
+        severity = "major" if lost > 0 else "minor"
         out.append(
-            _alarm("daemon:recovery", "daemon", "minor", f"Recovered after a crash: {'; '.join(parts)}")
+            _alarm("daemon:recovery", "daemon", severity, f"Recovered after a crash: {'; '.join(parts)}")
         )
 
     outlook = status.get("upstream_outlook") or {}

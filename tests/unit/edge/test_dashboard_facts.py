@@ -480,3 +480,16 @@ def test_a_tomography_run_without_slices_that_ended_well_or_stored_nothing_says_
     assert ended_well["products_note"].startswith("no slices: the scan ended with no projection the")
     assert "none carried a rotation angle" in ended_well["products_note"]
     assert refused["products_note"] == "no slices: no frame of this run was stored (its losses say why)"
+
+
+def test_frames_a_crash_lost_are_a_major_alarm() -> None:
+    """An outside dashboard probe: a run failed by a kill -9 with 64 frames lost raised only the minor
+    recovery alarm, while another run's 5 lost frames had raised a major one. A recovery that recorded
+    frames lost is major; one that only tidied up (a file salvaged) stays minor."""
+    lost = {"appliance": {"recovery": {"runs_failed": ["ea6bbbc7-0000"], "frames_lost": 64}}}
+    (alarm,) = current_alarms(lost)
+    assert alarm["id"] == "daemon:recovery" and alarm["severity"] == "major"
+    assert "64 frames recorded lost" in alarm["message"]
+    tidy = {"appliance": {"recovery": {"salvaged": ["a_00001.h5"], "frames_lost": 0}}}
+    (alarm,) = current_alarms(tidy)
+    assert alarm["severity"] == "minor"
