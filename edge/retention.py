@@ -180,9 +180,14 @@ class Retention:
                 if used["total"] >= limit
                 else f"above its high-water mark ({self.settings.high_water:.0%}) with"
             )
+            # the store's size less the headroom, said so (an outside probe read "of 123.0 MiB" beside the
+            # dashboard's "the store's 124 MiB")
+            headroom = self.headroom()
+            capacity = _size(self.capacity())
+            less = f": the store's {capacity} less {_size(headroom)} headroom" if headroom else ""
             return (
                 f"local store {state} data not yet verified upstream ({_size(used['unverified'])} of"
-                f" {_size(limit)}); waiting for the HPC consumer to confirm it"
+                f" {_size(limit)}{less}); waiting for the HPC consumer to confirm it"
             )
         if used["verified"] > 0 and self.purge_error is not None and self.filled(used) >= limit:
             return (

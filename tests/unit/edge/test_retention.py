@@ -175,6 +175,13 @@ def test_a_refused_run_says_the_sizes_in_units_people_read(ledger: Ledger, tmp_p
     # "accepting_runs": false beside "alarm": null)
     status = retention.status()
     assert status["accepting_runs"] is False and status["alarm"] == refusal
+    # with a headroom, the size it may fill is said to be the store's less that (an outside probe read
+    # "of 3.0 GiB" beside the dashboard's store size)
+    settings = RetentionSettings(quota_bytes=3 * 2**30 + 2**30, headroom_bytes=2**30, high_water=0.5)
+    refusal = Retention(ledger, tmp_path, settings, executor=ManualExecutor()).refusal()
+    assert (
+        refusal is not None and "(2.0 GiB of 3.0 GiB: the store's 4.0 GiB less 1.0 GiB headroom)" in refusal
+    )
 
 
 def test_stop_shuts_its_own_executor_and_later_checks_keep_the_last_answer(
