@@ -704,3 +704,17 @@ def test_a_new_run_s_mode_shows_before_its_first_frame_is_reduced(
     view.product_doc = {"mode": "serial", "run_uid": CLEAN, "powder": None, "serial": serial, "tomo": None}
     view.base["pipeline"]["product_run"] = CLEAN  # the pipeline began the run (its kernels loading)
     browser.wait_for("document.getElementById('product-mode').textContent === 'serial'", 10, "the new mode")
+
+
+def test_a_hit_rate_of_one_sample_is_drawn_as_a_dot(url: str, view: ScriptedView, browser: Browser) -> None:
+    """An outside probe: a serial run's 200 frames reduced in one burst after its kernels loaded gave the
+    hit-rate chart one sample, and it drew nothing beside "last second 30.2 %"."""
+    now = time.time()
+    view.add_run(
+        ScriptedRun(CLEAN, now - 20, None, None, run_files(CLEAN, 1, 0), [], mode="serial"), current=True
+    )
+    serial = {"frames": 200, "hits": 60, "hit_rate": 0.3, "recent": [{"t": now - 1, "hit_rate": 0.302}]}
+    view.product_doc = {"mode": "serial", "run_uid": CLEAN, "powder": None, "tomo": None, "serial": serial}
+    live(browser, url)
+    browser.wait_for("document.getElementById('wide-hits').dataset.dots !== undefined", 10, "the chart")
+    assert browser.evaluate("document.getElementById('wide-hits').dataset.dots") == "1"

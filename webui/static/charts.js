@@ -131,6 +131,18 @@ window.EdgeCharts = (() => {
       pen = true;
     }
     ctx.stroke();
+    // a sample with no neighbour to join is a dot (a serial run reduced in one burst after its kernels
+    // loaded gave one sample, and the chart drew nothing: an outside probe)
+    let dots = 0;
+    ctx.fillStyle = colour;
+    pts.forEach(([t, v], i) => {
+      if (v === null || pts[i - 1]?.[1] != null || pts[i + 1]?.[1] != null) return;
+      ctx.beginPath();
+      ctx.arc(sx(t), sy(v), 2.5, 0, 2 * Math.PI);
+      ctx.fill();
+      dots += 1;
+    });
+    canvas.dataset.dots = String(dots);
     const last = values[values.length - 1];
     ctx.fillStyle = "#1d2430";
     ctx.textAlign = "left";
