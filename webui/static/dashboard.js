@@ -727,7 +727,17 @@
         ? `${diskPercent.toFixed(1)}\u00a0% used (${fmtBytes(disk.used)} of ${fmtBytes(num(disk.used) + num(disk.free))})`
         : "–") +
       (refused ? " · new runs refused" : ""));
-    setText("disk-free", `${fmtBytes(disk.free ?? ret.disk_free_bytes)} free`);
+    const fsFree = `${fmtBytes(disk.free ?? ret.disk_free_bytes)} free`;
+    if (byStore) {
+      // the store binds: what is left in it, the file system's free space behind it (an outside probe read
+      // "73.2 GiB free" beside a store 24 MiB from full as plenty of room)
+      const left = Math.max(0, num(ret.capacity_bytes) - num(ret.headroom_bytes) - num(ret.store_bytes));
+      setText("disk-free", `${fmtBytes(left)} left in the store`);
+      $("disk-free").title = `the file system has ${fsFree}; the store may fill its capacity less the headroom`;
+    } else {
+      setText("disk-free", fsFree);
+      $("disk-free").title = "free on the file system holding the store";
+    }
     setText("store-bytes", `${fmtBytes(ret.store_bytes)} / ${fmtBytes(ret.capacity_bytes)}`);
     $("store-bytes").title = "bytes in the local store / the store's capacity (quota, or the disk)";
     setText("store-unverified", fmtBytes(ret.unverified_bytes), ret.alarm ? "bad" : "");
