@@ -915,6 +915,14 @@ class Appliance:
         """Stop taking frames, persist what is in the ring, close files, stop serving."""
         self.stopping = True
         self.supervisor.stopping()
+        loading = self.pipeline.progress()[1] > 0
+        if loading:  # (an outside probe saw nothing logged for the 18 s the stop then took)
+            log.info(
+                "stopping while a mode's kernels load: the frames in the ring wait for them (up to %.0f s),"
+                " and what the detector sends meanwhile, a new series too, is read and stored; stop the"
+                " detector first for a prompt stop",
+                STOP_GRACE_SECONDS,
+            )
         # a reader waiting for a free slot gives up (and records the frame as lost), unless the pipeline
         # empties the ring within the grace: frames already received are stored (see FrameRing.stop)
         self.ring.stop(STOP_GRACE_SECONDS, busy=lambda: self.pipeline.progress()[1] > 0)
