@@ -158,6 +158,14 @@ def test_a_clean_stop_gives_up_on_a_ring_nobody_empties() -> None:
         ring.close()
 
 
+def _send_series(push: zmq.Socket, series: int, frames: int) -> None:
+    """A whole series on ``push``: its start, ``frames`` images and its end."""
+    push.send_multipart(header(series, frames))
+    for frame in range(frames):
+        push.send_multipart(image(series, frame))
+    push.send_multipart([f'{{"htype": "dseries_end-1.0", "series": {series}}}'.encode()])
+
+
 def test_a_sender_that_goes_away_after_its_series_is_logged_as_normal(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
@@ -174,10 +182,7 @@ def test_a_sender_that_goes_away_after_its_series_is_logged_as_normal(
     reader = ZmqStreamSource(f"tcp://127.0.0.1:{port}", pull_side, context)
     reader.start()
     try:
-        push.send_multipart(header(1, 2))
-        for frame in range(2):
-            push.send_multipart(image(1, frame))
-        push.send_multipart([b'{"htype": "dseries_end-1.0", "series": 1}'])
+        _send_series(push, 1, 2)
         assert pull_side.ended.wait(10)
         push.close(0)  # the sender goes away
         deadline = time.monotonic() + 10
@@ -247,10 +252,7 @@ def test_a_sender_gone_with_its_series_end_still_queued_is_logged_as_normal(
     reader = ZmqStreamSource(f"tcp://127.0.0.1:{port}", sink, context)
     reader.start()
     try:
-        push.send_multipart(header(1, 3))
-        for frame in range(3):
-            push.send_multipart(image(1, frame))
-        push.send_multipart([b'{"htype": "dseries_end-1.0", "series": 1}'])
+        _send_series(push, 1, 3)
         assert sink.holding.wait(10), "the first frame"
         time.sleep(0.3)  # the rest and the end are on the reader's socket
         push.close(0)  # the sender goes away
