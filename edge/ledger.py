@@ -535,16 +535,25 @@ class Ledger:
         return file_id
 
     def pending_chunks(
-        self, consumer: str, exclude: Iterable[int], limit: int, exclude_files: Iterable[int] = ()
+        self,
+        consumer: str,
+        exclude: Iterable[int],
+        limit: int,
+        exclude_files: Iterable[int] = (),
+        kinds: Iterable[str] | None = None,
     ) -> list[dict[str, Any]]:
         """Chunks this consumer has not acknowledged, oldest first, skipping those in flight (``exclude``)
-        and every chunk of the files in ``exclude_files``."""
-        excluded = tuple(exclude)
+        and every chunk of the files in ``exclude_files``; of files of these ``kinds`` only, if given."""
+        excluded: tuple[Any, ...] = tuple(exclude)
         skip = f" AND c.id NOT IN ({','.join('?' * len(excluded))})" if excluded else ""
         files = tuple(exclude_files)
         if files:
             skip += f" AND f.id NOT IN ({','.join('?' * len(files))})"
             excluded += files
+        if kinds is not None:
+            chosen = tuple(kinds)
+            skip += f" AND f.kind IN ({','.join('?' * len(chosen))})"
+            excluded += chosen
         # Driven from the files not yet verified (index files_by_state), never from the whole history of
         # chunks: CROSS JOIN fixes that join order in SQLite. A file's chunks are registered with it, in
         # order, so (file id, chunk index) is chunk-id order.

@@ -47,6 +47,9 @@ UNREADABLE_RETRY_SECONDS = 60.0
 #: takes one. Before this, a full disk on the HPC side had the whole backlog read from the local disk and
 #: sent again every ``resend_seconds`` (6 MB/s for a 19 MB backlog)
 REFUSING_IN_A_ROW = 8
+#: the kinds of file sent to a consumer refusing everything, unless it refused them too: a run's reduced
+#: files and documents (its frame table and account: small, and what proves it upstream)
+PROOF_KINDS = ("reduced", "documents")
 MAX_HOLD_BACK_SECONDS = 60.0
 MAX_FILES_HELD = 4096  # files one consumer's refusals hold back at once (each a line of SQL's NOT IN)
 #: chunks set aside at most (the ledger's query lists them; SQLite takes 32766 parameters)
@@ -65,7 +68,12 @@ class ChunkLedger(Protocol):
     """What the session asks of the ledger (``edge.ledger.Ledger`` implements it)."""
 
     def pending_chunks(
-        self, consumer: str, exclude: Iterable[int], limit: int, exclude_files: Iterable[int] = ()
+        self,
+        consumer: str,
+        exclude: Iterable[int],
+        limit: int,
+        exclude_files: Iterable[int] = (),
+        kinds: Iterable[str] | None = None,
     ) -> list[dict[str, Any]]: ...
 
     def chunks_sent(self, chunk_ids: Sequence[int]) -> None: ...
@@ -629,12 +637,14 @@ class ForwarderSession:
         self._unreadable = {c: until for c, until in self._unreadable.items() if until > now}
         skip = [*consumer.in_flight, *consumer.held, *self._unreadable]
         if consumer.refusing_everything:
-            # files it never refused go as ever (a run's small documents and frame table fit on a disk the
-            # big data files no longer do: an outside probe saw them wait with those); the refused ones get
-            # one chunk at a time, after the pause, to see whether it takes them now
+            # a run's reduced files and documents it never refused go meanwhile (small, and what proves the
+            # run's account upstream: an outside probe saw them wait a minute behind the big data files a
+            # full disk refused); the rest, one chunk after each pause, to see whether it takes them now
             refused = consumer.file_refusals.keys() | set(held_files)
-            rows = self.ledger.pending_chunks(consumer.name, skip, consumer.credit, sorted(refused))
             probing = any(consumer.chunk_files.get(c) in consumer.file_refusals for c in consumer.in_flight)
+            rows = self.ledger.pending_chunks(
+                consumer.name, skip, consumer.credit, sorted(refused), kinds=PROOF_KINDS
+            )
             if not rows and now >= consumer.held_back_until and not probing:
                 rows = self.ledger.pending_chunks(consumer.name, skip, 1, held_files)
         else:
