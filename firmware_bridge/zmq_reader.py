@@ -176,11 +176,11 @@ class ZmqStreamSource:
         # the open series' start as it came (its series and every field): the same start again, while the
         # series is open, is a copy of it (counted, ignored), not a new series that ends it
         self._start_key: Any = None
-        # images rejected after a rejected start, before a run was open to hold them: frame -> (reason,
-        # detail), recorded in the run the next good image opens (or outside any run if none does)
         # images rejected while no series was open and no start was rejected (a restart mid-series):
         # (series, frame) -> (reason, detail), for the resumed run their series' next good image opens
         self._rejected_unopened: dict[tuple[int, int], tuple[str, str]] = {}
+        # images rejected after a rejected start, before a run was open to hold them: frame -> (reason,
+        # detail), recorded in the run the next good image opens (or outside any run if none does)
         self._errors_before_run: dict[tuple[int | None, int], tuple[str, str]] = {}  # (series, frame) ->
         # a series open with nothing heard for this long is reported silent (``counters``): a detector
         # that stopped without ending its series leaves the run open until the next series starts
