@@ -164,6 +164,13 @@ class Retention:
             return int(used["total"])
         return max(int(used["total"]), self.capacity() - free)
 
+    def _confirmers(self) -> str:
+        """Who must confirm data before it is verified: the required consumers, by name."""
+        names = list(getattr(self.ledger, "required_consumers", ()) or ())
+        if not names:
+            return "the HPC consumer"
+        return f"the required consumer{'' if len(names) == 1 else 's'} ({', '.join(names)})"
+
     def _limit(self) -> int:
         """Bytes the store may fill before it is under pressure (capacity minus the headroom)."""
         return max(0, self.capacity() - self.headroom())
@@ -187,7 +194,7 @@ class Retention:
             less = f": the store's {capacity} less {_size(headroom)} headroom" if headroom else ""
             return (
                 f"local store {state} data not yet verified upstream ({_size(used['unverified'])} of"
-                f" {_size(limit)}{less}); waiting for the HPC consumer to confirm it"
+                f" {_size(limit)}{less}); waiting for {self._confirmers()} to confirm it"
             )
         if used["verified"] > 0 and self.purge_error is not None and self.filled(used) >= limit:
             return (
@@ -460,6 +467,9 @@ class Retention:
         return {
             "capacity_bytes": self.capacity(),
             "headroom_bytes": self.headroom(),  # as kept (at most a quarter of the quota or disk)
+            # unverified data at which new runs are refused (the high-water mark of what the store may
+            # fill): the dashboard's "left" (an outside probe read 6.7 MiB left with 2.4 MiB to refusal)
+            "refuse_at_bytes": int(self._limit() * self.settings.high_water),
             "store_bytes": used["total"],
             "unverified_bytes": used["unverified"],
             "verified_bytes": used["verified"],

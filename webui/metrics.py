@@ -43,6 +43,7 @@ GAUGE_KEYS = {
     "retention": {
         "capacity_bytes",
         "headroom_bytes",
+        "refuse_at_bytes",
         "store_bytes",
         "unverified_bytes",
         "verified_bytes",

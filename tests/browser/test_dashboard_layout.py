@@ -410,11 +410,21 @@ def test_many_runs_and_a_store_at_its_quota_on_a_wall(chromium: str, tmp_path: P
                 " return [b.querySelector('.fill').className, m.hidden, m.style.left]; })()"
             )
             assert bar == ["fill bad", False, "calc(75% - 1px)"], bar
-            # beside it what is left in the store, not the roomy disk's free space (an outside probe read
-            # "73.2 GiB free" beside a store 24 MiB from full): 120 MB less 30 MB headroom less 97 MB
-            assert (
-                browser.evaluate("document.getElementById('disk-free').innerText") == "0 B left in the store"
+            # beside it not the roomy disk's free space (an outside probe read "73.2 GiB free" beside a store
+            # 24 MiB from full): refused, no room is shown at all
+            assert browser.evaluate("document.getElementById('disk-free').innerText") == ""
+            # accepting, what is left before the refusal (another probe read "6.7 MiB left" with 2.4 MiB to it)
+            view.base["retention"].update(
+                accepting_runs=True, refuse_at_bytes=81_000_000, unverified_bytes=70_000_000
             )
+            browser.wait_for(
+                "document.getElementById('disk-free').innerText.includes('before new runs are refused')",
+                10,
+                "left",
+            )
+            left = browser.evaluate("document.getElementById('disk-free').innerText")
+            assert left == "10.5 MiB left before new runs are refused", left
+            view.base["retention"].update(accepting_runs=False)
 
             # then four alarms at once: on a wide screen they go two to a row (one under the other they
             # pushed the runs below the fold at 1920 x 1080, an outside probe); the runs' first rows stay

@@ -12,6 +12,7 @@
 (() => {
   const STALE_MS = 3000; // no status push for this long: "stale"
   const OFFLINE_MS = 4000; // ... for this long (four missed pushes), or the stream broke and a probe failed: "offline"
+  const MODE_MS = 2000; // the next run's mode is asked for again this often (GET /api/reduction)
   const RUNS_MS = 10000; // the runs table is asked for again this often, or sooner when the ledger changed,
   const RUNS_MIN_MS = 3000; // but not more often than this: each row is a where-report the daemon computes
   const RUNS_LIMIT = 50;
@@ -729,11 +730,15 @@
       (refused ? " · new runs refused" : ""));
     const fsFree = `${fmtBytes(disk.free ?? ret.disk_free_bytes)} free`;
     if (byStore) {
-      // the store binds: what is left in it, the file system's free space behind it (an outside probe read
-      // "73.2 GiB free" beside a store 24 MiB from full as plenty of room)
-      const left = Math.max(0, num(ret.capacity_bytes) - num(ret.headroom_bytes) - num(ret.store_bytes));
-      setText("disk-free", `${fmtBytes(left)} left in the store`);
-      $("disk-free").title = `the file system has ${fsFree}; the store may fill its capacity less the headroom`;
+      // the store binds: what is left before new runs are refused (unverified data at the high-water mark
+      // of what it may fill), the file system's free space behind it (outside probes read "73.2 GiB free"
+      // beside a store 24 MiB from full, then "6.7 MiB left" with 2.4 MiB to the refusal, as room)
+      const refuseAt = num(ret.refuse_at_bytes);
+      const left = Number.isFinite(refuseAt)
+        ? Math.max(0, refuseAt - num(ret.unverified_bytes))
+        : Math.max(0, num(ret.capacity_bytes) - num(ret.headroom_bytes) - num(ret.store_bytes));
+      setText("disk-free", refused ? "" : `${fmtBytes(left)} left before new runs are refused`);
+      $("disk-free").title = `the file system has ${fsFree}; new runs are refused once the data not yet verified upstream reaches ${fmtBytes(refuseAt)}`;
     } else {
       setText("disk-free", fsFree);
       $("disk-free").title = "free on the file system holding the store";
@@ -1188,7 +1193,8 @@
       if (!(error instanceof Unreachable)) console.error("dashboard:", error);
     };
     refreshProducts(status).catch(failed);
-    if (!state.modeFetchedAt || Date.now() - state.modeFetchedAt > RUNS_MS || status.appliance?.run_uid !== state.modeRun) {
+    // (every 2 s: a change made elsewhere, another page or a REST client, showed here up to 10 s late)
+    if (!state.modeFetchedAt || Date.now() - state.modeFetchedAt > MODE_MS || status.appliance?.run_uid !== state.modeRun) {
       state.modeRun = status.appliance?.run_uid;
       refreshMode();
     }

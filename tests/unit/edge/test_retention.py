@@ -184,6 +184,25 @@ def test_a_refused_run_says_the_sizes_in_units_people_read(ledger: Ledger, tmp_p
     )
 
 
+def test_the_status_says_where_new_runs_are_refused_and_the_refusal_names_who_must_confirm(
+    tmp_path: Path,
+) -> None:
+    """Outside dashboard probes: "6.7 MiB left in the store" with 2.4 MiB left before the refusal (the
+    high-water mark of what the store may fill), and "waiting for the HPC consumer" when the required
+    consumer was "tape"."""
+    ledger = Ledger(tmp_path / "ledger.sqlite", required_consumers=("tape",))
+    ledger.run_started("run", 1, None, "{}")
+    settings = RetentionSettings(quota_bytes=3 * 2**30 + 2**30, headroom_bytes=2**30, high_water=0.5)
+    retention = Retention(ledger, tmp_path, settings, executor=ManualExecutor())
+    assert retention.status()["refuse_at_bytes"] == int(3 * 2**30 * 0.5)
+    path = tmp_path / "big.h5"
+    path.write_bytes(b"x")
+    ledger.file_stored("run", "big.h5", path, 2 * 2**30, "sum", (0, 0, 1), [(0, 2 * 2**30, "c")])
+    refusal = retention.refusal()
+    assert refusal is not None and "waiting for the required consumer (tape) to confirm it" in refusal
+    ledger.close()
+
+
 def test_stop_shuts_its_own_executor_and_later_checks_keep_the_last_answer(
     ledger: Ledger, tmp_path: Path
 ) -> None:
