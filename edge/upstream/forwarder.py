@@ -182,7 +182,10 @@ class Forwarder:
                 elif protocol:
                     why = f"ZeroMQ protocol error 0x{value:x}"
                 else:  # (the connection went away during it: a client that gave up, or the one above)
-                    why = f"the connection ended during it ({os.strerror(value) if value else 'no detail'})"
+                    why = (
+                        f"the connection ended during it ({os.strerror(value) if value else 'no detail'}):"
+                        " a client without CurveZMQ keys, or one that gave up"
+                    )
                 log.warning(
                     "upstream: a connection to %s failed its handshake: %s (%d such so far; logged once a"
                     " minute; ZeroMQ names no client address)",

@@ -218,10 +218,12 @@ class PullClient:
         except zmq.Again:
             if self._count("sends_dropped"):
                 log.warning(
-                    "no way to the appliance at %s (%d messages not sent so far): is it up, and does it "
-                    "accept this client's key?",
+                    "no way to the appliance at %s (%d messages not sent so far): is it up, and %s?",
                     self.endpoint,
                     self.stats["sends_dropped"],
+                    "does it require CurveZMQ (this client has no keys)"
+                    if self.curve is None
+                    else "does it accept this client's key",
                 )
 
     def _sync(self) -> bool:
