@@ -78,13 +78,7 @@ def _cut_run(
 ) -> tuple[Ledger, RunRecorder, str]:
     """A run of ``expected`` frames that stored the first ``stored`` (one file) and ended ``status`` with
     the rest recorded lost for ``reason``."""
-    ledger = Ledger(tmp_path / "ledger.sqlite")
-    recorder = RunRecorder(ledger, tmp_path, chunk_bytes=1 << 20)
-    run_uid = recorder.open_run(uid, series=series, frames_expected=expected, config={"shape": [4, 4]})
-    data = tmp_path / run_uid / f"{run_uid}_00000.h5"
-    data.parent.mkdir()
-    data.write_bytes(f"frames 0..{stored - 1}".encode())
-    recorder.register_file(run_uid, data, (0, stored - 1, stored))
+    ledger, recorder, run_uid = _open_run_with_one_file(tmp_path, uid, series, expected, stored)
     recorder.loss(run_uid, stored, expected - 1, reason, "cut")
     recorder.close_run(run_uid, stored, status)
     return ledger, recorder, run_uid
