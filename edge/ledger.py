@@ -90,6 +90,18 @@ CREATE TABLE IF NOT EXISTS losses (
     detail TEXT NOT NULL DEFAULT '',
     at REAL NOT NULL
 );
+-- a required consumer that refused every chunk (its disk full), while it does: a restarted daemon holds it
+-- back still, its runs' reduced files and documents first (an outside probe: a fresh start sent the big
+-- data files first, which could take the last of its space). Outside the schema version: an older edge
+-- ignores it, and a ledger without it gets it here
+CREATE TABLE IF NOT EXISTS consumer_refusals (
+    consumer TEXT PRIMARY KEY,
+    refused_in_a_row INTEGER NOT NULL,
+    hold_back REAL NOT NULL,
+    files TEXT NOT NULL,
+    last_refusal TEXT NOT NULL,
+    at REAL NOT NULL
+);
 CREATE INDEX IF NOT EXISTS chunks_by_state ON chunks(state, id);
 CREATE INDEX IF NOT EXISTS files_by_state ON files(state, id);
 CREATE INDEX IF NOT EXISTS files_by_verified ON files(verified_at);
@@ -569,6 +581,41 @@ class Ledger:
             " ORDER BY f.id, c.idx LIMIT ?",
             (*excluded, consumer, consumer, limit),
         )
+
+    def consumer_refusing(
+        self, consumer: str, refused_in_a_row: int, hold_back: float, files: Iterable[int], last_refusal: str
+    ) -> None:
+        """Record that ``consumer`` refuses every chunk: how many in a row, its pause, the files it refused
+        (their ids) and the newest refusal's reason; kept until :meth:`consumer_takes_again`."""
+        with self._lock, self._transaction() as db:
+            db.execute(
+                "INSERT OR REPLACE INTO consumer_refusals VALUES (?, ?, ?, ?, ?, ?)",
+                (
+                    consumer,
+                    int(refused_in_a_row),
+                    float(hold_back),
+                    json.dumps(sorted(int(f) for f in files)),
+                    last_refusal,
+                    time.time(),
+                ),
+            )
+
+    def consumer_takes_again(self, consumer: str) -> None:
+        with self._lock, self._transaction() as db:
+            db.execute("DELETE FROM consumer_refusals WHERE consumer=?", (consumer,))
+
+    def consumer_refusals(self, consumer: str) -> dict[str, Any] | None:
+        """What :meth:`consumer_refusing` recorded for ``consumer`` (``files`` a list of ids, ``at`` the
+        wall-clock time), or None: it was taking chunks when last heard from."""
+        rows = self._rows("SELECT * FROM consumer_refusals WHERE consumer=?", (consumer,))
+        if not rows:
+            return None
+        row = dict(rows[0])
+        try:
+            row["files"] = [int(f) for f in json.loads(row["files"])]
+        except (ValueError, TypeError):
+            row["files"] = []
+        return row
 
     def chunks_sent(self, chunk_ids: Sequence[int]) -> None:
         if not chunk_ids:

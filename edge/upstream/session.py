@@ -18,6 +18,7 @@ import mmap
 import os
 import random
 import sqlite3
+import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -89,6 +90,14 @@ class ChunkLedger(Protocol):
     ) -> bool | None: ...
 
     def verified_path(self, file_id: int) -> str | None: ...
+
+    def consumer_refusing(
+        self, consumer: str, refused_in_a_row: int, hold_back: float, files: Iterable[int], last_refusal: str
+    ) -> None: ...
+
+    def consumer_takes_again(self, consumer: str) -> None: ...
+
+    def consumer_refusals(self, consumer: str) -> dict[str, Any] | None: ...
 
 
 def read_range(path: str, offset: int, length: int) -> bytes | memoryview:
@@ -304,6 +313,7 @@ class ForwarderSession:
                     consumer.name,
                     consumer.refused_in_a_row,
                 )
+                self._remember(consumer, refusing=False)
             if consumer.refusing_everything and several_refused:
                 # what refused every file (its disk full) is gone: the files and chunks it held back go
                 # now, not after their own pauses (an outside probe: the first file refused arrived a
@@ -511,6 +521,8 @@ class ForwarderSession:
             # full) waits out the pause it was given, and its refusals count on (a counter never goes down)
             for kept in _REFUSAL_STATE:
                 setattr(state, kept, getattr(old, kept))
+        else:
+            self._recall(state, now)
         self.consumers[hello.consumer] = state
         self._by_identity[identity] = hello.consumer
         self._forget_silent(now)
@@ -522,6 +534,52 @@ class ForwarderSession:
                 asked = f"{asked[:20]}... ({len(asked.lstrip('-'))} digits)"
             log.info("consumer %s connected (credit %d; it asked for %s)", hello.consumer, credit, asked)
         return [Outgoing(identity, p.Welcome(self.appliance_id, CHECKSUM)), *out]
+
+    def _remember(self, consumer: ConsumerState, refusing: bool) -> None:
+        """Keep in the ledger whether a consumer refuses everything (and what), so that a restarted daemon
+        holds it back still and sends the runs' reduced files and documents first, not the big data files
+        that could take the last of its space. A ledger that cannot record it (its disk full too) costs
+        only that: counted in ``refusals_not_kept``, logged once."""
+        try:
+            if refusing:
+                self.ledger.consumer_refusing(
+                    consumer.name,
+                    consumer.refused_in_a_row,
+                    consumer.hold_back,
+                    consumer.file_refusals.keys(),
+                    consumer.last_refusal,
+                )
+            else:
+                self.ledger.consumer_takes_again(consumer.name)
+        except sqlite3.Error as error:
+            self.stats["refusals_not_kept"] += 1
+            if self.stats["refusals_not_kept"] == 1:
+                log.warning("cannot keep consumer %s's refusals in the ledger: %s", consumer.name, error)
+
+    def _recall(self, consumer: ConsumerState, now: float) -> None:
+        """A consumer first heard from since the daemon started, which refused everything when last heard
+        from: it is held back still (its pause over: one chunk of what it refused goes, after the runs'
+        reduced files and documents it did not refuse). Its first chunk taken ends that, as ever."""
+        try:
+            kept = self.ledger.consumer_refusals(consumer.name)
+        except sqlite3.Error as error:
+            log.warning("cannot read consumer %s's refusals from the ledger: %s", consumer.name, error)
+            return
+        if kept is None:
+            return
+        consumer.refused_in_a_row = max(REFUSING_IN_A_ROW, int(kept["refused_in_a_row"]))
+        consumer.hold_back = max(0.0, min(float(kept["hold_back"]), MAX_HOLD_BACK_SECONDS))
+        consumer.held_back_until = now
+        consumer.file_refusals = {int(f): set() for f in kept["files"][-MAX_FILES_HELD:]}
+        consumer.last_refusal = str(kept["last_refusal"])
+        consumer.last_refusal_at = now - max(0.0, time.time() - float(kept["at"]))
+        log.warning(
+            "consumer %s refused every chunk when last heard from (%d in a row, the newest: %s): it is held"
+            " back still, the runs' reduced files and documents first, until it takes a chunk",
+            consumer.name,
+            consumer.refused_in_a_row,
+            consumer.last_refusal,
+        )
 
     def _next_pause(self, pause: float) -> float:
         """The pause after one of ``pause`` seconds (0: none yet) was met by another refusal: from
@@ -559,6 +617,7 @@ class ForwarderSession:
             consumer.hold_back = self._next_pause(consumer.hold_back)
             consumer.held_back_until = now + consumer.hold_back
             self.stats["consumer_hold_backs"] += 1
+            self._remember(consumer, refusing=True)
             if first:
                 log.warning(
                     "consumer %s refused %d chunks in a row (the newest: %s): it is sent one chunk at a"

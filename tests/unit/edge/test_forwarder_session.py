@@ -539,6 +539,66 @@ def test_files_a_consumer_refusing_everything_never_refused_go_while_the_refused
     ledger.close()
 
 
+def test_a_restarted_daemon_holds_back_a_consumer_that_refused_everything_proof_first(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A restart forgot that the HPC side refused everything (its disk full): the fresh session sent the
+    oldest files first, the big data files' chunks on its whole credit, which could take the last of the
+    consumer's space before the runs' reduced files and documents. The ledger keeps that it refuses
+    everything; a restarted daemon holds it back still and sends the proof it never refused first."""
+    ledger = Ledger(tmp_path / "ledger.sqlite", required_consumers=("hpc",))
+    ledger.run_started("run", 1, 2, "{}")
+
+    def store(n: int, chunks_of_1024: int, kind: str = "data") -> int:
+        path = tmp_path / f"run_{n:05d}.h5"
+        path.write_bytes(bytes([n]) * 1024 * chunks_of_1024)
+        size, digest, parts = file_checksums(path, 1024)
+        return ledger.file_stored("run", path.name, path, size, digest, (n, n, 1), parts, kind)
+
+    big = {store(0, 8), store(1, 8)}
+    session = ForwarderSession(ledger, resend_seconds=1.0)
+    connect(session, credit=16)
+    now = 0.0
+    while now < 10.0:  # the consumer's disk full: everything refused, it is held back
+        for chunk in chunks(session.tick(now)):
+            session.receive(PEER, frames(p.Nack(chunk.chunk_id, "No space left on device")), now)
+        now += 0.5
+    assert session.consumer_states(now)[0]["held_back"]
+    small = {store(2, 1, "reduced"), store(3, 1, "documents")}
+    # the daemon restarts (a new session on the same ledger); the consumer connects again
+    caplog.set_level(logging.WARNING, logger="edge.upstream.session")
+    restarted = ForwarderSession(ledger, resend_seconds=1.0)
+    connect(restarted, credit=16, now=100.0, peer=b"peer-2")
+    state = restarted.consumer_states(100.0)[0]
+    assert state["held_back"] and state["last_refusal"] == "No space left on device"
+    assert any("when last heard from" in r.message for r in caplog.records)
+    first = chunks(restarted.tick(100.0))
+    assert {c.file_id for c in first} == small, [c.file_id for c in first]
+    view = restarted.consumer_states(100.0)
+
+    class Verified:
+        required_consumers = ("hpc",)
+
+        def verified_rate(self, window: float, now: float) -> float:
+            return 1e6
+
+        def oldest_unverified_at(self) -> float | None:
+            return 0.0
+
+    assert upstream_outlook(Verified(), 1 << 20, {"consumers": view}, 100.0)["state"] == "stalled"
+    for chunk in first:
+        ack(restarted, chunk, 100.1, peer=b"peer-2")
+    (probe,) = chunks(restarted.tick(100.2))  # then one chunk of what it refused, to see if there is room
+    assert probe.file_id in big
+    ack(restarted, probe, 100.3, peer=b"peer-2")  # room again: that ends it, here and in the ledger
+    assert len(chunks(restarted.tick(100.4))) == 15
+    assert ledger.consumer_refusals("hpc") is None
+    again = ForwarderSession(ledger, resend_seconds=1.0)
+    connect(again, credit=4, now=200.0, peer=b"peer-3")
+    assert not again.consumer_states(200.0)[0]["held_back"]
+    ledger.close()
+
+
 def test_a_consumer_name_outside_the_rules_is_refused(ledger: Ledger) -> None:
     session = ForwarderSession(ledger)
     for name in ("", "a/b", "x" * 65, "hpc\n"):
