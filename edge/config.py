@@ -612,7 +612,9 @@ class RetentionSettings(_Section):
     """What may be deleted locally, and when: only ever files every required consumer verified."""
 
     unforwarded: Literal["keep", "purge_after_days"] = Field(
-        "keep", description="files never forwarded (upstream.forward): kept, or purged after unforwarded_days"
+        "keep",
+        description="files never forwarded (upstream.forward): kept, or purged after unforwarded_days. Kept"
+        " files count against the quota: once they pass the high-water mark, every new run is refused",
     )
     unforwarded_days: float = Field(30.0, gt=0, le=36500)
 

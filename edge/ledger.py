@@ -775,16 +775,20 @@ class Ledger:
 
     # -- retention -----------------------------------------------------------------------------------
     def store_usage(self) -> dict[str, int]:
-        """Bytes of files still on local disk, by whether they may be purged, and all ever written."""
+        """Bytes of files still on local disk, by whether they may be purged (``local``: never forwarded,
+        kept by ``retention.unforwarded``), and all ever written."""
         rows = self._rows(
             "SELECT COALESCE(SUM(CASE WHEN state != 'purged' THEN bytes END), 0) AS total,"
             " COALESCE(SUM(CASE WHEN state = 'verified' THEN bytes END), 0) AS verified,"
+            " COALESCE(SUM(CASE WHEN state = 'local' THEN bytes END), 0) AS local,"
             " COALESCE(SUM(bytes), 0) AS written FROM file_totals"
         )[0]
         return {
             "total": int(rows["total"]),
             "verified": int(rows["verified"]),
+            # not purgeable: not yet verified upstream, or never forwarded (``local``, counted in it)
             "unverified": int(rows["total"]) - int(rows["verified"]),
+            "local": int(rows["local"]),
             "written": int(rows["written"]),
         }
 

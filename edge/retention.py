@@ -192,9 +192,25 @@ class Retention:
             headroom = self.headroom()
             capacity = _size(self.capacity())
             less = f": the store's {capacity} less {_size(headroom)} headroom" if headroom else ""
+            local = int(used.get("local", 0))
+            if not local:
+                return (
+                    f"local store {state} data not yet verified upstream ({_size(used['unverified'])} of"
+                    f" {_size(limit)}{less}); waiting for {self._confirmers()} to confirm it"
+                )
+            # files never forwarded (upstream.forward) are no consumer's to free: said so, apart (an outside
+            # probe: refused "waiting for hpc", the outlook saying every stored file was verified)
+            waiting = used["unverified"] - local
+            upstream = f", {_size(waiting)} waiting for {self._confirmers()} to confirm it" if waiting else ""
+            freed_by = (
+                f"until retention.unforwarded_days = {self.settings.unforwarded_days:g} retires them"
+                if self.settings.unforwarded == "purge_after_days"
+                else "with retention.unforwarded = keep only a larger quota or moving them away frees it"
+            )
             return (
-                f"local store {state} data not yet verified upstream ({_size(used['unverified'])} of"
-                f" {_size(limit)}{less}); waiting for {self._confirmers()} to confirm it"
+                f"local store {state} data it may not delete ({_size(used['unverified'])} of {_size(limit)}"
+                f"{less}): {_size(local)} never forwarded (upstream.forward), kept local ({freed_by})"
+                f"{upstream}"
             )
         if used["verified"] > 0 and self.purge_error is not None and self.filled(used) >= limit:
             return (
@@ -472,6 +488,8 @@ class Retention:
             "refuse_at_bytes": int(self._limit() * self.settings.high_water),
             "store_bytes": used["total"],
             "unverified_bytes": used["unverified"],
+            # of them, files never forwarded (upstream.forward): no consumer's confirmation frees them
+            "local_bytes": int(used.get("local", 0)),
             "verified_bytes": used["verified"],
             "disk_free_bytes": disk.free,
             "disk_percent": disk.percent,

@@ -46,6 +46,7 @@ GAUGE_KEYS = {
         "refuse_at_bytes",
         "store_bytes",
         "unverified_bytes",
+        "local_bytes",
         "verified_bytes",
         "disk_free_bytes",
         "disk_percent",

@@ -424,6 +424,13 @@ def test_many_runs_and_a_store_at_its_quota_on_a_wall(chromium: str, tmp_path: P
             )
             left = browser.evaluate("document.getElementById('disk-free').innerText")
             assert left == "10.5 MiB left before new runs are refused", left
+            # files never forwarded named apart: no consumer frees them (a probe read "waiting for hpc")
+            view.base["retention"].update(local_bytes=60 * 2**20)
+            browser.wait_for(
+                "document.getElementById('store-unverified').innerText.includes('kept local')", 10, "local"
+            )
+            cell = browser.evaluate("document.getElementById('store-unverified').innerText")
+            assert cell == "66.8 MiB (60.0 MiB kept local)", cell
             view.base["retention"].update(accepting_runs=False)
 
             # then four alarms at once: on a wide screen they go two to a row (one under the other they

@@ -745,7 +745,15 @@
     }
     setText("store-bytes", `${fmtBytes(ret.store_bytes)} / ${fmtBytes(ret.capacity_bytes)}`);
     $("store-bytes").title = "bytes in the local store / the store's capacity (quota, or the disk)";
-    setText("store-unverified", fmtBytes(ret.unverified_bytes), ret.alarm ? "bad" : "");
+    // files never forwarded (upstream.forward) apart: no consumer frees them (an outside probe read the
+    // refusal "waiting for hpc" beside an outlook that said every stored file was verified)
+    const local = num(ret.local_bytes);
+    setText("store-unverified", local > 0
+      ? `${fmtBytes(ret.unverified_bytes)} (${fmtBytes(local)} kept local)` : fmtBytes(ret.unverified_bytes),
+      ret.alarm ? "bad" : "");
+    $("store-unverified").title = local > 0
+      ? `not deletable: ${fmtBytes(local)} never forwarded (upstream.forward), kept local by retention.unforwarded; the rest waits for the consumers' confirmation`
+      : "not yet verified upstream: not deletable";
     setText("store-verified", fmtBytes(ret.verified_bytes));
     // 0: full now (it read "not filling" beside "new runs refused": an outside probe); null: not growing
     const fullIn = ret.full_in_seconds;

@@ -203,6 +203,38 @@ def test_the_status_says_where_new_runs_are_refused_and_the_refusal_names_who_mu
     ledger.close()
 
 
+def test_a_store_filled_by_files_never_forwarded_says_so_not_waiting_for_the_consumer(tmp_path: Path) -> None:
+    """An outside probe (upstream.forward = reduced, retention.unforwarded = keep, a quota): new runs were
+    refused "data not yet verified upstream ...; waiting for the required consumer (hpc) to confirm it"
+    while the outlook said every stored file was verified: the raw files never forwarded filled the store,
+    and no consumer could free them. The refusal names them apart, with what frees them, and the status
+    counts them (``local_bytes``)."""
+    ledger = Ledger(tmp_path / "ledger.sqlite", required_consumers=("hpc",))
+    ledger.run_started("run", 1, None, "{}")
+    settings = RetentionSettings(quota_bytes=4 * 2**30, headroom_bytes=2**30, high_water=0.5)
+    retention = Retention(ledger, tmp_path, settings, executor=ManualExecutor())
+    path = tmp_path / "raw.h5"
+    path.write_bytes(b"x")
+    size = 2 * 2**30
+    ledger.file_stored("run", "raw.h5", path, size, "sum", (0, 0, 1), [(0, size, "c")], "data", True)
+    refusal = retention.refusal()
+    assert refusal is not None and "2.0 GiB never forwarded (upstream.forward), kept local" in refusal
+    assert "larger quota" in refusal and "waiting for" not in refusal
+    status = retention.status()
+    assert status["local_bytes"] == size and status["unverified_bytes"] == size
+    small = tmp_path / "reduced.nxs"
+    small.write_bytes(b"x")
+    ledger.file_stored("run", "reduced.nxs", small, 2**20, "sum", (0, 0, 1), [(0, 2**20, "c")], "reduced")
+    refusal = retention.refusal()
+    assert refusal is not None and "1.0 MiB waiting for the required consumer (hpc) to confirm it" in refusal
+    policy = RetentionSettings(
+        quota_bytes=4 * 2**30, headroom_bytes=2**30, high_water=0.5, unforwarded="purge_after_days"
+    )
+    retiring = Retention(ledger, tmp_path, policy, executor=ManualExecutor())
+    assert "until retention.unforwarded_days = 30 retires them" in (retiring.refusal() or "")
+    ledger.close()
+
+
 def test_stop_shuts_its_own_executor_and_later_checks_keep_the_last_answer(
     ledger: Ledger, tmp_path: Path
 ) -> None:
