@@ -287,6 +287,7 @@ class ApplianceIOC:
         self._own_series = 0  # series started up to the end of this appliance's last Acquire
         self._last_rate_sample: tuple[float, int] | None = None
         self._run_uid: str | None = None
+        self._file_run_of: tuple[str, str] | None = None  # (current run, the run whose files are shown)
         self._message = ""
         self._remove_listener: Callable[[], None] | None = None
         self._camera_state: str | None = None  # the camera's last state seen (`_detector_changed`)
@@ -1426,10 +1427,21 @@ class ApplianceIOC:
             # the current (or last) run, whoever started it (RunUid_RBV names it): its files give
             # NumCaptured_RBV and FullFileName_RBV, not this IOC's own last run's (an outside probe read
             # a new camera-started run's uid beside the count of an earlier scan)
-            run_uid = str(current)
+            run_uid = self._file_run(str(current))
         files = self.view.run_files(run_uid) if run_uid is not None else []
         tally = self.view.product_tally()
         return status, files, self.refusal(), self._parameters(), tally
+
+    def _file_run(self, current: str) -> str:
+        """The run whose files ``NumCaptured_RBV`` and ``FullFileName_RBV`` show while no acquisition or
+        capture of this IOC is going: the current one, or, when it continues a capture cut by a restart,
+        that capture. The resumed frames are in the store's own files, not the capture's: counted beside
+        the capture's file, they were stream datums past its end (an outside probe: ophyd-async's fly
+        scan through a restart made 54 datums against a file of 46 frames). (Blocking: in a thread.)"""
+        known = self._file_run_of
+        if known is None or known[0] != current:
+            known = self._file_run_of = (current, self.view.capture_continued(current) or current)
+        return known[1]
 
     def _settle_acquire(self) -> None:
         """``Acquire`` back to 0 if softioc wrote a client's 1 back after the run's put completed (the reset

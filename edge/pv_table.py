@@ -1158,7 +1158,7 @@ PVS: tuple[PvSpec, ...] = (
         "HDF1:FullFileName_RBV",
         "longStringIn",
         "char[256]",
-        "Path of the capture's file (or the last file written).",
+        "Path of the capture's file (or the last file written; after a restart mid-capture, the capture's file).",
         length=LONG_STRING,
     ),
     PvSpec(
@@ -1199,7 +1199,7 @@ PVS: tuple[PvSpec, ...] = (
         "longIn",
         "long",
         "Frames written in the open capture (across its acquisitions), else of the current (or last) run "
-        "in closed files.",
+        "in closed files (of a run resuming a capture after a restart: the capture's file's).",
     ),
     _rbv(
         "HDF1:WriteStatus",

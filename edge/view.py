@@ -24,7 +24,7 @@ from edge.frame_format import FrameFormat, preview_image
 from edge.http_guard import REFUSED
 from edge.ledger import Ledger
 from edge.upstream.outlook import stall, upstream_outlook
-from edge.where import resolve_run, where_report
+from edge.where import resolve_run, run_config, where_report
 from kernels import Geometry
 
 
@@ -291,6 +291,22 @@ class ApplianceView:
 
     def run_files(self, run_uid: str) -> list[dict[str, Any]]:
         return self._p.ledger.files(run_uid)
+
+    def capture_continued(self, run_uid: str) -> str | None:
+        """The capture (``HDF1:Capture``) run that ``run_uid`` continues after restarts (one resumed
+        run after another), or None: ``run_uid`` is no such continuation, or unknown."""
+        ledger = self._p.ledger
+        for _ in range(16):  # (a chain of restarts; never a loop, whatever the ledger holds)
+            try:
+                earlier = run_config(ledger.run(run_uid).get("config")).get("resumes_run")
+                if not earlier:
+                    return None
+                if run_config(ledger.run(str(earlier)).get("config")).get("capture_file"):
+                    return str(earlier)
+            except NotFound:
+                return None
+            run_uid = str(earlier)
+        return None
 
     def run_totals(self, run_uid: str) -> dict[str, Any] | None:
         """The run's totals once it has ended in the ledger, else None."""

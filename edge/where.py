@@ -57,7 +57,7 @@ def also_named(ledger: Ledger, run_uid: str, config: Any) -> tuple[str, list[str
     """For the where report: the uid the detector gave this run, and the other runs it names (recorded
     under fresh uids, as it was not a file name or already a run's); index lookups, cheap enough for a
     page that refreshes."""
-    own = _config(config).get("detector_run_uid")
+    own = run_config(config).get("detector_run_uid")
     named = str(own) if own else run_uid
     others = [uid for uid in ledger.runs_named_by_detector(named) if uid != run_uid]
     if named != run_uid:  # a replaced uid: the run that has it, if one does
@@ -121,7 +121,7 @@ def where_report(
     chunk_acks = ledger.chunk_ack_counts(run_uid)
     copies = ledger.file_copies(run_uid)
     consumers = list(ledger.required_consumers)
-    config = _config(run.get("config"))
+    config = run_config(run.get("config"))
     forward = config.get("upstream_forward", "all")
     pending = 0
     rows = []
@@ -316,7 +316,7 @@ def header_notes(config: dict[str, Any]) -> list[str]:
     return notes
 
 
-def _config(text: Any) -> dict[str, Any]:
+def run_config(text: Any) -> dict[str, Any]:
     """The run's recorded configuration (JSON in the ledger); {} when unreadable."""
     try:
         value = json.loads(text or "{}")
@@ -457,7 +457,7 @@ def _continued_at(ledger: Any, later: list[str]) -> int | None:
     """The frame of the series at which the first run continuing it began (None: none, or unknown)."""
     for run_uid in later[:1]:
         with contextlib.suppress(Exception):  # (a run since deleted from the ledger: unknown)
-            first = _config(ledger.run(run_uid)["config"]).get("first_frame")
+            first = run_config(ledger.run(run_uid)["config"]).get("first_frame")
             return int(first) if isinstance(first, int) and not isinstance(first, bool) else None
     return None
 
@@ -469,7 +469,7 @@ def _expected_text(report: dict[str, Any]) -> str:
     # a run resumed after a restart saw no series header: its series' length is the interrupted run's
     expected = report["frames_expected"] or (report.get("series_frames_expected") if first else None)
     if not expected:
-        if _config(report.get("config")).get("capture_file"):
+        if run_config(report.get("config")).get("capture_file"):
             # a capture's run: as many as its client captured (Capture 0 ends it), across its series
             # (an outside probe read "expected unknown" beside "LOST frames 65..199")
             return "expected: as many as the capture took, across its series (Capture 0 ends it)"

@@ -172,7 +172,8 @@ class Stack:
         except (TimeoutError, RuntimeError) as error:
             pytest.fail(f"simulator did not start: {error}\n{self.log('sim')}")
 
-    def start_daemon(self) -> None:
+    def start_daemon(self, idle: bool = True) -> None:
+        """Start ``edge run``; wait for its API and (``idle``) for its IOC to see the camera Idle."""
         env = self._env(
             EPICS_CA_ADDR_LIST=f"127.0.0.1:{self.sim_port}", EPICS_CAS_SERVER_PORT=str(self.edge_port)
         )
@@ -187,6 +188,8 @@ class Stack:
                 return False
 
         wait_until(api_up, START_TIMEOUT, "the daemon's API", interval=0.2)
+        if not idle:
+            return
         epics = _epics()
         wait_until(
             lambda: _state_is(epics, self.prefix + "DetectorState_RBV", "Idle"),
@@ -539,6 +542,41 @@ def test_a_series_stopped_at_the_camera_ends_abort_and_one_the_appliance_did_not
     run = wait_until(lambda: (r := stack.run(other))["ended_at"] is not None and r, 30, "that run's end")
     assert run["exit_status"] == "abort" and run["totals"]["frames_lost"] == 0, run
     assert stack.procs["daemon"].poll() is None
+
+
+def test_after_a_restart_mid_capture_num_captured_counts_the_capture_s_file_not_the_resumed_run(
+    stack: Stack,
+) -> None:
+    """An outside probe: an ophyd-async fly scan through a daemon restart made stream datums of 54 frames
+    against a capture file of 46: after the restart ``NumCaptured_RBV`` counted the resumed run's frames
+    (in the store's own files) beside the capture's file. It now counts the capture's file, which
+    ``FullFileName_RBV`` names; ``RunUid_RBV`` names the resumed run."""
+    epics = _epics()
+    p = stack.prefix
+    _put(stack, "HDF1:FileName", "cut")
+    _put(stack, "HDF1:NumCapture", 0)
+    _put(stack, "HDF1:Capture", 1)
+    capture_run = _camera_started_directly(stack, 1500, "the capture's run open")
+    wait_until(lambda: (epics.caget(p + "HDF1:NumCaptured_RBV") or 0) >= 20, 30, "frames captured")
+    stack.kill("daemon")
+    stack.start_daemon(idle=False)
+    resumed = wait_until(
+        lambda: (uid := stack.status()["appliance"]["run_uid"]) not in (None, capture_run) and uid,
+        60,
+        "the resumed run",
+    )
+    wait_until(  # some of the resumed run's frames are in closed files
+        lambda: any(f["n_frames"] for f in stack.run(resumed)["files"]), 60, "the resumed run's files"
+    )
+    time.sleep(1.5)  # (the IOC's refresh)
+    interrupted = stack.run(capture_run)
+    assert interrupted["ended_at"] is not None
+    in_file = sum(int(f["n_frames"]) for f in interrupted["files"] if str(f["path"]).endswith(".h5"))
+    assert in_file >= 20
+    assert epics.caget(p + "HDF1:NumCaptured_RBV", use_monitor=False) == in_file
+    assert "cut" in epics.caget(p + "HDF1:FullFileName_RBV", as_string=True, use_monitor=False)
+    assert epics.caget(p + "RunUid_RBV", as_string=True, use_monitor=False) == resumed
+    assert epics.caput(stack.cam_prefix + "Acquire", 0, wait=True, timeout=30) == 1
 
 
 def test_acquire_0_inside_a_capture_completes_once_the_capture_closed_and_a_next_capture_opens(
