@@ -1158,7 +1158,8 @@ PVS: tuple[PvSpec, ...] = (
         "HDF1:FullFileName_RBV",
         "longStringIn",
         "char[256]",
-        "Path of the capture's file (or the last file written; after a restart mid-capture, the capture's file).",
+        "Path of the capture's file (or the last file written; after a restart mid-capture, the "
+        "capture's file).",
         length=LONG_STRING,
     ),
     PvSpec(
