@@ -27,6 +27,8 @@ from edge.config import ReductionSettings, Settings
 from edge.diskguard import DiskGuard
 from edge.errors import ConfigError
 from edge.frame_format import FrameFormat, frame_format, preview_step, udp_geometry
+from edge.held_journal import HeldJournal
+from edge.held_journal import replay as replay_held
 from edge.ledger import Ledger
 from edge.modes import Corrections
 from edge.pipeline import Pipeline, WarmUps, reduced_file_bytes
@@ -693,9 +695,21 @@ class Appliance:
             )
         self.ledger = Ledger(settings.ledger_path, settings.upstream.required_consumers)
         self.ledger.reconcile_verified()  # the daemon's own list decides what is verified (purgeable)
+        # records a full disk held back when the last daemon stopped (or was killed): written before the
+        # recovery, which then accounts for their runs (those the disk refuses again stay held)
+        journal = HeldJournal(settings.ledger_path.with_name("ledger.held"))
+        journal.make()
+        _written, still_held = replay_held(self.ledger, journal)
         self.recorder = RunRecorder(
-            self.ledger, store.path, store.chunk_bytes, settings.upstream.forward, disk=self.disk
+            self.ledger,
+            store.path,
+            store.chunk_bytes,
+            settings.upstream.forward,
+            disk=self.disk,
+            journal=journal,
         )
+        if still_held:
+            self.recorder.hold(still_held)
         self.recovery = recover(self.recorder, store.path)
         stale, freed = sweep_stale_rings(() if settings.ring.name is None else (settings.ring.name,))
         if stale:

@@ -23,6 +23,7 @@ from typing import Any
 from edge.diskguard import DiskGuard, is_no_space
 from edge.documents import run_documents, write_documents
 from edge.durable import drop_cached, file_checksums
+from edge.held_journal import HeldJournal
 from edge.ledger import NOT_ACQUIRED_REASONS, PARTIAL_LOSS_REASONS, Ledger
 from edge.logs import lost
 from edge.store import ClosedFile
@@ -48,13 +49,17 @@ class RunRecorder:
         chunk_bytes: int,
         forward: str = "all",
         disk: DiskGuard | None = None,
+        journal: HeldJournal | None = None,
     ) -> None:
         self.ledger = ledger
         self.disk = disk
+        # where held records are kept as they are held: a stop or a crash does not lose them
+        self.journal = journal
         self._pending_documents: dict[str, str] = {}  # run -> exit status, not written (disk full)
         # ledger writes a full disk refused even after the reserve was given up (a competing writer took
         # it, or there was none): held here in order, written first when space returns
         self._held: list[tuple[Callable[..., Any], tuple[Any, ...]]] = []
+        self._not_journaled = 0  # held records the journal had no room for, as last counted
         self._held_lock = threading.RLock()
         # files a full disk refused, made later: (what, how, of which run)
         self._deferred: list[tuple[str, Callable[[], Any], str | None]] = []
@@ -268,6 +273,25 @@ class RunRecorder:
                 return
         self._held.append((write, args))
         self._count("ledger_writes_held")
+        self._journal_held()
+
+    def hold(self, entries: list[tuple[str, list[Any]]]) -> None:
+        """Records a stopped daemon held back that the full disk refuses again at this start (see
+        `edge.held_journal.replay`): held, in order, ahead of any this daemon holds."""
+        with self._held_lock:
+            self._held[:0] = [(getattr(self.ledger, name), tuple(args)) for name, args in entries]
+            self._count("ledger_writes_held", len(entries))
+            self._journal_held()
+
+    def _journal_held(self, extra: list[tuple[str, list[Any]]] | None = None) -> None:
+        """Keep the held records (and ``extra`` ones) in the journal, as they are now."""
+        if self.journal is None:
+            return
+        entries = [(getattr(w, "__name__", "?"), list(a)) for w, a in self._held] + (extra or [])
+        missing = len(entries) - self.journal.keep(entries)
+        if missing > self._not_journaled:  # (counted once each: the list is kept whole every time)
+            self._count("ledger_writes_not_journaled", missing - self._not_journaled)
+        self._not_journaled = missing
 
     def _write_held(self) -> bool:
         """Make the held ledger writes, oldest first; False if the disk refuses again."""
@@ -285,6 +309,9 @@ class RunRecorder:
                 else:
                     self._count("ledger_writes_made_late")
                 self._held.pop(0)
+            if self.journal is not None and self.journal.usable:
+                self.journal.clear()
+                self._not_journaled = 0
             return True
 
     def _write_failed_late(self, write: Callable[..., Any], args: tuple[Any, ...], error: Exception) -> None:
@@ -319,10 +346,19 @@ class RunRecorder:
             log.error("not written: %s", what)
         for run_uid in documents:
             log.error("not written: run %s documents", run_uid)
-        for run_uid in sorted(runs | set(documents)):
-            self._reopen_for_recovery(run_uid)
+        unopened = [
+            run_uid for run_uid in sorted(runs | set(documents)) if not self._reopen_for_recovery(run_uid)
+        ]
+        with self._held_lock:  # kept for the next start, the runs to reopen after their records
+            self._journal_held([("run_reopened", [run_uid]) for run_uid in unopened])
+        if self.journal is not None and self.journal.usable and not self._not_journaled:
+            log.error(
+                "the records not written are kept in %s: the next start writes them to the ledger before"
+                " its recovery",
+                self.journal.path,
+            )
 
-    def _reopen_for_recovery(self, run_uid: str) -> None:
+    def _reopen_for_recovery(self, run_uid: str) -> bool:
         """A run whose reduced file or documents were never written: its end is taken back in the ledger,
         so that the next start's recovery finds it open and accounts for its frames (stored ones in a
         recovered frame table, those only the lost rows told of as ``daemon_crash``) and writes its
@@ -332,16 +368,17 @@ class RunRecorder:
         try:
             run = self.ledger.run(run_uid)
             if run.get("ended_at") is None:
-                return  # open still (its end held too): recovery finds it so
+                return True  # open still (its end held too): recovery finds it so
             self.ledger.run_reopened(run_uid)
         except Exception as error:
             log.error("run %s could not be reopened for the next start's recovery: %s", run_uid, error)
-            return
+            return False
         log.error(
             "run %s reopened in the ledger: the next start's recovery accounts for its frames and writes"
             " its frame table and documents",
             run_uid,
         )
+        return True
 
     def held(self) -> int:
         """How many ledger writes wait for space."""

@@ -146,6 +146,7 @@ class ApplianceView:
                         "runs_failed_all_lost",
                         "header_fields_ignored",
                         "header_fields_truncated",
+                        "ledger_writes_not_journaled",
                     )
                 },
                 "disk_full": p.recorder.disk.status() if p.recorder.disk is not None else {"full": False},

@@ -453,3 +453,68 @@ def test_a_run_whose_files_cannot_be_opened_on_a_full_disk_is_its_frames_loss_re
     assert run["ended_at"] is not None and run["exit_status"] == "fail"  # every frame lost
     assert [r for r in ledger.losses(None) if r.get("run_uid") in (None, "")] == []
     ledger.close()
+
+
+def test_a_run_whose_start_the_full_disk_held_is_in_the_ledger_after_a_stop_and_a_start(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An outside chaos probe: the reserve gone (another process took it), a run refused on the full disk
+    had its start, end, loss record and documents held in memory; a clean stop logged them and the run
+    was in no record after the restart ("no run in the ledger"), its 30 frames accounted nowhere. The
+    held records are kept in the journal beside the ledger as they are held; the next start writes them
+    before its recovery, which ends the run with its documents."""
+    from edge.held_journal import HeldJournal, replay
+    from edge.recovery import recover
+
+    store = tmp_path / "store"
+    ledger = Ledger(tmp_path / "ledger.sqlite")
+    journal = HeldJournal(tmp_path / "ledger.held")
+    assert journal.make()
+    guard = DiskGuard(tmp_path, tmp_path / "ledger.reserve", 0, 0, clock=Clock())
+    recorder = RunRecorder(ledger, store, chunk_bytes=1 << 20, disk=guard, journal=journal)
+    _cap(ledger)
+    _fill(ledger, "filler-run")
+    for n in range(10_000):  # and the runs table's free room (its pages are apart from the losses')
+        try:
+            ledger.run_started(f"filler-{n}", 0, None, "{}")
+        except sqlite3.OperationalError:
+            break
+    uid = recorder.open_run("refused", series=4, frames_expected=30, config={"shape": [4, 4]})
+    recorder.loss(uid, 0, 29, "run_refused", "the disk is full")
+    recorder.close_run(uid, frames_stored=0, exit_status="abort")
+    assert recorder.held() == 3
+    with caplog.at_level(logging.ERROR, logger="edge.recorder"):
+        recorder.give_up_held()  # the clean stop, the disk still full
+    assert "the next start writes them to the ledger" in caplog.text
+    ledger.close()
+
+    ledger = Ledger(tmp_path / "ledger.sqlite")  # the next start, space back
+    written, refused = replay(ledger, HeldJournal(tmp_path / "ledger.held"))
+    assert (written, refused) == (4, [])  # start, loss, end, and the end taken back for recovery
+    restarted = RunRecorder(ledger, store, chunk_bytes=1 << 20)
+    recover(restarted, store)
+    run = ledger.run(uid)
+    assert run["ended_at"] is not None and run["frames_expected"] == 30
+    totals = ledger.run_totals(uid)
+    assert totals["frames_stored"] == 0 and totals["frames_lost"] == 30, totals
+    assert [r["reason"] for r in ledger.losses(uid)] == ["run_refused"]
+    assert (store / uid / f"{uid}.documents.jsonl").is_file()
+    assert HeldJournal(tmp_path / "ledger.held").read() == []  # written once: cleared
+    ledger.close()
+
+
+def test_the_held_journal_keeps_what_fits_and_reads_nothing_from_a_damaged_file(tmp_path: Path) -> None:
+    from edge.held_journal import HEADER, HeldJournal
+
+    journal = HeldJournal(tmp_path / "ledger.held", capacity=HEADER.size + 200)
+    assert journal.make() and (tmp_path / "ledger.held").stat().st_size == HEADER.size + 200
+    entries = [("record_loss", ["r", n, n, "disk_full", "x" * 20]) for n in range(10)]
+    kept = journal.keep(entries)
+    assert 0 < kept < 10 and journal.dropped == 10 - kept
+    assert [args[1] for _name, args in journal.read()] == list(range(kept))  # the oldest, whole
+    with open(tmp_path / "ledger.held", "r+b") as f:
+        f.seek(HEADER.size)
+        f.write(b"{not json")
+    assert journal.read() == []
+    journal.clear()
+    assert journal.read() == []
