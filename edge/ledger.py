@@ -792,6 +792,19 @@ class Ledger:
             "written": int(rows["written"]),
         }
 
+    def consumers_owing(self, consumers: Sequence[str]) -> list[str]:
+        """Those of ``consumers`` that have not confirmed some file still to go upstream (not verified
+        yet), in the order given."""
+        return [
+            name
+            for name in consumers
+            if self._rows(
+                "SELECT 1 FROM files f WHERE f.state IN ('stored','forwarded') AND NOT EXISTS"
+                " (SELECT 1 FROM file_acks fa WHERE fa.consumer=? AND fa.file_id=f.id) LIMIT 1",
+                (name,),
+            )
+        ]
+
     def purgeable_files(self, verified_before: float | None = None, limit: int = -1) -> list[dict[str, Any]]:
         """Verified files still on disk, oldest verification first (at most ``limit``; only those verified
         before ``verified_before`` when given). Nothing else is ever purgeable."""

@@ -165,11 +165,24 @@ class Retention:
         return max(int(used["total"]), self.capacity() - free)
 
     def _confirmers(self) -> str:
-        """Who must confirm data before it is verified: the required consumers, by name."""
+        """Who must confirm data before it is verified: the required consumers that have not confirmed
+        all of it, by name (an outside probe read "waiting for (hpc, tape)" with hpc's confirmations
+        all in, tape never connected)."""
         names = list(getattr(self.ledger, "required_consumers", ()) or ())
         if not names:
             return "the HPC consumer"
-        return f"the required consumer{'' if len(names) == 1 else 's'} ({', '.join(names)})"
+        owing = self.ledger.consumers_owing(names) or names
+        return f"the required consumer{'' if len(owing) == 1 else 's'} ({', '.join(owing)})"
+
+    def _confirmed_by(self) -> str:
+        """``"; hpc has confirmed all of it"``: the required consumers whose part is done, when others'
+        is not; "" otherwise."""
+        names = list(getattr(self.ledger, "required_consumers", ()) or ())
+        owing = self.ledger.consumers_owing(names) if len(names) > 1 else names
+        done = [name for name in names if name not in owing]
+        if not done or not owing:
+            return ""
+        return f" ({', '.join(done)} {'has' if len(done) == 1 else 'have'} confirmed all of it)"
 
     def _limit(self) -> int:
         """Bytes the store may fill before it is under pressure (capacity minus the headroom)."""
@@ -197,11 +210,16 @@ class Retention:
                 return (
                     f"local store {state} data not yet verified upstream ({_size(used['unverified'])} of"
                     f" {_size(limit)}{less}); waiting for {self._confirmers()} to confirm it"
+                    f"{self._confirmed_by()}"
                 )
             # files never forwarded (upstream.forward) are no consumer's to free: said so, apart (an outside
             # probe: refused "waiting for hpc", the outlook saying every stored file was verified)
             waiting = used["unverified"] - local
-            upstream = f", {_size(waiting)} waiting for {self._confirmers()} to confirm it" if waiting else ""
+            upstream = (
+                f", {_size(waiting)} waiting for {self._confirmers()} to confirm it{self._confirmed_by()}"
+                if waiting
+                else ""
+            )
             freed_by = (
                 f"until retention.unforwarded_days = {self.settings.unforwarded_days:g} retires them"
                 if self.settings.unforwarded == "purge_after_days"

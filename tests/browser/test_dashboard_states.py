@@ -292,6 +292,14 @@ def test_an_upstream_outage_shows_stalled_and_one_eta(
     view.base["upstream"]["consumers"][0].update(seconds_since_refusal=300.0)  # long ago: not shown
     browser.wait_for("document.querySelector('#consumers .warn') === null", 10, "an old refusal hidden")
 
+    # hpc pulling, a second required consumer away: named, not "no consumer connected" (an outside probe
+    # read that as the HPC link down)
+    view.ledger.required_consumers = ("hpc", "tape")
+    browser.wait_for("document.getElementById('upstream-state').textContent === 'stalled'", 10, "stalled")
+    assert set(texts(browser, ".eta")) == {"stalled: tape not connected"}
+    assert texts(browser, "#upstream-sending") == ["nothing (tape not connected)"]
+    view.ledger.required_consumers = ("hpc",)
+
     # a daemon restarted, the consumer not back yet: known only from the ledger's acknowledgements (an
     # outside probe read "never seen" beside "10 acked all time")
     view.base["upstream"]["consumers"] = []

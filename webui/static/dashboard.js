@@ -597,11 +597,24 @@
     }
   }
 
+  /** Why upstream delivery is stalled, in a few words, in the outlook's order of causes. "no consumer
+   * connected" only when none is: with hpc pulling and a second required consumer away it named no one
+   * and read as the HPC link down (an outside probe). */
+  function stallCause(outlook) {
+    const connected = outlook.consumers_connected || [];
+    const missing = (outlook.consumers_required || []).filter((name) => !connected.includes(name));
+    if (/^the appliance's own disk is full/.test(outlook.reason || "")) return "appliance disk full";
+    if (missing.length) return connected.length ? `${missing.join(", ")} not connected` : "no consumer connected";
+    if (outlook.refusing?.length) return "consumer refusing";
+    if (outlook.unanswering?.length) return `${outlook.unanswering.join(", ")} not answering`;
+    return "see the alarm";
+  }
+
   /** The one ETA (the appliance's upstream outlook), in words; every .eta element shows this text. */
   function etaText(outlook) {
     if (!outlook || !outlook.state) return "–";
     if (outlook.state === "up to date") return "nothing pending";
-    if (outlook.state === "stalled") return outlook.refusing?.length ? "stalled: consumer refusing" : "stalled: no consumer connected";
+    if (outlook.state === "stalled") return `stalled: ${stallCause(outlook)}`;
     if (outlook.eta_seconds === null || outlook.eta_seconds === undefined) return "waiting for the first verified file";
     return fmtDuration(outlook.eta_seconds);
   }
@@ -774,7 +787,7 @@
     const prev = state.sendSample;
     const now = { t: num(s.server_time), sent: num(outlook.bytes_sent ?? up.bytes_sent) };
     let sending = "–";
-    if (stalled) sending = outlook.refusing?.length ? "nothing (consumer refusing)" : "nothing (no consumer connected)";
+    if (stalled) sending = `nothing (${stallCause(outlook)})`;
     else if (prev && now.t > prev.t && now.sent >= prev.sent) sending = `${fmtBytes((now.sent - prev.sent) / (now.t - prev.t))}/s`;
     state.sendSample = now;
     setText("upstream-sending", sending, stalled ? "muted" : "");

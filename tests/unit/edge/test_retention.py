@@ -235,6 +235,27 @@ def test_a_store_filled_by_files_never_forwarded_says_so_not_waiting_for_the_con
     ledger.close()
 
 
+def test_the_refusal_names_the_required_consumers_still_to_confirm_and_those_done(tmp_path: Path) -> None:
+    """An outside dashboard probe: "waiting for the required consumers (hpc, tape) to confirm it" with
+    every file confirmed by hpc, tape never connected: the scientist could not tell whether the HPC
+    centre had the data."""
+    ledger = Ledger(tmp_path / "ledger.sqlite", required_consumers=("hpc", "tape"))
+    ledger.run_started("run", 1, None, "{}")
+    settings = RetentionSettings(quota_bytes=4 * 2**30, headroom_bytes=2**30, high_water=0.5)
+    retention = Retention(ledger, tmp_path, settings, executor=ManualExecutor())
+    path = tmp_path / "big.h5"
+    path.write_bytes(b"x")
+    size = 2 * 2**30
+    file_id = ledger.file_stored("run", "big.h5", path, size, "sum", (0, 0, 1), [(0, size, "c")])
+    assert "waiting for the required consumers (hpc, tape) to confirm it" in (retention.refusal() or "")
+    chunk = ledger.pending_chunks("hpc", [], 1)[0]
+    ledger.chunk_acked("hpc", chunk["id"], chunk["checksum"])
+    ledger.file_verified("hpc", file_id, size, "sum")
+    refusal = retention.refusal() or ""
+    assert "waiting for the required consumer (tape) to confirm it (hpc has confirmed all of it)" in refusal
+    ledger.close()
+
+
 def test_stop_shuts_its_own_executor_and_later_checks_keep_the_last_answer(
     ledger: Ledger, tmp_path: Path
 ) -> None:
