@@ -479,6 +479,30 @@ FITS = """(() => {
 })()"""
 
 
+def test_a_long_alarm_on_a_phone_is_three_lines_until_tapped(chromium: str, tmp_path: Path) -> None:
+    """An outside probe at 390 x 844: the storage alarm wrapped to 7 lines and another to 4, 330 px of
+    the screen before the live image; the two-line clamp was a wide screen's only."""
+    view, _now = _with_runs(2)
+    view.base["retention"] = {
+        **view.base["retention"],
+        "accepting_runs": False,
+        "alarm": "local store full of data not yet verified upstream (389.0 MiB of 317.5 MiB: the store's"
+        " 381.5 MiB less 64.0 MiB headroom); waiting for the required consumers (hpc, tape) to confirm it",
+    }
+    with serve(view) as (url, _server):
+        browser = Browser(chromium, tmp_path / "chromium-phone", width=390, height=844)
+        try:
+            browser.goto(url)
+            browser.wait_for("document.querySelectorAll('#alarms li').length >= 1", 15, "the alarm")
+            text = "document.querySelector('#alarms li[data-alarm=\"condition:storage\"] .text')"
+            lines = f"Math.round({text}.getBoundingClientRect().height / parseFloat(getComputedStyle({text}).lineHeight))"
+            assert browser.evaluate(lines) == 3
+            browser.evaluate(f"{text}.click()")
+            assert browser.evaluate(lines) > 3
+        finally:
+            browser.close()
+
+
 def test_the_page_fits_a_control_room_screen_with_a_square_detector_and_alarms(
     chromium: str, tmp_path: Path
 ) -> None:
