@@ -570,7 +570,7 @@ def test_a_tomography_product_shows_slices_and_the_slice(
     assert "values -0.006 to 0.0373 per pixel" in shown, shown
     # the axis it is about, and how far it has caught up after the axis moved mid-scan
     assert texts(browser, "#slice-axis") == [
-        "about column 35.25 (estimated from the projections at 0 and 180 degrees); 150 of 180 projections in it"
+        "rotation axis at column 35.25 (estimated from the projections at 0 and 180 degrees); 150 of 180 projections in it"
     ]
     assert texts(browser, "#tomo-inherited") == [
         f"95 projections, 10 darks, 10 flats of run {FAULTY[:8]} (1 file(s) unreadable)"

@@ -518,7 +518,10 @@
         `<tr><th>latest hit</th><td>${hit ? `frame ${esc(fmtInt(hit.frame))}, ${esc(fmtInt((hit.peaks || []).length))} peaks` : "none yet"}</td></tr></table>` +
         (s.hit_image?.pixels_b64
           ? `<figure class="hit-figure"><canvas id="hit-image" role="img" aria-label="hit frame ${esc(fmtInt(s.hit_image.frame))} with its ${esc(fmtInt((s.hit_image.peaks || []).length))} peaks circled"></canvas>` +
-            `<figcaption class="small muted">frame ${esc(fmtInt(s.hit_image.frame))}, its peaks circled</figcaption></figure>`
+            // its own frame and count: the newest hit kept with pixels may be an earlier one than "latest hit"
+            // above (an outside probe read that row's 34 peaks as the circles of frame 988)
+            `<figcaption class="small muted">frame ${esc(fmtInt(s.hit_image.frame))}, its ${esc(fmtInt((s.hit_image.peaks || []).length))} peaks circled` +
+            `${hit && num(hit.frame) !== num(s.hit_image.frame) ? " (the newest hit kept with its pixels)" : ""}</figcaption></figure>`
           : "") +
         '<div class="small muted">hit rate over time: the large card</div>';
     } else if (mode === "tomo" && product.tomo) {
@@ -537,9 +540,10 @@
         // being built while projections come: "slices done 0" beside it read as a contradiction)
         `<tr><th title="slices reconstructed from the whole scan and written to the run's reduced file, at its end">slices written</th><td id="slices-done">${esc(fmtInt(t.slices_done))}` +
         `${num(t.slices_done) > 0 ? "" : ' <span class="muted small">(at the run\'s end)</span>'}</td></tr></table>` +
-        (t.slice ? `<div class="small">slice row ${esc(fmtInt(t.slice.row))} (values ${esc(fmtValue(t.slice.min))} to ${esc(fmtValue(t.slice.max))} per pixel): the large card</div>` +
+        // whole sentences (an outside probe read "per pixel): the large card / about column 512.00" as one)
+        (t.slice ? `<div class="small">The large card shows the slice of row ${esc(fmtInt(t.slice.row))} (values ${esc(fmtValue(t.slice.min))} to ${esc(fmtValue(t.slice.max))} per pixel).</div>` +
           (t.slice.center != null
-            ? `<div class="small" id="slice-axis">about column ${esc(num(t.slice.center).toFixed(2))} (${esc(t.slice.center_source || "–")}); ` +
+            ? `<div class="small" id="slice-axis">rotation axis at column ${esc(num(t.slice.center).toFixed(2))} (${esc(t.slice.center_source || "–")}); ` +
               `${esc(fmtInt(t.slice.projections_in_slice))} of ${esc(fmtInt(t.slice.projections))} projections in it</div>`
             : "")
           : '<p class="muted small">no slice reconstructed yet</p>');
