@@ -817,6 +817,7 @@ class Appliance:
                     recovery=self.recovery,
                     threads=self.threads,
                     stopping=lambda: self.stopping,
+                    kernels_loading=lambda: self.warm_ups.busy,
                 )
             )
         except BaseException:

@@ -204,6 +204,10 @@ def _fit(text: str, size: int = LONG_STRING - 1) -> str:
     return text.encode("utf-8", errors="replace")[:size].decode("utf-8", errors="ignore")
 
 
+#: the longest a ``Mode`` or ``Reduction:*`` put waits for the next run's kernels before it completes
+KERNELS_READY_SECONDS = 120.0
+
+
 class ApplianceIOC:
     """The appliance's PVs on the daemon's loop, and the detector they drive.
 
@@ -494,6 +498,8 @@ class ApplianceIOC:
         on_update: Callable[[Any], Any] = lambda value, name=spec.name: self._apply_setpoint(name, value)  # noqa: E731
         if spec.name == "HDF1:Capture":
             on_update = self._on_capture_put
+        elif spec.name == "Mode" or spec.name.startswith("Reduction:"):
+            on_update = lambda value, name=spec.name: self._on_reduction_put(name, value)  # noqa: E731
         return {
             "initial_value": value,
             "always_update": True,
@@ -517,6 +523,31 @@ class ApplianceIOC:
         self._apply_setpoint("HDF1:Capture", value)
         if closing:
             await self._capture_closed()
+
+    async def _on_reduction_put(self, name: str, value: Any) -> None:
+        """``Mode`` and ``Reduction:*``: applied at once; the put completes once the next run's kernels
+        are loaded (at most ``KERNELS_READY_SECONDS``), as areaDetector's puts complete when done. An
+        install's first use of a mode compiles them (tens of seconds): a plan started on the put's
+        completion had its frames wait in the ring meanwhile and timed out on ``NumCaptured_RBV`` with
+        no PV saying why (an outside probe). ``StatusMessage_RBV`` says so while it waits."""
+        self._apply_setpoint(name, value)
+        started = time.monotonic()
+        said = -1
+        while await asyncio.to_thread(self.view.kernels_loading):
+            waited = time.monotonic() - started
+            if waited >= KERNELS_READY_SECONDS:
+                self._set_message(
+                    f"{name} applied; the kernels still load after {waited:.0f} s"
+                    " (the next run's frames wait)"
+                )
+                return
+            if int(waited) != said:
+                said = int(waited)
+                mode = self._parameters()["mode"]
+                self._set_message(f"Preparing {mode} mode: its kernels are loading ({said} s)")
+            await asyncio.sleep(0.1)
+        if said >= 0:
+            self._set_message(f"{self._parameters()['mode']} mode ready")
 
     # --- setpoints -----------------------------------------------------------------------------
     def _validate(self, spec: PvSpec, device: Any, value: Any) -> bool:

@@ -787,6 +787,12 @@ class WarmUps:
         self.loads = 0  # loads started
         self.coalesced = 0  # changes whose load a newer one (or the same one, loaded) stood for
 
+    @property
+    def busy(self) -> bool:
+        """A load asked for is running or waiting to."""
+        with self._lock:
+            return self._running
+
     def request(self, params: ReductionSettings) -> None:
         with self._lock:
             if self._next is not None:

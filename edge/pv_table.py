@@ -1065,7 +1065,10 @@ PVS: tuple[PvSpec, ...] = (
         "Reduction mode of the next run (as `reduction.mode`; raw frames are always kept). Refused while "
         "a run is open, from `Acquire` 1 on (before its series begins too), and while a capture is open "
         "(`HDF1:Capture` 1), from before its first series to `Capture` 0 (MINOR SOFT, the reason in "
-        "`StatusMessage_RBV`).",
+        "`StatusMessage_RBV`). A put with completion (as of every `Reduction:*` setpoint) completes once "
+        "the next run's kernels are loaded: an install's first use of a mode compiles them (tens of "
+        "seconds; the put waits at most 120 s), `StatusMessage_RBV` saying `Preparing MODE mode: its "
+        "kernels are loading (N s)` meanwhile and `MODE mode ready` after.",
         choices=MODES,
     ),
     _rbv("Mode_RBV", "mbbIn", "enum", "Reduction mode, as accepted.", choices=MODES),

@@ -62,6 +62,7 @@ class ApplianceParts:
     recovery: dict[str, Any]
     threads: Callable[[], dict[str, dict[str, Any]]]
     stopping: Callable[[], bool]
+    kernels_loading: Callable[[], bool] = lambda: False  # the next run's kernels load (`WarmUps.busy`)
 
 
 class ApplianceView:
@@ -289,6 +290,10 @@ class ApplianceView:
             # appliance may hold (an outside probe: its stall and consumers were shown for this run)
             "ledger": str(self._p.settings.ledger_path.resolve()),
         }
+
+    def kernels_loading(self) -> bool:
+        """Whether the next run's kernels are loading (a mode or parameter change, or the start's load)."""
+        return bool(self._p.kernels_loading())
 
     def run_files(self, run_uid: str) -> list[dict[str, Any]]:
         return self._p.ledger.files(run_uid)

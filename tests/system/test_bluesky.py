@@ -540,13 +540,22 @@ def test_an_acquire_in_a_capture_completes_once_its_frames_are_written_while_ker
         def put(name: str, value: Any) -> None:
             assert epics.caput(p + name, value, wait=True, timeout=180) == 1, name
 
-        put("Mode", 2)  # serial: its kernels compile now, in the background
+        assert epics.caput(p + "Mode", 2, wait=False) == 1  # serial: its kernels compile now
         # the dashboard says why frames will wait (an outside probe saw a 77 s stall explained by nothing)
         wait_until(
             lambda: any(a["id"] == "condition:mode_warming:serial" for a in s.status()["alarms"]),
             30,
             "the alarm saying the serial kernels are loading",
         )
+        # and so does the IOC; a put with completion completes once they are loaded (an outside probe's
+        # plan, started on the put's completion, timed out on NumCaptured_RBV meanwhile)
+        wait_until(
+            lambda: "Preparing serial mode" in epics.caget(p + "StatusMessage_RBV", as_string=True),
+            10,
+            "StatusMessage_RBV saying the kernels load",
+        )
+        put("Mode", 2)
+        assert s.status()["pipeline"]["warming"] == []
         put("HDF1:FilePath", str(tmp_path / "store" / "caps"))
         put("HDF1:CreateDirectory", 1)
         put("HDF1:FileName", "warm")
