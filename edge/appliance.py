@@ -15,6 +15,7 @@ import logging
 import socket
 import threading
 import time
+import uuid
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
@@ -232,6 +233,7 @@ class RingSink:
         # an areaDetector capture (HDF1:Capture=1 .. 0): one run, one file, across the detector's series
         self._capture_lock = threading.Lock()
         self._capture_path: Path | None = None
+        self._capture_uid: str | None = None  # the run uid the open capture's run takes (`open_capture`)
         self._capture_run: str | None = None  # the capture's run, once its first series started
         self._capture_next = 0  # the capture's next frame number (series after the first continue it)
         self._capture_offset: int | None = None  # added to this series' frame numbers
@@ -322,12 +324,16 @@ class RingSink:
         self.ring.abandon(slot)
 
     # -- captures (edge.ioc's HDF1:Capture) -----------------------------------------------------------
-    def open_capture(self, path: Path) -> None:
-        """From now until `close_capture`, the detector's series make one run written to ``path``."""
+    def open_capture(self, path: Path) -> str:
+        """From now until `close_capture`, the detector's series make one run written to ``path``; returns
+        that run's uid, given now (the first series' own uid, if any, is kept as its ``detector_run_uid``):
+        ``RunUid_RBV`` names it from the ``Capture`` 1 on, before a frame came."""
         with self._capture_lock:
             self._capture_path = path
             self._capture_run = None
             self._capture_next = 0
+            self._capture_uid = str(uuid.uuid4())
+            return self._capture_uid
 
     def close_capture(self) -> str | None:
         """End the capture: its run ends now (or with the series still open); returns the run's uid."""
@@ -423,6 +429,11 @@ class RingSink:
             capture_path = self._capture_path
         if capture_path is not None:  # a capture's length is its client's to decide (Capture=0)
             config = {**config, "frames_expected": None, "capture_file": str(capture_path)}
+            if not config.get("resumed_after_restart"):  # the run named at the Capture 1 (`open_capture`)
+                given = config.get("run_uid")
+                config["run_uid"] = self._capture_uid
+                if given and given != self._capture_uid:
+                    config["detector_run_uid"] = given
         self.opening = str(config.get("run_uid") or f"of series {series}")  # before the parameters are read
         try:
             reduction = self.reduction()

@@ -87,7 +87,7 @@ RADIAL_EGU = {"2th_deg": "deg", "q_nm^-1": "nm^-1"}
 class CaptureControl(Protocol):
     """Where the IOC opens and closes an areaDetector capture (`edge.appliance.RingSink` in the daemon)."""
 
-    def open_capture(self, path: Path) -> None: ...
+    def open_capture(self, path: Path) -> str: ...
 
     def close_capture(self) -> str | None: ...
 
@@ -742,7 +742,10 @@ class ApplianceIOC:
                 raise ValueError(reason)
             self._set("HDF1:FilePathExists_RBV", 1)
         assert self.capture is not None
-        self.capture.open_capture(path)
+        # the run the capture's frames will be in, named now: a fly scan's descriptor (read between this
+        # put and its first frame) named the previous run (an outside probe)
+        planned = self.capture.open_capture(path)
+        self._set("RunUid_RBV", _fit(planned))
         self._capturing = True
         self._capture_close.clear()
         self._set("HDF1:Capture_RBV", 1)

@@ -1098,7 +1098,12 @@ PVS: tuple[PvSpec, ...] = (
         length=LONG_STRING,
     ),
     _rbv(
-        "RunUid_RBV", "longStringIn", "char[256]", "Run uid of the current (or last) run.", length=LONG_STRING
+        "RunUid_RBV",
+        "longStringIn",
+        "char[256]",
+        "Run uid of the current (or last) run; from `HDF1:Capture` 1 on, of the run the capture's frames "
+        "will be in.",
+        length=LONG_STRING,
     ),
     *DRIVER_PVS,
     *CAM_CLASSIC_PVS,

@@ -184,7 +184,7 @@ def test_a_fly_scan_with_stock_ophyd_async(stack: Stack) -> None:
         name="fly",
     )
 
-    def fly(frames: int):  # type: ignore[no-untyped-def]
+    def fly(frames: int, det: Any = det):  # type: ignore[no-untyped-def]
         yield from bps.stage(det, wait=True)
         yield from bps.open_run()
         info = TriggerInfo(number_of_events=frames, trigger=DetectorTrigger.INTERNAL, livetime=0.01)
@@ -218,6 +218,31 @@ def test_a_fly_scan_with_stock_ophyd_async(stack: Stack) -> None:
         # the plan is over: the message said so at once, not at the next refresh (an outside probe's plan
         # logged "Acquiring: a series started at the camera" as its end)
         assert "ended: 12 frames received" in message, message
+
+    # the shipped EdgeDetector's descriptor names the run its frames are in: read between the Capture 1
+    # and the first frame, it named the previous run (an outside probe, every fly scan)
+    from ophyd_async.core import StaticPathProvider as Provider
+
+    from edge.bluesky import EdgeDetector
+
+    shipped = EdgeDetector(
+        stack.cam_prefix.removesuffix("cam1:"),
+        stack.prefix,
+        Provider(UUIDFilenameProvider(), capture_dir),
+        name="edge",
+    )
+    engine(ensure_connected(shipped, timeout=10))
+    docs = []
+    token = engine.subscribe(lambda name, doc: docs.append((name, doc)))
+    try:
+        engine(fly(5, shipped))
+    finally:
+        engine.unsubscribe(token)
+    (resource,) = [doc for name, doc in docs if name == "stream_resource"]
+    path = Path(resource["uri"].removeprefix("file://localhost"))
+    config = next(doc for name, doc in docs if name == "descriptor")["configuration"]["edge"]["data"]
+    run = stack.run(config["edge-appliance-run_uid"])
+    assert [f["path"] for f in run["files"] if f["path"].endswith(".h5")] == [str(path)], run["files"]
 
 
 def test_capture_spans_acquisitions_in_one_file(stack: Stack) -> None:
