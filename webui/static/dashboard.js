@@ -693,9 +693,11 @@
       ["run", "daemon", "all"].forEach((scope, i) => {
         const v = values[i];
         const cls = name === "lost" && num(v) > 0 ? "bad" : name === "incomplete" && num(v) > 0 ? "warn" : "";
-        setText(`c-${scope}-${name}`, v === null || v === undefined ? (scope === "run" && name === "received" ? "n/a" : "–") : fmtInt(v), cls);
+        setText(`c-${scope}-${name}`, v === null || v === undefined ? (name === "received" && scope !== "daemon" ? "n/a" : "–") : fmtInt(v), cls);
       });
     }
+    // (an outside probe asked why all time's received read "–" beside stored and delivered)
+    $("c-all-received").title = "not kept: the ledger records what was stored, vetoed and lost, not what was received";
     $("c-run-received").title = run.frames_received === undefined
       ? "not counted: this run was opened before the daemon started (the ledger keeps no received count per run)"
       : "frames the receiver took into this run (this daemon's count)";
