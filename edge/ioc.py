@@ -744,6 +744,7 @@ class ApplianceIOC:
         assert self.capture is not None
         # the run the capture's frames will be in, named now: a fly scan's descriptor (read between this
         # put and its first frame) named the previous run (an outside probe)
+        before = str(self.records["RunUid_RBV"].get())
         planned = self.capture.open_capture(path)
         self._set("RunUid_RBV", _fit(planned))
         self._capturing = True
@@ -760,12 +761,14 @@ class ApplianceIOC:
                 self._set("HDF1:FileNumber", number)
                 self._set("HDF1:FileNumber_RBV", number)
                 self._save_setpoints()
-        self._capture_task = self._spawn(self._watch_capture(path), "edge-ioc-capture")
+        self._capture_task = self._spawn(self._watch_capture(path, before), "edge-ioc-capture")
         log.info("capture opened: %s", path)
 
-    async def _watch_capture(self, path: Path) -> None:
+    async def _watch_capture(self, path: Path, uid_before: str = "") -> None:
         """Follow the open capture: frames written, its ``NumCapture`` limit, its close (``Capture`` 0, or
-        the detector aborting its run), and clear ``Capture_RBV`` once its file is finished."""
+        the detector aborting its run), and clear ``Capture_RBV`` once its file is finished. A capture
+        closed before any frame came made no run and no file: ``RunUid_RBV`` goes back to ``uid_before``
+        (it named the run the capture's frames would have been in) and ``WriteMessage`` says so."""
         assert self.capture is not None
         run_uid: str | None = None
         try:
@@ -796,6 +799,9 @@ class ApplianceIOC:
             else:
                 if run_uid is not None:
                     self._set_write_message(f"{path} not finished after {CAPTURE_CLOSE_SECONDS:.0f} s")
+            if run_uid is None:
+                self._set("RunUid_RBV", uid_before)
+                self._set_write_message(f"capture closed before any frame came: no run, no file {path.name}")
         finally:
             self._capturing = self._capture_closing = False
             self.records["HDF1:Capture"].set(0, process=False)

@@ -579,6 +579,34 @@ def test_after_a_restart_mid_capture_num_captured_counts_the_capture_s_file_not_
     assert epics.caput(stack.cam_prefix + "Acquire", 0, wait=True, timeout=30) == 1
 
 
+def test_a_capture_names_its_run_at_once_and_one_closed_before_any_frame_names_none(stack: Stack) -> None:
+    """``RunUid_RBV`` names the capture's run from ``Capture`` 1 on (a fly scan's descriptor, read before
+    its first frame, named the previous run: an outside probe); a capture closed before any frame came
+    made no run, and ``RunUid_RBV`` goes back to the run it named before."""
+    epics = _epics()
+    p = stack.prefix
+    _put(stack, "NumImages", 2)
+    _put(stack, "AcquirePeriod", 0.01)
+    _put(stack, "Acquire", 1, timeout=60)
+    before = epics.caget(p + "RunUid_RBV", as_string=True, use_monitor=False)
+    assert stack.run(before)["frames_stored"] == 2
+    _put(stack, "HDF1:FileName", "empty")
+    _put(stack, "HDF1:NumCapture", 0)
+    _put(stack, "HDF1:Capture", 1)
+    planned = epics.caget(p + "RunUid_RBV", as_string=True, use_monitor=False)
+    assert planned not in ("", before)
+    _put(stack, "HDF1:Capture", 0, timeout=30)
+    assert epics.caget(p + "RunUid_RBV", as_string=True, use_monitor=False) == before
+    message = epics.caget(p + "HDF1:WriteMessage", as_string=True, use_monitor=False)
+    assert "before any frame came" in message, message
+    _put(stack, "HDF1:Capture", 1)  # the next capture's run is named at its Capture 1 and holds its frames
+    planned = epics.caget(p + "RunUid_RBV", as_string=True, use_monitor=False)
+    _put(stack, "Acquire", 1, timeout=60)
+    _put(stack, "HDF1:Capture", 0, timeout=30)
+    run = stack.run(planned)
+    assert run["frames_stored"] == 2 and any(str(f["path"]).endswith("empty.h5") for f in run["files"])
+
+
 def test_acquire_0_inside_a_capture_completes_once_the_capture_closed_and_a_next_capture_opens(
     stack: Stack,
 ) -> None:
