@@ -216,13 +216,27 @@ class Forwarder:
                             )
                         self._send(sock, replies)
                 outgoing: list[Outgoing] = []
-                if self._clock() >= self._pause_until:
-                    with self._lock, self._ledger_full():
+                with self._lock, self._ledger_full():
+                    if not self._paused():
                         outgoing = self.session.tick(self._clock())
+                    else:  # heartbeats go on: a silent appliance had pull clients reconnect every 6 s
+                        outgoing = self.session.heartbeats(self._clock())
                 self._send(sock, outgoing)
         except Exception:  # a bug: counted, and raised to the spawner (which restarts the loop)
             self.session.stats["forwarder_crashes"] += 1
             raise
+
+    def _paused(self) -> bool:
+        """Whether sending waits after the ledger refused a write; the pause ends at once when the disk
+        guard sees the space back (an outside probe: delivery stalled 20 s after the disk had room,
+        the pause having grown to 30 s)."""
+        if self._clock() >= self._pause_until:
+            return False
+        if self.disk is not None and not self.disk.check():
+            self._pause_until = self._clock()
+            self._full_at = None
+            return False
+        return True
 
     @contextmanager
     def _ledger_full(self) -> Iterator[None]:
@@ -267,6 +281,8 @@ class Forwarder:
         """Whether the ledger refused a write of the upstream side in the last 10 s (or two pauses, when
         they have grown: its disk is full, the consumers' acknowledgements cannot be recorded)."""
         full_at = self._full_at
+        if self.disk is not None and not self.disk.full:  # space is back (it stayed true a minute after)
+            return False
         return full_at is not None and self._clock() - full_at < max(
             10 * LEDGER_FULL_PAUSE, 2 * self._full_pause
         )

@@ -411,12 +411,17 @@ class ForwarderSession:
                 out += self._completes(consumer, now)
                 if not consumer.in_flight:  # its timed-out chunks went nowhere again: it owes no answer
                     consumer.unanswered_since = None
-        if self._last_heartbeat is None or now - self._last_heartbeat >= self.heartbeat_seconds:
-            self._last_heartbeat = now
-            # not to a consumer whose last send failed: it speaks first when it is back (no failed send
-            # every 2 s for every consumer that went away)
-            out += [Outgoing(c.identity, p.Heartbeat()) for c in self.consumers.values() if not c.unreachable]
-        return out
+        return out + self.heartbeats(now)
+
+    def heartbeats(self, now: float) -> list[Outgoing]:
+        """A heartbeat to each reachable consumer when one is due (`tick` sends them; while sending is
+        paused, the forwarder asks for them alone)."""
+        if self._last_heartbeat is not None and now - self._last_heartbeat < self.heartbeat_seconds:
+            return []
+        self._last_heartbeat = now
+        # not to a consumer whose last send failed: it speaks first when it is back (no failed send every
+        # 2 s for every consumer that went away)
+        return [Outgoing(c.identity, p.Heartbeat()) for c in self.consumers.values() if not c.unreachable]
 
     def undeliverable(self, outgoing: Outgoing, attempted: bool = True) -> None:
         """The socket could not take ``outgoing`` (peer gone, its queue full): undo what sending it cost.

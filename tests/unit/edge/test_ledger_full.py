@@ -10,6 +10,7 @@ from __future__ import annotations
 import errno
 import logging
 import sqlite3
+import time
 from pathlib import Path
 
 import pytest
@@ -214,6 +215,18 @@ def test_a_refused_acknowledgement_gives_up_the_reserve_pauses_sending_and_says_
     assert pauses == [2.0, 4.0, 8.0, 16.0, 30.0, 30.0, 30.0]
     assert forwarder.counters()["ledger_refusing"] is True
     now[0] += 61.0
+    assert forwarder.counters()["ledger_refusing"] is False
+    # paused, the consumer still hears heartbeats (an outside probe: the silent appliance had its pull
+    # client reconnect every 6 s, "a second connection took the name over"), and the pause ends as soon
+    # as the disk guard sees the space back (delivery stalled 20 s after the disk had room)
+    with forwarder._ledger_full():
+        session.receive(b"peer", [bytes(f) for f in p.encode(p.Ack(chunk.chunk_id, chunk.checksum))], now[0])
+    assert forwarder._paused() is True and disk.full  # (re-measured at most every RECHECK_SECONDS)
+    beats = session.heartbeats(now[0] + 10.0)
+    assert [type(o.message) for o in beats] == [p.Heartbeat]
+    _uncap(ledger)
+    time.sleep(0.2)  # the guard's recheck interval: the real disk has room
+    assert forwarder._paused() is False and not disk.full
     assert forwarder.counters()["ledger_refusing"] is False
     context.term()
     ledger.close()
