@@ -167,6 +167,12 @@ def replay(ledger: Ledger, journal: HeldJournal) -> tuple[int, list[tuple[str, l
             getattr(ledger, name)(*args)
         except sqlite3.OperationalError as error:
             if is_no_space(error):
+                log.warning(
+                    "%d ledger record(s) the last daemon held back through a full disk wait in %s: the disk"
+                    " is still full (they are written, and the log says so, when space returns)",
+                    len(entries) - n,
+                    journal.path,
+                )
                 return written, entries[n:]
             log.error("held record %s%r could not be written: %s", name, tuple(args)[:4], error)
         except Exception as error:

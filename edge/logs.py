@@ -87,8 +87,8 @@ class RepeatSummary(logging.Filter):
         self._held: dict[tuple[str, str], _Held] = {}
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if getattr(record, "_edge_summary", False):
-            return True
+        if getattr(record, "_edge_summary", False) or getattr(record, "each", False):
+            return True  # (``extra={"each": True}``: a line that must never be summed, e.g. a record lost)
         _drop_expected_traceback(record)
         lost = getattr(record, "lost_frames", None)
         if lost is not None:

@@ -296,12 +296,25 @@ class RunRecorder:
     def _write_held(self) -> bool:
         """Make the held ledger writes, oldest first; False if the disk refuses again."""
         with self._held_lock:
+            if self._held:
+                made = self.counts["ledger_writes_made_late"]
+                if not self._write_held_now():
+                    return False
+                log.warning(
+                    "wrote %d ledger record(s) held back through a full disk",
+                    self.counts["ledger_writes_made_late"] - made,
+                )
+            return True
+
+    def _write_held_now(self) -> bool:
+        with self._held_lock:
             while self._held:
                 write, args = self._held[0]
                 try:
                     write(*args)
                 except sqlite3.OperationalError as error:
                     if self.disk is not None and self.disk.note_error(error):
+                        self._journal_held()  # (those written are not kept twice: a crash replays the rest)
                         return False
                     self._write_failed_late(write, args, error)
                 except sqlite3.DatabaseError as error:  # a uid taken meanwhile, say: logged, not retried
@@ -340,12 +353,14 @@ class RunRecorder:
             len(deferred),
             len(documents),
         )
+        each = {"each": True}  # every one in the log, before "stopped" (summed, the last came after it)
         for write, args in held:
-            log.error("not written: %s%r", getattr(write, "__name__", "?"), tuple(str(a)[:200] for a in args))
+            name = getattr(write, "__name__", "?")
+            log.error("not written: %s%r", name, tuple(str(a)[:200] for a in args), extra=each)
         for what in deferred:
-            log.error("not written: %s", what)
+            log.error("not written: %s", what, extra=each)
         for run_uid in documents:
-            log.error("not written: run %s documents", run_uid)
+            log.error("not written: run %s documents", run_uid, extra=each)
         unopened = [
             run_uid for run_uid in sorted(runs | set(documents)) if not self._reopen_for_recovery(run_uid)
         ]

@@ -274,8 +274,11 @@ def test_what_a_full_disk_still_holds_at_shutdown_is_logged_record_by_record(
     assert "not written: record_loss('r', '0', '3', 'disk_full'" in text
     assert "not written: run r documents" in text
     _uncap(ledger)
-    recorder.give_up_held()  # space is back: written, nothing left to report
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="edge.recorder"):
+        recorder.give_up_held()  # space is back: written (and said so), nothing left to report
     assert recorder.held() == 0 and ledger.run(uid)["ended_at"] is not None
+    assert "wrote 2 ledger record(s) held back through a full disk" in caplog.text
     ledger.close()
 
 

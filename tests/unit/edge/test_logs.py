@@ -77,6 +77,16 @@ def test_a_repeated_warning_is_shown_a_few_times_then_counted(logged) -> None:
     assert stream.getvalue().splitlines()[-1].endswith("rejected stream message: again")
 
 
+def test_a_line_marked_each_is_never_summed(logged) -> None:
+    """An outside chaos probe: of the records a stop could not write, the fourth "not written" line was
+    held by the summary and came after "stopped", as "(the last of 1 more lines like 'not written:
+    %s%r')". Lines marked ``each`` all go, at once."""
+    logger, stream, _setup, _clock = logged
+    for n in range(6):
+        logger.error("not written: %s%r", "record_loss", (str(n),), extra={"each": True})
+    assert len(stream.getvalue().splitlines()) == 6
+
+
 def test_an_expected_refusal_has_no_traceback_but_a_bug_does(logged) -> None:
     logger, stream, _setup, _clock = logged
     try:
