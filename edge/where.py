@@ -402,7 +402,9 @@ def render(report: dict[str, Any]) -> str:
             where = f"(purged locally) {f['path']}"
         else:  # not purged, and not there: deleted or moved by hand, it cannot be sent or read
             where = f"(MISSING from the local disk, not purged) {f['path']}"
-        confirmed = ", ".join(sorted(f["verified_by"])) or "nobody yet"
+        # a file never forwarded waits for no confirmation (an outside probe read "nobody yet" as one due)
+        nobody = "nobody (never sent upstream)" if f["state"] == "local" else "nobody yet"
+        confirmed = ", ".join(sorted(f["verified_by"])) or nobody
         lines.append(
             f"  {f['state']:<9} {where}"
             + (f"  [{f['why_local']}]" if f.get("why_local") else "")

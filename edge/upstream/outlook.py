@@ -58,6 +58,14 @@ def eta_seconds(pending_bytes: int, rate_bytes_per_s: float, connected: bool = T
     return round(pending_bytes / rate_bytes_per_s, 1)
 
 
+def _not_connected(forwarder: Mapping[str, Any]) -> str:
+    """ "no consumer connected", or, when some are (an optional one, or another required one), "a
+    required consumer not connected" (an outside probe read the first beside two consumers pulling)."""
+    if any(c.get("connected") for c in forwarder.get("consumers") or ()):
+        return "a required consumer not connected"
+    return "no consumer connected"
+
+
 def _missing(required: list[str], forwarder: Mapping[str, Any]) -> list[str]:
     """The required consumers not connected now."""
     connected = {str(c.get("consumer")) for c in forwarder.get("consumers") or () if c.get("connected")}
@@ -73,7 +81,7 @@ def stall(required: list[str], forwarder: Mapping[str, Any]) -> str | None:
         return "the appliance's own disk is full: its ledger cannot record acknowledgements"
     missing = _missing(required, forwarder)
     if missing:
-        return f"no consumer connected: {', '.join(missing)} must pull"
+        return f"{_not_connected(forwarder)}: {', '.join(missing)} must pull"
     # a required consumer refusing chunk after chunk, or held back for it (its disk full, say): a probe read
     # "ETA 30 s" in `edge where` beside the outlook's "stalled"
     refusals = _refusals(required, forwarder)
@@ -144,7 +152,7 @@ def upstream_outlook(
         )
     elif missing:
         state = "stalled"
-        reason = f"no consumer connected: {', '.join(missing)} must pull (data stays on the local disk)"
+        reason = f"{_not_connected(forwarder)}: {', '.join(missing)} must pull (data stays on the local disk)"
     elif refusals and (rate <= 0 or refusals.keys() & _stuck(forwarder)):
         # (files verified earlier in the rate window say nothing once it refuses every chunk)
         state = "stalled"

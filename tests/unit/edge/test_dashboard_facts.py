@@ -138,6 +138,20 @@ def test_one_eta_stalled_without_a_consumer_and_lag_as_age() -> None:
     assert (out["state"], out["eta_seconds"], out["lag_seconds"]) == ("up to date", 0.0, 0.0)
 
 
+def test_a_stall_for_a_required_consumer_away_says_others_are_connected() -> None:
+    """An outside probe: "no consumer connected: pullA must pull" beside two consumers pulling."""
+    from edge.upstream.outlook import stall
+
+    class Two(OutlookLedger):
+        required_consumers = ("hpc", "tape")
+
+    out = upstream_outlook(Two(1e6, 1000.0), 5_000_000, consumers(True), now=1600.0)
+    assert out["reason"].startswith("a required consumer not connected: tape must pull"), out["reason"]
+    assert stall(["hpc", "tape"], consumers(True)) == "a required consumer not connected: tape must pull"
+    alone = upstream_outlook(Two(1e6, 1000.0), 5_000_000, consumers(False), now=1600.0)
+    assert alone["reason"].startswith("no consumer connected: hpc, tape must pull"), alone["reason"]
+
+
 def test_a_consumer_refusing_everything_is_a_stall_that_says_why() -> None:
     """Connected but refusing (its disk is full): stalled once nothing is verified in the window, with
     its own words; a refusal long ago, or refusals while files still get verified, are not a stall."""

@@ -355,10 +355,10 @@ def test_a_run_s_eta_is_none_while_delivery_is_stalled(tmp_path: Path) -> None:
         "consumers": [{"consumer": "hpc", "connected": True}, {"consumer": "tape", "connected": False}]
     }
     why = stall(["hpc", "tape"], consumers)
-    assert why == "no consumer connected: tape must pull"
+    assert why == "a required consumer not connected: tape must pull"
     report = where_report(ledger, "run", stalled=why)
     assert report["eta_seconds"] is None and report["upstream_stalled"] == why
-    assert "(stalled: no consumer connected: tape must pull)" in render(report)
+    assert "(stalled: a required consumer not connected: tape must pull)" in render(report)
     assert stall(["hpc"], consumers) is None
     assert "ledger cannot record" in str(stall(["hpc"], {**consumers, "ledger_refusing": True}))
     # a required consumer refusing chunks (its disk full) and held back for it: "ETA 30 s" before
