@@ -208,6 +208,7 @@ def where_report(
             report["series_frames_expected"] = ledger.run(report["resumes_run"])["frames_expected"]
     report["continued_by"] = ledger.runs_resuming(run_uid)
     report["continued_at_frame"] = _continued_at(ledger, report["continued_by"])
+    report["frames_continued"], report["frames_this_run"] = _split_account(report)
     report["summary"] = summary_line(report)
     later = _runs_with_slices(ledger, report.get("continued_by") or [])
     report["products_note"] = products_note(report, bool(run["ended_at"]), later)
@@ -485,6 +486,25 @@ def _expected_text(report: dict[str, Any]) -> str:
     if first:
         return f"expected frames {first}..{int(expected) - 1} of its series' {expected}{tail}"
     return f"expected {expected}{tail}"
+
+
+def _split_account(report: dict[str, Any]) -> tuple[int | None, int | None]:
+    """A series split by a restart (or a pause) between runs: the frames of it that went on in the run
+    continuing this one (``frames_continued``), and the frames this run accounts for
+    (``frames_this_run``: its series' length, less those, less the frames before ``resumed_at_frame``,
+    the earlier run's), so stored + vetoed + lost + not acquired = ``frames_this_run`` for every run
+    (an outside probe's script read 334 of 900 and 566 of 900 for the two halves). None: unknown."""
+    first = report.get("resumed_at_frame") or 0
+    expected = report.get("frames_expected") or (report.get("series_frames_expected") if first else None)
+    if not isinstance(expected, int) or expected <= 0:
+        return None, None
+    went_on = report.get("continued_at_frame")
+    continued = (
+        max(0, expected - int(went_on))
+        if went_on is not None and report.get("continued_by") and int(went_on) < expected
+        else 0
+    )
+    return continued, max(0, expected - continued - int(first))
 
 
 def _frames_text(frames: list[int] | None) -> str:

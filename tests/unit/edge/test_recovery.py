@@ -870,6 +870,11 @@ def test_edge_where_says_which_frames_of_an_interrupted_run_went_on_in_the_run_t
     assert report["continued_by"] == [later] and report["continued_at_frame"] == 110
     text = render(report)
     assert f"expected 600; frames 110..599 went on in run {later}" in text, text
+    # and in the JSON, each half adds up alone (an outside probe's script read 110 of 600 as a fault)
+    assert (report["frames_continued"], report["frames_this_run"]) == (490, 110)
+    assert report["frames_stored"] + report["frames_lost"] == report["frames_this_run"]
+    resumed = where_report(ledger, later, store=tmp_path)
+    assert (resumed["frames_continued"], resumed["frames_this_run"]) == (0, 490)
 
 
 def test_edge_where_says_what_a_capture_s_run_was_to_account_for(tmp_path: Path) -> None:
