@@ -23,7 +23,7 @@ from edge.errors import NotFound
 from edge.frame_format import FrameFormat, preview_image
 from edge.http_guard import REFUSED
 from edge.ledger import Ledger
-from edge.upstream.outlook import stall, upstream_outlook
+from edge.upstream.outlook import rate_window, stall, upstream_outlook
 from edge.where import resolve_run, run_config, where_report
 from kernels import Geometry
 
@@ -284,7 +284,8 @@ class ApplianceView:
                 run_uid,
                 store=self._p.settings.store.path,
                 held_end=self._p.recorder.held_end(run_uid),
-                stalled=stall(list(ledger.required_consumers), self._p.forwarder.counters()),
+                stalled=stall(list(ledger.required_consumers), forwarded := self._p.forwarder.counters()),
+                window=rate_window(ledger.required_consumers, forwarded),
             ),
             # which ledger this is: `edge where` asks the API on the configured port, which another
             # appliance may hold (an outside probe: its stall and consumers were shown for this run)

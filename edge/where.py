@@ -104,6 +104,7 @@ def where_report(
     store: Path | None = None,
     held_end: str | None = None,
     stalled: str | None = None,
+    window: float = RATE_WINDOW_SECONDS,
 ) -> dict[str, Any]:
     """Everything a scientist needs to find one run's data, and how far it has got.
 
@@ -156,7 +157,7 @@ def where_report(
                 "purged_at": f.get("purged_at"),
             }
         )
-    rate = ledger.verified_rate(RATE_WINDOW_SECONDS, now)
+    rate = ledger.verified_rate(window, now)  # (the daemon's `outlook.rate_window`: one ETA everywhere)
     losses = ledger.losses(run_uid)
     report: dict[str, Any] = {
         "run_uid": run_uid,

@@ -33,6 +33,9 @@ from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
 RATE_WINDOW_SECONDS = 120.0
+#: the shortest rate window: just after the required consumers (re)connected, the window is the time since
+#: (`rate_window`), but not under this
+MIN_RATE_WINDOW_SECONDS = 10.0
 REFUSING_SECONDS = 30.0  # a consumer that refused a chunk this recently is "refusing" (it resends every 10 s)
 UNANSWERED_SECONDS = 60.0  # chunks sent and none answered for this long: the consumer is not pulling
 #: refusals in a row (none taken since) after which a refusing consumer is stuck, held back or not yet:
@@ -56,6 +59,22 @@ def eta_seconds(pending_bytes: int, rate_bytes_per_s: float, connected: bool = T
     if not connected or rate_bytes_per_s <= 0:
         return None
     return round(pending_bytes / rate_bytes_per_s, 1)
+
+
+def rate_window(required: Sequence[str], forwarder: Mapping[str, Any]) -> float:
+    """The window the verified rate (and the ETA) is measured over: ``RATE_WINDOW_SECONDS``, or, when
+    every required consumer is connected and the newest connection is younger, the time since it (at
+    least ``MIN_RATE_WINDOW_SECONDS``). Measured over an outage too, a backlog sent after it read "ETA
+    4 min" and was gone in 10 s (an outside probe): the outage's silence is no rate of the link now."""
+    ages = {
+        str(c.get("consumer")): float(c["connected_seconds"])
+        for c in forwarder.get("consumers") or ()
+        if c.get("connected") and c.get("connected_seconds") is not None
+    }
+    if not required or any(name not in ages for name in required):
+        return RATE_WINDOW_SECONDS
+    newest = min(ages[name] for name in required)
+    return max(MIN_RATE_WINDOW_SECONDS, min(RATE_WINDOW_SECONDS, newest))
 
 
 def _not_connected(forwarder: Mapping[str, Any]) -> str:
@@ -139,7 +158,8 @@ def upstream_outlook(
         and c.get("seconds_unanswered") is not None
         and float(c["seconds_unanswered"]) >= UNANSWERED_SECONDS
     }
-    rate = float(ledger.verified_rate(RATE_WINDOW_SECONDS, now))
+    window = rate_window(required, forwarder)
+    rate = float(ledger.verified_rate(window, now))
     oldest = ledger.oldest_unverified_at()
     pending = int(bytes_pending)
     if pending <= 0:
@@ -166,7 +186,7 @@ def upstream_outlook(
             " client; data stays on the local disk"
         )
     elif rate > 0:
-        state, reason = "delivering", f"files verified over the last {RATE_WINDOW_SECONDS:.0f} s"
+        state, reason = "delivering", f"files verified over the last {window:.0f} s"
     else:
         state, reason = "waiting", "consumer connected; no file verified yet in the rate window"
     unreadable = forwarder.get("unreadable_files") or []
@@ -180,7 +200,7 @@ def upstream_outlook(
         "reason": reason,
         "bytes_pending": pending,
         "verified_bytes_per_s": round(rate, 1),
-        "rate_window_seconds": RATE_WINDOW_SECONDS,
+        "rate_window_seconds": window,
         # no ETA while some pending file cannot be sent: its bytes would never arrive
         "eta_seconds": eta_seconds(pending, rate, connected=state != "stalled" and not unreadable),
         "lag_seconds": 0.0 if oldest is None else round(max(0.0, now - oldest), 1),

@@ -143,6 +143,7 @@ class ConsumerState:
     sizes: dict[int, int] = field(default_factory=dict)  # chunk id -> bytes, for those sent (pruned)
     completes_sent: dict[int, float] = field(default_factory=dict)  # file id -> when sent
     connects: int = 1
+    connected_at: float = 0.0  # when it said hello on this connection (the outlook's rate window)
     #: a send to it failed (peer gone, or its queue full): nothing more is read and sent to it until it is
     #: heard from again (an HPC outage would otherwise re-read chunks from disk every tick)
     unreachable: bool = False
@@ -456,6 +457,7 @@ class ForwarderSession:
                 "credit": c.credit,
                 "in_flight": len(c.in_flight),
                 "connects": c.connects,
+                "connected_seconds": round(now - c.connected_at, 3),
                 "seconds_since_seen": round(now - c.last_seen, 3),
                 # (a send that failed since says otherwise: an outside probe saw connected and unreachable
                 # both true, the consumer's connection dropped by ZeroMQ for an oversized part)
@@ -519,7 +521,7 @@ class ForwarderSession:
                 log.warning("consumer %s: a second connection took the name over", hello.consumer)
                 out.append(Outgoing(old.identity, p.Error(f"consumer {hello.consumer} {p.TAKEN_OVER}")))
         credit = min(max(1, hello.credit), MAX_CREDIT)
-        state = ConsumerState(hello.consumer, identity, credit, last_seen=now)
+        state = ConsumerState(hello.consumer, identity, credit, last_seen=now, connected_at=now)
         state.connects = (old.connects + 1) if old else 1
         if old is not None:
             # what it refused stays with the name: a client restarted while held back (its disk still

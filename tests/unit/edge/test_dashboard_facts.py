@@ -138,6 +138,28 @@ def test_one_eta_stalled_without_a_consumer_and_lag_as_age() -> None:
     assert (out["state"], out["eta_seconds"], out["lag_seconds"]) == ("up to date", 0.0, 0.0)
 
 
+def test_the_rate_after_a_reconnect_is_measured_since_it() -> None:
+    """An outside probe: the pull client back after 66 s away, "delivering, ETA 237 s" for a backlog
+    verified within 10 s: the 120 s window's rate counted the outage's silence."""
+    from edge.upstream.outlook import MIN_RATE_WINDOW_SECONDS, RATE_WINDOW_SECONDS, rate_window
+
+    class Windowed(OutlookLedger):
+        def verified_rate(self, window: float, now: float) -> float:
+            self.asked = window
+            return 12e6 / window  # 12 MB verified since the reconnect, 8 s ago
+
+    back = {"consumers": [{"consumer": "hpc", "connected": True, "connected_seconds": 8.0}]}
+    assert rate_window(["hpc"], back) == MIN_RATE_WINDOW_SECONDS
+    ledger = Windowed(0.0, 1000.0)
+    out = upstream_outlook(ledger, 6_000_000, back, now=1600.0)
+    assert ledger.asked == 10.0 and out["rate_window_seconds"] == 10.0 and out["eta_seconds"] == 5.0
+    settled = {"consumers": [{"consumer": "hpc", "connected": True, "connected_seconds": 500.0}]}
+    assert rate_window(["hpc"], settled) == RATE_WINDOW_SECONDS
+    away = {"consumers": [{"consumer": "hpc", "connected": False, "connected_seconds": 8.0}]}
+    assert rate_window(["hpc"], away) == RATE_WINDOW_SECONDS
+    assert rate_window(["hpc"], consumers(True)) == RATE_WINDOW_SECONDS  # (a view without the field)
+
+
 def test_a_stall_for_a_required_consumer_away_says_others_are_connected() -> None:
     """An outside probe: "no consumer connected: pullA must pull" beside two consumers pulling."""
     from edge.upstream.outlook import stall

@@ -166,6 +166,7 @@ def test_an_undeliverable_chunk_gives_its_credit_back_and_waits_for_the_consumer
         "credit": 1,
         "in_flight": 0,
         "connects": 1,
+        "connected_seconds": 0.0,
         "seconds_since_seen": 0,
         "connected": False,  # heard from just now, but a send to it failed since
         "unreachable": True,
