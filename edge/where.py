@@ -257,10 +257,19 @@ def products_note(report: dict[str, Any], ended: bool, later_with_slices: list[s
     if not report.get("frames_stored"):  # (a refused run: "its frames are in its data files" it had none)
         return "no slices: no frame of this run was stored (its losses say why)"
     if report.get("exit_status") == "success":  # it ended well: nothing the reconstruction could take
+        # the carrier said as it was (an outside probe's JSON-stream run read "Stream V2 and UDP carry none")
+        config = run_config(report.get("config"))
+        carrier = (
+            "UDP carries none"
+            if config.get("transport") == "udp"
+            else "Stream V2 carries none"
+            if config.get("format") == "stream2"
+            else "the JSON stream's images sent none"
+        )
         return (
             "no slices: the scan ended with no projection the reconstruction could take (none carried a"
-            " rotation angle: Stream V2 and UDP carry none, docs/wire-formats.md); its frames are in its"
-            " data files (NXtomo): reconstruct them from there with the angles"
+            f" rotation angle: {carrier}, docs/wire-formats.md); its frames are in its data files"
+            " (NXtomo): reconstruct them from there with the angles"
         )
     return (
         f"no slices: the scan ended {report.get('exit_status') or 'unknown'} before its reconstruction was"
