@@ -86,6 +86,7 @@ def current_alarms(status: Mapping[str, Any]) -> list[dict[str, Any]]:
         if held:
             message += f"; {held:,} ledger record(s) held in memory until space returns"
         out.append(_alarm("condition:disk_full", "condition", "major", message))
+    queued = (status.get("pipeline") or {}).get("warming_next")
     for warming in (status.get("pipeline") or {}).get("warming") or ():
         seconds = float(warming.get("seconds") or 0)
         if seconds < WARMING_ALARM_SECONDS:
@@ -104,6 +105,8 @@ def current_alarms(status: Mapping[str, Any]) -> list[dict[str, Any]]:
                 " on a busy machine). A run in this mode that starts meanwhile may wait for the ones it"
                 " needs, its frames held in the ring (none lost)"
             )
+        if queued and queued != warming.get("mode"):
+            message += f"; {queued} mode's kernels (the next run's) load after these"
         out.append(_alarm(f"condition:mode_warming:{warming.get('mode')}", "condition", "minor", message))
     retention = status.get("retention") or {}
     if retention.get("alarm"):

@@ -829,6 +829,7 @@ class Appliance:
                     threads=self.threads,
                     stopping=lambda: self.stopping,
                     kernels_loading=lambda: self.warm_ups.busy,
+                    kernels_queued=lambda: self.warm_ups.queued_mode,
                 )
             )
         except BaseException:

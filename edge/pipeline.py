@@ -793,6 +793,12 @@ class WarmUps:
         with self._lock:
             return self._running
 
+    @property
+    def queued_mode(self) -> str | None:
+        """The mode of the load waiting behind the one running (None: none waits)."""
+        with self._lock:
+            return None if self._next is None else self._next.mode
+
     def request(self, params: ReductionSettings) -> None:
         with self._lock:
             if self._next is not None:

@@ -63,6 +63,7 @@ class ApplianceParts:
     threads: Callable[[], dict[str, dict[str, Any]]]
     stopping: Callable[[], bool]
     kernels_loading: Callable[[], bool] = lambda: False  # the next run's kernels load (`WarmUps.busy`)
+    kernels_queued: Callable[[], str | None] = lambda: None  # a mode whose load waits (`WarmUps.queued_mode`)
 
 
 class ApplianceView:
@@ -136,7 +137,9 @@ class ApplianceView:
             },
             "receiver": receiver,
             "ring": p.ring.counters(),
-            "pipeline": pipeline,
+            # a mode whose kernels load after those loading now (one load at a time): the warming alarm
+            # names it, not only the mode loading (an outside probe waited on tomo under a serial alarm)
+            "pipeline": {**pipeline, "warming_next": p.kernels_queued()},
             "store": {
                 "path": str(p.settings.store.path),
                 **{

@@ -71,7 +71,13 @@ def test_a_mode_whose_kernels_load_for_long_raises_an_alarm_saying_why_frames_wa
     assert "800 frames of a run in this mode were reduced meanwhile" in alarm["message"], alarm
 
 
-def test_condition_alarms_clear_with_their_condition() -> None:
+def test_the_warming_alarm_names_the_mode_whose_kernels_load_next() -> None:
+    """An outside probe: after a change to tomo, the alarm named serial (still compiling) for 86 s, the
+    operator waiting on tomo with nothing saying tomo was next."""
+    status = {"pipeline": {"warming": [{"mode": "serial", "seconds": 40.0}], "warming_next": "tomo"}}
+    (alarm,) = [a for a in current_alarms(status) if a["id"].startswith("condition:mode_warming")]
+    assert "tomo mode's kernels (the next run's) load after these" in alarm["message"]
+
     stalled = {"upstream_outlook": {"state": "stalled", "reason": "no consumer connected: hpc must pull"}}
     storage = {"retention": {"alarm": "store full of unverified data", "accepting_runs": False}}
     assert [a["id"] for a in current_alarms({**stalled, **storage})] == [

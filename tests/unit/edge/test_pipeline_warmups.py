@@ -34,8 +34,10 @@ def test_changes_asked_for_during_a_load_wait_and_only_the_newest_loads() -> Non
     for _ in range(30):  # an outside probe's 30 PUTs: 30 loads ran at once
         warm.request(ReductionSettings(mode="serial"))
     warm.request(ReductionSettings(mode="tomo"))
+    assert warm.busy and warm.queued_mode == "tomo"  # (what the warming alarm names as next)
     release.set()
     _until(lambda: started == ["powder", "tomo"] and not warm._running)
+    assert not warm.busy and warm.queued_mode is None
     assert (warm.loads, warm.coalesced) == (2, 30)
     warm.request(ReductionSettings(mode="tomo"))  # the thread ended: a later change starts another
     _until(lambda: len(started) == 3 and not warm._running)
