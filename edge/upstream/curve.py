@@ -139,6 +139,7 @@ class KeyRing:
             return
         names: dict[bytes, str] = {}
         twice: set[bytes] = set()
+        files: dict[bytes, list[str]] = {}  # key -> the files holding it (a duplicate's log names them)
         for file_name, _mtime, _size in listing:
             name = file_name[: -len(".key")]
             try:
@@ -152,8 +153,14 @@ class KeyRing:
             if public in names:
                 twice.add(public)
             names[public] = name
+            files.setdefault(public, []).append(file_name)
         for public in twice:
-            log.error("one CURVE key is in two files of %s: it admits no one", self.directory)
+            log.error(
+                "one CURVE key is in %d files of %s (%s): it admits no one",
+                len(files[public]),
+                self.directory,
+                ", ".join(sorted(files[public])),
+            )
             del names[public]
         self._seen, self._names = listing, names
         log.info("CURVE clients: %s", ", ".join(sorted(names.values())) or "none")

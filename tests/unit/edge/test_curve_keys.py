@@ -81,10 +81,15 @@ def test_keys_added_and_removed_count_without_a_restart(server: tuple[zmq.Socket
 
 
 def test_a_key_in_two_files_or_under_a_bad_name_admits_no_one(
-    server: tuple[zmq.Socket, str], keys: Path
+    server: tuple[zmq.Socket, str],
+    keys: Path,
+    caplog,  # type: ignore[no-untyped-def]
 ) -> None:
     shutil.copy(keys / "hpc" / "hpc.key", keys / "clients" / "tape.key")  # which name would it be?
-    assert _name_seen(server, keys, "hpc", timeout_ms=1000) is None
+    with caplog.at_level("ERROR", logger="edge.upstream.curve"):
+        assert _name_seen(server, keys, "hpc", timeout_ms=1000) is None
+    # the log names both files (an outside probe had to compare every file by hand)
+    assert "(hpc.key, tape.key): it admits no one" in caplog.text
     (keys / "clients" / "tape.key").unlink()
     shutil.copy(keys / "mirror" / "mirror.key", keys / "clients" / "no way.key")  # not a consumer name
     (keys / "clients" / "junk.key").write_text("not a certificate\n")
