@@ -695,7 +695,8 @@ def _run_where(settings: Settings, run: str, as_json: bool, given_file: bool = F
     from edge.daemon_lock import daemon_running
     from edge.errors import NotFound
     from edge.ledger import Ledger
-    from edge.where import render, resolve_run, where_report
+    from edge.upstream.outlook import RATE_WINDOW_SECONDS
+    from edge.where import render, resolve_run, runs_beginning, where_report
 
     if not settings.ledger_path.exists():
         print(f"edge: no ledger at {settings.ledger_path} (set store.path)", file=sys.stderr)
@@ -709,6 +710,7 @@ def _run_where(settings: Settings, run: str, as_json: bool, given_file: bool = F
         run_uid = resolve_run(ledger, run)
         running = daemon_running(settings.ledger_path)
         held = stalled = None
+        window = RATE_WINDOW_SECONDS
         from_daemon = False
         if running:  # what only the daemon knows: a held run end, a stalled upstream link
             served = daemon_where(settings, run_uid)
@@ -716,6 +718,10 @@ def _run_where(settings: Settings, run: str, as_json: bool, given_file: bool = F
                 _text_or_none(served.get("held_end")) if ledger.run(run_uid)["exit_status"] is None else None
             )
             stalled = _text_or_none(served.get("upstream_stalled"))
+            # the daemon's rate window (shorter just after its consumers reconnected): its ETA, not another
+            served_window = served.get("rate_window_seconds")
+            if isinstance(served_window, int | float) and 0 < served_window <= RATE_WINDOW_SECONDS:
+                window = float(served_window)
             # and the consumers it requires: these settings may name others (an outside probe: "needs
             # hpc, tape" beside "stalled: ... mirror must pull", the counts by the one list, the stall by
             # the other). Only the reading changes: the ledger's states are the daemon's to set.
@@ -724,8 +730,24 @@ def _run_where(settings: Settings, run: str, as_json: bool, given_file: bool = F
                 from_daemon = True
                 ledger.required_consumers = tuple(dict.fromkeys(daemons))
         report = where_report(
-            ledger, run_uid, daemon_running=running, store=settings.store.path, held_end=held, stalled=stalled
+            ledger,
+            run_uid,
+            daemon_running=running,
+            store=settings.store.path,
+            held_end=held,
+            stalled=stalled,
+            window=window,
         )
+        # an exact uid that also begins others: said, as `edge where` takes a prefix too (an outside
+        # probe typed the start of one run's uid and was shown another run, the one named so exactly)
+        longer = runs_beginning(ledger, run_uid) if run == run_uid else []
+        if longer:
+            shown = ", ".join(longer[:5]) + (f", ... ({len(longer) - 5} more)" if len(longer) > 5 else "")
+            print(
+                f"edge: {run!r} is this run's whole uid; it also begins {len(longer)} other run uid(s)"
+                f" ({shown}): give more of the uid for those",
+                file=sys.stderr,
+            )
         # the consumers the files wait for come from the settings: unset, the default stands in for what
         # the daemon requires (an outside probe: "needs hpc" beside "confirmed by some, not yet all")
         # (a settings file that does not set them runs the daemon on the default too: then no note)

@@ -24,6 +24,15 @@ def _quoted(text: str, limit: int = 120) -> str:
     return repr(text) if len(text) <= limit else f"{text[:limit]!r}... ({len(text)} characters)"
 
 
+def runs_beginning(ledger: Ledger, run_uid: str) -> list[str]:
+    """The other runs whose uid begins with ``run_uid`` (a whole uid that is also a prefix of theirs)."""
+    return [
+        row["run_uid"]
+        for row in ledger.runs()
+        if row["run_uid"] != run_uid and row["run_uid"].startswith(run_uid)
+    ]
+
+
 def resolve_run(ledger: Ledger, text: str) -> str:
     """The run uid ``text`` names: itself, or the one run whose uid starts with it."""
     try:
@@ -175,6 +184,7 @@ def where_report(
         "required_consumers": consumers,
         "bytes_pending": pending,
         "upstream_rate_bytes_per_s": round(rate, 1),
+        "rate_window_seconds": window,
         # no daemon, nothing sent: no time to arrival (the rate is the last 120 s of a daemon now gone);
         # nor while delivery is stalled (``stalled``: why, the daemon's `outlook.stall`)
         "eta_seconds": eta_seconds(pending, rate)

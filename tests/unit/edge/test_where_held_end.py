@@ -156,3 +156,26 @@ def test_edge_where_reads_the_files_by_the_consumers_the_running_daemon_requires
         lock.release()
     assert done.returncode == 0, done.stderr
     assert "needs hpc, tape, mirror (as the running daemon requires)" in done.stdout, done.stdout
+
+
+def test_edge_where_says_when_a_whole_uid_also_begins_other_runs_uids(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """An outside probe: `edge where b0d1` showed run b0d1 (its whole uid) with no word that it also
+    begins run b0d10e64-...: a prefix typed for the long one showed the short one."""
+    import subprocess
+    import sys
+
+    from edge.ledger import Ledger
+
+    ledger = Ledger(tmp_path / "ledger.sqlite")
+    ledger.run_started("b0d10e64-aaaa", 1, None, "{}")
+    ledger.run_started("b0d1", 2, None, "{}")
+    ledger.close()
+    done = subprocess.run(
+        [sys.executable, "-m", "edge", "where", "b0d1", "--set", f"store.path={json.dumps(str(tmp_path))}"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "run b0d1" in done.stdout or "b0d1" in done.stdout.splitlines()[0]
+    assert "it also begins 1 other run uid(s) (b0d10e64-aaaa)" in done.stderr, done.stderr
