@@ -34,6 +34,9 @@ RUN_UID = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,127}")
 
 log = logging.getLogger(__name__)
 
+#: a held loss record that grows frame by frame (a full disk losing every frame) is rewritten to the
+#: journal at most this often: a crash meanwhile leaves its newest frames to the recovery (``daemon_crash``)
+JOURNAL_MERGES_SECONDS = 1.0
 #: how often the open run's highest frame received is written to the ledger (``write_progress``)
 PROGRESS_SECONDS = 0.2
 SEEN_BEFORE_KEPT = 64  # runs moved on from whose highest frame waits for their end
@@ -60,6 +63,7 @@ class RunRecorder:
         # it, or there was none): held here in order, written first when space returns
         self._held: list[tuple[Callable[..., Any], tuple[Any, ...]]] = []
         self._not_journaled = 0  # held records the journal had no room for, as last counted
+        self._journaled_at = float("-inf")  # when the held records were last written to the journal
         self._held_lock = threading.RLock()
         # files a full disk refused, made later: (what, how, of which run)
         self._deferred: list[tuple[str, Callable[[], Any], str | None]] = []
@@ -270,6 +274,8 @@ class RunRecorder:
             held_run, held_first, held_last, held_reason, held_detail = self._held[-1][1]
             if (held_run, held_reason, held_detail) == (run_uid, reason, detail) and held_last + 1 == first:
                 self._held[-1] = (write, (run_uid, held_first, last, reason, detail))  # one record, longer
+                if time.monotonic() - self._journaled_at >= JOURNAL_MERGES_SECONDS:  # (not a sync a frame)
+                    self._journal_held()
                 return
         self._held.append((write, args))
         self._count("ledger_writes_held")
@@ -288,6 +294,7 @@ class RunRecorder:
         if self.journal is None:
             return
         entries = [(getattr(w, "__name__", "?"), list(a)) for w, a in self._held] + (extra or [])
+        self._journaled_at = time.monotonic()
         missing = len(entries) - self.journal.keep(entries)
         if missing > self._not_journaled:  # (counted once each: the list is kept whole every time)
             self._count("ledger_writes_not_journaled", missing - self._not_journaled)

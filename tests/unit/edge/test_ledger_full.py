@@ -534,3 +534,27 @@ def test_the_held_journal_keeps_what_fits_and_reads_nothing_from_a_damaged_file(
     assert journal.read() == []
     journal.clear()
     assert journal.read() == []
+
+
+def test_a_held_loss_growing_frame_by_frame_is_kept_in_the_journal_as_it_grows(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A full disk losing frame after frame makes one held record, longer each time: the journal is
+    rewritten with it (at most every JOURNAL_MERGES_SECONDS), so a crash replays the range it reached."""
+    import edge.recorder as recorder_module
+    from edge.held_journal import HeldJournal
+
+    ledger = Ledger(tmp_path / "ledger.sqlite")
+    journal = HeldJournal(tmp_path / "ledger.held")
+    assert journal.make()
+    guard = DiskGuard(tmp_path, tmp_path / "ledger.reserve", 0, 0, clock=Clock())
+    recorder = RunRecorder(ledger, tmp_path / "store", chunk_bytes=1 << 20, disk=guard, journal=journal)
+    uid = recorder.open_run("r", series=1, frames_expected=20, config={"shape": [4, 4]})
+    _cap(ledger)
+    _fill(ledger, "filler-run")
+    monkeypatch.setattr(recorder_module, "JOURNAL_MERGES_SECONDS", 0.0)
+    for frame in range(12):
+        recorder.loss(uid, frame, frame, "disk_full", "the disk is full: not written")
+    assert recorder.held() == 1
+    assert journal.read() == [("record_loss", [uid, 0, 11, "disk_full", "the disk is full: not written"])]
+    ledger.close()
