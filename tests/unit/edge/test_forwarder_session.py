@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -58,6 +59,26 @@ def connect(session: ForwarderSession, credit: int, now: float = 0.0, peer: byte
 
 def ack(session: ForwarderSession, chunk: p.Chunk, now: float, peer: bytes = PEER) -> None:
     assert session.receive(peer, frames(p.Ack(chunk.chunk_id, chunk.checksum)), now) == []
+
+
+def _store_file(ledger: Ledger, tmp_path: Path, n: int, chunks_of_1024: int, kind: str = "data") -> int:
+    """Store file ``n`` of run ``run``: ``chunks_of_1024`` chunks of 1024 bytes, of this ``kind``."""
+    path = tmp_path / f"run_{n:05d}.h5"
+    path.write_bytes(bytes([n]) * 1024 * chunks_of_1024)
+    size, digest, parts = file_checksums(path, 1024)
+    return ledger.file_stored("run", path.name, path, size, digest, (n, n, 1), parts, kind)
+
+
+class _VerifiedEarlier:
+    """What the outlook reads from a ledger whose files were verified earlier in the rate window."""
+
+    required_consumers = ("hpc",)
+
+    def verified_rate(self, window: float, now: float) -> float:
+        return 1e6
+
+    def oldest_unverified_at(self) -> float | None:
+        return 0.0
 
 
 def test_chunks_are_paced_by_credit_and_acks_return_it(ledger: Ledger) -> None:
@@ -385,16 +406,7 @@ def test_a_consumer_that_refuses_everything_is_sent_one_chunk_after_growing_paus
     # the outlook says stalled at once, though files were verified earlier in the rate window
     view = session.consumer_states(now)
 
-    class Verified:
-        required_consumers = ("hpc",)
-
-        def verified_rate(self, window: float, now: float) -> float:
-            return 1e6
-
-        def oldest_unverified_at(self) -> float | None:
-            return 0.0
-
-    outlook = upstream_outlook(Verified(), 1 << 20, {"consumers": view}, now)
+    outlook = upstream_outlook(_VerifiedEarlier(), 1 << 20, {"consumers": view}, now)
     assert outlook["state"] == "stalled" and "No space left on device" in outlook["reason"]
     # a restarted client (its disk still full) is not a fresh start: it waits out its pause, and its
     # refusals count on (a re-probe: a restart brought a fresh burst of 8 and a 1 s pause again)
@@ -511,11 +523,7 @@ def test_files_a_consumer_refusing_everything_never_refused_go_while_the_refused
     ledger = Ledger(tmp_path / "ledger.sqlite", required_consumers=("hpc",))
     ledger.run_started("run", 1, 2, "{}")
 
-    def store(n: int, chunks_of_1024: int, kind: str = "data") -> int:
-        path = tmp_path / f"run_{n:05d}.h5"
-        path.write_bytes(bytes([n]) * 1024 * chunks_of_1024)
-        size, digest, parts = file_checksums(path, 1024)
-        return ledger.file_stored("run", path.name, path, size, digest, (n, n, 1), parts, kind)
+    store = partial(_store_file, ledger, tmp_path)
 
     big = {store(0, 8), store(1, 8)}
     session = ForwarderSession(ledger, resend_seconds=1.0)
@@ -550,11 +558,7 @@ def test_a_restarted_daemon_holds_back_a_consumer_that_refused_everything_proof_
     ledger = Ledger(tmp_path / "ledger.sqlite", required_consumers=("hpc",))
     ledger.run_started("run", 1, 2, "{}")
 
-    def store(n: int, chunks_of_1024: int, kind: str = "data") -> int:
-        path = tmp_path / f"run_{n:05d}.h5"
-        path.write_bytes(bytes([n]) * 1024 * chunks_of_1024)
-        size, digest, parts = file_checksums(path, 1024)
-        return ledger.file_stored("run", path.name, path, size, digest, (n, n, 1), parts, kind)
+    store = partial(_store_file, ledger, tmp_path)
 
     big = {store(0, 8), store(1, 8)}
     session = ForwarderSession(ledger, resend_seconds=1.0)
@@ -577,16 +581,7 @@ def test_a_restarted_daemon_holds_back_a_consumer_that_refused_everything_proof_
     assert {c.file_id for c in first} == small, [c.file_id for c in first]
     view = restarted.consumer_states(100.0)
 
-    class Verified:
-        required_consumers = ("hpc",)
-
-        def verified_rate(self, window: float, now: float) -> float:
-            return 1e6
-
-        def oldest_unverified_at(self) -> float | None:
-            return 0.0
-
-    assert upstream_outlook(Verified(), 1 << 20, {"consumers": view}, 100.0)["state"] == "stalled"
+    assert upstream_outlook(_VerifiedEarlier(), 1 << 20, {"consumers": view}, 100.0)["state"] == "stalled"
     for chunk in first:
         ack(restarted, chunk, 100.1, peer=b"peer-2")
     (probe,) = chunks(restarted.tick(100.2))  # then one chunk of what it refused, to see if there is room

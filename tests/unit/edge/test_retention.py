@@ -203,19 +203,24 @@ def test_the_status_says_where_new_runs_are_refused_and_the_refusal_names_who_mu
     ledger.close()
 
 
+def _half_full_store(tmp_path: Path, required: tuple[str, ...]) -> tuple[Ledger, Retention]:
+    """A ledger requiring ``required`` with run ``run`` open, and a 4 GiB store (1 GiB headroom) that
+    refuses new runs at half: 2 GiB unverified reach it."""
+    ledger = Ledger(tmp_path / "ledger.sqlite", required_consumers=required)
+    ledger.run_started("run", 1, None, "{}")
+    settings = RetentionSettings(quota_bytes=4 * 2**30, headroom_bytes=2**30, high_water=0.5)
+    return ledger, Retention(ledger, tmp_path, settings, executor=ManualExecutor())
+
+
 def test_a_store_filled_by_files_never_forwarded_says_so_not_waiting_for_the_consumer(tmp_path: Path) -> None:
     """An outside probe (upstream.forward = reduced, retention.unforwarded = keep, a quota): new runs were
     refused "data not yet verified upstream ...; waiting for the required consumer (hpc) to confirm it"
     while the outlook said every stored file was verified: the raw files never forwarded filled the store,
     and no consumer could free them. The refusal names them apart, with what frees them, and the status
     counts them (``local_bytes``)."""
-    ledger = Ledger(tmp_path / "ledger.sqlite", required_consumers=("hpc",))
-    ledger.run_started("run", 1, None, "{}")
-    settings = RetentionSettings(quota_bytes=4 * 2**30, headroom_bytes=2**30, high_water=0.5)
-    retention = Retention(ledger, tmp_path, settings, executor=ManualExecutor())
-    path = tmp_path / "raw.h5"
+    ledger, retention = _half_full_store(tmp_path, ("hpc",))
+    path, size = tmp_path / "raw.h5", 2 * 2**30
     path.write_bytes(b"x")
-    size = 2 * 2**30
     ledger.file_stored("run", "raw.h5", path, size, "sum", (0, 0, 1), [(0, size, "c")], "data", True)
     refusal = retention.refusal()
     assert refusal is not None and "2.0 GiB never forwarded (upstream.forward), kept local" in refusal
@@ -239,13 +244,9 @@ def test_the_refusal_names_the_required_consumers_still_to_confirm_and_those_don
     """An outside dashboard probe: "waiting for the required consumers (hpc, tape) to confirm it" with
     every file confirmed by hpc, tape never connected: the scientist could not tell whether the HPC
     centre had the data."""
-    ledger = Ledger(tmp_path / "ledger.sqlite", required_consumers=("hpc", "tape"))
-    ledger.run_started("run", 1, None, "{}")
-    settings = RetentionSettings(quota_bytes=4 * 2**30, headroom_bytes=2**30, high_water=0.5)
-    retention = Retention(ledger, tmp_path, settings, executor=ManualExecutor())
-    path = tmp_path / "big.h5"
+    ledger, retention = _half_full_store(tmp_path, ("hpc", "tape"))
+    path, size = tmp_path / "big.h5", 2 * 2**30
     path.write_bytes(b"x")
-    size = 2 * 2**30
     file_id = ledger.file_stored("run", "big.h5", path, size, "sum", (0, 0, 1), [(0, size, "c")])
     assert "waiting for the required consumers (hpc, tape) to confirm it" in (retention.refusal() or "")
     chunk = ledger.pending_chunks("hpc", [], 1)[0]
