@@ -291,7 +291,8 @@ class ApplianceIOC:
         self._own_series = 0  # series started up to the end of this appliance's last Acquire
         self._last_rate_sample: tuple[float, int] | None = None
         self._run_uid: str | None = None
-        self._file_run_of: tuple[str, str] | None = None  # (current run, the run whose files are shown)
+        # (current run, the run whose files are shown, its capture's file when it is a capture a restart cut)
+        self._file_run_of: tuple[str, str, str | None] | None = None
         self._message = ""
         self._remove_listener: Callable[[], None] | None = None
         self._camera_state: str | None = None  # the camera's last state seen (`_detector_changed`)
@@ -1480,7 +1481,8 @@ class ApplianceIOC:
         scan through a restart made 54 datums against a file of 46 frames). (Blocking: in a thread.)"""
         known = self._file_run_of
         if known is None or known[0] != current:
-            known = self._file_run_of = (current, self.view.capture_continued(current) or current)
+            capture = self.view.capture_continued(current)
+            known = self._file_run_of = (current, *(capture or (current, None)))
         return known[1]
 
     def _settle_acquire(self) -> None:
@@ -1579,10 +1581,15 @@ class ApplianceIOC:
         if not self._capturing and (run_files or current.get("run_uid")):
             # frames of the run in closed files: 0 for a run whose first file is still open
             self._set("HDF1:NumCaptured_RBV", sum(int(f["n_frames"]) for f in run_files))
-        if run_files and not self._capturing:
+        if not self._capturing:
             data_files = [f for f in run_files if str(f["path"]).endswith(".h5")]  # not the run's documents
+            shown = self._file_run_of
             if data_files:
                 self._set("HDF1:FullFileName_RBV", _fit(str(data_files[-1]["path"])))
+            elif shown is not None and shown[0] == current.get("run_uid") and shown[2]:
+                # a capture a kill cut: its file was never finished (its .part stays, `edge where` names
+                # it), but it is still the file its StreamResource names (an outside probe read "")
+                self._set("HDF1:FullFileName_RBV", _fit(shown[2]))
         ledger = status["ledger"]
         upstream = status["upstream"]
         connected = [c for c in upstream.get("consumers", []) if c.get("connected")]

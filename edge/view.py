@@ -302,17 +302,19 @@ class ApplianceView:
     def run_files(self, run_uid: str) -> list[dict[str, Any]]:
         return self._p.ledger.files(run_uid)
 
-    def capture_continued(self, run_uid: str) -> str | None:
+    def capture_continued(self, run_uid: str) -> tuple[str, str] | None:
         """The capture (``HDF1:Capture``) run that ``run_uid`` continues after restarts (one resumed
-        run after another), or None: ``run_uid`` is no such continuation, or unknown."""
+        run after another), with its capture's file; None: ``run_uid`` is no such continuation, or
+        unknown."""
         ledger = self._p.ledger
         for _ in range(16):  # (a chain of restarts; never a loop, whatever the ledger holds)
             try:
                 earlier = run_config(ledger.run(run_uid).get("config")).get("resumes_run")
                 if not earlier:
                     return None
-                if run_config(ledger.run(str(earlier)).get("config")).get("capture_file"):
-                    return str(earlier)
+                capture = run_config(ledger.run(str(earlier)).get("config")).get("capture_file")
+                if capture:
+                    return str(earlier), str(capture)
             except NotFound:
                 return None
             run_uid = str(earlier)

@@ -194,6 +194,7 @@ def where_report(
         "daemon_running": daemon_running,
         "files": rows,
         "quarantined": quarantined(Path(ledger.path).parent if store is None else store, run_uid),
+        "capture_left": capture_left(run_config(run.get("config")), run["ended_at"] is not None),
         "losses": losses,
         "header_notes": header_notes(config),
         "config": run["config"],
@@ -288,6 +289,20 @@ def products_note(report: dict[str, Any], ended: bool, later_with_slices: list[s
     )
 
 
+def capture_left(config: dict[str, Any], run_ended: bool) -> dict[str, Any] | None:
+    """A capture's ``NAME.h5.part`` a crash left where it was (outside the store's run directories,
+    where recovery does not look): the only copy of the frames written to it before the crash, which
+    the ledger records lost. None when there is none (or the run is still open: it is being written)."""
+    target = config.get("capture_file")
+    if not target or not run_ended:
+        return None
+    part = Path(f"{target}.part")
+    try:
+        return {"path": str(part), "size": part.stat().st_size}
+    except (OSError, ValueError):
+        return None
+
+
 def quarantined(store: Path, run_uid: str) -> list[dict[str, Any]]:
     """The run's half-written files set aside after a crash or on a full disk (never forwarded or
     purged; their frames are loss records), with their sizes: in the ledger they are no file at all."""
@@ -322,6 +337,14 @@ def header_notes(config: dict[str, Any]) -> list[str]:
         uid = str(config["detector_run_uid"])[:80]
         notes.append(
             f"the detector's uid of the series, {uid!r}, came with its images (the run's own differs)"
+        )
+    elif config.get("detector_run_uid") and config.get("capture_file"):
+        # a capture's run is named at its Capture 1, before its first series came (an outside probe read
+        # "was not a file name" of an ordinary UUID)
+        uid = str(config["detector_run_uid"])[:80]
+        notes.append(
+            f"the detector's uid of its first series, {uid!r}: the capture's run was named at its"
+            " Capture 1 (edge where finds it by either)"
         )
     elif config.get("detector_run_uid"):
         notes.append(
@@ -441,6 +464,13 @@ def render(report: dict[str, Any]) -> str:
         lines.append(
             f"  quarantined {item['path']}  ({item['size']} bytes, half-written at a crash or on a full"
             " disk: its frames are loss records; kept for inspection, never forwarded; README: h5clear)"
+        )
+    left = report.get("capture_left")
+    if left:  # (an outside probe: `edge where` said the frames were lost and never named this copy)
+        lines.append(
+            f"  left at a crash {_printable(left['path'])}  ({left['size']} bytes, the capture's file"
+            " open when the daemon died: the only copy of frames recorded lost; never forwarded;"
+            " README: h5clear)"
         )
     for note in report.get("header_notes") or ():
         lines.append(f"  detector header: {note}")

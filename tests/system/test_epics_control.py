@@ -544,13 +544,16 @@ def test_a_series_stopped_at_the_camera_ends_abort_and_one_the_appliance_did_not
     assert stack.procs["daemon"].poll() is None
 
 
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL], ids=["term", "kill"])
 def test_after_a_restart_mid_capture_num_captured_counts_the_capture_s_file_not_the_resumed_run(
-    stack: Stack,
+    stack: Stack, sig: int
 ) -> None:
     """An outside probe: an ophyd-async fly scan through a daemon restart made stream datums of 54 frames
     against a capture file of 46: after the restart ``NumCaptured_RBV`` counted the resumed run's frames
     (in the store's own files) beside the capture's file. It now counts the capture's file, which
-    ``FullFileName_RBV`` names; ``RunUid_RBV`` names the resumed run."""
+    ``FullFileName_RBV`` names; ``RunUid_RBV`` names the resumed run. After a kill the file was never
+    finished: 0 frames in it, and ``FullFileName_RBV`` still names it (it read "", another probe), its
+    ``.part`` left where it was and named by `edge where`."""
     epics = _epics()
     p = stack.prefix
     _put(stack, "HDF1:FileName", "cut")
@@ -558,7 +561,7 @@ def test_after_a_restart_mid_capture_num_captured_counts_the_capture_s_file_not_
     _put(stack, "HDF1:Capture", 1)
     capture_run = _camera_started_directly(stack, 1500, "the capture's run open")
     wait_until(lambda: (epics.caget(p + "HDF1:NumCaptured_RBV") or 0) >= 20, 30, "frames captured")
-    stack.kill("daemon")
+    stack.kill("daemon", sig)
     stack.start_daemon(idle=False)
     resumed = wait_until(
         lambda: (uid := stack.status()["appliance"]["run_uid"]) not in (None, capture_run) and uid,
@@ -572,8 +575,10 @@ def test_after_a_restart_mid_capture_num_captured_counts_the_capture_s_file_not_
     interrupted = stack.run(capture_run)
     assert interrupted["ended_at"] is not None
     in_file = sum(int(f["n_frames"]) for f in interrupted["files"] if str(f["path"]).endswith(".h5"))
-    assert in_file >= 20
+    assert in_file >= 20 if sig == signal.SIGTERM else in_file == 0
     assert epics.caget(p + "HDF1:NumCaptured_RBV", use_monitor=False) == in_file
+    left = interrupted["where"]["capture_left"]
+    assert (left is None) if sig == signal.SIGTERM else left["path"].endswith("cut.h5.part"), left
     assert "cut" in epics.caget(p + "HDF1:FullFileName_RBV", as_string=True, use_monitor=False)
     assert epics.caget(p + "RunUid_RBV", as_string=True, use_monitor=False) == resumed
     assert epics.caput(stack.cam_prefix + "Acquire", 0, wait=True, timeout=30) == 1

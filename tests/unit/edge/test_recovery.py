@@ -888,3 +888,28 @@ def test_edge_where_says_what_a_capture_s_run_was_to_account_for(tmp_path: Path)
     recorder.close_run(run_uid, 0, "abort")
     text = render(where_report(ledger, run_uid, store=tmp_path))
     assert "expected: as many as the capture took, across its series (Capture 0 ends it)" in text, text
+
+
+def test_edge_where_names_a_capture_s_part_file_a_crash_left_and_its_detector_uid_plainly(
+    tmp_path: Path,
+) -> None:
+    """Outside probes: after a kill -9 mid-capture `edge where` said the capture's frames were lost and
+    never named the `.part` a crash left beside the capture's file (outside the store, where recovery
+    does not look: the only copy); and every capture's run said its detector uid "was not a file name"
+    (the capture's run is named at its Capture 1)."""
+    from edge.where import render, where_report
+
+    capture = tmp_path / "scans" / "fly.h5"
+    capture.parent.mkdir()
+    ledger = Ledger(tmp_path / "ledger.sqlite")
+    recorder = RunRecorder(ledger, tmp_path, chunk_bytes=1 << 20)
+    config = {"capture_file": str(capture), "detector_run_uid": "0b7e6a1c-1111-2222-3333-444455556666"}
+    run_uid = recorder.open_run("cap-1", series=2, frames_expected=None, config=config)
+    Path(f"{capture}.part").write_bytes(b"x" * 1234)
+    assert where_report(ledger, run_uid, store=tmp_path)["capture_left"] is None  # open: being written
+    recorder.close_run(run_uid, 0, "fail")
+    report = where_report(ledger, run_uid, store=tmp_path)
+    assert report["capture_left"] == {"path": f"{capture}.part", "size": 1234}
+    text = render(report)
+    assert f"left at a crash {capture}.part  (1234 bytes, the capture's file open when" in text, text
+    assert "was not a file name" not in text and "named at its Capture 1" in text, text
