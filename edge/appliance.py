@@ -710,7 +710,7 @@ class Appliance:
         # recovery, which then accounts for their runs (those the disk refuses again stay held)
         journal = HeldJournal(settings.ledger_path.with_name("ledger.held"))
         journal.make()
-        _written, still_held = replay_held(self.ledger, journal)
+        _written, still_held, documents_waiting = replay_held(self.ledger, journal)
         self.recorder = RunRecorder(
             self.ledger,
             store.path,
@@ -722,6 +722,11 @@ class Appliance:
         if still_held:
             self.recorder.hold(still_held)
         self.recovery = recover(self.recorder, store.path)
+        for run_uid, exit_status in documents_waiting:  # (each a new revision; held again if still full)
+            try:
+                self.recorder.documents_when_possible(run_uid, exit_status)
+            except Exception:  # a run since gone from the ledger, say: logged, the start goes on
+                log.exception("run %s: the documents that waited for space could not be written", run_uid)
         stale, freed = sweep_stale_rings(() if settings.ring.name is None else (settings.ring.name,))
         if stale:
             log.warning(

@@ -46,6 +46,8 @@ JOURNALED = frozenset(
         "file_stored",
     }
 )
+#: not a ledger write: a run whose documents waited for space (the recorder writes them after recovery)
+DOCUMENTS = "documents"
 
 
 class HeldJournal:
@@ -146,16 +148,26 @@ class HeldJournal:
         ]
 
 
-def replay(ledger: Ledger, journal: HeldJournal) -> tuple[int, list[tuple[str, list[Any]]]]:
+def replay(
+    ledger: Ledger, journal: HeldJournal
+) -> tuple[int, list[tuple[str, list[Any]]], list[tuple[str, str]]]:
     """Write the records a stopped (or killed) daemon held back to the ledger, in order, before its
-    recovery runs. Returns how many were written and those the disk refused again (from the first one
-    refused on: the caller holds them, in order); a record that fails otherwise (a run written after
-    all) is logged and passed by."""
+    recovery runs. Returns how many were written, those the disk refused again (from the first one
+    refused on: the caller holds them, in order), and the runs whose documents waited for space (run,
+    exit status: the caller writes them after its recovery); a record that fails otherwise (a run
+    written after all) is logged and passed by."""
     import sqlite3
 
     from edge.diskguard import is_no_space
 
     entries = journal.read()
+    reopened = {str(args[0]) for name, args in entries if name == "run_reopened" and args}
+    documents = [  # (a run reopened for the recovery gets its documents from it, once)
+        (str(args[0]), str(args[1]))
+        for name, args in entries
+        if name == DOCUMENTS and len(args) == 2 and str(args[0]) not in reopened
+    ]
+    entries = [(name, args) for name, args in entries if name != DOCUMENTS]
     written = 0
     for n, (name, args) in enumerate(entries):
         if name not in JOURNALED:
@@ -173,7 +185,7 @@ def replay(ledger: Ledger, journal: HeldJournal) -> tuple[int, list[tuple[str, l
                     len(entries) - n,
                     journal.path,
                 )
-                return written, entries[n:]
+                return written, entries[n:], documents
             log.error("held record %s%r could not be written: %s", name, tuple(args)[:4], error)
         except Exception as error:
             log.error("held record %s%r could not be written: %s", name, tuple(args)[:4], error)
@@ -185,5 +197,12 @@ def replay(ledger: Ledger, journal: HeldJournal) -> tuple[int, list[tuple[str, l
             written,
             journal.path,
         )
+    if documents:
+        log.warning(
+            "%d run(s) whose documents the last daemon could not write (disk full) get them after the"
+            " recovery: %s",
+            len(documents),
+            ", ".join(uid for uid, _status in documents),
+        )
     journal.clear()
-    return written, []
+    return written, [], documents

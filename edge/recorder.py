@@ -64,6 +64,7 @@ class RunRecorder:
         self._held: list[tuple[Callable[..., Any], tuple[Any, ...]]] = []
         self._not_journaled = 0  # held records the journal had no room for, as last counted
         self._journaled_at = float("-inf")  # when the held records were last written to the journal
+        self._journal_dirty = 0  # the journal holds entries (cleared once nothing is held)
         self._held_lock = threading.RLock()
         # files a full disk refused, made later: (what, how, of which run)
         self._deferred: list[tuple[str, Callable[[], Any], str | None]] = []
@@ -234,6 +235,7 @@ class RunRecorder:
                     return
                 raise
             del self._pending_documents[run_uid]
+            self._journal_held()
 
     def when_space_returns(self, what: str, task: Callable[[], Any], run_uid: str | None = None) -> None:
         """A file the full disk refused (``what`` it is, for the log; of run ``run_uid``) is written by
@@ -290,10 +292,19 @@ class RunRecorder:
             self._journal_held()
 
     def _journal_held(self, extra: list[tuple[str, list[Any]]] | None = None) -> None:
-        """Keep the held records (and ``extra`` ones) in the journal, as they are now."""
+        """Keep the held records (and ``extra`` ones), then the runs whose documents wait (``documents``:
+        written by the next start after its recovery), in the journal, as they are now."""
         if self.journal is None:
             return
-        entries = [(getattr(w, "__name__", "?"), list(a)) for w, a in self._held] + (extra or [])
+        with self._held_lock:
+            entries = [(getattr(w, "__name__", "?"), list(a)) for w, a in self._held] + (extra or [])
+        entries += [("documents", [uid, status]) for uid, status in list(self._pending_documents.items())]
+        if not entries:
+            if self._journal_dirty:  # (nothing held any more: an empty journal, once)
+                self.journal.clear()
+                self._journal_dirty = self._not_journaled = 0
+            return
+        self._journal_dirty = 1
         self._journaled_at = time.monotonic()
         missing = len(entries) - self.journal.keep(entries)
         if missing > self._not_journaled:  # (counted once each: the list is kept whole every time)
@@ -329,9 +340,7 @@ class RunRecorder:
                 else:
                     self._count("ledger_writes_made_late")
                 self._held.pop(0)
-            if self.journal is not None and self.journal.usable:
-                self.journal.clear()
-                self._not_journaled = 0
+            self._journal_held()  # (what is left: runs whose documents wait, if any)
             return True
 
     def _write_failed_late(self, write: Callable[..., Any], args: tuple[Any, ...], error: Exception) -> None:
@@ -458,6 +467,7 @@ class RunRecorder:
         disk is full (`retry_pending`): they list what the ledger holds and the files to come."""
         if self.held() or self._deferred:
             self._pending_documents[run_uid] = exit_status
+            self._journal_held()  # (a kill meanwhile lost them: an outside probe, two runs undocumented)
             log.error("run %s: documents wait until the ledger can write again (disk full)", run_uid)
             return
         try:
@@ -466,6 +476,7 @@ class RunRecorder:
             if self.disk is None or not self.disk.note_error(error):
                 raise
             self._pending_documents[run_uid] = exit_status  # written when space returns
+            self._journal_held()
             log.error("run %s: documents not written (disk full); they will be when space returns", run_uid)
 
     def write_documents(self, run_uid: str, exit_status: str) -> None:

@@ -471,14 +471,16 @@ def test_a_run_whose_files_cannot_be_opened_on_a_full_disk_is_its_frames_loss_re
     ledger.close()
 
 
+@pytest.mark.parametrize("end", ["stop", "kill"])
 def test_a_run_whose_start_the_full_disk_held_is_in_the_ledger_after_a_stop_and_a_start(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, end: str
 ) -> None:
     """An outside chaos probe: the reserve gone (another process took it), a run refused on the full disk
     had its start, end, loss record and documents held in memory; a clean stop logged them and the run
     was in no record after the restart ("no run in the ledger"), its 30 frames accounted nowhere. The
     held records are kept in the journal beside the ledger as they are held; the next start writes them
-    before its recovery, which ends the run with its documents."""
+    before its recovery, which ends the run with its documents. Killed instead (no stop), the runs whose
+    documents waited in memory are in the journal too (a second probe: two runs never documented)."""
     from edge.held_journal import HeldJournal, replay
     from edge.recovery import recover
 
@@ -499,22 +501,30 @@ def test_a_run_whose_start_the_full_disk_held_is_in_the_ledger_after_a_stop_and_
     recorder.loss(uid, 0, 29, "run_refused", "the disk is full")
     recorder.close_run(uid, frames_stored=0, exit_status="abort")
     assert recorder.held() == 3
-    with caplog.at_level(logging.ERROR, logger="edge.recorder"):
-        recorder.give_up_held()  # the clean stop, the disk still full
-    assert "the next start writes them to the ledger" in caplog.text
-    ledger.close()
+    if end == "stop":
+        with caplog.at_level(logging.ERROR, logger="edge.recorder"):
+            recorder.give_up_held()  # the clean stop, the disk still full
+        assert "the next start writes them to the ledger" in caplog.text
+    ledger.close()  # (killed: nothing more happens)
 
     ledger = Ledger(tmp_path / "ledger.sqlite")  # the next start, space back
-    written, refused = replay(ledger, HeldJournal(tmp_path / "ledger.held"))
-    assert (written, refused) == (4, [])  # start, loss, end, and the end taken back for recovery
+    written, refused, documents = replay(ledger, HeldJournal(tmp_path / "ledger.held"))
+    # start, loss, end (and at a stop, the end taken back for recovery)
+    assert (written, refused) == (4 if end == "stop" else 3, [])
+    # killed, the run's documents that waited in memory are in the journal too; stopped, the run was
+    # reopened for the recovery, which writes them (once)
+    assert documents == ([] if end == "stop" else [(uid, "abort")])
     restarted = RunRecorder(ledger, store, chunk_bytes=1 << 20)
     recover(restarted, store)
+    for run_uid, status in documents:  # (as the daemon's start does after its recovery)
+        restarted.documents_when_possible(run_uid, status)
     run = ledger.run(uid)
     assert run["ended_at"] is not None and run["frames_expected"] == 30
     totals = ledger.run_totals(uid)
     assert totals["frames_stored"] == 0 and totals["frames_lost"] == 30, totals
     assert [r["reason"] for r in ledger.losses(uid)] == ["run_refused"]
     assert (store / uid / f"{uid}.documents.jsonl").is_file()
+    assert not (store / uid / f"{uid}.documents.r2.jsonl").exists()
     assert HeldJournal(tmp_path / "ledger.held").read() == []  # written once: cleared
     ledger.close()
 
