@@ -103,12 +103,23 @@ def stall(required: list[str], forwarder: Mapping[str, Any]) -> str | None:
         return f"{_not_connected(forwarder)}: {', '.join(missing)} must pull"
     # a required consumer refusing chunk after chunk, or held back for it (its disk full, say): a probe read
     # "ETA 30 s" in `edge where` beside the outlook's "stalled"
-    refusals = _refusals(required, forwarder)
-    held = _stuck(forwarder)
-    if refusals.keys() & held:
-        said = "; ".join(f"{name}: {why}" for name, why in sorted(refusals.items()) if name in held)
+    held = _held_back(required, forwarder)
+    if held:
+        said = "; ".join(f"{name}: {why}" for name, why in sorted(held.items()))
         return f"consumer refusing chunks ({said[:300]})"
     return None
+
+
+def _held_back(required: Sequence[str], forwarder: Mapping[str, Any]) -> dict[str, str]:
+    """The connected required consumers stuck refusing (`_stuck`), whenever they last refused: held back,
+    the pause before their next chunk grows to a minute, longer than ``REFUSING_SECONDS`` (an outside
+    probe read "delivering" 30 s into a pause): why, in their last refusal's words."""
+    stuck = _stuck(forwarder)
+    return {
+        str(c.get("consumer")): str(c.get("last_refusal"))
+        for c in forwarder.get("consumers") or []
+        if c.get("connected") and str(c.get("consumer")) in required and str(c.get("consumer")) in stuck
+    }
 
 
 def _stuck(forwarder: Mapping[str, Any]) -> set[str]:
@@ -150,6 +161,7 @@ def upstream_outlook(
     required = list(ledger.required_consumers)
     missing = _missing(required, forwarder)
     refusals = _refusals(required, forwarder)
+    held_back = _held_back(required, forwarder)
     silent = {
         str(c.get("consumer")): float(c["seconds_unanswered"])
         for c in consumers
@@ -173,10 +185,10 @@ def upstream_outlook(
     elif missing:
         state = "stalled"
         reason = f"{_not_connected(forwarder)}: {', '.join(missing)} must pull (data stays on the local disk)"
-    elif refusals and (rate <= 0 or refusals.keys() & _stuck(forwarder)):
+    elif held_back or (refusals and rate <= 0):
         # (files verified earlier in the rate window say nothing once it refuses every chunk)
         state = "stalled"
-        said = "; ".join(f"{name}: {why}" for name, why in sorted(refusals.items()))
+        said = "; ".join(f"{name}: {why}" for name, why in sorted({**refusals, **held_back}.items()))
         reason = f"consumer refusing chunks ({said[:300]}); data stays on the local disk"
     elif silent and rate <= 0:
         state = "stalled"
@@ -206,7 +218,7 @@ def upstream_outlook(
         "lag_seconds": 0.0 if oldest is None else round(max(0.0, now - oldest), 1),
         "consumers_connected": connected,
         "consumers_required": required,
-        "refusing": sorted(refusals),
+        "refusing": sorted(refusals.keys() | held_back.keys()),
         "unanswering": sorted(silent),
         "unreadable_files": len(unreadable),
         "bytes_sent": int(forwarder.get("bytes_sent", 0) or 0),

@@ -199,6 +199,22 @@ def test_a_consumer_refusing_everything_is_a_stall_that_says_why() -> None:
     assert (out["state"], out["refusing"]) == ("waiting", [])
 
 
+def test_a_held_back_consumer_stays_a_stall_through_a_long_pause() -> None:
+    """An outside probe: the outlook went from stalled to "delivering" (files verified earlier in the
+    window) 30 s into a hold-back pause, the consumer still refusing everything."""
+    held = {
+        "consumer": "hpc",
+        "connected": True,
+        "held_back": True,
+        "refused_in_a_row": 12,
+        "last_refusal": "No space left on device",
+        "seconds_since_refusal": 45.0,
+    }
+    out = upstream_outlook(OutlookLedger(1e6, 1000.0), 5_000_000, {"consumers": [held]}, now=1600.0)
+    assert out["state"] == "stalled" and out["refusing"] == ["hpc"] and out["eta_seconds"] is None
+    assert "No space left on device" in out["reason"]
+
+
 def test_a_consumer_refusing_chunk_after_chunk_is_a_stall_before_it_is_held_back() -> None:
     """An outside probe: a full HPC disk's first six refusals (not yet the eight that hold the consumer
     back) left `edge where` saying "ETA 30 s", the rate of files verified earlier in the window, and no

@@ -367,8 +367,12 @@ def test_a_run_s_eta_is_none_while_delivery_is_stalled(tmp_path: Path) -> None:
     assert stall(["hpc"], {"consumers": [refusing]}) is None  # (one refusal, not held back: still going)
     why = stall(["hpc"], {"consumers": [{**refusing, "held_back": True}]})
     assert why == "consumer refusing chunks (hpc: No space left on device)"
-    old_refusal = {**refusing, "held_back": True, "seconds_since_refusal": 600.0}
-    assert stall(["hpc"], {"consumers": [old_refusal]}) is None
+    # held back, it is a stall however old its last refusal: the pause before its next chunk grows past
+    # the 30 s a refusal counts as recent (an outside probe read "delivering" 30 s into a pause)
+    old_refusal = {**refusing, "held_back": True, "seconds_since_refusal": 45.0}
+    assert stall(["hpc"], {"consumers": [old_refusal]}) == why
+    taking = {**refusing, "held_back": False, "refused_in_a_row": 0, "seconds_since_refusal": 600.0}
+    assert stall(["hpc"], {"consumers": [taking]}) is None
     ledger.close()
 
 
