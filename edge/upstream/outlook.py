@@ -63,11 +63,13 @@ def eta_seconds(pending_bytes: int, rate_bytes_per_s: float, connected: bool = T
 
 def rate_window(required: Sequence[str], forwarder: Mapping[str, Any]) -> float:
     """The window the verified rate (and the ETA) is measured over: ``RATE_WINDOW_SECONDS``, or, when
-    every required consumer is connected and the newest connection is younger, the time since it (at
-    least ``MIN_RATE_WINDOW_SECONDS``). Measured over an outage too, a backlog sent after it read "ETA
-    4 min" and was gone in 10 s (an outside probe): the outage's silence is no rate of the link now."""
-    ages = {
-        str(c.get("consumer")): float(c["connected_seconds"])
+    every required consumer is connected and the newest connection (or recovery from a hold-back,
+    ``flowing_seconds``) is younger, the time since it (at least ``MIN_RATE_WINDOW_SECONDS``).
+    Measured over an outage too, a backlog sent after it read "ETA 4 min" and was gone in 10 s (an
+    outside probe): the outage's silence is no rate of the link now."""
+    ages = {  # since it began taking chunks: its hello, or its recovery from a hold-back (a probe's
+        # consumer held back 48 s, then "ETA 244 s" for a backlog gone in 3 s)
+        str(c.get("consumer")): float(c.get("flowing_seconds", c["connected_seconds"]))
         for c in forwarder.get("consumers") or ()
         if c.get("connected") and c.get("connected_seconds") is not None
     }

@@ -143,7 +143,10 @@ class ConsumerState:
     sizes: dict[int, int] = field(default_factory=dict)  # chunk id -> bytes, for those sent (pruned)
     completes_sent: dict[int, float] = field(default_factory=dict)  # file id -> when sent
     connects: int = 1
-    connected_at: float = 0.0  # when it said hello on this connection (the outlook's rate window)
+    connected_at: float = 0.0  # when it said hello on this connection
+    #: when it began taking chunks: its hello, or its first chunk taken after refusing everything (the
+    #: outlook's rate window starts there: the pause it was held back is no rate of the link)
+    flowing_at: float = 0.0
     #: a send to it failed (peer gone, or its queue full): nothing more is read and sent to it until it is
     #: heard from again (an HPC outage would otherwise re-read chunks from disk every tick)
     unreachable: bool = False
@@ -315,6 +318,7 @@ class ForwarderSession:
                     consumer.refused_in_a_row,
                 )
                 self._remember(consumer, refusing=False)
+                consumer.flowing_at = now
             if consumer.refusing_everything and several_refused:
                 # what refused every file (its disk full) is gone: the files and chunks it held back go
                 # now, not after their own pauses (an outside probe: the first file refused arrived a
@@ -458,6 +462,7 @@ class ForwarderSession:
                 "in_flight": len(c.in_flight),
                 "connects": c.connects,
                 "connected_seconds": round(now - c.connected_at, 3),
+                "flowing_seconds": round(now - max(c.connected_at, c.flowing_at), 3),
                 "seconds_since_seen": round(now - c.last_seen, 3),
                 # (a send that failed since says otherwise: an outside probe saw connected and unreachable
                 # both true, the consumer's connection dropped by ZeroMQ for an oversized part)
@@ -521,7 +526,9 @@ class ForwarderSession:
                 log.warning("consumer %s: a second connection took the name over", hello.consumer)
                 out.append(Outgoing(old.identity, p.Error(f"consumer {hello.consumer} {p.TAKEN_OVER}")))
         credit = min(max(1, hello.credit), MAX_CREDIT)
-        state = ConsumerState(hello.consumer, identity, credit, last_seen=now, connected_at=now)
+        state = ConsumerState(
+            hello.consumer, identity, credit, last_seen=now, connected_at=now, flowing_at=now
+        )
         state.connects = (old.connects + 1) if old else 1
         if old is not None:
             # what it refused stays with the name: a client restarted while held back (its disk still
@@ -638,6 +645,7 @@ class ForwarderSession:
                 )
             return
         if consumer.refusing_everything:  # held back already: one line per refusal is a flood
+            self._remember(consumer, refusing=True)  # (its count as a restart will find it)
             return
         log.warning("consumer %s rejected chunk %d: %s", consumer.name, chunk_id, reason)
 

@@ -188,6 +188,7 @@ def test_an_undeliverable_chunk_gives_its_credit_back_and_waits_for_the_consumer
         "in_flight": 0,
         "connects": 1,
         "connected_seconds": 0.0,
+        "flowing_seconds": 0.0,
         "seconds_since_seen": 0,
         "connected": False,  # heard from just now, but a send to it failed since
         "unreachable": True,
@@ -568,7 +569,10 @@ def test_a_restarted_daemon_holds_back_a_consumer_that_refused_everything_proof_
         for chunk in chunks(session.tick(now)):
             session.receive(PEER, frames(p.Nack(chunk.chunk_id, "No space left on device")), now)
         now += 0.5
-    assert session.consumer_states(now)[0]["held_back"]
+    state = session.consumer_states(now)[0]
+    assert state["held_back"]
+    # the ledger has its count as it is (one short after a restart: a re-probe)
+    assert ledger.consumer_refusals("hpc")["refused_in_a_row"] == state["refused_in_a_row"]
     small = {store(2, 1, "reduced"), store(3, 1, "documents")}
     # the daemon restarts (a new session on the same ledger); the consumer connects again
     caplog.set_level(logging.WARNING, logger="edge.upstream.session")
@@ -588,6 +592,9 @@ def test_a_restarted_daemon_holds_back_a_consumer_that_refused_everything_proof_
     assert probe.file_id in big
     ack(restarted, probe, 100.3, peer=b"peer-2")  # room again: that ends it, here and in the ledger
     assert len(chunks(restarted.tick(100.4))) == 15
+    # its rate window starts at that chunk, not at its hello (held back, "ETA 244 s": an outside probe)
+    state = restarted.consumer_states(105.3)[0]
+    assert state["flowing_seconds"] == pytest.approx(5.0) and state["connected_seconds"] == pytest.approx(5.3)
     assert ledger.consumer_refusals("hpc") is None
     again = ForwarderSession(ledger, resend_seconds=1.0)
     connect(again, credit=4, now=200.0, peer=b"peer-3")
