@@ -152,6 +152,7 @@ def upstream_outlook(
     bytes_pending: int,
     forwarder: Mapping[str, Any],
     now: float,
+    local_bytes: int = 0,
 ) -> dict[str, Any]:
     """The one answer to "how is upstream delivery going?" (see the module docstring for the fields).
 
@@ -178,6 +179,11 @@ def upstream_outlook(
     pending = int(bytes_pending)
     if pending <= 0:
         state, reason = "up to date", "every stored file is verified upstream"
+        if local_bytes > 0:  # (an outside probe read "every stored file" beside 20 MB never sent)
+            reason = (
+                "every file that goes upstream is verified; the rest stays here by upstream.forward"
+                f" ({local_bytes:,} bytes kept local)"
+            )
     elif forwarder.get("ledger_refusing"):
         state = "stalled"
         reason = (

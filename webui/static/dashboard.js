@@ -793,8 +793,11 @@
     const prev = state.sendSample;
     const now = { t: num(s.server_time), sent: num(outlook.bytes_sent ?? up.bytes_sent) };
     let sending = "–";
-    if (stalled) sending = `nothing (${stallCause(outlook)})`;
-    else if (prev && now.t > prev.t && now.sent >= prev.sent) sending = `${fmtBytes((now.sent - prev.sent) / (now.t - prev.t))}/s`;
+    // what goes out now, stalled or not (an outside probe read "nothing (tape not connected)" while
+    // everything went to hpc); "nothing (cause)" only when nothing does
+    const rate = prev && now.t > prev.t && now.sent >= prev.sent ? (now.sent - prev.sent) / (now.t - prev.t) : null;
+    if (stalled && !(rate > 0)) sending = `nothing (${stallCause(outlook)})`;
+    else if (rate !== null) sending = `${fmtBytes(rate)}/s`;
     state.sendSample = now;
     setText("upstream-sending", sending, stalled ? "muted" : "");
     setText("upstream-resent", fmtBytes(outlook.bytes_resent ?? up.bytes_resent ?? 0));

@@ -199,6 +199,14 @@ def test_a_consumer_refusing_everything_is_a_stall_that_says_why() -> None:
     assert (out["state"], out["refusing"]) == ("waiting", [])
 
 
+def test_up_to_date_with_files_kept_local_does_not_say_every_stored_file_went() -> None:
+    """An outside probe (upstream.forward = reduced): "every stored file is verified upstream" beside
+    20 MB of data files that never go upstream."""
+    out = upstream_outlook(OutlookLedger(0.0, None), 0, consumers(True), now=1600.0, local_bytes=19_900_000)
+    assert out["state"] == "up to date" and "every stored file" not in out["reason"]
+    assert "19,900,000 bytes kept local" in out["reason"]
+
+
 def test_a_held_back_consumer_stays_a_stall_through_a_long_pause() -> None:
     """An outside probe: the outlook went from stalled to "delivering" (files verified earlier in the
     window) 30 s into a hold-back pause, the consumer still refusing everything."""
