@@ -106,7 +106,10 @@ def current_alarms(status: Mapping[str, Any]) -> list[dict[str, Any]]:
                 " needs, its frames held in the ring (none lost)"
             )
         if queued and queued != warming.get("mode"):
-            message += f"; {queued} mode's kernels (the next run's) load after these"
+            message += (
+                f"; {queued} mode's kernels (the next run's) load after these: a run in {queued} mode waits"
+                " meanwhile, its frames held in the ring (numba compiles one mode at a time)"
+            )
         out.append(_alarm(f"condition:mode_warming:{warming.get('mode')}", "condition", "minor", message))
     retention = status.get("retention") or {}
     if retention.get("alarm"):
