@@ -11,6 +11,7 @@ import json
 import logging
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -515,27 +516,34 @@ def test_once_a_consumer_that_refused_everything_takes_a_chunk_its_held_files_go
     ledger.close()
 
 
+def _held_back_by_two_big_files(
+    tmp_path: Path, until: float
+) -> tuple[Ledger, Any, set[int], ForwarderSession, float]:
+    """Two data files of 8 chunks stored, a consumer (credit 16) whose full disk refuses every chunk
+    until ``until`` (seconds of the session's clock): it is held back. Returns the ledger, a function
+    storing more files (`_store_file`'s), the two files' ids, the session and the time reached."""
+    ledger = Ledger(tmp_path / "ledger.sqlite", required_consumers=("hpc",))
+    ledger.run_started("run", 1, 2, "{}")
+    store = partial(_store_file, ledger, tmp_path)
+    big = {store(0, 8), store(1, 8)}
+    session = ForwarderSession(ledger, resend_seconds=1.0)
+    connect(session, credit=16)
+    now = 0.0
+    while now < until:
+        for chunk in chunks(session.tick(now)):
+            session.receive(PEER, frames(p.Nack(chunk.chunk_id, "No space left on device")), now)
+        now += 0.5
+    assert session.consumer_states(now)[0]["held_back"]
+    return ledger, store, big, session, now
+
+
 def test_files_a_consumer_refusing_everything_never_refused_go_while_the_refused_wait(tmp_path: Path) -> None:
     """An outside probe: the HPC side's disk full, two big data files refused over and over (the consumer
     held back, one chunk at a time); the run's reduced file and documents, stored after and small enough
     to fit, waited with them for over a minute, their probe chunk always a big file's. A run's reduced
     files and documents it never refused now go at once; the data files stay held back (tried once after
     each one taken, not flooded; a data file never tried waits with them)."""
-    ledger = Ledger(tmp_path / "ledger.sqlite", required_consumers=("hpc",))
-    ledger.run_started("run", 1, 2, "{}")
-
-    store = partial(_store_file, ledger, tmp_path)
-
-    big = {store(0, 8), store(1, 8)}
-    session = ForwarderSession(ledger, resend_seconds=1.0)
-    connect(session, credit=16)
-    now, big_sends = 0.0, 0
-    while now < 30.0:  # the disk full for them: every chunk refused, the consumer held back
-        for chunk in chunks(session.tick(now)):
-            big_sends += 1
-            session.receive(PEER, frames(p.Nack(chunk.chunk_id, "No space left on device")), now)
-        now += 0.5
-    assert session.consumer_states(now)[0]["held_back"]
+    ledger, store, big, session, now = _held_back_by_two_big_files(tmp_path, 30.0)
     small = {store(2, 1, "reduced"), store(3, 1, "documents")}  # the run's proof: they fit
     store(4, 8)  # a data file never tried: it waits with the refused ones (one chunk after each pause)
     taken, started, big_sends = set(), now, 0
@@ -556,19 +564,7 @@ def test_a_restarted_daemon_holds_back_a_consumer_that_refused_everything_proof_
     oldest files first, the big data files' chunks on its whole credit, which could take the last of the
     consumer's space before the runs' reduced files and documents. The ledger keeps that it refuses
     everything; a restarted daemon holds it back still and sends the proof it never refused first."""
-    ledger = Ledger(tmp_path / "ledger.sqlite", required_consumers=("hpc",))
-    ledger.run_started("run", 1, 2, "{}")
-
-    store = partial(_store_file, ledger, tmp_path)
-
-    big = {store(0, 8), store(1, 8)}
-    session = ForwarderSession(ledger, resend_seconds=1.0)
-    connect(session, credit=16)
-    now = 0.0
-    while now < 10.0:  # the consumer's disk full: everything refused, it is held back
-        for chunk in chunks(session.tick(now)):
-            session.receive(PEER, frames(p.Nack(chunk.chunk_id, "No space left on device")), now)
-        now += 0.5
+    ledger, store, big, session, now = _held_back_by_two_big_files(tmp_path, 10.0)
     state = session.consumer_states(now)[0]
     assert state["held_back"]
     # the ledger has its count as it is (one short after a restart: a re-probe)
