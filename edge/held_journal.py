@@ -44,6 +44,7 @@ JOURNALED = frozenset(
         "run_reopened",
         "record_loss",
         "file_stored",
+        "hand_over_losses",
     }
 )
 #: not a ledger write: a run whose documents waited for space (the recorder writes them after recovery)

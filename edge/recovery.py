@@ -555,6 +555,17 @@ def _interrupted_runs(
     ]
 
 
+def _refused_through(ledger: Any, run_uid: str, frame: int) -> bool:
+    """Whether the run refused ``frame`` already (a ``run_refused`` loss covers it): its series went past
+    that frame while this daemon's predecessor was up, so a series resumed there is not that run's. An
+    outside probe: a resumed series was linked to an earlier run refused whole on the full disk (the run
+    it continued was in the journal still, the disk full), and its frames were counted in both."""
+    return any(
+        r["reason"] == "run_refused" and int(r["first_frame"]) <= frame <= int(r["last_frame"])
+        for r in ledger.losses(run_uid)
+    )
+
+
 def _series_offset(run: dict[str, Any], series: int) -> int | None:
     """Where detector series ``series`` lies in a capture's run, which takes every series from Capture 1
     to Capture 0 (its frame n is the run's n + offset: ``capture_series`` in the run's config); None
@@ -597,7 +608,11 @@ def resume_interrupted(
     """
     ledger = recorder.ledger
     failed = set(report.get("runs_failed") or [])
-    candidates = _interrupted_runs(ledger, report, series, transport)
+    candidates = [
+        r
+        for r in _interrupted_runs(ledger, report, series, transport)
+        if not _refused_through(ledger, r["run_uid"], first_frame + (_series_offset(r, series) or 0))
+    ]
     if not candidates:
         log.warning("series %d resumed at frame %d: no interrupted run of it is known", series, first_frame)
         return {"resumes_run": None}

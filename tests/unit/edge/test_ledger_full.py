@@ -568,3 +568,18 @@ def test_a_held_loss_growing_frame_by_frame_is_kept_in_the_journal_as_it_grows(
     assert recorder.held() == 1
     assert journal.read() == [("record_loss", [uid, 0, 11, "disk_full", "the disk is full: not written"])]
     ledger.close()
+
+
+def test_every_ledger_write_the_recorder_can_hold_is_one_the_journal_replays() -> None:
+    """An outside probe: a start passed by two held ``hand_over_losses`` records ("not one this edge
+    writes"), the frames a resumed run stored left as losses of the interrupted one. Every ledger
+    method the recorder hands to ``_ledger_write`` or ``_hold`` is one the replay takes."""
+    import inspect
+    import re
+
+    import edge.recorder as recorder_module
+    from edge.held_journal import JOURNALED
+
+    source = inspect.getsource(recorder_module)
+    held = set(re.findall(r"_(?:ledger_write|hold)\(\s*self\.ledger\.([a-z_]+)", source))
+    assert held and held <= JOURNALED, held - JOURNALED

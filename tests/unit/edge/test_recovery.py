@@ -137,6 +137,23 @@ def test_a_series_resumed_where_it_stopped_changes_no_account(tmp_path: Path) ->
     ]
 
 
+def test_a_series_resumed_past_frames_a_run_refused_is_not_that_run_s(tmp_path: Path) -> None:
+    """An outside chaos probe: a series resumed at frame 127 after a kill on a full disk was linked to an
+    earlier run of series 1 refused whole (run_refused 0..399: its series had gone past 127), the run it
+    really continued being in the journal still; the frames were counted in both. A run that refused the
+    frame a series resumes at is not the one it continues."""
+    ledger = Ledger(tmp_path / "ledger.sqlite")
+    recorder = RunRecorder(ledger, tmp_path, chunk_bytes=1 << 20)
+    older = recorder.open_run("cut-earlier", series=1, frames_expected=300, config={})
+    recorder.close_run(older, 0, "abort")  # cut by an earlier restart at frame 0: a candidate
+    refused = recorder.open_run("refused", series=1, frames_expected=400, config={})
+    recorder.close_run(refused, 0, "abort")
+    recorder.loss(refused, 0, 399, "run_refused", "the disk is full")
+    linked = resume_interrupted(recorder, {"runs_failed": []}, series=1, first_frame=127)
+    assert linked["resumes_run"] == older  # not the refused run, newer though it is
+    assert [(r["first_frame"], r["last_frame"]) for r in ledger.losses(refused)] == [(0, 399)]
+
+
 def test_frames_stored_before_a_crash_without_rows_get_a_recovered_frame_table(tmp_path: Path) -> None:
     """kill -9 mid-run: the reduced rows of the frames since the last reduced file were in memory. The
     frames are in data files; recovery lists them in a reduced file of their own, disposition stored."""
