@@ -293,6 +293,8 @@ class ApplianceIOC:
         self._run_uid: str | None = None
         # (current run, the run whose files are shown, its capture's file when it is a capture a restart cut)
         self._file_run_of: tuple[str, str, str | None] | None = None
+        # (the run current when a capture closed with no frame, that capture's file): shown until a run begins
+        self._empty_capture: tuple[str, str] | None = None
         self._message = ""
         self._remove_listener: Callable[[], None] | None = None
         self._camera_state: str | None = None  # the camera's last state seen (`_detector_changed`)
@@ -802,6 +804,7 @@ class ApplianceIOC:
                     self._set_write_message(f"{path} not finished after {CAPTURE_CLOSE_SECONDS:.0f} s")
             if run_uid is None:
                 self._set("RunUid_RBV", uid_before)
+                self._empty_capture = (uid_before, str(path))
                 self._set_write_message(f"capture closed before any frame came: no run, no file {path.name}")
         finally:
             self._capturing = self._capture_closing = False
@@ -1578,10 +1581,19 @@ class ApplianceIOC:
             # the current (or last) run, whoever started it (the detector's own series too); an
             # acquisition or a capture of this IOC shows its run itself
             self._set("RunUid_RBV", _fit(str(current["run_uid"])))
-        if not self._capturing and (run_files or current.get("run_uid")):
+        empty = self._empty_capture
+        if empty is not None and empty[0] != (current.get("run_uid") or ""):
+            empty = self._empty_capture = None  # a run began since
+        if not self._capturing and empty is not None:
+            # a capture closed before any frame came: its file (never made) and 0, until a run begins
+            # (the refresh showed the previous scan's file and count: a client making datums from them
+            # would name another scan's file, an outside probe)
+            self._set("HDF1:FullFileName_RBV", _fit(empty[1]))
+            self._set("HDF1:NumCaptured_RBV", 0)
+        elif not self._capturing and (run_files or current.get("run_uid")):
             # frames of the run in closed files: 0 for a run whose first file is still open
             self._set("HDF1:NumCaptured_RBV", sum(int(f["n_frames"]) for f in run_files))
-        if not self._capturing:
+        if not self._capturing and empty is None:
             data_files = [f for f in run_files if str(f["path"]).endswith(".h5")]  # not the run's documents
             shown = self._file_run_of
             if data_files:

@@ -7,6 +7,7 @@ it). Nothing here changes state.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -309,10 +310,14 @@ class ApplianceView:
         return self._p.ledger.files(run_uid)
 
     def capture_continued(self, run_uid: str) -> tuple[str, str] | None:
-        """The capture (``HDF1:Capture``) run that ``run_uid`` continues after restarts (one resumed
-        run after another), with its capture's file; None: ``run_uid`` is no such continuation, or
+        """The capture (``HDF1:Capture``) run that ``run_uid`` is, or continues after restarts (one
+        resumed run after another), with its capture's file; None: ``run_uid`` is neither, or
         unknown."""
         ledger = self._p.ledger
+        with contextlib.suppress(NotFound):  # a capture's own run (cut by a kill after its last series)
+            capture = run_config(ledger.run(run_uid).get("config")).get("capture_file")
+            if capture:
+                return run_uid, str(capture)
         for _ in range(16):  # (a chain of restarts; never a loop, whatever the ledger holds)
             try:
                 earlier = run_config(ledger.run(run_uid).get("config")).get("resumes_run")

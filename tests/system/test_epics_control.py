@@ -584,6 +584,26 @@ def test_after_a_restart_mid_capture_num_captured_counts_the_capture_s_file_not_
     assert epics.caput(stack.cam_prefix + "Acquire", 0, wait=True, timeout=30) == 1
 
 
+def test_a_capture_killed_after_its_last_series_still_names_its_file(stack: Stack) -> None:
+    """An outside probe: a capture whose camera series had ended, the daemon then killed (no Capture 0):
+    after the restart ``FullFileName_RBV`` read "" (no series went on, so no resumed run pointed back to
+    the capture). It names the capture's file, unfinished (0 frames in it; its .part left beside it)."""
+    epics = _epics()
+    p = stack.prefix
+    _put(stack, "HDF1:FileName", "ended")
+    _put(stack, "HDF1:NumCapture", 0)
+    _put(stack, "HDF1:Capture", 1)
+    capture_run = _camera_started_directly(stack, 20, "the capture's run open")
+    wait_until(lambda: (epics.caget(p + "HDF1:NumCaptured_RBV") or 0) >= 20, 30, "the series written")
+    stack.kill("daemon", signal.SIGKILL)
+    stack.start_daemon()
+    wait_until(lambda: stack.run(capture_run)["ended_at"] is not None, 30, "the recovery's end of the run")
+    time.sleep(1.5)  # (the IOC's refresh)
+    assert epics.caget(p + "HDF1:FullFileName_RBV", as_string=True, use_monitor=False).endswith("ended.h5")
+    assert epics.caget(p + "HDF1:NumCaptured_RBV", use_monitor=False) == 0
+    assert stack.run(capture_run)["where"]["capture_left"]["path"].endswith("ended.h5.part")
+
+
 def test_a_capture_names_its_run_at_once_and_one_closed_before_any_frame_names_none(stack: Stack) -> None:
     """``RunUid_RBV`` names the capture's run from ``Capture`` 1 on (a fly scan's descriptor, read before
     its first frame, named the previous run: an outside probe); a capture closed before any frame came
@@ -604,6 +624,9 @@ def test_a_capture_names_its_run_at_once_and_one_closed_before_any_frame_names_n
     assert epics.caget(p + "RunUid_RBV", as_string=True, use_monitor=False) == before
     message = epics.caget(p + "HDF1:WriteMessage", as_string=True, use_monitor=False)
     assert "before any frame came" in message, message
+    time.sleep(1.5)  # (the IOC's refresh: it showed the previous scan's file and count, a probe)
+    assert epics.caget(p + "HDF1:NumCaptured_RBV", use_monitor=False) == 0
+    assert epics.caget(p + "HDF1:FullFileName_RBV", as_string=True, use_monitor=False).endswith("empty.h5")
     _put(stack, "HDF1:Capture", 1)  # the next capture's run is named at its Capture 1 and holds its frames
     planned = epics.caget(p + "RunUid_RBV", as_string=True, use_monitor=False)
     _put(stack, "Acquire", 1, timeout=60)
