@@ -1479,9 +1479,10 @@ class ApplianceIOC:
     def _file_run(self, current: str) -> str:
         """The run whose files ``NumCaptured_RBV`` and ``FullFileName_RBV`` show while no acquisition or
         capture of this IOC is going: the current one, or, when it continues a capture cut by a restart,
-        that capture. The resumed frames are in the store's own files, not the capture's: counted beside
-        the capture's file, they were stream datums past its end (an outside probe: ophyd-async's fly
-        scan through a restart made 54 datums against a file of 46 frames). (Blocking: in a thread.)"""
+        that capture (`ApplianceView.capture_continued`, which also gives a capture's file). The resumed
+        frames are in the store's own files, not the capture's: counted beside the capture's file, they
+        were stream datums past its end (an outside probe: ophyd-async's fly scan through a restart made
+        54 datums against a file of 46 frames). (Blocking: in a thread.)"""
         known = self._file_run_of
         if known is None or known[0] != current:
             capture = self.view.capture_continued(current)

@@ -64,7 +64,7 @@ class RunRecorder:
         self._held: list[tuple[Callable[..., Any], tuple[Any, ...]]] = []
         self._not_journaled = 0  # held records the journal had no room for, as last counted
         self._journaled_at = float("-inf")  # when the held records were last written to the journal
-        self._journal_dirty = 0  # the journal holds entries (cleared once nothing is held)
+        self._journal_dirty = False  # the journal holds entries (cleared once nothing is held)
         self._held_lock = threading.RLock()
         # files a full disk refused, made later: (what, how, of which run)
         self._deferred: list[tuple[str, Callable[[], Any], str | None]] = []
@@ -302,9 +302,9 @@ class RunRecorder:
         if not entries:
             if self._journal_dirty:  # (nothing held any more: an empty journal, once)
                 self.journal.clear()
-                self._journal_dirty = self._not_journaled = 0
+                self._journal_dirty, self._not_journaled = False, 0
             return
-        self._journal_dirty = 1
+        self._journal_dirty = True
         self._journaled_at = time.monotonic()
         missing = len(entries) - self.journal.keep(entries)
         if missing > self._not_journaled:  # (counted once each: the list is kept whole every time)
@@ -314,33 +314,28 @@ class RunRecorder:
     def _write_held(self) -> bool:
         """Make the held ledger writes, oldest first; False if the disk refuses again."""
         with self._held_lock:
-            if self._held:
-                made = self.counts["ledger_writes_made_late"]
-                if not self._write_held_now():
-                    return False
-                log.warning(
-                    "wrote %d ledger record(s) held back through a full disk",
-                    self.counts["ledger_writes_made_late"] - made,
-                )
-            return True
-
-    def _write_held_now(self) -> bool:
-        with self._held_lock:
+            made = taken = 0  # written; taken off the list (written, or failed for good)
             while self._held:
                 write, args = self._held[0]
                 try:
                     write(*args)
                 except sqlite3.OperationalError as error:
                     if self.disk is not None and self.disk.note_error(error):
-                        self._journal_held()  # (those written are not kept twice: a crash replays the rest)
+                        if taken:  # (those taken are not kept twice: a crash replays the rest)
+                            self._journal_held()
                         return False
                     self._write_failed_late(write, args, error)
                 except sqlite3.DatabaseError as error:  # a uid taken meanwhile, say: logged, not retried
                     self._write_failed_late(write, args, error)
                 else:
                     self._count("ledger_writes_made_late")
+                    made += 1
                 self._held.pop(0)
-            self._journal_held()  # (what is left: runs whose documents wait, if any)
+                taken += 1
+            if taken:
+                self._journal_held()  # (what is left: runs whose documents wait, if any)
+            if made:
+                log.warning("wrote %d ledger record(s) held back through a full disk", made)
             return True
 
     def _write_failed_late(self, write: Callable[..., Any], args: tuple[Any, ...], error: Exception) -> None:

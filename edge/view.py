@@ -7,7 +7,6 @@ it). Nothing here changes state.
 
 from __future__ import annotations
 
-import contextlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -314,21 +313,16 @@ class ApplianceView:
         resumed run after another), with its capture's file; None: ``run_uid`` is neither, or
         unknown."""
         ledger = self._p.ledger
-        with contextlib.suppress(NotFound):  # a capture's own run (cut by a kill after its last series)
-            capture = run_config(ledger.run(run_uid).get("config")).get("capture_file")
-            if capture:
-                return run_uid, str(capture)
         for _ in range(16):  # (a chain of restarts; never a loop, whatever the ledger holds)
             try:
-                earlier = run_config(ledger.run(run_uid).get("config")).get("resumes_run")
-                if not earlier:
-                    return None
-                capture = run_config(ledger.run(str(earlier)).get("config")).get("capture_file")
-                if capture:
-                    return str(earlier), str(capture)
+                config = run_config(ledger.run(run_uid).get("config"))
             except NotFound:
                 return None
-            run_uid = str(earlier)
+            if config.get("capture_file"):  # (its own: a capture cut by a kill after its last series)
+                return run_uid, str(config["capture_file"])
+            if not config.get("resumes_run"):
+                return None
+            run_uid = str(config["resumes_run"])
         return None
 
     def run_totals(self, run_uid: str) -> dict[str, Any] | None:

@@ -462,7 +462,7 @@ class ForwarderSession:
                 "in_flight": len(c.in_flight),
                 "connects": c.connects,
                 "connected_seconds": round(now - c.connected_at, 3),
-                "flowing_seconds": round(now - max(c.connected_at, c.flowing_at), 3),
+                "flowing_seconds": round(now - c.flowing_at, 3),
                 "seconds_since_seen": round(now - c.last_seen, 3),
                 # (a send that failed since says otherwise: an outside probe saw connected and unreachable
                 # both true, the consumer's connection dropped by ZeroMQ for an oversized part)
