@@ -166,23 +166,18 @@ class Retention:
 
     def _confirmers(self) -> str:
         """Who must confirm data before it is verified: the required consumers that have not confirmed
-        all of it, by name (an outside probe read "waiting for (hpc, tape)" with hpc's confirmations
-        all in, tape never connected)."""
+        all of it, by name, and those that have (an outside probe read "waiting for (hpc, tape)" with
+        hpc's confirmations all in, tape never connected): "the required consumer (tape) to confirm it
+        (hpc has confirmed all of it)"."""
         names = list(getattr(self.ledger, "required_consumers", ()) or ())
         if not names:
-            return "the HPC consumer"
+            return "the HPC consumer to confirm it"
         owing = self.ledger.consumers_owing(names) or names
-        return f"the required consumer{'' if len(owing) == 1 else 's'} ({', '.join(owing)})"
-
-    def _confirmed_by(self) -> str:
-        """``"; hpc has confirmed all of it"``: the required consumers whose part is done, when others'
-        is not; "" otherwise."""
-        names = list(getattr(self.ledger, "required_consumers", ()) or ())
-        owing = self.ledger.consumers_owing(names) if len(names) > 1 else names
         done = [name for name in names if name not in owing]
-        if not done or not owing:
-            return ""
-        return f" ({', '.join(done)} {'has' if len(done) == 1 else 'have'} confirmed all of it)"
+        said = f"the required consumer{'' if len(owing) == 1 else 's'} ({', '.join(owing)}) to confirm it"
+        if done:
+            said += f" ({', '.join(done)} {'has' if len(done) == 1 else 'have'} confirmed all of it)"
+        return said
 
     def _limit(self) -> int:
         """Bytes the store may fill before it is under pressure (capacity minus the headroom)."""
@@ -209,17 +204,12 @@ class Retention:
             if not local:
                 return (
                     f"local store {state} data not yet verified upstream ({_size(used['unverified'])} of"
-                    f" {_size(limit)}{less}); waiting for {self._confirmers()} to confirm it"
-                    f"{self._confirmed_by()}"
+                    f" {_size(limit)}{less}); waiting for {self._confirmers()}"
                 )
             # files never forwarded (upstream.forward) are no consumer's to free: said so, apart (an outside
             # probe: refused "waiting for hpc", the outlook saying every stored file was verified)
             waiting = used["unverified"] - local
-            upstream = (
-                f", {_size(waiting)} waiting for {self._confirmers()} to confirm it{self._confirmed_by()}"
-                if waiting
-                else ""
-            )
+            upstream = f", {_size(waiting)} waiting for {self._confirmers()}" if waiting else ""
             freed_by = (
                 f"until retention.unforwarded_days = {self.settings.unforwarded_days:g} retires them"
                 if self.settings.unforwarded == "purge_after_days"
