@@ -611,7 +611,11 @@ def test_a_start_right_after_a_stop_during_a_run_starts_the_next_run_once_it_end
         "a second run",
     )
     ended = stack.run(first)
-    assert ended["exit_status"] == "abort", (ended, _message(stack), stack.log("daemon")[-4000:])
+    runs = [  # (what each run was when the next one showed: a CI failure once found the first still open)
+        {k: r.get(k) for k in ("run_uid", "series", "started_at", "ended_at", "exit_status", "config")}
+        for r in _get_json(stack.api + "/api/runs")
+    ]
+    assert ended["exit_status"] == "abort", f"{first=} {second=} {_message(stack)!r} {runs}"
     meta = _meta(stack, "Acquire")
     assert meta["severity"] == 0 and not _message(stack).startswith("Refused"), (meta, _message(stack))
     # stop, start, stop: the last word is a stop, so no run follows this one
