@@ -842,11 +842,11 @@ class ApplianceIOC:
         elif param == "tomo.slices":
             parsed = pv_input.parse_rows(str(value))
         elif param == "tomo.center":
-            parsed = None if math.isnan(float(value)) else float(value)
+            parsed = None if math.isnan(float(value)) else float(value) + 0.0  # (-0.0 is 0)
         elif param in ("cake_bins", "serial.min_peaks"):
             parsed = int(value)
         else:
-            parsed = float(value)
+            parsed = float(value) + 0.0  # (-0.0 + 0.0 is 0.0: a put of -0.0 is shown and saved as 0)
         section, _, key = param.rpartition(".")
         return {section: {key: parsed}} if section else {key: parsed}
 
@@ -870,7 +870,12 @@ class ApplianceIOC:
 
     def _apply_setpoint(self, name: str, value: Any) -> None:
         """softioc's ``on_update`` of a setpoint: its readbacks hold the value before the put completes,
-        and an `AUTOSAVED` one is saved (kept across a restart)."""
+        and an `AUTOSAVED` one is saved (kept across a restart). A put of -0.0 is 0: the setpoint is
+        written back as 0.0, so no readback or saved value reads "-0" (an outside probe)."""
+        if isinstance(value, float) and value == 0.0 and math.copysign(1.0, value) < 0:
+            value = 0.0
+            with contextlib.suppress(Exception):  # (a stand-in record of a unit test)
+                self.records[name].set(value, process=False)
         with self._shown_now():
             self._on_setpoint(name, value)
         if name in AUTOSAVED:

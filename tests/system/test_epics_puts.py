@@ -656,6 +656,14 @@ def test_double_setpoints_publish_their_range_as_control_limits_and_still_refuse
         assert _put(stack, spec.name, high) == 1
         meta = _meta(stack, spec.name)
         assert (float(meta["value"]), meta["severity"]) == (pytest.approx(high), 0), (spec.name, meta)
+        if low <= 0.0 <= high:  # -0.0 (an IEEE put) is 0: shown back and saved as 0, never "-0"
+            import math
+
+            assert _put(stack, spec.name, -0.0) == 1
+            shown = [
+                _epics().caget(stack.prefix + spec.name + end, use_monitor=False) for end in ("", "_RBV")
+            ]
+            assert all(math.copysign(1.0, float(v)) > 0 for v in shown), (spec.name, shown)
 
 
 def test_a_stop_without_completion_on_the_starts_own_channel_aborts_the_run(idle_stack: Stack) -> None:
