@@ -15,6 +15,7 @@ every frame lands exactly once.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
@@ -41,6 +42,7 @@ SILENCE_SECONDS = 6.0  # reconnect when the appliance has said nothing (not even
 TROUBLES = (
     ("files_mismatched", "files mismatched"),
     ("files_damaged_here", "damaged here"),
+    ("parts_removed_here", "partial files removed here"),
     ("write_errors", "write errors"),
     ("protocol_errors", "protocol errors"),
     ("errors_from_appliance", "errors from the appliance"),
@@ -261,6 +263,9 @@ class PullClient:
 
     def _part(self, path: Path, size: int) -> _PartFile:
         part = self._parts.get(path)
+        if part is not None and os.fstat(part.fd).st_nlink == 0:
+            self._removed_here(path)  # written on, its chunks went nowhere: a new .part takes the rest
+            part = None
         if part is None:
             fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
             fresh = os.fstat(fd).st_size == 0
@@ -283,6 +288,18 @@ class PullClient:
                 os.close(self._parts.pop(oldest).fd)
                 self._dirty.discard(oldest)
         return part
+
+    def _removed_here(self, path: Path) -> None:
+        """``path``'s open ``.part`` was removed on this side (a scratch cleaner, an operator): its open
+        descriptor is let go, so the file comes again into a new one. Kept, it took every resent chunk
+        into the removed file, answered each ``file_complete`` "no file", and the file never came (an
+        outside probe: resent 124 times in 70 s, with the files after it waiting)."""
+        state = self._parts.pop(path)
+        self._dirty.discard(path)
+        with contextlib.suppress(OSError):
+            os.close(state.fd)
+        self.stats["parts_removed_here"] += 1
+        log.warning("%s was removed on this side while it was being written: the file comes again", path)
 
     def _print_progress(self, stream: TextIO) -> None:
         s = self.stats
@@ -398,6 +415,8 @@ class PullClient:
             path = final
         if not path.exists():
             self.stats["completes_for_missing_files"] += 1
+            if part in self._parts:  # its .part was removed here after its last chunk
+                self._removed_here(part)
             return p.FileVerified(message.file_id, 0, "")
         state = self._parts.pop(part, None)
         if state is not None:

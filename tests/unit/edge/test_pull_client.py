@@ -312,6 +312,39 @@ def test_a_part_file_damaged_here_after_its_chunks_were_written_is_not_confirmed
     assert verified.checksum == whole and (tmp_path / "run-1" / "run-1_00000.h5").read_bytes() == DATA
 
 
+@pytest.mark.parametrize("removed", ["between chunks", "after the last chunk"])
+def test_a_part_removed_here_while_it_is_written_comes_again(
+    tmp_path: Path, removed: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An outside probe removed a ``.part`` on the HPC side (a scratch cleaner) while ``edge pull`` wrote
+    it: the client kept its descriptor, wrote every resent chunk into the removed file, answered each
+    ``file_complete`` "no file", and the file never came. Now the file comes again, into a new .part."""
+    client = PullClient("tcp://127.0.0.1:1", "hpc", tmp_path, 4, zmq.Context.instance())
+    first, second, third = _chunks()
+    part = tmp_path / "run-1" / "run-1_00000.h5.part"
+    final = tmp_path / "run-1" / "run-1_00000.h5"
+    whole = xxhash.xxh3_128_hexdigest(DATA)
+    complete = p.encode(p.FileComplete(7, "run-1", "run-1_00000.h5", len(DATA), whole))
+    with caplog.at_level("WARNING", logger="edge.upstream.pull"):
+        if removed == "between chunks":
+            _deliver(client, [first, second])
+            part.unlink()
+            _deliver(client, [third])
+        else:
+            _deliver(client, [first, second, third])
+            part.unlink()
+        (answer,) = client._handle(complete)
+    assert isinstance(answer, p.FileVerified) and answer.checksum != whole  # not confirmed: sent again
+    assert client.stats["parts_removed_here"] == 1
+    assert "removed on this side while it was being written" in caplog.text
+    _deliver(client, _chunks())  # the appliance resends every chunk
+    (verified,) = client._handle(complete)
+    assert verified.checksum == whole and final.read_bytes() == DATA
+    stream = io.StringIO()
+    client._print_progress(stream)
+    assert "1 partial files removed here" in stream.getvalue()
+
+
 def test_a_file_that_came_wrong_is_logged_on_this_side_too(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
