@@ -930,3 +930,87 @@ def test_edge_where_names_a_capture_s_part_file_a_crash_left_and_its_detector_ui
     text = render(report)
     assert f"left at a crash {capture}.part  (1234 bytes, the capture's file open when" in text, text
     assert "was not a file name" not in text and "named at its Capture 1" in text, text
+
+
+def test_a_kill_while_a_recovered_frame_table_waits_for_space_recovers_it_at_the_next_start(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An outside chaos probe: a start after a crash, on a full disk, deferred the crashed run's
+    recovered frame table (in memory, until space returns) and marked the run failed; killed again, the
+    next start found the run ended and passed it by: 920 stored frames in no frame table, upstream or
+    here, and nothing said so. The deferral is kept in the held journal as the run to reopen: the next
+    start's recovery writes the table."""
+    import errno
+
+    import h5py
+    import numpy as np
+
+    from edge import recovery
+    from edge.diskguard import DiskGuard
+    from edge.held_journal import HeldJournal, replay
+    from edge.store import ReducedWriter
+
+    ledger = Ledger(tmp_path / "ledger.sqlite")
+    journal = HeldJournal(tmp_path / "ledger.held")
+    assert journal.make()
+    recorder = RunRecorder(ledger, tmp_path, chunk_bytes=1 << 20)
+    run_uid = recorder.open_run("run-k", series=5, frames_expected=12, config={}, mode="powder")
+    directory = tmp_path / run_uid
+    directory.mkdir()
+    for index, frames in enumerate((range(0, 5), range(5, 10))):
+        path = directory / f"{run_uid}_{index:05d}.h5"
+        with h5py.File(path, "w") as handle:
+            handle["/entry/data/frame_number"] = np.asarray(list(frames), np.int64)
+        recorder.register_file(run_uid, path, (frames[0], frames[-1], len(frames)))
+    writer = ReducedWriter(directory, run_uid, _Rows(), frames_per_file=100)
+    for frame in range(5):
+        writer.add(frame, "stored", "data", {}, {})
+    recorder.file_closed(writer.finish())
+    ledger.close()  # killed mid-run
+
+    # the first start after the crash: the disk is full, the recovered frame table waits for space
+    ledger = Ledger(tmp_path / "ledger.sqlite")
+    disk = DiskGuard(tmp_path, tmp_path / "reserve", 0, 0)
+    starting = RunRecorder(ledger, tmp_path, chunk_bytes=1 << 20, disk=disk, journal=journal)
+
+    def no_space(self: object, *args: object, **kwargs: object) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(recovery.ReducedWriter, "finish", no_space)
+        report = recovery.recover(starting, tmp_path)
+    assert report["frame_tables_deferred"] == [run_uid] and report["runs_failed"] == [run_uid]
+    assert ledger.run(run_uid)["ended_at"] is not None
+    ledger.close()  # killed again before space returned
+
+    ledger = Ledger(tmp_path / "ledger.sqlite")  # the next start, space back
+    replay(ledger, HeldJournal(tmp_path / "ledger.held"))
+    assert ledger.run(run_uid)["ended_at"] is None  # reopened for the recovery
+    report = recovery.recover(RunRecorder(ledger, tmp_path, chunk_bytes=1 << 20), tmp_path)
+    assert report["frame_rows_recovered"] == {run_uid: 5}
+    recovered = [f for f in ledger.files(run_uid) if f["name"].endswith(".nxs")][-1]
+    with h5py.File(recovered["path"], "r") as handle:
+        assert list(handle["/entry/frames/frame_number"][:]) == [5, 6, 7, 8, 9]
+    assert [(r["first_frame"], r["last_frame"], r["reason"]) for r in ledger.losses(run_uid)] == [
+        (10, 11, "daemon_crash")
+    ]  # (once: the second recovery records no loss twice)
+    stop = _stop(directory / documents_name(run_uid))["edge_accounting"]
+    assert (stop["frames_stored"], stop["frames_lost"]) == (10, 2)
+    ledger.close()
+
+
+def test_a_deferred_file_written_once_space_returns_leaves_no_run_to_reopen(tmp_path: Path) -> None:
+    """The journal's reopening of a run with a deferred file lasts only while the file waits."""
+    from edge.held_journal import HeldJournal
+
+    ledger = Ledger(tmp_path / "ledger.sqlite")
+    journal = HeldJournal(tmp_path / "ledger.held")
+    assert journal.make()
+    recorder = RunRecorder(ledger, tmp_path, chunk_bytes=1 << 20, journal=journal)
+    run_uid = recorder.open_run("run-d", series=1, frames_expected=1, config={})
+    written: list[str] = []
+    recorder.when_space_returns(f"run {run_uid}: a file", lambda: written.append("x"), run_uid)
+    assert ("run_reopened", [run_uid]) in journal.read()
+    recorder.retry_pending()
+    assert written == ["x"] and journal.read() == []
+    ledger.close()
