@@ -164,6 +164,14 @@ def current_alarms(status: Mapping[str, Any]) -> list[dict[str, Any]]:
     lost = int(recovery.get("frames_lost") or 0)
     if lost > 0:
         parts.append(f"{lost:,} frames recorded lost (daemon_crash): open the failed run(s) below")
+    earlier = recovery.get("earlier_runs_failed") or []
+    if earlier:  # a start killed before its own recovery's alarm was seen (an outside probe)
+        before = int(recovery.get("earlier_frames_lost") or 0)
+        parts.append(
+            f"{len(earlier)} run(s) failed by an earlier start that ended within a minute of its recovery"
+            f" ({', '.join(short_uid(u) for u in earlier)}; {before:,} frames recorded lost)"
+        )
+        lost += before
     if parts:
         # frames lost to the crash are as grave as a run's losses (an outside probe: 64 frames lost read
         # "minor" beside another run's 5 lost, "major")

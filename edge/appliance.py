@@ -36,7 +36,10 @@ from edge.pipeline import Pipeline, WarmUps, reduced_file_bytes
 from edge.poni import combined_mask, load_poni, settings_geometry
 from edge.recorder import RunRecorder
 from edge.recovery import (
+    SHOWN_SECONDS,
+    UnseenRecoveries,
     interrupted_udp_run,
+    note_earlier,
     paused_udp_run,
     recover,
     resume_interrupted,
@@ -721,7 +724,15 @@ class Appliance:
         )
         if still_held:
             self.recorder.hold(still_held)
+        unseen = UnseenRecoveries(settings.ledger_path.with_name("recovery.unseen"))
+        since = unseen.begin()
         self.recovery = recover(self.recorder, store.path)
+        note_earlier(self.ledger, self.recovery, since)
+        # once this daemon has run a while, its recovery has been shown (a start killed sooner is named
+        # again by the next one)
+        self._recovery_shown = threading.Timer(SHOWN_SECONDS, unseen.shown)
+        self._recovery_shown.daemon = True
+        self._recovery_shown.start()
         for run_uid, exit_status in documents_waiting:  # (each a new revision; held again if still full)
             try:
                 self.recorder.documents_when_possible(run_uid, exit_status)
@@ -963,6 +974,7 @@ class Appliance:
         self.forwarder.stop()
         self.retention.stop()
         self.recorder.give_up_held()  # what a full disk held back: written now, or logged as lost
+        self._recovery_shown.cancel()
         self.ledger.close()
         self.ring.close()
 

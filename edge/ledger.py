@@ -469,6 +469,17 @@ class Ledger:
         )
         return [str(row["run_uid"]) for row in rows]
 
+    def runs_crashed_since(self, since: float) -> list[tuple[str, int]]:
+        """Runs a crash recovery ended (``fail``, with ``daemon_crash`` loss records) at or after
+        ``since``, oldest first, each with its frames still recorded lost to the crash."""
+        rows = self._rows(
+            "SELECT r.run_uid, SUM(l.last_frame - l.first_frame + 1) AS lost FROM runs r"
+            " JOIN losses l ON l.run_uid = r.run_uid AND l.reason = 'daemon_crash'"
+            " WHERE r.exit_status = 'fail' AND r.ended_at >= ? GROUP BY r.run_uid ORDER BY r.ended_at",
+            (float(since),),
+        )
+        return [(str(row["run_uid"]), int(row["lost"] or 0)) for row in rows]
+
     def runs_resuming(self, run_uid: str) -> list[str]:
         """The runs that continue ``run_uid``'s series after a daemon restart (``resumes_run`` in their
         config), oldest first; an index lookup (``runs_by_resumed``)."""

@@ -31,8 +31,11 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import math
+import os
 import shutil
 import sqlite3
+import time
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -537,6 +540,66 @@ def _unaccounted_before(
     return added
 
 
+SHOWN_SECONDS = 60.0  # a daemon up this long has shown its recovery alarm (and logged it)
+
+
+class UnseenRecoveries:
+    """Since when crash recoveries may have gone unseen, kept beside the ledger (``recovery.unseen``).
+
+    A daemon killed during (or just after) its crash recovery took the recovery's alarm with it: the next
+    start found the runs already ended and said nothing, a run with 1,181 frames recorded lost and no
+    ``daemon:recovery`` alarm (an outside chaos probe). The file holds a time: runs a recovery failed at
+    or after it are named again by the next start (`note_earlier`). A daemon moves it to now once it has
+    run `SHOWN_SECONDS`."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def begin(self) -> float:
+        """The time kept by the last daemon (which had not yet run `SHOWN_SECONDS`, or did since then),
+        or now, kept, when there is none."""
+        now = time.time()
+        try:
+            since = float(self.path.read_text(encoding="ascii").strip())
+        except (OSError, ValueError, UnicodeDecodeError):
+            since = math.nan
+        if math.isfinite(since) and since <= now:
+            return since
+        self._keep(now)
+        return now
+
+    def shown(self) -> None:
+        """This daemon has run long enough: the recoveries so far have been shown."""
+        self._keep(time.time())
+
+    def _keep(self, when: float) -> None:
+        part = self.path.with_name(self.path.name + ".part")
+        try:
+            part.write_text(f"{when!r}\n", encoding="ascii")
+            os.replace(part, self.path)
+        except OSError as error:  # (a full disk: the next start names only its own recovery)
+            log.warning("cannot keep %s: %s", self.path, error)
+
+
+def note_earlier(ledger: Any, report: dict[str, Any], since: float) -> None:
+    """Add to ``report`` the runs a recovery failed since ``since`` that it did not fail itself (a start
+    killed before its recovery was seen: `UnseenRecoveries`), and their frames still recorded lost
+    (``earlier_runs_failed``, ``earlier_frames_lost``): the ``daemon:recovery`` alarm names them."""
+    own = set(report.get("runs_failed") or [])
+    earlier = [(uid, lost) for uid, lost in ledger.runs_crashed_since(since) if uid not in own]
+    if earlier:
+        report["earlier_runs_failed"] = [uid for uid, _ in earlier]
+        report["earlier_frames_lost"] = sum(lost for _, lost in earlier)
+        log.warning(
+            "recovery: %d run(s) failed by an earlier start that ended within %.0f s of its recovery (its"
+            " alarm may not have been seen): %s (%d frames recorded lost to the crash)",
+            len(earlier),
+            SHOWN_SECONDS,
+            ", ".join(uid for uid, _ in earlier),
+            report["earlier_frames_lost"],
+        )
+
+
 def _interrupted_runs(
     ledger: Any, report: dict[str, Any], series: int, transport: str | None = None
 ) -> list[dict[str, Any]]:
@@ -625,6 +688,8 @@ def resume_interrupted(
     if crashed and run_uid in failed:  # recovery's count of frames unaccounted for: these are, now
         report["frames_lost"] = max(0, int(report.get("frames_lost") or 0) - crashed)
         report["frames_handed_over"] = int(report.get("frames_handed_over") or 0) + crashed
+    elif crashed and run_uid in (report.get("earlier_runs_failed") or []):
+        report["earlier_frames_lost"] = max(0, int(report.get("earlier_frames_lost") or 0) - crashed)
     added = _unaccounted_before(
         recorder,
         interrupted,

@@ -1014,3 +1014,41 @@ def test_a_deferred_file_written_once_space_returns_leaves_no_run_to_reopen(tmp_
     recorder.retry_pending()
     assert written == ["x"] and journal.read() == []
     ledger.close()
+
+
+def test_a_start_killed_before_its_recovery_was_seen_has_the_next_start_name_its_failed_runs(
+    tmp_path: Path,
+) -> None:
+    """An outside chaos probe: killed during its recovery (after it had recorded the crash's losses and
+    failed the run), a start took its ``daemon:recovery`` alarm with it; the next start had nothing left
+    to recover and said nothing of a run with 1,181 frames recorded lost. Now the next start names the
+    runs an earlier start failed since the last daemon that ran a minute, major while frames are lost."""
+    from edge.alarms import current_alarms
+    from edge.recovery import UnseenRecoveries, note_earlier, recover
+
+    ledger, recorder, run_uid = _open_run_with_one_file(tmp_path, "run-u", 3, 10, 5)
+    unseen = tmp_path / "recovery.unseen"
+    since = UnseenRecoveries(unseen).begin()
+    first = recover(recorder, tmp_path)  # this start is killed before anyone saw its alarm
+    assert first["runs_failed"] == [run_uid] and first["frames_lost"] == 5
+
+    again = UnseenRecoveries(unseen).begin()  # the next start
+    assert again == since
+    report = recover(RunRecorder(ledger, tmp_path, chunk_bytes=1 << 20), tmp_path)
+    assert report["runs_failed"] == [] and report["frames_lost"] == 0
+    note_earlier(ledger, report, again)
+    assert report["earlier_runs_failed"] == [run_uid] and report["earlier_frames_lost"] == 5
+    (alarm,) = [
+        a for a in current_alarms({"appliance": {"recovery": report}}) if a["id"] == "daemon:recovery"
+    ]
+    assert alarm["severity"] == "major" and "5 frames recorded lost" in alarm["message"], alarm
+
+    UnseenRecoveries(unseen).shown()  # a daemon that ran a minute showed it: the next start does not
+    later = UnseenRecoveries(unseen).begin()
+    quiet = recover(RunRecorder(ledger, tmp_path, chunk_bytes=1 << 20), tmp_path)
+    note_earlier(ledger, quiet, later)
+    assert "earlier_runs_failed" not in quiet
+    assert [
+        a for a in current_alarms({"appliance": {"recovery": quiet}}) if a["id"] == "daemon:recovery"
+    ] == []
+    ledger.close()
