@@ -186,6 +186,36 @@ def test_a_wrong_token_in_the_address_is_shown_refused_at_once(url: str, browser
     assert "cannot be sent" in browser.evaluate("document.getElementById('token-toggle').title")
 
 
+def test_a_token_or_a_run_pasted_into_an_open_tab_is_taken_without_a_reload(
+    url: str, view: ScriptedView, browser: Browser
+) -> None:
+    """A link pasted into the tab that already shows the dashboard changes only the address's #part, and
+    the page does not reload: #token= stayed in the address, unstored and unchecked, and #run= opened
+    nothing (an outside probe). The page takes both as they come."""
+    live(browser, url)
+    browser.evaluate("location.hash = '#token=nope'")
+    browser.wait_for(
+        "document.getElementById('token-toggle').textContent === 'token \u2717 refused'", 10, "the refusal"
+    )
+    assert "nope" not in browser.evaluate("location.href")
+    browser.evaluate(f"location.hash = '#token={TOKEN}'")
+    browser.wait_for(
+        "document.getElementById('token-toggle').textContent === 'token \u2713'", 10, "the token accepted"
+    )
+    assert browser.evaluate("localStorage.getItem('edge.apiToken')") == TOKEN
+    assert TOKEN not in browser.evaluate("location.href")
+    run = clean_run()
+    view.add_run(run)
+    uid = run.run_uid
+    browser.evaluate(f"location.hash = '#run={uid}'")
+    browser.wait_for(
+        f"!document.getElementById('where-card').hidden"
+        f" && document.getElementById('where-run').textContent === {uid!r}",
+        10,
+        "the run's where view",
+    )
+
+
 def test_a_token_entered_while_offline_stays_unchecked(view: ScriptedView, browser: Browser) -> None:
     """No answer, no verdict: a token given while the appliance is unreachable is neither ✓ nor ✗, and
     is checked once the appliance answers again."""

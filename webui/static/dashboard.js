@@ -1378,11 +1378,19 @@
     $("token-toggle").classList.toggle("refused", verdict === "refused");
     setText("token-msg", shown[2], shown[3]);
   }
-  const handed = /(?:^#|&)token=([^&]+)/.exec(location.hash); // `edge demo` opens the page with #token=...
-  if (handed) {
-    token.set(decodeURIComponent(handed[1])); // checked below, with a token already stored
+  // `edge demo` opens the page with #token=...; a link to a run is #run=UID. Taken at load and whenever
+  // the address's #part changes in an open tab (a link pasted into it does not reload the page: the token
+  // stayed in the address, unstored and unchecked, an outside probe)
+  function tokenFromAddress() {
+    const handed = /(?:^#|&)token=([^&]+)/.exec(location.hash);
+    if (!handed) return null;
+    let value = handed[1];
+    try { value = decodeURIComponent(value); } catch (error) { /* kept as written */ }
     history.replaceState(null, "", location.pathname + location.hash.replace(/(^#|&)token=[^&]+/, "$1").replace(/^#&?$/, ""));
+    return value;
   }
+  const handed = tokenFromAddress();
+  if (handed !== null) token.set(handed); // checked below, with a token already stored
   $("token-toggle").addEventListener("click", () => {
     const form = $("token-form");
     form.hidden = !form.hidden;
@@ -1463,8 +1471,19 @@
   showTokenState();
   checkToken();
   renderTrends();
-  const fromHash = /^#run=(.+)$/.exec(location.hash);
-  if (fromHash) selectRun(decodeURIComponent(fromHash[1]));
+  function runFromAddress() {
+    const fromHash = /^#run=(.+)$/.exec(location.hash);
+    if (!fromHash) return;
+    let uid = fromHash[1];
+    try { uid = decodeURIComponent(uid); } catch (error) { /* kept as written */ }
+    selectRun(uid);
+  }
+  runFromAddress();
+  window.addEventListener("hashchange", () => {
+    const given = tokenFromAddress();
+    if (given !== null) setToken(given);
+    runFromAddress();
+  });
   connect();
   setInterval(() => {
     updateLink();
