@@ -124,7 +124,10 @@ def load_calibration(settings: Settings, fmt: FrameFormat | None = None) -> Corr
     _check_some_pixel_counts(shape, images["flat"], mask, red)
     model = None if poni is None else poni.detector  # its invalid-pixel value (pyFAI's dummy), if any
     dummy = None if model is None or model.dummy is None else (model.dummy, model.delta_dummy)
-    return Corrections(images["dark"], images["flat"], mask, red.solid_angle, red.polarization, dummy, files)
+    poni_shape = None if poni is None or poni.shape is None else (int(poni.shape[0]), int(poni.shape[1]))
+    return Corrections(
+        images["dark"], images["flat"], mask, red.solid_angle, red.polarization, dummy, files, poni_shape
+    )
 
 
 def _check_some_pixel_counts(

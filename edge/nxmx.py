@@ -289,11 +289,20 @@ def _unit(vector: Any) -> np.ndarray:
     return v / np.linalg.norm(v)
 
 
-def write_pyfai_poni(detector: h5py.Group, g: Geometry, shape: tuple[int, int]) -> None:
+def write_pyfai_poni(
+    detector: h5py.Group, g: Geometry, shape: tuple[int, int], frames: tuple[int, int] | None = None
+) -> None:
     """``detector/pyfai_poni``: the PONI parameters with their units, the detector's shape, and the
-    whole as a PONI file pyFAI loads as it is."""
+    whole as a PONI file pyFAI loads as it is. ``frames``: the frames' shape, when it may differ from the
+    calibration's detector (``shape``): a note then says the geometry was not theirs (it was written
+    relabelled with the frames' shape, a calibration pyFAI never saved: an outside probe)."""
     poni = detector.create_group("pyfai_poni")
     poni.attrs["NX_class"] = "NXcollection"
+    if frames is not None and tuple(frames) != tuple(shape):
+        poni.attrs["note"] = (
+            f"this calibration is for a detector of {tuple(shape)}; these frames are {tuple(frames)}: it does"
+            " not apply to them, and no product of the run used it"
+        )
     for name in (
         "dist",
         "poni1",

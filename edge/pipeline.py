@@ -691,6 +691,7 @@ class Pipeline:
                 if stage.ctx.corrections.mask is not None or self.calibration is None
                 else self.calibration.mask,
                 self.gaps,
+                None if self.calibration is None else self.calibration.poni_shape,
             ),
             closer=self._closer,
             on_close_failed=partial(self._file_close_failed, reduced),

@@ -38,6 +38,7 @@ class SerialStage(_CorrectedStage):
     def __init__(self, ctx: RunContext) -> None:
         super().__init__(ctx)
         p = ctx.params.serial
+        ctx.corrections.check_calibration(ctx.shape)  # (its beam centre is for the calibrated detector)
         x, y = direct_beam(ctx.geometry)  # rings of equal background are centred on the direct beam
         self.finder = ctx.backend.peak_finder(
             ctx.shape,

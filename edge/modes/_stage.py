@@ -36,8 +36,21 @@ class Corrections:
     #: the files the dark, flat and mask images came from, with the sha256 of their bytes ({"dark":
     #: (path, sha256)}): recorded with the run, so that a product can be reproduced with the same images
     files: dict[str, tuple[str, str]] = field(default_factory=dict)
+    #: the detector shape the PONI file names (``max_shape``), when it names one
+    poni_shape: tuple[int, int] | None = None
+
+    def check_calibration(self, shape: tuple[int, int]) -> None:
+        """Refuse frames of another shape than the detector the PONI file names (when it names one)."""
+        if self.poni_shape is not None and tuple(self.poni_shape) != tuple(shape):
+            poni = self.files.get("poni", ("the PONI file", ""))[0]
+            raise ValueError(
+                f"the calibration {poni} is for a detector of {tuple(self.poni_shape)}, frames are {shape}"
+            )
 
     def check(self, shape: tuple[int, int]) -> None:
+        """Refuse frames of another shape than the calibration and the images: the calibration first (a
+        series of another shape named the mask, when the geometry is what disagrees: an outside probe)."""
+        self.check_calibration(shape)
         for name in ("dark", "flat", "mask"):
             image = getattr(self, name)
             if image is not None and image.shape != shape:

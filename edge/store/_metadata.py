@@ -169,6 +169,8 @@ class RunMetadata:
     series: dict[str, Any] = field(default_factory=dict)
     mask: np.ndarray | None = None
     gaps: np.ndarray | None = None
+    #: the detector shape the PONI file names (its ``max_shape``), when it names one
+    poni_shape: tuple[int, int] | None = None
 
 
 def _begin_entry(entry: h5py.Group, meta: RunMetadata, definition: str) -> h5py.Group:
@@ -263,7 +265,7 @@ def _write_nxmx(entry: h5py.Group, meta: RunMetadata, shape: tuple[int, int], dt
         pixel_mask[meta.gaps.astype(bool)] = 1  # NXmx bit 0: gap (no sensor), not a user's choice
     detector.create_dataset("pixel_mask", data=pixel_mask, compression="gzip", shuffle=True)
     detector.create_dataset("pixel_mask_applied", data=False)
-    write_pyfai_poni(detector, g, shape)
+    write_pyfai_poni(detector, g, meta.poni_shape or shape, frames=shape)
     detector["data"] = h5py.SoftLink("/entry/data/data")
     detector.attrs["shape"] = shape
     beam = instrument.create_group("beam")

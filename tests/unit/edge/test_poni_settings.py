@@ -99,3 +99,35 @@ def test_the_daemon_uses_the_poni_detector_and_its_mask(tmp_path: Path) -> None:
         np.testing.assert_array_equal(appliance.pipeline.calibration.mask, own | user)
     finally:
         appliance.stop()
+
+
+@pytest.mark.parametrize("mode", ["powder", "serial"])
+def test_a_series_of_another_shape_than_the_calibration_names_the_calibration_and_files_keep_its_shape(
+    tmp_path: Path, mode: str
+) -> None:
+    """An outside probe: a series of frames of another shape than the PONI's detector made the powder
+    mode refuse naming the mask ("mask image is (512, 512)"), when the calibration is what disagrees, and
+    the run's raw file relabelled the calibration with the frames' shape (a ``max_shape`` pyFAI never
+    saved). The refusal names the calibration; the file keeps its shape and says it did not apply."""
+    import h5py
+
+    from edge.config import ReductionSettings
+    from edge.modes import RunContext, make_stage
+    from edge.modes._stage import Corrections
+    from edge.nxmx import write_pyfai_poni
+    from kernels import Geometry, get_backend
+
+    calibration = Corrections(
+        mask=np.zeros((32, 32), bool), files={"poni": ("/cal/a.poni", "0" * 64)}, poni_shape=(32, 32)
+    )
+    ctx = RunContext(
+        get_backend("numpy"), Geometry(), (16, 24), 10, "2th_deg", ReductionSettings(mode=mode), calibration
+    )
+    with pytest.raises(ValueError, match=r"the calibration /cal/a.poni is for a detector of \(32, 32\)"):
+        make_stage(ctx)
+    with h5py.File(tmp_path / "raw.h5", "w") as handle:
+        write_pyfai_poni(handle.create_group("detector"), Geometry(), (32, 32), frames=(16, 24))
+        poni = handle["detector/pyfai_poni"]
+        assert poni["max_shape"][()].tolist() == [32, 32]
+        assert '"max_shape": [32, 32]' in poni["poni_file"][()].decode()
+        assert "these frames are (16, 24)" in poni.attrs["note"]
