@@ -168,7 +168,12 @@ class Stream2Source(ZmqStreamSource):
                 self._start_was_rejected(f"{event.reason}: {event.detail}", event.series)
             elif event.kind == "end":
                 self._rejected_series_ended()
-            if event.reason == "wrong_series":
+            if event.reason == "wrong_series" and event.kind == "end":
+                # the end of another series than the open one (the codec passes an end that may close it,
+                # after a rejected start or a damaged message): it ends nothing; counted as the JSON
+                # stream's reader counts it (it was counted as an image, an outside sender's probe)
+                self.stats["ends_wrong_series"] += 1
+            elif event.reason == "wrong_series":
                 # an image of a series that is not the open one: not a frame of this run, so neither its
                 # loss nor a gap before it (its number counts in another series); counted and logged
                 self.stats["images_wrong_series"] += 1
@@ -212,7 +217,7 @@ class Stream2Source(ZmqStreamSource):
         )
         if self._repeated_start(key, partial(self._take_start, start, key)):
             return
-        if self._late_start(start.series, expected):
+        if self._late_start(start.series, expected, start.series_unique_id or None):
             return
         if self._start_after_restart(start.series, partial(self._take_start, start, key)):
             return

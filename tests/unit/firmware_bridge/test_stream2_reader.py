@@ -38,6 +38,7 @@ class Sink:
         self.ends: list[tuple[int, str]] = []
         self.ended = threading.Event()
         self.refuse = refuse
+        self.named: list[tuple[int, str]] = []  # late starts' uids (`series_named`)
 
     def claim(self, nbytes: int) -> Any:
         class Slot:
@@ -71,6 +72,9 @@ class Sink:
 
     def series_length(self, series: int, frames_expected: int) -> None:
         pass
+
+    def series_named(self, series: int, detector_uid: str) -> None:
+        self.named.append((series, detector_uid))
 
     def series_end(self, series: int, exit_status: str = "success") -> None:
         self.ends.append((series, exit_status))
@@ -536,6 +540,35 @@ def test_a_start_after_its_own_first_image_continues_the_run_that_image_opened()
     # the detector's uid of the series, which every image carries, is kept with the run (it was lost:
     # the run opened from image 0 had none, and the late start's metadata is not applied)
     assert sink.configs[0]["detector_run_uid"] == cbor2.loads(image0)["series_unique_id"]
+
+
+def test_a_late_start_names_the_run_with_its_series_unique_id_when_the_images_gave_none() -> None:
+    """An outside sender's image 0 without ``series_unique_id``, then the start: the start's uid was
+    dropped (the JSON stream's late ``run_uid`` was kept), so ``edge where`` could not find the run by
+    the detector's uid. It is kept as the run's ``detector_run_uid`` now."""
+    start, image0, image1, image2, image3, end = _messages("stream2_bslz4_u16_2ch.bin")
+    bare = dict(cbor2.loads(image0))
+    del bare["series_unique_id"]
+    sink = Sink()
+    reader = replay([cbor2.dumps(bare), start, image1, image2, image3, end], sink, channel="threshold_2")
+    assert reader.counters()["starts_after_images"] == 1 and len(sink.configs) == 1
+    assert sink.named == [(cbor2.loads(start)["series_id"], cbor2.loads(start)["series_unique_id"])]
+
+
+def test_the_end_of_another_series_is_counted_as_a_stray_end_not_an_image() -> None:
+    """An outside sender's end of series 999 while another series was open: right in effect (it ended
+    nothing), but counted in ``images_wrong_series``; ``receiver.ends_wrong_series``, as wire-formats
+    names it, stayed absent."""
+    start, image0, image1, image2, image3, end = _messages("stream2_bslz4_u16_2ch.bin")
+    stray = dict(cbor2.loads(end))
+    stray["series_id"] = 999
+    sink = Sink()
+    reader = replay(
+        [start, image0, image1, cbor2.dumps(stray), image2, image3, end], sink, channel="threshold_2"
+    )
+    counters = reader.counters()
+    assert counters["ends_wrong_series"] == 1 and counters.get("images_wrong_series", 0) == 0
+    assert sink.published == [0, 1, 2, 3] and sink.ends == [(sink.ends[0][0], "success")]
 
 
 @pytest.mark.parametrize("series_id", [-1, 2**63])
