@@ -171,7 +171,14 @@ def recover(recorder: RunRecorder, root: Path) -> dict[str, Any]:
                 run_uid,
                 crashed,
             )
-        report["frames_lost"] += crashed
+        # with those an earlier start recorded before it was killed (its report went with it: an outside
+        # probe read "1 run marked failed" and no frame lost, of a run with 350 lost to the crash)
+        recorded = sum(
+            int(r["last_frame"]) - int(r["first_frame"]) + 1
+            for r in recorder.ledger.losses(run_uid)
+            if r["reason"] == "daemon_crash"
+        )
+        report["frames_lost"] += max(crashed, recorded)
         mode = str(run.get("mode") or "")
         try:
             recovered = _recover_frame_table(recorder, root, run_uid, mode)

@@ -1052,3 +1052,19 @@ def test_a_start_killed_before_its_recovery_was_seen_has_the_next_start_name_its
         a for a in current_alarms({"appliance": {"recovery": quiet}}) if a["id"] == "daemon:recovery"
     ] == []
     ledger.close()
+
+
+def test_a_recovery_counts_the_crash_losses_an_earlier_start_recorded_before_it_was_killed(
+    tmp_path: Path,
+) -> None:
+    """An outside probe killed a start during its recovery after it had recorded a run's 350 frames lost
+    (``daemon_crash``) but before it ended the run: the next start ended it, recorded nothing more, and
+    its ``daemon:recovery`` alarm said "1 run(s) marked failed" and no frame lost."""
+    from edge.recovery import recover
+
+    ledger, recorder, run_uid = _open_run_with_one_file(tmp_path, "run-l", 3, 10, 5)
+    recorder.loss(run_uid, 5, 9, "daemon_crash", "held in memory or not yet received when the daemon died")
+    report = recover(RunRecorder(ledger, tmp_path, chunk_bytes=1 << 20), tmp_path)
+    assert report["runs_failed"] == [run_uid] and report["frames_lost"] == 5
+    assert [(r["first_frame"], r["last_frame"]) for r in ledger.losses(run_uid)] == [(5, 9)]  # not twice
+    ledger.close()
