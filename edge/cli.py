@@ -226,6 +226,23 @@ def _settings(args: argparse.Namespace, extra: list[str]) -> Settings:
     return load_settings(args.config, [*args.overrides, *extra])
 
 
+#: signals ``edge run`` received before it could act on them (`catch_early_signals`), oldest first
+EARLY_SIGNALS: list[int] = []
+
+
+def catch_early_signals() -> None:
+    """From ``edge run``'s first moment: SIGTERM, SIGINT and SIGHUP are noted, not acted on by default.
+    The daemon's own handlers take over while it starts; a stop or a reload asked before then is done
+    once they are in place. (Python's default action ended a daemon that got a SIGHUP in its first two
+    seconds, exit 129, and a SIGTERM exited 143, not 0: an outside probe.)"""
+
+    def _note(signum: int, frame: object) -> None:
+        EARLY_SIGNALS.append(signum)
+
+    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(signum, _note)
+
+
 def _run_daemon(
     settings: Settings, reload: Callable[[], Settings] | None = None, log_setup: LogSetup | None = None
 ) -> int:
@@ -249,6 +266,9 @@ def _run_daemon(
     # from the first moment: a SIGTERM while starting still ends in an orderly stop with status 0
     signal.signal(signal.SIGTERM, _request_stop)
     signal.signal(signal.SIGINT, _request_stop)
+    if {signal.SIGTERM, signal.SIGINT} & set(EARLY_SIGNALS):
+        log.info("stop requested while starting: stopping once started")
+        stop_requested.set()
     from edge.daemon_lock import DaemonLock
 
     lock = DaemonLock(settings.ledger_path)  # held until the process ends: `edge where` sees it running
@@ -430,6 +450,10 @@ def _on_sighup(appliance: Any, reload: Callable[[], Settings], log_setup: LogSet
         threading.Thread(target=_reload, name="reload", daemon=True).start()
 
     signal.signal(signal.SIGHUP, _handler)
+    if signal.SIGHUP in EARLY_SIGNALS:  # asked for while starting (the settings may have changed since read)
+        EARLY_SIGNALS.remove(signal.SIGHUP)
+        log.info("reload requested while starting: reloading now")
+        _handler(signal.SIGHUP, None)
 
 
 #: the lock ``edge pull`` holds in its output directory while it runs
@@ -825,6 +849,8 @@ def _run_bench(bench_args: list[str]) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["run"]:
+        catch_early_signals()
     if argv[:1] == ["bench"] and not {"-h", "--help"} & set(argv[1:2]):
         return _run_bench(argv[1:])  # every flag after "bench" is the benchmark script's
     args = build_parser().parse_args(argv)

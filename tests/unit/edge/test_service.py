@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import socket
 import uuid
 from pathlib import Path
@@ -200,3 +201,23 @@ def test_reload_applies_retention_and_logging_and_names_the_rest(caplog: pytest.
     assert (setup.level, setup.format) == ("DEBUG", "json")
     assert appliance.settings.ring.slots == old.ring.slots  # the ring is not rebuilt while running
     assert "not reloaded (restart to apply): ring.slots" in caplog.text
+
+
+def test_a_stop_or_reload_while_edge_run_starts_is_noted_not_the_default_action() -> None:
+    """An outside probe: a SIGHUP in ``edge run``'s first two seconds killed it (exit 129), a SIGTERM
+    exited 143, not 0: the handlers came only once the daemon had started. From its first moment they
+    are noted now (the daemon stops, or reloads, once its own handlers are in place)."""
+    import subprocess
+    import sys
+
+    script = (
+        "import os, signal\n"
+        "from edge import cli\n"
+        "cli.catch_early_signals()\n"
+        "os.kill(os.getpid(), signal.SIGHUP)\n"
+        "os.kill(os.getpid(), signal.SIGTERM)\n"
+        "print(sorted(cli.EARLY_SIGNALS))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == str(sorted([int(signal.SIGHUP), int(signal.SIGTERM)]))
