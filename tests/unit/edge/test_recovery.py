@@ -154,30 +154,40 @@ def test_a_series_resumed_past_frames_a_run_refused_is_not_that_run_s(tmp_path: 
     assert [(r["first_frame"], r["last_frame"]) for r in ledger.losses(refused)] == [(0, 399)]
 
 
-def test_frames_stored_before_a_crash_without_rows_get_a_recovered_frame_table(tmp_path: Path) -> None:
-    """kill -9 mid-run: the reduced rows of the frames since the last reduced file were in memory. The
-    frames are in data files; recovery lists them in a reduced file of their own, disposition stored."""
+def _crashed_with_rows_of_half(recorder: RunRecorder, root: Path, name: str) -> str:
+    """An open powder run of 12 frames (the daemon died during it): frames 0..9 in two data files, the
+    rows of 0..4 in a reduced file (those of 5..9 were in memory). Returns its uid."""
     import h5py
     import numpy as np
 
-    from edge.recovery import recover
     from edge.store import ReducedWriter
 
-    ledger = Ledger(tmp_path / "ledger.sqlite")
-    recorder = RunRecorder(ledger, tmp_path, chunk_bytes=1 << 20)
-    run_uid = recorder.open_run("run-c", series=5, frames_expected=12, config={}, mode="powder")
-    directory = tmp_path / run_uid
+    run_uid = recorder.open_run(name, series=5, frames_expected=12, config={}, mode="powder")
+    directory = root / run_uid
     directory.mkdir()
     for index, frames in enumerate((range(0, 5), range(5, 10))):
         path = directory / f"{run_uid}_{index:05d}.h5"
         with h5py.File(path, "w") as handle:
             handle["/entry/data/frame_number"] = np.asarray(list(frames), np.int64)
         recorder.register_file(run_uid, path, (frames[0], frames[-1], len(frames)))
-
     writer = ReducedWriter(directory, run_uid, _Rows(), frames_per_file=100)
     for frame in range(5):  # the rows written before the crash: frames 0..4
         writer.add(frame, "stored", "data", {}, {})
     recorder.file_closed(writer.finish())
+    return run_uid
+
+
+def test_frames_stored_before_a_crash_without_rows_get_a_recovered_frame_table(tmp_path: Path) -> None:
+    """kill -9 mid-run: the reduced rows of the frames since the last reduced file were in memory. The
+    frames are in data files; recovery lists them in a reduced file of their own, disposition stored."""
+    import h5py
+
+    from edge.recovery import recover
+
+    ledger = Ledger(tmp_path / "ledger.sqlite")
+    recorder = RunRecorder(ledger, tmp_path, chunk_bytes=1 << 20)
+    run_uid = _crashed_with_rows_of_half(recorder, tmp_path, "run-c")
+    directory = tmp_path / run_uid
 
     report = recover(recorder, tmp_path)  # frames 10, 11 never came: daemon_crash
 
@@ -943,29 +953,17 @@ def test_a_kill_while_a_recovered_frame_table_waits_for_space_recovers_it_at_the
     import errno
 
     import h5py
-    import numpy as np
 
     from edge import recovery
     from edge.diskguard import DiskGuard
     from edge.held_journal import HeldJournal, replay
-    from edge.store import ReducedWriter
 
     ledger = Ledger(tmp_path / "ledger.sqlite")
     journal = HeldJournal(tmp_path / "ledger.held")
     assert journal.make()
     recorder = RunRecorder(ledger, tmp_path, chunk_bytes=1 << 20)
-    run_uid = recorder.open_run("run-k", series=5, frames_expected=12, config={}, mode="powder")
+    run_uid = _crashed_with_rows_of_half(recorder, tmp_path, "run-k")
     directory = tmp_path / run_uid
-    directory.mkdir()
-    for index, frames in enumerate((range(0, 5), range(5, 10))):
-        path = directory / f"{run_uid}_{index:05d}.h5"
-        with h5py.File(path, "w") as handle:
-            handle["/entry/data/frame_number"] = np.asarray(list(frames), np.int64)
-        recorder.register_file(run_uid, path, (frames[0], frames[-1], len(frames)))
-    writer = ReducedWriter(directory, run_uid, _Rows(), frames_per_file=100)
-    for frame in range(5):
-        writer.add(frame, "stored", "data", {}, {})
-    recorder.file_closed(writer.finish())
     ledger.close()  # killed mid-run
 
     # the first start after the crash: the disk is full, the recovered frame table waits for space
