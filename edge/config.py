@@ -491,6 +491,21 @@ class TomoSettings(_Section):
         None, ge=-100_000, le=100_000, description="rotation axis column; None = estimated"
     )
     filter: Literal["ramp", "shepp-logan", "cosine", "hamming", "hann"] = "ramp"
+    angle_start: float | None = Field(
+        None,
+        ge=-100_000,
+        le=100_000,
+        description="degrees: the angle of a run's first projection that comes without one (an EPICS-driven"
+        " scan: areaDetector frames carry none), as tomoScan's RotationStart; with angle_step, the n-th"
+        " such projection of the run (from 0) is at angle_start + n x angle_step; None = none given",
+    )
+    angle_step: float | None = Field(
+        None,
+        ge=-360,
+        le=360,
+        description="degrees between consecutive projections that come without an angle (tomoScan's"
+        " RotationStep); None = none given",
+    )
 
 
 class ReductionSettings(_Section):

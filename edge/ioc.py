@@ -206,6 +206,8 @@ def _fit(text: str, size: int = LONG_STRING - 1) -> str:
 
 #: the longest a ``Mode`` or ``Reduction:*`` put waits for the next run's kernels before it completes
 KERNELS_READY_SECONDS = 120.0
+#: reduction parameters whose None a PV shows (and takes) as NaN
+NULLABLE_PARAMS = frozenset({"tomo.center", "tomo.angle_start", "tomo.angle_step"})
 
 
 class ApplianceIOC:
@@ -841,7 +843,7 @@ class ApplianceIOC:
             parsed: Any = pv_input.parse_roi(str(value))
         elif param == "tomo.slices":
             parsed = pv_input.parse_rows(str(value))
-        elif param == "tomo.center":
+        elif param in NULLABLE_PARAMS:
             parsed = None if math.isnan(float(value)) else float(value) + 0.0  # (-0.0 is 0)
         elif param in ("cake_bins", "serial.min_peaks"):
             parsed = int(value)
@@ -864,7 +866,7 @@ class ApplianceIOC:
             return pv_input.format_roi(value)
         if spec.param == "tomo.slices":
             return pv_input.format_rows(value)
-        if spec.param == "tomo.center":
+        if spec.param in NULLABLE_PARAMS:
             return math.nan if value is None else float(value)
         return value
 

@@ -917,8 +917,10 @@ CAM_CLASSIC_PVS: tuple[PvSpec, ...] = (
         "mbbOut",
         "enum",
         "Given to the detector (its own `FrameType`) at the next `Acquire`: the image key of the frames it "
-        "takes (Normal 0 projection, FlatField 1 flat, Background 2 dark, as NXtomo's `image_key`). A "
-        "detector without `FrameType` takes Normal only (another value fails the acquisition, saying why).",
+        "takes (Normal 0 projection, FlatField 1 flat, Background 2 dark, as NXtomo's `image_key`; the frames"
+        " carry no rotation angle: give the projections' with `Reduction:TomoAngleStart` and"
+        " `Reduction:TomoAngleStep`). A detector without `FrameType` takes Normal only (another value fails"
+        " the acquisition, saying why).",
         0,
         choices=FRAME_TYPES,
     ),
@@ -1315,6 +1317,29 @@ PVS: tuple[PvSpec, ...] = (
         units="px",
         limits=pv_input.field_limits(TomoSettings, "center", (-100_000, 100_000)),
         nan_means="estimated",
+    ),
+    *_param(
+        "Reduction:TomoAngleStart",
+        "aOut",
+        "double",
+        "tomo: the angle of the run's first projection that comes without one (areaDetector frames carry"
+        " none), as tomoScan's RotationStart; with `Reduction:TomoAngleStep` the n-th such projection is at"
+        " start + n x step; NaN = none given (such projections are stored, not reconstructed).",
+        "tomo.angle_start",
+        units="deg",
+        limits=pv_input.field_limits(TomoSettings, "angle_start", (-100_000, 100_000)),
+        nan_means="none given",
+    ),
+    *_param(
+        "Reduction:TomoAngleStep",
+        "aOut",
+        "double",
+        "tomo: degrees between consecutive projections that come without an angle (tomoScan's"
+        " RotationStep); NaN = none given.",
+        "tomo.angle_step",
+        units="deg",
+        limits=pv_input.field_limits(TomoSettings, "angle_step", (-360, 360)),
+        nan_means="none given",
     ),
     *_param(
         "Reduction:TomoSlices",

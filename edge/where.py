@@ -279,8 +279,9 @@ def products_note(report: dict[str, Any], ended: bool, later_with_slices: list[s
         )
         return (
             "no slices: the scan ended with no projection the reconstruction could take (none carried a"
-            f" rotation angle: {carrier}, docs/wire-formats.md); its frames are in its data files"
-            " (NXtomo): reconstruct them from there with the angles"
+            f" rotation angle: {carrier}, docs/wire-formats.md, and reduction.tomo.angle_start and"
+            " angle_step gave none); its frames are in its data files (NXtomo): reconstruct them from there"
+            " with the angles"
         )
     return (
         f"no slices: the scan ended {report.get('exit_status') or 'unknown'} before its reconstruction was"

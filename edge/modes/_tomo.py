@@ -155,6 +155,10 @@ class TomoStage(_CorrectedStage):
             raise ValueError(f"reduction.tomo.slices {bad} are outside the detector's {ctx.shape[0]} rows")
         self.rows = rows
         self.center = p.center
+        # angles given for projections that come without one (an EPICS-driven scan), and how many got one
+        given = (p.angle_start, p.angle_step)
+        self.given_angles = None if None in given else (float(given[0]), float(given[1]))  # type: ignore[arg-type]
+        self.angles_given = 0
         self.filter = p.filter
         fourier_filter(2, self.filter)  # a filter the kernel lacks fails here (the run stores raw frames),
         # never at each projection (every one of them lost)
@@ -212,6 +216,9 @@ class TomoStage(_CorrectedStage):
             self.flats += 1
             self._flat_sum += raw
         else:
+            if math.isnan(angle) and self.given_angles is not None:  # reduction.tomo.angle_start/_step
+                angle = self.given_angles[0] + self.angles_given * self.given_angles[1]
+                self.angles_given += 1
             self._project(raw, angle, missing)
         result = FrameResult(
             products={"image_key": image_key, "rotation_angle": angle},
@@ -584,6 +591,8 @@ class TomoStage(_CorrectedStage):
             "y_pixel_size": float(self.ctx.geometry.pixel1),
             "projections": self.projections,
             "projections_without_angle": self.without_angle,
+            # those that came without one and took reduction.tomo.angle_start + n x angle_step
+            "projections_angle_given": self.angles_given,
             "darks": self.darks,
             "flats": self.flats,
             "darks_and_flats_incomplete": self.incomplete_left_out,  # stored, not in the means
@@ -624,6 +633,10 @@ class TomoStage(_CorrectedStage):
         earlier = self.earlier
         return {
             "projections": self.projections,
+            # not back-projected: no angle came with them, and reduction.tomo.angle_start/angle_step gave
+            # none (an EPICS-driven scan's frames carry none; its slice stayed empty, saying nothing)
+            "projections_without_angle": self.without_angle,
+            "projections_angle_given": self.angles_given,
             "darks": self.darks,
             "flats": self.flats,
             "slices_done": self.slices_done,

@@ -109,6 +109,13 @@ def test_reduction_parameters_go_through_the_control(setup: _Setup) -> None:
     assert setup.reduction.parameters()["tomo"]["center"] is None
     assert setup.put("Reduction:TomoCenter", 255.5)[0]
     assert setup.reduction.parameters()["tomo"]["center"] == 255.5
+    # the angles of projections that come without one (an EPICS-driven scan), NaN: none given
+    assert setup.put("Reduction:TomoAngleStart", -90.0)[0] and setup.put("Reduction:TomoAngleStep", 0.5)[0]
+    tomo = setup.reduction.parameters()["tomo"]
+    assert (tomo["angle_start"], tomo["angle_step"]) == (-90.0, 0.5)
+    assert setup.put("Reduction:TomoAngleStep", math.nan)[0]
+    assert setup.reduction.parameters()["tomo"]["angle_step"] is None
+    assert not setup.put("Reduction:TomoAngleStep", 400.0)[0]  # beyond a turn
     assert setup.put("Reduction:MinPeaks", 3)[0] and setup.reduction.parameters()["serial"]["min_peaks"] == 3
     assert not setup.put("Reduction:MinSnr", 0.0)[0]  # gt=0: the settings model refuses the bound
     setup.open_run = "run-2"

@@ -136,3 +136,37 @@ def test_a_dark_or_flat_sent_without_an_angle_reads_nan_as_in_the_frame_table(tm
         np.testing.assert_array_equal(stored, [angle for _key, angle in sent])  # (NaN equals NaN here)
         np.testing.assert_array_equal(stored, rows)
         np.testing.assert_array_equal(f["/exchange/theta"][()], [0.0])
+
+
+def test_projections_of_an_epics_driven_scan_take_the_angles_given_and_are_reconstructed(
+    tmp_path: Path,
+) -> None:
+    """An outside probe drove a tomography scan the areaDetector way (FrameType, Acquire): its frames
+    carry no rotation angle, so nothing was reconstructed and only a null slice said so. With
+    ``reduction.tomo.angle_start`` and ``angle_step`` (tomoScan's RotationStart, RotationStep) the n-th
+    projection that comes without an angle is at start + n x step: in the files, and reconstructed; one
+    that brings its own keeps it."""
+    params = ReductionSettings(mode="tomo", tomo={"slices": [12], "angle_start": 10.0, "angle_step": 2.5})  # type: ignore[arg-type]
+    stage = make_stage(RunContext(get_backend("numpy"), GEOMETRY, SHAPE, 16, "2th_deg", params))
+    meta = RunMetadata(GEOMETRY, "sim", 6, "2026-12-02T00:00:00+00:00", {"frame_time": 0.01})
+    writer = RunFileWriter(tmp_path, "tomo6", "tomo6_00000.h5", 0, SHAPE, "uint16", 6, stage, meta)
+    frames = (
+        (2, float("nan")),
+        (1, float("nan")),
+        (0, float("nan")),
+        (0, float("nan")),
+        (0, 90.0),
+        (0, float("nan")),
+    )
+    for frame, (key, angle) in enumerate(frames):
+        pixels = np.full(SHAPE, 400 + 10 * frame if key == 0 else (10 if key == 2 else 1000), np.uint16)
+        writer.write(frame, compress_chunk(pixels), stage.process(pixels, frame, key, angle).products)
+    assert stage.live()["projections_angle_given"] == 3 and stage.live()["projections_without_angle"] == 0
+    with h5py.File(writer.close().path, "r") as f:
+        angles = f["/entry/sample/rotation_angle"][()]
+        assert np.isnan(angles[:2]).all()  # darks and flats: none
+        np.testing.assert_array_equal(angles[2:], [10.0, 12.5, 90.0, 15.0])
+        np.testing.assert_array_equal(f["/exchange/theta"][()], [10.0, 12.5, 90.0, 15.0])
+    products = stage.finish()
+    assert products["projections_angle_given"] == 3 and products["slices"].shape[0] == 1
+    np.testing.assert_array_equal(products["rotation_angle"], [10.0, 12.5, 90.0, 15.0])
