@@ -19,7 +19,7 @@ import logging
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -245,6 +245,14 @@ class Ledger:
             if fresh:
                 for statement in _statements(FILL_TOTALS):
                     db.execute(statement)
+            # frames of files retired unforwarded (`file_retired`: purged, never verified): in the purged
+            # totals, not delivered (kept here, counted once at open: a retirement is rare)
+            self._retired_frames = int(
+                db.execute(
+                    "SELECT COALESCE(SUM(n_frames), 0) FROM files"
+                    " WHERE state='purged' AND verified_at IS NULL"
+                ).fetchone()[0]
+            )
 
     def reconcile_verified(self) -> dict[str, int]:
         """Make every file's ``verified`` state follow the required consumers of *this* start (the
@@ -898,6 +906,8 @@ class Ledger:
             if cursor.rowcount != 1:
                 raise RuntimeError(f"file {file_id} is not a local-only file; refusing to retire it")
             self._drop_chunk_rows(file_id)
+            row = db.execute("SELECT n_frames FROM files WHERE id=?", (file_id,)).fetchone()
+            self._retired_frames += int(row[0]) if row else 0
 
     # -- losses ------------------------------------------------------------------------------------------
     def record_loss(self, run_uid: str | None, first: int, last: int, reason: str, detail: str = "") -> None:
@@ -967,7 +977,7 @@ class Ledger:
         detector never took in ``frames_not_acquired``. Sums are Python integers, so no total can
         overflow SQLite's 64-bit INTEGER.
         """
-        files = self._rows("SELECT state, n_frames, size FROM files WHERE run_uid=?", (run_uid,))
+        files = self._rows("SELECT state, n_frames, size, verified_at FROM files WHERE run_uid=?", (run_uid,))
         vetoed = self._rows("SELECT frames_vetoed FROM runs WHERE run_uid=?", (run_uid,))
         losses = self._rows("SELECT reason, first_frame, last_frame FROM losses WHERE run_uid=?", (run_uid,))
         by_reason: dict[str, int] = {}
@@ -983,20 +993,22 @@ class Ledger:
                 lost += count
         return {
             "frames_stored": sum(int(f["n_frames"]) for f in files),
-            # a purged file was verified first: its frames stay delivered
-            "frames_delivered": sum(
-                int(f["n_frames"]) for f in files if f["state"] in ("verified", "purged")
-            ),
+            # a purged file was verified first: its frames stay delivered; one retired unforwarded
+            # (`file_retired`: purged, never verified) never left the appliance
+            "frames_delivered": sum(int(f["n_frames"]) for f in files if _went_upstream(f)),
             "frames_vetoed": int(vetoed[0]["frames_vetoed"] or 0) if vetoed else 0,
             "frames_lost": lost,
             "frames_incomplete": incomplete,
             "frames_not_acquired": not_acquired,
             "files_local_only": sum(1 for f in files if f["state"] == "local"),
+            "files_retired_unforwarded": sum(1 for f in files if is_retired(f)),
             "loss_records": len(losses),
             "frames_lost_by_reason": dict(sorted(by_reason.items())),
             "file_count": len(files),
             "bytes_stored": sum(int(f["size"]) for f in files),
-            "bytes_upstream": sum(int(f["size"]) for f in files if f["state"] != "local"),
+            "bytes_upstream": sum(
+                int(f["size"]) for f in files if f["state"] != "local" and not is_retired(f)
+            ),
         }
 
     def files(self, run_uid: str | None = None) -> list[dict[str, Any]]:
@@ -1040,8 +1052,12 @@ class Ledger:
             "chunks": chunks,
             "frames_by_state": frames,
             "frames_stored": int(sum(frames.values())),
-            # a purged file was verified first: its frames stay delivered
-            "frames_verified": int(frames.get("verified", 0)) + int(frames.get("purged", 0)),
+            # a purged file was verified first (its frames stay delivered), unless it was retired
+            # unforwarded: those never left (an outside probe saw them counted delivered)
+            "frames_verified": int(frames.get("verified", 0))
+            + int(frames.get("purged", 0))
+            - self._retired_frames,
+            "frames_retired_unforwarded": self._retired_frames,
             "bytes_pending": int(pending),
             "frames_lost": int(lost[0]),
             "frames_incomplete": int(lost[2]),
@@ -1049,6 +1065,17 @@ class Ledger:
             "loss_records": int(lost[1]),
             "consumers": consumers,
         }
+
+
+def is_retired(f: Mapping[str, Any]) -> bool:
+    """A file retired unforwarded by ``retention.unforwarded`` (`Ledger.file_retired`): purged, and never
+    verified upstream."""
+    return f.get("state") == "purged" and f.get("verified_at") is None
+
+
+def _went_upstream(f: Mapping[str, Any]) -> bool:
+    """Verified upstream (and perhaps purged locally since)."""
+    return f.get("state") == "verified" or (f.get("state") == "purged" and f.get("verified_at") is not None)
 
 
 def _loss_sums(rows: Iterable[tuple[str, int, int]]) -> tuple[int, int, int]:

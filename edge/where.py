@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from edge.errors import NotFound
-from edge.ledger import Ledger
+from edge.ledger import Ledger, is_retired
 from edge.upstream.outlook import RATE_WINDOW_SECONDS, eta_seconds
 
 
@@ -153,12 +153,18 @@ def where_report(
                 "n_frames": f["n_frames"],
                 "state": f["state"],
                 "kind": f.get("kind") or "data",
-                "local_only": f["state"] == "local",
+                "local_only": f["state"] == "local" or is_retired(f),
                 "why_local": (
                     f"upstream.forward = {forward}: {f.get('kind') or 'data'} files stay on the appliance"
                     if f["state"] == "local"
+                    # purged without ever being sent: it went nowhere (an outside probe read it as
+                    # delivered upstream, and its reason was gone)
+                    else f"upstream.forward = {forward}: never sent upstream; retired from the appliance by"
+                    " retention.unforwarded"
+                    if is_retired(f)
                     else None
                 ),
+                "retired_unforwarded": is_retired(f),
                 "verified_by": {c: t for c, t in confirmed.items() if t is not None},
                 "upstream_copies": {c: path for (fid, c), path in copies.items() if fid == f["id"]},
                 "holds": _holds(f, run.get("mode")),
@@ -375,14 +381,16 @@ def summary_line(report: dict[str, Any]) -> str:
     files = report["files"]
     local = sum(1 for f in files if f["on_local_disk"])
     # verified: confirmed by every required consumer (the file's state), not by any one of them
-    upstream = sum(1 for f in files if f["state"] in ("verified", "purged"))
+    upstream = sum(
+        1 for f in files if f["state"] in ("verified", "purged") and not f.get("retired_unforwarded")
+    )
     # the copies of the consumers the policy requires first (an optional mirror's come after)
     required = set(report.get("required_consumers") or ())
     dirs = sorted(  # (of the verified files: a copy only some required consumers confirmed is pending)
         {
             (consumer not in required, _printable(Path(path).parent))
             for f in files
-            if f["state"] in ("verified", "purged")
+            if f["state"] in ("verified", "purged") and not f.get("retired_unforwarded")
             for consumer, path in f.get("upstream_copies", {}).items()
         }
     )
@@ -443,12 +451,15 @@ def render(report: dict[str, Any]) -> str:
     for f in report["files"]:
         if f["on_local_disk"]:
             where = f["path"]
+        elif f.get("retired_unforwarded"):
+            where = f"(retired locally, never sent upstream) {f['path']}"
         elif f["state"] == "purged":
             where = f"(purged locally) {f['path']}"
         else:  # not purged, and not there: deleted or moved by hand, it cannot be sent or read
             where = f"(MISSING from the local disk, not purged) {f['path']}"
         # a file never forwarded waits for no confirmation (an outside probe read "nobody yet" as one due)
-        nobody = "nobody (never sent upstream)" if f["state"] == "local" else "nobody yet"
+        never = f["state"] == "local" or f.get("retired_unforwarded")
+        nobody = "nobody (never sent upstream)" if never else "nobody yet"
         confirmed = ", ".join(sorted(f["verified_by"])) or nobody
         lines.append(
             f"  {f['state']:<9} {where}"

@@ -1057,10 +1057,13 @@
     const fileRows = files.map((f) => {
       const local = f.missing_locally
         ? '<span class="bad">(MISSING from the local disk, not purged)</span> '
+        : f.retired_unforwarded ? '<span class="muted">(retired locally, never sent upstream)</span> '
         : f.on_local_disk === false ? '<span class="muted">(purged locally)</span> ' : "";
       const confirmed = Object.entries(f.verified_by || {});
+      // a file never sent waits for no confirmation (kept local, or retired unforwarded): it says why
       const by = confirmed.length
         ? confirmed.map(([c, t]) => `${esc(c)} <span class="muted small">${esc(fmtTime(t, false))}</span>`).join(", ")
+        : f.local_only ? `<span class="muted" title="${esc(f.why_local || "")}">nobody (never sent upstream)</span>`
         : '<span class="muted">nobody yet</span>';
       const copies = Object.entries(f.upstream_copies || {});
       const upstream = copies.length

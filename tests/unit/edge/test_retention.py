@@ -301,6 +301,22 @@ def test_files_never_forwarded_are_kept_or_retired_only_by_the_stated_policy(
     assert retire.purge_once() == 1 and not local.exists() and unverified.exists()
     assert [f["state"] for f in ledger.files()] == ["purged", "stored"]
     assert retire.stats["files_retired_unforwarded"] == 1
+    # retired, never sent: not delivered, no upstream bytes (an outside probe saw the run's totals and
+    # `edge where` say its never-forwarded files had gone upstream, and their reason gone)
+    from edge.where import render, where_report
+
+    totals = ledger.run_totals("run")
+    # (bytes_upstream: the files that go upstream, here the one still pending)
+    assert (totals["frames_delivered"], totals["bytes_upstream"]) == (0, 100), totals
+    assert totals["files_retired_unforwarded"] == 1
+    summary = ledger.summary()
+    assert summary["frames_verified"] == 0 and summary["frames_retired_unforwarded"] == 1
+    assert Ledger(ledger.path).summary()["frames_retired_unforwarded"] == 1  # (counted again at open)
+    report = where_report(ledger, "run")
+    (retired,) = [f for f in report["files"] if f["name"] == "local.h5"]
+    assert retired["local_only"] and "never sent upstream" in retired["why_local"]
+    text = render(report)
+    assert "retired locally, never sent upstream" in text and "0 verified upstream" in text, text
 
 
 class _Disk:
