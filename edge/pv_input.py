@@ -217,9 +217,11 @@ def field_limits(model: type[BaseModel], name: str, default: tuple[float, float]
 def parse_roi(text: str) -> list[tuple[int, int, int, int]]:
     """``"r0:r1:c0:c1;r0:r1:c0:c1"`` -> ROI boxes (half-open rows and columns); ``""`` -> none."""
     boxes = []
+    if not text.strip():
+        return boxes
     for part in (p.strip() for p in text.split(";")):
-        if not part:
-            continue
+        if not part:  # (taken as nothing, a typo changed what was asked silently: an outside probe)
+            raise ValueError(f"an empty box in {text!r}: boxes are r0:r1:c0:c1, ';' between them")
         fields = part.split(":")
         if len(fields) != 4:
             raise ValueError(f"ROI {part!r} is not r0:r1:c0:c1")
@@ -238,9 +240,11 @@ def format_roi(boxes: list[Any]) -> str:
 def parse_rows(text: str) -> list[int]:
     """``"100,256"`` -> detector rows; ``""`` -> none (the centre row)."""
     rows = []
+    if not text.strip():
+        return rows
     for part in (p.strip() for p in text.replace(";", ",").split(",")):
-        if not part:
-            continue
+        if not part:  # ("," read as the centre row, "40,,64" as 40,64: a typo changed the rows silently)
+            raise ValueError(f"an empty row in {text!r}: rows are integers, ',' between them")
         try:
             rows.append(int(part))
         except ValueError:

@@ -133,7 +133,14 @@ def test_roi_and_rows_text() -> None:
     for bad in ("0:16:0", "a:b:c:d", "0:16:0:16:3"):
         with pytest.raises(ValueError):
             parse_roi(bad)
-    assert parse_rows("100, 256") == [100, 256] and parse_rows("") == []
+    assert parse_rows("100, 256") == [100, 256] and parse_rows("") == [] and parse_rows("  ") == []
+    # an empty item is a typo, not nothing (an outside probe: "," read as the centre row, "40,,64" as 40,64)
+    for typo in (",", "40,,64", "40,", ";"):
+        with pytest.raises(ValueError, match="an empty row"):
+            parse_rows(typo)
+    for typo in (";", "0:4:0:4;;8:9:0:4", "0:4:0:4;"):
+        with pytest.raises(ValueError, match="an empty box"):
+            parse_roi(typo)
     with pytest.raises(ValueError):
         parse_rows("12,x")
 
