@@ -1,3 +1,3 @@
-from edge.cli import main
+from edge.early_signals import main
 
 raise SystemExit(main())

@@ -19,6 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from edge import early_signals
 from edge.allocator import tune_malloc
 from edge.config import Settings, SimSettings, load_settings
 from edge.errors import ConfigError
@@ -227,20 +228,11 @@ def _settings(args: argparse.Namespace, extra: list[str]) -> Settings:
 
 
 #: signals ``edge run`` received before it could act on them (`catch_early_signals`), oldest first
-EARLY_SIGNALS: list[int] = []
-
-
-def catch_early_signals() -> None:
-    """From ``edge run``'s first moment: SIGTERM, SIGINT and SIGHUP are noted, not acted on by default.
-    The daemon's own handlers take over while it starts; a stop or a reload asked before then is done
-    once they are in place. (Python's default action ended a daemon that got a SIGHUP in its first two
-    seconds, exit 129, and a SIGTERM exited 143, not 0: an outside probe.)"""
-
-    def _note(signum: int, frame: object) -> None:
-        EARLY_SIGNALS.append(signum)
-
-    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-        signal.signal(signum, _note)
+EARLY_SIGNALS = early_signals.NOTED
+#: from ``edge run``'s first moment (`edge.early_signals`, the command's entry point; again in `main`
+#: for a caller of it): SIGTERM, SIGINT and SIGHUP are noted, and done once the daemon's handlers are in
+#: place
+catch_early_signals = early_signals.catch
 
 
 def _run_daemon(
