@@ -205,6 +205,13 @@ def test_a_token_or_a_run_pasted_into_an_open_tab_is_taken_without_a_reload(
     assert browser.evaluate("localStorage.getItem('edge.apiToken')") == TOKEN
     assert TOKEN not in browser.evaluate("location.href")
     run = clean_run()
+    # a file kept on the appliance says why in words on the page (it was a hover title: no use on a phone)
+    run.files[0] = {
+        **run.files[0],
+        "state": "local",
+        "local_only": True,
+        "why_local": "upstream.forward = reduced",
+    }
     view.add_run(run)
     uid = run.run_uid
     browser.evaluate(f"location.hash = '#run={uid}'")
@@ -213,6 +220,13 @@ def test_a_token_or_a_run_pasted_into_an_open_tab_is_taken_without_a_reload(
         f" && document.getElementById('where-run').textContent === {uid!r}",
         10,
         "the run's where view",
+    )
+    browser.wait_for(
+        "[...document.querySelectorAll('#where-card .why-local')].some((e) => e.textContent ==="
+        " 'upstream.forward = reduced') && document.getElementById('where-card').textContent.includes("
+        "'nobody (never sent upstream)')",
+        10,
+        "why the file stays local, in words",
     )
 
 

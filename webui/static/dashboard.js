@@ -1063,7 +1063,7 @@
       // a file never sent waits for no confirmation (kept local, or retired unforwarded): it says why
       const by = confirmed.length
         ? confirmed.map(([c, t]) => `${esc(c)} <span class="muted small">${esc(fmtTime(t, false))}</span>`).join(", ")
-        : f.local_only ? `<span class="muted" title="${esc(f.why_local || "")}">nobody (never sent upstream)</span>`
+        : f.local_only ? '<span class="muted">nobody (never sent upstream)</span>'
         : '<span class="muted">nobody yet</span>';
       const copies = Object.entries(f.upstream_copies || {});
       const upstream = copies.length
@@ -1073,7 +1073,9 @@
       const frames = f.frames ? `${f.frames[0]}–${f.frames[1]}` : f.n_frames ? fmtInt(f.n_frames)
         : f.kind && f.kind !== "data" ? f.kind : "none";
       return `<tr><td><span class="chip ${esc(f.state)}">${esc(f.state)}</span></td>` +
-        `<td class="paths">${local}${pathCell(f.path)}${f.holds ? `<br><span class="muted small holds">${esc(f.holds)}</span>` : ""}</td><td class="paths upstream-copy">${upstream}</td><td class="num">${esc(fmtBytes(f.size))}</td>` +
+        `<td class="paths">${local}${pathCell(f.path)}${f.holds ? `<br><span class="muted small holds">${esc(f.holds)}</span>` : ""}` +
+        // why it stays on the appliance, in words on the page (a hover title cannot be read on a phone)
+        `${f.why_local ? `<br><span class="muted small why-local">${esc(f.why_local)}</span>` : ""}</td><td class="paths upstream-copy">${upstream}</td><td class="num">${esc(fmtBytes(f.size))}</td>` +
         `<td class="num">${esc(frames)}</td><td class="mono small nowrap" title="${esc(f.checksum)}">${esc(shortChecksum(f.checksum))}</td><td>${by}</td></tr>`;
     }).join("");
     const lossRows = losses.map((r) => {
