@@ -146,7 +146,9 @@ def where_report(
                 "path": f["path"],
                 "on_local_disk": on_disk,
                 # deleted or moved by hand (or its disk gone): not purged, yet not there to send or read
-                "missing_locally": f["state"] != "purged" and not on_disk,
+                # (a verified file not on the disk is upstream already: retention deletes it a moment
+                # before it records the purge, and `edge where` called it MISSING then, a probe)
+                "missing_locally": f["state"] not in ("purged", "verified") and not on_disk,
                 "size": f["size"],
                 "checksum": f"xxh3-128:{f['checksum']}",
                 "frames": [f["first_frame"], f["last_frame"]] if f["n_frames"] else None,
@@ -455,6 +457,8 @@ def render(report: dict[str, Any]) -> str:
             where = f"(retired locally, never sent upstream) {f['path']}"
         elif f["state"] == "purged":
             where = f"(purged locally) {f['path']}"
+        elif f["state"] == "verified":  # upstream already: being purged (or deleted by hand)
+            where = f"(not on the local disk; verified upstream) {f['path']}"
         else:  # not purged, and not there: deleted or moved by hand, it cannot be sent or read
             where = f"(MISSING from the local disk, not purged) {f['path']}"
         # a file never forwarded waits for no confirmation (an outside probe read "nobody yet" as one due)

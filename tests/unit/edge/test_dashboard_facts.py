@@ -561,3 +561,18 @@ def test_frames_a_crash_lost_are_a_major_alarm() -> None:
     tidy = {"appliance": {"recovery": {"salvaged": ["a_00001.h5"], "frames_lost": 0}}}
     (alarm,) = current_alarms(tidy)
     assert alarm["severity"] == "minor"
+
+
+def test_a_verified_file_gone_from_the_disk_is_upstream_not_missing(ledger: Ledger) -> None:
+    """An outside probe polled `edge where` while retention purged: the file it had just deleted, not
+    yet recorded purged, read "MISSING from the local disk" for a moment. Verified, it is upstream."""
+    (row,) = ledger.files("run-1")
+    for chunk in ledger.pending_chunks("hpc", [], 4096):
+        ledger.chunks_sent([chunk["id"]])
+        assert ledger.chunk_acked("hpc", chunk["id"], chunk["checksum"])
+    assert ledger.file_verified("hpc", row["id"], row["size"], row["checksum"])
+    Path(row["path"]).unlink()  # retention's delete, before it records the purge
+    (entry,) = where_report(ledger, "run-1")["files"]
+    assert entry["state"] == "verified" and entry["missing_locally"] is False
+    text = render(where_report(ledger, "run-1"))
+    assert f"(not on the local disk; verified upstream) {row['path']}" in text and "MISSING" not in text
