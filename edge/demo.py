@@ -42,6 +42,9 @@ RATE_WINDOW = 10.0  # the status line's rates: over the last 10 s
 #: fresh install of a small machine; an outside probe on a machine loaded 5x over saw 120 s run out).
 #: A daemon that exits meanwhile ends the wait at once, saying why
 DAEMON_START_SECONDS = 600.0
+# the simulator's own start (its imports, its first frames drawn) on top of --timeout, which is the wait for
+# delivery: on a loaded 2-core machine it took more than a 3 s --timeout, and the demo ended with no account
+SIM_START_SECONDS = 60.0
 
 
 _PORTS_GIVEN: set[int] = set()  # never the same port twice from one process
@@ -345,6 +348,13 @@ def _watch(
     raise TimeoutError(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
+def _failed(as_json: bool, known: dict[str, Any], error: str) -> int:
+    """A demo that failed: with --json, still one JSON object, naming why, with what was known by then."""
+    if as_json:
+        print(json.dumps({"error": error, **known}), flush=True)
+    return 1
+
+
 def _product_figures(url: str) -> dict[str, Any]:
     """The mode's own figures for the summary: hit rate (serial), slices reconstructed (tomo)."""
     try:
@@ -416,6 +426,8 @@ def run_demo(args: argparse.Namespace, settings: Settings, flags: list[str] | No
     line = StatusLine(sys.stderr)
     started = time.monotonic()
     started_at = time.time()  # (the runs the demo made: a store reused from an earlier demo has others)
+    # what a failed demo's --json account says (a script reading the last line always finds one)
+    known: dict[str, Any] = {"frames_sent": None, "run_uid": None if udp else run_uid, "logs": str(logs)}
     interrupted = Interrupted()
     signal.signal(signal.SIGINT, interrupted)
     signal.signal(signal.SIGTERM, interrupted)  # `kill` stops the demo as Ctrl-C does
@@ -451,7 +463,8 @@ def run_demo(args: argparse.Namespace, settings: Settings, flags: list[str] | No
             flush=True,
         )
         note = "Ctrl-C stops" if args.frames == 0 else f"sending {args.frames} frames"
-        watch(lambda: sim.poll() is not None, args.timeout if args.frames else 1e9, "the simulator", note, 1)
+        sending = args.timeout + SIM_START_SECONDS if args.frames else 1e9
+        watch(lambda: sim.poll() is not None, sending, "the simulator", note, 1)
         if sim.poll() is None:  # Ctrl-C: the source stops first; the daemon and the client keep going
             line.end()
             print(
@@ -461,6 +474,7 @@ def run_demo(args: argparse.Namespace, settings: Settings, flags: list[str] | No
         procs.check()
         sent = json.loads(sim_out.read_text().strip().splitlines()[-1])
         frames_sent = int(sent["frames_sent"])
+        known.update(frames_sent=frames_sent, sim=sent)
 
         if udp:  # UDP carries no run uid: the daemon names the run it opened
             # a run opens with its first packet: none came if every one was lost (--loss 1, a firewall)
@@ -497,6 +511,7 @@ def run_demo(args: argparse.Namespace, settings: Settings, flags: list[str] | No
             if runs is None:
                 return 130
             run_uid = runs[-1]["run_uid"]
+        known["run_uid"] = run_uid
 
         def settled() -> dict[str, Any] | None:
             run = get_json(f"{url}/api/runs/{run_uid}")
@@ -569,10 +584,10 @@ def run_demo(args: argparse.Namespace, settings: Settings, flags: list[str] | No
     except ComponentDied as died:
         line.end()
         print(died.report(), file=sys.stderr, flush=True)
-        return 1
+        return _failed(args.json, known, f"{died.name} exited unexpectedly ({exit_text(died.code)})")
     except TimeoutError as error:
         line.end()
         print(f"edge demo: {error}; logs in {logs}", file=sys.stderr, flush=True)
-        return 1
+        return _failed(args.json, known, str(error))
     finally:
         procs.stop_all()

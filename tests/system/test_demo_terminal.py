@@ -49,7 +49,7 @@ def _cleanup(demo: subprocess.Popen[str], children: list[psutil.Process]) -> Non
 
 def test_a_component_killed_inside_the_demo_ends_it_non_zero_naming_it(tmp_path: Path) -> None:
     workdir = tmp_path / "demo"
-    demo, url = _start_demo(workdir, "--rate", "20", overrides=loopback_overrides())
+    demo, url = _start_demo(workdir, "--rate", "20", "--json", overrides=loopback_overrides())
     children: list[psutil.Process] = []
     try:
         wait_for(lambda: get_json(url + "/api/status")["frames"]["received"] >= 5, 90, "frames flowing")
@@ -57,6 +57,10 @@ def test_a_component_killed_inside_the_demo_ends_it_non_zero_naming_it(tmp_path:
         children = list(roles.values())
         roles["run"].kill()  # the daemon dies under the demo
         assert demo.wait(60) != 0
+        # --json still ends with one JSON object, saying why (a script reading the last line found none)
+        account = json.loads(demo.stdout.read().strip().splitlines()[-1])
+        assert account["error"] == "daemon exited unexpectedly (killed by SIGKILL)", account
+        assert account["logs"] == str(workdir / "logs")
         _gone, alive = psutil.wait_procs(children, timeout=30)
         assert not alive, f"left running: {alive}"
     finally:

@@ -131,7 +131,7 @@ def test_a_demo_whose_every_packet_is_lost_still_ends_with_its_account(tmp_path:
     for item in [*loopback_overrides(), "detector.height=64", "detector.width=64"]:
         argv += ["--set", item]
     result = subprocess.run(argv, capture_output=True, text=True, timeout=120)
-    assert result.returncode == 1, result.stderr[-2000:]
+    assert result.returncode == 1 and result.stdout.strip(), result.stderr[-2000:]
     summary = json.loads(result.stdout.strip().splitlines()[-1])
     assert summary["frames_sent"] == summary["frames_lost"] == 10 and summary["run_uid"] is None
     assert "no run opened" in result.stderr
