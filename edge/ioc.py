@@ -1294,10 +1294,13 @@ class ApplianceIOC:
                     frames = int(totals["frames_stored"]) if totals is not None else capture_base
                 taken = frames - capture_base
                 now = time.monotonic()
-                # quiet: nothing written, received or processed, and no mode's kernels loading (a capture
-                # in a mode whose kernels loaded for its first frame completed with 0 frames added)
+                # quiet: nothing written, received or processed, no mode's kernels loading (a capture in a
+                # mode whose kernels loaded for its first frame completed with 0 frames added) and no frame
+                # received and not yet written (in CI a capture in serial mode, its kernels compiled from
+                # an empty cache, once completed with 0 frames added)
                 moving = (frames, working[1])
-                if capture_quiet is None or capture_quiet[1] != moving or working[1][-1]:
+                waiting = working[1][-1] or self.view.frames_in_flight()
+                if capture_quiet is None or capture_quiet[1] != moving or waiting:
                     capture_quiet = (now, moving)
                 if taken >= num_images or aborted or now - capture_quiet[0] >= STREAM_QUIET_SECONDS:
                     if aborted:  # the abort ends the capture's run and the capture: Acquire 0 completes

@@ -377,6 +377,11 @@ class ApplianceView:
         frames processed and mode warm-ups running (`Pipeline.progress`)."""
         return (self.frames_received(), *self._p.pipeline.progress())  # type: ignore[attr-defined]
 
+    def frames_in_flight(self) -> int:
+        """Frames (and run starts and ends) the receiver has claimed ring slots for that the pipeline has
+        not yet written and released: a frame waiting for a kernel's first compile is one of them."""
+        return int(self._p.ring.counters().get("fill", 0))
+
     def writer_run(self) -> tuple[str | None, int]:
         """The run the pipeline is writing now (None between runs) and its frames written so far."""
         return self._p.pipeline.writing()  # type: ignore[attr-defined,no-any-return]
