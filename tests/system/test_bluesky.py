@@ -556,7 +556,8 @@ def test_an_acquire_in_a_capture_completes_once_its_frames_are_written_while_ker
     monkeypatch.setenv("NUMBA_CACHE_DIR", str(tmp_path / "cold-cache"))  # (the daemon inherits it)
     s = Stack(tmp_path, ca_port, edge_ca_port, ACF)
     s.settings = [x for x in s.settings if not x.startswith("reduction.backend")]
-    s.settings.append('reduction.backend="numba"')
+    # (raw: no kernels load at the start, only serial's, when the Mode put below asks for them)
+    s.settings += ['reduction.backend="numba"', 'reduction.mode="raw"']
     try:
         s.start_sim()
         s.start_daemon()
