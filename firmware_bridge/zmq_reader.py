@@ -869,7 +869,10 @@ class ZmqStreamSource:
             rejected = f"{unreadable} unreadable message(s) came where its start was due"
         if rejected is not None:
             self._open_without_start(series, frame, shape, dtype, rejected, named)
-            self._adopted_first = 0
+            # the first image that came (the run is numbered from 0, the frames below it gaps): a start
+            # after an image far beyond 0 is the next series', as after any run opened from its images (a
+            # stray at frame 900,000 after a reconnect took the series' own start as its late one)
+            self._adopted_first = frame
             return True
         self.stats["series_adopted"] += 1
         log.warning(
