@@ -84,6 +84,8 @@ REJECT_REASONS: Final[tuple[str, ...]] = (
 )
 #: packets of unconfirmed jumps held at once; beyond it the oldest is rejected
 MAX_HELD_PACKETS: Final = 64
+# frames whose rejected packets are remembered until the frame is emitted or recorded lost
+REJECTED_FRAMES_KEPT: Final = 4096
 #: whole frames' worth of packets of old frames in a row that mean the detector numbers from 0 again
 RESTART_FRAMES: Final = 2
 #: a held packet of a jump is confirmed by another packet beyond the frames accepted so far whose frame
@@ -409,11 +411,15 @@ class FrameAssembled:
 
 @dataclass(frozen=True)
 class FramesLost:
-    """Frames ``first..last`` (inclusive) of which not one valid packet arrived."""
+    """Frames ``first..last`` (inclusive) of which not one valid packet arrived.
+
+    ``reason`` is ``packets_rejected`` when packets of each of them came but every one was rejected;
+    ``rejected`` then counts them by rejection reason."""
 
     first: int
     last: int
     reason: str = "frame_number_jump"
+    rejected: tuple[tuple[str, int], ...] = ()
 
     @property
     def count(self) -> int:
@@ -545,6 +551,9 @@ class UdpFrameAssembler:
         self._payload_sizes = [geometry.packet_payload_size(i) for i in range(self._ppm)]
         self._cursor: int | None = expected_first_frame
         self._pending: dict[int, _PendingFrame] = {}
+        # frame -> its packets rejected, by reason, while none of it was accepted: a frame lost with only
+        # rejected packets is lost for that reason, not "no packet arrived" (at most REJECTED_FRAMES_KEPT)
+        self._rejected_at: dict[int, dict[str, int]] = {}
         # Frames at or above the cursor already emitted (complete ones leave before the cursor moves).
         self._done_ahead: set[int] = set()
         # Recently emitted frames -> received-packet bitmap (None: complete), to tell duplicates from
@@ -829,6 +838,11 @@ class UdpFrameAssembler:
         self._c.packets_rejected += 1
         self._c.rejected[reason] += 1
         events.append(PacketRejected(reason, frame))
+        if frame is not None and (self._cursor is None or frame >= self._cursor):
+            reasons = self._rejected_at.setdefault(frame, {})
+            reasons[reason] = reasons.get(reason, 0) + 1
+            if len(self._rejected_at) > REJECTED_FRAMES_KEPT:  # (the oldest first: its gap came first)
+                del self._rejected_at[next(iter(self._rejected_at))]
 
     def _reach(self) -> int | None:
         """The highest frame a packet may have without being a jump to confirm (None: any)."""
@@ -1021,7 +1035,25 @@ class UdpFrameAssembler:
         count = last - first + 1
         self._c.frames_lost += count
         self._c.packets_missing += count * self._ppf
-        events.append(FramesLost(first, last, reason))
+        rejected = sorted(n for n in self._rejected_at if first <= n <= last) if self._rejected_at else []
+        start = first
+        i = 0
+        while i < len(rejected):  # runs of frames whose every packet was rejected: lost for that reason
+            j = i
+            while j + 1 < len(rejected) and rejected[j + 1] == rejected[j] + 1:
+                j += 1
+            if rejected[i] > start:
+                events.append(FramesLost(start, rejected[i] - 1, reason))
+            why: dict[str, int] = {}
+            for n in rejected[i : j + 1]:
+                for what, times in self._rejected_at.pop(n).items():
+                    why[what] = why.get(what, 0) + times
+            events.append(
+                FramesLost(rejected[i], rejected[j], "packets_rejected", tuple(sorted(why.items())))
+            )
+            start, i = rejected[j] + 1, j + 1
+        if start <= last:
+            events.append(FramesLost(start, last, reason))
 
     def _advance_cursor(self) -> None:
         if self._cursor is None:
@@ -1031,6 +1063,7 @@ class UdpFrameAssembler:
             self._cursor += 1
 
     def _emit(self, frame: int, pending: _PendingFrame) -> FrameAssembled:
+        self._rejected_at.pop(frame, None)  # (it came: some of its packets were good)
         g = self.geometry
         c = self._c
         stack = pending.stack.reshape(g.n_modules, g.module_rows, g.module_cols)

@@ -595,6 +595,12 @@ class UdpSource:
                 self.stats["frames_lost"] += event.last - event.first + 1
                 if event.reason == "receiver_stopped":
                     detail = "the receiver stopped before they came"
+                elif event.reason == "packets_rejected":
+                    reasons = ", ".join(f"{what}: {times}" for what, times in event.rejected)
+                    detail = (
+                        f"packets of these frames came, and every one was rejected ({reasons}; the"
+                        " receiver's packets_rejected_* counters)"
+                    )
                 elif event.reason == "frame_number_jump":
                     detail = (
                         f"no packet of these frames had arrived when packets {self.frame_timeout_frames}"

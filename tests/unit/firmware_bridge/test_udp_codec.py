@@ -298,6 +298,47 @@ def test_frame_number_jump_reports_lost_range() -> None:
     assert c["packets_accepted"] + c["packets_missing"] == 9 * SMALL.packets_per_frame
 
 
+def _renumbered_ppf(packet: bytes, packets_per_frame: int) -> bytes:
+    h = decode_header(packet)
+    return encode_packet(
+        module_id=h.module_id,
+        frame_number=h.frame_number,
+        packet_index=h.packet_index,
+        packets_per_frame=packets_per_frame,
+        module_row=h.module_row,
+        module_col=h.module_col,
+        timestamp_ns=h.timestamp_ns,
+        payload=packet[HEADER_SIZE:],
+    )
+
+
+def test_frames_whose_every_packet_was_rejected_are_lost_for_that_reason() -> None:
+    """An outside sender: frames 11..12 sent with another packets_per_frame, every packet rejected. Their
+    loss record said "no packet of these frames had arrived" (network loss), not the rejection that the
+    operator can fix. Frame 13 lost outright keeps its own reason, and a frame that came in part (one
+    packet rejected) is stored incomplete, not lost."""
+    asm = UdpFrameAssembler(SMALL, frame_timeout_frames=2)
+    feed_all(asm, packetize_frame(SMALL, 10, frame(10)))
+    bad = [
+        _renumbered_ppf(p, SMALL.packets_per_frame + 1)
+        for n in (11, 12)
+        for p in packetize_frame(SMALL, n, frame(n))
+    ]
+    events = feed_all(asm, bad)
+    assert {e.reason for e in events if isinstance(e, PacketRejected)} == {"packets_per_frame_mismatch"}
+    partial = packetize_frame(SMALL, 14, frame(14))
+    events += feed_all(asm, [_renumbered_ppf(partial[0], 1), *partial[1:]])
+    events += feed_all(asm, packetize_frame(SMALL, 17, frame(17)))
+    per_frame = SMALL.packets_per_frame
+    assert [e for e in events if isinstance(e, FramesLost)] == [
+        FramesLost(11, 12, "packets_rejected", (("packets_per_frame_mismatch", 2 * per_frame),)),
+        FramesLost(13, 13, "frame_number_jump"),
+        FramesLost(15, 15, "frame_number_jump"),
+    ]
+    assert 14 in frames_of(events) and not frames_of(events)[14].complete
+    assert asm.counters["frames_lost"] == 4
+
+
 def test_expected_first_frame_reports_frames_lost_before_the_first_packet() -> None:
     asm = UdpFrameAssembler(SMALL, frame_timeout_frames=2, expected_first_frame=0)
     events = feed_all(asm, packetize_frame(SMALL, 3, frame(3)))
