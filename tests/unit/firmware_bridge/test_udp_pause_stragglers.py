@@ -698,3 +698,24 @@ def test_a_sender_that_moves_to_another_port_mid_acquisition_takes_its_modules_o
     assert counters["module_sources_changed"] == GEOMETRY.grid_rows * GEOMETRY.grid_cols
     assert counters["packets_other_source"] > 0
     _identity(source)
+
+
+def test_a_straggler_far_ahead_of_the_new_acquisition_is_late_not_held(reader: Any) -> None:
+    """An outside sender: A's frames 0..9, at once B's 0..1 (the numbers start again, no pause), then one
+    packet of A's frame 9 (A's timestamp) and B's 2..7. The packet was far ahead of B's frames, so it
+    was held as a jump to confirm, then rejected unconfirmed (the receiver's alarm raised). Its timestamp
+    is A's frame 9's: A's straggler, counted late, as the docs say."""
+    source, _sink, send = reader()
+    sink = PixelSink()
+    source.sink = sink
+    _send(send, range(10), 1)
+    _send(send, range(2), 2)
+    send.send(_packets(9, 1)[:1])
+    _send(send, range(2, 8), 2)
+    _ended(sink, 2)
+    a_run, b_run = sink.runs
+    assert a_run["frames"] == list(range(10)) and b_run["frames"] == list(range(8))
+    assert b_run["losses"] == []
+    counters = source.counters()["assembler"]
+    assert counters["packets_late"] == 1 and counters["packets_rejected"] == 0, counters
+    _identity(source)
