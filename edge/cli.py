@@ -15,6 +15,7 @@ import os
 import signal
 import sys
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -452,6 +453,24 @@ def _on_sighup(appliance: Any, reload: Callable[[], Settings], log_setup: LogSet
 PULL_LOCK = ".edge-pull.lock"
 
 
+#: what makes ``pull.output`` unusable for now (a mount not ready or read-only, a full disk, no permission
+#: yet, a stale network mount): ``edge pull`` waits for it; any other error is a refusal (exit 2)
+OUTPUT_NOT_READY_YET = frozenset(
+    {
+        errno.EACCES,
+        errno.EPERM,
+        errno.EROFS,
+        errno.ENOSPC,
+        errno.EDQUOT,
+        errno.EIO,
+        errno.ESTALE,
+        errno.ENOTCONN,
+    }
+)
+OUTPUT_RETRY_SECONDS = 5.0
+OUTPUT_WAIT_LOG_SECONDS = 60.0
+
+
 def _run_pull(settings: Settings) -> int:
     import zmq
 
@@ -479,14 +498,35 @@ def _run_pull(settings: Settings) -> int:
     # one client to a directory: two would write each other's .part files, rename them from under each
     # other and confirm files the other was still writing
     lock = PidLock(pull.output / PULL_LOCK)
-    try:  # an output that cannot be used is a clear refusal, before anything is asked of the appliance
-        pull.output.mkdir(parents=True, exist_ok=True)
-        if not os.access(pull.output, os.W_OK | os.X_OK):
-            raise PermissionError(errno.EACCES, "not writable", str(pull.output))
-        held = lock.acquire()
-    except OSError as error:
-        print(f"edge pull: cannot use pull.output = {str(pull.output)!r}: {error}", file=sys.stderr)
-        return 2
+    stopping = threading.Event()
+    signal.signal(signal.SIGINT, lambda signum, frame: stopping.set())
+    signal.signal(signal.SIGTERM, lambda signum, frame: stopping.set())
+    waiting_since: float | None = None
+    while True:  # an output that cannot be used is a clear refusal, before anything is asked of the appliance
+        try:
+            pull.output.mkdir(parents=True, exist_ok=True)
+            if not os.access(pull.output, os.W_OK | os.X_OK):
+                raise PermissionError(errno.EACCES, "not writable", str(pull.output))
+            held = lock.acquire()
+            break
+        except OSError as error:
+            if error.errno not in OUTPUT_NOT_READY_YET:
+                print(f"edge pull: cannot use pull.output = {str(pull.output)!r}: {error}", file=sys.stderr)
+                return 2
+            # a mount not ready yet, read-only or full (at boot, or remounted): wait for it, as for a write
+            # that fails later on (under systemd an exit here stopped the unit for good)
+            now = time.monotonic()
+            if waiting_since is None or now - waiting_since >= OUTPUT_WAIT_LOG_SECONDS:
+                waited = "" if waiting_since is None else " still"
+                waiting_since = now
+                print(
+                    f"edge pull: cannot use pull.output = {str(pull.output)!r} yet: {error}; waiting{waited}"
+                    f" for it (tried again every {OUTPUT_RETRY_SECONDS:g} s; SIGINT or SIGTERM stops)",
+                    file=sys.stderr,
+                    flush=True,
+                )
+        if stopping.wait(OUTPUT_RETRY_SECONDS):
+            return 0
     if not held:
         print(
             f"edge pull: pull.output = {str(pull.output)!r} is in use by another edge pull (pid"

@@ -277,6 +277,32 @@ def test_an_output_that_cannot_be_used_is_a_clear_refusal_not_a_traceback(tmp_pa
     assert f"cannot use pull.output = '{output}'" in result.stderr
 
 
+def test_an_output_not_usable_yet_is_waited_for_not_refused(tmp_path: Path) -> None:
+    """An outside probe: ``pull.output`` on a mount that was read-only at the start made ``edge pull``
+    exit 2, which its systemd unit (RestartPreventExitStatus=2) never restarts, though a write that fails
+    later on is waited out. A directory it may not create (sysfs: EPERM, or EROFS where /sys is mounted
+    read-only) is such an output: the client says why, waits for it, and a SIGTERM ends the wait (0)."""
+    output = "/sys/edge-pull-output-not-ready"
+    pull = subprocess.Popen(
+        [sys.executable, "-m", "edge", "pull", "--set", f'pull.output="{output}"'],
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=Path(__file__).parents[3],
+    )
+    try:
+        line = pull.stderr.readline()  # type: ignore[union-attr]
+        assert f"cannot use pull.output = '{output}' yet" in line and "waiting for it" in line, line
+        time.sleep(1.0)
+        assert pull.poll() is None, "edge pull gave up on an output that may yet come"
+        pull.terminate()
+        assert pull.wait(30) == 0
+    finally:
+        if pull.poll() is None:
+            pull.kill()
+            pull.wait()
+        pull.stderr.close()  # type: ignore[union-attr]
+
+
 @pytest.mark.parametrize("came", ["in order", "out of order"])
 @pytest.mark.parametrize("damage", ["flip", "truncate"])
 def test_a_part_file_damaged_here_after_its_chunks_were_written_is_not_confirmed(
