@@ -938,7 +938,10 @@ class ApplianceIOC:
                     log.warning("opening a capture failed: %s", error)
                     self._set_write_message(f"Capture not opened: {error}")
                     self.records["HDF1:Capture"].set(0, process=False)
-            elif not int(value) and self._capturing:
+            elif int(value):  # (areaDetector ignores it too; said here, not silent: an outside probe)
+                name_now = str(self.records["HDF1:FullFileName_RBV"].get())
+                self._set_write_message(f"Capture 1 while capturing: the open capture goes on ({name_now})")
+            elif self._capturing:
                 self._capture_close.set()
         elif name == "HDF1:FileName":
             self._set("HDF1:FileName_RBV", str(value))

@@ -1179,7 +1179,8 @@ PVS: tuple[PvSpec, ...] = (
         "1 opens a capture (areaDetector Stream mode): the detector's acquisitions from now on make one "
         "run, written to the one file `FileTemplate` names, with no rollover; 0 closes it (its run ends "
         "`success`; a put of 0 with completion returns once the file is finished and `Capture_RBV` is 0)."
-        " Frames outside a capture are stored all the same, in the store's rollover files.",
+        " Frames outside a capture are stored all the same, in the store's rollover files. A 1 while a"
+        " capture is open changes nothing: that capture goes on (`WriteMessage` says so).",
         choices=("Done", "Capture"),
         also_refused="1 while a series is being acquired (it is already a run, in its own file: open the"
         " capture before `Acquire` 1), when the file exists, its directory is missing (`CreateDirectory`"
@@ -1200,8 +1201,8 @@ PVS: tuple[PvSpec, ...] = (
         "longOut",
         "long",
         "Frames to capture: the capture closes itself once this many are written (0 = until `Capture` 0; "
-        "frames of an acquisition still arriving then go into the same file). Follows `NumImages` when "
-        "that is put.",
+        "frames of an acquisition still arriving then go into the same file); put at or below the frames"
+        " an open capture holds already, it closes that capture. Follows `NumImages` when that is put.",
         limits=(0, MAX_IMAGES),
     ),
     _rbv("HDF1:NumCapture_RBV", "longIn", "long", "Frames to capture, as accepted."),

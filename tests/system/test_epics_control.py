@@ -638,6 +638,10 @@ def test_a_capture_names_its_run_at_once_and_one_closed_before_any_frame_names_n
     assert epics.caget(p + "HDF1:FullFileName_RBV", as_string=True, use_monitor=False).endswith("empty.h5")
     _put(stack, "HDF1:Capture", 1)  # the next capture's run is named at its Capture 1 and holds its frames
     planned = epics.caget(p + "RunUid_RBV", as_string=True, use_monitor=False)
+    _put(stack, "HDF1:Capture", 1)  # again: the open capture goes on, and says so (it was silent)
+    message = epics.caget(p + "HDF1:WriteMessage", as_string=True, use_monitor=False)
+    assert message.startswith("Capture 1 while capturing: the open capture goes on") and "empty" in message
+    assert epics.caget(p + "RunUid_RBV", as_string=True, use_monitor=False) == planned
     _put(stack, "Acquire", 1, timeout=60)
     _put(stack, "HDF1:Capture", 0, timeout=30)
     run = stack.run(planned)
