@@ -34,7 +34,7 @@ from typing import Any
 import h5py
 import numpy as np
 
-from kernels import Geometry, direct_beam, poni_text
+from kernels import Geometry, direct_beam_in_image, poni_text
 
 LAB_FROM_PYFAI = np.array([[0.0, -1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, 1.0]])
 """(x, y, z) in the NeXus frame = LAB_FROM_PYFAI @ (t1, t2, t3) in pyFAI's."""
@@ -71,7 +71,7 @@ def nxmx_geometry(geometry: Geometry, shape: tuple[int, int]) -> NxmxGeometry:
     offset = LAB_FROM_PYFAI @ np.array([origin1 - g.poni1, origin2 - g.poni2, 0.0])
     slow = LAB_FROM_PYFAI @ np.array([-1.0 if flip1 else 1.0, 0.0, 0.0])
     fast = LAB_FROM_PYFAI @ np.array([0.0, -1.0 if flip2 else 1.0, 0.0])
-    x, y = direct_beam(g)
+    x, y = direct_beam_in_image(g, shape)
     return NxmxGeometry(
         distance=g.dist,
         rotations=tuple((name, axis, float(getattr(g, name))) for name, axis in ROTATIONS),
@@ -80,8 +80,8 @@ def nxmx_geometry(geometry: Geometry, shape: tuple[int, int]) -> NxmxGeometry:
         slow_vector=_tuple(slow),
         fast_pixel_size=g.pixel2,
         slow_pixel_size=g.pixel1,
-        beam_center_x=shape[1] - x if flip2 else x,
-        beam_center_y=shape[0] - y if flip1 else y,
+        beam_center_x=x,
+        beam_center_y=y,
     )
 
 

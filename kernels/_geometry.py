@@ -142,6 +142,15 @@ def direct_beam(geometry: Geometry) -> tuple[float, float]:
     return x, (g.poni1 + g.dist * tan_tilt * sin_tpr) / g.pixel1
 
 
+def direct_beam_in_image(geometry: Geometry, shape: tuple[int, int]) -> tuple[float, float]:
+    """`direct_beam` in the *image*'s pixels (x along its fast axis, y along its slow axis, from the outer
+    corner of image pixel (0, 0)): mirrored along the axes the detector's orientation flips (pyFAI's
+    orientations 1, 2 and 4 number the pixels against the sensor's own axes)."""
+    x, y = direct_beam(geometry)
+    flip1, flip2 = FLIPPED_AXES[geometry.orientation]
+    return (shape[1] - x if flip2 else x), (shape[0] - y if flip1 else y)
+
+
 def direct_distance(geometry: Geometry) -> float:
     """Sample to where the direct beam meets the detector plane, in metres (pyFAI's ``getFit2D()``
     ``directDist``, in mm there): the PONI distance over the cosine of the tilt."""

@@ -17,7 +17,7 @@ import numpy as np
 from edge.frame_format import preview_image, preview_step
 from edge.modes._stage import STREAM_BLANK, FrameResult, RunContext, _CorrectedStage, frame_row
 from edge.nxmx import crystfel_panel
-from kernels import direct_beam
+from kernels import direct_beam_in_image
 
 
 class SerialStage(_CorrectedStage):
@@ -39,7 +39,9 @@ class SerialStage(_CorrectedStage):
         super().__init__(ctx)
         p = ctx.params.serial
         ctx.corrections.check_calibration(ctx.shape)  # (its beam centre is for the calibrated detector)
-        x, y = direct_beam(ctx.geometry)  # rings of equal background are centred on the direct beam
+        # rings of equal background are centred on the direct beam, in the frames' own pixels (the sensor's
+        # frame put them ~350 columns off for an orientation 2 PONI: noise found as peaks, every frame a hit)
+        x, y = direct_beam_in_image(ctx.geometry, ctx.shape)
         self.finder = ctx.backend.peak_finder(
             ctx.shape,
             center=(y - 0.5, x - 0.5),  # pixel index units: pixel (i, j) is centred at (i + 0.5, j + 0.5)
@@ -202,7 +204,7 @@ class SerialStage(_CorrectedStage):
         (the centre of pixel (0, 0) at 0, 0), which CrystFEL's default half-pixel shift expects."""
         g = self.ctx.geometry
         height, width = self.ctx.shape
-        x, y = direct_beam(g)
+        x, y = direct_beam_in_image(g, self.ctx.shape)
         panel = crystfel_panel(g, self.ctx.shape)
         energy_ev = 12398.419843 / (g.wavelength * 1e10)
 
@@ -211,8 +213,8 @@ class SerialStage(_CorrectedStage):
 
         text = f"""; CrystFEL geometry written by edge for run {run_uid}
 ; pyFAI geometry: dist {g.dist} m, poni1 {g.poni1} m, poni2 {g.poni2} m, rot1 {g.rot1}, rot2 {g.rot2},
-; rot3 {g.rot3} rad, orientation {g.orientation}; the direct beam at ({x:.3f}, {y:.3f}) pixels of the
-; sensor frame (orientation 3) from the outer corner of pixel (0, 0)
+; rot3 {g.rot3} rad, orientation {g.orientation}; the direct beam at ({x:.3f}, {y:.3f}) pixels (fast,
+; slow) of the stored frames, from the outer corner of their pixel (0, 0)
 ; peak tables: positions are pixel indices, so keep CrystFEL's default half-pixel shift
 ; clen in metres, written without a unit as older parsers (CrystFEL 0.9, cfelpyutils) read it
 adu_per_photon = 1

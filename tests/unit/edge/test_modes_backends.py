@@ -393,3 +393,25 @@ def test_tomo_flats_taken_after_the_projections_go_into_the_final_slices(order: 
     expected = get_backend("numpy").fbp(lines, angles, center=12.0)
     np.testing.assert_allclose(products["slices"][0], expected, atol=1e-4 * np.abs(expected).max())
     assert products["flat_mean"].mean() == pytest.approx(flat_level)
+
+
+@pytest.mark.parametrize("orientation", [1, 2, 3, 4])
+def test_the_serial_finder_s_rings_are_centred_on_the_direct_beam_in_the_frames_own_pixels(
+    orientation: int,
+) -> None:
+    """An outside probe (pyFAI's own orientation-2 PONI): the peak finder's background rings were centred
+    on the direct beam in the sensor's frame, not the image's, ~350 columns off; the noise between the
+    misplaced rings was found as peaks and every frame was a hit. The pixel nearest the beam (least 2theta,
+    from the geometry pyFAI agrees with) is in the innermost ring, and so is its mirror image only when
+    the beam is central."""
+    shape = (48, 40)
+    geometry = Geometry(
+        dist=0.05, poni1=10 * 75e-6, poni2=30 * 75e-6, rot1=0.02, rot2=-0.015, orientation=orientation
+    )
+    settings = ReductionSettings(mode="serial")
+    stage = make_stage(RunContext(get_backend("numpy"), geometry, shape, 24, "2th_deg", settings))
+    rings = stage.finder.rings  # type: ignore[attr-defined]
+    nearest = np.unravel_index(np.argmin(geometry.tth(shape)), shape)
+    assert rings[nearest] == rings.min(), (nearest, np.unravel_index(np.argmin(rings), shape))
+    x, y = kernels.direct_beam_in_image(geometry, shape)
+    assert abs((y - 0.5) - nearest[0]) <= 1 and abs((x - 0.5) - nearest[1]) <= 1
