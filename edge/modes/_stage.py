@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 import math
 from collections.abc import Callable
 from concurrent.futures import Executor
@@ -16,7 +17,10 @@ import h5py
 import numpy as np
 
 from edge.config import ReductionSettings
+from edge.run_masks import file_sha256
 from kernels import Backend, Geometry, RoiSet
+
+log = logging.getLogger(__name__)
 
 STREAM_DATA, STREAM_BLANK = "data", "blank"
 
@@ -38,6 +42,19 @@ class Corrections:
     files: dict[str, tuple[str, str]] = field(default_factory=dict)
     #: the detector shape the PONI file names (``max_shape``), when it names one
     poni_shape: tuple[int, int] | None = None
+
+    def changed_on_disk(self) -> list[str]:
+        """The calibration files whose bytes are no longer those loaded (the daemon keeps what it loaded
+        until a restart: a run's record names the file, and its sha256 then is not the file's any more)."""
+        changed = []
+        for name, (path, digest) in sorted(self.files.items()):
+            try:
+                now = file_sha256(Path(path))
+            except OSError as error:
+                now = f"unreadable ({error.strerror or error})"
+            if now != digest:
+                changed.append(f"{name} {path}: now {now[:16]}, loaded {digest[:16]}")
+        return changed
 
     def check_calibration(self, shape: tuple[int, int]) -> None:
         """Refuse frames of another shape than the detector the PONI file names (when it names one)."""
@@ -321,16 +338,28 @@ class _CorrectedStage(ModeStage):
         if self._applied_mask_sha256 is None and self.ctx.corrections.mask is not None:
             packed = np.packbits(np.ascontiguousarray(self.ctx.corrections.mask, dtype=bool))
             self._applied_mask_sha256 = hashlib.sha256(packed).hexdigest()
+        if self._files_changed is None:  # once a run: the files' bytes read again (a mask: a few ms)
+            self._files_changed = self.ctx.corrections.changed_on_disk()
+            if self._files_changed:
+                log.warning(
+                    "calibration files changed on disk since the daemon loaded them; this run uses the"
+                    " loaded ones (a restart applies the change): %s",
+                    "; ".join(self._files_changed),
+                )
         return {
             "mask_file": path,
             "mask_file_sha256": digest,
             "mask_sha256": self._applied_mask_sha256,
             "poni_file": poni,
             "poni_file_sha256": poni_digest,
+            # the files named above whose bytes changed since loaded: the sha256s above are what the run
+            # used (None: none changed)
+            "calibration_files_changed": "; ".join(self._files_changed) or None,
             "backend": self.ctx.backend.name,
         }
 
     _applied_mask_sha256: str | None = None  # computed once a run (a 4M-pixel mask: a few ms)
+    _files_changed: list[str] | None = None
 
     def _with_roi(self, stats: dict[str, np.ndarray] | None, result: FrameResult) -> FrameResult:
         if stats is not None:

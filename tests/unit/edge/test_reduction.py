@@ -138,6 +138,17 @@ def test_calibration_files_are_checked_at_start(tmp_path) -> None:
         RunContext(get_backend("numpy"), Geometry(), (1024, 1024), 20, "2th_deg", params, cal)
     )
     assert serial.settings_record()["mask_file_sha256"] == hashlib.sha256(good.read_bytes()).hexdigest()
+    assert record["calibration_files_changed"] is None
+    # a mask file written over while the daemon runs: the next run still uses the loaded one (a restart
+    # applies it) and its record says so (an outside probe: it named the file beside a checksum that was
+    # not the file's any more, and nothing was logged)
+    edited = np.zeros((1024, 1024), bool)
+    edited[0, 0] = True
+    np.save(good, edited)
+    later = PowderStage(ctx).settings_record()
+    assert later["mask_file_sha256"] == record["mask_file_sha256"]
+    changed = later["calibration_files_changed"]
+    assert changed.startswith(f"mask {good}: now {hashlib.sha256(good.read_bytes()).hexdigest()[:16]}")
     # the calibration file too, and the mask the run applied (an outside pyFAI probe: nothing in the
     # files named the .poni used, nor checksummed the combined mask), and the backend
     from kernels import poni_text
