@@ -143,10 +143,22 @@ def recover(recorder: RunRecorder, root: Path) -> dict[str, Any]:
         covered = _accounted(recorder, run_uid, vetoed)
         expected = run["frames_expected"]
         if expected is None:  # the detector did not say; account up to the last frame we know of: the
-            # highest received (written every 0.2 s while the run was open) or recorded
+            # highest received (written every 0.2 s while the run was open) or recorded, partial records
+            # too: a frame kept with packets missing came (an outside probe: frames 256 and 259 had such
+            # records, the account stopped at 255, and 257 and 258 had no record at all)
             seen = run.get("frames_seen")
+            kept_incomplete = [
+                int(r["last_frame"])
+                for r in [*ledger.losses(run_uid), *recorder.held_losses(run_uid)]
+                if r["reason"] in PARTIAL_LOSS_REASONS
+            ]
             expected = (
-                max(max((last for _, last in covered), default=-1), -1 if seen is None else int(seen)) + 1
+                max(
+                    max((last for _, last in covered), default=-1),
+                    max(kept_incomplete, default=-1),
+                    -1 if seen is None else int(seen),
+                )
+                + 1
             )
             log.warning(
                 "run %s did not announce its length: accounted up to frame %d, the last it is known to have"

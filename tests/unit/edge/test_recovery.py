@@ -656,6 +656,33 @@ def test_a_frame_kept_incomplete_in_a_file_the_crash_left_unfinished_is_recorded
     assert (totals["frames_stored"], totals["frames_lost"]) == (5, 5), totals
 
 
+def test_a_run_of_unknown_length_is_accounted_up_to_its_last_frame_kept_incomplete(tmp_path: Path) -> None:
+    """An outside chaos probe (UDP, length unknown, kill -9): recovery accounted up to frame 255, the last
+    received it knew of, but frames 256 and 259 had been received (their partial records, kept with
+    packets missing, came as they arrived, in the file the crash left unfinished): 256..259 were in no
+    account, 257 and 258 without any record. A partial record proves its frame came: the account goes
+    up to it."""
+    from edge.recovery import recover
+
+    ledger = Ledger(tmp_path / "ledger.sqlite")
+    recorder = RunRecorder(ledger, tmp_path, chunk_bytes=1 << 20)
+    run_uid = recorder.open_run("run-v", series=1, frames_expected=None, config={"shape": [4, 4]})
+    data = tmp_path / run_uid / f"{run_uid}_00000.h5"
+    data.parent.mkdir()
+    data.write_bytes(b"frames 0..4")
+    recorder.register_file(run_uid, data, (0, 4, 5))
+    detail = "each frame 1 of 32 packets missing; kept, flagged incomplete"
+    recorder.loss(run_uid, 6, 6, "incomplete_frame", detail)  # in the file the crash left unfinished
+    recorder.loss(run_uid, 9, 9, "incomplete_frame", detail)
+
+    recover(recorder, tmp_path)
+
+    losses = [(r["first_frame"], r["last_frame"], r["reason"]) for r in ledger.losses(run_uid)]
+    assert (5, 9, "daemon_crash") in losses, losses
+    totals = ledger.run_totals(run_uid)
+    assert (totals["frames_stored"], totals["frames_lost"]) == (5, 5), totals
+
+
 def test_a_reduced_file_finished_just_before_the_crash_is_salvaged_with_its_vetoed_frames(
     tmp_path: Path,
 ) -> None:
