@@ -111,6 +111,17 @@ def current_alarms(status: Mapping[str, Any]) -> list[dict[str, Any]]:
                 " meanwhile, its frames held in the ring (numba compiles one mode at a time)"
             )
         out.append(_alarm(f"condition:mode_warming:{warming.get('mode')}", "condition", "minor", message))
+    refused = appliance.get("reload_refused")
+    if refused:
+        out.append(
+            _alarm(
+                "condition:settings",
+                "condition",
+                "minor",
+                f"Reload refused (SIGHUP): {refused.get('error')}; the daemon runs on the settings it had,"
+                " and a restart would refuse the same settings: correct them, then reload",
+            )
+        )
     retention = status.get("retention") or {}
     if retention.get("alarm"):
         out.append(_alarm("condition:storage", "condition", "major", f"Storage alarm: {retention['alarm']}"))

@@ -677,6 +677,7 @@ class Appliance:
         self.stopping = False
         #: set when a data-plane thread used up its restarts: the daemon exits non-zero (see edge run)
         self.fatal: str | None = None
+        self.reload_refused: dict[str, Any] | None = None  # the last SIGHUP's, refused (`edge.cli`)
         self.fatal_event = threading.Event()
         sup = settings.supervision
         self.supervisor = Supervisor(
@@ -849,6 +850,7 @@ class Appliance:
                     stopping=lambda: self.stopping,
                     kernels_loading=lambda: self.warm_ups.busy,
                     kernels_queued=lambda: self.warm_ups.queued_mode,
+                    reload_refused=lambda: self.reload_refused,
                 )
             )
         except BaseException:

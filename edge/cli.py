@@ -434,8 +434,11 @@ def _on_sighup(appliance: Any, reload: Callable[[], Settings], log_setup: LogSet
             new = reload()
         except ConfigError as error:
             log.error("reload refused, settings unchanged: %s", error)
+            # kept until a reload succeeds (the dashboard's alarm): a restart would refuse the same file
+            appliance.reload_refused = {"at": time.time(), "error": str(error)[:500]}
             reporter.reloaded("refused (bad settings)")
             return
+        appliance.reload_refused = None
         applied = apply_reload(appliance, new, log_setup)
         reporter.reloaded(", ".join(applied) or "nothing changed")
 

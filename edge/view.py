@@ -64,6 +64,8 @@ class ApplianceParts:
     stopping: Callable[[], bool]
     kernels_loading: Callable[[], bool] = lambda: False  # the next run's kernels load (`WarmUps.busy`)
     kernels_queued: Callable[[], str | None] = lambda: None  # a mode whose load waits (`WarmUps.queued_mode`)
+    # the last SIGHUP's reload, refused (bad settings): when and why; None once a reload succeeds
+    reload_refused: Callable[[], dict[str, Any] | None] = lambda: None
 
 
 class ApplianceView:
@@ -121,6 +123,7 @@ class ApplianceView:
                 "stopping": p.stopping(),
                 "run_uid": p.sink.run_uid,
                 "recovery": p.recovery,
+                "reload_refused": p.reload_refused(),
                 "threads": p.threads(),
                 "api_connections_closed": {
                     kind: int(REFUSED[kind]) for kind in ("over_limit", "header_timeout")

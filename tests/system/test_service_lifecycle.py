@@ -187,6 +187,19 @@ def test_sighup_reloads_logging_and_retention_and_names_what_needs_a_restart(
         warning = json.loads(line)  # the new format applies at once
         assert warning["level"] == "WARNING"
         assert warning["message"] == "not reloaded (restart to apply): ring.slots"
+        # a file the daemon refuses is an alarm until a reload succeeds (an outside probe: only a log line
+        # said so, and the next restart refused the file and left the service down)
+        config.write_text('[log]\nformat = "json"\n[retention]\nhigh_water = 1.5\n')
+        before = time.monotonic()
+        daemon.send_signal(signal.SIGHUP)
+        wait_for(lambda: listener.lines("STATUS=reloaded: refused", before), 30, "the refusal reported")
+        alarms = {a["id"]: a for a in stack.status()["alarms"]}
+        assert "retention.high_water" in alarms["condition:settings"]["message"], alarms
+        config.write_text('[log]\nformat = "json"\n')
+        before = time.monotonic()
+        daemon.send_signal(signal.SIGHUP)
+        wait_for(lambda: listener.lines("STATUS=reloaded", before), 30, "the next reload reported")
+        assert "condition:settings" not in {a["id"] for a in stack.status()["alarms"]}
         daemon.send_signal(signal.SIGTERM)
         assert daemon.wait(60) == 0
     finally:
