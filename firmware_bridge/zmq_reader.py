@@ -58,7 +58,7 @@ ENDED_SERIES_REMEMBERED = 16  # series ended here whose images are stragglers, n
 #: stray) is not that series' beginning, and its start is the detector's next series (an outside sender:
 #: a stray image far ahead, then a valid start, made one run of both with the start's uid lost and
 #: 3 million frames recorded lost)
-LATE_START_FRAMES = 64
+LATE_START_FRAMES = 64  # (a run opened at this frame or beyond: the start is the next series)
 # A gap in the frame numbers is held this long before its frames are recorded lost, so that a frame
 # overtaken by later ones (a sender with several threads or sockets) is stored when it comes: until
 # REORDER_FRAMES newer frames have arrived or REORDER_SECONDS have passed, whichever is first (the
@@ -1025,7 +1025,7 @@ class ZmqStreamSource:
         other metadata is not. True when it was such a start."""
         if self._series is None or series != self._series or self._adopted != series:
             return False
-        if self._adopted_first > LATE_START_FRAMES:  # not the series' first images: the next series
+        if self._adopted_first >= LATE_START_FRAMES:  # not the series' first images: the next series
             self.stats["starts_after_far_images"] += 1
             log.warning(
                 "series %d: a start came for the run opened from its frame %d on: not its late start (a"

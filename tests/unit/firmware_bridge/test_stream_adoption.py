@@ -459,15 +459,18 @@ def test_an_image_far_out_of_range_after_a_rejected_start_opens_no_run() -> None
     assert counters["frame_number_out_of_range"] == 1 and counters.get("series_without_start", 0) == 0
 
 
-def test_a_stray_image_far_ahead_after_a_rejected_start_then_a_valid_series_keeps_the_series_whole() -> None:
+@pytest.mark.parametrize("stray", [64, 900_000])
+def test_a_stray_image_far_ahead_after_a_rejected_start_then_a_valid_series_keeps_the_series_whole(
+    stray: int,
+) -> None:
     """An outside sender, after a reconnect (as after a rejected start): one image of series 721 at frame
-    900,000 (within max_frame_jump), then a valid start of 721 and its frames 0..2. The stray opened a run
+    900,000 (within max_frame_jump), or at 64, the first frame the docs call far, then a valid start of 721 and its frames 0..2. The stray opened a run
     numbered from 0, so the start counted as its late start: frames 0..2 were dropped as late and the
     start's run never was. As after any stray far ahead, the start is the series' own."""
     sink = _Ends(721)
     rejected = [part({"htype": "dheader-1.0", "series": 721, "header_detail": "basic"})]  # no config part
     end = [part({"htype": "dseries_end-1.0", "series": 721})]
-    messages = [rejected, image(721, 900_000), header(721, 3), *(image(721, n) for n in range(3)), end]
+    messages = [rejected, image(721, stray), header(721, 3), *(image(721, n) for n in range(3)), end]
     done = threading.Event()
     sink.series_end = lambda series, exit_status="success": (  # type: ignore[method-assign]
         sink.ends.append((series, exit_status)),
@@ -476,7 +479,7 @@ def test_a_stray_image_far_ahead_after_a_rejected_start_then_a_valid_series_keep
     reader = _run(messages, sink, done, max_frame_jump=1_000_000)
     assert len(sink.configs) == 2 and sink.configs[0].get("start_rejected")
     assert not sink.configs[1].get("start_rejected")
-    assert sink.frames == [900_000, 0, 1, 2] and sink.ends == [(721, "fail"), (721, "success")]
+    assert sink.frames == [stray, 0, 1, 2] and sink.ends == [(721, "fail"), (721, "success")]
     counters = reader.counters()
     assert counters["starts_after_far_images"] == 1 and counters.get("starts_after_images", 0) == 0
 
