@@ -479,8 +479,12 @@ def run_demo(args: argparse.Namespace, settings: Settings, flags: list[str] | No
         if udp:  # UDP carries no run uid: the daemon names the run it opened
             # a run opens with its first packet: none came if every one was lost (--loss 1, a firewall)
             wait = min(args.timeout, settings.udp.idle_seconds + 30.0)
+
+            def opened() -> list[dict[str, Any]]:  # this demo's: a kept store holds earlier demos' runs
+                return [r for r in get_json(url + "/api/runs") if float(r["started_at"]) >= started_at]
+
             try:
-                runs = watch(lambda: get_json(url + "/api/runs"), wait, "the UDP run to open", "draining", 2)
+                runs = watch(opened, wait, "the UDP run to open", "draining", 2)
             except TimeoutError:
                 runs = []
                 received = int(
@@ -502,6 +506,7 @@ def run_demo(args: argparse.Namespace, settings: Settings, flags: list[str] | No
                         "frames_vetoed": 0,
                         "run_uid": None,
                         "lost_because": "no packet reached the appliance, so no run opened",
+                        "error": f"no run opened in {wait:.0f} s",
                         "transport": "udp",
                         "packets_received": received,
                         "sim": sent,

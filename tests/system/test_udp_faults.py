@@ -126,12 +126,18 @@ def test_demo_with_faults_accounts_for_every_frame(
 def test_a_demo_whose_every_packet_is_lost_still_ends_with_its_account(tmp_path: Path) -> None:
     """A technician's probe: ``edge demo --transport udp --loss 1`` waited a fixed 60 s for a run that
     never opens (no packet arrived), then ended with no JSON account at all."""
-    argv = [sys.executable, "-m", "edge", "demo", "--transport", "udp", "--loss", "1", "--frames", "10"]
-    argv += ["--json", "--timeout", "3", "--workdir", str(tmp_path)]
+    common = ["--json", "--workdir", str(tmp_path)]
     for item in [*loopback_overrides(), "detector.height=64", "detector.width=64"]:
-        argv += ["--set", item]
+        common += ["--set", item]
+    # a demo before it in the same workdir (kept between demos): its run is not this demo's (an outside
+    # probe's second demo, every packet lost, reported the first one's run and 10 frames stored)
+    before = [sys.executable, "-m", "edge", "demo", "--transport", "udp", "--frames", "3", *common]
+    assert subprocess.run(before, capture_output=True, text=True, timeout=180).returncode == 0
+    argv = [sys.executable, "-m", "edge", "demo", "--transport", "udp", "--loss", "1", "--frames", "10"]
+    argv += ["--timeout", "3", *common]
     result = subprocess.run(argv, capture_output=True, text=True, timeout=120)
     assert result.returncode == 1 and result.stdout.strip(), result.stderr[-2000:]
     summary = json.loads(result.stdout.strip().splitlines()[-1])
-    assert summary["frames_sent"] == summary["frames_lost"] == 10 and summary["run_uid"] is None
+    assert summary["frames_sent"] == summary["frames_lost"] == 10 and summary["run_uid"] is None, summary
+    assert summary["error"] == "no run opened in 3 s"
     assert "no run opened" in result.stderr
