@@ -339,6 +339,21 @@ def test_frames_whose_every_packet_was_rejected_are_lost_for_that_reason() -> No
     assert asm.counters["frames_lost"] == 4
 
 
+def test_a_tail_whose_every_packet_was_rejected_is_lost_even_with_the_length_unknown() -> None:
+    """An outside probe: frames 0..5 good, 6 and 7 every packet rejected, then silence (the series' length
+    unknown): the run ended with 6 frames stored and no record of 6 and 7, though their packets came. A
+    rejected stray far beyond them is no frame of the run."""
+    asm = UdpFrameAssembler(SMALL, frame_timeout_frames=2)
+    events = [e for n in range(6) for e in feed_all(asm, packetize_frame(SMALL, n, frame(n)))]
+    bad = [_renumbered_ppf(p, 1) for n in (6, 7, 40) for p in packetize_frame(SMALL, n, frame(n))]
+    events += feed_all(asm, bad)
+    lost = [e for e in asm.close() if isinstance(e, FramesLost)]
+    assert lost == [
+        FramesLost(6, 7, "packets_rejected", (("packets_per_frame_mismatch", 2 * SMALL.packets_per_frame),))
+    ]
+    assert sorted(frames_of(events)) == list(range(6))
+
+
 def test_expected_first_frame_reports_frames_lost_before_the_first_packet() -> None:
     asm = UdpFrameAssembler(SMALL, frame_timeout_frames=2, expected_first_frame=0)
     events = feed_all(asm, packetize_frame(SMALL, 3, frame(3)))
