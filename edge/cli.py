@@ -509,6 +509,8 @@ def _run_pull(settings: Settings) -> int:
         try:
             pull.output.mkdir(parents=True, exist_ok=True)
             if not os.access(pull.output, os.W_OK | os.X_OK):
+                if os.statvfs(pull.output).f_flag & os.ST_RDONLY:  # (said as such: a read-only mount)
+                    raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(pull.output))
                 raise PermissionError(errno.EACCES, "not writable", str(pull.output))
             held = lock.acquire()
             break
