@@ -709,10 +709,16 @@ class UdpFrameAssembler:
         highest = max(chain(self._pending, self._done_ahead), default=None)
         if highest is not None:
             self._finalise_below(highest + 1, events)
-        if expected_last_frame is None and self._cursor is not None and self._rejected_at:
-            # the series' length unknown, its tail cannot be seen, but frames whose packets came and
-            # were all rejected did come: lost for that reason (following on within the frame window;
-            # an outside probe's frames 6 and 7 rejected at a run's end had no record at all)
+        if expected_last_frame is not None:
+            if self._cursor is None:
+                self._cursor = expected_last_frame + 1  # nothing seen: we cannot say where it began
+            else:
+                self._finalise_below(expected_last_frame + 1, events, reason=reason)
+        if self._cursor is not None and self._rejected_at:
+            # after the last frame taken (and the armed tail): frames whose packets came and were all
+            # rejected did come: lost for that reason (following on within the frame window; an outside
+            # probe's frames 6 and 7 rejected at a run's end, or frame 11 of a run armed for 10, had no
+            # record at all)
             reach = self._cursor
             for n in sorted(k for k in self._rejected_at if k >= self._cursor):
                 if n - reach > self.frame_timeout_frames:
@@ -720,11 +726,6 @@ class UdpFrameAssembler:
                 reach = n + 1
             if reach > self._cursor:
                 self._finalise_below(reach, events)
-        if expected_last_frame is not None:
-            if self._cursor is None:
-                self._cursor = expected_last_frame + 1  # nothing seen: we cannot say where it began
-            else:
-                self._finalise_below(expected_last_frame + 1, events, reason=reason)
         return events
 
     # -- validation ---------------------------------------------------------------------------------

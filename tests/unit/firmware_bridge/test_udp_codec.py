@@ -354,6 +354,19 @@ def test_a_tail_whose_every_packet_was_rejected_is_lost_even_with_the_length_unk
     assert sorted(frames_of(events)) == list(range(6))
 
 
+def test_a_frame_beyond_the_armed_ones_whose_every_packet_was_rejected_is_lost() -> None:
+    """An outside probe, a run armed for 10 frames (udp.frames_per_run): frames 0..10 good (10 is beyond
+    them, stored all the same), frame 11 every packet rejected: its packets came, yet it had no record."""
+    asm = UdpFrameAssembler(SMALL, frame_timeout_frames=2)
+    events = [e for n in range(11) for e in feed_all(asm, packetize_frame(SMALL, n, frame(n)))]
+    events += feed_all(asm, [_renumbered_ppf(p, 1) for p in packetize_frame(SMALL, 11, frame(11))])
+    lost = [e for e in asm.close(expected_last_frame=9) if isinstance(e, FramesLost)]
+    assert lost == [
+        FramesLost(11, 11, "packets_rejected", (("packets_per_frame_mismatch", SMALL.packets_per_frame),))
+    ]
+    assert sorted(frames_of(events)) == list(range(11))
+
+
 def test_expected_first_frame_reports_frames_lost_before_the_first_packet() -> None:
     asm = UdpFrameAssembler(SMALL, frame_timeout_frames=2, expected_first_frame=0)
     events = feed_all(asm, packetize_frame(SMALL, 3, frame(3)))
