@@ -544,12 +544,13 @@ class UdpSource:
                 config |= {"resumed_after_pause": True, "first_frame": first}
             elif first is not None and first > paused_above:
                 # beyond the frames the detector was armed for: a new acquisition whose numbers go on
-                # (some detectors never reset theirs); the frames up to the run before's last are that
-                # run's, never this one's losses, nor those its end recorded (series_end up to the armed
-                # number): each frame one disposition
-                begin = max(paused_above + 1, self.frames_per_run)
-                assembler.begin_at(begin)
-                config |= {"first_frame": begin}
+                # (some detectors never reset theirs), counted from its first frame, as any acquisition
+                # whose start is not known: the frames up to the run before's last are that run's, never
+                # this one's losses, nor those its end recorded (series_end up to the armed number), and
+                # the numbers between the two acquisitions are no frame of either (begun after the last
+                # one, an outside probe's run recorded 18..29 lost, never sent, and a major alarm)
+                assembler.begin_at(first)
+                config |= {"first_frame": first}
             else:  # restarted at 0 (or a frame the last run had): a new acquisition
                 assembler.begin_at(0)
         self._refused = self.sink.series_start(self._series, config)

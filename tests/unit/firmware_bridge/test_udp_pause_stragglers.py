@@ -719,3 +719,21 @@ def test_a_straggler_far_ahead_of_the_new_acquisition_is_late_not_held(reader: A
     counters = source.counters()["assembler"]
     assert counters["packets_late"] == 1 and counters["packets_rejected"] == 0, counters
     _identity(source)
+
+
+def test_an_acquisition_beyond_the_armed_number_after_a_pause_invents_no_losses(reader: Any) -> None:
+    """An outside probe, ``frames_per_run`` 10: frames 0..9, a pause, 14..17, a pause, 30..38 (a detector
+    whose numbers go on). Each run after a pause began at the run before's last frame + 1 and recorded
+    the numbers between (10..13, 18..29) lost, though no packet of them was ever sent: a major alarm for
+    nothing. Each counts from its own first frame."""
+    _source, sink, send = reader(frames_per_run=10)
+    _send(send, range(10), 1)
+    _ended(sink, 1)
+    _send(send, range(14, 18), 2)
+    _ended(sink, 2)
+    _send(send, range(30, 39), 3)
+    _ended(sink, 3)
+    first, second, third = sink.runs
+    assert first["losses"] == [] and second["losses"] == [] and third["losses"] == [], sink.runs
+    assert (second["config"]["first_frame"], third["config"]["first_frame"]) == (14, 30)
+    assert (second["frames"], third["frames"]) == (list(range(14, 18)), list(range(30, 39)))
