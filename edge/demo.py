@@ -190,13 +190,20 @@ class Components:
         self.logs = logs
         self.procs: dict[str, subprocess.Popen[str]] = {}
         self._files: list[IO[str]] = []
+        self._starts: dict[str, int] = {}
         self.expected_exit = {"sim"}  # components that may end with status 0 (the sim, after its series)
 
     def log_path(self, name: str) -> Path:
         return self.logs / f"{name}.log"
 
     def start(self, name: str, argv: list[str], stdout_file: Path | None = None) -> subprocess.Popen[str]:
-        log = open(self.log_path(name), "w")  # noqa: SIM115 - closed in close()
+        # appended to, never truncated: an earlier demo's log stays, and a second demo refused while
+        # another holds the workdir no longer cut the running one's log short (an outside probe)
+        log = open(self.log_path(name), "a")  # noqa: SIM115 - closed in close()
+        stamp = time.strftime("%Y-%m-%d %H:%M:%S")
+        log.write(f"--- edge demo (pid {os.getpid()}) starts edge {argv[0]} at {stamp} ---\n")
+        log.flush()
+        self._starts[name] = log.tell()  # (the tail shown when it dies is this demo's)
         self._files.append(log)
         out: IO[str] = log
         if stdout_file is not None:  # the simulator's summary (--json), apart from its log
@@ -215,7 +222,9 @@ class Components:
 
     def tail(self, name: str, lines: int = TAIL_LINES) -> list[str]:
         try:
-            text = self.log_path(name).read_text(errors="replace")
+            with open(self.log_path(name), "rb") as handle:
+                handle.seek(self._starts.get(name, 0))
+                text = handle.read().decode(errors="replace")
         except OSError:
             return []
         return [line.rstrip("\r") for line in text.replace("\r", "\n").splitlines() if line.strip()][-lines:]
@@ -348,6 +357,16 @@ def _watch(
     raise TimeoutError(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
+def _stopped(as_json: bool, known: dict[str, Any], when: str, line: StatusLine) -> int:
+    """A demo stopped by a second Ctrl-C (or one while it starts): said, and with --json one JSON object
+    (an outside probe's Ctrl-C while kernels loaded ended with nothing on stdout), exit 130."""
+    line.end()
+    error = f"stopped (Ctrl-C) {when}"
+    print(f"edge demo: {error}; logs in {known['logs']}", file=sys.stderr, flush=True)
+    _failed(as_json, known, error)
+    return 130
+
+
 def _failed(as_json: bool, known: dict[str, Any], error: str) -> int:
     """A demo that failed: with --json, still one JSON object, naming why, with what was known by then."""
     if as_json:
@@ -427,7 +446,7 @@ def run_demo(args: argparse.Namespace, settings: Settings, flags: list[str] | No
     started = time.monotonic()
     started_at = time.time()  # (the runs the demo made: a store reused from an earlier demo has others)
     # what a failed demo's --json account says (a script reading the last line always finds one)
-    known: dict[str, Any] = {"frames_sent": None, "run_uid": None if udp else run_uid, "logs": str(logs)}
+    known: dict[str, Any] = {"frames_sent": None, "run_uid": None, "logs": str(logs)}
     interrupted = Interrupted()
     signal.signal(signal.SIGINT, interrupted)
     signal.signal(signal.SIGTERM, interrupted)  # `kill` stops the demo as Ctrl-C does
@@ -449,7 +468,7 @@ def run_demo(args: argparse.Namespace, settings: Settings, flags: list[str] | No
             )
             is None
         ):
-            return 130
+            return _stopped(args.json, known, "while the daemon started and loaded its kernels", line)
         procs.start("pull", ["pull", *common])
         sim_out = logs / "sim.json"
         # (UDP packets carry no run uid: the appliance makes one, found below from the ledger)
@@ -474,14 +493,14 @@ def run_demo(args: argparse.Namespace, settings: Settings, flags: list[str] | No
         procs.check()
         sent = json.loads(sim_out.read_text().strip().splitlines()[-1])
         frames_sent = int(sent["frames_sent"])
-        known.update(frames_sent=frames_sent, sim=sent)
+        known.update(frames_sent=frames_sent, sim=sent, run_uid=None if udp else run_uid)
+
+        def opened() -> list[dict[str, Any]]:  # this demo's: a kept store holds earlier demos' runs
+            return [r for r in get_json(url + "/api/runs") if float(r["started_at"]) >= started_at]
 
         if udp:  # UDP carries no run uid: the daemon names the run it opened
             # a run opens with its first packet: none came if every one was lost (--loss 1, a firewall)
             wait = min(args.timeout, settings.udp.idle_seconds + 30.0)
-
-            def opened() -> list[dict[str, Any]]:  # this demo's: a kept store holds earlier demos' runs
-                return [r for r in get_json(url + "/api/runs") if float(r["started_at"]) >= started_at]
 
             try:
                 runs = watch(opened, wait, "the UDP run to open", "draining", 2)
@@ -514,44 +533,56 @@ def run_demo(args: argparse.Namespace, settings: Settings, flags: list[str] | No
                     print(json.dumps(summary), flush=True)
                 return 1
             if runs is None:
-                return 130
+                return _stopped(args.json, known, "while waiting for the UDP run to open", line)
             run_uid = runs[-1]["run_uid"]
         known["run_uid"] = run_uid
 
+        def demo_runs() -> list[str]:
+            # every run the demo's series made (UDP: a stall longer than udp.idle_seconds splits it into
+            # runs, linked as "continued after a pause": an outside probe's summary named one of two, and
+            # a demo waiting on the newest alone for every frame never ended)
+            return [str(r["run_uid"]) for r in opened()] if udp else [run_uid]
+
         def settled() -> dict[str, Any] | None:
-            run = get_json(f"{url}/api/runs/{run_uid}")
-            if run.get("ended_at") is None:
+            runs = [get_json(f"{url}/api/runs/{uid}") for uid in demo_runs()]
+            if not runs or any(run.get("ended_at") is None for run in runs):
                 return None
-            totals = run["totals"]  # the ledger's accounting (Ledger.run_totals), read, not recounted
-            stored, delivered = totals["frames_stored"], totals["frames_delivered"]
-            lost, vetoed = totals["frames_lost"], totals["frames_vetoed"]
+            # the ledger's accounting (Ledger.run_totals), read, not recounted: summed over the runs
+            sums = {
+                key: sum(int(run["totals"][key]) for run in runs)
+                for key in (
+                    "frames_stored",
+                    "frames_delivered",
+                    "frames_lost",
+                    "frames_vetoed",
+                    "frames_incomplete",
+                    "loss_records",
+                    "bytes_upstream",
+                )
+            }
+            stored, lost, vetoed = sums["frames_stored"], sums["frames_lost"], sums["frames_vetoed"]
             # settled: every frame has its disposition and every file that goes upstream is verified
-            if stored + vetoed + lost < frames_sent or run["where"]["bytes_pending"]:
+            if stored + vetoed + lost < frames_sent or any(run["where"]["bytes_pending"] for run in runs):
                 return None
             return {
                 "stored": stored,
-                "delivered": delivered,
+                "delivered": sums["frames_delivered"],
                 "lost": lost,
                 "vetoed": vetoed,
-                "incomplete": totals["frames_incomplete"],
-                "records": totals["loss_records"],
-                "bytes_upstream": totals["bytes_upstream"],
-                "mode": run.get("mode"),
+                "incomplete": sums["frames_incomplete"],
+                "records": sums["loss_records"],
+                "bytes_upstream": sums["bytes_upstream"],
+                "mode": runs[-1].get("mode"),
+                "run_uids": [str(run["run_uid"]) for run in runs],
             }
 
         result = watch(settled, args.timeout, "every frame to be delivered upstream", "delivering", 2)
         line.end()
         if result is None:
-            print("edge demo: stopped before every stored frame was delivered", file=sys.stderr)
-            return 130
+            return _stopped(args.json, known, "before every stored frame was delivered", line)
         status = get_json(url + "/api/status")
-        # every run the demo's series made (UDP: a stall longer than udp.idle_seconds splits it into runs,
-        # linked as "continued after a pause": an outside probe's summary named one of two)
-        run_uids = (
-            [str(r["run_uid"]) for r in get_json(url + "/api/runs") if float(r["started_at"]) >= started_at]
-            if udp
-            else [run_uid]
-        )
+        run_uids = result["run_uids"]
+        run_uid = run_uids[-1]
         summary = {
             "frames_sent": frames_sent,
             "frames_received": int(status["receiver"].get("frames_received", 0)),

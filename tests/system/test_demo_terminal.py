@@ -7,6 +7,7 @@ import json
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import h5py
@@ -127,3 +128,21 @@ def test_moving_the_daemons_stream_endpoint_moves_the_simulators_too(tmp_path: P
     overrides.append(f'stream.endpoint="tcp://127.0.0.1:{free_port()}"')
     summary = run_bounded_demo(tmp_path / "demo", 20, [], [*overrides, *SMALL], timeout=240)
     assert summary["frames_sent"] == summary["frames_stored"] == 20 and summary["frames_lost"] == 0
+
+
+def test_ctrl_c_while_the_daemon_starts_still_ends_with_a_json_account(tmp_path: Path) -> None:
+    """An outside probe: Ctrl-C while the daemon started (its kernels loading) ended a --json demo with
+    exit 130 and nothing on stdout. It says why, in one JSON object, as any demo that did not finish."""
+    workdir = tmp_path / "demo"
+    demo, _url = _start_demo(workdir, "--json", overrides=loopback_overrides())
+    try:
+        time.sleep(0.5)  # (the daemon takes seconds to answer: still starting)
+        demo.send_signal(signal.SIGINT)
+        assert demo.wait(120) == 130
+        account = json.loads(demo.stdout.read().strip().splitlines()[-1])
+    finally:
+        _cleanup(demo, [])
+    assert account["error"] == "stopped (Ctrl-C) while the daemon started and loaded its kernels", account
+    assert account["run_uid"] is None and account["frames_sent"] is None
+    # each component's log is appended to, this demo's part marked (earlier demos' logs stay)
+    assert (workdir / "logs" / "daemon.log").read_text().startswith("--- edge demo (pid ")

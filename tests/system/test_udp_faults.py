@@ -141,3 +141,19 @@ def test_a_demo_whose_every_packet_is_lost_still_ends_with_its_account(tmp_path:
     assert summary["frames_sent"] == summary["frames_lost"] == 10 and summary["run_uid"] is None, summary
     assert summary["error"] == "no run opened in 3 s"
     assert "no run opened" in result.stderr
+
+
+def test_a_udp_demo_split_by_a_stall_longer_than_idle_seconds_accounts_both_runs(tmp_path: Path) -> None:
+    """An outside probe: ``--stall 3 --set udp.idle_seconds=1`` split the series into two runs (the
+    second "resumed after a pause"); the demo waited for the newest run alone to hold every frame and
+    timed out, though all were stored and verified. It sums the runs its series made."""
+    argv = [sys.executable, "-m", "edge", "demo", "--transport", "udp", "--frames", "30", "--rate", "20"]
+    argv += ["--stall", "2.5", "--json", "--timeout", "120", "--workdir", str(tmp_path)]
+    for item in [*loopback_overrides(), "detector.height=64", "detector.width=64", "udp.idle_seconds=1"]:
+        argv += ["--set", item]
+    result = subprocess.run(argv, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0 and result.stdout.strip(), result.stderr[-2000:]
+    summary = json.loads(result.stdout.strip().splitlines()[-1])
+    assert len(summary["run_uids"]) == 2 and summary["run_uid"] == summary["run_uids"][-1], summary
+    assert summary["frames_stored"] + summary["frames_lost"] == summary["frames_sent"] == 30, summary
+    assert summary["frames_delivered"] == summary["frames_stored"]
