@@ -759,14 +759,18 @@ def _run_where(settings: Settings, run: str, as_json: bool, given_file: bool = F
     from edge.upstream.outlook import RATE_WINDOW_SECONDS
     from edge.where import render, resolve_run, runs_beginning, where_report
 
+    def refused(message: str, status: int) -> int:  # said; with --json, one JSON object too
+        print(f"edge: {message}", file=sys.stderr)
+        if as_json:
+            print(json.dumps({"error": message, "run_uid": None, "asked": run}))
+        return status
+
     if not settings.ledger_path.exists():
-        print(f"edge: no ledger at {settings.ledger_path} (set store.path)", file=sys.stderr)
-        return 2
+        return refused(f"no ledger at {settings.ledger_path} (set store.path)", 2)
     try:
         ledger = Ledger(settings.ledger_path, settings.upstream.required_consumers)
     except ConfigError as error:  # a damaged ledger, or not one
-        print(f"edge: {error}", file=sys.stderr)
-        return 2
+        return refused(str(error), 2)
     try:
         run_uid = resolve_run(ledger, run)
         running = daemon_running(settings.ledger_path)
@@ -819,8 +823,7 @@ def _run_where(settings: Settings, run: str, as_json: bool, given_file: bool = F
         )
         report["consumers_from_daemon"] = from_daemon
     except NotFound as error:
-        print(f"edge: {error}", file=sys.stderr)
-        return 1
+        return refused(str(error), 1)
     finally:
         ledger.close()
     print(json.dumps(report, indent=2) if as_json else render(report))

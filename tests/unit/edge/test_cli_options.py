@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -19,3 +20,22 @@ def test_a_second_config_file_is_refused_not_silently_put_in_place_of_the_first(
     )
     assert done.returncode == 2
     assert "--config given twice" in done.stderr and "a.toml" in done.stderr and "b.toml" in done.stderr
+
+
+def test_where_json_for_a_run_it_cannot_find_is_still_json(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """An outside probe: ``edge where MISSING --json`` printed plain text, which a script parsing its
+    stdout could not read. With --json the refusal is one JSON object too (the message also on stderr)."""
+    from edge.ledger import Ledger
+
+    Ledger(tmp_path / "ledger.sqlite").close()  # (an empty ledger)
+    argv = [sys.executable, "-m", "edge", "where", "no-such-run", "--json"]
+    done = subprocess.run(
+        [*argv, "--set", f'store.path="{tmp_path}"', "--set", f'ledger.path="{tmp_path / "ledger.sqlite"}"'],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 1, done.stderr
+    answer = json.loads(done.stdout)
+    assert answer["run_uid"] is None and answer["asked"] == "no-such-run"
+    assert answer["error"].startswith("no run 'no-such-run' in the ledger") and "no run" in done.stderr
