@@ -571,6 +571,9 @@ class TomoStage(_CorrectedStage):
             ).astype(np.float32)
         self.slices_done = len(self.rows)
         self._latest = slices
+        # the live product's slice is the final one now: its axis too (it named the axis streamed about,
+        # a few 0.001 px from the final one when the end flats made the slices be redone)
+        self._streamed_center, self._streamed_source = float(center), source
         darks, flats = self._used if self._used is not None else (0, 0)
         dark, flat = self._used_means if self._used_means is not None else self._means()
         means = {"dark_mean": dark} if darks else {}

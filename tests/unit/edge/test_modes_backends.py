@@ -275,6 +275,23 @@ def test_the_live_slice_says_which_axis_it_is_about_and_how_many_projections_it_
     assert after["projections"] == 70 and after["projections_in_slice"] == 2 + 3 * 9
 
 
+def test_tomo_s_final_product_names_the_axis_of_the_final_slices() -> None:
+    """An outside probe: flats after the projections (the scan's end flats), so the slices were redone at
+    the end about the whole scan's axis; the file named it, the live product still the axis streamed
+    about (0.006 px apart, each from another pair of projections). Both name the final slices' axis."""
+    side = 32
+    tomo = make_source("tomo", (side, side), seed=4, n_angles=91, n_darks=2, n_flats=2, axis_offset_px=3.0)
+    settings = ReductionSettings(mode="tomo", tomo={"slices": [16]})  # type: ignore[arg-type]
+    stage = make_stage(RunContext(get_backend("numpy"), GEOMETRY, (side, side), 24, "2th_deg", settings))
+    last = tomo.scan_length - 1
+    _tomo_scan(stage, tomo, last + 1)
+    stage.process(tomo.frame(2), last + 1, 1, float("nan"))  # an end flat: the slices are redone
+    products = stage.finish()
+    assert products["center_source"].startswith("estimated from the projections")
+    final = stage.live()["slice"]  # type: ignore[index]
+    assert (final["center"], final["center_source"]) == (products["center"], products["center_source"])
+
+
 def test_tomo_keeps_streaming_about_the_centre_column_until_the_scan_has_a_pair() -> None:
     """A 0-180 scan: no two projections 180 degrees apart until its last, so every projection before it is
     streamed about the centre column; the final slices come out about the estimated axis all the same."""
