@@ -625,7 +625,8 @@ def sim_refusal(settings: Settings, ioc: bool = False, demo: bool = False) -> st
             "sim.mode = 'tomo' needs stream.transport = 'zmq' and stream.format = 'json': over"
             f" {_carrier(settings, False)[1]}"
             " frames carry no image key or rotation angle (docs/wire-formats.md), so nothing would be"
-            " reconstructed"
+            " reconstructed (reduction.tomo.angle_start and angle_step give a real detector's projections"
+            " their angles, not the image keys: the simulator's darks and flats would be projections)"
         )
     sim = settings.sim
     carrier, name = _carrier(settings, ioc)

@@ -392,6 +392,8 @@ def run_demo(args: argparse.Namespace, settings: Settings, flags: list[str] | No
     problem = sim_refusal(settings, demo=True)
     if problem:  # before anything starts: it would run to the end and reconstruct nothing
         print(f"edge demo: {problem}", file=sys.stderr)
+        if args.json:  # (a script reading the last line finds why, as for any demo that did not finish)
+            print(json.dumps({"error": problem, "frames_sent": None, "run_uid": None}), flush=True)
         return 2
     workdir: Path = args.workdir.resolve()
     logs = workdir / "logs"

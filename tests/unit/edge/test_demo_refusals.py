@@ -4,6 +4,7 @@ frame count, a timeout of 0 (a technician's probe saw each start every process f
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -68,3 +69,29 @@ def test_refused_before_anything_starts(tmp_path: Path, argv: list[str], says: s
     assert says in result.stderr and "Traceback" not in result.stderr, result.stderr[-2000:]
     assert "(from --set" not in result.stderr, result.stderr[-2000:]  # a flag was used, not --set
     assert not (tmp_path / "logs").exists()  # nothing was started
+
+
+def test_a_refused_json_demo_still_prints_one_json_object(tmp_path: Path) -> None:
+    """An outside probe: ``edge demo --mode tomo --format stream2 --json`` (angles given) was refused
+    with a line on stderr only; a script reading the last line of stdout found nothing."""
+    argv = [
+        "demo",
+        "--mode",
+        "tomo",
+        "--set",
+        'stream.format="stream2"',
+        "--json",
+        "--workdir",
+        str(tmp_path),
+    ]
+    argv += ["--set", "reduction.tomo.angle_start=0", "--set", "reduction.tomo.angle_step=1"]
+    result = subprocess.run(
+        [sys.executable, "-m", "edge", *argv], capture_output=True, text=True, timeout=60, cwd=ROOT
+    )
+    assert result.returncode == 2, result.stderr[-2000:]
+    answer = json.loads(result.stdout.strip().splitlines()[-1])
+    assert (
+        "frames carry no image key" in answer["error"]
+        and "the simulator's darks and flats" in answer["error"]
+    )
+    assert answer["run_uid"] is None
