@@ -157,3 +157,4 @@ def test_a_udp_demo_split_by_a_stall_longer_than_idle_seconds_accounts_both_runs
     assert len(summary["run_uids"]) == 2 and summary["run_uid"] == summary["run_uids"][-1], summary
     assert summary["frames_stored"] + summary["frames_lost"] == summary["frames_sent"] == 30, summary
     assert summary["frames_delivered"] == summary["frames_stored"]
+    assert "for this demo" not in result.stderr  # (it said it raised udp.idle_seconds: the user's stood)
