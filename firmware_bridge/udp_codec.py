@@ -648,7 +648,7 @@ class UdpFrameAssembler:
         if reason is not None:
             self._reject(reason, frame, events)
         elif frame is not None and self._jump(frame):
-            if self._straggler(view, frame):  # far ahead, and the acquisition before's: not a jump to hold
+            if self._straggler(frame, _HEADER.unpack_from(view)[9]):  # far ahead, the acquisition before's
                 self._c.packets_late += 1
             else:
                 self._hold_or_confirm(view, frame, now, events)
@@ -935,16 +935,15 @@ class UdpFrameAssembler:
 
     # -- state machine ------------------------------------------------------------------------------
 
-    def _straggler(self, view: memoryview, frame: int) -> bool:
-        """A packet with the timestamp the acquisition before gave its frame (and not in step with this
-        one's frames: `forget_previous`): that acquisition's straggler."""
-        ts = _HEADER.unpack_from(view)[9]
+    def _straggler(self, frame: int, ts: int) -> bool:
+        """A packet of ``frame`` with timestamp ``ts``, the one the acquisition before gave that frame (and
+        not in step with this one's frames: `forget_previous`): that acquisition's straggler."""
         return bool(ts) and self._previous.get(frame) == ts and not self._in_step(frame)
 
     def _accept(self, view: memoryview, now: float, events: list[Event]) -> None:
         (_m, _v, _f, module_id, frame, pidx, _ppf, _r, _c, ts, _plen) = _HEADER.unpack_from(view)
         c = self._c
-        if self._straggler(view, frame):
+        if self._straggler(frame, ts):
             c.packets_late += 1  # the acquisition before's: a straggler of it
             return
         remembered = self._history.get(frame)
