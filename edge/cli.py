@@ -770,8 +770,11 @@ def _run_where(settings: Settings, run: str, as_json: bool, given_file: bool = F
         return refused(f"no ledger at {settings.ledger_path} (set store.path)", 2)
     try:
         ledger = Ledger(settings.ledger_path, settings.upstream.required_consumers)
-    except ConfigError as error:  # a damaged ledger, or not one
-        return refused(str(error), 2)
+    except ConfigError as error:  # a damaged ledger, not one, or one this user may not write
+        try:  # a store on a read-only mount, or a daemon's of another user: read it without writing
+            ledger = Ledger(settings.ledger_path, settings.upstream.required_consumers, read_only=True)
+        except ConfigError as reading:
+            return refused(f"{error} (read-only: {reading})", 2)
     try:
         run_uid = resolve_run(ledger, run)
         running = daemon_running(settings.ledger_path)

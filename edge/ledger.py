@@ -19,6 +19,7 @@ import logging
 import sqlite3
 import threading
 import time
+import urllib.parse
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -209,11 +210,19 @@ def _statements(script: str) -> list[str]:
 class Ledger:
     """Durable bookkeeping; every method is one transaction."""
 
-    def __init__(self, path: Path, required_consumers: Sequence[str] = ("hpc",)) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
+    def __init__(
+        self, path: Path, required_consumers: Sequence[str] = ("hpc",), *, read_only: bool = False
+    ) -> None:
         self.path = path
         self.required_consumers = tuple(dict.fromkeys(required_consumers))  # each once, in order
+        self.read_only = read_only
         self._lock = threading.Lock()
+        if read_only:
+            self._db = self._reader(path)
+            self.migrated_from = None
+            self._retired_frames = self._count_retired(self._db)
+            return
+        path.parent.mkdir(parents=True, exist_ok=True)
         self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=30)
         self._db.row_factory = sqlite3.Row
         try:
@@ -245,14 +254,61 @@ class Ledger:
             if fresh:
                 for statement in _statements(FILL_TOTALS):
                     db.execute(statement)
-            # frames of files retired unforwarded (`file_retired`: purged, never verified): in the purged
-            # totals, not delivered (kept here, counted once at open: a retirement is rare)
-            self._retired_frames = int(
-                db.execute(
-                    "SELECT COALESCE(SUM(n_frames), 0) FROM files"
-                    " WHERE state='purged' AND verified_at IS NULL"
-                ).fetchone()[0]
-            )
+            self._retired_frames = self._count_retired(db)
+
+    @staticmethod
+    def _count_retired(db: sqlite3.Connection) -> int:
+        """Frames of files retired unforwarded (`file_retired`: purged, never verified): in the purged
+        totals, not delivered (counted once at open: a retirement is rare)."""
+        return int(
+            db.execute(
+                "SELECT COALESCE(SUM(n_frames), 0) FROM files WHERE state='purged' AND verified_at IS NULL"
+            ).fetchone()[0]
+        )
+
+    @staticmethod
+    def _reader(path: Path) -> sqlite3.Connection:
+        """A connection that never writes, for a reader (``edge where``) whose user may not write the
+        store: a read-only mount, or the store of a daemon run as another user. SQLite reads a WAL ledger
+        read-only while its ``-shm`` file exists (the daemon's, while it runs or after a kill) or can be
+        made. Without either (a ledger closed cleanly, on a read-only mount) and with no ``-wal`` file
+        left to read, the ledger is whole in its one file and is opened as immutable. A ledger of an
+        older schema is refused: bringing it up to date is a write."""
+        uri = "file:" + urllib.parse.quote(str(path.resolve())) + "?mode=ro"
+        wal = Path(f"{path}-wal")
+
+        def connect(query: str) -> sqlite3.Connection:
+            db = sqlite3.connect(query, uri=True, check_same_thread=False, isolation_level=None, timeout=30)
+            db.row_factory = sqlite3.Row
+            try:
+                version = int(db.execute("PRAGMA user_version").fetchone()[0])
+                totals = db.execute("SELECT 1 FROM sqlite_master WHERE name='file_totals'").fetchone()
+            except BaseException:
+                db.close()
+                raise
+            if version != SCHEMA_VERSION or totals is None:
+                db.close()
+                raise ConfigError(
+                    f"the ledger {path} has schema version {version} and this edge reads version"
+                    f" {SCHEMA_VERSION}; it cannot be brought up to date read-only: run this as a user who"
+                    " may write the store, or start the daemon once"
+                )
+            return db
+
+        try:
+            return connect(uri)
+        except sqlite3.DatabaseError as error:
+            if wal.exists() and wal.stat().st_size > 0:
+                raise ConfigError(
+                    f"the ledger {path} cannot be read by this user: {error}. Its write-ahead log"
+                    f" ({wal.name}) holds records not yet in the ledger file, and SQLite reads it only"
+                    " where it may make the shared-memory file beside it: run this as the daemon's user"
+                ) from error
+            first = error
+        try:
+            return connect(uri + "&immutable=1")
+        except sqlite3.DatabaseError as error:
+            raise ConfigError(f"the ledger {path} cannot be opened read-only: {first}; {error}") from error
 
     def reconcile_verified(self) -> dict[str, int]:
         """Make every file's ``verified`` state follow the required consumers of *this* start (the
@@ -355,7 +411,8 @@ class Ledger:
     def _transaction(self) -> Iterator[sqlite3.Connection]:
         """One transaction (the caller holds the lock): committed, or rolled back on any error, a failed
         COMMIT included (a full disk), so the connection never stays inside a transaction."""
-        self._db.execute("BEGIN IMMEDIATE")
+        # a reader's transaction only reads: IMMEDIATE would take the write lock it cannot have
+        self._db.execute("BEGIN" if self.read_only else "BEGIN IMMEDIATE")
         try:
             yield self._db
             self._db.execute("COMMIT")

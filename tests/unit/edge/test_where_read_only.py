@@ -1,0 +1,106 @@
+"""``edge where`` on a store its user may not write: a read-only mount, or the store of a daemon run as
+another user. It read the ledger by opening it for writing, and said "cannot be opened ... If it is
+damaged ..." (exit 2) for a ledger that was whole and closed (SQLite could not make the ``-shm`` file it
+reads a write-ahead-log ledger with). It now reads such a ledger without writing. A ledger held open (its
+``-shm`` there already) was read before too: that test guards it."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from edge.errors import ConfigError
+from edge.ledger import Ledger
+
+
+@pytest.fixture
+def read_only_view(tmp_path: Path) -> Iterator[tuple[Path, Path]]:
+    """(a writable store directory, the same directory bind-mounted read-only). CI runs as root and can
+    mount; there a failed mount is a failure, not a skip."""
+    store, view = tmp_path / "store", tmp_path / "view"
+    store.mkdir()
+    view.mkdir()
+    steps = [
+        ["mount", "--bind", str(store), str(view)],
+        ["mount", "-o", "remount,ro,bind", str(view)],
+    ]
+    for step in steps:
+        done = subprocess.run(step, capture_output=True, text=True)
+        if done.returncode != 0:
+            subprocess.run(["umount", "-l", str(view)], capture_output=True)
+            if os.environ.get("CI") == "true":
+                pytest.fail(f"CI must be able to bind-mount read-only for this test: {done.stderr.strip()}")
+            pytest.skip(f"cannot bind-mount read-only here (needs root): {done.stderr.strip()}")
+    try:
+        yield store, view
+    finally:
+        subprocess.run(["umount", "-l", str(view)], capture_output=True)
+
+
+def where(view: Path, run: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "edge", "where", run, "--json", "--set", f'store.path="{view}"'],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_where_reads_a_cleanly_closed_ledger_on_a_read_only_mount(read_only_view: tuple[Path, Path]) -> None:
+    store, view = read_only_view
+    ledger = Ledger(store / "ledger.sqlite")
+    ledger.run_started("run-closed", 1, 10, "{}", "raw")
+    ledger.record_loss("run-closed", 7, 9, "stream_gap", "three frames never came")
+    ledger.run_ended("run-closed", "ok", 7)
+    ledger.close()
+    assert not (store / "ledger.sqlite-wal").exists()  # whole in its one file
+
+    done = where(view, "run-closed")
+    assert done.returncode == 0, done.stderr + done.stdout
+    report = json.loads(done.stdout)
+    assert report["run_uid"] == "run-closed" and report["frames_lost"] == 3
+    assert sorted(os.listdir(store)) == ["ledger.sqlite"]  # nothing written beside it
+
+
+def test_where_reads_the_records_a_running_daemon_holds_in_its_write_ahead_log(
+    read_only_view: tuple[Path, Path],
+) -> None:
+    store, view = read_only_view
+    ledger = Ledger(store / "ledger.sqlite")  # held open, as the daemon holds it
+    try:
+        ledger.run_started("run-open", 2, 5, "{}", "serial")
+        assert (store / "ledger.sqlite-wal").stat().st_size > 0  # the run is in the log, not yet the file
+
+        done = where(view, "run-open")
+        assert done.returncode == 0, done.stderr + done.stdout
+        report = json.loads(done.stdout)
+        assert report["run_uid"] == "run-open" and report["mode"] == "serial"
+        assert report["frames_expected"] == 5
+    finally:
+        ledger.close()
+
+
+def test_a_read_only_ledger_refuses_to_write_and_an_older_schema_is_said(tmp_path: Path) -> None:
+    path = tmp_path / "ledger.sqlite"
+    Ledger(path).close()
+    reader = Ledger(path, read_only=True)
+    try:
+        assert reader.runs() == []
+        with pytest.raises(Exception, match="readonly"):
+            reader.run_started("run-x", 1, 1, "{}", "raw")
+    finally:
+        reader.close()
+    import sqlite3
+
+    db = sqlite3.connect(path)
+    db.execute("PRAGMA user_version = 3")
+    db.commit()
+    db.close()
+    with pytest.raises(ConfigError, match=r"schema version 3.*cannot be brought up to date read-only"):
+        Ledger(path, read_only=True)
