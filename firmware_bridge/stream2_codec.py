@@ -383,6 +383,8 @@ class Stream2Codec:
         self._token = os.urandom(16)  # stands in for a large byte string while cbor2 decodes the rest
         self.series: int | None = None
         self.start: Stream2Start | None = None
+        # a start that names no dtype: the dtype its series' first image taken had (the start it is of)
+        self._decided: tuple[Stream2Start, str] | None = None
         self.counters: Counter[str] = Counter()
         self.errors: Counter[str] = Counter()
 
@@ -563,6 +565,12 @@ class Stream2Codec:
             raise Stream2ProtocolError("bad_field", "image without channel data")
         start = self.start
         if start is not None:
+            # the start's dtype, or else the one its series' first image taken had: a later image of
+            # another is as much the wrong dtype (an outside sender's was recorded `wrong_dtype`, a reason
+            # the doc gives only v1 senders, and the codec said nothing)
+            expected, decided = start.dtype, ""
+            if expected is None and self._decided is not None and self._decided[0] is start:
+                expected, decided = self._decided[1], " (the series' first image's)"
             for name, array in channels.items():
                 if name not in start.channels:
                     raise Stream2ProtocolError("unknown_channel", f"channel {_short(name)}")
@@ -570,10 +578,15 @@ class Stream2Codec:
                     raise Stream2ProtocolError(
                         "bad_size", f"data[{name}] is {array.shape}, not {start.shape}"
                     )
-                if start.dtype is not None and array.dtype != start.dtype:
+                if expected is not None and array.dtype != expected:
                     raise Stream2ProtocolError(
-                        "bad_dtype", f"data[{name}] is {array.dtype}, not {start.dtype}"
+                        "bad_dtype", f"data[{name}] is {array.dtype}, not {expected}{decided}"
                     )
+            if expected is None:  # the first image decides, all its channels alike
+                dtypes = sorted({array.dtype for array in channels.values()})
+                if len(dtypes) > 1:
+                    raise Stream2ProtocolError("bad_dtype", f"channels of one image of {', '.join(dtypes)}")
+                self._decided = (start, dtypes[0])
         self.counters["images"] += 1
         start_ns, stop_ns = _rational_ns(message, "start_time"), _rational_ns(message, "stop_time")
         if start_ns is None or stop_ns is None:

@@ -865,3 +865,43 @@ def test_the_lz4_sequence_parse_on_hand_made_blocks(block: bytes, plain: int, ex
     assert bool(lz4_block_ok(np.frombuffer(block + b"\xff" * 16, np.uint8), 0, len(block), plain)) is expected
     if expected or not _breaks_end_rules(block, plain):
         assert _lz4_decodes(block, plain) is expected  # python-lz4 agrees
+
+
+def _raw_channel(dtype: str, shape: tuple[int, int] = (23, 41)) -> cbor2.CBORTag:
+    tag = {"uint16": 69, "uint32": 70}[dtype]  # RFC 8746, little-endian
+    return cbor2.CBORTag(
+        40, [list(shape), cbor2.CBORTag(tag, bytes(shape[0] * shape[1] * np.dtype(dtype).itemsize))]
+    )
+
+
+def test_a_start_naming_no_dtype_lets_the_first_image_decide_and_a_later_other_dtype_is_bad_dtype() -> None:
+    """An outside sender's start named no ``image_dtype``; its second image carried a uint32 channel
+    after a first image of uint16. The codec took it, and the pipeline recorded it ``wrong_dtype`` (a
+    reason the doc gives v1 senders only). It is the codec's ``bad_dtype``, a loss record
+    ``stream2_bad_dtype``, as for a start that names the dtype."""
+    start = _start_fields()
+    for key in ("image_dtype", "bit_depth_image"):
+        start.pop(key, None)
+    codec = Stream2Codec()
+    (started,) = codec.feed(cbor2.dumps(start))
+    assert isinstance(started, Stream2Start) and started.dtype is None
+
+    def image(frame: int, dtypes: tuple[str, str]) -> bytes:
+        fields = _image_fields()
+        fields["image_id"] = frame
+        fields["data"] = {"threshold_1": _raw_channel(dtypes[0]), "threshold_2": _raw_channel(dtypes[1])}
+        return cbor2.dumps(fields)
+
+    (first,) = codec.feed(image(0, ("uint16", "uint16")))
+    assert isinstance(first, Stream2Image)
+    event = _error(codec, image(1, ("uint32", "uint16")))
+    assert (event.reason, event.frame) == ("bad_dtype", 1)
+    assert "uint16 (the series' first image's)" in event.detail
+    assert isinstance(codec.feed(image(2, ("uint16", "uint16")))[0], Stream2Image)
+
+    # a new series decides afresh; the channels of its first image must agree among themselves
+    codec.feed(cbor2.dumps({"type": "end", "series_id": start["series_id"]}))
+    codec.feed(cbor2.dumps(start))
+    event = _error(codec, image(0, ("uint16", "uint32")))
+    assert event.reason == "bad_dtype" and "channels of one image" in event.detail
+    assert isinstance(codec.feed(image(1, ("uint32", "uint32")))[0], Stream2Image)
