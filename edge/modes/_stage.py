@@ -158,42 +158,73 @@ def _described(ds: h5py.Dataset, long_name: str, units: str, pyfai_unit: str = "
 
 
 class RoiStage:
-    """ROI statistics per configured box, as areaDetector's Stats plugin gives them."""
+    """ROI statistics per configured box, as areaDetector's Stats plugin gives them, over the box's live
+    pixels: the run's mask (the settings', the PONI detector's gaps, the detector's own) and a frame's
+    missing or dummy pixels are left out, as the profile leaves them out (an Eiger's gap pixels at 65535
+    in a box made its sum and max theirs)."""
 
     def __init__(self, ctx: RunContext) -> None:
         self.boxes = [tuple(int(v) for v in box) for box in ctx.params.roi]
         self.backend = ctx.backend
-        self.rois = RoiSet(ctx.shape, self.boxes) if self.boxes else None
+        self.rois: RoiSet | None = None
+        # per box: its pixel ranges clipped to the frame, and its live pixels (None: all of them)
+        self._spans: list[tuple[int, int, int, int]] = []
+        self._live: list[np.ndarray | None] = []
+        if not self.boxes:
+            return
+        height, width = ctx.shape
+        mask = ctx.corrections.mask
+        for r0, r1, c0, c1 in self.boxes:
+            r0, r1, c0, c1 = max(0, r0), min(height, r1), max(0, c0), min(width, c1)
+            r1, c1 = max(r0, r1), max(c0, c1)
+            self._spans.append((r0, r1, c0, c1))
+            masked = None if mask is None else np.asarray(mask[r0:r1, c0:c1], bool)
+            self._live.append(None if masked is None or not masked.any() else ~masked)
+        if all(live is None for live in self._live):
+            self.rois = RoiSet(ctx.shape, self.boxes)
+        else:  # every box as a mask of its live pixels (the set keeps masks after rectangles: one kind)
+            pieces = []
+            for (r0, r1, c0, c1), live in zip(self._spans, self._live, strict=True):
+                whole = np.zeros(ctx.shape, bool)
+                whole[r0:r1, c0:c1] = True if live is None else live
+                pieces.append(whole)
+            self.rois = RoiSet(ctx.shape, masks=pieces)
 
     def __bool__(self) -> bool:
         return self.rois is not None
 
     def stats(self, frame: np.ndarray, missing: np.ndarray | None = None) -> dict[str, np.ndarray]:
-        """Sum, mean, max and centroid per box. ``missing``: this frame's pixels that never arrived (0 in
-        it): they add nothing to a sum, a max or a centroid, and the mean is over the pixels that came."""
+        """Sum, mean, max and centroid per box, over its live pixels. ``missing``: this frame's pixels
+        that never arrived or hold the detector's dummy value: left out of every figure, as masked
+        pixels are (a box with no pixel left: sum 0, mean and centroid NaN, max -inf)."""
         assert self.rois is not None
-        stats = self.backend.roi_stats(frame, self.rois)
-        mean = np.asarray(stats.mean, np.float64)
-        if missing is not None:
-            mean = mean.copy()
-            for k, (r0, r1, c0, c1) in enumerate(self.rois.boxes.tolist()):
-                came = (r1 - r0) * (c1 - c0) - int(np.count_nonzero(missing[r0:r1, c0:c1]))
-                mean[k] = float(stats.sum[k]) / came if came > 0 else np.nan
-        cx = np.full(len(self.boxes), np.nan)
-        cy = np.full(len(self.boxes), np.nan)
-        for k, (r0, r1, c0, c1) in enumerate(self.rois.boxes.tolist()):
+        n = len(self.boxes)
+        cx, cy = np.full(n, np.nan), np.full(n, np.nan)
+        if missing is None:
+            stats = self.backend.roi_stats(frame, self.rois)
+            total = np.asarray(stats.sum, np.float64)
+            mean = np.asarray(stats.mean, np.float64)
+            peak = np.asarray(stats.max, np.float64)
+        else:
+            total, mean, peak = np.zeros(n), np.full(n, np.nan), np.full(n, -np.inf)
+        for k, ((r0, r1, c0, c1), live) in enumerate(zip(self._spans, self._live, strict=True)):
             box = frame[r0:r1, c0:c1].astype(np.float64)
-            total = box.sum()
-            if total > 0:
-                cy[k] = (box.sum(axis=1) @ np.arange(r0, r1)) / total
-                cx[k] = (box.sum(axis=0) @ np.arange(c0, c1)) / total
-        return {
-            "sum": np.asarray(stats.sum, np.float64),
-            "mean": mean,
-            "max": np.asarray(stats.max, np.float64),
-            "centroid_x": cx,
-            "centroid_y": cy,
-        }
+            if missing is not None:
+                gone = missing[r0:r1, c0:c1]
+                live = ~gone if live is None else (live & ~gone)
+            if live is not None:
+                box = np.where(live, box, 0.0)
+            if missing is not None:  # this frame's own figures (the kernel's cover the static mask only)
+                count = box.size if live is None else int(np.count_nonzero(live))
+                total[k] = box.sum()
+                if count:
+                    mean[k] = total[k] / count
+                    peak[k] = float(box.max() if live is None else box[live].max())
+            weight = box.sum()
+            if weight > 0:
+                cy[k] = (box.sum(axis=1) @ np.arange(r0, r1)) / weight
+                cx[k] = (box.sum(axis=0) @ np.arange(c0, c1)) / weight
+        return {"sum": total, "mean": mean, "max": peak, "centroid_x": cx, "centroid_y": cy}
 
     def write(self, entry: h5py.Group, products: list[dict[str, Any]]) -> None:
         if self.rois is None:
