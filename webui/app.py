@@ -130,6 +130,18 @@ def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return value
 
 
+#: the most digits an integer of a write's body may have: no setting holds more than 2^64 (20 digits), and
+#: Python's own limit (4300) answered with advice about its interpreter
+MAX_INTEGER_DIGITS = 100
+
+
+def _integer(text: str) -> int:
+    digits = len(text.lstrip("-"))
+    if digits > MAX_INTEGER_DIGITS:
+        raise ValueError(f"an integer of {digits} digits, more than any setting holds")
+    return int(text)
+
+
 def _finite(text: str) -> float:
     value = float(text)
     if not math.isfinite(value):
@@ -144,6 +156,10 @@ async def _json_object(request: Request) -> dict[str, Any]:
     kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if not (kind == "application/json" or (kind.startswith("application/") and kind.endswith("+json"))):
         raise BadBody(f"body: send JSON with Content-Type: application/json (got {kind or 'none'!r})")
+    declared = request.headers.get("content-length", "")
+    if declared.isascii() and declared.isdigit() and int(declared) > MAX_BODY_BYTES:
+        # said up front: refused at once, not waited for (a client that will not send it all timed out)
+        raise BadBody(f"body: over {MAX_BODY_BYTES} bytes (Content-Length {declared[:24]})", 413)
     body = bytearray()
 
     async def read() -> None:
@@ -163,9 +179,12 @@ async def _json_object(request: Request) -> dict[str, Any]:
             bytes(body).decode("utf-8"),
             parse_constant=_no_constant,
             parse_float=_finite,
+            parse_int=_integer,
             object_pairs_hook=_unique_keys,
         )
-    except (UnicodeDecodeError, ValueError, RecursionError) as error:
+    except RecursionError:  # (Python's words are about its interpreter: "maximum recursion depth")
+        raise BadBody("body: not JSON (RecursionError: nested deeper than the reader follows)") from None
+    except (UnicodeDecodeError, ValueError) as error:
         raise BadBody(f"body: not JSON ({type(error).__name__}: {str(error)[:120]})") from None
     if not isinstance(value, dict):
         raise BadBody(f"body: a JSON object is needed, not {type(value).__name__}")

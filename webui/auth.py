@@ -61,6 +61,8 @@ def writer(token: str | None) -> Callable[[Request], None]:
         if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), token.encode()):
             if header is None:
                 why = "no Authorization header was sent"
+            elif len(parts) == 1 and parts[0].lower() == "bearer":
+                why = "no token follows 'Bearer'"
             elif not scheme:  # (the header's text is never echoed: it may be the token itself)
                 why = "the header is not a scheme and a token"
             elif scheme.lower() != "bearer":

@@ -110,6 +110,9 @@ def test_a_write_without_the_header_is_told_so_and_a_wrong_token_is_told_that() 
             headers=[(b"authorization", pair[0]), (b"authorization", pair[1])],
         )
         assert both.status_code == 401 and "2 Authorization headers" in both.json()["detail"]
+    # the scheme alone: the token is what is missing (an outside probe was told "not a scheme and a token")
+    alone = client.put("/api/reduction", json={"mode": "raw"}, headers={"Authorization": "Bearer"})
+    assert alone.status_code == 401 and alone.json()["detail"].endswith("no token follows 'Bearer'")
     tabbed = client.put("/api/reduction", json={"mode": "raw"}, headers={"Authorization": "Bearer\ts3cret"})
     assert tabbed.status_code == 200
     auth = {"Authorization": "Bearer s3cret"}
@@ -176,7 +179,10 @@ def test_the_token_is_checked_before_the_body_is_read_and_the_body_is_bounded() 
     for body, words in (
         (b"{not json", "body: not JSON"),
         (b'{"mode": "\xff"}', "body: not JSON (UnicodeDecodeError"),
-        (b"[" * 60_000, "body: not JSON (RecursionError"),
+        (b"[" * 60_000, "body: not JSON (RecursionError: nested deeper than the reader follows)"),
+        # Python's own words were advice about its interpreter ("use sys.set_int_max_str_digits()")
+        (b'{"x": ' + b"9" * 5000 + b"}", "an integer of 5000 digits, more than any setting holds"),
+        (b'{"x": -' + b"9" * 101 + b"}", "an integer of 101 digits"),
         (b"[]", "body: a JSON object is needed, not list"),
         (b'{"serial": {"adc_threshold": Infinity}}', "Infinity is not a JSON number"),
         (b'{"serial": {"adc_threshold": 1e999}}', "1e999 is beyond a double"),
@@ -189,6 +195,7 @@ def test_the_token_is_checked_before_the_body_is_read_and_the_body_is_bounded() 
     ):
         answer = client.put("/api/reduction", content=body, headers=auth)
         assert answer.status_code == 422 and words in answer.json()["detail"], (body[:30], answer.json())
+        assert "sys." not in answer.text and "recursion depth" not in answer.text
         assert answer.json()["error"] == "bad_request"
     plain = client.put(
         "/api/reduction", content=b'{"mode": "raw"}', headers={**auth, "Content-Type": "text/plain"}
@@ -254,6 +261,48 @@ def test_a_client_gone_mid_body_is_answered_without_a_traceback(caplog: pytest.L
         assert not [r for r in caplog.records if r.levelname == "ERROR"], [
             r.getMessage() for r in caplog.records
         ]
+    finally:
+        server.should_exit = True
+        thread.join(10)
+
+
+def test_a_body_declared_over_the_bound_is_refused_at_once_not_waited_for() -> None:
+    """An outside probe declared ``Content-Length: 99999999999999999999`` and sent 2 bytes: it waited
+    10 s for a 408 "not all sent". The length said is over the bound: 413 at once."""
+    import socket
+    import threading
+    import time
+
+    import uvicorn
+
+    from edge.demo import free_port
+
+    settings = load_settings(overrides=['api.token="s3cret"'])
+    app = create_app(settings, View(), reduction=ReductionControl(settings.reduction, open_run=lambda: None))
+    port = free_port()
+    server = uvicorn.Server(
+        uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off", log_config=None)
+    )
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 10
+        while not server.started and time.monotonic() < deadline:
+            time.sleep(0.02)
+        for declared in (b"99999999999999999999", b"65537"):
+            with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+                sock.sendall(
+                    b"PUT /api/reduction HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer s3cret\r\n"
+                    b"Content-Type: application/json\r\nContent-Length: " + declared + b"\r\n\r\n{}"
+                )
+                answer = b""  # (within the socket's 5 s, not the body's 10 s)
+                while not answer.endswith(b"}"):
+                    part = sock.recv(4096)
+                    if not part:
+                        break
+                    answer += part
+            assert answer.startswith(b"HTTP/1.1 413"), answer[:200]
+            assert b'"too_large"' in answer and b"Content-Length " + declared[:24] in answer
     finally:
         server.should_exit = True
         thread.join(10)
