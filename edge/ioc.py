@@ -75,6 +75,13 @@ ASG_READONLY = "READONLY"
 ASG_DEFAULT = "DEFAULT"
 
 _SETPOINTS = frozenset(spec.name for spec in PVS if spec.writable)
+#: a setpoint's accepted range by its readback's name: the readback shows it too (ophyd-async describes a
+#: signal by its read PV, ``X_RBV``: with the range on ``X`` alone a Bluesky client saw no limits)
+_READBACK_LIMITS = {
+    f"{spec.name}_RBV": spec.limits
+    for spec in PVS
+    if spec.writable and spec.limits is not None and spec.kind in ("aOut", "longOut")
+}
 #: areaDetector chunk settings: kept, but their readbacks read the files' real chunk (`IOC._chunking`)
 _CHUNKING = ("HDF1:NumFramesChunks", "HDF1:NumRowChunks", "HDF1:NumColChunks")
 _ioc_started = False
@@ -451,6 +458,10 @@ class ApplianceIOC:
                 # side, so that clients read the range (to an ulp) and an out-of-range put, clamped there
                 # by the record, still reaches the checks outside the range and is refused (HWLIMIT)
                 kw["DRVL"], kw["DRVH"] = pv_input.drive_limits(spec)
+        shown = _READBACK_LIMITS.get(spec.name) if spec.kind in ("aIn", "longIn") else None
+        if shown is not None:  # an input record's control and display limits are both LOPR/HOPR
+            number = int if spec.kind == "longIn" else float
+            kw["LOPR"], kw["HOPR"] = (number(limit) for limit in shown)
         if spec.initial is not None and not spec.writable:
             kw["initial_value"] = spec.initial
         restored = self._restored.get(spec.name.removesuffix("_RBV")) if spec.name.endswith("_RBV") else None

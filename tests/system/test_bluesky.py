@@ -148,6 +148,18 @@ def test_bluesky_count_with_stock_ophyd_async(stack: Stack) -> None:
     )
     third = _check_resources(stack, _count(own), capture_dir)
     assert third not in (first, second)
+    # the setpoints' ranges as ophyd-async describes them: from the read PV, X_RBV (an outside probe
+    # found no limits there, the range on X alone)
+    from edge.pv_table import MAX_IMAGES, MAX_PERIOD_S
+
+    for signal, (low, high) in (
+        (own_driver.num_images, (1, MAX_IMAGES)),
+        (own_driver.acquire_period, (0.0, MAX_PERIOD_S)),
+    ):
+        described = next(iter(call_in_bluesky_event_loop(signal.describe()).values()))
+        limits = described.get("limits", {})
+        assert limits.get("control") == {"low": low, "high": high}, described
+        assert limits.get("display") == {"low": low, "high": high}, described
 
     # classic ophyd: the whole HDF5Plugin stage signature (enable, blocking callbacks, plugin type)
     from ophyd.areadetector.plugins import HDF5Plugin
