@@ -174,6 +174,13 @@ class ComponentDied(Exception):
         super().__init__(f"{name} exited ({exit_text(code)})")
         self.name, self.code, self.log, self.tail = name, code, log, tail
 
+    def why(self) -> str:
+        """One line for the JSON account: how it exited and, for a component that refused to start,
+        its own reason (a second demo on a workdir in use said only "status 2")."""
+        said = next((line for line in reversed(self.tail) if "cannot start:" in line), None)
+        how = f"{self.name} exited unexpectedly ({exit_text(self.code)})"
+        return how if said is None else f"{how}: {said[said.index('cannot start:') :][:300]}"
+
     def report(self) -> str:
         lines = [
             f"edge demo: {self.name} exited unexpectedly ({exit_text(self.code)}); last lines of {self.log}:"
@@ -627,7 +634,7 @@ def run_demo(args: argparse.Namespace, settings: Settings, flags: list[str] | No
     except ComponentDied as died:
         line.end()
         print(died.report(), file=sys.stderr, flush=True)
-        return _failed(args.json, known, f"{died.name} exited unexpectedly ({exit_text(died.code)})")
+        return _failed(args.json, known, died.why())
     except TimeoutError as error:
         line.end()
         print(f"edge demo: {error}; logs in {logs}", file=sys.stderr, flush=True)

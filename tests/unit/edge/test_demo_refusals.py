@@ -95,3 +95,35 @@ def test_a_refused_json_demo_still_prints_one_json_object(tmp_path: Path) -> Non
         and "the simulator's darks and flats" in answer["error"]
     )
     assert answer["run_uid"] is None
+
+
+def test_a_demo_whose_daemon_refuses_to_start_says_the_daemons_reason(tmp_path: Path) -> None:
+    """An outside probe: a second demo on a workdir whose store another daemon serves ended with the
+    JSON error "daemon exited unexpectedly (status 2)" alone; the daemon's reason was in its log only."""
+    from edge.daemon_lock import DaemonLock
+    from edge.demo import free_port
+
+    lock = DaemonLock(tmp_path / "store" / "ledger.sqlite")  # as the first demo's daemon holds it
+    assert lock.acquire()
+    try:
+        stream, upstream, api, udp = (free_port() for _ in range(4))
+        overrides = [
+            f'sim.endpoint="tcp://127.0.0.1:{stream}"',
+            f'upstream.endpoint="tcp://127.0.0.1:{upstream}"',
+            f"api.port={api}",
+            f"udp.port={udp}",
+        ]
+        argv = ["demo", "--frames", "5", "--json", "--workdir", str(tmp_path)]
+        for item in overrides:
+            argv += ["--set", item]
+        result = subprocess.run(
+            [sys.executable, "-m", "edge", *argv], capture_output=True, text=True, timeout=180, cwd=ROOT
+        )
+    finally:
+        lock.release()
+    assert result.returncode != 0, result.stderr[-2000:]
+    answer = json.loads(result.stdout.strip().splitlines()[-1])
+    assert answer["error"].startswith(
+        "daemon exited unexpectedly (status 2): cannot start: another daemon"
+    ), answer
+    assert "serves the ledger" in answer["error"]
