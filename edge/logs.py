@@ -19,6 +19,7 @@ from __future__ import annotations
 import atexit
 import json
 import logging
+import re
 import sys
 import threading
 import time
@@ -125,10 +126,20 @@ class RepeatSummary(logging.Filter):
             # the held lines share their template, not their words: the last is shown, named so
             message = (
                 f"{item.last.getMessage()} (the last of {item.count} more lines like"
-                f" {str(item.last.msg)!r} in {_seconds(now - item.since)} s)"
+                f" {_template_text(str(item.last.msg))!r} in {_seconds(now - item.since)} s)"
             )
             out.append(_summary(name, item.last.levelno, message, repeated=item.count))
         return out
+
+
+_PLACEHOLDER = re.compile(r"%(?:\([^)]*\))?[-#0 +]*(?:\*|\d+)?(?:\.(?:\*|\d+))?[a-zA-Z%]")
+
+
+def _template_text(template: str) -> str:
+    """A logging template as a reader sees the shared shape of its lines: each ``%s``/``%g``/``%d``
+    (what differs from line to line) as ``…``, ``%%`` as ``%`` (an outside probe read "retired %s
+    (never forwarded, older than ... = %g)" in journalctl as an unfinished line)."""
+    return _PLACEHOLDER.sub(lambda m: "%" if m.group() == "%%" else "…", template)
 
 
 #: Loss records a restart writes for the frames of the runs a crash interrupted that are in no file:
