@@ -949,8 +949,10 @@ class UdpFrameAssembler:
         remembered = self._history.get(frame)
         pending = self._pending.get(frame)
         known = pending.timestamp_ns if pending is not None else (remembered[1] if remembered else None)
-        # a frame's timestamps are compared only when both are set (a sender may send 0 throughout)
-        if known and ts and ts != known:  # not a packet of that frame: another exposure, same number
+        # a frame's timestamps are compared when its own is set (a sender may send 0 throughout): a copy
+        # carries its frame's timestamp, so a 0 under a set one is another exposure too (a detector gone
+        # to a mode without its clock: its new acquisition's frames were dropped as copies)
+        if known and ts != known:  # not a packet of that frame: another exposure, same number
             if pending is not None and self._outvoted(frame, pending, ts, view, now, events):
                 return
             seen = remembered is not None and (remembered[0] is None or remembered[0][module_id, pidx])

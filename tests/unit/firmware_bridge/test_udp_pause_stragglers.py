@@ -737,3 +737,22 @@ def test_an_acquisition_beyond_the_armed_number_after_a_pause_invents_no_losses(
     assert first["losses"] == [] and second["losses"] == [] and third["losses"] == [], sink.runs
     assert (second["config"]["first_frame"], third["config"]["first_frame"]) == (14, 30)
     assert (second["frames"], third["frames"]) == (list(range(14, 18)), list(range(30, 39)))
+
+
+def test_a_new_acquisition_without_a_clock_right_after_one_with_timestamps_is_a_new_run(reader: Any) -> None:
+    """An outside sender: frames 0..19 with real timestamps, then at once frames 0..49 with
+    ``timestamp_ns`` 0 (a detector switched to a mode without its clock; the doc allows 0). The second
+    acquisition's frames 0..19 were taken for copies (a 0 was not compared with a frame's timestamp),
+    counted as duplicate packets and dropped, and its frames 20..49 stored in the first run: two
+    datasets in one file, no record. A copy carries its frame's timestamp: a 0 under a frame whose
+    timestamp is set is another exposure."""
+    source, sink, send = reader()
+    _send(send, range(20), 1)
+    for n in range(50):  # (pixels apart from the first acquisition's, timestamps 0)
+        send.send(packetize_frame(GEOMETRY, n, np.full(GEOMETRY.raw_shape, 30000 + n, np.uint16)))
+    _ended(sink, 2)
+    assert [run["frames"] for run in sink.runs] == [list(range(20)), list(range(50))]
+    assert [run["losses"] for run in sink.runs] == [[], []]
+    assert source.counters()["series_numbers_restarted"] == 1
+    assert source.counters()["assembler"]["packets_duplicate"] == 0
+    _identity(source)
