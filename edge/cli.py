@@ -262,7 +262,7 @@ def _run_daemon(
     if {signal.SIGTERM, signal.SIGINT} & set(EARLY_SIGNALS):
         log.info("stop requested while starting: stopping once started")
         stop_requested.set()
-    from edge.daemon_lock import DaemonLock
+    from edge.daemon_lock import DaemonLock, StoreLock
 
     lock = DaemonLock(settings.ledger_path)  # held until the process ends: `edge where` sees it running
     try:
@@ -276,6 +276,23 @@ def _run_daemon(
             lock.holder(),
             settings.ledger_path,
             lock.path,
+        )
+        return 2
+    # and one daemon per store, whatever ledger each names: a second one's recovery moved the first's
+    # open file to quarantine (its frames lost), and both would write the store's reduction.json
+    store_lock = StoreLock(settings.store.path)
+    try:
+        acquired = store_lock.acquire()
+    except OSError as error:
+        log.error("cannot start: the store %s cannot be used: %s", settings.store.path, error)
+        return 2
+    if not acquired:
+        log.error(
+            "cannot start: another daemon (pid %s) uses the store %s, with another ledger; stop it first"
+            " (%s holds the lock)",
+            store_lock.holder(),
+            settings.store.path,
+            store_lock.path,
         )
         return 2
     try:

@@ -4,7 +4,8 @@
 ``edge run`` takes an exclusive ``flock`` on ``<ledger>.daemon`` for as long as it runs; the kernel drops
 it when the process ends, however it ends (``kill -9`` included). So ``edge where``, reading the ledger
 on its own, can tell a run that is going on (a daemon holds the lock) from a run whose daemon died
-before it could end it ("interrupted": recovery ends it at the next start).
+before it could end it ("interrupted": recovery ends it at the next start). It also holds
+``STORE/.daemon`` (`StoreLock`): one daemon per store, whatever ledger each names.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import fcntl
 import os
 from pathlib import Path
 
-__all__ = ["DaemonLock", "PidLock", "daemon_running"]
+__all__ = ["DaemonLock", "PidLock", "StoreLock", "daemon_running"]
 
 
 def _lock_path(ledger_path: Path) -> Path:
@@ -79,3 +80,11 @@ def daemon_running(ledger_path: Path) -> bool:
         return False
     finally:
         os.close(fd)
+
+
+class StoreLock(PidLock):
+    """The running daemon's hold on its store directory (``STORE/.daemon``): one daemon per store, even
+    when two name different ledgers (``ledger.path``)."""
+
+    def __init__(self, store: Path) -> None:
+        super().__init__(store / ".daemon")

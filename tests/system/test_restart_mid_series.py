@@ -258,9 +258,12 @@ def _lost_frames(run: dict[str, Any]) -> set[int]:
     return lost
 
 
-def test_a_second_daemon_on_the_same_ledger_refuses_to_start(tmp_path: Path) -> None:
+@pytest.mark.parametrize("ledger", ["the same", "another"])
+def test_a_second_daemon_on_the_same_store_refuses_to_start(tmp_path: Path, ledger: str) -> None:
     """``edge run`` twice on one store: the second exits 2 naming the first's pid, before touching the
-    store (its crash recovery would end the first's open run and move its open files away)."""
+    store (its crash recovery would end the first's open run and move its open files away). Also when
+    it names another ``ledger.path``: an outside probe's second daemon started, and its recovery moved
+    the first's open file to quarantine (11 frames lost)."""
     stack = EdgeStack(
         tmp_path,
         ["detector.height=64", "detector.width=64", "sim.rate_hz=40", 'reduction.mode="raw"'],
@@ -269,10 +272,13 @@ def test_a_second_daemon_on_the_same_ledger_refuses_to_start(tmp_path: Path) -> 
         first = stack.start_daemon()
         sim = stack.start("sim", "--frames", "0", stdout=subprocess.DEVNULL)
         wait_for(lambda: stack.status()["receiver"].get("frames_received", 0) >= 10, 60, "frames arriving")
-        second = stack.start("run", stderr=subprocess.PIPE)
+        other = [] if ledger == "the same" else ["--set", f'ledger.path="{tmp_path / "other.sqlite"}"']
+        second = stack.start("run", *other, stderr=subprocess.PIPE)
         _, err = second.communicate(timeout=60)
         assert second.returncode == 2, err
         assert f"another daemon (pid {first.pid})" in err, err
+        if other:
+            assert "uses the store" in err and not (tmp_path / "other.sqlite").exists(), err
         (run,) = _runs(stack)
         assert run["ended_at"] is None  # the first daemon's run goes on, untouched
         received = stack.status()["receiver"]["frames_received"]
