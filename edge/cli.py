@@ -784,6 +784,9 @@ def _run_where(settings: Settings, run: str, as_json: bool, given_file: bool = F
         return status
 
     if not settings.ledger_path.exists():
+        above = next((p for p in settings.ledger_path.parents if p.exists()), None)
+        if above is not None and not above.is_dir():  # (an outside probe read "no ledger at a/file/...")
+            return refused(f"no ledger at {settings.ledger_path}: {above} is a file, not a directory", 2)
         return refused(f"no ledger at {settings.ledger_path} (set store.path)", 2)
     try:
         ledger = Ledger(settings.ledger_path, settings.upstream.required_consumers)

@@ -676,8 +676,8 @@ class RetentionSettings(_Section):
     def _low_below_high(self) -> RetentionSettings:
         if self.low_water > self.high_water:
             raise ValueError(
-                f"low_water {self.low_water} is above high_water {self.high_water}: purging starts at"
-                " high_water and goes on down to low_water"
+                f"retention.low_water = {self.low_water} is above retention.high_water = {self.high_water}:"
+                " purging starts at high_water and goes on down to low_water"
             )
         return self
 
@@ -997,7 +997,9 @@ def describe_validation_error(error: ValidationError, prefix: str = "") -> str:
         key = _key(prefix, loc)
         if item["type"] == "value_error" and isinstance(item.get("input"), dict) and key:
             # a check across a section's keys: its message names them; the section's whole table is noise
-            lines.append(f"{key}: {str(item['msg']).removeprefix('Value error, ')}")
+            said = str(item["msg"]).removeprefix("Value error, ")
+            # (one naming its keys in full is a setting's line, its source added: `_with_sources`)
+            lines.append(said if said.startswith(f"{key}.") else f"{key}: {said}")
             continue
         if item["type"] == "extra_forbidden":  # a key no section has: name it as typed (`a.b.c`), in full
             lines += [

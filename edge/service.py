@@ -252,6 +252,9 @@ class ServiceReporter:
 
 # -- SIGHUP: reload what can change while running -------------------------------------------------------
 RELOADABLE = ("retention", "log")  # sections applied in place; everything else needs a restart
+#: sections the daemon never reads (`edge sim`'s and `edge pull`'s, sharing the settings file): a change
+#: there is theirs, and a restart of the daemon would not apply it either
+OTHER_PROGRAMS = {"sim": "edge sim", "pull": "edge pull"}
 
 
 def changed_keys(old: Mapping[str, Any], new: Mapping[str, Any], prefix: str = "") -> list[str]:
@@ -275,7 +278,8 @@ def apply_reload(appliance: Any, new: Any, log_setup: Any) -> list[str]:
     old = appliance.settings
     keys = changed_keys(old.model_dump(mode="json"), new.model_dump(mode="json"))
     applied = [key for key in keys if key.split(".")[0] in RELOADABLE]
-    ignored = [key for key in keys if key.split(".")[0] not in RELOADABLE]
+    theirs = [key for key in keys if key.split(".")[0] in OTHER_PROGRAMS]
+    ignored = [key for key in keys if key.split(".")[0] not in (*RELOADABLE, *OTHER_PROGRAMS)]
     if any(key.startswith("retention.") for key in applied):
         appliance.retention.settings = new.retention
     log_setup.reconfigure(new.log.level, new.log.format)
@@ -286,4 +290,7 @@ def apply_reload(appliance: Any, new: Any, log_setup: Any) -> list[str]:
         log.info("reload: no reloadable setting changed")
     if ignored:
         log.warning("not reloaded (restart to apply): %s", ", ".join(ignored))
+    if theirs:  # (an outside probe was told to restart the daemon for pull.output)
+        programs = sorted({OTHER_PROGRAMS[key.split(".")[0]] for key in theirs})
+        log.info("changed, not the daemon's (%s read them): %s", " and ".join(programs), ", ".join(theirs))
     return applied

@@ -39,3 +39,18 @@ def test_where_json_for_a_run_it_cannot_find_is_still_json(tmp_path) -> None:  #
     answer = json.loads(done.stdout)
     assert answer["run_uid"] is None and answer["asked"] == "no-such-run"
     assert answer["error"].startswith("no run 'no-such-run' in the ledger") and "no run" in done.stderr
+
+
+def test_where_on_a_store_path_that_is_a_file_says_so(tmp_path: Path) -> None:
+    """An outside probe: ``store.path`` naming a regular file was "no ledger at FILE/ledger.sqlite (set
+    store.path)", as if it were only empty."""
+    afile = tmp_path / "afile"
+    afile.write_text("not a store")
+    done = subprocess.run(
+        [sys.executable, "-m", "edge", "where", "x", "--set", f'store.path="{afile}"'],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 2
+    assert f"{afile} is a file, not a directory" in done.stderr, done.stderr

@@ -270,7 +270,7 @@ def test_a_ledger_path_that_is_a_directory_is_a_config_error(tmp_path: Path) -> 
 def test_retention_low_water_above_high_water_and_a_token_with_a_newline_are_refused() -> None:
     """An outside admin probe: both were accepted (purging could never stop where it was told to; no
     client's header could carry the token)."""
-    with pytest.raises(ConfigError, match=r"low_water 0\.95 is above high_water 0\.5"):
+    with pytest.raises(ConfigError, match=r"low_water = 0\.95 is above retention\.high_water = 0\.5"):
         load_settings(None, ["retention.low_water=0.95", "retention.high_water=0.5"])
     # high_water alone below the default low_water: the low mark follows it (not an error)
     assert load_settings(None, ["retention.high_water=0.45"]).retention.low_water == 0.375
@@ -286,7 +286,12 @@ def test_a_short_list_item_and_a_check_across_a_section_name_the_setting_not_the
     assert r"reduction.roi[0] = [1, 2, 3]: too few values (nothing at index 3)" in str(box.value)
     with pytest.raises(ConfigError) as water:
         load_settings(None, ["retention.low_water=0.95"])
-    assert "\n  retention: low_water 0.95 is above high_water 0.9" in str(water.value)
+    # named in full, with where the value came from, as every other setting's line (an outside probe)
+    assert (
+        "\n  retention.low_water = 0.95 is above retention.high_water = 0.9: purging starts at high_water"
+        in str(water.value)
+    )
+    assert "(from --set retention.low_water)" in str(water.value)
     assert "{" not in str(water.value)
     with pytest.raises(ConfigError, match=r"upstream\.required_consumers\[0\] = 1: "):
         load_settings(None, ["upstream.required_consumers=[1]"])

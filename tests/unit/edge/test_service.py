@@ -185,7 +185,14 @@ class _Appliance:
 def test_reload_applies_retention_and_logging_and_names_the_rest(caplog: pytest.LogCaptureFixture) -> None:
     old = load_settings(overrides=["retention.max_age_seconds=0"])
     new = load_settings(
-        overrides=["retention.max_age_seconds=60", 'log.level="DEBUG"', 'log.format="json"', "ring.slots=8"]
+        overrides=[
+            "retention.max_age_seconds=60",
+            'log.level="DEBUG"',
+            'log.format="json"',
+            "ring.slots=8",
+            'pull.output="/elsewhere"',
+            "sim.frames=7",
+        ]
     )
     appliance = _Appliance(old)
     setup = LogSetup(stream=open(os.devnull, "w"))  # noqa: SIM115 - closed below
@@ -200,7 +207,11 @@ def test_reload_applies_retention_and_logging_and_names_the_rest(caplog: pytest.
     assert appliance.retention.settings.max_age_seconds == 60
     assert (setup.level, setup.format) == ("DEBUG", "json")
     assert appliance.settings.ring.slots == old.ring.slots  # the ring is not rebuilt while running
-    assert "not reloaded (restart to apply): ring.slots" in caplog.text
+    assert "not reloaded (restart to apply): ring.slots\n" in caplog.text + "\n"
+    # the simulator's and the pull client's keys are theirs: no daemon restart applies them
+    assert (
+        "changed, not the daemon's (edge pull and edge sim read them): pull.output, sim.frames" in caplog.text
+    )
 
 
 def test_the_edge_command_catches_the_signals_before_its_heavy_imports() -> None:
