@@ -228,7 +228,9 @@ def where_report(
             report["series_frames_expected"] = ledger.run(report["resumes_run"])["frames_expected"]
     report["continued_by"] = ledger.runs_resuming(run_uid)
     report["continued_at_frame"] = _continued_at(ledger, report["continued_by"])
-    report["frames_continued"], report["frames_this_run"] = _split_account(report)
+    report["frames_continued"], report["frames_this_run"] = _split_account(
+        report, _whole(config.get("armed_from")) or 0, _whole(run.get("frames_seen"))
+    )
     report["summary"] = summary_line(report)
     later = _runs_with_slices(ledger, report.get("continued_by") or [])
     report["products_note"] = products_note(report, bool(run["ended_at"]), later)
@@ -554,23 +556,39 @@ def _expected_text(report: dict[str, Any]) -> str:
     return f"expected {expected}{tail}"
 
 
-def _split_account(report: dict[str, Any]) -> tuple[int | None, int | None]:
+def _whole(value: Any) -> int | None:
+    """``value`` when it is a whole number (not a bool), else None."""
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def _split_account(
+    report: dict[str, Any], armed_from: int = 0, seen: int | None = None
+) -> tuple[int | None, int | None]:
     """A series split by a restart (or a pause) between runs: the frames of it that went on in the run
     continuing this one (``frames_continued``), and the frames this run accounts for
     (``frames_this_run``: its series' length, less those, less the frames before ``resumed_at_frame``,
     the earlier run's), so stored + vetoed + lost + not acquired = ``frames_this_run`` for every run
-    (an outside probe's script read 334 of 900 and 566 of 900 for the two halves). None: unknown."""
-    first = report.get("resumed_at_frame") or 0
-    expected = report.get("frames_expected") or (report.get("series_frames_expected") if first else None)
+    (an outside probe's script read 334 of 900 and 566 of 900 for the two halves). None: unknown.
+
+    The series' frames are ``armed_from`` .. ``armed_from + length - 1`` (a UDP acquisition whose numbers
+    went on from an earlier one's is armed from its own first frame), and reach the highest frame the run
+    received (``seen``) when the detector sent more than it was armed for (an outside probe: 13 frames
+    stored of 10 armed, and the account said 10)."""
+    resumed = report.get("resumed_at_frame")
+    first = armed_from if resumed is None else int(resumed)
+    expected = report.get("frames_expected") or (report.get("series_frames_expected") if resumed else None)
     if not isinstance(expected, int) or expected <= 0:
         return None, None
+    end = armed_from + expected
+    if seen is not None and seen >= end:
+        end = seen + 1
     went_on = report.get("continued_at_frame")
     continued = (
-        max(0, expected - int(went_on))
-        if went_on is not None and report.get("continued_by") and int(went_on) < expected
+        max(0, end - int(went_on))
+        if went_on is not None and report.get("continued_by") and int(went_on) < end
         else 0
     )
-    return continued, max(0, expected - continued - int(first))
+    return continued, max(0, end - continued - first)
 
 
 def _frames_text(frames: list[int] | None) -> str:

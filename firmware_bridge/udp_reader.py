@@ -147,6 +147,10 @@ class UdpSource:
         self._end_request: str | None = None
         self._refused: str | None = None
         self._beyond_logged = False  # a frame beyond frames_per_run was logged in this run
+        # the open run's last armed frame: frames_per_run - 1, or for an acquisition whose numbers go on
+        # from an earlier one's (counted from its own first frame) that frame + frames_per_run - 1
+        self._armed_last: int | None = None
+        self._paused_armed_last: int | None = None  # the run a silence ended: its last armed frame
         self._drops_at_start = 0  # the socket's kernel drops when the open run started
         # before a run that may continue an earlier one opens: packets of frames at or below that run's
         # last frame, held until it is clear whether they are stragglers of it or a new acquisition
@@ -468,6 +472,7 @@ class UdpSource:
         self._drops_at_start = socket_drops(self._sock) or 0
         self._run_open = True
         self._beyond_logged = False
+        self._armed_last = self.frames_per_run - 1 if self.frames_per_run else None
         height, width = self.geometry.frame_shape
         config: dict[str, Any] = {
             "shape": [width, height],
@@ -479,6 +484,7 @@ class UdpSource:
         }
         resume_above, self.resume_above = self.resume_above, None  # only the daemon's first run
         paused_above, self._paused_above = self._paused_above, None  # only the run right after
+        paused_armed_last, self._paused_armed_last = self._paused_armed_last, None
         self._paused_timestamps = {}  # (its assembler has them: a later straggler is counted late there)
         assembler = None if new_acquisition else self._assembler
         before = resume_above if resume_above is not None else paused_above
@@ -498,6 +504,7 @@ class UdpSource:
                 before,
             )
             config |= {"first_frame": first}
+            self._numbers_go_on(first)
         elif resume_above is not None and assembler is not None:  # (its first accepted packet's frame)
             if first is not None and first > resume_above:
                 assembler.begin_at(first)  # frames before it are the interrupted run's
@@ -510,7 +517,9 @@ class UdpSource:
             else:  # a new acquisition: its frames count from 0, as any run's
                 assembler.begin_at(0)
         elif paused_above is not None and assembler is not None:
-            armed = not self.frames_per_run or (first is not None and first < self.frames_per_run)
+            # (the run before's armed frames: an acquisition whose numbers went on has its own)
+            armed_last = paused_armed_last if paused_armed_last is not None else self.frames_per_run - 1
+            armed = not self.frames_per_run or (first is not None and first <= armed_last)
             if first is not None and first > paused_above and armed:
                 # the detector went on counting after a silence longer than idle_seconds: the same
                 # acquisition, so this run accounts from its first frame and the run before keeps the
@@ -521,7 +530,8 @@ class UdpSource:
                 if (
                     self.frames_per_run
                 ):  # the run before recorded its tail lost: from here on it is this run's
-                    handed = self.frames_per_run - first
+                    self._armed_last = armed_last  # (the same acquisition: the same armed frames)
+                    handed = armed_last + 1 - first
                     self.stats["frames_lost"] = max(0, self.stats["frames_lost"] - handed)
                     lost = self._finished_counters["frames_lost"]
                     self._finished_counters["frames_lost"] = max(0, lost - handed)
@@ -551,8 +561,12 @@ class UdpSource:
                 # one, an outside probe's run recorded 18..29 lost, never sent, and a major alarm)
                 assembler.begin_at(first)
                 config |= {"first_frame": first}
+                self._numbers_go_on(first)
             else:  # restarted at 0 (or a frame the last run had): a new acquisition
                 assembler.begin_at(0)
+        if self._armed_last is not None and self._armed_last != self.frames_per_run - 1:
+            # armed from another frame than 0 (numbers that went on): the run's account counts from there
+            config["armed_from"] = self._armed_last - self.frames_per_run + 1
         self._refused = self.sink.series_start(self._series, config)
         if self._refused is not None:
             self.stats["series_refused"] += 1
@@ -561,10 +575,17 @@ class UdpSource:
         """Whether a run's first frame is more than ``max_frame_jump`` beyond the run before's last."""
         return self.max_frame_jump is not None and first > before + self.max_frame_jump
 
+    def _numbers_go_on(self, first: int) -> None:
+        """The open run is an acquisition whose numbers go on from an earlier one's: armed for
+        ``frames_per_run`` frames from ``first`` (its missing tail is recorded up to there; an outside
+        probe's acquisition armed for 10 from frame 50 that sent 50..54 recorded nothing of 55..59)."""
+        if self.frames_per_run:
+            self._armed_last = first + self.frames_per_run - 1
+
     def _all_arrived(self) -> bool:
         """Whether the open run has seen its last armed frame (``frames_per_run``; unknown: False)."""
         highest = self._assembler.highest_frame if self._assembler is not None else None
-        return bool(self.frames_per_run) and highest is not None and highest >= self.frames_per_run - 1
+        return self._armed_last is not None and highest is not None and highest >= self._armed_last
 
     def _end_run(self, exit_status: str = "success", paused: bool = False) -> None:
         self._owners = {}  # the next acquisition's modules may come from other ports
@@ -578,9 +599,10 @@ class UdpSource:
             return
         highest = assembler.highest_frame
         self._paused_above = highest if paused else None
+        self._paused_armed_last = self._armed_last if paused else None
         self._copy_logged = False
         self._paused_at = self._last_packet if paused else time.monotonic()  # (when the silence began)
-        last = self.frames_per_run - 1 if self.frames_per_run else None
+        last = self._armed_last
         reason = "receiver_stopped" if exit_status == "abort" else "series_end"
         self._handle(assembler.close(expected_last_frame=last, reason=reason))
         self._paused_timestamps = assembler.recent_timestamps() if paused else {}
@@ -619,7 +641,7 @@ class UdpSource:
                 self.sink.lost(event.first, event.last, event.reason, detail)
 
     def _deliver(self, event: FrameAssembled) -> None:
-        if self.frames_per_run and event.frame_number >= self.frames_per_run:
+        if self._armed_last is not None and event.frame_number > self._armed_last:
             self.stats["frames_beyond_armed"] += 1
             if not self._beyond_logged:  # stored all the same: the detector sent more than it was armed for
                 self._beyond_logged = True

@@ -152,3 +152,15 @@ def test_frames_beyond_the_armed_number_are_stored_and_counted(tmp_path: Path) -
     (data_file,) = store.glob("*/*_00000.h5")
     with h5py.File(data_file, "r") as f:
         assert sorted(f["/entry/data/frame_number"][:].tolist()) == list(range(FRAMES))
+    # the run's account takes them in: stored + lost = frames_this_run (an outside probe: 13 stored of
+    # 10 armed, and frames_this_run 10)
+    from edge.ledger import Ledger
+    from edge.where import where_report
+
+    ledger = Ledger(store / "ledger.sqlite")
+    try:
+        report = where_report(ledger, ledger.newest_run(), store=store)
+    finally:
+        ledger.close()
+    assert report["frames_expected"] == 3 and report["frames_stored"] == FRAMES
+    assert report["frames_this_run"] == FRAMES == report["frames_stored"] + report["frames_lost"]

@@ -208,14 +208,16 @@ def test_a_lone_straggler_packet_that_silence_follows_opens_no_run(reader: Any) 
 
 def test_frames_beyond_the_armed_ones_after_a_pause_never_make_the_run_before_lost(reader: Any) -> None:
     """``frames_per_run`` 30, frames 0..29, a pause, then 30..35 (a detector whose numbers go on): a new
-    acquisition, but not one that counts from 0 (it recorded 0..29 lost, stored in the run before)."""
+    acquisition, but not one that counts from 0 (it recorded 0..29 lost, stored in the run before). It
+    is armed for 30 frames from its first: 36..59 never came (``series_end``)."""
     source, sink, send = reader(frames_per_run=30)
     send.frames(range(30))
     _wait(lambda: sink.ended == 1, "the pause ended the first run")
     send.frames(range(30, 36))
     _wait(lambda: sink.ended == 2, "the second run ended")
     frames = _dispositions(sink)
-    assert frames == {n: ["stored"] for n in range(36)}, frames
+    want = {n: ["stored"] for n in range(36)} | {n: ["series_end"] for n in range(36, 60)}
+    assert frames == want, frames
     _identity(source)
 
 
@@ -417,7 +419,8 @@ def test_frames_past_the_armed_number_after_a_pause_are_not_lost_twice(reader: A
     _ended(sink, 2)
     first, second = sink.runs
     assert first["losses"] == [(20, 39, "series_end")]
-    assert second["frames"] == list(range(40, 45)) and second["losses"] == []
+    # (armed for 40 from its own first frame: its tail never came)
+    assert second["frames"] == list(range(40, 45)) and second["losses"] == [(45, 79, "series_end")]
     assert second["config"]["first_frame"] == 40
 
 
@@ -725,7 +728,8 @@ def test_an_acquisition_beyond_the_armed_number_after_a_pause_invents_no_losses(
     """An outside probe, ``frames_per_run`` 10: frames 0..9, a pause, 14..17, a pause, 30..38 (a detector
     whose numbers go on). Each run after a pause began at the run before's last frame + 1 and recorded
     the numbers between (10..13, 18..29) lost, though no packet of them was ever sent: a major alarm for
-    nothing. Each counts from its own first frame."""
+    nothing. Each counts from its own first frame, armed for 10 frames from there: the tails that never
+    came (18..23 of 14..23, 39 of 30..39) are ``series_end``, the numbers between acquisitions nothing."""
     _source, sink, send = reader(frames_per_run=10)
     _send(send, range(10), 1)
     _ended(sink, 1)
@@ -734,7 +738,8 @@ def test_an_acquisition_beyond_the_armed_number_after_a_pause_invents_no_losses(
     _send(send, range(30, 39), 3)
     _ended(sink, 3)
     first, second, third = sink.runs
-    assert first["losses"] == [] and second["losses"] == [] and third["losses"] == [], sink.runs
+    assert first["losses"] == [], sink.runs
+    assert second["losses"] == [(18, 23, "series_end")] and third["losses"] == [(39, 39, "series_end")]
     assert (second["config"]["first_frame"], third["config"]["first_frame"]) == (14, 30)
     assert (second["frames"], third["frames"]) == (list(range(14, 18)), list(range(30, 39)))
 
@@ -755,4 +760,30 @@ def test_a_new_acquisition_without_a_clock_right_after_one_with_timestamps_is_a_
     assert [run["losses"] for run in sink.runs] == [[], []]
     assert source.counters()["series_numbers_restarted"] == 1
     assert source.counters()["assembler"]["packets_duplicate"] == 0
+    _identity(source)
+
+
+def test_an_acquisition_whose_numbers_go_on_is_armed_from_its_own_first_frame(reader: Any) -> None:
+    """An outside sender, ``udp.frames_per_run`` 10: frames 0..3, a pause, 6..9 (the same acquisition
+    going on), a pause, then 50..54: a new acquisition whose numbers go on. Armed for 10 from frame 50,
+    its frames 55..59 never came, and nothing recorded them (the run's account said 10 frames, 5 held).
+    They are its ``series_end`` records; it says where it was armed from (``armed_from``); and a pause in
+    it, then 55..59, goes on in the same acquisition (its frames handed over, none twice)."""
+    source, sink, send = reader(frames_per_run=10)
+    _send(send, range(4), 1)
+    _ended(sink, 1)
+    _send(send, range(6, 10), 1)
+    _ended(sink, 2)
+    _send(send, range(50, 53), 2)
+    _ended(sink, 3)
+    _send(send, range(53, 55), 2)
+    _ended(sink, 4)
+    runs = sink.runs
+    assert [run["frames"] for run in runs] == [[0, 1, 2, 3], [6, 7, 8, 9], [50, 51, 52], [53, 54]]
+    assert runs[2]["config"]["first_frame"] == 50 and runs[2]["config"]["armed_from"] == 50
+    assert runs[3]["config"]["resumed_after_pause"] and runs[3]["config"]["armed_from"] == 50
+    assert (53, 59, "series_end") in runs[2]["losses"]  # handed over to the run going on (the recorder)
+    assert runs[3]["losses"] == [(55, 59, "series_end")]
+    assert source.counters().get("frames_beyond_armed", 0) == 0
+    assert source.counters()["frames_handed_over"] == 4 + 7  # 6..9, then 53..59
     _identity(source)
