@@ -43,6 +43,7 @@ from edge.recovery import (
     paused_udp_run,
     recover,
     resume_interrupted,
+    udp_armed_last,
     udp_series_before,
     was_interrupted,
 )
@@ -879,6 +880,7 @@ class Appliance:
                     resume_above=interrupted[1] if interrupted is not None else None,
                     paused_above=paused[1] if paused is not None else None,
                     series_before=udp_series_before(self.ledger),
+                    armed_last_before=udp_armed_last((interrupted or paused or ({},))[0]),
                 )
             except OSError as error:  # the port taken, or a host that does not resolve: name the setting
                 raise ConfigError(

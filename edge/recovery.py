@@ -69,14 +69,14 @@ def _missing_ranges(expected: int, covered: list[tuple[int, int]]) -> list[tuple
 def _own_first_frame(run: dict[str, Any]) -> int:
     """The first frame a run accounts for: a run resumed after a restart, or a UDP run going on after a
     pause, starts at its ``first_frame`` (the frames before it belong to the run it continues, stored
-    or lost there); any other run at 0."""
+    or lost there), and so does a UDP acquisition whose numbers went on from an earlier one's (the
+    numbers before it are no frame of its; one going on after a pause recorded 0..49 lost there); any
+    other run at 0."""
     try:
         config = json.loads(run.get("config") or "{}")
     except (TypeError, ValueError):
         return 0
-    if not isinstance(config, dict) or not (
-        config.get("resumed_after_restart") or config.get("resumed_after_pause")
-    ):
+    if not isinstance(config, dict):
         return 0
     first = config.get("first_frame")
     return first if isinstance(first, int) and not isinstance(first, bool) and first > 0 else 0
@@ -512,6 +512,20 @@ def _highest_stored(ledger: Any, run_uid: str) -> int:
     return max([0, *(int(f["last_frame"]) for f in data)])
 
 
+def udp_armed_last(run: dict[str, Any]) -> int | None:
+    """A UDP run's last armed frame: ``armed_from`` (its config; 0 when not there) + ``frames_expected``
+    - 1, or None when its length is unknown."""
+    expected = run.get("frames_expected")
+    if not isinstance(expected, int) or expected <= 0:
+        return None
+    try:
+        armed_from = json.loads(run.get("config") or "{}").get("armed_from", 0)
+    except (TypeError, ValueError, AttributeError):
+        armed_from = 0
+    armed_from = armed_from if isinstance(armed_from, int) and not isinstance(armed_from, bool) else 0
+    return armed_from + expected - 1
+
+
 def paused_udp_run(ledger: Any) -> tuple[dict[str, Any], int] | None:
     """The UDP run that silence ended before this daemon started, and the highest frame it stored: the
     daemon's first UDP run continues it when its first frame comes after those (and below the armed
@@ -523,8 +537,8 @@ def paused_udp_run(ledger: Any) -> tuple[dict[str, Any], int] | None:
     if newest is None or newest["ended_at"] is None or newest["exit_status"] != "success":
         return None
     highest = _highest_stored(ledger, newest["run_uid"])
-    expected = newest.get("frames_expected")
-    if expected is not None and highest >= int(expected) - 1:
+    last = udp_armed_last(newest)
+    if last is not None and highest >= last:
         return None  # every armed frame came: what follows is a new acquisition
     return newest, highest
 

@@ -100,8 +100,12 @@ class UdpSource:
         resume_above: int | None = None,
         paused_above: int | None = None,
         series_before: int = 0,
+        armed_last_before: int | None = None,
     ) -> None:
         self.geometry = geometry
+        # the last armed frame of that run (``resume_above``'s or ``paused_above``'s), when it was armed
+        # from another frame than 0 (an acquisition whose numbers went on: ``armed_from`` in its config)
+        self._armed_last_before = armed_last_before
         # the daemon restarted in the middle of a UDP acquisition (its newest run was cut short, by a
         # crash or a stop, its frames up to this one stored): a first run whose first frame comes after
         # it continues that acquisition, "resumed after restart" from that frame (None: no such run)
@@ -150,7 +154,8 @@ class UdpSource:
         # the open run's last armed frame: frames_per_run - 1, or for an acquisition whose numbers go on
         # from an earlier one's (counted from its own first frame) that frame + frames_per_run - 1
         self._armed_last: int | None = None
-        self._paused_armed_last: int | None = None  # the run a silence ended: its last armed frame
+        # the run a silence ended (or the ledger's, before a restart): its last armed frame
+        self._paused_armed_last: int | None = armed_last_before if paused_above is not None else None
         self._drops_at_start = 0  # the socket's kernel drops when the open run started
         # before a run that may continue an earlier one opens: packets of frames at or below that run's
         # last frame, held until it is clear whether they are stragglers of it or a new acquisition
@@ -514,6 +519,8 @@ class UdpSource:
                     first,
                 )
                 config |= {"resumed_after_restart": True, "first_frame": first}
+                if self.frames_per_run and self._armed_last_before is not None:
+                    self._armed_last = self._armed_last_before  # (the same acquisition, the same frames)
             else:  # a new acquisition: its frames count from 0, as any run's
                 assembler.begin_at(0)
         elif paused_above is not None and assembler is not None:

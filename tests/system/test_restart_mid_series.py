@@ -500,6 +500,87 @@ def test_a_udp_acquisition_that_pauses_across_a_daemon_restart_goes_on_in_a_link
         assert status["receiver"].get("frames_lost", 0) == len(lost_b)
 
 
+def test_an_acquisition_whose_numbers_went_on_goes_on_across_a_restart_in_its_pause(tmp_path: Path) -> None:
+    """``udp.frames_per_run`` 20: frames 0..19 (a whole acquisition), then 50..54 (a new acquisition whose
+    numbers go on, armed for 50..69), silence, a daemon kill -9 and restart in it, then 55..69. The
+    restarted daemon knew the armed frames only as 0..19: the first run after it was another new
+    acquisition, and 55..69 were both its frames and the run before's ``series_end`` records. From the
+    ledger (``armed_from``) it goes on in the same acquisition: each frame one disposition."""
+    from test_stray_frame_numbers import GRID_COLS, MODULE_COLS, MODULE_ROWS, PAYLOAD_BYTES, udp_frame
+
+    udp_port = free_port()
+    stack = EdgeStack(
+        tmp_path,
+        [
+            'stream.transport="udp"',
+            f"udp.port={udp_port}",
+            "udp.frames_per_run=20",
+            f"udp.module_rows={MODULE_ROWS}",
+            f"udp.module_cols={MODULE_COLS}",
+            "udp.grid_rows=1",
+            f"udp.grid_cols={GRID_COLS}",
+            f"udp.payload_bytes={PAYLOAD_BYTES}",
+            "udp.idle_seconds=0.5",
+            "store.frames_per_file=10",
+            'reduction.mode="raw"',
+        ],
+    )
+
+    def send(frames: range) -> None:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sender:
+            before = stack.status()["receiver"].get("frames_received", 0)
+            for frame in frames:
+                for datagram in udp_frame(frame):
+                    sender.sendto(datagram, ("127.0.0.1", udp_port))
+                target = before + frame - frames.start + 1
+                wait_for(
+                    lambda n=target: stack.status()["receiver"].get("frames_received", 0) >= n,
+                    10,
+                    f"frame {frame} received",
+                    interval=0.01,
+                )
+
+    def ended(count: int) -> list[dict[str, Any]]:
+        return wait_for(
+            lambda: len(runs := _runs(stack)) == count and all(r["ended_at"] for r in runs) and runs,
+            60,
+            f"{count} runs ended",
+        )
+
+    try:
+        daemon = stack.start_daemon()
+        send(range(0, 20))
+        ended(1)
+        send(range(50, 55))
+        ended(2)
+        daemon.send_signal(signal.SIGKILL)
+        daemon.wait(20)
+        stack.procs.remove(daemon)
+        stack.start_daemon()  # during the pause
+        send(range(55, 70))
+        uids = [r["run_uid"] for r in ended(3)]
+        runs = [stack.run(uid) for uid in uids]
+    finally:
+        stack.stop_all()
+
+    configs = [_config(run) for run in runs]
+    assert configs[1]["armed_from"] == 50 and configs[1]["first_frame"] == 50
+    assert configs[2]["resumed_after_pause"] is True and configs[2]["resumes_run"] == uids[1]
+    assert configs[2]["first_frame"] == 55 and configs[2]["armed_from"] == 50
+    parts = [
+        part
+        for run, uid in zip(runs, uids, strict=True)
+        for part in (_stored_frames(stack, uid), _lost_frames(run))
+    ]
+    for i, a in enumerate(parts):
+        for b in parts[i + 1 :]:
+            assert not a & b, [
+                [(x["first_frame"], x["last_frame"], x["reason"], x["detail"][:150]) for x in run["losses"]]
+                for run in runs
+            ]
+    assert set().union(*parts) == set(range(20)) | set(range(50, 70)), [run["losses"] for run in runs]
+
+
 def test_a_series_of_known_length_killed_twice_accounts_every_frame_once(tmp_path: Path) -> None:
     """An outside chaos probe: a JSON series of 300 frames, the daemon killed (-9) twice, the second
     time in the run resumed after the first. The resumed run had no length of its own (it saw no header),
