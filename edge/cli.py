@@ -617,6 +617,21 @@ def _carrier(settings: Settings, ioc: bool) -> tuple[str, str]:
     return settings.stream.format, f"stream.format = {settings.stream.format!r}"
 
 
+def _json_refusal(args: argparse.Namespace, message: str) -> None:
+    """With ``--json``, a command refused before it ran still prints one JSON object on stdout, saying
+    why (a script reading it found nothing: an outside probe's ``edge sim --reorder ... --json``)."""
+    if not getattr(args, "json", False):
+        return
+    import json
+
+    answer: dict[str, Any] = {"error": message, "run_uid": None}
+    if args.command == "where":
+        answer["asked"] = args.run
+    elif args.command in ("sim", "demo"):
+        answer["frames_sent"] = None
+    print(json.dumps(answer), flush=True)
+
+
 def sim_refusal(settings: Settings, ioc: bool = False, demo: bool = False) -> str | None:
     """Why the simulator cannot send what the settings ask for, or None.
 
@@ -962,6 +977,7 @@ def main(argv: list[str] | None = None) -> int:
         settings = _settings(args, extra)
     except ConfigError as error:
         print(f"edge: {_named_flags(str(error), args)}", file=sys.stderr)
+        _json_refusal(args, _named_flags(str(error), args))
         return 2
     log_setup = configure_logging(settings.log.level, settings.log.format)
     if args.command == "run":
@@ -980,12 +996,14 @@ def main(argv: list[str] | None = None) -> int:
         problem = sim_refusal(settings, ioc=args.ioc)
         if problem:
             print(f"edge sim: {problem}", file=sys.stderr)
+            _json_refusal(args, problem)
             return 2
         try:
             return _run_sim(settings, args)
         except (zmq.ZMQError, OSError) as error:  # a taken endpoint or port: one line, exit 2
             hint = "; another simulator or sender has it" if error.errno == errno.EADDRINUSE else ""
             print(f"edge sim: cannot send: {error}{hint}", file=sys.stderr)
+            _json_refusal(args, f"cannot send: {error}{hint}")
             return 2
     if args.command == "pull":
         return _run_pull(settings)

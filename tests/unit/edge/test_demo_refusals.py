@@ -127,3 +127,30 @@ def test_a_demo_whose_daemon_refuses_to_start_says_the_daemons_reason(tmp_path: 
         "daemon exited unexpectedly (status 2): cannot start: another daemon"
     ), answer
     assert "serves the ledger" in answer["error"]
+
+
+@pytest.mark.parametrize(
+    ("argv", "says"),
+    [
+        (["sim", "--frames", "5", "--reorder", "0.1", "--json"], "not a fault"),
+        (["sim", "--json", "--set", "udp.port=-1"], "udp.port = -1"),
+        (["demo", "--json", "--set", "udp.port=-1"], "udp.port = -1"),
+        (["where", "x", "--json", "--set", "udp.port=-1"], "udp.port = -1"),
+    ],
+)
+def test_a_command_refused_before_it_ran_still_prints_one_json_object(
+    tmp_path: Path, argv: list[str], says: str
+) -> None:
+    """An outside technician: ``edge sim --reorder 0.1 --json`` on the JSON stream was refused with a
+    line on stderr and nothing on stdout (a script parsing it got empty input); a bad setting did the
+    same for sim, demo and where."""
+    extra = ["--workdir", str(tmp_path)] if argv[0] == "demo" else []
+    result = subprocess.run(
+        [sys.executable, "-m", "edge", *argv, *extra], capture_output=True, text=True, timeout=60, cwd=ROOT
+    )
+    assert result.returncode == 2, result.stderr[-2000:]
+    lines = result.stdout.strip().splitlines()
+    assert len(lines) == 1, result.stdout
+    answer = json.loads(lines[0])
+    assert says in answer["error"] and answer["run_uid"] is None, answer
+    assert says in result.stderr  # (and said where a person looks)
