@@ -599,6 +599,7 @@ class TomoStage(_CorrectedStage):
             "darks": self.darks,
             "flats": self.flats,
             "darks_and_flats_incomplete": self.incomplete_left_out,  # stored, not in the means
+            **angle_gaps(angles),
             "flat_field": self.flat_field(),
             **({} if self.earlier is None else self.earlier.record()),
         }
@@ -665,6 +666,27 @@ class TomoStage(_CorrectedStage):
             "flats": self.flats,
             "slices_done": self.slices_done,
         }
+
+
+#: a step between neighbouring projection angles this many times the scan's usual step is a gap
+GAP_STEPS = 1.5
+
+
+def angle_gaps(angles: np.ndarray) -> dict[str, Any]:
+    """How evenly the projections cover the scan: the usual step between neighbouring angles (the
+    median, degrees), the widest step, and how many steps are wider than `GAP_STEPS` usual ones (the
+    projections a crash or a lost frame took away: an outside probe found a 7 degree hole in a resumed
+    scan only by reading every angle)."""
+    ordered = np.unique(np.asarray(angles, np.float64)[np.isfinite(angles)])
+    if ordered.size < 3:
+        return {}
+    steps = np.diff(ordered)
+    usual = float(np.median(steps))
+    return {
+        "angle_step": usual,
+        "largest_angle_step": float(steps.max()),
+        "angle_gaps": int(np.count_nonzero(steps > GAP_STEPS * usual)),
+    }
 
 
 def _virtual_subset(group: h5py.Group, name: str, source: h5py.Dataset, indices: np.ndarray) -> None:

@@ -170,3 +170,15 @@ def test_projections_of_an_epics_driven_scan_take_the_angles_given_and_are_recon
     products = stage.finish()
     assert products["projections_angle_given"] == 3 and products["slices"].shape[0] == 1
     np.testing.assert_array_equal(products["rotation_angle"], [10.0, 12.5, 90.0, 15.0])
+    # the hole between 15 and 90 degrees is said (an outside probe found one only by reading every angle)
+    assert (products["angle_step"], products["largest_angle_step"], products["angle_gaps"]) == (2.5, 75.0, 1)
+
+
+def test_angle_gaps_of_an_even_scan_and_of_one_with_holes() -> None:
+    from edge.modes._tomo import angle_gaps
+
+    even = np.linspace(0.0, 179.0, 180)
+    assert angle_gaps(even) == {"angle_step": 1.0, "largest_angle_step": 1.0, "angle_gaps": 0}
+    holed = np.delete(even, [*range(52, 59), 100])  # 7 projections lost at 52..58, one at 100
+    assert angle_gaps(holed) == {"angle_step": 1.0, "largest_angle_step": 8.0, "angle_gaps": 2}
+    assert angle_gaps(np.array([5.0, np.nan])) == {}  # too few to say
