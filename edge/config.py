@@ -595,8 +595,9 @@ class StoreSettings(_Section):
         2.0,
         gt=0,
         le=86_400.0,
-        description="a data file open this long is finished at the next pause in the stream (0.1 s without"
-        " a frame); while frames keep coming it is finished at store.frames_per_file",
+        description="a data file open this long is finished at the next pause in its frames (0.1 s without"
+        " one: of the whole stream, or of the file's own, such as serial's hits among blanks); while its"
+        " frames keep coming it is finished at store.frames_per_file",
     )
     reduced_file_seconds: float = Field(
         10.0,

@@ -486,6 +486,7 @@ class Pipeline:
             if time.monotonic() - ticked >= 1.0:  # frames keep coming: what a full disk held back
                 ticked = time.monotonic()
                 self._retry_held()
+                self._tick_streams()
             try:
                 work = self._work.get(timeout=0.1)
             except queue.Empty:
@@ -515,6 +516,18 @@ class Pipeline:
         """Once the disk has room again, write what it held back (ledger records, files, documents)."""
         if self.disk is not None and not self.disk.check():
             self.recorder.retry_pending()
+
+    #: a stream of a run's files (serial's hits, its blanks) with no frame this long while others keep
+    #: coming is pausing on its own: its file open longer than store.file_seconds is finished then
+    STREAM_QUIET_SECONDS = 0.1
+
+    def _tick_streams(self) -> None:
+        if self._store is not None:
+            try:
+                self._store.tick(quiet=self.STREAM_QUIET_SECONDS)
+            except Exception:  # a file that cannot be closed must not stop the pipeline
+                log.exception("closing a rollover file failed")
+                self.stats["file_close_errors"] += 1
 
     def _tick(self) -> None:
         self._retry_held()

@@ -101,6 +101,7 @@ class RunStore:
         self.frames_given_up = 0
         self._current: dict[str, RunFileWriter] = {}
         self._indices: dict[str, int] = {}
+        self._written_at: dict[str, float] = {}  # each stream's newest frame written (monotonic)
         # with a ``closer``, full files are finished there, in order, while the next one fills; a file
         # that cannot be finished goes to ``on_close_failed`` with its frames (without one, it raises)
         self._closer = closer
@@ -148,6 +149,7 @@ class RunStore:
             self._current[stream] = current
         current.write(frame, chunk, products, flags)
         self.frames_written += 1
+        self._written_at[stream] = time.monotonic()
         if len(current) >= self.frames_per_file:
             self.roll(stream)
 
@@ -160,11 +162,18 @@ class RunStore:
         """Frames written into the files open now (every stream's)."""
         return sum(len(current) for current in self._current.values())
 
-    def tick(self) -> None:
-        """Close each open file that has been open longer than ``file_seconds``."""
+    def tick(self, quiet: float = 0.0) -> None:
+        """Close each open file that has been open longer than ``file_seconds`` and has had no frame
+        for ``quiet`` seconds (0: the stream as a whole pauses now). With ``quiet``, while frames keep
+        coming: a stream that pauses on its own (serial's hits among blanks) has its file finished, as
+        a pause of the whole stream would (a crash took every hit of the last 100, ~17 s of them, with
+        the open hit file, an outside probe)."""
         now = time.monotonic()
         for stream, current in list(self._current.items()):
-            if now - current.opened_at >= self.file_seconds:
+            if (
+                now - current.opened_at >= self.file_seconds
+                and now - self._written_at.get(stream, 0.0) >= quiet
+            ):
                 self.roll(stream)
 
     def roll(self, stream: str | None = None) -> None:

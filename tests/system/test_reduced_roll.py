@@ -72,3 +72,52 @@ def test_rows_waiting_for_their_data_file_close_it_early_beyond_the_limit(
         with h5py.File(path, "r") as f:
             rows += [int(x) for x in f["/entry/frames/frame_number"][:]]
     assert sorted(rows) == list(range(n))
+
+
+def test_a_hits_file_is_finished_by_time_while_blanks_keep_coming(tmp_path: Path) -> None:
+    """Serial, blanks dropped: an outside probe's hits file took ~17 s to fill its 100 frames, because
+    ``store.file_seconds`` finished a file only when the whole stream paused (blanks kept it going), and a
+    crash took all of those hits. A stream quiet on its own (no hit for 0.1 s) has its file finished once
+    it is ``file_seconds`` old, while the series goes on."""
+    import time
+
+    rng = np.random.default_rng(4)
+    shape = (48, 48)
+
+    def frame(hit: bool) -> bytes:
+        image = rng.poisson(10.0, shape).astype(np.uint16)
+        if hit:
+            for r, c in ((12, 12), (30, 34), (20, 40)):
+                image[r - 1 : r + 2, c - 1 : c + 2] += 400
+        return image.tobytes()
+
+    overrides = (
+        'reduction.mode="serial"',
+        'reduction.backend="numpy"',
+        "reduction.serial.min_peaks=2",
+        'store.blanks="drop"',
+        "store.frames_per_file=1000",
+        "store.file_seconds=0.5",
+    )
+    with in_process_appliance(tmp_path, shape, *overrides) as (appliance, push, _s):
+        push.send_multipart(encode_series_start(1, shape, "uint16", run_uid="hits", frames_expected=400))
+        directory = tmp_path / "store" / "hits"
+        first = directory / "hits_00000.h5"
+        sent = 0
+        deadline = time.monotonic() + 20
+        while not first.exists() and time.monotonic() < deadline and sent < 399:
+            push.send_multipart(encode_image(1, sent, shape, "uint16", frame(sent % 5 == 0)))
+            sent += 1
+            time.sleep(0.025)  # 40 frames/s: never a pause of the whole stream
+        assert first.exists(), f"no hits file finished after {sent} frames"
+        assert appliance.view.run("hits")["exit_status"] is None  # the series goes on
+        for n in range(sent, 400):
+            push.send_multipart(encode_image(1, n, shape, "uint16", frame(n % 5 == 0)))
+        push.send_multipart(encode_series_end(1))
+        run = wait_for(
+            lambda: (r := appliance.view.run("hits")).get("exit_status") and r, 30, "the run's end"
+        )
+    totals = run["totals"]
+    assert totals["frames_stored"] == 80 and totals["frames_vetoed"] == 320 and totals["frames_lost"] == 0, (
+        totals
+    )

@@ -216,3 +216,28 @@ def test_a_file_given_up_on_a_full_disk_is_set_aside_in_a_quarantine_made_while_
         clean.write(0, compress_chunk(np.zeros(SHAPE, np.uint16)), {})
         clean.close()
     assert not (tmp_path / "quarantine" / "run-2").exists()
+
+
+def test_a_stream_that_pauses_on_its_own_has_its_old_file_finished_while_others_go_on(tmp_path: Path) -> None:
+    """An outside probe (serial, blanks dropped, 20 frames/s, hits 0.3): the hits file filled to 100
+    frames over ~17 s, and a crash took every hit of it, quarantined with the open file. ``file_seconds``
+    finished files only at a pause of the whole stream, never while blanks kept coming. A stream quiet
+    for ``quiet`` seconds has its file finished once it is ``file_seconds`` old; a stream that keeps
+    getting frames is not cut."""
+    import time
+
+    closed: list[str] = []
+    store = RunStore(
+        tmp_path, "run-3", SHAPE, "uint16", 100, 0.2, RAW, lambda item: closed.append(item.path.name)
+    )
+    chunk = compress_chunk(np.zeros(SHAPE, np.uint16))
+    store.write(0, chunk, {}, stream="hits")
+    store.write(1, chunk, {}, stream="data")
+    time.sleep(0.25)
+    store.write(2, chunk, {}, stream="data")  # the other stream goes on
+    store.tick(quiet=0.1)
+    assert closed == ["run-3_hits_00000.h5"]  # the quiet one, old enough; "data" had a frame just now
+    time.sleep(0.15)
+    store.tick(quiet=0.1)
+    assert closed == ["run-3_hits_00000.h5", "run-3_00000.h5"]
+    store.close()
