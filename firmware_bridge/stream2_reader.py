@@ -31,7 +31,13 @@ from firmware_bridge.stream2_codec import (
     Stream2Start,
 )
 from firmware_bridge.stream_codec import MAX_FRAMES_EXPECTED
-from firmware_bridge.zmq_reader import REORDER_FRAMES, REORDER_SECONDS, ZmqStreamSource, no_slot_detail
+from firmware_bridge.zmq_reader import (
+    MAX_ERRORS_BEFORE_RUN,
+    REORDER_FRAMES,
+    REORDER_SECONDS,
+    ZmqStreamSource,
+    no_slot_detail,
+)
 
 log = logging.getLogger(__name__)
 
@@ -128,6 +134,10 @@ class Stream2Source(ZmqStreamSource):
         self.channel = channel  # '' = the first channel the start message announces
         self._channel: str | None = None
         self._pending: Stream2Start | None = None  # a start whose dtype the first image will tell
+        # images of that series the codec rejected before its run opened (its first, of channels of two
+        # dtypes): recorded in the run once it opens (they went to no run, an outside probe's run of
+        # 3 frames "2 stored, 0 lost, success")
+        self._rejected_pending: list[tuple[int, str, str]] = []
 
     def counters(self) -> dict[str, Any]:
         counters = super().counters()
@@ -264,6 +274,18 @@ class Stream2Source(ZmqStreamSource):
         if self._refused is None and wanted not in start.channels:
             self._refused = f"stream.channel {wanted!r} is not among {list(start.channels)}"
         self._series_refused(start.series)
+        held, self._rejected_pending = self._rejected_pending, []
+        for frame, reason, detail in held:
+            if self._note_rejected(frame):
+                self.sink.lost(frame, frame, reason, detail)
+
+    def _image_rejected(self, series: int | None, frame: int, reason: str, detail: str) -> None:
+        if self._pending is not None and series is not None and series == self._series:
+            if len(self._rejected_pending) < MAX_ERRORS_BEFORE_RUN:
+                self._rejected_pending.append((frame, reason, detail))
+                return
+            self._open(self._pending, ASSUMED_DTYPE, assumed=True)  # (that many: the run opens now)
+        super()._image_rejected(series, frame, reason, detail)
 
     def _end_series(self, reason: str, exit_status: str = "success") -> None:
         if self._pending is not None:  # announced no dtype and no image told it: the run is still recorded

@@ -740,3 +740,60 @@ def test_noise_between_and_inside_whole_series_changes_no_series(case: _Case) ->
     assert sink.ends == [(series, "success") for series in ids], sink.ends
     assert sink.published == [f for n in lengths for f in range(n)], sink.published
     assert sink.losses == [] and len(sink.configs) == len(ids)
+
+
+class _RunSink(Sink):
+    """A sink that records no loss before a run has started (the ledger's loss would name no run)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.outside: list[tuple[int, int, str]] = []
+
+    def lost(self, first: int, last: int, reason: str, detail: str = "") -> None:
+        if not self.configs:
+            self.outside.append((first, last, reason))
+        super().lost(first, last, reason, detail)
+
+
+def test_a_rejected_first_image_of_a_start_naming_no_dtype_is_a_loss_of_its_run() -> None:
+    """An outside probe: a start naming no dtype, then image 0 with channels of two dtypes (the codec's
+    ``bad_dtype``), then good images. The run opens at its first good image, so the rejected image's
+    loss was recorded before any run (run uid NULL in the ledger): the run said "2 stored, 0 lost" of
+    3, and ``success``. It is now held until the run opens, and recorded in it."""
+    start, *images, end = _messages("stream2_bslz4_u16_2ch.bin")
+    fields = dict(cbor2.loads(start))
+    del fields["image_dtype"]
+    first = dict(cbor2.loads(images[0]))
+    shape = list(first["data"]["threshold_2"].value[0])
+    first["data"] = {
+        **first["data"],
+        "threshold_2": cbor2.CBORTag(40, [shape, cbor2.CBORTag(70, bytes(4 * shape[0] * shape[1]))]),
+    }
+
+    sink = _RunSink()
+    replay([cbor2.dumps(fields), cbor2.dumps(first), *images[1:], end], sink)
+    assert len(sink.configs) == 1 and sink.configs[0]["type"] == "uint16"
+    assert sink.losses == [(0, 0, "stream2_bad_dtype")] and sink.outside == []
+    assert sorted(sink.published) == [1, 2, 3] and sink.ends == [(7, "success")]
+
+
+def test_a_series_naming_no_dtype_whose_every_image_is_rejected_still_accounts_them() -> None:
+    """The same, with every image of mixed dtypes: the series ended with its run opened at the end (the
+    dtype assumed), and its images' losses in that run (it said 0 stored, 0 lost, success)."""
+    start, *images, end = _messages("stream2_bslz4_u16_2ch.bin")
+    fields = dict(cbor2.loads(start))
+    del fields["image_dtype"]
+    mixed = []
+    for message in images:
+        image = dict(cbor2.loads(message))
+        shape = list(image["data"]["threshold_2"].value[0])
+        image["data"] = {
+            **image["data"],
+            "threshold_2": cbor2.CBORTag(40, [shape, cbor2.CBORTag(70, bytes(4 * shape[0] * shape[1]))]),
+        }
+        mixed.append(cbor2.dumps(image))
+    sink = _RunSink()
+    replay([cbor2.dumps(fields), *mixed, end], sink)
+    assert len(sink.configs) == 1
+    assert sorted(sink.losses) == [(n, n, "stream2_bad_dtype") for n in range(4)] and sink.outside == []
+    assert sink.published == []
