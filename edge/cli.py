@@ -265,36 +265,40 @@ def _run_daemon(
     from edge.daemon_lock import DaemonLock, StoreLock
 
     lock = DaemonLock(settings.ledger_path)  # held until the process ends: `edge where` sees it running
-    try:
-        acquired = lock.acquire()
-    except OSError as error:  # the store's directory is a file, unwritable, on a missing mount, ...
-        log.error("cannot start: the ledger's directory %s cannot be used: %s", lock.path.parent, error)
-        return 2
-    if not acquired:  # its recovery would end the other's open runs and move its open files
-        log.error(
-            "cannot start: another daemon (pid %s) serves the ledger %s; stop it first (%s holds the lock)",
-            lock.holder(),
-            settings.ledger_path,
-            lock.path,
-        )
-        return 2
     # and one daemon per store, whatever ledger each names: a second one's recovery moved the first's
     # open file to quarantine (its frames lost), and both would write the store's reduction.json
     store_lock = StoreLock(settings.store.path)
-    try:
-        acquired = store_lock.acquire()
-    except OSError as error:
-        log.error("cannot start: the store %s cannot be used: %s", settings.store.path, error)
+
+    def refused(held: Any) -> int:
+        if held is lock:  # its recovery would end the other's open runs and move its open files
+            log.error(
+                "cannot start: another daemon (pid %s) serves the ledger %s; stop it first (%s holds the"
+                " lock)",
+                lock.holder(),
+                settings.ledger_path,
+                lock.path,
+            )
+        else:
+            log.error(
+                "cannot start: another daemon (pid %s) uses the store %s, with another ledger; stop it"
+                " first (%s holds the lock)",
+                store_lock.holder(),
+                settings.store.path,
+                store_lock.path,
+            )
         return 2
-    if not acquired:
-        log.error(
-            "cannot start: another daemon (pid %s) uses the store %s, with another ledger; stop it first"
-            " (%s holds the lock)",
-            store_lock.holder(),
-            settings.store.path,
-            store_lock.path,
-        )
-        return 2
+
+    for held in (lock, store_lock):  # both looked at before either is made: a refusal touches nothing
+        if held.held_elsewhere():
+            return refused(held)
+    for held, what in ((lock, "the ledger's directory"), (store_lock, "the store")):
+        try:
+            acquired = held.acquire()
+        except OSError as error:  # the store's directory is a file, unwritable, on a missing mount, ...
+            log.error("cannot start: %s %s cannot be used: %s", what, held.path.parent, error)
+            return 2
+        if not acquired:  # (taken between the look and now)
+            return refused(held)
     try:
         appliance = Appliance(settings)
     except (ConfigError, OSError) as error:  # bad keys, an unwritable store, a damaged ledger: say so, exit

@@ -18,7 +18,10 @@ __all__ = ["DaemonLock", "PidLock", "StoreLock", "daemon_running"]
 
 
 def _lock_path(ledger_path: Path) -> Path:
-    return ledger_path.with_name(ledger_path.name + ".daemon")
+    # beside the ledger file itself: a symbolic link to a ledger named another lock, and a second daemon
+    # served the first's ledger (an outside probe)
+    real = ledger_path.resolve()
+    return real.with_name(real.name + ".daemon")
 
 
 class PidLock:
@@ -43,6 +46,23 @@ class PidLock:
         self._fd = fd
         return True
 
+    def held_elsewhere(self) -> bool:
+        """Whether another process holds the lock now; creates nothing (a refused start touches no
+        file)."""
+        try:
+            fd = os.open(self.path, os.O_RDONLY)
+        except OSError:  # no lock file (or none that can be read): nobody holds it
+            return False
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except OSError:
+            return True
+        else:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            return False
+        finally:
+            os.close(fd)
+
     def holder(self) -> str:
         """The pid the lock file names (the daemon holding it), or "?" when it cannot be read."""
         try:
@@ -66,20 +86,7 @@ class DaemonLock(PidLock):
 
 def daemon_running(ledger_path: Path) -> bool:
     """True while some process (another than the caller) holds the daemon lock of this ledger."""
-    path = _lock_path(ledger_path)
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except FileNotFoundError:
-        return False
-    try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-    except OSError:
-        return True
-    else:
-        fcntl.flock(fd, fcntl.LOCK_UN)
-        return False
-    finally:
-        os.close(fd)
+    return DaemonLock(ledger_path).held_elsewhere()
 
 
 class StoreLock(PidLock):
@@ -87,4 +94,4 @@ class StoreLock(PidLock):
     when two name different ledgers (``ledger.path``)."""
 
     def __init__(self, store: Path) -> None:
-        super().__init__(store / ".daemon")
+        super().__init__(store.resolve() / ".daemon")

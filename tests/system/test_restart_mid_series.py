@@ -258,7 +258,7 @@ def _lost_frames(run: dict[str, Any]) -> set[int]:
     return lost
 
 
-@pytest.mark.parametrize("ledger", ["the same", "another"])
+@pytest.mark.parametrize("ledger", ["the same", "another", "a link to it"])
 def test_a_second_daemon_on_the_same_store_refuses_to_start(tmp_path: Path, ledger: str) -> None:
     """``edge run`` twice on one store: the second exits 2 naming the first's pid, before touching the
     store (its crash recovery would end the first's open run and move its open files away). Also when
@@ -272,13 +272,23 @@ def test_a_second_daemon_on_the_same_store_refuses_to_start(tmp_path: Path, ledg
         first = stack.start_daemon()
         sim = stack.start("sim", "--frames", "0", stdout=subprocess.DEVNULL)
         wait_for(lambda: stack.status()["receiver"].get("frames_received", 0) >= 10, 60, "frames arriving")
-        other = [] if ledger == "the same" else ["--set", f'ledger.path="{tmp_path / "other.sqlite"}"']
+        other: list[str] = []
+        if ledger == "another":
+            other = ["--set", f'ledger.path="{tmp_path / "other.sqlite"}"']
+        elif (
+            ledger == "a link to it"
+        ):  # (and another store: a probe's second daemon served the first's ledger)
+            (tmp_path / "link.sqlite").symlink_to(stack.store / "ledger.sqlite")
+            other = ["--set", f'ledger.path="{tmp_path / "link.sqlite"}"']
+            other += ["--set", f'store.path="{tmp_path / "store-b"}"']
         second = stack.start("run", *other, stderr=subprocess.PIPE)
         _, err = second.communicate(timeout=60)
         assert second.returncode == 2, err
         assert f"another daemon (pid {first.pid})" in err, err
-        if other:
-            assert "uses the store" in err and not (tmp_path / "other.sqlite").exists(), err
+        if ledger == "another":  # refused before it made anything (its ledger, its lock file)
+            assert "uses the store" in err and not list(tmp_path.glob("other.sqlite*")), err
+        if ledger == "a link to it":
+            assert "serves the ledger" in err and not (tmp_path / "store-b").exists(), err
         (run,) = _runs(stack)
         assert run["ended_at"] is None  # the first daemon's run goes on, untouched
         received = stack.status()["receiver"]["frames_received"]
