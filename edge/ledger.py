@@ -302,7 +302,9 @@ class Ledger:
                 raise ConfigError(
                     f"the ledger {path} cannot be read by this user: {error}. Its write-ahead log"
                     f" ({wal.name}) holds records not yet in the ledger file, and SQLite reads it only"
-                    " where it may make the shared-memory file beside it: run this as the daemon's user"
+                    " where it may make the shared-memory file beside it: run this as the daemon's user,"
+                    f" or, on a read-only mount, copy {path.name} and {wal.name} to a directory you may"
+                    " write and give it --set ledger.path=<the copy>"
                 ) from error
             first = error
         try:

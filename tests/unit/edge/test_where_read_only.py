@@ -104,3 +104,48 @@ def test_a_read_only_ledger_refuses_to_write_and_an_older_schema_is_said(tmp_pat
     db.close()
     with pytest.raises(ConfigError, match=r"schema version 3.*cannot be brought up to date read-only"):
         Ledger(path, read_only=True)
+
+
+def test_a_write_ahead_log_without_its_shared_memory_file_on_a_read_only_mount_says_what_to_do(
+    read_only_view: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """A store copied after a kill -9 (the write-ahead log kept, its ``-shm`` not) and mounted read-only:
+    SQLite cannot read it there, and the advice was only "run this as the daemon's user", which a
+    read-only mount refuses too. It says to copy the two files somewhere writable; that copy reads."""
+    import shutil
+
+    store, view = read_only_view
+    live = tmp_path / "live"
+    live.mkdir()
+    ledger = Ledger(live / "ledger.sqlite")
+    try:
+        ledger.run_started("run-killed", 3, 4, "{}", "raw")
+        for name in ("ledger.sqlite", "ledger.sqlite-wal"):  # (no -shm: as a copy of a killed store)
+            shutil.copy(live / name, store / name)
+    finally:
+        ledger.close()
+    done = where(view, "run-killed")
+    assert done.returncode == 2
+    error = json.loads(done.stdout)["error"]
+    assert "copy ledger.sqlite and ledger.sqlite-wal to a directory you may write" in error, error
+    copy = tmp_path / "copy"
+    copy.mkdir()
+    for name in ("ledger.sqlite", "ledger.sqlite-wal"):
+        shutil.copy(view / name, copy / name)
+    reading = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "edge",
+            "where",
+            "run-killed",
+            "--json",
+            "--set",
+            f'ledger.path="{copy / "ledger.sqlite"}"',
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert reading.returncode == 0, reading.stderr
+    assert json.loads(reading.stdout)["run_uid"] == "run-killed"
