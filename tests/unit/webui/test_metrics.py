@@ -180,6 +180,8 @@ def test_families_and_labels() -> None:
         (("stage", "delivered"),): 80,
     }
     assert _samples(families["edge_frames_lost"]) == {(): 4}
+    # it goes down when a resumed series takes back frames a restart recorded lost: no counter
+    assert families["edge_frames_lost"].type == "gauge"
     assert _samples(families["edge_receiver_frames_dropped"]) == {
         (("reason", "ring_full"),): 3,
         (("reason", "undecodable"),): 1,
