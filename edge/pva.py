@@ -20,6 +20,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from edge.frame_format import preview_step
+
 if TYPE_CHECKING:
     from edge.view import ApplianceView
 
@@ -67,7 +69,9 @@ class PvaImageServer:
         # image (0 x 0, uniqueId 0), as areaDetector's plugin before its first array: a get before the
         # first frame timed out, as for a PV that does not exist (an outside probe)
         self._pv = SharedPV()
-        empty = self._nt.wrap(np.zeros((0, 0), np.uint16), attrib={"FrameNumber": 0, "RunUid": ""})
+        empty = self._nt.wrap(
+            np.zeros((0, 0), np.uint16), attrib={"FrameNumber": 0, "RunUid": "", **self._size()}
+        )
         empty["uniqueId"] = 0
         self._pv.open(empty)
         self._server = Server(providers=[{self.name: self._pv}], useenv=True)
@@ -94,15 +98,33 @@ class PvaImageServer:
         attributes = {
             "FrameNumber": int(info.get("frame") or 0),
             "RunUid": str(info.get("run_uid") or ""),
+            **self._size(),
+        }
+        received = info.get("received_at")
+        value = self._nt.wrap(np.ascontiguousarray(pixels), attrib=attributes, timestamp=received)
+        value["uniqueId"] = self.posted
+        if isinstance(received, int | float):  # the frame's time, as areaDetector's plugin fills it (was 0)
+            seconds = int(received)
+            value["dataTimeStamp.secondsPastEpoch"] = seconds
+            value["dataTimeStamp.nanoseconds"] = min(int((received - seconds) * 1e9), 999_999_999)
+        # the preview is every n-th pixel of the frame: each dimension says so (fullSize, binning n), as a
+        # binned areaDetector array does (it said 512 of 512, binning 1, for a 1024^2 detector)
+        height, width = int(self.view.frame_format.height), int(self.view.frame_format.width)
+        step = preview_step(height, width)
+        rows, columns = np.shape(pixels)[:2]
+        value["dimension"] = [
+            {"size": int(columns), "offset": 0, "fullSize": width, "binning": step, "reverse": False},
+            {"size": int(rows), "offset": 0, "fullSize": height, "binning": step, "reverse": False},
+        ]
+        self._pv.post(value)
+        return True
+
+    def _size(self) -> dict[str, int]:
+        """The detector's size as NDAttributes (also on the empty image before the first frame)."""
+        return {
             "DetectorHeight": int(self.view.frame_format.height),
             "DetectorWidth": int(self.view.frame_format.width),
         }
-        value = self._nt.wrap(
-            np.ascontiguousarray(pixels), attrib=attributes, timestamp=info.get("received_at")
-        )
-        value["uniqueId"] = self.posted
-        self._pv.post(value)
-        return True
 
     async def _post_forever(self) -> None:
         while True:

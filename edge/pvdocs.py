@@ -113,8 +113,10 @@ def render(prefix: str = "EDGE:") -> str:
         " of every n-th row, at most 512 a side, as `Image1:ArrayData` but unclipped), not waiting for the"
         " pipeline. Posted at most `epics.pva_rate_hz` times a second (default 5) and only when a newer frame"
         " arrived; an empty image (0 x 0, `uniqueId` 0) until the first frame. `uniqueId` counts the images"
-        " posted since start; `timeStamp` is the frame's receive time; NDAttributes `FrameNumber`,"
-        " `RunUid`, `DetectorHeight` and `DetectorWidth`. |",
+        " posted since start; `timeStamp` and `dataTimeStamp` are the frame's receive time; each"
+        " `dimension` (x first) has the preview's `size`, the detector's `fullSize` and the step n as"
+        " `binning`; NDAttributes `FrameNumber`, `RunUid`, `DetectorHeight` and `DetectorWidth` (the"
+        " detector's size also on the empty image) and `ColorMode` (0, mono, as areaDetector's). |",
     ]
     return "\n".join(lines) + "\n"
 

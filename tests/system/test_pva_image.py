@@ -83,6 +83,7 @@ def test_ntndarray_updates_during_a_run(stack: PvaStack) -> None:
         # before any frame: an empty image, not a timeout (a get timed out, as for a PV that does not exist)
         empty = context.get(name, timeout=10)
         assert int(empty["uniqueId"]) == 0 and empty["value"].size == 0
+        assert {a["name"]: a["value"] for a in empty["attribute"]}["DetectorWidth"] == 256  # (the size, too)
         subscription = context.monitor(name, on_update, notify_disconnect=True)
         epics = _epics()
         assert epics.caput(stack.prefix + "NumImages", FRAMES, wait=True, timeout=5) == 1
@@ -110,4 +111,6 @@ def test_ntndarray_updates_during_a_run(stack: PvaStack) -> None:
         assert pixels.size == expected[0] * expected[1]
         attributes = {a["name"]: a["value"] for a in value["attribute"]}
         assert attributes["DetectorWidth"] == 256 and attributes["RunUid"]
+        assert [(int(d["fullSize"]), int(d["binning"])) for d in value["dimension"]] == [(256, 1)] * 2
+        assert abs(int(value["dataTimeStamp"]["secondsPastEpoch"]) - time.time()) < 120  # the frame's time
     assert any(int(value["value"].max()) > 0 for _, value in received)  # real frames, not zeros
