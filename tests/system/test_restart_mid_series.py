@@ -16,6 +16,7 @@ import socket
 import sqlite3
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -438,15 +439,10 @@ def test_a_udp_acquisition_that_pauses_goes_on_in_a_linked_run_each_frame_once(
         assert status["receiver"].get("frames_lost", 0) == len(lost_a) + len(lost_b)
 
 
-@pytest.mark.parametrize("armed", [0, 60], ids=["length-unknown", "armed"])
-def test_a_udp_acquisition_that_pauses_across_a_daemon_restart_goes_on_in_a_linked_run(
-    tmp_path: Path, armed: int
-) -> None:
-    """An outside probe: silence ended the run, the daemon was killed and restarted during the pause,
-    and the sender went on counting. The new run was not linked (the pause was remembered in memory
-    only): it recorded the first run's frames lost, the first run kept the second's as ``series_end``,
-    every frame twice. The ledger's newest run (a UDP run ended ``success`` short of its frames) is
-    now that run. Frames are sent by a sender of our own (docs/wire-formats.md), 8 packets each."""
+def _udp_stack(tmp_path: Path, armed: int) -> tuple[EdgeStack, Callable[[range], None]]:
+    """A raw-mode UDP stack (``udp.frames_per_run`` = ``armed``, silence of 0.5 s ends a run) of the
+    layout of ``test_stray_frame_numbers``, and a sender of our own (docs/wire-formats.md, 8 packets a
+    frame) that waits for each frame to be received."""
     from test_stray_frame_numbers import GRID_COLS, MODULE_COLS, MODULE_ROWS, PAYLOAD_BYTES, udp_frame
 
     udp_port = free_port()
@@ -469,16 +465,31 @@ def test_a_udp_acquisition_that_pauses_across_a_daemon_restart_goes_on_in_a_link
 
     def send(frames: range) -> None:
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sender:
+            before = stack.status()["receiver"].get("frames_received", 0)
             for frame in frames:
                 for datagram in udp_frame(frame):
                     sender.sendto(datagram, ("127.0.0.1", udp_port))
-                target = frame - frames.start + 1
+                target = before + frame - frames.start + 1
                 wait_for(
                     lambda n=target: stack.status()["receiver"].get("frames_received", 0) >= n,
                     10,
                     f"frame {frame} received",
                     interval=0.01,
                 )
+
+    return stack, send
+
+
+@pytest.mark.parametrize("armed", [0, 60], ids=["length-unknown", "armed"])
+def test_a_udp_acquisition_that_pauses_across_a_daemon_restart_goes_on_in_a_linked_run(
+    tmp_path: Path, armed: int
+) -> None:
+    """An outside probe: silence ended the run, the daemon was killed and restarted during the pause,
+    and the sender went on counting. The new run was not linked (the pause was remembered in memory
+    only): it recorded the first run's frames lost, the first run kept the second's as ``series_end``,
+    every frame twice. The ledger's newest run (a UDP run ended ``success`` short of its frames) is
+    now that run. Frames are sent by a sender of our own (docs/wire-formats.md), 8 packets each."""
+    stack, send = _udp_stack(tmp_path, armed)
 
     try:
         daemon = stack.start_daemon()
@@ -516,39 +527,7 @@ def test_an_acquisition_whose_numbers_went_on_goes_on_across_a_restart_in_its_pa
     restarted daemon knew the armed frames only as 0..19: the first run after it was another new
     acquisition, and 55..69 were both its frames and the run before's ``series_end`` records. From the
     ledger (``armed_from``) it goes on in the same acquisition: each frame one disposition."""
-    from test_stray_frame_numbers import GRID_COLS, MODULE_COLS, MODULE_ROWS, PAYLOAD_BYTES, udp_frame
-
-    udp_port = free_port()
-    stack = EdgeStack(
-        tmp_path,
-        [
-            'stream.transport="udp"',
-            f"udp.port={udp_port}",
-            "udp.frames_per_run=20",
-            f"udp.module_rows={MODULE_ROWS}",
-            f"udp.module_cols={MODULE_COLS}",
-            "udp.grid_rows=1",
-            f"udp.grid_cols={GRID_COLS}",
-            f"udp.payload_bytes={PAYLOAD_BYTES}",
-            "udp.idle_seconds=0.5",
-            "store.frames_per_file=10",
-            'reduction.mode="raw"',
-        ],
-    )
-
-    def send(frames: range) -> None:
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sender:
-            before = stack.status()["receiver"].get("frames_received", 0)
-            for frame in frames:
-                for datagram in udp_frame(frame):
-                    sender.sendto(datagram, ("127.0.0.1", udp_port))
-                target = before + frame - frames.start + 1
-                wait_for(
-                    lambda n=target: stack.status()["receiver"].get("frames_received", 0) >= n,
-                    10,
-                    f"frame {frame} received",
-                    interval=0.01,
-                )
+    stack, send = _udp_stack(tmp_path, 20)
 
     def ended(count: int) -> list[dict[str, Any]]:
         return wait_for(

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import re
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -227,10 +229,10 @@ def test_an_error_body_stays_within_its_bound_whatever_the_characters() -> None:
         assert answer.json()["detail"].endswith("...")
 
 
-def test_a_client_gone_mid_body_is_answered_without_a_traceback(caplog: pytest.LogCaptureFixture) -> None:
-    """An outside probe: a write whose client closed after part of its body logged uvicorn's
-    "Exception in ASGI application" with a 60-line traceback (ClientDisconnect), every time."""
-    import socket
+@contextlib.contextmanager
+def _served_with_token() -> Iterator[int]:
+    """The API (token ``s3cret``) served by a real uvicorn on a loopback port, for raw-socket clients;
+    yields the port, stopped at the end."""
     import threading
     import time
 
@@ -250,6 +252,19 @@ def test_a_client_gone_mid_body_is_answered_without_a_traceback(caplog: pytest.L
         deadline = time.monotonic() + 10
         while not server.started and time.monotonic() < deadline:
             time.sleep(0.02)
+        yield port
+    finally:
+        server.should_exit = True
+        thread.join(10)
+
+
+def test_a_client_gone_mid_body_is_answered_without_a_traceback(caplog: pytest.LogCaptureFixture) -> None:
+    """An outside probe: a write whose client closed after part of its body logged uvicorn's
+    "Exception in ASGI application" with a 60-line traceback (ClientDisconnect), every time."""
+    import socket
+    import time
+
+    with _served_with_token() as port:
         with caplog.at_level("ERROR"):
             with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
                 sock.sendall(
@@ -261,34 +276,14 @@ def test_a_client_gone_mid_body_is_answered_without_a_traceback(caplog: pytest.L
         assert not [r for r in caplog.records if r.levelname == "ERROR"], [
             r.getMessage() for r in caplog.records
         ]
-    finally:
-        server.should_exit = True
-        thread.join(10)
 
 
 def test_a_body_declared_over_the_bound_is_refused_at_once_not_waited_for() -> None:
     """An outside probe declared ``Content-Length: 99999999999999999999`` and sent 2 bytes: it waited
     10 s for a 408 "not all sent". The length said is over the bound: 413 at once."""
     import socket
-    import threading
-    import time
 
-    import uvicorn
-
-    from edge.demo import free_port
-
-    settings = load_settings(overrides=['api.token="s3cret"'])
-    app = create_app(settings, View(), reduction=ReductionControl(settings.reduction, open_run=lambda: None))
-    port = free_port()
-    server = uvicorn.Server(
-        uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off", log_config=None)
-    )
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    try:
-        deadline = time.monotonic() + 10
-        while not server.started and time.monotonic() < deadline:
-            time.sleep(0.02)
+    with _served_with_token() as port:
         for declared in (b"99999999999999999999", b"65537"):
             with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
                 sock.sendall(
@@ -303,9 +298,6 @@ def test_a_body_declared_over_the_bound_is_refused_at_once_not_waited_for() -> N
                     answer += part
             assert answer.startswith(b"HTTP/1.1 413"), answer[:200]
             assert b'"too_large"' in answer and b"Content-Length " + declared[:24] in answer
-    finally:
-        server.should_exit = True
-        thread.join(10)
 
 
 def test_a_token_with_spaces_around_it_is_refused_at_the_start() -> None:
