@@ -181,6 +181,10 @@ class TomoStage(_CorrectedStage):
         # a scan resumed after a restart: the darks, flats and projections stored before it was cut
         self.earlier = None if ctx.earlier is None else _EarlierScan(ctx.earlier, ctx.shape, rows)
         self._earlier_pending = self.earlier  # its projections not yet all back-projected
+        # the n of reduction.tomo.angle_start + n x angle_step goes on from the projections the scan's
+        # earlier part stored (a UDP scan split by a pause gave its second run's projections 0, 3, 6 ...
+        # again: angles 0..45 twice, for different frames)
+        self._given_from = 0 if self.earlier is None else self.earlier.planned + self.earlier.without_angle
         self._earlier_lines: list[np.ndarray] = []  # those back-projected so far (normalised) ...
         self._earlier_angles: list[float] = []  # ... and their angles
         # the axis the slices are streamed about: the given centre, else the detector's centre column
@@ -217,7 +221,7 @@ class TomoStage(_CorrectedStage):
             self._flat_sum += raw
         else:
             if math.isnan(angle) and self.given_angles is not None:  # reduction.tomo.angle_start/_step
-                angle = self.given_angles[0] + self.angles_given * self.given_angles[1]
+                angle = self.given_angles[0] + (self._given_from + self.angles_given) * self.given_angles[1]
                 self.angles_given += 1
             self._project(raw, angle, missing)
         result = FrameResult(

@@ -182,3 +182,34 @@ def test_angle_gaps_of_an_even_scan_and_of_one_with_holes() -> None:
     holed = np.delete(even, [*range(52, 59), 100])  # 7 projections lost at 52..58, one at 100
     assert angle_gaps(holed) == {"angle_step": 1.0, "largest_angle_step": 8.0, "angle_gaps": 2}
     assert angle_gaps(np.array([5.0, np.nan])) == {}  # too few to say
+
+
+def test_a_scan_going_on_in_a_second_run_counts_its_given_angles_on(tmp_path: Path) -> None:
+    """An outside probe: a UDP tomo scan with ``angle_start`` 0 and ``angle_step`` 3, split by a pause
+    into two runs; the second run's projections took 0, 3, 6 ... again (its n counted from 0), so its
+    reconstruction held angles 0..45 twice, for different frames, and said nothing. The n goes on from
+    the projections the earlier part stored."""
+    from edge.modes import EarlierParts
+
+    params = ReductionSettings(mode="tomo", tomo={"slices": [12], "angle_start": 0.0, "angle_step": 3.0})  # type: ignore[arg-type]
+    first = make_stage(RunContext(get_backend("numpy"), GEOMETRY, SHAPE, 16, "2th_deg", params))
+    meta = RunMetadata(GEOMETRY, "sim", 5, "2026-12-02T00:00:00+00:00", {"frame_time": 0.01})
+    directory = tmp_path / "part1"
+    directory.mkdir()
+    writer = RunFileWriter(directory, "part1", "part1_00000.h5", 0, SHAPE, "uint16", 5, first, meta)
+    for frame in range(5):  # projections only, as over UDP
+        pixels = np.full(SHAPE, 400 + frame, np.uint16)
+        writer.write(frame, compress_chunk(pixels), first.process(pixels, frame, 0, float("nan")).products)
+    path = writer.close().path
+    earlier = EarlierParts(runs=("part1",), files=(path,))
+    second = make_stage(
+        RunContext(get_backend("numpy"), GEOMETRY, SHAPE, 16, "2th_deg", params, earlier=earlier)
+    )
+    angles = [
+        second.process(np.full(SHAPE, 500, np.uint16), frame, 0, float("nan")).products["rotation_angle"]
+        for frame in range(5, 8)
+    ]
+    assert angles == [15.0, 18.0, 21.0]
+    products = second.finish()
+    np.testing.assert_array_equal(np.sort(products["rotation_angle"]), 3.0 * np.arange(8))
+    assert products["angle_gaps"] == 0 and products["projections_angle_given"] == 3
