@@ -757,6 +757,7 @@ class Pipeline:
         their reduced rows never say "stored"."""
         reduced.frames_lost(frames)
         self.stats["file_close_errors"] += 1
+        self.stats["frames_file_not_finished"] += len(frames)  # (the IOC's WriteStatus: a write error)
         reason = "disk_full" if self.disk is not None and self.disk.note_error(error) else "file_close_failed"
         for first, last in _ranges(frames):
             self.recorder.loss(

@@ -1217,7 +1217,9 @@ PVS: tuple[PvSpec, ...] = (
         "HDF1:WriteStatus",
         "boolIn",
         "enum",
-        "Write error (MAJOR) when the pipeline failed to store frames.",
+        "Write error (MAJOR) when the pipeline failed to store frames (since the daemon started): a bug,"
+        " or a file that could not be finished (a full disk, a capture directory gone read-only); each"
+        " such frame is a loss record saying why.",
         choices=("Write OK", "Write error"),
     ),
     _rbv("HDF1:WriteMessage", "longStringIn", "char[256]", "Last write error, or empty.", length=LONG_STRING),

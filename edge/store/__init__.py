@@ -243,7 +243,16 @@ class RunStore:
             os.replace(current.part_path, target)
         except OSError as error:
             log.error("cannot quarantine %s (%s); removing it", current.part_path, error)
-            current.part_path.unlink(missing_ok=True)
+            try:
+                current.part_path.unlink(missing_ok=True)
+            except OSError as stuck:  # (a directory made immutable, read-only since: it stays there)
+                # never raised from here: the file's frames must still become loss records (an outside
+                # probe's capture into a directory made immutable ended "success", 20 frames in no record)
+                log.error(
+                    "cannot remove %s either (%s): it stays there, under no final name",
+                    current.part_path,
+                    stuck,
+                )
 
     def close(self) -> None:
         """Finish the open files and wait until every file of the run is finished and registered."""

@@ -241,3 +241,36 @@ def test_a_stream_that_pauses_on_its_own_has_its_old_file_finished_while_others_
     store.tick(quiet=0.1)
     assert closed == ["run-3_hits_00000.h5", "run-3_00000.h5"]
     store.close()
+
+
+def test_a_file_that_can_be_neither_finished_nor_set_aside_nor_removed_is_still_a_loss_per_frame(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An outside probe: a capture's directory made immutable (``chattr +i``) mid-capture. Finishing the
+    file failed at its rename, setting it aside failed, and removing it failed too: that last error left
+    the closer before the frames were recorded lost, and the run ended "success", 20 frames in no
+    record. Every step may fail; the frames are loss records all the same, the ``.part`` left in place."""
+    import errno
+
+    lost: list[tuple[str, list[int], str]] = []
+    with ThreadPoolExecutor(1) as closer:
+        store = _store(
+            tmp_path,
+            closer,
+            lambda item: None,
+            lambda run, frames, error: lost.append((run, frames, str(error))),
+        )
+        store.write(0, compress_chunk(np.zeros(SHAPE, np.uint16)), {})
+        store.write(1, compress_chunk(np.zeros(SHAPE, np.uint16)), {})
+
+        def not_permitted(*args, **kwargs):  # type: ignore[no-untyped-def]
+            raise PermissionError(errno.EPERM, "Operation not permitted")
+
+        with monkeypatch.context() as immutable:  # (the directory: no entry renamed or removed)
+            immutable.setattr(os, "replace", not_permitted)
+            immutable.setattr(Path, "unlink", not_permitted)
+            store.close()
+    assert [(run, frames) for run, frames, _ in lost] == [("run-1", [0, 1])]
+    assert "Operation not permitted" in lost[0][2]
+    assert (tmp_path / "run-1" / "run-1_00000.h5.part").exists()  # left in place, under no final name
+    assert store.frames_stored == 0
