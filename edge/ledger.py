@@ -497,6 +497,15 @@ class Ledger:
             (int(frame), run_uid),
         )
 
+    def run_mode_not_started(self, run_uid: str, why: str) -> None:
+        """``run_uid``'s mode could not start (its frames stored raw, no products): why, in its config as
+        ``mode_not_started``, so its record says so after the alarm is gone."""
+        self._write(
+            "UPDATE runs SET config=json_set(config, '$.mode_not_started', ?) WHERE run_uid=?"
+            " AND json_valid(config)",
+            (why, run_uid),
+        )
+
     def run_reopened(self, run_uid: str) -> None:
         """Take a run's end back: what it left unwritten is for the next start's recovery, which ends
         open runs (`RunRecorder.give_up_held`)."""

@@ -414,6 +414,12 @@ class Pipeline:
                 params.mode,
                 error,
             )
+            # and in the run's record: the alarm goes with the next run (an outside probe's run of a PONI
+            # for other frames read "powder, success", no products and nothing saying why)
+            self.recorder.mode_not_started(
+                str(record.get("run_uid")),
+                f"mode {params.mode} could not start: {str(error)[:300]}; raw frames only",
+            )
             return ModeStage(
                 RunContext(
                     self.backend,

@@ -124,6 +124,10 @@ class RunRecorder:
         frame numbers shifted by ``offset`` (`Ledger.run_series_offset`)."""
         self._ledger_write(self.ledger.run_series_offset, run_uid, series, offset, length)
 
+    def mode_not_started(self, run_uid: str, why: str) -> None:
+        """The run's mode could not start (`Ledger.run_mode_not_started`)."""
+        self._ledger_write(self.ledger.run_mode_not_started, run_uid, why)
+
     def continued_at(self, run_uid: str, frame: int) -> None:
         """The run's series went on in a run resumed after a restart from ``frame``
         (`Ledger.run_continued_at`)."""

@@ -125,3 +125,8 @@ def test_a_run_whose_mode_cannot_start_raises_an_alarm(tmp_path: Path) -> None:
         assert alarm["severity"] == "major" and "mode tomo could not start" in alarm["message"]
         assert "stored raw" in alarm["message"] and "30" in alarm["message"]
         assert http.get("/api/status").json()["pipeline"]["mode_failed"]["run_uid"] == "rawrun"
+        # and the run's own record says so, after the alarm has gone with the next run (an outside
+        # probe's run read "success", its mode's, and nothing else: no products, no reason)
+        report = http.get("/api/runs/rawrun").json()["where"]
+        assert report["products_note"].startswith("mode tomo could not start: "), report["products_note"]
+        assert report["products_note"].endswith("raw frames only")
