@@ -18,7 +18,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from edge import early_signals
 from edge.allocator import tune_malloc
@@ -154,8 +154,23 @@ def _named_flags(message: str, args: argparse.Namespace) -> str:
     return "\n".join(lines)
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse's parser; with ``--json`` on the command line, a flag it refuses (``--frames -5``) also
+    prints one JSON object with ``error``, as every other refusal does (an outside probe's script read
+    nothing on stdout)."""
+
+    json_wanted = False
+
+    def error(self, message: str) -> NoReturn:
+        if self.json_wanted:
+            import json
+
+            print(json.dumps({"error": f"{self.prog}: {message}", "run_uid": None}), flush=True)
+        super().error(message)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="edge", description=__doc__.splitlines()[0])
+    parser = _Parser(prog="edge", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="run the appliance daemon")
     _common(run)
@@ -936,6 +951,7 @@ def main(argv: list[str] | None = None) -> int:
         catch_early_signals()
     if argv[:1] == ["bench"] and not {"-h", "--help"} & set(argv[1:2]):
         return _run_bench(argv[1:])  # every flag after "bench" is the benchmark script's
+    _Parser.json_wanted = "--json" in argv
     args = build_parser().parse_args(argv)
     if args.command == "keys":
         from edge.upstream.curve import create_keys

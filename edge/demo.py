@@ -611,7 +611,8 @@ def run_demo(args: argparse.Namespace, settings: Settings, flags: list[str] | No
             "run_uid": run_uid,
             "run_uids": run_uids,
             "transport": settings.stream.transport,
-            "format": settings.stream.format,
+            # (UDP has its own packets: no stream format; it said "json", an outside probe)
+            "format": None if settings.stream.transport == "udp" else settings.stream.format,
             # the kernels the daemon ran (after any logged fallback) and the GPU feed's page-locked ring
             "backend": status["pipeline"].get("backend"),
             "backend_degraded_from": status["pipeline"].get("backend_degraded_from", []),

@@ -114,6 +114,8 @@ def test_demo_with_faults_accounts_for_every_frame(
     summary = run_bounded_demo(tmp_path, frames, flags, overrides, timeout=300)
     truth = summary["sim"].get("truth") or summary["sim"]["faults"]["truth"]
     assert summary["transport"] == transport
+    # UDP has its own packets, no stream format (it said "json", an outside probe)
+    assert (summary["format"] is None) == (transport == "udp")
     assert summary["frames_sent"] == frames
     assert summary["frames_delivered"] + summary["frames_lost"] == frames
     assert summary["frames_lost"] == len(truth["frames_lost"]) > 0 or transport == "udp"

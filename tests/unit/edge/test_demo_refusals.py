@@ -136,6 +136,9 @@ def test_a_demo_whose_daemon_refuses_to_start_says_the_daemons_reason(tmp_path: 
         (["sim", "--json", "--set", "udp.port=-1"], "udp.port = -1"),
         (["demo", "--json", "--set", "udp.port=-1"], "udp.port = -1"),
         (["where", "x", "--json", "--set", "udp.port=-1"], "udp.port = -1"),
+        # a flag argparse itself refuses (an outside probe: stdout empty)
+        (["demo", "--frames", "-5", "--json"], "argument --frames: -5 is negative"),
+        (["demo", "--timeout", "0", "--json"], "argument --timeout"),
     ],
 )
 def test_a_command_refused_before_it_ran_still_prints_one_json_object(
