@@ -182,6 +182,13 @@ class RunRecorder:
             self.ledger.run_started(uid, series, frames_expected, json.dumps({**config, **refused}), mode)
         self._modes[uid] = mode
         self._count("runs_opened")
+        if self.forward == "hits" and mode not in (None, "serial"):
+            log.warning(
+                "upstream.forward = hits forwards only serial mode's hits: run %s is %s, its data files stay"
+                " on the appliance (its products and documents go upstream)",
+                uid,
+                mode,
+            )
         return uid
 
     def close_run(self, run_uid: str, frames_stored: int, exit_status: str, frames_vetoed: int = 0) -> None:

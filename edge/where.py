@@ -84,6 +84,26 @@ PRODUCTS_IN_REDUCED = {
 }
 
 
+def _why_local(f: dict[str, Any], forward: str, mode: str | None) -> str | None:
+    """Why a file never goes (or went) upstream, or None for one that does."""
+    kind = f.get("kind") or "data"
+    if f["state"] == "local" and forward == "hits" and mode != "serial":
+        # hits forwards the raw frames of serial's hits only (an outside probe's powder run under hits
+        # delivered nothing, and nothing said its mode was why)
+        return (
+            f"upstream.forward = hits forwards only serial mode's hits; this run is {mode}: its {kind}"
+            " files stay on the appliance"
+        )
+    if f["state"] == "local":
+        return f"upstream.forward = {forward}: {kind} files stay on the appliance"
+    if is_retired(f):  # purged without ever being sent: it went nowhere (a probe read it as delivered)
+        return (
+            f"upstream.forward = {forward}: never sent upstream; retired from the appliance by"
+            " retention.unforwarded"
+        )
+    return None
+
+
 def _holds(f: dict[str, Any], mode: str | None) -> str | None:
     """What a reduced file holds and where in it, for the scientist asking "where are my slices?"
     (None for data files): as read from the file when it was written (``files.holds``); for a file
@@ -156,16 +176,7 @@ def where_report(
                 "state": f["state"],
                 "kind": f.get("kind") or "data",
                 "local_only": f["state"] == "local" or is_retired(f),
-                "why_local": (
-                    f"upstream.forward = {forward}: {f.get('kind') or 'data'} files stay on the appliance"
-                    if f["state"] == "local"
-                    # purged without ever being sent: it went nowhere (an outside probe read it as
-                    # delivered upstream, and its reason was gone)
-                    else f"upstream.forward = {forward}: never sent upstream; retired from the appliance by"
-                    " retention.unforwarded"
-                    if is_retired(f)
-                    else None
-                ),
+                "why_local": _why_local(f, forward, run.get("mode")),
                 "retired_unforwarded": is_retired(f),
                 "verified_by": {c: t for c, t in confirmed.items() if t is not None},
                 "upstream_copies": {c: path for (fid, c), path in copies.items() if fid == f["id"]},

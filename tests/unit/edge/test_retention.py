@@ -8,6 +8,7 @@ the fill forecast the monotonic one. No sleeps, no threads.
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Callable, Iterator
@@ -557,3 +558,24 @@ def test_a_quota_beyond_the_disk_is_the_disk_s_size_and_said_so(
     caplog.clear()
     within = Retention(ledger, tmp_path, RetentionSettings(quota_bytes=disk // 2), executor=ManualExecutor())
     assert within.capacity() == disk // 2 and "whole disk" not in caplog.text
+
+
+def test_a_file_kept_local_by_forward_hits_in_another_mode_says_its_mode_is_why(tmp_path: Path) -> None:
+    """An outside probe: a powder run under ``upstream.forward = hits`` delivered no frame, and its data
+    files read only "upstream.forward = hits: data files stay on the appliance"; hits forwards serial's
+    hits alone, and the run's mode is the reason."""
+    from edge.where import where_report
+
+    ledger = Ledger(tmp_path / "ledger.sqlite")
+    try:
+        ledger.run_started("powder-run", 1, 1, json.dumps({"upstream_forward": "hits"}), "powder")
+        path = tmp_path / "p.h5"
+        path.write_bytes(b"x" * 10)
+        ledger.file_stored("powder-run", "p.h5", path, 10, "sum", (0, 0, 1), [(0, 10, "c")], "data", True)
+        (row,) = where_report(ledger, "powder-run")["files"]
+    finally:
+        ledger.close()
+    assert row["local_only"] and row["why_local"] == (
+        "upstream.forward = hits forwards only serial mode's hits; this run is powder: its data files stay"
+        " on the appliance"
+    )
