@@ -119,6 +119,17 @@ def load_calibration(settings: Settings, fmt: FrameFormat | None = None) -> Corr
     if red.poni_file is not None:  # the calibration, identified in every run's record
         files["poni"] = (str(red.poni_file), file_sha256(red.poni_file))
     mask = combined_mask(poni, images["mask"])
+    dark = images["dark"]
+    if dark is not None and dark.dtype.kind == "f":
+        unusable = ~np.isfinite(dark)
+        if unusable.any():  # as a flat's: left out as masked (a NaN made a NaN bin of the profile, unsaid)
+            log.warning(
+                "reduction.dark_file %s is not finite at %d pixel(s): they are left out as masked",
+                red.dark_file,
+                int(np.count_nonzero(unusable)),
+            )
+            mask = unusable if mask is None else (mask | unusable)
+            images["dark"] = np.where(unusable, 0, dark).astype(dark.dtype)
     gaps = udp_gaps(settings)  # the UDP layout's inter-module gaps: no sensor there, never zero counts
     if gaps is not None and gaps.shape == shape:
         mask = gaps if mask is None else (mask | gaps)

@@ -526,7 +526,11 @@ class ReductionSettings(_Section):
     bins: int = Field(1000, ge=2, le=100_000)
     unit: Literal["2th_deg", "q_nm^-1"] = "2th_deg"
     poni_file: Path | None = None
-    dark_file: Path | None = Field(None, description=".npy dark image, subtracted from every frame")
+    dark_file: Path | None = Field(
+        None,
+        description=".npy dark image, subtracted from every frame; a pixel where it is not finite is left"
+        " out as masked",
+    )
     flat_file: Path | None = Field(None, description=".npy flat field; frames are divided by it")
     mask_file: Path | None = Field(None, description=".npy mask, nonzero = pixel excluded")
     solid_angle: bool = Field(False, description="normalise by each pixel's solid angle (as pyFAI)")

@@ -497,13 +497,18 @@ class Ledger:
             (int(frame), run_uid),
         )
 
-    def run_mode_not_started(self, run_uid: str, why: str) -> None:
-        """``run_uid``'s mode could not start (its frames stored raw, no products): why, in its config as
-        ``mode_not_started``, so its record says so after the alarm is gone."""
+    #: what the pipeline learns of a run once it starts, kept in its config: ``mode_not_started`` (why
+    #: its mode could not start: frames stored raw, no products) and ``calibration_files_changed`` (the
+    #: calibration files whose bytes were not those loaded any more), so its record says so for good
+    RUN_NOTES = ("mode_not_started", "calibration_files_changed")
+
+    def run_note(self, run_uid: str, key: str, text: str) -> None:
+        """Keep ``text`` in ``run_uid``'s config under ``key`` (one of `RUN_NOTES`)."""
+        if key not in self.RUN_NOTES:
+            raise ValueError(f"no run note {key!r}")
         self._write(
-            "UPDATE runs SET config=json_set(config, '$.mode_not_started', ?) WHERE run_uid=?"
-            " AND json_valid(config)",
-            (why, run_uid),
+            f"UPDATE runs SET config=json_set(config, '$.{key}', ?) WHERE run_uid=? AND json_valid(config)",
+            (text, run_uid),
         )
 
     def run_reopened(self, run_uid: str) -> None:

@@ -399,7 +399,13 @@ class Pipeline:
         try:
             mask = None if self.run_masks is None else self.run_masks.take(str(record["run_uid"]))
             earlier = self._earlier(record, params.mode)
-            return make_stage(self._context(shape, params, mask, earlier, str(record.get("dtype", "uint16"))))
+            stage = make_stage(
+                self._context(shape, params, mask, earlier, str(record.get("dtype", "uint16")))
+            )
+            changed = stage.settings_record().get("calibration_files_changed")
+            if changed:  # in the run's record too, not only in its files (`edge where`, REST)
+                self.recorder.note(str(record["run_uid"]), "calibration_files_changed", str(changed))
+            return stage
         except Exception as error:  # e.g. tomo slices outside the frame: store the frames, say why
             self.stats["mode_setup_errors"] += 1
             # the newest run whose mode could not start: an alarm while it is the run on screen
@@ -416,8 +422,9 @@ class Pipeline:
             )
             # and in the run's record: the alarm goes with the next run (an outside probe's run of a PONI
             # for other frames read "powder, success", no products and nothing saying why)
-            self.recorder.mode_not_started(
+            self.recorder.note(
                 str(record.get("run_uid")),
+                "mode_not_started",
                 f"mode {params.mode} could not start: {str(error)[:300]}; raw frames only",
             )
             return ModeStage(

@@ -124,9 +124,9 @@ class RunRecorder:
         frame numbers shifted by ``offset`` (`Ledger.run_series_offset`)."""
         self._ledger_write(self.ledger.run_series_offset, run_uid, series, offset, length)
 
-    def mode_not_started(self, run_uid: str, why: str) -> None:
-        """The run's mode could not start (`Ledger.run_mode_not_started`)."""
-        self._ledger_write(self.ledger.run_mode_not_started, run_uid, why)
+    def note(self, run_uid: str, key: str, text: str) -> None:
+        """Something the pipeline learnt of the run as it started, kept in its record (`Ledger.run_note`)."""
+        self._ledger_write(self.ledger.run_note, run_uid, key, text)
 
     def continued_at(self, run_uid: str, frame: int) -> None:
         """The run's series went on in a run resumed after a restart from ``frame``

@@ -216,6 +216,9 @@ def where_report(
         "capture_left": capture_left(run_config(run.get("config")), run["ended_at"] is not None),
         "losses": losses,
         "header_notes": header_notes(config),
+        # calibration files whose bytes were not those the daemon loaded (and used) any more: named with
+        # both sha256s (an outside probe found it only in the run's reduced file)
+        "calibration_files_changed": config.get("calibration_files_changed") or None,
         "config": run["config"],
     }
     # the uid the detector gave the run, and the other runs it names (recorded under fresh uids)
@@ -464,6 +467,9 @@ def render(report: dict[str, Any]) -> str:
         lines.insert(1, resumed)
     if report.get("products_note"):
         lines.append(f"  products: {report['products_note']}")
+    if report.get("calibration_files_changed"):
+        changed = report["calibration_files_changed"]
+        lines.append(f"  calibration files changed on disk (the loaded copies used): {changed}")
     for later in report.get("continued_by") or ():
         lines.insert(1, f"  its series continues in run {later}")
     for f in report["files"]:

@@ -53,7 +53,7 @@ class Corrections:
             except OSError as error:
                 now = f"unreadable ({error.strerror or error})"
             if now != digest:
-                changed.append(f"{name} {path}: now {now[:16]}, loaded {digest[:16]}")
+                changed.append(f"{name} {path}: now sha256 {now}, loaded sha256 {digest}")
         return changed
 
     def check_calibration(self, shape: tuple[int, int]) -> None:

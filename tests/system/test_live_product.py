@@ -130,3 +130,34 @@ def test_a_run_whose_mode_cannot_start_raises_an_alarm(tmp_path: Path) -> None:
         report = http.get("/api/runs/rawrun").json()["where"]
         assert report["products_note"].startswith("mode tomo could not start: "), report["products_note"]
         assert report["products_note"].endswith("raw frames only")
+
+
+def test_a_calibration_file_changed_on_disk_is_in_the_runs_record(tmp_path: Path) -> None:
+    """An outside probe: a mask file written over between runs was named (with 16-digit checksums) only
+    in the next run's reduced file; its `where` report and `edge where --json` said nothing."""
+    import hashlib
+
+    mask = tmp_path / "mask.npy"
+    np.save(mask, np.zeros(SHAPE, bool))
+    loaded = hashlib.sha256(mask.read_bytes()).hexdigest()
+    with in_process_appliance(tmp_path, SHAPE, f'reduction.mask_file="{mask}"') as (
+        appliance,
+        push,
+        settings,
+    ):
+        http = TestClient(create_app(settings, appliance.view))
+
+        def run(uid: str) -> dict[str, object]:
+            push.send_multipart(encode_series_start(1, SHAPE, "uint16", run_uid=uid, frames_expected=1))
+            push.send_multipart(encode_image(1, 0, SHAPE, "uint16", np.ones(SHAPE, np.uint16).tobytes()))
+            push.send_multipart(encode_series_end(1))
+            wait_for(lambda: appliance.ledger.run(uid)["ended_at"], 30, f"run {uid}'s end")
+            return http.get(f"/api/runs/{uid}").json()["where"]
+
+        assert run("before")["calibration_files_changed"] is None
+        edited = np.zeros(SHAPE, bool)
+        edited[0, 0] = True
+        np.save(mask, edited)
+        report = run("after")
+    now = hashlib.sha256(mask.read_bytes()).hexdigest()
+    assert report["calibration_files_changed"] == f"mask {mask}: now sha256 {now}, loaded sha256 {loaded}"

@@ -148,7 +148,11 @@ def test_calibration_files_are_checked_at_start(tmp_path) -> None:
     later = PowderStage(ctx).settings_record()
     assert later["mask_file_sha256"] == record["mask_file_sha256"]
     changed = later["calibration_files_changed"]
-    assert changed.startswith(f"mask {good}: now {hashlib.sha256(good.read_bytes()).hexdigest()[:16]}")
+    # both checksums in full (an outside probe read 16-digit prefixes)
+    assert changed == (
+        f"mask {good}: now sha256 {hashlib.sha256(good.read_bytes()).hexdigest()},"
+        f" loaded sha256 {record['mask_file_sha256']}"
+    )
     # the calibration file too, and the mask the run applied (an outside pyFAI probe: nothing in the
     # files named the .poni used, nor checksummed the combined mask), and the backend
     from kernels import poni_text
@@ -264,3 +268,19 @@ def test_the_udp_layout_s_module_gaps_are_masked_never_reduced_as_zero_counts(tm
     gaps = detector_gaps(load_settings(overrides=[*udp, f'reduction.mask_file="{tmp_path / "m.npy"}"']))
     assert gaps is not None and np.array_equal(gaps, expected)
     assert detector_gaps(load_settings(overrides=[*udp[:-1], "udp.gap_pixels=0"])) is None
+
+
+def test_a_dark_pixel_that_is_not_finite_is_left_out_as_masked(tmp_path) -> None:
+    """An outside probe: a dark image with one NaN was accepted without a word and made one bin of every
+    profile NaN. As a flat's, such a pixel is left out as masked, and the dark is finite everywhere."""
+    from edge.appliance import load_calibration
+
+    dark = np.zeros((1024, 1024), np.float32)
+    dark[10, 10] = np.nan
+    dark[20, 30] = np.inf
+    path = tmp_path / "dark.npy"
+    np.save(path, dark)
+    cal = load_calibration(load_settings(overrides=[f'reduction.dark_file="{path}"']))
+    assert cal.mask is not None and cal.mask[10, 10] and cal.mask[20, 30]
+    assert int(np.count_nonzero(cal.mask)) == 2
+    assert np.isfinite(cal.dark).all()
