@@ -71,7 +71,7 @@ HELP = {
     "frames_incomplete_total": "Frames stored incomplete (missing packets), as the ledger records them.",
     "frames_vetoed_total": "Frames a mode dropped by its stated policy (blanks with store.blanks = drop): not"
     " losses. Ended runs from the ledger, the open run live.",
-    "loss_records_total": "Loss records in the ledger (one may cover many frames).",
+    "loss_records": "Loss records in the ledger (one may cover many frames).",
     "receiver_frames_dropped_total": "Frames the receiver dropped, by reason.",
     "receiver_rejected_total": "Messages or packets the decoder rejected, by reason.",
     "ring_info": "The shared-memory frame ring's name and its full-ring policy.",
@@ -212,7 +212,8 @@ def _frames(f: _Families, status: dict[str, Any]) -> None:
     f.gauge(_name("frames_lost"), frames.get("lost"))
     f.counter(_name("frames_incomplete_total"), frames.get("incomplete"))
     f.counter(_name("frames_vetoed_total"), frames.get("vetoed"))
-    f.counter(_name("loss_records_total"), frames.get("loss_records"))
+    # a gauge too: a resumed series' hand-over deletes the record a restart wrote for its frames
+    f.gauge(_name("loss_records"), frames.get("loss_records"))
 
 
 def _receiver(f: _Families, receiver: dict[str, Any]) -> None:

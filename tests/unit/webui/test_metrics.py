@@ -182,6 +182,7 @@ def test_families_and_labels() -> None:
     assert _samples(families["edge_frames_lost"]) == {(): 4}
     # it goes down when a resumed series takes back frames a restart recorded lost: no counter
     assert families["edge_frames_lost"].type == "gauge"
+    assert families["edge_loss_records"].type == "gauge"  # (so is a record count: the hand-over deletes)
     assert _samples(families["edge_receiver_frames_dropped"]) == {
         (("reason", "ring_full"),): 3,
         (("reason", "undecodable"),): 1,
