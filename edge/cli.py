@@ -277,15 +277,23 @@ def _run_daemon(
     if {signal.SIGTERM, signal.SIGINT} & set(EARLY_SIGNALS):
         log.info("stop requested while starting: stopping once started")
         stop_requested.set()
-    from edge.daemon_lock import DaemonLock, StoreLock
+    from edge.daemon_lock import DaemonLock, FileHold, StoreLock
 
     lock = DaemonLock(settings.ledger_path)  # held until the process ends: `edge where` sees it running
     # and one daemon per store, whatever ledger each names: a second one's recovery moved the first's
     # open file to quarantine (its frames lost), and both would write the store's reduction.json
     store_lock = StoreLock(settings.store.path)
+    # and the ledger file itself: a hard link to a running daemon's ledger has a lock file of its own
+    ledger_hold = FileHold(settings.ledger_path)
 
     def refused(held: Any) -> int:
-        if held is lock:  # its recovery would end the other's open runs and move its open files
+        if held is ledger_hold:
+            log.error(
+                "cannot start: another process holds the ledger file %s (another daemon serves it under"
+                " another name, a hard link?); stop it first",
+                settings.ledger_path,
+            )
+        elif held is lock:  # its recovery would end the other's open runs and move its open files
             log.error(
                 "cannot start: another daemon (pid %s) serves the ledger %s; stop it first (%s holds the"
                 " lock)",
@@ -303,10 +311,18 @@ def _run_daemon(
             )
         return 2
 
-    for held in (lock, store_lock):  # both looked at before either is made: a refusal touches nothing
+    for held in (
+        lock,
+        store_lock,
+        ledger_hold,
+    ):  # all looked at before any is made: a refusal touches nothing
         if held.held_elsewhere():
             return refused(held)
-    for held, what in ((lock, "the ledger's directory"), (store_lock, "the store")):
+    for held, what in (
+        (lock, "the ledger's directory"),
+        (store_lock, "the store"),
+        (ledger_hold, "the ledger"),
+    ):
         try:
             acquired = held.acquire()
         except OSError as error:  # the store's directory is a file, unwritable, on a missing mount, ...

@@ -14,7 +14,7 @@ import fcntl
 import os
 from pathlib import Path
 
-__all__ = ["DaemonLock", "PidLock", "StoreLock", "daemon_running"]
+__all__ = ["DaemonLock", "FileHold", "PidLock", "StoreLock", "daemon_running"]
 
 
 def _lock_path(ledger_path: Path) -> Path:
@@ -95,3 +95,44 @@ class StoreLock(PidLock):
 
     def __init__(self, store: Path) -> None:
         super().__init__(store.resolve() / ".daemon")
+
+
+class FileHold:
+    """An exclusive ``flock`` on a file itself (the ledger), held without writing to it: two names of one
+    file (a hard link: its lock file beside each name differs) are one lock. SQLite's own locks are
+    ``fcntl`` locks, which ``flock`` does not touch."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._fd: int | None = None
+
+    def held_elsewhere(self) -> bool:
+        """Whether another process holds it now; creates nothing."""
+        try:
+            fd = os.open(self.path, os.O_RDONLY)
+        except OSError:
+            return False
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except OSError:
+            return True
+        else:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            return False
+        finally:
+            os.close(fd)
+
+    def acquire(self) -> bool:
+        """Hold it; False when another process does (the file is made, empty, if it is not there)."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            return False
+        self._fd = fd
+        return True
+
+    def holder(self) -> str:
+        return "?"

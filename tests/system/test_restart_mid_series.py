@@ -11,6 +11,7 @@ scan cut so keeps its reconstruction: the resumed run's slices are of every proj
 from __future__ import annotations
 
 import json
+import os
 import signal
 import socket
 import sqlite3
@@ -259,7 +260,7 @@ def _lost_frames(run: dict[str, Any]) -> set[int]:
     return lost
 
 
-@pytest.mark.parametrize("ledger", ["the same", "another", "a link to it"])
+@pytest.mark.parametrize("ledger", ["the same", "another", "a link to it", "a hard link to it"])
 def test_a_second_daemon_on_the_same_store_refuses_to_start(tmp_path: Path, ledger: str) -> None:
     """``edge run`` twice on one store: the second exits 2 naming the first's pid, before touching the
     store (its crash recovery would end the first's open run and move its open files away). Also when
@@ -276,16 +277,21 @@ def test_a_second_daemon_on_the_same_store_refuses_to_start(tmp_path: Path, ledg
         other: list[str] = []
         if ledger == "another":
             other = ["--set", f'ledger.path="{tmp_path / "other.sqlite"}"']
-        elif (
-            ledger == "a link to it"
-        ):  # (and another store: a probe's second daemon served the first's ledger)
-            (tmp_path / "link.sqlite").symlink_to(stack.store / "ledger.sqlite")
-            other = ["--set", f'ledger.path="{tmp_path / "link.sqlite"}"']
-            other += ["--set", f'store.path="{tmp_path / "store-b"}"']
+        elif ledger in ("a link to it", "a hard link to it"):  # (and another store: a probe's second
+            # daemon served the first's ledger)
+            link = tmp_path / "link.sqlite"
+            if ledger == "a link to it":
+                link.symlink_to(stack.store / "ledger.sqlite")
+            else:
+                os.link(stack.store / "ledger.sqlite", link)
+            other = ["--set", f'ledger.path="{link}"', "--set", f'store.path="{tmp_path / "store-b"}"']
         second = stack.start("run", *other, stderr=subprocess.PIPE)
         _, err = second.communicate(timeout=60)
         assert second.returncode == 2, err
-        assert f"another daemon (pid {first.pid})" in err, err
+        if ledger == "a hard link to it":  # (a lock file of its own beside the link: the file's is held)
+            assert "holds the ledger file" in err and not (tmp_path / "store-b").exists(), err
+        else:
+            assert f"another daemon (pid {first.pid})" in err, err
         if ledger == "another":  # refused before it made anything (its ledger, its lock file)
             assert "uses the store" in err and not list(tmp_path.glob("other.sqlite*")), err
         if ledger == "a link to it":
