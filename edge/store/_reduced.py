@@ -310,7 +310,7 @@ def _write_run_products(entry: h5py.Group, products: dict[str, Any]) -> None:
             group.create_dataset(key, data=array, **hdf5_filter_options())  # type: ignore[arg-type]
         else:
             group.create_dataset(key, data=array)
-    for name in ("rotation_angle", "angle_step", "largest_angle_step"):
+    for name in ("rotation_angle", "angle_step", "largest_angle_step", "angle_range"):
         if name in group:
             group[name].attrs["units"] = "deg"
     for name in ("center", "rows"):  # detector columns and rows

@@ -178,9 +178,21 @@ def test_angle_gaps_of_an_even_scan_and_of_one_with_holes() -> None:
     from edge.modes._tomo import angle_gaps
 
     even = np.linspace(0.0, 179.0, 180)
-    assert angle_gaps(even) == {"angle_step": 1.0, "largest_angle_step": 1.0, "angle_gaps": 0}
+    assert angle_gaps(even) == {
+        "angle_step": 1.0,
+        "largest_angle_step": 1.0,
+        "angle_gaps": 0,
+        "angle_range": [0.0, 179.0],
+    }
     holed = np.delete(even, [*range(52, 59), 100])  # 7 projections lost at 52..58, one at 100
-    assert angle_gaps(holed) == {"angle_step": 1.0, "largest_angle_step": 8.0, "angle_gaps": 2}
+    assert angle_gaps(holed) == {
+        "angle_step": 1.0,
+        "largest_angle_step": 8.0,
+        "angle_gaps": 2,
+        "angle_range": [0.0, 179.0],
+    }
+    # the scan's first part lost with a crash: no step shows it, the range does
+    assert angle_gaps(even[77:])["angle_range"] == [77.0, 179.0]
     assert angle_gaps(np.array([5.0, np.nan])) == {}  # too few to say
 
 
