@@ -1015,6 +1015,17 @@ def main(argv: list[str] | None = None) -> int:
         print(f"edge: {_named_flags(str(error), args)}", file=sys.stderr)
         _json_refusal(args, _named_flags(str(error), args))
         return 2
+    if getattr(args, "modules", None) is not None and settings.stream.transport != "udp":
+        # (it sets udp.grid_cols: the ZeroMQ stream's frames are detector.height x width whatever it says;
+        # an outside probe's --modules 2 over zmq was taken without a word)
+        problem = (
+            f"--modules {args.modules} lays out the UDP detector's modules (udp.grid_cols); over"
+            f" stream.transport = {settings.stream.transport!r} it changes nothing: add --transport udp,"
+            " or leave it out"
+        )
+        print(f"edge {args.command}: {problem}", file=sys.stderr)
+        _json_refusal(args, problem)
+        return 2
     log_setup = configure_logging(settings.log.level, settings.log.format)
     if args.command == "run":
         return _run_daemon(settings, lambda: _settings(args, extra), log_setup)

@@ -139,6 +139,9 @@ def test_a_demo_whose_daemon_refuses_to_start_says_the_daemons_reason(tmp_path: 
         # a flag argparse itself refuses (an outside probe: stdout empty)
         (["demo", "--frames", "-5", "--json"], "argument --frames: -5 is negative"),
         (["demo", "--timeout", "0", "--json"], "argument --timeout"),
+        # a UDP layout over the ZeroMQ stream (an outside probe: taken without a word)
+        (["demo", "--modules", "2", "--json"], "--modules 2 lays out the UDP detector's modules"),
+        (["sim", "--modules", "2", "--json"], "it changes nothing: add --transport udp"),
     ],
 )
 def test_a_command_refused_before_it_ran_still_prints_one_json_object(
