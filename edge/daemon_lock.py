@@ -28,12 +28,14 @@ class PidLock:
     """An exclusive advisory lock on ``path`` for as long as this process holds it (its pid inside, for
     people); the kernel drops it when the process ends, however it ends."""
 
+    writes_pid = True  # the holder's pid into the lock file, for people
+
     def __init__(self, path: Path) -> None:
         self.path = path
         self._fd: int | None = None
 
     def acquire(self) -> bool:
-        """Take the lock; False when another live process holds it."""
+        """Take the lock; False when another live process holds it (the file is made if not there)."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
@@ -41,8 +43,9 @@ class PidLock:
         except OSError:
             os.close(fd)
             return False
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
+        if self.writes_pid:
+            os.ftruncate(fd, 0)
+            os.write(fd, f"{os.getpid()}\n".encode())
         self._fd = fd
         return True
 
@@ -97,42 +100,12 @@ class StoreLock(PidLock):
         super().__init__(store.resolve() / ".daemon")
 
 
-class FileHold:
+class FileHold(PidLock):
     """An exclusive ``flock`` on a file itself (the ledger), held without writing to it: two names of one
     file (a hard link: its lock file beside each name differs) are one lock. SQLite's own locks are
     ``fcntl`` locks, which ``flock`` does not touch."""
 
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self._fd: int | None = None
-
-    def held_elsewhere(self) -> bool:
-        """Whether another process holds it now; creates nothing."""
-        try:
-            fd = os.open(self.path, os.O_RDONLY)
-        except OSError:
-            return False
-        try:
-            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        except OSError:
-            return True
-        else:
-            fcntl.flock(fd, fcntl.LOCK_UN)
-            return False
-        finally:
-            os.close(fd)
-
-    def acquire(self) -> bool:
-        """Hold it; False when another process does (the file is made, empty, if it is not there)."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            os.close(fd)
-            return False
-        self._fd = fd
-        return True
+    writes_pid = False  # (the file is the ledger: never written here)
 
     def holder(self) -> str:
         return "?"
