@@ -98,7 +98,7 @@ def recover(recorder: RunRecorder, root: Path) -> dict[str, Any]:
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.move(str(part), target)
         report["quarantined"].append(str(target))
-        log.warning("moved %s, open at the crash, to %s", part.name, target)
+        log.warning("moved %s, half-written (open at a crash, or not finished), to %s", part.name, target)
     for empty in sorted(quarantine.glob("*/")):  # (none when the directory is not there)
         # a run's quarantine directory is made when it opens; one a crash left empty is no news
         with contextlib.suppress(OSError):

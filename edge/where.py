@@ -213,6 +213,15 @@ def where_report(
         "daemon_running": daemon_running,
         "files": rows,
         "quarantined": quarantined(Path(ledger.path).parent if store is None else store, run_uid),
+        # the run's half-written files in its store directory (``RUN/*.part``) when no daemon is writing
+        # them: open when its daemon died (an outside probe read "0 lost, 0 pending" of a run whose 160
+        # frames were in such a file, or in none, with the daemon down), or one that could neither be
+        # finished nor set aside (a directory made immutable); the next start sets them aside
+        "half_written": (
+            half_written(Path(ledger.path).parent if store is None else store, run_uid)
+            if not (run["exit_status"] is None and daemon_running)
+            else []
+        ),
         "capture_left": capture_left(run_config(run.get("config")), run["ended_at"] is not None),
         "losses": losses,
         "header_notes": header_notes(config),
@@ -331,6 +340,22 @@ def capture_left(config: dict[str, Any], run_ended: bool) -> dict[str, Any] | No
         return None
 
 
+def half_written(store: Path, run_uid: str) -> list[dict[str, Any]]:
+    """The ``.part`` files in the run's store directory (half-written files of a run whose daemon died),
+    with their sizes."""
+    out = []
+    try:
+        found = sorted((store / run_uid).glob("*.part"))
+    except OSError:
+        return []
+    for path in found:
+        try:
+            out.append({"path": str(path), "size": path.stat().st_size})
+        except OSError:
+            continue
+    return out
+
+
 def quarantined(store: Path, run_uid: str) -> list[dict[str, Any]]:
     """The run's half-written files set aside after a crash or on a full disk (never forwarded or
     purged; their frames are loss records), with their sizes: in the ledger they are no file at all."""
@@ -425,9 +450,13 @@ def summary_line(report: dict[str, Any]) -> str:
     partly = sum(1 for f in waiting if f["verified_by"])
     some = f" ({partly} confirmed by some required consumers, not yet all)" if partly else ""
     lost = report.get("frames_lost", 0)
+    # retired unforwarded: on neither side any more (an outside probe's summary counted it nowhere and
+    # said "0 lost" of the raw frames of 18 hits that no longer existed anywhere)
+    retired = sum(1 for f in files if f.get("retired_unforwarded"))
+    gone = f", {retired} retired unforwarded (on neither side now)" if retired else ""
     return (
         f"{len(files)} file(s): {local} on the appliance{where_here}, {upstream} verified upstream"
-        f"{where_up}, {len(waiting)} pending{some}; {lost} frame(s) lost"
+        f"{where_up}, {len(waiting)} pending{some}{gone}; {lost} frame(s) lost"
     )
 
 
@@ -493,11 +522,26 @@ def render(report: dict[str, Any]) -> str:
             + (f"  ({f['holds']})" if f.get("holds") else "")
         )
         lines.append(
-            f"            {f['size']} bytes, {f['checksum']}, {_frames_text(f['frames'])},"
+            f"            {f['size']} bytes, {f['checksum']}, {_frames_text(f['frames'], f.get('n_frames'))},"
             f" confirmed by {confirmed}"
         )
         for consumer, copy in sorted(f.get("upstream_copies", {}).items()):
             lines.append(f"            upstream copy ({consumer}): {_printable(copy)}")
+    if report.get("state") == "interrupted":
+        # with the daemon down nothing has accounted the frames after those stored yet (no loss record
+        # before recovery): "0 lost" read as all safe, an outside probe
+        lines.insert(
+            1,
+            "  INTERRUPTED: no daemon serves this ledger; this run's frames after those stored are in no"
+            " record until the daemon starts again (its recovery records them lost, or a resumed series"
+            " takes them back)",
+        )
+    for item in report.get("half_written") or ():
+        lines.append(
+            f"  half-written {_printable(item['path'])}  ({item['size']} bytes: open at a crash, or not"
+            " finished; no file in the ledger, its frames loss records (or to be, at the daemon's next"
+            " start, which sets it aside); kept for inspection, never forwarded; README: h5clear)"
+        )
     for item in report.get("quarantined") or ():
         lines.append(
             f"  quarantined {item['path']}  ({item['size']} bytes, half-written at a crash or on a full"
@@ -611,7 +655,12 @@ def _split_account(
     return continued, max(0, end - continued - first)
 
 
-def _frames_text(frames: list[int] | None) -> str:
-    """A file's frames as a line of ``edge where`` shows them: ``frames 0..99``, or none (a file of
+def _frames_text(frames: list[int] | None, count: int | None = None) -> str:
+    """A file's frames as a line of ``edge where`` shows them: ``frames 0..99``, with their count when
+    the span holds others too (``18 frames, 7..55``: serial's hits among blanks), or none (a file of
     products or documents holds no frames of the detector's)."""
-    return "no frames" if frames is None else f"frames {frames[0]}..{frames[1]}"
+    if frames is None:
+        return "no frames"
+    if count is not None and count != frames[1] - frames[0] + 1:
+        return f"{count} frames, {frames[0]}..{frames[1]}"
+    return f"frames {frames[0]}..{frames[1]}"

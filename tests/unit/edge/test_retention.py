@@ -318,6 +318,8 @@ def test_files_never_forwarded_are_kept_or_retired_only_by_the_stated_policy(
     assert retired["local_only"] and "never sent upstream" in retired["why_local"]
     text = render(report)
     assert "retired locally, never sent upstream" in text and "0 verified upstream" in text, text
+    # and the summary counts it, on neither side now (an outside probe: counted nowhere, "0 lost")
+    assert "1 retired unforwarded (on neither side now)" in text.splitlines()[1], text
 
 
 class _Disk:

@@ -149,3 +149,54 @@ def test_a_write_ahead_log_without_its_shared_memory_file_on_a_read_only_mount_s
     )
     assert reading.returncode == 0, reading.stderr
     assert json.loads(reading.stdout)["run_uid"] == "run-killed"
+
+
+def test_an_interrupted_run_says_so_and_names_its_half_written_file(tmp_path: Path) -> None:
+    """An outside probe: with the daemon down after a kill -9, ``edge where`` said "0 frame(s) lost, 0
+    pending" of a run whose frames after 40 were in a ``.part`` file or nowhere: read as all safe. It
+    says the run is interrupted, that its frames after those stored are in no record until the daemon
+    starts again, and names the half-written file."""
+    from edge.where import render, where_report
+
+    ledger = Ledger(tmp_path / "ledger.sqlite")
+    try:
+        ledger.run_started("killed", 1, 200, "{}", "raw")
+        (tmp_path / "killed").mkdir()
+        (tmp_path / "killed" / "killed_00002.h5.part").write_bytes(b"x" * 64)
+        report = where_report(ledger, "killed", daemon_running=False, store=tmp_path)
+        running = where_report(ledger, "killed", daemon_running=True, store=tmp_path)
+    finally:
+        ledger.close()
+    assert report["state"] == "interrupted"
+    assert report["half_written"] == [{"path": str(tmp_path / "killed" / "killed_00002.h5.part"), "size": 64}]
+    text = render(report)
+    assert "INTERRUPTED: no daemon serves this ledger" in text and "half-written" in text, text
+    assert running["half_written"] == [] and "INTERRUPTED" not in render(running)  # (its file is open)
+
+
+def test_a_file_whose_frames_are_a_sparse_span_shows_their_count() -> None:
+    """An outside probe: a serial hits file's row read "frames 7..55" for 18 hits: taken for 49 frames."""
+    from edge.where import _frames_text
+
+    assert _frames_text([7, 55], 18) == "18 frames, 7..55"
+    assert _frames_text([0, 99], 100) == "frames 0..99" and _frames_text(None, 0) == "no frames"
+
+
+def test_an_ended_run_with_a_file_left_half_written_names_it(tmp_path: Path) -> None:
+    """An outside probe: a run whose directory was made immutable ended ``fail`` with every frame a
+    ``file_close_failed`` record, and its ``.part`` (all 200 frames) stayed in the run directory, named
+    by nothing until a restart set it aside."""
+    from edge.where import render, where_report
+
+    ledger = Ledger(tmp_path / "ledger.sqlite")
+    try:
+        ledger.run_started("stuck", 1, 2, "{}", "raw")
+        ledger.record_loss("stuck", 0, 1, "file_close_failed", "finishing the file failed: EPERM")
+        ledger.run_ended("stuck", "fail", 0)
+        (tmp_path / "stuck").mkdir()
+        (tmp_path / "stuck" / "stuck_00000.h5.part").write_bytes(b"x" * 32)
+        report = where_report(ledger, "stuck", daemon_running=True, store=tmp_path)
+    finally:
+        ledger.close()
+    assert [item["size"] for item in report["half_written"]] == [32]
+    assert "half-written" in render(report) and "INTERRUPTED" not in render(report)
