@@ -539,6 +539,26 @@ class Ledger:
         does not grow with the history)."""
         return self._rows("SELECT * FROM runs ORDER BY started_at DESC LIMIT ?", (int(limit),))
 
+    def run_uids_beginning(self, prefix: str, limit: int = 11) -> list[str]:
+        """Up to ``limit`` run uids that begin with ``prefix`` (itself included), in uid order: a range
+        of the primary key's index, not a read of every run (``edge where`` and ``/api/runs/{id}`` read
+        every run's row, its config too, to match a prefix: slower with each run the ledger kept)."""
+        rows = self._rows(
+            "SELECT run_uid FROM runs WHERE run_uid >= ? AND substr(run_uid, 1, ?) = ? ORDER BY run_uid"
+            " LIMIT ?",
+            (prefix, len(prefix), prefix, int(limit)),
+        )
+        return [str(row["run_uid"]) for row in rows]
+
+    def run_uids_beginning_folded(self, prefix: str, limit: int = 11) -> list[str]:
+        """The same, letter case aside (a UUID copied in capitals): a scan of the uids (not their rows),
+        for a prefix that matched no run as given."""
+        rows = self._rows(
+            "SELECT run_uid FROM runs WHERE lower(substr(run_uid, 1, ?)) = lower(?) ORDER BY run_uid LIMIT ?",
+            (len(prefix), prefix, int(limit)),
+        )
+        return [str(row["run_uid"]) for row in rows]
+
     def runs_named_by_detector(self, detector_uid: str) -> list[str]:
         """The runs recorded under a fresh uid because the detector's (``detector_run_uid`` in their
         config) was not a file name or already a run's, oldest first (an index lookup: the schema's

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from edge.errors import ConfigError
+from edge.errors import ConfigError, NotFound
 from edge.ledger import Ledger
 
 
@@ -200,3 +200,32 @@ def test_an_ended_run_with_a_file_left_half_written_names_it(tmp_path: Path) -> 
         ledger.close()
     assert [item["size"] for item in report["half_written"]] == [32]
     assert "half-written" in render(report) and "INTERRUPTED" not in render(report)
+
+
+def test_a_run_is_found_by_the_index_of_uids_not_by_reading_every_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An outside probe: each ``/api/runs/{id}`` and ``edge where`` read every run's row (its config too)
+    to match a prefix, so every answer slowed down with each run the ledger kept (1,476 runs: 17 ms a
+    run report, 4 s for 500 summaries). The uid is looked up in the ledger's index."""
+    from edge.where import resolve_run, runs_beginning
+
+    ledger = Ledger(tmp_path / "ledger.sqlite")
+    try:
+        for n in range(30):
+            ledger.run_started(f"6a3644a8-{n:04d}", n, 1, "{}", "raw")
+        ledger.run_started("Beam-X", 31, 1, "{}", "raw")
+
+        def every_run(*args: object, **kwargs: object) -> None:
+            raise AssertionError("read every run")
+
+        monkeypatch.setattr(Ledger, "runs", every_run)
+        assert resolve_run(ledger, "6a3644a8-0007") == "6a3644a8-0007"
+        assert resolve_run(ledger, "beam") == "Beam-X"  # letter case aside
+        with pytest.raises(NotFound, match=r"matches more than 10 runs \(6a3644a8-0000, .*, \.\.\.\)"):
+            resolve_run(ledger, "6a3644a8")
+        with pytest.raises(NotFound, match=r"no run 'zz' in the ledger \(31 runs known\)"):
+            resolve_run(ledger, "zz")
+        assert runs_beginning(ledger, "6a3644a8-000") == [f"6a3644a8-000{n}" for n in range(10)]
+    finally:
+        ledger.close()
