@@ -50,6 +50,16 @@ def create_keys(directory: Path, name: str, *, replace: bool = False) -> tuple[P
     return Path(public), Path(secret)
 
 
+def _whole_key(key: bytes) -> bool:
+    """Whether ``key`` is a whole CurveZMQ key: 40 Z85 characters that decode to 32 bytes."""
+    if len(key) != 40:
+        return False
+    try:
+        return len(z85.decode(key)) == 32
+    except (ValueError, KeyError, IndexError):
+        return False
+
+
 def load_keys(path: Path, setting: str, *, secret: bool, warn: bool = True) -> tuple[bytes, bytes | None]:
     """(public, secret) keys of the certificate file ``path``, given as ``setting``; a ConfigError naming
     both, in one line, when it is no key file, or holds no secret key where one is ``secret``ly needed
@@ -65,6 +75,16 @@ def load_keys(path: Path, setting: str, *, secret: bool, warn: bool = True) -> t
         raise ConfigError(
             f"{setting} = {path}: not a CurveZMQ key file ({reason}); `edge keys DIR NAME` writes a pair"
         ) from None
+    damaged = [
+        which
+        for which, key in (("public", public), ("secret", secret_key))
+        if key is not None and not _whole_key(key)
+    ]
+    if damaged:  # (cut short: libzmq refused it at setsockopt, a traceback and exit 1, an outside probe)
+        raise ConfigError(
+            f"{setting} = {path}: its {' and '.join(damaged)} key is damaged (not 40 Z85 characters: the file"
+            " cut short?); `edge keys DIR NAME` writes a pair"
+        )
     if secret and secret_key is None:
         raise ConfigError(
             f"{setting} = {path}: a public key only; this setting takes the secret one (NAME.key_secret)"
@@ -146,6 +166,9 @@ class KeyRing:
                 public, _secret = zmq.auth.load_certificate(str(self.directory / file_name))
             except (OSError, ValueError) as error:
                 log.error("CURVE client key %s is not a certificate (%s): ignored", file_name, error)
+                continue
+            if not _whole_key(public):
+                log.error("CURVE client key %s is damaged (not 40 Z85 characters): ignored", file_name)
                 continue
             if not CONSUMER_NAME.fullmatch(name):
                 log.error("CURVE client key %s: %r is not a consumer name: ignored", file_name, name)

@@ -28,7 +28,7 @@ from typing import Any, TextIO
 import zmq
 
 from edge.durable import CHECKSUM, checksum_bytes, drop_cached, file_checksums, fsync_dir
-from edge.errors import RemoteProtocolError
+from edge.errors import ConfigError, RemoteProtocolError
 from edge.upstream import protocol as p
 from edge.upstream.curve import connect_securely
 
@@ -50,6 +50,7 @@ TROUBLES = (
     ("reconnects", "reconnects"),
     ("sessions_unanswered", "sessions unanswered"),
 )
+KEY_RETRY_SECONDS = 5.0  # a key file that cannot be read at a reconnect: read again after this
 HEARTBEAT_SECONDS = 2.0  # said to the appliance at least this often, so an idle client reads "connected"
 PART_SWEEP_SECONDS = 600.0  # how often partial files are looked over for ones the appliance stopped sending
 
@@ -136,7 +137,17 @@ class PullClient:
         # and the silence check below reconnects
         sock.setsockopt(zmq.MAXMSGSIZE, p.MAX_CHUNK_BYTES + p.MAX_HEADER_BYTES)
         if self.curve is not None:
-            connect_securely(sock, *self.curve)
+            try:  # (its key files are read again at each connection: a rotation takes effect)
+                connect_securely(sock, *self.curve)
+            except ConfigError as error:
+                # a key file made bad while the client runs (emptied, cut short mid-write): said, counted,
+                # and tried again, never a traceback (the start checked them: an outside probe's client
+                # died at the next reconnect)
+                sock.close(0)
+                self.stats["key_files_unreadable"] += 1
+                log.error("%s; trying again in %g s", error, KEY_RETRY_SECONDS)
+                self.stop_event.wait(KEY_RETRY_SECONDS)
+                return
         sock.connect(self.endpoint)
         self.stats["sessions"] += 1  # before the Hello: whoever sees the Hello sees it counted
         self._send(sock, p.Hello(self.consumer, self.credit))

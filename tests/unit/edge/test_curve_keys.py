@@ -136,7 +136,14 @@ def test_a_bad_key_file_is_one_line_naming_the_setting(tmp_path: Path, caplog) -
     public, secret = create_keys(tmp_path, "hpc")
     garbage = tmp_path / "garbage.key"
     garbage.write_text("garbage\n")
+    # cut short inside a key line (an outside probe: libzmq refused it at setsockopt, a traceback, exit 1)
+    cut_secret = tmp_path / "cut.key_secret"
+    cut_secret.write_bytes(secret.read_bytes()[:300])
+    cut_public = tmp_path / "cut.key"
+    cut_public.write_bytes(public.read_bytes()[:340])
     cases = [
+        (cut_secret, True, "key is damaged (not 40 Z85 characters: the file cut short?)"),
+        (cut_public, False, "its public key is damaged"),
         (public, True, "a public key only; this setting takes the secret one"),
         (garbage, True, "not a CurveZMQ key file"),
         (tmp_path, False, "not a CurveZMQ key file"),
@@ -234,3 +241,28 @@ def test_a_client_without_curve_is_logged_as_such_whatever_else_failed_first(
     assert fake.session.stats["curve_handshakes_without_curve"] >= 1
     assert "the client does not speak CurveZMQ" in caplog.text
     assert "protocol error 32" not in caplog.text
+
+
+def test_a_key_file_made_bad_while_the_client_runs_is_said_and_tried_again(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An outside probe: ``edge pull`` reads its key files again at each connection (a rotation takes
+    effect), and one emptied while it ran (a partial write) killed it with a traceback at the next
+    reconnect. It is said and counted, and tried again."""
+    import edge.upstream.pull as pull
+
+    client_public, client_secret = create_keys(tmp_path, "hpc")
+    server_public, _server_secret = create_keys(tmp_path, "appliance")
+    server_public.write_text("")  # emptied while the client runs
+    monkeypatch.setattr(pull, "KEY_RETRY_SECONDS", 0.01)
+    context = zmq.Context()
+    try:
+        client = pull.PullClient(
+            "tcp://127.0.0.1:9", "hpc", tmp_path / "out", 8, context, curve=(client_secret, server_public)
+        )
+        with caplog.at_level("ERROR"):
+            client._session(None)  # returns: no traceback
+    finally:
+        context.term()
+    assert client.stats["key_files_unreadable"] == 1 and client.stats["sessions"] == 0
+    assert "not a CurveZMQ key file" in caplog.text and "trying again" in caplog.text
