@@ -251,7 +251,7 @@ def test_a_key_file_made_bad_while_the_client_runs_is_said_and_tried_again(
     reconnect. It is said and counted, and tried again."""
     import edge.upstream.pull as pull
 
-    client_public, client_secret = create_keys(tmp_path, "hpc")
+    _client_public, client_secret = create_keys(tmp_path, "hpc")
     server_public, _server_secret = create_keys(tmp_path, "appliance")
     server_public.write_text("")  # emptied while the client runs
     monkeypatch.setattr(pull, "KEY_RETRY_SECONDS", 0.01)
