@@ -102,7 +102,16 @@ def stall(required: list[str], forwarder: Mapping[str, Any]) -> str | None:
         return "the appliance's own disk is full: its ledger cannot record acknowledgements"
     missing = _missing(required, forwarder)
     if missing:
-        return f"{_not_connected(forwarder)}: {', '.join(missing)} must pull"
+        # a key the appliance does not admit is no connection: said, or the cause was in a counter and
+        # the log only (an outside probe's required consumer's key, removed from the clients directory)
+        refused = int(forwarder.get("curve_handshakes_refused") or 0)
+        keys = (
+            f" ({refused} CURVE handshake(s) of a key not admitted since start: upstream.curve_clients_dir,"
+            " and the log, name it)"
+            if refused
+            else ""
+        )
+        return f"{_not_connected(forwarder)}: {', '.join(missing)} must pull{keys}"
     # a required consumer refusing chunk after chunk, or held back for it (its disk full, say): a probe read
     # "ETA 30 s" in `edge where` beside the outlook's "stalled"
     held = _held_back(required, forwarder)

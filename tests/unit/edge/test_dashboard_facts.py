@@ -178,6 +178,12 @@ def test_a_stall_for_a_required_consumer_away_says_others_are_connected() -> Non
     assert stall(["hpc", "tape"], consumers(True)) == "a required consumer not connected: tape must pull"
     alone = upstream_outlook(Two(1e6, 1000.0), 5_000_000, consumers(False), now=1600.0)
     assert alone["reason"].startswith("no consumer connected: hpc, tape must pull"), alone["reason"]
+    # a key the appliance refused: said beside it (an outside probe found it in a counter and the log only)
+    refused = {**consumers(False), "curve_handshakes_refused": 3}
+    assert stall(["hpc"], refused) == (
+        "no consumer connected: hpc must pull (3 CURVE handshake(s) of a key not admitted since start:"
+        " upstream.curve_clients_dir, and the log, name it)"
+    )
 
 
 def test_a_consumer_refusing_everything_is_a_stall_that_says_why() -> None:
