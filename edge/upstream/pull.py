@@ -190,8 +190,10 @@ class PullClient:
                             ", and does it require CurveZMQ (upstream.curve_secret_file set there: this"
                             " client then needs pull.curve_secret_file and pull.curve_server_file)"
                             if self.curve is None
-                            else ", is the server key the appliance's, and is this client's public key"
-                            " among the keys it admits (a refused key gets no answer, by CurveZMQ's design)",
+                            else ", does it use CurveZMQ at all (upstream.curve_secret_file set there: an"
+                            " appliance without it never answers a client with keys), is the server key the"
+                            " appliance's, and is this client's public key among the keys it admits (a"
+                            " refused key gets no answer, by CurveZMQ's design)",
                         )
                     return
                 if time.monotonic() - last_said >= HEARTBEAT_SECONDS:

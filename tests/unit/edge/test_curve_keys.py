@@ -266,3 +266,31 @@ def test_a_key_file_made_bad_while_the_client_runs_is_said_and_tried_again(
         context.term()
     assert client.stats["key_files_unreadable"] == 1 and client.stats["sessions"] == 0
     assert "not a CurveZMQ key file" in caplog.text and "trying again" in caplog.text
+
+
+def test_a_client_with_keys_unanswered_asks_whether_the_appliance_uses_curve_at_all(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An outside probe: a CURVE client against an appliance without CurveZMQ (no answer ever) was told
+    to check the server key and its own, not that the appliance might not use CurveZMQ at all."""
+    import edge.upstream.pull as pull
+    from edge.demo import free_port
+
+    _public, secret = create_keys(tmp_path, "hpc")
+    server_public, _server_secret = create_keys(tmp_path, "appliance")
+    monkeypatch.setattr(pull, "SILENCE_SECONDS", 0.3)
+    context = zmq.Context()
+    plain = context.socket(zmq.ROUTER)  # an appliance without keys: the handshake never completes
+    port = free_port()
+    plain.bind(f"tcp://127.0.0.1:{port}")
+    try:
+        client = pull.PullClient(
+            f"tcp://127.0.0.1:{port}", "hpc", tmp_path / "out", 8, context, curve=(secret, server_public)
+        )
+        with caplog.at_level("WARNING"):
+            client._session(None)
+    finally:
+        plain.close(0)
+        context.term()
+    assert client.stats["sessions_unanswered"] == 1
+    assert "does it use CurveZMQ at all" in caplog.text, caplog.text
