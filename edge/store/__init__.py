@@ -101,7 +101,6 @@ class RunStore:
         self.frames_given_up = 0
         self._current: dict[str, RunFileWriter] = {}
         self._indices: dict[str, int] = {}
-        self._written_at: dict[str, float] = {}  # each stream's newest frame written (monotonic)
         # with a ``closer``, full files are finished there, in order, while the next one fills; a file
         # that cannot be finished goes to ``on_close_failed`` with its frames (without one, it raises)
         self._closer = closer
@@ -149,7 +148,6 @@ class RunStore:
             self._current[stream] = current
         current.write(frame, chunk, products, flags)
         self.frames_written += 1
-        self._written_at[stream] = time.monotonic()
         if len(current) >= self.frames_per_file:
             self.roll(stream)
 
@@ -170,10 +168,7 @@ class RunStore:
         the open hit file, an outside probe)."""
         now = time.monotonic()
         for stream, current in list(self._current.items()):
-            if (
-                now - current.opened_at >= self.file_seconds
-                and now - self._written_at.get(stream, 0.0) >= quiet
-            ):
+            if now - current.opened_at >= self.file_seconds and now - current.written_at >= quiet:
                 self.roll(stream)
 
     def roll(self, stream: str | None = None) -> None:

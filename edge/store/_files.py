@@ -153,6 +153,7 @@ class RunFileWriter:
         self.capacity = capacity
         self.layout = layout
         self.opened_at = time.monotonic()
+        self.written_at = self.opened_at  # its newest frame's (`RunStore.tick`: a file whose frames pause)
         self.frames: list[int] = []
         self.flags: list[int] = []
         self._products: list[dict[str, Any]] = []
@@ -215,7 +216,7 @@ class RunFileWriter:
         self.frames.append(frame)
         self.flags.append(flags)
         self._products.append(products)
-        now = time.monotonic()
+        now = self.written_at = time.monotonic()
         if now - self._flushed_at >= FLUSH_SECONDS:
             self._flush(now)
 
