@@ -397,6 +397,7 @@ class Pipeline:
         shape = (int(record["height"]), int(record["width"]))
         params = ReductionSettings.model_validate(record.get("reduction") or {"mode": "powder"})
         try:
+            self._check_fits(shape, str(record.get("dtype", "uint16")))
             mask = None if self.run_masks is None else self.run_masks.take(str(record["run_uid"]))
             earlier = self._earlier(record, params.mode)
             stage = make_stage(
@@ -436,6 +437,19 @@ class Pipeline:
                     self.unit,
                     params.model_copy(update={"mode": "raw"}),
                 )
+            )
+
+    def _check_fits(self, shape: tuple[int, int], dtype: str) -> None:
+        """Refuses a mode for frames larger than a ring slot: none can come (each is ``frame_too_large``),
+        and a mode set up for what a series start declares costs that size's arrays (a Stream V2 start of
+        16384 x 16384 under a 48 x 64 detector: powder's geometry took 14 GB and 90 s, the next series
+        waiting behind it; an outside probe)."""
+        nbytes = shape[0] * shape[1] * np.dtype(dtype).itemsize
+        if nbytes > self.ring.slot_bytes:
+            raise ValueError(
+                f"the series declares {shape[0]} x {shape[1]} {dtype} frames ({nbytes} bytes), larger than a"
+                f" ring slot ({self.ring.slot_bytes} bytes, set by detector.height x width x dtype): none"
+                " of its frames can be taken"
             )
 
     def _earlier(self, record: dict[str, Any], mode: str) -> EarlierParts | None:

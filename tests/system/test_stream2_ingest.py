@@ -311,3 +311,42 @@ def test_stream2_detector_mask_and_mask_file_both_exclude_pixels_from_the_powder
     assert detector_source["wire_sha256"] == hashlib.sha256(detector_mask.astype("<u4").tobytes()).hexdigest()
     assert record["masked_pixels"] == 2
     assert record["geometry_source"] == "geometry settings"
+
+
+@pytest.mark.timeout(180)
+def test_a_start_declaring_frames_larger_than_a_ring_slot_sets_up_no_mode_for_them(tmp_path: Path) -> None:
+    """An outside probe: a start of 16384 x 16384 under a 48 x 64 detector made powder compute its
+    geometry for that size (14 GB, 90 s, the next series waiting). No frame of that size fits a ring slot,
+    so no mode is set up for it: the run says why, its image is a loss, the next series is reduced."""
+    import zmq
+
+    from hw_sim.stream2_sender import encode_end, encode_image, encode_start
+
+    stack = _stack(tmp_path, 'reduction.mode="powder"')
+    context = zmq.Context()
+    push = context.socket(zmq.PUSH)
+    frame = np.full((HEIGHT, WIDTH), 10, np.uint16)
+    chunk = compress_chunk(frame)
+    try:
+        push.bind(f"tcp://127.0.0.1:{stack.stream_port}")
+        stack.start_daemon()
+        big = (2048, 2048)  # 8 MiB of uint16: more than the 64 KiB slot (cheap enough for the old code)
+        push.send(encode_start(1, "declared-big", big, "uint16", 1, {}))
+        push.send(encode_image(1, "declared-big", 0, (HEIGHT, WIDTH), "uint16", chunk, 0))
+        push.send(encode_end(1, "declared-big"))
+        push.send(encode_start(2, "after-big", (HEIGHT, WIDTH), "uint16", 2, {}))
+        for number in range(2):
+            push.send(encode_image(2, "after-big", number, (HEIGHT, WIDTH), "uint16", chunk, 0))
+        push.send(encode_end(2, "after-big"))
+        _ended_runs(stack, 2)
+        after = _wait_files(stack, "after-big", 2)
+        big_run = stack.run("declared-big")
+    finally:
+        push.close(linger=1000)
+        context.term()
+        stack.stop_all()
+    note = json.loads(big_run["config"]).get("mode_not_started", "")
+    assert "larger than a ring slot" in note and "2048 x 2048" in note
+    assert big_run["exit_status"] == "fail" and big_run["frames_stored"] == 0
+    assert after["exit_status"] == "success" and after["frames_stored"] == 2
+    assert "mode_not_started" not in json.loads(after["config"])
