@@ -499,8 +499,9 @@ class Ledger:
 
     #: what the pipeline learns of a run once it starts, kept in its config: ``mode_not_started`` (why
     #: its mode could not start: frames stored raw, no products) and ``calibration_files_changed`` (the
-    #: calibration files whose bytes were not those loaded any more), so its record says so for good
-    RUN_NOTES = ("mode_not_started", "calibration_files_changed")
+    #: calibration files whose bytes were not those loaded any more), so its record says so for good;
+    #: and what a crash recovery did to it (``ended_by_recovery``)
+    RUN_NOTES = ("mode_not_started", "calibration_files_changed", "ended_by_recovery")
 
     def run_note(self, run_uid: str, key: str, text: str) -> None:
         """Keep ``text`` in ``run_uid``'s config under ``key`` (one of `RUN_NOTES`)."""
@@ -571,12 +572,16 @@ class Ledger:
         return [str(row["run_uid"]) for row in rows]
 
     def runs_crashed_since(self, since: float) -> list[tuple[str, int]]:
-        """Runs a crash recovery ended (``fail``, with ``daemon_crash`` loss records) at or after
-        ``since``, oldest first, each with its frames still recorded lost to the crash."""
+        """Runs a crash recovery ended (``fail``, with ``daemon_crash`` loss records or its
+        ``ended_by_recovery`` note) at or after ``since``, oldest first, each with its frames still
+        recorded lost to the crash. (A run whose frames were all stored lost no frame to the crash but
+        what it was reduced to in memory: a tomography scan its slices; an outside probe found it left out.)"""
         rows = self._rows(
             "SELECT r.run_uid, SUM(l.last_frame - l.first_frame + 1) AS lost FROM runs r"
-            " JOIN losses l ON l.run_uid = r.run_uid AND l.reason = 'daemon_crash'"
-            " WHERE r.exit_status = 'fail' AND r.ended_at >= ? GROUP BY r.run_uid ORDER BY r.ended_at",
+            " LEFT JOIN losses l ON l.run_uid = r.run_uid AND l.reason = 'daemon_crash'"
+            " WHERE r.exit_status = 'fail' AND r.ended_at >= ? AND (l.run_uid IS NOT NULL OR"
+            " (json_valid(r.config) AND json_extract(r.config, '$.ended_by_recovery') IS NOT NULL))"
+            " GROUP BY r.run_uid ORDER BY r.ended_at",
             (float(since),),
         )
         return [(str(row["run_uid"]), int(row["lost"] or 0)) for row in rows]

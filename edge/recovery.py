@@ -36,6 +36,7 @@ import os
 import shutil
 import sqlite3
 import time
+from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -204,6 +205,13 @@ def recover(recorder: RunRecorder, root: Path) -> dict[str, Any]:
         if recovered:
             report.setdefault("frame_rows_recovered", {})[run_uid] = recovered
         stored = sum(f["n_frames"] for f in files)
+        recorder.note(
+            run_uid,
+            "ended_by_recovery",
+            f"the daemon stopped during the run; the start of {datetime.now(UTC).isoformat(timespec='seconds')}"
+            f" ended it: {stored} frames"
+            f" stored, {int(vetoed.size) + vetoed_purged} vetoed, {max(crashed, recorded)} lost to the crash",
+        )
         recorder.close_run(run_uid, stored, "fail", int(vetoed.size) + vetoed_purged)
         report["runs_failed"].append(run_uid)
         log.error(

@@ -1093,3 +1093,27 @@ def test_a_recovery_counts_the_crash_losses_an_earlier_start_recorded_before_it_
     assert report["runs_failed"] == [run_uid] and report["frames_lost"] == 5
     assert [(r["first_frame"], r["last_frame"]) for r in ledger.losses(run_uid)] == [(5, 9)]  # not twice
     ledger.close()
+
+
+def test_a_run_failed_by_a_recovery_with_every_frame_stored_is_named_by_the_next_start(
+    tmp_path: Path,
+) -> None:
+    """An outside chaos probe: a run whose frames were all stored when the daemon stopped (a tomography
+    scan: its slices, made in memory, were what the crash took) was failed by a recovery whose daemon was
+    killed within the minute; later starts named the other runs failed since, never this one (they were
+    found by their ``daemon_crash`` losses, and it had none). Its record now says the recovery ended it."""
+    from edge.recovery import UnseenRecoveries, note_earlier, recover
+
+    ledger, recorder, run_uid = _open_run_with_one_file(tmp_path, "run-t", 4, 5, 5)
+    unseen = tmp_path / "recovery.unseen"
+    since = UnseenRecoveries(unseen).begin()
+    first = recover(recorder, tmp_path)
+    assert first["runs_failed"] == [run_uid] and first["frames_lost"] == 0
+    note = json.loads(ledger.run(run_uid)["config"])["ended_by_recovery"]
+    assert "5 frames stored" in note and "0 lost to the crash" in note
+
+    report = recover(RunRecorder(ledger, tmp_path, chunk_bytes=1 << 20), tmp_path)  # the next start
+    note_earlier(ledger, report, UnseenRecoveries(unseen).begin())
+    assert UnseenRecoveries(unseen).begin() == since
+    assert report["earlier_runs_failed"] == [run_uid] and report["earlier_frames_lost"] == 0
+    ledger.close()
