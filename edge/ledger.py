@@ -574,8 +574,9 @@ class Ledger:
     def runs_crashed_since(self, since: float) -> list[tuple[str, int]]:
         """Runs a crash recovery ended (``fail``, with ``daemon_crash`` loss records or its
         ``ended_by_recovery`` note) at or after ``since``, oldest first, each with its frames still
-        recorded lost to the crash. (A run whose frames were all stored lost no frame to the crash but
-        what it was reduced to in memory: a tomography scan its slices; an outside probe found it left out.)"""
+        recorded lost to the crash. (A run whose frames were all stored lost no frame to the crash, but
+        what it was reduced to in memory: a tomography scan its slices; an outside probe found it left
+        out.)"""
         rows = self._rows(
             "SELECT r.run_uid, SUM(l.last_frame - l.first_frame + 1) AS lost FROM runs r"
             " LEFT JOIN losses l ON l.run_uid = r.run_uid AND l.reason = 'daemon_crash'"

@@ -205,12 +205,12 @@ def recover(recorder: RunRecorder, root: Path) -> dict[str, Any]:
         if recovered:
             report.setdefault("frame_rows_recovered", {})[run_uid] = recovered
         stored = sum(f["n_frames"] for f in files)
+        when = datetime.now(UTC).isoformat(timespec="seconds")
         recorder.note(
             run_uid,
             "ended_by_recovery",
-            f"the daemon stopped during the run; the start of {datetime.now(UTC).isoformat(timespec='seconds')}"
-            f" ended it: {stored} frames"
-            f" stored, {int(vetoed.size) + vetoed_purged} vetoed, {max(crashed, recorded)} lost to the crash",
+            f"the daemon stopped during the run; the start of {when} ended it: {stored} frames stored,"
+            f" {int(vetoed.size) + vetoed_purged} vetoed, {max(crashed, recorded)} lost to the crash",
         )
         recorder.close_run(run_uid, stored, "fail", int(vetoed.size) + vetoed_purged)
         report["runs_failed"].append(run_uid)
