@@ -408,3 +408,18 @@ def test_where_names_where_the_series_of_a_run_the_detector_uid_also_names_went_
     assert report["also_named_continued_by"] == {"fresh-1": ["fresh-2"]}
     assert "also names run fresh-1 (its series went on in run fresh-2)" in render(report)
     ledger.close()
+
+
+def test_a_run_not_ended_counts_the_vetoed_blanks_its_closed_reduced_files_list(tmp_path: Path) -> None:
+    """An outside chaos probe: serial with blanks dropped, killed mid-series; `edge where` with the daemon
+    down read 0 vetoed while the run's closed reduced files listed 163 (the run's count is written at
+    its end). A run not ended counts what its closed reduced files list; an ended run its own count."""
+    ledger = Ledger(tmp_path / "ledger.sqlite")
+    ledger.run_started("run", 1, None, "{}")
+    ledger.file_stored("run", "a.h5", tmp_path / "a.h5", 10, "x", (0, 3, 4), [])
+    for name, vetoed in (("run_reduced_00000.nxs", 100), ("run_reduced_00001.nxs", 63)):
+        ledger.file_stored("run", name, tmp_path / name, 10, "x", (-1, -1, 0), [], "reduced", vetoed=vetoed)
+    assert ledger.run_totals("run")["frames_vetoed"] == 163
+    ledger.run_ended("run", "fail", 4, 170)  # (the recovery counts the rows it recovered too)
+    assert ledger.run_totals("run")["frames_vetoed"] == 170
+    ledger.close()
