@@ -562,7 +562,8 @@ class ApplianceIOC:
                 mode = self._parameters()["mode"]
                 self._set_message(f"Preparing {mode} mode: its kernels are loading ({said} s)")
             await asyncio.sleep(0.1)
-        if said >= 0:
+        if said >= 0 or name == "Mode":  # (a mode whose kernels were loaded already is ready at once:
+            # its put said nothing, the message before it left standing; an outside probe)
             self._set_message(f"{self._parameters()['mode']} mode ready")
 
     # --- setpoints -----------------------------------------------------------------------------

@@ -1070,7 +1070,8 @@ PVS: tuple[PvSpec, ...] = (
         "`StatusMessage_RBV`). A put with completion (as of every `Reduction:*` setpoint) completes once "
         "the next run's kernels are loaded: an install's first use of a mode compiles them (tens of "
         "seconds; the put waits at most 120 s), `StatusMessage_RBV` saying `Preparing MODE mode: its "
-        "kernels are loading (N s)` meanwhile and `MODE mode ready` after.",
+        "kernels are loading (N s)` meanwhile and `MODE mode ready` after (at once when they are loaded "
+        "already).",
         choices=MODES,
     ),
     _rbv("Mode_RBV", "mbbIn", "enum", "Reduction mode, as accepted.", choices=MODES),

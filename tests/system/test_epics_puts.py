@@ -89,6 +89,7 @@ def test_bad_puts_are_refused_with_an_alarm_a_reason_and_no_traceback(idle_stack
     meta = _meta(stack, "Mode")
     assert (meta["char_value"], meta["severity"]) == ("raw", 0)
     wait_for(lambda: _meta(stack, "Mode_RBV")["char_value"] == "raw", 5, "Mode_RBV raw")
+    _wait_message(stack, "raw mode ready")  # (no kernels to load: ready at once, and said so)
 
     # numbers out of range: refused, the last good value kept (a negative period never becomes 0)
     assert _put(stack, "AcquirePeriod", 0.02) == 1
