@@ -94,11 +94,13 @@ def recover(recorder: RunRecorder, root: Path) -> dict[str, Any]:
     ledger = recorder.ledger
     report: dict[str, Any] = {"quarantined": [], "salvaged": [], "runs_failed": [], "frames_lost": 0}
     quarantine = root / "quarantine"  # (RunStore sets its open files aside there too, STORE/quarantine/RUN/)
+    half_written: dict[str, list[str]] = {}  # run -> its files quarantined now (named in its crash's losses)
     for part in sorted(root.glob("*/*.part")):
         target = quarantine / part.parent.name / part.name
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.move(str(part), target)
         report["quarantined"].append(str(target))
+        half_written.setdefault(part.parent.name, []).append(f"quarantine/{part.parent.name}/{part.name}")
         log.warning("moved %s, half-written (open at a crash, or not finished), to %s", part.name, target)
     for empty in sorted(quarantine.glob("*/")):  # (none when the directory is not there)
         # a run's quarantine directory is made when it opens; one a crash left empty is no news
@@ -168,14 +170,15 @@ def recover(recorder: RunRecorder, root: Path) -> dict[str, Any]:
                 expected - 1,
             )
         crashed = 0
+        detail = "held in memory or not yet received when the daemon died"
+        if half_written.get(run_uid):  # (an outside probe: hits written into the file the crash left
+            # half-written read as if never received)
+            detail = (
+                "held in memory, written into a file the crash left half-written (moved to"
+                f" {', '.join(half_written[run_uid])}), or not yet received when the daemon died"
+            )[:500]
         for first, last in _missing_ranges(int(expected), _not_own(run, covered)):
-            recorder.loss(
-                run_uid,
-                first,
-                last,
-                "daemon_crash",
-                "held in memory or not yet received when the daemon died",
-            )
+            recorder.loss(run_uid, first, last, "daemon_crash", detail)
             crashed += last - first + 1
         if crashed:  # the per-second "lost N frames" line counts them all: say which of them may come back
             log.warning(

@@ -1117,3 +1117,19 @@ def test_a_run_failed_by_a_recovery_with_every_frame_stored_is_named_by_the_next
     assert UnseenRecoveries(unseen).begin() == since
     assert report["earlier_runs_failed"] == [run_uid] and report["earlier_frames_lost"] == 0
     ledger.close()
+
+
+def test_frames_lost_to_a_crash_name_the_half_written_file_it_left(tmp_path: Path) -> None:
+    """An outside upstream probe: hits received and written into the file the crash left half-written
+    read "held in memory or not yet received when the daemon died" beside the quarantine line; the loss
+    records now name the file moved to quarantine/."""
+    from edge.recovery import recover
+
+    ledger, recorder, run_uid = _open_run_with_one_file(tmp_path, "run-h", 5, 10, 5)
+    (tmp_path / run_uid / f"{run_uid}_00001.h5.part").write_bytes(b"half")
+    report = recover(recorder, tmp_path)
+    assert report["frames_lost"] == 5
+    (loss,) = [r for r in ledger.losses(run_uid) if r["reason"] == "daemon_crash"]
+    assert f"quarantine/{run_uid}/{run_uid}_00001.h5.part" in loss["detail"], loss
+    assert (tmp_path / "quarantine" / run_uid / f"{run_uid}_00001.h5.part").exists()
+    ledger.close()
