@@ -1274,7 +1274,12 @@ class ZmqStreamSource:
         expected = self._frames_expected
         if expected is not None and self._next_frame < expected:
             self.stats["frames_gap"] += expected - self._next_frame
-            self.sink.lost(self._next_frame, expected - 1, reason, f"series ended after {self._next_frame}")
+            came = (
+                f"the series ended after frame {self._next_frame - 1}"
+                if self._next_frame
+                else "the series ended before its first frame"
+            )
+            self.sink.lost(self._next_frame, expected - 1, reason, f"{came}, of {expected} announced")
         series = self._series
         self._series = None
         self._adopted = None

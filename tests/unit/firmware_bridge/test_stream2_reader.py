@@ -35,6 +35,7 @@ class Sink:
         self.configs: list[dict[str, Any]] = []
         self.pixel_masks: list[np.ndarray | None] = []  # the stored channel's, as the sink was given it
         self.losses: list[tuple[int, int, str]] = []
+        self.details: list[str] = []
         self.ends: list[tuple[int, str]] = []
         self.ended = threading.Event()
         self.refuse = refuse
@@ -82,6 +83,7 @@ class Sink:
 
     def lost(self, first: int, last: int, reason: str, detail: str = "") -> None:
         self.losses.append((first, last, reason))
+        self.details.append(detail)
 
 
 def replay(
@@ -525,6 +527,9 @@ def test_an_end_with_no_series_open_is_counted_and_ends_nothing() -> None:
     assert counters["ends_without_series"] == 2  # before the start, and the repeat after it
     assert counters["series_ended"] == 1 and len(sink.ends) == 1
     assert sink.losses == [(1, 3, "missing_at_series_end")]  # once, not twice
+    # the last frame that came, and how many were announced (it read "series ended after 1", a count
+    # taken for a frame number; an outside sender's probe)
+    assert sink.details == ["the series ended after frame 0, of 4 announced"]
 
 
 def test_a_start_after_its_own_first_image_continues_the_run_that_image_opened() -> None:
