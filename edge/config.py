@@ -524,7 +524,12 @@ class ReductionSettings(_Section):
     serial: SerialSettings = SerialSettings()
     tomo: TomoSettings = TomoSettings()
     bins: int = Field(1000, ge=2, le=100_000)
-    unit: Literal["2th_deg", "q_nm^-1"] = "2th_deg"
+    unit: Literal["2th_deg", "2th_rad", "q_nm^-1", "q_A^-1"] = Field(
+        "2th_deg",
+        description="the radial axis, as pyFAI names it: 2theta in degrees or radians, q in 1/nm or"
+        " 1/angstrom (pyFAI bins 2theta in radians and q in 1/nm whatever the unit, and so does the"
+        " appliance: the unit scales the axis only)",
+    )
     poni_file: Path | None = None
     dark_file: Path | None = Field(
         None,

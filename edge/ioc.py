@@ -88,7 +88,7 @@ _ioc_started = False
 
 
 #: the EGU of the profile's radial axis per ``reduction.unit``
-RADIAL_EGU = {"2th_deg": "deg", "q_nm^-1": "nm^-1"}
+RADIAL_EGU = {"2th_deg": "deg", "2th_rad": "rad", "q_nm^-1": "nm^-1", "q_A^-1": "A^-1"}
 
 
 class CaptureControl(Protocol):

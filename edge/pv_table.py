@@ -1278,7 +1278,12 @@ PVS: tuple[PvSpec, ...] = (
         fields={"PREC": 13},  # 1e-14 m: 4 significant digits of a hard X-ray wavelength
     ),
     _rbv("Reduction:Bins_RBV", "longIn", "long", "Bins of the azimuthal integration."),
-    _rbv("Reduction:Unit_RBV", "stringIn", "string", "Radial unit (2th_deg or q_nm^-1)."),
+    _rbv(
+        "Reduction:Unit_RBV",
+        "stringIn",
+        "string",
+        "Radial unit (`reduction.unit`: 2th_deg, 2th_rad, q_nm^-1 or q_A^-1).",
+    ),
     _rbv(
         "Reduction:PoniFile_RBV",
         "longStringIn",
@@ -1369,7 +1374,8 @@ PVS: tuple[PvSpec, ...] = (
         "Profile1:Radial_RBV",
         "WaveformIn",
         "double[bins]",
-        "Radial axis of the profile, bin centres (EGU `deg` for `2th_deg`, `nm^-1` for `q_nm^-1`).",
+        "Radial axis of the profile, bin centres (EGU `deg` for `2th_deg`, `rad` for `2th_rad`, `nm^-1` for "
+        "`q_nm^-1`, `A^-1` for `q_A^-1`).",
         length="bins",
         units="radial",
     ),

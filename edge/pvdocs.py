@@ -36,7 +36,7 @@ def _row(prefix: str, spec: PvSpec) -> str:
     kind = spec.ca_type
     if spec.choices:
         kind += ": " + " / ".join(spec.choices)
-    shown = "deg or nm^-1, by `reduction.unit`" if spec.units == "radial" else spec.units
+    shown = "deg, rad, nm^-1 or A^-1, by `reduction.unit`" if spec.units == "radial" else spec.units
     units = f" ({shown})" if shown else ""
     return f"| `{prefix}{spec.name}` | {kind}{units} | {access} | {spec.doc} | {describe(spec)} |"
 

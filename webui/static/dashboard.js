@@ -110,7 +110,7 @@
     return `<span class="path" title="${esc(path)}" data-full="${esc(path)}">${esc(shortPath(path))}</span>` +
       `<button type="button" class="copy" data-copy="${esc(path)}" title="copy the full path">copy</button>`;
   }
-  const UNIT_LABELS = { "2th_deg": "2θ (degrees)", "q_nm^-1": "q (nm⁻¹)", "q_A^-1": "q (Å⁻¹)", r_mm: "r (mm)" };
+  const UNIT_LABELS = { "2th_deg": "2θ (degrees)", "2th_rad": "2θ (radians)", "q_nm^-1": "q (nm⁻¹)", "q_A^-1": "q (Å⁻¹)" };
 
   function setText(id, text, cls) {
     const el = $(id);

@@ -228,14 +228,19 @@ def test_a_run_s_reduced_files_alone_reproduce_profiles_made_with_a_dark_and_a_f
         np.testing.assert_allclose(ours[filled], theirs.intensity[filled], rtol=1e-6)
 
 
+@pytest.mark.parametrize(
+    ("unit", "units"), [("2th_deg", "deg"), ("2th_rad", "rad"), ("q_nm^-1", "1/nm"), ("q_A^-1", "1/angstrom")]
+)
 def test_a_tilted_run_s_file_alone_reproduces_profile_and_cake_with_pyfai_s_default_ranges(
-    tmp_path: Path,
+    tmp_path: Path, unit: str, units: str
 ) -> None:
     """An outside powder probe found 1e-3 apart in two bins of a profile (6% in a cake bin) after passing
     the stored edges to pyFAI as ``radial_range``: pyFAI then computes each bin by other arithmetic, and a
     pixel on an edge moves to its neighbour. The README says to leave the ranges at their defaults; from
     the file alone (its PONI text and mask), with rotations, non-square pixels, solid angle and
-    polarisation, profile and cake then agree within 1e-6 relative, counts and all."""
+    polarisation, profile and cake then agree within 1e-6 relative, counts and all; in each of pyFAI's
+    units the daemon takes (an outside probe expected ``q_A^-1``: it was refused), the axis named and
+    in its NeXus units."""
     pytest.importorskip("pyFAI")
     from pyFAI.integrator.azimuthal import AzimuthalIntegrator
 
@@ -244,7 +249,7 @@ def test_a_tilted_run_s_file_alone_reproduces_profile_and_cake_with_pyfai_s_defa
         dist=0.08, poni1=0.0048, poni2=0.0052, rot1=0.03, rot2=-0.02, rot3=0.4,
         wavelength=0.8e-10, pixel1=100e-6, pixel2=120e-6,
     )  # fmt: skip
-    params = ReductionSettings(mode="powder", bins=bins, cake_bins=cake)
+    params = ReductionSettings(mode="powder", bins=bins, cake_bins=cake, unit=unit)
     mask = np.zeros(shape, bool)
     mask[40:50, 10:30] = True
     stage = make_stage(
@@ -253,7 +258,7 @@ def test_a_tilted_run_s_file_alone_reproduces_profile_and_cake_with_pyfai_s_defa
             geometry,
             shape,
             bins,
-            "2th_deg",
+            unit,
             params,
             Corrections(mask=mask, solid_angle=True, polarization=0.95),
         )
@@ -270,17 +275,19 @@ def test_a_tilted_run_s_file_alone_reproduces_profile_and_cake_with_pyfai_s_defa
         stored_mask = f["/entry/reduced/corrections/mask"][()]
         profile = f["/entry/reduced/I"][0].astype(np.float64)
         caked = f["/entry_2d/reduced/I"][0].astype(np.float64)
+        radial = f["/entry/reduced/radial_axis"]
+        assert (radial.attrs["units"], radial.attrs["pyfai_unit"]) == (units, unit)
+        centres = radial[()]
     ai = AzimuthalIntegrator()
     ai.load(str(poni))
     method = ("no", "histogram", "cython")
     pixels = frame.astype(np.float64)
-    one = ai.integrate1d(
-        pixels, bins, unit="2th_deg", method=method, mask=stored_mask, polarization_factor=0.95
-    )
+    one = ai.integrate1d(pixels, bins, unit=unit, method=method, mask=stored_mask, polarization_factor=0.95)
     two = ai.integrate2d(
-        pixels, bins, cake, unit="2th_deg", method=method, mask=stored_mask, polarization_factor=0.95
+        pixels, bins, cake, unit=unit, method=method, mask=stored_mask, polarization_factor=0.95
     )
     filled = one.count > 0
     np.testing.assert_allclose(profile[filled], one.intensity[filled], rtol=1e-6)
     np.testing.assert_array_equal(profile[~filled] == 0, True)
     np.testing.assert_allclose(caked, two.intensity, rtol=1e-6, atol=0)
+    np.testing.assert_allclose(centres, one.radial, rtol=1e-9)
