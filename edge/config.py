@@ -811,7 +811,8 @@ class ApiSettings(_Section):
         ge=8,
         le=100_000,
         description="API connections open at once; one more is closed as it opens (a client holding many"
-        " open must not use up the daemon's file descriptors, which the detector's stream needs too)",
+        " open must not use up the daemon's file descriptors, which the detector's stream needs too); live"
+        " event streams take at most three quarters of them (all but 4 at least), one more answered 503",
     )
     header_seconds: float = Field(
         10.0,

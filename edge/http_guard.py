@@ -22,8 +22,25 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-#: connections closed: ``over_limit`` (``api.max_connections`` open already), ``header_timeout``
+#: connections closed: ``over_limit`` (``api.max_connections`` open already), ``header_timeout``; and
+#: ``event_streams``: live event streams refused (503) as `event_stream_limit` were open
 REFUSED: Counter[str] = Counter()
+
+
+def event_stream_limit(max_connections: int) -> int:
+    """How many live event streams (``/api/events``) may be open at once: ``api.max_connections`` less a
+    quarter of them (at least 4), kept for requests. A stream holds its connection for as long as the
+    client keeps it: 16 streams under a cap of 16 shut every status poll and metrics scrape out for as
+    long as they stayed (an outside probe)."""
+    return max_connections - max(4, max_connections // 4)
+
+
+def refused_stream(limit: int) -> None:
+    """A live event stream refused: counted and logged (the first, then every 100th)."""
+    _refused(
+        "event_streams",
+        f"a live event stream refused: {limit} are open (api.max_connections keeps the rest for requests)",
+    )
 
 
 def guarded_protocol(max_connections: int, header_seconds: float) -> type[H11Protocol]:

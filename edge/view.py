@@ -128,6 +128,7 @@ class ApplianceView:
                 "api_connections_closed": {
                     kind: int(REFUSED[kind]) for kind in ("over_limit", "header_timeout")
                 },
+                "api_event_streams_refused": int(REFUSED["event_streams"]),
             },
             "frames": {
                 "received": receiver.get("frames_received", 0),

@@ -25,6 +25,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect
 
 from edge.errors import ConfigError, NotFound, Refused, Unauthorized, WritesDisabled
+from edge.http_guard import event_stream_limit, refused_stream
 from webui.auth import writer
 from webui.live import LiveFeed
 from webui.metrics import add_metrics_route
@@ -485,12 +486,26 @@ def create_app(
         """Trend samples (frame rate, ring fill, backlog, disk use), taken while a dashboard watched."""
         return list(feed.history)
 
+    stream_limit = event_stream_limit(settings.api.max_connections)
+
     @app.get("/api/events", include_in_schema=False)
     def events(request: Request) -> Response:
-        """Server-Sent Events for the dashboard (webui/live.py): status once a second, the live image."""
+        """Server-Sent Events for the dashboard (webui/live.py): status once a second, the live image.
+        At most `event_stream_limit` at once: the rest of ``api.max_connections`` stays for requests."""
         headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
         if request.scope.get("edge.head"):
             return Response(media_type="text/event-stream", headers=headers)
+        if feed.subscribers >= stream_limit:
+            refused_stream(stream_limit)
+            busy = _error(
+                "busy",
+                f"{stream_limit} live event streams are open, the most api.max_connections"
+                f" ({settings.api.max_connections}) allows: the rest are kept for requests (status, metrics);"
+                " try again later",
+                503,
+            )
+            busy.headers["Retry-After"] = "5"
+            return busy
         return StreamingResponse(feed.stream(), media_type="text/event-stream", headers=headers)
 
     add_metrics_route(app, appliance.status)  # Prometheus text, webui/metrics.py

@@ -325,3 +325,23 @@ def test_a_page_that_connects_later_gets_the_frame_s_age_as_of_now() -> None:
     first, later = asyncio.run(both())
     assert first["age_seconds"] == 1.5 and first["server_time"] == 1000.5
     assert later["server_time"] == 1160.5 and later["age_seconds"] == 161.5
+
+
+def test_event_streams_leave_a_quarter_of_the_connections_for_requests() -> None:
+    """An outside API probe: 16 live event streams under ``api.max_connections = 16`` shut out every
+    status poll and metrics scrape for as long as they stayed open. Streams beyond the cap less a
+    quarter (at least 4) are refused 503 with Retry-After, counted in the status."""
+    from edge.http_guard import REFUSED, event_stream_limit
+
+    assert event_stream_limit(16) == 12 and event_stream_limit(8) == 4 and event_stream_limit(512) == 384
+    settings = load_settings(overrides=["api.max_connections=16"])
+    http = TestClient(create_app(settings, View()))
+    feed = http.app.state.live_feed  # type: ignore[attr-defined]
+    for _ in range(12):  # twelve pages watching
+        feed._subscribers.add(asyncio.Queue())
+    before = REFUSED["event_streams"]
+    busy = http.get("/api/events")
+    assert busy.status_code == 503 and busy.json()["error"] == "busy", busy.text
+    assert busy.headers["Retry-After"] == "5" and "12 live event streams" in busy.json()["detail"]
+    assert REFUSED["event_streams"] == before + 1
+    assert http.get("/api/status").status_code == 200
