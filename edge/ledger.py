@@ -532,6 +532,10 @@ class Ledger:
             (-1 if limit is None else int(limit), int(offset)),
         )
 
+    def runs_open(self) -> list[dict[str, Any]]:
+        """The runs not ended (going on, or cut by a crash), oldest first."""
+        return self._rows("SELECT * FROM runs WHERE ended_at IS NULL ORDER BY started_at")
+
     def run_count(self) -> int:
         return int(self._rows("SELECT COUNT(*) AS n FROM runs")[0]["n"])
 

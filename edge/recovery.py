@@ -95,12 +95,22 @@ def recover(recorder: RunRecorder, root: Path) -> dict[str, Any]:
     report: dict[str, Any] = {"quarantined": [], "salvaged": [], "runs_failed": [], "frames_lost": 0}
     quarantine = root / "quarantine"  # (RunStore sets its open files aside there too, STORE/quarantine/RUN/)
     half_written: dict[str, list[str]] = {}  # run -> its files quarantined now (named in its crash's losses)
+    # an open capture's file stays where it is, in the store too (a plan's scans directory under it): the
+    # plan's documents and `edge where` (capture_left) name that path; quarantined, it was named nowhere
+    captures = _open_captures(ledger)
+    for run_uid, part in captures.values():
+        if part.exists():
+            half_written.setdefault(run_uid, []).append(f"{part}, the capture's file, left where it was")
     for part in sorted(root.glob("*/*.part")):
+        if os.path.realpath(part) in captures:
+            continue
         target = quarantine / part.parent.name / part.name
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.move(str(part), target)
         report["quarantined"].append(str(target))
-        half_written.setdefault(part.parent.name, []).append(f"quarantine/{part.parent.name}/{part.name}")
+        half_written.setdefault(part.parent.name, []).append(
+            f"moved to quarantine/{part.parent.name}/{part.name}"
+        )
         log.warning("moved %s, half-written (open at a crash, or not finished), to %s", part.name, target)
     for empty in sorted(quarantine.glob("*/")):  # (none when the directory is not there)
         # a run's quarantine directory is made when it opens; one a crash left empty is no news
@@ -174,8 +184,8 @@ def recover(recorder: RunRecorder, root: Path) -> dict[str, Any]:
         if half_written.get(run_uid):  # (an outside probe: hits written into the file the crash left
             # half-written read as if never received)
             detail = (
-                "held in memory, written into a file the crash left half-written (moved to"
-                f" {', '.join(half_written[run_uid])}), or not yet received when the daemon died"
+                "held in memory, written into a file the crash left half-written ("
+                f"{'; '.join(half_written[run_uid])}), or not yet received when the daemon died"
             )[:500]
         for first, last in _missing_ranges(int(expected), _not_own(run, covered)):
             recorder.loss(run_uid, first, last, "daemon_crash", detail)
@@ -582,6 +592,21 @@ def _unaccounted_before(
         added += 1
         recorder.loss(run_uid, first, last, reason, detail)
     return added
+
+
+def _open_captures(ledger: Any) -> dict[str, tuple[str, Path]]:
+    """The ``.part`` files of the captures of runs not ended (``capture_file`` in their config), by their
+    real path: (the run, the path as recorded)."""
+    found: dict[str, tuple[str, Path]] = {}
+    for run in ledger.runs_open():
+        try:
+            target = json.loads(run.get("config") or "{}").get("capture_file")
+        except (TypeError, ValueError):
+            continue
+        if isinstance(target, str) and target:
+            part = Path(f"{target}.part")
+            found[os.path.realpath(part)] = (str(run["run_uid"]), part)
+    return found
 
 
 SHOWN_SECONDS = 60.0  # a daemon up this long has shown its recovery alarm (and logged it)

@@ -1133,3 +1133,31 @@ def test_frames_lost_to_a_crash_name_the_half_written_file_it_left(tmp_path: Pat
     assert f"quarantine/{run_uid}/{run_uid}_00001.h5.part" in loss["detail"], loss
     assert (tmp_path / "quarantine" / run_uid / f"{run_uid}_00001.h5.part").exists()
     ledger.close()
+
+
+def test_an_open_capture_s_file_under_the_store_stays_where_it_is_and_its_losses_name_it(
+    tmp_path: Path,
+) -> None:
+    """An outside Bluesky probe: a plan's scans directory under the store; killed mid-capture, the next
+    start moved the capture's ``.part`` into quarantine/, where neither the plan's documents nor `edge
+    where` (which names a capture's file left at a crash) led. It stays where it was now, named by the
+    crash's loss records and by `edge where`."""
+    from edge.recovery import recover
+    from edge.where import where_report
+
+    capture = tmp_path / "scans" / "fly.h5"
+    capture.parent.mkdir()
+    ledger = Ledger(tmp_path / "ledger.sqlite")
+    recorder = RunRecorder(ledger, tmp_path, chunk_bytes=1 << 20)
+    run_uid = recorder.open_run("cap-2", series=3, frames_expected=8, config={"capture_file": str(capture)})
+    part = Path(f"{capture}.part")
+    part.write_bytes(b"x" * 99)
+    stray = tmp_path / "scans" / "other.h5.part"  # a .part of no open capture: quarantined as before
+    stray.write_bytes(b"y")
+    report = recover(recorder, tmp_path)
+    assert part.exists() and not stray.exists()
+    assert report["quarantined"] == [str(tmp_path / "quarantine" / "scans" / "other.h5.part")]
+    (loss,) = [r for r in ledger.losses(run_uid) if r["reason"] == "daemon_crash"]
+    assert f"{part}, the capture's file, left where it was" in loss["detail"], loss
+    assert where_report(ledger, run_uid, store=tmp_path)["capture_left"] == {"path": str(part), "size": 99}
+    ledger.close()
