@@ -764,8 +764,9 @@ def resume_interrupted(
         interrupted,
         first_frame,
         "daemon_restart",
-        f"sent while the daemon was down, or held in memory when it died; series {series} resumed at"
-        f" frame {series_frame} in a new run",
+        f"sent while the daemon was down, or received before it died and in no finished file (held in"
+        f" memory, or written into a file it left half-written); series {series} resumed at frame"
+        f" {series_frame} in a new run",
     )
     if handed or added:  # its documents (written when it ended) no longer tell its account: a new revision
         recorder.documents_when_possible(run_uid, str(ledger.run(run_uid)["exit_status"] or "fail"))
