@@ -297,7 +297,11 @@ class ApplianceView:
                 run_uid,
                 store=self._p.settings.store.path,
                 held_end=self._p.recorder.held_end(run_uid),
-                stalled=stall(list(ledger.required_consumers), forwarded := self._p.forwarder.counters()),
+                stalled=stall(
+                    list(ledger.required_consumers),
+                    forwarded := self._p.forwarder.counters(),
+                    ledger.consumers_owing,
+                ),
                 window=rate_window(ledger.required_consumers, forwarded),
             ),
             # which ledger this is: `edge where` asks the API on the configured port, which another

@@ -29,7 +29,7 @@ table, ``edge where``), so an outage never shows three different answers. The fa
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol
 
 RATE_WINDOW_SECONDS = 120.0
@@ -93,14 +93,28 @@ def _missing(required: list[str], forwarder: Mapping[str, Any]) -> list[str]:
     return [name for name in required if name not in connected]
 
 
-def stall(required: list[str], forwarder: Mapping[str, Any]) -> str | None:
+def _blocking(missing: list[str], owing: Callable[[list[str]], list[str]] | None) -> list[str]:
+    """Of the required consumers not connected, those that have not confirmed every file still to go
+    upstream: one that has is waited for by nothing (an outside probe read "hpc, tape must pull" with
+    hpc's confirmations all in, while the storage alarm rightly named tape alone)."""
+    if not missing or owing is None:
+        return missing
+    owed = set(owing(missing))
+    return [name for name in missing if name in owed]
+
+
+def stall(
+    required: list[str],
+    forwarder: Mapping[str, Any],
+    owing: Callable[[list[str]], list[str]] | None = None,
+) -> str | None:
     """Why nothing pending can be verified now, in the cheap cases (no ledger query): a required
     consumer not connected, or the appliance's ledger unable to record acknowledgements; else None. A
     run's where report gives no ETA then (an outside probe: "ETA 8 s" for data one required consumer,
     stopped, would never confirm, beside the outlook's "stalled")."""
     if forwarder.get("ledger_refusing"):
         return "the appliance's own disk is full: its ledger cannot record acknowledgements"
-    missing = _missing(required, forwarder)
+    missing = _blocking(_missing(required, forwarder), owing)
     if missing:
         # a key the appliance does not admit is no connection: said, or the cause was in a counter and
         # the log only (an outside probe's required consumer's key, removed from the clients directory)
@@ -199,9 +213,14 @@ def upstream_outlook(
             "the appliance's own disk is full: its ledger cannot record what the consumers acknowledge"
             " (they are asked again; nothing is lost), so nothing can be verified and purged"
         )
-    elif missing:
+    elif blocking := _blocking(missing, getattr(ledger, "consumers_owing", None)):
         state = "stalled"
-        reason = f"{_not_connected(forwarder)}: {', '.join(missing)} must pull (data stays on the local disk)"
+        reason = (
+            f"{_not_connected(forwarder)}: {', '.join(blocking)} must pull (data stays on the local disk)"
+        )
+        if done := [name for name in missing if name not in blocking]:
+            has = "has" if len(done) == 1 else "have"
+            reason += f"; {', '.join(done)}, not connected, {has} confirmed all of it"
     elif held_back or (refusals and rate <= 0):
         # (files verified earlier in the rate window say nothing once it refuses every chunk)
         state = "stalled"

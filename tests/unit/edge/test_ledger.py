@@ -423,3 +423,22 @@ def test_a_run_not_ended_counts_the_vetoed_blanks_its_closed_reduced_files_list(
     ledger.run_ended("run", "fail", 4, 170)  # (the recovery counts the rows it recovered too)
     assert ledger.run_totals("run")["frames_vetoed"] == 170
     ledger.close()
+
+
+def test_the_outlook_names_only_the_missing_consumers_that_owe_a_confirmation(tmp_path: Path) -> None:
+    """An outside data-manager probe: hpc had confirmed every file, tape never connected; with neither
+    connected the outlook (its alarm, `edge where`) read "hpc, tape must pull" while the storage alarm
+    rightly named tape alone. Now only tape, hpc said to have confirmed all of it."""
+    from edge.upstream.outlook import stall, upstream_outlook
+
+    ledger = Ledger(tmp_path / "ledger.sqlite", required_consumers=("hpc", "tape"))
+    ledger.run_started("run", 1, None, "{}")
+    _stored_and_confirmed(ledger, tmp_path, "a.h5", ("hpc",))
+    nobody: dict[str, list[object]] = {"consumers": []}
+    outlook = upstream_outlook(ledger, 10, nobody, time.time())
+    assert outlook["state"] == "stalled"
+    assert outlook["reason"].startswith("no consumer connected: tape must pull"), outlook["reason"]
+    assert "hpc, not connected, has confirmed all of it" in outlook["reason"]
+    said = stall(["hpc", "tape"], nobody, ledger.consumers_owing)
+    assert said is not None and "tape must pull" in said and "hpc" not in said
+    ledger.close()
