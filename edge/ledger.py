@@ -501,7 +501,7 @@ class Ledger:
     #: its mode could not start: frames stored raw, no products) and ``calibration_files_changed`` (the
     #: calibration files whose bytes were not those loaded any more), so its record says so for good;
     #: and what a crash recovery did to it (``ended_by_recovery``)
-    RUN_NOTES = ("mode_not_started", "calibration_files_changed", "ended_by_recovery")
+    RUN_NOTES = ("mode_not_started", "calibration_files_changed", "ended_by_recovery", "centre_not_estimated")
 
     def run_note(self, run_uid: str, key: str, text: str) -> None:
         """Keep ``text`` in ``run_uid``'s config under ``key`` (one of `RUN_NOTES`)."""

@@ -807,7 +807,11 @@ class Pipeline:
             if reduced is not None:
                 vetoed = reduced.counts["vetoed"]
                 try:
-                    self._finish_reduced(reduced.layout.finish(), closing=True)  # type: ignore[attr-defined]
+                    stage = reduced.layout
+                    self._finish_reduced(stage.finish(), closing=True)  # type: ignore[attr-defined]
+                    for key, text in stage.run_notes().items():  # type: ignore[attr-defined]
+                        self.recorder.note(store.run_uid, key, text)
+                        log.warning("run %s: %s", store.run_uid, text)
                 finally:
                     self._reduced = None
             self.stats["runs_closed"] += 1

@@ -282,13 +282,15 @@ def products_note(report: dict[str, Any], ended: bool, later_with_slices: list[s
     """For a tomography run that ended without slices in any of its files, why and where to look (an
     outside probe: a scan cut by a crash and never resumed had no reconstruction, and nothing said so).
     ``later_with_slices``: the runs continuing its scan whose files hold slices."""
-    not_started = run_config(report.get("config")).get("mode_not_started")
+    config = run_config(report.get("config"))
+    not_started = config.get("mode_not_started")
     if isinstance(not_started, str) and not_started:  # any mode: its frames are stored raw, no products
         return not_started
     if report.get("mode") != "tomo" or not ended:
         return None
     if any("slices" in str(f.get("holds") or "") for f in report["files"] if f.get("kind") == "reduced"):
-        return None
+        centre = config.get("centre_not_estimated")
+        return centre if isinstance(centre, str) and centre else None
     if later_with_slices:
         return (
             f"no slices in this run's files: the scan goes on in run {later_with_slices[0]}, whose last"

@@ -326,6 +326,11 @@ class ModeStage:
         """Run products computed at the end (tomography slices); empty for most modes."""
         return {}
 
+    def run_notes(self) -> dict[str, str]:
+        """What the run's record must say of its products once `finish` made them (`Ledger.RUN_NOTES`:
+        tomography's ``centre_not_estimated``); none for most modes."""
+        return {}
+
     # live view ------------------------------------------------------------------------------------
     def live(self) -> dict[str, Any] | None:
         return None

@@ -155,6 +155,7 @@ class TomoStage(_CorrectedStage):
             raise ValueError(f"reduction.tomo.slices {bad} are outside the detector's {ctx.shape[0]} rows")
         self.rows = rows
         self.center = p.center
+        self._notes: dict[str, str] = {}  # for the run's record (`run_notes`)
         # angles given for projections that come without one (an EPICS-driven scan), and how many got one
         given = (p.angle_start, p.angle_step)
         self.given_angles = None if None in given else (float(given[0]), float(given[1]))  # type: ignore[arg-type]
@@ -551,6 +552,15 @@ class TomoStage(_CorrectedStage):
             pair = opposite_projections(angles)
             if pair is None:
                 source = "detector centre column (n_cols // 2): no two projections 180 +- 2 degrees apart"
+                # said in the run's record too, not only in the file (an outside probe: a 60-projection
+                # scan in 3-degree steps was reconstructed 2 px off its axis, said in one string inside
+                # the file)
+                self._notes["centre_not_estimated"] = (
+                    f"slices about the detector's centre column {center:g}, not an estimated axis: no two"
+                    " of the scan's projections are 180 +- 2 degrees apart (a scan in steps over 2 degrees"
+                    " short of 180, or short of a half turn); give reduction.tomo.center (Reduction:"
+                    "TomoCenter) and reconstruct from the data files (NXtomo) if the axis is elsewhere"
+                )
             else:
                 i, j = pair
                 estimated = _axis_from(sinograms[i], sinograms[j])
@@ -607,6 +617,9 @@ class TomoStage(_CorrectedStage):
             "flat_field": self.flat_field(),
             **({} if self.earlier is None else self.earlier.record()),
         }
+
+    def run_notes(self) -> dict[str, str]:
+        return dict(self._notes)
 
     def live(self) -> dict[str, Any] | None:
         slice_doc = None

@@ -1,0 +1,54 @@
+"""A tomography run reconstructed about the detector's centre column because no two projections are
+180 +- 2 degrees apart says so in its record (`edge where`, REST), not only inside its file: an outside
+probe's 60-projection scan in 3-degree steps came out 2 px off its axis, said in one string in the file."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from edge.config import ReductionSettings
+from edge.modes import RunContext, make_stage
+from edge.where import products_note
+from kernels import Geometry, get_backend
+
+SHAPE = (8, 24)
+GEOMETRY = Geometry(dist=0.1, poni1=0.0003, poni2=0.0009, wavelength=1e-10)
+
+
+def _finished(step: float) -> dict[str, str]:
+    params = ReductionSettings(mode="tomo", tomo={"slices": [4]})  # type: ignore[arg-type]
+    stage = make_stage(RunContext(get_backend("numpy"), GEOMETRY, SHAPE, 16, "2th_deg", params))
+    stage.process(np.full(SHAPE, 1000, np.uint16), 0, 1, float("nan"))  # a flat
+    columns = np.arange(SHAPE[1])
+    for k, angle in enumerate(np.arange(0.0, 180.0, step)):
+        line = 1000 - 300 * np.exp(-(((columns - 13 - 4 * np.sin(np.radians(angle))) / 3.0) ** 2))
+        stage.process(np.broadcast_to(line, SHAPE).astype(np.uint16), 1 + k, 0, float(angle))
+    products = stage.finish()
+    assert products["slices"].shape[0] == 1
+    return stage.run_notes()
+
+
+@pytest.mark.parametrize(("step", "noted"), [(3.0, True), (1.5, False)])
+def test_a_scan_without_a_pair_180_degrees_apart_says_its_slices_are_about_the_centre_column(
+    step: float, noted: bool
+) -> None:
+    notes = _finished(step)
+    assert ("centre_not_estimated" in notes) is noted, notes
+    if noted:
+        assert "centre column 12" in notes["centre_not_estimated"]
+        assert "reduction.tomo.center" in notes["centre_not_estimated"]
+
+
+def test_edge_where_shows_the_note_of_a_run_with_slices() -> None:
+    note = "slices about the detector's centre column 12, not an estimated axis: ..."
+    report = {
+        "mode": "tomo",
+        "config": json.dumps({"centre_not_estimated": note}),
+        "files": [{"kind": "reduced", "holds": '{"slices": "/entry/reconstruction"}'}],
+    }
+    assert products_note(report, True, []) == note
+    report["config"] = "{}"
+    assert products_note(report, True, []) is None
