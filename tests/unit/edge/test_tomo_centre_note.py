@@ -1,5 +1,5 @@
 """A tomography run reconstructed about the detector's centre column because no two projections are
-180 +- 2 degrees apart says so in its record (`edge where`, REST), not only inside its file: an outside
+180 +- 5 degrees apart says so in its record (`edge where`, REST), not only inside its file: an outside
 probe's 60-projection scan in 3-degree steps came out 2 px off its axis, said in one string in the file."""
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ def _finished(step: float) -> dict[str, str]:
     return stage.run_notes()
 
 
-@pytest.mark.parametrize(("step", "noted"), [(3.0, True), (1.5, False)])
+@pytest.mark.parametrize(("step", "noted"), [(6.0, True), (3.0, False), (1.5, False)])
 def test_a_scan_without_a_pair_180_degrees_apart_says_its_slices_are_about_the_centre_column(
     step: float, noted: bool
 ) -> None:
@@ -52,3 +52,27 @@ def test_edge_where_shows_the_note_of_a_run_with_slices() -> None:
     assert products_note(report, True, []) == note
     report["config"] = "{}"
     assert products_note(report, True, []) is None
+
+
+def test_a_half_turn_in_3_degree_steps_estimates_its_axis_from_an_extrapolated_projection() -> None:
+    """The outside probe's scan, 0 to 177 degrees in 3s with its axis off the centre column: no pair 180
+    +- 2 degrees apart, and the slices were about the centre column, 2 px off. The projection at 177 and
+    the one at -3, extrapolated from 0 and 3, give the axis."""
+    from hw_sim.physics import make_source
+
+    side = 64
+    tomo = make_source("tomo", (side, side), seed=5, n_angles=60, n_darks=2, n_flats=2, axis_offset_px=2.0)
+    settings = ReductionSettings(mode="tomo", tomo={"slices": [32]})  # type: ignore[arg-type]
+    stage = make_stage(RunContext(get_backend("numpy"), GEOMETRY, (side, side), 24, "2th_deg", settings))
+    for n in range(tomo.scan_length):
+        truth = tomo.frame_truth(n)
+        key = {"projection": 0, "flat": 1, "dark": 2}[truth.kind]
+        angle = float("nan") if truth.angle_deg is None else float(truth.angle_deg)
+        stage.process(tomo.frame(n), n, key, angle)
+    products = stage.finish()
+    assert products["center_source"].startswith("estimated from the projections at 177 and -3 degrees"), (
+        products["center_source"]
+    )
+    assert "extrapolated from those at 0 and 3" in products["center_source"]
+    assert abs(products["center"] - (side // 2 + 2.0)) <= 0.3, products["center"]
+    assert stage.run_notes() == {}
