@@ -925,3 +925,43 @@ def test_more_clipping_passes_find_a_weak_spot_on_a_ring_with_a_saturated_one() 
         found[passes] = sorted(float(row) for row in peaks.row)
     assert len(found[2]) == 1 and abs(found[2][0] - 227.5) < 1, found  # the saturated one only
     assert len(found[5]) == 2 and abs(found[5][0] - 27.5) < 1 and abs(found[5][1] - 227.5) < 1, found
+
+
+@pytest.mark.parametrize(
+    ("angles", "expected"),
+    [
+        (np.arange(0.0, 180.0, 3.0), (0, 59, 1, -1.0)),  # 177 against -3, extrapolated from 0 and 3
+        (np.arange(0.0, -180.0, -3.0), (0, 59, 1, -1.0)),  # descending: -177 against 3
+        (np.arange(0.0, 180.0, 6.0), None),  # 174 is 6 degrees short: beyond 5
+        (np.array([0.0, 90.0]), None),  # too few
+    ],
+)
+def test_near_opposite_projections_stand_in_for_a_missing_mirror(
+    angles: np.ndarray, expected: tuple[int, int, int, float] | None
+) -> None:
+    from kernels import near_opposite_projections
+
+    assert near_opposite_projections(angles) == expected
+
+
+def test_a_mirror_interpolated_between_two_projections_gives_the_axis() -> None:
+    """Projections at 1.5-degree offsets from a 180 partner, 4 degrees apart: the one at 181.5 - 180
+    interpolated between 0 and 4 (w = 0.375) against the one at 181.5 gives the axis of a blob phantom."""
+    from kernels import estimate_center, near_opposite_projections
+
+    n, axis = 96, 50.3
+    x = np.arange(n)
+    blobs = [(-20.0, 7.0, 3.0, 1.0), (12.0, -15.0, 2.0, 0.6), (5.0, 25.0, 4.0, 0.8)]
+
+    def projection(theta: float) -> np.ndarray:
+        t = np.radians(theta)
+        return sum(
+            a * np.exp(-(((x - (bx * np.cos(t) + by * np.sin(t) + axis)) / s) ** 2) / 2)
+            for bx, by, s, a in blobs
+        )
+
+    angles = np.array([0.0, 4.0, 8.0, 181.5])
+    i, j, k, w = near_opposite_projections(angles)  # type: ignore[misc]
+    assert (i, j) == (0, 3) and k == 1 and w == pytest.approx(0.375)
+    p = [projection(a) for a in angles]
+    assert abs(estimate_center(p[i] + w * (p[k] - p[i]), p[j]) - axis) < 0.1
