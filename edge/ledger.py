@@ -532,6 +532,14 @@ class Ledger:
             (-1 if limit is None else int(limit), int(offset)),
         )
 
+    def capture_files(self) -> list[str]:
+        """Every run's capture file (``capture_file`` in its config: an areaDetector capture's path)."""
+        rows = self._rows(
+            "SELECT DISTINCT json_extract(config, '$.capture_file') AS path FROM runs"
+            " WHERE json_valid(config) AND json_extract(config, '$.capture_file') IS NOT NULL"
+        )
+        return [str(row["path"]) for row in rows if row["path"]]
+
     def runs_open(self) -> list[dict[str, Any]]:
         """The runs not ended (going on, or cut by a crash), oldest first."""
         return self._rows("SELECT * FROM runs WHERE ended_at IS NULL ORDER BY started_at")

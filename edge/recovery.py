@@ -101,8 +101,10 @@ def recover(recorder: RunRecorder, root: Path) -> dict[str, Any]:
     for run_uid, part in captures.values():
         if part.exists():
             half_written.setdefault(run_uid, []).append(f"{part}, the capture's file, left where it was")
+    left_earlier = _captures_left(ledger)  # and those an earlier crash left: they stay too (a second
+    # kill moved the first one's into quarantine/, its records naming the path it had left)
     for part in sorted(root.glob("*/*.part")):
-        if os.path.realpath(part) in captures:
+        if os.path.realpath(part) in captures or os.path.realpath(part) in left_earlier:
             continue
         target = quarantine / part.parent.name / part.name
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -592,6 +594,12 @@ def _unaccounted_before(
         added += 1
         recorder.loss(run_uid, first, last, reason, detail)
     return added
+
+
+def _captures_left(ledger: Any) -> set[str]:
+    """The real paths of the ``.part`` files of every run's capture (``capture_file``): one a crash left
+    stays where it is for good, as the run's records say."""
+    return {os.path.realpath(f"{target}.part") for target in ledger.capture_files()}
 
 
 def _open_captures(ledger: Any) -> dict[str, tuple[str, Path]]:

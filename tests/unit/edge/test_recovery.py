@@ -1160,4 +1160,11 @@ def test_an_open_capture_s_file_under_the_store_stays_where_it_is_and_its_losses
     (loss,) = [r for r in ledger.losses(run_uid) if r["reason"] == "daemon_crash"]
     assert f"{part}, the capture's file, left where it was" in loss["detail"], loss
     assert where_report(ledger, run_uid, store=tmp_path)["capture_left"] == {"path": str(part), "size": 99}
+    # a second crash, during another capture (an outside probe): the first one's .part stays where it is
+    later = recorder.open_run("cap-3", series=4, frames_expected=8, config={"capture_file": f"{capture}-2"})
+    Path(f"{capture}-2.part").write_bytes(b"z")
+    again = recover(RunRecorder(ledger, tmp_path, chunk_bytes=1 << 20), tmp_path)
+    assert part.exists() and Path(f"{capture}-2.part").exists() and again["quarantined"] == []
+    assert where_report(ledger, run_uid, store=tmp_path)["capture_left"] == {"path": str(part), "size": 99}
+    assert later in again["runs_failed"]
     ledger.close()
