@@ -505,6 +505,9 @@ def create_app(
                 503,
             )
             busy.headers["Retry-After"] = "5"
+            # and closed: kept alive, the refused clients' connections took the room kept for requests
+            # (an outside probe: status polls reset for 6 s, until the keep-alive timeout)
+            busy.headers["Connection"] = "close"
             return busy
         return StreamingResponse(feed.stream(), media_type="text/event-stream", headers=headers)
 

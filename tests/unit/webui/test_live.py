@@ -343,5 +343,6 @@ def test_event_streams_leave_a_quarter_of_the_connections_for_requests() -> None
     busy = http.get("/api/events")
     assert busy.status_code == 503 and busy.json()["error"] == "busy", busy.text
     assert busy.headers["Retry-After"] == "5" and "12 live event streams" in busy.json()["detail"]
+    assert busy.headers["Connection"] == "close"  # not kept alive: its connection is freed at once
     assert REFUSED["event_streams"] == before + 1
     assert http.get("/api/status").status_code == 200
