@@ -42,6 +42,7 @@ def test_refused_event_streams_are_closed_and_requests_are_still_answered(tmp_pa
             assert head.startswith(b"HTTP/1.1 503"), head[:80]
             assert b"retry-after: 5" in head.lower()
             rest = b""
+            sock.settimeout(2.0)  # well under the server's keep-alive timeout (5 s): closed, not idle
             while chunk := sock.recv(4096):  # the server closes it after the body: recv ends
                 rest += chunk
             assert b'"error":"busy"' in head + rest
