@@ -225,7 +225,9 @@ def recover(recorder: RunRecorder, root: Path) -> dict[str, Any]:
             run_uid,
             "ended_by_recovery",
             f"the daemon stopped during the run; the start of {when} ended it: {stored} frames stored,"
-            f" {int(vetoed.size) + vetoed_purged} vetoed, {max(crashed, recorded)} lost to the crash",
+            f" {int(vetoed.size) + vetoed_purged} vetoed, {max(crashed, recorded)} recorded lost to the crash"
+            " then (a series that went on after the restart takes back those it received: the run's"
+            " totals say what stays lost)",
         )
         recorder.close_run(run_uid, stored, "fail", int(vetoed.size) + vetoed_purged)
         report["runs_failed"].append(run_uid)

@@ -1110,7 +1110,7 @@ def test_a_run_failed_by_a_recovery_with_every_frame_stored_is_named_by_the_next
     first = recover(recorder, tmp_path)
     assert first["runs_failed"] == [run_uid] and first["frames_lost"] == 0
     note = json.loads(ledger.run(run_uid)["config"])["ended_by_recovery"]
-    assert "5 frames stored" in note and "0 lost to the crash" in note
+    assert "5 frames stored" in note and "0 recorded lost to the crash" in note
 
     report = recover(RunRecorder(ledger, tmp_path, chunk_bytes=1 << 20), tmp_path)  # the next start
     note_earlier(ledger, report, UnseenRecoveries(unseen).begin())
