@@ -737,6 +737,10 @@ def _run_sim(settings: Settings, args: argparse.Namespace) -> int:
     from hw_sim.cli import Stream2Faults, StreamFaults, run_sim, run_sim_ioc, run_sim_udp
 
     sim = settings.sim
+
+    def stopped_before() -> bool:  # a SIGINT or SIGTERM while it started (`edge.early_signals`)
+        return bool({signal.SIGINT, signal.SIGTERM} & set(EARLY_SIGNALS))
+
     frames_from = {  # what the simulated frames look like, whatever carries them
         "geometry": asdict(settings_geometry(settings)),  # a PONI file's, as the daemon's
         "mode": sim.mode,
@@ -785,6 +789,7 @@ def _run_sim(settings: Settings, args: argparse.Namespace) -> int:
             burst=sim.burst,
             as_json=args.json,
             options=_sim_mode_options(settings),
+            stopped_before=stopped_before,
             **frames_from,
         )
         return 0
@@ -813,6 +818,7 @@ def _run_sim(settings: Settings, args: argparse.Namespace) -> int:
             stall_seconds=sim.stall_seconds,
             seed=sim.fault_seed,
         ),
+        stopped_before=stopped_before,
         **frames_from,
     )
     return 0
@@ -963,7 +969,7 @@ def _run_bench(bench_args: list[str]) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
-    if argv[:1] == ["run"]:
+    if argv[:1] in (["run"], ["sim"]):
         catch_early_signals()
     if argv[:1] == ["bench"] and not {"-h", "--help"} & set(argv[1:2]):
         return _run_bench(argv[1:])  # every flag after "bench" is the benchmark script's

@@ -504,6 +504,11 @@ def run_demo(args: argparse.Namespace, settings: Settings, flags: list[str] | No
         sent = json.loads(sim_out.read_text().strip().splitlines()[-1])
         frames_sent = int(sent["frames_sent"])
         known.update(frames_sent=frames_sent, sim=sent, run_uid=None if udp else run_uid)
+        if not udp and frames_sent == 0 and not sent.get("end_sent") and interrupted.count:
+            # stopped before its series began (a Ctrl-C as the simulator started): no run to wait for (an
+            # outside probe's demo called it the simulator's crash; then it waited 600 s for a run)
+            known["run_uid"] = None
+            return _stopped(args.json, known, "before the simulator sent its series", line)
 
         def opened() -> list[dict[str, Any]]:  # this demo's: a kept store holds earlier demos' runs
             return [r for r in get_json(url + "/api/runs") if float(r["started_at"]) >= started_at]

@@ -1,7 +1,8 @@
 """The ``edge`` command's entry point, before anything heavy is imported.
 
-``edge run`` notes SIGTERM, SIGINT and SIGHUP from its first moment (`catch`): the daemon acts on them
-once its own handlers are in place (a stop exits 0, a reload reloads). Python's default action ended a
+``edge run`` and ``edge sim`` note SIGTERM, SIGINT and SIGHUP from their first moment (`catch`): each
+acts on them once its own handlers are in place (the daemon: a stop exits 0, a reload reloads; the
+simulator: a stop sends nothing more and prints its account). Python's default action ended a
 daemon signalled in its first second (exit 143, or 129 for a SIGHUP) while ``edge.cli`` and the settings
 were still being imported (an outside probe). Nothing is imported here but ``signal`` and ``sys``.
 """
@@ -27,7 +28,9 @@ def catch() -> None:
 
 def main() -> int:
     """The ``edge`` command (``python -m edge`` too)."""
-    if sys.argv[1:2] == ["run"]:
+    if sys.argv[1:2] in (["run"], ["sim"]):
+        # (the simulator too: a demo's Ctrl-C while its simulator still imported ended it with a
+        # KeyboardInterrupt traceback, and the demo called the user's own stop a component's crash)
         catch()
     from edge.cli import main as cli_main
 

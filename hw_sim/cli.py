@@ -109,6 +109,7 @@ def run_sim(
     stream_format: str = "json",
     stream2_faults: Stream2Faults | None = None,
     options: dict[str, Any] | None = None,
+    stopped_before: Callable[[], bool] | None = None,
 ) -> dict[str, Any]:
     """Send one series of powder frames and return (and print) the summary.
 
@@ -131,6 +132,8 @@ def run_sim(
 
     signal.signal(signal.SIGINT, _stop)
     signal.signal(signal.SIGTERM, _stop)
+    if stopped_before is not None and stopped_before():  # asked to stop while it started
+        stop.set()
     if mode == "spots" and frames:
         pool = max(pool, frames)  # every frame a distinct pattern: ground truth covers distinct frames
     source = make_source(
@@ -261,6 +264,7 @@ def run_sim_udp(
     as_json: bool,
     batch: int = 32,
     options: dict[str, Any] | None = None,
+    stopped_before: Callable[[], bool] | None = None,
 ) -> dict[str, Any]:
     """Send powder frames as UDP packets to 127.0.0.1:``port`` with injected faults; return the truth.
 
@@ -277,6 +281,8 @@ def run_sim_udp(
 
     signal.signal(signal.SIGINT, _stop)
     signal.signal(signal.SIGTERM, _stop)
+    if stopped_before is not None and stopped_before():  # asked to stop while it started
+        stop.set()
     layout = DetectorGeometry(**detector)
     source = make_source(
         mode, layout.raw_shape, Geometry(**geometry), seed=seed, pool=pool, **(options or {})

@@ -65,3 +65,21 @@ def test_a_send_still_blocked_counts_as_held_back(tmp_path: Path) -> None:
     # everything after the sender was up was spent waiting for a consumer: header, then the series end
     assert summary["seconds_held_back"] >= 1.5
     assert summary["seconds_held_back"] <= elapsed + 0.5
+
+
+def test_a_stop_while_the_simulator_starts_ends_it_with_its_account(tmp_path: Path) -> None:
+    """An outside probe: a demo's Ctrl-C while its simulator still imported ended the simulator with a
+    KeyboardInterrupt traceback (the demo then called it the simulator's crash). The simulator notes a
+    SIGINT from its first moment, as the daemon does, and stops with its summary: nothing sent."""
+    stack = EdgeStack(tmp_path, ["sim.rate_hz=100"])
+    sim = stack.start("sim", "--frames", "50", "--json", stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        time.sleep(0.15)  # still importing (about a second)
+        sim.send_signal(signal.SIGINT)
+        out, err = sim.communicate(timeout=30)
+    finally:
+        stack.stop_all()
+    assert sim.returncode == 0, err[-2000:]
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err
+    summary = json.loads(out.strip().splitlines()[-1])
+    assert summary["frames_sent"] == 0 and summary["stopped_early"] is True
