@@ -457,6 +457,7 @@ def run_demo(args: argparse.Namespace, settings: Settings, flags: list[str] | No
     started_at = time.time()  # (the runs the demo made: a store reused from an earlier demo has others)
     # what a failed demo's --json account says (a script reading the last line always finds one)
     known: dict[str, Any] = {"frames_sent": None, "run_uid": None, "logs": str(logs)}
+    sim_out = logs / "sim.json"
     interrupted = Interrupted()
     signal.signal(signal.SIGINT, interrupted)
     signal.signal(signal.SIGTERM, interrupted)  # `kill` stops the demo as Ctrl-C does
@@ -480,11 +481,12 @@ def run_demo(args: argparse.Namespace, settings: Settings, flags: list[str] | No
         ):
             return _stopped(args.json, known, "while the daemon started and loaded its kernels", line)
         procs.start("pull", ["pull", *common])
-        sim_out = logs / "sim.json"
         # (UDP packets carry no run uid: the appliance makes one, found below from the ledger)
         named = [] if udp else ["--run-uid", run_uid]
         sim_argv = ["sim", *common, "--frames", str(args.frames), *named, "--json"]
         sim = procs.start("sim", sim_argv, stdout_file=sim_out)
+        if not udp:  # named from now on: a component that dies later leaves it to be found (edge where)
+            known["run_uid"] = run_uid
         line.end()  # on a line of its own, not after the status line's "[starting]"
         print(
             f"edge demo: dashboard {url}/#token={token}  (data in {workdir}, logs in {logs})",
@@ -640,6 +642,13 @@ def run_demo(args: argparse.Namespace, settings: Settings, flags: list[str] | No
     except ComponentDied as died:
         line.end()
         print(died.report(), file=sys.stderr, flush=True)
+        if died.name != "sim" and known["frames_sent"] is None and "sim" in procs.procs:
+            # what the simulator sent by then, from its own account (an outside probe's daemon killed
+            # mid-run: the JSON said frames_sent null, the run with 300 frames stored unnamed)
+            procs.stop("sim")
+            with contextlib.suppress(OSError, ValueError, KeyError, IndexError):
+                sent = json.loads(sim_out.read_text().strip().splitlines()[-1])
+                known.update(frames_sent=int(sent["frames_sent"]), sim=sent)
         return _failed(args.json, known, died.why())
     except TimeoutError as error:
         line.end()

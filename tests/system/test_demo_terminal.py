@@ -63,6 +63,10 @@ def test_a_component_killed_inside_the_demo_ends_it_non_zero_naming_it(tmp_path:
         account = json.loads(demo.stdout.read().strip().splitlines()[-1])
         assert account["error"] == "daemon exited unexpectedly (killed by SIGKILL)", account
         assert account["logs"] == str(workdir / "logs")
+        # and what is known by then: the run (to find with edge where) and what the simulator sent (an
+        # outside probe read null for both beside a run with 300 frames stored)
+        assert account["run_uid"] and isinstance(account["frames_sent"], int), account
+        assert account["frames_sent"] >= 5
         _gone, alive = psutil.wait_procs(children, timeout=30)
         assert not alive, f"left running: {alive}"
     finally:
