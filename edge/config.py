@@ -195,7 +195,12 @@ class SimSettings(_Section):
     seed: int = Field(1234, ge=0)
     pool: int = Field(32, ge=1, le=4096, description="distinct noise realisations, reused cyclically")
     encoding: Literal["<", "bs16-lz4<"] = "<"
-    series: int = Field(1, ge=0)
+    series: int = Field(
+        1,
+        ge=0,
+        description="the series number the simulator's one series carries on the wire (the detector's own"
+        " count of its series, as a DECTRIS series_id), not how many series it sends: one per invocation",
+    )
     mode: Literal["rings", "spots", "tomo"] = Field("rings", description="what the frames show")
     hit_fraction: float = Field(0.3, ge=0, le=1, description="spots: fraction of frames that are hits")
     tomo_angles: int = Field(

@@ -200,7 +200,7 @@ def send_series_stream2(
         next_due += period
         if faults.stall_seconds and frames and number == frames // 2:
             time.sleep(faults.stall_seconds)  # the injected stall
-            next_due = time.perf_counter()
+            next_due = time.perf_counter() + period  # the next frame a period on (`zmq_sender`)
         pixels = frame(number)
         if rng.random() < faults.loss:
             hit["dropped"].append(number)

@@ -168,7 +168,9 @@ class ZmqFrameSender:
                 next_due += period * max(1, faults.burst)
             if faults.stall_seconds and frames and number == frames // 2:
                 time.sleep(faults.stall_seconds)  # the injected stall
-                next_due = time.perf_counter()
+                # the frames after it paced from it: the next one a period later, not at once (the pause
+                # came out a period short at slow rates; an outside probe)
+                next_due = time.perf_counter() + period * max(1, faults.burst)
             if rng.random() < faults.loss:
                 dropped.append(number)  # the detector made it; the injected fault lost it on the way
                 summary.frames_sent += 1
