@@ -53,6 +53,9 @@ DRAIN_SECONDS = 0.5  # (not counting the time a frame waits for a ring slot: `_d
 DRAIN_GAP_MS = 20  # ... until nothing more comes for this long
 GAPS_REMEMBERED = 64  # a series' latest gaps a late frame is looked for in
 ENDED_SERIES_REMEMBERED = 16  # series ended here whose images are stragglers, never a new series
+#: an image of the series that ended last, this long after its end, is no straggler but a new series that
+#: uses the number again (its start never came here): a run of its own, opened from its images
+STRAGGLER_SECONDS = 5.0
 #: a start of a series opened from its images is late (its images came first) only when the run's first
 #: image was among the series' first ones: a run opened at frame 3,000,000 (a restart mid-series, or a
 #: stray) is not that series' beginning, and its start is the detector's next series (an outside sender:
@@ -158,6 +161,7 @@ class ZmqStreamSource:
         self._refused: str | None = None
         self._ended_series: int | None = None  # the last series that ended here (its stragglers are lost)
         self._ended_accounted = 0  # the frames below this number of that series are in its run's account
+        self._ended_at = 0.0  # when it ended (monotonic)
         self._ended_ids: deque[int] = deque(maxlen=ENDED_SERIES_REMEMBERED)  # the latest series ended here
         self._adopted: int | None = None  # the open series, when it was opened from its images (`_adopt`)
         self._adopted_first = 0  # the first frame of that run
@@ -843,8 +847,20 @@ class ZmqStreamSource:
         named = {"detector_run_uid": detector_uid} if detector_uid else {}
         self._seen_a_series = True
         if series == self._ended_series and self._start_rejected is None:
-            return True  # (a straggler, `_note_frame`; after a rejected start, images of that id are the
-            # new series': a sender reusing it)
+            since = time.monotonic() - self._ended_at
+            if since <= STRAGGLER_SECONDS:
+                return True  # (a straggler, `_note_frame`; after a rejected start, images of that id are
+                # the new series': a sender reusing it)
+            # long after that series ended here: its number used again, by a series whose start this
+            # receiver never saw (a detector that restarted its count, or a second receiver on the stream
+            # that took the start). Its frames were dropped as late copies of the old run's, counted only
+            # (an outside probe: 97 received frames in no record); now a run of their own that says so
+            self.stats["series_number_reused"] += 1
+            self._start_rejected = (
+                f"no start came here: series {series} ended here {since:.0f} s before, so the number is used"
+                " again (a detector that restarted its count, or another receiver on the stream took the"
+                " series' start)"
+            )
         # far beyond frame 0: a run numbered from 0 (after a rejected start) never opens from it, nor one
         # "resumed after restart" when no run of its series was cut by one (an outside sender's single
         # image at frame 5,000,000 opened one recording 5 million frames lost): dropped and counted, as
@@ -1286,6 +1302,7 @@ class ZmqStreamSource:
         self._start_key = None
         self._unreadable_between = 0
         self._ended_series = series
+        self._ended_at = time.monotonic()  # (`_adopt`: a frame of it much later is a new series')
         self._ended_ids.append(series)
         # frames below this number were stored or recorded lost in the run: a later copy is not a loss
         self._ended_accounted = max(self._next_frame, expected or 0)

@@ -802,3 +802,45 @@ def test_a_series_naming_no_dtype_whose_every_image_is_rejected_still_accounts_t
     assert len(sink.configs) == 1
     assert sorted(sink.losses) == [(n, n, "stream2_bad_dtype") for n in range(4)] and sink.outside == []
     assert sink.published == []
+
+
+def test_images_of_the_last_series_long_after_its_end_are_a_new_series_that_reuses_its_number(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An outside probe: a second receiver on the stream took a series' start, and this one, whose last
+    series had the same number, dropped the frames it received as late copies of that run's, counted
+    only (97 frames in no record). Long after that series ended, such images are a new series that uses
+    the number again: a run of their own that says so; right after it, still stragglers."""
+    from firmware_bridge import zmq_reader
+
+    monkeypatch.setattr(zmq_reader, "STRAGGLER_SECONDS", 0.3)
+    start, image0, image1, image2, image3, end = _messages("stream2_bslz4_u16_2ch.bin")
+    sink = Sink()
+    context = zmq.Context()
+    push = context.socket(zmq.PUSH)
+    port = push.bind_to_random_port("tcp://127.0.0.1")
+    reader = Stream2Source(f"tcp://127.0.0.1:{port}", sink, context, channel="threshold_2")
+    reader.start()
+    try:
+        for message in (start, image0, image1, image2, image3, end, image3):  # a straggler right after
+            push.send(message)
+        for _ in range(100):
+            if sink.ends and reader.counters().get("frames_after_series_end", 0):
+                break
+            threading.Event().wait(0.1)
+        threading.Event().wait(0.5)  # beyond STRAGGLER_SECONDS
+        for message in (image2, image3, end):  # the number used again, its start taken elsewhere
+            push.send(message)
+        for _ in range(100):
+            if len(sink.ends) >= 2:
+                break
+            threading.Event().wait(0.1)
+    finally:
+        reader.stop()
+        push.close(0)
+        context.term()
+    assert reader.counters()["frames_after_series_end"] == 1  # the copy right after the end
+    assert reader.counters()["series_number_reused"] == 1
+    assert len(sink.configs) == 2 and "used again" in sink.configs[1]["start_rejected"]
+    assert sink.published == [0, 1, 2, 3, 2, 3]  # the new run's frames stored, not dropped
+    assert (0, 1, "frame_number_gap") in sink.losses  # its frames below the first that came here
