@@ -251,6 +251,44 @@ EARLY_SIGNALS = early_signals.NOTED
 catch_early_signals = early_signals.catch
 
 
+def _port_taken(settings: Settings) -> str | None:
+    """Whether a port the daemon listens on is taken now (the API's, the upstream server's tcp endpoint,
+    the UDP receiver's): said as the refusal's one line, naming the setting and the reason; None when
+    each can be bound. Looked at before the store is touched (a daemon refused for a port had made its
+    ledger, its reserve and its lock files there: an outside probe's typo'd store.path); the real binds
+    follow, and a port taken in between still fails the start there."""
+    import socket
+
+    api = settings.api
+    wanted = [
+        (f"the API cannot listen on {api.host}:{api.port} (api.host, api.port)", api.host, api.port, True)
+    ]
+    endpoint = settings.upstream.endpoint
+    if endpoint.startswith("tcp://"):
+        host, _, port = endpoint[len("tcp://") :].rpartition(":")
+        if port.isdigit() and host not in ("", "*"):
+            said = f"cannot serve upstream on {endpoint} (upstream.endpoint)"
+            wanted.append((said, host.strip("[]"), int(port), True))
+    if settings.stream.transport == "udp":
+        udp = settings.udp
+        wanted.append(
+            (f"udp.host, udp.port = {udp.host}, {udp.port}: cannot receive there", udp.host, udp.port, False)
+        )
+    for what, host, port, stream in wanted:
+        if not port:
+            continue
+        kind = socket.SOCK_STREAM if stream else socket.SOCK_DGRAM
+        try:
+            family, _, _, _, address = socket.getaddrinfo(host, port, type=kind)[0]
+            with socket.socket(family, kind) as probe:
+                if stream:
+                    probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the servers bind
+                probe.bind(address)
+        except OSError as error:
+            return f"{what}: {error.strerror or error}"
+    return None
+
+
 def _run_daemon(
     settings: Settings, reload: Callable[[], Settings] | None = None, log_setup: LogSetup | None = None
 ) -> int:
@@ -318,6 +356,10 @@ def _run_daemon(
     ):  # all looked at before any is made: a refusal touches nothing
         if held.held_elsewhere():
             return refused(held)
+    taken = _port_taken(settings)  # and the ports: a daemon refused for one had made its store already
+    if taken is not None:  # (a ledger, its reserve, lock files: an outside probe's typo'd store.path)
+        log.error("cannot start: %s", taken)
+        return 2
     for held, what in (
         (lock, "the ledger's directory"),
         (store_lock, "the store"),

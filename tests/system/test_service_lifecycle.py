@@ -341,6 +341,10 @@ def test_a_taken_api_port_is_a_failed_start_not_ready(tmp_path: Path, listener: 
         assert daemon.returncode == 2, log[-2000:]
         assert f"cannot start: the API cannot listen on 127.0.0.1:{stack.api_port}" in log
         assert "ready: dashboard" not in log and not listener.lines("READY=1")
+        # one line, with the reason, and before the store was touched (an outside probe: uvicorn's
+        # reason on a line of its own; a refused daemon had made a ledger, its reserve and lock files)
+        assert "Address already in use" in log.split("cannot start:")[1].splitlines()[0], log[-2000:]
+        assert not (stack.store / "ledger.sqlite").exists()
         # and before touching the detector's stream: a start that failed only after connecting to it
         # took frames from the daemon already running (a ZeroMQ PUSH stream is shared among readers)
         assert "appliance started" not in log, log[-2000:]
@@ -427,6 +431,7 @@ def test_a_taken_upstream_port_is_a_one_line_refusal_that_leaves_nothing_behind(
         assert f"cannot start: cannot serve upstream on tcp://127.0.0.1:{stack.upstream_port}" in log, log[
             -2000:
         ]
+        assert not (stack.store / "ledger.sqlite").exists()  # refused before the store was touched
         _nothing_left_behind(log)
     finally:
         taken.close()
