@@ -886,12 +886,13 @@ def _run_where(settings: Settings, run: str, as_json: bool, given_file: bool = F
         if above is not None and not above.is_dir():  # (an outside probe read "no ledger at a/file/...")
             return refused(f"no ledger at {settings.ledger_path}: {above} is a file, not a directory", 2)
         return refused(f"no ledger at {settings.ledger_path} (set store.path)", 2)
-    try:
-        ledger = Ledger(settings.ledger_path, settings.upstream.required_consumers)
-    except ConfigError as error:  # a damaged ledger, not one, or one this user may not write
-        try:  # a store on a read-only mount, or a daemon's of another user: read it without writing
-            ledger = Ledger(settings.ledger_path, settings.upstream.required_consumers, read_only=True)
-        except ConfigError as reading:
+    try:  # read without writing: opened to write, the last connection's close folded a crashed daemon's
+        # write-ahead log into the ledger file (an outside probe saw the file change under `edge where`)
+        ledger = Ledger(settings.ledger_path, settings.upstream.required_consumers, read_only=True)
+    except ConfigError as reading:  # an older schema (bringing it up to date is a write), or unreadable
+        try:
+            ledger = Ledger(settings.ledger_path, settings.upstream.required_consumers)
+        except ConfigError as error:  # a damaged ledger, not one, or one this user may not write
             return refused(f"{error} (read-only: {reading})", 2)
     try:
         run_uid = resolve_run(ledger, run)

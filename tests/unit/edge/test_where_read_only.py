@@ -229,3 +229,25 @@ def test_a_run_is_found_by_the_index_of_uids_not_by_reading_every_run(
         assert runs_beginning(ledger, "6a3644a8-000") == [f"6a3644a8-000{n}" for n in range(10)]
     finally:
         ledger.close()
+
+
+def test_where_leaves_a_crashed_daemon_s_ledger_and_its_write_ahead_log_as_they_are(tmp_path: Path) -> None:
+    """An outside admin probe: after a crash `edge where` (its store writable) opened the ledger to write,
+    and its close folded the write-ahead log into the ledger file: the file changed under a reader, the
+    ``-wal`` and ``-shm`` gone. It reads without writing now, as the README says."""
+    import hashlib
+
+    store = tmp_path / "store"
+    crash = (
+        "import os, sys; from edge.ledger import Ledger; ledger = Ledger(__import__('pathlib').Path(sys.argv[1]));"
+        " ledger.run_started('run-crashed', 3, 5, '{}', 'raw'); os._exit(0)"  # killed: never closed
+    )
+    subprocess.run([sys.executable, "-c", crash, str(store / "ledger.sqlite")], check=True, timeout=60)
+    wal = store / "ledger.sqlite-wal"
+    assert wal.stat().st_size > 0
+    before = hashlib.sha256((store / "ledger.sqlite").read_bytes()).hexdigest()
+    done = where(store, "run-crashed")
+    assert done.returncode == 0, done.stderr + done.stdout
+    assert json.loads(done.stdout)["frames_expected"] == 5
+    assert hashlib.sha256((store / "ledger.sqlite").read_bytes()).hexdigest() == before
+    assert wal.exists() and wal.stat().st_size > 0
