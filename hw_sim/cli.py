@@ -80,6 +80,26 @@ def frame_meta(source: Any) -> Callable[[int], dict[str, Any]] | None:
     return meta
 
 
+def spots_truth(source: Any, sent: int) -> dict[str, Any]:
+    """The spots mode's truth for frames ``0 .. sent - 1`` (frame n shows pattern n % pool): the hit
+    frames as ``[first, last]`` ranges, and how many spots each hit holds (``spots_per_hit``, in the
+    order of the hit frames)."""
+    patterns = source.truth.patterns
+    hits = [n for n in range(sent) if patterns[n % len(patterns)].hit]
+    ranges: list[list[int]] = []
+    for n in hits:
+        if ranges and ranges[-1][1] == n - 1:
+            ranges[-1][1] = n
+        else:
+            ranges.append([n, n])
+    return {
+        "hit_fraction": source.truth.hit_fraction,
+        "hits": len(hits),
+        "hit_frames": ranges,
+        "spots_per_hit": [len(patterns[n % len(patterns)].spots) for n in hits],
+    }
+
+
 def _prepare(source: Any, frames: int, pool: int) -> None:
     """Draw the noise realisations before the series starts (a detector is ready when armed), so the
     first frames leave at the chosen rate instead of waiting on Poisson draws. Each frame is seeded on
@@ -172,6 +192,9 @@ def run_sim(
             "rotation_axis_px": axis,
             "angles_deg": [source.truth.angles_deg[i] for i in (0, -1)],
         }
+    if getattr(source, "mode", None) == "spots":  # serial: which frames sent are hits (an outside probe
+        # rebuilt it from the simulator's code to check the appliance's hit decisions)
+        result["spots"] = spots_truth(source, summary.frames_sent)
     # said before the socket closes (a Ctrl-C while the appliance held the sender back printed nothing for
     # 15 s, an outside probe's script saw no summary); with the end message not taken, the consumer takes
     # nothing: the frames still queued are not waited for (the port is free at once for the next sender)

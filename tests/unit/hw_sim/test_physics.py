@@ -246,3 +246,17 @@ def test_frames_drawn_before_a_series_on_every_core_equal_frames_drawn_one_by_on
     _prepare(ahead, 24, 24)
     for number in range(24):
         np.testing.assert_array_equal(ahead.frame(number), one_by_one.frame(number))
+
+
+def test_the_simulator_s_account_names_the_hit_frames_it_sent() -> None:
+    """An outside serial probe: ``edge sim --json`` in spots mode said nothing of which frames were hits,
+    so the appliance's decisions could be checked only by importing the simulator."""
+    from hw_sim.cli import spots_truth
+
+    source = make_source("spots", (64, 64), seed=9, pool=40, hit_fraction=0.3)
+    truth = spots_truth(source, 50)  # frames 40..49 show patterns 0..9 again
+    hits = [n for first, last in truth["hit_frames"] for n in range(first, last + 1)]
+    expected = [n for n in range(50) if source.truth.patterns[n % 40].hit]
+    assert hits == expected and truth["hits"] == len(expected) > 0
+    assert truth["spots_per_hit"] == [len(source.truth.patterns[n % 40].spots) for n in expected]
+    assert all(count > 0 for count in truth["spots_per_hit"])
