@@ -360,10 +360,11 @@ def _run_daemon(
     if taken is not None:  # (a ledger, its reserve, lock files: an outside probe's typo'd store.path)
         log.error("cannot start: %s", taken)
         return 2
-    for held, what in (
-        (lock, "the ledger's directory"),
-        (store_lock, "the store"),
-        (ledger_hold, "the ledger"),
+    ledger_setting = "ledger.path" if settings.ledger.path is not None else "store.path"
+    for held, what in (  # each named by its setting (an outside probe read of "the ledger's directory")
+        (lock, f"the ledger's directory ({ledger_setting})"),
+        (store_lock, "the store (store.path)"),
+        (ledger_hold, f"the ledger ({ledger_setting})"),
     ):
         try:
             acquired = held.acquire()

@@ -390,7 +390,7 @@ def test_a_store_path_that_cannot_be_a_directory_is_a_one_line_refusal(tmp_path:
         daemon = stack.start("run", stderr=subprocess.PIPE)
         _, log = daemon.communicate(timeout=120)
         assert daemon.returncode == 2, log[-2000:]
-        assert f"cannot start: the ledger's directory {store} cannot be used" in log, log[-2000:]
+        assert f"cannot start: the ledger's directory (store.path) {store} cannot be used" in log, log[-2000:]
         _nothing_left_behind(log)
     finally:
         stack.stop_all()
