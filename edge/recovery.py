@@ -580,7 +580,13 @@ def interrupted_udp_run(ledger: Any, report: dict[str, Any]) -> tuple[dict[str, 
     failed = set(report.get("runs_failed") or [])
     if newest is None or not (newest["run_uid"] in failed or newest["exit_status"] in ("abort", "fail")):
         return None
-    return newest, _highest_stored(ledger, newest["run_uid"])
+    # and every frame it received, stored or not (its file half-written at the crash): an acquisition
+    # that goes on after the restart goes on beyond those. A run whose 30 frames were all in its
+    # quarantined file stored none, so the next acquisition's frame 1 was taken for its continuation, its
+    # frame 0 for a late packet of it (an outside probe: two acquisitions merged, one frame in no record)
+    seen = newest.get("frames_seen")
+    received = int(seen) if isinstance(seen, int) else 0
+    return newest, max(_highest_stored(ledger, newest["run_uid"]), received)
 
 
 def _unaccounted_before(

@@ -1168,3 +1168,24 @@ def test_an_open_capture_s_file_under_the_store_stays_where_it_is_and_its_losses
     assert where_report(ledger, run_uid, store=tmp_path)["capture_left"] == {"path": str(part), "size": 99}
     assert later in again["runs_failed"]
     ledger.close()
+
+
+def test_a_udp_run_whose_frames_were_all_in_its_half_written_file_continues_beyond_those_received(
+    tmp_path: Path,
+) -> None:
+    """An outside UDP probe: killed in the quiet after a 30-frame acquisition, the run had stored no frame
+    (all in its half-written file); the next acquisition's frame 1 was taken for its continuation and its
+    frame 0 for a late packet of it. The run's continuation now comes after every frame it received."""
+    from edge.recovery import interrupted_udp_run, recover
+
+    ledger = Ledger(tmp_path / "ledger.sqlite")
+    recorder = RunRecorder(ledger, tmp_path, chunk_bytes=1 << 20)
+    run_uid = recorder.open_run("udp-q", series=11, frames_expected=300, config={"transport": "udp"})
+    ledger.run_seen(run_uid, 29)
+    (tmp_path / run_uid).mkdir()
+    (tmp_path / run_uid / f"{run_uid}_00000.h5.part").write_bytes(b"30 frames")
+    report = recover(recorder, tmp_path)
+    found = interrupted_udp_run(ledger, report)
+    assert found is not None and found[0]["run_uid"] == run_uid
+    assert found[1] == 29  # frames 0..29 came: a frame at or below them starts another acquisition
+    ledger.close()
