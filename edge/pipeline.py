@@ -636,10 +636,14 @@ class Pipeline:
         """A write failed for lack of space: the frame and the open files' frames become losses."""
         self.stats["disk_full_events"] += 1
         self._disk_full_loss(store.run_uid, [frame], f"write failed: {brief(error)}")
-        for frames in store.quarantine_open():
+        for frames, where in store.quarantine_open():
             if self._reduced is not None:
                 self._reduced.frames_lost(frames)
-            self._disk_full_loss(store.run_uid, frames, "in a file quarantined when the disk filled")
+            # where its .part is, in the store's quarantine or a capture's own directory (it read
+            # "quarantined" of a capture's file that was deleted; an outside probe)
+            self._disk_full_loss(
+                store.run_uid, frames, f"in a file given up when the disk filled, half-written: {where}"
+            )
 
     def _disk_full_loss(self, run_uid: str, frames: list[int], detail: str) -> None:
         self.stats["frames_lost_disk_full"] += len(frames)

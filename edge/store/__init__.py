@@ -216,38 +216,40 @@ class RunStore:
         if self._on_durable is not None:
             self._on_durable(list(current.frames))
 
-    def quarantine_open(self) -> list[list[int]]:
+    def quarantine_open(self) -> list[tuple[list[int], Path]]:
         """Give up the open files (the disk is full): each ``.part`` moves to ``STORE/quarantine/RUN/``
-        (a rename, which needs no space), never under a final name; returns each file's frame numbers."""
-        abandoned: list[list[int]] = []
+        (a rename, which needs no space), never under a final name; a capture's stays where it is. Returns
+        each file's frame numbers and where its ``.part`` is now."""
+        abandoned: list[tuple[list[int], Path]] = []
         for stream in list(self._current):
             current = self._current.pop(stream)
-            abandoned.append(list(current.frames))
             self.frames_given_up += len(current.frames)
-            self._set_aside(current)
+            abandoned.append((list(current.frames), self._set_aside(current)))
         return abandoned
 
-    def _set_aside(self, current: RunFileWriter) -> None:
+    def _set_aside(self, current: RunFileWriter) -> Path:
         """Close a file that cannot be finished (as far as HDF5 can) and move its ``.part`` to
-        ``STORE/quarantine/RUN/`` (a rename, which needs no space), never under a final name."""
+        ``STORE/quarantine/RUN/`` (a rename, which needs no space), never under a final name; returns where
+        it is now. An areaDetector capture's file stays where the capture put it, as after a crash (moved
+        to another filesystem it failed, and was then deleted: an outside probe's only copy of 100
+        frames), and so does any file that cannot be moved: it is never deleted."""
         _close_as_far_as_possible(current._h5, current.name)  # the .part is set aside all the same
+        if current.part_path.parent != self.directory:  # a capture's own directory
+            log.error("%s left where it is, half-written, under no final name", current.part_path)
+            return current.part_path
         target = self._quarantine / current.part_path.name
         try:
             if not target.parent.is_dir():  # (made when the run opened: gone since?)
                 target.parent.mkdir(parents=True, exist_ok=True)
             os.replace(current.part_path, target)
-        except OSError as error:
-            log.error("cannot quarantine %s (%s); removing it", current.part_path, error)
-            try:
-                current.part_path.unlink(missing_ok=True)
-            except OSError as stuck:  # (a directory made immutable, read-only since: it stays there)
-                # never raised from here: the file's frames must still become loss records (an outside
-                # probe's capture into a directory made immutable ended "success", 20 frames in no record)
-                log.error(
-                    "cannot remove %s either (%s): it stays there, under no final name",
-                    current.part_path,
-                    stuck,
-                )
+        except OSError as error:  # never raised from here: the file's frames must still become loss
+            # records (an outside probe's capture into a directory made immutable ended "success", 20
+            # frames in no record); never deleted either: it stays there, the next start moves it
+            log.error(
+                "cannot quarantine %s (%s): it stays there, under no final name", current.part_path, error
+            )
+            return current.part_path
+        return target
 
     def close(self) -> None:
         """Finish the open files and wait until every file of the run is finished and registered."""

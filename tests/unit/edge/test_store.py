@@ -207,7 +207,7 @@ def test_a_file_given_up_on_a_full_disk_is_set_aside_in_a_quarantine_made_while_
 
         with monkeypatch.context() as full:
             full.setattr(PathType, "mkdir", no_space)  # the disk is full: no directory can be made
-            assert store.quarantine_open() == [[0]]
+            assert [frames for frames, _where in store.quarantine_open()] == [[0]]
         store.close()
     assert [p.name for p in quarantine.iterdir()] == ["run-1_00000.h5.part"]  # set aside, kept
 
@@ -274,3 +274,23 @@ def test_a_file_that_can_be_neither_finished_nor_set_aside_nor_removed_is_still_
     assert "Operation not permitted" in lost[0][2]
     assert (tmp_path / "run-1" / "run-1_00000.h5.part").exists()  # left in place, under no final name
     assert store.frames_stored == 0
+
+
+def test_a_capture_s_file_given_up_on_a_full_disk_stays_where_the_capture_put_it(tmp_path: Path) -> None:
+    """An outside chaos probe: a capture's directory on another filesystem than the store's; the disk
+    filled, the ``.part`` could not be renamed into STORE/quarantine (another device) and was then
+    deleted, the only copy of 100 frames, while the loss records said "in a file quarantined". A
+    capture's file stays where the capture put it, and so does any file that cannot be moved."""
+    capture = tmp_path / "elsewhere" / "scan.h5"
+    capture.parent.mkdir()
+    with ThreadPoolExecutor(1) as closer:
+        store = RunStore(
+            tmp_path / "store", "run-c", SHAPE, "uint16", 10, 3600, RAW, lambda item: None,
+            closer=closer, data_path=capture,
+        )  # fmt: skip
+        store.write(0, compress_chunk(np.zeros(SHAPE, np.uint16)), {})
+        store.write(1, compress_chunk(np.zeros(SHAPE, np.uint16)), {})
+        ((frames, where),) = store.quarantine_open()
+        store.close()
+    assert frames == [0, 1] and where == Path(f"{capture}.part") and where.exists()
+    assert not (tmp_path / "store" / "quarantine" / "run-c").exists()
