@@ -157,6 +157,9 @@ def recover(recorder: RunRecorder, root: Path) -> dict[str, Any]:
         vetoed, vetoed_purged = _vetoed_frames(recorder, run_uid)
         covered = _accounted(recorder, run_uid, vetoed)
         expected = run["frames_expected"]
+        if expected is None:  # an areaDetector capture's run: its series' announced lengths, where each
+            # lies in it (its frames sent while the daemon was down were in no record; an outside probe)
+            expected = _capture_end(run)
         if expected is None:  # the detector did not say; account up to the last frame we know of: the
             # highest received (written every 0.2 s while the run was open) or recorded, partial records
             # too: a frame kept with packets missing came (an outside probe: frames 256 and 259 had such
@@ -602,6 +605,24 @@ def _unaccounted_before(
         added += 1
         recorder.loss(run_uid, first, last, reason, detail)
     return added
+
+
+def _capture_end(run: dict[str, Any]) -> int | None:
+    """For an areaDetector capture's run: one past the last frame of its camera series as they announced
+    their lengths (``capture_series`` offsets, ``capture_series_length``); None when none did."""
+    try:
+        config = json.loads(run.get("config") or "{}")
+    except (TypeError, ValueError):
+        return None
+    offsets, lengths = config.get("capture_series") or {}, config.get("capture_series_length") or {}
+    if not isinstance(offsets, dict) or not isinstance(lengths, dict):
+        return None
+    ends = [
+        int(offsets[series]) + int(length)
+        for series, length in lengths.items()
+        if isinstance(offsets.get(series), int) and isinstance(length, int) and length > 0
+    ]
+    return max(ends) if ends else None
 
 
 def _captures_left(ledger: Any) -> set[str]:

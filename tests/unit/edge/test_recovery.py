@@ -1189,3 +1189,29 @@ def test_a_udp_run_whose_frames_were_all_in_its_half_written_file_continues_beyo
     assert found is not None and found[0]["run_uid"] == run_uid
     assert found[1] == 29  # frames 0..29 came: a frame at or below them starts another acquisition
     ledger.close()
+
+
+def test_a_capture_s_series_of_announced_length_is_accounted_to_its_end_after_a_crash(tmp_path: Path) -> None:
+    """An outside chaos probe: a capture's run (its length the client's, none in the run) whose camera
+    series announced 200 frames, killed thrice while the camera went on: recovery accounted only up to
+    the highest frame received (138); frames 139..199, sent while the daemon was down, were in no record.
+    The series' announced length, where it lies in the capture's run, bounds the account."""
+    from edge.recovery import recover
+
+    ledger = Ledger(tmp_path / "ledger.sqlite")
+    recorder = RunRecorder(ledger, tmp_path, chunk_bytes=1 << 20)
+    run_uid = recorder.open_run("cap-len", series=2, frames_expected=None, config={"capture_file": "/x/c.h5"})
+    recorder.series_offset(run_uid, 1, 0, 50)  # an earlier series of the capture: frames 0..49
+    recorder.series_offset(run_uid, 2, 50, 200)  # this one: run frames 50..249
+    ledger.run_seen(run_uid, 188)
+    data = tmp_path / run_uid / f"{run_uid}_00000.h5"
+    data.parent.mkdir()
+    data.write_bytes(b"frames 0..99")
+    recorder.register_file(run_uid, data, (0, 99, 100))
+    report = recover(recorder, tmp_path)
+    assert report["frames_lost"] == 150  # 100..249: to the end of the series the camera announced
+    crashed = [
+        (r["first_frame"], r["last_frame"]) for r in ledger.losses(run_uid) if r["reason"] == "daemon_crash"
+    ]
+    assert crashed == [(100, 249)]
+    ledger.close()
