@@ -625,7 +625,10 @@ class StoreSettings(_Section):
         2, ge=1, le=64, description="frames compressed at once (bitshuffle-LZ4, one OpenMP thread each)"
     )
     blanks: Literal["keep", "drop"] = Field(
-        "keep", description="serial: blank frames go to their own local files (keep) or are vetoed (drop)"
+        "keep",
+        description="serial: blank frames go to their own local files (keep) or are vetoed (drop); an"
+        " areaDetector capture's file (HDF1:Capture) takes every frame whatever this says, blanks too, as"
+        " its client counts on",
     )
     roots: list[Path] = Field(
         default_factory=list,
