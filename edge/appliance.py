@@ -229,7 +229,7 @@ class RingSink:
         self.resume: Callable[[int, int, str | None], dict[str, Any]] | None = None
         #: whether a run of a series was cut by a restart (`edge.recovery.was_interrupted`): a series seen
         #: without its start, far beyond frame 0, is taken for one resumed only then
-        self.series_interrupted: Callable[[int], bool] | None = None
+        self.series_interrupted: Callable[..., bool] | None = None
         # the newest frame for the live view, or a detector chunk (Stream V2 pass-through) with what
         # its view needs, decoded only when the view is read (see ``preview``)
         self._preview: tuple[np.ndarray, dict[str, Any]] | _ChunkPreview | None = None
@@ -806,7 +806,9 @@ class Appliance:
             self.sink.resume = lambda series, first, transport: resume_interrupted(
                 self.recorder, self.recovery, series, first, transport
             )
-            self.sink.series_interrupted = lambda series: was_interrupted(self.ledger, self.recovery, series)
+            self.sink.series_interrupted = lambda series, uid=None: was_interrupted(
+                self.ledger, self.recovery, series, uid
+            )
             self.source: FrameSource = self._source(settings)
             self.pipeline = Pipeline(
                 self.ring,

@@ -749,10 +749,24 @@ def _series_offset(run: dict[str, Any], series: int) -> int | None:
     return int(offset) if isinstance(offset, int) and not isinstance(offset, bool) else None
 
 
-def was_interrupted(ledger: Any, report: dict[str, Any], series: int) -> bool:
+def was_interrupted(ledger: Any, report: dict[str, Any], series: int, uid: str | None = None) -> bool:
     """Whether a run of ``series`` was cut by a restart (a run a series seen without its start may
-    continue): the stream readers ask it before taking an image far beyond frame 0 for one."""
-    return bool(_interrupted_runs(ledger, report, series))
+    continue): the stream readers ask it before taking an image far beyond frame 0 for one. With
+    ``uid`` (a start's run uid): whether such a run is the one it names, by its uid or the detector's
+    uid it was recorded under."""
+    runs = _interrupted_runs(ledger, report, series)
+    if uid is None:
+        return bool(runs)
+    return any(uid in (r["run_uid"], _detector_uid(r)) for r in runs)
+
+
+def _detector_uid(run: dict[str, Any]) -> str | None:
+    """The uid the detector gave a run recorded under another (``detector_run_uid`` in its config)."""
+    try:
+        named = json.loads(run.get("config") or "{}").get("detector_run_uid")
+    except (TypeError, ValueError, AttributeError):
+        return None
+    return named if isinstance(named, str) else None
 
 
 def resume_interrupted(

@@ -229,7 +229,9 @@ class Stream2Source(ZmqStreamSource):
             return
         if self._late_start(start.series, expected, start.series_unique_id or None):
             return
-        if self._start_after_restart(start.series, partial(self._take_start, start, key)):
+        if self._start_after_restart(
+            start.series, partial(self._take_start, start, key), start.series_unique_id or None
+        ):
             return
         self._take_start(start, key)
 

@@ -563,7 +563,9 @@ class ZmqStreamSource:
                 return slot
             if self._late_start(event.series, event.frames_expected, event.config.get("run_uid")):
                 return slot
-            if self._start_after_restart(event.series, partial(self._series_started, event, key)):
+            uid = event.config.get("run_uid")
+            uid = uid if isinstance(uid, str) else None
+            if self._start_after_restart(event.series, partial(self._series_started, event, key), uid):
                 return slot
             self._series_started(event, key)
             return slot
@@ -927,6 +929,17 @@ class ZmqStreamSource:
             self._interrupted_seen[series] = known
         return known
 
+    def _uid_interrupted(self, series: int, uid: str) -> bool:
+        """Whether the run of ``series`` a restart cut is the one ``uid`` names (its uid, or the detector's
+        uid it was recorded under); True when the sink cannot say."""
+        ask = getattr(self.sink, "series_interrupted", None)
+        if not callable(ask):
+            return True
+        try:
+            return bool(ask(series, uid))
+        except TypeError:  # (a sink that takes the series alone)
+            return True
+
     def _repeated_start(self, key: Any, restart: Callable[[], None]) -> bool:
         """True for a start identical to the open series' own (its series and every field): a copy the
         sender or the network repeated, or a sender that re-armed for a new acquisition with the same
@@ -978,7 +991,7 @@ class ZmqStreamSource:
         else:
             self._start_repeated()
 
-    def _start_after_restart(self, series: int, start: Callable[[], None]) -> bool:
+    def _start_after_restart(self, series: int, start: Callable[[], None], uid: str | None = None) -> bool:
         """A start of a series a daemon restart cut, the first series this reader sees: the sender may
         have sent it again on its new connection and go on where it was, or re-armed. Its first image
         tells (`_deferred_start`): frame 0 opens the start's run; a later one opens the run "resumed after
@@ -993,6 +1006,11 @@ class ZmqStreamSource:
         ):
             return False  # (a sink that cannot say: no restart assumed here)
         if not self._series_interrupted(series):
+            return False
+        if uid and not self._uid_interrupted(series, uid):
+            # the start names a run that no restart cut: a new acquisition that reuses the number, opened
+            # at once (held, a start and end with no image between were taken for the cut series' own, no
+            # run opened, its announced frames in no record; an outside probe's demo stopped at once)
             return False
         self._start_deferred = (series, start)
         self.stats["starts_after_restart"] += 1

@@ -1215,3 +1215,16 @@ def test_a_capture_s_series_of_announced_length_is_accounted_to_its_end_after_a_
     ]
     assert crashed == [(100, 249)]
     ledger.close()
+
+
+def test_a_start_s_uid_tells_whether_it_is_the_series_a_restart_cut(tmp_path: Path) -> None:
+    """A start that names a run uid continues the cut run only when it names that run (or the detector's
+    uid it was recorded under): a new acquisition reusing the series number is no continuation."""
+    from edge.recovery import recover, was_interrupted
+
+    ledger, recorder, run_uid = _open_run_with_one_file(tmp_path, "cut-run", 7, 10, 5)
+    report = recover(recorder, tmp_path)
+    assert was_interrupted(ledger, report, 7) and was_interrupted(ledger, report, 7, "cut-run")
+    assert not was_interrupted(ledger, report, 7, "a-new-acquisition")
+    assert not was_interrupted(ledger, report, 8)
+    ledger.close()

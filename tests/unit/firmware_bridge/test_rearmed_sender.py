@@ -188,3 +188,22 @@ def test_a_start_and_end_sent_again_after_a_restart_with_no_image_open_no_run() 
     assert [c["frames_expected"] for c in sink.configs] == [1]  # series 6 only
     assert sink.losses == [] and sink.frames == [0]
     assert reader.counters()["starts_after_restart_ended"] == 1
+
+
+class _RestartedOther(_Ends):
+    """A sink whose ledger has a run of every series cut by a restart, recorded as ``"the-cut-one"``."""
+
+    def series_interrupted(self, series: int, uid: str | None = None) -> bool:
+        return uid is None or uid == "the-cut-one"
+
+
+def test_a_start_naming_another_run_than_the_one_a_restart_cut_opens_its_own_at_once() -> None:
+    """An outside probe: a demo stopped as its simulator started sent a start and its end, no image; the
+    series number was that of a run an earlier demo's restart had cut, and the start was taken for that
+    series' own sent again: no run opened, its 300 announced frames in no record. The start names
+    another run ("bounds"): a new acquisition, its run opened, its frames recorded missing."""
+    sink = _RestartedOther()
+    reader = _one_connection(sink, [header(5, 10), END], ends=1)
+    assert [c["frames_expected"] for c in sink.configs] == [10]
+    assert sink.losses == [(0, 9, "missing_at_series_end")]
+    assert reader.counters().get("starts_after_restart_ended", 0) == 0
