@@ -1224,7 +1224,7 @@ def test_a_start_s_uid_tells_whether_it_is_the_series_a_restart_cut(tmp_path: Pa
 
     ledger, recorder, run_uid = _open_run_with_one_file(tmp_path, "cut-run", 7, 10, 5)
     report = recover(recorder, tmp_path)
-    assert was_interrupted(ledger, report, 7) and was_interrupted(ledger, report, 7, "cut-run")
+    assert was_interrupted(ledger, report, 7) and was_interrupted(ledger, report, 7, run_uid)
     assert not was_interrupted(ledger, report, 7, "a-new-acquisition")
     assert not was_interrupted(ledger, report, 8)
     ledger.close()
