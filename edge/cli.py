@@ -1013,7 +1013,7 @@ def _run_bench(bench_args: list[str]) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
-    if argv[:1] in (["run"], ["sim"]):
+    if argv[:1] in (["run"], ["sim"], ["demo"]):
         catch_early_signals()
     if argv[:1] == ["bench"] and not {"-h", "--help"} & set(argv[1:2]):
         return _run_bench(argv[1:])  # every flag after "bench" is the benchmark script's

@@ -30,6 +30,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
+from edge import early_signals
 from edge.config import Settings
 from edge.errors import ConfigError
 
@@ -461,6 +462,9 @@ def run_demo(args: argparse.Namespace, settings: Settings, flags: list[str] | No
     interrupted = Interrupted()
     signal.signal(signal.SIGINT, interrupted)
     signal.signal(signal.SIGTERM, interrupted)  # `kill` stops the demo as Ctrl-C does
+    for signum in early_signals.NOTED:  # a Ctrl-C while the demo itself started (`edge.early_signals`)
+        if signum in (signal.SIGINT, signal.SIGTERM):
+            interrupted(signum, None)
 
     def watch(until: Callable[[], Any], timeout: float, what: str, note: str, give_up_after: int) -> Any:
         return _watch(procs, line, url, until, timeout, what, note, interrupted, give_up_after)

@@ -159,3 +159,21 @@ def test_ctrl_c_while_the_daemon_starts_still_ends_with_a_json_account(tmp_path:
     assert account["run_uid"] is None and account["frames_sent"] is None
     # each component's log is appended to, this demo's part marked (earlier demos' logs stay)
     assert (workdir / "logs" / "daemon.log").read_text().startswith("--- edge demo (pid ")
+
+
+def test_a_ctrl_c_while_the_demo_itself_starts_is_its_stopped_account(tmp_path: Path) -> None:
+    """An outside probe: a Ctrl-C in the demo's first half second (still importing) ended it with a
+    KeyboardInterrupt traceback and nothing on stdout. It is noted from the first moment, as the daemon's
+    and the simulator's are: one JSON object saying when it stopped, exit 130, no traceback."""
+    workdir = tmp_path / "demo"
+    demo, _url = _start_demo(workdir, "--json", "--frames", "50", overrides=loopback_overrides())
+    try:
+        time.sleep(0.1)  # importing (about a second)
+        demo.send_signal(signal.SIGINT)
+        assert demo.wait(120) == 130
+        account = json.loads(demo.stdout.read().strip().splitlines()[-1])
+        assert account["error"].startswith("stopped (Ctrl-C)"), account
+    finally:
+        _cleanup(demo, list(_children(demo).values()) if demo.poll() is None else [])
+    err = (tmp_path / "demo-demo.err").read_text()
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err, err[-3000:]
