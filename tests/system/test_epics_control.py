@@ -316,23 +316,28 @@ def test_acquire_with_completion_stores_num_images(stack: Stack) -> None:
 
 
 # --- acceptance 3: the detector IOC killed mid-run ---------------------------------------------------
+def _serial_stack(tmp_path: Path, ca_port: int, edge_ca_port: int, *settings: str) -> Stack:
+    """A started simulator (spots) and daemon in serial mode with blanks dropped."""
+    stack = Stack(tmp_path, ca_port, edge_ca_port, ACF)
+    stack.settings += ['reduction.mode="serial"', 'store.blanks="drop"', 'sim.mode="spots"', *settings]
+    try:
+        stack.start_sim()
+        stack.start_daemon()
+    except BaseException:
+        stack.stop()
+        raise
+    return stack
+
+
 def test_a_serial_run_s_hits_and_vetoed_blanks_are_readbacks(
     tmp_path: Path, ca_port: int, edge_ca_port: int
 ) -> None:
     """``VetoedFrames_RBV`` beside ``LostFrames_RBV``, and the run's hits and hit rate, as the ledger and
     the mode count them: a beamline's control system sees what serial mode keeps and drops."""
-    stack = Stack(tmp_path, ca_port, edge_ca_port, ACF)
-    stack.settings += [
-        'reduction.mode="serial"',
-        'store.blanks="drop"',
-        'sim.mode="spots"',
-        "sim.hit_fraction=0.5",
-    ]
+    stack = _serial_stack(tmp_path, ca_port, edge_ca_port, "sim.hit_fraction=0.5")
     epics = _epics()
     p = stack.prefix
     try:
-        stack.start_sim()
-        stack.start_daemon()
         _put(stack, "NumImages", 40)
         _put(stack, "AcquirePeriod", 0.02)
         assert epics.caput(p + "Acquire", 1, wait=True, timeout=90) == 1
@@ -745,19 +750,12 @@ def test_a_serial_capture_with_blanks_dropped_stores_every_frame_in_its_file(
     """An outside chaos probe: in a capture (whose file takes every frame, blanks too) a blank's
     compression was cancelled as vetoed; when the cancel came first, the writer's wait for it raised and
     the frame became a ``pipeline_error CancelledError()`` loss (6 of 200). Every frame is stored now."""
-    stack = Stack(tmp_path, ca_port, edge_ca_port, ACF)
-    stack.settings += [
-        'reduction.mode="serial"',
-        'reduction.backend="numpy"',
-        'store.blanks="drop"',
-        'sim.mode="spots"',
-        "sim.hit_fraction=0.3",
-    ]
+    stack = _serial_stack(
+        tmp_path, ca_port, edge_ca_port, "sim.hit_fraction=0.3", 'reduction.backend="numpy"'
+    )
     epics = _epics()
     p = stack.prefix
     try:
-        stack.start_sim()
-        stack.start_daemon()
         _put(stack, "HDF1:FileName", "serial_capture")
         _put(stack, "HDF1:NumCapture", 0)
         _put(stack, "HDF1:Capture", 1)
