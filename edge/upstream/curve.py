@@ -134,9 +134,16 @@ class KeyRing:
         self._lock = threading.Lock()
         self._seen: tuple[tuple[str, int, int], ...] | None = None
         self._names: dict[bytes, str] = {}  # z85 public key -> consumer name
+        self._twice: set[bytes] = set()  # keys in two files: admitting no one (said in each refusal)
+        self.unreadable: str | None = None  # why the directory cannot be read now (said in each refusal)
         self.refused = 0  # CURVE handshakes of a key not admitted (``curve_handshakes_refused``)
+        with self._lock:  # read at the start: a directory that is not there is said then (it said "CURVE
+            # clients: none", and each refusal named a directory that did not exist; an outside probe)
+            self._refresh()
 
     def _listing(self) -> tuple[tuple[str, int, int], ...]:
+        if not self.directory.is_dir():  # (glob finds nothing in a directory that is not there)
+            raise FileNotFoundError(f"{self.directory} is not a directory (missing?)")
         entries = []
         for path in sorted(self.directory.glob("*.key")):
             info = path.stat()
@@ -153,8 +160,10 @@ class KeyRing:
                     self.directory,
                     error,
                 )
-            self._seen, self._names = (), {}
+            self._seen, self._names, self._twice = (), {}, set()
+            self.unreadable = str(error)
             return
+        self.unreadable = None
         if listing == self._seen:
             return
         names: dict[bytes, str] = {}
@@ -185,7 +194,7 @@ class KeyRing:
                 ", ".join(sorted(files[public])),
             )
             del names[public]
-        self._seen, self._names = listing, names
+        self._seen, self._names, self._twice = listing, names, twice
         log.info("CURVE clients: %s", ", ".join(sorted(names.values())) or "none")
 
     def name_of(self, z85_key: bytes) -> str | None:
@@ -201,10 +210,16 @@ class KeyRing:
             return True
         with self._lock:
             self.refused += 1
+            if self.unreadable is not None:
+                why = f"upstream.curve_clients_dir cannot be read: {self.unreadable}"
+            elif key in self._twice:
+                why = f"it is in more than one .key file of {self.directory}, so it admits no one"
+            else:
+                why = f"it is in no .key file of {self.directory}"
         log.warning(
-            "CURVE handshake refused: public key %s... is in no .key file of %s (%d refused so far)",
+            "CURVE handshake refused: public key %s...: %s (%d refused so far)",
             key[:8].decode("ascii", "replace"),
-            self.directory,
+            why,
             self.refused,
         )
         return False

@@ -294,3 +294,26 @@ def test_a_client_with_keys_unanswered_asks_whether_the_appliance_uses_curve_at_
         context.term()
     assert client.stats["sessions_unanswered"] == 1
     assert "does it use CurveZMQ at all" in caplog.text, caplog.text
+
+
+def test_a_clients_directory_that_is_not_there_or_a_key_in_two_files_is_said_as_such(  # type: ignore[no-untyped-def]
+    keys: Path, tmp_path: Path, caplog
+) -> None:
+    """An outside probe: ``upstream.curve_clients_dir`` naming no directory started with "CURVE clients:
+    none" and each refusal said the key "is in no .key file of" it; a key in two files was refused with
+    the same words. The start says the directory cannot be read, and each refusal says why."""
+    import zmq.auth
+
+    from edge.upstream.curve import KeyRing
+
+    hpc, _ = zmq.auth.load_certificate(str(keys / "hpc" / "hpc.key"))
+    with caplog.at_level("WARNING", logger="edge.upstream.curve"):
+        missing = KeyRing(tmp_path / "nodir")
+        assert "cannot read upstream.curve_clients_dir" in caplog.text and "nodir" in caplog.text
+        assert not missing.callback("*", hpc)
+    assert "upstream.curve_clients_dir cannot be read" in caplog.text.splitlines()[-1]
+    shutil.copy(keys / "hpc" / "hpc.key", keys / "clients" / "tape.key")
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="edge.upstream.curve"):
+        assert not KeyRing(keys / "clients").callback("*", hpc)
+    assert "in more than one .key file" in caplog.text
