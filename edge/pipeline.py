@@ -603,6 +603,13 @@ class Pipeline:
             if keep and self.disk is not None and self.disk.check():
                 work.chunk.cancel()
                 self._disk_full_loss(store.run_uid, [frame], "the disk is full: not written")
+            elif keep and stream == "data" and store.capture_given_up is not None:
+                work.chunk.cancel()  # never into a new file of its name, over the one kept
+                self._disk_full_loss(
+                    store.run_uid,
+                    [frame],
+                    f"the capture's file was given up when its disk filled ({store.capture_given_up}, kept)",
+                )
             elif keep:
                 chunk = work.chunk.result()
                 try:

@@ -240,6 +240,7 @@ class Stream2Source(ZmqStreamSource):
         one opens its run (at its first image when the start names no dtype)."""
         config = series_config(start, start.dtype or ASSUMED_DTYPE, "")
         self._begin_series(start.series, key, config["frames_expected"])
+        self._open_uid = start.series_unique_id or None  # (`_adopt`: its stragglers are told by it)
         unusable = start.metadata.get("number_of_images")  # set by the codec when not an integer >= 0
         if unusable is not None or (start.number_of_images is not None and self._frames_expected is None):
             self.stats["frames_expected_ignored"] += 1

@@ -162,6 +162,11 @@ class ZmqStreamSource:
         self._ended_series: int | None = None  # the last series that ended here (its stragglers are lost)
         self._ended_accounted = 0  # the frames below this number of that series are in its run's account
         self._ended_at = 0.0  # when it ended (monotonic)
+        # the detector's uid of the open series and of the one that ended last, when its messages carry
+        # one (Stream V2's series_unique_id): an image of the ended series' number and uid is a straggler
+        # however late, one of its number and another uid a new series however soon
+        self._open_uid: str | None = None
+        self._ended_uid: str | None = None
         self._ended_ids: deque[int] = deque(maxlen=ENDED_SERIES_REMEMBERED)  # the latest series ended here
         self._adopted: int | None = None  # the open series, when it was opened from its images (`_adopt`)
         self._adopted_first = 0  # the first frame of that run
@@ -850,18 +855,25 @@ class ZmqStreamSource:
         self._seen_a_series = True
         if series == self._ended_series and self._start_rejected is None:
             since = time.monotonic() - self._ended_at
-            if since <= STRAGGLER_SECONDS:
+            same = (detector_uid == self._ended_uid) if detector_uid and self._ended_uid else None
+            if same or (same is None and since <= STRAGGLER_SECONDS):
                 return True  # (a straggler, `_note_frame`; after a rejected start, images of that id are
-                # the new series': a sender reusing it)
+                # the new series': a sender reusing it). Its uid says so however late (an outside probe's
+                # images of an ended series 6 s on, its uid theirs, made a run of frames already stored)
             # long after that series ended here: its number used again, by a series whose start this
             # receiver never saw (a detector that restarted its count, or a second receiver on the stream
             # that took the start). Its frames were dropped as late copies of the old run's, counted only
             # (an outside probe: 97 received frames in no record); now a run of their own that says so
             self.stats["series_number_reused"] += 1
+            told = (
+                f"its images name another series_unique_id ({detector_uid!r}) than that series'"
+                f" ({self._ended_uid!r})"
+                if same is False
+                else f"series {series} ended here {since:.0f} s before"
+            )
             self._start_rejected = (
-                f"no start came here: series {series} ended here {since:.0f} s before, so the number is used"
-                " again (a detector that restarted its count, or another receiver on the stream took the"
-                " series' start)"
+                f"no start came here: {told}, so the number is used again (a detector that restarted its"
+                " count, or another receiver on the stream took the series' start)"
             )
         # far beyond frame 0: a run numbered from 0 (after a rejected start) never opens from it, nor one
         # "resumed after restart" when no run of its series was cut by one (an outside sender's single
@@ -882,6 +894,7 @@ class ZmqStreamSource:
             return False
         rejected, self._start_rejected = self._start_rejected, None
         unreadable, self._unreadable_between = self._unreadable_between, 0
+        self._open_uid = detector_uid or None  # (the run opened from its images: its stragglers later)
         if rejected is None and unreadable and frame == 0:  # (a restart mid-series misses frame 0 too)
             self.stats["series_start_unreadable"] += 1
             rejected = f"{unreadable} unreadable message(s) came where its start was due"
@@ -1321,6 +1334,7 @@ class ZmqStreamSource:
         self._unreadable_between = 0
         self._ended_series = series
         self._ended_at = time.monotonic()  # (`_adopt`: a frame of it much later is a new series')
+        self._ended_uid, self._open_uid = self._open_uid, None
         self._ended_ids.append(series)
         # frames below this number were stored or recorded lost in the run: a later copy is not a loss
         self._ended_accounted = max(self._next_frame, expected or 0)

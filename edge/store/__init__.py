@@ -99,6 +99,9 @@ class RunStore:
         # frames written into files that were then given up (quarantined, not finished, not registered):
         # their loss records hold them, so they are not the run's stored frames (`frames_stored`)
         self.frames_given_up = 0
+        # an areaDetector capture's file given up (its disk full), left where it is: no later frame is
+        # written there (a new file of its name truncated it: 123 frames gone; an outside probe)
+        self.capture_given_up: Path | None = None
         self._current: dict[str, RunFileWriter] = {}
         self._indices: dict[str, int] = {}
         # with a ``closer``, full files are finished there, in order, while the next one fills; a file
@@ -236,6 +239,7 @@ class RunStore:
         _close_as_far_as_possible(current._h5, current.name)  # the .part is set aside all the same
         if current.part_path.parent != self.directory:  # a capture's own directory
             log.error("%s left where it is, half-written, under no final name", current.part_path)
+            self.capture_given_up = current.part_path
             return current.part_path
         target = self._quarantine / current.part_path.name
         try:

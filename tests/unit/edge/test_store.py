@@ -293,4 +293,6 @@ def test_a_capture_s_file_given_up_on_a_full_disk_stays_where_the_capture_put_it
         ((frames, where),) = store.quarantine_open()
         store.close()
     assert frames == [0, 1] and where == Path(f"{capture}.part") and where.exists()
+    # and no later frame goes into a new file of its name (which truncated it: an outside probe)
+    assert store.capture_given_up == where
     assert not (tmp_path / "store" / "quarantine" / "run-c").exists()

@@ -829,7 +829,8 @@ def test_images_of_the_last_series_long_after_its_end_are_a_new_series_that_reus
                 break
             threading.Event().wait(0.1)
         threading.Event().wait(0.5)  # beyond STRAGGLER_SECONDS
-        for message in (image2, image3, end):  # the number used again, its start taken elsewhere
+        again = [_retagged(m, series_unique_id="another-series") for m in (image2, image3, end)]
+        for message in again:  # the number used again, its start taken elsewhere
             push.send(message)
         for _ in range(100):
             if len(sink.ends) >= 2:
@@ -844,3 +845,51 @@ def test_images_of_the_last_series_long_after_its_end_are_a_new_series_that_reus
     assert len(sink.configs) == 2 and "used again" in sink.configs[1]["start_rejected"]
     assert sink.published == [0, 1, 2, 3, 2, 3]  # the new run's frames stored, not dropped
     assert (0, 1, "frame_number_gap") in sink.losses  # its frames below the first that came here
+
+
+def test_an_ended_series_uid_tells_a_straggler_from_a_new_series_whatever_the_time(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An outside probe: images of a series that had ended 6 s before, its series_unique_id theirs, were
+    taken for a new series reusing the number (a run recording frames already stored as lost, storing
+    them again). Stream V2 names the series: its own uid is a straggler however late; another uid is a
+    new series however soon."""
+    from firmware_bridge import zmq_reader
+
+    monkeypatch.setattr(zmq_reader, "STRAGGLER_SECONDS", 0.3)
+    start, image0, image1, image2, image3, end = _messages("stream2_bslz4_u16_2ch.bin")
+    decoded = cbor2.loads(start)
+    uid = (decoded.value if isinstance(decoded, cbor2.CBORTag) else decoded)["series_unique_id"]
+    sink = Sink()
+    context = zmq.Context()
+    push = context.socket(zmq.PUSH)
+    port = push.bind_to_random_port("tcp://127.0.0.1")
+    reader = Stream2Source(f"tcp://127.0.0.1:{port}", sink, context, channel="threshold_2")
+    reader.start()
+    try:
+        for message in (start, image0, image1, image2, image3, end):
+            push.send(message)
+        for _ in range(100):
+            if sink.ends:
+                break
+            threading.Event().wait(0.1)
+        threading.Event().wait(0.5)  # beyond STRAGGLER_SECONDS: its own uid still a straggler
+        push.send(image2)
+        for _ in range(100):
+            if reader.counters().get("frames_after_series_end", 0):
+                break
+            threading.Event().wait(0.1)
+        other = [_retagged(m, series_unique_id=f"{uid}-again") for m in (image0, image1, end)]
+        for message in other:  # at once, another uid: a new series of that number
+            push.send(message)
+        for _ in range(100):
+            if len(sink.ends) >= 2:
+                break
+            threading.Event().wait(0.1)
+    finally:
+        reader.stop()
+        push.close(0)
+        context.term()
+    assert reader.counters()["frames_after_series_end"] == 1
+    assert len(sink.configs) == 2 and "another series_unique_id" in sink.configs[1]["start_rejected"]
+    assert sink.published == [0, 1, 2, 3, 0, 1]
