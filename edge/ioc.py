@@ -1590,8 +1590,13 @@ class ApplianceIOC:
         pipeline = status["pipeline"]
         raw, packed = int(pipeline.get("bytes_raw", 0)), int(pipeline.get("bytes_compressed", 0))
         self._set("Codec1:CompFactor_RBV", raw / packed if packed else 0.0)
-        # frames a bug lost, and those of files that could not be finished (a directory gone read-only)
-        failed = int(pipeline.get("frames_failed", 0)) + int(pipeline.get("frames_file_not_finished", 0))
+        # frames a bug lost, those of files that could not be finished (a directory gone read-only), and
+        # those a full disk kept from their files (it read "Write OK" beside 126 such; an outside probe)
+        failed = (
+            int(pipeline.get("frames_failed", 0))
+            + int(pipeline.get("frames_file_not_finished", 0))
+            + int(pipeline.get("frames_lost_disk_full", 0))
+        )
         self._set("HDF1:WriteStatus", int(failed > 0))
         self._set(
             "HDF1:WriteMessage", f"{failed} frame(s) failed to store" if failed else self._write_message

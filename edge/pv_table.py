@@ -1219,8 +1219,8 @@ PVS: tuple[PvSpec, ...] = (
         "boolIn",
         "enum",
         "Write error (MAJOR) when the pipeline failed to store frames (since the daemon started): a bug,"
-        " or a file that could not be finished (a full disk, a capture directory gone read-only); each"
-        " such frame is a loss record saying why.",
+        " a file that could not be finished (a full disk, a capture directory gone read-only), or a full disk"
+        " that kept frames from their file; each such frame is a loss record saying why.",
         choices=("Write OK", "Write error"),
     ),
     _rbv("HDF1:WriteMessage", "longStringIn", "char[256]", "Last write error, or empty.", length=LONG_STRING),
