@@ -614,6 +614,9 @@ def run_demo(args: argparse.Namespace, settings: Settings, flags: list[str] | No
             "frames_incomplete": result["incomplete"],
             # announced (--frames) and never sent, the simulator stopped by Ctrl-C: in frames_lost too
             "frames_not_sent": max(0, args.frames - frames_sent) if sent.get("stopped_early") else 0,
+            # a Ctrl-C (or SIGTERM) stopped the demo before its --frames were sent: said (an outside probe
+            # read a cut run's summary with nothing saying it was cut)
+            "stopped": "Ctrl-C" if interrupted.count else None,
             "mode": result["mode"],
             "bytes_upstream": result["bytes_upstream"],
             **_product_figures(url),

@@ -113,7 +113,7 @@ def test_ctrl_c_stops_the_simulator_first_and_delivers_every_stored_file(
     finally:
         _cleanup(demo, children)
     summary = json.loads(out.strip().splitlines()[-1])  # the same summary as a bounded --json run
-    assert summary["sim"]["stopped_early"] is True
+    assert summary["sim"]["stopped_early"] is True and summary["stopped"] == "Ctrl-C"
     sent = summary["frames_sent"]
     assert sent >= 50
     assert summary["frames_stored"] == summary["frames_delivered"] == sent
