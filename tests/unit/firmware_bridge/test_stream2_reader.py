@@ -804,6 +804,30 @@ def test_a_series_naming_no_dtype_whose_every_image_is_rejected_still_accounts_t
     assert sink.published == []
 
 
+def _replay_in_steps(sink: Sink, steps: list[tuple[float, Any, Any]]) -> Stream2Source:
+    """Each step ``(pause, messages, until)``: wait ``pause`` seconds, send its messages to a reader, wait
+    until ``until(reader)`` holds; returns the stopped reader."""
+    context = zmq.Context()
+    push = context.socket(zmq.PUSH)
+    port = push.bind_to_random_port("tcp://127.0.0.1")
+    reader = Stream2Source(f"tcp://127.0.0.1:{port}", sink, context, channel="threshold_2")
+    reader.start()
+    try:
+        for pause, messages, until in steps:
+            threading.Event().wait(pause)
+            for message in messages:
+                push.send(message)
+            for _ in range(100):
+                if until(reader):
+                    break
+                threading.Event().wait(0.1)
+    finally:
+        reader.stop()
+        push.close(0)
+        context.term()
+    return reader
+
+
 def test_images_of_the_last_series_long_after_its_end_are_a_new_series_that_reuses_its_number(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -816,30 +840,20 @@ def test_images_of_the_last_series_long_after_its_end_are_a_new_series_that_reus
     monkeypatch.setattr(zmq_reader, "STRAGGLER_SECONDS", 0.3)
     start, image0, image1, image2, image3, end = _messages("stream2_bslz4_u16_2ch.bin")
     sink = Sink()
-    context = zmq.Context()
-    push = context.socket(zmq.PUSH)
-    port = push.bind_to_random_port("tcp://127.0.0.1")
-    reader = Stream2Source(f"tcp://127.0.0.1:{port}", sink, context, channel="threshold_2")
-    reader.start()
-    try:
-        for message in (start, image0, image1, image2, image3, end, image3):  # a straggler right after
-            push.send(message)
-        for _ in range(100):
-            if sink.ends and reader.counters().get("frames_after_series_end", 0):
-                break
-            threading.Event().wait(0.1)
-        threading.Event().wait(0.5)  # beyond STRAGGLER_SECONDS
-        again = [_retagged(m, series_unique_id="another-series") for m in (image2, image3, end)]
-        for message in again:  # the number used again, its start taken elsewhere
-            push.send(message)
-        for _ in range(100):
-            if len(sink.ends) >= 2:
-                break
-            threading.Event().wait(0.1)
-    finally:
-        reader.stop()
-        push.close(0)
-        context.term()
+    again = [_retagged(m, series_unique_id="another-series") for m in (image2, image3, end)]
+    reader = _replay_in_steps(
+        sink,
+        [
+            # a straggler right after the end
+            (
+                0.0,
+                (start, image0, image1, image2, image3, end, image3),
+                lambda r: sink.ends and r.counters().get("frames_after_series_end", 0),
+            ),
+            # beyond STRAGGLER_SECONDS: the number used again, its start taken elsewhere
+            (0.5, again, lambda r: len(sink.ends) >= 2),
+        ],
+    )
     assert reader.counters()["frames_after_series_end"] == 1  # the copy right after the end
     assert reader.counters()["series_number_reused"] == 1
     assert len(sink.configs) == 2 and "used again" in sink.configs[1]["start_rejected"]
@@ -861,35 +875,17 @@ def test_an_ended_series_uid_tells_a_straggler_from_a_new_series_whatever_the_ti
     decoded = cbor2.loads(start)
     uid = (decoded.value if isinstance(decoded, cbor2.CBORTag) else decoded)["series_unique_id"]
     sink = Sink()
-    context = zmq.Context()
-    push = context.socket(zmq.PUSH)
-    port = push.bind_to_random_port("tcp://127.0.0.1")
-    reader = Stream2Source(f"tcp://127.0.0.1:{port}", sink, context, channel="threshold_2")
-    reader.start()
-    try:
-        for message in (start, image0, image1, image2, image3, end):
-            push.send(message)
-        for _ in range(100):
-            if sink.ends:
-                break
-            threading.Event().wait(0.1)
-        threading.Event().wait(0.5)  # beyond STRAGGLER_SECONDS: its own uid still a straggler
-        push.send(image2)
-        for _ in range(100):
-            if reader.counters().get("frames_after_series_end", 0):
-                break
-            threading.Event().wait(0.1)
-        other = [_retagged(m, series_unique_id=f"{uid}-again") for m in (image0, image1, end)]
-        for message in other:  # at once, another uid: a new series of that number
-            push.send(message)
-        for _ in range(100):
-            if len(sink.ends) >= 2:
-                break
-            threading.Event().wait(0.1)
-    finally:
-        reader.stop()
-        push.close(0)
-        context.term()
+    other = [_retagged(m, series_unique_id=f"{uid}-again") for m in (image0, image1, end)]
+    reader = _replay_in_steps(
+        sink,
+        [
+            (0.0, (start, image0, image1, image2, image3, end), lambda r: sink.ends),
+            # beyond STRAGGLER_SECONDS: its own uid still a straggler
+            (0.5, (image2,), lambda r: r.counters().get("frames_after_series_end", 0)),
+            # at once, another uid: a new series of that number
+            (0.0, other, lambda r: len(sink.ends) >= 2),
+        ],
+    )
     assert reader.counters()["frames_after_series_end"] == 1
     assert len(sink.configs) == 2 and "another series_unique_id" in sink.configs[1]["start_rejected"]
     assert sink.published == [0, 1, 2, 3, 0, 1]
