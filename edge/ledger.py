@@ -207,6 +207,15 @@ def _statements(script: str) -> list[str]:
     return out
 
 
+def run_config(text: Any) -> dict[str, Any]:
+    """The run's recorded configuration (JSON in the ledger); {} when unreadable."""
+    try:
+        value = json.loads(text or "{}")
+    except (TypeError, ValueError):
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
 class Ledger:
     """Durable bookkeeping; every method is one transaction."""
 

@@ -45,7 +45,7 @@ import h5py
 import hdf5plugin  # noqa: F401  (filter 32008, to open salvaged files)
 import numpy as np
 
-from edge.ledger import PARTIAL_LOSS_REASONS
+from edge.ledger import PARTIAL_LOSS_REASONS, run_config
 from edge.recorder import RunRecorder
 from edge.store import DISPOSITION_CODES, ReducedWriter, contents
 
@@ -610,10 +610,7 @@ def _unaccounted_before(
 def _capture_end(run: dict[str, Any]) -> int | None:
     """For an areaDetector capture's run: one past the last frame of its camera series as they announced
     their lengths (``capture_series`` offsets, ``capture_series_length``); None when none did."""
-    try:
-        config = json.loads(run.get("config") or "{}")
-    except (TypeError, ValueError):
-        return None
+    config = run_config(run.get("config"))
     offsets, lengths = config.get("capture_series") or {}, config.get("capture_series_length") or {}
     if not isinstance(offsets, dict) or not isinstance(lengths, dict):
         return None
@@ -636,10 +633,7 @@ def _open_captures(ledger: Any) -> dict[str, tuple[str, Path]]:
     real path: (the run, the path as recorded)."""
     found: dict[str, tuple[str, Path]] = {}
     for run in ledger.runs_open():
-        try:
-            target = json.loads(run.get("config") or "{}").get("capture_file")
-        except (TypeError, ValueError):
-            continue
+        target = run_config(run.get("config")).get("capture_file")
         if isinstance(target, str) and target:
             part = Path(f"{target}.part")
             found[os.path.realpath(part)] = (str(run["run_uid"]), part)
@@ -762,10 +756,7 @@ def was_interrupted(ledger: Any, report: dict[str, Any], series: int, uid: str |
 
 def _detector_uid(run: dict[str, Any]) -> str | None:
     """The uid the detector gave a run recorded under another (``detector_run_uid`` in its config)."""
-    try:
-        named = json.loads(run.get("config") or "{}").get("detector_run_uid")
-    except (TypeError, ValueError, AttributeError):
-        return None
+    named = run_config(run.get("config")).get("detector_run_uid")
     return named if isinstance(named, str) else None
 
 

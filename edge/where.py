@@ -8,13 +8,12 @@ runs the detector's uid names; ``GET /api/runs/{run_uid}`` returns the same repo
 from __future__ import annotations
 
 import contextlib
-import json
 import time
 from pathlib import Path
 from typing import Any
 
 from edge.errors import NotFound
-from edge.ledger import Ledger, is_retired
+from edge.ledger import Ledger, is_retired, run_config
 from edge.upstream.outlook import RATE_WINDOW_SECONDS, eta_seconds
 
 
@@ -412,15 +411,6 @@ def header_notes(config: dict[str, Any]) -> list[str]:
     if isinstance(reserved, dict) and reserved:
         notes.append(f"fields only the receiver sets, kept aside: {', '.join(sorted(reserved))}")
     return notes
-
-
-def run_config(text: Any) -> dict[str, Any]:
-    """The run's recorded configuration (JSON in the ledger); {} when unreadable."""
-    try:
-        value = json.loads(text or "{}")
-    except (TypeError, ValueError):
-        return {}
-    return value if isinstance(value, dict) else {}
 
 
 def summary_line(report: dict[str, Any]) -> str:
