@@ -36,12 +36,20 @@ START_TIMEOUT = 60.0
 pytestmark = pytest.mark.timeout(180)
 
 
+#: a count for a whole array: pyepics asks for at most the channel's element count
+WHOLE = 1 << 24
+
+
 class _FreshGets:
     """pyepics, with ``caget`` asking the IOC now (``use_monitor=False``), as the ``caget`` tool does.
 
     pyepics' own default answers from its monitor cache, and a monitor update may arrive just after the
     put's completion that caused it (CA orders them on no common queue): a read right after a put would
     sometimes see the value before it.
+
+    A string is read whole: pyepics asks for as many characters as its monitor last saw, so a long string
+    that had just grown from "" read as its first character until the monitor caught up (a CI failure: a
+    run uid read as "4").
     """
 
     def __getattr__(self, name: str) -> Any:
@@ -53,6 +61,8 @@ class _FreshGets:
         import epics
 
         kw.setdefault("use_monitor", False)
+        if kw.get("as_string") and not kw["use_monitor"]:
+            kw.setdefault("count", WHOLE)
         return epics.caget(pvname, **kw)
 
 

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 from edgeprocs import fill_up, wait_for
-from test_epics_control import Stack, _get_json
+from test_epics_control import WHOLE, Stack, _epics, _get_json
 
 from edge.ioc import PVS
 
@@ -26,18 +26,12 @@ MINOR = 1
 STATE, WRITE, HW_LIMIT, SOFT = 7, 2, 11, 15
 
 
-def _epics() -> Any:
-    import epics
-
-    return epics
-
-
 def _meta(stack: Stack, name: str) -> dict[str, Any]:
     """value (as a string for enums and long strings), severity and status of a PV."""
     epics = _epics()
     pv = epics.get_pv(stack.prefix + name, form="ctrl")
     assert pv.wait_for_connection(timeout=10), name
-    meta = pv.get_with_metadata(timeout=5, as_string=True, use_monitor=False)
+    meta = pv.get_with_metadata(timeout=5, as_string=True, use_monitor=False, count=WHOLE)
     assert meta is not None, name
     return {**meta, "char_value": str(meta["value"])}
 
