@@ -791,18 +791,29 @@ def _run_sim(settings: Settings, args: argparse.Namespace) -> int:
         "pool": sim.pool,
     }
     if args.ioc:
-        run_sim_ioc(
-            prefix=settings.epics.detector_prefix,
-            endpoint=sim.endpoint,
-            shape=settings.detector.shape,
-            dtype=settings.detector.dtype,
-            encoding=sim.encoding,
-            series=sim.series,
-            stream_format=settings.stream.format,
-            stopped_state=sim.stopped_state,
-            options=_sim_mode_options(settings),
-            **frames_from,
-        )
+        # the camera IOC takes SIGINT/SIGTERM once its loop runs: one noted before (`edge.early_signals`)
+        # or while it sets up ends it here (it was noted and never acted on: the IOC ran on, an outside
+        # probe's stop in its first second ignored)
+        if stopped_before():
+            print("sim: stopped before the detector IOC started", file=sys.stderr)
+            return 0
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(signum, signal.default_int_handler)
+        try:
+            run_sim_ioc(
+                prefix=settings.epics.detector_prefix,
+                endpoint=sim.endpoint,
+                shape=settings.detector.shape,
+                dtype=settings.detector.dtype,
+                encoding=sim.encoding,
+                series=sim.series,
+                stream_format=settings.stream.format,
+                stopped_state=sim.stopped_state,
+                options=_sim_mode_options(settings),
+                **frames_from,
+            )
+        except KeyboardInterrupt:
+            print("sim: stopped before the detector IOC started", file=sys.stderr)
         return 0
     if settings.stream.transport == "udp":
         from edge.frame_format import udp_geometry

@@ -697,6 +697,29 @@ def test_acquire_0_inside_a_capture_completes_once_the_capture_closed_and_a_next
     assert stack.procs["daemon"].poll() is None
 
 
+@pytest.mark.parametrize("after", [0.15, 0.8])
+def test_a_stop_while_the_camera_ioc_starts_ends_it(
+    tmp_path: Path, ca_port: int, edge_ca_port: int, after: float
+) -> None:
+    """An outside probe: ``edge sim --ioc`` signalled in its first second (a ``Ctrl-C`` while it started)
+    noted the signal and never acted on it: the IOC ran on. It ends now, exit 0, saying so."""
+    stack = Stack(tmp_path, ca_port, edge_ca_port, ACF)
+    try:
+        proc = stack._start(
+            "sim", ["sim", "--ioc"], stack._env(EPICS_CA_SERVER_PORT=str(ca_port)), capture=True
+        )
+        time.sleep(after)  # still importing, or setting up the IOC
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"the camera IOC ran on after a SIGINT {after} s in\n{stack.log('sim')}")
+        assert proc.returncode == 0, stack.log("sim")
+        assert "Traceback" not in stack.log("sim")
+    finally:
+        stack.stop()
+
+
 def test_a_run_longer_than_its_nominal_length_completes_when_its_frames_are_in(
     tmp_path: Path, ca_port: int, edge_ca_port: int
 ) -> None:
