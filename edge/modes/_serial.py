@@ -209,7 +209,7 @@ class SerialStage(_CorrectedStage):
         energy_ev = 12398.419843 / (g.wavelength * 1e10)
 
         def vector(v: tuple[float, float, float]) -> str:
-            return f"{v[0]:+.9f}x {v[1]:+.9f}y {v[2]:+.9f}z"
+            return f"{v[0]:+.12f}x {v[1]:+.12f}y {v[2]:+.12f}z"
 
         text = f"""; CrystFEL geometry written by edge for run {run_uid}
 ; pyFAI geometry: dist {g.dist} m, poni1 {g.poni1} m, poni2 {g.poni2} m, rot1 {g.rot1}, rot2 {g.rot2},
@@ -236,8 +236,8 @@ panel0/min_fs = 0
 panel0/max_fs = {width - 1}
 panel0/min_ss = 0
 panel0/max_ss = {height - 1}
-panel0/corner_x = {panel.corner_x:.6f}
-panel0/corner_y = {panel.corner_y:.6f}
+panel0/corner_x = {panel.corner_x:.12f}
+panel0/corner_y = {panel.corner_y:.12f}
 panel0/coffset = 0
 panel0/fs = {vector(panel.fs)}
 panel0/ss = {vector(panel.ss)}

@@ -7,9 +7,10 @@ of ``res``; z at ``clen + coffset`` plus the vectors' z components), the corner 
 the panel's first pixel, so the centre of pixel (i, j) is at fs = j + 0.5, ss = i + 0.5.
 
 Bound: 2theta and chi of every pixel centre within 1e-7 rad of pyFAI's ``center_array``. The file writes
-vectors to 9 decimals and the corner to 1e-6 pixel, which moves a pixel by under 1e-6 pixel over this
-64-pixel panel, ~1e-9 rad at 0.12 m; 1e-7 is loose for that and 5 orders below a mirrored or shifted
-panel (a mirror moves chi by up to 2 pi; a half-pixel shift moves 2theta by ~3e-4 rad here).
+vectors and the corner to 12 decimals, which moves a pixel by under 1e-10 pixel over this 64-pixel panel:
+chi within 1e-9 rad even 0.03 pixel from the beam, where a pixel's chi turns fastest with its position;
+1e-7 is loose for that and 5 orders below a mirrored or shifted panel (a mirror moves chi by up to 2 pi;
+a half-pixel shift moves 2theta by ~3e-4 rad here).
 """
 
 from __future__ import annotations
@@ -35,6 +36,9 @@ from pyFAI.integrator.azimuthal import AzimuthalIntegrator
 SHAPE = (48, 64)
 TILTED = {"dist": 0.12, "poni1": 0.0021, "poni2": 0.0032, "rot1": 0.05, "rot2": -0.03, "rot3": 0.1}
 FLAT = {"dist": 0.12, "poni1": 0.0021, "poni2": 0.0032, "rot1": 0.0, "rot2": 0.0, "rot3": 0.0}
+# the beam 0.04 and 0.03 pixel from the centre of a pixel (an outside probe: chi, ill-conditioned there,
+# was 5e-7 rad off pyFAI's within half a pixel of the beam with the corner written to 1e-6 pixel)
+NEAR_BEAM = {**FLAT, "poni1": 20.54371234 * 75e-6, "poni2": 30.52912847 * 80e-6}
 BOUND = 1e-7
 
 
@@ -77,7 +81,7 @@ def _centres(panel: dict) -> np.ndarray:
 
 
 @pytest.mark.parametrize("orientation", [1, 2, 3, 4])
-@pytest.mark.parametrize("placement", [TILTED, FLAT], ids=["tilted", "flat"])
+@pytest.mark.parametrize("placement", [TILTED, FLAT, NEAR_BEAM], ids=["tilted", "flat", "near_beam"])
 def test_every_pixel_centre_lands_where_pyfai_puts_it(
     tmp_path: Path, orientation: int, placement: dict[str, float]
 ) -> None:
