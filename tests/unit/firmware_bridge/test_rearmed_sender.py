@@ -207,3 +207,38 @@ def test_a_start_naming_another_run_than_the_one_a_restart_cut_opens_its_own_at_
     assert [c["frames_expected"] for c in sink.configs] == [10]
     assert sink.losses == [(0, 9, "missing_at_series_end")]
     assert reader.counters().get("starts_after_restart_ended", 0) == 0
+
+
+def test_json_images_of_the_last_series_long_after_its_end_are_a_run_that_reuses_its_number(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """JSON v1 images name no series uid, so time tells: right after its series ended here, an image of
+    that number is a straggler (counted, not stored again); ``STRAGGLER_SECONDS`` on, images of that
+    number are a series whose start this receiver never saw (a second receiver on the stream took it, a
+    detector that restarted its count): a run of their own that says so, not frames dropped as late."""
+    from firmware_bridge import zmq_reader
+
+    monkeypatch.setattr(zmq_reader, "STRAGGLER_SECONDS", 0.3)
+    sink = _Ends()
+    context = zmq.Context()
+    push = context.socket(zmq.PUSH)
+    port = push.bind_to_random_port("tcp://127.0.0.1")
+    reader = ZmqStreamSource(f"tcp://127.0.0.1:{port}", sink, context)
+    reader.start()
+    try:
+        for message in [header(5, 3), *(image(5, n) for n in range(3)), END, image(5, 2)]:
+            push.send_multipart(message)
+        _wait(lambda: reader.counters().get("frames_after_series_end", 0) == 1, "the straggler counted")
+        time.sleep(0.5)  # beyond STRAGGLER_SECONDS
+        for message in [image(5, 1), image(5, 2), END]:
+            push.send_multipart(message)
+        _wait(lambda: len(sink.ends) >= 2, "the second run's end")
+    finally:
+        reader.stop()
+        push.close(0)
+        context.term()
+    counters = reader.counters()
+    assert counters["frames_after_series_end"] == 1 and counters["series_number_reused"] == 1
+    assert len(sink.configs) == 2 and "used again" in sink.configs[1]["start_rejected"]
+    assert sink.frames == [0, 1, 2, 1, 2]  # the new run's frames stored, not dropped
+    assert (0, 0, "frame_number_gap") in sink.losses  # its frame below the first that came here
