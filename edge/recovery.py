@@ -73,13 +73,7 @@ def _own_first_frame(run: dict[str, Any]) -> int:
     or lost there), and so does a UDP acquisition whose numbers went on from an earlier one's (the
     numbers before it are no frame of its; one going on after a pause recorded 0..49 lost there); any
     other run at 0."""
-    try:
-        config = json.loads(run.get("config") or "{}")
-    except (TypeError, ValueError):
-        return 0
-    if not isinstance(config, dict):
-        return 0
-    first = config.get("first_frame")
+    first = run_config(run.get("config")).get("first_frame")
     return first if isinstance(first, int) and not isinstance(first, bool) and first > 0 else 0
 
 
@@ -520,10 +514,7 @@ def _newest_udp_run(ledger: Any) -> dict[str, Any] | None:
 
 def _is_udp(run: dict[str, Any]) -> bool:
     """Whether a ledger run came over UDP (its config's ``transport``)."""
-    try:
-        return bool(json.loads(run.get("config") or "{}").get("transport") == "udp")
-    except (TypeError, ValueError, AttributeError):
-        return False
+    return bool(run_config(run.get("config")).get("transport") == "udp")
 
 
 def udp_series_before(ledger: Any) -> int:
@@ -546,10 +537,7 @@ def udp_armed_last(run: dict[str, Any]) -> int | None:
     expected = run.get("frames_expected")
     if not isinstance(expected, int) or expected <= 0:
         return None
-    try:
-        armed_from = json.loads(run.get("config") or "{}").get("armed_from", 0)
-    except (TypeError, ValueError, AttributeError):
-        armed_from = 0
+    armed_from = run_config(run.get("config")).get("armed_from", 0)
     armed_from = armed_from if isinstance(armed_from, int) and not isinstance(armed_from, bool) else 0
     return armed_from + expected - 1
 
@@ -735,10 +723,10 @@ def _series_offset(run: dict[str, Any], series: int) -> int | None:
     when the run took no such series that way. A resumed series was looked for by the run's own series
     number only, the first of the capture: one cut later was taken for a new series (an outside probe,
     ophyd v1 scans: its frames stored in the capture counted lost in the new run too)."""
+    offsets = run_config(run.get("config")).get("capture_series")
     try:
-        offsets = json.loads(run.get("config") or "{}").get("capture_series") or {}
-        offset = offsets.get(str(int(series)))
-    except (TypeError, ValueError, AttributeError):
+        offset = offsets.get(str(int(series))) if isinstance(offsets, dict) else None
+    except (TypeError, ValueError):
         return None
     return int(offset) if isinstance(offset, int) and not isinstance(offset, bool) else None
 
