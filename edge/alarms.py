@@ -142,6 +142,21 @@ def current_alarms(status: Mapping[str, Any]) -> list[dict[str, Any]]:
             )
         )
 
+    without = detector.get("last_without_frames") if detector.get("enabled") else None
+    if without:
+        when = time.strftime("%H:%M:%S", time.localtime(float(without.get("at") or 0)))
+        out.append(
+            _alarm(
+                "condition:acquire_without_frames",
+                "condition",
+                "major",
+                f"An Acquire at {when}: the detector took its {without.get('frames_armed')} frame(s) and no"
+                " series came on the stream: they are in no run (stream.endpoint not the detector's, or its"
+                " link down?). Should the detector send them later, they are stored as a run of their own;"
+                " cleared when an Acquire's frames come",
+            )
+        )
+
     run = (status.get("counts") or {}).get("run") or {}
     uid = run.get("run_uid")
     if uid and int(run.get("frames_lost") or 0) > 0:

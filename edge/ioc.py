@@ -305,6 +305,10 @@ class ApplianceIOC:
         # (the run current when a capture closed with no frame, that capture's file): shown until a run begins
         self._empty_capture: tuple[str, str] | None = None
         self._message = ""
+        # Acquires whose camera took its frames while no series came on the stream: how many, and the
+        # newest (until an Acquire's frames come): its frames are in no run, so said, not just a message
+        self._without_frames = 0
+        self._last_without_frames: dict[str, Any] | None = None
         self._remove_listener: Callable[[], None] | None = None
         self._camera_state: str | None = None  # the camera's last state seen (`_detector_changed`)
         self._shown = threading.local()  # the records set inside `_shown_now`, per thread
@@ -1280,6 +1284,7 @@ class ApplianceIOC:
                     run_uid = await asyncio.to_thread(self._new_run_since, started)
                 if run_uid is not None:
                     self._run_uid = run_uid
+                    self._last_without_frames = None  # frames come again
                     self._set("RunUid_RBV", run_uid)
             if not aborted and not detector_lost and self._abort_requested():
                 aborted = True
@@ -1333,11 +1338,12 @@ class ApplianceIOC:
             if run_uid is not None and done.done():
                 accounted = await asyncio.to_thread(self._accounted, run_uid)
                 if accounted is not None:
-                    stored, lost = accounted
+                    stored, lost, status = accounted
                     self._set("HDF1:NumCaptured_RBV", stored)
                     if lost:
                         self._set_message(f"Run ended: {stored} frames stored, {lost} lost")
-                    elif aborted:
+                    elif aborted or status == "abort":  # (or stopped at the camera, by another client:
+                        # "completed" was said of a run the ledger ended abort, an outside probe)
                         self._set_message(f"Acquisition aborted: {stored} frames stored")
                     else:
                         self._set_message(f"Acquisition completed: {stored} frames stored")
@@ -1349,6 +1355,27 @@ class ApplianceIOC:
             if control.connected and not done.done():
                 await control.stop()
         grace = self.settings.run_grace_seconds
+        if run_uid is None and not aborted and not detector_lost:
+            # the camera took its frames and no series came on the stream (the stream's endpoint not the
+            # detector's, its link down): the put completed on a message only, the frames in no run and
+            # no record (an outside probe). Said as an alarm and a counter until an Acquire's frames come;
+            # the detector may still hold them and send them later, then stored as a run of their own
+            self._without_frames += 1
+            self._last_without_frames = {
+                "at": time.time(),
+                "frames_armed": num_images,
+                "grace_seconds": grace,
+            }
+            log.warning(
+                "Acquire: the detector took its %d frame(s) but no series came on the stream in %g s",
+                num_images,
+                grace,
+            )
+            self._set_message(
+                f"No frame came: the detector took its {num_images} frame(s), no series reached the stream in"
+                f" {grace:g} s (stream.endpoint not the detector's? its link down?)"
+            )
+            return
         self._set_message(f"Run not accounted for {grace:g} s after the last frame moved")
 
     def _new_run_since(self, started: float) -> str | None:
@@ -1358,12 +1385,12 @@ class ApplianceIOC:
                 return str(run["run_uid"])
         return None
 
-    def _accounted(self, run_uid: str) -> tuple[int, int] | None:
-        """(frames stored, frames lost) once the run has ended in the ledger, else None."""
+    def _accounted(self, run_uid: str) -> tuple[int, int, str | None] | None:
+        """(frames stored, frames lost, exit status) once the run has ended in the ledger, else None."""
         totals = self.view.run_totals(run_uid)
         if totals is None:
             return None
-        return int(totals["frames_stored"]), int(totals["frames_lost"])
+        return int(totals["frames_stored"]), int(totals["frames_lost"]), totals.get("exit_status")
 
     # --- readbacks -----------------------------------------------------------------------------
     def detector_status(self) -> dict[str, Any]:
@@ -1381,6 +1408,8 @@ class ApplianceIOC:
             "reconnects": status.reconnects,
             "acquiring": self._acquiring,
             "message": self._message,
+            "acquires_without_frames": self._without_frames,
+            "last_without_frames": self._last_without_frames,
         }
 
     def _detector_changed(self, status: Any) -> None:

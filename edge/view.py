@@ -334,11 +334,12 @@ class ApplianceView:
         return None
 
     def run_totals(self, run_uid: str) -> dict[str, Any] | None:
-        """The run's totals once it has ended in the ledger, else None."""
+        """The run's totals once it has ended in the ledger, else None; with its ``exit_status``."""
         ledger = self._p.ledger
-        if ledger.run(run_uid).get("ended_at") is None:
+        run = ledger.run(run_uid)
+        if run.get("ended_at") is None:
             return None
-        return ledger.run_totals(run_uid)
+        return {**ledger.run_totals(run_uid), "exit_status": run.get("exit_status")}
 
     # -- products -------------------------------------------------------------------------------------
     def latest_preview(self) -> dict[str, Any] | None:

@@ -748,6 +748,65 @@ def test_a_run_longer_than_its_nominal_length_completes_when_its_frames_are_in(
         stack.stop()
 
 
+def test_an_acquire_whose_frames_never_came_raises_an_alarm_until_frames_come(
+    tmp_path: Path, ca_port: int, edge_ca_port: int
+) -> None:
+    """An outside probe: the daemon's stream endpoint not the detector's, an Acquire's camera took its
+    frames and none reached the appliance: the put completed after the grace on a message only ("Run not
+    accounted for"), the frames in no run, no record and no alarm. It says so, counts it and raises a
+    major alarm that stays up until an Acquire's frames come."""
+    epics = _epics()
+    stack = Stack(tmp_path, ca_port, edge_ca_port, ACF)
+    stack.settings.append("epics.run_grace_seconds=2")
+    try:
+        stack.start_sim()  # (on the stream endpoint of the settings so far)
+        elsewhere = f"tcp://127.0.0.1:{free_port()}"
+        stack.settings.append(f'stream.endpoint="{elsewhere}"')  # the daemon's
+        stack.start_daemon()
+        p = stack.prefix
+        _put(stack, "NumImages", 3)
+        _put(stack, "AcquirePeriod", 0.01)
+        assert epics.caput(p + "Acquire", 1, wait=True, timeout=60) == 1
+        message = epics.caget(p + "StatusMessage_RBV", as_string=True)
+        assert message.startswith("No frame came: the detector took its 3 frame(s)"), message
+        status = stack.status()
+        assert status["detector"]["acquires_without_frames"] == 1
+        assert status["detector"]["last_without_frames"]["frames_armed"] == 3
+        (alarm,) = [a for a in status["alarms"] if a["id"] == "condition:acquire_without_frames"]
+        assert alarm["severity"] == "major" and "no series came on the stream" in alarm["message"]
+        assert _get_json(stack.api + "/api/runs") == []
+        # the detector's stream moved to where the daemon listens: the next Acquire's frames come
+        stack.kill("sim")
+        stack.settings.append(f'sim.endpoint="{elsewhere}"')
+        stack.start_sim()
+        wait_until(lambda: stack.status()["detector"].get("state") == "Idle", 30, "the camera back")
+        assert epics.caput(p + "Acquire", 1, wait=True, timeout=60) == 1
+        status = stack.status()
+        assert status["detector"]["last_without_frames"] is None
+        assert status["detector"]["acquires_without_frames"] == 1  # (a count since the daemon started)
+        assert not [a for a in status["alarms"] if a["id"] == "condition:acquire_without_frames"]
+        assert [r["frames_expected"] for r in _get_json(stack.api + "/api/runs")] == [3]
+    finally:
+        stack.stop()
+
+
+def test_a_run_stopped_at_the_camera_reads_aborted(stack: Stack) -> None:
+    """An outside probe: an Acquire's run stopped by another client at the camera's own ``Acquire`` ended
+    ``abort`` in the ledger, while ``StatusMessage_RBV`` read "Acquisition completed"."""
+    epics = _epics()
+    p = stack.prefix
+    _put(stack, "NumImages", 400)
+    _put(stack, "AcquirePeriod", 0.02)
+    assert epics.caput(p + "Acquire", 1, wait=False) == 1
+    wait_until(lambda: (epics.caget(p + "ArrayCounter_RBV") or 0) >= 5, 30, "frames coming")
+    assert epics.caput(stack.cam_prefix + "Acquire", 0, wait=True, timeout=10) == 1
+    wait_until(lambda: epics.caget(p + "Acquire_RBV") == 0, 60, "the Acquire done")
+    run = stack.run(epics.caget(p + "RunUid_RBV", as_string=True))
+    assert run["exit_status"] == "abort"
+    message = epics.caget(p + "StatusMessage_RBV", as_string=True)
+    assert message.startswith("Acquisition aborted"), message
+
+
 def test_num_images_counter_counts_each_acquisition_whoever_started_it(stack: Stack) -> None:
     """``NumImagesCounter_RBV``: the frames of the current (or last) acquisition. An outside probe: it
     counted from this appliance's last Acquire, so each acquisition a client started at the camera's own
