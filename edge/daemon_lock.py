@@ -44,8 +44,16 @@ class PidLock:
             os.close(fd)
             return False
         if self.writes_pid:
-            os.ftruncate(fd, 0)
-            os.write(fd, f"{os.getpid()}\n".encode())
+            try:
+                os.ftruncate(fd, 0)
+                os.write(fd, f"{os.getpid()}\n".encode())
+            except OSError:
+                # (a full disk): let go, or the next try, by this very process, finds the lock held by
+                # the descriptor left open here: an outside probe's `edge pull` waiting for a full output
+                # said at its first retry that "another edge pull" used it, and exited 2
+                fcntl.flock(fd, fcntl.LOCK_UN)
+                os.close(fd)
+                raise
         self._fd = fd
         return True
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import h5py
 import hdf5plugin  # noqa: F401  (filter 32008 for reading back)
 import pytest
-from edgeprocs import EdgeStack, fill_up, wait_for
+from edgeprocs import EdgeStack, fill_up, free_port, wait_for
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -378,3 +378,49 @@ def test_a_consumer_disk_too_small_for_every_file_finishes_the_ones_it_has_room_
     assert isinstance(verified, p.FileVerified) and verified.checksum == whole
     assert (output / "run-1" / "a.h5").read_bytes() == data["a.h5"]
     assert client.stats["write_errors"] == 4 and client.stats["files_verified"] == 1
+
+
+def test_edge_pull_waits_for_a_full_output_and_starts_once_it_has_room(
+    tmp_path: Path, small_disk: Path
+) -> None:
+    """An outside probe: ``edge pull`` into a full filesystem said it waits for it, then at its first
+    retry (5 s on) that "another edge pull" used the directory, and exited 2: its first try, failing to
+    write its pid into the lock file, had kept the lock. It waits, and starts once the disk has room."""
+    import sys
+    import time
+
+    ballast = small_disk / "ballast.bin"
+    output = small_disk / "upstream"
+    output.mkdir()
+    fill_up(ballast)
+    pull = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "edge",
+            "pull",
+            "--set",
+            f'pull.output="{output}"',
+            "--set",
+            f'pull.endpoint="tcp://127.0.0.1:{free_port()}"',
+        ],
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert pull.stderr is not None
+        line = pull.stderr.readline()
+        assert "yet: [Errno 28]" in line and "waiting for it" in line, line
+        time.sleep(7)  # past its first retry, the disk still full
+        assert pull.poll() is None, pull.stderr.read()
+        ballast.unlink()
+        line = pull.stderr.readline()  # (the next retry's: at most 5 s on)
+        assert line.startswith("pull: consumer"), line
+        pull.terminate()
+        assert pull.wait(30) == 0
+    finally:
+        if pull.poll() is None:
+            pull.kill()
+            pull.wait()
+        if pull.stderr is not None:
+            pull.stderr.close()
