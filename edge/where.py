@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -423,12 +424,16 @@ def summary_line(report: dict[str, Any]) -> str:
     )
     # the copies of the consumers the policy requires first (an optional mirror's come after)
     required = set(report.get("required_consumers") or ())
+    verified = [f for f in files if f["state"] in ("verified", "purged") and not f.get("retired_unforwarded")]
+    # an optional mirror's folders only when it holds a copy of every verified file (an outside probe: a
+    # mirror holding one run's documents file alone was named beside the folder of its 5 verified files)
+    copies = Counter(consumer for f in verified for consumer in f.get("upstream_copies", {}))
     dirs = sorted(  # (of the verified files: a copy only some required consumers confirmed is pending)
         {
             (consumer not in required, _printable(Path(path).parent))
-            for f in files
-            if f["state"] in ("verified", "purged") and not f.get("retired_unforwarded")
+            for f in verified
             for consumer, path in f.get("upstream_copies", {}).items()
+            if consumer in required or copies[consumer] == len(verified)
         }
     )
     dirs = list(dict.fromkeys(d for _, d in dirs))

@@ -507,6 +507,26 @@ def test_where_names_the_required_consumers_copy_before_an_optional_mirrors(ledg
     assert "verified upstream (/hpc/out, /aaa/mirror)" in where_report(ledger, "run-1")["summary"]
 
 
+def test_where_names_an_optional_mirrors_folder_only_when_it_holds_every_verified_file(
+    ledger: Ledger, tmp_path: Path
+) -> None:
+    """An outside probe: a mirror holding a run's documents file alone was named in the summary beside
+    the folder of its 5 files verified upstream, as if they were there too."""
+    path = tmp_path / "run-1_00001.h5"
+    path.write_bytes(bytes(range(256)) * 4)
+    size, digest, chunks = file_checksums(path, 1024)
+    ledger.file_stored("run-1", path.name, path, size, digest, (3, 3, 1), chunks)
+    first, second = ledger.files("run-1")
+    for row in (first, second):
+        assert ledger.file_verified("hpc", row["id"], row["size"], row["checksum"], f"/hpc/out/{row['name']}")
+    assert ledger.file_verified("a-mirror", first["id"], first["size"], first["checksum"], "/aaa/mirror/x.h5")
+    assert "2 verified upstream (/hpc/out), " in where_report(ledger, "run-1")["summary"]
+    assert ledger.file_verified(
+        "a-mirror", second["id"], second["size"], second["checksum"], "/aaa/mirror/y.h5"
+    )
+    assert "2 verified upstream (/hpc/out, /aaa/mirror), " in where_report(ledger, "run-1")["summary"]
+
+
 def test_a_run_id_that_is_not_utf8_is_no_run_not_a_crash(ledger: Ledger) -> None:
     """`edge where $'\\xff\\xfe'`: the shell's bytes reach Python as surrogates, which SQLite cannot take
     (an outside probe: a UnicodeEncodeError traceback)."""
