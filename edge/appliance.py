@@ -59,7 +59,7 @@ from edge.view import ApplianceParts, ApplianceView
 from firmware_bridge.hdf5_chunks import ChunkError, decode_bslz4
 from firmware_bridge.source import FLAG_CHUNK, FLAG_STATE_MASK, FrameHeader, FrameSource
 from firmware_bridge.stream2_reader import Stream2Source
-from firmware_bridge.udp_reader import UdpSource
+from firmware_bridge.udp_reader import UDP_PAUSE_FILE, UdpSource, load_paused_timestamps
 from firmware_bridge.zmq_reader import ZmqStreamSource
 from kernels import get_backend, make_gain
 
@@ -877,8 +877,11 @@ class Appliance:
             interrupted = interrupted_udp_run(self.ledger, self.recovery)  # a restart mid-acquisition
             # ... or during a pause, after silence had ended the run: the run that goes on is linked to it
             paused = None if interrupted is not None else paused_udp_run(self.ledger)
+            pause_file = settings.ledger_path.with_name(UDP_PAUSE_FILE)
+            stamps: dict[int, int] = {}
             if paused is not None:
                 self.sink.ended_run_uid = paused[0]["run_uid"]
+                stamps = load_paused_timestamps(pause_file, str(paused[0]["run_uid"]))
             try:
                 return UdpSource(
                     udp.host,
@@ -894,6 +897,8 @@ class Appliance:
                     paused_above=paused[1] if paused is not None else None,
                     series_before=udp_series_before(self.ledger),
                     armed_last_before=udp_armed_last((interrupted or paused or ({},))[0]),
+                    pause_file=pause_file,
+                    paused_timestamps=stamps,
                 )
             except OSError as error:  # the port taken, or a host that does not resolve: name the setting
                 raise ConfigError(

@@ -16,6 +16,8 @@ a bigger ``SO_RCVBUF`` (16 MiB, forced as root) only absorbs bursts.
 
 from __future__ import annotations
 
+import contextlib
+import json
 import logging
 import os
 import socket
@@ -23,6 +25,7 @@ import threading
 import time
 import uuid
 from collections import Counter
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -83,6 +86,48 @@ def socket_drops(sock: socket.socket, table: str = "/proc/net/udp") -> int | Non
     return None
 
 
+#: the file beside the ledger where the run a silence ended keeps its last frames' timestamps
+UDP_PAUSE_FILE = "udp.paused"
+
+
+def save_paused_timestamps(path: Path, run_uid: str, timestamps: dict[int, int]) -> None:
+    """Keep the last frames' timestamps of the run a silence ended, for a daemon restarted during the
+    pause (`load_paused_timestamps`); written whole or not at all. A failure (a full disk) is logged:
+    the restarted daemon then tells a copy of those frames by their numbers alone, as before."""
+    part = path.with_name(path.name + ".part")
+    text = json.dumps({"run_uid": run_uid, "timestamps": {str(k): int(v) for k, v in timestamps.items()}})
+    try:
+        with open(part, "w", encoding="ascii") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(part, path)
+    except OSError as error:
+        log.warning("cannot keep the paused UDP run's timestamps in %s: %s", path, error)
+        with contextlib.suppress(OSError):
+            part.unlink()
+
+
+def load_paused_timestamps(path: Path, run_uid: str) -> dict[int, int]:
+    """The timestamps `save_paused_timestamps` kept for ``run_uid`` (frame -> ns), or {} when the file
+    is missing, unreadable, not well formed or of another run."""
+    try:
+        doc = json.loads(path.read_text(encoding="ascii"))
+        if not isinstance(doc, dict) or doc.get("run_uid") != run_uid:
+            return {}
+        stamps = doc.get("timestamps")
+        return {
+            int(frame): int(ts)
+            for frame, ts in (stamps.items() if isinstance(stamps, dict) else ())
+            if isinstance(ts, int)
+            and not isinstance(ts, bool)
+            and 0 < ts < 1 << 64
+            and 0 <= int(frame) < 1 << 64
+        }
+    except (OSError, ValueError, UnicodeDecodeError, TypeError):
+        return {}
+
+
 class UdpSource:
     """A :class:`~firmware_bridge.source.FrameSource` for the UDP packet format (docs/wire-formats.md)."""
 
@@ -101,8 +146,16 @@ class UdpSource:
         paused_above: int | None = None,
         series_before: int = 0,
         armed_last_before: int | None = None,
+        pause_file: Path | None = None,
+        paused_timestamps: dict[int, int] | None = None,
     ) -> None:
         self.geometry = geometry
+        # where the run a silence ends keeps its last frames' timestamps (`save_paused_timestamps`): a
+        # daemon restarted during the pause is given them back (``paused_timestamps``), or a copy of those
+        # frames sent after the restart opened a run of its own (an outside probe: frames stored twice,
+        # the frames below them recorded lost)
+        self._pause_file = pause_file
+        self._run_uid: str | None = None
         # the last armed frame of that run (``resume_above``'s or ``paused_above``'s), when it was armed
         # from another frame than 0 (an acquisition whose numbers went on: ``armed_from`` in its config)
         self._armed_last_before = armed_last_before
@@ -168,7 +221,9 @@ class UdpSource:
         self._copies_held = 0  # the True ones in _held_copy
         # frame -> timestamp of the last frames of the run a silence ended: a packet with its frame's
         # timestamp is that run's (a late packet, a copy), never the next acquisition's (`_hold`)
-        self._paused_timestamps: dict[int, int] = {}
+        self._paused_timestamps: dict[int, int] = (
+            dict(paused_timestamps or {}) if paused_above is not None else {}
+        )
         self._copy_logged = False
         self._rejections_logged: Counter[str] = Counter()
 
@@ -574,6 +629,7 @@ class UdpSource:
         if self._armed_last is not None and self._armed_last != self.frames_per_run - 1:
             # armed from another frame than 0 (numbers that went on): the run's account counts from there
             config["armed_from"] = self._armed_last - self.frames_per_run + 1
+        self._run_uid = str(config["run_uid"])
         self._refused = self.sink.series_start(self._series, config)
         if self._refused is not None:
             self.stats["series_refused"] += 1
@@ -613,6 +669,8 @@ class UdpSource:
         reason = "receiver_stopped" if exit_status == "abort" else "series_end"
         self._handle(assembler.close(expected_last_frame=last, reason=reason))
         self._paused_timestamps = assembler.recent_timestamps() if paused else {}
+        if paused and self._pause_file is not None and self._run_uid is not None:
+            save_paused_timestamps(self._pause_file, self._run_uid, self._paused_timestamps)
         self._finished_counters.update(assembler.counters)
         self.sink.series_end(self._series, exit_status)
         self._run_open = False

@@ -527,6 +527,41 @@ def test_a_udp_acquisition_that_pauses_across_a_daemon_restart_goes_on_in_a_link
         assert status["receiver"].get("frames_lost", 0) == len(lost_b)
 
 
+def test_a_copy_of_the_last_frames_after_a_restart_in_the_pause_opens_no_run(tmp_path: Path) -> None:
+    """An outside probe: silence ended the run, the daemon was restarted during the pause, and the last
+    3 frames came again byte for byte (timestamps included): the restarted daemon, which had forgotten
+    the run's timestamps, opened a run of them, stored them twice and recorded frames 0..26 of it lost,
+    never sent. The run's last timestamps are kept beside the ledger: the copies are counted late."""
+    from test_stray_frame_numbers import udp_frame
+
+    stack, send = _udp_stack(tmp_path, 0)
+    try:
+        daemon = stack.start_daemon()
+        send(range(0, 30))
+        wait_for(lambda: (runs := _runs(stack)) and runs[0]["ended_at"], 30, "silence ending the run")
+        daemon.send_signal(signal.SIGKILL)
+        daemon.wait(20)
+        stack.procs.remove(daemon)
+        stack.start_daemon()  # during the pause
+        port = int(next(s.split("=")[1] for s in stack.overrides if s.startswith("udp.port=")))
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sender:
+            for frame in range(27, 30):
+                for datagram in udp_frame(frame):
+                    sender.sendto(datagram, ("127.0.0.1", port))
+        wait_for(
+            lambda: stack.status()["receiver"].get("packets_straggling", 0) >= 3 * len(udp_frame(27)),
+            20,
+            "the copies counted late",
+        )
+        time.sleep(1.5)  # silence again (udp.idle_seconds 0.5): still no run of them
+        runs = _runs(stack)
+        losses = stack.run(runs[0]["run_uid"])["losses"]
+    finally:
+        stack.stop_all()
+    assert len(runs) == 1, runs
+    assert losses == []
+
+
 def test_an_acquisition_whose_numbers_went_on_goes_on_across_a_restart_in_its_pause(tmp_path: Path) -> None:
     """``udp.frames_per_run`` 20: frames 0..19 (a whole acquisition), then 50..54 (a new acquisition whose
     numbers go on, armed for 50..69), silence, a daemon kill -9 and restart in it, then 55..69. The

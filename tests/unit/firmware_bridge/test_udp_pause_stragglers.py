@@ -787,3 +787,50 @@ def test_an_acquisition_whose_numbers_go_on_is_armed_from_its_own_first_frame(re
     assert source.counters().get("frames_beyond_armed", 0) == 0
     assert source.counters()["frames_handed_over"] == 4 + 7  # 6..9, then 53..59
     _identity(source)
+
+
+@pytest.mark.parametrize("kept", [True, False], ids=["timestamps kept", "file lost"])
+def test_a_resend_of_the_last_frames_after_a_restart_in_the_pause_is_no_new_acquisition(
+    tmp_path: Any, kept: bool
+) -> None:
+    """An outside probe: a daemon restarted during the pause forgot the run before's timestamps, so its
+    last 3 frames sent again, byte for byte, opened a run of their own (stored twice, frames 0..296
+    recorded lost that were never sent). The run a silence ends keeps its last frames' timestamps beside
+    the ledger (`UDP_PAUSE_FILE`); the restarted reader is given them back, and the copies are late. A
+    file that is gone leaves the old rule (silence again with a whole frame held: a new acquisition)."""
+    from firmware_bridge.udp_reader import UDP_PAUSE_FILE, load_paused_timestamps
+
+    pause_file = tmp_path / UDP_PAUSE_FILE
+    sink = RunSink()
+    first = UdpSource("127.0.0.1", 0, GEOMETRY, sink, idle_seconds=IDLE, pause_file=pause_file)
+    first.start()
+    send = Sender(first.address[1])
+    try:
+        _send(send, range(20), 1)
+        _ended(sink, 1)
+    finally:
+        first.stop()
+        send.sock.close()
+    run_uid = sink.runs[0]["config"]["run_uid"]
+    if not kept:
+        pause_file.unlink()
+    stamps = load_paused_timestamps(pause_file, run_uid)
+    assert len(stamps) == (20 if kept else 0)
+    after = RunSink()
+    second = UdpSource(
+        "127.0.0.1", 0, GEOMETRY, after, idle_seconds=IDLE, paused_above=19, paused_timestamps=stamps
+    )
+    second.start()
+    send = Sender(second.address[1])
+    try:
+        _send(send, range(17, 20), 1)
+        if kept:
+            _wait(lambda: second.counters().get("packets_straggling") == 3 * PPF, "the copies counted late")
+            time.sleep(3 * IDLE)  # and silence again: still no run
+            assert after.runs == []
+        else:
+            _wait(lambda: len(after.runs) == 1 and after.ended == 1, "a run of the copies (the old rule)")
+    finally:
+        second.stop()
+        send.sock.close()
+    assert load_paused_timestamps(pause_file, "another-run") == {}
