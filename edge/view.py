@@ -27,6 +27,10 @@ from edge.upstream.outlook import rate_window, stall, upstream_outlook
 from edge.where import resolve_run, run_config, where_report
 from kernels import Geometry
 
+#: how long a mode's kernels loading (their first compile) holds the ring's frames back on purpose, not
+#: a stall for the watchdog (a first compile takes tens of seconds, minutes on a busy machine)
+WARMING_HOLD_SECONDS = 600.0
+
 
 class _Counted(Protocol):
     def counters(self) -> dict[str, Any]: ...
@@ -226,9 +230,13 @@ class ApplianceView:
         pipeline = p.pipeline.counters()
         ledger = p.ledger.summary()
         upstream = p.forwarder.counters()
-        connected = any(c.get("connected") for c in upstream.get("consumers", []))
+        connected = [str(c.get("consumer")) for c in upstream.get("consumers", []) if c.get("connected")]
         chunks = ledger.get("chunks", {})
-        upstream_pending = int(chunks.get("stored", 0)) + int(chunks.get("forwarded", 0)) if connected else 0
+        # chunks count only while a connected consumer owes a confirmation: those another required
+        # consumer, away, has yet to take wait for it (an outside probe: the watchdog withheld, the idle
+        # appliance called stalled, while `tape` was down and `hpc` had confirmed everything)
+        owed = bool(connected) and bool(p.ledger.consumers_owing(connected))
+        upstream_pending = int(chunks.get("stored", 0)) + int(chunks.get("forwarded", 0)) if owed else 0
         acked = sum(int(c.get("chunks_acked") or 0) for c in ledger.get("consumers", []))
         held_back = self.held_back()
         frames_pending = int(ring.get("fill", 0)) + int(pipeline.get("queued", 0))
@@ -245,6 +253,14 @@ class ApplianceView:
         disk = p.recorder.disk
         if disk is not None and disk.full:
             return "the disk is full"
+        warming = [
+            w for w in p.pipeline.counters().get("warming") or () if w["seconds"] < WARMING_HOLD_SECONDS
+        ]
+        if warming:  # a run's frames wait in the ring for them (alarm condition:mode_warming says so): a
+            # first compile took 74 s on a busy machine, the watchdog's 30 s after 15 s of no progress
+            # (an outside probe); a load still going after WARMING_HOLD_SECONDS is a stall again
+            modes = ", ".join(str(w["mode"]) for w in warming)
+            return f"a mode's kernels are loading ({modes}): the frames that need them wait in the ring"
         try:
             if p.retention.under_pressure():
                 return (
