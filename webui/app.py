@@ -495,7 +495,7 @@ def create_app(
         headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
         if request.scope.get("edge.head"):
             return Response(media_type="text/event-stream", headers=headers)
-        if feed.subscribers >= stream_limit:
+        if not feed.admit(stream_limit):
             refused_stream(stream_limit)
             busy = _error(
                 "busy",

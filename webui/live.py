@@ -39,6 +39,8 @@ HISTORY_SECONDS = 600.0
 QUEUE_EVENTS = 8  # per subscriber; a slow page loses its oldest events
 KEEPALIVE_SECONDS = 10.0
 RETRY_MS = 1000
+#: how long a stream admitted by `LiveFeed.admit` holds its place before its first byte is asked for
+ADMITTED_SECONDS = 10.0
 
 
 def sse(event: str, data: Any) -> bytes:
@@ -68,6 +70,9 @@ class LiveFeed:
         self._clock = clock
         self._wall = wall_clock
         self._subscribers: set[asyncio.Queue[bytes]] = set()
+        # streams admitted (`admit`) that have not begun yet: their admission times (monotonic)
+        self._admitted: deque[float] = deque()
+        self._admit_lock = threading.Lock()
         self._task: asyncio.Task[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None  # the server's, once a page subscribed
         self.history: deque[dict[str, Any]] = deque(maxlen=int(HISTORY_SECONDS / status_seconds) + 1)
@@ -81,6 +86,20 @@ class LiveFeed:
     @property
     def subscribers(self) -> int:
         return len(self._subscribers)
+
+    def admit(self, limit: int) -> bool:
+        """Whether one more stream may open with at most ``limit`` open, those admitted and not begun
+        counted as open: a burst of requests all looked before any of theirs began, and 400 were let
+        through a limit of 384 (an outside probe). An admitted stream that never begins frees its place
+        after `ADMITTED_SECONDS`."""
+        with self._admit_lock:
+            now = self._clock()
+            while self._admitted and now - self._admitted[0] > ADMITTED_SECONDS:
+                self._admitted.popleft()
+            if len(self._subscribers) + len(self._admitted) >= limit:
+                return False
+            self._admitted.append(now)
+            return True
 
     def sample_in_background(self, stop: threading.Event, seconds: float = UNWATCHED_SECONDS) -> None:
         """Keep the trends going while no page watches (a daemon thread, every ``seconds``), so a page
@@ -102,7 +121,10 @@ class LiveFeed:
     async def stream(self, is_disconnected: Callable[[], Any] | None = None) -> AsyncIterator[bytes]:
         """The byte stream of one subscriber, from its ``retry`` line until it goes away."""
         queue: asyncio.Queue[bytes] = asyncio.Queue(maxsize=QUEUE_EVENTS)
-        self._subscribers.add(queue)
+        with self._admit_lock:  # (admitted: its place is its own now)
+            if self._admitted:
+                self._admitted.popleft()
+            self._subscribers.add(queue)
         self._loop = asyncio.get_running_loop()
         if self._task is None or self._task.done():
             self._task = self._loop.create_task(self._produce(), name="edge-live-feed")

@@ -58,3 +58,29 @@ def test_refused_event_streams_are_closed_and_requests_are_still_answered(tmp_pa
         for sock in streams:
             sock.close()
         stack.stop_all()
+
+
+def test_a_burst_of_event_streams_opened_at_once_keeps_to_the_limit(tmp_path: Path) -> None:
+    """An outside probe: 14 streams opened in one burst under a limit of 12 were all let through (each
+    request looked before any stream had begun). Admitted streams count from their admission."""
+    stack = EdgeStack(tmp_path, ["api.max_connections=16", "detector.height=32", "detector.width=32"])
+    socks: list[socket.socket] = []
+    try:
+        stack.start_daemon()
+        for _ in range(16):  # sent together, the heads read afterwards
+            sock = socket.create_connection(("127.0.0.1", stack.api_port), timeout=10)
+            sock.sendall(b"GET /api/events HTTP/1.1\r\nHost: x\r\n\r\n")
+            socks.append(sock)
+        heads = []
+        for sock in socks:
+            head = b""
+            while b"\r\n\r\n" not in head and (chunk := sock.recv(4096)):
+                head += chunk
+            heads.append(head[:12])
+        assert heads.count(b"HTTP/1.1 200") == 12 and heads.count(b"HTTP/1.1 503") == 4, heads
+        status = httpx.get(f"{stack.url}/api/status", timeout=5).json()
+        assert status["appliance"]["api_event_streams_refused"] == 4
+    finally:
+        for sock in socks:
+            sock.close()
+        stack.stop_all()
