@@ -1355,7 +1355,7 @@ class ApplianceIOC:
             if control.connected and not done.done():
                 await control.stop()
         grace = self.settings.run_grace_seconds
-        if run_uid is None and not aborted and not detector_lost:
+        if run_uid is None and not detector_lost:
             # the camera took its frames and no series came on the stream (the stream's endpoint not the
             # detector's, its link down): the put completed on a message only, the frames in no run and
             # no record (an outside probe). Said as an alarm and a counter until an Acquire's frames come;
@@ -1365,14 +1365,16 @@ class ApplianceIOC:
                 "at": time.time(),
                 "frames_armed": num_images,
                 "grace_seconds": grace,
+                "aborted": aborted,  # (stopped by an Acquire 0: the camera took fewer than armed)
             }
             log.warning(
                 "Acquire: the detector took its %d frame(s) but no series came on the stream in %g s",
                 num_images,
                 grace,
             )
+            took = "was aborted" if aborted else f"took its {num_images} frame(s)"
             self._set_message(
-                f"No frame came: the detector took its {num_images} frame(s), no series reached the stream in"
+                f"No frame came: the detector {took}, no series reached the stream in"
                 f" {grace:g} s (stream.endpoint not the detector's? its link down?)"
             )
             return

@@ -775,6 +775,17 @@ def test_an_acquire_whose_frames_never_came_raises_an_alarm_until_frames_come(
         (alarm,) = [a for a in status["alarms"] if a["id"] == "condition:acquire_without_frames"]
         assert alarm["severity"] == "major" and "no series came on the stream" in alarm["message"]
         assert _get_json(stack.api + "/api/runs") == []
+        # aborted meanwhile (an outside probe: "Run not accounted for", counted nowhere)
+        _put(stack, "NumImages", 400)
+        _put(stack, "AcquirePeriod", 0.02)
+        assert epics.caput(p + "Acquire", 1, wait=False) == 1
+        time.sleep(1.0)
+        assert epics.caput(p + "Acquire", 0, wait=False) == 1
+        wait_until(lambda: epics.caget(p + "Acquire_RBV") == 0, 30, "the Acquire done")
+        message = epics.caget(p + "StatusMessage_RBV", as_string=True)
+        assert message.startswith("No frame came: the detector was aborted"), message
+        detector = stack.status()["detector"]
+        assert detector["acquires_without_frames"] == 2 and detector["last_without_frames"]["aborted"] is True
         # the detector's stream moved to where the daemon listens: the next Acquire's frames come
         stack.kill("sim")
         stack.settings.append(f'sim.endpoint="{elsewhere}"')
@@ -783,9 +794,9 @@ def test_an_acquire_whose_frames_never_came_raises_an_alarm_until_frames_come(
         assert epics.caput(p + "Acquire", 1, wait=True, timeout=60) == 1
         status = stack.status()
         assert status["detector"]["last_without_frames"] is None
-        assert status["detector"]["acquires_without_frames"] == 1  # (a count since the daemon started)
+        assert status["detector"]["acquires_without_frames"] == 2  # (a count since the daemon started)
         assert not [a for a in status["alarms"] if a["id"] == "condition:acquire_without_frames"]
-        assert [r["frames_expected"] for r in _get_json(stack.api + "/api/runs")] == [3]
+        assert [r["frames_expected"] for r in _get_json(stack.api + "/api/runs")] == [400]
     finally:
         stack.stop()
 
