@@ -86,6 +86,30 @@ def current_alarms(status: Mapping[str, Any]) -> list[dict[str, Any]]:
         if held:
             message += f"; {held:,} ledger record(s) held in memory until space returns"
         out.append(_alarm("condition:disk_full", "condition", "major", message))
+    gone = (status.get("store") or {}).get("ledger_gone")
+    if gone:
+        out.append(
+            _alarm(
+                "condition:ledger",
+                "condition",
+                "major",
+                f"The ledger {(status.get('store') or {}).get('ledger_path')} was {gone} under the running"
+                " daemon: its records (runs, files, losses) go on into the file it opened, which edge where"
+                " and the next start cannot see. Before stopping the daemon, copy that file back from"
+                " /proc/PID/fd (the daemon's log names it), or the next start begins an empty ledger",
+            )
+        )
+    restored = int((status.get("store") or {}).get("ledger_restored") or 0)
+    if restored and not gone:
+        out.append(
+            _alarm(
+                "condition:ledger_restored",
+                "condition",
+                "minor",
+                f"The ledger was deleted under the running daemon and written back from the copy it had"
+                f" open ({restored} time(s) since it started): every record kept. Find out what deleted it",
+            )
+        )
     queued = (status.get("pipeline") or {}).get("warming_next")
     for warming in (status.get("pipeline") or {}).get("warming") or ():
         seconds = float(warming.get("seconds") or 0)

@@ -14,8 +14,10 @@ kept for good.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import os
 import sqlite3
 import threading
 import time
@@ -226,6 +228,8 @@ class Ledger:
         self.required_consumers = tuple(dict.fromkeys(required_consumers))  # each once, in order
         self.read_only = read_only
         self._lock = threading.Lock()
+        self._identity: tuple[int, int] | None = None  # the file opened (device, inode), for `gone`
+        self.restored = 0  # times the file was deleted under this daemon and written back
         if read_only:
             self._db = self._reader(path)
             self.migrated_from = None
@@ -251,6 +255,8 @@ class Ledger:
         except BaseException:
             self._db.close()
             raise
+        info = os.stat(path)
+        self._identity = (info.st_dev, info.st_ino)
         with self._transaction() as db:
             fresh = (
                 db.execute(
@@ -264,6 +270,68 @@ class Ledger:
                 for statement in _statements(FILL_TOTALS):
                     db.execute(statement)
             self._retired_frames = self._count_retired(db)
+
+    def restore_if_deleted(self) -> bool:
+        """Write the ledger back to its path when its file was deleted under this daemon (True), from the
+        copy it still has open (SQLite's backup: its write-ahead log included), and go on in that file:
+        ``edge where`` and the next start find every record again. Another file put in its place is left
+        alone (`gone` says so). False when nothing was to do or it could not be done (logged)."""
+        if self.read_only or self.gone() != "deleted":
+            return False
+        with self._lock:
+            if self.gone() != "deleted":
+                return False
+            part = self.path.with_name(self.path.name + ".restoring")
+            try:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                target = sqlite3.connect(part)
+                try:
+                    self._db.backup(target)
+                finally:
+                    target.close()
+                fd = os.open(part, os.O_RDONLY)
+                try:
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+                os.replace(part, self.path)
+                db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=30)
+                db.row_factory = sqlite3.Row
+                db.execute("PRAGMA journal_mode=WAL")
+                db.execute("PRAGMA synchronous=FULL")
+                db.execute("PRAGMA foreign_keys=ON")
+            except (OSError, sqlite3.Error) as error:
+                log.error("the ledger %s was deleted and cannot be written back: %s", self.path, error)
+                with contextlib.suppress(OSError):
+                    part.unlink()
+                return False
+            old, self._db = self._db, db
+            old.close()
+            info = os.stat(self.path)
+            self._identity = (info.st_dev, info.st_ino)
+            self.restored += 1
+        log.error(
+            "the ledger %s was deleted under the running daemon: written back from the copy it had open,"
+            " every record kept (restored %d time(s))",
+            self.path,
+            self.restored,
+        )
+        return True
+
+    def gone(self) -> str | None:
+        """Why the ledger file this daemon writes is no longer at its path (deleted, or another file put
+        there), or None while it is. Its records still go into the file it opened, which nothing else
+        reads: ``edge where`` and the next start would find no ledger, or another (an outside probe
+        deleted it under a running daemon: no alarm, and the next start forgot every run)."""
+        if self._identity is None:
+            return None
+        try:
+            info = os.stat(self.path)
+        except FileNotFoundError:
+            return "deleted"
+        except OSError as error:
+            return f"cannot be read ({error.strerror})"
+        return None if (info.st_dev, info.st_ino) == self._identity else "replaced by another file"
 
     @staticmethod
     def _count_retired(db: sqlite3.Connection) -> int:

@@ -7,6 +7,8 @@ it). Nothing here changes state.
 
 from __future__ import annotations
 
+import logging
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -26,6 +28,8 @@ from edge.ledger import Ledger
 from edge.upstream.outlook import rate_window, stall, upstream_outlook
 from edge.where import resolve_run, run_config, where_report
 from kernels import Geometry
+
+log = logging.getLogger(__name__)
 
 #: how long a mode's kernels loading (their first compile) holds the ring's frames back on purpose, not
 #: a stall for the watchdog (a first compile takes tens of seconds, minutes on a busy machine)
@@ -79,6 +83,7 @@ class ApplianceView:
         self._p = parts
         self.started_at = time.time()
         self._preview_doc: tuple[object, dict[str, Any]] | None = None  # the last preview, as sent
+        self._gone_logged: str | None = None  # why the ledger file is gone, as last logged
         self._detector: Callable[[], dict[str, Any]] | None = None
         self.alarm_book = AlarmBook()  # acknowledgements (POST /api/alarms/{id}/ack); the view only reads it
         self._scopes = CounterScopes(parts.ledger.summary(), self.started_at)
@@ -163,6 +168,9 @@ class ApplianceView:
                 },
                 "disk_full": p.recorder.disk.status() if p.recorder.disk is not None else {"full": False},
                 "ledger_writes_held": p.recorder.held(),  # records a full disk refused, made when it clears
+                "ledger_path": str(p.ledger.path),
+                "ledger_gone": self._ledger_gone(),
+                "ledger_restored": p.ledger.restored,
             },
             "ledger": ledger,
             "upstream": upstream,
@@ -226,6 +234,7 @@ class ApplianceView:
         pending. What remains pending with no progress is a wedged data plane, which a restart fixes.
         """
         p = self._p
+        self._ledger_gone()  # (a deleted ledger written back also where nothing asks for the status)
         ring = p.ring.counters()
         pipeline = p.pipeline.counters()
         ledger = p.ledger.summary()
@@ -246,6 +255,24 @@ class ApplianceView:
             "threads": p.threads(),
             "held_back": held_back,
         }
+
+    def _ledger_gone(self) -> str | None:
+        """`Ledger.gone` once a deleted ledger was written back (`Ledger.restore_if_deleted`), logged
+        once when it begins (an error: the records go where nothing reads them)."""
+        self._p.ledger.restore_if_deleted()
+        gone = self._p.ledger.gone()
+        if gone != self._gone_logged:
+            self._gone_logged = gone
+            if gone is not None:
+                log.error(
+                    "the ledger %s was %s under the running daemon: its records go on into the file it"
+                    " opened, which edge where and the next start cannot see (copy it back from"
+                    " /proc/%d/fd, with its -wal, before stopping the daemon)",
+                    self._p.ledger.path,
+                    gone,
+                    os.getpid(),
+                )
+        return gone
 
     def held_back(self) -> str | None:
         """Why the pipeline holds frames back on purpose now (store pressure, full disk), or None."""
