@@ -88,6 +88,7 @@ def socket_drops(sock: socket.socket, table: str = "/proc/net/udp") -> int | Non
 
 #: the file beside the ledger where the run a silence ended keeps its last frames' timestamps
 UDP_PAUSE_FILE = "udp.paused"
+PAUSE_FILE_BYTES = 1 << 20  # (256 frames' timestamps take some 10 KB)
 
 
 def save_paused_timestamps(path: Path, run_uid: str, timestamps: dict[int, int]) -> None:
@@ -110,22 +111,40 @@ def save_paused_timestamps(path: Path, run_uid: str, timestamps: dict[int, int])
 
 def load_paused_timestamps(path: Path, run_uid: str) -> dict[int, int]:
     """The timestamps `save_paused_timestamps` kept for ``run_uid`` (frame -> ns), or {} when the file
-    is missing, unreadable, not well formed or of another run."""
+    is missing, unreadable, not well formed or of another run: said in a warning, as copies of the run's
+    last frames are then told by their numbers only (docs/wire-formats.md)."""
+    why = None
     try:
+        size = path.stat().st_size
+        if size > PAUSE_FILE_BYTES:
+            raise ValueError(f"{size} bytes, more than it ever holds")
         doc = json.loads(path.read_text(encoding="ascii"))
-        if not isinstance(doc, dict) or doc.get("run_uid") != run_uid:
-            return {}
-        stamps = doc.get("timestamps")
-        return {
-            int(frame): int(ts)
-            for frame, ts in (stamps.items() if isinstance(stamps, dict) else ())
-            if isinstance(ts, int)
-            and not isinstance(ts, bool)
-            and 0 < ts < 1 << 64
-            and 0 <= int(frame) < 1 << 64
-        }
-    except (OSError, ValueError, UnicodeDecodeError, TypeError):
-        return {}
+        if not isinstance(doc, dict) or not isinstance(doc.get("timestamps"), dict):
+            raise ValueError("not the object it keeps")
+        if doc.get("run_uid") != run_uid:
+            why = f"it is run {str(doc.get('run_uid'))[:80]!r}'s"
+        else:
+            stamps = {}
+            for frame, ts in doc["timestamps"].items():
+                number = int(frame)
+                if not (isinstance(ts, int) and not isinstance(ts, bool) and 0 < ts < 1 << 64):
+                    raise ValueError(f"frame {frame[:40]}'s timestamp {str(ts)[:40]!r}")
+                if not 0 <= number < 1 << 64:
+                    raise ValueError(f"frame number {frame[:40]}")
+                stamps[number] = ts
+            return stamps
+    except FileNotFoundError:
+        why = "it is not there"
+    except (OSError, ValueError, UnicodeDecodeError, TypeError) as error:
+        why = f"it cannot be read ({str(error)[:200]})"
+    log.warning(
+        "the paused UDP run %s's last timestamps are not in %s (%s): copies of its last frames sent after"
+        " this restart are told by their numbers only",
+        run_uid,
+        path,
+        why,
+    )
+    return {}
 
 
 class UdpSource:

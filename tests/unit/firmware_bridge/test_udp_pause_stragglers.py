@@ -834,3 +834,35 @@ def test_a_resend_of_the_last_frames_after_a_restart_in_the_pause_is_no_new_acqu
         second.stop()
         send.sock.close()
     assert load_paused_timestamps(pause_file, "another-run") == {}
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        None,
+        b"",
+        b"\xff" * 100,
+        b'{"run_uid": "r1", "timestamps": {"29": "abc", "28": null}}',
+        b'{"run_uid": "r1", "timestamps": {"29": NaN}}',
+        b'{"run_uid": "r1", "timestamps": {"1180591620717411303424": 5}}',
+        b'{"run_uid": "r1", "timestamps": [1, 2]}',
+        b'{"run_uid": "another", "timestamps": {"29": 5}}',
+        b" " * (2 << 20),
+    ],
+    ids=["missing", "empty", "binary", "wrong types", "NaN", "huge frame", "a list", "another run", "2 MiB"],
+)
+def test_a_pause_file_that_cannot_serve_gives_no_timestamps_and_says_so(
+    tmp_path: Any, content: bytes | None, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An outside probe: a missing, emptied or hostile ``udp.paused`` was passed by without a word (the
+    copies of the paused run's last frames then open a run of their own, by the numbers-only rule)."""
+    from firmware_bridge.udp_reader import UDP_PAUSE_FILE, load_paused_timestamps
+
+    path = tmp_path / UDP_PAUSE_FILE
+    if content is not None:
+        path.write_bytes(content)
+    with caplog.at_level("WARNING", logger="firmware_bridge.udp_reader"):
+        assert load_paused_timestamps(path, "r1") == {}
+    assert any("told by their numbers only" in r.getMessage() for r in caplog.records), caplog.records
+    path.write_text('{"run_uid": "r1", "timestamps": {"29": 5, "28": 4}}')
+    assert load_paused_timestamps(path, "r1") == {29: 5, 28: 4}
