@@ -51,7 +51,7 @@ from edge.recorder import RunRecorder
 from edge.recovery import continue_after_pause
 from edge.ring import KIND_CONTROL, KIND_FRAME, FrameRing, Slot
 from edge.run_masks import RunMasks
-from edge.store import MAX_WAITING_ROWS, ReducedWriter, RunMetadata, RunStore
+from edge.store import MAX_WAITING_ROWS, PAUSE_SECONDS, ReducedWriter, RunMetadata, RunStore
 from firmware_bridge.hdf5_chunks import ChunkError, decode_bslz4
 from firmware_bridge.source import (
     FLAG_CHUNK,
@@ -551,8 +551,9 @@ class Pipeline:
             self.recorder.retry_pending()
 
     #: a stream of a run's files (serial's hits, its blanks) with no frame this long while others keep
-    #: coming is pausing on its own: its file open longer than store.file_seconds is finished then
-    STREAM_QUIET_SECONDS = 0.1
+    #: coming is pausing on its own: its file open longer than store.file_seconds is finished then (at
+    #: its next frame, `RunStore.write`, or at a tick of this thread's)
+    STREAM_QUIET_SECONDS = PAUSE_SECONDS
 
     def _tick_streams(self) -> None:
         if self._store is not None:

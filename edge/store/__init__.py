@@ -50,6 +50,9 @@ __all__ = [
 
 #: Frames one capture file can take (its dataset grows into this extent; chunks are allocated as written).
 CAPTURE_CAPACITY = 10_000_000
+#: a stream of a run's files with no frame this long has paused: its file, open longer than
+#: ``file_seconds``, is finished then (`RunStore.write`, `RunStore.tick`)
+PAUSE_SECONDS = 0.1
 
 log = logging.getLogger(__name__)
 
@@ -131,6 +134,15 @@ class RunStore:
         self, frame: int, chunk: bytes, products: dict[str, Any], flags: int = 0, stream: str = "data"
     ) -> None:
         current = self._current.get(stream)
+        if current is not None:
+            now = time.monotonic()
+            if now - current.opened_at >= self.file_seconds and now - current.written_at >= PAUSE_SECONDS:
+                # its frames paused since its last one: finished now, before this frame, as `tick` would
+                # in the pause (which it looks for only now and then: serial's hits, pausing for 0.2-0.4 s
+                # among blanks, kept their file open for the whole run, and a crash took every hit with
+                # it: an outside probe)
+                self.roll(stream)
+                current = None
         if current is None:
             index = self._indices.get(stream, 0)
             self._indices[stream] = index + 1

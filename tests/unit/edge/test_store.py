@@ -232,15 +232,38 @@ def test_a_stream_that_pauses_on_its_own_has_its_old_file_finished_while_others_
     )
     chunk = compress_chunk(np.zeros(SHAPE, np.uint16))
     store.write(0, chunk, {}, stream="hits")
-    store.write(1, chunk, {}, stream="data")
-    time.sleep(0.25)
-    store.write(2, chunk, {}, stream="data")  # the other stream goes on
+    for frame in range(1, 7):  # the other stream goes on, a frame every 0.05 s
+        store.write(frame, chunk, {}, stream="data")
+        time.sleep(0.05)
+    store.write(7, chunk, {}, stream="data")
     store.tick(quiet=0.1)
     assert closed == ["run-3_hits_00000.h5"]  # the quiet one, old enough; "data" had a frame just now
     time.sleep(0.15)
     store.tick(quiet=0.1)
     assert closed == ["run-3_hits_00000.h5", "run-3_00000.h5"]
     store.close()
+
+
+def test_a_stream_that_paused_has_its_old_file_finished_at_its_next_frame(tmp_path: Path) -> None:
+    """An outside probe: serial's hits paused 0.2-0.4 s at a time among blanks, but the check for a
+    pause came once a second and found hits just then: the hits file stayed open the whole run, and a
+    crash took every hit. A stream's next frame after a pause of `PAUSE_SECONDS` finishes its file
+    (once ``file_seconds`` old) before it is written, whenever the pause was."""
+    import time
+
+    closed: list[str] = []
+    store = RunStore(
+        tmp_path, "run-4", SHAPE, "uint16", 100, 0.2, RAW, lambda item: closed.append(item.path.name)
+    )
+    chunk = compress_chunk(np.zeros(SHAPE, np.uint16))
+    store.write(0, chunk, {}, stream="hits")
+    time.sleep(0.25)  # old enough, and a pause
+    store.write(1, chunk, {}, stream="hits")
+    assert closed == ["run-4_hits_00000.h5"]  # finished before frame 1, no tick needed
+    store.write(2, chunk, {}, stream="hits")  # no pause (and too young): the same file
+    assert closed == ["run-4_hits_00000.h5"]
+    store.close()
+    assert closed == ["run-4_hits_00000.h5", "run-4_hits_00001.h5"]
 
 
 def test_a_file_that_can_be_neither_finished_nor_set_aside_nor_removed_is_still_a_loss_per_frame(
