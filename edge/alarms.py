@@ -174,12 +174,17 @@ def current_alarms(status: Mapping[str, Any]) -> list[dict[str, Any]]:
                 "condition:acquire_without_frames",
                 "condition",
                 "major",
-                f"An Acquire at {when}: the detector"
-                + (" (aborted) was armed for" if without.get("aborted") else " took its")
-                + f" {without.get('frames_armed')} frame(s) and no"
-                " series came on the stream: they are in no run (stream.endpoint not the detector's, or its"
+                (
+                    f"A capture closed at {when}: the camera took {without.get('frames_taken')} frame(s)"
+                    if without.get("capture")
+                    else f"An Acquire at {when}: the detector"
+                    + (" (aborted) was armed for" if without.get("aborted") else " took its")
+                    + f" {without.get('frames_armed')} frame(s)"
+                )
+                + " and no series came on the stream: they are in no run (stream.endpoint not the"
+                " detector's, or its"
                 " link down?). Should the detector send them later, they are stored as a run of their own;"
-                " cleared when an Acquire's frames come",
+                " cleared when an Acquire's or a capture's frames come",
             )
         )
 

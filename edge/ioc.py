@@ -782,10 +782,13 @@ class ApplianceIOC:
                 self._set("HDF1:FileNumber", number)
                 self._set("HDF1:FileNumber_RBV", number)
                 self._save_setpoints()
-        self._capture_task = self._spawn(self._watch_capture(path, before), "edge-ioc-capture")
+        counter = self._camera_counter()
+        self._capture_task = self._spawn(self._watch_capture(path, before, counter), "edge-ioc-capture")
         log.info("capture opened: %s", path)
 
-    async def _watch_capture(self, path: Path, uid_before: str = "") -> None:
+    async def _watch_capture(
+        self, path: Path, uid_before: str = "", counter_before: int | None = None
+    ) -> None:
         """Follow the open capture: frames written, its ``NumCapture`` limit, its close (``Capture`` 0, or
         the detector aborting its run), and clear ``Capture_RBV`` once its file is finished. A capture
         closed before any frame came made no run and no file: ``RunUid_RBV`` goes back to ``uid_before``
@@ -799,6 +802,7 @@ class ApplianceIOC:
                     break
                 if state["run_uid"] is not None and state["run_uid"] != run_uid:
                     run_uid = self._run_uid = state["run_uid"]
+                    self._last_without_frames = None  # frames come again
                     self._set("RunUid_RBV", run_uid)
                 writing, frames = self.view.writer_run()
                 if run_uid is not None and writing == run_uid:
@@ -823,7 +827,28 @@ class ApplianceIOC:
             if run_uid is None:
                 self._set("RunUid_RBV", uid_before)
                 self._empty_capture = (uid_before, str(path))
-                self._set_write_message(f"capture closed before any frame came: no run, no file {path.name}")
+                counter = self._camera_counter()
+                if counter is not None and counter_before is not None and counter > counter_before:
+                    await asyncio.sleep(0.5)  # (the camera's last frames' count may still be on its way)
+                    counter = max(counter, self._camera_counter() or 0)
+                taken = None if counter is None or counter_before is None else counter - counter_before
+                if taken is not None and taken > 0:
+                    # the camera took frames meanwhile (a plan triggering it at its own PVs) and none came
+                    # on the stream: said, counted and an alarm, as for an Acquire's (an outside probe's
+                    # fly scan of 10 such frames left no trace but the capture's message)
+                    self._note_without_frames({"frames_taken": taken, "capture": str(path)})
+                    log.warning(
+                        "capture %s: the camera took %d frame(s), none came on the stream", path, taken
+                    )
+                    self._set_write_message(
+                        f"capture closed before any frame came: the camera took {taken} frame(s), none"
+                        " reached the stream (stream.endpoint not the detector's?); no run, no file"
+                        f" {path.name}"
+                    )
+                else:
+                    self._set_write_message(
+                        f"capture closed before any frame came: no run, no file {path.name}"
+                    )
         finally:
             self._capturing = self._capture_closing = False
             self.records["HDF1:Capture"].set(0, process=False)
@@ -1360,13 +1385,13 @@ class ApplianceIOC:
             # detector's, its link down): the put completed on a message only, the frames in no run and
             # no record (an outside probe). Said as an alarm and a counter until an Acquire's frames come;
             # the detector may still hold them and send them later, then stored as a run of their own
-            self._without_frames += 1
-            self._last_without_frames = {
-                "at": time.time(),
-                "frames_armed": num_images,
-                "grace_seconds": grace,
-                "aborted": aborted,  # (stopped by an Acquire 0: the camera took fewer than armed)
-            }
+            self._note_without_frames(
+                {
+                    "frames_armed": num_images,
+                    "grace_seconds": grace,
+                    "aborted": aborted,  # (stopped by an Acquire 0: the camera took fewer than armed)
+                }
+            )
             log.warning(
                 "Acquire: the detector took its %d frame(s) but no series came on the stream in %g s",
                 num_images,
@@ -1379,6 +1404,23 @@ class ApplianceIOC:
             )
             return
         self._set_message(f"Run not accounted for {grace:g} s after the last frame moved")
+
+    def _note_without_frames(self, what: dict[str, Any]) -> None:
+        """The camera took frames and none came on the stream: counted, and the newest kept (shown in
+        ``GET /api/status`` and as an alarm until frames come)."""
+        self._without_frames += 1
+        self._last_without_frames = {"at": time.time(), **what}
+
+    def _camera_counter(self) -> int | None:
+        """The camera's ``ArrayCounter_RBV`` now (None: no camera, or not connected)."""
+        control = self.control
+        if control is None:
+            return None
+        try:
+            status = control.status()
+            return int(status.array_counter) if status.connected else None
+        except Exception:  # (a camera going away meanwhile: no count to compare)
+            return None
 
     def _new_run_since(self, started: float) -> str | None:
         """The uid of the first run the ledger started at or after ``started``."""

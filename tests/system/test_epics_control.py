@@ -786,6 +786,20 @@ def test_an_acquire_whose_frames_never_came_raises_an_alarm_until_frames_come(
         assert message.startswith("No frame came: the detector was aborted"), message
         detector = stack.status()["detector"]
         assert detector["acquires_without_frames"] == 2 and detector["last_without_frames"]["aborted"] is True
+        # a capture, the camera triggered at its own PVs (as ophyd-async does): its frames never come
+        _put(stack, "HDF1:FileName", "nowhere")
+        _put(stack, "HDF1:NumCapture", 0)
+        _put(stack, "HDF1:Capture", 1)
+        cam = stack.cam_prefix
+        assert epics.caput(cam + "NumImages", 4, wait=True, timeout=10) == 1
+        assert epics.caput(cam + "Acquire", 1, wait=True, timeout=30) == 1
+        _put(stack, "HDF1:Capture", 0, timeout=30)
+        message = epics.caget(p + "HDF1:WriteMessage", as_string=True)
+        assert "the camera took 4 frame(s), none reached the stream" in message, message
+        detector = stack.status()["detector"]
+        assert (
+            detector["acquires_without_frames"] == 3 and detector["last_without_frames"]["frames_taken"] == 4
+        )
         # the detector's stream moved to where the daemon listens: the next Acquire's frames come
         stack.kill("sim")
         stack.settings.append(f'sim.endpoint="{elsewhere}"')
@@ -794,7 +808,7 @@ def test_an_acquire_whose_frames_never_came_raises_an_alarm_until_frames_come(
         assert epics.caput(p + "Acquire", 1, wait=True, timeout=60) == 1
         status = stack.status()
         assert status["detector"]["last_without_frames"] is None
-        assert status["detector"]["acquires_without_frames"] == 2  # (a count since the daemon started)
+        assert status["detector"]["acquires_without_frames"] == 3  # (a count since the daemon started)
         assert not [a for a in status["alarms"] if a["id"] == "condition:acquire_without_frames"]
         assert [r["frames_expected"] for r in _get_json(stack.api + "/api/runs")] == [400]
     finally:
