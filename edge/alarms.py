@@ -95,8 +95,8 @@ def current_alarms(status: Mapping[str, Any]) -> list[dict[str, Any]]:
                 "major",
                 f"The ledger {(status.get('store') or {}).get('ledger_path')} was {gone} under the running"
                 " daemon: its records (runs, files, losses) go on into the file it opened, which edge where"
-                " and the next start cannot see. Before stopping the daemon, copy that file back from"
-                " /proc/PID/fd (the daemon's log names it), or the next start begins an empty ledger",
+                " and the next start cannot see. At its stop the daemon writes them beside it as"
+                " NAME.open-copy: put that in the ledger's place before the next start",
             )
         )
     restored = int((status.get("store") or {}).get("ledger_restored") or 0)

@@ -483,8 +483,35 @@ class Ledger:
         self._db.execute("INSERT INTO sqlite_sequence (name, seq) VALUES ('chunks', ?)", (floor,))
 
     def close(self) -> None:
+        """Close the ledger; one whose file is no longer at its path (`gone`) is first written beside it,
+        whole, as ``NAME.open-copy`` (the records in it exist nowhere else once it is closed: an outside
+        probe's SIGTERM after another file was put in the ledger's place dropped every run's)."""
+        if not self.read_only and self.gone() is not None:
+            self._keep_open_copy()
         with self._lock:
             self._db.close()
+
+    def _keep_open_copy(self) -> None:
+        copy = self.path.with_name(self.path.name + ".open-copy")
+        if copy.exists():
+            copy = self.path.with_name(f"{self.path.name}.open-copy-{time.strftime('%Y%m%dT%H%M%S')}")
+        try:
+            with self._lock:
+                target = sqlite3.connect(copy)
+                try:
+                    self._db.backup(target)
+                finally:
+                    target.close()
+        except (OSError, sqlite3.Error) as error:
+            log.error("the ledger's open copy (%s gone) cannot be kept as %s: %s", self.path, copy, error)
+            return
+        log.error(
+            "the ledger %s is not the file this daemon wrote (%s): its records are kept as %s; put that"
+            " file in the ledger's place before the next start",
+            self.path,
+            self.gone(),
+            copy,
+        )
 
     @contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:

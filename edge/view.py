@@ -8,7 +8,6 @@ it). Nothing here changes state.
 from __future__ import annotations
 
 import logging
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -266,11 +265,11 @@ class ApplianceView:
             if gone is not None:
                 log.error(
                     "the ledger %s was %s under the running daemon: its records go on into the file it"
-                    " opened, which edge where and the next start cannot see (copy it back from"
-                    " /proc/%d/fd, with its -wal, before stopping the daemon)",
+                    " opened, which edge where and the next start cannot see (at its stop the daemon"
+                    " writes them beside it as %s.open-copy)",
                     self._p.ledger.path,
                     gone,
-                    os.getpid(),
+                    self._p.ledger.path.name,
                 )
         return gone
 

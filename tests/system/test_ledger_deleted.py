@@ -60,7 +60,7 @@ def test_a_ledger_deleted_under_the_daemon_is_written_back_with_every_record(tmp
 
 
 def test_another_file_put_in_the_ledgers_place_is_a_major_alarm_and_left_alone(tmp_path: Path) -> None:
-    with in_process_appliance(tmp_path, SHAPE) as (appliance, _push, settings):
+    with in_process_appliance(tmp_path, SHAPE) as (appliance, push, settings):
         path = settings.ledger_path
         path.unlink()
         path.write_bytes(b"someone else's file")
@@ -70,3 +70,12 @@ def test_another_file_put_in_the_ledgers_place_is_a_major_alarm_and_left_alone(t
         (alarm,) = [a for a in status["alarms"] if a["id"] == "condition:ledger"]
         assert alarm["severity"] == "major" and "replaced by another file" in alarm["message"]
         assert path.read_bytes() == b"someone else's file"
+        _series(push, "kept", 2, 1)
+        wait_for(lambda: appliance.view.run("kept")["totals"]["frames_stored"] == 2, 20, "a run stored")
+    # stopped: the records it wrote are kept beside the other file, not dropped with the open ledger
+    assert path.read_bytes() == b"someone else's file"
+    reader = Ledger(path.with_name(path.name + ".open-copy"), read_only=True)
+    try:
+        assert reader.run_totals("kept")["frames_stored"] == 2
+    finally:
+        reader.close()
