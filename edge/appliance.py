@@ -897,6 +897,7 @@ class Appliance:
                     paused_above=paused[1] if paused is not None else None,
                     series_before=udp_series_before(self.ledger),
                     armed_last_before=udp_armed_last((interrupted or paused or ({},))[0]),
+                    length_before=(interrupted or paused or ({},))[0].get("frames_expected"),
                     pause_file=pause_file,
                     paused_timestamps=stamps,
                 )

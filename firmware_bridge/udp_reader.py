@@ -167,8 +167,14 @@ class UdpSource:
         armed_last_before: int | None = None,
         pause_file: Path | None = None,
         paused_timestamps: dict[int, int] | None = None,
+        length_before: int | None = None,
     ) -> None:
         self.geometry = geometry
+        # the frames that run (``resume_above``'s or ``paused_above``'s) was armed for: a run that goes
+        # on in its acquisition is armed for them too, ``udp.frames_per_run`` unset or changed since (a
+        # restart without it made the acquisition's frames never sent vanish from every record: the run
+        # before's series_end records handed over, and no end here to record them; an outside probe)
+        self._length_before = length_before
         # where the run a silence ends keeps its last frames' timestamps (`save_paused_timestamps`): a
         # daemon restarted during the pause is given them back (``paused_timestamps``), or a copy of those
         # frames sent after the restart opened a run of its own (an outside probe: frames stored twice,
@@ -561,6 +567,8 @@ class UdpSource:
             "transport": "udp",
             "modules": self.geometry.n_modules,
         }
+        length = self.frames_per_run  # the frames this run is armed for (0: not known)
+        length_before, self._length_before = self._length_before or 0, None  # (the daemon's first run)
         resume_above, self.resume_above = self.resume_above, None  # only the daemon's first run
         paused_above, self._paused_above = self._paused_above, None  # only the run right after
         paused_armed_last, self._paused_armed_last = self._paused_armed_last, None
@@ -593,14 +601,16 @@ class UdpSource:
                     first,
                 )
                 config |= {"resumed_after_restart": True, "first_frame": first}
-                if self.frames_per_run and self._armed_last_before is not None:
+                if (self.frames_per_run or length_before) and self._armed_last_before is not None:
                     self._armed_last = self._armed_last_before  # (the same acquisition, the same frames)
+                    length = self.frames_per_run or length_before
             else:  # a new acquisition: its frames count from 0, as any run's
                 assembler.begin_at(0)
         elif paused_above is not None and assembler is not None:
             # (the run before's armed frames: an acquisition whose numbers went on has its own)
             armed_last = paused_armed_last if paused_armed_last is not None else self.frames_per_run - 1
-            armed = not self.frames_per_run or (first is not None and first <= armed_last)
+            known = self.frames_per_run or (length_before if paused_armed_last is not None else 0)
+            armed = not known or (first is not None and first <= armed_last)
             if first is not None and first > paused_above and armed:
                 # the detector went on counting after a silence longer than idle_seconds: the same
                 # acquisition, so this run accounts from its first frame and the run before keeps the
@@ -608,10 +618,9 @@ class UdpSource:
                 assembler.begin_at(first)
                 self.stats["series_continued_after_pause"] += 1
                 handed = 0
-                if (
-                    self.frames_per_run
-                ):  # the run before recorded its tail lost: from here on it is this run's
+                if known:  # the run before recorded its tail lost: from here on it is this run's
                     self._armed_last = armed_last  # (the same acquisition: the same armed frames)
+                    length = known
                     handed = armed_last + 1 - first
                     self.stats["frames_lost"] = max(0, self.stats["frames_lost"] - handed)
                     lost = self._finished_counters["frames_lost"]
@@ -645,9 +654,10 @@ class UdpSource:
                 self._numbers_go_on(first)
             else:  # restarted at 0 (or a frame the last run had): a new acquisition
                 assembler.begin_at(0)
-        if self._armed_last is not None and self._armed_last != self.frames_per_run - 1:
+        config["frames_expected"] = length or None
+        if self._armed_last is not None and length and self._armed_last != length - 1:
             # armed from another frame than 0 (numbers that went on): the run's account counts from there
-            config["armed_from"] = self._armed_last - self.frames_per_run + 1
+            config["armed_from"] = self._armed_last - length + 1
         self._run_uid = str(config["run_uid"])
         self._refused = self.sink.series_start(self._series, config)
         if self._refused is not None:

@@ -562,6 +562,38 @@ def test_a_copy_of_the_last_frames_after_a_restart_in_the_pause_opens_no_run(tmp
     assert losses == []
 
 
+def test_an_acquisition_armed_before_a_restart_in_its_pause_keeps_its_frames_without_frames_per_run(
+    tmp_path: Path,
+) -> None:
+    """An outside probe: ``udp.frames_per_run`` 50, frames 0..29, silence, a kill -9 and a restart
+    without ``frames_per_run``, then 30..39: the run before's ``series_end`` records of 30..49 were
+    handed over to a run that knew no armed frames, and 40..49, never sent, were in no record. The run
+    that goes on is armed for the acquisition's frames, as the run before was."""
+    stack, send = _udp_stack(tmp_path, 50)
+    try:
+        daemon = stack.start_daemon()
+        send(range(0, 30))
+        wait_for(lambda: (runs := _runs(stack)) and runs[0]["ended_at"], 30, "silence ending the run")
+        daemon.send_signal(signal.SIGKILL)
+        daemon.wait(20)
+        stack.procs.remove(daemon)
+        stack.overrides.remove("udp.frames_per_run=50")
+        stack.start_daemon()  # during the pause, udp.frames_per_run unset
+        send(range(30, 40))
+        wait_for(
+            lambda: len(runs := _runs(stack)) == 2 and all(r["ended_at"] for r in runs), 60, "two runs ended"
+        )
+        first_uid, second_uid = (r["run_uid"] for r in _runs(stack))
+        first, second = stack.run(first_uid), stack.run(second_uid)
+    finally:
+        stack.stop_all()
+    assert _config(second)["resumes_run"] == first_uid and second["frames_expected"] == 50
+    stored_a, lost_a = _stored_frames(stack, first_uid), _lost_frames(first)
+    stored_b, lost_b = _stored_frames(stack, second_uid), _lost_frames(second)
+    _each_frame_once([stored_a, lost_a, stored_b, lost_b], 50, (first["losses"], second["losses"]))
+    assert lost_b == set(range(40, 50)), second["losses"]
+
+
 def test_an_acquisition_whose_numbers_went_on_goes_on_across_a_restart_in_its_pause(tmp_path: Path) -> None:
     """``udp.frames_per_run`` 20: frames 0..19 (a whole acquisition), then 50..54 (a new acquisition whose
     numbers go on, armed for 50..69), silence, a daemon kill -9 and restart in it, then 55..69. The
