@@ -179,11 +179,19 @@ def recover(recorder: RunRecorder, root: Path) -> dict[str, Any]:
                 expected - 1,
             )
         crashed = 0
-        detail = "held in memory or not yet received when the daemon died"
+        # a serial run's vetoed blanks live only as frame-table rows until its reduced file is written:
+        # those not yet written are among them (an outside probe read the quarantined hit file named in
+        # the records of blanks that were never in it)
+        held = (
+            "held in memory (blanks the mode vetoed, whose frame-table rows were not yet written, among them)"
+            if str(run.get("mode") or "") == "serial"
+            else "held in memory"
+        )
+        detail = f"{held} or not yet received when the daemon died"
         if half_written.get(run_uid):  # (an outside probe: hits written into the file the crash left
             # half-written read as if never received)
             detail = (
-                "held in memory, written into a file the crash left half-written ("
+                f"{held}, written into a file the crash left half-written ("
                 f"{'; '.join(half_written[run_uid])}), or not yet received when the daemon died"
             )[:500]
         for first, last in _missing_ranges(int(expected), _not_own(run, covered)):

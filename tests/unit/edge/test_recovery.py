@@ -272,6 +272,10 @@ def test_a_serial_run_dropping_blanks_is_whole_after_a_crash(tmp_path: Path) -> 
     losses = [(r["first_frame"], r["last_frame"], r["reason"]) for r in ledger.losses(run_uid)]
     # 10, 11, 14, 15, 16, 18, 19: blanks whose rows were in memory; 20..23 never came
     assert losses == [(10, 11, "daemon_crash"), (14, 16, "daemon_crash"), (18, 23, "daemon_crash")]
+    # and their records say so (an outside probe read only of a half-written hit file they were never in)
+    assert all("blanks the mode vetoed" in r["detail"] for r in ledger.losses(run_uid)), ledger.losses(
+        run_uid
+    )
     totals = ledger.run_totals(run_uid)
     assert (totals["frames_stored"], totals["frames_vetoed"], totals["frames_lost"]) == (7, 6, 11)
     stop = _stop(directory / documents_name(run_uid))["edge_accounting"]
