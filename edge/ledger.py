@@ -284,16 +284,7 @@ class Ledger:
             part = self.path.with_name(self.path.name + ".restoring")
             try:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
-                target = sqlite3.connect(part)
-                try:
-                    self._db.backup(target)
-                finally:
-                    target.close()
-                fd = os.open(part, os.O_RDONLY)
-                try:
-                    os.fsync(fd)
-                finally:
-                    os.close(fd)
+                self._backup_to(part)
                 os.replace(part, self.path)
                 db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=30)
                 db.row_factory = sqlite3.Row
@@ -317,6 +308,20 @@ class Ledger:
             self.restored,
         )
         return True
+
+    def _backup_to(self, path: Path) -> None:
+        """The whole ledger as this connection sees it (its write-ahead log included) written to ``path``
+        and made durable (the caller holds the lock)."""
+        target = sqlite3.connect(path)
+        try:
+            self._db.backup(target)
+        finally:
+            target.close()
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
     def gone(self) -> str | None:
         """Why the ledger file this daemon writes is no longer at its path (deleted, or another file put
@@ -497,11 +502,7 @@ class Ledger:
             copy = self.path.with_name(f"{self.path.name}.open-copy-{time.strftime('%Y%m%dT%H%M%S')}")
         try:
             with self._lock:
-                target = sqlite3.connect(copy)
-                try:
-                    self._db.backup(target)
-                finally:
-                    target.close()
+                self._backup_to(copy)
         except (OSError, sqlite3.Error) as error:
             log.error("the ledger's open copy (%s gone) cannot be kept as %s: %s", self.path, copy, error)
             return

@@ -486,6 +486,17 @@ def _udp_stack(tmp_path: Path, armed: int) -> tuple[EdgeStack, Callable[[range],
     return stack, send
 
 
+def _killed_in_the_pause_after(stack: EdgeStack, send: Callable[[range], None], frames: range) -> None:
+    """The daemon started, ``frames`` sent, silence ending their run, the daemon killed (kill -9) in the
+    pause that follows."""
+    daemon = stack.start_daemon()
+    send(frames)
+    wait_for(lambda: (runs := _runs(stack)) and runs[0]["ended_at"], 30, "silence ending the run")
+    daemon.send_signal(signal.SIGKILL)
+    daemon.wait(20)
+    stack.procs.remove(daemon)
+
+
 @pytest.mark.parametrize("armed", [0, 60], ids=["length-unknown", "armed"])
 def test_a_udp_acquisition_that_pauses_across_a_daemon_restart_goes_on_in_a_linked_run(
     tmp_path: Path, armed: int
@@ -498,12 +509,7 @@ def test_a_udp_acquisition_that_pauses_across_a_daemon_restart_goes_on_in_a_link
     stack, send = _udp_stack(tmp_path, armed)
 
     try:
-        daemon = stack.start_daemon()
-        send(range(0, 30))
-        wait_for(lambda: (runs := _runs(stack)) and runs[0]["ended_at"], 30, "silence ending the run")
-        daemon.send_signal(signal.SIGKILL)
-        daemon.wait(20)
-        stack.procs.remove(daemon)
+        _killed_in_the_pause_after(stack, send, range(0, 30))
         stack.start_daemon()  # during the pause
         send(range(30, 60))
         wait_for(
@@ -536,12 +542,7 @@ def test_a_copy_of_the_last_frames_after_a_restart_in_the_pause_opens_no_run(tmp
 
     stack, send = _udp_stack(tmp_path, 0)
     try:
-        daemon = stack.start_daemon()
-        send(range(0, 30))
-        wait_for(lambda: (runs := _runs(stack)) and runs[0]["ended_at"], 30, "silence ending the run")
-        daemon.send_signal(signal.SIGKILL)
-        daemon.wait(20)
-        stack.procs.remove(daemon)
+        _killed_in_the_pause_after(stack, send, range(0, 30))
         stack.start_daemon()  # during the pause
         port = int(next(s.split("=")[1] for s in stack.overrides if s.startswith("udp.port=")))
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sender:
@@ -571,12 +572,7 @@ def test_an_acquisition_armed_before_a_restart_in_its_pause_keeps_its_frames_wit
     that goes on is armed for the acquisition's frames, as the run before was."""
     stack, send = _udp_stack(tmp_path, 50)
     try:
-        daemon = stack.start_daemon()
-        send(range(0, 30))
-        wait_for(lambda: (runs := _runs(stack)) and runs[0]["ended_at"], 30, "silence ending the run")
-        daemon.send_signal(signal.SIGKILL)
-        daemon.wait(20)
-        stack.procs.remove(daemon)
+        _killed_in_the_pause_after(stack, send, range(0, 30))
         stack.overrides.remove("udp.frames_per_run=50")
         stack.start_daemon()  # during the pause, udp.frames_per_run unset
         send(range(30, 40))
