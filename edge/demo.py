@@ -137,13 +137,18 @@ def free_port() -> int:
     raise RuntimeError("no free loopback port found")
 
 
-def _port_or_free(port: int) -> int:
+def _port_or_free(port: int, setting: str = "") -> int:
+    """``port``, or a free one when it is taken (said on stderr, naming ``setting``) or 0 (any)."""
+    if port == 0:  # (0 is "any free port": the demo must know which, to reach the daemon there)
+        return free_port()
     with socket.socket() as sock:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind(("127.0.0.1", port))
         except OSError:
-            return free_port()
+            chosen = free_port()
+            print(f"edge demo: {setting or 'port'} {port} is taken: port {chosen} instead", file=sys.stderr)
+            return chosen
     return port
 
 
@@ -405,15 +410,25 @@ def run_demo(args: argparse.Namespace, settings: Settings, flags: list[str] | No
         return 2
     workdir: Path = args.workdir.resolve()
     logs = workdir / "logs"
-    logs.mkdir(parents=True, exist_ok=True)
+    try:
+        logs.mkdir(parents=True, exist_ok=True)
+    except OSError as error:  # (a file, no permission: one line, not a traceback; an outside probe)
+        problem = f"--workdir {str(args.workdir)!r} cannot hold the demo's files: {error.strerror or error}"
+        print(f"edge demo: {problem}", file=sys.stderr)
+        if args.json:
+            print(json.dumps({"error": problem, "frames_sent": None, "run_uid": None}), flush=True)
+        return 2
     # the frames' port: the simulator's (sim.endpoint), or the daemon's (stream.endpoint) when only that
     # was moved (an outside probe's `--set stream.endpoint=...:64560` left the simulator on 5560 and the
     # daemon waiting on 64560: the demo hung, nothing received)
     moved = "endpoint" in settings.stream.model_fields_set and "endpoint" not in settings.sim.model_fields_set
-    stream_port = _port_or_free(_endpoint_port(settings.stream.endpoint if moved else settings.sim.endpoint))
-    upstream_port = _port_or_free(_endpoint_port(settings.upstream.endpoint))
-    api_port = _port_or_free(settings.api.port)
-    udp_port = _port_or_free(settings.udp.port)
+    stream_port = _port_or_free(
+        _endpoint_port(settings.stream.endpoint if moved else settings.sim.endpoint),
+        "stream.endpoint" if moved else "sim.endpoint",
+    )
+    upstream_port = _port_or_free(_endpoint_port(settings.upstream.endpoint), "upstream.endpoint")
+    api_port = _port_or_free(settings.api.port, "api.port")
+    udp_port = _port_or_free(settings.udp.port, "udp.port")
     udp = settings.stream.transport == "udp"
     base = [
         f'sim.endpoint="tcp://127.0.0.1:{stream_port}"',
@@ -443,9 +458,18 @@ def run_demo(args: argparse.Namespace, settings: Settings, flags: list[str] | No
     common: list[str] = []
     if args.config is not None:
         common += ["--config", str(args.config)]
-    # (the endpoints the demo chose for both ends win over the one end a --set named)
-    endpoints = ("stream.endpoint", "sim.endpoint")
-    given = [item for item in args.overrides if item.partition("=")[0].strip() not in endpoints]
+    # (the endpoints and ports the demo chose, from those settings, win over a --set of them: a taken
+    # api.port given by --set was given again after the free one, and the daemon could not start; an
+    # api.port of 0 was chosen by the daemon, where the demo never found it: an outside probe)
+    chosen_ports = (
+        "stream.endpoint",
+        "sim.endpoint",
+        "upstream.endpoint",
+        "pull.endpoint",
+        "api.port",
+        "udp.port",
+    )
+    given = [item for item in args.overrides if item.partition("=")[0].strip() not in chosen_ports]
     for item in [*base, *given, *(flags or [])]:
         common += ["--set", item]
     if udp and args.frames:  # the control system arms the detector for N frames

@@ -44,6 +44,8 @@ def create_keys(directory: Path, name: str, *, replace: bool = False) -> tuple[P
             f"{existing[0]} exists: its pair is kept (every peer given the public key would be locked out);"
             " --force replaces it"
         )
+    if directory.exists() and not directory.is_dir():  # ("[Errno 17] File exists" said nothing useful)
+        raise ConfigError(f"{directory} is not a directory: give the directory the keys go into")
     directory.mkdir(parents=True, exist_ok=True)
     public, secret = zmq.auth.create_certificates(str(directory), name)
     os.chmod(secret, 0o600)  # the secret key: its owner only (pyzmq writes it with the umask's mode)

@@ -143,6 +143,26 @@ def test_moving_the_daemons_stream_endpoint_moves_the_simulators_too(tmp_path: P
     assert summary["frames_sent"] == summary["frames_stored"] == 20 and summary["frames_lost"] == 0
 
 
+@pytest.mark.parametrize("api", ["taken", "0"])
+def test_a_taken_or_any_api_port_given_to_the_demo_is_one_it_can_reach(tmp_path: Path, api: str) -> None:
+    """An outside probe: `edge demo --set api.port=P` with P taken ended with the daemon's "cannot
+    listen" (the --set given again after the free port the demo chose), and `--set api.port=0` hung for
+    good (the daemon took a port the demo never learnt). The demo picks a free one and says so."""
+    import socket
+
+    from edgeprocs import free_port, run_bounded_demo
+
+    overrides = [item for item in loopback_overrides() if not item.startswith("api.port")]
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", free_port()))
+        listener.listen()
+        port = listener.getsockname()[1] if api == "taken" else 0
+        summary = run_bounded_demo(
+            tmp_path / "demo", 20, [], [*overrides, *SMALL, f"api.port={port}"], timeout=240
+        )
+    assert summary["frames_sent"] == summary["frames_stored"] == 20 and summary["frames_lost"] == 0
+
+
 def test_ctrl_c_while_the_daemon_starts_still_ends_with_a_json_account(tmp_path: Path) -> None:
     """An outside probe: Ctrl-C while the daemon started (its kernels loading) ended a --json demo with
     exit 130 and nothing on stdout. It says why, in one JSON object, as any demo that did not finish."""

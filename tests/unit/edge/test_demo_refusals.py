@@ -160,3 +160,24 @@ def test_a_command_refused_before_it_ran_still_prints_one_json_object(
     answer = json.loads(lines[0])
     assert says in answer["error"] and answer["run_uid"] is None, answer
     assert says in result.stderr  # (and said where a person looks)
+
+
+@pytest.mark.parametrize("command", ["demo", "keys"])
+def test_a_regular_file_where_a_directory_goes_is_one_line(tmp_path: Path, command: str) -> None:
+    """An outside probe: `edge demo --workdir FILE` ended in a traceback (no JSON despite --json), and
+    `edge keys FILE name` said only "[Errno 17] File exists"."""
+    afile = tmp_path / "afile"
+    afile.write_text("not a directory")
+    argv = (
+        ["demo", "--workdir", str(afile), "--frames", "5", "--json"]
+        if command == "demo"
+        else ["keys", str(afile), "srv"]
+    )
+    result = subprocess.run(
+        [sys.executable, "-m", "edge", *argv], capture_output=True, text=True, timeout=60, cwd=ROOT
+    )
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-2000:]
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert ("cannot hold the demo's files" if command == "demo" else "is not a directory") in result.stderr
+    if command == "demo":
+        assert "cannot hold" in json.loads(result.stdout.strip().splitlines()[-1])["error"]
