@@ -344,6 +344,13 @@ def test_a_gap_after_images_that_do_not_name_their_frame_is_put_down_to_them() -
     assert sink.losses == [(2, 2, "stream_unreadable_message"), (4, 4, "stream_unreadable_message")]
     assert reader.counters()["messages_rejected"] == 2
 
+    negative = image(1, 2)  # a frame number below 0 names no frame either (docs/wire-formats.md)
+    negative[0] = part({"htype": "dimage-1.0", "series": 1, "frame": -2, "hash": ""})
+    sink = Sink()
+    run_series(sink, [header(1, 4), image(1, 0), image(1, 1), negative, image(1, 3)])
+    assert sink.frames == [0, 1, 3]
+    assert sink.losses == [(2, 2, "stream_unreadable_message")]
+
     other = [part({"htype": "dsomething-1.0", "series": 1})]
     sink = Sink()
     run_series(sink, [header(1, 3), image(1, 0), other, image(1, 2)])
