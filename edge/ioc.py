@@ -1347,7 +1347,16 @@ class ApplianceIOC:
                 waiting = working[1][-1] or self.view.frames_in_flight()
                 if capture_quiet is None or capture_quiet[1] != moving or waiting:
                     capture_quiet = (now, moving)
+                if detector_lost and self.view.series_open():
+                    continue  # the series is ended (its missing frames recorded lost) once the stream is quiet
                 if taken >= num_images or aborted or now - capture_quiet[0] >= STREAM_QUIET_SECONDS:
+                    if detector_lost:  # said so: "completed" was read of a capture whose camera had died
+                        rest = num_images - taken
+                        lost = (
+                            f"; the other {rest} of the {num_images} armed recorded lost" if rest > 0 else ""
+                        )
+                        self._set_message(f"Detector disconnected: {taken} frames added to the capture{lost}")
+                        return
                     if aborted:  # the abort ends the capture's run and the capture: Acquire 0 completes
                         # once Capture_RBV is 0 (a Capture 1 put right after it was taken as "already
                         # capturing" by the closing capture, and dropped: an outside probe)

@@ -419,6 +419,34 @@ def test_detector_killed_mid_run_disconnects_records_loss_and_recovers(stack: St
     assert epics.caget(p + "HDF1:NumCaptured_RBV") == 3
 
 
+def test_a_camera_killed_inside_a_capture_says_so_not_completed(stack: Stack) -> None:
+    """An outside probe: the camera IOC killed inside an open HDF1 capture ended the capture's file and
+    recorded the frames it never sent lost, but ``StatusMessage_RBV`` read "Acquisition completed: 39
+    frames added to the capture"; an operator reading only the PV took the run for a good one."""
+    epics = _epics()
+    p = stack.prefix
+    _put(stack, "HDF1:FileName", "cut")
+    _put(stack, "HDF1:NumCapture", 0)
+    _put(stack, "NumImages", 100_000)
+    _put(stack, "AcquirePeriod", 0.02)
+    _put(stack, "HDF1:Capture", 1)
+    completed = threading.Event()
+    acquire = epics.PV(p + "Acquire")
+    try:
+        assert acquire.wait_for_connection(timeout=10)
+        acquire.put(1, callback=lambda **_: completed.set())
+        wait_until(lambda: (epics.caget(p + "HDF1:NumCaptured_RBV") or 0) >= 5, 30, "frames captured")
+        stack.kill("sim", signal.SIGKILL)
+        assert completed.wait(timeout=30), "the put of Acquire did not complete after the camera died"
+    finally:
+        acquire.disconnect()
+    message = epics.caget(p + "StatusMessage_RBV", as_string=True, use_monitor=False)
+    assert message.startswith("Detector disconnected:") and "recorded lost" in message, message
+    run_uid = epics.caget(p + "RunUid_RBV", as_string=True, use_monitor=False)
+    run = wait_until(lambda: (r := stack.run(run_uid))["ended_at"] is not None and r, 30, "the run's end")
+    assert "detector_disconnected" in {loss["reason"] for loss in run["losses"]}, run["losses"]
+
+
 # --- acceptance 4 and 5: access security, and every documented PV answers ----------------------------
 def test_acf_refuses_a_write_from_a_user_it_does_not_list(stack: Stack) -> None:
     from caproto.threading.client import Context
