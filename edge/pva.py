@@ -69,11 +69,7 @@ class PvaImageServer:
         # image (0 x 0, uniqueId 0), as areaDetector's plugin before its first array: a get before the
         # first frame timed out, as for a PV that does not exist (an outside probe)
         self._pv = SharedPV()
-        empty = self._nt.wrap(
-            np.zeros((0, 0), np.uint16), attrib={"FrameNumber": 0, "RunUid": "", **self._size()}
-        )
-        empty["uniqueId"] = 0
-        self._pv.open(empty)
+        self._pv.open(self._empty_value())
         self._server = Server(providers=[{self.name: self._pv}], useenv=True)
         self._task = self.loop.create_task(self._post_forever(), name="edge-pva-image")
         log.info("pvAccess live image %s (at most %.3g Hz)", self.name, 1.0 / self.period)
@@ -107,17 +103,31 @@ class PvaImageServer:
             seconds = int(received)
             value["dataTimeStamp.secondsPastEpoch"] = seconds
             value["dataTimeStamp.nanoseconds"] = min(int((received - seconds) * 1e9), 999_999_999)
-        # the preview is every n-th pixel of the frame: each dimension says so (fullSize, binning n), as a
-        # binned areaDetector array does (it said 512 of 512, binning 1, for a 1024^2 detector)
-        height, width = int(self.view.frame_format.height), int(self.view.frame_format.width)
-        step = preview_step(height, width)
         rows, columns = np.shape(pixels)[:2]
-        value["dimension"] = [
-            {"size": int(columns), "offset": 0, "fullSize": width, "binning": step, "reverse": False},
-            {"size": int(rows), "offset": 0, "fullSize": height, "binning": step, "reverse": False},
-        ]
+        value["dimension"] = self._dimensions(int(rows), int(columns))
         self._pv.post(value)
         return True
+
+    def _empty_value(self) -> Any:
+        """The image before the first frame: 0 x 0, ``uniqueId`` 0, the detector's size in its attributes
+        and its dimensions' ``fullSize`` (they read 0: an outside probe)."""
+        empty = self._nt.wrap(
+            np.zeros((0, 0), np.uint16), attrib={"FrameNumber": 0, "RunUid": "", **self._size()}
+        )
+        empty["uniqueId"] = 0
+        empty["dimension"] = self._dimensions(0, 0)
+        return empty
+
+    def _dimensions(self, rows: int, columns: int) -> list[dict[str, Any]]:
+        """The preview's dimensions, x first: it is every n-th pixel of the frame, and each dimension says
+        so (``fullSize`` the detector's, ``binning`` n), as a binned areaDetector array does (it said 512 of
+        512, binning 1, for a 1024^2 detector)."""
+        height, width = int(self.view.frame_format.height), int(self.view.frame_format.width)
+        step = preview_step(height, width)
+        return [
+            {"size": columns, "offset": 0, "fullSize": width, "binning": step, "reverse": False},
+            {"size": rows, "offset": 0, "fullSize": height, "binning": step, "reverse": False},
+        ]
 
     def _size(self) -> dict[str, int]:
         """The detector's size as NDAttributes (also on the empty image before the first frame)."""

@@ -58,3 +58,22 @@ def test_the_image_says_its_decimation_its_time_and_the_detector_size() -> None:
     attributes = {a["name"]: a["value"] for a in value["attribute"]}
     assert attributes["DetectorHeight"] == attributes["DetectorWidth"] == 1024
     assert attributes["FrameNumber"] == 7 and attributes["ColorMode"] == 0
+
+
+def test_the_empty_image_before_the_first_frame_gives_the_detector_size_in_its_dimensions() -> None:
+    """An outside probe: the empty image (0 x 0, ``uniqueId`` 0) had ``fullSize`` 0 in both dimensions,
+    while docs/pvs.md says each dimension carries the detector's ``fullSize``."""
+    from p4p.nt import NTNDArray
+
+    loop = asyncio.new_event_loop()
+    try:
+        server = PvaImageServer(_View(), "T:Pva1:Image", 5.0, loop=loop)  # type: ignore[arg-type]
+    finally:
+        loop.close()
+    server._nt = NTNDArray()
+    value = server._empty_value()
+    assert int(value["uniqueId"]) == 0
+    dims = [{k: d[k] for k in ("size", "fullSize", "binning")} for d in value["dimension"]]
+    assert dims == [{"size": 0, "fullSize": 1024, "binning": 2}] * 2
+    attributes = {a["name"]: a["value"] for a in value["attribute"]}
+    assert attributes["DetectorHeight"] == attributes["DetectorWidth"] == 1024
