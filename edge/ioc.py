@@ -1348,7 +1348,7 @@ class ApplianceIOC:
                 if capture_quiet is None or capture_quiet[1] != moving or waiting:
                     capture_quiet = (now, moving)
                 if detector_lost and self.view.series_open():
-                    continue  # the series is ended (its missing frames recorded lost) once the stream is quiet
+                    continue  # the series ends (its missing frames recorded lost) once the stream is quiet
                 if taken >= num_images or aborted or now - capture_quiet[0] >= STREAM_QUIET_SECONDS:
                     if detector_lost:  # said so: "completed" was read of a capture whose camera had died
                         rest = num_images - taken
