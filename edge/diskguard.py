@@ -93,13 +93,36 @@ class DiskGuard:
         self.episodes = 0
         self.reason = ""
         self._checked_at = 0.0
-        self.make_reserve()
+        error = self._reserve()
+        if error is not None and is_no_space(error):
+            # A start on a full disk (after a kill -9 there) with no room for the reserve: writing would
+            # take the last free bytes, and then the upstream's confirmations could not be recorded, so
+            # retention could never purge and the disk never free itself (an outside chaos probe: stuck
+            # until the operator made room). It starts full: frames are loss records until space returns.
+            self.full = True
+            self.since = time.time()
+            self.episodes += 1
+            self.reason = (
+                f"the store's disk has no room for the ledger's {self.reserve_bytes}-byte reserve"
+                f" ({psutil.disk_usage(str(store)).free} bytes free at start)"
+            )
+            log.error(
+                "disk full at start: %s; frames become loss records until %d bytes are free (what is left"
+                " is kept for the ledger, to record the upstream's confirmations and let retention purge)",
+                self.reason,
+                self.resume_bytes,
+            )
+            self._checked_at = self.clock()
 
     # -- the ledger's reserve -----------------------------------------------------------------------------
     def make_reserve(self) -> bool:
         """Create (or re-create) the reserve file; False if there is no room for it now."""
+        return self._reserve() is None
+
+    def _reserve(self) -> OSError | None:
+        """`make_reserve`, returning why it could not (None: made, or none wanted)."""
         if self.reserve_bytes <= 0 or self.reserve_path.exists():
-            return True
+            return None
         try:
             fd = os.open(self.reserve_path, os.O_CREAT | os.O_WRONLY, 0o600)
             try:
@@ -107,7 +130,7 @@ class DiskGuard:
                 os.fsync(fd)
             finally:
                 os.close(fd)
-            return True
+            return None
         except OSError as error:
             self.reserve_path.unlink(missing_ok=True)
             log.warning(
@@ -116,7 +139,7 @@ class DiskGuard:
                 self.reserve_path,
                 error,
             )
-            return False
+            return error
 
     def release_reserve(self) -> bool:
         """Give up the reserve so the ledger can write; True if there was one to give."""

@@ -583,3 +583,33 @@ def test_every_ledger_write_the_recorder_can_hold_is_one_the_journal_replays() -
     source = inspect.getsource(recorder_module)
     held = set(re.findall(r"_(?:ledger_write|hold)\(\s*self\.ledger\.([a-z_]+)", source))
     assert held and held <= JOURNALED, held - JOURNALED
+
+
+def test_a_start_with_no_room_for_the_ledger_s_reserve_starts_full_and_resumes_once_space_is_back(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An outside chaos probe: killed on a full disk and started again, the daemon could not make its
+    ledger reserve and went on writing frames into the last free bytes; the upstream's confirmations then
+    could not be recorded, retention never purged, and the disk stayed full until the operator made room.
+    A start with no room for the reserve is a full disk: nothing is written until space returns."""
+    import os
+
+    def no_space(fd: int, offset: int, length: int) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    clock = Clock()
+    with monkeypatch.context() as patched:
+        patched.setattr(os, "posix_fallocate", no_space)
+        guard = DiskGuard(tmp_path, tmp_path / "ledger.reserve", 4096, 0, clock=clock)
+    assert guard.full and "no room for the ledger's 4096-byte reserve" in guard.reason
+    assert guard.status()["reserve_bytes"] == 0 and guard.refusal() is not None
+    clock.now += 0.15
+    assert not guard.check()  # (this disk has room): writing resumes, and the reserve is made
+    assert guard.status()["reserve_bytes"] == 4096
+
+    def denied(fd: int, offset: int, length: int) -> None:
+        raise OSError(errno.EACCES, "Permission denied")
+
+    with monkeypatch.context() as patched:  # another failure is no full disk
+        patched.setattr(os, "posix_fallocate", denied)
+        assert not DiskGuard(tmp_path, tmp_path / "other.reserve", 4096, 0, clock=clock).full
