@@ -1108,6 +1108,10 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         try:
             return _run_sim(settings, args)
+        except ConfigError as error:  # a calibration file it reads (the PONI's geometry draws the rings)
+            print(f"edge sim: {error}", file=sys.stderr)  # (a traceback, and no JSON: an outside probe)
+            _json_refusal(args, str(error))
+            return 2
         except (zmq.ZMQError, OSError) as error:  # a taken endpoint or port: one line, exit 2
             hint = "; another simulator or sender has it" if error.errno == errno.EADDRINUSE else ""
             print(f"edge sim: cannot send: {error}{hint}", file=sys.stderr)

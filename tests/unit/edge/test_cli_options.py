@@ -54,3 +54,26 @@ def test_where_on_a_store_path_that_is_a_file_says_so(tmp_path: Path) -> None:
     )
     assert done.returncode == 2
     assert f"{afile} is a file, not a directory" in done.stderr, done.stderr
+
+
+def test_sim_json_with_a_malformed_poni_file_is_one_json_refusal(tmp_path: Path) -> None:
+    """An outside probe: ``edge sim --json`` with a PONI file gone bad printed a traceback and no JSON
+    (the simulator reads it to draw its rings), where README promises one object with ``error``."""
+    poni = tmp_path / "bad.poni"
+    poni.write_text(
+        "poni_version: 2\nDetector: Detector\n"
+        'Detector_config: {"pixel1": 7.5e-05, "pixel2": 7.5e-05, "max_shape": [64, 64]}\n'
+        "Distance: 0.1\nPoni1: 0.01\nPoni2: bad\nRot1: 0\nRot2: 0\nRot3: 0\nWavelength: 1e-10\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-m", "edge", "sim", "--frames", "1", "--json"]
+        + ["--set", f'reduction.poni_file="{poni}"', "--set", 'sim.endpoint="tcp://127.0.0.1:1"'],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 2, done.stderr
+    assert "Traceback" not in done.stderr, done.stderr
+    answer = json.loads(done.stdout)
+    assert answer["run_uid"] is None and answer["frames_sent"] is None
+    assert "Poni2" in answer["error"] and "bad.poni" in answer["error"], answer
