@@ -65,9 +65,9 @@ def test_sim_json_with_a_malformed_poni_file_is_one_json_refusal(tmp_path: Path)
         'Detector_config: {"pixel1": 7.5e-05, "pixel2": 7.5e-05, "max_shape": [64, 64]}\n'
         "Distance: 0.1\nPoni1: 0.01\nPoni2: bad\nRot1: 0\nRot2: 0\nRot3: 0\nWavelength: 1e-10\n"
     )
+    settings = ["--set", f'reduction.poni_file="{poni}"', "--set", 'sim.endpoint="tcp://127.0.0.1:1"']
     done = subprocess.run(
-        [sys.executable, "-m", "edge", "sim", "--frames", "1", "--json"]
-        + ["--set", f'reduction.poni_file="{poni}"', "--set", 'sim.endpoint="tcp://127.0.0.1:1"'],
+        [sys.executable, "-m", "edge", "sim", "--frames", "1", "--json", *settings],
         capture_output=True,
         text=True,
         timeout=120,
