@@ -910,6 +910,7 @@ def _run_where(settings: Settings, run: str, as_json: bool, given_file: bool = F
         run_uid = resolve_run(ledger, run)
         running = daemon_running(settings.ledger_path)
         held = stalled = None
+        unreadable: dict[str, str] = {}
         window = RATE_WINDOW_SECONDS
         from_daemon = False
         if running:  # what only the daemon knows: a held run end, a stalled upstream link
@@ -918,6 +919,11 @@ def _run_where(settings: Settings, run: str, as_json: bool, given_file: bool = F
                 _text_or_none(served.get("held_end")) if ledger.run(run_uid)["exit_status"] is None else None
             )
             stalled = _text_or_none(served.get("upstream_stalled"))
+            # the files it found it cannot send as they are on the disk (changed with the same size: only
+            # its read of them tells)
+            for row in served.get("files") or ():
+                if isinstance(row, dict) and _text_or_none(row.get("changed_locally")):
+                    unreadable[str(row.get("path"))] = row["changed_locally"]
             # the daemon's rate window (shorter just after its consumers reconnected): its ETA, not another
             served_window = served.get("rate_window_seconds")
             if isinstance(served_window, int | float) and 0 < served_window <= RATE_WINDOW_SECONDS:
@@ -937,6 +943,7 @@ def _run_where(settings: Settings, run: str, as_json: bool, given_file: bool = F
             held_end=held,
             stalled=stalled,
             window=window,
+            unreadable=unreadable,
         )
         # an exact uid that also begins others: said, as `edge where` takes a prefix too (an outside
         # probe typed the start of one run's uid and was shown another run, the one named so exactly)

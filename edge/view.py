@@ -345,6 +345,10 @@ class ApplianceView:
                     ledger.consumers_owing,
                 ),
                 window=rate_window(ledger.required_consumers, forwarded),
+                unreadable={
+                    str(u["path"]): f"the daemon cannot send it: {u['error']}"
+                    for u in forwarded.get("unreadable_files") or ()
+                },
             ),
             # which ledger this is: `edge where` asks the API on the configured port, which another
             # appliance may hold (an outside probe: its stall and consumers were shown for this run)

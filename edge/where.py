@@ -8,6 +8,7 @@ runs the detector's uid names; ``GET /api/runs/{run_uid}`` returns the same repo
 from __future__ import annotations
 
 import contextlib
+import os
 import time
 from collections import Counter
 from pathlib import Path
@@ -124,6 +125,20 @@ def _state(exit_status: str | None, held_end: str | None, daemon_running: bool) 
     return "running" if daemon_running else "interrupted"
 
 
+def _changed_locally(f: dict[str, Any], unreadable: dict[str, str]) -> str | None:
+    """Why a file on the local disk, not yet verified, is not as stored (None: as far as known, it is):
+    its size now against the ledger's, or what the daemon's forwarder found reading it."""
+    if f["state"] not in ("stored", "forwarded"):
+        return None
+    try:
+        size = os.stat(f["path"]).st_size
+    except OSError as error:
+        return f"cannot be read: {error.strerror or error}"
+    if size != f["size"]:
+        return f"{size} bytes on the disk, {f['size']} when stored"
+    return unreadable.get(str(f["path"]))
+
+
 def where_report(
     ledger: Ledger,
     run_uid: str,
@@ -133,8 +148,13 @@ def where_report(
     held_end: str | None = None,
     stalled: str | None = None,
     window: float = RATE_WINDOW_SECONDS,
+    unreadable: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """Everything a scientist needs to find one run's data, and how far it has got.
+
+    ``unreadable``: path -> why, the stored files the daemon's forwarder found it cannot send as they are
+    on the local disk (unreadable, or changed since their checksum was taken; the upstream outlook's
+    ``unreadable_files``).
 
     ``daemon_running`` (`edge.daemon_lock.daemon_running`) says whether a daemon serves the ledger now:
     a run without an end is ``running`` while one does, ``interrupted`` (its daemon died; recovery ends
@@ -153,12 +173,17 @@ def where_report(
     config = run_config(run.get("config"))
     forward = config.get("upstream_forward", "all")
     pending = 0
+    cannot_arrive = 0  # pending files that cannot be sent as they are on the local disk
     rows = []
     for f in files:
         on_disk = f["state"] != "purged" and Path(f["path"]).exists()
+        changed = _changed_locally(f, unreadable or {}) if on_disk else None
         confirmed = {consumer: acks.get((f["id"], consumer)) for consumer in consumers}
         if f["state"] in ("stored", "forwarded"):
             pending += f["size"]
+            # deleted or changed by hand: it arrives only once restored (an outside probe read "ETA 11 s"
+            # of a run whose one pending file was gone, and a truncated file as a plain "stored" one)
+            cannot_arrive += not on_disk or changed is not None
         rows.append(
             {
                 "name": f["name"],
@@ -168,6 +193,8 @@ def where_report(
                 # (a verified file not on the disk is upstream already: retention deletes it a moment
                 # before it records the purge, and `edge where` called it MISSING then, a probe)
                 "missing_locally": f["state"] not in ("purged", "verified") and not on_disk,
+                # on the disk, not yet verified, and not as stored: why (its size; the daemon's read)
+                "changed_locally": changed,
                 "size": f["size"],
                 "checksum": f"xxh3-128:{f['checksum']}",
                 "frames": [f["first_frame"], f["last_frame"]] if f["n_frames"] else None,
@@ -206,8 +233,10 @@ def where_report(
         # no daemon, nothing sent: no time to arrival (the rate is the last 120 s of a daemon now gone);
         # nor while delivery is stalled (``stalled``: why, the daemon's `outlook.stall`)
         "eta_seconds": eta_seconds(pending, rate)
-        if not pending or (daemon_running and stalled is None)
+        if not pending or (daemon_running and stalled is None and not cannot_arrive)
         else None,
+        # pending files that cannot be sent until restored (missing, or changed since stored): no ETA
+        "files_unreadable_locally": cannot_arrive,
         "upstream_stalled": stalled if pending else None,
         "daemon_running": daemon_running,
         "files": rows,
@@ -482,6 +511,12 @@ def render(report: dict[str, Any]) -> str:
         + (f", ETA {report['eta_seconds']:.0f} s" if report["eta_seconds"] else "")
         + (f" (stalled: {report['upstream_stalled']})" if report.get("upstream_stalled") else "")
         + (
+            f" (no ETA: {report['files_unreadable_locally']} pending file(s) missing or changed on the local"
+            " disk arrive only once restored)"
+            if report.get("files_unreadable_locally")
+            else ""
+        )
+        + (
             " (no daemon running: sent once one starts)"
             if report["bytes_pending"] and report.get("daemon_running") is False
             else ""
@@ -508,6 +543,8 @@ def render(report: dict[str, Any]) -> str:
             where = f"(not on the local disk; verified upstream) {f['path']}"
         else:  # not purged, and not there: deleted or moved by hand, it cannot be sent or read
             where = f"(MISSING from the local disk, not purged) {f['path']}"
+        if f.get("changed_locally"):
+            where = f"(CHANGED on the local disk since stored: {f['changed_locally']}) {where}"
         # a file never forwarded waits for no confirmation (an outside probe read "nobody yet" as one due)
         never = f["state"] == "local" or f.get("retired_unforwarded")
         nobody = "nobody (never sent upstream)" if never else "nobody yet"

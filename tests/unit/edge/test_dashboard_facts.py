@@ -496,6 +496,43 @@ def test_where_marks_a_stored_file_gone_from_the_disk_as_missing_not_purged(ledg
     assert "purged locally" not in text
 
 
+def test_where_gives_no_eta_for_a_pending_file_missing_or_changed_on_the_local_disk(
+    ledger: Ledger, tmp_path: Path
+) -> None:
+    """An outside probe: with one pending file deleted and another truncated by hand, `edge where` said
+    "ETA 11 s" for data that arrives only once restored (the status's outlook had none), and showed the
+    truncated file as a plain stored one. Both now read as what they are, and there is no ETA."""
+    import time
+
+    (row,) = ledger.files("run-1")
+    other = tmp_path / "other.h5"
+    other.write_bytes(b"y" * 4096)
+    size, digest, chunks = file_checksums(other, 1024)
+    ledger.run_started("run-0", 9, 0, "{}")
+    ledger.file_stored("run-0", other.name, other, size, digest, (0, 0, 0), chunks)
+    (verified,) = ledger.files("run-0")
+    assert ledger.file_verified("hpc", verified["id"], size, digest, "/hpc/other.h5")  # a rate
+    now = time.time()
+    report = where_report(ledger, "run-1", now=now)
+    assert report["eta_seconds"] is not None and report["files_unreadable_locally"] == 0
+    path = Path(row["path"])
+    with open(path, "r+b") as handle:  # truncated by hand
+        handle.truncate(1000)
+    report = where_report(ledger, "run-1", now=now)
+    (entry,) = report["files"]
+    assert entry["changed_locally"] == f"1000 bytes on the disk, {row['size']} when stored", entry
+    assert report["eta_seconds"] is None and report["files_unreadable_locally"] == 1
+    text = render(report)
+    assert "(CHANGED on the local disk since stored: 1000 bytes on the disk" in text
+    assert "no ETA: 1 pending file(s) missing or changed" in text and "ETA 0" not in text
+    path.write_bytes(bytes(range(256)) * 12)  # restored, yet the daemon read it as changed: said too
+    report = where_report(ledger, "run-1", now=now, unreadable={str(path): "checksum mismatch"})
+    assert report["files"][0]["changed_locally"] == "checksum mismatch" and report["eta_seconds"] is None
+    path.unlink()
+    report = where_report(ledger, "run-1", now=now)
+    assert report["files"][0]["missing_locally"] and report["eta_seconds"] is None
+
+
 def test_where_names_the_required_consumers_copy_before_an_optional_mirrors(ledger: Ledger) -> None:
     (row,) = ledger.files("run-1")
     # the mirror's copy alone does not verify it: "0 verified upstream (/aaa/mirror)" named a folder for
