@@ -211,6 +211,7 @@ class RingSink:
         self.recorder = recorder
         self.refusal = refusal
         self.reduction = reduction  # the reduction parameters a run starting now takes (JSON)
+        self.blanks = "keep"  # ``store.blanks``: recorded with a serial run (its recovery's loss details)
         self.run_uid: str | None = None
         self.ended_run_uid: str | None = None  # the last series' run (its stragglers name it)
         #: the series length a run resumed after a restart took from the run it continues (None: none),
@@ -457,6 +458,8 @@ class RingSink:
             reduction = self.reduction()
             # recorded with the run (RunStart, where, files): how it is reduced and what goes upstream
             config = {**config, "reduction": reduction, "upstream_forward": self.recorder.forward}
+            if reduction.get("mode") == "serial":  # whether its blanks are vetoed (a capture keeps them)
+                config["store_blanks"] = "keep" if capture_path is not None else self.blanks
             config, replaced = bounded_config(config)
             if replaced:  # recorded with the run (its digest kept), counted, logged
                 config["header_fields_truncated"] = replaced
@@ -803,6 +806,7 @@ class Appliance:
                 lambda: self.reduction.current().model_dump(mode="json"),
                 masks=self.masks,
             )
+            self.sink.blanks = settings.store.blanks
             self.sink.resume = lambda series, first, transport: resume_interrupted(
                 self.recorder, self.recovery, series, first, transport
             )

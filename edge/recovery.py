@@ -185,6 +185,8 @@ def recover(recorder: RunRecorder, root: Path) -> dict[str, Any]:
         held = (
             "held in memory (blanks the mode vetoed, whose frame-table rows were not yet written, among them)"
             if str(run.get("mode") or "") == "serial"
+            # (a run that kept its blanks vetoed none: an outside probe read of vetoed blanks there)
+            and run_config(run.get("config")).get("store_blanks", "drop") == "drop"
             else "held in memory"
         )
         detail = f"{held} or not yet received when the daemon died"

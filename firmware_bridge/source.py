@@ -37,6 +37,7 @@ RESERVED_CONFIG_KEYS = frozenset(
         "reduction",
         "reduction_mask",
         "upstream_forward",
+        "store_blanks",
         "header_fields_ignored",
         "header_fields_truncated",
         "detector_run_uid",

@@ -97,6 +97,7 @@ MAX_CONFIG_BYTES = 1 << 20
 #: what the appliance itself puts in a run's config (never replaced, however large the rest)
 _OWN_CONFIG_KEYS = frozenset(
     {"shape", "type", "run_uid", "frames_expected", "reduction", "upstream_forward", "capture_file"}
+    | {"store_blanks"}
     | {
         "resumed_after_restart",
         "resumed_after_pause",

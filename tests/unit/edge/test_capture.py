@@ -245,3 +245,28 @@ def test_a_series_resumed_from_a_capture_s_run_expects_the_series_own_length() -
     config = {"shape": [16, 16], "type": "uint16", "frames_expected": None}
     assert sink.series_start(3, {**config, "resumed_after_restart": True, "first_frame": 30}) is None
     assert recorder.expected == [60] and sink.resumed_length == 60
+
+
+def test_a_serial_run_records_its_blanks_policy_and_a_capture_s_keeps_them(tmp_path: Path) -> None:
+    """``store_blanks`` in a serial run's config: the policy it ran with (its crash recovery says vetoed
+    blanks may be among its losses only when it dropped them); an areaDetector capture keeps every frame."""
+    ring, recorder = _Ring(), _Recorder()
+    configs: list[dict[str, Any]] = []
+    opened = recorder.open_run
+
+    def open_run(run_uid: str | None, series: int, expected: int | None, config: Any, mode: Any) -> str:
+        configs.append(config)
+        return opened(run_uid, series, expected, config, mode)
+
+    recorder.open_run = open_run  # type: ignore[method-assign]
+    sink = RingSink(ring, recorder, lambda: None, lambda: {"mode": "serial"})  # type: ignore[arg-type]
+    sink.blanks = "drop"
+    _series(sink, 1, 2)
+    sink.series_end(1)
+    sink.open_capture(tmp_path / "scan.h5")
+    _series(sink, 2, 2)
+    sink.series_end(2)
+    assert [c.get("store_blanks") for c in configs] == ["drop", "keep"]
+    sink = RingSink(ring, recorder, lambda: None, lambda: {"mode": "powder"})  # type: ignore[arg-type]
+    _series(sink, 3, 1)
+    assert "store_blanks" not in configs[-1]

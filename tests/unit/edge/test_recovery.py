@@ -252,6 +252,30 @@ def _serial_run_with_blanks_dropped(
     return ledger, recorder, run_uid
 
 
+def test_a_serial_run_keeping_its_blanks_says_no_vetoed_blank_is_among_its_crash_losses(
+    tmp_path: Path,
+) -> None:
+    """An outside probe: a serial run with ``store.blanks = keep`` (nothing vetoed) cut by a kill had its
+    ``daemon_crash`` record say "blanks the mode vetoed ... among them". The run records the policy it ran
+    with (``store_blanks``), and only a run that dropped its blanks says so."""
+    from edge.recovery import recover
+
+    ledger = Ledger(tmp_path / "ledger.sqlite", required_consumers=("hpc",))
+    recorder = RunRecorder(ledger, tmp_path, chunk_bytes=1 << 20)
+    run_uid = recorder.open_run(
+        "kept", series=3, frames_expected=10, config={"store_blanks": "keep"}, mode="serial"
+    )
+    data = tmp_path / run_uid / f"{run_uid}_00000.h5"
+    data.parent.mkdir()
+    data.write_bytes(b"frames 0..4")
+    recorder.register_file(run_uid, data, (0, 4, 5))
+    recover(recorder, tmp_path)
+    (loss,) = ledger.losses(run_uid)
+    assert (loss["first_frame"], loss["last_frame"], loss["reason"]) == (5, 9, "daemon_crash")
+    assert "vetoed" not in loss["detail"] and loss["detail"].startswith("held in memory"), loss["detail"]
+    ledger.close()
+
+
 def test_a_serial_run_dropping_blanks_is_whole_after_a_crash(tmp_path: Path) -> None:
     """kill -9 in serial mode with ``store.blanks = drop``: the data files hold the hits only (gaps where
     the blanks were), a closed reduced file lists frames 0..9 with their blanks vetoed, and the rows of
