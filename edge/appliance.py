@@ -749,9 +749,7 @@ class Appliance:
         note_earlier(self.ledger, self.recovery, since)
         # once this daemon has run a while, its recovery has been shown (a start killed sooner is named
         # again by the next one)
-        self._recovery_shown = threading.Timer(SHOWN_SECONDS, unseen.shown)
-        self._recovery_shown.daemon = True
-        self._recovery_shown.start()
+        self._recovery_shown = unseen.shown_after(SHOWN_SECONDS)
         for run_uid, exit_status in documents_waiting:  # (each a new revision; held again if still full)
             try:
                 self.recorder.documents_when_possible(run_uid, exit_status)
@@ -1004,7 +1002,7 @@ class Appliance:
         self.forwarder.stop()
         self.retention.stop()
         self.recorder.give_up_held()  # what a full disk held back: written now, or logged as lost
-        self._recovery_shown.cancel()
+        self._recovery_shown.set()  # (cancels the mark that the recoveries were shown, not yet made)
         self.ledger.close()
         self.ring.close()
 

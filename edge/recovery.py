@@ -35,6 +35,7 @@ import math
 import os
 import shutil
 import sqlite3
+import threading
 import time
 from datetime import UTC, datetime
 from functools import partial
@@ -639,6 +640,7 @@ def _open_captures(ledger: Any) -> dict[str, tuple[str, Path]]:
 
 
 SHOWN_SECONDS = 60.0  # a daemon up this long has shown its recovery alarm (and logged it)
+SHOWN_RETRY_SECONDS = 10.0  # how often a start that could not keep that (a full disk) tries again
 
 
 class UnseenRecoveries:
@@ -666,17 +668,41 @@ class UnseenRecoveries:
         self._keep(now)
         return now
 
-    def shown(self) -> None:
-        """This daemon has run long enough: the recoveries so far have been shown."""
-        self._keep(time.time())
+    def shown(self) -> bool:
+        """This daemon has run long enough: the recoveries so far have been shown. False when that could
+        not be kept (a full disk)."""
+        return self._keep(time.time())
 
-    def _keep(self, when: float) -> None:
+    def shown_after(self, seconds: float, retry: float = SHOWN_RETRY_SECONDS) -> threading.Event:
+        """`shown` once ``seconds`` have passed, on a thread of its own, tried again every ``retry``
+        seconds while it cannot be kept (on a full disk it failed once, and every later start named runs
+        this daemon had shown for minutes: an outside chaos probe). Set the event returned to cancel."""
+        cancel = threading.Event()
+
+        def mark() -> None:
+            if cancel.wait(seconds):
+                return
+            while not self.shown():
+                if cancel.wait(retry):
+                    return
+
+        threading.Thread(target=mark, name="recovery-shown", daemon=True).start()
+        return cancel
+
+    def _keep(self, when: float) -> bool:
         part = self.path.with_name(self.path.name + ".part")
         try:
             part.write_text(f"{when!r}\n", encoding="ascii")
             os.replace(part, self.path)
-        except OSError as error:  # (a full disk: the next start names only its own recovery)
-            log.warning("cannot keep %s: %s", self.path, error)
+            return True
+        except OSError as error:  # (a full disk: tried again by `shown_after`; said once)
+            part.unlink(missing_ok=True)
+            if not self._warned:
+                log.warning("cannot keep %s: %s", self.path, error)
+                self._warned = True
+            return False
+
+    _warned = False  # a failure to keep the file was logged
 
 
 def note_earlier(ledger: Any, report: dict[str, Any], since: float) -> None:

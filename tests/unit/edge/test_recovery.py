@@ -1256,3 +1256,37 @@ def test_a_start_s_uid_tells_whether_it_is_the_series_a_restart_cut(tmp_path: Pa
     assert not was_interrupted(ledger, report, 7, "a-new-acquisition")
     assert not was_interrupted(ledger, report, 8)
     ledger.close()
+
+
+def test_the_mark_that_recoveries_were_shown_is_tried_again_while_the_disk_is_full(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An outside chaos probe: a daemon that ran minutes on a full disk could not move the time kept in
+    ``recovery.unseen`` on (one try, at 60 s), so every later start named its recovery's runs again as
+    failed by "an earlier start that ended within a minute of its recovery". It is tried until kept."""
+    import errno
+    import time
+
+    import edge.recovery as recovery_module
+    from edge.recovery import UnseenRecoveries
+
+    unseen = tmp_path / "recovery.unseen"
+    since = UnseenRecoveries(unseen).begin()
+    replace = recovery_module.os.replace
+    refusals = [3]
+
+    def full(src: object, dst: object) -> None:
+        if refusals[0] > 0:
+            refusals[0] -= 1
+            raise OSError(errno.ENOSPC, "No space left on device")
+        replace(src, dst)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(recovery_module.os, "replace", full)
+    time.sleep(0.01)
+    cancel = UnseenRecoveries(unseen).shown_after(0.0, retry=0.02)
+    deadline = time.monotonic() + 10
+    while float(unseen.read_text()) == since and time.monotonic() < deadline:
+        time.sleep(0.02)
+    cancel.set()
+    assert refusals[0] == 0 and float(unseen.read_text()) > since
+    assert not list(tmp_path.glob("*.part"))
