@@ -319,6 +319,12 @@ def test_an_upstream_outage_shows_stalled_and_one_eta(
     )
     etas = texts(browser, ".eta")
     assert len(set(etas)) == 1 and etas[0] == "1.5 h", etas  # 5 GiB at 1 MB/s
+    # a pending file deleted by hand: no ETA, and why (it read "waiting for the first verified file")
+    view.base["upstream"]["unreadable_files"] = [{"path": "/store/r/r_00001.h5", "error": "No such file"}]
+    browser.wait_for("document.querySelector('.eta').textContent.startsWith('no ETA')", 10, "no ETA said")
+    assert set(texts(browser, ".eta")) == {"no ETA: 1 stored file(s) missing or changed locally"}
+    view.base["upstream"]["unreadable_files"] = []
+    browser.wait_for("document.querySelector('.eta').textContent === '1.5 h'", 10, "the ETA back")
 
     # connected, but refusing what it cannot write: the consumers table says why, in its words
     reason = "cannot write it here: No space left on device"

@@ -619,7 +619,12 @@
     if (!outlook || !outlook.state) return "–";
     if (outlook.state === "up to date") return "nothing pending";
     if (outlook.state === "stalled") return `stalled: ${stallCause(outlook)}`;
-    if (outlook.eta_seconds === null || outlook.eta_seconds === undefined) return "waiting for the first verified file";
+    if (outlook.eta_seconds === null || outlook.eta_seconds === undefined) {
+      // a pending file missing or changed on the local disk arrives only once restored: no ETA, said why
+      // (an outside probe read "waiting for the first verified file" with files verified a moment ago)
+      if (outlook.unreadable_files > 0) return `no ETA: ${outlook.unreadable_files} stored file(s) missing or changed locally`;
+      return "waiting for the first verified file";
+    }
     return fmtDuration(outlook.eta_seconds);
   }
 
