@@ -337,7 +337,10 @@ class Retention:
         """Delete one verified file and mark it purged; False (counted, logged) if it cannot be deleted."""
         path = Path(row["path"])
         try:
-            path.unlink(missing_ok=True)
+            path.unlink()
+            gone = False
+        except FileNotFoundError:  # deleted by hand (or its disk gone) before: no room made by this purge
+            gone = True
         except OSError as error:
             self.stats["purge_errors"] += 1
             self.purge_error = f"cannot delete {path}: {error.strerror or error}"
@@ -347,6 +350,10 @@ class Retention:
         if not self._record_purged(int(row["id"])):
             self._unrecorded.add(int(row["id"]))  # gone from the disk; recorded when the ledger can
         self.stats["files_purged"] += 1
+        if gone:  # (its purge was logged with its bytes, as if it had made room: an outside probe)
+            self.stats["files_purged_already_gone"] += 1
+            log.warning("purged %s (verified upstream): it was already gone from the local disk", path.name)
+            return True
         self.stats["bytes_purged"] += row["size"]
         log.info("purged %s (verified upstream, %d bytes)", path.name, row["size"])
         return True

@@ -538,6 +538,28 @@ def test_purges_the_full_ledger_cannot_record_go_on_and_are_recorded_later(
     assert [f["state"] for f in ledger.files()] == ["purged"] * 3
 
 
+def test_a_verified_file_already_gone_is_purged_without_its_bytes_counted_as_freed(
+    ledger: Ledger, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An outside probe deleted a verified file by hand: retention then logged "purged ... (verified
+    upstream, 6070109 bytes)", as if that room had been made by it. Marked purged all the same (it is
+    upstream), said to have been gone, and counted apart."""
+    wall = FakeClock(now=0.0)
+    retention = Retention(
+        ledger, tmp_path, RetentionSettings(max_age_seconds=60), wall_clock=wall, executor=ManualExecutor()
+    )
+    kept, gone = (store_file(ledger, tmp_path, f"f{n}.h5", 100, verified=True) for n in range(2))
+    gone.unlink()
+    wall.now = ledger.files()[-1]["verified_at"] + 61
+    with caplog.at_level(logging.INFO, logger="edge.retention"):
+        assert retention.purge_once() == 2
+    assert [f["state"] for f in ledger.files()] == ["purged"] * 2 and not kept.exists()
+    assert retention.stats["files_purged"] == 2 and retention.stats["files_purged_already_gone"] == 1
+    assert retention.stats["bytes_purged"] == 100
+    assert f"purged {gone.name} (verified upstream): it was already gone from the local disk" in caplog.text
+    assert f"purged {kept.name} (verified upstream, 100 bytes)" in caplog.text
+
+
 def test_a_quota_beyond_the_disk_is_the_disk_s_size_and_said_so(
     ledger: Ledger, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
