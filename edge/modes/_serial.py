@@ -217,6 +217,7 @@ class SerialStage(_CorrectedStage):
 ; slow) of the stored frames, from the outer corner of their pixel (0, 0)
 ; peak tables: positions are pixel indices, so keep CrystFEL's default half-pixel shift
 ; clen in metres, written without a unit as older parsers (CrystFEL 0.9, cfelpyutils) read it
+; fs/ss have z components for a tilted detector: CrystFEL uses them, cfelpyutils' compute_pix_maps does not
 adu_per_photon = 1
 photon_energy = {energy_ev:.3f}
 clen = {panel.clen:.9f}
