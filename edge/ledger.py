@@ -605,8 +605,16 @@ class Ledger:
     #: what the pipeline learns of a run once it starts, kept in its config: ``mode_not_started`` (why
     #: its mode could not start: frames stored raw, no products) and ``calibration_files_changed`` (the
     #: calibration files whose bytes were not those loaded any more), so its record says so for good;
-    #: and what a crash recovery did to it (``ended_by_recovery``)
-    RUN_NOTES = ("mode_not_started", "calibration_files_changed", "ended_by_recovery", "centre_not_estimated")
+    #: and what a crash recovery did to it (``ended_by_recovery``); ``stopped_cleanly``: the exit status of
+    #: a run a clean stop ended while a full disk held its records back (the next start's recovery
+    #: finishes it with that status: no crash)
+    RUN_NOTES = (
+        "mode_not_started",
+        "calibration_files_changed",
+        "ended_by_recovery",
+        "centre_not_estimated",
+        "stopped_cleanly",
+    )
 
     def run_note(self, run_uid: str, key: str, text: str) -> None:
         """Keep ``text`` in ``run_uid``'s config under ``key`` (one of `RUN_NOTES`)."""
@@ -697,7 +705,10 @@ class Ledger:
         rows = self._rows(
             "SELECT r.run_uid, SUM(l.last_frame - l.first_frame + 1) AS lost FROM runs r"
             " LEFT JOIN losses l ON l.run_uid = r.run_uid AND l.reason = 'daemon_crash'"
-            " WHERE r.exit_status = 'fail' AND r.ended_at >= ? AND (l.run_uid IS NOT NULL OR"
+            " WHERE r.exit_status = 'fail' AND r.ended_at >= ?"
+            # (a clean stop's run, finished by recovery: no crash)
+            " AND NOT (json_valid(r.config) AND json_extract(r.config, '$.stopped_cleanly') IS NOT NULL)"
+            " AND (l.run_uid IS NOT NULL OR"
             " (json_valid(r.config) AND json_extract(r.config, '$.ended_by_recovery') IS NOT NULL))"
             " GROUP BY r.run_uid ORDER BY r.ended_at",
             (float(since),),

@@ -392,17 +392,46 @@ class RunRecorder:
             log.error("not written: %s", what, extra=each)
         for run_uid in documents:
             log.error("not written: run %s documents", run_uid, extra=each)
+        # the runs this clean stop ended (their end held, or to be reopened for the recovery): the status
+        # each ended with, noted before any is reopened, so that the next start's recovery finishes them
+        # with it rather than as crashed ("fail", a crash alarm: an outside chaos probe, twice)
+        ends = {str(args[0]): str(args[1]) for write, args in held if write == self.ledger.run_ended}
+        notes: list[tuple[str, list[Any]]] = []
+        for run_uid in sorted(runs | set(documents) | set(ends)):
+            status = ends.get(run_uid) or self._exit_status(run_uid)
+            if status is None or status == "fail":
+                continue
+            try:
+                if run_uid in ends:  # its start may be held too: the note comes after the held records
+                    raise LookupError(run_uid)
+                self.ledger.run_note(run_uid, "stopped_cleanly", status)
+            except Exception:  # the full disk: in the journal, ahead of the reopening
+                notes.append(("run_note", [run_uid, "stopped_cleanly", status]))
         unopened = [
             run_uid for run_uid in sorted(runs | set(documents)) if not self._reopen_for_recovery(run_uid)
         ]
         with self._held_lock:  # kept for the next start, the runs to reopen after their records
-            self._journal_held([("run_reopened", [run_uid]) for run_uid in unopened])
+            self._journal_held([*notes, *(("run_reopened", [run_uid]) for run_uid in unopened)])
         if self.journal is not None and self.journal.usable and not self._not_journaled:
             log.error(
                 "the records not written are kept in %s: the next start writes them to the ledger before"
                 " its recovery",
                 self.journal.path,
             )
+
+    def _exit_status(self, run_uid: str) -> str | None:
+        """The run's exit status in the ledger (None: open, or unknown)."""
+        try:
+            status = self.ledger.run(run_uid).get("exit_status")
+        except Exception:
+            return None
+        return None if status is None else str(status)
+
+    def held_note(self, run_uid: str, key: str) -> str | None:
+        """The newest note ``key`` of the run that a full disk holds back (None: none held)."""
+        with self._held_lock:
+            notes = [a[2] for w, a in self._held if w == self.ledger.run_note and a[:2] == (run_uid, key)]
+        return str(notes[-1]) if notes else None
 
     def _reopen_for_recovery(self, run_uid: str) -> bool:
         """A run whose reduced file or documents were never written: its end is taken back in the ledger,

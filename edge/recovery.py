@@ -190,7 +190,11 @@ def recover(recorder: RunRecorder, root: Path) -> dict[str, Any]:
             and run_config(run.get("config")).get("store_blanks", "drop") == "drop"
             else "held in memory"
         )
-        detail = f"{held} or not yet received when the daemon died"
+        clean = _stopped_cleanly(recorder, run)
+        reason, detail = "daemon_crash", f"{held} or not yet received when the daemon died"
+        if clean is not None:  # no crash: a clean stop, whose records (a serial run's frame-table rows of
+            # vetoed blanks, say) a full disk held in memory
+            reason, detail = "disk_full", f"{held} when the daemon stopped cleanly on a full disk"
         if half_written.get(run_uid):  # (an outside probe: hits written into the file the crash left
             # half-written read as if never received)
             detail = (
@@ -198,9 +202,11 @@ def recover(recorder: RunRecorder, root: Path) -> dict[str, Any]:
                 f"{'; '.join(half_written[run_uid])}), or not yet received when the daemon died"
             )[:500]
         for first, last in _missing_ranges(int(expected), _not_own(run, covered)):
-            recorder.loss(run_uid, first, last, "daemon_crash", detail)
+            recorder.loss(run_uid, first, last, reason, detail)
             crashed += last - first + 1
-        if crashed:  # the per-second "lost N frames" line counts them all: say which of them may come back
+        if (
+            crashed and clean is None
+        ):  # the per-second "lost N frames" line counts them all: say which of them may come back
             log.warning(
                 "run %s: %d frames recorded lost (daemon_crash) at this start; if its series goes on, the run"
                 ' that resumes it takes back the frames it still receives ("frames handed over")',
@@ -214,7 +220,8 @@ def recover(recorder: RunRecorder, root: Path) -> dict[str, Any]:
             for r in recorder.ledger.losses(run_uid)
             if r["reason"] == "daemon_crash"
         )
-        report["frames_lost"] += max(crashed, recorded)
+        if clean is None:
+            report["frames_lost"] += max(crashed, recorded)
         mode = str(run.get("mode") or "")
         try:
             recovered = _recover_frame_table(recorder, root, run_uid, mode)
@@ -229,6 +236,29 @@ def recover(recorder: RunRecorder, root: Path) -> dict[str, Any]:
             report.setdefault("frame_rows_recovered", {})[run_uid] = recovered
         stored = sum(f["n_frames"] for f in files)
         when = datetime.now(UTC).isoformat(timespec="seconds")
+        if clean is not None:  # a clean stop ended it; a full disk held its records (no crash)
+            recorder.note(
+                run_uid,
+                "ended_by_recovery",
+                f"the daemon stopped cleanly ({clean}) while a full disk held back the run's records; the"
+                f" start of {when} finished them: {stored} frames stored, {int(vetoed.size) + vetoed_purged}"
+                f" vetoed, {crashed} recorded lost then (disk_full: their records were held in memory)",
+            )
+            # its end as the stop made it, unless frames whose records were in memory are lost now
+            status = clean if crashed == 0 else "fail"
+            recorder.close_run(run_uid, stored, status, int(vetoed.size) + vetoed_purged)
+            report.setdefault("runs_finished_after_clean_stop", []).append(run_uid)
+            log.warning(
+                "run %s, ended by a clean stop (%s) whose records a full disk held back: finished (%s), %d"
+                " frames stored, %d vetoed, %d lost (disk_full)",
+                run_uid,
+                clean,
+                status,
+                stored,
+                vetoed.size + vetoed_purged,
+                crashed,
+            )
+            continue
         recorder.note(
             run_uid,
             "ended_by_recovery",
@@ -271,6 +301,18 @@ class _RecoveredRows:
 
     def write_reduced(self, entry: h5py.Group, products: list[dict[str, Any]]) -> None:
         self.write_products(entry, products)
+
+
+def _stopped_cleanly(recorder: RunRecorder, run: dict[str, Any]) -> str | None:
+    """The exit status a clean stop ended the run with, when a full disk held its records back (the
+    ``stopped_cleanly`` note, in the ledger or still held; or its held end): None for a crash."""
+    run_uid = str(run["run_uid"])
+    status = (
+        run_config(run.get("config")).get("stopped_cleanly")
+        or recorder.held_note(run_uid, "stopped_cleanly")
+        or recorder.held_end(run_uid)
+    )
+    return str(status) if status and status != "fail" else None
 
 
 def _ranges_of(numbers: np.ndarray) -> list[tuple[int, int]]:

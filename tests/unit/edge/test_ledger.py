@@ -289,6 +289,7 @@ def test_the_newest_runs_come_from_an_index_walk_not_every_run(tmp_path: Path) -
 
 
 def _stored_and_confirmed(ledger: Ledger, tmp_path: Path, name: str, consumers: tuple[str, ...]) -> int:
+    (tmp_path / name).write_bytes(b"x" * 10)  # on the disk as stored (a pending file missing has no ETA)
     file_id = ledger.file_stored("run", name, tmp_path / name, 10, name, (0, 0, 1), [(0, 10, name)])
     for consumer in consumers:
         for row in ledger.pending_chunks(consumer, [], 8):

@@ -509,8 +509,8 @@ def test_a_run_whose_start_the_full_disk_held_is_in_the_ledger_after_a_stop_and_
 
     ledger = Ledger(tmp_path / "ledger.sqlite")  # the next start, space back
     written, refused, documents = replay(ledger, HeldJournal(tmp_path / "ledger.held"))
-    # start, loss, end (and at a stop, the end taken back for recovery)
-    assert (written, refused) == (4 if end == "stop" else 3, [])
+    # start, loss, end (and at a stop, the status it stopped with and the end taken back for recovery)
+    assert (written, refused) == (5 if end == "stop" else 3, [])
     # killed, the run's documents that waited in memory are in the journal too; stopped, the run was
     # reopened for the recovery, which writes them (once)
     assert documents == ([] if end == "stop" else [(uid, "abort")])
@@ -520,12 +520,63 @@ def test_a_run_whose_start_the_full_disk_held_is_in_the_ledger_after_a_stop_and_
         restarted.documents_when_possible(run_uid, status)
     run = ledger.run(uid)
     assert run["ended_at"] is not None and run["frames_expected"] == 30
+    assert run["exit_status"] == "abort"  # a clean stop's end, either way: no crash
     totals = ledger.run_totals(uid)
     assert totals["frames_stored"] == 0 and totals["frames_lost"] == 30, totals
     assert [r["reason"] for r in ledger.losses(uid)] == ["run_refused"]
     assert (store / uid / f"{uid}.documents.jsonl").is_file()
     assert not (store / uid / f"{uid}.documents.r2.jsonl").exists()
     assert HeldJournal(tmp_path / "ledger.held").read() == []  # written once: cleared
+    ledger.close()
+
+
+def test_a_clean_stop_on_a_full_disk_is_no_crash_at_a_start_on_a_disk_still_full(tmp_path: Path) -> None:
+    """An outside chaos probe: SIGTERM while the disk was full held the run's end (``abort``) back; the
+    next start, the disk still full, could not write it either, and its recovery found the run open: "run
+    ... ended by a crash, marked failed", a crash alarm, RunStop ``fail``. The end the stop held says it
+    was a clean stop: recovery finishes the run with it."""
+    import json
+
+    from edge.held_journal import HeldJournal, replay
+    from edge.recovery import recover
+
+    store = tmp_path / "store"
+    ledger = Ledger(tmp_path / "ledger.sqlite")
+    journal = HeldJournal(tmp_path / "ledger.held")
+    assert journal.make()
+    guard = DiskGuard(tmp_path, tmp_path / "ledger.reserve", 0, 0, clock=Clock())
+    recorder = RunRecorder(ledger, store, chunk_bytes=1 << 20, disk=guard, journal=journal)
+    uid = recorder.open_run("stopped", series=6, frames_expected=8, config={"shape": [4, 4]})
+    data = store / uid / f"{uid}_00000.h5"
+    data.parent.mkdir(parents=True)
+    data.write_bytes(b"frames 0..4")
+    recorder.register_file(uid, data, (0, 4, 5))
+    _cap(ledger)
+    _fill(ledger, "filler-run")
+    recorder.loss(uid, 5, 7, "receiver_stopped", "the daemon stopped")
+    recorder.close_run(uid, frames_stored=5, exit_status="abort")
+    assert recorder.held_end(uid) == "abort"
+    recorder.give_up_held()  # the clean stop, the disk still full
+    ledger.close()
+
+    ledger = Ledger(tmp_path / "ledger.sqlite")  # the next start, the disk still full
+    _cap(ledger)
+    _written, refused, _documents = replay(ledger, HeldJournal(tmp_path / "ledger.held"))
+    assert refused, "the disk was to be still full"
+    restarted = RunRecorder(ledger, store, chunk_bytes=1 << 20, disk=guard, journal=journal)
+    restarted.hold(refused)
+    report = recover(restarted, store)
+    assert report["runs_failed"] == [] and report["runs_finished_after_clean_stop"] == [uid], report
+    assert report["frames_lost"] == 0
+    _uncap(ledger)  # space returns: what was held is written
+    restarted.retry_pending()
+    run = ledger.run(uid)
+    assert run["exit_status"] == "abort", run
+    assert "stopped cleanly (abort)" in json.loads(run["config"])["ended_by_recovery"]
+    assert [(r["first_frame"], r["last_frame"], r["reason"]) for r in ledger.losses(uid)] == [
+        (5, 7, "receiver_stopped")
+    ]
+    assert ledger.runs_crashed_since(0.0) == []
     ledger.close()
 
 
