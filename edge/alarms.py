@@ -78,10 +78,12 @@ def current_alarms(status: Mapping[str, Any]) -> list[dict[str, Any]]:
 
     disk_full = (status.get("store") or {}).get("disk_full") or {}
     if disk_full.get("full"):
-        message = (
-            f"Disk full: {disk_full.get('reason', '')}; frames that cannot be written are recorded lost"
-            " (disk_full), new runs refused"
-        )
+        if (status.get("retention") or {}).get("writing_held"):  # (it read "recorded lost" while the
+            # appliance held the detector back and lost nothing: an outside chaos probe)
+            doing = "writing waits for room and the detector is held back"
+        else:
+            doing = "frames that cannot be written are recorded lost (disk_full)"
+        message = f"Disk full: {disk_full.get('reason', '')}; {doing}, new runs refused"
         held = int((status.get("store") or {}).get("ledger_writes_held") or 0)
         if held:
             message += f"; {held:,} ledger record(s) held in memory until space returns"

@@ -511,6 +511,9 @@ class Retention:
             "full_in_seconds": None if forecast is None else round(forecast, 1),
             "alarm": refusal,
             "accepting_runs": refusal is None,
+            # the last answer writing was given: it waits for room (the ring, then the detector, held
+            # back) rather than meet a full disk
+            "writing_held": bool(self._pressure is not None and self._pressure[1]),
             **{k: int(v) for k, v in self.stats.items()},
         }
 

@@ -96,6 +96,12 @@ def test_the_warming_alarm_names_the_mode_whose_kernels_load_next() -> None:
     }
     (alarm,) = current_alarms(full)
     assert alarm["id"] == "condition:disk_full" and "3 ledger record(s) held in memory" in alarm["message"]
+    assert "recorded lost (disk_full)" in alarm["message"]
+    # writing held for room: the detector is held back, nothing lost (it read "recorded lost": a probe)
+    held = {**full, "retention": {"accepting_runs": True, "writing_held": True}}
+    (alarm,) = (a for a in current_alarms(held) if a["id"] == "condition:disk_full")
+    assert "writing waits for room and the detector is held back" in alarm["message"]
+    assert "recorded lost" not in alarm["message"]
     assert current_alarms({"store": {"disk_full": {"full": False}, "ledger_writes_held": 0}}) == []
 
 
