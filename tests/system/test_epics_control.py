@@ -9,6 +9,7 @@ store per test; every process is killed at teardown. Loopback recipe: ``docs/epi
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -364,16 +365,26 @@ def test_a_serial_run_s_hits_and_vetoed_blanks_are_readbacks(
         stack.stop()
 
 
-def test_detector_killed_mid_run_disconnects_records_loss_and_recovers(stack: Stack) -> None:
-    epics = _epics()
-    p = stack.prefix
+@contextlib.contextmanager
+def _acquiring_long(stack: Stack) -> Iterator[threading.Event]:
+    """An acquisition of 100,000 frames at 50 Hz started with a put of ``Acquire`` 1 that waits for its
+    completion (set in the event yielded)."""
     _put(stack, "NumImages", 100_000)
     _put(stack, "AcquirePeriod", 0.02)
     completed = threading.Event()
-    acquire = epics.PV(p + "Acquire")
+    acquire = _epics().PV(stack.prefix + "Acquire")
     try:
         assert acquire.wait_for_connection(timeout=10)
         acquire.put(1, callback=lambda **_: completed.set())
+        yield completed
+    finally:
+        acquire.disconnect()
+
+
+def test_detector_killed_mid_run_disconnects_records_loss_and_recovers(stack: Stack) -> None:
+    epics = _epics()
+    p = stack.prefix
+    with _acquiring_long(stack) as completed:
         wait_until(lambda: (epics.caget(p + "ArrayCounter_RBV") or 0) >= 5, 20, "frames arriving")
         run_uid = wait_until(lambda: epics.caget(p + "RunUid_RBV", as_string=True), 5, "the run uid")
         assert not completed.is_set()
@@ -399,8 +410,6 @@ def test_detector_killed_mid_run_disconnects_records_loss_and_recovers(stack: St
         assert stored + lost == 100_000
         assert epics.caget(p + "LostFrames_RBV", timeout=5) is not None
         assert "lost" in epics.caget(p + "StatusMessage_RBV", as_string=True)
-    finally:
-        acquire.disconnect()
     # a start while the detector is gone: refused at once with an alarm and the reason (it completed
     # with no alarm before, "Not started" in the message only)
     assert epics.caput(p + "Acquire", 1, wait=True, timeout=10) == 1
@@ -427,19 +436,11 @@ def test_a_camera_killed_inside_a_capture_says_so_not_completed(stack: Stack) ->
     p = stack.prefix
     _put(stack, "HDF1:FileName", "cut")
     _put(stack, "HDF1:NumCapture", 0)
-    _put(stack, "NumImages", 100_000)
-    _put(stack, "AcquirePeriod", 0.02)
     _put(stack, "HDF1:Capture", 1)
-    completed = threading.Event()
-    acquire = epics.PV(p + "Acquire")
-    try:
-        assert acquire.wait_for_connection(timeout=10)
-        acquire.put(1, callback=lambda **_: completed.set())
+    with _acquiring_long(stack) as completed:
         wait_until(lambda: (epics.caget(p + "HDF1:NumCaptured_RBV") or 0) >= 5, 30, "frames captured")
         stack.kill("sim", signal.SIGKILL)
         assert completed.wait(timeout=30), "the put of Acquire did not complete after the camera died"
-    finally:
-        acquire.disconnect()
     message = epics.caget(p + "StatusMessage_RBV", as_string=True, use_monitor=False)
     assert message.startswith("Detector disconnected:") and "recorded lost" in message, message
     run_uid = epics.caget(p + "RunUid_RBV", as_string=True, use_monitor=False)

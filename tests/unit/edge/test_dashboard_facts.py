@@ -256,6 +256,17 @@ def test_a_consumer_refusing_chunk_after_chunk_is_a_stall_before_it_is_held_back
     assert out["state"] == "delivering" and stall(["hpc"], refusing) is None
 
 
+def _a_file_verified_now(ledger: Ledger, tmp_path: Path) -> None:
+    """Another run's file, verified by hpc just now: the appliance has a verified rate to go by."""
+    other = tmp_path / "other.h5"
+    other.write_bytes(b"y" * 4096)
+    size, digest, chunks = file_checksums(other, 1024)
+    ledger.run_started("run-0", 9, 0, "{}")
+    ledger.file_stored("run-0", other.name, other, size, digest, (0, 0, 0), chunks)
+    (verified,) = ledger.files("run-0")
+    assert ledger.file_verified("hpc", verified["id"], size, digest, "/hpc/other.h5")
+
+
 @pytest.fixture
 def ledger(tmp_path: Path) -> Any:
     ledger = Ledger(tmp_path / "ledger.sqlite", required_consumers=("hpc",))
@@ -326,13 +337,7 @@ def test_where_gives_no_eta_without_a_daemon_and_a_resumed_run_its_series_length
     import time
 
     (row,) = ledger.files("run-1")
-    other = tmp_path / "other.h5"
-    other.write_bytes(b"y" * 4096)
-    size, digest, chunks = file_checksums(other, 1024)
-    ledger.run_started("run-0", 9, 0, "{}")
-    ledger.file_stored("run-0", other.name, other, size, digest, (0, 0, 0), chunks)
-    (verified,) = ledger.files("run-0")
-    assert ledger.file_verified("hpc", verified["id"], size, digest, "/hpc/other.h5")  # a rate
+    _a_file_verified_now(ledger, tmp_path)  # a rate
     now = time.time()
     assert where_report(ledger, "run-1", now=now)["eta_seconds"]  # a daemon: a figure
     report = where_report(ledger, "run-1", now=now, daemon_running=False)
@@ -511,13 +516,7 @@ def test_where_gives_no_eta_for_a_pending_file_missing_or_changed_on_the_local_d
     import time
 
     (row,) = ledger.files("run-1")
-    other = tmp_path / "other.h5"
-    other.write_bytes(b"y" * 4096)
-    size, digest, chunks = file_checksums(other, 1024)
-    ledger.run_started("run-0", 9, 0, "{}")
-    ledger.file_stored("run-0", other.name, other, size, digest, (0, 0, 0), chunks)
-    (verified,) = ledger.files("run-0")
-    assert ledger.file_verified("hpc", verified["id"], size, digest, "/hpc/other.h5")  # a rate
+    _a_file_verified_now(ledger, tmp_path)  # a rate
     now = time.time()
     report = where_report(ledger, "run-1", now=now)
     assert report["eta_seconds"] is not None and report["files_unreadable_locally"] == 0

@@ -18,6 +18,7 @@ import zmq
 
 from edge.diskguard import DiskGuard
 from edge.durable import file_checksums
+from edge.held_journal import HeldJournal
 from edge.ledger import Ledger
 from edge.recorder import RunRecorder
 from edge.upstream import protocol as p
@@ -33,6 +34,20 @@ def _cap(ledger: Ledger) -> None:
 
 def _uncap(ledger: Ledger) -> None:
     ledger._db.execute("PRAGMA max_page_count=1073741823")
+
+
+def _journaled_recorder(tmp_path: Path, store: Path) -> tuple[Ledger, HeldJournal, DiskGuard, RunRecorder]:
+    """A ledger, its held-records journal, a disk guard and a run recorder writing to ``store``."""
+    ledger = Ledger(tmp_path / "ledger.sqlite")
+    journal = HeldJournal(tmp_path / "ledger.held")
+    assert journal.make()
+    guard = DiskGuard(tmp_path, tmp_path / "ledger.reserve", 0, 0, clock=Clock())
+    return (
+        ledger,
+        journal,
+        guard,
+        RunRecorder(ledger, store, chunk_bytes=1 << 20, disk=guard, journal=journal),
+    )
 
 
 def _fill(ledger: Ledger, run_uid: str) -> None:
@@ -485,11 +500,7 @@ def test_a_run_whose_start_the_full_disk_held_is_in_the_ledger_after_a_stop_and_
     from edge.recovery import recover
 
     store = tmp_path / "store"
-    ledger = Ledger(tmp_path / "ledger.sqlite")
-    journal = HeldJournal(tmp_path / "ledger.held")
-    assert journal.make()
-    guard = DiskGuard(tmp_path, tmp_path / "ledger.reserve", 0, 0, clock=Clock())
-    recorder = RunRecorder(ledger, store, chunk_bytes=1 << 20, disk=guard, journal=journal)
+    ledger, _journal, _guard, recorder = _journaled_recorder(tmp_path, store)
     _cap(ledger)
     _fill(ledger, "filler-run")
     for n in range(10_000):  # and the runs table's free room (its pages are apart from the losses')
@@ -541,11 +552,7 @@ def test_a_clean_stop_on_a_full_disk_is_no_crash_at_a_start_on_a_disk_still_full
     from edge.recovery import recover
 
     store = tmp_path / "store"
-    ledger = Ledger(tmp_path / "ledger.sqlite")
-    journal = HeldJournal(tmp_path / "ledger.held")
-    assert journal.make()
-    guard = DiskGuard(tmp_path, tmp_path / "ledger.reserve", 0, 0, clock=Clock())
-    recorder = RunRecorder(ledger, store, chunk_bytes=1 << 20, disk=guard, journal=journal)
+    ledger, journal, guard, recorder = _journaled_recorder(tmp_path, store)
     uid = recorder.open_run("stopped", series=6, frames_expected=8, config={"shape": [4, 4]})
     data = store / uid / f"{uid}_00000.h5"
     data.parent.mkdir(parents=True)
