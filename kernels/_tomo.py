@@ -181,7 +181,9 @@ def assemble_sinograms(projections: np.ndarray, rows: Any) -> np.ndarray:
     )
 
 
-def estimate_center(projection_0: np.ndarray, projection_180: np.ndarray) -> float:
+def estimate_center(
+    projection_0: np.ndarray, projection_180: np.ndarray, min_correlation: float | None = None
+) -> float:
     """Rotation-axis position (detector pixels, pixel centres at whole numbers) from projections 180
     degrees apart.
 
@@ -194,7 +196,9 @@ def estimate_center(projection_0: np.ndarray, projection_180: np.ndarray) -> flo
     shift 0 by the overlap shrinking with the shift: the axis came out up to 0.25 px towards the
     detector's centre. A mean squared difference is least where only empty background overlaps.) 1-D
     rows or 2-D projections (rows are averaged) are accepted; NaN when the projections hold a NaN or
-    inf, or agree nowhere (flat).
+    inf, or agree nowhere (flat), or, with ``min_correlation``, agree best with a correlation coefficient
+    below it (rows of air hold nothing but noise, whose best shift is any: an outside probe's axis came
+    out 19.5 for a true 67).
     """
     p0 = np.asarray(projection_0, dtype=np.float64)
     p1 = np.asarray(projection_180, dtype=np.float64)
@@ -230,7 +234,7 @@ def estimate_center(projection_0: np.ndarray, projection_180: np.ndarray) -> flo
     tiny = 1e-12 * max(float(np.dot(a, a)), float(np.dot(b, b)), 1e-300)
     r = np.where(scale > tiny, covariance / np.where(scale > tiny, scale, 1.0), -np.inf)
     k = int(np.argmax(r))
-    if not np.isfinite(r[k]):
+    if not np.isfinite(r[k]) or (min_correlation is not None and r[k] < min_correlation):
         return float("nan")
     frac = 0.0
     if 0 < k < r.size - 1 and np.isfinite(r[k - 1]) and np.isfinite(r[k + 1]):

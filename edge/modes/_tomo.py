@@ -22,12 +22,23 @@ from kernels._numpy_backend import FLAT_FIELD_FLOOR
 log = logging.getLogger(__name__)
 
 
+#: the least correlation coefficient of two projections 180 degrees apart, one mirrored about the axis
+#: estimated, for that estimate to stand: rows through the sample agree at ~1.0, rows of air only (their
+#: noise) at 0.2-0.4 at whatever shift is best (an outside probe's axis came out 19.5 for a true 67)
+AXIS_MIN_CORRELATION = 0.5
+
+
 def _axis_from(lines_0: np.ndarray, lines_180: np.ndarray) -> float:
     """The rotation axis from two projections' chosen rows 180 degrees apart, summed over the rows: a
     sum of parallel projections is the projection of the summed slices, mirrored as each one is, and a
     row of air (a slice above the sample) adds nothing but its noise, where estimating from the first
-    row alone put the axis 91 px off when that row was air (an outside probe)."""
-    return float(estimate_center(np.sum(lines_0, axis=0), np.sum(lines_180, axis=0)))
+    row alone put the axis 91 px off when that row was air (an outside probe). NaN when they do not agree
+    (`AXIS_MIN_CORRELATION`): every chosen row is air."""
+    return float(
+        estimate_center(
+            np.sum(lines_0, axis=0), np.sum(lines_180, axis=0), min_correlation=AXIS_MIN_CORRELATION
+        )
+    )
 
 
 class _EarlierScan:
@@ -581,6 +592,19 @@ class TomoStage(_CorrectedStage):
                     )
                 estimated = _axis_from(first, sinograms[j])
                 source = f"detector centre column (n_cols // 2): estimated {estimated:.2f} from {between}"
+                if not np.isfinite(estimated):  # the chosen rows hold no sample (air): no axis in them
+                    source = (
+                        f"detector centre column (n_cols // 2): {between} do not agree about any axis in"
+                        f" the chosen rows {self.rows} (correlation below {AXIS_MIN_CORRELATION}: rows of"
+                        " air, no sample)"
+                    )
+                    self._notes["centre_not_estimated"] = (
+                        f"slices about the detector's centre column {center:g}, not an estimated axis: the"
+                        f" chosen rows {self.rows} show no sample in {between} (rows of air, noise only);"
+                        " choose rows through the sample (reduction.tomo.slices) or give"
+                        " reduction.tomo.center (Reduction:TomoCenter), and reconstruct from the data"
+                        " files (NXtomo)"
+                    )
                 if np.isfinite(estimated) and abs(estimated - center) > self.CENTER_REDO_PX:
                     center, source = estimated, f"estimated from {between}"
                     moved = self._streamed_source

@@ -76,3 +76,33 @@ def test_a_half_turn_in_3_degree_steps_estimates_its_axis_from_an_extrapolated_p
     assert "extrapolated from those at 0 and 3" in products["center_source"]
     assert abs(products["center"] - (side // 2 + 2.0)) <= 0.3, products["center"]
     assert stage.run_notes() == {}
+
+
+@pytest.mark.parametrize(("rows", "estimated"), [([3, 60], False), ([32], True), ([3, 32], True)])
+def test_an_axis_is_estimated_from_rows_through_the_sample_and_not_from_rows_of_air(
+    rows: list[int], estimated: bool
+) -> None:
+    """An outside probe chose slices of air only (rows above and below the sample): the axis came out
+    at 19.5 for a true 67, "estimated from the projections at 0 and 179 degrees", with nothing said. Rows
+    of noise agree about no axis: the slices are about the centre column, and the run's record says so."""
+    from hw_sim.physics import make_source
+
+    side = 64
+    tomo = make_source("tomo", (side, side), seed=5, n_angles=90, n_darks=2, n_flats=2, axis_offset_px=3.0)
+    settings = ReductionSettings(mode="tomo", tomo={"slices": rows})  # type: ignore[arg-type]
+    stage = make_stage(RunContext(get_backend("numpy"), GEOMETRY, (side, side), 24, "2th_deg", settings))
+    for n in range(tomo.scan_length):
+        truth = tomo.frame_truth(n)
+        key = {"projection": 0, "flat": 1, "dark": 2}[truth.kind]
+        angle = float("nan") if truth.angle_deg is None else float(truth.angle_deg)
+        stage.process(tomo.frame(n), n, key, angle)
+    products = stage.finish()
+    notes = stage.run_notes()
+    if estimated:
+        assert products["center_source"].startswith("estimated from"), products["center_source"]
+        assert abs(products["center"] - (side // 2 + 3.0)) <= 0.3, products["center"]
+        assert notes == {}
+    else:
+        assert products["center"] == side // 2, products["center_source"]
+        assert "do not agree about any axis" in products["center_source"]
+        assert "rows of air" in notes["centre_not_estimated"], notes
