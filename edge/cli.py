@@ -243,6 +243,27 @@ def _settings(args: argparse.Namespace, extra: list[str]) -> Settings:
     return load_settings(args.config, [*args.overrides, *extra])
 
 
+def _reload_settings(args: argparse.Namespace, extra: list[str]) -> Settings:
+    """The settings a SIGHUP reload takes: as at start, except that a ``--config`` file holding no setting
+    at all (empty, or comments only) is refused: it is most likely being written (an editor writing in
+    place, a tool truncating it first), and taken as it read, every reloadable setting went back to its
+    default (an outside probe: the retention quota became the whole disk, the JSON log plain text)."""
+    import tomllib
+
+    if args.config is not None:
+        try:
+            text = Path(args.config).read_text(encoding="utf-8")
+            empty = not tomllib.loads(text)
+        except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
+            empty = False  # (the load below says what is wrong with it)
+        if empty:
+            raise ConfigError(
+                f"--config {args.config} holds no settings (empty, or being written?): write the new file"
+                " beside it and rename it over this one, then reload"
+            )
+    return _settings(args, extra)
+
+
 #: signals ``edge run`` received before it could act on them (`catch_early_signals`), oldest first
 EARLY_SIGNALS = early_signals.NOTED
 #: from ``edge run``'s first moment (`edge.early_signals`, the command's entry point; again in `main`
@@ -1096,7 +1117,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     log_setup = configure_logging(settings.log.level, settings.log.format)
     if args.command == "run":
-        return _run_daemon(settings, lambda: _settings(args, extra), log_setup)
+        return _run_daemon(settings, lambda: _reload_settings(args, extra), log_setup)
     if args.command == "where":
         try:
             return _run_where(settings, args.run, args.json, given_file=args.config is not None)

@@ -200,6 +200,15 @@ def test_sighup_reloads_logging_and_retention_and_names_what_needs_a_restart(
         daemon.send_signal(signal.SIGHUP)
         wait_for(lambda: listener.lines("STATUS=reloaded", before), 30, "the next reload reported")
         assert "condition:settings" not in {a["id"] for a in stack.status()["alarms"]}
+        # an empty file (being written in place) is refused, not taken as "every setting its default"
+        # (an outside probe: the JSON log became plain text, the retention quota the whole disk)
+        config.write_text("")
+        before = time.monotonic()
+        daemon.send_signal(signal.SIGHUP)
+        wait_for(lambda: listener.lines("STATUS=reloaded: refused", before), 30, "the empty file refused")
+        alarms = {a["id"]: a for a in stack.status()["alarms"]}
+        assert "holds no settings" in alarms["condition:settings"]["message"], alarms
+        config.write_text('[log]\nformat = "json"\n')
         daemon.send_signal(signal.SIGTERM)
         assert daemon.wait(60) == 0
     finally:
