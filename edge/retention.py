@@ -337,10 +337,11 @@ class Retention:
         """Delete one verified file and mark it purged; False (counted, logged) if it cannot be deleted."""
         path = Path(row["path"])
         try:
+            size = path.stat().st_size  # what deleting it frees (a file truncated by hand: less than stored)
             path.unlink()
             gone = False
         except FileNotFoundError:  # deleted by hand (or its disk gone) before: no room made by this purge
-            gone = True
+            gone, size = True, 0
         except OSError as error:
             self.stats["purge_errors"] += 1
             self.purge_error = f"cannot delete {path}: {error.strerror or error}"
@@ -354,8 +355,16 @@ class Retention:
             self.stats["files_purged_already_gone"] += 1
             log.warning("purged %s (verified upstream): it was already gone from the local disk", path.name)
             return True
-        self.stats["bytes_purged"] += row["size"]
-        log.info("purged %s (verified upstream, %d bytes)", path.name, row["size"])
+        self.stats["bytes_purged"] += size
+        if size != row["size"]:  # (it said the stored size, room it did not make: an outside probe)
+            log.warning(
+                "purged %s (verified upstream): %d bytes on the disk, %d when stored (changed by hand)",
+                path.name,
+                size,
+                row["size"],
+            )
+            return True
+        log.info("purged %s (verified upstream, %d bytes)", path.name, size)
         return True
 
     def _record_purged(self, file_id: int) -> bool:

@@ -136,7 +136,10 @@ def _changed_locally(f: dict[str, Any], unreadable: dict[str, str]) -> str | Non
         return f"cannot be read: {error.strerror or error}"
     if size != f["size"]:
         return f"{size} bytes on the disk, {f['size']} when stored"
-    return unreadable.get(str(f["path"]))
+    said = unreadable.get(str(f["path"]))
+    if said is not None and "No such file" in said:  # restored since the daemon last tried it (once a
+        return None  # minute): it is there now, as stored (it read "CHANGED ... No such file": a probe)
+    return said
 
 
 def where_report(

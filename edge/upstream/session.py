@@ -683,13 +683,21 @@ class ForwarderSession:
     def _set_aside(self, chunk_id: int, path: str, error: str, now: float) -> None:
         """A chunk that cannot be sent as it is on disk: tried again after ``UNREADABLE_RETRY_SECONDS``
         (at most ``MAX_SET_ASIDE`` at a time, the oldest tried again first), the next ones sent meanwhile.
-        Its file is named in ``unreadable_files`` until a chunk of it is read and matches again."""
+        Its file is named in ``unreadable_files`` until every chunk of it set aside is read and matches
+        again (any chunk of it matching took it off the list: a file changed past its first chunk was
+        named for a moment, then not for a minute, its run given an ETA meanwhile: an outside probe)."""
         self._unreadable[chunk_id] = now + UNREADABLE_RETRY_SECONDS
         known = self._unreadable_files.get(path)
         if known is not None:
             known.update(error=error[:200], last_tried=now)
+            known["chunks"].add(chunk_id)
         elif len(self._unreadable_files) < MAX_UNREADABLE_FILES:
-            self._unreadable_files[path] = {"error": error[:200], "since": now, "last_tried": now}
+            self._unreadable_files[path] = {
+                "error": error[:200],
+                "since": now,
+                "last_tried": now,
+                "chunks": {chunk_id},
+            }
         else:
             self.stats["unreadable_files_unnamed"] += 1
         while len(self._unreadable) > MAX_SET_ASIDE:
@@ -740,7 +748,11 @@ class ForwarderSession:
                 log.error("local file %s changed on disk (chunk %d)", row["path"], row["id"])
                 self._set_aside(int(row["id"]), str(row["path"]), "changed on disk since it was stored", now)
                 continue
-            self._unreadable_files.pop(str(row["path"]), None)  # readable again (restored)
+            named = self._unreadable_files.get(str(row["path"]))
+            if named is not None:  # readable again (restored) once every chunk set aside is
+                named["chunks"].discard(int(row["id"]))
+                if not named["chunks"]:
+                    del self._unreadable_files[str(row["path"])]
             message = p.Chunk(
                 chunk_id=row["id"],
                 file_id=row["file_id"],

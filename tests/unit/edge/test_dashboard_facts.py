@@ -533,6 +533,9 @@ def test_where_gives_no_eta_for_a_pending_file_missing_or_changed_on_the_local_d
     path.write_bytes(bytes(range(256)) * 12)  # restored, yet the daemon read it as changed: said too
     report = where_report(ledger, "run-1", now=now, unreadable={str(path): "checksum mismatch"})
     assert report["files"][0]["changed_locally"] == "checksum mismatch" and report["eta_seconds"] is None
+    # restored since the daemon found it gone (it tries again once a minute): there, as stored
+    report = where_report(ledger, "run-1", now=now, unreadable={str(path): "[Errno 2] No such file"})
+    assert report["files"][0]["changed_locally"] is None and report["eta_seconds"] is not None
     path.unlink()
     report = where_report(ledger, "run-1", now=now)
     assert report["files"][0]["missing_locally"] and report["eta_seconds"] is None

@@ -908,3 +908,29 @@ def test_a_consumer_whose_timed_out_chunks_need_no_resend_owes_nothing(tmp_path:
     assert chunks(session.tick(2 * RESEND + 2)) == []  # expired again: nothing left to send either
     assert unanswered("evil", 2 * RESEND + 3) is None
     ledger.close()
+
+
+def test_a_file_changed_past_its_first_chunk_stays_named_until_that_chunk_matches_again(
+    ledger: Ledger, tmp_path: Path
+) -> None:
+    """An outside probe changed a few bytes in the middle of a stored file: its changed chunk was set
+    aside and the file named, but the next chunk of it, unchanged, took the file off the list for the
+    minute until the changed one was tried again (its run given an ETA, no alarm, meanwhile)."""
+    path = tmp_path / "run_00000.h5"
+    original = path.read_bytes()
+    changed = bytearray(original)
+    changed[1024 + 10] ^= 0xFF  # in the second of its three chunks
+    path.write_bytes(bytes(changed))
+    session = ForwarderSession(ledger)
+    connect(session, credit=3)
+    sent = chunks(session.tick(0.0))
+    assert [c.index for c in sent] == [0, 2]  # the changed one set aside, the others sent
+    assert session.stats["local_checksum_mismatches"] == 1
+    for chunk in sent:
+        ack(session, chunk, 0.5)
+    (named,) = session.unreadable_files(1.0)
+    assert named["path"] == str(path) and "changed on disk" in named["error"]
+    path.write_bytes(original)  # restored: named until the chunk set aside is tried again and matches
+    assert len(session.unreadable_files(30.0)) == 1
+    assert [c.index for c in chunks(session.tick(61.0))] == [1]
+    assert session.unreadable_files(61.0) == []

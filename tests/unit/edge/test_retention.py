@@ -548,14 +548,17 @@ def test_a_verified_file_already_gone_is_purged_without_its_bytes_counted_as_fre
     retention = Retention(
         ledger, tmp_path, RetentionSettings(max_age_seconds=60), wall_clock=wall, executor=ManualExecutor()
     )
-    kept, gone = (store_file(ledger, tmp_path, f"f{n}.h5", 100, verified=True) for n in range(2))
+    kept, gone, cut = (store_file(ledger, tmp_path, f"f{n}.h5", 100, verified=True) for n in range(3))
     gone.unlink()
+    with open(cut, "r+b") as handle:  # truncated by hand: deleting it frees what is left of it
+        handle.truncate(30)
     wall.now = ledger.files()[-1]["verified_at"] + 61
     with caplog.at_level(logging.INFO, logger="edge.retention"):
-        assert retention.purge_once() == 2
-    assert [f["state"] for f in ledger.files()] == ["purged"] * 2 and not kept.exists()
-    assert retention.stats["files_purged"] == 2 and retention.stats["files_purged_already_gone"] == 1
-    assert retention.stats["bytes_purged"] == 100
+        assert retention.purge_once() == 3
+    assert [f["state"] for f in ledger.files()] == ["purged"] * 3 and not kept.exists()
+    assert retention.stats["files_purged"] == 3 and retention.stats["files_purged_already_gone"] == 1
+    assert retention.stats["bytes_purged"] == 100 + 30
+    assert f"purged {cut.name} (verified upstream): 30 bytes on the disk, 100 when stored" in caplog.text
     assert f"purged {gone.name} (verified upstream): it was already gone from the local disk" in caplog.text
     assert f"purged {kept.name} (verified upstream, 100 bytes)" in caplog.text
 
