@@ -659,6 +659,12 @@ class RingSink:
             detail = f"{detail} (run {self.ended_run_uid})"
         self.recorder.loss(self.run_uid, first, last, reason, detail)
 
+    def refused_frame(self, frame: int) -> None:
+        """An image of the refused series, dropped by the reader: how far its series got, kept with its run
+        (`RunRecorder.refused_frame_seen`)."""
+        if self.refused and self.run_uid is not None:
+            self.recorder.refused_frame_seen(self.run_uid, frame)
+
     def _refused_account(self) -> None:
         """A refused run was closed, its documents written, before its frames were recorded lost
         (``run_refused``, by the reader, after the refusal): at its series' end, a new revision of its

@@ -565,6 +565,15 @@ class Ledger:
             (frame, run_uid, frame),
         )
 
+    def refused_run_seen(self, run_uid: str, frame: int) -> None:
+        """The highest frame number a refused run's series sent so far (its images dropped): the run is
+        closed at its refusal, and a series resumed after a restart past this frame is its continuation
+        (`edge.recovery.resume_interrupted`); never lowered."""
+        self._write(
+            "UPDATE runs SET frames_seen=? WHERE run_uid=? AND (frames_seen IS NULL OR frames_seen < ?)",
+            (frame, run_uid, frame),
+        )
+
     def run_named(self, run_uid: str, detector_uid: str) -> None:
         """``detector_uid`` as the run's ``detector_run_uid`` in its config, unless it has one
         (`runs_named_by_detector` then finds it)."""

@@ -82,6 +82,7 @@ class RunRecorder:
         # the highest frame of runs the receiver has moved on from, until their end is recorded (a next
         # series' first frame came before the run's end: its frames_seen was 0, an outside probe)
         self._seen_before: dict[str, int] = {}
+        self._refused_runs: set[str] = set()  # refused runs whose series' frames are seen (dropped)
 
     # -- a run's progress -------------------------------------------------------------------------------
     def frame_seen(self, run_uid: str, frame: int) -> None:
@@ -94,6 +95,16 @@ class RunRecorder:
         if seen is None or seen[0] != run_uid or frame > seen[1]:
             self._seen = (run_uid, frame)
 
+    def refused_frame_seen(self, run_uid: str, frame: int) -> None:
+        """An image of a refused run's series, dropped (the receiving thread: memory, as `frame_seen`): how
+        far its series got here is kept (`write_progress`), so a series resumed after a restart past it is
+        known for that run's continuation, whose frames its refusal recorded lost up front."""
+        if run_uid not in self._refused_runs:
+            if len(self._refused_runs) >= SEEN_BEFORE_KEPT:
+                self._refused_runs.pop()
+            self._refused_runs.add(run_uid)
+        self.frame_seen(run_uid, frame)
+
     def write_progress(self, now: float | None = None) -> None:
         """The open run's highest frame received, to the ledger, at most every ``PROGRESS_SECONDS`` and
         when it changed (the writing thread). After a crash, recovery accounts up to it a run whose
@@ -105,7 +116,10 @@ class RunRecorder:
             return
         self._seen_at, self._seen_written = now, seen
         try:
-            self.ledger.run_seen(*seen)
+            if seen[0] in self._refused_runs:  # (closed at its refusal: `refused_frame_seen`)
+                self.ledger.refused_run_seen(*seen)
+            else:
+                self.ledger.run_seen(*seen)
         except sqlite3.OperationalError:  # a full disk: the next one goes when space returns
             self._count("progress_writes_skipped")
 

@@ -795,6 +795,23 @@ def _refused_through(ledger: Any, run_uid: str, frame: int) -> bool:
     )
 
 
+def _newest_of_series(ledger: Any, series: int) -> str | None:
+    """The uid of the newest run (by start) of detector series ``series``, whatever its end."""
+    runs = [r for r in ledger.runs() if int(r["series"]) == series or _series_offset(r, series) is not None]
+    return str(max(runs, key=lambda r: r["started_at"])["run_uid"]) if runs else None
+
+
+def _refusal_cut(run: dict[str, Any], frame: int) -> bool:
+    """Whether ``run``, refused whole at its start (its announced frames recorded lost then, ``run_refused``),
+    is the run a series resumed at ``frame`` continues: its series got no further than before ``frame``
+    here (``frames_seen``, kept as its dropped images came) and announced more. Its frames from ``frame``
+    on are not lost, then: the resumed run takes them. Unknown how far it got (a run recorded before
+    this was kept), it is not: a series resumed past frames a refused run had seen is another (an
+    outside probe's, the run it continued held in the journal on a full disk)."""
+    seen, expected = run.get("frames_seen"), run.get("frames_expected")
+    return seen is not None and int(seen) < frame and (expected is None or frame < int(expected))
+
+
 def _series_offset(run: dict[str, Any], series: int) -> int | None:
     """Where detector series ``series`` lies in a capture's run, which takes every series from Capture 1
     to Capture 0 (its frame n is the run's n + offset: ``capture_series`` in the run's config); None
@@ -848,10 +865,18 @@ def resume_interrupted(
     """
     ledger = recorder.ledger
     failed = set(report.get("runs_failed") or [])
+    candidates = _interrupted_runs(ledger, report, series, transport)
+    if transport != "udp" and candidates:
+        # only the series' newest run can have been cut by this restart: one before it saw the series
+        # number used again after it (an outside probe's series resumed in a run refused by a full disk
+        # was linked to an older, unrelated run of the same number, its frames taken from there)
+        newest = _newest_of_series(ledger, series)
+        candidates = [r for r in candidates if newest is None or r["run_uid"] == newest]
     candidates = [
         r
-        for r in _interrupted_runs(ledger, report, series, transport)
+        for r in candidates
         if not _refused_through(ledger, r["run_uid"], first_frame + (_series_offset(r, series) or 0))
+        or _refusal_cut(r, first_frame + (_series_offset(r, series) or 0))
     ]
     if not candidates:
         log.warning("series %d resumed at frame %d: no interrupted run of it is known", series, first_frame)
@@ -862,6 +887,9 @@ def resume_interrupted(
     recorder.continued_at(run_uid, first_frame)  # (its account, below, says where the rest went)
     crashed = recorder.hand_over_losses(run_uid, "daemon_crash", first_frame)
     handed = crashed + recorder.hand_over_losses(run_uid, "receiver_stopped", first_frame)
+    # a series refused whole at its start (a full disk) had its announced frames recorded lost then: those
+    # the detector goes on sending after the restart are the new run's (counted in both before)
+    handed += recorder.hand_over_losses(run_uid, "run_refused", first_frame)
     if crashed and run_uid in failed:  # recovery's count of frames unaccounted for: these are, now
         report["frames_lost"] = max(0, int(report.get("frames_lost") or 0) - crashed)
         report["frames_handed_over"] = int(report.get("frames_handed_over") or 0) + crashed

@@ -651,6 +651,9 @@ class ZmqStreamSource:
         announced length was recorded lost whole at its start)."""
         assert self._refused is not None
         self.stats["frames_refused"] += 1
+        seen = getattr(self.sink, "refused_frame", None)  # how far the series got (the sink keeps it)
+        if frame is not None and seen is not None:
+            seen(frame)
         if frame is not None and self._frames_expected is None and self._note_frame(frame):
             self.sink.lost(frame, frame, "run_refused", self._refused)
 

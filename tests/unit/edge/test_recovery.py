@@ -150,8 +150,39 @@ def test_a_series_resumed_past_frames_a_run_refused_is_not_that_run_s(tmp_path: 
     recorder.close_run(refused, 0, "abort")
     recorder.loss(refused, 0, 399, "run_refused", "the disk is full")
     linked = resume_interrupted(recorder, {"runs_failed": []}, series=1, first_frame=127)
-    assert linked["resumes_run"] == older  # not the refused run, newer though it is
+    # not the refused run (how far its series got is not known), nor the older one of the same series
+    # number: the refused run came after it, so its series was over (a later probe's resumed series was
+    # linked to such an older run, its frames taken from there)
+    assert linked["resumes_run"] is None
     assert [(r["first_frame"], r["last_frame"]) for r in ledger.losses(refused)] == [(0, 399)]
+    assert ledger.losses(older) == []
+
+
+def test_a_series_refused_on_a_full_disk_that_goes_on_after_a_restart_continues_its_refused_run(
+    tmp_path: Path,
+) -> None:
+    """An outside chaos probe: a series refused at its start (a full disk: its 200 announced frames
+    recorded lost at once), a clean stop at frame 76, and a restart while the detector went on: the new
+    run stored 77..199, which stayed recorded lost in the refused run too. The refused run kept how far
+    its series got (its dropped images): the resumed run continues it and takes its frames from 77."""
+    ledger = Ledger(tmp_path / "ledger.sqlite")
+    recorder = RunRecorder(ledger, tmp_path, chunk_bytes=1 << 20)
+    earlier = recorder.open_run("R6", series=8, frames_expected=100, config={})
+    recorder.close_run(earlier, 0, "abort")  # an older run of the same series number, cut by a restart
+    refused = recorder.open_run("R8", series=8, frames_expected=200, config={})
+    recorder.close_run(refused, 0, "abort")  # (a refused run is closed at once)
+    recorder.loss(refused, 0, 199, "run_refused", "the disk is full")
+    for frame in range(77):  # its images, dropped as they came
+        recorder.refused_frame_seen(refused, frame)
+    recorder.write_progress(now=1e9)
+    linked = resume_interrupted(recorder, {"runs_failed": []}, series=8, first_frame=77)
+    assert linked["resumes_run"] == refused
+    assert [(r["first_frame"], r["last_frame"], r["reason"]) for r in ledger.losses(refused)] == [
+        (0, 76, "run_refused")
+    ]
+    assert ledger.losses(earlier) == []  # the older run of the number is left alone
+    # resumed at a frame the refused series had already sent: another acquisition, not its continuation
+    assert resume_interrupted(recorder, {"runs_failed": []}, series=8, first_frame=30)["resumes_run"] is None
 
 
 def _crashed_with_rows_of_half(recorder: RunRecorder, root: Path, name: str) -> str:

@@ -232,11 +232,20 @@ def test_a_truncated_last_image_is_lost_as_unreadable_at_the_end() -> None:
 
 
 def test_an_unknown_channel_refuses_the_run_and_every_frame_is_lost() -> None:
-    sink = Sink()
+    class Seeing(Sink):  # how far the refused series got: its run continues after a restart past it
+        def __init__(self) -> None:
+            super().__init__()
+            self.refused_seen: list[int] = []
+
+        def refused_frame(self, frame: int) -> None:
+            self.refused_seen.append(frame)
+
+    sink = Seeing()
     reader = replay(_messages("stream2_bslz4_u16_2ch.bin"), sink, channel="threshold_9")
     assert sink.frames == {}
     assert sink.losses == [(0, 3, "run_refused")]
     assert reader.counters()["series_refused"] == 1
+    assert sink.refused_seen == [0, 1, 2, 3]
 
 
 def test_multipart_messages_are_dropped_and_counted() -> None:
