@@ -18,6 +18,7 @@ import contextlib
 import json
 import logging
 import os
+import shutil
 import sqlite3
 import threading
 import time
@@ -218,6 +219,18 @@ def run_config(text: Any) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
 
 
+#: below this much free space on the ledger's disk, a ledger that will not open is taken for a full disk
+FULL_DISK_BYTES = 1 << 20
+
+
+def _free_bytes(directory: Path) -> int | None:
+    """Free bytes on the disk holding ``directory`` (None: cannot tell)."""
+    try:
+        return int(shutil.disk_usage(directory).free)
+    except OSError:
+        return None
+
+
 class Ledger:
     """Durable bookkeeping; every method is one transaction."""
 
@@ -245,6 +258,15 @@ class Ledger:
             self._db.executescript(SCHEMA)
         except sqlite3.DatabaseError as error:  # not a database, a damaged one, a directory, ...
             self._db.close()
+            free = _free_bytes(path.parent)
+            if free is not None and free < FULL_DISK_BYTES:  # its journal files need room to be made: a
+                # full disk reads "disk I/O error", and it said the ledger might be damaged (an outside
+                # chaos probe: a technician following that would have moved an intact ledger aside)
+                raise ConfigError(
+                    f"the ledger {path} cannot be opened: the disk holding it is full ({free} bytes free;"
+                    f" SQLite: {error}). The ledger is most likely intact: make room on that disk (not by"
+                    " deleting the ledger or its -wal file) and start again"
+                ) from error
             raise ConfigError(
                 f"the ledger {path} cannot be opened: {error}. If it is damaged or another file, keep it"
                 " for inspection and restore it from a copy (moved aside, a new empty ledger would know"

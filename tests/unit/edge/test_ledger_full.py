@@ -671,3 +671,25 @@ def test_a_start_with_no_room_for_the_ledger_s_reserve_starts_full_and_resumes_o
     with monkeypatch.context() as patched:  # another failure is no full disk
         patched.setattr(os, "posix_fallocate", denied)
         assert not DiskGuard(tmp_path, tmp_path / "other.reserve", 4096, 0, clock=clock).full
+
+
+def test_a_ledger_that_will_not_open_on_a_full_disk_is_said_to_be_the_disk_not_a_damaged_ledger(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An outside chaos probe: a start on a disk with 0 bytes free said "the ledger ... cannot be opened:
+    disk I/O error. If it is damaged or another file, keep it for inspection and restore it from a copy";
+    the ledger was intact, and a technician following that would have moved it aside."""
+    from collections import namedtuple
+
+    import edge.ledger as ledger_module
+    from edge.errors import ConfigError
+
+    not_a_database = tmp_path / "ledger.sqlite"
+    not_a_database.write_bytes(b"x" * 4096)  # (any SQLite error on opening)
+    with pytest.raises(ConfigError, match="If it is damaged or another file"):
+        Ledger(not_a_database)
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(ledger_module.shutil, "disk_usage", lambda _path: usage(10**9, 10**9, 0))
+    with pytest.raises(ConfigError, match="the disk holding it is full \\(0 bytes free") as raised:
+        Ledger(not_a_database)
+    assert "most likely intact" in str(raised.value) and "damaged" not in str(raised.value)
