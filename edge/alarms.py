@@ -139,19 +139,26 @@ def current_alarms(status: Mapping[str, Any]) -> list[dict[str, Any]]:
         out.append(_alarm(f"condition:mode_warming:{warming.get('mode')}", "condition", "minor", message))
     refused = appliance.get("reload_refused")
     if refused:
+        error = str(refused.get("error"))
+        # an empty file is refused on reload only (being written?): a restart would start on every
+        # default, not refuse it (the alarm said it would: an outside probe)
+        after = (
+            "a restart would start on every default (other ports, another store): write the file, then reload"
+            if "holds no settings" in error
+            else "a restart would refuse the same settings: correct them, then reload"
+        )
         out.append(
             _alarm(
                 "condition:settings",
                 "condition",
                 "minor",
-                f"Reload refused (SIGHUP): {refused.get('error')}; the daemon runs on the settings it had,"
-                " and a restart would refuse the same settings: correct them, then reload",
+                f"Reload refused (SIGHUP): {error}; the daemon runs on the settings it had, and {after}",
             )
         )
     retention = status.get("retention") or {}
     if retention.get("alarm"):
         out.append(_alarm("condition:storage", "condition", "major", f"Storage alarm: {retention['alarm']}"))
-    elif retention.get("accepting_runs") is False:
+    elif retention.get("accepting_runs") is False and not disk_full.get("full"):  # (said by disk_full)
         out.append(_alarm("condition:storage", "condition", "major", "The store refuses new runs"))
 
     detector = status.get("detector") or {}

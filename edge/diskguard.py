@@ -190,7 +190,12 @@ class DiskGuard:
     def refusal(self) -> str | None:
         """Why a new run cannot start now, or None."""
         if self.check():
-            return f"{self.reason}; new runs are refused until space returns"
+            # what to do, not only the first error (a probe read a minutes-old HDF5 message cut mid-path)
+            return (
+                f"the store's disk is full (since {time.strftime('%H:%M:%S', time.localtime(self.since))});"
+                f" new runs are refused until {self.resume_bytes} bytes are free there: the upstream"
+                " confirming files lets retention purge them, or make room on that disk"
+            )
         return None
 
     def status(self) -> dict[str, Any]:

@@ -180,7 +180,7 @@ class ApplianceView:
                 time.time(),
                 local_bytes=int(p.ledger.store_usage().get("local", 0)),
             ),
-            "retention": p.retention.status(),
+            "retention": self._retention_status(),
             "disk": {"total": disk.total, "used": disk.used, "free": disk.free, "percent": disk.percent},
             "detector": self.detector_status(),
             "counts": counts,
@@ -254,6 +254,18 @@ class ApplianceView:
             "threads": p.threads(),
             "held_back": held_back,
         }
+
+    def _retention_status(self) -> dict[str, Any]:
+        """Retention's status, ``accepting_runs`` and ``refusal`` as the appliance refuses a run: for a
+        full disk too (it read true while every series was refused for the full disk, and the documented
+        alert on ``edge_retention_accepting_runs == 0`` stayed silent: an outside probe)."""
+        p = self._p
+        status = p.retention.status()
+        disk = p.recorder.disk
+        refusal = (disk.refusal() if disk is not None else None) or status.get("alarm")
+        status["refusal"] = refusal
+        status["accepting_runs"] = bool(status.get("accepting_runs")) and refusal is None
+        return status
 
     def _ledger_gone(self) -> str | None:
         """`Ledger.gone` once a deleted ledger was written back (`Ledger.restore_if_deleted`), logged

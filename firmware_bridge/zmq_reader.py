@@ -1324,10 +1324,12 @@ class ZmqStreamSource:
         expected = self._frames_expected
         if expected is not None and self._next_frame < expected:
             self.stats["frames_gap"] += expected - self._next_frame
+            # (the daemon stopping cuts the series, which may go on: said so, not "ended", a probe)
+            what = "the daemon stopped" if reason == "receiver_stopped" else "the series ended"
             came = (
-                f"the series ended after frame {self._next_frame - 1}"
+                f"{what} after frame {self._next_frame - 1}"
                 if self._next_frame
-                else "the series ended before its first frame"
+                else f"{what} before the series' first frame"
             )
             self.sink.lost(self._next_frame, expected - 1, reason, f"{came}, of {expected} announced")
         series = self._series

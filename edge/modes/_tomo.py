@@ -333,6 +333,12 @@ class TomoStage(_CorrectedStage):
             )
         else:
             text = f"not applied: no darks and flats {before}; the slices are of -log(counts)"
+            if earlier is not None:  # the scan began in runs a restart cut: theirs may be lost with them
+                began = ", ".join(earlier.parts.runs)
+                text += (
+                    f" (none in the runs the scan began in, {began}: darks and flats of theirs lost with a"
+                    " crash are in their loss records, daemon_crash)"
+                )
         if self._late_applied is not None:
             late = [
                 f"{n} {name}" for n, name in zip(self._late_applied, ("darks", "flats"), strict=True) if n

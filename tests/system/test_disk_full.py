@@ -108,6 +108,11 @@ def test_a_full_disk_is_a_state_with_losses_an_alarm_and_recovery(tmp_path: Path
         status = stack.status()
         assert status["store"]["disk_full"]["full"], status["store"]
         assert any(a["source"] == "condition:disk_full" for a in status["alarms"]), status["alarms"]
+        # new runs are refused, and the status says so (it read accepting_runs true: an outside probe),
+        # with what to do; the alarm is the disk-full one, not a second storage one
+        assert status["retention"]["accepting_runs"] is False, status["retention"]
+        assert "the upstream confirming files lets retention purge them" in status["retention"]["refusal"]
+        assert not any(a["source"] == "condition:storage" for a in status["alarms"]), status["alarms"]
         assert list((store / "quarantine").rglob("*.part")) or totals["frames_lost_by_reason"]["disk_full"]
         # while the disk is full a new run is refused, its frames recorded with the reason
         second, sent2 = _send(stack, 5)
@@ -117,6 +122,7 @@ def test_a_full_disk_is_a_state_with_losses_an_alarm_and_recovery(tmp_path: Path
         # space returns: writing resumes by itself, no restart
         ballast.unlink()
         wait_for(lambda: not stack.status()["store"]["disk_full"]["full"], 30, "the disk-full state to clear")
+        assert stack.status()["retention"]["accepting_runs"] is True
         third, sent3 = _send(stack, 20)
         assert _ended(stack, third)["totals"]["frames_stored"] == sent3
         assert not any(a["source"] == "condition:disk_full" for a in stack.status()["alarms"])

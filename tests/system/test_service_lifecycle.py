@@ -208,6 +208,7 @@ def test_sighup_reloads_logging_and_retention_and_names_what_needs_a_restart(
         wait_for(lambda: listener.lines("STATUS=reloaded: refused", before), 30, "the empty file refused")
         alarms = {a["id"]: a for a in stack.status()["alarms"]}
         assert "holds no settings" in alarms["condition:settings"]["message"], alarms
+        assert "a restart would start on every default" in alarms["condition:settings"]["message"]
         config.write_text('[log]\nformat = "json"\n')
         daemon.send_signal(signal.SIGTERM)
         assert daemon.wait(60) == 0

@@ -193,6 +193,29 @@ def test_a_resumed_scan_whose_earlier_part_stored_no_darks_or_flats_credits_it_w
     assert text.startswith("applied without darks: projection / mean flat") and "stored in run" not in text
 
 
+def test_a_resumed_scan_with_no_dark_or_flat_at_all_names_the_runs_it_began_in(tmp_path: Path) -> None:
+    """An outside probe: a scan whose darks and flats were lost with a crash (its first file quarantined)
+    said "not applied: no darks and flats before the first projection" in the run resuming it, as if the
+    scan had none; it names the runs the scan began in, whose loss records hold them."""
+    first = _write(tmp_path, "first", [(4 + k, 0, ANGLES[k]) for k in range(2)])  # projections only
+    ctx = RunContext(
+        get_backend("numpy"),
+        GEOMETRY,
+        SHAPE,
+        16,
+        "2th_deg",
+        _params(),
+        earlier=EarlierParts(("first",), (first,)),
+    )
+    stage = make_stage(ctx)
+    stage.earlier._thread.join(10)  # type: ignore[attr-defined]
+    for k in range(2, len(ANGLES)):
+        stage.process(_frame(0, k), 4 + k, 0, float(ANGLES[k]))
+    text = stage.finish()["flat_field"]
+    assert text.startswith("not applied: no darks and flats"), text
+    assert "none in the runs the scan began in, first" in text and "daemon_crash" in text
+
+
 def test_the_darks_and_flats_are_credited_to_the_run_that_stored_them(tmp_path: Path) -> None:
     """An outside probe: a scan cut by two crashes (run A stored the darks, flats and projections, run B
     projections only); the third run's ``flat_field`` said the darks and flats were "stored in run A,

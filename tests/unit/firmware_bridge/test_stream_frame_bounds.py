@@ -447,3 +447,26 @@ def test_a_gap_among_messages_queued_before_the_connection_dropped_is_not_put_do
         context.term()
     assert sink.frames == [0, 2] and sink.losses == [(1, 1, "frame_number_gap")]
     assert sink.details == ["frames never arrived"], sink.details
+
+
+def test_a_series_the_daemon_stops_in_says_the_daemon_stopped_not_that_the_series_ended() -> None:
+    """An outside probe: a SIGTERM mid-series recorded the rest "receiver_stopped: the series ended after
+    frame 137, of 300 announced", and the series went on (in the run resumed after the restart)."""
+    sink = _DetailSink()
+    context = zmq.Context()
+    push = context.socket(zmq.PUSH)
+    port = push.bind_to_random_port("tcp://127.0.0.1")
+    reader = ZmqStreamSource(f"tcp://127.0.0.1:{port}", sink, context)
+    reader.start()
+    try:
+        for message in (header(1, 10), image(1, 0), image(1, 1), image(1, 2)):
+            push.send_multipart(message)
+        deadline = time.monotonic() + 10
+        while len(sink.frames) < 3 and time.monotonic() < deadline:
+            time.sleep(0.02)
+    finally:
+        reader.stop()
+        push.close(0)
+        context.term()
+    assert sink.losses == [(3, 9, "receiver_stopped")]
+    assert sink.details == ["the daemon stopped after frame 2, of 10 announced"]
