@@ -1307,7 +1307,10 @@ class ZmqStreamSource:
         self._release_gaps(time.monotonic(), everything=True)
         self._count_drop_in_series(time.monotonic())  # (it may end between two looks at the connection)
         news, self._drop_news = self._drop_news, None
-        if news is not None and (news == 1 or news % 100 == 0):  # a drop the series' end was queued before
+        # a drop the series' end was queued before (its own end: the appliance ending a series whose
+        # detector died is no end the sender sent, an outside probe read "the sender went away after its
+        # series" of a camera killed mid-series)
+        if news is not None and exit_status == "success" and (news == 1 or news % 100 == 0):
             log.info(
                 "the stream connection to %s closed with series %s's end already sent (%d closes so far;"
                 " logged the first time, then every 100th): the sender went away after its series",

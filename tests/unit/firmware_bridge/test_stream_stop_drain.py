@@ -268,3 +268,36 @@ def test_a_sender_gone_with_its_series_end_still_queued_is_logged_as_normal(
     assert counters["connections_dropped"] == 1 and counters.get("connections_dropped_in_series", 0) == 0
     lines = [r.getMessage() for r in caplog.records if "stream connection" in r.getMessage()]
     assert lines and all("end already sent" in line for line in lines), lines
+
+
+def test_a_series_the_appliance_ends_after_its_sender_died_is_not_said_to_have_ended_by_the_sender(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """An outside probe killed the camera (and its stream) mid-series; the appliance ended the series
+    (``detector_disconnected``) and the log said the connection "closed with series 1's end already
+    sent ... the sender went away after its series"."""
+    import logging
+
+    caplog.set_level(logging.INFO, logger="firmware_bridge.zmq_reader")
+    context = zmq.Context()
+    push = context.socket(zmq.PUSH)
+    port = push.bind_to_random_port("tcp://127.0.0.1")
+    sink = Sink()
+    reader = ZmqStreamSource(f"tcp://127.0.0.1:{port}", sink, context)
+    reader.start()
+    try:
+        push.send_multipart(header(1, 10))
+        push.send_multipart(image(1, 0))
+        deadline = time.monotonic() + 10
+        while len(sink.frames) < 1 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        push.close(0)  # the sender dies mid-series
+        while reader.counters().get("connections_dropped", 0) < 1 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        reader.end_series("detector_disconnected")  # what the appliance does for a vanished detector
+        assert sink.ended.wait(10)
+    finally:
+        reader.stop()
+        context.term()
+    assert sink.losses == [(1, 9, "detector_disconnected")]
+    assert not [r for r in caplog.records if "end already sent" in r.getMessage()]
