@@ -5,6 +5,7 @@ probe's 60-projection scan in 3-degree steps came out 2 px off its axis, said in
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import numpy as np
 import pytest
@@ -29,6 +30,25 @@ def _finished(step: float) -> dict[str, str]:
     products = stage.finish()
     assert products["slices"].shape[0] == 1
     return stage.run_notes()
+
+
+def _simulated_scan(side: int, rows: list[int], n_angles: int, axis_offset_px: float) -> tuple[Any, Any]:
+    """The simulator's tomography scan (2 darks, 2 flats, ``n_angles`` projections over a half turn, its
+    axis ``axis_offset_px`` from the centre column) through a tomo stage reconstructing ``rows``: the
+    stage and its finished products."""
+    from hw_sim.physics import make_source
+
+    tomo = make_source(
+        "tomo", (side, side), seed=5, n_angles=n_angles, n_darks=2, n_flats=2, axis_offset_px=axis_offset_px
+    )
+    settings = ReductionSettings(mode="tomo", tomo={"slices": rows})  # type: ignore[arg-type]
+    stage = make_stage(RunContext(get_backend("numpy"), GEOMETRY, (side, side), 24, "2th_deg", settings))
+    for n in range(tomo.scan_length):
+        truth = tomo.frame_truth(n)
+        key = {"projection": 0, "flat": 1, "dark": 2}[truth.kind]
+        angle = float("nan") if truth.angle_deg is None else float(truth.angle_deg)
+        stage.process(tomo.frame(n), n, key, angle)
+    return stage, stage.finish()
 
 
 @pytest.mark.parametrize(("step", "noted"), [(6.0, True), (3.0, False), (1.5, False)])
@@ -58,18 +78,8 @@ def test_a_half_turn_in_3_degree_steps_estimates_its_axis_from_an_extrapolated_p
     """The outside probe's scan, 0 to 177 degrees in 3s with its axis off the centre column: no pair 180
     +- 2 degrees apart, and the slices were about the centre column, 2 px off. The projection at 177 and
     the one at -3, extrapolated from 0 and 3, give the axis."""
-    from hw_sim.physics import make_source
-
     side = 64
-    tomo = make_source("tomo", (side, side), seed=5, n_angles=60, n_darks=2, n_flats=2, axis_offset_px=2.0)
-    settings = ReductionSettings(mode="tomo", tomo={"slices": [32]})  # type: ignore[arg-type]
-    stage = make_stage(RunContext(get_backend("numpy"), GEOMETRY, (side, side), 24, "2th_deg", settings))
-    for n in range(tomo.scan_length):
-        truth = tomo.frame_truth(n)
-        key = {"projection": 0, "flat": 1, "dark": 2}[truth.kind]
-        angle = float("nan") if truth.angle_deg is None else float(truth.angle_deg)
-        stage.process(tomo.frame(n), n, key, angle)
-    products = stage.finish()
+    stage, products = _simulated_scan(side, [32], n_angles=60, axis_offset_px=2.0)
     assert products["center_source"].startswith("estimated from the projections at 177 and -3 degrees"), (
         products["center_source"]
     )
@@ -85,18 +95,8 @@ def test_an_axis_is_estimated_from_rows_through_the_sample_and_not_from_rows_of_
     """An outside probe chose slices of air only (rows above and below the sample): the axis came out
     at 19.5 for a true 67, "estimated from the projections at 0 and 179 degrees", with nothing said. Rows
     of noise agree about no axis: the slices are about the centre column, and the run's record says so."""
-    from hw_sim.physics import make_source
-
     side = 64
-    tomo = make_source("tomo", (side, side), seed=5, n_angles=90, n_darks=2, n_flats=2, axis_offset_px=3.0)
-    settings = ReductionSettings(mode="tomo", tomo={"slices": rows})  # type: ignore[arg-type]
-    stage = make_stage(RunContext(get_backend("numpy"), GEOMETRY, (side, side), 24, "2th_deg", settings))
-    for n in range(tomo.scan_length):
-        truth = tomo.frame_truth(n)
-        key = {"projection": 0, "flat": 1, "dark": 2}[truth.kind]
-        angle = float("nan") if truth.angle_deg is None else float(truth.angle_deg)
-        stage.process(tomo.frame(n), n, key, angle)
-    products = stage.finish()
+    stage, products = _simulated_scan(side, rows, n_angles=90, axis_offset_px=3.0)
     notes = stage.run_notes()
     if estimated:
         assert products["center_source"].startswith("estimated from"), products["center_source"]

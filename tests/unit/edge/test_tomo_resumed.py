@@ -168,12 +168,9 @@ def test_a_part_that_takes_too_long_to_read_is_left_out_and_said(
     assert stage.earlier.angles == []  # type: ignore[attr-defined]
 
 
-def test_a_resumed_scan_whose_earlier_part_stored_no_darks_or_flats_credits_it_with_none(
-    tmp_path: Path,
-) -> None:
-    """An outside chaos probe: a run killed during its darks stored none of them (they were in its
-    quarantined file, recorded lost); the resumed run's 9 flats were its own, yet ``flat_field`` said
-    "with those stored in run ...", sending a user to look for darks and flats that do not exist."""
+def _flat_field_after_projections_only(tmp_path: Path, with_a_flat: bool) -> str:
+    """``flat_field`` of a run resuming a scan whose earlier run ("first") stored projections only, the run
+    itself taking a flat (``with_a_flat``) or none, then the rest of the projections."""
     first = _write(tmp_path, "first", [(4 + k, 0, ANGLES[k]) for k in range(2)])  # projections only
     ctx = RunContext(
         get_backend("numpy"),
@@ -186,10 +183,20 @@ def test_a_resumed_scan_whose_earlier_part_stored_no_darks_or_flats_credits_it_w
     )
     stage = make_stage(ctx)
     stage.earlier._thread.join(10)  # type: ignore[attr-defined]
-    stage.process(_frame(1, 0), 0, 1, float("nan"))
+    if with_a_flat:
+        stage.process(_frame(1, 0), 0, 1, float("nan"))
     for k in range(2, len(ANGLES)):
         stage.process(_frame(0, k), 4 + k, 0, float(ANGLES[k]))
-    text = stage.finish()["flat_field"]
+    return str(stage.finish()["flat_field"])
+
+
+def test_a_resumed_scan_whose_earlier_part_stored_no_darks_or_flats_credits_it_with_none(
+    tmp_path: Path,
+) -> None:
+    """An outside chaos probe: a run killed during its darks stored none of them (they were in its
+    quarantined file, recorded lost); the resumed run's 9 flats were its own, yet ``flat_field`` said
+    "with those stored in run ...", sending a user to look for darks and flats that do not exist."""
+    text = _flat_field_after_projections_only(tmp_path, with_a_flat=True)
     assert text.startswith("applied without darks: projection / mean flat") and "stored in run" not in text
 
 
@@ -197,21 +204,7 @@ def test_a_resumed_scan_with_no_dark_or_flat_at_all_names_the_runs_it_began_in(t
     """An outside probe: a scan whose darks and flats were lost with a crash (its first file quarantined)
     said "not applied: no darks and flats before the first projection" in the run resuming it, as if the
     scan had none; it names the runs the scan began in, whose loss records hold them."""
-    first = _write(tmp_path, "first", [(4 + k, 0, ANGLES[k]) for k in range(2)])  # projections only
-    ctx = RunContext(
-        get_backend("numpy"),
-        GEOMETRY,
-        SHAPE,
-        16,
-        "2th_deg",
-        _params(),
-        earlier=EarlierParts(("first",), (first,)),
-    )
-    stage = make_stage(ctx)
-    stage.earlier._thread.join(10)  # type: ignore[attr-defined]
-    for k in range(2, len(ANGLES)):
-        stage.process(_frame(0, k), 4 + k, 0, float(ANGLES[k]))
-    text = stage.finish()["flat_field"]
+    text = _flat_field_after_projections_only(tmp_path, with_a_flat=False)
     assert text.startswith("not applied: no darks and flats"), text
     assert "none in the runs the scan began in, first" in text and "daemon_crash" in text
 

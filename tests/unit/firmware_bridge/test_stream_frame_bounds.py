@@ -453,11 +453,7 @@ def test_a_series_the_daemon_stops_in_says_the_daemon_stopped_not_that_the_serie
     """An outside probe: a SIGTERM mid-series recorded the rest "receiver_stopped: the series ended after
     frame 137, of 300 announced", and the series went on (in the run resumed after the restart)."""
     sink = _DetailSink()
-    context = zmq.Context()
-    push = context.socket(zmq.PUSH)
-    port = push.bind_to_random_port("tcp://127.0.0.1")
-    reader = ZmqStreamSource(f"tcp://127.0.0.1:{port}", sink, context)
-    reader.start()
+    context, push, reader = reader_on_a_push_socket(sink)
     try:
         for message in (header(1, 10), image(1, 0), image(1, 1), image(1, 2)):
             push.send_multipart(message)
@@ -470,3 +466,14 @@ def test_a_series_the_daemon_stops_in_says_the_daemon_stopped_not_that_the_serie
         context.term()
     assert sink.losses == [(3, 9, "receiver_stopped")]
     assert sink.details == ["the daemon stopped after frame 2, of 10 announced"]
+
+
+def reader_on_a_push_socket(sink: Any) -> tuple[zmq.Context, zmq.Socket, ZmqStreamSource]:
+    """A started reader into ``sink``, connected to a PUSH socket of its own on a free loopback port:
+    (the context, the socket to send on, the reader); the caller stops the reader and ends the context."""
+    context = zmq.Context()
+    push = context.socket(zmq.PUSH)
+    port = push.bind_to_random_port("tcp://127.0.0.1")
+    reader = ZmqStreamSource(f"tcp://127.0.0.1:{port}", sink, context)
+    reader.start()
+    return context, push, reader

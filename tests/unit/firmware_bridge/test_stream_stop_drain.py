@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 import zmq
-from test_stream_frame_bounds import Sink, header, image
+from test_stream_frame_bounds import Sink, header, image, reader_on_a_push_socket
 
 from firmware_bridge.zmq_reader import ZmqStreamSource
 
@@ -279,12 +279,8 @@ def test_a_series_the_appliance_ends_after_its_sender_died_is_not_said_to_have_e
     import logging
 
     caplog.set_level(logging.INFO, logger="firmware_bridge.zmq_reader")
-    context = zmq.Context()
-    push = context.socket(zmq.PUSH)
-    port = push.bind_to_random_port("tcp://127.0.0.1")
     sink = Sink()
-    reader = ZmqStreamSource(f"tcp://127.0.0.1:{port}", sink, context)
-    reader.start()
+    context, push, reader = reader_on_a_push_socket(sink)
     try:
         push.send_multipart(header(1, 10))
         push.send_multipart(image(1, 0))
