@@ -432,7 +432,8 @@ def test_many_runs_and_a_store_at_its_quota_on_a_wall(chromium: str, tmp_path: P
             )
             cell = browser.evaluate("document.getElementById('store-unverified').innerText")
             assert cell == "66.8 MiB (60.0 MiB kept local)", cell
-            view.base["retention"].update(accepting_runs=False)
+            # (refused by retention: its own alarm, beside the disk-full one below)
+            view.base["retention"].update(accepting_runs=False, alarm="the store is full of unverified data")
 
             # then four alarms at once: on a wide screen they go two to a row (one under the other they
             # pushed the runs below the fold at 1920 x 1080, an outside probe); the runs' first rows stay
