@@ -15,7 +15,7 @@ import pytest
 import zmq
 from test_stream2_reader import Sink as Stream2Sink
 from test_stream2_reader import _series
-from test_stream_frame_bounds import Sink, header, image, part
+from test_stream_frame_bounds import Sink, header, image, part, reader_on_a_push_socket
 
 from firmware_bridge.stream2_reader import Stream2Source
 from firmware_bridge.zmq_reader import ZmqStreamSource
@@ -220,11 +220,7 @@ def test_json_images_of_the_last_series_long_after_its_end_are_a_run_that_reuses
 
     monkeypatch.setattr(zmq_reader, "STRAGGLER_SECONDS", 0.3)
     sink = _Ends()
-    context = zmq.Context()
-    push = context.socket(zmq.PUSH)
-    port = push.bind_to_random_port("tcp://127.0.0.1")
-    reader = ZmqStreamSource(f"tcp://127.0.0.1:{port}", sink, context)
-    reader.start()
+    context, push, reader = reader_on_a_push_socket(sink)
     try:
         for message in [header(5, 3), *(image(5, n) for n in range(3)), END, image(5, 2)]:
             push.send_multipart(message)

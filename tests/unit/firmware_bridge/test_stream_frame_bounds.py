@@ -420,11 +420,7 @@ def test_a_gap_among_messages_queued_before_the_connection_dropped_is_not_put_do
                 assert self.release.wait(10)  # the reader waits here while the rest queues and the drop
 
     sink = Held()
-    context = zmq.Context()
-    push = context.socket(zmq.PUSH)
-    port = push.bind_to_random_port("tcp://127.0.0.1")
-    reader = ZmqStreamSource(f"tcp://127.0.0.1:{port}", sink, context)
-    reader.start()
+    context, push, reader = reader_on_a_push_socket(sink)
     try:
         for message in (
             header(1, 3),
