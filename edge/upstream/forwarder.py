@@ -184,7 +184,8 @@ class Forwarder:
                 else:  # (the connection went away during it: a client that gave up, or the one above)
                     why = (
                         f"the connection ended during it ({os.strerror(value) if value else 'no detail'}):"
-                        " a client without CurveZMQ keys, or one that gave up"
+                        " a client without CurveZMQ keys, one whose pull.curve_server_file is not this"
+                        " appliance's public key, or one that gave up"
                     )
                 log.warning(
                     "upstream: a connection to %s failed its handshake: %s (%d such so far; logged once a"

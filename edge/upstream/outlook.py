@@ -87,6 +87,27 @@ def _not_connected(forwarder: Mapping[str, Any]) -> str:
     return "no consumer connected"
 
 
+def _handshakes(forwarder: Mapping[str, Any]) -> str:
+    """What the upstream link's failed handshakes say of a consumer not connected, in brackets ("" when
+    none failed): a key not admitted, a client without CurveZMQ keys, or another failure (a client
+    holding another server key than this appliance's). An outside probe's client with the wrong server
+    key showed only in ``handshakes_failed``, its stall naming no cause."""
+    said = []
+    for field, what in (
+        ("curve_handshakes_refused", "of a key not admitted (upstream.curve_clients_dir; the log names it)"),
+        ("curve_handshakes_without_curve", "without CurveZMQ keys (pull.curve_secret_file)"),
+        (
+            "handshakes_failed",
+            "failed otherwise (a client whose pull.curve_server_file is not this appliance's public key,"
+            " or one that gave up)",
+        ),
+    ):
+        count = int(forwarder.get(field) or 0)
+        if count:
+            said.append(f"{count} {what}")
+    return f" (handshakes since start: {'; '.join(said)})" if said else ""
+
+
 def _missing(required: list[str], forwarder: Mapping[str, Any]) -> list[str]:
     """The required consumers not connected now."""
     connected = {str(c.get("consumer")) for c in forwarder.get("consumers") or () if c.get("connected")}
@@ -118,14 +139,7 @@ def stall(
     if missing:
         # a key the appliance does not admit is no connection: said, or the cause was in a counter and
         # the log only (an outside probe's required consumer's key, removed from the clients directory)
-        refused = int(forwarder.get("curve_handshakes_refused") or 0)
-        keys = (
-            f" ({refused} CURVE handshake(s) of a key not admitted since start: upstream.curve_clients_dir,"
-            " and the log, name it)"
-            if refused
-            else ""
-        )
-        return f"{_not_connected(forwarder)}: {', '.join(missing)} must pull{keys}"
+        return f"{_not_connected(forwarder)}: {', '.join(missing)} must pull{_handshakes(forwarder)}"
     # a required consumer refusing chunk after chunk, or held back for it (its disk full, say): a probe read
     # "ETA 30 s" in `edge where` beside the outlook's "stalled"
     held = _held_back(required, forwarder)

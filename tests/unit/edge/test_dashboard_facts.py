@@ -187,9 +187,18 @@ def test_a_stall_for_a_required_consumer_away_says_others_are_connected() -> Non
     # a key the appliance refused: said beside it (an outside probe found it in a counter and the log only)
     refused = {**consumers(False), "curve_handshakes_refused": 3}
     assert stall(["hpc"], refused) == (
-        "no consumer connected: hpc must pull (3 CURVE handshake(s) of a key not admitted since start:"
-        " upstream.curve_clients_dir, and the log, name it)"
+        "no consumer connected: hpc must pull (handshakes since start: 3 of a key not admitted"
+        " (upstream.curve_clients_dir; the log names it))"
     )
+    # a client holding another server key, or none: its handshakes fail without a key refused (an
+    # outside probe's wrong server key showed in a counter only)
+    failed = {**consumers(False), "handshakes_failed": 50, "curve_handshakes_without_curve": 2}
+    said = stall(["hpc"], failed)
+    assert said is not None and said.startswith(
+        "no consumer connected: hpc must pull (handshakes since start:"
+    )
+    assert "2 without CurveZMQ keys" in said and "50 failed otherwise" in said, said
+    assert "curve_server_file" in said, said
 
 
 def test_a_consumer_refusing_everything_is_a_stall_that_says_why() -> None:
