@@ -30,7 +30,7 @@ from edge.errors import ConfigError
 from edge.frame_format import FrameFormat, frame_format, preview_step, udp_geometry
 from edge.held_journal import HeldJournal
 from edge.held_journal import replay as replay_held
-from edge.ledger import Ledger
+from edge.ledger import Ledger, run_config
 from edge.modes import Corrections
 from edge.pipeline import Pipeline, WarmUps, reduced_file_bytes
 from edge.poni import combined_mask, load_poni, settings_geometry
@@ -47,7 +47,7 @@ from edge.recovery import (
     udp_series_before,
     was_interrupted,
 )
-from edge.reduction_control import AUTOSAVE_NAME, ReductionControl
+from edge.reduction_control import AUTOSAVE_NAME, ReductionControl, settings_changed
 from edge.retention import Retention
 from edge.ring import FrameRing, Slot, sweep_stale_rings
 from edge.run_masks import RunMasks, file_sha256
@@ -558,12 +558,16 @@ class RingSink:
     def _note_mode_change(self, config: dict[str, Any], reduction: dict[str, Any]) -> None:
         """A series resumed after a restart in another reduction mode than the run it continues (the
         settings were changed across the restart): said in the log and in the run's config
-        (``resumed_in_other_mode``), since its products do not continue that run's."""
+        (``resumed_in_other_mode``), since its products do not continue that run's. Other settings
+        that shape the products changed so (a serial run's hit criteria, say): each named in
+        ``resumed_with_other_settings`` ({dotted name: [that run's, this run's]}) and in the log (an
+        outside probe's min_peaks changed halfway through one detector series, said nowhere on the run)."""
         earlier = config.get("resumes_run")
         if not earlier:
             return
         with contextlib.suppress(Exception):
-            mode = self.recorder.ledger.run(str(earlier)).get("mode")
+            run = self.recorder.ledger.run(str(earlier))
+            mode = run.get("mode")
             if mode and mode != reduction.get("mode"):
                 config["resumed_in_other_mode"] = mode
                 log.warning(
@@ -573,6 +577,16 @@ class RingSink:
                     reduction.get("mode"),
                     earlier,
                     mode,
+                )
+            before = run_config(run.get("config")).get("reduction")
+            changed = settings_changed(before, reduction) if isinstance(before, dict) else {}
+            if changed:
+                config["resumed_with_other_settings"] = changed
+                log.warning(
+                    "series resumed after a restart with other reduction settings than the run it continues"
+                    " (%s): %s",
+                    earlier,
+                    ", ".join(f"{name} {old!r} -> {new!r}" for name, (old, new) in changed.items()),
                 )
 
     def _run_mask(self, config: dict[str, Any], pixel_mask: np.ndarray | None) -> np.ndarray | None:

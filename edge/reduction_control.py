@@ -42,6 +42,33 @@ def _run_parameters(settings: ReductionSettings) -> dict[str, Any]:
     return {key: current[key] for key in RUN_PARAMETERS}
 
 
+#: reduction settings that say how a run is computed, not what it gives: not compared by `settings_changed`
+HOW_COMPUTED = ("backend", "frame_threads", "analysis_threads")
+
+
+def _flat(value: Any, prefix: str = "") -> dict[str, Any]:
+    """A nested JSON object as {dotted name: value}."""
+    if not isinstance(value, dict):
+        return {prefix: value}
+    out: dict[str, Any] = {}
+    for key, item in value.items():
+        out.update(_flat(item, f"{prefix}.{key}" if prefix else str(key)))
+    return out
+
+
+def settings_changed(before: dict[str, Any], after: dict[str, Any]) -> dict[str, list[Any]]:
+    """The reduction settings (JSON, as a run records them) that differ between ``before`` and ``after``,
+    but for the mode (said apart) and `HOW_COMPUTED`: {dotted name: [before, after]}, sorted; a name one
+    side lacks reads None there (a setting added since)."""
+    old, new = _flat(before), _flat(after)
+    skip = {"mode", *HOW_COMPUTED}
+    return {
+        name: [old.get(name), new.get(name)]
+        for name in sorted(set(old) | set(new))
+        if name.split(".")[0] not in skip and old.get(name) != new.get(name)
+    }
+
+
 def _digest(settings: ReductionSettings) -> str:
     """A digest of the run parameters ``settings`` give: which starting values a saved change was made
     from."""
@@ -107,11 +134,15 @@ class ReductionControl:
             return
         self._current = candidate
         self.restored = self.parameters()
+        # each restored parameter named (an outside probe read "mode serial" alone, its min_peaks and
+        # min_snr restored too)
+        changed = settings_changed(settings.model_dump(mode="json"), candidate.model_dump(mode="json"))
         log.info(
-            "restored the reduction changes made before the restart (saved %s in %s): mode %s",
+            "restored the reduction changes made before the restart (saved %s in %s): mode %s%s",
             time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(float(saved.get("saved_at") or 0))),
             path,
             candidate.mode,
+            "".join(f", {name} {new!r} (the settings' {old!r})" for name, (old, new) in changed.items()),
         )
 
     def _save(self, settings: ReductionSettings) -> None:

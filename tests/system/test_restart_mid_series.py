@@ -753,6 +753,11 @@ def test_a_series_resumed_in_another_mode_says_so(tmp_path: Path) -> None:
         stack.stop_all()
     config = _config(second)
     assert config["resumes_run"] == runs[0]["run_uid"] and config["resumed_in_other_mode"] == "raw"
+    # the other settings that shape its products, each named (an outside probe's min_peaks changed halfway
+    # through a series, said nowhere on the run)
+    assert config["resumed_with_other_settings"] == {"bins": [1000, 50]}, config[
+        "resumed_with_other_settings"
+    ]
 
 
 def test_frames_received_before_a_crash_of_a_series_that_never_goes_on_are_accounted(tmp_path: Path) -> None:

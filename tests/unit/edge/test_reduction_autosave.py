@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from edge.config import load_settings
-from edge.reduction_control import ReductionControl
+from edge.reduction_control import ReductionControl, settings_changed
 
 
 def _control(path: Path, *overrides: str) -> ReductionControl:
@@ -73,3 +73,36 @@ def test_a_save_superseded_by_edited_settings_never_comes_back(tmp_path: Path) -
     _control(path, 'reduction.mode="powder"').update({"mode": "serial"})
     assert _control(path, 'reduction.mode="tomo"').current().mode == "tomo" and not path.exists()
     assert _control(path, 'reduction.mode="powder"').current().mode == "powder"
+
+
+def test_the_restore_names_each_parameter_it_restored(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An outside probe read "restored ...: mode serial" alone, its min_peaks and min_snr restored too."""
+    path = tmp_path / "reduction.json"
+    _control(path, 'reduction.mode="serial"').update({"serial": {"min_peaks": 30, "min_snr": 4.0}})
+    with caplog.at_level(logging.INFO, logger="edge.reduction_control"):
+        _control(path, 'reduction.mode="serial"')
+    said = [r.getMessage() for r in caplog.records if "restored the reduction changes" in r.getMessage()]
+    assert len(said) == 1, said
+    assert "mode serial" in said[0], said
+    assert (
+        "serial.min_peaks 30 (the settings' 10)" in said[0]
+        and "serial.min_snr 4.0 (the settings' 5.0)" in said[0]
+    )
+
+
+def test_settings_changed_names_what_shapes_products_only() -> None:
+    before = {"mode": "raw", "backend": "numba", "bins": 1000, "serial": {"min_peaks": 10}, "roi": []}
+    after = {
+        "mode": "powder",
+        "backend": "auto",
+        "bins": 50,
+        "serial": {"min_peaks": 10},
+        "roi": [[0, 0, 4, 4]],
+    }
+    assert settings_changed(before, after) == {"bins": [1000, 50], "roi": [[], [[0, 0, 4, 4]]]}
+    assert settings_changed(before, before) == {}
+    assert settings_changed({"serial": {}}, {"serial": {"max_peaks": 512}}) == {
+        "serial.max_peaks": [None, 512]
+    }
