@@ -227,6 +227,12 @@ def current_alarms(status: Mapping[str, Any]) -> list[dict[str, Any]]:
         parts.append(f"{len(recovery['salvaged'])} closed file(s) salvaged")
     if recovery.get("quarantined"):
         parts.append(f"{len(recovery['quarantined'])} half-written file(s) quarantined")
+    went_on = recovery.get("continuations_lost") or {}
+    if went_on:  # (`edge.recovery._continuations_unrecorded`)
+        parts.append(
+            f"{len(went_on)} run(s) whose series went on after a restart in a run the daemon died before"
+            f" recording ({', '.join(short_uid(u) for u in went_on)})"
+        )
     lost = int(recovery.get("frames_lost") or 0)
     if lost > 0:
         parts.append(f"{lost:,} frames recorded lost (daemon_crash): open the failed run(s) below")

@@ -41,6 +41,7 @@ JOURNALED = frozenset(
         "run_named",
         "run_series_offset",
         "run_continued_at",
+        "run_continuation_lost",
         "run_note",
         "run_reopened",
         "record_loss",

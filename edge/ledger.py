@@ -633,6 +633,28 @@ class Ledger:
             (int(frame), run_uid),
         )
 
+    def continuations_unrecorded(self) -> list[tuple[str, int]]:
+        """The runs whose series went on after a restart (``continued_at_frame``) in a run the ledger does
+        not hold (none names it ``resumes_run``): the daemon handed their frames over and died before it
+        recorded the run that took them. (run uid, frame), oldest first."""
+        rows = self._rows(
+            "SELECT run_uid, json_extract(config, '$.continued_at_frame') AS frame FROM runs AS r"
+            " WHERE json_valid(config) AND json_extract(config, '$.continued_at_frame') IS NOT NULL"
+            " AND NOT EXISTS (SELECT 1 FROM runs AS s WHERE CASE WHEN json_valid(s.config)"
+            " THEN json_extract(s.config, '$.resumes_run') END = r.run_uid) ORDER BY started_at"
+        )
+        return [(str(row["run_uid"]), int(row["frame"])) for row in rows]
+
+    def run_continuation_lost(self, run_uid: str) -> None:
+        """The run its series went on in was never recorded (`continuations_unrecorded`): its
+        ``continued_at_frame`` becomes ``continuation_lost_at_frame``, its own account counting to the end."""
+        self._write(
+            "UPDATE runs SET config=json_remove(json_set(config, '$.continuation_lost_at_frame',"
+            " json_extract(config, '$.continued_at_frame')), '$.continued_at_frame') WHERE run_uid=?"
+            " AND json_valid(config) AND json_extract(config, '$.continued_at_frame') IS NOT NULL",
+            (run_uid,),
+        )
+
     #: what the pipeline learns of a run once it starts, kept in its config: ``mode_not_started`` (why
     #: its mode could not start: frames stored raw, no products) and ``calibration_files_changed`` (the
     #: calibration files whose bytes were not those loaded any more), so its record says so for good;

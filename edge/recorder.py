@@ -147,6 +147,11 @@ class RunRecorder:
         (`Ledger.run_continued_at`)."""
         self._ledger_write(self.ledger.run_continued_at, run_uid, frame)
 
+    def continuation_lost(self, run_uid: str) -> None:
+        """The run its series went on in after a restart was never recorded
+        (`Ledger.run_continuation_lost`)."""
+        self._ledger_write(self.ledger.run_continuation_lost, run_uid)
+
     def open_run(
         self,
         run_uid: str | None,

@@ -87,7 +87,13 @@ def _not_own(run: dict[str, Any], covered: list[tuple[int, int]]) -> list[tuple[
 def recover(recorder: RunRecorder, root: Path) -> dict[str, Any]:
     """Run the recovery steps above through the run recorder; return what was done (also logged)."""
     ledger = recorder.ledger
-    report: dict[str, Any] = {"quarantined": [], "salvaged": [], "runs_failed": [], "frames_lost": 0}
+    report: dict[str, Any] = {
+        "quarantined": [],
+        "salvaged": [],
+        "runs_failed": [],
+        "frames_lost": 0,
+        "continuations_lost": {},
+    }
     quarantine = root / "quarantine"  # (RunStore sets its open files aside there too, STORE/quarantine/RUN/)
     half_written: dict[str, list[str]] = {}  # run -> its files quarantined now (named in its crash's losses)
     # an open capture's file stays where it is, in the store too (a plan's scans directory under it): the
@@ -275,13 +281,51 @@ def recover(recorder: RunRecorder, root: Path) -> dict[str, Any]:
             stored,
             vetoed.size + vetoed_purged,
         )
-    if any(report[k] for k in ("quarantined", "salvaged", "runs_failed")):
+    _continuations_unrecorded(recorder, report)
+    if any(report[k] for k in ("quarantined", "salvaged", "runs_failed", "continuations_lost")):
         log.warning(
             "recovery: %s (frames_lost: the interrupted runs' frames in no file, recorded lost for now; a"
             " series the detector goes on with resumes in a run that takes back those it receives)",
             json.dumps(report),
         )
     return report
+
+
+def _continuations_unrecorded(recorder: RunRecorder, report: dict[str, Any]) -> None:
+    """Runs whose series a restart's reader resumed in a new run, their frames from there handed over to
+    it, and the daemon died before that run was recorded (an outside probe: a kill -9 2.5 s after a
+    restart; the interrupted run's records of frames 26..39 gone, no run holding them, 14 frames in no
+    record). Their frames from where the series went on, in no record now, are recorded lost
+    (``daemon_crash``) in the run itself, whose account counts to its end again
+    (``continuation_lost_at_frame``): ``report["continuations_lost"]`` {run: frames}."""
+    ledger = recorder.ledger
+    for run_uid, frame in ledger.continuations_unrecorded():
+        recorder.continuation_lost(run_uid)
+        run = ledger.run(run_uid)
+        expected = run["frames_expected"] or _capture_end(run)
+        if expected is None:  # its length unknown: up to the last frame it is known to have received
+            seen = run.get("frames_seen")
+            expected = max(frame, 0 if seen is None else int(seen) + 1)
+        before = int(ledger.run_totals(run_uid)["frames_lost"])
+        _unaccounted_before(
+            recorder,
+            run,
+            int(expected),
+            "daemon_crash",
+            f"its series went on at frame {frame} after a restart, in a run the daemon died before it was"
+            " recorded: these frames are in no file",
+        )
+        lost = int(ledger.run_totals(run_uid)["frames_lost"]) - before
+        report["continuations_lost"][run_uid] = lost
+        report["frames_lost"] += lost
+        recorder.documents_when_possible(run_uid, str(run["exit_status"] or "fail"))
+        log.error(
+            "run %s: its series went on at frame %d after a restart in a run that was never recorded (the"
+            " daemon died first): %d frames of it are recorded lost (daemon_crash)",
+            run_uid,
+            frame,
+            lost,
+        )
 
 
 class _RecoveredRows:

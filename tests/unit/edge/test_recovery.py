@@ -1327,3 +1327,52 @@ def test_the_mark_that_recoveries_were_shown_is_tried_again_while_the_disk_is_fu
     cancel.set()
     assert refusals[0] == 0 and float(unseen.read_text()) > since
     assert not list(tmp_path.glob("*.part"))
+
+
+def test_a_series_handed_over_to_a_run_never_recorded_is_accounted_at_the_next_start(tmp_path: Path) -> None:
+    """An outside probe (UDP): a SIGTERM at frame 5 of 40 (receiver_stopped 5..39), a restart whose reader
+    resumed the series at frame 26 and handed 26..39 over, and a kill -9 before the resuming run was
+    recorded: the interrupted run's records said 5..25 lost, 26..39 were in no record and no run. The next
+    start records them lost in the interrupted run, whose account counts to its end again."""
+    from edge.recovery import recover
+
+    ledger, recorder, run_uid = _cut_run(tmp_path, "run-u", 7, 40, 5, "receiver_stopped", "abort")
+    # the restart's reader, up to the point where it records the resuming run (then the kill)
+    recorder.continued_at(run_uid, 26)
+    assert recorder.hand_over_losses(run_uid, "receiver_stopped", 26) == 14
+    assert ledger.run_totals(run_uid)["frames_lost"] == 21
+
+    report = recover(recorder, tmp_path)
+
+    assert report["continuations_lost"] == {run_uid: 14} and report["frames_lost"] == 14
+    totals = ledger.run_totals(run_uid)
+    assert totals["frames_stored"] + totals["frames_lost"] == 40, totals
+    crash = [r for r in ledger.losses(run_uid) if r["reason"] == "daemon_crash"]
+    assert [(r["first_frame"], r["last_frame"]) for r in crash] == [(26, 39)]
+    config = json.loads(ledger.run(run_uid)["config"])
+    assert "continued_at_frame" not in config and config["continuation_lost_at_frame"] == 26
+    # its documents say so (a new revision), and a second start finds nothing more to do
+    account = _stop(tmp_path / run_uid / documents_name(run_uid, 2))["edge_accounting"]
+    assert account["frames_lost"] == 35, account
+    from edge.alarms import current_alarms
+
+    (alarm,) = [
+        a for a in current_alarms({"appliance": {"recovery": report}}) if a["id"] == "daemon:recovery"
+    ]
+    assert "1 run(s) whose series went on after a restart in a run the daemon died before" in alarm["message"]
+    assert "14 frames recorded lost" in alarm["message"] and alarm["severity"] == "major", alarm
+    assert recover(recorder, tmp_path)["continuations_lost"] == {}
+
+
+def test_a_series_that_went_on_in_a_recorded_run_is_left_as_it_is(tmp_path: Path) -> None:
+    from edge.recovery import recover
+
+    ledger, recorder, run_uid = _cut_run(tmp_path, "run-v", 8, 40, 5, "receiver_stopped", "abort")
+    assert resume_interrupted(recorder, {}, series=8, first_frame=26) == {"resumes_run": run_uid}
+    config = {"shape": [4, 4], "resumed_after_restart": True, "first_frame": 26, "resumes_run": run_uid}
+    resumed = recorder.open_run("run-w", series=8, frames_expected=40, config=config)
+    recorder.close_run(resumed, 0, "success")
+    before = ledger.losses(run_uid)
+    assert recover(recorder, tmp_path)["continuations_lost"] == {}
+    assert ledger.losses(run_uid) == before
+    assert json.loads(ledger.run(run_uid)["config"])["continued_at_frame"] == 26
