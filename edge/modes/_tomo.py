@@ -62,6 +62,9 @@ class _EarlierScan:
         self.angles: list[float] = []
         self.planned = 0  # projections listed in the readable files (read on the thread)
         self.without_angle = 0  # stored projections without an angle (NaN): not back-projected
+        # (frame number, angle) of the last projection stored (the highest frame number): where the given
+        # angles of the resumed part go on from (None: no projection, or a file without frame numbers)
+        self.last_projection: tuple[int, float] | None = None
         planned: list[tuple[Path, np.ndarray, np.ndarray]] = []
         for path in earlier.files:
             try:
@@ -83,6 +86,12 @@ class _EarlierScan:
                     held = [path.parent.name] if path.parent.name in earlier.runs else list(earlier.runs)
                     if np.any((keys == 1) | (keys == 2)):
                         self.reference_runs += [r for r in held if r not in self.reference_runs]
+                    numbers = np.asarray(handle["/entry/data/frame_number"][:], np.int64)
+                    shot = np.flatnonzero(keys == 0)
+                    if shot.size and numbers.size == keys.size:
+                        last = int(shot[np.argmax(numbers[shot])])
+                        if self.last_projection is None or int(numbers[last]) > self.last_projection[0]:
+                            self.last_projection = (int(numbers[last]), float(angles[last]))
                     projections = np.flatnonzero((keys == 0) & np.isfinite(angles))
                     self.without_angle += int(np.count_nonzero(keys == 0)) - int(projections.size)
                     planned.append((path, projections, angles[projections]))
@@ -197,6 +206,14 @@ class TomoStage(_CorrectedStage):
         # earlier part stored (a UDP scan split by a pause gave its second run's projections 0, 3, 6 ...
         # again: angles 0..45 twice, for different frames)
         self._given_from = 0 if self.earlier is None else self.earlier.planned + self.earlier.without_angle
+        # ... by frame number: (n, frame) of the last projection given an angle (or the earlier part's
+        # last), and the frames since that took no n (darks, flats, projections with their own angle); a
+        # projection at frame f then takes n + (f - frame) - those, so frames lost between projections (a
+        # crash, a dropped frame) keep their angles' places, a hole in angle_gaps, rather than shifting
+        # every later projection by as many steps (an outside probe: a scan resumed after a crash that lost
+        # 3 projections had every later angle 18 degrees off, and no gap said)
+        self._anchor: tuple[int, int] | None = self._earlier_anchor()
+        self._others_since_anchor = 0
         self._earlier_lines: list[np.ndarray] = []  # those back-projected so far (normalised) ...
         self._earlier_angles: list[float] = []  # ... and their angles
         # the axis the slices are streamed about: the given centre, else the detector's centre column
@@ -231,16 +248,47 @@ class TomoStage(_CorrectedStage):
         elif image_key == 1:
             self.flats += 1
             self._flat_sum += raw
+        if image_key in (1, 2):
+            self._others_since_anchor += 1
         else:
             if math.isnan(angle) and self.given_angles is not None:  # reduction.tomo.angle_start/_step
-                angle = self.given_angles[0] + (self._given_from + self.angles_given) * self.given_angles[1]
+                angle = self.given_angles[0] + self._given_index(frame) * self.given_angles[1]
                 self.angles_given += 1
+            else:  # (one with its own angle takes no n: the next without one takes the next n)
+                self._others_since_anchor += 1
             self._project(raw, angle, missing)
         result = FrameResult(
             products={"image_key": image_key, "rotation_angle": angle},
             row={"image_key": image_key, "rotation_angle": angle},
         )
         return self._roi(raw, result, missing)
+
+    def _earlier_anchor(self) -> tuple[int, int] | None:
+        """(n, frame) of the earlier part's last projection, for the given angles of this part to go on
+        from: n from its angle when that sits on the given grid, else its count of projections."""
+        earlier = self.earlier
+        if earlier is None or earlier.last_projection is None or self.given_angles is None:
+            return None
+        frame, angle = earlier.last_projection
+        start, step = self.given_angles
+        n = earlier.planned + earlier.without_angle - 1
+        if step != 0 and math.isfinite(angle):
+            place = (angle - start) / step
+            if abs(place - round(place)) < 1e-6 and round(place) >= 0:
+                n = round(place)
+        return n, frame
+
+    def _given_index(self, frame: int) -> int:
+        """The n of reduction.tomo.angle_start + n x angle_step for a projection at ``frame``: the next
+        after the last one's, plus the frames between them that did not come (lost ones); the
+        first of a scan takes the earlier parts' count (0 in a scan's first run)."""
+        if self._anchor is None:
+            n = self._given_from
+        else:
+            last_n, last_frame = self._anchor
+            n = last_n + max(1, frame - last_frame - self._others_since_anchor)
+        self._anchor, self._others_since_anchor = (n, frame), 0
+        return n
 
     def write_reduced(self, entry: h5py.Group, products: list[dict[str, Any]]) -> None:
         _CorrectedStage.write_products(self, entry, products)  # ROI statistics; the rest is run products

@@ -225,3 +225,39 @@ def test_a_scan_going_on_in_a_second_run_counts_its_given_angles_on(tmp_path: Pa
     products = second.finish()
     np.testing.assert_array_equal(np.sort(products["rotation_angle"]), 3.0 * np.arange(8))
     assert products["angle_gaps"] == 0 and products["projections_angle_given"] == 3
+
+
+def test_given_angles_keep_their_places_across_frames_lost_in_a_run_and_at_a_restart(tmp_path: Path) -> None:
+    """An outside probe: an EPICS-driven scan (angle_start 0, step 6), the daemon killed at frame 11 of
+    30, frames 11..13 lost, the series resumed at frame 14 after the restart: the resumed projections took
+    66, 72 ... (n counted on from the 11 stored), every one 18 degrees off, and angle_gaps said 0. The n
+    is the frame's place in the scan: frames that never came leave a hole, said in angle_gaps."""
+    from edge.modes import EarlierParts
+
+    params = ReductionSettings(mode="tomo", tomo={"slices": [12], "angle_start": 0.0, "angle_step": 6.0})  # type: ignore[arg-type]
+    first = make_stage(RunContext(get_backend("numpy"), GEOMETRY, SHAPE, 16, "2th_deg", params))
+    meta = RunMetadata(GEOMETRY, "sim", 30, "2026-12-02T00:00:00+00:00", {"frame_time": 0.01})
+    directory = tmp_path / "part1"
+    directory.mkdir()
+    writer = RunFileWriter(directory, "part1", "part1_00000.h5", 0, SHAPE, "uint16", 30, first, meta)
+    stored = [f for f in range(11) if f != 4]  # frame 4 lost inside the first part too
+    for frame in stored:
+        pixels = np.full(SHAPE, 400 + frame, np.uint16)
+        writer.write(frame, compress_chunk(pixels), first.process(pixels, frame, 0, float("nan")).products)
+    path = writer.close().path
+    with h5py.File(path, "r") as f:  # the frame lost at 4 leaves its angle's place empty
+        np.testing.assert_array_equal(f["/entry/sample/rotation_angle"][()], 6.0 * np.asarray(stored))
+    earlier = EarlierParts(runs=("part1",), files=(path,))
+    second = make_stage(
+        RunContext(get_backend("numpy"), GEOMETRY, SHAPE, 16, "2th_deg", params, earlier=earlier)
+    )
+    angles = [
+        second.process(np.full(SHAPE, 500, np.uint16), frame, 0, float("nan")).products["rotation_angle"]
+        for frame in range(14, 18)
+    ]
+    assert angles == [84.0, 90.0, 96.0, 102.0]
+    products = second.finish()
+    np.testing.assert_array_equal(
+        np.sort(products["rotation_angle"]), 6.0 * np.asarray([*stored, 14, 15, 16, 17])
+    )
+    assert products["angle_gaps"] == 2 and products["largest_angle_step"] == 24.0, products["angle_gaps"]
