@@ -920,7 +920,9 @@ CAM_CLASSIC_PVS: tuple[PvSpec, ...] = (
         "takes (Normal 0 projection, FlatField 1 flat, Background 2 dark, as NXtomo's `image_key`; the frames"
         " carry no rotation angle: give the projections' with `Reduction:TomoAngleStart` and"
         " `Reduction:TomoAngleStep`). A detector without `FrameType` takes Normal only (another value fails"
-        " the acquisition, saying why).",
+        " the acquisition, saying why). Each `Acquire` is a run of its own unless `HDF1:Capture` is open"
+        " across them: darks and flats normalise the projections of their own run only, so take a"
+        " tomography scan's darks, flats and projections within one capture (docs/bluesky.md).",
         0,
         choices=FRAME_TYPES,
     ),

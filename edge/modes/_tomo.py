@@ -387,6 +387,14 @@ class TomoStage(_CorrectedStage):
                     f" (none in the runs the scan began in, {began}: darks and flats of theirs lost with a"
                     " crash are in their loss records, daemon_crash)"
                 )
+        if not all(self._dark_flat_counts()) and earlier is None:
+            # an EPICS-driven scan's darks and flats taken by Acquires of their own were runs of their own,
+            # never used here, and nothing said so (an outside probe)
+            text += (
+                "; darks and flats of other runs are never used: take them in the same run (an"
+                " areaDetector capture, HDF1:Capture, open across the scan's acquisitions; each Acquire is a"
+                " run otherwise)"
+            )
         if self._late_applied is not None:
             late = [
                 f"{n} {name}" for n, name in zip(self._late_applied, ("darks", "flats"), strict=True) if n
