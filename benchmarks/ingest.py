@@ -124,7 +124,7 @@ class RingSink:
     def series_start(self, series: int, config: dict[str, Any], pixel_mask: Any = None) -> None:
         pass
 
-    def series_end(self, series: int, exit_status: str = "success") -> None:
+    def series_end(self, series: int, exit_status: str = "success", why: str = "") -> None:
         self.ended.set()
 
     def lost(self, first: int, last: int, reason: str, detail: str = "") -> None:

@@ -623,10 +623,14 @@ class RingSink:
         if run_uid is not None and not self.refused:
             self.recorder.run_named(run_uid, detector_uid[:1024])  # (as open_run keeps a refused one)
 
-    def series_end(self, series: int, exit_status: str = "success") -> None:
+    def series_end(self, series: int, exit_status: str = "success", why: str = "") -> None:
         if self._abort_requested and exit_status == "success":
             exit_status = "abort"
         self._abort_requested = False
+        if why and self.run_uid is not None and exit_status != "success":
+            # what ended it, kept with the run (a run of unknown length ended by the next series' start
+            # read "fail", 0 lost, and no reason anywhere: an outside probe)
+            self.recorder.note(self.run_uid, "ended_because", why[:500])
         with self._capture_lock:
             self._series_open = False
             if self._capture_run is not None and self.run_uid == self._capture_run:

@@ -114,6 +114,12 @@ def run_documents(
     lost = [r for r in losses if not r.get("partial") and not r.get("not_acquired")]
     never = [r for r in losses if r.get("not_acquired")]  # an aborted run's frames the detector never took
     reason = "; ".join(sorted({r["reason"] for r in lost + never}))
+    try:  # what ended it, as its reader saw it (the next series' start before its end, say)
+        ended = json.loads(run.get("config") or "{}").get("ended_because")
+    except (ValueError, AttributeError):
+        ended = None
+    if isinstance(ended, str) and ended:
+        reason = f"{ended}; {reason}" if reason else ended
     continuation = _continuation(run)
     docs.append(
         (

@@ -660,13 +660,15 @@ class Ledger:
     #: calibration files whose bytes were not those loaded any more), so its record says so for good;
     #: and what a crash recovery did to it (``ended_by_recovery``); ``stopped_cleanly``: the exit status of
     #: a run a clean stop ended while a full disk held its records back (the next start's recovery
-    #: finishes it with that status: no crash)
+    #: finishes it with that status: no crash); ``ended_because``: what ended a run ``fail`` or ``abort``
+    #: as its reader saw it (the next series' start before its end, say)
     RUN_NOTES = (
         "mode_not_started",
         "calibration_files_changed",
         "ended_by_recovery",
         "centre_not_estimated",
         "stopped_cleanly",
+        "ended_because",
     )
 
     def run_note(self, run_uid: str, key: str, text: str) -> None:

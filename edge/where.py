@@ -219,6 +219,8 @@ def where_report(
     report: dict[str, Any] = {
         "run_uid": run_uid,
         "exit_status": run["exit_status"],
+        # what ended it, as its reader saw it (a run ended fail by the next series' start), else None
+        "ended_because": config.get("ended_because"),
         "state": _state(run["exit_status"], held_end, daemon_running),
         # the exit status of the run's end that a full disk holds back in the daemon (None: none held)
         "held_end": held_end,
@@ -491,7 +493,8 @@ def summary_line(report: dict[str, Any]) -> str:
 def render(report: dict[str, Any]) -> str:
     """The report as text for a terminal."""
     lines = [
-        f"run {report['run_uid']}  exit status: {report.get('state') or report['exit_status'] or 'running'}",
+        f"run {report['run_uid']}  exit status: {report.get('state') or report['exit_status'] or 'running'}"
+        + (f" ({report['ended_because']})" if report.get("ended_because") else ""),
         f"  {report.get('summary') or summary_line(report)}",
         f"  mode: {report.get('mode') or 'unknown'}; upstream.forward = {report.get('upstream_forward')}",
         f"  frames: {report['frames_stored']} stored, {report.get('frames_vetoed', 0)} vetoed by the mode's"

@@ -111,8 +111,9 @@ class FrameSink(Protocol):
         """The open series' length, learnt after it began: its start came after its first images (the
         run goes on; the source accounts its frames against ``frames_expected`` from now on)."""
 
-    def series_end(self, series: int, exit_status: str = "success") -> None:
-        """The series ended: ``success``, or ``fail`` when the detector vanished mid-series."""
+    def series_end(self, series: int, exit_status: str = "success", why: str = "") -> None:
+        """The series ended: ``success``, or ``fail`` when the detector vanished mid-series; ``why``, when
+        given, says what ended it (kept with the run)."""
 
     def lost(self, first: int, last: int, reason: str, detail: str = "") -> None:
         """Frames ``first..last`` (inclusive) will never be published; says why."""

@@ -210,7 +210,11 @@ class Stream2Source(ZmqStreamSource):
             if self._series is not None and event.series != self._series:
                 # the end of a series whose start was rejected or unreadable (`_stray_end`): the open
                 # series' own end never came
-                self._end_series(self._missing("series_restarted"), exit_status="fail")
+                self._end_series(
+                    self._missing("series_restarted"),
+                    exit_status="fail",
+                    why=f"the end of series {event.series} came while it was open: its own end never came",
+                )
             else:
                 self._end_series(self._missing("missing_at_series_end"))
 
@@ -290,10 +294,10 @@ class Stream2Source(ZmqStreamSource):
             self._open(self._pending, ASSUMED_DTYPE, assumed=True)  # (that many: the run opens now)
         super()._image_rejected(series, frame, reason, detail)
 
-    def _end_series(self, reason: str, exit_status: str = "success") -> None:
+    def _end_series(self, reason: str, exit_status: str = "success", why: str = "") -> None:
         if self._pending is not None:  # announced no dtype and no image told it: the run is still recorded
             self._open(self._pending, ASSUMED_DTYPE, assumed=True)
-        super()._end_series(reason, exit_status)
+        super()._end_series(reason, exit_status, why)
 
     def _image(self, image: Stream2Image) -> None:
         self._rearmed(image.series, image.frame)

@@ -337,7 +337,9 @@ class ZmqStreamSource:
                     elif self._end_request is not None:
                         reason, self._end_request = self._end_request, None
                         if self._series is not None:
-                            self._end_series(reason, exit_status="fail")
+                            self._end_series(
+                                reason, exit_status="fail", why=f"the appliance ended it ({reason})"
+                            )
             self._drain(sock)
         except Exception:  # a bug, not bad input: counted, and raised to the spawner (which restarts us)
             self.stats["reader_crashes"] += 1
@@ -585,7 +587,11 @@ class ZmqStreamSource:
             if self._series is not None and event.series != self._series:
                 # the end of a series whose start was rejected or unreadable (`_stray_end`): the open
                 # series' own end never came
-                self._end_series(self._missing("series_restarted"), exit_status="fail")
+                self._end_series(
+                    self._missing("series_restarted"),
+                    exit_status="fail",
+                    why=f"the end of series {event.series} came while it was open: its own end never came",
+                )
             else:
                 self._end_series(self._missing("missing_at_series_end"))
             return slot
@@ -595,7 +601,11 @@ class ZmqStreamSource:
         """Both formats' start taken: the open series, if any, ends ``fail`` (its end never came, the
         frames it announced and never sent are lost, ``series_restarted``), the new one's state begins."""
         if self._series is not None:
-            self._end_series(self._missing("series_restarted"), exit_status="fail")
+            self._end_series(
+                self._missing("series_restarted"),
+                exit_status="fail",
+                why=f"the start of series {series} came before its end message",
+            )
         self._series = series
         self._start_key = key
         self._start_rejected = None
@@ -718,7 +728,11 @@ class ZmqStreamSource:
             self._series,
         )
         unreadable = self._unreadable_between  # (what `_adopt` weighs for the next series)
-        self._end_series("series_restarted", exit_status="fail")
+        self._end_series(
+            "series_restarted",
+            exit_status="fail",
+            why=f"an image of series {series} came after a rejected or unreadable start: its end never came",
+        )
         self._unreadable_between = unreadable
         return True
 
@@ -1298,7 +1312,10 @@ class ZmqStreamSource:
         to name their frame (they may have been those frames)."""
         return self.unreadable_reason if self._unreadable else reason
 
-    def _end_series(self, reason: str, exit_status: str = "success") -> None:
+    def _end_series(self, reason: str, exit_status: str = "success", why: str = "") -> None:
+        """End the open series with ``exit_status``; its frames not received are lost for ``reason``.
+        ``why``: what ended it, for a run that ends ``fail`` (kept with the run: ``ended_because``; a run
+        of unknown length ended by another series' start said why nowhere, an outside probe)."""
         if self._series is None:  # no series open: a repeated end, or one whose start never came
             self.stats["ends_without_series"] += 1
             log.warning("a series end with no series open: ignored (nothing to end, nothing recorded)")
@@ -1348,7 +1365,9 @@ class ZmqStreamSource:
         self._ended_accounted = max(self._next_frame, expected or 0)
         self._refused = None
         self.stats["series_ended"] += 1
-        self.sink.series_end(series, exit_status)
+        if why:
+            log.warning("series %s ends %s: %s", series, exit_status, why)
+        self.sink.series_end(series, exit_status, why)
 
     def _decode_into_slot(self, event: ImageMessage) -> SlotLike | None:
         nbytes = event.shape[0] * event.shape[1] * np.dtype(event.dtype).itemsize

@@ -1376,3 +1376,30 @@ def test_a_series_that_went_on_in_a_recorded_run_is_left_as_it_is(tmp_path: Path
     assert recover(recorder, tmp_path)["continuations_lost"] == {}
     assert ledger.losses(run_uid) == before
     assert json.loads(ledger.run(run_uid)["config"])["continued_at_frame"] == 26
+
+
+def test_what_ended_a_run_fail_is_kept_with_it_and_said_in_its_documents_and_where(tmp_path: Path) -> None:
+    """An outside probe: a series of unknown length ended by the next series' start read "exit status:
+    fail ... 0 frame(s) lost", its RunStop reason "", and no word why in the log or anywhere. The reader's
+    why is kept with the run (``ended_because``) and said."""
+    from edge.appliance import RingSink
+    from edge.ring import FrameRing
+    from edge.where import render, where_report
+
+    ledger = Ledger(tmp_path / "ledger.sqlite")
+    recorder = RunRecorder(ledger, tmp_path, chunk_bytes=1 << 20)
+    run_uid = recorder.open_run("run-e", series=1, frames_expected=None, config={})
+    ring = FrameRing.__new__(FrameRing)  # (a sink whose run is open: its ring is not reached here)
+    sink = RingSink(ring, recorder, lambda: None)
+    sink.run_uid = sink.ended_run_uid = run_uid
+    sink.refused = True  # (no control record to the ring: the recorder alone is what is checked)
+    sink.series_end(1, "fail", "the start of series 2 came before its end message")
+    recorder.close_run(run_uid, 0, "fail")
+    config = json.loads(ledger.run(run_uid)["config"])
+    assert config["ended_because"] == "the start of series 2 came before its end message"
+    assert _stop(tmp_path / run_uid / documents_name(run_uid))["reason"] == (
+        "the start of series 2 came before its end message"
+    )
+    report = where_report(ledger, run_uid, store=tmp_path)
+    assert report["ended_because"] == "the start of series 2 came before its end message"
+    assert "exit status: fail (the start of series 2 came before its end message)" in render(report)

@@ -26,7 +26,7 @@ class _Ends(Sink):
         super().__init__()
         self.ends: list[str] = []
 
-    def series_end(self, series: int, exit_status: str = "success") -> None:
+    def series_end(self, series: int, exit_status: str = "success", why: str = "") -> None:
         self.ends.append(exit_status)
         super().series_end(series, exit_status)
 

@@ -77,7 +77,7 @@ class Sink:
     def series_named(self, series: int, detector_uid: str) -> None:
         self.named.append((series, detector_uid))
 
-    def series_end(self, series: int, exit_status: str = "success") -> None:
+    def series_end(self, series: int, exit_status: str = "success", why: str = "") -> None:
         self.ends.append((series, exit_status))
         self.ended.set()
 

@@ -114,7 +114,7 @@ def test_a_start_after_the_images_of_a_run_opened_without_one_continues_that_run
             super().__init__()
             self.ends = 0
 
-        def series_end(self, series: int, exit_status: str = "success") -> None:
+        def series_end(self, series: int, exit_status: str = "success", why: str = "") -> None:
             self.ends += 1
             super().series_end(series, exit_status)
 
@@ -198,7 +198,7 @@ class _TwoEnds(Sink):
         self.ends = 0
         self.second_end = threading.Event()
 
-    def series_end(self, series: int, exit_status: str = "success") -> None:
+    def series_end(self, series: int, exit_status: str = "success", why: str = "") -> None:
         self.ends += 1
         if self.ends == 2:
             self.second_end.set()
@@ -284,7 +284,7 @@ class _Ends(Sink):
         self.ends: list[tuple[int, str]] = []
         self.done = threading.Event()
 
-    def series_end(self, series: int, exit_status: str = "success") -> None:
+    def series_end(self, series: int, exit_status: str = "success", why: str = "") -> None:
         self.ends.append((series, exit_status))
         if series == self.last:
             self.done.set()
@@ -432,7 +432,7 @@ def test_a_stray_image_far_ahead_then_a_valid_series_keeps_the_series_whole() ->
     end = [part({"htype": "dseries_end-1.0", "series": 701})]
     messages = [image(701, 3_000_000), header(701, 3), *(image(701, n) for n in range(3)), end]
     done = threading.Event()
-    sink.series_end = lambda series, exit_status="success": (  # type: ignore[method-assign]
+    sink.series_end = lambda series, exit_status="success", why="": (  # type: ignore[method-assign]
         sink.ends.append((series, exit_status)),
         len(sink.ends) == 2 and done.set(),
     )
@@ -472,7 +472,7 @@ def test_a_stray_image_far_ahead_after_a_rejected_start_then_a_valid_series_keep
     end = [part({"htype": "dseries_end-1.0", "series": 721})]
     messages = [rejected, image(721, stray), header(721, 3), *(image(721, n) for n in range(3)), end]
     done = threading.Event()
-    sink.series_end = lambda series, exit_status="success": (  # type: ignore[method-assign]
+    sink.series_end = lambda series, exit_status="success", why="": (  # type: ignore[method-assign]
         sink.ends.append((series, exit_status)),
         len(sink.ends) == 2 and done.set(),
     )

@@ -36,7 +36,7 @@ class Sink:
     def series_length(self, series, frames_expected):
         pass
 
-    def series_end(self, series, exit_status="success"):
+    def series_end(self, series, exit_status="success", why=""):
         self.ended.set()
     def lost(self, first, last, reason, detail=""):
         self.losses.append([first, last, reason])

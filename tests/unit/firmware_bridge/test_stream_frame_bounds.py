@@ -75,7 +75,7 @@ class Sink:
     def series_length(self, series: int, frames_expected: int) -> None:
         self.lengths.append(frames_expected)
 
-    def series_end(self, series: int, exit_status: str = "success") -> None:
+    def series_end(self, series: int, exit_status: str = "success", why: str = "") -> None:
         self.ended.set()
 
     def lost(self, first: int, last: int, reason: str, detail: str = "") -> None:

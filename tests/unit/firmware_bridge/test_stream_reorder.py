@@ -83,6 +83,7 @@ class _EndsSink(Sink):
     def __init__(self) -> None:
         super().__init__()
         self.ends: list[tuple[int, str]] = []
+        self.whys: list[str] = []  # what ended each series (its run's ``ended_because``), "" for none
         self.run_frames: list[tuple[int, int]] = []  # (run index, frame)
         self.run_losses: list[tuple[int, int, int, str]] = []  # (run index or -1, first, last, reason)
         self.open = False
@@ -98,8 +99,9 @@ class _EndsSink(Sink):
     def series_length(self, series: int, frames_expected: int) -> None:
         pass
 
-    def series_end(self, series: int, exit_status: str = "success") -> None:
+    def series_end(self, series: int, exit_status: str = "success", why: str = "") -> None:
         self.ends.append((series, exit_status))
+        self.whys.append(why)
         self.open = False
 
     def lost(self, first: int, last: int, reason: str, detail: str = "") -> None:
@@ -132,6 +134,10 @@ def test_a_rejected_start_while_a_series_is_open_ends_it_when_the_new_series_ima
     assert sink.ends == [(1, "fail"), (2, "success")]
     assert sink.run_frames == [(0, 0), (0, 1), (1, 0), (1, 1), (1, 2)]
     assert sink.run_losses == [(0, 2, 5, "series_restarted")]
+    assert sink.whys == [
+        "an image of series 2 came after a rejected or unreadable start: its end never came",
+        "",
+    ]
     assert sink.configs[1]["start_rejected"].startswith("bad_")
     assert reader.counters().get("images_wrong_series", 0) == 0
 
@@ -179,3 +185,15 @@ def test_a_rejected_start_that_reuses_the_series_id_just_ended_is_a_run_of_its_o
     assert sink.run_frames == [(0, 0), (0, 1), (0, 2), (1, 0), (1, 1), (1, 2)]
     assert sink.configs[1]["start_rejected"].startswith("bad_") and sink.run_losses == []
     assert reader.counters().get("frames_after_series_end", 0) == 0
+
+
+def test_a_series_of_unknown_length_ended_by_the_next_start_says_why() -> None:
+    """An outside probe: a series of unknown length (no frames announced), the next series' start before
+    its end: the run ended ``fail`` with no loss record (none due: its length unknown) and no reason
+    anywhere. Its end says what ended it (the run's ``ended_because``, RunStop's ``reason``)."""
+    sink = _EndsSink()
+    messages = [header(1, 0), image(1, 0), image(1, 1), header(2, 2), image(2, 0), image(2, 1), _end(2)]
+    _send(sink, messages, ends=2)
+    assert sink.ends == [(1, "fail"), (2, "success")]
+    assert sink.whys == ["the start of series 2 came before its end message", ""]
+    assert [loss for loss in sink.run_losses if loss[0] == 0] == []

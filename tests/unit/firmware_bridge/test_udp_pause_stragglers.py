@@ -58,7 +58,7 @@ class RunSink:
     def series_length(self, series: int, frames_expected: int) -> None:
         pass
 
-    def series_end(self, series: int, exit_status: str = "success") -> None:
+    def series_end(self, series: int, exit_status: str = "success", why: str = "") -> None:
         with self.lock:
             self.ended += 1
 
