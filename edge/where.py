@@ -464,14 +464,21 @@ def summary_line(report: dict[str, Any]) -> str:
     copies = Counter(consumer for f in verified for consumer in f.get("upstream_copies", {}))
     dirs = sorted(  # (of the verified files: a copy only some required consumers confirmed is pending)
         {
-            (consumer not in required, _printable(Path(path).parent))
+            (consumer not in required, _printable(Path(path).parent), consumer)
             for f in verified
             for consumer, path in f.get("upstream_copies", {}).items()
             if consumer in required or copies[consumer] == len(verified)
         }
     )
-    dirs = list(dict.fromkeys(d for _, d in dirs))
-    where_up = f" ({', '.join(dirs[:2])}{', ...' if len(dirs) > 2 else ''})" if dirs else ""
+    # a required consumer's folder holding some of them only says how many (an outside probe read a
+    # mirror's folder beside "23 verified upstream", 16 of them there, required after 7 were purged)
+    named = [d if copies[c] == len(verified) else f"{d}: {copies[c]} of them" for _, d, c in dirs]
+    named = list(dict.fromkeys(named))
+    where_up = f" ({', '.join(named[:2])}{', ...' if len(named) > 2 else ''})" if named else ""
+    # and a required consumer holding none of them (required since they were purged here) is named too
+    holds_none = sorted(c for c in required if verified and copies[c] == 0)
+    if holds_none:
+        where_up += f" ({', '.join(holds_none)}: none of them, required since they were confirmed)"
     # the local folders too, spelled out (the file table shortens paths: an outside probe could not read
     # where the run's files are on the appliance without hovering)
     here = list(dict.fromkeys(_printable(Path(str(f["path"])).parent) for f in files if f["on_local_disk"]))

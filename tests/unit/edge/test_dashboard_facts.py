@@ -656,3 +656,29 @@ def test_a_verified_file_gone_from_the_disk_is_upstream_not_missing(ledger: Ledg
     assert entry["state"] == "verified" and entry["missing_locally"] is False
     text = render(where_report(ledger, "run-1"))
     assert f"(not on the local disk; verified upstream) {row['path']}" in text and "MISSING" not in text
+
+
+def test_the_summary_says_how_many_files_a_required_consumer_holds_when_not_all() -> None:
+    """An outside probe: hpc confirmed 23 files (7 purged then), mirror was required since and holds 16,
+    tape was required last and holds none; the summary read "23 verified upstream (up_hpc/RUN,
+    up_mirror/RUN)", as if every required consumer held the run."""
+    from edge.where import summary_line
+
+    def entry(n: int) -> dict:
+        copies = {"hpc": f"/up_hpc/RUN/f{n}.h5"}
+        if n >= 7:
+            copies["mirror"] = f"/up_mirror/RUN/f{n}.h5"
+        return {
+            "state": "purged",
+            "on_local_disk": False,
+            "path": f"/store/RUN/f{n}.h5",
+            "upstream_copies": copies,
+            "verified_by": {},
+        }
+
+    report = {"files": [entry(n) for n in range(23)], "required_consumers": ["hpc", "mirror", "tape"]}
+    said = summary_line(report)
+    assert "23 verified upstream (/up_hpc/RUN, /up_mirror/RUN: 16 of them)" in said, said
+    assert "(tape: none of them, required since they were confirmed)" in said, said
+    report["required_consumers"] = ["hpc"]  # an optional mirror holding some: not named, as before
+    assert "23 verified upstream (/up_hpc/RUN), 0 pending" in summary_line(report)
