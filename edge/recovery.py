@@ -643,17 +643,16 @@ def paused_udp_run(ledger: Any) -> tuple[dict[str, Any], int] | None:
     """The UDP run that silence ended before this daemon started, and the highest frame it stored: the
     daemon's first UDP run continues it when its first frame comes after those (and below the armed
     length), as a run the daemon saw end by silence would (`UdpSource`; a daemon restarted during a
-    pause forgot that). The ledger's newest run qualifies when it was a UDP run that ended ``success``
-    short of its armed frames (or with none armed): a run ends so only after ``udp.idle_seconds`` of
-    silence. None otherwise."""
+    pause forgot that). The ledger's newest run qualifies when it was a UDP run that ended ``success``:
+    a run ends so only after ``udp.idle_seconds`` of silence, also one whose armed frames all came (the
+    daemon that saw it end tells what follows it the same way: a copy of its last frames counted late,
+    a first frame beyond its armed ones a new acquisition whose numbers go on; a restart forgot that
+    and took a copy of its last 4 frames for a run of its own, frames 0..35 recorded lost: an outside
+    probe). None otherwise."""
     newest = _newest_udp_run(ledger)
     if newest is None or newest["ended_at"] is None or newest["exit_status"] != "success":
         return None
-    highest = _highest_stored(ledger, newest["run_uid"])
-    last = udp_armed_last(newest)
-    if last is not None and highest >= last:
-        return None  # every armed frame came: what follows is a new acquisition
-    return newest, highest
+    return newest, _highest_stored(ledger, newest["run_uid"])
 
 
 def interrupted_udp_run(ledger: Any, report: dict[str, Any]) -> tuple[dict[str, Any], int] | None:

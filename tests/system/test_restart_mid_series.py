@@ -533,14 +533,18 @@ def test_a_udp_acquisition_that_pauses_across_a_daemon_restart_goes_on_in_a_link
         assert status["receiver"].get("frames_lost", 0) == len(lost_b)
 
 
-def test_a_copy_of_the_last_frames_after_a_restart_in_the_pause_opens_no_run(tmp_path: Path) -> None:
+@pytest.mark.parametrize("armed", [0, 30], ids=["length-unknown", "every-armed-frame-came"])
+def test_a_copy_of_the_last_frames_after_a_restart_in_the_pause_opens_no_run(
+    tmp_path: Path, armed: int
+) -> None:
     """An outside probe: silence ended the run, the daemon was restarted during the pause, and the last
     3 frames came again byte for byte (timestamps included): the restarted daemon, which had forgotten
     the run's timestamps, opened a run of them, stored them twice and recorded frames 0..26 of it lost,
-    never sent. The run's last timestamps are kept beside the ledger: the copies are counted late."""
+    never sent. The run's last timestamps are kept beside the ledger: the copies are counted late. So
+    after a run whose every armed frame came (another probe: a run of 4 copies, 36 frames lost)."""
     from test_stray_frame_numbers import udp_frame
 
-    stack, send = _udp_stack(tmp_path, 0)
+    stack, send = _udp_stack(tmp_path, armed)
     try:
         _killed_in_the_pause_after(stack, send, range(0, 30))
         stack.start_daemon()  # during the pause
