@@ -4,6 +4,7 @@ and place a reconstruction with (pixel pitch, exposure, and the rotation axis wh
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import h5py
 import numpy as np
@@ -196,20 +197,20 @@ def test_angle_gaps_of_an_even_scan_and_of_one_with_holes() -> None:
     assert angle_gaps(np.array([5.0, np.nan])) == {}  # too few to say
 
 
-def test_a_scan_going_on_in_a_second_run_counts_its_given_angles_on(tmp_path: Path) -> None:
-    """An outside probe: a UDP tomo scan with ``angle_start`` 0 and ``angle_step`` 3, split by a pause
-    into two runs; the second run's projections took 0, 3, 6 ... again (its n counted from 0), so its
-    reconstruction held angles 0..45 twice, for different frames, and said nothing. The n goes on from
-    the projections the earlier part stored."""
+def _given_angles_scan(
+    tmp_path: Path, params: ReductionSettings, first_frames: Any, second_frames: Any
+) -> tuple[Path, Any, list[float]]:
+    """A scan's first part (projections without angles at ``first_frames``) stored by one run, and the
+    run that goes on with it taking ``second_frames``: (the first part's file, the second run's stage,
+    the angles its projections took)."""
     from edge.modes import EarlierParts
 
-    params = ReductionSettings(mode="tomo", tomo={"slices": [12], "angle_start": 0.0, "angle_step": 3.0})  # type: ignore[arg-type]
     first = make_stage(RunContext(get_backend("numpy"), GEOMETRY, SHAPE, 16, "2th_deg", params))
-    meta = RunMetadata(GEOMETRY, "sim", 5, "2026-12-02T00:00:00+00:00", {"frame_time": 0.01})
+    meta = RunMetadata(GEOMETRY, "sim", 30, "2026-12-02T00:00:00+00:00", {"frame_time": 0.01})
     directory = tmp_path / "part1"
     directory.mkdir()
-    writer = RunFileWriter(directory, "part1", "part1_00000.h5", 0, SHAPE, "uint16", 5, first, meta)
-    for frame in range(5):  # projections only, as over UDP
+    writer = RunFileWriter(directory, "part1", "part1_00000.h5", 0, SHAPE, "uint16", 30, first, meta)
+    for frame in first_frames:
         pixels = np.full(SHAPE, 400 + frame, np.uint16)
         writer.write(frame, compress_chunk(pixels), first.process(pixels, frame, 0, float("nan")).products)
     path = writer.close().path
@@ -219,8 +220,19 @@ def test_a_scan_going_on_in_a_second_run_counts_its_given_angles_on(tmp_path: Pa
     )
     angles = [
         second.process(np.full(SHAPE, 500, np.uint16), frame, 0, float("nan")).products["rotation_angle"]
-        for frame in range(5, 8)
+        for frame in second_frames
     ]
+    return path, second, angles
+
+
+def test_a_scan_going_on_in_a_second_run_counts_its_given_angles_on(tmp_path: Path) -> None:
+    """An outside probe: a UDP tomo scan with ``angle_start`` 0 and ``angle_step`` 3, split by a pause
+    into two runs; the second run's projections took 0, 3, 6 ... again (its n counted from 0), so its
+    reconstruction held angles 0..45 twice, for different frames, and said nothing. The n goes on from
+    the projections the earlier part stored."""
+
+    params = ReductionSettings(mode="tomo", tomo={"slices": [12], "angle_start": 0.0, "angle_step": 3.0})  # type: ignore[arg-type]
+    _path, second, angles = _given_angles_scan(tmp_path, params, range(5), range(5, 8))  # as over UDP
     assert angles == [15.0, 18.0, 21.0]
     products = second.finish()
     np.testing.assert_array_equal(np.sort(products["rotation_angle"]), 3.0 * np.arange(8))
@@ -232,29 +244,12 @@ def test_given_angles_keep_their_places_across_frames_lost_in_a_run_and_at_a_res
     30, frames 11..13 lost, the series resumed at frame 14 after the restart: the resumed projections took
     66, 72 ... (n counted on from the 11 stored), every one 18 degrees off, and angle_gaps said 0. The n
     is the frame's place in the scan: frames that never came leave a hole, said in angle_gaps."""
-    from edge.modes import EarlierParts
 
     params = ReductionSettings(mode="tomo", tomo={"slices": [12], "angle_start": 0.0, "angle_step": 6.0})  # type: ignore[arg-type]
-    first = make_stage(RunContext(get_backend("numpy"), GEOMETRY, SHAPE, 16, "2th_deg", params))
-    meta = RunMetadata(GEOMETRY, "sim", 30, "2026-12-02T00:00:00+00:00", {"frame_time": 0.01})
-    directory = tmp_path / "part1"
-    directory.mkdir()
-    writer = RunFileWriter(directory, "part1", "part1_00000.h5", 0, SHAPE, "uint16", 30, first, meta)
     stored = [f for f in range(11) if f != 4]  # frame 4 lost inside the first part too
-    for frame in stored:
-        pixels = np.full(SHAPE, 400 + frame, np.uint16)
-        writer.write(frame, compress_chunk(pixels), first.process(pixels, frame, 0, float("nan")).products)
-    path = writer.close().path
+    path, second, angles = _given_angles_scan(tmp_path, params, stored, range(14, 18))
     with h5py.File(path, "r") as f:  # the frame lost at 4 leaves its angle's place empty
         np.testing.assert_array_equal(f["/entry/sample/rotation_angle"][()], 6.0 * np.asarray(stored))
-    earlier = EarlierParts(runs=("part1",), files=(path,))
-    second = make_stage(
-        RunContext(get_backend("numpy"), GEOMETRY, SHAPE, 16, "2th_deg", params, earlier=earlier)
-    )
-    angles = [
-        second.process(np.full(SHAPE, 500, np.uint16), frame, 0, float("nan")).products["rotation_angle"]
-        for frame in range(14, 18)
-    ]
     assert angles == [84.0, 90.0, 96.0, 102.0]
     products = second.finish()
     np.testing.assert_array_equal(
