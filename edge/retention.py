@@ -113,6 +113,10 @@ class Retention:
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
         self._pressure: tuple[float, bool] | None = None  # (when, answer) of the last under_pressure
+        # the last under_pressure answered at once from the disk's free space (at or below the headroom):
+        # ``writing_held`` read false meanwhile, and the disk-full alarm "recorded lost" of frames held
+        # back (an outside probe)
+        self._held_by_disk = False
         self._refreshing = threading.Event()
 
     # -- policy ---------------------------------------------------------------------------------------
@@ -255,11 +259,13 @@ class Retention:
         """
         headroom = self.headroom()
         if headroom > 0 and self._disk_free_recent() <= headroom:  # (0: none kept: on to ENOSPC)
+            self._held_by_disk = True  # (said by ``writing_held``, as the recomputed answer is)
             now = self.clock()
             if now - self._hurried_at >= PRESSURE_RECHECK_S:  # verified files may make the room
                 self._hurried_at = now
                 self._purge_now.set()
             return True
+        self._held_by_disk = False
         cached = self._pressure
         if cached is None:
             return self._refresh_pressure()
@@ -522,7 +528,7 @@ class Retention:
             "accepting_runs": refusal is None,
             # the last answer writing was given: it waits for room (the ring, then the detector, held
             # back) rather than meet a full disk
-            "writing_held": bool(self._pressure is not None and self._pressure[1]),
+            "writing_held": self._held_by_disk or bool(self._pressure is not None and self._pressure[1]),
             **{k: int(v) for k, v in self.stats.items()},
         }
 

@@ -482,9 +482,13 @@ def test_a_disk_down_to_its_headroom_holds_writing_at_once(
     time.sleep(retention_module.FREE_RECHECK_S)
     assert retention.under_pressure() is True and executor.queue == []  # at once, not at the next answer
     assert retention._purge_now.is_set()  # and the purge is woken (verified files may make the room)
+    # and said so: writing_held read false meanwhile, the disk-full alarm "recorded lost" of frames held
+    # back (an outside probe)
+    assert retention.status()["writing_held"] is True
     disk.free = 9_000_000
     time.sleep(retention_module.FREE_RECHECK_S)
     assert retention.under_pressure() is False
+    assert retention.status()["writing_held"] is False
 
 
 def test_a_headroom_beyond_a_quarter_of_the_store_is_capped_so_runs_can_start(
