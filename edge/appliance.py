@@ -10,6 +10,8 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import errno
+import hashlib
+import io
 import json
 import logging
 import socket
@@ -33,7 +35,7 @@ from edge.held_journal import replay as replay_held
 from edge.ledger import Ledger, run_config
 from edge.modes import Corrections
 from edge.pipeline import Pipeline, WarmUps, reduced_file_bytes
-from edge.poni import combined_mask, load_poni, settings_geometry
+from edge.poni import combined_mask, load_poni, load_poni_hashed, settings_geometry
 from edge.recorder import RunRecorder
 from edge.recovery import (
     SHOWN_SECONDS,
@@ -50,7 +52,7 @@ from edge.recovery import (
 from edge.reduction_control import AUTOSAVE_NAME, ReductionControl, settings_changed
 from edge.retention import Retention
 from edge.ring import FrameRing, Slot, sweep_stale_rings
-from edge.run_masks import RunMasks, file_sha256
+from edge.run_masks import RunMasks
 from edge.store import bounded_config, series_metadata
 from edge.supervision import Supervisor, parse_injection
 from edge.upstream.curve import curve_paths
@@ -87,13 +89,14 @@ def load_calibration(settings: Settings, fmt: FrameFormat | None = None) -> Corr
         if path is None:
             images[key] = None
             continue
-        try:
+        try:  # read once: the image used and the checksum recorded are of the same bytes (a file replaced
+            # between two reads gave a run one file's image and the other's checksum: an outside probe)
             with open(path, "rb") as handle:
-                head = handle.read(6)
-            if head != b"\x93NUMPY" and not head.startswith(b"PK"):  # nor .npy nor .npz: numpy says
+                data = handle.read()
+            if data[:6] != b"\x93NUMPY" and not data.startswith(b"PK"):  # nor .npy nor .npz: numpy says
                 # "contains pickled (object) data" of a text file, which misleads
                 raise ValueError("not a NumPy file: it does not start with NumPy's .npy header")
-            image = np.load(path, allow_pickle=False)
+            image = np.load(io.BytesIO(data), allow_pickle=False)
         except (OSError, ValueError, EOFError) as error:
             raise ConfigError(
                 f"reduction.{key}_file = {str(path)!r}: cannot read a .npy image ({error})"
@@ -114,10 +117,12 @@ def load_calibration(settings: Settings, fmt: FrameFormat | None = None) -> Corr
                 f"reduction.{key}_file = {str(path)!r}: image is {image.shape}, frames are {shape}"
             )
         images[key] = image.astype(bool) if key == "mask" else image
-        files[key] = (str(path), file_sha256(path))
-    poni = None if red.poni_file is None else load_poni(red.poni_file, shape)  # its detector's own mask
-    if red.poni_file is not None:  # the calibration, identified in every run's record
-        files["poni"] = (str(red.poni_file), file_sha256(red.poni_file))
+        files[key] = (str(path), hashlib.sha256(data).hexdigest())
+    poni = None
+    if red.poni_file is not None:  # the calibration (its detector's own mask too), identified in every
+        # run's record by the sha256 of the bytes its geometry came from
+        poni, digest = load_poni_hashed(red.poni_file, shape)
+        files["poni"] = (str(red.poni_file), digest)
     mask = combined_mask(poni, images["mask"])
     dark = images["dark"]
     if dark is not None and dark.dtype.kind == "f":
@@ -138,7 +143,15 @@ def load_calibration(settings: Settings, fmt: FrameFormat | None = None) -> Corr
     dummy = None if model is None or model.dummy is None else (model.dummy, model.delta_dummy)
     poni_shape = None if poni is None or poni.shape is None else (int(poni.shape[0]), int(poni.shape[1]))
     return Corrections(
-        images["dark"], images["flat"], mask, red.solid_angle, red.polarization, dummy, files, poni_shape
+        images["dark"],
+        images["flat"],
+        mask,
+        red.solid_angle,
+        red.polarization,
+        dummy,
+        files,
+        poni_shape,
+        None if poni is None else poni.geometry,
     )
 
 
@@ -808,7 +821,12 @@ class Appliance:
             ) from error
         try:  # a start that fails from here on must not leave the ring's shared memory behind
             self.backend = get_backend(settings.reduction.backend, fallback=True)  # logged when it falls back
-            self.geometry = geometry = settings_geometry(settings)  # (a PONI file's shape checked above)
+            # the PONI file's geometry as loaded with its checksum above (read again here, a file replaced
+            # meanwhile gave the run another geometry than the checksum it recorded: an outside probe)
+            geometry = (
+                calibration.geometry if calibration.geometry is not None else settings_geometry(settings)
+            )
+            self.geometry = geometry
             self.retention = Retention(
                 self.ledger, settings.store.path, settings.retention, disk_low_bytes=self.disk.resume_bytes
             )

@@ -7,13 +7,14 @@ with one line saying which file, which key and what is wrong.
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 
 from edge.errors import ConfigError
-from kernels import Geometry, Poni, PoniError, read_poni_file
+from kernels import Geometry, Poni, PoniError, read_poni_bytes
 
 if TYPE_CHECKING:
     from edge.config import Settings
@@ -21,13 +22,19 @@ if TYPE_CHECKING:
 
 def load_poni(path: Path, frame_shape: tuple[int, int] | None = None) -> Poni:
     """Read ``path``; refuse (ConfigError) a malformed file or a detector of another shape than the frames."""
+    return load_poni_hashed(path, frame_shape)[0]
+
+
+def load_poni_hashed(path: Path, frame_shape: tuple[int, int] | None = None) -> tuple[Poni, str]:
+    """`load_poni`, and the sha256 of the bytes the geometry came from (read once: a file replaced
+    between two reads gave a run one file's geometry and the other's checksum, an outside probe)."""
     try:
-        poni = read_poni_file(path)
+        poni, data = read_poni_bytes(path)
         if frame_shape is not None:
             poni.check_shape(frame_shape)
     except PoniError as error:
         raise ConfigError(f"reduction.poni_file = {str(path)!r}: {error}") from None
-    return poni
+    return poni, hashlib.sha256(data).hexdigest()
 
 
 def settings_geometry(settings: Settings) -> Geometry:

@@ -24,6 +24,7 @@ from kernels._geometry import (
     direct_distance,
     poni_text,
     read_poni,
+    read_poni_bytes,
     read_poni_file,
 )
 from kernels._integrate import IntegrationResult, Integrator1D, Integrator2D
@@ -81,5 +82,6 @@ __all__ = [
     "opposite_projections",
     "poni_text",
     "read_poni",
+    "read_poni_bytes",
     "read_poni_file",
 ]

@@ -443,6 +443,12 @@ def parse_poni(text: str) -> Poni:
 def read_poni_file(path: str | Path) -> Poni:
     """Read a pyFAI ``.poni`` file; see parse_poni. An unreadable file, or one larger than
     `MAX_PONI_BYTES` (a PONI file is a few hundred bytes: a larger one is not one), raises PoniError too."""
+    return read_poni_bytes(path)[0]
+
+
+def read_poni_bytes(path: str | Path) -> tuple[Poni, bytes]:
+    """`read_poni_file`, and the bytes it read: what identifies the calibration (its checksum) is then
+    the file the geometry came from, even when the file is replaced meanwhile."""
     try:
         with open(path, "rb") as handle:
             data = handle.read(MAX_PONI_BYTES + 1)
@@ -451,7 +457,7 @@ def read_poni_file(path: str | Path) -> Poni:
         text = data.decode()
     except (OSError, UnicodeDecodeError) as error:
         raise PoniError("file", f"cannot read {str(path)!r} ({error})") from None
-    return parse_poni(text)
+    return parse_poni(text), data
 
 
 #: the largest file read as a PONI file (pyFAI's are a few hundred bytes, with Detector_config a few KiB)

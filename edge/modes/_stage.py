@@ -42,6 +42,8 @@ class Corrections:
     files: dict[str, tuple[str, str]] = field(default_factory=dict)
     #: the detector shape the PONI file names (``max_shape``), when it names one
     poni_shape: tuple[int, int] | None = None
+    #: the PONI file's geometry, read from the same bytes as its sha256 in ``files``; None without one
+    geometry: Geometry | None = None
 
     def changed_on_disk(self) -> list[str]:
         """The calibration files whose bytes are no longer those loaded (the daemon keeps what it loaded

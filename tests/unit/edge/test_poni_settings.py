@@ -131,3 +131,35 @@ def test_a_series_of_another_shape_than_the_calibration_names_the_calibration_an
         assert poni["max_shape"][()].tolist() == [32, 32]
         assert '"max_shape": [32, 32]' in poni["poni_file"][()].decode()
         assert "these frames are (16, 24)" in poni.attrs["note"]
+
+
+def test_a_poni_file_replaced_while_the_daemon_starts_gives_the_geometry_of_the_checksum_recorded(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An outside probe: the .poni replaced (by rename) while the daemon started; it read the file twice,
+    hashing the first and reducing with the second: a run's record named a calibration it did not use.
+    The geometry and its sha256 come from one read."""
+    import hashlib
+
+    import edge.appliance as appliance_module
+    from edge.appliance import Appliance
+    from kernels import Geometry, poni_text
+
+    first = tmp_path / "calib.poni"
+    first.write_text(poni_text(Geometry(dist=0.05), (407, 487)))
+    said = hashlib.sha256(first.read_bytes()).hexdigest()
+    other = poni_text(Geometry(dist=0.08), (407, 487))
+    real = appliance_module.load_calibration
+
+    def replaced_after_loading(*args: object, **kwargs: object) -> object:
+        loaded = real(*args, **kwargs)  # type: ignore[arg-type]
+        first.write_text(other)  # pyFAI-calib2 saved a new calibration right then
+        return loaded
+
+    monkeypatch.setattr(appliance_module, "load_calibration", replaced_after_loading)
+    appliance = Appliance(_settings(tmp_path, first))
+    try:
+        assert appliance.geometry.dist == 0.05
+        assert appliance.pipeline.calibration.files["poni"] == (str(first), said)
+    finally:
+        appliance.stop()
