@@ -225,6 +225,9 @@ class RingSink:
         self.refusal = refusal
         self.reduction = reduction  # the reduction parameters a run starting now takes (JSON)
         self.blanks = "keep"  # ``store.blanks``: recorded with a serial run (its recovery's loss details)
+        # the sha256 of each calibration file loaded ({"poni": ..., "mask": ...}): recorded with every run
+        # (``calibration_sha256``), so a series resumed after a restart says when its calibration changed
+        self.calibration: dict[str, str] = {}
         self.run_uid: str | None = None
         self.ended_run_uid: str | None = None  # the last series' run (its stragglers name it)
         #: the series length a run resumed after a restart took from the run it continues (None: none),
@@ -471,6 +474,8 @@ class RingSink:
             reduction = self.reduction()
             # recorded with the run (RunStart, where, files): how it is reduced and what goes upstream
             config = {**config, "reduction": reduction, "upstream_forward": self.recorder.forward}
+            if self.calibration:
+                config["calibration_sha256"] = dict(self.calibration)
             if reduction.get("mode") == "serial":  # whether its blanks are vetoed (a capture keeps them)
                 config["store_blanks"] = "keep" if capture_path is not None else self.blanks
             config, replaced = bounded_config(config)
@@ -591,8 +596,16 @@ class RingSink:
                     earlier,
                     mode,
                 )
-            before = run_config(run.get("config")).get("reduction")
+            recorded = run_config(run.get("config"))
+            before = recorded.get("reduction")
             changed = settings_changed(before, reduction) if isinstance(before, dict) else {}
+            # and the calibration files' bytes (the same paths, other contents: an outside probe's series
+            # went on with another .poni and mask after a restart, and nothing said so)
+            was, now = recorded.get("calibration_sha256"), config.get("calibration_sha256") or {}
+            if isinstance(was, dict):
+                changed.update(
+                    settings_changed({"calibration_sha256": was}, {"calibration_sha256": dict(now)})
+                )
             if changed:
                 config["resumed_with_other_settings"] = changed
                 log.warning(
@@ -847,6 +860,7 @@ class Appliance:
                 masks=self.masks,
             )
             self.sink.blanks = settings.store.blanks
+            self.sink.calibration = {key: digest for key, (_path, digest) in calibration.files.items()}
             self.sink.resume = lambda series, first, transport: resume_interrupted(
                 self.recorder, self.recovery, series, first, transport
             )

@@ -1403,3 +1403,25 @@ def test_what_ended_a_run_fail_is_kept_with_it_and_said_in_its_documents_and_whe
     report = where_report(ledger, run_uid, store=tmp_path)
     assert report["ended_because"] == "the start of series 2 came before its end message"
     assert "exit status: fail (the start of series 2 came before its end message)" in render(report)
+
+
+def test_a_series_resumed_with_other_calibration_files_names_them(tmp_path: Path) -> None:
+    """An outside probe: a .poni and a mask replaced (same paths), a kill -9, the series resumed after the
+    restart: its second half was reduced with the new geometry and mask, and nothing tied the change to
+    the series. Each run records its calibration files' sha256; the resumed run names those that differ."""
+    from edge.appliance import RingSink
+    from edge.ring import FrameRing
+
+    ledger = Ledger(tmp_path / "ledger.sqlite")
+    recorder = RunRecorder(ledger, tmp_path, chunk_bytes=1 << 20)
+    reduction = {"mode": "powder", "bins": 100}
+    config = {"reduction": reduction, "calibration_sha256": {"poni": "a" * 64, "mask": "c" * 64}}
+    run_uid = recorder.open_run("run-p", series=2, frames_expected=300, config=config)
+    recorder.close_run(run_uid, 48, "fail")
+    sink = RingSink(FrameRing.__new__(FrameRing), recorder, lambda: None)
+    resumed = {"resumes_run": run_uid, "calibration_sha256": {"poni": "b" * 64, "mask": "c" * 64}}
+    sink._note_mode_change(resumed, reduction)
+    assert resumed["resumed_with_other_settings"] == {"calibration_sha256.poni": ["a" * 64, "b" * 64]}
+    same = {"resumes_run": run_uid, "calibration_sha256": {"poni": "a" * 64, "mask": "c" * 64}}
+    sink._note_mode_change(same, reduction)
+    assert "resumed_with_other_settings" not in same
