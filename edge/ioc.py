@@ -311,6 +311,12 @@ class ApplianceIOC:
         self._last_without_frames: dict[str, Any] | None = None
         self._remove_listener: Callable[[], None] | None = None
         self._camera_state: str | None = None  # the camera's last state seen (`_detector_changed`)
+        self._camera_connected: bool | None = None  # its connection as last seen (`_detector_changed`)
+        # ends a series a camera lost mid-series had started at the camera (`_end_series_of_lost_camera`)
+        self._lost_camera_task: asyncio.Task[None] | None = None
+        # a capture's file not finished when its close gave up (CAPTURE_CLOSE_SECONDS): WriteStatus says
+        # Write Error until the next capture opens (its put completed with "Write OK" beside the message)
+        self._capture_unfinished = False
         self._shown = threading.local()  # the records set inside `_shown_now`, per thread
         self._reduction_shown: dict[str, Any] | None = None  # the parameters the setpoints last showed
 
@@ -763,6 +769,7 @@ class ApplianceIOC:
                 raise ValueError(reason)
             self._set("HDF1:FilePathExists_RBV", 1)
         assert self.capture is not None
+        self._capture_unfinished = False  # (a new file: the last one's error is said in its run's record)
         # the run the capture's frames will be in, named now: a fly scan's descriptor (read between this
         # put and its first frame) named the previous run (an outside probe)
         before = str(self.records["RunUid_RBV"].get())
@@ -823,6 +830,8 @@ class ApplianceIOC:
                 await asyncio.sleep(0.05)
             else:
                 if run_uid is not None:
+                    self._capture_unfinished = True
+                    self._set("HDF1:WriteStatus", 1)
                     self._set_write_message(f"{path} not finished after {CAPTURE_CLOSE_SECONDS:.0f} s")
             if run_uid is None:
                 self._set("RunUid_RBV", uid_before)
@@ -1474,7 +1483,47 @@ class ApplianceIOC:
             log.info("the detector was aborted at the camera: the open series ends abort")
             self.capture.mark_abort()
         self._camera_state = state
+        connected = bool(status.connected)
+        if (
+            self._camera_connected
+            and not connected
+            and not self._acquiring
+            and self._lost_camera_task is None
+        ):
+            # an Acquire here watches its own series; one started at the camera (a plan on its prefix)
+            # is ended here, or it stayed open: its capture's Capture 0 gave up after 60 s, "Write OK",
+            # the run open with no end, the next capture refused (an outside probe)
+            with contextlib.suppress(RuntimeError):  # (no loop running: a unit test's stand-in)
+                self._lost_camera_task = asyncio.get_running_loop().create_task(
+                    self._end_series_of_lost_camera()
+                )
+        self._camera_connected = connected
         self._show_detector()
+
+    async def _end_series_of_lost_camera(self) -> None:
+        """The camera went away while a series was open: once the stream is quiet (frames in flight may
+        still come) and the camera still away, the series ends ``fail``, its frames not received recorded
+        lost ``detector_disconnected`` (a capture's run and the capture end with it)."""
+        try:
+            quiet: tuple[float, int] | None = None
+            while self.control is not None and not self.control.connected and self.view.series_open():
+                if self._acquiring:  # an Acquire here took it over: it watches the series itself
+                    return
+                received = self.view.frames_received()
+                now = time.monotonic()
+                if quiet is None or quiet[1] != received:
+                    quiet = (now, received)
+                elif now - quiet[0] >= STREAM_QUIET_SECONDS:
+                    log.warning("the detector went away during a series it started itself: the series ends")
+                    self.end_open_series("detector_disconnected")
+                    self._set_message(
+                        "Detector disconnected during the series: it ended (its frames not"
+                        " received recorded lost, detector_disconnected)"
+                    )
+                    return
+                await asyncio.sleep(0.1)
+        finally:
+            self._lost_camera_task = None
 
     def _show_detector(self) -> None:
         state = self.control.state if self.control is not None else "Disconnected"
@@ -1679,7 +1728,7 @@ class ApplianceIOC:
             + int(pipeline.get("frames_file_not_finished", 0))
             + int(pipeline.get("frames_lost_disk_full", 0))
         )
-        self._set("HDF1:WriteStatus", int(failed > 0))
+        self._set("HDF1:WriteStatus", int(failed > 0 or self._capture_unfinished))
         self._set(
             "HDF1:WriteMessage", f"{failed} frame(s) failed to store" if failed else self._write_message
         )

@@ -448,6 +448,30 @@ def test_a_camera_killed_inside_a_capture_says_so_not_completed(stack: Stack) ->
     assert "detector_disconnected" in {loss["reason"] for loss in run["losses"]}, run["losses"]
 
 
+def test_a_camera_killed_inside_a_capture_it_started_itself_ends_the_series_and_the_capture_closes(
+    stack: Stack,
+) -> None:
+    """An outside probe (a plan on the camera's own prefix): the camera IOC killed mid-series inside an
+    open capture left the series open: Capture 0 gave up after 60 s with "Write OK", the run stayed open
+    with no end, and the next capture was refused ("a series is being acquired"). The series ends once
+    the stream is quiet, its frames not received lost (detector_disconnected), and the capture closes."""
+    epics = _epics()
+    p = stack.prefix
+    _put(stack, "HDF1:FileName", "camcut")
+    _put(stack, "HDF1:NumCapture", 0)
+    _put(stack, "HDF1:Capture", 1)
+    run_uid = _camera_started_directly(stack, 100_000, "the camera's run")
+    wait_until(lambda: (epics.caget(p + "HDF1:NumCaptured_RBV") or 0) >= 5, 30, "frames captured")
+    stack.kill("sim", signal.SIGKILL)
+    run = wait_until(lambda: (r := stack.run(run_uid))["ended_at"] is not None and r, 30, "the run's end")
+    assert "detector_disconnected" in {loss["reason"] for loss in run["losses"]}, run["losses"]
+    started = time.monotonic()
+    assert epics.caput(p + "HDF1:Capture", 0, wait=True, timeout=30) == 1
+    assert time.monotonic() - started < 20  # the file finished, not the 60 s give-up
+    assert epics.caget(p + "HDF1:Capture_RBV", use_monitor=False) == 0
+    assert epics.caget(p + "HDF1:WriteStatus", use_monitor=False) == 0
+
+
 # --- acceptance 4 and 5: access security, and every documented PV answers ----------------------------
 def test_acf_refuses_a_write_from_a_user_it_does_not_list(stack: Stack) -> None:
     from caproto.threading.client import Context
