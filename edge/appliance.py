@@ -40,6 +40,7 @@ from edge.recorder import RunRecorder
 from edge.recovery import (
     SHOWN_SECONDS,
     UnseenRecoveries,
+    interrupted_shape,
     interrupted_udp_run,
     note_earlier,
     paused_udp_run,
@@ -867,6 +868,7 @@ class Appliance:
             self.sink.series_interrupted = lambda series, uid=None: was_interrupted(
                 self.ledger, self.recovery, series, uid
             )
+            self.sink.interrupted_shape = lambda series: interrupted_shape(self.ledger, self.recovery, series)
             self.source: FrameSource = self._source(settings)
             self.pipeline = Pipeline(
                 self.ring,

@@ -328,7 +328,13 @@ class Pipeline:
         raw = slot.array()
         if raw.shape != stage.ctx.shape:
             self.stats["frames_wrong_shape"] += 1
-            self.recorder.loss(self._run_uid, frame, frame, "wrong_shape", f"{raw.shape}")
+            self.recorder.loss(  # (its shape and the run's: "(64, 64)" alone named neither, an outside probe)
+                self._run_uid,
+                frame,
+                frame,
+                "wrong_shape",
+                f"{raw.shape}, the run's frames are {stage.ctx.shape}",
+            )
             return _Work(slot, "release")
         if raw.dtype != self._run_dtype:  # its pixels would be stored under the run's type: never
             self.stats["frames_wrong_dtype"] += 1

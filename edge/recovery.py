@@ -880,6 +880,27 @@ def was_interrupted(ledger: Any, report: dict[str, Any], series: int, uid: str |
     return any(uid in (r["run_uid"], _detector_uid(r)) for r in runs)
 
 
+def interrupted_shape(ledger: Any, report: dict[str, Any], series: int) -> tuple[tuple[int, int], str] | None:
+    """The frame shape (rows, columns) and pixel type of the newest run of ``series`` a restart may have
+    cut, as its series' start gave them: a series resumed from its images keeps them, whatever its first
+    image after the restart is (an outside probe: a wrong-size first image set the resumed run's shape,
+    and every good frame after it was lost as wrong_shape). None when no such run is known or its record
+    names no shape."""
+    runs = _interrupted_runs(ledger, report, series)
+    if not runs:
+        return None
+    config = run_config(max(runs, key=lambda r: r["started_at"]).get("config"))
+    shape, dtype = config.get("shape"), config.get("type")
+    if (
+        not isinstance(shape, list)
+        or len(shape) != 2
+        or not all(isinstance(n, int) and not isinstance(n, bool) and n > 0 for n in shape)
+        or not isinstance(dtype, str)
+    ):
+        return None
+    return (int(shape[1]), int(shape[0])), dtype
+
+
 def _detector_uid(run: dict[str, Any]) -> str | None:
     """The uid the detector gave a run recorded under another (``detector_run_uid`` in its config)."""
     named = run_config(run.get("config")).get("detector_run_uid")

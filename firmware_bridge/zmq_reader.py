@@ -935,6 +935,7 @@ class ZmqStreamSource:
         while (series, first - 1) in held:
             first -= 1
         marks = {"resumed_after_restart": True, "first_frame": first, **named}
+        shape, dtype = self._resumed_format(series, frame, shape, dtype)
         self._open_headless(series, first, frame, shape, dtype, marks)
         self._adopted = series
         self._adopted_first = first
@@ -945,6 +946,30 @@ class ZmqStreamSource:
                 reason, detail = held[(series, earlier)]
                 self.sink.lost(earlier, earlier, reason, detail)
         return True
+
+    def _resumed_format(
+        self, series: int, frame: int, shape: tuple[int, int], dtype: str
+    ) -> tuple[tuple[int, int], str]:
+        """The frame shape and pixel type a series resumed from its images keeps: those of the run the
+        restart cut, as its start gave them (the sink's ``interrupted_shape``), not its first image's
+        after the restart, which may be damaged (then lost as any wrong-shaped frame, with its reason);
+        the image's when the sink cannot say."""
+        ask = getattr(self.sink, "interrupted_shape", None)
+        known = ask(series) if callable(ask) else None
+        if known is None or (tuple(known[0]), known[1]) == (tuple(shape), dtype):
+            return shape, dtype
+        self.stats["resumed_first_image_other_format"] += 1
+        log.warning(
+            "series %d resumed at frame %d: that image is %s %s, the series' start gave %s %s: the run keeps"
+            " the start's (the image is lost, wrong_shape)",
+            series,
+            frame,
+            tuple(shape),
+            dtype,
+            tuple(known[0]),
+            known[1],
+        )
+        return (int(known[0][0]), int(known[0][1])), str(known[1])
 
     def _series_interrupted(self, series: int) -> bool:
         """Whether a run of ``series`` was cut by a restart (the sink's ``series_interrupted``; True when

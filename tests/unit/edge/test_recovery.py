@@ -1425,3 +1425,36 @@ def test_a_series_resumed_with_other_calibration_files_names_them(tmp_path: Path
     same = {"resumes_run": run_uid, "calibration_sha256": {"poni": "a" * 64, "mask": "c" * 64}}
     sink._note_mode_change(same, reduction)
     assert "resumed_with_other_settings" not in same
+
+
+def test_the_shape_a_resumed_series_keeps_is_its_interrupted_runs() -> None:
+    from edge.recovery import interrupted_shape
+
+    class Runs:
+        def __init__(self, *runs: dict) -> None:
+            self._runs = list(runs)
+
+        def runs(self) -> list[dict]:
+            return self._runs
+
+    def run(uid: str, started: float, status: str, config: dict) -> dict:
+        return {
+            "run_uid": uid,
+            "series": 17,
+            "started_at": started,
+            "ended_at": started + 1,
+            "exit_status": status,
+            "config": json.dumps(config),
+        }
+
+    cut = run("a", 1.0, "fail", {"shape": [64, 32], "type": "uint16"})
+    assert interrupted_shape(Runs(cut), {}, 17) == ((32, 64), "uint16")  # (rows, columns)
+    assert interrupted_shape(Runs(cut), {}, 18) is None
+    assert (
+        interrupted_shape(Runs(run("b", 1.0, "success", {"shape": [64, 32], "type": "uint16"})), {}, 17)
+        is None
+    )
+    assert (
+        interrupted_shape(Runs(run("c", 1.0, "fail", {"shape": [64, True], "type": "uint16"})), {}, 17)
+        is None
+    )

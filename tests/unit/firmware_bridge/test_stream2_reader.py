@@ -898,3 +898,32 @@ def test_an_ended_series_uid_tells_a_straggler_from_a_new_series_whatever_the_ti
     assert reader.counters()["frames_after_series_end"] == 1
     assert len(sink.configs) == 2 and "another series_unique_id" in sink.configs[1]["start_rejected"]
     assert sink.published == [0, 1, 2, 3, 0, 1]
+
+
+def test_a_series_resumed_after_a_restart_keeps_its_starts_shape_whatever_its_first_image() -> None:
+    """An outside probe: after a restart, the first image of the resumed series was damaged (32x32 of a
+    64x64 series): the run took its shape, stored it, and every good image after it was lost as
+    wrong_shape. The run keeps the shape the series' start gave the run the restart cut; the damaged
+    image is the one lost, with its reason."""
+    *_, image2, image3, end = _messages("stream2_bslz4_u16_2ch.bin")
+
+    class Cut(Sink):
+        def interrupted_shape(self, series: int) -> tuple[tuple[int, int], str]:
+            return (23, 41), "uint16"
+
+    fields = dict(cbor2.loads(image2))
+    small = np.arange(100, dtype="<u2").tobytes()
+    fields["data"] = {
+        name: cbor2.CBORTag(40, [[10, 10], cbor2.CBORTag(69, small)])
+        for name in ("threshold_1", "threshold_2")
+    }
+    sink = Cut()
+    reader = replay([cbor2.dumps(fields), image3, end], sink, channel="threshold_2")
+    (config,) = sink.configs
+    assert config["resumed_after_restart"] is True and config["first_frame"] == 2
+    assert config["shape"] == [41, 23] and config["type"] == "uint16"
+    # the damaged image goes on as any image of another shape than its run's: the pipeline records it
+    # lost (wrong_shape), never the run's frames after it
+    assert sink.published == [2, 3] and sink.frames[(1, 2)].shape == (10, 10)
+    np.testing.assert_array_equal(sink.frames[(1, 3)], capture.frame(7, 1, 3, (23, 41), "uint16"))
+    assert reader.counters()["resumed_first_image_other_format"] == 1
