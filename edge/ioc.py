@@ -674,6 +674,12 @@ class ApplianceIOC:
                         soft,
                     )
             return None
+        if spec.name == "HDF1:Capture" and int(value) and not self._capturing:
+            # runs are refused (a full store): its frames would be too. It opened in silence, and its
+            # close blamed the stream's endpoint for frames the refusal had recorded lost (an outside probe)
+            reason = self.refusal()
+            if reason is not None:
+                return f"capture not opened: runs are refused: {reason}", soft
         if spec.name == "HDF1:FilePath":
             reason = path_refusal(Path(str(value) or "."), self._roots())
             return None if reason is None else (reason, soft)
@@ -849,10 +855,15 @@ class ApplianceIOC:
                     log.warning(
                         "capture %s: the camera took %d frame(s), none came on the stream", path, taken
                     )
+                    refused = self.refusal()
                     self._set_write_message(
                         f"capture closed before any frame came: the camera took {taken} frame(s), none"
-                        " reached the stream (stream.endpoint not the detector's?); no run, no file"
-                        f" {path.name}"
+                        + (
+                            f" stored: runs are refused ({refused}), its frames recorded lost (run_refused)"
+                            if refused is not None
+                            else " reached the stream (stream.endpoint not the detector's?)"
+                        )
+                        + f"; no run, no file {path.name}"
                     )
                 else:
                     self._set_write_message(

@@ -1189,8 +1189,9 @@ PVS: tuple[PvSpec, ...] = (
         " capture before `Acquire` 1), when the file exists, its directory is missing (`CreateDirectory`"
         " 0) or outside `store.roots`, `FileName` is empty, the name `FileTemplate` makes is over 255"
         " bytes, or the last capture is still closing (`Capture_RBV` still 1 after a `Capture` 0 put"
-        " without completion, its `NumCapture` reached, or its series aborted): MINOR SOFT, `WriteMessage`"
-        " says why",
+        " without completion, its `NumCapture` reached, or its series aborted), or while the store refuses"
+        " new runs (its frames would be refused: `StatusMessage_RBV` says `capture not opened: runs are"
+        " refused: ...`): MINOR SOFT, `WriteMessage` (or `StatusMessage_RBV`) says why",
     ),
     _rbv(
         "HDF1:Capture_RBV",

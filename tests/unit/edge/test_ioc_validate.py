@@ -86,6 +86,16 @@ def test_acquire_is_refused_while_the_store_refuses_runs(setup: _Setup) -> None:
     assert setup.put("Acquire", 0)[0]  # an abort is never refused
 
 
+def test_a_capture_is_not_opened_while_the_store_refuses_runs(setup: _Setup) -> None:
+    """An outside probe: Capture 1 was taken in silence with runs refused; its frames were refused, and
+    its close blamed the stream's endpoint."""
+    setup.refusal = "local store above its high-water mark (90%) with data not yet verified upstream"
+    taken, device = setup.put("HDF1:Capture", 1)
+    assert not taken and (device._record.NSEV, device._record.NSTA) == (1, ALARM_SOFT)
+    assert "capture not opened: runs are refused: local store above its high-water mark" in setup.message
+    assert setup.put("HDF1:Capture", 0)[0]  # closing is never refused
+
+
 def test_mode_between_runs_is_applied_and_during_a_run_refused(setup: _Setup) -> None:
     assert setup.put("Mode", 3)[0]
     assert setup.reduction.current().mode == "tomo"
