@@ -218,6 +218,18 @@ def current_alarms(status: Mapping[str, Any]) -> list[dict[str, Any]]:
         message = f"Run {short_uid(uid)}: {count:,} frames incomplete (kept, missing pixels flagged)"
         out.append(_alarm(f"run:{uid}:incomplete", "run", "minor", message, run_uid=uid))
 
+    calibration = appliance.get("calibration_refused_at_next_start")
+    if calibration:  # (`edge.appliance.CalibrationWatch`)
+        out.append(
+            _alarm(
+                "condition:calibration",
+                "condition",
+                "major",
+                f"The calibration files on disk would refuse the next start: {calibration}. This daemon goes"
+                " on with the copies it loaded at its start; fix or restore the files before a restart",
+            )
+        )
+
     recovery = appliance.get("recovery") or {}
     parts = []
     if recovery.get("runs_failed"):

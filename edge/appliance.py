@@ -14,6 +14,7 @@ import hashlib
 import io
 import json
 import logging
+import os
 import socket
 import threading
 import time
@@ -154,6 +155,49 @@ def load_calibration(settings: Settings, fmt: FrameFormat | None = None) -> Corr
         poni_shape,
         None if poni is None else poni.geometry,
     )
+
+
+class CalibrationWatch:
+    """Whether the calibration files the settings name (PONI, mask, dark, flat) would load at the next
+    start: the daemon goes on with the copies it loaded, and a file edited into one the start refuses
+    said nothing until a restart, after a kill mid-series, refused to start at all (an outside probe).
+    Checked again only when a file's size or time changed (a stat per file per call)."""
+
+    def __init__(self, settings: Settings, fmt: FrameFormat) -> None:
+        self._settings, self._fmt = settings, fmt
+        red = settings.reduction
+        self._paths = [
+            p for p in (red.poni_file, red.mask_file, red.dark_file, red.flat_file) if p is not None
+        ]
+        self._seen: tuple[Any, ...] | None = None
+        self._problem: str | None = None
+        self._lock = threading.Lock()
+
+    def _signature(self) -> tuple[Any, ...]:
+        out: list[Any] = []
+        for path in self._paths:
+            try:
+                stat = os.stat(path)
+                out.append((stat.st_size, stat.st_mtime_ns, stat.st_ino))
+            except OSError as error:
+                out.append(str(error))
+        return tuple(out)
+
+    def problem(self) -> str | None:
+        """Why the next start would refuse the calibration files as they are on disk now, or None."""
+        if not self._paths:
+            return None
+        with self._lock:
+            seen = self._signature()
+            if seen != self._seen:
+                self._seen = seen
+                try:
+                    load_calibration(self._settings, self._fmt)
+                    self._problem = None
+                except ConfigError as error:
+                    self._problem = str(error)[:500]
+                    log.error("the calibration files on disk would refuse the next start: %s", self._problem)
+            return self._problem
 
 
 def _check_some_pixel_counts(
@@ -925,6 +969,7 @@ class Appliance:
                     kernels_loading=lambda: self.warm_ups.busy,
                     kernels_queued=lambda: self.warm_ups.queued_mode,
                     reload_refused=lambda: self.reload_refused,
+                    calibration_problem=CalibrationWatch(settings, self.frame_format).problem,
                 )
             )
         except BaseException:

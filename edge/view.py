@@ -73,6 +73,8 @@ class ApplianceParts:
     kernels_queued: Callable[[], str | None] = lambda: None  # a mode whose load waits (`WarmUps.queued_mode`)
     # the last SIGHUP's reload, refused (bad settings): when and why; None once a reload succeeds
     reload_refused: Callable[[], dict[str, Any] | None] = lambda: None
+    # why the calibration files on disk would refuse the next start (`CalibrationWatch`); None: they load
+    calibration_problem: Callable[[], str | None] = lambda: None
 
 
 class ApplianceView:
@@ -132,6 +134,7 @@ class ApplianceView:
                 "run_uid": p.sink.run_uid,
                 "recovery": p.recovery,
                 "reload_refused": p.reload_refused(),
+                "calibration_refused_at_next_start": p.calibration_problem(),
                 "threads": p.threads(),
                 "api_connections_closed": {
                     kind: int(REFUSED[kind]) for kind in ("over_limit", "header_timeout")

@@ -163,3 +163,26 @@ def test_a_poni_file_replaced_while_the_daemon_starts_gives_the_geometry_of_the_
         assert appliance.pipeline.calibration.files["poni"] == (str(first), said)
     finally:
         appliance.stop()
+
+
+def test_calibration_files_changed_into_ones_the_next_start_refuses_raise_an_alarm(tmp_path: Path) -> None:
+    """An outside probe: a mask replaced by one of the wrong shape (and a .poni with an absurd distance)
+    while the daemon ran: nothing said so until, after a kill -9 mid-series, every restart refused to
+    start and the rest of the series was lost. The daemon checks them when they change, and says so."""
+    from edge.alarms import current_alarms
+    from edge.appliance import CalibrationWatch
+    from edge.frame_format import frame_format
+
+    mask = tmp_path / "mask.npy"
+    np.save(mask, np.zeros((407, 487), dtype=bool))
+    settings = _settings(tmp_path, _poni(tmp_path), mask)
+    watch = CalibrationWatch(settings, frame_format(settings))
+    assert watch.problem() is None
+    np.save(mask, np.zeros((64, 128), dtype=bool))
+    problem = watch.problem()
+    assert problem is not None and "image is (64, 128), frames are (407, 487)" in problem, problem
+    alarms = current_alarms({"appliance": {"calibration_refused_at_next_start": problem}})
+    (alarm,) = [a for a in alarms if a["id"] == "condition:calibration"]
+    assert alarm["severity"] == "major" and "would refuse the next start" in alarm["message"]
+    np.save(mask, np.zeros((407, 487), dtype=bool))  # restored
+    assert watch.problem() is None
