@@ -261,6 +261,8 @@ def where_report(
         # calibration files whose bytes were not those the daemon loaded (and used) any more: named with
         # both sha256s (an outside probe found it only in the run's reduced file)
         "calibration_files_changed": config.get("calibration_files_changed") or None,
+        # the sha256 of each calibration file the run's daemon loaded (runs recorded before: None)
+        "calibration_sha256": config.get("calibration_sha256") or None,
         "config": run["config"],
     }
     # the uid the detector gave the run, and the other runs it names (recorded under fresh uids)
@@ -540,6 +542,9 @@ def render(report: dict[str, Any]) -> str:
         lines.insert(1, resumed)
     if report.get("products_note"):
         lines.append(f"  products: {report['products_note']}")
+    calibration = _calibration_line(report)
+    if calibration:
+        lines.append(f"  calibration: {calibration}")
     if report.get("calibration_files_changed"):
         changed = report["calibration_files_changed"]
         lines.append(f"  calibration files changed on disk (the loaded copies used): {changed}")
@@ -613,6 +618,20 @@ def render(report: dict[str, Any]) -> str:
             f"{loss['reason']} {loss['detail']}".rstrip()
         )
     return "\n".join(lines)
+
+
+def _calibration_line(report: dict[str, Any]) -> str:
+    """The calibration files the run was reduced with, each with its sha256 when recorded (two runs of
+    the same paths and other contents read alike: an outside probe), or "" when it named none."""
+    reduction = report.get("reduction") if isinstance(report.get("reduction"), dict) else {}
+    digests = report.get("calibration_sha256") if isinstance(report.get("calibration_sha256"), dict) else {}
+    named = []
+    for key in ("poni", "mask", "dark", "flat"):
+        path = reduction.get(f"{key}_file")
+        if path:
+            digest = digests.get(key)
+            named.append(f"{key} {_printable(path)}" + (f" (sha256 {digest})" if digest else ""))
+    return "; ".join(named)
 
 
 def _resumed_line(report: dict[str, Any]) -> str:

@@ -682,3 +682,18 @@ def test_the_summary_says_how_many_files_a_required_consumer_holds_when_not_all(
     assert "(tape: none of them, required since they were confirmed)" in said, said
     report["required_consumers"] = ["hpc"]  # an optional mirror holding some: not named, as before
     assert "23 verified upstream (/up_hpc/RUN), 0 pending" in summary_line(report)
+
+
+def test_where_names_the_calibration_files_a_run_used_with_their_checksums(ledger: Ledger) -> None:
+    """An outside powder probe: `edge where` named no .poni or mask of a normal run, and --json gave the
+    paths without checksums, so two runs of the same paths and other contents read alike."""
+    report = where_report(ledger, "run-1")
+    report["reduction"] = {"poni_file": "/cal/cur.poni", "mask_file": "/cal/mask.npy", "dark_file": None}
+    report["calibration_sha256"] = {"poni": "a" * 64, "mask": "b" * 64}
+    text = render(report)
+    assert (
+        f"  calibration: poni /cal/cur.poni (sha256 {'a' * 64}); mask /cal/mask.npy (sha256 {'b' * 64})"
+        in text
+    )
+    report["reduction"] = {}
+    assert "calibration:" not in render(report)
