@@ -936,6 +936,7 @@ class Appliance:
                 run_masks=self.masks,
                 reduced_file_bytes=reduced_file_bytes(self.retention.headroom()),
             )
+            self.retention.open_bytes = self.pipeline.open_bytes  # (files open now count in the store)
             self.warm_ups = WarmUps(
                 partial(self.pipeline.warm_up, self.frame_format.shape, self.frame_format.dtype)
             )

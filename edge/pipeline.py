@@ -224,6 +224,16 @@ class Pipeline:
         loads or compiles, which a run's first frame may be waiting for) are running."""
         return int(self.stats["frames_processed"]), len(self._warm_ups)
 
+    def open_bytes(self) -> int:
+        """Bytes of the files open for writing now (`RunStore.open_bytes`; any thread)."""
+        store = self._store
+        if store is None:
+            return 0
+        try:
+            return store.open_bytes()
+        except RuntimeError:  # (its files changing meanwhile): counted at the next look
+            return 0
+
     def writing(self) -> tuple[str | None, int]:
         """The run being written now (None between runs) and its frames stored so far (written, less
         those of files given up when the disk filled)."""

@@ -112,6 +112,8 @@ class Retention:
         self._free_measured: tuple[float, int] | None = None  # (monotonic time, bytes): `_disk_free_recent`
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
+        #: bytes of the files open for writing now (the pipeline's, set once it exists): in `usage`
+        self.open_bytes: Callable[[], int] = lambda: 0
         self._pressure: tuple[float, bool] | None = None  # (when, answer) of the last under_pressure
         # the last under_pressure answered at once from the disk's free space (at or below the headroom):
         # ``writing_held`` read false meanwhile, and the disk-full alarm "recorded lost" of frames held
@@ -139,7 +141,19 @@ class Retention:
         return _disk_size(self.root)
 
     def usage(self) -> dict[str, int]:
-        return self.ledger.store_usage()
+        """The ledger's count of the store's files (`Ledger.store_usage`) with the files open for writing
+        now (``open``, in ``total`` and ``unverified``): the ledger knows a file once it is closed, and a
+        capture's one file, open across a whole scan, took the store to 165% of its quota with new runs
+        still accepted (an outside probe)."""
+        used = dict(self.ledger.store_usage())
+        try:
+            opened = max(0, int(self.open_bytes()))
+        except Exception:  # (a file closing meanwhile, say): counted at the next look
+            opened = 0
+        used["open"] = opened
+        used["total"] += opened
+        used["unverified"] += opened
+        return used
 
     def _disk_free(self) -> int:
         """Bytes free on the store's file system (for an unprivileged writer)."""
@@ -517,6 +531,8 @@ class Retention:
             # fill): the dashboard's "left" (an outside probe read 6.7 MiB left with 2.4 MiB to refusal)
             "refuse_at_bytes": int(self._limit() * self.settings.high_water),
             "store_bytes": used["total"],
+            # of them, in files open for writing now (a capture's file, open across its scan)
+            "open_bytes": int(used.get("open", 0)),
             "unverified_bytes": used["unverified"],
             # of them, files never forwarded (upstream.forward): no consumer's confirmation frees them
             "local_bytes": int(used.get("local", 0)),

@@ -166,6 +166,14 @@ class RunStore:
         if len(current) >= self.frames_per_file:
             self.roll(stream)
 
+    def open_bytes(self) -> int:
+        """Bytes of the run's files open for writing now (any thread: a file closing meanwhile counts 0)."""
+        total = 0
+        for writer in list(self._current.values()):
+            with contextlib.suppress(OSError):
+                total += os.path.getsize(writer.part_path)
+        return total
+
     @property
     def frames_stored(self) -> int:
         """Frames written into files not given up: what the run's row says it stored."""

@@ -610,3 +610,23 @@ def test_a_file_kept_local_by_forward_hits_in_another_mode_says_its_mode_is_why(
         "upstream.forward = hits forwards only serial mode's hits; this run is powder: its data files stay"
         " on the appliance"
     )
+
+
+def test_files_open_for_writing_count_in_the_store(ledger: Ledger, tmp_path: Path) -> None:
+    """An outside probe: a capture's one file, open across its scan, is in the ledger only once closed:
+    the store went to 165% of its quota with RetentionState "ok" and new runs accepted."""
+    settings = RetentionSettings(quota_bytes=6_000_000, headroom_bytes=0, high_water=0.9)
+    retention = Retention(ledger, tmp_path, settings, executor=ManualExecutor())
+    assert retention.refusal() is None and retention.status()["open_bytes"] == 0
+    retention.open_bytes = lambda: 8_000_000  # the capture's .part so far
+    said = retention.refusal()
+    assert said is not None and said.startswith("local store full of data not yet verified upstream"), said
+    status = retention.status()
+    assert status["store_bytes"] == status["unverified_bytes"] == status["open_bytes"] == 8_000_000
+    assert status["accepting_runs"] is False
+
+    def closing() -> int:
+        raise FileNotFoundError("renamed meanwhile")
+
+    retention.open_bytes = closing  # a file closing as it is measured: counted at the next look
+    assert retention.usage()["open"] == 0
