@@ -144,7 +144,8 @@ class Retention:
         """The ledger's count of the store's files (`Ledger.store_usage`) with the files open for writing
         now (``open``, in ``total`` and ``unverified``): the ledger knows a file once it is closed, and a
         capture's one file, open across a whole scan, took the store to 165% of its quota with new runs
-        still accepted (an outside probe)."""
+        still accepted (an outside probe). Holding writing back (`under_pressure`) counts closed files
+        only: an open file is finished by the frames it would hold back."""
         used = dict(self.ledger.store_usage())
         try:
             opened = max(0, int(self.open_bytes()))
@@ -300,7 +301,9 @@ class Retention:
 
     def _refresh_pressure(self) -> bool:
         try:
-            used = self.usage()
+            # the closed files only: an open file counted here held back the very frames that would
+            # finish it, and nothing could ever verify it (a store at its quota stalled for good)
+            used = self.ledger.store_usage()
             pressed = self.filled(used) >= self._limit()
             self._pressure = (self.clock(), pressed)
             if pressed and used["verified"] > 0:
