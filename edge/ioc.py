@@ -1346,11 +1346,8 @@ class ApplianceIOC:
                     log.warning("detector went away during run %s", run_uid)
             if detector_lost and self.view.series_open():
                 # frames still in flight may arrive: end the series only once the stream is quiet
-                received = self.view.frames_received()
-                now = time.monotonic()
-                if quiet_since is None or quiet_since[1] != received:
-                    quiet_since = (now, received)
-                elif now - quiet_since[0] >= STREAM_QUIET_SECONDS:
+                quiet_since, quiet = self._stream_quiet(quiet_since)
+                if quiet:
                     self.end_open_series("detector_disconnected")
             if capturing and run_uid is not None and done.done():
                 writing, frames = self.view.writer_run()
@@ -1511,20 +1508,26 @@ class ApplianceIOC:
         self._camera_connected = connected
         self._show_detector()
 
+    def _stream_quiet(self, since: tuple[float, int] | None) -> tuple[tuple[float, int], bool]:
+        """(when the stream's count of frames received last moved, with that count; whether it has not
+        moved for ``STREAM_QUIET_SECONDS``): frames in flight may still come after a camera is gone."""
+        received = self.view.frames_received()
+        now = time.monotonic()
+        if since is None or since[1] != received:
+            return (now, received), False
+        return since, now - since[0] >= STREAM_QUIET_SECONDS
+
     async def _end_series_of_lost_camera(self) -> None:
         """The camera went away while a series was open: once the stream is quiet (frames in flight may
         still come) and the camera still away, the series ends ``fail``, its frames not received recorded
         lost ``detector_disconnected`` (a capture's run and the capture end with it)."""
         try:
-            quiet: tuple[float, int] | None = None
+            since: tuple[float, int] | None = None
             while self.control is not None and not self.control.connected and self.view.series_open():
                 if self._acquiring:  # an Acquire here took it over: it watches the series itself
                     return
-                received = self.view.frames_received()
-                now = time.monotonic()
-                if quiet is None or quiet[1] != received:
-                    quiet = (now, received)
-                elif now - quiet[0] >= STREAM_QUIET_SECONDS:
+                since, quiet = self._stream_quiet(since)
+                if quiet:
                     log.warning("the detector went away during a series it started itself: the series ends")
                     self.end_open_series("detector_disconnected")
                     self._set_message(

@@ -457,10 +457,7 @@ def test_a_camera_killed_inside_a_capture_it_started_itself_ends_the_series_and_
     the stream is quiet, its frames not received lost (detector_disconnected), and the capture closes."""
     epics = _epics()
     p = stack.prefix
-    _put(stack, "HDF1:FileName", "camcut")
-    _put(stack, "HDF1:NumCapture", 0)
-    _put(stack, "HDF1:Capture", 1)
-    run_uid = _camera_started_directly(stack, 100_000, "the camera's run")
+    run_uid = _capturing_a_camera_series(stack, "camcut", 100_000, "the camera's run")
     wait_until(lambda: (epics.caget(p + "HDF1:NumCaptured_RBV") or 0) >= 5, 30, "frames captured")
     stack.kill("sim", signal.SIGKILL)
     run = wait_until(lambda: (r := stack.run(run_uid))["ended_at"] is not None and r, 30, "the run's end")
@@ -522,6 +519,15 @@ def _camera_started_directly(stack: Stack, frames: int, what: str) -> str:
     # RunUid_RBV names it too, though no Acquire of the appliance's started it (it stayed empty)
     wait_until(lambda: epics.caget(stack.prefix + "RunUid_RBV", as_string=True) == run_uid, 5, "RunUid_RBV")
     return run_uid
+
+
+def _capturing_a_camera_series(stack: Stack, name: str, frames: int, what: str) -> str:
+    """A capture named ``name`` opened (no NumCapture limit), and ``frames`` started at the camera's own
+    prefix (`_camera_started_directly`): returns the capture's run."""
+    _put(stack, "HDF1:FileName", name)
+    _put(stack, "HDF1:NumCapture", 0)
+    _put(stack, "HDF1:Capture", 1)
+    return _camera_started_directly(stack, frames, what)
 
 
 def test_a_camera_that_goes_straight_to_idle_when_stopped_ends_the_run_abort(
@@ -667,10 +673,7 @@ def test_a_capture_killed_after_its_last_series_still_names_its_file(stack: Stac
     the capture). It names the capture's file, unfinished (0 frames in it; its .part left beside it)."""
     epics = _epics()
     p = stack.prefix
-    _put(stack, "HDF1:FileName", "ended")
-    _put(stack, "HDF1:NumCapture", 0)
-    _put(stack, "HDF1:Capture", 1)
-    capture_run = _camera_started_directly(stack, 20, "the capture's run open")
+    capture_run = _capturing_a_camera_series(stack, "ended", 20, "the capture's run open")
     wait_until(lambda: (epics.caget(p + "HDF1:NumCaptured_RBV") or 0) >= 20, 30, "the series written")
     stack.kill("daemon", signal.SIGKILL)
     stack.start_daemon()
