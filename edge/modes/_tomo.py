@@ -65,6 +65,10 @@ class _EarlierScan:
         # (frame number, angle) of the last projection stored (the highest frame number): where the given
         # angles of the resumed part go on from (None: no projection, or a file without frame numbers)
         self.last_projection: tuple[int, float] | None = None
+        # darks and flats stored after that projection: no projection's place (an outside probe's dark and
+        # flat stored after the last projection before a restart shifted every later angle by two steps)
+        self.keys_after_last = 0
+        dark_flat_frames: list[np.ndarray] = []
         planned: list[tuple[Path, np.ndarray, np.ndarray]] = []
         for path in earlier.files:
             try:
@@ -87,6 +91,8 @@ class _EarlierScan:
                     if np.any((keys == 1) | (keys == 2)):
                         self.reference_runs += [r for r in held if r not in self.reference_runs]
                     numbers = np.asarray(handle["/entry/data/frame_number"][:], np.int64)
+                    if numbers.size == keys.size:
+                        dark_flat_frames.append(numbers[(keys == 1) | (keys == 2)])
                     shot = np.flatnonzero(keys == 0)
                     if shot.size and numbers.size == keys.size:
                         last = int(shot[np.argmax(numbers[shot])])
@@ -98,6 +104,9 @@ class _EarlierScan:
                     self.planned += int(projections.size)
             except Exception as error:  # a file not as this stage writes them: its frames are not used
                 self._error(path, error)
+        if self.last_projection is not None:
+            last = self.last_projection[0]
+            self.keys_after_last = sum(int(np.count_nonzero(frames > last)) for frames in dark_flat_frames)
         self._lock = threading.Lock()  # the reading thread publishes whole files under it
         self._abandoned = False  # the run's end stopped waiting: the thread publishes nothing more
         self._thread = threading.Thread(target=self._read, args=(planned,), name="tomo-earlier", daemon=True)
@@ -213,7 +222,9 @@ class TomoStage(_CorrectedStage):
         # every later projection by as many steps (an outside probe: a scan resumed after a crash that lost
         # 3 projections had every later angle 18 degrees off, and no gap said)
         self._anchor: tuple[int, int] | None = self._earlier_anchor()
-        self._others_since_anchor = 0
+        self._others_since_anchor = (
+            0 if self._anchor is None or self.earlier is None else self.earlier.keys_after_last
+        )
         self._earlier_lines: list[np.ndarray] = []  # those back-projected so far (normalised) ...
         self._earlier_angles: list[float] = []  # ... and their angles
         # the axis the slices are streamed about: the given centre, else the detector's centre column

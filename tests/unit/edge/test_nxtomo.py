@@ -198,7 +198,11 @@ def test_angle_gaps_of_an_even_scan_and_of_one_with_holes() -> None:
 
 
 def _given_angles_scan(
-    tmp_path: Path, params: ReductionSettings, first_frames: Any, second_frames: Any
+    tmp_path: Path,
+    params: ReductionSettings,
+    first_frames: Any,
+    second_frames: Any,
+    first_keys: dict[int, int] | None = None,
 ) -> tuple[Path, Any, list[float]]:
     """A scan's first part (projections without angles at ``first_frames``) stored by one run, and the
     run that goes on with it taking ``second_frames``: (the first part's file, the second run's stage,
@@ -210,9 +214,10 @@ def _given_angles_scan(
     directory = tmp_path / "part1"
     directory.mkdir()
     writer = RunFileWriter(directory, "part1", "part1_00000.h5", 0, SHAPE, "uint16", 30, first, meta)
-    for frame in first_frames:
+    for frame in first_frames:  # projections, but for the darks and flats of ``first_keys``
         pixels = np.full(SHAPE, 400 + frame, np.uint16)
-        writer.write(frame, compress_chunk(pixels), first.process(pixels, frame, 0, float("nan")).products)
+        key = (first_keys or {}).get(frame, 0)
+        writer.write(frame, compress_chunk(pixels), first.process(pixels, frame, key, float("nan")).products)
     path = writer.close().path
     earlier = EarlierParts(runs=("part1",), files=(path,))
     second = make_stage(
@@ -256,3 +261,14 @@ def test_given_angles_keep_their_places_across_frames_lost_in_a_run_and_at_a_res
         np.sort(products["rotation_angle"]), 6.0 * np.asarray([*stored, 14, 15, 16, 17])
     )
     assert products["angle_gaps"] == 2 and products["largest_angle_step"] == 24.0, products["angle_gaps"]
+
+
+def test_darks_and_flats_stored_after_the_last_projection_before_a_restart_take_no_angle(
+    tmp_path: Path,
+) -> None:
+    """An outside probe: projections 10..29, a dark at 30 and a flat at 31, a restart, projections from
+    32 on: frame 32 took n + 3 (two steps too high, a false hole), the stored dark and flat counted as
+    projection places."""
+    params = ReductionSettings(mode="tomo", tomo={"slices": [12], "angle_start": 0.0, "angle_step": 6.0})  # type: ignore[arg-type]
+    _path, _second, angles = _given_angles_scan(tmp_path, params, range(12), range(12, 14), {10: 2, 11: 1})
+    assert angles == [60.0, 66.0]
