@@ -544,7 +544,12 @@ class ZmqStreamSource:
         if isinstance(event, StreamError):
             self.stats["messages_rejected"] += 1
             log.warning("rejected stream message: %s %s", event.reason, event.detail)
-            if event.reason == "wrong_series":  # (as the Stream V2 reader counts them)
+            if event.reason == "wrong_series" and event.kind == "end":
+                # a stray end of another series (the codec rejected it: no rejected start or damaged
+                # message before it): it ends nothing. It was counted as an image of another series, and
+                # ends_wrong_series missed it (an outside probe)
+                self.stats["ends_wrong_series"] += 1
+            elif event.reason == "wrong_series":  # (as the Stream V2 reader counts them)
                 self.stats["images_wrong_series"] += 1
             if event.kind == "start":
                 self._start_was_rejected(f"{event.reason}: {event.detail}", event.series)

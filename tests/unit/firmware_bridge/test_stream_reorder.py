@@ -197,3 +197,13 @@ def test_a_series_of_unknown_length_ended_by_the_next_start_says_why() -> None:
     assert sink.ends == [(1, "fail"), (2, "success")]
     assert sink.whys == ["the start of series 2 came before its end message", ""]
     assert [loss for loss in sink.run_losses if loss[0] == 0] == []
+
+
+def test_a_stray_end_of_another_series_is_counted_as_an_end_not_an_image() -> None:
+    """An outside probe: the end of series 98 during series 14 ended nothing (as documented), but was
+    counted in images_wrong_series, and ends_wrong_series stayed absent."""
+    sink = _EndsSink()
+    reader = _send(sink, [header(14, 2), image(14, 0), image(14, 1), _end(98), _end(14)], ends=1)
+    assert sink.ends == [(14, "success")]
+    counters = reader.counters()
+    assert counters["ends_wrong_series"] == 1 and counters.get("images_wrong_series", 0) == 0, counters
