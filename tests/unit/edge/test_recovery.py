@@ -1364,6 +1364,24 @@ def test_a_series_handed_over_to_a_run_never_recorded_is_accounted_at_the_next_s
     assert recover(recorder, tmp_path)["continuations_lost"] == {}
 
 
+def test_frames_a_lost_continuation_recorded_are_taken_back_by_the_run_that_resumes_it_after_all(
+    tmp_path: Path,
+) -> None:
+    """An outside probe: a recovery recorded 439 frames of a run whose continuation a crash lost; the
+    series went on after that start and a run took 410 of them back, yet the status and the alarm kept
+    439. They count what stays lost, as for a crashed run's."""
+    from edge.recovery import recover
+
+    _ledger, recorder, run_uid = _cut_run(tmp_path, "run-x", 9, 40, 5, "receiver_stopped", "abort")
+    recorder.continued_at(run_uid, 26)
+    recorder.hand_over_losses(run_uid, "receiver_stopped", 26)
+    report = recover(recorder, tmp_path)
+    assert report["continuations_lost"] == {run_uid: 14} and report["frames_lost"] == 14
+    assert resume_interrupted(recorder, report, series=9, first_frame=30) == {"resumes_run": run_uid}
+    assert report["frames_lost"] == 4 and report["frames_handed_over"] == 10
+    assert report["continuations_lost"] == {run_uid: 4}
+
+
 def test_a_series_that_went_on_in_a_recorded_run_is_left_as_it_is(tmp_path: Path) -> None:
     from edge.recovery import recover
 
