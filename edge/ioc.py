@@ -1674,7 +1674,12 @@ class ApplianceIOC:
         pyepics raises ``Write access denied``) and ``StatusMessage_RBV`` says why. A run already going
         can still be aborted: the record is only closed while idle. `_validate` refuses the put too, for
         the moment between a refusal starting and this refresh seeing it (and under another ACF)."""
-        closed = reason is not None and not self._acquiring
+        # nor while a series goes that a client started at the camera (a capture's, whose own file may
+        # push the store past its mark): closing Acquire then processed it with its 0, which stopped the
+        # camera and booked the frames it never took "not acquired (Acquire 0)" (an outside probe)
+        series_open = getattr(self.view, "series_open", None)  # (a unit test's stand-in view has none)
+        going = bool(series_open()) if callable(series_open) else False
+        closed = reason is not None and not self._acquiring and not going
         if closed == (self._runs_refused is not None) and (not closed or reason == self._runs_refused):
             return
         self.records["Acquire"].set_field("ASG", ASG_READONLY if closed else ASG_DEFAULT)

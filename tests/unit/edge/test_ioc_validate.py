@@ -232,3 +232,27 @@ def test_a_restored_num_capture_keeps_its_own_value_beside_num_images(setup: _Se
     setup.ioc._show_restored()
     assert records["NumImages_RBV"].value == 7
     assert (records["HDF1:NumCapture"].value, records["HDF1:NumCapture_RBV"].value) == (5, 5)
+
+
+def test_acquire_is_not_closed_while_a_series_started_at_the_camera_goes(setup: _Setup) -> None:
+    """An outside probe: a capture's own file pushed the store past its high-water mark while the camera
+    (started at its own prefix) acquired: closing Acquire processed it with its 0, which stopped the
+    camera and booked 131 frames "not acquired (Acquire 0)". Acquire closes once the series has ended."""
+
+    class _Acquire(_Record):
+        def __init__(self) -> None:
+            super().__init__()
+            self.asg: list[str] = []
+
+        def set_field(self, name: str, value: str) -> None:
+            self.asg.append(value)
+
+    acquire = setup.ioc.records["Acquire"] = _Acquire()
+    setup.ioc._set_message = lambda message: None  # type: ignore[method-assign]
+    going = [True]
+    setup.ioc.view.series_open = lambda: going[0]
+    setup.ioc._show_refusal("local store above its high-water mark")
+    assert acquire.asg == []  # left open while the camera's series goes
+    going[0] = False
+    setup.ioc._show_refusal("local store above its high-water mark")
+    assert acquire.asg == ["READONLY"]  # closed (read-only) once it has ended
