@@ -1528,7 +1528,9 @@ class ApplianceIOC:
                     return
                 since, quiet = self._stream_quiet(since)
                 if quiet:
-                    log.warning("the detector went away during a series it started itself: the series ends")
+                    log.warning(
+                        "the detector went away during a series started at the camera: the series ends"
+                    )
                     self.end_open_series("detector_disconnected")
                     self._set_message(
                         "Detector disconnected during the series: it ended (its frames not"

@@ -187,26 +187,28 @@ def test_sighup_reloads_logging_and_retention_and_names_what_needs_a_restart(
         warning = json.loads(line)  # the new format applies at once
         assert warning["level"] == "WARNING"
         assert warning["message"] == "not reloaded (restart to apply): ring.slots"
+
         # a file the daemon refuses is an alarm until a reload succeeds (an outside probe: only a log line
         # said so, and the next restart refused the file and left the service down)
-        config.write_text('[log]\nformat = "json"\n[retention]\nhigh_water = 1.5\n')
-        before = time.monotonic()
-        daemon.send_signal(signal.SIGHUP)
-        wait_for(lambda: listener.lines("STATUS=reloaded: refused", before), 30, "the refusal reported")
-        alarms = {a["id"]: a for a in stack.status()["alarms"]}
+        def reload_with(text: str, status: str, what: str) -> dict[str, dict]:
+            """``text`` as the settings file, a SIGHUP, its ``status`` reported: the alarms then."""
+            config.write_text(text)
+            before = time.monotonic()
+            daemon.send_signal(signal.SIGHUP)
+            wait_for(lambda: listener.lines(status, before), 30, what)
+            return {a["id"]: a for a in stack.status()["alarms"]}
+
+        alarms = reload_with(
+            '[log]\nformat = "json"\n[retention]\nhigh_water = 1.5\n',
+            "STATUS=reloaded: refused",
+            "the refusal reported",
+        )
         assert "retention.high_water" in alarms["condition:settings"]["message"], alarms
-        config.write_text('[log]\nformat = "json"\n')
-        before = time.monotonic()
-        daemon.send_signal(signal.SIGHUP)
-        wait_for(lambda: listener.lines("STATUS=reloaded", before), 30, "the next reload reported")
-        assert "condition:settings" not in {a["id"] for a in stack.status()["alarms"]}
+        alarms = reload_with('[log]\nformat = "json"\n', "STATUS=reloaded", "the next reload reported")
+        assert "condition:settings" not in alarms
         # an empty file (being written in place) is refused, not taken as "every setting its default"
         # (an outside probe: the JSON log became plain text, the retention quota the whole disk)
-        config.write_text("")
-        before = time.monotonic()
-        daemon.send_signal(signal.SIGHUP)
-        wait_for(lambda: listener.lines("STATUS=reloaded: refused", before), 30, "the empty file refused")
-        alarms = {a["id"]: a for a in stack.status()["alarms"]}
+        alarms = reload_with("", "STATUS=reloaded: refused", "the empty file refused")
         assert "holds no settings" in alarms["condition:settings"]["message"], alarms
         assert "a restart would start on every default" in alarms["condition:settings"]["message"]
         config.write_text('[log]\nformat = "json"\n')
