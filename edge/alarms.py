@@ -230,6 +230,18 @@ def current_alarms(status: Mapping[str, Any]) -> list[dict[str, Any]]:
             )
         )
 
+    waits = int(appliance.get("recovery_waits_for_held_records") or 0)
+    if waits:  # (`edge.appliance.Appliance.waiting_for_held`)
+        out.append(
+            _alarm(
+                "daemon:recovery_waits",
+                "daemon",
+                "major",
+                f"The disk is full and {waits} ledger record(s) the last daemon held back cannot be written:"
+                " this daemon takes no frames and refuses runs until they are and its recovery has run."
+                " Make room on the store's disk",
+            )
+        )
     recovery = appliance.get("recovery") or {}
     parts = []
     if recovery.get("runs_failed"):

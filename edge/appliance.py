@@ -41,6 +41,7 @@ from edge.recorder import RunRecorder
 from edge.recovery import (
     SHOWN_SECONDS,
     UnseenRecoveries,
+    empty_report,
     interrupted_shape,
     interrupted_udp_run,
     note_earlier,
@@ -839,17 +840,28 @@ class Appliance:
         if still_held:
             self.recorder.hold(still_held)
         unseen = UnseenRecoveries(settings.ledger_path.with_name("recovery.unseen"))
-        since = unseen.begin()
-        self.recovery = recover(self.recorder, store.path)
-        note_earlier(self.ledger, self.recovery, since)
-        # once this daemon has run a while, its recovery has been shown (a start killed sooner is named
-        # again by the next one)
-        self._recovery_shown = unseen.shown_after(SHOWN_SECONDS)
-        for run_uid, exit_status in documents_waiting:  # (each a new revision; held again if still full)
-            try:
-                self.recorder.documents_when_possible(run_uid, exit_status)
-            except Exception:  # a run since gone from the ledger, say: logged, the start goes on
-                log.exception("run %s: the documents that waited for space could not be written", run_uid)
+        self.recovery = empty_report()  # (one dict: the view and the sink read it; filled by `_recover`)
+        self._recovery_shown = threading.Event()
+        self._start_lock = threading.Lock()  # `stop` against a start that waited (`_start_when_written`)
+        # Records the last daemon held back that the disk refuses again (it is still full): the recovery
+        # and the frames wait until they are written. Run on a ledger without them, the recovery failed a
+        # run that a start before this one had already failed and continued in a run of its own (held too),
+        # and when space returned both accounts were written: frames lost in two runs, stored in one and
+        # lost in the other, a run left "running" (an outside chaos probe: two kill -9s while the disk
+        # stayed full, 3371 dispositions for 2500 frames). Until then this start records nothing of its
+        # own: the reader is not started (what the detector sends meanwhile is accounted as after any
+        # restart, when its series is seen again) and runs are refused (`refusal`).
+        self._waiting: tuple[UnseenRecoveries, list[tuple[str, str]]] | None = None
+        if still_held:
+            self._waiting = (unseen, documents_waiting)
+            log.error(
+                "the disk is full and %d ledger record(s) the last daemon held back cannot be written yet:"
+                " this daemon runs its recovery and takes frames once they are (make room on %s)",
+                len(still_held),
+                store.path,
+            )
+        else:
+            self._recover(unseen, documents_waiting)
         stale, freed = sweep_stale_rings(() if settings.ring.name is None else (settings.ring.name,))
         if stale:
             log.warning(
@@ -965,6 +977,7 @@ class Appliance:
                     recorder=self.recorder,
                     sink=self.sink,
                     recovery=self.recovery,
+                    recovery_waits=self.waiting_for_held,
                     threads=self.threads,
                     stopping=lambda: self.stopping,
                     kernels_loading=lambda: self.warm_ups.busy,
@@ -980,14 +993,6 @@ class Appliance:
     def _source(self, settings: Settings) -> FrameSource:
         if settings.stream.transport == "udp":
             udp = settings.udp
-            interrupted = interrupted_udp_run(self.ledger, self.recovery)  # a restart mid-acquisition
-            # ... or during a pause, after silence had ended the run: the run that goes on is linked to it
-            paused = None if interrupted is not None else paused_udp_run(self.ledger)
-            pause_file = settings.ledger_path.with_name(UDP_PAUSE_FILE)
-            stamps: dict[int, int] = {}
-            if paused is not None:
-                self.sink.ended_run_uid = paused[0]["run_uid"]
-                stamps = load_paused_timestamps(pause_file, str(paused[0]["run_uid"]))
             try:
                 return UdpSource(
                     udp.host,
@@ -999,13 +1004,8 @@ class Appliance:
                     udp.frame_timeout_frames,
                     udp.rcvbuf_bytes,
                     max_frame_jump=udp.max_frame_jump,
-                    resume_above=interrupted[1] if interrupted is not None else None,
-                    paused_above=paused[1] if paused is not None else None,
-                    series_before=udp_series_before(self.ledger),
-                    armed_last_before=udp_armed_last((interrupted or paused or ({},))[0]),
-                    length_before=(interrupted or paused or ({},))[0].get("frames_expected"),
-                    pause_file=pause_file,
-                    paused_timestamps=stamps,
+                    pause_file=settings.ledger_path.with_name(UDP_PAUSE_FILE),
+                    **self._udp_links(settings),
                 )
             except OSError as error:  # the port taken, or a host that does not resolve: name the setting
                 raise ConfigError(
@@ -1042,11 +1042,74 @@ class Appliance:
             reorder_seconds=stream.reorder_seconds,
         )
 
+    def _udp_links(self, settings: Settings) -> dict[str, Any]:
+        """The UDP reader's links to the runs before it (`UdpSource.link_earlier`), from the ledger and
+        this start's recovery."""
+        interrupted = interrupted_udp_run(self.ledger, self.recovery)  # a restart mid-acquisition
+        # ... or during a pause, after silence had ended the run: the run that goes on is linked to it
+        paused = None if interrupted is not None else paused_udp_run(self.ledger)
+        before = (interrupted or paused or ({},))[0]
+        stamps: dict[int, int] = {}
+        if paused is not None:
+            self.sink.ended_run_uid = paused[0]["run_uid"]
+        if before:  # its last frames' timestamps: a copy of them after the restart is that run's
+            pause_file = settings.ledger_path.with_name(UDP_PAUSE_FILE)
+            stamps = load_paused_timestamps(pause_file, str(before["run_uid"]))
+        return {
+            "resume_above": interrupted[1] if interrupted is not None else None,
+            "paused_above": paused[1] if paused is not None else None,
+            "series_before": udp_series_before(self.ledger),
+            "armed_last_before": udp_armed_last(before),
+            "length_before": before.get("frames_expected"),
+            "paused_timestamps": stamps,
+        }
+
     def _max_message_bytes(self, settings: Settings) -> int:
         """``stream.max_message_bytes``, or its default: 16 ring slots, at least 256 MiB."""
         return settings.stream.max_message_bytes or max(256 << 20, 16 * self.ring.slot_bytes)
 
     # -- lifecycle --------------------------------------------------------------------------------------
+    def _recover(self, unseen: UnseenRecoveries, documents_waiting: list[tuple[str, str]]) -> None:
+        """The recovery (`edge.recovery.recover`), then the documents the last daemon's runs waited for."""
+        since = unseen.begin()
+        self.recovery.update(recover(self.recorder, self.settings.store.path))
+        note_earlier(self.ledger, self.recovery, since)
+        # once this daemon has run a while, its recovery has been shown (a start killed sooner is named
+        # again by the next one)
+        self._recovery_shown = unseen.shown_after(SHOWN_SECONDS)
+        for run_uid, exit_status in documents_waiting:  # (each a new revision; held again if still full)
+            try:
+                self.recorder.documents_when_possible(run_uid, exit_status)
+            except Exception:  # a run since gone from the ledger, say: logged, the start goes on
+                log.exception("run %s: the documents that waited for space could not be written", run_uid)
+
+    def waiting_for_held(self) -> int:
+        """The last daemon's held records this start waits for before its recovery (0: it has run)."""
+        return 0 if self._waiting is None else max(1, self.recorder.held())
+
+    def _start_when_written(self) -> None:
+        """(Thread) Once the pipeline has written the last daemon's held records (when space returns):
+        the recovery, then the reader."""
+        while not self.stopping:
+            if self.recorder.held() == 0:
+                with self._start_lock:
+                    if self.stopping or self._waiting is None:
+                        return
+                    try:
+                        self._recover(*self._waiting)
+                        if isinstance(self.source, UdpSource):  # (the run a restart cut: known only now)
+                            self.source.link_earlier(**self._udp_links(self.settings))
+                        self.source.start(self.supervisor.spawn)
+                    except Exception as error:
+                        log.exception("the start that waited for the last daemon's held records failed")
+                        self.fatal = f"the recovery after the held records were written failed: {error!r}"
+                        self.fatal_event.set()
+                        return
+                    self._waiting = None
+                log.warning("the last daemon's held ledger records are written: recovered, taking frames")
+                return
+            time.sleep(0.5)
+
     def start(self) -> None:
         self.forwarder.start(self.supervisor.spawn)
         self.retention.start(self.supervisor.spawn)
@@ -1061,8 +1124,11 @@ class Appliance:
             self.pipeline.warm_up(self.frame_format.shape, self.frame_format.dtype, self.reduction.current())
         else:
             self.warm_ups.request(self.reduction.current())
-        self.pipeline.start(self.supervisor.spawn)
-        self.source.start(self.supervisor.spawn)
+        self.pipeline.start(self.supervisor.spawn)  # (it writes the held records when space returns)
+        if self._waiting is None:
+            self.source.start(self.supervisor.spawn)
+        else:
+            threading.Thread(target=self._start_when_written, name="held-records-wait", daemon=True).start()
         stream = self.settings.stream
         udp = self.settings.udp
         source = (
@@ -1088,7 +1154,8 @@ class Appliance:
 
     def stop(self) -> None:
         """Stop taking frames, persist what is in the ring, close files, stop serving."""
-        self.stopping = True
+        with self._start_lock:  # (a start that waited for held records is not begun now, or is done)
+            self.stopping = True
         self.supervisor.stopping()
         loading = self.pipeline.progress()[1] > 0
         if loading:  # (an outside probe saw nothing logged for the 18 s the stop then took)
@@ -1120,8 +1187,16 @@ class Appliance:
         self.fatal_event.set()
 
     def refusal(self) -> str | None:
-        """Why a new run is refused now (a full disk, a store full of unverified data), or None: the
-        sink refuses a series with it, and the IOC an ``Acquire`` put before the detector is armed."""
+        """Why a new run is refused now (a full disk, a store full of unverified data, the last daemon's
+        held records not yet written), or None: the sink refuses a series with it, and the IOC an
+        ``Acquire`` put before the detector is armed."""
+        waiting = self.waiting_for_held()
+        if waiting:
+            return (
+                f"{waiting} ledger record(s) the last daemon held back through a full disk are not written"
+                " yet: no run starts before they are and the recovery has run (make room on the store's"
+                " disk)"
+            )
         return self.disk.refusal() or self.retention.refusal()
 
     def liveness(self) -> dict[str, Any]:

@@ -1125,6 +1125,9 @@ class Ledger:
                 (time.time(), file_id),
             )
             if cursor.rowcount != 1:
+                state = db.execute("SELECT state FROM files WHERE id=?", (file_id,)).fetchone()
+                if state is not None and state[0] == "purged":  # recorded already (a recovery found it
+                    return  # gone while retention's own record of it waited for the full disk)
                 raise RuntimeError(f"file {file_id} is not verified; refusing to mark it purged")
             self._drop_chunk_rows(file_id)
 

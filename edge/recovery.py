@@ -84,16 +84,15 @@ def _not_own(run: dict[str, Any], covered: list[tuple[int, int]]) -> list[tuple[
     return [*covered, (0, first - 1)] if first > 0 else covered
 
 
+def empty_report() -> dict[str, Any]:
+    """A recovery's report before it has done anything (`recover` fills one in)."""
+    return {"quarantined": [], "salvaged": [], "runs_failed": [], "frames_lost": 0, "continuations_lost": {}}
+
+
 def recover(recorder: RunRecorder, root: Path) -> dict[str, Any]:
     """Run the recovery steps above through the run recorder; return what was done (also logged)."""
     ledger = recorder.ledger
-    report: dict[str, Any] = {
-        "quarantined": [],
-        "salvaged": [],
-        "runs_failed": [],
-        "frames_lost": 0,
-        "continuations_lost": {},
-    }
+    report = empty_report()
     quarantine = root / "quarantine"  # (RunStore sets its open files aside there too, STORE/quarantine/RUN/)
     half_written: dict[str, list[str]] = {}  # run -> its files quarantined now (named in its crash's losses)
     # an open capture's file stays where it is, in the store too (a plan's scans directory under it): the

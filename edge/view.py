@@ -67,6 +67,8 @@ class ApplianceParts:
     recorder: Any
     sink: _Preview
     recovery: dict[str, Any]
+    # the last daemon's held ledger records the recovery waits for (`Appliance.waiting_for_held`; 0: none)
+    recovery_waits: Callable[[], int]
     threads: Callable[[], dict[str, dict[str, Any]]]
     stopping: Callable[[], bool]
     kernels_loading: Callable[[], bool] = lambda: False  # the next run's kernels load (`WarmUps.busy`)
@@ -133,6 +135,7 @@ class ApplianceView:
                 "stopping": p.stopping(),
                 "run_uid": p.sink.run_uid,
                 "recovery": p.recovery,
+                "recovery_waits_for_held_records": p.recovery_waits(),
                 "reload_refused": p.reload_refused(),
                 "calibration_refused_at_next_start": p.calibration_problem(),
                 "threads": p.threads(),

@@ -91,17 +91,20 @@ UDP_PAUSE_FILE = "udp.paused"
 PAUSE_FILE_BYTES = 1 << 20  # (256 frames' timestamps take some 10 KB)
 
 
-def save_paused_timestamps(path: Path, run_uid: str, timestamps: dict[int, int]) -> None:
+def save_paused_timestamps(path: Path, run_uid: str, timestamps: dict[int, int], sync: bool = True) -> None:
     """Keep the last frames' timestamps of the run a silence ended, for a daemon restarted during the
     pause (`load_paused_timestamps`); written whole or not at all. A failure (a full disk) is logged:
-    the restarted daemon then tells a copy of those frames by their numbers alone, as before."""
+    the restarted daemon then tells a copy of those frames by their numbers alone, as before. The open
+    run's, kept at each short quiet (``sync`` False: a kill -9 leaves the page cache; a power cut is no
+    moment for copies of frames), are a crashed run's for the restart."""
     part = path.with_name(path.name + ".part")
     text = json.dumps({"run_uid": run_uid, "timestamps": {str(k): int(v) for k, v in timestamps.items()}})
     try:
         with open(part, "w", encoding="ascii") as handle:
             handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
+            if sync:
+                handle.flush()
+                os.fsync(handle.fileno())
         os.replace(part, path)
     except OSError as error:
         log.warning("cannot keep the paused UDP run's timestamps in %s: %s", path, error)
@@ -247,10 +250,40 @@ class UdpSource:
         # frame -> timestamp of the last frames of the run a silence ended: a packet with its frame's
         # timestamp is that run's (a late packet, a copy), never the next acquisition's (`_hold`)
         self._paused_timestamps: dict[int, int] = (
-            dict(paused_timestamps or {}) if paused_above is not None else {}
+            dict(paused_timestamps or {}) if paused_above is not None or resume_above is not None else {}
         )
+        # frames completed in the open run since its timestamps were last kept in ``pause_file``: kept
+        # again at the next short quiet (no packet for the socket's 50 ms timeout), so a daemon killed
+        # then, the run still open, is given them back as a crashed run's (``paused_timestamps`` with
+        # ``resume_above``): a copy of its last frames sent after the restart is that run's, not a new
+        # acquisition (an outside probe: frames 0..15 recorded lost twice, 16..19 lost and stored)
+        self._stamps_unkept = False
         self._copy_logged = False
         self._rejections_logged: Counter[str] = Counter()
+
+    def link_earlier(
+        self,
+        resume_above: int | None,
+        paused_above: int | None,
+        series_before: int,
+        armed_last_before: int | None,
+        length_before: int | None,
+        paused_timestamps: dict[int, int] | None,
+    ) -> None:
+        """What the reader knows of the runs before it (the constructor's arguments of the same names),
+        given again before `start`: a daemon whose start waited for its predecessor's held ledger records
+        (`edge.appliance.Appliance`) knows the run a restart cut only once they are written and its
+        recovery has run."""
+        if self._thread is not None:
+            raise RuntimeError("the reader has started: its links to the runs before are set")
+        self._length_before = length_before
+        self._armed_last_before = armed_last_before
+        self.resume_above = resume_above
+        self._paused_above = paused_above
+        self._series = max(0, int(series_before))
+        self._paused_armed_last = armed_last_before if paused_above is not None else None
+        kept = paused_above is not None or resume_above is not None
+        self._paused_timestamps = dict(paused_timestamps or {}) if kept else {}
 
     @property
     def series_open(self) -> bool:
@@ -307,6 +340,8 @@ class UdpSource:
                 try:
                     n, source = self._sock.recvfrom_into(buffer)
                 except TimeoutError:
+                    if self._stamps_unkept:
+                        self._keep_open_timestamps()
                     silent = time.monotonic() - self._last_packet > self.idle_seconds
                     if self._end_request is not None:
                         self._end_request = None
@@ -329,6 +364,7 @@ class UdpSource:
                 if not self._run_open and self._assembler.counters["packets_accepted"]:
                     self._start_run()  # stray or malformed datagrams alone are counted, never a run
                 if self._run_open:
+                    self._stamps_unkept = True
                     self._handle(events)
                     if self._assembler.restarted:
                         self._numbers_started_again()
@@ -339,6 +375,14 @@ class UdpSource:
         except Exception:  # a bug: counted, and raised to the spawner (which restarts the reader)
             self.stats["reader_crashes"] += 1
             raise
+
+    def _keep_open_timestamps(self) -> None:
+        """The open run's recent frames' timestamps into ``pause_file`` (see ``_stamps_unkept``)."""
+        self._stamps_unkept = False
+        if self._run_open and self._assembler is not None and self._pause_file is not None and self._run_uid:
+            stamps = self._assembler.recent_timestamps()
+            if stamps:
+                save_paused_timestamps(self._pause_file, self._run_uid, stamps, sync=False)
 
     def _from_owner(self, packet: bytearray, source: Any, now: float) -> bool:
         """Whether ``packet`` (its module id, a u16 at byte 6) comes from the sender that owns its module

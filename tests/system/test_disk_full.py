@@ -18,7 +18,7 @@ from pathlib import Path
 import h5py
 import hdf5plugin  # noqa: F401  (filter 32008 for reading back)
 import pytest
-from edgeprocs import EdgeStack, fill_up, free_port, wait_for
+from edgeprocs import EdgeStack, fill_up, free_port, get_json, wait_for
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -339,6 +339,59 @@ def test_a_series_resumed_on_a_full_disk_goes_on_and_is_stored_once_there_is_roo
     finally:
         stack.stop_all()
     assert _our_tracebacks(log.read_text()) == []
+
+
+def test_two_kills_on_a_disk_that_stays_full_leave_each_frame_one_disposition(
+    tmp_path: Path, small_disk: Path
+) -> None:
+    """An outside chaos probe: kill -9 while the full disk held the ledger's records, a restart on the
+    still-full disk, kill -9 again, a restart, then space. The second start ran its recovery on a ledger
+    without the records the first start held (its own recovery's, its resumed run's), and when space
+    returned both accounts were written: frames lost in two runs, stored in one and lost in another, a run
+    left open (3371 dispositions for 2500 frames). A start whose predecessor's held records the disk
+    refuses again now waits for them (status, alarm, runs refused) and recovers once they are written."""
+    stack, ballast = _small_stack(tmp_path, small_disk), small_disk / "ballast.bin"
+    stack.overrides += ["detector.height=128", "detector.width=128"]  # (the series fits once space returns)
+    store = stack.store
+    run_uid = str(uuid.uuid4())
+    try:
+        daemon = stack.start_daemon()
+        sim = stack.start("sim", "--frames", "1500", "--run-uid", run_uid, "--json", stdout=subprocess.PIPE)
+        wait_for(lambda: stack.status()["frames"]["stored"] >= 20, 60, "frames stored")
+        _no_wal_slack(store)
+        fill_up(ballast)
+        wait_for(lambda: stack.status()["store"]["ledger_writes_held"] > 0, 30, "ledger writes held")
+        daemon.kill()
+        daemon.wait()
+        for attempt in ("first", "second"):
+            again = _start_logged(stack, tmp_path / f"{attempt}.log")
+            status = stack.status()
+            assert status["appliance"]["recovery_waits_for_held_records"] > 0, attempt
+            assert status["appliance"]["recovery"]["runs_failed"] == [], attempt  # (not run yet)
+            assert "daemon:recovery_waits" in {a["source"] for a in status["alarms"]}, attempt
+            if attempt == "first":
+                again.kill()
+                again.wait()
+        ballast.unlink()
+        wait_for(
+            lambda: stack.status()["appliance"]["recovery_waits_for_held_records"] == 0, 30, "the recovery"
+        )
+        out, _ = sim.communicate(timeout=120)
+        sent = int(json.loads(out.strip().splitlines()[-1])["frames_sent"])
+        runs = wait_for(
+            lambda: (rows := get_json(stack.url + "/api/runs")) and all(r["ended_at"] for r in rows) and rows,
+            60,
+            "every run ended",
+        )
+        totals = [stack.run(r["run_uid"])["totals"] for r in runs]
+        accounted = sum(t["frames_stored"] + t["frames_vetoed"] + t["frames_lost"] for t in totals)
+        assert accounted == sent, (sent, [(r["run_uid"], t) for r, t in zip(runs, totals, strict=True)])
+        assert stack.run(run_uid)["totals"]["frames_lost_by_reason"].get("daemon_crash", 0) > 0
+        again.send_signal(signal.SIGTERM)
+        assert again.wait(10) == 0
+    finally:
+        stack.stop_all()
+    assert _our_tracebacks((tmp_path / "second.log").read_text()) == []
 
 
 def test_a_consumer_disk_too_small_for_every_file_finishes_the_ones_it_has_room_for(small_disk: Path) -> None:

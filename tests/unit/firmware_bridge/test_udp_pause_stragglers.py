@@ -24,7 +24,7 @@ import pytest
 
 from firmware_bridge.source import FrameHeader
 from firmware_bridge.udp_codec import DetectorGeometry, packetize_frame
-from firmware_bridge.udp_reader import UdpSource
+from firmware_bridge.udp_reader import UdpSource, load_paused_timestamps
 
 GEOMETRY = DetectorGeometry(module_rows=4, module_cols=8, grid_rows=1, grid_cols=2, payload_bytes=16)
 IDLE = 0.3
@@ -866,3 +866,83 @@ def test_a_pause_file_that_cannot_serve_gives_no_timestamps_and_says_so(
     assert any("told by their numbers only" in r.getMessage() for r in caplog.records), caplog.records
     path.write_text('{"run_uid": "r1", "timestamps": {"29": 5, "28": 4}}')
     assert load_paused_timestamps(path, "r1") == {29: 5, 28: 4}
+
+
+def test_links_given_after_construction_make_the_first_run_a_continuation() -> None:
+    """A daemon whose start waited for its predecessor's held ledger records learns the run a restart
+    cut only after its recovery: `link_earlier` before `start` makes the first frames above that run's
+    last one a continuation of it, as the constructor's arguments do; after `start` it is refused."""
+    sink = RunSink()
+    source = UdpSource("127.0.0.1", 0, GEOMETRY, sink, idle_seconds=IDLE, max_frame_jump=1_000_000)
+    sender = Sender(source.address[1])
+    try:
+        source.link_earlier(
+            resume_above=9,
+            paused_above=None,
+            series_before=4,
+            armed_last_before=None,
+            length_before=None,
+            paused_timestamps=None,
+        )
+        source.start()
+        sender.frames(range(12, 16))
+        _wait(lambda: sink.ended == 1, "the run ended by the silence")
+        (run,) = sink.runs
+        assert run["config"].get("resumed_after_restart") and run["config"]["first_frame"] == 12, run[
+            "config"
+        ]
+        assert run["frames"] == [12, 13, 14, 15]
+        with pytest.raises(RuntimeError):
+            source.link_earlier(None, None, 0, None, None, None)
+    finally:
+        source.stop()
+        sender.sock.close()
+
+
+def test_a_copy_of_a_crashed_runs_last_frames_after_the_restart_is_no_new_acquisition(tmp_path: Any) -> None:
+    """An outside probe: every armed frame came, the daemon was killed 0.3 s later (the run still open),
+    and after the restart a byte-identical copy of its last frames opened a new acquisition from 0 (its
+    frames 0..15 recorded lost twice, 16..19 lost and stored): the restart knew the numbers of the cut
+    run but not its timestamps. The open run's are kept at each short quiet, and the restart is given
+    them: the copy is counted late, no run opens."""
+    pause_file = tmp_path / "udp.paused"
+
+    def packets(frame: int) -> list[bytes]:
+        data = np.full(GEOMETRY.raw_shape, frame, np.uint16)
+        return packetize_frame(GEOMETRY, frame, data, timestamp_ns=1_000_000 + frame)
+
+    sink = RunSink()
+    first = UdpSource("127.0.0.1", 0, GEOMETRY, sink, idle_seconds=30.0, pause_file=pause_file)
+    sender = Sender(first.address[1])
+    second = None
+    try:
+        first.start()
+        for frame in range(20):
+            sender.send(packets(frame))
+        _wait(lambda: len(sink.runs) == 1 and len(sink.runs[0]["frames"]) >= 16, "the run's frames")
+        run_uid = sink.runs[0]["config"]["run_uid"]
+        _wait(lambda: load_paused_timestamps(pause_file, run_uid).get(19) == 1_000_019, "the kept timestamps")
+        assert sink.ended == 0  # (still open: the 'crash' comes now)
+        first.stop()
+        again = RunSink()
+        second = UdpSource(
+            "127.0.0.1",
+            0,
+            GEOMETRY,
+            again,
+            idle_seconds=IDLE,
+            resume_above=19,
+            paused_timestamps=load_paused_timestamps(pause_file, run_uid),
+        )
+        second.start()
+        sender.port = second.address[1]
+        for frame in range(16, 20):
+            sender.send(packets(frame))
+        time.sleep(3 * IDLE)
+        assert again.runs == [], again.runs
+        assert second.stats["packets_straggling"] == 4 * GEOMETRY.packets_per_frame
+    finally:
+        first.stop()
+        if second is not None:
+            second.stop()
+        sender.sock.close()
