@@ -594,9 +594,15 @@ def render(report: dict[str, Any]) -> str:
             " start, which sets it aside); kept for inspection, never forwarded; README: h5clear)"
         )
     for item in report.get("quarantined") or ():
+        if str(item["path"]).endswith((".h5.part", ".nxs.part")):
+            what = "its frames are loss records; kept for inspection, never forwarded; README: h5clear"
+        else:  # (the run's documents, say, cut while being written: an outside probe read "frames" there)
+            what = (
+                "no frames in it, the run's record does not rest on it; kept for inspection, never forwarded"
+            )
         lines.append(
             f"  quarantined {item['path']}  ({item['size']} bytes, half-written at a crash or on a full"
-            " disk: its frames are loss records; kept for inspection, never forwarded; README: h5clear)"
+            f" disk: {what})"
         )
     left = report.get("capture_left")
     if left:  # (an outside probe: `edge where` said the frames were lost and never named this copy)
