@@ -322,7 +322,7 @@ def test_the_page_scales_up_on_a_wall(busy: str, chromium: str, tmp_path: Path) 
     1800 px, so that it all fits a 1920 x 1080 monitor's and the wall's height."""
     sizes = {}
     circles = {}
-    for width, height in ((1280, 800), (1920, 1080), (3840, 2160)):
+    for width, height in ((1280, 800), (1920, 1080), (2560, 1440), (3840, 2160)):
         browser = Browser(chromium, tmp_path / f"chromium-profile-{width}", width=width, height=height)
         try:
             browser.goto(busy)
@@ -338,7 +338,7 @@ def test_the_page_scales_up_on_a_wall(busy: str, chromium: str, tmp_path: Path) 
     assert sizes[1920]["body"] == sizes[1280]["body"] == 14, sizes  # unchanged up to 1920 px
     # a wall is not scrolled: the whole page, runs table included, in view (an outside probe: 2561 px of
     # a 2160 px screen, the runs below its edge, with four columns, the live image's a quarter wide)
-    for width in (1920, 3840):
+    for width in (1920, 2560, 3840):
         assert sizes[width]["scrollHeight"] <= sizes[width]["clientHeight"], (width, sizes[width])
     assert sizes[3840]["body"] >= 1.5 * sizes[1280]["body"], sizes
     assert sizes[3840]["cell"] >= 1.5 * sizes[1280]["cell"], sizes
@@ -528,7 +528,7 @@ def test_the_page_fits_a_control_room_screen_with_a_square_detector_and_alarms(
     }
     calm = (view.base["store"], view.base["detector"], view.base["retention"])
     with serve(view) as (url, _server):
-        for width, height in ((1800, 1000), (1920, 1080), (3840, 2160)):
+        for width, height in ((1800, 1000), (1920, 1080), (2560, 1440), (3840, 2160)):
             view.base["store"], view.base["detector"], view.base["retention"] = calm
             browser = Browser(chromium, tmp_path / f"chromium-{width}", width=width, height=height)
             try:
