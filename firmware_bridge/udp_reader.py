@@ -212,6 +212,11 @@ class UdpSource:
         # a detector re-armed from other ports: their packets were dropped for good, another probe); all
         # are forgotten when the acquisition ends.
         self._owners: dict[int, tuple[Any, float]] = {}
+        # modules claimed while no run was open (packets held, or late copies of the run before): another
+        # sender takes them over until a run opens. A resend of the ended run's last frames from its old
+        # port claimed the modules, and the detector's next acquisition from a new port was dropped whole
+        # as another source's, in no run and no record (an outside sender's probe)
+        self._provisional: set[int] = set()
         self._sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         try:  # as root the kernel's rmem_max cap can be bypassed; otherwise take what it allows
             self._sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, rcvbuf_bytes)
@@ -390,8 +395,10 @@ class UdpSource:
         another's is counted and dropped."""
         module = packet[6] | packet[7] << 8
         held = self._owners.get(module)
-        if held is None or held[0] == source:
+        if held is None or held[0] == source or (module in self._provisional and not self._run_open):
             self._owners[module] = (source, now)
+            if not self._run_open:
+                self._provisional.add(module)
             return True
         owner, seen = held
         if now - seen > min(self.idle_seconds, SOURCE_QUIET_SECONDS):  # the owner went quiet on it
@@ -597,6 +604,7 @@ class UdpSource:
         """Open a run at its first accepted packet. After a restart or a pause it continues the run
         before when its first frame is beyond that run's frames; ``new_acquisition``: it was decided
         already that it does not (`_new_acquisition`), and the assembler counts from 0."""
+        self._provisional = set()  # (the modules' senders now are this acquisition's)
         self._series += 1
         self._drops_at_start = socket_drops(self._sock) or 0
         self._run_open = True
@@ -725,6 +733,7 @@ class UdpSource:
 
     def _end_run(self, exit_status: str = "success", paused: bool = False) -> None:
         self._owners = {}  # the next acquisition's modules may come from other ports
+        self._provisional = set()
         assembler, self._assembler = self._assembler, None
         if assembler is None:
             return

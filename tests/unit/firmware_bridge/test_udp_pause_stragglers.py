@@ -703,6 +703,30 @@ def test_a_sender_that_moves_to_another_port_mid_acquisition_takes_its_modules_o
     _identity(source)
 
 
+def test_late_copies_from_the_old_port_never_keep_the_next_acquisition_s_sender_out(reader: Any) -> None:
+    """An outside sender's probe: after a run ended at a silence, copies of its last two frames came from
+    its port, then at once the detector's next acquisition from another port: the copies had claimed
+    the modules, so the whole acquisition was dropped as another source's, in no run and no record. A
+    module claimed while no run is open (packets held, or copies of the run before) is taken over by the
+    next sender; once a run opens its sender holds it."""
+    source, sink, send = reader(frames_per_run=20)
+    other = Sender(send.port)
+    try:
+        _send(send, range(20), 1)
+        _ended(sink, 1)
+        _send(send, range(18, 20), 1)  # byte-identical copies, from the old port
+        _send(other, range(20), 2)  # the next acquisition, from a new one, at once
+        _ended(sink, 2)
+    finally:
+        other.sock.close()
+    assert [run["frames"] for run in sink.runs] == [list(range(20)), list(range(20))], sink.runs
+    assert all(run["losses"] == [] for run in sink.runs), sink.runs
+    counters = source.counters()
+    assert counters.get("packets_other_source", 0) == 0, counters
+    assert counters["packets_straggling"] == 2 * GEOMETRY.packets_per_frame, counters
+    _identity(source)
+
+
 def test_a_straggler_far_ahead_of_the_new_acquisition_is_late_not_held(reader: Any) -> None:
     """An outside sender: A's frames 0..9, at once B's 0..1 (the numbers start again, no pause), then one
     packet of A's frame 9 (A's timestamp) and B's 2..7. The packet was far ahead of B's frames, so it
