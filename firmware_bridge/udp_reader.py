@@ -212,11 +212,6 @@ class UdpSource:
         # a detector re-armed from other ports: their packets were dropped for good, another probe); all
         # are forgotten when the acquisition ends.
         self._owners: dict[int, tuple[Any, float]] = {}
-        # modules claimed while no run was open (packets held, or late copies of the run before): another
-        # sender takes them over until a run opens. A resend of the ended run's last frames from its old
-        # port claimed the modules, and the detector's next acquisition from a new port was dropped whole
-        # as another source's, in no run and no record (an outside sender's probe)
-        self._provisional: set[int] = set()
         self._sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         try:  # as root the kernel's rmem_max cap can be bypassed; otherwise take what it allows
             self._sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, rcvbuf_bytes)
@@ -364,7 +359,10 @@ class UdpSource:
                     self._assembler = self._new_assembler(previous=self._paused_timestamps)
                 if not self._run_open and self._hold(view[:n]):
                     continue
-                events = self._assembler.feed(view[:n], self._last_packet)
+                assembler, accepted = self._assembler, self._assembler.counters["packets_accepted"]
+                events = assembler.feed(view[:n], self._last_packet)
+                if n >= 8 and assembler.counters["packets_accepted"] > accepted:
+                    self._claim(buffer, source, now)
                 self._log_rejections(events)
                 if not self._run_open and self._assembler.counters["packets_accepted"]:
                     self._start_run()  # stray or malformed datagrams alone are counted, never a run
@@ -381,6 +379,25 @@ class UdpSource:
             self.stats["reader_crashes"] += 1
             raise
 
+    def _claim(self, packet: bytearray, source: Any, now: float) -> None:
+        """``packet``'s sender is its module's in this acquisition: the assembler accepted it. Packets it
+        did not take (held until it is clear whether they continue the run before, late copies of that
+        run's frames, rejected ones) claim nothing: a resend of an ended run's last frames from its old
+        port kept the next acquisition, from a new port, out (an outside sender's probe: dropped whole,
+        or one module of every frame, in no record)."""
+        module = packet[6] | packet[7] << 8
+        held = self._owners.get(module)
+        if held is not None and held[0] != source:
+            self.stats["module_sources_changed"] += 1
+            log.warning(
+                "UDP module %d now comes from %s:%s (%s:%s sent none for %.1f s)",
+                module,
+                *source[:2],
+                *held[0][:2],
+                now - held[1],
+            )
+        self._owners[module] = (source, now)
+
     def _keep_open_timestamps(self) -> None:
         """The open run's recent frames' timestamps into ``pause_file`` (see ``_stamps_unkept``)."""
         self._stamps_unkept = False
@@ -390,27 +407,19 @@ class UdpSource:
                 save_paused_timestamps(self._pause_file, self._run_uid, stamps, sync=False)
 
     def _from_owner(self, packet: bytearray, source: Any, now: float) -> bool:
-        """Whether ``packet`` (its module id, a u16 at byte 6) comes from the sender that owns its module
-        in this acquisition: the first one to send it, until it is silent on it for ``idle_seconds``;
-        another's is counted and dropped."""
+        """Whether ``packet`` (its module id, a u16 at byte 6) may be taken: its module has no sender in
+        this acquisition yet, or it comes from that sender (the first whose packet of the module the
+        assembler accepted, `_claim`), or that sender has been silent on it for ``idle_seconds`` (0.2 s at
+        most); another's is counted and dropped."""
         module = packet[6] | packet[7] << 8
         held = self._owners.get(module)
-        if held is None or held[0] == source or (module in self._provisional and not self._run_open):
-            self._owners[module] = (source, now)
-            if not self._run_open:
-                self._provisional.add(module)
+        if held is None:
             return True
         owner, seen = held
-        if now - seen > min(self.idle_seconds, SOURCE_QUIET_SECONDS):  # the owner went quiet on it
+        if owner == source:
             self._owners[module] = (source, now)
-            self.stats["module_sources_changed"] += 1
-            log.warning(
-                "UDP module %d now comes from %s:%s (%s:%s sent none for %.1f s)",
-                module,
-                *source[:2],
-                *owner[:2],
-                now - seen,
-            )
+            return True
+        if now - seen > min(self.idle_seconds, SOURCE_QUIET_SECONDS):  # the owner went quiet on it
             return True
         self.stats["packets_other_source"] += 1
         if self.stats["packets_other_source"] % 1000 == 1:
@@ -604,7 +613,6 @@ class UdpSource:
         """Open a run at its first accepted packet. After a restart or a pause it continues the run
         before when its first frame is beyond that run's frames; ``new_acquisition``: it was decided
         already that it does not (`_new_acquisition`), and the assembler counts from 0."""
-        self._provisional = set()  # (the modules' senders now are this acquisition's)
         self._series += 1
         self._drops_at_start = socket_drops(self._sock) or 0
         self._run_open = True
@@ -733,7 +741,6 @@ class UdpSource:
 
     def _end_run(self, exit_status: str = "success", paused: bool = False) -> None:
         self._owners = {}  # the next acquisition's modules may come from other ports
-        self._provisional = set()
         assembler, self._assembler = self._assembler, None
         if assembler is None:
             return

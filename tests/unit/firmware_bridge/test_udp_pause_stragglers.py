@@ -727,6 +727,31 @@ def test_late_copies_from_the_old_port_never_keep_the_next_acquisition_s_sender_
     _identity(source)
 
 
+def test_late_copies_from_the_old_port_never_keep_a_module_of_the_acquisition_going_on(reader: Any) -> None:
+    """The next outside probe: copies of the last two frames from the old port after a pause, then the
+    detector going on counting (10..19) from a new port: the resumed run opened at the new port's first
+    packet, but the copies had claimed the other module, and every frame of the run was incomplete (that
+    module's packets dropped as another source's). A packet claims its module only when the assembler
+    takes it, which a copy of the run before's frame never is."""
+    source, sink, send = reader(frames_per_run=20)
+    other = Sender(send.port)
+    try:
+        _send(send, range(10), 1)
+        _ended(sink, 1)
+        _send(send, range(8, 10), 1)
+        _send(other, range(10, 20), 1)
+        _ended(sink, 2)
+    finally:
+        other.sock.close()
+    resumed = sink.runs[1]
+    assert resumed["config"].get("resumed_after_pause") and resumed["frames"] == list(range(10, 20)), resumed
+    assert not [loss for loss in resumed["losses"] if loss[2] == "incomplete_frame"], resumed["losses"]
+    assert _dispositions(sink) == {n: ["stored"] for n in range(20)}
+    counters = source.counters()
+    assert counters.get("packets_other_source", 0) == 0, counters
+    _identity(source)
+
+
 def test_a_straggler_far_ahead_of_the_new_acquisition_is_late_not_held(reader: Any) -> None:
     """An outside sender: A's frames 0..9, at once B's 0..1 (the numbers start again, no pause), then one
     packet of A's frame 9 (A's timestamp) and B's 2..7. The packet was far ahead of B's frames, so it
