@@ -184,6 +184,13 @@ def recover(recorder: RunRecorder, root: Path) -> dict[str, Any]:
                 run_uid,
                 expected - 1,
             )
+        went_on = run_config(run.get("config")).get("continued_at_frame")
+        if isinstance(went_on, int) and not isinstance(went_on, bool) and 0 <= went_on < int(expected):
+            # its series went on in a run resumed after a restart, which took its frames from there (a run
+            # the journal reopened for this recovery, its frame table deferred by a full disk: accounted to
+            # its end again, those frames were lost here and stored there, an outside chaos probe; a
+            # continuation never recorded is accounted below, `_continuations_unrecorded`)
+            expected = went_on
         crashed = 0
         # a serial run's vetoed blanks live only as frame-table rows until its reduced file is written:
         # those not yet written are among them (an outside probe read the quarantined hit file named in

@@ -1089,6 +1089,57 @@ def test_a_kill_while_a_recovered_frame_table_waits_for_space_recovers_it_at_the
     ledger.close()
 
 
+def test_a_run_reopened_for_its_deferred_frame_table_keeps_the_frames_its_series_went_on_with_out(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An outside chaos probe: the start after a crash deferred the crashed run's frame table (a full
+    disk), the series went on in a run resumed after that restart (the frames from there handed over to
+    it), and the daemon was killed. The next start reopened the run for its frame table and accounted it
+    to its announced end again, past ``continued_at_frame``: those frames lost in it and stored in the run
+    that resumed it (2352 dispositions for 1200 frames). A run's account ends where its series went on."""
+    import errno
+
+    from edge import recovery
+    from edge.diskguard import DiskGuard
+    from edge.held_journal import HeldJournal, replay
+
+    ledger = Ledger(tmp_path / "ledger.sqlite")
+    journal = HeldJournal(tmp_path / "ledger.held")
+    assert journal.make()
+    run_uid = _crashed_with_rows_of_half(
+        RunRecorder(ledger, tmp_path, chunk_bytes=1 << 20), tmp_path, "run-g"
+    )
+    ledger.close()  # killed mid-run
+
+    ledger = Ledger(tmp_path / "ledger.sqlite")  # the first start after it: its frame table waits for room
+    disk = DiskGuard(tmp_path, tmp_path / "reserve", 0, 0)
+    starting = RunRecorder(ledger, tmp_path, chunk_bytes=1 << 20, disk=disk, journal=journal)
+
+    def no_space(self: object, *args: object, **kwargs: object) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(recovery.ReducedWriter, "finish", no_space)
+        report = recovery.recover(starting, tmp_path)
+    assert report["frame_tables_deferred"] == [run_uid]
+    # the series goes on at frame 11: a run resumed after the restart takes it from there
+    assert resume_interrupted(starting, report, series=5, first_frame=11) == {"resumes_run": run_uid}
+    config = {"resumed_after_restart": True, "first_frame": 11, "resumes_run": run_uid}
+    resumed = starting.open_run("run-h", series=5, frames_expected=12, config=config, mode="powder")
+    starting.close_run(resumed, 1, "success")
+    assert [(r["first_frame"], r["last_frame"]) for r in ledger.losses(run_uid)] == [(10, 10)]
+    ledger.close()  # killed before space returned
+
+    ledger = Ledger(tmp_path / "ledger.sqlite")  # the next start, space back
+    replay(ledger, HeldJournal(tmp_path / "ledger.held"))
+    assert ledger.run(run_uid)["ended_at"] is None  # reopened for its frame table
+    recovery.recover(RunRecorder(ledger, tmp_path, chunk_bytes=1 << 20), tmp_path)
+    assert [(r["first_frame"], r["last_frame"]) for r in ledger.losses(run_uid)] == [(10, 10)]
+    totals = ledger.run_totals(run_uid)
+    assert totals["frames_stored"] + totals["frames_lost"] == 11, totals  # its frames 0..10; 11 went on
+    ledger.close()
+
+
 def test_a_deferred_file_written_once_space_returns_leaves_no_run_to_reopen(tmp_path: Path) -> None:
     """The journal's reopening of a run with a deferred file lasts only while the file waits."""
     from edge.held_journal import HeldJournal
