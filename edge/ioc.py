@@ -1681,7 +1681,13 @@ class ApplianceIOC:
         # camera and booked the frames it never took "not acquired (Acquire 0)" (an outside probe)
         series_open = getattr(self.view, "series_open", None)  # (a unit test's stand-in view has none)
         going = bool(series_open()) if callable(series_open) else False
-        closed = reason is not None and not self._acquiring and not going
+        # ... nor while the camera acquires a series whose frames the appliance does not take (a start
+        # that waits for the last daemon's held records has no reader): closing or opening Acquire then
+        # processed its 0 and stopped the camera mid-series (an outside probe: 973 frames not acquired).
+        # Its access is left as it is until the series is over
+        if going or (self.control is not None and self.control.state == "Acquire" and not self._acquiring):
+            return
+        closed = reason is not None and not self._acquiring
         if closed == (self._runs_refused is not None) and (not closed or reason == self._runs_refused):
             return
         self.records["Acquire"].set_field("ASG", ASG_READONLY if closed else ASG_DEFAULT)

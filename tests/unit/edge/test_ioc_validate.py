@@ -256,3 +256,36 @@ def test_acquire_is_not_closed_while_a_series_started_at_the_camera_goes(setup: 
     going[0] = False
     setup.ioc._show_refusal("local store above its high-water mark")
     assert acquire.asg == ["READONLY"]  # closed (read-only) once it has ended
+
+
+def test_acquire_s_access_is_left_alone_while_the_camera_acquires_with_no_series_taken(setup: _Setup) -> None:
+    """An outside chaos probe: a start that waited for the last daemon's held ledger records (a full
+    disk) has no reader, so no series was open while the camera, started before the crash, went on:
+    closing Acquire for the refusal, and opening it again once the refusal ended, processed it with its 0,
+    which stopped the camera (973 frames, then 597, booked not acquired). While the camera acquires,
+    Acquire's access is left as it is; it follows the refusal once the camera is idle."""
+
+    class _Acquire(_Record):
+        def __init__(self) -> None:
+            super().__init__()
+            self.asg: list[str] = []
+
+        def set_field(self, name: str, value: str) -> None:
+            self.asg.append(value)
+
+    acquire = setup.ioc.records["Acquire"] = _Acquire()
+    setup.ioc._set_message = lambda message: None  # type: ignore[method-assign]
+    setup.ioc.view.series_open = lambda: False
+    camera = SimpleNamespace(state="Acquire")
+    setup.ioc.control = camera  # type: ignore[assignment]
+    setup.ioc._show_refusal("3 ledger record(s) the last daemon held back ... are not written yet")
+    assert acquire.asg == []  # not closed while the camera acquires
+    camera.state = "Idle"
+    setup.ioc._show_refusal("3 ledger record(s) the last daemon held back ... are not written yet")
+    assert acquire.asg == ["READONLY"]
+    camera.state = "Acquire"  # (a client at the camera's own prefix started it meanwhile)
+    setup.ioc._show_refusal(None)
+    assert acquire.asg == ["READONLY"]  # not opened either while it acquires: opening processed the 0
+    camera.state = "Idle"
+    setup.ioc._show_refusal(None)
+    assert acquire.asg == ["READONLY", "DEFAULT"]
