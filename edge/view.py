@@ -347,7 +347,7 @@ class ApplianceView:
         """The ledger's run row, its files, losses and totals, and the where-is-my-data report."""
         ledger = self._p.ledger
         run_uid = resolve_run(ledger, run_uid)
-        return {
+        out = {
             **ledger.run(run_uid),
             "files": ledger.files(run_uid),
             "losses": ledger.losses(run_uid),
@@ -372,6 +372,11 @@ class ApplianceView:
             # appliance may hold (an outside probe: its stall and consumers were shown for this run)
             "ledger": str(self._p.settings.ledger_path.resolve()),
         }
+        if out["where"]["state"] == "running" and self._p.recovery_waits():
+            # a start waiting for the last daemon's held records runs no run: this one's daemon died and
+            # the recovery has yet to end it (an outside probe read "running" with no reader)
+            out["where"]["state"] = "interrupted"
+        return out
 
     def kernels_loading(self) -> bool:
         """Whether the next run's kernels are loading (a mode or parameter change, or the start's load)."""

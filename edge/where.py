@@ -581,11 +581,15 @@ def render(report: dict[str, Any]) -> str:
     if report.get("state") == "interrupted":
         # with the daemon down nothing has accounted the frames after those stored yet (no loss record
         # before recovery): "0 lost" read as all safe, an outside probe
+        why = (
+            "the daemon's recovery waits for disk space (the last daemon's held records are written first)"
+            if report.get("daemon_running")
+            else "no daemon serves this ledger"
+        )
         lines.insert(
             1,
-            "  INTERRUPTED: no daemon serves this ledger; this run's frames after those stored are in no"
-            " record until the daemon starts again (its recovery records them lost, or a resumed series"
-            " takes them back)",
+            f"  INTERRUPTED: {why}; this run's frames after those stored are in no record until its"
+            " recovery runs (it records them lost, or a resumed series takes them back)",
         )
     for item in report.get("half_written") or ():
         lines.append(

@@ -357,8 +357,16 @@ class UdpSource:
                 self._last_packet = now
                 if self._assembler is None:
                     self._assembler = self._new_assembler(previous=self._paused_timestamps)
-                if not self._run_open and self._hold(view[:n]):
-                    continue
+                if not self._run_open:
+                    held = len(self._held)
+                    if self._hold(view[:n]):
+                        if n >= 8 and len(self._held) == held + 1 and not self._held_copy[-1]:
+                            # held, no copy of the run before's frame: its sender holds the module, so a
+                            # second sender racing it packet by packet is not taken into the acquisition
+                            # the held packets may start (an outside sender's probe: a stray's frame 0
+                            # stored, the detector's run split in two)
+                            self._claim(buffer, source, now)
+                        continue
                 assembler, accepted = self._assembler, self._assembler.counters["packets_accepted"]
                 events = assembler.feed(view[:n], self._last_packet)
                 if n >= 8 and assembler.counters["packets_accepted"] > accepted:
@@ -380,9 +388,9 @@ class UdpSource:
             raise
 
     def _claim(self, packet: bytearray, source: Any, now: float) -> None:
-        """``packet``'s sender is its module's in this acquisition: the assembler accepted it. Packets it
-        did not take (held until it is clear whether they continue the run before, late copies of that
-        run's frames, rejected ones) claim nothing: a resend of an ended run's last frames from its old
+        """``packet``'s sender is its module's in this acquisition: the assembler accepted it, or it is
+        held before a run opens (not as a copy of the run before's frame). Late copies of that run's
+        frames and rejected packets claim nothing: a resend of an ended run's last frames from its old
         port kept the next acquisition, from a new port, out (an outside sender's probe: dropped whole,
         or one module of every frame, in no record)."""
         module = packet[6] | packet[7] << 8

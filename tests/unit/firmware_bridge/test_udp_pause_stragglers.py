@@ -752,6 +752,35 @@ def test_late_copies_from_the_old_port_never_keep_a_module_of_the_acquisition_go
     _identity(source)
 
 
+def test_a_stray_racing_the_detector_s_first_packets_after_a_pause_is_not_taken(reader: Any) -> None:
+    """An outside sender's probe: after a pause, the detector's and a stray's frame 0 packet by packet
+    (both held: frames at or below the run before's last), then the detector's 1..19: the stray's frame
+    was stored as the new acquisition's, the detector's run split in two. The first sender of a held
+    packet holds its module, as in a run."""
+    source, _sink, send = reader(frames_per_run=20)
+    sink = PixelSink()
+    source.sink = sink
+    stray = Sender(send.port)
+    try:
+        _send(send, range(20), 1)
+        _ended(sink, 1)
+        for ours, theirs in zip(_packets(0, 2), _packets(0, 7), strict=True):
+            send.send([ours])
+            stray.send([theirs])
+        _send(send, range(1, 20), 2)
+        _ended(sink, 2)
+    finally:
+        stray.sock.close()
+    assert len(sink.runs) == 2, [run["frames"] for run in sink.runs]
+    second = sink.runs[1]
+    assert second["frames"] == list(range(20)) and second["losses"] == [], second
+    assert all(values == {2000 + n} for n, values in enumerate(second["values"])), second["values"]
+    counters = source.counters()
+    assert counters["packets_other_source"] == GEOMETRY.packets_per_frame, counters
+    assert counters.get("series_numbers_restarted", 0) == 0
+    _identity(source)
+
+
 def test_a_straggler_far_ahead_of_the_new_acquisition_is_late_not_held(reader: Any) -> None:
     """An outside sender: A's frames 0..9, at once B's 0..1 (the numbers start again, no pause), then one
     packet of A's frame 9 (A's timestamp) and B's 2..7. The packet was far ahead of B's frames, so it
