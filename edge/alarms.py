@@ -81,6 +81,8 @@ def current_alarms(status: Mapping[str, Any]) -> list[dict[str, Any]]:
         if (status.get("retention") or {}).get("writing_held"):  # (it read "recorded lost" while the
             # appliance held the detector back and lost nothing: an outside chaos probe)
             doing = "writing waits for room and the detector is held back"
+        elif appliance.get("recovery_waits_for_held_records"):  # no reader: nothing taken, nothing lost
+            doing = "no frames are taken until the last daemon's held records are written"
         else:
             doing = "frames that cannot be written are recorded lost (disk_full)"
         message = f"Disk full: {disk_full.get('reason', '')}; {doing}, new runs refused"

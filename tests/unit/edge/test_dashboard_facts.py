@@ -102,6 +102,11 @@ def test_the_warming_alarm_names_the_mode_whose_kernels_load_next() -> None:
     (alarm,) = (a for a in current_alarms(held) if a["id"] == "condition:disk_full")
     assert "writing waits for room and the detector is held back" in alarm["message"]
     assert "recorded lost" not in alarm["message"]
+    # a start waiting for the last daemon's held records takes no frames: none recorded lost (a probe)
+    waiting = {**full, "appliance": {"recovery_waits_for_held_records": 3}}
+    alarms = {a["id"]: a["message"] for a in current_alarms(waiting)}
+    assert "daemon:recovery_waits" in alarms and "recorded lost" not in alarms["condition:disk_full"]
+    assert "no frames are taken" in alarms["condition:disk_full"]
     assert current_alarms({"store": {"disk_full": {"full": False}, "ledger_writes_held": 0}}) == []
 
 
