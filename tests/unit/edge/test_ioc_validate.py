@@ -234,20 +234,23 @@ def test_a_restored_num_capture_keeps_its_own_value_beside_num_images(setup: _Se
     assert (records["HDF1:NumCapture"].value, records["HDF1:NumCapture_RBV"].value) == (5, 5)
 
 
+class _AcquireRecord(_Record):
+    """``Acquire``, keeping the access security groups the IOC gave it (``ASG``), in order."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.asg: list[str] = []
+
+    def set_field(self, name: str, value: str) -> None:
+        self.asg.append(value)
+
+
 def test_acquire_is_not_closed_while_a_series_started_at_the_camera_goes(setup: _Setup) -> None:
     """An outside probe: a capture's own file pushed the store past its high-water mark while the camera
     (started at its own prefix) acquired: closing Acquire processed it with its 0, which stopped the
     camera and booked 131 frames "not acquired (Acquire 0)". Acquire closes once the series has ended."""
 
-    class _Acquire(_Record):
-        def __init__(self) -> None:
-            super().__init__()
-            self.asg: list[str] = []
-
-        def set_field(self, name: str, value: str) -> None:
-            self.asg.append(value)
-
-    acquire = setup.ioc.records["Acquire"] = _Acquire()
+    acquire = setup.ioc.records["Acquire"] = _AcquireRecord()
     setup.ioc._set_message = lambda message: None  # type: ignore[method-assign]
     going = [True]
     setup.ioc.view.series_open = lambda: going[0]
@@ -265,15 +268,7 @@ def test_acquire_s_access_is_left_alone_while_the_camera_acquires_with_no_series
     which stopped the camera (973 frames, then 597, booked not acquired). While the camera acquires,
     Acquire's access is left as it is; it follows the refusal once the camera is idle."""
 
-    class _Acquire(_Record):
-        def __init__(self) -> None:
-            super().__init__()
-            self.asg: list[str] = []
-
-        def set_field(self, name: str, value: str) -> None:
-            self.asg.append(value)
-
-    acquire = setup.ioc.records["Acquire"] = _Acquire()
+    acquire = setup.ioc.records["Acquire"] = _AcquireRecord()
     setup.ioc._set_message = lambda message: None  # type: ignore[method-assign]
     setup.ioc.view.series_open = lambda: False
     camera = SimpleNamespace(state="Acquire")

@@ -1034,31 +1034,24 @@ def test_edge_where_names_a_capture_s_part_file_a_crash_left_and_its_detector_ui
     assert "was not a file name" not in text and "named at its Capture 1" in text, text
 
 
-def test_a_kill_while_a_recovered_frame_table_waits_for_space_recovers_it_at_the_next_start(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """An outside chaos probe: a start after a crash, on a full disk, deferred the crashed run's
-    recovered frame table (in memory, until space returns) and marked the run failed; killed again, the
-    next start found the run ended and passed it by: 920 stored frames in no frame table, upstream or
-    here, and nothing said so. The deferral is kept in the held journal as the run to reopen: the next
-    start's recovery writes the table."""
+def _started_on_a_full_disk(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str
+) -> tuple[Ledger, RunRecorder, str, dict]:
+    """A run killed mid-run (`_crashed_with_rows_of_half`), then the first start after it, on a full disk:
+    its recovery defers the run's recovered frame table until space returns (kept in the held journal).
+    Returns that start's ledger, recorder, the run's uid and the recovery's report."""
     import errno
-
-    import h5py
 
     from edge import recovery
     from edge.diskguard import DiskGuard
-    from edge.held_journal import HeldJournal, replay
+    from edge.held_journal import HeldJournal
 
     ledger = Ledger(tmp_path / "ledger.sqlite")
     journal = HeldJournal(tmp_path / "ledger.held")
     assert journal.make()
-    recorder = RunRecorder(ledger, tmp_path, chunk_bytes=1 << 20)
-    run_uid = _crashed_with_rows_of_half(recorder, tmp_path, "run-k")
-    directory = tmp_path / run_uid
+    run_uid = _crashed_with_rows_of_half(RunRecorder(ledger, tmp_path, chunk_bytes=1 << 20), tmp_path, name)
     ledger.close()  # killed mid-run
 
-    # the first start after the crash: the disk is full, the recovered frame table waits for space
     ledger = Ledger(tmp_path / "ledger.sqlite")
     disk = DiskGuard(tmp_path, tmp_path / "reserve", 0, 0)
     starting = RunRecorder(ledger, tmp_path, chunk_bytes=1 << 20, disk=disk, journal=journal)
@@ -1070,6 +1063,25 @@ def test_a_kill_while_a_recovered_frame_table_waits_for_space_recovers_it_at_the
         patched.setattr(recovery.ReducedWriter, "finish", no_space)
         report = recovery.recover(starting, tmp_path)
     assert report["frame_tables_deferred"] == [run_uid] and report["runs_failed"] == [run_uid]
+    return ledger, starting, run_uid, report
+
+
+def test_a_kill_while_a_recovered_frame_table_waits_for_space_recovers_it_at_the_next_start(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An outside chaos probe: a start after a crash, on a full disk, deferred the crashed run's
+    recovered frame table (in memory, until space returns) and marked the run failed; killed again, the
+    next start found the run ended and passed it by: 920 stored frames in no frame table, upstream or
+    here, and nothing said so. The deferral is kept in the held journal as the run to reopen: the next
+    start's recovery writes the table."""
+    import h5py
+
+    from edge import recovery
+    from edge.held_journal import HeldJournal, replay
+
+    # the first start after the crash: the disk is full, the recovered frame table waits for space
+    ledger, _starting, run_uid, _report = _started_on_a_full_disk(tmp_path, monkeypatch, "run-k")
+    directory = tmp_path / run_uid
     assert ledger.run(run_uid)["ended_at"] is not None
     ledger.close()  # killed again before space returned
 
@@ -1097,31 +1109,11 @@ def test_a_run_reopened_for_its_deferred_frame_table_keeps_the_frames_its_series
     it), and the daemon was killed. The next start reopened the run for its frame table and accounted it
     to its announced end again, past ``continued_at_frame``: those frames lost in it and stored in the run
     that resumed it (2352 dispositions for 1200 frames). A run's account ends where its series went on."""
-    import errno
-
     from edge import recovery
-    from edge.diskguard import DiskGuard
     from edge.held_journal import HeldJournal, replay
 
-    ledger = Ledger(tmp_path / "ledger.sqlite")
-    journal = HeldJournal(tmp_path / "ledger.held")
-    assert journal.make()
-    run_uid = _crashed_with_rows_of_half(
-        RunRecorder(ledger, tmp_path, chunk_bytes=1 << 20), tmp_path, "run-g"
-    )
-    ledger.close()  # killed mid-run
-
-    ledger = Ledger(tmp_path / "ledger.sqlite")  # the first start after it: its frame table waits for room
-    disk = DiskGuard(tmp_path, tmp_path / "reserve", 0, 0)
-    starting = RunRecorder(ledger, tmp_path, chunk_bytes=1 << 20, disk=disk, journal=journal)
-
-    def no_space(self: object, *args: object, **kwargs: object) -> None:
-        raise OSError(errno.ENOSPC, "No space left on device")
-
-    with monkeypatch.context() as patched:
-        patched.setattr(recovery.ReducedWriter, "finish", no_space)
-        report = recovery.recover(starting, tmp_path)
-    assert report["frame_tables_deferred"] == [run_uid]
+    # the first start after it: its frame table waits for room
+    ledger, starting, run_uid, report = _started_on_a_full_disk(tmp_path, monkeypatch, "run-g")
     # the series goes on at frame 11: a run resumed after the restart takes it from there
     assert resume_interrupted(starting, report, series=5, first_frame=11) == {"resumes_run": run_uid}
     config = {"resumed_after_restart": True, "first_frame": 11, "resumes_run": run_uid}
