@@ -173,28 +173,15 @@ class UdpSource:
         length_before: int | None = None,
     ) -> None:
         self.geometry = geometry
-        # the frames that run (``resume_above``'s or ``paused_above``'s) was armed for: a run that goes
-        # on in its acquisition is armed for them too, ``udp.frames_per_run`` unset or changed since (a
-        # restart without it made the acquisition's frames never sent vanish from every record: the run
-        # before's series_end records handed over, and no end here to record them; an outside probe)
-        self._length_before = length_before
+        self.link_earlier(
+            resume_above, paused_above, series_before, armed_last_before, length_before, paused_timestamps
+        )
         # where the run a silence ends keeps its last frames' timestamps (`save_paused_timestamps`): a
         # daemon restarted during the pause is given them back (``paused_timestamps``), or a copy of those
         # frames sent after the restart opened a run of its own (an outside probe: frames stored twice,
         # the frames below them recorded lost)
         self._pause_file = pause_file
         self._run_uid: str | None = None
-        # the last armed frame of that run (``resume_above``'s or ``paused_above``'s), when it was armed
-        # from another frame than 0 (an acquisition whose numbers went on: ``armed_from`` in its config)
-        self._armed_last_before = armed_last_before
-        # the daemon restarted in the middle of a UDP acquisition (its newest run was cut short, by a
-        # crash or a stop, its frames up to this one stored): a first run whose first frame comes after
-        # it continues that acquisition, "resumed after restart" from that frame (None: no such run)
-        self.resume_above = resume_above
-        # the highest frame of the run that silence (``idle_seconds``) just ended: a next run whose first
-        # frame comes after it is the same acquisition going on after a pause, counted from that frame
-        # (None: the last run ended otherwise, or a run has started since)
-        self._paused_above: int | None = paused_above  # (given: a run that ended so before a restart)
         self._paused_at = 0.0
         # a packet more than this beyond the newest accepted frame (0 at the run's first packet) is
         # rejected as ``frame_number_out_of_range`` and never becomes a gap (None: unbounded)
@@ -225,7 +212,6 @@ class UdpSource:
         self._thread: threading.Thread | None = None
         self._assembler: UdpFrameAssembler | None = None
         self._run_open = False  # a run opens at its first accepted packet, not at any datagram
-        self._series = max(0, int(series_before))  # runs are numbered on from the ledger's last UDP run
         self._last_packet = 0.0
         # every assembler counter from the start, at 0 (docs/api.md: every key present before any packet)
         self._finished_counters: Counter[str] = Counter(dict.fromkeys(self._new_assembler().counters, 0))
@@ -235,8 +221,6 @@ class UdpSource:
         # the open run's last armed frame: frames_per_run - 1, or for an acquisition whose numbers go on
         # from an earlier one's (counted from its own first frame) that frame + frames_per_run - 1
         self._armed_last: int | None = None
-        # the run a silence ended (or the ledger's, before a restart): its last armed frame
-        self._paused_armed_last: int | None = armed_last_before if paused_above is not None else None
         self._drops_at_start = 0  # the socket's kernel drops when the open run started
         # before a run that may continue an earlier one opens: packets of frames at or below that run's
         # last frame, held until it is clear whether they are stragglers of it or a new acquisition
@@ -247,11 +231,6 @@ class UdpSource:
         self._held_copy: list[bool] = []
         self._copy_frames: dict[int, set[tuple[int, int]]] = {}
         self._copies_held = 0  # the True ones in _held_copy
-        # frame -> timestamp of the last frames of the run a silence ended: a packet with its frame's
-        # timestamp is that run's (a late packet, a copy), never the next acquisition's (`_hold`)
-        self._paused_timestamps: dict[int, int] = (
-            dict(paused_timestamps or {}) if paused_above is not None or resume_above is not None else {}
-        )
         # frames completed in the open run since its timestamps were last kept in ``pause_file``: kept
         # again at the next short quiet (no packet for the socket's 50 ms timeout), so a daemon killed
         # then, the run still open, is given them back as a crashed run's (``paused_timestamps`` with
@@ -274,16 +253,32 @@ class UdpSource:
         given again before `start`: a daemon whose start waited for its predecessor's held ledger records
         (`edge.appliance.Appliance`) knows the run a restart cut only once they are written and its
         recovery has run."""
-        if self._thread is not None:
+        if getattr(self, "_thread", None) is not None:  # (the constructor sets them with this too)
             raise RuntimeError("the reader has started: its links to the runs before are set")
+        # the frames that run (``resume_above``'s or ``paused_above``'s) was armed for: a run that goes
+        # on in its acquisition is armed for them too, ``udp.frames_per_run`` unset or changed since (a
+        # restart without it made the acquisition's frames never sent vanish from every record: the run
+        # before's series_end records handed over, and no end here to record them; an outside probe)
         self._length_before = length_before
+        # the last armed frame of that run (``resume_above``'s or ``paused_above``'s), when it was armed
+        # from another frame than 0 (an acquisition whose numbers went on: ``armed_from`` in its config)
         self._armed_last_before = armed_last_before
+        # the daemon restarted in the middle of a UDP acquisition (its newest run was cut short, by a
+        # crash or a stop, its frames up to this one stored): a first run whose first frame comes after
+        # it continues that acquisition, "resumed after restart" from that frame (None: no such run)
         self.resume_above = resume_above
-        self._paused_above = paused_above
-        self._series = max(0, int(series_before))
-        self._paused_armed_last = armed_last_before if paused_above is not None else None
+        # the highest frame of the run that silence (``idle_seconds``) just ended: a next run whose first
+        # frame comes after it is the same acquisition going on after a pause, counted from that frame
+        # (None: the last run ended otherwise, or a run has started since)
+        self._paused_above: int | None = paused_above  # (given: a run that ended so before a restart)
+        self._series = max(0, int(series_before))  # runs are numbered on from the ledger's last UDP run
+        # the run a silence ended (or the ledger's, before a restart): its last armed frame
+        self._paused_armed_last: int | None = armed_last_before if paused_above is not None else None
+        # frame -> timestamp of the last frames of the run before (a silence ended it, or a restart cut
+        # it): a packet with its frame's timestamp is that run's (a late packet, a copy), never the next
+        # acquisition's (`_hold`)
         kept = paused_above is not None or resume_above is not None
-        self._paused_timestamps = dict(paused_timestamps or {}) if kept else {}
+        self._paused_timestamps: dict[int, int] = dict(paused_timestamps or {}) if kept else {}
 
     @property
     def series_open(self) -> bool:
