@@ -207,6 +207,8 @@ class ApplianceView:
         if run_uid is not None:
             try:
                 active = self._p.ledger.run(run_uid).get("ended_at") is None
+                if active and self._p.sink.run_uid is None and self._p.recovery_waits():
+                    active = False  # a run the last daemon's crash cut, its recovery waiting for space
                 totals = self._p.ledger.run_totals(run_uid)
             except NotFound:  # not in the ledger yet
                 pass

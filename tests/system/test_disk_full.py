@@ -370,6 +370,8 @@ def test_two_kills_on_a_disk_that_stays_full_leave_each_frame_one_disposition(
             assert status["appliance"]["recovery"]["runs_failed"] == [], attempt  # (not run yet)
             assert "daemon:recovery_waits" in {a["source"] for a in status["alarms"]}, attempt
             assert stack.run(run_uid)["where"]["state"] == "interrupted", attempt  # (not "running")
+            assert status["counts"]["run"]["run_uid"] == run_uid, attempt
+            assert status["counts"]["run"]["active"] is False, attempt  # (cut, not being received)
             if attempt == "first":
                 again.kill()
                 again.wait()
