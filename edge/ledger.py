@@ -1013,6 +1013,19 @@ class Ledger:
                 )
         return True
 
+    def chunks_unacked(self, consumer: str, file_id: int) -> tuple[int, int]:
+        """(chunks of the file this consumer has not acknowledged, the file's chunks) for a file still on
+        its way upstream (``stored`` or ``forwarded``) that the consumer has not confirmed; (0, chunks)
+        otherwise (confirmed before, verified, purged, unknown)."""
+        rows = self._rows(
+            "SELECT COUNT(*) AS total, SUM(NOT EXISTS (SELECT 1 FROM chunk_acks a WHERE a.consumer=?"
+            " AND a.chunk_id=c.id)) AS unacked FROM chunks c JOIN files f ON f.id = c.file_id"
+            " WHERE c.file_id=? AND f.state IN ('stored','forwarded') AND NOT EXISTS"
+            " (SELECT 1 FROM file_acks fa WHERE fa.consumer=? AND fa.file_id=f.id)",
+            (consumer, file_id, consumer),
+        )
+        return int(rows[0]["unacked"] or 0), int(rows[0]["total"] or 0)
+
     def file_state(self, file_id: int) -> str | None:
         """The file's state (``stored`` ... ``purged``), or None for an id the ledger never had."""
         rows = self._rows("SELECT state FROM files WHERE id=?", (file_id,))

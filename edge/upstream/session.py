@@ -83,6 +83,8 @@ class ChunkLedger(Protocol):
 
     def file_state(self, file_id: int) -> str | None: ...
 
+    def chunks_unacked(self, consumer: str, file_id: int) -> tuple[int, int]: ...
+
     def files_ready_to_verify(self, consumer: str) -> list[dict[str, Any]]: ...
 
     def file_verified(
@@ -364,6 +366,25 @@ class ForwarderSession:
                     message.stored_path[:200],
                 )
                 return [Outgoing(identity, p.Error(problem))]
+            unacked, chunks = self.ledger.chunks_unacked(consumer.name, message.file_id)
+            if unacked:
+                # a confirmation before its file_complete: this consumer has not acknowledged every chunk,
+                # so it cannot hold the file (an outside probe confirmed 3 files with the checksums the
+                # read API serves, one chunk received: they were purged, their data nowhere). Refused;
+                # the file stays unconfirmed by this consumer and its chunks keep going to it
+                self.stats["confirmations_before_chunks"] += 1
+                log.warning(
+                    "consumer %s confirmed file %d having acknowledged %d of its %d chunks: refused",
+                    consumer.name,
+                    message.file_id,
+                    chunks - unacked,
+                    chunks,
+                )
+                why = (
+                    f"file_verified for file {message.file_id} before its file_complete: {chunks - unacked}"
+                    f" of its {chunks} chunks acknowledged by {consumer.name}"
+                )
+                return [Outgoing(identity, p.Error(why))]
             consumer.completes_sent.pop(message.file_id, None)
             try:
                 matches = self.ledger.file_verified(

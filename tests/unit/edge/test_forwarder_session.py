@@ -62,6 +62,12 @@ def ack(session: ForwarderSession, chunk: p.Chunk, now: float, peer: bytes = PEE
     assert session.receive(peer, frames(p.Ack(chunk.chunk_id, chunk.checksum)), now) == []
 
 
+def acked_in_ledger(ledger: Ledger, consumer: str) -> None:
+    """Every chunk ``consumer`` has not acknowledged, acknowledged in the ledger (as its session would)."""
+    for chunk in ledger.pending_chunks(consumer, (), 10_000):
+        assert ledger.chunk_acked(consumer, chunk["id"], chunk["checksum"])
+
+
 def _store_file(ledger: Ledger, tmp_path: Path, n: int, chunks_of_1024: int, kind: str = "data") -> int:
     """Store file ``n`` of run ``run``: ``chunks_of_1024`` chunks of 1024 bytes, of this ``kind``."""
     path = tmp_path / f"run_{n:05d}.h5"
@@ -247,6 +253,31 @@ def test_a_mismatched_file_is_sent_again_from_its_first_chunk(ledger: Ledger) ->
     session.receive(PEER, frames(p.FileVerified(complete.file_id, complete.size, "not-it")), 0.3)
     assert session.stats["files_mismatched"] == 1
     assert [c.index for c in chunks(session.tick(0.4))] == [0, 1, 2]
+
+
+def test_a_confirmation_before_every_chunk_was_acknowledged_is_refused(ledger: Ledger) -> None:
+    """An outside probe received one chunk, then confirmed the files with the size and checksum the read
+    API serves: they were verified and purged, their data nowhere. A consumer that has not acknowledged
+    every chunk of a file cannot hold it: its confirmation is refused with an error, the file stays
+    unconfirmed, and once its chunks are acknowledged the file_complete comes and a confirmation counts."""
+    session = ForwarderSession(ledger)
+    connect(session, credit=1)
+    (first,) = chunks(session.tick(0.0))
+    ack(session, first, 0.1)
+    (file_row,) = ledger.files()
+    confirm = frames(p.FileVerified(file_row["id"], file_row["size"], file_row["checksum"], "/nowhere/f.h5"))
+    (reply,) = session.receive(PEER, confirm, 0.2)
+    assert isinstance(reply.message, p.Error) and "1 of its 3 chunks" in reply.message.reason
+    assert session.stats["confirmations_before_chunks"] == 1 and session.stats["files_verified"] == 0
+    assert ledger.file_state(file_row["id"]) == "forwarded" and ledger.chunks_unacked(
+        "hpc", file_row["id"]
+    ) == (2, 3)
+    for _ in range(2):  # the rest of its chunks, then its file_complete
+        for chunk in chunks(session.tick(0.3)):
+            ack(session, chunk, 0.3)
+    assert [o.message for o in session.tick(0.4) if isinstance(o.message, p.FileComplete)]
+    assert session.receive(PEER, confirm, 0.5) == []
+    assert session.stats["files_verified"] == 1 and ledger.file_state(file_row["id"]) == "verified"
 
 
 def test_a_mismatch_after_a_confirmation_changes_nothing(ledger: Ledger) -> None:
@@ -632,6 +663,8 @@ def test_a_file_every_required_consumer_confirmed_is_settled_once(tmp_path: Path
     for name, peer in (("hpc", b"peer-h"), ("tape", b"peer-t")):
         session.receive(peer, frames(p.Hello(name, 4)), 0.0)
     confirm = frames(p.FileVerified(file_id, size, digest))
+    for name in ("hpc", "tape"):
+        acked_in_ledger(ledger, name)
     session.receive(b"peer-h", confirm, 1.0)
     assert settled == []  # tape has not confirmed it: it may still read the file
     session.receive(b"peer-t", confirm, 2.0)
@@ -904,6 +937,7 @@ def test_a_consumer_whose_timed_out_chunks_need_no_resend_owes_nothing(tmp_path:
     resent = chunks(session.tick(RESEND + 1))  # both silent: everything goes again, their clocks run on
     assert len(resent) == 4 and unanswered("hpc", RESEND + 2) == RESEND + 2
     assert unanswered("evil", RESEND + 2) == RESEND + 2
+    acked_in_ledger(ledger, "hpc")  # (through another connection of hpc's, say)
     session.receive(b"peer-h", frames(p.FileVerified(file_id, size, digest)), RESEND + 3)
     assert chunks(session.tick(2 * RESEND + 2)) == []  # expired again: nothing left to send either
     assert unanswered("evil", 2 * RESEND + 3) is None
