@@ -559,19 +559,27 @@ class ApplianceIOC:
         self._apply_setpoint(name, value)
         started = time.monotonic()
         said = -1
+        # a run started meanwhile (an Acquire 1 right after a put not waited for) has messages of its own:
+        # this put's then stays quiet (an outside probe read "Preparing serial mode: its kernels are loading
+        # (50 s)" after the run had been reduced and completed, never "Acquisition completed")
+        run_before = self._run_gen
         while await asyncio.to_thread(self.view.kernels_loading):
+            quiet = self._run_gen != run_before or self._run_busy()
             waited = time.monotonic() - started
             if waited >= KERNELS_READY_SECONDS:
-                self._set_message(
-                    f"{name} applied; the kernels still load after {waited:.0f} s"
-                    " (the next run's frames wait)"
-                )
+                if not quiet:
+                    self._set_message(
+                        f"{name} applied; the kernels still load after {waited:.0f} s"
+                        " (the next run's frames wait)"
+                    )
                 return
-            if int(waited) != said:
+            if int(waited) != said and not quiet:
                 said = int(waited)
                 mode = self._parameters()["mode"]
                 self._set_message(f"Preparing {mode} mode: its kernels are loading ({said} s)")
             await asyncio.sleep(0.1)
+        if self._run_gen != run_before or self._run_busy():
+            return
         if said >= 0 or name == "Mode":  # (a mode whose kernels were loaded already is ready at once:
             # its put said nothing, the message before it left standing; an outside probe)
             self._set_message(f"{self._parameters()['mode']} mode ready")
