@@ -1013,18 +1013,33 @@ class Ledger:
                 )
         return True
 
-    def chunks_unacked(self, consumer: str, file_id: int) -> tuple[int, int]:
-        """(chunks of the file this consumer has not acknowledged, the file's chunks) for a file still on
-        its way upstream (``stored`` or ``forwarded``) that the consumer has not confirmed; (0, chunks)
-        otherwise (confirmed before, verified, purged, unknown)."""
-        rows = self._rows(
-            "SELECT COUNT(*) AS total, SUM(NOT EXISTS (SELECT 1 FROM chunk_acks a WHERE a.consumer=?"
-            " AND a.chunk_id=c.id)) AS unacked FROM chunks c JOIN files f ON f.id = c.file_id"
-            " WHERE c.file_id=? AND f.state IN ('stored','forwarded') AND NOT EXISTS"
-            " (SELECT 1 FROM file_acks fa WHERE fa.consumer=? AND fa.file_id=f.id)",
-            (consumer, file_id, consumer),
-        )
-        return int(rows[0]["unacked"] or 0), int(rows[0]["total"] or 0)
+    def unbacked_confirmation(
+        self, consumer: str, file_id: int, size: int, checksum: str
+    ) -> tuple[int, int] | None:
+        """(chunks acknowledged, chunks) when a ``file_verified`` matching the file (``size``, ``checksum``)
+        comes from a consumer that has neither confirmed it before nor acknowledged every chunk of it (so
+        cannot hold it), in whatever state the file is (a purged file's counts are in its record); None
+        when the confirmation is backed, does not match (a mismatch answer), or the file is unknown or
+        local."""
+        rows = self._rows("SELECT size, checksum, state, chunk_record FROM files WHERE id=?", (file_id,))
+        if not rows or rows[0]["state"] == "local":
+            return None
+        row = rows[0]
+        if row["size"] != size or row["checksum"] != checksum:
+            return None
+        if self._rows("SELECT 1 FROM file_acks WHERE consumer=? AND file_id=?", (consumer, file_id)):
+            return None
+        counts = self._rows(
+            "SELECT COUNT(*) AS total, SUM(EXISTS (SELECT 1 FROM chunk_acks a WHERE a.consumer=?"
+            " AND a.chunk_id=c.id)) AS acked FROM chunks c WHERE c.file_id=?",
+            (consumer, file_id),
+        )[0]
+        total, acked = int(counts["total"] or 0), int(counts["acked"] or 0)
+        if total == 0 and row["chunk_record"]:  # purged: its chunk rows replaced by their counts
+            record = json.loads(row["chunk_record"])
+            total = int(record.get("chunks", 0))
+            acked = int((record.get("acked", {}).get(consumer) or [0])[0])
+        return (acked, total) if acked < total else None
 
     def file_state(self, file_id: int) -> str | None:
         """The file's state (``stored`` ... ``purged``), or None for an id the ledger never had."""

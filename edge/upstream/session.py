@@ -83,7 +83,9 @@ class ChunkLedger(Protocol):
 
     def file_state(self, file_id: int) -> str | None: ...
 
-    def chunks_unacked(self, consumer: str, file_id: int) -> tuple[int, int]: ...
+    def unbacked_confirmation(
+        self, consumer: str, file_id: int, size: int, checksum: str
+    ) -> tuple[int, int] | None: ...
 
     def files_ready_to_verify(self, consumer: str) -> list[dict[str, Any]]: ...
 
@@ -366,23 +368,27 @@ class ForwarderSession:
                     message.stored_path[:200],
                 )
                 return [Outgoing(identity, p.Error(problem))]
-            unacked, chunks = self.ledger.chunks_unacked(consumer.name, message.file_id)
-            if unacked:
-                # a confirmation before its file_complete: this consumer has not acknowledged every chunk,
-                # so it cannot hold the file (an outside probe confirmed 3 files with the checksums the
-                # read API serves, one chunk received: they were purged, their data nowhere). Refused;
-                # the file stays unconfirmed by this consumer and its chunks keep going to it
+            unbacked = self.ledger.unbacked_confirmation(
+                consumer.name, message.file_id, message.size, message.checksum
+            )
+            if unbacked is not None:
+                # a matching confirmation from a consumer that has not acknowledged every chunk of the file
+                # cannot come from one holding it (an outside probe confirmed 3 files with the checksums the
+                # read API serves, one chunk received: they were purged, their data nowhere; another
+                # confirmed verified and purged files, then made required). Refused; nothing is recorded,
+                # and a file still here keeps going to the consumer
+                acked, chunks = unbacked
                 self.stats["confirmations_before_chunks"] += 1
                 log.warning(
                     "consumer %s confirmed file %d having acknowledged %d of its %d chunks: refused",
                     consumer.name,
                     message.file_id,
-                    chunks - unacked,
+                    acked,
                     chunks,
                 )
                 why = (
-                    f"file_verified for file {message.file_id} before its file_complete: {chunks - unacked}"
-                    f" of its {chunks} chunks acknowledged by {consumer.name}"
+                    f"file_verified for file {message.file_id} whose chunks {consumer.name} has not all"
+                    f" acknowledged ({acked} of {chunks}): confirm a file after its file_complete"
                 )
                 return [Outgoing(identity, p.Error(why))]
             consumer.completes_sent.pop(message.file_id, None)

@@ -267,17 +267,58 @@ def test_a_confirmation_before_every_chunk_was_acknowledged_is_refused(ledger: L
     (file_row,) = ledger.files()
     confirm = frames(p.FileVerified(file_row["id"], file_row["size"], file_row["checksum"], "/nowhere/f.h5"))
     (reply,) = session.receive(PEER, confirm, 0.2)
-    assert isinstance(reply.message, p.Error) and "1 of its 3 chunks" in reply.message.reason
+    assert isinstance(reply.message, p.Error) and "(1 of 3)" in reply.message.reason
     assert session.stats["confirmations_before_chunks"] == 1 and session.stats["files_verified"] == 0
-    assert ledger.file_state(file_row["id"]) == "forwarded" and ledger.chunks_unacked(
-        "hpc", file_row["id"]
-    ) == (2, 3)
+    assert ledger.file_state(file_row["id"]) == "forwarded"
+    unbacked = ledger.unbacked_confirmation("hpc", file_row["id"], file_row["size"], file_row["checksum"])
+    assert unbacked == (1, 3)
     for _ in range(2):  # the rest of its chunks, then its file_complete
         for chunk in chunks(session.tick(0.3)):
             ack(session, chunk, 0.3)
     assert [o.message for o in session.tick(0.4) if isinstance(o.message, p.FileComplete)]
     assert session.receive(PEER, confirm, 0.5) == []
     assert session.stats["files_verified"] == 1 and ledger.file_state(file_row["id"]) == "verified"
+
+
+@pytest.mark.parametrize("purged", [False, True])
+def test_a_confirmation_of_a_verified_or_purged_file_by_a_consumer_without_its_chunks_is_refused(
+    ledger: Ledger, purged: bool
+) -> None:
+    """An outside probe: a consumer that never received a byte confirmed files the required consumers had
+    verified (or that were purged since) with the read API's checksums; `edge where` showed its copies,
+    and once it was made required the files were purged on its word. Refused, nothing recorded."""
+    session, complete = _all_acked(ledger)
+    confirm = frames(p.FileVerified(complete.file_id, complete.size, complete.checksum, "/hpc/f.h5"))
+    assert session.receive(PEER, confirm, 0.3) == []
+    if purged:
+        ledger.file_purged(complete.file_id)
+    assert ledger.file_state(complete.file_id) == ("purged" if purged else "verified")
+    (welcome,) = session.receive(b"peer-m", frames(p.Hello("mirror", 1)), 0.4)
+    assert isinstance(welcome.message, p.Welcome)
+    fake = frames(p.FileVerified(complete.file_id, complete.size, complete.checksum, "/fake/f.h5"))
+    (reply,) = session.receive(b"peer-m", fake, 0.5)
+    assert isinstance(reply.message, p.Error) and "(0 of 3)" in reply.message.reason
+    assert session.stats["confirmations_before_chunks"] == 1
+    run_uid = ledger.files()[0]["run_uid"]
+    assert "mirror" not in ledger.chunk_ack_counts(run_uid).get(complete.file_id, {})
+    assert ledger.unbacked_confirmation("mirror", complete.file_id, complete.size, complete.checksum) == (
+        0,
+        3,
+    )
+    # the consumer that holds it may confirm it again (a repeat answer): never refused
+    assert session.receive(PEER, confirm, 0.6) == [] and session.stats["confirmations_before_chunks"] == 1
+
+
+def test_a_repeated_mismatch_answer_is_a_mismatch_not_a_confirmation_before_the_chunks(
+    ledger: Ledger,
+) -> None:
+    """A client answers every file_complete (section 4.5 item 6), a queued repeat too: its second "I hold
+    no copy" after the first dropped its acknowledgements is one more mismatch, never refused as a
+    confirmation before the chunks (an outside probe's honest client got an error for it)."""
+    session, complete = _all_acked(ledger)
+    none = frames(p.FileVerified(complete.file_id, 0, "", ""))
+    assert session.receive(PEER, none, 0.3) == [] and session.receive(PEER, none, 0.35) == []
+    assert session.stats["files_mismatched"] == 2 and session.stats["confirmations_before_chunks"] == 0
 
 
 def test_a_mismatch_after_a_confirmation_changes_nothing(ledger: Ledger) -> None:
