@@ -25,6 +25,24 @@ log = logging.getLogger(__name__)
 #: connections closed: ``over_limit`` (``api.max_connections`` open already), ``header_timeout``; and
 #: ``event_streams``: live event streams refused (503) as `event_stream_limit` were open
 REFUSED: Counter[str] = Counter()
+#: API requests answered 4xx (refused: a bad token, body or value, a conflict with a run, an unknown
+#: path), by kind (``write``: PUT/POST/PATCH/DELETE; ``read``) and status code
+REQUESTS_REFUSED: Counter[tuple[str, int]] = Counter()
+
+
+def count_refusal(method: str, status: int) -> None:
+    """One API request answered ``status``: counted in `REQUESTS_REFUSED` when it is a 4xx."""
+    if 400 <= status < 500:
+        kind = "read" if method in ("GET", "HEAD", "OPTIONS") else "write"
+        REQUESTS_REFUSED[(kind, status)] += 1
+
+
+def requests_refused() -> dict[str, dict[str, int]]:
+    """`REQUESTS_REFUSED` as ``{"write": {"409": n, ...}, "read": {...}}`` (both kinds always present)."""
+    out: dict[str, dict[str, int]] = {"write": {}, "read": {}}
+    for (kind, status), n in sorted(REQUESTS_REFUSED.items()):
+        out[kind][str(status)] = int(n)
+    return out
 
 
 def event_stream_limit(max_connections: int) -> int:

@@ -22,7 +22,7 @@ from edge.config import Settings
 from edge.counter_scopes import CounterScopes
 from edge.errors import NotFound
 from edge.frame_format import FrameFormat, preview_image
-from edge.http_guard import REFUSED
+from edge.http_guard import REFUSED, requests_refused
 from edge.ledger import Ledger
 from edge.upstream.outlook import rate_window, stall, upstream_outlook
 from edge.where import resolve_run, run_config, where_report
@@ -143,6 +143,7 @@ class ApplianceView:
                     kind: int(REFUSED[kind]) for kind in ("over_limit", "header_timeout")
                 },
                 "api_event_streams_refused": int(REFUSED["event_streams"]),
+                "api_requests_refused": requests_refused(),
             },
             "frames": {
                 "received": receiver.get("frames_received", 0),

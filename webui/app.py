@@ -25,7 +25,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect
 
 from edge.errors import ConfigError, NotFound, Refused, Unauthorized, WritesDisabled
-from edge.http_guard import event_stream_limit, refused_stream
+from edge.http_guard import count_refusal, event_stream_limit, refused_stream
 from webui.auth import writer
 from webui.live import LiveFeed
 from webui.metrics import add_metrics_route
@@ -67,6 +67,27 @@ class HeadAsGet:
             await send(message)
 
         await self.app({**scope, "method": "GET", "edge.head": True}, receive, headers_only)
+
+
+class CountRefusals:
+    """ASGI middleware: every API request answered 4xx is counted (``edge.http_guard.REQUESTS_REFUSED``;
+    status ``appliance.api_requests_refused``): a refused write leaves a counter, not only its reply."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        method = str(scope["method"])
+
+        async def counted(message: dict[str, Any]) -> None:
+            if message["type"] == "http.response.start":
+                count_refusal(method, int(message["status"]))
+            await send(message)
+
+        await self.app(scope, receive, counted)
 
 
 #: Error bodies are at most this many bytes: a long path or query is never echoed back in full.
@@ -310,6 +331,7 @@ def create_app(
     """The web application for one appliance."""
     app = FastAPI(title="edge", version="0.1.0", responses=_ERRORS, docs_url=None, redoc_url=None)
     app.add_middleware(HeadAsGet)
+    app.add_middleware(CountRefusals)  # (outermost: a HEAD counts as the request it was)
     can_write = writer(settings.api.token)
     feed = LiveFeed(appliance.status, lambda: appliance.latest_preview())  # read when someone watches
     app.state.live_feed = feed

@@ -197,6 +197,9 @@ def _appliance(f: _Families, status: dict[str, Any]) -> None:
     for reason, value in (appliance.get("api_connections_closed") or {}).items():
         # connections the API's guard closed (over its limit, or no request headers in time)
         f.counter(_name("api_connections_closed_total"), value, reason=str(reason))
+    for kind, codes in (appliance.get("api_requests_refused") or {}).items():
+        for status_code, value in (codes or {}).items():  # API requests answered 4xx
+            f.counter(_name("api_requests_refused_total"), value, kind=str(kind), status=str(status_code))
     for stage, thread in (appliance.get("threads") or {}).items():
         state = str(thread.get("state"))
         f.gauge(_name("stage_state"), 1, stage=stage, state=state)

@@ -315,3 +315,38 @@ def test_a_token_that_is_not_ascii_is_refused_at_the_start() -> None:
     with pytest.raises(ConfigError, match=r"api\.token = .*holds 'é', not ASCII"):
         load_settings(overrides=['api.token="sécret"'])
     assert load_settings(overrides=['api.token="s3cret-~!"']).api.token == "s3cret-~!"
+
+
+def test_every_refused_request_is_counted_by_kind_and_status() -> None:
+    """An outside probe: refused writes (a wrong token, a bad body, a change while a run is open) left only
+    their replies, no counter. Each 4xx is counted, writes apart from reads, and shown in /metrics."""
+    from edge.http_guard import requests_refused
+    from webui.metrics import collect_status
+
+    settings = load_settings(overrides=['api.token="s3cret"'])
+    open_run: list[str | None] = [None]
+    control = ReductionControl(settings.reduction, open_run=lambda: open_run[0])
+    client = TestClient(create_app(settings, View(), reduction=control))
+    before = requests_refused()
+    token = {"Authorization": "Bearer s3cret"}
+    assert client.put("/api/reduction", json={"mode": "raw"}).status_code == 401
+    assert client.put("/api/reduction", json={"mode": "mx"}, headers=token).status_code == 400
+    open_run[0] = "run-1"
+    assert client.put("/api/reduction", json={"mode": "raw"}, headers=token).status_code == 409
+    assert client.get("/api/no-such-thing").status_code == 404
+    assert client.get("/api/reduction").status_code == 200  # (not counted)
+    after = requests_refused()
+
+    def added(kind: str, code: str) -> int:
+        return after[kind].get(code, 0) - before[kind].get(code, 0)
+
+    assert (added("write", "401"), added("write", "400"), added("write", "409")) == (1, 1, 1)
+    assert added("read", "404") == 1 and sum(after["read"].values()) - sum(before["read"].values()) == 1
+    samples = {
+        (sample.labels["kind"], sample.labels["status"]): sample.value
+        for family in collect_status({"appliance": {"api_requests_refused": after}})
+        if family.name == "edge_api_requests_refused"
+        for sample in family.samples
+        if sample.name.endswith("_total")
+    }
+    assert samples[("write", "409")] == after["write"]["409"]
