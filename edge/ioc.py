@@ -995,10 +995,19 @@ class ApplianceIOC:
                 message = make_directory(Path(str(value)), depth) or ""
                 if not message:
                     log.info("FilePath %s created (CreateDirectory %d)", value, depth)
-            self._set(
-                "HDF1:FilePathExists_RBV", int(os.path.isdir(str(value)) and os.access(str(value), os.W_OK))
-            )
-            self._set_write_message(f"FilePath not created: {message}" if message else "")
+            usable = os.path.isdir(str(value)) and os.access(str(value), os.W_OK)
+            self._set("HDF1:FilePathExists_RBV", int(usable))
+            if message:
+                message = f"FilePath not created: {message}"
+            elif not usable:
+                # why FilePathExists_RBV reads 0, said now: a client that checks it before Capture (stock
+                # ophyd-async) stops with a generic error, and the reason came only with a Capture 1 (an
+                # outside probe)
+                why = "is not a writable directory" if os.path.exists(str(value)) else "does not exist"
+                message = f"FilePath {_directory(str(value))} {why}" + (
+                    "" if depth or os.path.exists(str(value)) else " (CreateDirectory 0 makes none)"
+                )
+            self._set_write_message(message)
         elif name == "HDF1:Capture":
             if int(value) and not self._capturing:
                 try:

@@ -288,7 +288,8 @@ HDF_PLUGIN_PVS: tuple[PvSpec, ...] = (
         "boolIn",
         "enum",
         "Whether the `FilePath` last given is a writable "
-        "directory inside `store.roots` (No for a refused path).",
+        "directory inside `store.roots` (No for a refused path; `WriteMessage` then says why: outside "
+        "the roots, not created, does not exist, not writable).",
         choices=_NO_YES,
     ),
     *_stored(

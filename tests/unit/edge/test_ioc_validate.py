@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import os
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -216,6 +217,13 @@ def test_a_file_path_put_makes_its_directory_when_create_directory_says_so(
     records["HDF1:CreateDirectory"].value = 0
     setup.ioc._on_setpoint("HDF1:FilePath", str(tmp_path / "new") + "/")
     assert records["HDF1:FilePathExists_RBV"].value == 0 and not (tmp_path / "new").exists()
+    # and why, at once (an outside probe: a client checking FilePathExists_RBV saw no reason anywhere)
+    said = str(records["HDF1:WriteMessage"].value)
+    assert "new/ does not exist (CreateDirectory 0 makes none)" in said, said
+    (tmp_path / "locked").mkdir(mode=0o500)
+    if not os.access(tmp_path / "locked", os.W_OK):  # (root may write anywhere)
+        setup.ioc._on_setpoint("HDF1:FilePath", str(tmp_path / "locked") + "/")
+        assert "locked/ is not a writable directory" in str(records["HDF1:WriteMessage"].value)
     records["HDF1:CreateDirectory"].value = -1
     setup.ioc._on_setpoint("HDF1:FilePath", str(tmp_path / "new") + "/")
     assert records["HDF1:FilePathExists_RBV"].value == 1 and (tmp_path / "new").is_dir()
