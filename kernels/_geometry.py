@@ -305,6 +305,20 @@ def _detector(
             f"{name!r} is not a detector we model (flat, uniform pixels, known mask); write the file with"
             " pyFAI's generic Detector (pixel1, pixel2, max_shape) and give its mask as reduction.mask_file",
         )
+    if model.name in _TAKES_NO_PIXELS:
+        # pyFAI's class has no pixel1, pixel2 or max_shape: it logs them as left-over and uses its own,
+        # so a hand-edited file's values made another geometry here than in pyFAI (an outside probe: a
+        # generic Detector's config under "Detector: FReLoN", radial axis 43% off pyFAI's)
+        given = {"pixel1": p1, "pixel2": p2, "max_shape": shape}
+        own = {"pixel1": model.pixel1, "pixel2": model.pixel2, "max_shape": model.max_shape}
+        ignored = [key for key, value in given.items() if value is not None and value != own[key]]
+        if ignored:
+            raise PoniError(
+                spelled,
+                f"{', '.join(ignored)} given for {name}, whose pyFAI class takes none (pyFAI ignores them and"
+                f" uses {model.pixel1!r} x {model.pixel2!r} m, {model.max_shape}): remove them, or write the"
+                " file with pyFAI's generic Detector",
+            )
     if config.get("module_size") is not None and tuple(config["module_size"]) != model.module_size:
         raise PoniError(spelled, f"module_size = {config['module_size']!r} differs from {name}'s own")
     pixel1 = model.pixel1 if p1 is None else p1
@@ -321,6 +335,10 @@ def _detector(
     if shape is not None and shape != model.max_shape:
         model = dataclasses.replace(model, max_shape=shape)
     return model, pixel1, pixel2
+
+
+#: named detectors whose pyFAI class takes no pixel size or shape (pyFAI ignores them in its config)
+_TAKES_NO_PIXELS = frozenset({"FReLoN"})
 
 
 def _orientation(config: dict[str, Any], spelled: str) -> int:

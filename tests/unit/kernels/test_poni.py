@@ -334,6 +334,28 @@ def test_binned_named_detector_and_wrong_shape_refused(tmp_path: Path) -> None:
     assert caught.value.key == "Detector"
 
 
+def test_pixels_under_a_named_detector_whose_pyfai_class_takes_none_are_refused(tmp_path: Path) -> None:
+    """An outside probe: a generic Detector's config (100 x 75 um pixels, 300 x 400) under "Detector:
+    FReLoN" was taken as written, while pyFAI, whose FReLoN class takes no pixel size or shape, ignores
+    them and integrates 50 um pixels on 2048 x 2048: the radial axis 43% apart. Refused, naming them; a
+    FReLoN file pyFAI writes (no such keys) is read as pyFAI reads it."""
+    generic = _write(_integrator(Detector(1e-4, 7.5e-5, max_shape=(300, 400))), tmp_path / "g.poni")
+    text = generic.read_text()
+    assert "Detector: Detector" in text
+    frelon = tmp_path / "frelon.poni"
+    frelon.write_text(text.replace("Detector: Detector", "Detector: FReLoN"))
+    with pytest.raises(PoniError, match=r"pixel1, pixel2, max_shape given for FReLoN.*pyFAI ignores them"):
+        read_poni_file(frelon)
+    written = _write(_integrator(detector_factory("FReLoN")), tmp_path / "own.poni")
+    poni = read_poni_file(written)
+    reference = pyFAI.load(str(written))
+    assert (poni.geometry.pixel1, poni.geometry.pixel2) == (
+        reference.detector.pixel1,
+        reference.detector.pixel2,
+    )
+    assert poni.detector.max_shape == tuple(reference.detector.max_shape)
+
+
 def test_missing_file_is_a_poni_error(tmp_path: Path) -> None:
     with pytest.raises(PoniError, match="cannot read"):
         read_poni_file(tmp_path / os.sep.join(["no", "such.poni"]))
