@@ -216,6 +216,8 @@ def _float(values: dict[str, tuple[str, str]], key: str, *, positive: bool = Fal
     if key not in values:
         raise PoniError(_SPELLING.get(key, key), "missing")
     spelled, text = values[key]
+    if "_" in text:  # Python's float reads "0_08" as 8 (digit grouping): a typo of 0.08 taken for 8 m
+        raise PoniError(spelled, f"{text!r} is not a plain number (an underscore)")
     try:
         value = float(text)
     except ValueError:

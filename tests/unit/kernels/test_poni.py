@@ -298,6 +298,8 @@ def _good(tmp_path: Path) -> str:
         ("Wavelength: 1e-10", "Wavelength: 1e-20", "Wavelength", "below any beamline"),
         ('"pixel1": 7.5e-05', '"pixel1": 1e-12', "Detector_config", "below any detector"),
         ("Rot2: -0.021", "Rot2: 1e300", "Rot2", "more than a turn"),
+        # Python's float reads 0_08 as 8 (digit grouping; pyFAI takes it so): a typo of 0.08 was 8 m
+        ("Distance: 0.05", "Distance: 0_05", "Distance", "underscore"),
         ('"max_shape": [40, 56]', '"max_shape": [40]', "Detector_config", "max_shape"),
         ('"pixel1": 7.5e-05', '"pixel1": 7.5e-05, "splineFile": "d.spline"', "Detector_config", "spline"),
         # pyFAI reads a binning as 2x the pixels: taken as the unbinned detector it was another geometry
