@@ -121,10 +121,12 @@ def current_alarms(status: Mapping[str, Any]) -> list[dict[str, Any]]:
             continue
         reduced = int(warming.get("frames_reduced") or 0)
         if reduced:
+            # not "Preparing": the mode runs (an outside probe read "Preparing serial mode: ... its kernels
+            # ready; the rest are still loading" as contradicting itself, after its run had ended)
             message = (
-                f"Preparing {warming.get('mode')} mode: {reduced:,} frames of a run in this mode were reduced"
-                f" meanwhile, its kernels ready; the rest are still loading ({seconds:.0f} s so far; those"
-                " for frames with missing pixels among them, which would wait for them, held in the ring)"
+                f"{warming.get('mode')} mode runs: {reduced:,} frames reduced with the kernels they needed;"
+                f" kernels for other frames still load in the background ({seconds:.0f} s so far): a frame"
+                " with missing pixels would wait for them, held in the ring (none lost)"
             )
         else:
             message = (

@@ -68,7 +68,8 @@ def test_a_mode_whose_kernels_load_for_long_raises_an_alarm_saying_why_frames_wa
     busy = {"pipeline": {"warming": [{"mode": "serial", "seconds": 40.0, "frames_reduced": 800}]}}
     (alarm,) = current_alarms(busy)
     assert alarm["id"] == "condition:mode_warming:serial"
-    assert "800 frames of a run in this mode were reduced meanwhile" in alarm["message"], alarm
+    assert alarm["message"].startswith("serial mode runs: 800 frames reduced with the kernels"), alarm
+    assert "Preparing" not in alarm["message"] and "still load in the background" in alarm["message"]
 
 
 def test_the_warming_alarm_names_the_mode_whose_kernels_load_next() -> None:
