@@ -15,6 +15,7 @@ same condition coming back is a new alarm that needs a new acknowledgement.
 
 from __future__ import annotations
 
+import math
 import re
 import threading
 import time
@@ -267,9 +268,15 @@ def current_alarms(status: Mapping[str, Any]) -> list[dict[str, Any]]:
     earlier = recovery.get("earlier_runs_failed") or []
     if earlier:  # a start killed before its own recovery's alarm was seen (an outside probe)
         before = int(recovery.get("earlier_frames_lost") or 0)
+        at = recovery.get("earlier_failed_at")
+        when = (
+            f" at {time.strftime('%Y-%m-%d %H:%M:%S', time.gmtime(float(at)))} UTC"
+            if isinstance(at, (int, float)) and math.isfinite(at)
+            else ""
+        )
         parts.append(
-            f"{len(earlier)} run(s) failed by an earlier start that ended within a minute of its recovery"
-            f" ({', '.join(short_uid(u) for u in earlier)}; {before:,} frames recorded lost)"
+            f"{len(earlier)} run(s) failed{when} by an earlier start that ended within a minute of its"
+            f" recovery ({', '.join(short_uid(u) for u in earlier)}; {before:,} frames recorded lost)"
         )
         lost += before
     if parts:

@@ -751,14 +751,14 @@ class Ledger:
         )
         return [str(row["run_uid"]) for row in rows]
 
-    def runs_crashed_since(self, since: float) -> list[tuple[str, int]]:
+    def runs_crashed_since(self, since: float) -> list[tuple[str, int, float]]:
         """Runs a crash recovery ended (``fail``, with ``daemon_crash`` loss records or its
         ``ended_by_recovery`` note) at or after ``since``, oldest first, each with its frames still
-        recorded lost to the crash. (A run whose frames were all stored lost no frame to the crash, but
-        what it was reduced to in memory: a tomography scan its slices; an outside probe found it left
-        out.)"""
+        recorded lost to the crash and when it was ended. (A run whose frames were all stored lost no
+        frame to the crash, but what it was reduced to in memory: a tomography scan its slices; an
+        outside probe found it left out.)"""
         rows = self._rows(
-            "SELECT r.run_uid, SUM(l.last_frame - l.first_frame + 1) AS lost FROM runs r"
+            "SELECT r.run_uid, r.ended_at, SUM(l.last_frame - l.first_frame + 1) AS lost FROM runs r"
             " LEFT JOIN losses l ON l.run_uid = r.run_uid AND l.reason = 'daemon_crash'"
             " WHERE r.exit_status = 'fail' AND r.ended_at >= ?"
             # (a clean stop's run, finished by recovery: no crash)
@@ -768,7 +768,7 @@ class Ledger:
             " GROUP BY r.run_uid ORDER BY r.ended_at",
             (float(since),),
         )
-        return [(str(row["run_uid"]), int(row["lost"] or 0)) for row in rows]
+        return [(str(row["run_uid"]), int(row["lost"] or 0), float(row["ended_at"])) for row in rows]
 
     def runs_resuming(self, run_uid: str) -> list[str]:
         """The runs that continue ``run_uid``'s series after a daemon restart (``resumes_run`` in their

@@ -801,16 +801,19 @@ def note_earlier(ledger: Any, report: dict[str, Any], since: float) -> None:
     killed before its recovery was seen: `UnseenRecoveries`), and their frames still recorded lost
     (``earlier_runs_failed``, ``earlier_frames_lost``): the ``daemon:recovery`` alarm names them."""
     own = set(report.get("runs_failed") or [])
-    earlier = [(uid, lost) for uid, lost in ledger.runs_crashed_since(since) if uid not in own]
+    earlier = [row for row in ledger.runs_crashed_since(since) if row[0] not in own]
     if earlier:
-        report["earlier_runs_failed"] = [uid for uid, _ in earlier]
-        report["earlier_frames_lost"] = sum(lost for _, lost in earlier)
+        report["earlier_runs_failed"] = [uid for uid, _, _ in earlier]
+        report["earlier_frames_lost"] = sum(lost for _, lost, _ in earlier)
+        # when: each later start that ends within a minute names them again, and an operator read a
+        # crash minutes old, two starts back, as a fresh one (an outside chaos probe)
+        report["earlier_failed_at"] = min(at for _, _, at in earlier)
         log.warning(
             "recovery: %d run(s) failed by an earlier start that ended within %.0f s of its recovery (its"
             " alarm may not have been seen): %s (%d frames recorded lost to the crash)",
             len(earlier),
             SHOWN_SECONDS,
-            ", ".join(uid for uid, _ in earlier),
+            ", ".join(uid for uid, _, _ in earlier),
             report["earlier_frames_lost"],
         )
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from pathlib import Path
 
 import pytest
@@ -1175,6 +1176,12 @@ def test_a_start_killed_before_its_recovery_was_seen_has_the_next_start_name_its
         a for a in current_alarms({"appliance": {"recovery": report}}) if a["id"] == "daemon:recovery"
     ]
     assert alarm["severity"] == "major" and "5 frames recorded lost" in alarm["message"], alarm
+    # when they were failed (an outside probe read a crash minutes old, named again by each short-lived
+    # start since, as a fresh one)
+    ended = ledger.run(run_uid)["ended_at"]
+    assert report["earlier_failed_at"] == ended
+    stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(ended))
+    assert f"1 run(s) failed at {stamp} UTC by an earlier start" in alarm["message"], alarm
 
     UnseenRecoveries(unseen).shown()  # a daemon that ran a minute showed it: the next start does not
     later = UnseenRecoveries(unseen).begin()
