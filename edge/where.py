@@ -351,10 +351,11 @@ def products_note(report: dict[str, Any], ended: bool, later_with_slices: list[s
             else "the JSON stream's images sent none"
         )
         return (
-            "no slices: the scan ended with no projection the reconstruction could take (none carried a"
-            f" rotation angle: {carrier}, docs/wire-formats.md, and reduction.tomo.angle_start and"
-            " angle_step gave none); its frames are in its data files (NXtomo): reconstruct them from there"
-            " with the angles"
+            "no slices: the scan ended with no projection the reconstruction could take: no projection"
+            " came (image_key 0; darks and flats only), or none carried a rotation angle"
+            f" ({carrier}, docs/wire-formats.md, and reduction.tomo.angle_start and angle_step gave"
+            " none); its frames' image_key and rotation_angle, in its data files (NXtomo), say which:"
+            " reconstruct them from there with the angles"
         )
     return (
         f"no slices: the scan ended {report.get('exit_status') or 'unknown'} before its reconstruction was"

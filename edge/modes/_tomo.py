@@ -805,7 +805,8 @@ def angle_gaps(angles: np.ndarray) -> dict[str, Any]:
     """How evenly the projections cover the scan: the usual step between neighbouring angles (the
     median, degrees), the widest step, how many steps are wider than `GAP_STEPS` usual ones (the
     projections a crash or a lost frame took away: an outside probe found a 7 degree hole in a resumed
-    scan only by reading every angle), and the first and last angle."""
+    scan only by reading every angle), and the lowest and highest angle (not the first and last sent:
+    a descending scan's range reads low to high)."""
     ordered = np.unique(np.asarray(angles, np.float64)[np.isfinite(angles)])
     if ordered.size < 3:
         return {}
@@ -815,7 +816,7 @@ def angle_gaps(angles: np.ndarray) -> dict[str, Any]:
         "angle_step": usual,
         "largest_angle_step": float(steps.max()),
         "angle_gaps": int(np.count_nonzero(steps > GAP_STEPS * usual)),
-        # the span the projections cover, first to last: a hole at either end of the scan (its first
+        # the span the projections cover, lowest to highest: a hole at either end of the scan (its first
         # part lost with a crash) is no step between them (an outside probe read angle_gaps 0 of 77-179)
         "angle_range": [float(ordered[0]), float(ordered[-1])],
     }

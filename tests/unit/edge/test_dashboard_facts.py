@@ -642,6 +642,8 @@ def test_a_tomography_run_without_slices_that_ended_well_or_stored_nothing_says_
         ledger.close()
     assert ended_well["products_note"].startswith("no slices: the scan ended with no projection the")
     assert "none carried a rotation angle" in ended_well["products_note"]
+    # nor only the angles: a scan of darks and flats alone had its missing angles blamed (an outside probe)
+    assert "no projection came (image_key 0; darks and flats only)" in ended_well["products_note"]
     # the carrier named as it was (an outside probe's JSON-stream run read "Stream V2 and UDP carry none")
     assert "the JSON stream's images sent none" in ended_well["products_note"]
     assert refused["products_note"] == "no slices: no frame of this run was stored (its losses say why)"
