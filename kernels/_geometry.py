@@ -259,6 +259,8 @@ def _pixel(config: dict[str, Any], key: str, spelled: str) -> float | None:
     value = config[key]
     if isinstance(value, bool) or not isinstance(value, (int, float, str)):
         raise PoniError(spelled, f"{key} = {value!r} is not a number")
+    if isinstance(value, str) and "_" in value:  # (as `_float`: "1_0e-5" read as 1e-4)
+        raise PoniError(spelled, f"{key} = {value!r} is not a plain number (an underscore)")
     try:
         number = float(value)
     except ValueError:

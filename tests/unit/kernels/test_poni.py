@@ -300,6 +300,7 @@ def _good(tmp_path: Path) -> str:
         ("Rot2: -0.021", "Rot2: 1e300", "Rot2", "more than a turn"),
         # Python's float reads 0_08 as 8 (digit grouping; pyFAI takes it so): a typo of 0.08 was 8 m
         ("Distance: 0.05", "Distance: 0_05", "Distance", "underscore"),
+        ('"pixel1": 7.5e-05', '"pixel1": "7_5e-05"', "Detector_config", "underscore"),
         ('"max_shape": [40, 56]', '"max_shape": [40]', "Detector_config", "max_shape"),
         ('"pixel1": 7.5e-05', '"pixel1": 7.5e-05, "splineFile": "d.spline"', "Detector_config", "spline"),
         # pyFAI reads a binning as 2x the pixels: taken as the unbinned detector it was another geometry
