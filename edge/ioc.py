@@ -111,6 +111,8 @@ class CaptureControl(Protocol):
 
 #: Seconds a closed capture may take to finish its file before ``Capture_RBV`` is cleared all the same.
 CAPTURE_CLOSE_SECONDS = 60.0
+#: how ``WriteMessage`` ends for a FilePath that does not exist while CreateDirectory is 0
+NO_DIRECTORY_MADE = " (CreateDirectory 0 makes none)"
 _TEMPLATE_FIELD = re.compile(r"%(?!%)[-#0 +]*\d*(?:\.\d+)?[diouxXsfeEgG]")
 _FIELD_SIZES = re.compile(r"\d+")
 #: Bytes a capture's full file name may take: ``FullFileName_RBV`` holds them (areaDetector's 256 with
@@ -319,6 +321,8 @@ class ApplianceIOC:
         self._capture_unfinished = False
         self._shown = threading.local()  # the records set inside `_shown_now`, per thread
         self._reduction_shown: dict[str, Any] | None = None  # the parameters the setpoints last showed
+        # per reduction record, whether the put `_validate` took last changed the parameters
+        self._put_changed: dict[str, bool] = {}
 
     # --- lifecycle -----------------------------------------------------------------------------
     def start(self) -> None:
@@ -556,6 +560,10 @@ class ApplianceIOC:
         install's first use of a mode compiles them (tens of seconds): a plan started on the put's
         completion had its frames wait in the ring meanwhile and timed out on ``NumCaptured_RBV`` with
         no PV saying why (an outside probe). ``StatusMessage_RBV`` says so while it waits."""
+        # a put that changed nothing (one queued behind another's completion, taken after the run it
+        # preceded: an outside probe's acquisition's "Acquisition completed" became "serial mode ready")
+        # waits as any does, and says nothing. (Its value was taken by `_validate`, just before.)
+        unchanged = not self._put_changed.pop(name, True)
         self._apply_setpoint(name, value)
         started = time.monotonic()
         said = -1
@@ -564,7 +572,7 @@ class ApplianceIOC:
         # (50 s)" after the run had been reduced and completed, never "Acquisition completed")
         run_before = self._run_gen
         while await asyncio.to_thread(self.view.kernels_loading):
-            quiet = self._run_gen != run_before or self._run_busy()
+            quiet = unchanged or self._run_gen != run_before or self._run_busy()
             waited = time.monotonic() - started
             if waited >= KERNELS_READY_SECONDS:
                 if not quiet:
@@ -578,7 +586,7 @@ class ApplianceIOC:
                 mode = self._parameters()["mode"]
                 self._set_message(f"Preparing {mode} mode: its kernels are loading ({said} s)")
             await asyncio.sleep(0.1)
-        if self._run_gen != run_before or self._run_busy():
+        if unchanged or self._run_gen != run_before or self._run_busy():
             return
         if said >= 0 or name == "Mode":  # (a mode whose kernels were loaded already is ready at once:
             # its put said nothing, the message before it left standing; an outside probe)
@@ -708,13 +716,13 @@ class ApplianceIOC:
                 return "the last capture is still closing: put Capture 1 again once Capture_RBV is 0", soft
             return self._capture_refusal() if int(value) and not self._capturing else None
         if spec.name == "Mode":
-            return self._update_reduction({"mode": MODES[int(value)]})
+            return self._update_reduction({"mode": MODES[int(value)]}, spec.name)
         if spec.param:
             try:
                 change = self._param_change(spec.param, value)
             except ValueError as error:
                 return str(error), soft
-            return self._update_reduction(change)
+            return self._update_reduction(change, spec.name)
         return None
 
     def _run_busy(self) -> bool:
@@ -781,7 +789,6 @@ class ApplianceIOC:
             reason = make_directory(path.parent, int(self.records["HDF1:CreateDirectory"].get()))
             if reason is not None:
                 raise ValueError(reason)
-            self._set("HDF1:FilePathExists_RBV", 1)
         assert self.capture is not None
         self._capture_unfinished = False  # (a new file: the last one's error is said in its run's record)
         # the run the capture's frames will be in, named now: a fly scan's descriptor (read between this
@@ -794,6 +801,9 @@ class ApplianceIOC:
         self._set("HDF1:Capture_RBV", 1)
         self._set("HDF1:NumCaptured_RBV", 0)
         self._set("HDF1:FullFileName_RBV", _fit(str(path)))
+        # its directory is there and written to: so FilePathExists_RBV says, also when a refused FilePath
+        # since (one outside the roots) had set it to No, FilePath_RBV unchanged (an outside probe)
+        self._set("HDF1:FilePathExists_RBV", 1)
         self._set_write_message("")
         if int(self.records["HDF1:AutoIncrement_RBV"].get()):  # as areaDetector: once the file is opened
             number = int(self.records["HDF1:FileNumber_RBV"].get()) + 1
@@ -891,18 +901,21 @@ class ApplianceIOC:
         self._write_message = _fit(message)
         self._set("HDF1:WriteMessage", self._write_message)
 
-    def _update_reduction(self, change: dict[str, Any]) -> tuple[str, int] | None:
+    def _update_reduction(self, change: dict[str, Any], name: str) -> tuple[str, int] | None:
         if self.reduction is None:
             return None
         if "mode" in change:
             reason = self.reduction.check_mode(change["mode"])
             if reason is not None:
                 return reason, pv_input.ALARM_SOFT
+        before = self.reduction.parameters()
         try:
             self.reduction.update(change)
         except (Refused, ConfigError) as error:
             text = " ".join(str(error).replace("invalid configuration:", "").split())
             return text, pv_input.ALARM_SOFT
+        # whether this put changed anything, for its completion (`_on_reduction_put`, next on the record)
+        self._put_changed[name] = self.reduction.parameters() != before
         return None
 
     def _param_change(self, param: str, value: Any) -> dict[str, Any]:
@@ -1005,9 +1018,16 @@ class ApplianceIOC:
                 # outside probe)
                 why = "is not a writable directory" if os.path.exists(str(value)) else "does not exist"
                 message = f"FilePath {_directory(str(value))} {why}" + (
-                    "" if depth or os.path.exists(str(value)) else " (CreateDirectory 0 makes none)"
+                    "" if depth or os.path.exists(str(value)) else NO_DIRECTORY_MADE
                 )
             self._set_write_message(message)
+        elif name == "HDF1:CreateDirectory":
+            self._set("HDF1:CreateDirectory_RBV", int(value))
+            said = str(self.records["HDF1:WriteMessage"].get())
+            if int(value) and said.endswith(NO_DIRECTORY_MADE):  # (that reason no longer holds)
+                self._set_write_message(
+                    f"{said[: -len(NO_DIRECTORY_MADE)]}: CreateDirectory {int(value)} makes it at Capture 1"
+                )
         elif name == "HDF1:Capture":
             if int(value) and not self._capturing:
                 try:

@@ -366,6 +366,15 @@ def test_capture_outside_store_roots_is_refused(stack: Stack) -> None:
             stale.append((i, refused, taken))
     assert stale == []
     assert list(outside.iterdir()) == []
+    # refused again (FilePath_RBV stays the good one), then a capture opens there: its readback says the
+    # directory is there (it read No for the whole capture: an outside probe)
+    epics.caput(p + "HDF1:FilePath", str(outside) + "/", wait=True, timeout=5)
+    assert epics.caget(p + "HDF1:FilePathExists_RBV") == 0
+    epics.caput(p + "HDF1:FileName", "exists", wait=True, timeout=5)
+    assert epics.caput(p + "HDF1:Capture", 1, wait=True, timeout=10) == 1
+    assert epics.caget(p + "HDF1:Capture_RBV") == 1
+    assert epics.caget(p + "HDF1:FilePathExists_RBV") == 1
+    assert epics.caput(p + "HDF1:Capture", 0, wait=True, timeout=30) == 1
 
 
 def test_acquire_zero_with_completion_aborts(stack: Stack) -> None:

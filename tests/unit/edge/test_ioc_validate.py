@@ -224,6 +224,11 @@ def test_a_file_path_put_makes_its_directory_when_create_directory_says_so(
     if not os.access(tmp_path / "locked", os.W_OK):  # (root may write anywhere)
         setup.ioc._on_setpoint("HDF1:FilePath", str(tmp_path / "locked") + "/")
         assert "locked/ is not a writable directory" in str(records["HDF1:WriteMessage"].value)
+    # CreateDirectory put since: the reason no longer says it makes none (an outside probe read it stale)
+    setup.ioc._on_setpoint("HDF1:FilePath", str(tmp_path / "new") + "/")
+    setup.ioc._on_setpoint("HDF1:CreateDirectory", -1)
+    said = str(records["HDF1:WriteMessage"].value)
+    assert said.endswith("new/ does not exist: CreateDirectory -1 makes it at Capture 1"), said
     records["HDF1:CreateDirectory"].value = -1
     setup.ioc._on_setpoint("HDF1:FilePath", str(tmp_path / "new") + "/")
     assert records["HDF1:FilePathExists_RBV"].value == 1 and (tmp_path / "new").is_dir()
@@ -292,3 +297,17 @@ def test_acquire_s_access_is_left_alone_while_the_camera_acquires_with_no_series
     camera.state = "Idle"
     setup.ioc._show_refusal(None)
     assert acquire.asg == ["READONLY", "DEFAULT"]
+
+
+def test_a_mode_put_that_changes_nothing_leaves_the_message_standing(setup: _Setup) -> None:
+    """An outside probe: a Mode put queued behind another's completion (kernels compiling) was taken after
+    the acquisition it preceded had ended, and its "serial mode ready" replaced "Acquisition completed".
+    A put of the value in force says nothing; one that changes the mode says it is ready."""
+    setup.ioc.view.kernels_loading = lambda: False  # type: ignore[attr-defined]
+    assert setup.put("Mode", 2)[0]  # (softioc: validate takes the value, then on_update completes it)
+    asyncio.run(setup.ioc._on_reduction_put("Mode", 2))
+    assert setup.reduction.current().mode == "serial" and setup.message == "serial mode ready"
+    setup.ioc._set_message("Acquisition completed: 20 frames stored")
+    assert setup.put("Mode", 2)[0]
+    asyncio.run(setup.ioc._on_reduction_put("Mode", 2))
+    assert setup.message == "Acquisition completed: 20 frames stored"
