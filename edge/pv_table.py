@@ -1075,8 +1075,9 @@ PVS: tuple[PvSpec, ...] = (
         "seconds; the put waits at most 120 s), `StatusMessage_RBV` saying `Preparing MODE mode: its "
         "kernels are loading (N s)` meanwhile and `MODE mode ready` after (at once when they are loaded "
         "already; once a run has started meanwhile, from a put not waited for, the run's messages stand "
-        "and the put says nothing more; a put of the value already in force says nothing). While such a put completes the record is busy: a further put to "
-        "it waits until then, and is taken or refused as the appliance stands at that moment.",
+        "and the put says nothing more; a put of the value already in force says nothing). While such "
+        "a put completes the record is busy: a further put to it waits until then, and is taken or "
+        "refused as the appliance stands at that moment.",
         choices=MODES,
     ),
     _rbv("Mode_RBV", "mbbIn", "enum", "Reduction mode, as accepted.", choices=MODES),
