@@ -444,8 +444,9 @@ class SerialSettings(_Section):
         gt=0,
         le=1000,
         description="a pixel is a candidate when its 3x3 box sum is this x its noise (ring sigma x 3) above"
-        " the ring mean's (sharp background rings, ice rings, make false peaks at their edges: mask them"
-        " with reduction.mask_file, docs/kernels.md)",
+        " the ring mean's (sharp background rings, ice rings, a beamstop's shadow, make false peaks at their"
+        " edges: mask them, the beamstop a pixel or two beyond its edge, with reduction.mask_file,"
+        " docs/kernels.md)",
     )
     adc_threshold: float = Field(0.0, ge=0, description="...and its box's mean above this raw value")
     min_pixels: int = Field(

@@ -1664,6 +1664,7 @@ def _lone_peaks(
         ring = min(np.int64(rings[rb * width + cb]), n_rings - 1)
         mu = mean[ring]
         bound = mu + clip_snr * sigma[ring]
+        strong = mu + 2.0 * clip_snr * sigma[ring]  # a neighbour above this is signal, not noise
         centre = _window_value(values, rings, n_rings, height, width, rb, cb)
         if not centre > bound:
             continue
@@ -1674,7 +1675,7 @@ def _lone_peaks(
                 v = _window_value(values, rings, n_rings, height, width, rb + di, cb + dj)
                 if v == v:
                     excess += v - mu
-                if (di != 0 or dj != 0) and v > bound:
+                if (di != 0 or dj != 0) and v > strong:
                     alone = False
         lone[k] = alone and centre - mu >= share * excess
     return lone

@@ -349,9 +349,11 @@ class PeakFinder:
         A lone hot pixel (or a zinger) makes a 3x3 component of box candidates, so ``n_pixels`` alone
         cannot reject it as peakfinder8's pixel count does. A peak is one pixel's when the brightest
         pixel of the 3x3 pixels at its centroid is above ``mean + clip_snr * sigma`` of its ring, none of
-        that pixel's 8 neighbours is, and it holds at least `LONE_SHARE` of the excess over the ring's
-        mean of its own 3x3 box. A spot spread over several pixels keeps others above background, or its
-        brightest pixel holds a smaller share.
+        that pixel's 8 neighbours is above ``mean + 2 * clip_snr * sigma`` (signal, not noise: with the
+        clipping bound itself one neighbour in 35 or so was, by chance, on a Poisson background, and an
+        outside probe's hot pixel came and went as a 9-pixel peak from frame to frame), and it holds at
+        least `LONE_SHARE` of the excess over the ring's mean of its own 3x3 box. A spot spread over
+        several pixels keeps others well above background, or its brightest pixel holds a smaller share.
         """
         if self.min_pixels < 2 or len(peaks) == 0:
             return peaks
@@ -384,12 +386,13 @@ class PeakFinder:
         rb, cb = rr[pick, best], cc[pick, best]
         ring = np.minimum(self.rings[rb, cb].astype(np.int64), self.n_rings - 1)
         mu, bound = mean[ring], mean[ring] + self.clip_snr * sigma[ring]
+        strong = mean[ring] + 2 * self.clip_snr * sigma[ring]
         _, _, box, _ = around(rb, cb)
         centre = box[:, 4]
         others = np.delete(box, 4, axis=1)
         excess = np.nansum(box - mu[:, None], axis=1)
         with np.errstate(invalid="ignore"):
-            lone = (centre > bound) & ~np.any(others > bound[:, None], axis=1)
+            lone = (centre > bound) & ~np.any(others > strong[:, None], axis=1)
             lone &= centre - mu >= LONE_SHARE * excess
         return self._kept(peaks, ~lone) if lone.any() else peaks
 
