@@ -26,7 +26,7 @@ log = logging.getLogger(__name__)
 #: ``event_streams``: live event streams refused (503) as `event_stream_limit` were open
 REFUSED: Counter[str] = Counter()
 #: API requests answered 4xx (refused: a bad token, body or value, a conflict with a run, an unknown
-#: path), by kind (``write``: PUT/POST/PATCH/DELETE; ``read``) and status code
+#: path), by kind (``read``: GET, HEAD, OPTIONS; ``write``: any other method) and status code
 REQUESTS_REFUSED: Counter[tuple[str, int]] = Counter()
 
 
